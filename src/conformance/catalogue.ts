@@ -1,0 +1,44 @@
+/**
+ * The clause catalogue as data: one entry per normative statement of VIRTIO 1.4 cs01
+ * (795 ids) plus the project's structural rules (`struct.*`: things the ring layout makes
+ * impossible to get right otherwise, such as a `next` index beyond the queue).
+ * Generated from catalogue/*.tsv and the sources by scripts/gen-catalogue.mjs.
+ */
+import { CLAUSES } from './catalogue.generated.js';
+
+export type Side = 'device' | 'driver';
+export type Level = 'MUST' | 'MUST NOT' | 'SHOULD' | 'SHOULD NOT' | 'MAY';
+export type CoverageStatus = 'enforced' | 'tested' | 'not-checkable' | 'unsupported' | 'open';
+
+export interface ClauseEntry {
+  id: string;
+  section: string;
+  side: Side;
+  level: Level;
+  legacy: boolean;
+  /** Short description in the project's own words. */
+  summary: string;
+  status: CoverageStatus;
+  reason: string;
+  /** Source files that report the clause at run time. */
+  checks: readonly string[];
+  /** Test files that assert the clause id in a verdict. */
+  tests: readonly string[];
+  /** True for the spec's catalogue (795 ids); false for the project's struct.* rules. */
+  spec: boolean;
+}
+
+const byId = new Map<string, ClauseEntry>();
+for (const c of CLAUSES) byId.set(c.id, c);
+
+export function clauseInfo(id: string): ClauseEntry | undefined {
+  return byId.get(id);
+}
+
+export function allClauses(): readonly ClauseEntry[] {
+  return CLAUSES;
+}
+
+export function partOf(id: string): string {
+  return id.slice(0, id.indexOf('.'));
+}

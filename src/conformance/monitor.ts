@@ -1,0 +1,113 @@
+/**
+ * The conformance monitor: core code calls `report(clauseId, ...)` wherever a peer breaks a
+ * rule; the monitor turns it into a {@link Verdict} naming the clause from the catalogue
+ * (../../catalogue/clauses.tsv, ids of ../shared/spec/normative.tsv).
+ *
+ * Strict mode makes the device enter DEVICE_NEEDS_RESET (the driver: give up and set FAILED);
+ * tolerant mode records and goes on. Either way, guest input never throws to the caller.
+ */
+import { clauseInfo, type Level, type Side } from './catalogue.js';
+
+export type Severity = 'violation' | 'warning';
+
+export interface Verdict {
+  /** Clause id, e.g. `split.desc-table.driver.1`. */
+  clause: string;
+  /** Side that broke the clause. */
+  side: Side;
+  level: Level;
+  /** MUST / MUST NOT clauses give violations; SHOULD / SHOULD NOT (and downgraded ones) warnings. */
+  severity: Severity;
+  message: string;
+  /** Which endpoint saw it: the device watches the driver, the driver watches the device. */
+  observer: Side;
+  context?: Record<string, unknown>;
+}
+
+export type MonitorMode = 'strict' | 'tolerant';
+
+export interface MonitorOptions {
+  mode?: MonitorMode;
+  /** Clause ids reported as warnings only (known findings in real peers). */
+  warnOnly?: Iterable<string>;
+  /** Called for every verdict as it is made. */
+  onVerdict?: (v: Verdict) => void;
+  /** Verdicts kept in memory (a hostile peer cannot grow the list without bound). */
+  maxKept?: number;
+}
+
+export class Monitor {
+  readonly mode: MonitorMode;
+  readonly verdicts: Verdict[] = [];
+  /** Verdicts made, including those dropped past `maxKept`. */
+  total = 0;
+  private readonly warnOnly: Set<string>;
+  private readonly listeners: ((v: Verdict) => void)[] = [];
+  private readonly maxKept: number;
+
+  constructor(options: MonitorOptions = {}) {
+    this.mode = options.mode ?? 'strict';
+    this.warnOnly = new Set(options.warnOnly ?? []);
+    this.maxKept = options.maxKept ?? 1000;
+    if (options.onVerdict) this.listeners.push(options.onVerdict);
+  }
+
+  get strict(): boolean {
+    return this.mode === 'strict';
+  }
+
+  onVerdict(listener: (v: Verdict) => void): () => void {
+    this.listeners.push(listener);
+    return () => {
+      const i = this.listeners.indexOf(listener);
+      if (i >= 0) this.listeners.splice(i, 1);
+    };
+  }
+
+  /**
+   * Records that `clause` was broken. The side that broke it comes from the clause id; the
+   * observer is the other side. Returns the verdict; `severity` says whether strict mode acts.
+   */
+  report(clause: string, message: string, context?: Record<string, unknown>): Verdict {
+    const info = clauseInfo(clause);
+    const side: Side = info?.side ?? (clause.includes('.device.') ? 'device' : 'driver');
+    const level: Level = info?.level ?? 'MUST';
+    const severity: Severity =
+      this.warnOnly.has(clause) || level === 'SHOULD' || level === 'SHOULD NOT' || level === 'MAY' ? 'warning' : 'violation';
+    const verdict: Verdict = { clause, side, level, severity, message, observer: side === 'device' ? 'driver' : 'device' };
+    if (context !== undefined) verdict.context = context;
+    this.total++;
+    if (this.verdicts.length < this.maxKept) this.verdicts.push(verdict);
+    for (const l of this.listeners) {
+      try {
+        l(verdict);
+      } catch {
+        // A listener's failure must not turn a guest's bad input into an exception.
+      }
+    }
+    return verdict;
+  }
+
+  /** Whether strict mode should act on this verdict (DEVICE_NEEDS_RESET / driver gives up). */
+  shouldAct(v: Verdict): boolean {
+    return this.strict && v.severity === 'violation';
+  }
+
+  get violations(): Verdict[] {
+    return this.verdicts.filter((v) => v.severity === 'violation');
+  }
+
+  has(clause: string): boolean {
+    return this.verdicts.some((v) => v.clause === clause);
+  }
+
+  clear(): void {
+    this.verdicts.length = 0;
+    this.total = 0;
+  }
+}
+
+/** Formats a verdict on one line: `VIOLATION split.desc-table.driver.1 (driver MUST NOT): ...`. */
+export function formatVerdict(v: Verdict): string {
+  return `${v.severity.toUpperCase()} ${v.clause} (${v.side} ${v.level}): ${v.message}`;
+}

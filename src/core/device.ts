@@ -1,0 +1,439 @@
+/**
+ * Device core: the device side of status, feature negotiation, configuration space and
+ * virtqueues (spec 2.1 - 2.6, 3.1), shared by every device type and every transport.
+ *
+ * A transport (loopback, MMIO/PCI register model, vhost-user backend) calls the public
+ * methods below as the driver acts; the device calls its {@link DeviceHost} to notify the
+ * driver. Every driver action is checked against the init sequence (3.1.1) and status rules
+ * (2.1); a broken rule becomes a verdict, and in strict mode the device enters
+ * DEVICE_NEEDS_RESET. Nothing the driver does makes these methods throw.
+ */
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { Monitor, type Verdict } from '../conformance/monitor.js';
+import { Feature, Status, statusNames } from './constants.js';
+import { bit, featureNames, hasFeature, type FeatureNames } from './features.js';
+import { SplitDeviceQueue } from './virtqueue/split-device.js';
+
+/** How the device reaches the driver: the transport implements it. */
+export interface DeviceHost {
+  /** Used-buffer notification for queue `index`. */
+  interrupt(index: number): void;
+  /** Configuration change notification (also sent after DEVICE_NEEDS_RESET: basic.status.device.3). */
+  configChanged(): void;
+}
+
+export interface VirtioDeviceOptions {
+  deviceId: number;
+  /** Device-specific feature bits offered (transport bits are added by the core). */
+  deviceFeatures?: bigint;
+  /** Transport feature bits offered, default VERSION_1 | INDIRECT_DESC | EVENT_IDX. */
+  transportFeatures?: bigint;
+  featureNames?: FeatureNames;
+  numQueues: number;
+  /** Largest queue size per queue (power of two). Default 256. */
+  queueMaxSize?: number;
+  configSize?: number;
+  monitor?: Monitor;
+  name?: string;
+}
+
+/** Where the device is in its life (what the status register says, simplified). */
+export type DevicePhase = 'reset' | 'initializing' | 'live' | 'failed' | 'needs-reset';
+
+export abstract class VirtioDevice {
+  readonly deviceId: number;
+  readonly name: string;
+  readonly monitor: Monitor;
+  readonly featureNames: FeatureNames;
+  readonly queues: SplitDeviceQueue[];
+  /** Features the device offers. */
+  readonly offered: bigint;
+  /** Features the driver wrote (meaningful once FEATURES_OK is accepted). */
+  driverFeatures = 0n;
+  /** Device configuration space (device-specific layout, little-endian). */
+  readonly config: Uint8Array;
+  protected readonly configView: DataView;
+  /** Bumped on every configuration change (config_generation). */
+  configGeneration = 0;
+
+  private statusValue = 0;
+  private host: DeviceHost | null = null;
+  private mem: GuestMemory | null = null;
+  /** Whether FEATURES_OK has ever been accepted (basic.features.device.5). */
+  private negotiatedOnce: bigint | null = null;
+
+  constructor(options: VirtioDeviceOptions) {
+    this.deviceId = options.deviceId;
+    this.name = options.name ?? `device ${options.deviceId}`;
+    this.monitor = options.monitor ?? new Monitor();
+    this.featureNames = options.featureNames ?? {};
+    const transport = options.transportFeatures ?? bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX);
+    this.offered = transport | (options.deviceFeatures ?? 0n);
+    this.config = new Uint8Array(options.configSize ?? 0);
+    this.configView = new DataView(this.config.buffer);
+    this.queues = [];
+    this.queueMaxSize = options.queueMaxSize ?? 256;
+    this.numQueues = options.numQueues;
+  }
+
+  readonly queueMaxSize: number;
+  readonly numQueues: number;
+
+  /** Connects the device to guest memory and its transport. */
+  attach(mem: GuestMemory, host: DeviceHost): void {
+    this.mem = mem;
+    this.host = host;
+    this.queues.length = 0;
+    for (let i = 0; i < this.numQueues; i++) {
+      this.queues.push(new SplitDeviceQueue(mem, i, this.queueMaxSize, this.monitor, (v, fatal) => this.onViolation(v, fatal)));
+    }
+  }
+
+  get memory(): GuestMemory {
+    if (this.mem === null) throw new Error(`${this.name} is not attached to a transport`);
+    return this.mem;
+  }
+
+  get status(): number {
+    return this.statusValue;
+  }
+
+  get phase(): DevicePhase {
+    const s = this.statusValue;
+    if (s & Status.DEVICE_NEEDS_RESET) return 'needs-reset';
+    if (s & Status.FAILED) return 'failed';
+    if (s === 0) return 'reset';
+    if (s & Status.DRIVER_OK) return 'live';
+    return 'initializing';
+  }
+
+  get live(): boolean {
+    return (this.statusValue & (Status.DRIVER_OK | Status.DEVICE_NEEDS_RESET | Status.FAILED)) === Status.DRIVER_OK;
+  }
+
+  /** Whether a negotiated feature is on. */
+  negotiated(featureBit: number): boolean {
+    return (this.statusValue & Status.FEATURES_OK) !== 0 && hasFeature(this.driverFeatures, featureBit);
+  }
+
+  // ---------------------------------------------------------------- verdicts
+
+  /** Reports a broken rule; in strict mode (or when fatal) the device needs a reset. */
+  protected violation(clause: string, message: string, context?: Record<string, unknown>, fatal = false): Verdict {
+    const v = this.monitor.report(clause, message, context);
+    this.onViolation(v, fatal);
+    return v;
+  }
+
+  private onViolation(v: Verdict, fatal: boolean): void {
+    if (fatal || this.monitor.shouldAct(v)) this.needsReset(`${v.clause}: ${v.message}`);
+  }
+
+  /** The reason the device last entered DEVICE_NEEDS_RESET. */
+  needsResetReason = '';
+
+  /**
+   * Enters DEVICE_NEEDS_RESET (basic.status.device.2) and, when the driver is live, tells it
+   * with a configuration change notification (basic.status.device.3).
+   */
+  needsReset(reason: string): void {
+    if (this.statusValue & Status.DEVICE_NEEDS_RESET) return;
+    this.needsResetReason = reason;
+    this.statusValue |= Status.DEVICE_NEEDS_RESET;
+    if (this.statusValue & Status.DRIVER_OK) this.host?.configChanged();
+  }
+
+  // ---------------------------------------------------------------- status
+
+  getStatus(): number {
+    return this.statusValue;
+  }
+
+  /** The driver writes the status register. */
+  setStatus(value: number): void {
+    value &= 0xff;
+    if (value === 0) {
+      this.reset();
+      return;
+    }
+    const old = this.statusValue;
+    const driverBits = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK | Status.FAILED;
+    if (old & Status.FAILED) {
+      if (!(value & Status.FAILED)) {
+        this.violation('basic.status.driver.3', `driver cleared FAILED to re-initialize without a reset (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
+        return;
+      }
+      if (value & ~old & driverBits) {
+        this.violation('init.sequence.driver.6', `driver went on initializing after setting FAILED (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
+        return;
+      }
+    }
+    const cleared = old & ~value & driverBits;
+    if (cleared) {
+      this.violation('basic.status.driver.2', `driver cleared status bits ${statusNames(cleared)} (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
+      if (this.monitor.strict) return;
+    }
+    const added = value & ~old & driverBits;
+    const order = this.orderProblem(old, value, added);
+    if (order !== null) {
+      this.violation('init.sequence.driver.1', order, { old, value });
+      if (this.monitor.strict) return;
+    }
+    let next = (old & Status.DEVICE_NEEDS_RESET) | (value & driverBits);
+    if (added & Status.FEATURES_OK) {
+      if (!this.acceptFeatures()) next &= ~Status.FEATURES_OK; // basic.features.device.3
+    }
+    if (added & Status.FAILED) this.onFailed();
+    this.statusValue = next;
+    if (added & Status.DRIVER_OK && (next & Status.FEATURES_OK) && !(next & Status.FAILED)) this.goLive();
+  }
+
+  /** init.sequence.driver.1: each status bit after the ones before it, one step per write. */
+  private orderProblem(old: number, value: number, added: number): string | null {
+    const steps: [number, number, string][] = [
+      [Status.DRIVER, Status.ACKNOWLEDGE, 'DRIVER before ACKNOWLEDGE'],
+      [Status.FEATURES_OK, Status.DRIVER, 'FEATURES_OK before DRIVER'],
+    ];
+    for (const [bitSet, needs, what] of steps) {
+      if (added & bitSet && !(value & needs)) return `driver set ${what} (status ${statusNames(old)} -> ${statusNames(value)})`;
+    }
+    if (added & Status.DRIVER_OK && !(old & Status.FEATURES_OK)) {
+      return `driver set DRIVER_OK without FEATURES_OK having been accepted first (status ${statusNames(old)} -> ${statusNames(value)})`;
+    }
+    return null;
+  }
+
+  /** Checks the driver's features when it sets FEATURES_OK. False: FEATURES_OK is refused. */
+  private acceptFeatures(): boolean {
+    const f = this.driverFeatures;
+    const unoffered = f & ~this.offered;
+    if (unoffered !== 0n) {
+      this.violation('basic.features.driver.1', `driver accepted features the device did not offer: ${featureNames(unoffered, this.featureNames).join(', ')}`, {
+        unoffered: unoffered.toString(16),
+      });
+      return false;
+    }
+    if (!hasFeature(f, Feature.VERSION_1)) {
+      // Not a driver violation (a legacy driver may do this); this device is modern-only.
+      return false;
+    }
+    const missing = this.missingDependency(f);
+    if (missing !== null) {
+      this.violation('basic.features.driver.1', `driver accepted a feature without the feature it requires: ${missing}`, {});
+      return false;
+    }
+    if (!this.validateFeatures(f)) return false;
+    this.negotiatedOnce = f;
+    return true;
+  }
+
+  /** Device types name features that need other features; returns a description or null. */
+  protected missingDependency(_features: bigint): string | null {
+    return null;
+  }
+
+  /** Device types may refuse a valid-looking subset (basic.features.device.2 says they should not). */
+  protected validateFeatures(_features: bigint): boolean {
+    return true;
+  }
+
+  private goLive(): void {
+    const eventIdx = hasFeature(this.driverFeatures, Feature.EVENT_IDX);
+    const indirect = hasFeature(this.driverFeatures, Feature.INDIRECT_DESC);
+    for (const q of this.queues) {
+      if (q.enabled && !q.active && !q.activate({ eventIdx, indirect })) return;
+    }
+    this.onDriverOk();
+    // The driver may have populated queues before DRIVER_OK (3.1.1 step 7): look now.
+    for (const q of this.queues) if (q.active && this.live) this.process(q);
+  }
+
+  private onFailed(): void {
+    this.onStop();
+  }
+
+  /** Device reset (2.4): status 0, queues to their initial state, features forgotten. */
+  reset(): void {
+    this.onStop();
+    this.statusValue = 0; // basic.reset.device.1
+    this.driverFeatures = 0n;
+    this.needsResetReason = '';
+    for (const q of this.queues) q.reset();
+    this.onReset();
+  }
+
+  // ---------------------------------------------------------------- features
+
+  /** Device feature bits (readable at any time). */
+  getDeviceFeatures(): bigint {
+    return this.offered;
+  }
+
+  /** The driver writes the features it accepts (all words at once; transports merge words). */
+  setDriverFeatures(features: bigint): void {
+    const s = this.statusValue;
+    if (s & Status.FAILED) {
+      this.violation('init.sequence.driver.6', 'driver wrote features after setting FAILED', {});
+      return;
+    }
+    if (s & Status.FEATURES_OK) {
+      if (features !== this.driverFeatures) {
+        this.violation('init.sequence.driver.4', `driver changed its features after FEATURES_OK (${featureNames(features ^ this.driverFeatures, this.featureNames).join(', ')})`, {});
+      }
+      return; // the negotiated set stays
+    }
+    if (!(s & Status.DRIVER)) {
+      this.violation('init.sequence.driver.1', `driver wrote features before setting DRIVER (status ${statusNames(s)})`, { status: s });
+      if (this.monitor.strict) return;
+    }
+    this.driverFeatures = features;
+  }
+
+  // ---------------------------------------------------------------- configuration space
+
+  /**
+   * The driver reads `size` bytes (1, 2, 4 or 8) at `offset`. Allowed at any time, before
+   * FEATURES_OK included (basic.config.device.1). Bytes beyond the space read as zero.
+   */
+  readConfig(offset: number, size: number): number | bigint {
+    this.beforeConfigRead(offset, size);
+    const cfg = this.config;
+    if (offset < 0 || offset + size > cfg.length) {
+      return size === 8 ? 0n : 0;
+    }
+    const v = this.configView;
+    switch (size) {
+      case 1:
+        return v.getUint8(offset);
+      case 2:
+        return v.getUint16(offset, true);
+      case 4:
+        return v.getUint32(offset, true);
+      case 8:
+        return v.getBigUint64(offset, true);
+      default:
+        return 0;
+    }
+  }
+
+  /** Hook for device types that compute config fields on read. */
+  protected beforeConfigRead(_offset: number, _size: number): void {}
+
+  /** The driver writes device configuration space. */
+  writeConfig(offset: number, size: number, value: number | bigint): void {
+    const s = this.statusValue;
+    if (s & Status.FAILED) {
+      this.violation('init.sequence.driver.6', 'driver wrote configuration space after setting FAILED', { offset });
+      return;
+    }
+    if (!(s & Status.FEATURES_OK)) {
+      this.violation('init.sequence.driver.3', `driver wrote configuration space (offset ${offset}, ${size} bytes) before FEATURES_OK`, { offset, size, status: s });
+      if (this.monitor.strict) return;
+    }
+    if (offset < 0 || offset + size > this.config.length || ![1, 2, 4, 8].includes(size)) return;
+    this.onConfigWrite(offset, size, value);
+  }
+
+  /** Device types accept writes to their writable config fields here. */
+  protected onConfigWrite(_offset: number, _size: number, _value: number | bigint): void {}
+
+  /** The device changes its configuration: bump the generation and tell a live driver. */
+  protected updateConfig(change: (view: DataView) => void): void {
+    change(this.configView);
+    this.configGeneration = (this.configGeneration + 1) >>> 0;
+    if (this.statusValue & Status.DRIVER_OK) this.host?.configChanged();
+  }
+
+  // ---------------------------------------------------------------- queues
+
+  /** Checks that the driver may configure queues now (3.1.1 step 7; init.cleanup.driver.2). */
+  private queueSetupAllowed(index: number, what: string): SplitDeviceQueue | null {
+    const q = this.queues[index];
+    if (q === undefined) return null;
+    const s = this.statusValue;
+    if (s & Status.FAILED) {
+      this.violation('init.sequence.driver.6', `driver ${what} for queue ${index} after setting FAILED`, { queue: index });
+      return null;
+    }
+    if (!(s & Status.FEATURES_OK)) {
+      this.violation('init.sequence.driver.1', `driver ${what} for queue ${index} before FEATURES_OK (status ${statusNames(s)})`, { queue: index, status: s });
+      if (this.monitor.strict) return null;
+    }
+    if (q.enabled && s & Status.DRIVER_OK) {
+      this.violation('init.cleanup.driver.2', `driver ${what} for live queue ${index} without resetting the device first`, { queue: index });
+      return null;
+    }
+    return q;
+  }
+
+  setQueueSize(index: number, size: number): void {
+    const q = this.queueSetupAllowed(index, 'changed the size');
+    if (q !== null) q.size = size;
+  }
+
+  setQueueAddresses(index: number, desc: number, avail: number, used: number): void {
+    const q = this.queueSetupAllowed(index, 'changed the ring addresses');
+    if (q === null) return;
+    q.descAddr = desc;
+    q.availAddr = avail;
+    q.usedAddr = used;
+  }
+
+  /** The driver enables a queue (queue_enable = 1). */
+  enableQueue(index: number): void {
+    const q = this.queueSetupAllowed(index, 'enabled');
+    if (q === null) return;
+    q.enabled = true;
+    if (this.live && !q.active) {
+      if (q.activate({ eventIdx: this.negotiated(Feature.EVENT_IDX), indirect: this.negotiated(Feature.INDIRECT_DESC) })) this.process(q);
+    }
+  }
+
+  /** The driver sends an available-buffer notification for queue `index`. */
+  notify(index: number): void {
+    const s = this.statusValue;
+    if (!(s & Status.DRIVER_OK)) {
+      this.violation('init.sequence.driver.7', `driver notified queue ${index} before DRIVER_OK (status ${statusNames(s)})`, { queue: index, status: s });
+      return;
+    }
+    const q = this.queues[index];
+    // split.avail-buffer-notif-suppr.device.5: a spurious notification is harmless.
+    if (q === undefined || !q.active || !this.live) return;
+    this.process(q);
+  }
+
+  /** Runs the device type's queue handler; an internal error becomes DEVICE_NEEDS_RESET. */
+  protected process(q: SplitDeviceQueue): void {
+    try {
+      this.processQueue(q);
+    } catch (err) {
+      this.needsReset(`internal error on queue ${q.index}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+
+  /** Publishes used buffers and notifies the driver if it asked (2.7.10). */
+  protected complete(q: SplitDeviceQueue): void {
+    if (q.publish()) this.host?.interrupt(q.index);
+  }
+
+  // ---------------------------------------------------------------- device type hooks
+
+  /** Takes the buffers of a live queue and completes them. */
+  protected abstract processQueue(q: SplitDeviceQueue): void;
+  /** DRIVER_OK was accepted. */
+  protected onDriverOk(): void {}
+  /** Reset or FAILED: stop any work in progress. */
+  protected onStop(): void {}
+  /** After reset: restore device-type state. */
+  protected onReset(): void {}
+
+  /** Negotiated feature names (for demos and logs). */
+  describeFeatures(set: bigint): string[] {
+    return featureNames(set, this.featureNames);
+  }
+
+  /** Whether the features were accepted before with FEATURES_OK. */
+  get previouslyNegotiated(): bigint | null {
+    return this.negotiatedOnce;
+  }
+}

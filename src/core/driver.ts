@@ -1,0 +1,337 @@
+/**
+ * Driver core: the initialization sequence exactly as spec 3.1.1 orders it, feature
+ * negotiation (2.2), configuration reads that retry until config_generation is stable (2.5),
+ * queue setup, reset and re-initialization, and the checks a driver can make on its device.
+ *
+ * An unrecoverable step sets FAILED (init.sequence.driver.5) and stops (init.sequence.driver.6);
+ * another init() starts over with a reset (basic.status.driver.3).
+ */
+import { Monitor, type Verdict } from '../conformance/monitor.js';
+import { GuestAllocator } from '../memory/allocator.js';
+import { Feature, Status, statusNames } from './constants.js';
+import { bit, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, type FeatureNames } from './features.js';
+import type { DriverTransport } from './transport.js';
+import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from './virtqueue/split-driver.js';
+
+export class DriverError extends Error {
+  override readonly name = 'DriverError';
+  constructor(
+    message: string,
+    readonly verdict?: Verdict,
+  ) {
+    super(message);
+  }
+}
+
+export interface VirtioDriverOptions {
+  /** Device type this driver drives. */
+  deviceId: number;
+  /** Device-specific feature bits the driver understands (transport bits are added). */
+  deviceFeatures?: bigint;
+  /** Transport bits to accept when offered; default VERSION_1 | INDIRECT_DESC | EVENT_IDX. */
+  transportFeatures?: bigint;
+  featureNames?: FeatureNames;
+  monitor?: Monitor;
+  /** Guest allocator for rings and buffers (default: all of guest memory's first region). */
+  allocator?: GuestAllocator;
+  /** Queue size wanted (capped at the device's maximum). Default 256. */
+  queueSize?: number;
+  /** Entries per indirect table when INDIRECT_DESC is negotiated (0 = never indirect). */
+  indirectMax?: number;
+  /** Times a config read retries while the generation changes. */
+  configRetries?: number;
+}
+
+export type DriverState = 'idle' | 'initializing' | 'live' | 'failed' | 'broken';
+
+export class VirtioDriver {
+  readonly transport: DriverTransport;
+  readonly monitor: Monitor;
+  readonly allocator: GuestAllocator;
+  readonly queues: SplitDriverQueue[] = [];
+  readonly featureNames: FeatureNames;
+  state: DriverState = 'idle';
+  /** Features offered by the device, as read in step 4. */
+  offered = 0n;
+  /** Features negotiated (accepted and confirmed by FEATURES_OK). */
+  features = 0n;
+  /** Why the driver gave up, when state is failed or broken. */
+  failure: Error | null = null;
+  /** Handlers a device-type driver installs. */
+  onUsed: (queue: SplitDriverQueue) => void = () => undefined;
+  onConfigChange: () => void = () => undefined;
+
+  private readonly wanted: bigint;
+  private readonly queueSize: number;
+  private readonly indirectMax: number;
+  private readonly configRetries: number;
+  private ringAllocations: number[] = [];
+  /** Config-change notifications seen since DRIVER_OK. */
+  configNotifications = 0;
+  private driverOkSet = false;
+  private resetDone = false;
+
+  constructor(
+    transport: DriverTransport,
+    readonly options: VirtioDriverOptions,
+  ) {
+    this.transport = transport;
+    this.monitor = options.monitor ?? new Monitor();
+    const first = transport.memory.regions[0];
+    this.allocator = options.allocator ?? new GuestAllocator(first.guestAddr, first.size);
+    this.featureNames = options.featureNames ?? {};
+    this.wanted = (options.transportFeatures ?? TRANSPORT_FEATURES_SPLIT) | (options.deviceFeatures ?? 0n);
+    this.queueSize = options.queueSize ?? 256;
+    this.indirectMax = options.indirectMax ?? 16;
+    this.configRetries = options.configRetries ?? 64;
+    transport.listen({
+      used: (q) => this.handleUsedNotification(q),
+      config: () => this.handleConfigNotification(),
+    });
+  }
+
+  negotiated(featureBit: number): boolean {
+    return hasFeature(this.features, featureBit);
+  }
+
+  // ---------------------------------------------------------------- the device checks
+
+  /** A verdict about the device; in strict mode a violation makes the driver give up. */
+  protected deviceViolation(clause: string, message: string, context?: Record<string, unknown>, fatal = false): Verdict {
+    const v = this.monitor.report(clause, message, context);
+    this.onDeviceVerdict(v, fatal);
+    return v;
+  }
+
+  private onDeviceVerdict(v: Verdict, fatal: boolean): void {
+    if (fatal || this.monitor.shouldAct(v)) this.breakDown(new DriverError(`device broke ${v.clause}: ${v.message}`, v));
+  }
+
+  /** Gives up on a device that broke a rule: pending work fails, FAILED is set (best effort). */
+  protected breakDown(err: DriverError): void {
+    if (this.state === 'broken') return;
+    this.state = 'broken';
+    this.failure = err;
+    this.onBroken(err);
+    void this.transport
+      .getStatus()
+      .then((s) => this.transport.setStatus(s | Status.FAILED))
+      .catch(() => undefined);
+  }
+
+  /** Device-type drivers reject their pending requests here. */
+  protected onBroken(_err: DriverError): void {}
+
+  private handleUsedNotification(index: number): void {
+    const q = this.queues[index];
+    if (!this.driverOkSet) {
+      // basic.status.device.1: no used-buffer notification before DRIVER_OK.
+      this.deviceViolation(
+        this.resetDone ? 'basic.reset.device.2' : 'basic.status.device.1',
+        `device sent a used-buffer notification for queue ${index} before DRIVER_OK`,
+        { queue: index },
+      );
+      return;
+    }
+    if (q === undefined) return;
+    q.interrupts++;
+    if (this.state !== 'live') return;
+    try {
+      this.onUsed(q);
+    } catch (err) {
+      this.breakDown(new DriverError(`used-buffer handler failed: ${err instanceof Error ? err.message : String(err)}`));
+    }
+  }
+
+  private handleConfigNotification(): void {
+    if (!this.driverOkSet && this.resetDone && this.state === 'initializing' && !this.beyondFeaturesOk) {
+      // basic.reset.device.2: nothing from the device between reset and re-initialization.
+      this.deviceViolation('basic.reset.device.2', 'device sent a configuration change notification after reset, before the driver re-initialized it', {});
+      return;
+    }
+    this.configNotifications++;
+    if (this.state === 'live' || this.state === 'broken') this.onConfigChange();
+  }
+
+  private beyondFeaturesOk = false;
+
+  /**
+   * Reads the status and checks DEVICE_NEEDS_RESET; a live device that set it must have sent a
+   * configuration change notification (basic.status.device.3).
+   */
+  async checkStatus(): Promise<number> {
+    const s = await this.transport.getStatus();
+    if (s & Status.DEVICE_NEEDS_RESET && this.driverOkSet) {
+      if (this.configNotifications === 0) {
+        this.deviceViolation('basic.status.device.3', 'device set DEVICE_NEEDS_RESET while live without a configuration change notification', { status: s });
+      }
+      // basic.status.driver.4: nothing in flight is relied upon any more.
+      this.breakDown(new DriverError(`device needs reset (status ${statusNames(s)})`));
+    }
+    return s;
+  }
+
+  // ---------------------------------------------------------------- initialization (3.1.1)
+
+  /**
+   * Runs the initialization sequence. `setup` is step 7 (device-specific: queues, config
+   * writes, populating queues); `check` runs in step 4 and may read config to decide whether
+   * to accept the device (init.sequence.driver.2). Throws DriverError after setting FAILED.
+   */
+  async init(hooks: { check?: (offered: bigint) => Promise<void> | void; setup?: () => Promise<void> | void } = {}): Promise<void> {
+    this.state = 'initializing';
+    this.failure = null;
+    this.driverOkSet = false;
+    this.beyondFeaturesOk = false;
+    this.configNotifications = 0;
+    this.releaseQueues();
+    const t = this.transport;
+    try {
+      // (1) Reset, and wait until the device reads 0 (basic.reset.driver.1).
+      await this.reset();
+      // (2) ACKNOWLEDGE, (3) DRIVER.
+      await t.setStatus(Status.ACKNOWLEDGE);
+      await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
+      // (4) Features: read, validate, accept the understood subset.
+      this.offered = await t.getDeviceFeatures();
+      if (hooks.check) await hooks.check(this.offered);
+      const accept = this.offered & this.wanted;
+      if (!hasFeature(accept, Feature.VERSION_1)) {
+        throw new DriverError('device does not offer VIRTIO_F_VERSION_1: legacy devices are not supported (basic.features.driver.6)');
+      }
+      await t.setDriverFeatures(accept);
+      // (5) FEATURES_OK; no new features after this (init.sequence.driver.4).
+      await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
+      this.beyondFeaturesOk = true;
+      // (6) Re-read: the device may have refused our subset.
+      const s = await t.getStatus();
+      if (!(s & Status.FEATURES_OK)) throw new DriverError(`device refused the features ${featureNames(accept, this.featureNames).join(', ')} (FEATURES_OK not set)`);
+      this.features = accept;
+      // (7) Device-specific setup, queues included.
+      if (hooks.setup) await hooks.setup();
+      // (8) DRIVER_OK: live.
+      const before = this.queues.map((q) => q.usedPending());
+      await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
+      if (before.some((n) => n > 0)) {
+        this.deviceViolation('basic.status.device.1', 'device consumed buffers before DRIVER_OK', { used: before });
+      }
+      this.driverOkSet = true;
+      if (this.state === 'initializing') this.state = 'live';
+    } catch (err) {
+      await this.fail(err);
+      throw this.failure;
+    }
+    if ((this.state as DriverState) === 'broken') throw this.failure;
+  }
+
+  /** init.sequence.driver.5 / .6: set FAILED and stop initializing. */
+  private async fail(err: unknown): Promise<void> {
+    this.failure = err instanceof Error ? err : new DriverError(String(err));
+    if (this.state !== 'broken') this.state = 'failed';
+    try {
+      const s = await this.transport.getStatus();
+      await this.transport.setStatus(s | Status.FAILED);
+    } catch {
+      // The transport is gone: nothing more to tell the device.
+    }
+  }
+
+  /** Resets the device and waits until status reads 0 (basic.reset.driver.1). */
+  async reset(): Promise<void> {
+    const t = this.transport;
+    await t.setStatus(0);
+    for (let i = 0; ; i++) {
+      const s = await t.getStatus();
+      if (s === 0) break;
+      if (i >= 100) {
+        this.deviceViolation('basic.reset.device.1', `device status reads ${statusNames(s)} after reset, not 0`, { status: s }, true);
+        throw new DriverError('device did not complete reset');
+      }
+    }
+    this.resetDone = true;
+    this.driverOkSet = false;
+    // init.cleanup.driver.2: buffers come back only now that the device is reset.
+    for (const q of this.queues) q.drainAfterReset();
+  }
+
+  /** Resets the device and frees the rings (the driver is idle afterwards). */
+  async shutdown(): Promise<void> {
+    await this.reset();
+    this.releaseQueues();
+    this.state = 'idle';
+  }
+
+  private releaseQueues(): void {
+    for (const a of this.ringAllocations) this.allocator.release(a);
+    this.ringAllocations = [];
+    this.queues.length = 0;
+  }
+
+  // ---------------------------------------------------------------- configuration space
+
+  /**
+   * Reads config fields consistently: repeats `read` until config_generation is the same
+   * before and after (basic.config.driver.2). A device that refuses the reads before
+   * FEATURES_OK breaks basic.config.device.1 (the driver MAY read then: init.sequence.driver.2).
+   */
+  async readConfig<T>(read: (r: (offset: number, size: 1 | 2 | 4 | 8) => Promise<number | bigint>) => Promise<T>): Promise<T> {
+    const t = this.transport;
+    for (let i = 0; i <= this.configRetries; i++) {
+      const before = await t.configGeneration();
+      let value: T;
+      try {
+        value = await read((o, s) => t.readConfig(o, s));
+      } catch (err) {
+        if (!this.beyondFeaturesOk) {
+          this.deviceViolation('basic.config.device.1', `device refused a configuration read before FEATURES_OK: ${err instanceof Error ? err.message : String(err)}`, {
+            permits: 'init.sequence.driver.2',
+          });
+        }
+        throw err;
+      }
+      const after = await t.configGeneration();
+      if (before === after) return value;
+    }
+    throw new DriverError(`config_generation kept changing over ${this.configRetries} reads`);
+  }
+
+  // ---------------------------------------------------------------- queues
+
+  /** Sets up queue `index` (step 7): allocates rings, tells the transport, enables it. */
+  async setupQueue(index: number, options: { size?: number } = {}): Promise<SplitDriverQueue> {
+    const t = this.transport;
+    const max = await t.queueMaxSize(index);
+    if (max === 0) throw new DriverError(`queue ${index} is not available on this device`);
+    let size = Math.min(options.size ?? this.queueSize, max);
+    size = 1 << Math.floor(Math.log2(size));
+    const indirect = this.negotiated(Feature.INDIRECT_DESC) ? this.indirectMax : 0;
+    const base = this.allocator.alloc(splitQueueFootprint(size, indirect), 4096);
+    this.ringAllocations.push(base);
+    const layout = layoutSplitQueue(base, size, indirect);
+    const q = new SplitDriverQueue(
+      t.memory,
+      index,
+      size,
+      layout,
+      { eventIdx: this.negotiated(Feature.EVENT_IDX), indirect: indirect > 0, indirectPool: layout.pool, indirectMax: indirect },
+      this.monitor,
+      (v, fatal) => this.onDeviceVerdict(v, fatal),
+    );
+    await t.setupQueue(index, size, layout);
+    await t.enableQueue(index);
+    this.queues[index] = q;
+    return q;
+  }
+
+  /** Publishes a queue's new chains and notifies the device if it wants it. */
+  kick(q: SplitDriverQueue): void {
+    if (q.publish()) this.transport.notify(q.index);
+  }
+
+  /** Feature names for logs and demos. */
+  describe(set: bigint): string[] {
+    return featureNames(set, this.featureNames);
+  }
+}
+
+export { bit };

@@ -1,0 +1,193 @@
+/**
+ * A descriptor chain as the device sees it after walking it (direct and indirect parts
+ * flattened), in preallocated arrays: popping a chain allocates nothing.
+ * Readable descriptors come first, writable ones after (split.message-framing.driver.1 is
+ * checked while walking).
+ */
+import type { GuestMemory } from '../../memory/guest-memory.js';
+
+export class DescriptorChain {
+  /** Head descriptor index: the id the device returns in the used ring. */
+  head = 0;
+  /** Number of buffers (flattened descriptors) in the chain. */
+  count = 0;
+  /** Number of device-readable buffers; buffers [readable, count) are device-writable. */
+  readable = 0;
+  readableBytes = 0;
+  writableBytes = 0;
+  /** Number of descriptors of the queue's own table the chain occupies (1 for an indirect head). */
+  tableDescriptors = 0;
+  /** Whether the chain went through an indirect table. */
+  indirect = false;
+  readonly addrs: Float64Array;
+  readonly lens: Uint32Array;
+
+  constructor(readonly capacity: number) {
+    this.addrs = new Float64Array(capacity);
+    this.lens = new Uint32Array(capacity);
+  }
+
+  /** Starts an empty chain (the walker fills it). */
+  clear(head: number): void {
+    this.head = head;
+    this.count = 0;
+    this.readable = 0;
+    this.readableBytes = 0;
+    this.writableBytes = 0;
+    this.tableDescriptors = 0;
+    this.indirect = false;
+  }
+}
+
+/**
+ * A cursor over one direction of a chain's buffers: the device-readable part (driver to
+ * device data) or the device-writable part. Reused across chains: `reset` allocates nothing.
+ * Reads beyond the part end throw a RangeError-free {@link ChainBoundsError}.
+ */
+export class ChainBoundsError extends Error {
+  override readonly name = 'ChainBoundsError';
+}
+
+abstract class ChainCursor {
+  protected mem!: GuestMemory;
+  protected chain!: DescriptorChain;
+  protected seg = 0;
+  protected segOff = 0;
+  protected end = 0; // exclusive segment index
+  /** Bytes left in this part (or under the limit set by `limit`). */
+  remaining = 0;
+  /** Bytes consumed so far. */
+  position = 0;
+  protected readonly scratch = new Uint8Array(8);
+  protected readonly scratchView = new DataView(this.scratch.buffer);
+
+  protected init(mem: GuestMemory, chain: DescriptorChain, first: number, end: number, total: number): void {
+    this.mem = mem;
+    this.chain = chain;
+    this.seg = first;
+    this.segOff = 0;
+    this.end = end;
+    this.remaining = total;
+    this.position = 0;
+  }
+
+  /** Caps the bytes this cursor will still give (e.g. a request header's size). */
+  limit(bytes: number): this {
+    if (bytes < this.remaining) this.remaining = bytes;
+    return this;
+  }
+
+  /** Calls `fn(addr, len)` for the next `n` bytes, segment by segment, and advances. */
+  protected advance(n: number, fn: (addr: number, len: number, done: number) => void): void {
+    if (n > this.remaining) throw new ChainBoundsError(`need ${n} bytes, ${this.remaining} left in the chain`);
+    let done = 0;
+    while (done < n) {
+      const segLen = this.chain.lens[this.seg];
+      const avail = segLen - this.segOff;
+      if (avail === 0) {
+        this.seg++;
+        this.segOff = 0;
+        continue;
+      }
+      const take = Math.min(avail, n - done);
+      fn(this.chain.addrs[this.seg] + this.segOff, take, done);
+      this.segOff += take;
+      done += take;
+    }
+    this.remaining -= n;
+    this.position += n;
+  }
+
+  skip(n: number): void {
+    this.advance(n, () => undefined);
+  }
+}
+
+/** Reads the device-readable part of a chain. */
+export class ChainReader extends ChainCursor {
+  reset(mem: GuestMemory, chain: DescriptorChain): this {
+    this.init(mem, chain, 0, chain.readable, chain.readableBytes);
+    return this;
+  }
+
+  /** Copies the next `dst.length` bytes into `dst`. */
+  read(dst: Uint8Array): void {
+    const mem = this.mem;
+    this.advance(dst.length, (addr, len, done) => mem.read(addr, dst.subarray(done, done + len)));
+  }
+
+  /** Reads up to `dst.length` bytes; returns how many. */
+  readSome(dst: Uint8Array): number {
+    const n = Math.min(dst.length, this.remaining);
+    this.read(n === dst.length ? dst : dst.subarray(0, n));
+    return n;
+  }
+
+  private fill(n: number): DataView {
+    this.read(this.scratch.subarray(0, n));
+    return this.scratchView;
+  }
+  readU8(): number {
+    return this.fill(1).getUint8(0);
+  }
+  readU16(): number {
+    return this.fill(2).getUint16(0, true);
+  }
+  readU32(): number {
+    return this.fill(4).getUint32(0, true);
+  }
+  readU64(): bigint {
+    return this.fill(8).getBigUint64(0, true);
+  }
+}
+
+/** Writes the device-writable part of a chain. */
+export class ChainWriter extends ChainCursor {
+  reset(mem: GuestMemory, chain: DescriptorChain): this {
+    this.init(mem, chain, chain.readable, chain.count, chain.writableBytes);
+    return this;
+  }
+
+  /** Copies `src` into the next bytes of the writable part. */
+  write(src: Uint8Array): void {
+    const mem = this.mem;
+    this.advance(src.length, (addr, len, done) => mem.write(addr, src.subarray(done, done + len)));
+  }
+
+  /** Writes `n` bytes of `value`. */
+  fill(n: number, value = 0): void {
+    const mem = this.mem;
+    this.advance(n, (addr, len) => mem.fill(addr, len, value));
+  }
+
+  /** Calls `fn` with a guest view of each writable piece (zero-copy fill), up to `n` bytes. */
+  produce(n: number, fn: (view: Uint8Array) => void): void {
+    const mem = this.mem;
+    this.advance(n, (addr, len) => {
+      const r = mem.region(addr, len);
+      const off = addr - r.guestAddr;
+      fn(r.bytes.subarray(off, off + len));
+      if (mem.onWrite !== null) mem.onWrite(addr, len);
+    });
+  }
+
+  private put(n: number): void {
+    this.write(this.scratch.subarray(0, n));
+  }
+  writeU8(v: number): void {
+    this.scratchView.setUint8(0, v);
+    this.put(1);
+  }
+  writeU16(v: number): void {
+    this.scratchView.setUint16(0, v, true);
+    this.put(2);
+  }
+  writeU32(v: number): void {
+    this.scratchView.setUint32(0, v >>> 0, true);
+    this.put(4);
+  }
+  writeU64(v: bigint): void {
+    this.scratchView.setBigUint64(0, BigInt.asUintN(64, v), true);
+    this.put(8);
+  }
+}

@@ -1,0 +1,411 @@
+/**
+ * Split virtqueue, driver side (spec 2.7): a descriptor free list, direct and indirect
+ * chains, the kick decision, and collection of used buffers with checks on what the device
+ * wrote (a used id must be an exposed head; a used length must fit the writable part; the
+ * descriptor table must be as the driver left it).
+ *
+ * Hot path: chains are built in preallocated arrays (begin / addReadable / addWritable /
+ * commit) and indirect tables come from a pool in guest memory set up once.
+ */
+import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
+import type { Monitor } from '../../conformance/monitor.js';
+import { VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../constants.js';
+import type { ViolationSink } from './split-device.js';
+import {
+  AVAIL_RING,
+  DESC_SIZE,
+  RING_FLAGS,
+  RING_IDX,
+  USED_ELEM_SIZE,
+  USED_RING,
+  availEventOffset,
+  availRingSize,
+  descTableSize,
+  needEvent,
+  usedEventOffset,
+  usedRingSize,
+  type SplitRingAddresses,
+} from './split-layout.js';
+
+const TWO_32 = 4294967296;
+
+export interface SplitDriverQueueOptions {
+  eventIdx: boolean;
+  /** VIRTIO_F_INDIRECT_DESC negotiated. */
+  indirect: boolean;
+  /** Guest address of a pool of `size * indirectMax` descriptors for indirect tables. */
+  indirectPool?: number;
+  /** Entries per indirect table (default 32). */
+  indirectMax?: number;
+}
+
+/** Guest bytes a split queue of `size` needs for its rings and indirect pool, with alignment. */
+export function splitQueueFootprint(size: number, indirectMax = 0): number {
+  return descTableSize(size) + 16 + availRingSize(size) + 16 + usedRingSize(size) + 16 + size * indirectMax * DESC_SIZE;
+}
+
+/** Lays out rings (and the indirect pool) from `base`, honouring split.alignment.driver.1. */
+export function layoutSplitQueue(base: number, size: number, indirectMax = 0): SplitRingAddresses & { pool: number; end: number } {
+  const align = (x: number, a: number) => Math.ceil(x / a) * a;
+  const desc = align(base, 16);
+  const avail = align(desc + descTableSize(size), 2);
+  const used = align(avail + availRingSize(size), 4);
+  const pool = align(used + usedRingSize(size), 16);
+  return { desc, avail, used, pool, end: pool + size * indirectMax * DESC_SIZE };
+}
+
+export class SplitDriverQueue {
+  readonly mask: number;
+  /** Free descriptors. */
+  numFree: number;
+  /** Chains made available and not yet collected. */
+  inFlightCount = 0;
+  /** A fatal verdict was made about the device's use of this queue. */
+  broken = false;
+  /** Length the device reported for the buffer last returned by `getUsed`. */
+  lastLen = 0;
+  /** Head of the buffer last returned by `getUsed`. */
+  lastHead = 0;
+  /** Interrupts received for this queue (transports count them here). */
+  interrupts = 0;
+
+  private freeHead = 0;
+  private readonly nextFree: Uint16Array;
+  private readonly tokens: unknown[];
+  private readonly inFlight: Uint8Array;
+  private readonly writableLen: Float64Array;
+  private readonly tableCount: Uint16Array;
+  private readonly usesIndirect: Uint8Array;
+  // Shadow of the table descriptors as written, for split.desc-table.device.4.
+  private readonly shadow: Uint32Array;
+
+  private availIdx = 0;
+  private kickedAt = 0;
+  private lastUsed = 0;
+
+  // Chain under construction.
+  private segs = 0;
+  private readonly segAddr: Float64Array;
+  private readonly segLen: Uint32Array;
+  private readonly segWritable: Uint8Array;
+  private readableAfterWritable = false;
+
+  private readonly desc: MemoryRegion;
+  private readonly descOff: number;
+  private readonly avail: MemoryRegion;
+  private readonly availOff: number;
+  private readonly used: MemoryRegion;
+  private readonly usedOff: number;
+  private readonly indirectMax: number;
+  private readonly pool: number;
+
+  constructor(
+    readonly mem: GuestMemory,
+    readonly index: number,
+    readonly size: number,
+    readonly addrs: SplitRingAddresses,
+    readonly options: SplitDriverQueueOptions,
+    readonly monitor: Monitor,
+    private readonly sink: ViolationSink,
+  ) {
+    this.mask = size - 1;
+    this.numFree = size;
+    this.nextFree = new Uint16Array(size);
+    for (let i = 0; i < size; i++) this.nextFree[i] = i + 1;
+    this.tokens = new Array<unknown>(size).fill(undefined);
+    this.inFlight = new Uint8Array(size);
+    this.writableLen = new Float64Array(size);
+    this.tableCount = new Uint16Array(size);
+    this.usesIndirect = new Uint8Array(size);
+    this.shadow = new Uint32Array(size * 4);
+    this.indirectMax = options.indirect && options.indirectPool !== undefined ? (options.indirectMax ?? 32) : 0;
+    this.pool = options.indirectPool ?? 0;
+    const cap = Math.max(size, this.indirectMax);
+    this.segAddr = new Float64Array(cap);
+    this.segLen = new Uint32Array(cap);
+    this.segWritable = new Uint8Array(cap);
+    this.desc = mem.region(addrs.desc, descTableSize(size));
+    this.descOff = addrs.desc - this.desc.guestAddr;
+    this.avail = mem.region(addrs.avail, availRingSize(size));
+    this.availOff = addrs.avail - this.avail.guestAddr;
+    this.used = mem.region(addrs.used, usedRingSize(size));
+    this.usedOff = addrs.used - this.used.guestAddr;
+    if (this.indirectMax > 0) mem.region(this.pool, size * this.indirectMax * DESC_SIZE);
+    // split.avail-buffer-notif-suppr.driver.1: the used ring (flags included) starts zeroed.
+    this.desc.bytes.fill(0, this.descOff, this.descOff + descTableSize(size));
+    this.avail.bytes.fill(0, this.availOff, this.availOff + availRingSize(size));
+    this.used.bytes.fill(0, this.usedOff, this.usedOff + usedRingSize(size));
+  }
+
+  /** Starts a new chain. */
+  begin(): this {
+    this.segs = 0;
+    this.readableAfterWritable = false;
+    return this;
+  }
+
+  /** Appends a device-readable buffer. */
+  addReadable(addr: number, len: number): this {
+    return this.addSegment(addr, len, 0);
+  }
+
+  /** Appends a device-writable buffer. */
+  addWritable(addr: number, len: number): this {
+    return this.addSegment(addr, len, 1);
+  }
+
+  private addSegment(addr: number, len: number, writable: number): this {
+    if (this.segs >= this.segAddr.length) throw new RangeError(`a chain on queue ${this.index} holds at most ${this.segAddr.length} buffers`);
+    if (!writable && this.segs > 0 && this.segWritable[this.segs - 1]) this.readableAfterWritable = true;
+    this.segAddr[this.segs] = addr;
+    this.segLen[this.segs] = len;
+    this.segWritable[this.segs] = writable;
+    this.segs++;
+    return this;
+  }
+
+  /**
+   * Writes the chain into the descriptor table (or an indirect table) and the avail ring.
+   * Returns the head, or -1 when the queue has no room (collect used buffers first).
+   * The buffers are exposed to the device only at the next `publish()`.
+   */
+  commit(token: unknown, options: { indirect?: boolean } = {}): number {
+    const n = this.segs;
+    if (n === 0) throw new RangeError('empty chain');
+    if (this.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (split.message-framing.driver.1)');
+    const useIndirect = (options.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
+    const need = useIndirect ? 1 : n;
+    if (this.numFree < need || this.broken) return -1;
+    const head = this.freeHead;
+    let writable = 0;
+    if (useIndirect) {
+      const table = this.pool + head * this.indirectMax * DESC_SIZE;
+      const r = this.mem.region(table, n * DESC_SIZE);
+      const base = table - r.guestAddr;
+      for (let i = 0; i < n; i++) {
+        const last = i === n - 1;
+        this.writeDesc(r.view, base + i * DESC_SIZE, this.segAddr[i], this.segLen[i], (this.segWritable[i] ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : i + 1);
+        if (this.segWritable[i]) writable += this.segLen[i];
+      }
+      if (this.mem.onWrite !== null) this.mem.onWrite(table, n * DESC_SIZE);
+      this.freeHead = this.nextFree[head];
+      this.putTableDesc(head, table, n * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+      this.usesIndirect[head] = 1;
+    } else {
+      let idx = head;
+      for (let i = 0; i < n; i++) {
+        const last = i === n - 1;
+        const next = this.nextFree[idx];
+        this.putTableDesc(idx, this.segAddr[i], this.segLen[i], (this.segWritable[i] ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : next);
+        if (this.segWritable[i]) writable += this.segLen[i];
+        if (!last) idx = next;
+        else this.freeHead = next;
+      }
+      this.usesIndirect[head] = 0;
+    }
+    this.numFree -= need;
+    this.tableCount[head] = need;
+    this.tokens[head] = token;
+    this.writableLen[head] = writable;
+    this.inFlight[head] = 1;
+    this.inFlightCount++;
+    const slot = this.availOff + AVAIL_RING + 2 * (this.availIdx & this.mask);
+    this.avail.view.setUint16(slot, head, true);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + AVAIL_RING + 2 * (this.availIdx & this.mask), 2);
+    this.availIdx = (this.availIdx + 1) & 0xffff;
+    this.segs = 0;
+    return head;
+  }
+
+  private writeDesc(view: DataView, o: number, addr: number, len: number, flags: number, next: number): void {
+    view.setUint32(o, addr % TWO_32, true);
+    view.setUint32(o + 4, Math.floor(addr / TWO_32), true);
+    view.setUint32(o + 8, len, true);
+    view.setUint16(o + 12, flags, true);
+    view.setUint16(o + 14, next, true);
+  }
+
+  private putTableDesc(idx: number, addr: number, len: number, flags: number, next: number): void {
+    this.writeDesc(this.desc.view, this.descOff + idx * DESC_SIZE, addr, len, flags, next);
+    const s = idx * 4;
+    this.shadow[s] = addr % TWO_32;
+    this.shadow[s + 1] = Math.floor(addr / TWO_32);
+    this.shadow[s + 2] = len;
+    this.shadow[s + 3] = flags | (next << 16);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.desc + idx * DESC_SIZE, DESC_SIZE);
+  }
+
+  /**
+   * Makes the committed chains visible (one atomic store of avail.idx, after the ring
+   * entries: split.updating-idx.driver.1) and returns whether the device wants a kick.
+   */
+  publish(): boolean {
+    const off = this.availOff + RING_IDX;
+    if (this.avail.u16 !== null && (off & 1) === 0) Atomics.store(this.avail.u16, off >> 1, this.availIdx);
+    else this.avail.view.setUint16(off, this.availIdx, true);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + RING_IDX, 2);
+    return this.needsKick();
+  }
+
+  /** The kick decision for what was published since the last decision (2.7.10). */
+  needsKick(): boolean {
+    const old = this.kickedAt;
+    const next = this.availIdx;
+    if (old === next) return false;
+    this.kickedAt = next;
+    const flags = this.usedFlags();
+    if (this.options.eventIdx) {
+      if (flags !== 0) this.report('split.avail-buffer-notif-suppr.device.3', `used.flags is ${flags} with VIRTIO_F_EVENT_IDX negotiated (must be 0)`, { flags }, false);
+      // split.avail-buffer-notif-suppr.driver.5: the low bit of flags is ignored.
+      const event = this.used.view.getUint16(this.usedOff + availEventOffset(this.size), true);
+      return needEvent(event, next, old);
+    }
+    if (flags > 1) this.report('split.avail-buffer-notif-suppr.device.1', `used.flags is ${flags} (must be 0 or 1)`, { flags }, false);
+    // split.avail-buffer-notif-suppr.driver.2: avail_event is ignored without EVENT_IDX.
+    return (flags & 1) === 0;
+  }
+
+  private usedFlags(): number {
+    const off = this.usedOff + RING_FLAGS;
+    return this.used.u16 !== null && (off & 1) === 0 ? Atomics.load(this.used.u16, off >> 1) : this.used.view.getUint16(off, true);
+  }
+
+  private usedIdx(): number {
+    const off = this.usedOff + RING_IDX;
+    return this.used.u16 !== null && (off & 1) === 0 ? Atomics.load(this.used.u16, off >> 1) : this.used.view.getUint16(off, true);
+  }
+
+  /** Number of used elements the device published and the driver has not collected. */
+  usedPending(): number {
+    if (this.broken) return 0;
+    const idx = this.usedIdx();
+    const n = (idx - this.lastUsed) & 0xffff;
+    if (n > this.inFlightCount) {
+      this.report('struct.used-idx.device.1', `used index moved from ${this.lastUsed} to ${idx} with only ${this.inFlightCount} buffers in flight`, { lastUsed: this.lastUsed, idx }, true);
+      return 0;
+    }
+    return n;
+  }
+
+  /**
+   * Returns the token of the next used buffer (its length in `lastLen`), or undefined when
+   * none is pending or the device broke a rule (then a verdict was made).
+   */
+  getUsed(): unknown {
+    if (this.usedPending() === 0) return undefined;
+    const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
+    const id = this.used.view.getUint32(o, true);
+    let len = this.used.view.getUint32(o + 4, true);
+    if (id >= this.size || this.inFlight[id] !== 1) {
+      this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
+      return undefined;
+    }
+    this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    if (len > this.writableLen[id]) {
+      this.report(
+        'split.used-ring.device.2',
+        `used length ${len} for head ${id} exceeds the ${this.writableLen[id]} writable bytes the driver provided`,
+        { id, len, writable: this.writableLen[id] },
+        false,
+      );
+      len = this.writableLen[id]; // never trust the device past the buffer it was given
+    }
+    this.checkTable(id);
+    const token = this.tokens[id];
+    this.release(id);
+    this.lastHead = id;
+    this.lastLen = len;
+    return token;
+  }
+
+  /** split.desc-table.device.4: the device never writes the descriptor table. */
+  private checkTable(head: number): void {
+    const view = this.desc.view;
+    let idx = head;
+    for (let n = this.tableCount[head]; n > 0; n--) {
+      const o = this.descOff + idx * DESC_SIZE;
+      const s = idx * 4;
+      const flagsNext = view.getUint16(o + 12, true) | (view.getUint16(o + 14, true) << 16);
+      if (
+        view.getUint32(o, true) !== this.shadow[s] ||
+        view.getUint32(o + 4, true) !== this.shadow[s + 1] ||
+        view.getUint32(o + 8, true) !== this.shadow[s + 2] ||
+        flagsNext >>> 0 !== this.shadow[s + 3]
+      ) {
+        this.report('split.desc-table.device.4', `descriptor ${idx} of chain ${head} was changed while the device held it`, { head, desc: idx }, false);
+        // Restore the driver's copy so the free list stays sound.
+        this.writeDesc(view, o, this.shadow[s] + this.shadow[s + 1] * TWO_32, this.shadow[s + 2], this.shadow[s + 3] & 0xffff, this.shadow[s + 3] >>> 16);
+      }
+      idx = this.shadow[s + 3] >>> 16;
+    }
+  }
+
+  private release(head: number): void {
+    const n = this.tableCount[head];
+    let last = head;
+    for (let i = 1; i < n; i++) last = this.shadow[last * 4 + 3] >>> 16;
+    this.nextFree[last] = this.freeHead;
+    this.freeHead = head;
+    this.numFree += n;
+    this.inFlight[head] = 0;
+    this.inFlightCount--;
+    this.tokens[head] = undefined;
+  }
+
+  /** Asks the device for used-buffer notifications again; true when used buffers are already pending. */
+  enableInterrupts(): boolean {
+    if (this.options.eventIdx) {
+      const o = this.availOff + usedEventOffset(this.size);
+      this.avail.view.setUint16(o, this.lastUsed, true);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + usedEventOffset(this.size), 2);
+    } else this.writeAvailFlags(0);
+    return this.usedPending() > 0;
+  }
+
+  /** Tells the device not to send used-buffer notifications (without EVENT_IDX). */
+  disableInterrupts(): void {
+    if (!this.options.eventIdx) this.writeAvailFlags(VIRTQ_AVAIL_F_NO_INTERRUPT);
+  }
+
+  /** Whether the driver asked for a notification for the used entry the device writes next. */
+  wantsInterrupt(usedIdxBefore: number, usedIdxAfter: number): boolean {
+    if (this.options.eventIdx) {
+      const event = this.avail.view.getUint16(this.availOff + usedEventOffset(this.size), true);
+      return needEvent(event, usedIdxAfter, usedIdxBefore);
+    }
+    return (this.avail.view.getUint16(this.availOff + RING_FLAGS, true) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+
+  private writeAvailFlags(flags: number): void {
+    const off = this.availOff + RING_FLAGS;
+    if (this.avail.u16 !== null && (off & 1) === 0) Atomics.store(this.avail.u16, off >> 1, flags);
+    else this.avail.view.setUint16(off, flags, true);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + RING_FLAGS, 2);
+  }
+
+  /** Current avail.idx as the driver keeps it (not yet published entries included). */
+  get nextAvailIdx(): number {
+    return this.availIdx;
+  }
+
+  /** used.idx up to which the driver has collected. */
+  get collectedIdx(): number {
+    return this.lastUsed;
+  }
+
+  /** Tokens of chains still in flight (for a reset that takes buffers back: init.cleanup.driver.2). */
+  drainAfterReset(): unknown[] {
+    const out: unknown[] = [];
+    for (let h = 0; h < this.size; h++) if (this.inFlight[h]) {
+      out.push(this.tokens[h]);
+      this.release(h);
+    }
+    return out;
+  }
+
+  private report(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
+    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
+    if (fatal) this.broken = true;
+    this.sink(v, fatal);
+  }
+}

@@ -1,0 +1,94 @@
+/**
+ * Entropy driver (spec 5.4): `read(n)` posts device-writable buffers on the request queue and
+ * collects what the device wrote, using only the length it reported
+ * (entropy.device-operation.driver.2).
+ */
+import { DeviceId } from '../core/constants.js';
+import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../core/driver.js';
+import type { DriverTransport } from '../core/transport.js';
+import type { SplitDriverQueue } from '../core/virtqueue/split-driver.js';
+
+interface Request {
+  addr: number;
+  len: number;
+  resolve: (bytes: Uint8Array) => void;
+  reject: (err: Error) => void;
+}
+
+export interface RngDriverOptions extends Partial<VirtioDriverOptions> {
+  /** Largest buffer posted per request (default 4096). */
+  chunk?: number;
+}
+
+export class RngDriver extends VirtioDriver {
+  private queue: SplitDriverQueue | null = null;
+  private readonly pending = new Set<Request>();
+  private readonly chunk: number;
+
+  constructor(transport: DriverTransport, options: RngDriverOptions = {}) {
+    super(transport, { deviceId: DeviceId.ENTROPY, queueSize: 64, ...options });
+    this.chunk = options.chunk ?? 4096;
+    this.onUsed = (q) => this.collect(q);
+  }
+
+  /** Initializes the device (3.1.1) with its one request queue. */
+  async start(): Promise<void> {
+    await this.init({
+      setup: async () => {
+        this.queue = await this.setupQueue(0);
+      },
+    });
+  }
+
+  /** Returns `n` random bytes from the device. */
+  async read(n: number): Promise<Uint8Array> {
+    const out = new Uint8Array(n);
+    let got = 0;
+    while (got < n) {
+      const part = await this.request(Math.min(this.chunk, n - got));
+      out.set(part.subarray(0, Math.min(part.length, n - got)), got);
+      got += part.length;
+    }
+    return out;
+  }
+
+  /** One request: a single device-writable buffer of `len` bytes. */
+  request(len: number): Promise<Uint8Array> {
+    const q = this.queue;
+    if (this.state !== 'live' || q === null) return Promise.reject(this.failure ?? new DriverError('entropy driver is not started'));
+    return new Promise<Uint8Array>((resolve, reject) => {
+      const addr = this.allocator.alloc(len, 8);
+      const req: Request = { addr, len, resolve, reject };
+      const head = q.begin().addWritable(addr, len).commit(req);
+      if (head < 0) {
+        this.allocator.release(addr);
+        reject(new DriverError('entropy queue is full'));
+        return;
+      }
+      this.pending.add(req);
+      this.kick(q);
+    });
+  }
+
+  private collect(q: SplitDriverQueue): void {
+    do {
+      let req: Request | undefined;
+      while ((req = q.getUsed() as Request | undefined) !== undefined) {
+        this.pending.delete(req);
+        const len = q.lastLen;
+        if (len === 0) {
+          this.deviceViolation('entropy.device-operation.device.1', `device returned a ${req.len}-byte entropy buffer with no bytes in it`, { head: q.lastHead });
+        }
+        const bytes = new Uint8Array(len);
+        this.transport.memory.read(req.addr, bytes);
+        this.allocator.release(req.addr);
+        req.resolve(bytes);
+      }
+    } while (q.enableInterrupts() && !q.broken);
+  }
+
+  protected override onBroken(err: DriverError): void {
+    for (const req of this.pending) req.reject(err);
+    this.pending.clear();
+  }
+}

@@ -1,0 +1,292 @@
+/**
+ * Guest memory: the guest-physical address space that drivers and devices share.
+ *
+ * Every access is checked: a range outside memory, or one that runs into a hole between
+ * regions where a single view is needed, raises a {@link MemoryError} (never a raw
+ * RangeError), so ring code can turn a hostile address into a verdict.
+ *
+ * Multi-byte accessors are little-endian (virtio 1.x is little-endian, VIRTIO spec 1.4
+ * section 1.4). Ring indices go through Atomics on typed-array views so a peer running
+ * concurrently (vCPUs writing shared memory under vhost-user) sees whole 16-bit values.
+ *
+ * Browser-safe: no Node import.
+ */
+
+/** A guest address range that no region backs, or a region that does not fit. */
+export class MemoryError extends Error {
+  override readonly name = 'MemoryError';
+  constructor(
+    message: string,
+    readonly addr: number,
+    readonly length: number,
+  ) {
+    super(message);
+  }
+}
+
+/** Highest address (exclusive) any region may reach: guest addresses are JS numbers. */
+export const MAX_GUEST_ADDRESS = Number.MAX_SAFE_INTEGER;
+
+export interface MemoryRegionInit {
+  /** Guest-physical address of the first byte. */
+  guestAddr: number;
+  /** Size in bytes. */
+  size: number;
+  /** Backing store; mmapped buffers from the native addon fit here too. */
+  buffer: ArrayBufferLike;
+  /** Byte offset of the region inside `buffer` (default 0). */
+  offset?: number;
+  /** Frontend (VMM) virtual address of the first byte, for vhost-user ring translation. */
+  userAddr?: number;
+}
+
+/** One contiguous piece of guest memory with its preallocated views. */
+export class MemoryRegion {
+  readonly guestAddr: number;
+  readonly size: number;
+  /** Exclusive end: guestAddr + size. */
+  readonly end: number;
+  readonly userAddr: number | undefined;
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  /** 16-bit view over the region when its byte offset is even (index = offset >> 1). */
+  readonly u16: Uint16Array | null;
+  /** 32-bit view over the region when its byte offset is a multiple of 4. */
+  readonly u32: Uint32Array | null;
+
+  constructor(init: MemoryRegionInit) {
+    const offset = init.offset ?? 0;
+    if (!Number.isSafeInteger(init.guestAddr) || init.guestAddr < 0) {
+      throw new MemoryError(`region guest address ${init.guestAddr} is not a non-negative safe integer`, init.guestAddr, init.size);
+    }
+    if (!Number.isSafeInteger(init.size) || init.size <= 0) {
+      throw new MemoryError(`region size ${init.size} is not a positive integer`, init.guestAddr, init.size);
+    }
+    if (init.guestAddr + init.size > MAX_GUEST_ADDRESS) {
+      throw new MemoryError('region ends beyond the largest supported guest address (2^53)', init.guestAddr, init.size);
+    }
+    if (offset < 0 || offset + init.size > init.buffer.byteLength) {
+      throw new MemoryError(
+        `region [${offset}, ${offset + init.size}) does not fit its ${init.buffer.byteLength}-byte buffer`,
+        init.guestAddr,
+        init.size,
+      );
+    }
+    this.guestAddr = init.guestAddr;
+    this.size = init.size;
+    this.end = init.guestAddr + init.size;
+    this.userAddr = init.userAddr;
+    this.bytes = new Uint8Array(init.buffer, offset, init.size);
+    this.view = new DataView(init.buffer, offset, init.size);
+    this.u16 = offset % 2 === 0 ? new Uint16Array(init.buffer, offset, Math.floor(init.size / 2)) : null;
+    this.u32 = offset % 4 === 0 ? new Uint32Array(init.buffer, offset, Math.floor(init.size / 4)) : null;
+  }
+
+  contains(addr: number, length: number): boolean {
+    return addr >= this.guestAddr && length >= 0 && addr + length <= this.end;
+  }
+}
+
+/** Called after every write through GuestMemory, for dirty-page logging (live migration). */
+export type WriteHook = (addr: number, length: number) => void;
+
+const hostIsLittleEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+function fmt(addr: number): string {
+  return Number.isFinite(addr) ? `0x${addr.toString(16)}` : String(addr);
+}
+
+export class GuestMemory {
+  readonly regions: readonly MemoryRegion[];
+  /** Optional dirty-page hook; ring code and cursors call it for every guest write. */
+  onWrite: WriteHook | null = null;
+  private last: MemoryRegion;
+
+  constructor(regions: readonly MemoryRegionInit[]) {
+    if (!hostIsLittleEndian) throw new Error('virtio-ts needs a little-endian host (typed-array ring views)');
+    if (regions.length === 0) throw new MemoryError('guest memory needs at least one region', 0, 0);
+    const built = regions.map((r) => new MemoryRegion(r)).sort((a, b) => a.guestAddr - b.guestAddr);
+    for (let i = 1; i < built.length; i++) {
+      if (built[i].guestAddr < built[i - 1].end) {
+        throw new MemoryError(
+          `regions overlap at ${fmt(built[i].guestAddr)}`,
+          built[i].guestAddr,
+          built[i].size,
+        );
+      }
+    }
+    this.regions = built;
+    this.last = built[0];
+  }
+
+  /** One region of `size` bytes at guest address `guestAddr` over a fresh buffer. */
+  static create(size: number, options: { guestAddr?: number; shared?: boolean } = {}): GuestMemory {
+    const buffer = options.shared ? new SharedArrayBuffer(size) : new ArrayBuffer(size);
+    return new GuestMemory([{ guestAddr: options.guestAddr ?? 0, size, buffer }]);
+  }
+
+  /** Total bytes backed by regions. */
+  get size(): number {
+    let n = 0;
+    for (const r of this.regions) n += r.size;
+    return n;
+  }
+
+  /** The region that holds all of [addr, addr+length), or null. Never throws. */
+  regionFor(addr: number, length: number): MemoryRegion | null {
+    const last = this.last;
+    if (addr >= last.guestAddr && addr + length <= last.end && length >= 0) return last;
+    if (!(addr >= 0) || !(length >= 0)) return null;
+    for (const r of this.regions) {
+      if (addr >= r.guestAddr && addr + length <= r.end) {
+        this.last = r;
+        return r;
+      }
+    }
+    return null;
+  }
+
+  /** True when [addr, addr+length) lies inside one region. */
+  isContiguous(addr: number, length: number): boolean {
+    return this.regionFor(addr, length) !== null;
+  }
+
+  /** True when every byte of [addr, addr+length) is backed, across regions if needed. */
+  isBacked(addr: number, length: number): boolean {
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(length) || addr < 0 || length < 0) return false;
+    let cur = addr;
+    const end = addr + length;
+    while (cur < end) {
+      const r = this.regionFor(cur, 1);
+      if (r === null) return false;
+      cur = Math.min(end, r.end);
+    }
+    return true;
+  }
+
+  /** The region holding the range, or a MemoryError naming the range. */
+  region(addr: number, length: number): MemoryRegion {
+    const r = this.regionFor(addr, length);
+    if (r === null) throw this.rangeError(addr, length);
+    return r;
+  }
+
+  /** A view of [addr, addr+length); the range must lie in one region. */
+  bytes(addr: number, length: number): Uint8Array {
+    const r = this.region(addr, length);
+    const off = addr - r.guestAddr;
+    return r.bytes.subarray(off, off + length);
+  }
+
+  readU8(addr: number): number {
+    const r = this.region(addr, 1);
+    return r.bytes[addr - r.guestAddr];
+  }
+  readU16(addr: number): number {
+    const r = this.region(addr, 2);
+    return r.view.getUint16(addr - r.guestAddr, true);
+  }
+  readU32(addr: number): number {
+    const r = this.region(addr, 4);
+    return r.view.getUint32(addr - r.guestAddr, true);
+  }
+  readU64(addr: number): bigint {
+    const r = this.region(addr, 8);
+    return r.view.getBigUint64(addr - r.guestAddr, true);
+  }
+  writeU8(addr: number, value: number): void {
+    const r = this.region(addr, 1);
+    r.bytes[addr - r.guestAddr] = value;
+    if (this.onWrite !== null) this.onWrite(addr, 1);
+  }
+  writeU16(addr: number, value: number): void {
+    const r = this.region(addr, 2);
+    r.view.setUint16(addr - r.guestAddr, value, true);
+    if (this.onWrite !== null) this.onWrite(addr, 2);
+  }
+  writeU32(addr: number, value: number): void {
+    const r = this.region(addr, 4);
+    r.view.setUint32(addr - r.guestAddr, value >>> 0, true);
+    if (this.onWrite !== null) this.onWrite(addr, 4);
+  }
+  writeU64(addr: number, value: bigint | number): void {
+    const r = this.region(addr, 8);
+    r.view.setBigUint64(addr - r.guestAddr, BigInt.asUintN(64, BigInt(value)), true);
+    if (this.onWrite !== null) this.onWrite(addr, 8);
+  }
+
+  /** Atomic 16-bit load (ring indices). `addr` must be even. */
+  loadU16(addr: number): number {
+    const r = this.region(addr, 2);
+    const off = addr - r.guestAddr;
+    if (r.u16 !== null && (off & 1) === 0) return Atomics.load(r.u16, off >> 1);
+    return r.view.getUint16(off, true);
+  }
+
+  /** Atomic 16-bit store (ring indices). */
+  storeU16(addr: number, value: number): void {
+    const r = this.region(addr, 2);
+    const off = addr - r.guestAddr;
+    if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, value);
+    else r.view.setUint16(off, value, true);
+    if (this.onWrite !== null) this.onWrite(addr, 2);
+  }
+
+  /** Copies guest bytes into `dst`, crossing region boundaries where regions are adjacent. */
+  read(addr: number, dst: Uint8Array): void {
+    let done = 0;
+    while (done < dst.length) {
+      const r = this.region(addr + done, 1);
+      const off = addr + done - r.guestAddr;
+      const n = Math.min(dst.length - done, r.size - off);
+      dst.set(r.bytes.subarray(off, off + n), done);
+      done += n;
+    }
+  }
+
+  /** Copies `src` into guest memory, crossing region boundaries where regions are adjacent. */
+  write(addr: number, src: Uint8Array): void {
+    if (!this.isBacked(addr, src.length)) throw this.rangeError(addr, src.length);
+    let done = 0;
+    while (done < src.length) {
+      const r = this.region(addr + done, 1);
+      const off = addr + done - r.guestAddr;
+      const n = Math.min(src.length - done, r.size - off);
+      r.bytes.set(src.subarray(done, done + n), off);
+      done += n;
+    }
+    if (this.onWrite !== null && src.length > 0) this.onWrite(addr, src.length);
+  }
+
+  /** Sets [addr, addr+length) to `value`. */
+  fill(addr: number, length: number, value = 0): void {
+    if (!this.isBacked(addr, length)) throw this.rangeError(addr, length);
+    let done = 0;
+    while (done < length) {
+      const r = this.region(addr + done, 1);
+      const off = addr + done - r.guestAddr;
+      const n = Math.min(length - done, r.size - off);
+      r.bytes.fill(value, off, off + n);
+      done += n;
+    }
+    if (this.onWrite !== null && length > 0) this.onWrite(addr, length);
+  }
+
+  /** Translates a frontend virtual address (vhost-user ring addresses) to a guest address. */
+  userToGuest(userAddr: number, length: number): number {
+    for (const r of this.regions) {
+      if (r.userAddr === undefined) continue;
+      if (userAddr >= r.userAddr && userAddr + length <= r.userAddr + r.size) return r.guestAddr + (userAddr - r.userAddr);
+    }
+    throw new MemoryError(`frontend address ${fmt(userAddr)} (+${length}) is in no memory region`, userAddr, length);
+  }
+
+  rangeError(addr: number, length: number): MemoryError {
+    const map = this.regions.map((r) => `[${fmt(r.guestAddr)}, ${fmt(r.end)})`).join(' ');
+    return new MemoryError(
+      `guest range ${fmt(addr)} +${length} is outside guest memory or crosses a hole (regions: ${map})`,
+      addr,
+      length,
+    );
+  }
+}
