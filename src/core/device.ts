@@ -11,8 +11,9 @@
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { Monitor, type Verdict } from '../conformance/monitor.js';
 import { Feature, Status, statusNames } from './constants.js';
-import { bit, featureNames, hasFeature, type FeatureNames } from './features.js';
+import { bit, featureBits as featureBitsOf, featureNames, hasFeature, type FeatureNames } from './features.js';
 import { SplitDeviceQueue } from './virtqueue/split-device.js';
+import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from './device-types.js';
 
 /** How the device reaches the driver: the transport implements it. */
 export interface DeviceHost {
@@ -56,8 +57,8 @@ export abstract class VirtioDevice {
   /** Bumped on every configuration change (config_generation). */
   configGeneration = 0;
 
-  private statusValue = 0;
-  private host: DeviceHost | null = null;
+  protected statusValue = 0;
+  protected host: DeviceHost | null = null;
   private mem: GuestMemory | null = null;
   /** Whether FEATURES_OK has ever been accepted (basic.features.device.5). */
   private negotiatedOnce: bigint | null = null;
@@ -66,7 +67,7 @@ export abstract class VirtioDevice {
     this.deviceId = options.deviceId;
     this.name = options.name ?? `device ${options.deviceId}`;
     this.monitor = options.monitor ?? new Monitor();
-    this.featureNames = options.featureNames ?? {};
+    this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
     const transport = options.transportFeatures ?? bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX);
     this.offered = transport | (options.deviceFeatures ?? 0n);
     this.config = new Uint8Array(options.configSize ?? 0);
@@ -179,12 +180,13 @@ export abstract class VirtioDevice {
       this.violation('init.sequence.driver.1', order, { old, value });
       if (this.monitor.strict) return;
     }
-    let next = (old & Status.DEVICE_NEEDS_RESET) | (value & driverBits);
+    let next = value & driverBits;
     if (added & Status.FEATURES_OK) {
       if (!this.acceptFeatures()) next &= ~Status.FEATURES_OK; // basic.features.device.3
     }
     if (added & Status.FAILED) this.onFailed();
-    this.statusValue = next;
+    // DEVICE_NEEDS_RESET is the device's own bit: it survives driver writes (and may have just been set).
+    this.statusValue = next | (this.statusValue & Status.DEVICE_NEEDS_RESET);
     if (added & Status.DRIVER_OK && (next & Status.FEATURES_OK) && !(next & Status.FAILED)) this.goLive();
   }
 
@@ -213,6 +215,11 @@ export abstract class VirtioDevice {
       });
       return false;
     }
+    const undescribed = featureBitsOf(f).filter((b) => !isDescribedFeature(this.deviceId, b));
+    if (undescribed.length > 0) {
+      this.violation('basic.features.driver.4', `driver accepted feature bits the spec does not describe for this device type: ${undescribed.join(', ')}`, { bits: undescribed });
+      return false;
+    }
     if (!hasFeature(f, Feature.VERSION_1)) {
       // Not a driver violation (a legacy driver may do this); this device is modern-only.
       return false;
@@ -228,8 +235,8 @@ export abstract class VirtioDevice {
   }
 
   /** Device types name features that need other features; returns a description or null. */
-  protected missingDependency(_features: bigint): string | null {
-    return null;
+  protected missingDependency(features: bigint): string | null {
+    return brokenDependency(this.deviceId, features);
   }
 
   /** Device types may refuse a valid-looking subset (basic.features.device.2 says they should not). */

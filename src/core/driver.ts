@@ -9,7 +9,8 @@
 import { Monitor, type Verdict } from '../conformance/monitor.js';
 import { GuestAllocator } from '../memory/allocator.js';
 import { Feature, Status, statusNames } from './constants.js';
-import { bit, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, type FeatureNames } from './features.js';
+import { bit, featureBits, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, type FeatureNames } from './features.js';
+import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from './device-types.js';
 import type { DriverTransport } from './transport.js';
 import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from './virtqueue/split-driver.js';
 
@@ -79,7 +80,7 @@ export class VirtioDriver {
     this.monitor = options.monitor ?? new Monitor();
     const first = transport.memory.regions[0];
     this.allocator = options.allocator ?? new GuestAllocator(first.guestAddr, first.size);
-    this.featureNames = options.featureNames ?? {};
+    this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
     this.wanted = (options.transportFeatures ?? TRANSPORT_FEATURES_SPLIT) | (options.deviceFeatures ?? 0n);
     this.queueSize = options.queueSize ?? 256;
     this.indirectMax = options.indirectMax ?? 16;
@@ -110,9 +111,12 @@ export class VirtioDriver {
   /** Gives up on a device that broke a rule: pending work fails, FAILED is set (best effort). */
   protected breakDown(err: DriverError): void {
     if (this.state === 'broken') return;
+    const initializing = this.state === 'initializing';
     this.state = 'broken';
     this.failure = err;
     this.onBroken(err);
+    // During init(), init itself sets FAILED at its next step (one status writer at a time).
+    if (initializing) return;
     void this.transport
       .getStatus()
       .then((s) => this.transport.setStatus(s | Status.FAILED))
@@ -126,15 +130,12 @@ export class VirtioDriver {
     const q = this.queues[index];
     if (!this.driverOkSet) {
       // basic.status.device.1: no used-buffer notification before DRIVER_OK.
-      this.deviceViolation(
-        this.resetDone ? 'basic.reset.device.2' : 'basic.status.device.1',
-        `device sent a used-buffer notification for queue ${index} before DRIVER_OK`,
-        { queue: index },
-      );
+      this.deviceViolation('basic.status.device.1', `device sent a used-buffer notification for queue ${index} before DRIVER_OK`, { queue: index });
       return;
     }
     if (q === undefined) return;
     q.interrupts++;
+    if (this.transport.synchronous === true) this.auditSpuriousNotification(q);
     if (this.state !== 'live') return;
     try {
       this.onUsed(q);
@@ -143,8 +144,25 @@ export class VirtioDriver {
     }
   }
 
+  /**
+   * split.used-buffer-notif-suppr.device.2 / .6: a device SHOULD NOT notify when the driver
+   * suppressed it. Only judged on synchronous transports, where the notification arrives
+   * right after the used index moved.
+   */
+  private auditSpuriousNotification(q: SplitDriverQueue): void {
+    const now = q.deviceUsedIdx();
+    const since = q.usedIdxAtLastInterrupt;
+    q.usedIdxAtLastInterrupt = now;
+    if (now === since || q.wantsInterrupt(since, now)) return;
+    if (q.options.eventIdx) {
+      this.deviceViolation('split.used-buffer-notif-suppr.device.6', `device notified queue ${q.index} although used_event was not reached`, { queue: q.index, usedIdx: now });
+    } else {
+      this.deviceViolation('split.used-buffer-notif-suppr.device.2', `device notified queue ${q.index} although the driver set VIRTQ_AVAIL_F_NO_INTERRUPT`, { queue: q.index });
+    }
+  }
+
   private handleConfigNotification(): void {
-    if (!this.driverOkSet && this.resetDone && this.state === 'initializing' && !this.beyondFeaturesOk) {
+    if (!this.driverOkSet && this.resetDone) {
       // basic.reset.device.2: nothing from the device between reset and re-initialization.
       this.deviceViolation('basic.reset.device.2', 'device sent a configuration change notification after reset, before the driver re-initialized it', {});
       return;
@@ -192,10 +210,16 @@ export class VirtioDriver {
       // (2) ACKNOWLEDGE, (3) DRIVER.
       await t.setStatus(Status.ACKNOWLEDGE);
       await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
+      this.checkpoint();
       // (4) Features: read, validate, accept the understood subset.
       this.offered = await t.getDeviceFeatures();
+      this.validateOffer(this.offered);
+      this.checkpoint();
       if (hooks.check) await hooks.check(this.offered);
-      const accept = this.offered & this.wanted;
+      this.checkpoint();
+      // basic.features.driver.3/.4/.7: unknown bits are ignored, never accepted, never a reason to fail.
+      let accept = this.offered & this.wanted;
+      if (brokenDependency(this.options.deviceId, accept) !== null) accept = this.dropUnmetDependencies(accept);
       if (!hasFeature(accept, Feature.VERSION_1)) {
         throw new DriverError('device does not offer VIRTIO_F_VERSION_1: legacy devices are not supported (basic.features.driver.6)');
       }
@@ -205,23 +229,69 @@ export class VirtioDriver {
       this.beyondFeaturesOk = true;
       // (6) Re-read: the device may have refused our subset.
       const s = await t.getStatus();
-      if (!(s & Status.FEATURES_OK)) throw new DriverError(`device refused the features ${featureNames(accept, this.featureNames).join(', ')} (FEATURES_OK not set)`);
+      if (!(s & Status.FEATURES_OK)) {
+        if (this.lastNegotiated === accept) {
+          this.deviceViolation('basic.features.device.5', 'device refused, after a reset, the feature set it accepted before', { features: accept.toString(16) });
+        } else {
+          this.deviceViolation('basic.features.device.2', `device refused a valid feature subset: ${featureNames(accept, this.featureNames).join(', ')}`, { features: accept.toString(16) });
+        }
+        throw new DriverError(`device refused the features ${featureNames(accept, this.featureNames).join(', ')} (FEATURES_OK not set)`);
+      }
       this.features = accept;
+      this.lastNegotiated = accept;
       // (7) Device-specific setup, queues included.
       if (hooks.setup) await hooks.setup();
-      // (8) DRIVER_OK: live.
-      const before = this.queues.map((q) => q.usedPending());
-      await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
-      if (before.some((n) => n > 0)) {
-        this.deviceViolation('basic.status.device.1', 'device consumed buffers before DRIVER_OK', { used: before });
-      }
+      this.checkpoint();
+      // (8) DRIVER_OK: live. basic.status.device.1: nothing consumed before it.
+      const before = this.queues.map((q) => q.deviceUsedIdx() !== q.collectedIdx);
+      if (before.some((moved) => moved)) this.deviceViolation('basic.status.device.1', 'device consumed buffers before DRIVER_OK', {});
+      this.checkpoint();
+      // From the moment DRIVER_OK is written the device may act (sync transports act inside the write).
       this.driverOkSet = true;
-      if (this.state === 'initializing') this.state = 'live';
+      await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
+      this.checkpoint();
+      this.state = 'live';
     } catch (err) {
+      this.driverOkSet = false;
       await this.fail(err);
       throw this.failure;
     }
+  }
+
+  /** Stops init() when a device verdict made the driver give up (init.sequence.driver.6). */
+  private checkpoint(): void {
     if ((this.state as DriverState) === 'broken') throw this.failure;
+  }
+
+  /** Feature set accepted with FEATURES_OK last time (basic.features.device.5). */
+  private lastNegotiated: bigint | null = null;
+
+  /** basic.features.driver.2: the driver validates what the device offers. */
+  private validateOffer(offered: bigint): void {
+    const id = this.options.deviceId;
+    const unknown = featureBits(offered).filter((b) => !isDescribedFeature(id, b));
+    if (unknown.length > 0) {
+      this.deviceViolation('basic.features.device.4', `device offers feature bits the spec does not describe for this device type: ${unknown.join(', ')}`, { bits: unknown });
+    }
+    const broken = brokenDependency(id, offered);
+    if (broken !== null) this.deviceViolation('basic.features.device.1', `device offers a feature without the feature it requires: ${broken}`, {});
+  }
+
+  /** Drops accepted features whose requirements are not accepted (basic.features.driver.1). */
+  private dropUnmetDependencies(set: bigint): bigint {
+    const info = DEVICE_TYPES[this.options.deviceId];
+    let changed = true;
+    while (changed && info !== undefined) {
+      changed = false;
+      for (const d of info.dependencies) {
+        const has = (b: number) => hasFeature(set, b);
+        if (has(d.feature) && (!(d.allOf ?? []).every(has) || (d.anyOf !== undefined && !d.anyOf.some(has)))) {
+          set &= ~bit(d.feature);
+          changed = true;
+        }
+      }
+    }
+    return set;
   }
 
   /** init.sequence.driver.5 / .6: set FAILED and stop initializing. */
@@ -239,6 +309,8 @@ export class VirtioDriver {
   /** Resets the device and waits until status reads 0 (basic.reset.driver.1). */
   async reset(): Promise<void> {
     const t = this.transport;
+    this.resetDone = true; // from the moment status reads 0, the device must stay quiet (basic.reset.device.2)
+    this.driverOkSet = false;
     await t.setStatus(0);
     for (let i = 0; ; i++) {
       const s = await t.getStatus();
@@ -248,8 +320,6 @@ export class VirtioDriver {
         throw new DriverError('device did not complete reset');
       }
     }
-    this.resetDone = true;
-    this.driverOkSet = false;
     // init.cleanup.driver.2: buffers come back only now that the device is reset.
     for (const q of this.queues) q.drainAfterReset();
   }
@@ -325,7 +395,24 @@ export class VirtioDriver {
 
   /** Publishes a queue's new chains and notifies the device if it wants it. */
   kick(q: SplitDriverQueue): void {
-    if (q.publish()) this.transport.notify(q.index);
+    if (!q.publish()) return;
+    if (this.transport.synchronous !== true || this.state !== 'live') {
+      this.transport.notify(q.index);
+      return;
+    }
+    // On a synchronous transport the device has done its work when notify returns: a used
+    // index that crossed the driver's threshold with no notification is a missed one.
+    const before = q.deviceUsedIdx();
+    const interrupts = q.interrupts;
+    this.transport.notify(q.index);
+    if (q.interrupts !== interrupts || q.broken) return;
+    const after = q.deviceUsedIdx();
+    if (after === before || !q.wantsInterrupt(before, after)) return;
+    if (q.options.eventIdx) {
+      this.deviceViolation('split.used-buffer-notif-suppr.device.5', `device wrote used entry ${q.usedEventValue()} on queue ${q.index}, the one used_event named, without notifying`, { queue: q.index });
+    } else {
+      this.deviceViolation('split.used-buffer-notif-suppr.device.3', `device used buffers on queue ${q.index} with avail.flags 0 and sent no notification`, { queue: q.index });
+    }
   }
 
   /** Feature names for logs and demos. */

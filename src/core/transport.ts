@@ -18,6 +18,8 @@ export interface DriverTransport {
   readonly memory: GuestMemory;
   /** Transport-specific feature bits the transport itself supports (e.g. no NOTIFICATION_DATA on loopback). */
   readonly supportedTransportFeatures?: bigint;
+  /** True when notify() returns only after the device handled it and any notification back arrived. */
+  readonly synchronous?: boolean;
 
   deviceId(): Promise<number>;
   getStatus(): Promise<number>;

@@ -2,6 +2,9 @@
  * Entropy device (spec 5.4): one queue, `requestq`; the driver posts device-writable
  * buffers and the device fills them with random bytes from a pluggable source
  * (crypto.getRandomValues by default, in Node and in browsers).
+ *
+ * An asynchronous source holds the request until its bytes arrive (into a host buffer, so a
+ * late answer never lands in guest memory the driver got back by a reset).
  */
 import { DeviceId } from '../core/constants.js';
 import { VirtioDevice, type VirtioDeviceOptions } from '../core/device.js';
@@ -11,6 +14,8 @@ import type { Monitor } from '../conformance/monitor.js';
 
 /** Fills `dst` with random bytes. */
 export type EntropySource = (dst: Uint8Array) => void;
+/** Fills `dst` with random bytes by the time the promise resolves (a slow or remote source). */
+export type AsyncEntropySource = (dst: Uint8Array) => Promise<void>;
 
 /** crypto.getRandomValues, 64 KiB at a time (its per-call limit). */
 export const cryptoEntropy: EntropySource = (dst) => {
@@ -19,6 +24,8 @@ export const cryptoEntropy: EntropySource = (dst) => {
 
 export interface RngDeviceOptions {
   source?: EntropySource;
+  /** Used instead of `source` when set: requests are held until it resolves. */
+  asyncSource?: AsyncEntropySource;
   /** Bytes given per request at most (the device MAY use less than the buffer: entropy.device-operation.device.2). */
   maxBytesPerRequest?: number;
   queueMaxSize?: number;
@@ -29,24 +36,24 @@ export interface RngDeviceOptions {
 
 export class RngDevice extends VirtioDevice {
   private readonly source: EntropySource;
+  private readonly asyncSource: AsyncEntropySource | undefined;
   private readonly maxBytes: number;
   private readonly chain: DescriptorChain;
   private readonly writer = new ChainWriter();
+  /** Bumped on reset: late answers of an asynchronous source are dropped. */
+  private epoch = 0;
   /** Bytes handed out since creation. */
   bytesServed = 0;
+  /** Requests waiting for an asynchronous source. */
+  held = 0;
 
   constructor(options: RngDeviceOptions = {}) {
-    super({
-      deviceId: DeviceId.ENTROPY,
-      numQueues: 1,
-      queueMaxSize: options.queueMaxSize ?? 64,
-      monitor: options.monitor,
-      name: 'virtio-rng',
-      ...options.core,
-    });
+    const queueMaxSize = options.queueMaxSize ?? 64;
+    super({ deviceId: DeviceId.ENTROPY, numQueues: 1, queueMaxSize, monitor: options.monitor, name: 'virtio-rng', ...options.core });
     this.source = options.source ?? cryptoEntropy;
+    this.asyncSource = options.asyncSource;
     this.maxBytes = options.maxBytesPerRequest ?? 65536;
-    this.chain = new DescriptorChain((options.queueMaxSize ?? 64) + 64);
+    this.chain = new DescriptorChain(queueMaxSize + 64);
   }
 
   protected processQueue(q: SplitDeviceQueue): void {
@@ -59,13 +66,49 @@ export class RngDevice extends VirtioDevice {
           this.violation('entropy.device-operation.driver.1', `driver placed ${chain.readable} device-readable buffer(s) in the entropy queue (chain ${chain.head})`, { head: chain.head });
           if (!this.live) return;
         }
+        // entropy.device-operation.device.1/.2: one or more bytes, up to the buffer (or our cap).
         const n = Math.min(chain.writableBytes, this.maxBytes);
-        const w = this.writer.reset(this.memory, chain);
-        w.produce(n, this.source);
+        if (this.asyncSource !== undefined) {
+          this.holdUntil(q, chain, n, this.asyncSource);
+          continue;
+        }
+        this.writer.reset(this.memory, chain).produce(n, this.source);
         this.bytesServed += n;
-        q.addUsed(chain.head, n); // entropy.device-operation.device.1: one or more bytes when there is room
+        q.addUsed(chain.head, n);
       }
       this.complete(q);
     } while (q.enableNotifications());
+  }
+
+  /** An asynchronous source: fill a host buffer, then copy into the chain if still current. */
+  private holdUntil(q: SplitDeviceQueue, chain: DescriptorChain, n: number, source: AsyncEntropySource): void {
+    const saved = new DescriptorChain(chain.count);
+    saved.clear(chain.head);
+    saved.count = chain.count;
+    saved.readable = chain.readable;
+    saved.writableBytes = chain.writableBytes;
+    saved.addrs.set(chain.addrs.subarray(0, chain.count));
+    saved.lens.set(chain.lens.subarray(0, chain.count));
+    const epoch = this.epoch;
+    const bytes = new Uint8Array(n);
+    this.held++;
+    source(bytes).then(
+      () => {
+        this.held--;
+        if (epoch !== this.epoch || !this.live || !q.isInFlight(saved.head)) return;
+        new ChainWriter().reset(this.memory, saved).write(bytes);
+        this.bytesServed += n;
+        q.addUsed(saved.head, n);
+        this.complete(q);
+      },
+      (err: unknown) => {
+        this.held--;
+        if (epoch === this.epoch) this.needsReset(`entropy source failed: ${err instanceof Error ? err.message : String(err)}`);
+      },
+    );
+  }
+
+  protected override onStop(): void {
+    this.epoch++;
   }
 }

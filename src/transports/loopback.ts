@@ -36,6 +36,10 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
     device.attach(memory, this);
   }
 
+  get synchronous(): boolean {
+    return this.mode === 'sync';
+  }
+
   // ---------------------------------------------------------------- device -> driver
 
   interrupt(index: number): void {

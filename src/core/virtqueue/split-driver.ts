@@ -37,6 +37,8 @@ export interface SplitDriverQueueOptions {
   indirectPool?: number;
   /** Entries per indirect table (default 32). */
   indirectMax?: number;
+  /** First avail/used index (default 0); tests start near 65535 to cross the wrap. */
+  startIndex?: number;
 }
 
 /** Guest bytes a split queue of `size` needs for its rings and indirect pool, with alignment. */
@@ -131,10 +133,16 @@ export class SplitDriverQueue {
     this.used = mem.region(addrs.used, usedRingSize(size));
     this.usedOff = addrs.used - this.used.guestAddr;
     if (this.indirectMax > 0) mem.region(this.pool, size * this.indirectMax * DESC_SIZE);
+    this.availIdx = this.kickedAt = this.lastUsed = this.usedIdxAtLastInterrupt = (options.startIndex ?? 0) & 0xffff;
     // split.avail-buffer-notif-suppr.driver.1: the used ring (flags included) starts zeroed.
     this.desc.bytes.fill(0, this.descOff, this.descOff + descTableSize(size));
     this.avail.bytes.fill(0, this.availOff, this.availOff + availRingSize(size));
     this.used.bytes.fill(0, this.usedOff, this.usedOff + usedRingSize(size));
+    if (this.availIdx !== 0) {
+      // A queue resumed at an index (tests, vhost-user ring base): both indices start there.
+      this.avail.view.setUint16(this.availOff + RING_IDX, this.availIdx, true);
+      this.used.view.setUint16(this.usedOff + RING_IDX, this.availIdx, true);
+    }
   }
 
   /** Starts a new chain. */
@@ -269,6 +277,19 @@ export class SplitDriverQueue {
     const off = this.usedOff + RING_FLAGS;
     return this.used.u16 !== null && (off & 1) === 0 ? Atomics.load(this.used.u16, off >> 1) : this.used.view.getUint16(off, true);
   }
+
+  /** used.idx as the device last published it (no checks). */
+  deviceUsedIdx(): number {
+    return this.usedIdx();
+  }
+
+  /** used_event as the driver last wrote it. */
+  usedEventValue(): number {
+    return this.avail.view.getUint16(this.availOff + usedEventOffset(this.size), true);
+  }
+
+  /** Device used index when the last notification was audited (see VirtioDriver). */
+  usedIdxAtLastInterrupt = 0;
 
   private usedIdx(): number {
     const off = this.usedOff + RING_IDX;

@@ -1,0 +1,648 @@
+/**
+ * Misbehaving peers, one per enforced clause: each scenario runs a real device and driver
+ * over the loopback transport, makes one side break exactly one clause on purpose, and
+ * returns what the other side's monitor said. The negative tests (test/negative) run every
+ * scenario and assert the clause id; `virtio-ts demo --misbehave <clause>` runs one.
+ *
+ * Browser-safe: no Node import.
+ */
+import { GuestMemory } from '../memory/guest-memory.js';
+import { Monitor, type MonitorMode, type Verdict } from './monitor.js';
+import type { Side } from './catalogue.js';
+import { DeviceId, Feature, Status, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../core/constants.js';
+import { bit } from '../core/features.js';
+import { VirtioDevice } from '../core/device.js';
+import { VirtioDriver, type DriverState } from '../core/driver.js';
+import { NET_FEATURES } from '../core/device-types.js';
+import { DescriptorChain } from '../core/virtqueue/chain.js';
+import type { SplitDeviceQueue } from '../core/virtqueue/split-device.js';
+import type { SplitDriverQueue } from '../core/virtqueue/split-driver.js';
+import { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, USED_RING, usedEventOffset } from '../core/virtqueue/split-layout.js';
+import { LoopbackTransport } from '../transports/loopback.js';
+import { RngDevice, type RngDeviceOptions } from '../devices/rng.js';
+import { RngDriver } from '../drivers/rng.js';
+
+export interface ScenarioOutcome {
+  /** Verdicts of the monitor on the observing side. */
+  verdicts: Verdict[];
+  /** Verdicts of the culprit's own monitor (about the observer): should stay empty. */
+  againstObserver: Verdict[];
+  deviceStatus: number;
+  driverState: DriverState;
+}
+
+export interface Scenario {
+  clause: string;
+  /** Side that breaks the clause. */
+  culprit: Side;
+  title: string;
+  /**
+   * Verdicts the culprit's own monitor makes about the observer that are only echoes of the
+   * culprit's raw writes (both sides shadow the descriptor table; each blames the other).
+   */
+  echoes?: readonly string[];
+  run(mode?: MonitorMode): Promise<ScenarioOutcome>;
+}
+
+const V1 = bit(Feature.VERSION_1);
+const ALL = V1 | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX);
+
+interface Rig {
+  mem: GuestMemory;
+  device: VirtioDevice;
+  transport: LoopbackTransport;
+  driver: VirtioDriver;
+  devMon: Monitor;
+  drvMon: Monitor;
+}
+
+interface RigOptions {
+  mode: MonitorMode;
+  /** Transport features the driver accepts (default VERSION_1 | INDIRECT_DESC | EVENT_IDX). */
+  accept?: bigint;
+  device?: (monitor: Monitor) => VirtioDevice;
+  rng?: Partial<RngDeviceOptions>;
+  driverId?: number;
+  memory?: GuestMemory;
+}
+
+function rig(o: RigOptions): Rig {
+  const mem = o.memory ?? GuestMemory.create(1 << 20);
+  const devMon = new Monitor({ mode: o.mode });
+  const drvMon = new Monitor({ mode: o.mode });
+  const device = o.device ? o.device(devMon) : new RngDevice({ monitor: devMon, ...o.rng });
+  const transport = new LoopbackTransport(device, mem);
+  const driverOptions = { monitor: drvMon, transportFeatures: o.accept ?? ALL };
+  const driver =
+    o.driverId !== undefined && o.driverId !== DeviceId.ENTROPY
+      ? new VirtioDriver(transport, { deviceId: o.driverId, ...driverOptions, deviceFeatures: (1n << 128n) - 1n })
+      : new RngDriver(transport, driverOptions);
+  return { mem, device, transport, driver, devMon, drvMon };
+}
+
+function outcome(r: Rig, culprit: Side): ScenarioOutcome {
+  const observer = culprit === 'driver' ? r.devMon : r.drvMon;
+  const own = culprit === 'driver' ? r.drvMon : r.devMon;
+  return { verdicts: [...observer.verdicts], againstObserver: [...own.verdicts], deviceStatus: r.device.getStatus(), driverState: r.driver.state };
+}
+
+/** A live entropy pair (driver initialized, queue 0 set up). */
+async function live(o: RigOptions): Promise<Rig & { q: SplitDriverQueue }> {
+  const r = rig(o);
+  await (r.driver as RngDriver).start();
+  return { ...r, q: r.driver.queues[0] };
+}
+
+/** Steps 1-5 of 3.1.1 by hand: reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK. */
+async function upToFeaturesOk(r: Rig, features = V1): Promise<void> {
+  const t = r.transport;
+  await t.setStatus(0);
+  await t.setStatus(Status.ACKNOWLEDGE);
+  await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
+  await t.setDriverFeatures(features);
+  await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
+}
+
+// ------------------------------------------------------------------ raw ring writes
+
+function writeDesc(mem: GuestMemory, table: number, i: number, addr: number, len: number, flags: number, next: number): void {
+  const o = table + i * DESC_SIZE;
+  mem.writeU64(o, BigInt(addr));
+  mem.writeU32(o + 8, len);
+  mem.writeU16(o + 12, flags);
+  mem.writeU16(o + 14, next);
+}
+
+/** Exposes `head` through the avail ring behind the driver's back and notifies. */
+function exposeRaw(r: Rig, q: SplitDriverQueue, head: number, notify = true): void {
+  const idx = q.nextAvailIdx;
+  r.mem.writeU16(q.addrs.avail + AVAIL_RING + 2 * (idx & q.mask), head);
+  r.mem.storeU16(q.addrs.avail + RING_IDX, (idx + 1) & 0xffff);
+  if (notify) r.transport.notify(q.index);
+}
+
+/** A free descriptor index the driver is not using (the top of the table). */
+function spare(q: SplitDriverQueue, k = 0): number {
+  return q.size - 1 - k;
+}
+
+/** Runs a raw chain scenario: `build` writes descriptors, returns the head to expose. */
+function rawChain(clause: string, title: string, build: (r: Rig, q: SplitDriverQueue, buf: number) => number, o: Partial<RigOptions> = {}): Scenario {
+  return {
+    clause,
+    culprit: 'driver',
+    title,
+    async run(mode = 'strict') {
+      const r = await live({ mode, ...o });
+      const buf = r.driver.allocator.alloc(4096, 16);
+      const head = build(r, r.q, buf);
+      exposeRaw(r, r.q, head);
+      return outcome(r, 'driver');
+    },
+  };
+}
+
+// ------------------------------------------------------------------ scripted devices
+
+/** An entropy device whose request handling a scenario scripts (to break device rules). */
+class ScriptedDevice extends RngDevice {
+  constructor(
+    monitor: Monitor,
+    private readonly script: (d: ScriptedDevice, q: SplitDeviceQueue, chain: DescriptorChain) => boolean,
+    options: Partial<RngDeviceOptions> = {},
+  ) {
+    super({ monitor, ...options });
+  }
+  readonly scratch = new DescriptorChain(200);
+  protected override processQueue(q: SplitDeviceQueue): void {
+    while (q.pop(this.scratch)) {
+      if (this.script(this, q, this.scratch)) super.complete(q);
+    }
+  }
+  /** Raw access for scripts. */
+  publishUsedRaw(q: SplitDeviceQueue, id: number, len: number, idx: number): void {
+    this.memory.writeU32(q.usedAddr + USED_RING + 8 * ((idx - 1) & (q.size - 1)), id);
+    this.memory.writeU32(q.usedAddr + USED_RING + 8 * ((idx - 1) & (q.size - 1)) + 4, len);
+    this.memory.storeU16(q.usedAddr + RING_IDX, idx & 0xffff);
+  }
+  notifyDriver(q: SplitDeviceQueue): void {
+    this.host?.interrupt(q.index);
+  }
+}
+
+function deviceScenario(
+  clause: string,
+  title: string,
+  script: (d: ScriptedDevice, q: SplitDeviceQueue, chain: DescriptorChain) => boolean,
+  o: { accept?: bigint; before?: (r: Rig & { q: SplitDriverQueue }) => void; echoes?: string[] } = {},
+): Scenario {
+  return {
+    clause,
+    culprit: 'device',
+    title,
+    echoes: o.echoes,
+    async run(mode = 'strict') {
+      const r = await live({ mode, accept: o.accept, device: (m) => new ScriptedDevice(m, script) });
+      o.before?.(r);
+      // A device that never completes (or never notifies) must not hang the scenario.
+      await Promise.race([(r.driver as RngDriver).request(64).catch(() => undefined), sleep(20)]);
+      return outcome(r, 'device');
+    },
+  };
+}
+
+/** An entropy device that polls its queue as soon as it is enabled, DRIVER_OK or not. */
+class EagerDevice extends RngDevice {
+  override enableQueue(index: number): void {
+    super.enableQueue(index);
+    setTimeout(() => {
+      const q = this.queues[index];
+      if (q.active || q.activate({ eventIdx: this.negotiated(Feature.EVENT_IDX), indirect: this.negotiated(Feature.INDIRECT_DESC) })) this.processQueue(q);
+    }, 1);
+  }
+}
+
+/** A device-core subclass with a scripted twist, and no queue work. */
+class PlainDevice extends VirtioDevice {
+  constructor(
+    monitor: Monitor,
+    deviceId: number,
+    features: bigint,
+    private readonly twist: Partial<{ readConfig: (d: PlainDevice, offset: number) => void; validate: (d: PlainDevice) => boolean; reset: (d: PlainDevice) => void }> = {},
+  ) {
+    super({ deviceId, numQueues: 1, monitor, deviceFeatures: features, configSize: 8 });
+  }
+  refusals = 0;
+  protected processQueue(): void {}
+  protected override beforeConfigRead(offset: number): void {
+    this.twist.readConfig?.(this, offset);
+  }
+  protected override validateFeatures(): boolean {
+    return this.twist.validate ? this.twist.validate(this) : true;
+  }
+  override reset(): void {
+    super.reset();
+    this.twist.reset?.(this);
+  }
+  raiseStatus(bits: number): void {
+    this.statusValue |= bits;
+  }
+  sendConfigChange(): void {
+    this.host?.configChanged();
+  }
+}
+
+function plainDeviceScenario(
+  clause: string,
+  title: string,
+  make: (m: Monitor) => PlainDevice,
+  act: (r: Rig) => Promise<void>,
+  driverId: number = DeviceId.ENTROPY,
+): Scenario {
+  return {
+    clause,
+    culprit: 'device',
+    title,
+    async run(mode = 'strict') {
+      const r = rig({ mode, device: make, driverId });
+      await act(r).catch(() => undefined);
+      return outcome(r, 'device');
+    },
+  };
+}
+
+function driverScenario(clause: string, title: string, act: (r: Rig) => Promise<void>, o: Partial<RigOptions> = {}): Scenario {
+  return {
+    clause,
+    culprit: 'driver',
+    title,
+    async run(mode = 'strict') {
+      const r = rig({ mode, ...o });
+      await act(r);
+      return outcome(r, 'driver');
+    },
+  };
+}
+
+function liveDriverScenario(clause: string, title: string, act: (r: Rig & { q: SplitDriverQueue }) => Promise<void> | void, o: Partial<RigOptions> = {}): Scenario {
+  return {
+    clause,
+    culprit: 'driver',
+    title,
+    async run(mode = 'strict') {
+      const r = await live({ mode, ...o });
+      await act(r);
+      return outcome(r, 'driver');
+    },
+  };
+}
+
+/** 4 GiB of guest address space over one 64 MiB buffer, to build a 2^32-byte chain cheaply. */
+function aliasedMemory(): GuestMemory {
+  const piece = 64 << 20;
+  const buffer = new ArrayBuffer(piece);
+  return new GuestMemory(Array.from({ length: 66 }, (_, i) => ({ guestAddr: i * piece, size: piece, buffer })));
+}
+
+const S = Status;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((res) => setTimeout(res, ms));
+}
+
+export const SCENARIOS: readonly Scenario[] = [
+  // ---------------------------------------------------------------- driver: init sequence and status
+  driverScenario('init.sequence.driver.1', 'driver sets DRIVER_OK without ever setting FEATURES_OK', async (r) => {
+    const t = r.transport;
+    await t.setStatus(0);
+    await t.setStatus(S.ACKNOWLEDGE);
+    await t.setStatus(S.ACKNOWLEDGE | S.DRIVER);
+    await t.setDriverFeatures(V1);
+    await t.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.DRIVER_OK);
+  }),
+  driverScenario('init.sequence.driver.3', 'driver writes device configuration space before FEATURES_OK', async (r) => {
+    const t = r.transport;
+    await t.setStatus(0);
+    await t.setStatus(S.ACKNOWLEDGE);
+    await t.setStatus(S.ACKNOWLEDGE | S.DRIVER);
+    await t.writeConfig(0, 4, 0x1234);
+  }, { device: (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n) }),
+  driverScenario('init.sequence.driver.4', 'driver accepts another feature after FEATURES_OK', async (r) => {
+    await upToFeaturesOk(r, V1);
+    await r.transport.setDriverFeatures(V1 | bit(Feature.EVENT_IDX));
+  }),
+  driverScenario('init.sequence.driver.6', 'driver sets FAILED and then goes on to FEATURES_OK', async (r) => {
+    const t = r.transport;
+    await t.setStatus(0);
+    await t.setStatus(S.ACKNOWLEDGE);
+    await t.setStatus(S.ACKNOWLEDGE | S.DRIVER);
+    await t.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FAILED);
+    await t.setDriverFeatures(V1);
+    await t.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FAILED | S.FEATURES_OK);
+  }),
+  driverScenario('init.sequence.driver.7', 'driver notifies a queue before DRIVER_OK', async (r) => {
+    await upToFeaturesOk(r);
+    await r.transport.setupQueue(0, 16, { desc: 0x1000, avail: 0x2000, used: 0x3000 });
+    await r.transport.enableQueue(0);
+    r.transport.notify(0);
+  }),
+  liveDriverScenario('basic.status.driver.2', 'driver clears FEATURES_OK on a live device', async (r) => {
+    await r.transport.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.DRIVER_OK);
+  }),
+  driverScenario('basic.status.driver.3', 'driver clears FAILED to start again without a reset', async (r) => {
+    const t = r.transport;
+    await t.setStatus(0);
+    await t.setStatus(S.ACKNOWLEDGE);
+    await t.setStatus(S.ACKNOWLEDGE | S.FAILED);
+    await t.setStatus(S.ACKNOWLEDGE);
+  }),
+  driverScenario('basic.features.driver.1', 'driver accepts VIRTIO_F_RING_PACKED, which the device did not offer', async (r) => {
+    await upToFeaturesOk(r, V1 | bit(Feature.RING_PACKED));
+  }),
+  driverScenario(
+    'basic.features.driver.4',
+    'driver accepts bit 60, which the spec does not describe for an entropy device',
+    async (r) => {
+      await upToFeaturesOk(r, V1 | (1n << 60n));
+    },
+    { rng: { core: { deviceFeatures: 1n << 60n } } },
+  ),
+
+  // ---------------------------------------------------------------- driver: live virtqueues
+  {
+    clause: 'init.cleanup.driver.1',
+    culprit: 'driver',
+    title: 'driver rewrites the descriptor of a buffer the device is still filling',
+    echoes: ['split.desc-table.device.4'],
+    async run(mode = 'strict') {
+      let release: () => void = () => undefined;
+      const r = await live({ mode, rng: { asyncSource: (dst) => new Promise<void>((res) => (release = () => (dst.fill(7), res()))) } });
+      const pending = (r.driver as RngDriver).request(32).catch(() => undefined);
+      const head = 0; // the only chain on a fresh queue starts at descriptor 0
+      r.mem.writeU32(r.q.addrs.desc + head * DESC_SIZE + 8, 16); // shrink it while exposed
+      release();
+      await pending;
+      await new Promise((res) => setTimeout(res, 0));
+      return outcome(r, 'driver');
+    },
+  },
+  liveDriverScenario('init.cleanup.driver.2', 'driver moves the rings of a live queue without resetting the device', async (r) => {
+    await r.transport.setupQueue(0, r.q.size, { desc: 0x40000, avail: 0x41000, used: 0x42000 });
+  }),
+  liveDriverScenario('split.avail-ring.driver.1', 'driver decrements avail.idx to take a buffer back', async (r) => {
+    const rng = r.driver as RngDriver;
+    await rng.read(8);
+    r.mem.storeU16(r.q.addrs.avail + RING_IDX, (r.q.nextAvailIdx - 1) & 0xffff);
+    r.transport.notify(0);
+  }),
+  rawChain('split.desc-table.driver.1', 'driver exposes a descriptor chain that loops (a -> b -> a)', (r, q, buf) => {
+    const a = spare(q, 0);
+    const b = spare(q, 1);
+    writeDesc(r.mem, q.addrs.desc, a, buf, 16, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, b);
+    writeDesc(r.mem, q.addrs.desc, b, buf + 16, 16, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, a);
+    return a;
+  }),
+  {
+    clause: 'split.desc-table.driver.1',
+    culprit: 'driver',
+    title: 'driver exposes a chain of 2^32 bytes (3 GiB + 1 GiB)',
+    async run(mode = 'strict') {
+      const r = await live({ mode, memory: aliasedMemory() });
+      const q = r.q;
+      writeDesc(r.mem, q.addrs.desc, spare(q, 0), 0, 0xc0000000, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, spare(q, 1));
+      writeDesc(r.mem, q.addrs.desc, spare(q, 1), 0, 0x40000000, VIRTQ_DESC_F_WRITE, 0);
+      exposeRaw(r, q, spare(q, 0));
+      return outcome(r, 'driver');
+    },
+  },
+  rawChain(
+    'split.indirect-descs.driver.1',
+    'driver uses an indirect descriptor although VIRTIO_F_INDIRECT_DESC was not negotiated',
+    (r, q, buf) => {
+      writeDesc(r.mem, buf, 0, buf + 256, 16, VIRTQ_DESC_F_WRITE, 0);
+      writeDesc(r.mem, q.addrs.desc, spare(q), buf, 16, VIRTQ_DESC_F_INDIRECT, 0);
+      return spare(q);
+    },
+    { accept: V1 | bit(Feature.EVENT_IDX) },
+  ),
+  rawChain('split.indirect-descs.driver.2', 'driver puts an INDIRECT descriptor inside an indirect table', (r, q, buf) => {
+    writeDesc(r.mem, buf, 0, buf + 256, 16, VIRTQ_DESC_F_INDIRECT, 0);
+    writeDesc(r.mem, q.addrs.desc, spare(q), buf, 16, VIRTQ_DESC_F_INDIRECT, 0);
+    return spare(q);
+  }),
+  rawChain('split.indirect-descs.driver.3', 'driver exposes an indirect chain longer than the queue size', (r, q, buf) => {
+    const n = q.size + 1;
+    for (let i = 0; i < n; i++) writeDesc(r.mem, buf, i, buf + 2048, 1, VIRTQ_DESC_F_WRITE | (i < n - 1 ? VIRTQ_DESC_F_NEXT : 0), i + 1);
+    writeDesc(r.mem, q.addrs.desc, spare(q), buf, n * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+    return spare(q);
+  }),
+  rawChain('split.indirect-descs.driver.4', 'driver sets both INDIRECT and NEXT on one descriptor', (r, q, buf) => {
+    writeDesc(r.mem, buf, 0, buf + 256, 16, VIRTQ_DESC_F_WRITE, 0);
+    writeDesc(r.mem, q.addrs.desc, spare(q, 0), buf, 16, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT, spare(q, 1));
+    writeDesc(r.mem, q.addrs.desc, spare(q, 1), buf + 512, 16, VIRTQ_DESC_F_WRITE, 0);
+    return spare(q);
+  }),
+  rawChain('split.message-framing.driver.1', 'driver puts a device-readable buffer after a device-writable one', (r, q, buf) => {
+    writeDesc(r.mem, q.addrs.desc, spare(q, 0), buf, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, spare(q, 1));
+    writeDesc(r.mem, q.addrs.desc, spare(q, 1), buf + 16, 16, 0, 0);
+    return spare(q);
+  }),
+  driverScenario('split.alignment.driver.1', 'driver places the descriptor table at an address that is not 16-byte aligned', async (r) => {
+    await upToFeaturesOk(r);
+    await r.transport.setupQueue(0, 16, { desc: 0x1008, avail: 0x2000, used: 0x3000 });
+    await r.transport.enableQueue(0);
+    await r.transport.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
+  }),
+  liveDriverScenario(
+    'split.used-buffer-notif-suppr.driver.1',
+    'driver writes avail.flags = 2 (only 0 or 1 are allowed without EVENT_IDX)',
+    async (r) => {
+      r.mem.writeU16(r.q.addrs.avail + RING_FLAGS, 2);
+      await (r.driver as RngDriver).read(8);
+    },
+    { accept: V1 | bit(Feature.INDIRECT_DESC) },
+  ),
+  liveDriverScenario('split.used-buffer-notif-suppr.driver.3', 'driver writes avail.flags = 1 although EVENT_IDX was negotiated', async (r) => {
+    r.mem.writeU16(r.q.addrs.avail + RING_FLAGS, 1);
+    await (r.driver as RngDriver).read(8);
+  }),
+  liveDriverScenario('entropy.device-operation.driver.1', 'driver puts a device-readable buffer in the entropy queue', async (r) => {
+    const buf = r.driver.allocator.alloc(64, 16);
+    r.q.begin().addReadable(buf, 32).commit('bad', { indirect: false });
+    r.driver.kick(r.q);
+  }),
+  rawChain('struct.desc-next.driver.1', 'driver chains a descriptor to an index beyond the queue size', (r, q, buf) => {
+    writeDesc(r.mem, q.addrs.desc, spare(q), buf, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, q.size + 3);
+    return spare(q);
+  }),
+  rawChain('struct.buffer-range.driver.1', 'driver exposes a buffer beyond the end of guest memory', (r, q) => {
+    writeDesc(r.mem, q.addrs.desc, spare(q), r.mem.size - 8, 64, VIRTQ_DESC_F_WRITE, 0);
+    return spare(q);
+  }),
+  rawChain('struct.indirect-len.driver.1', 'driver gives an indirect table a length that is not a multiple of 16', (r, q, buf) => {
+    writeDesc(r.mem, buf, 0, buf + 256, 16, VIRTQ_DESC_F_WRITE, 0);
+    writeDesc(r.mem, q.addrs.desc, spare(q), buf, 24, VIRTQ_DESC_F_INDIRECT, 0);
+    return spare(q);
+  }),
+  driverScenario('struct.queue-config.driver.1', 'driver sets a queue size that is not a power of two', async (r) => {
+    await upToFeaturesOk(r);
+    await r.transport.setupQueue(0, 48, { desc: 0x1000, avail: 0x2000, used: 0x3000 });
+    await r.transport.enableQueue(0);
+    await r.transport.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
+  }),
+
+  // ---------------------------------------------------------------- device: status, reset, features, config
+  {
+    clause: 'basic.status.device.1',
+    culprit: 'device',
+    title: 'device consumes a buffer the driver placed before DRIVER_OK',
+    async run(mode = 'strict') {
+      const r = rig({ mode, device: (m) => new EagerDevice({ monitor: m }) });
+      const d = r.driver;
+      await d
+        .init({
+          setup: async () => {
+            // 3.1.1 step 7 lets the driver populate queues before DRIVER_OK (no notification).
+            const q = await d.setupQueue(0);
+            q.begin().addWritable(d.allocator.alloc(64, 16), 64).commit('early');
+            q.publish();
+            await new Promise((res) => setTimeout(res, 10)); // the polling device looks meanwhile
+          },
+        })
+        .catch(() => undefined);
+      return outcome(r, 'device');
+    },
+  },
+  plainDeviceScenario(
+    'basic.status.device.3',
+    'device sets DEVICE_NEEDS_RESET while live and sends no configuration change notification',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n),
+    async (r) => {
+      await r.driver.init({ setup: async () => void (await r.driver.setupQueue(0)) });
+      (r.device as PlainDevice).raiseStatus(S.DEVICE_NEEDS_RESET);
+      await r.driver.checkStatus();
+    },
+  ),
+  plainDeviceScenario(
+    'basic.reset.device.1',
+    'device keeps its status after the driver resets it',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { reset: (d) => d.raiseStatus(S.ACKNOWLEDGE) }),
+    async (r) => r.driver.init(),
+  ),
+  plainDeviceScenario(
+    'basic.reset.device.2',
+    'device sends a configuration change notification right after a reset',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { reset: (d) => d.sendConfigChange() }),
+    async (r) => r.driver.init(),
+  ),
+  plainDeviceScenario(
+    'basic.config.device.1',
+    'device refuses configuration reads before FEATURES_OK',
+    (m) =>
+      new PlainDevice(m, DeviceId.ENTROPY, 0n, {
+        readConfig: (d) => {
+          if (!(d.getStatus() & S.FEATURES_OK)) throw new Error('config space not readable yet');
+        },
+      }),
+    async (r) => r.driver.init({ check: async () => void (await r.driver.readConfig((read) => read(0, 4))) }),
+  ),
+  plainDeviceScenario(
+    'basic.features.device.1',
+    'network device offers GUEST_TSO4 without GUEST_CSUM, which it requires',
+    (m) => new PlainDevice(m, DeviceId.NET, bit(NET_FEATURES.GUEST_TSO4)),
+    async (r) => r.driver.init(),
+    DeviceId.NET,
+  ),
+  plainDeviceScenario(
+    'basic.features.device.2',
+    'device refuses FEATURES_OK for a valid subset of what it offered',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { validate: () => false }),
+    async (r) => r.driver.init(),
+  ),
+  plainDeviceScenario(
+    'basic.features.device.4',
+    'entropy device offers bit 60, which the spec does not describe for it',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 1n << 60n),
+    async (r) => r.driver.init(),
+  ),
+  plainDeviceScenario(
+    'basic.features.device.5',
+    'device accepts a feature set once, then refuses the same set after a reset',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { validate: (d) => d.refusals++ === 0 }),
+    async (r) => {
+      await r.driver.init();
+      await r.driver.init();
+    },
+  ),
+
+  // ---------------------------------------------------------------- device: rings
+  deviceScenario(
+    'split.desc-table.device.4',
+    'device writes into the descriptor table',
+    (d, q, chain) => {
+      d.memory.writeU32(q.descAddr + chain.head * DESC_SIZE + 8, 1);
+      q.addUsed(chain.head, 1);
+      return true;
+    },
+    { echoes: ['init.cleanup.driver.1'] },
+  ),
+  deviceScenario('split.used-ring.device.2', 'device reports a used length larger than the writable buffer', (_d, q, chain) => {
+    q.addUsed(chain.head, chain.writableBytes + 100);
+    return true;
+  }),
+  deviceScenario('struct.used-id.device.1', 'device returns a descriptor id the driver never exposed', (d, q) => {
+    d.publishUsedRaw(q, q.size - 1, 4, q.nextUsed + 1);
+    d.notifyDriver(q);
+    return false;
+  }),
+  deviceScenario('struct.used-idx.device.1', 'device moves used.idx five entries ahead with one buffer in flight', (d, q, chain) => {
+    d.publishUsedRaw(q, chain.head, 4, q.nextUsed + 5);
+    d.notifyDriver(q);
+    return false;
+  }),
+  deviceScenario(
+    'split.avail-buffer-notif-suppr.device.1',
+    'device writes used.flags = 2 (only 0 or 1 are allowed without EVENT_IDX)',
+    (d, q, chain) => {
+      d.memory.writeU16(q.usedAddr + RING_FLAGS, 2);
+      q.addUsed(chain.head, 4);
+      return true;
+    },
+    { accept: V1 | bit(Feature.INDIRECT_DESC), before: (r) => r.mem.writeU16(r.q.addrs.used + RING_FLAGS, 2) },
+  ),
+  deviceScenario(
+    'split.avail-buffer-notif-suppr.device.3',
+    'device writes used.flags = 1 although EVENT_IDX was negotiated',
+    (_d, q, chain) => {
+      q.addUsed(chain.head, 4);
+      return true;
+    },
+    { before: (r) => r.mem.writeU16(r.q.addrs.used + RING_FLAGS, 1) },
+  ),
+  deviceScenario('entropy.device-operation.device.1', 'device returns an entropy buffer with no bytes in it', (_d, q, chain) => {
+    q.addUsed(chain.head, 0);
+    return true;
+  }),
+  deviceScenario(
+    'split.used-buffer-notif-suppr.device.3',
+    'device uses a buffer and does not notify although avail.flags is 0',
+    (_d, q, chain) => {
+      q.addUsed(chain.head, 4);
+      q.publish();
+      return false;
+    },
+    { accept: V1 | bit(Feature.INDIRECT_DESC) },
+  ),
+  deviceScenario('split.used-buffer-notif-suppr.device.5', 'device writes the used entry named by used_event and does not notify', (_d, q, chain) => {
+    q.addUsed(chain.head, 4);
+    q.publish();
+    return false;
+  }),
+  deviceScenario(
+    'split.used-buffer-notif-suppr.device.2',
+    'device notifies although the driver set VIRTQ_AVAIL_F_NO_INTERRUPT',
+    (d, q, chain) => {
+      q.addUsed(chain.head, 4);
+      q.publish();
+      d.notifyDriver(q);
+      return false;
+    },
+    { accept: V1 | bit(Feature.INDIRECT_DESC), before: (r) => r.q.disableInterrupts() },
+  ),
+  deviceScenario(
+    'split.used-buffer-notif-suppr.device.6',
+    'device notifies although used_event asks for no notification yet',
+    (d, q, chain) => {
+      q.addUsed(chain.head, 4);
+      q.publish();
+      d.notifyDriver(q);
+      return false;
+    },
+    { before: (r) => r.mem.writeU16(r.q.addrs.avail + usedEventOffset(r.q.size), (r.q.collectedIdx + 100) & 0xffff) },
+  ),
+];
+
+/** The scenarios that break `clause`. */
+export function scenariosFor(clause: string): Scenario[] {
+  return SCENARIOS.filter((s) => s.clause === clause);
+}

@@ -1,0 +1,122 @@
+/**
+ * Test support (not a test file): a split virtqueue pair, driver side and device side, over
+ * one GuestMemory, wired the way VirtioDriver.setupQueue and VirtioDevice do it, with the
+ * verdicts of each side collected.
+ */
+import assert from 'node:assert/strict';
+import { GuestMemory } from '../src/memory/guest-memory.js';
+import { Monitor, type Verdict } from '../src/conformance/monitor.js';
+import { clauseInfo } from '../src/conformance/catalogue.js';
+import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from '../src/core/virtqueue/split-driver.js';
+import { SplitDeviceQueue } from '../src/core/virtqueue/split-device.js';
+import { DESC_SIZE } from '../src/core/virtqueue/split-layout.js';
+
+/** Ring memory: [0, RING_AREA). */
+export const RING_AREA = 0x10000;
+/** Data memory: two adjacent regions (separate buffers) meeting at DATA_SPLIT. */
+export const DATA_BASE = 0x10000;
+export const DATA_SPLIT = 0x20000;
+export const DATA_END = 0x30000;
+
+export interface SinkRecord {
+  verdict: Verdict;
+  fatal: boolean;
+  /** The queue's `broken` flag when the sink was called. */
+  brokenThen: boolean;
+}
+
+export interface PairOptions {
+  size: number;
+  /** Device-side maximum (>= size). */
+  maxSize?: number;
+  eventIdx: boolean;
+  indirect: boolean;
+  indirectMax?: number;
+  start?: number;
+  /** Ring base address (default 0x1000). */
+  ringBase?: number;
+}
+
+export interface Pair {
+  mem: GuestMemory;
+  drv: SplitDriverQueue;
+  dev: SplitDeviceQueue;
+  drvMon: Monitor;
+  devMon: Monitor;
+  drvSink: SinkRecord[];
+  devSink: SinkRecord[];
+  layout: ReturnType<typeof layoutSplitQueue>;
+}
+
+export function dataMemory(): GuestMemory {
+  return new GuestMemory([
+    { guestAddr: 0, size: RING_AREA, buffer: new ArrayBuffer(RING_AREA) },
+    { guestAddr: DATA_SPLIT, size: DATA_END - DATA_SPLIT, buffer: new ArrayBuffer(DATA_END - DATA_SPLIT) },
+    { guestAddr: DATA_BASE, size: DATA_SPLIT - DATA_BASE, buffer: new ArrayBuffer(DATA_SPLIT - DATA_BASE) },
+  ]);
+}
+
+export function makePair(o: PairOptions, mem: GuestMemory = dataMemory()): Pair {
+  const indirectMax = o.indirect ? (o.indirectMax ?? 4) : 0;
+  const base = o.ringBase ?? 0x1000;
+  assert.ok(base + splitQueueFootprint(o.size, indirectMax) <= RING_AREA, 'rings fit the ring area');
+  const layout = layoutSplitQueue(base, o.size, indirectMax);
+  const drvMon = new Monitor();
+  const devMon = new Monitor();
+  const drvSink: SinkRecord[] = [];
+  const devSink: SinkRecord[] = [];
+  let drv: SplitDriverQueue;
+  let dev: SplitDeviceQueue;
+  drv = new SplitDriverQueue(
+    mem,
+    0,
+    o.size,
+    layout,
+    { eventIdx: o.eventIdx, indirect: o.indirect, indirectPool: o.indirect ? layout.pool : undefined, indirectMax, startIndex: o.start ?? 0 },
+    drvMon,
+    (verdict, fatal) => drvSink.push({ verdict, fatal, brokenThen: drv.broken }),
+  );
+  dev = new SplitDeviceQueue(mem, 0, o.maxSize ?? o.size, devMon, (verdict, fatal) => devSink.push({ verdict, fatal, brokenThen: dev.broken }));
+  dev.size = o.size;
+  dev.descAddr = layout.desc;
+  dev.availAddr = layout.avail;
+  dev.usedAddr = layout.used;
+  dev.enabled = true;
+  const start = o.start ?? 0;
+  assert.equal(dev.activate({ eventIdx: o.eventIdx, indirect: o.indirect }, start, start), true, `activate: ${JSON.stringify(devMon.verdicts)}`);
+  return { mem, drv, dev, drvMon, devMon, drvSink, devSink, layout };
+}
+
+/** Every verdict names a clause of the catalogue; every fatal one left its queue broken. */
+export function assertSaneVerdicts(sink: SinkRecord[], what: string): void {
+  for (const r of sink) {
+    assert.ok(clauseInfo(r.verdict.clause) !== undefined, `${what}: verdict names ${r.verdict.clause}, which is not in the catalogue`);
+    if (r.fatal) assert.ok(r.brokenThen, `${what}: fatal verdict ${r.verdict.clause} did not mark the queue broken`);
+  }
+}
+
+/** Writes one split descriptor (2.7.5) raw. */
+export function putDesc(mem: GuestMemory, table: number, i: number, addr: number, len: number, flags: number, next: number): void {
+  const o = table + i * DESC_SIZE;
+  mem.writeU64(o, BigInt(addr));
+  mem.writeU32(o + 8, len);
+  mem.writeU16(o + 12, flags);
+  mem.writeU16(o + 14, next);
+}
+
+/** The pieces a buffer becomes on the device side: split where memory regions meet. */
+export function splitAtRegions(mem: GuestMemory, addr: number, len: number): [number, number][] {
+  if (len === 0) return [[addr, 0]];
+  const out: [number, number][] = [];
+  let cur = addr;
+  let left = len;
+  while (left > 0) {
+    const r = mem.regionFor(cur, 1);
+    assert.ok(r !== null, `model: ${cur} unbacked`);
+    const n = Math.min(left, r.end - cur);
+    out.push([cur, n]);
+    cur += n;
+    left -= n;
+  }
+  return out;
+}
