@@ -17,7 +17,7 @@ import { NET_FEATURES } from '../core/device-types.js';
 import { DescriptorChain } from '../core/virtqueue/chain.js';
 import type { SplitDeviceQueue } from '../core/virtqueue/split-device.js';
 import type { SplitDriverQueue } from '../core/virtqueue/split-driver.js';
-import { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, USED_RING, usedEventOffset } from '../core/virtqueue/split-layout.js';
+import { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, USED_RING, availEventOffset, usedEventOffset } from '../core/virtqueue/split-layout.js';
 import { LoopbackTransport } from '../transports/loopback.js';
 import { RngDevice, type RngDeviceOptions } from '../devices/rng.js';
 import { RngDriver } from '../drivers/rng.js';
@@ -41,11 +41,18 @@ export interface Scenario {
    * culprit's raw writes (both sides shadow the descriptor table; each blames the other).
    */
   echoes?: readonly string[];
+  /**
+   * Other clauses the verdict covers through `context.permits`: a driver permission (MAY)
+   * whose exercise the device refused.
+   */
+  covers?: readonly string[];
+  /** The observer records the verdict but must not act on it (another clause forbids it). */
+  recordOnly?: string;
   run(mode?: MonitorMode): Promise<ScenarioOutcome>;
 }
 
 const V1 = bit(Feature.VERSION_1);
-const ALL = V1 | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX);
+const ALL = V1 | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX) | bit(Feature.SUSPEND);
 
 interface Rig {
   mem: GuestMemory;
@@ -202,15 +209,51 @@ class EagerDevice extends RngDevice {
   }
 }
 
+/** Network config fields that exist only with their feature (spec 5.1.4). */
+const NET_CONDITIONAL_FIELDS = [
+  { name: 'mac', offset: 0, size: 6, feature: NET_FEATURES.MAC },
+  { name: 'status', offset: 6, size: 2, feature: NET_FEATURES.STATUS },
+  { name: 'max_virtqueue_pairs', offset: 8, size: 2, feature: NET_FEATURES.MQ },
+  { name: 'mtu', offset: 10, size: 2, feature: NET_FEATURES.MTU },
+];
+
+/** A block-type device that writes into the readable part of each request. */
+class ScribblingDevice extends VirtioDevice {
+  private readonly chain = new DescriptorChain(300);
+  constructor(monitor: Monitor) {
+    super({ deviceId: DeviceId.BLOCK, numQueues: 1, monitor });
+  }
+  protected processQueue(q: SplitDeviceQueue): void {
+    while (q.pop(this.chain)) {
+      this.memory.writeU8(this.chain.addrs[0], 0xee); // the header is device-readable
+      q.addUsed(this.chain.head, 1);
+    }
+    this.complete(q);
+  }
+}
+
 /** A device-core subclass with a scripted twist, and no queue work. */
 class PlainDevice extends VirtioDevice {
   constructor(
     monitor: Monitor,
     deviceId: number,
     features: bigint,
-    private readonly twist: Partial<{ readConfig: (d: PlainDevice, offset: number) => void; validate: (d: PlainDevice) => boolean; reset: (d: PlainDevice) => void }> = {},
+    private readonly twist: Partial<{
+      readConfig: (d: PlainDevice, offset: number) => void;
+      validate: (d: PlainDevice) => boolean;
+      reset: (d: PlainDevice) => void;
+      status: (d: PlainDevice, value: number) => number | null;
+      silentConfig: boolean;
+    }> = {},
   ) {
-    super({ deviceId, numQueues: 1, monitor, deviceFeatures: features, configSize: 8 });
+    super({
+      deviceId,
+      numQueues: 1,
+      monitor,
+      deviceFeatures: features,
+      configSize: 16,
+      conditionalFields: deviceId === DeviceId.NET ? NET_CONDITIONAL_FIELDS : [],
+    });
   }
   refusals = 0;
   protected processQueue(): void {}
@@ -224,11 +267,24 @@ class PlainDevice extends VirtioDevice {
     super.reset();
     this.twist.reset?.(this);
   }
+  override setStatus(value: number): void {
+    const v = this.twist.status ? this.twist.status(this, value) : value;
+    if (v !== null) super.setStatus(v);
+  }
+  protected override notifyConfigChange(): void {
+    if (!this.twist.silentConfig) super.notifyConfigChange();
+  }
   raiseStatus(bits: number): void {
     this.statusValue |= bits;
   }
   sendConfigChange(): void {
     this.host?.configChanged();
+  }
+  sendInterrupt(queue: number): void {
+    this.host?.interrupt(queue);
+  }
+  changeConfig(): void {
+    this.updateConfig((view) => view.setUint32(0, view.getUint32(0, true) + 1, true));
   }
 }
 
@@ -238,8 +294,10 @@ function plainDeviceScenario(
   make: (m: Monitor) => PlainDevice,
   act: (r: Rig) => Promise<void>,
   driverId: number = DeviceId.ENTROPY,
+  extra: Partial<Scenario> = {},
 ): Scenario {
   return {
+    ...extra,
     clause,
     culprit: 'device',
     title,
@@ -336,6 +394,66 @@ export const SCENARIOS: readonly Scenario[] = [
     await t.setStatus(S.ACKNOWLEDGE | S.FAILED);
     await t.setStatus(S.ACKNOWLEDGE);
   }),
+  driverScenario('basic.status.driver.1', 'driver writes its features having set only ACKNOWLEDGE, not DRIVER', async (r) => {
+    const t = r.transport;
+    await t.setStatus(0);
+    await t.setStatus(S.ACKNOWLEDGE);
+    await t.setDriverFeatures(V1);
+  }),
+  driverScenario(
+    'basic.config.driver.3',
+    'driver reads the network mac field although VIRTIO_NET_F_MAC is not offered',
+    async (r) => {
+      const t = r.transport;
+      await t.setStatus(0);
+      await t.setStatus(S.ACKNOWLEDGE);
+      await t.setStatus(S.ACKNOWLEDGE | S.DRIVER);
+      await t.readConfig(0, 4);
+    },
+    { device: (m) => new PlainDevice(m, DeviceId.NET, bit(NET_FEATURES.MTU)), driverId: DeviceId.NET },
+  ),
+  driverScenario('split.avail-buffer-notif-suppr.driver.1', 'driver starts a queue whose used ring flags are not zeroed', async (r) => {
+    await upToFeaturesOk(r);
+    r.mem.writeU16(0x3000 + RING_FLAGS, 1);
+    await r.transport.setupQueue(0, 16, { desc: 0x1000, avail: 0x2000, used: 0x3000 });
+    await r.transport.enableQueue(0);
+    await r.transport.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
+  }),
+  liveDriverScenario(
+    'split.avail-buffer-notif-suppr.driver.4',
+    'driver makes a buffer available with used.flags 0 and does not notify',
+    async (r) => {
+      r.q.begin().addWritable(r.driver.allocator.alloc(64, 16), 64).commit('silent');
+      r.q.publish();
+      await r.transport.getStatus();
+    },
+    { accept: V1 | bit(Feature.INDIRECT_DESC) },
+  ),
+  liveDriverScenario('split.avail-buffer-notif-suppr.driver.6', 'driver moves avail.idx past avail_event and does not notify', async (r) => {
+    r.q.begin().addWritable(r.driver.allocator.alloc(64, 16), 64).commit('silent');
+    r.q.publish();
+    await r.transport.getStatus();
+  }),
+  liveDriverScenario(
+    'split.avail-buffer-notif-suppr.driver.3',
+    'driver notifies although the device set VIRTQ_USED_F_NO_NOTIFY',
+    async (r) => {
+      r.mem.writeU16(r.q.addrs.used + RING_FLAGS, 1); // the device asks for no notifications
+      r.q.begin().addWritable(r.driver.allocator.alloc(64, 16), 64).commit('noisy');
+      r.q.publish();
+      r.transport.notify(0);
+    },
+    { accept: V1 | bit(Feature.INDIRECT_DESC) },
+  ),
+  liveDriverScenario('split.avail-buffer-notif-suppr.driver.7', 'driver notifies although avail_event was not reached', async (r) => {
+    r.mem.writeU16(r.q.addrs.used + availEventOffset(r.q.size), (r.q.nextAvailIdx + 50) & 0xffff); // the device's threshold
+    r.q.begin().addWritable(r.driver.allocator.alloc(64, 16), 64).commit('noisy');
+    r.q.publish();
+    r.transport.notify(0);
+  }),
+  driverScenario('reserved.bits.driver.1', 'driver accepts features without VIRTIO_F_VERSION_1, which is offered', async (r) => {
+    await upToFeaturesOk(r, bit(Feature.EVENT_IDX));
+  }),
   driverScenario('basic.features.driver.1', 'driver accepts VIRTIO_F_RING_PACKED, which the device did not offer', async (r) => {
     await upToFeaturesOk(r, V1 | bit(Feature.RING_PACKED));
   }),
@@ -347,6 +465,26 @@ export const SCENARIOS: readonly Scenario[] = [
     },
     { rng: { core: { deviceFeatures: 1n << 60n } } },
   ),
+
+  // ---------------------------------------------------------------- driver: suspend
+  driverScenario('init.suspend.driver.1', 'driver sets SUSPEND before DRIVER_OK', async (r) => {
+    await upToFeaturesOk(r, V1 | bit(Feature.SUSPEND));
+    await r.transport.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.SUSPEND);
+  }),
+  liveDriverScenario('init.suspend.driver.3', 'driver makes a buffer available while the device is suspended', async (r) => {
+    await r.driver.suspend();
+    r.q.begin().addWritable(r.driver.allocator.alloc(64, 16), 64).commit('sneaky');
+    r.q.publish();
+    await r.driver.resume({ timeoutMs: 20 }).catch(() => undefined);
+  }),
+  liveDriverScenario('init.suspend.driver.4', 'driver notifies a queue while the device is suspended', async (r) => {
+    await r.driver.suspend();
+    r.transport.notify(0);
+  }),
+  liveDriverScenario('init.suspend.driver.5', 'driver writes configuration space while the device is suspended', async (r) => {
+    await r.driver.suspend();
+    await r.transport.writeConfig(0, 4, 1);
+  }),
 
   // ---------------------------------------------------------------- driver: live virtqueues
   {
@@ -385,12 +523,12 @@ export const SCENARIOS: readonly Scenario[] = [
   {
     clause: 'split.desc-table.driver.1',
     culprit: 'driver',
-    title: 'driver exposes a chain of 2^32 bytes (3 GiB + 1 GiB)',
+    title: 'driver exposes a chain longer than 2^32 bytes (3 GiB + 1 GiB + 1 byte)',
     async run(mode = 'strict') {
       const r = await live({ mode, memory: aliasedMemory() });
       const q = r.q;
       writeDesc(r.mem, q.addrs.desc, spare(q, 0), 0, 0xc0000000, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, spare(q, 1));
-      writeDesc(r.mem, q.addrs.desc, spare(q, 1), 0, 0x40000000, VIRTQ_DESC_F_WRITE, 0);
+      writeDesc(r.mem, q.addrs.desc, spare(q, 1), 0, 0x40000001, VIRTQ_DESC_F_WRITE, 0);
       exposeRaw(r, q, spare(q, 0));
       return outcome(r, 'driver');
     },
@@ -517,7 +655,7 @@ export const SCENARIOS: readonly Scenario[] = [
   ),
   plainDeviceScenario(
     'basic.config.device.1',
-    'device refuses configuration reads before FEATURES_OK',
+    'device refuses configuration reads before FEATURES_OK (which init.sequence.driver.2 lets the driver do)',
     (m) =>
       new PlainDevice(m, DeviceId.ENTROPY, 0n, {
         readConfig: (d) => {
@@ -525,6 +663,8 @@ export const SCENARIOS: readonly Scenario[] = [
         },
       }),
     async (r) => r.driver.init({ check: async () => void (await r.driver.readConfig((read) => read(0, 4))) }),
+    DeviceId.ENTROPY,
+    { covers: ['init.sequence.driver.2'] },
   ),
   plainDeviceScenario(
     'basic.features.device.1',
@@ -544,7 +684,19 @@ export const SCENARIOS: readonly Scenario[] = [
     'entropy device offers bit 60, which the spec does not describe for it',
     (m) => new PlainDevice(m, DeviceId.ENTROPY, 1n << 60n),
     async (r) => r.driver.init(),
+    DeviceId.ENTROPY,
+    { recordOnly: 'basic.features.driver.7: a driver must not fail solely because an unknown feature is offered' },
   ),
+  {
+    clause: 'reserved.bits.device.1',
+    culprit: 'device',
+    title: 'device does not offer VIRTIO_F_VERSION_1',
+    async run(mode = 'strict') {
+      const r = rig({ mode, device: (m) => new RngDevice({ monitor: m, core: { transportFeatures: bit(Feature.EVENT_IDX) } }) });
+      await r.driver.init().catch(() => undefined);
+      return outcome(r, 'device');
+    },
+  },
   plainDeviceScenario(
     'basic.features.device.5',
     'device accepts a feature set once, then refuses the same set after a reset',
@@ -552,6 +704,58 @@ export const SCENARIOS: readonly Scenario[] = [
     async (r) => {
       await r.driver.init();
       await r.driver.init();
+    },
+  ),
+
+  // ---------------------------------------------------------------- device: suspend
+  plainDeviceScenario(
+    'init.suspend.device.3',
+    'device sends a used-buffer notification while suspended',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n),
+    async (r) => {
+      await r.driver.init({ setup: async () => void (await r.driver.setupQueue(0)) });
+      await r.driver.suspend();
+      (r.device as PlainDevice).sendInterrupt(0);
+    },
+  ),
+  plainDeviceScenario(
+    'init.suspend.device.4',
+    'device sends a configuration change notification while suspended',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n),
+    async (r) => {
+      await r.driver.init({ setup: async () => void (await r.driver.setupQueue(0)) });
+      await r.driver.suspend();
+      (r.device as PlainDevice).sendConfigChange();
+    },
+  ),
+  plainDeviceScenario(
+    'init.suspend.device.5',
+    'device applies a configuration change held back during suspension but does not notify on resume',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { silentConfig: true }),
+    async (r) => {
+      await r.driver.init({ setup: async () => void (await r.driver.setupQueue(0)) });
+      await r.driver.suspend();
+      (r.device as PlainDevice).changeConfig();
+      await r.driver.resume();
+    },
+  ),
+  plainDeviceScenario(
+    'init.suspend.device.6',
+    'device ignores SUSPEND and does not set DEVICE_NEEDS_RESET either',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { status: (_d, v) => v & ~S.SUSPEND }),
+    async (r) => {
+      await r.driver.init({ setup: async () => void (await r.driver.setupQueue(0)) });
+      await r.driver.suspend({ timeoutMs: 20 });
+    },
+  ),
+  plainDeviceScenario(
+    'init.suspend.device.7',
+    'device stays suspended when the driver sets DRIVER_OK to resume it',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { status: (d, v) => (d.suspendState === 'suspended' ? null : v) }),
+    async (r) => {
+      await r.driver.init({ setup: async () => void (await r.driver.setupQueue(0)) });
+      await r.driver.suspend();
+      await r.driver.resume({ timeoutMs: 20 });
     },
   ),
 
@@ -566,6 +770,30 @@ export const SCENARIOS: readonly Scenario[] = [
     },
     { echoes: ['init.cleanup.driver.1'] },
   ),
+  {
+    clause: 'split.desc-table.device.1',
+    culprit: 'device',
+    title: 'block-style device writes into the device-readable request header',
+    async run(mode = 'strict') {
+      const devMon = new Monitor({ mode });
+      const drvMon = new Monitor({ mode });
+      const mem = GuestMemory.create(1 << 20);
+      const device = new ScribblingDevice(devMon);
+      const transport = new LoopbackTransport(device, mem);
+      const driver = new VirtioDriver(transport, { deviceId: DeviceId.BLOCK, monitor: drvMon, auditReadable: true });
+      let q: SplitDriverQueue | null = null;
+      driver.onUsed = (dq) => {
+        while (dq.getUsed() !== undefined);
+        dq.enableInterrupts();
+      };
+      await driver.init({ setup: async () => void (q = await driver.setupQueue(0)) });
+      const header = driver.allocator.alloc(16, 16);
+      const status = driver.allocator.alloc(1, 1);
+      q!.begin().addReadable(header, 16).addWritable(status, 1).commit('req');
+      driver.kick(q!);
+      return outcome({ mem, device, transport, driver, devMon, drvMon }, 'device');
+    },
+  },
   deviceScenario('split.used-ring.device.2', 'device reports a used length larger than the writable buffer', (_d, q, chain) => {
     q.addUsed(chain.head, chain.writableBytes + 100);
     return true;

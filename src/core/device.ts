@@ -21,19 +21,35 @@ export interface DeviceHost {
   interrupt(index: number): void;
   /** Configuration change notification (also sent after DEVICE_NEEDS_RESET: basic.status.device.3). */
   configChanged(): void;
+  /**
+   * True when the device handles each driver action completely before the next one arrives
+   * (synchronous loopback): then the device can also judge what the driver did NOT do, such
+   * as a missing notification.
+   */
+  readonly synchronous?: boolean;
+}
+
+/** A device configuration field that exists only when a feature is offered (basic.config.driver.3). */
+export interface ConditionalConfigField {
+  name: string;
+  offset: number;
+  size: number;
+  feature: number;
 }
 
 export interface VirtioDeviceOptions {
   deviceId: number;
   /** Device-specific feature bits offered (transport bits are added by the core). */
   deviceFeatures?: bigint;
-  /** Transport feature bits offered, default VERSION_1 | INDIRECT_DESC | EVENT_IDX. */
+  /** Transport feature bits offered, default VERSION_1 | INDIRECT_DESC | EVENT_IDX | SUSPEND. */
   transportFeatures?: bigint;
   featureNames?: FeatureNames;
   numQueues: number;
   /** Largest queue size per queue (power of two). Default 256. */
   queueMaxSize?: number;
   configSize?: number;
+  /** Configuration fields that depend on a feature bit. */
+  conditionalFields?: readonly ConditionalConfigField[];
   monitor?: Monitor;
   name?: string;
 }
@@ -68,9 +84,10 @@ export abstract class VirtioDevice {
     this.name = options.name ?? `device ${options.deviceId}`;
     this.monitor = options.monitor ?? new Monitor();
     this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
-    const transport = options.transportFeatures ?? bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX);
+    const transport = options.transportFeatures ?? bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX) | bit(Feature.SUSPEND);
     this.offered = transport | (options.deviceFeatures ?? 0n);
     this.config = new Uint8Array(options.configSize ?? 0);
+    this.conditionalFields = options.conditionalFields ?? [];
     this.configView = new DataView(this.config.buffer);
     this.queues = [];
     this.queueMaxSize = options.queueMaxSize ?? 256;
@@ -79,6 +96,7 @@ export abstract class VirtioDevice {
 
   readonly queueMaxSize: number;
   readonly numQueues: number;
+  readonly conditionalFields: readonly ConditionalConfigField[];
 
   /** Connects the device to guest memory and its transport. */
   attach(mem: GuestMemory, host: DeviceHost): void {
@@ -111,6 +129,16 @@ export abstract class VirtioDevice {
   get live(): boolean {
     return (this.statusValue & (Status.DRIVER_OK | Status.DEVICE_NEEDS_RESET | Status.FAILED)) === Status.DRIVER_OK;
   }
+
+  /** Live and not asked to suspend: the device may take new buffers. */
+  get accepting(): boolean {
+    return this.live && this.suspendState === 'running';
+  }
+
+  /** SUSPEND (2.1, 3.3): running, suspending (waiting for buffers in progress), or suspended. */
+  suspendState: 'running' | 'suspending' | 'suspended' = 'running';
+  private availAtSuspend: number[] = [];
+  private deferredConfig: ((view: DataView) => void)[] = [];
 
   /** Whether a negotiated feature is on. */
   negotiated(featureBit: number): boolean {
@@ -147,11 +175,13 @@ export abstract class VirtioDevice {
   // ---------------------------------------------------------------- status
 
   getStatus(): number {
+    this.auditDriver();
     return this.statusValue;
   }
 
   /** The driver writes the status register. */
   setStatus(value: number): void {
+    this.auditDriver();
     value &= 0xff;
     if (value === 0) {
       this.reset();
@@ -168,6 +198,28 @@ export abstract class VirtioDevice {
         this.violation('init.sequence.driver.6', `driver went on initializing after setting FAILED (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
         return;
       }
+    }
+    if (value & Status.SUSPEND && !(old & Status.SUSPEND)) {
+      if (!(old & Status.DRIVER_OK) || !this.negotiated(Feature.SUSPEND)) {
+        this.violation('init.suspend.driver.1', `driver set SUSPEND ${old & Status.DRIVER_OK ? 'without negotiating VIRTIO_F_SUSPEND' : 'before DRIVER_OK'}`, { old, value });
+        value &= ~Status.SUSPEND; // init.suspend.device.1: ignored until the device is initialized
+        if (value === (old & 0xff & ~Status.DEVICE_NEEDS_RESET)) return;
+      } else {
+        if (old & ~value & driverBits) {
+          this.violation('basic.status.driver.2', `driver cleared status bits ${statusNames(old & ~value & driverBits)} while setting SUSPEND`, { old, value });
+          if (this.monitor.strict) return;
+        }
+        this.beginSuspend();
+        return;
+      }
+    }
+    if (old & Status.SUSPEND) {
+      if (!(value & Status.SUSPEND)) {
+        this.violation('basic.status.driver.2', `driver cleared SUSPEND instead of setting DRIVER_OK to resume (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
+        return;
+      }
+      if (this.suspendState === 'suspended' && value & Status.DRIVER_OK) this.resume();
+      return; // nothing else changes while suspending or suspended
     }
     const cleared = old & ~value & driverBits;
     if (cleared) {
@@ -221,7 +273,8 @@ export abstract class VirtioDevice {
       return false;
     }
     if (!hasFeature(f, Feature.VERSION_1)) {
-      // Not a driver violation (a legacy driver may do this); this device is modern-only.
+      // reserved.bits.driver.1: a driver must accept VERSION_1 when offered; this device is modern-only.
+      this.violation('reserved.bits.driver.1', 'driver did not accept VIRTIO_F_VERSION_1, which the device offers', {});
       return false;
     }
     const missing = this.missingDependency(f);
@@ -252,16 +305,60 @@ export abstract class VirtioDevice {
     }
     this.onDriverOk();
     // The driver may have populated queues before DRIVER_OK (3.1.1 step 7): look now.
-    for (const q of this.queues) if (q.active && this.live) this.process(q);
+    for (const q of this.queues) if (q.active && this.accepting) this.process(q);
   }
 
   private onFailed(): void {
     this.onStop();
   }
 
+  // ---------------------------------------------------------------- suspend (2.1, 3.3)
+
+  private beginSuspend(): void {
+    this.suspendState = 'suspending';
+    this.statusValue |= Status.SUSPEND;
+    this.availAtSuspend = this.queues.map((q) => (q.active ? q.availIdx() : 0));
+    this.finishSuspend();
+  }
+
+  /**
+   * init.suspend.device.8: buffers in progress are used (and notified) first; only then the
+   * device presents SUSPEND = 1, DRIVER_OK = 0.
+   */
+  private finishSuspend(): void {
+    if (this.suspendState !== 'suspending' || this.work() > 0) return;
+    this.suspendState = 'suspended';
+    this.statusValue &= ~Status.DRIVER_OK;
+  }
+
+  /** Buffers taken and not yet used (device types with their own pipelines override it). */
+  protected work(): number {
+    let n = 0;
+    for (const q of this.queues) n += q.inFlightCount;
+    return n;
+  }
+
+  private resume(): void {
+    for (const q of this.queues) {
+      if (q.active && q.availIdx() !== this.availAtSuspend[q.index]) {
+        this.violation('init.suspend.driver.3', `driver made buffers available on queue ${q.index} while the device was suspended`, { queue: q.index });
+        if (this.monitor.strict) return;
+      }
+    }
+    this.suspendState = 'running';
+    this.statusValue = (this.statusValue & ~Status.SUSPEND) | Status.DRIVER_OK;
+    // init.suspend.device.5: configuration changes held back while suspended are made and told now.
+    const deferred = this.deferredConfig;
+    this.deferredConfig = [];
+    if (deferred.length > 0) this.updateConfig((view) => deferred.forEach((change) => change(view)));
+    for (const q of this.queues) if (q.active && this.accepting) this.process(q);
+  }
+
   /** Device reset (2.4): status 0, queues to their initial state, features forgotten. */
   reset(): void {
     this.onStop();
+    this.suspendState = 'running';
+    this.deferredConfig = [];
     this.statusValue = 0; // basic.reset.device.1
     this.driverFeatures = 0n;
     this.needsResetReason = '';
@@ -290,7 +387,8 @@ export abstract class VirtioDevice {
       return; // the negotiated set stays
     }
     if (!(s & Status.DRIVER)) {
-      this.violation('init.sequence.driver.1', `driver wrote features before setting DRIVER (status ${statusNames(s)})`, { status: s });
+      // basic.status.driver.1: the status must show the steps done (ACKNOWLEDGE, DRIVER) before features.
+      this.violation('basic.status.driver.1', `driver wrote features without having set ACKNOWLEDGE and DRIVER (status ${statusNames(s)})`, { status: s });
       if (this.monitor.strict) return;
     }
     this.driverFeatures = features;
@@ -303,6 +401,8 @@ export abstract class VirtioDevice {
    * FEATURES_OK included (basic.config.device.1). Bytes beyond the space read as zero.
    */
   readConfig(offset: number, size: number): number | bigint {
+    this.auditDriver();
+    this.checkConditionalField(offset, size, 'read');
     this.beforeConfigRead(offset, size);
     const cfg = this.config;
     if (offset < 0 || offset + size > cfg.length) {
@@ -323,14 +423,40 @@ export abstract class VirtioDevice {
     }
   }
 
+  /** basic.config.driver.3: optional fields only when their feature is offered. */
+  private checkConditionalField(offset: number, size: number, verb: string): void {
+    for (const f of this.conditionalFields) {
+      if (offset < f.offset + f.size && f.offset < offset + size && !hasFeature(this.offered, f.feature)) {
+        this.violation('basic.config.driver.3', `driver ${verb} config field ${f.name}, which exists only with ${this.describeFeatures(bit(f.feature))[0]}, not offered`, {
+          offset,
+          size,
+          field: f.name,
+        });
+        return;
+      }
+    }
+  }
+
+  /** On synchronous transports, every driver action is a point to audit missed notifications. */
+  private auditDriver(): void {
+    if (this.host?.synchronous === true && this.live) for (const q of this.queues) q.kickAudit(false);
+  }
+
   /** Hook for device types that compute config fields on read. */
   protected beforeConfigRead(_offset: number, _size: number): void {}
 
   /** The driver writes device configuration space. */
   writeConfig(offset: number, size: number, value: number | bigint): void {
+    this.auditDriver();
+    this.checkConditionalField(offset, size, 'wrote');
     const s = this.statusValue;
     if (s & Status.FAILED) {
       this.violation('init.sequence.driver.6', 'driver wrote configuration space after setting FAILED', { offset });
+      return;
+    }
+    if (this.suspendState !== 'running') {
+      // init.suspend.device.2: ignored.
+      this.violation('init.suspend.driver.5', `driver wrote configuration space (offset ${offset}) while the device is suspended`, { offset, size });
       return;
     }
     if (!(s & Status.FEATURES_OK)) {
@@ -346,9 +472,19 @@ export abstract class VirtioDevice {
 
   /** The device changes its configuration: bump the generation and tell a live driver. */
   protected updateConfig(change: (view: DataView) => void): void {
+    if (this.suspendState !== 'running') {
+      // init.suspend.device.3 / .4: no change and no notification while suspended.
+      this.deferredConfig.push(change);
+      return;
+    }
     change(this.configView);
     this.configGeneration = (this.configGeneration + 1) >>> 0;
-    if (this.statusValue & Status.DRIVER_OK) this.host?.configChanged();
+    if (this.statusValue & Status.DRIVER_OK) this.notifyConfigChange();
+  }
+
+  /** Sends a configuration change notification. */
+  protected notifyConfigChange(): void {
+    this.host?.configChanged();
   }
 
   // ---------------------------------------------------------------- queues
@@ -391,7 +527,7 @@ export abstract class VirtioDevice {
     const q = this.queueSetupAllowed(index, 'enabled');
     if (q === null) return;
     q.enabled = true;
-    if (this.live && !q.active) {
+    if (this.accepting && !q.active) {
       if (q.activate({ eventIdx: this.negotiated(Feature.EVENT_IDX), indirect: this.negotiated(Feature.INDIRECT_DESC) })) this.process(q);
     }
   }
@@ -399,13 +535,21 @@ export abstract class VirtioDevice {
   /** The driver sends an available-buffer notification for queue `index`. */
   notify(index: number): void {
     const s = this.statusValue;
+    if (this.suspendState !== 'running') {
+      this.violation('init.suspend.driver.4', `driver notified queue ${index} after setting SUSPEND`, { queue: index });
+      return;
+    }
     if (!(s & Status.DRIVER_OK)) {
       this.violation('init.sequence.driver.7', `driver notified queue ${index} before DRIVER_OK (status ${statusNames(s)})`, { queue: index, status: s });
       return;
     }
     const q = this.queues[index];
     // split.avail-buffer-notif-suppr.device.5: a spurious notification is harmless.
-    if (q === undefined || !q.active || !this.live) return;
+    if (q === undefined || !q.active || !this.accepting) return;
+    if (this.host?.synchronous === true) {
+      for (const other of this.queues) if (other !== q) other.kickAudit(false);
+      q.kickAudit(true);
+    }
     this.process(q);
   }
 
@@ -421,6 +565,7 @@ export abstract class VirtioDevice {
   /** Publishes used buffers and notifies the driver if it asked (2.7.10). */
   protected complete(q: SplitDeviceQueue): void {
     if (q.publish()) this.host?.interrupt(q.index);
+    if (this.suspendState === 'suspending') this.finishSuspend();
   }
 
   // ---------------------------------------------------------------- device type hooks

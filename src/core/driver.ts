@@ -10,6 +10,9 @@ import { Monitor, type Verdict } from '../conformance/monitor.js';
 import { GuestAllocator } from '../memory/allocator.js';
 import { Feature, Status, statusNames } from './constants.js';
 import { bit, featureBits, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, type FeatureNames } from './features.js';
+
+/** Transport bits the driver core accepts by default: the split ring's, plus SUSPEND. */
+const DEFAULT_DRIVER_TRANSPORT = TRANSPORT_FEATURES_SPLIT | bit(Feature.SUSPEND);
 import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from './device-types.js';
 import type { DriverTransport } from './transport.js';
 import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from './virtqueue/split-driver.js';
@@ -41,9 +44,11 @@ export interface VirtioDriverOptions {
   indirectMax?: number;
   /** Times a config read retries while the generation changes. */
   configRetries?: number;
+  /** Hash device-readable buffers to catch a device writing into them (see SplitDriverQueueOptions). */
+  auditReadable?: boolean;
 }
 
-export type DriverState = 'idle' | 'initializing' | 'live' | 'failed' | 'broken';
+export type DriverState = 'idle' | 'initializing' | 'live' | 'suspended' | 'failed' | 'broken';
 
 export class VirtioDriver {
   readonly transport: DriverTransport;
@@ -81,7 +86,7 @@ export class VirtioDriver {
     const first = transport.memory.regions[0];
     this.allocator = options.allocator ?? new GuestAllocator(first.guestAddr, first.size);
     this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
-    this.wanted = (options.transportFeatures ?? TRANSPORT_FEATURES_SPLIT) | (options.deviceFeatures ?? 0n);
+    this.wanted = (options.transportFeatures ?? DEFAULT_DRIVER_TRANSPORT) | (options.deviceFeatures ?? 0n);
     this.queueSize = options.queueSize ?? 256;
     this.indirectMax = options.indirectMax ?? 16;
     this.configRetries = options.configRetries ?? 64;
@@ -98,9 +103,9 @@ export class VirtioDriver {
   // ---------------------------------------------------------------- the device checks
 
   /** A verdict about the device; in strict mode a violation makes the driver give up. */
-  protected deviceViolation(clause: string, message: string, context?: Record<string, unknown>, fatal = false): Verdict {
+  protected deviceViolation(clause: string, message: string, context?: Record<string, unknown>, fatal = false, act = true): Verdict {
     const v = this.monitor.report(clause, message, context);
-    this.onDeviceVerdict(v, fatal);
+    if (act) this.onDeviceVerdict(v, fatal);
     return v;
   }
 
@@ -117,10 +122,13 @@ export class VirtioDriver {
     this.onBroken(err);
     // During init(), init itself sets FAILED at its next step (one status writer at a time).
     if (initializing) return;
-    void this.transport
-      .getStatus()
-      .then((s) => this.transport.setStatus(s | Status.FAILED))
-      .catch(() => undefined);
+    // Later, not inside whatever ring operation made the verdict (a kick may be half done).
+    queueMicrotask(() => {
+      this.transport
+        .getStatus()
+        .then((s) => this.transport.setStatus(s | Status.FAILED))
+        .catch(() => undefined);
+    });
   }
 
   /** Device-type drivers reject their pending requests here. */
@@ -135,8 +143,13 @@ export class VirtioDriver {
     }
     if (q === undefined) return;
     q.interrupts++;
+    if (this.suspendConfirmed) {
+      this.deviceViolation('init.suspend.device.3', `device sent a used-buffer notification for queue ${index} while suspended`, { queue: index });
+      return;
+    }
     if (this.transport.synchronous === true) this.auditSpuriousNotification(q);
-    if (this.state !== 'live') return;
+    // While suspending, buffers in progress still complete (init.suspend.device.8).
+    if (this.state !== 'live' && this.state !== 'suspended') return;
     try {
       this.onUsed(q);
     } catch (err) {
@@ -167,8 +180,16 @@ export class VirtioDriver {
       this.deviceViolation('basic.reset.device.2', 'device sent a configuration change notification after reset, before the driver re-initialized it', {});
       return;
     }
+    if (this.suspendConfirmed) {
+      this.deviceViolation('init.suspend.device.4', 'device sent a configuration change notification while suspended', {});
+      return;
+    }
     this.configNotifications++;
-    if (this.state === 'live' || this.state === 'broken') this.onConfigChange();
+    if (this.state === 'live') {
+      // The notification may mean DEVICE_NEEDS_RESET (basic.status.device.3): look.
+      void this.checkStatus().catch(() => undefined);
+      this.onConfigChange();
+    }
   }
 
   private beyondFeaturesOk = false;
@@ -271,7 +292,11 @@ export class VirtioDriver {
     const id = this.options.deviceId;
     const unknown = featureBits(offered).filter((b) => !isDescribedFeature(id, b));
     if (unknown.length > 0) {
-      this.deviceViolation('basic.features.device.4', `device offers feature bits the spec does not describe for this device type: ${unknown.join(', ')}`, { bits: unknown });
+      // Recorded, never acted on: basic.features.driver.7 forbids failing over unknown offered bits.
+      this.deviceViolation('basic.features.device.4', `device offers feature bits the spec does not describe for this device type: ${unknown.join(', ')}`, { bits: unknown }, false, false);
+    }
+    if (!hasFeature(offered, Feature.VERSION_1)) {
+      this.deviceViolation('reserved.bits.device.1', 'device does not offer VIRTIO_F_VERSION_1 (a modern device must)', {});
     }
     const broken = brokenDependency(id, offered);
     if (broken !== null) this.deviceViolation('basic.features.device.1', `device offers a feature without the feature it requires: ${broken}`, {});
@@ -309,6 +334,7 @@ export class VirtioDriver {
   /** Resets the device and waits until status reads 0 (basic.reset.driver.1). */
   async reset(): Promise<void> {
     const t = this.transport;
+    this.suspendConfirmed = false;
     this.resetDone = true; // from the moment status reads 0, the device must stay quiet (basic.reset.device.2)
     this.driverOkSet = false;
     await t.setStatus(0);
@@ -335,6 +361,84 @@ export class VirtioDriver {
     for (const a of this.ringAllocations) this.allocator.release(a);
     this.ringAllocations = [];
     this.queues.length = 0;
+  }
+
+  // ---------------------------------------------------------------- suspend (2.1, 3.3)
+
+  private running: Promise<void> = Promise.resolve();
+  private releaseRunning: () => void = () => undefined;
+  private generationAtSuspend = 0;
+  /** The device showed SUSPEND = 1, DRIVER_OK = 0: from now on it must stay quiet. */
+  private suspendConfirmed = false;
+
+  /** Resolves when the driver may use its queues (immediately unless suspended). */
+  whenRunning(): Promise<void> {
+    return this.running;
+  }
+
+  /**
+   * Suspends the device (VIRTIO_F_SUSPEND): no buffers or notifications from here on
+   * (init.suspend.driver.3 / .4), then waits for SUSPEND = 1 and DRIVER_OK = 0
+   * (init.suspend.driver.2). A device that neither suspends nor sets DEVICE_NEEDS_RESET
+   * within `timeoutMs` breaks init.suspend.device.6.
+   */
+  async suspend(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.state !== 'live') throw new DriverError(`cannot suspend a driver that is ${this.state}`);
+    if (!this.negotiated(Feature.SUSPEND)) throw new DriverError('VIRTIO_F_SUSPEND was not negotiated');
+    this.state = 'suspended';
+    this.running = new Promise((res) => (this.releaseRunning = res));
+    const t = this.transport;
+    const s = await t.getStatus();
+    await t.setStatus(s | Status.SUSPEND);
+    const done = await this.waitStatus((st) => (st & (Status.SUSPEND | Status.DRIVER_OK)) === Status.SUSPEND, options.timeoutMs ?? 1000);
+    if (done === null) {
+      this.deviceViolation('init.suspend.device.6', 'device neither suspended (SUSPEND 1, DRIVER_OK 0) nor set DEVICE_NEEDS_RESET', {}, true);
+      throw this.failure ?? new DriverError('device did not suspend');
+    }
+    if (done & Status.DEVICE_NEEDS_RESET) {
+      this.breakDown(new DriverError('device failed to suspend (DEVICE_NEEDS_RESET)'));
+      throw this.failure;
+    }
+    this.generationAtSuspend = await t.configGeneration();
+    this.suspendConfirmed = true;
+  }
+
+  /** Resumes a suspended device and waits for SUSPEND = 0, DRIVER_OK = 1 (init.suspend.driver.6). */
+  async resume(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.state !== 'suspended') throw new DriverError(`cannot resume a driver that is ${this.state}`);
+    const t = this.transport;
+    if ((await t.configGeneration()) !== this.generationAtSuspend) {
+      this.deviceViolation('init.suspend.device.3', 'device changed its configuration space while suspended', {});
+    }
+    const notificationsBefore = this.configNotifications;
+    const s = await t.getStatus();
+    this.suspendConfirmed = false;
+    this.state = 'live';
+    await t.setStatus(s | Status.DRIVER_OK);
+    const done = await this.waitStatus((st) => (st & (Status.SUSPEND | Status.DRIVER_OK)) === Status.DRIVER_OK, options.timeoutMs ?? 1000);
+    if (done === null) {
+      this.deviceViolation('init.suspend.device.7', 'device neither resumed (SUSPEND 0, DRIVER_OK 1) nor set DEVICE_NEEDS_RESET', {}, true);
+      throw this.failure ?? new DriverError('device did not resume');
+    }
+    if (done & Status.DEVICE_NEEDS_RESET) {
+      this.breakDown(new DriverError('device failed to resume (DEVICE_NEEDS_RESET)'));
+      throw this.failure;
+    }
+    if ((await t.configGeneration()) !== this.generationAtSuspend && this.configNotifications === notificationsBefore && t.synchronous === true) {
+      this.deviceViolation('init.suspend.device.5', 'device changed its configuration while suspended and sent no notification on resuming', {});
+    }
+    this.releaseRunning();
+  }
+
+  /** Polls the status until `ok` or DEVICE_NEEDS_RESET; null after `timeoutMs`. */
+  private async waitStatus(ok: (status: number) => boolean, timeoutMs: number): Promise<number | null> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const st = await this.transport.getStatus();
+      if (ok(st) || st & Status.DEVICE_NEEDS_RESET) return st;
+      if (Date.now() >= deadline) return null;
+      await new Promise((res) => setTimeout(res, 1));
+    }
   }
 
   // ---------------------------------------------------------------- configuration space
@@ -374,7 +478,7 @@ export class VirtioDriver {
     if (max === 0) throw new DriverError(`queue ${index} is not available on this device`);
     let size = Math.min(options.size ?? this.queueSize, max);
     size = 1 << Math.floor(Math.log2(size));
-    const indirect = this.negotiated(Feature.INDIRECT_DESC) ? this.indirectMax : 0;
+    const indirect = this.negotiated(Feature.INDIRECT_DESC) ? Math.min(this.indirectMax, size) : 0;
     const base = this.allocator.alloc(splitQueueFootprint(size, indirect), 4096);
     this.ringAllocations.push(base);
     const layout = layoutSplitQueue(base, size, indirect);
@@ -383,7 +487,13 @@ export class VirtioDriver {
       index,
       size,
       layout,
-      { eventIdx: this.negotiated(Feature.EVENT_IDX), indirect: indirect > 0, indirectPool: layout.pool, indirectMax: indirect },
+      {
+        eventIdx: this.negotiated(Feature.EVENT_IDX),
+        indirect: indirect > 0,
+        indirectPool: layout.pool,
+        indirectMax: indirect,
+        auditReadable: this.options.auditReadable ?? false,
+      },
       this.monitor,
       (v, fatal) => this.onDeviceVerdict(v, fatal),
     );
@@ -395,8 +505,11 @@ export class VirtioDriver {
 
   /** Publishes a queue's new chains and notifies the device if it wants it. */
   kick(q: SplitDriverQueue): void {
+    // Decided before publishing: a verdict made while publishing must not skip the notification
+    // of an index the device can already see.
+    const audit = this.transport.synchronous === true && this.state === 'live';
     if (!q.publish()) return;
-    if (this.transport.synchronous !== true || this.state !== 'live') {
+    if (!audit) {
       this.transport.notify(q.index);
       return;
     }

@@ -52,8 +52,9 @@ export class RngDriver extends VirtioDriver {
     return out;
   }
 
-  /** One request: a single device-writable buffer of `len` bytes. */
-  request(len: number): Promise<Uint8Array> {
+  /** One request: a single device-writable buffer of `len` bytes (waits while suspended). */
+  async request(len: number): Promise<Uint8Array> {
+    if (this.state === 'suspended') await this.whenRunning();
     const q = this.queue;
     if (this.state !== 'live' || q === null) return Promise.reject(this.failure ?? new DriverError('entropy driver is not started'));
     return new Promise<Uint8Array>((resolve, reject) => {

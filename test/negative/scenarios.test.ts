@@ -22,12 +22,18 @@ for (const s of SCENARIOS) {
     const verdict = strict.verdicts.find((v) => v.clause === s.clause)!;
     const mustLevel = info.level === 'MUST' || info.level === 'MUST NOT';
     assert.equal(verdict.severity, mustLevel ? 'violation' : 'warning');
-    if (mustLevel) {
+    if (s.recordOnly !== undefined) {
+      assert.equal(strict.driverState, 'live', `recorded only (${s.recordOnly})`);
+    } else if (mustLevel) {
       if (s.culprit === 'driver') {
         assert.ok(strict.deviceStatus & Status.DEVICE_NEEDS_RESET, `strict device enters DEVICE_NEEDS_RESET (status ${strict.deviceStatus})`);
       } else {
         assert.ok(['broken', 'failed'].includes(strict.driverState), `strict driver gives up (state ${strict.driverState})`);
       }
+    }
+
+    for (const covered of s.covers ?? []) {
+      assert.equal(verdict.context?.permits, covered, `the verdict says which permission (${covered}) the device refused`);
     }
 
     const tolerant = await s.run('tolerant');

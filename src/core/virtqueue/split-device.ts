@@ -170,13 +170,65 @@ export class SplitDeviceQueue {
     this.availOff = this.availAddr - this.availRegion.guestAddr;
     this.usedRegion = this.mem.region(this.usedAddr, usedRingSize(size));
     this.usedOff = this.usedAddr - this.usedRegion.guestAddr;
-    this.nextAvail = this.lastAvailIdx = startAvail & 0xffff;
+    this.nextAvail = this.lastAvailIdx = this.kickAuditIdx = startAvail & 0xffff;
     this.nextUsed = this.signalledUsed = startUsed & 0xffff;
     this.inFlight.fill(0);
     this.inFlightCount = 0;
     this.broken = false;
     this.active = true;
+    // Ask for a notification for the very next buffer (EVENT_IDX starts at the start index).
+    if (this.eventIdx) this.usedRegion.view.setUint16(this.usedOff + availEventOffset(size), this.nextAvail, true);
+    if (startAvail === 0 && startUsed === 0) {
+      const flags = this.usedRegion.view.getUint16(this.usedOff + RING_FLAGS, true);
+      if (flags !== 0) {
+        // split.avail-buffer-notif-suppr.driver.1: a new used ring starts with flags 0.
+        this.violation('split.avail-buffer-notif-suppr.driver.1', `used ring flags are ${flags} when the queue starts (the driver must zero them)`, { flags }, false);
+        this.writeUsedFlags(0);
+      }
+    }
     return true;
+  }
+
+  /** avail.idx when the driver's notifications were last audited (see kickAudit). */
+  private kickAuditIdx = 0;
+
+  /** avail_event as the device last wrote it. */
+  availEvent(): number {
+    return this.usedRegion!.view.getUint16(this.usedOff + availEventOffset(this.size), true);
+  }
+
+  /** Whether the device currently asks for available-buffer notifications covering (old, idx]. */
+  private wantsKick(old: number, idx: number): boolean {
+    if (this.eventIdx) return needEvent(this.availEvent(), idx, old);
+    return (this.usedRegion!.view.getUint16(this.usedOff + RING_FLAGS, true) & VIRTQ_USED_F_NO_NOTIFY) === 0;
+  }
+
+  /**
+   * Audits the driver's notification decisions, for transports where the device is at rest
+   * between driver actions (synchronous loopback). `notified` is true when called for a
+   * notification of this queue, false at any other driver action.
+   *  - buffers published with notifications wanted and no notification: driver.4 / driver.6;
+   *  - a notification while suppressed: driver.3 / driver.7 (SHOULD NOT).
+   */
+  kickAudit(notified: boolean): void {
+    if (!this.active || this.broken) return;
+    const idx = this.availIdx();
+    const old = this.kickAuditIdx;
+    if (notified) {
+      this.kickAuditIdx = idx;
+      if (idx !== old && !this.wantsKick(old, idx)) {
+        if (this.eventIdx) this.violation('split.avail-buffer-notif-suppr.driver.7', `driver notified although avail_event (${this.availEvent()}) was not reached`, { availIdx: idx }, false);
+        else this.violation('split.avail-buffer-notif-suppr.driver.3', 'driver notified although the device set VIRTQ_USED_F_NO_NOTIFY', { availIdx: idx }, false);
+      }
+      return;
+    }
+    if (idx === old) return;
+    this.kickAuditIdx = idx;
+    if (((idx - this.nextAvail) & 0xffff) > this.size) return; // pending() reports that one
+    if (this.wantsKick(old, idx)) {
+      if (this.eventIdx) this.violation('split.avail-buffer-notif-suppr.driver.6', `driver moved avail.idx past avail_event (${this.availEvent()}) without notifying`, { availIdx: idx }, false);
+      else this.violation('split.avail-buffer-notif-suppr.driver.4', `driver made buffers available (avail.idx ${old} -> ${idx}) with notifications on and did not notify`, { availIdx: idx }, false);
+    }
   }
 
   /** avail.idx, read atomically (the driver may be writing it concurrently). */
@@ -237,7 +289,9 @@ export class SplitDeviceQueue {
    * is broken).
    */
   pop(chain: DescriptorChain): boolean {
-    if (this.pending() <= 0) return false;
+    if (!this.active || this.broken) return false;
+    // Re-read avail.idx only when the chains validated by the last read are used up.
+    if (this.nextAvail === this.lastAvailIdx && this.pending() <= 0) return false;
     const head = this.availRegion!.view.getUint16(this.availOff + AVAIL_RING + 2 * (this.nextAvail & this.mask), true);
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
     if (!this.walk(head, chain)) return false;
@@ -305,8 +359,8 @@ export class SplitDeviceQueue {
       if (!this.pushBuffer(chain, addr, len, writable, seenWritable, idx)) return false;
       if (writable) seenWritable = true;
       total += len;
-      if (total >= TWO_32) {
-        this.violation('split.desc-table.driver.1', `descriptor chain from head ${head} is 2^32 bytes or longer`, { head }, true);
+      if (total > TWO_32) {
+        this.violation('split.desc-table.driver.1', `descriptor chain from head ${head} is longer than 2^32 bytes`, { head }, true);
         return false;
       }
       if ((flags & VIRTQ_DESC_F_NEXT) === 0) break;
@@ -361,8 +415,8 @@ export class SplitDeviceQueue {
       if (!this.pushBuffer(chain, addr, len, writable, seenWritable, idx)) return false;
       if (writable) seenWritable = true;
       total += len;
-      if (total >= TWO_32) {
-        this.violation('split.desc-table.driver.1', `descriptor chain from head ${head} is 2^32 bytes or longer`, { head }, true);
+      if (total > TWO_32) {
+        this.violation('split.desc-table.driver.1', `descriptor chain from head ${head} is longer than 2^32 bytes`, { head }, true);
         return false;
       }
       if ((flags & VIRTQ_DESC_F_NEXT) === 0) return true;

@@ -39,6 +39,26 @@ export interface SplitDriverQueueOptions {
   indirectMax?: number;
   /** First avail/used index (default 0); tests start near 65535 to cross the wrap. */
   startIndex?: number;
+  /**
+   * Hash every device-readable buffer (and indirect table) when it is exposed and again when
+   * it comes back, to catch a device writing where it may only read (split.desc-table.device.1
+   * and .4). Costs a pass over the data each way; off by default.
+   */
+  auditReadable?: boolean;
+}
+
+/** FNV-1a over guest bytes, region by region. */
+function hashGuest(mem: GuestMemory, addr: number, len: number, h: number): number {
+  let done = 0;
+  while (done < len) {
+    const r = mem.region(addr + done, 1);
+    const off = addr + done - r.guestAddr;
+    const n = Math.min(len - done, r.size - off);
+    const b = r.bytes;
+    for (let i = off; i < off + n; i++) h = Math.imul(h ^ b[i], 16777619);
+    done += n;
+  }
+  return h >>> 0;
 }
 
 /** Guest bytes a split queue of `size` needs for its rings and indirect pool, with alignment. */
@@ -80,6 +100,9 @@ export class SplitDriverQueue {
   private readonly usesIndirect: Uint8Array;
   // Shadow of the table descriptors as written, for split.desc-table.device.4.
   private readonly shadow: Uint32Array;
+  // With auditReadable: hashes of the readable bytes and of the indirect table, per head.
+  private readonly readableHash: Uint32Array | null;
+  private readonly tableHash: Uint32Array | null;
 
   private availIdx = 0;
   private kickedAt = 0;
@@ -100,6 +123,7 @@ export class SplitDriverQueue {
   private readonly usedOff: number;
   private readonly indirectMax: number;
   private readonly pool: number;
+  private readonly poolRegion: MemoryRegion | null;
 
   constructor(
     readonly mem: GuestMemory,
@@ -120,7 +144,10 @@ export class SplitDriverQueue {
     this.tableCount = new Uint16Array(size);
     this.usesIndirect = new Uint8Array(size);
     this.shadow = new Uint32Array(size * 4);
-    this.indirectMax = options.indirect && options.indirectPool !== undefined ? (options.indirectMax ?? 32) : 0;
+    this.readableHash = options.auditReadable ? new Uint32Array(size) : null;
+    this.tableHash = options.auditReadable ? new Uint32Array(size) : null;
+    // split.indirect-descs.driver.3: no chain longer than the queue, indirect ones included.
+    this.indirectMax = options.indirect && options.indirectPool !== undefined ? Math.min(options.indirectMax ?? 32, size) : 0;
     this.pool = options.indirectPool ?? 0;
     const cap = Math.max(size, this.indirectMax);
     this.segAddr = new Float64Array(cap);
@@ -132,7 +159,7 @@ export class SplitDriverQueue {
     this.availOff = addrs.avail - this.avail.guestAddr;
     this.used = mem.region(addrs.used, usedRingSize(size));
     this.usedOff = addrs.used - this.used.guestAddr;
-    if (this.indirectMax > 0) mem.region(this.pool, size * this.indirectMax * DESC_SIZE);
+    this.poolRegion = this.indirectMax > 0 ? mem.region(this.pool, size * this.indirectMax * DESC_SIZE) : null;
     this.availIdx = this.kickedAt = this.lastUsed = this.usedIdxAtLastInterrupt = (options.startIndex ?? 0) & 0xffff;
     // split.avail-buffer-notif-suppr.driver.1: the used ring (flags included) starts zeroed.
     this.desc.bytes.fill(0, this.descOff, this.descOff + descTableSize(size));
@@ -142,6 +169,7 @@ export class SplitDriverQueue {
       // A queue resumed at an index (tests, vhost-user ring base): both indices start there.
       this.avail.view.setUint16(this.availOff + RING_IDX, this.availIdx, true);
       this.used.view.setUint16(this.usedOff + RING_IDX, this.availIdx, true);
+      this.avail.view.setUint16(this.availOff + usedEventOffset(size), this.availIdx, true);
     }
   }
 
@@ -177,18 +205,19 @@ export class SplitDriverQueue {
    * Returns the head, or -1 when the queue has no room (collect used buffers first).
    * The buffers are exposed to the device only at the next `publish()`.
    */
-  commit(token: unknown, options: { indirect?: boolean } = {}): number {
+  commit(token: unknown, options?: { indirect?: boolean }): number {
     const n = this.segs;
     if (n === 0) throw new RangeError('empty chain');
     if (this.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (split.message-framing.driver.1)');
-    const useIndirect = (options.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
+    // No default object for `options`: an object literal per call is the hot path's only allocation.
+    const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
     const need = useIndirect ? 1 : n;
     if (this.numFree < need || this.broken) return -1;
     const head = this.freeHead;
     let writable = 0;
     if (useIndirect) {
       const table = this.pool + head * this.indirectMax * DESC_SIZE;
-      const r = this.mem.region(table, n * DESC_SIZE);
+      const r = this.poolRegion!;
       const base = table - r.guestAddr;
       for (let i = 0; i < n; i++) {
         const last = i === n - 1;
@@ -213,6 +242,12 @@ export class SplitDriverQueue {
     }
     this.numFree -= need;
     this.tableCount[head] = need;
+    if (this.readableHash !== null) {
+      let h = 2166136261;
+      for (let i = 0; i < n; i++) if (!this.segWritable[i]) h = hashGuest(this.mem, this.segAddr[i], this.segLen[i], h);
+      this.readableHash[head] = h;
+      if (useIndirect) this.tableHash![head] = hashGuest(this.mem, this.pool + head * this.indirectMax * DESC_SIZE, n * DESC_SIZE, 2166136261);
+    }
     this.tokens[head] = token;
     this.writableLen[head] = writable;
     this.inFlight[head] = 1;
@@ -332,6 +367,7 @@ export class SplitDriverQueue {
       len = this.writableLen[id]; // never trust the device past the buffer it was given
     }
     this.checkTable(id);
+    if (this.readableHash !== null) this.auditReadableBuffers(id);
     const token = this.tokens[id];
     this.release(id);
     this.lastHead = id;
@@ -358,6 +394,34 @@ export class SplitDriverQueue {
         this.writeDesc(view, o, this.shadow[s] + this.shadow[s + 1] * TWO_32, this.shadow[s + 2], this.shadow[s + 3] & 0xffff, this.shadow[s + 3] >>> 16);
       }
       idx = this.shadow[s + 3] >>> 16;
+    }
+  }
+
+  /** split.desc-table.device.1 / .4 with auditReadable: nothing the device may only read changed. */
+  private auditReadableBuffers(head: number): void {
+    const mem = this.mem;
+    let h = 2166136261;
+    if (this.usesIndirect[head]) {
+      const table = this.pool + head * this.indirectMax * DESC_SIZE;
+      const len = this.shadow[head * 4 + 2];
+      if (hashGuest(mem, table, len, 2166136261) !== this.tableHash![head]) {
+        this.report('split.desc-table.device.4', `indirect table of chain ${head} was changed while the device held it`, { head }, false);
+        return;
+      }
+      for (let o = 0; o < len; o += DESC_SIZE) {
+        const flags = mem.readU16(table + o + 12);
+        if (!(flags & VIRTQ_DESC_F_WRITE)) h = hashGuest(mem, mem.readU32(table + o) + mem.readU32(table + o + 4) * TWO_32, mem.readU32(table + o + 8), h);
+      }
+    } else {
+      let idx = head;
+      for (let n = this.tableCount[head]; n > 0; n--) {
+        const s = idx * 4;
+        if (!((this.shadow[s + 3] & 0xffff) & VIRTQ_DESC_F_WRITE)) h = hashGuest(mem, this.shadow[s] + this.shadow[s + 1] * TWO_32, this.shadow[s + 2], h);
+        idx = this.shadow[s + 3] >>> 16;
+      }
+    }
+    if (h !== this.readableHash![head]) {
+      this.report('split.desc-table.device.1', `device wrote into a device-readable buffer of chain ${head}`, { head }, false);
     }
   }
 

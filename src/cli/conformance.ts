@@ -1,0 +1,70 @@
+/**
+ * `virtio-ts conformance`: coverage of the clause catalogue, per part and side, or as JSON.
+ */
+import { allClauses, partOf, type ClauseEntry, type CoverageStatus } from '../conformance/catalogue.js';
+
+const STATUSES: CoverageStatus[] = ['enforced', 'tested', 'not-checkable', 'unsupported', 'open'];
+const PARTS = ['basic', 'split', 'packed', 'init', 'pci', 'mmio', 'reserved', 'net', 'blk', 'console', 'entropy', 'vsock', 'fs'];
+
+export interface ConformanceOptions {
+  json?: boolean;
+  part?: string;
+  status?: string;
+  list?: boolean;
+}
+
+interface Writable {
+  write(s: string): unknown;
+}
+
+/** The JSON form: one object per spec clause (all 795 unless filtered). */
+export function conformanceJson(clauses: readonly ClauseEntry[]): object[] {
+  return clauses.map((c) => ({ id: c.id, side: c.side, level: c.level, status: c.status, reason: c.reason, tests: c.tests, checks: c.checks, summary: c.summary }));
+}
+
+export function runConformance(opts: ConformanceOptions, out: Writable): number {
+  if (opts.part !== undefined && !PARTS.includes(opts.part)) {
+    process.stderr.write(`virtio-ts conformance: unknown part "${opts.part}" (one of ${PARTS.join(', ')})\n`);
+    return 2;
+  }
+  if (opts.status !== undefined && !STATUSES.includes(opts.status as CoverageStatus)) {
+    process.stderr.write(`virtio-ts conformance: unknown status "${opts.status}" (one of ${STATUSES.join(', ')})\n`);
+    return 2;
+  }
+  const clauses = allClauses().filter(
+    (c) => c.spec && (opts.part === undefined || partOf(c.id) === opts.part) && (opts.status === undefined || c.status === opts.status),
+  );
+  if (opts.json) {
+    out.write(JSON.stringify(conformanceJson(clauses), null, 2) + '\n');
+    return 0;
+  }
+  if (opts.list) {
+    for (const c of clauses) {
+      out.write(`${c.id.padEnd(48)} ${c.status.padEnd(13)} ${c.level.padEnd(10)} ${c.summary}${c.reason ? `  [${c.reason}]` : ''}\n`);
+    }
+    return 0;
+  }
+  out.write('VIRTIO 1.4 cs01 normative statements: coverage by virtio-ts\n');
+  out.write('enforced = runtime check + negative test naming the clause; tested = test only\n\n');
+  const header = ['part', 'side', ...STATUSES, 'total'];
+  const rows: string[][] = [];
+  const totals = new Map<string, number>();
+  for (const part of PARTS) {
+    for (const side of ['device', 'driver'] as const) {
+      const inPart = clauses.filter((c) => partOf(c.id) === part && c.side === side);
+      if (inPart.length === 0) continue;
+      const counts = STATUSES.map((s) => inPart.filter((c) => c.status === s).length);
+      STATUSES.forEach((s, i) => totals.set(s, (totals.get(s) ?? 0) + counts[i]));
+      rows.push([part, side, ...counts.map(String), String(inPart.length)]);
+    }
+  }
+  rows.push(['all', '', ...STATUSES.map((s) => String(totals.get(s) ?? 0)), String(clauses.length)]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) => r.map((v, i) => (i < 2 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join('  ') + '\n';
+  out.write(line(header));
+  out.write(line(widths.map((w) => '-'.repeat(w))));
+  for (const r of rows) out.write(line(r));
+  out.write('\nvirtio-ts conformance --list        every clause with its status and summary\n');
+  out.write('virtio-ts conformance --json        the same as JSON ({id, side, level, status, reason, tests})\n');
+  return 0;
+}
