@@ -369,6 +369,15 @@ export const SCENARIOS: readonly Scenario[] = [
     await upToFeaturesOk(r, V1);
     await r.transport.setDriverFeatures(V1 | bit(Feature.EVENT_IDX));
   }),
+  driverScenario(
+    'init.sequence.driver.5',
+    'device refuses FEATURES_OK; the driver neither sets FAILED nor resets, and tries other features',
+    async (r) => {
+      await upToFeaturesOk(r, V1 | bit(Feature.EVENT_IDX));
+      await r.transport.setDriverFeatures(V1);
+    },
+    { device: (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { validate: () => false }) },
+  ),
   driverScenario('init.sequence.driver.6', 'driver sets FAILED and then goes on to FEATURES_OK', async (r) => {
     const t = r.transport;
     await t.setStatus(0);

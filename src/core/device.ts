@@ -76,6 +76,8 @@ export abstract class VirtioDevice {
   protected statusValue = 0;
   protected host: DeviceHost | null = null;
   private mem: GuestMemory | null = null;
+  /** FEATURES_OK was refused: the driver should now set FAILED (init.sequence.driver.5). */
+  private featuresRefused = false;
   /** Whether FEATURES_OK has ever been accepted (basic.features.device.5). */
   private negotiatedOnce: bigint | null = null;
 
@@ -199,6 +201,7 @@ export abstract class VirtioDevice {
         return;
       }
     }
+    if (!(value & Status.FAILED)) this.afterRefusal('wrote the status without FAILED');
     if (value & Status.SUSPEND && !(old & Status.SUSPEND)) {
       if (!(old & Status.DRIVER_OK) || !this.negotiated(Feature.SUSPEND)) {
         this.violation('init.suspend.driver.1', `driver set SUSPEND ${old & Status.DRIVER_OK ? 'without negotiating VIRTIO_F_SUSPEND' : 'before DRIVER_OK'}`, { old, value });
@@ -234,7 +237,10 @@ export abstract class VirtioDevice {
     }
     let next = value & driverBits;
     if (added & Status.FEATURES_OK) {
-      if (!this.acceptFeatures()) next &= ~Status.FEATURES_OK; // basic.features.device.3
+      if (!this.acceptFeatures()) {
+        next &= ~Status.FEATURES_OK; // basic.features.device.3
+        this.featuresRefused = true;
+      }
     }
     if (added & Status.FAILED) this.onFailed();
     // DEVICE_NEEDS_RESET is the device's own bit: it survives driver writes (and may have just been set).
@@ -285,6 +291,16 @@ export abstract class VirtioDevice {
     if (!this.validateFeatures(f)) return false;
     this.negotiatedOnce = f;
     return true;
+  }
+
+  /**
+   * init.sequence.driver.5: after the device refused FEATURES_OK the driver's init cannot
+   * succeed; it should set FAILED (or reset), not carry on.
+   */
+  private afterRefusal(what: string): void {
+    if (!this.featuresRefused) return;
+    this.featuresRefused = false;
+    this.violation('init.sequence.driver.5', `the device refused FEATURES_OK and the driver ${what} instead of setting FAILED or resetting`, {});
   }
 
   /** Device types name features that need other features; returns a description or null. */
@@ -357,6 +373,7 @@ export abstract class VirtioDevice {
   /** Device reset (2.4): status 0, queues to their initial state, features forgotten. */
   reset(): void {
     this.onStop();
+    this.featuresRefused = false;
     this.suspendState = 'running';
     this.deferredConfig = [];
     this.statusValue = 0; // basic.reset.device.1
@@ -380,6 +397,7 @@ export abstract class VirtioDevice {
       this.violation('init.sequence.driver.6', 'driver wrote features after setting FAILED', {});
       return;
     }
+    this.afterRefusal('wrote its features again');
     if (s & Status.FEATURES_OK) {
       if (features !== this.driverFeatures) {
         this.violation('init.sequence.driver.4', `driver changed its features after FEATURES_OK (${featureNames(features ^ this.driverFeatures, this.featureNames).join(', ')})`, {});
@@ -493,6 +511,7 @@ export abstract class VirtioDevice {
   private queueSetupAllowed(index: number, what: string): SplitDeviceQueue | null {
     const q = this.queues[index];
     if (q === undefined) return null;
+    this.afterRefusal(`${what} for queue ${index}`);
     const s = this.statusValue;
     if (s & Status.FAILED) {
       this.violation('init.sequence.driver.6', `driver ${what} for queue ${index} after setting FAILED`, { queue: index });
