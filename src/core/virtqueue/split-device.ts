@@ -265,14 +265,16 @@ export class SplitDeviceQueue {
     if (!this.active || this.broken) return 0;
     const idx = this.availIdx();
     if (idx !== this.lastAvailIdx) {
-      const outstanding = (idx - this.nextAvail) & 0xffff;
-      if (outstanding > this.size) {
-        const moved = (idx - this.lastAvailIdx) & 0xffff;
+      // Entries already seen (validated, not yet popped) plus the new ones must fit the ring;
+      // a decrement shows up as a move of almost 2^16.
+      const seen = (this.lastAvailIdx - this.nextAvail) & 0xffff;
+      const moved = (idx - this.lastAvailIdx) & 0xffff;
+      if (seen + moved > this.size) {
         this.violation(
           'split.avail-ring.driver.1',
           moved > 0x8000
             ? `available index went back from ${this.lastAvailIdx} to ${idx}`
-            : `available index jumped from ${this.lastAvailIdx} to ${idx}: ${outstanding} buffers outstanding on a queue of ${this.size}`,
+            : `available index jumped from ${this.lastAvailIdx} to ${idx}: ${seen + moved} buffers outstanding on a queue of ${this.size}`,
           { previous: this.lastAvailIdx, idx, nextAvail: this.nextAvail, size: this.size },
           true,
         );

@@ -160,7 +160,7 @@ export class SplitDriverQueue {
     this.used = mem.region(addrs.used, usedRingSize(size));
     this.usedOff = addrs.used - this.used.guestAddr;
     this.poolRegion = this.indirectMax > 0 ? mem.region(this.pool, size * this.indirectMax * DESC_SIZE) : null;
-    this.availIdx = this.kickedAt = this.lastUsed = this.usedIdxAtLastInterrupt = (options.startIndex ?? 0) & 0xffff;
+    this.availIdx = this.kickedAt = this.lastUsed = this.seenUsed = this.usedIdxAtLastInterrupt = (options.startIndex ?? 0) & 0xffff;
     // split.avail-buffer-notif-suppr.driver.1: the used ring (flags included) starts zeroed.
     this.desc.bytes.fill(0, this.descOff, this.descOff + descTableSize(size));
     this.avail.bytes.fill(0, this.availOff, this.availOff + availRingSize(size));
@@ -335,13 +335,29 @@ export class SplitDriverQueue {
   usedPending(): number {
     if (this.broken) return 0;
     const idx = this.usedIdx();
-    const n = (idx - this.lastUsed) & 0xffff;
-    if (n > this.inFlightCount) {
-      this.report('struct.used-idx.device.1', `used index moved from ${this.lastUsed} to ${idx} with only ${this.inFlightCount} buffers in flight`, { lastUsed: this.lastUsed, idx }, true);
-      return 0;
+    if (idx !== this.seenUsed) {
+      // Seen-but-uncollected entries plus the new ones must be buffers in flight; a used
+      // index going back shows up as a move of almost 2^16.
+      const seen = (this.seenUsed - this.lastUsed) & 0xffff;
+      const moved = (idx - this.seenUsed) & 0xffff;
+      if (seen + moved > this.inFlightCount) {
+        this.report(
+          'struct.used-idx.device.1',
+          moved > 0x8000
+            ? `used index went back from ${this.seenUsed} to ${idx}`
+            : `used index moved from ${this.seenUsed} to ${idx} with only ${this.inFlightCount} buffers in flight`,
+          { seenUsed: this.seenUsed, idx },
+          true,
+        );
+        return 0;
+      }
+      this.seenUsed = idx;
     }
-    return n;
+    return (idx - this.lastUsed) & 0xffff;
   }
+
+  /** used.idx as last validated. */
+  private seenUsed = 0;
 
   /**
    * Returns the token of the next used buffer (its length in `lastLen`), or undefined when
