@@ -134,9 +134,10 @@ export class GuestMemory {
 
   /** The region that holds all of [addr, addr+length), or null. Never throws. */
   regionFor(addr: number, length: number): MemoryRegion | null {
+    // Whole numbers only: a fractional address would index a typed array as undefined.
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(length) || addr < 0 || length < 0) return null;
     const last = this.last;
-    if (addr >= last.guestAddr && addr + length <= last.end && length >= 0) return last;
-    if (!(addr >= 0) || !(length >= 0)) return null;
+    if (addr >= last.guestAddr && addr + length <= last.end) return last;
     for (const r of this.regions) {
       if (addr >= r.guestAddr && addr + length <= r.end) {
         this.last = r;
@@ -234,6 +235,7 @@ export class GuestMemory {
 
   /** Copies guest bytes into `dst`, crossing region boundaries where regions are adjacent. */
   read(addr: number, dst: Uint8Array): void {
+    if (!this.isBacked(addr, dst.length)) throw this.rangeError(addr, dst.length);
     let done = 0;
     while (done < dst.length) {
       const r = this.region(addr + done, 1);
