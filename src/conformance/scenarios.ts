@@ -110,6 +110,14 @@ async function upToFeaturesOk(r: Rig, features = V1): Promise<void> {
   await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
 }
 
+/** Steps 1-8 by hand with one queue at the given (possibly bad) layout. */
+async function startRawQueue(r: Rig, size: number, addrs: { desc: number; avail: number; used: number }): Promise<void> {
+  await upToFeaturesOk(r);
+  await r.transport.setupQueue(0, size, addrs);
+  await r.transport.enableQueue(0);
+  await r.transport.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
+}
+
 // ------------------------------------------------------------------ raw ring writes
 
 function writeDesc(mem: GuestMemory, table: number, i: number, addr: number, len: number, flags: number, next: number): void {
@@ -422,11 +430,8 @@ export const SCENARIOS: readonly Scenario[] = [
     { device: (m) => new PlainDevice(m, DeviceId.NET, bit(NET_FEATURES.MTU)), driverId: DeviceId.NET },
   ),
   driverScenario('split.avail-buffer-notif-suppr.driver.1', 'driver starts a queue whose used ring flags are not zeroed', async (r) => {
-    await upToFeaturesOk(r);
     r.mem.writeU16(0x3000 + RING_FLAGS, 1);
-    await r.transport.setupQueue(0, 16, { desc: 0x1000, avail: 0x2000, used: 0x3000 });
-    await r.transport.enableQueue(0);
-    await r.transport.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
+    await startRawQueue(r, 16, { desc: 0x1000, avail: 0x2000, used: 0x3000 });
   }),
   liveDriverScenario(
     'split.avail-buffer-notif-suppr.driver.4',
@@ -575,10 +580,7 @@ export const SCENARIOS: readonly Scenario[] = [
     return spare(q);
   }),
   driverScenario('split.alignment.driver.1', 'driver places the descriptor table at an address that is not 16-byte aligned', async (r) => {
-    await upToFeaturesOk(r);
-    await r.transport.setupQueue(0, 16, { desc: 0x1008, avail: 0x2000, used: 0x3000 });
-    await r.transport.enableQueue(0);
-    await r.transport.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
+    await startRawQueue(r, 16, { desc: 0x1008, avail: 0x2000, used: 0x3000 });
   }),
   liveDriverScenario(
     'split.used-buffer-notif-suppr.driver.1',
@@ -612,10 +614,7 @@ export const SCENARIOS: readonly Scenario[] = [
     return spare(q);
   }),
   driverScenario('struct.queue-config.driver.1', 'driver sets a queue size that is not a power of two', async (r) => {
-    await upToFeaturesOk(r);
-    await r.transport.setupQueue(0, 48, { desc: 0x1000, avail: 0x2000, used: 0x3000 });
-    await r.transport.enableQueue(0);
-    await r.transport.setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
+    await startRawQueue(r, 48, { desc: 0x1000, avail: 0x2000, used: 0x3000 });
   }),
 
   // ---------------------------------------------------------------- device: status, reset, features, config

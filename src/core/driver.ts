@@ -387,19 +387,8 @@ export class VirtioDriver {
     if (!this.negotiated(Feature.SUSPEND)) throw new DriverError('VIRTIO_F_SUSPEND was not negotiated');
     this.state = 'suspended';
     this.running = new Promise((res) => (this.releaseRunning = res));
-    const t = this.transport;
-    const s = await t.getStatus();
-    await t.setStatus(s | Status.SUSPEND);
-    const done = await this.waitStatus((st) => (st & (Status.SUSPEND | Status.DRIVER_OK)) === Status.SUSPEND, options.timeoutMs ?? 1000);
-    if (done === null) {
-      this.deviceViolation('init.suspend.device.6', 'device neither suspended (SUSPEND 1, DRIVER_OK 0) nor set DEVICE_NEEDS_RESET', {}, true);
-      throw this.failure ?? new DriverError('device did not suspend');
-    }
-    if (done & Status.DEVICE_NEEDS_RESET) {
-      this.breakDown(new DriverError('device failed to suspend (DEVICE_NEEDS_RESET)'));
-      throw this.failure;
-    }
-    this.generationAtSuspend = await t.configGeneration();
+    await this.statusTransition(Status.SUSPEND, Status.SUSPEND, 'init.suspend.device.6', 'suspend', options.timeoutMs);
+    this.generationAtSuspend = await this.transport.configGeneration();
     this.suspendConfirmed = true;
   }
 
@@ -411,23 +400,32 @@ export class VirtioDriver {
       this.deviceViolation('init.suspend.device.3', 'device changed its configuration space while suspended', {});
     }
     const notificationsBefore = this.configNotifications;
-    const s = await t.getStatus();
     this.suspendConfirmed = false;
     this.state = 'live';
-    await t.setStatus(s | Status.DRIVER_OK);
-    const done = await this.waitStatus((st) => (st & (Status.SUSPEND | Status.DRIVER_OK)) === Status.DRIVER_OK, options.timeoutMs ?? 1000);
-    if (done === null) {
-      this.deviceViolation('init.suspend.device.7', 'device neither resumed (SUSPEND 0, DRIVER_OK 1) nor set DEVICE_NEEDS_RESET', {}, true);
-      throw this.failure ?? new DriverError('device did not resume');
-    }
-    if (done & Status.DEVICE_NEEDS_RESET) {
-      this.breakDown(new DriverError('device failed to resume (DEVICE_NEEDS_RESET)'));
-      throw this.failure;
-    }
+    await this.statusTransition(Status.DRIVER_OK, Status.DRIVER_OK, 'init.suspend.device.7', 'resume', options.timeoutMs);
     if ((await t.configGeneration()) !== this.generationAtSuspend && this.configNotifications === notificationsBefore && t.synchronous === true) {
       this.deviceViolation('init.suspend.device.5', 'device changed its configuration while suspended and sent no notification on resuming', {});
     }
     this.releaseRunning();
+  }
+
+  /**
+   * Sets status bit `set`, then waits until SUSPEND and DRIVER_OK read as `want` (the device
+   * finished) or DEVICE_NEEDS_RESET (it failed, which it may). A device that does neither
+   * within the timeout breaks `clause` (init.suspend.device.6 / .7).
+   */
+  private async statusTransition(set: number, want: number, clause: string, what: string, timeoutMs = 1000): Promise<void> {
+    const t = this.transport;
+    await t.setStatus((await t.getStatus()) | set);
+    const done = await this.waitStatus((st) => (st & (Status.SUSPEND | Status.DRIVER_OK)) === want, timeoutMs);
+    if (done === null) {
+      this.deviceViolation(clause, `device did not ${what} (SUSPEND/DRIVER_OK) and did not set DEVICE_NEEDS_RESET either`, {}, true);
+      throw this.failure ?? new DriverError(`device did not ${what}`);
+    }
+    if (done & Status.DEVICE_NEEDS_RESET) {
+      this.breakDown(new DriverError(`device failed to ${what} (DEVICE_NEEDS_RESET)`));
+      throw this.failure;
+    }
   }
 
   /** Polls the status until `ok` or DEVICE_NEEDS_RESET; null after `timeoutMs`. */
