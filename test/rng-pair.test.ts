@@ -5,23 +5,53 @@ import { Monitor } from '../src/conformance/monitor.js';
 import { LoopbackTransport } from '../src/transports/loopback.js';
 import { RngDevice } from '../src/devices/rng.js';
 import { RngDriver } from '../src/drivers/rng.js';
-import { Status } from '../src/core/constants.js';
+import { Feature, Status } from '../src/core/constants.js';
+import { bit, hasFeature } from '../src/core/features.js';
+import { TRANSPORT_FEATURES_SPLIT } from '../src/core/features.js';
 
-for (const mode of ['sync', 'async'] as const) {
-  test(`entropy pair over loopback (${mode}): negotiation, reads, no verdicts`, async () => {
-    const mem = GuestMemory.create(1 << 20);
-    const devMon = new Monitor();
-    const drvMon = new Monitor();
-    let counter = 0;
-    const device = new RngDevice({ monitor: devMon, source: (d) => d.forEach((_, i) => (d[i] = counter++ & 0xff)) });
-    const transport = new LoopbackTransport(device, mem, { mode });
-    const driver = new RngDriver(transport, { monitor: drvMon });
-    await driver.start();
-    assert.equal(device.getStatus(), Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
-    const bytes = await driver.read(10000);
-    assert.equal(bytes.length, 10000);
-    for (let i = 0; i < bytes.length; i++) assert.equal(bytes[i], i & 0xff);
-    assert.deepEqual(devMon.verdicts, []);
-    assert.deepEqual(drvMon.verdicts, []);
-  });
+const FORMATS = {
+  split: TRANSPORT_FEATURES_SPLIT | bit(Feature.SUSPEND),
+  packed: TRANSPORT_FEATURES_SPLIT | bit(Feature.SUSPEND) | bit(Feature.RING_PACKED),
+} as const;
+
+for (const [format, accept] of Object.entries(FORMATS)) {
+  for (const mode of ['sync', 'async'] as const) {
+    for (const eventIdx of [true, false]) {
+      test(`entropy pair, ${format} ring, loopback ${mode}, EVENT_IDX ${eventIdx ? 'on' : 'off'}: negotiation, reads, suspend, no verdicts`, async () => {
+        const mem = GuestMemory.create(1 << 20);
+        const devMon = new Monitor();
+        const drvMon = new Monitor();
+        let counter = 0;
+        const device = new RngDevice({ monitor: devMon, queueMaxSize: 8, source: (d) => d.forEach((_, i) => (d[i] = counter++ & 0xff)) });
+        const transport = new LoopbackTransport(device, mem, { mode });
+        const features = eventIdx ? accept : accept & ~bit(Feature.EVENT_IDX);
+        const driver = new RngDriver(transport, { monitor: drvMon, transportFeatures: features, chunk: 100 });
+        await driver.start();
+        assert.equal(device.getStatus(), Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
+        assert.equal(device.ringFormat, format);
+        assert.equal(driver.queues[0].format, format);
+        assert.equal(hasFeature(driver.features, Feature.EVENT_IDX), eventIdx);
+        // Many more requests than the 8-entry ring holds, in parallel: wraps the ring (and its wrap counters) many times.
+        const parts = await Promise.all(Array.from({ length: 50 }, () => driver.read(333)));
+        const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+        let off = 0;
+        for (const p of parts) {
+          bytes.set(p, off);
+          off += p.length;
+        }
+        assert.equal(bytes.length, 50 * 333);
+        const seen = new Uint8Array(256);
+        for (const b of bytes) seen[b]++;
+        assert.ok(seen.every((n) => n > 0), 'all byte values came through');
+        assert.equal(device.bytesServed, bytes.length);
+        await driver.suspend();
+        await driver.resume();
+        assert.equal((await driver.read(10)).length, 10);
+        assert.deepEqual(devMon.verdicts, []);
+        assert.deepEqual(drvMon.verdicts, []);
+        assert.equal(driver.queues[0].inFlightCount, 0);
+        assert.equal(driver.queues[0].numFree, driver.queues[0].size);
+      });
+    }
+  }
 }

@@ -12,7 +12,7 @@ import type { GuestMemory } from '../memory/guest-memory.js';
 import { Monitor, type Verdict } from '../conformance/monitor.js';
 import { Feature, Status, statusNames } from './constants.js';
 import { bit, featureBits as featureBitsOf, featureNames, hasFeature, type FeatureNames } from './features.js';
-import { SplitDeviceQueue } from './virtqueue/split-device.js';
+import { createDeviceQueue, type DeviceQueue, type RingFormat } from './virtqueue/queue.js';
 import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from './device-types.js';
 
 /** How the device reaches the driver: the transport implements it. */
@@ -41,7 +41,7 @@ export interface VirtioDeviceOptions {
   deviceId: number;
   /** Device-specific feature bits offered (transport bits are added by the core). */
   deviceFeatures?: bigint;
-  /** Transport feature bits offered, default VERSION_1 | INDIRECT_DESC | EVENT_IDX | SUSPEND. */
+  /** Transport feature bits offered, default VERSION_1 | INDIRECT_DESC | EVENT_IDX | RING_PACKED | SUSPEND. */
   transportFeatures?: bigint;
   featureNames?: FeatureNames;
   numQueues: number;
@@ -54,6 +54,10 @@ export interface VirtioDeviceOptions {
   name?: string;
 }
 
+/** What a device offers of the device-independent bits unless told otherwise. */
+export const DEFAULT_DEVICE_TRANSPORT_FEATURES =
+  bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX) | bit(Feature.RING_PACKED) | bit(Feature.SUSPEND);
+
 /** Where the device is in its life (what the status register says, simplified). */
 export type DevicePhase = 'reset' | 'initializing' | 'live' | 'failed' | 'needs-reset';
 
@@ -62,7 +66,7 @@ export abstract class VirtioDevice {
   readonly name: string;
   readonly monitor: Monitor;
   readonly featureNames: FeatureNames;
-  readonly queues: SplitDeviceQueue[];
+  readonly queues: DeviceQueue[];
   /** Features the device offers. */
   readonly offered: bigint;
   /** Features the driver wrote (meaningful once FEATURES_OK is accepted). */
@@ -86,7 +90,7 @@ export abstract class VirtioDevice {
     this.name = options.name ?? `device ${options.deviceId}`;
     this.monitor = options.monitor ?? new Monitor();
     this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
-    const transport = options.transportFeatures ?? bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX) | bit(Feature.SUSPEND);
+    const transport = options.transportFeatures ?? DEFAULT_DEVICE_TRANSPORT_FEATURES;
     this.offered = transport | (options.deviceFeatures ?? 0n);
     this.config = new Uint8Array(options.configSize ?? 0);
     this.conditionalFields = options.conditionalFields ?? [];
@@ -104,9 +108,19 @@ export abstract class VirtioDevice {
   attach(mem: GuestMemory, host: DeviceHost): void {
     this.mem = mem;
     this.host = host;
+    this.makeQueues('split');
+  }
+
+  /** The ring format in use: split until FEATURES_OK is accepted with VIRTIO_F_RING_PACKED. */
+  get ringFormat(): RingFormat {
+    return this.queues[0]?.format ?? 'split';
+  }
+
+  private makeQueues(format: RingFormat): void {
+    const mem = this.memory;
     this.queues.length = 0;
     for (let i = 0; i < this.numQueues; i++) {
-      this.queues.push(new SplitDeviceQueue(mem, i, this.queueMaxSize, this.monitor, (v, fatal) => this.onViolation(v, fatal)));
+      this.queues.push(createDeviceQueue(format, mem, i, this.queueMaxSize, this.monitor, (v, fatal) => this.onViolation(v, fatal)));
     }
   }
 
@@ -290,6 +304,8 @@ export abstract class VirtioDevice {
     }
     if (!this.validateFeatures(f)) return false;
     this.negotiatedOnce = f;
+    // The ring format is fixed from here on (queues are configured after FEATURES_OK).
+    this.makeQueues(hasFeature(f, Feature.RING_PACKED) ? 'packed' : 'split');
     return true;
   }
 
@@ -333,7 +349,7 @@ export abstract class VirtioDevice {
   private beginSuspend(): void {
     this.suspendState = 'suspending';
     this.statusValue |= Status.SUSPEND;
-    this.availAtSuspend = this.queues.map((q) => (q.active ? q.availIdx() : 0));
+    this.availAtSuspend = this.queues.map((q) => q.availMark());
     this.finishSuspend();
   }
 
@@ -356,7 +372,7 @@ export abstract class VirtioDevice {
 
   private resume(): void {
     for (const q of this.queues) {
-      if (q.active && q.availIdx() !== this.availAtSuspend[q.index]) {
+      if (q.active && q.availMark() !== this.availAtSuspend[q.index]) {
         this.violation('init.suspend.driver.3', `driver made buffers available on queue ${q.index} while the device was suspended`, { queue: q.index });
         if (this.monitor.strict) return;
       }
@@ -508,7 +524,7 @@ export abstract class VirtioDevice {
   // ---------------------------------------------------------------- queues
 
   /** Checks that the driver may configure queues now (3.1.1 step 7; init.cleanup.driver.2). */
-  private queueSetupAllowed(index: number, what: string): SplitDeviceQueue | null {
+  private queueSetupAllowed(index: number, what: string): DeviceQueue | null {
     const q = this.queues[index];
     if (q === undefined) return null;
     this.afterRefusal(`${what} for queue ${index}`);
@@ -573,7 +589,7 @@ export abstract class VirtioDevice {
   }
 
   /** Runs the device type's queue handler; an internal error becomes DEVICE_NEEDS_RESET. */
-  protected process(q: SplitDeviceQueue): void {
+  protected process(q: DeviceQueue): void {
     try {
       this.processQueue(q);
     } catch (err) {
@@ -582,7 +598,7 @@ export abstract class VirtioDevice {
   }
 
   /** Publishes used buffers and notifies the driver if it asked (2.7.10). */
-  protected complete(q: SplitDeviceQueue): void {
+  protected complete(q: DeviceQueue): void {
     if (q.publish()) this.host?.interrupt(q.index);
     if (this.suspendState === 'suspending') this.finishSuspend();
   }
@@ -590,7 +606,7 @@ export abstract class VirtioDevice {
   // ---------------------------------------------------------------- device type hooks
 
   /** Takes the buffers of a live queue and completes them. */
-  protected abstract processQueue(q: SplitDeviceQueue): void;
+  protected abstract processQueue(q: DeviceQueue): void;
   /** DRIVER_OK was accepted. */
   protected onDriverOk(): void {}
   /** Reset or FAILED: stop any work in progress. */

@@ -11,11 +11,12 @@ import { GuestAllocator } from '../memory/allocator.js';
 import { Feature, Status, statusNames } from './constants.js';
 import { bit, featureBits, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, type FeatureNames } from './features.js';
 
-/** Transport bits the driver core accepts by default: the split ring's, plus SUSPEND. */
-const DEFAULT_DRIVER_TRANSPORT = TRANSPORT_FEATURES_SPLIT | bit(Feature.SUSPEND);
+/** Transport bits the driver core accepts by default: the split ring's, RING_PACKED and SUSPEND. */
+const DEFAULT_DRIVER_TRANSPORT = TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.SUSPEND);
 import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from './device-types.js';
 import type { DriverTransport } from './transport.js';
-import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from './virtqueue/split-driver.js';
+import { SplitDriverQueue } from './virtqueue/split-driver.js';
+import { createDriverQueue, driverQueueFootprint, type DriverQueue } from './virtqueue/queue.js';
 
 export class DriverError extends Error {
   override readonly name = 'DriverError';
@@ -54,7 +55,7 @@ export class VirtioDriver {
   readonly transport: DriverTransport;
   readonly monitor: Monitor;
   readonly allocator: GuestAllocator;
-  readonly queues: SplitDriverQueue[] = [];
+  readonly queues: DriverQueue[] = [];
   readonly featureNames: FeatureNames;
   state: DriverState = 'idle';
   /** Features offered by the device, as read in step 4. */
@@ -64,7 +65,7 @@ export class VirtioDriver {
   /** Why the driver gave up, when state is failed or broken. */
   failure: Error | null = null;
   /** Handlers a device-type driver installs. */
-  onUsed: (queue: SplitDriverQueue) => void = () => undefined;
+  onUsed: (queue: DriverQueue) => void = () => undefined;
   onConfigChange: () => void = () => undefined;
 
   private readonly wanted: bigint;
@@ -147,7 +148,7 @@ export class VirtioDriver {
       this.deviceViolation('init.suspend.device.3', `device sent a used-buffer notification for queue ${index} while suspended`, { queue: index });
       return;
     }
-    if (this.transport.synchronous === true) this.auditSpuriousNotification(q);
+    if (this.transport.synchronous === true && q instanceof SplitDriverQueue) this.auditSpuriousNotification(q);
     // While suspending, buffers in progress still complete (init.suspend.device.8).
     if (this.state !== 'live' && this.state !== 'suspended') return;
     try {
@@ -264,8 +265,7 @@ export class VirtioDriver {
       if (hooks.setup) await hooks.setup();
       this.checkpoint();
       // (8) DRIVER_OK: live. basic.status.device.1: nothing consumed before it.
-      const before = this.queues.map((q) => q.deviceUsedIdx() !== q.collectedIdx);
-      if (before.some((moved) => moved)) this.deviceViolation('basic.status.device.1', 'device consumed buffers before DRIVER_OK', {});
+      if (this.queues.some((q) => q.peekUsed())) this.deviceViolation('basic.status.device.1', 'device consumed buffers before DRIVER_OK', {});
       this.checkpoint();
       // From the moment DRIVER_OK is written the device may act (sync transports act inside the write).
       this.driverOkSet = true;
@@ -470,42 +470,37 @@ export class VirtioDriver {
   // ---------------------------------------------------------------- queues
 
   /** Sets up queue `index` (step 7): allocates rings, tells the transport, enables it. */
-  async setupQueue(index: number, options: { size?: number } = {}): Promise<SplitDriverQueue> {
+  async setupQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue> {
     const t = this.transport;
     const max = await t.queueMaxSize(index);
     if (max === 0) throw new DriverError(`queue ${index} is not available on this device`);
+    const format = this.negotiated(Feature.RING_PACKED) ? 'packed' : 'split';
     let size = Math.min(options.size ?? this.queueSize, max);
-    size = 1 << Math.floor(Math.log2(size));
+    if (format === 'split') size = 1 << Math.floor(Math.log2(size)); // split sizes are powers of two (2.7)
     const indirect = this.negotiated(Feature.INDIRECT_DESC) ? Math.min(this.indirectMax, size) : 0;
-    const base = this.allocator.alloc(splitQueueFootprint(size, indirect), 4096);
+    const base = this.allocator.alloc(driverQueueFootprint(format, size, indirect), 4096);
     this.ringAllocations.push(base);
-    const layout = layoutSplitQueue(base, size, indirect);
-    const q = new SplitDriverQueue(
+    const q = createDriverQueue(
+      format,
       t.memory,
       index,
       size,
-      layout,
-      {
-        eventIdx: this.negotiated(Feature.EVENT_IDX),
-        indirect: indirect > 0,
-        indirectPool: layout.pool,
-        indirectMax: indirect,
-        auditReadable: this.options.auditReadable ?? false,
-      },
+      base,
+      { eventIdx: this.negotiated(Feature.EVENT_IDX), indirect: indirect > 0, indirectMax: indirect, auditReadable: this.options.auditReadable ?? false },
       this.monitor,
       (v, fatal) => this.onDeviceVerdict(v, fatal),
     );
-    await t.setupQueue(index, size, layout);
+    await t.setupQueue(index, size, q.addrs);
     await t.enableQueue(index);
     this.queues[index] = q;
     return q;
   }
 
   /** Publishes a queue's new chains and notifies the device if it wants it. */
-  kick(q: SplitDriverQueue): void {
+  kick(q: DriverQueue): void {
     // Decided before publishing: a verdict made while publishing must not skip the notification
     // of an index the device can already see.
-    const audit = this.transport.synchronous === true && this.state === 'live';
+    const audit = this.transport.synchronous === true && this.state === 'live' && q instanceof SplitDriverQueue;
     if (!q.publish()) return;
     if (!audit) {
       this.transport.notify(q.index);

@@ -9,7 +9,7 @@
 import { DeviceId } from '../core/constants.js';
 import { VirtioDevice, type VirtioDeviceOptions } from '../core/device.js';
 import { ChainWriter, DescriptorChain } from '../core/virtqueue/chain.js';
-import type { SplitDeviceQueue } from '../core/virtqueue/split-device.js';
+import type { DeviceQueue } from '../core/virtqueue/queue.js';
 import type { Monitor } from '../conformance/monitor.js';
 
 /** Fills `dst` with random bytes. */
@@ -56,7 +56,7 @@ export class RngDevice extends VirtioDevice {
     this.chain = new DescriptorChain(queueMaxSize + 64);
   }
 
-  protected processQueue(q: SplitDeviceQueue): void {
+  protected processQueue(q: DeviceQueue): void {
     const chain = this.chain;
     q.disableNotifications();
     do {
@@ -81,7 +81,7 @@ export class RngDevice extends VirtioDevice {
   }
 
   /** An asynchronous source: fill a host buffer, then copy into the chain if still current. */
-  private holdUntil(q: SplitDeviceQueue, chain: DescriptorChain, n: number, source: AsyncEntropySource): void {
+  private holdUntil(q: DeviceQueue, chain: DescriptorChain, n: number, source: AsyncEntropySource): void {
     const saved = new DescriptorChain(chain.count);
     saved.clear(chain.head);
     saved.count = chain.count;

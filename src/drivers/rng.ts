@@ -6,7 +6,7 @@
 import { DeviceId } from '../core/constants.js';
 import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../core/driver.js';
 import type { DriverTransport } from '../core/transport.js';
-import type { SplitDriverQueue } from '../core/virtqueue/split-driver.js';
+import type { DriverQueue } from '../core/virtqueue/queue.js';
 
 interface Request {
   addr: number;
@@ -21,7 +21,7 @@ export interface RngDriverOptions extends Partial<VirtioDriverOptions> {
 }
 
 export class RngDriver extends VirtioDriver {
-  private queue: SplitDriverQueue | null = null;
+  private queue: DriverQueue | null = null;
   private readonly pending = new Set<Request>();
   private readonly chunk: number;
 
@@ -52,26 +52,29 @@ export class RngDriver extends VirtioDriver {
     return out;
   }
 
-  /** One request: a single device-writable buffer of `len` bytes (waits while suspended). */
+  /** One request: a single device-writable buffer of `len` bytes (waits while suspended or while the queue is full). */
   async request(len: number): Promise<Uint8Array> {
-    if (this.state === 'suspended') await this.whenRunning();
-    const q = this.queue;
-    if (this.state !== 'live' || q === null) return Promise.reject(this.failure ?? new DriverError('entropy driver is not started'));
-    return new Promise<Uint8Array>((resolve, reject) => {
+    for (;;) {
+      if (this.state === 'suspended') await this.whenRunning();
+      const q = this.queue;
+      if (this.state !== 'live' || q === null) throw this.failure ?? new DriverError('entropy driver is not started');
       const addr = this.allocator.alloc(len, 8);
-      const req: Request = { addr, len, resolve, reject };
-      const head = q.begin().addWritable(addr, len).commit(req);
-      if (head < 0) {
-        this.allocator.release(addr);
-        reject(new DriverError('entropy queue is full'));
-        return;
+      let req: Request | undefined;
+      const done = new Promise<Uint8Array>((resolve, reject) => (req = { addr, len, resolve, reject }));
+      if (q.begin().addWritable(addr, len).commit(req) >= 0) {
+        this.pending.add(req!);
+        this.kick(q);
+        return done;
       }
-      this.pending.add(req);
-      this.kick(q);
-    });
+      // No room: wait until the device returns a buffer, then try again.
+      this.allocator.release(addr);
+      await new Promise<void>((resolve, reject) => this.roomWaiters.push({ resolve, reject }));
+    }
   }
 
-  private collect(q: SplitDriverQueue): void {
+  private readonly roomWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
+
+  private collect(q: DriverQueue): void {
     do {
       let req: Request | undefined;
       while ((req = q.getUsed() as Request | undefined) !== undefined) {
@@ -86,10 +89,12 @@ export class RngDriver extends VirtioDriver {
         req.resolve(bytes);
       }
     } while (q.enableInterrupts() && !q.broken);
+    for (const w of this.roomWaiters.splice(0)) w.resolve();
   }
 
   protected override onBroken(err: DriverError): void {
     for (const req of this.pending) req.reject(err);
     this.pending.clear();
+    for (const w of this.roomWaiters.splice(0)) w.reject(err);
   }
 }

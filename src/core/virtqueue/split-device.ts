@@ -39,6 +39,7 @@ export type ViolationSink = (verdict: Verdict, fatal: boolean) => void;
 const TWO_32 = 4294967296;
 
 export class SplitDeviceQueue {
+  readonly format = 'split' as const;
   /** Size the driver chose (power of two, at most maxSize). */
   size: number;
   descAddr = 0;
@@ -229,6 +230,11 @@ export class SplitDeviceQueue {
       if (this.eventIdx) this.violation('split.avail-buffer-notif-suppr.driver.6', `driver moved avail.idx past avail_event (${this.availEvent()}) without notifying`, { availIdx: idx }, false);
       else this.violation('split.avail-buffer-notif-suppr.driver.4', `driver made buffers available (avail.idx ${old} -> ${idx}) with notifications on and did not notify`, { availIdx: idx }, false);
     }
+  }
+
+  /** avail.idx: it moves when the driver makes buffers available (suspend checks). */
+  availMark(): number {
+    return this.active ? this.availIdx() : 0;
   }
 
   /** avail.idx, read atomically (the driver may be writing it concurrently). */

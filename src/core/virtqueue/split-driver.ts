@@ -77,6 +77,7 @@ export function layoutSplitQueue(base: number, size: number, indirectMax = 0): S
 }
 
 export class SplitDriverQueue {
+  readonly format = 'split' as const;
   readonly mask: number;
   /** Free descriptors. */
   numFree: number;
@@ -311,6 +312,11 @@ export class SplitDriverQueue {
   private usedFlags(): number {
     const off = this.usedOff + RING_FLAGS;
     return this.used.u16 !== null && (off & 1) === 0 ? Atomics.load(this.used.u16, off >> 1) : this.used.view.getUint16(off, true);
+  }
+
+  /** Whether the device published a used element the driver has not collected (no checks). */
+  peekUsed(): boolean {
+    return this.usedIdx() !== this.lastUsed;
   }
 
   /** used.idx as the device last published it (no checks). */

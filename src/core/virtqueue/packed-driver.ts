@@ -1,0 +1,378 @@
+/**
+ * Packed virtqueue, driver side (spec 2.8): buffer ids from a free stack, lists written into
+ * consecutive ring slots (the first descriptor's flags written last, at publish), indirect
+ * tables from a pool, the kick decision from the device event suppression structure, and
+ * collection of used descriptors with checks on what the device wrote.
+ *
+ * Same builder API as the split driver queue: begin / addReadable / addWritable / commit,
+ * publish, getUsed.
+ */
+import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
+import type { Monitor } from '../../conformance/monitor.js';
+import type { ViolationSink } from './split-device.js';
+import {
+  EVENT_FLAGS,
+  EVENT_OFF_WRAP,
+  EVENT_SIZE,
+  PDESC_F_INDIRECT,
+  PDESC_F_NEXT,
+  PDESC_F_WRITE,
+  PDESC_SIZE,
+  RING_EVENT_FLAGS_DESC,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE,
+  availFlags,
+  isUsed,
+  packedNeedEvent,
+  packedRingSize,
+} from './packed-layout.js';
+
+const TWO_32 = 4294967296;
+
+export interface PackedRingAddresses {
+  /** Descriptor ring. */
+  desc: number;
+  /** Driver event suppression structure (driver area). */
+  avail: number;
+  /** Device event suppression structure (device area). */
+  used: number;
+}
+
+export interface PackedDriverQueueOptions {
+  eventIdx: boolean;
+  indirect: boolean;
+  indirectPool?: number;
+  indirectMax?: number;
+}
+
+/** Guest bytes a packed queue needs: ring, two event structures, the indirect pool. */
+export function packedQueueFootprint(size: number, indirectMax = 0): number {
+  return packedRingSize(size) + 16 + 2 * EVENT_SIZE + 16 + size * indirectMax * PDESC_SIZE;
+}
+
+export function layoutPackedQueue(base: number, size: number, indirectMax = 0): PackedRingAddresses & { pool: number; end: number } {
+  const align = (x: number, a: number) => Math.ceil(x / a) * a;
+  const desc = align(base, 16);
+  const avail = align(desc + packedRingSize(size), 4);
+  const used = avail + EVENT_SIZE;
+  const pool = align(used + EVENT_SIZE, 16);
+  return { desc, avail, used, pool, end: pool + size * indirectMax * PDESC_SIZE };
+}
+
+export class PackedDriverQueue {
+  readonly format = 'packed' as const;
+  /** Free ring slots. */
+  numFree: number;
+  inFlightCount = 0;
+  broken = false;
+  lastLen = 0;
+  lastHead = 0;
+  interrupts = 0;
+
+  private nextAvail = 0;
+  private availWrap = true;
+  private availLinear = 0;
+  private kickedLinear = 0;
+  private lastUsed = 0;
+  private usedWrap = true;
+
+  private freeTop: number;
+  private readonly freeIds: Uint16Array;
+  private readonly tokens: unknown[];
+  private readonly inFlight: Uint8Array;
+  private readonly slotsOf: Uint16Array;
+  private readonly writableLen: Float64Array;
+  // What the driver last wrote into, or read from, each slot (packed.desc-table.device.4).
+  private readonly shadow: Uint32Array;
+  // Lists committed, their first descriptor's flags not yet written (publish writes them).
+  private pendingCount = 0;
+  private readonly pendingSlot: Uint16Array;
+  private readonly pendingFlags: Uint16Array;
+
+  private segs = 0;
+  private readonly segAddr: Float64Array;
+  private readonly segLen: Uint32Array;
+  private readonly segWritable: Uint8Array;
+  private readableAfterWritable = false;
+
+  private readonly ring: MemoryRegion;
+  private readonly ringOff: number;
+  private readonly driverEvent: MemoryRegion;
+  private readonly driverEventOff: number;
+  private readonly deviceEvent: MemoryRegion;
+  private readonly deviceEventOff: number;
+  private readonly indirectMax: number;
+  private readonly pool: number;
+  private readonly poolRegion: MemoryRegion | null;
+
+  constructor(
+    readonly mem: GuestMemory,
+    readonly index: number,
+    readonly size: number,
+    readonly addrs: PackedRingAddresses,
+    readonly options: PackedDriverQueueOptions,
+    readonly monitor: Monitor,
+    private readonly sink: ViolationSink,
+  ) {
+    this.numFree = size;
+    this.freeIds = new Uint16Array(size);
+    for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
+    this.freeTop = size;
+    this.tokens = new Array<unknown>(size).fill(undefined);
+    this.inFlight = new Uint8Array(size);
+    this.slotsOf = new Uint16Array(size);
+    this.writableLen = new Float64Array(size);
+    this.shadow = new Uint32Array(size * 4);
+    this.pendingSlot = new Uint16Array(size);
+    this.pendingFlags = new Uint16Array(size);
+    this.indirectMax = options.indirect && options.indirectPool !== undefined ? Math.min(options.indirectMax ?? 32, size) : 0;
+    this.pool = options.indirectPool ?? 0;
+    const cap = Math.max(size, this.indirectMax);
+    this.segAddr = new Float64Array(cap);
+    this.segLen = new Uint32Array(cap);
+    this.segWritable = new Uint8Array(cap);
+    this.ring = mem.region(addrs.desc, packedRingSize(size));
+    this.ringOff = addrs.desc - this.ring.guestAddr;
+    this.driverEvent = mem.region(addrs.avail, EVENT_SIZE);
+    this.driverEventOff = addrs.avail - this.driverEvent.guestAddr;
+    this.deviceEvent = mem.region(addrs.used, EVENT_SIZE);
+    this.deviceEventOff = addrs.used - this.deviceEvent.guestAddr;
+    this.poolRegion = this.indirectMax > 0 ? mem.region(this.pool, size * this.indirectMax * PDESC_SIZE) : null;
+    this.ring.bytes.fill(0, this.ringOff, this.ringOff + packedRingSize(size));
+    this.driverEvent.bytes.fill(0, this.driverEventOff, this.driverEventOff + EVENT_SIZE);
+    this.deviceEvent.bytes.fill(0, this.deviceEventOff, this.deviceEventOff + EVENT_SIZE);
+  }
+
+  get mask(): number {
+    return this.size - 1;
+  }
+
+  begin(): this {
+    this.segs = 0;
+    this.readableAfterWritable = false;
+    return this;
+  }
+  addReadable(addr: number, len: number): this {
+    return this.addSegment(addr, len, 0);
+  }
+  addWritable(addr: number, len: number): this {
+    return this.addSegment(addr, len, 1);
+  }
+  private addSegment(addr: number, len: number, writable: number): this {
+    if (this.segs >= this.segAddr.length) throw new RangeError(`a list on queue ${this.index} holds at most ${this.segAddr.length} buffers`);
+    if (!writable && this.segs > 0 && this.segWritable[this.segs - 1]) this.readableAfterWritable = true;
+    this.segAddr[this.segs] = addr;
+    this.segLen[this.segs] = len;
+    this.segWritable[this.segs] = writable;
+    this.segs++;
+    return this;
+  }
+
+  /**
+   * Writes the list into the ring (all but the first descriptor's flags, which publish()
+   * writes: packed.scatter-gather-support.driver.6). Returns the buffer id, or -1 when the
+   * ring has no room for the whole list (packed.scatter-gather-support.driver.5).
+   */
+  commit(token: unknown, options?: { indirect?: boolean }): number {
+    const n = this.segs;
+    if (n === 0) throw new RangeError('empty chain');
+    if (this.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (packed.scatter-gather-support.driver.3)');
+    const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
+    const slots = useIndirect ? 1 : n;
+    if (this.numFree < slots || this.freeTop === 0 || this.broken) return -1;
+    const id = this.freeIds[--this.freeTop];
+    let writable = 0;
+    for (let i = 0; i < n; i++) if (this.segWritable[i]) writable += this.segLen[i];
+    const first = this.nextAvail;
+    const firstWrap = this.availWrap;
+    if (useIndirect) {
+      const table = this.pool + id * this.indirectMax * PDESC_SIZE;
+      const r = this.poolRegion!;
+      const base = table - r.guestAddr;
+      for (let i = 0; i < n; i++) {
+        const o = base + i * PDESC_SIZE;
+        r.view.setUint32(o, this.segAddr[i] % TWO_32, true);
+        r.view.setUint32(o + 4, Math.floor(this.segAddr[i] / TWO_32), true);
+        r.view.setUint32(o + 8, this.segLen[i], true);
+        r.view.setUint16(o + 12, 0, true);
+        r.view.setUint16(o + 14, this.segWritable[i] ? PDESC_F_WRITE : 0, true);
+      }
+      if (this.mem.onWrite !== null) this.mem.onWrite(table, n * PDESC_SIZE);
+      this.putSlot(first, table, n * PDESC_SIZE, id, PDESC_F_INDIRECT | availFlags(firstWrap), true);
+      this.advance();
+    } else {
+      for (let i = 0; i < n; i++) {
+        const flags = (this.segWritable[i] ? PDESC_F_WRITE : 0) | (i < n - 1 ? PDESC_F_NEXT : 0) | availFlags(this.availWrap);
+        this.putSlot(this.nextAvail, this.segAddr[i], this.segLen[i], id, flags, i === 0);
+        this.advance();
+      }
+    }
+    this.numFree -= slots;
+    this.slotsOf[id] = slots;
+    this.tokens[id] = token;
+    this.writableLen[id] = writable;
+    this.inFlight[id] = 1;
+    this.inFlightCount++;
+    this.availLinear += slots;
+    this.segs = 0;
+    return id;
+  }
+
+  private advance(): void {
+    if (++this.nextAvail === this.size) {
+      this.nextAvail = 0;
+      this.availWrap = !this.availWrap;
+    }
+  }
+
+  /** Writes one ring slot; the first of a list gets its flags at publish. */
+  private putSlot(slot: number, addr: number, len: number, id: number, flags: number, deferFlags: boolean): void {
+    this.checkSlot(slot);
+    const view = this.ring.view;
+    const o = this.ringOff + slot * PDESC_SIZE;
+    view.setUint32(o, addr % TWO_32, true);
+    view.setUint32(o + 4, Math.floor(addr / TWO_32), true);
+    view.setUint32(o + 8, len, true);
+    view.setUint16(o + 12, id, true);
+    if (deferFlags) {
+      this.pendingSlot[this.pendingCount] = slot;
+      this.pendingFlags[this.pendingCount] = flags;
+      this.pendingCount++;
+    } else view.setUint16(o + 14, flags, true);
+    const s = slot * 4;
+    this.shadow[s] = addr % TWO_32;
+    this.shadow[s + 1] = Math.floor(addr / TWO_32);
+    this.shadow[s + 2] = len;
+    this.shadow[s + 3] = (id | (flags << 16)) >>> 0;
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.desc + slot * PDESC_SIZE, PDESC_SIZE);
+  }
+
+  /** packed.desc-table.device.4: a slot is as the driver left it (or as the device marked it used). */
+  private checkSlot(slot: number): void {
+    if (this.broken) return;
+    const view = this.ring.view;
+    const o = this.ringOff + slot * PDESC_SIZE;
+    const s = slot * 4;
+    const now = (view.getUint16(o + 12, true) | (view.getUint16(o + 14, true) << 16)) >>> 0;
+    if (view.getUint32(o, true) !== this.shadow[s] || view.getUint32(o + 4, true) !== this.shadow[s + 1] || view.getUint32(o + 8, true) !== this.shadow[s + 2] || now !== this.shadow[s + 3]) {
+      this.report('packed.desc-table.device.4', `slot ${slot} changed after the device marked it used (or was written where no used descriptor belongs)`, { slot }, false);
+    }
+  }
+
+  publish(): boolean {
+    const r = this.ring;
+    for (let i = 0; i < this.pendingCount; i++) {
+      const off = this.ringOff + this.pendingSlot[i] * PDESC_SIZE + 14;
+      if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, this.pendingFlags[i]);
+      else r.view.setUint16(off, this.pendingFlags[i], true);
+    }
+    this.pendingCount = 0;
+    return this.needsKick();
+  }
+
+  needsKick(): boolean {
+    const old = this.kickedLinear;
+    const next = this.availLinear;
+    if (old === next) return false;
+    this.kickedLinear = next;
+    const ev = this.deviceEvent.view;
+    const flags = ev.getUint16(this.deviceEventOff + EVENT_FLAGS, true) & 3;
+    if (flags === RING_EVENT_FLAGS_DISABLE) return false;
+    if (flags === RING_EVENT_FLAGS_DESC && this.options.eventIdx) {
+      return packedNeedEvent(ev.getUint16(this.deviceEventOff + EVENT_OFF_WRAP, true), this.size, old, next);
+    }
+    return true;
+  }
+
+  private flagsAt(slot: number): number {
+    const off = this.ringOff + slot * PDESC_SIZE + 14;
+    return this.ring.u16 !== null && (off & 1) === 0 ? Atomics.load(this.ring.u16, off >> 1) : this.ring.view.getUint16(off, true);
+  }
+
+  /** Whether the device marked the next slot used. */
+  peekUsed(): boolean {
+    return !this.broken && this.inFlightCount > 0 && isUsed(this.flagsAt(this.lastUsed), this.usedWrap);
+  }
+
+  usedPending(): number {
+    return this.peekUsed() ? 1 : 0;
+  }
+
+  getUsed(): unknown {
+    if (!this.peekUsed()) return undefined;
+    const slot = this.lastUsed;
+    const view = this.ring.view;
+    const o = this.ringOff + slot * PDESC_SIZE;
+    const id = view.getUint16(o + 12, true);
+    let len = view.getUint32(o + 8, true);
+    if (id >= this.size || this.inFlight[id] !== 1) {
+      this.report('packed.desc-table.device.3', `slot ${slot} marks buffer ${id} used, which the driver never made available (or it is not in flight)`, { id, slot }, true);
+      return undefined;
+    }
+    // The device wrote this slot as a used descriptor: that is now the expected content.
+    const s = slot * 4;
+    this.shadow[s] = view.getUint32(o, true);
+    this.shadow[s + 1] = view.getUint32(o + 4, true);
+    this.shadow[s + 2] = len;
+    this.shadow[s + 3] = (id | (view.getUint16(o + 14, true) << 16)) >>> 0;
+    if (len > this.writableLen[id]) {
+      this.report('struct.used-len.device.1', `used length ${len} for buffer ${id} exceeds the ${this.writableLen[id]} writable bytes the driver provided`, { id, len }, false);
+      len = this.writableLen[id];
+    }
+    const slots = this.slotsOf[id];
+    this.lastUsed += slots;
+    if (this.lastUsed >= this.size) {
+      this.lastUsed -= this.size;
+      this.usedWrap = !this.usedWrap;
+    }
+    const token = this.tokens[id];
+    this.release(id);
+    this.lastHead = id;
+    this.lastLen = len;
+    return token;
+  }
+
+  private release(id: number): void {
+    this.numFree += this.slotsOf[id];
+    this.inFlight[id] = 0;
+    this.inFlightCount--;
+    this.tokens[id] = undefined;
+    this.freeIds[this.freeTop++] = id;
+  }
+
+  enableInterrupts(): boolean {
+    const ev = this.driverEvent.view;
+    if (this.options.eventIdx) {
+      ev.setUint16(this.driverEventOff + EVENT_OFF_WRAP, this.lastUsed | (this.usedWrap ? 0x8000 : 0), true);
+      this.writeDriverEventFlags(RING_EVENT_FLAGS_DESC);
+    } else this.writeDriverEventFlags(RING_EVENT_FLAGS_ENABLE);
+    return this.peekUsed();
+  }
+
+  disableInterrupts(): void {
+    this.writeDriverEventFlags(RING_EVENT_FLAGS_DISABLE);
+  }
+
+  private writeDriverEventFlags(flags: number): void {
+    const r = this.driverEvent;
+    const off = this.driverEventOff + EVENT_FLAGS;
+    if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, flags);
+    else r.view.setUint16(off, flags, true);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail, EVENT_SIZE);
+  }
+
+  drainAfterReset(): unknown[] {
+    const out: unknown[] = [];
+    for (let id = 0; id < this.size; id++) if (this.inFlight[id]) {
+      out.push(this.tokens[id]);
+      this.release(id);
+    }
+    return out;
+  }
+
+  private report(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
+    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
+    if (fatal) this.broken = true;
+    this.sink(v, fatal);
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * One virtqueue interface for both ring formats (spec 2.7 split, 2.8 packed). Device types
+ * and drivers program against these; the format follows the negotiated VIRTIO_F_RING_PACKED.
+ */
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { Monitor } from '../../conformance/monitor.js';
+import type { DescriptorChain } from './chain.js';
+import { SplitDeviceQueue, type ViolationSink } from './split-device.js';
+import { PackedDeviceQueue } from './packed-device.js';
+import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from './split-driver.js';
+import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './packed-driver.js';
+
+export type RingFormat = 'split' | 'packed';
+
+/** The device side of a virtqueue. */
+export interface DeviceQueue {
+  readonly format: RingFormat;
+  readonly index: number;
+  readonly maxSize: number;
+  /** Driver-programmed configuration (queue_size, queue_desc, queue_driver, queue_device, queue_enable). */
+  size: number;
+  descAddr: number;
+  availAddr: number;
+  usedAddr: number;
+  enabled: boolean;
+  readonly active: boolean;
+  readonly broken: boolean;
+  /** Buffers taken and not yet returned. */
+  readonly inFlightCount: number;
+  /** A chain object big enough for any chain this queue accepts. */
+  newChain(): DescriptorChain;
+  reset(): void;
+  /** Checks the configuration and starts the queue (at DRIVER_OK or on enable). */
+  activate(features: { eventIdx: boolean; indirect: boolean }): boolean;
+  /** Takes the next available buffer into `chain` (its id in `chain.head`); false if none or malformed. */
+  pop(chain: DescriptorChain): boolean;
+  /** Returns buffer `id` with `len` bytes written; visible at the next publish(). */
+  addUsed(id: number, len: number): void;
+  /** Makes returned buffers visible; true when the driver wants a notification. */
+  publish(): boolean;
+  disableNotifications(): void;
+  /** Asks for notifications again; true when buffers arrived meanwhile (process them). */
+  enableNotifications(): boolean;
+  isInFlight(id: number): boolean;
+  /** A value that changes when the driver makes buffers available (suspend checks). */
+  availMark(): number;
+  /** On synchronous transports: audits the driver's notification decisions. */
+  kickAudit(notified: boolean): void;
+}
+
+/** The driver side of a virtqueue. */
+export interface DriverQueue {
+  readonly format: RingFormat;
+  readonly index: number;
+  readonly size: number;
+  readonly addrs: { desc: number; avail: number; used: number };
+  readonly numFree: number;
+  readonly inFlightCount: number;
+  readonly broken: boolean;
+  /** Length and id of the buffer last returned by getUsed(). */
+  readonly lastLen: number;
+  readonly lastHead: number;
+  interrupts: number;
+  begin(): this;
+  addReadable(addr: number, len: number): this;
+  addWritable(addr: number, len: number): this;
+  /** Returns the buffer id, or -1 when there is no room. */
+  commit(token: unknown, options?: { indirect?: boolean }): number;
+  /** Exposes committed buffers; true when the device wants a notification. */
+  publish(): boolean;
+  /** Whether a used buffer is waiting (no checks, no side effects). */
+  peekUsed(): boolean;
+  usedPending(): number;
+  getUsed(): unknown;
+  enableInterrupts(): boolean;
+  disableInterrupts(): void;
+  /** After a device reset: every buffer back (init.cleanup.driver.2). */
+  drainAfterReset(): unknown[];
+}
+
+export function createDeviceQueue(format: RingFormat, mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink): DeviceQueue {
+  return format === 'packed' ? new PackedDeviceQueue(mem, index, maxSize, monitor, sink) : new SplitDeviceQueue(mem, index, maxSize, monitor, sink);
+}
+
+export interface DriverQueueOptions {
+  eventIdx: boolean;
+  indirect: boolean;
+  indirectMax: number;
+  auditReadable?: boolean;
+}
+
+/** Guest bytes a driver queue needs (rings, event structures, indirect pool). */
+export function driverQueueFootprint(format: RingFormat, size: number, indirectMax: number): number {
+  return format === 'packed' ? packedQueueFootprint(size, indirectMax) : splitQueueFootprint(size, indirectMax);
+}
+
+/** Lays out and creates a driver queue at `base` (zeroing its rings). */
+export function createDriverQueue(
+  format: RingFormat,
+  mem: GuestMemory,
+  index: number,
+  size: number,
+  base: number,
+  options: DriverQueueOptions,
+  monitor: Monitor,
+  sink: ViolationSink,
+): DriverQueue {
+  const indirectMax = options.indirect ? options.indirectMax : 0;
+  if (format === 'packed') {
+    const layout = layoutPackedQueue(base, size, indirectMax);
+    return new PackedDriverQueue(mem, index, size, layout, { eventIdx: options.eventIdx, indirect: indirectMax > 0, indirectPool: layout.pool, indirectMax }, monitor, sink);
+  }
+  const layout = layoutSplitQueue(base, size, indirectMax);
+  return new SplitDriverQueue(
+    mem,
+    index,
+    size,
+    layout,
+    { eventIdx: options.eventIdx, indirect: indirectMax > 0, indirectPool: layout.pool, indirectMax, auditReadable: options.auditReadable ?? false },
+    monitor,
+    sink,
+  );
+}
