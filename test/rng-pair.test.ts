@@ -14,10 +14,12 @@ const FORMATS = {
   packed: TRANSPORT_FEATURES_SPLIT | bit(Feature.SUSPEND) | bit(Feature.RING_PACKED),
 } as const;
 
-for (const [format, accept] of Object.entries(FORMATS)) {
+for (const [format, base] of Object.entries(FORMATS)) {
+  for (const inOrder of [false, true]) {
+  const accept = inOrder ? base | bit(Feature.IN_ORDER) : base;
   for (const mode of ['sync', 'async'] as const) {
     for (const eventIdx of [true, false]) {
-      test(`entropy pair, ${format} ring, loopback ${mode}, EVENT_IDX ${eventIdx ? 'on' : 'off'}: negotiation, reads, suspend, no verdicts`, async () => {
+      test(`entropy pair, ${format} ring${inOrder ? ' IN_ORDER' : ''}, loopback ${mode}, EVENT_IDX ${eventIdx ? 'on' : 'off'}: negotiation, reads, suspend, no verdicts`, async () => {
         const mem = GuestMemory.create(1 << 20);
         const devMon = new Monitor();
         const drvMon = new Monitor();
@@ -31,6 +33,7 @@ for (const [format, accept] of Object.entries(FORMATS)) {
         assert.equal(device.ringFormat, format);
         assert.equal(driver.queues[0].format, format);
         assert.equal(hasFeature(driver.features, Feature.EVENT_IDX), eventIdx);
+        assert.equal(hasFeature(driver.features, Feature.IN_ORDER), inOrder);
         // Many more requests than the 8-entry ring holds, in parallel: wraps the ring (and its wrap counters) many times.
         const parts = await Promise.all(Array.from({ length: 50 }, () => driver.read(333)));
         const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -54,4 +57,32 @@ for (const [format, accept] of Object.entries(FORMATS)) {
       });
     }
   }
+  }
+
+  test(`entropy pair, ${format} ring IN_ORDER: a slow source answering out of order still gives buffers back in order`, async () => {
+    const mem = GuestMemory.create(1 << 20);
+    const devMon = new Monitor();
+    const drvMon = new Monitor();
+    const waiting: (() => void)[] = [];
+    let n = 0;
+    const device = new RngDevice({
+      monitor: devMon,
+      queueMaxSize: 16,
+      maxBytesPerRequest: 48, // some buffers partly filled: batches must break there
+      asyncSource: (dst) => new Promise<void>((res) => waiting.push(() => (dst.fill(++n), res()))),
+    });
+    const transport = new LoopbackTransport(device, mem);
+    const driver = new RngDriver(transport, { monitor: drvMon, transportFeatures: base | bit(Feature.IN_ORDER) });
+    await driver.start();
+    const lens = [64, 16, 32, 48, 100, 8, 64, 40, 200, 12];
+    const order: number[] = [];
+    const requests = lens.map((len, i) => driver.request(len).then((b) => (order.push(i), b)));
+    await new Promise((res) => setTimeout(res, 0));
+    assert.equal(waiting.length, lens.length);
+    for (const release of waiting.splice(0).reverse()) release(); // the source answers last request first
+    const results = await Promise.all(requests);
+    assert.deepEqual(order, lens.map((_, i) => i), 'completed in the order made available');
+    assert.deepEqual(results.map((r) => r.length), lens.map((l) => Math.min(l, 48)));
+    assert.deepEqual([...devMon.verdicts, ...drvMon.verdicts], []);
+  });
 }

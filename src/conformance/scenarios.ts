@@ -215,7 +215,7 @@ class EagerDevice extends RngDevice {
     super.enableQueue(index);
     setTimeout(() => {
       const q = this.queues[index];
-      if (q.active || q.activate({ eventIdx: this.negotiated(Feature.EVENT_IDX), indirect: this.negotiated(Feature.INDIRECT_DESC) })) this.processQueue(q);
+      if (q.active || q.activate(this.queueFeatures())) this.processQueue(q);
     }, 1);
   }
 }

@@ -13,6 +13,7 @@ import { Monitor, type Verdict } from '../conformance/monitor.js';
 import { Feature, Status, statusNames } from './constants.js';
 import { bit, featureBits as featureBitsOf, featureNames, hasFeature, type FeatureNames } from './features.js';
 import { createDeviceQueue, type DeviceQueue, type RingFormat } from './virtqueue/queue.js';
+import type { QueueFeatures } from './virtqueue/split-device.js';
 import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from './device-types.js';
 
 /** How the device reaches the driver: the transport implements it. */
@@ -56,7 +57,12 @@ export interface VirtioDeviceOptions {
 
 /** What a device offers of the device-independent bits unless told otherwise. */
 export const DEFAULT_DEVICE_TRANSPORT_FEATURES =
-  bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX) | bit(Feature.RING_PACKED) | bit(Feature.SUSPEND);
+  bit(Feature.VERSION_1) |
+  bit(Feature.INDIRECT_DESC) |
+  bit(Feature.EVENT_IDX) |
+  bit(Feature.RING_PACKED) |
+  bit(Feature.IN_ORDER) |
+  bit(Feature.SUSPEND);
 
 /** Where the device is in its life (what the status register says, simplified). */
 export type DevicePhase = 'reset' | 'initializing' | 'live' | 'failed' | 'needs-reset';
@@ -329,11 +335,19 @@ export abstract class VirtioDevice {
     return true;
   }
 
+  /** What the rings need to know of the negotiated features. */
+  queueFeatures(): QueueFeatures {
+    return {
+      eventIdx: this.negotiated(Feature.EVENT_IDX),
+      indirect: this.negotiated(Feature.INDIRECT_DESC),
+      inOrder: this.negotiated(Feature.IN_ORDER),
+    };
+  }
+
   private goLive(): void {
-    const eventIdx = hasFeature(this.driverFeatures, Feature.EVENT_IDX);
-    const indirect = hasFeature(this.driverFeatures, Feature.INDIRECT_DESC);
+    const features = this.queueFeatures();
     for (const q of this.queues) {
-      if (q.enabled && !q.active && !q.activate({ eventIdx, indirect })) return;
+      if (q.enabled && !q.active && !q.activate(features)) return;
     }
     this.onDriverOk();
     // The driver may have populated queues before DRIVER_OK (3.1.1 step 7): look now.
@@ -563,7 +577,7 @@ export abstract class VirtioDevice {
     if (q === null) return;
     q.enabled = true;
     if (this.accepting && !q.active) {
-      if (q.activate({ eventIdx: this.negotiated(Feature.EVENT_IDX), indirect: this.negotiated(Feature.INDIRECT_DESC) })) this.process(q);
+      if (q.activate(this.queueFeatures())) this.process(q);
     }
   }
 

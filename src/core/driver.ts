@@ -11,8 +11,8 @@ import { GuestAllocator } from '../memory/allocator.js';
 import { Feature, Status, statusNames } from './constants.js';
 import { bit, featureBits, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, type FeatureNames } from './features.js';
 
-/** Transport bits the driver core accepts by default: the split ring's, RING_PACKED and SUSPEND. */
-const DEFAULT_DRIVER_TRANSPORT = TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.SUSPEND);
+/** Transport bits the driver core accepts by default: the split ring's, RING_PACKED, IN_ORDER and SUSPEND. */
+const DEFAULT_DRIVER_TRANSPORT = TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER) | bit(Feature.SUSPEND);
 import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from './device-types.js';
 import type { DriverTransport } from './transport.js';
 import { SplitDriverQueue } from './virtqueue/split-driver.js';
@@ -486,7 +486,13 @@ export class VirtioDriver {
       index,
       size,
       base,
-      { eventIdx: this.negotiated(Feature.EVENT_IDX), indirect: indirect > 0, indirectMax: indirect, auditReadable: this.options.auditReadable ?? false },
+      {
+        eventIdx: this.negotiated(Feature.EVENT_IDX),
+        indirect: indirect > 0,
+        indirectMax: indirect,
+        auditReadable: this.options.auditReadable ?? false,
+        inOrder: this.negotiated(Feature.IN_ORDER),
+      },
       this.monitor,
       (v, fatal) => this.onDeviceVerdict(v, fatal),
     );

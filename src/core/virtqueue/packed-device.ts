@@ -11,7 +11,7 @@
 import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
 import { DescriptorChain } from './chain.js';
-import type { ViolationSink } from './split-device.js';
+import type { QueueFeatures, ViolationSink } from './split-device.js';
 import {
   EVENT_ALIGN,
   EVENT_FLAGS,
@@ -48,6 +48,9 @@ export class PackedDeviceQueue {
   broken = false;
   eventIdx = false;
   indirectAllowed = false;
+  inOrder = false;
+  /** With IN_ORDER: one used descriptor for a run of buffers used completely (2.8.9). */
+  batchInOrder = true;
   /** Longest list the device takes (packed.scatter-gather-support.driver.1); default: the queue size. */
   maxChainLength = Infinity;
 
@@ -82,6 +85,16 @@ export class PackedDeviceQueue {
   private readonly shadowAddr: Float64Array;
   private readonly shadowLen: Uint32Array;
   private readonly shadowIdFlags: Uint32Array;
+  // IN_ORDER: ids in the order taken, ids returned early waiting their turn, returned ids not yet written.
+  private readonly order: Uint16Array;
+  private orderHead = 0;
+  private orderTail = 0;
+  private readonly stashed = new Uint8Array(65536);
+  private readonly stashLen = new Uint32Array(65536);
+  private readonly idWritable = new Float64Array(65536);
+  private returnedCount = 0;
+  private readonly returnedId: Uint16Array;
+  private readonly returnedLen: Uint32Array;
   // Used descriptors written by addUsed whose flags publish() writes (first one last).
   private pendingCount = 0;
   private readonly pendingSlot: Uint16Array;
@@ -99,6 +112,9 @@ export class PackedDeviceQueue {
     this.shadowAddr = new Float64Array(maxSize);
     this.shadowLen = new Uint32Array(maxSize);
     this.shadowIdFlags = new Uint32Array(maxSize);
+    this.order = new Uint16Array(maxSize);
+    this.returnedId = new Uint16Array(maxSize);
+    this.returnedLen = new Uint32Array(maxSize);
     this.pendingSlot = new Uint16Array(maxSize);
     this.pendingFlags = new Uint16Array(maxSize);
   }
@@ -126,9 +142,13 @@ export class PackedDeviceQueue {
     this.sink(v, fatal);
   }
 
-  activate(features: { eventIdx: boolean; indirect: boolean }): boolean {
+  activate(features: QueueFeatures): boolean {
     this.eventIdx = features.eventIdx;
     this.indirectAllowed = features.indirect;
+    this.inOrder = features.inOrder === true;
+    this.orderHead = this.orderTail = 0;
+    this.stashed.fill(0);
+    this.returnedCount = 0;
     const size = this.size;
     if (!Number.isInteger(size) || size < 1 || size > this.maxSize) {
       this.violation('struct.queue-config.driver.1', `queue size ${size} is not 1..${this.maxSize}`, { size }, true);
@@ -266,6 +286,10 @@ export class PackedDeviceQueue {
     chain.tableDescriptors = count;
     this.idLinear[id] = this.availLinear;
     this.idCount[id] = count;
+    if (this.inOrder) {
+      this.order[this.orderTail++ % size] = id;
+      this.idWritable[id] = chain.writableBytes;
+    }
     this.nextAvail = slot;
     this.availWrap = wrap;
     this.availLinear += count;
@@ -350,12 +374,56 @@ export class PackedDeviceQueue {
   addUsed(id: number, len: number): void {
     if (!this.active || !(id >= 0 && id <= 0xffff)) return;
     const linear = this.idLinear[id];
-    if (linear < 0) return;
+    if (linear < 0 || this.stashed[id] === 1) return;
     const count = this.idCount[id];
     if (!this.broken) this.checkUnaltered(linear, count, id);
-    const size = this.size;
+    if (this.inOrder) {
+      this.returnInOrder(id, len);
+      return;
+    }
     this.idLinear[id] = -1;
     this.inFlightCount--;
+    this.writeUsed(id, len, count);
+  }
+
+  /** reserved.bits.device.5: with IN_ORDER a buffer returned early waits for those before it. */
+  private returnInOrder(id: number, len: number): void {
+    this.stashed[id] = 1;
+    this.stashLen[id] = len;
+    while (this.orderHead !== this.orderTail) {
+      const h = this.order[this.orderHead % this.size];
+      if (this.stashed[h] !== 1) break;
+      this.stashed[h] = 0;
+      this.orderHead++;
+      this.idLinear[h] = -1;
+      this.inFlightCount--;
+      this.returnedId[this.returnedCount] = h;
+      this.returnedLen[this.returnedCount] = this.stashLen[h];
+      this.returnedCount++;
+    }
+  }
+
+  /** One used descriptor per run of buffers used completely, then the rest skipped (2.8.9). */
+  private flushInOrder(): void {
+    let i = 0;
+    while (i < this.returnedCount) {
+      let j = i;
+      let slots = this.idCount[this.returnedId[i]];
+      if (this.batchInOrder) {
+        while (j + 1 < this.returnedCount && this.returnedLen[j] === this.idWritable[this.returnedId[j]]) {
+          j++;
+          slots += this.idCount[this.returnedId[j]];
+        }
+      }
+      this.writeUsed(this.returnedId[j], this.returnedLen[j], slots);
+      i = j + 1;
+    }
+    this.returnedCount = 0;
+  }
+
+  /** Writes a used descriptor at the used pointer (flags at publish) and skips `count` slots. */
+  private writeUsed(id: number, len: number, count: number): void {
+    const size = this.size;
     const slot = this.nextUsed;
     const r = this.ring!;
     const o = this.ringOff + slot * PDESC_SIZE;
@@ -403,7 +471,9 @@ export class PackedDeviceQueue {
    * used-buffer notification (2.8.10).
    */
   publish(): boolean {
-    if (!this.active || this.pendingCount === 0) return false;
+    if (!this.active) return false;
+    if (this.returnedCount > 0) this.flushInOrder();
+    if (this.pendingCount === 0) return false;
     const r = this.ring!;
     for (let i = this.pendingCount - 1; i >= 0; i--) {
       const off = this.ringOff + this.pendingSlot[i] * PDESC_SIZE + 14;
@@ -443,6 +513,6 @@ export class PackedDeviceQueue {
   }
 
   isInFlight(id: number): boolean {
-    return id >= 0 && id <= 0xffff && this.idLinear[id] >= 0;
+    return id >= 0 && id <= 0xffff && this.idLinear[id] >= 0 && this.stashed[id] !== 1;
   }
 }

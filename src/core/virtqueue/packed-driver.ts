@@ -41,6 +41,8 @@ export interface PackedRingAddresses {
 export interface PackedDriverQueueOptions {
   eventIdx: boolean;
   indirect: boolean;
+  /** VIRTIO_F_IN_ORDER: buffers come back in order, maybe one used descriptor per batch (2.8.9). */
+  inOrder?: boolean;
   indirectPool?: number;
   indirectMax?: number;
 }
@@ -89,6 +91,15 @@ export class PackedDriverQueue {
   private readonly pendingSlot: Uint16Array;
   private readonly pendingFlags: Uint16Array;
 
+  // IN_ORDER: ids in the order made available, and the batch being handed out.
+  private readonly order: Uint16Array;
+  private orderHead = 0;
+  private orderTail = 0;
+  private batchLeft = 0;
+  private batchLastLen = 0;
+  /** Ids returned as skipped members of a batch, until the driver reuses them. */
+  private readonly skipped: Uint8Array;
+
   private segs = 0;
   private readonly segAddr: Float64Array;
   private readonly segLen: Uint32Array;
@@ -125,6 +136,8 @@ export class PackedDriverQueue {
     this.shadow = new Uint32Array(size * 4);
     this.pendingSlot = new Uint16Array(size);
     this.pendingFlags = new Uint16Array(size);
+    this.order = new Uint16Array(size);
+    this.skipped = new Uint8Array(size);
     this.indirectMax = options.indirect && options.indirectPool !== undefined ? Math.min(options.indirectMax ?? 32, size) : 0;
     this.pool = options.indirectPool ?? 0;
     const cap = Math.max(size, this.indirectMax);
@@ -209,6 +222,8 @@ export class PackedDriverQueue {
     }
     this.numFree -= slots;
     this.slotsOf[id] = slots;
+    this.skipped[id] = 0;
+    if (this.options.inOrder) this.order[this.orderTail++ % this.size] = id;
     this.tokens[id] = token;
     this.writableLen[id] = writable;
     this.inFlight[id] = 1;
@@ -291,6 +306,7 @@ export class PackedDriverQueue {
 
   /** Whether the device marked the next slot used. */
   peekUsed(): boolean {
+    if (this.batchLeft > 0) return true;
     return !this.broken && this.inFlightCount > 0 && isUsed(this.flagsAt(this.lastUsed), this.usedWrap);
   }
 
@@ -299,22 +315,59 @@ export class PackedDriverQueue {
   }
 
   getUsed(): unknown {
+    if (this.batchLeft > 0) return this.nextOfBatch();
     if (!this.peekUsed()) return undefined;
     const slot = this.lastUsed;
     const view = this.ring.view;
     const o = this.ringOff + slot * PDESC_SIZE;
-    const id = view.getUint16(o + 12, true);
+    let id = view.getUint16(o + 12, true);
     let len = view.getUint32(o + 8, true);
     if (id >= this.size || this.inFlight[id] !== 1) {
-      this.report('packed.desc-table.device.3', `slot ${slot} marks buffer ${id} used, which the driver never made available (or it is not in flight)`, { id, slot }, true);
+      if (id < this.size && this.skipped[id] === 1) {
+        this.report('reserved.bits.device.5', `with IN_ORDER the device marked buffer ${id} used after a later buffer's used descriptor already covered it`, { id, slot }, true);
+      } else {
+        this.report('packed.desc-table.device.3', `slot ${slot} marks buffer ${id} used, which the driver never made available (or it is not in flight)`, { id, slot }, true);
+      }
       return undefined;
     }
-    // The device wrote this slot as a used descriptor: that is now the expected content.
+    if (this.options.inOrder) {
+      const front = this.order[this.orderHead % this.size];
+      if (id !== front) {
+        // A batch: `id` is its last buffer; those before it were used completely.
+        let k = 1;
+        while (k < this.inFlightCount && this.order[(this.orderHead + k) % this.size] !== id) k++;
+        this.batchLeft = k + 1; // the buffers before `id`, and `id` itself
+        this.batchLastLen = len;
+        this.updateShadow(slot, o, id);
+        return this.nextOfBatch();
+      }
+      this.orderHead++;
+    }
+    this.updateShadow(slot, o, id);
+    return this.finish(id, len);
+  }
+
+  /** The device wrote this slot as a used descriptor: that is now the expected content. */
+  private updateShadow(slot: number, o: number, id: number): void {
+    const view = this.ring.view;
     const s = slot * 4;
     this.shadow[s] = view.getUint32(o, true);
     this.shadow[s + 1] = view.getUint32(o + 4, true);
-    this.shadow[s + 2] = len;
+    this.shadow[s + 2] = view.getUint32(o + 8, true);
     this.shadow[s + 3] = (id | (view.getUint16(o + 14, true) << 16)) >>> 0;
+  }
+
+  /** The next buffer of an IN_ORDER batch: the oldest one out. */
+  private nextOfBatch(): unknown {
+    const id = this.order[this.orderHead++ % this.size];
+    this.batchLeft--;
+    const last = this.batchLeft === 0;
+    if (!last) this.skipped[id] = 1;
+    return this.finish(id, last ? this.batchLastLen : this.writableLen[id]);
+  }
+
+  /** Hands buffer `id` back with `len` bytes and skips its slots. */
+  private finish(id: number, len: number): unknown {
     if (len > this.writableLen[id]) {
       this.report('struct.used-len.device.1', `used length ${len} for buffer ${id} exceeds the ${this.writableLen[id]} writable bytes the driver provided`, { id, len }, false);
       len = this.writableLen[id];
@@ -362,6 +415,8 @@ export class PackedDriverQueue {
   }
 
   drainAfterReset(): unknown[] {
+    this.batchLeft = 0;
+    this.orderHead = this.orderTail = 0;
     const out: unknown[] = [];
     for (let id = 0; id < this.size; id++) if (this.inFlight[id]) {
       out.push(this.tokens[id]);

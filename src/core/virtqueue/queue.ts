@@ -5,7 +5,7 @@
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
 import type { DescriptorChain } from './chain.js';
-import { SplitDeviceQueue, type ViolationSink } from './split-device.js';
+import { SplitDeviceQueue, type QueueFeatures, type ViolationSink } from './split-device.js';
 import { PackedDeviceQueue } from './packed-device.js';
 import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from './split-driver.js';
 import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './packed-driver.js';
@@ -31,7 +31,7 @@ export interface DeviceQueue {
   newChain(): DescriptorChain;
   reset(): void;
   /** Checks the configuration and starts the queue (at DRIVER_OK or on enable). */
-  activate(features: { eventIdx: boolean; indirect: boolean }): boolean;
+  activate(features: QueueFeatures): boolean;
   /** Takes the next available buffer into `chain` (its id in `chain.head`); false if none or malformed. */
   pop(chain: DescriptorChain): boolean;
   /** Returns buffer `id` with `len` bytes written; visible at the next publish(). */
@@ -85,6 +85,7 @@ export function createDeviceQueue(format: RingFormat, mem: GuestMemory, index: n
 export interface DriverQueueOptions {
   eventIdx: boolean;
   indirect: boolean;
+  inOrder?: boolean;
   indirectMax: number;
   auditReadable?: boolean;
 }
@@ -108,7 +109,15 @@ export function createDriverQueue(
   const indirectMax = options.indirect ? options.indirectMax : 0;
   if (format === 'packed') {
     const layout = layoutPackedQueue(base, size, indirectMax);
-    return new PackedDriverQueue(mem, index, size, layout, { eventIdx: options.eventIdx, indirect: indirectMax > 0, indirectPool: layout.pool, indirectMax }, monitor, sink);
+    return new PackedDriverQueue(
+      mem,
+      index,
+      size,
+      layout,
+      { eventIdx: options.eventIdx, indirect: indirectMax > 0, indirectPool: layout.pool, indirectMax, inOrder: options.inOrder === true },
+      monitor,
+      sink,
+    );
   }
   const layout = layoutSplitQueue(base, size, indirectMax);
   return new SplitDriverQueue(
@@ -116,7 +125,14 @@ export function createDriverQueue(
     index,
     size,
     layout,
-    { eventIdx: options.eventIdx, indirect: indirectMax > 0, indirectPool: layout.pool, indirectMax, auditReadable: options.auditReadable ?? false },
+    {
+      eventIdx: options.eventIdx,
+      indirect: indirectMax > 0,
+      indirectPool: layout.pool,
+      indirectMax,
+      auditReadable: options.auditReadable ?? false,
+      inOrder: options.inOrder === true,
+    },
     monitor,
     sink,
   );

@@ -36,6 +36,14 @@ import {
 /** What the device core does with a verdict: `fatal` ones leave the queue unusable. */
 export type ViolationSink = (verdict: Verdict, fatal: boolean) => void;
 
+/** Negotiated features a ring cares about. */
+export interface QueueFeatures {
+  eventIdx: boolean;
+  indirect: boolean;
+  /** VIRTIO_F_IN_ORDER: buffers are used in the order they were made available. */
+  inOrder?: boolean;
+}
+
 const TWO_32 = 4294967296;
 
 export class SplitDeviceQueue {
@@ -54,6 +62,12 @@ export class SplitDeviceQueue {
 
   eventIdx = false;
   indirectAllowed = false;
+  inOrder = false;
+  /**
+   * With IN_ORDER: write one used element for a run of buffers that were used completely
+   * (2.7.9); off writes one element per buffer, which is also allowed.
+   */
+  batchInOrder = true;
 
   /** Next avail ring entry to pop (free-running 16 bits). */
   nextAvail = 0;
@@ -82,6 +96,17 @@ export class SplitDeviceQueue {
   private readonly shadowFlags: Uint16Array;
   private readonly shadowNext: Uint16Array;
   private readonly headTableCount: Uint16Array;
+  // IN_ORDER: heads in the order popped (a ring), buffers returned early waiting for their turn,
+  // and returned buffers not yet written to the used ring (publish batches them).
+  private readonly order: Uint16Array;
+  private orderHead = 0;
+  private orderTail = 0;
+  private readonly stashed: Uint8Array;
+  private readonly stashLen: Uint32Array;
+  private readonly headWritable: Float64Array;
+  private pendingCount = 0;
+  private readonly pendingHead: Uint16Array;
+  private readonly pendingLen: Uint32Array;
   /** Whether to keep and check the shadow (cheap; on by default). */
   checkExposedDescriptors = true;
 
@@ -100,6 +125,12 @@ export class SplitDeviceQueue {
     this.shadowFlags = new Uint16Array(maxSize);
     this.shadowNext = new Uint16Array(maxSize);
     this.headTableCount = new Uint16Array(maxSize);
+    this.order = new Uint16Array(maxSize);
+    this.stashed = new Uint8Array(maxSize);
+    this.stashLen = new Uint32Array(maxSize);
+    this.headWritable = new Float64Array(maxSize);
+    this.pendingHead = new Uint16Array(maxSize);
+    this.pendingLen = new Uint32Array(maxSize);
   }
 
   /** A chain object big enough for any chain this queue accepts. */
@@ -133,9 +164,13 @@ export class SplitDeviceQueue {
    * a vhost-user ring starts). Returns false, with a verdict, when the layout is unusable.
    * `startAvail`/`startUsed` restore indices (vhost-user SET_VRING_BASE).
    */
-  activate(features: { eventIdx: boolean; indirect: boolean }, startAvail = 0, startUsed = startAvail): boolean {
+  activate(features: QueueFeatures, startAvail = 0, startUsed = startAvail): boolean {
     this.eventIdx = features.eventIdx;
     this.indirectAllowed = features.indirect;
+    this.inOrder = features.inOrder === true;
+    this.orderHead = this.orderTail = 0;
+    this.stashed.fill(0);
+    this.pendingCount = 0;
     const size = this.size;
     if (!isPowerOfTwo(size) || size > this.maxSize) {
       this.violation('struct.queue-config.driver.1', `queue size ${size} is not a power of two <= ${this.maxSize}`, { size }, true);
@@ -305,6 +340,10 @@ export class SplitDeviceQueue {
     if (!this.walk(head, chain)) return false;
     this.inFlight[head] = 1;
     this.inFlightCount++;
+    if (this.inOrder) {
+      this.order[this.orderTail++ & this.mask] = head;
+      this.headWritable[head] = chain.writableBytes;
+    }
     return true;
   }
 
@@ -376,6 +415,10 @@ export class SplitDeviceQueue {
         this.violation('struct.desc-next.driver.1', `descriptor ${idx} chains to ${next}, beyond the queue size ${size}`, { head, desc: idx, next }, true);
         return false;
       }
+      if (this.inOrder && next !== (idx + 1) % size) {
+        this.violation('split.desc-table.driver.2', `with IN_ORDER, descriptor ${idx} must chain to ${(idx + 1) % size}, not ${next}`, { head, desc: idx, next }, false);
+        if (this.broken) return false;
+      }
       idx = next;
     }
     chain.tableDescriptors = tableCount;
@@ -432,6 +475,10 @@ export class SplitDeviceQueue {
         this.violation('struct.desc-next.driver.1', `indirect entry ${idx} of head ${head} chains to ${next}, beyond the table's ${entries} entries`, { head, entry: idx, next }, true);
         return false;
       }
+      if (this.inOrder && next !== idx + 1) {
+        this.violation('split.indirect-descs.driver.5', `with IN_ORDER, indirect entry ${idx} of head ${head} must chain to ${idx + 1}, not ${next}`, { head, entry: idx, next }, false);
+        if (this.broken) return false;
+      }
       idx = next;
     }
   }
@@ -474,10 +521,55 @@ export class SplitDeviceQueue {
    * published by `publish()` so a batch costs one index write and at most one notification.
    */
   addUsed(head: number, len: number): void {
-    if (!this.active || head >= this.size || this.inFlight[head] !== 1) return;
+    if (!this.active || head >= this.size || this.inFlight[head] !== 1 || this.stashed[head] === 1) return;
     if (this.checkExposedDescriptors && !this.broken) this.checkUnaltered(head);
+    if (this.inOrder) {
+      this.returnInOrder(head, len);
+      return;
+    }
     this.inFlight[head] = 0;
     this.inFlightCount--;
+    this.writeUsed(head, len);
+  }
+
+  /**
+   * reserved.bits.device.5: with IN_ORDER, buffers are used in the order they were made
+   * available. One returned early waits until those before it are returned.
+   */
+  private returnInOrder(head: number, len: number): void {
+    this.stashed[head] = 1;
+    this.stashLen[head] = len;
+    while (this.orderHead !== this.orderTail) {
+      const h = this.order[this.orderHead & this.mask];
+      if (this.stashed[h] !== 1) break;
+      this.stashed[h] = 0;
+      this.orderHead++;
+      this.inFlight[h] = 0;
+      this.inFlightCount--;
+      this.pendingHead[this.pendingCount] = h;
+      this.pendingLen[this.pendingCount] = this.stashLen[h];
+      this.pendingCount++;
+    }
+  }
+
+  /** Writes the in-order buffers returned since the last publish, batching full ones (2.7.9). */
+  private flushInOrder(): void {
+    let i = 0;
+    while (i < this.pendingCount) {
+      let j = i;
+      // A run: every buffer but the last was used completely, so one element can stand for all.
+      if (this.batchInOrder) {
+        while (j + 1 < this.pendingCount && this.pendingLen[j] === this.headWritable[this.pendingHead[j]]) j++;
+      }
+      const start = this.nextUsed;
+      this.writeUsed(this.pendingHead[j], this.pendingLen[j]);
+      this.nextUsed = (start + (j - i + 1)) & 0xffff;
+      i = j + 1;
+    }
+    this.pendingCount = 0;
+  }
+
+  private writeUsed(head: number, len: number): void {
     const r = this.usedRegion!;
     const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.nextUsed & this.mask);
     // split.used-ring.device.1: len is written before the index is published.
@@ -514,6 +606,7 @@ export class SplitDeviceQueue {
    */
   publish(): boolean {
     if (!this.active) return false;
+    if (this.pendingCount > 0) this.flushInOrder();
     const r = this.usedRegion!;
     const off = this.usedOff + RING_IDX;
     const old = this.signalledUsed;
@@ -568,6 +661,6 @@ export class SplitDeviceQueue {
 
   /** Whether `head` is a chain the device popped and has not returned. */
   isInFlight(head: number): boolean {
-    return head < this.size && this.inFlight[head] === 1;
+    return head < this.size && this.inFlight[head] === 1 && this.stashed[head] !== 1;
   }
 }

@@ -39,6 +39,8 @@ export interface SplitDriverQueueOptions {
   indirectMax?: number;
   /** First avail/used index (default 0); tests start near 65535 to cross the wrap. */
   startIndex?: number;
+  /** VIRTIO_F_IN_ORDER: descriptors in ring order, used buffers in order, batches (2.7.9). */
+  inOrder?: boolean;
   /**
    * Hash every device-readable buffer (and indirect table) when it is exposed and again when
    * it comes back, to catch a device writing where it may only read (split.desc-table.device.1
@@ -94,6 +96,12 @@ export class SplitDriverQueue {
 
   private freeHead = 0;
   private readonly nextFree: Uint16Array;
+  private readonly inOrder: boolean;
+  /** Head made available at each avail ring position (IN_ORDER bookkeeping). */
+  private readonly availHeadAt: Uint16Array;
+  /** IN_ORDER batch being handed out: buffers left, and the length of its last one. */
+  private batchLeft = 0;
+  private batchLastLen = 0;
   private readonly tokens: unknown[];
   private readonly inFlight: Uint8Array;
   private readonly writableLen: Float64Array;
@@ -138,7 +146,11 @@ export class SplitDriverQueue {
     this.mask = size - 1;
     this.numFree = size;
     this.nextFree = new Uint16Array(size);
-    for (let i = 0; i < size; i++) this.nextFree[i] = i + 1;
+    this.inOrder = options.inOrder === true;
+    // With IN_ORDER the free descriptors are one cyclic run: x is followed by (x + 1) % size
+    // (split.desc-table.driver.2), and buffers come back in the order they went out.
+    for (let i = 0; i < size; i++) this.nextFree[i] = this.inOrder ? (i + 1) % size : i + 1;
+    this.availHeadAt = new Uint16Array(size);
     this.tokens = new Array<unknown>(size).fill(undefined);
     this.inFlight = new Uint8Array(size);
     this.writableLen = new Float64Array(size);
@@ -255,6 +267,7 @@ export class SplitDriverQueue {
     this.inFlightCount++;
     const slot = this.availOff + AVAIL_RING + 2 * (this.availIdx & this.mask);
     this.avail.view.setUint16(slot, head, true);
+    this.availHeadAt[this.availIdx & this.mask] = head;
     if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + AVAIL_RING + 2 * (this.availIdx & this.mask), 2);
     this.availIdx = (this.availIdx + 1) & 0xffff;
     this.segs = 0;
@@ -370,6 +383,7 @@ export class SplitDriverQueue {
    * none is pending or the device broke a rule (then a verdict was made).
    */
   getUsed(): unknown {
+    if (this.inOrder) return this.getUsedInOrder();
     if (this.usedPending() === 0) return undefined;
     const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
     const id = this.used.view.getUint32(o, true);
@@ -393,6 +407,58 @@ export class SplitDriverQueue {
     const token = this.tokens[id];
     this.release(id);
     this.lastHead = id;
+    this.lastLen = len;
+    return token;
+  }
+
+  /**
+   * IN_ORDER (2.7.9): one used element may stand for a batch: its id names the last buffer,
+   * the buffers before it were used completely, and used.idx moved by the batch size.
+   */
+  private getUsedInOrder(): unknown {
+    const head = this.availHeadAt[this.lastUsed & this.mask];
+    let len: number;
+    if (this.batchLeft > 0) {
+      this.batchLeft--;
+      len = this.batchLeft === 0 ? this.batchLastLen : this.writableLen[head];
+    } else {
+      const pending = this.usedPending();
+      if (pending === 0) return undefined;
+      const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
+      const id = this.used.view.getUint32(o, true);
+      const elemLen = this.used.view.getUint32(o + 4, true);
+      if (id >= this.size || this.inFlight[id] !== 1) {
+        this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
+        return undefined;
+      }
+      if (id === head) len = elemLen;
+      else {
+        let k = 1;
+        while (k < this.inFlightCount && this.availHeadAt[(this.lastUsed + k) & this.mask] !== id) k++;
+        if (k >= this.inFlightCount || k + 1 > pending) {
+          this.report(
+            'reserved.bits.device.5',
+            `with IN_ORDER the device used buffer ${id} before buffer ${head}, made available earlier (used.idx moved by ${pending}, not by the ${k + 1} a batch ending at ${id} needs)`,
+            { id, expected: head },
+            true,
+          );
+          return undefined;
+        }
+        this.batchLeft = k;
+        this.batchLastLen = elemLen;
+        len = this.writableLen[head]; // skipped buffers were used completely
+      }
+    }
+    this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    if (len > this.writableLen[head]) {
+      this.report('split.used-ring.device.2', `used length ${len} for head ${head} exceeds the ${this.writableLen[head]} writable bytes the driver provided`, { id: head, len }, false);
+      len = this.writableLen[head];
+    }
+    this.checkTable(head);
+    if (this.readableHash !== null) this.auditReadableBuffers(head);
+    const token = this.tokens[head];
+    this.release(head);
+    this.lastHead = head;
     this.lastLen = len;
     return token;
   }
@@ -449,6 +515,14 @@ export class SplitDriverQueue {
 
   private release(head: number): void {
     const n = this.tableCount[head];
+    if (this.inOrder) {
+      // The run stays cyclic: these are the oldest descriptors out (buffers return in order).
+      this.numFree += n;
+      this.inFlight[head] = 0;
+      this.inFlightCount--;
+      this.tokens[head] = undefined;
+      return;
+    }
     let last = head;
     for (let i = 1; i < n; i++) last = this.shadow[last * 4 + 3] >>> 16;
     this.nextFree[last] = this.freeHead;
@@ -507,6 +581,7 @@ export class SplitDriverQueue {
       out.push(this.tokens[h]);
       this.release(h);
     }
+    this.batchLeft = 0;
     return out;
   }
 
