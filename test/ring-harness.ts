@@ -1,7 +1,8 @@
 /**
  * Test support (not a test file): a split virtqueue pair, driver side and device side, over
  * one GuestMemory, wired the way VirtioDriver.setupQueue and VirtioDevice do it, with the
- * verdicts of each side collected.
+ * verdicts of each side collected. Also a packed pair (makePackedPair) and a format-agnostic
+ * pair built through queue.ts (makeQueuePair).
  */
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../src/memory/guest-memory.js';
@@ -10,6 +11,9 @@ import { clauseInfo } from '../src/conformance/catalogue.js';
 import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from '../src/core/virtqueue/split-driver.js';
 import { SplitDeviceQueue } from '../src/core/virtqueue/split-device.js';
 import { DESC_SIZE } from '../src/core/virtqueue/split-layout.js';
+import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from '../src/core/virtqueue/packed-driver.js';
+import { PackedDeviceQueue } from '../src/core/virtqueue/packed-device.js';
+import { createDeviceQueue, createDriverQueue, driverQueueFootprint, type DeviceQueue, type DriverQueue, type RingFormat } from '../src/core/virtqueue/queue.js';
 
 /** Ring memory: [0, RING_AREA). */
 export const RING_AREA = 0x10000;
@@ -119,4 +123,110 @@ export function splitAtRegions(mem: GuestMemory, addr: number, len: number): [nu
     left -= n;
   }
   return out;
+}
+
+// ------------------------------------------------------------------ packed pair
+
+export interface PackedPairOptions {
+  /** Any size 1..32768 (packed rings need not be powers of two). */
+  size: number;
+  /** Device-side maximum (>= size). */
+  maxSize?: number;
+  eventIdx: boolean;
+  indirect: boolean;
+  indirectMax?: number;
+  /** Ring base address (default 0x1000). */
+  ringBase?: number;
+}
+
+export interface PackedPair {
+  mem: GuestMemory;
+  drv: PackedDriverQueue;
+  dev: PackedDeviceQueue;
+  drvMon: Monitor;
+  devMon: Monitor;
+  drvSink: SinkRecord[];
+  devSink: SinkRecord[];
+  layout: ReturnType<typeof layoutPackedQueue>;
+}
+
+/** A packed pair (spec 2.8) over `mem`, laid out by layoutPackedQueue, device activated. */
+export function makePackedPair(o: PackedPairOptions, mem: GuestMemory = dataMemory()): PackedPair {
+  const indirectMax = o.indirect ? (o.indirectMax ?? 4) : 0;
+  const base = o.ringBase ?? 0x1000;
+  assert.ok(base + packedQueueFootprint(o.size, indirectMax) <= RING_AREA, 'rings fit the ring area');
+  const layout = layoutPackedQueue(base, o.size, indirectMax);
+  const drvMon = new Monitor();
+  const devMon = new Monitor();
+  const drvSink: SinkRecord[] = [];
+  const devSink: SinkRecord[] = [];
+  let drv: PackedDriverQueue;
+  let dev: PackedDeviceQueue;
+  drv = new PackedDriverQueue(
+    mem,
+    0,
+    o.size,
+    { desc: layout.desc, avail: layout.avail, used: layout.used },
+    { eventIdx: o.eventIdx, indirect: o.indirect, indirectPool: o.indirect ? layout.pool : undefined, indirectMax },
+    drvMon,
+    (verdict, fatal) => drvSink.push({ verdict, fatal, brokenThen: drv.broken }),
+  );
+  dev = new PackedDeviceQueue(mem, 0, o.maxSize ?? o.size, devMon, (verdict, fatal) => devSink.push({ verdict, fatal, brokenThen: dev.broken }));
+  dev.size = o.size;
+  dev.descAddr = layout.desc;
+  dev.availAddr = layout.avail;
+  dev.usedAddr = layout.used;
+  dev.enabled = true;
+  assert.equal(dev.activate({ eventIdx: o.eventIdx, indirect: o.indirect }), true, `activate: ${JSON.stringify(devMon.verdicts)}`);
+  return { mem, drv, dev, drvMon, devMon, drvSink, devSink, layout };
+}
+
+// ------------------------------------------------------------------ either format, through queue.ts
+
+export interface QueuePairOptions {
+  size: number;
+  maxSize?: number;
+  eventIdx: boolean;
+  indirect: boolean;
+  indirectMax?: number;
+  ringBase?: number;
+}
+
+export interface QueuePair {
+  format: RingFormat;
+  mem: GuestMemory;
+  drv: DriverQueue;
+  dev: DeviceQueue;
+  drvMon: Monitor;
+  devMon: Monitor;
+  drvSink: SinkRecord[];
+  devSink: SinkRecord[];
+}
+
+/**
+ * A driver queue and a device queue of `format`, made only through queue.ts
+ * (createDriverQueue / createDeviceQueue / driverQueueFootprint), so a test written against
+ * it does not know the ring format.
+ */
+export function makeQueuePair(format: RingFormat, o: QueuePairOptions, mem: GuestMemory = dataMemory()): QueuePair {
+  const indirectMax = o.indirect ? (o.indirectMax ?? 4) : 0;
+  const base = o.ringBase ?? 0x1000;
+  assert.ok(base + driverQueueFootprint(format, o.size, indirectMax) <= RING_AREA, 'rings fit the ring area');
+  const drvMon = new Monitor();
+  const devMon = new Monitor();
+  const drvSink: SinkRecord[] = [];
+  const devSink: SinkRecord[] = [];
+  let drv: DriverQueue;
+  let dev: DeviceQueue;
+  drv = createDriverQueue(format, mem, 0, o.size, base, { eventIdx: o.eventIdx, indirect: o.indirect, indirectMax }, drvMon, (verdict, fatal) =>
+    drvSink.push({ verdict, fatal, brokenThen: drv.broken }),
+  );
+  dev = createDeviceQueue(format, mem, 0, o.maxSize ?? o.size, devMon, (verdict, fatal) => devSink.push({ verdict, fatal, brokenThen: dev.broken }));
+  dev.size = o.size;
+  dev.descAddr = drv.addrs.desc;
+  dev.availAddr = drv.addrs.avail;
+  dev.usedAddr = drv.addrs.used;
+  dev.enabled = true;
+  assert.equal(dev.activate({ eventIdx: o.eventIdx, indirect: o.indirect }), true, `activate: ${JSON.stringify(devMon.verdicts)}`);
+  return { format, mem, drv, dev, drvMon, devMon, drvSink, devSink };
 }

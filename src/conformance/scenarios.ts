@@ -18,6 +18,9 @@ import { DescriptorChain } from '../core/virtqueue/chain.js';
 import type { SplitDeviceQueue } from '../core/virtqueue/split-device.js';
 import type { DeviceQueue, DriverQueue } from '../core/virtqueue/queue.js';
 import type { SplitDriverQueue } from '../core/virtqueue/split-driver.js';
+import type { PackedDriverQueue } from '../core/virtqueue/packed-driver.js';
+import type { PackedDeviceQueue } from '../core/virtqueue/packed-device.js';
+import { PDESC_F_INDIRECT, PDESC_F_NEXT, PDESC_F_WRITE, PDESC_SIZE, availFlags, usedFlags } from '../core/virtqueue/packed-layout.js';
 import { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, USED_RING, availEventOffset, usedEventOffset } from '../core/virtqueue/split-layout.js';
 import { LoopbackTransport } from '../transports/loopback.js';
 import { RngDevice, type RngDeviceOptions } from '../devices/rng.js';
@@ -54,6 +57,8 @@ export interface Scenario {
 
 const V1 = bit(Feature.VERSION_1);
 const ALL = V1 | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX) | bit(Feature.SUSPEND);
+const PACKED = ALL | bit(Feature.RING_PACKED);
+const IN_ORDER = bit(Feature.IN_ORDER);
 
 interface Rig {
   mem: GuestMemory;
@@ -173,9 +178,11 @@ class ScriptedDevice extends RngDevice {
   readonly scratch = new DescriptorChain(200);
   protected override processQueue(queue: DeviceQueue): void {
     const q = queue as SplitDeviceQueue;
-    while (q.pop(this.scratch)) {
-      if (this.script(this, q, this.scratch)) super.complete(q);
-    }
+    do {
+      while (q.pop(this.scratch)) {
+        if (this.script(this, q, this.scratch)) super.complete(q);
+      }
+    } while (q.enableNotifications());
   }
   /** Raw access for scripts. */
   publishUsedRaw(q: SplitDeviceQueue, id: number, len: number, idx: number): void {
@@ -255,6 +262,7 @@ class PlainDevice extends VirtioDevice {
       reset: (d: PlainDevice) => void;
       status: (d: PlainDevice, value: number) => number | null;
       silentConfig: boolean;
+      queueReset: (d: PlainDevice, index: number) => void;
     }> = {},
   ) {
     super({
@@ -285,6 +293,9 @@ class PlainDevice extends VirtioDevice {
   protected override notifyConfigChange(): void {
     if (!this.twist.silentConfig) super.notifyConfigChange();
   }
+  protected override onQueueReset(index: number): void {
+    this.twist.queueReset?.(this, index);
+  }
   raiseStatus(bits: number): void {
     this.statusValue |= bits;
   }
@@ -306,6 +317,7 @@ function plainDeviceScenario(
   act: (r: Rig) => Promise<void>,
   driverId: number = DeviceId.ENTROPY,
   extra: Partial<Scenario> = {},
+  accept?: bigint,
 ): Scenario {
   return {
     ...extra,
@@ -313,7 +325,7 @@ function plainDeviceScenario(
     culprit: 'device',
     title,
     async run(mode = 'strict') {
-      const r = rig({ mode, device: make, driverId });
+      const r = rig({ mode, device: make, driverId, accept });
       await act(r).catch(() => undefined);
       return outcome(r, 'device');
     },
@@ -879,7 +891,380 @@ export const SCENARIOS: readonly Scenario[] = [
     },
     { before: (r) => r.mem.writeU16(r.q.addrs.avail + usedEventOffset(r.q.size), (r.q.collectedIdx + 100) & 0xffff) },
   ),
+
+  // ---------------------------------------------------------------- packed ring: driver
+  packedChain('packed.ring.driver.1', 'driver places the packed descriptor ring at an address that is not 16-byte aligned', null, { misalign: true }),
+  packedChain('packed.scatter-gather-support.driver.2', 'driver exposes a list longer than the queue (NEXT on every slot)', (r, q, buf) => {
+    for (let i = 0; i < q.size; i++) r.writeSlot(i, buf, 8, 0, PDESC_F_WRITE | PDESC_F_NEXT);
+    return 0;
+  }),
+  packedChain(
+    'packed.scatter-gather-support.driver.1',
+    'driver exposes a list of 3 buffers to a device that takes at most 2',
+    (r, _q, buf) => {
+      for (let i = 0; i < 3; i++) r.writeSlot(i, buf + 16 * i, 8, 7, PDESC_F_WRITE | (i < 2 ? PDESC_F_NEXT : 0));
+      return 0;
+    },
+    { maxChain: 2 },
+  ),
+  packedChain('packed.scatter-gather-support.driver.3', 'driver puts a device-readable descriptor after a device-writable one', (r, _q, buf) => {
+    r.writeSlot(1, buf + 16, 8, 7, 0);
+    r.writeSlot(0, buf, 8, 7, PDESC_F_WRITE | PDESC_F_NEXT);
+    return 0;
+  }),
+  packedChain('packed.scatter-gather-support.driver.6', 'driver makes the first descriptor available before the rest of its list', (r, _q, buf) => {
+    r.writeSlot(0, buf, 8, 7, PDESC_F_WRITE | PDESC_F_NEXT); // slot 1 never made available
+    return 0;
+  }),
+  packedChain(
+    'packed.indirect-descs.driver.1',
+    'driver uses an indirect descriptor although VIRTIO_F_INDIRECT_DESC was not negotiated',
+    (r, _q, buf) => {
+      writePackedDesc(r.mem, buf, 0, buf + 256, 8, 0, PDESC_F_WRITE);
+      r.writeSlot(0, buf, PDESC_SIZE, 7, PDESC_F_INDIRECT);
+      return 0;
+    },
+    { accept: PACKED & ~bit(Feature.INDIRECT_DESC) },
+  ),
+  packedChain('packed.indirect-descs.driver.2', 'driver sets NEXT inside an indirect table', (r, _q, buf) => {
+    writePackedDesc(r.mem, buf, 0, buf + 256, 8, 0, PDESC_F_WRITE | PDESC_F_NEXT);
+    writePackedDesc(r.mem, buf, 1, buf + 512, 8, 0, PDESC_F_WRITE);
+    r.writeSlot(0, buf, 2 * PDESC_SIZE, 7, PDESC_F_INDIRECT);
+    return 0;
+  }),
+  packedChain(
+    'packed.indirect-descs.driver.3',
+    'driver gives an indirect table more descriptors than the device allows',
+    (r, _q, buf) => {
+      for (let i = 0; i < 3; i++) writePackedDesc(r.mem, buf, i, buf + 256 + 16 * i, 8, 0, PDESC_F_WRITE);
+      r.writeSlot(0, buf, 3 * PDESC_SIZE, 7, PDESC_F_INDIRECT);
+      return 0;
+    },
+    { maxChain: 2 },
+  ),
+  packedChain('packed.indirect-descs.driver.4', 'driver puts an INDIRECT descriptor in a list linked by NEXT', (r, _q, buf) => {
+    writePackedDesc(r.mem, buf, 0, buf + 256, 8, 0, PDESC_F_WRITE);
+    r.writeSlot(1, buf, PDESC_SIZE, 7, PDESC_F_INDIRECT);
+    r.writeSlot(0, buf + 512, 8, 7, PDESC_F_WRITE | PDESC_F_NEXT);
+    return 0;
+  }),
+  {
+    clause: 'struct.packed-buffer-id.driver.1',
+    culprit: 'driver',
+    title: 'driver makes buffer id 7 available again while the device still holds it',
+    async run(mode = 'strict') {
+      const r = await livePacked({ mode, hold: true });
+      const buf = r.driver.allocator.alloc(256, 16);
+      r.writeSlot(0, buf, 8, 7, PDESC_F_WRITE);
+      r.writeSlot(1, buf + 16, 8, 7, PDESC_F_WRITE);
+      r.transport.notify(0, undefined);
+      return outcome(r, 'driver');
+    },
+  },
+  {
+    clause: 'packed.desc-table.driver.1',
+    culprit: 'driver',
+    title: 'driver laps the ring and rewrites a slot whose buffer the device still holds',
+    async run(mode = 'strict') {
+      const r = await livePacked({ mode, hold: true, size: 4 });
+      const buf = r.driver.allocator.alloc(256, 16);
+      for (let i = 0; i < 4; i++) r.writeSlot(i, buf + 16 * i, 8, i, PDESC_F_WRITE);
+      r.transport.notify(0, undefined); // the device takes all four and holds them
+      r.writeSlot(0, buf, 8, 9, PDESC_F_WRITE, false); // second lap, wrap counter flipped
+      r.transport.notify(0, undefined);
+      return outcome(r, 'driver');
+    },
+  },
+  {
+    clause: 'packed.scatter-gather-support.driver.5',
+    culprit: 'driver',
+    title: 'driver writes a list that runs into slots the device has not used yet',
+    async run(mode = 'strict') {
+      const r = await livePacked({ mode, hold: true, size: 4 });
+      const buf = r.driver.allocator.alloc(256, 16);
+      for (let i = 0; i < 3; i++) r.writeSlot(i, buf + 16 * i, 8, i, PDESC_F_WRITE);
+      r.transport.notify(0, undefined); // slots 0-2 held by the device
+      r.writeSlot(0, buf, 8, 9, PDESC_F_WRITE, false); // the list's second slot laps into slot 0
+      r.writeSlot(3, buf + 64, 8, 9, PDESC_F_WRITE | PDESC_F_NEXT);
+      r.transport.notify(0, undefined);
+      return outcome(r, 'driver');
+    },
+  },
+  {
+    clause: 'packed.desc-table.driver.2',
+    culprit: 'driver',
+    title: 'driver changes a descriptor it made available while the device works on it',
+    async run(mode = 'strict') {
+      const r = await livePacked({ mode, hold: true });
+      const pending = (r.driver as RngDriver).request(32).catch(() => undefined);
+      r.mem.writeU32(r.q.addrs.desc + 8, 16); // slot 0's length, while the device holds the buffer
+      r.release();
+      await pending;
+      return outcome(r, 'driver');
+    },
+  },
+  {
+    clause: 'packed.desc-table.driver.3',
+    culprit: 'driver',
+    title: 'driver notifies with next_off naming a slot it already made available',
+    async run(mode = 'strict') {
+      const r = await livePacked({ mode, accept: PACKED | bit(Feature.NOTIFICATION_DATA), hold: true });
+      const buf = r.driver.allocator.alloc(64, 16);
+      r.writeSlot(0, buf, 8, 3, PDESC_F_WRITE);
+      r.transport.notify(0, 0); // next_off 0, wrap 0: should be slot 1, wrap 1
+      return outcome(r, 'driver');
+    },
+  },
+  liveDriverScenario(
+    'struct.notification-data.driver.1',
+    'driver notifies a split queue with an avail index in the data that is not the ring\'s',
+    async (r) => {
+      r.q.begin().addWritable(r.driver.allocator.alloc(64, 16), 64).commit('x');
+      r.q.publish();
+      r.transport.notify(0, (7 << 16) | 0);
+    },
+    { accept: ALL | bit(Feature.NOTIFICATION_DATA) },
+  ),
+
+  // ---------------------------------------------------------------- IN_ORDER: driver
+  rawChain(
+    'split.desc-table.driver.2',
+    'with IN_ORDER, driver chains descriptor 2 to descriptor 5 instead of 3',
+    (r, q, buf) => {
+      writeDesc(r.mem, q.addrs.desc, 2, buf, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 5);
+      writeDesc(r.mem, q.addrs.desc, 5, buf + 16, 16, VIRTQ_DESC_F_WRITE, 0);
+      return 2;
+    },
+    { accept: ALL | IN_ORDER },
+  ),
+  rawChain(
+    'split.indirect-descs.driver.5',
+    'with IN_ORDER, driver chains indirect entry 0 to entry 2',
+    (r, q, buf) => {
+      writeDesc(r.mem, buf, 0, buf + 256, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2);
+      writeDesc(r.mem, buf, 1, buf + 512, 16, VIRTQ_DESC_F_WRITE, 0);
+      writeDesc(r.mem, buf, 2, buf + 768, 16, VIRTQ_DESC_F_WRITE, 0);
+      writeDesc(r.mem, q.addrs.desc, spare(q), buf, 48, VIRTQ_DESC_F_INDIRECT, 0);
+      return spare(q);
+    },
+    { accept: ALL | IN_ORDER },
+  ),
+
+  // ---------------------------------------------------------------- queue reset: driver
+  liveDriverScenario(
+    'basic.vq-reenable.driver.1',
+    'driver resets queue 0 and enables it again without configuring its rings',
+    async (r) => {
+      await r.transport.resetQueue(0);
+      await r.transport.enableQueue(0);
+    },
+    { accept: ALL | bit(Feature.RING_RESET) },
+  ),
+
+  // ---------------------------------------------------------------- packed ring and IN_ORDER: device
+  packedDeviceScenario('packed.desc-table.device.3', 'device marks a buffer id used that the driver never made available', (d, q, _chain) => {
+    d.writeUsedDesc(q, 0, 40, 4);
+    return false;
+  }),
+  packedDeviceScenario('struct.used-len.device.1', 'device reports a used length beyond the writable part of the buffer', (_d, q, chain) => {
+    q.addUsed(chain.head, chain.writableBytes + 50);
+    return true;
+  }),
+  {
+    clause: 'packed.desc-table.device.4',
+    culprit: 'device',
+    title: 'device rewrites a descriptor after marking it used',
+    async run(mode = 'strict') {
+      let dev: ScriptedDevice | null = null;
+      // A one-slot ring: every request reuses slot 0, so the driver looks at it again.
+      const r = await live({ mode, accept: PACKED, device: (m) => (dev = new ScriptedDevice(m, (_d, q, c) => (q.addUsed(c.head, 4), true), { queueMaxSize: 1 })) });
+      const rng = r.driver as RngDriver;
+      await rng.request(16);
+      const q = r.driver.queues[0] as unknown as PackedDriverQueue;
+      dev!.memory.writeU32(q.addrs.desc + 8, 999); // slot 0, already used and collected
+      await Promise.race([rng.request(16).catch(() => undefined), sleep(20)]);
+      return outcome(r, 'device');
+    },
+  },
+  {
+    clause: 'reserved.bits.device.5',
+    culprit: 'device',
+    title: 'with IN_ORDER, device uses the second buffer before the first',
+    async run(mode = 'strict') {
+      const held: DescriptorChain[] = [];
+      const r = await live({
+        mode,
+        accept: ALL | IN_ORDER,
+        device: (m) =>
+          new ScriptedDevice(m, (d, q, c) => {
+            const copy = new DescriptorChain(4);
+            copy.head = c.head;
+            held.push(copy);
+            if (held.length === 2) {
+              // Out of order, and one used element per buffer: used.idx moves by 1 only.
+              d.publishUsedRaw(q, held[1].head, 4, q.nextUsed + 1);
+              d.notifyDriver(q);
+            }
+            return false;
+          }),
+      });
+      const rng = r.driver as RngDriver;
+      await Promise.race([Promise.all([rng.request(8), rng.request(8)]).catch(() => undefined), sleep(20)]);
+      return outcome(r, 'device');
+    },
+  },
+  plainDeviceScenario(
+    'basic.vq-reset.device.1',
+    'device sends a used-buffer notification for a queue the driver reset',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n),
+    async (r) => {
+      await r.driver.init({ setup: async () => void (await r.driver.setupQueue(0)) });
+      await r.driver.resetQueue(0);
+      (r.device as PlainDevice).sendInterrupt(0);
+    },
+    DeviceId.ENTROPY,
+    {},
+    ALL | bit(Feature.RING_RESET),
+  ),
+  plainDeviceScenario(
+    'basic.vq-reset.device.2',
+    'device leaves a queue enabled after resetting it',
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { queueReset: (d, i) => (d.queues[i].enabled = true) }),
+    async (r) => {
+      await r.driver.init({ setup: async () => void (await r.driver.setupQueue(0)) });
+      await r.driver.resetQueue(0);
+    },
+    DeviceId.ENTROPY,
+    {},
+    ALL | bit(Feature.RING_RESET),
+  ),
 ];
+
+// ------------------------------------------------------------------ packed helpers
+
+function writePackedDesc(mem: GuestMemory, table: number, i: number, addr: number, len: number, id: number, flags: number): void {
+  const o = table + i * PDESC_SIZE;
+  mem.writeU64(o, BigInt(addr));
+  mem.writeU32(o + 8, len);
+  mem.writeU16(o + 12, id);
+  mem.writeU16(o + 14, flags);
+}
+
+interface PackedRig extends Rig {
+  q: PackedDriverQueue;
+  /** Writes ring slot `slot` as available in the first pass (wrap 1), or the second (`firstPass` false). */
+  writeSlot(slot: number, addr: number, len: number, id: number, flags: number, firstPass?: boolean): void;
+  /** Lets a held (asynchronous) request complete. */
+  release(): void;
+}
+
+async function livePacked(o: { mode: MonitorMode; accept?: bigint; hold?: boolean; size?: number; maxChain?: number; misalign?: boolean }): Promise<PackedRig> {
+  const waiting: (() => void)[] = [];
+  const rngOptions: Partial<RngDeviceOptions> = {
+    queueMaxSize: o.size ?? 64,
+    ...(o.hold ? { asyncSource: (dst: Uint8Array) => new Promise<void>((res) => waiting.push(() => (dst.fill(1), res()))) } : {}),
+  };
+  const r = rig({
+    mode: o.mode,
+    accept: o.accept ?? PACKED,
+    device: (m) => new LimitedRngDevice({ monitor: m, ...rngOptions }, o.maxChain),
+  });
+  const d = r.driver as RngDriver;
+  if (o.misalign) {
+    await d.init({
+      setup: async () => {
+        await r.transport.setupQueue(0, 8, { desc: 0x10008, avail: 0x11000, used: 0x11004 });
+        await r.transport.enableQueue(0);
+      },
+    }).catch(() => undefined);
+    return { ...r, q: undefined as unknown as PackedDriverQueue, writeSlot: () => undefined, release: () => undefined };
+  }
+  await d.start();
+  const q = r.driver.queues[0] as unknown as PackedDriverQueue;
+  return {
+    ...r,
+    q,
+    writeSlot(slot, addr, len, id, flags, firstPass = true) {
+      writePackedDesc(r.mem, q.addrs.desc, slot, addr, len, id, flags | availFlags(firstPass));
+    },
+    release() {
+      for (const w of waiting.splice(0)) w();
+    },
+  };
+}
+
+/** An entropy device whose packed queues take lists of at most `maxChain` buffers. */
+class LimitedRngDevice extends RngDevice {
+  constructor(
+    options: RngDeviceOptions,
+    private readonly maxChain?: number,
+  ) {
+    super(options);
+  }
+  protected override onDriverOk(): void {
+    if (this.maxChain !== undefined) for (const q of this.queues) if (q.format === 'packed') (q as PackedDeviceQueue).maxChainLength = this.maxChain;
+  }
+}
+
+/** A packed-ring scenario in which the driver writes slots by hand; `null` build: setup itself is the misbehaviour. */
+function packedChain(
+  clause: string,
+  title: string,
+  build: ((r: PackedRig, q: PackedDriverQueue, buf: number) => number) | null,
+  o: { accept?: bigint; maxChain?: number; misalign?: boolean } = {},
+): Scenario {
+  return {
+    clause,
+    culprit: 'driver',
+    title,
+    async run(mode = 'strict') {
+      const r = await livePacked({ mode, ...o });
+      if (build !== null) {
+        const buf = r.driver.allocator.alloc(4096, 16);
+        build(r, r.q, buf);
+        r.transport.notify(0, undefined);
+      }
+      return outcome(r, 'driver');
+    },
+  };
+}
+
+/** A device scenario on the packed ring. */
+function packedDeviceScenario(
+  clause: string,
+  title: string,
+  script: (d: PackedScriptedDevice, q: PackedDeviceQueue, chain: DescriptorChain) => boolean,
+): Scenario {
+  return {
+    clause,
+    culprit: 'device',
+    title,
+    async run(mode = 'strict') {
+      const r = await live({ mode, accept: PACKED, device: (m) => new PackedScriptedDevice(m, script) });
+      await Promise.race([(r.driver as RngDriver).request(64).catch(() => undefined), sleep(20)]);
+      return outcome(r, 'device');
+    },
+  };
+}
+
+class PackedScriptedDevice extends RngDevice {
+  private readonly scratch = new DescriptorChain(200);
+  constructor(
+    monitor: Monitor,
+    private readonly script: (d: PackedScriptedDevice, q: PackedDeviceQueue, chain: DescriptorChain) => boolean,
+  ) {
+    super({ monitor });
+  }
+  protected override processQueue(queue: DeviceQueue): void {
+    const q = queue as PackedDeviceQueue;
+    while (q.pop(this.scratch)) if (this.script(this, q, this.scratch)) this.complete(q);
+  }
+  /** Writes a used descriptor by hand at the device's used position and notifies. */
+  writeUsedDesc(q: PackedDeviceQueue, slot: number, id: number, len: number): void {
+    writePackedDesc(this.memory, q.descAddr, slot, 0, len, id, usedFlags(true));
+    this.host?.interrupt(q.index);
+  }
+}
 
 /** The scenarios that break `clause`. */
 export function scenariosFor(clause: string): Scenario[] {

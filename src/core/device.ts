@@ -28,6 +28,8 @@ export interface DeviceHost {
    * as a missing notification.
    */
   readonly synchronous?: boolean;
+  /** Whether the transport carries VIRTIO_F_NOTIFICATION_DATA values; the bit is offered only then. */
+  readonly notificationData?: boolean;
 }
 
 /** A device configuration field that exists only when a feature is offered (basic.config.driver.3). */
@@ -62,6 +64,8 @@ export const DEFAULT_DEVICE_TRANSPORT_FEATURES =
   bit(Feature.EVENT_IDX) |
   bit(Feature.RING_PACKED) |
   bit(Feature.IN_ORDER) |
+  bit(Feature.NOTIFICATION_DATA) |
+  bit(Feature.RING_RESET) |
   bit(Feature.SUSPEND);
 
 /** Where the device is in its life (what the status register says, simplified). */
@@ -73,8 +77,11 @@ export abstract class VirtioDevice {
   readonly monitor: Monitor;
   readonly featureNames: FeatureNames;
   readonly queues: DeviceQueue[];
-  /** Features the device offers. */
-  readonly offered: bigint;
+  /** Features the device offers (NOTIFICATION_DATA only over a transport that carries it). */
+  get offered(): bigint {
+    return this.host?.notificationData === true ? this.offeredBits : this.offeredBits & ~bit(Feature.NOTIFICATION_DATA);
+  }
+  private readonly offeredBits: bigint;
   /** Features the driver wrote (meaningful once FEATURES_OK is accepted). */
   driverFeatures = 0n;
   /** Device configuration space (device-specific layout, little-endian). */
@@ -97,7 +104,7 @@ export abstract class VirtioDevice {
     this.monitor = options.monitor ?? new Monitor();
     this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
     const transport = options.transportFeatures ?? DEFAULT_DEVICE_TRANSPORT_FEATURES;
-    this.offered = transport | (options.deviceFeatures ?? 0n);
+    this.offeredBits = transport | (options.deviceFeatures ?? 0n);
     this.config = new Uint8Array(options.configSize ?? 0);
     this.conditionalFields = options.conditionalFields ?? [];
     this.configView = new DataView(this.config.buffer);
@@ -404,6 +411,7 @@ export abstract class VirtioDevice {
   reset(): void {
     this.onStop();
     this.featuresRefused = false;
+    this.queueNeedsSetup.length = 0;
     this.suspendState = 'running';
     this.deferredConfig = [];
     this.statusValue = 0; // basic.reset.device.1
@@ -566,6 +574,7 @@ export abstract class VirtioDevice {
   setQueueAddresses(index: number, desc: number, avail: number, used: number): void {
     const q = this.queueSetupAllowed(index, 'changed the ring addresses');
     if (q === null) return;
+    this.queueNeedsSetup[index] = false;
     q.descAddr = desc;
     q.availAddr = avail;
     q.usedAddr = used;
@@ -575,14 +584,36 @@ export abstract class VirtioDevice {
   enableQueue(index: number): void {
     const q = this.queueSetupAllowed(index, 'enabled');
     if (q === null) return;
+    if (this.queueNeedsSetup[index] === true) {
+      this.violation('basic.vq-reenable.driver.1', `driver re-enabled queue ${index} after resetting it without configuring its rings again`, { queue: index });
+      if (this.monitor.strict) return;
+    }
     q.enabled = true;
     if (this.accepting && !q.active) {
       if (q.activate(this.queueFeatures())) this.process(q);
     }
   }
 
-  /** The driver sends an available-buffer notification for queue `index`. */
-  notify(index: number): void {
+  /**
+   * VIRTIO_F_RING_RESET (2.6.1): the driver resets one queue. The device stops it, forgets
+   * its buffers and returns its configuration to the defaults (basic.vq-reset.device.1/.2).
+   */
+  resetQueue(index: number): void {
+    const q = this.queues[index];
+    if (q === undefined || !this.negotiated(Feature.RING_RESET)) return;
+    q.reset();
+    this.queueNeedsSetup[index] = true;
+    this.onQueueReset(index);
+  }
+
+  /** Queues reset on their own and not configured again yet (basic.vq-reenable.driver.1). */
+  private readonly queueNeedsSetup: boolean[] = [];
+
+  /** Device types drop per-queue work here. */
+  protected onQueueReset(_index: number): void {}
+
+  /** The driver sends an available-buffer notification for queue `index` (with NOTIFICATION_DATA: `data`). */
+  notify(index: number, data?: number): void {
     const s = this.statusValue;
     if (this.suspendState !== 'running') {
       this.violation('init.suspend.driver.4', `driver notified queue ${index} after setting SUSPEND`, { queue: index });
@@ -595,11 +626,28 @@ export abstract class VirtioDevice {
     const q = this.queues[index];
     // split.avail-buffer-notif-suppr.device.5: a spurious notification is harmless.
     if (q === undefined || !q.active || !this.accepting) return;
+    if (this.negotiated(Feature.NOTIFICATION_DATA)) this.checkNotificationData(q, data);
     if (this.host?.synchronous === true) {
       for (const other of this.queues) if (other !== q) other.kickAudit(false);
       q.kickAudit(true);
     }
     this.process(q);
+  }
+
+  /** VIRTIO_F_NOTIFICATION_DATA (2.9): the value names the queue and the driver's next position. */
+  private checkNotificationData(q: DeviceQueue, data: number | undefined): void {
+    const packed = q.format === 'packed';
+    const clause = packed ? 'packed.desc-table.driver.3' : 'struct.notification-data.driver.1';
+    if (data === undefined) {
+      this.violation(clause, `driver notified queue ${q.index} without the data VIRTIO_F_NOTIFICATION_DATA requires`, { queue: q.index });
+      return;
+    }
+    if ((data & 0xffff) !== q.index) {
+      this.violation('struct.notification-data.driver.1', `notification data names queue ${data & 0xffff}, not ${q.index}`, { queue: q.index, data });
+      return;
+    }
+    const problem = q.checkNotificationData(data);
+    if (problem !== null) this.violation(clause, `queue ${q.index}: ${problem}`, { queue: q.index, data });
   }
 
   /** Runs the device type's queue handler; an internal error becomes DEVICE_NEEDS_RESET. */

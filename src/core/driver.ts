@@ -11,8 +11,9 @@ import { GuestAllocator } from '../memory/allocator.js';
 import { Feature, Status, statusNames } from './constants.js';
 import { bit, featureBits, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, type FeatureNames } from './features.js';
 
-/** Transport bits the driver core accepts by default: the split ring's, RING_PACKED, IN_ORDER and SUSPEND. */
-const DEFAULT_DRIVER_TRANSPORT = TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER) | bit(Feature.SUSPEND);
+/** Transport bits the driver core accepts by default (NOTIFICATION_DATA only where the transport carries it). */
+const DEFAULT_DRIVER_TRANSPORT =
+  TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER) | bit(Feature.NOTIFICATION_DATA) | bit(Feature.RING_RESET) | bit(Feature.SUSPEND);
 import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from './device-types.js';
 import type { DriverTransport } from './transport.js';
 import { SplitDriverQueue } from './virtqueue/split-driver.js';
@@ -72,7 +73,8 @@ export class VirtioDriver {
   private readonly queueSize: number;
   private readonly indirectMax: number;
   private readonly configRetries: number;
-  private ringAllocations: number[] = [];
+  /** Guest memory of each queue's rings, by queue index. */
+  private readonly ringAllocations = new Map<number, number>();
   /** Config-change notifications seen since DRIVER_OK. */
   configNotifications = 0;
   private driverOkSet = false;
@@ -87,7 +89,9 @@ export class VirtioDriver {
     const first = transport.memory.regions[0];
     this.allocator = options.allocator ?? new GuestAllocator(first.guestAddr, first.size);
     this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
-    this.wanted = (options.transportFeatures ?? DEFAULT_DRIVER_TRANSPORT) | (options.deviceFeatures ?? 0n);
+    let wanted = (options.transportFeatures ?? DEFAULT_DRIVER_TRANSPORT) | (options.deviceFeatures ?? 0n);
+    if (transport.notificationData !== true) wanted &= ~bit(Feature.NOTIFICATION_DATA);
+    this.wanted = wanted;
     this.queueSize = options.queueSize ?? 256;
     this.indirectMax = options.indirectMax ?? 16;
     this.configRetries = options.configRetries ?? 64;
@@ -142,7 +146,12 @@ export class VirtioDriver {
       this.deviceViolation('basic.status.device.1', `device sent a used-buffer notification for queue ${index} before DRIVER_OK`, { queue: index });
       return;
     }
-    if (q === undefined) return;
+    if (q === undefined) {
+      if (this.queuesReset.has(index)) {
+        this.deviceViolation('basic.vq-reset.device.1', `device sent a used-buffer notification for queue ${index}, which the driver reset`, { queue: index });
+      }
+      return;
+    }
     q.interrupts++;
     if (this.suspendConfirmed) {
       this.deviceViolation('init.suspend.device.3', `device sent a used-buffer notification for queue ${index} while suspended`, { queue: index });
@@ -260,6 +269,7 @@ export class VirtioDriver {
         throw new DriverError(`device refused the features ${featureNames(accept, this.featureNames).join(', ')} (FEATURES_OK not set)`);
       }
       this.features = accept;
+      this.notificationData = hasFeature(accept, Feature.NOTIFICATION_DATA);
       this.lastNegotiated = accept;
       // (7) Device-specific setup, queues included.
       if (hooks.setup) await hooks.setup();
@@ -283,6 +293,9 @@ export class VirtioDriver {
   private checkpoint(): void {
     if ((this.state as DriverState) === 'broken') throw this.failure;
   }
+
+  /** VIRTIO_F_NOTIFICATION_DATA negotiated: kicks carry the queue's next position. */
+  private notificationData = false;
 
   /** Feature set accepted with FEATURES_OK last time (basic.features.device.5). */
   private lastNegotiated: bigint | null = null;
@@ -358,9 +371,10 @@ export class VirtioDriver {
   }
 
   private releaseQueues(): void {
-    for (const a of this.ringAllocations) this.allocator.release(a);
-    this.ringAllocations = [];
+    for (const a of this.ringAllocations.values()) this.allocator.release(a);
+    this.ringAllocations.clear();
     this.queues.length = 0;
+    this.queuesReset.clear();
   }
 
   // ---------------------------------------------------------------- suspend (2.1, 3.3)
@@ -479,7 +493,9 @@ export class VirtioDriver {
     if (format === 'split') size = 1 << Math.floor(Math.log2(size)); // split sizes are powers of two (2.7)
     const indirect = this.negotiated(Feature.INDIRECT_DESC) ? Math.min(this.indirectMax, size) : 0;
     const base = this.allocator.alloc(driverQueueFootprint(format, size, indirect), 4096);
-    this.ringAllocations.push(base);
+    const old = this.ringAllocations.get(index);
+    if (old !== undefined) this.allocator.release(old);
+    this.ringAllocations.set(index, base);
     const q = createDriverQueue(
       format,
       t.memory,
@@ -502,21 +518,67 @@ export class VirtioDriver {
     return q;
   }
 
+  // ---------------------------------------------------------------- queue reset (2.6.1)
+
+  /** Queues reset with resetQueue() and not re-enabled yet. */
+  private readonly queuesReset = new Set<number>();
+
+  /**
+   * VIRTIO_F_RING_RESET: resets queue `index` while the device runs, waits until the device
+   * says it is done (basic.vq-reset.driver.1) and checks the queue is back to its defaults.
+   * Returns the tokens of the buffers the device had not used (they are the driver's again).
+   */
+  async resetQueue(index: number, options: { timeoutMs?: number } = {}): Promise<unknown[]> {
+    const t = this.transport;
+    const q = this.queues[index];
+    if (!this.negotiated(Feature.RING_RESET)) throw new DriverError('VIRTIO_F_RING_RESET was not negotiated');
+    if (q === undefined) throw new DriverError(`queue ${index} is not set up`);
+    if (t.resetQueue === undefined || t.queueResetPending === undefined || t.queueEnabled === undefined) {
+      throw new DriverError('this transport cannot reset a single queue');
+    }
+    await t.resetQueue(index);
+    const deadline = Date.now() + (options.timeoutMs ?? 1000);
+    while (await t.queueResetPending(index)) {
+      if (Date.now() >= deadline) throw new DriverError(`queue ${index} reset did not complete`);
+      await new Promise((res) => setTimeout(res, 1));
+    }
+    if (await t.queueEnabled(index)) {
+      this.deviceViolation('basic.vq-reset.device.2', `queue ${index} still reads enabled after its reset completed (not its default state)`, { queue: index });
+    }
+    delete this.queues[index];
+    this.queuesReset.add(index);
+    const tokens = q.drainAfterReset();
+    // basic.vq-reset.driver.2: the rings may go now.
+    const rings = this.ringAllocations.get(index);
+    if (rings !== undefined) this.allocator.release(rings);
+    this.ringAllocations.delete(index);
+    return tokens;
+  }
+
+  /** Re-enables a reset queue: configured again as in initial discovery (basic.vq-reenable.driver.1). */
+  async reenableQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue> {
+    if (!this.queuesReset.has(index)) throw new DriverError(`queue ${index} was not reset`);
+    const q = await this.setupQueue(index, options);
+    this.queuesReset.delete(index);
+    return q;
+  }
+
   /** Publishes a queue's new chains and notifies the device if it wants it. */
   kick(q: DriverQueue): void {
     // Decided before publishing: a verdict made while publishing must not skip the notification
     // of an index the device can already see.
     const audit = this.transport.synchronous === true && this.state === 'live' && q instanceof SplitDriverQueue;
     if (!q.publish()) return;
+    const data = this.notificationData ? q.notificationData() : undefined;
     if (!audit) {
-      this.transport.notify(q.index);
+      this.transport.notify(q.index, data);
       return;
     }
     // On a synchronous transport the device has done its work when notify returns: a used
     // index that crossed the driver's threshold with no notification is a missed one.
     const before = q.deviceUsedIdx();
     const interrupts = q.interrupts;
-    this.transport.notify(q.index);
+    this.transport.notify(q.index, data);
     if (q.interrupts !== interrupts || q.broken) return;
     const after = q.deviceUsedIdx();
     if (after === before || !q.wantsInterrupt(before, after)) return;

@@ -34,8 +34,19 @@ export interface DriverTransport {
   queueMaxSize(index: number): Promise<number>;
   setupQueue(index: number, size: number, addrs: SplitRingAddresses): Promise<void>;
   enableQueue(index: number): Promise<void>;
-  /** Available-buffer notification. */
-  notify(index: number): void;
+  /**
+   * Available-buffer notification. With VIRTIO_F_NOTIFICATION_DATA, `data` is the 32-bit value
+   * of 2.9 (vq index | next_off << 16 | next_wrap << 31).
+   */
+  notify(index: number, data?: number): void;
+  /** Whether notifications can carry VIRTIO_F_NOTIFICATION_DATA. */
+  readonly notificationData?: boolean;
+  /** VIRTIO_F_RING_RESET (2.6.1): ask the device to reset one queue. */
+  resetQueue?(index: number): Promise<void>;
+  /** Whether a queue reset is still in progress (queue_reset reads 1). */
+  queueResetPending?(index: number): Promise<boolean>;
+  /** Whether the queue is enabled (queue_enable). */
+  queueEnabled?(index: number): Promise<boolean>;
   /** Registers the driver's notification handlers (one set per transport). */
   listen(events: TransportEvents): void;
   close?(): Promise<void>;

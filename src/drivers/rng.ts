@@ -57,6 +57,11 @@ export class RngDriver extends VirtioDriver {
     for (;;) {
       if (this.state === 'suspended') await this.whenRunning();
       const q = this.queue;
+      if (this.state === 'live' && q === null && this.features !== 0n) {
+        // The queue is being reset and re-enabled (restartQueue): wait for it.
+        await new Promise<void>((resolve, reject) => this.roomWaiters.push({ resolve, reject }));
+        continue;
+      }
       if (this.state !== 'live' || q === null) throw this.failure ?? new DriverError('entropy driver is not started');
       const addr = this.allocator.alloc(len, 8);
       let req: Request | undefined;
@@ -73,6 +78,24 @@ export class RngDriver extends VirtioDriver {
   }
 
   private readonly roomWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
+
+  /**
+   * Resets the request queue alone (VIRTIO_F_RING_RESET) and brings it back, optionally with
+   * another size. Requests the device had not answered fail with a DriverError.
+   */
+  async restartQueue(options: { size?: number } = {}): Promise<void> {
+    this.queue = null;
+    const tokens = await this.resetQueue(0);
+    const err = new DriverError('the entropy queue was reset before the device answered');
+    for (const t of tokens) {
+      const req = t as Request;
+      this.pending.delete(req);
+      this.allocator.release(req.addr);
+      req.reject(err);
+    }
+    this.queue = await this.reenableQueue(0, options);
+    for (const w of this.roomWaiters.splice(0)) w.resolve();
+  }
 
   private collect(q: DriverQueue): void {
     do {

@@ -20,7 +20,7 @@ export interface LoopbackOptions {
 export class LoopbackTransport implements DriverTransport, DeviceHost {
   readonly mode: LoopbackMode;
   private events: TransportEvents | null = null;
-  private readonly pendingKicks = new Set<number>();
+  private readonly pendingKicks = new Map<number, number | undefined>();
   private readonly pendingIrqs = new Set<number>();
   private pendingConfig = false;
   private scheduled = false;
@@ -39,6 +39,9 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
   get synchronous(): boolean {
     return this.mode === 'sync';
   }
+
+  /** Notifications carry VIRTIO_F_NOTIFICATION_DATA values. */
+  readonly notificationData = true;
 
   // ---------------------------------------------------------------- device -> driver
 
@@ -104,13 +107,25 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
     this.device.enableQueue(index);
   }
 
-  notify(index: number): void {
+  notify(index: number, data?: number): void {
     this.counts.notifications++;
-    if (this.mode === 'sync') this.device.notify(index);
+    if (this.mode === 'sync') this.device.notify(index, data);
     else {
-      this.pendingKicks.add(index);
+      // Coalesced per queue: the latest data describes everything made available so far.
+      this.pendingKicks.set(index, data);
       this.schedule();
     }
+  }
+
+  async resetQueue(index: number): Promise<void> {
+    this.pendingKicks.delete(index);
+    this.device.resetQueue(index);
+  }
+  async queueResetPending(_index: number): Promise<boolean> {
+    return false; // the in-process device resets a queue at once
+  }
+  async queueEnabled(index: number): Promise<boolean> {
+    return this.device.queues[index]?.enabled ?? false;
   }
 
   private schedule(): void {
@@ -122,9 +137,9 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
   /** Delivers what is pending (async mode); also lets tests drain deterministically. */
   flush(): void {
     this.scheduled = false;
-    for (const q of [...this.pendingKicks]) {
+    for (const [q, data] of [...this.pendingKicks]) {
       this.pendingKicks.delete(q);
-      this.device.notify(q);
+      this.device.notify(q, data);
     }
     for (const q of [...this.pendingIrqs]) {
       this.pendingIrqs.delete(q);

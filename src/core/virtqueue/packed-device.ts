@@ -202,6 +202,25 @@ export class PackedDeviceQueue {
     return this.active ? this.flagsAt(this.nextAvail) : 0;
   }
 
+  /**
+   * packed.desc-table.driver.3: next_off / next_wrap name the first descriptor not yet made
+   * available: walk the available ones from where the device is (at most the ring).
+   */
+  checkNotificationData(data: number): string | null {
+    if (!this.active || this.broken) return null;
+    let slot = this.nextAvail;
+    let wrap = this.availWrap;
+    for (let n = 0; n < this.size && isAvailable(this.flagsAt(slot), wrap); n++) {
+      if (++slot === this.size) {
+        slot = 0;
+        wrap = !wrap;
+      }
+    }
+    const off = (data >>> 16) & 0x7fff;
+    const w = (data >>> 31) === 1;
+    return off === slot && w === wrap ? null : `next_off ${off}, next_wrap ${w ? 1 : 0}; the next descriptor not yet available is slot ${slot}, wrap ${wrap ? 1 : 0}`;
+  }
+
   /** Packed rings have no clause on missing notifications; nothing to audit. */
   kickAudit(_notified: boolean): void {}
 

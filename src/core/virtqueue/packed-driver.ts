@@ -304,6 +304,11 @@ export class PackedDriverQueue {
     return this.ring.u16 !== null && (off & 1) === 0 ? Atomics.load(this.ring.u16, off >> 1) : this.ring.view.getUint16(off, true);
   }
 
+  /** VIRTIO_F_NOTIFICATION_DATA (2.9): next_off = next slot, next_wrap = its wrap counter. */
+  notificationData(): number {
+    return (((this.nextAvail | (this.availWrap ? 0x8000 : 0)) << 16) | this.index) >>> 0;
+  }
+
   /** Whether the device marked the next slot used. */
   peekUsed(): boolean {
     if (this.batchLeft > 0) return true;

@@ -46,6 +46,11 @@ export interface DeviceQueue {
   availMark(): number;
   /** On synchronous transports: audits the driver's notification decisions. */
   kickAudit(notified: boolean): void;
+  /**
+   * VIRTIO_F_NOTIFICATION_DATA: checks next_off / next_wrap (bits 16-31 of `data`) against the
+   * ring; returns a description of the mismatch, or null.
+   */
+  checkNotificationData(data: number): string | null;
 }
 
 /** The driver side of a virtqueue. */
@@ -76,6 +81,8 @@ export interface DriverQueue {
   disableInterrupts(): void;
   /** After a device reset: every buffer back (init.cleanup.driver.2). */
   drainAfterReset(): unknown[];
+  /** The 32-bit notification value with VIRTIO_F_NOTIFICATION_DATA: vq index | next_off | next_wrap. */
+  notificationData(): number;
 }
 
 export function createDeviceQueue(format: RingFormat, mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink): DeviceQueue {

@@ -267,6 +267,13 @@ export class SplitDeviceQueue {
     }
   }
 
+  checkNotificationData(data: number): string | null {
+    if (!this.active) return null;
+    const idx = this.availIdx();
+    const sent = data >>> 16;
+    return sent === idx ? null : `next_off/next_wrap say avail.idx ${sent}, the ring says ${idx}`;
+  }
+
   /** avail.idx: it moves when the driver makes buffers available (suspend checks). */
   availMark(): number {
     return this.active ? this.availIdx() : 0;
@@ -416,8 +423,9 @@ export class SplitDeviceQueue {
         return false;
       }
       if (this.inOrder && next !== (idx + 1) % size) {
-        this.violation('split.desc-table.driver.2', `with IN_ORDER, descriptor ${idx} must chain to ${(idx + 1) % size}, not ${next}`, { head, desc: idx, next }, false);
-        if (this.broken) return false;
+        // Fatal: the in-order contract (one cyclic run of descriptors) no longer holds.
+        this.violation('split.desc-table.driver.2', `with IN_ORDER, descriptor ${idx} must chain to ${(idx + 1) % size}, not ${next}`, { head, desc: idx, next }, true);
+        return false;
       }
       idx = next;
     }
@@ -476,8 +484,8 @@ export class SplitDeviceQueue {
         return false;
       }
       if (this.inOrder && next !== idx + 1) {
-        this.violation('split.indirect-descs.driver.5', `with IN_ORDER, indirect entry ${idx} of head ${head} must chain to ${idx + 1}, not ${next}`, { head, entry: idx, next }, false);
-        if (this.broken) return false;
+        this.violation('split.indirect-descs.driver.5', `with IN_ORDER, indirect entry ${idx} of head ${head} must chain to ${idx + 1}, not ${next}`, { head, entry: idx, next }, true);
+        return false;
       }
       idx = next;
     }

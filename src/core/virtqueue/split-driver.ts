@@ -327,6 +327,11 @@ export class SplitDriverQueue {
     return this.used.u16 !== null && (off & 1) === 0 ? Atomics.load(this.used.u16, off >> 1) : this.used.view.getUint16(off, true);
   }
 
+  /** VIRTIO_F_NOTIFICATION_DATA (2.9): next_off = avail idx bits 0-14, next_wrap = bit 15. */
+  notificationData(): number {
+    return ((this.availIdx & 0xffff) << 16 | this.index) >>> 0;
+  }
+
   /** Whether the device published a used element the driver has not collected (no checks). */
   peekUsed(): boolean {
     return this.usedIdx() !== this.lastUsed;
