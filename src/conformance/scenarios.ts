@@ -1066,6 +1066,28 @@ export const SCENARIOS: readonly Scenario[] = [
     d.writeUsedDesc(q, 0, 40, 4);
     return false;
   }),
+  {
+    clause: 'packed.desc-table.device.1',
+    culprit: 'device',
+    title: 'block-style device writes into the device-readable request header (packed ring)',
+    async run(mode = 'strict') {
+      const devMon = new Monitor({ mode });
+      const drvMon = new Monitor({ mode });
+      const mem = GuestMemory.create(1 << 20);
+      const device = new ScribblingDevice(devMon);
+      const transport = new LoopbackTransport(device, mem);
+      const driver = new VirtioDriver(transport, { deviceId: DeviceId.BLOCK, monitor: drvMon, auditReadable: true, transportFeatures: PACKED });
+      let q: DriverQueue | null = null;
+      driver.onUsed = (dq) => {
+        while (dq.getUsed() !== undefined);
+        dq.enableInterrupts();
+      };
+      await driver.init({ setup: async () => void (q = await driver.setupQueue(0)) });
+      q!.begin().addReadable(driver.allocator.alloc(16, 16), 16).addWritable(driver.allocator.alloc(1, 1), 1).commit('req');
+      driver.kick(q!);
+      return outcome({ mem, device, transport, driver, devMon, drvMon }, 'device');
+    },
+  },
   packedDeviceScenario('struct.used-len.device.1', 'device reports a used length beyond the writable part of the buffer', (_d, q, chain) => {
     q.addUsed(chain.head, chain.writableBytes + 50);
     return true;

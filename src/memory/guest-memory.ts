@@ -292,3 +292,17 @@ export class GuestMemory {
     );
   }
 }
+
+/** FNV-1a (32-bit) over guest bytes, region by region, continuing from `h` (drivers' audit hashes). */
+export function hashGuest(mem: GuestMemory, addr: number, len: number, h = 2166136261): number {
+  let done = 0;
+  while (done < len) {
+    const r = mem.region(addr + done, 1);
+    const off = addr + done - r.guestAddr;
+    const n = Math.min(len - done, r.size - off);
+    const b = r.bytes;
+    for (let i = off; i < off + n; i++) h = Math.imul(h ^ b[i], 16777619);
+    done += n;
+  }
+  return h >>> 0;
+}

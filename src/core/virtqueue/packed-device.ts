@@ -218,7 +218,15 @@ export class PackedDeviceQueue {
     }
     const off = (data >>> 16) & 0x7fff;
     const w = (data >>> 31) === 1;
-    return off === slot && w === wrap ? null : `next_off ${off}, next_wrap ${w ? 1 : 0}; the next descriptor not yet available is slot ${slot}, wrap ${wrap ? 1 : 0}`;
+    // Positions on the cycle of two passes (wrap 1, then wrap 0). The value may lag the ring
+    // (more descriptors made available since it was sent) but never lead it.
+    const cycle = 2 * this.size;
+    const stop = slot + (wrap ? 0 : this.size);
+    const sent = off + (w ? 0 : this.size);
+    const lag = (((stop - sent) % cycle) + cycle) % cycle;
+    return off < this.size && lag <= this.size
+      ? null
+      : `next_off ${off}, next_wrap ${w ? 1 : 0}; the next descriptor not yet available is slot ${slot}, wrap ${wrap ? 1 : 0}`;
   }
 
   /** Packed rings have no clause on missing notifications; nothing to audit. */
@@ -253,8 +261,9 @@ export class PackedDeviceQueue {
         this.violation('packed.scatter-gather-support.driver.6', `the first descriptor of the list at slot ${first} was made available before descriptor ${slot} of the same list`, { slot: first, at: slot }, true);
         return false;
       }
-      if (this.availLinear + count - this.usedLinear >= size) {
-        // The slot is one the device took and has not passed with its used pointer yet.
+      if (this.availLinear + count - this.signalledLinear >= size) {
+        // The slot is one the device took and has not released yet: released means its used
+        // pointer passed it and publish() made that visible (the driver must see USED change).
         if (count === 0) this.violation('packed.desc-table.driver.1', `driver rewrote slot ${slot} before the device marked it used`, { slot }, true);
         else this.violation('packed.scatter-gather-support.driver.5', `the list at slot ${first} runs into slot ${slot}, not yet used by the device: the ring had no room for it`, { slot: first, at: slot }, true);
         return false;
@@ -469,6 +478,8 @@ export class PackedDeviceQueue {
   private checkUnaltered(linear: number, count: number, id: number): void {
     const view = this.ring!.view;
     for (let i = 0; i < count; i++) {
+      // Passed by the used pointer: the device wrote a used descriptor there or skipped it
+      // (and once published the driver may reuse it). Only slots ahead of it must be intact.
       if (linear + i < this.usedLinear) continue;
       const s = (linear + i) % this.size;
       const o = this.ringOff + s * PDESC_SIZE;

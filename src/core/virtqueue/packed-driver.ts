@@ -7,7 +7,7 @@
  * Same builder API as the split driver queue: begin / addReadable / addWritable / commit,
  * publish, getUsed.
  */
-import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
+import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
 import type { ViolationSink } from './split-device.js';
 import {
@@ -43,6 +43,11 @@ export interface PackedDriverQueueOptions {
   indirect: boolean;
   /** VIRTIO_F_IN_ORDER: buffers come back in order, maybe one used descriptor per batch (2.8.9). */
   inOrder?: boolean;
+  /**
+   * Hash the device-readable buffers when exposed and again when used (packed.desc-table.device.1).
+   * Opt-in: a pass over the data each way, and a small record per buffer.
+   */
+  auditReadable?: boolean;
   indirectPool?: number;
   indirectMax?: number;
 }
@@ -60,6 +65,7 @@ export function layoutPackedQueue(base: number, size: number, indirectMax = 0): 
   const pool = align(used + EVENT_SIZE, 16);
   return { desc, avail, used, pool, end: pool + size * indirectMax * PDESC_SIZE };
 }
+
 
 export class PackedDriverQueue {
   readonly format = 'packed' as const;
@@ -82,6 +88,9 @@ export class PackedDriverQueue {
   private readonly freeIds: Uint16Array;
   private readonly tokens: unknown[];
   private readonly inFlight: Uint8Array;
+  /** Set at publish(): the device can have seen the buffer (its first flags are written). */
+  private readonly exposed: Uint8Array;
+  private readonly pendingId: Uint16Array;
   private readonly slotsOf: Uint16Array;
   private readonly writableLen: Float64Array;
   // What the driver last wrote into, or read from, each slot (packed.desc-table.device.4).
@@ -99,6 +108,9 @@ export class PackedDriverQueue {
   private batchLastLen = 0;
   /** Ids returned as skipped members of a batch, until the driver reuses them. */
   private readonly skipped: Uint8Array;
+
+  /** With auditReadable: per buffer id, its readable pieces and their hash. */
+  private readonly readable = new Map<number, { addrs: number[]; lens: number[]; hash: number }>();
 
   private segs = 0;
   private readonly segAddr: Float64Array;
@@ -131,6 +143,8 @@ export class PackedDriverQueue {
     this.freeTop = size;
     this.tokens = new Array<unknown>(size).fill(undefined);
     this.inFlight = new Uint8Array(size);
+    this.exposed = new Uint8Array(size);
+    this.pendingId = new Uint16Array(size);
     this.slotsOf = new Uint16Array(size);
     this.writableLen = new Float64Array(size);
     this.shadow = new Uint32Array(size * 4);
@@ -223,6 +237,16 @@ export class PackedDriverQueue {
     this.numFree -= slots;
     this.slotsOf[id] = slots;
     this.skipped[id] = 0;
+    if (this.options.auditReadable) {
+      const rec = { addrs: [] as number[], lens: [] as number[], hash: 2166136261 };
+      for (let i = 0; i < n; i++) {
+        if (this.segWritable[i]) continue;
+        rec.addrs.push(this.segAddr[i]);
+        rec.lens.push(this.segLen[i]);
+        rec.hash = hashGuest(this.mem, this.segAddr[i], this.segLen[i], rec.hash);
+      }
+      this.readable.set(id, rec);
+    }
     if (this.options.inOrder) this.order[this.orderTail++ % this.size] = id;
     this.tokens[id] = token;
     this.writableLen[id] = writable;
@@ -252,6 +276,7 @@ export class PackedDriverQueue {
     if (deferFlags) {
       this.pendingSlot[this.pendingCount] = slot;
       this.pendingFlags[this.pendingCount] = flags;
+      this.pendingId[this.pendingCount] = id;
       this.pendingCount++;
     } else view.setUint16(o + 14, flags, true);
     const s = slot * 4;
@@ -280,6 +305,7 @@ export class PackedDriverQueue {
       const off = this.ringOff + this.pendingSlot[i] * PDESC_SIZE + 14;
       if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, this.pendingFlags[i]);
       else r.view.setUint16(off, this.pendingFlags[i], true);
+      this.exposed[this.pendingId[i]] = 1;
     }
     this.pendingCount = 0;
     return this.needsKick();
@@ -325,9 +351,10 @@ export class PackedDriverQueue {
     const slot = this.lastUsed;
     const view = this.ring.view;
     const o = this.ringOff + slot * PDESC_SIZE;
-    let id = view.getUint16(o + 12, true);
-    let len = view.getUint32(o + 8, true);
-    if (id >= this.size || this.inFlight[id] !== 1) {
+    const id = view.getUint16(o + 12, true);
+    // 2.8.4: without WRITE in the used descriptor nothing was written; len is reserved.
+    const len = view.getUint16(o + 14, true) & PDESC_F_WRITE ? view.getUint32(o + 8, true) : 0;
+    if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
       if (id < this.size && this.skipped[id] === 1) {
         this.report('reserved.bits.device.5', `with IN_ORDER the device marked buffer ${id} used after a later buffer's used descriptor already covered it`, { id, slot }, true);
       } else {
@@ -373,6 +400,13 @@ export class PackedDriverQueue {
 
   /** Hands buffer `id` back with `len` bytes and skips its slots. */
   private finish(id: number, len: number): unknown {
+    const rec = this.readable.get(id);
+    if (rec !== undefined) {
+      this.readable.delete(id);
+      let h = 2166136261;
+      for (let i = 0; i < rec.addrs.length; i++) h = hashGuest(this.mem, rec.addrs[i], rec.lens[i], h);
+      if (h !== rec.hash) this.report('packed.desc-table.device.1', `device wrote into a device-readable buffer of buffer ${id}`, { id }, false);
+    }
     if (len > this.writableLen[id]) {
       this.report('struct.used-len.device.1', `used length ${len} for buffer ${id} exceeds the ${this.writableLen[id]} writable bytes the driver provided`, { id, len }, false);
       len = this.writableLen[id];
@@ -393,6 +427,7 @@ export class PackedDriverQueue {
   private release(id: number): void {
     this.numFree += this.slotsOf[id];
     this.inFlight[id] = 0;
+    this.exposed[id] = 0;
     this.inFlightCount--;
     this.tokens[id] = undefined;
     this.freeIds[this.freeTop++] = id;
@@ -421,6 +456,7 @@ export class PackedDriverQueue {
 
   drainAfterReset(): unknown[] {
     this.batchLeft = 0;
+    this.pendingCount = 0;
     this.orderHead = this.orderTail = 0;
     const out: unknown[] = [];
     for (let id = 0; id < this.size; id++) if (this.inFlight[id]) {

@@ -121,7 +121,14 @@ export function createDriverQueue(
       index,
       size,
       layout,
-      { eventIdx: options.eventIdx, indirect: indirectMax > 0, indirectPool: layout.pool, indirectMax, inOrder: options.inOrder === true },
+      {
+        eventIdx: options.eventIdx,
+        indirect: indirectMax > 0,
+        indirectPool: layout.pool,
+        indirectMax,
+        inOrder: options.inOrder === true,
+        auditReadable: options.auditReadable ?? false,
+      },
       monitor,
       sink,
     );

@@ -271,7 +271,9 @@ export class SplitDeviceQueue {
     if (!this.active) return null;
     const idx = this.availIdx();
     const sent = data >>> 16;
-    return sent === idx ? null : `next_off/next_wrap say avail.idx ${sent}, the ring says ${idx}`;
+    // The driver may have made more buffers available since it sent the notification (a
+    // transport may deliver it late), never fewer: the value may lag the ring, not lead it.
+    return ((idx - sent) & 0xffff) <= this.size ? null : `next_off/next_wrap say avail.idx ${sent}, the ring says ${idx}`;
   }
 
   /** avail.idx: it moves when the driver makes buffers available (suspend checks). */

@@ -7,7 +7,7 @@
  * Hot path: chains are built in preallocated arrays (begin / addReadable / addWritable /
  * commit) and indirect tables come from a pool in guest memory set up once.
  */
-import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
+import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
 import { VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../constants.js';
 import type { ViolationSink } from './split-device.js';
@@ -49,19 +49,6 @@ export interface SplitDriverQueueOptions {
   auditReadable?: boolean;
 }
 
-/** FNV-1a over guest bytes, region by region. */
-function hashGuest(mem: GuestMemory, addr: number, len: number, h: number): number {
-  let done = 0;
-  while (done < len) {
-    const r = mem.region(addr + done, 1);
-    const off = addr + done - r.guestAddr;
-    const n = Math.min(len - done, r.size - off);
-    const b = r.bytes;
-    for (let i = off; i < off + n; i++) h = Math.imul(h ^ b[i], 16777619);
-    done += n;
-  }
-  return h >>> 0;
-}
 
 /** Guest bytes a split queue of `size` needs for its rings and indirect pool, with alignment. */
 export function splitQueueFootprint(size: number, indirectMax = 0): number {
@@ -104,6 +91,9 @@ export class SplitDriverQueue {
   private batchLastLen = 0;
   private readonly tokens: unknown[];
   private readonly inFlight: Uint8Array;
+  /** Set at publish(): avail.idx covers the head, so the device can have seen it. */
+  private readonly exposed: Uint8Array;
+  private publishedIdx = 0;
   private readonly writableLen: Float64Array;
   private readonly tableCount: Uint16Array;
   private readonly usesIndirect: Uint8Array;
@@ -153,6 +143,7 @@ export class SplitDriverQueue {
     this.availHeadAt = new Uint16Array(size);
     this.tokens = new Array<unknown>(size).fill(undefined);
     this.inFlight = new Uint8Array(size);
+    this.exposed = new Uint8Array(size);
     this.writableLen = new Float64Array(size);
     this.tableCount = new Uint16Array(size);
     this.usesIndirect = new Uint8Array(size);
@@ -173,7 +164,7 @@ export class SplitDriverQueue {
     this.used = mem.region(addrs.used, usedRingSize(size));
     this.usedOff = addrs.used - this.used.guestAddr;
     this.poolRegion = this.indirectMax > 0 ? mem.region(this.pool, size * this.indirectMax * DESC_SIZE) : null;
-    this.availIdx = this.kickedAt = this.lastUsed = this.seenUsed = this.usedIdxAtLastInterrupt = (options.startIndex ?? 0) & 0xffff;
+    this.availIdx = this.kickedAt = this.lastUsed = this.seenUsed = this.usedIdxAtLastInterrupt = this.publishedIdx = (options.startIndex ?? 0) & 0xffff;
     // split.avail-buffer-notif-suppr.driver.1: the used ring (flags included) starts zeroed.
     this.desc.bytes.fill(0, this.descOff, this.descOff + descTableSize(size));
     this.avail.bytes.fill(0, this.availOff, this.availOff + availRingSize(size));
@@ -297,6 +288,8 @@ export class SplitDriverQueue {
    * entries: split.updating-idx.driver.1) and returns whether the device wants a kick.
    */
   publish(): boolean {
+    for (let p = this.publishedIdx; p !== this.availIdx; p = (p + 1) & 0xffff) this.exposed[this.availHeadAt[p & this.mask]] = 1;
+    this.publishedIdx = this.availIdx;
     const off = this.availOff + RING_IDX;
     if (this.avail.u16 !== null && (off & 1) === 0) Atomics.store(this.avail.u16, off >> 1, this.availIdx);
     else this.avail.view.setUint16(off, this.availIdx, true);
@@ -393,7 +386,7 @@ export class SplitDriverQueue {
     const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
     const id = this.used.view.getUint32(o, true);
     let len = this.used.view.getUint32(o + 4, true);
-    if (id >= this.size || this.inFlight[id] !== 1) {
+    if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
       this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
       return undefined;
     }
@@ -432,7 +425,7 @@ export class SplitDriverQueue {
       const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
       const id = this.used.view.getUint32(o, true);
       const elemLen = this.used.view.getUint32(o + 4, true);
-      if (id >= this.size || this.inFlight[id] !== 1) {
+      if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
         this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
         return undefined;
       }
@@ -524,6 +517,7 @@ export class SplitDriverQueue {
       // The run stays cyclic: these are the oldest descriptors out (buffers return in order).
       this.numFree += n;
       this.inFlight[head] = 0;
+      this.exposed[head] = 0;
       this.inFlightCount--;
       this.tokens[head] = undefined;
       return;
@@ -534,6 +528,7 @@ export class SplitDriverQueue {
     this.freeHead = head;
     this.numFree += n;
     this.inFlight[head] = 0;
+    this.exposed[head] = 0;
     this.inFlightCount--;
     this.tokens[head] = undefined;
   }
