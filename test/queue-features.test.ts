@@ -30,7 +30,7 @@ class SlowResetLoopback extends LoopbackTransport {
 }
 
 for (const [format, accept] of Object.entries(FORMATS)) {
-  test(`basic.vq-reset.driver.1, basic.vq-reenable.device.1: ${format} queue reset while live, waited for, re-enabled with another size`, async () => {
+  test(`${['basic.vq-reset.driver.1', 'basic.vq-reenable.device.1'].join(', ')}: ${format} queue reset while live, waited for, re-enabled with another size`, async () => {
     const devMon = new Monitor();
     const drvMon = new Monitor();
     const waiting: (() => void)[] = [];
@@ -41,6 +41,7 @@ for (const [format, accept] of Object.entries(FORMATS)) {
       source: (d) => d.fill(0x11),
       asyncSource: undefined,
     });
+    if (format === 'split') device.withholdFeatures(bit(Feature.RING_PACKED));
     const transport = new SlowResetLoopback(device, GuestMemory.create(1 << 20));
     const driver = new RngDriver(transport, { monitor: drvMon, transportFeatures: accept, queueSize: 16 });
     await driver.start();
@@ -63,6 +64,7 @@ for (const [format, accept] of Object.entries(FORMATS)) {
     const drvMon = new Monitor();
     const waiting: (() => void)[] = [];
     const device = new RngDevice({ monitor: devMon, asyncSource: (d) => new Promise<void>((res) => waiting.push(() => (d.fill(2), res()))) });
+    if (format === 'split') device.withholdFeatures(bit(Feature.RING_PACKED));
     const transport = new LoopbackTransport(device, GuestMemory.create(1 << 20));
     const driver = new RngDriver(transport, { monitor: drvMon, transportFeatures: accept });
     await driver.start();
@@ -84,6 +86,7 @@ for (const [format, accept] of Object.entries(FORMATS)) {
     const devMon = new Monitor();
     const drvMon = new Monitor();
     const device = new RngDevice({ monitor: devMon, queueMaxSize: 8 });
+    if (format === 'split') device.withholdFeatures(bit(Feature.RING_PACKED));
     const seen: (number | undefined)[] = [];
     const notify = device.notify.bind(device);
     device.notify = (i: number, data?: number) => {
@@ -109,4 +112,26 @@ test('without transport support, NOTIFICATION_DATA is neither offered nor accept
   await driver.start();
   assert.ok(!hasFeature(driver.offered, Feature.NOTIFICATION_DATA));
   assert.ok(!hasFeature(driver.features, Feature.NOTIFICATION_DATA));
+});
+
+test(`${'packed.scatter-gather-support.device.1'}: the device uses the descriptors of a packed list in the order they were made available`, async () => {
+  let n = 0;
+  const device = new RngDevice({ source: (d) => d.forEach((_, i) => (d[i] = ++n & 0xff)) });
+  const transport = new LoopbackTransport(device, GuestMemory.create(1 << 20));
+  const driver = new RngDriver(transport, { transportFeatures: FORMATS.packed });
+  await driver.start();
+  const q = driver.queues[0];
+  assert.equal(q.format, 'packed');
+  const lens = [5, 7, 9];
+  const addrs = lens.map((l) => driver.allocator.alloc(l, 1));
+  q.begin();
+  lens.forEach((l, i) => q.addWritable(addrs[i], l));
+  q.commit('list', { indirect: false });
+  driver.kick(q);
+  const bytes = lens.flatMap((l, i) => {
+    const b = new Uint8Array(l);
+    transport.memory.read(addrs[i], b);
+    return Array.from(b);
+  });
+  assert.deepEqual(bytes, Array.from({ length: 21 }, (_, i) => i + 1));
 });

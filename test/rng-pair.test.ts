@@ -25,6 +25,7 @@ for (const [format, base] of Object.entries(FORMATS)) {
         const drvMon = new Monitor();
         let counter = 0;
         const device = new RngDevice({ monitor: devMon, queueMaxSize: 8, source: (d) => d.forEach((_, i) => (d[i] = counter++ & 0xff)) });
+        if (format === 'split') device.withholdFeatures(bit(Feature.RING_PACKED));
         const transport = new LoopbackTransport(device, mem, { mode });
         const features = eventIdx ? accept : accept & ~bit(Feature.EVENT_IDX);
         const driver = new RngDriver(transport, { monitor: drvMon, transportFeatures: features, chunk: 100 });
@@ -71,6 +72,7 @@ for (const [format, base] of Object.entries(FORMATS)) {
       maxBytesPerRequest: 48, // some buffers partly filled: batches must break there
       asyncSource: (dst) => new Promise<void>((res) => waiting.push(() => (dst.fill(++n), res()))),
     });
+    if (format === 'split') device.withholdFeatures(bit(Feature.RING_PACKED));
     const transport = new LoopbackTransport(device, mem);
     const driver = new RngDriver(transport, { monitor: drvMon, transportFeatures: base | bit(Feature.IN_ORDER) });
     await driver.start();

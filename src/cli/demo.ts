@@ -8,7 +8,8 @@ import { Monitor, formatVerdict, type Verdict } from '../conformance/monitor.js'
 import { SCENARIOS, scenariosFor } from '../conformance/scenarios.js';
 import { clauseInfo } from '../conformance/catalogue.js';
 import { statusNames } from '../core/constants.js';
-import { featureNames } from '../core/features.js';
+import { bit, featureNames } from '../core/features.js';
+import { Feature } from '../core/constants.js';
 import { LoopbackTransport, type LoopbackMode } from '../transports/loopback.js';
 import { RngDevice } from '../devices/rng.js';
 import { RngDriver } from '../drivers/rng.js';
@@ -16,6 +17,7 @@ import { RngDriver } from '../drivers/rng.js';
 export interface DemoOptions {
   bytes: number;
   mode: LoopbackMode;
+  ring: 'split' | 'packed';
   misbehave?: string;
   listMisbehaviours?: boolean;
   tolerant?: boolean;
@@ -51,6 +53,7 @@ export async function runDemo(opts: DemoOptions, out: Writable): Promise<number>
   const deviceMonitor = new Monitor({ mode });
   const driverMonitor = new Monitor({ mode });
   const device = new RngDevice({ monitor: deviceMonitor });
+  if (opts.ring === 'split') device.withholdFeatures(bit(Feature.RING_PACKED)); // as a VMM's packed=off
   const transport = new LoopbackTransport(device, mem, { mode: opts.mode });
   const driver = new RngDriver(transport, { monitor: driverMonitor });
   await driver.start();
@@ -63,8 +66,11 @@ export async function runDemo(opts: DemoOptions, out: Writable): Promise<number>
   const suspendedStatus = statusNames(device.getStatus());
   await driver.resume();
   const after = await driver.read(16);
+  await driver.restartQueue({ size: 16 });
+  const afterReset = await driver.read(32);
   const result = {
     transport: `loopback (${opts.mode})`,
+    ring: device.ringFormat,
     monitor: mode,
     offered,
     accepted,
@@ -74,6 +80,7 @@ export async function runDemo(opts: DemoOptions, out: Writable): Promise<number>
     milliseconds: Number(ms.toFixed(3)),
     notifications: { ...transport.counts },
     suspend: { suspendedStatus, resumedStatus: statusNames(device.getStatus()), readAfterResume: after.length },
+    queueReset: { newSize: driver.queues[0].size, readAfterReset: afterReset.length },
     verdicts: { deviceSawDriver: deviceMonitor.verdicts, driverSawDevice: driverMonitor.verdicts },
   };
   await driver.shutdown();
@@ -86,12 +93,15 @@ export async function runDemo(opts: DemoOptions, out: Writable): Promise<number>
   out.write('negotiation (spec 3.1.1)\n');
   out.write(`  device offers : ${offered.join(', ')}\n`);
   out.write(`  driver accepts: ${accepted.join(', ')}\n`);
-  out.write(`  device status : ${result.status}\n\n`);
+  out.write(`  device status : ${result.status}\n`);
+  out.write(`  virtqueues    : ${result.ring} ring (2.${result.ring === 'packed' ? 8 : 7})\n\n`);
   out.write('traffic (entropy requestq)\n');
   out.write(`  read ${bytes.length} random bytes in ${result.milliseconds} ms; first 16: ${result.first16}\n`);
   out.write(`  notifications: driver->device ${transport.counts.notifications}, device->driver ${transport.counts.interrupts}\n\n`);
   out.write('suspend and resume (VIRTIO_F_SUSPEND)\n');
   out.write(`  suspended: ${suspendedStatus}; resumed: ${result.suspend.resumedStatus}; read ${after.length} more bytes\n\n`);
+  out.write('queue reset (VIRTIO_F_RING_RESET)\n');
+  out.write(`  queue 0 reset while the device runs, re-enabled with ${result.queueReset.newSize} entries; read ${afterReset.length} more bytes\n\n`);
   out.write('conformance verdicts\n');
   out.write('  the device watching the driver:\n' + verdictLines(deviceMonitor.verdicts));
   out.write('  the driver watching the device:\n' + verdictLines(driverMonitor.verdicts));

@@ -39,6 +39,7 @@ export function buildProgram(): Command {
     .description('run an entropy driver and device over the loopback transport: negotiation, traffic and the conformance verdicts')
     .option('--bytes <n>', 'random bytes the driver reads', positiveInt('--bytes', 1 << 24), 4096)
     .addOption(new Option('--mode <mode>', 'loopback delivery').choices(['sync', 'async']).default('sync'))
+    .addOption(new Option('--ring <format>', 'virtqueue format the driver negotiates').choices(['split', 'packed']).default('packed'))
     .option('--misbehave <clause-id>', 'make the driver or device break this clause on purpose and show the verdict', clauseId)
     .option('--list-misbehaviours', 'list the clauses --misbehave can break')
     .option('--tolerant', 'record verdicts and go on, instead of strict mode (DEVICE_NEEDS_RESET / driver gives up)')

@@ -81,7 +81,16 @@ export abstract class VirtioDevice {
   get offered(): bigint {
     return this.host?.notificationData === true ? this.offeredBits : this.offeredBits & ~bit(Feature.NOTIFICATION_DATA);
   }
-  private readonly offeredBits: bigint;
+  private offeredBits: bigint;
+
+  /**
+   * Stops offering `bits` (a VMM's `packed=off`, say). Only while the driver has not
+   * negotiated yet: the offer must not change under it (struct.feature-offer.device.1).
+   */
+  withholdFeatures(bits: bigint): void {
+    if (this.statusValue & Status.FEATURES_OK) throw new Error('features cannot be withheld after FEATURES_OK');
+    this.offeredBits &= ~bits;
+  }
   /** Features the driver wrote (meaningful once FEATURES_OK is accepted). */
   driverFeatures = 0n;
   /** Device configuration space (device-specific layout, little-endian). */
@@ -316,6 +325,9 @@ export abstract class VirtioDevice {
       return false;
     }
     if (!this.validateFeatures(f)) return false;
+    if (hasFeature(this.offered, Feature.RING_PACKED) && !hasFeature(f, Feature.RING_PACKED)) {
+      this.violation('reserved.bits.driver.6', 'driver declined VIRTIO_F_RING_PACKED, which the device offers', {});
+    }
     this.negotiatedOnce = f;
     // The ring format is fixed from here on (queues are configured after FEATURES_OK).
     this.makeQueues(hasFeature(f, Feature.RING_PACKED) ? 'packed' : 'split');

@@ -30,10 +30,14 @@ test('demo: negotiation by name, traffic, suspend/resume, no verdicts, exit 0', 
   assert.equal((r.out.match(/^ {4}none$/gm) ?? []).length, 2, 'no verdict on either side');
 });
 
-test('demo --json, async loopback: one parseable object', () => {
+test('demo --json, async loopback, both ring formats: one parseable object', () => {
+  const split = JSON.parse(run('demo', '--json', '--ring', 'split').out);
+  assert.equal(split.ring, 'split');
+  assert.ok(!split.accepted.includes('VIRTIO_F_RING_PACKED'));
   const r = run('demo', '--json', '--mode', 'async', '--bytes', '5000');
   assert.equal(r.code, 0, r.err);
   const o = JSON.parse(r.out);
+  assert.equal(o.ring, 'packed');
   assert.equal(o.bytesRead, 5000);
   assert.equal(o.transport, 'loopback (async)');
   assert.deepEqual(o.verdicts, { deviceSawDriver: [], driverSawDevice: [] });
