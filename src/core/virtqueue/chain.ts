@@ -27,6 +27,33 @@ export class DescriptorChain {
     this.lens = new Uint32Array(capacity);
   }
 
+  /**
+   * Appends one guest buffer, split at memory-region boundaries so each piece has one view.
+   * Returns 'range' when part of it is outside guest memory, 'full' when the chain has no
+   * room for another piece, else 'ok'. The caller names the clause.
+   */
+  append(mem: GuestMemory, addr: number, len: number, writable: boolean): 'ok' | 'range' | 'full' {
+    let cur = addr;
+    let left = len;
+    do {
+      const r = mem.regionFor(cur, left === 0 ? 0 : 1);
+      if (r === null) return 'range';
+      if (this.count >= this.capacity) return 'full';
+      const piece = Math.min(left, r.end - cur);
+      const i = this.count++;
+      this.addrs[i] = cur;
+      this.lens[i] = piece;
+      if (writable) this.writableBytes += piece;
+      else {
+        this.readable = this.count;
+        this.readableBytes += piece;
+      }
+      cur += piece;
+      left -= piece;
+    } while (left > 0);
+    return 'ok';
+  }
+
   /** Starts an empty chain (the walker fills it). */
   clear(head: number): void {
     this.head = head;
@@ -36,6 +63,46 @@ export class DescriptorChain {
     this.writableBytes = 0;
     this.tableDescriptors = 0;
     this.indirect = false;
+  }
+}
+
+/**
+ * A chain under construction on the driver side (begin / addReadable / addWritable), in
+ * preallocated arrays shared by both ring formats.
+ */
+export class ChainBuilder {
+  count = 0;
+  /** A device-readable buffer was added after a device-writable one (not allowed). */
+  readableAfterWritable = false;
+  readonly addrs: Float64Array;
+  readonly lens: Uint32Array;
+  readonly writable: Uint8Array;
+
+  constructor(readonly capacity: number) {
+    this.addrs = new Float64Array(capacity);
+    this.lens = new Uint32Array(capacity);
+    this.writable = new Uint8Array(capacity);
+  }
+
+  clear(): void {
+    this.count = 0;
+    this.readableAfterWritable = false;
+  }
+
+  add(addr: number, len: number, writable: number, queue: number): void {
+    if (this.count >= this.capacity) throw new RangeError(`a chain on queue ${queue} holds at most ${this.capacity} buffers`);
+    if (!writable && this.count > 0 && this.writable[this.count - 1]) this.readableAfterWritable = true;
+    this.addrs[this.count] = addr;
+    this.lens[this.count] = len;
+    this.writable[this.count] = writable;
+    this.count++;
+  }
+
+  /** Bytes of the device-writable buffers. */
+  writableBytes(): number {
+    let n = 0;
+    for (let i = 0; i < this.count; i++) if (this.writable[i]) n += this.lens[i];
+    return n;
   }
 }
 

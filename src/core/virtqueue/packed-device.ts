@@ -371,31 +371,13 @@ export class PackedDeviceQueue {
   }
 
   private pushBuffer(chain: DescriptorChain, addr: number, len: number, writable: boolean, first: number): boolean {
-    let cur = addr;
-    let left = len;
-    do {
-      const r = this.mem.regionFor(cur, left === 0 ? 0 : 1);
-      if (r === null) {
-        this.violation('struct.buffer-range.driver.1', `buffer [0x${addr.toString(16)}, +${len}) of the list at slot ${first} is outside guest memory`, { slot: first, addr, len }, true);
-        return false;
-      }
-      const piece = Math.min(left, r.end - cur);
-      if (chain.count >= chain.capacity) {
-        this.violation('packed.scatter-gather-support.driver.2', `list at slot ${first} has more buffers than this queue takes (${chain.capacity})`, { slot: first }, true);
-        return false;
-      }
-      const i = chain.count++;
-      chain.addrs[i] = cur;
-      chain.lens[i] = piece;
-      if (writable) chain.writableBytes += piece;
-      else {
-        chain.readable = chain.count;
-        chain.readableBytes += piece;
-      }
-      cur += piece;
-      left -= piece;
-    } while (left > 0);
-    return true;
+    const r = chain.append(this.mem, addr, len, writable);
+    if (r === 'range') {
+      this.violation('struct.buffer-range.driver.1', `buffer [0x${addr.toString(16)}, +${len}) of the list at slot ${first} is outside guest memory`, { slot: first, addr, len }, true);
+    } else if (r === 'full') {
+      this.violation('packed.scatter-gather-support.driver.2', `list at slot ${first} has more buffers than this queue takes (${chain.capacity})`, { slot: first }, true);
+    }
+    return r === 'ok';
   }
 
   /** Writes the used descriptor for buffer `id` (its flags at publish) and skips its list. */

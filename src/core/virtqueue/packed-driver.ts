@@ -10,6 +10,7 @@
 import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
 import type { ViolationSink } from './split-device.js';
+import { ChainBuilder } from './chain.js';
 import {
   EVENT_FLAGS,
   EVENT_OFF_WRAP,
@@ -112,11 +113,8 @@ export class PackedDriverQueue {
   /** With auditReadable: per buffer id, its readable pieces and their hash. */
   private readonly readable = new Map<number, { addrs: number[]; lens: number[]; hash: number }>();
 
-  private segs = 0;
-  private readonly segAddr: Float64Array;
-  private readonly segLen: Uint32Array;
-  private readonly segWritable: Uint8Array;
-  private readableAfterWritable = false;
+  /** List under construction. */
+  private readonly seg: ChainBuilder;
 
   private readonly ring: MemoryRegion;
   private readonly ringOff: number;
@@ -154,10 +152,7 @@ export class PackedDriverQueue {
     this.skipped = new Uint8Array(size);
     this.indirectMax = options.indirect && options.indirectPool !== undefined ? Math.min(options.indirectMax ?? 32, size) : 0;
     this.pool = options.indirectPool ?? 0;
-    const cap = Math.max(size, this.indirectMax);
-    this.segAddr = new Float64Array(cap);
-    this.segLen = new Uint32Array(cap);
-    this.segWritable = new Uint8Array(cap);
+    this.seg = new ChainBuilder(Math.max(size, this.indirectMax));
     this.ring = mem.region(addrs.desc, packedRingSize(size));
     this.ringOff = addrs.desc - this.ring.guestAddr;
     this.driverEvent = mem.region(addrs.avail, EVENT_SIZE);
@@ -175,23 +170,19 @@ export class PackedDriverQueue {
   }
 
   begin(): this {
-    this.segs = 0;
-    this.readableAfterWritable = false;
+    this.seg.clear();
     return this;
   }
+
+  /** Appends a device-readable buffer. */
   addReadable(addr: number, len: number): this {
-    return this.addSegment(addr, len, 0);
+    this.seg.add(addr, len, 0, this.index);
+    return this;
   }
+
+  /** Appends a device-writable buffer. */
   addWritable(addr: number, len: number): this {
-    return this.addSegment(addr, len, 1);
-  }
-  private addSegment(addr: number, len: number, writable: number): this {
-    if (this.segs >= this.segAddr.length) throw new RangeError(`a list on queue ${this.index} holds at most ${this.segAddr.length} buffers`);
-    if (!writable && this.segs > 0 && this.segWritable[this.segs - 1]) this.readableAfterWritable = true;
-    this.segAddr[this.segs] = addr;
-    this.segLen[this.segs] = len;
-    this.segWritable[this.segs] = writable;
-    this.segs++;
+    this.seg.add(addr, len, 1, this.index);
     return this;
   }
 
@@ -201,15 +192,15 @@ export class PackedDriverQueue {
    * ring has no room for the whole list (packed.scatter-gather-support.driver.5).
    */
   commit(token: unknown, options?: { indirect?: boolean }): number {
-    const n = this.segs;
+    const seg = this.seg;
+    const n = seg.count;
     if (n === 0) throw new RangeError('empty chain');
-    if (this.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (packed.scatter-gather-support.driver.3)');
+    if (seg.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (packed.scatter-gather-support.driver.3)');
     const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
     const slots = useIndirect ? 1 : n;
     if (this.numFree < slots || this.freeTop === 0 || this.broken) return -1;
     const id = this.freeIds[--this.freeTop];
-    let writable = 0;
-    for (let i = 0; i < n; i++) if (this.segWritable[i]) writable += this.segLen[i];
+    const writable = seg.writableBytes();
     const first = this.nextAvail;
     const firstWrap = this.availWrap;
     if (useIndirect) {
@@ -218,19 +209,19 @@ export class PackedDriverQueue {
       const base = table - r.guestAddr;
       for (let i = 0; i < n; i++) {
         const o = base + i * PDESC_SIZE;
-        r.view.setUint32(o, this.segAddr[i] % TWO_32, true);
-        r.view.setUint32(o + 4, Math.floor(this.segAddr[i] / TWO_32), true);
-        r.view.setUint32(o + 8, this.segLen[i], true);
+        r.view.setUint32(o, seg.addrs[i] % TWO_32, true);
+        r.view.setUint32(o + 4, Math.floor(seg.addrs[i] / TWO_32), true);
+        r.view.setUint32(o + 8, seg.lens[i], true);
         r.view.setUint16(o + 12, 0, true);
-        r.view.setUint16(o + 14, this.segWritable[i] ? PDESC_F_WRITE : 0, true);
+        r.view.setUint16(o + 14, seg.writable[i] ? PDESC_F_WRITE : 0, true);
       }
       if (this.mem.onWrite !== null) this.mem.onWrite(table, n * PDESC_SIZE);
       this.putSlot(first, table, n * PDESC_SIZE, id, PDESC_F_INDIRECT | availFlags(firstWrap), true);
       this.advance();
     } else {
       for (let i = 0; i < n; i++) {
-        const flags = (this.segWritable[i] ? PDESC_F_WRITE : 0) | (i < n - 1 ? PDESC_F_NEXT : 0) | availFlags(this.availWrap);
-        this.putSlot(this.nextAvail, this.segAddr[i], this.segLen[i], id, flags, i === 0);
+        const flags = (seg.writable[i] ? PDESC_F_WRITE : 0) | (i < n - 1 ? PDESC_F_NEXT : 0) | availFlags(this.availWrap);
+        this.putSlot(this.nextAvail, seg.addrs[i], seg.lens[i], id, flags, i === 0);
         this.advance();
       }
     }
@@ -240,10 +231,10 @@ export class PackedDriverQueue {
     if (this.options.auditReadable) {
       const rec = { addrs: [] as number[], lens: [] as number[], hash: 2166136261 };
       for (let i = 0; i < n; i++) {
-        if (this.segWritable[i]) continue;
-        rec.addrs.push(this.segAddr[i]);
-        rec.lens.push(this.segLen[i]);
-        rec.hash = hashGuest(this.mem, this.segAddr[i], this.segLen[i], rec.hash);
+        if (seg.writable[i]) continue;
+        rec.addrs.push(seg.addrs[i]);
+        rec.lens.push(seg.lens[i]);
+        rec.hash = hashGuest(this.mem, seg.addrs[i], seg.lens[i], rec.hash);
       }
       this.readable.set(id, rec);
     }
@@ -253,7 +244,7 @@ export class PackedDriverQueue {
     this.inFlight[id] = 1;
     this.inFlightCount++;
     this.availLinear += slots;
-    this.segs = 0;
+    seg.count = 0;
     return id;
   }
 

@@ -499,31 +499,13 @@ export class SplitDeviceQueue {
       this.violation('split.message-framing.driver.1', `device-readable descriptor ${desc} follows a device-writable one in chain ${chain.head}`, { head: chain.head, desc }, true);
       return false;
     }
-    let cur = addr;
-    let left = len;
-    do {
-      const r = this.mem.regionFor(cur, left === 0 ? 0 : 1);
-      if (r === null) {
-        this.violation('struct.buffer-range.driver.1', `buffer [0x${addr.toString(16)}, +${len}) of chain ${chain.head} is outside guest memory`, { head: chain.head, desc, addr, len }, true);
-        return false;
-      }
-      const piece = Math.min(left, r.end - cur);
-      if (chain.count >= chain.capacity) {
-        this.violation('split.indirect-descs.driver.3', `chain ${chain.head} has more buffers than this queue accepts (${chain.capacity})`, { head: chain.head }, true);
-        return false;
-      }
-      const i = chain.count++;
-      chain.addrs[i] = cur;
-      chain.lens[i] = piece;
-      if (writable) chain.writableBytes += piece;
-      else {
-        chain.readable = chain.count;
-        chain.readableBytes += piece;
-      }
-      cur += piece;
-      left -= piece;
-    } while (left > 0);
-    return true;
+    const r = chain.append(this.mem, addr, len, writable);
+    if (r === 'range') {
+      this.violation('struct.buffer-range.driver.1', `buffer [0x${addr.toString(16)}, +${len}) of chain ${chain.head} is outside guest memory`, { head: chain.head, desc, addr, len }, true);
+    } else if (r === 'full') {
+      this.violation('split.indirect-descs.driver.3', `chain ${chain.head} has more buffers than this queue accepts (${chain.capacity})`, { head: chain.head }, true);
+    }
+    return r === 'ok';
   }
 
   /**

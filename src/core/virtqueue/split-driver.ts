@@ -11,6 +11,7 @@ import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/gue
 import type { Monitor } from '../../conformance/monitor.js';
 import { VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../constants.js';
 import type { ViolationSink } from './split-device.js';
+import { ChainBuilder } from './chain.js';
 import {
   AVAIL_RING,
   DESC_SIZE,
@@ -107,12 +108,8 @@ export class SplitDriverQueue {
   private kickedAt = 0;
   private lastUsed = 0;
 
-  // Chain under construction.
-  private segs = 0;
-  private readonly segAddr: Float64Array;
-  private readonly segLen: Uint32Array;
-  private readonly segWritable: Uint8Array;
-  private readableAfterWritable = false;
+  /** Chain under construction. */
+  private readonly seg: ChainBuilder;
 
   private readonly desc: MemoryRegion;
   private readonly descOff: number;
@@ -153,10 +150,7 @@ export class SplitDriverQueue {
     // split.indirect-descs.driver.3: no chain longer than the queue, indirect ones included.
     this.indirectMax = options.indirect && options.indirectPool !== undefined ? Math.min(options.indirectMax ?? 32, size) : 0;
     this.pool = options.indirectPool ?? 0;
-    const cap = Math.max(size, this.indirectMax);
-    this.segAddr = new Float64Array(cap);
-    this.segLen = new Uint32Array(cap);
-    this.segWritable = new Uint8Array(cap);
+    this.seg = new ChainBuilder(Math.max(size, this.indirectMax));
     this.desc = mem.region(addrs.desc, descTableSize(size));
     this.descOff = addrs.desc - this.desc.guestAddr;
     this.avail = mem.region(addrs.avail, availRingSize(size));
@@ -179,28 +173,19 @@ export class SplitDriverQueue {
 
   /** Starts a new chain. */
   begin(): this {
-    this.segs = 0;
-    this.readableAfterWritable = false;
+    this.seg.clear();
     return this;
   }
 
   /** Appends a device-readable buffer. */
   addReadable(addr: number, len: number): this {
-    return this.addSegment(addr, len, 0);
+    this.seg.add(addr, len, 0, this.index);
+    return this;
   }
 
   /** Appends a device-writable buffer. */
   addWritable(addr: number, len: number): this {
-    return this.addSegment(addr, len, 1);
-  }
-
-  private addSegment(addr: number, len: number, writable: number): this {
-    if (this.segs >= this.segAddr.length) throw new RangeError(`a chain on queue ${this.index} holds at most ${this.segAddr.length} buffers`);
-    if (!writable && this.segs > 0 && this.segWritable[this.segs - 1]) this.readableAfterWritable = true;
-    this.segAddr[this.segs] = addr;
-    this.segLen[this.segs] = len;
-    this.segWritable[this.segs] = writable;
-    this.segs++;
+    this.seg.add(addr, len, 1, this.index);
     return this;
   }
 
@@ -210,23 +195,23 @@ export class SplitDriverQueue {
    * The buffers are exposed to the device only at the next `publish()`.
    */
   commit(token: unknown, options?: { indirect?: boolean }): number {
-    const n = this.segs;
+    const seg = this.seg;
+    const n = seg.count;
     if (n === 0) throw new RangeError('empty chain');
-    if (this.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (split.message-framing.driver.1)');
+    if (seg.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (split.message-framing.driver.1)');
     // No default object for `options`: an object literal per call is the hot path's only allocation.
     const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
     const need = useIndirect ? 1 : n;
     if (this.numFree < need || this.broken) return -1;
     const head = this.freeHead;
-    let writable = 0;
+    const writable = seg.writableBytes();
     if (useIndirect) {
       const table = this.pool + head * this.indirectMax * DESC_SIZE;
       const r = this.poolRegion!;
       const base = table - r.guestAddr;
       for (let i = 0; i < n; i++) {
         const last = i === n - 1;
-        this.writeDesc(r.view, base + i * DESC_SIZE, this.segAddr[i], this.segLen[i], (this.segWritable[i] ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : i + 1);
-        if (this.segWritable[i]) writable += this.segLen[i];
+        this.writeDesc(r.view, base + i * DESC_SIZE, seg.addrs[i], seg.lens[i], (seg.writable[i] ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : i + 1);
       }
       if (this.mem.onWrite !== null) this.mem.onWrite(table, n * DESC_SIZE);
       this.freeHead = this.nextFree[head];
@@ -237,8 +222,7 @@ export class SplitDriverQueue {
       for (let i = 0; i < n; i++) {
         const last = i === n - 1;
         const next = this.nextFree[idx];
-        this.putTableDesc(idx, this.segAddr[i], this.segLen[i], (this.segWritable[i] ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : next);
-        if (this.segWritable[i]) writable += this.segLen[i];
+        this.putTableDesc(idx, seg.addrs[i], seg.lens[i], (seg.writable[i] ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : next);
         if (!last) idx = next;
         else this.freeHead = next;
       }
@@ -248,7 +232,7 @@ export class SplitDriverQueue {
     this.tableCount[head] = need;
     if (this.readableHash !== null) {
       let h = 2166136261;
-      for (let i = 0; i < n; i++) if (!this.segWritable[i]) h = hashGuest(this.mem, this.segAddr[i], this.segLen[i], h);
+      for (let i = 0; i < n; i++) if (!seg.writable[i]) h = hashGuest(this.mem, seg.addrs[i], seg.lens[i], h);
       this.readableHash[head] = h;
       if (useIndirect) this.tableHash![head] = hashGuest(this.mem, this.pool + head * this.indirectMax * DESC_SIZE, n * DESC_SIZE, 2166136261);
     }
@@ -261,7 +245,7 @@ export class SplitDriverQueue {
     this.availHeadAt[this.availIdx & this.mask] = head;
     if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + AVAIL_RING + 2 * (this.availIdx & this.mask), 2);
     this.availIdx = (this.availIdx + 1) & 0xffff;
-    this.segs = 0;
+    seg.count = 0;
     return head;
   }
 
