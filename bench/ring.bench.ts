@@ -1,16 +1,22 @@
 /**
- * Split-ring round-trip benchmark (`npm run bench`).
+ * Ring round-trip benchmark (`npm run bench`): split and packed virtqueues side by side.
  *
- * One core, one GuestMemory, the driver side (SplitDriverQueue) and the device side
- * (SplitDeviceQueue) of one queue of size 256 with VIRTIO_F_EVENT_IDX. One round trip is
+ * One core, one GuestMemory, the driver side (SplitDriverQueue / PackedDriverQueue) and the
+ * device side (SplitDeviceQueue / PackedDeviceQueue) of one queue of size 256 with
+ * VIRTIO_F_EVENT_IDX. One round trip is
  *
  *   driver begin / addReadable / addWritable / commit  -> driver publish (kick decision)
  *   -> device pop -> addUsed -> device publish (interrupt decision) -> driver getUsed
  *
  * done in batches (32 chains per publish, like a device draining its ring, and 1 per
- * publish). Both sides re-arm notifications after draining (avail_event / used_event), so
- * every batch costs one kick and one interrupt decision, as in a real device loop. Only
- * ring work is measured: no payload bytes are copied.
+ * publish). Both sides re-arm notifications after draining (avail_event / used_event on the
+ * split ring, the event suppression structures on the packed ring), so every batch costs one
+ * kick and one interrupt decision, as in a real device loop. Only ring work is measured: no
+ * payload bytes are copied.
+ *
+ * Each workload runs on both formats, each with its own rig class (its own copy of the
+ * round-trip loop), so the two never share call-site feedback: each loop stays monomorphic
+ * on its queue classes. A second table gives packed time / split time per workload.
  *
  * Figures, per workload: median time per chain, chains/s, descriptors/s (buffers per chain
  * x chains/s), the ratio to a reference run made in this same process (a plain loop doing
@@ -25,7 +31,7 @@
  * interference from other processes over all rows instead of landing on one.
  *
  * Environment: BENCH_TIME_MS (per task per round), BENCH_ROUNDS, BENCH_FILTER (substring
- * of "kind/batch", e.g. "indirect" or "/32").
+ * of "kind/batch", packed rows "packed:kind/batch", e.g. "indirect", "/32" or "packed:").
  */
 import os from 'node:os';
 import v8 from 'node:v8';
@@ -36,6 +42,9 @@ import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/conformance/monitor.js';
 import { SplitDeviceQueue } from '../src/core/virtqueue/split-device.js';
 import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from '../src/core/virtqueue/split-driver.js';
+import { PackedDeviceQueue } from '../src/core/virtqueue/packed-device.js';
+import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from '../src/core/virtqueue/packed-driver.js';
+import type { RingFormat } from '../src/core/virtqueue/queue.js';
 import type { DescriptorChain } from '../src/core/virtqueue/chain.js';
 
 const QUEUE_SIZE = 256;
@@ -47,6 +56,8 @@ const ALLOC_N = 100_000;
 const ALLOC_REPS = 3;
 const GOAL_DESCS_PER_S = 5e6;
 const GOAL_BYTES_PER_CHAIN = 0;
+/** Packed time per chain at most this many times the split time, per workload. */
+const GOAL_PACKED_RATIO = 1.1;
 const TIME_MS = Number(process.env.BENCH_TIME_MS ?? 450);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const WARMUP_MS = 200;
@@ -54,6 +65,7 @@ const WARMUP_MS = 200;
 type Kind = 'direct-1' | 'direct-3' | 'indirect-3';
 
 interface Workload {
+  format: RingFormat;
   kind: Kind;
   batch: number;
   label: string;
@@ -63,20 +75,22 @@ interface Workload {
 }
 
 const ALL_WORKLOADS: Workload[] = [];
-for (const batch of [32, 1]) {
-  ALL_WORKLOADS.push({ kind: 'direct-1', batch, buffers: 1, label: '1 desc (w 512 B)' });
-  ALL_WORKLOADS.push({ kind: 'direct-3', batch, buffers: 3, label: '3 desc (hdr r, data r, status w)' });
-  ALL_WORKLOADS.push({ kind: 'indirect-3', batch, buffers: 3, label: 'indirect (3 segs in 1 table)' });
+for (const format of ['split', 'packed'] as const) {
+  for (const batch of [32, 1]) {
+    ALL_WORKLOADS.push({ format, kind: 'direct-1', batch, buffers: 1, label: '1 desc (w 512 B)' });
+    ALL_WORKLOADS.push({ format, kind: 'direct-3', batch, buffers: 3, label: '3 desc (hdr r, data r, status w)' });
+    ALL_WORKLOADS.push({ format, kind: 'indirect-3', batch, buffers: 3, label: 'indirect (3 segs in 1 table)' });
+  }
 }
-// Diagnostics: the same round trips calling commit(token, OPTS) with OPTS preallocated, to
-// show what commit's default `options = {}` parameter costs (see the note printed below).
+// Diagnostics: the same split round trips calling commit(token, OPTS) with OPTS preallocated,
+// to show what passing an options object to commit costs (see the note printed below).
 for (const batch of [32, 1]) {
-  ALL_WORKLOADS.push({ kind: 'direct-1', batch, buffers: 1, label: 'diag: 1 desc, commit(t, OPTS)', preallocOpts: true });
-  ALL_WORKLOADS.push({ kind: 'direct-3', batch, buffers: 3, label: 'diag: 3 desc, commit(t, OPTS)', preallocOpts: true });
-  ALL_WORKLOADS.push({ kind: 'indirect-3', batch, buffers: 3, label: 'diag: indirect, commit(t, OPTS)', preallocOpts: true });
+  ALL_WORKLOADS.push({ format: 'split', kind: 'direct-1', batch, buffers: 1, label: 'diag: 1 desc, commit(t, OPTS)', preallocOpts: true });
+  ALL_WORKLOADS.push({ format: 'split', kind: 'direct-3', batch, buffers: 3, label: 'diag: 3 desc, commit(t, OPTS)', preallocOpts: true });
+  ALL_WORKLOADS.push({ format: 'split', kind: 'indirect-3', batch, buffers: 3, label: 'diag: indirect, commit(t, OPTS)', preallocOpts: true });
 }
 
-const key = (w: Workload): string => `${w.kind}/${w.batch}${w.preallocOpts ? '/opts' : ''}`;
+const key = (w: Workload): string => `${w.format === 'packed' ? 'packed:' : ''}${w.kind}/${w.batch}${w.preallocOpts ? '/opts' : ''}`;
 const FILTER = process.env.BENCH_FILTER;
 const WORKLOADS = FILTER ? ALL_WORKLOADS.filter((w) => key(w).includes(FILTER)) : ALL_WORKLOADS;
 
@@ -88,18 +102,18 @@ const SLOT_STRIDE = 1024;
 const MEM_SIZE = DATA_BASE + QUEUE_SIZE * SLOT_STRIDE + 0x1000;
 const COMMIT_OPTS: { indirect?: boolean } = {};
 
-class Rig {
+/** What the report needs from a rig, whatever its ring format. */
+abstract class RigBase {
   readonly mem: GuestMemory;
   readonly drvMon = new Monitor();
   readonly devMon = new Monitor();
-  readonly drv: SplitDriverQueue;
-  readonly dev: SplitDeviceQueue;
-  readonly chain: DescriptorChain;
   /** Preallocated request objects used as tokens (what a real driver passes to commit). */
   readonly reqs: { slot: number }[] = [];
   readonly kind: Kind;
   readonly batch: number;
   readonly preallocOpts: boolean;
+  readonly indirect: boolean;
+  readonly indirectMax: number;
   slot = 0;
   kicks = 0;
   interrupts = 0;
@@ -107,19 +121,48 @@ class Rig {
   committed = 0;
   collected = 0;
   sinkCalls = 0;
+  protected readonly sink = (): void => {
+    this.sinkCalls++;
+  };
+  abstract readonly drv: { readonly numFree: number; readonly broken: boolean };
+  abstract readonly dev: { readonly broken: boolean };
 
-  constructor(w: Workload) {
+  constructor(w: Workload, footprint: (size: number, indirectMax: number) => number) {
     this.kind = w.kind;
     this.batch = w.batch;
     this.preallocOpts = w.preallocOpts === true;
-    const indirect = w.kind === 'indirect-3';
-    const indirectMax = indirect ? INDIRECT_MAX : 0;
-    if (splitQueueFootprint(QUEUE_SIZE, indirectMax) + 0x1000 > DATA_BASE) throw new Error('rings do not fit below the data area');
+    this.indirect = w.kind === 'indirect-3';
+    this.indirectMax = this.indirect ? INDIRECT_MAX : 0;
+    if (footprint(QUEUE_SIZE, this.indirectMax) + 0x1000 > DATA_BASE) throw new Error('rings do not fit below the data area');
     this.mem = GuestMemory.create(MEM_SIZE);
+    for (let i = 0; i < QUEUE_SIZE; i++) this.reqs.push({ slot: i });
+  }
+
+  /** Runs `n` round trips (n a multiple of the batch). */
+  abstract run(n: number): void;
+
+  /** null when everything came back and nobody reported a verdict; else what went wrong. */
+  sound(): string | null {
+    if (this.collected !== this.committed) return `collected ${this.collected} of ${this.committed}`;
+    if (this.drv.numFree !== QUEUE_SIZE) return `driver has ${this.drv.numFree} free descriptors`;
+    if (this.drv.broken || this.dev.broken) return 'queue broken';
+    if (this.drvMon.total + this.devMon.total + this.sinkCalls > 0) {
+      const v = this.drvMon.verdicts[0] ?? this.devMon.verdicts[0];
+      return `verdicts: ${v ? `${v.clause}: ${v.message}` : this.sinkCalls}`;
+    }
+    return null;
+  }
+}
+
+class SplitRig extends RigBase {
+  readonly drv: SplitDriverQueue;
+  readonly dev: SplitDeviceQueue;
+  readonly chain: DescriptorChain;
+
+  constructor(w: Workload) {
+    super(w, splitQueueFootprint);
+    const { indirect, indirectMax } = this;
     const lay = layoutSplitQueue(0x1000, QUEUE_SIZE, indirectMax);
-    const sink = (): void => {
-      this.sinkCalls++;
-    };
     this.drv = new SplitDriverQueue(
       this.mem,
       0,
@@ -127,9 +170,9 @@ class Rig {
       { desc: lay.desc, avail: lay.avail, used: lay.used },
       indirect ? { eventIdx: true, indirect: true, indirectPool: lay.pool, indirectMax } : { eventIdx: true, indirect: false },
       this.drvMon,
-      sink,
+      this.sink,
     );
-    this.dev = new SplitDeviceQueue(this.mem, 0, QUEUE_SIZE, this.devMon, sink);
+    this.dev = new SplitDeviceQueue(this.mem, 0, QUEUE_SIZE, this.devMon, this.sink);
     this.dev.size = QUEUE_SIZE;
     this.dev.descAddr = lay.desc;
     this.dev.availAddr = lay.avail;
@@ -137,10 +180,9 @@ class Rig {
     this.dev.enabled = true;
     if (!this.dev.activate({ eventIdx: true, indirect })) throw new Error('device queue did not activate');
     this.chain = this.dev.newChain();
-    for (let i = 0; i < QUEUE_SIZE; i++) this.reqs.push({ slot: i });
   }
 
-  /** Runs `n` round trips (n a multiple of the batch). */
+  // The same loop as PackedRig.run, kept as a separate copy on purpose (see the header).
   run(n: number): void {
     const drv = this.drv;
     const dev = this.dev;
@@ -178,19 +220,78 @@ class Rig {
       this.batches++;
     }
   }
+}
 
-  /** null when everything came back and nobody reported a verdict; else what went wrong. */
-  sound(): string | null {
-    if (this.collected !== this.committed) return `collected ${this.collected} of ${this.committed}`;
-    if (this.drv.numFree !== QUEUE_SIZE) return `driver has ${this.drv.numFree} free descriptors`;
-    if (this.drv.broken || this.dev.broken) return 'queue broken';
-    if (this.drvMon.total + this.devMon.total + this.sinkCalls > 0) {
-      const v = this.drvMon.verdicts[0] ?? this.devMon.verdicts[0];
-      return `verdicts: ${v ? `${v.clause}: ${v.message}` : this.sinkCalls}`;
+class PackedRig extends RigBase {
+  readonly drv: PackedDriverQueue;
+  readonly dev: PackedDeviceQueue;
+  readonly chain: DescriptorChain;
+
+  constructor(w: Workload) {
+    super(w, packedQueueFootprint);
+    const { indirect, indirectMax } = this;
+    const lay = layoutPackedQueue(0x1000, QUEUE_SIZE, indirectMax);
+    this.drv = new PackedDriverQueue(
+      this.mem,
+      0,
+      QUEUE_SIZE,
+      { desc: lay.desc, avail: lay.avail, used: lay.used },
+      indirect ? { eventIdx: true, indirect: true, indirectPool: lay.pool, indirectMax } : { eventIdx: true, indirect: false },
+      this.drvMon,
+      this.sink,
+    );
+    this.dev = new PackedDeviceQueue(this.mem, 0, QUEUE_SIZE, this.devMon, this.sink);
+    this.dev.size = QUEUE_SIZE;
+    this.dev.descAddr = lay.desc;
+    this.dev.availAddr = lay.avail;
+    this.dev.usedAddr = lay.used;
+    this.dev.enabled = true;
+    if (!this.dev.activate({ eventIdx: true, indirect })) throw new Error('device queue did not activate');
+    this.chain = this.dev.newChain();
+  }
+
+  // The same loop as SplitRig.run, kept as a separate copy on purpose (see the header).
+  run(n: number): void {
+    const drv = this.drv;
+    const dev = this.dev;
+    const chain = this.chain;
+    const batch = this.batch;
+    const oneDesc = this.kind === 'direct-1';
+    const prealloc = this.preallocOpts;
+    for (let done = 0; done < n; done += batch) {
+      // Driver: build and expose a batch.
+      for (let i = 0; i < batch; i++) {
+        const slot = this.slot;
+        this.slot = (slot + 1) & (QUEUE_SIZE - 1);
+        const base = DATA_BASE + slot * SLOT_STRIDE;
+        drv.begin();
+        if (oneDesc) drv.addWritable(base, 512);
+        else drv.addReadable(base, 16).addReadable(base + 64, 512).addWritable(base + 576, 1);
+        const head = prealloc ? drv.commit(this.reqs[slot], COMMIT_OPTS) : drv.commit(this.reqs[slot]);
+        if (head < 0) throw new Error('queue full');
+      }
+      if (drv.publish()) this.kicks++;
+      // Device: drain, re-arm notifications (device event suppression), publish the used batch.
+      for (;;) {
+        while (dev.pop(chain)) dev.addUsed(chain.head, chain.writableBytes);
+        if (!dev.enableNotifications()) break;
+      }
+      if (dev.publish()) this.interrupts++;
+      // Driver: collect, re-arm interrupts (driver event suppression: off_wrap, RING_EVENT_FLAGS_DESC).
+      let got = 0;
+      for (;;) {
+        while (drv.getUsed() !== undefined) got++;
+        if (!drv.enableInterrupts()) break;
+      }
+      this.committed += batch;
+      this.collected += got;
+      this.batches++;
     }
-    return null;
   }
 }
+
+type Rig = SplitRig | PackedRig;
+const makeRig = (w: Workload): Rig => (w.format === 'packed' ? new PackedRig(w) : new SplitRig(w));
 
 // ---------------------------------------------------------------------------------------
 // Child mode: count the guest-memory accesses one round trip makes (DataView get/set and
@@ -219,7 +320,7 @@ function countAccessesChild(): void {
   }
   const out: Record<string, number> = {};
   for (const w of WORKLOADS) {
-    const rig = new Rig(w);
+    const rig = makeRig(w);
     rig.run(1024);
     count = 0;
     rig.run(1024);
@@ -394,11 +495,11 @@ async function main(): Promise<void> {
     `virtio-ts ring bench | node ${process.version} (V8 ${process.versions.v8}) | ${cpus[0]?.model?.trim() ?? 'unknown CPU'} (${cpus.length} cpus) | ${new Date().toISOString()}`,
   );
   console.log(
-    `split queue size ${QUEUE_SIZE}, EVENT_IDX on, one core, ring work only (no payload copies); ${ROUNDS} interleaved rounds x ${TIME_MS} ms per row, ${CHAINS_PER_ITER} chains per sample, medians`,
+    `split and packed queues of size ${QUEUE_SIZE}, EVENT_IDX on, one core, ring work only (no payload copies); ${ROUNDS} interleaved rounds x ${TIME_MS} ms per row, ${CHAINS_PER_ITER} chains per sample, medians`,
   );
 
   // Soundness first: every rig must give back all it took, with no verdicts.
-  const rigs = WORKLOADS.map((w) => new Rig(w));
+  const rigs = WORKLOADS.map((w) => makeRig(w));
   for (const [i, rig] of rigs.entries()) {
     rig.run(65536); // also a warm-up of the shared code with every chain shape
     const bad = rig.sound();
@@ -426,7 +527,7 @@ async function main(): Promise<void> {
   const refU8 = measureAlloc(allocU8, ALLOC_N);
   const refNone = measureAlloc((n) => refLoop(n * 32), ALLOC_N);
   const allocs = WORKLOADS.map((w) => {
-    const rig = new Rig(w);
+    const rig = makeRig(w);
     return measureAlloc((n) => rig.run(n), ALLOC_N);
   });
 
@@ -476,6 +577,7 @@ async function main(): Promise<void> {
     const speedGoal = descsPerS >= GOAL_DESCS_PER_S ? 'met' : 'MISSED';
     const heapGoal = alloc.valid ? (alloc.perIter <= GOAL_BYTES_PER_CHAIN + 0.5 ? 'met' : 'MISSED') : '?';
     rows.push([
+      w.format,
       w.label,
       String(w.batch),
       String(w.buffers),
@@ -493,16 +595,54 @@ async function main(): Promise<void> {
   });
   console.log(
     table(
-      ['workload', 'batch', 'bufs', 'ns/chain', 'IQR', 'chains/s', 'descs/s', 'kick/irq per batch', 'acc/chain', 'x ref', 'heap B/chain', '>=5M desc/s', '0 B/chain'],
+      ['ring', 'workload', 'batch', 'bufs', 'ns/chain', 'IQR', 'chains/s', 'descs/s', 'kick/irq per batch', 'acc/chain', 'x ref', 'heap B/chain', '>=5M desc/s', '0 B/chain'],
       rows,
-      [false, true, true, true, true, true, true, true, true, true, true, false, false],
+      [false, false, true, true, true, true, true, true, true, true, true, true, false, false],
     ),
   );
   console.log('goals: >= 5 M descriptors/s on one core; 0 bytes allocated per chain in steady state.');
   console.log(
-    "'diag' rows call commit(token, OPTS) with a preallocated OPTS instead of commit(token); the difference in heap B/chain is what " +
-      'SplitDriverQueue.commit allocates through its default parameter `options = {}` (an empty object literal: 3 header words + 4 in-object slack slots).',
+    "'diag' rows call commit(token, OPTS) with a preallocated OPTS instead of commit(token); a difference in heap B/chain would be what " +
+      'SplitDriverQueue.commit allocates when called without options (it once had a default parameter `options = {}`, an object literal per call).',
   );
+
+  // --- Packed against split, workload by workload (same process, same interleaved rounds). ---
+  const pairs: [Workload, number, Workload, number][] = [];
+  WORKLOADS.forEach((w, i) => {
+    if (w.format !== 'packed') return;
+    const j = WORKLOADS.findIndex((v) => v.format === 'split' && v.kind === w.kind && v.batch === w.batch && !v.preallocOpts && !w.preallocOpts);
+    if (j >= 0) pairs.push([WORKLOADS[j], j, w, i]);
+  });
+  if (pairs.length > 0) {
+    console.log('');
+    console.log(
+      `packed / split: ratio of median time per chain (< 1: packed faster); goal: packed within ${Math.round((GOAL_PACKED_RATIO - 1) * 100)}% of split or faster, and 0 B/chain`,
+    );
+    const ratioRows = pairs.map(([sw, si_, pw, pi]) => {
+      const ns = (w: Workload) => (timings.get(key(w))!.median * 1e6) / CHAINS_PER_ITER;
+      const r = ns(pw) / ns(sw);
+      const heap = allocs[pi];
+      const heapMet = heap.valid && heap.perIter <= GOAL_BYTES_PER_CHAIN + 0.5 && allocs[si_].valid;
+      return [
+        pw.label,
+        String(pw.batch),
+        ns(sw).toFixed(1),
+        ns(pw).toFixed(1),
+        `${r.toFixed(3)}`,
+        `${((r - 1) * 100).toFixed(1)}%`,
+        fmtBytes(heap),
+        r <= GOAL_PACKED_RATIO ? 'met' : 'MISSED',
+        heapMet ? 'met' : heap.valid ? 'MISSED' : '?',
+      ];
+    });
+    console.log(
+      table(
+        ['workload', 'batch', 'split ns/chain', 'packed ns/chain', 'packed/split', 'packed vs split', 'packed heap B/chain', `<= ${GOAL_PACKED_RATIO.toFixed(2)}x`, '0 B/chain'],
+        ratioRows,
+        [false, true, true, true, true, true, true, false, false],
+      ),
+    );
+  }
 
   for (const [i, rig] of rigs.entries()) {
     const bad = rig.sound();

