@@ -38,6 +38,12 @@ export interface MemoryRegionInit {
   offset?: number;
   /** Frontend (VMM) virtual address of the first byte, for vhost-user ring translation. */
   userAddr?: number;
+  /**
+   * Whether another thread or process writes this memory while we run (vhost-user vCPUs, a
+   * worker): ring indices then go through Atomics. Default: true for a SharedArrayBuffer.
+   * Atomics on memory nobody else touches only cost time.
+   */
+  concurrent?: boolean;
 }
 
 /** One contiguous piece of guest memory with its preallocated views. */
@@ -49,7 +55,7 @@ export class MemoryRegion {
   readonly userAddr: number | undefined;
   readonly bytes: Uint8Array;
   readonly view: DataView;
-  /** 16-bit view over the region when its byte offset is even (index = offset >> 1). */
+  /** 16-bit view for Atomics on ring indices, when the region is concurrent and its offset even. */
   readonly u16: Uint16Array | null;
   /** 32-bit view over the region when its byte offset is a multiple of 4. */
   readonly u32: Uint32Array | null;
@@ -78,7 +84,8 @@ export class MemoryRegion {
     this.userAddr = init.userAddr;
     this.bytes = new Uint8Array(init.buffer, offset, init.size);
     this.view = new DataView(init.buffer, offset, init.size);
-    this.u16 = offset % 2 === 0 ? new Uint16Array(init.buffer, offset, Math.floor(init.size / 2)) : null;
+    const concurrent = init.concurrent ?? (typeof SharedArrayBuffer !== 'undefined' && init.buffer instanceof SharedArrayBuffer);
+    this.u16 = concurrent && offset % 2 === 0 ? new Uint16Array(init.buffer, offset, Math.floor(init.size / 2)) : null;
     this.u32 = offset % 4 === 0 ? new Uint32Array(init.buffer, offset, Math.floor(init.size / 4)) : null;
   }
 

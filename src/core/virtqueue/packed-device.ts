@@ -81,6 +81,7 @@ export class PackedDeviceQueue {
    */
   private readonly idLinear = new Float64Array(65536).fill(-1);
   private readonly idCount = new Uint16Array(65536);
+  private readonly idSlot = new Uint16Array(65536);
   /** Per ring slot: the descriptor as the device read it (packed.desc-table.driver.2). */
   private readonly shadowAddr: Float64Array;
   private readonly shadowLen: Uint32Array;
@@ -233,7 +234,9 @@ export class PackedDeviceQueue {
   kickAudit(_notified: boolean): void {}
 
   pop(chain: DescriptorChain): boolean {
-    if (!this.hasAvailable()) return false;
+    if (!this.active || this.broken) return false;
+    const firstFlags = this.flagsAt(this.nextAvail);
+    if (!isAvailable(firstFlags, this.availWrap)) return false;
     const size = this.size;
     const view = this.ring!.view;
     const base = this.ringOff;
@@ -256,7 +259,7 @@ export class PackedDeviceQueue {
         return false;
       }
       const o = base + slot * PDESC_SIZE;
-      const flags = view.getUint16(o + 14, true);
+      const flags = count === 0 ? firstFlags : view.getUint16(o + 14, true);
       if (count > 0 && !isAvailable(flags, wrap)) {
         this.violation('packed.scatter-gather-support.driver.6', `the first descriptor of the list at slot ${first} was made available before descriptor ${slot} of the same list`, { slot: first, at: slot }, true);
         return false;
@@ -314,6 +317,7 @@ export class PackedDeviceQueue {
     chain.tableDescriptors = count;
     this.idLinear[id] = this.availLinear;
     this.idCount[id] = count;
+    this.idSlot[id] = first;
     if (this.inOrder) {
       this.order[this.orderTail++ % size] = id;
       this.idWritable[id] = chain.writableBytes;
@@ -386,7 +390,7 @@ export class PackedDeviceQueue {
     const linear = this.idLinear[id];
     if (linear < 0 || this.stashed[id] === 1) return;
     const count = this.idCount[id];
-    if (!this.broken) this.checkUnaltered(linear, count, id);
+    if (!this.broken) this.checkUnaltered(linear, this.idSlot[id], count, id);
     if (this.inOrder) {
       this.returnInOrder(id, len);
       return;
@@ -457,13 +461,12 @@ export class PackedDeviceQueue {
    * slots the device has not released yet (the used pointer may have passed some of them when
    * other buffers completed first; those the driver may reuse).
    */
-  private checkUnaltered(linear: number, count: number, id: number): void {
+  private checkUnaltered(linear: number, first: number, count: number, id: number): void {
     const view = this.ring!.view;
-    for (let i = 0; i < count; i++) {
+    for (let i = 0, s = first; i < count; i++, s = s + 1 === this.size ? 0 : s + 1) {
       // Passed by the used pointer: the device wrote a used descriptor there or skipped it
       // (and once published the driver may reuse it). Only slots ahead of it must be intact.
       if (linear + i < this.usedLinear) continue;
-      const s = (linear + i) % this.size;
       const o = this.ringOff + s * PDESC_SIZE;
       const addr = view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32;
       if (

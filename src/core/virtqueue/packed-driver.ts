@@ -209,7 +209,7 @@ export class PackedDriverQueue {
       const base = table - r.guestAddr;
       for (let i = 0; i < n; i++) {
         const o = base + i * PDESC_SIZE;
-        r.view.setUint32(o, seg.addrs[i] % TWO_32, true);
+        r.view.setUint32(o, seg.addrs[i] >>> 0, true);
         r.view.setUint32(o + 4, Math.floor(seg.addrs[i] / TWO_32), true);
         r.view.setUint32(o + 8, seg.lens[i], true);
         r.view.setUint16(o + 12, 0, true);
@@ -260,7 +260,7 @@ export class PackedDriverQueue {
     this.checkSlot(slot);
     const view = this.ring.view;
     const o = this.ringOff + slot * PDESC_SIZE;
-    view.setUint32(o, addr % TWO_32, true);
+    view.setUint32(o, addr >>> 0, true);
     view.setUint32(o + 4, Math.floor(addr / TWO_32), true);
     view.setUint32(o + 8, len, true);
     view.setUint16(o + 12, id, true);
@@ -271,7 +271,7 @@ export class PackedDriverQueue {
       this.pendingCount++;
     } else view.setUint16(o + 14, flags, true);
     const s = slot * 4;
-    this.shadow[s] = addr % TWO_32;
+    this.shadow[s] = addr >>> 0;
     this.shadow[s + 1] = Math.floor(addr / TWO_32);
     this.shadow[s + 2] = len;
     this.shadow[s + 3] = (id | (flags << 16)) >>> 0;
@@ -338,13 +338,16 @@ export class PackedDriverQueue {
 
   getUsed(): unknown {
     if (this.batchLeft > 0) return this.nextOfBatch();
-    if (!this.peekUsed()) return undefined;
+    if (this.broken || this.inFlightCount === 0) return undefined;
     const slot = this.lastUsed;
+    const flags = this.flagsAt(slot); // read once: it decides, and it is what we record
+    if (!isUsed(flags, this.usedWrap)) return undefined;
     const view = this.ring.view;
     const o = this.ringOff + slot * PDESC_SIZE;
     const id = view.getUint16(o + 12, true);
+    const rawLen = view.getUint32(o + 8, true);
     // 2.8.4: without WRITE in the used descriptor nothing was written; len is reserved.
-    const len = view.getUint16(o + 14, true) & PDESC_F_WRITE ? view.getUint32(o + 8, true) : 0;
+    const len = flags & PDESC_F_WRITE ? rawLen : 0;
     if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
       if (id < this.size && this.skipped[id] === 1) {
         this.report('reserved.bits.device.5', `with IN_ORDER the device marked buffer ${id} used after a later buffer's used descriptor already covered it`, { id, slot }, true);
@@ -361,23 +364,24 @@ export class PackedDriverQueue {
         while (k < this.inFlightCount && this.order[(this.orderHead + k) % this.size] !== id) k++;
         this.batchLeft = k + 1; // the buffers before `id`, and `id` itself
         this.batchLastLen = len;
-        this.updateShadow(slot, o, id);
+        this.updateShadow(slot, rawLen, id, flags);
         return this.nextOfBatch();
       }
       this.orderHead++;
     }
-    this.updateShadow(slot, o, id);
+    this.updateShadow(slot, rawLen, id, flags);
     return this.finish(id, len);
   }
 
   /** The device wrote this slot as a used descriptor: that is now the expected content. */
-  private updateShadow(slot: number, o: number, id: number): void {
-    const view = this.ring.view;
+  private updateShadow(slot: number, len: number, id: number, flags: number): void {
     const s = slot * 4;
-    this.shadow[s] = view.getUint32(o, true);
-    this.shadow[s + 1] = view.getUint32(o + 4, true);
-    this.shadow[s + 2] = view.getUint32(o + 8, true);
-    this.shadow[s + 3] = (id | (view.getUint16(o + 14, true) << 16)) >>> 0;
+    // Element Address is unused in a used descriptor (2.8.5), so whatever is there now counts.
+    const o = this.ringOff + slot * PDESC_SIZE;
+    this.shadow[s] = this.ring.view.getUint32(o, true);
+    this.shadow[s + 1] = this.ring.view.getUint32(o + 4, true);
+    this.shadow[s + 2] = len;
+    this.shadow[s + 3] = (id | (flags << 16)) >>> 0;
   }
 
   /** The next buffer of an IN_ORDER batch: the oldest one out. */
@@ -391,7 +395,7 @@ export class PackedDriverQueue {
 
   /** Hands buffer `id` back with `len` bytes and skips its slots. */
   private finish(id: number, len: number): unknown {
-    const rec = this.readable.get(id);
+    const rec = this.options.auditReadable ? this.readable.get(id) : undefined;
     if (rec !== undefined) {
       this.readable.delete(id);
       let h = 2166136261;

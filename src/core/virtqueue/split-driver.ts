@@ -250,7 +250,7 @@ export class SplitDriverQueue {
   }
 
   private writeDesc(view: DataView, o: number, addr: number, len: number, flags: number, next: number): void {
-    view.setUint32(o, addr % TWO_32, true);
+    view.setUint32(o, addr >>> 0, true);
     view.setUint32(o + 4, Math.floor(addr / TWO_32), true);
     view.setUint32(o + 8, len, true);
     view.setUint16(o + 12, flags, true);
@@ -260,7 +260,7 @@ export class SplitDriverQueue {
   private putTableDesc(idx: number, addr: number, len: number, flags: number, next: number): void {
     this.writeDesc(this.desc.view, this.descOff + idx * DESC_SIZE, addr, len, flags, next);
     const s = idx * 4;
-    this.shadow[s] = addr % TWO_32;
+    this.shadow[s] = addr >>> 0;
     this.shadow[s + 1] = Math.floor(addr / TWO_32);
     this.shadow[s + 2] = len;
     this.shadow[s + 3] = flags | (next << 16);
