@@ -25,6 +25,10 @@ import { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, USED_RING, availEventOffse
 import { LoopbackTransport } from '../transports/loopback.js';
 import { RngDevice, type RngDeviceOptions } from '../devices/rng.js';
 import { RngDriver } from '../drivers/rng.js';
+import { BlkDevice, BlkType, type BlkDeviceOptions } from '../devices/blk.js';
+import { MemoryBlockBackend } from '../devices/blk-backend.js';
+import { BlkDriver } from '../drivers/blk.js';
+import { BLK_FEATURES } from '../core/device-types.js';
 
 export interface ScenarioOutcome {
   /** Verdicts of the monitor on the observing side. */
@@ -1172,7 +1176,148 @@ export const SCENARIOS: readonly Scenario[] = [
     {},
     ALL | bit(Feature.RING_RESET),
   ),
+
+  // ---------------------------------------------------------------- block: driver
+  blkRaw('blk.device-operation.driver.2', 'driver reads the sector just past the end of the disk', { type: BlkType.IN, sector: 2048, writable: 512 }),
+  blkRaw('blk.device-operation.driver.4', 'driver sends a FLUSH with sector 5', { type: BlkType.FLUSH, sector: 5 }),
+  blkRaw('blk.device-operation.driver.6', 'driver reads 100 bytes (not a multiple of 512)', { type: BlkType.IN, sector: 0, writable: 100 }),
+  blkRaw('blk.device-operation.driver.7', 'driver sends a DISCARD with 24 bytes of segments', { type: BlkType.DISCARD, sector: 0, segments: [[0, 1, 0]], extra: 8 }),
+  blkRaw('blk.device-operation.driver.8', 'driver asks GET_ID for 10 bytes', { type: BlkType.GET_ID, sector: 0, writable: 10 }),
+  blkRaw('blk.device-operation.driver.9', 'driver sends 2 discard segments to a device that takes 1', { type: BlkType.DISCARD, sector: 0, segments: [[0, 1, 0], [8, 1, 0]] }),
+  blkRaw('blk.device-operation.driver.10', 'driver sends 2 secure-erase segments to a device that takes 1', { type: BlkType.SECURE_ERASE, sector: 0, segments: [[0, 1, 0], [8, 1, 0]] }),
+  blkRaw('blk.device-operation.driver.11', 'driver sends 2 write-zeroes segments to a device that takes 1', { type: BlkType.WRITE_ZEROES, sector: 0, segments: [[0, 1, 0], [8, 1, 0]] }),
+  blkRaw('blk.device-operation.driver.14', 'driver sets the unmap flag on a discard', { type: BlkType.DISCARD, sector: 0, segments: [[0, 1, 1]] }),
+  blkRaw('struct.blk-status.driver.1', 'driver sends a request with no status byte', { type: BlkType.IN, sector: 0, noStatus: true }),
+  {
+    clause: 'blk.device-init.driver.4',
+    culprit: 'driver',
+    title: 'driver reads the writeback field before FEATURES_OK',
+    async run(mode = 'strict') {
+      const r = blkRig(mode);
+      await r.transport.setStatus(0);
+      await r.transport.setStatus(S.ACKNOWLEDGE);
+      await r.transport.setStatus(S.ACKNOWLEDGE | S.DRIVER);
+      await r.transport.readConfig(32, 1);
+      return outcome(r, 'driver');
+    },
+  },
+
+  // ---------------------------------------------------------------- block: device
+  blkDeviceScenario('blk.device-init.device.2', 'device offers VIRTIO_BLK_F_CONFIG_WCE without VIRTIO_BLK_F_FLUSH', (d) => d.withholdFeatures(bit(BLK_FEATURES.FLUSH))),
+  blkDeviceScenario('blk.device-init.device.1', 'device offers neither VIRTIO_BLK_F_FLUSH nor a cache switch', (d) => d.withholdFeatures(bit(BLK_FEATURES.FLUSH) | bit(BLK_FEATURES.CONFIG_WCE))),
+  blkDeviceScenario(
+    'blk.device-init.device.3',
+    'device keeps writeback at 1 although CONFIG_WCE was negotiated without FLUSH',
+    () => undefined,
+    { device: (o) => new StickyWritebackBlk(o), driverFeatures: bit(BLK_FEATURES.CONFIG_WCE) },
+  ),
+  blkDeviceScenario('blk.device-init.device.4', 'device leaves a non-zero byte in the unused0 padding', (d) => (d as unknown as { config: Uint8Array }).config.fill(1, 33, 34)),
+  {
+    clause: 'blk.device-operation.device.3',
+    culprit: 'device',
+    title: 'read-only device completes a write with OK',
+    async run(mode = 'strict') {
+      const r = blkRig(mode, { device: (o) => new CarelessReadOnlyBlk(o) });
+      await (r.driver as BlkDriver).start();
+      await (r.driver as BlkDriver).write(0, new Uint8Array(512)).catch(() => undefined);
+      return outcome(r, 'device');
+    },
+  },
 ];
+
+// ------------------------------------------------------------------ block helpers
+
+/** A block device that forgets to start in writethrough when FLUSH is not negotiated. */
+class StickyWritebackBlk extends BlkDevice {
+  protected override onFeaturesOk(): void {}
+}
+
+/** A block device offered read-only that writes anyway. */
+class CarelessReadOnlyBlk extends BlkDevice {
+  constructor(o: BlkDeviceOptions) {
+    super({ ...o, readOnly: true });
+  }
+  protected override refusesWrites(): boolean {
+    return false;
+  }
+}
+
+function blkRig(mode: MonitorMode, o: { device?: (o: BlkDeviceOptions) => BlkDevice; driverFeatures?: bigint } = {}): Rig {
+  const devMon = new Monitor({ mode });
+  const drvMon = new Monitor({ mode });
+  const options: BlkDeviceOptions = { backend: new MemoryBlockBackend(1 << 20), monitor: devMon, maxSegments: 1 };
+  const device = o.device ? o.device(options) : new BlkDevice(options);
+  device.withholdFeatures(bit(Feature.RING_PACKED));
+  const mem = GuestMemory.create(4 << 20);
+  const transport = new LoopbackTransport(device, mem);
+  const driver = new BlkDriver(transport, { monitor: drvMon, transportFeatures: ALL, ...(o.driverFeatures !== undefined ? { deviceFeatures: o.driverFeatures } : {}) });
+  return { mem, device, transport, driver, devMon, drvMon };
+}
+
+interface RawBlk {
+  type: number;
+  sector: number;
+  /** Device-writable data bytes before the status byte. */
+  writable?: number;
+  /** Segments {sector, sectors, flags} as driver-to-device data. */
+  segments?: [number, number, number][];
+  /** Extra driver-to-device bytes after the segments. */
+  extra?: number;
+  noStatus?: boolean;
+}
+
+/** A block request written by hand on a live split queue. */
+function blkRaw(clause: string, title: string, req: RawBlk): Scenario {
+  return {
+    clause,
+    culprit: 'driver',
+    title,
+    async run(mode = 'strict') {
+      const r = blkRig(mode);
+      const d = r.driver as BlkDriver;
+      await d.start();
+      const q = d.queues[0];
+      const out = (req.segments?.length ?? 0) * 16 + (req.extra ?? 0);
+      const inn = req.writable ?? 0;
+      const base = d.allocator.alloc(16 + out + inn + 1, 16);
+      r.mem.writeU32(base, req.type);
+      r.mem.writeU64(base + 8, BigInt(req.sector));
+      (req.segments ?? []).forEach(([sector, sectors, flags], i) => {
+        r.mem.writeU64(base + 16 + 16 * i, BigInt(sector));
+        r.mem.writeU32(base + 24 + 16 * i, sectors);
+        r.mem.writeU32(base + 28 + 16 * i, flags);
+      });
+      q.begin().addReadable(base, 16);
+      if (out > 0) q.addReadable(base + 16, out);
+      if (inn > 0) q.addWritable(base + 16 + out, inn);
+      if (!req.noStatus) q.addWritable(base + 16 + out + inn, 1);
+      // A token shaped like the driver's own requests, so its completion is handled as usual.
+      q.commit({ mem: base, dataLen: out + inn, resolve: () => undefined, reject: () => undefined }, { indirect: false });
+      d.kick(q);
+      await sleep(5);
+      return outcome(r, 'driver');
+    },
+  };
+}
+
+function blkDeviceScenario(
+  clause: string,
+  title: string,
+  twist: (d: BlkDevice) => void,
+  o: { device?: (o: BlkDeviceOptions) => BlkDevice; driverFeatures?: bigint } = {},
+): Scenario {
+  return {
+    clause,
+    culprit: 'device',
+    title,
+    async run(mode = 'strict') {
+      const r = blkRig(mode, o);
+      twist(r.device as BlkDevice);
+      await (r.driver as BlkDriver).start().catch(() => undefined);
+      return outcome(r, 'device');
+    },
+  };
+}
 
 // ------------------------------------------------------------------ packed helpers
 

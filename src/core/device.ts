@@ -331,6 +331,7 @@ export abstract class VirtioDevice {
     this.negotiatedOnce = f;
     // The ring format is fixed from here on (queues are configured after FEATURES_OK).
     this.makeQueues(hasFeature(f, Feature.RING_PACKED) ? 'packed' : 'split');
+    this.onFeaturesOk(f);
     return true;
   }
 
@@ -681,6 +682,8 @@ export abstract class VirtioDevice {
 
   /** Takes the buffers of a live queue and completes them. */
   protected abstract processQueue(q: DeviceQueue): void;
+  /** FEATURES_OK was accepted with these features (config fields that depend on them are set here). */
+  protected onFeaturesOk(_features: bigint): void {}
   /** DRIVER_OK was accepted. */
   protected onDriverOk(): void {}
   /** Reset or FAILED: stop any work in progress. */

@@ -48,6 +48,8 @@ const ID_BYTES = 20;
 
 export interface BlkDeviceOptions {
   backend: BlockBackend;
+  /** Offer the disk read-only even if the backend could write (`--read-only`). */
+  readOnly?: boolean;
   monitor?: Monitor;
   /** Request queues (VIRTIO_BLK_F_MQ when more than one). */
   numQueues?: number;
@@ -82,6 +84,7 @@ export class BlkDevice extends VirtioDevice {
   private inFlight = 0;
   private epoch = 0;
   private writeback: boolean;
+  private readonly initialWriteback: boolean;
   private readonly toPublish = new Set<DeviceQueue>();
   private publishScheduled = false;
   /** Requests served, by outcome (tests and logs). */
@@ -95,7 +98,7 @@ export class BlkDevice extends VirtioDevice {
     let features =
       bit(f.SIZE_MAX) | bit(f.SEG_MAX) | bit(f.BLK_SIZE) | bit(f.FLUSH) | bit(f.TOPOLOGY) | bit(f.CONFIG_WCE) | bit(f.WRITE_ZEROES) | bit(f.SECURE_ERASE);
     if (b.discard !== undefined) features |= bit(f.DISCARD);
-    if (b.readOnly) features |= bit(f.RO);
+    if (b.readOnly || options.readOnly) features |= bit(f.RO);
     if (numQueues > 1) features |= bit(f.MQ);
     super({ deviceId: DeviceId.BLOCK, numQueues, queueMaxSize, deviceFeatures: features, configSize: BlkConfig.size, monitor: options.monitor, name: 'virtio-blk' });
     this.backend = b;
@@ -103,7 +106,7 @@ export class BlkDevice extends VirtioDevice {
     this.maxInFlight = options.maxInFlight ?? 128;
     this.maxSegments = options.maxSegments ?? 1;
     this.segMax = options.segMax ?? Math.max(1, queueMaxSize - 2);
-    this.writeback = options.writeback ?? true;
+    this.writeback = this.initialWriteback = options.writeback ?? true;
     const v = this.configView;
     const sectors = Math.floor(b.size / SECTOR);
     v.setBigUint64(BlkConfig.capacity, BigInt(sectors), true);
@@ -151,14 +154,24 @@ export class BlkDevice extends VirtioDevice {
     }
   }
 
-  protected override onDriverOk(): void {
-    // blk.device-init.device.3: CONFIG_WCE without FLUSH starts in writethrough.
-    if (this.negotiated(BLK_FEATURES.CONFIG_WCE) && !this.negotiated(BLK_FEATURES.FLUSH)) {
+  protected override onFeaturesOk(features: bigint): void {
+    // blk.device-init.device.3: CONFIG_WCE without FLUSH starts in writethrough; without FLUSH
+    // at all the driver could never make a write durable, so writethrough it is.
+    if (!hasFeature(features, BLK_FEATURES.FLUSH)) {
       this.writeback = false;
       this.configView.setUint8(BlkConfig.writeback, 0);
     }
-    // Without FLUSH (and without WCE), the driver can never make writes durable: writethrough.
-    if (!this.negotiated(BLK_FEATURES.FLUSH)) this.writeback = false;
+  }
+
+  /** Changes the disk size (the backend grew or shrank): capacity and a config change notification (blk.device-operation.device.2). */
+  resize(): void {
+    const sectors = BigInt(Math.floor(this.backend.size / SECTOR));
+    this.updateConfig((v) => v.setBigUint64(BlkConfig.capacity, sectors, true));
+  }
+
+  protected override onReset(): void {
+    this.writeback = this.initialWriteback;
+    this.configView.setUint8(BlkConfig.writeback, this.writeback ? 1 : 0);
   }
 
   protected override onStop(): void {
@@ -275,11 +288,16 @@ export class BlkDevice extends VirtioDevice {
       return [BlkStatus.IOERR, 0];
     }
     // blk.device-operation.device.3/.4: a read-only disk fails writes and writes nothing.
-    if (this.backend.readOnly || this.negotiated(BLK_FEATURES.RO)) return [BlkStatus.IOERR, 0];
+    if (this.refusesWrites()) return [BlkStatus.IOERR, 0];
     if (!this.checkRange(head, sector, bytes)) return [BlkStatus.IOERR, 0];
     await this.backend.write(sector * SECTOR, [data]);
     await this.stable();
     return [BlkStatus.OK, 0];
+  }
+
+  /** Read-only: the backend cannot write, or VIRTIO_BLK_F_RO is offered (then the driver may not write). */
+  protected refusesWrites(): boolean {
+    return this.backend.readOnly || hasFeature(this.offered, BLK_FEATURES.RO);
   }
 
   /** blk.device-operation.device.13: in writethrough mode a write is durable before it completes. */
@@ -321,7 +339,7 @@ export class BlkDevice extends VirtioDevice {
         return [BlkStatus.UNSUPP, 0];
       }
     }
-    if (this.backend.readOnly || this.negotiated(f.RO)) return [BlkStatus.IOERR, 0];
+    if (this.refusesWrites()) return [BlkStatus.IOERR, 0];
     for (const s of segs) if (!this.checkRange(head, s.sector, s.sectors * SECTOR)) return [BlkStatus.IOERR, 0];
     for (const s of segs) {
       const off = s.sector * SECTOR;
@@ -368,9 +386,9 @@ export class BlkDevice extends VirtioDevice {
     });
   }
 
-  /** Whether the read-only feature is in force. */
+  /** Whether the disk is offered read-only. */
   get readOnly(): boolean {
-    return this.backend.readOnly;
+    return hasFeature(this.offered, BLK_FEATURES.RO);
   }
 
   /** Negotiated multi-queue count. */

@@ -72,6 +72,12 @@ export class BlkDriver extends VirtioDriver {
   /** Initializes the device (3.1.1), reads its configuration and sets up the request queues. */
   async start(): Promise<void> {
     await this.init({
+      check: (offered) => {
+        const f = BLK_FEATURES;
+        const has = (b: number) => ((offered >> BigInt(b)) & 1n) === 1n;
+        if (has(f.CONFIG_WCE) && !has(f.FLUSH)) this.deviceViolation('blk.device-init.device.2', 'device offers VIRTIO_BLK_F_CONFIG_WCE without VIRTIO_BLK_F_FLUSH', {});
+        else if (!has(f.FLUSH)) this.deviceViolation('blk.device-init.device.1', 'device does not offer VIRTIO_BLK_F_FLUSH', {});
+      },
       setup: async () => {
         const f = BLK_FEATURES;
         const cfg = await this.readConfig(async (read) => ({
@@ -83,6 +89,7 @@ export class BlkDriver extends VirtioDriver {
           maxDiscard: this.negotiated(f.DISCARD) ? Number(await read(BlkConfig.maxDiscardSectors, 4)) : 0,
           maxWz: this.negotiated(f.WRITE_ZEROES) ? Number(await read(BlkConfig.maxWriteZeroesSectors, 4)) : 0,
         }));
+        await this.checkConfig();
         this.capacity = cfg.capacity;
         if (cfg.sizeMax > 0) this.sizeMax = cfg.sizeMax;
         this.segMax = Math.max(1, cfg.segMax);
@@ -93,6 +100,17 @@ export class BlkDriver extends VirtioDriver {
         for (let i = 0; i < n; i++) this.requestQueues.push(await this.setupQueue(i));
       },
     });
+  }
+
+  /** Checks the device's config space against what 5.2.5 asks of it. */
+  private async checkConfig(): Promise<void> {
+    const f = BLK_FEATURES;
+    const pads = await this.readConfig(async (read) => [await read(33, 1), await read(57, 1), await read(58, 1), await read(59, 1)]);
+    if (pads.some((b) => Number(b) !== 0)) this.deviceViolation('blk.device-init.device.4', `config padding (unused0, unused1) is not zero: ${pads.join(', ')}`, {});
+    if (this.negotiated(f.CONFIG_WCE) && !this.negotiated(f.FLUSH)) {
+      const wb = Number(await this.transport.readConfig(BlkConfig.writeback, 1));
+      if (wb !== 0) this.deviceViolation('blk.device-init.device.3', `writeback reads ${wb} with CONFIG_WCE but no FLUSH negotiated (must start at 0)`, {});
+    }
   }
 
   /** Reads `into.length` bytes (a multiple of 512) from byte `offset` (a multiple of 512). */
@@ -216,6 +234,9 @@ export class BlkDriver extends VirtioDriver {
         if (status === BlkStatus.OK && into !== null) g.read(mem + 16, into);
       } finally {
         this.allocator.release(mem);
+      }
+      if (status === BlkStatus.OK && this.readOnly && type !== BlkType.IN && type !== BlkType.GET_ID && type !== BlkType.FLUSH) {
+        this.deviceViolation('blk.device-operation.device.3', `read-only device completed a request of type ${type} with OK instead of IOERR`, { type, sector });
       }
       if (status !== BlkStatus.OK) {
         throw new BlkError(`block request type ${type} at sector ${sector} failed: ${status === BlkStatus.IOERR ? 'I/O error' : status === BlkStatus.UNSUPP ? 'unsupported' : `status ${status}`}`, status);
