@@ -1187,6 +1187,18 @@ export const SCENARIOS: readonly Scenario[] = [
   blkRaw('blk.device-operation.driver.10', 'driver sends 2 secure-erase segments to a device that takes 1', { type: BlkType.SECURE_ERASE, sector: 0, segments: [[0, 1, 0], [8, 1, 0]] }),
   blkRaw('blk.device-operation.driver.11', 'driver sends 2 write-zeroes segments to a device that takes 1', { type: BlkType.WRITE_ZEROES, sector: 0, segments: [[0, 1, 0], [8, 1, 0]] }),
   blkRaw('blk.device-operation.driver.14', 'driver sets the unmap flag on a discard', { type: BlkType.DISCARD, sector: 0, segments: [[0, 1, 1]] }),
+  blkRaw('blk.device-operation.driver.5', 'driver puts 512 data bytes in a FLUSH request', { type: BlkType.FLUSH, sector: 0, writable: 512 }),
+  {
+    clause: 'blk.device-operation.driver.3',
+    culprit: 'driver',
+    title: 'driver declines VIRTIO_BLK_F_RO on a read-only disk',
+    async run(mode = 'strict') {
+      const f = BLK_FEATURES;
+      const r = blkRig(mode, { readOnly: true, driverFeatures: bit(f.FLUSH) | bit(f.BLK_SIZE) });
+      await (r.driver as BlkDriver).start().catch(() => undefined);
+      return outcome(r, 'driver');
+    },
+  },
   blkRaw('struct.blk-status.driver.1', 'driver sends a request with no status byte', { type: BlkType.IN, sector: 0, noStatus: true }),
   {
     clause: 'blk.device-init.driver.4',
@@ -1242,10 +1254,10 @@ class CarelessReadOnlyBlk extends BlkDevice {
   }
 }
 
-function blkRig(mode: MonitorMode, o: { device?: (o: BlkDeviceOptions) => BlkDevice; driverFeatures?: bigint } = {}): Rig {
+function blkRig(mode: MonitorMode, o: { device?: (o: BlkDeviceOptions) => BlkDevice; driverFeatures?: bigint; readOnly?: boolean } = {}): Rig {
   const devMon = new Monitor({ mode });
   const drvMon = new Monitor({ mode });
-  const options: BlkDeviceOptions = { backend: new MemoryBlockBackend(1 << 20), monitor: devMon, maxSegments: 1 };
+  const options: BlkDeviceOptions = { backend: new MemoryBlockBackend(1 << 20), monitor: devMon, maxSegments: 1, readOnly: o.readOnly };
   const device = o.device ? o.device(options) : new BlkDevice(options);
   device.withholdFeatures(bit(Feature.RING_PACKED));
   const mem = GuestMemory.create(4 << 20);

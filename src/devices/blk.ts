@@ -124,7 +124,8 @@ export class BlkDevice extends VirtioDevice {
     v.setUint32(BlkConfig.discardSectorAlignment, 1, true);
     v.setUint32(BlkConfig.maxWriteZeroesSectors, maxSectors, true);
     v.setUint32(BlkConfig.maxWriteZeroesSeg, this.maxSegments, true);
-    v.setUint8(BlkConfig.writeZeroesMayUnmap, 1);
+    // blk.device-operation.device.10: set only if a write zeroes can deallocate; no backend here does.
+    v.setUint8(BlkConfig.writeZeroesMayUnmap, 0);
     v.setUint32(BlkConfig.maxSecureEraseSectors, maxSectors, true);
     v.setUint32(BlkConfig.maxSecureEraseSeg, this.maxSegments, true);
     v.setUint32(BlkConfig.secureEraseSectorAlignment, 1, true);
@@ -155,6 +156,9 @@ export class BlkDevice extends VirtioDevice {
   }
 
   protected override onFeaturesOk(features: bigint): void {
+    if (hasFeature(this.offered, BLK_FEATURES.RO) && !hasFeature(features, BLK_FEATURES.RO)) {
+      this.violation('blk.device-operation.driver.3', 'driver did not accept VIRTIO_BLK_F_RO, which the device offers', {});
+    }
     // blk.device-init.device.3: CONFIG_WCE without FLUSH starts in writethrough; without FLUSH
     // at all the driver could never make a write durable, so writethrough it is.
     if (!hasFeature(features, BLK_FEATURES.FLUSH)) {
@@ -236,6 +240,7 @@ export class BlkDevice extends VirtioDevice {
           return this.writeRequest(chain.head, sector, outData!);
         case BlkType.FLUSH:
           if (sector !== 0) this.violation('blk.device-operation.driver.4', `FLUSH request ${chain.head} has sector ${sector}, not 0`, { head: chain.head, sector });
+          if (dataOut > 0 || dataIn > 0) this.violation('blk.device-operation.driver.5', `FLUSH request ${chain.head} carries ${dataOut + dataIn} data bytes`, { head: chain.head });
           if (!this.negotiated(BLK_FEATURES.FLUSH)) return [BlkStatus.UNSUPP, 0];
           await this.backend.flush();
           this.stats.flushes++;

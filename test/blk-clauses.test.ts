@@ -1,0 +1,152 @@
+// Block clauses our device or driver keeps where no peer can catch us: each test shows it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GuestMemory } from '../src/memory/guest-memory.js';
+import { Monitor } from '../src/conformance/monitor.js';
+import { LoopbackTransport } from '../src/transports/loopback.js';
+import { BlkDevice, BlkConfig, BlkStatus, BlkType } from '../src/devices/blk.js';
+import { MemoryBlockBackend, type BlockBackend } from '../src/devices/blk-backend.js';
+import { FileBlockBackend } from '../src/backends/file-block.js';
+import { BlkDriver } from '../src/drivers/blk.js';
+import { Feature } from '../src/core/constants.js';
+import { bit, hasFeature } from '../src/core/features.js';
+import { BLK_FEATURES } from '../src/core/device-types.js';
+
+function clauseTest(ids: string[], title: string, fn: () => Promise<void>): void {
+  test(`${ids.join(', ')}: ${title}`, fn);
+}
+
+async function live(backend: BlockBackend = new MemoryBlockBackend(1 << 20), readOnly = false) {
+  const devMon = new Monitor({ mode: 'tolerant' });
+  const device = new BlkDevice({ backend, monitor: devMon, readOnly, maxSegments: 2 });
+  device.withholdFeatures(bit(Feature.RING_PACKED));
+  const transport = new LoopbackTransport(device, GuestMemory.create(4 << 20));
+  const driver = new BlkDriver(transport, { monitor: new Monitor() });
+  await driver.start();
+  return { device, transport, driver, devMon };
+}
+
+/** Sends one hand-written request and returns its status byte. */
+async function raw(r: Awaited<ReturnType<typeof live>>, type: number, sector: number, out: Uint8Array, inn: number): Promise<number> {
+  const d = r.driver;
+  const q = d.queues[0];
+  const m = r.transport.memory;
+  const base = d.allocator.alloc(16 + out.length + inn + 1, 16);
+  m.writeU32(base, type);
+  m.writeU64(base + 8, BigInt(sector));
+  m.write(base + 16, out);
+  m.writeU8(base + 16 + out.length + inn, 0xff);
+  q.begin().addReadable(base, 16);
+  if (out.length > 0) q.addReadable(base + 16, out.length);
+  if (inn > 0) q.addWritable(base + 16 + out.length, inn);
+  q.addWritable(base + 16 + out.length + inn, 1);
+  let done!: () => void;
+  const answered = new Promise<void>((res) => (done = res));
+  q.commit({ mem: base, dataLen: out.length + inn, resolve: () => done(), reject: () => done() }, { indirect: false });
+  d.kick(q);
+  await answered;
+  return m.readU8(base + 16 + out.length + inn);
+}
+
+function segment(sector: number, sectors: number, flags: number): Uint8Array {
+  const b = new Uint8Array(16);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, BigInt(sector), true);
+  v.setUint32(8, sectors, true);
+  v.setUint32(12, flags, true);
+  return b;
+}
+
+clauseTest(['blk.device-operation.device.4'], 'a read-only disk writes nothing, whatever the request', async () => {
+  const backend = new MemoryBlockBackend(1 << 20);
+  backend.bytes.fill(0x5a);
+  const r = await live(backend, true);
+  assert.ok(hasFeature(r.driver.features, BLK_FEATURES.RO));
+  assert.equal(await raw(r, BlkType.OUT, 0, new Uint8Array(512), 0), BlkStatus.IOERR);
+  assert.equal(await raw(r, BlkType.WRITE_ZEROES, 0, segment(0, 8, 0), 0), BlkStatus.IOERR);
+  assert.equal(await raw(r, BlkType.SECURE_ERASE, 0, segment(0, 8, 0), 0), BlkStatus.IOERR);
+  assert.ok(backend.bytes.every((b) => b === 0x5a));
+});
+
+clauseTest(['blk.device-operation.device.5', 'blk.device-operation.device.6'], 'unknown segment flags, or unmap on a discard, are UNSUPP', async () => {
+  const r = await live();
+  assert.equal(await raw(r, BlkType.WRITE_ZEROES, 0, segment(0, 1, 0x2), 0), BlkStatus.UNSUPP);
+  assert.equal(await raw(r, BlkType.DISCARD, 0, segment(0, 1, 0x80), 0), BlkStatus.UNSUPP);
+  assert.equal(await raw(r, BlkType.DISCARD, 0, segment(0, 1, 1), 0), BlkStatus.UNSUPP);
+  assert.equal(await raw(r, BlkType.DISCARD, 0, segment(0, 1, 0), 0), BlkStatus.OK);
+});
+
+clauseTest(['blk.device-operation.device.9'], 'after write zeroes, with or without unmap, the range reads as zeroes', async () => {
+  const backend = new MemoryBlockBackend(1 << 20);
+  backend.bytes.fill(7);
+  const r = await live(backend);
+  await r.driver.writeZeroes(0, 4096);
+  await r.driver.writeZeroes(8192, 4096, { unmap: true });
+  const a = new Uint8Array(4096);
+  const b = new Uint8Array(4096);
+  await r.driver.read(0, a);
+  await r.driver.read(8192, b);
+  assert.ok(a.every((x) => x === 0) && b.every((x) => x === 0));
+  assert.equal(backend.bytes[4096], 7, 'outside the ranges nothing changed');
+});
+
+clauseTest(['blk.device-operation.device.10'], 'write_zeroes_may_unmap is clear: no backend here deallocates', async () => {
+  const r = await live();
+  assert.equal(Number(await r.transport.readConfig(BlkConfig.writeZeroesMayUnmap, 1)), 0);
+});
+
+clauseTest(['blk.device-operation.device.13'], 'in writethrough mode a write is on stable storage (fdatasync) before it completes', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-blk-'));
+  try {
+    writeFileSync(join(dir, 'd.img'), new Uint8Array(1 << 20));
+    const backend = await FileBlockBackend.open(join(dir, 'd.img'));
+    let syncedBeforeStatus = 0;
+    const flush = backend.flush.bind(backend);
+    backend.flush = async () => {
+      await flush();
+      syncedBeforeStatus++;
+    };
+    const r = await live(backend);
+    await r.driver.setWriteback(false);
+    const before = syncedBeforeStatus;
+    await r.driver.write(0, new Uint8Array(4096).fill(3));
+    assert.equal(syncedBeforeStatus, before + 1, 'the write completed after its fdatasync');
+    await backend.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+clauseTest(['blk.device-operation.device.18'], 'zone requests without VIRTIO_BLK_F_ZONED are UNSUPP', async () => {
+  const r = await live();
+  for (const type of [15, 16, 18, 20, 22, 24, 26]) assert.equal(await raw(r, type, 0, new Uint8Array(0), type === 16 ? 512 : 0), BlkStatus.UNSUPP, `type ${type}`);
+});
+
+clauseTest(['blk.device-operation.device.2', 'blk.device-operation.driver.1'], 'a capacity change is notified, and the driver reads the new capacity', async () => {
+  const backend = new MemoryBlockBackend(1 << 20);
+  const r = await live(backend);
+  assert.equal(r.driver.capacity, 2048);
+  (backend as unknown as { bytes: Uint8Array }).bytes = new Uint8Array(2 << 20);
+  r.device.resize();
+  await new Promise((res) => setTimeout(res, 5));
+  assert.equal(r.driver.capacity, 4096);
+});
+
+clauseTest(['blk.device-init.device.5', 'blk.device-operation.device.16'], 'neither VIRTIO_BLK_F_ZONED nor VIRTIO_BLK_F_LIFETIME is offered (no zones, no lifetime metrics)', async () => {
+  const r = await live();
+  assert.ok(!hasFeature(r.driver.offered, BLK_FEATURES.ZONED));
+  assert.ok(!hasFeature(r.driver.offered, BLK_FEATURES.LIFETIME));
+  assert.equal(await raw(r, BlkType.GET_LIFETIME, 0, new Uint8Array(0), 8), BlkStatus.UNSUPP);
+});
+
+clauseTest(['blk.device-init.driver.3'], 'with FLUSH but no CONFIG_WCE the driver assumes a writeback cache', async () => {
+  const backend = new MemoryBlockBackend(1 << 20);
+  const device = new BlkDevice({ backend });
+  device.withholdFeatures(bit(BLK_FEATURES.CONFIG_WCE));
+  const driver = new BlkDriver(new LoopbackTransport(device, GuestMemory.create(4 << 20)));
+  await driver.start();
+  assert.equal(await driver.writeback(), true);
+});
