@@ -20,6 +20,12 @@ export { LoopbackTransport, type LoopbackMode, type LoopbackOptions } from './tr
 
 export { RngDevice, cryptoEntropy, type EntropySource, type AsyncEntropySource, type RngDeviceOptions } from './devices/rng.js';
 export { RngDriver, type RngDriverOptions } from './drivers/rng.js';
+export { BlkDevice, BlkType, BlkStatus, BlkConfig, type BlkDeviceOptions } from './devices/blk.js';
+export { MemoryBlockBackend, type BlockBackend } from './devices/blk-backend.js';
+export { BlkDriver, BlkError, type BlkDriverOptions } from './drivers/blk.js';
+export { createDeviceQueue, createDriverQueue, type DeviceQueue, type DriverQueue, type RingFormat } from './core/virtqueue/queue.js';
+export { PackedDeviceQueue } from './core/virtqueue/packed-device.js';
+export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './core/virtqueue/packed-driver.js';
 
 export { Monitor, formatVerdict, type Verdict, type Severity, type MonitorMode, type MonitorOptions } from './conformance/monitor.js';
 export { allClauses, clauseInfo, partOf, type ClauseEntry, type CoverageStatus, type Side, type Level } from './conformance/catalogue.js';

@@ -1,0 +1,5 @@
+/**
+ * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only backends.
+ */
+export * from './index.js';
+export { FileBlockBackend } from './backends/file-block.js';
