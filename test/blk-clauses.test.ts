@@ -150,3 +150,31 @@ clauseTest(['blk.device-init.driver.3'], 'with FLUSH but no CONFIG_WCE the drive
   await driver.start();
   assert.equal(await driver.writeback(), true);
 });
+
+test('block config layout is byte-exact (5.2.4)', async () => {
+  const backend = new MemoryBlockBackend(64 << 20, false, 'serial');
+  const device = new BlkDevice({ backend, numQueues: 3, queueMaxSize: 128, sizeMax: 65536, maxSegments: 2 });
+  const t = new LoopbackTransport(device, GuestMemory.create(1 << 20));
+  const cfg = async (off: number, size: 1 | 2 | 4 | 8) => Number(await t.readConfig(off, size));
+  assert.equal(await cfg(0, 8), (64 << 20) / 512); // capacity
+  assert.equal(await cfg(8, 4), 65536); // size_max
+  assert.equal(await cfg(12, 4), 126); // seg_max = queue size - 2
+  assert.equal(await cfg(16, 2), Math.floor(131072 / (16 * 63))); // geometry.cylinders
+  assert.equal(await cfg(18, 1), 16); // heads
+  assert.equal(await cfg(19, 1), 63); // sectors
+  assert.equal(await cfg(20, 4), 512); // blk_size
+  assert.equal(await cfg(26, 2), 1); // topology.min_io_size
+  assert.equal(await cfg(32, 1), 1); // writeback
+  assert.equal(await cfg(33, 1), 0); // unused0
+  assert.equal(await cfg(34, 2), 3); // num_queues
+  assert.equal(await cfg(40, 4), 2); // max_discard_seg
+  assert.equal(await cfg(52, 4), 2); // max_write_zeroes_seg
+  assert.equal(await cfg(56, 1), 0); // write_zeroes_may_unmap
+  for (const off of [57, 58, 59]) assert.equal(await cfg(off, 1), 0); // unused1
+  assert.equal(await cfg(64, 4), 2); // max_secure_erase_seg
+  const offered = await t.getDeviceFeatures();
+  for (const b of ['SIZE_MAX', 'SEG_MAX', 'GEOMETRY', 'BLK_SIZE', 'FLUSH', 'TOPOLOGY', 'CONFIG_WCE', 'MQ', 'DISCARD', 'WRITE_ZEROES', 'SECURE_ERASE'] as const) {
+    assert.ok(hasFeature(offered, BLK_FEATURES[b]), b);
+  }
+  assert.ok(!hasFeature(offered, BLK_FEATURES.RO));
+});

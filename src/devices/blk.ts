@@ -96,7 +96,7 @@ export class BlkDevice extends VirtioDevice {
     const queueMaxSize = options.queueMaxSize ?? 256;
     const f = BLK_FEATURES;
     let features =
-      bit(f.SIZE_MAX) | bit(f.SEG_MAX) | bit(f.BLK_SIZE) | bit(f.FLUSH) | bit(f.TOPOLOGY) | bit(f.CONFIG_WCE) | bit(f.WRITE_ZEROES) | bit(f.SECURE_ERASE);
+      bit(f.SIZE_MAX) | bit(f.SEG_MAX) | bit(f.GEOMETRY) | bit(f.BLK_SIZE) | bit(f.FLUSH) | bit(f.TOPOLOGY) | bit(f.CONFIG_WCE) | bit(f.WRITE_ZEROES) | bit(f.SECURE_ERASE);
     if (b.discard !== undefined) features |= bit(f.DISCARD);
     if (b.readOnly || options.readOnly) features |= bit(f.RO);
     if (numQueues > 1) features |= bit(f.MQ);
@@ -112,6 +112,10 @@ export class BlkDevice extends VirtioDevice {
     v.setBigUint64(BlkConfig.capacity, BigInt(sectors), true);
     v.setUint32(BlkConfig.sizeMax, options.sizeMax ?? 1 << 20, true);
     v.setUint32(BlkConfig.segMax, this.segMax, true);
+    // A legacy CHS geometry for guests that want one: 16 heads, 63 sectors per track.
+    v.setUint16(BlkConfig.geometry, Math.min(0xffff, Math.floor(sectors / (16 * 63))), true);
+    v.setUint8(BlkConfig.geometry + 2, 16);
+    v.setUint8(BlkConfig.geometry + 3, 63);
     v.setUint32(BlkConfig.blkSize, options.blkSize ?? SECTOR, true);
     v.setUint8(BlkConfig.topology, 0); // physical_block_exp
     v.setUint16(BlkConfig.topology + 2, 1, true); // min_io_size, in blocks
