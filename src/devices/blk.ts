@@ -235,7 +235,7 @@ export class BlkDevice extends VirtioDevice {
     const inRanges = type === BlkType.IN || type === BlkType.GET_ID ? ranges(chain, chain.readable, chain.count, 0, dataIn) : [];
     const outData = type === BlkType.OUT ? gather(mem, ranges(chain, 0, chain.readable, 16, dataOut)) : null;
     const segs = type === BlkType.DISCARD || type === BlkType.WRITE_ZEROES || type === BlkType.SECURE_ERASE ? readSegments(r, dataOut) : [];
-    const result = new Uint8Array(type === BlkType.IN ? dataIn : type === BlkType.GET_ID ? Math.max(dataIn, ID_BYTES) : 0);
+    const result = type === BlkType.IN ? this.takeBuffer(dataIn) : new Uint8Array(type === BlkType.GET_ID ? Math.max(dataIn, ID_BYTES) : 0);
     const run = async (): Promise<[number, number]> => {
       switch (type) {
         case BlkType.IN:
@@ -263,12 +263,28 @@ export class BlkDevice extends VirtioDevice {
       ([status, written]) => {
         this.inFlight--;
         this.finish(p, statusAddr, status, written, written > 0 ? { ranges: inRanges, data: result } : undefined);
+        if (type === BlkType.IN) this.giveBuffer(result);
       },
       () => {
         this.inFlight--;
         this.finish(p, statusAddr, BlkStatus.IOERR, 0);
+        if (type === BlkType.IN) this.giveBuffer(result);
       },
     );
+  }
+
+  /** Host buffers for IN data, by length, reused once the backend is done with them (never zeroed: a read fills them). */
+  private readonly hostBuffers = new Map<number, Uint8Array[]>();
+
+  private takeBuffer(len: number): Uint8Array {
+    return this.hostBuffers.get(len)?.pop() ?? new Uint8Array(len);
+  }
+
+  private giveBuffer(b: Uint8Array): void {
+    if (b.length === 0 || b.length > 1 << 20) return;
+    let list = this.hostBuffers.get(b.length);
+    if (list === undefined) this.hostBuffers.set(b.length, (list = []));
+    if (list.length < this.maxInFlight) list.push(b);
   }
 
   private checkRange(head: number, sector: number, bytes: number): boolean {

@@ -197,6 +197,20 @@ export class BlkDriver extends VirtioDriver {
     }
   }
 
+  /** Request buffers (header | data | status) kept for reuse, by size: the allocator stays off the hot path. */
+  private readonly guestBufs = new Map<number, number[]>();
+
+  private takeGuest(size: number): number {
+    return this.guestBufs.get(size)?.pop() ?? this.allocator.alloc(size, 16);
+  }
+
+  private giveGuest(addr: number, size: number): void {
+    let list = this.guestBufs.get(size);
+    if (list === undefined) this.guestBufs.set(size, (list = []));
+    if (list.length < 256 && size <= 1 << 17) list.push(addr);
+    else this.allocator.release(addr);
+  }
+
   /** One request: header, optional driver->device data, optional device->driver data, status. */
   private async request(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): Promise<void> {
     const dataLen = (out?.length ?? 0) + (into?.length ?? 0);
@@ -204,11 +218,12 @@ export class BlkDriver extends VirtioDriver {
       if (this.state === 'suspended') await this.whenRunning();
       if (this.state !== 'live' || this.requestQueues.length === 0) throw this.failure ?? new DriverError('block driver is not started');
       const q = this.requestQueues[this.next++ % this.requestQueues.length];
-      const mem = this.allocator.alloc(16 + dataLen + 1, 16);
+      const mem = this.takeGuest(16 + dataLen + 1);
       const g = this.transport.memory;
       g.writeU32(mem, type);
       g.writeU32(mem + 4, 0);
-      g.writeU64(mem + 8, BigInt(sector));
+      g.writeU32(mem + 8, sector >>> 0);
+      g.writeU32(mem + 12, Math.floor(sector / 2 ** 32));
       if (out !== null) g.write(mem + 16, out);
       let req!: Request;
       const done = new Promise<number>((resolve, reject) => (req = { mem, dataLen, resolve, reject }));
@@ -222,7 +237,7 @@ export class BlkDriver extends VirtioDriver {
       }
       b.addWritable(mem + 16 + dataLen, 1);
       if (q.commit(req) < 0) {
-        this.allocator.release(mem);
+        this.giveGuest(mem, 16 + dataLen + 1);
         await new Promise<void>((resolve, reject) => this.roomWaiters.push({ resolve, reject }));
         continue;
       }
@@ -233,7 +248,7 @@ export class BlkDriver extends VirtioDriver {
         status = await done;
         if (status === BlkStatus.OK && into !== null) g.read(mem + 16, into);
       } finally {
-        this.allocator.release(mem);
+        this.giveGuest(mem, 16 + dataLen + 1);
       }
       if (status === BlkStatus.OK && this.readOnly && type !== BlkType.IN && type !== BlkType.GET_ID && type !== BlkType.FLUSH) {
         this.deviceViolation('blk.device-operation.device.3', `read-only device completed a request of type ${type} with OK instead of IOERR`, { type, sector });

@@ -24,10 +24,16 @@ export class GuestAllocator {
       const r = this.free[i];
       const start = Math.ceil(r.start / align) * align;
       if (start + size > r.end) continue;
-      const pieces: { start: number; end: number }[] = [];
-      if (start > r.start) pieces.push({ start: r.start, end: start });
-      if (start + size < r.end) pieces.push({ start: start + size, end: r.end });
-      this.free.splice(i, 1, ...pieces);
+      // Shrink or split the range in place (no new objects unless it splits in two).
+      const end = start + size;
+      if (start === r.start) {
+        if (end === r.end) this.free.splice(i, 1);
+        else r.start = end;
+      } else if (end === r.end) r.end = start;
+      else {
+        this.free.splice(i + 1, 0, { start: end, end: r.end });
+        r.end = start;
+      }
       this.sizes.set(start, size);
       return start;
     }
@@ -39,17 +45,26 @@ export class GuestAllocator {
     const size = this.sizes.get(addr);
     if (size === undefined) throw new RangeError(`0x${addr.toString(16)} was not allocated here`);
     this.sizes.delete(addr);
-    let i = 0;
-    while (i < this.free.length && this.free[i].start < addr) i++;
-    this.free.splice(i, 0, { start: addr, end: addr + size });
-    // Coalesce with neighbours.
-    const merged: { start: number; end: number }[] = [];
-    for (const r of this.free) {
-      const last = merged[merged.length - 1];
-      if (last !== undefined && last.end === r.start) last.end = r.end;
-      else merged.push({ ...r });
+    const free = this.free;
+    // Binary search: first free range starting after addr.
+    let lo = 0;
+    let hi = free.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (free[mid].start < addr) lo = mid + 1;
+      else hi = mid;
     }
-    this.free = merged;
+    const end = addr + size;
+    const prev = lo > 0 ? free[lo - 1] : undefined;
+    const next = lo < free.length ? free[lo] : undefined;
+    // Coalesce with neighbours in place: no new objects unless the range stands alone.
+    if (prev !== undefined && prev.end === addr) {
+      if (next !== undefined && next.start === end) {
+        prev.end = next.end;
+        free.splice(lo, 1);
+      } else prev.end = end;
+    } else if (next !== undefined && next.start === end) next.start = addr;
+    else free.splice(lo, 0, { start: addr, end });
   }
 
   get available(): number {

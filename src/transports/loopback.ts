@@ -13,6 +13,25 @@ import type { GuestMemory } from '../memory/guest-memory.js';
 
 export type LoopbackMode = 'sync' | 'async';
 
+/**
+ * Runs `fn` from a later task without the 1 ms clamp of setTimeout(fn, 0): setImmediate in
+ * Node, a MessageChannel message in browsers, setTimeout as the last resort.
+ */
+const nextTask: (fn: () => void) => void = (() => {
+  const g = globalThis as { setImmediate?: (fn: () => void) => unknown };
+  if (typeof g.setImmediate === 'function') return (fn) => void g.setImmediate!(fn);
+  if (typeof MessageChannel === 'function') {
+    const ch = new MessageChannel();
+    const queue: (() => void)[] = [];
+    (ch.port1 as unknown as { onmessage: (() => void) | null }).onmessage = () => queue.shift()?.();
+    return (fn) => {
+      queue.push(fn);
+      ch.port2.postMessage(null);
+    };
+  }
+  return (fn) => void setTimeout(fn, 0);
+})();
+
 export interface LoopbackOptions {
   mode?: LoopbackMode;
 }
@@ -128,10 +147,12 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
     return this.device.queues[index]?.enabled ?? false;
   }
 
+  private readonly flushTask = (): void => this.flush();
+
   private schedule(): void {
     if (this.scheduled) return;
     this.scheduled = true;
-    setTimeout(() => this.flush(), 0);
+    nextTask(this.flushTask);
   }
 
   /** Delivers what is pending (async mode); also lets tests drain deterministically. */

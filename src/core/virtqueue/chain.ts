@@ -200,11 +200,29 @@ export class ChainReader extends ChainCursor {
   readU16(): number {
     return this.fill(2).getUint16(0, true);
   }
+  /** Guest address of the next `n` bytes when they lie in one segment and one region (and consumes them); -1 otherwise. */
+  private contiguous(n: number): number {
+    if (n > this.remaining) return -1;
+    const lens = this.chain.lens;
+    while (this.segOff === lens[this.seg] && this.seg < this.end) {
+      this.seg++;
+      this.segOff = 0;
+    }
+    if (lens[this.seg] - this.segOff < n) return -1;
+    const addr = this.chain.addrs[this.seg] + this.segOff;
+    if (!this.mem.isContiguous(addr, n)) return -1; // the segment spans two adjacent regions
+    this.segOff += n;
+    this.remaining -= n;
+    this.position += n;
+    return addr;
+  }
   readU32(): number {
-    return this.fill(4).getUint32(0, true);
+    const a = this.contiguous(4);
+    return a >= 0 ? this.mem.readU32(a) : this.fill(4).getUint32(0, true);
   }
   readU64(): bigint {
-    return this.fill(8).getBigUint64(0, true);
+    const a = this.contiguous(8);
+    return a >= 0 ? this.mem.readU64(a) : this.fill(8).getBigUint64(0, true);
   }
 }
 

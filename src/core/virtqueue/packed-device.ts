@@ -515,7 +515,13 @@ export class PackedDeviceQueue {
 
   enableNotifications(): boolean {
     if (!this.active || this.broken) return false;
-    this.writeDeviceEventFlags(RING_EVENT_FLAGS_ENABLE);
+    if (this.eventIdx) {
+      // Like split's avail_event: one notification when the driver makes the next slot available,
+      // not one per buffer.
+      const ev = this.deviceEvent!;
+      ev.view.setUint16(this.deviceEventOff + EVENT_OFF_WRAP, this.nextAvail | (this.availWrap ? 0x8000 : 0), true);
+      this.writeDeviceEventFlags(RING_EVENT_FLAGS_DESC);
+    } else this.writeDeviceEventFlags(RING_EVENT_FLAGS_ENABLE);
     return this.hasAvailable();
   }
 
