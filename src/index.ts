@@ -23,6 +23,18 @@ export { RngDriver, type RngDriverOptions } from './drivers/rng.js';
 export { BlkDevice, BlkType, BlkStatus, BlkConfig, type BlkDeviceOptions } from './devices/blk.js';
 export { MemoryBlockBackend, type BlockBackend } from './devices/blk-backend.js';
 export { BlkDriver, BlkError, type BlkDriverOptions } from './drivers/blk.js';
+export {
+  ConsoleDevice,
+  ConsoleConfig,
+  ConsoleEvent,
+  MemoryConsoleBackend,
+  type ConsoleDeviceOptions,
+  type ConsolePortBackend,
+  type ConsoleHostPort,
+  type ConsolePortConfig,
+  type ConsoleSize,
+} from './devices/console.js';
+export { ConsoleDriver, ConsolePort, type ConsoleDriverOptions } from './drivers/console.js';
 export { createDeviceQueue, createDriverQueue, type DeviceQueue, type DriverQueue, type RingFormat } from './core/virtqueue/queue.js';
 export { PackedDeviceQueue } from './core/virtqueue/packed-device.js';
 export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './core/virtqueue/packed-driver.js';

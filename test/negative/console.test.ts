@@ -1,0 +1,181 @@
+// Console: each side checks the other (misbehaving peers naming console.* clauses).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { Monitor } from '../../src/conformance/monitor.js';
+import { LoopbackTransport } from '../../src/transports/loopback.js';
+import { ConsoleDevice, ConsoleEvent, MemoryConsoleBackend } from '../../src/devices/console.js';
+import { VirtioDevice } from '../../src/core/device.js';
+import { ConsoleDriver, type ConsolePort } from '../../src/drivers/console.js';
+import { Status } from '../../src/core/constants.js';
+
+function pattern(seed: number, len: number): Uint8Array {
+  const b = new Uint8Array(len);
+  let x = (seed * 2654435761 + 1) >>> 0;
+  for (let i = 0; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+}
+
+function concat(chunks: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return out;
+}
+
+/** Waits (macrotasks) until `cond` holds; fails after `ms`. */
+async function until(cond: () => boolean, what: string, ms = 2000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((res) => setTimeout(res, 1));
+  }
+}
+
+/** Lets pending async deliveries run. */
+const settle = () => new Promise((res) => setTimeout(res, 5));
+
+/** Collects a port's data. */
+function sink(port: ConsolePort): Uint8Array[] {
+  const chunks: Uint8Array[] = [];
+  port.onData = (b) => chunks.push(b);
+  return chunks;
+}
+const total = (chunks: readonly Uint8Array[]) => chunks.reduce((n, c) => n + c.length, 0);
+
+
+// ------------------------------------------------------------------ each side checks the other
+
+/** A driver that skips DEVICE_READY and may answer CONSOLE_PORT with PORT_OPEN 0. */
+class RogueDriver extends ConsoleDriver {
+  skipReady = false;
+  answerConsoleWithZero = false;
+  protected override sendDeviceReady(): void {
+    if (!this.skipReady) super.sendDeviceReady();
+  }
+  protected override sendControl(id: number, event: number, value: number): Promise<void> {
+    if (this.answerConsoleWithZero && event === ConsoleEvent.PORT_OPEN) {
+      this.answerConsoleWithZero = false;
+      value = 0;
+    }
+    return super.sendControl(id, event, value);
+  }
+  raw(id: number, event: number, value: number): Promise<void> {
+    return super.sendControl(id, event, value);
+  }
+}
+
+/** A device that announces ports it should not. */
+class RogueDevice extends ConsoleDevice {
+  raw(id: number, event: number): void {
+    this.sendControl(id, event, 0);
+  }
+}
+
+function roguePair<D extends ConsoleDevice>(device: D, devMon: Monitor, drvMon: Monitor) {
+  const transport = new LoopbackTransport(device, GuestMemory.create(4 << 20), { mode: 'sync' });
+  const driver = new RogueDriver(transport, { monitor: drvMon, receiveBufferSize: 64, receiveBuffers: 1 });
+  return { device, driver, devMon, drvMon };
+}
+
+test('console device checks: device-readable receive buffers and device-writable transmit buffers (console.device-operation.driver.1 / .2)', async () => {
+  const devMon = new Monitor({ mode: 'tolerant' });
+  const backend = new MemoryConsoleBackend();
+  const { driver } = roguePair(new ConsoleDevice({ backend, monitor: devMon, queueMaxSize: 16 }), devMon, new Monitor());
+  await driver.start();
+  const mem = driver.transport.memory;
+  // A device-writable buffer on transmitq 0.
+  const tx = driver.queues[1];
+  const a = driver.allocator.alloc(16);
+  mem.write(a, new TextEncoder().encode('0123456789abcdef'));
+  tx.begin().addReadable(a, 8).addWritable(a + 8, 8).commit({ item: { outstanding: 2, off: 0, data: new Uint8Array(1), resolve: () => undefined }, addr: a });
+  driver.kick(tx);
+  assert.deepEqual(devMon.verdicts.map((v) => v.clause), ['console.device-operation.driver.2']);
+  assert.equal(backend.text, '01234567', 'the readable part still reaches the host');
+  // A device-readable buffer on receiveq 0, after the driver's one good buffer: it is taken once host bytes need it.
+  const rx = driver.queues[0];
+  const r = driver.allocator.alloc(64);
+  rx.begin().addReadable(r, 64).commit({ queue: 0, addr: r, size: 64 });
+  driver.kick(rx);
+  const port = await driver.waitForPort(0);
+  const got = sink(port);
+  backend.send(pattern(9, 100));
+  await until(() => total(got) === 100, 'the rest in the good buffer, posted again');
+  assert.deepEqual(devMon.verdicts.map((v) => v.clause), ['console.device-operation.driver.2', 'console.device-operation.driver.1']);
+  // The bad buffer carried nothing; the good one, posted again, carried the rest.
+  assert.deepEqual(concat(got), pattern(9, 100));
+  assert.deepEqual(got.map((c) => c.length), [64, 36]);
+});
+
+test('console device checks: control messages before DEVICE_READY, no DEVICE_READY at all, CONSOLE_PORT answered with 0 (console.multiport-device-operation.driver.1 / .3)', async () => {
+  const devMon = new Monitor({ mode: 'tolerant' });
+  const mk = () => new ConsoleDevice({ ports: [{ backend: new MemoryConsoleBackend() }, { backend: new MemoryConsoleBackend() }], monitor: devMon });
+  {
+    const { driver } = roguePair(mk(), devMon, new Monitor());
+    driver.skipReady = true;
+    await driver.start();
+    await driver.raw(1, ConsoleEvent.PORT_OPEN, 1);
+    assert.deepEqual(devMon.verdicts.map((v) => v.clause), ['console.multiport-device-operation.driver.1']);
+    // Reset without ever sending DEVICE_READY (judged on a synchronous transport).
+    await driver.shutdown();
+    assert.deepEqual(devMon.verdicts.map((v) => v.clause), ['console.multiport-device-operation.driver.1', 'console.multiport-device-operation.driver.1']);
+  }
+  devMon.verdicts.length = 0;
+  {
+    const { driver } = roguePair(mk(), devMon, new Monitor());
+    driver.answerConsoleWithZero = true;
+    await driver.start();
+    await driver.waitForPort(1);
+    await until(() => devMon.verdicts.length > 0, 'the answer to CONSOLE_PORT');
+    assert.deepEqual(devMon.verdicts.map((v) => v.clause), ['console.multiport-device-operation.driver.3']);
+  }
+});
+
+test('console driver checks: DEVICE_ADD of an existing or out-of-range port, DEVICE_REMOVE of an unknown one (console.multiport-device-operation.device.1 / .2)', async () => {
+  const drvMon = new Monitor({ mode: 'tolerant' });
+  const device = new RogueDevice({ ports: [{ backend: new MemoryConsoleBackend() }, { backend: new MemoryConsoleBackend() }], maxPorts: 3 });
+  const { driver } = roguePair(device, device.monitor, drvMon);
+  await driver.start();
+  await driver.waitForPort(1);
+  assert.equal(drvMon.verdicts.length, 0);
+  device.raw(1, ConsoleEvent.DEVICE_ADD);
+  device.raw(3, ConsoleEvent.DEVICE_ADD);
+  device.raw(2, ConsoleEvent.DEVICE_REMOVE);
+  await until(() => drvMon.verdicts.length === 3, 'the driver reading the messages');
+  assert.deepEqual(drvMon.verdicts.map((v) => v.clause), [
+    'console.multiport-device-operation.device.1',
+    'console.multiport-device-operation.device.1',
+    'console.multiport-device-operation.device.2',
+  ]);
+  assert.deepEqual(device.monitor.verdicts, []);
+});
+
+test('console driver checks: a device that takes an emerg_wr write for an error (console.device-init.device.1)', async () => {
+  // A device that forgot emerg_wr is special: the core judges the early write and needs a reset.
+  class Forgetful extends ConsoleDevice {
+    override writeConfig(offset: number, size: number, value: number | bigint): void {
+      VirtioDevice.prototype.writeConfig.call(this, offset, size, value);
+    }
+  }
+  const devMon = new Monitor();
+  const drvMon = new Monitor({ mode: 'tolerant' });
+  const device = new Forgetful({ backend: new MemoryConsoleBackend(), monitor: devMon });
+  const driver = new ConsoleDriver(new LoopbackTransport(device, GuestMemory.create(1 << 20)), { monitor: drvMon });
+  await assert.rejects(driver.emergWrite('!'), /emergency write/);
+  assert.ok(device.status & Status.DEVICE_NEEDS_RESET);
+  assert.deepEqual(drvMon.verdicts.map((v) => v.clause), ['console.device-init.device.1']);
+  // The honest device takes the same write before any status write without a word.
+  const honest = new ConsoleDevice({ backend: new MemoryConsoleBackend(), monitor: new Monitor() });
+  await new ConsoleDriver(new LoopbackTransport(honest, GuestMemory.create(1 << 20))).emergWrite('!');
+  assert.equal(honest.status, 0);
+  assert.deepEqual(honest.monitor.verdicts, []);
+  assert.equal(honest.stats.emergency, 1);
+});
