@@ -16,13 +16,22 @@ import { bit, hasFeature } from '../src/core/features.js';
 import { BLK_FEATURES } from '../src/core/device-types.js';
 
 function clauseTest(ids: string[], title: string, fn: () => Promise<void>): void {
-  test(`${ids.join(', ')}: ${title}`, fn);
+  for (const format of ['split', 'packed'] as const) {
+    test(`${ids.join(', ')}: ${title} (${format} ring)`, async () => {
+      FORMAT = format;
+      await fn();
+      FORMAT = 'split';
+    });
+  }
 }
+
+/** Ring format for the hand-written requests below; every such test runs on both. */
+let FORMAT: 'split' | 'packed' = 'split';
 
 async function live(backend: BlockBackend = new MemoryBlockBackend(1 << 20), readOnly = false) {
   const devMon = new Monitor({ mode: 'tolerant' });
   const device = new BlkDevice({ backend, monitor: devMon, readOnly, maxSegments: 2 });
-  device.withholdFeatures(bit(Feature.RING_PACKED));
+  if (FORMAT === 'split') device.withholdFeatures(bit(Feature.RING_PACKED));
   const transport = new LoopbackTransport(device, GuestMemory.create(4 << 20));
   const driver = new BlkDriver(transport, { monitor: new Monitor() });
   await driver.start();
@@ -164,6 +173,10 @@ test('block config layout is byte-exact (5.2.4)', async () => {
   assert.equal(await cfg(19, 1), 63); // sectors
   assert.equal(await cfg(20, 4), 512); // blk_size
   assert.equal(await cfg(26, 2), 1); // topology.min_io_size
+  const drv = new BlkDriver(t);
+  await drv.start();
+  assert.deepEqual(drv.topology, { physicalBlockExp: 0, alignmentOffset: 0, minIoSize: 1, optIoSize: 0 });
+  await drv.shutdown();
   assert.equal(await cfg(32, 1), 1); // writeback
   assert.equal(await cfg(33, 1), 0); // unused0
   assert.equal(await cfg(34, 2), 3); // num_queues

@@ -48,6 +48,8 @@ export class BlkDriver extends VirtioDriver {
   sizeMax = 1 << 20;
   segMax = 1;
   maxDiscardSectors = 0;
+  /** VIRTIO_BLK_F_TOPOLOGY: log2 logical blocks per physical block, first aligned block, I/O sizes in blocks. */
+  topology = { physicalBlockExp: 0, alignmentOffset: 0, minIoSize: 0, optIoSize: 0 };
   maxWriteZeroesSectors = 0;
   private readonly requestQueues: DriverQueue[] = [];
   private next = 0;
@@ -90,6 +92,14 @@ export class BlkDriver extends VirtioDriver {
           maxWz: this.negotiated(f.WRITE_ZEROES) ? Number(await read(BlkConfig.maxWriteZeroesSectors, 4)) : 0,
         }));
         await this.checkConfig();
+        if (this.negotiated(f.TOPOLOGY)) {
+          this.topology = await this.readConfig(async (read) => ({
+            physicalBlockExp: Number(await read(BlkConfig.topology, 1)),
+            alignmentOffset: Number(await read(BlkConfig.topology + 1, 1)),
+            minIoSize: Number(await read(BlkConfig.topology + 2, 2)),
+            optIoSize: Number(await read(BlkConfig.topology + 4, 4)),
+          }));
+        }
         this.capacity = cfg.capacity;
         if (cfg.sizeMax > 0) this.sizeMax = cfg.sizeMax;
         this.segMax = Math.max(1, cfg.segMax);
