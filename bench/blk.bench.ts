@@ -45,7 +45,6 @@ import os from 'node:os';
 import v8 from 'node:v8';
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { Bench } from 'tinybench';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/conformance/monitor.js';
 import { LoopbackTransport, type LoopbackMode } from '../src/transports/loopback.js';
@@ -56,6 +55,7 @@ import { BlkDriver } from '../src/drivers/blk.js';
 import { Feature } from '../src/core/constants.js';
 import { bit, TRANSPORT_FEATURES_SPLIT } from '../src/core/features.js';
 import type { RingFormat } from '../src/core/virtqueue/queue.js';
+import { quantile, si, table, timeAll, type Timing } from './common.js';
 
 const DISK_SIZE = 64 << 20;
 const BLOCK = 4096;
@@ -76,6 +76,7 @@ const EXTERNAL_BUDGET = 16 << 20;
 const TIME_MS = Number(process.env.BENCH_TIME_MS ?? 500);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const WARMUP_MS = 150;
+const TIMING = { rounds: ROUNDS, timeMs: TIME_MS, warmupMs: WARMUP_MS, warmupIterations: 4 };
 
 const FORMATS: Record<RingFormat, bigint> = {
   split: TRANSPORT_FEATURES_SPLIT,
@@ -414,31 +415,8 @@ function acrossTurns(fn: (n: number) => void): (n: number) => Promise<void> {
 // ---------------------------------------------------------------------------------------
 // Statistics and formatting (as in the ring bench).
 
-function quantile(sorted: number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
-}
 
-function si(x: number, unit = ''): string {
-  if (!Number.isFinite(x)) return 'n/a';
-  if (x >= 1e9) return `${(x / 1e9).toFixed(2)} G${unit}`;
-  if (x >= 1e6) return `${(x / 1e6).toFixed(2)} M${unit}`;
-  if (x >= 1e3) return `${(x / 1e3).toFixed(2)} k${unit}`;
-  return `${x.toFixed(2)} ${unit}`;
-}
 
-function table(head: string[], rows: string[][], right: boolean[]): string {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (r: string[]) =>
-    r
-      .map((c, i) => (right[i] ? c.padStart(w[i]) : c.padEnd(w[i])))
-      .join('  ')
-      .trimEnd();
-  return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
-}
 
 function fmtBytes(r: AllocResult, ext = false): string {
   if (r.gcs < 0) return 'n/a (no gc)';
@@ -446,40 +424,7 @@ function fmtBytes(r: AllocResult, ext = false): string {
   return (ext ? r.extPerIter : r.perIter).toFixed(1);
 }
 
-interface Timing {
-  median: number; // ms per tinybench iteration
-  iqrPct: number;
-  samples: number;
-}
 
-async function timeAll(tasks: [string, () => unknown][]): Promise<Map<string, Timing>> {
-  const merged = new Map<string, number[]>(tasks.map(([name]) => [name, []]));
-  for (let round = 0; round < ROUNDS; round++) {
-    const bench = new Bench({
-      time: TIME_MS,
-      iterations: 8,
-      warmup: round === 0,
-      warmupTime: WARMUP_MS,
-      warmupIterations: 4,
-      retainSamples: true,
-      throws: true,
-    });
-    for (const [name, fn] of tasks) bench.add(name, fn as () => Promise<void>);
-    await bench.run();
-    for (const t of bench.tasks) {
-      const r = t.result;
-      if (r.state !== 'completed') throw new Error(`task ${t.name}: ${r.state}`);
-      merged.get(t.name)!.push(...(r.latency.samples ?? []));
-    }
-  }
-  const out = new Map<string, Timing>();
-  for (const [name, s] of merged) {
-    s.sort((a, b) => a - b);
-    const med = quantile(s, 0.5);
-    out.set(name, { median: med, iqrPct: (100 * (quantile(s, 0.75) - quantile(s, 0.25))) / med, samples: s.length });
-  }
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------
 
@@ -533,7 +478,7 @@ async function main(): Promise<void> {
     [REF, () => refLoop(REF_COPIES_PER_ITER)],
     [HARNESS, () => harness.run(4096)],
     ...rigs.map((rig): [string, () => Promise<void>] => [key(rig.w), () => rig.load.run(rig.perSample)]),
-  ]);
+  ], TIMING);
   const ref = timings.get(REF)!;
   const nsPerCopy = (ref.median * 1e6) / REF_COPIES_PER_ITER;
   const harnessNs = (timings.get(HARNESS)!.median * 1e6) / 4096;

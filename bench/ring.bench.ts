@@ -37,7 +37,6 @@ import os from 'node:os';
 import v8 from 'node:v8';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Bench } from 'tinybench';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/conformance/monitor.js';
 import { SplitDeviceQueue } from '../src/core/virtqueue/split-device.js';
@@ -46,6 +45,7 @@ import { PackedDeviceQueue } from '../src/core/virtqueue/packed-device.js';
 import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from '../src/core/virtqueue/packed-driver.js';
 import type { RingFormat } from '../src/core/virtqueue/queue.js';
 import type { DescriptorChain } from '../src/core/virtqueue/chain.js';
+import { quantile, si, table, timeAll, type Timing } from './common.js';
 
 const QUEUE_SIZE = 256;
 const INDIRECT_MAX = 8;
@@ -61,6 +61,7 @@ const GOAL_PACKED_RATIO = 1.1;
 const TIME_MS = Number(process.env.BENCH_TIME_MS ?? 450);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const WARMUP_MS = 200;
+const TIMING = { rounds: ROUNDS, timeMs: TIME_MS, warmupMs: WARMUP_MS, warmupIterations: 8 };
 
 type Kind = 'direct-1' | 'direct-3' | 'indirect-3';
 
@@ -419,31 +420,8 @@ function allocU8(n: number): void {
 // ---------------------------------------------------------------------------------------
 // Statistics and formatting.
 
-function quantile(sorted: number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
-}
 
-function si(x: number, unit = ''): string {
-  if (!Number.isFinite(x)) return 'n/a';
-  if (x >= 1e9) return `${(x / 1e9).toFixed(2)} G${unit}`;
-  if (x >= 1e6) return `${(x / 1e6).toFixed(2)} M${unit}`;
-  if (x >= 1e3) return `${(x / 1e3).toFixed(2)} k${unit}`;
-  return `${x.toFixed(2)} ${unit}`;
-}
 
-function table(head: string[], rows: string[][], right: boolean[]): string {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (r: string[]) =>
-    r
-      .map((c, i) => (right[i] ? c.padStart(w[i]) : c.padEnd(w[i])))
-      .join('  ')
-      .trimEnd();
-  return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
-}
 
 function fmtBytes(r: AllocResult): string {
   if (r.gcs < 0) return 'n/a (no gc)';
@@ -453,40 +431,7 @@ function fmtBytes(r: AllocResult): string {
 
 // ---------------------------------------------------------------------------------------
 
-interface Timing {
-  median: number; // ms per tinybench iteration
-  iqrPct: number; // (p75 - p25) / median, percent
-  samples: number;
-}
 
-async function timeAll(tasks: [string, () => void][]): Promise<Map<string, Timing>> {
-  const merged = new Map<string, number[]>(tasks.map(([name]) => [name, []]));
-  for (let round = 0; round < ROUNDS; round++) {
-    const bench = new Bench({
-      time: TIME_MS,
-      iterations: 8,
-      warmup: round === 0,
-      warmupTime: WARMUP_MS,
-      warmupIterations: 8,
-      retainSamples: true,
-      throws: true,
-    });
-    for (const [name, fn] of tasks) bench.add(name, fn);
-    await bench.run();
-    for (const t of bench.tasks) {
-      const r = t.result;
-      if (r.state !== 'completed') throw new Error(`task ${t.name}: ${r.state}`);
-      merged.get(t.name)!.push(...(r.latency.samples ?? []));
-    }
-  }
-  const out = new Map<string, Timing>();
-  for (const [name, s] of merged) {
-    s.sort((a, b) => a - b);
-    const med = quantile(s, 0.5);
-    out.set(name, { median: med, iqrPct: (100 * (quantile(s, 0.75) - quantile(s, 0.25))) / med, samples: s.length });
-  }
-  return out;
-}
 
 async function main(): Promise<void> {
   const t0 = performance.now();
@@ -517,7 +462,7 @@ async function main(): Promise<void> {
   const timings = await timeAll([
     [REF, () => refLoop(REF_ACCESSES_PER_ITER)],
     ...WORKLOADS.map((w, i): [string, () => void] => [key(w), () => rigs[i].run(CHAINS_PER_ITER)]),
-  ]);
+  ], TIMING);
   const ref = timings.get(REF)!;
   const nsPerRefAccess = (ref.median * 1e6) / REF_ACCESSES_PER_ITER;
 

@@ -1,0 +1,74 @@
+/**
+ * What the benchmarks share: tinybench timing in interleaved rounds (medians and IQR), and
+ * the table printing. Figures only: no bench asserts a time.
+ */
+import { Bench } from 'tinybench';
+
+export interface TimingOptions {
+  rounds: number;
+  timeMs: number;
+  warmupMs: number;
+  warmupIterations: number;
+}
+
+export function quantile(sorted: number[], q: number): number {
+  if (sorted.length === 0) return NaN;
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+}
+
+export function si(x: number, unit = ''): string {
+  if (!Number.isFinite(x)) return 'n/a';
+  if (x >= 1e9) return `${(x / 1e9).toFixed(2)} G${unit}`;
+  if (x >= 1e6) return `${(x / 1e6).toFixed(2)} M${unit}`;
+  if (x >= 1e3) return `${(x / 1e3).toFixed(2)} k${unit}`;
+  return `${x.toFixed(2)} ${unit}`;
+}
+
+export function table(head: string[], rows: string[][], right: boolean[]): string {
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => (right[i] ? c.padStart(w[i]) : c.padEnd(w[i])))
+      .join('  ')
+      .trimEnd();
+  return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
+}
+
+export interface Timing {
+  median: number; // ms per tinybench iteration
+  iqrPct: number; // (p75 - p25) / median, percent
+  samples: number;
+}
+
+/** Times every task in `rounds` interleaved rounds and merges their samples (ms per call). */
+export async function timeAll(tasks: [string, () => unknown][], o: TimingOptions): Promise<Map<string, Timing>> {
+  const merged = new Map<string, number[]>(tasks.map(([name]) => [name, []]));
+  for (let round = 0; round < o.rounds; round++) {
+    const bench = new Bench({
+      time: o.timeMs,
+      iterations: 8,
+      warmup: round === 0,
+      warmupTime: o.warmupMs,
+      warmupIterations: o.warmupIterations,
+      retainSamples: true,
+      throws: true,
+    });
+    for (const [name, fn] of tasks) bench.add(name, fn as () => void);
+    await bench.run();
+    for (const t of bench.tasks) {
+      const r = t.result;
+      if (r.state !== 'completed') throw new Error(`task ${t.name}: ${r.state}`);
+      merged.get(t.name)!.push(...(r.latency.samples ?? []));
+    }
+  }
+  const out = new Map<string, Timing>();
+  for (const [name, s] of merged) {
+    s.sort((a, b) => a - b);
+    const med = quantile(s, 0.5);
+    out.set(name, { median: med, iqrPct: (100 * (quantile(s, 0.75) - quantile(s, 0.25))) / med, samples: s.length });
+  }
+  return out;
+}
