@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "virtio_native",
+      "sources": ["native/addon.c"],
+      "cflags": ["-Wall", "-Wextra", "-Wno-unused-parameter", "-O2"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

@@ -1,0 +1,52 @@
+/**
+ * The native addon (native/addon.c, built by node-gyp at `npm install`): the one module the
+ * rest of the code imports for fd passing, mmap, memfd, eventfd and fd watches. Node only.
+ * Errors are JS Errors whose `code` is the errno name (ENOENT, EBADF, ...).
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+export interface NativeAddon {
+  socketpair(): [number, number];
+  /** A listening unix stream socket (non-blocking). */
+  listen(path: string, backlog?: number): number;
+  /** The accepted fd (non-blocking), or -1 when none is waiting. */
+  accept(fd: number): number;
+  connect(path: string): number;
+  /** Bytes sent with `fds` as SCM_RIGHTS, or -1 when the socket is full. */
+  sendmsg(fd: number, data: Uint8Array, fds?: number[]): number;
+  /** Bytes received (-1: nothing yet, 0: end of stream) and the fds that came with them (CLOEXEC). */
+  recvmsg(fd: number, into: Uint8Array): { bytes: number; fds: number[]; truncated: boolean };
+  close(fd: number): void;
+  memfdCreate(name: string, size: number): number;
+  /** An ArrayBuffer over a shared mapping of `fd` (at most 4 GiB: map big regions in pieces). */
+  mmap(fd: number, offset: number, length: number, writable?: boolean): ArrayBuffer;
+  /** Unmaps now and detaches the ArrayBuffer (its byteLength becomes 0). */
+  munmap(buffer: ArrayBuffer): void;
+  eventfd(initial?: number): number;
+  /** The counter, reset to 0 (0 when it was 0). */
+  eventfdRead(fd: number): number;
+  eventfdWrite(fd: number, value?: number): void;
+  /** Calls `callback(events)` on this thread's loop while `fd` is ready (1 readable, 2 writable, 4 disconnect; -1 error). */
+  watch(fd: number, readable: boolean, writable: boolean, callback: (events: number) => void): { close(): void };
+}
+
+let cached: NativeAddon | null = null;
+
+/** Loads build/Release/virtio_native.node; a clear error if `npm install` did not build it. */
+export function native(): NativeAddon {
+  if (cached !== null) return cached;
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+  const require = createRequire(import.meta.url);
+  try {
+    cached = require(join(root, 'build', 'Release', 'virtio_native.node')) as NativeAddon;
+  } catch (err) {
+    throw new Error(`the virtio-ts native addon is not built (run npm install, which runs node-gyp): ${err instanceof Error ? err.message : String(err)}`);
+  }
+  return cached;
+}
+
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+export const POLL_DISCONNECT = 4;

@@ -1,0 +1,83 @@
+// The native addon, with real unix sockets, memfds, mappings and eventfds.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { native, POLL_READABLE } from '../src/native/index.js';
+
+test('socketpair + SCM_RIGHTS: a memfd passed over the socket maps to the same memory on both ends', () => {
+  const n = native();
+  const [a, b] = n.socketpair();
+  const mfd = n.memfdCreate('guest-ram', 1 << 20);
+  assert.equal(n.sendmsg(a, new TextEncoder().encode('mem'), [mfd]), 3);
+  const got = n.recvmsg(b, new Uint8Array(16));
+  assert.equal(got.bytes, 3);
+  assert.equal(got.fds.length, 1);
+  assert.notEqual(got.fds[0], mfd, 'a new descriptor arrived');
+  const mine = new Uint8Array(n.mmap(mfd, 0, 1 << 20));
+  const theirs = new Uint8Array(n.mmap(got.fds[0], 4096, 4096));
+  mine[4096 + 7] = 0xab;
+  assert.equal(theirs[7], 0xab, 'shared mapping at an offset');
+  theirs[8] = 0xcd;
+  assert.equal(mine[4096 + 8], 0xcd);
+  const buf = theirs.buffer;
+  n.munmap(buf);
+  assert.equal(buf.byteLength, 0, 'detached after munmap');
+  assert.throws(() => n.munmap(buf), (e: NodeJS.ErrnoException) => e.code === 'EINVAL');
+  n.munmap(mine.buffer);
+  for (const fd of [a, b, mfd, got.fds[0]]) n.close(fd);
+});
+
+test('listen / connect / accept on a unix socket path; recvmsg says EAGAIN as -1 and end of stream as 0', async () => {
+  const n = native();
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-native-'));
+  try {
+    const path = join(dir, 'sock');
+    const l = n.listen(path);
+    assert.equal(n.accept(l), -1, 'nothing waiting yet');
+    const c = n.connect(path);
+    let s = -1;
+    for (let i = 0; i < 100 && s < 0; i++) s = n.accept(l);
+    assert.ok(s >= 0);
+    assert.equal(n.recvmsg(s, new Uint8Array(8)).bytes, -1);
+    n.sendmsg(c, new Uint8Array([1, 2, 3]));
+    const r = n.recvmsg(s, new Uint8Array(8));
+    assert.deepEqual([r.bytes, r.fds], [3, []]);
+    n.close(c);
+    assert.equal(n.recvmsg(s, new Uint8Array(8)).bytes, 0);
+    n.close(s);
+    n.close(l);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('errors carry the errno name', () => {
+  const n = native();
+  assert.throws(() => n.connect('/nonexistent/virtio-ts.sock'), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
+  assert.throws(() => n.close(987654), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+  assert.throws(() => n.mmap(987654, 0, 4096), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+});
+
+test('eventfd: counts, reads back to 0; a watch on the event loop fires when it is written', async () => {
+  const n = native();
+  const fd = n.eventfd();
+  assert.equal(n.eventfdRead(fd), 0);
+  n.eventfdWrite(fd, 2);
+  n.eventfdWrite(fd);
+  assert.equal(n.eventfdRead(fd), 3);
+  const seen: number[] = [];
+  const got = new Promise<void>((resolve) => {
+    const w = n.watch(fd, true, false, (events) => {
+      seen.push(events);
+      n.eventfdRead(fd);
+      w.close();
+      resolve();
+    });
+  });
+  setTimeout(() => n.eventfdWrite(fd, 5), 5);
+  await got;
+  assert.ok(seen[0] & POLL_READABLE);
+  n.close(fd);
+});
