@@ -50,10 +50,10 @@ static int arg_path(napi_env env, napi_value v, struct sockaddr_un* sa) {
   return len > 0 && len < sizeof sa->sun_path - 1;
 }
 
-// socketpair(): [fd, fd]
+// socketpair(): [fd, fd], both non-blocking
 static napi_value Socketpair(napi_env env, napi_callback_info info) {
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return throw_errno(env, "socketpair", errno);
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) return throw_errno(env, "socketpair", errno);
   napi_value arr;
   napi_create_array_with_length(env, 2, &arr);
   napi_set_element(env, arr, 0, num(env, sv[0]));

@@ -130,7 +130,8 @@ export abstract class VirtioDevice {
   attach(mem: GuestMemory, host: DeviceHost): void {
     this.mem = mem;
     this.host = host;
-    this.makeQueues('split');
+    // Re-attaching (a new guest memory table) keeps the ring format already negotiated.
+    this.makeQueues(this.statusValue & Status.FEATURES_OK && hasFeature(this.driverFeatures, Feature.RING_PACKED) ? 'packed' : 'split');
   }
 
   /** The ring format in use: split until FEATURES_OK is accepted with VIRTIO_F_RING_PACKED. */
@@ -139,7 +140,8 @@ export abstract class VirtioDevice {
   }
 
   private makeQueues(format: RingFormat): void {
-    const mem = this.memory;
+    if (this.mem === null) return; // not attached yet: attach() makes them
+    const mem = this.mem;
     this.queues.length = 0;
     for (let i = 0; i < this.numQueues; i++) {
       this.queues.push(createDeviceQueue(format, mem, i, this.queueMaxSize, this.monitor, (v, fatal) => this.onViolation(v, fatal)));

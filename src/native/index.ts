@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 
 export interface NativeAddon {
+  /** A connected pair of non-blocking unix stream sockets. */
   socketpair(): [number, number];
   /** A listening unix stream socket (non-blocking). */
   listen(path: string, backlog?: number): number;

@@ -1,0 +1,334 @@
+/**
+ * vhost-user back-end (Node): serves one of our VirtioDevice models to a front-end (QEMU) over
+ * a unix socket. Guest memory arrives as fds (mmapped here), rings as front-end virtual
+ * addresses (translated through the regions), kicks and calls as eventfds. Every message is
+ * validated by protocol.ts before it acts; a malformed one ends the connection with a logged
+ * reason, and the device is reset so the next connection starts clean.
+ *
+ * The device core's driver-facing state machine is driven from the messages: SET_FEATURES
+ * performs ACKNOWLEDGE / DRIVER / features / FEATURES_OK, and the first ring start DRIVER_OK
+ * (the front-end owns the guest-visible status).
+ */
+import { GuestMemory, type MemoryRegionInit } from '../../memory/guest-memory.js';
+import type { DeviceHost, VirtioDevice } from '../../core/device.js';
+import { Status } from '../../core/constants.js';
+import { native, type NativeAddon } from '../../native/index.js';
+import {
+  F_PROTOCOL_FEATURES,
+  HEADER_SIZE,
+  ProtocolFeature,
+  Req,
+  decode,
+  encodeReply,
+  parseHeader,
+  requestName,
+  statePayload,
+  u64Payload,
+  type Decoded,
+  type MemRegion,
+  type Session,
+} from './protocol.js';
+
+/** Protocol features this back-end implements. */
+export const BACKEND_PROTOCOL_FEATURES =
+  (1n << BigInt(ProtocolFeature.MQ)) | (1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.RESET_DEVICE));
+
+interface Ring {
+  size: number;
+  desc: number;
+  avail: number;
+  used: number;
+  base: number;
+  kickFd: number;
+  callFd: number;
+  watch: { close(): void } | null;
+  started: boolean;
+  enabled: boolean;
+}
+
+export interface BackendLog {
+  info(msg: string): void;
+  warn(msg: string): void;
+}
+
+export class VhostUserBackend implements DeviceHost {
+  private readonly n: NativeAddon = native();
+  private fd = -1;
+  private connWatch: { close(): void } | null = null;
+  private session: Session;
+  private ackedFeatures = 0n;
+  private maps: ArrayBuffer[] = [];
+  private memory: GuestMemory | null = null;
+  private rings: Ring[] = [];
+  private readonly header = new Uint8Array(HEADER_SIZE);
+  private readonly payload = new Uint8Array(4096);
+  private live = false;
+  /** Why the last connection ended (tests and logs). */
+  lastError = '';
+  onClose: () => void = () => undefined;
+
+  constructor(
+    readonly device: VirtioDevice,
+    private readonly log: BackendLog = { info: () => undefined, warn: () => undefined },
+  ) {
+    this.session = { protocolFeaturesOffered: true, protocolFeatures: 0n, numQueues: device.numQueues };
+  }
+
+  /** Serves one connected socket fd until it closes (or sends something malformed). */
+  serve(fd: number): void {
+    this.fd = fd;
+    this.resetState();
+    this.connWatch = this.n.watch(fd, true, false, () => this.readable());
+  }
+
+  // ---------------------------------------------------------------- DeviceHost
+
+  interrupt(index: number): void {
+    const r = this.rings[index];
+    if (r !== undefined && r.callFd >= 0) this.n.eventfdWrite(r.callFd, 1);
+  }
+
+  configChanged(): void {
+    // CONFIG_CHANGE_MSG on the back-end request channel is not built yet: nothing to send.
+  }
+
+  // ---------------------------------------------------------------- messages
+
+  private readable(): void {
+    for (;;) {
+      const got = this.n.recvmsg(this.fd, this.header);
+      if (got.bytes === -1) return;
+      if (got.bytes === 0) return this.close('front-end closed the connection');
+      if (got.bytes !== HEADER_SIZE) return this.close(`short header (${got.bytes} bytes)`, got.fds);
+      const h = parseHeader(this.header);
+      if (typeof h === 'string') return this.close(h, got.fds);
+      let payload = this.payload.subarray(0, h.size);
+      let have = 0;
+      const fds = got.fds;
+      while (have < h.size) {
+        const more = this.n.recvmsg(this.fd, payload.subarray(have));
+        fds.push(...more.fds);
+        if (more.bytes === 0) return this.close('front-end closed mid-message', fds);
+        // A front-end sends a message in one piece: a payload that is not there is malformed.
+        if (more.bytes < 0) return this.close(`${requestName(h.request)}: ${h.size - have} payload bytes missing`, fds);
+        have += more.bytes;
+      }
+      payload = payload.slice(0, h.size);
+      const d = decode(h, payload, fds.length, this.session);
+      if (typeof d === 'string') return this.close(d, fds);
+      try {
+        this.handle(d, fds);
+      } catch (err) {
+        return this.close(`${requestName(h.request)}: ${err instanceof Error ? err.message : String(err)}`, fds);
+      }
+    }
+  }
+
+  private reply(request: number, payload?: Uint8Array): void {
+    this.n.sendmsg(this.fd, encodeReply(request, payload));
+  }
+
+  private handle(d: Decoded, fds: number[]): void {
+    const m = d.message;
+    let replied = false;
+    const reply = (p?: Uint8Array) => {
+      this.reply(d.header.request, p);
+      replied = true;
+    };
+    switch (d.header.request) {
+      case Req.GET_FEATURES:
+        reply(u64Payload(this.device.offered | (1n << BigInt(F_PROTOCOL_FEATURES))));
+        break;
+      case Req.SET_FEATURES:
+        if (m.kind === 'u64') this.setFeatures(m.value & ~(1n << BigInt(F_PROTOCOL_FEATURES)));
+        break;
+      case Req.GET_PROTOCOL_FEATURES:
+        reply(u64Payload(BACKEND_PROTOCOL_FEATURES));
+        break;
+      case Req.SET_PROTOCOL_FEATURES:
+        if (m.kind === 'u64') this.session.protocolFeatures = m.value & BACKEND_PROTOCOL_FEATURES;
+        break;
+      case Req.GET_QUEUE_NUM:
+        reply(u64Payload(this.device.numQueues));
+        break;
+      case Req.SET_OWNER:
+      case Req.RESET_OWNER:
+        break;
+      case Req.RESET_DEVICE:
+        this.stopAll();
+        this.device.reset();
+        this.live = false;
+        break;
+      case Req.SET_MEM_TABLE:
+        if (m.kind === 'memory') this.setMemTable(m.regions, fds);
+        fds.length = 0;
+        break;
+      case Req.SET_VRING_NUM:
+        if (m.kind === 'state') this.rings[m.index].size = m.num;
+        break;
+      case Req.SET_VRING_BASE:
+        if (m.kind === 'state') this.rings[m.index].base = m.num;
+        break;
+      case Req.SET_VRING_ADDR:
+        if (m.kind === 'addr') {
+          const mem = this.requireMemory();
+          const r = this.rings[m.index];
+          // Ring addresses are front-end virtual addresses: translate through the regions.
+          r.desc = mem.userToGuest(m.desc, 16);
+          r.avail = mem.userToGuest(m.avail, 4);
+          r.used = mem.userToGuest(m.used, 4);
+        }
+        break;
+      case Req.GET_VRING_BASE:
+        if (m.kind === 'state') reply(statePayload(m.index, this.stopRing(m.index)));
+        break;
+      case Req.SET_VRING_KICK:
+        if (m.kind === 'vring-fd') this.setKick(m.index, m.noFd ? -1 : fds.shift()!);
+        break;
+      case Req.SET_VRING_CALL:
+        if (m.kind === 'vring-fd') {
+          const r = this.rings[m.index];
+          if (r.callFd >= 0) this.n.close(r.callFd);
+          r.callFd = m.noFd ? -1 : fds.shift()!;
+        }
+        break;
+      case Req.SET_VRING_ERR:
+        break; // errors are reported through the monitor and DEVICE_NEEDS_RESET
+      case Req.SET_VRING_ENABLE:
+        if (m.kind === 'state') this.rings[m.index].enabled = m.num === 1;
+        break;
+      case Req.GET_CONFIG:
+        if (m.kind === 'config') {
+          const out = new Uint8Array(12 + m.size);
+          const v = new DataView(out.buffer);
+          v.setUint32(0, m.offset, true);
+          v.setUint32(4, m.size, true);
+          v.setUint32(8, m.flags, true);
+          for (let i = 0; i < m.size; i++) out[12 + i] = Number(this.device.readConfig(m.offset + i, 1));
+          reply(out);
+        }
+        break;
+      case Req.SET_CONFIG:
+        if (m.kind === 'config') for (let i = 0; i < m.size; i++) this.device.writeConfig(m.offset + i, 1, m.data[i]);
+        break;
+      default:
+        throw new Error('not served');
+    }
+    for (const fd of fds) this.n.close(fd); // anything unused
+    if (d.needReply && !replied) this.reply(d.header.request, u64Payload(0));
+  }
+
+  private setFeatures(features: bigint): void {
+    const dev = this.device;
+    if (dev.getStatus() & Status.FEATURES_OK) {
+      dev.reset();
+      this.live = false;
+    }
+    dev.setStatus(Status.ACKNOWLEDGE);
+    dev.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
+    dev.setDriverFeatures(features);
+    dev.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
+    this.ackedFeatures = features;
+  }
+
+  private requireMemory(): GuestMemory {
+    if (this.memory === null) throw new Error('no memory table yet');
+    return this.memory;
+  }
+
+  private setMemTable(regions: MemRegion[], fds: number[]): void {
+    this.unmapAll();
+    const inits: MemoryRegionInit[] = [];
+    regions.forEach((r, i) => {
+      const buffer = this.n.mmap(fds[i], r.mmapOffset, r.size, true);
+      this.n.close(fds[i]);
+      this.maps.push(buffer);
+      inits.push({ guestAddr: r.guestAddr, size: r.size, buffer, userAddr: r.userAddr, concurrent: true });
+    });
+    this.memory = new GuestMemory(inits);
+    // The device follows the new table (attach re-creates its queues; the state machine stays).
+    this.device.attach(this.memory, this);
+  }
+
+  private setKick(index: number, fd: number): void {
+    const r = this.rings[index];
+    r.watch?.close();
+    if (r.kickFd >= 0) this.n.close(r.kickFd);
+    r.kickFd = fd;
+    r.watch = null;
+    if (fd < 0) return;
+    r.watch = this.n.watch(fd, true, false, () => {
+      this.n.eventfdRead(fd);
+      if (!r.started) this.startRing(index);
+      else if (r.enabled) this.device.notify(index);
+    });
+  }
+
+  /** A ring starts on its first kick (vhost-user.rst "Ring states"). */
+  private startRing(index: number): void {
+    const r = this.rings[index];
+    const dev = this.device;
+    r.started = true;
+    dev.setQueueSize(index, r.size);
+    dev.setQueueAddresses(index, r.desc, r.avail, r.used);
+    dev.enableQueue(index);
+    if (!this.live) {
+      this.live = true;
+      dev.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
+    }
+    dev.notify(index);
+  }
+
+  /** GET_VRING_BASE: stop the ring and say where the next available buffer is. */
+  private stopRing(index: number): number {
+    const r = this.rings[index];
+    r.watch?.close();
+    r.watch = null;
+    r.started = false;
+    const q = this.device.queues[index] as { nextAvail?: number } | undefined;
+    return (q?.nextAvail ?? r.base) & 0xffff;
+  }
+
+  private stopAll(): void {
+    for (let i = 0; i < this.rings.length; i++) this.stopRing(i);
+  }
+
+  private unmapAll(): void {
+    for (const b of this.maps) this.n.munmap(b);
+    this.maps = [];
+    this.memory = null;
+  }
+
+  private resetState(): void {
+    this.session = { protocolFeaturesOffered: true, protocolFeatures: 0n, numQueues: this.device.numQueues };
+    this.rings = Array.from({ length: this.device.numQueues }, () => ({
+      size: 0, desc: 0, avail: 0, used: 0, base: 0, kickFd: -1, callFd: -1, watch: null, started: false, enabled: false,
+    }));
+    this.live = false;
+  }
+
+  /** Ends the connection: fds closed, rings stopped, memory unmapped, device reset. */
+  close(reason = 'closed', extraFds: number[] = []): void {
+    for (const fd of extraFds) this.n.close(fd);
+    if (this.fd < 0) return;
+    this.lastError = reason;
+    if (reason !== 'front-end closed the connection' && reason !== 'closed') this.log.warn(`vhost-user: ${reason}; closing the connection`);
+    this.connWatch?.close();
+    this.connWatch = null;
+    for (const r of this.rings) {
+      r.watch?.close();
+      if (r.kickFd >= 0) this.n.close(r.kickFd);
+      if (r.callFd >= 0) this.n.close(r.callFd);
+    }
+    this.rings = [];
+    this.n.close(this.fd);
+    this.fd = -1;
+    this.device.reset();
+    this.unmapAll();
+    this.onClose();
+  }
+
+  get features(): bigint {
+    return this.ackedFeatures;
+  }
+}
