@@ -6,6 +6,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { runDemo } from './demo.js';
 import { runConformance } from './conformance.js';
+import { runServe } from './serve.js';
 import { clauseInfo } from '../conformance/catalogue.js';
 
 export const EXIT_OK = 0;
@@ -46,6 +47,22 @@ export function buildProgram(): Command {
     .option('--json', 'print one JSON object instead of text')
     .action(async (opts) => {
       process.exitCode = await runDemo(opts, process.stdout);
+    });
+
+  program
+    .command('serve')
+    .description('serve a device to a vhost-user front-end (QEMU) on a unix socket')
+    .argument('<type>', 'device type: rng or blk')
+    .option('--socket-path <path>', 'listen on this unix socket path')
+    .option('--fd <n>', 'serve an already connected socket fd', (v: string) => positiveInt('--fd', 1 << 20)(v))
+    .option('--print-capabilities', 'print the back-end capability JSON and exit')
+    .option('--image <file>', 'blk: the disk image (a file or a block device node)')
+    .option('--read-only', 'blk: offer the disk read-only')
+    .option('--num-queues <n>', 'blk: request queues', positiveInt('--num-queues', 64))
+    .option('--queue-size <n>', 'largest queue size', positiveInt('--queue-size', 32768))
+    .option('--tolerant', 'record verdicts and go on (default: strict, DEVICE_NEEDS_RESET)')
+    .action(async (type: string, opts) => {
+      process.exitCode = await runServe(type, opts, process.stdout, process.stderr);
     });
 
   program
