@@ -59,7 +59,7 @@ export function buildProgram(): Command {
     .option('--image <file>', 'blk: the disk image (a file or a block device node)')
     .option('--read-only', 'blk: offer the disk read-only')
     .option('--num-queues <n>', 'blk: request queues', positiveInt('--num-queues', 64))
-    .option('--queue-size <n>', 'largest queue size', positiveInt('--queue-size', 32768))
+    .option('--queue-size <n>', 'largest queue size the front-end may set (default 1024, QEMU\'s maximum)', positiveInt('--queue-size', 32768))
     .option('--tolerant', 'record verdicts and go on (default: strict, DEVICE_NEEDS_RESET)')
     .action(async (type: string, opts) => {
       process.exitCode = await runServe(type, opts, process.stdout, process.stderr);

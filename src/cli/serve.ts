@@ -47,7 +47,12 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
     err.write('virtio-ts serve blk: --image FILE is required\n');
     return 2;
   }
-  const monitor = new Monitor({ mode: opts.tolerant ? 'tolerant' : 'strict', onVerdict: (v) => err.write(`verdict: ${formatVerdict(v)}\n`) });
+  const monitor = new Monitor({
+    mode: opts.tolerant ? 'tolerant' : 'strict',
+    onVerdict: (v) => err.write(`verdict: ${formatVerdict(v)}\n`),
+    // Over vhost-user the front-end (QEMU's packed=on|off) picks the ring format, not the guest.
+    ignore: ['reserved.bits.driver.6'],
+  });
   let device: VirtioDevice;
   try {
     device =
@@ -56,10 +61,10 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
             backend: await FileBlockBackend.open(opts.image!, { readOnly: opts.readOnly }),
             readOnly: opts.readOnly,
             numQueues: opts.numQueues ?? 1,
-            queueMaxSize: opts.queueSize ?? 256,
+            queueMaxSize: opts.queueSize ?? 1024,
             monitor,
           })
-        : new RngDevice({ monitor, queueMaxSize: opts.queueSize ?? 256 });
+        : new RngDevice({ monitor, queueMaxSize: opts.queueSize ?? 1024 });
   } catch (e) {
     err.write(`virtio-ts serve: ${e instanceof Error ? e.message : String(e)}\n`);
     return 2;

@@ -30,6 +30,8 @@ export interface MonitorOptions {
   mode?: MonitorMode;
   /** Clause ids reported as warnings only (known findings in real peers). */
   warnOnly?: Iterable<string>;
+  /** Clause ids that do not apply where this monitor runs: not reported at all. */
+  ignore?: Iterable<string>;
   /** Called for every verdict as it is made. */
   onVerdict?: (v: Verdict) => void;
   /** Verdicts kept in memory (a hostile peer cannot grow the list without bound). */
@@ -42,12 +44,14 @@ export class Monitor {
   /** Verdicts made, including those dropped past `maxKept`. */
   total = 0;
   private readonly warnOnly: Set<string>;
+  private readonly ignored: Set<string>;
   private readonly listeners: ((v: Verdict) => void)[] = [];
   private readonly maxKept: number;
 
   constructor(options: MonitorOptions = {}) {
     this.mode = options.mode ?? 'strict';
     this.warnOnly = new Set(options.warnOnly ?? []);
+    this.ignored = new Set(options.ignore ?? []);
     this.maxKept = options.maxKept ?? 1000;
     if (options.onVerdict) this.listeners.push(options.onVerdict);
   }
@@ -76,6 +80,7 @@ export class Monitor {
       this.warnOnly.has(clause) || level === 'SHOULD' || level === 'SHOULD NOT' || level === 'MAY' ? 'warning' : 'violation';
     const verdict: Verdict = { clause, side, level, severity, message, observer: side === 'device' ? 'driver' : 'device' };
     if (context !== undefined) verdict.context = context;
+    if (this.ignored.has(clause)) return { ...verdict, severity: 'warning' }; // not recorded, never acted on
     this.total++;
     if (this.verdicts.length < this.maxKept) this.verdicts.push(verdict);
     for (const l of this.listeners) {

@@ -143,7 +143,8 @@ export class VhostUserBackend implements DeviceHost {
         if (m.kind === 'u64') this.setFeatures(m.value & ~(1n << BigInt(F_PROTOCOL_FEATURES)));
         break;
       case Req.GET_PROTOCOL_FEATURES:
-        reply(u64Payload(BACKEND_PROTOCOL_FEATURES));
+        // CONFIG only for devices with a config space (QEMU warns about it otherwise).
+        reply(u64Payload(this.device.config.length > 0 ? BACKEND_PROTOCOL_FEATURES : BACKEND_PROTOCOL_FEATURES & ~(1n << BigInt(ProtocolFeature.CONFIG))));
         break;
       case Req.SET_PROTOCOL_FEATURES:
         if (m.kind === 'u64') this.session.protocolFeatures = m.value & BACKEND_PROTOCOL_FEATURES;
@@ -204,7 +205,10 @@ export class VhostUserBackend implements DeviceHost {
           v.setUint32(0, m.offset, true);
           v.setUint32(4, m.size, true);
           v.setUint32(8, m.flags, true);
-          for (let i = 0; i < m.size; i++) out[12 + i] = Number(this.device.readConfig(m.offset + i, 1));
+          // The front-end fills its own copy of the config space (QEMU does so before the guest
+          // negotiates): a raw read, not a guest driver access the monitor should judge.
+          const cfg = this.device.config;
+          for (let i = 0; i < m.size && m.offset + i < cfg.length; i++) out[12 + i] = cfg[m.offset + i];
           reply(out);
         }
         break;

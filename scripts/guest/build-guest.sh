@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds the tiny Linux guest the end-to-end tests boot: Debian's current kernel (the ELF
+# vmlinux, booted through PVH) and an uncompressed busybox initramfs with the virtio modules.
+# Needs: apt-get (Debian's packages), busybox-static, kmod, cpio, python3.
+# Usage: scripts/guest/build-guest.sh [OUT_DIR]   (default .guest; reused when present)
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=$(realpath -m "${1:-.guest}")
+mkdir -p "$OUT"
+if [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initramfs.cpio" ]; then exit 0; fi
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+
+# Debian's current kernel package (not a pinned ABI): resolve the metapackage's dependency.
+KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+[ -n "$KPKG" ] || { echo "cannot resolve linux-image-amd64 (run apt-get update)" >&2; exit 1; }
+apt-get download -q "$KPKG" >/dev/null 2>&1
+dpkg -x ./*.deb root
+KVER=$(ls root/lib/modules)
+
+# The ELF vmlinux is the xz payload inside vmlinuz.
+python3 - "root/boot/vmlinuz-$KVER" "$OUT/vmlinux" <<'PY'
+import lzma, sys
+data = open(sys.argv[1], 'rb').read()
+magic = b'\xfd7zXZ\x00'
+i = data.find(magic)
+while i >= 0:
+    try:
+        out = lzma.LZMADecompressor().decompress(data[i:])
+        if out[:4] == b'\x7fELF':
+            open(sys.argv[2], 'wb').write(out)
+            sys.exit(0)
+    except lzma.LZMAError:
+        pass
+    i = data.find(magic, i + 1)
+sys.exit('no xz-compressed ELF payload in ' + sys.argv[1])
+PY
+
+# initramfs: busybox, the virtio modules in insmod order, and /init.
+depmod -b root "$KVER"
+mkdir -p initrd/bin initrd/dev initrd/proc initrd/sys initrd/mnt initrd/lib/modules
+cp /bin/busybox initrd/bin/busybox
+for m in virtio_pci virtio_mmio virtio_rng virtio_blk virtio_console; do
+  modprobe -d root -S "$KVER" --show-depends "$m" | awk '/^insmod/ {print $2}'
+done | awk '!seen[$0]++' > order
+: > initrd/modules
+while read -r ko; do
+  base=$(basename "$ko")
+  case "$base" in *.xz) xz -dc "$ko" > "initrd/lib/modules/${base%.xz}"; base=${base%.xz} ;; *) cp "$ko" initrd/lib/modules/ ;; esac
+  echo "$base" >> initrd/modules
+done < order
+cp "$HERE/init" initrd/init
+chmod +x initrd/init
+(cd initrd && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio"
+echo "guest: kernel $KVER, $(wc -l < initrd/modules) modules, initramfs $(du -h "$OUT/initramfs.cpio" | cut -f1)"
