@@ -33,6 +33,9 @@ import {
 export const BACKEND_PROTOCOL_FEATURES =
   (1n << BigInt(ProtocolFeature.MQ)) | (1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.RESET_DEVICE));
 
+/** Largest piece of a memory region mapped into one ArrayBuffer. */
+const MAP_CHUNK = 1 << 30;
+
 interface Ring {
   size: number;
   desc: number;
@@ -244,10 +247,15 @@ export class VhostUserBackend implements DeviceHost {
     this.unmapAll();
     const inits: MemoryRegionInit[] = [];
     regions.forEach((r, i) => {
-      const buffer = this.n.mmap(fds[i], r.mmapOffset, r.size, true);
+      // ArrayBuffers stay well under Node's limits: big regions are mapped in 1 GiB pieces,
+      // which GuestMemory joins back (copies and chains cross piece boundaries).
+      for (let off = 0; off < r.size; off += MAP_CHUNK) {
+        const len = Math.min(MAP_CHUNK, r.size - off);
+        const buffer = this.n.mmap(fds[i], r.mmapOffset + off, len, true);
+        this.maps.push(buffer);
+        inits.push({ guestAddr: r.guestAddr + off, size: len, buffer, userAddr: r.userAddr + off, concurrent: true });
+      }
       this.n.close(fds[i]);
-      this.maps.push(buffer);
-      inits.push({ guestAddr: r.guestAddr, size: r.size, buffer, userAddr: r.userAddr, concurrent: true });
     });
     this.memory = new GuestMemory(inits);
     // The device follows the new table (attach re-creates its queues; the state machine stays).
