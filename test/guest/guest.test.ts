@@ -82,12 +82,19 @@ guestTest('Linux reads /dev/hwrng from virtio-ts serve rng (vhost-user-rng-pci)'
 });
 
 const MICROVM = ['-M', 'microvm', '-global', 'virtio-mmio.force-legacy=false'];
+guestTest('Linux reads /dev/hwrng from virtio-ts serve rng on microvm (virtio-mmio)', async () => {
+  const run = await boot('rng', 'vhost-user-rng,chardev=c0', [], ['-M', 'microvm', '-global', 'virtio-mmio.force-legacy=false']);
+  assert.match(run.results.get('rng-bytes') ?? '', /^[0-9a-f]{128}$/);
+  noViolations(run);
+});
+
 const BLK_MATRIX: [string, string, string[], string[]][] = [
   ['pc, split ring', 'vhost-user-blk-pci,chardev=c0,num-queues=1', [], []],
   ['pc, packed=on', 'vhost-user-blk-pci,chardev=c0,num-queues=1,packed=on', [], []],
   ['pc, event_idx=off, indirect_desc=off', 'vhost-user-blk-pci,chardev=c0,num-queues=1,event_idx=off,indirect_desc=off', [], []],
   ['pc, num-queues=2', 'vhost-user-blk-pci,chardev=c0,num-queues=2', ['--num-queues', '2'], []],
   ['microvm, virtio-mmio', 'vhost-user-blk,chardev=c0,num-queues=1', [], MICROVM],
+  ['microvm, virtio-mmio, packed=on', 'vhost-user-blk,chardev=c0,num-queues=1,packed=on', [], MICROVM],
 ];
 
 for (const [label, device, extra, machine] of BLK_MATRIX) {

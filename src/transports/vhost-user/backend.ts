@@ -297,7 +297,11 @@ export class VhostUserBackend implements DeviceHost {
     r.watch?.close();
     r.watch = null;
     r.started = false;
-    const q = this.device.queues[index] as { nextAvail?: number } | undefined;
+    const q = this.device.queues[index] as { format?: string; nextAvail?: number; availWrap?: boolean } | undefined;
+    if (q?.format === 'packed') {
+      // Packed rings: the next slot and, in bit 15, its wrap counter (vhost-user.rst).
+      return ((q.nextAvail ?? 0) & 0x7fff) | (q.availWrap === false ? 0 : 0x8000);
+    }
     return (q?.nextAvail ?? r.base) & 0xffff;
   }
 
