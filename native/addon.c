@@ -42,6 +42,14 @@ static napi_value num(napi_env env, double v) {
 
 static int arg_int(napi_env env, napi_value v, int32_t* out) { return napi_get_value_int32(env, v, out) == napi_ok; }
 
+// A Uint8Array argument: its bytes and length.
+static int arg_bytes(napi_env env, napi_value v, void** data, size_t* len) {
+  napi_typedarray_type t;
+  napi_value ab;
+  size_t off;
+  return napi_get_typedarray_info(env, v, &t, len, data, &ab, &off) == napi_ok && t == napi_uint8_array;
+}
+
 static int arg_path(napi_env env, napi_value v, struct sockaddr_un* sa) {
   size_t len = 0;
   memset(sa, 0, sizeof *sa);
@@ -122,11 +130,7 @@ static napi_value Sendmsg(napi_env env, napi_callback_info info) {
   if (argc < 2 || !arg_int(env, argv[0], &fd)) return throw_errno(env, "sendmsg: fd", EINVAL);
   void* data;
   size_t len;
-  napi_typedarray_type t;
-  napi_value ab;
-  size_t off;
-  if (napi_get_typedarray_info(env, argv[1], &t, &len, &data, &ab, &off) != napi_ok || t != napi_uint8_array)
-    return throw_errno(env, "sendmsg: data must be a Uint8Array", EINVAL);
+  if (!arg_bytes(env, argv[1], &data, &len)) return throw_errno(env, "sendmsg: data must be a Uint8Array", EINVAL);
   int fds[MAX_FDS];
   uint32_t nfds = 0;
   if (argc > 2) {
@@ -177,11 +181,7 @@ static napi_value Recvmsg(napi_env env, napi_callback_info info) {
   if (argc < 2 || !arg_int(env, argv[0], &fd)) return throw_errno(env, "recvmsg: fd", EINVAL);
   void* data;
   size_t len;
-  napi_typedarray_type t;
-  napi_value ab;
-  size_t off;
-  if (napi_get_typedarray_info(env, argv[1], &t, &len, &data, &ab, &off) != napi_ok || t != napi_uint8_array)
-    return throw_errno(env, "recvmsg: buffer must be a Uint8Array", EINVAL);
+  if (!arg_bytes(env, argv[1], &data, &len)) return throw_errno(env, "recvmsg: buffer must be a Uint8Array", EINVAL);
   struct iovec iov = {data, len};
   char cbuf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
   struct msghdr msg;
