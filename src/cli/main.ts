@@ -61,6 +61,7 @@ export function buildProgram(): Command {
     .option('--num-queues <n>', 'blk: request queues', positiveInt('--num-queues', 64))
     .option('--queue-size <n>', 'largest queue size the front-end may set (default 1024, QEMU\'s maximum)', positiveInt('--queue-size', 32768))
     .option('--tolerant', 'record verdicts and go on (default: strict, DEVICE_NEEDS_RESET)')
+    .addOption(new Option('--log-level <level>', 'structured (JSON) log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
     .action(async (type: string, opts) => {
       process.exitCode = await runServe(type, opts, process.stdout, process.stderr);
     });

@@ -12,6 +12,7 @@ import { BlkDevice } from '../devices/blk.js';
 import { FileBlockBackend } from '../backends/file-block.js';
 import type { VirtioDevice } from '../core/device.js';
 import { VhostUserBackend } from '../transports/vhost-user/backend.js';
+import { pino } from 'pino';
 
 export interface ServeOptions {
   socketPath?: string;
@@ -22,6 +23,7 @@ export interface ServeOptions {
   numQueues?: number;
   queueSize?: number;
   tolerant?: boolean;
+  logLevel?: string;
 }
 
 interface Writable {
@@ -47,9 +49,11 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
     err.write('virtio-ts serve blk: --image FILE is required\n');
     return 2;
   }
+  // Structured logs (JSON lines) on stderr; synchronous so nothing is lost at exit.
+  const logger = pino({ name: `virtio-ts serve ${type}`, level: opts.logLevel ?? 'info' }, pino.destination({ dest: 2, sync: true }));
   const monitor = new Monitor({
     mode: opts.tolerant ? 'tolerant' : 'strict',
-    onVerdict: (v) => err.write(`verdict: ${formatVerdict(v)}\n`),
+    onVerdict: (v) => logger.warn({ verdict: v }, `verdict ${formatVerdict(v)}`),
     // Over vhost-user the front-end (QEMU's packed=on|off) picks the ring format, not the guest.
     ignore: ['reserved.bits.driver.6'],
   });
@@ -70,7 +74,7 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
     return 2;
   }
   const n = native();
-  const log = { info: (m: string) => err.write(`${m}\n`), warn: (m: string) => err.write(`${m}\n`) };
+  const log = { info: (m: string) => logger.info(m), warn: (m: string) => logger.warn(m) };
   const backend = new VhostUserBackend(device, log);
   let listenFd = -1;
   let watch: { close(): void } | null = null;
@@ -101,10 +105,10 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
       stop(2);
       return;
     }
-    err.write(`virtio-ts serve ${type}: listening on ${opts.socketPath}\n`);
+    logger.info({ socketPath: opts.socketPath }, `listening on ${opts.socketPath}`);
     backend.onClose = () => {
       busy = false;
-      err.write(`virtio-ts serve ${type}: front-end gone${backend.lastError ? ` (${backend.lastError})` : ''}; waiting for the next one\n`);
+      logger.info({ reason: backend.lastError }, `front-end gone${backend.lastError ? ` (${backend.lastError})` : ''}; waiting for the next one`);
     };
     watch = n.watch(listenFd, true, false, () => {
       for (;;) {
@@ -115,6 +119,7 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
           continue;
         }
         busy = true;
+        logger.info({ fd: c }, 'front-end connected');
         backend.serve(c);
       }
     });

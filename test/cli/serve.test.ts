@@ -59,6 +59,8 @@ for (const type of ['rng', 'blk'] as const) {
       assert.ok(first & (1n << 30n), 'VHOST_USER_F_PROTOCOL_FEATURES offered');
       await until(() => /waiting for the next one/.test(stderr), 'the back-end noticing the front-end left');
       assert.equal(await getFeatures(path), first, 'served again after reconnecting');
+      const lines = stderr.trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; name: string });
+      assert.ok(lines.some((l) => l.msg.startsWith('listening on') && l.name === `virtio-ts serve ${type}`), 'structured JSON logs');
       child.kill('SIGTERM');
       assert.equal(await exited, 0);
       assert.equal(existsSync(path), false, 'socket file removed');
@@ -76,6 +78,7 @@ test('virtio-ts serve: usage errors exit 2', () => {
   assert.equal(run('serve', 'rng').status, 2, 'no socket');
   assert.equal(run('serve', 'rng', '--socket-path', '/nonexistent-dir/x.sock').status, 2);
   assert.equal(run('serve', 'rng', '--fd', 'x').status, 2);
+  assert.equal(run('serve', 'rng', '--socket-path', '/tmp/x.sock', '--log-level', 'loud').status, 2);
   const caps = run('serve', 'blk', '--print-capabilities');
   assert.equal(caps.status, 0);
   assert.deepEqual(JSON.parse(caps.stdout), { type: 'block', features: [] });
