@@ -7,9 +7,9 @@ import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/conformance/monitor.js';
 import { RngDevice } from '../../src/devices/rng.js';
 import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
-import { HEADER_SIZE, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { SplitDriverQueue, layoutSplitQueue } from '../../src/core/virtqueue/split-driver.js';
-import { Feature } from '../../src/core/constants.js';
+import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
 
 const n = native();
@@ -52,6 +52,10 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
   const feats = new DataView((await reply(front)).buffer).getBigUint64(HEADER_SIZE, true);
   assert.ok(feats & (1n << 30n), 'offers VHOST_USER_F_PROTOCOL_FEATURES');
   assert.ok(feats & bit(Feature.VERSION_1));
+  n.sendmsg(front, message(Req.GET_PROTOCOL_FEATURES));
+  const proto = new DataView((await reply(front)).buffer).getBigUint64(HEADER_SIZE, true);
+  assert.ok(proto & (1n << BigInt(ProtocolFeature.STATUS)), 'offers VHOST_USER_PROTOCOL_F_STATUS');
+  n.sendmsg(front, message(Req.SET_PROTOCOL_FEATURES, u64Payload(1n << BigInt(ProtocolFeature.STATUS))));
   n.sendmsg(front, message(Req.SET_OWNER));
   n.sendmsg(front, message(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | bit(Feature.EVENT_IDX) | (1n << 30n))));
 
@@ -98,10 +102,32 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
   assert.equal(q.lastLen, 64);
   assert.ok(new Uint8Array(ram, 0x20000, 64).every((b) => b === 0x42), 'random bytes landed in guest memory');
 
-  // GET_VRING_BASE stops the ring and tells where the next buffer is.
+  // GET_STATUS reports the status the device really holds: live after the first kick.
+  const getStatus = async () => {
+    n.sendmsg(front, message(Req.GET_STATUS));
+    return Number(new DataView((await reply(front)).buffer).getBigUint64(HEADER_SIZE, true));
+  };
+  const live = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK;
+  assert.equal(await getStatus(), live);
+  // SET_STATUS 0 resets the device (the way QEMU stops a device) ...
+  n.sendmsg(front, message(Req.SET_STATUS, u64Payload(0)));
+  assert.equal(await getStatus(), 0);
+
+  // ... and GET_VRING_BASE, which the front-end sends after it, still tells where the ring stood.
   n.sendmsg(front, message(Req.GET_VRING_BASE, statePayload(0, 0)));
   const base = new DataView((await reply(front)).buffer).getUint32(HEADER_SIZE + 4, true);
   assert.equal(base, 1);
+  assert.equal(device.getStatus(), 0);
+
+  // Restarted the QEMU way: features again, then SET_STATUS with DRIVER_OK makes it live before
+  // any kick; FAILED is recorded; a DRIVER_OK the device has not earned is not invented.
+  n.sendmsg(front, message(Req.SET_STATUS, u64Payload(BigInt(live))));
+  assert.equal(await getStatus(), 0, 'no FEATURES_OK yet: DRIVER_OK is not taken');
+  n.sendmsg(front, message(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | (1n << 30n))));
+  n.sendmsg(front, message(Req.SET_STATUS, u64Payload(BigInt(live))));
+  assert.equal(await getStatus(), live);
+  n.sendmsg(front, message(Req.SET_STATUS, u64Payload(BigInt(live | Status.FAILED))));
+  assert.equal(await getStatus(), live | Status.FAILED);
   assert.deepEqual(monitor.verdicts, []);
 
   // A malformed message ends the connection with a reason; the back-end survives.

@@ -31,7 +31,8 @@ import {
 
 /** Protocol features this back-end implements. */
 export const BACKEND_PROTOCOL_FEATURES =
-  (1n << BigInt(ProtocolFeature.MQ)) | (1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.RESET_DEVICE));
+  (1n << BigInt(ProtocolFeature.MQ)) | (1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.RESET_DEVICE)) |
+  (1n << BigInt(ProtocolFeature.STATUS));
 
 /** Largest piece of a memory region mapped into one ArrayBuffer. */
 const MAP_CHUNK = 1 << 30;
@@ -163,6 +164,12 @@ export class VhostUserBackend implements DeviceHost {
         this.device.reset();
         this.live = false;
         break;
+      case Req.SET_STATUS:
+        if (m.kind === 'u64') this.setStatus(Number(m.value & 0xffn));
+        break;
+      case Req.GET_STATUS:
+        reply(u64Payload(this.device.getStatus()));
+        break;
       case Req.SET_MEM_TABLE:
         if (m.kind === 'memory') this.setMemTable(m.regions, fds);
         fds.length = 0;
@@ -238,6 +245,34 @@ export class VhostUserBackend implements DeviceHost {
     this.ackedFeatures = features;
   }
 
+  /**
+   * SET_STATUS (VHOST_USER_PROTOCOL_F_STATUS): the front-end's view of the device status.
+   * The back-end already walks the device through ACKNOWLEDGE..FEATURES_OK on SET_FEATURES and
+   * to DRIVER_OK on the first kick, so only three writes change anything here: 0 resets the
+   * device (rings stopped first, so a later GET_VRING_BASE still answers where each ring
+   * stood), FAILED is recorded, and DRIVER_OK makes a negotiated device live before any kick.
+   * Bits the device has not reached (FEATURES_OK before SET_FEATURES) are not invented:
+   * GET_STATUS reports what the device really holds, which is how the front-end learns it.
+   */
+  private setStatus(value: number): void {
+    const dev = this.device;
+    if (value === 0) {
+      this.stopAll();
+      dev.reset();
+      this.live = false;
+      return;
+    }
+    const now = dev.getStatus();
+    if (value & Status.FAILED && !(now & Status.FAILED)) {
+      dev.setStatus(now | Status.FAILED);
+      return;
+    }
+    if (value & Status.DRIVER_OK && !this.live && now & Status.FEATURES_OK && !(now & Status.FAILED)) {
+      this.live = true;
+      dev.setStatus(now | Status.DRIVER_OK);
+    }
+  }
+
   private requireMemory(): GuestMemory {
     if (this.memory === null) throw new Error('no memory table yet');
     return this.memory;
@@ -296,13 +331,18 @@ export class VhostUserBackend implements DeviceHost {
     const r = this.rings[index];
     r.watch?.close();
     r.watch = null;
+    // A ring that never started (or was stopped before) still stands where it was left.
+    if (!r.started) return r.base;
     r.started = false;
     const q = this.device.queues[index] as { format?: string; nextAvail?: number; availWrap?: boolean } | undefined;
     if (q?.format === 'packed') {
       // Packed rings: the next slot and, in bit 15, its wrap counter (vhost-user.rst).
-      return ((q.nextAvail ?? 0) & 0x7fff) | (q.availWrap === false ? 0 : 0x8000);
+      r.base = ((q.nextAvail ?? 0) & 0x7fff) | (q.availWrap === false ? 0 : 0x8000);
+    } else if (q?.nextAvail !== undefined) {
+      r.base = q.nextAvail & 0xffff;
     }
-    return (q?.nextAvail ?? r.base) & 0xffff;
+    // Kept: after a reset (SET_STATUS 0 comes before GET_VRING_BASE) the queue starts over.
+    return r.base;
   }
 
   private stopAll(): void {
