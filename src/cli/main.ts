@@ -43,6 +43,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--ring <format>', 'virtqueue format the driver negotiates').choices(['split', 'packed']).default('packed'))
     .option('--misbehave <clause-id>', 'make the driver or device break this clause on purpose and show the verdict', clauseId)
     .option('--list-misbehaviours', 'list the clauses --misbehave can break')
+    .addOption(new Option('--strict', 'strict mode, the default: a broken rule -> DEVICE_NEEDS_RESET / driver gives up').conflicts('tolerant'))
     .option('--tolerant', 'record verdicts and go on, instead of strict mode (DEVICE_NEEDS_RESET / driver gives up)')
     .option('--json', 'print one JSON object instead of text')
     .action(async (opts) => {
@@ -60,6 +61,7 @@ export function buildProgram(): Command {
     .option('--read-only', 'blk: offer the disk read-only')
     .option('--num-queues <n>', 'blk: request queues', positiveInt('--num-queues', 64))
     .option('--queue-size <n>', 'largest queue size the front-end may set (default 1024, QEMU\'s maximum)', positiveInt('--queue-size', 32768))
+    .addOption(new Option('--strict', 'strict mode, the default: a broken rule by the guest driver -> DEVICE_NEEDS_RESET').conflicts('tolerant'))
     .option('--tolerant', 'record verdicts and go on (default: strict, DEVICE_NEEDS_RESET)')
     .addOption(new Option('--log-level <level>', 'structured (JSON) log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
     .action(async (type: string, opts) => {

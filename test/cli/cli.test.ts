@@ -50,6 +50,11 @@ test('demo --misbehave: the oracle names the broken clause (seed clause init.seq
   assert.match(r.out, /VIOLATION init\.sequence\.driver\.3 \(driver MUST NOT\)/);
   assert.match(r.out, /DEVICE_NEEDS_RESET/);
   assert.match(r.out, /the oracle named init\.sequence\.driver\.3/);
+  // --strict says the default out loud: the same verdict and the same reset.
+  const strict = run('demo', '--strict', '--misbehave', 'init.sequence.driver.3');
+  assert.equal(strict.code, 0, strict.err);
+  assert.match(strict.out, /monitor \(strict\)/);
+  assert.match(strict.out, /DEVICE_NEEDS_RESET/);
 });
 
 test('demo --misbehave --tolerant --json on a device clause', () => {
@@ -79,6 +84,8 @@ test('usage errors exit 2 with a clear message', () => {
     [['demo', '--mode', 'sideways'], /Allowed choices/],
     [['conformance', '--part', 'gpu'], /unknown part/],
     [['frobnicate'], /unknown command/],
+    [['demo', '--strict', '--tolerant'], /cannot be used with option '--tolerant'/],
+    [['serve', 'rng', '--fd', '3', '--tolerant', '--strict'], /'--strict' cannot be used with option '--tolerant'/],
   ];
   for (const [args, message] of cases) {
     const r = run(...args);
