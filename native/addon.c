@@ -121,7 +121,8 @@ static napi_value Connect(napi_env env, napi_callback_info info) {
   return num(env, fd);
 }
 
-// sendmsg(fd, Uint8Array, fds[]): bytes sent, or -1 on EAGAIN
+// sendmsg(fd, Uint8Array, fds[]): bytes sent, or -1 on EAGAIN (never blocks, whatever the fd mode:
+// the back-end request channel comes from the front-end as a blocking socket)
 static napi_value Sendmsg(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -164,7 +165,7 @@ static napi_value Sendmsg(napi_env env, napi_callback_info info) {
     c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
     memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
   }
-  ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return num(env, -1);
     return throw_errno(env, "sendmsg", errno);

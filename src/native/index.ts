@@ -15,7 +15,7 @@ export interface NativeAddon {
   /** The accepted fd (non-blocking), or -1 when none is waiting. */
   accept(fd: number): number;
   connect(path: string): number;
-  /** Bytes sent with `fds` as SCM_RIGHTS, or -1 when the socket is full. */
+  /** Bytes sent with `fds` as SCM_RIGHTS, or -1 when the socket is full (never blocks). */
   sendmsg(fd: number, data: Uint8Array, fds?: number[]): number;
   /** Bytes received (-1: nothing yet, 0: end of stream) and the fds that came with them (CLOEXEC). */
   recvmsg(fd: number, into: Uint8Array): { bytes: number; fds: number[]; truncated: boolean };

@@ -7,7 +7,7 @@ import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/conformance/monitor.js';
 import { RngDevice } from '../../src/devices/rng.js';
 import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
-import { HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { SplitDriverQueue, layoutSplitQueue } from '../../src/core/virtqueue/split-driver.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
@@ -55,7 +55,12 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
   n.sendmsg(front, message(Req.GET_PROTOCOL_FEATURES));
   const proto = new DataView((await reply(front)).buffer).getBigUint64(HEADER_SIZE, true);
   assert.ok(proto & (1n << BigInt(ProtocolFeature.STATUS)), 'offers VHOST_USER_PROTOCOL_F_STATUS');
-  n.sendmsg(front, message(Req.SET_PROTOCOL_FEATURES, u64Payload(1n << BigInt(ProtocolFeature.STATUS))));
+  assert.ok(proto & (1n << BigInt(ProtocolFeature.BACKEND_REQ)), 'offers VHOST_USER_PROTOCOL_F_BACKEND_REQ');
+  n.sendmsg(front, message(Req.SET_PROTOCOL_FEATURES, u64Payload((1n << BigInt(ProtocolFeature.STATUS)) | (1n << BigInt(ProtocolFeature.BACKEND_REQ)))));
+  // The back-end request channel: the back-end writes, the front-end reads.
+  const [channelFront, channelBack] = n.socketpair();
+  n.sendmsg(front, message(Req.SET_BACKEND_REQ_FD), [channelBack]);
+  n.close(channelBack); // the back-end holds its own copy now
   n.sendmsg(front, message(Req.SET_OWNER));
   n.sendmsg(front, message(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | bit(Feature.EVENT_IDX) | (1n << 30n))));
 
@@ -109,6 +114,14 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
   };
   const live = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK;
   assert.equal(await getStatus(), live);
+
+  // A live device that enters DEVICE_NEEDS_RESET sends a configuration change notification
+  // (basic.status.device.3): CONFIG_CHANGE_MSG on the back-end request channel.
+  device.needsReset('test: the device broke');
+  const note = await reply(channelFront);
+  const nv = new DataView(note.buffer);
+  assert.deepEqual([note.length, nv.getUint32(0, true), nv.getUint32(4, true), nv.getUint32(8, true)], [HEADER_SIZE, BackendReq.CONFIG_CHANGE_MSG, 1, 0]);
+  assert.equal(await getStatus(), live | Status.DEVICE_NEEDS_RESET);
   // SET_STATUS 0 resets the device (the way QEMU stops a device) ...
   n.sendmsg(front, message(Req.SET_STATUS, u64Payload(0)));
   assert.equal(await getStatus(), 0);
@@ -136,6 +149,6 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
   await tick();
   assert.match(backend.lastError, /payload of 3 bytes, expected 8/);
   assert.equal(n.recvmsg(front, new Uint8Array(8)).bytes, 0, 'the socket was closed');
-  for (const fd of [front, call, kick]) n.close(fd);
+  for (const fd of [front, call, kick, channelFront]) n.close(fd);
   n.munmap(ram);
 });

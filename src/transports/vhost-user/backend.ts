@@ -24,6 +24,8 @@ import {
   requestName,
   statePayload,
   u64Payload,
+  BackendReq,
+  encodeBackendRequest,
   type Decoded,
   type MemRegion,
   type Session,
@@ -32,7 +34,8 @@ import {
 /** Protocol features this back-end implements. */
 export const BACKEND_PROTOCOL_FEATURES =
   (1n << BigInt(ProtocolFeature.MQ)) | (1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.RESET_DEVICE)) |
-  (1n << BigInt(ProtocolFeature.STATUS));
+  (1n << BigInt(ProtocolFeature.STATUS)) |
+  (1n << BigInt(ProtocolFeature.BACKEND_REQ));
 
 /** Largest piece of a memory region mapped into one ArrayBuffer. */
 const MAP_CHUNK = 1 << 30;
@@ -59,6 +62,8 @@ export class VhostUserBackend implements DeviceHost {
   private readonly n: NativeAddon = native();
   private fd = -1;
   private connWatch: { close(): void } | null = null;
+  /** The back-end request channel (SET_BACKEND_REQ_FD), or -1. */
+  private backendReqFd = -1;
   private session: Session;
   private ackedFeatures = 0n;
   private maps: ArrayBuffer[] = [];
@@ -92,8 +97,22 @@ export class VhostUserBackend implements DeviceHost {
     if (r !== undefined && r.callFd >= 0) this.n.eventfdWrite(r.callFd, 1);
   }
 
+  /**
+   * A configuration change notification (spec 2.5; basic.status.device.3 for
+   * DEVICE_NEEDS_RESET) goes to the front-end as CONFIG_CHANGE_MSG on the back-end request
+   * channel; QEMU then re-reads the config space with GET_CONFIG and interrupts the guest.
+   * No reply is asked for: the device must not wait on the front-end from inside its own work.
+   */
   configChanged(): void {
-    // CONFIG_CHANGE_MSG on the back-end request channel is not built yet: nothing to send.
+    if (this.backendReqFd < 0) return;
+    try {
+      if (this.n.sendmsg(this.backendReqFd, encodeBackendRequest(BackendReq.CONFIG_CHANGE_MSG)) < 0) {
+        this.log.warn('vhost-user: CONFIG_CHANGE_MSG not sent: the front-end is not reading its back-end request channel');
+      }
+    } catch (err) {
+      // A front-end that stopped reading its channel loses the notification, not the device.
+      this.log.warn(`vhost-user: CONFIG_CHANGE_MSG not sent: ${err instanceof Error ? err.message : String(err)}`);
+    }
   }
 
   // ---------------------------------------------------------------- messages
@@ -169,6 +188,10 @@ export class VhostUserBackend implements DeviceHost {
         break;
       case Req.GET_STATUS:
         reply(u64Payload(this.device.getStatus()));
+        break;
+      case Req.SET_BACKEND_REQ_FD:
+        if (this.backendReqFd >= 0) this.n.close(this.backendReqFd);
+        this.backendReqFd = fds.shift()!;
         break;
       case Req.SET_MEM_TABLE:
         if (m.kind === 'memory') this.setMemTable(m.regions, fds);
@@ -377,6 +400,8 @@ export class VhostUserBackend implements DeviceHost {
       if (r.callFd >= 0) this.n.close(r.callFd);
     }
     this.rings = [];
+    if (this.backendReqFd >= 0) this.n.close(this.backendReqFd);
+    this.backendReqFd = -1;
     this.n.close(this.fd);
     this.fd = -1;
     this.device.reset();

@@ -298,6 +298,22 @@ function checkRegion(r: MemRegion): string | null {
 }
 
 /** A reply: header with the reply flag, then the payload. */
+/** Back-end -> front-end requests on the back-end request channel (vhost-user.rst). */
+export const BackendReq = {
+  IOTLB_MSG: 1,
+  CONFIG_CHANGE_MSG: 2,
+  VRING_HOST_NOTIFIER_MSG: 3,
+} as const;
+
+/** A back-end request with no payload and no reply asked for. */
+export function encodeBackendRequest(request: number): Uint8Array {
+  const out = new Uint8Array(HEADER_SIZE);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, request, true);
+  v.setUint32(4, VERSION, true);
+  return out;
+}
+
 export function encodeReply(request: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
   const out = new Uint8Array(HEADER_SIZE + payload.length);
   const v = new DataView(out.buffer);
