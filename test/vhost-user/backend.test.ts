@@ -7,7 +7,7 @@ import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/conformance/monitor.js';
 import { RngDevice } from '../../src/devices/rng.js';
 import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
-import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { BackendReq, HEADER_SIZE, encodeMessage, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { SplitDriverQueue, layoutSplitQueue } from '../../src/core/virtqueue/split-driver.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
@@ -16,14 +16,8 @@ const n = native();
 const RAM = 1 << 20;
 const USER_BASE = 0x7f0000000000; // where "QEMU" has guest RAM in its address space
 
-function message(request: number, payload: Uint8Array = new Uint8Array(0), flags = 1): Uint8Array {
-  const out = new Uint8Array(HEADER_SIZE + payload.length);
-  const v = new DataView(out.buffer);
-  v.setUint32(0, request, true);
-  v.setUint32(4, flags, true);
-  v.setUint32(8, payload.length, true);
-  out.set(payload, HEADER_SIZE);
-  return out;
+function message(request: number, payload?: Uint8Array, flags = 1): Uint8Array {
+  return encodeMessage(request, flags, payload);
 }
 
 /** Waits for a reply on the front-end's end of the socket. */

@@ -297,7 +297,6 @@ function checkRegion(r: MemRegion): string | null {
   return null;
 }
 
-/** A reply: header with the reply flag, then the payload. */
 /** Back-end -> front-end requests on the back-end request channel (vhost-user.rst). */
 export const BackendReq = {
   IOTLB_MSG: 1,
@@ -305,23 +304,25 @@ export const BackendReq = {
   VRING_HOST_NOTIFIER_MSG: 3,
 } as const;
 
-/** A back-end request with no payload and no reply asked for. */
-export function encodeBackendRequest(request: number): Uint8Array {
-  const out = new Uint8Array(HEADER_SIZE);
-  const v = new DataView(out.buffer);
-  v.setUint32(0, request, true);
-  v.setUint32(4, VERSION, true);
-  return out;
-}
-
-export function encodeReply(request: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
+/** One message: the 12-byte header (request, flags, payload size), then the payload. */
+export function encodeMessage(request: number, flags: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
   const out = new Uint8Array(HEADER_SIZE + payload.length);
   const v = new DataView(out.buffer);
   v.setUint32(0, request, true);
-  v.setUint32(4, VERSION | FLAG_REPLY, true);
+  v.setUint32(4, flags, true);
   v.setUint32(8, payload.length, true);
   out.set(payload, HEADER_SIZE);
   return out;
+}
+
+/** A back-end request with no payload and no reply asked for. */
+export function encodeBackendRequest(request: number): Uint8Array {
+  return encodeMessage(request, VERSION);
+}
+
+/** A reply: header with the reply flag, then the payload. */
+export function encodeReply(request: number, payload?: Uint8Array): Uint8Array {
+  return encodeMessage(request, VERSION | FLAG_REPLY, payload);
 }
 
 export function u64Payload(value: bigint | number): Uint8Array {
