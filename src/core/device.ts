@@ -399,6 +399,18 @@ export abstract class VirtioDevice {
     this.statusValue &= ~Status.DRIVER_OK;
   }
 
+  /**
+   * For a transport that stops rings under a running device (vhost-user GET_VRING_BASE and
+   * SET_STATUS 0; pause the rings first with `queue.paused`): true once no buffer the device
+   * took is still being worked on. Every used buffer is then published (and notified), so the
+   * rings show each buffer taken as used and a restart from their position loses nothing.
+   */
+  settled(): boolean {
+    if (this.work() > 0) return false;
+    for (const q of this.queues) if (q.active) this.complete(q);
+    return true;
+  }
+
   /** Buffers taken and not yet used (device types with their own pipelines override it). */
   protected work(): number {
     let n = 0;

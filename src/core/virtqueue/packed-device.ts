@@ -12,6 +12,7 @@ import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
 import { DescriptorChain } from './chain.js';
 import type { QueueFeatures, ViolationSink } from './split-device.js';
+import type { RingPosition } from './queue.js';
 import {
   EVENT_ALIGN,
   EVENT_FLAGS,
@@ -124,7 +125,16 @@ export class PackedDeviceQueue {
     return new DescriptorChain(this.maxSize + 64);
   }
 
+  startAt: RingPosition | null = null;
+  paused = false;
+
+  position(): RingPosition {
+    return { avail: this.nextAvail, availWrap: this.availWrap, used: this.nextUsed, usedWrap: this.usedWrap };
+  }
+
   reset(): void {
+    this.startAt = null;
+    this.paused = false;
     this.size = this.maxSize;
     this.descAddr = this.availAddr = this.usedAddr = 0;
     this.enabled = this.active = this.broken = this.eventIdx = this.indirectAllowed = false;
@@ -179,10 +189,25 @@ export class PackedDeviceQueue {
     this.nextAvail = this.nextUsed = 0;
     this.availWrap = this.usedWrap = true;
     this.availLinear = this.usedLinear = this.signalledLinear = 0;
+    const start = this.startAt;
+    if (start !== null) {
+      // A ring restarted where it stopped (vhost-user SET_VRING_BASE: slots and wrap counters).
+      // Linear positions count passes: slot + size while the wrap counter is 0 (odd passes).
+      // The transport checks what its peer sent before it gets here (the driver did not choose it).
+      if (start.avail >= size || start.used >= size) throw new RangeError(`restart position avail ${start.avail} / used ${start.used} is outside a ring of ${size}`);
+      this.nextAvail = start.avail;
+      this.availWrap = start.availWrap;
+      this.nextUsed = start.used;
+      this.usedWrap = start.usedWrap;
+      const cycle = 2 * size;
+      this.usedLinear = this.signalledLinear = start.used + (start.usedWrap ? 0 : size);
+      this.availLinear = this.usedLinear + ((((start.avail + (start.availWrap ? 0 : size) - this.usedLinear) % cycle) + cycle) % cycle);
+    }
     this.inFlightCount = 0;
     this.pendingCount = 0;
     this.idLinear.fill(-1);
     this.broken = false;
+    this.paused = false;
     this.active = true;
     return true;
   }
@@ -234,7 +259,7 @@ export class PackedDeviceQueue {
   kickAudit(_notified: boolean): void {}
 
   pop(chain: DescriptorChain): boolean {
-    if (!this.active || this.broken) return false;
+    if (!this.active || this.broken || this.paused) return false;
     const firstFlags = this.flagsAt(this.nextAvail);
     if (!isAvailable(firstFlags, this.availWrap)) return false;
     const size = this.size;
@@ -514,7 +539,7 @@ export class PackedDeviceQueue {
   }
 
   enableNotifications(): boolean {
-    if (!this.active || this.broken) return false;
+    if (!this.active || this.broken || this.paused) return false;
     if (this.eventIdx) {
       // Like split's avail_event: one notification when the driver makes the next slot available,
       // not one per buffer.

@@ -12,6 +12,19 @@ import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './pa
 
 export type RingFormat = 'split' | 'packed';
 
+/**
+ * Where a ring stands: the next available slot the device will look at and the next used slot
+ * it will write, with their wrap counters (packed rings; split rings ignore them, their
+ * indices are free-running 16-bit counters). A transport that stops a ring and starts it again
+ * later under a running driver (vhost-user GET_VRING_BASE / SET_VRING_BASE) carries this.
+ */
+export interface RingPosition {
+  avail: number;
+  availWrap: boolean;
+  used: number;
+  usedWrap: boolean;
+}
+
 /** The device side of a virtqueue. */
 export interface DeviceQueue {
   readonly format: RingFormat;
@@ -27,6 +40,19 @@ export interface DeviceQueue {
   readonly broken: boolean;
   /** Buffers taken and not yet returned. */
   readonly inFlightCount: number;
+  /**
+   * Where the next activation starts instead of the ring's beginning (vhost-user
+   * SET_VRING_BASE); null: from the beginning. Cleared by reset(): a reset ring starts over.
+   */
+  startAt: RingPosition | null;
+  /**
+   * A paused ring takes no new buffers (pop() finds none, enableNotifications() reports none);
+   * buffers in progress are still used and published. How a transport stops a ring under a
+   * live device (vhost-user GET_VRING_BASE) without losing the requests it holds.
+   */
+  paused: boolean;
+  /** Where the ring stands now (after every buffer taken is used: what a restart resumes from). */
+  position(): RingPosition;
   /** A chain object big enough for any chain this queue accepts. */
   newChain(): DescriptorChain;
   reset(): void;

@@ -14,6 +14,7 @@ import { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor, Verdict } from '../../conformance/monitor.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY, MAX_QUEUE_SIZE } from '../constants.js';
 import { DescriptorChain } from './chain.js';
+import type { RingPosition } from './queue.js';
 import {
   AVAIL_ALIGN,
   AVAIL_RING,
@@ -138,8 +139,18 @@ export class SplitDeviceQueue {
     return new DescriptorChain(this.maxSize + 64);
   }
 
+  startAt: RingPosition | null = null;
+  paused = false;
+
+  /** Where the ring stands: split indices are free-running, so the wrap flags carry nothing. */
+  position(): RingPosition {
+    return { avail: this.nextAvail, availWrap: true, used: this.nextUsed, usedWrap: true };
+  }
+
   /** Returns the queue to its initial state (device reset, 2.4; queue reset, 2.6). */
   reset(): void {
+    this.startAt = null;
+    this.paused = false;
     this.size = this.maxSize;
     this.descAddr = this.availAddr = this.usedAddr = 0;
     this.enabled = false;
@@ -162,9 +173,10 @@ export class SplitDeviceQueue {
   /**
    * Checks the driver's queue configuration and resolves the ring parts (at DRIVER_OK, or when
    * a vhost-user ring starts). Returns false, with a verdict, when the layout is unusable.
-   * `startAvail`/`startUsed` restore indices (vhost-user SET_VRING_BASE).
+   * `startAvail`/`startUsed` restore indices (vhost-user SET_VRING_BASE; `startAt` by default).
    */
-  activate(features: QueueFeatures, startAvail = 0, startUsed = startAvail): boolean {
+  activate(features: QueueFeatures, startAvail = this.startAt?.avail ?? 0, startUsed = this.startAt?.used ?? startAvail): boolean {
+    this.paused = false;
     this.eventIdx = features.eventIdx;
     this.indirectAllowed = features.indirect;
     this.inOrder = features.inOrder === true;
@@ -341,7 +353,7 @@ export class SplitDeviceQueue {
    * is broken).
    */
   pop(chain: DescriptorChain): boolean {
-    if (!this.active || this.broken) return false;
+    if (!this.active || this.broken || this.paused) return false;
     // Re-read avail.idx only when the chains validated by the last read are used up.
     if (this.nextAvail === this.lastAvailIdx && this.pending() <= 0) return false;
     const head = this.availRegion!.view.getUint16(this.availOff + AVAIL_RING + 2 * (this.nextAvail & this.mask), true);
@@ -631,7 +643,7 @@ export class SplitDeviceQueue {
    * driver, having seen the suppression, will never send.
    */
   enableNotifications(): boolean {
-    if (!this.active || this.broken) return false;
+    if (!this.active || this.broken || this.paused) return false;
     if (this.eventIdx) {
       const r = this.usedRegion!;
       r.view.setUint16(this.usedOff + availEventOffset(this.size), this.nextAvail, true);

@@ -11,6 +11,7 @@
  */
 import { GuestMemory, type MemoryRegionInit } from '../../memory/guest-memory.js';
 import type { DeviceHost, VirtioDevice } from '../../core/device.js';
+import type { RingPosition } from '../../core/virtqueue/queue.js';
 import { Status } from '../../core/constants.js';
 import { native, type NativeAddon } from '../../native/index.js';
 import {
@@ -39,6 +40,12 @@ export const BACKEND_PROTOCOL_FEATURES =
 
 /** Largest piece of a memory region mapped into one ArrayBuffer. */
 const MAP_CHUNK = 1 << 30;
+
+/**
+ * How long a ring stop waits for requests in progress (a disk that stopped answering) before
+ * it gives up on them: the front-end is blocked on the reply meanwhile.
+ */
+const SETTLE_TIMEOUT_MS = 30_000;
 
 interface Ring {
   size: number;
@@ -72,6 +79,8 @@ export class VhostUserBackend implements DeviceHost {
   private readonly header = new Uint8Array(HEADER_SIZE);
   private readonly payload = new Uint8Array(4096);
   private live = false;
+  /** Set while a stop waits for requests in progress: later messages wait in the socket. */
+  private settling: ReturnType<typeof setTimeout> | null = null;
   /** Why the last connection ended (tests and logs). */
   lastError = '';
   onClose: () => void = () => undefined;
@@ -118,7 +127,7 @@ export class VhostUserBackend implements DeviceHost {
   // ---------------------------------------------------------------- messages
 
   private readable(): void {
-    for (;;) {
+    while (this.settling === null && this.fd >= 0) {
       const got = this.n.recvmsg(this.fd, this.header);
       if (got.bytes === -1) return;
       if (got.bytes === 0) return this.close('front-end closed the connection');
@@ -163,7 +172,7 @@ export class VhostUserBackend implements DeviceHost {
         reply(u64Payload(this.device.offered | (1n << BigInt(F_PROTOCOL_FEATURES))));
         break;
       case Req.SET_FEATURES:
-        if (m.kind === 'u64') this.setFeatures(m.value & ~(1n << BigInt(F_PROTOCOL_FEATURES)));
+        if (m.kind === 'u64') this.setFeatures(m.value & ~(1n << BigInt(F_PROTOCOL_FEATURES)), (m.value & (1n << BigInt(F_PROTOCOL_FEATURES))) !== 0n);
         break;
       case Req.GET_PROTOCOL_FEATURES:
         // CONFIG only for devices with a config space (QEMU warns about it otherwise).
@@ -179,12 +188,28 @@ export class VhostUserBackend implements DeviceHost {
       case Req.RESET_OWNER:
         break;
       case Req.RESET_DEVICE:
-        this.stopAll();
+        // A reset, not a stop: requests in progress are dropped (host bounce buffers keep
+        // late I/O out of guest memory) and every ring starts over.
+        for (const r of this.rings) {
+          r.watch?.close();
+          r.watch = null;
+          r.started = false;
+          r.base = 0;
+        }
         this.device.reset();
         this.live = false;
         break;
       case Req.SET_STATUS:
-        if (m.kind === 'u64') this.setStatus(Number(m.value & 0xffn));
+        if (m.kind === 'u64' && (m.value & 0xffn) === 0n) {
+          // Status 0 (QEMU's stop, before it asks where each ring stands): requests in progress
+          // finish into the used rings first, then the device resets. The ack waits for both.
+          replied = true;
+          this.stopRings(this.rings.map((_, i) => i), () => {
+            this.device.reset();
+            this.live = false;
+            if (d.needReply) this.reply(d.header.request, u64Payload(0));
+          });
+        } else if (m.kind === 'u64') this.setStatus(Number(m.value & 0xffn));
         break;
       case Req.GET_STATUS:
         reply(u64Payload(this.device.getStatus()));
@@ -201,7 +226,7 @@ export class VhostUserBackend implements DeviceHost {
         if (m.kind === 'state') this.rings[m.index].size = m.num;
         break;
       case Req.SET_VRING_BASE:
-        if (m.kind === 'state') this.rings[m.index].base = m.num;
+        if (m.kind === 'state') this.rings[m.index].base = m.num >>> 0;
         break;
       case Req.SET_VRING_ADDR:
         if (m.kind === 'addr') {
@@ -214,7 +239,12 @@ export class VhostUserBackend implements DeviceHost {
         }
         break;
       case Req.GET_VRING_BASE:
-        if (m.kind === 'state') reply(statePayload(m.index, this.stopRing(m.index)));
+        if (m.kind === 'state') {
+          // The reply says where the ring stopped: sent once its requests in progress are used.
+          const index = m.index;
+          replied = true;
+          this.stopRings([index], () => this.reply(d.header.request, statePayload(index, this.rings[index].base)));
+        }
         break;
       case Req.SET_VRING_KICK:
         if (m.kind === 'vring-fd') this.setKick(m.index, m.noFd ? -1 : fds.shift()!);
@@ -229,7 +259,14 @@ export class VhostUserBackend implements DeviceHost {
       case Req.SET_VRING_ERR:
         break; // errors are reported through the monitor and DEVICE_NEEDS_RESET
       case Req.SET_VRING_ENABLE:
-        if (m.kind === 'state') this.rings[m.index].enabled = m.num === 1;
+        if (m.kind === 'state') {
+          const r = this.rings[m.index];
+          const was = r.enabled;
+          r.enabled = m.num === 1;
+          // Kicks that came while the ring was disabled are served now (QEMU enables the rings
+          // after it has set their kick fds, and the guest may have kicked in between).
+          if (r.enabled && !was && r.started) this.device.notify(m.index);
+        }
         break;
       case Req.GET_CONFIG:
         if (m.kind === 'config') {
@@ -255,7 +292,7 @@ export class VhostUserBackend implements DeviceHost {
     if (d.needReply && !replied) this.reply(d.header.request, u64Payload(0));
   }
 
-  private setFeatures(features: bigint): void {
+  private setFeatures(features: bigint, protocolFeatures: boolean): void {
     const dev = this.device;
     if (dev.getStatus() & Status.FEATURES_OK) {
       dev.reset();
@@ -266,25 +303,23 @@ export class VhostUserBackend implements DeviceHost {
     dev.setDriverFeatures(features);
     dev.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
     this.ackedFeatures = features;
+    // Without VHOST_USER_F_PROTOCOL_FEATURES rings start enabled; with it, SET_VRING_ENABLE
+    // enables them (vhost-user.rst "Ring states").
+    if (!protocolFeatures) for (const r of this.rings) r.enabled = true;
   }
 
   /**
    * SET_STATUS (VHOST_USER_PROTOCOL_F_STATUS): the front-end's view of the device status.
    * The back-end already walks the device through ACKNOWLEDGE..FEATURES_OK on SET_FEATURES and
    * to DRIVER_OK on the first kick, so only three writes change anything here: 0 resets the
-   * device (rings stopped first, so a later GET_VRING_BASE still answers where each ring
-   * stood), FAILED is recorded, and DRIVER_OK makes a negotiated device live before any kick.
+   * device (handled in handle(): rings stopped first, so a later GET_VRING_BASE still answers
+   * where each ring stood), FAILED is recorded, and DRIVER_OK makes a negotiated device live
+   * before any kick.
    * Bits the device has not reached (FEATURES_OK before SET_FEATURES) are not invented:
    * GET_STATUS reports what the device really holds, which is how the front-end learns it.
    */
   private setStatus(value: number): void {
     const dev = this.device;
-    if (value === 0) {
-      this.stopAll();
-      dev.reset();
-      this.live = false;
-      return;
-    }
     const now = dev.getStatus();
     if (value & Status.FAILED && !(now & Status.FAILED)) {
       dev.setStatus(now | Status.FAILED);
@@ -329,47 +364,123 @@ export class VhostUserBackend implements DeviceHost {
     if (fd < 0) return;
     r.watch = this.n.watch(fd, true, false, () => {
       this.n.eventfdRead(fd);
-      if (!r.started) this.startRing(index);
-      else if (r.enabled) this.device.notify(index);
+      if (r.started) {
+        if (r.enabled) this.device.notify(index);
+        return;
+      }
+      const problem = this.startRing(index);
+      if (problem !== null) this.close(`ring ${index}: ${problem}`);
     });
   }
 
-  /** A ring starts on its first kick (vhost-user.rst "Ring states"). */
-  private startRing(index: number): void {
+  /**
+   * A ring starts on its first kick (vhost-user.rst "Ring states"), from where SET_VRING_BASE
+   * says it stands: a ring stopped and started again (QEMU's stop/cont, a re-negotiation) goes
+   * on after the last request served, never serves one twice. Split rings: the next available
+   * index from the base, the used index as the guest's used ring holds it (what QEMU and
+   * libvhost-user do). Packed rings: both slots and wrap counters from the base (bits 0-14
+   * avail, 15 its wrap counter, 16-30 used, 31 its wrap counter). Returns why the position
+   * is unusable, or null.
+   */
+  private startRing(index: number): string | null {
     const r = this.rings[index];
     const dev = this.device;
+    const q = dev.queues[index];
+    if (q === undefined) return 'no such queue';
+    let start: RingPosition;
+    if (q.format === 'packed') {
+      start = { avail: r.base & 0x7fff, availWrap: (r.base & 0x8000) !== 0, used: (r.base >>> 16) & 0x7fff, usedWrap: (r.base & 0x80000000) !== 0 };
+      if (start.avail >= r.size || start.used >= r.size) return `packed ring base 0x${r.base.toString(16)} points outside a ring of ${r.size}`;
+    } else {
+      if (r.base > 0xffff) return `split ring base ${r.base} is not a 16-bit index`;
+      const usedIdx = this.memory !== null && this.memory.isBacked(r.used + 2, 2) ? this.memory.readU16(r.used + 2) : 0;
+      if (((r.base - usedIdx) & 0xffff) > r.size) return `base ${r.base} is more than the ring size ${r.size} ahead of the used index ${usedIdx}`;
+      start = { avail: r.base, availWrap: true, used: usedIdx, usedWrap: true };
+    }
     r.started = true;
+    this.log.info(`vhost-user: ring ${index} started at available ${start.avail}${q.format === 'packed' ? `/${+start.availWrap}` : ''}, used ${start.used}${q.format === 'packed' ? `/${+start.usedWrap}` : ''}`);
+    if (q.active) {
+      // Stopped by GET_VRING_BASE but not reset: the front-end restarts the ring itself (the
+      // guest's driver did not touch the queue, so the device's setup rules do not apply).
+      q.size = r.size;
+      q.descAddr = r.desc;
+      q.availAddr = r.avail;
+      q.usedAddr = r.used;
+      q.startAt = start;
+      if (q.activate(dev.queueFeatures()) && r.enabled) dev.notify(index);
+      return null;
+    }
     dev.setQueueSize(index, r.size);
     dev.setQueueAddresses(index, r.desc, r.avail, r.used);
+    q.startAt = start;
     dev.enableQueue(index);
     if (!this.live) {
       this.live = true;
       dev.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
     }
-    dev.notify(index);
+    if (r.enabled) dev.notify(index);
+    return null;
   }
 
-  /** GET_VRING_BASE: stop the ring and say where the next available buffer is. */
-  private stopRing(index: number): number {
-    const r = this.rings[index];
-    r.watch?.close();
-    r.watch = null;
-    // A ring that never started (or was stopped before) still stands where it was left.
-    if (!r.started) return r.base;
-    r.started = false;
-    const q = this.device.queues[index] as { format?: string; nextAvail?: number; availWrap?: boolean } | undefined;
-    if (q?.format === 'packed') {
-      // Packed rings: the next slot and, in bit 15, its wrap counter (vhost-user.rst).
-      r.base = ((q.nextAvail ?? 0) & 0x7fff) | (q.availWrap === false ? 0 : 0x8000);
-    } else if (q?.nextAvail !== undefined) {
-      r.base = q.nextAvail & 0xffff;
+  /**
+   * Stops rings (GET_VRING_BASE, SET_STATUS 0): no kicks are taken and no new request is,
+   * the requests in progress finish into the used ring (the front-end waits for the reply
+   * meanwhile, and so do its later messages), then each ring's position is kept in its base
+   * and `then` runs. Without the wait a request taken but not finished would be lost: the
+   * position says it was served.
+   */
+  private stopRings(indices: number[], then: () => void): void {
+    for (const i of indices) {
+      const r = this.rings[i];
+      r.watch?.close();
+      r.watch = null;
+      const q = this.device.queues[i];
+      if (r.started && q !== undefined) q.paused = true;
     }
-    // Kept: after a reset (SET_STATUS 0 comes before GET_VRING_BASE) the queue starts over.
-    return r.base;
+    const finish = (settled: boolean) => {
+      if (!settled) this.log.warn(`vhost-user: requests still in progress after ${SETTLE_TIMEOUT_MS} ms; the rings stop without them`);
+      for (const i of indices) this.keepPosition(i);
+      then();
+    };
+    if (this.device.settled()) return finish(true);
+    // Not watched meanwhile: the socket keeps later messages until the stop is answered.
+    this.connWatch?.close();
+    this.connWatch = null;
+    const deadline = Date.now() + SETTLE_TIMEOUT_MS;
+    const poll = () => {
+      this.settling = null;
+      if (this.fd < 0) return; // the connection ended meanwhile
+      const settled = this.device.settled();
+      if (!settled && Date.now() < deadline) {
+        this.settling = setTimeout(poll, 1);
+        return;
+      }
+      try {
+        finish(settled);
+      } catch (err) {
+        return this.close(`ring stop: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      this.connWatch = this.n.watch(this.fd, true, false, () => this.readable());
+      this.readable(); // the messages that waited
+    };
+    this.settling = setTimeout(poll, 1);
   }
 
-  private stopAll(): void {
-    for (let i = 0; i < this.rings.length; i++) this.stopRing(i);
+  /** A stopped ring's position goes into its base (what GET_VRING_BASE answers and a restart uses). */
+  private keepPosition(index: number): void {
+    const r = this.rings[index];
+    // A ring that never started (or was stopped before) still stands where it was left; so
+    // does one whose device was reset meanwhile.
+    if (!r.started) return;
+    r.started = false;
+    const q = this.device.queues[index];
+    if (q === undefined || !q.active) return;
+    const p = q.position();
+    this.log.info(`vhost-user: ring ${index} stopped at available ${p.avail}, used ${p.used}`);
+    r.base =
+      q.format === 'packed'
+        ? ((p.avail & 0x7fff) | (p.availWrap ? 0x8000 : 0) | ((p.used & 0x7fff) << 16) | (p.usedWrap ? 0x80000000 : 0)) >>> 0
+        : p.avail & 0xffff;
   }
 
   private unmapAll(): void {
@@ -394,6 +505,8 @@ export class VhostUserBackend implements DeviceHost {
     if (reason !== 'front-end closed the connection' && reason !== 'closed') this.log.warn(`vhost-user: ${reason}; closing the connection`);
     this.connWatch?.close();
     this.connWatch = null;
+    if (this.settling !== null) clearTimeout(this.settling);
+    this.settling = null;
     for (const r of this.rings) {
       r.watch?.close();
       if (r.kickFd >= 0) this.n.close(r.kickFd);

@@ -1,0 +1,155 @@
+// A small vhost-user front-end for tests, the way QEMU drives a back-end: a real socketpair,
+// guest RAM in a memfd mapped on both sides, eventfds for kick and call. Rings are driven by
+// the project's driver queues over the same memory (the "guest driver").
+import { native } from '../../src/native/index.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { Monitor } from '../../src/conformance/monitor.js';
+import type { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
+import { HEADER_SIZE, encodeMessage, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { createDriverQueue, type DriverQueue, type RingFormat } from '../../src/core/virtqueue/queue.js';
+import { layoutPackedQueue } from '../../src/core/virtqueue/packed-driver.js';
+import { layoutSplitQueue } from '../../src/core/virtqueue/split-driver.js';
+
+export const n = native();
+/** Where "QEMU" has guest RAM in its own address space (ring addresses are given in it). */
+export const USER_BASE = 0x7f0000000000;
+
+export function message(request: number, payload?: Uint8Array, flags = 1): Uint8Array {
+  return encodeMessage(request, flags, payload);
+}
+
+export const tick = () => new Promise((res) => setTimeout(res, 2));
+
+/** Waits for one message on `fd` (a reply, or a back-end request on the back-end channel). */
+export async function receive(fd: number, timeoutMs = 5000): Promise<Uint8Array> {
+  const header = new Uint8Array(HEADER_SIZE);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    // One message at a time: the header, then exactly the payload it announces.
+    const r = n.recvmsg(fd, header);
+    if (r.bytes === HEADER_SIZE) {
+      const size = new DataView(header.buffer).getUint32(8, true);
+      const out = new Uint8Array(HEADER_SIZE + size);
+      out.set(header);
+      if (size > 0 && n.recvmsg(fd, out.subarray(HEADER_SIZE)).bytes !== size) throw new Error('short payload');
+      return out;
+    }
+    if (r.bytes === 0) throw new Error('back-end closed the connection');
+    if (r.bytes > 0) throw new Error(`short header (${r.bytes} bytes)`);
+    if (Date.now() > deadline) throw new Error(`no reply in ${timeoutMs} ms`);
+    await new Promise((res) => setTimeout(res, 1));
+  }
+}
+
+export interface TestRing {
+  queue: DriverQueue;
+  kick: number;
+  call: number;
+  /** Waits until the back-end signals the call eventfd; returns the count read (0: timed out). */
+  waitCall(tries?: number): Promise<number>;
+}
+
+export class TestFrontEnd {
+  readonly front: number;
+  readonly memfd: number;
+  readonly ram: ArrayBuffer;
+  readonly guest: GuestMemory;
+  private readonly fds: number[] = [];
+
+  constructor(
+    readonly backend: VhostUserBackend,
+    readonly ramSize = 1 << 20,
+  ) {
+    const [front, back] = n.socketpair();
+    this.front = front;
+    backend.serve(back);
+    this.memfd = n.memfdCreate('guest', ramSize);
+    this.ram = n.mmap(this.memfd, 0, ramSize);
+    this.guest = new GuestMemory([{ guestAddr: 0, size: ramSize, buffer: this.ram, concurrent: true }]);
+  }
+
+  send(request: number, payload?: Uint8Array, fds: number[] = [], flags = 1): void {
+    n.sendmsg(this.front, message(request, payload, flags), fds);
+  }
+
+  /** Sends a request that has a reply and returns the reply's payload. */
+  async ask(request: number, payload?: Uint8Array): Promise<DataView> {
+    this.send(request, payload);
+    const r = await receive(this.front);
+    return new DataView(r.buffer, HEADER_SIZE);
+  }
+
+  /** SET_MEM_TABLE with one region: all of guest RAM at guest address 0. */
+  sendMemTable(): void {
+    const region = new Uint8Array(8 + 32);
+    const rv = new DataView(region.buffer);
+    rv.setUint32(0, 1, true);
+    rv.setBigUint64(8, 0n, true);
+    rv.setBigUint64(16, BigInt(this.ramSize), true);
+    rv.setBigUint64(24, BigInt(USER_BASE), true);
+    rv.setBigUint64(32, 0n, true);
+    this.send(Req.SET_MEM_TABLE, region, [this.memfd]);
+  }
+
+  /** SET_VRING_NUM / ADDR / BASE / CALL / KICK for a ring laid out at `base` in guest RAM. */
+  setRing(index: number, format: RingFormat, size: number, base: number, ringBase: number, options: { eventIdx: boolean }, existing?: DriverQueue): TestRing {
+    const layout = format === 'packed' ? layoutPackedQueue(base, size) : layoutSplitQueue(base, size);
+    const queue = existing ?? createDriverQueue(format, this.guest, index, size, base, { eventIdx: options.eventIdx, indirect: false, indirectMax: 0 }, new Monitor(), () => undefined);
+    this.send(Req.SET_VRING_NUM, statePayload(index, size));
+    const addr = new Uint8Array(40);
+    const av = new DataView(addr.buffer);
+    av.setUint32(0, index, true);
+    av.setBigUint64(8, BigInt(USER_BASE + layout.desc), true);
+    av.setBigUint64(16, BigInt(USER_BASE + layout.used), true);
+    av.setBigUint64(24, BigInt(USER_BASE + layout.avail), true);
+    this.send(Req.SET_VRING_ADDR, addr);
+    this.send(Req.SET_VRING_BASE, statePayload(index, ringBase));
+    const call = n.eventfd();
+    const kick = n.eventfd();
+    this.fds.push(call, kick);
+    this.send(Req.SET_VRING_CALL, u64Payload(BigInt(index)), [call]);
+    this.send(Req.SET_VRING_KICK, u64Payload(BigInt(index)), [kick]);
+    this.send(Req.SET_VRING_ENABLE, statePayload(index, 1));
+    return {
+      queue,
+      kick,
+      call,
+      waitCall: async (tries = 500) => {
+        for (let i = 0; i < tries; i++) {
+          await tick();
+          const got = n.eventfdRead(call);
+          if (got > 0) return got;
+        }
+        return 0;
+      },
+    };
+  }
+
+  /** GET_VRING_BASE: stops the ring; returns the base the back-end answered. */
+  async getVringBase(index: number): Promise<number> {
+    const v = await this.ask(Req.GET_VRING_BASE, statePayload(index, 0));
+    return v.getUint32(4, true);
+  }
+
+  u16(addr: number): number {
+    return new DataView(this.ram).getUint16(addr, true);
+  }
+
+  bytes(addr: number, len: number): Uint8Array {
+    return new Uint8Array(this.ram, addr, len);
+  }
+
+  /** Closes everything the front-end holds and ends the back-end's connection. */
+  close(): void {
+    this.backend.close();
+    for (const fd of [this.front, this.memfd, ...this.fds]) {
+      try {
+        n.close(fd);
+      } catch {
+        // already closed
+      }
+    }
+    this.fds.length = 0;
+    n.munmap(this.ram);
+  }
+}
