@@ -1,7 +1,7 @@
 // Block clauses our device or driver keeps where no peer can catch us: each test shows it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory } from '../src/memory/guest-memory.js';
@@ -190,4 +190,39 @@ test('block config layout is byte-exact (5.2.4)', async () => {
     assert.ok(hasFeature(offered, BLK_FEATURES[b]), b);
   }
   assert.ok(!hasFeature(offered, BLK_FEATURES.RO));
+});
+
+test('a live shrink: requests past the new end fail with IOERR; only those past the capacity the driver was shown are verdicts', async () => {
+  const backend = new MemoryBlockBackend(1 << 20); // 2048 sectors
+  const r = await live(backend);
+  (backend as unknown as { bytes: Uint8Array }).bytes = new Uint8Array(512 << 10); // 1024 sectors
+  r.device.resize();
+  // Sent before the driver handled the notification: inside the old capacity, no verdict.
+  assert.equal(await raw(r, BlkType.IN, 1500, new Uint8Array(0), 4096), BlkStatus.IOERR);
+  assert.equal(await raw(r, BlkType.OUT, 1020, new Uint8Array(4096), 0), BlkStatus.IOERR, 'a write across the new end');
+  assert.deepEqual(r.devMon.verdicts.map((v) => v.clause), []);
+  assert.equal(await raw(r, BlkType.IN, 1016, new Uint8Array(0), 4096), BlkStatus.OK, 'inside the new end');
+  // Past anything the driver was ever shown: a verdict, as before.
+  assert.equal(await raw(r, BlkType.IN, 2048, new Uint8Array(0), 512), BlkStatus.IOERR);
+  assert.deepEqual(r.devMon.verdicts.map((v) => v.clause), ['blk.device-operation.driver.2']);
+  await new Promise((res) => setTimeout(res, 5));
+  assert.equal(r.driver.capacity, 1024, 'the driver read the new capacity');
+});
+
+test('FileBlockBackend.refreshSize measures the file again; a file below one sector keeps the old size', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-blk-'));
+  try {
+    const path = join(dir, 'd.img');
+    writeFileSync(path, new Uint8Array(1 << 20));
+    const backend = await FileBlockBackend.open(path, { readOnly: true });
+    truncateSync(path, (3 << 20) + 100); // rounded down to whole sectors
+    assert.deepEqual(await backend.refreshSize(), { before: 1 << 20, after: 3 << 20 });
+    assert.equal(backend.size, 3 << 20);
+    truncateSync(path, 100);
+    await assert.rejects(backend.refreshSize(), /smaller than one 512-byte sector/);
+    assert.equal(backend.size, 3 << 20);
+    await backend.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

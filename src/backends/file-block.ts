@@ -15,25 +15,40 @@ export class FileBlockBackend implements BlockBackend {
 
   private constructor(
     private readonly fh: FileHandle,
-    readonly size: number,
+    private bytes: number,
     readonly readOnly: boolean,
     readonly serial: string,
+    private readonly path: string,
   ) {}
+
+  /** Size in bytes, a multiple of 512: the file's size when opened or last refreshed. */
+  get size(): number {
+    return this.bytes;
+  }
 
   /** Opens `path`; its size, rounded down to 512 bytes, is the disk's capacity. */
   static async open(path: string, options: { readOnly?: boolean; serial?: string } = {}): Promise<FileBlockBackend> {
     const readOnly = options.readOnly ?? false;
     const fh = await open(path, readOnly ? 'r' : 'r+');
     try {
-      const st = await fh.stat();
-      const size = st.isBlockDevice() ? await blockDeviceSize(fh) : st.size;
-      const usable = size - (size % 512);
-      if (usable <= 0) throw new Error(`${path} is smaller than one 512-byte sector`);
-      return new FileBlockBackend(fh, usable, readOnly, (options.serial ?? basename(path)).slice(0, 20));
+      const usable = await usableSize(fh, path);
+      return new FileBlockBackend(fh, usable, readOnly, (options.serial ?? basename(path)).slice(0, 20), path);
     } catch (err) {
       await fh.close();
       throw err;
     }
+  }
+
+  /**
+   * Measures the open file (or block device node) again, for a disk resized while it is served
+   * (`virtio-ts serve blk` on SIGHUP): the new size, rounded down to 512 bytes, becomes `size`.
+   * Same rule as open(): a file now smaller than one sector throws and the size stays as it was.
+   * Returns the size before and after.
+   */
+  async refreshSize(): Promise<{ before: number; after: number }> {
+    const before = this.bytes;
+    this.bytes = await usableSize(this.fh, this.path);
+    return { before, after: this.bytes };
   }
 
   async read(offset: number, views: readonly Uint8Array[]): Promise<void> {
@@ -80,6 +95,15 @@ export class FileBlockBackend implements BlockBackend {
   async close(): Promise<void> {
     await this.fh.close();
   }
+}
+
+/** The size of an open file or device node, rounded down to whole 512-byte sectors (at least one). */
+async function usableSize(fh: FileHandle, path: string): Promise<number> {
+  const st = await fh.stat();
+  const size = st.isBlockDevice() ? await blockDeviceSize(fh) : st.size;
+  const usable = size - (size % 512);
+  if (usable <= 0) throw new Error(`${path} is smaller than one 512-byte sector`);
+  return usable;
 }
 
 /** Size of a block device node: read to the end is not an option; seek is not in fs/promises. */

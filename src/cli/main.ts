@@ -64,6 +64,18 @@ export function buildProgram(): Command {
     .addOption(new Option('--strict', 'strict mode, the default: a broken rule by the guest driver -> DEVICE_NEEDS_RESET').conflicts('tolerant'))
     .option('--tolerant', 'record verdicts and go on (default: strict, DEVICE_NEEDS_RESET)')
     .addOption(new Option('--log-level <level>', 'structured (JSON) log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
+    .addHelpText(
+      'after',
+      `
+Signals:
+  SIGTERM, SIGINT  close the connection, remove the socket file, exit 0
+  SIGHUP           reload. blk: measure --image again (resized in place, e.g.
+                   \`truncate -s 96M disk.img\`, or a grown block device); a new
+                   size becomes the disk's capacity live and the guest is told
+                   (configuration change notification). A shrink is applied
+                   with a warning: requests past the new end fail with IOERR.
+                   Each resize is logged. rng: nothing to reload.`,
+    )
     .action(async (type: string, opts) => {
       process.exitCode = await runServe(type, opts, process.stdout, process.stderr);
     });

@@ -2,7 +2,8 @@
  * `virtio-ts serve <rng|blk>`: a vhost-user back-end on a unix socket (or an inherited fd),
  * following vhost-user.rst "Backend program conventions": --print-capabilities, one
  * front-end at a time, served again after it reconnects, SIGTERM/SIGINT end cleanly and
- * remove the socket file.
+ * remove the socket file. SIGHUP reloads: `serve blk` measures its image again and, when the
+ * size changed, resizes the disk live (see reloadImageSize).
  */
 import { existsSync, unlinkSync } from 'node:fs';
 import { native } from '../native/index.js';
@@ -12,7 +13,8 @@ import { BlkDevice } from '../devices/blk.js';
 import { FileBlockBackend } from '../backends/file-block.js';
 import type { VirtioDevice } from '../core/device.js';
 import { VhostUserBackend } from '../transports/vhost-user/backend.js';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
+import { Status } from '../core/constants.js';
 
 export interface ServeOptions {
   socketPath?: string;
@@ -58,11 +60,13 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
     ignore: ['reserved.bits.driver.6'],
   });
   let device: VirtioDevice;
+  let image: FileBlockBackend | undefined;
   try {
+    if (type === 'blk') image = await FileBlockBackend.open(opts.image!, { readOnly: opts.readOnly });
     device =
-      type === 'blk'
+      image !== undefined
         ? new BlkDevice({
-            backend: await FileBlockBackend.open(opts.image!, { readOnly: opts.readOnly }),
+            backend: image,
             readOnly: opts.readOnly,
             numQueues: opts.numQueues ?? 1,
             queueMaxSize: opts.queueSize ?? 1024,
@@ -79,6 +83,17 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
   let listenFd = -1;
   let watch: { close(): void } | null = null;
   let busy = false;
+  // SIGHUPs are handled one at a time, in order (measuring a device node takes a few reads).
+  let reloads: Promise<void> = Promise.resolve();
+  const onHangup = () => {
+    reloads = reloads
+      .then(() =>
+        device instanceof BlkDevice && image !== undefined
+          ? reloadImageSize(device, image, opts.image!, logger)
+          : logger.info({ signal: 'SIGHUP' }, `SIGHUP: nothing to reload for ${type}`),
+      )
+      .catch((e: unknown) => logger.error({ signal: 'SIGHUP', reason: String(e) }, `SIGHUP: reload failed (${String(e)})`));
+  };
   return new Promise<number>((resolve) => {
     const stop = (code: number) => {
       watch?.close();
@@ -87,11 +102,13 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
       if (opts.socketPath !== undefined && existsSync(opts.socketPath)) unlinkSync(opts.socketPath);
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
+      process.off('SIGHUP', onHangup);
       resolve(code);
     };
     const onSignal = () => stop(0);
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
+    process.on('SIGHUP', onHangup);
     if (opts.fd !== undefined) {
       backend.onClose = () => stop(0);
       busy = true;
@@ -124,4 +141,50 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
       }
     });
   });
+}
+
+/**
+ * SIGHUP for `serve blk`: the image (resized in place: truncate, qemu-img resize on a raw file,
+ * a grown block device) is measured again; a new size becomes the disk's capacity, and a live
+ * driver gets a configuration change notification (vhost-user CONFIG_CHANGE_MSG: QEMU re-reads
+ * the config space and interrupts the guest, whose virtio_blk reads the new capacity).
+ *
+ * - Grow: applied.
+ * - Shrink: applied too, with a warning. The sectors past the new end are gone for the guest;
+ *   requests there fail with IOERR. A request the guest sent before it saw the change is not
+ *   held against it (BlkDevice.shrunkFrom); reads already in flight past the end read zeroes.
+ * - Read-only (--read-only): resized the same way; it stays read-only.
+ * - Unmeasurable (gone below one sector, I/O error): an error line; the size stays as it was.
+ * Nothing here throws: a reload never ends the server.
+ */
+async function reloadImageSize(device: BlkDevice, image: FileBlockBackend, path: string, logger: Logger): Promise<void> {
+  const before = device.capacitySectors;
+  let after: number;
+  try {
+    after = (await image.refreshSize()).after / 512;
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e);
+    logger.error({ signal: 'SIGHUP', image: path, capacity: before, reason }, `SIGHUP: ${path} not resized (${reason}); capacity stays ${before} sectors`);
+    return;
+  }
+  // The device notifies a driver that has set DRIVER_OK; any other reads capacity as it initializes.
+  const notified = (device.status & Status.DRIVER_OK) !== 0;
+  const fields = { signal: 'SIGHUP', image: path, before, capacity: after, readOnly: device.readOnly, notified };
+  if (after === before) {
+    logger.info(fields, `SIGHUP: ${path} still holds ${after} sectors; capacity unchanged`);
+    return;
+  }
+  try {
+    device.resize();
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e);
+    logger.error({ ...fields, reason }, `SIGHUP: resizing to ${after} sectors failed (${reason})`);
+    return;
+  }
+  const told = notified ? 'config change notification sent to the driver' : 'no live driver: it reads the capacity when it initializes';
+  if (after > before) {
+    logger.info(fields, `resized ${path}: capacity ${before} -> ${after} sectors of 512 bytes; ${told}`);
+  } else {
+    logger.warn(fields, `resized ${path} smaller: capacity ${before} -> ${after} sectors of 512 bytes; sectors ${after}..${before - 1} are gone for the guest (requests there fail with IOERR); ${told}`);
+  }
 }

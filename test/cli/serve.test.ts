@@ -1,14 +1,17 @@
 // `virtio-ts serve`: the real binary on a real unix socket; a front-end connects, gets its
-// answer, goes, comes back; SIGTERM ends it cleanly and removes the socket file.
+// answer, goes, comes back; SIGTERM ends it cleanly and removes the socket file; SIGHUP
+// resizes a blk disk live (a small front-end here sees the CONFIG_CHANGE_MSG and new config).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../../src/native/index.js';
-import { HEADER_SIZE, Req } from '../../src/transports/vhost-user/protocol.js';
+import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, encodeMessage, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { Feature, Status } from '../../src/core/constants.js';
+import { bit } from '../../src/core/features.js';
 
 const root = join(fileURLToPath(import.meta.url), '../../../..');
 const bin = join(root, 'dist/src/cli/main.js');
@@ -82,4 +85,147 @@ test('virtio-ts serve: usage errors exit 2', () => {
   const caps = run('serve', 'blk', '--print-capabilities');
   assert.equal(caps.status, 0);
   assert.deepEqual(JSON.parse(caps.stdout), { type: 'block', features: [] });
+});
+
+interface Served {
+  child: ReturnType<typeof spawn>;
+  exited: Promise<number | null>;
+  /** The JSON log lines so far. */
+  logs(): { level: number; msg: string; [k: string]: unknown }[];
+}
+
+function startServe(args: string[]): Served {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+  return { child, exited, logs: () => stderr.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) };
+}
+
+/** Waits for the next message on a non-blocking socket. */
+async function receive(fd: number, size = 256): Promise<Uint8Array> {
+  const buf = new Uint8Array(size);
+  for (let i = 0; i < 1000; i++) {
+    const r = n.recvmsg(fd, buf);
+    if (r.bytes > 0) return buf.slice(0, r.bytes);
+    if (r.bytes === 0) throw new Error('the peer closed the connection');
+    await new Promise((res) => setTimeout(res, 5));
+  }
+  throw new Error('nothing received');
+}
+
+/** A front-end that takes the device live the way QEMU does, with the back-end request channel. */
+async function liveFrontEnd(path: string) {
+  const fd = n.connect(path);
+  const send = (req: number, payload?: Uint8Array, fds?: number[]) => n.sendmsg(fd, encodeMessage(req, 1, payload), fds);
+  const ask = async (req: number, payload?: Uint8Array) => {
+    send(req, payload);
+    return new DataView((await receive(fd)).buffer);
+  };
+  assert.ok((await ask(Req.GET_FEATURES)).getBigUint64(HEADER_SIZE, true) & (1n << 30n));
+  const proto = (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.BACKEND_REQ)) | (1n << BigInt(ProtocolFeature.STATUS));
+  assert.equal((await ask(Req.GET_PROTOCOL_FEATURES)).getBigUint64(HEADER_SIZE, true) & proto, proto);
+  send(Req.SET_PROTOCOL_FEATURES, u64Payload(proto));
+  const [channel, channelBack] = n.socketpair();
+  send(Req.SET_BACKEND_REQ_FD, undefined, [channelBack]);
+  n.close(channelBack);
+  send(Req.SET_OWNER);
+  send(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | (1n << 30n)));
+  // Guest memory (the device's host only exists once a memory table is attached).
+  const memfd = n.memfdCreate('guest', 1 << 20);
+  const region = new Uint8Array(40);
+  const rv = new DataView(region.buffer);
+  rv.setUint32(0, 1, true);
+  rv.setBigUint64(16, BigInt(1 << 20), true);
+  rv.setBigUint64(24, 0x7f0000000000n, true);
+  send(Req.SET_MEM_TABLE, region, [memfd]);
+  n.close(memfd);
+  const live = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK;
+  send(Req.SET_STATUS, u64Payload(live));
+  assert.equal(Number((await ask(Req.GET_STATUS)).getBigUint64(HEADER_SIZE, true)), live);
+  const capacity = async () => {
+    const cfg = new Uint8Array(12 + 8);
+    new DataView(cfg.buffer).setUint32(4, 8, true); // offset 0 (capacity), 8 bytes, flags 0
+    return Number((await ask(Req.GET_CONFIG, cfg)).getBigUint64(HEADER_SIZE + 12, true));
+  };
+  /** The next back-end request on the channel (its type), or null when none comes soon. */
+  const backendRequest = async (waitMs = 2500): Promise<number | null> => {
+    const buf = new Uint8Array(64);
+    for (let t = 0; t < waitMs; t += 5) {
+      const r = n.recvmsg(channel, buf);
+      if (r.bytes >= HEADER_SIZE) return new DataView(buf.buffer).getUint32(0, true);
+      await new Promise((res) => setTimeout(res, 5));
+    }
+    return null;
+  };
+  return { capacity, backendRequest, close: () => [fd, channel].forEach((x) => n.close(x)) };
+}
+
+for (const extra of [[], ['--read-only']]) {
+  test(`virtio-ts serve blk${extra.length ? ' ' + extra.join(' ') : ''}: SIGHUP after the image grew or shrank resizes the disk live and notifies the front-end`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-serve-'));
+    const path = join(dir, 'blk.sock');
+    const image = join(dir, 'disk.img');
+    writeFileSync(image, new Uint8Array(1 << 20));
+    const s = startServe(['serve', 'blk', '--socket-path', path, '--image', image, ...extra]);
+    const logged = async (re: RegExp) => {
+      await until(() => s.logs().some((l) => re.test(l.msg)), `a log line ${re}`);
+      return s.logs().find((l) => re.test(l.msg))!;
+    };
+    try {
+      await until(() => existsSync(path), 'the socket file');
+      const fe = await liveFrontEnd(path);
+      assert.equal(await fe.capacity(), 2048);
+
+      truncateSync(image, 3 << 20);
+      s.child.kill('SIGHUP');
+      assert.equal(await fe.backendRequest(), BackendReq.CONFIG_CHANGE_MSG, 'CONFIG_CHANGE_MSG on the back-end request channel');
+      assert.equal(await fe.capacity(), 6144, 'GET_CONFIG answers the new capacity');
+      const grew = await logged(/^resized .* 2048 -> 6144 sectors/);
+      assert.equal(grew.level, 30);
+      assert.deepEqual([grew.before, grew.capacity, grew.notified, grew.readOnly], [2048, 6144, true, extra.includes('--read-only')]);
+
+      s.child.kill('SIGHUP'); // the same size again: nothing to tell
+      await logged(/still holds 6144 sectors; capacity unchanged/);
+      assert.equal(await fe.backendRequest(200), null, 'no notification for an unchanged size');
+
+      truncateSync(image, (1536 << 10) + 100); // 3072 sectors and a partial one
+      s.child.kill('SIGHUP');
+      assert.equal(await fe.backendRequest(), BackendReq.CONFIG_CHANGE_MSG);
+      assert.equal(await fe.capacity(), 3072);
+      const shrank = await logged(/smaller: capacity 6144 -> 3072 sectors/);
+      assert.equal(shrank.level, 40, 'a shrink is a warning');
+
+      truncateSync(image, 100); // below one sector: refused, logged, still serving
+      s.child.kill('SIGHUP');
+      const refused = await logged(/not resized \(.*smaller than one 512-byte sector\); capacity stays 3072 sectors/);
+      assert.equal(refused.level, 50);
+      assert.equal(await fe.capacity(), 3072, 'still serving, capacity as it was');
+      assert.equal(s.child.exitCode, null, 'the server is still running');
+      assert.doesNotMatch(JSON.stringify(s.logs()), /"severity":"violation"/);
+      fe.close();
+      s.child.kill('SIGTERM');
+      assert.equal(await s.exited, 0);
+    } finally {
+      s.child.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+test('virtio-ts serve rng: SIGHUP has nothing to reload and the server keeps serving', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-serve-'));
+  const path = join(dir, 'rng.sock');
+  const s = startServe(['serve', 'rng', '--socket-path', path]);
+  try {
+    await until(() => existsSync(path), 'the socket file');
+    s.child.kill('SIGHUP');
+    await until(() => s.logs().some((l) => l.msg === 'SIGHUP: nothing to reload for rng'), 'the SIGHUP log line');
+    assert.ok((await getFeatures(path)) & (1n << 32n), 'still answers');
+    s.child.kill('SIGTERM');
+    assert.equal(await s.exited, 0);
+  } finally {
+    s.child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -1,0 +1,119 @@
+// Booting a real Linux guest against `virtio-ts serve`, with the guest's serial console read
+// as a stream so the host can act while the guest runs (resize the image, send signals).
+// The prerequisite rule of guest.test.ts: in CI a missing prerequisite is a failure;
+// elsewhere the test says what is missing and skips. (guest.test.ts keeps its own copy for
+// now; this file is meant to become the shared one.)
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const root = join(fileURLToPath(import.meta.url), '../../../..');
+export const bin = join(root, 'dist/src/cli/main.js');
+export const guestDir = join(root, '.guest');
+const qemu = spawnSync('sh', ['-c', 'command -v qemu-system-x86_64'], { encoding: 'utf8' }).stdout.trim();
+export const missing = [
+  !qemu && 'qemu-system-x86_64',
+  !existsSync(join(guestDir, 'vmlinux')) && '.guest/vmlinux (scripts/guest/build-guest.sh)',
+  !existsSync(join(guestDir, 'initramfs.cpio')) && '.guest/initramfs.cpio',
+].filter(Boolean);
+const khz = (() => {
+  const m = /cpu MHz\s*:\s*([\d.]+)/.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+  return m ? Math.round(Number(m[1]) * 1000) : 0;
+})();
+
+export const MICROVM = ['-M', 'microvm', '-global', 'virtio-mmio.force-legacy=false'];
+
+export interface GuestRun {
+  /** VT-RESULT name -> value, as the guest printed them. */
+  results: Map<string, string>;
+  serveLog: string;
+  console: string;
+}
+
+export interface BootOptions {
+  kind: 'rng' | 'blk';
+  /** QEMU -device for the chardev c0. */
+  device: string;
+  serveArgs: string[];
+  machine?: string[];
+  /** The init case (vt.test=); default: kind. */
+  test?: string;
+  /** Each console line as it arrives (without the line end); the host may act on it. */
+  onLine?: (line: string, serve: ChildProcess) => void | Promise<void>;
+  timeoutMs?: number;
+}
+
+/** Boots the guest against `virtio-ts serve`; resolves once QEMU exited 0 and the guest printed VT-END. */
+export async function boot(o: BootOptions): Promise<GuestRun> {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-guest-'));
+  const sock = join(dir, `${o.kind}.sock`);
+  const serve = spawn(process.execPath, [bin, 'serve', o.kind, '--socket-path', sock, ...o.serveArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let serveLog = '';
+  serve.stderr!.on('data', (d) => (serveLog += d));
+  try {
+    for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
+    const args = [
+      ...(o.machine ?? []),
+      '-accel', 'tcg', '-cpu', 'max', '-m', '256M',
+      '-object', 'memory-backend-memfd,id=mem,size=256M,share=on', '-numa', 'node,memdev=mem',
+      '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
+      '-kernel', join(guestDir, 'vmlinux'), '-initrd', join(guestDir, 'initramfs.cpio'),
+      '-append', `console=ttyS0 panic=-1 quiet vt.test=${o.test ?? o.kind} tsc_early_khz=${khz}`,
+      '-chardev', `socket,id=c0,path=${sock}`, '-device', o.device,
+    ];
+    const q = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let stderr = '';
+    q.stderr!.on('data', (d) => (stderr += d));
+    let hostError: unknown;
+    const lines = createInterface({ input: q.stdout! });
+    lines.on('line', (raw) => {
+      const line = raw.replace(/\r$/, '');
+      out += line + '\n';
+      if (o.onLine === undefined) return;
+      try {
+        void Promise.resolve(o.onLine(line, serve)).catch((e: unknown) => (hostError ??= e));
+      } catch (e) {
+        hostError ??= e;
+      }
+    });
+    const timeoutMs = o.timeoutMs ?? 90_000;
+    const timer = setTimeout(() => q.kill('SIGKILL'), timeoutMs);
+    const status = await new Promise<number | null>((res) => q.on('close', (code) => res(code)));
+    clearTimeout(timer);
+    if (hostError !== undefined) throw hostError;
+    const all = out + stderr;
+    assert.equal(status, 0, `qemu exited ${status} (timeout ${timeoutMs} ms): ${all.slice(-2000)}`);
+    const results = new Map<string, string>();
+    for (const m of out.matchAll(/^VT-RESULT (\S+) ?(.*)$/gm)) results.set(m[1], m[2].trim());
+    assert.match(out, /VT-END/, `the guest test did not finish: ${all.slice(-2000)}`);
+    return { results, serveLog, console: all };
+  } finally {
+    serve.kill('SIGTERM');
+    if (serve.exitCode === null && serve.signalCode === null) await new Promise((r) => serve.once('exit', r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** No verdict of level violation in serve's log: Linux kept every rule the monitor checks. */
+export function noViolations(run: GuestRun): void {
+  assert.doesNotMatch(run.serveLog, /"severity":"violation"/, `the monitor saw Linux break a rule:\n${run.serveLog}`);
+}
+
+/** A real-guest test: skips with the reason when prerequisites are missing, fails instead in CI. */
+export function guestTest(name: string, fn: () => Promise<void>): void {
+  test(name, async (t) => {
+    if (missing.length > 0) {
+      if (process.env.CI === 'true') assert.fail(`real-guest prerequisites missing in CI: ${missing.join(', ')}`);
+      t.skip(`prerequisites missing: ${missing.join(', ')} (.ci/run installs them)`);
+      return;
+    }
+    await fn();
+  });
+}
