@@ -15,6 +15,8 @@ if (files.length === 0) {
   console.error('no test files found under dist/test');
   process.exit(1);
 }
-const args = ['--test', ...process.argv.slice(2), ...files];
+// A test that hangs (a watch left open, a guest that never ends) fails after 5 minutes instead
+// of holding CI until its limit.
+const args = ['--test', '--test-timeout=300000', ...process.argv.slice(2), ...files];
 const r = spawnSync(process.execPath, args, { stdio: 'inherit' });
 process.exit(r.status ?? 1);

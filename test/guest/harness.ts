@@ -1,12 +1,12 @@
 // Booting a real Linux guest against `virtio-ts serve`, with the guest's serial console read
 // as a stream so the host can act while the guest runs (resize the image, send signals).
 // The prerequisite rule of guest.test.ts: in CI a missing prerequisite is a failure;
-// elsewhere the test says what is missing and skips. (guest.test.ts keeps its own copy for
-// now; this file is meant to become the shared one.)
+// elsewhere the test says what is missing and skips. Every real-guest test boots through here.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { createConnection, type Socket } from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,7 +45,63 @@ export interface BootOptions {
   test?: string;
   /** Each console line as it arrives (without the line end); the host may act on it. */
   onLine?: (line: string, serve: ChildProcess) => void | Promise<void>;
+  /** Runs alongside the guest (QEMU gets a QMP socket for it); its failure fails the boot. */
+  during?: (g: Running) => Promise<void>;
   timeoutMs?: number;
+}
+
+/** What a test can do while its guest runs. */
+export interface Running {
+  /** Resolves when the guest's console has printed a line matching `re` (rejects if QEMU ends first). */
+  waitFor(re: RegExp): Promise<void>;
+  /** Runs a QMP command on the QEMU monitor (the reply's "return"). */
+  qmp(command: string, args?: Record<string, unknown>): Promise<unknown>;
+}
+
+/** A QMP client: one command at a time, events skipped. */
+class Qmp {
+  private buffer = '';
+  private waiting: ((msg: Record<string, unknown>) => void) | null = null;
+  private constructor(private readonly socket: Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => {
+      this.buffer += d;
+      let nl;
+      while ((nl = this.buffer.indexOf('\n')) >= 0) {
+        const msg = JSON.parse(this.buffer.slice(0, nl)) as Record<string, unknown>;
+        this.buffer = this.buffer.slice(nl + 1);
+        if ('event' in msg) continue;
+        const w = this.waiting;
+        this.waiting = null;
+        w?.(msg);
+      }
+    });
+  }
+
+  static async connect(path: string): Promise<Qmp> {
+    const socket = createConnection(path);
+    await new Promise((res, rej) => socket.once('connect', res).once('error', rej));
+    const q = new Qmp(socket);
+    await q.next(); // greeting
+    await q.run('qmp_capabilities');
+    return q;
+  }
+
+  private next(): Promise<Record<string, unknown>> {
+    return new Promise((res) => (this.waiting = res));
+  }
+
+  async run(command: string, args?: Record<string, unknown>): Promise<unknown> {
+    const reply = this.next();
+    this.socket.write(JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}) }) + '\n');
+    const msg = await reply;
+    if ('error' in msg) throw new Error(`QMP ${command}: ${JSON.stringify(msg.error)}`);
+    return msg.return;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
 }
 
 /** Boots the guest against `virtio-ts serve`; resolves once QEMU exited 0 and the guest printed VT-END. */
@@ -67,15 +123,20 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
       '-append', `console=ttyS0 panic=-1 quiet vt.test=${o.test ?? o.kind} tsc_early_khz=${khz}`,
       '-chardev', `socket,id=c0,path=${sock}`, '-device', o.device,
     ];
+    const qmpPath = join(dir, 'qmp.sock');
+    if (o.during) args.push('-qmp', `unix:${qmpPath},server=on,wait=off`);
     const q = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let stderr = '';
     q.stderr!.on('data', (d) => (stderr += d));
     let hostError: unknown;
+    let ended = false;
+    const watchers = new Set<() => void>();
     const lines = createInterface({ input: q.stdout! });
     lines.on('line', (raw) => {
       const line = raw.replace(/\r$/, '');
       out += line + '\n';
+      for (const w of watchers) w();
       if (o.onLine === undefined) return;
       try {
         void Promise.resolve(o.onLine(line, serve)).catch((e: unknown) => (hostError ??= e));
@@ -85,8 +146,39 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     });
     const timeoutMs = o.timeoutMs ?? 90_000;
     const timer = setTimeout(() => q.kill('SIGKILL'), timeoutMs);
-    const status = await new Promise<number | null>((res) => q.on('close', (code) => res(code)));
+    const closed = new Promise<number | null>((res) =>
+      q.on('close', (code) => {
+        ended = true;
+        for (const w of watchers) w();
+        res(code);
+      }),
+    );
+    let qmp: Qmp | null = null;
+    const running: Running = {
+      waitFor: (re) =>
+        new Promise<void>((res, rej) => {
+          const check = () => {
+            if (re.test(out)) {
+              watchers.delete(check);
+              res();
+            } else if (ended) {
+              watchers.delete(check);
+              rej(new Error(`QEMU ended before the guest printed ${re}`));
+            }
+          };
+          watchers.add(check);
+          check();
+        }),
+      qmp: async (command, cmdArgs) => {
+        qmp ??= await Qmp.connect(qmpPath);
+        return qmp.run(command, cmdArgs);
+      },
+    };
+    const duringDone = o.during ? o.during(running).catch((e: unknown) => (hostError ??= e)) : Promise.resolve();
+    const status = await closed;
     clearTimeout(timer);
+    await duringDone;
+    (qmp as Qmp | null)?.close();
     if (hostError !== undefined) throw hostError;
     const all = out + stderr;
     assert.equal(status, 0, `qemu exited ${status} (timeout ${timeoutMs} ms): ${all.slice(-2000)}`);
