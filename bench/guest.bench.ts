@@ -210,7 +210,7 @@ function stats(xs: number[]): { median: number; min: number; max: number } {
 }
 
 function fmt(p: Point, x: number): string {
-  if (p.metric === 'bw') return si(x, 'B/s');
+  if (p.metric === 'bw') return (x / 1e9).toFixed(2);
   return x >= 1000 ? si(x).replace(' ', '') : x.toFixed(0);
 }
 
@@ -249,7 +249,7 @@ async function main(): Promise<number> {
     for (const b of order) {
       const r = await boot(b, round, image, o);
       boots.push(r);
-      log(`round ${round + 1}/${o.rounds} ${b.padEnd(19)} ${POINTS.map((p) => `${p.label}: ${fmt(p, r.figures[p.name][p.metric])}`).join(', ')} (${r.seconds.toFixed(1)} s)`);
+      log(`round ${round + 1}/${o.rounds} ${b.padEnd(19)} ${POINTS.map((p) => `${p.label}: ${fmt(p, r.figures[p.name][p.metric])} ${p.metric === 'iops' ? 'IOPS' : 'GB/s'}`).join(', ')} (${r.seconds.toFixed(1)} s)`);
     }
   }
   const loadAfter = load();
@@ -277,7 +277,7 @@ async function main(): Promise<number> {
   const rows = summary.map((s, i) => {
     const p = POINTS[i];
     const pr = stats(s.pairedRatios);
-    return [s.point, s.metric, `${fmt(p, s.virtioTs.median)}${range(p, s.virtioTs)}`, `${fmt(p, s.qemuStorageDaemon.median)}${range(p, s.qemuStorageDaemon)}`, s.ratio.toFixed(2), o.rounds > 1 ? `${pr.min.toFixed(2)}–${pr.max.toFixed(2)}` : pr.median.toFixed(2)];
+    return [s.point, p.metric === 'iops' ? 'IOPS' : 'GB/s', `${fmt(p, s.virtioTs.median)}${range(p, s.virtioTs)}`, `${fmt(p, s.qemuStorageDaemon.median)}${range(p, s.qemuStorageDaemon)}`, s.ratio.toFixed(2), o.rounds > 1 ? `${pr.min.toFixed(2)}–${pr.max.toFixed(2)}` : pr.median.toFixed(2)];
   });
   log('');
   log(`Medians over ${o.rounds} run${o.rounds > 1 ? 's' : ''} per back-end (range in parentheses); ratio = virtio-ts / qemu-storage-daemon of the medians, higher is better; goal >= 1.0 at every point.`);
