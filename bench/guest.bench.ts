@@ -92,7 +92,7 @@ function options(): { json: boolean; rounds: number; runtime: number; ramp: numb
   };
 }
 
-const which = (cmd: string): string => spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' }).stdout.trim();
+const which = (cmd: string): string => (spawnSync('/bin/sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' }).stdout ?? '').trim();
 
 const children = new Set<ChildProcess>();
 let tmpDir: string | undefined;
