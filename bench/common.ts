@@ -37,6 +37,14 @@ export function table(head: string[], rows: string[][], right: boolean[]): strin
   return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
 }
 
+/** The same table as a GitHub markdown table (cells padded to line up in plain text too). */
+export function markdownTable(head: string[], rows: string[][], right: boolean[]): string {
+  const w = head.map((h, i) => Math.max(3, h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) => `| ${r.map((c, i) => (right[i] ? c.padStart(w[i]) : c.padEnd(w[i]))).join(' | ')} |`;
+  const rule = `|${w.map((n, i) => (right[i] ? `${'-'.repeat(n + 1)}:` : '-'.repeat(n + 2))).join('|')}|`;
+  return [line(head), rule, ...rows.map(line)].join('\n');
+}
+
 export interface Timing {
   median: number; // ms per tinybench iteration
   iqrPct: number; // (p75 - p25) / median, percent
