@@ -1,7 +1,8 @@
 /**
  * GuestMemory: region construction, checked access against a model of the regions,
  * little-endian accessors, copies across adjacent regions, no partial writes across holes,
- * the dirty-write hook, and frontend (vhost-user) address translation.
+ * the dirty-write hook, frontend (vhost-user) address translation, and regions added and
+ * removed in place.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -550,4 +551,39 @@ test('GuestMemory.userToGuest: property against a model', () => {
     ),
     { numRuns: 200 },
   );
+});
+
+test('GuestMemory: regions added and removed in place; lookups follow; an overlapping add changes nothing', () => {
+  const mem = new GuestMemory([region(0x1000, 0x1000)]);
+  const first = mem.regions[0];
+  // Many regions, added in a shuffled order: lookups (binary search) find each one.
+  const order = Array.from({ length: 64 }, (_, i) => i).sort((a, b) => ((a * 37) % 64) - ((b * 37) % 64));
+  for (const i of order) mem.addRegions([region(0x10000 + i * 0x2000, 0x1000)]);
+  assert.equal(mem.regions.length, 65);
+  assert.equal(mem.regions[0], first, 'the first region is the same object');
+  for (let i = 0; i < 64; i++) {
+    const a = 0x10000 + i * 0x2000;
+    assert.equal(mem.regionFor(a + 0xfff, 1)?.guestAddr, a);
+    assert.equal(mem.regionFor(a + 0x1000, 1), null, 'the hole after it');
+    assert.equal(mem.regionFor(a + 0xfff, 2), null, 'a range running into the hole');
+  }
+  mem.writeU32(0x10000 + 5 * 0x2000, 0xdeadbeef);
+  assert.throws(() => mem.addRegions([region(0x1800, 0x1000)]), MemoryError);
+  assert.equal(mem.regions.length, 65, 'nothing added');
+
+  const removed = mem.removeRegions(0x10000 + 5 * 0x2000, 0x1000);
+  assert.equal(removed.length, 1);
+  assert.equal(removed[0].view.getUint32(0, true), 0xdeadbeef, 'the caller gets the removed region');
+  assert.equal(mem.regionFor(0x10000 + 5 * 0x2000, 4), null, 'gone from lookups (also from the last-hit cache)');
+  assert.throws(() => mem.readU32(0x10000 + 5 * 0x2000), MemoryError);
+  assert.equal(mem.readU8(0x1000), 0, 'the others stay');
+  assert.deepEqual(mem.removeRegions(0x0, 0x800), [], 'nothing there: nothing removed');
+  // Every region removed: the memory is empty, and every lookup says so.
+  mem.removeRegions(0, 0x1_0000_0000);
+  assert.equal(mem.regions.length, 0);
+  assert.equal(mem.regionFor(0x1000, 1), null);
+  assert.throws(() => mem.readU8(0x1000), MemoryError);
+  mem.addRegions([region(0, 16)]);
+  mem.writeU8(15, 7);
+  assert.equal(mem.readU8(15), 7, 'and can be filled again');
 });

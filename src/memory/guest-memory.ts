@@ -103,27 +103,61 @@ function fmt(addr: number): string {
   return Number.isFinite(addr) ? `0x${addr.toString(16)}` : String(addr);
 }
 
+/** Regions sorted by guest address; a MemoryError when two overlap. */
+function sortedRegions(regions: readonly MemoryRegion[]): MemoryRegion[] {
+  const built = [...regions].sort((a, b) => a.guestAddr - b.guestAddr);
+  for (let i = 1; i < built.length; i++) {
+    if (built[i].guestAddr < built[i - 1].end) {
+      throw new MemoryError(`regions overlap at ${fmt(built[i].guestAddr)}`, built[i].guestAddr, built[i].size);
+    }
+  }
+  return built;
+}
+
 export class GuestMemory {
-  readonly regions: readonly MemoryRegion[];
+  /**
+   * The regions, sorted by guest address. Replaced (never changed in place) when regions are
+   * added or removed, so a caller iterating it is not disturbed.
+   */
+  get regions(): readonly MemoryRegion[] {
+    return this.list;
+  }
   /** Optional dirty-page hook; ring code and cursors call it for every guest write. */
   onWrite: WriteHook | null = null;
-  private last: MemoryRegion;
+  private list: MemoryRegion[];
+  /** The region the last lookup found (most accesses hit it again); null once none is left. */
+  private last: MemoryRegion | null;
 
   constructor(regions: readonly MemoryRegionInit[]) {
     if (!hostIsLittleEndian) throw new Error('virtio-ts needs a little-endian host (typed-array ring views)');
     if (regions.length === 0) throw new MemoryError('guest memory needs at least one region', 0, 0);
-    const built = regions.map((r) => new MemoryRegion(r)).sort((a, b) => a.guestAddr - b.guestAddr);
-    for (let i = 1; i < built.length; i++) {
-      if (built[i].guestAddr < built[i - 1].end) {
-        throw new MemoryError(
-          `regions overlap at ${fmt(built[i].guestAddr)}`,
-          built[i].guestAddr,
-          built[i].size,
-        );
-      }
-    }
-    this.regions = built;
-    this.last = built[0];
+    this.list = sortedRegions(regions.map((r) => new MemoryRegion(r)));
+    this.last = this.list[0];
+  }
+
+  /**
+   * Adds regions while the memory is in use (vhost-user ADD_MEM_REG): everything else stays,
+   * so views and ring regions callers hold remain valid. A MemoryError, with nothing added, when
+   * a new region is malformed or overlaps another.
+   */
+  addRegions(inits: readonly MemoryRegionInit[]): MemoryRegion[] {
+    const added = inits.map((r) => new MemoryRegion(r));
+    this.list = sortedRegions([...this.list, ...added]);
+    return added;
+  }
+
+  /**
+   * Removes every region inside [guestAddr, guestAddr+size) and returns them (vhost-user
+   * REM_MEM_REG); their addresses are outside guest memory from now on. The caller makes sure
+   * nothing still uses them (it owns their buffers). The memory may end up with no region.
+   */
+  removeRegions(guestAddr: number, size: number): MemoryRegion[] {
+    const end = guestAddr + size;
+    const removed = this.list.filter((r) => r.guestAddr >= guestAddr && r.end <= end);
+    if (removed.length === 0) return removed;
+    this.list = this.list.filter((r) => !removed.includes(r));
+    if (this.last !== null && removed.includes(this.last)) this.last = this.list[0] ?? null;
+    return removed;
   }
 
   /** One region of `size` bytes at guest address `guestAddr` over a fresh buffer. */
@@ -144,14 +178,21 @@ export class GuestMemory {
     // Whole numbers only: a fractional address would index a typed array as undefined.
     if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(length) || addr < 0 || length < 0) return null;
     const last = this.last;
-    if (addr >= last.guestAddr && addr + length <= last.end) return last;
-    for (const r of this.regions) {
-      if (addr >= r.guestAddr && addr + length <= r.end) {
-        this.last = r;
-        return r;
-      }
+    if (last !== null && addr >= last.guestAddr && addr + length <= last.end) return last;
+    // Binary search for the last region starting at or below addr (up to hundreds of regions
+    // under vhost-user memory slots).
+    const list = this.list;
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (list[mid].guestAddr <= addr) lo = mid + 1;
+      else hi = mid;
     }
-    return null;
+    const r = list[lo - 1];
+    if (r === undefined || addr + length > r.end) return null;
+    this.last = r;
+    return r;
   }
 
   /** True when [addr, addr+length) lies inside one region. */
