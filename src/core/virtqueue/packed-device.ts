@@ -545,6 +545,7 @@ export class PackedDeviceQueue {
       // not one per buffer.
       const ev = this.deviceEvent!;
       ev.view.setUint16(this.deviceEventOff + EVENT_OFF_WRAP, this.nextAvail | (this.availWrap ? 0x8000 : 0), true);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + EVENT_OFF_WRAP, 2);
       this.writeDeviceEventFlags(RING_EVENT_FLAGS_DESC);
     } else this.writeDeviceEventFlags(RING_EVENT_FLAGS_ENABLE);
     return this.hasAvailable();

@@ -225,7 +225,10 @@ export class SplitDeviceQueue {
     this.broken = false;
     this.active = true;
     // Ask for a notification for the very next buffer (EVENT_IDX starts at the start index).
-    if (this.eventIdx) this.usedRegion.view.setUint16(this.usedOff + availEventOffset(size), this.nextAvail, true);
+    if (this.eventIdx) {
+      this.usedRegion.view.setUint16(this.usedOff + availEventOffset(size), this.nextAvail, true);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + availEventOffset(size), 2);
+    }
     if (startAvail === 0 && startUsed === 0) {
       const flags = this.usedRegion.view.getUint16(this.usedOff + RING_FLAGS, true);
       if (flags !== 0) {
