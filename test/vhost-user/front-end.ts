@@ -1,6 +1,7 @@
 // A small vhost-user front-end for tests, the way QEMU drives a back-end: a real socketpair,
 // guest RAM in a memfd mapped on both sides, eventfds for kick and call. Rings are driven by
 // the project's driver queues over the same memory (the "guest driver").
+import assert from 'node:assert/strict';
 import { native } from '../../src/native/index.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/conformance/monitor.js';
@@ -152,4 +153,21 @@ export class TestFrontEnd {
     this.fds.length = 0;
     n.munmap(this.ram);
   }
+}
+
+/**
+ * Waits until the back-end ends the connection and checks why (its lastError) and that the
+ * socket is closed without a reply; a reset counts as closed (the back-end may close with
+ * messages of ours still unread).
+ */
+export async function closedWith(fe: TestFrontEnd, reason: RegExp): Promise<void> {
+  for (let i = 0; i < 200 && fe.backend.lastError === ''; i++) await tick();
+  assert.match(fe.backend.lastError, reason);
+  let end: number | string;
+  try {
+    end = n.recvmsg(fe.front, new Uint8Array(HEADER_SIZE)).bytes;
+  } catch (err) {
+    end = (err as { code?: string }).code ?? String(err);
+  }
+  assert.ok(end === 0 || end === 'ECONNRESET', `the socket was closed without a reply (${end})`);
 }

@@ -6,14 +6,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Monitor } from '../../src/conformance/monitor.js';
 import { RngDevice } from '../../src/devices/rng.js';
-import { BlkDevice, BlkType } from '../../src/devices/blk.js';
-import { MemoryBlockBackend } from '../../src/devices/blk-backend.js';
+import { BlkDevice } from '../../src/devices/blk.js';
 import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { Feature } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
 import type { RingFormat } from '../../src/core/virtqueue/queue.js';
-import { TestFrontEnd, n, receive, tick } from './front-end.js';
+import { TestFrontEnd, closedWith, n, receive, tick } from './front-end.js';
+import { HeldBackend, blkRead } from './held-disk.js';
 
 const PROTOCOL_FEATURES_BIT = 1n << 30n;
 const RING = 0x1000;
@@ -82,14 +82,6 @@ for (const format of ['split', 'packed'] as const) {
   });
 }
 
-/** A disk whose reads finish only when the test says so. */
-class HeldBackend extends MemoryBlockBackend {
-  held: (() => void)[] = [];
-  override read(offset: number, views: readonly Uint8Array[]): Promise<void> {
-    return new Promise((res) => this.held.push(() => res(super.read(offset, views))));
-  }
-}
-
 for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
   test(`vhost-user back-end: ${stop} waits for a request in progress, takes no new one, and later messages wait`, async () => {
     const monitor = new Monitor();
@@ -105,16 +97,7 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
       fe.sendMemTable();
       const ring = fe.setRing(0, 'split', 16, RING, 0, { eventIdx: false });
       const q = ring.queue;
-      const request = (k: number) => {
-        const hdr = 0x30000 + k * 0x1000;
-        const dv = new DataView(fe.ram, hdr, 16);
-        dv.setUint32(0, BlkType.IN, true);
-        dv.setBigUint64(8, 0n, true);
-        fe.bytes(hdr + 0x100, 1)[0] = 0xff;
-        q.begin().addReadable(hdr, 16).addWritable(hdr + 0x200, 512).addWritable(hdr + 0x100, 1).commit(`read${k}`);
-        q.publish();
-        n.eventfdWrite(ring.kick, 1);
-      };
+      const request = (k: number) => blkRead(fe, ring, k);
       request(0);
       for (let i = 0; i < 500 && disk.held.length === 0; i++) await tick();
       assert.equal(disk.held.length, 1, 'the read reached the disk');
@@ -166,9 +149,7 @@ for (const [format, base, reason] of [
       fe.sendMemTable();
       const ring = fe.setRing(0, format, 16, RING, base, { eventIdx: true });
       n.eventfdWrite(ring.kick, 1);
-      for (let i = 0; i < 200 && backend.lastError === ''; i++) await tick();
-      assert.match(backend.lastError, reason);
-      assert.equal(n.recvmsg(fe.front, new Uint8Array(8)).bytes, 0, 'the socket was closed');
+      await closedWith(fe, reason);
       assert.equal(device.getStatus(), 0, 'the device was reset');
     } finally {
       fe.close();
