@@ -92,6 +92,35 @@ export class TestFrontEnd {
     this.send(Req.SET_MEM_TABLE, region, [this.memfd]);
   }
 
+  /** Guest RAM the VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS way: one ADD_MEM_REG instead of SET_MEM_TABLE. */
+  sendMemSlot(flags = 1): void {
+    this.send(Req.ADD_MEM_REG, regionPayload(0, this.ramSize, USER_BASE), [this.memfd], flags);
+  }
+
+  /** Regions plugged in after guest RAM (unmapped and closed by close()). */
+  private readonly plugged: PluggedRegion[] = [];
+
+  /**
+   * Plugs in one more region (its own memfd) at `guestAddr`, the way QEMU hot-adds memory:
+   * the driver side sees it at once, the back-end through ADD_MEM_REG.
+   */
+  plugRegion(guestAddr: number, size: number, flags = 1): PluggedRegion {
+    const memfd = n.memfdCreate('guest-plugged', size);
+    const ram = n.mmap(memfd, 0, size);
+    const r = { guestAddr, size, memfd, ram };
+    this.plugged.push(r);
+    this.guest.addRegions([{ guestAddr, size, buffer: ram, userAddr: USER_BASE + guestAddr, concurrent: true }]);
+    this.send(Req.ADD_MEM_REG, regionPayload(guestAddr, size, USER_BASE + guestAddr), [memfd], flags);
+    return r;
+  }
+
+  /** Unplugs a region: REM_MEM_REG (with its fd when `withFd`: QEMU 7.2 sends one, later QEMUs none). */
+  unplugRegion(r: PluggedRegion, flags = 1, withFd = false): void {
+    this.send(Req.REM_MEM_REG, regionPayload(r.guestAddr, r.size, USER_BASE + r.guestAddr), withFd ? [r.memfd] : [], flags);
+    this.guest.removeRegions(r.guestAddr, r.size);
+  }
+
+  /** SET_VRING_NUM / ADDR / BASE / CALL / KICK for a ring laid out at `base` in guest RAM. */
   /** SET_VRING_NUM / ADDR / BASE / CALL / KICK for a ring laid out at `base` in guest RAM. */
   setRing(index: number, format: RingFormat, size: number, base: number, ringBase: number, options: { eventIdx: boolean }, existing?: DriverQueue): TestRing {
     const layout = format === 'packed' ? layoutPackedQueue(base, size) : layoutSplitQueue(base, size);
@@ -152,7 +181,30 @@ export class TestFrontEnd {
     }
     this.fds.length = 0;
     n.munmap(this.ram);
+    for (const r of this.plugged.splice(0)) {
+      n.munmap(r.ram);
+      n.close(r.memfd);
+    }
   }
+}
+
+/** The single-region payload of ADD_MEM_REG / REM_MEM_REG: padding, then the region. */
+export function regionPayload(guestAddr: number, size: number, userAddr: number, mmapOffset = 0): Uint8Array {
+  const b = new Uint8Array(8 + 32);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(8, BigInt(guestAddr), true);
+  v.setBigUint64(16, BigInt(size), true);
+  v.setBigUint64(24, BigInt(userAddr), true);
+  v.setBigUint64(32, BigInt(mmapOffset), true);
+  return b;
+}
+
+/** A memory region plugged in after guest RAM (its own memfd, mapped on the front-end side too). */
+export interface PluggedRegion {
+  guestAddr: number;
+  size: number;
+  memfd: number;
+  ram: ArrayBuffer;
 }
 
 /**

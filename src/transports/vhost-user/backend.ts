@@ -8,6 +8,11 @@
  * The device core's driver-facing state machine is driven from the messages: SET_FEATURES
  * performs ACKNOWLEDGE / DRIVER / features / FEATURES_OK, and the first ring start DRIVER_OK
  * (the front-end owns the guest-visible status).
+ *
+ * Guest memory comes as a whole table (SET_MEM_TABLE: the device re-attaches) or, with
+ * VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS, region by region (ADD_MEM_REG / REM_MEM_REG, up to
+ * MAX_MEM_SLOTS), changed in place under running rings: a removal waits for the requests in
+ * progress, and one that would take a started ring's memory is refused.
  */
 import { GuestMemory, type MemoryRegionInit } from '../../memory/guest-memory.js';
 import type { DeviceHost, VirtioDevice } from '../../core/device.js';
@@ -36,7 +41,16 @@ import {
 export const BACKEND_PROTOCOL_FEATURES =
   (1n << BigInt(ProtocolFeature.MQ)) | (1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.RESET_DEVICE)) |
   (1n << BigInt(ProtocolFeature.STATUS)) |
-  (1n << BigInt(ProtocolFeature.BACKEND_REQ));
+  (1n << BigInt(ProtocolFeature.BACKEND_REQ)) |
+  (1n << BigInt(ProtocolFeature.CONFIGURE_MEM_SLOTS));
+
+/**
+ * Memory regions accepted at once (GET_MAX_MEM_SLOTS). 509 is what KVM gives an x86 VM (and
+ * what libvhost-user answers): a VM QEMU can build on KVM is never refused for its memory
+ * layout. A slot costs one entry in GuestMemory's sorted region list (looked up by binary
+ * search) and its mappings, nothing per slot we do not use.
+ */
+export const MAX_MEM_SLOTS = 509;
 
 /** Largest piece of a memory region mapped into one ArrayBuffer. */
 const MAP_CHUNK = 1 << 30;
@@ -60,6 +74,18 @@ interface Ring {
   enabled: boolean;
 }
 
+/** One memory region the front-end gave (SET_MEM_TABLE or ADD_MEM_REG), mapped in pieces. */
+interface Slot {
+  guestAddr: number;
+  size: number;
+  userAddr: number;
+  maps: ArrayBuffer[];
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
 export interface BackendLog {
   info(msg: string): void;
   warn(msg: string): void;
@@ -73,7 +99,7 @@ export class VhostUserBackend implements DeviceHost {
   private backendReqFd = -1;
   private session: Session;
   private ackedFeatures = 0n;
-  private maps: ArrayBuffer[] = [];
+  private slots: Slot[] = [];
   private memory: GuestMemory | null = null;
   private rings: Ring[] = [];
   private readonly header = new Uint8Array(HEADER_SIZE);
@@ -220,7 +246,21 @@ export class VhostUserBackend implements DeviceHost {
         break;
       case Req.SET_MEM_TABLE:
         if (m.kind === 'memory') this.setMemTable(m.regions, fds);
-        fds.length = 0;
+        break;
+      case Req.GET_MAX_MEM_SLOTS:
+        reply(u64Payload(MAX_MEM_SLOTS));
+        break;
+      case Req.ADD_MEM_REG:
+        if (m.kind === 'region') this.addMemRegion(m.region, fds[0]);
+        break;
+      case Req.REM_MEM_REG:
+        // Answered once the region is gone (requests in progress may still write into it).
+        replied = true;
+        if (m.kind === 'region') {
+          this.remMemRegion(m.region, () => {
+            if (d.needReply) this.reply(d.header.request, u64Payload(0));
+          });
+        }
         break;
       case Req.SET_VRING_NUM:
         if (m.kind === 'state') this.rings[m.index].size = m.num;
@@ -336,23 +376,107 @@ export class VhostUserBackend implements DeviceHost {
     return this.memory;
   }
 
+  /** SET_MEM_TABLE: the whole table replaced (the device re-attaches: its queues are made anew). */
   private setMemTable(regions: MemRegion[], fds: number[]): void {
+    const sorted = [...regions].sort((a, b) => a.guestAddr - b.guestAddr);
+    for (let i = 1; i < sorted.length; i++) {
+      if (sorted[i].guestAddr < sorted[i - 1].guestAddr + sorted[i - 1].size) throw new Error(`regions overlap at ${hex(sorted[i].guestAddr)}`);
+    }
     this.unmapAll();
     const inits: MemoryRegionInit[] = [];
     regions.forEach((r, i) => {
-      // ArrayBuffers stay well under Node's limits: big regions are mapped in 1 GiB pieces,
-      // which GuestMemory joins back (copies and chains cross piece boundaries).
-      for (let off = 0; off < r.size; off += MAP_CHUNK) {
-        const len = Math.min(MAP_CHUNK, r.size - off);
-        const buffer = this.n.mmap(fds[i], r.mmapOffset + off, len, true);
-        this.maps.push(buffer);
-        inits.push({ guestAddr: r.guestAddr + off, size: len, buffer, userAddr: r.userAddr + off, concurrent: true });
-      }
-      this.n.close(fds[i]);
+      const slot = this.mapSlot(r, fds[i], inits);
+      this.slots.push(slot);
     });
     this.memory = new GuestMemory(inits);
     // The device follows the new table (attach re-creates its queues; the state machine stays).
     this.device.attach(this.memory, this);
+  }
+
+  /**
+   * Maps one region from its fd (the caller closes the fd; the mapping stays). Big regions are
+   * mapped in 1 GiB pieces, which GuestMemory joins back (copies and chains cross piece
+   * boundaries), so ArrayBuffers stay well under Node's limits. The pieces go into `inits`.
+   */
+  private mapSlot(r: MemRegion, fd: number, inits: MemoryRegionInit[]): Slot {
+    const slot: Slot = { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, maps: [] };
+    try {
+      for (let off = 0; off < r.size; off += MAP_CHUNK) {
+        const len = Math.min(MAP_CHUNK, r.size - off);
+        const buffer = this.n.mmap(fd, r.mmapOffset + off, len, true);
+        slot.maps.push(buffer);
+        inits.push({ guestAddr: r.guestAddr + off, size: len, buffer, userAddr: r.userAddr + off, concurrent: true });
+      }
+    } catch (err) {
+      for (const b of slot.maps) this.n.munmap(b);
+      throw err;
+    }
+    return slot;
+  }
+
+  /**
+   * ADD_MEM_REG (VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS): one more region, added in place:
+   * the device and its running rings keep the memory they have. The first one attaches the
+   * device (as SET_MEM_TABLE does).
+   */
+  private addMemRegion(r: MemRegion, fd: number): void {
+    if (this.slots.length >= MAX_MEM_SLOTS) throw new Error(`no free memory slot: all ${MAX_MEM_SLOTS} are in use`);
+    const clash = this.slots.find((s) => r.guestAddr < s.guestAddr + s.size && s.guestAddr < r.guestAddr + r.size);
+    if (clash !== undefined) {
+      throw new Error(`region [${hex(r.guestAddr)}, +${hex(r.size)}) overlaps the region at [${hex(clash.guestAddr)}, +${hex(clash.size)})`);
+    }
+    const inits: MemoryRegionInit[] = [];
+    const slot = this.mapSlot(r, fd, inits);
+    this.slots.push(slot);
+    this.log.info(`vhost-user: memory region [${hex(r.guestAddr)}, +${hex(r.size)}) added (front-end address ${hex(r.userAddr)})`);
+    if (this.memory === null) {
+      this.memory = new GuestMemory(inits);
+      this.device.attach(this.memory, this);
+    } else {
+      this.memory.addRegions(inits);
+    }
+  }
+
+  /**
+   * REM_MEM_REG: the region with this guest address, size and front-end address goes, and is
+   * unmapped. A started ring living in it is refused (its used ring would be written into
+   * memory that is gone). Requests in progress may have buffers in it: the rings take no new
+   * request meanwhile, the removal waits until those finish (later messages wait too), then
+   * `then` runs (the answer).
+   */
+  private remMemRegion(r: MemRegion, then: () => void): void {
+    const index = this.slots.findIndex((s) => s.guestAddr === r.guestAddr && s.size === r.size && s.userAddr === r.userAddr);
+    if (index < 0) throw new Error(`no region at guest ${hex(r.guestAddr)}, size ${hex(r.size)}, front-end address ${hex(r.userAddr)}`);
+    const slot = this.slots[index];
+    const inSlot = (a: number) => a >= slot.guestAddr && a < slot.guestAddr + slot.size;
+    this.rings.forEach((ring, i) => {
+      if (ring.started && (inSlot(ring.desc) || inSlot(ring.avail) || inSlot(ring.used))) {
+        throw new Error(`ring ${i} lives in the region at [${hex(slot.guestAddr)}, +${hex(slot.size)}): stop the ring (GET_VRING_BASE) before removing its memory`);
+      }
+    });
+    const paused: number[] = [];
+    this.rings.forEach((ring, i) => {
+      const q = this.device.queues[i];
+      if (ring.started && q !== undefined && !q.paused) {
+        q.paused = true;
+        paused.push(i);
+      }
+    });
+    this.afterSettled('REM_MEM_REG', (settled) => {
+      if (!settled) throw new Error(`requests in progress did not finish in ${SETTLE_TIMEOUT_MS} ms; the region cannot be removed under them`);
+      this.memory?.removeRegions(slot.guestAddr, slot.size);
+      this.slots.splice(this.slots.indexOf(slot), 1);
+      for (const b of slot.maps) this.n.munmap(b);
+      this.log.info(`vhost-user: memory region [${hex(slot.guestAddr)}, +${hex(slot.size)}) removed`);
+      for (const i of paused) {
+        const q = this.device.queues[i];
+        if (q === undefined) continue;
+        q.paused = false;
+        // Kicks taken while paused found nothing: look again.
+        if (this.rings[i]?.started && this.rings[i].enabled) this.device.notify(i);
+      }
+      then();
+    });
   }
 
   private setKick(index: number, fd: number): void {
@@ -437,13 +561,20 @@ export class VhostUserBackend implements DeviceHost {
       const q = this.device.queues[i];
       if (r.started && q !== undefined) q.paused = true;
     }
-    const finish = (settled: boolean) => {
+    this.afterSettled('ring stop', (settled) => {
       if (!settled) this.log.warn(`vhost-user: requests still in progress after ${SETTLE_TIMEOUT_MS} ms; the rings stop without them`);
       for (const i of indices) this.keepPosition(i);
       then();
-    };
-    if (this.device.settled()) return finish(true);
-    // Not watched meanwhile: the socket keeps later messages until the stop is answered.
+    });
+  }
+
+  /**
+   * Runs `then(true)` once the device has no request in progress, or `then(false)` after
+   * SETTLE_TIMEOUT_MS. Meanwhile the socket is not watched: later messages wait in it until
+   * the answer. What `then` throws after a wait ends the connection, named by `what`.
+   */
+  private afterSettled(what: string, then: (settled: boolean) => void): void {
+    if (this.device.settled()) return then(true);
     this.connWatch?.close();
     this.connWatch = null;
     const deadline = Date.now() + SETTLE_TIMEOUT_MS;
@@ -456,9 +587,9 @@ export class VhostUserBackend implements DeviceHost {
         return;
       }
       try {
-        finish(settled);
+        then(settled);
       } catch (err) {
-        return this.close(`ring stop: ${err instanceof Error ? err.message : String(err)}`);
+        return this.close(`${what}: ${err instanceof Error ? err.message : String(err)}`);
       }
       this.connWatch = this.n.watch(this.fd, true, false, () => this.readable());
       this.readable(); // the messages that waited
@@ -484,8 +615,8 @@ export class VhostUserBackend implements DeviceHost {
   }
 
   private unmapAll(): void {
-    for (const b of this.maps) this.n.munmap(b);
-    this.maps = [];
+    for (const slot of this.slots) for (const b of slot.maps) this.n.munmap(b);
+    this.slots = [];
     this.memory = null;
   }
 
