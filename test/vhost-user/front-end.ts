@@ -121,14 +121,21 @@ export class TestFrontEnd {
   }
 
   /** SET_VRING_NUM / ADDR / BASE / CALL / KICK for a ring laid out at `base` in guest RAM. */
-  /** SET_VRING_NUM / ADDR / BASE / CALL / KICK for a ring laid out at `base` in guest RAM. */
-  setRing(index: number, format: RingFormat, size: number, base: number, ringBase: number, options: { eventIdx: boolean }, existing?: DriverQueue): TestRing {
+  /**
+   * `options.logAddr`: the used ring's writes are logged there (VHOST_VRING_F_LOG, as QEMU sets
+   * it while it migrates).
+   */
+  setRing(index: number, format: RingFormat, size: number, base: number, ringBase: number, options: { eventIdx: boolean; logAddr?: number }, existing?: DriverQueue): TestRing {
     const layout = format === 'packed' ? layoutPackedQueue(base, size) : layoutSplitQueue(base, size);
     const queue = existing ?? createDriverQueue(format, this.guest, index, size, base, { eventIdx: options.eventIdx, indirect: false, indirectMax: 0 }, new Monitor(), () => undefined);
     this.send(Req.SET_VRING_NUM, statePayload(index, size));
     const addr = new Uint8Array(40);
     const av = new DataView(addr.buffer);
     av.setUint32(0, index, true);
+    if (options.logAddr !== undefined) {
+      av.setUint32(4, 1, true); // VHOST_VRING_F_LOG
+      av.setBigUint64(32, BigInt(options.logAddr), true);
+    }
     av.setBigUint64(8, BigInt(USER_BASE + layout.desc), true);
     av.setBigUint64(16, BigInt(USER_BASE + layout.used), true);
     av.setBigUint64(24, BigInt(USER_BASE + layout.avail), true);
@@ -196,6 +203,15 @@ export function regionPayload(guestAddr: number, size: number, userAddr: number,
   v.setBigUint64(16, BigInt(size), true);
   v.setBigUint64(24, BigInt(userAddr), true);
   v.setBigUint64(32, BigInt(mmapOffset), true);
+  return b;
+}
+
+/** SET_LOG_BASE's payload: log size, log offset. */
+export function logPayload(size: number, offset = 0): Uint8Array {
+  const b = new Uint8Array(16);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, BigInt(size), true);
+  v.setBigUint64(8, BigInt(offset), true);
   return b;
 }
 

@@ -64,6 +64,9 @@ test('vhost-user codec: property: every request is refused with one byte too man
     [Req.SET_VRING_KICK, u64Payload(0), 1],
     [Req.SET_MEM_TABLE, new Uint8Array([...u64Payload(1), ...region(0, 1 << 20, 0x7f0000000000, 0)]), 1],
     [Req.GET_CONFIG, new Uint8Array(12 + 8).fill(0).map((_, i) => (i === 4 ? 8 : 0)), 0],
+    [Req.ADD_MEM_REG, new Uint8Array([...u64Payload(0), ...region(0, 1 << 20, 0x7f0000000000, 0)]), 1],
+    [Req.REM_MEM_REG, new Uint8Array([...u64Payload(0), ...region(0, 1 << 20, 0x7f0000000000, 0)]), 0],
+    [Req.SET_LOG_BASE, new Uint8Array([...u64Payload(32), ...u64Payload(0)]), 1],
   ];
   for (const [req, payload, fds] of good) {
     assert.equal(typeof msg(req, payload, fds), 'object', `request ${req} well formed`);
@@ -91,6 +94,8 @@ test('vhost-user codec: fds, queue indices, protocol-feature gating, REPLY_ACK',
   assert.match(String(msg(Req.SET_MEM_TABLE, new Uint8Array([...u64Payload(1), ...region(0, 4096, 0, 0)]), 2)), /1 regions but 2/);
   assert.match(String(msg(Req.SET_MEM_TABLE, new Uint8Array([...u64Payload(1), ...region(0, 0, 0, 0)]), 1)), /size 0/);
   assert.match(String(msg(Req.GET_QUEUE_NUM, new Uint8Array(0), 0, NONE)), /protocol feature 0 was not negotiated/);
+  assert.match(String(msg(Req.SET_LOG_BASE, new Uint8Array([...u64Payload(32), ...u64Payload(0)]), 0)), /0 file descriptors, expected 1/);
+  assert.match(String(msg(Req.SET_LOG_BASE, new Uint8Array(16), 1)), /log size 0/);
   assert.match(String(msg(Req.GET_PROTOCOL_FEATURES, new Uint8Array(0), 0, NONE)), /PROTOCOL_FEATURES is not offered/);
   assert.match(String(msg(Req.SET_OWNER, new Uint8Array(0), 1)), /1 file descriptors, expected 0/);
   const acked = msg(Req.SET_OWNER, new Uint8Array(0), 0, ALL, 1 | FLAG_NEED_REPLY);

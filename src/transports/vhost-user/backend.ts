@@ -13,15 +13,25 @@
  * VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS, region by region (ADD_MEM_REG / REM_MEM_REG, up to
  * MAX_MEM_SLOTS), changed in place under running rings: a removal waits for the requests in
  * progress, and one that would take a started ring's memory is refused.
+ *
+ * Live migration (vhost-user.rst "Migration"): VHOST_F_LOG_ALL is offered, and with
+ * VHOST_USER_PROTOCOL_F_LOG_SHMFD the front-end's dirty log is mapped (SET_LOG_BASE). While
+ * LOG_ALL is negotiated every device write to guest memory goes through GuestMemory.onWrite and
+ * sets its page's bit (used rings with VHOST_VRING_F_LOG at their log address); switching
+ * LOG_ALL on or off does not reset the device.
  */
 import { GuestMemory, type MemoryRegionInit } from '../../memory/guest-memory.js';
+import { usedRingSize } from '../../core/virtqueue/split-layout.js';
+import { EVENT_SIZE } from '../../core/virtqueue/packed-layout.js';
 import type { DeviceHost, VirtioDevice } from '../../core/device.js';
 import type { RingPosition } from '../../core/virtqueue/queue.js';
 import { Status } from '../../core/constants.js';
 import { native, type NativeAddon } from '../../native/index.js';
 import {
+  F_LOG_ALL,
   F_PROTOCOL_FEATURES,
   HEADER_SIZE,
+  LOG_PAGE,
   ProtocolFeature,
   Req,
   decode,
@@ -31,6 +41,7 @@ import {
   statePayload,
   u64Payload,
   BackendReq,
+  VRING_F_LOG,
   encodeBackendRequest,
   type Decoded,
   type MemRegion,
@@ -42,7 +53,8 @@ export const BACKEND_PROTOCOL_FEATURES =
   (1n << BigInt(ProtocolFeature.MQ)) | (1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.RESET_DEVICE)) |
   (1n << BigInt(ProtocolFeature.STATUS)) |
   (1n << BigInt(ProtocolFeature.BACKEND_REQ)) |
-  (1n << BigInt(ProtocolFeature.CONFIGURE_MEM_SLOTS));
+  (1n << BigInt(ProtocolFeature.CONFIGURE_MEM_SLOTS)) |
+  (1n << BigInt(ProtocolFeature.LOG_SHMFD));
 
 /**
  * Memory regions accepted at once (GET_MAX_MEM_SLOTS). 509 is what KVM gives an x86 VM (and
@@ -51,6 +63,8 @@ export const BACKEND_PROTOCOL_FEATURES =
  * search) and its mappings, nothing per slot we do not use.
  */
 export const MAX_MEM_SLOTS = 509;
+
+const LOG_ALL = 1n << BigInt(F_LOG_ALL);
 
 /** Largest piece of a memory region mapped into one ArrayBuffer. */
 const MAP_CHUNK = 1 << 30;
@@ -66,6 +80,9 @@ interface Ring {
   desc: number;
   avail: number;
   used: number;
+  /** VHOST_VRING_F_LOG: the used ring's writes are logged at logAddr (+ their offset in it). */
+  logUsed: boolean;
+  logAddr: number;
   base: number;
   kickFd: number;
   callFd: number;
@@ -80,6 +97,14 @@ interface Slot {
   size: number;
   userAddr: number;
   maps: ArrayBuffer[];
+}
+
+/** The dirty log (SET_LOG_BASE): one bit per 4 KiB page of guest memory, shared with the front-end. */
+interface DirtyLog {
+  buffer: ArrayBuffer;
+  bytes: Uint8Array;
+  /** Writes logged since it was mapped (for the log line when logging ends). */
+  writes: number;
 }
 
 function hex(n: number): string {
@@ -101,6 +126,11 @@ export class VhostUserBackend implements DeviceHost {
   private ackedFeatures = 0n;
   private slots: Slot[] = [];
   private memory: GuestMemory | null = null;
+  /** The dirty log, while one is mapped. */
+  private dirtyLog: DirtyLog | null = null;
+  /** VHOST_F_LOG_ALL is in the front-end's features: every write to guest memory is logged. */
+  private logAll = false;
+  private readonly logHook = (addr: number, len: number) => this.logWrite(addr, len);
   private rings: Ring[] = [];
   private readonly header = new Uint8Array(HEADER_SIZE);
   private readonly payload = new Uint8Array(4096);
@@ -195,10 +225,10 @@ export class VhostUserBackend implements DeviceHost {
     };
     switch (d.header.request) {
       case Req.GET_FEATURES:
-        reply(u64Payload(this.device.offered | (1n << BigInt(F_PROTOCOL_FEATURES))));
+        reply(u64Payload(this.device.offered | (1n << BigInt(F_PROTOCOL_FEATURES)) | LOG_ALL));
         break;
       case Req.SET_FEATURES:
-        if (m.kind === 'u64') this.setFeatures(m.value & ~(1n << BigInt(F_PROTOCOL_FEATURES)), (m.value & (1n << BigInt(F_PROTOCOL_FEATURES))) !== 0n);
+        if (m.kind === 'u64') this.featuresMessage(m.value);
         break;
       case Req.GET_PROTOCOL_FEATURES:
         // CONFIG only for devices with a config space (QEMU warns about it otherwise).
@@ -262,6 +292,12 @@ export class VhostUserBackend implements DeviceHost {
           });
         }
         break;
+      case Req.SET_LOG_BASE:
+        if (m.kind === 'log') this.setLogBase(m.size, m.offset, fds[0]);
+        reply(u64Payload(0)); // with LOG_SHMFD the front-end waits for this reply
+        break;
+      case Req.SET_LOG_FD:
+        break; // the log is read by the front-end when it syncs; no eventfd is needed (closed below)
       case Req.SET_VRING_NUM:
         if (m.kind === 'state') this.rings[m.index].size = m.num;
         break;
@@ -276,6 +312,7 @@ export class VhostUserBackend implements DeviceHost {
           r.desc = mem.userToGuest(m.desc, 16);
           r.avail = mem.userToGuest(m.avail, 4);
           r.used = mem.userToGuest(m.used, 4);
+          this.setRingLog(m.index, (m.flags & VRING_F_LOG) !== 0, m.log);
         }
         break;
       case Req.GET_VRING_BASE:
@@ -382,6 +419,8 @@ export class VhostUserBackend implements DeviceHost {
     for (let i = 1; i < sorted.length; i++) {
       if (sorted[i].guestAddr < sorted[i - 1].guestAddr + sorted[i - 1].size) throw new Error(`regions overlap at ${hex(sorted[i].guestAddr)}`);
     }
+    const problem = this.logging ? this.logCoverageProblem(this.dirtyLog!.bytes.length, regions) : null;
+    if (problem !== null) throw new Error(problem);
     this.unmapAll();
     const inits: MemoryRegionInit[] = [];
     regions.forEach((r, i) => {
@@ -389,6 +428,7 @@ export class VhostUserBackend implements DeviceHost {
       this.slots.push(slot);
     });
     this.memory = new GuestMemory(inits);
+    this.updateLogging();
     // The device follows the new table (attach re-creates its queues; the state machine stays).
     this.device.attach(this.memory, this);
   }
@@ -425,12 +465,17 @@ export class VhostUserBackend implements DeviceHost {
     if (clash !== undefined) {
       throw new Error(`region [${hex(r.guestAddr)}, +${hex(r.size)}) overlaps the region at [${hex(clash.guestAddr)}, +${hex(clash.size)})`);
     }
+    if (this.logging) {
+      const problem = this.logCoverageProblem(this.dirtyLog!.bytes.length, [r]);
+      if (problem !== null) throw new Error(problem);
+    }
     const inits: MemoryRegionInit[] = [];
     const slot = this.mapSlot(r, fd, inits);
     this.slots.push(slot);
     this.log.info(`vhost-user: memory region [${hex(r.guestAddr)}, +${hex(r.size)}) added (front-end address ${hex(r.userAddr)})`);
     if (this.memory === null) {
       this.memory = new GuestMemory(inits);
+      this.updateLogging();
       this.device.attach(this.memory, this);
     } else {
       this.memory.addRegions(inits);
@@ -477,6 +522,124 @@ export class VhostUserBackend implements DeviceHost {
       }
       then();
     });
+  }
+
+  // ---------------------------------------------------------------- dirty logging
+
+  /** Whether writes are being logged: VHOST_F_LOG_ALL negotiated and a log mapped. */
+  private get logging(): boolean {
+    return this.logAll && this.dirtyLog !== null;
+  }
+
+  /** GuestMemory calls the log for every write while logging (a null check otherwise). */
+  private updateLogging(): void {
+    if (this.memory !== null) this.memory.onWrite = this.logging ? this.logHook : null;
+  }
+
+  /**
+   * Why a log of `logBytes` bytes cannot cover the memory (the regions given, or all of them)
+   * and the used rings logged at their log address, or null. The front-end sizes the log for
+   * its whole memory (vhost-user.rst "Migration"); a write that cannot be logged would be lost
+   * to the migration.
+   */
+  private logCoverageProblem(logBytes: number | undefined, regions: readonly { guestAddr: number; size: number }[] = this.slots): string | null {
+    if (logBytes === undefined) return null;
+    const covers = logBytes * 8 * LOG_PAGE;
+    for (const r of regions) {
+      if (r.guestAddr + r.size > covers) return `the dirty log (${logBytes} bytes) covers guest addresses below ${hex(covers)}; the region at [${hex(r.guestAddr)}, +${hex(r.size)}) is beyond it`;
+    }
+    for (let i = 0; i < this.rings.length; i++) {
+      const ring = this.rings[i];
+      if (ring.logUsed && ring.logAddr + this.usedLength(i) > covers) {
+        return `the dirty log (${logBytes} bytes) covers guest addresses below ${hex(covers)}; ring ${i}'s used ring is logged at ${hex(ring.logAddr)}, beyond it`;
+      }
+    }
+    return null;
+  }
+
+  /** Bytes of the area the device writes for ring `index` (split: used ring; packed: device event suppression). */
+  private usedLength(index: number): number {
+    return this.device.queues[index]?.format === 'packed' ? EVENT_SIZE : usedRingSize(this.rings[index].size);
+  }
+
+  /** SET_FEATURES: LOG_ALL switches logging; the rest is the device's features. */
+  private featuresMessage(value: bigint): void {
+    const logAll = (value & LOG_ALL) !== 0n;
+    const features = value & ~((1n << BigInt(F_PROTOCOL_FEATURES)) | LOG_ALL);
+    if (logAll && !this.logAll) {
+      const problem = this.logCoverageProblem(this.dirtyLog?.bytes.length);
+      if (problem !== null) throw new Error(problem);
+    }
+    // Logging switched on or off under a negotiated device (a migration starting or ending)
+    // changes nothing else: the device is not reset, its rings keep running.
+    const onlyLogging = logAll !== this.logAll && features === this.ackedFeatures && (this.device.getStatus() & Status.FEATURES_OK) !== 0;
+    if (!onlyLogging) this.setFeatures(features, (value & (1n << BigInt(F_PROTOCOL_FEATURES))) !== 0n);
+    if (logAll !== this.logAll) this.log.info(`vhost-user: dirty logging ${logAll ? 'on' : 'off'}${logAll || this.dirtyLog === null ? '' : ` (${this.dirtyLog.writes} writes logged)`}`);
+    if (!logAll && this.logAll) this.unmapLog();
+    this.logAll = logAll;
+    this.updateLogging();
+  }
+
+  /** SET_LOG_BASE (VHOST_USER_PROTOCOL_F_LOG_SHMFD): maps the log, replacing any earlier one. */
+  private setLogBase(size: number, offset: number, fd: number): void {
+    if (size > MAP_CHUNK) throw new Error(`a dirty log of ${size} bytes (at most ${MAP_CHUNK}, enough for ${hex(MAP_CHUNK * 8 * LOG_PAGE)} bytes of memory)`);
+    const problem = this.logCoverageProblem(size);
+    if (problem !== null) throw new Error(problem);
+    const buffer = this.n.mmap(fd, offset, size, true);
+    this.unmapLog();
+    this.dirtyLog = { buffer, bytes: new Uint8Array(buffer), writes: 0 };
+    this.log.info(`vhost-user: dirty log set: ${size} bytes, covering guest addresses below ${hex(size * 8 * LOG_PAGE)}`);
+    this.updateLogging();
+  }
+
+  /** SET_VRING_ADDR's VHOST_VRING_F_LOG and log address for ring `index`. */
+  private setRingLog(index: number, logUsed: boolean, logAddr: number): void {
+    const ring = this.rings[index];
+    ring.logUsed = logUsed;
+    ring.logAddr = logAddr;
+    if (this.logging) {
+      const problem = this.logCoverageProblem(this.dirtyLog!.bytes.length, []);
+      if (problem !== null) throw new Error(problem);
+    }
+  }
+
+  /**
+   * Marks the pages of a guest write dirty: bit (addr / 4096) of the log, little-endian bit
+   * order in bytes (log[page / 8] |= 1 << page % 8), with atomic ORs (the front-end reads and
+   * clears the log concurrently). Writes to a used ring logged with VHOST_VRING_F_LOG are
+   * marked at its log address.
+   */
+  private logWrite(addr: number, len: number): void {
+    const log = this.dirtyLog;
+    if (log === null || len <= 0) return;
+    for (let i = 0; i < this.rings.length; i++) {
+      const ring = this.rings[i];
+      if (ring.logUsed && addr >= ring.used && addr < ring.used + this.usedLength(i)) {
+        addr = ring.logAddr + (addr - ring.used);
+        break;
+      }
+    }
+    log.writes++;
+    const bytes = log.bytes;
+    const last = Math.floor((addr + len - 1) / LOG_PAGE);
+    for (let page = Math.floor(addr / LOG_PAGE); page <= last; ) {
+      const byte = Math.floor(page / 8);
+      const upto = Math.min(last, byte * 8 + 7);
+      if (byte >= bytes.length) {
+        // Checked when the log, a region or a ring arrived: not reached with a sound front-end.
+        queueMicrotask(() => this.close(`a write at ${hex(addr)} (+${len}) is beyond the dirty log (${bytes.length} bytes): the migration would miss it`));
+        return;
+      }
+      Atomics.or(bytes, byte, ((1 << ((upto % 8) + 1)) - 1) & ~((1 << (page % 8)) - 1));
+      page = upto + 1;
+    }
+  }
+
+  private unmapLog(): void {
+    if (this.dirtyLog === null) return;
+    this.n.munmap(this.dirtyLog.buffer);
+    this.dirtyLog = null;
+    this.updateLogging();
   }
 
   private setKick(index: number, fd: number): void {
@@ -623,7 +786,7 @@ export class VhostUserBackend implements DeviceHost {
   private resetState(): void {
     this.session = { protocolFeaturesOffered: true, protocolFeatures: 0n, numQueues: this.device.numQueues };
     this.rings = Array.from({ length: this.device.numQueues }, () => ({
-      size: 0, desc: 0, avail: 0, used: 0, base: 0, kickFd: -1, callFd: -1, watch: null, started: false, enabled: false,
+      size: 0, desc: 0, avail: 0, used: 0, logUsed: false, logAddr: 0, base: 0, kickFd: -1, callFd: -1, watch: null, started: false, enabled: false,
     }));
     this.live = false;
   }
@@ -650,6 +813,8 @@ export class VhostUserBackend implements DeviceHost {
     this.fd = -1;
     this.device.reset();
     this.unmapAll();
+    this.unmapLog();
+    this.logAll = false;
     this.onClose();
   }
 

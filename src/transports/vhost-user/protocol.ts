@@ -17,6 +17,12 @@ export const MAX_PAYLOAD = 4096;
 export const MAX_MEM_REGIONS = 8;
 /** VHOST_USER_F_PROTOCOL_FEATURES: the virtio feature bit vhost-user reuses (30). */
 export const F_PROTOCOL_FEATURES = 30;
+/** VHOST_F_LOG_ALL: the vhost feature bit (26) that turns dirty logging on (vhost-user.rst "Migration"). */
+export const F_LOG_ALL = 26;
+/** VHOST_VRING_F_LOG: SET_VRING_ADDR flag bit 0, the used ring's writes are logged at its log address. */
+export const VRING_F_LOG = 1 << 0;
+/** VHOST_LOG_PAGE: one bit of the dirty log stands for this many bytes of guest memory. */
+export const LOG_PAGE = 0x1000;
 
 export const Req = {
   GET_FEATURES: 1,
@@ -122,7 +128,7 @@ const RULES: Record<number, Rule> = {
   [Req.SET_OWNER]: { size: 0, fds: 0 },
   [Req.RESET_OWNER]: { size: 0, fds: 0 },
   [Req.SET_MEM_TABLE]: { size: [8, 8 + MAX_MEM_REGIONS * REGION], fds: [0, MAX_MEM_REGIONS] },
-  [Req.SET_LOG_BASE]: { size: [U64, 16], fds: [0, 1] },
+  [Req.SET_LOG_BASE]: { size: 16, fds: 1, needs: ProtocolFeature.LOG_SHMFD },
   [Req.SET_LOG_FD]: { size: 0, fds: 1 },
   [Req.SET_VRING_NUM]: { size: STATE, fds: 0 },
   [Req.SET_VRING_ADDR]: { size: ADDR, fds: 0 },
@@ -279,8 +285,13 @@ export function decode(header: Header, payload: Uint8Array, fdCount: number, ses
     case Req.GET_INFLIGHT_FD:
     case Req.SET_INFLIGHT_FD:
       return done({ request: r, kind: 'inflight', mmapSize: u64n(v, 0), mmapOffset: u64n(v, 8), numQueues: v.getUint16(16, true), queueSize: v.getUint16(18, true) });
-    case Req.SET_LOG_BASE:
-      return done({ request: r, kind: 'log', size: u64n(v, 0), offset: header.size >= 16 ? u64n(v, 8) : 0 });
+    case Req.SET_LOG_BASE: {
+      const size = u64n(v, 0);
+      const offset = u64n(v, 8);
+      if (size === 0) return `${name}: log size 0`;
+      if (!Number.isSafeInteger(size + offset)) return `${name}: log size ${size} at offset ${offset} beyond 2^53`;
+      return done({ request: r, kind: 'log', size, offset });
+    }
     default:
       return done({ request: r, kind: 'none' });
   }
