@@ -24,6 +24,7 @@ export interface ServeOptions {
   readOnly?: boolean;
   numQueues?: number;
   queueSize?: number;
+  io?: 'auto' | 'async' | 'sync';
   tolerant?: boolean;
   logLevel?: string;
 }
@@ -62,7 +63,7 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
   let device: VirtioDevice;
   let image: FileBlockBackend | undefined;
   try {
-    if (type === 'blk') image = await FileBlockBackend.open(opts.image!, { readOnly: opts.readOnly });
+    if (type === 'blk') image = await FileBlockBackend.open(opts.image!, { readOnly: opts.readOnly, io: opts.io });
     device =
       image !== undefined
         ? new BlkDevice({
