@@ -129,7 +129,7 @@ async function stop(child: ChildProcess): Promise<void> {
 }
 
 function backendCommand(b: BackendId, image: string, sock: string): [string, string[]] {
-  if (b === 'virtio-ts') return [process.execPath, [bin, 'serve', 'blk', '--socket-path', sock, '--image', image]];
+  if (b === 'virtio-ts') return [process.execPath, [bin, 'serve', 'blk', '--socket-path', sock, '--image', image, ...(process.env.BENCH_SERVE_ARGS ?? '').split(' ').filter(Boolean)]];
   return [
     'qemu-storage-daemon',
     [

@@ -12,6 +12,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
@@ -339,6 +340,41 @@ static napi_value EventfdWrite(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// preadvNowait(fd, Uint8Array[], offset): bytes read without waiting for the disk (preadv2 with
+// RWF_NOWAIT: the data is in the page cache), -1 when it would have to wait (EAGAIN), -2 when
+// the file or kernel cannot say (EOPNOTSUPP). Lets a back-end read cached data on its own
+// thread and send only the reads that wait to the thread pool.
+#define MAX_IOV 1024
+static napi_value PreadvNowait(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int32_t fd;
+  double offset;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool is_array = false;
+  if (argc < 3 || !arg_int(env, argv[0], &fd) || napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array ||
+      napi_get_value_double(env, argv[2], &offset) != napi_ok || offset < 0 || offset > 9007199254740991.0)
+    return throw_errno(env, "preadvNowait: (fd, Uint8Array[], offset)", EINVAL);
+  uint32_t n = 0;
+  napi_get_array_length(env, argv[1], &n);
+  if (n == 0 || n > MAX_IOV) return throw_errno(env, "preadvNowait: 1..1024 buffers", EINVAL);
+  struct iovec iov[MAX_IOV];
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el;
+    napi_get_element(env, argv[1], i, &el);
+    if (!arg_bytes(env, el, &iov[i].iov_base, &iov[i].iov_len)) return throw_errno(env, "preadvNowait: buffers must be Uint8Arrays", EINVAL);
+  }
+  ssize_t r;
+  do r = preadv2(fd, iov, (int)n, (off_t)offset, RWF_NOWAIT);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EAGAIN) return num(env, -1);
+    if (errno == EOPNOTSUPP) return num(env, -2);
+    return throw_errno(env, "preadv2", errno);
+  }
+  return num(env, (double)r);
+}
+
 // watch(fd, readable, writable, callback(events)): handle with close()
 typedef struct {
   uv_poll_t poll;
@@ -424,6 +460,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"listen", NULL, Listen, NULL, NULL, NULL, napi_default, NULL},
       {"accept", NULL, Accept, NULL, NULL, NULL, napi_default, NULL},
       {"connect", NULL, Connect, NULL, NULL, NULL, napi_default, NULL},
+      {"preadvNowait", NULL, PreadvNowait, NULL, NULL, NULL, napi_default, NULL},
       {"sendmsg", NULL, Sendmsg, NULL, NULL, NULL, napi_default, NULL},
       {"recvmsg", NULL, Recvmsg, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},

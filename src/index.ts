@@ -35,7 +35,7 @@ export {
   type ConsoleSize,
 } from './devices/console.js';
 export { ConsoleDriver, ConsolePort, type ConsoleDriverOptions } from './drivers/console.js';
-export { createDeviceQueue, createDriverQueue, type DeviceQueue, type DriverQueue, type RingFormat, type RingPosition } from './core/virtqueue/queue.js';
+export { createDeviceQueue, createDriverQueue, type DeviceQueue, type DriverQueue, type RingFormat, type RingPosition, type InflightTracker } from './core/virtqueue/queue.js';
 export { PackedDeviceQueue } from './core/virtqueue/packed-device.js';
 export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './core/virtqueue/packed-driver.js';
 

@@ -61,6 +61,11 @@ export function buildProgram(): Command {
     .option('--read-only', 'blk: offer the disk read-only')
     .option('--num-queues <n>', 'blk: request queues', positiveInt('--num-queues', 64))
     .option('--queue-size <n>', 'largest queue size the front-end may set (default 1024, QEMU\'s maximum)', positiveInt('--queue-size', 32768))
+    .addOption(
+      new Option('--io <mode>', 'blk: where disk I/O runs. auto: reads already in the page cache on the event loop (preadv2 RWF_NOWAIT), the rest and all writes on the thread pool; async: all on the thread pool; sync: all on the event loop (a slow disk stalls the server)')
+        .choices(['auto', 'async', 'sync'])
+        .default('auto'),
+    )
     .addOption(new Option('--strict', 'strict mode, the default: a broken rule by the guest driver -> DEVICE_NEEDS_RESET').conflicts('tolerant'))
     .option('--tolerant', 'record verdicts and go on (default: strict, DEVICE_NEEDS_RESET)')
     .addOption(new Option('--log-level <level>', 'structured (JSON) log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))

@@ -24,6 +24,7 @@ export interface ServeOptions {
   readOnly?: boolean;
   numQueues?: number;
   queueSize?: number;
+  io?: 'auto' | 'async' | 'sync';
   tolerant?: boolean;
   logLevel?: string;
 }
@@ -62,7 +63,7 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
   let device: VirtioDevice;
   let image: FileBlockBackend | undefined;
   try {
-    if (type === 'blk') image = await FileBlockBackend.open(opts.image!, { readOnly: opts.readOnly });
+    if (type === 'blk') image = await FileBlockBackend.open(opts.image!, { readOnly: opts.readOnly, io: opts.io });
     device =
       image !== undefined
         ? new BlkDevice({
@@ -98,8 +99,11 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
     const stop = (code: number) => {
       watch?.close();
       if (busy) backend.close('shutting down');
-      if (listenFd >= 0) n.close(listenFd);
-      if (opts.socketPath !== undefined && existsSync(opts.socketPath)) unlinkSync(opts.socketPath);
+      // Only a socket this server made is removed (not one a live server listens on).
+      if (listenFd >= 0) {
+        n.close(listenFd);
+        if (opts.socketPath !== undefined && existsSync(opts.socketPath)) unlinkSync(opts.socketPath);
+      }
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       process.off('SIGHUP', onHangup);
@@ -116,7 +120,7 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
       return;
     }
     try {
-      listenFd = n.listen(opts.socketPath!);
+      listenFd = listenReplacingStale(opts.socketPath!, (m) => logger.warn({ socketPath: opts.socketPath }, m));
     } catch (e) {
       err.write(`virtio-ts serve: cannot listen on ${opts.socketPath}: ${e instanceof Error ? e.message : String(e)}\n`);
       stop(2);
@@ -186,5 +190,33 @@ async function reloadImageSize(device: BlkDevice, image: FileBlockBackend, path:
     logger.info(fields, `resized ${path}: capacity ${before} -> ${after} sectors of 512 bytes; ${told}`);
   } else {
     logger.warn(fields, `resized ${path} smaller: capacity ${before} -> ${after} sectors of 512 bytes; sectors ${after}..${before - 1} are gone for the guest (requests there fail with IOERR); ${told}`);
+  }
+}
+
+/**
+ * Listens on `path`. A socket file left by a server that died (nothing accepts on it: connect
+ * is refused) is replaced, so a crashed back-end can be restarted on the same path and the
+ * front-end reconnects (QEMU: -chardev socket,...,reconnect=N). A live server's socket is not
+ * touched: that is an error.
+ */
+function listenReplacingStale(path: string, warn: (m: string) => void): number {
+  const n = native();
+  try {
+    return n.listen(path);
+  } catch (e) {
+    // The addon's errors carry the errno name as their code.
+    const code = (x: unknown) => (x as { code?: unknown }).code;
+    if (code(e) !== 'EADDRINUSE') throw e;
+    let probe = -1;
+    try {
+      probe = n.connect(path);
+    } catch (c) {
+      if (code(c) !== 'ECONNREFUSED') throw e;
+      warn(`${path} was left by a server that is gone; replacing it`);
+      unlinkSync(path);
+      return n.listen(path);
+    }
+    n.close(probe);
+    throw new Error(`another server is listening on ${path}`);
   }
 }

@@ -29,6 +29,11 @@ export interface NativeAddon {
   /** The counter, reset to 0 (0 when it was 0). */
   eventfdRead(fd: number): number;
   eventfdWrite(fd: number, value?: number): void;
+  /**
+   * preadv2(RWF_NOWAIT): bytes read from the page cache without waiting, -1 when the read
+   * would wait for the disk, -2 when the file system cannot tell (then use a normal read).
+   */
+  preadvNowait(fd: number, buffers: readonly Uint8Array[], offset: number): number;
   /** Calls `callback(events)` on this thread's loop while `fd` is ready (1 readable, 2 writable, 4 disconnect; -1 error). */
   watch(fd: number, readable: boolean, writable: boolean, callback: (events: number) => void): { close(): void };
 }

@@ -47,6 +47,8 @@ export interface BootOptions {
   onLine?: (line: string, serve: ChildProcess) => void | Promise<void>;
   /** Runs alongside the guest (QEMU gets a QMP socket for it); its failure fails the boot. */
   during?: (g: Running) => Promise<void>;
+  /** QEMU reconnects to a back-end that went away (-chardev socket,...,reconnect=1). */
+  reconnect?: boolean;
   timeoutMs?: number;
 }
 
@@ -56,6 +58,8 @@ export interface Running {
   waitFor(re: RegExp): Promise<void>;
   /** Runs a QMP command on the QEMU monitor (the reply's "return"). */
   qmp(command: string, args?: Record<string, unknown>): Promise<unknown>;
+  /** Kills `virtio-ts serve` with SIGKILL (no clean-up at all), starts a new one on the same socket, waits for QEMU to reconnect (needs `reconnect`). */
+  restartServe(): Promise<void>;
 }
 
 /** A QMP client: one command at a time, events skipped. */
@@ -108,9 +112,13 @@ class Qmp {
 export async function boot(o: BootOptions): Promise<GuestRun> {
   const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-guest-'));
   const sock = join(dir, `${o.kind}.sock`);
-  const serve = spawn(process.execPath, [bin, 'serve', o.kind, '--socket-path', sock, ...o.serveArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
   let serveLog = '';
-  serve.stderr!.on('data', (d) => (serveLog += d));
+  const startServe = () => {
+    const child = spawn(process.execPath, [bin, 'serve', o.kind, '--socket-path', sock, ...o.serveArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
+    child.stderr!.on('data', (d) => (serveLog += d));
+    return child;
+  };
+  let serve = startServe();
   try {
     for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
     assert.ok(existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
@@ -121,7 +129,7 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
       '-kernel', join(guestDir, 'vmlinux'), '-initrd', join(guestDir, 'initramfs.cpio'),
       '-append', `console=ttyS0 panic=-1 quiet vt.test=${o.test ?? o.kind} tsc_early_khz=${khz}`,
-      '-chardev', `socket,id=c0,path=${sock}`, '-device', o.device,
+      '-chardev', `socket,id=c0,path=${sock}${o.reconnect ? ',reconnect=1' : ''}`, '-device', o.device,
     ];
     const qmpPath = join(dir, 'qmp.sock');
     if (o.during) args.push('-qmp', `unix:${qmpPath},server=on,wait=off`);
@@ -172,6 +180,18 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
       qmp: async (command, cmdArgs) => {
         qmp ??= await Qmp.connect(qmpPath);
         return qmp.run(command, cmdArgs);
+      },
+      restartServe: async () => {
+        const old = serve;
+        old.kill('SIGKILL');
+        if (old.exitCode === null && old.signalCode === null) await new Promise((r) => old.once('exit', r));
+        const mark = serveLog.length;
+        serve = startServe();
+        for (let i = 0; i < 300 && !serveLog.slice(mark).includes('listening on'); i++) await new Promise((r) => setTimeout(r, 10));
+        assert.ok(serveLog.slice(mark).includes('listening on'), `the restarted virtio-ts serve did not listen: ${serveLog.slice(mark)}`);
+        // QEMU retries every second (reconnect=1): back only when it is connected again.
+        for (let i = 0; i < 500 && !serveLog.slice(mark).includes('front-end connected'); i++) await new Promise((r) => setTimeout(r, 10));
+        assert.ok(serveLog.slice(mark).includes('front-end connected'), `QEMU did not reconnect to the restarted virtio-ts serve: ${serveLog.slice(mark)}`);
       },
     };
     const duringDone = o.during ? o.during(running).catch((e: unknown) => (hostError ??= e)) : Promise.resolve();

@@ -23,6 +23,11 @@ export const tick = () => new Promise((res) => setTimeout(res, 2));
 
 /** Waits for one message on `fd` (a reply, or a back-end request on the back-end channel). */
 export async function receive(fd: number, timeoutMs = 5000): Promise<Uint8Array> {
+  return (await receiveMessage(fd, timeoutMs)).data;
+}
+
+/** One message and the fds that came with it. */
+export async function receiveMessage(fd: number, timeoutMs = 5000): Promise<{ data: Uint8Array; fds: number[] }> {
   const header = new Uint8Array(HEADER_SIZE);
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -33,7 +38,7 @@ export async function receive(fd: number, timeoutMs = 5000): Promise<Uint8Array>
       const out = new Uint8Array(HEADER_SIZE + size);
       out.set(header);
       if (size > 0 && n.recvmsg(fd, out.subarray(HEADER_SIZE)).bytes !== size) throw new Error('short payload');
-      return out;
+      return { data: out, fds: r.fds };
     }
     if (r.bytes === 0) throw new Error('back-end closed the connection');
     if (r.bytes > 0) throw new Error(`short header (${r.bytes} bytes)`);
@@ -51,22 +56,33 @@ export interface TestRing {
 }
 
 export class TestFrontEnd {
-  readonly front: number;
+  front: number;
   readonly memfd: number;
   readonly ram: ArrayBuffer;
   readonly guest: GuestMemory;
-  private readonly fds: number[] = [];
+  /** Fds closed by close(). */
+  readonly fds: number[] = [];
 
   constructor(
-    readonly backend: VhostUserBackend,
+    public backend: VhostUserBackend,
     readonly ramSize = 1 << 20,
   ) {
-    const [front, back] = n.socketpair();
-    this.front = front;
-    backend.serve(back);
+    this.front = this.connect(backend);
     this.memfd = n.memfdCreate('guest', ramSize);
     this.ram = n.mmap(this.memfd, 0, ramSize);
     this.guest = new GuestMemory([{ guestAddr: 0, size: ramSize, buffer: this.ram, concurrent: true }]);
+  }
+
+  /**
+   * A new connection to `backend` (a back-end restarted after a crash, say): guest RAM and the
+   * fds this front-end holds stay. Returns the front-end's socket, also kept in `front`.
+   */
+  connect(backend: VhostUserBackend): number {
+    const [front, back] = n.socketpair();
+    backend.serve(back);
+    this.front = front;
+    this.fds.push(front);
+    return front;
   }
 
   send(request: number, payload?: Uint8Array, fds: number[] = [], flags = 1): void {
@@ -179,7 +195,7 @@ export class TestFrontEnd {
   /** Closes everything the front-end holds and ends the back-end's connection. */
   close(): void {
     this.backend.close();
-    for (const fd of [this.front, this.memfd, ...this.fds]) {
+    for (const fd of [this.memfd, ...this.fds]) {
       try {
         n.close(fd);
       } catch {

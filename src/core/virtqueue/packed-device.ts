@@ -12,7 +12,7 @@ import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
 import { DescriptorChain } from './chain.js';
 import type { QueueFeatures, ViolationSink } from './split-device.js';
-import type { RingPosition } from './queue.js';
+import type { InflightTracker, RingPosition } from './queue.js';
 import {
   EVENT_ALIGN,
   EVENT_FLAGS,
@@ -127,6 +127,12 @@ export class PackedDeviceQueue {
 
   startAt: RingPosition | null = null;
   paused = false;
+  /** Not kept for packed rings (vhost-user inflight tracking covers split rings only). */
+  inflight: InflightTracker | null = null;
+
+  resubmit(heads: readonly number[]): void {
+    if (heads.length > 0) throw new Error('resubmitting buffers is not supported on packed rings');
+  }
 
   position(): RingPosition {
     return { avail: this.nextAvail, availWrap: this.availWrap, used: this.nextUsed, usedWrap: this.usedWrap };

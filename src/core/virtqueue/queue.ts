@@ -25,6 +25,20 @@ export interface RingPosition {
   usedWrap: boolean;
 }
 
+/**
+ * Told about every buffer a device queue takes and returns, so that a record kept outside the
+ * device (vhost-user's inflight region, shared with the front-end) survives the device's
+ * process: after a restart the buffers taken and not returned are served again.
+ */
+export interface InflightTracker {
+  /** Buffer `head` was taken from the ring. */
+  taken(head: number): void;
+  /** Buffer `head` was written to the used ring (visible at the next publish). */
+  returned(head: number): void;
+  /** The used index `usedIdx` was published: every returned buffer is visible. */
+  published(usedIdx: number): void;
+}
+
 /** The device side of a virtqueue. */
 export interface DeviceQueue {
   readonly format: RingFormat;
@@ -53,6 +67,14 @@ export interface DeviceQueue {
   paused: boolean;
   /** Where the ring stands now (after every buffer taken is used: what a restart resumes from). */
   position(): RingPosition;
+  /** Split rings: told about each buffer taken and returned (vhost-user inflight); reset clears it. */
+  inflight: InflightTracker | null;
+  /**
+   * Split rings: chains (by head) taken before a restart and never used, served again before
+   * anything new, in this order (vhost-user inflight resubmission). Valid until the next
+   * activation; cleared by reset.
+   */
+  resubmit(heads: readonly number[]): void;
   /** A chain object big enough for any chain this queue accepts. */
   newChain(): DescriptorChain;
   reset(): void;

@@ -14,7 +14,7 @@ import { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor, Verdict } from '../../conformance/monitor.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY, MAX_QUEUE_SIZE } from '../constants.js';
 import { DescriptorChain } from './chain.js';
-import type { RingPosition } from './queue.js';
+import type { InflightTracker, RingPosition } from './queue.js';
 import {
   AVAIL_ALIGN,
   AVAIL_RING,
@@ -141,6 +141,15 @@ export class SplitDeviceQueue {
 
   startAt: RingPosition | null = null;
   paused = false;
+  inflight: InflightTracker | null = null;
+  /** Heads to serve again before the avail ring (resubmit()), and how many are left. */
+  private resubmitHeads: number[] = [];
+  private resubmitAt = 0;
+
+  resubmit(heads: readonly number[]): void {
+    this.resubmitHeads = heads.slice();
+    this.resubmitAt = 0;
+  }
 
   /** Where the ring stands: split indices are free-running, so the wrap flags carry nothing. */
   position(): RingPosition {
@@ -151,6 +160,9 @@ export class SplitDeviceQueue {
   reset(): void {
     this.startAt = null;
     this.paused = false;
+    this.inflight = null;
+    this.resubmitHeads = [];
+    this.resubmitAt = 0;
     this.size = this.maxSize;
     this.descAddr = this.availAddr = this.usedAddr = 0;
     this.enabled = false;
@@ -357,13 +369,22 @@ export class SplitDeviceQueue {
    */
   pop(chain: DescriptorChain): boolean {
     if (!this.active || this.broken || this.paused) return false;
-    // Re-read avail.idx only when the chains validated by the last read are used up.
-    if (this.nextAvail === this.lastAvailIdx && this.pending() <= 0) return false;
-    const head = this.availRegion!.view.getUint16(this.availOff + AVAIL_RING + 2 * (this.nextAvail & this.mask), true);
-    this.nextAvail = (this.nextAvail + 1) & 0xffff;
+    let head: number;
+    if (this.resubmitAt < this.resubmitHeads.length) {
+      // Taken before a restart and never used: served again first (the avail ring entries
+      // that named them were consumed already: nextAvail starts past them).
+      head = this.resubmitHeads[this.resubmitAt++];
+      if (head >= this.size || this.inFlight[head] === 1) return false;
+    } else {
+      // Re-read avail.idx only when the chains validated by the last read are used up.
+      if (this.nextAvail === this.lastAvailIdx && this.pending() <= 0) return false;
+      head = this.availRegion!.view.getUint16(this.availOff + AVAIL_RING + 2 * (this.nextAvail & this.mask), true);
+      this.nextAvail = (this.nextAvail + 1) & 0xffff;
+    }
     if (!this.walk(head, chain)) return false;
     this.inFlight[head] = 1;
     this.inFlightCount++;
+    if (this.inflight !== null) this.inflight.taken(head);
     if (this.inOrder) {
       this.order[this.orderTail++ & this.mask] = head;
       this.headWritable[head] = chain.writableBytes;
@@ -536,6 +557,7 @@ export class SplitDeviceQueue {
     }
     this.inFlight[head] = 0;
     this.inFlightCount--;
+    if (this.inflight !== null) this.inflight.returned(head);
     this.writeUsed(head, len);
   }
 
@@ -569,6 +591,7 @@ export class SplitDeviceQueue {
         while (j + 1 < this.pendingCount && this.pendingLen[j] === this.headWritable[this.pendingHead[j]]) j++;
       }
       const start = this.nextUsed;
+      if (this.inflight !== null) for (let k = i; k <= j; k++) this.inflight.returned(this.pendingHead[k]);
       this.writeUsed(this.pendingHead[j], this.pendingLen[j]);
       this.nextUsed = (start + (j - i + 1)) & 0xffff;
       i = j + 1;
@@ -622,6 +645,7 @@ export class SplitDeviceQueue {
     if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, next);
     else r.view.setUint16(off, next, true);
     if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + RING_IDX, 2);
+    if (this.inflight !== null) this.inflight.published(next);
     this.signalledUsed = next;
     const flags = this.availFlags();
     if (this.eventIdx) {

@@ -27,6 +27,8 @@ import type { DeviceHost, VirtioDevice } from '../../core/device.js';
 import type { RingPosition } from '../../core/virtqueue/queue.js';
 import { Status } from '../../core/constants.js';
 import { native, type NativeAddon } from '../../native/index.js';
+import { Feature } from '../../core/constants.js';
+import { SplitInflightRegion, splitInflightQueueSize } from './inflight.js';
 import {
   F_LOG_ALL,
   F_PROTOCOL_FEATURES,
@@ -54,7 +56,8 @@ export const BACKEND_PROTOCOL_FEATURES =
   (1n << BigInt(ProtocolFeature.STATUS)) |
   (1n << BigInt(ProtocolFeature.BACKEND_REQ)) |
   (1n << BigInt(ProtocolFeature.CONFIGURE_MEM_SLOTS)) |
-  (1n << BigInt(ProtocolFeature.LOG_SHMFD));
+  (1n << BigInt(ProtocolFeature.LOG_SHMFD)) |
+  (1n << BigInt(ProtocolFeature.INFLIGHT_SHMFD));
 
 /**
  * Memory regions accepted at once (GET_MAX_MEM_SLOTS). 509 is what KVM gives an x86 VM (and
@@ -135,6 +138,8 @@ export class VhostUserBackend implements DeviceHost {
   private readonly header = new Uint8Array(HEADER_SIZE);
   private readonly payload = new Uint8Array(4096);
   private live = false;
+  /** The inflight buffer (GET/SET_INFLIGHT_FD), mapped, with one region per queue. */
+  private inflight: { map: ArrayBuffer; regions: SplitInflightRegion[] } | null = null;
   /** Set while a stop waits for requests in progress: later messages wait in the socket. */
   private settling: ReturnType<typeof setTimeout> | null = null;
   /** Why the last connection ended (tests and logs). */
@@ -212,16 +217,17 @@ export class VhostUserBackend implements DeviceHost {
     }
   }
 
-  private reply(request: number, payload?: Uint8Array): void {
-    this.n.sendmsg(this.fd, encodeReply(request, payload));
+  private reply(request: number, payload?: Uint8Array, fds: number[] = []): void {
+    this.n.sendmsg(this.fd, encodeReply(request, payload), fds);
   }
 
   private handle(d: Decoded, fds: number[]): void {
     const m = d.message;
     let replied = false;
-    const reply = (p?: Uint8Array) => {
-      this.reply(d.header.request, p);
+    const reply = (p?: Uint8Array, replyFds: number[] = []) => {
+      this.reply(d.header.request, p, replyFds);
       replied = true;
+      for (const fd of replyFds) this.n.close(fd); // the front-end has its own copy now
     };
     switch (d.header.request) {
       case Req.GET_FEATURES:
@@ -345,6 +351,12 @@ export class VhostUserBackend implements DeviceHost {
           if (r.enabled && !was && r.started) this.device.notify(m.index);
         }
         break;
+      case Req.GET_INFLIGHT_FD:
+        if (m.kind === 'inflight') reply(...this.getInflight(m.numQueues, m.queueSize));
+        break;
+      case Req.SET_INFLIGHT_FD:
+        if (m.kind === 'inflight') this.setInflight(m.mmapSize, m.mmapOffset, m.numQueues, m.queueSize, fds.shift()!);
+        break;
       case Req.GET_CONFIG:
         if (m.kind === 'config') {
           const out = new Uint8Array(12 + m.size);
@@ -406,6 +418,63 @@ export class VhostUserBackend implements DeviceHost {
       this.live = true;
       dev.setStatus(now | Status.DRIVER_OK);
     }
+  }
+
+  /**
+   * GET_INFLIGHT_FD: a new zeroed buffer for `numQueues` rings of `queueSize`, shared with the
+   * front-end, which keeps it across back-end restarts. Split rings are tracked; for packed
+   * rings the answer is an empty buffer (size 0, no fd: the front-end then tracks nothing).
+   */
+  private getInflight(numQueues: number, queueSize: number): [Uint8Array, number[]] {
+    const out = new Uint8Array(24);
+    const v = new DataView(out.buffer);
+    v.setUint16(16, numQueues, true);
+    v.setUint16(18, queueSize, true);
+    if (this.ackedFeatures & (1n << BigInt(Feature.RING_PACKED))) return [out, []];
+    this.checkInflightShape(numQueues, queueSize);
+    const size = numQueues * splitInflightQueueSize(queueSize);
+    const fd = this.n.memfdCreate('virtio-ts-inflight', size);
+    try {
+      this.mapInflight(fd, 0, size, numQueues, queueSize);
+    } catch (err) {
+      this.n.close(fd);
+      throw err;
+    }
+    v.setBigUint64(0, BigInt(size), true);
+    v.setBigUint64(8, 0n, true);
+    return [out, [fd]];
+  }
+
+  /** SET_INFLIGHT_FD: the buffer to track in (from GET_INFLIGHT_FD, or kept by the front-end from a previous back-end). */
+  private setInflight(size: number, offset: number, numQueues: number, queueSize: number, fd: number): void {
+    try {
+      this.checkInflightShape(numQueues, queueSize);
+      const need = numQueues * splitInflightQueueSize(queueSize);
+      if (size < need) throw new Error(`inflight buffer of ${size} bytes is smaller than ${numQueues} queues of ${queueSize} need (${need})`);
+      this.mapInflight(fd, offset, need, numQueues, queueSize);
+      this.log.info(`vhost-user: inflight buffer set: ${numQueues} queue(s) of ${queueSize}`);
+    } finally {
+      this.n.close(fd);
+    }
+  }
+
+  private checkInflightShape(numQueues: number, queueSize: number): void {
+    if (numQueues < 1 || numQueues > this.device.numQueues) throw new Error(`inflight buffer for ${numQueues} queues; the device has ${this.device.numQueues}`);
+    if (queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1)) !== 0) throw new Error(`inflight queue size ${queueSize} is not a power of two <= 32768`);
+  }
+
+  private mapInflight(fd: number, offset: number, size: number, numQueues: number, queueSize: number): void {
+    const map = this.n.mmap(fd, offset, size, true);
+    this.unmapInflight();
+    const per = splitInflightQueueSize(queueSize);
+    this.inflight = { map, regions: Array.from({ length: numQueues }, (_, i) => new SplitInflightRegion(map, i * per, queueSize)) };
+  }
+
+  private unmapInflight(): void {
+    if (this.inflight === null) return;
+    for (const q of this.device.queues) q.inflight = null; // nothing may write into an unmapped buffer
+    this.n.munmap(this.inflight.map);
+    this.inflight = null;
   }
 
   private requireMemory(): GuestMemory {
@@ -684,6 +753,26 @@ export class VhostUserBackend implements DeviceHost {
       if (((r.base - usedIdx) & 0xffff) > r.size) return `base ${r.base} is more than the ring size ${r.size} ahead of the used index ${usedIdx}`;
       start = { avail: r.base, availWrap: true, used: usedIdx, usedWrap: true };
     }
+    let resubmit: number[] = [];
+    const region = q.format === 'split' ? this.inflight?.regions[index] : undefined;
+    if (region !== undefined && region.queueSize !== r.size) {
+      this.log.warn(`vhost-user: ring ${index} has ${r.size} entries, its inflight region ${region.queueSize}: not tracked`);
+    } else if (region !== undefined) {
+      // A region a previous back-end filled: the buffers it took and never returned are served
+      // again first, and the ring goes on after them (what libvhost-user does: the base the
+      // front-end restored after losing us is the used index, which would serve some twice).
+      let recovered;
+      try {
+        recovered = region.recover(start.used);
+      } catch (err) {
+        return `inflight region: ${err instanceof Error ? err.message : String(err)}`;
+      }
+      if (recovered !== null) {
+        resubmit = recovered.resubmit;
+        start.avail = (recovered.usedIdx + resubmit.length) & 0xffff;
+        if (resubmit.length > 0) this.log.info(`vhost-user: ring ${index} serves again ${resubmit.length} request(s) a previous back-end took and never finished`);
+      }
+    }
     r.started = true;
     this.log.info(`vhost-user: ring ${index} started at available ${start.avail}${q.format === 'packed' ? `/${+start.availWrap}` : ''}, used ${start.used}${q.format === 'packed' ? `/${+start.usedWrap}` : ''}`);
     if (q.active) {
@@ -694,12 +783,20 @@ export class VhostUserBackend implements DeviceHost {
       q.availAddr = r.avail;
       q.usedAddr = r.used;
       q.startAt = start;
+      if (region !== undefined && region.queueSize === r.size) {
+        q.inflight = region;
+        q.resubmit(resubmit);
+      }
       if (q.activate(dev.queueFeatures()) && r.enabled) dev.notify(index);
       return null;
     }
     dev.setQueueSize(index, r.size);
     dev.setQueueAddresses(index, r.desc, r.avail, r.used);
     q.startAt = start;
+    if (region !== undefined && region.queueSize === r.size) {
+      q.inflight = region;
+      q.resubmit(resubmit);
+    }
     dev.enableQueue(index);
     if (!this.live) {
       this.live = true;
@@ -815,6 +912,7 @@ export class VhostUserBackend implements DeviceHost {
     this.unmapAll();
     this.unmapLog();
     this.logAll = false;
+    this.unmapInflight();
     this.onClose();
   }
 
