@@ -108,7 +108,11 @@ for (const [label, device] of [
 // times while Linux writes, and started again on the same socket; QEMU reconnects, hands the
 // new back-end its inflight buffer (SET_INFLIGHT_FD) and the guest's writes go on. Nothing may
 // be lost or written twice (the readback and the image say), no write may fail.
-guestTest('Linux keeps writing to virtio-ts serve blk while the back-end is killed and restarted 3 times (QEMU reconnects; inflight buffer)', async () => {
+for (const [label, device] of [
+  ['split ring', 'vhost-user-blk-pci,chardev=c0,num-queues=1'],
+  ['packed=on', 'vhost-user-blk-pci,chardev=c0,num-queues=1,packed=on'],
+] as const) {
+guestTest(`Linux keeps writing to virtio-ts serve blk while the back-end is killed and restarted 3 times (QEMU reconnects; inflight buffer; ${label})`, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-disk-'));
   try {
     const image = join(dir, 'disk.img');
@@ -117,7 +121,7 @@ guestTest('Linux keeps writing to virtio-ts serve blk while the back-end is kill
     const run = await bootWith({
       kind: 'blk',
       test: 'stopcont',
-      device: 'vhost-user-blk-pci,chardev=c0,num-queues=1',
+      device,
       serveArgs: ['--image', image],
       reconnect: true,
       during: async (g) => {
@@ -134,7 +138,7 @@ guestTest('Linux keeps writing to virtio-ts serve blk while the back-end is kill
         }
       },
     });
-    console.log(`${restarts} back-end restarts while the guest wrote; ${[...run.serveLog.matchAll(/serves again (\d+) request/g)].map((m) => m[1]).join(', ') || 'no'} request(s) served again from the inflight buffer`);
+    console.log(`${label}: ${restarts} back-end restarts while the guest wrote; ${[...run.serveLog.matchAll(/serves again (\d+) request/g)].map((m) => m[1]).join(', ') || 'no'} request(s) served again from the inflight buffer`);
     assert.ok(restarts >= 2, `the back-end was restarted while the guest wrote (${restarts} times)`);
     assert.equal(run.results.get('write-error'), undefined, 'no write failed');
     const written = run.results.get('pattern-md5');
@@ -148,3 +152,4 @@ guestTest('Linux keeps writing to virtio-ts serve blk while the back-end is kill
     rmSync(dir, { recursive: true, force: true });
   }
 });
+}

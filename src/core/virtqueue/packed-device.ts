@@ -12,7 +12,7 @@ import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
 import { DescriptorChain } from './chain.js';
 import type { QueueFeatures, ViolationSink } from './split-device.js';
-import type { InflightTracker, RingPosition } from './queue.js';
+import type { InflightTracker, Resubmit, RingPosition } from './queue.js';
 import {
   EVENT_ALIGN,
   EVENT_FLAGS,
@@ -127,11 +127,15 @@ export class PackedDeviceQueue {
 
   startAt: RingPosition | null = null;
   paused = false;
-  /** Not kept for packed rings (vhost-user inflight tracking covers split rings only). */
   inflight: InflightTracker | null = null;
+  private resubmitList: readonly Resubmit[] = [];
+  private resubmitAt = 0;
+  /** Buffers served again from stored descriptors: their ring slots may hold other data now. */
+  private readonly noShadow = new Uint8Array(65536);
 
-  resubmit(heads: readonly number[]): void {
-    if (heads.length > 0) throw new Error('resubmitting buffers is not supported on packed rings');
+  resubmit(buffers: readonly Resubmit[]): void {
+    this.resubmitList = buffers.slice();
+    this.resubmitAt = 0;
   }
 
   position(): RingPosition {
@@ -141,6 +145,10 @@ export class PackedDeviceQueue {
   reset(): void {
     this.startAt = null;
     this.paused = false;
+    this.inflight = null;
+    this.resubmitList = [];
+    this.resubmitAt = 0;
+    this.noShadow.fill(0);
     this.size = this.maxSize;
     this.descAddr = this.availAddr = this.usedAddr = 0;
     this.enabled = this.active = this.broken = this.eventIdx = this.indirectAllowed = false;
@@ -266,6 +274,7 @@ export class PackedDeviceQueue {
 
   pop(chain: DescriptorChain): boolean {
     if (!this.active || this.broken || this.paused) return false;
+    if (this.resubmitAt < this.resubmitList.length) return this.popResubmitted(chain, this.resubmitList[this.resubmitAt++]);
     const firstFlags = this.flagsAt(this.nextAvail);
     if (!isAvailable(firstFlags, this.availWrap)) return false;
     const size = this.size;
@@ -357,6 +366,55 @@ export class PackedDeviceQueue {
     this.availWrap = wrap;
     this.availLinear += count;
     this.inFlightCount++;
+    const t = this.inflight;
+    if (t !== null) {
+      t.taken(id);
+      for (let k = 0, s = first; k < count; k++, s = s + 1 === size ? 0 : s + 1) {
+        t.descriptor!(this.shadowAddr[s], this.shadowLen[s], id, this.shadowIdFlags[s] >>> 16, k === count - 1);
+      }
+    }
+    return true;
+  }
+
+  /**
+   * A buffer a previous device process took and never used (inflight recovery), from its stored
+   * descriptors: checked like ring descriptors, but not against ring slots (they may hold newer
+   * descriptors now), and its slots are already counted between the used and available positions.
+   */
+  private popResubmitted(chain: DescriptorChain, r: Resubmit): boolean {
+    const id = r.head;
+    const ds = r.descriptors ?? [];
+    chain.clear(0);
+    let seenWritable = false;
+    for (let k = 0; k < ds.length; k++) {
+      const d = ds[k];
+      if (d.flags & PDESC_F_INDIRECT) {
+        if (!this.indirectAllowed || ds.length > 1) {
+          this.violation('packed.indirect-descs.driver.1', `resubmitted buffer ${id} has an INDIRECT descriptor the ring does not allow here`, { id }, true);
+          return false;
+        }
+        if (!this.walkIndirect(chain, d.addr, d.len, -1)) return false;
+      } else {
+        const writable = (d.flags & PDESC_F_WRITE) !== 0;
+        if (!writable && seenWritable) {
+          this.violation('packed.scatter-gather-support.driver.3', `resubmitted buffer ${id}: a device-readable descriptor follows a device-writable one`, { id }, true);
+          return false;
+        }
+        if (writable) seenWritable = true;
+        if (!this.pushBuffer(chain, d.addr, d.len, writable, -1)) return false;
+      }
+    }
+    if (ds.length === 0 || this.idLinear[id] >= 0) return false;
+    chain.head = id;
+    chain.tableDescriptors = ds.length;
+    this.idLinear[id] = Math.max(0, this.usedLinear - ds.length);
+    this.idCount[id] = ds.length;
+    this.noShadow[id] = 1;
+    if (this.inOrder) {
+      this.order[this.orderTail++ % this.size] = id;
+      this.idWritable[id] = chain.writableBytes;
+    }
+    this.inFlightCount++;
     return true;
   }
 
@@ -421,13 +479,15 @@ export class PackedDeviceQueue {
     const linear = this.idLinear[id];
     if (linear < 0 || this.stashed[id] === 1) return;
     const count = this.idCount[id];
-    if (!this.broken) this.checkUnaltered(linear, this.idSlot[id], count, id);
+    if (this.noShadow[id] === 1) this.noShadow[id] = 0;
+    else if (!this.broken) this.checkUnaltered(linear, this.idSlot[id], count, id);
     if (this.inOrder) {
       this.returnInOrder(id, len);
       return;
     }
     this.idLinear[id] = -1;
     this.inFlightCount--;
+    if (this.inflight !== null) this.inflight.returned(id);
     this.writeUsed(id, len, count);
   }
 
@@ -460,6 +520,7 @@ export class PackedDeviceQueue {
           slots += this.idCount[this.returnedId[j]];
         }
       }
+      if (this.inflight !== null) for (let k = i; k <= j; k++) this.inflight.returned(this.returnedId[k]);
       this.writeUsed(this.returnedId[j], this.returnedLen[j], slots);
       i = j + 1;
     }
@@ -520,6 +581,7 @@ export class PackedDeviceQueue {
     if (!this.active) return false;
     if (this.returnedCount > 0) this.flushInOrder();
     if (this.pendingCount === 0) return false;
+    if (this.inflight !== null) this.inflight.publishing!(this.nextUsed, this.usedWrap);
     const r = this.ring!;
     for (let i = this.pendingCount - 1; i >= 0; i--) {
       const off = this.ringOff + this.pendingSlot[i] * PDESC_SIZE + 14;
@@ -528,6 +590,7 @@ export class PackedDeviceQueue {
       if (this.mem.onWrite !== null) this.mem.onWrite(this.descAddr + this.pendingSlot[i] * PDESC_SIZE + 14, 2);
     }
     this.pendingCount = 0;
+    if (this.inflight !== null) this.inflight.published(this.nextUsed, this.usedWrap);
     const old = this.signalledLinear;
     this.signalledLinear = this.usedLinear;
     const ev = this.driverEvent!.view;

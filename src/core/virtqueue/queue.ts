@@ -31,12 +31,27 @@ export interface RingPosition {
  * process: after a restart the buffers taken and not returned are served again.
  */
 export interface InflightTracker {
-  /** Buffer `head` was taken from the ring. */
+  /** Buffer `head` (split: its head descriptor; packed: its buffer id) was taken from the ring. */
   taken(head: number): void;
+  /** Packed rings, after taken(): each ring descriptor of the list, in order. */
+  descriptor?(addr: number, len: number, id: number, flags: number, last: boolean): void;
   /** Buffer `head` was written to the used ring (visible at the next publish). */
   returned(head: number): void;
-  /** The used index `usedIdx` was published: every returned buffer is visible. */
-  published(usedIdx: number): void;
+  /** Packed rings: the used position about to be published (before the flags are written). */
+  publishing?(usedIdx: number, usedWrap: boolean): void;
+  /**
+   * The used index was published: every returned buffer is visible. Split: `usedIdx` is
+   * used.idx; packed: the used slot and its wrap counter.
+   */
+  published(usedIdx: number, usedWrap: boolean): void;
+}
+
+/** A buffer a previous device process took and never used, to serve again (inflight recovery). */
+export interface Resubmit {
+  /** Split: the head descriptor. Packed: the buffer id. */
+  head: number;
+  /** Packed: the list's ring descriptors as they were taken (the ring slots may hold others now). */
+  descriptors?: readonly { addr: number; len: number; flags: number }[];
 }
 
 /** The device side of a virtqueue. */
@@ -67,14 +82,13 @@ export interface DeviceQueue {
   paused: boolean;
   /** Where the ring stands now (after every buffer taken is used: what a restart resumes from). */
   position(): RingPosition;
-  /** Split rings: told about each buffer taken and returned (vhost-user inflight); reset clears it. */
+  /** Told about each buffer taken and returned (vhost-user inflight); reset clears it. */
   inflight: InflightTracker | null;
   /**
-   * Split rings: chains (by head) taken before a restart and never used, served again before
-   * anything new, in this order (vhost-user inflight resubmission). Valid until the next
-   * activation; cleared by reset.
+   * Buffers taken before a restart and never used, served again before anything new, in this
+   * order (vhost-user inflight resubmission). Cleared by reset.
    */
-  resubmit(heads: readonly number[]): void;
+  resubmit(buffers: readonly Resubmit[]): void;
   /** A chain object big enough for any chain this queue accepts. */
   newChain(): DescriptorChain;
   reset(): void;

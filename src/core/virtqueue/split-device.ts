@@ -14,7 +14,7 @@ import { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor, Verdict } from '../../conformance/monitor.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY, MAX_QUEUE_SIZE } from '../constants.js';
 import { DescriptorChain } from './chain.js';
-import type { InflightTracker, RingPosition } from './queue.js';
+import type { InflightTracker, Resubmit, RingPosition } from './queue.js';
 import {
   AVAIL_ALIGN,
   AVAIL_RING,
@@ -146,8 +146,8 @@ export class SplitDeviceQueue {
   private resubmitHeads: number[] = [];
   private resubmitAt = 0;
 
-  resubmit(heads: readonly number[]): void {
-    this.resubmitHeads = heads.slice();
+  resubmit(buffers: readonly Resubmit[]): void {
+    this.resubmitHeads = buffers.map((b) => b.head);
     this.resubmitAt = 0;
   }
 
@@ -645,7 +645,7 @@ export class SplitDeviceQueue {
     if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, next);
     else r.view.setUint16(off, next, true);
     if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + RING_IDX, 2);
-    if (this.inflight !== null) this.inflight.published(next);
+    if (this.inflight !== null) this.inflight.published(next, true);
     this.signalledUsed = next;
     const flags = this.availFlags();
     if (this.eventIdx) {

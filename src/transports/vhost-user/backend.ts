@@ -24,11 +24,11 @@ import { GuestMemory, type MemoryRegionInit } from '../../memory/guest-memory.js
 import { usedRingSize } from '../../core/virtqueue/split-layout.js';
 import { EVENT_SIZE } from '../../core/virtqueue/packed-layout.js';
 import type { DeviceHost, VirtioDevice } from '../../core/device.js';
-import type { RingPosition } from '../../core/virtqueue/queue.js';
+import type { Resubmit, RingPosition } from '../../core/virtqueue/queue.js';
 import { Status } from '../../core/constants.js';
 import { native, type NativeAddon } from '../../native/index.js';
 import { Feature } from '../../core/constants.js';
-import { SplitInflightRegion, splitInflightQueueSize } from './inflight.js';
+import { PackedInflightRegion, SplitInflightRegion, packedInflightQueueSize, splitInflightQueueSize } from './inflight.js';
 import {
   F_LOG_ALL,
   F_PROTOCOL_FEATURES,
@@ -139,7 +139,7 @@ export class VhostUserBackend implements DeviceHost {
   private readonly payload = new Uint8Array(4096);
   private live = false;
   /** The inflight buffer (GET/SET_INFLIGHT_FD), mapped, with one region per queue. */
-  private inflight: { map: ArrayBuffer; regions: SplitInflightRegion[] } | null = null;
+  private inflight: { map: ArrayBuffer; regions: (SplitInflightRegion | PackedInflightRegion)[] } | null = null;
   /** Set while a stop waits for requests in progress: later messages wait in the socket. */
   private settling: ReturnType<typeof setTimeout> | null = null;
   /** Why the last connection ended (tests and logs). */
@@ -259,6 +259,7 @@ export class VhostUserBackend implements DeviceHost {
           r.base = 0;
         }
         this.device.reset();
+        this.clearInflight();
         this.live = false;
         break;
       case Req.SET_STATUS:
@@ -268,6 +269,7 @@ export class VhostUserBackend implements DeviceHost {
           replied = true;
           this.stopRings(this.rings.map((_, i) => i), () => {
             this.device.reset();
+            this.clearInflight();
             this.live = false;
             if (d.needReply) this.reply(d.header.request, u64Payload(0));
           });
@@ -422,17 +424,16 @@ export class VhostUserBackend implements DeviceHost {
 
   /**
    * GET_INFLIGHT_FD: a new zeroed buffer for `numQueues` rings of `queueSize`, shared with the
-   * front-end, which keeps it across back-end restarts. Split rings are tracked; for packed
-   * rings the answer is an empty buffer (size 0, no fd: the front-end then tracks nothing).
+   * front-end, which keeps it across back-end restarts. Its layout follows the negotiated ring
+   * format (QEMU sends SET_FEATURES first for this reason).
    */
   private getInflight(numQueues: number, queueSize: number): [Uint8Array, number[]] {
     const out = new Uint8Array(24);
     const v = new DataView(out.buffer);
     v.setUint16(16, numQueues, true);
     v.setUint16(18, queueSize, true);
-    if (this.ackedFeatures & (1n << BigInt(Feature.RING_PACKED))) return [out, []];
     this.checkInflightShape(numQueues, queueSize);
-    const size = numQueues * splitInflightQueueSize(queueSize);
+    const size = numQueues * this.inflightQueueSize(queueSize);
     const fd = this.n.memfdCreate('virtio-ts-inflight', size);
     try {
       this.mapInflight(fd, 0, size, numQueues, queueSize);
@@ -449,7 +450,7 @@ export class VhostUserBackend implements DeviceHost {
   private setInflight(size: number, offset: number, numQueues: number, queueSize: number, fd: number): void {
     try {
       this.checkInflightShape(numQueues, queueSize);
-      const need = numQueues * splitInflightQueueSize(queueSize);
+      const need = numQueues * this.inflightQueueSize(queueSize);
       if (size < need) throw new Error(`inflight buffer of ${size} bytes is smaller than ${numQueues} queues of ${queueSize} need (${need})`);
       this.mapInflight(fd, offset, need, numQueues, queueSize);
       this.log.info(`vhost-user: inflight buffer set: ${numQueues} queue(s) of ${queueSize}`);
@@ -466,8 +467,22 @@ export class VhostUserBackend implements DeviceHost {
   private mapInflight(fd: number, offset: number, size: number, numQueues: number, queueSize: number): void {
     const map = this.n.mmap(fd, offset, size, true);
     this.unmapInflight();
-    const per = splitInflightQueueSize(queueSize);
-    this.inflight = { map, regions: Array.from({ length: numQueues }, (_, i) => new SplitInflightRegion(map, i * per, queueSize)) };
+    const per = this.inflightQueueSize(queueSize);
+    const packed = this.packedRings();
+    this.inflight = { map, regions: Array.from({ length: numQueues }, (_, i) => (packed ? new PackedInflightRegion(map, i * per, queueSize) : new SplitInflightRegion(map, i * per, queueSize))) };
+  }
+
+  /** After a reset: nothing is in flight; each region starts over at its ring's next start. */
+  private clearInflight(): void {
+    for (const region of this.inflight?.regions ?? []) region.clear();
+  }
+
+  private packedRings(): boolean {
+    return (this.ackedFeatures & (1n << BigInt(Feature.RING_PACKED))) !== 0n;
+  }
+
+  private inflightQueueSize(queueSize: number): number {
+    return this.packedRings() ? packedInflightQueueSize(queueSize) : splitInflightQueueSize(queueSize);
   }
 
   private unmapInflight(): void {
@@ -753,27 +768,11 @@ export class VhostUserBackend implements DeviceHost {
       if (((r.base - usedIdx) & 0xffff) > r.size) return `base ${r.base} is more than the ring size ${r.size} ahead of the used index ${usedIdx}`;
       start = { avail: r.base, availWrap: true, used: usedIdx, usedWrap: true };
     }
-    let resubmit: number[] = [];
-    const region = q.format === 'split' ? this.inflight?.regions[index] : undefined;
-    if (region !== undefined && region.queueSize !== r.size) {
-      this.log.warn(`vhost-user: ring ${index} has ${r.size} entries, its inflight region ${region.queueSize}: not tracked`);
-    } else if (region !== undefined) {
-      // A region a previous back-end filled: the buffers it took and never returned are served
-      // again first, and the ring goes on after them (what libvhost-user does: the base the
-      // front-end restored after losing us is the used index, which would serve some twice).
-      let recovered;
-      try {
-        recovered = region.recover(start.used);
-      } catch (err) {
-        return `inflight region: ${err instanceof Error ? err.message : String(err)}`;
-      }
-      if (recovered !== null) {
-        resubmit = recovered.resubmit;
-        start.avail = (recovered.usedIdx + resubmit.length) & 0xffff;
-        if (resubmit.length > 0) this.log.info(`vhost-user: ring ${index} serves again ${resubmit.length} request(s) a previous back-end took and never finished`);
-      }
-    }
+    const tracked = this.recoverInflight(index, r, q.format, start);
+    if (typeof tracked === 'string') return tracked;
     r.started = true;
+    q.inflight = tracked?.region ?? null;
+    q.resubmit(tracked?.resubmit ?? []);
     this.log.info(`vhost-user: ring ${index} started at available ${start.avail}${q.format === 'packed' ? `/${+start.availWrap}` : ''}, used ${start.used}${q.format === 'packed' ? `/${+start.usedWrap}` : ''}`);
     if (q.active) {
       // Stopped by GET_VRING_BASE but not reset: the front-end restarts the ring itself (the
@@ -783,20 +782,12 @@ export class VhostUserBackend implements DeviceHost {
       q.availAddr = r.avail;
       q.usedAddr = r.used;
       q.startAt = start;
-      if (region !== undefined && region.queueSize === r.size) {
-        q.inflight = region;
-        q.resubmit(resubmit);
-      }
       if (q.activate(dev.queueFeatures()) && r.enabled) dev.notify(index);
       return null;
     }
     dev.setQueueSize(index, r.size);
     dev.setQueueAddresses(index, r.desc, r.avail, r.used);
     q.startAt = start;
-    if (region !== undefined && region.queueSize === r.size) {
-      q.inflight = region;
-      q.resubmit(resubmit);
-    }
     dev.enableQueue(index);
     if (!this.live) {
       this.live = true;
@@ -804,6 +795,48 @@ export class VhostUserBackend implements DeviceHost {
     }
     if (r.enabled) dev.notify(index);
     return null;
+  }
+
+  /**
+   * The ring's inflight region, if the front-end gave one: a fresh one is initialised at `start`;
+   * one a previous back-end filled is repaired and read: the buffers it took and never returned
+   * are served again first, and `start` moves after them (what libvhost-user does for split
+   * rings: the base the front-end restored after losing its back-end is the used position,
+   * which would serve some twice when requests finished out of order; for packed rings QEMU
+   * cannot restore a base at all). Returns why the region is unusable, or null (no region).
+   */
+  private recoverInflight(index: number, r: Ring, format: 'split' | 'packed', start: RingPosition): { region: SplitInflightRegion | PackedInflightRegion; resubmit: Resubmit[] } | null | string {
+    const region = this.inflight?.regions[index];
+    if (region === undefined) return null;
+    if (region instanceof PackedInflightRegion !== (format === 'packed')) {
+      this.log.warn(`vhost-user: ring ${index} is ${format}, its inflight region is not: not tracked`);
+      return null;
+    }
+    if (region.queueSize !== r.size) {
+      this.log.warn(`vhost-user: ring ${index} has ${r.size} entries, its inflight region ${region.queueSize}: not tracked`);
+      return null;
+    }
+    let resubmit: Resubmit[] = [];
+    try {
+      if (region instanceof PackedInflightRegion) {
+        const mem = this.requireMemory();
+        const got = region.recover((slot) => mem.readU16(r.desc + slot * 16 + 14), start.used, start.usedWrap);
+        if (got !== null) {
+          resubmit = got.resubmit;
+          Object.assign(start, { avail: got.avail, availWrap: got.availWrap, used: got.used, usedWrap: got.usedWrap });
+        }
+      } else {
+        const got = region.recover(start.used);
+        if (got !== null) {
+          resubmit = got.resubmit.map((head) => ({ head }));
+          start.avail = (got.usedIdx + resubmit.length) & 0xffff;
+        }
+      }
+    } catch (err) {
+      return `inflight region: ${err instanceof Error ? err.message : String(err)}`;
+    }
+    if (resubmit.length > 0) this.log.info(`vhost-user: ring ${index} serves again ${resubmit.length} request(s) a previous back-end took and never finished`);
+    return { region, resubmit };
   }
 
   /**

@@ -9,7 +9,7 @@
  *   QueueRegionSplit { u64 features; u16 version; u16 desc_num; u16 last_batch_head;
  *                      u16 used_idx; DescStateSplit desc[desc_num]; }
  *   DescStateSplit   { u8 inflight; u8 padding[5]; u16 next; u64 counter; }
- * Packed virtqueues have their own layout; this back-end does not track them (see README).
+ * Packed virtqueues: PackedInflightRegion below.
  */
 import type { InflightTracker } from '../../core/virtqueue/queue.js';
 
@@ -52,6 +52,12 @@ export class SplitInflightRegion implements InflightTracker {
 
   get version(): number {
     return this.view.getUint16(8, true);
+  }
+
+  /** Back to uninitialised (a reset device has nothing in flight; the next start sets it up). */
+  clear(): void {
+    this.bytes.fill(0);
+    this.batchCount = 0;
   }
 
   get descNum(): number {
@@ -131,5 +137,216 @@ export class SplitInflightRegion implements InflightTracker {
     for (let i = 0; i < this.batchCount; i++) this.setInflight(this.batch[i], 0);
     this.batchCount = 0;
     this.view.setUint16(14, usedIdx, true);
+  }
+}
+
+/*
+ * Packed virtqueues (vhost-user.rst, QueueRegionPacked / DescStatePacked):
+ *   header (32 bytes): u64 features; u16 version; u16 desc_num; u16 free_head;
+ *     u16 old_free_head; u16 used_idx; u16 old_used_idx; u8 used_wrap_counter;
+ *     u8 old_used_wrap_counter; u8 padding[7];
+ *   DescStatePacked (32 bytes): u8 inflight; u8 padding; u16 next; u16 last; u16 num;
+ *     u64 counter; u16 id; u16 flags; u32 len; u64 addr;
+ * The entries copy every descriptor the device takes (the driver may reuse ring slots once the
+ * used pointer passed them), linked in a free list; a list's head entry holds inflight, num,
+ * last and counter. "old_*" is the state as of the last publish, for rolling back a publish
+ * the previous process did not finish.
+ */
+const P_HEADER = 32;
+const P_DESC = 32;
+const F_AVAIL = 1 << 7;
+const F_USED = 1 << 15;
+
+export function packedInflightQueueSize(queueSize: number): number {
+  return Math.ceil((P_HEADER + P_DESC * queueSize) / ALIGN) * ALIGN;
+}
+
+export interface PackedInflightRecovery {
+  /** Buffers (id and their descriptors) taken and never used, oldest first. */
+  resubmit: { head: number; descriptors: { addr: number; len: number; flags: number }[] }[];
+  /** Where the ring stands: the used position, and the available one after the buffers above. */
+  avail: number;
+  availWrap: boolean;
+  used: number;
+  usedWrap: boolean;
+}
+
+export class PackedInflightRegion implements InflightTracker {
+  private readonly view: DataView;
+  private readonly bytes: Uint8Array;
+  private counter = 0;
+  /** Buffer id -> its head entry while in flight (-1 otherwise). */
+  private readonly entryOf = new Int32Array(65536).fill(-1);
+  private readonly batch: Uint16Array;
+  private batchCount = 0;
+
+  constructor(
+    buffer: ArrayBuffer,
+    offset: number,
+    readonly queueSize: number,
+  ) {
+    this.view = new DataView(buffer, offset, packedInflightQueueSize(queueSize));
+    this.bytes = new Uint8Array(buffer, offset, packedInflightQueueSize(queueSize));
+    this.batch = new Uint16Array(queueSize);
+  }
+
+  private u16(off: number): number {
+    return this.view.getUint16(off, true);
+  }
+
+  /** Back to uninitialised (a reset device has nothing in flight; the next start sets it up). */
+  clear(): void {
+    this.bytes.fill(0);
+    this.batchCount = 0;
+    this.entryOf.fill(-1);
+  }
+
+  private set16(off: number, v: number): void {
+    this.view.setUint16(off, v, true);
+  }
+
+  private d(entry: number): number {
+    return P_HEADER + P_DESC * entry;
+  }
+
+  /**
+   * At ring start. A fresh region is initialised at the position the front-end gave; one a
+   * previous back-end left is repaired (an unfinished publish is committed when the ring shows
+   * it, otherwise rolled back) and read. `flagsAt(slot)` reads a ring slot's flags.
+   */
+  recover(flagsAt: (slot: number) => number, used: number, usedWrap: boolean): PackedInflightRecovery | null {
+    const n = this.queueSize;
+    const version = this.u16(8);
+    if (version === 0) {
+      this.bytes.fill(0);
+      this.set16(8, INFLIGHT_VERSION);
+      this.set16(10, n);
+      for (let e = 0; e < n; e++) this.set16(this.d(e) + 2, e + 1);
+      this.set16(16, used);
+      this.set16(18, used);
+      this.bytes[20] = this.bytes[21] = usedWrap ? 1 : 0;
+      this.counter = 0;
+      this.entryOf.fill(-1);
+      return null;
+    }
+    if (version !== INFLIGHT_VERSION) throw new Error(`inflight region version ${version} (this back-end knows ${INFLIGHT_VERSION})`);
+    if (this.u16(10) !== n) throw new Error(`inflight region is for ${this.u16(10)} descriptors, the ring has ${n}`);
+    if (this.u16(16) !== this.u16(18)) {
+      // A publish was under way: if the ring slot at the old used position no longer reads as
+      // available in that pass, the used descriptor reached the driver: keep it.
+      const oldUsed = this.u16(18);
+      if (oldUsed >= n) throw new Error(`inflight region's old used index ${oldUsed} is outside the ring`);
+      const wrap = this.bytes[21] === 1;
+      if ((flagsAt(oldUsed) & (F_AVAIL | F_USED)) !== (wrap ? F_AVAIL : F_USED)) {
+        this.set16(14, this.u16(12));
+        this.set16(18, this.u16(16));
+        this.bytes[21] = this.bytes[20];
+      }
+    }
+    // Roll back to the last completed publish.
+    this.set16(12, this.u16(14));
+    this.set16(16, this.u16(18));
+    this.bytes[20] = this.bytes[21];
+    const usedIdx = this.u16(16);
+    const wrapNow = this.bytes[20] === 1;
+    if (usedIdx >= n) throw new Error(`inflight region's used index ${usedIdx} is outside the ring`);
+    // Entries on the free list are not in flight, whatever their flag says.
+    const onFree = new Uint8Array(n);
+    for (let e = this.u16(12), steps = 0; e < n; e = this.u16(this.d(e) + 2)) {
+      if (++steps > n || onFree[e] === 1) throw new Error('inflight free list loops');
+      onFree[e] = 1;
+      this.bytes[this.d(e)] = 0;
+    }
+    const found: { counter: bigint; head: number; descriptors: { addr: number; len: number; flags: number }[] }[] = [];
+    const owner = new Uint8Array(n);
+    let max = -1n;
+    let slots = 0;
+    this.entryOf.fill(-1);
+    for (let e = 0; e < n; e++) {
+      const o = this.d(e);
+      const flag = this.bytes[o];
+      if (flag > 1) throw new Error(`inflight flag ${flag} at entry ${e}`);
+      const counter = this.view.getBigUint64(o + 8, true);
+      if (counter > max) max = counter;
+      if (flag !== 1) continue;
+      const num = this.u16(o + 6);
+      if (num < 1 || num > n) throw new Error(`inflight entry ${e} holds a list of ${num} descriptors`);
+      const descriptors: { addr: number; len: number; flags: number }[] = [];
+      let id = -1;
+      for (let k = 0, x = e; k < num; k++) {
+        if (x >= n || owner[x] === 1 || onFree[x] === 1) throw new Error(`inflight list at entry ${e} runs into entry ${x}`);
+        owner[x] = 1;
+        const xo = this.d(x);
+        const addr = this.view.getUint32(xo + 24, true) + this.view.getUint32(xo + 28, true) * 0x100000000;
+        descriptors.push({ addr, len: this.view.getUint32(xo + 20, true), flags: this.u16(xo + 18) });
+        if (k === 0) id = this.u16(xo + 16);
+        if (k === num - 1 && x !== this.u16(o + 4)) throw new Error(`inflight list at entry ${e} does not end at its last entry ${this.u16(o + 4)}`);
+        x = this.u16(xo + 2);
+      }
+      if (this.entryOf[id] >= 0) throw new Error(`buffer id ${id} is in flight twice in the inflight region`);
+      this.entryOf[id] = e;
+      slots += num;
+      found.push({ counter, head: id, descriptors });
+    }
+    if (slots > n) throw new Error(`inflight region holds ${slots} descriptors in flight on a ring of ${n}`);
+    found.sort((a, b) => (a.counter < b.counter ? -1 : a.counter > b.counter ? 1 : 0));
+    this.counter = Number(max + 1n);
+    this.batchCount = 0;
+    let avail = usedIdx + slots;
+    let availWrap = wrapNow;
+    if (avail >= n) {
+      avail -= n;
+      availWrap = !availWrap;
+    }
+    return { resubmit: found.map(({ head, descriptors }) => ({ head, descriptors })), avail, availWrap, used: usedIdx, usedWrap: wrapNow };
+  }
+
+  taken(id: number): void {
+    const e = this.u16(14); // old_free_head: where this list's head entry goes
+    const o = this.d(e);
+    this.set16(o + 6, 0);
+    const c = this.counter++;
+    this.view.setUint32(o + 8, c % 0x100000000, true);
+    this.view.setUint32(o + 12, Math.floor(c / 0x100000000), true);
+    this.bytes[o] = 1;
+    this.entryOf[id] = e;
+  }
+
+  descriptor(addr: number, len: number, id: number, flags: number, last: boolean): void {
+    const head = this.d(this.u16(14));
+    const f = this.u16(12);
+    if (last) this.set16(head + 4, f);
+    this.set16(head + 6, this.u16(head + 6) + 1);
+    const o = this.d(f);
+    this.view.setUint32(o + 24, addr % 0x100000000, true);
+    this.view.setUint32(o + 28, Math.floor(addr / 0x100000000), true);
+    this.view.setUint32(o + 20, len, true);
+    this.set16(o + 18, flags);
+    this.set16(o + 16, id);
+    this.set16(12, this.u16(o + 2));
+    if (last) this.set16(14, this.u16(12));
+  }
+
+  returned(id: number): void {
+    const e = this.entryOf[id];
+    if (e < 0) return;
+    this.entryOf[id] = -1;
+    const o = this.d(e);
+    this.set16(this.d(this.u16(o + 4)) + 2, this.u16(12));
+    this.set16(12, e);
+    this.batch[this.batchCount++] = e;
+  }
+
+  publishing(used: number, usedWrap: boolean): void {
+    this.set16(16, used);
+    this.bytes[20] = usedWrap ? 1 : 0;
+  }
+
+  published(used: number, usedWrap: boolean): void {
+    for (let i = 0; i < this.batchCount; i++) this.bytes[this.d(this.batch[i])] = 0;
+    this.batchCount = 0;
+    this.set16(14, this.u16(12));
+    this.set16(18, used);
+    this.bytes[21] = usedWrap ? 1 : 0;
   }
 }
