@@ -35,121 +35,118 @@ const BLK_MATRIX: [string, string, string[], string[]][] = [
   ['microvm, virtio-mmio, packed=on', 'vhost-user-blk,chardev=c0,num-queues=1,packed=on', [], MICROVM],
 ];
 
+/** Runs `fn` with a fresh, zeroed 64 MiB image file, removed afterwards. */
+async function withImage(fn: (image: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-disk-'));
+  try {
+    const image = join(dir, 'disk.img');
+    writeFileSync(image, new Uint8Array(64 << 20));
+    await fn(image);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** No write failed, the guest read back what it wrote, and the first `bytes` of the image hold it. */
+function assertWritten(run: GuestRun, image: string, bytes: number): void {
+  assert.equal(run.results.get('write-error'), undefined, 'no write failed');
+  const written = run.results.get('pattern-md5');
+  assert.match(written ?? '', /^[0-9a-f]{32}$/);
+  assert.equal(run.results.get('readback-md5'), written, 'the guest read back what it wrote');
+  const onHost = createHash('md5').update(readFileSync(image).subarray(0, bytes)).digest('hex');
+  assert.equal(onHost, written, 'the image file holds what the guest wrote (after its sync)');
+}
+
+/** Once the guest's stopcont case is writing: `step` again and again until it is done (at most `max` times). */
+async function whileGuestWrites(g: Running, max: number, step: () => Promise<void>): Promise<number> {
+  await g.waitFor(/VT-RESULT stopcont-ready/);
+  let finished = false;
+  g.waitFor(/VT-RESULT pattern-md5/).then(
+    () => (finished = true),
+    () => (finished = true),
+  );
+  let n = 0;
+  for (; !finished && n < max; n++) await step();
+  return n;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const SPLIT_AND_PACKED = [
+  ['split ring', 'vhost-user-blk-pci,chardev=c0,num-queues=1'],
+  ['packed=on', 'vhost-user-blk-pci,chardev=c0,num-queues=1,packed=on'],
+] as const;
+/** What the stopcont case writes: a 64 KiB pattern 48 times. */
+const STOPCONT_BYTES = 48 * 16 * 4096;
+
 for (const [label, device, extra, machine] of BLK_MATRIX) {
-  guestTest(`Linux writes a random pattern with O_DIRECT to virtio-ts serve blk and reads it back (${label})`, async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-disk-'));
-    try {
-      const image = join(dir, 'disk.img');
-      writeFileSync(image, new Uint8Array(64 << 20));
+  guestTest(`Linux writes a random pattern with O_DIRECT to virtio-ts serve blk and reads it back (${label})`, () =>
+    withImage(async (image) => {
       const run = await boot('blk', device, ['--image', image, ...extra], machine);
-      const written = run.results.get('pattern-md5');
-      assert.match(written ?? '', /^[0-9a-f]{32}$/);
-      assert.equal(run.results.get('readback-md5'), written, 'the guest read back what it wrote');
-      const onHost = createHash('md5').update(readFileSync(image).subarray(0, 64 * 4096)).digest('hex');
-      assert.equal(onHost, written, 'the image file holds what the guest wrote (after its sync)');
+      assertWritten(run, image, 64 * 4096);
       noViolations(run);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    }),
+  );
 }
 
 // QEMU's stop stops the vhost-user rings (SET_STATUS 0, GET_VRING_BASE) and cont starts them
 // again from SET_VRING_BASE. Done many times while Linux writes: a ring that restarted from 0,
 // or lost a request in progress, shows up as a hung or failed write or a wrong readback.
-for (const [label, device] of [
-  ['split ring', 'vhost-user-blk-pci,chardev=c0,num-queues=1'],
-  ['packed=on', 'vhost-user-blk-pci,chardev=c0,num-queues=1,packed=on'],
-] as const) {
-  guestTest(`Linux keeps writing to virtio-ts serve blk through QEMU stop/cont, every request served once (${label})`, async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-disk-'));
-    try {
-      const image = join(dir, 'disk.img');
-      writeFileSync(image, new Uint8Array(64 << 20));
+for (const [label, device] of SPLIT_AND_PACKED) {
+  guestTest(`Linux keeps writing to virtio-ts serve blk through QEMU stop/cont, every request served once (${label})`, () =>
+    withImage(async (image) => {
       let cycles = 0;
-      const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
       const run = await boot('blk', device, ['--image', image], [], async (g) => {
-        await g.waitFor(/VT-RESULT stopcont-ready/);
-        let finished = false;
-        g.waitFor(/VT-RESULT pattern-md5/).then(
-          () => (finished = true),
-          () => (finished = true),
-        );
-        while (!finished && cycles < 20) {
+        cycles = await whileGuestWrites(g, 20, async () => {
           await sleep(40);
           await g.qmp('stop');
           await sleep(40);
           await g.qmp('cont');
-          cycles++;
-        }
+        });
       }, 'stopcont');
       assert.ok(cycles >= 2, `stop/cont happened while the guest wrote (${cycles} cycles)`);
       console.log(`${label}: ${cycles} stop/cont cycles while the guest wrote`);
-      assert.equal(run.results.get('write-error'), undefined, 'no write failed');
-      const written = run.results.get('pattern-md5');
-      assert.match(written ?? '', /^[0-9a-f]{32}$/);
-      assert.equal(run.results.get('readback-md5'), written, 'the guest read back what it wrote');
+      assertWritten(run, image, STOPCONT_BYTES);
       const pattern = readFileSync(image).subarray(0, 16 * 4096);
       const expected = createHash('md5');
       for (let i = 0; i < 48; i++) expected.update(pattern);
-      assert.equal(createHash('md5').update(readFileSync(image).subarray(0, 48 * 16 * 4096)).digest('hex'), expected.digest('hex'), 'the image holds the pattern 48 times');
-      assert.equal(createHash('md5').update(readFileSync(image).subarray(0, 48 * 16 * 4096)).digest('hex'), written, 'and it is what the guest wrote');
+      assert.equal(createHash('md5').update(readFileSync(image).subarray(0, STOPCONT_BYTES)).digest('hex'), expected.digest('hex'), 'the image holds the pattern 48 times');
       const restarts = [...run.serveLog.matchAll(/ring 0 started at available (\d+)/g)].map((m) => Number(m[1]));
       assert.ok(restarts.length >= cycles, `the ring was restarted at each cont (${restarts.length} starts, ${cycles} cycles)`);
       assert.ok(restarts.some((a) => a > 0), 'and resumed past 0');
       noViolations(run);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    }),
+  );
 }
 
 // vhost-user inflight tracking, for real: virtio-ts serve is killed (SIGKILL: no clean-up) three
 // times while Linux writes, and started again on the same socket; QEMU reconnects, hands the
 // new back-end its inflight buffer (SET_INFLIGHT_FD) and the guest's writes go on. Nothing may
 // be lost or written twice (the readback and the image say), no write may fail.
-for (const [label, device] of [
-  ['split ring', 'vhost-user-blk-pci,chardev=c0,num-queues=1'],
-  ['packed=on', 'vhost-user-blk-pci,chardev=c0,num-queues=1,packed=on'],
-] as const) {
-guestTest(`Linux keeps writing to virtio-ts serve blk while the back-end is killed and restarted 3 times (QEMU reconnects; inflight buffer; ${label})`, async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-disk-'));
-  try {
-    const image = join(dir, 'disk.img');
-    writeFileSync(image, new Uint8Array(64 << 20));
-    let restarts = 0;
-    const run = await bootWith({
-      kind: 'blk',
-      test: 'stopcont',
-      device,
-      serveArgs: ['--image', image],
-      reconnect: true,
-      during: async (g) => {
-        await g.waitFor(/VT-RESULT stopcont-ready/);
-        let finished = false;
-        g.waitFor(/VT-RESULT pattern-md5/).then(
-          () => (finished = true),
-          () => (finished = true),
-        );
-        while (!finished && restarts < 3) {
-          await new Promise((r) => setTimeout(r, 150));
-          await g.restartServe();
-          restarts++;
-        }
-      },
-    });
-    console.log(`${label}: ${restarts} back-end restarts while the guest wrote; ${[...run.serveLog.matchAll(/serves again (\d+) request/g)].map((m) => m[1]).join(', ') || 'no'} request(s) served again from the inflight buffer`);
-    assert.ok(restarts >= 2, `the back-end was restarted while the guest wrote (${restarts} times)`);
-    assert.equal(run.results.get('write-error'), undefined, 'no write failed');
-    const written = run.results.get('pattern-md5');
-    assert.match(written ?? '', /^[0-9a-f]{32}$/);
-    assert.equal(run.results.get('readback-md5'), written, 'the guest read back what it wrote');
-    assert.equal(createHash('md5').update(readFileSync(image).subarray(0, 48 * 16 * 4096)).digest('hex'), written, 'the image holds what the guest wrote');
-    assert.ok((run.serveLog.match(/was left by a server that is gone/g) ?? []).length >= restarts, 'each restart replaced the stale socket');
-    assert.ok((run.serveLog.match(/inflight buffer set/g) ?? []).length >= restarts + 1, `QEMU handed each back-end the inflight buffer: ${run.serveLog.split('\n').filter((l) => /inflight|started|connected|gone/.test(l)).map((l) => (JSON.parse(l) as { msg: string }).msg).join(' | ')}`);
-    noViolations(run);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+for (const [label, device] of SPLIT_AND_PACKED) {
+  guestTest(`Linux keeps writing to virtio-ts serve blk while the back-end is killed and restarted 3 times (QEMU reconnects; inflight buffer; ${label})`, () =>
+    withImage(async (image) => {
+      let restarts = 0;
+      const run = await bootWith({
+        kind: 'blk',
+        test: 'stopcont',
+        device,
+        serveArgs: ['--image', image],
+        reconnect: true,
+        during: async (g) => {
+          restarts = await whileGuestWrites(g, 3, async () => {
+            await sleep(150);
+            await g.restartServe();
+          });
+        },
+      });
+      const resubmitted = [...run.serveLog.matchAll(/serves again (\d+) request/g)].map((m) => m[1]);
+      console.log(`${label}: ${restarts} back-end restarts while the guest wrote; ${resubmitted.join(', ') || 'no'} request(s) served again from the inflight buffer`);
+      assert.ok(restarts >= 2, `the back-end was restarted while the guest wrote (${restarts} times)`);
+      assertWritten(run, image, STOPCONT_BYTES);
+      assert.ok((run.serveLog.match(/was left by a server that is gone/g) ?? []).length >= restarts, 'each restart replaced the stale socket');
+      const messages = run.serveLog.split('\n').filter((l) => /inflight|started|connected|gone/.test(l)).map((l) => (JSON.parse(l) as { msg: string }).msg);
+      assert.ok((run.serveLog.match(/inflight buffer set/g) ?? []).length >= restarts + 1, `QEMU handed each back-end the inflight buffer: ${messages.join(' | ')}`);
+      noViolations(run);
+    }),
+  );
 }

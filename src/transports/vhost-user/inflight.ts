@@ -31,23 +31,33 @@ export interface InflightRecovery {
   usedIdx: number;
 }
 
-/** One queue's inflight region, as an InflightTracker the split device queue calls. */
-export class SplitInflightRegion implements InflightTracker {
-  private readonly view: DataView;
-  private readonly bytes: Uint8Array;
-  private counter = 0;
-  /** Heads returned since the last publish (the batch whose inflight flags clear at publish). */
-  private readonly batch: Uint16Array;
-  private batchCount = 0;
+/** What both layouts keep: the queue's bytes in the shared buffer, the counter, the batch. */
+abstract class InflightRegion {
+  protected readonly view: DataView;
+  protected readonly bytes: Uint8Array;
+  protected counter = 0;
+  /** Entries returned since the last publish (their inflight flags clear at publish). */
+  protected readonly batch: Uint16Array;
+  protected batchCount = 0;
 
-  constructor(
-    buffer: ArrayBuffer,
-    offset: number,
-    readonly queueSize: number,
-  ) {
-    this.view = new DataView(buffer, offset, splitInflightQueueSize(queueSize));
-    this.bytes = new Uint8Array(buffer, offset, splitInflightQueueSize(queueSize));
+  constructor(buffer: ArrayBuffer, offset: number, readonly queueSize: number, bytes: number) {
+    this.view = new DataView(buffer, offset, bytes);
+    this.bytes = new Uint8Array(buffer, offset, bytes);
     this.batch = new Uint16Array(queueSize);
+  }
+
+  /** Stores the next counter value (u64 as two halves: no BigInt per request; exact up to 2^53). */
+  protected stamp(off: number): void {
+    const c = this.counter++;
+    this.view.setUint32(off, c % 0x100000000, true);
+    this.view.setUint32(off + 4, Math.floor(c / 0x100000000), true);
+  }
+}
+
+/** One queue's inflight region, as an InflightTracker the split device queue calls. */
+export class SplitInflightRegion extends InflightRegion implements InflightTracker {
+  constructor(buffer: ArrayBuffer, offset: number, queueSize: number) {
+    super(buffer, offset, queueSize, splitInflightQueueSize(queueSize));
   }
 
   get version(): number {
@@ -119,10 +129,7 @@ export class SplitInflightRegion implements InflightTracker {
 
   taken(head: number): void {
     const o = HEADER + DESC * head;
-    // u64 counter as two halves (no BigInt per request); exact up to 2^53 requests.
-    const c = this.counter++;
-    this.view.setUint32(o + 8, c % 0x100000000, true);
-    this.view.setUint32(o + 12, Math.floor(c / 0x100000000), true);
+    this.stamp(o + 8);
     this.bytes[o] = 1;
   }
 
@@ -171,23 +178,12 @@ export interface PackedInflightRecovery {
   usedWrap: boolean;
 }
 
-export class PackedInflightRegion implements InflightTracker {
-  private readonly view: DataView;
-  private readonly bytes: Uint8Array;
-  private counter = 0;
+export class PackedInflightRegion extends InflightRegion implements InflightTracker {
   /** Buffer id -> its head entry while in flight (-1 otherwise). */
   private readonly entryOf = new Int32Array(65536).fill(-1);
-  private readonly batch: Uint16Array;
-  private batchCount = 0;
 
-  constructor(
-    buffer: ArrayBuffer,
-    offset: number,
-    readonly queueSize: number,
-  ) {
-    this.view = new DataView(buffer, offset, packedInflightQueueSize(queueSize));
-    this.bytes = new Uint8Array(buffer, offset, packedInflightQueueSize(queueSize));
-    this.batch = new Uint16Array(queueSize);
+  constructor(buffer: ArrayBuffer, offset: number, queueSize: number) {
+    super(buffer, offset, queueSize, packedInflightQueueSize(queueSize));
   }
 
   private u16(off: number): number {
@@ -305,9 +301,7 @@ export class PackedInflightRegion implements InflightTracker {
     const e = this.u16(14); // old_free_head: where this list's head entry goes
     const o = this.d(e);
     this.set16(o + 6, 0);
-    const c = this.counter++;
-    this.view.setUint32(o + 8, c % 0x100000000, true);
-    this.view.setUint32(o + 12, Math.floor(c / 0x100000000), true);
+    this.stamp(o + 8);
     this.bytes[o] = 1;
     this.entryOf[id] = e;
   }
