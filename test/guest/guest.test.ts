@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MICROVM, boot as bootWith, guestTest, noViolations, type GuestRun, type Running } from './harness.js';
+import { MICROVM, STOPCONT_BYTES, assertWritten, boot as bootWith, guestTest, noViolations, withImage, type GuestRun, type Running } from './harness.js';
 
 function boot(kind: 'rng' | 'blk', device: string, serveArgs: string[], machine: string[] = [], during?: (g: Running) => Promise<void>, test: string = kind): Promise<GuestRun> {
   return bootWith({ kind, device, serveArgs, machine, during, test });
@@ -35,28 +35,6 @@ const BLK_MATRIX: [string, string, string[], string[]][] = [
   ['microvm, virtio-mmio, packed=on', 'vhost-user-blk,chardev=c0,num-queues=1,packed=on', [], MICROVM],
 ];
 
-/** Runs `fn` with a fresh, zeroed 64 MiB image file, removed afterwards. */
-async function withImage(fn: (image: string) => Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-disk-'));
-  try {
-    const image = join(dir, 'disk.img');
-    writeFileSync(image, new Uint8Array(64 << 20));
-    await fn(image);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** No write failed, the guest read back what it wrote, and the first `bytes` of the image hold it. */
-function assertWritten(run: GuestRun, image: string, bytes: number): void {
-  assert.equal(run.results.get('write-error'), undefined, 'no write failed');
-  const written = run.results.get('pattern-md5');
-  assert.match(written ?? '', /^[0-9a-f]{32}$/);
-  assert.equal(run.results.get('readback-md5'), written, 'the guest read back what it wrote');
-  const onHost = createHash('md5').update(readFileSync(image).subarray(0, bytes)).digest('hex');
-  assert.equal(onHost, written, 'the image file holds what the guest wrote (after its sync)');
-}
-
 /** Once the guest's stopcont case is writing: `step` again and again until it is done (at most `max` times). */
 async function whileGuestWrites(g: Running, max: number, step: () => Promise<void>): Promise<number> {
   await g.waitFor(/VT-RESULT stopcont-ready/);
@@ -75,8 +53,6 @@ const SPLIT_AND_PACKED = [
   ['split ring', 'vhost-user-blk-pci,chardev=c0,num-queues=1'],
   ['packed=on', 'vhost-user-blk-pci,chardev=c0,num-queues=1,packed=on'],
 ] as const;
-/** What the stopcont case writes: a 64 KiB pattern 48 times. */
-const STOPCONT_BYTES = 48 * 16 * 4096;
 
 for (const [label, device, extra, machine] of BLK_MATRIX) {
   guestTest(`Linux writes a random pattern with O_DIRECT to virtio-ts serve blk and reads it back (${label})`, () =>

@@ -4,10 +4,11 @@
 // elsewhere the test says what is missing and skips. Every real-guest test boots through here.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { createConnection, type Socket } from 'node:net';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -229,3 +230,28 @@ export function guestTest(name: string, fn: () => Promise<void>): void {
     await fn();
   });
 }
+
+/** Runs `fn` with a fresh, zeroed 64 MiB image file, removed afterwards. */
+export async function withImage(fn: (image: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-disk-'));
+  try {
+    const image = join(dir, 'disk.img');
+    writeFileSync(image, new Uint8Array(64 << 20));
+    await fn(image);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** No write failed, the guest read back what it wrote, and the first `bytes` of the image hold it. */
+export function assertWritten(run: GuestRun, image: string, bytes: number): void {
+  assert.equal(run.results.get('write-error'), undefined, 'no write failed');
+  const written = run.results.get('pattern-md5');
+  assert.match(written ?? '', /^[0-9a-f]{32}$/);
+  assert.equal(run.results.get('readback-md5'), written, 'the guest read back what it wrote');
+  const onHost = createHash('md5').update(readFileSync(image).subarray(0, bytes)).digest('hex');
+  assert.equal(onHost, written, 'the image file holds what the guest wrote (after its sync)');
+}
+
+/** What the init case stopcont writes: a 64 KiB pattern 48 times. */
+export const STOPCONT_BYTES = 48 * 16 * 4096;
