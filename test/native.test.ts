@@ -81,3 +81,51 @@ test('eventfd: counts, reads back to 0; a watch on the event loop fires when it 
   assert.ok(seen[0] & POLL_READABLE);
   n.close(fd);
 });
+
+test('worker threads: the addon loads in a worker, its watch fires on the worker\'s own loop, and a memfd the main thread made maps there too', async () => {
+  const { Worker } = await import('node:worker_threads');
+  const n = native();
+  const efd = n.eventfd();
+  const memfd = n.memfdCreate('shared', 4096);
+  const main = new Uint8Array(n.mmap(memfd, 0, 4096));
+  const addon = new URL('../src/native/index.js', import.meta.url).href;
+  // The worker watches the eventfd on its own loop; when it fires it maps the memfd itself
+  // (mappings are per thread's ArrayBuffer) and answers with what it read there.
+  const worker = new Worker(
+    `const { parentPort, workerData } = require('node:worker_threads');
+     import(workerData.addon).then(({ native }) => {
+       const n = native();
+       const w = n.watch(workerData.efd, true, false, () => {
+         const count = n.eventfdRead(workerData.efd);
+         const view = new Uint8Array(n.mmap(workerData.memfd, 0, 4096));
+         const byte = view[100];
+         n.munmap(view.buffer);
+         w.close();
+         parentPort.postMessage({ count, byte });
+       });
+       parentPort.postMessage('watching');
+     });`,
+    { eval: true, workerData: { addon, efd, memfd } },
+  );
+  try {
+    const messages: unknown[] = [];
+    const next = () => new Promise<unknown>((res, rej) => {
+      worker.once('message', res);
+      worker.once('error', rej);
+    });
+    messages.push(await next());
+    assert.equal(messages[0], 'watching');
+    main[100] = 0xab;
+    n.eventfdWrite(efd, 7);
+    const reply = (await next()) as { count: number; byte: number };
+    assert.deepEqual(reply, { count: 7, byte: 0xab }, 'the worker saw the kick and the main thread\'s write to the shared memory');
+    // Its watch closed, nothing of the worker's keeps it alive: it ends by itself.
+    const code = await new Promise<number>((res) => worker.once('exit', res));
+    assert.equal(code, 0);
+  } finally {
+    await worker.terminate();
+    n.munmap(main.buffer as ArrayBuffer);
+    n.close(efd);
+    n.close(memfd);
+  }
+});
