@@ -156,3 +156,33 @@ for (const [format, base, reason] of [
     }
   });
 }
+
+test('vhost-user back-end: a 3 GiB memory region is mapped in 1 GiB pieces and a buffer across a piece boundary is served whole', async () => {
+  const GIB = 1 << 30;
+  const device = new RngDevice({ monitor: new Monitor(), source: (d) => d.fill(0x5c) });
+  device.withholdFeatures(bit(Feature.RING_PACKED));
+  // A sparse memfd: only the pages touched take memory.
+  const fe = new TestFrontEnd(new VhostUserBackend(device), 3 * GIB);
+  try {
+    fe.send(Req.SET_FEATURES, u64Payload(features('split')));
+    fe.sendMemTable();
+    const ring = fe.setRing(0, 'split', 16, RING, 0, { eventIdx: true });
+    const q = ring.queue;
+    // 8 KiB straddling the first piece boundary, and 4 KiB straddling the second.
+    q.begin().addWritable(GIB - 4096, 8192).commit('across-1');
+    q.begin().addWritable(2 * GIB - 100, 4096).commit('across-2');
+    q.publish();
+    q.enableInterrupts();
+    n.eventfdWrite(ring.kick, 1);
+    assert.ok((await ring.waitCall()) > 0, fe.backend.lastError);
+    assert.equal(q.getUsed(), 'across-1');
+    assert.equal(q.lastLen, 8192);
+    assert.equal(q.getUsed(), 'across-2');
+    assert.equal(q.lastLen, 4096);
+    assert.ok(fe.bytes(GIB - 4096, 8192).every((b) => b === 0x5c), 'both sides of the 1 GiB boundary written');
+    assert.ok(fe.bytes(2 * GIB - 100, 4096).every((b) => b === 0x5c), 'both sides of the 2 GiB boundary written');
+    assert.equal(fe.bytes(GIB + 4096, 1)[0], 0, 'and nothing past the buffer');
+  } finally {
+    fe.close();
+  }
+});
