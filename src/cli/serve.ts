@@ -133,7 +133,14 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
     };
     watch = n.watch(listenFd, true, false, () => {
       for (;;) {
-        const c = n.accept(listenFd);
+        let c: number;
+        try {
+          c = n.accept(listenFd);
+        } catch (e) {
+          // Out of fds, say: the front-end's connect fails, the server goes on.
+          logger.error({ reason: String(e) }, `accept failed: ${String(e)}`);
+          return;
+        }
         if (c < 0) return;
         if (busy) {
           n.close(c); // one front-end at a time

@@ -6,6 +6,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
+import { readlinkSync } from 'node:fs';
 
 export interface NativeAddon {
   /** A connected pair of non-blocking unix stream sockets. */
@@ -56,3 +57,16 @@ export function native(): NativeAddon {
 export const POLL_READABLE = 1;
 export const POLL_WRITABLE = 2;
 export const POLL_DISCONNECT = 4;
+
+/**
+ * Whether `fd` is an eventfd (Linux names it anon_inode:[eventfd]). A kick or call fd that is
+ * anything else (a file is always "readable", a socket reads short) would make the ring spin
+ * or fail: it is refused before it is used.
+ */
+export function isEventfd(fd: number): boolean {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[eventfd]';
+  } catch {
+    return false;
+  }
+}

@@ -186,3 +186,22 @@ test('vhost-user back-end: a 3 GiB memory region is mapped in 1 GiB pieces and a
     fe.close();
   }
 });
+
+for (const [what, request] of [
+  ['kick', Req.SET_VRING_KICK],
+  ['call', Req.SET_VRING_CALL],
+] as const) {
+  test(`vhost-user back-end: a ${what} fd that is not an eventfd is refused before use (a file is always readable: the ring would spin)`, async () => {
+    const device = new RngDevice({ monitor: new Monitor() });
+    const fe = new TestFrontEnd(new VhostUserBackend(device));
+    try {
+      const notEventfd = n.memfdCreate('not-an-eventfd', 4096);
+      fe.fds.push(notEventfd);
+      fe.send(Req.SET_FEATURES, u64Payload(features('split')));
+      fe.send(request, u64Payload(0n), [notEventfd]);
+      await closedWith(fe, new RegExp(`the ${what} fd is not an eventfd`));
+    } finally {
+      fe.close();
+    }
+  });
+}

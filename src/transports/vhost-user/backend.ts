@@ -26,7 +26,7 @@ import { EVENT_SIZE } from '../../core/virtqueue/packed-layout.js';
 import type { DeviceHost, VirtioDevice } from '../../core/device.js';
 import type { Resubmit, RingPosition } from '../../core/virtqueue/queue.js';
 import { Status } from '../../core/constants.js';
-import { native, type NativeAddon } from '../../native/index.js';
+import { isEventfd, native, type NativeAddon } from '../../native/index.js';
 import { Feature } from '../../core/constants.js';
 import { PackedInflightRegion, SplitInflightRegion, packedInflightQueueSize, splitInflightQueueSize } from './inflight.js';
 import {
@@ -157,7 +157,7 @@ export class VhostUserBackend implements DeviceHost {
   serve(fd: number): void {
     this.fd = fd;
     this.resetState();
-    this.connWatch = this.n.watch(fd, true, false, () => this.readable());
+    this.connWatch = this.n.watch(fd, true, false, this.guarded('socket', () => this.readable()));
   }
 
   // ---------------------------------------------------------------- DeviceHost
@@ -332,13 +332,14 @@ export class VhostUserBackend implements DeviceHost {
         }
         break;
       case Req.SET_VRING_KICK:
-        if (m.kind === 'vring-fd') this.setKick(m.index, m.noFd ? -1 : fds.shift()!);
+        if (m.kind === 'vring-fd') this.setKick(m.index, m.noFd ? -1 : this.eventfdFrom(fds, 'kick'));
         break;
       case Req.SET_VRING_CALL:
         if (m.kind === 'vring-fd') {
+          const fd = m.noFd ? -1 : this.eventfdFrom(fds, 'call');
           const r = this.rings[m.index];
           if (r.callFd >= 0) this.n.close(r.callFd);
-          r.callFd = m.noFd ? -1 : fds.shift()!;
+          r.callFd = fd;
         }
         break;
       case Req.SET_VRING_ERR:
@@ -733,15 +734,41 @@ export class VhostUserBackend implements DeviceHost {
     r.kickFd = fd;
     r.watch = null;
     if (fd < 0) return;
-    r.watch = this.n.watch(fd, true, false, () => {
-      this.n.eventfdRead(fd);
-      if (r.started) {
-        if (r.enabled) this.device.notify(index);
-        return;
+    r.watch = this.n.watch(
+      fd,
+      true,
+      false,
+      this.guarded(`ring ${index} kick`, () => {
+        this.n.eventfdRead(fd);
+        if (r.started) {
+          if (r.enabled) this.device.notify(index);
+          return;
+        }
+        const problem = this.startRing(index);
+        if (problem !== null) this.close(`ring ${index}: ${problem}`);
+      }),
+    );
+  }
+
+  /**
+   * A callback the event loop runs for an fd: whatever it throws (a kick fd that is not an
+   * eventfd, a socket error) ends the connection with the reason. An exception escaping a
+   * native watch callback would end the whole process.
+   */
+  /** The message's fd, checked to be an eventfd before anything uses it (left in `fds` otherwise, for close()). */
+  private eventfdFrom(fds: number[], what: string): number {
+    if (!isEventfd(fds[0])) throw new Error(`the ${what} fd is not an eventfd`);
+    return fds.shift()!;
+  }
+
+  private guarded(what: string, fn: () => void): () => void {
+    return () => {
+      try {
+        fn();
+      } catch (err) {
+        this.close(`${what}: ${err instanceof Error ? err.message : String(err)}`);
       }
-      const problem = this.startRing(index);
-      if (problem !== null) this.close(`ring ${index}: ${problem}`);
-    });
+    };
   }
 
   /**
@@ -884,7 +911,7 @@ export class VhostUserBackend implements DeviceHost {
       } catch (err) {
         return this.close(`${what}: ${err instanceof Error ? err.message : String(err)}`);
       }
-      this.connWatch = this.n.watch(this.fd, true, false, () => this.readable());
+      this.connWatch = this.n.watch(this.fd, true, false, this.guarded('socket', () => this.readable()));
       this.readable(); // the messages that waited
     };
     this.settling = setTimeout(poll, 1);
