@@ -10,9 +10,10 @@
  */
 import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
-import { DescriptorChain } from './chain.js';
+import type { DescriptorChain } from './chain.js';
 import type { QueueFeatures, ViolationSink } from './split-device.js';
-import type { InflightTracker, Resubmit, RingPosition } from './queue.js';
+import type { Resubmit, RingPosition } from './queue.js';
+import { DeviceQueueBase } from './device-queue-base.js';
 import {
   EVENT_ALIGN,
   EVENT_FLAGS,
@@ -35,37 +36,28 @@ import {
 
 const TWO_32 = 4294967296;
 
-export class PackedDeviceQueue {
+function checkedMaxSize(maxSize: number): number {
+  if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_PACKED_SIZE) throw new Error(`packed queue max size ${maxSize} is not 1..32768`);
+  return maxSize;
+}
+
+/**
+ * The device side of a packed virtqueue (2.8). descAddr is the descriptor ring, availAddr the
+ * driver event suppression structure (driver area), usedAddr the device event suppression
+ * structure (device area); nextAvail / nextUsed are ring slots, with their wrap counters here.
+ */
+export class PackedDeviceQueue extends DeviceQueueBase {
   readonly format = 'packed' as const;
-  size: number;
-  /** Descriptor ring. */
-  descAddr = 0;
-  /** Driver area: the driver event suppression structure. */
-  availAddr = 0;
-  /** Device area: the device event suppression structure. */
-  usedAddr = 0;
-  enabled = false;
-  active = false;
-  broken = false;
-  eventIdx = false;
-  indirectAllowed = false;
-  inOrder = false;
-  /** With IN_ORDER: one used descriptor for a run of buffers used completely (2.8.9). */
-  batchInOrder = true;
   /** Longest list the device takes (packed.scatter-gather-support.driver.1); default: the queue size. */
   maxChainLength = Infinity;
 
-  /** Next ring slot to look at for an available descriptor, and the device's wrap counter for it. */
-  nextAvail = 0;
+  /** The device's wrap counter for nextAvail, and the one for nextUsed. */
   availWrap = true;
-  /** Next ring slot for a used descriptor, and its wrap counter. */
-  nextUsed = 0;
   usedWrap = true;
   /** Ring positions counted without wrapping (slot + size * passes). */
   private availLinear = 0;
   private usedLinear = 0;
   private signalledLinear = 0;
-  inFlightCount = 0;
 
   private ring: MemoryRegion | null = null;
   private ringOff = 0;
@@ -87,93 +79,39 @@ export class PackedDeviceQueue {
   private readonly shadowAddr: Float64Array;
   private readonly shadowLen: Uint32Array;
   private readonly shadowIdFlags: Uint32Array;
-  // IN_ORDER: ids in the order taken, ids returned early waiting their turn, returned ids not yet written.
-  private readonly order: Uint16Array;
-  private orderHead = 0;
-  private orderTail = 0;
-  private readonly stashed = new Uint8Array(65536);
-  private readonly stashLen = new Uint32Array(65536);
-  private readonly idWritable = new Float64Array(65536);
-  private returnedCount = 0;
-  private readonly returnedId: Uint16Array;
-  private readonly returnedLen: Uint32Array;
   // Used descriptors written by addUsed whose flags publish() writes (first one last).
   private pendingCount = 0;
   private readonly pendingSlot: Uint16Array;
   private readonly pendingFlags: Uint16Array;
 
-  constructor(
-    readonly mem: GuestMemory,
-    readonly index: number,
-    readonly maxSize: number,
-    readonly monitor: Monitor,
-    private readonly sink: ViolationSink,
-  ) {
-    if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_PACKED_SIZE) throw new Error(`packed queue max size ${maxSize} is not 1..32768`);
-    this.size = maxSize;
+  constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
+    super(mem, index, checkedMaxSize(maxSize), monitor, sink, 65536);
     this.shadowAddr = new Float64Array(maxSize);
     this.shadowLen = new Uint32Array(maxSize);
     this.shadowIdFlags = new Uint32Array(maxSize);
-    this.order = new Uint16Array(maxSize);
-    this.returnedId = new Uint16Array(maxSize);
-    this.returnedLen = new Uint32Array(maxSize);
     this.pendingSlot = new Uint16Array(maxSize);
     this.pendingFlags = new Uint16Array(maxSize);
   }
 
-  newChain(): DescriptorChain {
-    return new DescriptorChain(this.maxSize + 64);
-  }
-
-  startAt: RingPosition | null = null;
-  paused = false;
-  inflight: InflightTracker | null = null;
-  private resubmitList: readonly Resubmit[] = [];
-  private resubmitAt = 0;
   /** Buffers served again from stored descriptors: their ring slots may hold other data now. */
   private readonly noShadow = new Uint8Array(65536);
-
-  resubmit(buffers: readonly Resubmit[]): void {
-    this.resubmitList = buffers.slice();
-    this.resubmitAt = 0;
-  }
 
   position(): RingPosition {
     return { avail: this.nextAvail, availWrap: this.availWrap, used: this.nextUsed, usedWrap: this.usedWrap };
   }
 
   reset(): void {
-    this.startAt = null;
-    this.paused = false;
-    this.inflight = null;
-    this.resubmitList = [];
-    this.resubmitAt = 0;
+    this.resetCommon();
     this.noShadow.fill(0);
-    this.size = this.maxSize;
-    this.descAddr = this.availAddr = this.usedAddr = 0;
-    this.enabled = this.active = this.broken = this.eventIdx = this.indirectAllowed = false;
-    this.nextAvail = this.nextUsed = 0;
     this.availWrap = this.usedWrap = true;
     this.availLinear = this.usedLinear = this.signalledLinear = 0;
-    this.inFlightCount = 0;
     this.pendingCount = 0;
     this.idLinear.fill(-1);
     this.ring = this.driverEvent = this.deviceEvent = null;
   }
 
-  private violation(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
-    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
-    if (fatal) this.broken = true;
-    this.sink(v, fatal);
-  }
-
   activate(features: QueueFeatures): boolean {
-    this.eventIdx = features.eventIdx;
-    this.indirectAllowed = features.indirect;
-    this.inOrder = features.inOrder === true;
-    this.orderHead = this.orderTail = 0;
-    this.stashed.fill(0);
-    this.returnedCount = 0;
+    this.activateCommon(features);
     const size = this.size;
     if (!Number.isInteger(size) || size < 1 || size > this.maxSize) {
       this.violation('struct.queue-config.driver.1', `queue size ${size} is not 1..${this.maxSize}`, { size }, true);
@@ -221,7 +159,6 @@ export class PackedDeviceQueue {
     this.pendingCount = 0;
     this.idLinear.fill(-1);
     this.broken = false;
-    this.paused = false;
     this.active = true;
     return true;
   }
@@ -358,10 +295,7 @@ export class PackedDeviceQueue {
     this.idLinear[id] = this.availLinear;
     this.idCount[id] = count;
     this.idSlot[id] = first;
-    if (this.inOrder) {
-      this.order[this.orderTail++ % size] = id;
-      this.idWritable[id] = chain.writableBytes;
-    }
+    if (this.inOrder) this.takenInOrder(id, chain.writableBytes);
     this.nextAvail = slot;
     this.availWrap = wrap;
     this.availLinear += count;
@@ -410,10 +344,7 @@ export class PackedDeviceQueue {
     this.idLinear[id] = Math.max(0, this.usedLinear - ds.length);
     this.idCount[id] = ds.length;
     this.noShadow[id] = 1;
-    if (this.inOrder) {
-      this.order[this.orderTail++ % this.size] = id;
-      this.idWritable[id] = chain.writableBytes;
-    }
+    if (this.inOrder) this.takenInOrder(id, chain.writableBytes);
     this.inFlightCount++;
     return true;
   }
@@ -491,21 +422,8 @@ export class PackedDeviceQueue {
     this.writeUsed(id, len, count);
   }
 
-  /** reserved.bits.device.5: with IN_ORDER a buffer returned early waits for those before it. */
-  private returnInOrder(id: number, len: number): void {
-    this.stashed[id] = 1;
-    this.stashLen[id] = len;
-    while (this.orderHead !== this.orderTail) {
-      const h = this.order[this.orderHead % this.size];
-      if (this.stashed[h] !== 1) break;
-      this.stashed[h] = 0;
-      this.orderHead++;
-      this.idLinear[h] = -1;
-      this.inFlightCount--;
-      this.returnedId[this.returnedCount] = h;
-      this.returnedLen[this.returnedCount] = this.stashLen[h];
-      this.returnedCount++;
-    }
+  protected released(id: number): void {
+    this.idLinear[id] = -1;
   }
 
   /** One used descriptor per run of buffers used completely, then the rest skipped (2.8.9). */

@@ -13,8 +13,9 @@
 import { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor, Verdict } from '../../conformance/monitor.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY, MAX_QUEUE_SIZE } from '../constants.js';
-import { DescriptorChain } from './chain.js';
-import type { InflightTracker, Resubmit, RingPosition } from './queue.js';
+import type { DescriptorChain } from './chain.js';
+import type { RingPosition } from './queue.js';
+import { DeviceQueueBase } from './device-queue-base.js';
 import {
   AVAIL_ALIGN,
   AVAIL_RING,
@@ -47,39 +48,18 @@ export interface QueueFeatures {
 
 const TWO_32 = 4294967296;
 
-export class SplitDeviceQueue {
+function checkedMaxSize(maxSize: number): number {
+  if (!isPowerOfTwo(maxSize) || maxSize > MAX_QUEUE_SIZE) throw new Error(`queue max size ${maxSize} is not a power of two <= 32768`);
+  return maxSize;
+}
+
+export class SplitDeviceQueue extends DeviceQueueBase {
   readonly format = 'split' as const;
-  /** Size the driver chose (power of two, at most maxSize). */
-  size: number;
-  descAddr = 0;
-  availAddr = 0;
-  usedAddr = 0;
-  /** Set by the driver (queue_enable / SET_VRING_ENABLE). */
-  enabled = false;
-  /** Set by activate(): ring parts resolved and checked. */
-  active = false;
-  /** A fatal verdict was made; nothing more is popped until reset. */
-  broken = false;
 
-  eventIdx = false;
-  indirectAllowed = false;
-  inOrder = false;
-  /**
-   * With IN_ORDER: write one used element for a run of buffers that were used completely
-   * (2.7.9); off writes one element per buffer, which is also allowed.
-   */
-  batchInOrder = true;
-
-  /** Next avail ring entry to pop (free-running 16 bits). */
-  nextAvail = 0;
-  /** Next used ring entry to fill (free-running 16 bits). */
-  nextUsed = 0;
   /** avail.idx as last read, to tell a decrement from a driver that is ahead. */
   private lastAvailIdx = 0;
   /** used.idx at the previous publish: the batch start for the EVENT_IDX window. */
   private signalledUsed = 0;
-  /** Number of chains popped and not yet returned. */
-  inFlightCount = 0;
 
   private mask = 0;
   private descRegion: MemoryRegion | null = null;
@@ -97,58 +77,17 @@ export class SplitDeviceQueue {
   private readonly shadowFlags: Uint16Array;
   private readonly shadowNext: Uint16Array;
   private readonly headTableCount: Uint16Array;
-  // IN_ORDER: heads in the order popped (a ring), buffers returned early waiting for their turn,
-  // and returned buffers not yet written to the used ring (publish batches them).
-  private readonly order: Uint16Array;
-  private orderHead = 0;
-  private orderTail = 0;
-  private readonly stashed: Uint8Array;
-  private readonly stashLen: Uint32Array;
-  private readonly headWritable: Float64Array;
-  private pendingCount = 0;
-  private readonly pendingHead: Uint16Array;
-  private readonly pendingLen: Uint32Array;
   /** Whether to keep and check the shadow (cheap; on by default). */
   checkExposedDescriptors = true;
 
-  constructor(
-    readonly mem: GuestMemory,
-    readonly index: number,
-    readonly maxSize: number,
-    readonly monitor: Monitor,
-    private readonly sink: ViolationSink,
-  ) {
-    if (!isPowerOfTwo(maxSize) || maxSize > MAX_QUEUE_SIZE) throw new Error(`queue max size ${maxSize} is not a power of two <= 32768`);
-    this.size = maxSize;
+  constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
+    super(mem, index, checkedMaxSize(maxSize), monitor, sink, maxSize);
     this.inFlight = new Uint8Array(maxSize);
     this.shadowAddr = new Float64Array(maxSize);
     this.shadowLen = new Uint32Array(maxSize);
     this.shadowFlags = new Uint16Array(maxSize);
     this.shadowNext = new Uint16Array(maxSize);
     this.headTableCount = new Uint16Array(maxSize);
-    this.order = new Uint16Array(maxSize);
-    this.stashed = new Uint8Array(maxSize);
-    this.stashLen = new Uint32Array(maxSize);
-    this.headWritable = new Float64Array(maxSize);
-    this.pendingHead = new Uint16Array(maxSize);
-    this.pendingLen = new Uint32Array(maxSize);
-  }
-
-  /** A chain object big enough for any chain this queue accepts. */
-  newChain(): DescriptorChain {
-    return new DescriptorChain(this.maxSize + 64);
-  }
-
-  startAt: RingPosition | null = null;
-  paused = false;
-  inflight: InflightTracker | null = null;
-  /** Heads to serve again before the avail ring (resubmit()), and how many are left. */
-  private resubmitHeads: number[] = [];
-  private resubmitAt = 0;
-
-  resubmit(buffers: readonly Resubmit[]): void {
-    this.resubmitHeads = buffers.map((b) => b.head);
-    this.resubmitAt = 0;
   }
 
   /** Where the ring stands: split indices are free-running, so the wrap flags carry nothing. */
@@ -158,28 +97,10 @@ export class SplitDeviceQueue {
 
   /** Returns the queue to its initial state (device reset, 2.4; queue reset, 2.6). */
   reset(): void {
-    this.startAt = null;
-    this.paused = false;
-    this.inflight = null;
-    this.resubmitHeads = [];
-    this.resubmitAt = 0;
-    this.size = this.maxSize;
-    this.descAddr = this.availAddr = this.usedAddr = 0;
-    this.enabled = false;
-    this.active = false;
-    this.broken = false;
-    this.eventIdx = false;
-    this.indirectAllowed = false;
-    this.nextAvail = this.nextUsed = this.lastAvailIdx = this.signalledUsed = 0;
-    this.inFlightCount = 0;
+    this.resetCommon();
+    this.lastAvailIdx = this.signalledUsed = 0;
     this.inFlight.fill(0);
     this.descRegion = this.availRegion = this.usedRegion = null;
-  }
-
-  private violation(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
-    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
-    if (fatal) this.broken = true;
-    this.sink(v, fatal);
   }
 
   /**
@@ -188,13 +109,7 @@ export class SplitDeviceQueue {
    * `startAvail`/`startUsed` restore indices (vhost-user SET_VRING_BASE; `startAt` by default).
    */
   activate(features: QueueFeatures, startAvail = this.startAt?.avail ?? 0, startUsed = this.startAt?.used ?? startAvail): boolean {
-    this.paused = false;
-    this.eventIdx = features.eventIdx;
-    this.indirectAllowed = features.indirect;
-    this.inOrder = features.inOrder === true;
-    this.orderHead = this.orderTail = 0;
-    this.stashed.fill(0);
-    this.pendingCount = 0;
+    this.activateCommon(features);
     const size = this.size;
     if (!isPowerOfTwo(size) || size > this.maxSize) {
       this.violation('struct.queue-config.driver.1', `queue size ${size} is not a power of two <= ${this.maxSize}`, { size }, true);
@@ -370,10 +285,10 @@ export class SplitDeviceQueue {
   pop(chain: DescriptorChain): boolean {
     if (!this.active || this.broken || this.paused) return false;
     let head: number;
-    if (this.resubmitAt < this.resubmitHeads.length) {
+    if (this.resubmitAt < this.resubmitList.length) {
       // Taken before a restart and never used: served again first (the avail ring entries
       // that named them were consumed already: nextAvail starts past them).
-      head = this.resubmitHeads[this.resubmitAt++];
+      head = this.resubmitList[this.resubmitAt++].head;
       if (head >= this.size || this.inFlight[head] === 1) return false;
     } else {
       // Re-read avail.idx only when the chains validated by the last read are used up.
@@ -385,10 +300,7 @@ export class SplitDeviceQueue {
     this.inFlight[head] = 1;
     this.inFlightCount++;
     if (this.inflight !== null) this.inflight.taken(head);
-    if (this.inOrder) {
-      this.order[this.orderTail++ & this.mask] = head;
-      this.headWritable[head] = chain.writableBytes;
-    }
+    if (this.inOrder) this.takenInOrder(head, chain.writableBytes);
     return true;
   }
 
@@ -561,42 +473,26 @@ export class SplitDeviceQueue {
     this.writeUsed(head, len);
   }
 
-  /**
-   * reserved.bits.device.5: with IN_ORDER, buffers are used in the order they were made
-   * available. One returned early waits until those before it are returned.
-   */
-  private returnInOrder(head: number, len: number): void {
-    this.stashed[head] = 1;
-    this.stashLen[head] = len;
-    while (this.orderHead !== this.orderTail) {
-      const h = this.order[this.orderHead & this.mask];
-      if (this.stashed[h] !== 1) break;
-      this.stashed[h] = 0;
-      this.orderHead++;
-      this.inFlight[h] = 0;
-      this.inFlightCount--;
-      this.pendingHead[this.pendingCount] = h;
-      this.pendingLen[this.pendingCount] = this.stashLen[h];
-      this.pendingCount++;
-    }
+  protected released(head: number): void {
+    this.inFlight[head] = 0;
   }
 
   /** Writes the in-order buffers returned since the last publish, batching full ones (2.7.9). */
   private flushInOrder(): void {
     let i = 0;
-    while (i < this.pendingCount) {
+    while (i < this.returnedCount) {
       let j = i;
       // A run: every buffer but the last was used completely, so one element can stand for all.
       if (this.batchInOrder) {
-        while (j + 1 < this.pendingCount && this.pendingLen[j] === this.headWritable[this.pendingHead[j]]) j++;
+        while (j + 1 < this.returnedCount && this.returnedLen[j] === this.idWritable[this.returnedId[j]]) j++;
       }
       const start = this.nextUsed;
-      if (this.inflight !== null) for (let k = i; k <= j; k++) this.inflight.returned(this.pendingHead[k]);
-      this.writeUsed(this.pendingHead[j], this.pendingLen[j]);
+      if (this.inflight !== null) for (let k = i; k <= j; k++) this.inflight.returned(this.returnedId[k]);
+      this.writeUsed(this.returnedId[j], this.returnedLen[j]);
       this.nextUsed = (start + (j - i + 1)) & 0xffff;
       i = j + 1;
     }
-    this.pendingCount = 0;
+    this.returnedCount = 0;
   }
 
   private writeUsed(head: number, len: number): void {
@@ -636,7 +532,7 @@ export class SplitDeviceQueue {
    */
   publish(): boolean {
     if (!this.active) return false;
-    if (this.pendingCount > 0) this.flushInOrder();
+    if (this.returnedCount > 0) this.flushInOrder();
     const r = this.usedRegion!;
     const off = this.usedOff + RING_IDX;
     const old = this.signalledUsed;
