@@ -139,6 +139,17 @@ abstract class RigBase {
     for (let i = 0; i < QUEUE_SIZE; i++) this.reqs.push({ slot: i });
   }
 
+  /** Configures the device side as the driver laid the ring out and starts it. */
+  protected startDevice<Q extends SplitDeviceQueue | PackedDeviceQueue>(dev: Q, lay: { desc: number; avail: number; used: number }): Q {
+    dev.size = QUEUE_SIZE;
+    dev.descAddr = lay.desc;
+    dev.availAddr = lay.avail;
+    dev.usedAddr = lay.used;
+    dev.enabled = true;
+    if (!dev.activate({ eventIdx: true, indirect: this.indirect })) throw new Error('device queue did not activate');
+    return dev;
+  }
+
   /** Runs `n` round trips (n a multiple of the batch). */
   abstract run(n: number): void;
 
@@ -173,13 +184,7 @@ class SplitRig extends RigBase {
       this.drvMon,
       this.sink,
     );
-    this.dev = new SplitDeviceQueue(this.mem, 0, QUEUE_SIZE, this.devMon, this.sink);
-    this.dev.size = QUEUE_SIZE;
-    this.dev.descAddr = lay.desc;
-    this.dev.availAddr = lay.avail;
-    this.dev.usedAddr = lay.used;
-    this.dev.enabled = true;
-    if (!this.dev.activate({ eventIdx: true, indirect })) throw new Error('device queue did not activate');
+    this.dev = this.startDevice(new SplitDeviceQueue(this.mem, 0, QUEUE_SIZE, this.devMon, this.sink), lay);
     this.chain = this.dev.newChain();
   }
 
@@ -241,13 +246,7 @@ class PackedRig extends RigBase {
       this.drvMon,
       this.sink,
     );
-    this.dev = new PackedDeviceQueue(this.mem, 0, QUEUE_SIZE, this.devMon, this.sink);
-    this.dev.size = QUEUE_SIZE;
-    this.dev.descAddr = lay.desc;
-    this.dev.availAddr = lay.avail;
-    this.dev.usedAddr = lay.used;
-    this.dev.enabled = true;
-    if (!this.dev.activate({ eventIdx: true, indirect })) throw new Error('device queue did not activate');
+    this.dev = this.startDevice(new PackedDeviceQueue(this.mem, 0, QUEUE_SIZE, this.devMon, this.sink), lay);
     this.chain = this.dev.newChain();
   }
 
