@@ -23,14 +23,8 @@ import { GuestAllocator } from '../src/memory/allocator.js';
 import { ChainReader, ChainWriter, type DescriptorChain } from '../src/core/virtqueue/chain.js';
 import type { RingFormat } from '../src/core/virtqueue/queue.js';
 import { PackedDeviceQueue } from '../src/core/virtqueue/packed-device.js';
-import { DATA_END, DATA_SPLIT, makeQueuePair, type QueuePair } from './ring-harness.js';
+import { DATA_END, DATA_SPLIT, makeQueuePair, allocSegs, offerSegs, releaseSegs, type QueuePair, type Seg, type Shape } from './ring-harness.js';
 
-interface Shape {
-  readable: number[];
-  writable: number[];
-  indirect: boolean;
-  align: number;
-}
 type Op =
   | { k: 'add'; shape: Shape }
   | { k: 'publish' }
@@ -81,12 +75,6 @@ const cfgArb = (inOrder: boolean): fc.Arbitrary<Cfg> =>
 const readPattern = (serial: number, seg: number, i: number) => (serial * 29 + seg * 11 + i * 7 + 3) & 0xff;
 const writePattern = (serial: number, i: number) => (serial * 13 + i * 3 + 0x31) & 0xff;
 
-interface Seg {
-  addr: number;
-  len: number;
-  writable: boolean;
-  alloc: number;
-}
 interface Token {
   serial: number;
   segs: Seg[];
@@ -149,21 +137,8 @@ function runEquivalent(cfg: Cfg, ops: Op[], wraps = 0): EqStats {
     let writable = shape.writable.slice(0, size - readable.length);
     if (readable.length + writable.length === 0) writable = [4];
     const id = serial++;
-    const segs: Seg[] = [];
-    try {
-      for (const [lens, w] of [
-        [readable, false],
-        [writable, true],
-      ] as const) {
-        for (const len of lens) {
-          const a = len > 0 ? alloc.alloc(len, shape.align) : -1;
-          segs.push({ addr: a >= 0 ? a : DATA_SPLIT - 1, len, writable: w, alloc: a });
-        }
-      }
-    } catch {
-      for (const s of segs) if (s.alloc >= 0) alloc.release(s.alloc);
-      return;
-    }
+    const segs = allocSegs(alloc, readable, writable, shape.align);
+    if (segs === null) return; // out of data memory: skip this add
     const token: Token = { serial: id, segs, writableBytes: writable.reduce((a, b) => a + b, 0) };
     const results = sides.map(({ pair }) => {
       segs.forEach((s, si) => {
@@ -174,16 +149,12 @@ function runEquivalent(cfg: Cfg, ops: Op[], wraps = 0): EqStats {
           pair.mem.write(s.addr, b);
         }
       });
-      const q = pair.drv.begin();
-      for (const s of segs) {
-        if (s.writable) q.addWritable(s.addr, s.len);
-        else q.addReadable(s.addr, s.len);
-      }
+      offerSegs(pair.drv, segs);
       return pair.drv.commit(token, { indirect: shape.indirect });
     });
     assert.equal(results[1] >= 0, results[0] >= 0, `commit of list ${id}: split gave ${results[0]}, packed ${results[1]}`);
     if (results[0] < 0) {
-      for (const s of segs) if (s.alloc >= 0) alloc.release(s.alloc);
+      releaseSegs(alloc, segs);
       return;
     }
     committed.push(token);
@@ -275,7 +246,7 @@ function runEquivalent(cfg: Cfg, ops: Op[], wraps = 0): EqStats {
         }),
     );
     assert.ok(Buffer.compare(Buffer.concat(bytes[0]), Buffer.concat(bytes[1])) === 0, `list ${want.token.serial}: written data differs`);
-    for (const g of want.token.segs) if (g.alloc >= 0) alloc.release(g.alloc);
+    releaseSegs(alloc, want.token.segs);
   };
 
   const check = (what: string) => {

@@ -40,7 +40,7 @@ import {
   packedRingSize,
   usedFlags,
 } from '../src/core/virtqueue/packed-layout.js';
-import { DATA_END, DATA_SPLIT, makePackedPair, splitAtRegions, type PackedPair, type SinkRecord } from './ring-harness.js';
+import { DATA_END, DATA_SPLIT, makePackedPair, allocSegs, offerSegs, releaseSegs, type Seg, type Shape, splitAtRegions, type PackedPair, type SinkRecord } from './ring-harness.js';
 
 // ------------------------------------------------------------------ layout and packedNeedEvent
 
@@ -94,13 +94,6 @@ test('packedNeedEvent: property: true exactly when the event descriptor (offset 
 
 // ------------------------------------------------------------------ honest pair
 
-interface Seg {
-  addr: number;
-  len: number;
-  writable: boolean;
-  /** Allocation to release, or -1 for a zero-length buffer. */
-  alloc: number;
-}
 interface Token {
   serial: number;
   segs: Seg[];
@@ -111,12 +104,6 @@ interface Token {
   need: number;
   readableBytes: number;
   writableBytes: number;
-}
-interface Shape {
-  readable: number[];
-  writable: number[];
-  indirect: boolean;
-  align: number;
 }
 type PairOp =
   | { k: 'add'; shape: Shape }
@@ -233,21 +220,8 @@ function runPacked(cfg: PCfg, ops: PairOp[], wraps = 0, seed = 0): RunStats {
     const useIndirect = shape.indirect && cfg.indirect && n > 1 && n <= Math.min(cfg.indirectMax, size);
     const need = useIndirect ? 1 : n;
     const id = serial++;
-    const segs: Seg[] = [];
-    try {
-      for (const [lens, w] of [
-        [readable, false],
-        [writable, true],
-      ] as const) {
-        for (const len of lens) {
-          const a = len > 0 ? alloc.alloc(len, shape.align) : -1;
-          segs.push({ addr: a >= 0 ? a : DATA_SPLIT - 1, len, writable: w, alloc: a });
-        }
-      }
-    } catch {
-      for (const s of segs) if (s.alloc >= 0) alloc.release(s.alloc);
-      return; // out of data memory: skip this add
-    }
+    const segs = allocSegs(alloc, readable, writable, shape.align);
+    if (segs === null) return; // out of data memory: skip this add
     segs.forEach((s, si) => {
       if (!s.writable) {
         const b = new Uint8Array(s.len);
@@ -258,15 +232,11 @@ function runPacked(cfg: PCfg, ops: PairOp[], wraps = 0, seed = 0): RunStats {
     const token: Token = { serial: id, segs, bufId: -1, useIndirect, need, readableBytes: readable.reduce((a, b) => a + b, 0), writableBytes: writable.reduce((a, b) => a + b, 0) };
     const freeBefore = drv.numFree;
     assert.equal(freeBefore, modelFree, 'numFree before commit');
-    drv.begin();
-    for (const s of segs) {
-      if (s.writable) drv.addWritable(s.addr, s.len);
-      else drv.addReadable(s.addr, s.len);
-    }
+    offerSegs(drv, segs);
     const bufId = drv.commit(token, { indirect: shape.indirect });
     if (freeBefore < need) {
       assert.equal(bufId, -1, `commit of ${need} slots with ${freeBefore} free must fail`);
-      for (const s of segs) if (s.alloc >= 0) alloc.release(s.alloc);
+      releaseSegs(alloc, segs);
       return;
     }
     assert.ok(bufId >= 0 && bufId < size, `commit returned buffer id ${bufId}`);
@@ -393,7 +363,7 @@ function runPacked(cfg: PCfg, ops: PairOp[], wraps = 0, seed = 0): RunStats {
       mem.read(s.addr, b);
       for (let j = 0; j < s.len; j++, i++) if (b[j] !== (i < len ? writePattern(token.serial, i) : 0xee)) assert.fail(`list ${token.serial} writable byte ${i}`);
     }
-    for (const s of token.segs) if (s.alloc >= 0) alloc.release(s.alloc);
+    releaseSegs(alloc, token.segs);
     inFlightIds.delete(token.bufId);
     modelFree += token.need;
   };

@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../src/memory/guest-memory.js';
+import type { GuestAllocator } from '../src/memory/allocator.js';
 import { Monitor, type Verdict } from '../src/conformance/monitor.js';
 import { clauseInfo } from '../src/conformance/catalogue.js';
 import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from '../src/core/virtqueue/split-driver.js';
@@ -229,4 +230,56 @@ export function makeQueuePair(format: RingFormat, o: QueuePairOptions, mem: Gues
   dev.enabled = true;
   assert.equal(dev.activate({ eventIdx: o.eventIdx, indirect: o.indirect }), true, `activate: ${JSON.stringify(devMon.verdicts)}`);
   return { format, mem, drv, dev, drvMon, devMon, drvSink, devSink };
+}
+
+/** One buffer of a test chain: where it is, and its allocation (-1: a zero-length buffer). */
+export interface Seg {
+  addr: number;
+  len: number;
+  writable: boolean;
+  alloc: number;
+}
+
+/** What a random test chain looks like: buffer lengths (0: empty), indirect wanted, alignment. */
+export interface Shape {
+  readable: number[];
+  writable: number[];
+  indirect: boolean;
+  align: number;
+}
+
+/**
+ * Allocates a chain's buffers, readable ones first. A zero-length buffer gets no allocation
+ * (an address just below DATA_SPLIT). null, with nothing kept, when data memory is full.
+ */
+export function allocSegs(alloc: GuestAllocator, readable: readonly number[], writable: readonly number[], align: number): Seg[] | null {
+  const segs: Seg[] = [];
+  try {
+    for (const [lens, w] of [
+      [readable, false],
+      [writable, true],
+    ] as const) {
+      for (const len of lens) {
+        const a = len > 0 ? alloc.alloc(len, align) : -1;
+        segs.push({ addr: a >= 0 ? a : DATA_SPLIT - 1, len, writable: w, alloc: a });
+      }
+    }
+  } catch {
+    releaseSegs(alloc, segs);
+    return null;
+  }
+  return segs;
+}
+
+export function releaseSegs(alloc: GuestAllocator, segs: readonly Seg[]): void {
+  for (const s of segs) if (s.alloc >= 0) alloc.release(s.alloc);
+}
+
+/** Starts a chain on `drv` with the segments as its buffers (commit is the caller's). */
+export function offerSegs(drv: Pick<DriverQueue, 'begin' | 'addReadable' | 'addWritable'>, segs: readonly Seg[]): void {
+  drv.begin();
+  for (const s of segs) {
+    if (s.writable) drv.addWritable(s.addr, s.len);
+    else drv.addReadable(s.addr, s.len);
+  }
 }

@@ -37,7 +37,7 @@ import {
   usedRingSize,
 } from '../src/core/virtqueue/split-layout.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/core/constants.js';
-import { DATA_END, DATA_SPLIT, assertSaneVerdicts, makePair, putDesc, splitAtRegions, type Pair, type SinkRecord } from './ring-harness.js';
+import { DATA_END, DATA_SPLIT, assertSaneVerdicts, makePair, allocSegs, offerSegs, releaseSegs, type Seg, type Shape, putDesc, splitAtRegions, type Pair, type SinkRecord } from './ring-harness.js';
 
 // ------------------------------------------------------------------ layout
 
@@ -66,13 +66,6 @@ test('layoutSplitQueue: parts aligned, disjoint, in order, within splitQueueFoot
 
 // ------------------------------------------------------------------ honest pair
 
-interface Seg {
-  addr: number;
-  len: number;
-  writable: boolean;
-  /** Allocation to release, or -1 for a zero-length buffer. */
-  alloc: number;
-}
 interface Token {
   id: number;
   segs: Seg[];
@@ -81,12 +74,6 @@ interface Token {
   need: number;
   readableBytes: number;
   writableBytes: number;
-}
-interface Shape {
-  readable: number[];
-  writable: number[];
-  indirect: boolean;
-  align: number;
 }
 type PairOp =
   | { k: 'add'; shape: Shape }
@@ -168,21 +155,8 @@ function runPair(cfg: { size: number; maxSize: number; eventIdx: boolean; indire
     const useIndirect = shape.indirect && cfg.indirect && n > 1 && n <= cfg.indirectMax;
     const need = useIndirect ? 1 : n;
     const id = nextId++;
-    const segs: Seg[] = [];
-    try {
-      for (const [lens, w] of [
-        [readable, false],
-        [writable, true],
-      ] as const) {
-        for (const len of lens) {
-          const a = len > 0 ? alloc.alloc(len, shape.align) : -1;
-          segs.push({ addr: a >= 0 ? a : DATA_SPLIT - 1, len, writable: w, alloc: a });
-        }
-      }
-    } catch {
-      for (const s of segs) if (s.alloc >= 0) alloc.release(s.alloc);
-      return; // out of data memory: skip this add
-    }
+    const segs = allocSegs(alloc, readable, writable, shape.align);
+    if (segs === null) return; // out of data memory: skip this add
     segs.forEach((s, si) => {
       if (!s.writable) for (let i = 0; i < s.len; i++) mem.writeU8(s.addr + i, readPattern(id, si, i));
       else mem.fill(s.addr, s.len, 0xee);
@@ -198,15 +172,11 @@ function runPair(cfg: { size: number; maxSize: number; eventIdx: boolean; indire
     };
     const freeBefore = drv.numFree;
     assert.equal(freeBefore, modelFree, 'numFree before commit');
-    drv.begin();
-    for (const s of segs) {
-      if (s.writable) drv.addWritable(s.addr, s.len);
-      else drv.addReadable(s.addr, s.len);
-    }
+    offerSegs(drv, segs);
     const head = drv.commit(token, { indirect: shape.indirect });
     if (freeBefore < need) {
       assert.equal(head, -1, `commit of ${need} descriptors with ${freeBefore} free must fail`);
-      for (const s of segs) if (s.alloc >= 0) alloc.release(s.alloc);
+      releaseSegs(alloc, segs);
       return;
     }
     assert.ok(head >= 0 && head < size, `commit returned head ${head}`);
@@ -280,7 +250,7 @@ function runPair(cfg: { size: number; maxSize: number; eventIdx: boolean; indire
         assert.equal(mem.readU8(s.addr + j), i < len ? writePattern(token.id, i) : 0xee, `chain ${token.id} writable byte ${i}`);
       }
     }
-    for (const s of token.segs) if (s.alloc >= 0) alloc.release(s.alloc);
+    releaseSegs(alloc, token.segs);
     collectedSet.add(token);
     modelFree += token.need;
   };
