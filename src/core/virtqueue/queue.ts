@@ -176,40 +176,17 @@ export function createDriverQueue(
   sink: ViolationSink,
 ): DriverQueue {
   const indirectMax = options.indirect ? options.indirectMax : 0;
-  if (format === 'packed') {
-    const layout = layoutPackedQueue(base, size, indirectMax);
-    return new PackedDriverQueue(
-      mem,
-      index,
-      size,
-      layout,
-      {
-        eventIdx: options.eventIdx,
-        indirect: indirectMax > 0,
-        indirectPool: layout.pool,
-        indirectMax,
-        inOrder: options.inOrder === true,
-        auditReadable: options.auditReadable ?? false,
-      },
-      monitor,
-      sink,
-    );
-  }
-  const layout = layoutSplitQueue(base, size, indirectMax);
-  return new SplitDriverQueue(
-    mem,
-    index,
-    size,
-    layout,
-    {
-      eventIdx: options.eventIdx,
-      indirect: indirectMax > 0,
-      indirectPool: layout.pool,
-      indirectMax,
-      auditReadable: options.auditReadable ?? false,
-      inOrder: options.inOrder === true,
-    },
-    monitor,
-    sink,
-  );
+  const layout = format === 'packed' ? layoutPackedQueue(base, size, indirectMax) : layoutSplitQueue(base, size, indirectMax);
+  // The same options for both formats: the layout puts each format's indirect pool.
+  const ringOptions = {
+    eventIdx: options.eventIdx,
+    indirect: indirectMax > 0,
+    indirectPool: layout.pool,
+    indirectMax,
+    inOrder: options.inOrder === true,
+    auditReadable: options.auditReadable ?? false,
+  };
+  return format === 'packed'
+    ? new PackedDriverQueue(mem, index, size, layout, ringOptions, monitor, sink)
+    : new SplitDriverQueue(mem, index, size, layout, ringOptions, monitor, sink);
 }
