@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../../src/native/index.js';
-import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, encodeMessage, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { memTablePayload, message, receive } from '../vhost-user/front-end.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
 
@@ -27,21 +28,12 @@ async function until(cond: () => boolean, what: string): Promise<void> {
 
 async function getFeatures(path: string): Promise<bigint> {
   const fd = n.connect(path);
-  const hdr = new Uint8Array(HEADER_SIZE);
-  new DataView(hdr.buffer).setUint32(0, Req.GET_FEATURES, true);
-  new DataView(hdr.buffer).setUint32(4, 1, true);
-  n.sendmsg(fd, hdr);
-  const buf = new Uint8Array(64);
-  for (let i = 0; i < 500; i++) {
-    const r = n.recvmsg(fd, buf);
-    if (r.bytes > 0) {
-      n.close(fd);
-      return new DataView(buf.buffer).getBigUint64(HEADER_SIZE, true);
-    }
-    await new Promise((res) => setTimeout(res, 5));
+  try {
+    n.sendmsg(fd, message(Req.GET_FEATURES));
+    return new DataView((await receive(fd)).buffer).getBigUint64(HEADER_SIZE, true);
+  } finally {
+    n.close(fd);
   }
-  n.close(fd);
-  throw new Error('no reply from the back-end');
 }
 
 for (const type of ['rng', 'blk'] as const) {
@@ -102,22 +94,10 @@ function startServe(args: string[]): Served {
   return { child, exited, logs: () => stderr.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) };
 }
 
-/** Waits for the next message on a non-blocking socket. */
-async function receive(fd: number, size = 256): Promise<Uint8Array> {
-  const buf = new Uint8Array(size);
-  for (let i = 0; i < 1000; i++) {
-    const r = n.recvmsg(fd, buf);
-    if (r.bytes > 0) return buf.slice(0, r.bytes);
-    if (r.bytes === 0) throw new Error('the peer closed the connection');
-    await new Promise((res) => setTimeout(res, 5));
-  }
-  throw new Error('nothing received');
-}
-
 /** A front-end that takes the device live the way QEMU does, with the back-end request channel. */
 async function liveFrontEnd(path: string) {
   const fd = n.connect(path);
-  const send = (req: number, payload?: Uint8Array, fds?: number[]) => n.sendmsg(fd, encodeMessage(req, 1, payload), fds);
+  const send = (req: number, payload?: Uint8Array, fds?: number[]) => n.sendmsg(fd, message(req, payload), fds);
   const ask = async (req: number, payload?: Uint8Array) => {
     send(req, payload);
     return new DataView((await receive(fd)).buffer);
@@ -133,12 +113,7 @@ async function liveFrontEnd(path: string) {
   send(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | (1n << 30n)));
   // Guest memory (the device's host only exists once a memory table is attached).
   const memfd = n.memfdCreate('guest', 1 << 20);
-  const region = new Uint8Array(40);
-  const rv = new DataView(region.buffer);
-  rv.setUint32(0, 1, true);
-  rv.setBigUint64(16, BigInt(1 << 20), true);
-  rv.setBigUint64(24, 0x7f0000000000n, true);
-  send(Req.SET_MEM_TABLE, region, [memfd]);
+  send(Req.SET_MEM_TABLE, memTablePayload(1 << 20), [memfd]);
   n.close(memfd);
   const live = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK;
   send(Req.SET_STATUS, u64Payload(live));
@@ -150,13 +125,12 @@ async function liveFrontEnd(path: string) {
   };
   /** The next back-end request on the channel (its type), or null when none comes soon. */
   const backendRequest = async (waitMs = 2500): Promise<number | null> => {
-    const buf = new Uint8Array(64);
-    for (let t = 0; t < waitMs; t += 5) {
-      const r = n.recvmsg(channel, buf);
-      if (r.bytes >= HEADER_SIZE) return new DataView(buf.buffer).getUint32(0, true);
-      await new Promise((res) => setTimeout(res, 5));
+    try {
+      return new DataView((await receive(channel, waitMs)).buffer).getUint32(0, true);
+    } catch (err) {
+      if (err instanceof Error && /^no reply in/.test(err.message)) return null;
+      throw err;
     }
-    return null;
   };
   return { capacity, backendRequest, close: () => [fd, channel].forEach((x) => n.close(x)) };
 }

@@ -21,6 +21,18 @@ export function message(request: number, payload?: Uint8Array, flags = 1): Uint8
 
 export const tick = () => new Promise((res) => setTimeout(res, 2));
 
+/** SET_MEM_TABLE's payload for one region: `size` bytes of guest RAM at guest address 0, at USER_BASE in the front-end. */
+export function memTablePayload(size: number): Uint8Array {
+  const region = new Uint8Array(8 + 32);
+  const rv = new DataView(region.buffer);
+  rv.setUint32(0, 1, true);
+  rv.setBigUint64(8, 0n, true);
+  rv.setBigUint64(16, BigInt(size), true);
+  rv.setBigUint64(24, BigInt(USER_BASE), true);
+  rv.setBigUint64(32, 0n, true);
+  return region;
+}
+
 /** Waits for one message on `fd` (a reply, or a back-end request on the back-end channel). */
 export async function receive(fd: number, timeoutMs = 5000): Promise<Uint8Array> {
   return (await receiveMessage(fd, timeoutMs)).data;
@@ -98,14 +110,7 @@ export class TestFrontEnd {
 
   /** SET_MEM_TABLE with one region: all of guest RAM at guest address 0. */
   sendMemTable(): void {
-    const region = new Uint8Array(8 + 32);
-    const rv = new DataView(region.buffer);
-    rv.setUint32(0, 1, true);
-    rv.setBigUint64(8, 0n, true);
-    rv.setBigUint64(16, BigInt(this.ramSize), true);
-    rv.setBigUint64(24, BigInt(USER_BASE), true);
-    rv.setBigUint64(32, 0n, true);
-    this.send(Req.SET_MEM_TABLE, region, [this.memfd]);
+    this.send(Req.SET_MEM_TABLE, memTablePayload(this.ramSize), [this.memfd]);
   }
 
   /** Guest RAM the VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS way: one ADD_MEM_REG instead of SET_MEM_TABLE. */
