@@ -6,14 +6,11 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MICROVM, STOPCONT_BYTES, assertWritten, boot as bootWith, guestTest, noViolations, withImage, type GuestRun, type Running } from './harness.js';
+import { MICROVM, STOPCONT_BYTES, assertWritten, boot, guestTest, noViolations, withImage, type Running } from './harness.js';
 
-function boot(kind: 'rng' | 'blk', device: string, serveArgs: string[], machine: string[] = [], during?: (g: Running) => Promise<void>, test: string = kind): Promise<GuestRun> {
-  return bootWith({ kind, device, serveArgs, machine, during, test });
-}
 
 guestTest('Linux reads /dev/hwrng from virtio-ts serve rng (vhost-user-rng-pci)', async () => {
-  const run = await boot('rng', 'vhost-user-rng-pci,chardev=c0', []);
+  const run = await boot({ kind: 'rng', device: 'vhost-user-rng-pci,chardev=c0', serveArgs: [] });
   assert.equal(run.results.get('rng-current'), 'virtio_rng.0');
   assert.match(run.results.get('rng-bytes') ?? '', /^[0-9a-f]{128}$/);
   assert.notEqual(run.results.get('rng-bytes'), '0'.repeat(128));
@@ -21,7 +18,7 @@ guestTest('Linux reads /dev/hwrng from virtio-ts serve rng (vhost-user-rng-pci)'
 });
 
 guestTest('Linux reads /dev/hwrng from virtio-ts serve rng on microvm (virtio-mmio)', async () => {
-  const run = await boot('rng', 'vhost-user-rng,chardev=c0', [], MICROVM);
+  const run = await boot({ kind: 'rng', device: 'vhost-user-rng,chardev=c0', serveArgs: [], machine: MICROVM });
   assert.match(run.results.get('rng-bytes') ?? '', /^[0-9a-f]{128}$/);
   noViolations(run);
 });
@@ -57,7 +54,7 @@ const SPLIT_AND_PACKED = [
 for (const [label, device, extra, machine] of BLK_MATRIX) {
   guestTest(`Linux writes a random pattern with O_DIRECT to virtio-ts serve blk and reads it back (${label})`, () =>
     withImage(async (image) => {
-      const run = await boot('blk', device, ['--image', image, ...extra], machine);
+      const run = await boot({ kind: 'blk', device, serveArgs: ['--image', image, ...extra], machine });
       assertWritten(run, image, 64 * 4096);
       noViolations(run);
     }),
@@ -71,14 +68,20 @@ for (const [label, device] of SPLIT_AND_PACKED) {
   guestTest(`Linux keeps writing to virtio-ts serve blk through QEMU stop/cont, every request served once (${label})`, () =>
     withImage(async (image) => {
       let cycles = 0;
-      const run = await boot('blk', device, ['--image', image], [], async (g) => {
-        cycles = await whileGuestWrites(g, 20, async () => {
-          await sleep(40);
-          await g.qmp('stop');
-          await sleep(40);
-          await g.qmp('cont');
-        });
-      }, 'stopcont');
+      const run = await boot({
+        kind: 'blk',
+        test: 'stopcont',
+        device,
+        serveArgs: ['--image', image],
+        during: async (g) => {
+          cycles = await whileGuestWrites(g, 20, async () => {
+            await sleep(40);
+            await g.qmp('stop');
+            await sleep(40);
+            await g.qmp('cont');
+          });
+        },
+      });
       assert.ok(cycles >= 2, `stop/cont happened while the guest wrote (${cycles} cycles)`);
       console.log(`${label}: ${cycles} stop/cont cycles while the guest wrote`);
       assertWritten(run, image, STOPCONT_BYTES);
@@ -102,7 +105,7 @@ for (const [label, device] of SPLIT_AND_PACKED) {
   guestTest(`Linux keeps writing to virtio-ts serve blk while the back-end is killed and restarted 3 times (QEMU reconnects; inflight buffer; ${label})`, () =>
     withImage(async (image) => {
       let restarts = 0;
-      const run = await bootWith({
+      const run = await boot({
         kind: 'blk',
         test: 'stopcont',
         device,
