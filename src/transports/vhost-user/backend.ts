@@ -258,9 +258,7 @@ export class VhostUserBackend implements DeviceHost {
           r.started = false;
           r.base = 0;
         }
-        this.device.reset();
-        this.clearInflight();
-        this.live = false;
+        this.resetDevice();
         break;
       case Req.SET_STATUS:
         if (m.kind === 'u64' && (m.value & 0xffn) === 0n) {
@@ -268,9 +266,7 @@ export class VhostUserBackend implements DeviceHost {
           // finish into the used rings first, then the device resets. The ack waits for both.
           replied = true;
           this.stopRings(this.rings.map((_, i) => i), () => {
-            this.device.reset();
-            this.clearInflight();
-            this.live = false;
+            this.resetDevice();
             if (d.needReply) this.reply(d.header.request, u64Payload(0));
           });
         } else if (m.kind === 'u64') this.setStatus(Number(m.value & 0xffn));
@@ -387,6 +383,8 @@ export class VhostUserBackend implements DeviceHost {
   private setFeatures(features: bigint, protocolFeatures: boolean): void {
     const dev = this.device;
     if (dev.getStatus() & Status.FEATURES_OK) {
+      // Re-negotiation: the device starts over, but the inflight record stays (a front-end
+      // that did not stop the rings first may have left requests the next start must serve).
       dev.reset();
       this.live = false;
     }
@@ -473,9 +471,15 @@ export class VhostUserBackend implements DeviceHost {
     this.inflight = { map, regions: Array.from({ length: numQueues }, (_, i) => (packed ? new PackedInflightRegion(map, i * per, queueSize) : new SplitInflightRegion(map, i * per, queueSize))) };
   }
 
-  /** After a reset: nothing is in flight; each region starts over at its ring's next start. */
-  private clearInflight(): void {
+  /**
+   * Device reset (2.4) on the front-end's word: the device forgets everything, nothing is in
+   * flight any more (each inflight region starts over at its ring's next start), and the
+   * device is live again only after a new negotiation.
+   */
+  private resetDevice(): void {
+    this.device.reset();
     for (const region of this.inflight?.regions ?? []) region.clear();
+    this.live = false;
   }
 
   private packedRings(): boolean {
