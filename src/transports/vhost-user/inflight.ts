@@ -325,13 +325,23 @@ export class PackedInflightRegion extends InflightRegion implements InflightTrac
     const e = this.entryOf[id];
     if (e < 0) return;
     this.entryOf[id] = -1;
-    const o = this.d(e);
-    this.set16(this.d(this.u16(o + 4)) + 2, this.u16(12));
-    this.set16(12, e);
     this.batch[this.batchCount++] = e;
   }
 
+  /**
+   * The spec's "supplying used buffers" steps, done for the whole batch just before the used
+   * descriptors' flags are written: each list's entries go back on the free list, and the
+   * used position moves. Not at returned(): a device may take new buffers between returning
+   * some and publishing them, and those must not reuse entries of buffers the driver has not
+   * seen used (after a crash they are still to be served), nor move free_head under a list
+   * being fetched.
+   */
   publishing(used: number, usedWrap: boolean): void {
+    for (let i = 0; i < this.batchCount; i++) {
+      const e = this.batch[i];
+      this.set16(this.d(this.u16(this.d(e) + 4)) + 2, this.u16(12));
+      this.set16(12, e);
+    }
     this.set16(16, used);
     this.bytes[20] = usedWrap ? 1 : 0;
   }
