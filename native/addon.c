@@ -449,7 +449,9 @@ static napi_value Watch(napi_env env, napi_callback_info info) {
   napi_wrap(env, handle, w, NULL, NULL, NULL);
   napi_create_reference(env, argv[3], 1, &w->callback);
   napi_create_reference(env, handle, 1, &w->self);  // referenced until close(): never collected while watching
-  r = uv_poll_start(&w->poll, (rd ? UV_READABLE : 0) | (wr ? UV_WRITABLE : 0) | UV_DISCONNECT, on_poll);
+  // A peer's shutdown (UV_DISCONNECT, level-triggered) is reported only to a watch that reads:
+  // one that waits for writability alone would otherwise be woken again and again by it.
+  r = uv_poll_start(&w->poll, (rd ? UV_READABLE | UV_DISCONNECT : 0) | (wr ? UV_WRITABLE : 0), on_poll);
   if (r < 0) return throw_errno(env, "uv_poll_start", -r);
   return handle;
 }

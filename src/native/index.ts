@@ -35,7 +35,10 @@ export interface NativeAddon {
    * would wait for the disk, -2 when the file system cannot tell (then use a normal read).
    */
   preadvNowait(fd: number, buffers: readonly Uint8Array[], offset: number): number;
-  /** Calls `callback(events)` on this thread's loop while `fd` is ready (1 readable, 2 writable, 4 disconnect; -1 error). */
+  /**
+   * Calls `callback(events)` on this thread's loop while `fd` is ready (1 readable, 2 writable,
+   * 4 disconnect: only when watching for readable; -1 error).
+   */
   watch(fd: number, readable: boolean, writable: boolean, callback: (events: number) => void): { close(): void };
 }
 
