@@ -189,6 +189,8 @@ export class VhostUserBackend implements DeviceHost {
   private watching = { read: false, write: false };
   /** Set when the device entered DEVICE_NEEDS_RESET: nothing more is read; the connection ends. */
   private failing: string | null = null;
+  /** Whether this connection's back-pressure was logged (once: a flood would repeat it). */
+  private pauseLogged = false;
   /** Counts connections, so a deferred close does not end a later one. */
   private connection = 0;
   /** Why the last connection ended (tests and logs). */
@@ -207,6 +209,7 @@ export class VhostUserBackend implements DeviceHost {
     this.fd = fd;
     this.connection++;
     this.failing = null;
+    this.pauseLogged = false;
     this.lastError = '';
     this.resetState();
     this.updateWatch();
@@ -222,6 +225,10 @@ export class VhostUserBackend implements DeviceHost {
     const read = this.fd >= 0 && this.settling === null && this.failing === null && this.outBytes <= OUT_LIMIT;
     const write = this.fd >= 0 && this.out.length > 0;
     if (this.connWatch !== null && read === this.watching.read && write === this.watching.write) return;
+    if (!read && this.outBytes > OUT_LIMIT && !this.pauseLogged) {
+      this.pauseLogged = true;
+      this.log.warn(`vhost-user: the front-end is not reading its replies (${this.outBytes} bytes queued); its messages wait in the socket until it does`);
+    }
     this.connWatch?.close();
     this.connWatch = null;
     this.watching = { read, write };
