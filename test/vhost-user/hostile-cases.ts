@@ -52,8 +52,10 @@ export class Server {
     readonly path: string,
     /** Another back-end: its command line, given the socket path and the image path. */
     command?: (path: string, image: string) => string[],
+    /** `virtio-ts serve`'s monitor mode. */
+    readonly mode: 'strict' | 'tolerant' = 'tolerant',
   ) {
-    const args = ['serve', type, '--socket-path', path];
+    const args = ['serve', type, '--socket-path', path, `--${mode}`];
     const image = join(dir, 'disk.img');
     if (type === 'blk') {
       writeFileSync(image, Uint8Array.from({ length: IMAGE_SIZE }, (_, i) => imageByte(i)));
@@ -126,8 +128,8 @@ export class Server {
  * Starts a back-end in `dir` and waits (bounded) until it listens and has served a correct
  * session (the reference for every case); its fd count at rest is taken before that session.
  */
-export async function startServer(type: 'blk' | 'rng', dir: string, command?: (path: string, image: string) => string[]): Promise<Server> {
-  const srv = new Server(type, dir, join(dir, `${type}.sock`), command);
+export async function startServer(type: 'blk' | 'rng', dir: string, command?: (path: string, image: string) => string[], mode: 'strict' | 'tolerant' = 'tolerant'): Promise<Server> {
+  const srv = new Server(type, dir, join(dir, `${type}.sock`), command, mode);
   const deadline = Date.now() + 20_000;
   while (!existsSync(srv.path)) {
     if (!srv.alive || Date.now() > deadline) assert.fail(`${type} back-end did not listen:\n${srv.lines().join('\n')}`);
@@ -556,6 +558,55 @@ const chainCases: Case[] = [
   },
 ];
 
+/**
+ * A servable violation (the driver broke a rule, but what it asked is well-defined and inside
+ * guest memory): tolerant mode logs the verdict and serves it; strict mode makes it a device error.
+ */
+const servableCases: Case[] = [
+  {
+    name: 'an entropy request with a device-readable buffer first (entropy.device-operation.driver.1)',
+    only: 'rng',
+    run: async (srv, fe, from) => {
+      const ring = await liveRing(fe);
+      fe.bytes.fill(0, 0x20000, 0x20010); // the driver's readable bytes
+      ring.desc(0, 0x20000, 16, NEXT, 1);
+      ring.desc(1, 0x20100, 64, WRITE);
+      ring.offer(0);
+      if (srv.mode === 'strict') {
+        await deviceError(srv, fe, from, /entropy.device-operation.driver.1/);
+        return [[0x20000, 0x20010]]; // the driver's own bytes
+      }
+      await ring.waitUsed(1);
+      assert.ok(ring.used(0)[1] > 0, 'served: entropy bytes written');
+      await srv.logged(/VIOLATION entropy.device-operation.driver.1/, from);
+      await stillServed(fe);
+      return [[0x20000, 0x20010], [0x20100, 0x20140]];
+    },
+  },
+  {
+    name: 'a FLUSH request with a non-zero sector (blk.device-operation.driver.4)',
+    only: 'blk',
+    run: async (srv, fe, from) => {
+      const ring = await liveRing(fe, FEATURES | bit(9)); // VIRTIO_BLK_F_FLUSH
+      fe.view.setUint32(0x20000, 4, true); // VIRTIO_BLK_T_FLUSH
+      fe.view.setUint32(0x20004, 0, true);
+      fe.view.setBigUint64(0x20008, 5n, true);
+      ring.desc(0, 0x20000, 16, NEXT, 1);
+      ring.desc(1, 0x20100, 1, WRITE);
+      ring.offer(0);
+      if (srv.mode === 'strict') {
+        await deviceError(srv, fe, from, /blk.device-operation.driver.4/);
+        return [[0x20000, 0x20010]]; // the driver's own bytes
+      }
+      await ring.waitUsed(1);
+      assert.equal(fe.bytes[0x20100], 0, 'served: VIRTIO_BLK_S_OK');
+      await srv.logged(/VIOLATION blk.device-operation.driver.4/, from);
+      await stillServed(fe);
+      return [[0x20000, 0x20010], [0x20100, 0x20101]];
+    },
+  },
+];
+
 const floodCases: Case[] = [
   {
     name: '10,000 GET_FEATURES in one write get 10,000 replies',
@@ -640,6 +691,7 @@ export const classes: [string, Case[]][] = [
   ['memory table', memoryCases],
   ['ring setup', ringCases],
   ['chains', chainCases],
+  ['servable violations', servableCases],
   ['floods', floodCases],
   ['disconnects', disconnectCases],
 ];

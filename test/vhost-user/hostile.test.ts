@@ -13,13 +13,13 @@ import { join } from 'node:path';
 import { RING_AREA, classes, correctSession, startServer, type Server } from './hostile-cases.js';
 import { SocketFrontEnd } from './front-end.js';
 
-for (const type of ['rng', 'blk'] as const) {
-  describe(`hostile front-end against virtio-ts serve ${type}`, () => {
+for (const [type, mode] of [['rng', 'tolerant'], ['blk', 'tolerant'], ['rng', 'strict'], ['blk', 'strict']] as const) {
+  describe(`hostile front-end against virtio-ts serve ${type} --${mode}`, () => {
     let dir = '';
     let srv: Server;
     before(async () => {
       dir = mkdtempSync(join(tmpdir(), 'virtio-ts-hostile-'));
-      srv = await startServer(type, dir);
+      srv = await startServer(type, dir, undefined, mode);
     });
     after(async () => {
       try {
