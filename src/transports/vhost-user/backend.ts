@@ -593,6 +593,7 @@ export class VhostUserBackend implements DeviceHost {
     dev.setDriverFeatures(features);
     dev.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
     this.ackedFeatures = features;
+    this.log.info(`vhost-user: features ${dev.describeFeatures(features).join(', ') || 'none'}`);
     // Without VHOST_USER_F_PROTOCOL_FEATURES rings start enabled; with it, SET_VRING_ENABLE
     // enables them (vhost-user.rst "Ring states").
     if (!protocolFeatures) for (const r of this.rings) r.enabled = true;
