@@ -164,7 +164,8 @@ async function deviceError(srv: Server, fe: SocketFrontEnd, from: number, reason
   const note = new DataView((await receive(fe.channel, 10_000)).buffer);
   assert.equal(note.getUint32(0, true), BackendReq.CONFIG_CHANGE_MSG, 'CONFIG_CHANGE_MSG on the back-end request channel');
   await fe.ended();
-  assert.match(await srv.logged(/device error: /, from), reason);
+  // The case's own reason (a line of an earlier case may still be on its way through the pipe).
+  assert.match(await srv.logged(new RegExp(`device error: .*(${reason.source})`), from), /closing the connection/);
 }
 
 /** A live session with ring 0 (split, 16 entries at RING_AREA) ready for its first chain. */
@@ -520,7 +521,7 @@ const chainCases: Case[] = [
     r.desc(0, 0x4000_0000, 64, WRITE);
     r.offer(0);
   }),
-  chainCase('a buffer of length 0xffffffff', /(struct.buffer-range.driver.1|split.desc-table.driver.1): /, (r) => {
+  chainCase('a buffer of length 0xffffffff', /struct.buffer-range.driver.1: .*buffer \[0x20000, \+4294967295\) of chain 0 is outside guest memory/, (r) => {
     r.desc(0, 0x20000, 0xffffffff, WRITE);
     r.offer(0);
   }),
