@@ -38,23 +38,30 @@ export async function receive(fd: number, timeoutMs = 5000): Promise<Uint8Array>
   return (await receiveMessage(fd, timeoutMs)).data;
 }
 
-/** One message and the fds that came with it. */
+/**
+ * One message and the fds that came with it. A message may arrive in pieces (a back-end whose
+ * socket was full sends the rest when it drains): header and payload are gathered until whole.
+ */
 export async function receiveMessage(fd: number, timeoutMs = 5000): Promise<{ data: Uint8Array; fds: number[] }> {
   const header = new Uint8Array(HEADER_SIZE);
   const deadline = Date.now() + timeoutMs;
+  const fds: number[] = [];
+  let out: Uint8Array | null = null;
+  let have = 0;
   for (;;) {
     // One message at a time: the header, then exactly the payload it announces.
-    const r = n.recvmsg(fd, header);
-    if (r.bytes === HEADER_SIZE) {
-      const size = new DataView(header.buffer).getUint32(8, true);
-      const out = new Uint8Array(HEADER_SIZE + size);
+    const into: Uint8Array = out === null ? header.subarray(have) : out.subarray(have);
+    const r = into.length === 0 ? { bytes: 0, fds: [] } : n.recvmsg(fd, into);
+    if (into.length > 0 && r.bytes === 0) throw new Error('back-end closed the connection');
+    fds.push(...r.fds);
+    if (r.bytes > 0) have += r.bytes;
+    if (out === null && have === HEADER_SIZE) {
+      out = new Uint8Array(HEADER_SIZE + new DataView(header.buffer).getUint32(8, true));
       out.set(header);
-      if (size > 0 && n.recvmsg(fd, out.subarray(HEADER_SIZE)).bytes !== size) throw new Error('short payload');
-      return { data: out, fds: r.fds };
     }
-    if (r.bytes === 0) throw new Error('back-end closed the connection');
-    if (r.bytes > 0) throw new Error(`short header (${r.bytes} bytes)`);
-    if (Date.now() > deadline) throw new Error(`no reply in ${timeoutMs} ms`);
+    if (out !== null && have === out.length) return { data: out, fds };
+    if (r.bytes > 0) continue;
+    if (Date.now() > deadline) throw new Error(have === 0 ? `no reply in ${timeoutMs} ms` : `a message cut short: ${have} bytes in ${timeoutMs} ms`);
     await new Promise((res) => setTimeout(res, 1));
   }
 }

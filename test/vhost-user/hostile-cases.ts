@@ -35,6 +35,8 @@ const FEATURES = bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC);
 /** Where rings live in guest RAM (the driver writes this area; the device writes its used ring). */
 export const RING_AREA: [number, number] = [0x1000, 0x10000];
 const IMAGE_SIZE = 1 << 20;
+/** How long any one wait may take (the by-hand comparison shortens it for a back-end that logs differently). */
+export const bounds = { waitMs: 10_000 };
 
 /** Byte `i` of the blk image (a pattern a read can be checked against). */
 const imageByte = (i: number) => (i * 7 + (i >> 9)) & 0xff;
@@ -83,7 +85,7 @@ export class Server {
   }
 
   /** Waits (bounded) for a log line matching `re` from line `from` on; returns it. */
-  async logged(re: RegExp, from: number, timeoutMs = 10_000): Promise<string> {
+  async logged(re: RegExp, from: number, timeoutMs = bounds.waitMs): Promise<string> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const hit = this.lines().slice(from).find((l) => re.test(l));
@@ -143,7 +145,7 @@ export async function startServer(type: 'blk' | 'rng', dir: string, command?: (p
 
 /** Reads one message (bounded) and returns its request code and u64 payload (a REPLY_ACK: 0 = success). */
 async function ackOf(fe: SocketFrontEnd): Promise<[number, bigint]> {
-  const r = new DataView((await receive(fe.fd, 10_000)).buffer);
+  const r = new DataView((await receive(fe.fd, bounds.waitMs)).buffer);
   return [r.getUint32(0, true), r.getBigUint64(HEADER_SIZE, true)];
 }
 
@@ -154,16 +156,16 @@ async function stillServed(fe: SocketFrontEnd): Promise<void> {
 
 /** Refused with a reason: the reason logged and the connection closed. */
 async function refused(srv: Server, fe: SocketFrontEnd, from: number, reason: RegExp): Promise<void> {
-  await fe.ended();
+  await fe.ended(bounds.waitMs);
   const line = await srv.logged(reason, from);
   assert.match(line, /closing the connection/);
 }
 
 /** A device error: CONFIG_CHANGE_MSG on the back-end channel, then the connection closed with the reason. */
 async function deviceError(srv: Server, fe: SocketFrontEnd, from: number, reason: RegExp): Promise<void> {
-  const note = new DataView((await receive(fe.channel, 10_000)).buffer);
+  const note = new DataView((await receive(fe.channel, bounds.waitMs)).buffer);
   assert.equal(note.getUint32(0, true), BackendReq.CONFIG_CHANGE_MSG, 'CONFIG_CHANGE_MSG on the back-end request channel');
-  await fe.ended();
+  await fe.ended(bounds.waitMs);
   // The case's own reason (a line of an earlier case may still be on its way through the pipe).
   assert.match(await srv.logged(new RegExp(`device error: .*(${reason.source})`), from), /closing the connection/);
 }
@@ -618,7 +620,7 @@ const floodCases: Case[] = [
       const writing = fe.write(all); // the back-end takes it as it can; the replies are read meanwhile
       const offered = new Set<bigint>();
       for (let i = 0; i < 10_000; i++) {
-        const r = new DataView((await receive(fe.fd, 10_000)).buffer);
+        const r = new DataView((await receive(fe.fd, bounds.waitMs)).buffer);
         assert.equal(r.getUint32(0, true), Req.GET_FEATURES, `reply ${i}`);
         offered.add(r.getBigUint64(HEADER_SIZE, true));
       }
@@ -636,7 +638,7 @@ const floodCases: Case[] = [
       const writing = fe.write(all, [], 30_000);
       // The back-end's replies fill the socket and its queue; it stops reading our messages.
       await srv.logged(/the front-end is not reading its replies/, from);
-      for (let i = 0; i < 10_000; i++) assert.equal(new DataView((await receive(fe.fd, 10_000)).buffer).getUint32(0, true), Req.GET_FEATURES, `reply ${i}`);
+      for (let i = 0; i < 10_000; i++) assert.equal(new DataView((await receive(fe.fd, bounds.waitMs)).buffer).getUint32(0, true), Req.GET_FEATURES, `reply ${i}`);
       await writing;
       await stillServed(fe);
     },

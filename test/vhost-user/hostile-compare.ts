@@ -8,7 +8,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { RING_AREA, classes, correctSession, startServer } from './hostile-cases.js';
+import { RING_AREA, bounds, classes, correctSession, startServer } from './hostile-cases.js';
 import { SocketFrontEnd } from './front-end.js';
 
 const which = process.argv[2] ?? 'qsd';
@@ -20,6 +20,7 @@ const qsd = (path: string, image: string) => [
   '--export', `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${path},writable=on`,
 ];
 
+bounds.waitMs = 3000; // a back-end that does not do what we do is not waited for long
 const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-compare-'));
 let srv = await startServer(type, dir, which === 'qsd' ? qsd : undefined);
 const rows: string[] = [];
@@ -53,12 +54,17 @@ try {
         after = `DIED (${srv.child.exitCode ?? srv.child.signalCode}); restarted`;
         srv = await startServer(type, dir, which === 'qsd' ? qsd : undefined);
       } else {
+        // Fds it still holds once the connection is gone are leaked (then counted from there).
+        await new Promise((res) => setTimeout(res, 300));
+        const leaked = srv.fds() - srv.fdBaseline;
+        if (leaked > 0) srv.fdBaseline += leaked;
         try {
           await correctSession(srv);
           after = 'next session served';
         } catch (err) {
           after = `next session FAILED: ${(err instanceof Error ? err.message : String(err)).split('\n')[0]}`;
         }
+        if (leaked > 0) after += `; ${leaked} fd(s) leaked`;
       }
       const logged = srv.lines().slice(from).filter((l) => !/front-end (connected|gone)/.test(l)).slice(0, 2).join(' | ');
       rows.push(`| ${cls}: ${c.name} | ${outcome} | ${after} | ${logged.slice(0, 200)} |`);
