@@ -483,6 +483,16 @@ const ringCases: Case[] = [
   { name: 'SET_VRING_ENABLE 2', run: async (srv, fe, from) => { await withMemory(fe); await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 2)); await refused(srv, fe, from, /ring enable value 2/); } },
   { name: 'a ring that does not exist', run: async (srv, fe, from) => { await fe.send(Req.SET_VRING_NUM, statePayload(7, 16)); await refused(srv, fe, from, /SET_VRING_NUM: queue 7 does not exist/); } },
   {
+    name: 'SET_MEM_TABLE under a running ring',
+    run: async (srv, fe, from) => {
+      const ring = await liveRing(fe);
+      const granted = await goodRequest(srv.type, fe, ring, 0x20000);
+      await fe.send(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize), [fe.memfd]);
+      await refused(srv, fe, from, /SET_MEM_TABLE: ring 0 is running: stop it \(GET_VRING_BASE\) before replacing the memory table/);
+      return granted;
+    },
+  },
+  {
     name: 'SET_VRING_NUM on a running ring',
     run: async (srv, fe, from) => {
       const ring = await liveRing(fe);

@@ -707,6 +707,11 @@ export class VhostUserBackend implements DeviceHost {
   /** SET_MEM_TABLE: the whole table replaced (the device re-attaches: its queues are made anew). */
   private setMemTable(regions: MemRegion[], fds: number[]): void {
     // Everything is checked before the old table goes: a refused table leaves the one in use.
+    // A new table re-creates the device's queues: a started ring would silently stop moving
+    // (QEMU replaces the table only with its rings stopped; with CONFIGURE_MEM_SLOTS it never
+    // sends one after the first).
+    const running = this.rings.findIndex((r) => r.started);
+    if (running >= 0) throw new Refusal(`ring ${running} is running: stop it (GET_VRING_BASE) before replacing the memory table`);
     const sorted = [...regions].sort((a, b) => a.guestAddr - b.guestAddr);
     for (let i = 1; i < sorted.length; i++) {
       if (sorted[i].guestAddr < sorted[i - 1].guestAddr + sorted[i - 1].size) throw new Refusal(`regions overlap at ${hex(sorted[i].guestAddr)}`);
