@@ -24,6 +24,11 @@ export interface NativeAddon {
   memfdCreate(name: string, size: number): number;
   /** An ArrayBuffer over a shared mapping of `fd` (at most 4 GiB: map big regions in pieces). */
   mmap(fd: number, offset: number, length: number, writable?: boolean): ArrayBuffer;
+  /**
+   * 1 when `fd` can no longer shrink (a memfd sealed with F_SEAL_SHRINK, already or by this
+   * call), 0 when it cannot be sealed (not a memfd, or its seals are sealed).
+   */
+  sealShrink(fd: number): number;
   /** Unmaps now and detaches the ArrayBuffer (its byteLength becomes 0). */
   munmap(buffer: ArrayBuffer): void;
   eventfd(initial?: number): number;

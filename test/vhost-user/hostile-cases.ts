@@ -13,7 +13,7 @@
 // hostile-compare.ts (by hand) against another back-end such as qemu-storage-daemon.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, ftruncateSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BackendReq, FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, encodeMessage, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
@@ -345,6 +345,17 @@ const memoryCases: Case[] = [
       await fe.send(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize), [fe.memfd], ACK);
       assert.deepEqual(await ackOf(fe), [Req.SET_MEM_TABLE, 0n]);
       await stillServed(fe);
+    },
+  },
+  {
+    name: 'guest RAM shrunk after it was given (the memfd is sealed against it)',
+    run: async (srv, fe) => {
+      const ring = await liveRing(fe);
+      await stillServed(fe); // a reply: the memory table before it was taken
+      assert.throws(() => ftruncateSync(fe.memfd, 0x1000), { code: 'EPERM' }, 'the back-end sealed the memfd against shrinking');
+      const granted = await goodRequest(srv.type, fe, ring, 0x20000);
+      await stillServed(fe);
+      return granted;
     },
   },
   { name: 'a memory region of size 0', run: async (srv, fe, from) => { await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0, USER_BASE, 0]]), [fe.memfd]); await refused(srv, fe, from, /SET_MEM_TABLE: region 0: size 0/); } },

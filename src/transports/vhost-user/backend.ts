@@ -189,6 +189,8 @@ export class VhostUserBackend implements DeviceHost {
   private watching = { read: false, write: false };
   /** Set when the device entered DEVICE_NEEDS_RESET: nothing more is read; the connection ends. */
   private failing: string | null = null;
+  /** Whether this connection's unsealable memory was logged (once per connection). */
+  private unsealedLogged = false;
   /** Whether this connection's back-pressure was logged (once: a flood would repeat it). */
   private pauseLogged = false;
   /** Counts connections, so a deferred close does not end a later one. */
@@ -210,6 +212,7 @@ export class VhostUserBackend implements DeviceHost {
     this.connection++;
     this.failing = null;
     this.pauseLogged = false;
+    this.unsealedLogged = false;
     this.lastError = '';
     this.resetState();
     this.updateWatch();
@@ -666,6 +669,7 @@ export class VhostUserBackend implements DeviceHost {
   }
 
   private mapInflight(fd: number, offset: number, size: number, numQueues: number, queueSize: number): void {
+    this.sealAgainstShrink(fd, 'inflight buffer');
     const map = this.n.mmap(fd, offset, size, true);
     this.unmapInflight();
     const per = this.inflightQueueSize(queueSize);
@@ -737,6 +741,7 @@ export class VhostUserBackend implements DeviceHost {
    * boundaries), so ArrayBuffers stay well under Node's limits. The pieces go into `inits`.
    */
   private mapSlot(r: MemRegion, fd: number, inits: MemoryRegionInit[]): Slot {
+    this.sealAgainstShrink(fd, `memory region at ${hex(r.guestAddr)}`);
     const slot: Slot = { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, maps: [] };
     try {
       for (let off = 0; off < r.size; off += MAP_CHUNK) {
@@ -750,6 +755,19 @@ export class VhostUserBackend implements DeviceHost {
       throw err;
     }
     return slot;
+  }
+
+  /**
+   * fstat checked the file before it was mapped; a front-end could still shrink it afterwards,
+   * and the next touch of the mapping past the new end raises SIGBUS. A memfd is sealed against
+   * shrinking (F_SEAL_SHRINK; QEMU's memory-backend-memfd is sealed already, seal=on), which a
+   * correct front-end never notices: it does not shrink memory it gave away. Other files
+   * (memory-backend-file on hugetlbfs or /dev/shm) cannot be sealed: logged once.
+   */
+  private sealAgainstShrink(fd: number, what: string): void {
+    if (this.n.sealShrink(fd) === 1 || this.unsealedLogged) return;
+    this.unsealedLogged = true;
+    this.log.warn(`vhost-user: the ${what}'s file cannot be sealed against shrinking (not a memfd); a front-end that shrank it under the mapping would crash this process`);
   }
 
   /**
@@ -897,6 +915,7 @@ export class VhostUserBackend implements DeviceHost {
     if (size > MAP_CHUNK) throw new Error(`a dirty log of ${size} bytes (at most ${MAP_CHUNK}, enough for ${hex(MAP_CHUNK * 8 * LOG_PAGE)} bytes of memory)`);
     const problem = this.logCoverageProblem(size);
     if (problem !== null) throw new Error(problem);
+    this.sealAgainstShrink(fd, 'dirty log');
     const buffer = this.n.mmap(fd, offset, size, true);
     this.unmapLog();
     this.dirtyLog = { buffer, bytes: new Uint8Array(buffer), writes: 0 };
