@@ -237,7 +237,8 @@ static napi_value MemfdCreate(napi_env env, napi_callback_info info) {
   double size;
   if (argc < 2 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nl) != napi_ok || napi_get_value_double(env, argv[1], &size) != napi_ok || size < 0)
     return throw_errno(env, "memfdCreate: (name, size)", EINVAL);
-  int fd = memfd_create(name, MFD_CLOEXEC);
+  // Sealable (as QEMU's memory-backend-memfd is): a back-end given it can seal it against shrinking.
+  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return throw_errno(env, "memfd_create", errno);
   if (ftruncate(fd, (off_t)size) < 0) {
     int e = errno;
@@ -245,6 +246,22 @@ static napi_value MemfdCreate(napi_env env, napi_callback_info info) {
     return throw_errno(env, "ftruncate", e);
   }
   return num(env, fd);
+}
+
+// sealShrink(fd): 1 when the file can no longer shrink (a memfd sealed with F_SEAL_SHRINK,
+// already or now), 0 when it cannot be sealed (not a memfd, or sealing itself sealed). A mapping
+// past a file's end raises SIGBUS when touched: a front-end that shrank guest RAM under the
+// back-end would kill it.
+static napi_value SealShrink(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !arg_int(env, argv[0], &fd)) return throw_errno(env, "sealShrink: fd", EINVAL);
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals >= 0 && (seals & F_SEAL_SHRINK)) return num(env, 1);
+  if (seals < 0 || (seals & F_SEAL_SEAL)) return num(env, 0);
+  return num(env, fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0 ? 1 : 0);
 }
 
 typedef struct {
@@ -449,7 +466,9 @@ static napi_value Watch(napi_env env, napi_callback_info info) {
   napi_wrap(env, handle, w, NULL, NULL, NULL);
   napi_create_reference(env, argv[3], 1, &w->callback);
   napi_create_reference(env, handle, 1, &w->self);  // referenced until close(): never collected while watching
-  r = uv_poll_start(&w->poll, (rd ? UV_READABLE : 0) | (wr ? UV_WRITABLE : 0) | UV_DISCONNECT, on_poll);
+  // A peer's shutdown (UV_DISCONNECT, level-triggered) is reported only to a watch that reads:
+  // one that waits for writability alone would otherwise be woken again and again by it.
+  r = uv_poll_start(&w->poll, (rd ? UV_READABLE | UV_DISCONNECT : 0) | (wr ? UV_WRITABLE : 0), on_poll);
   if (r < 0) return throw_errno(env, "uv_poll_start", -r);
   return handle;
 }
@@ -466,6 +485,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
       {"memfdCreate", NULL, MemfdCreate, NULL, NULL, NULL, napi_default, NULL},
       {"mmap", NULL, Mmap, NULL, NULL, NULL, napi_default, NULL},
+      {"sealShrink", NULL, SealShrink, NULL, NULL, NULL, napi_default, NULL},
       {"munmap", NULL, Munmap, NULL, NULL, NULL, napi_default, NULL},
       {"eventfd", NULL, Eventfd, NULL, NULL, NULL, napi_default, NULL},
       {"eventfdRead", NULL, EventfdRead, NULL, NULL, NULL, napi_default, NULL},

@@ -23,6 +23,14 @@ export interface DeviceHost {
   /** Configuration change notification (also sent after DEVICE_NEEDS_RESET: basic.status.device.3). */
   configChanged(): void;
   /**
+   * The device entered DEVICE_NEEDS_RESET (after the configuration change notification, when
+   * one was due): a transport that must do more to let the driver know (vhost-user ends the
+   * connection, as libvhost-user's vu_panic does) does it here. Called at most once per reset
+   * cycle, from inside the device's work: the transport must defer anything that resets the
+   * device.
+   */
+  deviceError?(reason: string): void;
+  /**
    * True when the device handles each driver action completely before the next one arrives
    * (synchronous loopback): then the device can also judge what the driver did NOT do, such
    * as a missing notification.
@@ -210,6 +218,9 @@ export abstract class VirtioDevice {
     this.needsResetReason = reason;
     this.statusValue |= Status.DEVICE_NEEDS_RESET;
     if (this.statusValue & Status.DRIVER_OK) this.host?.configChanged();
+    // A device error: the rings stop moving, so a transport whose driver would otherwise wait
+    // forever (a vhost-user front-end) must be told too (2.1.2).
+    this.host?.deviceError?.(reason);
   }
 
   // ---------------------------------------------------------------- status

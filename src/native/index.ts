@@ -24,6 +24,11 @@ export interface NativeAddon {
   memfdCreate(name: string, size: number): number;
   /** An ArrayBuffer over a shared mapping of `fd` (at most 4 GiB: map big regions in pieces). */
   mmap(fd: number, offset: number, length: number, writable?: boolean): ArrayBuffer;
+  /**
+   * 1 when `fd` can no longer shrink (a memfd sealed with F_SEAL_SHRINK, already or by this
+   * call), 0 when it cannot be sealed (not a memfd, or its seals are sealed).
+   */
+  sealShrink(fd: number): number;
   /** Unmaps now and detaches the ArrayBuffer (its byteLength becomes 0). */
   munmap(buffer: ArrayBuffer): void;
   eventfd(initial?: number): number;
@@ -35,7 +40,10 @@ export interface NativeAddon {
    * would wait for the disk, -2 when the file system cannot tell (then use a normal read).
    */
   preadvNowait(fd: number, buffers: readonly Uint8Array[], offset: number): number;
-  /** Calls `callback(events)` on this thread's loop while `fd` is ready (1 readable, 2 writable, 4 disconnect; -1 error). */
+  /**
+   * Calls `callback(events)` on this thread's loop while `fd` is ready (1 readable, 2 writable,
+   * 4 disconnect: only when watching for readable; -1 error).
+   */
   watch(fd: number, readable: boolean, writable: boolean, callback: (events: number) => void): { close(): void };
 }
 

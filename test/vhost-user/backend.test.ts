@@ -8,7 +8,7 @@ import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
-import { TestFrontEnd, message, n, receive as reply, tick } from './front-end.js';
+import { TestFrontEnd, closedWith, message, n, receive as reply, tick } from './front-end.js';
 
 test('vhost-user back-end: an entropy ring served through memfd memory, kick and call eventfds', async () => {
   const monitor = new Monitor();
@@ -57,13 +57,6 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
     const live = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK;
     assert.equal(await getStatus(), live);
 
-    // A live device that enters DEVICE_NEEDS_RESET sends a configuration change notification
-    // (basic.status.device.3): CONFIG_CHANGE_MSG on the back-end request channel.
-    device.needsReset('test: the device broke');
-    const note = await reply(channelFront);
-    const nv = new DataView(note.buffer);
-    assert.deepEqual([note.length, nv.getUint32(0, true), nv.getUint32(4, true), nv.getUint32(8, true)], [HEADER_SIZE, BackendReq.CONFIG_CHANGE_MSG, 1, 0]);
-    assert.equal(await getStatus(), live | Status.DEVICE_NEEDS_RESET);
     // SET_STATUS 0 resets the device (the way QEMU stops a device) ...
     n.sendmsg(front, message(Req.SET_STATUS, u64Payload(0)));
     assert.equal(await getStatus(), 0);
@@ -85,13 +78,27 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
     assert.equal(await getStatus(), live | Status.FAILED);
     assert.deepEqual(monitor.verdicts, []);
 
+    // A live device that enters DEVICE_NEEDS_RESET sends a configuration change notification
+    // (basic.status.device.3): CONFIG_CHANGE_MSG on the back-end request channel; then the
+    // back-end ends the connection with the reason (a front-end never waits on a dead ring).
+    n.sendmsg(front, message(Req.SET_STATUS, u64Payload(BigInt(live))));
+    assert.equal(await getStatus(), live | Status.FAILED, 'FAILED stays until a reset');
+    device.needsReset('test: the device broke');
+    const note = await reply(channelFront);
+    const nv = new DataView(note.buffer);
+    assert.deepEqual([note.length, nv.getUint32(0, true), nv.getUint32(4, true), nv.getUint32(8, true)], [HEADER_SIZE, BackendReq.CONFIG_CHANGE_MSG, 1, 0]);
+    await closedWith(fe, /^device error: test: the device broke$/);
+    n.close(channelFront);
+
     // A malformed message ends the connection with a reason; the back-end survives.
-    n.sendmsg(front, message(Req.SET_VRING_NUM, new Uint8Array(3)));
+    const front2 = fe.connect(backend);
+    n.sendmsg(front2, message(Req.GET_FEATURES));
+    assert.equal(new DataView((await reply(front2)).buffer).getBigUint64(HEADER_SIZE, true), feats, 'the next connection is served');
+    n.sendmsg(front2, message(Req.SET_VRING_NUM, new Uint8Array(3)));
     await tick();
     await tick();
     assert.match(backend.lastError, /payload of 3 bytes, expected 8/);
-    assert.equal(n.recvmsg(front, new Uint8Array(8)).bytes, 0, 'the socket was closed');
-    n.close(channelFront);
+    assert.equal(n.recvmsg(front2, new Uint8Array(8)).bytes, 0, 'the socket was closed');
   } finally {
     fe.close();
   }

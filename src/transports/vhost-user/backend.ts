@@ -20,13 +20,14 @@
  * sets its page's bit (used rings with VHOST_VRING_F_LOG at their log address); switching
  * LOG_ALL on or off does not reset the device.
  */
+import { fstatSync } from 'node:fs';
 import { GuestMemory, type MemoryRegionInit } from '../../memory/guest-memory.js';
 import { usedRingSize } from '../../core/virtqueue/split-layout.js';
 import { EVENT_SIZE } from '../../core/virtqueue/packed-layout.js';
 import type { DeviceHost, VirtioDevice } from '../../core/device.js';
 import type { Resubmit, RingPosition } from '../../core/virtqueue/queue.js';
 import { Status } from '../../core/constants.js';
-import { isEventfd, native, type NativeAddon } from '../../native/index.js';
+import { isEventfd, native, POLL_WRITABLE, type NativeAddon } from '../../native/index.js';
 import { Feature } from '../../core/constants.js';
 import { PackedInflightRegion, SplitInflightRegion, packedInflightQueueSize, splitInflightQueueSize } from './inflight.js';
 import {
@@ -77,6 +78,45 @@ const MAP_CHUNK = 1 << 30;
  * it gives up on them: the front-end is blocked on the reply meanwhile.
  */
 const SETTLE_TIMEOUT_MS = 30_000;
+
+/**
+ * Bytes of replies queued for a front-end that is not reading before the back-end stops
+ * reading its messages (back-pressure). A message is answered by at most one reply of a few
+ * KiB, so the queue never holds much more than this.
+ */
+export const OUT_LIMIT = 64 * 1024;
+
+/** Split rings: a power of two up to 32768 (split.virtqueues.driver.1); packed rings: up to 32768 (packed.ring.driver.2). */
+const MAX_RING = 32768;
+
+/**
+ * A message refused before it had any effect (the session is as it was). With REPLY_ACK asked
+ * for, the front-end is told (a non-zero ack) and the session goes on; without it the front-end
+ * could not know and would wait on a ring that will not move, so the connection ends.
+ */
+export class Refusal extends Error {}
+
+/**
+ * Checks that [offset, offset + size) of `fd` exists before it is mapped (what the front-end
+ * claims is not trusted): touching a page of a mapping past the end of its file raises SIGBUS,
+ * which would kill the process. Character and block devices (DAX, hugetlbfs) have no size to
+ * compare with; mmap itself refuses what they cannot map. Anything else is not memory.
+ */
+export function checkFdRange(fd: number, offset: number, size: number, what: string): void {
+  let st;
+  try {
+    st = fstatSync(fd);
+  } catch (err) {
+    throw new Refusal(`${what}: fstat of its fd failed (${err instanceof Error ? err.message : String(err)})`);
+  }
+  if (st.isFile()) {
+    if (offset + size > st.size) {
+      throw new Refusal(`${what} [offset ${hex(offset)}, +${hex(size)}) goes past the end of its fd (${hex(st.size)} bytes): mapping it would fault`);
+    }
+  } else if (!st.isCharacterDevice() && !st.isBlockDevice()) {
+    throw new Refusal(`${what}: its fd is not a file (mode 0o${st.mode.toString(8)})`);
+  }
+}
 
 interface Ring {
   size: number;
@@ -142,6 +182,19 @@ export class VhostUserBackend implements DeviceHost {
   private inflight: { map: ArrayBuffer; regions: (SplitInflightRegion | PackedInflightRegion)[] } | null = null;
   /** Set while a stop waits for requests in progress: later messages wait in the socket. */
   private settling: ReturnType<typeof setTimeout> | null = null;
+  /** Replies the socket has not taken yet, oldest first (fds: closed once sent). */
+  private out: { data: Uint8Array; fds: number[] }[] = [];
+  private outBytes = 0;
+  /** What the connection's watch waits for now (one watch per fd: libuv allows no second). */
+  private watching = { read: false, write: false };
+  /** Set when the device entered DEVICE_NEEDS_RESET: nothing more is read; the connection ends. */
+  private failing: string | null = null;
+  /** Whether this connection's unsealable memory was logged (once per connection). */
+  private unsealedLogged = false;
+  /** Whether this connection's back-pressure was logged (once: a flood would repeat it). */
+  private pauseLogged = false;
+  /** Counts connections, so a deferred close does not end a later one. */
+  private connection = 0;
   /** Why the last connection ended (tests and logs). */
   lastError = '';
   onClose: () => void = () => undefined;
@@ -156,8 +209,89 @@ export class VhostUserBackend implements DeviceHost {
   /** Serves one connected socket fd until it closes (or sends something malformed). */
   serve(fd: number): void {
     this.fd = fd;
+    this.connection++;
+    this.failing = null;
+    this.pauseLogged = false;
+    this.unsealedLogged = false;
+    this.lastError = '';
     this.resetState();
-    this.connWatch = this.n.watch(fd, true, false, this.guarded('socket', () => this.readable()));
+    this.updateWatch();
+  }
+
+  /**
+   * (Re)creates the connection's watch for what is wanted now: messages are read unless a stop
+   * is settling, the device failed, or the replies queued for a front-end that does not read
+   * are over OUT_LIMIT (back-pressure: its messages wait in the socket); writability is watched
+   * while replies are queued.
+   */
+  private updateWatch(): void {
+    const read = this.fd >= 0 && this.settling === null && this.failing === null && this.outBytes <= OUT_LIMIT;
+    const write = this.fd >= 0 && this.out.length > 0;
+    if (this.connWatch !== null && read === this.watching.read && write === this.watching.write) return;
+    if (!read && this.outBytes > OUT_LIMIT && !this.pauseLogged) {
+      this.pauseLogged = true;
+      this.log.warn(`vhost-user: the front-end is not reading its replies (${this.outBytes} bytes queued); its messages wait in the socket until it does`);
+    }
+    this.connWatch?.close();
+    this.connWatch = null;
+    this.watching = { read, write };
+    if (!read && !write) return;
+    this.connWatch = this.n.watch(
+      this.fd,
+      read,
+      write,
+      this.guarded('socket', (events) => {
+        if (events < 0) return this.close('socket error');
+        if (events & POLL_WRITABLE) this.flush();
+        if (events & ~POLL_WRITABLE && this.watching.read) this.readable();
+      }),
+    );
+  }
+
+  /** Queues a message for the front-end and sends what the socket takes now. */
+  private send(data: Uint8Array, fds: number[] = []): void {
+    if (this.fd < 0) {
+      for (const fd of fds) this.n.close(fd);
+      return;
+    }
+    this.out.push({ data, fds });
+    this.outBytes += data.length;
+    this.flush();
+  }
+
+  /** Sends queued replies until the socket is full (then its writability is watched). */
+  private flush(): void {
+    while (this.out.length > 0 && this.fd >= 0) {
+      const head = this.out[0];
+      const sent = this.n.sendmsg(this.fd, head.data, head.fds);
+      if (sent < 0) break;
+      for (const fd of head.fds) this.n.close(fd); // the front-end has its own copy now
+      head.fds = [];
+      this.outBytes -= sent;
+      if (sent < head.data.length) {
+        head.data = head.data.subarray(sent);
+        break;
+      }
+      this.out.shift();
+    }
+    if (this.fd >= 0) this.updateWatch();
+  }
+
+  /**
+   * The device entered DEVICE_NEEDS_RESET (a chain it cannot serve, or any violation in strict
+   * mode). Its configuration change notification went out first (CONFIG_CHANGE_MSG on the
+   * back-end request channel, when negotiated and the device is live); now the connection ends
+   * with the reason logged, as libvhost-user's vu_panic does: the front-end sees the back-end
+   * go and no ring is left waiting. The end is deferred: the device is still inside its work.
+   */
+  deviceError(reason: string): void {
+    if (this.fd < 0 || this.failing !== null) return;
+    this.failing = reason;
+    this.updateWatch();
+    const connection = this.connection;
+    setImmediate(() => {
+      if (this.connection === connection) this.close(`device error: ${reason}`);
+    });
   }
 
   // ---------------------------------------------------------------- DeviceHost
@@ -188,7 +322,7 @@ export class VhostUserBackend implements DeviceHost {
   // ---------------------------------------------------------------- messages
 
   private readable(): void {
-    while (this.settling === null && this.fd >= 0) {
+    while (this.settling === null && this.fd >= 0 && this.failing === null && this.outBytes <= OUT_LIMIT) {
       const got = this.n.recvmsg(this.fd, this.header);
       if (got.bytes === -1) return;
       if (got.bytes === 0) return this.close('front-end closed the connection');
@@ -212,36 +346,48 @@ export class VhostUserBackend implements DeviceHost {
       try {
         this.handle(d, fds);
       } catch (err) {
-        return this.close(`${requestName(h.request)}: ${err instanceof Error ? err.message : String(err)}`, fds);
+        const reason = `${requestName(h.request)}: ${err instanceof Error ? err.message : String(err)}`;
+        if (err instanceof Refusal && d.needReply) {
+          // Refused before it acted, and the front-end asked to hear: it is told, and may go on.
+          for (const fd of fds) this.n.close(fd);
+          this.log.warn(`vhost-user: ${reason}; refused (non-zero REPLY_ACK)`);
+          this.reply(h.request, u64Payload(1));
+          continue;
+        }
+        return this.close(reason, fds);
       }
     }
+    if (this.fd >= 0) this.updateWatch();
   }
 
   private reply(request: number, payload?: Uint8Array, fds: number[] = []): void {
-    this.n.sendmsg(this.fd, encodeReply(request, payload), fds);
+    this.send(encodeReply(request, payload), fds);
   }
 
   private handle(d: Decoded, fds: number[]): void {
     const m = d.message;
     let replied = false;
     const reply = (p?: Uint8Array, replyFds: number[] = []) => {
-      this.reply(d.header.request, p, replyFds);
+      this.reply(d.header.request, p, replyFds); // the fds are closed once sent
       replied = true;
-      for (const fd of replyFds) this.n.close(fd); // the front-end has its own copy now
     };
     switch (d.header.request) {
       case Req.GET_FEATURES:
-        reply(u64Payload(this.device.offered | (1n << BigInt(F_PROTOCOL_FEATURES)) | LOG_ALL));
+        reply(u64Payload(this.offeredFeatures()));
         break;
       case Req.SET_FEATURES:
         if (m.kind === 'u64') this.featuresMessage(m.value);
         break;
       case Req.GET_PROTOCOL_FEATURES:
         // CONFIG only for devices with a config space (QEMU warns about it otherwise).
-        reply(u64Payload(this.device.config.length > 0 ? BACKEND_PROTOCOL_FEATURES : BACKEND_PROTOCOL_FEATURES & ~(1n << BigInt(ProtocolFeature.CONFIG))));
+        reply(u64Payload(this.offeredProtocolFeatures()));
         break;
       case Req.SET_PROTOCOL_FEATURES:
-        if (m.kind === 'u64') this.session.protocolFeatures = m.value & BACKEND_PROTOCOL_FEATURES;
+        if (m.kind === 'u64') {
+          const unoffered = m.value & ~this.offeredProtocolFeatures();
+          if (unoffered !== 0n) throw new Refusal(`protocol features 0x${unoffered.toString(16)} were never offered`);
+          this.session.protocolFeatures = m.value;
+        }
         break;
       case Req.GET_QUEUE_NUM:
         reply(u64Payload(this.device.numQueues));
@@ -303,19 +449,45 @@ export class VhostUserBackend implements DeviceHost {
       case Req.SET_LOG_FD:
         break; // the log is read by the front-end when it syncs; no eventfd is needed (closed below)
       case Req.SET_VRING_NUM:
-        if (m.kind === 'state') this.rings[m.index].size = m.num;
+        if (m.kind === 'state') {
+          this.checkStopped(m.index);
+          this.checkRingSize(m.num);
+          this.rings[m.index].size = m.num;
+        }
         break;
       case Req.SET_VRING_BASE:
-        if (m.kind === 'state') this.rings[m.index].base = m.num >>> 0;
+        if (m.kind === 'state') {
+          this.checkStopped(m.index);
+          // Split: the next available index (16 bits). Packed: avail slot and wrap counter in
+          // bits 0-15, used in 16-31 (checked against the ring size when the ring starts).
+          if (!this.packedRings() && m.num > 0xffff) throw new Refusal(`split ring base ${m.num} is not a 16-bit index`);
+          this.rings[m.index].base = m.num >>> 0;
+        }
         break;
       case Req.SET_VRING_ADDR:
         if (m.kind === 'addr') {
-          const mem = this.requireMemory();
+          if (this.memory === null) throw new Refusal('ring addresses before any memory table');
+          const mem = this.memory;
           const r = this.rings[m.index];
-          // Ring addresses are front-end virtual addresses: translate through the regions.
-          r.desc = mem.userToGuest(m.desc, 16);
-          r.avail = mem.userToGuest(m.avail, 4);
-          r.used = mem.userToGuest(m.used, 4);
+          if ((m.flags & ~VRING_F_LOG) !== 0) throw new Refusal(`unknown ring address flags 0x${m.flags.toString(16)}`);
+          // Ring addresses are front-end virtual addresses: translate through the regions. All
+          // three first, then the ring changes (nothing half-set on a refusal). Their full extent
+          // is checked against guest memory when the ring starts (a fatal verdict otherwise).
+          let desc: number, avail: number, used: number;
+          try {
+            desc = mem.userToGuest(m.desc, 16);
+            avail = mem.userToGuest(m.avail, 4);
+            used = mem.userToGuest(m.used, 4);
+          } catch (err) {
+            throw new Refusal(err instanceof Error ? err.message : String(err));
+          }
+          if (r.started && (desc !== r.desc || avail !== r.avail || used !== r.used)) {
+            // QEMU sends SET_VRING_ADDR to a running ring only to switch its logging flag.
+            throw new Refusal(`ring ${m.index} is running: its addresses cannot move`);
+          }
+          r.desc = desc;
+          r.avail = avail;
+          r.used = used;
           this.setRingLog(m.index, (m.flags & VRING_F_LOG) !== 0, m.log);
         }
         break;
@@ -342,6 +514,7 @@ export class VhostUserBackend implements DeviceHost {
         break; // errors are reported through the monitor and DEVICE_NEEDS_RESET
       case Req.SET_VRING_ENABLE:
         if (m.kind === 'state') {
+          if (m.num > 1) throw new Refusal(`ring enable value ${m.num} (0 or 1)`);
           const r = this.rings[m.index];
           const was = r.enabled;
           r.enabled = m.num === 1;
@@ -380,6 +553,36 @@ export class VhostUserBackend implements DeviceHost {
     if (d.needReply && !replied) this.reply(d.header.request, u64Payload(0));
   }
 
+  /** What GET_PROTOCOL_FEATURES answers: CONFIG only for devices with a config space (QEMU warns otherwise). */
+  private offeredProtocolFeatures(): bigint {
+    return this.device.config.length > 0 ? BACKEND_PROTOCOL_FEATURES : BACKEND_PROTOCOL_FEATURES & ~(1n << BigInt(ProtocolFeature.CONFIG));
+  }
+
+  /** What GET_FEATURES answers: the device's features, VHOST_USER_F_PROTOCOL_FEATURES and VHOST_F_LOG_ALL. */
+  private offeredFeatures(): bigint {
+    return this.device.offered | (1n << BigInt(F_PROTOCOL_FEATURES)) | LOG_ALL;
+  }
+
+  /** vhost-user.rst "Ring states": a ring's size and base are set while it is stopped. */
+  private checkStopped(index: number): void {
+    if (this.rings[index].started) throw new Refusal(`ring ${index} is running (stop it with GET_VRING_BASE first)`);
+  }
+
+  /**
+   * SET_VRING_NUM against the ring format the features chose and the device's largest queue:
+   * split rings take a power of two (split.virtqueues.driver.1), packed rings any size from 1
+   * (packed.ring.driver.2), both at most 32768 and at most queueMaxSize. A size taken unchecked
+   * would make a ring the device can never start (0) or walk wrongly (100 on a split ring).
+   */
+  private checkRingSize(num: number): void {
+    const max = Math.min(MAX_RING, this.device.queueMaxSize);
+    if (this.packedRings()) {
+      if (num < 1 || num > max) throw new Refusal(`packed ring size ${num} is not 1..${max}`);
+    } else if (num < 1 || num > max || (num & (num - 1)) !== 0) {
+      throw new Refusal(`split ring size ${num} is not a power of two 1..${max}`);
+    }
+  }
+
   private setFeatures(features: bigint, protocolFeatures: boolean): void {
     const dev = this.device;
     if (dev.getStatus() & Status.FEATURES_OK) {
@@ -393,6 +596,7 @@ export class VhostUserBackend implements DeviceHost {
     dev.setDriverFeatures(features);
     dev.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
     this.ackedFeatures = features;
+    this.log.info(`vhost-user: features ${dev.describeFeatures(features).join(', ') || 'none'}`);
     // Without VHOST_USER_F_PROTOCOL_FEATURES rings start enabled; with it, SET_VRING_ENABLE
     // enables them (vhost-user.rst "Ring states").
     if (!protocolFeatures) for (const r of this.rings) r.enabled = true;
@@ -451,6 +655,7 @@ export class VhostUserBackend implements DeviceHost {
       this.checkInflightShape(numQueues, queueSize);
       const need = numQueues * this.inflightQueueSize(queueSize);
       if (size < need) throw new Error(`inflight buffer of ${size} bytes is smaller than ${numQueues} queues of ${queueSize} need (${need})`);
+      checkFdRange(fd, offset, need, 'inflight buffer');
       this.mapInflight(fd, offset, need, numQueues, queueSize);
       this.log.info(`vhost-user: inflight buffer set: ${numQueues} queue(s) of ${queueSize}`);
     } finally {
@@ -464,6 +669,7 @@ export class VhostUserBackend implements DeviceHost {
   }
 
   private mapInflight(fd: number, offset: number, size: number, numQueues: number, queueSize: number): void {
+    this.sealAgainstShrink(fd, 'inflight buffer');
     const map = this.n.mmap(fd, offset, size, true);
     this.unmapInflight();
     const per = this.inflightQueueSize(queueSize);
@@ -504,12 +710,19 @@ export class VhostUserBackend implements DeviceHost {
 
   /** SET_MEM_TABLE: the whole table replaced (the device re-attaches: its queues are made anew). */
   private setMemTable(regions: MemRegion[], fds: number[]): void {
+    // Everything is checked before the old table goes: a refused table leaves the one in use.
+    // A new table re-creates the device's queues: a started ring would silently stop moving
+    // (QEMU replaces the table only with its rings stopped; with CONFIGURE_MEM_SLOTS it never
+    // sends one after the first).
+    const running = this.rings.findIndex((r) => r.started);
+    if (running >= 0) throw new Refusal(`ring ${running} is running: stop it (GET_VRING_BASE) before replacing the memory table`);
     const sorted = [...regions].sort((a, b) => a.guestAddr - b.guestAddr);
     for (let i = 1; i < sorted.length; i++) {
-      if (sorted[i].guestAddr < sorted[i - 1].guestAddr + sorted[i - 1].size) throw new Error(`regions overlap at ${hex(sorted[i].guestAddr)}`);
+      if (sorted[i].guestAddr < sorted[i - 1].guestAddr + sorted[i - 1].size) throw new Refusal(`regions overlap at ${hex(sorted[i].guestAddr)}`);
     }
+    regions.forEach((r, i) => checkFdRange(fds[i], r.mmapOffset, r.size, `region ${i}`));
     const problem = this.logging ? this.logCoverageProblem(this.dirtyLog!.bytes.length, regions) : null;
-    if (problem !== null) throw new Error(problem);
+    if (problem !== null) throw new Refusal(problem);
     this.unmapAll();
     const inits: MemoryRegionInit[] = [];
     regions.forEach((r, i) => {
@@ -528,6 +741,7 @@ export class VhostUserBackend implements DeviceHost {
    * boundaries), so ArrayBuffers stay well under Node's limits. The pieces go into `inits`.
    */
   private mapSlot(r: MemRegion, fd: number, inits: MemoryRegionInit[]): Slot {
+    this.sealAgainstShrink(fd, `memory region at ${hex(r.guestAddr)}`);
     const slot: Slot = { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, maps: [] };
     try {
       for (let off = 0; off < r.size; off += MAP_CHUNK) {
@@ -544,19 +758,33 @@ export class VhostUserBackend implements DeviceHost {
   }
 
   /**
+   * fstat checked the file before it was mapped; a front-end could still shrink it afterwards,
+   * and the next touch of the mapping past the new end raises SIGBUS. A memfd is sealed against
+   * shrinking (F_SEAL_SHRINK; QEMU's memory-backend-memfd is sealed already, seal=on), which a
+   * correct front-end never notices: it does not shrink memory it gave away. Other files
+   * (memory-backend-file on hugetlbfs or /dev/shm) cannot be sealed: logged once.
+   */
+  private sealAgainstShrink(fd: number, what: string): void {
+    if (this.n.sealShrink(fd) === 1 || this.unsealedLogged) return;
+    this.unsealedLogged = true;
+    this.log.warn(`vhost-user: the ${what}'s file cannot be sealed against shrinking (not a memfd); a front-end that shrank it under the mapping would crash this process`);
+  }
+
+  /**
    * ADD_MEM_REG (VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS): one more region, added in place:
    * the device and its running rings keep the memory they have. The first one attaches the
    * device (as SET_MEM_TABLE does).
    */
   private addMemRegion(r: MemRegion, fd: number): void {
-    if (this.slots.length >= MAX_MEM_SLOTS) throw new Error(`no free memory slot: all ${MAX_MEM_SLOTS} are in use`);
+    if (this.slots.length >= MAX_MEM_SLOTS) throw new Refusal(`no free memory slot: all ${MAX_MEM_SLOTS} are in use`);
     const clash = this.slots.find((s) => r.guestAddr < s.guestAddr + s.size && s.guestAddr < r.guestAddr + r.size);
     if (clash !== undefined) {
-      throw new Error(`region [${hex(r.guestAddr)}, +${hex(r.size)}) overlaps the region at [${hex(clash.guestAddr)}, +${hex(clash.size)})`);
+      throw new Refusal(`region [${hex(r.guestAddr)}, +${hex(r.size)}) overlaps the region at [${hex(clash.guestAddr)}, +${hex(clash.size)})`);
     }
+    checkFdRange(fd, r.mmapOffset, r.size, `region [${hex(r.guestAddr)}, +${hex(r.size)})`);
     if (this.logging) {
       const problem = this.logCoverageProblem(this.dirtyLog!.bytes.length, [r]);
-      if (problem !== null) throw new Error(problem);
+      if (problem !== null) throw new Refusal(problem);
     }
     const inits: MemoryRegionInit[] = [];
     const slot = this.mapSlot(r, fd, inits);
@@ -653,6 +881,13 @@ export class VhostUserBackend implements DeviceHost {
 
   /** SET_FEATURES: LOG_ALL switches logging; the rest is the device's features. */
   private featuresMessage(value: bigint): void {
+    // basic.features.driver.1: only offered bits. Refused before anything changes (QEMU's
+    // vhost-user-blk filters the guest's features by what the back-end offered; vhost-user-rng
+    // forwards the guest's, which are a subset of the virtio-pci defaults this device offers).
+    const unoffered = value & ~this.offeredFeatures();
+    if (unoffered !== 0n) {
+      throw new Refusal(`features never offered: ${this.device.describeFeatures(unoffered).join(', ')} (0x${unoffered.toString(16)})`);
+    }
     const logAll = (value & LOG_ALL) !== 0n;
     const features = value & ~((1n << BigInt(F_PROTOCOL_FEATURES)) | LOG_ALL);
     if (logAll && !this.logAll) {
@@ -662,7 +897,12 @@ export class VhostUserBackend implements DeviceHost {
     // Logging switched on or off under a negotiated device (a migration starting or ending)
     // changes nothing else: the device is not reset, its rings keep running.
     const onlyLogging = logAll !== this.logAll && features === this.ackedFeatures && (this.device.getStatus() & Status.FEATURES_OK) !== 0;
-    if (!onlyLogging) this.setFeatures(features, (value & (1n << BigInt(F_PROTOCOL_FEATURES))) !== 0n);
+    if (!onlyLogging) {
+      this.setFeatures(features, (value & (1n << BigInt(F_PROTOCOL_FEATURES))) !== 0n);
+      // The device may refuse a set the bits alone allow (no VERSION_1, a feature without the
+      // one it needs): its verdict is logged; no ring of this session could ever run.
+      if ((this.device.getStatus() & Status.FEATURES_OK) === 0) throw new Error(`the device refused the features 0x${features.toString(16)} (FEATURES_OK not accepted; see its verdict)`);
+    }
     if (logAll !== this.logAll) this.log.info(`vhost-user: dirty logging ${logAll ? 'on' : 'off'}${logAll || this.dirtyLog === null ? '' : ` (${this.dirtyLog.writes} writes logged)`}`);
     if (!logAll && this.logAll) this.unmapLog();
     this.logAll = logAll;
@@ -671,9 +911,11 @@ export class VhostUserBackend implements DeviceHost {
 
   /** SET_LOG_BASE (VHOST_USER_PROTOCOL_F_LOG_SHMFD): maps the log, replacing any earlier one. */
   private setLogBase(size: number, offset: number, fd: number): void {
+    checkFdRange(fd, offset, size, 'dirty log');
     if (size > MAP_CHUNK) throw new Error(`a dirty log of ${size} bytes (at most ${MAP_CHUNK}, enough for ${hex(MAP_CHUNK * 8 * LOG_PAGE)} bytes of memory)`);
     const problem = this.logCoverageProblem(size);
     if (problem !== null) throw new Error(problem);
+    this.sealAgainstShrink(fd, 'dirty log');
     const buffer = this.n.mmap(fd, offset, size, true);
     this.unmapLog();
     this.dirtyLog = { buffer, bytes: new Uint8Array(buffer), writes: 0 };
@@ -761,14 +1003,14 @@ export class VhostUserBackend implements DeviceHost {
    */
   /** The message's fd, checked to be an eventfd before anything uses it (left in `fds` otherwise, for close()). */
   private eventfdFrom(fds: number[], what: string): number {
-    if (!isEventfd(fds[0])) throw new Error(`the ${what} fd is not an eventfd`);
+    if (!isEventfd(fds[0])) throw new Refusal(`the ${what} fd is not an eventfd`);
     return fds.shift()!;
   }
 
-  private guarded(what: string, fn: () => void): () => void {
-    return () => {
+  private guarded(what: string, fn: (events: number) => void): (events: number) => void {
+    return (events: number) => {
       try {
-        fn();
+        fn(events);
       } catch (err) {
         this.close(`${what}: ${err instanceof Error ? err.message : String(err)}`);
       }
@@ -899,8 +1141,6 @@ export class VhostUserBackend implements DeviceHost {
    */
   private afterSettled(what: string, then: (settled: boolean) => void): void {
     if (this.device.settled()) return then(true);
-    this.connWatch?.close();
-    this.connWatch = null;
     const deadline = Date.now() + SETTLE_TIMEOUT_MS;
     const poll = () => {
       this.settling = null;
@@ -915,10 +1155,11 @@ export class VhostUserBackend implements DeviceHost {
       } catch (err) {
         return this.close(`${what}: ${err instanceof Error ? err.message : String(err)}`);
       }
-      this.connWatch = this.n.watch(this.fd, true, false, this.guarded('socket', () => this.readable()));
-      this.readable(); // the messages that waited
+      this.updateWatch();
+      if (this.watching.read) this.readable(); // the messages that waited
     };
     this.settling = setTimeout(poll, 1);
+    this.updateWatch(); // no reading meanwhile
   }
 
   /** A stopped ring's position goes into its base (what GET_VRING_BASE answers and a restart uses). */
@@ -958,8 +1199,18 @@ export class VhostUserBackend implements DeviceHost {
     if (this.fd < 0) return;
     this.lastError = reason;
     if (reason !== 'front-end closed the connection' && reason !== 'closed') this.log.warn(`vhost-user: ${reason}; closing the connection`);
+    // Replies still queued go out if the socket takes them now (a NACK before a refusal's close).
+    try {
+      if (reason !== 'front-end closed the connection') this.flush();
+    } catch {
+      // the front-end is gone
+    }
+    for (const o of this.out) for (const fd of o.fds) this.n.close(fd);
+    this.out = [];
+    this.outBytes = 0;
     this.connWatch?.close();
     this.connWatch = null;
+    this.watching = { read: false, write: false };
     if (this.settling !== null) clearTimeout(this.settling);
     this.settling = null;
     for (const r of this.rings) {

@@ -1,0 +1,722 @@
+// The project's own hostile front-end: cases to drive the real `virtio-ts serve blk` and `serve rng`
+// processes (dist/src/cli/main.js on a real unix socket), through every class of abuse:
+// protocol, memory table, ring setup, chains, floods and disconnects mid-message. Each case
+// asserts its outcome: refused with a logged reason (the connection closed, or a non-zero
+// REPLY_ACK when the front-end asked for one), a device error (CONFIG_CHANGE_MSG, then the
+// connection closed with the reason), or served. After each case the process is alive, holds
+// no more fds or guest mappings than before, a correct session on a new connection is served,
+// and guest memory outside the granted buffers still holds its canary.
+// Nothing here waits on time: every wait is for an event (EOF, a reply, a log line, a used
+// entry) with a bound.
+//
+// The cases and their checks; hostile.test.ts runs them against `virtio-ts serve`, and
+// hostile-compare.ts (by hand) against another back-end such as qemu-storage-daemon.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, ftruncateSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BackendReq, FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, encodeMessage, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { Feature, VIRTQ_DESC_F_INDIRECT } from '../../src/core/constants.js';
+import { bit } from '../../src/core/features.js';
+import { CANARY, SocketFrontEnd, USER_BASE, memTablePayload, message, n, receive, regionPayload, type SplitTestRing } from './front-end.js';
+
+const root = join(fileURLToPath(import.meta.url), '../../../..');
+const bin = join(root, 'dist/src/cli/main.js');
+
+const NEXT = 1;
+const WRITE = 2;
+const ACK = 1 | FLAG_NEED_REPLY;
+const pf = (f: number) => 1n << BigInt(f);
+const PROTOCOL_FEATURES = 1n << 30n;
+/** What the hostile sessions ask for: QEMU's usual set. */
+const PROTOCOL = pf(ProtocolFeature.MQ) | pf(ProtocolFeature.CONFIG) | pf(ProtocolFeature.BACKEND_REQ) | pf(ProtocolFeature.STATUS) | pf(ProtocolFeature.INFLIGHT_SHMFD) | pf(ProtocolFeature.LOG_SHMFD);
+const FEATURES = bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC);
+/** Where rings live in guest RAM (the driver writes this area; the device writes its used ring). */
+export const RING_AREA: [number, number] = [0x1000, 0x10000];
+const IMAGE_SIZE = 1 << 20;
+/** How long any one wait may take (the by-hand comparison shortens it for a back-end that logs differently). */
+export const bounds = { waitMs: 10_000 };
+
+/** Byte `i` of the blk image (a pattern a read can be checked against). */
+const imageByte = (i: number) => (i * 7 + (i >> 9)) & 0xff;
+
+/** A running back-end process (`virtio-ts serve`, or another given by `command`) and its log. */
+export class Server {
+  readonly child: ChildProcess;
+  readonly exited: Promise<number | null>;
+  private stderr = '';
+  fdBaseline = 0;
+
+  constructor(
+    readonly type: 'blk' | 'rng',
+    readonly dir: string,
+    readonly path: string,
+    /** Another back-end: its command line, given the socket path and the image path. */
+    command?: (path: string, image: string) => string[],
+    /** `virtio-ts serve`'s monitor mode. */
+    readonly mode: 'strict' | 'tolerant' = 'tolerant',
+  ) {
+    const args = ['serve', type, '--socket-path', path, `--${mode}`];
+    const image = join(dir, 'disk.img');
+    if (type === 'blk') {
+      writeFileSync(image, Uint8Array.from({ length: IMAGE_SIZE }, (_, i) => imageByte(i)));
+      args.push('--image', image);
+    }
+    const [cmd, ...rest] = command?.(path, image) ?? [process.execPath, bin, ...args];
+    this.child = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout!.on('data', (d) => (this.stderr += d));
+    this.child.stderr!.on('data', (d) => (this.stderr += d));
+    this.exited = new Promise((res) => this.child.on('exit', (code) => res(code)));
+  }
+
+  /** The log lines so far: each line's message (JSON logs) or the line itself. */
+  lines(): string[] {
+    return this.stderr
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        try {
+          return String((JSON.parse(l) as { msg?: unknown }).msg);
+        } catch {
+          return l;
+        }
+      });
+  }
+
+  /** Waits (bounded) for a log line matching `re` from line `from` on; returns it. */
+  async logged(re: RegExp, from: number, timeoutMs = bounds.waitMs): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const hit = this.lines().slice(from).find((l) => re.test(l));
+      if (hit !== undefined) return hit;
+      if (!this.alive) assert.fail(`serve ${this.type} exited (${this.child.exitCode ?? this.child.signalCode}) before logging ${re}`);
+      if (Date.now() > deadline) assert.fail(`no log line ${re} in ${timeoutMs} ms; since the case began:\n${this.lines().slice(from).join('\n')}`);
+      await new Promise((res) => setTimeout(res, 2));
+    }
+  }
+
+  get alive(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  fds(): number {
+    return readdirSync(`/proc/${this.child.pid}/fd`).length;
+  }
+
+  /** Guest memory the process has mapped from our memfds. */
+  guestMappings(): number {
+    return readFileSync(`/proc/${this.child.pid}/maps`, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes('hostile-guest')).length;
+  }
+
+  /** Waits (bounded) until the process holds no guest mapping and no more fds than at rest. */
+  async atRest(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.guestMappings() > 0 || this.fds() > this.fdBaseline) {
+      if (Date.now() > deadline) assert.fail(`serve ${this.type} still holds ${this.guestMappings()} guest mapping(s) and ${this.fds()} fds (${this.fdBaseline} at rest)`);
+      await new Promise((res) => setTimeout(res, 2));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.child.kill('SIGTERM');
+    assert.equal(await this.exited, 0);
+  }
+}
+
+/**
+ * Starts a back-end in `dir` and waits (bounded) until it listens and has served a correct
+ * session (the reference for every case); its fd count at rest is taken before that session.
+ */
+export async function startServer(type: 'blk' | 'rng', dir: string, command?: (path: string, image: string) => string[], mode: 'strict' | 'tolerant' = 'tolerant'): Promise<Server> {
+  const srv = new Server(type, dir, join(dir, `${type}.sock`), command, mode);
+  const deadline = Date.now() + 20_000;
+  while (!existsSync(srv.path)) {
+    if (!srv.alive || Date.now() > deadline) assert.fail(`${type} back-end did not listen:\n${srv.lines().join('\n')}`);
+    await new Promise((res) => setTimeout(res, 5));
+  }
+  if (command === undefined) await srv.logged(/listening on/, 0);
+  srv.fdBaseline = srv.fds();
+  await correctSession(srv);
+  return srv;
+}
+
+/** Reads one message (bounded) and returns its request code and u64 payload (a REPLY_ACK: 0 = success). */
+async function ackOf(fe: SocketFrontEnd): Promise<[number, bigint]> {
+  const r = new DataView((await receive(fe.fd, bounds.waitMs)).buffer);
+  return [r.getUint32(0, true), r.getBigUint64(HEADER_SIZE, true)];
+}
+
+/** The session is still usable: GET_FEATURES is answered. */
+async function stillServed(fe: SocketFrontEnd): Promise<void> {
+  assert.ok((await fe.askU64(Req.GET_FEATURES)) & bit(Feature.VERSION_1), 'the session goes on');
+}
+
+/** Refused with a reason: the reason logged and the connection closed. */
+async function refused(srv: Server, fe: SocketFrontEnd, from: number, reason: RegExp): Promise<void> {
+  await fe.ended(bounds.waitMs);
+  const line = await srv.logged(reason, from);
+  assert.match(line, /closing the connection/);
+}
+
+/** A device error: CONFIG_CHANGE_MSG on the back-end channel, then the connection closed with the reason. */
+async function deviceError(srv: Server, fe: SocketFrontEnd, from: number, reason: RegExp): Promise<void> {
+  const note = new DataView((await receive(fe.channel, bounds.waitMs)).buffer);
+  assert.equal(note.getUint32(0, true), BackendReq.CONFIG_CHANGE_MSG, 'CONFIG_CHANGE_MSG on the back-end request channel');
+  await fe.ended(bounds.waitMs);
+  // The case's own reason (a line of an earlier case may still be on its way through the pipe).
+  assert.match(await srv.logged(new RegExp(`device error: .*(${reason.source})`), from), /closing the connection/);
+}
+
+/** A live session with ring 0 (split, 16 entries at RING_AREA) ready for its first chain. */
+async function liveRing(fe: SocketFrontEnd, features = FEATURES): Promise<SplitTestRing> {
+  await fe.negotiate(features, PROTOCOL);
+  return fe.splitRing(0, 16, RING_AREA[0]);
+}
+
+/**
+ * A correct request on ring `ring`, placed at guest address `at` (readable header for blk);
+ * resolves to the ranges the device may write, once it is used. rng: 64 writable bytes. blk:
+ * a read of sector 1 in `segments` data segments (through an indirect table when `indirect`).
+ */
+async function goodRequest(type: 'blk' | 'rng', fe: SocketFrontEnd, ring: SplitTestRing, at: number, segments = 1, indirect = false): Promise<[number, number][]> {
+  const descs: [number, number, number][] = []; // addr, len, flags
+  const granted: [number, number][] = [];
+  if (type === 'rng') {
+    for (let i = 0; i < segments; i++) descs.push([at + i * 0x100, 64 / segments, WRITE]);
+  } else {
+    fe.view.setUint32(at, 0, true); // VIRTIO_BLK_T_IN
+    fe.view.setUint32(at + 4, 0, true);
+    fe.view.setBigUint64(at + 8, 1n, true); // sector 1
+    descs.push([at, 16, 0]);
+    for (let i = 0; i < segments; i++) descs.push([at + 0x1000 + i * 0x200, 512, WRITE]);
+    descs.push([at + 0x1000 + segments * 0x200, 1, WRITE]);
+  }
+  for (const [a, len, flags] of descs) if (flags & WRITE) granted.push([a, a + len]);
+  const table = at + 0x8000;
+  descs.forEach(([a, len, flags], i) => {
+    const last = i === descs.length - 1;
+    ring.desc(i, a, len, flags | (last ? 0 : NEXT), last ? 0 : i + 1, indirect ? table : undefined);
+  });
+  if (indirect) ring.desc(0, table, descs.length * 16, VIRTQ_DESC_F_INDIRECT);
+  const before = ring.usedIdx();
+  ring.offer(0);
+  await ring.waitUsed((before + 1) & 0xffff);
+  const [id, len] = ring.used(before);
+  assert.equal(id, 0, 'the used entry names the chain');
+  if (type === 'rng') {
+    assert.ok(len > 0 && len <= 64, `entropy bytes written (${len})`);
+    assert.ok(!fe.bytes.subarray(at, at + 16).every((b) => b === CANARY), 'entropy landed');
+  } else {
+    const status = at + 0x1000 + segments * 0x200;
+    assert.equal(fe.bytes[status], 0, 'VIRTIO_BLK_S_OK');
+    for (let i = 0; i < segments * 512; i++) {
+      const got = fe.bytes[at + 0x1000 + i];
+      if (got !== imageByte(512 + i)) assert.fail(`data byte ${i} of sector 1 is ${got}, not ${imageByte(512 + i)}`);
+    }
+    assert.equal(len, segments * 512 + 1, 'used length: data and status');
+  }
+  return [[at, at + 16], ...granted];
+}
+
+/** The check after every case: alive, at rest, and a correct session on a new connection served. */
+export async function correctSession(srv: Server): Promise<void> {
+  assert.ok(srv.alive, `serve ${srv.type} is alive`);
+  await srv.atRest();
+  const fe = new SocketFrontEnd(srv.path);
+  try {
+    const ring = await liveRing(fe);
+    const granted = await goodRequest(srv.type, fe, ring, 0x20000);
+    assert.deepEqual(fe.touched([RING_AREA, ...granted]), [], 'guest memory outside the granted buffers untouched');
+  } finally {
+    fe.close();
+  }
+  await srv.atRest();
+}
+
+export interface Case {
+  name: string;
+  only?: 'blk' | 'rng';
+  /** Runs the case and asserts its outcome; returns guest ranges the device may have written (beyond the ring area). */
+  run(srv: Server, fe: SocketFrontEnd, from: number): Promise<[number, number][] | void>;
+}
+
+/** SET_MEM_TABLE's payload for arbitrary regions: [guestAddr, size, userAddr, mmapOffset]. */
+function regionsPayload(regions: [number | bigint, number | bigint, number | bigint, number | bigint][]): Uint8Array {
+  const b = new Uint8Array(8 + 32 * regions.length);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, regions.length, true);
+  regions.forEach((r, i) => r.forEach((x, k) => v.setBigUint64(8 + i * 32 + k * 8, BigInt(x), true)));
+  return b;
+}
+
+/** SET_VRING_ADDR's payload for ring 0. */
+function addrPayload(desc: number, used: number, avail: number, flags = 0): Uint8Array {
+  const b = new Uint8Array(40);
+  const v = new DataView(b.buffer);
+  v.setUint32(4, flags, true);
+  v.setBigUint64(8, BigInt(desc), true);
+  v.setBigUint64(16, BigInt(used), true);
+  v.setBigUint64(24, BigInt(avail), true);
+  return b;
+}
+
+/** Features, then the memory table (nothing else): the state ring messages need. */
+async function withMemory(fe: SocketFrontEnd, features = FEATURES, protocol = PROTOCOL): Promise<void> {
+  await fe.negotiate(features, protocol);
+}
+
+const REPLY_ACK = pf(ProtocolFeature.REPLY_ACK);
+
+const protocolCases: Case[] = [
+  { name: 'an unknown request (99)', run: async (srv, fe, from) => { await fe.send(99); await refused(srv, fe, from, /request 99: not a request this back-end serves/); } },
+  { name: 'protocol version 2', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 2); await refused(srv, fe, from, /GET_FEATURES: protocol version 2, expected 1/); } },
+  { name: 'a request with the reply flag', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 1 | 4); await refused(srv, fe, from, /with the reply flag set/); } },
+  { name: 'unknown header flags', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 0x101); await refused(srv, fe, from, /unknown flags 0x101/); } },
+  { name: 'SET_FEATURES with a 4-byte payload', run: async (srv, fe, from) => { await fe.send(Req.SET_FEATURES, new Uint8Array(4)); await refused(srv, fe, from, /SET_FEATURES: payload of 4 bytes, expected 8/); } },
+  {
+    name: 'a header announcing 5000 payload bytes',
+    run: async (srv, fe, from) => {
+      const m = encodeMessage(Req.SET_FEATURES, 1);
+      new DataView(m.buffer).setUint32(8, 5000, true);
+      await fe.write(m);
+      await refused(srv, fe, from, /payload of 5000 bytes \(at most 4096\)/);
+    },
+  },
+  { name: 'GET_FEATURES carrying an fd', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [fe.memfd]); await refused(srv, fe, from, /GET_FEATURES: 1 file descriptors, expected 0/); } },
+  {
+    name: 'SET_PROTOCOL_FEATURES with a bit never offered',
+    run: async (srv, fe, from) => {
+      await fe.askU64(Req.GET_FEATURES);
+      await fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(pf(ProtocolFeature.CRYPTO_SESSION)));
+      await refused(srv, fe, from, /protocol features 0x80 were never offered/);
+    },
+  },
+  {
+    name: 'SET_FEATURES with a bit never offered',
+    run: async (srv, fe, from) => {
+      await fe.askU64(Req.GET_FEATURES);
+      await fe.send(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | (1n << 50n)));
+      await refused(srv, fe, from, /SET_FEATURES: features never offered: .*0x4000000000000/);
+    },
+  },
+  {
+    name: 'SET_FEATURES with a bit never offered, REPLY_ACK asked',
+    run: async (srv, fe, from) => {
+      await fe.askU64(Req.GET_FEATURES);
+      await fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(REPLY_ACK));
+      await fe.send(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | (1n << 50n)), [], ACK);
+      assert.deepEqual(await ackOf(fe), [Req.SET_FEATURES, 1n], 'a non-zero REPLY_ACK');
+      await srv.logged(/SET_FEATURES: features never offered: .*refused \(non-zero REPLY_ACK\)/, from);
+      await fe.send(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | PROTOCOL_FEATURES), [], ACK);
+      assert.deepEqual(await ackOf(fe), [Req.SET_FEATURES, 0n], 'offered features are then taken');
+      await stillServed(fe);
+    },
+  },
+];
+
+const memoryCases: Case[] = [
+  {
+    name: 'a memory region past the end of its fd',
+    run: async (srv, fe, from) => {
+      await fe.askU64(Req.GET_FEATURES);
+      await fe.send(Req.SET_MEM_TABLE, memTablePayload(2 * fe.ramSize), [fe.memfd]);
+      await refused(srv, fe, from, /SET_MEM_TABLE: region 0 \[offset 0x0, \+0x200000\) goes past the end of its fd \(0x100000 bytes\)/);
+    },
+  },
+  {
+    name: 'a memory region whose offset puts its end past the fd',
+    run: async (srv, fe, from) => {
+      await fe.askU64(Req.GET_FEATURES);
+      await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x2000, USER_BASE, 0xff000]]), [fe.memfd]);
+      await refused(srv, fe, from, /region 0 \[offset 0xff000, \+0x2000\) goes past the end of its fd/);
+    },
+  },
+  {
+    name: 'a memory region past the end of its fd, REPLY_ACK asked; then a good table',
+    run: async (srv, fe, from) => {
+      await fe.askU64(Req.GET_FEATURES);
+      await fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(REPLY_ACK));
+      await fe.send(Req.SET_MEM_TABLE, memTablePayload(2 * fe.ramSize), [fe.memfd], ACK);
+      assert.deepEqual(await ackOf(fe), [Req.SET_MEM_TABLE, 1n]);
+      await srv.logged(/goes past the end of its fd.*refused \(non-zero REPLY_ACK\)/, from);
+      await fe.send(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize), [fe.memfd], ACK);
+      assert.deepEqual(await ackOf(fe), [Req.SET_MEM_TABLE, 0n]);
+      await stillServed(fe);
+    },
+  },
+  {
+    name: 'guest RAM shrunk after it was given (the memfd is sealed against it)',
+    run: async (srv, fe) => {
+      const ring = await liveRing(fe);
+      await stillServed(fe); // a reply: the memory table before it was taken
+      assert.throws(() => ftruncateSync(fe.memfd, 0x1000), { code: 'EPERM' }, 'the back-end sealed the memfd against shrinking');
+      const granted = await goodRequest(srv.type, fe, ring, 0x20000);
+      await stillServed(fe);
+      return granted;
+    },
+  },
+  { name: 'a memory region of size 0', run: async (srv, fe, from) => { await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0, USER_BASE, 0]]), [fe.memfd]); await refused(srv, fe, from, /SET_MEM_TABLE: region 0: size 0/); } },
+  {
+    name: 'overlapping memory regions',
+    run: async (srv, fe, from) => {
+      await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x100000, USER_BASE, 0], [0x80000, 0x1000, USER_BASE + 0x200000, 0]]), [fe.memfd, fe.memfd]);
+      await refused(srv, fe, from, /regions overlap at 0x80000/);
+    },
+  },
+  {
+    name: 'nine memory regions',
+    run: async (srv, fe, from) => {
+      const regions = Array.from({ length: 9 }, (_, i) => [i * 0x1000, 0x1000, USER_BASE + i * 0x1000, i * 0x1000] as [number, number, number, number]);
+      await fe.send(Req.SET_MEM_TABLE, regionsPayload(regions), regions.map(() => fe.memfd));
+      await refused(srv, fe, from, /SET_MEM_TABLE: payload of 296 bytes, expected 8\.\.264/);
+    },
+  },
+  {
+    name: 'a memory region whose mmap offset overflows',
+    run: async (srv, fe, from) => {
+      await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x1000, USER_BASE, 2n ** 64n - 0x1000n]]), [fe.memfd]);
+      await refused(srv, fe, from, /region 0: mmapOffset beyond 2\^53/);
+    },
+  },
+  {
+    name: 'a memory region whose fd is an eventfd',
+    run: async (srv, fe, from) => {
+      const efd = n.eventfd();
+      await fe.send(Req.SET_MEM_TABLE, memTablePayload(0x1000), [efd]);
+      n.close(efd);
+      await refused(srv, fe, from, /region 0: its fd is not a file/);
+    },
+  },
+  {
+    name: 'a dirty log past the end of its fd',
+    run: async (srv, fe, from) => {
+      await withMemory(fe);
+      const log = n.memfdCreate('hostile-log', 0x1000);
+      const p = new Uint8Array(16);
+      new DataView(p.buffer).setBigUint64(0, 0x10000n, true);
+      await fe.send(Req.SET_LOG_BASE, p, [log]);
+      n.close(log);
+      await refused(srv, fe, from, /SET_LOG_BASE: dirty log \[offset 0x0, \+0x10000\) goes past the end of its fd \(0x1000 bytes\)/);
+    },
+  },
+  {
+    name: 'an inflight buffer past the end of its fd',
+    run: async (srv, fe, from) => {
+      await withMemory(fe);
+      const buf = n.memfdCreate('hostile-inflight', 0x100);
+      const p = new Uint8Array(24);
+      const v = new DataView(p.buffer);
+      v.setBigUint64(0, 0x100000n, true); // mmap_size
+      v.setUint16(16, 1, true); // one queue
+      v.setUint16(18, 16, true); // of 16
+      await fe.send(Req.SET_INFLIGHT_FD, p, [buf]);
+      n.close(buf);
+      await refused(srv, fe, from, /SET_INFLIGHT_FD: inflight buffer \[offset 0x0, \+0x[0-9a-f]+\) goes past the end of its fd \(0x100 bytes\)/);
+    },
+  },
+];
+
+const ringCases: Case[] = [
+  ...[0, 100, 65536].map(
+    (num): Case => ({
+      name: `SET_VRING_NUM ${num} on a split ring`,
+      run: async (srv, fe, from) => {
+        await withMemory(fe);
+        await fe.send(Req.SET_VRING_NUM, statePayload(0, num));
+        await refused(srv, fe, from, new RegExp(`SET_VRING_NUM: split ring size ${num} is not a power of two 1\\.\\.\\d+`));
+      },
+    }),
+  ),
+  {
+    name: 'SET_VRING_NUM on a packed ring: 100 taken, 0 and 65536 refused (REPLY_ACK)',
+    run: async (srv, fe, from) => {
+      await withMemory(fe, FEATURES | bit(Feature.RING_PACKED), PROTOCOL | REPLY_ACK);
+      for (const [num, ack] of [[100, 0n], [0, 1n], [65536, 1n], [1, 0n]] as const) {
+        await fe.send(Req.SET_VRING_NUM, statePayload(0, num), [], ACK);
+        assert.deepEqual(await ackOf(fe), [Req.SET_VRING_NUM, ack], `packed ring size ${num}`);
+      }
+      await srv.logged(/packed ring size 65536 is not 1\.\.\d+; refused/, from);
+      await stillServed(fe);
+    },
+  },
+  {
+    name: 'ring addresses outside guest memory',
+    run: async (srv, fe, from) => {
+      await withMemory(fe);
+      await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
+      await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + 16 * fe.ramSize, USER_BASE + 0x2000, USER_BASE + 0x1800));
+      await refused(srv, fe, from, /SET_VRING_ADDR: frontend address 0x7f0001000000 \(\+16\) is in no memory region/);
+    },
+  },
+  {
+    name: 'a descriptor table running off the end of guest memory (found when the ring starts)',
+    run: async (srv, fe, from) => {
+      await withMemory(fe);
+      fe.bytes.fill(0, ...RING_AREA); // the driver's ring memory starts zeroed
+      await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
+      await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + fe.ramSize - 16, USER_BASE + 0x2000, USER_BASE + 0x1800));
+      const kick = n.eventfd();
+      await fe.send(Req.SET_VRING_KICK, u64Payload(0n), [kick]);
+      await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 1));
+      n.eventfdWrite(kick, 1);
+      await deviceError(srv, fe, from, /struct.buffer-range.driver.1: .*descriptor table/);
+      n.close(kick);
+    },
+  },
+  {
+    name: 'a split ring base beyond 16 bits',
+    run: async (srv, fe, from) => {
+      await withMemory(fe);
+      await fe.send(Req.SET_VRING_BASE, statePayload(0, 0x10000));
+      await refused(srv, fe, from, /split ring base 65536 is not a 16-bit index/);
+    },
+  },
+  {
+    name: 'a ring base more than the ring size ahead of the used index',
+    run: async (srv, fe, from) => {
+      await withMemory(fe);
+      const ring = await fe.splitRing(0, 16, RING_AREA[0], 100);
+      n.eventfdWrite(ring.kick, 1);
+      await refused(srv, fe, from, /ring 0: base 100 is more than the ring size 16 ahead of the used index 0/);
+    },
+  },
+  {
+    name: 'a kick fd that is not an eventfd',
+    run: async (srv, fe, from) => {
+      await withMemory(fe);
+      await fe.send(Req.SET_VRING_KICK, u64Payload(0n), [fe.memfd]);
+      await refused(srv, fe, from, /SET_VRING_KICK: the kick fd is not an eventfd/);
+    },
+  },
+  { name: 'SET_VRING_ENABLE 2', run: async (srv, fe, from) => { await withMemory(fe); await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 2)); await refused(srv, fe, from, /ring enable value 2/); } },
+  { name: 'a ring that does not exist', run: async (srv, fe, from) => { await fe.send(Req.SET_VRING_NUM, statePayload(7, 16)); await refused(srv, fe, from, /SET_VRING_NUM: queue 7 does not exist/); } },
+  {
+    name: 'SET_MEM_TABLE under a running ring',
+    run: async (srv, fe, from) => {
+      const ring = await liveRing(fe);
+      const granted = await goodRequest(srv.type, fe, ring, 0x20000);
+      await fe.send(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize), [fe.memfd]);
+      await refused(srv, fe, from, /SET_MEM_TABLE: ring 0 is running: stop it \(GET_VRING_BASE\) before replacing the memory table/);
+      return granted;
+    },
+  },
+  {
+    name: 'SET_VRING_NUM on a running ring',
+    run: async (srv, fe, from) => {
+      const ring = await liveRing(fe);
+      const granted = await goodRequest(srv.type, fe, ring, 0x20000);
+      await fe.send(Req.SET_VRING_NUM, statePayload(0, 32));
+      await refused(srv, fe, from, /ring 0 is running \(stop it with GET_VRING_BASE first\)/);
+      return granted;
+    },
+  },
+];
+
+/** A chain the device cannot serve: a device error in every mode. */
+function chainCase(name: string, reason: RegExp, place: (ring: SplitTestRing) => void, driverWrites: [number, number][] = []): Case {
+  return {
+    name,
+    run: async (srv, fe, from) => {
+      const ring = await liveRing(fe);
+      place(ring);
+      await deviceError(srv, fe, from, reason);
+      assert.equal(ring.usedIdx(), 0, 'nothing used');
+      return driverWrites; // what the driver itself wrote (an indirect table)
+    },
+  };
+}
+
+const chainCases: Case[] = [
+  chainCase('a descriptor loop', /split.desc-table.driver.1: .*loops/, (r) => {
+    r.desc(0, 0x20000, 16, NEXT | WRITE, 1);
+    r.desc(1, 0x20100, 16, NEXT | WRITE, 0);
+    r.offer(0);
+  }),
+  chainCase('next beyond the queue size', /struct.desc-next.driver.1: .*chains to 100, beyond the queue size 16/, (r) => {
+    r.desc(0, 0x20000, 16, NEXT | WRITE, 100);
+    r.offer(0);
+  }),
+  chainCase('a head beyond the queue size', /avail ring names descriptor 200, beyond the queue size 16/, (r) => r.offer(200)),
+  chainCase('a buffer outside guest memory', /struct.buffer-range.driver.1: .*outside guest memory/, (r) => {
+    r.desc(0, 0x4000_0000, 64, WRITE);
+    r.offer(0);
+  }),
+  chainCase('a buffer of length 0xffffffff', /struct.buffer-range.driver.1: .*buffer \[0x20000, \+4294967295\) of chain 0 is outside guest memory/, (r) => {
+    r.desc(0, 0x20000, 0xffffffff, WRITE);
+    r.offer(0);
+  }),
+  chainCase('an indirect table of 17 bytes', /struct.indirect-len.driver.1: .*indirect table length 17/, (r) => {
+    r.desc(0, 0x30000, 17, VIRTQ_DESC_F_INDIRECT);
+    r.offer(0);
+  }),
+  chainCase('an indirect table outside guest memory', /indirect table \[0x40000000, \+64\) is outside guest memory/, (r) => {
+    r.desc(0, 0x4000_0000, 64, VIRTQ_DESC_F_INDIRECT);
+    r.offer(0);
+  }),
+  chainCase(
+    'an indirect table that holds an INDIRECT descriptor',
+    /split.indirect-descs.driver.2/,
+    (r) => {
+      r.desc(0, 0x30000, 16, VIRTQ_DESC_F_INDIRECT);
+      r.desc(0, 0x20000, 16, VIRTQ_DESC_F_INDIRECT, 0, 0x30000); // entry 0 of the table
+      r.offer(0);
+    },
+    [[0x30000, 0x30010]],
+  ),
+  chainCase('an available index jump', /split.avail-ring.driver.1: .*jumped from 0 to 100/, (r) => {
+    r.desc(0, 0x20000, 16, WRITE);
+    r.offer(0, 100);
+  }),
+  {
+    name: 'a long but valid indirect table (as many entries as the queue size)',
+    run: async (srv, fe) => {
+      const ring = await liveRing(fe);
+      // blk: header + 14 data segments + status = 16 descriptors; rng: 16 writable pieces.
+      const granted = await goodRequest(srv.type, fe, ring, 0x40000, srv.type === 'blk' ? 14 : 16, true);
+      await stillServed(fe);
+      return [...granted, [0x48000, 0x48000 + 16 * 16]];
+    },
+  },
+];
+
+/**
+ * A servable violation (the driver broke a rule, but what it asked is well-defined and inside
+ * guest memory): tolerant mode logs the verdict and serves it; strict mode makes it a device error.
+ */
+const servableCases: Case[] = [
+  {
+    name: 'an entropy request with a device-readable buffer first (entropy.device-operation.driver.1)',
+    only: 'rng',
+    run: async (srv, fe, from) => {
+      const ring = await liveRing(fe);
+      fe.bytes.fill(0, 0x20000, 0x20010); // the driver's readable bytes
+      ring.desc(0, 0x20000, 16, NEXT, 1);
+      ring.desc(1, 0x20100, 64, WRITE);
+      ring.offer(0);
+      if (srv.mode === 'strict') {
+        await deviceError(srv, fe, from, /entropy.device-operation.driver.1/);
+        return [[0x20000, 0x20010]]; // the driver's own bytes
+      }
+      await ring.waitUsed(1);
+      assert.ok(ring.used(0)[1] > 0, 'served: entropy bytes written');
+      await srv.logged(/VIOLATION entropy.device-operation.driver.1/, from);
+      await stillServed(fe);
+      return [[0x20000, 0x20010], [0x20100, 0x20140]];
+    },
+  },
+  {
+    name: 'a FLUSH request with a non-zero sector (blk.device-operation.driver.4)',
+    only: 'blk',
+    run: async (srv, fe, from) => {
+      const ring = await liveRing(fe, FEATURES | bit(9)); // VIRTIO_BLK_F_FLUSH
+      fe.view.setUint32(0x20000, 4, true); // VIRTIO_BLK_T_FLUSH
+      fe.view.setUint32(0x20004, 0, true);
+      fe.view.setBigUint64(0x20008, 5n, true);
+      ring.desc(0, 0x20000, 16, NEXT, 1);
+      ring.desc(1, 0x20100, 1, WRITE);
+      ring.offer(0);
+      if (srv.mode === 'strict') {
+        await deviceError(srv, fe, from, /blk.device-operation.driver.4/);
+        return [[0x20000, 0x20010]]; // the driver's own bytes
+      }
+      await ring.waitUsed(1);
+      assert.equal(fe.bytes[0x20100], 0, 'served: VIRTIO_BLK_S_OK');
+      await srv.logged(/VIOLATION blk.device-operation.driver.4/, from);
+      await stillServed(fe);
+      return [[0x20000, 0x20010], [0x20100, 0x20101]];
+    },
+  },
+];
+
+const floodCases: Case[] = [
+  {
+    name: '10,000 GET_FEATURES in one write get 10,000 replies',
+    run: async (srv, fe) => {
+      const one = message(Req.GET_FEATURES);
+      const all = new Uint8Array(one.length * 10_000);
+      for (let i = 0; i < 10_000; i++) all.set(one, i * one.length);
+      const writing = fe.write(all); // the back-end takes it as it can; the replies are read meanwhile
+      const offered = new Set<bigint>();
+      for (let i = 0; i < 10_000; i++) {
+        const r = new DataView((await receive(fe.fd, bounds.waitMs)).buffer);
+        assert.equal(r.getUint32(0, true), Req.GET_FEATURES, `reply ${i}`);
+        offered.add(r.getBigUint64(HEADER_SIZE, true));
+      }
+      await writing;
+      assert.equal(offered.size, 1, 'every reply the same');
+      await stillServed(fe);
+    },
+  },
+  {
+    name: 'a front-end that stops reading its replies, then resumes',
+    run: async (srv, fe, from) => {
+      const one = message(Req.GET_FEATURES);
+      const all = new Uint8Array(one.length * 10_000);
+      for (let i = 0; i < 10_000; i++) all.set(one, i * one.length);
+      const writing = fe.write(all, [], 30_000);
+      // The back-end's replies fill the socket and its queue; it stops reading our messages.
+      await srv.logged(/the front-end is not reading its replies/, from);
+      for (let i = 0; i < 10_000; i++) assert.equal(new DataView((await receive(fe.fd, bounds.waitMs)).buffer).getUint32(0, true), Req.GET_FEATURES, `reply ${i}`);
+      await writing;
+      await stillServed(fe);
+    },
+  },
+];
+
+const disconnectCases: Case[] = [
+  {
+    name: 'half a header, then the connection closed',
+    run: async (srv, fe, from) => {
+      await fe.write(message(Req.GET_FEATURES).subarray(0, 6));
+      fe.close();
+      await srv.logged(/short header \(6 bytes\)/, from);
+    },
+  },
+  {
+    name: 'a header without its payload, then the connection closed',
+    run: async (srv, fe, from) => {
+      await fe.write(message(Req.SET_FEATURES, new Uint8Array(8)).subarray(0, HEADER_SIZE));
+      fe.close();
+      await srv.logged(/front-end closed mid-message|SET_FEATURES: 8 payload bytes missing/, from);
+    },
+  },
+  {
+    name: 'a header without its payload on an open connection',
+    run: async (srv, fe, from) => {
+      await fe.write(message(Req.SET_FEATURES, new Uint8Array(8)).subarray(0, HEADER_SIZE));
+      await refused(srv, fe, from, /SET_FEATURES: 8 payload bytes missing/);
+    },
+  },
+  {
+    name: 'a memory table with its fd and half its payload, then the connection closed',
+    run: async (srv, fe, from) => {
+      await fe.write(message(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize)).subarray(0, HEADER_SIZE + 20), [fe.memfd]);
+      fe.close();
+      // Either way the message is incomplete: whether the close or the read comes first.
+      await srv.logged(/front-end closed mid-message|SET_MEM_TABLE: 20 payload bytes missing/, from);
+    },
+  },
+  {
+    name: 'a memory table with its fd, then the connection closed',
+    run: async (srv, fe, from) => {
+      await fe.send(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize), [fe.memfd]);
+      await fe.send(Req.ADD_MEM_REG, regionPayload(0x200000, 0x1000, USER_BASE + 0x200000), [fe.memfd]);
+      fe.close();
+      await srv.logged(/ADD_MEM_REG: protocol feature 15 was not negotiated/, from);
+    },
+  },
+];
+
+export const classes: [string, Case[]][] = [
+  ['protocol', protocolCases],
+  ['memory table', memoryCases],
+  ['ring setup', ringCases],
+  ['chains', chainCases],
+  ['servable violations', servableCases],
+  ['floods', floodCases],
+  ['disconnects', disconnectCases],
+];
+
