@@ -149,32 +149,30 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   const log = { info: (m: string) => logger.info(m), warn: (m: string) => logger.warn(m) };
   const backend = new VhostUserBackend(device, log);
   let listening: ListeningSocket | null = null;
-  if (opts.socketPath !== undefined) {
-    listening = listenSafely(n, opts.socketPath, (m) => logger.warn({ socketPath: opts.socketPath }, m));
-  }
-
-  // The startup line: what is served, how, and where.
-  const on = listening !== null ? `on ${listening.path}` : `on fd ${opts.fd}`;
-  if (device instanceof BlkDevice && image !== undefined && facts !== undefined) {
-    const sectors = device.capacitySectors;
-    const fields = {
-      event: 'start', type, image: imagePath, capacityBytes: image.size, capacitySectors: sectors, numQueues, queueSize: queueMaxSize,
-      readOnly, io: image.io, mode, format: opts.format ?? 'raw (probed)', socketPath: opts.socketPath, fd: opts.fd, logFormat,
-    };
-    logger.info(
-      fields,
-      `serving ${imagePath}: ${sectors} sectors of 512 bytes (${image.size} bytes), ${plural(numQueues, 'queue')} of up to ${queueMaxSize}, ` +
-        `${readOnly ? 'read-only' : 'read-write'}, io ${image.io}, monitor ${mode}, ${on}`,
-    );
-    if (facts.tail !== 0) {
-      logger.warn(
-        { image: imagePath, bytes: facts.bytes, tail: facts.tail },
-        `${imagePath} is ${facts.bytes} bytes, not a multiple of 512: the last ${facts.tail} bytes are not visible to the guest`,
+  /** The startup line: what is served, how, and where. */
+  const logStart = () => {
+    const on = listening !== null ? `on ${listening.path}` : `on fd ${opts.fd}`;
+    if (device instanceof BlkDevice && image !== undefined && facts !== undefined) {
+      const sectors = device.capacitySectors;
+      const fields = {
+        event: 'start', type, image: imagePath, capacityBytes: image.size, capacitySectors: sectors, numQueues, queueSize: queueMaxSize,
+        readOnly, io: image.io, mode, format: opts.format ?? 'raw (probed)', socketPath: opts.socketPath, fd: opts.fd, logFormat,
+      };
+      logger.info(
+        fields,
+        `serving ${imagePath}: ${sectors} sectors of 512 bytes (${image.size} bytes), ${plural(numQueues, 'queue')} of up to ${queueMaxSize}, ` +
+          `${readOnly ? 'read-only' : 'read-write'}, io ${image.io}, monitor ${mode}, ${on}`,
       );
+      if (facts.tail !== 0) {
+        logger.warn(
+          { image: imagePath, bytes: facts.bytes, tail: facts.tail },
+          `${imagePath} is ${facts.bytes} bytes, not a multiple of 512: the last ${facts.tail} bytes are not visible to the guest`,
+        );
+      }
+    } else {
+      logger.info({ event: 'start', type, numQueues: 1, queueSize: queueMaxSize, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat }, `serving ${type}: 1 queue of up to ${queueMaxSize}, monitor ${mode}, ${on}`);
     }
-  } else {
-    logger.info({ event: 'start', type, numQueues: 1, queueSize: queueMaxSize, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat }, `serving ${type}: 1 queue of up to ${queueMaxSize}, monitor ${mode}, ${on}`);
-  }
+  };
 
   let watch: { close(): void } | null = null;
   let busy = false;
@@ -189,7 +187,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       )
       .catch((e: unknown) => logger.error({ signal: 'SIGHUP', reason: String(e) }, `SIGHUP: reload failed (${String(e)})`));
   };
-  return new Promise<number>((resolve) => {
+  return new Promise<number>((resolve, reject) => {
     let stopped = false;
     const stop = (why: { signal?: string; reason?: string }) => {
       if (stopped) return;
@@ -219,9 +217,23 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       resolve(code);
     };
     const onSignal = (signal: NodeJS.Signals) => stop({ signal });
+    // The handlers come first: a signal that arrives once the socket exists finds them there
+    // (SIGHUP's default action would end the process, SIGTERM's would leave the socket behind).
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
     process.on('SIGHUP', onHangup);
+    if (opts.socketPath !== undefined) {
+      try {
+        listening = listenSafely(n, opts.socketPath, (m) => logger.warn({ socketPath: opts.socketPath }, m));
+      } catch (e) {
+        process.off('SIGTERM', onSignal);
+        process.off('SIGINT', onSignal);
+        process.off('SIGHUP', onHangup);
+        reject(e);
+        return;
+      }
+    }
+    logStart();
     if (opts.fd !== undefined) {
       backend.onClose = () => stop({ reason: `front-end gone${backend.lastError ? `: ${backend.lastError}` : ''}` });
       busy = true;
