@@ -7,34 +7,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { native } from '../../src/native/index.js';
 import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { memTablePayload, message, receive } from '../vhost-user/front-end.js';
+import { bin, getFeatures, n, startServe, until } from './helpers.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
-
-const root = join(fileURLToPath(import.meta.url), '../../../..');
-const bin = join(root, 'dist/src/cli/main.js');
-const n = native();
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    if (cond()) return;
-    await new Promise((res) => setTimeout(res, 10));
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
-
-async function getFeatures(path: string): Promise<bigint> {
-  const fd = n.connect(path);
-  try {
-    n.sendmsg(fd, message(Req.GET_FEATURES));
-    return new DataView((await receive(fd)).buffer).getBigUint64(HEADER_SIZE, true);
-  } finally {
-    n.close(fd);
-  }
-}
 
 for (const type of ['rng', 'blk'] as const) {
   test(`virtio-ts serve ${type}: answers a front-end, serves it again after it reconnects, SIGTERM removes the socket`, async () => {
@@ -78,21 +55,6 @@ test('virtio-ts serve: usage errors exit 2, runtime failures 3 (exit-codes.test.
   assert.equal(caps.status, 0);
   assert.deepEqual(JSON.parse(caps.stdout), { type: 'block', features: ['read-only', 'blk-file'] });
 });
-
-interface Served {
-  child: ReturnType<typeof spawn>;
-  exited: Promise<number | null>;
-  /** The JSON log lines so far. */
-  logs(): { level: number; msg: string; [k: string]: unknown }[];
-}
-
-function startServe(args: string[]): Served {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (d) => (stderr += d));
-  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
-  return { child, exited, logs: () => stderr.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) };
-}
 
 /** A front-end that takes the device live the way QEMU does, with the back-end request channel. */
 async function liveFrontEnd(path: string) {
