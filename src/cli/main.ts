@@ -38,6 +38,9 @@ process.stdout.on('error', (err: unknown) => {
   process.stderr.write(`virtio-ts: cannot write to stdout: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exitCode = EXIT_RUNTIME;
 });
+// stderr closed by its reader too (`virtio-ts ... 2>&1 | head -1`): messages are dropped, the
+// exit code stays the command's.
+process.stderr.on('error', () => undefined);
 
 function clauseId(value: string): string {
   if (clauseInfo(value) === undefined) throw new InvalidArgumentError(`"${value}" is not a clause id of the catalogue (try: virtio-ts conformance)`);

@@ -84,6 +84,9 @@ function checkFd(fd: number): void {
   if (!st.isSocket()) throw new CliError(EXIT_RUNTIME, `--fd ${fd} is not a socket (vhost-user needs a connected unix socket)`);
 }
 
+/** Longest unix socket path: sun_path is 108 bytes, with its NUL. */
+const MAX_SOCKET_PATH = 107;
+
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
 export async function runServe(type: string, opts: ServeOptions, out: Writable, err: Writable): Promise<number> {
@@ -105,6 +108,10 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     return EXIT_OK;
   }
   if ((opts.socketPath === undefined) === (opts.fd === undefined)) throw new CliError(EXIT_USAGE, 'give exactly one of --socket-path PATH or --fd N');
+  if (opts.socketPath !== undefined && (opts.socketPath === '' || Buffer.byteLength(opts.socketPath) > MAX_SOCKET_PATH)) {
+    // sockaddr_un.sun_path holds 108 bytes with the terminating NUL (unix(7)).
+    throw new CliError(EXIT_USAGE, `--socket-path must be 1 to ${MAX_SOCKET_PATH} bytes long, the limit of a unix socket path (got ${Buffer.byteLength(opts.socketPath)})`);
+  }
   if (opts.image !== undefined && opts.blkFile !== undefined && opts.image !== opts.blkFile) throw new CliError(EXIT_USAGE, '--image and --blk-file name the same thing: give one');
   const imagePath = opts.image ?? opts.blkFile;
   if (type === 'blk' && imagePath === undefined) throw new CliError(EXIT_USAGE, 'serve blk needs --image FILE (or --blk-file FILE)');

@@ -9,11 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Feature } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
-import { Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { HEADER_SIZE, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import type { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS } from '../../src/cli/exit-codes.js';
 import { defaultLogFormat } from '../../src/cli/log.js';
-import { TestFrontEnd, n } from '../vhost-user/front-end.js';
+import { TestFrontEnd, message, n, receive } from '../vhost-user/front-end.js';
 import { bin, root, run, startServe, until } from './helpers.js';
 
 function tempDir(): string {
@@ -57,6 +57,8 @@ test('usage errors exit 2 in every command: wrong flags, unknown clause ids, bad
       [['serve', 'blk', '--socket-path', sock], /serve blk needs --image FILE/],
       [['serve', 'blk', '--socket-path', sock, '--image', image, '--blk-file', '/other.img'], /name the same thing/],
       [['serve', 'rng', '--socket-path', sock, '--image', image], /--image is for blk/],
+      [['serve', 'rng', '--socket-path', `${dir}/${'a'.repeat(120)}.sock`], /--socket-path must be 1 to 107 bytes long/],
+      [['serve', 'rng', '--socket-path', ''], /--socket-path must be 1 to 107 bytes long/],
       [['serve', 'rng', '--fd', '3', '--tolerant', '--strict'], /'--strict' cannot be used with option '--tolerant'/],
     ];
     for (const [args, message] of cases) {
@@ -66,6 +68,10 @@ test('usage errors exit 2 in every command: wrong flags, unknown clause ids, bad
       assert.doesNotMatch(r.err, /\n\s+at /, 'no stack trace');
       assert.equal(existsSync(sock), false, 'nothing made');
     }
+    const help = run('--help');
+    assert.equal(help.code, EXIT_OK);
+    assert.match(help.out, /Exit codes \(all commands\):\n  0 +ok\n  1 +violations found.*\n  2 +usage error.*\n  3 +runtime failure/);
+    assert.match(run('serve', '--help').out, /Exit codes \(all commands\)/);
     // The edges that are right: accepted (--print-capabilities exits 0 once the flags parsed).
     for (const size of ['2', '128', '1024', '32768']) assert.equal(run(...blk, '--queue-size', size, '--print-capabilities').code, EXIT_OK, size);
     for (const q of ['1', '256']) assert.equal(run(...blk, '--num-queues', q, '--print-capabilities').code, EXIT_OK, q);
@@ -121,17 +127,17 @@ test('--print-capabilities: the vhost-user.json capabilities; block lists read-o
  * starts only once the reader closed its end (a file it touches says so), so every write meets
  * EPIPE. Returns the command's exit code and its stderr.
  */
-function intoClosedPipe(args: string[]): { code: number; err: string } {
+function intoClosedPipe(args: string[], stderrToo = false): { code: number; err: string } {
   const dir = tempDir();
   try {
     const closed = join(dir, 'closed');
     const cmd = [process.execPath, bin, ...args].map((a) => `'${a}'`).join(' ');
     const script = `
-      { for i in $(seq 1000); do [ -e '${closed}' ] && break; sleep 0.01; done; ${cmd} 2>'${dir}/err'; echo $? >'${dir}/code'; } | { exec 0<&-; touch '${closed}'; }
+      { for i in $(seq 1000); do [ -e '${closed}' ] && break; sleep 0.01; done; ${cmd} ${stderrToo ? '2>&1' : `2>'${dir}/err'`}; echo $? >'${dir}/code'; } | { exec 0<&-; touch '${closed}'; }
       cat '${dir}/code'`;
     const r = spawnSync('bash', ['-c', script], { encoding: 'utf8', timeout: 60_000 });
     assert.equal(r.status, 0, r.stderr);
-    return { code: Number(r.stdout.trim()), err: spawnSync('cat', [join(dir, 'err')], { encoding: 'utf8' }).stdout };
+    return { code: Number(r.stdout.trim()), err: stderrToo ? '' : spawnSync('cat', [join(dir, 'err')], { encoding: 'utf8' }).stdout };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -145,6 +151,9 @@ test('output into a pipe that closed early ends quietly with the command\'s own 
   }
   // demo --misbehave keeps its meaning (0: the oracle named the clause) with nobody reading.
   assert.equal(intoClosedPipe(['demo', '--misbehave', 'split.avail-ring.driver.1']).code, EXIT_OK);
+  // stderr into the closed pipe too: a usage error still exits 2, a runtime failure 3 (not a crash).
+  assert.equal(intoClosedPipe(['demo', '--bytes', 'x'], true).code, EXIT_USAGE);
+  assert.equal(intoClosedPipe(['serve', 'rng', '--fd', '999'], true).code, EXIT_RUNTIME);
   // The way a user meets it: `| head -1` (conformance --list writes far more than a pipe holds).
   for (const cmd of ['conformance --list', 'conformance', 'demo']) {
     const r = spawnSync('bash', ['-c', `'${process.execPath}' '${bin}' ${cmd} | head -1; exit \${PIPESTATUS[0]}`], { encoding: 'utf8', timeout: 60_000 });
@@ -296,4 +305,28 @@ test('--log-format pretty: human-readable lines (time, level, message), no JSON;
     }
   }
   rmSync(dir, { recursive: true, force: true });
+});
+
+test('serve --fd: serves an inherited connected socket; when the front-end leaves it logs why and exits (0: no violation)', async () => {
+  const [front, back] = n.socketpair();
+  const child = spawn(process.execPath, [bin, 'serve', 'rng', '--fd', '3'], { stdio: ['ignore', 'pipe', 'pipe', back] });
+  n.close(back); // the child has its own copy
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+  try {
+    n.sendmsg(front, message(Req.GET_FEATURES));
+    const features = new DataView((await receive(front, 30_000)).buffer).getBigUint64(HEADER_SIZE, true);
+    assert.ok(features & bit(Feature.VERSION_1));
+    n.close(front);
+    assert.equal(await exited, EXIT_OK);
+    const lines = stderr.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; event?: string; fd?: number; reason?: string });
+    assert.equal(lines[0].event, 'start');
+    assert.equal(lines[0].fd, 3);
+    assert.match(lines[0].msg, /on fd 3$/);
+    const stop = lines.find((l) => l.event === 'stop')!;
+    assert.match(stop.reason!, /front-end gone: front-end closed the connection/);
+  } finally {
+    child.kill('SIGKILL');
+  }
 });
