@@ -19,11 +19,9 @@ import { CliError, EXIT_RUNTIME, describeError, errnoOf } from './exit-codes.js'
 export const SECTOR = 512;
 
 export interface ImageFacts {
-  /** Bytes in the file (or block device). */
-  bytes: number;
-  /** Whole 512-byte sectors the guest sees. */
-  sectors: number;
-  /** Bytes past the last whole sector (not visible to the guest). */
+  /** Bytes in the file; null for a block device (FileBlockBackend measures it). */
+  bytes: number | null;
+  /** Bytes past the last whole sector, not visible to the guest (0 for a block device: its size is whole sectors). */
   tail: number;
   blockDevice: boolean;
 }
@@ -100,8 +98,8 @@ export async function checkImage(path: string, options: { readOnly: boolean; raw
       throw new CliError(EXIT_RUNTIME, `cannot read --image ${path}: ${describeError(err)}`);
     }
     // A block device's size is measured by FileBlockBackend (stat gives 0 for it).
-    const bytes = st.isBlockDevice() ? Number.NaN : st.size;
-    if (!st.isBlockDevice() && bytes < SECTOR) {
+    const bytes = st.isBlockDevice() ? null : st.size;
+    if (bytes !== null && bytes < SECTOR) {
       throw new CliError(EXIT_RUNTIME, `--image ${path} holds ${bytes} bytes, less than one 512-byte sector: a virtio-blk disk is counted in whole sectors, so the guest would see nothing`);
     }
     if (!options.raw) {
@@ -114,7 +112,7 @@ export async function checkImage(path: string, options: { readOnly: boolean; raw
         );
       }
     }
-    return { bytes, sectors: Math.floor(bytes / SECTOR), tail: bytes % SECTOR, blockDevice: st.isBlockDevice() };
+    return { bytes, tail: bytes === null ? 0 : bytes % SECTOR, blockDevice: st.isBlockDevice() };
   } finally {
     await fh.close();
   }

@@ -3,7 +3,7 @@
 // raw), missing / unreadable / not a file (runtime failure, exit 3). The real binary.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -186,6 +186,44 @@ test('serve blk: an image the user may not write is refused (EACCES) with a hint
     assert.equal(ro.status, EXIT_RUNTIME);
     assert.match(ro.stderr, /cannot open --image .*disk\.img for reading: permission denied \(EACCES\)$/m);
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('serve blk on a block device node (a loop device): measured, served without a tail warning; its contents probed like a file', async (t) => {
+  const dir = tempDir();
+  const backing = join(dir, 'backing.img');
+  writeFileSync(backing, new Uint8Array(4 << 20));
+  const attach = spawnSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' });
+  const loop = attach.stdout.trim();
+  if (attach.status !== 0 || !loop.startsWith('/dev/loop')) {
+    rmSync(dir, { recursive: true, force: true });
+    t.skip(`no loop device here (losetup: ${attach.stderr.trim()})`);
+    return;
+  }
+  try {
+    const sock = join(dir, 'blk.sock');
+    const s = startServe(['serve', 'blk', '--socket-path', sock, '--image', loop]);
+    try {
+      const start = await s.logged(/^serving /);
+      assert.deepEqual([start.capacityBytes, start.capacitySectors], [4 << 20, 8192]);
+      await s.logged(/^listening on/);
+      s.child.kill('SIGTERM');
+      assert.equal(await s.exited, EXIT_OK);
+      assert.ok(!s.logs().some((l) => l.level >= 40), `no warning: ${s.stderr()}`);
+    } finally {
+      s.child.kill('SIGKILL');
+    }
+    // Written through the device node itself (no page cache of the backing file in between).
+    const fd = openSync(loop, 'r+');
+    writeSync(fd, HEADS[0][1], 0, HEADS[0][1].length, 0);
+    fsyncSync(fd);
+    closeSync(fd);
+    const r = run('serve', 'blk', '--socket-path', sock, '--image', loop);
+    assert.equal(r.code, EXIT_RUNTIME, r.err);
+    assert.match(r.err, /looks like a qcow2 image/);
+  } finally {
+    spawnSync('losetup', ['-d', loop]);
     rmSync(dir, { recursive: true, force: true });
   }
 });
