@@ -10,7 +10,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { runDemo } from './demo.js';
 import { runConformance } from './conformance.js';
-import { runServe } from './serve.js';
+import { capabilities, runServe } from './serve.js';
 import { clauseInfo } from '../conformance/catalogue.js';
 import { CliError, EXIT_CODES_HELP, EXIT_INTERNAL, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, errnoOf } from './exit-codes.js';
 import { MAX_NUM_QUEUES, intInRange, queueSize } from './args.js';
@@ -128,6 +128,14 @@ ${EXIT_CODES_HELP}`,
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // vhost-user.rst, --print-capabilities: "Other options and arguments should be ignored, and
+  // the back-end program should not perform its normal function." So it answers before any
+  // other flag is parsed (or refused).
+  const [command, type, ...rest] = argv.slice(2);
+  if (command === 'serve' && (type === 'rng' || type === 'blk') && rest.includes('--print-capabilities')) {
+    stdout.write(JSON.stringify(capabilities(type)) + '\n');
+    return EXIT_OK;
+  }
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

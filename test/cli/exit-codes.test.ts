@@ -72,9 +72,12 @@ test('usage errors exit 2 in every command: wrong flags, unknown clause ids, bad
     assert.equal(help.code, EXIT_OK);
     assert.match(help.out, /Exit codes \(all commands\):\n  0 +ok\n  1 +violations found.*\n  2 +usage error.*\n  3 +runtime failure/);
     assert.match(run('serve', '--help').out, /Exit codes \(all commands\)/);
-    // The edges that are right: accepted (--print-capabilities exits 0 once the flags parsed).
-    for (const size of ['2', '128', '1024', '32768']) assert.equal(run(...blk, '--queue-size', size, '--print-capabilities').code, EXIT_OK, size);
-    for (const q of ['1', '256']) assert.equal(run(...blk, '--num-queues', q, '--print-capabilities').code, EXIT_OK, q);
+    // The edges that are right are accepted: the flags parse and the command goes on to its
+    // first runtime check (here: --fd 999 is not open), not a usage error.
+    const accepted = (...flags: string[]) => run('serve', 'blk', '--fd', '999', '--image', image, ...flags);
+    for (const size of ['2', '128', '1024', '32768']) assert.equal(accepted('--queue-size', size).code, EXIT_RUNTIME, size);
+    for (const q of ['1', '256']) assert.equal(accepted('--num-queues', q).code, EXIT_RUNTIME, q);
+    assert.match(accepted('--queue-size', '2').err, /--fd 999: not an open file descriptor/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -107,6 +110,10 @@ test('--print-capabilities: the vhost-user.json capabilities; block lists read-o
   assert.equal(caps.code, EXIT_OK);
   assert.deepEqual(JSON.parse(caps.out), { type: 'block', features: ['read-only', 'blk-file'] });
   assert.deepEqual(JSON.parse(run('serve', 'rng', '--print-capabilities').out), { type: 'rng', features: [] });
+  // vhost-user.rst: other options and arguments are ignored.
+  const ignoring = run('serve', 'blk', '--queue-size', '3', '--print-capabilities', '--no-such-flag');
+  assert.equal(ignoring.code, EXIT_OK, ignoring.err);
+  assert.deepEqual(JSON.parse(ignoring.out), { type: 'block', features: ['read-only', 'blk-file'] });
   const dir = tempDir();
   const image = join(dir, 'disk.img');
   writeFileSync(image, new Uint8Array(1 << 20));
