@@ -5,7 +5,8 @@
  *   0  ok
  *   1  violations found (demo: a monitor recorded one; demo --misbehave: the clause was NOT
  *      named; serve: a verdict of severity violation was logged during the run, reported at
- *      SIGTERM/SIGINT or when the --fd front-end leaves)
+ *      SIGTERM/SIGINT or when the --fd front-end leaves; in tolerant mode a catalogued known
+ *      deviation of a real driver does not count)
  *   2  usage error: a wrong flag, an unknown clause id, a bad value (--queue-size 3, --fd 12abc)
  *   3  runtime failure: the command was right but cannot run here (image missing, unreadable,
  *      a directory, a qcow2 without --format raw; socket path busy or not a socket; the native
