@@ -147,7 +147,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     // Over vhost-user the front-end (QEMU's packed=on|off) picks the ring format, not the guest.
     ignore: ['reserved.bits.driver.6'],
   });
-  let device: VirtioDevice;
+
   let image: FileBlockBackend | undefined;
   const numQueues = opts.numQueues ?? 1;
   const queueMaxSize = opts.queueSize ?? 1024;
@@ -156,7 +156,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   } catch (e) {
     throw new CliError(EXIT_RUNTIME, `cannot open --image ${imagePath}: ${describeError(e)}`);
   }
-  device =
+  const device: VirtioDevice =
     image !== undefined
       ? new BlkDevice({ backend: image, readOnly, numQueues, queueMaxSize, monitor })
       : new RngDevice({ monitor, queueMaxSize });
