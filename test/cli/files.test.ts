@@ -87,10 +87,16 @@ test('serve --socket-path: a live server\'s socket is refused (exit 3, kept, sti
   try {
     await until(() => existsSync(path), 'the socket file');
     const before = snapshot(path);
+    // One front-end at a time: each connection below waits until the server saw the last go.
+    const gone = () => first.logs().filter((l) => /waiting for the next one/.test(l.msg)).length;
+    assert.ok((await getFeatures(path)) & bit(Feature.VERSION_1));
+    await until(() => gone() >= 1, 'the first server to see the front-end go');
     const second = startServe(['serve', 'rng', '--socket-path', path]);
     assert.equal(await second.exited, EXIT_RUNTIME);
     assert.match(second.stderr(), /--socket-path .* is busy: another server is listening on it \(left untouched\)/);
     assert.deepEqual(snapshot(path), before, 'the live server keeps its socket (same inode)');
+    // The second server's probe was a connection the first one served: wait until it saw it go.
+    await until(() => gone() >= 2, 'the first server to see the probe go');
     assert.ok((await getFeatures(path)) & bit(Feature.VERSION_1), 'and still answers');
     first.child.kill('SIGKILL');
     await first.exited;

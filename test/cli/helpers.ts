@@ -20,9 +20,9 @@ export function run(...args: string[]): { code: number | null; out: string; err:
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
-/** Waits for `cond`, checked every 10 ms, at most 5 s (then the test fails naming `what`). */
+/** Waits for `cond`, checked every 10 ms, at most 30 s (a bound for a loaded machine; then the test fails naming `what`). */
 export async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500; i++) {
+  for (let i = 0; i < 3000; i++) {
     if (cond()) return;
     await new Promise((res) => setTimeout(res, 10));
   }
