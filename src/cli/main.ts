@@ -1,25 +1,46 @@
 #!/usr/bin/env node
 /**
- * The `virtio-ts` command. Exit codes (design.md CLI contract): 0 ok, 1 verdicts of level
- * violation found, 2 usage error.
+ * The `virtio-ts` command. Exit codes (exit-codes.ts, the same for every command): 0 ok,
+ * 1 violations found, 2 usage error, 3 runtime failure, 70 internal error.
+ *
+ * stdout closed early by its reader (`virtio-ts conformance | head -1`): the rest of the
+ * output is dropped quietly (no EPIPE stack trace) and the command exits with the code it
+ * would have had.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { runDemo } from './demo.js';
 import { runConformance } from './conformance.js';
-import { runServe } from './serve.js';
+import { capabilities, runServe } from './serve.js';
 import { clauseInfo } from '../conformance/catalogue.js';
+import { CliError, EXIT_CODES_HELP, EXIT_INTERNAL, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, errnoOf } from './exit-codes.js';
+import { MAX_NUM_QUEUES, intInRange, queueSize } from './args.js';
 
-export const EXIT_OK = 0;
-export const EXIT_VIOLATIONS = 1;
-export const EXIT_USAGE = 2;
+export { EXIT_OK, EXIT_VIOLATIONS, EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERNAL } from './exit-codes.js';
 
-function positiveInt(name: string, max: number) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n <= 0 || n > max) throw new InvalidArgumentError(`${name} must be a whole number from 1 to ${max}`);
-    return n;
-  };
-}
+/**
+ * process.stdout as the commands write to it. Once the reader has gone (EPIPE), writes are
+ * dropped: a pipe that closes early (`| head -1`) is the reader's choice, not a failure.
+ */
+let stdoutClosed = false;
+const stdout = {
+  write(s: string): boolean {
+    if (stdoutClosed) return false;
+    return process.stdout.write(s);
+  },
+};
+process.stdout.on('error', (err: unknown) => {
+  const code = errnoOf(err);
+  if (code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED') {
+    stdoutClosed = true;
+    return;
+  }
+  stdoutClosed = true;
+  process.stderr.write(`virtio-ts: cannot write to stdout: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = EXIT_RUNTIME;
+});
+// stderr closed by its reader too (`virtio-ts ... 2>&1 | head -1`): messages are dropped, the
+// exit code stays the command's.
+process.stderr.on('error', () => undefined);
 
 function clauseId(value: string): string {
   if (clauseInfo(value) === undefined) throw new InvalidArgumentError(`"${value}" is not a clause id of the catalogue (try: virtio-ts conformance)`);
@@ -32,13 +53,14 @@ export function buildProgram(): Command {
     .name('virtio-ts')
     .description('The OASIS VIRTIO specification in TypeScript: devices, drivers, transports and a conformance monitor.')
     .version('0.1.0')
-    .showHelpAfterError()
+    .showHelpAfterError('(virtio-ts --help, or virtio-ts <command> --help, for usage)')
+    .addHelpText('after', EXIT_CODES_HELP)
     .exitOverride();
 
   program
     .command('demo')
     .description('run an entropy driver and device over the loopback transport: negotiation, traffic and the conformance verdicts')
-    .option('--bytes <n>', 'random bytes the driver reads', positiveInt('--bytes', 1 << 24), 4096)
+    .option('--bytes <n>', 'random bytes the driver reads (1 to 16777216)', intInRange('--bytes', 1, 1 << 24), 4096)
     .addOption(new Option('--mode <mode>', 'loopback delivery').choices(['sync', 'async']).default('sync'))
     .addOption(new Option('--ring <format>', 'virtqueue format the driver negotiates').choices(['split', 'packed']).default('packed'))
     .option('--misbehave <clause-id>', 'make the driver or device break this clause on purpose and show the verdict', clauseId)
@@ -47,42 +69,48 @@ export function buildProgram(): Command {
     .option('--tolerant', 'record verdicts and go on, instead of strict mode (DEVICE_NEEDS_RESET / driver gives up)')
     .option('--json', 'print one JSON object instead of text')
     .action(async (opts) => {
-      process.exitCode = await runDemo(opts, process.stdout);
+      process.exitCode = await runDemo(opts, stdout);
     });
 
   program
     .command('serve')
     .description('serve a device to a vhost-user front-end (QEMU) on a unix socket')
     .argument('<type>', 'device type: rng or blk')
-    .option('--socket-path <path>', 'listen on this unix socket path')
-    .option('--fd <n>', 'serve an already connected socket fd', (v: string) => positiveInt('--fd', 1 << 20)(v))
-    .option('--print-capabilities', 'print the back-end capability JSON and exit')
-    .option('--image <file>', 'blk: the disk image (a file or a block device node)')
-    .option('--read-only', 'blk: offer the disk read-only')
-    .option('--num-queues <n>', 'blk: request queues', positiveInt('--num-queues', 64))
-    .option('--queue-size <n>', 'largest queue size the front-end may set (default 1024, QEMU\'s maximum)', positiveInt('--queue-size', 32768))
+    .option('--socket-path <path>', 'listen on this unix socket path (an existing socket is replaced only when stale: connect refused; anything else there is refused, untouched)')
+    .option('--fd <n>', 'serve an already connected socket fd', intInRange('--fd', 0, 1 << 20))
+    .option('--print-capabilities', 'print the back-end capability JSON (vhost-user.json) and exit')
+    .option('--image <file>', 'blk: the disk image, raw (a regular file or a block device node)')
+    .option('--blk-file <file>', 'blk: the same as --image (the name vhost-user.rst gives it)')
+    .addOption(new Option('--format <format>', 'blk: the image format. Without it a qcow2, vmdk, vdi, vhdx, vhd, qed, parallels or bochs image is refused; "raw" says the file is raw and skips that probe').choices(['raw']))
+    .option('--read-only', 'blk: offer the disk read-only (VIRTIO_BLK_F_RO)')
+    .option('--num-queues <n>', `blk: request queues (1 to ${MAX_NUM_QUEUES}, default 1)`, intInRange('--num-queues', 1, MAX_NUM_QUEUES))
+    .option('--queue-size <n>', 'largest queue size the front-end may set: a power of two from 2 to 32768 (default 1024, QEMU\'s maximum)', queueSize)
     .addOption(
       new Option('--io <mode>', 'blk: where disk I/O runs. auto: reads already in the page cache on the event loop (preadv2 RWF_NOWAIT), the rest and all writes on the thread pool; async: all on the thread pool; sync: all on the event loop (a slow disk stalls the server)')
         .choices(['auto', 'async', 'sync'])
         .default('auto'),
     )
-    .addOption(new Option('--strict', 'strict mode, the default: a broken rule by the guest driver -> DEVICE_NEEDS_RESET').conflicts('tolerant'))
-    .option('--tolerant', 'record verdicts and go on (default: strict, DEVICE_NEEDS_RESET)')
-    .addOption(new Option('--log-level <level>', 'structured (JSON) log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
+    .addOption(new Option('--strict', 'stop on any violation: a broken rule by the guest driver -> device error (DEVICE_NEEDS_RESET); for conformance runs').conflicts('tolerant'))
+    .option('--tolerant', 'the default, fit to run a production VM: a servable violation is logged and served; an unservable one -> device error')
+    .addOption(new Option('--log-level <level>', 'log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
+    .addOption(new Option('--log-format <format>', 'log format on stderr: json (one object per line) or pretty (human-readable). Default: pretty when stderr is a terminal, else json').choices(['json', 'pretty']))
     .addHelpText(
       'after',
       `
 Signals:
-  SIGTERM, SIGINT  close the connection, remove the socket file, exit 0
+  SIGTERM, SIGINT  close the connection, remove the socket file this process
+                   made, log a shutdown line, exit 0 (1 if a violation was
+                   logged during the run)
   SIGHUP           reload. blk: measure --image again (resized in place, e.g.
                    \`truncate -s 96M disk.img\`, or a grown block device); a new
                    size becomes the disk's capacity live and the guest is told
                    (configuration change notification). A shrink is applied
                    with a warning: requests past the new end fail with IOERR.
-                   Each resize is logged. rng: nothing to reload.`,
+                   Each resize is logged. rng: nothing to reload.
+${EXIT_CODES_HELP}`,
     )
     .action(async (type: string, opts) => {
-      process.exitCode = await runServe(type, opts, process.stdout, process.stderr);
+      process.exitCode = await runServe(type, opts, stdout, process.stderr);
     });
 
   program
@@ -93,13 +121,21 @@ Signals:
     .option('--status <status>', 'only clauses with this status (enforced, tested, not-checkable, unsupported, open)')
     .option('--list', 'list every clause (id, status, summary) instead of the summary table')
     .action((opts) => {
-      process.exitCode = runConformance(opts, process.stdout);
+      process.exitCode = runConformance(opts, stdout);
     });
 
   return program;
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // vhost-user.rst, --print-capabilities: "Other options and arguments should be ignored, and
+  // the back-end program should not perform its normal function." So it answers before any
+  // other flag is parsed (or refused).
+  const [command, type, ...rest] = argv.slice(2);
+  if (command === 'serve' && (type === 'rng' || type === 'blk') && rest.includes('--print-capabilities')) {
+    stdout.write(JSON.stringify(capabilities(type)) + '\n');
+    return EXIT_OK;
+  }
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
@@ -108,8 +144,11 @@ export async function main(argv: string[]): Promise<number> {
       // --help and --version exit 0; everything else commander rejects is a usage error.
       return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
     }
-    process.stderr.write(`virtio-ts: ${err instanceof Error ? err.message : String(err)}\n`);
-    return EXIT_USAGE;
+    if (err instanceof CliError) {
+      process.stderr.write(`virtio-ts: ${err.message}\n`);
+      return err.code;
+    }
+    throw err;
   }
   return typeof process.exitCode === 'number' ? process.exitCode : EXIT_OK;
 }
@@ -119,7 +158,7 @@ main(process.argv).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    process.stderr.write(`virtio-ts: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 70;
+    process.stderr.write(`virtio-ts: internal error (a bug; please report it): ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = EXIT_INTERNAL;
   },
 );

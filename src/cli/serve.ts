@@ -2,86 +2,192 @@
  * `virtio-ts serve <rng|blk>`: a vhost-user back-end on a unix socket (or an inherited fd),
  * following vhost-user.rst "Backend program conventions": --print-capabilities, one
  * front-end at a time, served again after it reconnects, SIGTERM/SIGINT end cleanly and
- * remove the socket file. SIGHUP reloads: `serve blk` measures its image again and, when the
- * size changed, resizes the disk live (see reloadImageSize).
+ * remove the socket file (only the one this process made). SIGHUP reloads: `serve blk`
+ * measures its image again and, when the size changed, resizes the disk live (see
+ * reloadImageSize).
+ *
+ * Every check a user can fail happens before the socket exists, each with its exit code
+ * (exit-codes.ts): usage errors (2) first, then runtime failures (3): the native addon, the
+ * image (image.ts), the fd or the socket path (socket.ts).
  */
-import { existsSync, unlinkSync } from 'node:fs';
-import { native } from '../native/index.js';
+import { fstatSync } from 'node:fs';
+import { native, type NativeAddon } from '../native/index.js';
 import { Monitor, formatVerdict } from '../conformance/monitor.js';
 import { RngDevice } from '../devices/rng.js';
 import { BlkDevice } from '../devices/blk.js';
 import { FileBlockBackend } from '../backends/file-block.js';
 import type { VirtioDevice } from '../core/device.js';
 import { VhostUserBackend } from '../transports/vhost-user/backend.js';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { Status } from '../core/constants.js';
+import { CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS, describeError, errnoOf } from './exit-codes.js';
+import { checkImage, type ImageFacts } from './image.js';
+import { listenSafely, type ListeningSocket } from './socket.js';
+import { createLogger, defaultLogFormat, type LogFormat } from './log.js';
 
 export interface ServeOptions {
   socketPath?: string;
   fd?: number;
   printCapabilities?: boolean;
   image?: string;
+  /** vhost-user.rst's name for --image. */
+  blkFile?: string;
+  /** 'raw': the user says the image is raw; no format probe. */
+  format?: 'raw';
   readOnly?: boolean;
   numQueues?: number;
   queueSize?: number;
   io?: 'auto' | 'async' | 'sync';
+  strict?: boolean;
   tolerant?: boolean;
   logLevel?: string;
+  logFormat?: LogFormat;
 }
 
 interface Writable {
   write(s: string): unknown;
 }
 
-const TYPES: Record<string, string> = { rng: 'rng', blk: 'blk' };
+const TYPES: Record<string, string> = { rng: 'rng', blk: 'block' };
+
+/**
+ * --print-capabilities, as vhost-user.json's VHostUserBackendCapabilities: the type and, for
+ * block, the options of vhost-user.rst's vhost-user-blk section that serve supports
+ * (VHostUserBackendBlockFeature: "read-only" is --read-only, "blk-file" is --blk-file PATH).
+ * The schema defines no features for rng.
+ */
+export function capabilities(type: string): { type: string; features: string[] } {
+  return type === 'blk' ? { type: 'block', features: ['read-only', 'blk-file'] } : { type: TYPES[type], features: [] };
+}
+
+/** The addon, or a CliError saying why serve cannot run without it and how to build it. */
+function loadAddon(): NativeAddon {
+  try {
+    return native();
+  } catch (err) {
+    throw new CliError(
+      EXIT_RUNTIME,
+      `serve needs the native addon (unix sockets with fd passing, mmap, eventfd), which is not built: ${err instanceof Error ? err.message : String(err)}. ` +
+        'Build it with `npm install` in the virtio-ts package (or `npx node-gyp rebuild`; it needs python3, make and a C compiler). demo and conformance work without it.',
+    );
+  }
+}
+
+/** Checks --fd: an open socket (vhost-user runs on a unix stream socket). */
+function checkFd(fd: number): void {
+  let st;
+  try {
+    st = fstatSync(fd);
+  } catch (err) {
+    throw new CliError(EXIT_RUNTIME, `--fd ${fd}: ${errnoOf(err) === 'EBADF' ? 'not an open file descriptor' : describeError(err)}`);
+  }
+  if (!st.isSocket()) throw new CliError(EXIT_RUNTIME, `--fd ${fd} is not a socket (vhost-user needs a connected unix socket)`);
+}
+
+/** Longest unix socket path: sun_path is 108 bytes, with its NUL. */
+const MAX_SOCKET_PATH = 107;
+
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
 export async function runServe(type: string, opts: ServeOptions, out: Writable, err: Writable): Promise<number> {
-  if (TYPES[type] === undefined) {
-    err.write(`virtio-ts serve: unknown device type "${type}" (one of ${Object.keys(TYPES).join(', ')})\n`);
-    return 2;
+  try {
+    return await serve(type, opts, out, err);
+  } catch (e) {
+    if (!(e instanceof CliError)) throw e;
+    err.write(`virtio-ts serve: ${e.message}\n`);
+    return e.code;
   }
+}
+
+async function serve(type: string, opts: ServeOptions, out: Writable, err: Writable): Promise<number> {
+  // Usage errors (exit 2): all of them before anything is touched.
+  if (TYPES[type] === undefined) throw new CliError(EXIT_USAGE, `unknown device type "${type}" (one of ${Object.keys(TYPES).join(', ')})`);
   if (opts.printCapabilities) {
-    out.write(JSON.stringify({ type: type === 'blk' ? 'block' : 'rng', features: [] }) + '\n');
-    return 0;
+    // vhost-user.rst: "Output to stdout the back-end capabilities in JSON format, and then exit successfully."
+    out.write(JSON.stringify(capabilities(type)) + '\n');
+    return EXIT_OK;
   }
-  if ((opts.socketPath === undefined) === (opts.fd === undefined)) {
-    err.write('virtio-ts serve: give exactly one of --socket-path PATH or --fd N\n');
-    return 2;
+  if ((opts.socketPath === undefined) === (opts.fd === undefined)) throw new CliError(EXIT_USAGE, 'give exactly one of --socket-path PATH or --fd N');
+  if (opts.socketPath !== undefined && (opts.socketPath === '' || Buffer.byteLength(opts.socketPath) > MAX_SOCKET_PATH)) {
+    // sockaddr_un.sun_path holds 108 bytes with the terminating NUL (unix(7)).
+    throw new CliError(EXIT_USAGE, `--socket-path must be 1 to ${MAX_SOCKET_PATH} bytes long, the limit of a unix socket path (got ${Buffer.byteLength(opts.socketPath)})`);
   }
-  if (type === 'blk' && opts.image === undefined) {
-    err.write('virtio-ts serve blk: --image FILE is required\n');
-    return 2;
-  }
-  // Structured logs (JSON lines) on stderr; synchronous so nothing is lost at exit.
-  const logger = pino({ name: `virtio-ts serve ${type}`, level: opts.logLevel ?? 'info' }, pino.destination({ dest: 2, sync: true }));
+  if (opts.image !== undefined && opts.blkFile !== undefined && opts.image !== opts.blkFile) throw new CliError(EXIT_USAGE, '--image and --blk-file name the same thing: give one');
+  const imagePath = opts.image ?? opts.blkFile;
+  if (type === 'blk' && imagePath === undefined) throw new CliError(EXIT_USAGE, 'serve blk needs --image FILE (or --blk-file FILE)');
+  if (type !== 'blk' && imagePath !== undefined) throw new CliError(EXIT_USAGE, `--image is for blk, not ${type}`);
+  const mode = opts.strict ? 'strict' : 'tolerant';
+  const readOnly = opts.readOnly === true;
+
+  // Runtime failures (exit 3): the addon, the image, the fd, the socket path.
+  const n = loadAddon();
+  let facts: ImageFacts | undefined;
+  if (type === 'blk') facts = await checkImage(imagePath!, { readOnly, raw: opts.format === 'raw' });
+  if (opts.fd !== undefined) checkFd(opts.fd);
+
+  const logFormat = opts.logFormat ?? defaultLogFormat(process.stderr.isTTY === true);
+  const logger = createLogger(`virtio-ts serve ${type}`, opts.logLevel ?? 'info', logFormat, process.stderr.isTTY === true);
+  // Violations seen in this run decide the exit code at shutdown (exit-codes.ts: 1). A known
+  // deviation of a real driver (a verdict the monitor marks with `deviation`, from
+  // catalogue/deviations.tsv) is logged as a violation but, in tolerant mode, served and not
+  // held against the run: a production VM running a stock kernel ends with 0. In strict mode it
+  // counts like any violation.
+  let violations = 0;
+  let knownDeviations = 0;
+  let warnings = 0;
   const monitor = new Monitor({
-    mode: opts.tolerant ? 'tolerant' : 'strict',
-    onVerdict: (v) => logger.warn({ verdict: v }, `verdict ${formatVerdict(v)}`),
+    mode,
+    onVerdict: (v) => {
+      const known = (v as { deviation?: unknown }).deviation !== undefined;
+      if (v.severity !== 'violation') warnings++;
+      else if (known && mode === 'tolerant') knownDeviations++;
+      else violations++;
+      logger.warn({ verdict: v, knownDeviation: known }, `${known ? 'known deviation: ' : ''}verdict ${formatVerdict(v)}`);
+    },
     // Over vhost-user the front-end (QEMU's packed=on|off) picks the ring format, not the guest.
     ignore: ['reserved.bits.driver.6'],
   });
-  let device: VirtioDevice;
+
   let image: FileBlockBackend | undefined;
+  const numQueues = opts.numQueues ?? 1;
+  const queueMaxSize = opts.queueSize ?? 1024;
   try {
-    if (type === 'blk') image = await FileBlockBackend.open(opts.image!, { readOnly: opts.readOnly, io: opts.io });
-    device =
-      image !== undefined
-        ? new BlkDevice({
-            backend: image,
-            readOnly: opts.readOnly,
-            numQueues: opts.numQueues ?? 1,
-            queueMaxSize: opts.queueSize ?? 1024,
-            monitor,
-          })
-        : new RngDevice({ monitor, queueMaxSize: opts.queueSize ?? 1024 });
+    if (type === 'blk') image = await FileBlockBackend.open(imagePath!, { readOnly, io: opts.io });
   } catch (e) {
-    err.write(`virtio-ts serve: ${e instanceof Error ? e.message : String(e)}\n`);
-    return 2;
+    throw new CliError(EXIT_RUNTIME, `cannot open --image ${imagePath}: ${describeError(e)}`);
   }
-  const n = native();
+  const device: VirtioDevice =
+    image !== undefined
+      ? new BlkDevice({ backend: image, readOnly, numQueues, queueMaxSize, monitor })
+      : new RngDevice({ monitor, queueMaxSize });
   const log = { info: (m: string) => logger.info(m), warn: (m: string) => logger.warn(m) };
   const backend = new VhostUserBackend(device, log);
-  let listenFd = -1;
+  let listening: ListeningSocket | null = null;
+  /** The startup line: what is served, how, and where. */
+  const logStart = () => {
+    const on = listening !== null ? `on ${listening.path}` : `on fd ${opts.fd}`;
+    if (device instanceof BlkDevice && image !== undefined && facts !== undefined) {
+      const sectors = device.capacitySectors;
+      const fields = {
+        event: 'start', type, image: imagePath, capacityBytes: image.size, capacitySectors: sectors, numQueues, queueSize: queueMaxSize,
+        readOnly, io: image.io, mode, format: opts.format ?? 'raw (probed)', socketPath: opts.socketPath, fd: opts.fd, logFormat,
+      };
+      logger.info(
+        fields,
+        `serving ${imagePath}: ${sectors} sectors of 512 bytes (${image.size} bytes), ${plural(numQueues, 'queue')} of up to ${queueMaxSize}, ` +
+          `${readOnly ? 'read-only' : 'read-write'}, io ${image.io}, monitor ${mode}, ${on}`,
+      );
+      if (facts.tail !== 0) {
+        logger.warn(
+          { image: imagePath, bytes: facts.bytes, tail: facts.tail },
+          `${imagePath} is ${facts.bytes} bytes, not a multiple of 512: the last ${facts.tail} bytes are not visible to the guest`,
+        );
+      }
+    } else {
+      logger.info({ event: 'start', type, numQueues: 1, queueSize: queueMaxSize, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat }, `serving ${type}: 1 queue of up to ${queueMaxSize}, monitor ${mode}, ${on}`);
+    }
+  };
+
   let watch: { close(): void } | null = null;
   let busy = false;
   // SIGHUPs are handled one at a time, in order (measuring a device node takes a few reads).
@@ -90,42 +196,66 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
     reloads = reloads
       .then(() =>
         device instanceof BlkDevice && image !== undefined
-          ? reloadImageSize(device, image, opts.image!, logger)
+          ? reloadImageSize(device, image, imagePath!, logger)
           : logger.info({ signal: 'SIGHUP' }, `SIGHUP: nothing to reload for ${type}`),
       )
       .catch((e: unknown) => logger.error({ signal: 'SIGHUP', reason: String(e) }, `SIGHUP: reload failed (${String(e)})`));
   };
-  return new Promise<number>((resolve) => {
-    const stop = (code: number) => {
+  return new Promise<number>((resolve, reject) => {
+    let stopped = false;
+    const stop = (why: { signal?: string; reason?: string }) => {
+      if (stopped) return;
+      stopped = true;
       watch?.close();
       if (busy) backend.close('shutting down');
-      // Only a socket this server made is removed (not one a live server listens on).
-      if (listenFd >= 0) {
-        n.close(listenFd);
-        if (opts.socketPath !== undefined && existsSync(opts.socketPath)) unlinkSync(opts.socketPath);
+      let socketFile: string | undefined;
+      if (listening !== null) {
+        n.close(listening.fd);
+        try {
+          socketFile = listening.remove();
+        } catch (e) {
+          socketFile = `not removed (${e instanceof Error ? e.message : String(e)})`;
+        }
       }
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       process.off('SIGHUP', onHangup);
+      // Exit 1 when the run saw a violation (in either mode): a conformance run can check $?.
+      const code = violations > 0 ? EXIT_VIOLATIONS : EXIT_OK;
+      const socketNote =
+        socketFile === undefined ? '' : socketFile === 'removed' ? '; socket removed' : socketFile === 'replaced' ? `; ${listening!.path} is no longer this server's socket, left alone` : socketFile === 'gone' ? '' : `; socket ${socketFile}`;
+      logger.info(
+        { event: 'stop', signal: why.signal, reason: why.reason, violations, knownDeviations, warnings, exitCode: code, socketFile },
+        `${why.signal !== undefined ? `${why.signal}: ` : ''}shutting down${why.reason ? ` (${why.reason})` : ''}; ${plural(violations, 'violation')}, ` +
+          `${knownDeviations > 0 ? `${plural(knownDeviations, 'known deviation')}, ` : ''}${plural(warnings, 'warning')} in this run; exit ${code}${socketNote}`,
+      );
       resolve(code);
     };
-    const onSignal = () => stop(0);
+    const onSignal = (signal: NodeJS.Signals) => stop({ signal });
+    // The handlers come first: a signal that arrives once the socket exists finds them there
+    // (SIGHUP's default action would end the process, SIGTERM's would leave the socket behind).
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
     process.on('SIGHUP', onHangup);
+    if (opts.socketPath !== undefined) {
+      try {
+        listening = listenSafely(n, opts.socketPath, (m) => logger.warn({ socketPath: opts.socketPath }, m));
+      } catch (e) {
+        process.off('SIGTERM', onSignal);
+        process.off('SIGINT', onSignal);
+        process.off('SIGHUP', onHangup);
+        reject(e);
+        return;
+      }
+    }
+    logStart();
     if (opts.fd !== undefined) {
-      backend.onClose = () => stop(0);
+      backend.onClose = () => stop({ reason: `front-end gone${backend.lastError ? `: ${backend.lastError}` : ''}` });
       busy = true;
       backend.serve(opts.fd);
       return;
     }
-    try {
-      listenFd = listenReplacingStale(opts.socketPath!, (m) => logger.warn({ socketPath: opts.socketPath }, m));
-    } catch (e) {
-      err.write(`virtio-ts serve: cannot listen on ${opts.socketPath}: ${e instanceof Error ? e.message : String(e)}\n`);
-      stop(2);
-      return;
-    }
+    const listenFd = listening!.fd;
     logger.info({ socketPath: opts.socketPath }, `listening on ${opts.socketPath}`);
     backend.onClose = () => {
       busy = false;
@@ -197,33 +327,5 @@ async function reloadImageSize(device: BlkDevice, image: FileBlockBackend, path:
     logger.info(fields, `resized ${path}: capacity ${before} -> ${after} sectors of 512 bytes; ${told}`);
   } else {
     logger.warn(fields, `resized ${path} smaller: capacity ${before} -> ${after} sectors of 512 bytes; sectors ${after}..${before - 1} are gone for the guest (requests there fail with IOERR); ${told}`);
-  }
-}
-
-/**
- * Listens on `path`. A socket file left by a server that died (nothing accepts on it: connect
- * is refused) is replaced, so a crashed back-end can be restarted on the same path and the
- * front-end reconnects (QEMU: -chardev socket,...,reconnect=N). A live server's socket is not
- * touched: that is an error.
- */
-function listenReplacingStale(path: string, warn: (m: string) => void): number {
-  const n = native();
-  try {
-    return n.listen(path);
-  } catch (e) {
-    // The addon's errors carry the errno name as their code.
-    const code = (x: unknown) => (x as { code?: unknown }).code;
-    if (code(e) !== 'EADDRINUSE') throw e;
-    let probe = -1;
-    try {
-      probe = n.connect(path);
-    } catch (c) {
-      if (code(c) !== 'ECONNREFUSED') throw e;
-      warn(`${path} was left by a server that is gone; replacing it`);
-      unlinkSync(path);
-      return n.listen(path);
-    }
-    n.close(probe);
-    throw new Error(`another server is listening on ${path}`);
   }
 }

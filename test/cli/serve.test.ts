@@ -7,34 +7,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { native } from '../../src/native/index.js';
 import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { memTablePayload, message, receive } from '../vhost-user/front-end.js';
+import { bin, getFeatures, n, startServe, until } from './helpers.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
-
-const root = join(fileURLToPath(import.meta.url), '../../../..');
-const bin = join(root, 'dist/src/cli/main.js');
-const n = native();
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    if (cond()) return;
-    await new Promise((res) => setTimeout(res, 10));
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
-
-async function getFeatures(path: string): Promise<bigint> {
-  const fd = n.connect(path);
-  try {
-    n.sendmsg(fd, message(Req.GET_FEATURES));
-    return new DataView((await receive(fd)).buffer).getBigUint64(HEADER_SIZE, true);
-  } finally {
-    n.close(fd);
-  }
-}
 
 for (const type of ['rng', 'blk'] as const) {
   test(`virtio-ts serve ${type}: answers a front-end, serves it again after it reconnects, SIGTERM removes the socket`, async () => {
@@ -66,33 +43,18 @@ for (const type of ['rng', 'blk'] as const) {
   });
 }
 
-test('virtio-ts serve: usage errors exit 2', () => {
+test('virtio-ts serve: usage errors exit 2, runtime failures 3 (exit-codes.test.ts has the full tables)', () => {
   const run = (...a: string[]) => spawnSync(process.execPath, [bin, ...a], { encoding: 'utf8' });
   assert.equal(run('serve', 'blk', '--socket-path', '/tmp/none.sock').status, 2, 'blk needs --image');
-  assert.equal(run('serve', 'blk', '--socket-path', '/tmp/none.sock', '--image', '/nonexistent.img').status, 2);
+  assert.equal(run('serve', 'blk', '--socket-path', '/tmp/none.sock', '--image', '/nonexistent.img').status, 3, 'a missing image is a runtime failure');
   assert.equal(run('serve', 'rng').status, 2, 'no socket');
-  assert.equal(run('serve', 'rng', '--socket-path', '/nonexistent-dir/x.sock').status, 2);
+  assert.equal(run('serve', 'rng', '--socket-path', '/nonexistent-dir/x.sock').status, 3, 'cannot listen: runtime failure');
   assert.equal(run('serve', 'rng', '--fd', 'x').status, 2);
   assert.equal(run('serve', 'rng', '--socket-path', '/tmp/x.sock', '--log-level', 'loud').status, 2);
   const caps = run('serve', 'blk', '--print-capabilities');
   assert.equal(caps.status, 0);
-  assert.deepEqual(JSON.parse(caps.stdout), { type: 'block', features: [] });
+  assert.deepEqual(JSON.parse(caps.stdout), { type: 'block', features: ['read-only', 'blk-file'] });
 });
-
-interface Served {
-  child: ReturnType<typeof spawn>;
-  exited: Promise<number | null>;
-  /** The JSON log lines so far. */
-  logs(): { level: number; msg: string; [k: string]: unknown }[];
-}
-
-function startServe(args: string[]): Served {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (d) => (stderr += d));
-  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
-  return { child, exited, logs: () => stderr.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) };
-}
 
 /** A front-end that takes the device live the way QEMU does, with the back-end request channel. */
 async function liveFrontEnd(path: string) {
@@ -200,45 +162,6 @@ test('virtio-ts serve rng: SIGHUP has nothing to reload and the server keeps ser
     assert.equal(await s.exited, 0);
   } finally {
     s.child.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
-
-test('virtio-ts serve: a socket left by a killed server is replaced; a live server\'s socket is refused and kept', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-serve-'));
-  const path = join(dir, 'rng.sock');
-  const start = () => {
-    const child = spawn(process.execPath, [bin, 'serve', 'rng', '--socket-path', path], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
-    const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
-    return { child, exited, log: () => stderr };
-  };
-  const first = start();
-  try {
-    await until(() => existsSync(path), 'the socket file');
-    assert.ok((await getFeatures(path)) & bit(Feature.VERSION_1));
-    // A second server on the same path while the first is alive: refused, the socket stays.
-    const second = start();
-    assert.equal(await second.exited, 2);
-    assert.match(second.log(), /another server is listening on/);
-    assert.ok(existsSync(path), 'the live server keeps its socket');
-    assert.ok((await getFeatures(path)) & bit(Feature.VERSION_1), 'and still answers');
-    // The first dies without cleaning up: its socket file stays behind, stale.
-    first.child.kill('SIGKILL');
-    await first.exited;
-    assert.ok(existsSync(path), 'a killed server leaves its socket file');
-    const third = start();
-    try {
-      await until(() => third.log().includes('listening on'), 'the restarted server');
-      assert.match(third.log(), /was left by a server that is gone; replacing it/);
-      assert.ok((await getFeatures(path)) & bit(Feature.VERSION_1), 'the restarted server answers on the same path');
-    } finally {
-      third.child.kill('SIGTERM');
-      assert.equal(await third.exited, 0);
-    }
-  } finally {
-    first.child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   }
 });
