@@ -61,6 +61,7 @@ export function buildProgram(): Command {
     .option('--read-only', 'blk: offer the disk read-only')
     .option('--num-queues <n>', 'blk: request queues', positiveInt('--num-queues', 64))
     .option('--queue-size <n>', 'largest queue size the front-end may set (default 1024, QEMU\'s maximum)', positiveInt('--queue-size', 32768))
+    .option('--seg-max <n>', 'blk: seg_max to advertise (default 126: a request of seg_max + 2 descriptors fits QEMU\'s default queue size 128; larger lets Linux build chains longer than such a queue)', positiveInt('--seg-max', 32766))
     .addOption(
       new Option('--io <mode>', 'blk: where disk I/O runs. auto: reads already in the page cache on the event loop (preadv2 RWF_NOWAIT), the rest and all writes on the thread pool; async: all on the thread pool; sync: all on the event loop (a slow disk stalls the server)')
         .choices(['auto', 'async', 'sync'])

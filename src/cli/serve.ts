@@ -24,6 +24,8 @@ export interface ServeOptions {
   readOnly?: boolean;
   numQueues?: number;
   queueSize?: number;
+  /** blk: seg_max to advertise (default: defaultSegMax, 126). */
+  segMax?: number;
   io?: 'auto' | 'async' | 'sync';
   tolerant?: boolean;
   logLevel?: string;
@@ -71,6 +73,9 @@ export async function runServe(type: string, opts: ServeOptions, out: Writable, 
             readOnly: opts.readOnly,
             numQueues: opts.numQueues ?? 1,
             queueMaxSize: opts.queueSize ?? 1024,
+            // seg_max: by default 126 whatever --queue-size says, so Linux's chains (seg_max + 2
+            // descriptors) fit QEMU's default queue size of 128 (see defaultSegMax).
+            segMax: opts.segMax,
             monitor,
           })
         : new RngDevice({ monitor, queueMaxSize: opts.queueSize ?? 1024 });
