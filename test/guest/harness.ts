@@ -57,6 +57,8 @@ export interface BootOptions {
   memoryMiB?: number;
   /** More kernel arguments (e.g. vt.seq=64 for the workload case). */
   append?: string;
+  /** Guest CPUs (default 1; Linux's virtio_blk uses min(num-queues, CPUs) queues). */
+  smp?: number;
 }
 
 /** What a test can do while its guest runs. */
@@ -131,7 +133,7 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     assert.ok(existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
     const args = [
       ...(o.machine ?? []),
-      '-accel', 'tcg', '-cpu', 'max', '-m', `${o.memoryMiB ?? 256}M`,
+      '-accel', 'tcg', '-cpu', 'max', '-m', `${o.memoryMiB ?? 256}M`, ...(o.smp ? ['-smp', String(o.smp)] : []),
       '-object', `memory-backend-memfd,id=mem,size=${o.memoryMiB ?? 256}M,share=on`, '-numa', 'node,memdev=mem',
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
       '-kernel', join(guestDir, 'vmlinux'), '-initrd', o.initrd ?? join(guestDir, 'initramfs.cpio'),
