@@ -146,6 +146,11 @@ export class BlkDevice extends VirtioDevice {
     const v = this.configView;
     const sectors = Math.floor(b.size / SECTOR);
     v.setBigUint64(BlkConfig.capacity, BigInt(sectors), true);
+    // size_max bounds the bytes of one segment, not the number of descriptors: Linux takes it as
+    // max_segment_size (min with its DMA limit) and merges adjacent pages up to it. It plays no
+    // part in fitting the queue (seg_max does); 1 MiB keeps a large request in few segments.
+    // virtio-blk has no max_sectors field: Linux sets max_hw_sectors to UINT_MAX and its block
+    // layer's default max_sectors_kb (1280 in 6.1) splits larger requests.
     v.setUint32(BlkConfig.sizeMax, options.sizeMax ?? 1 << 20, true);
     v.setUint32(BlkConfig.segMax, this.segMax, true);
     // A legacy CHS geometry for guests that want one: 16 heads, 63 sectors per track.

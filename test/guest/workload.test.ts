@@ -58,6 +58,7 @@ function checkOnHost(run: GuestRun, image: string): void {
   assert.equal(createHash('md5').update(img.subarray(FS_MIB * MiB, (FS_MIB + SEQ_MIB) * MiB)).digest('hex'), seq, 'the image holds the 64 MiB the guest wrote');
   // 2. File system: consistent, and every file holds what the guest wrote.
   assert.equal(Number(r.get('fs-files')), FILES + 8, 'the guest wrote 1008 files');
+  assert.equal(r.get('fs-guest-fsck'), '0', 'the guest\'s own e2fsck -fn after umount');
   const fsck = spawnSync(e2fsck, ['-fn', image], { encoding: 'utf8' });
   assert.equal(fsck.status, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
   const dump = mkdtempSync(join(tmpdir(), 'virtio-ts-rdump-'));
