@@ -414,9 +414,9 @@ export class SplitDeviceQueue extends DeviceQueueBase {
         // a servable violation up to LONG_CHAIN_CAP descriptors; Linux builds such tables when
         // seg_max exceeds the queue size (catalogue/deviations.tsv). Beyond the cap the walk
         // stops: a hostile table must not make the device walk or allocate without bound.
-        const length = chain.tableDescriptors + walked;
-        if (length > Math.max(this.size, LONG_CHAIN_CAP)) {
-          this.violation('split.indirect-descs.driver.3', `chain from head ${head} is longer than ${LONG_CHAIN_CAP} descriptors, the most this device serves (queue size ${this.size})`, { head, size: this.size, cap: LONG_CHAIN_CAP }, true);
+        const cap = Math.max(this.size, LONG_CHAIN_CAP);
+        if (chain.tableDescriptors + walked > cap) {
+          this.violation('split.indirect-descs.driver.3', `chain from head ${head} is longer than ${cap} descriptors, the most this device serves (queue size ${this.size})`, { head, size: this.size, cap }, true);
           return false;
         }
         if (!longReported) {
