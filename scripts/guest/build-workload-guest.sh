@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the workload guest's initramfs (OUT_DIR/workload-initramfs.cpio) for the real-guest
-# workload tests (test/guest/workload.test.ts): the test guest's initramfs (busybox, the virtio
+# workload tests (test/guest/workload-*.test.ts): the test guest's initramfs (busybox, the virtio
 # modules and scripts/guest/init, from OUT_DIR/initramfs.cpio, which build-guest.sh builds when
 # absent) plus the host's fio, mkfs.ext4 and e2fsck with the shared libraries ldd lists for
 # them, the dynamic loader, and ext4 with its modules from the same Debian kernel package.
