@@ -40,5 +40,6 @@ export { PackedDeviceQueue } from './core/virtqueue/packed-device.js';
 export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './core/virtqueue/packed-driver.js';
 
 export { Monitor, formatVerdict, type Verdict, type Severity, type MonitorMode, type MonitorOptions } from './conformance/monitor.js';
+export { parseDeviations, type KnownDeviation } from './conformance/deviations.js';
 export { allClauses, clauseInfo, partOf, type ClauseEntry, type CoverageStatus, type Side, type Level } from './conformance/catalogue.js';
 export { SCENARIOS, scenariosFor, type Scenario, type ScenarioOutcome } from './conformance/scenarios.js';

@@ -4,3 +4,4 @@
 export * from './index.js';
 export { FileBlockBackend } from './backends/file-block.js';
 export { StreamConsoleBackend, stdioConsoleBackend, listenConsole, type ConsoleStream, type StreamConsoleBackendOptions } from './backends/console-stream.js';
+export { loadDeviations, DEVIATIONS_FILE } from './cli/deviations.js';

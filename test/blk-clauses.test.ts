@@ -160,6 +160,20 @@ clauseTest(['blk.device-init.driver.3'], 'with FLUSH but no CONFIG_WCE the drive
   assert.equal(await driver.writeback(), true);
 });
 
+test('seg_max: 126 by default whatever the queue size above 128, so the chains of a driver (seg_max + 2) fit the default queue of QEMU (128); --seg-max overrides', async () => {
+  const segMax = async (o: { queueMaxSize: number; segMax?: number }) => {
+    const device = new BlkDevice({ backend: new MemoryBlockBackend(1 << 20, false, 's'), ...o });
+    const t = new LoopbackTransport(device, GuestMemory.create(1 << 16));
+    return Number(await t.readConfig(12, 4));
+  };
+  assert.equal(await segMax({ queueMaxSize: 1024 }), 126);
+  assert.equal(await segMax({ queueMaxSize: 32768 }), 126);
+  assert.equal(await segMax({ queueMaxSize: 128 }), 126);
+  assert.equal(await segMax({ queueMaxSize: 64 }), 62, 'a smaller largest queue: its size - 2');
+  assert.equal(await segMax({ queueMaxSize: 2 }), 1, 'at least one segment');
+  assert.equal(await segMax({ queueMaxSize: 1024, segMax: 1022 }), 1022);
+});
+
 test('block config layout is byte-exact (5.2.4)', async () => {
   const backend = new MemoryBlockBackend(64 << 20, false, 'serial');
   const device = new BlkDevice({ backend, numQueues: 3, queueMaxSize: 128, sizeMax: 65536, maxSegments: 2 });

@@ -777,15 +777,8 @@ test('split ring device: targeted hostile chains name the rule they break', () =
       'struct.desc-next.driver.1',
       true,
     ],
-    [
-      'indirect chain longer than the queue',
-      (m, d) => {
-        putDesc(m, d, 0, SCRATCH_TABLES, 16 * (size + 1), VIRTQ_DESC_F_INDIRECT, 0);
-        for (let i = 0; i <= size; i++) putDesc(m, SCRATCH_TABLES, i, 0x10000 + i, 1, i < size ? VIRTQ_DESC_F_NEXT : 0, i + 1);
-      },
-      'split.indirect-descs.driver.3',
-      true,
-    ],
+    // An indirect chain longer than the queue is a servable violation, not a fatal one: see
+    // test/long-chains.test.ts (served in tolerant mode, device error in strict, fatal past the cap).
   ];
   {
     const indirect = true;

@@ -7,6 +7,7 @@
  * tolerant mode records and goes on. Either way, guest input never throws to the caller.
  */
 import { clauseInfo, type Level, type Side } from './catalogue.js';
+import type { KnownDeviation } from './deviations.js';
 
 export type Severity = 'violation' | 'warning';
 
@@ -22,6 +23,11 @@ export interface Verdict {
   /** Which endpoint saw it: the device watches the driver, the driver watches the device. */
   observer: Side;
   context?: Record<string, unknown>;
+  /**
+   * Set when the clause is a catalogued deviation of a real driver (catalogue/deviations.tsv):
+   * the verdict is still a violation (and acted on as one), marked as known.
+   */
+  deviation?: Pick<KnownDeviation, 'driver' | 'version' | 'evidence'>;
 }
 
 export type MonitorMode = 'strict' | 'tolerant';
@@ -36,6 +42,8 @@ export interface MonitorOptions {
   onVerdict?: (v: Verdict) => void;
   /** Verdicts kept in memory (a hostile peer cannot grow the list without bound). */
   maxKept?: number;
+  /** Known deviations of real drivers (catalogue/deviations.tsv): verdicts on their clauses carry `deviation`. */
+  deviations?: Iterable<KnownDeviation>;
 }
 
 export class Monitor {
@@ -47,6 +55,7 @@ export class Monitor {
   private readonly ignored: Set<string>;
   private readonly listeners: ((v: Verdict) => void)[] = [];
   private readonly maxKept: number;
+  private readonly deviations = new Map<string, Pick<KnownDeviation, 'driver' | 'version' | 'evidence'>>();
 
   constructor(options: MonitorOptions = {}) {
     this.mode = options.mode ?? 'strict';
@@ -54,6 +63,14 @@ export class Monitor {
     this.ignored = new Set(options.ignore ?? []);
     this.maxKept = options.maxKept ?? 1000;
     if (options.onVerdict) this.listeners.push(options.onVerdict);
+    for (const d of options.deviations ?? []) {
+      if (!this.deviations.has(d.clause)) this.deviations.set(d.clause, { driver: d.driver, version: d.version, evidence: d.evidence });
+    }
+  }
+
+  /** The catalogued deviation for `clause`, if any. */
+  knownDeviation(clause: string): Verdict['deviation'] {
+    return this.deviations.get(clause);
   }
 
   get strict(): boolean {
@@ -80,6 +97,8 @@ export class Monitor {
       this.warnOnly.has(clause) || level === 'SHOULD' || level === 'SHOULD NOT' || level === 'MAY' ? 'warning' : 'violation';
     const verdict: Verdict = { clause, side, level, severity, message, observer: side === 'device' ? 'driver' : 'device' };
     if (context !== undefined) verdict.context = context;
+    const deviation = this.deviations.get(clause);
+    if (deviation !== undefined) verdict.deviation = deviation;
     if (this.ignored.has(clause)) return { ...verdict, severity: 'warning' }; // not recorded, never acted on
     this.total++;
     if (this.verdicts.length < this.maxKept) this.verdicts.push(verdict);
@@ -112,7 +131,11 @@ export class Monitor {
   }
 }
 
-/** Formats a verdict on one line: `VIOLATION split.desc-table.driver.1 (driver MUST NOT): ...`. */
+/**
+ * Formats a verdict on one line: `VIOLATION split.desc-table.driver.1 (driver MUST NOT): ...`,
+ * with ` [known deviation: DRIVER VERSION]` for a catalogued deviation of a real driver.
+ */
 export function formatVerdict(v: Verdict): string {
-  return `${v.severity.toUpperCase()} ${v.clause} (${v.side} ${v.level}): ${v.message}`;
+  const known = v.deviation ? ` [known deviation: ${v.deviation.driver} ${v.deviation.version}]` : '';
+  return `${v.severity.toUpperCase()} ${v.clause} (${v.side} ${v.level}): ${v.message}${known}`;
 }

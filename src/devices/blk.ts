@@ -54,7 +54,11 @@ export interface BlkDeviceOptions {
   /** Request queues (VIRTIO_BLK_F_MQ when more than one). */
   numQueues?: number;
   queueMaxSize?: number;
-  /** Most data segments per request (seg_max); default queue size - 2. */
+  /**
+   * Most data segments per request (seg_max); default min(queueMaxSize, 128) - 2 (see
+   * defaultSegMax). A larger value lets a driver that honours only seg_max build chains longer
+   * than a 128-entry queue (split.indirect-descs.driver.3, packed.indirect-descs.driver.3).
+   */
   segMax?: number;
   /** Largest segment in bytes (size_max). */
   sizeMax?: number;
@@ -66,6 +70,38 @@ export interface BlkDeviceOptions {
   maxInFlight?: number;
   /** Segments per discard / write zeroes / secure erase request. */
   maxSegments?: number;
+}
+
+/**
+ * The queue size this device assumes a front-end uses when it must say seg_max: QEMU's default
+ * for vhost-user-blk (and virtio-blk) queue-size. Over vhost-user the config space (seg_max)
+ * is read with GET_CONFIG when QEMU realizes the device, long before SET_VRING_NUM tells the
+ * ring sizes, and the driver reads seg_max before it sets up its queues.
+ */
+export const ASSUMED_QUEUE_SIZE = 128;
+
+/**
+ * seg_max a conforming driver can honour on any queue the front-end is likely to set up.
+ *
+ * A virtio-blk request is one chain: the 16-byte header, the data segments, the status byte.
+ * Linux 6.1 (drivers/block/virtio_blk.c, virtblk_probe) takes seg_max as the block queue's
+ * max_segments (clamped to VIRTIO_BLK_MAX_SG_ELEMS - 2 only) and sets no sector limit
+ * (max_hw_sectors UINT_MAX); virtio_ring puts every request of more than one segment in one
+ * indirect table, of seg_max + 2 descriptors at most, whatever the queue size. So the only
+ * bound on its chains is seg_max + 2, and split.indirect-descs.driver.3 /
+ * packed.indirect-descs.driver.3 (no chain longer than the queue size) hold for every queue of
+ * at least seg_max + 2 entries. With seg_max = queue size - 2 from `--queue-size 1024`, Linux's
+ * 1 MiB requests became 258-descriptor tables on QEMU's default 128-entry queue (issue 10).
+ *
+ * 128 - 2 = 126 is what qemu-storage-daemon advertises (block/export/vhost-user-blk-server.c:
+ * seg_max = 128 - 2) and QEMU's virtio-blk without seg-max-adjust: chains of at most 128
+ * descriptors fit QEMU's default queue size and every larger one. Requests stay large: 126
+ * segments of up to size_max (1 MiB) each; a 1 MiB write of scattered pages is two requests.
+ * A front-end configured with a queue smaller than 128 (queue-size=64) gets this device's
+ * queueMaxSize - 2 only if `--queue-size` says so.
+ */
+export function defaultSegMax(queueMaxSize: number): number {
+  return Math.max(1, Math.min(queueMaxSize, ASSUMED_QUEUE_SIZE) - 2);
 }
 
 interface Pending {
@@ -102,14 +138,19 @@ export class BlkDevice extends VirtioDevice {
     if (numQueues > 1) features |= bit(f.MQ);
     super({ deviceId: DeviceId.BLOCK, numQueues, queueMaxSize, deviceFeatures: features, configSize: BlkConfig.size, monitor: options.monitor, name: 'virtio-blk' });
     this.backend = b;
-    this.chain = new DescriptorChain(queueMaxSize + 64);
+    this.chain = DescriptorChain.forQueue(queueMaxSize);
     this.maxInFlight = options.maxInFlight ?? 128;
     this.maxSegments = options.maxSegments ?? 1;
-    this.segMax = options.segMax ?? Math.max(1, queueMaxSize - 2);
+    this.segMax = options.segMax ?? defaultSegMax(queueMaxSize);
     this.writeback = this.initialWriteback = options.writeback ?? true;
     const v = this.configView;
     const sectors = Math.floor(b.size / SECTOR);
     v.setBigUint64(BlkConfig.capacity, BigInt(sectors), true);
+    // size_max bounds the bytes of one segment, not the number of descriptors: Linux takes it as
+    // max_segment_size (min with its DMA limit) and merges adjacent pages up to it. It plays no
+    // part in fitting the queue (seg_max does); 1 MiB keeps a large request in few segments.
+    // virtio-blk has no max_sectors field: Linux sets max_hw_sectors to UINT_MAX and its block
+    // layer's default max_sectors_kb (1280 in 6.1) splits larger requests.
     v.setUint32(BlkConfig.sizeMax, options.sizeMax ?? 1 << 20, true);
     v.setUint32(BlkConfig.segMax, this.segMax, true);
     // A legacy CHS geometry for guests that want one: 16 heads, 63 sectors per track.

@@ -257,7 +257,7 @@ export class ConsoleDevice extends VirtioDevice {
       ...options.core,
     });
     this.maxPorts = maxPorts;
-    this.chain = new DescriptorChain(queueMaxSize + 64);
+    this.chain = DescriptorChain.forQueue(queueMaxSize);
     this.highWater = options.highWater ?? 64 * 1024;
     this.maxBuffered = Math.max(this.highWater, options.maxBuffered ?? 4 << 20);
     this.emergency = typeof emerg === 'function' ? emerg : null;

@@ -53,7 +53,7 @@ export class RngDevice extends VirtioDevice {
     this.source = options.source ?? cryptoEntropy;
     this.asyncSource = options.asyncSource;
     this.maxBytes = options.maxBytesPerRequest ?? 65536;
-    this.chain = new DescriptorChain(queueMaxSize + 64);
+    this.chain = DescriptorChain.forQueue(queueMaxSize);
   }
 
   protected processQueue(q: DeviceQueue): void {

@@ -51,6 +51,14 @@ export interface BootOptions {
   /** QEMU reconnects to a back-end that went away (-chardev socket,...,reconnect=1). */
   reconnect?: boolean;
   timeoutMs?: number;
+  /** The initramfs (default .guest/initramfs.cpio). */
+  initrd?: string;
+  /** Guest memory in MiB (default 256). */
+  memoryMiB?: number;
+  /** More kernel arguments (e.g. vt.seq=64 for the workload case). */
+  append?: string;
+  /** Guest CPUs (default 1; Linux's virtio_blk uses min(num-queues, CPUs) queues). */
+  smp?: number;
 }
 
 /** What a test can do while its guest runs. */
@@ -125,11 +133,11 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     assert.ok(existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
     const args = [
       ...(o.machine ?? []),
-      '-accel', 'tcg', '-cpu', 'max', '-m', '256M',
-      '-object', 'memory-backend-memfd,id=mem,size=256M,share=on', '-numa', 'node,memdev=mem',
+      '-accel', 'tcg', '-cpu', 'max', '-m', `${o.memoryMiB ?? 256}M`, ...(o.smp ? ['-smp', String(o.smp)] : []),
+      '-object', `memory-backend-memfd,id=mem,size=${o.memoryMiB ?? 256}M,share=on`, '-numa', 'node,memdev=mem',
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
-      '-kernel', join(guestDir, 'vmlinux'), '-initrd', join(guestDir, 'initramfs.cpio'),
-      '-append', `console=ttyS0 panic=-1 quiet vt.test=${o.test ?? o.kind} tsc_early_khz=${khz}`,
+      '-kernel', join(guestDir, 'vmlinux'), '-initrd', o.initrd ?? join(guestDir, 'initramfs.cpio'),
+      '-append', `console=ttyS0 panic=-1 quiet vt.test=${o.test ?? o.kind} tsc_early_khz=${khz}${o.append ? ' ' + o.append : ''}`,
       '-chardev', `socket,id=c0,path=${sock}${o.reconnect ? ',reconnect=1' : ''}`, '-device', o.device,
     ];
     const qmpPath = join(dir, 'qmp.sock');

@@ -6,6 +6,21 @@
  */
 import type { GuestMemory } from '../../memory/guest-memory.js';
 
+/**
+ * The most descriptors the device walks in one chain when a driver makes a chain longer than its
+ * queue size through an indirect table (split.indirect-descs.driver.3,
+ * packed.indirect-descs.driver.3: a servable violation, see DeviceQueueBase.servable). Longer
+ * than this is unservable. 1024 is VIRTQUEUE_MAX_SIZE, the most QEMU's own virtio devices
+ * (hw/virtio/virtio.c) and libvhost-user (hence qemu-storage-daemon) take in one chain ("too
+ * many descriptors in indirect table"), and more than Linux 6.1's virtio_blk builds for any
+ * seg_max this device advertises (seg_max + 2 descriptors; seg_max is at most queue size - 2).
+ * A hostile table therefore costs at most 1024 descriptor reads and a chain of bounded size.
+ */
+export const LONG_CHAIN_CAP = 1024;
+
+/** Pieces one chain may hold beyond its descriptors: buffers split at memory-region boundaries. */
+const REGION_SPLIT_SLACK = 64;
+
 export class DescriptorChain {
   /** Head descriptor index: the id the device returns in the used ring. */
   head = 0;
@@ -19,12 +34,43 @@ export class DescriptorChain {
   tableDescriptors = 0;
   /** Whether the chain went through an indirect table. */
   indirect = false;
-  readonly addrs: Float64Array;
-  readonly lens: Uint32Array;
+  /** Pieces the arrays hold now; they grow (rarely, by doubling) up to `limit`. */
+  capacity: number;
+  addrs: Float64Array;
+  lens: Uint32Array;
 
-  constructor(readonly capacity: number) {
+  /**
+   * `capacity` pieces preallocated; `limit` the most this chain ever holds (default: capacity).
+   * Growth happens only for chains longer than the queue (servable violations): the hot path
+   * of a conforming driver never allocates.
+   */
+  constructor(capacity: number, readonly limit = capacity) {
+    this.capacity = capacity;
     this.addrs = new Float64Array(capacity);
     this.lens = new Uint32Array(capacity);
+  }
+
+  /**
+   * A chain for a queue of at most `maxSize` entries: room for a conforming chain (maxSize
+   * descriptors, plus pieces split at region boundaries) and growth up to the longest chain
+   * the device serves at all (LONG_CHAIN_CAP).
+   */
+  static forQueue(maxSize: number): DescriptorChain {
+    return new DescriptorChain(maxSize + REGION_SPLIT_SLACK, Math.max(maxSize, LONG_CHAIN_CAP) + REGION_SPLIT_SLACK);
+  }
+
+  /** Doubles the arrays (at most to `limit`), keeping what they hold; false at the limit. */
+  private grow(): boolean {
+    if (this.capacity >= this.limit) return false;
+    const n = Math.min(this.limit, Math.max(1, this.capacity * 2));
+    const addrs = new Float64Array(n);
+    const lens = new Uint32Array(n);
+    addrs.set(this.addrs.subarray(0, this.count));
+    lens.set(this.lens.subarray(0, this.count));
+    this.addrs = addrs;
+    this.lens = lens;
+    this.capacity = n;
+    return true;
   }
 
   /**
@@ -38,7 +84,7 @@ export class DescriptorChain {
     do {
       const r = mem.regionFor(cur, left === 0 ? 0 : 1);
       if (r === null) return 'range';
-      if (this.count >= this.capacity) return 'full';
+      if (this.count >= this.capacity && !this.grow()) return 'full';
       const piece = Math.min(left, r.end - cur);
       const i = this.count++;
       this.addrs[i] = cur;

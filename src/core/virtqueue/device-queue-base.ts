@@ -77,7 +77,7 @@ export abstract class DeviceQueueBase {
 
   /** A chain object big enough for any chain this queue accepts. */
   newChain(): DescriptorChain {
-    return new DescriptorChain(this.maxSize + 64);
+    return DescriptorChain.forQueue(this.maxSize);
   }
 
   resubmit(buffers: readonly Resubmit[]): void {
@@ -114,6 +114,20 @@ export abstract class DeviceQueueBase {
     const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
     if (fatal) this.broken = true;
     this.sink(v, fatal);
+  }
+
+  /**
+   * A servable violation (the driver broke a rule, but what it asked is well-defined and inside
+   * guest memory): reported with its clause, not fatal. Returns whether to serve it: in
+   * tolerant mode yes; when the monitor acts (strict), the device enters DEVICE_NEEDS_RESET
+   * through the sink and the queue takes nothing more, this request included.
+   */
+  protected servable(clause: string, message: string, context: Record<string, unknown>): boolean {
+    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
+    const act = this.monitor.shouldAct(v);
+    if (act) this.broken = true;
+    this.sink(v, false);
+    return !act;
   }
 
   /** IN_ORDER: buffer `id` was taken (with `writable` device-writable bytes). */

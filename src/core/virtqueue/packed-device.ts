@@ -10,7 +10,7 @@
  */
 import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../conformance/monitor.js';
-import type { DescriptorChain } from './chain.js';
+import { LONG_CHAIN_CAP, type DescriptorChain } from './chain.js';
 import type { QueueFeatures, ViolationSink } from './split-device.js';
 import type { Resubmit, RingPosition } from './queue.js';
 import { DeviceQueueBase } from './device-queue-base.js';
@@ -360,9 +360,18 @@ export class PackedDeviceQueue extends DeviceQueueBase {
       return false;
     }
     const entries = tableLen / PDESC_SIZE;
-    const limit = Math.min(this.size, this.maxChainLength);
+    // packed.indirect-descs.driver.3: no list longer than the device allows, here the queue
+    // size. A longer table is still well-defined (every entry is read once, in order, and its
+    // buffers are checked against guest memory as usual): a servable violation up to
+    // LONG_CHAIN_CAP entries (Linux builds such tables when seg_max exceeds the queue size,
+    // catalogue/deviations.tsv). Longer than the cap, or than a limit the device was given
+    // (maxChainLength), is unservable: the walk and the chain stay bounded whatever the table says.
+    const limit = Math.min(Math.max(this.size, LONG_CHAIN_CAP), this.maxChainLength);
     if (entries > limit) {
-      this.violation('packed.indirect-descs.driver.3', `indirect table at slot ${first} holds ${entries} descriptors, more than the ${limit} this device allows`, { slot: first, entries }, true);
+      this.violation('packed.indirect-descs.driver.3', `indirect table at slot ${first} holds ${entries} descriptors, more than the ${limit} this device serves (queue size ${this.size})`, { slot: first, entries, cap: limit }, true);
+      return false;
+    }
+    if (entries > this.size && !this.servable('packed.indirect-descs.driver.3', `indirect table at slot ${first} holds ${entries} descriptors, more than the queue size ${this.size}`, { slot: first, entries, size: this.size })) {
       return false;
     }
     chain.indirect = true;

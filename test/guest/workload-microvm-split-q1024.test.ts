@@ -1,0 +1,4 @@
+// Real-guest workloads on microvm, split ring, QEMU queue-size=1024, one and two queues (see workload-matrix.ts).
+import { workloadMatrix } from './workload-matrix.js';
+
+workloadMatrix('microvm', 'split', 1024);

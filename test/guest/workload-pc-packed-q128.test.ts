@@ -1,0 +1,4 @@
+// Real-guest workloads on pc, packed ring, QEMU queue-size=128, one and two queues (see workload-matrix.ts).
+import { workloadMatrix } from './workload-matrix.js';
+
+workloadMatrix('pc', 'packed', 128);
