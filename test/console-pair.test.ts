@@ -332,7 +332,7 @@ test('console pair with a Node stream backend: a unix socket client talks to a d
     const toGuest = pattern(5, 400_000);
     const got = sink(port);
     c.write(toGuest);
-    await until(() => total(got) === toGuest.length, 'socket bytes at the driver', 4000);
+    await until(() => total(got) === toGuest.length, 'socket bytes at the driver');
     assert.deepEqual(concat(got), toGuest);
 
     // Driver port -> socket.
@@ -340,7 +340,7 @@ test('console pair with a Node stream backend: a unix socket client talks to a d
     const received: Buffer[] = [];
     c.on('data', (d: Buffer) => received.push(d));
     await port.write(toHost);
-    await until(() => received.reduce((n, d) => n + d.length, 0) === toHost.length, 'driver bytes at the socket', 4000);
+    await until(() => received.reduce((n, d) => n + d.length, 0) === toHost.length, 'driver bytes at the socket');
     assert.deepEqual(new Uint8Array(Buffer.concat(received)), toHost);
     assert.equal(stream.stats.read, toGuest.length);
     assert.equal(stream.stats.written, toHost.length);

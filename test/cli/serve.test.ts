@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../../src/native/index.js';
 import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import { memTablePayload, message, receive } from '../vhost-user/front-end.js';
+import { WAIT_MS, memTablePayload, message, receive } from '../vhost-user/front-end.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
 
@@ -18,8 +18,13 @@ const root = join(fileURLToPath(import.meta.url), '../../../..');
 const bin = join(root, 'dist/src/cli/main.js');
 const n = native();
 
+/**
+ * Waits for a state of the server process (a log line, a socket file), checked every 10 ms;
+ * the 30 s bound is against hangs only (a process start on a loaded machine takes seconds).
+ */
 async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500; i++) {
+  const deadline = Date.now() + 30000;
+  while (Date.now() < deadline) {
     if (cond()) return;
     await new Promise((res) => setTimeout(res, 10));
   }
@@ -123,8 +128,8 @@ async function liveFrontEnd(path: string) {
     new DataView(cfg.buffer).setUint32(4, 8, true); // offset 0 (capacity), 8 bytes, flags 0
     return Number((await ask(Req.GET_CONFIG, cfg)).getBigUint64(HEADER_SIZE + 12, true));
   };
-  /** The next back-end request on the channel (its type), or null when none comes soon. */
-  const backendRequest = async (waitMs = 2500): Promise<number | null> => {
+  /** The next back-end request on the channel (its type), or null when none comes in `waitMs` (a bound against hangs; pass a short one only to see that none comes). */
+  const backendRequest = async (waitMs = WAIT_MS): Promise<number | null> => {
     try {
       return new DataView((await receive(channel, waitMs)).buffer).getUint32(0, true);
     } catch (err) {

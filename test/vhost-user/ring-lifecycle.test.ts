@@ -12,7 +12,7 @@ import { ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transp
 import { Feature } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
 import type { RingFormat } from '../../src/core/virtqueue/queue.js';
-import { TestFrontEnd, closedWith, n, receive, tick } from './front-end.js';
+import { TestFrontEnd, closedWith, n, receive, tick, until } from './front-end.js';
 import { HeldBackend, blkRead } from './held-disk.js';
 
 const PROTOCOL_FEATURES_BIT = 1n << 30n;
@@ -99,7 +99,7 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
       const q = ring.queue;
       const request = (k: number) => blkRead(fe, ring, k);
       request(0);
-      for (let i = 0; i < 500 && disk.held.length === 0; i++) await tick();
+      await disk.whenHeld(1);
       assert.equal(disk.held.length, 1, 'the read reached the disk');
 
       // The stop, then a message behind it, then a new request the stopped ring must not take.
@@ -107,8 +107,9 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
       else fe.send(Req.SET_STATUS, u64Payload(0), [], 1 | 8); // NEED_REPLY: acknowledged once done
       fe.send(Req.GET_FEATURES);
       // (A socket message and an eventfd kick have no order between them: let the stop land
-      // first, as it does under QEMU, whose vCPUs are stopped before it asks.)
-      for (let i = 0; i < 5; i++) await tick();
+      // first, as it does under QEMU, whose vCPUs are stopped before it asks. Landed: the ring
+      // is paused.)
+      await until(() => device.queues[0]?.paused === true, 'the stop to pause the ring');
       request(1);
       for (let i = 0; i < 20; i++) await tick();
       assert.equal(n.recvmsg(fe.front, new Uint8Array(64)).bytes, -1, 'no answer while the read is in progress');
