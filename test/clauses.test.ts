@@ -17,7 +17,7 @@ import { NET_FEATURES } from '../src/core/device-types.js';
 import { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, availEventOffset, usedEventOffset } from '../src/core/virtqueue/split-layout.js';
 import type { SplitDeviceQueue } from '../src/core/virtqueue/split-device.js';
 import type { SplitDriverQueue } from '../src/core/virtqueue/split-driver.js';
-import { turns, until } from './wait.js';
+import { WAIT_MS, turns, until } from './wait.js';
 
 const V1 = bit(Feature.VERSION_1);
 /** These tests look at split-ring memory: the driver does not take VIRTIO_F_RING_PACKED. */
@@ -158,7 +158,7 @@ clauseTest(['init.suspend.driver.2', 'init.suspend.driver.6', 'init.suspend.devi
   await until(() => pending.length > 0, 'the request at the source');
   assert.equal(pending.length, 1);
   let suspended = false;
-  const suspending = r.driver.suspend().then(() => (suspended = true));
+  const suspending = r.driver.suspend({ timeoutMs: WAIT_MS }).then(() => (suspended = true));
   await turns();
   assert.equal(suspended, false, 'not suspended while a buffer is in progress');
   assert.equal(r.dev.getStatus() & Status.DRIVER_OK, Status.DRIVER_OK);
@@ -171,7 +171,7 @@ clauseTest(['init.suspend.driver.2', 'init.suspend.driver.6', 'init.suspend.devi
   await turns();
   assert.equal(done, false, 'no buffer is made available while suspended');
   assert.equal(pending.length, 0);
-  await r.driver.resume();
+  await r.driver.resume({ timeoutMs: WAIT_MS });
   assert.equal(r.dev.getStatus() & (Status.SUSPEND | Status.DRIVER_OK), Status.DRIVER_OK);
   await until(() => pending.length > 0, 'the request made available after resume');
   pending.shift()!();
@@ -195,7 +195,7 @@ clauseTest(['init.suspend.device.2'], 'a suspended device ignores configuration 
   await d.init({ setup: async () => void (await d.setupQueue(0)) });
   await transport.writeConfig(0, 4, 7);
   assert.equal(dev.written.length, 1);
-  await d.suspend();
+  await d.suspend({ timeoutMs: WAIT_MS });
   await transport.writeConfig(0, 4, 9);
   assert.equal(dev.written.length, 1, 'the write while suspended was ignored');
   assert.deepEqual(devMon.verdicts.map((v) => v.clause), ['init.suspend.driver.5']);

@@ -8,7 +8,7 @@ import { RngDriver } from '../src/drivers/rng.js';
 import { Feature, Status } from '../src/core/constants.js';
 import { bit, hasFeature } from '../src/core/features.js';
 import { TRANSPORT_FEATURES_SPLIT } from '../src/core/features.js';
-import { until } from './wait.js';
+import { WAIT_MS, until } from './wait.js';
 
 const FORMATS = {
   split: TRANSPORT_FEATURES_SPLIT | bit(Feature.SUSPEND),
@@ -49,8 +49,8 @@ for (const [format, base] of Object.entries(FORMATS)) {
         for (const b of bytes) seen[b]++;
         assert.ok(seen.every((n) => n > 0), 'all byte values came through');
         assert.equal(device.bytesServed, bytes.length);
-        await driver.suspend();
-        await driver.resume();
+        await driver.suspend({ timeoutMs: WAIT_MS });
+        await driver.resume({ timeoutMs: WAIT_MS });
         assert.equal((await driver.read(10)).length, 10);
         assert.deepEqual(devMon.verdicts, []);
         assert.deepEqual(drvMon.verdicts, []);

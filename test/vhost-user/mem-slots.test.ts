@@ -12,7 +12,8 @@ import { MAX_MEM_SLOTS, VhostUserBackend } from '../../src/transports/vhost-user
 import { FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { Feature } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
-import { TestFrontEnd, USER_BASE, closedWith, n, receive, regionPayload, tick, until, type TestRing } from './front-end.js';
+import { TestFrontEnd, USER_BASE, closedWith, n, receive, regionPayload, until, type TestRing } from './front-end.js';
+import { turns } from '../wait.js';
 import { HeldBackend, blkRead } from './held-disk.js';
 
 const PROTOCOL_FEATURES_BIT = 1n << 30n;
@@ -124,7 +125,7 @@ test('vhost-user memory slots: a removal waits for the request in progress whose
     // them): it has landed when the ring is paused.
     await until(() => device.queues[0]?.paused === true, 'the removal to pause the ring');
     read(1, 0x50000); // a new request: not taken while the removal waits
-    for (let i = 0; i < 20; i++) await tick();
+    await turns(20); // nothing may happen: give the back-end 20 loop turns (not a time) to do it wrongly
     assert.equal(n.recvmsg(fe.front, new Uint8Array(64)).bytes, -1, 'no answer while the read is in progress');
     assert.equal(disk.held.length, 1, 'no new request taken meanwhile (the first is still held)');
     assert.equal(device.memory.regions.length, 2, 'the region is still there');
