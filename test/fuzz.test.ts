@@ -33,7 +33,7 @@ test('fuzz: the runner refuses bad usage with exit 2 and names the targets', asy
 });
 
 for (const target of TARGETS) {
-  test(`fuzz ${target}: kept inputs replay without a finding`, async () => {
+  test(`fuzz ${target}: kept inputs replay without a finding`, async (t) => {
     const mod = (await import(pathToFileURL(join(root, 'dist', 'fuzz', `${target}.fuzz.js`)).href)) as { fuzz(data: Uint8Array): void };
     let replayed = 0;
     for (const dir of [join(root, 'fuzz', 'regressions', target), join(root, 'fuzz', 'seeds', target)]) {
@@ -46,6 +46,7 @@ for (const target of TARGETS) {
     }
     // The empty input too: every target must take it.
     mod.fuzz(new Uint8Array(0));
+    t.diagnostic(`${replayed} kept inputs replayed`);
   });
 
   test(`fuzz ${target}: ${RUNS} inputs under Jazzer.js from seed ${SEED} find nothing`, async () => {

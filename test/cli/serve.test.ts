@@ -53,7 +53,10 @@ for (const type of ['rng', 'blk'] as const) {
     child.stderr.on('data', (d) => (stderr += d));
     const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
     try {
-      await until(() => existsSync(path), 'the socket file');
+      // The server's "listening on" line, not the socket file: the file appears at bind(),
+      // before listen(), and a connect in between is refused (seen on a loaded machine).
+      await until(() => stderr.includes('listening on'), 'the server listening');
+      assert.ok(existsSync(path), 'the socket file');
       const first = await getFeatures(path);
       assert.ok(first & (1n << 32n), 'VIRTIO_F_VERSION_1 offered');
       assert.ok(first & (1n << 30n), 'VHOST_USER_F_PROTOCOL_FEATURES offered');
@@ -152,7 +155,8 @@ for (const extra of [[], ['--read-only']]) {
       return s.logs().find((l) => re.test(l.msg))!;
     };
     try {
-      await until(() => existsSync(path), 'the socket file');
+      await until(() => s.logs().some((l) => l.msg.startsWith('listening on')), 'the server listening'); // not the file: it appears before listen()
+      assert.ok(existsSync(path), 'the socket file');
       const fe = await liveFrontEnd(path);
       assert.equal(await fe.capacity(), 2048);
 
@@ -197,7 +201,8 @@ test('virtio-ts serve rng: SIGHUP has nothing to reload and the server keeps ser
   const path = join(dir, 'rng.sock');
   const s = startServe(['serve', 'rng', '--socket-path', path]);
   try {
-    await until(() => existsSync(path), 'the socket file');
+    await until(() => s.logs().some((l) => l.msg.startsWith('listening on')), 'the server listening'); // not the file: it appears before listen()
+    assert.ok(existsSync(path), 'the socket file');
     s.child.kill('SIGHUP');
     await until(() => s.logs().some((l) => l.msg === 'SIGHUP: nothing to reload for rng'), 'the SIGHUP log line');
     assert.ok((await getFeatures(path)) & (1n << 32n), 'still answers');
@@ -221,7 +226,8 @@ test('virtio-ts serve: a socket left by a killed server is replaced; a live serv
   };
   const first = start();
   try {
-    await until(() => existsSync(path), 'the socket file');
+    await until(() => first.log().includes('listening on'), 'the server listening'); // not the file: it appears before listen()
+    assert.ok(existsSync(path), 'the socket file');
     assert.ok((await getFeatures(path)) & bit(Feature.VERSION_1));
     // A second server on the same path while the first is alive: refused, the socket stays.
     const second = start();
