@@ -14,6 +14,7 @@ import { BlkDriver } from '../src/drivers/blk.js';
 import { Feature } from '../src/core/constants.js';
 import { bit, hasFeature } from '../src/core/features.js';
 import { BLK_FEATURES } from '../src/core/device-types.js';
+import { until } from './wait.js';
 
 function clauseTest(ids: string[], title: string, fn: () => Promise<void>): void {
   for (const format of ['split', 'packed'] as const) {
@@ -140,7 +141,7 @@ clauseTest(['blk.device-operation.device.2', 'blk.device-operation.driver.1'], '
   assert.equal(r.driver.capacity, 2048);
   (backend as unknown as { bytes: Uint8Array }).bytes = new Uint8Array(2 << 20);
   r.device.resize();
-  await new Promise((res) => setTimeout(res, 5));
+  await until(() => r.driver.capacity !== 2048, 'the driver to handle the notification');
   assert.equal(r.driver.capacity, 4096);
 });
 
@@ -219,7 +220,7 @@ test('a live shrink: requests past the new end fail with IOERR; only those past 
   // Past anything the driver was ever shown: a verdict, as before.
   assert.equal(await raw(r, BlkType.IN, 2048, new Uint8Array(0), 512), BlkStatus.IOERR);
   assert.deepEqual(r.devMon.verdicts.map((v) => v.clause), ['blk.device-operation.driver.2']);
-  await new Promise((res) => setTimeout(res, 5));
+  await until(() => r.driver.capacity !== 2048, 'the driver to handle the notification');
   assert.equal(r.driver.capacity, 1024, 'the driver read the new capacity');
 });
 

@@ -17,6 +17,7 @@ import { NET_FEATURES } from '../src/core/device-types.js';
 import { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, availEventOffset, usedEventOffset } from '../src/core/virtqueue/split-layout.js';
 import type { SplitDeviceQueue } from '../src/core/virtqueue/split-device.js';
 import type { SplitDriverQueue } from '../src/core/virtqueue/split-driver.js';
+import { WAIT_MS, turns, until } from './wait.js';
 
 const V1 = bit(Feature.VERSION_1);
 /** These tests look at split-ring memory: the driver does not take VIRTIO_F_RING_PACKED. */
@@ -84,7 +85,7 @@ clauseTest(['basic.status.device.2', 'basic.status.device.3'], 'an internal devi
   await assert.rejects(r.driver.read(8));
   assert.ok(r.dev.getStatus() & Status.DEVICE_NEEDS_RESET);
   assert.equal(r.transport.counts.configInterrupts, 1);
-  await new Promise((res) => setTimeout(res, 0));
+  await until(() => r.driver.state === 'broken', 'the driver to handle the notification');
   assert.equal(r.driver.state, 'broken');
   assert.deepEqual(r.drvMon.verdicts, []);
 });
@@ -154,11 +155,11 @@ clauseTest(['init.suspend.driver.2', 'init.suspend.driver.6', 'init.suspend.devi
   const pending: (() => void)[] = [];
   const r = await liveRng({ asyncSource: (dst) => new Promise<void>((res) => pending.push(() => (dst.fill(5), res()))) });
   const inProgress = r.driver.request(16);
-  await new Promise((res) => setTimeout(res, 0));
+  await until(() => pending.length > 0, 'the request at the source');
   assert.equal(pending.length, 1);
   let suspended = false;
-  const suspending = r.driver.suspend().then(() => (suspended = true));
-  await new Promise((res) => setTimeout(res, 5));
+  const suspending = r.driver.suspend({ timeoutMs: WAIT_MS }).then(() => (suspended = true));
+  await turns();
   assert.equal(suspended, false, 'not suspended while a buffer is in progress');
   assert.equal(r.dev.getStatus() & Status.DRIVER_OK, Status.DRIVER_OK);
   pending.shift()!();
@@ -167,12 +168,12 @@ clauseTest(['init.suspend.driver.2', 'init.suspend.driver.6', 'init.suspend.devi
   assert.equal(r.dev.getStatus() & (Status.SUSPEND | Status.DRIVER_OK), Status.SUSPEND);
   let done = false;
   const later = r.driver.request(8).then((b) => ((done = true), b));
-  await new Promise((res) => setTimeout(res, 5));
+  await turns();
   assert.equal(done, false, 'no buffer is made available while suspended');
   assert.equal(pending.length, 0);
-  await r.driver.resume();
+  await r.driver.resume({ timeoutMs: WAIT_MS });
   assert.equal(r.dev.getStatus() & (Status.SUSPEND | Status.DRIVER_OK), Status.DRIVER_OK);
-  await new Promise((res) => setTimeout(res, 0));
+  await until(() => pending.length > 0, 'the request made available after resume');
   pending.shift()!();
   assert.equal((await later).length, 8);
   assert.deepEqual([...r.devMon.verdicts, ...r.drvMon.verdicts], []);
@@ -194,7 +195,7 @@ clauseTest(['init.suspend.device.2'], 'a suspended device ignores configuration 
   await d.init({ setup: async () => void (await d.setupQueue(0)) });
   await transport.writeConfig(0, 4, 7);
   assert.equal(dev.written.length, 1);
-  await d.suspend();
+  await d.suspend({ timeoutMs: WAIT_MS });
   await transport.writeConfig(0, 4, 9);
   assert.equal(dev.written.length, 1, 'the write while suspended was ignored');
   assert.deepEqual(devMon.verdicts.map((v) => v.clause), ['init.suspend.driver.5']);

@@ -1,6 +1,7 @@
 // Helpers the console tests share.
 import assert from 'node:assert/strict';
 import type { ConsolePort } from '../src/drivers/console.js';
+import { WAIT_MS, turns, until as waitUntil } from './wait.js';
 
 export function pattern(seed: number, len: number): Uint8Array {
   const b = new Uint8Array(len);
@@ -24,17 +25,16 @@ export function concat(chunks: readonly Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** Waits (macrotasks) until `cond` holds; fails after `ms`. */
-export async function until(cond: () => boolean, what: string, ms = 2000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((res) => setTimeout(res, 1));
-  }
+/** Waits until `cond` holds, checked once per event-loop turn; fails after `ms` (a bound against hangs, not a timing assumption). */
+export async function until(cond: () => boolean, what: string, ms = WAIT_MS): Promise<void> {
+  await waitUntil(cond, what, ms);
 }
 
-/** Lets pending async deliveries run. */
-export const settle = () => new Promise((res) => setTimeout(res, 5));
+/**
+ * Lets pending async deliveries run (a fixed number of event-loop turns, not a time), before
+ * checking that something did NOT happen.
+ */
+export const settle = () => turns();
 
 /** Collects a port's data. */
 export function sink(port: ConsolePort): Uint8Array[] {

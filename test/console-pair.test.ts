@@ -18,6 +18,7 @@ import { CONSOLE_FEATURES } from '../src/core/device-types.js';
 import { Feature, Status } from '../src/core/constants.js';
 import { bit, hasFeature, TRANSPORT_FEATURES_SPLIT } from '../src/core/features.js';
 import { concat, pattern, settle, sink, total, until } from './console-helpers.js';
+import { WAIT_MS } from './wait.js';
 
 const FORMATS = {
   split: TRANSPORT_FEATURES_SPLIT | bit(Feature.SUSPEND),
@@ -85,14 +86,14 @@ for (const format of ['split', 'packed'] as const) {
       assert.deepEqual(emergency, [0x21, 0x6f, 0x6b]);
 
       // Suspend: host bytes and driver writes wait, then flow after resume.
-      await driver.suspend();
+      await driver.suspend({ timeoutMs: WAIT_MS });
       got.length = 0;
       backend.send('typed while suspended');
       const written = port.write('written while suspended');
       await settle();
       assert.equal(total(got), 0);
       assert.equal(device.port(0)!.buffered, 'typed while suspended'.length);
-      await driver.resume();
+      await driver.resume({ timeoutMs: WAIT_MS });
       await written;
       await until(() => total(got) === 'typed while suspended'.length, 'bytes after resume');
       assert.equal(new TextDecoder().decode(concat(got)), 'typed while suspended');
@@ -271,9 +272,9 @@ test('console pair, feature variants (IN_ORDER, NOTIFICATION_DATA, no EVENT_IDX,
       await until(() => total(got) === input.length, `${name} ${mode}: host bytes`);
       assert.deepEqual(concat(got), input, `${name} ${mode}`);
       assert.deepEqual(backend.bytes, out, `${name} ${mode}`);
-      await driver.suspend();
+      await driver.suspend({ timeoutMs: WAIT_MS });
       backend.send('z');
-      await driver.resume();
+      await driver.resume({ timeoutMs: WAIT_MS });
       await until(() => total(got) === input.length + 1, `${name} ${mode}: byte after resume`);
       await driver.emergWrite('#');
       assert.equal(b[0].text.endsWith('#'), true, `${name} ${mode}: emergency byte on port 0`);
@@ -332,7 +333,7 @@ test('console pair with a Node stream backend: a unix socket client talks to a d
     const toGuest = pattern(5, 400_000);
     const got = sink(port);
     c.write(toGuest);
-    await until(() => total(got) === toGuest.length, 'socket bytes at the driver', 4000);
+    await until(() => total(got) === toGuest.length, 'socket bytes at the driver');
     assert.deepEqual(concat(got), toGuest);
 
     // Driver port -> socket.
@@ -340,7 +341,7 @@ test('console pair with a Node stream backend: a unix socket client talks to a d
     const received: Buffer[] = [];
     c.on('data', (d: Buffer) => received.push(d));
     await port.write(toHost);
-    await until(() => received.reduce((n, d) => n + d.length, 0) === toHost.length, 'driver bytes at the socket', 4000);
+    await until(() => received.reduce((n, d) => n + d.length, 0) === toHost.length, 'driver bytes at the socket');
     assert.deepEqual(new Uint8Array(Buffer.concat(received)), toHost);
     assert.equal(stream.stats.read, toGuest.length);
     assert.equal(stream.stats.written, toHost.length);

@@ -9,6 +9,7 @@ import { RngDriver } from '../src/drivers/rng.js';
 import { DriverError } from '../src/core/driver.js';
 import { Feature } from '../src/core/constants.js';
 import { bit, hasFeature, TRANSPORT_FEATURES_SPLIT } from '../src/core/features.js';
+import { turns, until } from './wait.js';
 
 const FORMATS = {
   split: TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_RESET) | bit(Feature.NOTIFICATION_DATA),
@@ -69,14 +70,14 @@ for (const [format, accept] of Object.entries(FORMATS)) {
     const driver = new RngDriver(transport, { monitor: drvMon, transportFeatures: accept });
     await driver.start();
     const lost = driver.request(16);
-    await new Promise((res) => setTimeout(res, 0));
+    await until(() => waiting.length > 0, 'the request at the source');
     assert.equal(waiting.length, 1);
     await driver.restartQueue();
     await assert.rejects(lost, DriverError);
     for (const w of waiting.splice(0)) w(); // the source answers late: dropped, nothing written
-    await new Promise((res) => setTimeout(res, 0));
+    await turns();
     const later = driver.request(8);
-    await new Promise((res) => setTimeout(res, 0));
+    await until(() => waiting.length > 0, 'the new request at the source');
     for (const w of waiting.splice(0)) w();
     assert.deepEqual(Array.from(await later), new Array(8).fill(2));
     assert.deepEqual([...devMon.verdicts, ...drvMon.verdicts], []);

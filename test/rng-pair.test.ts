@@ -8,6 +8,7 @@ import { RngDriver } from '../src/drivers/rng.js';
 import { Feature, Status } from '../src/core/constants.js';
 import { bit, hasFeature } from '../src/core/features.js';
 import { TRANSPORT_FEATURES_SPLIT } from '../src/core/features.js';
+import { WAIT_MS, until } from './wait.js';
 
 const FORMATS = {
   split: TRANSPORT_FEATURES_SPLIT | bit(Feature.SUSPEND),
@@ -48,8 +49,8 @@ for (const [format, base] of Object.entries(FORMATS)) {
         for (const b of bytes) seen[b]++;
         assert.ok(seen.every((n) => n > 0), 'all byte values came through');
         assert.equal(device.bytesServed, bytes.length);
-        await driver.suspend();
-        await driver.resume();
+        await driver.suspend({ timeoutMs: WAIT_MS });
+        await driver.resume({ timeoutMs: WAIT_MS });
         assert.equal((await driver.read(10)).length, 10);
         assert.deepEqual(devMon.verdicts, []);
         assert.deepEqual(drvMon.verdicts, []);
@@ -79,7 +80,7 @@ for (const [format, base] of Object.entries(FORMATS)) {
     const lens = [64, 16, 32, 48, 100, 8, 64, 40, 200, 12];
     const order: number[] = [];
     const requests = lens.map((len, i) => driver.request(len).then((b) => (order.push(i), b)));
-    await new Promise((res) => setTimeout(res, 0));
+    await until(() => waiting.length >= lens.length, 'every request at the source');
     assert.equal(waiting.length, lens.length);
     for (const release of waiting.splice(0).reverse()) release(); // the source answers last request first
     const results = await Promise.all(requests);

@@ -262,32 +262,21 @@ export class BlkDevice extends VirtioDevice {
   /** Parses one request and hands it to the backend. */
   private start(q: DeviceQueue, chain: DescriptorChain): void {
     const p: Pending = { q, head: chain.head, epoch: this.epoch };
-    const mem = this.memory;
-    if (chain.writableBytes < 1) {
+    const req = parseBlkRequest(this.memory, chain, this.reader);
+    if (req.kind === 'no-status') {
       // No room for a status byte: nothing can be reported to the driver.
       this.violation('struct.blk-status.driver.1', `request ${chain.head} has no device-writable status byte`, { head: chain.head });
       q.addUsed(chain.head, 0);
       this.schedulePublish(q);
       return;
     }
-    // The status byte is the last writable byte.
-    const statusAddr = lastWritableByte(chain);
-    const r = this.reader.reset(mem, chain);
-    if (chain.readableBytes < 16) {
+    const statusAddr = req.statusAddr;
+    if (req.kind === 'short') {
       this.finish(p, statusAddr, BlkStatus.IOERR, 0);
       return;
     }
-    const type = r.readU32();
-    r.readU32(); // reserved
-    const sector = Number(r.readU64());
-    const dataOut = chain.readableBytes - 16; // driver -> device payload
-    const dataIn = chain.writableBytes - 1; // device -> driver payload
+    const { type, sector, dataOut, dataIn, inRanges, outData, segs } = req;
     this.inFlight++;
-    // Data moves through host buffers: a request still in the backend when the device is reset
-    // must not touch guest memory the driver got back (basic.reset.device.2).
-    const inRanges = type === BlkType.IN || type === BlkType.GET_ID ? ranges(chain, chain.readable, chain.count, 0, dataIn) : [];
-    const outData = type === BlkType.OUT ? gather(mem, ranges(chain, 0, chain.readable, 16, dataOut)) : null;
-    const segs = type === BlkType.DISCARD || type === BlkType.WRITE_ZEROES || type === BlkType.SECURE_ERASE ? readSegments(r, dataOut) : [];
     const result = type === BlkType.IN ? this.takeBuffer(dataIn) : new Uint8Array(type === BlkType.GET_ID ? Math.max(dataIn, ID_BYTES) : 0);
     const run = async (): Promise<[number, number]> => {
       switch (type) {
@@ -477,7 +466,55 @@ export class BlkDevice extends VirtioDevice {
   }
 }
 
-interface Segment {
+/**
+ * A virtio-blk request as its chain carries it (5.2.6): the 16-byte header (type, reserved,
+ * sector) at the start of the device-readable part, data after it, and the status byte as the
+ * last device-writable byte. Pure: reads guest memory, writes nothing, keeps nothing.
+ */
+export type ParsedBlkRequest =
+  /** No device-writable byte: no status can be reported. */
+  | { kind: 'no-status' }
+  /** Fewer than 16 readable bytes: answered IOERR at statusAddr. */
+  | { kind: 'short'; statusAddr: number }
+  | {
+      kind: 'request';
+      statusAddr: number;
+      type: number;
+      sector: number;
+      /** Driver -> device payload bytes (after the header). */
+      dataOut: number;
+      /** Device -> driver payload bytes (before the status byte). */
+      dataIn: number;
+      /** IN and GET_ID: where the payload goes in guest memory. */
+      inRanges: Range[];
+      /** OUT: the payload, copied out of guest memory (a request still in the backend when the
+       * device is reset must not touch memory the driver got back, basic.reset.device.2). */
+      outData: Uint8Array | null;
+      /** DISCARD, WRITE_ZEROES, SECURE_ERASE: the segments. */
+      segs: Segment[];
+    };
+
+/** Parses the request in `chain` (popped from a queue over `mem`) with `reader` (reset here). */
+export function parseBlkRequest(mem: GuestMemory, chain: DescriptorChain, reader: ChainReader): ParsedBlkRequest {
+  if (chain.writableBytes < 1) return { kind: 'no-status' };
+  // The status byte is the last writable byte.
+  const statusAddr = lastWritableByte(chain);
+  const r = reader.reset(mem, chain);
+  if (chain.readableBytes < 16) return { kind: 'short', statusAddr };
+  const type = r.readU32();
+  r.readU32(); // reserved
+  const sector = Number(r.readU64());
+  const dataOut = chain.readableBytes - 16;
+  const dataIn = chain.writableBytes - 1;
+  // Data moves through host buffers: a request still in the backend when the device is reset
+  // must not touch guest memory the driver got back (basic.reset.device.2).
+  const inRanges = type === BlkType.IN || type === BlkType.GET_ID ? ranges(chain, chain.readable, chain.count, 0, dataIn) : [];
+  const outData = type === BlkType.OUT ? gather(mem, ranges(chain, 0, chain.readable, 16, dataOut)) : null;
+  const segs = type === BlkType.DISCARD || type === BlkType.WRITE_ZEROES || type === BlkType.SECURE_ERASE ? readSegments(r, dataOut) : [];
+  return { kind: 'request', statusAddr, type, sector, dataOut, dataIn, inRanges, outData, segs };
+}
+
+export interface Segment {
   sector: number;
   sectors: number;
   flags: number;
@@ -491,7 +528,7 @@ function readSegments(r: ChainReader, bytes: number): Segment[] {
   return out;
 }
 
-type Range = [addr: number, len: number];
+export type Range = [addr: number, len: number];
 
 /** Guest ranges of buffers [from, to) of a chain: `skip` bytes left out, then at most `limit` bytes. */
 function ranges(chain: DescriptorChain, from: number, to: number, skip: number, limit: number): Range[] {

@@ -46,7 +46,7 @@ test('serve --socket-path on a directory, a symlink (to a file, to a socket, dan
   const dir = tempDir();
   const live = startServe(['serve', 'rng', '--socket-path', join(dir, 'live.sock')]);
   try {
-    await until(() => existsSync(join(dir, 'live.sock')), 'the live socket');
+    await live.logged(/^listening on/); // not the file: it appears at bind(), before listen()
     const target = join(dir, 'target');
     writeFileSync(target, 'keep me');
     const cases: [string, () => void, RegExp][] = [
@@ -85,7 +85,7 @@ test('serve --socket-path: a live server\'s socket is refused (exit 3, kept, sti
   const path = join(dir, 'rng.sock');
   const first = startServe(['serve', 'rng', '--socket-path', path]);
   try {
-    await until(() => existsSync(path), 'the socket file');
+    await first.logged(/^listening on/);
     const before = snapshot(path);
     // One front-end at a time: each connection below waits until the server saw the last go.
     const gone = () => first.logs().filter((l) => /waiting for the next one/.test(l.msg)).length;

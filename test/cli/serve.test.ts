@@ -25,7 +25,8 @@ for (const type of ['rng', 'blk'] as const) {
     child.stderr.on('data', (d) => (stderr += d));
     const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
     try {
-      await until(() => existsSync(path), 'the socket file');
+      // Not the socket file: it appears at bind(), before listen(), and a connect in between is refused.
+      await until(() => /"msg":"listening on/.test(stderr), 'the server listening');
       const first = await getFeatures(path);
       assert.ok(first & (1n << 32n), 'VIRTIO_F_VERSION_1 offered');
       assert.ok(first & (1n << 30n), 'VHOST_USER_F_PROTOCOL_FEATURES offered');
@@ -109,7 +110,7 @@ for (const extra of [[], ['--read-only']]) {
       return s.logs().find((l) => re.test(l.msg))!;
     };
     try {
-      await until(() => existsSync(path), 'the socket file');
+      await s.logged(/^listening on/);
       const fe = await liveFrontEnd(path);
       assert.equal(await fe.capacity(), 2048);
 
@@ -154,7 +155,7 @@ test('virtio-ts serve rng: SIGHUP has nothing to reload and the server keeps ser
   const path = join(dir, 'rng.sock');
   const s = startServe(['serve', 'rng', '--socket-path', path]);
   try {
-    await until(() => existsSync(path), 'the socket file');
+    await s.logged(/^listening on/);
     s.child.kill('SIGHUP');
     await until(() => s.logs().some((l) => l.msg === 'SIGHUP: nothing to reload for rng'), 'the SIGHUP log line');
     assert.ok((await getFeatures(path)) & (1n << 32n), 'still answers');

@@ -8,7 +8,7 @@ import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
-import { TestFrontEnd, closedWith, message, n, receive as reply, tick } from './front-end.js';
+import { TestFrontEnd, backendClosed, barrier, closedWith, message, n, receive as reply } from './front-end.js';
 
 test('vhost-user back-end: an entropy ring served through memfd memory, kick and call eventfds', async () => {
   const monitor = new Monitor();
@@ -38,7 +38,7 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
     fe.sendMemTable();
     const { queue: q, kick, waitCall } = fe.setRing(0, 'split', 16, 0x1000, 0, { eventIdx: true });
     const ram = fe.ram;
-    await tick();
+    await barrier(fe); // every message above acted on
 
     // The "guest driver" posts a buffer and kicks.
     q.begin().addWritable(0x20000, 64).commit('req');
@@ -95,8 +95,7 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
     n.sendmsg(front2, message(Req.GET_FEATURES));
     assert.equal(new DataView((await reply(front2)).buffer).getBigUint64(HEADER_SIZE, true), feats, 'the next connection is served');
     n.sendmsg(front2, message(Req.SET_VRING_NUM, new Uint8Array(3)));
-    await tick();
-    await tick();
+    await backendClosed(backend);
     assert.match(backend.lastError, /payload of 3 bytes, expected 8/);
     assert.equal(n.recvmsg(front2, new Uint8Array(8)).bytes, 0, 'the socket was closed');
   } finally {

@@ -19,7 +19,60 @@ export function message(request: number, payload?: Uint8Array, flags = 1): Uint8
   return encodeMessage(request, flags, payload);
 }
 
-export const tick = () => new Promise((res) => setTimeout(res, 2));
+/**
+ * How long a wait for the back-end may last before the test fails (../wait.ts). Waits end on
+ * the event (an fd turning readable, the connection closing), never on a time: the bound only
+ * keeps a broken back-end from hanging the suite.
+ */
+export { WAIT_MS, until } from '../wait.js';
+import { WAIT_MS } from '../wait.js';
+
+/**
+ * Resolves true when `fd` is readable (or its peer hung up), false after `timeoutMs`.
+ * An fd watch on the event loop: no polling.
+ */
+export function readable(fd: number, timeoutMs = WAIT_MS): Promise<boolean> {
+  return new Promise((res) => {
+    let done = false;
+    const finish = (ok: boolean) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      watch.close();
+      res(ok);
+    };
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    const watch = n.watch(fd, true, false, () => finish(true));
+  });
+}
+
+/** Resolves when `backend` ends its connection (its lastError is then set); fails after `timeoutMs`. */
+export function backendClosed(backend: VhostUserBackend, timeoutMs = WAIT_MS): Promise<void> {
+  if (backend.lastError !== '') return Promise.resolve();
+  return new Promise((res, rej) => {
+    const prev = backend.onClose;
+    const timer = setTimeout(() => {
+      backend.onClose = prev;
+      rej(new Error(`the back-end did not end the connection in ${timeoutMs} ms`));
+    }, timeoutMs);
+    backend.onClose = () => {
+      backend.onClose = prev;
+      clearTimeout(timer);
+      prev();
+      res();
+    };
+  });
+}
+
+/**
+ * A round trip through the back-end's message queue: GET_FEATURES and its reply. The back-end
+ * handles messages in order, so when the reply is here every message sent before it has been
+ * acted on (QEMU's enforce_reply does the same when REPLY_ACK is not negotiated). Not usable
+ * while a stop (GET_VRING_BASE) holds the messages behind it.
+ */
+export async function barrier(fe: TestFrontEnd): Promise<void> {
+  await fe.ask(Req.GET_FEATURES);
+}
 
 /** SET_MEM_TABLE's payload for one region: `size` bytes of guest RAM at guest address 0, at USER_BASE in the front-end. */
 export function memTablePayload(size: number): Uint8Array {
@@ -34,7 +87,7 @@ export function memTablePayload(size: number): Uint8Array {
 }
 
 /** Waits for one message on `fd` (a reply, or a back-end request on the back-end channel). */
-export async function receive(fd: number, timeoutMs = 5000): Promise<Uint8Array> {
+export async function receive(fd: number, timeoutMs = WAIT_MS): Promise<Uint8Array> {
   return (await receiveMessage(fd, timeoutMs)).data;
 }
 
@@ -42,7 +95,7 @@ export async function receive(fd: number, timeoutMs = 5000): Promise<Uint8Array>
  * One message and the fds that came with it. A message may arrive in pieces (a back-end whose
  * socket was full sends the rest when it drains): header and payload are gathered until whole.
  */
-export async function receiveMessage(fd: number, timeoutMs = 5000): Promise<{ data: Uint8Array; fds: number[] }> {
+export async function receiveMessage(fd: number, timeoutMs = WAIT_MS): Promise<{ data: Uint8Array; fds: number[] }> {
   const header = new Uint8Array(HEADER_SIZE);
   const deadline = Date.now() + timeoutMs;
   const fds: number[] = [];
@@ -61,8 +114,10 @@ export async function receiveMessage(fd: number, timeoutMs = 5000): Promise<{ da
     }
     if (out !== null && have === out.length) return { data: out, fds };
     if (r.bytes > 0) continue;
-    if (Date.now() > deadline) throw new Error(have === 0 ? `no reply in ${timeoutMs} ms` : `a message cut short: ${have} bytes in ${timeoutMs} ms`);
-    await new Promise((res) => setTimeout(res, 1));
+    // Nothing there yet: wait until the socket turns readable (or hangs up), not for a time.
+    if (!(await readable(fd, Math.max(0, deadline - Date.now())))) {
+      throw new Error(have === 0 ? `no reply in ${timeoutMs} ms` : `a message cut short: ${have} bytes in ${timeoutMs} ms`);
+    }
   }
 }
 
@@ -70,8 +125,13 @@ export interface TestRing {
   queue: DriverQueue;
   kick: number;
   call: number;
-  /** Waits until the back-end signals the call eventfd; returns the count read (0: timed out). */
-  waitCall(tries?: number): Promise<number>;
+  /** Waits until the back-end signals the call eventfd; returns the count read (0: timed out after `timeoutMs`). */
+  waitCall(timeoutMs?: number): Promise<number>;
+  /**
+   * Waits, call by call, until `count` used buffers are waiting in the driver queue (requests
+   * that complete in separate batches signal separately); false after `timeoutMs`.
+   */
+  waitUsed(count: number, timeoutMs?: number): Promise<boolean>;
 }
 
 export class TestFrontEnd {
@@ -175,17 +235,26 @@ export class TestFrontEnd {
     this.send(Req.SET_VRING_CALL, u64Payload(BigInt(index)), [call]);
     this.send(Req.SET_VRING_KICK, u64Payload(BigInt(index)), [kick]);
     this.send(Req.SET_VRING_ENABLE, statePayload(index, 1));
+    const waitCall = async (timeoutMs = WAIT_MS) => {
+      // The call eventfd turning readable is the event; no polling.
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const got = n.eventfdRead(call);
+        if (got > 0) return got;
+        if (!(await readable(call, Math.max(0, deadline - Date.now())))) return 0;
+      }
+    };
     return {
       queue,
       kick,
       call,
-      waitCall: async (tries = 500) => {
-        for (let i = 0; i < tries; i++) {
-          await tick();
-          const got = n.eventfdRead(call);
-          if (got > 0) return got;
+      waitCall,
+      waitUsed: async (count: number, timeoutMs = WAIT_MS) => {
+        const deadline = Date.now() + timeoutMs;
+        while (queue.usedPending() < count) {
+          if ((await waitCall(Math.max(0, deadline - Date.now()))) === 0) return queue.usedPending() >= count;
         }
-        return 0;
+        return true;
       },
     };
   }
@@ -257,7 +326,7 @@ export interface PluggedRegion {
  * messages of ours still unread).
  */
 export async function closedWith(fe: TestFrontEnd, reason: RegExp): Promise<void> {
-  for (let i = 0; i < 200 && fe.backend.lastError === ''; i++) await tick();
+  await backendClosed(fe.backend);
   assert.match(fe.backend.lastError, reason);
   let end: number | string;
   try {

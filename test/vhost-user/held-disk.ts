@@ -2,13 +2,36 @@
 // reads until told, and a read request made available on a ring of a TestFrontEnd.
 import { BlkType } from '../../src/devices/blk.js';
 import { MemoryBlockBackend } from '../../src/devices/blk-backend.js';
-import { n, type TestFrontEnd, type TestRing } from './front-end.js';
+import { WAIT_MS, n, type TestFrontEnd, type TestRing } from './front-end.js';
 
 /** A disk whose reads finish only when the test says so. */
 export class HeldBackend extends MemoryBlockBackend {
   held: (() => void)[] = [];
+  private waiters: (() => void)[] = [];
   override read(offset: number, views: readonly Uint8Array[]): Promise<void> {
-    return new Promise((res) => this.held.push(() => res(super.read(offset, views))));
+    return new Promise((res) => {
+      this.held.push(() => res(super.read(offset, views)));
+      for (const w of this.waiters.splice(0)) w();
+    });
+  }
+
+  /** Reads at once (for a subclass that holds only some reads). */
+  protected readNow(offset: number, views: readonly Uint8Array[]): Promise<void> {
+    return super.read(offset, views);
+  }
+
+  /** Resolves when at least `count` reads are held (an event: each read that arrives); rejects after `timeoutMs`. */
+  async whenHeld(count: number, timeoutMs = WAIT_MS): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.held.length < count) {
+      await new Promise<void>((res, rej) => {
+        const timer = setTimeout(() => rej(new Error(`${this.held.length} of ${count} reads reached the disk in ${timeoutMs} ms`)), Math.max(0, deadline - Date.now()));
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          res();
+        });
+      });
+    }
   }
 }
 

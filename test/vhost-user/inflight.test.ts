@@ -6,28 +6,27 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Monitor } from '../../src/conformance/monitor.js';
 import { BlkDevice, BlkType } from '../../src/devices/blk.js';
-import { MemoryBlockBackend } from '../../src/devices/blk-backend.js';
 import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { packedInflightQueueSize, splitInflightQueueSize } from '../../src/transports/vhost-user/inflight.js';
 import type { RingFormat } from '../../src/core/virtqueue/queue.js';
 import { Feature } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
-import { TestFrontEnd, n, receiveMessage, tick } from './front-end.js';
+import { TestFrontEnd, backendClosed, n, receiveMessage } from './front-end.js';
+import { HeldBackend } from './held-disk.js';
 
 const FEATURES = bit(Feature.VERSION_1) | (1n << 30n);
 const PROTOCOL = (1n << BigInt(ProtocolFeature.INFLIGHT_SHMFD)) | (1n << BigInt(ProtocolFeature.REPLY_ACK));
 const QSIZE = 16;
 
 /** A disk whose reads finish only when the test says so (or at once when `held` is false). */
-class Disk extends MemoryBlockBackend {
+class Disk extends HeldBackend {
   holding = true;
   reads = 0;
-  held: (() => void)[] = [];
   override read(offset: number, views: readonly Uint8Array[]): Promise<void> {
     this.reads++;
-    if (!this.holding) return super.read(offset, views);
-    return new Promise((res) => this.held.push(() => res(super.read(offset, views))));
+    if (!this.holding) return this.readNow(offset, views);
+    return super.read(offset, views);
   }
 }
 
@@ -82,7 +81,7 @@ test(`vhost-user inflight (${format} ring): a back-end restarted with requests i
     for (let k = 0; k < 4; k++) read(k);
     q.publish();
     n.eventfdWrite(ring.kick, 1);
-    for (let i = 0; i < 500 && disk.held.length < 4; i++) await tick();
+    await disk.whenHeld(4);
     assert.equal(disk.held.length, 4);
     // Reads 2 and 0 finish (out of order); 1 and 3 are in flight when the back-end dies.
     disk.held[2]();
@@ -106,7 +105,7 @@ test(`vhost-user inflight (${format} ring): a back-end restarted with requests i
     ring = fe.setRing(0, format, QSIZE, 0x1000, format === 'packed' ? firstBase : 2, { eventIdx: false }, q);
     n.eventfdWrite(ring.kick, 1);
     assert.ok((await ring.waitCall()) > 0, `the new back-end served the requests in flight (${fe.backend.lastError})`);
-    for (let i = 0; i < 20 && q.usedPending() < 2; i++) await tick();
+    await ring.waitUsed(2);
     assert.deepEqual([q.getUsed(), q.getUsed()], ['read1', 'read3'], 'the two in flight, in the order they were taken');
     assert.equal(q.usedPending(), 0);
     assert.equal(disk2.reads, 2, 'nothing else was read again');
@@ -151,7 +150,7 @@ test('vhost-user inflight: a damaged inflight buffer ends the connection with a 
     fe.sendMemTable();
     const ring = fe.setRing(0, 'split', QSIZE, 0x1000, 0, { eventIdx: false });
     n.eventfdWrite(ring.kick, 1);
-    for (let i = 0; i < 200 && backend.lastError === ''; i++) await tick();
+    await backendClosed(backend);
     assert.match(backend.lastError, /inflight region: inflight flag 7 at descriptor 3/);
   } finally {
     fe.close();
@@ -166,7 +165,7 @@ test('vhost-user inflight: an inflight buffer too small for its queues is refuse
     fe.fds.push(fd);
     fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(PROTOCOL));
     fe.send(Req.SET_INFLIGHT_FD, inflightPayload(64, 1, QSIZE), [fd]);
-    for (let i = 0; i < 200 && backend.lastError === ''; i++) await tick();
+    await backendClosed(backend);
     assert.match(backend.lastError, /inflight buffer of 64 bytes is smaller than 1 queues of 16 need \(320\)/);
   } finally {
     fe.close();

@@ -13,7 +13,8 @@ import { MAX_MEM_SLOTS, VhostUserBackend } from '../../src/transports/vhost-user
 import { FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { Feature } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
-import { TestFrontEnd, USER_BASE, closedWith, n, receive, regionPayload, tick, type TestRing } from './front-end.js';
+import { TestFrontEnd, USER_BASE, closedWith, n, receive, regionPayload, until, type TestRing } from './front-end.js';
+import { turns } from '../wait.js';
 import { HeldBackend, blkRead } from './held-disk.js';
 
 const PROTOCOL_FEATURES_BIT = 1n << 30n;
@@ -117,13 +118,15 @@ test('vhost-user memory slots: a removal waits for the request in progress whose
     /** A 512-byte read of sector 0: header and status in RAM, the data at `data`. */
     const read = (k: number, data: number) => blkRead(fe, ring, k, data);
     read(0, HIGH + 0x200);
-    for (let i = 0; i < 500 && disk.held.length === 0; i++) await tick();
+    await disk.whenHeld(1);
     assert.equal(disk.held.length, 1, 'the read reached the disk');
 
     fe.unplugRegion(high, ACK);
-    for (let i = 0; i < 5; i++) await tick();
+    // The removal lands before the next kick (a socket message and a kick have no order between
+    // them): it has landed when the ring is paused.
+    await until(() => device.queues[0]?.paused === true, 'the removal to pause the ring');
     read(1, 0x50000); // a new request: not taken while the removal waits
-    for (let i = 0; i < 20; i++) await tick();
+    await turns(20); // nothing may happen: give the back-end 20 loop turns (not a time) to do it wrongly
     assert.equal(n.recvmsg(fe.front, new Uint8Array(64)).bytes, -1, 'no answer while the read is in progress');
     assert.equal(disk.held.length, 1, 'no new request taken meanwhile (the first is still held)');
     assert.equal(device.memory.regions.length, 2, 'the region is still there');
@@ -135,10 +138,11 @@ test('vhost-user memory slots: a removal waits for the request in progress whose
     assert.equal(device.memory.regions.length, 1);
     // The rings run again: the request that waited is taken now.
     const held = () => disk.held.length; // (not narrowed by the assertions above)
-    for (let i = 0; i < 500 && held() === 0; i++) await tick();
-    assert.equal(disk.held.length, 1, 'the waiting request is taken after the removal');
+    await disk.whenHeld(1);
+    assert.equal(held(), 1, 'the waiting request is taken after the removal');
     disk.held.shift()!();
-    assert.ok((await ring.waitCall()) > 0);
+    // read0 was answered (and signalled) when the removal went through; read1 now.
+    assert.ok(await ring.waitUsed(2), `both reads answered (${backend.lastError})`);
     assert.deepEqual([ring.queue.getUsed(), ring.queue.getUsed()], ['read0', 'read1']);
     assert.ok(fe.bytes(0x50000, 512).every((b) => b === 0x5a));
     assert.deepEqual(monitor.verdicts, []);

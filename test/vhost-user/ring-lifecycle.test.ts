@@ -12,7 +12,8 @@ import { ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transp
 import { Feature } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
 import type { RingFormat } from '../../src/core/virtqueue/queue.js';
-import { TestFrontEnd, closedWith, n, receive, tick } from './front-end.js';
+import { TestFrontEnd, closedWith, n, receive, until } from './front-end.js';
+import { turns } from '../wait.js';
 import { HeldBackend, blkRead } from './held-disk.js';
 
 const PROTOCOL_FEATURES_BIT = 1n << 30n;
@@ -71,7 +72,7 @@ for (const format of ['split', 'packed'] as const) {
         fe.send(Req.SET_FEATURES, u64Payload(features(format)));
         ring = fe.setRing(0, format, size, RING, base, { eventIdx: true }, q);
         n.eventfdWrite(ring.kick, 1); // starts the ring: one starting from 0 would serve old requests again
-        for (let i = 0; i < 5; i++) await tick();
+        await turns(5); // nothing may happen: give the back-end 5 loop turns (not a time) to do it wrongly
         assert.equal(fill, fills, `round ${round}: the restart served nothing again`);
       }
       if (format === 'split') assert.equal(fe.u16(ring.queue.addrs.used + 2), served, 'used.idx went on counting');
@@ -99,7 +100,7 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
       const q = ring.queue;
       const request = (k: number) => blkRead(fe, ring, k);
       request(0);
-      for (let i = 0; i < 500 && disk.held.length === 0; i++) await tick();
+      await disk.whenHeld(1);
       assert.equal(disk.held.length, 1, 'the read reached the disk');
 
       // The stop, then a message behind it, then a new request the stopped ring must not take.
@@ -107,10 +108,11 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
       else fe.send(Req.SET_STATUS, u64Payload(0), [], 1 | 8); // NEED_REPLY: acknowledged once done
       fe.send(Req.GET_FEATURES);
       // (A socket message and an eventfd kick have no order between them: let the stop land
-      // first, as it does under QEMU, whose vCPUs are stopped before it asks.)
-      for (let i = 0; i < 5; i++) await tick();
+      // first, as it does under QEMU, whose vCPUs are stopped before it asks. Landed: the ring
+      // is paused.)
+      await until(() => device.queues[0]?.paused === true, 'the stop to pause the ring');
       request(1);
-      for (let i = 0; i < 20; i++) await tick();
+      await turns(20); // nothing may happen: give the back-end 20 loop turns (not a time) to do it wrongly
       assert.equal(n.recvmsg(fe.front, new Uint8Array(64)).bytes, -1, 'no answer while the read is in progress');
       assert.equal(fe.u16(q.addrs.used + 2), 0, 'nothing used yet');
 
@@ -125,7 +127,7 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
       assert.equal(q.getUsed(), 'read0');
       const second = new DataView((await receive(fe.front)).buffer);
       assert.equal(second.getUint32(0, true), Req.GET_FEATURES, 'the message behind the stop is answered after it');
-      for (let i = 0; i < 10; i++) await tick();
+      await turns(10); // nothing may happen: give the back-end 10 loop turns (not a time) to do it wrongly
       assert.equal(disk.held.length, 0, 'the request made available after the stop was not taken');
       assert.equal(fe.u16(q.addrs.used + 2), 1);
       assert.deepEqual(monitor.verdicts, []);

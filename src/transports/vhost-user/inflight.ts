@@ -248,9 +248,11 @@ export class PackedInflightRegion extends InflightRegion implements InflightTrac
     if (usedIdx >= n) throw new Error(`inflight region's used index ${usedIdx} is outside the ring`);
     // Entries on the free list are not in flight, whatever their flag says.
     const onFree = new Uint8Array(n);
+    let free = 0;
     for (let e = this.u16(12), steps = 0; e < n; e = this.u16(this.d(e) + 2)) {
       if (++steps > n || onFree[e] === 1) throw new Error('inflight free list loops');
       onFree[e] = 1;
+      free++;
       this.bytes[this.d(e)] = 0;
     }
     const found: { counter: bigint; head: number; descriptors: { addr: number; len: number; flags: number }[] }[] = [];
@@ -285,6 +287,10 @@ export class PackedInflightRegion extends InflightRegion implements InflightTrac
       found.push({ counter, head: id, descriptors });
     }
     if (slots > n) throw new Error(`inflight region holds ${slots} descriptors in flight on a ring of ${n}`);
+    // Every entry is either on the free list or in a list in flight: taking new buffers walks
+    // the free list, so a short one (a head or a next past the ring) would send the next
+    // taken() outside the region. (Found by fuzz/inflight.fuzz.ts.)
+    if (free + slots !== n) throw new Error(`inflight free list holds ${free} entries and ${slots} are in flight, on a ring of ${n}`);
     found.sort((a, b) => (a.counter < b.counter ? -1 : a.counter > b.counter ? 1 : 0));
     this.counter = Number(max + 1n);
     this.batchCount = 0;
