@@ -74,14 +74,20 @@ export async function getFeatures(path: string): Promise<bigint> {
   }
 }
 
-/** A front-end that negotiates (STATUS, CONFIG) and attaches 1 MiB of guest memory. */
-export async function frontEnd(path: string) {
+/** A connection to `path` with `send` (a message, no reply awaited) and `ask` (a message and its reply). */
+export function connection(path: string) {
   const fd = n.connect(path);
   const send = (req: number, payload?: Uint8Array, fds?: number[]) => n.sendmsg(fd, message(req, payload), fds);
   const ask = async (req: number, payload?: Uint8Array) => {
     send(req, payload);
     return new DataView((await receive(fd)).buffer);
   };
+  return { fd, send, ask };
+}
+
+/** A front-end that negotiates (STATUS, CONFIG) and attaches 1 MiB of guest memory. */
+export async function frontEnd(path: string) {
+  const { fd, send, ask } = connection(path);
   assert.ok((await ask(Req.GET_FEATURES)).getBigUint64(HEADER_SIZE, true) & (1n << 30n));
   const proto = (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.STATUS));
   send(Req.SET_PROTOCOL_FEATURES, u64Payload(proto));

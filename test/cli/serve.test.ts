@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { memTablePayload, message, receive } from '../vhost-user/front-end.js';
-import { bin, getFeatures, n, startServe, until } from './helpers.js';
+import { bin, connection, getFeatures, n, startServe, until } from './helpers.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
 
@@ -59,12 +59,7 @@ test('virtio-ts serve: usage errors exit 2, runtime failures 3 (exit-codes.test.
 
 /** A front-end that takes the device live the way QEMU does, with the back-end request channel. */
 async function liveFrontEnd(path: string) {
-  const fd = n.connect(path);
-  const send = (req: number, payload?: Uint8Array, fds?: number[]) => n.sendmsg(fd, message(req, payload), fds);
-  const ask = async (req: number, payload?: Uint8Array) => {
-    send(req, payload);
-    return new DataView((await receive(fd)).buffer);
-  };
+  const { fd, send, ask } = connection(path);
   assert.ok((await ask(Req.GET_FEATURES)).getBigUint64(HEADER_SIZE, true) & (1n << 30n));
   const proto = (1n << BigInt(ProtocolFeature.CONFIG)) | (1n << BigInt(ProtocolFeature.BACKEND_REQ)) | (1n << BigInt(ProtocolFeature.STATUS));
   assert.equal((await ask(Req.GET_PROTOCOL_FEATURES)).getBigUint64(HEADER_SIZE, true) & proto, proto);
