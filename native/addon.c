@@ -6,6 +6,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -267,12 +270,103 @@ static napi_value SealShrink(napi_env env, napi_callback_info info) {
 typedef struct {
   void* addr;
   size_t len;
+  int guard;  // its slot in the fault guard, or -1
 } mapping_t;
+
+// ---------------------------------------------------------------- fault guard
+// A shared mapping of a file raises SIGBUS when a page past the file's end is touched: a
+// front-end that shrinks guest RAM (ftruncate) after handing it over would kill the process,
+// in JS code that reads a typed array. Every mapping made here is registered; a SIGBUS inside
+// one is absorbed: the page is replaced by a private zero page (the access then completes),
+// the mapping is marked faulted, and a process-wide counter goes up. The
+// transport sees the counter move and ends the session (the front-end took its memory away).
+// A SIGBUS anywhere else goes to the previous handler (by default: the process dies, as before).
+#define GUARD_SLOTS 4096
+static _Atomic uintptr_t guard_start[GUARD_SLOTS];  // 0: free
+static _Atomic uintptr_t guard_end[GUARD_SLOTS];
+static _Atomic uint32_t guard_faulted[GUARD_SLOTS];
+static uint32_t fault_counter;  // faults absorbed
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction previous_sigbus;
+static int guard_installed = 0;
+
+static void on_sigbus(int sig, siginfo_t* si, void* uctx) {
+  uintptr_t a = (uintptr_t)si->si_addr;
+  for (int i = 0; i < GUARD_SLOTS; i++) {
+    uintptr_t start = atomic_load(&guard_start[i]);
+    if (start != 0 && a >= start && a < atomic_load(&guard_end[i])) {
+      long page = sysconf(_SC_PAGESIZE);
+      void* at = (void*)(a & ~(uintptr_t)(page - 1));
+      // mmap is a system call: safe here in practice (it is what the kernel would do for us).
+      if (mmap(at, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+        atomic_store(&guard_faulted[i], 1);
+        __atomic_add_fetch(&fault_counter, 1, __ATOMIC_SEQ_CST);
+        return;
+      }
+      break;
+    }
+  }
+  if (previous_sigbus.sa_flags & SA_SIGINFO) {
+    if (previous_sigbus.sa_sigaction != NULL) return previous_sigbus.sa_sigaction(sig, si, uctx);
+  } else if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN && previous_sigbus.sa_handler != NULL) {
+    return previous_sigbus.sa_handler(sig);
+  }
+  // Not ours: die of it as the process would have without this handler.
+  signal(SIGBUS, SIG_DFL);
+}
+
+static int guard_add(void* addr, size_t len) {
+  pthread_mutex_lock(&guard_lock);
+  if (!guard_installed) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGBUS, &sa, &previous_sigbus) == 0) guard_installed = 1;
+  }
+  int slot = -1;
+  for (int i = 0; i < GUARD_SLOTS; i++) {
+    if (atomic_load(&guard_start[i]) == 0) {
+      atomic_store(&guard_faulted[i], 0);
+      atomic_store(&guard_end[i], (uintptr_t)addr + len);
+      atomic_store(&guard_start[i], (uintptr_t)addr);
+      slot = i;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&guard_lock);
+  return slot;
+}
+
+static void guard_remove(mapping_t* m) {
+  if (m->guard < 0) return;
+  atomic_store(&guard_start[m->guard], 0);
+  m->guard = -1;
+}
 
 static void unmap_finalize(napi_env env, void* data, void* hint) {
   mapping_t* m = (mapping_t*)hint;
+  guard_remove(m);
   if (m->addr != NULL) munmap(m->addr, m->len);
   free(m);
+}
+
+// faultCount(): the SIGBUS faults absorbed in guest mappings so far (process-wide).
+static napi_value FaultCount(napi_env env, napi_callback_info info) {
+  return num(env, __atomic_load_n(&fault_counter, __ATOMIC_SEQ_CST));
+}
+
+// faulted(arrayBuffer): whether a page of this mapping was past its file's end when touched.
+static napi_value Faulted(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  mapping_t* m = NULL;
+  if (argc < 1 || napi_unwrap(env, argv[0], (void**)&m) != napi_ok || m == NULL) return throw_errno(env, "faulted: not a mapping from mmap()", EINVAL);
+  napi_value r;
+  napi_get_boolean(env, m->guard >= 0 && atomic_load(&guard_faulted[m->guard]) != 0, &r);
+  return r;
 }
 
 // mmap(fd, offset, length, writable): ArrayBuffer over the mapping (shared with the fd)
@@ -292,8 +386,10 @@ static napi_value Mmap(napi_env env, napi_callback_info info) {
   mapping_t* m = malloc(sizeof *m);
   m->addr = p;
   m->len = (size_t)length;
+  m->guard = guard_add(p, (size_t)length);
   napi_value ab;
   if (napi_create_external_arraybuffer(env, p, (size_t)length, unmap_finalize, m, &ab) != napi_ok) {
+    guard_remove(m);
     munmap(p, (size_t)length);
     free(m);
     return throw_errno(env, "mmap: external ArrayBuffer", ENOMEM);
@@ -311,6 +407,7 @@ static napi_value Munmap(napi_env env, napi_callback_info info) {
   if (argc < 1 || napi_remove_wrap(env, argv[0], (void**)&m) != napi_ok || m == NULL) return throw_errno(env, "munmap: not a mapping from mmap()", EINVAL);
   void* addr = m->addr;
   size_t len = m->len;
+  guard_remove(m);
   m->addr = NULL;  // the finalizer frees the struct only
   napi_detach_arraybuffer(env, argv[0]);
   if (addr != NULL && munmap(addr, len) < 0) return throw_errno(env, "munmap", errno);
@@ -486,6 +583,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"memfdCreate", NULL, MemfdCreate, NULL, NULL, NULL, napi_default, NULL},
       {"mmap", NULL, Mmap, NULL, NULL, NULL, napi_default, NULL},
       {"sealShrink", NULL, SealShrink, NULL, NULL, NULL, napi_default, NULL},
+      {"faultCount", NULL, FaultCount, NULL, NULL, NULL, napi_default, NULL},
+      {"faulted", NULL, Faulted, NULL, NULL, NULL, napi_default, NULL},
       {"munmap", NULL, Munmap, NULL, NULL, NULL, napi_default, NULL},
       {"eventfd", NULL, Eventfd, NULL, NULL, NULL, napi_default, NULL},
       {"eventfdRead", NULL, EventfdRead, NULL, NULL, NULL, napi_default, NULL},

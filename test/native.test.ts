@@ -1,7 +1,7 @@
 // The native addon, with real unix sockets, memfds, mappings and eventfds.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { ftruncateSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native, POLL_READABLE } from '../src/native/index.js';
@@ -127,5 +127,27 @@ test('worker threads: the addon loads in a worker, its watch fires on the worker
     n.munmap(main.buffer as ArrayBuffer);
     n.close(efd);
     n.close(memfd);
+  }
+});
+
+test('fault guard: a page of a mapping past its shrunk file reads and writes a zero page instead of killing the process, and is counted', () => {
+  const n = native();
+  const fd = n.memfdCreate('guard', 1 << 20);
+  const map = n.mmap(fd, 0, 1 << 20, true);
+  try {
+    const bytes = new Uint8Array(map);
+    bytes[100] = 7;
+    const before = n.faultCount();
+    assert.equal(n.faulted(map), false);
+    ftruncateSync(fd, 4096); // the front-end takes the memory back: pages past 4096 are gone
+    bytes[500_000] = 9; // would be SIGBUS
+    assert.equal(bytes[500_000], 9, 'the access completed on a private page');
+    assert.equal(bytes[700_000], 0, 'another cut-off page reads as zeros');
+    assert.equal(bytes[100], 7, 'the page still in the file is untouched');
+    assert.equal(n.faultCount(), before + 2, 'two pages faulted');
+    assert.equal(n.faulted(map), true);
+  } finally {
+    n.munmap(map);
+    n.close(fd);
   }
 });

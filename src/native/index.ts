@@ -31,6 +31,14 @@ export interface NativeAddon {
   sealShrink(fd: number): number;
   /** Unmaps now and detaches the ArrayBuffer (its byteLength becomes 0). */
   munmap(buffer: ArrayBuffer): void;
+  /**
+   * SIGBUS faults absorbed so far, process-wide: a page of a mapping from mmap() that lay past
+   * its file's end when touched (the file shrank) is replaced by a zero page instead of killing
+   * the process. A SIGBUS anywhere else is left to the previous handler.
+   */
+  faultCount(): number;
+  /** Whether a page of this mapping (from mmap(), not yet unmapped) faulted that way. */
+  faulted(buffer: ArrayBuffer): boolean;
   eventfd(initial?: number): number;
   /** The counter, reset to 0 (0 when it was 0). */
   eventfdRead(fd: number): number;

@@ -2,6 +2,7 @@
 // guest RAM in a memfd mapped on both sides, eventfds for kick and call. Rings are driven by
 // the project's driver queues over the same memory (the "guest driver").
 import assert from 'node:assert/strict';
+import { ftruncateSync, openSync } from 'node:fs';
 import { native } from '../../src/native/index.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/conformance/monitor.js';
@@ -364,12 +365,21 @@ export class SocketFrontEnd {
   private readonly owned: number[] = [];
   private closed = false;
 
+  /**
+   * Guest RAM is a memfd (sealable, as QEMU's memory-backend-memfd), or with `ramFile` a regular
+   * file of that path (as memory-backend-file: it cannot be sealed against shrinking).
+   */
   constructor(
     readonly path: string,
     readonly ramSize = 1 << 20,
+    ramFile?: string,
   ) {
     this.fd = n.connect(path);
-    this.memfd = n.memfdCreate('hostile-guest', ramSize);
+    if (ramFile === undefined) this.memfd = n.memfdCreate('hostile-guest', ramSize);
+    else {
+      this.memfd = openSync(ramFile, 'w+');
+      ftruncateSync(this.memfd, ramSize);
+    }
     this.ram = n.mmap(this.memfd, 0, ramSize);
     this.bytes = new Uint8Array(this.ram);
     this.view = new DataView(this.ram);

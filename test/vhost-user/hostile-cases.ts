@@ -208,7 +208,7 @@ async function goodRequest(type: 'blk' | 'rng', fe: SocketFrontEnd, ring: SplitT
  * writable pieces) as chain 0, directly or in an indirect table at `at + 0x8000`, and makes it
  * available. Returns the device-writable ranges.
  */
-function placeRequest(type: 'blk' | 'rng', fe: SocketFrontEnd, ring: SplitTestRing, at: number, segments: number, indirect: boolean): [number, number][] {
+function placeRequest(type: 'blk' | 'rng', fe: SocketFrontEnd, ring: SplitTestRing, at: number, segments: number, indirect: boolean, beforeOffer?: () => void): [number, number][] {
   const descs: [number, number, number][] = []; // addr, len, flags
   const granted: [number, number][] = [];
   if (type === 'rng') {
@@ -228,6 +228,7 @@ function placeRequest(type: 'blk' | 'rng', fe: SocketFrontEnd, ring: SplitTestRi
     ring.desc(i, a, len, flags | (last ? 0 : NEXT), last ? 0 : i + 1, indirect ? table : undefined);
   });
   if (indirect) ring.desc(0, table, descs.length * 16, VIRTQ_DESC_F_INDIRECT);
+  beforeOffer?.();
   ring.offer(0);
   return granted;
 }
@@ -250,6 +251,8 @@ export async function correctSession(srv: Server): Promise<void> {
 export interface Case {
   name: string;
   only?: 'blk' | 'rng';
+  /** Guest RAM in a regular file (it cannot be sealed) instead of a memfd. */
+  ramInFile?: boolean;
   /** Runs the case and asserts its outcome; returns guest ranges the device may have written (beyond the ring area). */
   run(srv: Server, fe: SocketFrontEnd, from: number): Promise<[number, number][] | void>;
 }
@@ -367,6 +370,22 @@ const memoryCases: Case[] = [
       const granted = await goodRequest(srv.type, fe, ring, 0x20000);
       await stillServed(fe);
       return granted;
+    },
+  },
+  {
+    // QEMU's memory-backend-file (tmpfs, hugetlbfs) gives a file the back-end cannot seal. A
+    // shrink under the mapping would raise SIGBUS where the device touches it; the addon absorbs
+    // it (a zero page) and the session ends as a device error instead of the process dying.
+    name: 'guest RAM in a file that cannot be sealed, shrunk under a request (SIGBUS absorbed, device error)',
+    ramInFile: true,
+    run: async (srv, fe, from) => {
+      const ring = await liveRing(fe);
+      await srv.logged(/cannot be sealed against shrinking/, from);
+      // blk: header at 0x40000 (kept), data and status from 0x41000 (cut off); rng: 64 bytes at 0x41000.
+      placeRequest(srv.type, fe, ring, srv.type === 'blk' ? 0x40000 : 0x41000, 1, false, () => ftruncateSync(fe.memfd, 0x41000));
+      await deviceError(srv, fe, from, /guest memory shrank under its mapping/);
+      ftruncateSync(fe.memfd, fe.ramSize); // our own view again (the cut-off pages are gone: zeros)
+      return [[0x40000, 0x40010], [0x41000, fe.ramSize]]; // blk: the driver's own header; the pages it cut off
     },
   },
   { name: 'a memory region of size 0', run: async (srv, fe, from) => { await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0, USER_BASE, 0]]), [fe.memfd]); await refused(srv, fe, from, /SET_MEM_TABLE: region 0: size 0/); } },

@@ -34,7 +34,7 @@ for (const [type, mode] of [['rng', 'tolerant'], ['blk', 'tolerant'], ['rng', 's
         if (c.only !== undefined && c.only !== type) continue;
         test(`${cls}: ${c.name}`, async () => {
           const from = srv.lines().length;
-          const fe = new SocketFrontEnd(srv.path);
+          const fe = new SocketFrontEnd(srv.path, undefined, c.ramInFile ? join(dir, 'hostile-guest-ram') : undefined);
           try {
             const granted = (await c.run(srv, fe, from)) ?? [];
             assert.deepEqual(fe.touched([RING_AREA, ...granted]), [], 'guest memory outside the granted buffers untouched');

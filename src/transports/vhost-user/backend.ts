@@ -195,6 +195,8 @@ export class VhostUserBackend implements DeviceHost {
   private pauseLogged = false;
   /** Counts connections, so a deferred close does not end a later one. */
   private connection = 0;
+  /** The addon's count of absorbed guest-memory faults when last checked (checkFaults). */
+  private faultsSeen = 0;
   /** Why the last connection ended (tests and logs). */
   lastError = '';
   onClose: () => void = () => undefined;
@@ -297,6 +299,7 @@ export class VhostUserBackend implements DeviceHost {
   // ---------------------------------------------------------------- DeviceHost
 
   interrupt(index: number): void {
+    this.checkFaults(); // completions wrote guest memory outside any fd callback
     const r = this.rings[index];
     if (r !== undefined && r.callFd >= 0) this.n.eventfdWrite(r.callFd, 1);
   }
@@ -767,7 +770,29 @@ export class VhostUserBackend implements DeviceHost {
   private sealAgainstShrink(fd: number, what: string): void {
     if (this.n.sealShrink(fd) === 1 || this.unsealedLogged) return;
     this.unsealedLogged = true;
-    this.log.warn(`vhost-user: the ${what}'s file cannot be sealed against shrinking (not a memfd); a front-end that shrank it under the mapping would crash this process`);
+    this.log.warn(
+      `vhost-user: the ${what}'s file cannot be sealed against shrinking (not a memfd, or one made without sealing allowed); ` +
+        'if the front-end shrinks it, the touched pages read as zeros and the connection ends',
+    );
+  }
+
+  /**
+   * The addon absorbs a SIGBUS in a guest mapping (a page past its file's end: the front-end
+   * shrank a file it could not be kept from shrinking) by mapping a zero page there, and counts
+   * it. Checked after every callback that may have touched guest memory: if one of this
+   * connection's mappings faulted, the front-end took memory it had given away; what the device
+   * read there was zeros and what it wrote is lost, so the session ends (a device error).
+   */
+  private checkFaults(): void {
+    const count = this.n.faultCount();
+    if (count === this.faultsSeen) return;
+    this.faultsSeen = count;
+    if (this.fd < 0) return;
+    const mine = [...this.slots.flatMap((slot) => slot.maps), ...(this.dirtyLog ? [this.dirtyLog.buffer] : []), ...(this.inflight ? [this.inflight.map] : [])];
+    if (!mine.some((b) => b.byteLength > 0 && this.n.faulted(b))) return;
+    const reason = 'guest memory shrank under its mapping (the front-end truncated a file it had given; SIGBUS absorbed)';
+    this.device.needsReset(reason);
+    if (this.failing === null) this.deviceError(reason);
   }
 
   /**
@@ -1011,6 +1036,7 @@ export class VhostUserBackend implements DeviceHost {
     return (events: number) => {
       try {
         fn(events);
+        this.checkFaults();
       } catch (err) {
         this.close(`${what}: ${err instanceof Error ? err.message : String(err)}`);
       }
