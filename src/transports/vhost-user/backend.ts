@@ -578,11 +578,19 @@ export class VhostUserBackend implements DeviceHost {
    * would make a ring the device can never start (0) or walk wrongly (100 on a split ring).
    */
   private checkRingSize(num: number): void {
+    const fmt = this.packedRings() ? 'packed' : 'split';
     const max = Math.min(MAX_RING, this.device.queueMaxSize);
-    if (this.packedRings()) {
-      if (num < 1 || num > max) throw new Refusal(`packed ring size ${num} is not 1..${max}`);
-    } else if (num < 1 || num > max || (num & (num - 1)) !== 0) {
-      throw new Refusal(`split ring size ${num} is not a power of two 1..${max}`);
+    // Each refusal names the one rule the size broke: a power of two larger than the device's
+    // largest queue (QEMU's default queue-size=128 against `serve --queue-size 64`) is refused
+    // for its size, not for its shape, so the operator knows which side to change.
+    if (num === 0) throw new Refusal(`${fmt} ring size 0: a ring holds at least one descriptor`);
+    if (fmt === 'split' && (num & (num - 1)) !== 0) throw new Refusal(`split ring size ${num} is not a power of two`);
+    if (num > max) {
+      const limit =
+        max === this.device.queueMaxSize
+          ? `the device's largest queue, ${max} (\`serve --queue-size ${max}\`; QEMU's queue-size= must not exceed it)`
+          : `${max}, the largest ring there is`;
+      throw new Refusal(`${fmt} ring size ${num} is larger than ${limit}`);
     }
   }
 
