@@ -69,6 +69,16 @@ function kind(st: Stats): string {
   return 'not a regular file';
 }
 
+/** True if `path` opens for reading (an O_RDONLY open, closed at once). */
+async function readable(path: string): Promise<boolean> {
+  try {
+    await (await open(path, 'r')).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Checks `path` as `serve blk --image` would serve it. `raw`: the user said the file is raw
  * (`--format raw`), so no format probe. Throws CliError(EXIT_RUNTIME) with a clear message.
@@ -86,7 +96,12 @@ export async function checkImage(path: string, options: { readOnly: boolean; raw
     fh = await open(path, options.readOnly ? 'r' : 'r+');
   } catch (err) {
     const code = errnoOf(err);
-    const hint = !options.readOnly && (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') ? '; give --read-only to serve it read-only' : '';
+    let hint = '';
+    if (!options.readOnly && (code === 'EACCES' || code === 'EPERM' || code === 'EROFS')) {
+      // --read-only helps only if the file can be read: try the open it would make, so a file
+      // the user may neither read nor write is not sent round to a second refusal.
+      hint = (await readable(path)) ? '; give --read-only to serve it read-only' : ' (it cannot be read either, so --read-only would not help)';
+    }
     throw new CliError(EXIT_RUNTIME, `cannot open --image ${path} ${options.readOnly ? 'for reading' : 'for reading and writing'}: ${describeError(err)}${hint}`);
   }
   try {

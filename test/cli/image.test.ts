@@ -149,7 +149,7 @@ test('serve blk: a missing image, a directory, a FIFO as image: exit 3 with a cl
   }
 });
 
-test('serve blk: an image the user may not write is refused (EACCES) with a hint to use --read-only, which then serves it', async (t) => {
+test('serve blk: an image the user may not write is refused (EACCES) with a hint to use --read-only, which then serves it; an unreadable one gets no such hint', async (t) => {
   const dir = tempDir();
   try {
     chmodSync(dir, 0o755);
@@ -182,6 +182,11 @@ test('serve blk: an image the user may not write is refused (EACCES) with a hint
       s.child.kill('SIGKILL');
     }
     chmodSync(image, 0o000);
+    // Neither readable nor writable: no --read-only hint (it would only lead to a second refusal).
+    const rw = spawnSync(process.execPath, [bin, 'serve', 'blk', '--socket-path', sock, '--image', image], { encoding: 'utf8', timeout: 60_000, ...asUser });
+    assert.equal(rw.status, EXIT_RUNTIME, rw.stderr);
+    assert.match(rw.stderr, /cannot open --image .*disk\.img for reading and writing: permission denied \(EACCES\) \(it cannot be read either, so --read-only would not help\)$/m);
+    assert.doesNotMatch(rw.stderr, /give --read-only/);
     const ro = spawnSync(process.execPath, [bin, 'serve', 'blk', '--socket-path', sock, '--image', image, '--read-only'], { encoding: 'utf8', timeout: 60_000, ...asUser });
     assert.equal(ro.status, EXIT_RUNTIME);
     assert.match(ro.stderr, /cannot open --image .*disk\.img for reading: permission denied \(EACCES\)$/m);
