@@ -234,8 +234,11 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
         socketFile === undefined ? '' : socketFile === 'removed' ? '; socket removed' : socketFile === 'replaced' ? `; ${listening!.path} is no longer this server's socket, left alone` : socketFile === 'gone' ? '' : `; socket ${socketFile}`;
       logger.info(
         { event: 'stop', signal: why.signal, reason: why.reason, violations, knownDeviations, warnings, exitCode: code, socketFile },
-        `${why.signal !== undefined ? `${why.signal}: ` : ''}shutting down${why.reason ? ` (${why.reason})` : ''}; ${plural(violations, 'violation')}, ` +
-          `${knownDeviations > 0 ? `${plural(knownDeviations, 'known deviation')}, ` : ''}${plural(warnings, 'warning')} in this run; exit ${code}${socketNote}`,
+        // The counts are the conformance monitor's verdicts on the peers (JSON `violations`,
+        // `knownDeviations`, `warnings`), not serve's own log warnings (an image's unseen tail,
+        // a --seg-max longer than the queue), which the line says nothing about.
+        `${why.signal !== undefined ? `${why.signal}: ` : ''}shutting down${why.reason ? ` (${why.reason})` : ''}; monitor verdicts in this run: ${plural(violations, 'violation')}, ` +
+          `${knownDeviations > 0 ? `${plural(knownDeviations, 'known deviation')}, ` : ''}${plural(warnings, 'warning')}; exit ${code}${socketNote}`,
       );
       resolve(code);
     };

@@ -220,7 +220,7 @@ test('serve logs a startup line (image, capacity in bytes and sectors, queues, q
         assert.equal(await s.exited, EXIT_OK);
         const stop = s.logs().find((l) => l.event === 'stop')!;
         assert.deepEqual([stop.signal, stop.violations, stop.exitCode, stop.socketFile], [signal, 0, 0, 'removed']);
-        assert.match(stop.msg, new RegExp(`^${signal}: shutting down; 0 violations, 0 warnings in this run; exit 0; socket removed$`));
+        assert.match(stop.msg, new RegExp(`^${signal}: shutting down; monitor verdicts in this run: 0 violations, 0 warnings; exit 0; socket removed$`));
       } finally {
         s.child.kill('SIGKILL');
       }
@@ -265,7 +265,7 @@ for (const mode of ['default (tolerant)', '--strict'] as const) {
       const stop = s.logs().find((l) => l.event === 'stop')!;
       assert.equal(stop.exitCode, EXIT_VIOLATIONS);
       assert.ok((stop.violations as number) >= 1);
-      assert.match(stop.msg, /^SIGTERM: shutting down; \d+ violations?, \d+ warnings? in this run; exit 1; socket removed$/);
+      assert.match(stop.msg, /^SIGTERM: shutting down; monitor verdicts in this run: \d+ violations?, \d+ warnings?; exit 1; socket removed$/);
     } finally {
       fe?.close();
       s.child.kill('SIGKILL');
@@ -287,7 +287,7 @@ test('--log-format pretty: human-readable lines (time, level, message), no JSON;
     const lines = s.stderr().trim().split('\n');
     for (const l of lines) assert.match(l, /^\[\d\d:\d\d:\d\d\.\d{3}\] (INFO|WARN|ERROR): \S/, l);
     assert.ok(lines.some((l) => /INFO: serving rng: 1 queue of up to 1024, monitor tolerant, on /.test(l)));
-    assert.ok(lines.some((l) => /INFO: SIGTERM: shutting down; 0 violations, 0 warnings in this run; exit 0; socket removed$/.test(l)));
+    assert.ok(lines.some((l) => /INFO: SIGTERM: shutting down; monitor verdicts in this run: 0 violations, 0 warnings; exit 0; socket removed$/.test(l)));
     assert.ok(!lines.some((l) => l.startsWith('{')), 'no JSON');
   } finally {
     s.child.kill('SIGKILL');

@@ -118,6 +118,11 @@ test('serve blk: an image smaller than one sector is refused; 1000 bytes is serv
       fe.close();
       s.child.kill('SIGTERM');
       assert.equal(await s.exited, EXIT_OK);
+      // serve's own warning above is not a monitor verdict: the stop line counts only those,
+      // and says so (it once read "0 warnings in this run" right after this warning).
+      const stop = await s.logged(/shutting down/);
+      assert.match(stop.msg, /; monitor verdicts in this run: 0 violations, 0 warnings; exit 0/);
+      assert.deepEqual([stop.violations, stop.warnings], [0, 0]);
     } finally {
       s.child.kill('SIGKILL');
     }
