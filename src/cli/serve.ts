@@ -19,6 +19,7 @@ import { BlkDevice } from '../devices/blk.js';
 import { FileBlockBackend } from '../backends/file-block.js';
 import type { VirtioDevice } from '../core/device.js';
 import { VhostUserBackend } from '../transports/vhost-user/backend.js';
+import { LONG_CHAIN_CAP } from '../core/virtqueue/chain.js';
 import type { Logger } from 'pino';
 import { Status } from '../core/constants.js';
 import { CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS, describeError, errnoOf } from './exit-codes.js';
@@ -178,13 +179,33 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       const sectors = device.capacitySectors;
       const fields = {
         event: 'start', type, image: imagePath, capacityBytes: image.size, capacitySectors: sectors, numQueues, queueSize: queueMaxSize,
-        readOnly, io: image.io, mode, format: opts.format ?? 'raw (probed)', socketPath: opts.socketPath, fd: opts.fd, logFormat,
+        segMax: device.segMax, readOnly, io: image.io, mode, format: opts.format ?? 'raw (probed)', socketPath: opts.socketPath, fd: opts.fd, logFormat,
       };
       logger.info(
         fields,
-        `serving ${imagePath}: ${sectors} sectors of 512 bytes (${image.size} bytes), ${plural(numQueues, 'queue')} of up to ${queueMaxSize}, ` +
+        `serving ${imagePath}: ${sectors} sectors of 512 bytes (${image.size} bytes), ${plural(numQueues, 'queue')} of up to ${queueMaxSize}, seg_max ${device.segMax}, ` +
           `${readOnly ? 'read-only' : 'read-write'}, io ${image.io}, monitor ${mode}, ${on}`,
       );
+      if (device.segMax + 2 > queueMaxSize) {
+        // A driver that honours seg_max alone (Linux 6.1's virtio_blk) builds requests of up to
+        // seg_max data descriptors + header + status, through an indirect table whatever the
+        // queue size: chains longer than the queue break split/packed.indirect-descs.driver.3
+        // (catalogue/deviations.tsv). Said once at startup so the operator can pick a seg_max
+        // that fits instead of finding violations (or, in strict mode, device errors) later.
+        const chain = device.segMax + 2;
+        const cap = Math.max(queueMaxSize, LONG_CHAIN_CAP);
+        logger.warn(
+          { segMax: device.segMax, queueSize: queueMaxSize, chainDescriptors: chain, mode },
+          `seg_max ${device.segMax} does not fit --queue-size ${queueMaxSize}: a driver that honours it builds chains of up to ${chain} descriptors, ` +
+            `longer than the queue (split/packed.indirect-descs.driver.3, a known deviation of Linux); ` +
+            (chain > cap
+              ? `chains longer than ${cap} descriptors are a device error in every mode`
+              : mode === 'strict'
+                ? 'in strict mode each such chain is a device error'
+                : 'tolerant mode serves them and logs them as a known deviation (in strict mode they would be a device error)') +
+            (queueMaxSize > 2 ? `; --seg-max ${queueMaxSize - 2} or less fits` : ''),
+        );
+      }
       if (facts.tail !== 0) {
         logger.warn(
           { image: imagePath, bytes: facts.bytes, tail: facts.tail },

@@ -116,7 +116,8 @@ export class BlkDevice extends VirtioDevice {
   private readonly chain: DescriptorChain;
   private readonly maxInFlight: number;
   private readonly maxSegments: number;
-  private readonly segMax: number;
+  /** seg_max as advertised in the config space (what a driver reads; serve logs it). */
+  readonly segMax: number;
   private inFlight = 0;
   private epoch = 0;
   private writeback: boolean;

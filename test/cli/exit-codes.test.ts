@@ -198,7 +198,7 @@ test('without the native addon: demo and conformance work, serve says why it can
   }
 });
 
-test('serve logs a startup line (image, capacity in bytes and sectors, queues, queue size, read-only, io, mode) and a shutdown line with the signal', async () => {
+test('serve logs a startup line (image, capacity in bytes and sectors, queues, queue size, seg_max, read-only, io, mode) and a shutdown line with the signal', async () => {
   const dir = tempDir();
   const image = join(dir, 'disk.img');
   writeFileSync(image, new Uint8Array(3 << 20));
@@ -211,10 +211,10 @@ test('serve logs a startup line (image, capacity in bytes and sectors, queues, q
         const strict = extra.length > 0;
         assert.equal(start.level, 30);
         assert.deepEqual(
-          { image: start.image, capacityBytes: start.capacityBytes, capacitySectors: start.capacitySectors, numQueues: start.numQueues, queueSize: start.queueSize, readOnly: start.readOnly, io: start.io, mode: start.mode },
-          { image, capacityBytes: 3 << 20, capacitySectors: 6144, numQueues: strict ? 2 : 1, queueSize: strict ? 256 : 1024, readOnly: strict, io: strict ? 'sync' : 'auto', mode: strict ? 'strict' : 'tolerant' },
+          { image: start.image, capacityBytes: start.capacityBytes, capacitySectors: start.capacitySectors, numQueues: start.numQueues, queueSize: start.queueSize, segMax: start.segMax, readOnly: start.readOnly, io: start.io, mode: start.mode },
+          { image, capacityBytes: 3 << 20, capacitySectors: 6144, numQueues: strict ? 2 : 1, queueSize: strict ? 256 : 1024, segMax: 126, readOnly: strict, io: strict ? 'sync' : 'auto', mode: strict ? 'strict' : 'tolerant' },
         );
-        assert.match(start.msg, strict ? /6144 sectors of 512 bytes \(3145728 bytes\), 2 queues of up to 256, read-only, io sync, monitor strict, on / : /1 queue of up to 1024, read-write, io auto, monitor tolerant/);
+        assert.match(start.msg, strict ? /6144 sectors of 512 bytes \(3145728 bytes\), 2 queues of up to 256, seg_max 126, read-only, io sync, monitor strict, on / : /1 queue of up to 1024, seg_max 126, read-write, io auto, monitor tolerant/);
         await s.logged(/^listening on/);
         s.child.kill(signal);
         assert.equal(await s.exited, EXIT_OK);
