@@ -7,9 +7,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { memTablePayload, message, receive } from '../vhost-user/front-end.js';
-import { bin, connection, getFeatures, n, startServe, until } from './helpers.js';
+import { bin, connection, frontEnd, getFeatures, n, startServe, until } from './helpers.js';
 import { Feature, Status } from '../../src/core/constants.js';
 import { bit } from '../../src/core/features.js';
 
@@ -211,6 +211,31 @@ test('virtio-ts serve blk: the startup line gives the seg_max advertised; a --se
       }
     }
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('virtio-ts serve blk --queue-size 64: QEMU\'s default ring of 128 is refused as too large for the device (naming --queue-size and queue-size=), not as "not a power of two"', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-ringsize-'));
+  const image = join(dir, 'disk.img');
+  writeFileSync(image, new Uint8Array(1 << 20));
+  const path = join(dir, 'blk.sock');
+  const s = startServe(['serve', 'blk', '--socket-path', path, '--image', image, '--queue-size', '64']);
+  try {
+    await s.logged(/^listening on /);
+    const fe = await frontEnd(path);
+    try {
+      fe.send(Req.SET_VRING_NUM, statePayload(0, 128));
+      const line = await s.logged(/SET_VRING_NUM: /);
+      assert.match(line.msg, /split ring size 128 is larger than the device's largest queue, 64 \(`serve --queue-size 64`; QEMU's queue-size= must not exceed it\)/);
+      assert.doesNotMatch(line.msg, /power of two/);
+    } finally {
+      fe.close();
+    }
+    s.child.kill('SIGTERM');
+    await s.exited;
+  } finally {
+    s.child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   }
 });
