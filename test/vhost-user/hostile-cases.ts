@@ -628,49 +628,73 @@ const chainCases: Case[] = [
  * A servable violation (the driver broke a rule, but what it asked is well-defined and inside
  * guest memory): tolerant mode logs the verdict and serves it; strict mode makes it a device error.
  */
-const servableCases: Case[] = [
-  {
-    name: 'an entropy request with a device-readable buffer first (entropy.device-operation.driver.1)',
-    only: 'rng',
+/**
+ * A servable violation of `clause`: `place` makes one chain available; tolerant mode serves it
+ * (`served` checks the result) and logs the verdict, strict mode makes it a device error.
+ * `driverBytes` are what the driver itself wrote, `written` what the device may write.
+ */
+function servableCase(
+  name: string,
+  only: 'blk' | 'rng',
+  clause: string,
+  features: bigint,
+  place: (fe: SocketFrontEnd, ring: SplitTestRing) => void,
+  served: (fe: SocketFrontEnd, ring: SplitTestRing) => void,
+  driverBytes: [number, number][],
+  written: [number, number][],
+): Case {
+  return {
+    name: `${name} (${clause})`,
+    only,
     run: async (srv, fe, from) => {
-      const ring = await liveRing(fe);
+      const ring = await liveRing(fe, features);
+      place(fe, ring);
+      if (srv.mode === 'strict') {
+        await deviceError(srv, fe, from, new RegExp(clause.replaceAll('.', '\\.')));
+        return driverBytes;
+      }
+      await ring.waitUsed(1);
+      served(fe, ring);
+      await srv.logged(new RegExp(`VIOLATION ${clause.replaceAll('.', '\\.')}`), from);
+      await stillServed(fe);
+      return [...driverBytes, ...written];
+    },
+  };
+}
+
+const servableCases: Case[] = [
+  servableCase(
+    'an entropy request with a device-readable buffer first',
+    'rng',
+    'entropy.device-operation.driver.1',
+    FEATURES,
+    (fe, ring) => {
       fe.bytes.fill(0, 0x20000, 0x20010); // the driver's readable bytes
       ring.desc(0, 0x20000, 16, NEXT, 1);
       ring.desc(1, 0x20100, 64, WRITE);
       ring.offer(0);
-      if (srv.mode === 'strict') {
-        await deviceError(srv, fe, from, /entropy.device-operation.driver.1/);
-        return [[0x20000, 0x20010]]; // the driver's own bytes
-      }
-      await ring.waitUsed(1);
-      assert.ok(ring.used(0)[1] > 0, 'served: entropy bytes written');
-      await srv.logged(/VIOLATION entropy.device-operation.driver.1/, from);
-      await stillServed(fe);
-      return [[0x20000, 0x20010], [0x20100, 0x20140]];
     },
-  },
-  {
-    name: 'a FLUSH request with a non-zero sector (blk.device-operation.driver.4)',
-    only: 'blk',
-    run: async (srv, fe, from) => {
-      const ring = await liveRing(fe, FEATURES | bit(9)); // VIRTIO_BLK_F_FLUSH
+    (_fe, ring) => assert.ok(ring.used(0)[1] > 0, 'served: entropy bytes written'),
+    [[0x20000, 0x20010]],
+    [[0x20100, 0x20140]],
+  ),
+  servableCase(
+    'a FLUSH request with a non-zero sector',
+    'blk',
+    'blk.device-operation.driver.4',
+    FEATURES | bit(9), // VIRTIO_BLK_F_FLUSH
+    (fe, ring) => {
       fe.view.setUint32(0x20000, 4, true); // VIRTIO_BLK_T_FLUSH
       fe.view.setUint32(0x20004, 0, true);
       fe.view.setBigUint64(0x20008, 5n, true);
       ring.desc(0, 0x20000, 16, NEXT, 1);
       ring.desc(1, 0x20100, 1, WRITE);
       ring.offer(0);
-      if (srv.mode === 'strict') {
-        await deviceError(srv, fe, from, /blk.device-operation.driver.4/);
-        return [[0x20000, 0x20010]]; // the driver's own bytes
-      }
-      await ring.waitUsed(1);
-      assert.equal(fe.bytes[0x20100], 0, 'served: VIRTIO_BLK_S_OK');
-      await srv.logged(/VIOLATION blk.device-operation.driver.4/, from);
-      await stillServed(fe);
-      return [[0x20000, 0x20010], [0x20100, 0x20101]];
     },
-  },
+    (fe) => assert.equal(fe.bytes[0x20100], 0, 'served: VIRTIO_BLK_S_OK'),
+    [[0x20000, 0x20010]],
+    [[0x20100, 0x20101]],
+  ),
 ];
 
 servableCases.push({
