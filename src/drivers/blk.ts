@@ -41,8 +41,13 @@ const DRIVER_BLK_FEATURES = (() => {
   return [f.SIZE_MAX, f.SEG_MAX, f.GEOMETRY, f.RO, f.BLK_SIZE, f.FLUSH, f.TOPOLOGY, f.CONFIG_WCE, f.MQ, f.DISCARD, f.WRITE_ZEROES, f.SECURE_ERASE].reduce((a, b) => a | bit(b), 0n);
 })();
 
+/**
+ * The driver side of a virtio-blk device (spec 5.2). Reads and writes take **byte** offsets and
+ * lengths (multiples of 512); `capacity` is in 512-byte **sectors**, the spec's unit, so the
+ * disk holds `capacity * 512` bytes.
+ */
 export class BlkDriver extends VirtioDriver {
-  /** Capacity in 512-byte sectors. */
+  /** Capacity in 512-byte sectors (bytes: `capacity * 512`). */
   capacity = 0;
   blkSize = SECTOR;
   sizeMax = 1 << 20;
