@@ -13,6 +13,8 @@
  *      addon not built; ...)
  *  70  internal error (a bug in virtio-ts: the message carries a stack trace; please report it)
  */
+import type { Stats } from 'node:fs';
+
 export const EXIT_OK = 0;
 export const EXIT_VIOLATIONS = 1;
 export const EXIT_USAGE = 2;
@@ -59,6 +61,18 @@ const ERRNO_TEXT: Record<string, string> = {
   ECONNREFUSED: 'connection refused',
   EBADF: 'not an open file descriptor',
 };
+
+/** What kind of file `st` describes, for messages: "a directory", "a regular file (N bytes)", ... */
+export function describeFileType(st: Stats): string {
+  if (st.isFile()) return `a regular file (${st.size} bytes)`;
+  if (st.isDirectory()) return 'a directory';
+  if (st.isSymbolicLink()) return 'a symbolic link';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  return 'a file of unknown type';
+}
 
 /** "permission denied (EACCES)" for an errno error, else the error's message. */
 export function describeError(err: unknown): string {

@@ -14,7 +14,7 @@
  */
 import { open, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
-import { CliError, EXIT_RUNTIME, describeError, errnoOf } from './exit-codes.js';
+import { CliError, EXIT_RUNTIME, describeError, describeFileType, errnoOf } from './exit-codes.js';
 
 export const SECTOR = 512;
 
@@ -60,15 +60,6 @@ export function detectFormat(head: Uint8Array): string | null {
   return FORMATS.find((f) => f.test(head))?.name ?? null;
 }
 
-function kind(st: Stats): string {
-  if (st.isDirectory()) return 'a directory';
-  if (st.isFIFO()) return 'a FIFO';
-  if (st.isSocket()) return 'a socket';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isSymbolicLink()) return 'a symbolic link';
-  return 'not a regular file';
-}
-
 /** True if `path` opens for reading (an O_RDONLY open, closed at once). */
 async function readable(path: string): Promise<boolean> {
   try {
@@ -90,7 +81,7 @@ export async function checkImage(path: string, options: { readOnly: boolean; raw
   } catch (err) {
     throw new CliError(EXIT_RUNTIME, `cannot use --image ${path}: ${describeError(err)}`);
   }
-  if (!st.isFile() && !st.isBlockDevice()) throw new CliError(EXIT_RUNTIME, `--image ${path} is ${kind(st)}, not a disk image (a regular file or a block device)`);
+  if (!st.isFile() && !st.isBlockDevice()) throw new CliError(EXIT_RUNTIME, `--image ${path} is ${describeFileType(st)}, not a disk image (a regular file or a block device)`);
   let fh;
   try {
     fh = await open(path, options.readOnly ? 'r' : 'r+');

@@ -13,23 +13,13 @@
  */
 import { lstatSync, unlinkSync, type Stats } from 'node:fs';
 import type { NativeAddon } from '../native/index.js';
-import { CliError, EXIT_RUNTIME, describeError, errnoOf } from './exit-codes.js';
+import { CliError, EXIT_RUNTIME, describeError, describeFileType, errnoOf } from './exit-codes.js';
 
 export interface ListeningSocket {
   fd: number;
   path: string;
   /** Removes the socket file if it is still the one made here; says what it did. */
   remove(): 'removed' | 'gone' | 'replaced';
-}
-
-function what(st: Stats): string {
-  if (st.isFile()) return `a regular file (${st.size} bytes)`;
-  if (st.isDirectory()) return 'a directory';
-  if (st.isSymbolicLink()) return 'a symbolic link';
-  if (st.isFIFO()) return 'a FIFO';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isBlockDevice()) return 'a block device';
-  return 'not a socket';
 }
 
 function lstatOrNull(path: string): Stats | null {
@@ -48,7 +38,7 @@ export function listenSafely(n: NativeAddon, path: string, warn: (message: strin
   const existing = lstatOrNull(path);
   if (existing !== null) {
     if (!existing.isSocket()) {
-      throw new CliError(EXIT_RUNTIME, `--socket-path ${path} is ${what(existing)}, not a socket: refusing to replace it (left untouched; remove it yourself or choose another path)`);
+      throw new CliError(EXIT_RUNTIME, `--socket-path ${path} is ${describeFileType(existing)}, not a socket: refusing to replace it (left untouched; remove it yourself or choose another path)`);
     }
     let probe = -1;
     try {
