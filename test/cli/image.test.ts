@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { detectFormat } from '../../src/cli/image.js';
 import { EXIT_OK, EXIT_RUNTIME } from '../../src/cli/exit-codes.js';
 import { bin, frontEnd, run, startServe, until } from './helpers.js';
+import { missingPrerequisite } from '../prerequisites.js';
 
 function tempDir(): string {
   return mkdtempSync(join(tmpdir(), 'virtio-ts-image-'));
@@ -164,10 +165,7 @@ test('serve blk: an image the user may not write is refused (EACCES) with a hint
     // root may write anything: run the binary as nobody then (it must be able to read the package).
     const asUser = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
     const probe = spawnSync(process.execPath, [bin, '--version'], { encoding: 'utf8', ...asUser });
-    if (probe.status !== 0) {
-      t.skip(`cannot run the binary as an unprivileged user here: ${probe.stderr}`);
-      return;
-    }
+    if (probe.status !== 0) return missingPrerequisite(t, `running the binary as an unprivileged user: ${probe.stderr}`);
     const r = spawnSync(process.execPath, [bin, 'serve', 'blk', '--socket-path', join(dir, 'x.sock'), '--image', image], { encoding: 'utf8', timeout: 60_000, ...asUser });
     assert.equal(r.status, EXIT_RUNTIME, r.stderr);
     assert.match(r.stderr, /cannot open --image .*disk\.img for reading and writing: permission denied \(EACCES\); give --read-only to serve it read-only/);
@@ -208,8 +206,7 @@ test('serve blk on a block device node (a loop device): measured, served without
   const loop = attach.stdout.trim();
   if (attach.status !== 0 || !loop.startsWith('/dev/loop')) {
     rmSync(dir, { recursive: true, force: true });
-    t.skip(`no loop device here (losetup: ${attach.stderr.trim()})`);
-    return;
+    return missingPrerequisite(t, `a loop device (losetup: ${attach.stderr.trim()})`);
   }
   try {
     const sock = join(dir, 'blk.sock');

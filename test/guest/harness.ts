@@ -12,6 +12,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { missingPrerequisite } from '../prerequisites.js';
 
 export const root = join(fileURLToPath(import.meta.url), '../../../..');
 export const bin = join(root, 'dist/src/cli/main.js');
@@ -230,11 +231,7 @@ export function noViolations(run: GuestRun): void {
 /** A real-guest test: skips with the reason when prerequisites are missing, fails instead in CI. */
 export function guestTest(name: string, fn: () => Promise<void>): void {
   test(name, async (t) => {
-    if (missing.length > 0) {
-      if (process.env.CI === 'true') assert.fail(`real-guest prerequisites missing in CI: ${missing.join(', ')}`);
-      t.skip(`prerequisites missing: ${missing.join(', ')} (.ci/run installs them)`);
-      return;
-    }
+    if (missing.length > 0) return missingPrerequisite(t, `real guest: ${missing.join(', ')}`);
     await fn();
   });
 }

@@ -4,12 +4,12 @@
 // `npm test` never boots a stale init. The prerequisite rule of harness.ts holds: in CI a
 // missing prerequisite (or a failed build) is a failure; elsewhere the test skips and says why.
 import { test } from 'node:test';
-import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { guestDir, missing, root } from './harness.js';
+import { missingPrerequisite } from '../prerequisites.js';
 
 export const workloadInitrd = join(guestDir, 'workload-initramfs.cpio');
 
@@ -35,11 +35,7 @@ function workloadMissing(): string | null {
 export function workloadTest(name: string, fn: () => Promise<void>): void {
   test(name, async (t) => {
     const why = workloadMissing();
-    if (why !== null) {
-      if (process.env.CI === 'true') assert.fail(`real-guest workload prerequisites missing in CI: ${why}`);
-      t.skip(`prerequisites missing: ${why} (.ci/run installs them)`);
-      return;
-    }
+    if (why !== null) return missingPrerequisite(t, `workload guest: ${why}`);
     await fn();
   });
 }
