@@ -110,8 +110,13 @@ export abstract class DeviceQueueBase {
     this.returnedCount = 0;
   }
 
+  /** The monitor's verdict on this queue: the message and context name the queue. */
+  private report(clause: string, message: string, context: Record<string, unknown>) {
+    return this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
+  }
+
   protected violation(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
-    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
+    const v = this.report(clause, message, context);
     if (fatal) this.broken = true;
     this.sink(v, fatal);
   }
@@ -123,7 +128,7 @@ export abstract class DeviceQueueBase {
    * through the sink and the queue takes nothing more, this request included.
    */
   protected servable(clause: string, message: string, context: Record<string, unknown>): boolean {
-    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
+    const v = this.report(clause, message, context);
     const act = this.monitor.shouldAct(v);
     if (act) this.broken = true;
     this.sink(v, false);
