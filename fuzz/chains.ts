@@ -14,11 +14,12 @@
  * u16 address (in the first region) and u16 value, then the memory image from address 0
  * (the ring starts at 0, indirect tables and buffers anywhere).
  */
-import { Monitor, type Verdict } from '../src/conformance/monitor.js';
-import { ChainReader, ChainWriter } from '../src/core/virtqueue/chain.js';
-import { createDeviceQueue, type RingFormat } from '../src/core/virtqueue/queue.js';
-import { descTableSize, availRingSize, usedRingSize } from '../src/core/virtqueue/split-layout.js';
-import { packedRingSize, EVENT_SIZE } from '../src/core/virtqueue/packed-layout.js';
+import { Monitor, type Verdict } from '../src/monitor/monitor.js';
+import { ChainReader, ChainWriter } from '../src/virtqueue/chain.js';
+import type { RingFormat } from '../src/virtqueue/queue.js';
+import { createDeviceQueue } from '../src/virtqueue/create.js';
+import { descTableSize, availRingSize, usedRingSize } from '../src/spec/split-layout.js';
+import { packedRingSize, EVENT_SIZE } from '../src/spec/packed-layout.js';
 import { Input, catalogued, check, loadImage, onlyTyped, ringMemory } from './common.js';
 
 const MAX_SIZE = 256;

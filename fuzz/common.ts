@@ -4,8 +4,8 @@
  * Targets are plain `(data: Uint8Array) => void` functions, so they run the same under Jazzer.js
  * (fuzz/run.mjs) and when fuzz/regressions/ inputs are replayed by test/fuzz.test.ts.
  */
-import { clauseInfo } from '../src/conformance/catalogue.js';
-import type { Verdict } from '../src/conformance/monitor.js';
+import { clauseInfo } from '../src/monitor/catalogue.js';
+import type { Verdict } from '../src/monitor/monitor.js';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 
 export class Finding extends Error {

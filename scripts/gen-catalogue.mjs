@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Writes src/conformance/catalogue.generated.ts from catalogue/clauses.tsv (the spec's 795
+// Writes src/monitor/catalogue.generated.ts from catalogue/clauses.tsv (the spec's 795
 // normative statements, summarised in our own words, with a declared status) and
 // catalogue/struct.tsv (the project's structural rules), and derives each clause's coverage
 // from the code itself:
@@ -13,8 +13,8 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ID = /['"`]((?:basic|init|split|packed|pci|mmio|reserved|net|blk|console|entropy|vsock|fs|struct)\.[a-z0-9-]+\.(?:device|driver)\.\d+)['"`]/g;
-const GENERATED = 'src/conformance/catalogue.generated.ts';
-const SCENARIOS = 'src/conformance/scenarios.ts';
+const GENERATED = 'src/monitor/catalogue.generated.ts';
+const SCENARIOS = 'src/testing/scenarios.ts';
 
 function walk(dir) {
   const out = [];

@@ -2,6 +2,6 @@
  * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only backends.
  */
 export * from './index.js';
-export { FileBlockBackend } from './backends/file-block.js';
-export { StreamConsoleBackend, stdioConsoleBackend, listenConsole, type ConsoleStream, type StreamConsoleBackendOptions } from './backends/console-stream.js';
-export { loadDeviations, DEVIATIONS_FILE } from './cli/deviations.js';
+export { FileBlockBackend } from './node/file-block.js';
+export { StreamConsoleBackend, stdioConsoleBackend, listenConsole, type ConsoleStream, type StreamConsoleBackendOptions } from './node/console-stream.js';
+export { loadDeviations, DEVIATIONS_FILE } from './node/deviations.js';

@@ -5,15 +5,15 @@ import { mkdtempSync, writeFileSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory } from '../src/memory/guest-memory.js';
-import { Monitor } from '../src/conformance/monitor.js';
-import { LoopbackTransport } from '../src/transports/loopback.js';
-import { BlkDevice, BlkConfig, BlkStatus, BlkType } from '../src/devices/blk.js';
-import { MemoryBlockBackend, type BlockBackend } from '../src/devices/blk-backend.js';
-import { FileBlockBackend } from '../src/backends/file-block.js';
+import { Monitor } from '../src/monitor/monitor.js';
+import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
+import { BlkDevice, BlkConfig, BlkStatus, BlkType } from '../src/devices/blk/device.js';
+import { MemoryBlockBackend, type BlockBackend } from '../src/devices/blk/storage.js';
+import { FileBlockBackend } from '../src/node/file-block.js';
 import { BlkDriver } from '../src/drivers/blk.js';
-import { Feature } from '../src/core/constants.js';
-import { bit, hasFeature } from '../src/core/features.js';
-import { BLK_FEATURES } from '../src/core/device-types.js';
+import { Feature } from '../src/spec/constants.js';
+import { bit, hasFeature } from '../src/spec/features.js';
+import { BLK_FEATURES } from '../src/spec/blk.js';
 import { until } from './wait.js';
 
 function clauseTest(ids: string[], title: string, fn: () => Promise<void>): void {

@@ -5,14 +5,14 @@ import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory } from '../src/memory/guest-memory.js';
-import { Monitor } from '../src/conformance/monitor.js';
-import { LoopbackTransport } from '../src/transports/loopback.js';
-import { BlkDevice } from '../src/devices/blk.js';
-import { MemoryBlockBackend, type BlockBackend } from '../src/devices/blk-backend.js';
-import { FileBlockBackend } from '../src/backends/file-block.js';
+import { Monitor } from '../src/monitor/monitor.js';
+import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
+import { BlkDevice } from '../src/devices/blk/device.js';
+import { MemoryBlockBackend, type BlockBackend } from '../src/devices/blk/storage.js';
+import { FileBlockBackend } from '../src/node/file-block.js';
 import { BlkDriver, BlkError } from '../src/drivers/blk.js';
-import { Feature } from '../src/core/constants.js';
-import { bit, TRANSPORT_FEATURES_SPLIT } from '../src/core/features.js';
+import { Feature } from '../src/spec/constants.js';
+import { bit, TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
 
 const FORMATS = {
   split: TRANSPORT_FEATURES_SPLIT,

@@ -1,8 +1,8 @@
 // The catalogue is honest: derived statuses match the code, and this issue's parts are classified.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { allClauses, clauseInfo, partOf } from '../src/conformance/catalogue.js';
-import { SCENARIOS } from '../src/conformance/scenarios.js';
+import { allClauses, clauseInfo, partOf } from '../src/monitor/catalogue.js';
+import { SCENARIOS } from '../src/testing/scenarios.js';
 
 test('every scenario breaks a catalogued clause, and that clause is enforced', () => {
   for (const s of SCENARIOS) {
@@ -17,7 +17,7 @@ test('every enforced clause has a runtime check in src/ and a negative test', ()
   for (const c of allClauses().filter((x) => x.status === 'enforced')) {
     assert.ok(c.checks.some((f) => f.startsWith('src/')), `${c.id} checks`);
     assert.ok(
-      c.tests.some((f) => f.startsWith('test/negative/') || f === 'src/conformance/scenarios.ts'),
+      c.tests.some((f) => f.startsWith('test/negative/') || f === 'src/testing/scenarios.ts'),
       `${c.id} negative test`,
     );
   }

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { GuestMemory } from '../src/memory/guest-memory.js';
-import { ChainBoundsError, ChainReader, ChainWriter, DescriptorChain } from '../src/core/virtqueue/chain.js';
+import { ChainBoundsError, ChainReader, ChainWriter, DescriptorChain } from '../src/virtqueue/chain.js';
 
 /** Two adjacent regions [0, 0x200) and [0x200, 0x400), and one more at 0x1000 after a hole. */
 function memory(): GuestMemory {

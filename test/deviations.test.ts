@@ -5,9 +5,9 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseDeviations } from '../src/conformance/deviations.js';
-import { loadDeviations } from '../src/cli/deviations.js';
-import { Monitor, formatVerdict } from '../src/conformance/monitor.js';
+import { parseDeviations } from '../src/monitor/deviations.js';
+import { loadDeviations } from '../src/node/deviations.js';
+import { Monitor, formatVerdict } from '../src/monitor/monitor.js';
 
 const root = join(fileURLToPath(import.meta.url), '../../..');
 

@@ -20,9 +20,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { GuestAllocator } from '../src/memory/allocator.js';
-import { ChainReader, ChainWriter, type DescriptorChain } from '../src/core/virtqueue/chain.js';
-import type { RingFormat } from '../src/core/virtqueue/queue.js';
-import { PackedDeviceQueue } from '../src/core/virtqueue/packed-device.js';
+import { ChainReader, ChainWriter, type DescriptorChain } from '../src/virtqueue/chain.js';
+import type { RingFormat } from '../src/virtqueue/queue.js';
+import { PackedDeviceQueue } from '../src/virtqueue/packed/device.js';
 import { DATA_END, DATA_SPLIT, makeQueuePair, allocSegs, offerSegs, releaseSegs, type QueuePair, type Seg, type Shape } from './ring-harness.js';
 
 type Op =

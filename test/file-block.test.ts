@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FileBlockBackend } from '../src/backends/file-block.js';
+import { FileBlockBackend } from '../src/node/file-block.js';
 import { native } from '../src/native/index.js';
 
 function pattern(seed: number, len: number): Uint8Array {

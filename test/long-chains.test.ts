@@ -5,15 +5,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../src/memory/guest-memory.js';
-import { Monitor, type MonitorMode, type Verdict } from '../src/conformance/monitor.js';
-import { DescriptorChain, LONG_CHAIN_CAP } from '../src/core/virtqueue/chain.js';
-import { SplitDeviceQueue } from '../src/core/virtqueue/split-device.js';
-import { PackedDeviceQueue } from '../src/core/virtqueue/packed-device.js';
-import { layoutSplitQueue } from '../src/core/virtqueue/split-driver.js';
-import { layoutPackedQueue } from '../src/core/virtqueue/packed-driver.js';
-import { AVAIL_RING, RING_IDX } from '../src/core/virtqueue/split-layout.js';
-import { PDESC_F_INDIRECT, PDESC_F_NEXT, PDESC_F_WRITE, availFlags } from '../src/core/virtqueue/packed-layout.js';
-import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/core/constants.js';
+import { Monitor, type MonitorMode, type Verdict } from '../src/monitor/monitor.js';
+import { DescriptorChain, LONG_CHAIN_CAP } from '../src/virtqueue/chain.js';
+import { SplitDeviceQueue } from '../src/virtqueue/split/device.js';
+import { PackedDeviceQueue } from '../src/virtqueue/packed/device.js';
+import { layoutSplitQueue } from '../src/virtqueue/split/driver.js';
+import { layoutPackedQueue } from '../src/virtqueue/packed/driver.js';
+import { AVAIL_RING, RING_IDX } from '../src/spec/split-layout.js';
+import { PDESC_F_INDIRECT, PDESC_F_NEXT, PDESC_F_WRITE, availFlags } from '../src/spec/packed-layout.js';
+import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/spec/constants.js';
 
 const RING = 0x1000;
 const TABLE = 0x40000;

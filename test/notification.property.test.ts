@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { needEvent, RING_FLAGS, RING_IDX, availEventOffset, usedEventOffset } from '../src/core/virtqueue/split-layout.js';
+import { needEvent, RING_FLAGS, RING_IDX, availEventOffset, usedEventOffset } from '../src/spec/split-layout.js';
 import { assertSaneVerdicts, makePair, type Pair } from './ring-harness.js';
 
 // ------------------------------------------------------------------ needEvent

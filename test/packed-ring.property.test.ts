@@ -20,11 +20,11 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { GuestAllocator } from '../src/memory/allocator.js';
-import { Monitor } from '../src/conformance/monitor.js';
-import { clauseInfo } from '../src/conformance/catalogue.js';
-import { ChainReader, ChainWriter, DescriptorChain } from '../src/core/virtqueue/chain.js';
-import { PackedDeviceQueue } from '../src/core/virtqueue/packed-device.js';
-import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from '../src/core/virtqueue/packed-driver.js';
+import { Monitor } from '../src/monitor/monitor.js';
+import { clauseInfo } from '../src/monitor/catalogue.js';
+import { ChainReader, ChainWriter, DescriptorChain } from '../src/virtqueue/chain.js';
+import { PackedDeviceQueue } from '../src/virtqueue/packed/device.js';
+import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from '../src/virtqueue/packed/driver.js';
 import {
   EVENT_FLAGS,
   EVENT_OFF_WRAP,
@@ -39,7 +39,7 @@ import {
   packedNeedEvent,
   packedRingSize,
   usedFlags,
-} from '../src/core/virtqueue/packed-layout.js';
+} from '../src/spec/packed-layout.js';
 import { DATA_END, DATA_SPLIT, countViewAccesses, makePackedPair, allocSegs, offerSegs, releaseSegs, type Seg, type Shape, splitAtRegions, type PackedPair, type SinkRecord } from './ring-harness.js';
 
 // ------------------------------------------------------------------ layout and packedNeedEvent

@@ -2,13 +2,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../src/memory/guest-memory.js';
-import { Monitor } from '../src/conformance/monitor.js';
-import { LoopbackTransport } from '../src/transports/loopback.js';
-import { RngDevice } from '../src/devices/rng.js';
+import { Monitor } from '../src/monitor/monitor.js';
+import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
+import { RngDevice } from '../src/devices/rng/device.js';
 import { RngDriver } from '../src/drivers/rng.js';
-import { DriverError } from '../src/core/driver.js';
-import { Feature } from '../src/core/constants.js';
-import { bit, hasFeature, TRANSPORT_FEATURES_SPLIT } from '../src/core/features.js';
+import { DriverError } from '../src/driver/driver.js';
+import { Feature } from '../src/spec/constants.js';
+import { bit, hasFeature, TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
 import { turns, until } from './wait.js';
 
 const FORMATS = {

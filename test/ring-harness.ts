@@ -7,14 +7,15 @@
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import type { GuestAllocator } from '../src/memory/allocator.js';
-import { Monitor, type Verdict } from '../src/conformance/monitor.js';
-import { clauseInfo } from '../src/conformance/catalogue.js';
-import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from '../src/core/virtqueue/split-driver.js';
-import { SplitDeviceQueue } from '../src/core/virtqueue/split-device.js';
-import { DESC_SIZE } from '../src/core/virtqueue/split-layout.js';
-import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from '../src/core/virtqueue/packed-driver.js';
-import { PackedDeviceQueue } from '../src/core/virtqueue/packed-device.js';
-import { createDeviceQueue, createDriverQueue, driverQueueFootprint, type DeviceQueue, type DriverQueue, type RingFormat } from '../src/core/virtqueue/queue.js';
+import { Monitor, type Verdict } from '../src/monitor/monitor.js';
+import { clauseInfo } from '../src/monitor/catalogue.js';
+import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from '../src/virtqueue/split/driver.js';
+import { SplitDeviceQueue } from '../src/virtqueue/split/device.js';
+import { DESC_SIZE } from '../src/spec/split-layout.js';
+import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from '../src/virtqueue/packed/driver.js';
+import { PackedDeviceQueue } from '../src/virtqueue/packed/device.js';
+import type { DeviceQueue, DriverQueue, RingFormat } from '../src/virtqueue/queue.js';
+import { createDeviceQueue, createDriverQueue, driverQueueFootprint } from '../src/virtqueue/create.js';
 
 /** Ring memory: [0, RING_AREA). */
 export const RING_AREA = 0x10000;

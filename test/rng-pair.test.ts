@@ -1,13 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../src/memory/guest-memory.js';
-import { Monitor } from '../src/conformance/monitor.js';
-import { LoopbackTransport } from '../src/transports/loopback.js';
-import { RngDevice } from '../src/devices/rng.js';
+import { Monitor } from '../src/monitor/monitor.js';
+import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
+import { RngDevice } from '../src/devices/rng/device.js';
 import { RngDriver } from '../src/drivers/rng.js';
-import { Feature, Status } from '../src/core/constants.js';
-import { bit, hasFeature } from '../src/core/features.js';
-import { TRANSPORT_FEATURES_SPLIT } from '../src/core/features.js';
+import { Feature, Status } from '../src/spec/constants.js';
+import { bit, hasFeature } from '../src/spec/features.js';
+import { TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
 import { WAIT_MS, until } from './wait.js';
 
 const FORMATS = {

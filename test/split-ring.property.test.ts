@@ -17,11 +17,11 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { GuestAllocator } from '../src/memory/allocator.js';
-import { Monitor } from '../src/conformance/monitor.js';
-import { clauseInfo } from '../src/conformance/catalogue.js';
-import { layoutSplitQueue, splitQueueFootprint } from '../src/core/virtqueue/split-driver.js';
-import { SplitDeviceQueue } from '../src/core/virtqueue/split-device.js';
-import { ChainReader, ChainWriter, DescriptorChain } from '../src/core/virtqueue/chain.js';
+import { Monitor } from '../src/monitor/monitor.js';
+import { clauseInfo } from '../src/monitor/catalogue.js';
+import { layoutSplitQueue, splitQueueFootprint } from '../src/virtqueue/split/driver.js';
+import { SplitDeviceQueue } from '../src/virtqueue/split/device.js';
+import { ChainReader, ChainWriter, DescriptorChain } from '../src/virtqueue/chain.js';
 import {
   AVAIL_RING,
   DESC_SIZE,
@@ -35,8 +35,8 @@ import {
   isPowerOfTwo,
   usedEventOffset,
   usedRingSize,
-} from '../src/core/virtqueue/split-layout.js';
-import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/core/constants.js';
+} from '../src/spec/split-layout.js';
+import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/spec/constants.js';
 import { DATA_END, DATA_SPLIT, assertSaneVerdicts, countViewAccesses, makePair, allocSegs, offerSegs, releaseSegs, type Seg, type Shape, putDesc, splitAtRegions, type Pair, type SinkRecord } from './ring-harness.js';
 
 // ------------------------------------------------------------------ layout

@@ -1,7 +1,7 @@
 /**
  * `virtio-ts conformance`: coverage of the clause catalogue, per part and side, or as JSON.
  */
-import { allClauses, partOf, type ClauseEntry, type CoverageStatus } from '../conformance/catalogue.js';
+import { allClauses, partOf, type ClauseEntry, type CoverageStatus } from '../monitor/catalogue.js';
 
 const STATUSES: CoverageStatus[] = ['enforced', 'tested', 'not-checkable', 'unsupported', 'open'];
 const PARTS = ['basic', 'split', 'packed', 'init', 'pci', 'mmio', 'reserved', 'net', 'blk', 'console', 'entropy', 'vsock', 'fs'];

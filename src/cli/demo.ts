@@ -4,14 +4,14 @@
  * `--misbehave <clause>` makes one side break that clause so the monitor names it.
  */
 import { GuestMemory } from '../memory/guest-memory.js';
-import { Monitor, formatVerdict, type Verdict } from '../conformance/monitor.js';
-import { SCENARIOS, scenariosFor } from '../conformance/scenarios.js';
-import { clauseInfo } from '../conformance/catalogue.js';
-import { statusNames } from '../core/constants.js';
-import { bit, featureNames } from '../core/features.js';
-import { Feature } from '../core/constants.js';
-import { LoopbackTransport, type LoopbackMode } from '../transports/loopback.js';
-import { RngDevice } from '../devices/rng.js';
+import { Monitor, formatVerdict, type Verdict } from '../monitor/monitor.js';
+import { SCENARIOS, scenariosFor } from '../testing/scenarios.js';
+import { clauseInfo } from '../monitor/catalogue.js';
+import { statusNames } from '../spec/constants.js';
+import { bit, featureNames } from '../spec/features.js';
+import { Feature } from '../spec/constants.js';
+import { LoopbackTransport, type LoopbackMode } from '../transports/loopback/loopback.js';
+import { RngDevice } from '../devices/rng/device.js';
 import { RngDriver } from '../drivers/rng.js';
 
 export interface DemoOptions {

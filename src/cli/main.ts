@@ -11,7 +11,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { runDemo } from './demo.js';
 import { runConformance } from './conformance.js';
 import { capabilities, runServe } from './serve.js';
-import { clauseInfo } from '../conformance/catalogue.js';
+import { clauseInfo } from '../monitor/catalogue.js';
 import { CliError, EXIT_CODES_HELP, EXIT_INTERNAL, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, errnoOf } from './exit-codes.js';
 import { MAX_NUM_QUEUES, intInRange, queueSize } from './args.js';
 

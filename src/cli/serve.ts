@@ -12,16 +12,16 @@
  */
 import { fstatSync } from 'node:fs';
 import { native, type NativeAddon } from '../native/index.js';
-import { Monitor, formatVerdict } from '../conformance/monitor.js';
-import { loadDeviations } from './deviations.js';
-import { RngDevice } from '../devices/rng.js';
-import { BlkDevice } from '../devices/blk.js';
-import { FileBlockBackend } from '../backends/file-block.js';
-import type { VirtioDevice } from '../core/device.js';
+import { Monitor, formatVerdict } from '../monitor/monitor.js';
+import { loadDeviations } from '../node/deviations.js';
+import { RngDevice } from '../devices/rng/device.js';
+import { BlkDevice } from '../devices/blk/device.js';
+import { FileBlockBackend } from '../node/file-block.js';
+import type { VirtioDevice } from '../device/device.js';
 import { VhostUserBackend } from '../transports/vhost-user/backend.js';
-import { LONG_CHAIN_CAP } from '../core/virtqueue/chain.js';
+import { LONG_CHAIN_CAP } from '../virtqueue/chain.js';
 import type { Logger } from 'pino';
-import { Status } from '../core/constants.js';
+import { Status } from '../spec/constants.js';
 import { CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS, describeError, errnoOf } from './exit-codes.js';
 import { checkImage, type ImageFacts } from './image.js';
 import { listenSafely, type ListeningSocket } from './socket.js';

@@ -3,13 +3,12 @@
  * writeZeroes, secureErase, getId — over any transport, on every request queue the device
  * offers, with many requests in flight. A non-OK status becomes a BlkError.
  */
-import { DeviceId } from '../core/constants.js';
-import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../core/driver.js';
-import { bit } from '../core/features.js';
-import { BLK_FEATURES } from '../core/device-types.js';
-import type { DriverTransport } from '../core/transport.js';
-import type { DriverQueue } from '../core/virtqueue/queue.js';
-import { BlkConfig, BlkStatus, BlkType } from '../devices/blk.js';
+import { DeviceId } from '../spec/constants.js';
+import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../driver/driver.js';
+import { bit } from '../spec/features.js';
+import type { DriverTransport } from '../driver/transport.js';
+import type { DriverQueue } from '../virtqueue/queue.js';
+import { BLK_FEATURES, BlkConfig, BlkStatus, BlkType } from '../spec/blk.js';
 
 const SECTOR = 512;
 

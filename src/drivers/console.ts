@@ -15,13 +15,13 @@
  *
  * Browser-safe: no Node import.
  */
-import { DeviceId, Status, statusNames } from '../core/constants.js';
-import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../core/driver.js';
-import { bit, hasFeature } from '../core/features.js';
-import { CONSOLE_FEATURES } from '../core/device-types.js';
-import type { DriverTransport } from '../core/transport.js';
-import type { DriverQueue } from '../core/virtqueue/queue.js';
+import { DeviceId, Status, statusNames } from '../spec/constants.js';
+import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../driver/driver.js';
+import { bit, hasFeature } from '../spec/features.js';
+import type { DriverTransport } from '../driver/transport.js';
+import type { DriverQueue } from '../virtqueue/queue.js';
 import {
+  CONSOLE_FEATURES,
   CONTROL_HEADER_SIZE,
   CONTROL_RECEIVEQ,
   CONTROL_TRANSMITQ,
@@ -32,7 +32,7 @@ import {
   receiveQueueOf,
   transmitQueueOf,
   type ConsoleSize,
-} from '../devices/console.js';
+} from '../spec/console.js';
 
 export interface ConsoleDriverOptions extends Partial<VirtioDriverOptions> {
   /** Bytes per port receive buffer (default 4096). */

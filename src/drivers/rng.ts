@@ -3,10 +3,10 @@
  * collects what the device wrote, using only the length it reported
  * (entropy.device-operation.driver.2).
  */
-import { DeviceId } from '../core/constants.js';
-import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../core/driver.js';
-import type { DriverTransport } from '../core/transport.js';
-import type { DriverQueue } from '../core/virtqueue/queue.js';
+import { DeviceId } from '../spec/constants.js';
+import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../driver/driver.js';
+import type { DriverTransport } from '../driver/transport.js';
+import type { DriverQueue } from '../virtqueue/queue.js';
 
 interface Request {
   addr: number;

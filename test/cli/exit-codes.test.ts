@@ -7,8 +7,8 @@ import { cpSync, existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } f
 import { spawn, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Feature } from '../../src/core/constants.js';
-import { bit } from '../../src/core/features.js';
+import { Feature } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
 import { HEADER_SIZE, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import type { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS } from '../../src/cli/exit-codes.js';

@@ -7,8 +7,8 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, sy
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Feature } from '../../src/core/constants.js';
-import { bit } from '../../src/core/features.js';
+import { Feature } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
 import { EXIT_OK, EXIT_RUNTIME } from '../../src/cli/exit-codes.js';
 import { getFeatures, n, run, startServe, until } from './helpers.js';
 

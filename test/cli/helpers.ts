@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { native } from '../../src/native/index.js';
 import { HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { memTablePayload, message, receive } from '../vhost-user/front-end.js';
-import { Feature, Status } from '../../src/core/constants.js';
-import { bit } from '../../src/core/features.js';
+import { Feature, Status } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
 
 export const root = join(fileURLToPath(import.meta.url), '../../../..');
 export const bin = join(root, 'dist/src/cli/main.js');

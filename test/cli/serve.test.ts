@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { memTablePayload, message, receive } from '../vhost-user/front-end.js';
 import { bin, connection, frontEnd, getFeatures, n, startServe, until } from './helpers.js';
-import { Feature, Status } from '../../src/core/constants.js';
-import { bit } from '../../src/core/features.js';
+import { Feature, Status } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
 
 for (const type of ['rng', 'blk'] as const) {
   test(`virtio-ts serve ${type}: answers a front-end, serves it again after it reconnects, SIGTERM removes the socket`, async () => {

@@ -2,12 +2,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
-import { Monitor } from '../../src/conformance/monitor.js';
-import { LoopbackTransport } from '../../src/transports/loopback.js';
-import { ConsoleDevice, ConsoleEvent, MemoryConsoleBackend } from '../../src/devices/console.js';
-import { VirtioDevice } from '../../src/core/device.js';
+import { Monitor } from '../../src/monitor/monitor.js';
+import { LoopbackTransport } from '../../src/transports/loopback/loopback.js';
+import { ConsoleDevice, ConsoleEvent, MemoryConsoleBackend } from '../../src/devices/console/device.js';
+import { VirtioDevice } from '../../src/device/device.js';
 import { ConsoleDriver, type ConsolePort } from '../../src/drivers/console.js';
-import { Status } from '../../src/core/constants.js';
+import { Status } from '../../src/spec/constants.js';
 import { concat, pattern, sink, total, until } from '../console-helpers.js';
 
 // ------------------------------------------------------------------ each side checks the other

@@ -3,9 +3,9 @@
 // mode must act on violations (device: DEVICE_NEEDS_RESET; driver: give up).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { SCENARIOS } from '../../src/conformance/scenarios.js';
-import { clauseInfo } from '../../src/conformance/catalogue.js';
-import { Status } from '../../src/core/constants.js';
+import { SCENARIOS } from '../../src/testing/scenarios.js';
+import { clauseInfo } from '../../src/monitor/catalogue.js';
+import { Status } from '../../src/spec/constants.js';
 
 for (const s of SCENARIOS) {
   test(`${s.clause}: ${s.title}`, async () => {

@@ -2,12 +2,12 @@
 // memory mapped on both sides, eventfds for kick and call. The entropy device serves a ring.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Monitor } from '../../src/conformance/monitor.js';
-import { RngDevice } from '../../src/devices/rng.js';
+import { Monitor } from '../../src/monitor/monitor.js';
+import { RngDevice } from '../../src/devices/rng/device.js';
 import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { BackendReq, HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import { Feature, Status } from '../../src/core/constants.js';
-import { bit } from '../../src/core/features.js';
+import { Feature, Status } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
 import { TestFrontEnd, backendClosed, barrier, closedWith, message, n, receive as reply } from './front-end.js';
 
 test('vhost-user back-end: an entropy ring served through memfd memory, kick and call eventfds', async () => {

@@ -5,16 +5,16 @@
 // read stays clean. Logging switched off leaves the log alone, and the device keeps running.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Monitor } from '../../src/conformance/monitor.js';
-import { RngDevice } from '../../src/devices/rng.js';
-import { BlkDevice, BlkType } from '../../src/devices/blk.js';
-import { MemoryBlockBackend } from '../../src/devices/blk-backend.js';
-import type { VirtioDevice } from '../../src/core/device.js';
+import { Monitor } from '../../src/monitor/monitor.js';
+import { RngDevice } from '../../src/devices/rng/device.js';
+import { BlkDevice, BlkType } from '../../src/devices/blk/device.js';
+import { MemoryBlockBackend } from '../../src/devices/blk/storage.js';
+import type { VirtioDevice } from '../../src/device/device.js';
 import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { F_LOG_ALL, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import { Feature } from '../../src/core/constants.js';
-import type { RingFormat } from '../../src/core/virtqueue/queue.js';
-import { bit } from '../../src/core/features.js';
+import { Feature } from '../../src/spec/constants.js';
+import type { RingFormat } from '../../src/virtqueue/queue.js';
+import { bit } from '../../src/spec/features.js';
 import { TestFrontEnd, barrier, closedWith, logPayload, n, receive, type TestRing } from './front-end.js';
 
 const PROTOCOL_FEATURES_BIT = 1n << 30n;

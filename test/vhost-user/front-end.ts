@@ -5,12 +5,13 @@ import assert from 'node:assert/strict';
 import { ftruncateSync, openSync } from 'node:fs';
 import { native } from '../../src/native/index.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
-import { Monitor } from '../../src/conformance/monitor.js';
+import { Monitor } from '../../src/monitor/monitor.js';
 import type { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { HEADER_SIZE, encodeMessage, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import { createDriverQueue, type DriverQueue, type RingFormat } from '../../src/core/virtqueue/queue.js';
-import { layoutPackedQueue } from '../../src/core/virtqueue/packed-driver.js';
-import { layoutSplitQueue } from '../../src/core/virtqueue/split-driver.js';
+import type { DriverQueue, RingFormat } from '../../src/virtqueue/queue.js';
+import { createDriverQueue } from '../../src/virtqueue/create.js';
+import { layoutPackedQueue } from '../../src/virtqueue/packed/driver.js';
+import { layoutSplitQueue } from '../../src/virtqueue/split/driver.js';
 
 export const n = native();
 /** Where "QEMU" has guest RAM in its own address space (ring addresses are given in it). */

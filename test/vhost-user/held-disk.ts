@@ -1,7 +1,7 @@
 // Block requests for vhost-user tests whose timing the test controls: a disk that holds its
 // reads until told, and a read request made available on a ring of a TestFrontEnd.
-import { BlkType } from '../../src/devices/blk.js';
-import { MemoryBlockBackend } from '../../src/devices/blk-backend.js';
+import { BlkType } from '../../src/devices/blk/device.js';
+import { MemoryBlockBackend } from '../../src/devices/blk/storage.js';
 import { WAIT_MS, n, type TestFrontEnd, type TestRing } from './front-end.js';
 
 /** A disk whose reads finish only when the test says so. */

@@ -17,8 +17,8 @@ import { existsSync, ftruncateSync, readdirSync, readFileSync, writeFileSync } f
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BackendReq, FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, encodeMessage, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import { Feature, VIRTQ_DESC_F_INDIRECT } from '../../src/core/constants.js';
-import { bit } from '../../src/core/features.js';
+import { Feature, VIRTQ_DESC_F_INDIRECT } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
 import { CANARY, SocketFrontEnd, USER_BASE, memTablePayload, message, n, receive, regionPayload, type SplitTestRing } from './front-end.js';
 
 const root = join(fileURLToPath(import.meta.url), '../../../..');

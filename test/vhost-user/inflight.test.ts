@@ -4,14 +4,14 @@
 // served twice, even when they finished out of order.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Monitor } from '../../src/conformance/monitor.js';
-import { BlkDevice, BlkType } from '../../src/devices/blk.js';
+import { Monitor } from '../../src/monitor/monitor.js';
+import { BlkDevice, BlkType } from '../../src/devices/blk/device.js';
 import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { packedInflightQueueSize, splitInflightQueueSize } from '../../src/transports/vhost-user/inflight.js';
-import type { RingFormat } from '../../src/core/virtqueue/queue.js';
-import { Feature } from '../../src/core/constants.js';
-import { bit } from '../../src/core/features.js';
+import type { RingFormat } from '../../src/virtqueue/queue.js';
+import { Feature } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
 import { TestFrontEnd, backendClosed, n, receiveMessage } from './front-end.js';
 import { HeldBackend } from './held-disk.js';
 

@@ -6,13 +6,13 @@
 // refused before it acted (then a non-zero ack).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Monitor } from '../../src/conformance/monitor.js';
-import { RngDevice } from '../../src/devices/rng.js';
-import { BlkDevice } from '../../src/devices/blk.js';
+import { Monitor } from '../../src/monitor/monitor.js';
+import { RngDevice } from '../../src/devices/rng/device.js';
+import { BlkDevice } from '../../src/devices/blk/device.js';
 import { MAX_MEM_SLOTS, VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import { Feature } from '../../src/core/constants.js';
-import { bit } from '../../src/core/features.js';
+import { Feature } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
 import { TestFrontEnd, USER_BASE, closedWith, n, receive, regionPayload, until, type TestRing } from './front-end.js';
 import { turns } from '../wait.js';
 import { HeldBackend, blkRead } from './held-disk.js';

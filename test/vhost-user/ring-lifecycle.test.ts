@@ -4,14 +4,14 @@
 // that cannot be right ends the connection with a reason.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Monitor } from '../../src/conformance/monitor.js';
-import { RngDevice } from '../../src/devices/rng.js';
-import { BlkDevice } from '../../src/devices/blk.js';
+import { Monitor } from '../../src/monitor/monitor.js';
+import { RngDevice } from '../../src/devices/rng/device.js';
+import { BlkDevice } from '../../src/devices/blk/device.js';
 import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import { Feature } from '../../src/core/constants.js';
-import { bit } from '../../src/core/features.js';
-import type { RingFormat } from '../../src/core/virtqueue/queue.js';
+import { Feature } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
+import type { RingFormat } from '../../src/virtqueue/queue.js';
 import { TestFrontEnd, closedWith, n, receive, until } from './front-end.js';
 import { turns } from '../wait.js';
 import { HeldBackend, blkRead } from './held-disk.js';

@@ -22,13 +22,13 @@
  */
 import { fstatSync } from 'node:fs';
 import { GuestMemory, type MemoryRegionInit } from '../../memory/guest-memory.js';
-import { usedRingSize } from '../../core/virtqueue/split-layout.js';
-import { EVENT_SIZE } from '../../core/virtqueue/packed-layout.js';
-import type { DeviceHost, VirtioDevice } from '../../core/device.js';
-import type { Resubmit, RingPosition } from '../../core/virtqueue/queue.js';
-import { Status } from '../../core/constants.js';
+import { usedRingSize } from '../../spec/split-layout.js';
+import { EVENT_SIZE } from '../../spec/packed-layout.js';
+import type { DeviceHost, VirtioDevice } from '../../device/device.js';
+import type { Resubmit, RingPosition } from '../../virtqueue/queue.js';
+import { Status } from '../../spec/constants.js';
 import { isEventfd, native, POLL_WRITABLE, type NativeAddon } from '../../native/index.js';
-import { Feature } from '../../core/constants.js';
+import { Feature } from '../../spec/constants.js';
 import { PackedInflightRegion, SplitInflightRegion, packedInflightQueueSize, splitInflightQueueSize } from './inflight.js';
 import {
   F_LOG_ALL,

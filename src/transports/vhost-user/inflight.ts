@@ -11,7 +11,7 @@
  *   DescStateSplit   { u8 inflight; u8 padding[5]; u16 next; u64 counter; }
  * Packed virtqueues: PackedInflightRegion below.
  */
-import type { InflightTracker } from '../../core/virtqueue/queue.js';
+import type { InflightTracker } from '../../virtqueue/queue.js';
 
 const HEADER = 16;
 const DESC = 16;

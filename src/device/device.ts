@@ -1,0 +1,729 @@
+/**
+ * Device core: the device side of status, feature negotiation, configuration space and
+ * virtqueues (spec 2.1 - 2.6, 3.1), shared by every device type and every transport.
+ *
+ * A transport (loopback, MMIO/PCI register model, vhost-user backend) calls the public
+ * methods below as the driver acts; the device calls its {@link DeviceHost} to notify the
+ * driver. Every driver action is checked against the init sequence (3.1.1) and status rules
+ * (2.1); a broken rule becomes a verdict, and in strict mode the device enters
+ * DEVICE_NEEDS_RESET. Nothing the driver does makes these methods throw.
+ */
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { Monitor, type Verdict } from '../monitor/monitor.js';
+import { Feature, Status, statusNames } from '../spec/constants.js';
+import { bit, featureBits as featureBitsOf, featureNames, hasFeature, type FeatureNames } from '../spec/features.js';
+import type { DeviceQueue, RingFormat } from '../virtqueue/queue.js';
+import { createDeviceQueue } from '../virtqueue/create.js';
+import type { QueueFeatures } from '../virtqueue/queue.js';
+import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from '../spec/device-types.js';
+
+/** How the device reaches the driver: the transport implements it. */
+export interface DeviceHost {
+  /** Used-buffer notification for queue `index`. */
+  interrupt(index: number): void;
+  /** Configuration change notification (also sent after DEVICE_NEEDS_RESET: basic.status.device.3). */
+  configChanged(): void;
+  /**
+   * The device entered DEVICE_NEEDS_RESET (after the configuration change notification, when
+   * one was due): a transport that must do more to let the driver know (vhost-user ends the
+   * connection, as libvhost-user's vu_panic does) does it here. Called at most once per reset
+   * cycle, from inside the device's work: the transport must defer anything that resets the
+   * device.
+   */
+  deviceError?(reason: string): void;
+  /**
+   * True when the device handles each driver action completely before the next one arrives
+   * (synchronous loopback): then the device can also judge what the driver did NOT do, such
+   * as a missing notification.
+   */
+  readonly synchronous?: boolean;
+  /** Whether the transport carries VIRTIO_F_NOTIFICATION_DATA values; the bit is offered only then. */
+  readonly notificationData?: boolean;
+}
+
+/** A device configuration field that exists only when a feature is offered (basic.config.driver.3). */
+export interface ConditionalConfigField {
+  name: string;
+  offset: number;
+  size: number;
+  feature: number;
+}
+
+export interface VirtioDeviceOptions {
+  deviceId: number;
+  /** Device-specific feature bits offered (transport bits are added by the core). */
+  deviceFeatures?: bigint;
+  /** Transport feature bits offered, default VERSION_1 | INDIRECT_DESC | EVENT_IDX | RING_PACKED | SUSPEND. */
+  transportFeatures?: bigint;
+  featureNames?: FeatureNames;
+  numQueues: number;
+  /** Largest queue size per queue (power of two). Default 256. */
+  queueMaxSize?: number;
+  configSize?: number;
+  /** Configuration fields that depend on a feature bit. */
+  conditionalFields?: readonly ConditionalConfigField[];
+  monitor?: Monitor;
+  name?: string;
+}
+
+/** What a device offers of the device-independent bits unless told otherwise. */
+export const DEFAULT_DEVICE_TRANSPORT_FEATURES =
+  bit(Feature.VERSION_1) |
+  bit(Feature.INDIRECT_DESC) |
+  bit(Feature.EVENT_IDX) |
+  bit(Feature.RING_PACKED) |
+  bit(Feature.IN_ORDER) |
+  bit(Feature.NOTIFICATION_DATA) |
+  bit(Feature.RING_RESET) |
+  bit(Feature.SUSPEND);
+
+/** Where the device is in its life (what the status register says, simplified). */
+export type DevicePhase = 'reset' | 'initializing' | 'live' | 'failed' | 'needs-reset';
+
+export abstract class VirtioDevice {
+  readonly deviceId: number;
+  readonly name: string;
+  readonly monitor: Monitor;
+  readonly featureNames: FeatureNames;
+  readonly queues: DeviceQueue[];
+  /** Features the device offers (NOTIFICATION_DATA only over a transport that carries it). */
+  get offered(): bigint {
+    return this.host?.notificationData === true ? this.offeredBits : this.offeredBits & ~bit(Feature.NOTIFICATION_DATA);
+  }
+  private offeredBits: bigint;
+
+  /**
+   * Stops offering `bits` (a VMM's `packed=off`, say). Only while the driver has not
+   * negotiated yet: the offer must not change under it (struct.feature-offer.device.1).
+   */
+  withholdFeatures(bits: bigint): void {
+    if (this.statusValue & Status.FEATURES_OK) throw new Error('features cannot be withheld after FEATURES_OK');
+    this.offeredBits &= ~bits;
+  }
+  /** Features the driver wrote (meaningful once FEATURES_OK is accepted). */
+  driverFeatures = 0n;
+  /** Device configuration space (device-specific layout, little-endian). */
+  readonly config: Uint8Array;
+  protected readonly configView: DataView;
+  /** Bumped on every configuration change (config_generation). */
+  configGeneration = 0;
+
+  protected statusValue = 0;
+  protected host: DeviceHost | null = null;
+  private mem: GuestMemory | null = null;
+  /** FEATURES_OK was refused: the driver should now set FAILED (init.sequence.driver.5). */
+  private featuresRefused = false;
+  /** Whether FEATURES_OK has ever been accepted (basic.features.device.5). */
+  private negotiatedOnce: bigint | null = null;
+
+  constructor(options: VirtioDeviceOptions) {
+    this.deviceId = options.deviceId;
+    this.name = options.name ?? `device ${options.deviceId}`;
+    this.monitor = options.monitor ?? new Monitor();
+    this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
+    const transport = options.transportFeatures ?? DEFAULT_DEVICE_TRANSPORT_FEATURES;
+    this.offeredBits = transport | (options.deviceFeatures ?? 0n);
+    this.config = new Uint8Array(options.configSize ?? 0);
+    this.conditionalFields = options.conditionalFields ?? [];
+    this.configView = new DataView(this.config.buffer);
+    this.queues = [];
+    this.queueMaxSize = options.queueMaxSize ?? 256;
+    this.numQueues = options.numQueues;
+  }
+
+  readonly queueMaxSize: number;
+  readonly numQueues: number;
+  readonly conditionalFields: readonly ConditionalConfigField[];
+
+  /** Connects the device to guest memory and its transport. */
+  attach(mem: GuestMemory, host: DeviceHost): void {
+    this.mem = mem;
+    this.host = host;
+    // Re-attaching (a new guest memory table) keeps the ring format already negotiated.
+    this.makeQueues(this.statusValue & Status.FEATURES_OK && hasFeature(this.driverFeatures, Feature.RING_PACKED) ? 'packed' : 'split');
+  }
+
+  /** The ring format in use: split until FEATURES_OK is accepted with VIRTIO_F_RING_PACKED. */
+  get ringFormat(): RingFormat {
+    return this.queues[0]?.format ?? 'split';
+  }
+
+  private makeQueues(format: RingFormat): void {
+    if (this.mem === null) return; // not attached yet: attach() makes them
+    const mem = this.mem;
+    this.queues.length = 0;
+    for (let i = 0; i < this.numQueues; i++) {
+      this.queues.push(createDeviceQueue(format, mem, i, this.queueMaxSize, this.monitor, (v, fatal) => this.onViolation(v, fatal)));
+    }
+  }
+
+  get memory(): GuestMemory {
+    if (this.mem === null) throw new Error(`${this.name} is not attached to a transport`);
+    return this.mem;
+  }
+
+  get status(): number {
+    return this.statusValue;
+  }
+
+  get phase(): DevicePhase {
+    const s = this.statusValue;
+    if (s & Status.DEVICE_NEEDS_RESET) return 'needs-reset';
+    if (s & Status.FAILED) return 'failed';
+    if (s === 0) return 'reset';
+    if (s & Status.DRIVER_OK) return 'live';
+    return 'initializing';
+  }
+
+  get live(): boolean {
+    return (this.statusValue & (Status.DRIVER_OK | Status.DEVICE_NEEDS_RESET | Status.FAILED)) === Status.DRIVER_OK;
+  }
+
+  /** Live and not asked to suspend: the device may take new buffers. */
+  get accepting(): boolean {
+    return this.live && this.suspendState === 'running';
+  }
+
+  /** SUSPEND (2.1, 3.3): running, suspending (waiting for buffers in progress), or suspended. */
+  suspendState: 'running' | 'suspending' | 'suspended' = 'running';
+  private availAtSuspend: number[] = [];
+  private deferredConfig: ((view: DataView) => void)[] = [];
+
+  /** Whether a negotiated feature is on. */
+  negotiated(featureBit: number): boolean {
+    return (this.statusValue & Status.FEATURES_OK) !== 0 && hasFeature(this.driverFeatures, featureBit);
+  }
+
+  // ---------------------------------------------------------------- verdicts
+
+  /** Reports a broken rule; in strict mode (or when fatal) the device needs a reset. */
+  protected violation(clause: string, message: string, context?: Record<string, unknown>, fatal = false): Verdict {
+    const v = this.monitor.report(clause, message, context);
+    this.onViolation(v, fatal);
+    return v;
+  }
+
+  private onViolation(v: Verdict, fatal: boolean): void {
+    if (fatal || this.monitor.shouldAct(v)) this.needsReset(`${v.clause}: ${v.message}`);
+  }
+
+  /** The reason the device last entered DEVICE_NEEDS_RESET. */
+  needsResetReason = '';
+
+  /**
+   * Enters DEVICE_NEEDS_RESET (basic.status.device.2) and, when the driver is live, tells it
+   * with a configuration change notification (basic.status.device.3).
+   */
+  needsReset(reason: string): void {
+    if (this.statusValue & Status.DEVICE_NEEDS_RESET) return;
+    this.needsResetReason = reason;
+    this.statusValue |= Status.DEVICE_NEEDS_RESET;
+    if (this.statusValue & Status.DRIVER_OK) this.host?.configChanged();
+    // A device error: the rings stop moving, so a transport whose driver would otherwise wait
+    // forever (a vhost-user front-end) must be told too (2.1.2).
+    this.host?.deviceError?.(reason);
+  }
+
+  // ---------------------------------------------------------------- status
+
+  getStatus(): number {
+    this.auditDriver();
+    return this.statusValue;
+  }
+
+  /** The driver writes the status register. */
+  setStatus(value: number): void {
+    this.auditDriver();
+    value &= 0xff;
+    if (value === 0) {
+      this.reset();
+      return;
+    }
+    const old = this.statusValue;
+    const driverBits = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK | Status.FAILED;
+    if (old & Status.FAILED) {
+      if (!(value & Status.FAILED)) {
+        this.violation('basic.status.driver.3', `driver cleared FAILED to re-initialize without a reset (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
+        return;
+      }
+      if (value & ~old & driverBits) {
+        this.violation('init.sequence.driver.6', `driver went on initializing after setting FAILED (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
+        return;
+      }
+    }
+    if (!(value & Status.FAILED)) this.afterRefusal('wrote the status without FAILED');
+    if (value & Status.SUSPEND && !(old & Status.SUSPEND)) {
+      if (!(old & Status.DRIVER_OK) || !this.negotiated(Feature.SUSPEND)) {
+        this.violation('init.suspend.driver.1', `driver set SUSPEND ${old & Status.DRIVER_OK ? 'without negotiating VIRTIO_F_SUSPEND' : 'before DRIVER_OK'}`, { old, value });
+        value &= ~Status.SUSPEND; // init.suspend.device.1: ignored until the device is initialized
+        if (value === (old & 0xff & ~Status.DEVICE_NEEDS_RESET)) return;
+      } else {
+        if (old & ~value & driverBits) {
+          this.violation('basic.status.driver.2', `driver cleared status bits ${statusNames(old & ~value & driverBits)} while setting SUSPEND`, { old, value });
+          if (this.monitor.strict) return;
+        }
+        this.beginSuspend();
+        return;
+      }
+    }
+    if (old & Status.SUSPEND) {
+      if (!(value & Status.SUSPEND)) {
+        this.violation('basic.status.driver.2', `driver cleared SUSPEND instead of setting DRIVER_OK to resume (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
+        return;
+      }
+      if (this.suspendState === 'suspended' && value & Status.DRIVER_OK) this.resume();
+      return; // nothing else changes while suspending or suspended
+    }
+    const cleared = old & ~value & driverBits;
+    if (cleared) {
+      this.violation('basic.status.driver.2', `driver cleared status bits ${statusNames(cleared)} (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
+      if (this.monitor.strict) return;
+    }
+    const added = value & ~old & driverBits;
+    const order = this.orderProblem(old, value, added);
+    if (order !== null) {
+      this.violation('init.sequence.driver.1', order, { old, value });
+      if (this.monitor.strict) return;
+    }
+    let next = value & driverBits;
+    if (added & Status.FEATURES_OK) {
+      if (!this.acceptFeatures()) {
+        next &= ~Status.FEATURES_OK; // basic.features.device.3
+        this.featuresRefused = true;
+      }
+    }
+    if (added & Status.FAILED) this.onFailed();
+    // DEVICE_NEEDS_RESET is the device's own bit: it survives driver writes (and may have just been set).
+    this.statusValue = next | (this.statusValue & Status.DEVICE_NEEDS_RESET);
+    if (added & Status.DRIVER_OK && (next & Status.FEATURES_OK) && !(next & Status.FAILED)) this.goLive();
+  }
+
+  /** init.sequence.driver.1: each status bit after the ones before it, one step per write. */
+  private orderProblem(old: number, value: number, added: number): string | null {
+    const steps: [number, number, string][] = [
+      [Status.DRIVER, Status.ACKNOWLEDGE, 'DRIVER before ACKNOWLEDGE'],
+      [Status.FEATURES_OK, Status.DRIVER, 'FEATURES_OK before DRIVER'],
+    ];
+    for (const [bitSet, needs, what] of steps) {
+      if (added & bitSet && !(value & needs)) return `driver set ${what} (status ${statusNames(old)} -> ${statusNames(value)})`;
+    }
+    if (added & Status.DRIVER_OK && !(old & Status.FEATURES_OK)) {
+      return `driver set DRIVER_OK without FEATURES_OK having been accepted first (status ${statusNames(old)} -> ${statusNames(value)})`;
+    }
+    return null;
+  }
+
+  /** Checks the driver's features when it sets FEATURES_OK. False: FEATURES_OK is refused. */
+  private acceptFeatures(): boolean {
+    const f = this.driverFeatures;
+    const unoffered = f & ~this.offered;
+    if (unoffered !== 0n) {
+      this.violation('basic.features.driver.1', `driver accepted features the device did not offer: ${featureNames(unoffered, this.featureNames).join(', ')}`, {
+        unoffered: unoffered.toString(16),
+      });
+      return false;
+    }
+    const undescribed = featureBitsOf(f).filter((b) => !isDescribedFeature(this.deviceId, b));
+    if (undescribed.length > 0) {
+      this.violation('basic.features.driver.4', `driver accepted feature bits the spec does not describe for this device type: ${undescribed.join(', ')}`, { bits: undescribed });
+      return false;
+    }
+    if (!hasFeature(f, Feature.VERSION_1)) {
+      // reserved.bits.driver.1: a driver must accept VERSION_1 when offered; this device is modern-only.
+      this.violation('reserved.bits.driver.1', 'driver did not accept VIRTIO_F_VERSION_1, which the device offers', {});
+      return false;
+    }
+    const missing = this.missingDependency(f);
+    if (missing !== null) {
+      this.violation('basic.features.driver.1', `driver accepted a feature without the feature it requires: ${missing}`, {});
+      return false;
+    }
+    if (!this.validateFeatures(f)) return false;
+    if (hasFeature(this.offered, Feature.RING_PACKED) && !hasFeature(f, Feature.RING_PACKED)) {
+      this.violation('reserved.bits.driver.6', 'driver declined VIRTIO_F_RING_PACKED, which the device offers', {});
+    }
+    this.negotiatedOnce = f;
+    // The ring format is fixed from here on (queues are configured after FEATURES_OK).
+    this.makeQueues(hasFeature(f, Feature.RING_PACKED) ? 'packed' : 'split');
+    this.onFeaturesOk(f);
+    return true;
+  }
+
+  /**
+   * init.sequence.driver.5: after the device refused FEATURES_OK the driver's init cannot
+   * succeed; it should set FAILED (or reset), not carry on.
+   */
+  private afterRefusal(what: string): void {
+    if (!this.featuresRefused) return;
+    this.featuresRefused = false;
+    this.violation('init.sequence.driver.5', `the device refused FEATURES_OK and the driver ${what} instead of setting FAILED or resetting`, {});
+  }
+
+  /** Device types name features that need other features; returns a description or null. */
+  protected missingDependency(features: bigint): string | null {
+    return brokenDependency(this.deviceId, features);
+  }
+
+  /** Device types may refuse a valid-looking subset (basic.features.device.2 says they should not). */
+  protected validateFeatures(_features: bigint): boolean {
+    return true;
+  }
+
+  /** What the rings need to know of the negotiated features. */
+  queueFeatures(): QueueFeatures {
+    return {
+      eventIdx: this.negotiated(Feature.EVENT_IDX),
+      indirect: this.negotiated(Feature.INDIRECT_DESC),
+      inOrder: this.negotiated(Feature.IN_ORDER),
+    };
+  }
+
+  private goLive(): void {
+    const features = this.queueFeatures();
+    for (const q of this.queues) {
+      if (q.enabled && !q.active && !q.activate(features)) return;
+    }
+    this.onDriverOk();
+    // The driver may have populated queues before DRIVER_OK (3.1.1 step 7): look now.
+    for (const q of this.queues) if (q.active && this.accepting) this.process(q);
+  }
+
+  private onFailed(): void {
+    this.onStop();
+  }
+
+  // ---------------------------------------------------------------- suspend (2.1, 3.3)
+
+  private beginSuspend(): void {
+    this.suspendState = 'suspending';
+    this.statusValue |= Status.SUSPEND;
+    this.availAtSuspend = this.queues.map((q) => q.availMark());
+    this.finishSuspend();
+  }
+
+  /**
+   * init.suspend.device.8: buffers in progress are used (and notified) first; only then the
+   * device presents SUSPEND = 1, DRIVER_OK = 0.
+   */
+  private finishSuspend(): void {
+    if (this.suspendState !== 'suspending' || this.work() > 0) return;
+    this.suspendState = 'suspended';
+    this.statusValue &= ~Status.DRIVER_OK;
+  }
+
+  /**
+   * For a transport that stops rings under a running device (vhost-user GET_VRING_BASE and
+   * SET_STATUS 0; pause the rings first with `queue.paused`): true once no buffer the device
+   * took is still being worked on. Every used buffer is then published (and notified), so the
+   * rings show each buffer taken as used and a restart from their position loses nothing.
+   */
+  settled(): boolean {
+    if (this.work() > 0) return false;
+    for (const q of this.queues) if (q.active) this.complete(q);
+    return true;
+  }
+
+  /** Buffers taken and not yet used (device types with their own pipelines override it). */
+  protected work(): number {
+    let n = 0;
+    for (const q of this.queues) n += q.inFlightCount;
+    return n;
+  }
+
+  private resume(): void {
+    for (const q of this.queues) {
+      if (q.active && q.availMark() !== this.availAtSuspend[q.index]) {
+        this.violation('init.suspend.driver.3', `driver made buffers available on queue ${q.index} while the device was suspended`, { queue: q.index });
+        if (this.monitor.strict) return;
+      }
+    }
+    this.suspendState = 'running';
+    this.statusValue = (this.statusValue & ~Status.SUSPEND) | Status.DRIVER_OK;
+    // init.suspend.device.5: configuration changes held back while suspended are made and told now.
+    const deferred = this.deferredConfig;
+    this.deferredConfig = [];
+    if (deferred.length > 0) this.updateConfig((view) => deferred.forEach((change) => change(view)));
+    for (const q of this.queues) if (q.active && this.accepting) this.process(q);
+  }
+
+  /** Device reset (2.4): status 0, queues to their initial state, features forgotten. */
+  reset(): void {
+    this.onStop();
+    this.featuresRefused = false;
+    this.queueNeedsSetup.length = 0;
+    this.suspendState = 'running';
+    this.deferredConfig = [];
+    this.statusValue = 0; // basic.reset.device.1
+    this.driverFeatures = 0n;
+    this.needsResetReason = '';
+    for (const q of this.queues) q.reset();
+    this.onReset();
+  }
+
+  // ---------------------------------------------------------------- features
+
+  /** Device feature bits (readable at any time). */
+  getDeviceFeatures(): bigint {
+    return this.offered;
+  }
+
+  /** The driver writes the features it accepts (all words at once; transports merge words). */
+  setDriverFeatures(features: bigint): void {
+    const s = this.statusValue;
+    if (s & Status.FAILED) {
+      this.violation('init.sequence.driver.6', 'driver wrote features after setting FAILED', {});
+      return;
+    }
+    this.afterRefusal('wrote its features again');
+    if (s & Status.FEATURES_OK) {
+      if (features !== this.driverFeatures) {
+        this.violation('init.sequence.driver.4', `driver changed its features after FEATURES_OK (${featureNames(features ^ this.driverFeatures, this.featureNames).join(', ')})`, {});
+      }
+      return; // the negotiated set stays
+    }
+    if (!(s & Status.DRIVER)) {
+      // basic.status.driver.1: the status must show the steps done (ACKNOWLEDGE, DRIVER) before features.
+      this.violation('basic.status.driver.1', `driver wrote features without having set ACKNOWLEDGE and DRIVER (status ${statusNames(s)})`, { status: s });
+      if (this.monitor.strict) return;
+    }
+    this.driverFeatures = features;
+  }
+
+  // ---------------------------------------------------------------- configuration space
+
+  /**
+   * The driver reads `size` bytes (1, 2, 4 or 8) at `offset`. Allowed at any time, before
+   * FEATURES_OK included (basic.config.device.1). Bytes beyond the space read as zero.
+   */
+  readConfig(offset: number, size: number): number | bigint {
+    this.auditDriver();
+    this.checkConditionalField(offset, size, 'read');
+    this.beforeConfigRead(offset, size);
+    const cfg = this.config;
+    if (offset < 0 || offset + size > cfg.length) {
+      return size === 8 ? 0n : 0;
+    }
+    const v = this.configView;
+    switch (size) {
+      case 1:
+        return v.getUint8(offset);
+      case 2:
+        return v.getUint16(offset, true);
+      case 4:
+        return v.getUint32(offset, true);
+      case 8:
+        return v.getBigUint64(offset, true);
+      default:
+        return 0;
+    }
+  }
+
+  /** basic.config.driver.3: optional fields only when their feature is offered. */
+  private checkConditionalField(offset: number, size: number, verb: string): void {
+    for (const f of this.conditionalFields) {
+      if (offset < f.offset + f.size && f.offset < offset + size && !hasFeature(this.offered, f.feature)) {
+        this.violation('basic.config.driver.3', `driver ${verb} config field ${f.name}, which exists only with ${this.describeFeatures(bit(f.feature))[0]}, not offered`, {
+          offset,
+          size,
+          field: f.name,
+        });
+        return;
+      }
+    }
+  }
+
+  /** On synchronous transports, every driver action is a point to audit missed notifications. */
+  private auditDriver(): void {
+    if (this.host?.synchronous === true && this.live) for (const q of this.queues) q.kickAudit(false);
+  }
+
+  /** Hook for device types that compute config fields on read. */
+  protected beforeConfigRead(_offset: number, _size: number): void {}
+
+  /** The driver writes device configuration space. */
+  writeConfig(offset: number, size: number, value: number | bigint): void {
+    this.auditDriver();
+    this.checkConditionalField(offset, size, 'wrote');
+    const s = this.statusValue;
+    if (s & Status.FAILED) {
+      this.violation('init.sequence.driver.6', 'driver wrote configuration space after setting FAILED', { offset });
+      return;
+    }
+    if (this.suspendState !== 'running') {
+      // init.suspend.device.2: ignored.
+      this.violation('init.suspend.driver.5', `driver wrote configuration space (offset ${offset}) while the device is suspended`, { offset, size });
+      return;
+    }
+    if (!(s & Status.FEATURES_OK)) {
+      this.violation('init.sequence.driver.3', `driver wrote configuration space (offset ${offset}, ${size} bytes) before FEATURES_OK`, { offset, size, status: s });
+      if (this.monitor.strict) return;
+    }
+    if (offset < 0 || offset + size > this.config.length || ![1, 2, 4, 8].includes(size)) return;
+    this.onConfigWrite(offset, size, value);
+  }
+
+  /** Device types accept writes to their writable config fields here. */
+  protected onConfigWrite(_offset: number, _size: number, _value: number | bigint): void {}
+
+  /** The device changes its configuration: bump the generation and tell a live driver. */
+  protected updateConfig(change: (view: DataView) => void): void {
+    if (this.suspendState !== 'running') {
+      // init.suspend.device.3 / .4: no change and no notification while suspended.
+      this.deferredConfig.push(change);
+      return;
+    }
+    change(this.configView);
+    this.configGeneration = (this.configGeneration + 1) >>> 0;
+    if (this.statusValue & Status.DRIVER_OK) this.notifyConfigChange();
+  }
+
+  /** Sends a configuration change notification. */
+  protected notifyConfigChange(): void {
+    this.host?.configChanged();
+  }
+
+  // ---------------------------------------------------------------- queues
+
+  /** Checks that the driver may configure queues now (3.1.1 step 7; init.cleanup.driver.2). */
+  private queueSetupAllowed(index: number, what: string): DeviceQueue | null {
+    const q = this.queues[index];
+    if (q === undefined) return null;
+    this.afterRefusal(`${what} for queue ${index}`);
+    const s = this.statusValue;
+    if (s & Status.FAILED) {
+      this.violation('init.sequence.driver.6', `driver ${what} for queue ${index} after setting FAILED`, { queue: index });
+      return null;
+    }
+    if (!(s & Status.FEATURES_OK)) {
+      this.violation('init.sequence.driver.1', `driver ${what} for queue ${index} before FEATURES_OK (status ${statusNames(s)})`, { queue: index, status: s });
+      if (this.monitor.strict) return null;
+    }
+    if (q.enabled && s & Status.DRIVER_OK) {
+      this.violation('init.cleanup.driver.2', `driver ${what} for live queue ${index} without resetting the device first`, { queue: index });
+      return null;
+    }
+    return q;
+  }
+
+  setQueueSize(index: number, size: number): void {
+    const q = this.queueSetupAllowed(index, 'changed the size');
+    if (q !== null) q.size = size;
+  }
+
+  setQueueAddresses(index: number, desc: number, avail: number, used: number): void {
+    const q = this.queueSetupAllowed(index, 'changed the ring addresses');
+    if (q === null) return;
+    this.queueNeedsSetup[index] = false;
+    q.descAddr = desc;
+    q.availAddr = avail;
+    q.usedAddr = used;
+  }
+
+  /** The driver enables a queue (queue_enable = 1). */
+  enableQueue(index: number): void {
+    const q = this.queueSetupAllowed(index, 'enabled');
+    if (q === null) return;
+    if (this.queueNeedsSetup[index] === true) {
+      this.violation('basic.vq-reenable.driver.1', `driver re-enabled queue ${index} after resetting it without configuring its rings again`, { queue: index });
+      if (this.monitor.strict) return;
+    }
+    q.enabled = true;
+    if (this.accepting && !q.active) {
+      if (q.activate(this.queueFeatures())) this.process(q);
+    }
+  }
+
+  /**
+   * VIRTIO_F_RING_RESET (2.6.1): the driver resets one queue. The device stops it, forgets
+   * its buffers and returns its configuration to the defaults (basic.vq-reset.device.1/.2).
+   */
+  resetQueue(index: number): void {
+    const q = this.queues[index];
+    if (q === undefined || !this.negotiated(Feature.RING_RESET)) return;
+    q.reset();
+    this.queueNeedsSetup[index] = true;
+    this.onQueueReset(index);
+  }
+
+  /** Queues reset on their own and not configured again yet (basic.vq-reenable.driver.1). */
+  private readonly queueNeedsSetup: boolean[] = [];
+
+  /** Device types drop per-queue work here. */
+  protected onQueueReset(_index: number): void {}
+
+  /** The driver sends an available-buffer notification for queue `index` (with NOTIFICATION_DATA: `data`). */
+  notify(index: number, data?: number): void {
+    const s = this.statusValue;
+    if (this.suspendState !== 'running') {
+      this.violation('init.suspend.driver.4', `driver notified queue ${index} after setting SUSPEND`, { queue: index });
+      return;
+    }
+    if (!(s & Status.DRIVER_OK)) {
+      this.violation('init.sequence.driver.7', `driver notified queue ${index} before DRIVER_OK (status ${statusNames(s)})`, { queue: index, status: s });
+      return;
+    }
+    const q = this.queues[index];
+    // split.avail-buffer-notif-suppr.device.5: a spurious notification is harmless.
+    if (q === undefined || !q.active || !this.accepting) return;
+    if (this.negotiated(Feature.NOTIFICATION_DATA)) this.checkNotificationData(q, data);
+    if (this.host?.synchronous === true) {
+      for (const other of this.queues) if (other !== q) other.kickAudit(false);
+      q.kickAudit(true);
+    }
+    this.process(q);
+  }
+
+  /** VIRTIO_F_NOTIFICATION_DATA (2.9): the value names the queue and the driver's next position. */
+  private checkNotificationData(q: DeviceQueue, data: number | undefined): void {
+    const packed = q.format === 'packed';
+    const clause = packed ? 'packed.desc-table.driver.3' : 'struct.notification-data.driver.1';
+    if (data === undefined) {
+      this.violation(clause, `driver notified queue ${q.index} without the data VIRTIO_F_NOTIFICATION_DATA requires`, { queue: q.index });
+      return;
+    }
+    if ((data & 0xffff) !== q.index) {
+      this.violation('struct.notification-data.driver.1', `notification data names queue ${data & 0xffff}, not ${q.index}`, { queue: q.index, data });
+      return;
+    }
+    const problem = q.checkNotificationData(data);
+    if (problem !== null) this.violation(clause, `queue ${q.index}: ${problem}`, { queue: q.index, data });
+  }
+
+  /** Runs the device type's queue handler; an internal error becomes DEVICE_NEEDS_RESET. */
+  protected process(q: DeviceQueue): void {
+    try {
+      this.processQueue(q);
+    } catch (err) {
+      this.needsReset(`internal error on queue ${q.index}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+
+  /** Publishes used buffers and notifies the driver if it asked (2.7.10). */
+  protected complete(q: DeviceQueue): void {
+    if (q.publish()) this.host?.interrupt(q.index);
+    if (this.suspendState === 'suspending') this.finishSuspend();
+  }
+
+  // ---------------------------------------------------------------- device type hooks
+
+  /** Takes the buffers of a live queue and completes them. */
+  protected abstract processQueue(q: DeviceQueue): void;
+  /** FEATURES_OK was accepted with these features (config fields that depend on them are set here). */
+  protected onFeaturesOk(_features: bigint): void {}
+  /** DRIVER_OK was accepted. */
+  protected onDriverOk(): void {}
+  /** Reset or FAILED: stop any work in progress. */
+  protected onStop(): void {}
+  /** After reset: restore device-type state. */
+  protected onReset(): void {}
+
+  /** Negotiated feature names (for demos and logs). */
+  describeFeatures(set: bigint): string[] {
+    return featureNames(set, this.featureNames);
+  }
+
+  /** Whether the features were accepted before with FEATURES_OK. */
+  get previouslyNegotiated(): bigint | null {
+    return this.negotiatedOnce;
+  }
+}

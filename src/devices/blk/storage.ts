@@ -1,0 +1,68 @@
+/**
+ * What a block device stores its sectors in. The device core stays browser-safe: this module
+ * has the interface and an in-memory disk; the file backend (Node) is in src/node/file-block.ts.
+ */
+
+export interface BlockBackend {
+  /** Size in bytes (a multiple of 512). */
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Reads into the views, in order, from byte `offset`. */
+  read(offset: number, views: readonly Uint8Array[]): Promise<void>;
+  /** Writes the views, in order, at byte `offset`. */
+  write(offset: number, views: readonly Uint8Array[]): Promise<void>;
+  /** Makes every completed write durable (fdatasync for files). */
+  flush(): Promise<void>;
+  /** Forgets [offset, offset+length) (may read back as anything); default: nothing. */
+  discard?(offset: number, length: number): Promise<void>;
+  /** Zeroes [offset, offset+length); `unmap` allows deallocation. */
+  writeZeroes(offset: number, length: number, unmap: boolean): Promise<void>;
+  /** Up to 20 bytes of serial number (VIRTIO_BLK_T_GET_ID). */
+  readonly serial?: string;
+  close?(): Promise<void>;
+}
+
+/** A disk in memory (tests, demos, browsers). */
+export class MemoryBlockBackend implements BlockBackend {
+  readonly bytes: Uint8Array;
+  flushes = 0;
+
+  constructor(
+    size: number,
+    readonly readOnly = false,
+    readonly serial = 'virtio-ts-mem',
+  ) {
+    if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) throw new RangeError(`disk size ${size} is not a positive multiple of 512`);
+    this.bytes = new Uint8Array(size);
+  }
+
+  get size(): number {
+    return this.bytes.length;
+  }
+
+  async read(offset: number, views: readonly Uint8Array[]): Promise<void> {
+    for (const v of views) {
+      v.set(this.bytes.subarray(offset, offset + v.length));
+      offset += v.length;
+    }
+  }
+
+  async write(offset: number, views: readonly Uint8Array[]): Promise<void> {
+    for (const v of views) {
+      this.bytes.set(v, offset);
+      offset += v.length;
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.flushes++;
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.bytes.fill(0, offset, offset + length);
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    this.bytes.fill(0, offset, offset + length);
+  }
+}

@@ -1,0 +1,779 @@
+/**
+ * Console device (spec 5.3): one port (receiveq 0, transmitq 1) or, with
+ * VIRTIO_CONSOLE_F_MULTIPORT, up to max_nr_ports ports managed over two control queues
+ * (control receiveq 2, control transmitq 3; port N >= 1 on queues 2N+2 / 2N+3).
+ * VIRTIO_CONSOLE_F_SIZE gives cols/rows (config change for port 0, RESIZE messages per port);
+ * VIRTIO_CONSOLE_F_EMERG_WRITE makes emerg_wr a one-character output register that works at
+ * any time, even on an unconfigured device.
+ *
+ * The host side of each port is a {@link ConsolePortBackend}: what the driver transmits goes
+ * to `write`; what the host has for the driver is pushed through the {@link ConsoleHostPort}
+ * the device hands the backend, and waits in a bounded buffer until the driver gives receive
+ * buffers (push returns false over the high-water mark; `drain` says when to go on).
+ *
+ * Receive buffers are taken from the ring as soon as the driver makes them available (the
+ * usual consume-all-then-re-enable-notifications loop) and held until host bytes arrive.
+ * Held receive buffers are not work in progress: a suspend does not wait for them, and host
+ * bytes not delivered yet survive a reset.
+ *
+ * Browser-safe: no Node import.
+ */
+import { DeviceId, Status } from '../../spec/constants.js';
+import { VirtioDevice, type VirtioDeviceOptions } from '../../device/device.js';
+import { bit, hasFeature } from '../../spec/features.js';
+import {
+  CONSOLE_FEATURES,
+  ConsoleConfig,
+  ConsoleEvent,
+  consoleEventName,
+  CONTROL_HEADER_SIZE,
+  CONTROL_RECEIVEQ,
+  CONTROL_TRANSMITQ,
+  receiveQueueOf,
+  transmitQueueOf,
+  ConsoleQueueRole,
+  consoleQueueRole,
+  encodeControl,
+  encodeResize,
+  type ConsoleSize,
+} from '../../spec/console.js';
+import { ChainReader, ChainWriter, DescriptorChain } from '../../virtqueue/chain.js';
+import type { DeviceQueue } from '../../virtqueue/queue.js';
+import type { Monitor } from '../../monitor/monitor.js';
+
+/** What the device gives a port's backend: the way into the driver. */
+export interface ConsoleHostPort {
+  readonly id: number;
+  /**
+   * Queues host bytes for the driver (the device keeps a reference: do not reuse the array).
+   * Returns false when the buffer is over its high-water mark: stop until the backend's
+   * `drain` is called. Bytes beyond the hard limit are dropped (counted in `dropped`).
+   */
+  push(bytes: Uint8Array): boolean;
+  /** The host side connected (true) or went away (false): PORT_OPEN to the driver with MULTIPORT. */
+  setHostOpen(open: boolean): void;
+  /** Bytes waiting for receive buffers. */
+  readonly buffered: number;
+  /** Bytes dropped because the buffer was at its hard limit. */
+  readonly dropped: number;
+  /** Whether the driver has the port open (single port: whenever the device is live). */
+  readonly guestOpen: boolean;
+  /** Whether the host side is connected. */
+  readonly hostOpen: boolean;
+}
+
+/** The host side of a port (a terminal, a socket, a log). */
+export interface ConsolePortBackend {
+  /**
+   * Bytes the driver transmitted, in order. A returned promise holds the transmit buffer
+   * (and the rest of that transmitq) until it settles: backpressure on the driver.
+   */
+  write(bytes: Uint8Array): void | Promise<void>;
+  /** The port was added to a device: keep `port` to push host bytes. */
+  attach?(port: ConsoleHostPort): void;
+  /** The port was removed from the device. */
+  detach?(): void;
+  /** After `push` returned false: the buffer went below the low-water mark. */
+  drain?(): void;
+  /** The driver opened or closed the port (PORT_OPEN from the driver). */
+  guestOpen?(open: boolean): void;
+}
+
+export interface ConsolePortConfig {
+  backend: ConsolePortBackend;
+  /** Sent to the driver in PORT_NAME (multiport). */
+  name?: string;
+  /** Nominated as a console port with CONSOLE_PORT (multiport). Default: true for port 0. */
+  console?: boolean;
+  /** Whether the host side starts connected (default true; a backend may change it). */
+  hostOpen?: boolean;
+  /** Console size of this port (port 0: the cols/rows configuration fields). */
+  size?: ConsoleSize;
+}
+
+export interface ConsoleDeviceOptions {
+  /** Ports present from the start, by id (port 0 first; holes allowed with MULTIPORT). */
+  ports?: (ConsolePortConfig | undefined)[];
+  /** Shorthand for `ports: [{ backend }]`. */
+  backend?: ConsolePortBackend;
+  /** max_nr_ports (default: the number of ports given). More than 1 offers MULTIPORT. */
+  maxPorts?: number;
+  /** Offer VIRTIO_CONSOLE_F_MULTIPORT even with max_nr_ports 1. */
+  multiport?: boolean;
+  /** Offer VIRTIO_CONSOLE_F_SIZE with this size of port 0 (default 80 x 25; null: not offered). */
+  size?: ConsoleSize | null;
+  /**
+   * VIRTIO_CONSOLE_F_EMERG_WRITE: false to not offer it; a function to receive the bytes;
+   * default true: they go to port 0's backend.
+   */
+  emergencyWrite?: boolean | ((byte: number) => void);
+  /** Buffered host bytes per port at which push() says stop (default 64 KiB). */
+  highWater?: number;
+  /** Buffered host bytes per port beyond which push() drops (default 4 MiB). */
+  maxBuffered?: number;
+  queueMaxSize?: number;
+  monitor?: Monitor;
+  /** Extra options for the device core (tests use this to offer other transport bits). */
+  core?: Partial<VirtioDeviceOptions>;
+}
+
+interface PortState {
+  readonly id: number;
+  readonly config: ConsolePortConfig;
+  readonly host: ConsoleHostPort;
+  size: ConsoleSize | null;
+  hostOpen: boolean;
+  /** This session: DEVICE_ADD sent. */
+  added: boolean;
+  /** PORT_READY with value 1 received. */
+  ready: boolean;
+  /** PORT_OPEN 1 from the driver (single port: always). */
+  guestOpen: boolean;
+  /** CONSOLE_PORT delivered; the driver's answer (PORT_OPEN 1) not seen yet. */
+  consoleAwaitingOpen: boolean;
+  /** Host bytes for the driver: chunks[0] from `offset` on. */
+  chunks: Uint8Array[];
+  offset: number;
+  buffered: number;
+  dropped: number;
+  /** push() returned false: call drain() when below the low-water mark. */
+  stopped: boolean;
+  /** A backend write promise is pending: the transmitq waits. */
+  txHeld: boolean;
+}
+
+export class ConsoleDevice extends VirtioDevice {
+  readonly maxPorts: number;
+  private readonly ports = new Map<number, PortState>();
+  private readonly chain: DescriptorChain;
+  private readonly reader = new ChainReader();
+  private readonly writer = new ChainWriter();
+  private readonly highWater: number;
+  private readonly maxBuffered: number;
+  private readonly emergency: ((byte: number) => void) | null;
+  /** Control messages for the driver, waiting for control receive buffers. */
+  private ctrlOut: Uint8Array[] = [];
+  /** This session: a DEVICE_READY arrived (any value) / with value 1. */
+  private readySeen = false;
+  private deviceReady = false;
+  /** Bumped on reset: late backend answers are dropped. */
+  private epoch = 0;
+  /** Receive buffers taken and not used yet, per queue, oldest first. */
+  private readonly stash = new Map<number, DescriptorChain[]>();
+  private held = 0;
+  /** Queues to look at (re-entrant notifications are deferred to the running loop). */
+  private readonly dirty = new Set<number>();
+  private running = false;
+  /** Counters for tests and logs. */
+  readonly stats = { toDriver: 0, fromDriver: 0, emergency: 0, controlIn: 0, controlOut: 0, ignoredControl: 0, droppedTx: 0 };
+
+  constructor(options: ConsoleDeviceOptions = {}) {
+    const ports = options.ports ?? (options.backend !== undefined ? [{ backend: options.backend }] : []);
+    if (ports[0] === undefined) throw new Error('a console device needs port 0 (options.ports[0] or options.backend)');
+    const maxPorts = Math.max(1, options.maxPorts ?? ports.length);
+    if (ports.length > maxPorts) throw new Error(`${ports.length} ports given, max_nr_ports is ${maxPorts}`);
+    const multiport = maxPorts > 1 || options.multiport === true;
+    const size = options.size === undefined ? { cols: 80, rows: 25 } : options.size;
+    const emerg = options.emergencyWrite ?? true;
+    const f = CONSOLE_FEATURES;
+    let features = 0n;
+    if (size !== null) features |= bit(f.SIZE);
+    if (multiport) features |= bit(f.MULTIPORT);
+    if (emerg !== false) features |= bit(f.EMERG_WRITE);
+    const queueMaxSize = options.queueMaxSize ?? 128;
+    super({
+      deviceId: DeviceId.CONSOLE,
+      numQueues: multiport ? 2 * maxPorts + 2 : 2,
+      queueMaxSize,
+      deviceFeatures: features,
+      configSize: ConsoleConfig.size,
+      conditionalFields: [
+        { name: 'cols', offset: ConsoleConfig.cols, size: 2, feature: f.SIZE },
+        { name: 'rows', offset: ConsoleConfig.rows, size: 2, feature: f.SIZE },
+        { name: 'max_nr_ports', offset: ConsoleConfig.maxNrPorts, size: 4, feature: f.MULTIPORT },
+        { name: 'emerg_wr', offset: ConsoleConfig.emergWr, size: 4, feature: f.EMERG_WRITE },
+      ],
+      monitor: options.monitor,
+      name: 'virtio-console',
+      ...options.core,
+    });
+    this.maxPorts = maxPorts;
+    this.chain = DescriptorChain.forQueue(queueMaxSize);
+    this.highWater = options.highWater ?? 64 * 1024;
+    this.maxBuffered = Math.max(this.highWater, options.maxBuffered ?? 4 << 20);
+    this.emergency = typeof emerg === 'function' ? emerg : null;
+    const v = this.configView;
+    if (size !== null) {
+      v.setUint16(ConsoleConfig.cols, size.cols, true);
+      v.setUint16(ConsoleConfig.rows, size.rows, true);
+    }
+    if (multiport) v.setUint32(ConsoleConfig.maxNrPorts, maxPorts, true);
+    ports.forEach((p, id) => {
+      if (p !== undefined) this.addPort(id, id === 0 && size !== null ? { size, ...p } : p);
+    });
+  }
+
+  // ---------------------------------------------------------------- host API
+
+  /** Whether MULTIPORT was negotiated (the control queues are in use). */
+  get multiport(): boolean {
+    return this.negotiated(CONSOLE_FEATURES.MULTIPORT);
+  }
+
+  /** Port ids present on the host side. */
+  get portIds(): number[] {
+    return [...this.ports.keys()].sort((a, b) => a - b);
+  }
+
+  /** The host view of port `id` (undefined when there is none). */
+  port(id: number): ConsoleHostPort | undefined {
+    return this.ports.get(id)?.host;
+  }
+
+  /**
+   * Adds a port (hot-plug). With MULTIPORT, once the driver sent DEVICE_READY, the driver
+   * hears of it with DEVICE_ADD. A port id must be below max_nr_ports and not in use.
+   */
+  addPort(id: number, config: ConsolePortConfig): ConsoleHostPort {
+    if (!Number.isInteger(id) || id < 0 || id >= this.maxPorts) throw new RangeError(`port ${id} is outside max_nr_ports ${this.maxPorts}`);
+    if (this.ports.has(id)) throw new Error(`port ${id} exists`);
+    if (id > 0 && !hasFeature(this.offered, CONSOLE_FEATURES.MULTIPORT)) throw new Error('ports other than 0 need VIRTIO_CONSOLE_F_MULTIPORT');
+    const self = this;
+    const state: PortState = {
+      id,
+      config,
+      size: config.size ?? null,
+      hostOpen: config.hostOpen ?? true,
+      added: false,
+      ready: false,
+      guestOpen: false,
+      consoleAwaitingOpen: false,
+      chunks: [],
+      offset: 0,
+      buffered: 0,
+      dropped: 0,
+      stopped: false,
+      txHeld: false,
+      host: {
+        id,
+        push: (bytes) => self.push(state, bytes),
+        setHostOpen: (open) => self.setHostOpen(state, open),
+        get buffered() {
+          return state.buffered;
+        },
+        get dropped() {
+          return state.dropped;
+        },
+        get guestOpen() {
+          return self.isGuestOpen(state);
+        },
+        get hostOpen() {
+          return state.hostOpen;
+        },
+      },
+    };
+    this.ports.set(id, state);
+    config.backend.attach?.(state.host);
+    if (this.multiport && this.deviceReady && this.live) this.announce(state);
+    return state.host;
+  }
+
+  /** Removes a port (hot-unplug): DEVICE_REMOVE to the driver if it was told of the port. */
+  removePort(id: number): void {
+    const p = this.ports.get(id);
+    if (p === undefined) throw new Error(`port ${id} does not exist`);
+    if (!hasFeature(this.offered, CONSOLE_FEATURES.MULTIPORT)) throw new Error('ports can be removed only with VIRTIO_CONSOLE_F_MULTIPORT');
+    this.ports.delete(id);
+    if (p.added && this.multiport) this.sendControl(id, ConsoleEvent.DEVICE_REMOVE, 0);
+    p.config.backend.detach?.();
+  }
+
+  /**
+   * The console of port `id` changed size. Port 0: the cols/rows fields and a configuration
+   * change notification (VIRTIO_CONSOLE_F_SIZE); with MULTIPORT, a RESIZE message as well.
+   */
+  resize(cols: number, rows: number, id = 0): void {
+    const p = this.ports.get(id);
+    if (p === undefined) throw new Error(`port ${id} does not exist`);
+    p.size = { cols, rows };
+    if (id === 0 && hasFeature(this.offered, CONSOLE_FEATURES.SIZE)) {
+      this.updateConfig((v) => {
+        v.setUint16(ConsoleConfig.cols, cols, true);
+        v.setUint16(ConsoleConfig.rows, rows, true);
+      });
+    }
+    if (this.multiport && p.ready) this.sendControl(id, ConsoleEvent.RESIZE, 0, encodeResize(cols, rows));
+  }
+
+  // ---------------------------------------------------------------- emergency write
+
+  /**
+   * emerg_wr: with VIRTIO_CONSOLE_F_EMERG_WRITE offered, a write is accepted at any time,
+   * before or without negotiation, even after FAILED (console.device-init.device.1), and its
+   * lower byte goes out (console.device-init.device.2). Other writes go the usual way.
+   */
+  override writeConfig(offset: number, size: number, value: number | bigint): void {
+    if (offset === ConsoleConfig.emergWr && (size === 1 || size === 2 || size === 4) && hasFeature(this.offered, CONSOLE_FEATURES.EMERG_WRITE)) {
+      this.emergencyWrite(typeof value === 'bigint' ? Number(value & 0xffn) : value & 0xff);
+      return;
+    }
+    super.writeConfig(offset, size, value);
+  }
+
+  private emergencyWrite(byte: number): void {
+    this.stats.emergency++;
+    if (this.emergency !== null) {
+      this.emergency(byte);
+      return;
+    }
+    const p = this.ports.get(0);
+    if (p === undefined) return;
+    const r = p.config.backend.write(Uint8Array.of(byte));
+    if (r instanceof Promise) r.catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------- host bytes to the driver
+
+  private push(p: PortState, bytes: Uint8Array): boolean {
+    if (bytes.length > 0 && this.ports.get(p.id) === p) {
+      const room = this.maxBuffered - p.buffered;
+      if (room <= 0) p.dropped += bytes.length;
+      else {
+        const take = bytes.length <= room ? bytes : bytes.subarray(0, room);
+        p.dropped += bytes.length - take.length;
+        p.chunks.push(take);
+        p.buffered += take.length;
+        this.wake(this.rxIndex(p.id));
+      }
+    }
+    const ok = p.buffered < this.highWater;
+    if (!ok) p.stopped = true;
+    return ok;
+  }
+
+  private setHostOpen(p: PortState, open: boolean): void {
+    if (p.hostOpen === open) return;
+    p.hostOpen = open;
+    if (this.multiport && p.ready && this.ports.get(p.id) === p) this.sendControl(p.id, ConsoleEvent.PORT_OPEN, open ? 1 : 0);
+  }
+
+  private isGuestOpen(p: PortState): boolean {
+    const s = this.statusValue; // running or suspended, not failed
+    if (!(s & (Status.DRIVER_OK | Status.SUSPEND)) || s & (Status.FAILED | Status.DEVICE_NEEDS_RESET)) return false;
+    return this.multiport ? p.guestOpen : p.id === 0;
+  }
+
+  private rxIndex(port: number): number {
+    return receiveQueueOf(port);
+  }
+
+  /** Runs a queue's handler when the device may touch it. */
+  private wake(index: number): void {
+    const q = this.queues[index];
+    if (q !== undefined && q.active && this.accepting) this.process(q);
+  }
+
+  // ---------------------------------------------------------------- queues
+
+  protected processQueue(q: DeviceQueue): void {
+    this.dirty.add(q.index);
+    if (this.running) return; // the loop below picks it up
+    this.running = true;
+    try {
+      while (this.dirty.size > 0) {
+        const index = this.dirty.values().next().value as number;
+        this.dirty.delete(index);
+        const dq = this.queues[index];
+        if (dq === undefined || !dq.active || !this.accepting) continue;
+        this.handle(dq);
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private handle(q: DeviceQueue): void {
+    const role = consoleQueueRole(q.index, this.multiport);
+    if (role === null) return; // a queue this configuration does not use
+    switch (role.kind) {
+      case 'receive':
+        this.deliver(q, this.ports.get(role.port));
+        return;
+      case 'transmit':
+        this.transmit(q, role.port);
+        return;
+      case 'control-receive':
+        this.deliverControl(q);
+        return;
+      case 'control-transmit':
+        this.receiveControl(q);
+        return;
+    }
+  }
+
+  /** Whether port bytes may go to the driver now. */
+  private deliverable(p: PortState): boolean {
+    if (!this.multiport) return p.id === 0;
+    return p.added && p.ready && p.guestOpen;
+  }
+
+  /**
+   * Takes every available buffer of a receiveq (port or control) into its stash. False when a
+   * verdict stopped the device.
+   */
+  private takeAll(q: DeviceQueue, what: string): boolean {
+    const list = this.stashOf(q.index);
+    const chain = this.chain;
+    while (q.pop(chain)) {
+      if (chain.readable > 0) {
+        this.violation('console.device-operation.driver.1', `driver put ${chain.readable} device-readable buffer(s) in the ${what} (queue ${q.index}, chain ${chain.head})`, {
+          queue: q.index,
+          head: chain.head,
+        });
+        if (!this.live) return false;
+      }
+      list.push(copyChain(chain));
+      this.held++;
+    }
+    return true;
+  }
+
+  private stashOf(index: number): DescriptorChain[] {
+    let list = this.stash.get(index);
+    if (list === undefined) this.stash.set(index, (list = []));
+    return list;
+  }
+
+  /** The oldest held buffer of a receiveq, now to be used. */
+  private nextHeld(list: DescriptorChain[]): DescriptorChain {
+    this.held--;
+    return list.shift()!;
+  }
+
+  /** Fills held receive buffers with the port's buffered bytes (port undefined: only takes buffers). */
+  private deliver(q: DeviceQueue, p: PortState | undefined): void {
+    const list = this.stashOf(q.index);
+    q.disableNotifications();
+    do {
+      if (!this.takeAll(q, `receiveq of port ${(q.index === 0 ? 0 : (q.index - 2) >> 1)}`)) return;
+      while (p !== undefined && p.buffered > 0 && list.length > 0 && this.deliverable(p)) {
+        const chain = this.nextHeld(list);
+        const w = this.writer.reset(this.memory, chain);
+        let n = 0;
+        while (w.remaining > 0 && p.buffered > 0) {
+          const c = p.chunks[0];
+          const take = Math.min(c.length - p.offset, w.remaining);
+          w.write(c.subarray(p.offset, p.offset + take));
+          n += take;
+          p.offset += take;
+          p.buffered -= take;
+          if (p.offset === c.length) {
+            p.chunks.shift();
+            p.offset = 0;
+          }
+        }
+        this.stats.toDriver += n;
+        q.addUsed(chain.head, n);
+      }
+      this.complete(q);
+    } while (q.enableNotifications());
+    if (p !== undefined && p.stopped && p.buffered < this.highWater / 2) {
+      p.stopped = false;
+      p.config.backend.drain?.();
+    }
+  }
+
+  /** Takes the driver's bytes to the port's backend, in order; a pending backend write holds the queue. */
+  private transmit(q: DeviceQueue, port: number): void {
+    const chain = this.chain;
+    const first = this.ports.get(port);
+    if (first?.txHeld) return;
+    q.disableNotifications();
+    do {
+      while (q.pop(chain)) {
+        if (chain.count > chain.readable) {
+          this.violation('console.device-operation.driver.2', `driver put ${chain.count - chain.readable} device-writable buffer(s) in the transmitq of port ${port} (queue ${q.index}, chain ${chain.head})`, {
+            queue: q.index,
+            head: chain.head,
+          });
+          if (!this.live) return;
+        }
+        const bytes = new Uint8Array(chain.readableBytes);
+        this.reader.reset(this.memory, chain).read(bytes);
+        const p = this.ports.get(port);
+        if (p === undefined) {
+          // No such port (never added, or removed): the bytes have nowhere to go.
+          this.stats.droppedTx += bytes.length;
+          q.addUsed(chain.head, 0);
+          continue;
+        }
+        this.stats.fromDriver += bytes.length;
+        const r = bytes.length > 0 ? p.config.backend.write(bytes) : undefined;
+        if (r instanceof Promise) {
+          this.hold(q, p, chain.head, r);
+          this.complete(q);
+          return;
+        }
+        q.addUsed(chain.head, 0);
+      }
+      this.complete(q);
+    } while (q.enableNotifications());
+  }
+
+  /** A backend write in progress: its buffer is used, and the queue resumes, when it settles. */
+  private hold(q: DeviceQueue, p: PortState, head: number, pending: Promise<void>): void {
+    p.txHeld = true;
+    const epoch = this.epoch;
+    const settle = (): void => {
+      p.txHeld = false;
+      if (epoch !== this.epoch || !q.active || !q.isInFlight(head)) return;
+      q.addUsed(head, 0);
+      this.complete(q);
+      this.wake(q.index);
+    };
+    pending.then(settle, settle);
+  }
+
+  // ---------------------------------------------------------------- control queues (MULTIPORT)
+
+  /** Queues a control message for the driver (MULTIPORT). */
+  protected sendControl(id: number, event: number, value: number, payload?: Uint8Array): void {
+    this.ctrlOut.push(encodeControl(id, event, value, payload));
+    this.wake(CONTROL_RECEIVEQ);
+  }
+
+  /** DEVICE_ADD for a port the driver does not know yet. */
+  private announce(p: PortState): void {
+    if (p.added) return;
+    p.added = true;
+    this.sendControl(p.id, ConsoleEvent.DEVICE_ADD, 0);
+  }
+
+  private deliverControl(q: DeviceQueue): void {
+    const list = this.stashOf(q.index);
+    q.disableNotifications();
+    do {
+      if (!this.takeAll(q, 'control receiveq')) return;
+      while (this.ctrlOut.length > 0 && list.length > 0) {
+        const chain = this.nextHeld(list);
+        const msg = this.ctrlOut.shift()!;
+        const n = Math.min(msg.length, chain.writableBytes);
+        this.writer.reset(this.memory, chain).write(msg.subarray(0, n));
+        q.addUsed(chain.head, n);
+        this.stats.controlOut++;
+        this.sent(msg);
+      }
+      this.complete(q);
+    } while (q.enableNotifications());
+  }
+
+  /** Bookkeeping for a message the driver now has. */
+  private sent(msg: Uint8Array): void {
+    const v = new DataView(msg.buffer, msg.byteOffset, msg.length);
+    if (v.getUint16(4, true) !== ConsoleEvent.CONSOLE_PORT) return;
+    const p = this.ports.get(v.getUint32(0, true));
+    if (p !== undefined) p.consoleAwaitingOpen = true;
+  }
+
+  private receiveControl(q: DeviceQueue): void {
+    const chain = this.chain;
+    q.disableNotifications();
+    do {
+      while (q.pop(chain)) {
+        if (chain.count > chain.readable) {
+          this.violation('console.device-operation.driver.2', `driver put ${chain.count - chain.readable} device-writable buffer(s) in the control transmitq (chain ${chain.head})`, { queue: q.index, head: chain.head });
+          if (!this.live) return;
+        }
+        const head = chain.head;
+        if (chain.readableBytes < CONTROL_HEADER_SIZE) {
+          // Too short to be a message: nothing to act on.
+          this.stats.ignoredControl++;
+          q.addUsed(head, 0);
+          continue;
+        }
+        const r = this.reader.reset(this.memory, chain);
+        const id = r.readU32();
+        const event = r.readU16();
+        const value = r.readU16();
+        q.addUsed(head, 0);
+        this.stats.controlIn++;
+        this.onControl(id, event, value);
+        if (!this.live) return;
+      }
+      this.complete(q);
+    } while (q.enableNotifications());
+  }
+
+  /** A control message from the driver. */
+  private onControl(id: number, event: number, value: number): void {
+    if (event === ConsoleEvent.DEVICE_READY) {
+      if (this.readySeen && this.deviceReady) return; // said twice: nothing new
+      this.readySeen = true;
+      this.deviceReady = value === 1;
+      if (this.deviceReady) for (const id of this.portIds) this.announce(this.ports.get(id)!);
+      return;
+    }
+    if (event !== ConsoleEvent.PORT_READY && event !== ConsoleEvent.PORT_OPEN) {
+      // DEVICE_ADD, CONSOLE_PORT, ... are the device's messages; unknown events have no meaning.
+      this.stats.ignoredControl++;
+      return;
+    }
+    if (!this.readySeen) {
+      this.violation('console.multiport-device-operation.driver.1', `driver sent ${consoleEventName(event)} for port ${id} without having sent VIRTIO_CONSOLE_DEVICE_READY`, { id, event, value });
+      if (!this.live) return;
+    }
+    const p = this.ports.get(id);
+    if (p === undefined || !p.added) {
+      // No such port, or one the driver was not told of: no clause covers it; ignored.
+      this.stats.ignoredControl++;
+      return;
+    }
+    if (event === ConsoleEvent.PORT_READY) {
+      if (value !== 1) {
+        p.ready = false;
+        return;
+      }
+      if (p.ready) return;
+      p.ready = true;
+      if (p.config.console ?? p.id === 0) this.sendControl(id, ConsoleEvent.CONSOLE_PORT, 1);
+      if (p.size !== null) this.sendControl(id, ConsoleEvent.RESIZE, 0, encodeResize(p.size.cols, p.size.rows));
+      if (p.config.name !== undefined) this.sendControl(id, ConsoleEvent.PORT_NAME, 1, new TextEncoder().encode(p.config.name));
+      if (p.hostOpen) this.sendControl(id, ConsoleEvent.PORT_OPEN, 1);
+      return;
+    }
+    // PORT_OPEN
+    if (p.consoleAwaitingOpen) {
+      p.consoleAwaitingOpen = false;
+      if (value !== 1) {
+        this.violation('console.multiport-device-operation.driver.3', `driver answered CONSOLE_PORT for port ${id} with PORT_OPEN value ${value}, not 1`, { id, value });
+        if (!this.live) return;
+      }
+    }
+    const open = value === 1;
+    if (p.guestOpen === open) return;
+    p.guestOpen = open;
+    p.config.backend.guestOpen?.(open);
+    if (open) this.wake(this.rxIndex(id));
+  }
+
+  // ---------------------------------------------------------------- life cycle
+
+  /**
+   * A reset ends the session: with MULTIPORT negotiated, a driver that ran the device and
+   * never sent DEVICE_READY broke console.multiport-device-operation.driver.1. Judged on
+   * synchronous transports only (elsewhere the message may still be on its way), and only
+   * recorded: the device is being reset anyway.
+   */
+  override reset(): void {
+    const s = this.statusValue;
+    if (this.host?.synchronous === true && this.multiport && s & Status.DRIVER_OK && !(s & (Status.FAILED | Status.DEVICE_NEEDS_RESET)) && !this.readySeen) {
+      this.monitor.report('console.multiport-device-operation.driver.1', 'driver ran the device with VIRTIO_CONSOLE_F_MULTIPORT and reset it without ever sending VIRTIO_CONSOLE_DEVICE_READY', {});
+    }
+    super.reset();
+  }
+
+  /** Held receive buffers wait for host bytes: they are not work a suspend waits for. */
+  protected override work(): number {
+    return super.work() - this.held;
+  }
+
+  protected override onQueueReset(index: number): void {
+    this.held -= this.stash.get(index)?.length ?? 0;
+    this.stash.delete(index);
+  }
+
+  protected override onStop(): void {
+    this.epoch++;
+    this.stash.clear();
+    this.held = 0;
+    this.dirty.clear();
+    this.ctrlOut = [];
+    this.readySeen = false;
+    this.deviceReady = false;
+    for (const p of this.ports.values()) {
+      p.added = false;
+      p.ready = false;
+      p.consoleAwaitingOpen = false;
+      p.txHeld = false;
+      if (p.guestOpen) {
+        p.guestOpen = false;
+        p.config.backend.guestOpen?.(false);
+      }
+      // Host bytes not delivered yet stay: the next driver gets them.
+    }
+  }
+}
+
+/** A copy of a chain to keep while its buffers are held. */
+function copyChain(c: DescriptorChain): DescriptorChain {
+  const s = new DescriptorChain(Math.max(1, c.count));
+  s.clear(c.head);
+  s.count = c.count;
+  s.readable = c.readable;
+  s.readableBytes = c.readableBytes;
+  s.writableBytes = c.writableBytes;
+  s.addrs.set(c.addrs.subarray(0, c.count));
+  s.lens.set(c.lens.subarray(0, c.count));
+  return s;
+}
+
+/**
+ * An in-memory port backend (tests, demos, browsers): keeps what the driver wrote and sends
+ * what it is given.
+ */
+export class MemoryConsoleBackend implements ConsolePortBackend {
+  host: ConsoleHostPort | null = null;
+  readonly chunks: Uint8Array[] = [];
+  length = 0;
+  /** Called with every chunk the driver wrote. */
+  onWrite: ((bytes: Uint8Array) => void) | null = null;
+  /** Called when the driver opens or closes the port. */
+  onGuestOpen: ((open: boolean) => void) | null = null;
+  drains = 0;
+
+  write(bytes: Uint8Array): void {
+    this.chunks.push(bytes);
+    this.length += bytes.length;
+    this.onWrite?.(bytes);
+  }
+
+  attach(port: ConsoleHostPort): void {
+    this.host = port;
+  }
+
+  detach(): void {
+    this.host = null;
+  }
+
+  drain(): void {
+    this.drains++;
+  }
+
+  guestOpen(open: boolean): void {
+    this.onGuestOpen?.(open);
+  }
+
+  /** Sends bytes (or UTF-8 text) to the driver; false means the device buffer is full. */
+  send(data: Uint8Array | string): boolean {
+    if (this.host === null) throw new Error('backend is not attached to a device');
+    return this.host.push(typeof data === 'string' ? new TextEncoder().encode(data) : data);
+  }
+
+  /** Everything the driver wrote, as one array. */
+  get bytes(): Uint8Array {
+    const out = new Uint8Array(this.length);
+    let off = 0;
+    for (const c of this.chunks) {
+      out.set(c, off);
+      off += c.length;
+    }
+    return out;
+  }
+
+  get text(): string {
+    return new TextDecoder().decode(this.bytes);
+  }
+}
+
+// The wire constants live in spec/console.ts; re-exported for users of this module.
+export { ConsoleConfig, ConsoleEvent, type ConsoleSize } from '../../spec/console.js';

@@ -1,0 +1,599 @@
+/**
+ * Driver core: the initialization sequence exactly as spec 3.1.1 orders it, feature
+ * negotiation (2.2), configuration reads that retry until config_generation is stable (2.5),
+ * queue setup, reset and re-initialization, and the checks a driver can make on its device.
+ *
+ * An unrecoverable step sets FAILED (init.sequence.driver.5) and stops (init.sequence.driver.6);
+ * another init() starts over with a reset (basic.status.driver.3).
+ */
+import { Monitor, type Verdict } from '../monitor/monitor.js';
+import { GuestAllocator } from '../memory/allocator.js';
+import { Feature, Status, statusNames } from '../spec/constants.js';
+import { bit, featureBits, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, type FeatureNames } from '../spec/features.js';
+
+/** Transport bits the driver core accepts by default (NOTIFICATION_DATA only where the transport carries it). */
+const DEFAULT_DRIVER_TRANSPORT =
+  TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER) | bit(Feature.NOTIFICATION_DATA) | bit(Feature.RING_RESET) | bit(Feature.SUSPEND);
+import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from '../spec/device-types.js';
+import type { DriverTransport } from './transport.js';
+import { SplitDriverQueue } from '../virtqueue/split/driver.js';
+import type { DriverQueue } from '../virtqueue/queue.js';
+import { createDriverQueue, driverQueueFootprint } from '../virtqueue/create.js';
+
+export class DriverError extends Error {
+  override readonly name = 'DriverError';
+  constructor(
+    message: string,
+    readonly verdict?: Verdict,
+  ) {
+    super(message);
+  }
+}
+
+export interface VirtioDriverOptions {
+  /** Device type this driver drives. */
+  deviceId: number;
+  /** Device-specific feature bits the driver understands (transport bits are added). */
+  deviceFeatures?: bigint;
+  /** Transport bits to accept when offered; default VERSION_1 | INDIRECT_DESC | EVENT_IDX. */
+  transportFeatures?: bigint;
+  featureNames?: FeatureNames;
+  monitor?: Monitor;
+  /** Guest allocator for rings and buffers (default: all of guest memory's first region). */
+  allocator?: GuestAllocator;
+  /** Queue size wanted (capped at the device's maximum). Default 256. */
+  queueSize?: number;
+  /** Entries per indirect table when INDIRECT_DESC is negotiated (0 = never indirect). */
+  indirectMax?: number;
+  /** Times a config read retries while the generation changes. */
+  configRetries?: number;
+  /** Hash device-readable buffers to catch a device writing into them (see SplitDriverQueueOptions). */
+  auditReadable?: boolean;
+}
+
+export type DriverState = 'idle' | 'initializing' | 'live' | 'suspended' | 'failed' | 'broken';
+
+export class VirtioDriver {
+  readonly transport: DriverTransport;
+  readonly monitor: Monitor;
+  readonly allocator: GuestAllocator;
+  readonly queues: DriverQueue[] = [];
+  readonly featureNames: FeatureNames;
+  state: DriverState = 'idle';
+  /** Features offered by the device, as read in step 4. */
+  offered = 0n;
+  /** Features negotiated (accepted and confirmed by FEATURES_OK). */
+  features = 0n;
+  /** Why the driver gave up, when state is failed or broken. */
+  failure: Error | null = null;
+  /** Handlers a device-type driver installs. */
+  onUsed: (queue: DriverQueue) => void = () => undefined;
+  onConfigChange: () => void = () => undefined;
+
+  private readonly wanted: bigint;
+  private readonly queueSize: number;
+  private readonly indirectMax: number;
+  private readonly configRetries: number;
+  /** Guest memory of each queue's rings, by queue index. */
+  private readonly ringAllocations = new Map<number, number>();
+  /** Config-change notifications seen since DRIVER_OK. */
+  configNotifications = 0;
+  private driverOkSet = false;
+  private resetDone = false;
+
+  constructor(
+    transport: DriverTransport,
+    readonly options: VirtioDriverOptions,
+  ) {
+    this.transport = transport;
+    this.monitor = options.monitor ?? new Monitor();
+    const first = transport.memory.regions[0];
+    this.allocator = options.allocator ?? new GuestAllocator(first.guestAddr, first.size);
+    this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
+    let wanted = (options.transportFeatures ?? DEFAULT_DRIVER_TRANSPORT) | (options.deviceFeatures ?? 0n);
+    if (transport.notificationData !== true) wanted &= ~bit(Feature.NOTIFICATION_DATA);
+    this.wanted = wanted;
+    this.queueSize = options.queueSize ?? 256;
+    this.indirectMax = options.indirectMax ?? 16;
+    this.configRetries = options.configRetries ?? 64;
+    transport.listen({
+      used: (q) => this.handleUsedNotification(q),
+      config: () => this.handleConfigNotification(),
+    });
+  }
+
+  negotiated(featureBit: number): boolean {
+    return hasFeature(this.features, featureBit);
+  }
+
+  // ---------------------------------------------------------------- the device checks
+
+  /** A verdict about the device; in strict mode a violation makes the driver give up. */
+  protected deviceViolation(clause: string, message: string, context?: Record<string, unknown>, fatal = false, act = true): Verdict {
+    const v = this.monitor.report(clause, message, context);
+    if (act) this.onDeviceVerdict(v, fatal);
+    return v;
+  }
+
+  private onDeviceVerdict(v: Verdict, fatal: boolean): void {
+    if (fatal || this.monitor.shouldAct(v)) this.breakDown(new DriverError(`device broke ${v.clause}: ${v.message}`, v));
+  }
+
+  /** Gives up on a device that broke a rule: pending work fails, FAILED is set (best effort). */
+  protected breakDown(err: DriverError): void {
+    if (this.state === 'broken') return;
+    const initializing = this.state === 'initializing';
+    this.state = 'broken';
+    this.failure = err;
+    this.onBroken(err);
+    // During init(), init itself sets FAILED at its next step (one status writer at a time).
+    if (initializing) return;
+    // Later, not inside whatever ring operation made the verdict (a kick may be half done).
+    queueMicrotask(() => {
+      this.transport
+        .getStatus()
+        .then((s) => this.transport.setStatus(s | Status.FAILED))
+        .catch(() => undefined);
+    });
+  }
+
+  /** Device-type drivers reject their pending requests here. */
+  protected onBroken(_err: DriverError): void {}
+
+  private handleUsedNotification(index: number): void {
+    const q = this.queues[index];
+    if (!this.driverOkSet) {
+      // basic.status.device.1: no used-buffer notification before DRIVER_OK.
+      this.deviceViolation('basic.status.device.1', `device sent a used-buffer notification for queue ${index} before DRIVER_OK`, { queue: index });
+      return;
+    }
+    if (q === undefined) {
+      if (this.queuesReset.has(index)) {
+        this.deviceViolation('basic.vq-reset.device.1', `device sent a used-buffer notification for queue ${index}, which the driver reset`, { queue: index });
+      }
+      return;
+    }
+    q.interrupts++;
+    if (this.suspendConfirmed) {
+      this.deviceViolation('init.suspend.device.3', `device sent a used-buffer notification for queue ${index} while suspended`, { queue: index });
+      return;
+    }
+    if (this.transport.synchronous === true && q instanceof SplitDriverQueue) this.auditSpuriousNotification(q);
+    // While suspending, buffers in progress still complete (init.suspend.device.8).
+    if (this.state !== 'live' && this.state !== 'suspended') return;
+    try {
+      this.onUsed(q);
+    } catch (err) {
+      this.breakDown(new DriverError(`used-buffer handler failed: ${err instanceof Error ? err.message : String(err)}`));
+    }
+  }
+
+  /**
+   * split.used-buffer-notif-suppr.device.2 / .6: a device SHOULD NOT notify when the driver
+   * suppressed it. Only judged on synchronous transports, where the notification arrives
+   * right after the used index moved.
+   */
+  private auditSpuriousNotification(q: SplitDriverQueue): void {
+    const now = q.deviceUsedIdx();
+    const since = q.usedIdxAtLastInterrupt;
+    q.usedIdxAtLastInterrupt = now;
+    if (now === since || q.wantsInterrupt(since, now)) return;
+    if (q.options.eventIdx) {
+      this.deviceViolation('split.used-buffer-notif-suppr.device.6', `device notified queue ${q.index} although used_event was not reached`, { queue: q.index, usedIdx: now });
+    } else {
+      this.deviceViolation('split.used-buffer-notif-suppr.device.2', `device notified queue ${q.index} although the driver set VIRTQ_AVAIL_F_NO_INTERRUPT`, { queue: q.index });
+    }
+  }
+
+  private handleConfigNotification(): void {
+    if (!this.driverOkSet && this.resetDone) {
+      // basic.reset.device.2: nothing from the device between reset and re-initialization.
+      this.deviceViolation('basic.reset.device.2', 'device sent a configuration change notification after reset, before the driver re-initialized it', {});
+      return;
+    }
+    if (this.suspendConfirmed) {
+      this.deviceViolation('init.suspend.device.4', 'device sent a configuration change notification while suspended', {});
+      return;
+    }
+    this.configNotifications++;
+    if (this.state === 'live') {
+      // The notification may mean DEVICE_NEEDS_RESET (basic.status.device.3): look.
+      void this.checkStatus().catch(() => undefined);
+      this.onConfigChange();
+    }
+  }
+
+  private beyondFeaturesOk = false;
+
+  /**
+   * Reads the status and checks DEVICE_NEEDS_RESET; a live device that set it must have sent a
+   * configuration change notification (basic.status.device.3).
+   */
+  async checkStatus(): Promise<number> {
+    const s = await this.transport.getStatus();
+    if (s & Status.DEVICE_NEEDS_RESET && this.driverOkSet) {
+      if (this.configNotifications === 0) {
+        this.deviceViolation('basic.status.device.3', 'device set DEVICE_NEEDS_RESET while live without a configuration change notification', { status: s });
+      }
+      // basic.status.driver.4: nothing in flight is relied upon any more.
+      this.breakDown(new DriverError(`device needs reset (status ${statusNames(s)})`));
+    }
+    return s;
+  }
+
+  // ---------------------------------------------------------------- initialization (3.1.1)
+
+  /**
+   * Runs the initialization sequence. `setup` is step 7 (device-specific: queues, config
+   * writes, populating queues); `check` runs in step 4 and may read config to decide whether
+   * to accept the device (init.sequence.driver.2). Throws DriverError after setting FAILED.
+   */
+  async init(hooks: { check?: (offered: bigint) => Promise<void> | void; setup?: () => Promise<void> | void } = {}): Promise<void> {
+    this.state = 'initializing';
+    this.failure = null;
+    this.driverOkSet = false;
+    this.beyondFeaturesOk = false;
+    this.configNotifications = 0;
+    this.releaseQueues();
+    const t = this.transport;
+    try {
+      // (1) Reset, and wait until the device reads 0 (basic.reset.driver.1).
+      await this.reset();
+      // (2) ACKNOWLEDGE, (3) DRIVER.
+      await t.setStatus(Status.ACKNOWLEDGE);
+      await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
+      this.checkpoint();
+      // (4) Features: read, validate, accept the understood subset.
+      this.offered = await t.getDeviceFeatures();
+      this.validateOffer(this.offered);
+      this.checkpoint();
+      if (hooks.check) await hooks.check(this.offered);
+      this.checkpoint();
+      // basic.features.driver.3/.4/.7: unknown bits are ignored, never accepted, never a reason to fail.
+      let accept = this.offered & this.wanted;
+      if (brokenDependency(this.options.deviceId, accept) !== null) accept = this.dropUnmetDependencies(accept);
+      if (!hasFeature(accept, Feature.VERSION_1)) {
+        throw new DriverError('device does not offer VIRTIO_F_VERSION_1: legacy devices are not supported (basic.features.driver.6)');
+      }
+      await t.setDriverFeatures(accept);
+      // (5) FEATURES_OK; no new features after this (init.sequence.driver.4).
+      await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
+      this.beyondFeaturesOk = true;
+      // (6) Re-read: the device may have refused our subset.
+      const s = await t.getStatus();
+      if (!(s & Status.FEATURES_OK)) {
+        if (this.lastNegotiated === accept) {
+          this.deviceViolation('basic.features.device.5', 'device refused, after a reset, the feature set it accepted before', { features: accept.toString(16) });
+        } else {
+          this.deviceViolation('basic.features.device.2', `device refused a valid feature subset: ${featureNames(accept, this.featureNames).join(', ')}`, { features: accept.toString(16) });
+        }
+        throw new DriverError(`device refused the features ${featureNames(accept, this.featureNames).join(', ')} (FEATURES_OK not set)`);
+      }
+      this.features = accept;
+      this.notificationData = hasFeature(accept, Feature.NOTIFICATION_DATA);
+      this.lastNegotiated = accept;
+      // (7) Device-specific setup, queues included.
+      if (hooks.setup) await hooks.setup();
+      this.checkpoint();
+      // (8) DRIVER_OK: live. basic.status.device.1: nothing consumed before it.
+      if (this.queues.some((q) => q.peekUsed())) this.deviceViolation('basic.status.device.1', 'device consumed buffers before DRIVER_OK', {});
+      this.checkpoint();
+      // From the moment DRIVER_OK is written the device may act (sync transports act inside the write).
+      this.driverOkSet = true;
+      await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
+      this.checkpoint();
+      this.state = 'live';
+    } catch (err) {
+      this.driverOkSet = false;
+      await this.fail(err);
+      throw this.failure;
+    }
+  }
+
+  /** Stops init() when a device verdict made the driver give up (init.sequence.driver.6). */
+  private checkpoint(): void {
+    if ((this.state as DriverState) === 'broken') throw this.failure;
+  }
+
+  /** VIRTIO_F_NOTIFICATION_DATA negotiated: kicks carry the queue's next position. */
+  private notificationData = false;
+
+  /** Feature set accepted with FEATURES_OK last time (basic.features.device.5). */
+  private lastNegotiated: bigint | null = null;
+
+  /** basic.features.driver.2: the driver validates what the device offers. */
+  private validateOffer(offered: bigint): void {
+    const id = this.options.deviceId;
+    const unknown = featureBits(offered).filter((b) => !isDescribedFeature(id, b));
+    if (unknown.length > 0) {
+      // Recorded, never acted on: basic.features.driver.7 forbids failing over unknown offered bits.
+      this.deviceViolation('basic.features.device.4', `device offers feature bits the spec does not describe for this device type: ${unknown.join(', ')}`, { bits: unknown }, false, false);
+    }
+    if (!hasFeature(offered, Feature.VERSION_1)) {
+      this.deviceViolation('reserved.bits.device.1', 'device does not offer VIRTIO_F_VERSION_1 (a modern device must)', {});
+    }
+    const broken = brokenDependency(id, offered);
+    if (broken !== null) this.deviceViolation('basic.features.device.1', `device offers a feature without the feature it requires: ${broken}`, {});
+  }
+
+  /** Drops accepted features whose requirements are not accepted (basic.features.driver.1). */
+  private dropUnmetDependencies(set: bigint): bigint {
+    const info = DEVICE_TYPES[this.options.deviceId];
+    let changed = true;
+    while (changed && info !== undefined) {
+      changed = false;
+      for (const d of info.dependencies) {
+        const has = (b: number) => hasFeature(set, b);
+        if (has(d.feature) && (!(d.allOf ?? []).every(has) || (d.anyOf !== undefined && !d.anyOf.some(has)))) {
+          set &= ~bit(d.feature);
+          changed = true;
+        }
+      }
+    }
+    return set;
+  }
+
+  /** init.sequence.driver.5 / .6: set FAILED and stop initializing. */
+  private async fail(err: unknown): Promise<void> {
+    this.failure = err instanceof Error ? err : new DriverError(String(err));
+    if (this.state !== 'broken') this.state = 'failed';
+    try {
+      const s = await this.transport.getStatus();
+      await this.transport.setStatus(s | Status.FAILED);
+    } catch {
+      // The transport is gone: nothing more to tell the device.
+    }
+  }
+
+  /** Resets the device and waits until status reads 0 (basic.reset.driver.1). */
+  async reset(): Promise<void> {
+    const t = this.transport;
+    this.suspendConfirmed = false;
+    this.resetDone = true; // from the moment status reads 0, the device must stay quiet (basic.reset.device.2)
+    this.driverOkSet = false;
+    await t.setStatus(0);
+    for (let i = 0; ; i++) {
+      const s = await t.getStatus();
+      if (s === 0) break;
+      if (i >= 100) {
+        this.deviceViolation('basic.reset.device.1', `device status reads ${statusNames(s)} after reset, not 0`, { status: s }, true);
+        throw new DriverError('device did not complete reset');
+      }
+    }
+    // init.cleanup.driver.2: buffers come back only now that the device is reset.
+    for (const q of this.queues) q.drainAfterReset();
+  }
+
+  /** Resets the device and frees the rings (the driver is idle afterwards). */
+  async shutdown(): Promise<void> {
+    await this.reset();
+    this.releaseQueues();
+    this.state = 'idle';
+  }
+
+  private releaseQueues(): void {
+    for (const a of this.ringAllocations.values()) this.allocator.release(a);
+    this.ringAllocations.clear();
+    this.queues.length = 0;
+    this.queuesReset.clear();
+  }
+
+  // ---------------------------------------------------------------- suspend (2.1, 3.3)
+
+  private running: Promise<void> = Promise.resolve();
+  private releaseRunning: () => void = () => undefined;
+  private generationAtSuspend = 0;
+  /** The device showed SUSPEND = 1, DRIVER_OK = 0: from now on it must stay quiet. */
+  private suspendConfirmed = false;
+
+  /** Resolves when the driver may use its queues (immediately unless suspended). */
+  whenRunning(): Promise<void> {
+    return this.running;
+  }
+
+  /**
+   * Suspends the device (VIRTIO_F_SUSPEND): no buffers or notifications from here on
+   * (init.suspend.driver.3 / .4), then waits for SUSPEND = 1 and DRIVER_OK = 0
+   * (init.suspend.driver.2). A device that neither suspends nor sets DEVICE_NEEDS_RESET
+   * within `timeoutMs` breaks init.suspend.device.6.
+   */
+  async suspend(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.state !== 'live') throw new DriverError(`cannot suspend a driver that is ${this.state}`);
+    if (!this.negotiated(Feature.SUSPEND)) throw new DriverError('VIRTIO_F_SUSPEND was not negotiated');
+    this.state = 'suspended';
+    this.running = new Promise((res) => (this.releaseRunning = res));
+    await this.statusTransition(Status.SUSPEND, Status.SUSPEND, 'init.suspend.device.6', 'suspend', options.timeoutMs);
+    this.generationAtSuspend = await this.transport.configGeneration();
+    this.suspendConfirmed = true;
+  }
+
+  /** Resumes a suspended device and waits for SUSPEND = 0, DRIVER_OK = 1 (init.suspend.driver.6). */
+  async resume(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.state !== 'suspended') throw new DriverError(`cannot resume a driver that is ${this.state}`);
+    const t = this.transport;
+    if ((await t.configGeneration()) !== this.generationAtSuspend) {
+      this.deviceViolation('init.suspend.device.3', 'device changed its configuration space while suspended', {});
+    }
+    const notificationsBefore = this.configNotifications;
+    this.suspendConfirmed = false;
+    this.state = 'live';
+    await this.statusTransition(Status.DRIVER_OK, Status.DRIVER_OK, 'init.suspend.device.7', 'resume', options.timeoutMs);
+    if ((await t.configGeneration()) !== this.generationAtSuspend && this.configNotifications === notificationsBefore && t.synchronous === true) {
+      this.deviceViolation('init.suspend.device.5', 'device changed its configuration while suspended and sent no notification on resuming', {});
+    }
+    this.releaseRunning();
+  }
+
+  /**
+   * Sets status bit `set`, then waits until SUSPEND and DRIVER_OK read as `want` (the device
+   * finished) or DEVICE_NEEDS_RESET (it failed, which it may). A device that does neither
+   * within the timeout breaks `clause` (init.suspend.device.6 / .7).
+   */
+  private async statusTransition(set: number, want: number, clause: string, what: string, timeoutMs = 1000): Promise<void> {
+    const t = this.transport;
+    await t.setStatus((await t.getStatus()) | set);
+    const done = await this.waitStatus((st) => (st & (Status.SUSPEND | Status.DRIVER_OK)) === want, timeoutMs);
+    if (done === null) {
+      this.deviceViolation(clause, `device did not ${what} (SUSPEND/DRIVER_OK) and did not set DEVICE_NEEDS_RESET either`, {}, true);
+      throw this.failure ?? new DriverError(`device did not ${what}`);
+    }
+    if (done & Status.DEVICE_NEEDS_RESET) {
+      this.breakDown(new DriverError(`device failed to ${what} (DEVICE_NEEDS_RESET)`));
+      throw this.failure;
+    }
+  }
+
+  /** Polls the status until `ok` or DEVICE_NEEDS_RESET; null after `timeoutMs`. */
+  private async waitStatus(ok: (status: number) => boolean, timeoutMs: number): Promise<number | null> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const st = await this.transport.getStatus();
+      if (ok(st) || st & Status.DEVICE_NEEDS_RESET) return st;
+      if (Date.now() >= deadline) return null;
+      await new Promise((res) => setTimeout(res, 1));
+    }
+  }
+
+  // ---------------------------------------------------------------- configuration space
+
+  /**
+   * Reads config fields consistently: repeats `read` until config_generation is the same
+   * before and after (basic.config.driver.2). A device that refuses the reads before
+   * FEATURES_OK breaks basic.config.device.1 (the driver MAY read then: init.sequence.driver.2).
+   */
+  async readConfig<T>(read: (r: (offset: number, size: 1 | 2 | 4 | 8) => Promise<number | bigint>) => Promise<T>): Promise<T> {
+    const t = this.transport;
+    for (let i = 0; i <= this.configRetries; i++) {
+      const before = await t.configGeneration();
+      let value: T;
+      try {
+        value = await read((o, s) => t.readConfig(o, s));
+      } catch (err) {
+        if (!this.beyondFeaturesOk) {
+          this.deviceViolation('basic.config.device.1', `device refused a configuration read before FEATURES_OK: ${err instanceof Error ? err.message : String(err)}`, {
+            permits: 'init.sequence.driver.2',
+          });
+        }
+        throw err;
+      }
+      const after = await t.configGeneration();
+      if (before === after) return value;
+    }
+    throw new DriverError(`config_generation kept changing over ${this.configRetries} reads`);
+  }
+
+  // ---------------------------------------------------------------- queues
+
+  /** Sets up queue `index` (step 7): allocates rings, tells the transport, enables it. */
+  async setupQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue> {
+    const t = this.transport;
+    const max = await t.queueMaxSize(index);
+    if (max === 0) throw new DriverError(`queue ${index} is not available on this device`);
+    const format = this.negotiated(Feature.RING_PACKED) ? 'packed' : 'split';
+    let size = Math.min(options.size ?? this.queueSize, max);
+    if (format === 'split') size = 1 << Math.floor(Math.log2(size)); // split sizes are powers of two (2.7)
+    const indirect = this.negotiated(Feature.INDIRECT_DESC) ? Math.min(this.indirectMax, size) : 0;
+    const base = this.allocator.alloc(driverQueueFootprint(format, size, indirect), 4096);
+    const old = this.ringAllocations.get(index);
+    if (old !== undefined) this.allocator.release(old);
+    this.ringAllocations.set(index, base);
+    const q = createDriverQueue(
+      format,
+      t.memory,
+      index,
+      size,
+      base,
+      {
+        eventIdx: this.negotiated(Feature.EVENT_IDX),
+        indirect: indirect > 0,
+        indirectMax: indirect,
+        auditReadable: this.options.auditReadable ?? false,
+        inOrder: this.negotiated(Feature.IN_ORDER),
+      },
+      this.monitor,
+      (v, fatal) => this.onDeviceVerdict(v, fatal),
+    );
+    await t.setupQueue(index, size, q.addrs);
+    await t.enableQueue(index);
+    this.queues[index] = q;
+    return q;
+  }
+
+  // ---------------------------------------------------------------- queue reset (2.6.1)
+
+  /** Queues reset with resetQueue() and not re-enabled yet. */
+  private readonly queuesReset = new Set<number>();
+
+  /**
+   * VIRTIO_F_RING_RESET: resets queue `index` while the device runs, waits until the device
+   * says it is done (basic.vq-reset.driver.1) and checks the queue is back to its defaults.
+   * Returns the tokens of the buffers the device had not used (they are the driver's again).
+   */
+  async resetQueue(index: number, options: { timeoutMs?: number } = {}): Promise<unknown[]> {
+    const t = this.transport;
+    const q = this.queues[index];
+    if (!this.negotiated(Feature.RING_RESET)) throw new DriverError('VIRTIO_F_RING_RESET was not negotiated');
+    if (q === undefined) throw new DriverError(`queue ${index} is not set up`);
+    if (t.resetQueue === undefined || t.queueResetPending === undefined || t.queueEnabled === undefined) {
+      throw new DriverError('this transport cannot reset a single queue');
+    }
+    await t.resetQueue(index);
+    const deadline = Date.now() + (options.timeoutMs ?? 1000);
+    while (await t.queueResetPending(index)) {
+      if (Date.now() >= deadline) throw new DriverError(`queue ${index} reset did not complete`);
+      await new Promise((res) => setTimeout(res, 1));
+    }
+    if (await t.queueEnabled(index)) {
+      this.deviceViolation('basic.vq-reset.device.2', `queue ${index} still reads enabled after its reset completed (not its default state)`, { queue: index });
+    }
+    delete this.queues[index];
+    this.queuesReset.add(index);
+    const tokens = q.drainAfterReset();
+    // basic.vq-reset.driver.2: the rings may go now.
+    const rings = this.ringAllocations.get(index);
+    if (rings !== undefined) this.allocator.release(rings);
+    this.ringAllocations.delete(index);
+    return tokens;
+  }
+
+  /** Re-enables a reset queue: configured again as in initial discovery (basic.vq-reenable.driver.1). */
+  async reenableQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue> {
+    if (!this.queuesReset.has(index)) throw new DriverError(`queue ${index} was not reset`);
+    const q = await this.setupQueue(index, options);
+    this.queuesReset.delete(index);
+    return q;
+  }
+
+  /** Publishes a queue's new chains and notifies the device if it wants it. */
+  kick(q: DriverQueue): void {
+    // Decided before publishing: a verdict made while publishing must not skip the notification
+    // of an index the device can already see.
+    const audit = this.transport.synchronous === true && this.state === 'live' && q instanceof SplitDriverQueue;
+    if (!q.publish()) return;
+    const data = this.notificationData ? q.notificationData() : undefined;
+    if (!audit) {
+      this.transport.notify(q.index, data);
+      return;
+    }
+    // On a synchronous transport the device has done its work when notify returns: a used
+    // index that crossed the driver's threshold with no notification is a missed one.
+    const before = q.deviceUsedIdx();
+    const interrupts = q.interrupts;
+    this.transport.notify(q.index, data);
+    if (q.interrupts !== interrupts || q.broken) return;
+    const after = q.deviceUsedIdx();
+    if (after === before || !q.wantsInterrupt(before, after)) return;
+    if (q.options.eventIdx) {
+      this.deviceViolation('split.used-buffer-notif-suppr.device.5', `device wrote used entry ${q.usedEventValue()} on queue ${q.index}, the one used_event named, without notifying`, { queue: q.index });
+    } else {
+      this.deviceViolation('split.used-buffer-notif-suppr.device.3', `device used buffers on queue ${q.index} with avail.flags 0 and sent no notification`, { queue: q.index });
+    }
+  }
+
+  /** Feature names for logs and demos. */
+  describe(set: bigint): string[] {
+    return featureNames(set, this.featureNames);
+  }
+}
+
+export { bit };

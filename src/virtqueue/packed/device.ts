@@ -1,0 +1,561 @@
+/**
+ * Packed virtqueue, device side (spec 2.8): takes descriptor lists the driver made available
+ * (AVAIL/USED flags against the device's wrap counter), writes one used descriptor per buffer
+ * and skips the rest of its list, and reads the driver's event suppression structure to
+ * decide on used-buffer notifications.
+ *
+ * As on the split ring, everything the driver wrote is untrusted: each broken rule is a
+ * verdict naming its clause, a malformed list also breaks the queue, nothing throws, loops
+ * or leaves guest memory. No allocation per descriptor or per list.
+ */
+import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
+import type { Monitor } from '../../monitor/monitor.js';
+import { LONG_CHAIN_CAP, type DescriptorChain } from '../chain.js';
+import type { QueueFeatures, ViolationSink } from '../queue.js';
+import type { Resubmit, RingPosition } from '../queue.js';
+import { DeviceQueueBase } from '../device-queue-base.js';
+import {
+  EVENT_ALIGN,
+  EVENT_FLAGS,
+  EVENT_OFF_WRAP,
+  EVENT_SIZE,
+  MAX_PACKED_SIZE,
+  PDESC_ALIGN,
+  PDESC_F_INDIRECT,
+  PDESC_F_NEXT,
+  PDESC_F_WRITE,
+  PDESC_SIZE,
+  RING_EVENT_FLAGS_DESC,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE,
+  isAvailable,
+  packedNeedEvent,
+  packedRingSize,
+  usedFlags,
+} from '../../spec/packed-layout.js';
+
+const TWO_32 = 4294967296;
+
+function checkedMaxSize(maxSize: number): number {
+  if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_PACKED_SIZE) throw new Error(`packed queue max size ${maxSize} is not 1..32768`);
+  return maxSize;
+}
+
+/**
+ * The device side of a packed virtqueue (2.8). descAddr is the descriptor ring, availAddr the
+ * driver event suppression structure (driver area), usedAddr the device event suppression
+ * structure (device area); nextAvail / nextUsed are ring slots, with their wrap counters here.
+ */
+export class PackedDeviceQueue extends DeviceQueueBase {
+  readonly format = 'packed' as const;
+  /** Longest list the device takes (packed.scatter-gather-support.driver.1); default: the queue size. */
+  maxChainLength = Infinity;
+
+  /** The device's wrap counter for nextAvail, and the one for nextUsed. */
+  availWrap = true;
+  usedWrap = true;
+  /** Ring positions counted without wrapping (slot + size * passes). */
+  private availLinear = 0;
+  private usedLinear = 0;
+  private signalledLinear = 0;
+
+  private ring: MemoryRegion | null = null;
+  private ringOff = 0;
+  private driverEvent: MemoryRegion | null = null;
+  private driverEventOff = 0;
+  private deviceEvent: MemoryRegion | null = null;
+  private deviceEventOff = 0;
+
+  /**
+   * Per buffer id (16 bits, chosen by the driver): the linear ring position of its list while
+   * in flight (-1 otherwise) and the list's length in slots. Slots between usedLinear and
+   * availLinear belong to the device until its used pointer passes them (2.8.7: one used
+   * descriptor per list, the rest skipped), whichever buffer they held.
+   */
+  private readonly idLinear = new Float64Array(65536).fill(-1);
+  private readonly idCount = new Uint16Array(65536);
+  private readonly idSlot = new Uint16Array(65536);
+  /** Per ring slot: the descriptor as the device read it (packed.desc-table.driver.2). */
+  private readonly shadowAddr: Float64Array;
+  private readonly shadowLen: Uint32Array;
+  private readonly shadowIdFlags: Uint32Array;
+  // Used descriptors written by addUsed whose flags publish() writes (first one last).
+  private pendingCount = 0;
+  private readonly pendingSlot: Uint16Array;
+  private readonly pendingFlags: Uint16Array;
+
+  constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
+    super(mem, index, checkedMaxSize(maxSize), monitor, sink, 65536);
+    this.shadowAddr = new Float64Array(maxSize);
+    this.shadowLen = new Uint32Array(maxSize);
+    this.shadowIdFlags = new Uint32Array(maxSize);
+    this.pendingSlot = new Uint16Array(maxSize);
+    this.pendingFlags = new Uint16Array(maxSize);
+  }
+
+  /** Buffers served again from stored descriptors: their ring slots may hold other data now. */
+  private readonly noShadow = new Uint8Array(65536);
+
+  position(): RingPosition {
+    return { avail: this.nextAvail, availWrap: this.availWrap, used: this.nextUsed, usedWrap: this.usedWrap };
+  }
+
+  reset(): void {
+    this.resetCommon();
+    this.noShadow.fill(0);
+    this.availWrap = this.usedWrap = true;
+    this.availLinear = this.usedLinear = this.signalledLinear = 0;
+    this.pendingCount = 0;
+    this.idLinear.fill(-1);
+    this.ring = this.driverEvent = this.deviceEvent = null;
+  }
+
+  activate(features: QueueFeatures): boolean {
+    this.activateCommon(features);
+    const size = this.size;
+    if (!Number.isInteger(size) || size < 1 || size > this.maxSize) {
+      this.violation('struct.queue-config.driver.1', `queue size ${size} is not 1..${this.maxSize}`, { size }, true);
+      return false;
+    }
+    const parts: [string, number, number, number][] = [
+      ['descriptor ring', this.descAddr, packedRingSize(size), PDESC_ALIGN],
+      ['driver event suppression', this.availAddr, EVENT_SIZE, EVENT_ALIGN],
+      ['device event suppression', this.usedAddr, EVENT_SIZE, EVENT_ALIGN],
+    ];
+    for (const [name, addr, len, align] of parts) {
+      if (addr % align !== 0) {
+        this.violation('packed.ring.driver.1', `${name} at 0x${addr.toString(16)} is not ${align}-byte aligned`, { part: name, addr, align }, true);
+        return false;
+      }
+      if (!this.mem.isContiguous(addr, len)) {
+        this.violation('struct.buffer-range.driver.1', `${name} [0x${addr.toString(16)}, +${len}) is not inside one guest memory region`, { part: name, addr, len }, true);
+        return false;
+      }
+    }
+    this.ring = this.mem.region(this.descAddr, packedRingSize(size));
+    this.ringOff = this.descAddr - this.ring.guestAddr;
+    this.driverEvent = this.mem.region(this.availAddr, EVENT_SIZE);
+    this.driverEventOff = this.availAddr - this.driverEvent.guestAddr;
+    this.deviceEvent = this.mem.region(this.usedAddr, EVENT_SIZE);
+    this.deviceEventOff = this.usedAddr - this.deviceEvent.guestAddr;
+    this.nextAvail = this.nextUsed = 0;
+    this.availWrap = this.usedWrap = true;
+    this.availLinear = this.usedLinear = this.signalledLinear = 0;
+    const start = this.startAt;
+    if (start !== null) {
+      // A ring restarted where it stopped (vhost-user SET_VRING_BASE: slots and wrap counters).
+      // Linear positions count passes: slot + size while the wrap counter is 0 (odd passes).
+      // The transport checks what its peer sent before it gets here (the driver did not choose it).
+      if (start.avail >= size || start.used >= size) throw new RangeError(`restart position avail ${start.avail} / used ${start.used} is outside a ring of ${size}`);
+      this.nextAvail = start.avail;
+      this.availWrap = start.availWrap;
+      this.nextUsed = start.used;
+      this.usedWrap = start.usedWrap;
+      const cycle = 2 * size;
+      this.usedLinear = this.signalledLinear = start.used + (start.usedWrap ? 0 : size);
+      this.availLinear = this.usedLinear + ((((start.avail + (start.availWrap ? 0 : size) - this.usedLinear) % cycle) + cycle) % cycle);
+    }
+    this.inFlightCount = 0;
+    this.pendingCount = 0;
+    this.idLinear.fill(-1);
+    this.broken = false;
+    this.active = true;
+    return true;
+  }
+
+  private flagsAt(slot: number): number {
+    const r = this.ring!;
+    const off = this.ringOff + slot * PDESC_SIZE + 14;
+    return r.u16 !== null && (off & 1) === 0 ? Atomics.load(r.u16, off >> 1) : r.view.getUint16(off, true);
+  }
+
+  /** Whether the driver has made the next descriptor available. */
+  hasAvailable(): boolean {
+    return this.active && !this.broken && isAvailable(this.flagsAt(this.nextAvail), this.availWrap);
+  }
+
+  /** Flags of the next slot: a change means the driver wrote it (suspend checks). */
+  availMark(): number {
+    return this.active ? this.flagsAt(this.nextAvail) : 0;
+  }
+
+  /**
+   * packed.desc-table.driver.3: next_off / next_wrap name the first descriptor not yet made
+   * available: walk the available ones from where the device is (at most the ring).
+   */
+  checkNotificationData(data: number): string | null {
+    if (!this.active || this.broken) return null;
+    let slot = this.nextAvail;
+    let wrap = this.availWrap;
+    for (let n = 0; n < this.size && isAvailable(this.flagsAt(slot), wrap); n++) {
+      if (++slot === this.size) {
+        slot = 0;
+        wrap = !wrap;
+      }
+    }
+    const off = (data >>> 16) & 0x7fff;
+    const w = (data >>> 31) === 1;
+    // Positions on the cycle of two passes (wrap 1, then wrap 0). The value may lag the ring
+    // (more descriptors made available since it was sent) but never lead it.
+    const cycle = 2 * this.size;
+    const stop = slot + (wrap ? 0 : this.size);
+    const sent = off + (w ? 0 : this.size);
+    const lag = (((stop - sent) % cycle) + cycle) % cycle;
+    return off < this.size && lag <= this.size
+      ? null
+      : `next_off ${off}, next_wrap ${w ? 1 : 0}; the next descriptor not yet available is slot ${slot}, wrap ${wrap ? 1 : 0}`;
+  }
+
+  /** Packed rings have no clause on missing notifications; nothing to audit. */
+  kickAudit(_notified: boolean): void {}
+
+  pop(chain: DescriptorChain): boolean {
+    if (!this.active || this.broken || this.paused) return false;
+    if (this.resubmitAt < this.resubmitList.length) return this.popResubmitted(chain, this.resubmitList[this.resubmitAt++]);
+    const firstFlags = this.flagsAt(this.nextAvail);
+    if (!isAvailable(firstFlags, this.availWrap)) return false;
+    const size = this.size;
+    const view = this.ring!.view;
+    const base = this.ringOff;
+    const first = this.nextAvail;
+    let slot = first;
+    let wrap = this.availWrap;
+    let count = 0;
+    let id = 0;
+    let seenWritable = false;
+    let total = 0;
+    chain.clear(0);
+    const limit = Math.min(size, this.maxChainLength);
+    for (;;) {
+      if (count >= size) {
+        this.violation('packed.scatter-gather-support.driver.2', `descriptor list at slot ${first} is longer than the queue size ${size}`, { slot: first }, true);
+        return false;
+      }
+      if (count >= limit) {
+        this.violation('packed.scatter-gather-support.driver.1', `descriptor list at slot ${first} is longer than the ${limit} this device allows`, { slot: first }, true);
+        return false;
+      }
+      const o = base + slot * PDESC_SIZE;
+      const flags = count === 0 ? firstFlags : view.getUint16(o + 14, true);
+      if (count > 0 && !isAvailable(flags, wrap)) {
+        this.violation('packed.scatter-gather-support.driver.6', `the first descriptor of the list at slot ${first} was made available before descriptor ${slot} of the same list`, { slot: first, at: slot }, true);
+        return false;
+      }
+      if (this.availLinear + count - this.signalledLinear >= size) {
+        // The slot is one the device took and has not released yet: released means its used
+        // pointer passed it and publish() made that visible (the driver must see USED change).
+        if (count === 0) this.violation('packed.desc-table.driver.1', `driver rewrote slot ${slot} before the device marked it used`, { slot }, true);
+        else this.violation('packed.scatter-gather-support.driver.5', `the list at slot ${first} runs into slot ${slot}, not yet used by the device: the ring had no room for it`, { slot: first, at: slot }, true);
+        return false;
+      }
+      const addr = view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32;
+      const len = view.getUint32(o + 8, true);
+      id = view.getUint16(o + 12, true);
+      this.shadowAddr[slot] = addr;
+      this.shadowLen[slot] = len;
+      this.shadowIdFlags[slot] = (id | (flags << 16)) >>> 0;
+      count++;
+      if (flags & PDESC_F_INDIRECT) {
+        if (!this.indirectAllowed) {
+          this.violation('packed.indirect-descs.driver.1', `slot ${slot} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, { slot }, true);
+          return false;
+        }
+        if (flags & PDESC_F_NEXT || count > 1) {
+          this.violation('packed.indirect-descs.driver.4', `slot ${slot} is INDIRECT inside a list linked by NEXT`, { slot }, true);
+          return false;
+        }
+        // The WRITE flag of an indirect descriptor is reserved and ignored (2.8.6).
+        if (!this.walkIndirect(chain, addr, len, first)) return false;
+      } else {
+        const writable = (flags & PDESC_F_WRITE) !== 0;
+        if (!writable && seenWritable) {
+          this.violation('packed.scatter-gather-support.driver.3', `device-readable slot ${slot} follows a device-writable one in the list at slot ${first}`, { slot: first, at: slot }, true);
+          return false;
+        }
+        if (writable) seenWritable = true;
+        total += len;
+        if (total > TWO_32 || !this.pushBuffer(chain, addr, len, writable, first)) {
+          if (total > TWO_32) this.violation('struct.buffer-range.driver.1', `list at slot ${first} is longer than 2^32 bytes`, { slot: first }, true);
+          return false;
+        }
+      }
+      slot++;
+      if (slot === size) {
+        slot = 0;
+        wrap = !wrap;
+      }
+      if (!(flags & PDESC_F_NEXT)) break;
+    }
+    if (this.idLinear[id] >= 0) {
+      this.violation('struct.packed-buffer-id.driver.1', `buffer id ${id} made available again while the device still holds it`, { id, slot: first }, true);
+      return false;
+    }
+    chain.head = id;
+    chain.tableDescriptors = count;
+    this.idLinear[id] = this.availLinear;
+    this.idCount[id] = count;
+    this.idSlot[id] = first;
+    if (this.inOrder) this.takenInOrder(id, chain.writableBytes);
+    this.nextAvail = slot;
+    this.availWrap = wrap;
+    this.availLinear += count;
+    this.inFlightCount++;
+    const t = this.inflight;
+    if (t !== null) {
+      t.taken(id);
+      for (let k = 0, s = first; k < count; k++, s = s + 1 === size ? 0 : s + 1) {
+        t.descriptor!(this.shadowAddr[s], this.shadowLen[s], id, this.shadowIdFlags[s] >>> 16, k === count - 1);
+      }
+    }
+    return true;
+  }
+
+  /**
+   * A buffer a previous device process took and never used (inflight recovery), from its stored
+   * descriptors: checked like ring descriptors, but not against ring slots (they may hold newer
+   * descriptors now), and its slots are already counted between the used and available positions.
+   */
+  private popResubmitted(chain: DescriptorChain, r: Resubmit): boolean {
+    const id = r.head;
+    const ds = r.descriptors ?? [];
+    chain.clear(0);
+    let seenWritable = false;
+    for (let k = 0; k < ds.length; k++) {
+      const d = ds[k];
+      if (d.flags & PDESC_F_INDIRECT) {
+        if (!this.indirectAllowed || ds.length > 1) {
+          this.violation('packed.indirect-descs.driver.1', `resubmitted buffer ${id} has an INDIRECT descriptor the ring does not allow here`, { id }, true);
+          return false;
+        }
+        if (!this.walkIndirect(chain, d.addr, d.len, -1)) return false;
+      } else {
+        const writable = (d.flags & PDESC_F_WRITE) !== 0;
+        if (!writable && seenWritable) {
+          this.violation('packed.scatter-gather-support.driver.3', `resubmitted buffer ${id}: a device-readable descriptor follows a device-writable one`, { id }, true);
+          return false;
+        }
+        if (writable) seenWritable = true;
+        if (!this.pushBuffer(chain, d.addr, d.len, writable, -1)) return false;
+      }
+    }
+    if (ds.length === 0 || this.idLinear[id] >= 0) return false;
+    chain.head = id;
+    chain.tableDescriptors = ds.length;
+    this.idLinear[id] = Math.max(0, this.usedLinear - ds.length);
+    this.idCount[id] = ds.length;
+    this.noShadow[id] = 1;
+    if (this.inOrder) this.takenInOrder(id, chain.writableBytes);
+    this.inFlightCount++;
+    return true;
+  }
+
+  private walkIndirect(chain: DescriptorChain, tableAddr: number, tableLen: number, first: number): boolean {
+    if (tableLen === 0 || tableLen % PDESC_SIZE !== 0) {
+      this.violation('struct.indirect-len.driver.1', `indirect table length ${tableLen} is not a non-zero multiple of 16`, { slot: first, len: tableLen }, true);
+      return false;
+    }
+    const region = this.mem.regionFor(tableAddr, tableLen);
+    if (region === null) {
+      this.violation('struct.buffer-range.driver.1', `indirect table [0x${tableAddr.toString(16)}, +${tableLen}) is outside guest memory`, { slot: first }, true);
+      return false;
+    }
+    const entries = tableLen / PDESC_SIZE;
+    // packed.indirect-descs.driver.3: no list longer than the device allows, here the queue
+    // size. A longer table is still well-defined (every entry is read once, in order, and its
+    // buffers are checked against guest memory as usual): a servable violation up to
+    // LONG_CHAIN_CAP entries (Linux builds such tables when seg_max exceeds the queue size,
+    // catalogue/deviations.tsv). Longer than the cap, or than a limit the device was given
+    // (maxChainLength), is unservable: the walk and the chain stay bounded whatever the table says.
+    const limit = Math.min(Math.max(this.size, LONG_CHAIN_CAP), this.maxChainLength);
+    if (entries > limit) {
+      this.violation('packed.indirect-descs.driver.3', `indirect table at slot ${first} holds ${entries} descriptors, more than the ${limit} this device serves (queue size ${this.size})`, { slot: first, entries, cap: limit }, true);
+      return false;
+    }
+    if (entries > this.size && !this.servable('packed.indirect-descs.driver.3', `indirect table at slot ${first} holds ${entries} descriptors, more than the queue size ${this.size}`, { slot: first, entries, size: this.size })) {
+      return false;
+    }
+    chain.indirect = true;
+    const view = region.view;
+    const base = tableAddr - region.guestAddr;
+    let seenWritable = false;
+    let total = 0;
+    for (let i = 0; i < entries; i++) {
+      const o = base + i * PDESC_SIZE;
+      const flags = view.getUint16(o + 14, true);
+      if (flags & ~PDESC_F_WRITE) {
+        this.violation('packed.indirect-descs.driver.2', `indirect entry ${i} at slot ${first} has flags 0x${flags.toString(16)}; only WRITE is allowed there`, { slot: first, entry: i, flags }, true);
+        return false;
+      }
+      const writable = (flags & PDESC_F_WRITE) !== 0;
+      if (!writable && seenWritable) {
+        this.violation('packed.scatter-gather-support.driver.3', `device-readable indirect entry ${i} follows a device-writable one (slot ${first})`, { slot: first, entry: i }, true);
+        return false;
+      }
+      if (writable) seenWritable = true;
+      const len = view.getUint32(o + 8, true);
+      total += len;
+      if (total > TWO_32) {
+        this.violation('struct.buffer-range.driver.1', `indirect list at slot ${first} is longer than 2^32 bytes`, { slot: first }, true);
+        return false;
+      }
+      if (!this.pushBuffer(chain, view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32, len, writable, first)) return false;
+    }
+    return true;
+  }
+
+  private pushBuffer(chain: DescriptorChain, addr: number, len: number, writable: boolean, first: number): boolean {
+    const r = chain.append(this.mem, addr, len, writable);
+    if (r === 'range') {
+      this.violation('struct.buffer-range.driver.1', `buffer [0x${addr.toString(16)}, +${len}) of the list at slot ${first} is outside guest memory`, { slot: first, addr, len }, true);
+    } else if (r === 'full') {
+      this.violation('packed.scatter-gather-support.driver.2', `list at slot ${first} has more buffers than this queue takes (${chain.capacity})`, { slot: first }, true);
+    }
+    return r === 'ok';
+  }
+
+  /** Writes the used descriptor for buffer `id` (its flags at publish) and skips its list. */
+  addUsed(id: number, len: number): void {
+    if (!this.active || !(id >= 0 && id <= 0xffff)) return;
+    const linear = this.idLinear[id];
+    if (linear < 0 || this.stashed[id] === 1) return;
+    const count = this.idCount[id];
+    if (this.noShadow[id] === 1) this.noShadow[id] = 0;
+    else if (!this.broken) this.checkUnaltered(linear, this.idSlot[id], count, id);
+    if (this.inOrder) {
+      this.returnInOrder(id, len);
+      return;
+    }
+    this.idLinear[id] = -1;
+    this.inFlightCount--;
+    if (this.inflight !== null) this.inflight.returned(id);
+    this.writeUsed(id, len, count);
+  }
+
+  protected released(id: number): void {
+    this.idLinear[id] = -1;
+  }
+
+  /** One used descriptor per run of buffers used completely, then the rest skipped (2.8.9). */
+  private flushInOrder(): void {
+    let i = 0;
+    while (i < this.returnedCount) {
+      let j = i;
+      let slots = this.idCount[this.returnedId[i]];
+      if (this.batchInOrder) {
+        while (j + 1 < this.returnedCount && this.returnedLen[j] === this.idWritable[this.returnedId[j]]) {
+          j++;
+          slots += this.idCount[this.returnedId[j]];
+        }
+      }
+      if (this.inflight !== null) for (let k = i; k <= j; k++) this.inflight.returned(this.returnedId[k]);
+      this.writeUsed(this.returnedId[j], this.returnedLen[j], slots);
+      i = j + 1;
+    }
+    this.returnedCount = 0;
+  }
+
+  /** Writes a used descriptor at the used pointer (flags at publish) and skips `count` slots. */
+  private writeUsed(id: number, len: number, count: number): void {
+    const size = this.size;
+    const slot = this.nextUsed;
+    const r = this.ring!;
+    const o = this.ringOff + slot * PDESC_SIZE;
+    r.view.setUint32(o + 8, len >>> 0, true);
+    r.view.setUint16(o + 12, id, true);
+    this.pendingSlot[this.pendingCount] = slot;
+    this.pendingFlags[this.pendingCount] = usedFlags(this.usedWrap) | (len > 0 ? PDESC_F_WRITE : 0);
+    this.pendingCount++;
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.descAddr + slot * PDESC_SIZE + 8, 6);
+    let next = slot + count;
+    if (next >= size) {
+      next -= size;
+      this.usedWrap = !this.usedWrap;
+    }
+    this.nextUsed = next;
+    this.usedLinear += count;
+  }
+
+  /**
+   * packed.desc-table.driver.2: nothing of a list changed after it was made available, in the
+   * slots the device has not released yet (the used pointer may have passed some of them when
+   * other buffers completed first; those the driver may reuse).
+   */
+  private checkUnaltered(linear: number, first: number, count: number, id: number): void {
+    const view = this.ring!.view;
+    for (let i = 0, s = first; i < count; i++, s = s + 1 === this.size ? 0 : s + 1) {
+      // Passed by the used pointer: the device wrote a used descriptor there or skipped it
+      // (and once published the driver may reuse it). Only slots ahead of it must be intact.
+      if (linear + i < this.usedLinear) continue;
+      const o = this.ringOff + s * PDESC_SIZE;
+      const addr = view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32;
+      if (
+        addr !== this.shadowAddr[s] ||
+        view.getUint32(o + 8, true) !== this.shadowLen[s] ||
+        (view.getUint16(o + 12, true) | (view.getUint16(o + 14, true) << 16)) >>> 0 !== this.shadowIdFlags[s]
+      ) {
+        this.violation('packed.desc-table.driver.2', `driver changed slot ${s} of buffer ${id} after making it available`, { id, slot: s }, false);
+        return;
+      }
+    }
+  }
+
+  /**
+   * Makes the used descriptors written since the last call visible (flags written last to
+   * first, so the driver never sees part of a batch) and says whether the driver wants a
+   * used-buffer notification (2.8.10).
+   */
+  publish(): boolean {
+    if (!this.active) return false;
+    if (this.returnedCount > 0) this.flushInOrder();
+    if (this.pendingCount === 0) return false;
+    if (this.inflight !== null) this.inflight.publishing!(this.nextUsed, this.usedWrap);
+    const r = this.ring!;
+    for (let i = this.pendingCount - 1; i >= 0; i--) {
+      const off = this.ringOff + this.pendingSlot[i] * PDESC_SIZE + 14;
+      if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, this.pendingFlags[i]);
+      else r.view.setUint16(off, this.pendingFlags[i], true);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.descAddr + this.pendingSlot[i] * PDESC_SIZE + 14, 2);
+    }
+    this.pendingCount = 0;
+    if (this.inflight !== null) this.inflight.published(this.nextUsed, this.usedWrap);
+    const old = this.signalledLinear;
+    this.signalledLinear = this.usedLinear;
+    const ev = this.driverEvent!.view;
+    const flags = ev.getUint16(this.driverEventOff + EVENT_FLAGS, true) & 3;
+    if (flags === RING_EVENT_FLAGS_DISABLE) return false;
+    if (flags === RING_EVENT_FLAGS_DESC && this.eventIdx) {
+      return packedNeedEvent(ev.getUint16(this.driverEventOff + EVENT_OFF_WRAP, true), this.size, old, this.usedLinear);
+    }
+    return true;
+  }
+
+  disableNotifications(): void {
+    if (!this.active) return;
+    this.writeDeviceEventFlags(RING_EVENT_FLAGS_DISABLE);
+  }
+
+  enableNotifications(): boolean {
+    if (!this.active || this.broken || this.paused) return false;
+    if (this.eventIdx) {
+      // Like split's avail_event: one notification when the driver makes the next slot available,
+      // not one per buffer.
+      const ev = this.deviceEvent!;
+      ev.view.setUint16(this.deviceEventOff + EVENT_OFF_WRAP, this.nextAvail | (this.availWrap ? 0x8000 : 0), true);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + EVENT_OFF_WRAP, 2);
+      this.writeDeviceEventFlags(RING_EVENT_FLAGS_DESC);
+    } else this.writeDeviceEventFlags(RING_EVENT_FLAGS_ENABLE);
+    return this.hasAvailable();
+  }
+
+  private writeDeviceEventFlags(flags: number): void {
+    const r = this.deviceEvent!;
+    const off = this.deviceEventOff + EVENT_FLAGS;
+    if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, flags);
+    else r.view.setUint16(off, flags, true);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + EVENT_FLAGS, 2);
+  }
+
+  isInFlight(id: number): boolean {
+    return id >= 0 && id <= 0xffff && this.idLinear[id] >= 0 && this.stashed[id] !== 1;
+  }
+}

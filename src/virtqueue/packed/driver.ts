@@ -1,0 +1,469 @@
+/**
+ * Packed virtqueue, driver side (spec 2.8): buffer ids from a free stack, lists written into
+ * consecutive ring slots (the first descriptor's flags written last, at publish), indirect
+ * tables from a pool, the kick decision from the device event suppression structure, and
+ * collection of used descriptors with checks on what the device wrote.
+ *
+ * Same builder API as the split driver queue: begin / addReadable / addWritable / commit,
+ * publish, getUsed.
+ */
+import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/guest-memory.js';
+import type { Monitor } from '../../monitor/monitor.js';
+import type { ViolationSink } from '../queue.js';
+import { ChainBuilder } from '../chain.js';
+import {
+  EVENT_FLAGS,
+  EVENT_OFF_WRAP,
+  EVENT_SIZE,
+  PDESC_F_INDIRECT,
+  PDESC_F_NEXT,
+  PDESC_F_WRITE,
+  PDESC_SIZE,
+  RING_EVENT_FLAGS_DESC,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE,
+  availFlags,
+  isUsed,
+  packedNeedEvent,
+  packedRingSize,
+} from '../../spec/packed-layout.js';
+
+const TWO_32 = 4294967296;
+
+export interface PackedRingAddresses {
+  /** Descriptor ring. */
+  desc: number;
+  /** Driver event suppression structure (driver area). */
+  avail: number;
+  /** Device event suppression structure (device area). */
+  used: number;
+}
+
+export interface PackedDriverQueueOptions {
+  eventIdx: boolean;
+  indirect: boolean;
+  /** VIRTIO_F_IN_ORDER: buffers come back in order, maybe one used descriptor per batch (2.8.9). */
+  inOrder?: boolean;
+  /**
+   * Hash the device-readable buffers when exposed and again when used (packed.desc-table.device.1).
+   * Opt-in: a pass over the data each way, and a small record per buffer.
+   */
+  auditReadable?: boolean;
+  indirectPool?: number;
+  indirectMax?: number;
+}
+
+/** Guest bytes a packed queue needs: ring, two event structures, the indirect pool. */
+export function packedQueueFootprint(size: number, indirectMax = 0): number {
+  return packedRingSize(size) + 16 + 2 * EVENT_SIZE + 16 + size * indirectMax * PDESC_SIZE;
+}
+
+export function layoutPackedQueue(base: number, size: number, indirectMax = 0): PackedRingAddresses & { pool: number; end: number } {
+  const align = (x: number, a: number) => Math.ceil(x / a) * a;
+  const desc = align(base, 16);
+  const avail = align(desc + packedRingSize(size), 4);
+  const used = avail + EVENT_SIZE;
+  const pool = align(used + EVENT_SIZE, 16);
+  return { desc, avail, used, pool, end: pool + size * indirectMax * PDESC_SIZE };
+}
+
+
+export class PackedDriverQueue {
+  readonly format = 'packed' as const;
+  /** Free ring slots. */
+  numFree: number;
+  inFlightCount = 0;
+  broken = false;
+  lastLen = 0;
+  lastHead = 0;
+  interrupts = 0;
+
+  private nextAvail = 0;
+  private availWrap = true;
+  private availLinear = 0;
+  private kickedLinear = 0;
+  private lastUsed = 0;
+  private usedWrap = true;
+
+  private freeTop: number;
+  private readonly freeIds: Uint16Array;
+  private readonly tokens: unknown[];
+  private readonly inFlight: Uint8Array;
+  /** Set at publish(): the device can have seen the buffer (its first flags are written). */
+  private readonly exposed: Uint8Array;
+  private readonly pendingId: Uint16Array;
+  private readonly slotsOf: Uint16Array;
+  private readonly writableLen: Float64Array;
+  // What the driver last wrote into, or read from, each slot (packed.desc-table.device.4).
+  private readonly shadow: Uint32Array;
+  // Lists committed, their first descriptor's flags not yet written (publish writes them).
+  private pendingCount = 0;
+  private readonly pendingSlot: Uint16Array;
+  private readonly pendingFlags: Uint16Array;
+
+  // IN_ORDER: ids in the order made available, and the batch being handed out.
+  private readonly order: Uint16Array;
+  private orderHead = 0;
+  private orderTail = 0;
+  private batchLeft = 0;
+  private batchLastLen = 0;
+  /** Ids returned as skipped members of a batch, until the driver reuses them. */
+  private readonly skipped: Uint8Array;
+
+  /** With auditReadable: per buffer id, its readable pieces and their hash. */
+  private readonly readable = new Map<number, { addrs: number[]; lens: number[]; hash: number }>();
+
+  /** List under construction. */
+  private readonly seg: ChainBuilder;
+
+  private readonly ring: MemoryRegion;
+  private readonly ringOff: number;
+  private readonly driverEvent: MemoryRegion;
+  private readonly driverEventOff: number;
+  private readonly deviceEvent: MemoryRegion;
+  private readonly deviceEventOff: number;
+  private readonly indirectMax: number;
+  private readonly pool: number;
+  private readonly poolRegion: MemoryRegion | null;
+
+  constructor(
+    readonly mem: GuestMemory,
+    readonly index: number,
+    readonly size: number,
+    readonly addrs: PackedRingAddresses,
+    readonly options: PackedDriverQueueOptions,
+    readonly monitor: Monitor,
+    private readonly sink: ViolationSink,
+  ) {
+    this.numFree = size;
+    this.freeIds = new Uint16Array(size);
+    for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
+    this.freeTop = size;
+    this.tokens = new Array<unknown>(size).fill(undefined);
+    this.inFlight = new Uint8Array(size);
+    this.exposed = new Uint8Array(size);
+    this.pendingId = new Uint16Array(size);
+    this.slotsOf = new Uint16Array(size);
+    this.writableLen = new Float64Array(size);
+    this.shadow = new Uint32Array(size * 4);
+    this.pendingSlot = new Uint16Array(size);
+    this.pendingFlags = new Uint16Array(size);
+    this.order = new Uint16Array(size);
+    this.skipped = new Uint8Array(size);
+    this.indirectMax = options.indirect && options.indirectPool !== undefined ? Math.min(options.indirectMax ?? 32, size) : 0;
+    this.pool = options.indirectPool ?? 0;
+    this.seg = new ChainBuilder(Math.max(size, this.indirectMax));
+    this.ring = mem.region(addrs.desc, packedRingSize(size));
+    this.ringOff = addrs.desc - this.ring.guestAddr;
+    this.driverEvent = mem.region(addrs.avail, EVENT_SIZE);
+    this.driverEventOff = addrs.avail - this.driverEvent.guestAddr;
+    this.deviceEvent = mem.region(addrs.used, EVENT_SIZE);
+    this.deviceEventOff = addrs.used - this.deviceEvent.guestAddr;
+    this.poolRegion = this.indirectMax > 0 ? mem.region(this.pool, size * this.indirectMax * PDESC_SIZE) : null;
+    this.ring.bytes.fill(0, this.ringOff, this.ringOff + packedRingSize(size));
+    this.driverEvent.bytes.fill(0, this.driverEventOff, this.driverEventOff + EVENT_SIZE);
+    this.deviceEvent.bytes.fill(0, this.deviceEventOff, this.deviceEventOff + EVENT_SIZE);
+  }
+
+  get mask(): number {
+    return this.size - 1;
+  }
+
+  begin(): this {
+    this.seg.clear();
+    return this;
+  }
+
+  /** Appends a device-readable buffer. */
+  addReadable(addr: number, len: number): this {
+    this.seg.add(addr, len, 0, this.index);
+    return this;
+  }
+
+  /** Appends a device-writable buffer. */
+  addWritable(addr: number, len: number): this {
+    this.seg.add(addr, len, 1, this.index);
+    return this;
+  }
+
+  /**
+   * Writes the list into the ring (all but the first descriptor's flags, which publish()
+   * writes: packed.scatter-gather-support.driver.6). Returns the buffer id, or -1 when the
+   * ring has no room for the whole list (packed.scatter-gather-support.driver.5).
+   */
+  commit(token: unknown, options?: { indirect?: boolean }): number {
+    const seg = this.seg;
+    const n = seg.count;
+    if (n === 0) throw new RangeError('empty chain');
+    if (seg.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (packed.scatter-gather-support.driver.3)');
+    const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
+    const slots = useIndirect ? 1 : n;
+    if (this.numFree < slots || this.freeTop === 0 || this.broken) return -1;
+    const id = this.freeIds[--this.freeTop];
+    const writable = seg.writableBytes();
+    const first = this.nextAvail;
+    const firstWrap = this.availWrap;
+    if (useIndirect) {
+      const table = this.pool + id * this.indirectMax * PDESC_SIZE;
+      const r = this.poolRegion!;
+      const base = table - r.guestAddr;
+      for (let i = 0; i < n; i++) {
+        const o = base + i * PDESC_SIZE;
+        r.view.setUint32(o, seg.addrs[i] >>> 0, true);
+        r.view.setUint32(o + 4, Math.floor(seg.addrs[i] / TWO_32), true);
+        r.view.setUint32(o + 8, seg.lens[i], true);
+        r.view.setUint16(o + 12, 0, true);
+        r.view.setUint16(o + 14, seg.writable[i] ? PDESC_F_WRITE : 0, true);
+      }
+      if (this.mem.onWrite !== null) this.mem.onWrite(table, n * PDESC_SIZE);
+      this.putSlot(first, table, n * PDESC_SIZE, id, PDESC_F_INDIRECT | availFlags(firstWrap), true);
+      this.advance();
+    } else {
+      for (let i = 0; i < n; i++) {
+        const flags = (seg.writable[i] ? PDESC_F_WRITE : 0) | (i < n - 1 ? PDESC_F_NEXT : 0) | availFlags(this.availWrap);
+        this.putSlot(this.nextAvail, seg.addrs[i], seg.lens[i], id, flags, i === 0);
+        this.advance();
+      }
+    }
+    this.numFree -= slots;
+    this.slotsOf[id] = slots;
+    this.skipped[id] = 0;
+    if (this.options.auditReadable) {
+      const rec = { addrs: [] as number[], lens: [] as number[], hash: 2166136261 };
+      for (let i = 0; i < n; i++) {
+        if (seg.writable[i]) continue;
+        rec.addrs.push(seg.addrs[i]);
+        rec.lens.push(seg.lens[i]);
+        rec.hash = hashGuest(this.mem, seg.addrs[i], seg.lens[i], rec.hash);
+      }
+      this.readable.set(id, rec);
+    }
+    if (this.options.inOrder) this.order[this.orderTail++ % this.size] = id;
+    this.tokens[id] = token;
+    this.writableLen[id] = writable;
+    this.inFlight[id] = 1;
+    this.inFlightCount++;
+    this.availLinear += slots;
+    seg.count = 0;
+    return id;
+  }
+
+  private advance(): void {
+    if (++this.nextAvail === this.size) {
+      this.nextAvail = 0;
+      this.availWrap = !this.availWrap;
+    }
+  }
+
+  /** Writes one ring slot; the first of a list gets its flags at publish. */
+  private putSlot(slot: number, addr: number, len: number, id: number, flags: number, deferFlags: boolean): void {
+    this.checkSlot(slot);
+    const view = this.ring.view;
+    const o = this.ringOff + slot * PDESC_SIZE;
+    view.setUint32(o, addr >>> 0, true);
+    view.setUint32(o + 4, Math.floor(addr / TWO_32), true);
+    view.setUint32(o + 8, len, true);
+    view.setUint16(o + 12, id, true);
+    if (deferFlags) {
+      this.pendingSlot[this.pendingCount] = slot;
+      this.pendingFlags[this.pendingCount] = flags;
+      this.pendingId[this.pendingCount] = id;
+      this.pendingCount++;
+    } else view.setUint16(o + 14, flags, true);
+    const s = slot * 4;
+    this.shadow[s] = addr >>> 0;
+    this.shadow[s + 1] = Math.floor(addr / TWO_32);
+    this.shadow[s + 2] = len;
+    this.shadow[s + 3] = (id | (flags << 16)) >>> 0;
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.desc + slot * PDESC_SIZE, PDESC_SIZE);
+  }
+
+  /** packed.desc-table.device.4: a slot is as the driver left it (or as the device marked it used). */
+  private checkSlot(slot: number): void {
+    if (this.broken) return;
+    const view = this.ring.view;
+    const o = this.ringOff + slot * PDESC_SIZE;
+    const s = slot * 4;
+    const now = (view.getUint16(o + 12, true) | (view.getUint16(o + 14, true) << 16)) >>> 0;
+    if (view.getUint32(o, true) !== this.shadow[s] || view.getUint32(o + 4, true) !== this.shadow[s + 1] || view.getUint32(o + 8, true) !== this.shadow[s + 2] || now !== this.shadow[s + 3]) {
+      this.report('packed.desc-table.device.4', `slot ${slot} changed after the device marked it used (or was written where no used descriptor belongs)`, { slot }, false);
+    }
+  }
+
+  publish(): boolean {
+    const r = this.ring;
+    for (let i = 0; i < this.pendingCount; i++) {
+      const off = this.ringOff + this.pendingSlot[i] * PDESC_SIZE + 14;
+      if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, this.pendingFlags[i]);
+      else r.view.setUint16(off, this.pendingFlags[i], true);
+      this.exposed[this.pendingId[i]] = 1;
+    }
+    this.pendingCount = 0;
+    return this.needsKick();
+  }
+
+  needsKick(): boolean {
+    const old = this.kickedLinear;
+    const next = this.availLinear;
+    if (old === next) return false;
+    this.kickedLinear = next;
+    const ev = this.deviceEvent.view;
+    const flags = ev.getUint16(this.deviceEventOff + EVENT_FLAGS, true) & 3;
+    if (flags === RING_EVENT_FLAGS_DISABLE) return false;
+    if (flags === RING_EVENT_FLAGS_DESC && this.options.eventIdx) {
+      return packedNeedEvent(ev.getUint16(this.deviceEventOff + EVENT_OFF_WRAP, true), this.size, old, next);
+    }
+    return true;
+  }
+
+  private flagsAt(slot: number): number {
+    const off = this.ringOff + slot * PDESC_SIZE + 14;
+    return this.ring.u16 !== null && (off & 1) === 0 ? Atomics.load(this.ring.u16, off >> 1) : this.ring.view.getUint16(off, true);
+  }
+
+  /** VIRTIO_F_NOTIFICATION_DATA (2.9): next_off = next slot, next_wrap = its wrap counter. */
+  notificationData(): number {
+    return (((this.nextAvail | (this.availWrap ? 0x8000 : 0)) << 16) | this.index) >>> 0;
+  }
+
+  /** Whether the device marked the next slot used. */
+  peekUsed(): boolean {
+    if (this.batchLeft > 0) return true;
+    return !this.broken && this.inFlightCount > 0 && isUsed(this.flagsAt(this.lastUsed), this.usedWrap);
+  }
+
+  usedPending(): number {
+    return this.peekUsed() ? 1 : 0;
+  }
+
+  getUsed(): unknown {
+    if (this.batchLeft > 0) return this.nextOfBatch();
+    if (this.broken || this.inFlightCount === 0) return undefined;
+    const slot = this.lastUsed;
+    const flags = this.flagsAt(slot); // read once: it decides, and it is what we record
+    if (!isUsed(flags, this.usedWrap)) return undefined;
+    const view = this.ring.view;
+    const o = this.ringOff + slot * PDESC_SIZE;
+    const id = view.getUint16(o + 12, true);
+    const rawLen = view.getUint32(o + 8, true);
+    // 2.8.4: without WRITE in the used descriptor nothing was written; len is reserved.
+    const len = flags & PDESC_F_WRITE ? rawLen : 0;
+    if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
+      if (id < this.size && this.skipped[id] === 1) {
+        this.report('reserved.bits.device.5', `with IN_ORDER the device marked buffer ${id} used after a later buffer's used descriptor already covered it`, { id, slot }, true);
+      } else {
+        this.report('packed.desc-table.device.3', `slot ${slot} marks buffer ${id} used, which the driver never made available (or it is not in flight)`, { id, slot }, true);
+      }
+      return undefined;
+    }
+    if (this.options.inOrder) {
+      const front = this.order[this.orderHead % this.size];
+      if (id !== front) {
+        // A batch: `id` is its last buffer; those before it were used completely.
+        let k = 1;
+        while (k < this.inFlightCount && this.order[(this.orderHead + k) % this.size] !== id) k++;
+        this.batchLeft = k + 1; // the buffers before `id`, and `id` itself
+        this.batchLastLen = len;
+        this.updateShadow(slot, rawLen, id, flags);
+        return this.nextOfBatch();
+      }
+      this.orderHead++;
+    }
+    this.updateShadow(slot, rawLen, id, flags);
+    return this.finish(id, len);
+  }
+
+  /** The device wrote this slot as a used descriptor: that is now the expected content. */
+  private updateShadow(slot: number, len: number, id: number, flags: number): void {
+    const s = slot * 4;
+    // Element Address is unused in a used descriptor (2.8.5), so whatever is there now counts.
+    const o = this.ringOff + slot * PDESC_SIZE;
+    this.shadow[s] = this.ring.view.getUint32(o, true);
+    this.shadow[s + 1] = this.ring.view.getUint32(o + 4, true);
+    this.shadow[s + 2] = len;
+    this.shadow[s + 3] = (id | (flags << 16)) >>> 0;
+  }
+
+  /** The next buffer of an IN_ORDER batch: the oldest one out. */
+  private nextOfBatch(): unknown {
+    const id = this.order[this.orderHead++ % this.size];
+    this.batchLeft--;
+    const last = this.batchLeft === 0;
+    if (!last) this.skipped[id] = 1;
+    return this.finish(id, last ? this.batchLastLen : this.writableLen[id]);
+  }
+
+  /** Hands buffer `id` back with `len` bytes and skips its slots. */
+  private finish(id: number, len: number): unknown {
+    const rec = this.options.auditReadable ? this.readable.get(id) : undefined;
+    if (rec !== undefined) {
+      this.readable.delete(id);
+      let h = 2166136261;
+      for (let i = 0; i < rec.addrs.length; i++) h = hashGuest(this.mem, rec.addrs[i], rec.lens[i], h);
+      if (h !== rec.hash) this.report('packed.desc-table.device.1', `device wrote into a device-readable buffer of buffer ${id}`, { id }, false);
+    }
+    if (len > this.writableLen[id]) {
+      this.report('struct.used-len.device.1', `used length ${len} for buffer ${id} exceeds the ${this.writableLen[id]} writable bytes the driver provided`, { id, len }, false);
+      len = this.writableLen[id];
+    }
+    const slots = this.slotsOf[id];
+    this.lastUsed += slots;
+    if (this.lastUsed >= this.size) {
+      this.lastUsed -= this.size;
+      this.usedWrap = !this.usedWrap;
+    }
+    const token = this.tokens[id];
+    this.release(id);
+    this.lastHead = id;
+    this.lastLen = len;
+    return token;
+  }
+
+  private release(id: number): void {
+    this.numFree += this.slotsOf[id];
+    this.inFlight[id] = 0;
+    this.exposed[id] = 0;
+    this.inFlightCount--;
+    this.tokens[id] = undefined;
+    this.freeIds[this.freeTop++] = id;
+  }
+
+  enableInterrupts(): boolean {
+    const ev = this.driverEvent.view;
+    if (this.options.eventIdx) {
+      ev.setUint16(this.driverEventOff + EVENT_OFF_WRAP, this.lastUsed | (this.usedWrap ? 0x8000 : 0), true);
+      this.writeDriverEventFlags(RING_EVENT_FLAGS_DESC);
+    } else this.writeDriverEventFlags(RING_EVENT_FLAGS_ENABLE);
+    return this.peekUsed();
+  }
+
+  disableInterrupts(): void {
+    this.writeDriverEventFlags(RING_EVENT_FLAGS_DISABLE);
+  }
+
+  private writeDriverEventFlags(flags: number): void {
+    const r = this.driverEvent;
+    const off = this.driverEventOff + EVENT_FLAGS;
+    if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, flags);
+    else r.view.setUint16(off, flags, true);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail, EVENT_SIZE);
+  }
+
+  drainAfterReset(): unknown[] {
+    this.batchLeft = 0;
+    this.pendingCount = 0;
+    this.orderHead = this.orderTail = 0;
+    const out: unknown[] = [];
+    for (let id = 0; id < this.size; id++) if (this.inFlight[id]) {
+      out.push(this.tokens[id]);
+      this.release(id);
+    }
+    return out;
+  }
+
+  private report(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
+    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
+    if (fatal) this.broken = true;
+    this.sink(v, fatal);
+  }
+}

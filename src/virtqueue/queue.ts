@@ -1,0 +1,162 @@
+/**
+ * One virtqueue interface for both ring formats (spec 2.7 split, 2.8 packed). Device types
+ * and drivers program against these; the format follows the negotiated VIRTIO_F_RING_PACKED.
+ */
+import type { Verdict } from '../monitor/monitor.js';
+import type { DescriptorChain } from './chain.js';
+
+export type RingFormat = 'split' | 'packed';
+
+/** What the device core does with a verdict: `fatal` ones leave the queue unusable. */
+export type ViolationSink = (verdict: Verdict, fatal: boolean) => void;
+
+/** Negotiated features a ring cares about. */
+export interface QueueFeatures {
+  eventIdx: boolean;
+  indirect: boolean;
+  /** VIRTIO_F_IN_ORDER: buffers are used in the order they were made available. */
+  inOrder?: boolean;
+}
+
+/**
+ * Where a ring stands: the next available slot the device will look at and the next used slot
+ * it will write, with their wrap counters (packed rings; split rings ignore them, their
+ * indices are free-running 16-bit counters). A transport that stops a ring and starts it again
+ * later under a running driver (vhost-user GET_VRING_BASE / SET_VRING_BASE) carries this.
+ */
+export interface RingPosition {
+  avail: number;
+  availWrap: boolean;
+  used: number;
+  usedWrap: boolean;
+}
+
+/**
+ * Told about every buffer a device queue takes and returns, so that a record kept outside the
+ * device (vhost-user's inflight region, shared with the front-end) survives the device's
+ * process: after a restart the buffers taken and not returned are served again.
+ */
+export interface InflightTracker {
+  /** Buffer `head` (split: its head descriptor; packed: its buffer id) was taken from the ring. */
+  taken(head: number): void;
+  /** Packed rings, after taken(): each ring descriptor of the list, in order. */
+  descriptor?(addr: number, len: number, id: number, flags: number, last: boolean): void;
+  /** Buffer `head` was written to the used ring (visible at the next publish). */
+  returned(head: number): void;
+  /** Packed rings: the used position about to be published (before the flags are written). */
+  publishing?(usedIdx: number, usedWrap: boolean): void;
+  /**
+   * The used index was published: every returned buffer is visible. Split: `usedIdx` is
+   * used.idx; packed: the used slot and its wrap counter.
+   */
+  published(usedIdx: number, usedWrap: boolean): void;
+}
+
+/** A buffer a previous device process took and never used, to serve again (inflight recovery). */
+export interface Resubmit {
+  /** Split: the head descriptor. Packed: the buffer id. */
+  head: number;
+  /** Packed: the list's ring descriptors as they were taken (the ring slots may hold others now). */
+  descriptors?: readonly { addr: number; len: number; flags: number }[];
+}
+
+/** The device side of a virtqueue. */
+export interface DeviceQueue {
+  readonly format: RingFormat;
+  readonly index: number;
+  readonly maxSize: number;
+  /** Driver-programmed configuration (queue_size, queue_desc, queue_driver, queue_device, queue_enable). */
+  size: number;
+  descAddr: number;
+  availAddr: number;
+  usedAddr: number;
+  enabled: boolean;
+  readonly active: boolean;
+  readonly broken: boolean;
+  /** Buffers taken and not yet returned. */
+  readonly inFlightCount: number;
+  /**
+   * Where the next activation starts instead of the ring's beginning (vhost-user
+   * SET_VRING_BASE); null: from the beginning. Cleared by reset(): a reset ring starts over.
+   */
+  startAt: RingPosition | null;
+  /**
+   * A paused ring takes no new buffers (pop() finds none, enableNotifications() reports none);
+   * buffers in progress are still used and published. How a transport stops a ring under a
+   * live device (vhost-user GET_VRING_BASE) without losing the requests it holds.
+   */
+  paused: boolean;
+  /** Where the ring stands now (after every buffer taken is used: what a restart resumes from). */
+  position(): RingPosition;
+  /** Told about each buffer taken and returned (vhost-user inflight); reset clears it. */
+  inflight: InflightTracker | null;
+  /**
+   * Buffers taken before a restart and never used, served again before anything new, in this
+   * order (vhost-user inflight resubmission). Cleared by reset.
+   */
+  resubmit(buffers: readonly Resubmit[]): void;
+  /** A chain object big enough for any chain this queue accepts. */
+  newChain(): DescriptorChain;
+  reset(): void;
+  /** Checks the configuration and starts the queue (at DRIVER_OK or on enable). */
+  activate(features: QueueFeatures): boolean;
+  /** Takes the next available buffer into `chain` (its id in `chain.head`); false if none or malformed. */
+  pop(chain: DescriptorChain): boolean;
+  /** Returns buffer `id` with `len` bytes written; visible at the next publish(). */
+  addUsed(id: number, len: number): void;
+  /** Makes returned buffers visible; true when the driver wants a notification. */
+  publish(): boolean;
+  disableNotifications(): void;
+  /** Asks for notifications again; true when buffers arrived meanwhile (process them). */
+  enableNotifications(): boolean;
+  isInFlight(id: number): boolean;
+  /** A value that changes when the driver makes buffers available (suspend checks). */
+  availMark(): number;
+  /** On synchronous transports: audits the driver's notification decisions. */
+  kickAudit(notified: boolean): void;
+  /**
+   * VIRTIO_F_NOTIFICATION_DATA: checks next_off / next_wrap (bits 16-31 of `data`) against the
+   * ring; returns a description of the mismatch, or null.
+   */
+  checkNotificationData(data: number): string | null;
+}
+
+/** The driver side of a virtqueue. */
+export interface DriverQueue {
+  readonly format: RingFormat;
+  readonly index: number;
+  readonly size: number;
+  readonly addrs: { desc: number; avail: number; used: number };
+  readonly numFree: number;
+  readonly inFlightCount: number;
+  readonly broken: boolean;
+  /** Length and id of the buffer last returned by getUsed(). */
+  readonly lastLen: number;
+  readonly lastHead: number;
+  interrupts: number;
+  begin(): this;
+  addReadable(addr: number, len: number): this;
+  addWritable(addr: number, len: number): this;
+  /** Returns the buffer id, or -1 when there is no room. */
+  commit(token: unknown, options?: { indirect?: boolean }): number;
+  /** Exposes committed buffers; true when the device wants a notification. */
+  publish(): boolean;
+  /** Whether a used buffer is waiting (no checks, no side effects). */
+  peekUsed(): boolean;
+  usedPending(): number;
+  getUsed(): unknown;
+  enableInterrupts(): boolean;
+  disableInterrupts(): void;
+  /** After a device reset: every buffer back (init.cleanup.driver.2). */
+  drainAfterReset(): unknown[];
+  /** The 32-bit notification value with VIRTIO_F_NOTIFICATION_DATA: vq index | next_off | next_wrap. */
+  notificationData(): number;
+}
+
+export interface DriverQueueOptions {
+  eventIdx: boolean;
+  indirect: boolean;
+  inOrder?: boolean;
+  indirectMax: number;
+  auditReadable?: boolean;
+}

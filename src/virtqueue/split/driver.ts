@@ -1,0 +1,577 @@
+/**
+ * Split virtqueue, driver side (spec 2.7): a descriptor free list, direct and indirect
+ * chains, the kick decision, and collection of used buffers with checks on what the device
+ * wrote (a used id must be an exposed head; a used length must fit the writable part; the
+ * descriptor table must be as the driver left it).
+ *
+ * Hot path: chains are built in preallocated arrays (begin / addReadable / addWritable /
+ * commit) and indirect tables come from a pool in guest memory set up once.
+ */
+import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/guest-memory.js';
+import type { Monitor } from '../../monitor/monitor.js';
+import { VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../spec/constants.js';
+import type { ViolationSink } from '../queue.js';
+import { ChainBuilder } from '../chain.js';
+import {
+  AVAIL_RING,
+  DESC_SIZE,
+  RING_FLAGS,
+  RING_IDX,
+  USED_ELEM_SIZE,
+  USED_RING,
+  availEventOffset,
+  availRingSize,
+  descTableSize,
+  needEvent,
+  usedEventOffset,
+  usedRingSize,
+  type SplitRingAddresses,
+} from '../../spec/split-layout.js';
+
+const TWO_32 = 4294967296;
+
+export interface SplitDriverQueueOptions {
+  eventIdx: boolean;
+  /** VIRTIO_F_INDIRECT_DESC negotiated. */
+  indirect: boolean;
+  /** Guest address of a pool of `size * indirectMax` descriptors for indirect tables. */
+  indirectPool?: number;
+  /** Entries per indirect table (default 32). */
+  indirectMax?: number;
+  /** First avail/used index (default 0); tests start near 65535 to cross the wrap. */
+  startIndex?: number;
+  /** VIRTIO_F_IN_ORDER: descriptors in ring order, used buffers in order, batches (2.7.9). */
+  inOrder?: boolean;
+  /**
+   * Hash every device-readable buffer (and indirect table) when it is exposed and again when
+   * it comes back, to catch a device writing where it may only read (split.desc-table.device.1
+   * and .4). Costs a pass over the data each way; off by default.
+   */
+  auditReadable?: boolean;
+}
+
+
+/** Guest bytes a split queue of `size` needs for its rings and indirect pool, with alignment. */
+export function splitQueueFootprint(size: number, indirectMax = 0): number {
+  return descTableSize(size) + 16 + availRingSize(size) + 16 + usedRingSize(size) + 16 + size * indirectMax * DESC_SIZE;
+}
+
+/** Lays out rings (and the indirect pool) from `base`, honouring split.alignment.driver.1. */
+export function layoutSplitQueue(base: number, size: number, indirectMax = 0): SplitRingAddresses & { pool: number; end: number } {
+  const align = (x: number, a: number) => Math.ceil(x / a) * a;
+  const desc = align(base, 16);
+  const avail = align(desc + descTableSize(size), 2);
+  const used = align(avail + availRingSize(size), 4);
+  const pool = align(used + usedRingSize(size), 16);
+  return { desc, avail, used, pool, end: pool + size * indirectMax * DESC_SIZE };
+}
+
+export class SplitDriverQueue {
+  readonly format = 'split' as const;
+  readonly mask: number;
+  /** Free descriptors. */
+  numFree: number;
+  /** Chains made available and not yet collected. */
+  inFlightCount = 0;
+  /** A fatal verdict was made about the device's use of this queue. */
+  broken = false;
+  /** Length the device reported for the buffer last returned by `getUsed`. */
+  lastLen = 0;
+  /** Head of the buffer last returned by `getUsed`. */
+  lastHead = 0;
+  /** Interrupts received for this queue (transports count them here). */
+  interrupts = 0;
+
+  private freeHead = 0;
+  private readonly nextFree: Uint16Array;
+  private readonly inOrder: boolean;
+  /** Head made available at each avail ring position (IN_ORDER bookkeeping). */
+  private readonly availHeadAt: Uint16Array;
+  /** IN_ORDER batch being handed out: buffers left, and the length of its last one. */
+  private batchLeft = 0;
+  private batchLastLen = 0;
+  private readonly tokens: unknown[];
+  private readonly inFlight: Uint8Array;
+  /** Set at publish(): avail.idx covers the head, so the device can have seen it. */
+  private readonly exposed: Uint8Array;
+  private publishedIdx = 0;
+  private readonly writableLen: Float64Array;
+  private readonly tableCount: Uint16Array;
+  private readonly usesIndirect: Uint8Array;
+  // Shadow of the table descriptors as written, for split.desc-table.device.4.
+  private readonly shadow: Uint32Array;
+  // With auditReadable: hashes of the readable bytes and of the indirect table, per head.
+  private readonly readableHash: Uint32Array | null;
+  private readonly tableHash: Uint32Array | null;
+
+  private availIdx = 0;
+  private kickedAt = 0;
+  private lastUsed = 0;
+
+  /** Chain under construction. */
+  private readonly seg: ChainBuilder;
+
+  private readonly desc: MemoryRegion;
+  private readonly descOff: number;
+  private readonly avail: MemoryRegion;
+  private readonly availOff: number;
+  private readonly used: MemoryRegion;
+  private readonly usedOff: number;
+  private readonly indirectMax: number;
+  private readonly pool: number;
+  private readonly poolRegion: MemoryRegion | null;
+
+  constructor(
+    readonly mem: GuestMemory,
+    readonly index: number,
+    readonly size: number,
+    readonly addrs: SplitRingAddresses,
+    readonly options: SplitDriverQueueOptions,
+    readonly monitor: Monitor,
+    private readonly sink: ViolationSink,
+  ) {
+    this.mask = size - 1;
+    this.numFree = size;
+    this.nextFree = new Uint16Array(size);
+    this.inOrder = options.inOrder === true;
+    // With IN_ORDER the free descriptors are one cyclic run: x is followed by (x + 1) % size
+    // (split.desc-table.driver.2), and buffers come back in the order they went out.
+    for (let i = 0; i < size; i++) this.nextFree[i] = this.inOrder ? (i + 1) % size : i + 1;
+    this.availHeadAt = new Uint16Array(size);
+    this.tokens = new Array<unknown>(size).fill(undefined);
+    this.inFlight = new Uint8Array(size);
+    this.exposed = new Uint8Array(size);
+    this.writableLen = new Float64Array(size);
+    this.tableCount = new Uint16Array(size);
+    this.usesIndirect = new Uint8Array(size);
+    this.shadow = new Uint32Array(size * 4);
+    this.readableHash = options.auditReadable ? new Uint32Array(size) : null;
+    this.tableHash = options.auditReadable ? new Uint32Array(size) : null;
+    // split.indirect-descs.driver.3: no chain longer than the queue, indirect ones included.
+    this.indirectMax = options.indirect && options.indirectPool !== undefined ? Math.min(options.indirectMax ?? 32, size) : 0;
+    this.pool = options.indirectPool ?? 0;
+    this.seg = new ChainBuilder(Math.max(size, this.indirectMax));
+    this.desc = mem.region(addrs.desc, descTableSize(size));
+    this.descOff = addrs.desc - this.desc.guestAddr;
+    this.avail = mem.region(addrs.avail, availRingSize(size));
+    this.availOff = addrs.avail - this.avail.guestAddr;
+    this.used = mem.region(addrs.used, usedRingSize(size));
+    this.usedOff = addrs.used - this.used.guestAddr;
+    this.poolRegion = this.indirectMax > 0 ? mem.region(this.pool, size * this.indirectMax * DESC_SIZE) : null;
+    this.availIdx = this.kickedAt = this.lastUsed = this.seenUsed = this.usedIdxAtLastInterrupt = this.publishedIdx = (options.startIndex ?? 0) & 0xffff;
+    // split.avail-buffer-notif-suppr.driver.1: the used ring (flags included) starts zeroed.
+    this.desc.bytes.fill(0, this.descOff, this.descOff + descTableSize(size));
+    this.avail.bytes.fill(0, this.availOff, this.availOff + availRingSize(size));
+    this.used.bytes.fill(0, this.usedOff, this.usedOff + usedRingSize(size));
+    if (this.availIdx !== 0) {
+      // A queue resumed at an index (tests, vhost-user ring base): both indices start there.
+      this.avail.view.setUint16(this.availOff + RING_IDX, this.availIdx, true);
+      this.used.view.setUint16(this.usedOff + RING_IDX, this.availIdx, true);
+      this.avail.view.setUint16(this.availOff + usedEventOffset(size), this.availIdx, true);
+    }
+  }
+
+  /** Starts a new chain. */
+  begin(): this {
+    this.seg.clear();
+    return this;
+  }
+
+  /** Appends a device-readable buffer. */
+  addReadable(addr: number, len: number): this {
+    this.seg.add(addr, len, 0, this.index);
+    return this;
+  }
+
+  /** Appends a device-writable buffer. */
+  addWritable(addr: number, len: number): this {
+    this.seg.add(addr, len, 1, this.index);
+    return this;
+  }
+
+  /**
+   * Writes the chain into the descriptor table (or an indirect table) and the avail ring.
+   * Returns the head, or -1 when the queue has no room (collect used buffers first).
+   * The buffers are exposed to the device only at the next `publish()`.
+   */
+  commit(token: unknown, options?: { indirect?: boolean }): number {
+    const seg = this.seg;
+    const n = seg.count;
+    if (n === 0) throw new RangeError('empty chain');
+    if (seg.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (split.message-framing.driver.1)');
+    // No default object for `options`: an object literal per call is the hot path's only allocation.
+    const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
+    const need = useIndirect ? 1 : n;
+    if (this.numFree < need || this.broken) return -1;
+    const head = this.freeHead;
+    const writable = seg.writableBytes();
+    if (useIndirect) {
+      const table = this.pool + head * this.indirectMax * DESC_SIZE;
+      const r = this.poolRegion!;
+      const base = table - r.guestAddr;
+      for (let i = 0; i < n; i++) {
+        const last = i === n - 1;
+        this.writeDesc(r.view, base + i * DESC_SIZE, seg.addrs[i], seg.lens[i], (seg.writable[i] ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : i + 1);
+      }
+      if (this.mem.onWrite !== null) this.mem.onWrite(table, n * DESC_SIZE);
+      this.freeHead = this.nextFree[head];
+      this.putTableDesc(head, table, n * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+      this.usesIndirect[head] = 1;
+    } else {
+      let idx = head;
+      for (let i = 0; i < n; i++) {
+        const last = i === n - 1;
+        const next = this.nextFree[idx];
+        this.putTableDesc(idx, seg.addrs[i], seg.lens[i], (seg.writable[i] ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : next);
+        if (!last) idx = next;
+        else this.freeHead = next;
+      }
+      this.usesIndirect[head] = 0;
+    }
+    this.numFree -= need;
+    this.tableCount[head] = need;
+    if (this.readableHash !== null) {
+      let h = 2166136261;
+      for (let i = 0; i < n; i++) if (!seg.writable[i]) h = hashGuest(this.mem, seg.addrs[i], seg.lens[i], h);
+      this.readableHash[head] = h;
+      if (useIndirect) this.tableHash![head] = hashGuest(this.mem, this.pool + head * this.indirectMax * DESC_SIZE, n * DESC_SIZE, 2166136261);
+    }
+    this.tokens[head] = token;
+    this.writableLen[head] = writable;
+    this.inFlight[head] = 1;
+    this.inFlightCount++;
+    const slot = this.availOff + AVAIL_RING + 2 * (this.availIdx & this.mask);
+    this.avail.view.setUint16(slot, head, true);
+    this.availHeadAt[this.availIdx & this.mask] = head;
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + AVAIL_RING + 2 * (this.availIdx & this.mask), 2);
+    this.availIdx = (this.availIdx + 1) & 0xffff;
+    seg.count = 0;
+    return head;
+  }
+
+  private writeDesc(view: DataView, o: number, addr: number, len: number, flags: number, next: number): void {
+    view.setUint32(o, addr >>> 0, true);
+    view.setUint32(o + 4, Math.floor(addr / TWO_32), true);
+    view.setUint32(o + 8, len, true);
+    view.setUint16(o + 12, flags, true);
+    view.setUint16(o + 14, next, true);
+  }
+
+  private putTableDesc(idx: number, addr: number, len: number, flags: number, next: number): void {
+    this.writeDesc(this.desc.view, this.descOff + idx * DESC_SIZE, addr, len, flags, next);
+    const s = idx * 4;
+    this.shadow[s] = addr >>> 0;
+    this.shadow[s + 1] = Math.floor(addr / TWO_32);
+    this.shadow[s + 2] = len;
+    this.shadow[s + 3] = flags | (next << 16);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.desc + idx * DESC_SIZE, DESC_SIZE);
+  }
+
+  /**
+   * Makes the committed chains visible (one atomic store of avail.idx, after the ring
+   * entries: split.updating-idx.driver.1) and returns whether the device wants a kick.
+   */
+  publish(): boolean {
+    for (let p = this.publishedIdx; p !== this.availIdx; p = (p + 1) & 0xffff) this.exposed[this.availHeadAt[p & this.mask]] = 1;
+    this.publishedIdx = this.availIdx;
+    const off = this.availOff + RING_IDX;
+    if (this.avail.u16 !== null && (off & 1) === 0) Atomics.store(this.avail.u16, off >> 1, this.availIdx);
+    else this.avail.view.setUint16(off, this.availIdx, true);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + RING_IDX, 2);
+    return this.needsKick();
+  }
+
+  /** The kick decision for what was published since the last decision (2.7.10). */
+  needsKick(): boolean {
+    const old = this.kickedAt;
+    const next = this.availIdx;
+    if (old === next) return false;
+    this.kickedAt = next;
+    const flags = this.usedFlags();
+    if (this.options.eventIdx) {
+      if (flags !== 0) this.report('split.avail-buffer-notif-suppr.device.3', `used.flags is ${flags} with VIRTIO_F_EVENT_IDX negotiated (must be 0)`, { flags }, false);
+      // split.avail-buffer-notif-suppr.driver.5: the low bit of flags is ignored.
+      const event = this.used.view.getUint16(this.usedOff + availEventOffset(this.size), true);
+      return needEvent(event, next, old);
+    }
+    if (flags > 1) this.report('split.avail-buffer-notif-suppr.device.1', `used.flags is ${flags} (must be 0 or 1)`, { flags }, false);
+    // split.avail-buffer-notif-suppr.driver.2: avail_event is ignored without EVENT_IDX.
+    return (flags & 1) === 0;
+  }
+
+  private usedFlags(): number {
+    const off = this.usedOff + RING_FLAGS;
+    return this.used.u16 !== null && (off & 1) === 0 ? Atomics.load(this.used.u16, off >> 1) : this.used.view.getUint16(off, true);
+  }
+
+  /** VIRTIO_F_NOTIFICATION_DATA (2.9): next_off = avail idx bits 0-14, next_wrap = bit 15. */
+  notificationData(): number {
+    return ((this.availIdx & 0xffff) << 16 | this.index) >>> 0;
+  }
+
+  /** Whether the device published a used element the driver has not collected (no checks). */
+  peekUsed(): boolean {
+    return this.usedIdx() !== this.lastUsed;
+  }
+
+  /** used.idx as the device last published it (no checks). */
+  deviceUsedIdx(): number {
+    return this.usedIdx();
+  }
+
+  /** used_event as the driver last wrote it. */
+  usedEventValue(): number {
+    return this.avail.view.getUint16(this.availOff + usedEventOffset(this.size), true);
+  }
+
+  /** Device used index when the last notification was audited (see VirtioDriver). */
+  usedIdxAtLastInterrupt = 0;
+
+  private usedIdx(): number {
+    const off = this.usedOff + RING_IDX;
+    return this.used.u16 !== null && (off & 1) === 0 ? Atomics.load(this.used.u16, off >> 1) : this.used.view.getUint16(off, true);
+  }
+
+  /** Number of used elements the device published and the driver has not collected. */
+  usedPending(): number {
+    if (this.broken) return 0;
+    const idx = this.usedIdx();
+    if (idx !== this.seenUsed) {
+      // Seen-but-uncollected entries plus the new ones must be buffers in flight; a used
+      // index going back shows up as a move of almost 2^16.
+      const seen = (this.seenUsed - this.lastUsed) & 0xffff;
+      const moved = (idx - this.seenUsed) & 0xffff;
+      if (seen + moved > this.inFlightCount) {
+        this.report(
+          'struct.used-idx.device.1',
+          moved > 0x8000
+            ? `used index went back from ${this.seenUsed} to ${idx}`
+            : `used index moved from ${this.seenUsed} to ${idx} with only ${this.inFlightCount} buffers in flight`,
+          { seenUsed: this.seenUsed, idx },
+          true,
+        );
+        return 0;
+      }
+      this.seenUsed = idx;
+    }
+    return (idx - this.lastUsed) & 0xffff;
+  }
+
+  /** used.idx as last validated. */
+  private seenUsed = 0;
+
+  /**
+   * Returns the token of the next used buffer (its length in `lastLen`), or undefined when
+   * none is pending or the device broke a rule (then a verdict was made).
+   */
+  getUsed(): unknown {
+    if (this.inOrder) return this.getUsedInOrder();
+    if (this.usedPending() === 0) return undefined;
+    const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
+    const id = this.used.view.getUint32(o, true);
+    let len = this.used.view.getUint32(o + 4, true);
+    if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
+      this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
+      return undefined;
+    }
+    this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    if (len > this.writableLen[id]) {
+      this.report(
+        'split.used-ring.device.2',
+        `used length ${len} for head ${id} exceeds the ${this.writableLen[id]} writable bytes the driver provided`,
+        { id, len, writable: this.writableLen[id] },
+        false,
+      );
+      len = this.writableLen[id]; // never trust the device past the buffer it was given
+    }
+    this.checkTable(id);
+    if (this.readableHash !== null) this.auditReadableBuffers(id);
+    const token = this.tokens[id];
+    this.release(id);
+    this.lastHead = id;
+    this.lastLen = len;
+    return token;
+  }
+
+  /**
+   * IN_ORDER (2.7.9): one used element may stand for a batch: its id names the last buffer,
+   * the buffers before it were used completely, and used.idx moved by the batch size.
+   */
+  private getUsedInOrder(): unknown {
+    const head = this.availHeadAt[this.lastUsed & this.mask];
+    let len: number;
+    if (this.batchLeft > 0) {
+      this.batchLeft--;
+      len = this.batchLeft === 0 ? this.batchLastLen : this.writableLen[head];
+    } else {
+      const pending = this.usedPending();
+      if (pending === 0) return undefined;
+      const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
+      const id = this.used.view.getUint32(o, true);
+      const elemLen = this.used.view.getUint32(o + 4, true);
+      if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
+        this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
+        return undefined;
+      }
+      if (id === head) len = elemLen;
+      else {
+        let k = 1;
+        while (k < this.inFlightCount && this.availHeadAt[(this.lastUsed + k) & this.mask] !== id) k++;
+        if (k >= this.inFlightCount || k + 1 > pending) {
+          this.report(
+            'reserved.bits.device.5',
+            `with IN_ORDER the device used buffer ${id} before buffer ${head}, made available earlier (used.idx moved by ${pending}, not by the ${k + 1} a batch ending at ${id} needs)`,
+            { id, expected: head },
+            true,
+          );
+          return undefined;
+        }
+        this.batchLeft = k;
+        this.batchLastLen = elemLen;
+        len = this.writableLen[head]; // skipped buffers were used completely
+      }
+    }
+    this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    if (len > this.writableLen[head]) {
+      this.report('split.used-ring.device.2', `used length ${len} for head ${head} exceeds the ${this.writableLen[head]} writable bytes the driver provided`, { id: head, len }, false);
+      len = this.writableLen[head];
+    }
+    this.checkTable(head);
+    if (this.readableHash !== null) this.auditReadableBuffers(head);
+    const token = this.tokens[head];
+    this.release(head);
+    this.lastHead = head;
+    this.lastLen = len;
+    return token;
+  }
+
+  /** split.desc-table.device.4: the device never writes the descriptor table. */
+  private checkTable(head: number): void {
+    const view = this.desc.view;
+    let idx = head;
+    for (let n = this.tableCount[head]; n > 0; n--) {
+      const o = this.descOff + idx * DESC_SIZE;
+      const s = idx * 4;
+      const flagsNext = view.getUint16(o + 12, true) | (view.getUint16(o + 14, true) << 16);
+      if (
+        view.getUint32(o, true) !== this.shadow[s] ||
+        view.getUint32(o + 4, true) !== this.shadow[s + 1] ||
+        view.getUint32(o + 8, true) !== this.shadow[s + 2] ||
+        flagsNext >>> 0 !== this.shadow[s + 3]
+      ) {
+        this.report('split.desc-table.device.4', `descriptor ${idx} of chain ${head} was changed while the device held it`, { head, desc: idx }, false);
+        // Restore the driver's copy so the free list stays sound.
+        this.writeDesc(view, o, this.shadow[s] + this.shadow[s + 1] * TWO_32, this.shadow[s + 2], this.shadow[s + 3] & 0xffff, this.shadow[s + 3] >>> 16);
+      }
+      idx = this.shadow[s + 3] >>> 16;
+    }
+  }
+
+  /** split.desc-table.device.1 / .4 with auditReadable: nothing the device may only read changed. */
+  private auditReadableBuffers(head: number): void {
+    const mem = this.mem;
+    let h = 2166136261;
+    if (this.usesIndirect[head]) {
+      const table = this.pool + head * this.indirectMax * DESC_SIZE;
+      const len = this.shadow[head * 4 + 2];
+      if (hashGuest(mem, table, len, 2166136261) !== this.tableHash![head]) {
+        this.report('split.desc-table.device.4', `indirect table of chain ${head} was changed while the device held it`, { head }, false);
+        return;
+      }
+      for (let o = 0; o < len; o += DESC_SIZE) {
+        const flags = mem.readU16(table + o + 12);
+        if (!(flags & VIRTQ_DESC_F_WRITE)) h = hashGuest(mem, mem.readU32(table + o) + mem.readU32(table + o + 4) * TWO_32, mem.readU32(table + o + 8), h);
+      }
+    } else {
+      let idx = head;
+      for (let n = this.tableCount[head]; n > 0; n--) {
+        const s = idx * 4;
+        if (!((this.shadow[s + 3] & 0xffff) & VIRTQ_DESC_F_WRITE)) h = hashGuest(mem, this.shadow[s] + this.shadow[s + 1] * TWO_32, this.shadow[s + 2], h);
+        idx = this.shadow[s + 3] >>> 16;
+      }
+    }
+    if (h !== this.readableHash![head]) {
+      this.report('split.desc-table.device.1', `device wrote into a device-readable buffer of chain ${head}`, { head }, false);
+    }
+  }
+
+  private release(head: number): void {
+    const n = this.tableCount[head];
+    if (this.inOrder) {
+      // The run stays cyclic: these are the oldest descriptors out (buffers return in order).
+      this.numFree += n;
+      this.inFlight[head] = 0;
+      this.exposed[head] = 0;
+      this.inFlightCount--;
+      this.tokens[head] = undefined;
+      return;
+    }
+    let last = head;
+    for (let i = 1; i < n; i++) last = this.shadow[last * 4 + 3] >>> 16;
+    this.nextFree[last] = this.freeHead;
+    this.freeHead = head;
+    this.numFree += n;
+    this.inFlight[head] = 0;
+    this.exposed[head] = 0;
+    this.inFlightCount--;
+    this.tokens[head] = undefined;
+  }
+
+  /** Asks the device for used-buffer notifications again; true when used buffers are already pending. */
+  enableInterrupts(): boolean {
+    if (this.options.eventIdx) {
+      const o = this.availOff + usedEventOffset(this.size);
+      this.avail.view.setUint16(o, this.lastUsed, true);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + usedEventOffset(this.size), 2);
+    } else this.writeAvailFlags(0);
+    return this.usedPending() > 0;
+  }
+
+  /** Tells the device not to send used-buffer notifications (without EVENT_IDX). */
+  disableInterrupts(): void {
+    if (!this.options.eventIdx) this.writeAvailFlags(VIRTQ_AVAIL_F_NO_INTERRUPT);
+  }
+
+  /** Whether the driver asked for a notification for the used entry the device writes next. */
+  wantsInterrupt(usedIdxBefore: number, usedIdxAfter: number): boolean {
+    if (this.options.eventIdx) {
+      const event = this.avail.view.getUint16(this.availOff + usedEventOffset(this.size), true);
+      return needEvent(event, usedIdxAfter, usedIdxBefore);
+    }
+    return (this.avail.view.getUint16(this.availOff + RING_FLAGS, true) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+
+  private writeAvailFlags(flags: number): void {
+    const off = this.availOff + RING_FLAGS;
+    if (this.avail.u16 !== null && (off & 1) === 0) Atomics.store(this.avail.u16, off >> 1, flags);
+    else this.avail.view.setUint16(off, flags, true);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + RING_FLAGS, 2);
+  }
+
+  /** Current avail.idx as the driver keeps it (not yet published entries included). */
+  get nextAvailIdx(): number {
+    return this.availIdx;
+  }
+
+  /** used.idx up to which the driver has collected. */
+  get collectedIdx(): number {
+    return this.lastUsed;
+  }
+
+  /** Tokens of chains still in flight (for a reset that takes buffers back: init.cleanup.driver.2). */
+  drainAfterReset(): unknown[] {
+    const out: unknown[] = [];
+    for (let h = 0; h < this.size; h++) if (this.inFlight[h]) {
+      out.push(this.tokens[h]);
+      this.release(h);
+    }
+    this.batchLeft = 0;
+    return out;
+  }
+
+  private report(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
+    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
+    if (fatal) this.broken = true;
+    this.sink(v, fatal);
+  }
+}
