@@ -3,6 +3,7 @@
  * This entry point is browser-safe (no Node import). Node-only parts (files, streams, the
  * vhost-user daemon) are in `virtio-ts/node`; misbehaving peers for tests in `virtio-ts/testing`.
  */
+export { VirtioTsError, isVirtioTsError } from './errors.js';
 export { GuestMemory, MemoryRegion, MemoryError, MAX_GUEST_ADDRESS, type MemoryRegionInit, type WriteHook } from './memory/guest-memory.js';
 export { GuestAllocator } from './memory/allocator.js';
 

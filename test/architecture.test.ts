@@ -17,6 +17,7 @@ const root = join(fileURLToPath(import.meta.url), '../../..');
  * its own unit (devices/blk and devices/console are separate units of one rank).
  */
 export const LAYERS: readonly (readonly string[])[] = [
+  ['src/errors.ts'], // the base error class every layer's error extends
   ['src/spec/', 'src/native/'], // numbers, layouts and wire formats; the Node addon wrapper
   ['src/memory/'],
   ['src/monitor/'],
