@@ -4,7 +4,7 @@
  * vhost-user daemon) are in `virtio-ts/node`; misbehaving peers for tests in `virtio-ts/testing`.
  */
 export { VirtioTsError, isVirtioTsError } from './errors.js';
-export { GuestMemory, MemoryRegion, MemoryError, MAX_GUEST_ADDRESS, type MemoryRegionInit, type WriteHook } from './memory/guest-memory.js';
+export { GuestMemory, MemoryRegion, MemoryError, MAX_GUEST_ADDRESS, type MemoryErrorKind, type MemoryRegionInit, type WriteHook } from './memory/guest-memory.js';
 export { GuestAllocator } from './memory/allocator.js';
 
 export * from './spec/constants.js';

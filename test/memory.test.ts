@@ -7,17 +7,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { GuestMemory, MemoryError, type MemoryRegionInit } from '../src/memory/guest-memory.js';
+import { GuestMemory, MemoryError, type MemoryErrorKind, type MemoryRegionInit } from '../src/memory/guest-memory.js';
 
 // ------------------------------------------------------------------ helpers
 
-/** Asserts that `fn` throws a MemoryError (and so never a RangeError or anything else). */
-function assertMemoryError(fn: () => unknown, what: string): MemoryError {
+/** Asserts that `fn` throws a MemoryError of `kind` (and so never a RangeError or anything else). */
+function assertMemoryError(fn: () => unknown, what: string, kind: MemoryErrorKind): MemoryError {
   try {
     fn();
   } catch (err) {
     assert.ok(err instanceof MemoryError, `${what}: expected MemoryError, got ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
     assert.ok(!(err instanceof RangeError), `${what}: a MemoryError must not be a RangeError`);
+    assert.equal(err.kind, kind, `${what}: kind`);
     return err;
   }
   assert.fail(`${what}: expected a MemoryError, nothing was thrown`);
@@ -131,7 +132,7 @@ test('GuestMemory: overlapping regions are rejected with MemoryError, in any ord
     ], // overlaps by one byte
   ];
   for (const c of cases) {
-    assertMemoryError(() => new GuestMemory(c.map(([a, s]) => region(a, s))), `regions ${JSON.stringify(c)}`);
+    assertMemoryError(() => new GuestMemory(c.map(([a, s]) => region(a, s))), `regions ${JSON.stringify(c)}`, 'overlap');
   }
 });
 
@@ -143,7 +144,7 @@ test('GuestMemory: property: construction succeeds iff no two regions overlap', 
       try {
         mem = new GuestMemory(rs.map((r) => region(r.a, r.s)));
       } catch (err) {
-        assert.ok(err instanceof MemoryError, `constructor threw ${String(err)}`);
+        assert.ok(err instanceof MemoryError && err.kind === 'overlap', `constructor threw ${String(err)}`);
       }
       assert.equal(mem === null, overlap, `regions ${JSON.stringify(rs)}`);
       if (mem !== null) {
@@ -155,13 +156,13 @@ test('GuestMemory: property: construction succeeds iff no two regions overlap', 
 });
 
 test('GuestMemory: invalid regions are rejected with MemoryError', () => {
-  assertMemoryError(() => new GuestMemory([]), 'no region');
-  assertMemoryError(() => new GuestMemory([region(0, 0)]), 'empty region');
-  assertMemoryError(() => new GuestMemory([{ guestAddr: -16, size: 16, buffer: new ArrayBuffer(16) }]), 'negative guest address');
-  assertMemoryError(() => new GuestMemory([{ guestAddr: 0, size: 32, buffer: new ArrayBuffer(16) }]), 'region larger than its buffer');
-  assertMemoryError(() => new GuestMemory([{ guestAddr: 0, size: 16, buffer: new ArrayBuffer(16), offset: 4 }]), 'offset pushes it out of its buffer');
-  assertMemoryError(() => new GuestMemory([{ guestAddr: Number.MAX_SAFE_INTEGER - 4, size: 16, buffer: new ArrayBuffer(16) }]), 'beyond 2^53');
-  assertMemoryError(() => new GuestMemory([{ guestAddr: 0.5, size: 16, buffer: new ArrayBuffer(16) }]), 'fractional guest address');
+  assertMemoryError(() => new GuestMemory([]), 'no region', 'no-region');
+  assertMemoryError(() => new GuestMemory([region(0, 0)]), 'empty region', 'bad-region');
+  assertMemoryError(() => new GuestMemory([{ guestAddr: -16, size: 16, buffer: new ArrayBuffer(16) }]), 'negative guest address', 'bad-region');
+  assertMemoryError(() => new GuestMemory([{ guestAddr: 0, size: 32, buffer: new ArrayBuffer(16) }]), 'region larger than its buffer', 'bad-region');
+  assertMemoryError(() => new GuestMemory([{ guestAddr: 0, size: 16, buffer: new ArrayBuffer(16), offset: 4 }]), 'offset pushes it out of its buffer', 'bad-region');
+  assertMemoryError(() => new GuestMemory([{ guestAddr: Number.MAX_SAFE_INTEGER - 4, size: 16, buffer: new ArrayBuffer(16) }]), 'beyond 2^53', 'bad-region');
+  assertMemoryError(() => new GuestMemory([{ guestAddr: 0.5, size: 16, buffer: new ArrayBuffer(16) }]), 'fractional guest address', 'bad-region');
 });
 
 test('GuestMemory.create: one zeroed region at the asked address, shared if asked', () => {
@@ -171,8 +172,8 @@ test('GuestMemory.create: one zeroed region at the asked address, shared if aske
   assert.equal(mem.size, 4096);
   assert.ok(mem.regions[0].bytes.buffer instanceof SharedArrayBuffer);
   assert.equal(mem.readU64(0x10000), 0n);
-  assertMemoryError(() => mem.readU8(0xffff), 'just below the region');
-  assertMemoryError(() => mem.readU8(0x11000), 'just past the region');
+  assertMemoryError(() => mem.readU8(0xffff), 'just below the region', 'out-of-bounds');
+  assertMemoryError(() => mem.readU8(0x11000), 'just past the region', 'out-of-bounds');
 });
 
 // ------------------------------------------------------------------ little-endian accessors
@@ -243,8 +244,8 @@ test('GuestMemory: loadU16/storeU16 use the atomic view when aligned and the Dat
       assert.equal(new Uint8Array(buffer)[offset + addr - 0x100], 0xef);
       assert.equal(new Uint8Array(buffer)[offset + addr - 0x100 + 1], 0xbe);
     }
-    assertMemoryError(() => mem.loadU16(0x11f), 'u16 load past the end');
-    assertMemoryError(() => mem.storeU16(0xff, 1), 'u16 store before the start');
+    assertMemoryError(() => mem.loadU16(0x11f), 'u16 load past the end', 'out-of-bounds');
+    assertMemoryError(() => mem.storeU16(0xff, 1), 'u16 store before the start', 'out-of-bounds');
   }
 });
 
@@ -334,7 +335,7 @@ test('GuestMemory: property: every access succeeds exactly when the model says s
                 case 'fill':
                   return mem.fill(op.addr, op.len, op.v);
               }
-            }, what);
+            }, what, 'out-of-bounds');
             assert.deepEqual(snapshot(mem), before, `${what}: a failed access changed memory`);
             assert.deepEqual(writes, [], `${what}: onWrite called for a failed access`);
             continue;
@@ -452,8 +453,8 @@ test('GuestMemory: read/write/fill copy across two adjacent regions (separate bu
   // Typed accessors need one view: straddling the boundary is a MemoryError even though backed.
   assert.ok(mem.isBacked(0x10e, 4));
   assert.ok(!mem.isContiguous(0x10e, 4));
-  assertMemoryError(() => mem.readU32(0x10e), 'u32 across adjacent regions');
-  assertMemoryError(() => mem.bytes(0x10f, 2), 'bytes() across adjacent regions');
+  assertMemoryError(() => mem.readU32(0x10e), 'u32 across adjacent regions', 'out-of-bounds');
+  assertMemoryError(() => mem.bytes(0x10f, 2), 'bytes() across adjacent regions', 'out-of-bounds');
 });
 
 test('GuestMemory: write/fill across a hole throw MemoryError and write nothing; read across a hole throws', () => {
@@ -461,15 +462,15 @@ test('GuestMemory: write/fill across a hole throw MemoryError and write nothing;
   const calls: [number, number][] = [];
   mem.onWrite = (a, n) => calls.push([a, n]);
   const before = snapshot(mem);
-  const e = assertMemoryError(() => mem.write(0x10c, new Uint8Array(8).fill(0xaa)), 'write into the hole');
+  const e = assertMemoryError(() => mem.write(0x10c, new Uint8Array(8).fill(0xaa)), 'write into the hole', 'out-of-bounds');
   assert.equal(e.addr, 0x10c);
   assert.equal(e.length, 8);
-  assertMemoryError(() => mem.write(0x10c, new Uint8Array(0x20).fill(0xaa)), 'write over the hole into the next region');
-  assertMemoryError(() => mem.fill(0x108, 0x20, 0xbb), 'fill over the hole');
-  assertMemoryError(() => mem.fill(0x11c, 8, 0xbb), 'fill starting in the hole');
-  assertMemoryError(() => mem.read(0x10c, new Uint8Array(8)), 'read into the hole');
-  assertMemoryError(() => mem.read(0x0fc, new Uint8Array(8)), 'read from below memory');
-  assertMemoryError(() => mem.write(0x12c, new Uint8Array(8)), 'write past the end');
+  assertMemoryError(() => mem.write(0x10c, new Uint8Array(0x20).fill(0xaa)), 'write over the hole into the next region', 'out-of-bounds');
+  assertMemoryError(() => mem.fill(0x108, 0x20, 0xbb), 'fill over the hole', 'out-of-bounds');
+  assertMemoryError(() => mem.fill(0x11c, 8, 0xbb), 'fill starting in the hole', 'out-of-bounds');
+  assertMemoryError(() => mem.read(0x10c, new Uint8Array(8)), 'read into the hole', 'out-of-bounds');
+  assertMemoryError(() => mem.read(0x0fc, new Uint8Array(8)), 'read from below memory', 'out-of-bounds');
+  assertMemoryError(() => mem.write(0x12c, new Uint8Array(8)), 'write past the end', 'out-of-bounds');
   assert.deepEqual(snapshot(mem), before);
   assert.deepEqual(calls, []);
   // The error names the range.
@@ -520,10 +521,10 @@ test('GuestMemory.userToGuest translates within regions that have a frontend add
   assert.equal(mem.userToGuest(0x7f0000000ff0, 16), 0xff0);
   assert.equal(mem.userToGuest(0x7f0000100010, 0x100), 0x100010);
   assert.equal(mem.userToGuest(0x7f0000101ff8, 8), 0x101ff8);
-  assertMemoryError(() => mem.userToGuest(0x7f0000000ff8, 16), 'runs off the end of the mapping');
-  assertMemoryError(() => mem.userToGuest(0x7f0000001000, 1), 'just after the first mapping');
-  assertMemoryError(() => mem.userToGuest(0x7effffffffff, 1), 'just before the first mapping');
-  assertMemoryError(() => mem.userToGuest(0x200000, 4), 'a guest address is not a frontend address');
+  assertMemoryError(() => mem.userToGuest(0x7f0000000ff8, 16), 'runs off the end of the mapping', 'unmapped');
+  assertMemoryError(() => mem.userToGuest(0x7f0000001000, 1), 'just after the first mapping', 'unmapped');
+  assertMemoryError(() => mem.userToGuest(0x7effffffffff, 1), 'just before the first mapping', 'unmapped');
+  assertMemoryError(() => mem.userToGuest(0x200000, 4), 'a guest address is not a frontend address', 'unmapped');
 });
 
 test('GuestMemory.userToGuest: property against a model', () => {
@@ -544,7 +545,7 @@ test('GuestMemory.userToGuest: property against a model', () => {
         const mem = new GuestMemory(inits);
         for (const { u: ua, len } of probes) {
           const hit = inits.find((r) => r.userAddr !== undefined && ua >= r.userAddr && ua + len <= r.userAddr + r.size);
-          if (hit === undefined) assertMemoryError(() => mem.userToGuest(ua, len), `user ${ua} +${len}`);
+          if (hit === undefined) assertMemoryError(() => mem.userToGuest(ua, len), `user ${ua} +${len}`, 'unmapped');
           else assert.equal(mem.userToGuest(ua, len), hit.guestAddr + (ua - hit.userAddr!));
         }
       },
@@ -568,21 +569,21 @@ test('GuestMemory: regions added and removed in place; lookups follow; an overla
     assert.equal(mem.regionFor(a + 0xfff, 2), null, 'a range running into the hole');
   }
   mem.writeU32(0x10000 + 5 * 0x2000, 0xdeadbeef);
-  assert.throws(() => mem.addRegions([region(0x1800, 0x1000)]), MemoryError);
+  assert.throws(() => mem.addRegions([region(0x1800, 0x1000)]), (e: unknown) => e instanceof MemoryError && e.kind === 'overlap');
   assert.equal(mem.regions.length, 65, 'nothing added');
 
   const removed = mem.removeRegions(0x10000 + 5 * 0x2000, 0x1000);
   assert.equal(removed.length, 1);
   assert.equal(removed[0].view.getUint32(0, true), 0xdeadbeef, 'the caller gets the removed region');
   assert.equal(mem.regionFor(0x10000 + 5 * 0x2000, 4), null, 'gone from lookups (also from the last-hit cache)');
-  assert.throws(() => mem.readU32(0x10000 + 5 * 0x2000), MemoryError);
+  assert.throws(() => mem.readU32(0x10000 + 5 * 0x2000), (e: unknown) => e instanceof MemoryError && e.kind === 'out-of-bounds');
   assert.equal(mem.readU8(0x1000), 0, 'the others stay');
   assert.deepEqual(mem.removeRegions(0x0, 0x800), [], 'nothing there: nothing removed');
   // Every region removed: the memory is empty, and every lookup says so.
   mem.removeRegions(0, 0x1_0000_0000);
   assert.equal(mem.regions.length, 0);
   assert.equal(mem.regionFor(0x1000, 1), null);
-  assert.throws(() => mem.readU8(0x1000), MemoryError);
+  assert.throws(() => mem.readU8(0x1000), (e: unknown) => e instanceof MemoryError && e.kind === 'out-of-bounds');
   mem.addRegions([region(0, 16)]);
   mem.writeU8(15, 7);
   assert.equal(mem.readU8(15), 7, 'and can be filled again');

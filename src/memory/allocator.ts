@@ -37,7 +37,7 @@ export class GuestAllocator {
       this.sizes.set(start, size);
       return start;
     }
-    throw new MemoryError(`guest allocator out of memory (${size} bytes wanted, ${this.available} free)`, this.base, size);
+    throw new MemoryError('out-of-memory', `guest allocator out of memory (${size} bytes wanted, ${this.available} free)`, this.base, size);
   }
 
   /** Frees an address returned by alloc. */

@@ -12,15 +12,33 @@
  * Browser-safe: no Node import.
  */
 
-/** A guest address range that no region backs, or a region that does not fit. */
-export class MemoryError extends Error {
-  override readonly name = 'MemoryError';
+import { VirtioTsError } from '../errors.js';
+
+/**
+ * What went wrong with guest memory:
+ * - `out-of-bounds`: a guest range no region backs, or one that crosses a hole (or, for the
+ *   typed accessors and views, a region boundary);
+ * - `bad-region`: a region description that cannot be (bad address or size, beyond 2^53, larger
+ *   than its buffer);
+ * - `overlap`: two regions share guest addresses;
+ * - `no-region`: guest memory was given no region;
+ * - `unmapped`: a front-end (VMM) virtual address that no region maps (vhost-user ring addresses);
+ * - `out-of-memory`: the guest allocator has no free range that fits;
+ * - `unsupported-host`: the host is big-endian (the ring views are little-endian typed arrays).
+ */
+export type MemoryErrorKind = 'out-of-bounds' | 'bad-region' | 'overlap' | 'no-region' | 'unmapped' | 'out-of-memory' | 'unsupported-host';
+
+/** The memory layer's error: a guest range that no region backs, a region that does not fit, ... */
+export class MemoryError extends VirtioTsError<MemoryErrorKind> {
   constructor(
+    kind: MemoryErrorKind,
     message: string,
+    /** The guest (or, for `unmapped`, front-end) address the failure is about. */
     readonly addr: number,
+    /** Bytes from `addr`. */
     readonly length: number,
   ) {
-    super(message);
+    super(kind, message);
   }
 }
 
@@ -63,16 +81,17 @@ export class MemoryRegion {
   constructor(init: MemoryRegionInit) {
     const offset = init.offset ?? 0;
     if (!Number.isSafeInteger(init.guestAddr) || init.guestAddr < 0) {
-      throw new MemoryError(`region guest address ${init.guestAddr} is not a non-negative safe integer`, init.guestAddr, init.size);
+      throw new MemoryError('bad-region', `region guest address ${init.guestAddr} is not a non-negative safe integer`, init.guestAddr, init.size);
     }
     if (!Number.isSafeInteger(init.size) || init.size <= 0) {
-      throw new MemoryError(`region size ${init.size} is not a positive integer`, init.guestAddr, init.size);
+      throw new MemoryError('bad-region', `region size ${init.size} is not a positive integer`, init.guestAddr, init.size);
     }
     if (init.guestAddr + init.size > MAX_GUEST_ADDRESS) {
-      throw new MemoryError('region ends beyond the largest supported guest address (2^53)', init.guestAddr, init.size);
+      throw new MemoryError('bad-region', 'region ends beyond the largest supported guest address (2^53)', init.guestAddr, init.size);
     }
     if (offset < 0 || offset + init.size > init.buffer.byteLength) {
       throw new MemoryError(
+        'bad-region',
         `region [${offset}, ${offset + init.size}) does not fit its ${init.buffer.byteLength}-byte buffer`,
         init.guestAddr,
         init.size,
@@ -108,7 +127,7 @@ function sortedRegions(regions: readonly MemoryRegion[]): MemoryRegion[] {
   const built = [...regions].sort((a, b) => a.guestAddr - b.guestAddr);
   for (let i = 1; i < built.length; i++) {
     if (built[i].guestAddr < built[i - 1].end) {
-      throw new MemoryError(`regions overlap at ${fmt(built[i].guestAddr)}`, built[i].guestAddr, built[i].size);
+      throw new MemoryError('overlap', `regions overlap at ${fmt(built[i].guestAddr)}`, built[i].guestAddr, built[i].size);
     }
   }
   return built;
@@ -129,8 +148,8 @@ export class GuestMemory {
   private last: MemoryRegion | null;
 
   constructor(regions: readonly MemoryRegionInit[]) {
-    if (!hostIsLittleEndian) throw new Error('virtio-ts needs a little-endian host (typed-array ring views)');
-    if (regions.length === 0) throw new MemoryError('guest memory needs at least one region', 0, 0);
+    if (!hostIsLittleEndian) throw new MemoryError('unsupported-host', 'virtio-ts needs a little-endian host (typed-array ring views)', 0, 0);
+    if (regions.length === 0) throw new MemoryError('no-region', 'guest memory needs at least one region', 0, 0);
     this.list = sortedRegions(regions.map((r) => new MemoryRegion(r)));
     this.last = this.list[0];
   }
@@ -216,7 +235,7 @@ export class GuestMemory {
   /** The region holding the range, or a MemoryError naming the range. */
   region(addr: number, length: number): MemoryRegion {
     const r = this.regionFor(addr, length);
-    if (r === null) throw this.rangeError(addr, length);
+    if (r === null) throw this.outOfBounds(addr, length);
     return r;
   }
 
@@ -283,7 +302,7 @@ export class GuestMemory {
 
   /** Copies guest bytes into `dst`, crossing region boundaries where regions are adjacent. */
   read(addr: number, dst: Uint8Array): void {
-    if (!this.isBacked(addr, dst.length)) throw this.rangeError(addr, dst.length);
+    if (!this.isBacked(addr, dst.length)) throw this.outOfBounds(addr, dst.length);
     let done = 0;
     while (done < dst.length) {
       const r = this.region(addr + done, 1);
@@ -296,7 +315,7 @@ export class GuestMemory {
 
   /** Copies `src` into guest memory, crossing region boundaries where regions are adjacent. */
   write(addr: number, src: Uint8Array): void {
-    if (!this.isBacked(addr, src.length)) throw this.rangeError(addr, src.length);
+    if (!this.isBacked(addr, src.length)) throw this.outOfBounds(addr, src.length);
     let done = 0;
     while (done < src.length) {
       const r = this.region(addr + done, 1);
@@ -310,7 +329,7 @@ export class GuestMemory {
 
   /** Sets [addr, addr+length) to `value`. */
   fill(addr: number, length: number, value = 0): void {
-    if (!this.isBacked(addr, length)) throw this.rangeError(addr, length);
+    if (!this.isBacked(addr, length)) throw this.outOfBounds(addr, length);
     let done = 0;
     while (done < length) {
       const r = this.region(addr + done, 1);
@@ -328,12 +347,14 @@ export class GuestMemory {
       if (r.userAddr === undefined) continue;
       if (userAddr >= r.userAddr && userAddr + length <= r.userAddr + r.size) return r.guestAddr + (userAddr - r.userAddr);
     }
-    throw new MemoryError(`frontend address ${fmt(userAddr)} (+${length}) is in no memory region`, userAddr, length);
+    throw new MemoryError('unmapped', `frontend address ${fmt(userAddr)} (+${length}) is in no memory region`, userAddr, length);
   }
 
-  rangeError(addr: number, length: number): MemoryError {
+  /** The `out-of-bounds` MemoryError for [addr, addr+length), naming the regions there are. */
+  private outOfBounds(addr: number, length: number): MemoryError {
     const map = this.regions.map((r) => `[${fmt(r.guestAddr)}, ${fmt(r.end)})`).join(' ');
     return new MemoryError(
+      'out-of-bounds',
       `guest range ${fmt(addr)} +${length} is outside guest memory or crosses a hole (regions: ${map})`,
       addr,
       length,
