@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseDeviations } from '../src/monitor/deviations.js';
+import { MonitorError } from '../src/monitor/errors.js';
 import { loadDeviations } from '../src/node/deviations.js';
 import { Monitor, formatVerdict } from '../src/monitor/monitor.js';
 
@@ -41,9 +42,11 @@ test('deviations.tsv: every row names a driver clause of catalogue/clauses.tsv, 
   assert.ok(rows.some((d) => d.clause === 'packed.indirect-descs.driver.3' && /Linux/.test(d.driver)));
 });
 
-test('parseDeviations refuses a wrong header and a short line', () => {
-  assert.throws(() => parseDeviations('clause\tdriver\n'), /header/);
-  assert.throws(() => parseDeviations('clause\tdriver\tversion\tevidence\tnote\nsplit.indirect-descs.driver.3\tLinux\n'), /line 2/);
+test('parseDeviations refuses a wrong header and a short line, naming the line as numbered in the text', () => {
+  const is = (kind: string, line: number) => (e: unknown) => e instanceof MonitorError && e.kind === kind && e.line === line;
+  assert.throws(() => parseDeviations('clause\tdriver\n'), is('bad-deviations-header', 1));
+  assert.throws(() => parseDeviations('clause\tdriver\tversion\tevidence\tnote\nsplit.indirect-descs.driver.3\tLinux\n'), is('bad-deviations-line', 2));
+  assert.throws(() => parseDeviations('clause\tdriver\tversion\tevidence\tnote\n\n\nsplit.indirect-descs.driver.3\tLinux\n'), is('bad-deviations-line', 4), 'blank lines count');
   assert.deepEqual(parseDeviations('clause\tdriver\tversion\tevidence\tnote\n'), []);
 });
 
