@@ -16,7 +16,8 @@ export { CONSOLE_FEATURES, ConsoleConfig, ConsoleEvent, type ConsoleSize } from 
 export { VirtioDevice, type DeviceHost, type VirtioDeviceOptions, type DevicePhase, type ConditionalConfigField } from './device/device.js';
 export { VirtioDriver, DriverError, type VirtioDriverOptions, type DriverState } from './driver/driver.js';
 export type { DriverTransport, TransportEvents } from './driver/transport.js';
-export { DescriptorChain, ChainReader, ChainWriter, ChainBoundsError } from './virtqueue/chain.js';
+export { DescriptorChain, ChainReader, ChainWriter } from './virtqueue/chain.js';
+export { VirtqueueError, type VirtqueueErrorKind } from './virtqueue/errors.js';
 export { SplitDeviceQueue } from './virtqueue/split/device.js';
 export { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint, type SplitDriverQueueOptions } from './virtqueue/split/driver.js';
 export * as splitLayout from './spec/split-layout.js';

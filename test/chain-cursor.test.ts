@@ -1,13 +1,14 @@
 /**
  * ChainReader / ChainWriter over chains whose values straddle buffer (segment) boundaries
  * and memory-region boundaries: typed little-endian access, remaining / position, limit(),
- * and ChainBoundsError (never a partial advance) past the end.
+ * and a VirtqueueError of kind chain-bounds (never a partial advance) past the end.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { GuestMemory } from '../src/memory/guest-memory.js';
-import { ChainBoundsError, ChainReader, ChainWriter, DescriptorChain } from '../src/virtqueue/chain.js';
+import { ChainReader, ChainWriter, DescriptorChain } from '../src/virtqueue/chain.js';
+import { VirtqueueError } from '../src/virtqueue/errors.js';
 
 /** Two adjacent regions [0, 0x200) and [0x200, 0x400), and one more at 0x1000 after a hole. */
 function memory(): GuestMemory {
@@ -39,7 +40,7 @@ function chainOf(readable: [number, number][], writable: [number, number][]): De
 }
 
 function throwsBounds(fn: () => unknown, what: string): void {
-  assert.throws(fn, (err: unknown) => err instanceof ChainBoundsError && !(err instanceof RangeError), what);
+  assert.throws(fn, (err: unknown) => err instanceof VirtqueueError && err.kind === 'chain-bounds' && !(err instanceof RangeError), what);
 }
 
 test('ChainReader: typed little-endian reads across segment boundaries', () => {

@@ -5,6 +5,7 @@
  * checked while walking).
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
+import { VirtqueueError } from './errors.js';
 
 /**
  * The most descriptors the device walks in one chain when a driver makes a chain longer than its
@@ -155,12 +156,9 @@ export class ChainBuilder {
 /**
  * A cursor over one direction of a chain's buffers: the device-readable part (driver to
  * device data) or the device-writable part. Reused across chains: `reset` allocates nothing.
- * Reads beyond the part end throw a RangeError-free {@link ChainBoundsError}.
+ * Going beyond the part's end throws a {@link VirtqueueError} of kind `chain-bounds` (never a
+ * RangeError: the chain's length is the peer's input, not the caller's mistake).
  */
-export class ChainBoundsError extends Error {
-  override readonly name = 'ChainBoundsError';
-}
-
 abstract class ChainCursor {
   protected mem!: GuestMemory;
   protected chain!: DescriptorChain;
@@ -192,7 +190,7 @@ abstract class ChainCursor {
 
   /** Calls `fn(addr, len)` for the next `n` bytes, segment by segment, and advances. */
   protected advance(n: number, fn: (addr: number, len: number, done: number) => void): void {
-    if (n > this.remaining) throw new ChainBoundsError(`need ${n} bytes, ${this.remaining} left in the chain`);
+    if (n > this.remaining) throw new VirtqueueError('chain-bounds', `need ${n} bytes, ${this.remaining} left in the chain`);
     let done = 0;
     while (done < n) {
       const segLen = this.chain.lens[this.seg];
