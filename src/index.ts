@@ -41,7 +41,8 @@ export { ConsoleDriver, ConsolePort, type ConsoleDriverOptions } from './drivers
 export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, InflightTracker, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';
 export { createDeviceQueue, createDriverQueue, driverQueueFootprint } from './virtqueue/create.js';
 export { PackedDeviceQueue } from './virtqueue/packed/device.js';
-export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './virtqueue/packed/driver.js';
+export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint, type PackedDriverQueueOptions } from './virtqueue/packed/driver.js';
+export { DriverQueueBase, type DriverRingOptions } from './virtqueue/driver-queue-base.js';
 
 export { Monitor, formatVerdict, type Verdict, type Severity, type MonitorMode, type MonitorOptions } from './monitor/monitor.js';
 export { parseDeviations, type KnownDeviation } from './monitor/deviations.js';

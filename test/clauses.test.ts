@@ -17,6 +17,7 @@ import { NET_FEATURES } from '../src/spec/net.js';
 import { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, availEventOffset, usedEventOffset } from '../src/spec/split-layout.js';
 import type { SplitDeviceQueue } from '../src/virtqueue/split/device.js';
 import type { SplitDriverQueue } from '../src/virtqueue/split/driver.js';
+import type { DriverQueue } from '../src/virtqueue/queue.js';
 import { WAIT_MS, turns, until } from './wait.js';
 
 const V1 = bit(Feature.VERSION_1);
@@ -66,7 +67,7 @@ async function liveRng(options: Partial<RngDeviceOptions> = {}, accept?: bigint,
   const p = pair((m) => new RngDevice({ monitor: m, ...options }), driverMonitor);
   const driver = new RngDriver(p.transport, { monitor: p.drvMon, transportFeatures: accept ?? SPLIT_ALL });
   await driver.start();
-  return { ...p, driver, q: driver.queues[0] as SplitDriverQueue, devQ: (p.dev as RngDevice).queues[0] as SplitDeviceQueue };
+  return { ...p, driver, q: (driver.queues[0] as DriverQueue) as SplitDriverQueue, devQ: (p.dev as RngDevice).queues[0] as SplitDeviceQueue };
 }
 
 function writeDesc(mem: GuestMemory, table: number, i: number, addr: number, len: number, flags: number, next: number): void {

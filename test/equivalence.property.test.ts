@@ -12,7 +12,8 @@
  *  - commit succeeds on both or on neither, and both have the same free room;
  *  - the device pops the same buffers: addresses, lengths, readable/writable split, data
  *    bytes, indirect or not, ring entries taken;
- *  - the driver gets the same completions: tokens, lengths, bytes written, same order;
+ *  - the driver gets the same completions: tokens, lengths, bytes written, same order, and
+ *    counts the same used buffers waiting (usedPending);
  *  - the notification decisions agree wherever the two formats define them the same way;
  *  - no verdict on any of the four monitors.
  */
@@ -252,6 +253,7 @@ function runEquivalent(cfg: Cfg, ops: Op[], wraps = 0): EqStats {
   const check = (what: string) => {
     assert.equal(P.pair.drv.numFree, S.pair.drv.numFree, `${what}: free room`);
     assert.equal(P.pair.drv.inFlightCount, S.pair.drv.inFlightCount, `${what}: driver in flight`);
+    assert.equal(P.pair.drv.usedPending(), S.pair.drv.usedPending(), `${what}: used buffers waiting for the driver`);
     assert.equal(P.pair.dev.inFlightCount, S.pair.dev.inFlightCount, `${what}: device in flight`);
     for (const x of sides) {
       const { drvMon, devMon, format } = x.pair;

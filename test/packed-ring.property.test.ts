@@ -354,7 +354,7 @@ function runPacked(cfg: PCfg, ops: PairOp[], wraps = 0, seed = 0): RunStats {
     const { token, len } = used[collected++];
     assert.equal(tok, token, `getUsed returned the wrong token (want list ${token.serial})`);
     assert.equal(drv.lastLen, len, `length of list ${token.serial}`);
-    assert.equal(drv.lastHead, token.bufId);
+    assert.equal(drv.lastId, token.bufId);
     // The driver sees the first `len` bytes the device wrote, over the writable buffers in order.
     let i = 0;
     for (const s of token.segs) {

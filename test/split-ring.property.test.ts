@@ -241,7 +241,7 @@ function runPair(cfg: { size: number; maxSize: number; eventIdx: boolean; indire
     const { token, len } = used[collected++];
     assert.equal(tok, token, `getUsed returned the wrong token (want ${token.id})`);
     assert.equal(drv.lastLen, len, `length of chain ${token.id}`);
-    assert.equal(drv.lastHead, token.head);
+    assert.equal(drv.lastId, token.head);
     // The driver sees the first `len` bytes the device wrote, over the writable buffers in order.
     const wSegs = token.segs.filter((s) => s.writable);
     let i = 0;

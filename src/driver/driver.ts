@@ -16,7 +16,6 @@ const DEFAULT_DRIVER_TRANSPORT =
   TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER) | bit(Feature.NOTIFICATION_DATA) | bit(Feature.RING_RESET) | bit(Feature.SUSPEND);
 import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from '../spec/device-types.js';
 import type { DriverTransport } from './transport.js';
-import { SplitDriverQueue } from '../virtqueue/split/driver.js';
 import type { DriverQueue } from '../virtqueue/queue.js';
 import { createDriverQueue, driverQueueFootprint } from '../virtqueue/create.js';
 
@@ -53,11 +52,15 @@ export interface VirtioDriverOptions {
 
 export type DriverState = 'idle' | 'initializing' | 'live' | 'suspended' | 'failed' | 'broken';
 
-export class VirtioDriver {
+/**
+ * `T` is the type of the tokens the device-type driver attaches to its buffers (one type for all
+ * its queues: a union when they differ); its queues hand them back typed.
+ */
+export class VirtioDriver<T extends {} | null = {} | null> {
   readonly transport: DriverTransport;
   readonly monitor: Monitor;
   readonly allocator: GuestAllocator;
-  readonly queues: DriverQueue[] = [];
+  readonly queues: DriverQueue<T>[] = [];
   readonly featureNames: FeatureNames;
   state: DriverState = 'idle';
   /** Features offered by the device, as read in step 4. */
@@ -66,8 +69,11 @@ export class VirtioDriver {
   features = 0n;
   /** Why the driver gave up, when state is failed or broken. */
   failure: Error | null = null;
-  /** Handlers a device-type driver installs. */
-  onUsed: (queue: DriverQueue) => void = () => undefined;
+  /**
+   * Handlers a device-type driver installs (assigns or overrides). onUsed is a method so that a
+   * driver with its own token type is still a VirtioDriver (method parameters are bivariant).
+   */
+  onUsed(_queue: DriverQueue<T>): void {}
   onConfigChange: () => void = () => undefined;
 
   private readonly wanted: bigint;
@@ -153,35 +159,18 @@ export class VirtioDriver {
       }
       return;
     }
-    q.interrupts++;
+    q.usedNotifications++;
     if (this.suspendConfirmed) {
       this.deviceViolation('init.suspend.device.3', `device sent a used-buffer notification for queue ${index} while suspended`, { queue: index });
       return;
     }
-    if (this.transport.synchronous === true && q instanceof SplitDriverQueue) this.auditSpuriousNotification(q);
+    if (this.transport.synchronous === true) q.auditUsedNotification();
     // While suspending, buffers in progress still complete (init.suspend.device.8).
     if (this.state !== 'live' && this.state !== 'suspended') return;
     try {
       this.onUsed(q);
     } catch (err) {
       this.breakDown(new DriverError(`used-buffer handler failed: ${err instanceof Error ? err.message : String(err)}`));
-    }
-  }
-
-  /**
-   * split.used-buffer-notif-suppr.device.2 / .6: a device SHOULD NOT notify when the driver
-   * suppressed it. Only judged on synchronous transports, where the notification arrives
-   * right after the used index moved.
-   */
-  private auditSpuriousNotification(q: SplitDriverQueue): void {
-    const now = q.deviceUsedIdx();
-    const since = q.usedIdxAtLastInterrupt;
-    q.usedIdxAtLastInterrupt = now;
-    if (now === since || q.wantsInterrupt(since, now)) return;
-    if (q.options.eventIdx) {
-      this.deviceViolation('split.used-buffer-notif-suppr.device.6', `device notified queue ${q.index} although used_event was not reached`, { queue: q.index, usedIdx: now });
-    } else {
-      this.deviceViolation('split.used-buffer-notif-suppr.device.2', `device notified queue ${q.index} although the driver set VIRTQ_AVAIL_F_NO_INTERRUPT`, { queue: q.index });
     }
   }
 
@@ -485,7 +474,7 @@ export class VirtioDriver {
   // ---------------------------------------------------------------- queues
 
   /** Sets up queue `index` (step 7): allocates rings, tells the transport, enables it. */
-  async setupQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue> {
+  async setupQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue<T>> {
     const t = this.transport;
     const max = await t.queueMaxSize(index);
     if (max === 0) throw new DriverError(`queue ${index} is not available on this device`);
@@ -497,7 +486,7 @@ export class VirtioDriver {
     const old = this.ringAllocations.get(index);
     if (old !== undefined) this.allocator.release(old);
     this.ringAllocations.set(index, base);
-    const q = createDriverQueue(
+    const q = createDriverQueue<T>(
       format,
       t.memory,
       index,
@@ -529,7 +518,7 @@ export class VirtioDriver {
    * says it is done (basic.vq-reset.driver.1) and checks the queue is back to its defaults.
    * Returns the tokens of the buffers the device had not used (they are the driver's again).
    */
-  async resetQueue(index: number, options: { timeoutMs?: number } = {}): Promise<unknown[]> {
+  async resetQueue(index: number, options: { timeoutMs?: number } = {}): Promise<T[]> {
     const t = this.transport;
     const q = this.queues[index];
     if (!this.negotiated(Feature.RING_RESET)) throw new DriverError('VIRTIO_F_RING_RESET was not negotiated');
@@ -557,7 +546,7 @@ export class VirtioDriver {
   }
 
   /** Re-enables a reset queue: configured again as in initial discovery (basic.vq-reenable.driver.1). */
-  async reenableQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue> {
+  async reenableQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue<T>> {
     if (!this.queuesReset.has(index)) throw new DriverError(`queue ${index} was not reset`);
     const q = await this.setupQueue(index, options);
     this.queuesReset.delete(index);
@@ -568,26 +557,19 @@ export class VirtioDriver {
   kick(q: DriverQueue): void {
     // Decided before publishing: a verdict made while publishing must not skip the notification
     // of an index the device can already see.
-    const audit = this.transport.synchronous === true && this.state === 'live' && q instanceof SplitDriverQueue;
+    const audit = this.transport.synchronous === true && this.state === 'live';
     if (!q.publish()) return;
     const data = this.notificationData ? q.notificationData() : undefined;
     if (!audit) {
       this.transport.notify(q.index, data);
       return;
     }
-    // On a synchronous transport the device has done its work when notify returns: a used
-    // index that crossed the driver's threshold with no notification is a missed one.
-    const before = q.deviceUsedIdx();
-    const interrupts = q.interrupts;
+    // On a synchronous transport the device has done its work when notify returns: the queue
+    // judges whether it owed a notification it did not send.
+    const mark = q.usedMark();
+    const notifications = q.usedNotifications;
     this.transport.notify(q.index, data);
-    if (q.interrupts !== interrupts || q.broken) return;
-    const after = q.deviceUsedIdx();
-    if (after === before || !q.wantsInterrupt(before, after)) return;
-    if (q.options.eventIdx) {
-      this.deviceViolation('split.used-buffer-notif-suppr.device.5', `device wrote used entry ${q.usedEventValue()} on queue ${q.index}, the one used_event named, without notifying`, { queue: q.index });
-    } else {
-      this.deviceViolation('split.used-buffer-notif-suppr.device.3', `device used buffers on queue ${q.index} with avail.flags 0 and sent no notification`, { queue: q.index });
-    }
+    if (q.usedNotifications === notifications && !q.broken) q.auditMissedNotification(mark);
   }
 
   /** Feature names for logs and demos. */

@@ -45,7 +45,7 @@ const DRIVER_BLK_FEATURES = (() => {
  * lengths (multiples of 512); `capacity` is in 512-byte **sectors**, the spec's unit, so the
  * disk holds `capacity * 512` bytes.
  */
-export class BlkDriver extends VirtioDriver {
+export class BlkDriver extends VirtioDriver<Request> {
   /** Capacity in 512-byte sectors (bytes: `capacity * 512`). */
   capacity = 0;
   blkSize = SECTOR;
@@ -55,7 +55,7 @@ export class BlkDriver extends VirtioDriver {
   /** VIRTIO_BLK_F_TOPOLOGY: log2 logical blocks per physical block, first aligned block, I/O sizes in blocks. */
   topology = { physicalBlockExp: 0, alignmentOffset: 0, minIoSize: 0, optIoSize: 0 };
   maxWriteZeroesSectors = 0;
-  private readonly requestQueues: DriverQueue[] = [];
+  private readonly requestQueues: DriverQueue<Request>[] = [];
   private next = 0;
   private readonly pending = new Set<Request>();
   private readonly roomWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
@@ -274,10 +274,10 @@ export class BlkDriver extends VirtioDriver {
     }
   }
 
-  private collect(q: DriverQueue): void {
+  private collect(q: DriverQueue<Request>): void {
     do {
       let req: Request | undefined;
-      while ((req = q.getUsed() as Request | undefined) !== undefined) {
+      while ((req = q.getUsed()) !== undefined) {
         this.pending.delete(req);
         const status = this.transport.memory.readU8(req.mem + 16 + req.dataLen);
         req.resolve(status);

@@ -52,6 +52,7 @@ export interface ConsoleDriverOptions extends Partial<VirtioDriverOptions> {
 const DRIVER_CONSOLE_FEATURES = bit(CONSOLE_FEATURES.SIZE) | bit(CONSOLE_FEATURES.MULTIPORT) | bit(CONSOLE_FEATURES.EMERG_WRITE);
 
 interface RxBuffer {
+  kind: 'receive';
   queue: number;
   addr: number;
   size: number;
@@ -66,9 +67,13 @@ interface TxItem {
 }
 
 interface TxToken {
+  kind: 'transmit';
   item: TxItem;
   addr: number;
 }
+
+/** What the console's queues carry: receive buffers on receiveqs, transmit buffers on transmitqs. */
+type ConsoleToken = RxBuffer | TxToken;
 
 /** Bytes waiting for one transmit queue, in order. */
 class Outbox {
@@ -195,7 +200,7 @@ export class ConsolePort {
   }
 }
 
-export class ConsoleDriver extends VirtioDriver {
+export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
   readonly ports = new Map<number, ConsolePort>();
   /** max_nr_ports (1 without MULTIPORT). */
   maxNrPorts = 1;
@@ -364,7 +369,7 @@ export class ConsoleDriver extends VirtioDriver {
    * buffers it re-enables notifications over without a kick, so those are published from a
    * microtask, once the device is done.
    */
-  private expose(q: DriverQueue): void {
+  private expose(q: DriverQueue<ConsoleToken>): void {
     if (this.state === 'initializing') return;
     if (!this.busy && this.state === 'live') {
       this.kick(q);
@@ -396,7 +401,7 @@ export class ConsoleDriver extends VirtioDriver {
     const want = Math.min(this.rxCount, q.size);
     const held = this.heldOf(index);
     for (let i = owned; i < want; i++) {
-      const buf: RxBuffer = { queue: index, addr: this.allocator.alloc(size, 8), size };
+      const buf: RxBuffer = { kind: 'receive', queue: index, addr: this.allocator.alloc(size, 8), size };
       this.allRx.push(buf);
       held.push(buf);
     }
@@ -449,7 +454,7 @@ export class ConsoleDriver extends VirtioDriver {
       const len = Math.min(box.chunk, item.data.length - item.off);
       const addr = this.allocator.alloc(len, 8);
       mem.write(addr, item.data.subarray(item.off, item.off + len));
-      const token: TxToken = { item, addr };
+      const token: TxToken = { kind: 'transmit', item, addr };
       if (q.begin().addReadable(addr, len).commit(token) < 0) {
         this.allocator.release(addr);
         break;
@@ -497,7 +502,7 @@ export class ConsoleDriver extends VirtioDriver {
   // ---------------------------------------------------------------- used buffers
 
   /** Used-buffer notifications; re-entrant ones (sync transports) are handled by the running loop. */
-  private used(q: DriverQueue): void {
+  private used(q: DriverQueue<ConsoleToken>): void {
     this.dirty.add(q.index);
     if (this.busy) return;
     this.busy = true;
@@ -513,54 +518,49 @@ export class ConsoleDriver extends VirtioDriver {
     }
   }
 
-  private collect(q: DriverQueue): void {
+  private collect(q: DriverQueue<ConsoleToken>): void {
     const role = consoleQueueRole(q.index, this.multiport);
     if (role === null) return;
     const transmit = role.kind === 'transmit' || role.kind === 'control-transmit';
+    // Port -1: the control receiveq.
     const port = role.kind === 'receive' ? role.port : -1;
+    const box = this.outboxes.get(q.index);
     do {
-      if (transmit) this.collectTransmit(q);
-      else this.collectReceive(q, port);
+      let t: ConsoleToken | undefined;
+      while ((t = q.getUsed()) !== undefined) {
+        if (t.kind === 'transmit') this.transmitted(t, box);
+        else this.received(t, q.lastLen, port);
+      }
     } while (q.enableInterrupts() && !q.broken);
     if (transmit) {
-      const box = this.outboxes.get(q.index);
       if (box !== undefined) this.pump(box);
     } else this.refill(q.index);
   }
 
-  private collectTransmit(q: DriverQueue): void {
-    let t: TxToken | undefined;
-    const box = this.outboxes.get(q.index);
-    while ((t = q.getUsed() as TxToken | undefined) !== undefined) {
-      box?.inRing.delete(t);
-      this.allocator.release(t.addr);
-      const item = t.item;
-      item.outstanding--;
-      if (item.outstanding === 0 && item.off >= item.data.length) {
-        box?.pending.delete(item);
-        item.resolve();
-      }
+  private transmitted(t: TxToken, box: Outbox | undefined): void {
+    box?.inRing.delete(t);
+    this.allocator.release(t.addr);
+    const item = t.item;
+    item.outstanding--;
+    if (item.outstanding === 0 && item.off >= item.data.length) {
+      box?.pending.delete(item);
+      item.resolve();
     }
   }
 
-  /** Port -1: the control receiveq. */
-  private collectReceive(q: DriverQueue, portId: number): void {
-    const mem = this.transport.memory;
-    const held = this.heldOf(q.index);
-    let buf: RxBuffer | undefined;
-    while ((buf = q.getUsed() as RxBuffer | undefined) !== undefined) {
-      const len = Math.min(q.lastLen, buf.size);
-      const bytes = new Uint8Array(len);
-      if (len > 0) mem.read(buf.addr, bytes);
-      held.push(buf);
-      if (portId < 0) {
-        this.onControl(bytes);
-        continue;
-      }
-      const port = this.ports.get(portId);
-      if (port === undefined) this.droppedBytes += len;
-      else if (len > 0) port.receive(bytes);
+  /** `usedLen` bytes came back in `buf` for port `portId` (-1: the control receiveq); `buf` waits to be posted again. */
+  private received(buf: RxBuffer, usedLen: number, portId: number): void {
+    const len = Math.min(usedLen, buf.size);
+    const bytes = new Uint8Array(len);
+    if (len > 0) this.transport.memory.read(buf.addr, bytes);
+    this.heldOf(buf.queue).push(buf);
+    if (portId < 0) {
+      this.onControl(bytes);
+      return;
     }
+    const port = this.ports.get(portId);
+    if (port === undefined) this.droppedBytes += len;
+    else if (len > 0) port.receive(bytes);
   }
 
   // ---------------------------------------------------------------- control messages

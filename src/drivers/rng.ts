@@ -20,8 +20,8 @@ export interface RngDriverOptions extends Partial<VirtioDriverOptions> {
   chunk?: number;
 }
 
-export class RngDriver extends VirtioDriver {
-  private queue: DriverQueue | null = null;
+export class RngDriver extends VirtioDriver<Request> {
+  private queue: DriverQueue<Request> | null = null;
   private readonly pending = new Set<Request>();
   private readonly chunk: number;
 
@@ -64,10 +64,10 @@ export class RngDriver extends VirtioDriver {
       }
       if (this.state !== 'live' || q === null) throw this.failure ?? new DriverError('entropy driver is not started');
       const addr = this.allocator.alloc(len, 8);
-      let req: Request | undefined;
+      let req!: Request;
       const done = new Promise<Uint8Array>((resolve, reject) => (req = { addr, len, resolve, reject }));
       if (q.begin().addWritable(addr, len).commit(req) >= 0) {
-        this.pending.add(req!);
+        this.pending.add(req);
         this.kick(q);
         return done;
       }
@@ -87,8 +87,7 @@ export class RngDriver extends VirtioDriver {
     this.queue = null;
     const tokens = await this.resetQueue(0);
     const err = new DriverError('the entropy queue was reset before the device answered');
-    for (const t of tokens) {
-      const req = t as Request;
+    for (const req of tokens) {
       this.pending.delete(req);
       this.allocator.release(req.addr);
       req.reject(err);
@@ -97,14 +96,14 @@ export class RngDriver extends VirtioDriver {
     for (const w of this.roomWaiters.splice(0)) w.resolve();
   }
 
-  private collect(q: DriverQueue): void {
+  private collect(q: DriverQueue<Request>): void {
     do {
       let req: Request | undefined;
-      while ((req = q.getUsed() as Request | undefined) !== undefined) {
+      while ((req = q.getUsed()) !== undefined) {
         this.pending.delete(req);
         const len = q.lastLen;
         if (len === 0) {
-          this.deviceViolation('entropy.device-operation.device.1', `device returned a ${req.len}-byte entropy buffer with no bytes in it`, { head: q.lastHead });
+          this.deviceViolation('entropy.device-operation.device.1', `device returned a ${req.len}-byte entropy buffer with no bytes in it`, { id: q.lastId });
         }
         const bytes = new Uint8Array(len);
         this.transport.memory.read(req.addr, bytes);

@@ -22,7 +22,7 @@ export function driverQueueFootprint(format: RingFormat, size: number, indirectM
 }
 
 /** Lays out and creates a driver queue at `base` (zeroing its rings). */
-export function createDriverQueue(
+export function createDriverQueue<T extends {} | null = {} | null>(
   format: RingFormat,
   mem: GuestMemory,
   index: number,
@@ -31,7 +31,7 @@ export function createDriverQueue(
   options: DriverQueueOptions,
   monitor: Monitor,
   sink: ViolationSink,
-): DriverQueue {
+): DriverQueue<T> {
   const indirectMax = options.indirect ? options.indirectMax : 0;
   const layout = format === 'packed' ? layoutPackedQueue(base, size, indirectMax) : layoutSplitQueue(base, size, indirectMax);
   // The same options for both formats: the layout puts each format's indirect pool.
@@ -44,6 +44,6 @@ export function createDriverQueue(
     auditReadable: options.auditReadable ?? false,
   };
   return format === 'packed'
-    ? new PackedDriverQueue(mem, index, size, layout, ringOptions, monitor, sink)
-    : new SplitDriverQueue(mem, index, size, layout, ringOptions, monitor, sink);
+    ? new PackedDriverQueue<T>(mem, index, size, layout, ringOptions, monitor, sink)
+    : new SplitDriverQueue<T>(mem, index, size, layout, ringOptions, monitor, sink);
 }

@@ -121,36 +121,59 @@ export interface DeviceQueue {
   checkNotificationData(data: number): string | null;
 }
 
-/** The driver side of a virtqueue. */
-export interface DriverQueue {
+/**
+ * The driver side of a virtqueue. `T` is the type of the token the driver attaches to each
+ * buffer (commit) and gets back with it (getUsed, drainAfterReset); never undefined, which
+ * getUsed() answers when no buffer is used.
+ */
+export interface DriverQueue<T extends {} | null = {} | null> {
   readonly format: RingFormat;
   readonly index: number;
   readonly size: number;
   readonly addrs: { desc: number; avail: number; used: number };
+  /** Free descriptors (split) or ring slots (packed). */
   readonly numFree: number;
+  /** Buffers made available and not yet collected. */
   readonly inFlightCount: number;
   readonly broken: boolean;
-  /** Length and id of the buffer last returned by getUsed(). */
+  /** Length (held to the buffer's writable bytes) and id of the buffer last returned by getUsed(). */
   readonly lastLen: number;
-  readonly lastHead: number;
-  interrupts: number;
+  readonly lastId: number;
+  /** Used-buffer notifications received for this queue (the driver core counts them here). */
+  usedNotifications: number;
   begin(): this;
   addReadable(addr: number, len: number): this;
   addWritable(addr: number, len: number): this;
-  /** Returns the buffer id, or -1 when there is no room. */
-  commit(token: unknown, options?: { indirect?: boolean }): number;
+  /** Returns the buffer id, or -1 when there is no room (or the queue is broken). */
+  commit(token: T, options?: { indirect?: boolean }): number;
   /** Exposes committed buffers; true when the device wants a notification. */
   publish(): boolean;
   /** Whether a used buffer is waiting (no checks, no side effects). */
   peekUsed(): boolean;
+  /** Buffers the device returned that getUsed() has not handed back yet. */
   usedPending(): number;
-  getUsed(): unknown;
+  /** The token of the next used buffer (its length in lastLen), or undefined. */
+  getUsed(): T | undefined;
   enableInterrupts(): boolean;
   disableInterrupts(): void;
   /** After a device reset: every buffer back (init.cleanup.driver.2). */
-  drainAfterReset(): unknown[];
+  drainAfterReset(): T[];
   /** The 32-bit notification value with VIRTIO_F_NOTIFICATION_DATA: vq index | next_off | next_wrap. */
   notificationData(): number;
+  /**
+   * Synchronous transports (the device has done its work when notify returns, and its
+   * notification back arrived inside the call): audits a used-buffer notification that just
+   * arrived against what the driver asked for; a verdict goes to the queue's sink. Formats with
+   * no such rule (packed) do nothing.
+   */
+  auditUsedNotification(): void;
+  /** Synchronous transports: the device's used position now, before a notify. */
+  usedMark(): number;
+  /**
+   * Synchronous transports, after a notify that brought no used-buffer notification back:
+   * audits whether the device owed one for what it used since `mark`.
+   */
+  auditMissedNotification(mark: number): void;
 }
 
 export interface DriverQueueOptions {

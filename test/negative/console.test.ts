@@ -54,14 +54,14 @@ test('console device checks: device-readable receive buffers and device-writable
   const tx = driver.queues[1];
   const a = driver.allocator.alloc(16);
   mem.write(a, new TextEncoder().encode('0123456789abcdef'));
-  tx.begin().addReadable(a, 8).addWritable(a + 8, 8).commit({ item: { outstanding: 2, off: 0, data: new Uint8Array(1), resolve: () => undefined }, addr: a });
+  tx.begin().addReadable(a, 8).addWritable(a + 8, 8).commit({ kind: 'transmit', item: { outstanding: 2, off: 0, data: new Uint8Array(1), resolve: () => undefined, reject: () => undefined }, addr: a });
   driver.kick(tx);
   assert.deepEqual(devMon.verdicts.map((v) => v.clause), ['console.device-operation.driver.2']);
   assert.equal(backend.text, '01234567', 'the readable part still reaches the host');
   // A device-readable buffer on receiveq 0, after the driver's one good buffer: it is taken once host bytes need it.
   const rx = driver.queues[0];
   const r = driver.allocator.alloc(64);
-  rx.begin().addReadable(r, 64).commit({ queue: 0, addr: r, size: 64 });
+  rx.begin().addReadable(r, 64).commit({ kind: 'receive', queue: 0, addr: r, size: 64 });
   driver.kick(rx);
   const port = await driver.waitForPort(0);
   const got = sink(port);

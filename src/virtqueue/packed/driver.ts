@@ -5,12 +5,12 @@
  * collection of used descriptors with checks on what the device wrote.
  *
  * Same builder API as the split driver queue: begin / addReadable / addWritable / commit,
- * publish, getUsed.
+ * publish, getUsed. What both ring formats share is in DriverQueueBase.
  */
 import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../monitor/monitor.js';
-import type { ViolationSink } from '../queue.js';
-import { ChainBuilder } from '../chain.js';
+import type { DriverQueue, ViolationSink } from '../queue.js';
+import { DriverQueueBase, type DriverRingOptions } from '../driver-queue-base.js';
 import {
   EVENT_FLAGS,
   EVENT_OFF_WRAP,
@@ -39,19 +39,11 @@ export interface PackedRingAddresses {
   used: number;
 }
 
-export interface PackedDriverQueueOptions {
-  eventIdx: boolean;
-  indirect: boolean;
-  /** VIRTIO_F_IN_ORDER: buffers come back in order, maybe one used descriptor per batch (2.8.9). */
-  inOrder?: boolean;
-  /**
-   * Hash the device-readable buffers when exposed and again when used (packed.desc-table.device.1).
-   * Opt-in: a pass over the data each way, and a small record per buffer.
-   */
-  auditReadable?: boolean;
-  indirectPool?: number;
-  indirectMax?: number;
-}
+/**
+ * With IN_ORDER one used descriptor may stand for a batch (2.8.9); auditReadable keeps a small
+ * record per buffer besides the pass over the data each way.
+ */
+export type PackedDriverQueueOptions = DriverRingOptions;
 
 /** Guest bytes a packed queue needs: ring, two event structures, the indirect pool. */
 export function packedQueueFootprint(size: number, indirectMax = 0): number {
@@ -68,15 +60,8 @@ export function layoutPackedQueue(base: number, size: number, indirectMax = 0): 
 }
 
 
-export class PackedDriverQueue {
+export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQueueBase<T> implements DriverQueue<T> {
   readonly format = 'packed' as const;
-  /** Free ring slots. */
-  numFree: number;
-  inFlightCount = 0;
-  broken = false;
-  lastLen = 0;
-  lastHead = 0;
-  interrupts = 0;
 
   private nextAvail = 0;
   private availWrap = true;
@@ -87,13 +72,8 @@ export class PackedDriverQueue {
 
   private freeTop: number;
   private readonly freeIds: Uint16Array;
-  private readonly tokens: unknown[];
-  private readonly inFlight: Uint8Array;
-  /** Set at publish(): the device can have seen the buffer (its first flags are written). */
-  private readonly exposed: Uint8Array;
   private readonly pendingId: Uint16Array;
   private readonly slotsOf: Uint16Array;
-  private readonly writableLen: Float64Array;
   // What the driver last wrote into, or read from, each slot (packed.desc-table.device.4).
   private readonly shadow: Uint32Array;
   // Lists committed, their first descriptor's flags not yet written (publish writes them).
@@ -101,20 +81,15 @@ export class PackedDriverQueue {
   private readonly pendingSlot: Uint16Array;
   private readonly pendingFlags: Uint16Array;
 
-  // IN_ORDER: ids in the order made available, and the batch being handed out.
+  // IN_ORDER: ids in the order made available (the batch being handed out is in the base).
   private readonly order: Uint16Array;
   private orderHead = 0;
   private orderTail = 0;
-  private batchLeft = 0;
-  private batchLastLen = 0;
   /** Ids returned as skipped members of a batch, until the driver reuses them. */
   private readonly skipped: Uint8Array;
 
   /** With auditReadable: per buffer id, its readable pieces and their hash. */
   private readonly readable = new Map<number, { addrs: number[]; lens: number[]; hash: number }>();
-
-  /** List under construction. */
-  private readonly seg: ChainBuilder;
 
   private readonly ring: MemoryRegion;
   private readonly ringOff: number;
@@ -122,68 +97,36 @@ export class PackedDriverQueue {
   private readonly driverEventOff: number;
   private readonly deviceEvent: MemoryRegion;
   private readonly deviceEventOff: number;
-  private readonly indirectMax: number;
-  private readonly pool: number;
-  private readonly poolRegion: MemoryRegion | null;
 
   constructor(
-    readonly mem: GuestMemory,
-    readonly index: number,
-    readonly size: number,
+    mem: GuestMemory,
+    index: number,
+    size: number,
     readonly addrs: PackedRingAddresses,
-    readonly options: PackedDriverQueueOptions,
-    readonly monitor: Monitor,
-    private readonly sink: ViolationSink,
+    options: PackedDriverQueueOptions,
+    monitor: Monitor,
+    sink: ViolationSink,
   ) {
-    this.numFree = size;
+    super(mem, index, size, options, monitor, sink);
     this.freeIds = new Uint16Array(size);
     for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
     this.freeTop = size;
-    this.tokens = new Array<unknown>(size).fill(undefined);
-    this.inFlight = new Uint8Array(size);
-    this.exposed = new Uint8Array(size);
     this.pendingId = new Uint16Array(size);
     this.slotsOf = new Uint16Array(size);
-    this.writableLen = new Float64Array(size);
     this.shadow = new Uint32Array(size * 4);
     this.pendingSlot = new Uint16Array(size);
     this.pendingFlags = new Uint16Array(size);
     this.order = new Uint16Array(size);
     this.skipped = new Uint8Array(size);
-    this.indirectMax = options.indirect && options.indirectPool !== undefined ? Math.min(options.indirectMax ?? 32, size) : 0;
-    this.pool = options.indirectPool ?? 0;
-    this.seg = new ChainBuilder(Math.max(size, this.indirectMax));
     this.ring = mem.region(addrs.desc, packedRingSize(size));
     this.ringOff = addrs.desc - this.ring.guestAddr;
     this.driverEvent = mem.region(addrs.avail, EVENT_SIZE);
     this.driverEventOff = addrs.avail - this.driverEvent.guestAddr;
     this.deviceEvent = mem.region(addrs.used, EVENT_SIZE);
     this.deviceEventOff = addrs.used - this.deviceEvent.guestAddr;
-    this.poolRegion = this.indirectMax > 0 ? mem.region(this.pool, size * this.indirectMax * PDESC_SIZE) : null;
     this.ring.bytes.fill(0, this.ringOff, this.ringOff + packedRingSize(size));
     this.driverEvent.bytes.fill(0, this.driverEventOff, this.driverEventOff + EVENT_SIZE);
     this.deviceEvent.bytes.fill(0, this.deviceEventOff, this.deviceEventOff + EVENT_SIZE);
-  }
-
-  get mask(): number {
-    return this.size - 1;
-  }
-
-  begin(): this {
-    this.seg.clear();
-    return this;
-  }
-
-  /** Appends a device-readable buffer. */
-  addReadable(addr: number, len: number): this {
-    this.seg.add(addr, len, 0, this.index);
-    return this;
-  }
-
-  /** Appends a device-writable buffer. */
-  addWritable(addr: number, len: number): this {
-    this.seg.add(addr, len, 1, this.index);
-    return this;
   }
 
   /**
@@ -191,12 +134,10 @@ export class PackedDriverQueue {
    * writes: packed.scatter-gather-support.driver.6). Returns the buffer id, or -1 when the
    * ring has no room for the whole list (packed.scatter-gather-support.driver.5).
    */
-  commit(token: unknown, options?: { indirect?: boolean }): number {
+  commit(token: T, options?: { indirect?: boolean }): number {
+    const useIndirect = this.checkChain('packed.scatter-gather-support.driver.3', options);
     const seg = this.seg;
     const n = seg.count;
-    if (n === 0) throw new RangeError('empty chain');
-    if (seg.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (packed.scatter-gather-support.driver.3)');
-    const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
     const slots = useIndirect ? 1 : n;
     if (this.numFree < slots || this.freeTop === 0 || this.broken) return -1;
     const id = this.freeIds[--this.freeTop];
@@ -238,13 +179,9 @@ export class PackedDriverQueue {
       }
       this.readable.set(id, rec);
     }
-    if (this.options.inOrder) this.order[this.orderTail++ % this.size] = id;
-    this.tokens[id] = token;
-    this.writableLen[id] = writable;
-    this.inFlight[id] = 1;
-    this.inFlightCount++;
+    if (this.inOrder) this.order[this.orderTail++ % this.size] = id;
     this.availLinear += slots;
-    seg.count = 0;
+    this.committed(id, token, writable);
     return id;
   }
 
@@ -332,11 +269,55 @@ export class PackedDriverQueue {
     return !this.broken && this.inFlightCount > 0 && isUsed(this.flagsAt(this.lastUsed), this.usedWrap);
   }
 
+  /**
+   * Buffers the device marked used and the driver has not collected (no checks, no side
+   * effects): walks the used descriptors from the next one as getUsed() will take them (with
+   * IN_ORDER one may stand for a batch) and stops at the first it would refuse.
+   */
   usedPending(): number {
-    return this.peekUsed() ? 1 : 0;
+    if (this.broken) return 0;
+    const size = this.size;
+    let n = this.batchLeft;
+    let slot = this.lastUsed;
+    let wrap = this.usedWrap;
+    let next = this.orderHead; // IN_ORDER: the next buffer in the order made available
+    // What is left of a batch being handed out sits in the slots from lastUsed on.
+    for (let i = 0; i < this.batchLeft; i++) {
+      slot += this.slotsOf[this.order[next++ % size]];
+      if (slot >= size) {
+        slot -= size;
+        wrap = !wrap;
+      }
+    }
+    while (n < this.inFlightCount && isUsed(this.flagsAt(slot), wrap)) {
+      const id = this.ring.view.getUint16(this.ringOff + slot * PDESC_SIZE + 12, true);
+      if (!this.isOut(id)) break;
+      let buffers = 1;
+      let slots = this.slotsOf[id];
+      if (this.inOrder) {
+        // The used descriptor names the last buffer of a batch: those before it in order are in it.
+        buffers = 0;
+        slots = 0;
+        let b = -1;
+        while (b !== id && n + buffers < this.inFlightCount) {
+          b = this.order[(next + buffers) % size];
+          slots += this.slotsOf[b];
+          buffers++;
+        }
+        if (b !== id) break;
+        next += buffers;
+      }
+      n += buffers;
+      slot += slots;
+      if (slot >= size) {
+        slot -= size;
+        wrap = !wrap;
+      }
+    }
+    return n;
   }
 
-  getUsed(): unknown {
+  getUsed(): T | undefined {
     if (this.batchLeft > 0) return this.nextOfBatch();
     if (this.broken || this.inFlightCount === 0) return undefined;
     const slot = this.lastUsed;
@@ -348,7 +329,7 @@ export class PackedDriverQueue {
     const rawLen = view.getUint32(o + 8, true);
     // 2.8.4: without WRITE in the used descriptor nothing was written; len is reserved.
     const len = flags & PDESC_F_WRITE ? rawLen : 0;
-    if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
+    if (!this.isOut(id)) {
       if (id < this.size && this.skipped[id] === 1) {
         this.report('reserved.bits.device.5', `with IN_ORDER the device marked buffer ${id} used after a later buffer's used descriptor already covered it`, { id, slot }, true);
       } else {
@@ -356,7 +337,7 @@ export class PackedDriverQueue {
       }
       return undefined;
     }
-    if (this.options.inOrder) {
+    if (this.inOrder) {
       const front = this.order[this.orderHead % this.size];
       if (id !== front) {
         // A batch: `id` is its last buffer; those before it were used completely.
@@ -385,7 +366,7 @@ export class PackedDriverQueue {
   }
 
   /** The next buffer of an IN_ORDER batch: the oldest one out. */
-  private nextOfBatch(): unknown {
+  private nextOfBatch(): T | undefined {
     const id = this.order[this.orderHead++ % this.size];
     this.batchLeft--;
     const last = this.batchLeft === 0;
@@ -394,7 +375,7 @@ export class PackedDriverQueue {
   }
 
   /** Hands buffer `id` back with `len` bytes and skips its slots. */
-  private finish(id: number, len: number): unknown {
+  private finish(id: number, len: number): T | undefined {
     const rec = this.options.auditReadable ? this.readable.get(id) : undefined;
     if (rec !== undefined) {
       this.readable.delete(id);
@@ -402,29 +383,17 @@ export class PackedDriverQueue {
       for (let i = 0; i < rec.addrs.length; i++) h = hashGuest(this.mem, rec.addrs[i], rec.lens[i], h);
       if (h !== rec.hash) this.report('packed.desc-table.device.1', `device wrote into a device-readable buffer of buffer ${id}`, { id }, false);
     }
-    if (len > this.writableLen[id]) {
-      this.report('struct.used-len.device.1', `used length ${len} for buffer ${id} exceeds the ${this.writableLen[id]} writable bytes the driver provided`, { id, len }, false);
-      len = this.writableLen[id];
-    }
-    const slots = this.slotsOf[id];
-    this.lastUsed += slots;
+    len = this.usedLen(id, len, 'struct.used-len.device.1');
+    this.lastUsed += this.slotsOf[id];
     if (this.lastUsed >= this.size) {
       this.lastUsed -= this.size;
       this.usedWrap = !this.usedWrap;
     }
-    const token = this.tokens[id];
-    this.release(id);
-    this.lastHead = id;
-    this.lastLen = len;
-    return token;
+    return this.handBack(id, len);
   }
 
-  private release(id: number): void {
-    this.numFree += this.slotsOf[id];
-    this.inFlight[id] = 0;
-    this.exposed[id] = 0;
-    this.inFlightCount--;
-    this.tokens[id] = undefined;
+  protected release(id: number): void {
+    this.forget(id, this.slotsOf[id]);
     this.freeIds[this.freeTop++] = id;
   }
 
@@ -449,21 +418,9 @@ export class PackedDriverQueue {
     if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail, EVENT_SIZE);
   }
 
-  drainAfterReset(): unknown[] {
-    this.batchLeft = 0;
+  /** drainAfterReset(): nothing committed waits for publish, no batch or order is left. */
+  protected override forgetProgress(): void {
     this.pendingCount = 0;
     this.orderHead = this.orderTail = 0;
-    const out: unknown[] = [];
-    for (let id = 0; id < this.size; id++) if (this.inFlight[id]) {
-      out.push(this.tokens[id]);
-      this.release(id);
-    }
-    return out;
-  }
-
-  private report(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
-    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
-    if (fatal) this.broken = true;
-    this.sink(v, fatal);
   }
 }

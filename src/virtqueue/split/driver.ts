@@ -5,13 +5,14 @@
  * descriptor table must be as the driver left it).
  *
  * Hot path: chains are built in preallocated arrays (begin / addReadable / addWritable /
- * commit) and indirect tables come from a pool in guest memory set up once.
+ * commit) and indirect tables come from a pool in guest memory set up once. What both ring
+ * formats share is in DriverQueueBase.
  */
 import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../monitor/monitor.js';
 import { VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../spec/constants.js';
-import type { ViolationSink } from '../queue.js';
-import { ChainBuilder } from '../chain.js';
+import type { DriverQueue, ViolationSink } from '../queue.js';
+import { DriverQueueBase, type DriverRingOptions } from '../driver-queue-base.js';
 import {
   AVAIL_RING,
   DESC_SIZE,
@@ -30,24 +31,13 @@ import {
 
 const TWO_32 = 4294967296;
 
-export interface SplitDriverQueueOptions {
-  eventIdx: boolean;
-  /** VIRTIO_F_INDIRECT_DESC negotiated. */
-  indirect: boolean;
-  /** Guest address of a pool of `size * indirectMax` descriptors for indirect tables. */
-  indirectPool?: number;
-  /** Entries per indirect table (default 32). */
-  indirectMax?: number;
+/**
+ * With IN_ORDER the descriptors are used in ring order (2.7.9); with auditReadable the indirect
+ * tables are hashed too (split.desc-table.device.4).
+ */
+export interface SplitDriverQueueOptions extends DriverRingOptions {
   /** First avail/used index (default 0); tests start near 65535 to cross the wrap. */
   startIndex?: number;
-  /** VIRTIO_F_IN_ORDER: descriptors in ring order, used buffers in order, batches (2.7.9). */
-  inOrder?: boolean;
-  /**
-   * Hash every device-readable buffer (and indirect table) when it is exposed and again when
-   * it comes back, to catch a device writing where it may only read (split.desc-table.device.1
-   * and .4). Costs a pass over the data each way; off by default.
-   */
-  auditReadable?: boolean;
 }
 
 
@@ -66,36 +56,15 @@ export function layoutSplitQueue(base: number, size: number, indirectMax = 0): S
   return { desc, avail, used, pool, end: pool + size * indirectMax * DESC_SIZE };
 }
 
-export class SplitDriverQueue {
+export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQueueBase<T> implements DriverQueue<T> {
   readonly format = 'split' as const;
   readonly mask: number;
-  /** Free descriptors. */
-  numFree: number;
-  /** Chains made available and not yet collected. */
-  inFlightCount = 0;
-  /** A fatal verdict was made about the device's use of this queue. */
-  broken = false;
-  /** Length the device reported for the buffer last returned by `getUsed`. */
-  lastLen = 0;
-  /** Head of the buffer last returned by `getUsed`. */
-  lastHead = 0;
-  /** Interrupts received for this queue (transports count them here). */
-  interrupts = 0;
 
   private freeHead = 0;
   private readonly nextFree: Uint16Array;
-  private readonly inOrder: boolean;
-  /** Head made available at each avail ring position (IN_ORDER bookkeeping). */
+  /** Head made available at each avail ring position (IN_ORDER bookkeeping, publish()). */
   private readonly availHeadAt: Uint16Array;
-  /** IN_ORDER batch being handed out: buffers left, and the length of its last one. */
-  private batchLeft = 0;
-  private batchLastLen = 0;
-  private readonly tokens: unknown[];
-  private readonly inFlight: Uint8Array;
-  /** Set at publish(): avail.idx covers the head, so the device can have seen it. */
-  private readonly exposed: Uint8Array;
   private publishedIdx = 0;
-  private readonly writableLen: Float64Array;
   private readonly tableCount: Uint16Array;
   private readonly usesIndirect: Uint8Array;
   // Shadow of the table descriptors as written, for split.desc-table.device.4.
@@ -107,9 +76,10 @@ export class SplitDriverQueue {
   private availIdx = 0;
   private kickedAt = 0;
   private lastUsed = 0;
-
-  /** Chain under construction. */
-  private readonly seg: ChainBuilder;
+  /** used.idx as last validated. */
+  private seenUsed = 0;
+  /** used.idx when the last used-buffer notification was audited (synchronous transports). */
+  private usedIdxAtLastNotification = 0;
 
   private readonly desc: MemoryRegion;
   private readonly descOff: number;
@@ -117,48 +87,35 @@ export class SplitDriverQueue {
   private readonly availOff: number;
   private readonly used: MemoryRegion;
   private readonly usedOff: number;
-  private readonly indirectMax: number;
-  private readonly pool: number;
-  private readonly poolRegion: MemoryRegion | null;
 
   constructor(
-    readonly mem: GuestMemory,
-    readonly index: number,
-    readonly size: number,
+    mem: GuestMemory,
+    index: number,
+    size: number,
     readonly addrs: SplitRingAddresses,
-    readonly options: SplitDriverQueueOptions,
-    readonly monitor: Monitor,
-    private readonly sink: ViolationSink,
+    override readonly options: SplitDriverQueueOptions,
+    monitor: Monitor,
+    sink: ViolationSink,
   ) {
+    super(mem, index, size, options, monitor, sink);
     this.mask = size - 1;
-    this.numFree = size;
     this.nextFree = new Uint16Array(size);
-    this.inOrder = options.inOrder === true;
     // With IN_ORDER the free descriptors are one cyclic run: x is followed by (x + 1) % size
     // (split.desc-table.driver.2), and buffers come back in the order they went out.
     for (let i = 0; i < size; i++) this.nextFree[i] = this.inOrder ? (i + 1) % size : i + 1;
     this.availHeadAt = new Uint16Array(size);
-    this.tokens = new Array<unknown>(size).fill(undefined);
-    this.inFlight = new Uint8Array(size);
-    this.exposed = new Uint8Array(size);
-    this.writableLen = new Float64Array(size);
     this.tableCount = new Uint16Array(size);
     this.usesIndirect = new Uint8Array(size);
     this.shadow = new Uint32Array(size * 4);
     this.readableHash = options.auditReadable ? new Uint32Array(size) : null;
     this.tableHash = options.auditReadable ? new Uint32Array(size) : null;
-    // split.indirect-descs.driver.3: no chain longer than the queue, indirect ones included.
-    this.indirectMax = options.indirect && options.indirectPool !== undefined ? Math.min(options.indirectMax ?? 32, size) : 0;
-    this.pool = options.indirectPool ?? 0;
-    this.seg = new ChainBuilder(Math.max(size, this.indirectMax));
     this.desc = mem.region(addrs.desc, descTableSize(size));
     this.descOff = addrs.desc - this.desc.guestAddr;
     this.avail = mem.region(addrs.avail, availRingSize(size));
     this.availOff = addrs.avail - this.avail.guestAddr;
     this.used = mem.region(addrs.used, usedRingSize(size));
     this.usedOff = addrs.used - this.used.guestAddr;
-    this.poolRegion = this.indirectMax > 0 ? mem.region(this.pool, size * this.indirectMax * DESC_SIZE) : null;
-    this.availIdx = this.kickedAt = this.lastUsed = this.seenUsed = this.usedIdxAtLastInterrupt = this.publishedIdx = (options.startIndex ?? 0) & 0xffff;
+    this.availIdx = this.kickedAt = this.lastUsed = this.seenUsed = this.usedIdxAtLastNotification = this.publishedIdx = (options.startIndex ?? 0) & 0xffff;
     // split.avail-buffer-notif-suppr.driver.1: the used ring (flags included) starts zeroed.
     this.desc.bytes.fill(0, this.descOff, this.descOff + descTableSize(size));
     this.avail.bytes.fill(0, this.availOff, this.availOff + availRingSize(size));
@@ -171,36 +128,15 @@ export class SplitDriverQueue {
     }
   }
 
-  /** Starts a new chain. */
-  begin(): this {
-    this.seg.clear();
-    return this;
-  }
-
-  /** Appends a device-readable buffer. */
-  addReadable(addr: number, len: number): this {
-    this.seg.add(addr, len, 0, this.index);
-    return this;
-  }
-
-  /** Appends a device-writable buffer. */
-  addWritable(addr: number, len: number): this {
-    this.seg.add(addr, len, 1, this.index);
-    return this;
-  }
-
   /**
    * Writes the chain into the descriptor table (or an indirect table) and the avail ring.
    * Returns the head, or -1 when the queue has no room (collect used buffers first).
    * The buffers are exposed to the device only at the next `publish()`.
    */
-  commit(token: unknown, options?: { indirect?: boolean }): number {
+  commit(token: T, options?: { indirect?: boolean }): number {
+    const useIndirect = this.checkChain('split.message-framing.driver.1', options);
     const seg = this.seg;
     const n = seg.count;
-    if (n === 0) throw new RangeError('empty chain');
-    if (seg.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (split.message-framing.driver.1)');
-    // No default object for `options`: an object literal per call is the hot path's only allocation.
-    const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
     const need = useIndirect ? 1 : n;
     if (this.numFree < need || this.broken) return -1;
     const head = this.freeHead;
@@ -236,16 +172,12 @@ export class SplitDriverQueue {
       this.readableHash[head] = h;
       if (useIndirect) this.tableHash![head] = hashGuest(this.mem, this.pool + head * this.indirectMax * DESC_SIZE, n * DESC_SIZE, 2166136261);
     }
-    this.tokens[head] = token;
-    this.writableLen[head] = writable;
-    this.inFlight[head] = 1;
-    this.inFlightCount++;
     const slot = this.availOff + AVAIL_RING + 2 * (this.availIdx & this.mask);
     this.avail.view.setUint16(slot, head, true);
     this.availHeadAt[this.availIdx & this.mask] = head;
     if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + AVAIL_RING + 2 * (this.availIdx & this.mask), 2);
     this.availIdx = (this.availIdx + 1) & 0xffff;
-    seg.count = 0;
+    this.committed(head, token, writable);
     return head;
   }
 
@@ -324,15 +256,15 @@ export class SplitDriverQueue {
     return this.avail.view.getUint16(this.availOff + usedEventOffset(this.size), true);
   }
 
-  /** Device used index when the last notification was audited (see VirtioDriver). */
-  usedIdxAtLastInterrupt = 0;
-
   private usedIdx(): number {
     const off = this.usedOff + RING_IDX;
     return this.used.u16 !== null && (off & 1) === 0 ? Atomics.load(this.used.u16, off >> 1) : this.used.view.getUint16(off, true);
   }
 
-  /** Number of used elements the device published and the driver has not collected. */
+  /**
+   * Buffers the device returned (used elements published) and the driver has not collected.
+   * Checks used.idx: a move beyond the buffers in flight is a fatal verdict (0 then).
+   */
   usedPending(): number {
     if (this.broken) return 0;
     const idx = this.usedIdx();
@@ -357,47 +289,31 @@ export class SplitDriverQueue {
     return (idx - this.lastUsed) & 0xffff;
   }
 
-  /** used.idx as last validated. */
-  private seenUsed = 0;
-
   /**
    * Returns the token of the next used buffer (its length in `lastLen`), or undefined when
    * none is pending or the device broke a rule (then a verdict was made).
    */
-  getUsed(): unknown {
+  getUsed(): T | undefined {
     if (this.inOrder) return this.getUsedInOrder();
     if (this.usedPending() === 0) return undefined;
     const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
     const id = this.used.view.getUint32(o, true);
-    let len = this.used.view.getUint32(o + 4, true);
-    if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
+    if (!this.isOut(id)) {
       this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
       return undefined;
     }
     this.lastUsed = (this.lastUsed + 1) & 0xffff;
-    if (len > this.writableLen[id]) {
-      this.report(
-        'split.used-ring.device.2',
-        `used length ${len} for head ${id} exceeds the ${this.writableLen[id]} writable bytes the driver provided`,
-        { id, len, writable: this.writableLen[id] },
-        false,
-      );
-      len = this.writableLen[id]; // never trust the device past the buffer it was given
-    }
+    const len = this.usedLen(id, this.used.view.getUint32(o + 4, true), 'split.used-ring.device.2');
     this.checkTable(id);
     if (this.readableHash !== null) this.auditReadableBuffers(id);
-    const token = this.tokens[id];
-    this.release(id);
-    this.lastHead = id;
-    this.lastLen = len;
-    return token;
+    return this.handBack(id, len);
   }
 
   /**
    * IN_ORDER (2.7.9): one used element may stand for a batch: its id names the last buffer,
    * the buffers before it were used completely, and used.idx moved by the batch size.
    */
-  private getUsedInOrder(): unknown {
+  private getUsedInOrder(): T | undefined {
     const head = this.availHeadAt[this.lastUsed & this.mask];
     let len: number;
     if (this.batchLeft > 0) {
@@ -409,7 +325,7 @@ export class SplitDriverQueue {
       const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
       const id = this.used.view.getUint32(o, true);
       const elemLen = this.used.view.getUint32(o + 4, true);
-      if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
+      if (!this.isOut(id)) {
         this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
         return undefined;
       }
@@ -432,17 +348,10 @@ export class SplitDriverQueue {
       }
     }
     this.lastUsed = (this.lastUsed + 1) & 0xffff;
-    if (len > this.writableLen[head]) {
-      this.report('split.used-ring.device.2', `used length ${len} for head ${head} exceeds the ${this.writableLen[head]} writable bytes the driver provided`, { id: head, len }, false);
-      len = this.writableLen[head];
-    }
+    len = this.usedLen(head, len, 'split.used-ring.device.2');
     this.checkTable(head);
     if (this.readableHash !== null) this.auditReadableBuffers(head);
-    const token = this.tokens[head];
-    this.release(head);
-    this.lastHead = head;
-    this.lastLen = len;
-    return token;
+    return this.handBack(head, len);
   }
 
   /** split.desc-table.device.4: the device never writes the descriptor table. */
@@ -495,26 +404,17 @@ export class SplitDriverQueue {
     }
   }
 
-  private release(head: number): void {
+  protected release(head: number): void {
     const n = this.tableCount[head];
-    if (this.inOrder) {
-      // The run stays cyclic: these are the oldest descriptors out (buffers return in order).
-      this.numFree += n;
-      this.inFlight[head] = 0;
-      this.exposed[head] = 0;
-      this.inFlightCount--;
-      this.tokens[head] = undefined;
-      return;
+    // With IN_ORDER the free run stays cyclic as it is: these are the oldest descriptors out
+    // (buffers return in order). Otherwise the chain goes back on the free list.
+    if (!this.inOrder) {
+      let last = head;
+      for (let i = 1; i < n; i++) last = this.shadow[last * 4 + 3] >>> 16;
+      this.nextFree[last] = this.freeHead;
+      this.freeHead = head;
     }
-    let last = head;
-    for (let i = 1; i < n; i++) last = this.shadow[last * 4 + 3] >>> 16;
-    this.nextFree[last] = this.freeHead;
-    this.freeHead = head;
-    this.numFree += n;
-    this.inFlight[head] = 0;
-    this.exposed[head] = 0;
-    this.inFlightCount--;
-    this.tokens[head] = undefined;
+    this.forget(head, n);
   }
 
   /** Asks the device for used-buffer notifications again; true when used buffers are already pending. */
@@ -558,20 +458,39 @@ export class SplitDriverQueue {
     return this.lastUsed;
   }
 
-  /** Tokens of chains still in flight (for a reset that takes buffers back: init.cleanup.driver.2). */
-  drainAfterReset(): unknown[] {
-    const out: unknown[] = [];
-    for (let h = 0; h < this.size; h++) if (this.inFlight[h]) {
-      out.push(this.tokens[h]);
-      this.release(h);
+  /**
+   * split.used-buffer-notif-suppr.device.2 / .6: a device SHOULD NOT notify when the driver
+   * suppressed it. Judged on synchronous transports only, where the notification arrives right
+   * after the used index moved.
+   */
+  override auditUsedNotification(): void {
+    const now = this.usedIdx();
+    const since = this.usedIdxAtLastNotification;
+    this.usedIdxAtLastNotification = now;
+    if (now === since || this.wantsInterrupt(since, now)) return;
+    if (this.options.eventIdx) {
+      this.report('split.used-buffer-notif-suppr.device.6', 'device notified although used_event was not reached', { usedIdx: now }, false);
+    } else {
+      this.report('split.used-buffer-notif-suppr.device.2', 'device notified although the driver set VIRTQ_AVAIL_F_NO_INTERRUPT', {}, false);
     }
-    this.batchLeft = 0;
-    return out;
   }
 
-  private report(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
-    const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
-    if (fatal) this.broken = true;
-    this.sink(v, fatal);
+  override usedMark(): number {
+    return this.usedIdx();
+  }
+
+  /**
+   * split.used-buffer-notif-suppr.device.3 / .5: on a synchronous transport the device has done
+   * its work when notify returns; a used index that crossed the driver's threshold since `mark`
+   * with no notification is a missed one.
+   */
+  override auditMissedNotification(mark: number): void {
+    const after = this.usedIdx();
+    if (after === mark || !this.wantsInterrupt(mark, after)) return;
+    if (this.options.eventIdx) {
+      this.report('split.used-buffer-notif-suppr.device.5', `device wrote used entry ${this.usedEventValue()}, the one used_event named, without notifying`, {}, false);
+    } else {
+      this.report('split.used-buffer-notif-suppr.device.3', 'device used buffers with avail.flags 0 and sent no notification', {}, false);
+    }
   }
 }
