@@ -14,7 +14,7 @@ export { NET_FEATURES } from './spec/net.js';
 export { BLK_FEATURES, BlkType, BlkStatus, BlkConfig } from './spec/blk.js';
 export { CONSOLE_FEATURES, ConsoleConfig, ConsoleEvent, type ConsoleSize } from './spec/console.js';
 export { VirtioDevice, type DeviceHost, type VirtioDeviceOptions, type DevicePhase, type ConditionalConfigField } from './device/device.js';
-export { VirtioDriver, DriverError, type VirtioDriverOptions, type DriverState } from './driver/driver.js';
+export { VirtioDriver, DriverError, type DriverErrorKind, type VirtioDriverOptions, type DriverState } from './driver/driver.js';
 export type { DriverTransport, TransportEvents } from './driver/transport.js';
 export { DescriptorChain, ChainReader, ChainWriter } from './virtqueue/chain.js';
 export { VirtqueueError, type VirtqueueErrorKind } from './virtqueue/errors.js';
@@ -28,7 +28,7 @@ export { RngDevice, cryptoEntropy, type EntropySource, type AsyncEntropySource, 
 export { RngDriver, type RngDriverOptions } from './drivers/rng.js';
 export { BlkDevice, type BlkDeviceOptions } from './devices/blk/device.js';
 export { MemoryBlockBackend, type BlockBackend } from './devices/blk/storage.js';
-export { BlkDriver, BlkError, type BlkDriverOptions } from './drivers/blk.js';
+export { BlkDriver, BlkError, type BlkErrorKind, type BlkDriverOptions } from './drivers/blk.js';
 export {
   ConsoleDevice,
   MemoryConsoleBackend,
@@ -37,7 +37,7 @@ export {
   type ConsoleHostPort,
   type ConsolePortConfig,
 } from './devices/console/device.js';
-export { ConsoleDriver, ConsolePort, type ConsoleDriverOptions } from './drivers/console.js';
+export { ConsoleDriver, ConsolePort, ConsoleError, type ConsoleErrorKind, type ConsoleDriverOptions } from './drivers/console.js';
 export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, InflightTracker, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';
 export { createDeviceQueue, createDriverQueue, driverQueueFootprint } from './virtqueue/create.js';
 export { PackedDeviceQueue } from './virtqueue/packed/device.js';

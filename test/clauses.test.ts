@@ -113,11 +113,16 @@ clauseTest(['basic.features.driver.3', 'basic.features.driver.7'], 'an undescrib
 clauseTest(['basic.features.driver.6', 'init.sequence.driver.5'], 'without VERSION_1 the driver sets FAILED and goes no further', async () => {
   const p = pair((m) => new RngDevice({ monitor: m, core: { transportFeatures: bit(Feature.EVENT_IDX) } }));
   const d = new RngDriver(p.transport, { monitor: p.drvMon });
-  await assert.rejects(d.start(), DriverError);
+  // Strict: the driver gives up at the device's own violation (a modern device offers VERSION_1).
+  await assert.rejects(d.start(), (e: unknown) => e instanceof DriverError && e.kind === 'device-violation' && e.verdict?.clause === 'reserved.bits.device.1');
   const s = p.dev.getStatus();
   assert.ok(s & Status.FAILED);
   assert.equal(s & (Status.FEATURES_OK | Status.DRIVER_OK), 0);
   assert.deepEqual(p.devMon.verdicts, []);
+  // Tolerant: the verdict is only recorded, and the driver stops for want of the feature itself.
+  const t = pair((m) => new RngDevice({ monitor: m, core: { transportFeatures: bit(Feature.EVENT_IDX) } }), new Monitor({ mode: 'tolerant' }));
+  await assert.rejects(new RngDriver(t.transport, { monitor: t.drvMon }).start(), (e: unknown) => e instanceof DriverError && e.kind === 'not-offered');
+  assert.ok(t.dev.getStatus() & Status.FAILED);
 });
 
 clauseTest(['basic.features.device.3'], 'the device leaves FEATURES_OK clear for a subset it cannot accept', async () => {

@@ -18,14 +18,52 @@ import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from '../spec/devi
 import type { DriverTransport } from './transport.js';
 import type { DriverQueue } from '../virtqueue/queue.js';
 import { createDriverQueue, driverQueueFootprint } from '../virtqueue/create.js';
+import { VirtioTsError } from '../errors.js';
 
-export class DriverError extends Error {
-  override readonly name = 'DriverError';
-  constructor(
-    message: string,
-    readonly verdict?: Verdict,
-  ) {
-    super(message);
+/**
+ * Why a driver operation failed, or why the driver gave up:
+ * - `not-offered`: the device does not offer a feature the driver cannot do without
+ *   (VIRTIO_F_VERSION_1: basic.features.driver.6; a device-type feature an operation needs);
+ * - `features-refused`: the device did not keep FEATURES_OK for the subset the driver accepted;
+ * - `not-negotiated`: the operation needs a feature that was not negotiated (SUSPEND,
+ *   RING_RESET, a device type's optional request);
+ * - `device-violation`: the device broke a clause the driver acts on (strict mode, or a fatal
+ *   verdict such as a used id that names no buffer); `verdict` says which;
+ * - `needs-reset`: the device set DEVICE_NEEDS_RESET (basic.status.driver.4: nothing in flight
+ *   is relied on any more);
+ * - `timeout`: the device did not finish a reset, a queue reset, a suspend or a resume;
+ * - `config-unstable`: config_generation kept changing over every retry (basic.config.driver.2);
+ * - `no-queue`: the device has no such queue, or the queue is not set up (or not reset);
+ * - `unsupported`: the transport cannot do it (a single-queue reset);
+ * - `wrong-state`: the driver is not in a state that allows the operation (suspend when not live);
+ * - `not-started`: a request on a driver that is not live (never started, shut down);
+ * - `cancelled`: a request that will not be answered: its queue or the device was reset, the
+ *   driver started again or shut down;
+ * - `handler-failed`: a device-type handler or init hook threw (`cause` holds what it threw).
+ */
+export type DriverErrorKind =
+  | 'not-offered'
+  | 'features-refused'
+  | 'not-negotiated'
+  | 'device-violation'
+  | 'needs-reset'
+  | 'timeout'
+  | 'config-unstable'
+  | 'no-queue'
+  | 'unsupported'
+  | 'wrong-state'
+  | 'not-started'
+  | 'cancelled'
+  | 'handler-failed';
+
+/** The driver layer's error (device-type drivers add their own for their requests' outcomes: BlkError). */
+export class DriverError extends VirtioTsError<DriverErrorKind> {
+  /** For `device-violation`: the verdict the driver acted on. */
+  readonly verdict?: Verdict;
+
+  constructor(kind: DriverErrorKind, message: string, options: { verdict?: Verdict; cause?: unknown } = {}) {
+    super(kind, message, options.cause === undefined ? undefined : { cause: options.cause });
+    if (options.verdict !== undefined) this.verdict = options.verdict;
   }
 }
 
@@ -122,7 +160,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
   }
 
   private onDeviceVerdict(v: Verdict, fatal: boolean): void {
-    if (fatal || this.monitor.shouldAct(v)) this.breakDown(new DriverError(`device broke ${v.clause}: ${v.message}`, v));
+    if (fatal || this.monitor.shouldAct(v)) this.breakDown(new DriverError('device-violation', `device broke ${v.clause}: ${v.message}`, { verdict: v }));
   }
 
   /** Gives up on a device that broke a rule: pending work fails, FAILED is set (best effort). */
@@ -170,7 +208,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
     try {
       this.onUsed(q);
     } catch (err) {
-      this.breakDown(new DriverError(`used-buffer handler failed: ${err instanceof Error ? err.message : String(err)}`));
+      this.breakDown(new DriverError('handler-failed', `used-buffer handler failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err }));
     }
   }
 
@@ -205,7 +243,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
         this.deviceViolation('basic.status.device.3', 'device set DEVICE_NEEDS_RESET while live without a configuration change notification', { status: s });
       }
       // basic.status.driver.4: nothing in flight is relied upon any more.
-      this.breakDown(new DriverError(`device needs reset (status ${statusNames(s)})`));
+      this.breakDown(new DriverError('needs-reset', `device needs reset (status ${statusNames(s)})`));
     }
     return s;
   }
@@ -242,7 +280,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
       let accept = this.offered & this.wanted;
       if (brokenDependency(this.options.deviceId, accept) !== null) accept = this.dropUnmetDependencies(accept);
       if (!hasFeature(accept, Feature.VERSION_1)) {
-        throw new DriverError('device does not offer VIRTIO_F_VERSION_1: legacy devices are not supported (basic.features.driver.6)');
+        throw new DriverError('not-offered', 'device does not offer VIRTIO_F_VERSION_1: legacy devices are not supported (basic.features.driver.6)');
       }
       await t.setDriverFeatures(accept);
       // (5) FEATURES_OK; no new features after this (init.sequence.driver.4).
@@ -256,7 +294,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
         } else {
           this.deviceViolation('basic.features.device.2', `device refused a valid feature subset: ${featureNames(accept, this.featureNames).join(', ')}`, { features: accept.toString(16) });
         }
-        throw new DriverError(`device refused the features ${featureNames(accept, this.featureNames).join(', ')} (FEATURES_OK not set)`);
+        throw new DriverError('features-refused', `device refused the features ${featureNames(accept, this.featureNames).join(', ')} (FEATURES_OK not set)`);
       }
       this.features = accept;
       this.notificationData = hasFeature(accept, Feature.NOTIFICATION_DATA);
@@ -324,7 +362,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
 
   /** init.sequence.driver.5 / .6: set FAILED and stop initializing. */
   private async fail(err: unknown): Promise<void> {
-    this.failure = err instanceof Error ? err : new DriverError(String(err));
+    this.failure = err instanceof Error ? err : new DriverError('handler-failed', String(err), { cause: err });
     if (this.state !== 'broken') this.state = 'failed';
     try {
       const s = await this.transport.getStatus();
@@ -346,7 +384,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
       if (s === 0) break;
       if (i >= 100) {
         this.deviceViolation('basic.reset.device.1', `device status reads ${statusNames(s)} after reset, not 0`, { status: s }, true);
-        throw new DriverError('device did not complete reset');
+        throw new DriverError('timeout', 'device did not complete reset');
       }
     }
     // init.cleanup.driver.2: buffers come back only now that the device is reset.
@@ -387,8 +425,8 @@ export class VirtioDriver<T extends {} | null = {} | null> {
    * within `timeoutMs` breaks init.suspend.device.6.
    */
   async suspend(options: { timeoutMs?: number } = {}): Promise<void> {
-    if (this.state !== 'live') throw new DriverError(`cannot suspend a driver that is ${this.state}`);
-    if (!this.negotiated(Feature.SUSPEND)) throw new DriverError('VIRTIO_F_SUSPEND was not negotiated');
+    if (this.state !== 'live') throw new DriverError('wrong-state', `cannot suspend a driver that is ${this.state}`);
+    if (!this.negotiated(Feature.SUSPEND)) throw new DriverError('not-negotiated', 'VIRTIO_F_SUSPEND was not negotiated');
     this.state = 'suspended';
     this.running = new Promise((res) => (this.releaseRunning = res));
     await this.statusTransition(Status.SUSPEND, Status.SUSPEND, 'init.suspend.device.6', 'suspend', options.timeoutMs);
@@ -398,7 +436,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
 
   /** Resumes a suspended device and waits for SUSPEND = 0, DRIVER_OK = 1 (init.suspend.driver.6). */
   async resume(options: { timeoutMs?: number } = {}): Promise<void> {
-    if (this.state !== 'suspended') throw new DriverError(`cannot resume a driver that is ${this.state}`);
+    if (this.state !== 'suspended') throw new DriverError('wrong-state', `cannot resume a driver that is ${this.state}`);
     const t = this.transport;
     if ((await t.configGeneration()) !== this.generationAtSuspend) {
       this.deviceViolation('init.suspend.device.3', 'device changed its configuration space while suspended', {});
@@ -424,10 +462,10 @@ export class VirtioDriver<T extends {} | null = {} | null> {
     const done = await this.waitStatus((st) => (st & (Status.SUSPEND | Status.DRIVER_OK)) === want, timeoutMs);
     if (done === null) {
       this.deviceViolation(clause, `device did not ${what} (SUSPEND/DRIVER_OK) and did not set DEVICE_NEEDS_RESET either`, {}, true);
-      throw this.failure ?? new DriverError(`device did not ${what}`);
+      throw this.failure ?? new DriverError('timeout', `device did not ${what}`);
     }
     if (done & Status.DEVICE_NEEDS_RESET) {
-      this.breakDown(new DriverError(`device failed to ${what} (DEVICE_NEEDS_RESET)`));
+      this.breakDown(new DriverError('needs-reset', `device failed to ${what} (DEVICE_NEEDS_RESET)`));
       throw this.failure;
     }
   }
@@ -468,7 +506,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
       const after = await t.configGeneration();
       if (before === after) return value;
     }
-    throw new DriverError(`config_generation kept changing over ${this.configRetries} reads`);
+    throw new DriverError('config-unstable', `config_generation kept changing over ${this.configRetries} reads`);
   }
 
   // ---------------------------------------------------------------- queues
@@ -477,7 +515,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
   async setupQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue<T>> {
     const t = this.transport;
     const max = await t.queueMaxSize(index);
-    if (max === 0) throw new DriverError(`queue ${index} is not available on this device`);
+    if (max === 0) throw new DriverError('no-queue', `queue ${index} is not available on this device`);
     const format = this.negotiated(Feature.RING_PACKED) ? 'packed' : 'split';
     let size = Math.min(options.size ?? this.queueSize, max);
     if (format === 'split') size = 1 << Math.floor(Math.log2(size)); // split sizes are powers of two (2.7)
@@ -521,15 +559,15 @@ export class VirtioDriver<T extends {} | null = {} | null> {
   async resetQueue(index: number, options: { timeoutMs?: number } = {}): Promise<T[]> {
     const t = this.transport;
     const q = this.queues[index];
-    if (!this.negotiated(Feature.RING_RESET)) throw new DriverError('VIRTIO_F_RING_RESET was not negotiated');
-    if (q === undefined) throw new DriverError(`queue ${index} is not set up`);
+    if (!this.negotiated(Feature.RING_RESET)) throw new DriverError('not-negotiated', 'VIRTIO_F_RING_RESET was not negotiated');
+    if (q === undefined) throw new DriverError('no-queue', `queue ${index} is not set up`);
     if (t.resetQueue === undefined || t.queueResetPending === undefined || t.queueEnabled === undefined) {
-      throw new DriverError('this transport cannot reset a single queue');
+      throw new DriverError('unsupported', 'this transport cannot reset a single queue');
     }
     await t.resetQueue(index);
     const deadline = Date.now() + (options.timeoutMs ?? 1000);
     while (await t.queueResetPending(index)) {
-      if (Date.now() >= deadline) throw new DriverError(`queue ${index} reset did not complete`);
+      if (Date.now() >= deadline) throw new DriverError('timeout', `queue ${index} reset did not complete`);
       await new Promise((res) => setTimeout(res, 1));
     }
     if (await t.queueEnabled(index)) {
@@ -547,7 +585,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
 
   /** Re-enables a reset queue: configured again as in initial discovery (basic.vq-reenable.driver.1). */
   async reenableQueue(index: number, options: { size?: number } = {}): Promise<DriverQueue<T>> {
-    if (!this.queuesReset.has(index)) throw new DriverError(`queue ${index} was not reset`);
+    if (!this.queuesReset.has(index)) throw new DriverError('no-queue', `queue ${index} was not reset`);
     const q = await this.setupQueue(index, options);
     this.queuesReset.delete(index);
     return q;

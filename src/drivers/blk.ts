@@ -9,17 +9,30 @@ import { bit } from '../spec/features.js';
 import type { DriverTransport } from '../driver/transport.js';
 import type { DriverQueue } from '../virtqueue/queue.js';
 import { BLK_FEATURES, BlkConfig, BlkStatus, BlkType } from '../spec/blk.js';
+import { VirtioTsError } from '../errors.js';
 
 const SECTOR = 512;
 
-/** A request the device answered with IOERR or UNSUPP. */
-export class BlkError extends Error {
-  override readonly name = 'BlkError';
+/**
+ * How the device answered a block request that did not succeed (5.2.6, the status byte):
+ * - `io-error`: VIRTIO_BLK_S_IOERR (a failed read or write, a write to a read-only device);
+ * - `unsupported`: VIRTIO_BLK_S_UNSUPP (a request type the device does not serve);
+ * - `bad-status`: a status value the spec does not define (`status` holds it).
+ * A request the driver refuses before sending is not a BlkError: offsets and lengths that are
+ * not whole sectors, or beyond the capacity, are the caller's mistake (RangeError); a request
+ * whose feature was not negotiated is a DriverError (`not-negotiated`); a driver that gave up
+ * rejects with its DriverError.
+ */
+export type BlkErrorKind = 'io-error' | 'unsupported' | 'bad-status';
+
+/** A block request the device answered with a status other than OK. */
+export class BlkError extends VirtioTsError<BlkErrorKind> {
   constructor(
     message: string,
+    /** The status byte the device wrote. */
     readonly status: number,
   ) {
-    super(message);
+    super(status === BlkStatus.IOERR ? 'io-error' : status === BlkStatus.UNSUPP ? 'unsupported' : 'bad-status', message);
   }
 }
 
@@ -176,7 +189,7 @@ export class BlkDriver extends VirtioDriver<Request> {
 
   /** With VIRTIO_BLK_F_CONFIG_WCE: switch between writeback (true) and writethrough. */
   async setWriteback(on: boolean): Promise<void> {
-    if (!this.negotiated(BLK_FEATURES.CONFIG_WCE)) throw new DriverError('VIRTIO_BLK_F_CONFIG_WCE was not negotiated');
+    if (!this.negotiated(BLK_FEATURES.CONFIG_WCE)) throw new DriverError('not-negotiated', 'VIRTIO_BLK_F_CONFIG_WCE was not negotiated');
     await this.transport.writeConfig(BlkConfig.writeback, 1, on ? 1 : 0);
   }
 
@@ -197,7 +210,7 @@ export class BlkDriver extends VirtioDriver<Request> {
   }
 
   private async segmentRequest(type: number, feature: number, offset: number, length: number, flags: number): Promise<void> {
-    if (!this.negotiated(feature)) throw new DriverError(`the device does not support this request (feature bit ${feature} not negotiated)`);
+    if (!this.negotiated(feature)) throw new DriverError('not-negotiated', `the device does not support this request (feature bit ${feature} not negotiated)`);
     this.checkIo(offset, length);
     const seg = new Uint8Array(16);
     const v = new DataView(seg.buffer);
@@ -230,7 +243,7 @@ export class BlkDriver extends VirtioDriver<Request> {
     const dataLen = (out?.length ?? 0) + (into?.length ?? 0);
     for (;;) {
       if (this.state === 'suspended') await this.whenRunning();
-      if (this.state !== 'live' || this.requestQueues.length === 0) throw this.failure ?? new DriverError('block driver is not started');
+      if (this.state !== 'live' || this.requestQueues.length === 0) throw this.failure ?? new DriverError('not-started', 'block driver is not started');
       const q = this.requestQueues[this.next++ % this.requestQueues.length];
       const mem = this.takeGuest(16 + dataLen + 1);
       const g = this.transport.memory;

@@ -20,6 +20,7 @@ import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../driver/d
 import { bit, hasFeature } from '../spec/features.js';
 import type { DriverTransport } from '../driver/transport.js';
 import type { DriverQueue } from '../virtqueue/queue.js';
+import { VirtioTsError } from '../errors.js';
 import {
   CONSOLE_FEATURES,
   CONTROL_HEADER_SIZE,
@@ -50,6 +51,24 @@ export interface ConsoleDriverOptions extends Partial<VirtioDriverOptions> {
 }
 
 const DRIVER_CONSOLE_FEATURES = bit(CONSOLE_FEATURES.SIZE) | bit(CONSOLE_FEATURES.MULTIPORT) | bit(CONSOLE_FEATURES.EMERG_WRITE);
+
+/**
+ * What went wrong with a console port (the driver's own failures are DriverErrors):
+ * - `port-removed`: the device removed the port (DEVICE_REMOVE): writes to it fail, and so do
+ *   writes still waiting for room in its transmitq (those already in the ring complete).
+ */
+export type ConsoleErrorKind = 'port-removed';
+
+export class ConsoleError extends VirtioTsError<ConsoleErrorKind> {
+  constructor(
+    kind: ConsoleErrorKind,
+    message: string,
+    /** The port the error is about. */
+    readonly port: number,
+  ) {
+    super(kind, message);
+  }
+}
 
 interface RxBuffer {
   kind: 'receive';
@@ -258,7 +277,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
   async start(): Promise<void> {
     // Started again: reset first, so the device no longer touches the buffers let go of.
     if (this.state !== 'idle') await this.reset();
-    this.forget(new DriverError('the console driver was started again'));
+    this.forget(new DriverError('cancelled', 'the console driver was started again'));
     await this.init({
       setup: async () => {
         const f = CONSOLE_FEATURES;
@@ -304,14 +323,14 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
   /** Resets the device and ends every port; pending writes fail. */
   override async shutdown(): Promise<void> {
     await super.shutdown();
-    this.forget(new DriverError('the console driver was shut down'));
+    this.forget(new DriverError('cancelled', 'the console driver was shut down'));
   }
 
   /** A port by id or name, once the device has added (and, for a name, named) it. */
   waitForPort(match: number | string): Promise<ConsolePort> {
     const test = (p: ConsolePort) => (typeof match === 'number' ? p.id === match : p.name === match);
     for (const p of this.ports.values()) if (test(p)) return Promise.resolve(p);
-    if (this.state === 'broken' || this.state === 'failed') return Promise.reject(this.failure ?? new DriverError('console driver failed'));
+    if (this.state === 'broken' || this.state === 'failed') return Promise.reject(this.failure ?? new DriverError('not-started', 'console driver failed'));
     return new Promise((resolve, reject) => this.portWaiters.push({ test, resolve, reject }));
   }
 
@@ -321,7 +340,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
    */
   async emergWrite(ch: number | string): Promise<void> {
     const offered = this.offered !== 0n ? this.offered : await this.transport.getDeviceFeatures();
-    if (!hasFeature(offered, CONSOLE_FEATURES.EMERG_WRITE)) throw new DriverError('the device does not offer VIRTIO_CONSOLE_F_EMERG_WRITE');
+    if (!hasFeature(offered, CONSOLE_FEATURES.EMERG_WRITE)) throw new DriverError('not-offered', 'the device does not offer VIRTIO_CONSOLE_F_EMERG_WRITE');
     const bytes = typeof ch === 'number' ? [ch & 0xff] : new TextEncoder().encode(ch);
     const t = this.transport;
     for (const b of bytes) {
@@ -334,7 +353,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
       if (after & Status.DEVICE_NEEDS_RESET) {
         // The device took the write for an error instead of allowing it at any time.
         this.deviceViolation('console.device-init.device.1', `device set DEVICE_NEEDS_RESET on a write to emerg_wr (status ${statusNames(before)} -> ${statusNames(after)})`, { before, after });
-        throw this.failure ?? new DriverError('the device refused an emergency write');
+        throw this.failure ?? new DriverError('needs-reset', 'the device refused an emergency write (DEVICE_NEEDS_RESET)');
       }
     }
   }
@@ -481,20 +500,20 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
   /** A control message to the device (5.3.6.2). */
   protected sendControl(id: number, event: number, value: number): Promise<void> {
     const box = this.outboxes.get(CONTROL_TRANSMITQ);
-    if (box === undefined) return Promise.reject(new DriverError('VIRTIO_CONSOLE_F_MULTIPORT was not negotiated: no control queue'));
+    if (box === undefined) return Promise.reject(new DriverError('not-negotiated', 'VIRTIO_CONSOLE_F_MULTIPORT was not negotiated: no control queue'));
     return this.enqueue(box, encodeControl(id, event, value));
   }
 
   private writePort(port: ConsolePort, bytes: Uint8Array): Promise<void> {
-    if (port.removed) return Promise.reject(new DriverError(`port ${port.id} was removed`));
-    if (this.state !== 'live' && this.state !== 'suspended') return Promise.reject(this.failure ?? new DriverError('console driver is not started'));
+    if (port.removed) return Promise.reject(new ConsoleError('port-removed', `port ${port.id} was removed`, port.id));
+    if (this.state !== 'live' && this.state !== 'suspended') return Promise.reject(this.failure ?? new DriverError('not-started', 'console driver is not started'));
     const box = this.outboxes.get(transmitQueueOf(port.id));
-    if (box === undefined) return Promise.reject(new DriverError(`port ${port.id} has no transmitq`));
+    if (box === undefined) return Promise.reject(new DriverError('no-queue', `port ${port.id} has no transmitq`));
     return this.enqueue(box, bytes);
   }
 
   private async setPortOpen(port: ConsolePort, open: boolean): Promise<void> {
-    if (port.removed) throw new DriverError(`port ${port.id} was removed`);
+    if (port.removed) throw new ConsoleError('port-removed', `port ${port.id} was removed`, port.id);
     port.isOpen = open;
     if (this.multiport) await this.sendControl(port.id, ConsoleEvent.PORT_OPEN, open ? 1 : 0);
   }
@@ -649,7 +668,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
     // Writes not in the ring yet fail; buffers in the ring are the device's to use.
     const box = this.outboxes.get(transmitQueueOf(id));
     if (box !== undefined) {
-      const err = new DriverError(`port ${id} was removed`);
+      const err = new ConsoleError('port-removed', `port ${id} was removed`, id);
       for (const item of box.waiting.splice(0)) {
         box.pending.delete(item);
         item.reject(err);

@@ -62,7 +62,7 @@ export class RngDriver extends VirtioDriver<Request> {
         await new Promise<void>((resolve, reject) => this.roomWaiters.push({ resolve, reject }));
         continue;
       }
-      if (this.state !== 'live' || q === null) throw this.failure ?? new DriverError('entropy driver is not started');
+      if (this.state !== 'live' || q === null) throw this.failure ?? new DriverError('not-started', 'entropy driver is not started');
       const addr = this.allocator.alloc(len, 8);
       let req!: Request;
       const done = new Promise<Uint8Array>((resolve, reject) => (req = { addr, len, resolve, reject }));
@@ -86,7 +86,7 @@ export class RngDriver extends VirtioDriver<Request> {
   async restartQueue(options: { size?: number } = {}): Promise<void> {
     this.queue = null;
     const tokens = await this.resetQueue(0);
-    const err = new DriverError('the entropy queue was reset before the device answered');
+    const err = new DriverError('cancelled', 'the entropy queue was reset before the device answered');
     for (const req of tokens) {
       this.pending.delete(req);
       this.allocator.release(req.addr);
