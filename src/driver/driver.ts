@@ -84,10 +84,16 @@ export interface VirtioDriverOptions {
   indirectMax?: number;
   /** Times a config read retries while the generation changes. */
   configRetries?: number;
-  /** Hash device-readable buffers to catch a device writing into them (see SplitDriverQueueOptions). */
+  /** Hash device-readable buffers to catch a device writing into them (see DriverRingOptions.auditReadable). */
   auditReadable?: boolean;
 }
 
+/**
+ * Where a driver stands: `idle` (never started, or shut down), `initializing` (init() runs),
+ * `live` (DRIVER_OK), `suspended` (VIRTIO_F_SUSPEND), `failed` (init() stopped and set FAILED:
+ * init.sequence.driver.5), `broken` (the driver gave up on a device that broke a rule or needs
+ * a reset; `failure` says why). Another init() starts over from `failed` or `broken`.
+ */
 export type DriverState = 'idle' | 'initializing' | 'live' | 'suspended' | 'failed' | 'broken';
 
 /**
