@@ -10,7 +10,8 @@
 import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../monitor/monitor.js';
 import type { DriverQueue, ViolationSink } from '../queue.js';
-import { DriverQueueBase, type DriverRingOptions } from '../driver-queue-base.js';
+import { DriverQueueBase, indirectEntries, indirectPoolRegion, type DriverRingOptions } from '../driver-queue-base.js';
+import { ChainBuilder } from '../chain.js';
 import {
   EVENT_FLAGS,
   EVENT_OFF_WRAP,
@@ -61,6 +62,7 @@ export function layoutPackedQueue(base: number, size: number, indirectMax = 0): 
 
 
 export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQueueBase<T> implements DriverQueue<T> {
+  // Fields in this order on purpose: see the layout note on DriverQueueBase.
   readonly format = 'packed' as const;
 
   private nextAvail = 0;
@@ -72,8 +74,13 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
 
   private freeTop: number;
   private readonly freeIds: Uint16Array;
+  protected readonly tokens: (T | undefined)[];
+  protected readonly inFlight: Uint8Array;
+  /** Set at publish(): the device can have seen the buffer (its first flags are written). */
+  protected readonly exposed: Uint8Array;
   private readonly pendingId: Uint16Array;
   private readonly slotsOf: Uint16Array;
+  protected readonly writableLen: Float64Array;
   // What the driver last wrote into, or read from, each slot (packed.desc-table.device.4).
   private readonly shadow: Uint32Array;
   // Lists committed, their first descriptor's flags not yet written (publish writes them).
@@ -81,15 +88,19 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
   private readonly pendingSlot: Uint16Array;
   private readonly pendingFlags: Uint16Array;
 
-  // IN_ORDER: ids in the order made available (the batch being handed out is in the base).
+  // IN_ORDER: ids in the order made available, and the batch being handed out.
   private readonly order: Uint16Array;
   private orderHead = 0;
   private orderTail = 0;
+  protected batchLeft = 0;
+  protected batchLastLen = 0;
   /** Ids returned as skipped members of a batch, until the driver reuses them. */
   private readonly skipped: Uint8Array;
 
   /** With auditReadable: per buffer id, its readable pieces and their hash. */
   private readonly readable = new Map<number, { addrs: number[]; lens: number[]; hash: number }>();
+
+  protected readonly seg: ChainBuilder;
 
   private readonly ring: MemoryRegion;
   private readonly ringOff: number;
@@ -97,33 +108,44 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
   private readonly driverEventOff: number;
   private readonly deviceEvent: MemoryRegion;
   private readonly deviceEventOff: number;
+  protected readonly indirectMax: number;
+  protected readonly pool: number;
+  protected readonly poolRegion: MemoryRegion | null;
 
   constructor(
     mem: GuestMemory,
     index: number,
     size: number,
-    readonly addrs: PackedRingAddresses,
+    addrs: PackedRingAddresses,
     options: PackedDriverQueueOptions,
     monitor: Monitor,
     sink: ViolationSink,
   ) {
-    super(mem, index, size, options, monitor, sink);
+    super(mem, index, size, addrs, options, monitor, sink);
     this.freeIds = new Uint16Array(size);
     for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
     this.freeTop = size;
+    this.tokens = new Array<T | undefined>(size).fill(undefined);
+    this.inFlight = new Uint8Array(size);
+    this.exposed = new Uint8Array(size);
     this.pendingId = new Uint16Array(size);
     this.slotsOf = new Uint16Array(size);
+    this.writableLen = new Float64Array(size);
     this.shadow = new Uint32Array(size * 4);
     this.pendingSlot = new Uint16Array(size);
     this.pendingFlags = new Uint16Array(size);
     this.order = new Uint16Array(size);
     this.skipped = new Uint8Array(size);
+    this.indirectMax = indirectEntries(options, size);
+    this.pool = options.indirectPool ?? 0;
+    this.seg = new ChainBuilder(Math.max(size, this.indirectMax));
     this.ring = mem.region(addrs.desc, packedRingSize(size));
     this.ringOff = addrs.desc - this.ring.guestAddr;
     this.driverEvent = mem.region(addrs.avail, EVENT_SIZE);
     this.driverEventOff = addrs.avail - this.driverEvent.guestAddr;
     this.deviceEvent = mem.region(addrs.used, EVENT_SIZE);
     this.deviceEventOff = addrs.used - this.deviceEvent.guestAddr;
+    this.poolRegion = indirectPoolRegion(mem, options, size);
     this.ring.bytes.fill(0, this.ringOff, this.ringOff + packedRingSize(size));
     this.driverEvent.bytes.fill(0, this.driverEventOff, this.driverEventOff + EVENT_SIZE);
     this.deviceEvent.bytes.fill(0, this.deviceEventOff, this.deviceEventOff + EVENT_SIZE);
@@ -135,9 +157,11 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
    * ring has no room for the whole list (packed.scatter-gather-support.driver.5).
    */
   commit(token: T, options?: { indirect?: boolean }): number {
-    const useIndirect = this.checkChain('packed.scatter-gather-support.driver.3', options);
     const seg = this.seg;
     const n = seg.count;
+    if (n === 0) throw new RangeError('empty chain');
+    if (seg.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (packed.scatter-gather-support.driver.3)');
+    const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
     const slots = useIndirect ? 1 : n;
     if (this.numFree < slots || this.freeTop === 0 || this.broken) return -1;
     const id = this.freeIds[--this.freeTop];
@@ -179,9 +203,13 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
       }
       this.readable.set(id, rec);
     }
-    if (this.inOrder) this.order[this.orderTail++ % this.size] = id;
+    if (this.options.inOrder) this.order[this.orderTail++ % this.size] = id;
+    this.tokens[id] = token;
+    this.writableLen[id] = writable;
+    this.inFlight[id] = 1;
+    this.inFlightCount++;
     this.availLinear += slots;
-    this.committed(id, token, writable);
+    seg.count = 0;
     return id;
   }
 
@@ -294,7 +322,7 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
       if (!this.isOut(id)) break;
       let buffers = 1;
       let slots = this.slotsOf[id];
-      if (this.inOrder) {
+      if (this.options.inOrder) {
         // The used descriptor names the last buffer of a batch: those before it in order are in it.
         buffers = 0;
         slots = 0;
@@ -329,7 +357,7 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
     const rawLen = view.getUint32(o + 8, true);
     // 2.8.4: without WRITE in the used descriptor nothing was written; len is reserved.
     const len = flags & PDESC_F_WRITE ? rawLen : 0;
-    if (!this.isOut(id)) {
+    if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
       if (id < this.size && this.skipped[id] === 1) {
         this.report('reserved.bits.device.5', `with IN_ORDER the device marked buffer ${id} used after a later buffer's used descriptor already covered it`, { id, slot }, true);
       } else {
@@ -337,7 +365,7 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
       }
       return undefined;
     }
-    if (this.inOrder) {
+    if (this.options.inOrder) {
       const front = this.order[this.orderHead % this.size];
       if (id !== front) {
         // A batch: `id` is its last buffer; those before it were used completely.
@@ -383,17 +411,26 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
       for (let i = 0; i < rec.addrs.length; i++) h = hashGuest(this.mem, rec.addrs[i], rec.lens[i], h);
       if (h !== rec.hash) this.report('packed.desc-table.device.1', `device wrote into a device-readable buffer of buffer ${id}`, { id }, false);
     }
-    len = this.usedLen(id, len, 'struct.used-len.device.1');
-    this.lastUsed += this.slotsOf[id];
+    if (len > this.writableLen[id]) len = this.usedLen(id, len, 'struct.used-len.device.1');
+    const slots = this.slotsOf[id];
+    this.lastUsed += slots;
     if (this.lastUsed >= this.size) {
       this.lastUsed -= this.size;
       this.usedWrap = !this.usedWrap;
     }
-    return this.handBack(id, len);
+    const token = this.tokens[id];
+    this.release(id);
+    this.lastId = id;
+    this.lastLen = len;
+    return token;
   }
 
   protected release(id: number): void {
-    this.forget(id, this.slotsOf[id]);
+    this.numFree += this.slotsOf[id];
+    this.inFlight[id] = 0;
+    this.exposed[id] = 0;
+    this.inFlightCount--;
+    this.tokens[id] = undefined;
     this.freeIds[this.freeTop++] = id;
   }
 

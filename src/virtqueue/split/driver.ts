@@ -12,7 +12,8 @@ import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/gue
 import type { Monitor } from '../../monitor/monitor.js';
 import { VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../spec/constants.js';
 import type { DriverQueue, ViolationSink } from '../queue.js';
-import { DriverQueueBase, type DriverRingOptions } from '../driver-queue-base.js';
+import { DriverQueueBase, indirectEntries, indirectPoolRegion, type DriverRingOptions } from '../driver-queue-base.js';
+import { ChainBuilder } from '../chain.js';
 import {
   AVAIL_RING,
   DESC_SIZE,
@@ -57,14 +58,23 @@ export function layoutSplitQueue(base: number, size: number, indirectMax = 0): S
 }
 
 export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQueueBase<T> implements DriverQueue<T> {
+  // Fields in this order on purpose: see the layout note on DriverQueueBase.
   readonly format = 'split' as const;
   readonly mask: number;
+  declare readonly options: SplitDriverQueueOptions;
 
   private freeHead = 0;
   private readonly nextFree: Uint16Array;
+  private readonly inOrder: boolean;
   /** Head made available at each avail ring position (IN_ORDER bookkeeping, publish()). */
   private readonly availHeadAt: Uint16Array;
+  protected batchLeft = 0;
+  protected batchLastLen = 0;
+  protected readonly tokens: (T | undefined)[];
+  protected readonly inFlight: Uint8Array;
+  protected readonly exposed: Uint8Array;
   private publishedIdx = 0;
+  protected readonly writableLen: Float64Array;
   private readonly tableCount: Uint16Array;
   private readonly usesIndirect: Uint8Array;
   // Shadow of the table descriptors as written, for split.desc-table.device.4.
@@ -76,10 +86,8 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
   private availIdx = 0;
   private kickedAt = 0;
   private lastUsed = 0;
-  /** used.idx as last validated. */
-  private seenUsed = 0;
-  /** used.idx when the last used-buffer notification was audited (synchronous transports). */
-  private usedIdxAtLastNotification = 0;
+
+  protected readonly seg: ChainBuilder;
 
   private readonly desc: MemoryRegion;
   private readonly descOff: number;
@@ -87,34 +95,50 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
   private readonly availOff: number;
   private readonly used: MemoryRegion;
   private readonly usedOff: number;
+  protected readonly indirectMax: number;
+  protected readonly pool: number;
+  protected readonly poolRegion: MemoryRegion | null;
+  /** used.idx when the last used-buffer notification was audited (synchronous transports). */
+  private usedIdxAtLastNotification = 0;
+  /** used.idx as last validated. */
+  private seenUsed = 0;
 
   constructor(
     mem: GuestMemory,
     index: number,
     size: number,
-    readonly addrs: SplitRingAddresses,
-    override readonly options: SplitDriverQueueOptions,
+    addrs: SplitRingAddresses,
+    options: SplitDriverQueueOptions,
     monitor: Monitor,
     sink: ViolationSink,
   ) {
-    super(mem, index, size, options, monitor, sink);
+    super(mem, index, size, addrs, options, monitor, sink);
     this.mask = size - 1;
     this.nextFree = new Uint16Array(size);
+    this.inOrder = options.inOrder === true;
     // With IN_ORDER the free descriptors are one cyclic run: x is followed by (x + 1) % size
     // (split.desc-table.driver.2), and buffers come back in the order they went out.
     for (let i = 0; i < size; i++) this.nextFree[i] = this.inOrder ? (i + 1) % size : i + 1;
     this.availHeadAt = new Uint16Array(size);
+    this.tokens = new Array<T | undefined>(size).fill(undefined);
+    this.inFlight = new Uint8Array(size);
+    this.exposed = new Uint8Array(size);
+    this.writableLen = new Float64Array(size);
     this.tableCount = new Uint16Array(size);
     this.usesIndirect = new Uint8Array(size);
     this.shadow = new Uint32Array(size * 4);
     this.readableHash = options.auditReadable ? new Uint32Array(size) : null;
     this.tableHash = options.auditReadable ? new Uint32Array(size) : null;
+    this.indirectMax = indirectEntries(options, size);
+    this.pool = options.indirectPool ?? 0;
+    this.seg = new ChainBuilder(Math.max(size, this.indirectMax));
     this.desc = mem.region(addrs.desc, descTableSize(size));
     this.descOff = addrs.desc - this.desc.guestAddr;
     this.avail = mem.region(addrs.avail, availRingSize(size));
     this.availOff = addrs.avail - this.avail.guestAddr;
     this.used = mem.region(addrs.used, usedRingSize(size));
     this.usedOff = addrs.used - this.used.guestAddr;
+    this.poolRegion = indirectPoolRegion(mem, options, size);
     this.availIdx = this.kickedAt = this.lastUsed = this.seenUsed = this.usedIdxAtLastNotification = this.publishedIdx = (options.startIndex ?? 0) & 0xffff;
     // split.avail-buffer-notif-suppr.driver.1: the used ring (flags included) starts zeroed.
     this.desc.bytes.fill(0, this.descOff, this.descOff + descTableSize(size));
@@ -134,9 +158,12 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
    * The buffers are exposed to the device only at the next `publish()`.
    */
   commit(token: T, options?: { indirect?: boolean }): number {
-    const useIndirect = this.checkChain('split.message-framing.driver.1', options);
     const seg = this.seg;
     const n = seg.count;
+    if (n === 0) throw new RangeError('empty chain');
+    if (seg.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (split.message-framing.driver.1)');
+    // No default object for `options`: an object literal per call is the hot path's only allocation.
+    const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
     const need = useIndirect ? 1 : n;
     if (this.numFree < need || this.broken) return -1;
     const head = this.freeHead;
@@ -177,7 +204,11 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
     this.availHeadAt[this.availIdx & this.mask] = head;
     if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + AVAIL_RING + 2 * (this.availIdx & this.mask), 2);
     this.availIdx = (this.availIdx + 1) & 0xffff;
-    this.committed(head, token, writable);
+    this.tokens[head] = token;
+    this.writableLen[head] = writable;
+    this.inFlight[head] = 1;
+    this.inFlightCount++;
+    seg.count = 0;
     return head;
   }
 
@@ -298,15 +329,20 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
     if (this.usedPending() === 0) return undefined;
     const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
     const id = this.used.view.getUint32(o, true);
-    if (!this.isOut(id)) {
+    let len = this.used.view.getUint32(o + 4, true);
+    if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
       this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
       return undefined;
     }
     this.lastUsed = (this.lastUsed + 1) & 0xffff;
-    const len = this.usedLen(id, this.used.view.getUint32(o + 4, true), 'split.used-ring.device.2');
+    if (len > this.writableLen[id]) len = this.usedLen(id, len, 'split.used-ring.device.2');
     this.checkTable(id);
     if (this.readableHash !== null) this.auditReadableBuffers(id);
-    return this.handBack(id, len);
+    const token = this.tokens[id];
+    this.release(id);
+    this.lastId = id;
+    this.lastLen = len;
+    return token;
   }
 
   /**
@@ -325,7 +361,7 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
       const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (this.lastUsed & this.mask);
       const id = this.used.view.getUint32(o, true);
       const elemLen = this.used.view.getUint32(o + 4, true);
-      if (!this.isOut(id)) {
+      if (id >= this.size || this.inFlight[id] !== 1 || this.exposed[id] !== 1) {
         this.report('struct.used-id.device.1', `used element ${this.lastUsed} names descriptor ${id}, which is not an exposed head`, { id, usedIdx: this.lastUsed }, true);
         return undefined;
       }
@@ -348,10 +384,14 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
       }
     }
     this.lastUsed = (this.lastUsed + 1) & 0xffff;
-    len = this.usedLen(head, len, 'split.used-ring.device.2');
+    if (len > this.writableLen[head]) len = this.usedLen(head, len, 'split.used-ring.device.2');
     this.checkTable(head);
     if (this.readableHash !== null) this.auditReadableBuffers(head);
-    return this.handBack(head, len);
+    const token = this.tokens[head];
+    this.release(head);
+    this.lastId = head;
+    this.lastLen = len;
+    return token;
   }
 
   /** split.desc-table.device.4: the device never writes the descriptor table. */
@@ -414,7 +454,11 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
       this.nextFree[last] = this.freeHead;
       this.freeHead = head;
     }
-    this.forget(head, n);
+    this.numFree += n;
+    this.inFlight[head] = 0;
+    this.exposed[head] = 0;
+    this.inFlightCount--;
+    this.tokens[head] = undefined;
   }
 
   /** Asks the device for used-buffer notifications again; true when used buffers are already pending. */
