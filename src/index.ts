@@ -42,7 +42,7 @@ export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, InflightTracke
 export { createDeviceQueue, createDriverQueue, driverQueueFootprint } from './virtqueue/create.js';
 export { PackedDeviceQueue } from './virtqueue/packed/device.js';
 export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint, type PackedDriverQueueOptions } from './virtqueue/packed/driver.js';
-export { DriverQueueBase, type DriverRingOptions } from './virtqueue/driver-queue-base.js';
+export { DriverQueueBase, type DriverRingOptions, type DriverRingAddresses } from './virtqueue/driver-queue-base.js';
 
 export { Monitor, formatVerdict, type Verdict, type Severity, type MonitorMode, type MonitorOptions } from './monitor/monitor.js';
 export { parseDeviations, type KnownDeviation } from './monitor/deviations.js';

@@ -176,10 +176,17 @@ export interface DriverQueue<T extends {} | null = {} | null> {
   auditMissedNotification(mark: number): void;
 }
 
+/**
+ * What createDriverQueue takes: the negotiated ring features and how long an indirect table
+ * may be (it places the indirect pool itself). The ring classes' own constructors take
+ * DriverRingOptions, with the pool already placed.
+ */
 export interface DriverQueueOptions {
   eventIdx: boolean;
   indirect: boolean;
   inOrder?: boolean;
+  /** Entries per indirect table (0: no indirect tables). */
   indirectMax: number;
+  /** See DriverRingOptions.auditReadable. */
   auditReadable?: boolean;
 }
