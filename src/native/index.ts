@@ -12,6 +12,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { readlinkSync } from 'node:fs';
+import { VirtioTsError } from '../errors.js';
 
 export interface NativeAddon {
   /** A connected pair of non-blocking unix stream sockets. */
@@ -70,16 +71,7 @@ export interface NativeAddon {
 export type NativeAddonErrorKind = 'addon-missing' | 'addon-load-failed';
 
 /** The native addon is not available; `kind` says why, the message says how to get it. */
-export class NativeAddonError extends Error {
-  override readonly name = 'NativeAddonError';
-  constructor(
-    readonly kind: NativeAddonErrorKind,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
-}
+export class NativeAddonError extends VirtioTsError<NativeAddonErrorKind> {}
 
 const HOW =
   'The library does not need it; vhost-user (`virtio-ts serve`) does. To build it, install a C compiler, make and python3, then run `npm rebuild virtio-ts` (in a checkout: `npm run build:native`).';

@@ -32,6 +32,7 @@ function elfMachine(file: string): number {
 interface Probe {
   libExports: number;
   nodeExports: number;
+  testingExports: number;
   addon: { ok: true; loaded: string[] } | { ok: false; name: string; kind: string; isNativeAddonError: boolean; message: string };
 }
 
@@ -40,6 +41,7 @@ import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 const lib = await import('virtio-ts');
 const nodeApi = await import('virtio-ts/node');
+const testing = await import('virtio-ts/testing');
 // The addon wrapper keeps its path (dist/src/native/index.js); virtio-ts/node does not export it.
 const nat = await import(pathToFileURL('node_modules/virtio-ts/dist/src/native/index.js').href);
 let addon;
@@ -54,7 +56,7 @@ try {
 } catch (err) {
   addon = { ok: false, name: err.name, kind: err.kind, isNativeAddonError: err instanceof nat.NativeAddonError, message: err.message };
 }
-console.log(JSON.stringify({ libExports: Object.keys(lib).length, nodeExports: Object.keys(nodeApi).length, addon }));
+console.log(JSON.stringify({ libExports: Object.keys(lib).length, nodeExports: Object.keys(nodeApi).length, testingExports: Object.keys(testing).length, addon }));
 `;
 
 test('npm install of the packed tarball works without a compiler: the library imports and the addon loads from prebuilds/', { timeout: 300_000 }, async (t) => {
@@ -74,7 +76,7 @@ test('npm install of the packed tarball works without a compiler: the library im
     assert.equal(packed.status, 0, packed.stderr);
     const [info] = JSON.parse(packed.stdout) as [{ filename: string; files: { path: string }[] }];
     const shipped = new Set(info.files.map((f) => f.path));
-    for (const f of [`prebuilds/linux-x64/${ADDON}`, `prebuilds/linux-arm64/${ADDON}`, 'scripts/install.mjs', 'binding.gyp', 'native/addon.c', 'dist/src/index.js', 'dist/src/node.js', 'LICENSE']) {
+    for (const f of [`prebuilds/linux-x64/${ADDON}`, `prebuilds/linux-arm64/${ADDON}`, 'scripts/install.mjs', 'binding.gyp', 'native/addon.c', 'dist/src/index.js', 'dist/src/node.js', 'dist/src/testing.js', 'LICENSE']) {
       assert.ok(shipped.has(f), `the tarball ships ${f}`);
     }
     assert.ok(![...shipped].some((f) => f.startsWith('dist/test/') || f.startsWith('build/')), 'no tests or local build in the tarball');
@@ -110,7 +112,7 @@ test('npm install of the packed tarball works without a compiler: the library im
     };
     const prebuilt = realpathSync(join(installed, `prebuilds/linux-${process.arch}`, ADDON));
     const first = probe();
-    assert.ok(first.libExports > 20 && first.nodeExports > first.libExports, `virtio-ts and virtio-ts/node import (${first.libExports}, ${first.nodeExports} exports)`);
+    assert.ok(first.libExports > 20 && first.nodeExports > first.libExports && first.testingExports > 0, `virtio-ts, virtio-ts/node and virtio-ts/testing import (${first.libExports}, ${first.nodeExports}, ${first.testingExports} exports)`);
     assert.deepEqual(first.addon, { ok: true, loaded: [prebuilt] }, 'native() loaded the prebuilt binary');
 
     // 5. A forced compile (npm_config_build_from_source) cannot work here: the install step warns
@@ -124,7 +126,7 @@ test('npm install of the packed tarball works without a compiler: the library im
     //    native() throws a NativeAddonError of kind addon-missing; serve exits 3 and says why.
     rmSync(join(installed, 'prebuilds'), { recursive: true });
     const none = probe();
-    assert.ok(none.libExports > 20 && none.nodeExports > none.libExports);
+    assert.ok(none.libExports > 20 && none.nodeExports > none.libExports && none.testingExports > 0, 'the library imports without the addon');
     assert.equal(none.addon.ok, false);
     if (!none.addon.ok) {
       assert.equal(none.addon.isNativeAddonError, true, none.addon.message);
