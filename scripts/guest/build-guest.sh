@@ -19,9 +19,10 @@ if [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initramfs.cpio" ]; then
   (cd initrd && cpio -idm --quiet) < "$OUT/initramfs.cpio"
   cp "$HERE/init" initrd/init
   chmod +x initrd/init
-  # Replaced by rename: a guest booting meanwhile keeps reading the old file.
-  (cd initrd && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio.tmp"
-  mv "$OUT/initramfs.cpio.tmp" "$OUT/initramfs.cpio"
+  # Replaced by rename (a guest booting meanwhile keeps reading the old file) from a file of
+  # this process alone (worktrees may share one .guest).
+  (cd initrd && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio.$$.tmp"
+  mv "$OUT/initramfs.cpio.$$.tmp" "$OUT/initramfs.cpio"
   echo "guest: initramfs re-packed with this checkout's scripts/guest/init"
   exit 0
 fi
@@ -66,6 +67,6 @@ while read -r ko; do
 done < order
 cp "$HERE/init" initrd/init
 chmod +x initrd/init
-(cd initrd && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio.tmp"
-mv "$OUT/initramfs.cpio.tmp" "$OUT/initramfs.cpio"
+(cd initrd && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio.$$.tmp"
+mv "$OUT/initramfs.cpio.$$.tmp" "$OUT/initramfs.cpio"
 echo "guest: kernel $KVER, $(wc -l < initrd/modules) modules, initramfs $(du -h "$OUT/initramfs.cpio" | cut -f1)"
