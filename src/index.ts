@@ -9,7 +9,7 @@ export { GuestAllocator } from './memory/allocator.js';
 
 export * from './spec/constants.js';
 export * from './spec/features.js';
-export { DEVICE_TYPES, brokenDependency, isDescribedFeature, type DeviceTypeInfo, type FeatureDependency } from './spec/device-types.js';
+export { DEVICE_TYPES, unmetDependency, isDescribedFeature, type DeviceTypeInfo, type FeatureDependency, type UnmetDependency } from './spec/device-types.js';
 export { NET_FEATURES } from './spec/net.js';
 export { BLK_FEATURES, BlkType, BlkStatus, BlkConfig } from './spec/blk.js';
 export { CONSOLE_FEATURES, ConsoleConfig, ConsoleEvent, type ConsoleSize } from './spec/console.js';

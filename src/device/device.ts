@@ -15,7 +15,7 @@ import { bit, featureBits as featureBitsOf, featureNames, hasFeature, type Featu
 import type { DeviceQueue, RingFormat } from '../virtqueue/queue.js';
 import { createDeviceQueue } from '../virtqueue/create.js';
 import type { QueueFeatures } from '../virtqueue/queue.js';
-import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from '../spec/device-types.js';
+import { DEVICE_TYPES, isDescribedFeature, unmetDependency } from '../spec/device-types.js';
 
 /** How the device reaches the driver: the transport implements it. */
 export interface DeviceHost {
@@ -333,9 +333,9 @@ export abstract class VirtioDevice {
       this.violation('reserved.bits.driver.1', 'driver did not accept VIRTIO_F_VERSION_1, which the device offers', {});
       return false;
     }
-    const missing = this.missingDependency(f);
-    if (missing !== null) {
-      this.violation('basic.features.driver.1', `driver accepted a feature without the feature it requires: ${missing}`, {});
+    const unmet = unmetDependency(this.deviceId, f);
+    if (unmet !== null) {
+      this.violation('basic.features.driver.1', `driver accepted a feature without the feature it requires: ${unmet.description}`, {});
       return false;
     }
     if (!this.validateFeatures(f)) return false;
@@ -357,11 +357,6 @@ export abstract class VirtioDevice {
     if (!this.featuresRefused) return;
     this.featuresRefused = false;
     this.violation('init.sequence.driver.5', `the device refused FEATURES_OK and the driver ${what} instead of setting FAILED or resetting`, {});
-  }
-
-  /** Device types name features that need other features; returns a description or null. */
-  protected missingDependency(features: bigint): string | null {
-    return brokenDependency(this.deviceId, features);
   }
 
   /** Device types may refuse a valid-looking subset (basic.features.device.2 says they should not). */
