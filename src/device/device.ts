@@ -159,7 +159,6 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
 
   /** The type's view of this device (one object for the device's life). */
   private makeContext(): DeviceContext {
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
     const d = this;
     return {
       name: d.name,

@@ -43,6 +43,7 @@ export interface BlkOptions {
   core?: VirtioDeviceOptions;
   /** Request queues (VIRTIO_BLK_F_MQ when more than one). */
   numQueues?: number;
+  /** Largest queue the driver may set up (default 256). */
   queueMaxSize?: number;
   /**
    * Most data segments per request (seg_max); default min(queueMaxSize, 128) - 2 (see

@@ -129,6 +129,7 @@ export interface ConsoleDeviceOptions {
   highWater?: number;
   /** Buffered host bytes per port beyond which push() drops (default 4 MiB). */
   maxBuffered?: number;
+  /** Largest queue the driver may set up (default 128). */
   queueMaxSize?: number;
   /** ConsoleDevice only: the device's monitor. */
   monitor?: Monitor;

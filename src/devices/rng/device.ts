@@ -25,11 +25,13 @@ export const cryptoEntropy: EntropySource = (dst) => {
 };
 
 export interface RngDeviceOptions {
+  /** Where the bytes come from (default {@link cryptoEntropy}). */
   source?: EntropySource;
   /** Used instead of `source` when set: requests are held until it resolves. */
   asyncSource?: AsyncEntropySource;
   /** Bytes given per request at most (the device MAY use less than the buffer: entropy.device-operation.device.2). */
   maxBytesPerRequest?: number;
+  /** Largest queue the driver may set up (default 64). */
   queueMaxSize?: number;
   /** RngDevice only: the device's monitor. */
   monitor?: Monitor;
