@@ -17,7 +17,7 @@ import { VirtioDriver, type DriverState } from '../driver/driver.js';
 import { NET_FEATURES } from '../spec/net.js';
 import { DescriptorChain } from '../virtqueue/chain.js';
 import type { SplitDeviceQueue } from '../virtqueue/split/device.js';
-import type { DeviceQueue, DriverQueue } from '../virtqueue/queue.js';
+import type { DriverQueue } from '../virtqueue/queue.js';
 import type { SplitDriverQueue } from '../virtqueue/split/driver.js';
 import type { PackedDriverQueue } from '../virtqueue/packed/driver.js';
 import type { PackedDeviceQueue } from '../virtqueue/packed/device.js';
