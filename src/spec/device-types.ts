@@ -90,8 +90,20 @@ export function isDescribedFeature(deviceId: number, bitNo: number): boolean {
   return info !== undefined && info.features[bitNo] !== undefined;
 }
 
-/** The first broken dependency in `set`, described, or null (basic.features.*.1). */
-export function brokenDependency(deviceId: number, set: bigint): string | null {
+/** A feature in a set without a feature it requires (spec e.g. 5.1.3.1). */
+export interface UnmetDependency {
+  /** The feature that has a requirement. */
+  feature: number;
+  /** The required bits not in the set. */
+  missing: number[];
+  /** True when any one of `missing` would do; false when every one is needed. */
+  oneOf: boolean;
+  /** For messages: "VIRTIO_NET_F_GUEST_TSO4 requires VIRTIO_NET_F_GUEST_CSUM". */
+  description: string;
+}
+
+/** The first dependency `set` does not meet, or null when it meets them all (basic.features.*.1). */
+export function unmetDependency(deviceId: number, set: bigint): UnmetDependency | null {
   const info = DEVICE_TYPES[deviceId];
   if (info === undefined) return null;
   const has = (b: number) => ((set >> BigInt(b)) & 1n) === 1n;
@@ -99,8 +111,8 @@ export function brokenDependency(deviceId: number, set: bigint): string | null {
   for (const d of info.dependencies) {
     if (!has(d.feature)) continue;
     const missingAll = (d.allOf ?? []).filter((b) => !has(b));
-    if (missingAll.length > 0) return `${name(d.feature)} requires ${missingAll.map(name).join(' and ')}`;
-    if (d.anyOf !== undefined && !d.anyOf.some(has)) return `${name(d.feature)} requires one of ${d.anyOf.map(name).join(', ')}`;
+    if (missingAll.length > 0) return { feature: d.feature, missing: missingAll, oneOf: false, description: `${name(d.feature)} requires ${missingAll.map(name).join(' and ')}` };
+    if (d.anyOf !== undefined && !d.anyOf.some(has)) return { feature: d.feature, missing: [...d.anyOf], oneOf: true, description: `${name(d.feature)} requires one of ${d.anyOf.map(name).join(', ')}` };
   }
   return null;
 }

@@ -1,9 +1,14 @@
 /**
- * What a block device stores its sectors in. The device core stays browser-safe: this module
- * has the interface and an in-memory disk; the file backend (Node) is in src/node/file-block.ts.
+ * Block storage: what a block device keeps its sectors in. The device stays browser-safe:
+ * this module has the interface and an in-memory disk; storage over a file or a block device
+ * node (Node) is FileBlockStorage in src/node/file-block.ts. Implement BlockStorage for any
+ * other place (a network disk, a Map of sectors, a copy-on-write overlay).
+ *
+ * Errors: a promise that rejects fails that one request with VIRTIO_BLK_S_IOERR; the device
+ * goes on. Adapters here reject with a DeviceError ('read-only', 'storage-io').
  */
 
-export interface BlockBackend {
+export interface BlockStorage {
   /** Size in bytes (a multiple of 512). */
   readonly size: number;
   readonly readOnly: boolean;
@@ -23,7 +28,7 @@ export interface BlockBackend {
 }
 
 /** A disk in memory (tests, demos, browsers). */
-export class MemoryBlockBackend implements BlockBackend {
+export class MemoryBlockStorage implements BlockStorage {
   readonly bytes: Uint8Array;
   flushes = 0;
 
@@ -66,3 +71,10 @@ export class MemoryBlockBackend implements BlockBackend {
     this.bytes.fill(0, offset, offset + length);
   }
 }
+
+/** @deprecated Renamed: use {@link BlockStorage} ("backend" also named the vhost-user server). */
+export type BlockBackend = BlockStorage;
+/** @deprecated Renamed: use {@link MemoryBlockStorage}. */
+export const MemoryBlockBackend = MemoryBlockStorage;
+/** @deprecated Renamed: use {@link MemoryBlockStorage}. */
+export type MemoryBlockBackend = MemoryBlockStorage;
