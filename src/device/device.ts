@@ -135,6 +135,11 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
   /** Whether FEATURES_OK has ever been accepted (basic.features.device.5). */
   private negotiatedOnce: bigint | null = null;
 
+  /**
+   * A device of `type` in reset state, not yet attached to memory or a transport (see
+   * {@link attach}). It offers `options.transportFeatures` plus the type's `features` (or
+   * `options.deviceFeatures`); the type's `init` hook runs here, once.
+   */
   constructor(type: T, options: VirtioDeviceOptions = {}) {
     this.type = type;
     this.deviceId = type.deviceId;
@@ -233,6 +238,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     return this.statusValue;
   }
 
+  /** The status register summarised for hosts and logs: reset, initializing, live, failed or needs-reset. */
   get phase(): DevicePhase {
     const s = this.statusValue;
     if (s & Status.DEVICE_NEEDS_RESET) return 'needs-reset';
@@ -242,6 +248,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     return 'initializing';
   }
 
+  /** DRIVER_OK is set and neither FAILED nor DEVICE_NEEDS_RESET: the driver may use the queues (3.1.1 step 8). */
   get live(): boolean {
     return (this.statusValue & (Status.DRIVER_OK | Status.DEVICE_NEEDS_RESET | Status.FAILED)) === Status.DRIVER_OK;
   }
@@ -672,11 +679,21 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     return q;
   }
 
+  /**
+   * The driver writes queue_size for queue `index` (3.1.1 step 7). A write out of turn (before
+   * FEATURES_OK, after FAILED, to a live queue) is a verdict, not an exception. The size itself
+   * is checked when the queue starts at DRIVER_OK (struct.queue-config.driver.1).
+   */
   setQueueSize(index: number, size: number): void {
     const q = this.queueSetupAllowed(index, 'changed the size');
     if (q !== null) q.size = size;
   }
 
+  /**
+   * The driver writes the guest-physical addresses of queue `index`'s descriptor area, driver
+   * area and device area (queue_desc, queue_driver, queue_device; 2.6, 3.1.1 step 7). Same
+   * turn rules as {@link setQueueSize}.
+   */
   setQueueAddresses(index: number, desc: number, avail: number, used: number): void {
     const q = this.queueSetupAllowed(index, 'changed the ring addresses');
     if (q === null) return;

@@ -1,11 +1,6 @@
-/**
- * The one error class of the device layers (src/device and src/devices/<type>). A peer never
- * causes one: what a driver does wrong is a verdict of the monitor, never an exception. These
- * are what the host side (the VMM, a test, a storage adapter) meets when it asks a device for
- * something it cannot do now.
- */
 import { VirtioTsError } from '../errors.js';
 
+/** What a {@link DeviceError} is about; stable, for callers and tests to branch on. */
 export type DeviceErrorKind =
   /** Guest memory asked for before the device was attached to a transport, or an endpoint used before its device attached it. */
   | 'not-attached'
@@ -26,4 +21,10 @@ export type DeviceErrorKind =
   /** Block storage: the file or device is smaller than one 512-byte sector. */
   | 'storage-too-small';
 
+/**
+ * The one error class of the device layers (src/device and src/devices/<type>). A peer never
+ * causes one: what a driver does wrong is a verdict of the monitor, never an exception. These
+ * are what the host side (the VMM, a test, a storage adapter) meets when it asks a device for
+ * something it cannot do now.
+ */
 export class DeviceError extends VirtioTsError<DeviceErrorKind> {}

@@ -13,6 +13,7 @@ import type { ConsoleHostPort, ConsolePortEndpoint } from '../devices/console/de
 /** A Duplex, or the two halves of a terminal. */
 export type ConsoleStream = (Readable & Writable) | { readable: Readable; writable: Writable };
 
+/** How a {@link StreamConsoleEndpoint} tells its user about the driver and treats a stream it lets go. */
 export interface StreamConsoleEndpointOptions {
   /** Called when the driver opens or closes the port. */
   onGuestOpen?: (open: boolean) => void;
@@ -20,6 +21,11 @@ export interface StreamConsoleEndpointOptions {
   endOnDisconnect?: boolean;
 }
 
+/**
+ * A console port endpoint over a Node stream, which can be swapped or let go while the device
+ * runs ({@link StreamConsoleEndpoint.connect}, {@link StreamConsoleEndpoint.disconnect}): the
+ * driver's bytes are written to it, its bytes are pushed to the driver, with backpressure both ways.
+ */
 export class StreamConsoleEndpoint implements ConsolePortEndpoint {
   private host: ConsoleHostPort | null = null;
   private readable: Readable | null = null;
@@ -29,6 +35,10 @@ export class StreamConsoleEndpoint implements ConsolePortEndpoint {
   /** Bytes written to the stream, and read from it. */
   readonly stats = { written: 0, read: 0 };
 
+  /**
+   * An endpoint over `stream`, or with none yet (null: the host side is closed until
+   * {@link connect}). Bytes the stream yields before the port is attached wait in the paused stream.
+   */
   constructor(
     stream: ConsoleStream | null = null,
     private readonly options: StreamConsoleEndpointOptions = {},

@@ -17,10 +17,20 @@ import type { BlockStorage } from '../devices/blk/storage.js';
 import { DeviceError } from '../device/errors.js';
 import { native, type NativeAddon } from '../native/index.js';
 
+/**
+ * Where a {@link FileBlockStorage} runs its reads and writes: 'auto' tries page-cache reads
+ * on the event loop (preadv2 RWF_NOWAIT) and sends the rest to libuv's thread pool, 'async'
+ * uses the thread pool for everything, 'sync' the event loop for everything (a slow disk
+ * stalls the process).
+ */
 export type FileIoMode = 'auto' | 'async' | 'sync';
 
 const ZEROES = new Uint8Array(1 << 20);
 
+/**
+ * A {@link BlockStorage} over a file or a block device node, made by {@link FileBlockStorage.open}:
+ * positional vectored I/O (one preadv/pwritev per request), FLUSH as fdatasync.
+ */
 export class FileBlockStorage implements BlockStorage {
   /** fdatasync calls made (tests check durability paths). */
   syncs = 0;
@@ -132,6 +142,7 @@ export class FileBlockStorage implements BlockStorage {
   /** Discarded sectors may read back as anything (blk.device-operation.driver.15): nothing to do. */
   async discard(): Promise<void> {}
 
+  /** Closes the file; the storage must not be used afterwards (stop or reset its device first). */
   async close(): Promise<void> {
     await this.fh.close();
   }

@@ -9,7 +9,12 @@ import { BLK_FEATURES as BLK } from './blk.js';
 import { CONSOLE_FEATURES as CONSOLE } from './console.js';
 import { NET_FEATURES as NET } from './net.js';
 
+/**
+ * One "feature X requires feature Y" rule of a device type (e.g. 5.1.3.1): a set holding
+ * `feature` must also hold every bit of `allOf` and at least one bit of `anyOf`.
+ */
 export interface FeatureDependency {
+  /** The feature bit that has the requirement. */
   feature: number;
   /** Every one of these is needed. */
   allOf?: number[];
@@ -17,10 +22,15 @@ export interface FeatureDependency {
   anyOf?: number[];
 }
 
+/** What the spec says about one device type: its id (chapter 5), feature bit names and feature dependencies. */
 export interface DeviceTypeInfo {
+  /** Device id, as in {@link DeviceId}. */
   id: number;
+  /** The spec's name for the type ('network', 'block', ...), for messages. */
   name: string;
+  /** Names of the type's own feature bits (device-independent ones are in {@link COMMON_FEATURE_NAMES}). */
   features: FeatureNames;
+  /** The requirements between the type's feature bits, checked by {@link unmetDependency}. */
   dependencies: FeatureDependency[];
 }
 
@@ -34,6 +44,10 @@ function names(prefix: string, bits: Record<string, number>): FeatureNames {
 }
 
 const n = NET;
+/**
+ * The device types this project knows, by device id: feature names for messages and the
+ * feature dependencies a driver's accepted set and a device's offer must meet.
+ */
 export const DEVICE_TYPES: Readonly<Record<number, DeviceTypeInfo>> = {
   [DeviceId.NET]: {
     id: DeviceId.NET,

@@ -31,6 +31,10 @@ import { MemoryBlockStorage } from '../devices/blk/storage.js';
 import { BlkDriver } from '../drivers/blk.js';
 import { BLK_FEATURES } from '../spec/blk.js';
 
+/**
+ * What one run of a {@link Scenario} ended with: the observing side's verdicts (one of them
+ * must name the scenario's clause), the culprit's own verdicts, and where both sides stopped.
+ */
 export interface ScenarioOutcome {
   /** Verdicts of the monitor on the observing side. */
   verdicts: Verdict[];
@@ -40,7 +44,12 @@ export interface ScenarioOutcome {
   driverState: DriverState;
 }
 
+/**
+ * One misbehaving peer: a device or a driver that breaks exactly `clause` on purpose while
+ * its partner is the real virtio-ts driver or device, each side with its own monitor.
+ */
 export interface Scenario {
+  /** The clause id broken (catalogue/clauses.tsv). */
   clause: string;
   /** Side that breaks the clause. */
   culprit: Side;
@@ -57,6 +66,12 @@ export interface Scenario {
   covers?: readonly string[];
   /** The observer records the verdict but must not act on it (another clause forbids it). */
   recordOnly?: string;
+  /**
+   * Builds a fresh device and driver over the loopback transport, lets the culprit break the
+   * clause and resolves with what the monitors said. `mode` is both monitors' ('strict' by
+   * default: the observer acts on a violation, the device by DEVICE_NEEDS_RESET, the driver
+   * by giving up; 'tolerant' only records it).
+   */
   run(mode?: MonitorMode): Promise<ScenarioOutcome>;
 }
 
@@ -394,6 +409,7 @@ function sleep(ms: number): Promise<void> {
   return new Promise((res) => setTimeout(res, ms));
 }
 
+/** All the scenarios (the negative tests run every one); {@link scenariosFor} picks those of one clause. */
 export const SCENARIOS: readonly Scenario[] = [
   // ---------------------------------------------------------------- driver: init sequence and status
   driverScenario('init.sequence.driver.1', 'driver sets DRIVER_OK without ever setting FEATURES_OK', async (r) => {

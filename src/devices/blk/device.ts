@@ -32,8 +32,13 @@ export type BlkStorageOption =
       storage?: undefined;
     };
 
+/** Everything a block device is built from: its storage and the {@link BlkOptions} tuning it. */
 export type BlkDeviceOptions = BlkStorageOption & BlkOptions;
 
+/**
+ * How a block device presents its storage (read-only, queues, limits the config space
+ * advertises, cache mode) and how much work it takes on at once (spec 5.2.4).
+ */
 export interface BlkOptions {
   /** Offer the disk read-only even if the storage could write (`--read-only`). */
   readOnly?: boolean;
@@ -131,6 +136,11 @@ export class BlkDeviceType implements DeviceType {
   /** Requests served, by outcome (tests and logs). */
   readonly stats = { ok: 0, ioerr: 0, unsupp: 0, flushes: 0 };
 
+  /**
+   * A type for one device over `options.storage`; a TypeError without one. The offer is fixed
+   * here: VIRTIO_BLK_F_DISCARD only when the storage can discard, RO when it or `readOnly` says
+   * so, MQ with more than one queue. `monitor` and `core` are ignored (they are {@link BlkDevice}'s).
+   */
   constructor(options: BlkDeviceOptions) {
     const b = options.storage ?? options.backend;
     if (b === undefined) throw new TypeError('a block device needs options.storage');
@@ -196,6 +206,7 @@ export class BlkDeviceType implements DeviceType {
     return this.ctx;
   }
 
+  /** The storage's current size in 512-byte sectors; the config space's capacity catches up on {@link resize}. */
   get capacitySectors(): number {
     return Math.floor(this.storage.size / SECTOR);
   }
@@ -497,6 +508,7 @@ export class BlkDeviceType implements DeviceType {
  * disk's host-side API (resize, capacity, stats) is the type's, here for convenience.
  */
 export class BlkDevice extends VirtioDevice<BlkDeviceType> {
+  /** A device of a new {@link BlkDeviceType} from `options`, judged by `options.monitor` (default: a new strict one). */
   constructor(options: BlkDeviceOptions) {
     super(new BlkDeviceType(options), { monitor: options.monitor, ...options.core });
   }

@@ -60,6 +60,11 @@ export function parseBlkRequest(mem: GuestMemory, chain: DescriptorChain, reader
   return { kind: 'request', statusAddr, type, sector, dataOut, dataIn, inRanges, outData, segs };
 }
 
+/**
+ * One struct virtio_blk_discard_write_zeroes of a DISCARD, WRITE_ZEROES or SECURE_ERASE
+ * request (5.2.6): `sectors` 512-byte sectors from `sector`; `flags` bit 0 is unmap
+ * (WRITE_ZEROES only), the other bits are reserved.
+ */
 export interface Segment {
   sector: number;
   sectors: number;
@@ -74,6 +79,7 @@ function readSegments(r: ChainReader, bytes: number): Segment[] {
   return out;
 }
 
+/** A stretch of guest memory, `len` bytes at guest-physical address `addr`: part of one descriptor's buffer. */
 export type Range = [addr: number, len: number];
 
 /** Guest ranges of buffers [from, to) of a chain: `skip` bytes left out, then at most `limit` bytes. */

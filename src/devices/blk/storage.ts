@@ -8,9 +8,15 @@
  * goes on. Adapters here reject with a DeviceError ('read-only', 'storage-io').
  */
 
+/**
+ * Where a block device keeps its sectors. Every call is asynchronous; a rejection fails that
+ * one request with VIRTIO_BLK_S_IOERR. Offsets and lengths are in bytes and stay inside `size`
+ * (the device checks requests against the capacity first).
+ */
 export interface BlockStorage {
   /** Size in bytes (a multiple of 512). */
   readonly size: number;
+  /** Writes are refused; the device offers VIRTIO_BLK_F_RO. */
   readonly readOnly: boolean;
   /** Reads into the views, in order, from byte `offset`. */
   read(offset: number, views: readonly Uint8Array[]): Promise<void>;
@@ -24,6 +30,10 @@ export interface BlockStorage {
   writeZeroes(offset: number, length: number, unmap: boolean): Promise<void>;
   /** Up to 20 bytes of serial number (VIRTIO_BLK_T_GET_ID). */
   readonly serial?: string;
+  /**
+   * Releases what the storage holds (a file handle). The device never calls it: whoever made
+   * the storage closes it after the device is done with it (stopped or reset).
+   */
   close?(): Promise<void>;
 }
 
@@ -32,6 +42,10 @@ export class MemoryBlockStorage implements BlockStorage {
   readonly bytes: Uint8Array;
   flushes = 0;
 
+  /**
+   * A zero-filled disk of `size` bytes (a positive multiple of 512, else a RangeError), read-only
+   * when `readOnly`; `serial` is what VIRTIO_BLK_T_GET_ID returns.
+   */
   constructor(
     size: number,
     readonly readOnly = false,

@@ -91,8 +91,10 @@ export type ConsolePortEndpointOption =
       endpoint?: undefined;
     };
 
+/** One port of a console device: its host-side endpoint and the {@link ConsolePortOptions} the driver is told. */
 export type ConsolePortConfig = ConsolePortEndpointOption & ConsolePortOptions;
 
+/** What the driver learns about a port beyond its bytes: name, console role, open state and size (5.3.6.2). */
 export interface ConsolePortOptions {
   /** Sent to the driver in PORT_NAME (multiport). */
   name?: string;
@@ -104,6 +106,10 @@ export interface ConsolePortOptions {
   size?: ConsoleSize;
 }
 
+/**
+ * How a console device is built: its ports and their endpoints, which features it offers
+ * (MULTIPORT, SIZE, EMERG_WRITE; 5.3.3) and how much host data it buffers per port.
+ */
 export interface ConsoleDeviceOptions {
   /** Ports present from the start, by id (port 0 first; holes allowed with MULTIPORT). */
   ports?: (ConsolePortConfig | undefined)[];
@@ -205,6 +211,12 @@ export class ConsoleDeviceType implements DeviceType {
   /** Counters for tests and logs. */
   readonly stats = { toDriver: 0, fromDriver: 0, emergency: 0, controlIn: 0, controlOut: 0, ignoredControl: 0, droppedTx: 0 };
 
+  /**
+   * A type for one device. Port 0 is required (`ports[0]` or `endpoint`), a TypeError without
+   * it; more ports than `maxPorts` are a RangeError. The offer follows the options: MULTIPORT
+   * when `maxPorts` > 1 or `multiport`, SIZE unless `size` is null, EMERG_WRITE unless
+   * `emergencyWrite` is false. `monitor` and `core` are ignored (they are {@link ConsoleDevice}'s).
+   */
   constructor(options: ConsoleDeviceOptions = {}) {
     const first = options.endpoint ?? options.backend;
     const ports = options.ports ?? (first !== undefined ? [{ endpoint: first }] : []);
@@ -757,6 +769,7 @@ export class ConsoleDeviceType implements DeviceType {
  * type's, here for convenience.
  */
 export class ConsoleDevice extends VirtioDevice<ConsoleDeviceType> {
+  /** A device of a new {@link ConsoleDeviceType} from `options`, judged by `options.monitor` (default: a new strict one). */
   constructor(options: ConsoleDeviceOptions = {}) {
     super(new ConsoleDeviceType(options), { monitor: options.monitor, ...options.core });
   }
@@ -861,6 +874,7 @@ export class MemoryConsoleEndpoint implements ConsolePortEndpoint {
     return out;
   }
 
+  /** Everything the driver wrote, decoded as UTF-8 (invalid sequences become U+FFFD). */
   get text(): string {
     return new TextDecoder().decode(this.bytes);
   }

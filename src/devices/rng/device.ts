@@ -24,6 +24,7 @@ export const cryptoEntropy: EntropySource = (dst) => {
   for (let off = 0; off < dst.length; off += 65536) globalThis.crypto.getRandomValues(dst.subarray(off, Math.min(dst.length, off + 65536)));
 };
 
+/** How an entropy device gets its bytes and how much it gives per request; shared by {@link RngDeviceType} and {@link RngDevice}. */
 export interface RngDeviceOptions {
   /** Where the bytes come from (default {@link cryptoEntropy}). */
   source?: EntropySource;
@@ -61,6 +62,7 @@ export class RngDeviceType implements DeviceType {
   /** Requests waiting for an asynchronous source. */
   held = 0;
 
+  /** A type for one device; `monitor` and `core` are ignored here (they are {@link RngDevice}'s). */
   constructor(options: RngDeviceOptions = {}) {
     this.queueMaxSize = options.queueMaxSize ?? 64;
     this.source = options.source ?? cryptoEntropy;
@@ -136,6 +138,7 @@ export class RngDeviceType implements DeviceType {
  * `bytesServed` and `held` are the type's, here for convenience.
  */
 export class RngDevice extends VirtioDevice<RngDeviceType> {
+  /** A device of a new {@link RngDeviceType} from `options`, judged by `options.monitor` (default: a new strict one). */
   constructor(options: RngDeviceOptions = {}) {
     super(new RngDeviceType(options), { monitor: options.monitor, ...options.core });
   }
