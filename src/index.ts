@@ -29,7 +29,7 @@ export { RngDevice, RngDeviceType, cryptoEntropy, type EntropySource, type Async
 export { RngDriver, type RngDriverOptions } from './drivers/rng.js';
 export { BlkDevice, BlkDeviceType, defaultSegMax, type BlkDeviceOptions, type BlkOptions, type BlkStorageOption } from './devices/blk/device.js';
 export { parseBlkRequest, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
-export type { Range } from './devices/blk/request.js';
+export type { Range as BlkRange } from './devices/blk/request.js';
 export { MemoryBlockStorage, type BlockStorage, MemoryBlockBackend, type BlockBackend } from './devices/blk/storage.js';
 export { BlkDriver, BlkError, type BlkDriverOptions } from './drivers/blk.js';
 export {
