@@ -1,7 +1,17 @@
 /**
- * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only backends.
+ * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only adapters (file
+ * block storage, stream console endpoints).
  */
 export * from './index.js';
-export { FileBlockBackend } from './node/file-block.js';
-export { StreamConsoleBackend, stdioConsoleBackend, listenConsole, type ConsoleStream, type StreamConsoleBackendOptions } from './node/console-stream.js';
+export { FileBlockStorage, FileBlockBackend, type FileIoMode } from './node/file-block.js';
+export {
+  StreamConsoleEndpoint,
+  stdioConsoleEndpoint,
+  listenConsole,
+  type ConsoleStream,
+  type StreamConsoleEndpointOptions,
+  StreamConsoleBackend,
+  stdioConsoleBackend,
+  type StreamConsoleBackendOptions,
+} from './node/console-stream.js';
 export { loadDeviations, DEVIATIONS_FILE } from './node/deviations.js';
