@@ -2,6 +2,8 @@
  * virtio-ts: the OASIS VIRTIO specification in TypeScript.
  * This entry point is browser-safe (no Node import). Node-only parts (files, streams, the
  * vhost-user daemon) are in `virtio-ts/node`; misbehaving peers for tests in `virtio-ts/testing`.
+ *
+ * @packageDocumentation
  */
 export { VirtioTsError, isVirtioTsError } from './errors.js';
 export { GuestMemory, MemoryRegion, MemoryError, MAX_GUEST_ADDRESS, type MemoryErrorKind, type MemoryRegionInit, type WriteHook } from './memory/guest-memory.js';
@@ -18,7 +20,7 @@ export type { DeviceType, DeviceContext, ConditionalConfigField } from './device
 export { DeviceError, type DeviceErrorKind } from './device/errors.js';
 export { VirtioDriver, DriverError, type DriverErrorKind, type VirtioDriverOptions, type DriverState } from './driver/driver.js';
 export type { DriverTransport, TransportEvents } from './driver/transport.js';
-export { DescriptorChain, ChainReader, ChainWriter } from './virtqueue/chain.js';
+export { DescriptorChain, ChainReader, ChainWriter, ChainBuilder } from './virtqueue/chain.js';
 export { VirtqueueError, type VirtqueueErrorKind } from './virtqueue/errors.js';
 export { SplitDeviceQueue } from './virtqueue/split/device.js';
 export { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint, type SplitDriverQueueOptions } from './virtqueue/split/driver.js';
@@ -27,12 +29,12 @@ export * as splitLayout from './spec/split-layout.js';
 export { LoopbackTransport, type LoopbackMode, type LoopbackOptions } from './transports/loopback/loopback.js';
 
 export { RngDevice, RngDeviceType, cryptoEntropy, type EntropySource, type AsyncEntropySource, type RngDeviceOptions } from './devices/rng/device.js';
-export { RngDriver, type RngDriverOptions } from './drivers/rng.js';
+export { RngDriver, type RngDriverOptions, type RngRequestToken } from './drivers/rng.js';
 export { BlkDevice, BlkDeviceType, defaultSegMax, type BlkDeviceOptions, type BlkOptions, type BlkStorageOption } from './devices/blk/device.js';
 export { parseBlkRequest, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
 export type { Range as BlkRange } from './devices/blk/request.js';
 export { MemoryBlockStorage, type BlockStorage, MemoryBlockBackend, type BlockBackend } from './devices/blk/storage.js';
-export { BlkDriver, BlkError, type BlkErrorKind, type BlkDriverOptions } from './drivers/blk.js';
+export { BlkDriver, BlkError, type BlkErrorKind, type BlkDriverOptions, type BlkRequestToken } from './drivers/blk.js';
 export {
   ConsoleDevice,
   ConsoleDeviceType,
@@ -46,11 +48,21 @@ export {
   MemoryConsoleBackend,
   type ConsolePortBackend,
 } from './devices/console/device.js';
-export { ConsoleDriver, ConsolePort, ConsoleError, type ConsoleErrorKind, type ConsoleDriverOptions } from './drivers/console.js';
+export {
+  ConsoleDriver,
+  ConsolePort,
+  ConsoleError,
+  type ConsoleErrorKind,
+  type ConsoleDriverOptions,
+  type ConsoleToken,
+  type ConsoleReceiveBuffer,
+  type ConsoleTransmitBuffer,
+  type ConsoleWrite,
+} from './drivers/console.js';
 export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, InflightTracker, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';
 export { createDeviceQueue, createDriverQueue, driverQueueFootprint } from './virtqueue/create.js';
 export { PackedDeviceQueue } from './virtqueue/packed/device.js';
-export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint, type PackedDriverQueueOptions } from './virtqueue/packed/driver.js';
+export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint, type PackedDriverQueueOptions, type PackedRingAddresses } from './virtqueue/packed/driver.js';
 export { DriverQueueBase, type DriverRingOptions, type DriverRingAddresses } from './virtqueue/driver-queue-base.js';
 
 export { Monitor, formatVerdict, type Verdict, type Severity, type MonitorMode, type MonitorOptions } from './monitor/monitor.js';

@@ -61,12 +61,14 @@ export class DriverError extends VirtioTsError<DriverErrorKind> {
   /** For `device-violation`: the verdict the driver acted on. */
   readonly verdict?: Verdict;
 
+  /** A DriverError of `kind`; `verdict` for a device-violation, `cause` for what a handler threw. */
   constructor(kind: DriverErrorKind, message: string, options: { verdict?: Verdict; cause?: unknown } = {}) {
     super(kind, message, options.cause === undefined ? undefined : { cause: options.cause });
     if (options.verdict !== undefined) this.verdict = options.verdict;
   }
 }
 
+/** What a device-type driver tells the driver core: its device type and the features it understands, and how to lay out its queues. */
 export interface VirtioDriverOptions {
   /** Device type this driver drives. */
   deviceId: number;
@@ -118,6 +120,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
    * driver with its own token type is still a VirtioDriver (method parameters are bivariant).
    */
   onUsed(_queue: DriverQueue<T>): void {}
+  /** Called on a configuration change notification while live (a device-type driver re-reads what it shows). */
   onConfigChange: () => void = () => undefined;
 
   private readonly wanted: bigint;
@@ -131,6 +134,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
   private driverOkSet = false;
   private resetDone = false;
 
+  /** A driver over `transport`, idle until init(); it listens to the transport's notifications from now on. */
   constructor(
     transport: DriverTransport,
     readonly options: VirtioDriverOptions,
@@ -152,6 +156,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
     });
   }
 
+  /** Whether feature bit `featureBit` was negotiated (accepted and confirmed by FEATURES_OK). */
   negotiated(featureBit: number): boolean {
     return hasFeature(this.features, featureBit);
   }

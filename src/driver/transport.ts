@@ -6,6 +6,7 @@
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { SplitRingAddresses } from '../spec/split-layout.js';
 
+/** What a transport tells the driver it serves (its handlers, registered with DriverTransport.listen). */
 export interface TransportEvents {
   /** Used-buffer notification for a queue. */
   used(queue: number): void;
@@ -13,6 +14,10 @@ export interface TransportEvents {
   config(): void;
 }
 
+/**
+ * The transport a VirtioDriver talks through: the device's registers (status, features,
+ * configuration space, queue setup) as calls, notifications both ways.
+ */
 export interface DriverTransport {
   /** Guest memory the driver places rings and buffers in (shared with the device). */
   readonly memory: GuestMemory;
@@ -21,18 +26,29 @@ export interface DriverTransport {
   /** True when notify() returns only after the device handled it and any notification back arrived. */
   readonly synchronous?: boolean;
 
+  /** The device type (5: the device ids of the spec). */
   deviceId(): Promise<number>;
+  /** The device status field (2.1). */
   getStatus(): Promise<number>;
+  /** Writes the device status field (0 resets the device). */
   setStatus(status: number): Promise<void>;
+  /** The feature bits the device offers (all 64 of them). */
   getDeviceFeatures(): Promise<bigint>;
+  /** The feature bits the driver accepts. */
   setDriverFeatures(features: bigint): Promise<void>;
+  /** config_generation (2.5): changes when the configuration space changed. */
   configGeneration(): Promise<number>;
   /** Reads 1, 2, 4 or 8 bytes of device configuration space. */
   readConfig(offset: number, size: 1 | 2 | 4 | 8): Promise<number | bigint>;
+  /** Writes 1, 2, 4 or 8 bytes of device configuration space. */
   writeConfig(offset: number, size: 1 | 2 | 4 | 8, value: number | bigint): Promise<void>;
+  /** How many virtqueues the device has. */
   numQueues(): Promise<number>;
+  /** The largest size queue `index` takes (0: no such queue). */
   queueMaxSize(index: number): Promise<number>;
+  /** Tells the device queue `index`'s size and the guest addresses of its three parts (not yet enabled). */
   setupQueue(index: number, size: number, addrs: SplitRingAddresses): Promise<void>;
+  /** Enables queue `index` (queue_enable = 1). */
   enableQueue(index: number): Promise<void>;
   /**
    * Available-buffer notification. With VIRTIO_F_NOTIFICATION_DATA, `data` is the 32-bit value
@@ -49,5 +65,6 @@ export interface DriverTransport {
   queueEnabled?(index: number): Promise<boolean>;
   /** Registers the driver's notification handlers (one set per transport). */
   listen(events: TransportEvents): void;
+  /** Lets go of the transport's resources (sockets, pending notifications). */
   close?(): Promise<void>;
 }

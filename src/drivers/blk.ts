@@ -27,6 +27,7 @@ export type BlkErrorKind = 'io-error' | 'unsupported' | 'bad-status';
 
 /** A block request the device answered with a status other than OK. */
 export class BlkError extends VirtioTsError<BlkErrorKind> {
+  /** A BlkError for a request the device answered with `status`; the kind follows the status. */
   constructor(
     message: string,
     /** The status byte the device wrote. */
@@ -36,13 +37,18 @@ export class BlkError extends VirtioTsError<BlkErrorKind> {
   }
 }
 
-interface Request {
-  mem: number; // guest allocation: header (16) | data | status (1)
+/** A block request in flight (the token of BlkDriver's queues: the driver's own; read it, do not commit it). */
+export interface BlkRequestToken {
+  /** Guest allocation: header (16 bytes) | data | status (1 byte). */
+  mem: number;
   dataLen: number;
+  /** Settles the request with the status byte the device wrote. */
   resolve: (status: number) => void;
+  /** Fails the request (the driver gave up, the queue was reset, ...). */
   reject: (err: Error) => void;
 }
 
+/** BlkDriver's options: the driver core's (all optional here) and how many request queues to use. */
 export interface BlkDriverOptions extends Partial<VirtioDriverOptions> {
   /** Queues to use (at most what the device offers with VIRTIO_BLK_F_MQ). */
   numQueues?: number;
@@ -58,7 +64,7 @@ const DRIVER_BLK_FEATURES = (() => {
  * lengths (multiples of 512); `capacity` is in 512-byte **sectors**, the spec's unit, so the
  * disk holds `capacity * 512` bytes.
  */
-export class BlkDriver extends VirtioDriver<Request> {
+export class BlkDriver extends VirtioDriver<BlkRequestToken> {
   /** Capacity in 512-byte sectors (bytes: `capacity * 512`). */
   capacity = 0;
   blkSize = SECTOR;
@@ -68,12 +74,13 @@ export class BlkDriver extends VirtioDriver<Request> {
   /** VIRTIO_BLK_F_TOPOLOGY: log2 logical blocks per physical block, first aligned block, I/O sizes in blocks. */
   topology = { physicalBlockExp: 0, alignmentOffset: 0, minIoSize: 0, optIoSize: 0 };
   maxWriteZeroesSectors = 0;
-  private readonly requestQueues: DriverQueue<Request>[] = [];
+  private readonly requestQueues: DriverQueue<BlkRequestToken>[] = [];
   private next = 0;
-  private readonly pending = new Set<Request>();
+  private readonly pending = new Set<BlkRequestToken>();
   private readonly roomWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
   private readonly wantQueues: number;
 
+  /** A block driver over `transport`; start() initializes the device. */
   constructor(transport: DriverTransport, options: BlkDriverOptions = {}) {
     super(transport, { deviceId: DeviceId.BLOCK, deviceFeatures: DRIVER_BLK_FEATURES, queueSize: 256, ...options });
     this.wantQueues = options.numQueues ?? 1;
@@ -84,6 +91,7 @@ export class BlkDriver extends VirtioDriver<Request> {
     };
   }
 
+  /** Whether the device is read-only (VIRTIO_BLK_F_RO): writes then fail with IOERR. */
   get readOnly(): boolean {
     return this.negotiated(BLK_FEATURES.RO);
   }
@@ -167,14 +175,17 @@ export class BlkDriver extends VirtioDriver<Request> {
     await this.request(BlkType.FLUSH, 0, null, null);
   }
 
+  /** Discards [offset, offset+length) bytes (VIRTIO_BLK_T_DISCARD; whole sectors; DriverError `not-negotiated` without VIRTIO_BLK_F_DISCARD). */
   async discard(offset: number, length: number): Promise<void> {
     await this.segmentRequest(BlkType.DISCARD, BLK_FEATURES.DISCARD, offset, length, 0);
   }
 
+  /** Zeroes [offset, offset+length) bytes (VIRTIO_BLK_T_WRITE_ZEROES, `unmap` to let the device deallocate; needs VIRTIO_BLK_F_WRITE_ZEROES). */
   async writeZeroes(offset: number, length: number, options: { unmap?: boolean } = {}): Promise<void> {
     await this.segmentRequest(BlkType.WRITE_ZEROES, BLK_FEATURES.WRITE_ZEROES, offset, length, options.unmap ? 1 : 0);
   }
 
+  /** Erases [offset, offset+length) bytes beyond recovery (VIRTIO_BLK_T_SECURE_ERASE; needs VIRTIO_BLK_F_SECURE_ERASE). */
   async secureErase(offset: number, length: number): Promise<void> {
     await this.segmentRequest(BlkType.SECURE_ERASE, BLK_FEATURES.SECURE_ERASE, offset, length, 0);
   }
@@ -193,6 +204,7 @@ export class BlkDriver extends VirtioDriver<Request> {
     await this.transport.writeConfig(BlkConfig.writeback, 1, on ? 1 : 0);
   }
 
+  /** Whether the device caches writes (writeback: flush() makes them durable) or writes through. */
   async writeback(): Promise<boolean> {
     if (this.negotiated(BLK_FEATURES.CONFIG_WCE)) return Number(await this.transport.readConfig(BlkConfig.writeback, 1)) === 1;
     return this.negotiated(BLK_FEATURES.FLUSH); // blk.device-init.driver.3
@@ -252,7 +264,7 @@ export class BlkDriver extends VirtioDriver<Request> {
       g.writeU32(mem + 8, sector >>> 0);
       g.writeU32(mem + 12, Math.floor(sector / 2 ** 32));
       if (out !== null) g.write(mem + 16, out);
-      let req!: Request;
+      let req!: BlkRequestToken;
       const done = new Promise<number>((resolve, reject) => (req = { mem, dataLen, resolve, reject }));
       const b = q.begin().addReadable(mem, 16);
       const data = mem + 16;
@@ -287,9 +299,9 @@ export class BlkDriver extends VirtioDriver<Request> {
     }
   }
 
-  private collect(q: DriverQueue<Request>): void {
+  private collect(q: DriverQueue<BlkRequestToken>): void {
     do {
-      let req: Request | undefined;
+      let req: BlkRequestToken | undefined;
       while ((req = q.getUsed()) !== undefined) {
         this.pending.delete(req);
         const status = this.transport.memory.readU8(req.mem + 16 + req.dataLen);

@@ -35,6 +35,7 @@ import {
   type ConsoleSize,
 } from '../spec/console.js';
 
+/** ConsoleDriver's options: the driver core's (all optional here), buffer sizes and counts, ports, and how far a reader may fall behind. */
 export interface ConsoleDriverOptions extends Partial<VirtioDriverOptions> {
   /** Bytes per port receive buffer (default 4096). */
   receiveBufferSize?: number;
@@ -60,6 +61,7 @@ const DRIVER_CONSOLE_FEATURES = bit(CONSOLE_FEATURES.SIZE) | bit(CONSOLE_FEATURE
 export type ConsoleErrorKind = 'port-removed';
 
 export class ConsoleError extends VirtioTsError<ConsoleErrorKind> {
+  /** A ConsoleError of `kind` about port `port`. */
   constructor(
     kind: ConsoleErrorKind,
     message: string,
@@ -70,38 +72,49 @@ export class ConsoleError extends VirtioTsError<ConsoleErrorKind> {
   }
 }
 
-interface RxBuffer {
+/** A receive buffer of the console driver (a receiveq's token): `size` bytes at guest `addr`. */
+export interface ConsoleReceiveBuffer {
   kind: 'receive';
+  /** The receiveq it belongs to. */
   queue: number;
   addr: number;
   size: number;
 }
 
-interface TxItem {
+/** One write to a port, cut into transmit buffers; resolved once the device used them all. */
+export interface ConsoleWrite {
   data: Uint8Array;
+  /** Bytes of `data` put into transmit buffers so far. */
   off: number;
+  /** Its transmit buffers the device has not used yet. */
   outstanding: number;
+  /** Settles the request with nothing, once the device used every buffer. */
   resolve: () => void;
+  /** Fails the request (the driver gave up, the queue was reset, ...). */
   reject: (err: Error) => void;
 }
 
-interface TxToken {
+/** A transmit buffer of the console driver (a transmitq's token): part of `write`, at guest `addr`. */
+export interface ConsoleTransmitBuffer {
   kind: 'transmit';
-  item: TxItem;
+  item: ConsoleWrite;
   addr: number;
 }
 
-/** What the console's queues carry: receive buffers on receiveqs, transmit buffers on transmitqs. */
-type ConsoleToken = RxBuffer | TxToken;
+/**
+ * What the console driver's queues carry: receive buffers on receiveqs, transmit buffers on
+ * transmitqs (the driver's own; read them, do not commit them).
+ */
+export type ConsoleToken = ConsoleReceiveBuffer | ConsoleTransmitBuffer;
 
 /** Bytes waiting for one transmit queue, in order. */
 class Outbox {
   /** Items not yet fully in the ring (the first may be partly). */
-  readonly waiting: TxItem[] = [];
+  readonly waiting: ConsoleWrite[] = [];
   /** Items not yet resolved. */
-  readonly pending = new Set<TxItem>();
+  readonly pending = new Set<ConsoleWrite>();
   /** Buffers in the ring. */
-  readonly inRing = new Set<TxToken>();
+  readonly inRing = new Set<ConsoleTransmitBuffer>();
   constructor(
     readonly queue: number,
     readonly chunk: number,
@@ -129,8 +142,11 @@ export class ConsolePort {
   size: ConsoleSize | null = null;
   /** The device removed the port (DEVICE_REMOVE). */
   removed = false;
+  /** Called when the port's size changes (RESIZE, or the config space for port 0). */
   onResize: ((size: ConsoleSize) => void) | null = null;
+  /** Called when the host side connects (true) or goes away (false): PORT_OPEN from the device. */
   onHostOpen: ((open: boolean) => void) | null = null;
+  /** Called when the device removes the port (DEVICE_REMOVE). */
   onRemove: (() => void) | null = null;
   /** Bytes received and not yet taken by a reader. */
   inboxBytes = 0;
@@ -138,6 +154,10 @@ export class ConsolePort {
   private readonly inbox: Uint8Array[] = [];
   private readonly readers: ((bytes: Uint8Array | null) => void)[] = [];
 
+  /**
+   * Made by the console driver when the device adds a port.
+   * @internal
+   */
   constructor(
     readonly id: number,
     private readonly owner: PortOwner,
@@ -147,6 +167,7 @@ export class ConsolePort {
   get onData(): ((bytes: Uint8Array) => void) | null {
     return this.handler;
   }
+  /** Installs the handler (null: bytes wait in the inbox for read()); what is waiting goes to it at once. */
   set onData(fn: ((bytes: Uint8Array) => void) | null) {
     this.handler = fn;
     if (fn === null || this.inbox.length === 0) return;
@@ -183,6 +204,7 @@ export class ConsolePort {
     return new Promise((resolve) => this.readers.push(resolve));
   }
 
+  /** The chunks the device sends, until the port is removed (for await ... of port). */
   async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array, void, undefined> {
     for (;;) {
       const b = await this.read();
@@ -239,8 +261,8 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
   /** Receive buffers each receiveq owns (posted or withheld), so a re-added port does not get more. */
   private readonly rxOwned = new Map<number, number>();
   /** Used receive buffers not posted again yet, per queue. */
-  private readonly withheld = new Map<number, RxBuffer[]>();
-  private allRx: RxBuffer[] = [];
+  private readonly withheld = new Map<number, ConsoleReceiveBuffer[]>();
+  private allRx: ConsoleReceiveBuffer[] = [];
   private readonly outboxes = new Map<number, Outbox>();
   private readonly dirty = new Set<number>();
   private busy = false;
@@ -250,6 +272,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
   private portWaiters: { test: (p: ConsolePort) => boolean; resolve: (p: ConsolePort) => void; reject: (err: Error) => void }[] = [];
   private readonly owner: PortOwner;
 
+  /** A console driver over `transport`; start() initializes the device and its ports. */
   constructor(transport: DriverTransport, options: ConsoleDriverOptions = {}) {
     super(transport, { deviceId: DeviceId.CONSOLE, deviceFeatures: DRIVER_CONSOLE_FEATURES, queueSize: 64, ...options });
     this.rxSize = options.receiveBufferSize ?? 4096;
@@ -269,6 +292,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
     this.onConfigChange = () => this.configChanged();
   }
 
+  /** Whether VIRTIO_CONSOLE_F_MULTIPORT was negotiated (ports come and go by control messages). */
   get multiport(): boolean {
     return this.negotiated(CONSOLE_FEATURES.MULTIPORT);
   }
@@ -420,7 +444,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
     const want = Math.min(this.rxCount, q.size);
     const held = this.heldOf(index);
     for (let i = owned; i < want; i++) {
-      const buf: RxBuffer = { kind: 'receive', queue: index, addr: this.allocator.alloc(size, 8), size };
+      const buf: ConsoleReceiveBuffer = { kind: 'receive', queue: index, addr: this.allocator.alloc(size, 8), size };
       this.allRx.push(buf);
       held.push(buf);
     }
@@ -428,7 +452,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
     this.refill(index);
   }
 
-  private heldOf(index: number): RxBuffer[] {
+  private heldOf(index: number): ConsoleReceiveBuffer[] {
     let held = this.withheld.get(index);
     if (held === undefined) this.withheld.set(index, (held = []));
     return held;
@@ -473,7 +497,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
       const len = Math.min(box.chunk, item.data.length - item.off);
       const addr = this.allocator.alloc(len, 8);
       mem.write(addr, item.data.subarray(item.off, item.off + len));
-      const token: TxToken = { kind: 'transmit', item, addr };
+      const token: ConsoleTransmitBuffer = { kind: 'transmit', item, addr };
       if (q.begin().addReadable(addr, len).commit(token) < 0) {
         this.allocator.release(addr);
         break;
@@ -489,7 +513,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
 
   private enqueue(box: Outbox, data: Uint8Array): Promise<void> {
     if (data.length === 0) return Promise.resolve();
-    let item!: TxItem;
+    let item!: ConsoleWrite;
     const done = new Promise<void>((resolve, reject) => (item = { data, off: 0, outstanding: 0, resolve, reject }));
     box.pending.add(item);
     box.waiting.push(item);
@@ -556,7 +580,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
     } else this.refill(q.index);
   }
 
-  private transmitted(t: TxToken, box: Outbox | undefined): void {
+  private transmitted(t: ConsoleTransmitBuffer, box: Outbox | undefined): void {
     box?.inRing.delete(t);
     this.allocator.release(t.addr);
     const item = t.item;
@@ -568,7 +592,7 @@ export class ConsoleDriver extends VirtioDriver<ConsoleToken> {
   }
 
   /** `usedLen` bytes came back in `buf` for port `portId` (-1: the control receiveq); `buf` waits to be posted again. */
-  private received(buf: RxBuffer, usedLen: number, portId: number): void {
+  private received(buf: ConsoleReceiveBuffer, usedLen: number, portId: number): void {
     const len = Math.min(usedLen, buf.size);
     const bytes = new Uint8Array(len);
     if (len > 0) this.transport.memory.read(buf.addr, bytes);

@@ -8,23 +8,29 @@ import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../driver/d
 import type { DriverTransport } from '../driver/transport.js';
 import type { DriverQueue } from '../virtqueue/queue.js';
 
-interface Request {
+/** An entropy request in flight (the token of RngDriver's queue: the driver's own; read it, do not commit it). */
+export interface RngRequestToken {
+  /** The device-writable buffer: `len` bytes at guest `addr`. */
   addr: number;
   len: number;
+  /** Settles the request with the bytes the device wrote. */
   resolve: (bytes: Uint8Array) => void;
+  /** Fails the request (the driver gave up, the queue was reset, ...). */
   reject: (err: Error) => void;
 }
 
+/** RngDriver's options: the driver core's (all optional here) and the largest buffer per request. */
 export interface RngDriverOptions extends Partial<VirtioDriverOptions> {
   /** Largest buffer posted per request (default 4096). */
   chunk?: number;
 }
 
-export class RngDriver extends VirtioDriver<Request> {
-  private queue: DriverQueue<Request> | null = null;
-  private readonly pending = new Set<Request>();
+export class RngDriver extends VirtioDriver<RngRequestToken> {
+  private queue: DriverQueue<RngRequestToken> | null = null;
+  private readonly pending = new Set<RngRequestToken>();
   private readonly chunk: number;
 
+  /** An entropy driver over `transport`; start() initializes the device. */
   constructor(transport: DriverTransport, options: RngDriverOptions = {}) {
     super(transport, { deviceId: DeviceId.ENTROPY, queueSize: 64, ...options });
     this.chunk = options.chunk ?? 4096;
@@ -64,7 +70,7 @@ export class RngDriver extends VirtioDriver<Request> {
       }
       if (this.state !== 'live' || q === null) throw this.failure ?? new DriverError('not-started', 'entropy driver is not started');
       const addr = this.allocator.alloc(len, 8);
-      let req!: Request;
+      let req!: RngRequestToken;
       const done = new Promise<Uint8Array>((resolve, reject) => (req = { addr, len, resolve, reject }));
       if (q.begin().addWritable(addr, len).commit(req) >= 0) {
         this.pending.add(req);
@@ -96,9 +102,9 @@ export class RngDriver extends VirtioDriver<Request> {
     for (const w of this.roomWaiters.splice(0)) w.resolve();
   }
 
-  private collect(q: DriverQueue<Request>): void {
+  private collect(q: DriverQueue<RngRequestToken>): void {
     do {
-      let req: Request | undefined;
+      let req: RngRequestToken | undefined;
       while ((req = q.getUsed()) !== undefined) {
         this.pending.delete(req);
         const len = q.lastLen;

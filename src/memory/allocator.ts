@@ -5,11 +5,16 @@
  */
 import { MemoryError } from './guest-memory.js';
 
+/**
+ * A first-fit allocator of guest addresses in [base, base+size): a driver's rings, indirect
+ * pools and request buffers. Out of room is a MemoryError (`out-of-memory`).
+ */
 export class GuestAllocator {
   /** Free ranges [start, end), sorted, coalesced. */
   private free: { start: number; end: number }[];
   private readonly sizes = new Map<number, number>();
 
+  /** Allocates from [base, base+size), all free at first. */
   constructor(
     readonly base: number,
     readonly size: number,
@@ -67,6 +72,7 @@ export class GuestAllocator {
     else free.splice(lo, 0, { start: addr, end });
   }
 
+  /** Free bytes (in any number of ranges). */
   get available(): number {
     return this.free.reduce((n, r) => n + (r.end - r.start), 0);
   }

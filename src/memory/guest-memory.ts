@@ -30,6 +30,7 @@ export type MemoryErrorKind = 'out-of-bounds' | 'bad-region' | 'overlap' | 'no-r
 
 /** The memory layer's error: a guest range that no region backs, a region that does not fit, ... */
 export class MemoryError extends VirtioTsError<MemoryErrorKind> {
+  /** A MemoryError of `kind` about [addr, addr+length). */
   constructor(
     kind: MemoryErrorKind,
     message: string,
@@ -45,6 +46,7 @@ export class MemoryError extends VirtioTsError<MemoryErrorKind> {
 /** Highest address (exclusive) any region may reach: guest addresses are JS numbers. */
 export const MAX_GUEST_ADDRESS = Number.MAX_SAFE_INTEGER;
 
+/** One region of guest memory to create: where it sits in the guest, how big, and the buffer behind it. */
 export interface MemoryRegionInit {
   /** Guest-physical address of the first byte. */
   guestAddr: number;
@@ -78,6 +80,7 @@ export class MemoryRegion {
   /** 32-bit view over the region when its byte offset is a multiple of 4. */
   readonly u32: Uint32Array | null;
 
+  /** Views over `init.buffer`; a MemoryError (`bad-region`) when the description cannot be. */
   constructor(init: MemoryRegionInit) {
     const offset = init.offset ?? 0;
     if (!Number.isSafeInteger(init.guestAddr) || init.guestAddr < 0) {
@@ -108,6 +111,7 @@ export class MemoryRegion {
     this.u32 = offset % 4 === 0 ? new Uint32Array(init.buffer, offset, Math.floor(init.size / 4)) : null;
   }
 
+  /** Whether [addr, addr+length) lies inside this region. */
   contains(addr: number, length: number): boolean {
     return addr >= this.guestAddr && length >= 0 && addr + length <= this.end;
   }
@@ -133,6 +137,10 @@ function sortedRegions(regions: readonly MemoryRegion[]): MemoryRegion[] {
   return built;
 }
 
+/**
+ * The guest-physical address space: regions sorted by address, every access checked (a
+ * MemoryError, kind `out-of-bounds`, for a range no region backs).
+ */
 export class GuestMemory {
   /**
    * The regions, sorted by guest address. Replaced (never changed in place) when regions are
@@ -147,6 +155,7 @@ export class GuestMemory {
   /** The region the last lookup found (most accesses hit it again); null once none is left. */
   private last: MemoryRegion | null;
 
+  /** Guest memory over `regions` (at least one; none may overlap: MemoryError `no-region`, `overlap`). */
   constructor(regions: readonly MemoryRegionInit[]) {
     if (!hostIsLittleEndian) throw new MemoryError('unsupported-host', 'virtio-ts needs a little-endian host (typed-array ring views)', 0, 0);
     if (regions.length === 0) throw new MemoryError('no-region', 'guest memory needs at least one region', 0, 0);
@@ -246,37 +255,45 @@ export class GuestMemory {
     return r.bytes.subarray(off, off + length);
   }
 
+  /** The byte at `addr`. */
   readU8(addr: number): number {
     const r = this.region(addr, 1);
     return r.bytes[addr - r.guestAddr];
   }
+  /** The little-endian 16-bit value at `addr` (within one region). */
   readU16(addr: number): number {
     const r = this.region(addr, 2);
     return r.view.getUint16(addr - r.guestAddr, true);
   }
+  /** The little-endian 32-bit value at `addr` (within one region). */
   readU32(addr: number): number {
     const r = this.region(addr, 4);
     return r.view.getUint32(addr - r.guestAddr, true);
   }
+  /** The little-endian 64-bit value at `addr` (within one region). */
   readU64(addr: number): bigint {
     const r = this.region(addr, 8);
     return r.view.getBigUint64(addr - r.guestAddr, true);
   }
+  /** Writes a byte at `addr`. */
   writeU8(addr: number, value: number): void {
     const r = this.region(addr, 1);
     r.bytes[addr - r.guestAddr] = value;
     if (this.onWrite !== null) this.onWrite(addr, 1);
   }
+  /** Writes a little-endian 16-bit value at `addr` (within one region). */
   writeU16(addr: number, value: number): void {
     const r = this.region(addr, 2);
     r.view.setUint16(addr - r.guestAddr, value, true);
     if (this.onWrite !== null) this.onWrite(addr, 2);
   }
+  /** Writes a little-endian 32-bit value at `addr` (within one region). */
   writeU32(addr: number, value: number): void {
     const r = this.region(addr, 4);
     r.view.setUint32(addr - r.guestAddr, value >>> 0, true);
     if (this.onWrite !== null) this.onWrite(addr, 4);
   }
+  /** Writes a little-endian 64-bit value at `addr` (within one region). */
   writeU64(addr: number, value: bigint | number): void {
     const r = this.region(addr, 8);
     r.view.setBigUint64(addr - r.guestAddr, BigInt.asUintN(64, BigInt(value)), true);

@@ -6,10 +6,18 @@
  */
 import { CLAUSES } from './catalogue.generated.js';
 
+/** The side a clause binds. */
 export type Side = 'device' | 'driver';
+/** The clause's level, as the spec words it. */
 export type Level = 'MUST' | 'MUST NOT' | 'SHOULD' | 'SHOULD NOT' | 'MAY';
+/**
+ * How the project covers a clause: checked at run time (`enforced`), asserted by a test
+ * (`tested`), not observable from the other side (`not-checkable`), outside what is implemented
+ * (`unsupported`), or not yet covered (`open`).
+ */
 export type CoverageStatus = 'enforced' | 'tested' | 'not-checkable' | 'unsupported' | 'open';
 
+/** One clause of the catalogue (catalogue/clauses.tsv), with how the project covers it. */
 export interface ClauseEntry {
   id: string;
   section: string;
@@ -31,14 +39,17 @@ export interface ClauseEntry {
 const byId = new Map<string, ClauseEntry>();
 for (const c of CLAUSES) byId.set(c.id, c);
 
+/** The catalogue entry of clause `id`, if there is one. */
 export function clauseInfo(id: string): ClauseEntry | undefined {
   return byId.get(id);
 }
 
+/** Every clause of the catalogue, in catalogue order. */
 export function allClauses(): readonly ClauseEntry[] {
   return CLAUSES;
 }
 
+/** The part of the spec a clause id belongs to (its first component, e.g. `split`). */
 export function partOf(id: string): string {
   return id.slice(0, id.indexOf('.'));
 }

@@ -7,6 +7,7 @@
  */
 import { MonitorError } from './errors.js';
 
+/** A clause a real driver is known to break (one row of catalogue/deviations.tsv). */
 export interface KnownDeviation {
   /** Clause id, as in catalogue/clauses.tsv. */
   clause: string;

@@ -8,7 +8,9 @@ import { VirtioTsError } from '../errors.js';
  */
 export type MonitorErrorKind = 'bad-deviations-header' | 'bad-deviations-line';
 
+/** The monitor layer's error (a malformed deviations table). */
 export class MonitorError extends VirtioTsError<MonitorErrorKind> {
+  /** A MonitorError of `kind`, about `line` when given. */
   constructor(
     kind: MonitorErrorKind,
     message: string,

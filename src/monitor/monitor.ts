@@ -9,8 +9,13 @@
 import { clauseInfo, type Level, type Side } from './catalogue.js';
 import type { KnownDeviation } from './deviations.js';
 
+/**
+ * How much a verdict weighs: MUST / MUST NOT clauses give violations (strict mode acts on
+ * them), SHOULD / SHOULD NOT / MAY and downgraded ones warnings.
+ */
 export type Severity = 'violation' | 'warning';
 
+/** A broken clause, as the monitor records it: which clause, who broke it, who saw it, what happened. */
 export interface Verdict {
   /** Clause id, e.g. `split.desc-table.driver.1`. */
   clause: string;
@@ -30,8 +35,13 @@ export interface Verdict {
   deviation?: Pick<KnownDeviation, 'driver' | 'version' | 'evidence'>;
 }
 
+/**
+ * `strict`: a violation makes the device enter DEVICE_NEEDS_RESET (the driver gives up);
+ * `tolerant`: verdicts are recorded and work goes on.
+ */
 export type MonitorMode = 'strict' | 'tolerant';
 
+/** Monitor's options. */
 export interface MonitorOptions {
   mode?: MonitorMode;
   /** Clause ids reported as warnings only (known findings in real peers). */
@@ -46,6 +56,11 @@ export interface MonitorOptions {
   deviations?: Iterable<KnownDeviation>;
 }
 
+/**
+ * The conformance monitor: the rings and the device and driver cores report each broken rule
+ * here by clause id; the monitor turns it into a Verdict, keeps it, tells its listeners, and
+ * says whether to act on it (strict mode).
+ */
 export class Monitor {
   readonly mode: MonitorMode;
   readonly verdicts: Verdict[] = [];
@@ -57,6 +72,7 @@ export class Monitor {
   private readonly maxKept: number;
   private readonly deviations = new Map<string, Pick<KnownDeviation, 'driver' | 'version' | 'evidence'>>();
 
+  /** A monitor, strict unless `options.mode` says otherwise. */
   constructor(options: MonitorOptions = {}) {
     this.mode = options.mode ?? 'strict';
     this.warnOnly = new Set(options.warnOnly ?? []);
@@ -73,10 +89,12 @@ export class Monitor {
     return this.deviations.get(clause);
   }
 
+  /** Whether the monitor is in strict mode. */
   get strict(): boolean {
     return this.mode === 'strict';
   }
 
+  /** Calls `listener` with every verdict from now on; returns the function that stops it. */
   onVerdict(listener: (v: Verdict) => void): () => void {
     this.listeners.push(listener);
     return () => {
@@ -117,14 +135,17 @@ export class Monitor {
     return this.strict && v.severity === 'violation';
   }
 
+  /** The verdicts kept that are violations. */
   get violations(): Verdict[] {
     return this.verdicts.filter((v) => v.severity === 'violation');
   }
 
+  /** Whether a verdict on `clause` is among those kept. */
   has(clause: string): boolean {
     return this.verdicts.some((v) => v.clause === clause);
   }
 
+  /** Forgets every verdict kept (and the count). */
   clear(): void {
     this.verdicts.length = 0;
     this.total = 0;

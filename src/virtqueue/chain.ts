@@ -22,6 +22,10 @@ export const LONG_CHAIN_CAP = 1024;
 /** Pieces one chain may hold beyond its descriptors: buffers split at memory-region boundaries. */
 const REGION_SPLIT_SLACK = 64;
 
+/**
+ * A descriptor chain as the device sees it after walking it: its buffers (direct and indirect
+ * parts flattened, split at memory-region boundaries) in preallocated arrays, readable ones first.
+ */
 export class DescriptorChain {
   /** Head descriptor index: the id the device returns in the used ring. */
   head = 0;
@@ -125,17 +129,20 @@ export class ChainBuilder {
   readonly lens: Uint32Array;
   readonly writable: Uint8Array;
 
+  /** Room for `capacity` buffers, allocated once. */
   constructor(readonly capacity: number) {
     this.addrs = new Float64Array(capacity);
     this.lens = new Uint32Array(capacity);
     this.writable = new Uint8Array(capacity);
   }
 
+  /** Starts an empty chain. */
   clear(): void {
     this.count = 0;
     this.readableAfterWritable = false;
   }
 
+  /** Appends a buffer (`writable` 1: device-writable); a RangeError past `capacity` (`queue` names the queue). */
   add(addr: number, len: number, writable: number, queue: number): void {
     if (this.count >= this.capacity) throw new RangeError(`a chain on queue ${queue} holds at most ${this.capacity} buffers`);
     if (!writable && this.count > 0 && this.writable[this.count - 1]) this.readableAfterWritable = true;
@@ -172,6 +179,7 @@ abstract class ChainCursor {
   protected readonly scratch = new Uint8Array(8);
   protected readonly scratchView = new DataView(this.scratch.buffer);
 
+  /** Points the cursor at segments [first, end) of `chain`, `total` bytes. */
   protected init(mem: GuestMemory, chain: DescriptorChain, first: number, end: number, total: number): void {
     this.mem = mem;
     this.chain = chain;
@@ -209,6 +217,7 @@ abstract class ChainCursor {
     this.position += n;
   }
 
+  /** Passes over the next `n` bytes (a VirtqueueError `chain-bounds` past the part's end). */
   skip(n: number): void {
     this.advance(n, () => undefined);
   }
@@ -216,6 +225,7 @@ abstract class ChainCursor {
 
 /** Reads the device-readable part of a chain. */
 export class ChainReader extends ChainCursor {
+  /** Starts reading `chain`'s device-readable part (over `mem`). */
   reset(mem: GuestMemory, chain: DescriptorChain): this {
     this.init(mem, chain, 0, chain.readable, chain.readableBytes);
     return this;
@@ -238,9 +248,11 @@ export class ChainReader extends ChainCursor {
     this.read(this.scratch.subarray(0, n));
     return this.scratchView;
   }
+  /** The next byte. */
   readU8(): number {
     return this.fill(1).getUint8(0);
   }
+  /** The next little-endian 16-bit value. */
   readU16(): number {
     return this.fill(2).getUint16(0, true);
   }
@@ -260,10 +272,12 @@ export class ChainReader extends ChainCursor {
     this.position += n;
     return addr;
   }
+  /** The next little-endian 32-bit value. */
   readU32(): number {
     const a = this.contiguous(4);
     return a >= 0 ? this.mem.readU32(a) : this.fill(4).getUint32(0, true);
   }
+  /** The next little-endian 64-bit value. */
   readU64(): bigint {
     const a = this.contiguous(8);
     return a >= 0 ? this.mem.readU64(a) : this.fill(8).getBigUint64(0, true);
@@ -272,6 +286,7 @@ export class ChainReader extends ChainCursor {
 
 /** Writes the device-writable part of a chain. */
 export class ChainWriter extends ChainCursor {
+  /** Starts writing `chain`'s device-writable part (over `mem`). */
   reset(mem: GuestMemory, chain: DescriptorChain): this {
     this.init(mem, chain, chain.readable, chain.count, chain.writableBytes);
     return this;
@@ -303,18 +318,22 @@ export class ChainWriter extends ChainCursor {
   private put(n: number): void {
     this.write(this.scratch.subarray(0, n));
   }
+  /** Writes the next byte. */
   writeU8(v: number): void {
     this.scratchView.setUint8(0, v);
     this.put(1);
   }
+  /** Writes the next little-endian 16-bit value. */
   writeU16(v: number): void {
     this.scratchView.setUint16(0, v, true);
     this.put(2);
   }
+  /** Writes the next little-endian 32-bit value. */
   writeU32(v: number): void {
     this.scratchView.setUint32(0, v >>> 0, true);
     this.put(4);
   }
+  /** Writes the next little-endian 64-bit value. */
   writeU64(v: bigint): void {
     this.scratchView.setBigUint64(0, BigInt.asUintN(64, v), true);
     this.put(8);

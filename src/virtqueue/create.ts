@@ -11,6 +11,7 @@ import { PackedDeviceQueue } from './packed/device.js';
 import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from './split/driver.js';
 import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './packed/driver.js';
 
+/** The device side of queue `index` in `format`, of at most `maxSize` entries; verdicts go to `monitor` and `sink`. */
 export function createDeviceQueue(format: RingFormat, mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink): DeviceQueue {
   return format === 'packed' ? new PackedDeviceQueue(mem, index, maxSize, monitor, sink) : new SplitDeviceQueue(mem, index, maxSize, monitor, sink);
 }

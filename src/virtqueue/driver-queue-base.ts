@@ -103,6 +103,7 @@ export abstract class DriverQueueBase<T extends {} | null> {
   /** Chain under construction (room for max(size, indirectMax) buffers). */
   protected abstract readonly seg: ChainBuilder;
 
+  /** The queue's place (memory, index, size, addresses), its options, and where verdicts go. */
   constructor(
     readonly mem: GuestMemory,
     readonly index: number,

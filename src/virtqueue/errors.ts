@@ -12,7 +12,9 @@ import { VirtioTsError } from '../errors.js';
  */
 export type VirtqueueErrorKind = 'chain-bounds';
 
+/** The virtqueue layer's error (reading or writing past a chain part's end). */
 export class VirtqueueError extends VirtioTsError<VirtqueueErrorKind> {
+  /** A VirtqueueError of `kind`. */
   constructor(kind: VirtqueueErrorKind, message: string) {
     super(kind, message);
   }

@@ -5,6 +5,7 @@
 import type { Verdict } from '../monitor/monitor.js';
 import type { DescriptorChain } from './chain.js';
 
+/** The ring format of a virtqueue: split (2.7) or packed (2.8, VIRTIO_F_RING_PACKED). */
 export type RingFormat = 'split' | 'packed';
 
 /** What the device core does with a verdict: `fatal` ones leave the queue unusable. */
@@ -141,8 +142,11 @@ export interface DriverQueue<T extends {} | null = {} | null> {
   readonly lastId: number;
   /** Used-buffer notifications received for this queue (the driver core counts them here). */
   usedNotifications: number;
+  /** Starts a new chain (buffers added next, committed together). */
   begin(): this;
+  /** Appends a device-readable buffer (before any device-writable one). */
   addReadable(addr: number, len: number): this;
+  /** Appends a device-writable buffer. */
   addWritable(addr: number, len: number): this;
   /** Returns the buffer id, or -1 when there is no room (or the queue is broken). */
   commit(token: T, options?: { indirect?: boolean }): number;
@@ -154,7 +158,9 @@ export interface DriverQueue<T extends {} | null = {} | null> {
   usedPending(): number;
   /** The token of the next used buffer (its length in lastLen), or undefined. */
   getUsed(): T | undefined;
+  /** Asks the device for used-buffer notifications again; true when used buffers are already waiting (collect them). */
   enableInterrupts(): boolean;
+  /** Tells the device the driver needs no used-buffer notifications for now. */
   disableInterrupts(): void;
   /** After a device reset: every buffer back (init.cleanup.driver.2). */
   drainAfterReset(): T[];

@@ -11,6 +11,10 @@ import type { DriverTransport, TransportEvents } from '../../driver/transport.js
 import type { SplitRingAddresses } from '../../spec/split-layout.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 
+/**
+ * `sync`: every notification is delivered inside the call that caused it (deterministic);
+ * `async`: from a later task, coalesced per queue, as a real transport would.
+ */
 export type LoopbackMode = 'sync' | 'async';
 
 /**
@@ -32,6 +36,7 @@ const nextTask: (fn: () => void) => void = (() => {
   return (fn) => void setTimeout(fn, 0);
 })();
 
+/** LoopbackTransport's options. */
 export interface LoopbackOptions {
   mode?: LoopbackMode;
 }
@@ -43,9 +48,13 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
   private readonly pendingIrqs = new Set<number>();
   private pendingConfig = false;
   private scheduled = false;
-  /** Counters, for tests and the demo. */
+  /**
+   * Counters, for tests and the demo: `notifications` driver to device (kicks), `interrupts`
+   * used-buffer notifications device to driver, `configInterrupts` configuration changes.
+   */
   readonly counts = { notifications: 0, interrupts: 0, configInterrupts: 0 };
 
+  /** Connects a driver (listening later) to `device` over `memory`; the device is attached at once. */
   constructor(
     readonly device: VirtioDevice,
     readonly memory: GuestMemory,
@@ -55,6 +64,7 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
     device.attach(memory, this);
   }
 
+  /** True in `sync` mode: notify() returns after the device handled it (the driver core then audits notifications). */
   get synchronous(): boolean {
     return this.mode === 'sync';
   }

@@ -31,6 +31,7 @@ import {
 
 const TWO_32 = 4294967296;
 
+/** Guest addresses of a packed ring's three parts (2.8: descriptor ring, driver area, device area). */
 export interface PackedRingAddresses {
   /** Descriptor ring. */
   desc: number;
@@ -51,6 +52,7 @@ export function packedQueueFootprint(size: number, indirectMax = 0): number {
   return packedRingSize(size) + 16 + 2 * EVENT_SIZE + 16 + size * indirectMax * PDESC_SIZE;
 }
 
+/** Lays out a packed ring (and its indirect pool) from `base`: the three parts, the pool and the end of it all. */
 export function layoutPackedQueue(base: number, size: number, indirectMax = 0): PackedRingAddresses & { pool: number; end: number } {
   const align = (x: number, a: number) => Math.ceil(x / a) * a;
   const desc = align(base, 16);
@@ -112,6 +114,7 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
   protected readonly pool: number;
   protected readonly poolRegion: MemoryRegion | null;
 
+  /** A packed ring of `size` slots at `addrs` (zeroed here), with the negotiated `options`; verdicts go to `monitor` and `sink`. */
   constructor(
     mem: GuestMemory,
     index: number,
@@ -267,6 +270,7 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
     return this.needsKick();
   }
 
+  /** The kick decision for what was published since the last decision (the device event suppression structure, 2.8.10). */
   needsKick(): boolean {
     const old = this.kickedLinear;
     const next = this.availLinear;
@@ -434,6 +438,7 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
     this.freeIds[this.freeTop++] = id;
   }
 
+  /** Asks the device for used-buffer notifications again (RING_EVENT_FLAGS_DESC at the next used slot with EVENT_IDX); true when one is already waiting. */
   enableInterrupts(): boolean {
     const ev = this.driverEvent.view;
     if (this.options.eventIdx) {
@@ -443,6 +448,7 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
     return this.peekUsed();
   }
 
+  /** Tells the device not to send used-buffer notifications (RING_EVENT_FLAGS_DISABLE). */
   disableInterrupts(): void {
     this.writeDriverEventFlags(RING_EVENT_FLAGS_DISABLE);
   }

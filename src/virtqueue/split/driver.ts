@@ -103,6 +103,7 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
   /** used.idx as last validated. */
   private seenUsed = 0;
 
+  /** A split ring of `size` (a power of two) at `addrs` (zeroed here), with the negotiated `options`; verdicts go to `monitor` and `sink`. */
   constructor(
     mem: GuestMemory,
     index: number,
