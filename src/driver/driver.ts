@@ -318,9 +318,14 @@ export class VirtioDriver<T extends {} | null = {} | null> {
       this.checkpoint();
       // From the moment DRIVER_OK is written the device may act (sync transports act inside the write).
       this.driverOkSet = true;
+      const notificationsBefore = this.configNotifications;
       await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
       this.checkpoint();
       this.state = 'live';
+      // A device that failed while going live (DEVICE_NEEDS_RESET inside the DRIVER_OK write, as
+      // a synchronous transport delivers it) notified before the driver was live: look now, or
+      // the first request would wait forever for a device that stopped (basic.status.driver.4).
+      if (this.configNotifications !== notificationsBefore) await this.checkStatus();
     } catch (err) {
       this.driverOkSet = false;
       await this.fail(err);
