@@ -4,7 +4,7 @@
  * fit; notifications are fire-and-forget.
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
-import type { SplitRingAddresses } from '../spec/split-layout.js';
+import type { RingAddresses } from '../spec/ring.js';
 
 export interface TransportEvents {
   /** Used-buffer notification for a queue. */
@@ -32,7 +32,7 @@ export interface DriverTransport {
   writeConfig(offset: number, size: 1 | 2 | 4 | 8, value: number | bigint): Promise<void>;
   numQueues(): Promise<number>;
   queueMaxSize(index: number): Promise<number>;
-  setupQueue(index: number, size: number, addrs: SplitRingAddresses): Promise<void>;
+  setupQueue(index: number, size: number, addrs: RingAddresses): Promise<void>;
   enableQueue(index: number): Promise<void>;
   /**
    * Available-buffer notification. With VIRTIO_F_NOTIFICATION_DATA, `data` is the 32-bit value

@@ -52,8 +52,7 @@ export function isPowerOfTwo(n: number): boolean {
   return n > 0 && (n & (n - 1)) === 0;
 }
 
-export interface SplitRingAddresses {
-  desc: number;
-  avail: number;
-  used: number;
+/** Guest address of used.idx, for a used ring at `used` (what a device restarting a ring reads). */
+export function usedIdxAddress(used: number): number {
+  return used + RING_IDX;
 }

@@ -27,17 +27,10 @@ import {
   packedNeedEvent,
   packedRingSize,
 } from '../../spec/packed-layout.js';
+import type { RingAddresses } from '../../spec/ring.js';
 
 const TWO_32 = 4294967296;
 
-export interface PackedRingAddresses {
-  /** Descriptor ring. */
-  desc: number;
-  /** Driver event suppression structure (driver area). */
-  avail: number;
-  /** Device event suppression structure (device area). */
-  used: number;
-}
 
 export interface PackedDriverQueueOptions {
   eventIdx: boolean;
@@ -58,7 +51,7 @@ export function packedQueueFootprint(size: number, indirectMax = 0): number {
   return packedRingSize(size) + 16 + 2 * EVENT_SIZE + 16 + size * indirectMax * PDESC_SIZE;
 }
 
-export function layoutPackedQueue(base: number, size: number, indirectMax = 0): PackedRingAddresses & { pool: number; end: number } {
+export function layoutPackedQueue(base: number, size: number, indirectMax = 0): RingAddresses & { pool: number; end: number } {
   const align = (x: number, a: number) => Math.ceil(x / a) * a;
   const desc = align(base, 16);
   const avail = align(desc + packedRingSize(size), 4);
@@ -130,7 +123,7 @@ export class PackedDriverQueue {
     readonly mem: GuestMemory,
     readonly index: number,
     readonly size: number,
-    readonly addrs: PackedRingAddresses,
+    readonly addrs: RingAddresses,
     readonly options: PackedDriverQueueOptions,
     readonly monitor: Monitor,
     private readonly sink: ViolationSink,

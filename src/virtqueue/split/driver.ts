@@ -25,8 +25,8 @@ import {
   needEvent,
   usedEventOffset,
   usedRingSize,
-  type SplitRingAddresses,
 } from '../../spec/split-layout.js';
+import type { RingAddresses } from '../../spec/ring.js';
 
 const TWO_32 = 4294967296;
 
@@ -57,7 +57,7 @@ export function splitQueueFootprint(size: number, indirectMax = 0): number {
 }
 
 /** Lays out rings (and the indirect pool) from `base`, honouring split.alignment.driver.1. */
-export function layoutSplitQueue(base: number, size: number, indirectMax = 0): SplitRingAddresses & { pool: number; end: number } {
+export function layoutSplitQueue(base: number, size: number, indirectMax = 0): RingAddresses & { pool: number; end: number } {
   const align = (x: number, a: number) => Math.ceil(x / a) * a;
   const desc = align(base, 16);
   const avail = align(desc + descTableSize(size), 2);
@@ -125,7 +125,7 @@ export class SplitDriverQueue {
     readonly mem: GuestMemory,
     readonly index: number,
     readonly size: number,
-    readonly addrs: SplitRingAddresses,
+    readonly addrs: RingAddresses,
     readonly options: SplitDriverQueueOptions,
     readonly monitor: Monitor,
     private readonly sink: ViolationSink,
