@@ -37,7 +37,8 @@ export {
   type ConsolePortConfig,
 } from './devices/console/device.js';
 export { ConsoleDriver, ConsolePort, type ConsoleDriverOptions } from './drivers/console.js';
-export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, InflightTracker, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';
+export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, QueueObserver, PriorBuffer, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';
+export type { RingAddresses } from './spec/ring.js';
 export { createDeviceQueue, createDriverQueue, driverQueueFootprint } from './virtqueue/create.js';
 export { PackedDeviceQueue } from './virtqueue/packed/device.js';
 export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './virtqueue/packed/driver.js';

@@ -25,7 +25,7 @@ import { GuestMemory, type MemoryRegionInit } from '../../memory/guest-memory.js
 import { usedRingSize } from '../../spec/split-layout.js';
 import { EVENT_SIZE } from '../../spec/packed-layout.js';
 import type { DeviceHost, VirtioDevice } from '../../device/device.js';
-import type { Resubmit, RingPosition } from '../../virtqueue/queue.js';
+import type { PriorBuffer, RingPosition } from '../../virtqueue/queue.js';
 import { Status } from '../../spec/constants.js';
 import { isEventfd, native, POLL_WRITABLE, type NativeAddon } from '../../native/index.js';
 import { Feature } from '../../spec/constants.js';
@@ -709,7 +709,7 @@ export class VhostUserBackend implements DeviceHost {
 
   private unmapInflight(): void {
     if (this.inflight === null) return;
-    for (const q of this.device.queues) q.inflight = null; // nothing may write into an unmapped buffer
+    for (const q of this.device.queues) q.setObserver(null); // nothing may write into an unmapped buffer
     this.n.munmap(this.inflight.map);
     this.inflight = null;
   }
@@ -853,7 +853,7 @@ export class VhostUserBackend implements DeviceHost {
     this.rings.forEach((ring, i) => {
       const q = this.device.queues[i];
       if (ring.started && q !== undefined && !q.paused) {
-        q.paused = true;
+        q.pause();
         paused.push(i);
       }
     });
@@ -866,7 +866,7 @@ export class VhostUserBackend implements DeviceHost {
       for (const i of paused) {
         const q = this.device.queues[i];
         if (q === undefined) continue;
-        q.paused = false;
+        q.resume();
         // Kicks taken while paused found nothing: look again.
         if (this.rings[i]?.started && this.rings[i].enabled) this.device.notify(i);
       }
@@ -1078,28 +1078,28 @@ export class VhostUserBackend implements DeviceHost {
     const tracked = this.recoverInflight(index, r, q.format, start);
     if (typeof tracked === 'string') return tracked;
     r.started = true;
-    q.inflight = tracked?.region ?? null;
-    q.resubmit(tracked?.resubmit ?? []);
+    q.setObserver(tracked?.region ?? null);
+    q.serveFirst(tracked?.resubmit ?? []);
     this.log.info(`vhost-user: ring ${index} started at available ${start.avail}${q.format === 'packed' ? `/${+start.availWrap}` : ''}, used ${start.used}${q.format === 'packed' ? `/${+start.usedWrap}` : ''}`);
     if (q.active) {
       // Stopped by GET_VRING_BASE but not reset: the front-end restarts the ring itself (the
       // guest's driver did not touch the queue, so the device's setup rules do not apply).
-      q.size = r.size;
-      q.descAddr = r.desc;
-      q.availAddr = r.avail;
-      q.usedAddr = r.used;
-      q.startAt = start;
-      if (q.activate(dev.queueFeatures()) && r.enabled) dev.notify(index);
+      q.setSize(r.size);
+      q.setAddresses({ desc: r.desc, avail: r.avail, used: r.used });
+      if (q.activate(dev.queueFeatures(), start) && r.enabled) dev.notify(index);
       return null;
     }
     dev.setQueueSize(index, r.size);
     dev.setQueueAddresses(index, r.desc, r.avail, r.used);
-    q.startAt = start;
-    dev.enableQueue(index);
     if (!this.live) {
       this.live = true;
       dev.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
     }
+    // The queue starts from the ring's position, not from its beginning: activated here (after
+    // DRIVER_OK, so that a layout it refuses is a device error the front-end is told of with a
+    // configuration change), then enabled in the device core, which leaves an active queue as is.
+    if (!q.activate(dev.queueFeatures(), start)) return null; // the verdict ends the session
+    dev.enableQueue(index);
     if (r.enabled) dev.notify(index);
     return null;
   }
@@ -1112,7 +1112,7 @@ export class VhostUserBackend implements DeviceHost {
    * which would serve some twice when requests finished out of order; for packed rings QEMU
    * cannot restore a base at all). Returns why the region is unusable, or null (no region).
    */
-  private recoverInflight(index: number, r: Ring, format: 'split' | 'packed', start: RingPosition): { region: SplitInflightRegion | PackedInflightRegion; resubmit: Resubmit[] } | null | string {
+  private recoverInflight(index: number, r: Ring, format: 'split' | 'packed', start: RingPosition): { region: SplitInflightRegion | PackedInflightRegion; resubmit: PriorBuffer[] } | null | string {
     const region = this.inflight?.regions[index];
     if (region === undefined) return null;
     if (region instanceof PackedInflightRegion !== (format === 'packed')) {
@@ -1123,7 +1123,7 @@ export class VhostUserBackend implements DeviceHost {
       this.log.warn(`vhost-user: ring ${index} has ${r.size} entries, its inflight region ${region.queueSize}: not tracked`);
       return null;
     }
-    let resubmit: Resubmit[] = [];
+    let resubmit: PriorBuffer[] = [];
     try {
       if (region instanceof PackedInflightRegion) {
         const mem = this.requireMemory();
@@ -1159,7 +1159,7 @@ export class VhostUserBackend implements DeviceHost {
       r.watch?.close();
       r.watch = null;
       const q = this.device.queues[i];
-      if (r.started && q !== undefined) q.paused = true;
+      if (r.started && q !== undefined) q.pause();
     }
     this.afterSettled('ring stop', (settled) => {
       if (!settled) this.log.warn(`vhost-user: requests still in progress after ${SETTLE_TIMEOUT_MS} ms; the rings stop without them`);

@@ -11,7 +11,7 @@
  *   DescStateSplit   { u8 inflight; u8 padding[5]; u16 next; u64 counter; }
  * Packed virtqueues: PackedInflightRegion below.
  */
-import type { InflightTracker } from '../../virtqueue/queue.js';
+import type { QueueObserver } from '../../virtqueue/queue.js';
 
 const HEADER = 16;
 const DESC = 16;
@@ -54,8 +54,8 @@ abstract class InflightRegion {
   }
 }
 
-/** One queue's inflight region, as an InflightTracker the split device queue calls. */
-export class SplitInflightRegion extends InflightRegion implements InflightTracker {
+/** One queue's inflight region, as a QueueObserver the split device queue calls. */
+export class SplitInflightRegion extends InflightRegion implements QueueObserver {
   constructor(buffer: ArrayBuffer, offset: number, queueSize: number) {
     super(buffer, offset, queueSize, splitInflightQueueSize(queueSize));
   }
@@ -178,7 +178,7 @@ export interface PackedInflightRecovery {
   usedWrap: boolean;
 }
 
-export class PackedInflightRegion extends InflightRegion implements InflightTracker {
+export class PackedInflightRegion extends InflightRegion implements QueueObserver {
   /** Buffer id -> its head entry while in flight (-1 otherwise). */
   private readonly entryOf = new Int32Array(65536).fill(-1);
 
