@@ -57,10 +57,10 @@ export function backendClosed(backend: VhostUserBackend, timeoutMs = WAIT_MS): P
       backend.onClose = prev;
       rej(new Error(`the back-end did not end the connection in ${timeoutMs} ms`));
     }, timeoutMs);
-    backend.onClose = () => {
+    backend.onClose = (end) => {
       backend.onClose = prev;
       clearTimeout(timer);
-      prev();
+      prev(end);
       res();
     };
   });

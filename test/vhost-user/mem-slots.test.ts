@@ -124,7 +124,7 @@ test('vhost-user memory slots: a removal waits for the request in progress whose
     fe.unplugRegion(high, ACK);
     // The removal lands before the next kick (a socket message and a kick have no order between
     // them): it has landed when the ring is paused.
-    await until(() => device.queues[0]?.paused === true, 'the removal to pause the ring');
+    await until(() => fe.backend.rings[0]?.paused === true, 'the removal to pause the ring');
     read(1, 0x50000); // a new request: not taken while the removal waits
     await turns(20); // nothing may happen: give the back-end 20 loop turns (not a time) to do it wrongly
     assert.equal(n.recvmsg(fe.front, new Uint8Array(64)).bytes, -1, 'no answer while the read is in progress');

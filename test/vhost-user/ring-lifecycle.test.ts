@@ -110,7 +110,7 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
       // (A socket message and an eventfd kick have no order between them: let the stop land
       // first, as it does under QEMU, whose vCPUs are stopped before it asks. Landed: the ring
       // is paused.)
-      await until(() => device.queues[0]?.paused === true, 'the stop to pause the ring');
+      await until(() => fe.backend.rings[0]?.paused === true, 'the stop to pause the ring');
       request(1);
       await turns(20); // nothing may happen: give the back-end 20 loop turns (not a time) to do it wrongly
       assert.equal(n.recvmsg(fe.front, new Uint8Array(64)).bytes, -1, 'no answer while the read is in progress');
