@@ -1,7 +1,20 @@
 /**
- * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only backends.
+ * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only parts: file and
+ * stream adapters, and serveVhostUser, which serves any VirtioDevice to a vhost-user front-end
+ * such as QEMU.
  */
 export * from './index.js';
 export { FileBlockBackend } from './node/file-block.js';
 export { StreamConsoleBackend, stdioConsoleBackend, listenConsole, type ConsoleStream, type StreamConsoleBackendOptions } from './node/console-stream.js';
 export { loadDeviations, DEVIATIONS_FILE } from './node/deviations.js';
+export {
+  serveVhostUser,
+  VhostUserDaemon,
+  type DeviceSource,
+  type DaemonEnd,
+  type DaemonLogger,
+  type VhostUserDaemonEvents,
+  type VhostUserDaemonOptions,
+} from './transports/vhost-user/daemon.js';
+export type { ConnectionEnd } from './transports/vhost-user/backend.js';
+export { VhostUserError, type VhostUserErrorKind } from './transports/vhost-user/errors.js';

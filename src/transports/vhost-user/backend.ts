@@ -61,6 +61,8 @@ export class VhostUserBackend implements DeviceHost {
   lastFailure: VhostUserError | null = null;
   /** Called when a connection ends (after the device was reset). */
   onClose: (end: ConnectionEnd) => void = () => undefined;
+  /** Called when the device enters DEVICE_NEEDS_RESET while a front-end is connected (its connection then ends). */
+  onDeviceError: (reason: string) => void = () => undefined;
 
   constructor(
     readonly device: VirtioDevice,
@@ -141,6 +143,7 @@ export class VhostUserBackend implements DeviceHost {
     this.failing = reason;
     for (const ring of this.rings) ring.signalError();
     this.conn!.stopReading();
+    this.onDeviceError(reason);
     const connection = this.connection;
     setImmediate(() => {
       if (this.connection === connection) this.close(`device error: ${reason}`, new VhostUserError('device-error', reason));
