@@ -138,8 +138,8 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
 }
 
 for (const [format, base, reason] of [
-  ['split', 40000, /more than the ring size 16 ahead of the used index 0/],
-  ['packed', 20 | 0x8000, /points outside a ring of 16/],
+  ['split', 40000, /^ring 0: base 40000 is more than the ring size 16 ahead of the used index 0$/],
+  ['packed', 20 | 0x8000, /^ring 0: packed ring base 0x8014 points outside a ring of 16$/],
 ] as const) {
   test(`vhost-user back-end: a ${format} SET_VRING_BASE that cannot be right ends the connection with a reason`, async () => {
     const device = new RngDevice({ monitor: new Monitor() });
@@ -151,7 +151,7 @@ for (const [format, base, reason] of [
       fe.sendMemTable();
       const ring = fe.setRing(0, format, 16, RING, base, { eventIdx: true });
       n.eventfdWrite(ring.kick, 1);
-      await closedWith(fe, reason);
+      await closedWith(fe, reason, 'ring-base');
       assert.equal(device.getStatus(), 0, 'the device was reset');
     } finally {
       fe.close();
@@ -201,7 +201,7 @@ for (const [what, request] of [
       fe.fds.push(notEventfd);
       fe.send(Req.SET_FEATURES, u64Payload(features('split')));
       fe.send(request, u64Payload(0n), [notEventfd]);
-      await closedWith(fe, new RegExp(`the ${what} fd is not an eventfd`));
+      await closedWith(fe, new RegExp(`the ${what} fd is not an eventfd`), 'bad-fd');
     } finally {
       fe.close();
     }
