@@ -15,12 +15,13 @@ import { Monitor } from '../../src/monitor/monitor.js';
 import { Feature, Status } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
 import { ProtocolFeature, Req } from '../../src/transports/vhost-user/protocol.js';
-import { SocketFrontEnd, n, readable, until } from './front-end.js';
+import { SocketFrontEnd, n, readable, until, type SplitTestRing } from './front-end.js';
 
 const WRITE = 2;
 const PROTOCOL = (1n << BigInt(ProtocolFeature.MQ)) | (1n << BigInt(ProtocolFeature.BACKEND_REQ)) | (1n << BigInt(ProtocolFeature.STATUS));
 
-/** A session up to a live split ring, then one 64-byte entropy request served; returns the bytes. */
+/** A session up to a live split ring, then one 64-byte entropy request served; returns the bytes (the ring in `lastRing`). */
+let lastRing: SplitTestRing;
 async function oneRequest(fe: SocketFrontEnd): Promise<Uint8Array> {
   await fe.negotiate(bit(Feature.VERSION_1), PROTOCOL);
   const ring = await fe.splitRing(0, 16, 0x1000);
@@ -28,6 +29,7 @@ async function oneRequest(fe: SocketFrontEnd): Promise<Uint8Array> {
   ring.offer(0);
   await ring.waitUsed(1);
   assert.deepEqual(ring.used(0), [0, 64], 'the request used, 64 bytes written');
+  lastRing = ring;
   return fe.bytes.slice(0x20000, 0x20000 + 64);
 }
 
@@ -154,7 +156,7 @@ test('serveVhostUser: an AbortSignal closes the daemon and ends the connection i
     assert.equal(existsSync(path), false);
   }));
 
-test('serveVhostUser: a device error and a verdict are events; the connection ends with a device-error', () =>
+test('serveVhostUser: a chain outside guest memory is a verdict, then a device error, then the end of the connection: each an event', () =>
   inDir(async (dir, track) => {
     const path = join(dir, 'rng.sock');
     const device = new RngDevice({ monitor: new Monitor() });
@@ -165,14 +167,18 @@ test('serveVhostUser: a device error and a verdict are events; the connection en
       const verdict = once(daemon, 'verdict');
       const deviceError = once(daemon, 'deviceError');
       const disconnect = once(daemon, 'disconnect');
-      // A verdict of the device's monitor, then the device breaks.
-      device.monitor.report('init.sequence.driver.7', 'test: a verdict', {});
-      assert.equal(((await verdict) as [{ clause: string }])[0].clause, 'init.sequence.driver.7');
-      device.needsReset('test: the device broke');
-      assert.equal(((await deviceError) as [{ reason: string }])[0].reason, 'test: the device broke');
+      // The guest's driver offers a buffer 16 MiB up, in a guest of 1 MiB.
+      const ring = lastRing;
+      ring.desc(1, 0x1000000, 64, WRITE);
+      ring.offer(1);
+      const [v] = (await verdict) as [{ clause: string }];
+      assert.equal(v.clause, 'struct.buffer-range.driver.1');
+      const [e] = (await deviceError) as [{ device: RngDevice; reason: string }];
+      assert.equal(e.device, device);
+      assert.match(e.reason, /^struct\.buffer-range\.driver\.1: /);
       const [end] = (await disconnect) as [{ reason: string; error: VhostUserError | null }];
       assert.equal(end.error?.kind, 'device-error');
-      assert.equal(end.reason, 'device error: test: the device broke');
+      assert.match(end.reason, /^device error: struct\.buffer-range\.driver\.1: .*outside guest memory/);
       await fe.ended();
     } finally {
       fe.close();
