@@ -25,9 +25,6 @@ import { MessageFds, SETTLE_TIMEOUT_MS, VhostUserHandler, type Answer, type Sess
 import { decode, encodeReply, requestName, u64Payload, type Decoded, type Header } from './protocol.js';
 import type { VhostUserRing } from './ring.js';
 
-export { BACKEND_PROTOCOL_FEATURES, SETTLE_TIMEOUT_MS } from './handler.js';
-export { MAX_MEM_SLOTS, checkFdRange } from './mem-slots.js';
-export { OUT_LIMIT } from './connection.js';
 
 /** Where the back-end says what it does: each line with fields for structured logs (`kind` for errors). */
 export interface BackendLog {

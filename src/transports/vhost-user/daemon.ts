@@ -91,6 +91,8 @@ export class VhostUserDaemon extends EventEmitter<VhostUserDaemonEvents> {
   private shared: VhostUserBackend | null = null;
   private unsubscribe: (() => void) | null = null;
   private ending: DaemonEnd | null = null;
+  /** A connected `{ fd }` not served yet. */
+  private pendingFd = -1;
   private readonly onAbort = () => void this.close('aborted');
 
   /** Use serveVhostUser(). */
@@ -114,9 +116,13 @@ export class VhostUserDaemon extends EventEmitter<VhostUserDaemonEvents> {
       this.watch = this.n.watch(listenFd, true, false, () => this.accept(listenFd));
     } else {
       checkConnectedSocket(socket.fd);
-      // Served on the next turn of the loop: the caller subscribes to the events first.
+      // Served on the next turn of the loop: the caller subscribes to the events first. The fd
+      // is the daemon's from now on (closed when its connection ends, or by a close() before).
+      this.pendingFd = socket.fd;
       setImmediate(() => {
-        if (this.ending === null) this.serve(socket.fd);
+        if (this.pendingFd < 0) return;
+        this.pendingFd = -1;
+        this.serve(socket.fd);
       });
     }
     if (options.signal !== undefined) {
@@ -142,6 +148,8 @@ export class VhostUserDaemon extends EventEmitter<VhostUserDaemonEvents> {
     this.options.signal?.removeEventListener('abort', this.onAbort);
     this.watch?.close();
     this.watch = null;
+    if (this.pendingFd >= 0) this.n.close(this.pendingFd);
+    this.pendingFd = -1;
     if (this.backend?.connected) this.backend.close('shutting down');
     if (this.listening !== null) {
       this.n.close(this.listening.fd);

@@ -78,10 +78,6 @@ const afterSettled = (what: string, then: (settled: boolean) => Answer): Answer 
 export class MessageFds {
   constructor(private readonly list: number[]) {}
 
-  get count(): number {
-    return this.list.length;
-  }
-
   /** The first fd, still the message's (closed after the method). */
   peek(): number {
     return this.list[0];
@@ -503,7 +499,11 @@ export class VhostUserHandler {
   /** SET_VRING_KICK: the ring's kick eventfd; the ring starts on its first kick. */
   setVringKick(index: number, noFd: boolean, fds: MessageFds): Answer {
     const fd = noFd ? -1 : this.eventfdFrom(fds, 'kick');
-    this.rings[index].setKick(fd, this.host.guard(`ring ${index} kick`, () => this.kicked(index)));
+    this.rings[index].setKick(
+      fd,
+      () => this.kicked(index),
+      (fn) => this.host.guard(`ring ${index} kick`, fn),
+    );
     return ACK;
   }
 
@@ -639,10 +639,10 @@ export class VhostUserHandler {
     if (this.backendReqFd >= 0) this.n.close(this.backendReqFd);
     this.backendReqFd = -1;
     this.device.reset();
-    this.mem.clear();
-    this.dirty.attach(null);
+    this.dirty.setLogAll(false); // unmaps the log; the memory's write hook goes with it
     this.dirty.unmap();
-    this.dirty.setLogAll(false);
+    this.dirty.attach(null);
+    this.mem.clear();
     this.unmapInflight();
   }
 

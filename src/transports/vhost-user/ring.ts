@@ -84,16 +84,24 @@ export class VhostUserRing implements LoggedRing {
     if (this.started) throw new VhostUserError('ring-state', `ring ${this.index} is running (stop it with GET_VRING_BASE first)`, { refused: true });
   }
 
-  /** SET_VRING_KICK: `fd` (an eventfd, checked) or -1; `onKick` runs on each kick. */
-  setKick(fd: number, onKick: () => void): void {
+  /**
+   * SET_VRING_KICK: `fd` (an eventfd, checked) or -1; `onKick` runs on each kick, inside
+   * `guard` (an exception must not escape a native watch callback: it would end the process).
+   */
+  setKick(fd: number, onKick: () => void, guard: (fn: () => void) => () => void): void {
     this.stopWatching();
     if (this.kickFd >= 0) this.n.close(this.kickFd);
     this.kickFd = fd;
     if (fd < 0) return;
-    this.kickWatch = this.n.watch(fd, true, false, () => {
-      this.n.eventfdRead(fd);
-      onKick();
-    });
+    this.kickWatch = this.n.watch(
+      fd,
+      true,
+      false,
+      guard(() => {
+        this.n.eventfdRead(fd);
+        onKick();
+      }),
+    );
   }
 
   /** SET_VRING_CALL: `fd` (an eventfd, checked) or -1. */
@@ -152,7 +160,8 @@ export class VhostUserRing implements LoggedRing {
   start(cx: RingStartContext): void {
     const dev = cx.device;
     const q = dev.queues[this.index];
-    if (q === undefined) throw new VhostUserError('internal', `ring ${this.index}: the device has no such queue`);
+    // The device makes its queues when it gets guest memory: a kick before any is out of turn.
+    if (q === undefined) throw new VhostUserError('ring-state', 'no such queue (no memory table yet)');
     let start = this.startPosition(cx.memory);
     const tracked = this.trackedRegion(cx);
     let resubmit: PriorBuffer[] = [];
