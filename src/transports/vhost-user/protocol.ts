@@ -268,8 +268,7 @@ export function decode(header: Header, payload: Uint8Array, fdCount: number, ses
       const regions: MemRegion[] = [];
       for (let i = 0; i < n; i++) {
         const reg = readRegion(v, 8 + i * REGION);
-        const bad = checkRegion(reg);
-        if (bad !== null) throw malformed(`${name}: region ${i}: ${bad}`);
+        checkRegion(reg, `${name}: region ${i}: `);
         regions.push(reg);
       }
       return done({ request: r, kind: 'memory', regions });
@@ -277,8 +276,7 @@ export function decode(header: Header, payload: Uint8Array, fdCount: number, ses
     case Req.ADD_MEM_REG:
     case Req.REM_MEM_REG: {
       const reg = readRegion(v, 8);
-      const bad = checkRegion(reg);
-      if (bad !== null) throw malformed(`${name}: ${bad}`);
+      checkRegion(reg, `${name}: `);
       return done({ request: r, kind: 'region', region: reg });
     }
     case Req.GET_CONFIG:
@@ -309,12 +307,11 @@ function readRegion(v: DataView, off: number): MemRegion {
   return { guestAddr: u64n(v, off), size: u64n(v, off + 8), userAddr: u64n(v, off + 16), mmapOffset: u64n(v, off + 24) };
 }
 
-/** Why a region cannot be one (a reason for a 'malformed-message' error), or null. */
-function checkRegion(r: MemRegion): string | null {
-  if (r.size === 0) return 'size 0';
-  for (const [k, x] of Object.entries(r)) if (!Number.isSafeInteger(x)) return `${k} beyond 2^53`;
-  if (!Number.isSafeInteger(r.guestAddr + r.size) || !Number.isSafeInteger(r.userAddr + r.size) || !Number.isSafeInteger(r.mmapOffset + r.size)) return 'range wraps beyond 2^53';
-  return null;
+/** A region that cannot be one is a 'malformed-message' error (its message starts with `prefix`). */
+function checkRegion(r: MemRegion, prefix: string): void {
+  if (r.size === 0) throw malformed(`${prefix}size 0`);
+  for (const [k, x] of Object.entries(r)) if (!Number.isSafeInteger(x)) throw malformed(`${prefix}${k} beyond 2^53`);
+  if (!Number.isSafeInteger(r.guestAddr + r.size) || !Number.isSafeInteger(r.userAddr + r.size) || !Number.isSafeInteger(r.mmapOffset + r.size)) throw malformed(`${prefix}range wraps beyond 2^53`);
 }
 
 /** Back-end -> front-end requests on the back-end request channel (vhost-user.rst). */
