@@ -1,5 +1,5 @@
 /**
- * Fuzz target: the virtio-blk request parser (parseBlkRequest in src/devices/blk/device.ts) over a
+ * Fuzz target: the virtio-blk request parser (parseBlkRequest in src/devices/blk/request.ts) over a
  * chain whose buffers and guest memory come from the input (the chain as the walker leaves
  * it: readable buffers first, each inside guest memory, split at region boundaries).
  * Invariants: the parser never throws and never writes guest memory; the status byte is the
@@ -10,7 +10,8 @@
  * Input: [0] buffer count, then per buffer u32 address, u16 length, u8 writable; then the
  * memory image.
  */
-import { BlkType, parseBlkRequest } from '../src/devices/blk/device.js';
+import { BlkType } from '../src/spec/blk.js';
+import { parseBlkRequest } from '../src/devices/blk/request.js';
 import { ChainReader, DescriptorChain } from '../src/virtqueue/chain.js';
 import { Input, check, loadImage, onlyTyped, ringMemory } from './common.js';
 

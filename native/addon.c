@@ -22,11 +22,15 @@
 
 #define MAX_FDS 32
 
+// The error's code is libuv's name for the errno (the names Node's own fs and net errors carry),
+// not glibc's strerrorname_np: that needs glibc 2.32, and the prebuilt binaries load on the
+// glibc 2.28 that Node 20's own Linux builds require (scripts/prebuild.mjs checks it).
 static napi_value throw_errno(napi_env env, const char* what, int err) {
-  const char* name = strerrorname_np(err);
+  char name[64];
+  uv_err_name_r(-err, name, sizeof name);
   char msg[256];
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, name ? name : "EUNKNOWN", msg);
+  napi_throw_error(env, name[0] == 'E' ? name : "EUNKNOWN", msg);
   return NULL;
 }
 

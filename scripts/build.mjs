@@ -20,6 +20,21 @@ function run(file, args) {
 
 if (process.argv.includes('--clean')) rmSync(dist, { recursive: true, force: true });
 
+// The checkout's addon (build/Release, compiled at npm install when no prebuilt binary loads):
+// recompiled when native/ or binding.gyp changed since, as node-gyp-build's install step keeps
+// a binary that loads however old it is. A checkout without one uses prebuilds/ or none.
+const addon = join(root, 'build', 'Release', 'virtio_native.node');
+if (existsSync(addon) && Math.max(newest(join(root, 'native')), newest(join(root, 'binding.gyp'))) > statSync(addon).mtimeMs) {
+  const npmCli = process.env.npm_execpath;
+  const nodeGyp = process.env.npm_config_node_gyp ?? (npmCli && join(dirname(npmCli), '..', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'));
+  if (!nodeGyp || !existsSync(nodeGyp)) {
+    console.error('build: native/ changed since build/Release/virtio_native.node was compiled: run npm run build:native');
+    process.exit(1);
+  }
+  console.log('build: native/ changed: recompiling the addon (node-gyp rebuild)');
+  run(nodeGyp, ['rebuild']);
+}
+
 // Nothing to do when no input (file or folder: a deleted file changes its folder) is newer than
 // the last complete build. tsc's own incremental check still costs seconds; this costs ms.
 const stamp = join(dist, '.build-stamp');

@@ -9,6 +9,10 @@ export class VirtioTsError<K extends string = string> extends Error {
   /** What went wrong, as a stable identifier (e.g. 'out-of-bounds', 'not-negotiated'). */
   readonly kind: K;
 
+  /**
+   * An error of this `kind`; `message` is for people, `options.cause` (as in the platform's
+   * Error) keeps the underlying failure, e.g. the file system's error behind a storage error.
+   */
   constructor(kind: K, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.kind = kind;

@@ -9,11 +9,13 @@ export { GuestAllocator } from './memory/allocator.js';
 
 export * from './spec/constants.js';
 export * from './spec/features.js';
-export { DEVICE_TYPES, brokenDependency, isDescribedFeature, type DeviceTypeInfo, type FeatureDependency } from './spec/device-types.js';
+export { DEVICE_TYPES, unmetDependency, isDescribedFeature, type DeviceTypeInfo, type FeatureDependency, type UnmetDependency } from './spec/device-types.js';
 export { NET_FEATURES } from './spec/net.js';
 export { BLK_FEATURES, BlkType, BlkStatus, BlkConfig } from './spec/blk.js';
 export { CONSOLE_FEATURES, ConsoleConfig, ConsoleEvent, type ConsoleSize } from './spec/console.js';
-export { VirtioDevice, type DeviceHost, type VirtioDeviceOptions, type DevicePhase, type ConditionalConfigField } from './device/device.js';
+export { VirtioDevice, DEFAULT_DEVICE_TRANSPORT_FEATURES, type DeviceHost, type VirtioDeviceOptions, type DevicePhase } from './device/device.js';
+export type { DeviceType, DeviceContext, ConditionalConfigField } from './device/type.js';
+export { DeviceError, type DeviceErrorKind } from './device/errors.js';
 export { VirtioDriver, DriverError, type VirtioDriverOptions, type DriverState } from './driver/driver.js';
 export type { DriverTransport, TransportEvents } from './driver/transport.js';
 export { DescriptorChain, ChainReader, ChainWriter, ChainBoundsError } from './virtqueue/chain.js';
@@ -23,18 +25,25 @@ export * as splitLayout from './spec/split-layout.js';
 
 export { LoopbackTransport, type LoopbackMode, type LoopbackOptions } from './transports/loopback/loopback.js';
 
-export { RngDevice, cryptoEntropy, type EntropySource, type AsyncEntropySource, type RngDeviceOptions } from './devices/rng/device.js';
+export { RngDevice, RngDeviceType, cryptoEntropy, type EntropySource, type AsyncEntropySource, type RngDeviceOptions } from './devices/rng/device.js';
 export { RngDriver, type RngDriverOptions } from './drivers/rng.js';
-export { BlkDevice, type BlkDeviceOptions } from './devices/blk/device.js';
-export { MemoryBlockBackend, type BlockBackend } from './devices/blk/storage.js';
+export { BlkDevice, BlkDeviceType, defaultSegMax, type BlkDeviceOptions, type BlkOptions, type BlkStorageOption } from './devices/blk/device.js';
+export { parseBlkRequest, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
+export type { Range as BlkRange } from './devices/blk/request.js';
+export { MemoryBlockStorage, type BlockStorage, MemoryBlockBackend, type BlockBackend } from './devices/blk/storage.js';
 export { BlkDriver, BlkError, type BlkDriverOptions } from './drivers/blk.js';
 export {
   ConsoleDevice,
-  MemoryConsoleBackend,
+  ConsoleDeviceType,
+  MemoryConsoleEndpoint,
   type ConsoleDeviceOptions,
-  type ConsolePortBackend,
+  type ConsolePortEndpoint,
   type ConsoleHostPort,
   type ConsolePortConfig,
+  type ConsolePortOptions,
+  type ConsolePortEndpointOption,
+  MemoryConsoleBackend,
+  type ConsolePortBackend,
 } from './devices/console/device.js';
 export { ConsoleDriver, ConsolePort, type ConsoleDriverOptions } from './drivers/console.js';
 export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, QueueObserver, PriorBuffer, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';

@@ -1,11 +1,20 @@
 /**
- * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only parts: file and
- * stream adapters, and serveVhostUser, which serves any VirtioDevice to a vhost-user front-end
- * such as QEMU.
+ * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only parts: the
+ * adapters (file block storage, stream console endpoints) and serveVhostUser, which serves any
+ * VirtioDevice to a vhost-user front-end such as QEMU.
  */
 export * from './index.js';
-export { FileBlockBackend } from './node/file-block.js';
-export { StreamConsoleBackend, stdioConsoleBackend, listenConsole, type ConsoleStream, type StreamConsoleBackendOptions } from './node/console-stream.js';
+export { FileBlockStorage, FileBlockBackend, type FileIoMode } from './node/file-block.js';
+export {
+  StreamConsoleEndpoint,
+  stdioConsoleEndpoint,
+  listenConsole,
+  type ConsoleStream,
+  type StreamConsoleEndpointOptions,
+  StreamConsoleBackend,
+  stdioConsoleBackend,
+  type StreamConsoleBackendOptions,
+} from './node/console-stream.js';
 export { loadDeviations, DEVIATIONS_FILE } from './node/deviations.js';
 export {
   serveVhostUser,

@@ -8,9 +8,11 @@ import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/monitor/monitor.js';
 import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
 import { BlkDevice, BlkConfig, BlkStatus, BlkType } from '../src/devices/blk/device.js';
-import { MemoryBlockBackend, type BlockBackend } from '../src/devices/blk/storage.js';
-import { FileBlockBackend } from '../src/node/file-block.js';
+import { MemoryBlockStorage, type BlockStorage } from '../src/devices/blk/storage.js';
+import { FileBlockStorage } from '../src/node/file-block.js';
 import { BlkDriver } from '../src/drivers/blk.js';
+import { DeviceError } from '../src/device/errors.js';
+import { isVirtioTsError } from '../src/errors.js';
 import { Feature } from '../src/spec/constants.js';
 import { bit, hasFeature } from '../src/spec/features.js';
 import { BLK_FEATURES } from '../src/spec/blk.js';
@@ -29,7 +31,7 @@ function clauseTest(ids: string[], title: string, fn: () => Promise<void>): void
 /** Ring format for the hand-written requests below; every such test runs on both. */
 let FORMAT: 'split' | 'packed' = 'split';
 
-async function live(backend: BlockBackend = new MemoryBlockBackend(1 << 20), readOnly = false) {
+async function live(backend: BlockStorage = new MemoryBlockStorage(1 << 20), readOnly = false) {
   const devMon = new Monitor({ mode: 'tolerant' });
   const device = new BlkDevice({ backend, monitor: devMon, readOnly, maxSegments: 2 });
   if (FORMAT === 'split') device.withholdFeatures(bit(Feature.RING_PACKED));
@@ -71,7 +73,7 @@ function segment(sector: number, sectors: number, flags: number): Uint8Array {
 }
 
 clauseTest(['blk.device-operation.device.4'], 'a read-only disk writes nothing, whatever the request', async () => {
-  const backend = new MemoryBlockBackend(1 << 20);
+  const backend = new MemoryBlockStorage(1 << 20);
   backend.bytes.fill(0x5a);
   const r = await live(backend, true);
   assert.ok(hasFeature(r.driver.features, BLK_FEATURES.RO));
@@ -90,7 +92,7 @@ clauseTest(['blk.device-operation.device.5', 'blk.device-operation.device.6'], '
 });
 
 clauseTest(['blk.device-operation.device.9'], 'after write zeroes, with or without unmap, the range reads as zeroes', async () => {
-  const backend = new MemoryBlockBackend(1 << 20);
+  const backend = new MemoryBlockStorage(1 << 20);
   backend.bytes.fill(7);
   const r = await live(backend);
   await r.driver.writeZeroes(0, 4096);
@@ -112,7 +114,7 @@ clauseTest(['blk.device-operation.device.13'], 'in writethrough mode a write is 
   const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-blk-'));
   try {
     writeFileSync(join(dir, 'd.img'), new Uint8Array(1 << 20));
-    const backend = await FileBlockBackend.open(join(dir, 'd.img'));
+    const backend = await FileBlockStorage.open(join(dir, 'd.img'));
     let syncedBeforeStatus = 0;
     const flush = backend.flush.bind(backend);
     backend.flush = async () => {
@@ -136,7 +138,7 @@ clauseTest(['blk.device-operation.device.18'], 'zone requests without VIRTIO_BLK
 });
 
 clauseTest(['blk.device-operation.device.2', 'blk.device-operation.driver.1'], 'a capacity change is notified, and the driver reads the new capacity', async () => {
-  const backend = new MemoryBlockBackend(1 << 20);
+  const backend = new MemoryBlockStorage(1 << 20);
   const r = await live(backend);
   assert.equal(r.driver.capacity, 2048);
   (backend as unknown as { bytes: Uint8Array }).bytes = new Uint8Array(2 << 20);
@@ -153,7 +155,7 @@ clauseTest(['blk.device-init.device.5', 'blk.device-operation.device.16'], 'neit
 });
 
 clauseTest(['blk.device-init.driver.3'], 'with FLUSH but no CONFIG_WCE the driver assumes a writeback cache', async () => {
-  const backend = new MemoryBlockBackend(1 << 20);
+  const backend = new MemoryBlockStorage(1 << 20);
   const device = new BlkDevice({ backend });
   device.withholdFeatures(bit(BLK_FEATURES.CONFIG_WCE));
   const driver = new BlkDriver(new LoopbackTransport(device, GuestMemory.create(4 << 20)));
@@ -163,7 +165,7 @@ clauseTest(['blk.device-init.driver.3'], 'with FLUSH but no CONFIG_WCE the drive
 
 test('seg_max: 126 by default whatever the queue size above 128, so the chains of a driver (seg_max + 2) fit the default queue of QEMU (128); --seg-max overrides', async () => {
   const segMax = async (o: { queueMaxSize: number; segMax?: number }) => {
-    const device = new BlkDevice({ backend: new MemoryBlockBackend(1 << 20, false, 's'), ...o });
+    const device = new BlkDevice({ backend: new MemoryBlockStorage(1 << 20, false, 's'), ...o });
     const t = new LoopbackTransport(device, GuestMemory.create(1 << 16));
     return Number(await t.readConfig(12, 4));
   };
@@ -176,7 +178,7 @@ test('seg_max: 126 by default whatever the queue size above 128, so the chains o
 });
 
 test('block config layout is byte-exact (5.2.4)', async () => {
-  const backend = new MemoryBlockBackend(64 << 20, false, 'serial');
+  const backend = new MemoryBlockStorage(64 << 20, false, 'serial');
   const device = new BlkDevice({ backend, numQueues: 3, queueMaxSize: 128, sizeMax: 65536, maxSegments: 2 });
   const t = new LoopbackTransport(device, GuestMemory.create(1 << 20));
   const cfg = async (off: number, size: 1 | 2 | 4 | 8) => Number(await t.readConfig(off, size));
@@ -208,7 +210,7 @@ test('block config layout is byte-exact (5.2.4)', async () => {
 });
 
 test('a live shrink: requests past the new end fail with IOERR; only those past the capacity the driver was shown are verdicts', async () => {
-  const backend = new MemoryBlockBackend(1 << 20); // 2048 sectors
+  const backend = new MemoryBlockStorage(1 << 20); // 2048 sectors
   const r = await live(backend);
   (backend as unknown as { bytes: Uint8Array }).bytes = new Uint8Array(512 << 10); // 1024 sectors
   r.device.resize();
@@ -224,17 +226,17 @@ test('a live shrink: requests past the new end fail with IOERR; only those past 
   assert.equal(r.driver.capacity, 1024, 'the driver read the new capacity');
 });
 
-test('FileBlockBackend.refreshSize measures the file again; a file below one sector keeps the old size', async () => {
+test('FileBlockStorage.refreshSize measures the file again; a file below one sector keeps the old size', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-blk-'));
   try {
     const path = join(dir, 'd.img');
     writeFileSync(path, new Uint8Array(1 << 20));
-    const backend = await FileBlockBackend.open(path, { readOnly: true });
+    const backend = await FileBlockStorage.open(path, { readOnly: true });
     truncateSync(path, (3 << 20) + 100); // rounded down to whole sectors
     assert.deepEqual(await backend.refreshSize(), { before: 1 << 20, after: 3 << 20 });
     assert.equal(backend.size, 3 << 20);
     truncateSync(path, 100);
-    await assert.rejects(backend.refreshSize(), /smaller than one 512-byte sector/);
+    await assert.rejects(backend.refreshSize(), (e: unknown) => isVirtioTsError(e, 'storage-too-small') && e instanceof DeviceError);
     assert.equal(backend.size, 3 << 20);
     await backend.close();
   } finally {

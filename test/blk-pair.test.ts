@@ -8,8 +8,8 @@ import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/monitor/monitor.js';
 import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
 import { BlkDevice } from '../src/devices/blk/device.js';
-import { MemoryBlockBackend, type BlockBackend } from '../src/devices/blk/storage.js';
-import { FileBlockBackend } from '../src/node/file-block.js';
+import { MemoryBlockStorage, type BlockStorage } from '../src/devices/blk/storage.js';
+import { FileBlockStorage } from '../src/node/file-block.js';
 import { BlkDriver, BlkError } from '../src/drivers/blk.js';
 import { Feature } from '../src/spec/constants.js';
 import { bit, TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
@@ -31,7 +31,7 @@ function pattern(seed: number, len: number): Uint8Array {
   return b;
 }
 
-async function pair(backend: BlockBackend, accept: bigint, options: { numQueues?: number; mode?: 'sync' | 'async' } = {}) {
+async function pair(backend: BlockStorage, accept: bigint, options: { numQueues?: number; mode?: 'sync' | 'async' } = {}) {
   const devMon = new Monitor();
   const drvMon = new Monitor();
   const device = new BlkDevice({ backend, monitor: devMon, numQueues: options.numQueues ?? 1, maxSegments: 4 });
@@ -44,7 +44,7 @@ async function pair(backend: BlockBackend, accept: bigint, options: { numQueues?
 
 for (const [format, accept] of Object.entries(FORMATS)) {
   test(`block pair (${format}, memory backend, 2 queues): every request type, data byte-exact, no verdicts`, async () => {
-    const backend = new MemoryBlockBackend(4 << 20, false, 'disk-0123456789-abcdef-too-long');
+    const backend = new MemoryBlockStorage(4 << 20, false, 'disk-0123456789-abcdef-too-long');
     const { device, driver, devMon, drvMon } = await pair(backend, accept, { numQueues: 2 });
     assert.equal(driver.capacity, (4 << 20) / 512);
     assert.equal(device.activeQueues, 2);
@@ -84,7 +84,7 @@ for (const [format, accept] of Object.entries(FORMATS)) {
     try {
       const path = join(dir, 'disk.img');
       writeFileSync(path, new Uint8Array(2 << 20));
-      const backend = await FileBlockBackend.open(path);
+      const backend = await FileBlockStorage.open(path);
       const { device, driver, devMon, drvMon } = await pair(backend, accept);
       const data = pattern(7, 128 * 1024);
       await driver.write(1 << 20, data);
@@ -114,7 +114,7 @@ for (const [format, accept] of Object.entries(FORMATS)) {
   });
 
   test(`block pair (${format}): a read-only disk fails writes with IOERR and keeps its data`, async () => {
-    const backend = new MemoryBlockBackend(1 << 20, true);
+    const backend = new MemoryBlockStorage(1 << 20, true);
     backend.bytes.set(pattern(1, 4096));
     const { driver, devMon } = await pair(backend, accept, { mode: 'sync' });
     assert.equal(driver.readOnly, true);

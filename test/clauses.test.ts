@@ -35,22 +35,30 @@ class ConfigDevice extends VirtioDevice {
     monitor: Monitor,
     private readonly hooks: { onRead?: (d: ConfigDevice) => void; statusReads?: (d: ConfigDevice, real: number) => number; features?: bigint; deviceId?: number } = {},
   ) {
-    super({ deviceId: hooks.deviceId ?? DeviceId.ENTROPY, numQueues: 1, monitor, configSize: 8, deviceFeatures: hooks.features ?? 0n });
+    let self: ConfigDevice | null = null;
+    super(
+      {
+        deviceId: hooks.deviceId ?? DeviceId.ENTROPY,
+        numQueues: 1,
+        configSize: 8,
+        features: hooks.features ?? 0n,
+        process() {},
+        configRead: () => {
+          self!.reads++;
+          hooks.onRead?.(self!);
+        },
+        configWrite: (offset, _size, value) => void self!.written.push([offset, value]),
+      },
+      { monitor },
+    );
+    self = this;
   }
-  protected processQueue(): void {}
-  protected override beforeConfigRead(): void {
-    this.reads++;
-    this.hooks.onRead?.(this);
-  }
-  protected override onConfigWrite(offset: number, _size: number, value: number | bigint): void {
-    this.written.push([offset, value]);
-  }
-  override getStatus(): number {
-    const real = super.getStatus();
+  override readStatus(): number {
+    const real = super.readStatus();
     return this.hooks.statusReads ? this.hooks.statusReads(this, real) : real;
   }
   bump(): void {
-    this.updateConfig((v) => v.setUint32(0, v.getUint32(0, true) + 1, true));
+    this.context.updateConfig((v) => v.setUint32(0, v.getUint32(0, true) + 1, true));
   }
 }
 

@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/monitor/monitor.js';
 import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
-import { ConsoleDevice, ConsoleEvent, MemoryConsoleBackend, type ConsoleDeviceOptions } from '../src/devices/console/device.js';
+import { ConsoleDevice, ConsoleEvent, MemoryConsoleEndpoint, type ConsoleDeviceOptions } from '../src/devices/console/device.js';
 import { VirtioDevice } from '../src/device/device.js';
 import { ConsoleDriver, type ConsoleDriverOptions, type ConsolePort } from '../src/drivers/console.js';
-import { StreamConsoleBackend, listenConsole } from '../src/node/console-stream.js';
+import { StreamConsoleEndpoint, listenConsole } from '../src/node/console-stream.js';
 import { CONSOLE_FEATURES } from '../src/spec/console.js';
 import { Feature, Status } from '../src/spec/constants.js';
 import { bit, hasFeature, TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
@@ -45,7 +45,7 @@ function pair(
 for (const format of ['split', 'packed'] as const) {
   for (const mode of MODES) {
     test(`console pair, single port, ${format} ring, loopback ${mode}: data both ways, resize, emergency write, suspend; no verdicts`, async () => {
-      const backend = new MemoryConsoleBackend();
+      const backend = new MemoryConsoleEndpoint();
       const emergency: number[] = [];
       const { device, driver, devMon, drvMon } = pair(format, mode, { backend, size: { cols: 80, rows: 25 }, emergencyWrite: (b) => emergency.push(b) });
       // emerg_wr works on an unconfigured device (before any status write).
@@ -106,7 +106,7 @@ for (const format of ['split', 'packed'] as const) {
     });
 
     test(`console pair, multiport with 3 ports, ${format} ring, loopback ${mode}: names, open/close, data, resize, hot-plug; no verdicts`, async () => {
-      const b = [new MemoryConsoleBackend(), new MemoryConsoleBackend(), new MemoryConsoleBackend()];
+      const b = [new MemoryConsoleEndpoint(), new MemoryConsoleEndpoint(), new MemoryConsoleEndpoint()];
       const emergency: number[] = [];
       const { device, driver, devMon, drvMon } = pair(format, mode, {
         ports: [
@@ -207,7 +207,7 @@ for (const format of ['split', 'packed'] as const) {
       assert.equal(p2.removed, true);
       assert.equal(driver.ports.has(2), false);
       await assert.rejects(p2.write('x'), /removed/);
-      const b3 = new MemoryConsoleBackend();
+      const b3 = new MemoryConsoleEndpoint();
       device.addPort(3, { backend: b3, name: 'hotplug' });
       const p3 = await driver.waitForPort('hotplug');
       assert.equal(p3.id, 3);
@@ -243,7 +243,7 @@ test('console pair, feature variants (IN_ORDER, NOTIFICATION_DATA, no EVENT_IDX,
   ];
   for (const [name, features, deviceFeatures] of variants) {
     for (const mode of MODES) {
-      const b = [new MemoryConsoleBackend(), new MemoryConsoleBackend()];
+      const b = [new MemoryConsoleEndpoint(), new MemoryConsoleEndpoint()];
       const devMon = new Monitor();
       const drvMon = new Monitor();
       // Emergency bytes go to port 0's backend by default.
@@ -285,7 +285,7 @@ test('console pair, feature variants (IN_ORDER, NOTIFICATION_DATA, no EVENT_IDX,
 });
 
 test('console pair: a reader that falls behind holds the device back (bounded buffers on both sides), nothing is lost', async () => {
-  const backend = new MemoryConsoleBackend();
+  const backend = new MemoryConsoleEndpoint();
   const { device, driver, devMon, drvMon } = pair('split', 'async', { backend, highWater: 4096 }, { inboxLimit: 2048, receiveBufferSize: 256, receiveBuffers: 4 });
   await driver.start();
   const port = await driver.waitForPort(0);
@@ -311,12 +311,12 @@ test('console pair: a reader that falls behind holds the device back (bounded bu
 test('console pair with a Node stream backend: a unix socket client talks to a driver port, host open/close follows the connection', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-console-'));
   const path = join(dir, 'port1.sock');
-  const stream = new StreamConsoleBackend();
+  const stream = new StreamConsoleEndpoint();
   const server = await listenConsole(stream, path);
   let client: Socket | null = null;
   try {
     const { device, driver, devMon, drvMon } = pair('packed', 'async', {
-      ports: [{ backend: new MemoryConsoleBackend() }, { backend: stream, name: 'socket' }],
+      ports: [{ backend: new MemoryConsoleEndpoint() }, { backend: stream, name: 'socket' }],
       highWater: 16 * 1024,
     });
     await driver.start();

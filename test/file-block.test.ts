@@ -1,4 +1,4 @@
-// FileBlockBackend on a real file in each I/O mode: vectored reads and writes land where they
+// FileBlockStorage on a real file in each I/O mode: vectored reads and writes land where they
 // should, a transfer split over several buffers (and cut short by the end of the file) is
 // completed, and 'auto' serves page-cached reads on the event loop (preadv2 RWF_NOWAIT).
 import { test } from 'node:test';
@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FileBlockBackend } from '../src/node/file-block.js';
+import { FileBlockStorage } from '../src/node/file-block.js';
 import { native } from '../src/native/index.js';
 
 function pattern(seed: number, len: number): Uint8Array {
@@ -16,12 +16,12 @@ function pattern(seed: number, len: number): Uint8Array {
 }
 
 for (const io of ['auto', 'async', 'sync'] as const) {
-  test(`FileBlockBackend io=${io}: vectored writes and reads over several buffers land byte for byte`, async () => {
+  test(`FileBlockStorage io=${io}: vectored writes and reads over several buffers land byte for byte`, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-file-'));
     try {
       const path = join(dir, 'disk.img');
       writeFileSync(path, new Uint8Array(1 << 20));
-      const disk = await FileBlockBackend.open(path, { io });
+      const disk = await FileBlockStorage.open(path, { io });
       assert.equal(disk.io, io);
       const data = pattern(3, 3 * 4096 + 512);
       // Three uneven buffers written at one offset: one pwritev.

@@ -2,15 +2,30 @@
 # Builds the tiny Linux guest the end-to-end tests boot: Debian's current kernel (the ELF
 # vmlinux, booted through PVH) and an uncompressed busybox initramfs with the virtio modules.
 # Needs: apt-get (Debian's packages), busybox-static, kmod, cpio, python3.
-# Usage: scripts/guest/build-guest.sh [OUT_DIR]   (default .guest; reused when present)
+# Usage: scripts/guest/build-guest.sh [OUT_DIR]   (default .guest; reused when present, with its
+# /init replaced when this checkout's scripts/guest/init differs: a guest must never boot a
+# stale init, and the kernel and its modules need no new download for that)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$(realpath -m "${1:-.guest}")
 mkdir -p "$OUT"
-if [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initramfs.cpio" ]; then exit 0; fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
+if [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initramfs.cpio" ]; then
+  cpio -i --quiet --to-stdout init < "$OUT/initramfs.cpio" > init.old 2>/dev/null || true
+  cmp -s init.old "$HERE/init" && exit 0
+  mkdir initrd
+  (cd initrd && cpio -idm --quiet) < "$OUT/initramfs.cpio"
+  cp "$HERE/init" initrd/init
+  chmod +x initrd/init
+  # Replaced by rename (a guest booting meanwhile keeps reading the old file) from a file of
+  # this process alone (worktrees may share one .guest).
+  (cd initrd && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio.$$.tmp"
+  mv "$OUT/initramfs.cpio.$$.tmp" "$OUT/initramfs.cpio"
+  echo "guest: initramfs re-packed with this checkout's scripts/guest/init"
+  exit 0
+fi
 
 # Debian's current kernel package (not a pinned ABI): resolve the metapackage's dependency.
 KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
@@ -52,5 +67,6 @@ while read -r ko; do
 done < order
 cp "$HERE/init" initrd/init
 chmod +x initrd/init
-(cd initrd && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio"
+(cd initrd && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio.$$.tmp"
+mv "$OUT/initramfs.cpio.$$.tmp" "$OUT/initramfs.cpio"
 echo "guest: kernel $KVER, $(wc -l < initrd/modules) modules, initramfs $(du -h "$OUT/initramfs.cpio" | cut -f1)"

@@ -17,7 +17,7 @@ import { Monitor, formatVerdict } from '../monitor/monitor.js';
 import { loadDeviations } from '../node/deviations.js';
 import { RngDevice } from '../devices/rng/device.js';
 import { BlkDevice } from '../devices/blk/device.js';
-import { FileBlockBackend } from '../node/file-block.js';
+import { FileBlockStorage } from '../node/file-block.js';
 import type { VirtioDevice } from '../device/device.js';
 import { serveVhostUser, type DaemonLogger, type VhostUserDaemon } from '../transports/vhost-user/daemon.js';
 import { VhostUserError } from '../transports/vhost-user/errors.js';
@@ -150,11 +150,11 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     ignore: ['reserved.bits.driver.6'],
   });
 
-  let image: FileBlockBackend | undefined;
+  let image: FileBlockStorage | undefined;
   const numQueues = opts.numQueues ?? 1;
   const queueMaxSize = opts.queueSize ?? 1024;
   try {
-    if (type === 'blk') image = await FileBlockBackend.open(imagePath!, { readOnly, io: opts.io });
+    if (type === 'blk') image = await FileBlockStorage.open(imagePath!, { readOnly, io: opts.io });
   } catch (e) {
     throw new CliError(EXIT_RUNTIME, `cannot open --image ${imagePath}: ${describeError(e)}`);
   }
@@ -162,7 +162,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     image !== undefined
       ? // seg_max: by default 126 whatever --queue-size says, so Linux's chains (seg_max + 2
         // descriptors) fit QEMU's default queue size of 128 (see defaultSegMax).
-        new BlkDevice({ backend: image, readOnly, numQueues, queueMaxSize, segMax: opts.segMax, monitor })
+        new BlkDevice({ storage: image, readOnly, numQueues, queueMaxSize, segMax: opts.segMax, monitor })
       : new RngDevice({ monitor, queueMaxSize });
   /** The daemon's lines go to the same log, their fields with them. */
   const daemonLog: DaemonLogger = {
@@ -282,7 +282,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
  * - Unmeasurable (gone below one sector, I/O error): an error line; the size stays as it was.
  * Nothing here throws: a reload never ends the server.
  */
-async function reloadImageSize(device: BlkDevice, image: FileBlockBackend, path: string, logger: Logger): Promise<void> {
+async function reloadImageSize(device: BlkDevice, image: FileBlockStorage, path: string, logger: Logger): Promise<void> {
   const before = device.capacitySectors;
   let after: number;
   try {

@@ -2,11 +2,14 @@
  * Device core: the device side of status, feature negotiation, configuration space and
  * virtqueues (spec 2.1 - 2.6, 3.1), shared by every device type and every transport.
  *
- * A transport (loopback, MMIO/PCI register model, vhost-user backend) calls the public
+ * A transport (loopback, MMIO/PCI register model, vhost-user back-end) calls the public
  * methods below as the driver acts; the device calls its {@link DeviceHost} to notify the
  * driver. Every driver action is checked against the init sequence (3.1.1) and status rules
  * (2.1); a broken rule becomes a verdict, and in strict mode the device enters
  * DEVICE_NEEDS_RESET. Nothing the driver does makes these methods throw.
+ *
+ * What one device type does (its queues, features, configuration layout and requests) is a
+ * {@link DeviceType} the core holds by composition and calls through its hooks.
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { Monitor, type Verdict } from '../monitor/monitor.js';
@@ -15,7 +18,11 @@ import { bit, featureBits as featureBitsOf, featureNames, hasFeature, type Featu
 import type { DeviceQueue, RingFormat } from '../virtqueue/queue.js';
 import { createDeviceQueue } from '../virtqueue/create.js';
 import type { QueueFeatures } from '../virtqueue/queue.js';
-import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from '../spec/device-types.js';
+import { DEVICE_TYPES, isDescribedFeature, unmetDependency } from '../spec/device-types.js';
+import { DeviceError } from './errors.js';
+import type { ConditionalConfigField, DeviceContext, DeviceType } from './type.js';
+
+export type { ConditionalConfigField, DeviceContext, DeviceType } from './type.js';
 
 /** How the device reaches the driver: the transport implements it. */
 export interface DeviceHost {
@@ -41,29 +48,16 @@ export interface DeviceHost {
   readonly notificationData?: boolean;
 }
 
-/** A device configuration field that exists only when a feature is offered (basic.config.driver.3). */
-export interface ConditionalConfigField {
-  name: string;
-  offset: number;
-  size: number;
-  feature: number;
-}
-
+/** How one device is set up beyond its type. */
 export interface VirtioDeviceOptions {
-  deviceId: number;
-  /** Device-specific feature bits offered (transport bits are added by the core). */
-  deviceFeatures?: bigint;
-  /** Transport feature bits offered, default VERSION_1 | INDIRECT_DESC | EVENT_IDX | RING_PACKED | SUSPEND. */
-  transportFeatures?: bigint;
-  featureNames?: FeatureNames;
-  numQueues: number;
-  /** Largest queue size per queue (power of two). Default 256. */
-  queueMaxSize?: number;
-  configSize?: number;
-  /** Configuration fields that depend on a feature bit. */
-  conditionalFields?: readonly ConditionalConfigField[];
+  /** The monitor that judges the driver (default: a new strict one). */
   monitor?: Monitor;
+  /** For messages and logs (default: the type's name). */
   name?: string;
+  /** Device-independent feature bits offered (default {@link DEFAULT_DEVICE_TRANSPORT_FEATURES}). */
+  transportFeatures?: bigint;
+  /** Offer these device-specific bits instead of the type's `features` (tests offer bits no type has). */
+  deviceFeatures?: bigint;
 }
 
 /** What a device offers of the device-independent bits unless told otherwise. */
@@ -80,7 +74,27 @@ export const DEFAULT_DEVICE_TRANSPORT_FEATURES =
 /** Where the device is in its life (what the status register says, simplified). */
 export type DevicePhase = 'reset' | 'initializing' | 'live' | 'failed' | 'needs-reset';
 
-export abstract class VirtioDevice {
+/**
+ * A virtio device as a transport sees it: the registers of spec 2 and 4 (status, features,
+ * configuration space, queue setup, notifications), with every driver action checked against
+ * the spec. What the device *is* comes from its {@link DeviceType}:
+ *
+ * ```ts
+ * const device = new VirtioDevice(myType, { monitor: new Monitor() });
+ * new LoopbackTransport(device, GuestMemory.create(1 << 20));   // or a vhost-user daemon
+ * ```
+ *
+ * Writing a device means writing a DeviceType, never subclassing this class. The built-in
+ * devices are types too (BlkDeviceType, ConsoleDeviceType, RngDeviceType); BlkDevice,
+ * ConsoleDevice and RngDevice are this class with their type built from options, plus the
+ * type's host API on the device for convenience. `device.type` is the type, typed: a custom
+ * type's own API (a counter, a resize) is reached there. Subclassing is left for test peers
+ * that break the core's own rules on purpose (virtio-ts/testing), which is what the protected
+ * members are for.
+ */
+export class VirtioDevice<T extends DeviceType = DeviceType> {
+  /** What this device is and does. */
+  readonly type: T;
   readonly deviceId: number;
   readonly name: string;
   readonly monitor: Monitor;
@@ -94,46 +108,99 @@ export abstract class VirtioDevice {
 
   /**
    * Stops offering `bits` (a VMM's `packed=off`, say). Only while the driver has not
-   * negotiated yet: the offer must not change under it (struct.feature-offer.device.1).
+   * negotiated yet: the offer must not change under it (struct.feature-offer.device.1);
+   * afterwards a DeviceError 'features-locked'.
    */
   withholdFeatures(bits: bigint): void {
-    if (this.statusValue & Status.FEATURES_OK) throw new Error('features cannot be withheld after FEATURES_OK');
+    if (this.statusValue & Status.FEATURES_OK) throw new DeviceError('features-locked', `${this.name}: features cannot be withheld after FEATURES_OK`);
     this.offeredBits &= ~bits;
   }
   /** Features the driver wrote (meaningful once FEATURES_OK is accepted). */
   driverFeatures = 0n;
   /** Device configuration space (device-specific layout, little-endian). */
   readonly config: Uint8Array;
-  protected readonly configView: DataView;
+  private readonly configView: DataView;
   /** Bumped on every configuration change (config_generation). */
   configGeneration = 0;
 
+  /** The status register. Protected for test peers that break status rules on purpose. */
   protected statusValue = 0;
+  /** The transport. Protected for test peers that notify when they must not. */
   protected host: DeviceHost | null = null;
+  /** What the type is given; protected for test peers that call the type's hooks out of turn. */
+  protected readonly context: DeviceContext;
   private mem: GuestMemory | null = null;
   /** FEATURES_OK was refused: the driver should now set FAILED (init.sequence.driver.5). */
   private featuresRefused = false;
   /** Whether FEATURES_OK has ever been accepted (basic.features.device.5). */
   private negotiatedOnce: bigint | null = null;
 
-  constructor(options: VirtioDeviceOptions) {
-    this.deviceId = options.deviceId;
-    this.name = options.name ?? `device ${options.deviceId}`;
+  /**
+   * A device of `type` in reset state, not yet attached to memory or a transport (see
+   * {@link attach}). It offers `options.transportFeatures` plus the type's `features` (or
+   * `options.deviceFeatures`); the type's `init` hook runs here, once.
+   */
+  constructor(type: T, options: VirtioDeviceOptions = {}) {
+    this.type = type;
+    this.deviceId = type.deviceId;
+    this.name = options.name ?? type.name ?? `device ${type.deviceId}`;
     this.monitor = options.monitor ?? new Monitor();
-    this.featureNames = options.featureNames ?? DEVICE_TYPES[options.deviceId]?.features ?? {};
+    this.featureNames = type.featureNames ?? DEVICE_TYPES[type.deviceId]?.features ?? {};
     const transport = options.transportFeatures ?? DEFAULT_DEVICE_TRANSPORT_FEATURES;
-    this.offeredBits = transport | (options.deviceFeatures ?? 0n);
-    this.config = new Uint8Array(options.configSize ?? 0);
-    this.conditionalFields = options.conditionalFields ?? [];
+    this.offeredBits = transport | (options.deviceFeatures ?? type.features ?? 0n);
+    this.config = new Uint8Array(type.configSize ?? 0);
+    this.conditionalFields = type.conditionalFields ?? [];
     this.configView = new DataView(this.config.buffer);
     this.queues = [];
-    this.queueMaxSize = options.queueMaxSize ?? 256;
-    this.numQueues = options.numQueues;
+    this.queueMaxSize = type.queueMaxSize ?? 256;
+    this.numQueues = type.numQueues;
+    this.context = this.makeContext();
+    type.init?.(this.context);
   }
 
   readonly queueMaxSize: number;
   readonly numQueues: number;
   readonly conditionalFields: readonly ConditionalConfigField[];
+
+  /** The type's view of this device (one object for the device's life). */
+  private makeContext(): DeviceContext {
+    const d = this;
+    return {
+      name: d.name,
+      monitor: d.monitor,
+      get memory() {
+        return d.memory;
+      },
+      queues: d.queues,
+      config: d.configView,
+      get status() {
+        return d.statusValue;
+      },
+      get live() {
+        return d.live;
+      },
+      get accepting() {
+        return d.accepting;
+      },
+      get offered() {
+        return d.offered;
+      },
+      get driverFeatures() {
+        return d.driverFeatures;
+      },
+      negotiated: (featureBit) => d.negotiated(featureBit),
+      get synchronous() {
+        return d.host?.synchronous === true;
+      },
+      complete: (q) => d.complete(q),
+      resume: (q) => {
+        if (q.active && d.accepting) d.process(q);
+      },
+      updateConfig: (change) => d.updateConfig(change),
+      violation: (clause, message, context, fatal) => d.violation(clause, message, context, fatal),
+      needsReset: (reason) => d.needsReset(reason),
+    };
+  }
 
   /** Connects the device to guest memory and its transport. */
   attach(mem: GuestMemory, host: DeviceHost): void {
@@ -157,15 +224,21 @@ export abstract class VirtioDevice {
     }
   }
 
+  /** Guest memory; a DeviceError 'not-attached' before attach(). */
   get memory(): GuestMemory {
-    if (this.mem === null) throw new Error(`${this.name} is not attached to a transport`);
+    if (this.mem === null) throw new DeviceError('not-attached', `${this.name} is not attached to a transport`);
     return this.mem;
   }
 
+  /**
+   * The status register as the device holds it, read without side effects: for hosts, logs and
+   * tests. A transport forwarding the driver's read of the register calls {@link readStatus}.
+   */
   get status(): number {
     return this.statusValue;
   }
 
+  /** The status register summarised for hosts and logs: reset, initializing, live, failed or needs-reset. */
   get phase(): DevicePhase {
     const s = this.statusValue;
     if (s & Status.DEVICE_NEEDS_RESET) return 'needs-reset';
@@ -175,6 +248,7 @@ export abstract class VirtioDevice {
     return 'initializing';
   }
 
+  /** DRIVER_OK is set and neither FAILED nor DEVICE_NEEDS_RESET: the driver may use the queues (3.1.1 step 8). */
   get live(): boolean {
     return (this.statusValue & (Status.DRIVER_OK | Status.DEVICE_NEEDS_RESET | Status.FAILED)) === Status.DRIVER_OK;
   }
@@ -197,7 +271,7 @@ export abstract class VirtioDevice {
   // ---------------------------------------------------------------- verdicts
 
   /** Reports a broken rule; in strict mode (or when fatal) the device needs a reset. */
-  protected violation(clause: string, message: string, context?: Record<string, unknown>, fatal = false): Verdict {
+  private violation(clause: string, message: string, context?: Record<string, unknown>, fatal = false): Verdict {
     const v = this.monitor.report(clause, message, context);
     this.onViolation(v, fatal);
     return v;
@@ -226,9 +300,20 @@ export abstract class VirtioDevice {
 
   // ---------------------------------------------------------------- status
 
-  getStatus(): number {
+  /**
+   * The driver reads the status register (a transport forwards that read here). Not a plain
+   * getter: on a synchronous transport each driver action is also where the device judges what
+   * the driver did not do (a missing notification), so a read from anyone but the driver
+   * belongs to {@link status}.
+   */
+  readStatus(): number {
     this.auditDriver();
     return this.statusValue;
+  }
+
+  /** @deprecated The driver's read of the status register: use {@link readStatus}; a host's look at it is {@link status}. */
+  getStatus(): number {
+    return this.readStatus();
   }
 
   /** The driver writes the status register. */
@@ -280,11 +365,7 @@ export abstract class VirtioDevice {
       if (this.monitor.strict) return;
     }
     const added = value & ~old & driverBits;
-    const order = this.orderProblem(old, value, added);
-    if (order !== null) {
-      this.violation('init.sequence.driver.1', order, { old, value });
-      if (this.monitor.strict) return;
-    }
+    if (this.outOfOrder(old, value, added) && this.monitor.strict) return;
     let next = value & driverBits;
     if (added & Status.FEATURES_OK) {
       if (!this.acceptFeatures()) {
@@ -298,19 +379,26 @@ export abstract class VirtioDevice {
     if (added & Status.DRIVER_OK && (next & Status.FEATURES_OK) && !(next & Status.FAILED)) this.goLive();
   }
 
-  /** init.sequence.driver.1: each status bit after the ones before it, one step per write. */
-  private orderProblem(old: number, value: number, added: number): string | null {
+  /**
+   * init.sequence.driver.1: each status bit after the ones before it, one step per write.
+   * Reports the first step out of order; true when there was one.
+   */
+  private outOfOrder(old: number, value: number, added: number): boolean {
     const steps: [number, number, string][] = [
       [Status.DRIVER, Status.ACKNOWLEDGE, 'DRIVER before ACKNOWLEDGE'],
       [Status.FEATURES_OK, Status.DRIVER, 'FEATURES_OK before DRIVER'],
     ];
-    for (const [bitSet, needs, what] of steps) {
-      if (added & bitSet && !(value & needs)) return `driver set ${what} (status ${statusNames(old)} -> ${statusNames(value)})`;
+    let what: string | undefined;
+    for (const [bitSet, needs, step] of steps) {
+      if (added & bitSet && !(value & needs)) {
+        what = step;
+        break;
+      }
     }
-    if (added & Status.DRIVER_OK && !(old & Status.FEATURES_OK)) {
-      return `driver set DRIVER_OK without FEATURES_OK having been accepted first (status ${statusNames(old)} -> ${statusNames(value)})`;
-    }
-    return null;
+    if (what === undefined && added & Status.DRIVER_OK && !(old & Status.FEATURES_OK)) what = 'DRIVER_OK without FEATURES_OK having been accepted first';
+    if (what === undefined) return false;
+    this.violation('init.sequence.driver.1', `driver set ${what} (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
+    return true;
   }
 
   /** Checks the driver's features when it sets FEATURES_OK. False: FEATURES_OK is refused. */
@@ -333,19 +421,19 @@ export abstract class VirtioDevice {
       this.violation('reserved.bits.driver.1', 'driver did not accept VIRTIO_F_VERSION_1, which the device offers', {});
       return false;
     }
-    const missing = this.missingDependency(f);
-    if (missing !== null) {
-      this.violation('basic.features.driver.1', `driver accepted a feature without the feature it requires: ${missing}`, {});
+    const unmet = unmetDependency(this.deviceId, f);
+    if (unmet !== null) {
+      this.violation('basic.features.driver.1', `driver accepted a feature without the feature it requires: ${unmet.description}`, {});
       return false;
     }
-    if (!this.validateFeatures(f)) return false;
+    if (this.type.validateFeatures !== undefined && !this.type.validateFeatures(f, this.context)) return false;
     if (hasFeature(this.offered, Feature.RING_PACKED) && !hasFeature(f, Feature.RING_PACKED)) {
       this.violation('reserved.bits.driver.6', 'driver declined VIRTIO_F_RING_PACKED, which the device offers', {});
     }
     this.negotiatedOnce = f;
     // The ring format is fixed from here on (queues are configured after FEATURES_OK).
     this.makeQueues(hasFeature(f, Feature.RING_PACKED) ? 'packed' : 'split');
-    this.onFeaturesOk(f);
+    this.type.featuresOk?.(f, this.context);
     return true;
   }
 
@@ -357,16 +445,6 @@ export abstract class VirtioDevice {
     if (!this.featuresRefused) return;
     this.featuresRefused = false;
     this.violation('init.sequence.driver.5', `the device refused FEATURES_OK and the driver ${what} instead of setting FAILED or resetting`, {});
-  }
-
-  /** Device types name features that need other features; returns a description or null. */
-  protected missingDependency(features: bigint): string | null {
-    return brokenDependency(this.deviceId, features);
-  }
-
-  /** Device types may refuse a valid-looking subset (basic.features.device.2 says they should not). */
-  protected validateFeatures(_features: bigint): boolean {
-    return true;
   }
 
   /** What the rings need to know of the negotiated features. */
@@ -383,13 +461,13 @@ export abstract class VirtioDevice {
     for (const q of this.queues) {
       if (q.enabled && !q.active && !q.activate(features)) return;
     }
-    this.onDriverOk();
+    this.type.driverOk?.(this.context);
     // The driver may have populated queues before DRIVER_OK (3.1.1 step 7): look now.
     for (const q of this.queues) if (q.active && this.accepting) this.process(q);
   }
 
   private onFailed(): void {
-    this.onStop();
+    this.type.stop?.('failed', this.context);
   }
 
   // ---------------------------------------------------------------- suspend (2.1, 3.3)
@@ -423,8 +501,9 @@ export abstract class VirtioDevice {
     return true;
   }
 
-  /** Buffers taken and not yet used (device types with their own pipelines override it). */
-  protected work(): number {
+  /** Buffers taken and still being worked on (the type may know better: DeviceType.inProgress). */
+  private work(): number {
+    if (this.type.inProgress !== undefined) return this.type.inProgress(this.context);
     let n = 0;
     for (const q of this.queues) n += q.inFlightCount;
     return n;
@@ -448,7 +527,7 @@ export abstract class VirtioDevice {
 
   /** Device reset (2.4): status 0, queues to their initial state, features forgotten. */
   reset(): void {
-    this.onStop();
+    this.type.stop?.('reset', this.context);
     this.featuresRefused = false;
     this.queueNeedsSetup.length = 0;
     this.suspendState = 'running';
@@ -457,7 +536,7 @@ export abstract class VirtioDevice {
     this.driverFeatures = 0n;
     this.needsResetReason = '';
     for (const q of this.queues) q.reset();
-    this.onReset();
+    this.type.reset?.(this.context);
   }
 
   // ---------------------------------------------------------------- features
@@ -498,7 +577,7 @@ export abstract class VirtioDevice {
   readConfig(offset: number, size: number): number | bigint {
     this.auditDriver();
     this.checkConditionalField(offset, size, 'read');
-    this.beforeConfigRead(offset, size);
+    this.type.configRead?.(offset, size, this.context);
     const cfg = this.config;
     if (offset < 0 || offset + size > cfg.length) {
       return size === 8 ? 0n : 0;
@@ -537,11 +616,9 @@ export abstract class VirtioDevice {
     if (this.host?.synchronous === true && this.live) for (const q of this.queues) q.kickAudit(false);
   }
 
-  /** Hook for device types that compute config fields on read. */
-  protected beforeConfigRead(_offset: number, _size: number): void {}
-
   /** The driver writes device configuration space. */
   writeConfig(offset: number, size: number, value: number | bigint): void {
+    if (this.type.writeRegister?.(offset, size, value, this.context) === true) return;
     this.auditDriver();
     this.checkConditionalField(offset, size, 'wrote');
     const s = this.statusValue;
@@ -559,14 +636,11 @@ export abstract class VirtioDevice {
       if (this.monitor.strict) return;
     }
     if (offset < 0 || offset + size > this.config.length || ![1, 2, 4, 8].includes(size)) return;
-    this.onConfigWrite(offset, size, value);
+    this.type.configWrite?.(offset, size, value, this.context);
   }
 
-  /** Device types accept writes to their writable config fields here. */
-  protected onConfigWrite(_offset: number, _size: number, _value: number | bigint): void {}
-
   /** The device changes its configuration: bump the generation and tell a live driver. */
-  protected updateConfig(change: (view: DataView) => void): void {
+  private updateConfig(change: (view: DataView) => void): void {
     if (this.suspendState !== 'running') {
       // init.suspend.device.3 / .4: no change and no notification while suspended.
       this.deferredConfig.push(change);
@@ -577,7 +651,7 @@ export abstract class VirtioDevice {
     if (this.statusValue & Status.DRIVER_OK) this.notifyConfigChange();
   }
 
-  /** Sends a configuration change notification. */
+  /** Sends a configuration change notification (protected for test peers that stay silent). */
   protected notifyConfigChange(): void {
     this.host?.configChanged();
   }
@@ -605,11 +679,21 @@ export abstract class VirtioDevice {
     return q;
   }
 
+  /**
+   * The driver writes queue_size for queue `index` (3.1.1 step 7). A write out of turn (before
+   * FEATURES_OK, after FAILED, to a live queue) is a verdict, not an exception. The size itself
+   * is checked when the queue starts at DRIVER_OK (struct.queue-config.driver.1).
+   */
   setQueueSize(index: number, size: number): void {
     const q = this.queueSetupAllowed(index, 'changed the size');
     if (q !== null) q.setSize(size);
   }
 
+  /**
+   * The driver writes the guest-physical addresses of queue `index`'s descriptor area, driver
+   * area and device area (queue_desc, queue_driver, queue_device; 2.6, 3.1.1 step 7). Same
+   * turn rules as {@link setQueueSize}.
+   */
   setQueueAddresses(index: number, desc: number, avail: number, used: number): void {
     const q = this.queueSetupAllowed(index, 'changed the ring addresses');
     if (q === null) return;
@@ -640,14 +724,11 @@ export abstract class VirtioDevice {
     if (q === undefined || !this.negotiated(Feature.RING_RESET)) return;
     q.reset();
     this.queueNeedsSetup[index] = true;
-    this.onQueueReset(index);
+    this.type.queueReset?.(index, this.context);
   }
 
   /** Queues reset on their own and not configured again yet (basic.vq-reenable.driver.1). */
   private readonly queueNeedsSetup: boolean[] = [];
-
-  /** Device types drop per-queue work here. */
-  protected onQueueReset(_index: number): void {}
 
   /** The driver sends an available-buffer notification for queue `index` (with NOTIFICATION_DATA: `data`). */
   notify(index: number, data?: number): void {
@@ -688,32 +769,19 @@ export abstract class VirtioDevice {
   }
 
   /** Runs the device type's queue handler; an internal error becomes DEVICE_NEEDS_RESET. */
-  protected process(q: DeviceQueue): void {
+  private process(q: DeviceQueue): void {
     try {
-      this.processQueue(q);
+      this.type.process(q, this.context);
     } catch (err) {
       this.needsReset(`internal error on queue ${q.index}: ${err instanceof Error ? err.message : String(err)}`);
     }
   }
 
   /** Publishes used buffers and notifies the driver if it asked (2.7.10). */
-  protected complete(q: DeviceQueue): void {
+  private complete(q: DeviceQueue): void {
     if (q.publish()) this.host?.interrupt(q.index);
     if (this.suspendState === 'suspending') this.finishSuspend();
   }
-
-  // ---------------------------------------------------------------- device type hooks
-
-  /** Takes the buffers of a live queue and completes them. */
-  protected abstract processQueue(q: DeviceQueue): void;
-  /** FEATURES_OK was accepted with these features (config fields that depend on them are set here). */
-  protected onFeaturesOk(_features: bigint): void {}
-  /** DRIVER_OK was accepted. */
-  protected onDriverOk(): void {}
-  /** Reset or FAILED: stop any work in progress. */
-  protected onStop(): void {}
-  /** After reset: restore device-type state. */
-  protected onReset(): void {}
 
   /** Negotiated feature names (for demos and logs). */
   describeFeatures(set: bigint): string[] {

@@ -14,7 +14,7 @@ import { bit, featureBits, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, t
 /** Transport bits the driver core accepts by default (NOTIFICATION_DATA only where the transport carries it). */
 const DEFAULT_DRIVER_TRANSPORT =
   TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER) | bit(Feature.NOTIFICATION_DATA) | bit(Feature.RING_RESET) | bit(Feature.SUSPEND);
-import { brokenDependency, DEVICE_TYPES, isDescribedFeature } from '../spec/device-types.js';
+import { DEVICE_TYPES, isDescribedFeature, unmetDependency } from '../spec/device-types.js';
 import type { DriverTransport } from './transport.js';
 import { SplitDriverQueue } from '../virtqueue/split/driver.js';
 import type { DriverQueue } from '../virtqueue/queue.js';
@@ -251,7 +251,7 @@ export class VirtioDriver {
       this.checkpoint();
       // basic.features.driver.3/.4/.7: unknown bits are ignored, never accepted, never a reason to fail.
       let accept = this.offered & this.wanted;
-      if (brokenDependency(this.options.deviceId, accept) !== null) accept = this.dropUnmetDependencies(accept);
+      if (unmetDependency(this.options.deviceId, accept) !== null) accept = this.dropUnmetDependencies(accept);
       if (!hasFeature(accept, Feature.VERSION_1)) {
         throw new DriverError('device does not offer VIRTIO_F_VERSION_1: legacy devices are not supported (basic.features.driver.6)');
       }
@@ -312,8 +312,8 @@ export class VirtioDriver {
     if (!hasFeature(offered, Feature.VERSION_1)) {
       this.deviceViolation('reserved.bits.device.1', 'device does not offer VIRTIO_F_VERSION_1 (a modern device must)', {});
     }
-    const broken = brokenDependency(id, offered);
-    if (broken !== null) this.deviceViolation('basic.features.device.1', `device offers a feature without the feature it requires: ${broken}`, {});
+    const broken = unmetDependency(id, offered);
+    if (broken !== null) this.deviceViolation('basic.features.device.1', `device offers a feature without the feature it requires: ${broken.description}`, {});
   }
 
   /** Drops accepted features whose requirements are not accepted (basic.features.driver.1). */

@@ -1,12 +1,18 @@
 /**
- * The native addon (native/addon.c, built by node-gyp at `npm install`): the one module the
- * rest of the code imports for fd passing, mmap, memfd, eventfd and fd watches. Node only.
- * Errors are JS Errors whose `code` is the errno name (ENOENT, EBADF, ...).
+ * The native addon (native/addon.c): the one module the rest of the code imports for fd passing,
+ * mmap, memfd, eventfd and fd watches. Node only. Errors from its calls are JS Errors whose
+ * `code` is the errno name (ENOENT, EBADF, ...).
+ *
+ * Where the binary comes from (node-gyp-build's order): build/Release (compiled at install, or by
+ * `npm run build:native` in a checkout), else the package's prebuilt binary for this platform
+ * (prebuilds/linux-x64, prebuilds/linux-arm64, built by scripts/prebuild.mjs when the package is
+ * packed). Without either, the library still works; native() throws a NativeAddonError.
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { readlinkSync } from 'node:fs';
+import { VirtioTsError } from '../errors.js';
 
 export interface NativeAddon {
   /** A connected pair of non-blocking unix stream sockets. */
@@ -55,17 +61,49 @@ export interface NativeAddon {
   watch(fd: number, readable: boolean, writable: boolean, callback: (events: number) => void): { close(): void };
 }
 
+/**
+ * Why the native addon cannot be used:
+ * - `addon-missing`: no binary for this platform (no prebuilt one in the package, and none was
+ *   compiled at install, which needs a C compiler, make and python3);
+ * - `addon-load-failed`: a binary was found but did not load (e.g. a C library older than the
+ *   glibc 2.28 the prebuilt binaries need, or a binary for another platform).
+ */
+export type NativeAddonErrorKind = 'addon-missing' | 'addon-load-failed';
+
+/** The native addon is not available; `kind` says why, the message says how to get it. */
+export class NativeAddonError extends VirtioTsError<NativeAddonErrorKind> {}
+
+const HOW =
+  'The library does not need it; vhost-user (`virtio-ts serve`) does. To build it, install a C compiler, make and python3, then run `npm rebuild virtio-ts` (in a checkout: `npm run build:native`).';
+
 let cached: NativeAddon | null = null;
 
-/** Loads build/Release/virtio_native.node; a clear error if `npm install` did not build it. */
+/** The addon (loaded once), or a NativeAddonError saying why it is not available. */
 export function native(): NativeAddon {
   if (cached !== null) return cached;
+  // dist/src/native/index.js -> the package root, where build/ and prebuilds/ are.
   const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
   const require = createRequire(import.meta.url);
+  const gypBuild = require('node-gyp-build') as { path(dir: string): string };
+  const where = `${process.platform}-${process.arch}, Node ${process.versions.node}`;
+  let file: string;
   try {
-    cached = require(join(root, 'build', 'Release', 'virtio_native.node')) as NativeAddon;
+    file = gypBuild.path(root);
   } catch (err) {
-    throw new Error(`the virtio-ts native addon is not built (run npm install, which runs node-gyp): ${err instanceof Error ? err.message : String(err)}`);
+    throw new NativeAddonError(
+      'addon-missing',
+      `the virtio-ts native addon is not available for ${where}: the package has no prebuilt binary for it (prebuilds/ holds linux-x64 and linux-arm64, glibc) and none was compiled at install. ${HOW}`,
+      { cause: err },
+    );
+  }
+  try {
+    cached = require(file) as NativeAddon;
+  } catch (err) {
+    throw new NativeAddonError(
+      'addon-load-failed',
+      `the virtio-ts native addon ${file} does not load on ${where}: ${err instanceof Error ? err.message : String(err)}. ${HOW}`,
+      { cause: err },
+    );
   }
   return cached;
 }

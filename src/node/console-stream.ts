@@ -8,19 +8,25 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import { createServer, type Server, type Socket } from 'node:net';
-import type { ConsoleHostPort, ConsolePortBackend } from '../devices/console/device.js';
+import type { ConsoleHostPort, ConsolePortEndpoint } from '../devices/console/device.js';
 
 /** A Duplex, or the two halves of a terminal. */
 export type ConsoleStream = (Readable & Writable) | { readable: Readable; writable: Writable };
 
-export interface StreamConsoleBackendOptions {
+/** How a {@link StreamConsoleEndpoint} tells its user about the driver and treats a stream it lets go. */
+export interface StreamConsoleEndpointOptions {
   /** Called when the driver opens or closes the port. */
   onGuestOpen?: (open: boolean) => void;
   /** End the writable side when the stream is replaced or disconnected (default true for a Duplex). */
   endOnDisconnect?: boolean;
 }
 
-export class StreamConsoleBackend implements ConsolePortBackend {
+/**
+ * A console port endpoint over a Node stream, which can be swapped or let go while the device
+ * runs ({@link StreamConsoleEndpoint.connect}, {@link StreamConsoleEndpoint.disconnect}): the
+ * driver's bytes are written to it, its bytes are pushed to the driver, with backpressure both ways.
+ */
+export class StreamConsoleEndpoint implements ConsolePortEndpoint {
   private host: ConsoleHostPort | null = null;
   private readable: Readable | null = null;
   private writable: Writable | null = null;
@@ -29,9 +35,13 @@ export class StreamConsoleBackend implements ConsolePortBackend {
   /** Bytes written to the stream, and read from it. */
   readonly stats = { written: 0, read: 0 };
 
+  /**
+   * An endpoint over `stream`, or with none yet (null: the host side is closed until
+   * {@link connect}). Bytes the stream yields before the port is attached wait in the paused stream.
+   */
   constructor(
     stream: ConsoleStream | null = null,
-    private readonly options: StreamConsoleBackendOptions = {},
+    private readonly options: StreamConsoleEndpointOptions = {},
   ) {
     if (stream !== null) this.connect(stream);
   }
@@ -87,7 +97,7 @@ export class StreamConsoleBackend implements ConsolePortBackend {
     this.host?.setHostOpen(false);
   }
 
-  // ---------------------------------------------------------------- ConsolePortBackend
+  // ---------------------------------------------------------------- ConsolePortEndpoint
 
   attach(port: ConsoleHostPort): void {
     this.host = port;
@@ -127,17 +137,17 @@ export class StreamConsoleBackend implements ConsolePortBackend {
   }
 }
 
-/** A backend on this process's stdin and stdout. */
-export function stdioConsoleBackend(options: StreamConsoleBackendOptions = {}): StreamConsoleBackend {
-  return new StreamConsoleBackend({ readable: process.stdin, writable: process.stdout }, { endOnDisconnect: false, ...options });
+/** An endpoint on this process's stdin and stdout. */
+export function stdioConsoleEndpoint(options: StreamConsoleEndpointOptions = {}): StreamConsoleEndpoint {
+  return new StreamConsoleEndpoint({ readable: process.stdin, writable: process.stdout }, { endOnDisconnect: false, ...options });
 }
 
 /**
- * Serves a port on a unix socket path or TCP port: each connection becomes the backend's
+ * Serves a port on a unix socket path or TCP port: each connection becomes the endpoint's
  * stream (one at a time; a new one replaces the old). Resolves once listening.
  */
-export function listenConsole(backend: StreamConsoleBackend, where: string | number | { port: number; host?: string }): Promise<Server> {
-  const server = createServer((socket: Socket) => backend.connect(socket));
+export function listenConsole(endpoint: StreamConsoleEndpoint, where: string | number | { port: number; host?: string }): Promise<Server> {
+  const server = createServer((socket: Socket) => endpoint.connect(socket));
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     const ready = (): void => {
@@ -149,3 +159,12 @@ export function listenConsole(backend: StreamConsoleBackend, where: string | num
     else server.listen(where.port, where.host ?? '127.0.0.1', ready);
   });
 }
+
+/** @deprecated Renamed: use {@link StreamConsoleEndpoint} ("backend" also named the vhost-user server). */
+export const StreamConsoleBackend = StreamConsoleEndpoint;
+/** @deprecated Renamed: use {@link StreamConsoleEndpoint}. */
+export type StreamConsoleBackend = StreamConsoleEndpoint;
+/** @deprecated Renamed: use {@link StreamConsoleEndpointOptions}. */
+export type StreamConsoleBackendOptions = StreamConsoleEndpointOptions;
+/** @deprecated Renamed: use {@link stdioConsoleEndpoint}. */
+export const stdioConsoleBackend = stdioConsoleEndpoint;

@@ -1,5 +1,5 @@
 /**
- * A block backend over a file or a block device node (Node only). Positional vectored I/O,
+ * Block storage over a file or a block device node (Node only). Positional vectored I/O,
  * one preadv/pwritev per request, in one of three modes:
  * - 'auto' (default): reads first try preadv2(RWF_NOWAIT) on the event loop, which returns at
  *   once with data already in the page cache; only a read that would wait for the disk goes to
@@ -13,14 +13,25 @@
 import { readvSync, writevSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
-import type { BlockBackend } from '../devices/blk/storage.js';
+import type { BlockStorage } from '../devices/blk/storage.js';
+import { DeviceError } from '../device/errors.js';
 import { native, type NativeAddon } from '../native/index.js';
 
+/**
+ * Where a {@link FileBlockStorage} runs its reads and writes: 'auto' tries page-cache reads
+ * on the event loop (preadv2 RWF_NOWAIT) and sends the rest to libuv's thread pool, 'async'
+ * uses the thread pool for everything, 'sync' the event loop for everything (a slow disk
+ * stalls the process).
+ */
 export type FileIoMode = 'auto' | 'async' | 'sync';
 
 const ZEROES = new Uint8Array(1 << 20);
 
-export class FileBlockBackend implements BlockBackend {
+/**
+ * A {@link BlockStorage} over a file or a block device node, made by {@link FileBlockStorage.open}:
+ * positional vectored I/O (one preadv/pwritev per request), FLUSH as fdatasync.
+ */
+export class FileBlockStorage implements BlockStorage {
   /** fdatasync calls made (tests check durability paths). */
   syncs = 0;
 
@@ -52,13 +63,16 @@ export class FileBlockBackend implements BlockBackend {
     return this.bytes;
   }
 
-  /** Opens `path`; its size, rounded down to 512 bytes, is the disk's capacity. */
-  static async open(path: string, options: { readOnly?: boolean; serial?: string; io?: FileIoMode } = {}): Promise<FileBlockBackend> {
+  /**
+   * Opens `path`; its size, rounded down to 512 bytes, is the disk's capacity. A file smaller
+   * than one sector is a DeviceError 'storage-too-small'; open(2) errors are Node's (ENOENT, EACCES).
+   */
+  static async open(path: string, options: { readOnly?: boolean; serial?: string; io?: FileIoMode } = {}): Promise<FileBlockStorage> {
     const readOnly = options.readOnly ?? false;
     const fh = await open(path, readOnly ? 'r' : 'r+');
     try {
       const usable = await usableSize(fh, path);
-      return new FileBlockBackend(fh, usable, readOnly, (options.serial ?? basename(path)).slice(0, 20), path, options.io ?? 'auto');
+      return new FileBlockStorage(fh, usable, readOnly, (options.serial ?? basename(path)).slice(0, 20), path, options.io ?? 'auto');
     } catch (err) {
       await fh.close();
       throw err;
@@ -104,11 +118,11 @@ export class FileBlockBackend implements BlockBackend {
   }
 
   async write(offset: number, views: readonly Uint8Array[]): Promise<void> {
-    if (this.readOnly) throw new Error('read-only disk');
+    if (this.readOnly) throw new DeviceError('read-only', `${this.path} is open read-only`);
     let rest = views;
     while (rest.length > 0) {
       const n = this.io === 'sync' ? writevSync(this.fh.fd, rest, offset) : (await this.fh.writev(rest, offset)).bytesWritten;
-      if (n === 0) throw new Error(`write at byte ${offset} made no progress`);
+      if (n === 0) throw new DeviceError('storage-io', `${this.path}: write at byte ${offset} made no progress`);
       offset += n;
       rest = advance(rest, n);
     }
@@ -128,6 +142,7 @@ export class FileBlockBackend implements BlockBackend {
   /** Discarded sectors may read back as anything (blk.device-operation.driver.15): nothing to do. */
   async discard(): Promise<void> {}
 
+  /** Closes the file; the storage must not be used afterwards (stop or reset its device first). */
   async close(): Promise<void> {
     await this.fh.close();
   }
@@ -148,7 +163,7 @@ async function usableSize(fh: FileHandle, path: string): Promise<number> {
   const st = await fh.stat();
   const size = st.isBlockDevice() ? await blockDeviceSize(fh) : st.size;
   const usable = size - (size % 512);
-  if (usable <= 0) throw new Error(`${path} is smaller than one 512-byte sector`);
+  if (usable <= 0) throw new DeviceError('storage-too-small', `${path} is smaller than one 512-byte sector`);
   return usable;
 }
 
@@ -166,3 +181,8 @@ async function blockDeviceSize(fh: FileHandle): Promise<number> {
   }
   return lo;
 }
+
+/** @deprecated Renamed: use {@link FileBlockStorage} ("backend" also named the vhost-user server). */
+export const FileBlockBackend = FileBlockStorage;
+/** @deprecated Renamed: use {@link FileBlockStorage}. */
+export type FileBlockBackend = FileBlockStorage;

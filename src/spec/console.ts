@@ -75,6 +75,7 @@ export function encodeResize(cols: number, rows: number): Uint8Array {
   return out;
 }
 
+/** A console's size in characters: config space cols/rows (VIRTIO_CONSOLE_F_SIZE, 5.3.4) or a RESIZE control message (5.3.6.2). */
 export interface ConsoleSize {
   cols: number;
   rows: number;

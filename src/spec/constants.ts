@@ -53,9 +53,11 @@ export const DeviceId = {
   FS: 26,
 } as const;
 
-/** Split virtqueue descriptor flags, spec 2.7.5. */
+/** Split virtqueue descriptor flag (2.7.5): the chain continues at the descriptor in `next`. */
 export const VIRTQ_DESC_F_NEXT = 1;
+/** Split virtqueue descriptor flag (2.7.5): the buffer is device-writable (else device-readable). */
 export const VIRTQ_DESC_F_WRITE = 2;
+/** Split virtqueue descriptor flag (2.7.5.3): the buffer holds an indirect descriptor table. */
 export const VIRTQ_DESC_F_INDIRECT = 4;
 /** avail.flags: the driver does not want used-buffer notifications (2.7.7). */
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;

@@ -9,7 +9,12 @@ import { BLK_FEATURES as BLK } from './blk.js';
 import { CONSOLE_FEATURES as CONSOLE } from './console.js';
 import { NET_FEATURES as NET } from './net.js';
 
+/**
+ * One "feature X requires feature Y" rule of a device type (e.g. 5.1.3.1): a set holding
+ * `feature` must also hold every bit of `allOf` and at least one bit of `anyOf`.
+ */
 export interface FeatureDependency {
+  /** The feature bit that has the requirement. */
   feature: number;
   /** Every one of these is needed. */
   allOf?: number[];
@@ -17,10 +22,15 @@ export interface FeatureDependency {
   anyOf?: number[];
 }
 
+/** What the spec says about one device type: its id (chapter 5), feature bit names and feature dependencies. */
 export interface DeviceTypeInfo {
+  /** Device id, as in {@link DeviceId}. */
   id: number;
+  /** The spec's name for the type ('network', 'block', ...), for messages. */
   name: string;
+  /** Names of the type's own feature bits (device-independent ones are in {@link COMMON_FEATURE_NAMES}). */
   features: FeatureNames;
+  /** The requirements between the type's feature bits, checked by {@link unmetDependency}. */
   dependencies: FeatureDependency[];
 }
 
@@ -34,6 +44,10 @@ function names(prefix: string, bits: Record<string, number>): FeatureNames {
 }
 
 const n = NET;
+/**
+ * The device types this project knows, by device id: feature names for messages and the
+ * feature dependencies a driver's accepted set and a device's offer must meet.
+ */
 export const DEVICE_TYPES: Readonly<Record<number, DeviceTypeInfo>> = {
   [DeviceId.NET]: {
     id: DeviceId.NET,
@@ -90,8 +104,20 @@ export function isDescribedFeature(deviceId: number, bitNo: number): boolean {
   return info !== undefined && info.features[bitNo] !== undefined;
 }
 
-/** The first broken dependency in `set`, described, or null (basic.features.*.1). */
-export function brokenDependency(deviceId: number, set: bigint): string | null {
+/** A feature in a set without a feature it requires (spec e.g. 5.1.3.1). */
+export interface UnmetDependency {
+  /** The feature that has a requirement. */
+  feature: number;
+  /** The required bits not in the set. */
+  missing: number[];
+  /** True when any one of `missing` would do; false when every one is needed. */
+  oneOf: boolean;
+  /** For messages: "VIRTIO_NET_F_GUEST_TSO4 requires VIRTIO_NET_F_GUEST_CSUM". */
+  description: string;
+}
+
+/** The first dependency `set` does not meet, or null when it meets them all (basic.features.*.1). */
+export function unmetDependency(deviceId: number, set: bigint): UnmetDependency | null {
   const info = DEVICE_TYPES[deviceId];
   if (info === undefined) return null;
   const has = (b: number) => ((set >> BigInt(b)) & 1n) === 1n;
@@ -99,8 +125,8 @@ export function brokenDependency(deviceId: number, set: bigint): string | null {
   for (const d of info.dependencies) {
     if (!has(d.feature)) continue;
     const missingAll = (d.allOf ?? []).filter((b) => !has(b));
-    if (missingAll.length > 0) return `${name(d.feature)} requires ${missingAll.map(name).join(' and ')}`;
-    if (d.anyOf !== undefined && !d.anyOf.some(has)) return `${name(d.feature)} requires one of ${d.anyOf.map(name).join(', ')}`;
+    if (missingAll.length > 0) return { feature: d.feature, missing: missingAll, oneOf: false, description: `${name(d.feature)} requires ${missingAll.map(name).join(' and ')}` };
+    if (d.anyOf !== undefined && !d.anyOf.some(has)) return { feature: d.feature, missing: [...d.anyOf], oneOf: true, description: `${name(d.feature)} requires one of ${d.anyOf.map(name).join(', ')}` };
   }
   return null;
 }

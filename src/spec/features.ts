@@ -4,6 +4,7 @@
  */
 import { Feature } from './constants.js';
 
+/** Names of feature bits by bit number (`{ 0: 'VIRTIO_BLK_F_...' }`), for messages and listings. */
 export type FeatureNames = Readonly<Record<number, string>>;
 
 /** Names of the device-independent bits (spec 6). */
@@ -11,14 +12,17 @@ export const COMMON_FEATURE_NAMES: FeatureNames = Object.fromEntries(
   Object.entries(Feature).map(([name, bit]) => [bit, `VIRTIO_F_${name}`]),
 );
 
+/** The feature set holding only bit `n`; OR several to build an offer (`bit(a) | bit(b)`). */
 export function bit(n: number): bigint {
   return 1n << BigInt(n);
 }
 
+/** Whether bit `n` is set in the feature set `set`. */
 export function hasFeature(set: bigint, n: number): boolean {
   return ((set >> BigInt(n)) & 1n) === 1n;
 }
 
+/** The numbers of the bits set in `set`, lowest first. */
 export function featureBits(set: bigint): number[] {
   const bits: number[] = [];
   for (let i = 0; set >> BigInt(i) !== 0n; i++) if (hasFeature(set, i)) bits.push(i);

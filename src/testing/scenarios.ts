@@ -12,24 +12,29 @@ import type { Side } from '../monitor/catalogue.js';
 import { DeviceId, Feature, Status, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../spec/constants.js';
 import { bit } from '../spec/features.js';
 import { VirtioDevice } from '../device/device.js';
+import type { DeviceContext, DeviceType } from '../device/type.js';
 import { VirtioDriver, type DriverState } from '../driver/driver.js';
 import { NET_FEATURES } from '../spec/net.js';
 import { DescriptorChain } from '../virtqueue/chain.js';
 import type { SplitDeviceQueue } from '../virtqueue/split/device.js';
-import type { DeviceQueue, DriverQueue } from '../virtqueue/queue.js';
+import type { DriverQueue } from '../virtqueue/queue.js';
 import type { SplitDriverQueue } from '../virtqueue/split/driver.js';
 import type { PackedDriverQueue } from '../virtqueue/packed/driver.js';
 import type { PackedDeviceQueue } from '../virtqueue/packed/device.js';
 import { PDESC_F_INDIRECT, PDESC_F_NEXT, PDESC_F_WRITE, PDESC_SIZE, availFlags, usedFlags } from '../spec/packed-layout.js';
 import { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, USED_RING, availEventOffset, usedEventOffset } from '../spec/split-layout.js';
 import { LoopbackTransport } from '../transports/loopback/loopback.js';
-import { RngDevice, type RngDeviceOptions } from '../devices/rng/device.js';
+import { RngDevice, RngDeviceType, type RngDeviceOptions } from '../devices/rng/device.js';
 import { RngDriver } from '../drivers/rng.js';
-import { BlkDevice, BlkType, type BlkDeviceOptions } from '../devices/blk/device.js';
-import { MemoryBlockBackend } from '../devices/blk/storage.js';
+import { BlkDevice, BlkDeviceType, BlkType, type BlkDeviceOptions } from '../devices/blk/device.js';
+import { MemoryBlockStorage } from '../devices/blk/storage.js';
 import { BlkDriver } from '../drivers/blk.js';
 import { BLK_FEATURES } from '../spec/blk.js';
 
+/**
+ * What one run of a {@link Scenario} ended with: the observing side's verdicts (one of them
+ * must name the scenario's clause), the culprit's own verdicts, and where both sides stopped.
+ */
 export interface ScenarioOutcome {
   /** Verdicts of the monitor on the observing side. */
   verdicts: Verdict[];
@@ -39,7 +44,12 @@ export interface ScenarioOutcome {
   driverState: DriverState;
 }
 
+/**
+ * One misbehaving peer: a device or a driver that breaks exactly `clause` on purpose while
+ * its partner is the real virtio-ts driver or device, each side with its own monitor.
+ */
 export interface Scenario {
+  /** The clause id broken (catalogue/clauses.tsv). */
   clause: string;
   /** Side that breaks the clause. */
   culprit: Side;
@@ -56,6 +66,12 @@ export interface Scenario {
   covers?: readonly string[];
   /** The observer records the verdict but must not act on it (another clause forbids it). */
   recordOnly?: string;
+  /**
+   * Builds a fresh device and driver over the loopback transport, lets the culprit break the
+   * clause and resolves with what the monitors said. `mode` is both monitors' ('strict' by
+   * default: the observer acts on a violation, the device by DEVICE_NEEDS_RESET, the driver
+   * by giving up; 'tolerant' only records it).
+   */
   run(mode?: MonitorMode): Promise<ScenarioOutcome>;
 }
 
@@ -103,7 +119,7 @@ function rig(o: RigOptions): Rig {
 function outcome(r: Rig, culprit: Side): ScenarioOutcome {
   const observer = culprit === 'driver' ? r.devMon : r.drvMon;
   const own = culprit === 'driver' ? r.drvMon : r.devMon;
-  return { verdicts: [...observer.verdicts], againstObserver: [...own.verdicts], deviceStatus: r.device.getStatus(), driverState: r.driver.state };
+  return { verdicts: [...observer.verdicts], againstObserver: [...own.verdicts], deviceStatus: r.device.status, driverState: r.driver.state };
 }
 
 /** A live entropy pair (driver initialized, queue 0 set up). */
@@ -173,23 +189,34 @@ function rawChain(clause: string, title: string, build: (r: Rig, q: SplitDriverQ
 
 // ------------------------------------------------------------------ scripted devices
 
-/** An entropy device whose request handling a scenario scripts (to break device rules). */
-class ScriptedDevice extends RngDevice {
-  constructor(
-    monitor: Monitor,
-    private readonly script: (d: ScriptedDevice, q: SplitDeviceQueue, chain: DescriptorChain) => boolean,
-    options: Partial<RngDeviceOptions> = {},
-  ) {
-    super({ monitor, ...options });
-  }
+/**
+ * An entropy device whose request handling a scenario scripts (to break device rules): its
+ * type's `process` runs the script on each chain; the device adds raw ring writes and
+ * notifications the core would never make.
+ */
+class ScriptedDevice extends VirtioDevice {
   readonly scratch = new DescriptorChain(200);
-  protected override processQueue(queue: DeviceQueue): void {
-    const q = queue as SplitDeviceQueue;
-    do {
-      while (q.pop(this.scratch)) {
-        if (this.script(this, q, this.scratch)) super.complete(q);
-      }
-    } while (q.enableNotifications());
+  constructor(monitor: Monitor, script: (d: ScriptedDevice, q: SplitDeviceQueue, chain: DescriptorChain) => boolean, options: { queueMaxSize?: number } = {}) {
+    let self: ScriptedDevice | null = null;
+    super(
+      {
+        deviceId: DeviceId.ENTROPY,
+        name: 'virtio-rng',
+        numQueues: 1,
+        queueMaxSize: options.queueMaxSize ?? 64,
+        process(queue, ctx) {
+          const q = queue as SplitDeviceQueue;
+          const d = self!;
+          do {
+            while (q.pop(d.scratch)) {
+              if (script(d, q, d.scratch)) ctx.complete(q);
+            }
+          } while (q.enableNotifications());
+        },
+      },
+      { monitor },
+    );
+    self = this;
   }
   /** Raw access for scripts. */
   publishUsedRaw(q: SplitDeviceQueue, id: number, len: number, idx: number): void {
@@ -229,7 +256,7 @@ class EagerDevice extends RngDevice {
     super.enableQueue(index);
     setTimeout(() => {
       const q = this.queues[index];
-      if (q.active || q.activate(this.queueFeatures())) this.processQueue(q);
+      if (q.active || q.activate(this.queueFeatures())) this.type.process(q, this.context);
     }, 1);
   }
 }
@@ -244,51 +271,58 @@ const NET_CONDITIONAL_FIELDS = [
 
 /** A block-type device that writes into the readable part of each request. */
 class ScribblingDevice extends VirtioDevice {
-  private readonly chain = new DescriptorChain(300);
   constructor(monitor: Monitor) {
-    super({ deviceId: DeviceId.BLOCK, numQueues: 1, monitor });
-  }
-  protected processQueue(q: DeviceQueue): void {
-    while (q.pop(this.chain)) {
-      this.memory.writeU8(this.chain.addrs[0], 0xee); // the header is device-readable
-      q.addUsed(this.chain.head, 1);
-    }
-    this.complete(q);
+    const chain = new DescriptorChain(300);
+    super(
+      {
+        deviceId: DeviceId.BLOCK,
+        numQueues: 1,
+        process(q, ctx) {
+          while (q.pop(chain)) {
+            ctx.memory.writeU8(chain.addrs[0], 0xee); // the header is device-readable
+            q.addUsed(chain.head, 1);
+          }
+          ctx.complete(q);
+        },
+      },
+      { monitor },
+    );
   }
 }
 
-/** A device-core subclass with a scripted twist, and no queue work. */
+interface PlainTwist {
+  readConfig: (d: PlainDevice, offset: number) => void;
+  validate: (d: PlainDevice) => boolean;
+  reset: (d: PlainDevice) => void;
+  status: (d: PlainDevice, value: number) => number | null;
+  silentConfig: boolean;
+  queueReset: (d: PlainDevice, index: number) => void;
+}
+
+/** A device with a scripted twist in its type's hooks or in the core itself, and no queue work. */
 class PlainDevice extends VirtioDevice {
   constructor(
     monitor: Monitor,
     deviceId: number,
     features: bigint,
-    private readonly twist: Partial<{
-      readConfig: (d: PlainDevice, offset: number) => void;
-      validate: (d: PlainDevice) => boolean;
-      reset: (d: PlainDevice) => void;
-      status: (d: PlainDevice, value: number) => number | null;
-      silentConfig: boolean;
-      queueReset: (d: PlainDevice, index: number) => void;
-    }> = {},
+    private readonly twist: Partial<PlainTwist> = {},
   ) {
-    super({
+    let self: PlainDevice | null = null;
+    const type: DeviceType = {
       deviceId,
       numQueues: 1,
-      monitor,
-      deviceFeatures: features,
+      features,
       configSize: 16,
       conditionalFields: deviceId === DeviceId.NET ? NET_CONDITIONAL_FIELDS : [],
-    });
+      process() {},
+      configRead: (offset) => twist.readConfig?.(self!, offset),
+      validateFeatures: () => (twist.validate ? twist.validate(self!) : true),
+      queueReset: (index) => twist.queueReset?.(self!, index),
+    };
+    super(type, { monitor });
+    self = this;
   }
   refusals = 0;
-  protected processQueue(): void {}
-  protected override beforeConfigRead(offset: number): void {
-    this.twist.readConfig?.(this, offset);
-  }
-  protected override validateFeatures(): boolean {
-    return this.twist.validate ? this.twist.validate(this) : true;
-  }
   override reset(): void {
     super.reset();
     this.twist.reset?.(this);
@@ -300,9 +334,6 @@ class PlainDevice extends VirtioDevice {
   protected override notifyConfigChange(): void {
     if (!this.twist.silentConfig) super.notifyConfigChange();
   }
-  protected override onQueueReset(index: number): void {
-    this.twist.queueReset?.(this, index);
-  }
   raiseStatus(bits: number): void {
     this.statusValue |= bits;
   }
@@ -313,7 +344,7 @@ class PlainDevice extends VirtioDevice {
     this.host?.interrupt(queue);
   }
   changeConfig(): void {
-    this.updateConfig((view) => view.setUint32(0, view.getUint32(0, true) + 1, true));
+    this.context.updateConfig((view) => view.setUint32(0, view.getUint32(0, true) + 1, true));
   }
 }
 
@@ -378,6 +409,7 @@ function sleep(ms: number): Promise<void> {
   return new Promise((res) => setTimeout(res, ms));
 }
 
+/** All the scenarios (the negative tests run every one); {@link scenariosFor} picks those of one clause. */
 export const SCENARIOS: readonly Scenario[] = [
   // ---------------------------------------------------------------- driver: init sequence and status
   driverScenario('init.sequence.driver.1', 'driver sets DRIVER_OK without ever setting FEATURES_OK', async (r) => {
@@ -697,7 +729,7 @@ export const SCENARIOS: readonly Scenario[] = [
     (m) =>
       new PlainDevice(m, DeviceId.ENTROPY, 0n, {
         readConfig: (d) => {
-          if (!(d.getStatus() & S.FEATURES_OK)) throw new Error('config space not readable yet');
+          if (!(d.status & S.FEATURES_OK)) throw new Error('config space not readable yet');
         },
       }),
     async (r) => r.driver.init({ check: async () => void (await r.driver.readConfig((read) => read(0, 4))) }),
@@ -1221,7 +1253,7 @@ export const SCENARIOS: readonly Scenario[] = [
     'blk.device-init.device.3',
     'device keeps writeback at 1 although CONFIG_WCE was negotiated without FLUSH',
     () => undefined,
-    { device: (o) => new StickyWritebackBlk(o), driverFeatures: bit(BLK_FEATURES.CONFIG_WCE) },
+    { device: (o) => new VirtioDevice(new StickyWritebackBlk(o), { monitor: o.monitor }), driverFeatures: bit(BLK_FEATURES.CONFIG_WCE) },
   ),
   blkDeviceScenario('blk.device-init.device.4', 'device leaves a non-zero byte in the unused0 padding', (d) => (d as unknown as { config: Uint8Array }).config.fill(1, 33, 34)),
   {
@@ -1229,7 +1261,7 @@ export const SCENARIOS: readonly Scenario[] = [
     culprit: 'device',
     title: 'read-only device completes a write with OK',
     async run(mode = 'strict') {
-      const r = blkRig(mode, { device: (o) => new CarelessReadOnlyBlk(o) });
+      const r = blkRig(mode, { device: (o) => new VirtioDevice(new CarelessReadOnlyBlk(o), { monitor: o.monitor }) });
       await (r.driver as BlkDriver).start();
       await (r.driver as BlkDriver).write(0, new Uint8Array(512)).catch(() => undefined);
       return outcome(r, 'device');
@@ -1239,13 +1271,13 @@ export const SCENARIOS: readonly Scenario[] = [
 
 // ------------------------------------------------------------------ block helpers
 
-/** A block device that forgets to start in writethrough when FLUSH is not negotiated. */
-class StickyWritebackBlk extends BlkDevice {
-  protected override onFeaturesOk(): void {}
+/** A block device type that forgets to start in writethrough when FLUSH is not negotiated. */
+class StickyWritebackBlk extends BlkDeviceType {
+  override featuresOk(): void {}
 }
 
-/** A block device offered read-only that writes anyway. */
-class CarelessReadOnlyBlk extends BlkDevice {
+/** A block device type offered read-only that writes anyway. */
+class CarelessReadOnlyBlk extends BlkDeviceType {
   constructor(o: BlkDeviceOptions) {
     super({ ...o, readOnly: true });
   }
@@ -1254,10 +1286,10 @@ class CarelessReadOnlyBlk extends BlkDevice {
   }
 }
 
-function blkRig(mode: MonitorMode, o: { device?: (o: BlkDeviceOptions) => BlkDevice; driverFeatures?: bigint; readOnly?: boolean } = {}): Rig {
+function blkRig(mode: MonitorMode, o: { device?: (o: BlkDeviceOptions) => VirtioDevice; driverFeatures?: bigint; readOnly?: boolean } = {}): Rig {
   const devMon = new Monitor({ mode });
   const drvMon = new Monitor({ mode });
-  const options: BlkDeviceOptions = { backend: new MemoryBlockBackend(1 << 20), monitor: devMon, maxSegments: 1, readOnly: o.readOnly };
+  const options: BlkDeviceOptions = { storage: new MemoryBlockStorage(1 << 20), monitor: devMon, maxSegments: 1, readOnly: o.readOnly };
   const device = o.device ? o.device(options) : new BlkDevice(options);
   device.withholdFeatures(bit(Feature.RING_PACKED));
   const mem = GuestMemory.create(4 << 20);
@@ -1315,8 +1347,8 @@ function blkRaw(clause: string, title: string, req: RawBlk): Scenario {
 function blkDeviceScenario(
   clause: string,
   title: string,
-  twist: (d: BlkDevice) => void,
-  o: { device?: (o: BlkDeviceOptions) => BlkDevice; driverFeatures?: bigint } = {},
+  twist: (d: VirtioDevice) => void,
+  o: { device?: (o: BlkDeviceOptions) => VirtioDevice; driverFeatures?: bigint } = {},
 ): Scenario {
   return {
     clause,
@@ -1324,7 +1356,7 @@ function blkDeviceScenario(
     title,
     async run(mode = 'strict') {
       const r = blkRig(mode, o);
-      twist(r.device as BlkDevice);
+      twist(r.device);
       await (r.driver as BlkDriver).start().catch(() => undefined);
       return outcome(r, 'device');
     },
@@ -1358,7 +1390,7 @@ async function livePacked(o: { mode: MonitorMode; accept?: bigint; hold?: boolea
   const r = rig({
     mode: o.mode,
     accept: o.accept ?? PACKED,
-    device: (m) => new LimitedRngDevice({ monitor: m, ...rngOptions }, o.maxChain),
+    device: (m) => new VirtioDevice(new LimitedRng(rngOptions, o.maxChain), { monitor: m }),
   });
   const d = r.driver as RngDriver;
   if (o.misalign) {
@@ -1384,16 +1416,16 @@ async function livePacked(o: { mode: MonitorMode; accept?: bigint; hold?: boolea
   };
 }
 
-/** An entropy device whose packed queues take lists of at most `maxChain` buffers. */
-class LimitedRngDevice extends RngDevice {
+/** An entropy device type whose packed queues take lists of at most `maxChain` buffers. */
+class LimitedRng extends RngDeviceType {
   constructor(
     options: RngDeviceOptions,
     private readonly maxChain?: number,
   ) {
     super(options);
   }
-  protected override onDriverOk(): void {
-    if (this.maxChain !== undefined) for (const q of this.queues) if (q.format === 'packed') (q as PackedDeviceQueue).maxChainLength = this.maxChain;
+  driverOk(ctx: DeviceContext): void {
+    if (this.maxChain !== undefined) for (const q of ctx.queues) if (q.format === 'packed') (q as PackedDeviceQueue).maxChainLength = this.maxChain;
   }
 }
 
@@ -1438,17 +1470,25 @@ function packedDeviceScenario(
   };
 }
 
-class PackedScriptedDevice extends RngDevice {
-  private readonly scratch = new DescriptorChain(200);
-  constructor(
-    monitor: Monitor,
-    private readonly script: (d: PackedScriptedDevice, q: PackedDeviceQueue, chain: DescriptorChain) => boolean,
-  ) {
-    super({ monitor });
-  }
-  protected override processQueue(queue: DeviceQueue): void {
-    const q = queue as PackedDeviceQueue;
-    while (q.pop(this.scratch)) if (this.script(this, q, this.scratch)) this.complete(q);
+/** The packed-ring twin of ScriptedDevice. */
+class PackedScriptedDevice extends VirtioDevice {
+  constructor(monitor: Monitor, script: (d: PackedScriptedDevice, q: PackedDeviceQueue, chain: DescriptorChain) => boolean) {
+    const scratch = new DescriptorChain(200);
+    let self: PackedScriptedDevice | null = null;
+    super(
+      {
+        deviceId: DeviceId.ENTROPY,
+        name: 'virtio-rng',
+        numQueues: 1,
+        queueMaxSize: 64,
+        process(queue, ctx) {
+          const q = queue as PackedDeviceQueue;
+          while (q.pop(scratch)) if (script(self!, q, scratch)) ctx.complete(q);
+        },
+      },
+      { monitor },
+    );
+    self = this;
   }
   /** Writes a used descriptor by hand at the device's used position and notifies. */
   writeUsedDesc(q: PackedDeviceQueue, slot: number, id: number, len: number): void {

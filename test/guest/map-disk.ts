@@ -1,10 +1,10 @@
 // A user-written block store, served to QEMU with the library API: the README's example, run by
 // custom-device.test.ts against a real guest. A user's copy imports from 'virtio-ts/node'; the
 // code below the import is the same.
-import { BlkDevice, serveVhostUser, type BlockBackend } from '../../src/node.js';
+import { BlkDevice, serveVhostUser, type BlockStorage } from '../../src/node.js';
 
 /** A disk held in a JS Map: sector number -> its 512 bytes. Sectors never written read as zeros. */
-export class MapDisk implements BlockBackend {
+export class MapDisk implements BlockStorage {
   readonly sectors = new Map<number, Uint8Array>();
   readonly readOnly = false;
   constructor(readonly size: number) {}
@@ -44,6 +44,6 @@ export class MapDisk implements BlockBackend {
 /** Serves a 64 MiB MapDisk on `socketPath` (QEMU: -device vhost-user-blk-pci,chardev=...). */
 export function serveMapDisk(socketPath: string) {
   const disk = new MapDisk(64 << 20);
-  const daemon = serveVhostUser(new BlkDevice({ backend: disk }), { socket: socketPath });
+  const daemon = serveVhostUser(new BlkDevice({ storage: disk }), { socket: socketPath });
   return { disk, daemon };
 }

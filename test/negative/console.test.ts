@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import { LoopbackTransport } from '../../src/transports/loopback/loopback.js';
-import { ConsoleDevice, ConsoleEvent, MemoryConsoleBackend } from '../../src/devices/console/device.js';
+import { ConsoleDevice, ConsoleDeviceType, ConsoleEvent, MemoryConsoleEndpoint } from '../../src/devices/console/device.js';
 import { VirtioDevice } from '../../src/device/device.js';
 import { ConsoleDriver, type ConsolePort } from '../../src/drivers/console.js';
 import { Status } from '../../src/spec/constants.js';
@@ -31,14 +31,14 @@ class RogueDriver extends ConsoleDriver {
   }
 }
 
-/** A device that announces ports it should not. */
-class RogueDevice extends ConsoleDevice {
+/** A console that announces ports it should not. */
+class RogueConsole extends ConsoleDeviceType {
   raw(id: number, event: number): void {
     this.sendControl(id, event, 0);
   }
 }
 
-function roguePair<D extends ConsoleDevice>(device: D, devMon: Monitor, drvMon: Monitor) {
+function roguePair<D extends VirtioDevice>(device: D, devMon: Monitor, drvMon: Monitor) {
   const transport = new LoopbackTransport(device, GuestMemory.create(4 << 20), { mode: 'sync' });
   const driver = new RogueDriver(transport, { monitor: drvMon, receiveBufferSize: 64, receiveBuffers: 1 });
   return { device, driver, devMon, drvMon };
@@ -46,7 +46,7 @@ function roguePair<D extends ConsoleDevice>(device: D, devMon: Monitor, drvMon: 
 
 test('console device checks: device-readable receive buffers and device-writable transmit buffers (console.device-operation.driver.1 / .2)', async () => {
   const devMon = new Monitor({ mode: 'tolerant' });
-  const backend = new MemoryConsoleBackend();
+  const backend = new MemoryConsoleEndpoint();
   const { driver } = roguePair(new ConsoleDevice({ backend, monitor: devMon, queueMaxSize: 16 }), devMon, new Monitor());
   await driver.start();
   const mem = driver.transport.memory;
@@ -75,7 +75,7 @@ test('console device checks: device-readable receive buffers and device-writable
 
 test('console device checks: control messages before DEVICE_READY, no DEVICE_READY at all, CONSOLE_PORT answered with 0 (console.multiport-device-operation.driver.1 / .3)', async () => {
   const devMon = new Monitor({ mode: 'tolerant' });
-  const mk = () => new ConsoleDevice({ ports: [{ backend: new MemoryConsoleBackend() }, { backend: new MemoryConsoleBackend() }], monitor: devMon });
+  const mk = () => new ConsoleDevice({ ports: [{ backend: new MemoryConsoleEndpoint() }, { backend: new MemoryConsoleEndpoint() }], monitor: devMon });
   {
     const { driver } = roguePair(mk(), devMon, new Monitor());
     driver.skipReady = true;
@@ -99,14 +99,14 @@ test('console device checks: control messages before DEVICE_READY, no DEVICE_REA
 
 test('console driver checks: DEVICE_ADD of an existing or out-of-range port, DEVICE_REMOVE of an unknown one (console.multiport-device-operation.device.1 / .2)', async () => {
   const drvMon = new Monitor({ mode: 'tolerant' });
-  const device = new RogueDevice({ ports: [{ backend: new MemoryConsoleBackend() }, { backend: new MemoryConsoleBackend() }], maxPorts: 3 });
+  const device = new VirtioDevice(new RogueConsole({ ports: [{ backend: new MemoryConsoleEndpoint() }, { backend: new MemoryConsoleEndpoint() }], maxPorts: 3 }));
   const { driver } = roguePair(device, device.monitor, drvMon);
   await driver.start();
   await driver.waitForPort(1);
   assert.equal(drvMon.verdicts.length, 0);
-  device.raw(1, ConsoleEvent.DEVICE_ADD);
-  device.raw(3, ConsoleEvent.DEVICE_ADD);
-  device.raw(2, ConsoleEvent.DEVICE_REMOVE);
+  device.type.raw(1, ConsoleEvent.DEVICE_ADD);
+  device.type.raw(3, ConsoleEvent.DEVICE_ADD);
+  device.type.raw(2, ConsoleEvent.DEVICE_REMOVE);
   await until(() => drvMon.verdicts.length === 3, 'the driver reading the messages');
   assert.deepEqual(drvMon.verdicts.map((v) => v.clause), [
     'console.multiport-device-operation.device.1',
@@ -118,20 +118,20 @@ test('console driver checks: DEVICE_ADD of an existing or out-of-range port, DEV
 
 test('console driver checks: a device that takes an emerg_wr write for an error (console.device-init.device.1)', async () => {
   // A device that forgot emerg_wr is special: the core judges the early write and needs a reset.
-  class Forgetful extends ConsoleDevice {
-    override writeConfig(offset: number, size: number, value: number | bigint): void {
-      VirtioDevice.prototype.writeConfig.call(this, offset, size, value);
+  class Forgetful extends ConsoleDeviceType {
+    override writeRegister(): boolean {
+      return false;
     }
   }
   const devMon = new Monitor();
   const drvMon = new Monitor({ mode: 'tolerant' });
-  const device = new Forgetful({ backend: new MemoryConsoleBackend(), monitor: devMon });
+  const device = new VirtioDevice(new Forgetful({ backend: new MemoryConsoleEndpoint() }), { monitor: devMon });
   const driver = new ConsoleDriver(new LoopbackTransport(device, GuestMemory.create(1 << 20)), { monitor: drvMon });
   await assert.rejects(driver.emergWrite('!'), /emergency write/);
   assert.ok(device.status & Status.DEVICE_NEEDS_RESET);
   assert.deepEqual(drvMon.verdicts.map((v) => v.clause), ['console.device-init.device.1']);
   // The honest device takes the same write before any status write without a word.
-  const honest = new ConsoleDevice({ backend: new MemoryConsoleBackend(), monitor: new Monitor() });
+  const honest = new ConsoleDevice({ backend: new MemoryConsoleEndpoint(), monitor: new Monitor() });
   await new ConsoleDriver(new LoopbackTransport(honest, GuestMemory.create(1 << 20))).emergWrite('!');
   assert.equal(honest.status, 0);
   assert.deepEqual(honest.monitor.verdicts, []);

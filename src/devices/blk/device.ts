@@ -1,33 +1,54 @@
 /**
- * Block device (spec 5.2): requests on one or more queues, served by a BlockBackend with
- * bounded requests in flight, completions batched per tick. Every request gets a status:
- * OK, IOERR (out of range, malformed, read-only, backend error) or UNSUPP (unknown type or
+ * Block device (spec 5.2): requests on one or more queues, served by a {@link BlockStorage}
+ * with bounded requests in flight, completions batched per tick. Every request gets a status:
+ * OK, IOERR (out of range, malformed, read-only, storage error) or UNSUPP (unknown type or
  * flags). A write is acknowledged only when it is where the driver was promised it is:
- * FLUSH and writethrough mode wait for the backend's flush (fdatasync) first.
+ * FLUSH and writethrough mode wait for the storage's flush (fdatasync) first.
  *
- * Browser-safe: the backend interface hides files.
+ * The request is parsed by request.ts (shape only); this module judges and executes it.
+ * Browser-safe: the storage interface hides files.
  */
 import { DeviceId, Status } from '../../spec/constants.js';
-import { VirtioDevice } from '../../device/device.js';
+import { VirtioDevice, type VirtioDeviceOptions } from '../../device/device.js';
+import { DeviceError } from '../../device/errors.js';
+import type { DeviceContext, DeviceType } from '../../device/type.js';
 import { bit, hasFeature } from '../../spec/features.js';
 import { BLK_FEATURES, BlkConfig, BlkStatus, BlkType } from '../../spec/blk.js';
 import { ChainReader, DescriptorChain } from '../../virtqueue/chain.js';
 import type { DeviceQueue } from '../../virtqueue/queue.js';
 import type { Monitor } from '../../monitor/monitor.js';
-import type { GuestMemory } from '../../memory/guest-memory.js';
-import type { BlockBackend } from './storage.js';
+import type { BlockStorage } from './storage.js';
+import { parseBlkRequest, SEGMENT_SIZE, type Range, type Segment } from './request.js';
 
 const SECTOR = 512;
-const SEGMENT = 16; // struct virtio_blk_discard_write_zeroes
 const ID_BYTES = 20;
 
-export interface BlkDeviceOptions {
-  backend: BlockBackend;
-  /** Offer the disk read-only even if the backend could write (`--read-only`). */
+/** Where the disk's sectors are: `storage` (`backend` is its old name). */
+export type BlkStorageOption =
+  | { storage: BlockStorage; backend?: undefined }
+  | {
+      /** @deprecated Renamed: use `storage`. */
+      backend: BlockStorage;
+      storage?: undefined;
+    };
+
+/** Everything a block device is built from: its storage and the {@link BlkOptions} tuning it. */
+export type BlkDeviceOptions = BlkStorageOption & BlkOptions;
+
+/**
+ * How a block device presents its storage (read-only, queues, limits the config space
+ * advertises, cache mode) and how much work it takes on at once (spec 5.2.4).
+ */
+export interface BlkOptions {
+  /** Offer the disk read-only even if the storage could write (`--read-only`). */
   readOnly?: boolean;
+  /** BlkDevice only: the device's monitor. */
   monitor?: Monitor;
+  /** BlkDevice only: more options for the device core. */
+  core?: VirtioDeviceOptions;
   /** Request queues (VIRTIO_BLK_F_MQ when more than one). */
   numQueues?: number;
+  /** Largest queue the driver may set up (default 256). */
   queueMaxSize?: number;
   /**
    * Most data segments per request (seg_max); default min(queueMaxSize, 128) - 2 (see
@@ -85,12 +106,24 @@ interface Pending {
   epoch: number;
 }
 
-export class BlkDevice extends VirtioDevice {
-  readonly backend: BlockBackend;
+/**
+ * The block device type: hand it to a {@link VirtioDevice}, or use {@link BlkDevice}, which
+ * does that from the same options. One per device (it keeps the requests in flight).
+ */
+export class BlkDeviceType implements DeviceType {
+  readonly deviceId = DeviceId.BLOCK;
+  readonly name = 'virtio-blk';
+  readonly numQueues: number;
+  readonly queueMaxSize: number;
+  readonly features: bigint;
+  readonly configSize = BlkConfig.size;
+  /** Where the sectors are. */
+  readonly storage: BlockStorage;
   private readonly reader = new ChainReader();
   private readonly chain: DescriptorChain;
   private readonly maxInFlight: number;
   private readonly maxSegments: number;
+  private readonly options: BlkOptions;
   /** seg_max as advertised in the config space (what a driver reads; serve logs it). */
   readonly segMax: number;
   private inFlight = 0;
@@ -99,28 +132,43 @@ export class BlkDevice extends VirtioDevice {
   private readonly initialWriteback: boolean;
   private readonly toPublish = new Set<DeviceQueue>();
   private publishScheduled = false;
+  private ctx: DeviceContext | null = null;
   /** Requests served, by outcome (tests and logs). */
   readonly stats = { ok: 0, ioerr: 0, unsupp: 0, flushes: 0 };
 
+  /**
+   * A type for one device over `options.storage`; a TypeError without one. The offer is fixed
+   * here: VIRTIO_BLK_F_DISCARD only when the storage can discard, RO when it or `readOnly` says
+   * so, MQ with more than one queue. `monitor` and `core` are ignored (they are {@link BlkDevice}'s).
+   */
   constructor(options: BlkDeviceOptions) {
-    const b = options.backend;
-    const numQueues = options.numQueues ?? 1;
-    const queueMaxSize = options.queueMaxSize ?? 256;
+    const b = options.storage ?? options.backend;
+    if (b === undefined) throw new TypeError('a block device needs options.storage');
+    this.storage = b;
+    this.options = options;
+    this.numQueues = options.numQueues ?? 1;
+    this.queueMaxSize = options.queueMaxSize ?? 256;
     const f = BLK_FEATURES;
     let features =
       bit(f.SIZE_MAX) | bit(f.SEG_MAX) | bit(f.GEOMETRY) | bit(f.BLK_SIZE) | bit(f.FLUSH) | bit(f.TOPOLOGY) | bit(f.CONFIG_WCE) | bit(f.WRITE_ZEROES) | bit(f.SECURE_ERASE);
     if (b.discard !== undefined) features |= bit(f.DISCARD);
     if (b.readOnly || options.readOnly) features |= bit(f.RO);
-    if (numQueues > 1) features |= bit(f.MQ);
-    super({ deviceId: DeviceId.BLOCK, numQueues, queueMaxSize, deviceFeatures: features, configSize: BlkConfig.size, monitor: options.monitor, name: 'virtio-blk' });
-    this.backend = b;
-    this.chain = DescriptorChain.forQueue(queueMaxSize);
+    if (this.numQueues > 1) features |= bit(f.MQ);
+    this.features = features;
+    this.chain = DescriptorChain.forQueue(this.queueMaxSize);
     this.maxInFlight = options.maxInFlight ?? 128;
     this.maxSegments = options.maxSegments ?? 1;
-    this.segMax = options.segMax ?? defaultSegMax(queueMaxSize);
+    this.segMax = options.segMax ?? defaultSegMax(this.queueMaxSize);
     this.writeback = this.initialWriteback = options.writeback ?? true;
-    const v = this.configView;
-    const sectors = Math.floor(b.size / SECTOR);
+  }
+
+  /** The initial configuration space. */
+  init(ctx: DeviceContext): void {
+    if (this.ctx !== null) throw new DeviceError('type-in-use', 'this BlkDeviceType already serves a device: make one per device');
+    this.ctx = ctx;
+    const options = this.options;
+    const v = ctx.config;
+    const sectors = Math.floor(this.storage.size / SECTOR);
     v.setBigUint64(BlkConfig.capacity, BigInt(sectors), true);
     // size_max bounds the bytes of one segment, not the number of descriptors: Linux takes it as
     // max_segment_size (min with its DMA limit) and merges adjacent pages up to it. It plays no
@@ -138,22 +186,29 @@ export class BlkDevice extends VirtioDevice {
     v.setUint16(BlkConfig.topology + 2, 1, true); // min_io_size, in blocks
     v.setUint32(BlkConfig.topology + 4, 0, true); // opt_io_size: none suggested
     v.setUint8(BlkConfig.writeback, this.writeback ? 1 : 0);
-    v.setUint16(BlkConfig.numQueues, numQueues, true);
+    v.setUint16(BlkConfig.numQueues, this.numQueues, true);
     const maxSectors = Math.min(sectors, 0xffffffff);
     v.setUint32(BlkConfig.maxDiscardSectors, maxSectors, true);
     v.setUint32(BlkConfig.maxDiscardSeg, this.maxSegments, true);
     v.setUint32(BlkConfig.discardSectorAlignment, 1, true);
     v.setUint32(BlkConfig.maxWriteZeroesSectors, maxSectors, true);
     v.setUint32(BlkConfig.maxWriteZeroesSeg, this.maxSegments, true);
-    // blk.device-operation.device.10: set only if a write zeroes can deallocate; no backend here does.
+    // blk.device-operation.device.10: set only if a write zeroes can deallocate; no storage here does.
     v.setUint8(BlkConfig.writeZeroesMayUnmap, 0);
     v.setUint32(BlkConfig.maxSecureEraseSectors, maxSectors, true);
     v.setUint32(BlkConfig.maxSecureEraseSeg, this.maxSegments, true);
     v.setUint32(BlkConfig.secureEraseSectorAlignment, 1, true);
   }
 
+  /** The context init() was given (every path that needs it runs after init). */
+  private get context(): DeviceContext {
+    if (this.ctx === null) throw new DeviceError('not-attached', 'this BlkDeviceType is not part of a VirtioDevice yet');
+    return this.ctx;
+  }
+
+  /** The storage's current size in 512-byte sectors; the config space's capacity catches up on {@link resize}. */
   get capacitySectors(): number {
-    return Math.floor(this.backend.size / SECTOR);
+    return Math.floor(this.storage.size / SECTOR);
   }
 
   /** Whether completed writes are only volatile until a FLUSH. */
@@ -161,30 +216,30 @@ export class BlkDevice extends VirtioDevice {
     return this.writeback;
   }
 
-  protected override beforeConfigRead(offset: number, size: number): void {
+  configRead(offset: number, size: number, ctx: DeviceContext): void {
     // blk.device-init.driver.4: writeback is read only after FEATURES_OK.
-    if (offset <= BlkConfig.writeback && BlkConfig.writeback < offset + size && !(this.statusValue & Status.FEATURES_OK)) {
-      this.violation('blk.device-init.driver.4', 'driver read the writeback field before FEATURES_OK', { offset, size });
+    if (offset <= BlkConfig.writeback && BlkConfig.writeback < offset + size && !(ctx.status & Status.FEATURES_OK)) {
+      ctx.violation('blk.device-init.driver.4', 'driver read the writeback field before FEATURES_OK', { offset, size });
     }
   }
 
-  protected override onConfigWrite(offset: number, size: number, value: number | bigint): void {
+  configWrite(offset: number, size: number, value: number | bigint, ctx: DeviceContext): void {
     // blk.device-operation.driver.12: with CONFIG_WCE the driver may switch the cache mode.
-    if (offset === BlkConfig.writeback && size === 1 && this.negotiated(BLK_FEATURES.CONFIG_WCE)) {
+    if (offset === BlkConfig.writeback && size === 1 && ctx.negotiated(BLK_FEATURES.CONFIG_WCE)) {
       this.writeback = (Number(value) & 1) === 1;
-      this.configView.setUint8(BlkConfig.writeback, this.writeback ? 1 : 0);
+      ctx.config.setUint8(BlkConfig.writeback, this.writeback ? 1 : 0);
     }
   }
 
-  protected override onFeaturesOk(features: bigint): void {
-    if (hasFeature(this.offered, BLK_FEATURES.RO) && !hasFeature(features, BLK_FEATURES.RO)) {
-      this.violation('blk.device-operation.driver.3', 'driver did not accept VIRTIO_BLK_F_RO, which the device offers', {});
+  featuresOk(features: bigint, ctx: DeviceContext): void {
+    if (hasFeature(ctx.offered, BLK_FEATURES.RO) && !hasFeature(features, BLK_FEATURES.RO)) {
+      ctx.violation('blk.device-operation.driver.3', 'driver did not accept VIRTIO_BLK_F_RO, which the device offers', {});
     }
     // blk.device-init.device.3: CONFIG_WCE without FLUSH starts in writethrough; without FLUSH
     // at all the driver could never make a write durable, so writethrough it is.
     if (!hasFeature(features, BLK_FEATURES.FLUSH)) {
       this.writeback = false;
-      this.configView.setUint8(BlkConfig.writeback, 0);
+      ctx.config.setUint8(BlkConfig.writeback, 0);
     }
   }
 
@@ -197,51 +252,52 @@ export class BlkDevice extends VirtioDevice {
    */
   private shrunkFrom = 0;
 
-  /** Changes the disk size (the backend grew or shrank): capacity and a config change notification (blk.device-operation.device.2). */
+  /** Changes the disk size (the storage grew or shrank): capacity and a config change notification (blk.device-operation.device.2). */
   resize(): void {
-    const shown = Number(this.configView.getBigUint64(BlkConfig.capacity, true)) * SECTOR;
-    if (this.backend.size < shown) this.shrunkFrom = Math.max(this.shrunkFrom, shown);
-    const sectors = BigInt(Math.floor(this.backend.size / SECTOR));
-    this.updateConfig((v) => v.setBigUint64(BlkConfig.capacity, sectors, true));
+    const ctx = this.context;
+    const shown = Number(ctx.config.getBigUint64(BlkConfig.capacity, true)) * SECTOR;
+    if (this.storage.size < shown) this.shrunkFrom = Math.max(this.shrunkFrom, shown);
+    const sectors = BigInt(Math.floor(this.storage.size / SECTOR));
+    ctx.updateConfig((v) => v.setBigUint64(BlkConfig.capacity, sectors, true));
   }
 
-  protected override onReset(): void {
+  reset(ctx: DeviceContext): void {
     this.shrunkFrom = 0;
     this.writeback = this.initialWriteback;
-    this.configView.setUint8(BlkConfig.writeback, this.writeback ? 1 : 0);
+    ctx.config.setUint8(BlkConfig.writeback, this.writeback ? 1 : 0);
   }
 
-  protected override onStop(): void {
+  stop(): void {
     this.epoch++;
     this.inFlight = 0;
     this.toPublish.clear();
   }
 
-  protected override work(): number {
+  inProgress(): number {
     return this.inFlight;
   }
 
-  protected override onQueueReset(): void {
-    // Requests of that queue still in the backend finish, but their answers are dropped
+  queueReset(): void {
+    // Requests of that queue still in the storage finish, but their answers are dropped
     // (the queue no longer holds them: isInFlight turns false).
   }
 
-  protected processQueue(q: DeviceQueue): void {
+  process(q: DeviceQueue, ctx: DeviceContext): void {
     const chain = this.chain;
     q.disableNotifications();
     do {
-      while (this.inFlight < this.maxInFlight && q.pop(chain)) this.start(q, chain);
+      while (this.inFlight < this.maxInFlight && q.pop(chain)) this.start(q, chain, ctx);
       if (this.inFlight >= this.maxInFlight) return; // resumed when a request completes
     } while (q.enableNotifications());
   }
 
-  /** Parses one request and hands it to the backend. */
-  private start(q: DeviceQueue, chain: DescriptorChain): void {
+  /** Parses one request and hands it to the storage. */
+  private start(q: DeviceQueue, chain: DescriptorChain, ctx: DeviceContext): void {
     const p: Pending = { q, head: chain.head, epoch: this.epoch };
-    const req = parseBlkRequest(this.memory, chain, this.reader);
+    const req = parseBlkRequest(ctx.memory, chain, this.reader);
     if (req.kind === 'no-status') {
       // No room for a status byte: nothing can be reported to the driver.
-      this.violation('struct.blk-status.driver.1', `request ${chain.head} has no device-writable status byte`, { head: chain.head });
+      ctx.violation('struct.blk-status.driver.1', `request ${chain.head} has no device-writable status byte`, { head: chain.head });
       q.addUsed(chain.head, 0);
       this.schedulePublish(q);
       return;
@@ -261,10 +317,10 @@ export class BlkDevice extends VirtioDevice {
         case BlkType.OUT:
           return this.writeRequest(chain.head, sector, outData!);
         case BlkType.FLUSH:
-          if (sector !== 0) this.violation('blk.device-operation.driver.4', `FLUSH request ${chain.head} has sector ${sector}, not 0`, { head: chain.head, sector });
-          if (dataOut > 0 || dataIn > 0) this.violation('blk.device-operation.driver.5', `FLUSH request ${chain.head} carries ${dataOut + dataIn} data bytes`, { head: chain.head });
-          if (!this.negotiated(BLK_FEATURES.FLUSH)) return [BlkStatus.UNSUPP, 0];
-          await this.backend.flush();
+          if (sector !== 0) ctx.violation('blk.device-operation.driver.4', `FLUSH request ${chain.head} has sector ${sector}, not 0`, { head: chain.head, sector });
+          if (dataOut > 0 || dataIn > 0) ctx.violation('blk.device-operation.driver.5', `FLUSH request ${chain.head} carries ${dataOut + dataIn} data bytes`, { head: chain.head });
+          if (!ctx.negotiated(BLK_FEATURES.FLUSH)) return [BlkStatus.UNSUPP, 0];
+          await this.storage.flush();
           this.stats.flushes++;
           return [BlkStatus.OK, 0];
         case BlkType.GET_ID:
@@ -291,7 +347,7 @@ export class BlkDevice extends VirtioDevice {
     );
   }
 
-  /** Host buffers for IN data, by length, reused once the backend is done with them (never zeroed: a read fills them). */
+  /** Host buffers for IN data, by length, reused once the storage is done with them (never zeroed: a read fills them). */
   private readonly hostBuffers = new Map<number, Uint8Array[]>();
 
   private takeBuffer(len: number): Uint8Array {
@@ -306,10 +362,10 @@ export class BlkDevice extends VirtioDevice {
   }
 
   private checkRange(head: number, sector: number, bytes: number): boolean {
-    if (sector * SECTOR + bytes > this.backend.size || !Number.isSafeInteger(sector * SECTOR)) {
+    if (sector * SECTOR + bytes > this.storage.size || !Number.isSafeInteger(sector * SECTOR)) {
       // Past the end of a disk that shrank while live, but inside what the driver was shown: see shrunkFrom.
       if (sector * SECTOR + bytes <= this.shrunkFrom) return false;
-      this.violation('blk.device-operation.driver.2', `request ${head} reaches sector ${sector} + ${bytes} bytes, beyond the capacity of ${this.capacitySectors} sectors`, { head, sector, bytes });
+      this.context.violation('blk.device-operation.driver.2', `request ${head} reaches sector ${sector} + ${bytes} bytes, beyond the capacity of ${this.capacitySectors} sectors`, { head, sector, bytes });
       return false;
     }
     return true;
@@ -318,69 +374,70 @@ export class BlkDevice extends VirtioDevice {
   private async readRequest(head: number, sector: number, into: Uint8Array): Promise<[number, number]> {
     const bytes = into.length;
     if (bytes % SECTOR !== 0) {
-      this.violation('blk.device-operation.driver.6', `IN request ${head} has ${bytes} data bytes, not a multiple of 512`, { head, bytes });
+      this.context.violation('blk.device-operation.driver.6', `IN request ${head} has ${bytes} data bytes, not a multiple of 512`, { head, bytes });
       return [BlkStatus.IOERR, 0];
     }
     if (!this.checkRange(head, sector, bytes)) return [BlkStatus.IOERR, 0];
-    await this.backend.read(sector * SECTOR, [into]);
+    await this.storage.read(sector * SECTOR, [into]);
     return [BlkStatus.OK, bytes];
   }
 
   private async writeRequest(head: number, sector: number, data: Uint8Array): Promise<[number, number]> {
     const bytes = data.length;
     if (bytes % SECTOR !== 0) {
-      this.violation('blk.device-operation.driver.6', `OUT request ${head} has ${bytes} data bytes, not a multiple of 512`, { head, bytes });
+      this.context.violation('blk.device-operation.driver.6', `OUT request ${head} has ${bytes} data bytes, not a multiple of 512`, { head, bytes });
       return [BlkStatus.IOERR, 0];
     }
     // blk.device-operation.device.3/.4: a read-only disk fails writes and writes nothing.
     if (this.refusesWrites()) return [BlkStatus.IOERR, 0];
     if (!this.checkRange(head, sector, bytes)) return [BlkStatus.IOERR, 0];
-    await this.backend.write(sector * SECTOR, [data]);
+    await this.storage.write(sector * SECTOR, [data]);
     await this.stable();
     return [BlkStatus.OK, 0];
   }
 
-  /** Read-only: the backend cannot write, or VIRTIO_BLK_F_RO is offered (then the driver may not write). */
+  /** Read-only: the storage cannot write, or VIRTIO_BLK_F_RO is offered (then the driver may not write). */
   protected refusesWrites(): boolean {
-    return this.backend.readOnly || hasFeature(this.offered, BLK_FEATURES.RO);
+    return this.storage.readOnly || hasFeature(this.context.offered, BLK_FEATURES.RO);
   }
 
   /** blk.device-operation.device.13: in writethrough mode a write is durable before it completes. */
   private async stable(): Promise<void> {
     if (!this.writeback) {
-      await this.backend.flush();
+      await this.storage.flush();
       this.stats.flushes++;
     }
   }
 
   private async getId(head: number, into: Uint8Array, bytes: number): Promise<[number, number]> {
     if (bytes !== ID_BYTES) {
-      this.violation('blk.device-operation.driver.8', `GET_ID request ${head} has ${bytes} data bytes, not 20`, { head, bytes });
+      this.context.violation('blk.device-operation.driver.8', `GET_ID request ${head} has ${bytes} data bytes, not 20`, { head, bytes });
       if (bytes < ID_BYTES) return [BlkStatus.IOERR, 0];
     }
-    const text = new TextEncoder().encode(this.backend.serial ?? '');
+    const text = new TextEncoder().encode(this.storage.serial ?? '');
     into.set(text.subarray(0, ID_BYTES)); // shorter ids are NUL-terminated by the zero fill
     return [BlkStatus.OK, ID_BYTES];
   }
 
   private async segmentRequest(head: number, type: number, bytes: number, segs: Segment[]): Promise<[number, number]> {
     const f = BLK_FEATURES;
+    const ctx = this.context;
     const feature = type === BlkType.DISCARD ? f.DISCARD : type === BlkType.WRITE_ZEROES ? f.WRITE_ZEROES : f.SECURE_ERASE;
-    if (!this.negotiated(feature)) return [BlkStatus.UNSUPP, 0];
-    if (bytes % SEGMENT !== 0 || segs.length === 0) {
-      this.violation('blk.device-operation.driver.7', `request ${head} has ${bytes} bytes of segments, not a non-zero multiple of 16`, { head, bytes });
+    if (!ctx.negotiated(feature)) return [BlkStatus.UNSUPP, 0];
+    if (bytes % SEGMENT_SIZE !== 0 || segs.length === 0) {
+      ctx.violation('blk.device-operation.driver.7', `request ${head} has ${bytes} bytes of segments, not a non-zero multiple of 16`, { head, bytes });
       return [BlkStatus.IOERR, 0];
     }
     if (segs.length > this.maxSegments) {
       const clause = type === BlkType.DISCARD ? 'blk.device-operation.driver.9' : type === BlkType.SECURE_ERASE ? 'blk.device-operation.driver.10' : 'blk.device-operation.driver.11';
-      this.violation(clause, `request ${head} has ${segs.length} segments, more than the ${this.maxSegments} allowed`, { head, segments: segs.length });
+      ctx.violation(clause, `request ${head} has ${segs.length} segments, more than the ${this.maxSegments} allowed`, { head, segments: segs.length });
       return [BlkStatus.IOERR, 0];
     }
     for (const s of segs) {
       // blk.device-operation.device.5 / .6: unknown flags, or unmap on a discard: UNSUPP.
       if (s.flags & ~1) return [BlkStatus.UNSUPP, 0];
       if (type !== BlkType.WRITE_ZEROES && s.flags & 1) {
-        if (type === BlkType.DISCARD) this.violation('blk.device-operation.driver.14', `discard request ${head} sets the unmap flag`, { head });
+        if (type === BlkType.DISCARD) ctx.violation('blk.device-operation.driver.14', `discard request ${head} sets the unmap flag`, { head });
         return [BlkStatus.UNSUPP, 0];
       }
     }
@@ -389,8 +446,8 @@ export class BlkDevice extends VirtioDevice {
     for (const s of segs) {
       const off = s.sector * SECTOR;
       const len = s.sectors * SECTOR;
-      if (type === BlkType.DISCARD && this.backend.discard !== undefined) await this.backend.discard(off, len);
-      else await this.backend.writeZeroes(off, len, type === BlkType.WRITE_ZEROES && (s.flags & 1) === 1); // device.9: zeroes read back
+      if (type === BlkType.DISCARD && this.storage.discard !== undefined) await this.storage.discard(off, len);
+      else await this.storage.writeZeroes(off, len, type === BlkType.WRITE_ZEROES && (s.flags & 1) === 1); // device.9: zeroes read back
     }
     await this.stable();
     return [BlkStatus.OK, 0];
@@ -399,16 +456,17 @@ export class BlkDevice extends VirtioDevice {
   /** Writes the status byte, returns the buffer, and publishes with the next batch. */
   private finish(p: Pending, statusAddr: number, status: number, written: number, copy?: { ranges: Range[]; data: Uint8Array }): void {
     if (p.epoch !== this.epoch || !p.q.isInFlight(p.head)) return; // reset meanwhile: drop
+    const mem = this.context.memory;
     if (copy !== undefined) {
       let off = 0;
       for (const [addr, len] of copy.ranges) {
         const n = Math.min(len, written - off);
         if (n <= 0) break;
-        this.memory.write(addr, copy.data.subarray(off, off + n)); // through GuestMemory: dirty logging sees it
+        mem.write(addr, copy.data.subarray(off, off + n)); // through GuestMemory: dirty logging sees it
         off += n;
       }
     }
-    this.memory.writeU8(statusAddr, status);
+    mem.writeU8(statusAddr, status);
     if (status === BlkStatus.OK) this.stats.ok++;
     else if (status === BlkStatus.IOERR) this.stats.ioerr++;
     else this.stats.unsupp++;
@@ -421,128 +479,77 @@ export class BlkDevice extends VirtioDevice {
     this.toPublish.add(q);
     if (this.publishScheduled) return;
     this.publishScheduled = true;
-    queueMicrotask(() => {
-      this.publishScheduled = false;
-      const queues = [...this.toPublish];
-      this.toPublish.clear();
-      for (const pq of queues) if (pq.active) this.complete(pq);
-      // Room again: take more requests.
-      for (const pq of this.queues) if (pq.active && this.accepting && this.inFlight < this.maxInFlight) this.process(pq);
-    });
+    queueMicrotask(this.publishTask);
   }
+
+  private readonly publishTask = (): void => {
+    this.publishScheduled = false;
+    const ctx = this.context;
+    const queues = [...this.toPublish];
+    this.toPublish.clear();
+    for (const pq of queues) if (pq.active) ctx.complete(pq);
+    // Room again: take more requests.
+    for (const pq of ctx.queues) if (this.inFlight < this.maxInFlight) ctx.resume(pq);
+  };
 
   /** Whether the disk is offered read-only. */
   get readOnly(): boolean {
-    return hasFeature(this.offered, BLK_FEATURES.RO);
+    return hasFeature(this.context.offered, BLK_FEATURES.RO);
   }
 
   /** Negotiated multi-queue count. */
   get activeQueues(): number {
-    return hasFeature(this.driverFeatures, BLK_FEATURES.MQ) ? this.numQueues : 1;
+    return hasFeature(this.context.driverFeatures, BLK_FEATURES.MQ) ? this.numQueues : 1;
   }
 }
 
 /**
- * A virtio-blk request as its chain carries it (5.2.6): the 16-byte header (type, reserved,
- * sector) at the start of the device-readable part, data after it, and the status byte as the
- * last device-writable byte. Pure: reads guest memory, writes nothing, keeps nothing.
+ * A block device: a {@link VirtioDevice} of {@link BlkDeviceType}, built from its options. The
+ * disk's host-side API (resize, capacity, stats) is the type's, here for convenience.
  */
-export type ParsedBlkRequest =
-  /** No device-writable byte: no status can be reported. */
-  | { kind: 'no-status' }
-  /** Fewer than 16 readable bytes: answered IOERR at statusAddr. */
-  | { kind: 'short'; statusAddr: number }
-  | {
-      kind: 'request';
-      statusAddr: number;
-      type: number;
-      sector: number;
-      /** Driver -> device payload bytes (after the header). */
-      dataOut: number;
-      /** Device -> driver payload bytes (before the status byte). */
-      dataIn: number;
-      /** IN and GET_ID: where the payload goes in guest memory. */
-      inRanges: Range[];
-      /** OUT: the payload, copied out of guest memory (a request still in the backend when the
-       * device is reset must not touch memory the driver got back, basic.reset.device.2). */
-      outData: Uint8Array | null;
-      /** DISCARD, WRITE_ZEROES, SECURE_ERASE: the segments. */
-      segs: Segment[];
-    };
-
-/** Parses the request in `chain` (popped from a queue over `mem`) with `reader` (reset here). */
-export function parseBlkRequest(mem: GuestMemory, chain: DescriptorChain, reader: ChainReader): ParsedBlkRequest {
-  if (chain.writableBytes < 1) return { kind: 'no-status' };
-  // The status byte is the last writable byte.
-  const statusAddr = lastWritableByte(chain);
-  const r = reader.reset(mem, chain);
-  if (chain.readableBytes < 16) return { kind: 'short', statusAddr };
-  const type = r.readU32();
-  r.readU32(); // reserved
-  const sector = Number(r.readU64());
-  const dataOut = chain.readableBytes - 16;
-  const dataIn = chain.writableBytes - 1;
-  // Data moves through host buffers: a request still in the backend when the device is reset
-  // must not touch guest memory the driver got back (basic.reset.device.2).
-  const inRanges = type === BlkType.IN || type === BlkType.GET_ID ? ranges(chain, chain.readable, chain.count, 0, dataIn) : [];
-  const outData = type === BlkType.OUT ? gather(mem, ranges(chain, 0, chain.readable, 16, dataOut)) : null;
-  const segs = type === BlkType.DISCARD || type === BlkType.WRITE_ZEROES || type === BlkType.SECURE_ERASE ? readSegments(r, dataOut) : [];
-  return { kind: 'request', statusAddr, type, sector, dataOut, dataIn, inRanges, outData, segs };
-}
-
-export interface Segment {
-  sector: number;
-  sectors: number;
-  flags: number;
-}
-
-function readSegments(r: ChainReader, bytes: number): Segment[] {
-  const out: Segment[] = [];
-  for (let n = Math.floor(bytes / SEGMENT); n > 0 && r.remaining >= SEGMENT; n--) {
-    out.push({ sector: Number(r.readU64()), sectors: r.readU32(), flags: r.readU32() });
+export class BlkDevice extends VirtioDevice<BlkDeviceType> {
+  /** A device of a new {@link BlkDeviceType} from `options`, judged by `options.monitor` (default: a new strict one). */
+  constructor(options: BlkDeviceOptions) {
+    super(new BlkDeviceType(options), { monitor: options.monitor, ...options.core });
   }
-  return out;
-}
 
-export type Range = [addr: number, len: number];
-
-/** Guest ranges of buffers [from, to) of a chain: `skip` bytes left out, then at most `limit` bytes. */
-function ranges(chain: DescriptorChain, from: number, to: number, skip: number, limit: number): Range[] {
-  const out: Range[] = [];
-  let left = limit;
-  for (let i = from; i < to && left > 0; i++) {
-    let addr = chain.addrs[i];
-    let len = chain.lens[i];
-    if (skip >= len) {
-      skip -= len;
-      continue;
-    }
-    addr += skip;
-    len -= skip;
-    skip = 0;
-    const n = Math.min(len, left);
-    if (n > 0) out.push([addr, n]);
-    left -= n;
+  /** Where the sectors are. */
+  get storage(): BlockStorage {
+    return this.type.storage;
   }
-  return out;
-}
-
-/** Copies guest ranges into one host buffer. */
-function gather(mem: GuestMemory, rs: Range[]): Uint8Array {
-  const out = new Uint8Array(rs.reduce((n, r) => n + r[1], 0));
-  let off = 0;
-  for (const [addr, len] of rs) {
-    mem.read(addr, out.subarray(off, off + len));
-    off += len;
+  /** @deprecated Renamed: use {@link storage}. */
+  get backend(): BlockStorage {
+    return this.type.storage;
   }
-  return out;
+  /** seg_max as advertised in the config space. */
+  get segMax(): number {
+    return this.type.segMax;
+  }
+  /** Requests served, by outcome. */
+  get stats(): BlkDeviceType['stats'] {
+    return this.type.stats;
+  }
+  /** The storage's size in 512-byte sectors. */
+  get capacitySectors(): number {
+    return this.type.capacitySectors;
+  }
+  /** Whether completed writes are only volatile until a FLUSH. */
+  get writebackMode(): boolean {
+    return this.type.writebackMode;
+  }
+  /** Whether the disk is offered read-only. */
+  get readOnly(): boolean {
+    return this.type.readOnly;
+  }
+  /** Negotiated multi-queue count. */
+  get activeQueues(): number {
+    return this.type.activeQueues;
+  }
+  /** The storage changed size: the new capacity and a configuration change notification. */
+  resize(): void {
+    this.type.resize();
+  }
 }
-
-function lastWritableByte(chain: DescriptorChain): number {
-  for (let i = chain.count - 1; i >= chain.readable; i--) if (chain.lens[i] > 0) return chain.addrs[i] + chain.lens[i] - 1;
-  return -1;
-}
-
 
 // The wire constants live in spec/blk.ts; re-exported for users of this module.
 export { BlkConfig, BlkStatus, BlkType } from '../../spec/blk.js';

@@ -6,10 +6,11 @@
  * VIRTIO_CONSOLE_F_EMERG_WRITE makes emerg_wr a one-character output register that works at
  * any time, even on an unconfigured device.
  *
- * The host side of each port is a {@link ConsolePortBackend}: what the driver transmits goes
- * to `write`; what the host has for the driver is pushed through the {@link ConsoleHostPort}
- * the device hands the backend, and waits in a bounded buffer until the driver gives receive
- * buffers (push returns false over the high-water mark; `drain` says when to go on).
+ * The host side of each port is a {@link ConsolePortEndpoint} (a terminal, a socket, a log):
+ * what the driver transmits goes to its `write`; what the host has for the driver is pushed
+ * through the {@link ConsoleHostPort} the device hands the endpoint, and waits in a bounded
+ * buffer until the driver gives receive buffers (push returns false over the high-water mark;
+ * `drain` says when to go on).
  *
  * Receive buffers are taken from the ring as soon as the driver makes them available (the
  * usual consume-all-then-re-enable-notifications loop) and held until host bytes arrive.
@@ -20,6 +21,8 @@
  */
 import { DeviceId, Status } from '../../spec/constants.js';
 import { VirtioDevice, type VirtioDeviceOptions } from '../../device/device.js';
+import { DeviceError } from '../../device/errors.js';
+import type { ConditionalConfigField, DeviceContext, DeviceType } from '../../device/type.js';
 import { bit, hasFeature } from '../../spec/features.js';
 import {
   CONSOLE_FEATURES,
@@ -28,10 +31,7 @@ import {
   consoleEventName,
   CONTROL_HEADER_SIZE,
   CONTROL_RECEIVEQ,
-  CONTROL_TRANSMITQ,
   receiveQueueOf,
-  transmitQueueOf,
-  ConsoleQueueRole,
   consoleQueueRole,
   encodeControl,
   encodeResize,
@@ -41,12 +41,12 @@ import { ChainReader, ChainWriter, DescriptorChain } from '../../virtqueue/chain
 import type { DeviceQueue } from '../../virtqueue/queue.js';
 import type { Monitor } from '../../monitor/monitor.js';
 
-/** What the device gives a port's backend: the way into the driver. */
+/** What the device gives a port's endpoint: the way into the driver. */
 export interface ConsoleHostPort {
   readonly id: number;
   /**
    * Queues host bytes for the driver (the device keeps a reference: do not reuse the array).
-   * Returns false when the buffer is over its high-water mark: stop until the backend's
+   * Returns false when the buffer is over its high-water mark: stop until the endpoint's
    * `drain` is called. Bytes beyond the hard limit are dropped (counted in `dropped`).
    */
   push(bytes: Uint8Array): boolean;
@@ -62,8 +62,8 @@ export interface ConsoleHostPort {
   readonly hostOpen: boolean;
 }
 
-/** The host side of a port (a terminal, a socket, a log). */
-export interface ConsolePortBackend {
+/** The host side of a port (a terminal, a socket, a log): where its bytes go and come from. */
+export interface ConsolePortEndpoint {
   /**
    * Bytes the driver transmitted, in order. A returned promise holds the transmit buffer
    * (and the rest of that transmitq) until it settles: backpressure on the driver.
@@ -79,23 +79,44 @@ export interface ConsolePortBackend {
   guestOpen?(open: boolean): void;
 }
 
-export interface ConsolePortConfig {
-  backend: ConsolePortBackend;
+/** @deprecated Renamed: use {@link ConsolePortEndpoint} ("backend" also named the vhost-user server). */
+export type ConsolePortBackend = ConsolePortEndpoint;
+
+/** The host side of a port: `endpoint` (`backend` is its old name). */
+export type ConsolePortEndpointOption =
+  | { endpoint: ConsolePortEndpoint; backend?: undefined }
+  | {
+      /** @deprecated Renamed: use `endpoint`. */
+      backend: ConsolePortEndpoint;
+      endpoint?: undefined;
+    };
+
+/** One port of a console device: its host-side endpoint and the {@link ConsolePortOptions} the driver is told. */
+export type ConsolePortConfig = ConsolePortEndpointOption & ConsolePortOptions;
+
+/** What the driver learns about a port beyond its bytes: name, console role, open state and size (5.3.6.2). */
+export interface ConsolePortOptions {
   /** Sent to the driver in PORT_NAME (multiport). */
   name?: string;
   /** Nominated as a console port with CONSOLE_PORT (multiport). Default: true for port 0. */
   console?: boolean;
-  /** Whether the host side starts connected (default true; a backend may change it). */
+  /** Whether the host side starts connected (default true; the endpoint may change it). */
   hostOpen?: boolean;
   /** Console size of this port (port 0: the cols/rows configuration fields). */
   size?: ConsoleSize;
 }
 
+/**
+ * How a console device is built: its ports and their endpoints, which features it offers
+ * (MULTIPORT, SIZE, EMERG_WRITE; 5.3.3) and how much host data it buffers per port.
+ */
 export interface ConsoleDeviceOptions {
   /** Ports present from the start, by id (port 0 first; holes allowed with MULTIPORT). */
   ports?: (ConsolePortConfig | undefined)[];
-  /** Shorthand for `ports: [{ backend }]`. */
-  backend?: ConsolePortBackend;
+  /** Shorthand for `ports: [{ endpoint }]`. */
+  endpoint?: ConsolePortEndpoint;
+  /** @deprecated Renamed: use `endpoint`. */
+  backend?: ConsolePortEndpoint;
   /** max_nr_ports (default: the number of ports given). More than 1 offers MULTIPORT. */
   maxPorts?: number;
   /** Offer VIRTIO_CONSOLE_F_MULTIPORT even with max_nr_ports 1. */
@@ -104,22 +125,25 @@ export interface ConsoleDeviceOptions {
   size?: ConsoleSize | null;
   /**
    * VIRTIO_CONSOLE_F_EMERG_WRITE: false to not offer it; a function to receive the bytes;
-   * default true: they go to port 0's backend.
+   * default true: they go to port 0's endpoint.
    */
   emergencyWrite?: boolean | ((byte: number) => void);
   /** Buffered host bytes per port at which push() says stop (default 64 KiB). */
   highWater?: number;
   /** Buffered host bytes per port beyond which push() drops (default 4 MiB). */
   maxBuffered?: number;
+  /** Largest queue the driver may set up (default 128). */
   queueMaxSize?: number;
+  /** ConsoleDevice only: the device's monitor. */
   monitor?: Monitor;
-  /** Extra options for the device core (tests use this to offer other transport bits). */
-  core?: Partial<VirtioDeviceOptions>;
+  /** ConsoleDevice only: more options for the device core (tests use this to offer other transport bits). */
+  core?: VirtioDeviceOptions;
 }
 
 interface PortState {
   readonly id: number;
   readonly config: ConsolePortConfig;
+  readonly endpoint: ConsolePortEndpoint;
   readonly host: ConsoleHostPort;
   size: ConsoleSize | null;
   hostOpen: boolean;
@@ -138,25 +162,45 @@ interface PortState {
   dropped: number;
   /** push() returned false: call drain() when below the low-water mark. */
   stopped: boolean;
-  /** A backend write promise is pending: the transmitq waits. */
+  /** An endpoint write promise is pending: the transmitq waits. */
   txHeld: boolean;
 }
 
-export class ConsoleDevice extends VirtioDevice {
+/**
+ * The console device type: hand it to a {@link VirtioDevice}, or use {@link ConsoleDevice},
+ * which does that from the same options. One per device (it keeps the ports). The ports given
+ * in the options are added (and their endpoints attached) when the device is made.
+ */
+export class ConsoleDeviceType implements DeviceType {
+  readonly deviceId = DeviceId.CONSOLE;
+  readonly name = 'virtio-console';
+  readonly numQueues: number;
+  readonly queueMaxSize: number;
+  readonly features: bigint;
+  readonly configSize = ConsoleConfig.size;
+  readonly conditionalFields: readonly ConditionalConfigField[] = [
+    { name: 'cols', offset: ConsoleConfig.cols, size: 2, feature: CONSOLE_FEATURES.SIZE },
+    { name: 'rows', offset: ConsoleConfig.rows, size: 2, feature: CONSOLE_FEATURES.SIZE },
+    { name: 'max_nr_ports', offset: ConsoleConfig.maxNrPorts, size: 4, feature: CONSOLE_FEATURES.MULTIPORT },
+    { name: 'emerg_wr', offset: ConsoleConfig.emergWr, size: 4, feature: CONSOLE_FEATURES.EMERG_WRITE },
+  ];
   readonly maxPorts: number;
   private readonly ports = new Map<number, PortState>();
+  private readonly initialPorts: (ConsolePortConfig | undefined)[];
+  private readonly size: ConsoleSize | null;
   private readonly chain: DescriptorChain;
   private readonly reader = new ChainReader();
   private readonly writer = new ChainWriter();
   private readonly highWater: number;
   private readonly maxBuffered: number;
   private readonly emergency: ((byte: number) => void) | null;
+  private ctx: DeviceContext | null = null;
   /** Control messages for the driver, waiting for control receive buffers. */
   private ctrlOut: Uint8Array[] = [];
   /** This session: a DEVICE_READY arrived (any value) / with value 1. */
   private readySeen = false;
   private deviceReady = false;
-  /** Bumped on reset: late backend answers are dropped. */
+  /** Bumped on reset: late endpoint answers are dropped. */
   private epoch = 0;
   /** Receive buffers taken and not used yet, per queue, oldest first. */
   private readonly stash = new Map<number, DescriptorChain[]>();
@@ -167,11 +211,18 @@ export class ConsoleDevice extends VirtioDevice {
   /** Counters for tests and logs. */
   readonly stats = { toDriver: 0, fromDriver: 0, emergency: 0, controlIn: 0, controlOut: 0, ignoredControl: 0, droppedTx: 0 };
 
+  /**
+   * A type for one device. Port 0 is required (`ports[0]` or `endpoint`), a TypeError without
+   * it; more ports than `maxPorts` are a RangeError. The offer follows the options: MULTIPORT
+   * when `maxPorts` > 1 or `multiport`, SIZE unless `size` is null, EMERG_WRITE unless
+   * `emergencyWrite` is false. `monitor` and `core` are ignored (they are {@link ConsoleDevice}'s).
+   */
   constructor(options: ConsoleDeviceOptions = {}) {
-    const ports = options.ports ?? (options.backend !== undefined ? [{ backend: options.backend }] : []);
-    if (ports[0] === undefined) throw new Error('a console device needs port 0 (options.ports[0] or options.backend)');
+    const first = options.endpoint ?? options.backend;
+    const ports = options.ports ?? (first !== undefined ? [{ endpoint: first }] : []);
+    if (ports[0] === undefined) throw new TypeError('a console device needs port 0 (options.ports[0] or options.endpoint)');
     const maxPorts = Math.max(1, options.maxPorts ?? ports.length);
-    if (ports.length > maxPorts) throw new Error(`${ports.length} ports given, max_nr_ports is ${maxPorts}`);
+    if (ports.length > maxPorts) throw new RangeError(`${ports.length} ports given, max_nr_ports is ${maxPorts}`);
     const multiport = maxPorts > 1 || options.multiport === true;
     const size = options.size === undefined ? { cols: 80, rows: 25 } : options.size;
     const emerg = options.emergencyWrite ?? true;
@@ -180,44 +231,50 @@ export class ConsoleDevice extends VirtioDevice {
     if (size !== null) features |= bit(f.SIZE);
     if (multiport) features |= bit(f.MULTIPORT);
     if (emerg !== false) features |= bit(f.EMERG_WRITE);
-    const queueMaxSize = options.queueMaxSize ?? 128;
-    super({
-      deviceId: DeviceId.CONSOLE,
-      numQueues: multiport ? 2 * maxPorts + 2 : 2,
-      queueMaxSize,
-      deviceFeatures: features,
-      configSize: ConsoleConfig.size,
-      conditionalFields: [
-        { name: 'cols', offset: ConsoleConfig.cols, size: 2, feature: f.SIZE },
-        { name: 'rows', offset: ConsoleConfig.rows, size: 2, feature: f.SIZE },
-        { name: 'max_nr_ports', offset: ConsoleConfig.maxNrPorts, size: 4, feature: f.MULTIPORT },
-        { name: 'emerg_wr', offset: ConsoleConfig.emergWr, size: 4, feature: f.EMERG_WRITE },
-      ],
-      monitor: options.monitor,
-      name: 'virtio-console',
-      ...options.core,
-    });
+    this.features = features;
+    this.numQueues = multiport ? 2 * maxPorts + 2 : 2;
+    this.queueMaxSize = options.queueMaxSize ?? 128;
     this.maxPorts = maxPorts;
-    this.chain = DescriptorChain.forQueue(queueMaxSize);
+    this.size = size;
+    this.initialPorts = ports;
+    this.chain = DescriptorChain.forQueue(this.queueMaxSize);
     this.highWater = options.highWater ?? 64 * 1024;
     this.maxBuffered = Math.max(this.highWater, options.maxBuffered ?? 4 << 20);
     this.emergency = typeof emerg === 'function' ? emerg : null;
-    const v = this.configView;
+  }
+
+  /** The initial configuration space; the ports given in the options are added. */
+  init(ctx: DeviceContext): void {
+    if (this.ctx !== null) throw new DeviceError('type-in-use', 'this ConsoleDeviceType already serves a device: make one per device');
+    this.ctx = ctx;
+    const v = ctx.config;
+    const size = this.size;
     if (size !== null) {
       v.setUint16(ConsoleConfig.cols, size.cols, true);
       v.setUint16(ConsoleConfig.rows, size.rows, true);
     }
-    if (multiport) v.setUint32(ConsoleConfig.maxNrPorts, maxPorts, true);
-    ports.forEach((p, id) => {
+    if (this.offers(CONSOLE_FEATURES.MULTIPORT)) v.setUint32(ConsoleConfig.maxNrPorts, this.maxPorts, true);
+    this.initialPorts.forEach((p, id) => {
       if (p !== undefined) this.addPort(id, id === 0 && size !== null ? { size, ...p } : p);
     });
+  }
+
+  /** The context init() was given. */
+  private get context(): DeviceContext {
+    if (this.ctx === null) throw new DeviceError('not-attached', 'this ConsoleDeviceType is not part of a VirtioDevice yet');
+    return this.ctx;
+  }
+
+  /** Whether the device offers a console feature. */
+  private offers(featureBit: number): boolean {
+    return hasFeature(this.ctx?.offered ?? this.features, featureBit);
   }
 
   // ---------------------------------------------------------------- host API
 
   /** Whether MULTIPORT was negotiated (the control queues are in use). */
   get multiport(): boolean {
-    return this.negotiated(CONSOLE_FEATURES.MULTIPORT);
+    return this.ctx?.negotiated(CONSOLE_FEATURES.MULTIPORT) ?? false;
   }
 
   /** Port ids present on the host side. */
@@ -236,12 +293,15 @@ export class ConsoleDevice extends VirtioDevice {
    */
   addPort(id: number, config: ConsolePortConfig): ConsoleHostPort {
     if (!Number.isInteger(id) || id < 0 || id >= this.maxPorts) throw new RangeError(`port ${id} is outside max_nr_ports ${this.maxPorts}`);
-    if (this.ports.has(id)) throw new Error(`port ${id} exists`);
-    if (id > 0 && !hasFeature(this.offered, CONSOLE_FEATURES.MULTIPORT)) throw new Error('ports other than 0 need VIRTIO_CONSOLE_F_MULTIPORT');
+    if (this.ports.has(id)) throw new DeviceError('port-exists', `port ${id} exists`);
+    if (id > 0 && !this.offers(CONSOLE_FEATURES.MULTIPORT)) throw new DeviceError('no-multiport', 'ports other than 0 need VIRTIO_CONSOLE_F_MULTIPORT');
+    const endpoint = config.endpoint ?? config.backend;
+    if (endpoint === undefined) throw new TypeError(`port ${id} needs an endpoint`);
     const self = this;
     const state: PortState = {
       id,
       config,
+      endpoint,
       size: config.size ?? null,
       hostOpen: config.hostOpen ?? true,
       added: false,
@@ -273,19 +333,19 @@ export class ConsoleDevice extends VirtioDevice {
       },
     };
     this.ports.set(id, state);
-    config.backend.attach?.(state.host);
-    if (this.multiport && this.deviceReady && this.live) this.announce(state);
+    endpoint.attach?.(state.host);
+    if (this.multiport && this.deviceReady && this.context.live) this.announce(state);
     return state.host;
   }
 
   /** Removes a port (hot-unplug): DEVICE_REMOVE to the driver if it was told of the port. */
   removePort(id: number): void {
     const p = this.ports.get(id);
-    if (p === undefined) throw new Error(`port ${id} does not exist`);
-    if (!hasFeature(this.offered, CONSOLE_FEATURES.MULTIPORT)) throw new Error('ports can be removed only with VIRTIO_CONSOLE_F_MULTIPORT');
+    if (p === undefined) throw new DeviceError('no-such-port', `port ${id} does not exist`);
+    if (!this.offers(CONSOLE_FEATURES.MULTIPORT)) throw new DeviceError('no-multiport', 'ports can be removed only with VIRTIO_CONSOLE_F_MULTIPORT');
     this.ports.delete(id);
     if (p.added && this.multiport) this.sendControl(id, ConsoleEvent.DEVICE_REMOVE, 0);
-    p.config.backend.detach?.();
+    p.endpoint.detach?.();
   }
 
   /**
@@ -294,10 +354,10 @@ export class ConsoleDevice extends VirtioDevice {
    */
   resize(cols: number, rows: number, id = 0): void {
     const p = this.ports.get(id);
-    if (p === undefined) throw new Error(`port ${id} does not exist`);
+    if (p === undefined) throw new DeviceError('no-such-port', `port ${id} does not exist`);
     p.size = { cols, rows };
-    if (id === 0 && hasFeature(this.offered, CONSOLE_FEATURES.SIZE)) {
-      this.updateConfig((v) => {
+    if (id === 0 && this.offers(CONSOLE_FEATURES.SIZE)) {
+      this.context.updateConfig((v) => {
         v.setUint16(ConsoleConfig.cols, cols, true);
         v.setUint16(ConsoleConfig.rows, rows, true);
       });
@@ -312,12 +372,12 @@ export class ConsoleDevice extends VirtioDevice {
    * before or without negotiation, even after FAILED (console.device-init.device.1), and its
    * lower byte goes out (console.device-init.device.2). Other writes go the usual way.
    */
-  override writeConfig(offset: number, size: number, value: number | bigint): void {
-    if (offset === ConsoleConfig.emergWr && (size === 1 || size === 2 || size === 4) && hasFeature(this.offered, CONSOLE_FEATURES.EMERG_WRITE)) {
+  writeRegister(offset: number, size: number, value: number | bigint): boolean {
+    if (offset === ConsoleConfig.emergWr && (size === 1 || size === 2 || size === 4) && this.offers(CONSOLE_FEATURES.EMERG_WRITE)) {
       this.emergencyWrite(typeof value === 'bigint' ? Number(value & 0xffn) : value & 0xff);
-      return;
+      return true;
     }
-    super.writeConfig(offset, size, value);
+    return false;
   }
 
   private emergencyWrite(byte: number): void {
@@ -328,7 +388,7 @@ export class ConsoleDevice extends VirtioDevice {
     }
     const p = this.ports.get(0);
     if (p === undefined) return;
-    const r = p.config.backend.write(Uint8Array.of(byte));
+    const r = p.endpoint.write(Uint8Array.of(byte));
     if (r instanceof Promise) r.catch(() => undefined);
   }
 
@@ -358,7 +418,7 @@ export class ConsoleDevice extends VirtioDevice {
   }
 
   private isGuestOpen(p: PortState): boolean {
-    const s = this.statusValue; // running or suspended, not failed
+    const s = this.ctx?.status ?? 0; // running or suspended, not failed
     if (!(s & (Status.DRIVER_OK | Status.SUSPEND)) || s & (Status.FAILED | Status.DEVICE_NEEDS_RESET)) return false;
     return this.multiport ? p.guestOpen : p.id === 0;
   }
@@ -369,13 +429,14 @@ export class ConsoleDevice extends VirtioDevice {
 
   /** Runs a queue's handler when the device may touch it. */
   private wake(index: number): void {
-    const q = this.queues[index];
-    if (q !== undefined && q.active && this.accepting) this.process(q);
+    const ctx = this.ctx;
+    const q = ctx?.queues[index];
+    if (q !== undefined) ctx!.resume(q);
   }
 
   // ---------------------------------------------------------------- queues
 
-  protected processQueue(q: DeviceQueue): void {
+  process(q: DeviceQueue, ctx: DeviceContext): void {
     this.dirty.add(q.index);
     if (this.running) return; // the loop below picks it up
     this.running = true;
@@ -383,8 +444,8 @@ export class ConsoleDevice extends VirtioDevice {
       while (this.dirty.size > 0) {
         const index = this.dirty.values().next().value as number;
         this.dirty.delete(index);
-        const dq = this.queues[index];
-        if (dq === undefined || !dq.active || !this.accepting) continue;
+        const dq = ctx.queues[index];
+        if (dq === undefined || !dq.active || !ctx.accepting) continue;
         this.handle(dq);
       }
     } finally {
@@ -426,11 +487,11 @@ export class ConsoleDevice extends VirtioDevice {
     const chain = this.chain;
     while (q.pop(chain)) {
       if (chain.readable > 0) {
-        this.violation('console.device-operation.driver.1', `driver put ${chain.readable} device-readable buffer(s) in the ${what} (queue ${q.index}, chain ${chain.head})`, {
+        this.context.violation('console.device-operation.driver.1', `driver put ${chain.readable} device-readable buffer(s) in the ${what} (queue ${q.index}, chain ${chain.head})`, {
           queue: q.index,
           head: chain.head,
         });
-        if (!this.live) return false;
+        if (!this.context.live) return false;
       }
       list.push(copyChain(chain));
       this.held++;
@@ -458,7 +519,7 @@ export class ConsoleDevice extends VirtioDevice {
       if (!this.takeAll(q, `receiveq of port ${(q.index === 0 ? 0 : (q.index - 2) >> 1)}`)) return;
       while (p !== undefined && p.buffered > 0 && list.length > 0 && this.deliverable(p)) {
         const chain = this.nextHeld(list);
-        const w = this.writer.reset(this.memory, chain);
+        const w = this.writer.reset(this.context.memory, chain);
         let n = 0;
         while (w.remaining > 0 && p.buffered > 0) {
           const c = p.chunks[0];
@@ -475,15 +536,15 @@ export class ConsoleDevice extends VirtioDevice {
         this.stats.toDriver += n;
         q.addUsed(chain.head, n);
       }
-      this.complete(q);
+      this.context.complete(q);
     } while (q.enableNotifications());
     if (p !== undefined && p.stopped && p.buffered < this.highWater / 2) {
       p.stopped = false;
-      p.config.backend.drain?.();
+      p.endpoint.drain?.();
     }
   }
 
-  /** Takes the driver's bytes to the port's backend, in order; a pending backend write holds the queue. */
+  /** Takes the driver's bytes to the port's endpoint, in order; a pending endpoint write holds the queue. */
   private transmit(q: DeviceQueue, port: number): void {
     const chain = this.chain;
     const first = this.ports.get(port);
@@ -492,14 +553,14 @@ export class ConsoleDevice extends VirtioDevice {
     do {
       while (q.pop(chain)) {
         if (chain.count > chain.readable) {
-          this.violation('console.device-operation.driver.2', `driver put ${chain.count - chain.readable} device-writable buffer(s) in the transmitq of port ${port} (queue ${q.index}, chain ${chain.head})`, {
+          this.context.violation('console.device-operation.driver.2', `driver put ${chain.count - chain.readable} device-writable buffer(s) in the transmitq of port ${port} (queue ${q.index}, chain ${chain.head})`, {
             queue: q.index,
             head: chain.head,
           });
-          if (!this.live) return;
+          if (!this.context.live) return;
         }
         const bytes = new Uint8Array(chain.readableBytes);
-        this.reader.reset(this.memory, chain).read(bytes);
+        this.reader.reset(this.context.memory, chain).read(bytes);
         const p = this.ports.get(port);
         if (p === undefined) {
           // No such port (never added, or removed): the bytes have nowhere to go.
@@ -508,19 +569,19 @@ export class ConsoleDevice extends VirtioDevice {
           continue;
         }
         this.stats.fromDriver += bytes.length;
-        const r = bytes.length > 0 ? p.config.backend.write(bytes) : undefined;
+        const r = bytes.length > 0 ? p.endpoint.write(bytes) : undefined;
         if (r instanceof Promise) {
           this.hold(q, p, chain.head, r);
-          this.complete(q);
+          this.context.complete(q);
           return;
         }
         q.addUsed(chain.head, 0);
       }
-      this.complete(q);
+      this.context.complete(q);
     } while (q.enableNotifications());
   }
 
-  /** A backend write in progress: its buffer is used, and the queue resumes, when it settles. */
+  /** An endpoint write in progress: its buffer is used, and the queue resumes, when it settles. */
   private hold(q: DeviceQueue, p: PortState, head: number, pending: Promise<void>): void {
     p.txHeld = true;
     const epoch = this.epoch;
@@ -528,7 +589,7 @@ export class ConsoleDevice extends VirtioDevice {
       p.txHeld = false;
       if (epoch !== this.epoch || !q.active || !q.isInFlight(head)) return;
       q.addUsed(head, 0);
-      this.complete(q);
+      this.context.complete(q);
       this.wake(q.index);
     };
     pending.then(settle, settle);
@@ -536,7 +597,7 @@ export class ConsoleDevice extends VirtioDevice {
 
   // ---------------------------------------------------------------- control queues (MULTIPORT)
 
-  /** Queues a control message for the driver (MULTIPORT). */
+  /** Queues a control message for the driver (MULTIPORT). Protected for test peers that send what they must not. */
   protected sendControl(id: number, event: number, value: number, payload?: Uint8Array): void {
     this.ctrlOut.push(encodeControl(id, event, value, payload));
     this.wake(CONTROL_RECEIVEQ);
@@ -558,12 +619,12 @@ export class ConsoleDevice extends VirtioDevice {
         const chain = this.nextHeld(list);
         const msg = this.ctrlOut.shift()!;
         const n = Math.min(msg.length, chain.writableBytes);
-        this.writer.reset(this.memory, chain).write(msg.subarray(0, n));
+        this.writer.reset(this.context.memory, chain).write(msg.subarray(0, n));
         q.addUsed(chain.head, n);
         this.stats.controlOut++;
         this.sent(msg);
       }
-      this.complete(q);
+      this.context.complete(q);
     } while (q.enableNotifications());
   }
 
@@ -581,8 +642,8 @@ export class ConsoleDevice extends VirtioDevice {
     do {
       while (q.pop(chain)) {
         if (chain.count > chain.readable) {
-          this.violation('console.device-operation.driver.2', `driver put ${chain.count - chain.readable} device-writable buffer(s) in the control transmitq (chain ${chain.head})`, { queue: q.index, head: chain.head });
-          if (!this.live) return;
+          this.context.violation('console.device-operation.driver.2', `driver put ${chain.count - chain.readable} device-writable buffer(s) in the control transmitq (chain ${chain.head})`, { queue: q.index, head: chain.head });
+          if (!this.context.live) return;
         }
         const head = chain.head;
         if (chain.readableBytes < CONTROL_HEADER_SIZE) {
@@ -591,16 +652,16 @@ export class ConsoleDevice extends VirtioDevice {
           q.addUsed(head, 0);
           continue;
         }
-        const r = this.reader.reset(this.memory, chain);
+        const r = this.reader.reset(this.context.memory, chain);
         const id = r.readU32();
         const event = r.readU16();
         const value = r.readU16();
         q.addUsed(head, 0);
         this.stats.controlIn++;
         this.onControl(id, event, value);
-        if (!this.live) return;
+        if (!this.context.live) return;
       }
-      this.complete(q);
+      this.context.complete(q);
     } while (q.enableNotifications());
   }
 
@@ -619,8 +680,8 @@ export class ConsoleDevice extends VirtioDevice {
       return;
     }
     if (!this.readySeen) {
-      this.violation('console.multiport-device-operation.driver.1', `driver sent ${consoleEventName(event)} for port ${id} without having sent VIRTIO_CONSOLE_DEVICE_READY`, { id, event, value });
-      if (!this.live) return;
+      this.context.violation('console.multiport-device-operation.driver.1', `driver sent ${consoleEventName(event)} for port ${id} without having sent VIRTIO_CONSOLE_DEVICE_READY`, { id, event, value });
+      if (!this.context.live) return;
     }
     const p = this.ports.get(id);
     if (p === undefined || !p.added) {
@@ -645,18 +706,30 @@ export class ConsoleDevice extends VirtioDevice {
     if (p.consoleAwaitingOpen) {
       p.consoleAwaitingOpen = false;
       if (value !== 1) {
-        this.violation('console.multiport-device-operation.driver.3', `driver answered CONSOLE_PORT for port ${id} with PORT_OPEN value ${value}, not 1`, { id, value });
-        if (!this.live) return;
+        this.context.violation('console.multiport-device-operation.driver.3', `driver answered CONSOLE_PORT for port ${id} with PORT_OPEN value ${value}, not 1`, { id, value });
+        if (!this.context.live) return;
       }
     }
     const open = value === 1;
     if (p.guestOpen === open) return;
     p.guestOpen = open;
-    p.config.backend.guestOpen?.(open);
+    p.endpoint.guestOpen?.(open);
     if (open) this.wake(this.rxIndex(id));
   }
 
   // ---------------------------------------------------------------- life cycle
+
+  /** Held receive buffers wait for host bytes: they are not work a suspend waits for. */
+  inProgress(ctx: DeviceContext): number {
+    let n = 0;
+    for (const q of ctx.queues) n += q.inFlightCount;
+    return n - this.held;
+  }
+
+  queueReset(index: number): void {
+    this.held -= this.stash.get(index)?.length ?? 0;
+    this.stash.delete(index);
+  }
 
   /**
    * A reset ends the session: with MULTIPORT negotiated, a driver that ran the device and
@@ -664,25 +737,11 @@ export class ConsoleDevice extends VirtioDevice {
    * synchronous transports only (elsewhere the message may still be on its way), and only
    * recorded: the device is being reset anyway.
    */
-  override reset(): void {
-    const s = this.statusValue;
-    if (this.host?.synchronous === true && this.multiport && s & Status.DRIVER_OK && !(s & (Status.FAILED | Status.DEVICE_NEEDS_RESET)) && !this.readySeen) {
-      this.monitor.report('console.multiport-device-operation.driver.1', 'driver ran the device with VIRTIO_CONSOLE_F_MULTIPORT and reset it without ever sending VIRTIO_CONSOLE_DEVICE_READY', {});
+  stop(reason: 'reset' | 'failed', ctx: DeviceContext): void {
+    const s = ctx.status;
+    if (reason === 'reset' && ctx.synchronous && this.multiport && s & Status.DRIVER_OK && !(s & (Status.FAILED | Status.DEVICE_NEEDS_RESET)) && !this.readySeen) {
+      ctx.monitor.report('console.multiport-device-operation.driver.1', 'driver ran the device with VIRTIO_CONSOLE_F_MULTIPORT and reset it without ever sending VIRTIO_CONSOLE_DEVICE_READY', {});
     }
-    super.reset();
-  }
-
-  /** Held receive buffers wait for host bytes: they are not work a suspend waits for. */
-  protected override work(): number {
-    return super.work() - this.held;
-  }
-
-  protected override onQueueReset(index: number): void {
-    this.held -= this.stash.get(index)?.length ?? 0;
-    this.stash.delete(index);
-  }
-
-  protected override onStop(): void {
     this.epoch++;
     this.stash.clear();
     this.held = 0;
@@ -697,10 +756,55 @@ export class ConsoleDevice extends VirtioDevice {
       p.txHeld = false;
       if (p.guestOpen) {
         p.guestOpen = false;
-        p.config.backend.guestOpen?.(false);
+        p.endpoint.guestOpen?.(false);
       }
       // Host bytes not delivered yet stay: the next driver gets them.
     }
+  }
+}
+
+/**
+ * A console device: a {@link VirtioDevice} of {@link ConsoleDeviceType}, built from its
+ * options. The ports' host-side API (add, remove, resize, the host view of a port) is the
+ * type's, here for convenience.
+ */
+export class ConsoleDevice extends VirtioDevice<ConsoleDeviceType> {
+  /** A device of a new {@link ConsoleDeviceType} from `options`, judged by `options.monitor` (default: a new strict one). */
+  constructor(options: ConsoleDeviceOptions = {}) {
+    super(new ConsoleDeviceType(options), { monitor: options.monitor, ...options.core });
+  }
+
+  /** max_nr_ports. */
+  get maxPorts(): number {
+    return this.type.maxPorts;
+  }
+  /** Whether MULTIPORT was negotiated (the control queues are in use). */
+  get multiport(): boolean {
+    return this.type.multiport;
+  }
+  /** Port ids present on the host side. */
+  get portIds(): number[] {
+    return this.type.portIds;
+  }
+  /** Counters for tests and logs. */
+  get stats(): ConsoleDeviceType['stats'] {
+    return this.type.stats;
+  }
+  /** The host view of port `id` (undefined when there is none). */
+  port(id: number): ConsoleHostPort | undefined {
+    return this.type.port(id);
+  }
+  /** Adds a port (hot-plug): see {@link ConsoleDeviceType.addPort}. */
+  addPort(id: number, config: ConsolePortConfig): ConsoleHostPort {
+    return this.type.addPort(id, config);
+  }
+  /** Removes a port (hot-unplug): see {@link ConsoleDeviceType.removePort}. */
+  removePort(id: number): void {
+    this.type.removePort(id);
+  }
+  /** The console of port `id` changed size: see {@link ConsoleDeviceType.resize}. */
+  resize(cols: number, rows: number, id = 0): void {
+    this.type.resize(cols, rows, id);
   }
 }
 
@@ -718,10 +822,10 @@ function copyChain(c: DescriptorChain): DescriptorChain {
 }
 
 /**
- * An in-memory port backend (tests, demos, browsers): keeps what the driver wrote and sends
+ * An in-memory port endpoint (tests, demos, browsers): keeps what the driver wrote and sends
  * what it is given.
  */
-export class MemoryConsoleBackend implements ConsolePortBackend {
+export class MemoryConsoleEndpoint implements ConsolePortEndpoint {
   host: ConsoleHostPort | null = null;
   readonly chunks: Uint8Array[] = [];
   length = 0;
@@ -755,7 +859,7 @@ export class MemoryConsoleBackend implements ConsolePortBackend {
 
   /** Sends bytes (or UTF-8 text) to the driver; false means the device buffer is full. */
   send(data: Uint8Array | string): boolean {
-    if (this.host === null) throw new Error('backend is not attached to a device');
+    if (this.host === null) throw new DeviceError('not-attached', 'this endpoint is not attached to a console port');
     return this.host.push(typeof data === 'string' ? new TextEncoder().encode(data) : data);
   }
 
@@ -770,6 +874,7 @@ export class MemoryConsoleBackend implements ConsolePortBackend {
     return out;
   }
 
+  /** Everything the driver wrote, decoded as UTF-8 (invalid sequences become U+FFFD). */
   get text(): string {
     return new TextDecoder().decode(this.bytes);
   }
@@ -777,3 +882,8 @@ export class MemoryConsoleBackend implements ConsolePortBackend {
 
 // The wire constants live in spec/console.ts; re-exported for users of this module.
 export { ConsoleConfig, ConsoleEvent, type ConsoleSize } from '../../spec/console.js';
+
+/** @deprecated Renamed: use {@link MemoryConsoleEndpoint}. */
+export const MemoryConsoleBackend = MemoryConsoleEndpoint;
+/** @deprecated Renamed: use {@link MemoryConsoleEndpoint}. */
+export type MemoryConsoleBackend = MemoryConsoleEndpoint;

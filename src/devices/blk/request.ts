@@ -1,0 +1,120 @@
+/**
+ * The virtio-blk request parser (spec 5.2.6), apart from its execution (device.ts): what a
+ * chain popped from a request queue asks for, read from guest memory and checked for shape
+ * only. Whether the request is allowed (range, read-only, negotiated features) is the
+ * device's to judge. The fuzz target fuzz/blk-request.fuzz.ts runs this parser on hostile
+ * chains and memory.
+ */
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { BlkType } from '../../spec/blk.js';
+import type { ChainReader, DescriptorChain } from '../../virtqueue/chain.js';
+
+/** Bytes of one struct virtio_blk_discard_write_zeroes. */
+export const SEGMENT_SIZE = 16;
+
+/**
+ * A virtio-blk request as its chain carries it (5.2.6): the 16-byte header (type, reserved,
+ * sector) at the start of the device-readable part, data after it, and the status byte as the
+ * last device-writable byte. Pure: reads guest memory, writes nothing, keeps nothing.
+ */
+export type ParsedBlkRequest =
+  /** No device-writable byte: no status can be reported. */
+  | { kind: 'no-status' }
+  /** Fewer than 16 readable bytes: answered IOERR at statusAddr. */
+  | { kind: 'short'; statusAddr: number }
+  | {
+      kind: 'request';
+      statusAddr: number;
+      type: number;
+      sector: number;
+      /** Driver -> device payload bytes (after the header). */
+      dataOut: number;
+      /** Device -> driver payload bytes (before the status byte). */
+      dataIn: number;
+      /** IN and GET_ID: where the payload goes in guest memory. */
+      inRanges: Range[];
+      /** OUT: the payload, copied out of guest memory (a request still in the backend when the
+       * device is reset must not touch memory the driver got back, basic.reset.device.2). */
+      outData: Uint8Array | null;
+      /** DISCARD, WRITE_ZEROES, SECURE_ERASE: the segments. */
+      segs: Segment[];
+    };
+
+/** Parses the request in `chain` (popped from a queue over `mem`) with `reader` (reset here). */
+export function parseBlkRequest(mem: GuestMemory, chain: DescriptorChain, reader: ChainReader): ParsedBlkRequest {
+  if (chain.writableBytes < 1) return { kind: 'no-status' };
+  // The status byte is the last writable byte.
+  const statusAddr = lastWritableByte(chain);
+  const r = reader.reset(mem, chain);
+  if (chain.readableBytes < 16) return { kind: 'short', statusAddr };
+  const type = r.readU32();
+  r.readU32(); // reserved
+  const sector = Number(r.readU64());
+  const dataOut = chain.readableBytes - 16;
+  const dataIn = chain.writableBytes - 1;
+  // Data moves through host buffers: a request still in the backend when the device is reset
+  // must not touch guest memory the driver got back (basic.reset.device.2).
+  const inRanges = type === BlkType.IN || type === BlkType.GET_ID ? ranges(chain, chain.readable, chain.count, 0, dataIn) : [];
+  const outData = type === BlkType.OUT ? gather(mem, ranges(chain, 0, chain.readable, 16, dataOut)) : null;
+  const segs = type === BlkType.DISCARD || type === BlkType.WRITE_ZEROES || type === BlkType.SECURE_ERASE ? readSegments(r, dataOut) : [];
+  return { kind: 'request', statusAddr, type, sector, dataOut, dataIn, inRanges, outData, segs };
+}
+
+/**
+ * One struct virtio_blk_discard_write_zeroes of a DISCARD, WRITE_ZEROES or SECURE_ERASE
+ * request (5.2.6): `sectors` 512-byte sectors from `sector`; `flags` bit 0 is unmap
+ * (WRITE_ZEROES only), the other bits are reserved.
+ */
+export interface Segment {
+  sector: number;
+  sectors: number;
+  flags: number;
+}
+
+function readSegments(r: ChainReader, bytes: number): Segment[] {
+  const out: Segment[] = [];
+  for (let n = Math.floor(bytes / SEGMENT_SIZE); n > 0 && r.remaining >= SEGMENT_SIZE; n--) {
+    out.push({ sector: Number(r.readU64()), sectors: r.readU32(), flags: r.readU32() });
+  }
+  return out;
+}
+
+/** A stretch of guest memory, `len` bytes at guest-physical address `addr`: part of one descriptor's buffer. */
+export type Range = [addr: number, len: number];
+
+/** Guest ranges of buffers [from, to) of a chain: `skip` bytes left out, then at most `limit` bytes. */
+function ranges(chain: DescriptorChain, from: number, to: number, skip: number, limit: number): Range[] {
+  const out: Range[] = [];
+  let left = limit;
+  for (let i = from; i < to && left > 0; i++) {
+    let addr = chain.addrs[i];
+    let len = chain.lens[i];
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    addr += skip;
+    len -= skip;
+    skip = 0;
+    const n = Math.min(len, left);
+    if (n > 0) out.push([addr, n]);
+    left -= n;
+  }
+  return out;
+}
+
+/** Copies guest ranges into one host buffer. */
+function gather(mem: GuestMemory, rs: Range[]): Uint8Array {
+  const out = new Uint8Array(rs.reduce((n, r) => n + r[1], 0));
+  let off = 0;
+  for (const [addr, len] of rs) {
+    mem.read(addr, out.subarray(off, off + len));
+    off += len;
+  }
+  return out;
+}
+
+function lastWritableByte(chain: DescriptorChain): number {
+  for (let i = chain.count - 1; i >= chain.readable; i--) if (chain.lens[i] > 0) return chain.addrs[i] + chain.lens[i] - 1;
+  return -1;
+}
