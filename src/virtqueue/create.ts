@@ -11,6 +11,7 @@ import { PackedDeviceQueue } from './packed/device.js';
 import { SplitDriverQueue, layoutSplitQueue, splitQueueFootprint } from './split/driver.js';
 import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from './packed/driver.js';
 
+/** The device side of queue `index` in the negotiated ring format (split or packed). */
 export function createDeviceQueue(format: RingFormat, mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink): DeviceQueue {
   return format === 'packed' ? new PackedDeviceQueue(mem, index, maxSize, monitor, sink) : new SplitDeviceQueue(mem, index, maxSize, monitor, sink);
 }

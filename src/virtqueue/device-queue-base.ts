@@ -85,26 +85,32 @@ export abstract class DeviceQueueBase {
     return DescriptorChain.forQueue(this.maxSize);
   }
 
+  /** queue_size: the ring's entries. */
   get size(): number {
     return this.ringSize;
   }
 
+  /** queue_desc: the descriptor area's guest address. */
   get descAddr(): number {
     return this.ringDesc;
   }
 
+  /** queue_driver: the driver area's guest address. */
   get availAddr(): number {
     return this.ringAvail;
   }
 
+  /** queue_device: the device area's guest address. */
   get usedAddr(): number {
     return this.ringUsed;
   }
 
+  /** queue_enable. */
   get enabled(): boolean {
     return this.ringEnabled;
   }
 
+  /** Set by pause(), cleared by resume(), activate() and reset(). */
   get paused(): boolean {
     return this.isPaused;
   }
@@ -121,22 +127,27 @@ export abstract class DeviceQueueBase {
     this.ringUsed = addrs.used;
   }
 
+  /** queue_enable (the queue starts at activate()). */
   setEnabled(enabled: boolean): void {
     this.ringEnabled = enabled;
   }
 
+  /** Takes no new buffers until resume(); buffers in progress are still used and published. */
   pause(): void {
     this.isPaused = true;
   }
 
+  /** Takes buffers again after pause(). */
   resume(): void {
     this.isPaused = false;
   }
 
+  /** Told about each buffer taken, returned and published (null: nobody); reset() clears it. */
   setObserver(observer: QueueObserver | null): void {
     this.observer = observer;
   }
 
+  /** Buffers served before anything the ring makes available, in this order; reset() clears them. */
   serveFirst(buffers: readonly PriorBuffer[]): void {
     this.priorList = buffers.slice();
     this.priorAt = 0;
@@ -171,6 +182,7 @@ export abstract class DeviceQueueBase {
     return this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });
   }
 
+  /** A verdict on this queue, named by its clause; `fatal` ones leave the queue broken. */
   protected violation(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
     const v = this.report(clause, message, context);
     if (fatal) this.broken = true;

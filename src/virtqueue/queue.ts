@@ -6,6 +6,7 @@ import type { Verdict } from '../monitor/monitor.js';
 import type { DescriptorChain } from './chain.js';
 import type { RingAddresses } from '../spec/ring.js';
 
+/** A virtqueue's ring format: split (2.7) or packed (2.8, VIRTIO_F_RING_PACKED). */
 export type RingFormat = 'split' | 'packed';
 
 /** What the device core does with a verdict: `fatal` ones leave the queue unusable. */
@@ -108,6 +109,7 @@ export interface DeviceQueue {
   serveFirst(buffers: readonly PriorBuffer[]): void;
   /** A chain object big enough for any chain this queue accepts. */
   newChain(): DescriptorChain;
+  /** Back to the initial state (device reset 2.4, queue reset 2.6): configuration, position, hooks. */
   reset(): void;
   /**
    * Checks the configuration and starts the queue (at DRIVER_OK or on enable), from the ring's
@@ -120,9 +122,11 @@ export interface DeviceQueue {
   addUsed(id: number, len: number): void;
   /** Makes returned buffers visible; true when the driver wants a notification. */
   publish(): boolean;
+  /** Asks the driver not to send available-buffer notifications. */
   disableNotifications(): void;
   /** Asks for notifications again; true when buffers arrived meanwhile (process them). */
   enableNotifications(): boolean;
+  /** Whether buffer `id` is one the device took and has not returned. */
   isInFlight(id: number): boolean;
   /** A value that changes when the driver makes buffers available (suspend checks). */
   availMark(): number;

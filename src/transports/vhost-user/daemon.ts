@@ -29,11 +29,15 @@ import { listenUnixSocket, type ListeningSocket } from './socket-path.js';
 
 /** Where the daemon says what it does: one line per event, with fields for structured logs. `console` will do. */
 export interface DaemonLogger {
+  /** What the daemon does (a front-end connected, a ring started, ...). */
   info(message: string, fields?: Record<string, unknown>): void;
+  /** What went wrong on the front-end's side (a message refused, a connection ended for a reason). */
   warn(message: string, fields?: Record<string, unknown>): void;
+  /** What went wrong on this side (accept failed); warn() when absent. */
   error?(message: string, fields?: Record<string, unknown>): void;
 }
 
+/** How serveVhostUser serves: where, what happens when a front-end leaves, where it logs, what stops it. */
 export interface VhostUserDaemonOptions {
   /**
    * A unix socket path to listen on, or an already connected socket (`{ fd }`) to serve that
@@ -61,6 +65,7 @@ export interface DaemonEnd {
   socketFile?: string;
 }
 
+/** The daemon's events (it is an EventEmitter): `daemon.on('disconnect', (e) => ...)`. */
 export interface VhostUserDaemonEvents {
   /** A front-end connected and is served by `device`. */
   connect: [{ device: VirtioDevice }];
@@ -77,6 +82,10 @@ export interface VhostUserDaemonEvents {
 /** One device for every connection (reset between them), or a new one per connection. */
 export type DeviceSource = VirtioDevice | (() => VirtioDevice);
 
+/**
+ * A running vhost-user daemon (made by serveVhostUser): its `closed` promise, close(), and its
+ * events (VhostUserDaemonEvents).
+ */
 export class VhostUserDaemon extends EventEmitter<VhostUserDaemonEvents> {
   /** Resolves when the daemon has stopped (close(), the signal, or its `{ fd }` front-end leaving). */
   readonly closed: Promise<DaemonEnd>;
@@ -95,7 +104,7 @@ export class VhostUserDaemon extends EventEmitter<VhostUserDaemonEvents> {
   private pendingFd = -1;
   private readonly onAbort = () => void this.close('aborted');
 
-  /** Use serveVhostUser(). */
+  /** Listens (or takes `{ fd }`) at once; use serveVhostUser(), which says what it throws. */
   constructor(
     private readonly source: DeviceSource,
     private readonly options: VhostUserDaemonOptions,

@@ -5,6 +5,7 @@
  */
 import { VirtioTsError } from '../../errors.js';
 
+/** What went wrong in the vhost-user layer (VhostUserError's `kind`), one name per kind of failure. */
 export type VhostUserErrorKind =
   /** A message that cannot be right: header, payload size, fd count, a field out of range. */
   | 'malformed-message'
@@ -54,6 +55,7 @@ export class VhostUserError extends VirtioTsError<VhostUserErrorKind> {
    */
   readonly refused: boolean;
 
+  /** An error of `kind`; `refused` when the message it is about had no effect (see `refused`). */
   constructor(kind: VhostUserErrorKind, message: string, options?: { refused?: boolean; cause?: unknown }) {
     super(kind, message, options);
     this.refused = options?.refused === true;

@@ -84,6 +84,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   private readonly pendingSlot: Uint16Array;
   private readonly pendingFlags: Uint16Array;
 
+  /** Queue `index` over `mem`, of at most `maxSize` entries (1..32768); verdicts go to `monitor` and `sink`. */
   constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
     super(mem, index, checkedMaxSize(maxSize), monitor, sink, 65536);
     this.shadowAddr = new Float64Array(maxSize);
@@ -96,10 +97,12 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   /** Buffers served again from stored descriptors: their ring slots may hold other data now. */
   private readonly noShadow = new Uint8Array(65536);
 
+  /** Where the ring stands: the next available and used slots with their wrap counters. */
   position(): RingPosition {
     return { avail: this.nextAvail, availWrap: this.availWrap, used: this.nextUsed, usedWrap: this.usedWrap };
   }
 
+  /** Returns the queue to its initial state (device reset, 2.4; queue reset, 2.6). */
   reset(): void {
     this.resetCommon();
     this.noShadow.fill(0);
@@ -209,6 +212,11 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   /** Packed rings have no clause on missing notifications; nothing to audit. */
   kickAudit(_notified: boolean): void {}
 
+  /**
+   * Takes the next buffer the driver made available (its id in `chain.head`): false when there
+   * is none, the queue is not active or paused, or the list was malformed (a verdict, and the
+   * queue is broken).
+   */
   pop(chain: DescriptorChain): boolean {
     if (!this.active || this.broken || this.isPaused) return false;
     if (this.priorAt < this.priorList.length) return this.popResubmitted(chain, this.priorList[this.priorAt++]);
@@ -529,11 +537,13 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     return true;
   }
 
+  /** Asks the driver not to send available-buffer notifications (2.8.10). */
   disableNotifications(): void {
     if (!this.active) return;
     this.writeDeviceEventFlags(RING_EVENT_FLAGS_DISABLE);
   }
 
+  /** Asks for notifications again; true when buffers arrived meanwhile (process them instead of waiting). */
   enableNotifications(): boolean {
     if (!this.active || this.broken || this.isPaused) return false;
     if (this.eventIdx) {
@@ -555,6 +565,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + EVENT_FLAGS, 2);
   }
 
+  /** Whether buffer `id` is one the device took and has not returned. */
   isInFlight(id: number): boolean {
     return id >= 0 && id <= 0xffff && this.idLinear[id] >= 0 && this.stashed[id] !== 1;
   }

@@ -43,6 +43,7 @@ function checkedMaxSize(maxSize: number): number {
   return maxSize;
 }
 
+/** The device side of a split virtqueue (2.7): see the module comment. */
 export class SplitDeviceQueue extends DeviceQueueBase {
   readonly format = 'split' as const;
 
@@ -70,6 +71,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
   /** Whether to keep and check the shadow (cheap; on by default). */
   checkExposedDescriptors = true;
 
+  /** Queue `index` over `mem`, of at most `maxSize` entries (a power of two); verdicts go to `monitor` and `sink`. */
   constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
     super(mem, index, checkedMaxSize(maxSize), monitor, sink, maxSize);
     this.inFlight = new Uint8Array(maxSize);
@@ -202,6 +204,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     }
   }
 
+  /** VIRTIO_F_NOTIFICATION_DATA: the avail.idx in `data` (bits 16-31) against the ring; a description of the mismatch, or null. */
   checkNotificationData(data: number): string | null {
     if (!this.active) return null;
     const idx = this.availIdx();
