@@ -141,11 +141,9 @@ abstract class RigBase {
 
   /** Configures the device side as the driver laid the ring out and starts it. */
   protected startDevice<Q extends SplitDeviceQueue | PackedDeviceQueue>(dev: Q, lay: { desc: number; avail: number; used: number }): Q {
-    dev.size = QUEUE_SIZE;
-    dev.descAddr = lay.desc;
-    dev.availAddr = lay.avail;
-    dev.usedAddr = lay.used;
-    dev.enabled = true;
+    dev.setSize(QUEUE_SIZE);
+    dev.setAddresses({ desc: lay.desc, avail: lay.avail, used: lay.used });
+    dev.setEnabled(true);
     if (!dev.activate({ eventIdx: true, indirect: this.indirect })) throw new Error('device queue did not activate');
     return dev;
   }

@@ -55,11 +55,9 @@ export function fuzzChains(format: RingFormat, data: Uint8Array): void {
   const q = createDeviceQueue(format, mem, 0, MAX_SIZE, monitor, (v, isFatal) => {
     if (isFatal) fatal.push(v);
   });
-  q.size = size;
-  q.descAddr = desc;
-  q.availAddr = avail;
-  q.usedAddr = used;
-  q.enabled = true;
+  q.setSize(size);
+  q.setAddresses({ desc: desc, avail: avail, used: used });
+  q.setEnabled(true);
 
   const chain = q.newChain();
   const reader = new ChainReader();

@@ -1,10 +1,10 @@
 /**
  * Fuzz target: the inflight-buffer reader (src/transports/vhost-user/inflight.ts). After a
  * restart the buffer comes from the front-end (SET_INFLIGHT_FD) and is untrusted: whatever it
- * holds, recover() either refuses it with a plain Error (the back-end ends the connection
- * with that reason) or returns a recovery a ring can follow, and the region then tracks new
- * requests without failing.
- * Invariants: no exception but a plain Error from recover(); split: resubmitted heads are
+ * holds, recover() either refuses it with a VhostUserError of kind 'inflight' (the back-end
+ * ends the connection with that reason) or returns a recovery a ring can follow, and the region
+ * then tracks new requests without failing.
+ * Invariants: no exception but an 'inflight' VhostUserError from recover(); split: resubmitted heads are
  * distinct and inside the ring; packed: buffer ids distinct, no more descriptors in flight
  * than the ring has, positions inside the ring; afterwards taken/returned/publish cycles on
  * the recovered region do not throw and write only inside the region.
@@ -12,15 +12,16 @@
  * the region's bytes.
  */
 import { PackedInflightRegion, SplitInflightRegion, packedInflightQueueSize, splitInflightQueueSize } from '../src/transports/vhost-user/inflight.js';
+import { isVirtioTsError } from '../src/errors.js';
 import { Finding, Input, check } from './common.js';
 
-function plainError(fn: () => void, what: string): boolean {
+function refusedOrDone(fn: () => void, what: string): boolean {
   try {
     fn();
     return true;
   } catch (err) {
     if (err instanceof Finding) throw err;
-    if (err instanceof Error && err.constructor === Error) return false; // a refusal with a reason
+    if (isVirtioTsError(err, 'inflight')) return false; // a refusal with a reason
     throw new Finding(`${what} threw ${(err as Error)?.name}: ${(err as Error)?.message}\n${(err as Error)?.stack}`);
   }
 }
@@ -45,12 +46,12 @@ export function fuzz(data: Uint8Array): void {
   if (!packed) {
     const region = new SplitInflightRegion(buffer, guard, n);
     let rec: ReturnType<SplitInflightRegion['recover']> = null;
-    if (!plainError(() => (rec = region.recover(usedIdx)), 'split recover')) return;
+    if (!refusedOrDone(() => (rec = region.recover(usedIdx)), 'split recover')) return;
     const r = rec as ReturnType<SplitInflightRegion['recover']>;
     const resubmit = r?.resubmit ?? [];
     check(new Set(resubmit).size === resubmit.length && resubmit.every((h) => Number.isInteger(h) && h >= 0 && h < n), `split resubmit ${resubmit}`);
     // The ring goes on: the resubmitted heads are served, then new ones, all returned.
-    const ok = plainError(() => {
+    const ok = refusedOrDone(() => {
       let idx = usedIdx;
       for (const h of resubmit) {
         region.returned(h);
@@ -66,7 +67,7 @@ export function fuzz(data: Uint8Array): void {
     const usedWrap = (pattern & 1) === 1;
     const used = usedIdx % n;
     let rec: ReturnType<PackedInflightRegion['recover']> = null;
-    if (!plainError(() => (rec = region.recover((slot) => ((pattern >> (slot % 8)) & 1 ? 1 << 7 : 1 << 15), used, usedWrap)), 'packed recover')) return;
+    if (!refusedOrDone(() => (rec = region.recover((slot) => ((pattern >> (slot % 8)) & 1 ? 1 << 7 : 1 << 15), used, usedWrap)), 'packed recover')) return;
     const r = rec as ReturnType<PackedInflightRegion['recover']>;
     let inFlight = 0;
     if (r !== null) {
@@ -76,7 +77,7 @@ export function fuzz(data: Uint8Array): void {
       check(inFlight <= n, `${inFlight} descriptors in flight on a ring of ${n}`);
       check(r.avail >= 0 && r.avail < n && r.used >= 0 && r.used < n, `positions ${r.avail}/${r.used} outside a ring of ${n}`);
     }
-    const ok = plainError(() => {
+    const ok = refusedOrDone(() => {
       const ids = (r?.resubmit ?? []).map((b) => b.head);
       // The resubmitted buffers are used, then the free slots are taken by new one-descriptor buffers.
       for (const id of ids) region.returned(id);

@@ -59,11 +59,12 @@ export {
   type ConsoleTransmitBuffer,
   type ConsoleWrite,
 } from './drivers/console.js';
-export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, InflightTracker, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';
+export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, QueueObserver, PriorBuffer, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';
+export type { RingAddresses } from './spec/ring.js';
 export { createDeviceQueue, createDriverQueue, driverQueueFootprint } from './virtqueue/create.js';
 export { PackedDeviceQueue } from './virtqueue/packed/device.js';
-export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint, type PackedDriverQueueOptions, type PackedRingAddresses } from './virtqueue/packed/driver.js';
-export { DriverQueueBase, type DriverRingOptions, type DriverRingAddresses } from './virtqueue/driver-queue-base.js';
+export { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint, type PackedDriverQueueOptions } from './virtqueue/packed/driver.js';
+export { DriverQueueBase, type DriverRingOptions } from './virtqueue/driver-queue-base.js';
 
 export { Monitor, formatVerdict, type Verdict, type Severity, type MonitorMode, type MonitorOptions } from './monitor/monitor.js';
 export { parseDeviations, type KnownDeviation } from './monitor/deviations.js';

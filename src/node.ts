@@ -1,6 +1,7 @@
 /**
- * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only adapters (file
- * block storage, stream console endpoints).
+ * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only parts: the
+ * adapters (file block storage, stream console endpoints) and serveVhostUser, which serves any
+ * VirtioDevice to a vhost-user front-end such as QEMU.
  */
 export * from './index.js';
 export { FileBlockStorage, FileBlockBackend, type FileIoMode } from './node/file-block.js';
@@ -15,3 +16,14 @@ export {
   type StreamConsoleBackendOptions,
 } from './node/console-stream.js';
 export { loadDeviations, DEVIATIONS_FILE } from './node/deviations.js';
+export {
+  serveVhostUser,
+  VhostUserDaemon,
+  type DeviceSource,
+  type DaemonEnd,
+  type DaemonLogger,
+  type VhostUserDaemonEvents,
+  type VhostUserDaemonOptions,
+} from './transports/vhost-user/daemon.js';
+export type { ConnectionEnd } from './transports/vhost-user/backend.js';
+export { VhostUserError, type VhostUserErrorKind } from './transports/vhost-user/errors.js';

@@ -23,11 +23,9 @@ function pair(format: RingFormat, inOrder: boolean) {
   const devMon = new Monitor();
   const drv: DriverQueue<Token> = createDriverQueue<Token>(format, mem, 0, 8, 0x1000, { eventIdx: false, indirect: false, indirectMax: 0, inOrder }, drvMon, () => undefined);
   const dev = createDeviceQueue(format, mem, 0, 8, devMon, () => undefined);
-  dev.size = 8;
-  dev.descAddr = drv.addrs.desc;
-  dev.availAddr = drv.addrs.avail;
-  dev.usedAddr = drv.addrs.used;
-  dev.enabled = true;
+  dev.setSize(8);
+  dev.setAddresses(drv.addrs);
+  dev.setEnabled(true);
   assert.ok(dev.activate({ eventIdx: false, indirect: false, inOrder }));
   return { mem, drv, dev, drvMon, devMon };
 }

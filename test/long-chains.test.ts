@@ -28,9 +28,7 @@ function rig(format: Format, size: number, mode: MonitorMode) {
   const onSink = (verdict: Verdict, fatal: boolean) => sink.push({ verdict, fatal });
   const dev = format === 'split' ? new SplitDeviceQueue(mem, 0, size, monitor, onSink) : new PackedDeviceQueue(mem, 0, size, monitor, onSink);
   const l = format === 'split' ? layoutSplitQueue(RING, size) : layoutPackedQueue(RING, size);
-  dev.descAddr = l.desc;
-  dev.availAddr = l.avail;
-  dev.usedAddr = l.used;
+  dev.setAddresses({ desc: l.desc, avail: l.avail, used: l.used });
   assert.ok(dev.activate({ eventIdx: false, indirect: true }));
   let offered = 0;
   /** Makes one chain available: an indirect table of `entries` 16-byte buffers, the last device-writable. */

@@ -703,9 +703,7 @@ function runHostile(c: HostileCase): void {
   const mon = new Monitor();
   const sink: SinkRecord[] = [];
   const dev: PackedDeviceQueue = new PackedDeviceQueue(mem, 0, size, mon, (verdict, fatal) => sink.push({ verdict, fatal, brokenThen: dev.broken }));
-  dev.descAddr = l.desc;
-  dev.availAddr = l.avail;
-  dev.usedAddr = l.used;
+  dev.setAddresses({ desc: l.desc, avail: l.avail, used: l.used });
   dev.maxChainLength = c.maxChain;
   assert.equal(dev.activate({ eventIdx: c.eventIdx, indirect: c.indirect }), true);
 
@@ -847,9 +845,7 @@ function devRig(size: number, features: { eventIdx: boolean; indirect: boolean }
   const mon = new Monitor();
   const sink: SinkRecord[] = [];
   const dev: PackedDeviceQueue = new PackedDeviceQueue(mem, 0, size, mon, (verdict, fatal) => sink.push({ verdict, fatal, brokenThen: dev.broken }));
-  dev.descAddr = l.desc;
-  dev.availAddr = l.avail;
-  dev.usedAddr = l.used;
+  dev.setAddresses({ desc: l.desc, avail: l.avail, used: l.used });
   assert.ok(dev.activate(features));
   const put = (slot: number, d: { addr?: number; len?: number; id?: number; flags: number }) =>
     writeRaw(mem, l.desc, slot, { addr: BigInt(d.addr ?? 0x10000 + 0x40 * slot), len: d.len ?? 0x20, id: d.id ?? 0, flags: d.flags });
@@ -987,10 +983,8 @@ test('packed ring device: a misaligned ring or event structure (packed.ring.driv
     const mon = new Monitor();
     const sink: SinkRecord[] = [];
     const dev: PackedDeviceQueue = new PackedDeviceQueue(mem, 0, 8, mon, (verdict, fatal) => sink.push({ verdict, fatal, brokenThen: dev.broken }));
-    dev.size = 5; // not a power of two: fine for packed rings
-    dev.descAddr = desc;
-    dev.availAddr = avail;
-    dev.usedAddr = used;
+    dev.setSize(5); // not a power of two: fine for packed rings
+    dev.setAddresses({ desc: desc, avail: avail, used: used });
     assert.equal(dev.activate({ eventIdx: true, indirect: true }), ok, name);
     assert.equal(dev.active, ok, name);
     assert.deepEqual(

@@ -83,13 +83,11 @@ export function makePair(o: PairOptions, mem: GuestMemory = dataMemory()): Pair 
     (verdict, fatal) => drvSink.push({ verdict, fatal, brokenThen: drv.broken }),
   );
   dev = new SplitDeviceQueue(mem, 0, o.maxSize ?? o.size, devMon, (verdict, fatal) => devSink.push({ verdict, fatal, brokenThen: dev.broken }));
-  dev.size = o.size;
-  dev.descAddr = layout.desc;
-  dev.availAddr = layout.avail;
-  dev.usedAddr = layout.used;
-  dev.enabled = true;
+  dev.setSize(o.size);
+  dev.setAddresses({ desc: layout.desc, avail: layout.avail, used: layout.used });
+  dev.setEnabled(true);
   const start = o.start ?? 0;
-  assert.equal(dev.activate({ eventIdx: o.eventIdx, indirect: o.indirect }, start, start), true, `activate: ${JSON.stringify(devMon.verdicts)}`);
+  assert.equal(dev.activate({ eventIdx: o.eventIdx, indirect: o.indirect }, { avail: start, availWrap: true, used: start, usedWrap: true }), true, `activate: ${JSON.stringify(devMon.verdicts)}`);
   return { mem, drv, dev, drvMon, devMon, drvSink, devSink, layout };
 }
 
@@ -174,11 +172,9 @@ export function makePackedPair(o: PackedPairOptions, mem: GuestMemory = dataMemo
     (verdict, fatal) => drvSink.push({ verdict, fatal, brokenThen: drv.broken }),
   );
   dev = new PackedDeviceQueue(mem, 0, o.maxSize ?? o.size, devMon, (verdict, fatal) => devSink.push({ verdict, fatal, brokenThen: dev.broken }));
-  dev.size = o.size;
-  dev.descAddr = layout.desc;
-  dev.availAddr = layout.avail;
-  dev.usedAddr = layout.used;
-  dev.enabled = true;
+  dev.setSize(o.size);
+  dev.setAddresses({ desc: layout.desc, avail: layout.avail, used: layout.used });
+  dev.setEnabled(true);
   assert.equal(dev.activate({ eventIdx: o.eventIdx, indirect: o.indirect }), true, `activate: ${JSON.stringify(devMon.verdicts)}`);
   return { mem, drv, dev, drvMon, devMon, drvSink, devSink, layout };
 }
@@ -224,11 +220,9 @@ export function makeQueuePair(format: RingFormat, o: QueuePairOptions, mem: Gues
     drvSink.push({ verdict, fatal, brokenThen: drv.broken }),
   );
   dev = createDeviceQueue(format, mem, 0, o.maxSize ?? o.size, devMon, (verdict, fatal) => devSink.push({ verdict, fatal, brokenThen: dev.broken }));
-  dev.size = o.size;
-  dev.descAddr = drv.addrs.desc;
-  dev.availAddr = drv.addrs.avail;
-  dev.usedAddr = drv.addrs.used;
-  dev.enabled = true;
+  dev.setSize(o.size);
+  dev.setAddresses({ desc: drv.addrs.desc, avail: drv.addrs.avail, used: drv.addrs.used });
+  dev.setEnabled(true);
   assert.equal(dev.activate({ eventIdx: o.eventIdx, indirect: o.indirect }), true, `activate: ${JSON.stringify(devMon.verdicts)}`);
   return { format, mem, drv, dev, drvMon, devMon, drvSink, devSink };
 }

@@ -340,9 +340,7 @@ test('device: zero or more direct descriptors followed by one indirect descripto
   const mon = new Monitor();
   const sink: unknown[] = [];
   const dev = new SplitDeviceQueue(mem, 0, size, mon, (v) => sink.push(v));
-  dev.descAddr = l.desc;
-  dev.availAddr = l.avail;
-  dev.usedAddr = l.used;
+  dev.setAddresses({ desc: l.desc, avail: l.avail, used: l.used });
   assert.ok(dev.activate({ eventIdx: false, indirect: true }));
   const table = 0x4000;
   // Chain at head 5: 5 (readable) -> 2 (readable) -> 7 (INDIRECT, with WRITE set, which is ignored)
@@ -579,10 +577,8 @@ function runHostile(c: HostileCase): void {
   const accesses = countViewAccesses(mem);
   /** Per device call: 8 accesses per descriptor a chain can hold or the ring can have, and some. */
   const ACCESS_BOUND = 8 * (dev.newChain().capacity + size) + 64;
-  dev.descAddr = l.desc;
-  dev.availAddr = l.avail;
-  dev.usedAddr = l.used;
-  assert.equal(dev.activate({ eventIdx: c.eventIdx, indirect: c.indirect }, c.start, c.start), true);
+  dev.setAddresses({ desc: l.desc, avail: l.avail, used: l.used });
+  assert.equal(dev.activate({ eventIdx: c.eventIdx, indirect: c.indirect }, { avail: c.start, availWrap: true, used: c.start, usedWrap: true }), true);
 
   const usedLo = l.used;
   const usedHi = l.used + usedRingSize(size);
@@ -791,9 +787,7 @@ test('split ring device: targeted hostile chains name the rule they break', () =
       const mon = new Monitor();
       const sink: { clause: string; fatal: boolean }[] = [];
       const dev = new SplitDeviceQueue(mem, 0, size, mon, (v, f) => sink.push({ clause: v.clause, fatal: f }));
-      dev.descAddr = l.desc;
-      dev.availAddr = l.avail;
-      dev.usedAddr = l.used;
+      dev.setAddresses({ desc: l.desc, avail: l.avail, used: l.used });
       assert.ok(dev.activate({ eventIdx: false, indirect }));
       setup(mem, l.desc);
       mem.writeU16(l.avail + AVAIL_RING, 0);
@@ -817,11 +811,9 @@ test('split ring device: INDIRECT without the feature, a head beyond the queue, 
     const l = layoutSplitQueue(HOSTILE_RING_BASE, size);
     const mon = new Monitor();
     const dev = new SplitDeviceQueue(mem, 0, size, mon, () => undefined);
-    dev.descAddr = l.desc;
-    dev.availAddr = l.avail;
-    dev.usedAddr = l.used;
+    dev.setAddresses({ desc: l.desc, avail: l.avail, used: l.used });
     mem.writeU16(l.avail + RING_IDX, start);
-    assert.ok(dev.activate(features, start, start));
+    assert.ok(dev.activate(features, { avail: start, availWrap: true, used: start, usedWrap: true }));
     setup(mem, l);
     const ok = dev.pop(dev.newChain());
     return { ok, clauses: mon.verdicts.map((v) => v.clause), broken: dev.broken, dev };
@@ -888,9 +880,7 @@ function bigChain(lastLen: number): { clauses: string[]; ok: boolean; total: num
   const l = layoutSplitQueue(0, size);
   const mon = new Monitor();
   const dev = new SplitDeviceQueue(mem, 0, size, mon, () => undefined);
-  dev.descAddr = l.desc;
-  dev.availAddr = l.avail;
-  dev.usedAddr = l.used;
+  dev.setAddresses({ desc: l.desc, avail: l.avail, used: l.used });
   assert.ok(dev.activate({ eventIdx: false, indirect: false }));
   for (let i = 0; i < size; i++) putDesc(mem, l.desc, i, MiB, i < size - 1 ? MiB : lastLen, i < size - 1 ? VIRTQ_DESC_F_NEXT : 0, i + 1);
   mem.writeU16(l.avail + RING_IDX, 1);
@@ -928,10 +918,8 @@ test('split ring device: property: activate() accepts exactly the well-formed co
         const mon = new Monitor();
         const sink: { clause: string; fatal: boolean }[] = [];
         const dev = new SplitDeviceQueue(mem, 0, maxSize, mon, (v, f) => sink.push({ clause: v.clause, fatal: f }));
-        dev.size = size;
-        dev.descAddr = desc;
-        dev.availAddr = avail;
-        dev.usedAddr = used;
+        dev.setSize(size);
+        dev.setAddresses({ desc: desc, avail: avail, used: used });
         let ok: boolean;
         try {
           ok = dev.activate({ eventIdx, indirect: true });

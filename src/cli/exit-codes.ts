@@ -13,7 +13,6 @@
  *      addon not built; ...)
  *  70  internal error (a bug in virtio-ts: the message carries a stack trace; please report it)
  */
-import type { Stats } from 'node:fs';
 
 export const EXIT_OK = 0;
 export const EXIT_VIOLATIONS = 1;
@@ -42,41 +41,6 @@ export class CliError extends Error {
   }
 }
 
-/** The errno name of a Node or addon error (ENOENT, EACCES, ...), or undefined. */
-export function errnoOf(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
-
-const ERRNO_TEXT: Record<string, string> = {
-  ENOENT: 'no such file or directory',
-  EACCES: 'permission denied',
-  EPERM: 'operation not permitted',
-  EISDIR: 'is a directory',
-  ENOTDIR: 'a component of the path is not a directory',
-  EROFS: 'read-only file system',
-  ELOOP: 'too many symbolic links',
-  ENAMETOOLONG: 'name too long',
-  EADDRINUSE: 'address in use',
-  ECONNREFUSED: 'connection refused',
-  EBADF: 'not an open file descriptor',
-};
-
-/** What kind of file `st` describes, for messages: "a directory", "a regular file (N bytes)", ... */
-export function describeFileType(st: Stats): string {
-  if (st.isFile()) return `a regular file (${st.size} bytes)`;
-  if (st.isDirectory()) return 'a directory';
-  if (st.isSymbolicLink()) return 'a symbolic link';
-  if (st.isFIFO()) return 'a FIFO';
-  if (st.isSocket()) return 'a socket';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isBlockDevice()) return 'a block device';
-  return 'a file of unknown type';
-}
-
-/** "permission denied (EACCES)" for an errno error, else the error's message. */
-export function describeError(err: unknown): string {
-  const code = errnoOf(err);
-  if (code !== undefined && ERRNO_TEXT[code] !== undefined) return `${ERRNO_TEXT[code]} (${code})`;
-  return err instanceof Error ? err.message : String(err);
-}
+// The errno helpers live with the Node layer (the vhost-user daemon words its socket errors with
+// them too); the CLI's modules keep importing them from here.
+export { errnoOf, describeError, describeFileType } from '../native/errno.js';

@@ -6,25 +6,27 @@
  * measures its image again and, when the size changed, resizes the disk live (see
  * reloadImageSize).
  *
+ * The serving is the library's (serveVhostUser, transports/vhost-user/daemon.ts); this is the
+ * command around it: flags, the device they describe, the log, signals and exit codes.
  * Every check a user can fail happens before the socket exists, each with its exit code
  * (exit-codes.ts): usage errors (2) first, then runtime failures (3): the native addon, the
- * image (image.ts), the fd or the socket path (socket.ts).
+ * image (image.ts), the fd, the socket path (the daemon's VhostUserError, worded for the flag).
  */
-import { fstatSync } from 'node:fs';
-import { native, type NativeAddon } from '../native/index.js';
+import { native } from '../native/index.js';
 import { Monitor, formatVerdict } from '../monitor/monitor.js';
 import { loadDeviations } from '../node/deviations.js';
 import { RngDevice } from '../devices/rng/device.js';
 import { BlkDevice } from '../devices/blk/device.js';
 import { FileBlockStorage } from '../node/file-block.js';
 import type { VirtioDevice } from '../device/device.js';
-import { VhostUserBackend } from '../transports/vhost-user/backend.js';
+import { serveVhostUser, type DaemonLogger, type VhostUserDaemon } from '../transports/vhost-user/daemon.js';
+import { VhostUserError } from '../transports/vhost-user/errors.js';
+import { MAX_SOCKET_PATH } from '../transports/vhost-user/socket-path.js';
 import { LONG_CHAIN_CAP } from '../virtqueue/chain.js';
 import type { Logger } from 'pino';
 import { Status } from '../spec/constants.js';
-import { CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS, describeError, errnoOf } from './exit-codes.js';
+import { CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS, describeError } from './exit-codes.js';
 import { checkImage, type ImageFacts } from './image.js';
-import { listenSafely, type ListeningSocket } from './socket.js';
 import { createLogger, defaultLogFormat, type LogFormat } from './log.js';
 
 export interface ServeOptions {
@@ -64,10 +66,10 @@ export function capabilities(type: string): { type: string; features: string[] }
   return type === 'blk' ? { type: 'block', features: ['read-only', 'blk-file'] } : { type: TYPES[type], features: [] };
 }
 
-/** The addon, or a CliError saying why serve cannot run without it and how to build it. */
-function loadAddon(): NativeAddon {
+/** Checks the addon loads, or a CliError saying why serve cannot run without it and how to build it. */
+function loadAddon(): void {
   try {
-    return native();
+    native();
   } catch (err) {
     throw new CliError(
       EXIT_RUNTIME,
@@ -77,19 +79,13 @@ function loadAddon(): NativeAddon {
   }
 }
 
-/** Checks --fd: an open socket (vhost-user runs on a unix stream socket). */
-function checkFd(fd: number): void {
-  let st;
-  try {
-    st = fstatSync(fd);
-  } catch (err) {
-    throw new CliError(EXIT_RUNTIME, `--fd ${fd}: ${errnoOf(err) === 'EBADF' ? 'not an open file descriptor' : describeError(err)}`);
-  }
-  if (!st.isSocket()) throw new CliError(EXIT_RUNTIME, `--fd ${fd} is not a socket (vhost-user needs a connected unix socket)`);
+/**
+ * A daemon error worded for the flag the user gave: the library says "socket path X" and
+ * "fd N" where the command line has --socket-path X and --fd N.
+ */
+function flagWording(message: string): string {
+  return message.replace(/^(cannot (?:use|listen on) )?socket path /, '$1--socket-path ').replace(/^fd /, '--fd ');
 }
-
-/** Longest unix socket path: sun_path is 108 bytes, with its NUL. */
-const MAX_SOCKET_PATH = 107;
 
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
@@ -124,11 +120,10 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   const mode = opts.strict ? 'strict' : 'tolerant';
   const readOnly = opts.readOnly === true;
 
-  // Runtime failures (exit 3): the addon, the image, the fd, the socket path.
-  const n = loadAddon();
+  // Runtime failures (exit 3): the addon, the image; the fd and the socket path when the daemon starts.
+  loadAddon();
   let facts: ImageFacts | undefined;
   if (type === 'blk') facts = await checkImage(imagePath!, { readOnly, raw: opts.format === 'raw' });
-  if (opts.fd !== undefined) checkFd(opts.fd);
 
   const logFormat = opts.logFormat ?? defaultLogFormat(process.stderr.isTTY === true);
   const logger = createLogger(`virtio-ts serve ${type}`, opts.logLevel ?? 'info', logFormat, process.stderr.isTTY === true);
@@ -169,12 +164,15 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
         // descriptors) fit QEMU's default queue size of 128 (see defaultSegMax).
         new BlkDevice({ storage: image, readOnly, numQueues, queueMaxSize, segMax: opts.segMax, monitor })
       : new RngDevice({ monitor, queueMaxSize });
-  const log = { info: (m: string) => logger.info(m), warn: (m: string) => logger.warn(m) };
-  const backend = new VhostUserBackend(device, log);
-  let listening: ListeningSocket | null = null;
+  /** The daemon's lines go to the same log, their fields with them. */
+  const daemonLog: DaemonLogger = {
+    info: (m, fields) => logger.info(fields ?? {}, m),
+    warn: (m, fields) => logger.warn(fields ?? {}, m),
+    error: (m, fields) => logger.error(fields ?? {}, m),
+  };
   /** The startup line: what is served, how, and where. */
   const logStart = () => {
-    const on = listening !== null ? `on ${listening.path}` : `on fd ${opts.fd}`;
+    const on = opts.socketPath !== undefined ? `on ${opts.socketPath}` : `on fd ${opts.fd}`;
     if (device instanceof BlkDevice && image !== undefined && facts !== undefined) {
       const sectors = device.capacitySectors;
       const fields = {
@@ -217,8 +215,6 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     }
   };
 
-  let watch: { close(): void } | null = null;
-  let busy = false;
   // SIGHUPs are handled one at a time, in order (measuring a device node takes a few reads).
   let reloads: Promise<void> = Promise.resolve();
   const onHangup = () => {
@@ -230,90 +226,46 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       )
       .catch((e: unknown) => logger.error({ signal: 'SIGHUP', reason: String(e) }, `SIGHUP: reload failed (${String(e)})`));
   };
-  return new Promise<number>((resolve, reject) => {
-    let stopped = false;
-    const stop = (why: { signal?: string; reason?: string }) => {
-      if (stopped) return;
-      stopped = true;
-      watch?.close();
-      if (busy) backend.close('shutting down');
-      let socketFile: string | undefined;
-      if (listening !== null) {
-        n.close(listening.fd);
-        try {
-          socketFile = listening.remove();
-        } catch (e) {
-          socketFile = `not removed (${e instanceof Error ? e.message : String(e)})`;
-        }
-      }
-      process.off('SIGTERM', onSignal);
-      process.off('SIGINT', onSignal);
-      process.off('SIGHUP', onHangup);
-      // Exit 1 when the run saw a violation (in either mode): a conformance run can check $?.
-      const code = violations > 0 ? EXIT_VIOLATIONS : EXIT_OK;
-      const socketNote =
-        socketFile === undefined ? '' : socketFile === 'removed' ? '; socket removed' : socketFile === 'replaced' ? `; ${listening!.path} is no longer this server's socket, left alone` : socketFile === 'gone' ? '' : `; socket ${socketFile}`;
-      logger.info(
-        { event: 'stop', signal: why.signal, reason: why.reason, violations, knownDeviations, warnings, exitCode: code, socketFile },
-        // The counts are the conformance monitor's verdicts on the peers (JSON `violations`,
-        // `knownDeviations`, `warnings`), not serve's own log warnings (an image's unseen tail,
-        // a --seg-max longer than the queue), which the line says nothing about.
-        `${why.signal !== undefined ? `${why.signal}: ` : ''}shutting down${why.reason ? ` (${why.reason})` : ''}; monitor verdicts in this run: ${plural(violations, 'violation')}, ` +
-          `${knownDeviations > 0 ? `${plural(knownDeviations, 'known deviation')}, ` : ''}${plural(warnings, 'warning')}; exit ${code}${socketNote}`,
-      );
-      resolve(code);
-    };
-    const onSignal = (signal: NodeJS.Signals) => stop({ signal });
-    // The handlers come first: a signal that arrives once the socket exists finds them there
-    // (SIGHUP's default action would end the process, SIGTERM's would leave the socket behind).
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-    process.on('SIGHUP', onHangup);
-    if (opts.socketPath !== undefined) {
-      try {
-        listening = listenSafely(n, opts.socketPath, (m) => logger.warn({ socketPath: opts.socketPath }, m));
-      } catch (e) {
-        process.off('SIGTERM', onSignal);
-        process.off('SIGINT', onSignal);
-        process.off('SIGHUP', onHangup);
-        reject(e);
-        return;
-      }
-    }
-    logStart();
-    if (opts.fd !== undefined) {
-      backend.onClose = () => stop({ reason: `front-end gone${backend.lastError ? `: ${backend.lastError}` : ''}` });
-      busy = true;
-      backend.serve(opts.fd);
-      return;
-    }
-    const listenFd = listening!.fd;
-    logger.info({ socketPath: opts.socketPath }, `listening on ${opts.socketPath}`);
-    backend.onClose = () => {
-      busy = false;
-      logger.info({ reason: backend.lastError }, `front-end gone${backend.lastError ? ` (${backend.lastError})` : ''}; waiting for the next one`);
-    };
-    watch = n.watch(listenFd, true, false, () => {
-      for (;;) {
-        let c: number;
-        try {
-          c = n.accept(listenFd);
-        } catch (e) {
-          // Out of fds, say: the front-end's connect fails, the server goes on.
-          logger.error({ reason: String(e) }, `accept failed: ${String(e)}`);
-          return;
-        }
-        if (c < 0) return;
-        if (busy) {
-          n.close(c); // one front-end at a time
-          continue;
-        }
-        busy = true;
-        logger.info({ fd: c }, 'front-end connected');
-        backend.serve(c);
-      }
-    });
-  });
+  let daemon: VhostUserDaemon | null = null;
+  let signal: NodeJS.Signals | undefined;
+  const onSignal = (s: NodeJS.Signals) => {
+    signal ??= s;
+    void daemon?.close(s);
+  };
+  const signals = (on: boolean) => {
+    for (const s of ['SIGTERM', 'SIGINT'] as const) (on ? process.on : process.off).call(process, s, onSignal);
+    (on ? process.on : process.off).call(process, 'SIGHUP', onHangup);
+  };
+  // The handlers come first: a signal that arrives once the socket exists finds them there
+  // (SIGHUP's default action would end the process, SIGTERM's would leave the socket behind).
+  signals(true);
+  try {
+    daemon = serveVhostUser(device, { socket: opts.socketPath ?? { fd: opts.fd! }, logger: daemonLog });
+  } catch (e) {
+    signals(false);
+    // The socket path or the fd (checked here: an open socket), or the addon.
+    if (e instanceof VhostUserError) throw new CliError(EXIT_RUNTIME, flagWording(e.message));
+    throw e;
+  }
+  logStart();
+  if (opts.socketPath !== undefined) logger.info({ socketPath: opts.socketPath }, `listening on ${opts.socketPath}`);
+  const end = await daemon.closed;
+  signals(false);
+  // Exit 1 when the run saw a violation (in either mode): a conformance run can check $?.
+  const code = violations > 0 ? EXIT_VIOLATIONS : EXIT_OK;
+  const socketFile = end.socketFile;
+  const reason = signal === undefined ? end.reason : undefined;
+  const socketNote =
+    socketFile === undefined ? '' : socketFile === 'removed' ? '; socket removed' : socketFile === 'replaced' ? `; ${opts.socketPath} is no longer this server's socket, left alone` : socketFile === 'gone' ? '' : `; socket ${socketFile}`;
+  logger.info(
+    { event: 'stop', signal, reason, violations, knownDeviations, warnings, exitCode: code, socketFile },
+    // The counts are the conformance monitor's verdicts on the peers (JSON `violations`,
+    // `knownDeviations`, `warnings`), not serve's own log warnings (an image's unseen tail,
+    // a --seg-max longer than the queue), which the line says nothing about.
+    `${signal !== undefined ? `${signal}: ` : ''}shutting down${reason ? ` (${reason})` : ''}; monitor verdicts in this run: ${plural(violations, 'violation')}, ` +
+      `${knownDeviations > 0 ? `${plural(knownDeviations, 'known deviation')}, ` : ''}${plural(warnings, 'warning')}; exit ${code}${socketNote}`,
+  );
+  return code;
 }
 
 /**

@@ -491,7 +491,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
 
   /**
    * For a transport that stops rings under a running device (vhost-user GET_VRING_BASE and
-   * SET_STATUS 0; pause the rings first with `queue.paused`): true once no buffer the device
+   * SET_STATUS 0; pause the rings first with `queue.pause()`): true once no buffer the device
    * took is still being worked on. Every used buffer is then published (and notified), so the
    * rings show each buffer taken as used and a restart from their position loses nothing.
    */
@@ -686,7 +686,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
    */
   setQueueSize(index: number, size: number): void {
     const q = this.queueSetupAllowed(index, 'changed the size');
-    if (q !== null) q.size = size;
+    if (q !== null) q.setSize(size);
   }
 
   /**
@@ -698,9 +698,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     const q = this.queueSetupAllowed(index, 'changed the ring addresses');
     if (q === null) return;
     this.queueNeedsSetup[index] = false;
-    q.descAddr = desc;
-    q.availAddr = avail;
-    q.usedAddr = used;
+    q.setAddresses({ desc, avail, used });
   }
 
   /** The driver enables a queue (queue_enable = 1). */
@@ -711,7 +709,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       this.violation('basic.vq-reenable.driver.1', `driver re-enabled queue ${index} after resetting it without configuring its rings again`, { queue: index });
       if (this.monitor.strict) return;
     }
-    q.enabled = true;
+    q.setEnabled(true);
     if (this.accepting && !q.active) {
       if (q.activate(this.queueFeatures())) this.process(q);
     }

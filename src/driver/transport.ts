@@ -4,7 +4,7 @@
  * fit; notifications are fire-and-forget.
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
-import type { SplitRingAddresses } from '../spec/split-layout.js';
+import type { RingAddresses } from '../spec/ring.js';
 
 /** What a transport tells the driver it serves (its handlers, registered with DriverTransport.listen). */
 export interface TransportEvents {
@@ -47,7 +47,7 @@ export interface DriverTransport {
   /** The largest size queue `index` takes (0: no such queue). */
   queueMaxSize(index: number): Promise<number>;
   /** Tells the device queue `index`'s size and the guest addresses of its three parts (not yet enabled). */
-  setupQueue(index: number, size: number, addrs: SplitRingAddresses): Promise<void>;
+  setupQueue(index: number, size: number, addrs: RingAddresses): Promise<void>;
   /** Enables queue `index` (queue_enable = 1). */
   enableQueue(index: number): Promise<void>;
   /**

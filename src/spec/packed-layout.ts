@@ -35,6 +35,11 @@ export function packedRingSize(size: number): number {
   return PDESC_SIZE * size;
 }
 
+/** Guest address of the flags of descriptor `slot` in a descriptor ring at `ring`. */
+export function packedFlagsAddress(ring: number, slot: number): number {
+  return ring + slot * PDESC_SIZE + PDESC_FLAGS;
+}
+
 /** Flags that make a descriptor available in a pass whose wrap counter is `wrap`. */
 export function availFlags(wrap: boolean): number {
   return wrap ? PDESC_F_AVAIL : PDESC_F_USED;

@@ -69,12 +69,7 @@ export function isPowerOfTwo(n: number): boolean {
   return n > 0 && (n & (n - 1)) === 0;
 }
 
-/** Guest-physical addresses of a split queue's three parts, as the driver sets them (queue_desc, queue_driver, queue_device). */
-export interface SplitRingAddresses {
-  /** The descriptor table. */
-  desc: number;
-  /** The driver area: the available ring. */
-  avail: number;
-  /** The device area: the used ring. */
-  used: number;
+/** Guest address of used.idx, for a used ring at `used` (what a device restarting a ring reads). */
+export function usedIdxAddress(used: number): number {
+  return used + RING_IDX;
 }

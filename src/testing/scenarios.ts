@@ -1199,7 +1199,7 @@ export const SCENARIOS: readonly Scenario[] = [
   plainDeviceScenario(
     'basic.vq-reset.device.2',
     'device leaves a queue enabled after resetting it',
-    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { queueReset: (d, i) => (d.queues[i].enabled = true) }),
+    (m) => new PlainDevice(m, DeviceId.ENTROPY, 0n, { queueReset: (d, i) => d.queues[i].setEnabled(true) }),
     async (r) => {
       await r.driver.init({ setup: async () => void (await r.driver.setupQueue(0)) });
       await r.driver.resetQueue(0);

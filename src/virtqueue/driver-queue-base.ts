@@ -14,6 +14,7 @@
  * the ring bench (measured in one process against the code before this class, both formats).
  */
 import type { GuestMemory, MemoryRegion } from '../memory/guest-memory.js';
+import type { RingAddresses } from '../spec/ring.js';
 import type { Monitor } from '../monitor/monitor.js';
 import { DESC_SIZE } from '../spec/split-layout.js';
 import { PDESC_SIZE } from '../spec/packed-layout.js';
@@ -42,13 +43,6 @@ export interface DriverRingOptions {
 
 /** The size of one descriptor in an indirect table: the same in both formats (2.7.5.3, 2.8.7). */
 const INDIRECT_DESC_SIZE = Math.max(DESC_SIZE, PDESC_SIZE);
-
-/** Guest addresses of a driver queue's three parts (split: descriptor table, avail ring, used ring; packed: descriptor ring, driver and device event suppression structures). */
-export interface DriverRingAddresses {
-  desc: number;
-  avail: number;
-  used: number;
-}
 
 /** Entries per indirect table a queue of `size` uses with `options` (0: none). */
 export function indirectEntries(options: DriverRingOptions, size: number): number {
@@ -108,7 +102,7 @@ export abstract class DriverQueueBase<T extends {} | null> {
     readonly mem: GuestMemory,
     readonly index: number,
     readonly size: number,
-    readonly addrs: DriverRingAddresses,
+    readonly addrs: RingAddresses,
     readonly options: DriverRingOptions,
     readonly monitor: Monitor,
     private readonly sink: ViolationSink,

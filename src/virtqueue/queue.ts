@@ -4,6 +4,7 @@
  */
 import type { Verdict } from '../monitor/monitor.js';
 import type { DescriptorChain } from './chain.js';
+import type { RingAddresses } from '../spec/ring.js';
 
 /** The ring format of a virtqueue: split (2.7) or packed (2.8, VIRTIO_F_RING_PACKED). */
 export type RingFormat = 'split' | 'packed';
@@ -33,11 +34,12 @@ export interface RingPosition {
 }
 
 /**
- * Told about every buffer a device queue takes and returns, so that a record kept outside the
- * device (vhost-user's inflight region, shared with the front-end) survives the device's
- * process: after a restart the buffers taken and not returned are served again.
+ * Told about every buffer a device queue takes, returns and publishes (setObserver()), so that
+ * a record kept outside the device survives the device's process: vhost-user's inflight region,
+ * shared with the front-end, from which a restarted back-end serves again the buffers taken and
+ * never returned. Called on the hot path: an observer must not allocate.
  */
-export interface InflightTracker {
+export interface QueueObserver {
   /** Buffer `head` (split: its head descriptor; packed: its buffer id) was taken from the ring. */
   taken(head: number): void;
   /** Packed rings, after taken(): each ring descriptor of the list, in order. */
@@ -53,8 +55,11 @@ export interface InflightTracker {
   published(usedIdx: number, usedWrap: boolean): void;
 }
 
-/** A buffer a previous device process took and never used, to serve again (inflight recovery). */
-export interface Resubmit {
+/**
+ * A buffer to serve before the ring's own (serveFirst()): one a previous device process took
+ * and never used (vhost-user inflight recovery).
+ */
+export interface PriorBuffer {
   /** Split: the head descriptor. Packed: the buffer id. */
   head: number;
   /** Packed: the list's ring descriptors as they were taken (the ring slots may hold others now). */
@@ -66,50 +71,62 @@ export interface DeviceQueue {
   readonly format: RingFormat;
   readonly index: number;
   readonly maxSize: number;
-  /** Driver-programmed configuration (queue_size, queue_desc, queue_driver, queue_device, queue_enable). */
-  size: number;
-  descAddr: number;
-  availAddr: number;
-  usedAddr: number;
-  enabled: boolean;
+  /**
+   * Driver-programmed configuration (queue_size, queue_desc, queue_driver, queue_device,
+   * queue_enable): read here, written through setSize(), setAddresses() and setEnabled() by
+   * the device core (or a transport that restarts a ring under a live device).
+   */
+  readonly size: number;
+  readonly descAddr: number;
+  readonly availAddr: number;
+  readonly usedAddr: number;
+  readonly enabled: boolean;
   readonly active: boolean;
   readonly broken: boolean;
   /** Buffers taken and not yet returned. */
   readonly inFlightCount: number;
-  /**
-   * Where the next activation starts instead of the ring's beginning (vhost-user
-   * SET_VRING_BASE); null: from the beginning. Cleared by reset(): a reset ring starts over.
-   */
-  startAt: RingPosition | null;
-  /**
-   * A paused ring takes no new buffers (pop() finds none, enableNotifications() reports none);
-   * buffers in progress are still used and published. How a transport stops a ring under a
-   * live device (vhost-user GET_VRING_BASE) without losing the requests it holds.
-   */
-  paused: boolean;
+  /** Set by pause(), cleared by resume(), activate() and reset(). */
+  readonly paused: boolean;
+  /** queue_size: takes effect at the next activate(). */
+  setSize(size: number): void;
+  /** queue_desc / queue_driver / queue_device: take effect at the next activate(). */
+  setAddresses(addrs: RingAddresses): void;
+  /** queue_enable. */
+  setEnabled(enabled: boolean): void;
   /** Where the ring stands now (after every buffer taken is used: what a restart resumes from). */
   position(): RingPosition;
-  /** Told about each buffer taken and returned (vhost-user inflight); reset clears it. */
-  inflight: InflightTracker | null;
   /**
-   * Buffers taken before a restart and never used, served again before anything new, in this
-   * order (vhost-user inflight resubmission). Cleared by reset.
+   * Stops taking new buffers (pop() finds none, enableNotifications() reports none); buffers
+   * in progress are still used and published. How a transport stops a ring under a live
+   * device (vhost-user GET_VRING_BASE) without losing the requests it holds.
    */
-  resubmit(buffers: readonly Resubmit[]): void;
+  pause(): void;
+  /** Takes buffers again after pause(). */
+  resume(): void;
+  /** Told about each buffer taken, returned and published (null: nobody); reset() clears it. */
+  setObserver(observer: QueueObserver | null): void;
+  /** Buffers served before anything the ring makes available, in this order; reset() clears them. */
+  serveFirst(buffers: readonly PriorBuffer[]): void;
   /** A chain object big enough for any chain this queue accepts. */
   newChain(): DescriptorChain;
+  /** Back to the initial state (device reset 2.4, queue reset 2.6): configuration, position, hooks. */
   reset(): void;
-  /** Checks the configuration and starts the queue (at DRIVER_OK or on enable). */
-  activate(features: QueueFeatures): boolean;
+  /**
+   * Checks the configuration and starts the queue (at DRIVER_OK or on enable), from the ring's
+   * beginning or from `start` (a ring restarted where it stopped: vhost-user SET_VRING_BASE).
+   */
+  activate(features: QueueFeatures, start?: RingPosition): boolean;
   /** Takes the next available buffer into `chain` (its id in `chain.head`); false if none or malformed. */
   pop(chain: DescriptorChain): boolean;
   /** Returns buffer `id` with `len` bytes written; visible at the next publish(). */
   addUsed(id: number, len: number): void;
   /** Makes returned buffers visible; true when the driver wants a notification. */
   publish(): boolean;
+  /** Asks the driver not to send available-buffer notifications. */
   disableNotifications(): void;
   /** Asks for notifications again; true when buffers arrived meanwhile (process them). */
   enableNotifications(): boolean;
+  /** Whether buffer `id` is one the device took and has not returned. */
   isInFlight(id: number): boolean;
   /** A value that changes when the driver makes buffers available (suspend checks). */
   availMark(): number;

@@ -1,5 +1,6 @@
-// Booting a real Linux guest against `virtio-ts serve`, with the guest's serial console read
-// as a stream so the host can act while the guest runs (resize the image, send signals).
+// Booting a real Linux guest against `virtio-ts serve` (or a device served in this process with
+// the library's serveVhostUser), with the guest's serial console read as a stream so the host
+// can act while the guest runs (resize the image, send signals).
 // The prerequisite rule of guest.test.ts: in CI a missing prerequisite is a failure;
 // elsewhere the test says what is missing and skips. Every real-guest test boots through here.
 import { test } from 'node:test';
@@ -60,6 +61,12 @@ export interface BootOptions {
   append?: string;
   /** Guest CPUs (default 1; Linux's virtio_blk uses min(num-queues, CPUs) queues). */
   smp?: number;
+  /**
+   * Serves the device in this process instead of spawning `virtio-ts serve` (the library API):
+   * called with the socket path before QEMU starts, closed once QEMU has ended. Not with
+   * `onLine`, `reconnect` or `restartServe`, which act on the serve process. `serveArgs` unused.
+   */
+  server?: (socketPath: string) => { close(): Promise<unknown> };
 }
 
 /** What a test can do while its guest runs. */
@@ -118,8 +125,9 @@ class Qmp {
   }
 }
 
-/** Boots the guest against `virtio-ts serve`; resolves once QEMU exited 0 and the guest printed VT-END. */
+/** Boots the guest against `virtio-ts serve` (or `o.server`); resolves once QEMU exited 0 and the guest printed VT-END. */
 export async function boot(o: BootOptions): Promise<GuestRun> {
+  assert.ok(o.server === undefined || (o.onLine === undefined && !o.reconnect), 'an in-process server has no serve process to act on');
   const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-guest-'));
   const sock = join(dir, `${o.kind}.sock`);
   let serveLog = '';
@@ -128,7 +136,10 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     child.stderr!.on('data', (d) => (serveLog += d));
     return child;
   };
-  let serve = startServe();
+  let serve: ChildProcess | null = null;
+  let inProcess: { close(): Promise<unknown> } | null = null;
+  if (o.server !== undefined) inProcess = o.server(sock);
+  else serve = startServe();
   try {
     for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
     assert.ok(existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
@@ -157,7 +168,7 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
       for (const w of watchers) w();
       if (o.onLine === undefined) return;
       try {
-        void Promise.resolve(o.onLine(line, serve)).catch((e: unknown) => (hostError ??= e));
+        void Promise.resolve(o.onLine(line, serve!)).catch((e: unknown) => (hostError ??= e));
       } catch (e) {
         hostError ??= e;
       }
@@ -192,7 +203,7 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
         return qmp.run(command, cmdArgs);
       },
       restartServe: async () => {
-        const old = serve;
+        const old = serve!;
         old.kill('SIGKILL');
         if (old.exitCode === null && old.signalCode === null) await new Promise((r) => old.once('exit', r));
         const mark = serveLog.length;
@@ -217,8 +228,12 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     assert.match(out, /VT-END/, `the guest test did not finish: ${all.slice(-2000)}`);
     return { results, serveLog, console: all };
   } finally {
-    serve.kill('SIGTERM');
-    if (serve.exitCode === null && serve.signalCode === null) await new Promise((r) => serve.once('exit', r));
+    const child = serve;
+    if (child !== null) {
+      child.kill('SIGTERM');
+      if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once('exit', r));
+    }
+    await inProcess?.close();
     rmSync(dir, { recursive: true, force: true });
   }
 }

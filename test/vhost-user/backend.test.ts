@@ -87,7 +87,7 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
     const note = await reply(channelFront);
     const nv = new DataView(note.buffer);
     assert.deepEqual([note.length, nv.getUint32(0, true), nv.getUint32(4, true), nv.getUint32(8, true)], [HEADER_SIZE, BackendReq.CONFIG_CHANGE_MSG, 1, 0]);
-    await closedWith(fe, /^device error: test: the device broke$/);
+    await closedWith(fe, /^device error: test: the device broke$/, 'device-error');
     n.close(channelFront);
 
     // A malformed message ends the connection with a reason; the back-end survives.
@@ -97,6 +97,7 @@ test('vhost-user back-end: an entropy ring served through memfd memory, kick and
     n.sendmsg(front2, message(Req.SET_VRING_NUM, new Uint8Array(3)));
     await backendClosed(backend);
     assert.match(backend.lastError, /payload of 3 bytes, expected 8/);
+    assert.equal(backend.lastFailure?.kind, 'malformed-message');
     assert.equal(n.recvmsg(front2, new Uint8Array(8)).bytes, 0, 'the socket was closed');
   } finally {
     fe.close();

@@ -160,7 +160,7 @@ test('vhost-user dirty log: blk reads mark the data and status pages, writes onl
   }
 });
 
-for (const [name, act, reason] of [
+for (const [name, act, reason, kind] of [
   [
     'a log too small for guest memory',
     async (fe: TestFrontEnd) => {
@@ -171,6 +171,7 @@ for (const [name, act, reason] of [
       n.close(fd);
     },
     /SET_LOG_BASE: the dirty log \(16 bytes\) covers guest addresses below 0x80000; the region at \[0x0, \+0x100000\) is beyond it/,
+    'dirty-log',
   ],
   [
     'a log without VHOST_USER_PROTOCOL_F_LOG_SHMFD',
@@ -180,6 +181,7 @@ for (const [name, act, reason] of [
       n.close(fd);
     },
     /SET_LOG_BASE: protocol feature 1 was not negotiated/,
+    'unsupported-request',
   ],
   [
     'a used ring logged beyond the log',
@@ -191,6 +193,7 @@ for (const [name, act, reason] of [
       fe.setRing(0, 'split', 16, RING, 0, { eventIdx: false, logAddr: 0x100000 });
     },
     /ring 0's used ring is logged at 0x100000, beyond it/,
+    'dirty-log',
   ],
 ] as const) {
   test(`vhost-user dirty log: ${name} ends the connection with a reason`, async () => {
@@ -199,7 +202,7 @@ for (const [name, act, reason] of [
     const fe = new TestFrontEnd(backend);
     try {
       await act(fe);
-      await closedWith(fe, reason);
+      await closedWith(fe, reason, kind);
     } finally {
       fe.close();
     }

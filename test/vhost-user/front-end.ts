@@ -7,6 +7,7 @@ import { native } from '../../src/native/index.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import type { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
+import type { VhostUserErrorKind } from '../../src/transports/vhost-user/errors.js';
 import { HEADER_SIZE, encodeMessage, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import type { DriverQueue, RingFormat } from '../../src/virtqueue/queue.js';
 import { createDriverQueue } from '../../src/virtqueue/create.js';
@@ -57,10 +58,10 @@ export function backendClosed(backend: VhostUserBackend, timeoutMs = WAIT_MS): P
       backend.onClose = prev;
       rej(new Error(`the back-end did not end the connection in ${timeoutMs} ms`));
     }, timeoutMs);
-    backend.onClose = () => {
+    backend.onClose = (end) => {
       backend.onClose = prev;
       clearTimeout(timer);
-      prev();
+      prev(end);
       res();
     };
   });
@@ -323,13 +324,14 @@ export interface PluggedRegion {
 }
 
 /**
- * Waits until the back-end ends the connection and checks why (its lastError) and that the
- * socket is closed without a reply; a reset counts as closed (the back-end may close with
- * messages of ours still unread).
+ * Waits until the back-end ends the connection and checks why (its lastError, and the kind of
+ * the error that ended it) and that the socket is closed without a reply; a reset counts as
+ * closed (the back-end may close with messages of ours still unread).
  */
-export async function closedWith(fe: TestFrontEnd, reason: RegExp): Promise<void> {
+export async function closedWith(fe: TestFrontEnd, reason: RegExp, kind: VhostUserErrorKind): Promise<void> {
   await backendClosed(fe.backend);
   assert.match(fe.backend.lastError, reason);
+  assert.equal(fe.backend.lastFailure?.kind, kind, `the kind of "${fe.backend.lastError}"`);
   let end: number | string;
   try {
     end = n.recvmsg(fe.front, new Uint8Array(HEADER_SIZE)).bytes;

@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { BackendReq, FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, encodeMessage, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { Feature, VIRTQ_DESC_F_INDIRECT } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
+import type { VhostUserErrorKind } from '../../src/transports/vhost-user/errors.js';
 import { CANARY, SocketFrontEnd, USER_BASE, memTablePayload, message, n, receive, regionPayload, type SplitTestRing } from './front-end.js';
 
 const root = join(fileURLToPath(import.meta.url), '../../../..');
@@ -82,6 +83,31 @@ export class Server {
           return l;
         }
       });
+  }
+
+  /** The log so far, one object per line: its message (`msg`) and fields (JSON logs; `kind` on the back-end's errors). */
+  records(): Record<string, unknown>[] {
+    return this.stderr
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        try {
+          return JSON.parse(l) as Record<string, unknown>;
+        } catch {
+          return { msg: l };
+        }
+      });
+  }
+
+  /**
+   * Waits (bounded) for a log line matching `re` from line `from` on and checks the error kind
+   * it carries (the VhostUserError's `kind` field of the JSON line); returns the line.
+   */
+  async loggedKind(re: RegExp, kind: string, from: number): Promise<string> {
+    const line = await this.logged(re, from);
+    const record = this.records().slice(from).find((r) => re.test(String(r.msg)));
+    assert.equal(record?.kind, kind, `the error kind logged with "${line}"`);
+    return line;
   }
 
   /** Waits (bounded) for a log line matching `re` from line `from` on; returns it. */
@@ -155,10 +181,10 @@ async function stillServed(fe: SocketFrontEnd): Promise<void> {
   assert.ok((await fe.askU64(Req.GET_FEATURES)) & bit(Feature.VERSION_1), 'the session goes on');
 }
 
-/** Refused with a reason: the reason logged and the connection closed. */
-async function refused(srv: Server, fe: SocketFrontEnd, from: number, reason: RegExp): Promise<void> {
+/** Refused with a reason: the reason logged with the error's kind, and the connection closed. */
+async function refused(srv: Server, fe: SocketFrontEnd, from: number, reason: RegExp, kind: VhostUserErrorKind): Promise<void> {
   await fe.ended(bounds.waitMs);
-  const line = await srv.logged(reason, from);
+  const line = await srv.loggedKind(reason, kind, from);
   assert.match(line, /closing the connection/);
 }
 
@@ -168,7 +194,7 @@ async function deviceError(srv: Server, fe: SocketFrontEnd, from: number, reason
   assert.equal(note.getUint32(0, true), BackendReq.CONFIG_CHANGE_MSG, 'CONFIG_CHANGE_MSG on the back-end request channel');
   await fe.ended(bounds.waitMs);
   // The case's own reason (a line of an earlier case may still be on its way through the pipe).
-  assert.match(await srv.logged(new RegExp(`device error: .*(${reason.source})`), from), /closing the connection/);
+  assert.match(await srv.loggedKind(new RegExp(`device error: .*(${reason.source})`), 'device-error', from), /closing the connection/);
 }
 
 /** A live session with ring 0 (split, 16 entries at RING_AREA) ready for its first chain. */
@@ -285,27 +311,27 @@ async function withMemory(fe: SocketFrontEnd, features = FEATURES, protocol = PR
 const REPLY_ACK = pf(ProtocolFeature.REPLY_ACK);
 
 const protocolCases: Case[] = [
-  { name: 'an unknown request (99)', run: async (srv, fe, from) => { await fe.send(99); await refused(srv, fe, from, /request 99: not a request this back-end serves/); } },
-  { name: 'protocol version 2', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 2); await refused(srv, fe, from, /GET_FEATURES: protocol version 2, expected 1/); } },
-  { name: 'a request with the reply flag', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 1 | 4); await refused(srv, fe, from, /with the reply flag set/); } },
-  { name: 'unknown header flags', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 0x101); await refused(srv, fe, from, /unknown flags 0x101/); } },
-  { name: 'SET_FEATURES with a 4-byte payload', run: async (srv, fe, from) => { await fe.send(Req.SET_FEATURES, new Uint8Array(4)); await refused(srv, fe, from, /SET_FEATURES: payload of 4 bytes, expected 8/); } },
+  { name: 'an unknown request (99)', run: async (srv, fe, from) => { await fe.send(99); await refused(srv, fe, from, /request 99: not a request this back-end serves/, 'unsupported-request'); } },
+  { name: 'protocol version 2', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 2); await refused(srv, fe, from, /GET_FEATURES: protocol version 2, expected 1/, 'malformed-message'); } },
+  { name: 'a request with the reply flag', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 1 | 4); await refused(srv, fe, from, /with the reply flag set/, 'malformed-message'); } },
+  { name: 'unknown header flags', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 0x101); await refused(srv, fe, from, /unknown flags 0x101/, 'malformed-message'); } },
+  { name: 'SET_FEATURES with a 4-byte payload', run: async (srv, fe, from) => { await fe.send(Req.SET_FEATURES, new Uint8Array(4)); await refused(srv, fe, from, /SET_FEATURES: payload of 4 bytes, expected 8/, 'malformed-message'); } },
   {
     name: 'a header announcing 5000 payload bytes',
     run: async (srv, fe, from) => {
       const m = encodeMessage(Req.SET_FEATURES, 1);
       new DataView(m.buffer).setUint32(8, 5000, true);
       await fe.write(m);
-      await refused(srv, fe, from, /payload of 5000 bytes \(at most 4096\)/);
+      await refused(srv, fe, from, /payload of 5000 bytes \(at most 4096\)/, 'malformed-message');
     },
   },
-  { name: 'GET_FEATURES carrying an fd', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [fe.memfd]); await refused(srv, fe, from, /GET_FEATURES: 1 file descriptors, expected 0/); } },
+  { name: 'GET_FEATURES carrying an fd', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [fe.memfd]); await refused(srv, fe, from, /GET_FEATURES: 1 file descriptors, expected 0/, 'malformed-message'); } },
   {
     name: 'SET_PROTOCOL_FEATURES with a bit never offered',
     run: async (srv, fe, from) => {
       await fe.askU64(Req.GET_FEATURES);
       await fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(pf(ProtocolFeature.CRYPTO_SESSION)));
-      await refused(srv, fe, from, /protocol features 0x80 were never offered/);
+      await refused(srv, fe, from, /protocol features 0x80 were never offered/, 'feature-not-offered');
     },
   },
   {
@@ -313,7 +339,7 @@ const protocolCases: Case[] = [
     run: async (srv, fe, from) => {
       await fe.askU64(Req.GET_FEATURES);
       await fe.send(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | (1n << 50n)));
-      await refused(srv, fe, from, /SET_FEATURES: features never offered: .*0x4000000000000/);
+      await refused(srv, fe, from, /SET_FEATURES: features never offered: .*0x4000000000000/, 'feature-not-offered');
     },
   },
   {
@@ -323,7 +349,7 @@ const protocolCases: Case[] = [
       await fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(REPLY_ACK));
       await fe.send(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | (1n << 50n)), [], ACK);
       assert.deepEqual(await ackOf(fe), [Req.SET_FEATURES, 1n], 'a non-zero REPLY_ACK');
-      await srv.logged(/SET_FEATURES: features never offered: .*refused \(non-zero REPLY_ACK\)/, from);
+      await srv.loggedKind(/SET_FEATURES: features never offered: .*refused \(non-zero REPLY_ACK\)/, 'feature-not-offered', from);
       await fe.send(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | PROTOCOL_FEATURES), [], ACK);
       assert.deepEqual(await ackOf(fe), [Req.SET_FEATURES, 0n], 'offered features are then taken');
       await stillServed(fe);
@@ -337,7 +363,7 @@ const memoryCases: Case[] = [
     run: async (srv, fe, from) => {
       await fe.askU64(Req.GET_FEATURES);
       await fe.send(Req.SET_MEM_TABLE, memTablePayload(2 * fe.ramSize), [fe.memfd]);
-      await refused(srv, fe, from, /SET_MEM_TABLE: region 0 \[offset 0x0, \+0x200000\) goes past the end of its fd \(0x100000 bytes\)/);
+      await refused(srv, fe, from, /SET_MEM_TABLE: region 0 \[offset 0x0, \+0x200000\) goes past the end of its fd \(0x100000 bytes\)/, 'bad-fd');
     },
   },
   {
@@ -345,7 +371,7 @@ const memoryCases: Case[] = [
     run: async (srv, fe, from) => {
       await fe.askU64(Req.GET_FEATURES);
       await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x2000, USER_BASE, 0xff000]]), [fe.memfd]);
-      await refused(srv, fe, from, /region 0 \[offset 0xff000, \+0x2000\) goes past the end of its fd/);
+      await refused(srv, fe, from, /region 0 \[offset 0xff000, \+0x2000\) goes past the end of its fd/, 'bad-fd');
     },
   },
   {
@@ -355,7 +381,7 @@ const memoryCases: Case[] = [
       await fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(REPLY_ACK));
       await fe.send(Req.SET_MEM_TABLE, memTablePayload(2 * fe.ramSize), [fe.memfd], ACK);
       assert.deepEqual(await ackOf(fe), [Req.SET_MEM_TABLE, 1n]);
-      await srv.logged(/goes past the end of its fd.*refused \(non-zero REPLY_ACK\)/, from);
+      await srv.loggedKind(/goes past the end of its fd.*refused \(non-zero REPLY_ACK\)/, 'bad-fd', from);
       await fe.send(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize), [fe.memfd], ACK);
       assert.deepEqual(await ackOf(fe), [Req.SET_MEM_TABLE, 0n]);
       await stillServed(fe);
@@ -388,12 +414,12 @@ const memoryCases: Case[] = [
       return [[0x40000, 0x40010], [0x41000, fe.ramSize]]; // blk: the driver's own header; the pages it cut off
     },
   },
-  { name: 'a memory region of size 0', run: async (srv, fe, from) => { await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0, USER_BASE, 0]]), [fe.memfd]); await refused(srv, fe, from, /SET_MEM_TABLE: region 0: size 0/); } },
+  { name: 'a memory region of size 0', run: async (srv, fe, from) => { await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0, USER_BASE, 0]]), [fe.memfd]); await refused(srv, fe, from, /SET_MEM_TABLE: region 0: size 0/, 'malformed-message'); } },
   {
     name: 'overlapping memory regions',
     run: async (srv, fe, from) => {
       await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x100000, USER_BASE, 0], [0x80000, 0x1000, USER_BASE + 0x200000, 0]]), [fe.memfd, fe.memfd]);
-      await refused(srv, fe, from, /regions overlap at 0x80000/);
+      await refused(srv, fe, from, /regions overlap at 0x80000/, 'memory-table');
     },
   },
   {
@@ -401,14 +427,14 @@ const memoryCases: Case[] = [
     run: async (srv, fe, from) => {
       const regions = Array.from({ length: 9 }, (_, i) => [i * 0x1000, 0x1000, USER_BASE + i * 0x1000, i * 0x1000] as [number, number, number, number]);
       await fe.send(Req.SET_MEM_TABLE, regionsPayload(regions), regions.map(() => fe.memfd));
-      await refused(srv, fe, from, /SET_MEM_TABLE: payload of 296 bytes, expected 8\.\.264/);
+      await refused(srv, fe, from, /SET_MEM_TABLE: payload of 296 bytes, expected 8\.\.264/, 'malformed-message');
     },
   },
   {
     name: 'a memory region whose mmap offset overflows',
     run: async (srv, fe, from) => {
       await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x1000, USER_BASE, 2n ** 64n - 0x1000n]]), [fe.memfd]);
-      await refused(srv, fe, from, /region 0: mmapOffset beyond 2\^53/);
+      await refused(srv, fe, from, /region 0: mmapOffset beyond 2\^53/, 'malformed-message');
     },
   },
   {
@@ -417,7 +443,7 @@ const memoryCases: Case[] = [
       const efd = n.eventfd();
       await fe.send(Req.SET_MEM_TABLE, memTablePayload(0x1000), [efd]);
       n.close(efd);
-      await refused(srv, fe, from, /region 0: its fd is not a file/);
+      await refused(srv, fe, from, /region 0: its fd is not a file/, 'bad-fd');
     },
   },
   {
@@ -429,7 +455,7 @@ const memoryCases: Case[] = [
       new DataView(p.buffer).setBigUint64(0, 0x10000n, true);
       await fe.send(Req.SET_LOG_BASE, p, [log]);
       n.close(log);
-      await refused(srv, fe, from, /SET_LOG_BASE: dirty log \[offset 0x0, \+0x10000\) goes past the end of its fd \(0x1000 bytes\)/);
+      await refused(srv, fe, from, /SET_LOG_BASE: dirty log \[offset 0x0, \+0x10000\) goes past the end of its fd \(0x1000 bytes\)/, 'bad-fd');
     },
   },
   {
@@ -444,7 +470,7 @@ const memoryCases: Case[] = [
       v.setUint16(18, 16, true); // of 16
       await fe.send(Req.SET_INFLIGHT_FD, p, [buf]);
       n.close(buf);
-      await refused(srv, fe, from, /SET_INFLIGHT_FD: inflight buffer \[offset 0x0, \+0x[0-9a-f]+\) goes past the end of its fd \(0x100 bytes\)/);
+      await refused(srv, fe, from, /SET_INFLIGHT_FD: inflight buffer \[offset 0x0, \+0x[0-9a-f]+\) goes past the end of its fd \(0x100 bytes\)/, 'bad-fd');
     },
   },
 ];
@@ -465,7 +491,7 @@ const ringCases: Case[] = [
       run: async (srv, fe, from) => {
         await withMemory(fe);
         await fe.send(Req.SET_VRING_NUM, statePayload(0, num));
-        await refused(srv, fe, from, reason);
+        await refused(srv, fe, from, reason, 'ring-size');
         const line = await srv.logged(reason, from);
         assert.doesNotMatch(line, num === 100 ? /larger/ : /power of two/, 'one reason, the true one');
       },
@@ -479,8 +505,8 @@ const ringCases: Case[] = [
         await fe.send(Req.SET_VRING_NUM, statePayload(0, num), [], ACK);
         assert.deepEqual(await ackOf(fe), [Req.SET_VRING_NUM, ack], `packed ring size ${num}`);
       }
-      await srv.logged(/packed ring size 65536 is larger than the device's largest queue, 1024 .*; refused/, from);
-      await srv.logged(/packed ring size 0: a ring holds at least one descriptor; refused/, from);
+      await srv.loggedKind(/packed ring size 65536 is larger than the device's largest queue, 1024 .*; refused/, 'ring-size', from);
+      await srv.loggedKind(/packed ring size 0: a ring holds at least one descriptor; refused/, 'ring-size', from);
       await stillServed(fe);
     },
   },
@@ -490,7 +516,7 @@ const ringCases: Case[] = [
       await withMemory(fe);
       await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
       await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + 16 * fe.ramSize, USER_BASE + 0x2000, USER_BASE + 0x1800));
-      await refused(srv, fe, from, /SET_VRING_ADDR: frontend address 0x7f0001000000 \(\+16\) is in no memory region/);
+      await refused(srv, fe, from, /SET_VRING_ADDR: frontend address 0x7f0001000000 \(\+16\) is in no memory region/, 'ring-address');
     },
   },
   {
@@ -513,7 +539,7 @@ const ringCases: Case[] = [
     run: async (srv, fe, from) => {
       await withMemory(fe);
       await fe.send(Req.SET_VRING_BASE, statePayload(0, 0x10000));
-      await refused(srv, fe, from, /split ring base 65536 is not a 16-bit index/);
+      await refused(srv, fe, from, /split ring base 65536 is not a 16-bit index/, 'ring-base');
     },
   },
   {
@@ -522,7 +548,7 @@ const ringCases: Case[] = [
       await withMemory(fe);
       const ring = await fe.splitRing(0, 16, RING_AREA[0], 100);
       n.eventfdWrite(ring.kick, 1);
-      await refused(srv, fe, from, /ring 0: base 100 is more than the ring size 16 ahead of the used index 0/);
+      await refused(srv, fe, from, /ring 0: base 100 is more than the ring size 16 ahead of the used index 0/, 'ring-base');
     },
   },
   {
@@ -530,18 +556,18 @@ const ringCases: Case[] = [
     run: async (srv, fe, from) => {
       await withMemory(fe);
       await fe.send(Req.SET_VRING_KICK, u64Payload(0n), [fe.memfd]);
-      await refused(srv, fe, from, /SET_VRING_KICK: the kick fd is not an eventfd/);
+      await refused(srv, fe, from, /SET_VRING_KICK: the kick fd is not an eventfd/, 'bad-fd');
     },
   },
-  { name: 'SET_VRING_ENABLE 2', run: async (srv, fe, from) => { await withMemory(fe); await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 2)); await refused(srv, fe, from, /ring enable value 2/); } },
-  { name: 'a ring that does not exist', run: async (srv, fe, from) => { await fe.send(Req.SET_VRING_NUM, statePayload(7, 16)); await refused(srv, fe, from, /SET_VRING_NUM: queue 7 does not exist/); } },
+  { name: 'SET_VRING_ENABLE 2', run: async (srv, fe, from) => { await withMemory(fe); await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 2)); await refused(srv, fe, from, /ring enable value 2/, 'ring-state'); } },
+  { name: 'a ring that does not exist', run: async (srv, fe, from) => { await fe.send(Req.SET_VRING_NUM, statePayload(7, 16)); await refused(srv, fe, from, /SET_VRING_NUM: queue 7 does not exist/, 'malformed-message'); } },
   {
     name: 'SET_MEM_TABLE under a running ring',
     run: async (srv, fe, from) => {
       const ring = await liveRing(fe);
       const granted = await goodRequest(srv.type, fe, ring, 0x20000);
       await fe.send(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize), [fe.memfd]);
-      await refused(srv, fe, from, /SET_MEM_TABLE: ring 0 is running: stop it \(GET_VRING_BASE\) before replacing the memory table/);
+      await refused(srv, fe, from, /SET_MEM_TABLE: ring 0 is running: stop it \(GET_VRING_BASE\) before replacing the memory table/, 'ring-state');
       return granted;
     },
   },
@@ -551,7 +577,7 @@ const ringCases: Case[] = [
       const ring = await liveRing(fe);
       const granted = await goodRequest(srv.type, fe, ring, 0x20000);
       await fe.send(Req.SET_VRING_NUM, statePayload(0, 32));
-      await refused(srv, fe, from, /ring 0 is running \(stop it with GET_VRING_BASE first\)/);
+      await refused(srv, fe, from, /ring 0 is running \(stop it with GET_VRING_BASE first\)/, 'ring-state');
       return granted;
     },
   },
@@ -758,7 +784,7 @@ const disconnectCases: Case[] = [
     run: async (srv, fe, from) => {
       await fe.write(message(Req.GET_FEATURES).subarray(0, 6));
       fe.close();
-      await srv.logged(/short header \(6 bytes\)/, from);
+      await srv.loggedKind(/short header \(6 bytes\)/, 'malformed-message', from);
     },
   },
   {
@@ -773,7 +799,7 @@ const disconnectCases: Case[] = [
     name: 'a header without its payload on an open connection',
     run: async (srv, fe, from) => {
       await fe.write(message(Req.SET_FEATURES, new Uint8Array(8)).subarray(0, HEADER_SIZE));
-      await refused(srv, fe, from, /SET_FEATURES: 8 payload bytes missing/);
+      await refused(srv, fe, from, /SET_FEATURES: 8 payload bytes missing/, 'malformed-message');
     },
   },
   {
@@ -791,7 +817,7 @@ const disconnectCases: Case[] = [
       await fe.send(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize), [fe.memfd]);
       await fe.send(Req.ADD_MEM_REG, regionPayload(0x200000, 0x1000, USER_BASE + 0x200000), [fe.memfd]);
       fe.close();
-      await srv.logged(/ADD_MEM_REG: protocol feature 15 was not negotiated/, from);
+      await srv.loggedKind(/ADD_MEM_REG: protocol feature 15 was not negotiated/, 'unsupported-request', from);
     },
   },
 ];

@@ -152,6 +152,7 @@ test('vhost-user inflight: a damaged inflight buffer ends the connection with a 
     n.eventfdWrite(ring.kick, 1);
     await backendClosed(backend);
     assert.match(backend.lastError, /inflight region: inflight flag 7 at descriptor 3/);
+    assert.equal(backend.lastFailure?.kind, 'inflight');
   } finally {
     fe.close();
   }
@@ -167,6 +168,7 @@ test('vhost-user inflight: an inflight buffer too small for its queues is refuse
     fe.send(Req.SET_INFLIGHT_FD, inflightPayload(64, 1, QSIZE), [fd]);
     await backendClosed(backend);
     assert.match(backend.lastError, /inflight buffer of 64 bytes is smaller than 1 queues of 16 need \(320\)/);
+    assert.equal(backend.lastFailure?.kind, 'inflight');
   } finally {
     fe.close();
   }

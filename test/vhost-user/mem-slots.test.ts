@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { Monitor } from '../../src/monitor/monitor.js';
 import { RngDevice } from '../../src/devices/rng/device.js';
 import { BlkDevice } from '../../src/devices/blk/device.js';
-import { MAX_MEM_SLOTS, VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
+import { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
+import { MAX_MEM_SLOTS } from '../../src/transports/vhost-user/mem-slots.js';
 import { FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { Feature } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
@@ -124,7 +125,7 @@ test('vhost-user memory slots: a removal waits for the request in progress whose
     fe.unplugRegion(high, ACK);
     // The removal lands before the next kick (a socket message and a kick have no order between
     // them): it has landed when the ring is paused.
-    await until(() => device.queues[0]?.paused === true, 'the removal to pause the ring');
+    await until(() => fe.backend.rings[0]?.paused === true, 'the removal to pause the ring');
     read(1, 0x50000); // a new request: not taken while the removal waits
     await turns(20); // nothing may happen: give the back-end 20 loop turns (not a time) to do it wrongly
     assert.equal(n.recvmsg(fe.front, new Uint8Array(64)).bytes, -1, 'no answer while the read is in progress');
@@ -151,12 +152,12 @@ test('vhost-user memory slots: a removal waits for the request in progress whose
   }
 });
 
-for (const [name, act, reason] of [
-  ['an unknown region removed', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, regionPayload(0x200000, 0x1000, USER_BASE + 0x200000)), /REM_MEM_REG: no region at guest 0x200000, size 0x1000/],
-  ['a region removed with the wrong front-end address', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, regionPayload(0, fe.ramSize, USER_BASE + 0x1000)), /no region at guest 0x0, size 0x100000, front-end address 0x7f0000001000/],
-  ['the memory a running ring lives in removed', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, regionPayload(0, fe.ramSize, USER_BASE)), /ring 0 lives in the region at \[0x0, \+0x100000\): stop the ring/],
-  ['an overlapping region added', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, regionPayload(0xff000, 0x2000, USER_BASE + 0x200000), [fe.memfd]), /region \[0xff000, \+0x2000\) overlaps the region at \[0x0, \+0x100000\)/],
-  ['a region added without its fd', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, regionPayload(HIGH, 0x1000, USER_BASE + HIGH)), /ADD_MEM_REG: 0 file descriptors, expected 1/],
+for (const [name, act, reason, kind] of [
+  ['an unknown region removed', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, regionPayload(0x200000, 0x1000, USER_BASE + 0x200000)), /REM_MEM_REG: no region at guest 0x200000, size 0x1000/, 'memory-table'],
+  ['a region removed with the wrong front-end address', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, regionPayload(0, fe.ramSize, USER_BASE + 0x1000)), /no region at guest 0x0, size 0x100000, front-end address 0x7f0000001000/, 'memory-table'],
+  ['the memory a running ring lives in removed', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, regionPayload(0, fe.ramSize, USER_BASE)), /ring 0 lives in the region at \[0x0, \+0x100000\): stop the ring/, 'memory-table'],
+  ['an overlapping region added', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, regionPayload(0xff000, 0x2000, USER_BASE + 0x200000), [fe.memfd]), /region \[0xff000, \+0x2000\) overlaps the region at \[0x0, \+0x100000\)/, 'memory-table'],
+  ['a region added without its fd', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, regionPayload(HIGH, 0x1000, USER_BASE + HIGH)), /ADD_MEM_REG: 0 file descriptors, expected 1/, 'malformed-message'],
 ] as const) {
   test(`vhost-user memory slots: ${name} ends the connection with a reason`, async () => {
     const device = new RngDevice({ monitor: new Monitor() });
@@ -168,7 +169,7 @@ for (const [name, act, reason] of [
       const ring = fe.setRing(0, 'split', 16, 0x1000, 0, { eventIdx: true });
       await serve(ring, 0x20000, 64, 'started');
       act(fe);
-      await closedWith(fe, reason);
+      await closedWith(fe, reason, kind);
       assert.equal(device.getStatus(), 0, 'the device was reset');
     } finally {
       fe.close();

@@ -1,4 +1,5 @@
-// The vhost-user codec never throws on any input, and takes exactly the well-formed messages.
+// The vhost-user codec throws nothing but a VhostUserError (malformed-message, unsupported-request)
+// on any input, and takes exactly the well-formed messages.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
@@ -12,8 +13,11 @@ import {
   parseHeader,
   statePayload,
   u64Payload,
+  type Decoded,
+  type Header,
   type Session,
 } from '../../src/transports/vhost-user/protocol.js';
+import { VhostUserError, type VhostUserErrorKind } from '../../src/transports/vhost-user/errors.js';
 
 const ALL: Session = { protocolFeaturesOffered: true, protocolFeatures: (1n << 17n) - 1n, numQueues: 2 };
 const NONE: Session = { protocolFeaturesOffered: false, protocolFeatures: 0n, numQueues: 1 };
@@ -37,20 +41,37 @@ function region(guest: number, size: number, user: number, off: number): Uint8Ar
   return b;
 }
 
-function msg(request: number, payload: Uint8Array, fds: number, session = ALL, flags = 1) {
-  const h = parseHeader(header(request, payload.length, flags));
-  assert.equal(typeof h, 'object', String(h));
-  return decode(h as Exclude<typeof h, string>, payload, fds, session);
+/** The value, or the VhostUserError thrown (anything else thrown fails the test). */
+function outcome<T>(fn: () => T): T | VhostUserError {
+  try {
+    return fn();
+  } catch (err) {
+    assert.ok(err instanceof VhostUserError, `only VhostUserErrors are thrown: ${String(err)}`);
+    return err;
+  }
 }
 
-test('vhost-user codec: property: arbitrary headers, payloads and fd counts never throw; the answer is a message or a reason', () => {
+function msg(request: number, payload: Uint8Array, fds: number, session = ALL, flags = 1): Decoded | VhostUserError {
+  const h = parseHeader(header(request, payload.length, flags));
+  return outcome(() => decode(h, payload, fds, session));
+}
+
+/** Asserts `r` is a refusal of `kind` whose reason matches `re`. */
+function refused(r: unknown, kind: VhostUserErrorKind, re: RegExp): void {
+  assert.ok(r instanceof VhostUserError, `refused: ${String(r)}`);
+  assert.equal(r.kind, kind, r.message);
+  assert.match(r.message, re);
+}
+
+test('vhost-user codec: property: arbitrary headers, payloads and fd counts throw nothing but a VhostUserError; the answer is a message or a refusal', () => {
   fc.assert(
     fc.property(fc.uint8Array({ minLength: 0, maxLength: 400 }), fc.nat(20), fc.boolean(), (bytes, fds, rich) => {
-      const h = parseHeader(bytes);
-      if (typeof h === 'string') return;
+      const h: Header | VhostUserError = outcome(() => parseHeader(bytes));
+      if (h instanceof VhostUserError) return assert.equal(h.kind, 'malformed-message');
       const payload = bytes.subarray(HEADER_SIZE, HEADER_SIZE + h.size);
-      const r = decode(h, payload, fds, rich ? ALL : NONE);
-      assert.ok(typeof r === 'string' || (r.header === h && typeof r.message.kind === 'string'));
+      const r = outcome(() => decode(h, payload, fds, rich ? ALL : NONE));
+      if (r instanceof VhostUserError) return assert.ok(r.kind === 'malformed-message' || r.kind === 'unsupported-request', r.kind);
+      assert.ok(r.header === h && typeof r.message.kind === 'string');
     }),
     { numRuns: 3000 },
   );
@@ -69,39 +90,39 @@ test('vhost-user codec: property: every request is refused with one byte too man
     [Req.SET_LOG_BASE, new Uint8Array([...u64Payload(32), ...u64Payload(0)]), 1],
   ];
   for (const [req, payload, fds] of good) {
-    assert.equal(typeof msg(req, payload, fds), 'object', `request ${req} well formed`);
+    assert.ok(!(msg(req, payload, fds) instanceof VhostUserError), `request ${req} well formed`);
     const longer = new Uint8Array(payload.length + 1);
     longer.set(payload);
-    assert.equal(typeof msg(req, longer, fds), 'string', `request ${req} + 1 byte`);
-    assert.equal(typeof msg(req, payload.subarray(0, payload.length - 1), fds), 'string', `request ${req} - 1 byte`);
+    refused(msg(req, longer, fds), 'malformed-message', /payload|size/);
+    refused(msg(req, payload.subarray(0, payload.length - 1), fds), 'malformed-message', /payload|size/);
   }
 });
 
 test('vhost-user codec: header flags, versions, sizes', () => {
-  assert.match(String(parseHeader(header(Req.GET_FEATURES, 0, 2))), /version 2/);
-  assert.match(String(parseHeader(header(Req.GET_FEATURES, 0, 1 | 4))), /reply flag/);
-  assert.match(String(parseHeader(header(Req.GET_FEATURES, 0, 1 | 0x100))), /unknown flags/);
-  assert.match(String(parseHeader(header(Req.SET_MEM_TABLE, 1 << 20))), /payload of/);
-  assert.match(String(parseHeader(new Uint8Array(5))), /short header/);
-  assert.match(String(msg(99, new Uint8Array(0), 0)), /not a request/);
+  refused(outcome(() => parseHeader(header(Req.GET_FEATURES, 0, 2))), 'malformed-message', /version 2/);
+  refused(outcome(() => parseHeader(header(Req.GET_FEATURES, 0, 1 | 4))), 'malformed-message', /reply flag/);
+  refused(outcome(() => parseHeader(header(Req.GET_FEATURES, 0, 1 | 0x100))), 'malformed-message', /unknown flags/);
+  refused(outcome(() => parseHeader(header(Req.SET_MEM_TABLE, 1 << 20))), 'malformed-message', /payload of/);
+  refused(outcome(() => parseHeader(new Uint8Array(5))), 'malformed-message', /short header/);
+  refused(msg(99, new Uint8Array(0), 0), 'unsupported-request', /not a request/);
 });
 
 test('vhost-user codec: fds, queue indices, protocol-feature gating, REPLY_ACK', () => {
-  assert.match(String(msg(Req.SET_VRING_KICK, u64Payload(0), 0)), /invalid-fd flag is clear/);
-  assert.equal(typeof msg(Req.SET_VRING_KICK, u64Payload(0x100), 0), 'object', 'bit 8: no fd, polling');
-  assert.match(String(msg(Req.SET_VRING_KICK, u64Payload(5), 1)), /queue 5 does not exist/);
-  assert.match(String(msg(Req.SET_VRING_KICK, u64Payload(0x200), 1)), /reserved bits/);
-  assert.match(String(msg(Req.SET_MEM_TABLE, new Uint8Array([...u64Payload(1), ...region(0, 4096, 0, 0)]), 2)), /1 regions but 2/);
-  assert.match(String(msg(Req.SET_MEM_TABLE, new Uint8Array([...u64Payload(1), ...region(0, 0, 0, 0)]), 1)), /size 0/);
-  assert.match(String(msg(Req.GET_QUEUE_NUM, new Uint8Array(0), 0, NONE)), /protocol feature 0 was not negotiated/);
-  assert.match(String(msg(Req.SET_LOG_BASE, new Uint8Array([...u64Payload(32), ...u64Payload(0)]), 0)), /0 file descriptors, expected 1/);
-  assert.match(String(msg(Req.SET_LOG_BASE, new Uint8Array(16), 1)), /log size 0/);
-  assert.match(String(msg(Req.GET_PROTOCOL_FEATURES, new Uint8Array(0), 0, NONE)), /PROTOCOL_FEATURES is not offered/);
-  assert.match(String(msg(Req.SET_OWNER, new Uint8Array(0), 1)), /1 file descriptors, expected 0/);
+  refused(msg(Req.SET_VRING_KICK, u64Payload(0), 0), 'malformed-message', /invalid-fd flag is clear/);
+  assert.ok(!(msg(Req.SET_VRING_KICK, u64Payload(0x100), 0) instanceof VhostUserError), 'bit 8: no fd, polling');
+  refused(msg(Req.SET_VRING_KICK, u64Payload(5), 1), 'malformed-message', /queue 5 does not exist/);
+  refused(msg(Req.SET_VRING_KICK, u64Payload(0x200), 1), 'malformed-message', /reserved bits/);
+  refused(msg(Req.SET_MEM_TABLE, new Uint8Array([...u64Payload(1), ...region(0, 4096, 0, 0)]), 2), 'malformed-message', /1 regions but 2/);
+  refused(msg(Req.SET_MEM_TABLE, new Uint8Array([...u64Payload(1), ...region(0, 0, 0, 0)]), 1), 'malformed-message', /size 0/);
+  refused(msg(Req.GET_QUEUE_NUM, new Uint8Array(0), 0, NONE), 'unsupported-request', /protocol feature 0 was not negotiated/);
+  refused(msg(Req.SET_LOG_BASE, new Uint8Array([...u64Payload(32), ...u64Payload(0)]), 0), 'malformed-message', /0 file descriptors, expected 1/);
+  refused(msg(Req.SET_LOG_BASE, new Uint8Array(16), 1), 'malformed-message', /log size 0/);
+  refused(msg(Req.GET_PROTOCOL_FEATURES, new Uint8Array(0), 0, NONE), 'unsupported-request', /PROTOCOL_FEATURES is not offered/);
+  refused(msg(Req.SET_OWNER, new Uint8Array(0), 1), 'malformed-message', /1 file descriptors, expected 0/);
   const acked = msg(Req.SET_OWNER, new Uint8Array(0), 0, ALL, 1 | FLAG_NEED_REPLY);
-  assert.ok(typeof acked === 'object' && acked.needReply);
+  assert.ok(!(acked instanceof VhostUserError) && acked.needReply);
   const noAck = msg(Req.SET_OWNER, new Uint8Array(0), 0, { ...ALL, protocolFeatures: ALL.protocolFeatures & ~(1n << BigInt(ProtocolFeature.REPLY_ACK)) }, 1 | FLAG_NEED_REPLY);
-  assert.ok(typeof noAck === 'object' && !noAck.needReply);
+  assert.ok(!(noAck instanceof VhostUserError) && !noAck.needReply);
 });
 
 test('vhost-user codec: decoded fields and replies', () => {
@@ -112,7 +133,7 @@ test('vhost-user codec: decoded fields and replies', () => {
   v.setBigUint64(16, 0x7f0000003000n, true);
   v.setBigUint64(24, 0x7f0000002000n, true);
   const d = msg(Req.SET_VRING_ADDR, addr, 0);
-  assert.ok(typeof d === 'object' && d.message.kind === 'addr');
+  assert.ok(!(d instanceof VhostUserError) && d.message.kind === 'addr');
   assert.deepEqual([d.message.index, d.message.desc, d.message.used, d.message.avail], [1, 0x7f0000001000, 0x7f0000003000, 0x7f0000002000]);
   const reply = encodeReply(Req.GET_FEATURES, u64Payload(1n << 32n));
   const rh = new DataView(reply.buffer);

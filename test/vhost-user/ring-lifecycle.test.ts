@@ -110,7 +110,7 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
       // (A socket message and an eventfd kick have no order between them: let the stop land
       // first, as it does under QEMU, whose vCPUs are stopped before it asks. Landed: the ring
       // is paused.)
-      await until(() => device.queues[0]?.paused === true, 'the stop to pause the ring');
+      await until(() => fe.backend.rings[0]?.paused === true, 'the stop to pause the ring');
       request(1);
       await turns(20); // nothing may happen: give the back-end 20 loop turns (not a time) to do it wrongly
       assert.equal(n.recvmsg(fe.front, new Uint8Array(64)).bytes, -1, 'no answer while the read is in progress');
@@ -138,8 +138,8 @@ for (const stop of ['GET_VRING_BASE', 'SET_STATUS 0'] as const) {
 }
 
 for (const [format, base, reason] of [
-  ['split', 40000, /more than the ring size 16 ahead of the used index 0/],
-  ['packed', 20 | 0x8000, /points outside a ring of 16/],
+  ['split', 40000, /^ring 0: base 40000 is more than the ring size 16 ahead of the used index 0$/],
+  ['packed', 20 | 0x8000, /^ring 0: packed ring base 0x8014 points outside a ring of 16$/],
 ] as const) {
   test(`vhost-user back-end: a ${format} SET_VRING_BASE that cannot be right ends the connection with a reason`, async () => {
     const device = new RngDevice({ monitor: new Monitor() });
@@ -151,7 +151,7 @@ for (const [format, base, reason] of [
       fe.sendMemTable();
       const ring = fe.setRing(0, format, 16, RING, base, { eventIdx: true });
       n.eventfdWrite(ring.kick, 1);
-      await closedWith(fe, reason);
+      await closedWith(fe, reason, 'ring-base');
       assert.equal(device.getStatus(), 0, 'the device was reset');
     } finally {
       fe.close();
@@ -201,7 +201,7 @@ for (const [what, request] of [
       fe.fds.push(notEventfd);
       fe.send(Req.SET_FEATURES, u64Payload(features('split')));
       fe.send(request, u64Payload(0n), [notEventfd]);
-      await closedWith(fe, new RegExp(`the ${what} fd is not an eventfd`));
+      await closedWith(fe, new RegExp(`the ${what} fd is not an eventfd`), 'bad-fd');
     } finally {
       fe.close();
     }

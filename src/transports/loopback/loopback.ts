@@ -8,7 +8,7 @@
  */
 import type { DeviceHost, VirtioDevice } from '../../device/device.js';
 import type { DriverTransport, TransportEvents } from '../../driver/transport.js';
-import type { SplitRingAddresses } from '../../spec/split-layout.js';
+import type { RingAddresses } from '../../spec/ring.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 
 /**
@@ -128,7 +128,7 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
   async queueMaxSize(index: number): Promise<number> {
     return index < this.device.numQueues ? this.device.queueMaxSize : 0;
   }
-  async setupQueue(index: number, size: number, addrs: SplitRingAddresses): Promise<void> {
+  async setupQueue(index: number, size: number, addrs: RingAddresses): Promise<void> {
     this.device.setQueueSize(index, size);
     this.device.setQueueAddresses(index, addrs.desc, addrs.avail, addrs.used);
   }

@@ -10,8 +10,19 @@
  *                      u16 used_idx; DescStateSplit desc[desc_num]; }
  *   DescStateSplit   { u8 inflight; u8 padding[5]; u16 next; u64 counter; }
  * Packed virtqueues: PackedInflightRegion below.
+ *
+ * Names: "inflight" here is the spec's (a record in shared memory that outlives the back-end);
+ * a device queue's own count of buffers it holds is its `inFlightCount`, which knows nothing of
+ * this. The regions see the queue's buffers as its QueueObserver.
+ *
+ * A region read back from the front-end is untrusted: whatever it holds, recover() either
+ * returns a recovery a ring can follow or throws a VhostUserError of kind 'inflight'.
  */
-import type { InflightTracker } from '../../virtqueue/queue.js';
+import type { NativeAddon } from '../../native/index.js';
+import type { PriorBuffer, QueueObserver, RingFormat, RingPosition } from '../../virtqueue/queue.js';
+import { VhostUserError } from './errors.js';
+
+const corrupt = (message: string) => new VhostUserError('inflight', message);
 
 const HEADER = 16;
 const DESC = 16;
@@ -32,7 +43,7 @@ export interface InflightRecovery {
 }
 
 /** What both layouts keep: the queue's bytes in the shared buffer, the counter, the batch. */
-abstract class InflightRegion {
+abstract class InflightRegionBase {
   protected readonly view: DataView;
   protected readonly bytes: Uint8Array;
   protected counter = 0;
@@ -54,8 +65,8 @@ abstract class InflightRegion {
   }
 }
 
-/** One queue's inflight region, as an InflightTracker the split device queue calls. */
-export class SplitInflightRegion extends InflightRegion implements InflightTracker {
+/** One queue's inflight region, as a QueueObserver the split device queue calls. */
+export class SplitInflightRegion extends InflightRegionBase implements QueueObserver {
   constructor(buffer: ArrayBuffer, offset: number, queueSize: number) {
     super(buffer, offset, queueSize, splitInflightQueueSize(queueSize));
   }
@@ -97,17 +108,17 @@ export class SplitInflightRegion extends InflightRegion implements InflightTrack
       this.counter = 0;
       return null;
     }
-    if (this.version !== INFLIGHT_VERSION) throw new Error(`inflight region version ${this.version} (this back-end knows ${INFLIGHT_VERSION})`);
-    if (this.descNum !== this.queueSize) throw new Error(`inflight region is for ${this.descNum} descriptors, the ring has ${this.queueSize}`);
+    if (this.version !== INFLIGHT_VERSION) throw corrupt(`inflight region version ${this.version} (this back-end knows ${INFLIGHT_VERSION})`);
+    if (this.descNum !== this.queueSize) throw corrupt(`inflight region is for ${this.descNum} descriptors, the ring has ${this.queueSize}`);
     const recorded = v.getUint16(14, true);
     if (recorded !== usedIdx) {
       // The used index moved past what the region says: the last batch was published but its
       // entries may still read in flight. Walk the batch list and clear them.
       const size = (usedIdx - recorded) & 0xffff;
-      if (size > this.queueSize) throw new Error(`inflight region's used index ${recorded} is ${size} behind the ring's ${usedIdx}`);
+      if (size > this.queueSize) throw corrupt(`inflight region's used index ${recorded} is ${size} behind the ring's ${usedIdx}`);
       let head = v.getUint16(12, true);
       for (let i = 0; i < size; i++) {
-        if (head >= this.queueSize) throw new Error(`inflight batch list names descriptor ${head} outside the ring`);
+        if (head >= this.queueSize) throw corrupt(`inflight batch list names descriptor ${head} outside the ring`);
         this.setInflight(head, 0);
         head = v.getUint16(HEADER + DESC * head + 6, true);
       }
@@ -117,7 +128,7 @@ export class SplitInflightRegion extends InflightRegion implements InflightTrack
     let max = -1n;
     for (let head = 0; head < this.queueSize; head++) {
       const flag = this.inflightAt(head);
-      if (flag > 1) throw new Error(`inflight flag ${flag} at descriptor ${head}`);
+      if (flag > 1) throw corrupt(`inflight flag ${flag} at descriptor ${head}`);
       const counter = v.getBigUint64(HEADER + DESC * head + 8, true);
       if (counter > max) max = counter;
       if (flag === 1) found.push([counter, head]);
@@ -178,7 +189,7 @@ export interface PackedInflightRecovery {
   usedWrap: boolean;
 }
 
-export class PackedInflightRegion extends InflightRegion implements InflightTracker {
+export class PackedInflightRegion extends InflightRegionBase implements QueueObserver {
   /** Buffer id -> its head entry while in flight (-1 otherwise). */
   private readonly entryOf = new Int32Array(65536).fill(-1);
 
@@ -225,13 +236,13 @@ export class PackedInflightRegion extends InflightRegion implements InflightTrac
       this.entryOf.fill(-1);
       return null;
     }
-    if (version !== INFLIGHT_VERSION) throw new Error(`inflight region version ${version} (this back-end knows ${INFLIGHT_VERSION})`);
-    if (this.u16(10) !== n) throw new Error(`inflight region is for ${this.u16(10)} descriptors, the ring has ${n}`);
+    if (version !== INFLIGHT_VERSION) throw corrupt(`inflight region version ${version} (this back-end knows ${INFLIGHT_VERSION})`);
+    if (this.u16(10) !== n) throw corrupt(`inflight region is for ${this.u16(10)} descriptors, the ring has ${n}`);
     if (this.u16(16) !== this.u16(18)) {
       // A publish was under way: if the ring slot at the old used position no longer reads as
       // available in that pass, the used descriptor reached the driver: keep it.
       const oldUsed = this.u16(18);
-      if (oldUsed >= n) throw new Error(`inflight region's old used index ${oldUsed} is outside the ring`);
+      if (oldUsed >= n) throw corrupt(`inflight region's old used index ${oldUsed} is outside the ring`);
       const wrap = this.bytes[21] === 1;
       if ((flagsAt(oldUsed) & (F_AVAIL | F_USED)) !== (wrap ? F_AVAIL : F_USED)) {
         this.set16(14, this.u16(12));
@@ -245,12 +256,12 @@ export class PackedInflightRegion extends InflightRegion implements InflightTrac
     this.bytes[20] = this.bytes[21];
     const usedIdx = this.u16(16);
     const wrapNow = this.bytes[20] === 1;
-    if (usedIdx >= n) throw new Error(`inflight region's used index ${usedIdx} is outside the ring`);
+    if (usedIdx >= n) throw corrupt(`inflight region's used index ${usedIdx} is outside the ring`);
     // Entries on the free list are not in flight, whatever their flag says.
     const onFree = new Uint8Array(n);
     let free = 0;
     for (let e = this.u16(12), steps = 0; e < n; e = this.u16(this.d(e) + 2)) {
-      if (++steps > n || onFree[e] === 1) throw new Error('inflight free list loops');
+      if (++steps > n || onFree[e] === 1) throw corrupt('inflight free list loops');
       onFree[e] = 1;
       free++;
       this.bytes[this.d(e)] = 0;
@@ -263,34 +274,34 @@ export class PackedInflightRegion extends InflightRegion implements InflightTrac
     for (let e = 0; e < n; e++) {
       const o = this.d(e);
       const flag = this.bytes[o];
-      if (flag > 1) throw new Error(`inflight flag ${flag} at entry ${e}`);
+      if (flag > 1) throw corrupt(`inflight flag ${flag} at entry ${e}`);
       const counter = this.view.getBigUint64(o + 8, true);
       if (counter > max) max = counter;
       if (flag !== 1) continue;
       const num = this.u16(o + 6);
-      if (num < 1 || num > n) throw new Error(`inflight entry ${e} holds a list of ${num} descriptors`);
+      if (num < 1 || num > n) throw corrupt(`inflight entry ${e} holds a list of ${num} descriptors`);
       const descriptors: { addr: number; len: number; flags: number }[] = [];
       let id = -1;
       for (let k = 0, x = e; k < num; k++) {
-        if (x >= n || owner[x] === 1 || onFree[x] === 1) throw new Error(`inflight list at entry ${e} runs into entry ${x}`);
+        if (x >= n || owner[x] === 1 || onFree[x] === 1) throw corrupt(`inflight list at entry ${e} runs into entry ${x}`);
         owner[x] = 1;
         const xo = this.d(x);
         const addr = this.view.getUint32(xo + 24, true) + this.view.getUint32(xo + 28, true) * 0x100000000;
         descriptors.push({ addr, len: this.view.getUint32(xo + 20, true), flags: this.u16(xo + 18) });
         if (k === 0) id = this.u16(xo + 16);
-        if (k === num - 1 && x !== this.u16(o + 4)) throw new Error(`inflight list at entry ${e} does not end at its last entry ${this.u16(o + 4)}`);
+        if (k === num - 1 && x !== this.u16(o + 4)) throw corrupt(`inflight list at entry ${e} does not end at its last entry ${this.u16(o + 4)}`);
         x = this.u16(xo + 2);
       }
-      if (this.entryOf[id] >= 0) throw new Error(`buffer id ${id} is in flight twice in the inflight region`);
+      if (this.entryOf[id] >= 0) throw corrupt(`buffer id ${id} is in flight twice in the inflight region`);
       this.entryOf[id] = e;
       slots += num;
       found.push({ counter, head: id, descriptors });
     }
-    if (slots > n) throw new Error(`inflight region holds ${slots} descriptors in flight on a ring of ${n}`);
+    if (slots > n) throw corrupt(`inflight region holds ${slots} descriptors in flight on a ring of ${n}`);
     // Every entry is either on the free list or in a list in flight: taking new buffers walks
     // the free list, so a short one (a head or a next past the ring) would send the next
     // taken() outside the region. (Found by fuzz/inflight.fuzz.ts.)
-    if (free + slots !== n) throw new Error(`inflight free list holds ${free} entries and ${slots} are in flight, on a ring of ${n}`);
+    if (free + slots !== n) throw corrupt(`inflight free list holds ${free} entries and ${slots} are in flight, on a ring of ${n}`);
     found.sort((a, b) => (a.counter < b.counter ? -1 : a.counter > b.counter ? 1 : 0));
     this.counter = Number(max + 1n);
     this.batchCount = 0;
@@ -359,4 +370,84 @@ export class PackedInflightRegion extends InflightRegion implements InflightTrac
     this.set16(18, used);
     this.bytes[21] = usedWrap ? 1 : 0;
   }
+}
+
+/** One ring's region of the inflight buffer, in the negotiated ring format. */
+export type InflightRegion = SplitInflightRegion | PackedInflightRegion;
+
+/** Bytes of one queue's region in `format`. */
+export function inflightQueueSize(format: RingFormat, queueSize: number): number {
+  return format === 'packed' ? packedInflightQueueSize(queueSize) : splitInflightQueueSize(queueSize);
+}
+
+/**
+ * The inflight buffer of one connection (GET_INFLIGHT_FD makes it, SET_INFLIGHT_FD hands it
+ * over, perhaps from a previous back-end): mapped shared, one region per ring.
+ */
+export class InflightBuffer {
+  readonly regions: readonly InflightRegion[];
+
+  private constructor(
+    /** The mapping (unmapped by unmap()). */
+    readonly mapping: ArrayBuffer,
+    format: RingFormat,
+    readonly numQueues: number,
+    readonly queueSize: number,
+  ) {
+    const per = inflightQueueSize(format, queueSize);
+    this.regions = Array.from({ length: numQueues }, (_, i) =>
+      format === 'packed' ? new PackedInflightRegion(mapping, i * per, queueSize) : new SplitInflightRegion(mapping, i * per, queueSize),
+    );
+  }
+
+  /**
+   * Why a buffer of `numQueues` rings of `queueSize` cannot be tracked in for a device of
+   * `deviceQueues` queues, as a VhostUserError of kind 'inflight'; null when it can.
+   */
+  static shapeProblem(numQueues: number, queueSize: number, deviceQueues: number): VhostUserError | null {
+    if (numQueues < 1 || numQueues > deviceQueues) return corrupt(`inflight buffer for ${numQueues} queues; the device has ${deviceQueues}`);
+    if (queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1)) !== 0) return corrupt(`inflight queue size ${queueSize} is not a power of two <= 32768`);
+    return null;
+  }
+
+  /** Maps `size` bytes of `fd` from `offset` (checked by the caller: the fd is long enough, sealed if it can be). */
+  static map(n: NativeAddon, fd: number, offset: number, size: number, format: RingFormat, numQueues: number, queueSize: number): InflightBuffer {
+    return new InflightBuffer(n.mmap(fd, offset, size, true), format, numQueues, queueSize);
+  }
+
+  /** Back to uninitialised: a reset device has nothing in flight (each region starts over at its ring's next start). */
+  clear(): void {
+    for (const region of this.regions) region.clear();
+  }
+
+  unmap(n: NativeAddon): void {
+    n.munmap(this.mapping);
+  }
+}
+
+/** What a restarted ring does, from its inflight region: serve `resubmit` first, then go on from `start`. */
+export interface RingRecovery {
+  start: RingPosition;
+  resubmit: PriorBuffer[];
+}
+
+/**
+ * A ring's start, read through its inflight region. A fresh region is initialised at `start`;
+ * one a previous back-end filled is repaired and read: the buffers it took and never returned
+ * are served again first, and the start moves after them (what libvhost-user does for split
+ * rings: the base the front-end restored after losing its back-end is the used position, which
+ * would serve some twice when requests finished out of order; for packed rings QEMU cannot
+ * restore a base at all). `flagsAt(slot)` reads a packed ring slot's flags. Throws a
+ * VhostUserError of kind 'inflight' when the region cannot be right.
+ */
+export function recoverRing(region: InflightRegion, start: RingPosition, flagsAt: (slot: number) => number): RingRecovery {
+  if (region instanceof PackedInflightRegion) {
+    const got = region.recover(flagsAt, start.used, start.usedWrap);
+    if (got === null) return { start, resubmit: [] };
+    return { start: { avail: got.avail, availWrap: got.availWrap, used: got.used, usedWrap: got.usedWrap }, resubmit: got.resubmit };
+  }
+  const got = region.recover(start.used);
+  if (got === null) return { start, resubmit: [] };
+  const resubmit = got.resubmit.map((head) => ({ head }));
+  return { start: { ...start, avail: (got.usedIdx + resubmit.length) & 0xffff }, resubmit };
 }

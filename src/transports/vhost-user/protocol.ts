@@ -2,10 +2,16 @@
  * vhost-user message codec (QEMU docs/interop/vhost-user.rst), back-end side: every message a
  * front-end sends is validated before anything acts on it: header version and flags, the
  * exact payload size of its request, how many file descriptors may come with it, and the
- * protocol feature that gates it. A message that fails gets a reason, never an exception.
+ * protocol feature that gates it. A message that fails is a VhostUserError ('malformed-message'
+ * or 'unsupported-request') with the reason; nothing else is ever thrown.
  *
- * Browser-safe (pure data); the socket side lives with the native addon.
+ * Browser-safe (pure data); the socket side lives with the native addon (connection.ts).
  */
+import type { RingFormat, RingPosition } from '../../virtqueue/queue.js';
+import { VhostUserError } from './errors.js';
+
+const malformed = (message: string) => new VhostUserError('malformed-message', message);
+const unsupported = (message: string) => new VhostUserError('unsupported-request', message);
 
 export const HEADER_SIZE = 12;
 export const VERSION = 0x1;
@@ -93,15 +99,15 @@ export interface Header {
   size: number;
 }
 
-/** Parses the 12-byte header (native byte order: little-endian on the hosts we run on). */
-export function parseHeader(bytes: Uint8Array): Header | string {
-  if (bytes.length < HEADER_SIZE) return `short header: ${bytes.length} of ${HEADER_SIZE} bytes`;
+/** Parses the 12-byte header (native byte order: little-endian on the hosts we run on); throws a 'malformed-message' VhostUserError. */
+export function parseHeader(bytes: Uint8Array): Header {
+  if (bytes.length < HEADER_SIZE) throw malformed(`short header: ${bytes.length} of ${HEADER_SIZE} bytes`);
   const v = new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
   const h = { request: v.getUint32(0, true), flags: v.getUint32(4, true), size: v.getUint32(8, true) };
-  if ((h.flags & FLAG_VERSION_MASK) !== VERSION) return `${requestName(h.request)}: protocol version ${h.flags & FLAG_VERSION_MASK}, expected ${VERSION}`;
-  if (h.flags & FLAG_REPLY) return `${requestName(h.request)}: a front-end request with the reply flag set`;
-  if (h.flags & ~(FLAG_VERSION_MASK | FLAG_REPLY | FLAG_NEED_REPLY)) return `${requestName(h.request)}: unknown flags 0x${h.flags.toString(16)}`;
-  if (h.size > MAX_PAYLOAD) return `${requestName(h.request)}: payload of ${h.size} bytes (at most ${MAX_PAYLOAD})`;
+  if ((h.flags & FLAG_VERSION_MASK) !== VERSION) throw malformed(`${requestName(h.request)}: protocol version ${h.flags & FLAG_VERSION_MASK}, expected ${VERSION}`);
+  if (h.flags & FLAG_REPLY) throw malformed(`${requestName(h.request)}: a front-end request with the reply flag set`);
+  if (h.flags & ~(FLAG_VERSION_MASK | FLAG_REPLY | FLAG_NEED_REPLY)) throw malformed(`${requestName(h.request)}: unknown flags 0x${h.flags.toString(16)}`);
+  if (h.size > MAX_PAYLOAD) throw malformed(`${requestName(h.request)}: payload of ${h.size} bytes (at most ${MAX_PAYLOAD})`);
   return h;
 }
 
@@ -200,22 +206,24 @@ function u64n(v: DataView, off: number): number {
 
 /**
  * Validates a whole message (header, payload, number of fds) against the request's rule and
- * the session; returns the decoded message or the reason it is refused. Never throws.
+ * the session; returns the decoded message, or throws a VhostUserError with the reason it is
+ * refused ('unsupported-request' for a request not served or not negotiated, 'malformed-message'
+ * for the rest). Throws nothing else, whatever the bytes.
  */
-export function decode(header: Header, payload: Uint8Array, fdCount: number, session: Session): Decoded | string {
+export function decode(header: Header, payload: Uint8Array, fdCount: number, session: Session): Decoded {
   const name = requestName(header.request);
   const rule = RULES[header.request];
-  if (rule === undefined) return `${name}: not a request this back-end serves`;
-  if (payload.length !== header.size) return `${name}: header says ${header.size} payload bytes, ${payload.length} arrived`;
+  if (rule === undefined) throw unsupported(`${name}: not a request this back-end serves`);
+  if (payload.length !== header.size) throw malformed(`${name}: header says ${header.size} payload bytes, ${payload.length} arrived`);
   const [minSize, maxSize] = typeof rule.size === 'number' ? [rule.size, rule.size] : rule.size;
   if (header.size < minSize || header.size > maxSize) {
-    return `${name}: payload of ${header.size} bytes, expected ${minSize === maxSize ? minSize : `${minSize}..${maxSize}`}`;
+    throw malformed(`${name}: payload of ${header.size} bytes, expected ${minSize === maxSize ? minSize : `${minSize}..${maxSize}`}`);
   }
   const [minFds, maxFds] = typeof rule.fds === 'number' ? [rule.fds, rule.fds] : rule.fds;
-  if (fdCount < minFds || fdCount > maxFds) return `${name}: ${fdCount} file descriptors, expected ${minFds === maxFds ? minFds : `${minFds}..${maxFds}`}`;
-  if (rule.needsProtocolFeatures && !session.protocolFeaturesOffered) return `${name}: VHOST_USER_F_PROTOCOL_FEATURES is not offered`;
+  if (fdCount < minFds || fdCount > maxFds) throw malformed(`${name}: ${fdCount} file descriptors, expected ${minFds === maxFds ? minFds : `${minFds}..${maxFds}`}`);
+  if (rule.needsProtocolFeatures && !session.protocolFeaturesOffered) throw unsupported(`${name}: VHOST_USER_F_PROTOCOL_FEATURES is not offered`);
   if (rule.needs !== undefined && ((session.protocolFeatures >> BigInt(rule.needs)) & 1n) === 0n) {
-    return `${name}: protocol feature ${rule.needs} was not negotiated`;
+    throw unsupported(`${name}: protocol feature ${rule.needs} was not negotiated`);
   }
   const replyAck = ((session.protocolFeatures >> BigInt(ProtocolFeature.REPLY_ACK)) & 1n) === 1n;
   const needReply = replyAck && (header.flags & FLAG_NEED_REPLY) !== 0;
@@ -233,12 +241,12 @@ export function decode(header: Header, payload: Uint8Array, fdCount: number, ses
     case Req.SET_VRING_ENABLE:
     case Req.VRING_KICK: {
       const index = v.getUint32(0, true);
-      if (index >= session.numQueues) return `${name}: queue ${index} does not exist (${session.numQueues} queues)`;
+      if (index >= session.numQueues) throw malformed(`${name}: queue ${index} does not exist (${session.numQueues} queues)`);
       return done({ request: r, kind: 'state', index, num: v.getUint32(4, true) });
     }
     case Req.SET_VRING_ADDR: {
       const index = v.getUint32(0, true);
-      if (index >= session.numQueues) return `${name}: queue ${index} does not exist (${session.numQueues} queues)`;
+      if (index >= session.numQueues) throw malformed(`${name}: queue ${index} does not exist (${session.numQueues} queues)`);
       return done({ request: r, kind: 'addr', index, flags: v.getUint32(4, true), desc: u64n(v, 8), used: u64n(v, 16), avail: u64n(v, 24), log: u64n(v, 32) });
     }
     case Req.SET_VRING_KICK:
@@ -247,21 +255,20 @@ export function decode(header: Header, payload: Uint8Array, fdCount: number, ses
       const value = v.getBigUint64(0, true);
       const index = Number(value & 0xffn);
       const noFd = (value & 0x100n) !== 0n;
-      if (value >> 9n !== 0n) return `${name}: reserved bits set in 0x${value.toString(16)}`;
-      if (index >= session.numQueues) return `${name}: queue ${index} does not exist (${session.numQueues} queues)`;
-      if (noFd !== (fdCount === 0)) return `${name}: the invalid-fd flag is ${noFd ? 'set' : 'clear'} but ${fdCount} fds came`;
+      if (value >> 9n !== 0n) throw malformed(`${name}: reserved bits set in 0x${value.toString(16)}`);
+      if (index >= session.numQueues) throw malformed(`${name}: queue ${index} does not exist (${session.numQueues} queues)`);
+      if (noFd !== (fdCount === 0)) throw malformed(`${name}: the invalid-fd flag is ${noFd ? 'set' : 'clear'} but ${fdCount} fds came`);
       return done({ request: r, kind: 'vring-fd', index, noFd });
     }
     case Req.SET_MEM_TABLE: {
       const n = v.getUint32(0, true);
-      if (n > MAX_MEM_REGIONS) return `${name}: ${n} regions (at most ${MAX_MEM_REGIONS})`;
-      if (header.size !== 8 + n * REGION) return `${name}: ${n} regions need ${8 + n * REGION} payload bytes, not ${header.size}`;
-      if (fdCount !== n) return `${name}: ${n} regions but ${fdCount} file descriptors`;
+      if (n > MAX_MEM_REGIONS) throw malformed(`${name}: ${n} regions (at most ${MAX_MEM_REGIONS})`);
+      if (header.size !== 8 + n * REGION) throw malformed(`${name}: ${n} regions need ${8 + n * REGION} payload bytes, not ${header.size}`);
+      if (fdCount !== n) throw malformed(`${name}: ${n} regions but ${fdCount} file descriptors`);
       const regions: MemRegion[] = [];
       for (let i = 0; i < n; i++) {
         const reg = readRegion(v, 8 + i * REGION);
-        const bad = checkRegion(reg);
-        if (bad !== null) return `${name}: region ${i}: ${bad}`;
+        checkRegion(reg, `${name}: region ${i}: `);
         regions.push(reg);
       }
       return done({ request: r, kind: 'memory', regions });
@@ -269,8 +276,7 @@ export function decode(header: Header, payload: Uint8Array, fdCount: number, ses
     case Req.ADD_MEM_REG:
     case Req.REM_MEM_REG: {
       const reg = readRegion(v, 8);
-      const bad = checkRegion(reg);
-      if (bad !== null) return `${name}: ${bad}`;
+      checkRegion(reg, `${name}: `);
       return done({ request: r, kind: 'region', region: reg });
     }
     case Req.GET_CONFIG:
@@ -278,8 +284,8 @@ export function decode(header: Header, payload: Uint8Array, fdCount: number, ses
       const offset = v.getUint32(0, true);
       const size = v.getUint32(4, true);
       const flags = v.getUint32(8, true);
-      if (12 + size !== header.size) return `${name}: config size ${size} does not match the ${header.size}-byte payload`;
-      if (flags > 1) return `${name}: unknown config flags ${flags}`;
+      if (12 + size !== header.size) throw malformed(`${name}: config size ${size} does not match the ${header.size}-byte payload`);
+      if (flags > 1) throw malformed(`${name}: unknown config flags ${flags}`);
       return done({ request: r, kind: 'config', offset, size, flags, data: payload.subarray(12) });
     }
     case Req.GET_INFLIGHT_FD:
@@ -288,8 +294,8 @@ export function decode(header: Header, payload: Uint8Array, fdCount: number, ses
     case Req.SET_LOG_BASE: {
       const size = u64n(v, 0);
       const offset = u64n(v, 8);
-      if (size === 0) return `${name}: log size 0`;
-      if (!Number.isSafeInteger(size + offset)) return `${name}: log size ${size} at offset ${offset} beyond 2^53`;
+      if (size === 0) throw malformed(`${name}: log size 0`);
+      if (!Number.isSafeInteger(size + offset)) throw malformed(`${name}: log size ${size} at offset ${offset} beyond 2^53`);
       return done({ request: r, kind: 'log', size, offset });
     }
     default:
@@ -301,11 +307,11 @@ function readRegion(v: DataView, off: number): MemRegion {
   return { guestAddr: u64n(v, off), size: u64n(v, off + 8), userAddr: u64n(v, off + 16), mmapOffset: u64n(v, off + 24) };
 }
 
-function checkRegion(r: MemRegion): string | null {
-  if (r.size === 0) return 'size 0';
-  for (const [k, x] of Object.entries(r)) if (!Number.isSafeInteger(x)) return `${k} beyond 2^53`;
-  if (!Number.isSafeInteger(r.guestAddr + r.size) || !Number.isSafeInteger(r.userAddr + r.size) || !Number.isSafeInteger(r.mmapOffset + r.size)) return 'range wraps beyond 2^53';
-  return null;
+/** A region that cannot be one is a 'malformed-message' error (its message starts with `prefix`). */
+function checkRegion(r: MemRegion, prefix: string): void {
+  if (r.size === 0) throw malformed(`${prefix}size 0`);
+  for (const [k, x] of Object.entries(r)) if (!Number.isSafeInteger(x)) throw malformed(`${prefix}${k} beyond 2^53`);
+  if (!Number.isSafeInteger(r.guestAddr + r.size) || !Number.isSafeInteger(r.userAddr + r.size) || !Number.isSafeInteger(r.mmapOffset + r.size)) throw malformed(`${prefix}range wraps beyond 2^53`);
 }
 
 /** Back-end -> front-end requests on the back-end request channel (vhost-user.rst). */
@@ -348,4 +354,42 @@ export function statePayload(index: number, num: number): Uint8Array {
   v.setUint32(0, index, true);
   v.setUint32(4, num, true);
   return b;
+}
+
+/** GET_INFLIGHT_FD's reply: mmap size and offset of the buffer, and its shape. */
+export function inflightPayload(mmapSize: number, mmapOffset: number, numQueues: number, queueSize: number): Uint8Array {
+  const b = new Uint8Array(24);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, BigInt(mmapSize), true);
+  v.setBigUint64(8, BigInt(mmapOffset), true);
+  v.setUint16(16, numQueues, true);
+  v.setUint16(18, queueSize, true);
+  return b;
+}
+
+/** GET_CONFIG's reply: offset, size and flags as asked, then `size` bytes of the config space from `offset` (zeros past its end). */
+export function configPayload(offset: number, size: number, flags: number, config: Uint8Array): Uint8Array {
+  const b = new Uint8Array(12 + size);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, offset, true);
+  v.setUint32(4, size, true);
+  v.setUint32(8, flags, true);
+  if (offset < config.length) b.set(config.subarray(offset, Math.min(config.length, offset + size)), 12);
+  return b;
+}
+
+/**
+ * A ring position as SET_VRING_BASE / GET_VRING_BASE carry it. Split rings: the next available
+ * index (16 bits). Packed rings: the available slot in bits 0-14 and its wrap counter in bit
+ * 15, the used slot in bits 16-30 and its wrap counter in bit 31.
+ */
+export function encodeRingBase(format: RingFormat, p: RingPosition): number {
+  return format === 'packed'
+    ? ((p.avail & 0x7fff) | (p.availWrap ? 0x8000 : 0) | ((p.used & 0x7fff) << 16) | (p.usedWrap ? 0x80000000 : 0)) >>> 0
+    : p.avail & 0xffff;
+}
+
+/** A packed ring's position from its SET_VRING_BASE value (see encodeRingBase; not checked against a ring size). */
+export function decodePackedRingBase(base: number): RingPosition {
+  return { avail: base & 0x7fff, availWrap: (base & 0x8000) !== 0, used: (base >>> 16) & 0x7fff, usedWrap: (base & 0x80000000) !== 0 };
 }

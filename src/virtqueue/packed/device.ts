@@ -12,7 +12,7 @@ import type { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../monitor/monitor.js';
 import { LONG_CHAIN_CAP, type DescriptorChain } from '../chain.js';
 import type { QueueFeatures, ViolationSink } from '../queue.js';
-import type { Resubmit, RingPosition } from '../queue.js';
+import type { PriorBuffer, RingPosition } from '../queue.js';
 import { DeviceQueueBase } from '../device-queue-base.js';
 import {
   EVENT_ALIGN,
@@ -84,6 +84,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   private readonly pendingSlot: Uint16Array;
   private readonly pendingFlags: Uint16Array;
 
+  /** Queue `index` over `mem`, of at most `maxSize` entries (1..32768); verdicts go to `monitor` and `sink`. */
   constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
     super(mem, index, checkedMaxSize(maxSize), monitor, sink, 65536);
     this.shadowAddr = new Float64Array(maxSize);
@@ -96,10 +97,12 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   /** Buffers served again from stored descriptors: their ring slots may hold other data now. */
   private readonly noShadow = new Uint8Array(65536);
 
+  /** Where the ring stands: the next available and used slots with their wrap counters. */
   position(): RingPosition {
     return { avail: this.nextAvail, availWrap: this.availWrap, used: this.nextUsed, usedWrap: this.usedWrap };
   }
 
+  /** Returns the queue to its initial state (device reset, 2.4; queue reset, 2.6). */
   reset(): void {
     this.resetCommon();
     this.noShadow.fill(0);
@@ -110,17 +113,18 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     this.ring = this.driverEvent = this.deviceEvent = null;
   }
 
-  activate(features: QueueFeatures): boolean {
+  /** `start`: a ring restarted where it stopped (vhost-user SET_VRING_BASE: slots and wrap counters). */
+  activate(features: QueueFeatures, start?: RingPosition): boolean {
     this.activateCommon(features);
-    const size = this.size;
+    const size = this.ringSize;
     if (!Number.isInteger(size) || size < 1 || size > this.maxSize) {
       this.violation('struct.queue-config.driver.1', `queue size ${size} is not 1..${this.maxSize}`, { size }, true);
       return false;
     }
     const parts: [string, number, number, number][] = [
-      ['descriptor ring', this.descAddr, packedRingSize(size), PDESC_ALIGN],
-      ['driver event suppression', this.availAddr, EVENT_SIZE, EVENT_ALIGN],
-      ['device event suppression', this.usedAddr, EVENT_SIZE, EVENT_ALIGN],
+      ['descriptor ring', this.ringDesc, packedRingSize(size), PDESC_ALIGN],
+      ['driver event suppression', this.ringAvail, EVENT_SIZE, EVENT_ALIGN],
+      ['device event suppression', this.ringUsed, EVENT_SIZE, EVENT_ALIGN],
     ];
     for (const [name, addr, len, align] of parts) {
       if (addr % align !== 0) {
@@ -132,17 +136,16 @@ export class PackedDeviceQueue extends DeviceQueueBase {
         return false;
       }
     }
-    this.ring = this.mem.region(this.descAddr, packedRingSize(size));
-    this.ringOff = this.descAddr - this.ring.guestAddr;
-    this.driverEvent = this.mem.region(this.availAddr, EVENT_SIZE);
-    this.driverEventOff = this.availAddr - this.driverEvent.guestAddr;
-    this.deviceEvent = this.mem.region(this.usedAddr, EVENT_SIZE);
-    this.deviceEventOff = this.usedAddr - this.deviceEvent.guestAddr;
+    this.ring = this.mem.region(this.ringDesc, packedRingSize(size));
+    this.ringOff = this.ringDesc - this.ring.guestAddr;
+    this.driverEvent = this.mem.region(this.ringAvail, EVENT_SIZE);
+    this.driverEventOff = this.ringAvail - this.driverEvent.guestAddr;
+    this.deviceEvent = this.mem.region(this.ringUsed, EVENT_SIZE);
+    this.deviceEventOff = this.ringUsed - this.deviceEvent.guestAddr;
     this.nextAvail = this.nextUsed = 0;
     this.availWrap = this.usedWrap = true;
     this.availLinear = this.usedLinear = this.signalledLinear = 0;
-    const start = this.startAt;
-    if (start !== null) {
+    if (start !== undefined) {
       // A ring restarted where it stopped (vhost-user SET_VRING_BASE: slots and wrap counters).
       // Linear positions count passes: slot + size while the wrap counter is 0 (odd passes).
       // The transport checks what its peer sent before it gets here (the driver did not choose it).
@@ -187,8 +190,8 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     if (!this.active || this.broken) return null;
     let slot = this.nextAvail;
     let wrap = this.availWrap;
-    for (let n = 0; n < this.size && isAvailable(this.flagsAt(slot), wrap); n++) {
-      if (++slot === this.size) {
+    for (let n = 0; n < this.ringSize && isAvailable(this.flagsAt(slot), wrap); n++) {
+      if (++slot === this.ringSize) {
         slot = 0;
         wrap = !wrap;
       }
@@ -197,11 +200,11 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     const w = (data >>> 31) === 1;
     // Positions on the cycle of two passes (wrap 1, then wrap 0). The value may lag the ring
     // (more descriptors made available since it was sent) but never lead it.
-    const cycle = 2 * this.size;
-    const stop = slot + (wrap ? 0 : this.size);
-    const sent = off + (w ? 0 : this.size);
+    const cycle = 2 * this.ringSize;
+    const stop = slot + (wrap ? 0 : this.ringSize);
+    const sent = off + (w ? 0 : this.ringSize);
     const lag = (((stop - sent) % cycle) + cycle) % cycle;
-    return off < this.size && lag <= this.size
+    return off < this.ringSize && lag <= this.ringSize
       ? null
       : `next_off ${off}, next_wrap ${w ? 1 : 0}; the next descriptor not yet available is slot ${slot}, wrap ${wrap ? 1 : 0}`;
   }
@@ -209,12 +212,17 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   /** Packed rings have no clause on missing notifications; nothing to audit. */
   kickAudit(_notified: boolean): void {}
 
+  /**
+   * Takes the next buffer the driver made available (its id in `chain.head`): false when there
+   * is none, the queue is not active or paused, or the list was malformed (a verdict, and the
+   * queue is broken).
+   */
   pop(chain: DescriptorChain): boolean {
-    if (!this.active || this.broken || this.paused) return false;
-    if (this.resubmitAt < this.resubmitList.length) return this.popResubmitted(chain, this.resubmitList[this.resubmitAt++]);
+    if (!this.active || this.broken || this.isPaused) return false;
+    if (this.priorAt < this.priorList.length) return this.popResubmitted(chain, this.priorList[this.priorAt++]);
     const firstFlags = this.flagsAt(this.nextAvail);
     if (!isAvailable(firstFlags, this.availWrap)) return false;
-    const size = this.size;
+    const size = this.ringSize;
     const view = this.ring!.view;
     const base = this.ringOff;
     const first = this.nextAvail;
@@ -300,7 +308,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     this.availWrap = wrap;
     this.availLinear += count;
     this.inFlightCount++;
-    const t = this.inflight;
+    const t = this.observer;
     if (t !== null) {
       t.taken(id);
       for (let k = 0, s = first; k < count; k++, s = s + 1 === size ? 0 : s + 1) {
@@ -315,7 +323,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
    * descriptors: checked like ring descriptors, but not against ring slots (they may hold newer
    * descriptors now), and its slots are already counted between the used and available positions.
    */
-  private popResubmitted(chain: DescriptorChain, r: Resubmit): boolean {
+  private popResubmitted(chain: DescriptorChain, r: PriorBuffer): boolean {
     const id = r.head;
     const ds = r.descriptors ?? [];
     chain.clear(0);
@@ -366,12 +374,12 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     // LONG_CHAIN_CAP entries (Linux builds such tables when seg_max exceeds the queue size,
     // catalogue/deviations.tsv). Longer than the cap, or than a limit the device was given
     // (maxChainLength), is unservable: the walk and the chain stay bounded whatever the table says.
-    const limit = Math.min(Math.max(this.size, LONG_CHAIN_CAP), this.maxChainLength);
+    const limit = Math.min(Math.max(this.ringSize, LONG_CHAIN_CAP), this.maxChainLength);
     if (entries > limit) {
-      this.violation('packed.indirect-descs.driver.3', `indirect table at slot ${first} holds ${entries} descriptors, more than the ${limit} this device serves (queue size ${this.size})`, { slot: first, entries, cap: limit }, true);
+      this.violation('packed.indirect-descs.driver.3', `indirect table at slot ${first} holds ${entries} descriptors, more than the ${limit} this device serves (queue size ${this.ringSize})`, { slot: first, entries, cap: limit }, true);
       return false;
     }
-    if (entries > this.size && !this.servable('packed.indirect-descs.driver.3', `indirect table at slot ${first} holds ${entries} descriptors, more than the queue size ${this.size}`, { slot: first, entries, size: this.size })) {
+    if (entries > this.ringSize && !this.servable('packed.indirect-descs.driver.3', `indirect table at slot ${first} holds ${entries} descriptors, more than the queue size ${this.ringSize}`, { slot: first, entries, size: this.ringSize })) {
       return false;
     }
     chain.indirect = true;
@@ -427,7 +435,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     }
     this.idLinear[id] = -1;
     this.inFlightCount--;
-    if (this.inflight !== null) this.inflight.returned(id);
+    if (this.observer !== null) this.observer.returned(id);
     this.writeUsed(id, len, count);
   }
 
@@ -447,7 +455,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
           slots += this.idCount[this.returnedId[j]];
         }
       }
-      if (this.inflight !== null) for (let k = i; k <= j; k++) this.inflight.returned(this.returnedId[k]);
+      if (this.observer !== null) for (let k = i; k <= j; k++) this.observer.returned(this.returnedId[k]);
       this.writeUsed(this.returnedId[j], this.returnedLen[j], slots);
       i = j + 1;
     }
@@ -456,7 +464,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
 
   /** Writes a used descriptor at the used pointer (flags at publish) and skips `count` slots. */
   private writeUsed(id: number, len: number, count: number): void {
-    const size = this.size;
+    const size = this.ringSize;
     const slot = this.nextUsed;
     const r = this.ring!;
     const o = this.ringOff + slot * PDESC_SIZE;
@@ -465,7 +473,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     this.pendingSlot[this.pendingCount] = slot;
     this.pendingFlags[this.pendingCount] = usedFlags(this.usedWrap) | (len > 0 ? PDESC_F_WRITE : 0);
     this.pendingCount++;
-    if (this.mem.onWrite !== null) this.mem.onWrite(this.descAddr + slot * PDESC_SIZE + 8, 6);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.ringDesc + slot * PDESC_SIZE + 8, 6);
     let next = slot + count;
     if (next >= size) {
       next -= size;
@@ -482,7 +490,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
    */
   private checkUnaltered(linear: number, first: number, count: number, id: number): void {
     const view = this.ring!.view;
-    for (let i = 0, s = first; i < count; i++, s = s + 1 === this.size ? 0 : s + 1) {
+    for (let i = 0, s = first; i < count; i++, s = s + 1 === this.ringSize ? 0 : s + 1) {
       // Passed by the used pointer: the device wrote a used descriptor there or skipped it
       // (and once published the driver may reuse it). Only slots ahead of it must be intact.
       if (linear + i < this.usedLinear) continue;
@@ -508,40 +516,42 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     if (!this.active) return false;
     if (this.returnedCount > 0) this.flushInOrder();
     if (this.pendingCount === 0) return false;
-    if (this.inflight !== null) this.inflight.publishing!(this.nextUsed, this.usedWrap);
+    if (this.observer !== null) this.observer.publishing!(this.nextUsed, this.usedWrap);
     const r = this.ring!;
     for (let i = this.pendingCount - 1; i >= 0; i--) {
       const off = this.ringOff + this.pendingSlot[i] * PDESC_SIZE + 14;
       if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, this.pendingFlags[i]);
       else r.view.setUint16(off, this.pendingFlags[i], true);
-      if (this.mem.onWrite !== null) this.mem.onWrite(this.descAddr + this.pendingSlot[i] * PDESC_SIZE + 14, 2);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.ringDesc + this.pendingSlot[i] * PDESC_SIZE + 14, 2);
     }
     this.pendingCount = 0;
-    if (this.inflight !== null) this.inflight.published(this.nextUsed, this.usedWrap);
+    if (this.observer !== null) this.observer.published(this.nextUsed, this.usedWrap);
     const old = this.signalledLinear;
     this.signalledLinear = this.usedLinear;
     const ev = this.driverEvent!.view;
     const flags = ev.getUint16(this.driverEventOff + EVENT_FLAGS, true) & 3;
     if (flags === RING_EVENT_FLAGS_DISABLE) return false;
     if (flags === RING_EVENT_FLAGS_DESC && this.eventIdx) {
-      return packedNeedEvent(ev.getUint16(this.driverEventOff + EVENT_OFF_WRAP, true), this.size, old, this.usedLinear);
+      return packedNeedEvent(ev.getUint16(this.driverEventOff + EVENT_OFF_WRAP, true), this.ringSize, old, this.usedLinear);
     }
     return true;
   }
 
+  /** Asks the driver not to send available-buffer notifications (2.8.10). */
   disableNotifications(): void {
     if (!this.active) return;
     this.writeDeviceEventFlags(RING_EVENT_FLAGS_DISABLE);
   }
 
+  /** Asks for notifications again; true when buffers arrived meanwhile (process them instead of waiting). */
   enableNotifications(): boolean {
-    if (!this.active || this.broken || this.paused) return false;
+    if (!this.active || this.broken || this.isPaused) return false;
     if (this.eventIdx) {
       // Like split's avail_event: one notification when the driver makes the next slot available,
       // not one per buffer.
       const ev = this.deviceEvent!;
       ev.view.setUint16(this.deviceEventOff + EVENT_OFF_WRAP, this.nextAvail | (this.availWrap ? 0x8000 : 0), true);
-      if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + EVENT_OFF_WRAP, 2);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + EVENT_OFF_WRAP, 2);
       this.writeDeviceEventFlags(RING_EVENT_FLAGS_DESC);
     } else this.writeDeviceEventFlags(RING_EVENT_FLAGS_ENABLE);
     return this.hasAvailable();
@@ -552,9 +562,10 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     const off = this.deviceEventOff + EVENT_FLAGS;
     if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, flags);
     else r.view.setUint16(off, flags, true);
-    if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + EVENT_FLAGS, 2);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + EVENT_FLAGS, 2);
   }
 
+  /** Whether buffer `id` is one the device took and has not returned. */
   isInFlight(id: number): boolean {
     return id >= 0 && id <= 0xffff && this.idLinear[id] >= 0 && this.stashed[id] !== 1;
   }

@@ -28,18 +28,10 @@ import {
   packedNeedEvent,
   packedRingSize,
 } from '../../spec/packed-layout.js';
+import type { RingAddresses } from '../../spec/ring.js';
 
 const TWO_32 = 4294967296;
 
-/** Guest addresses of a packed ring's three parts (2.8: descriptor ring, driver area, device area). */
-export interface PackedRingAddresses {
-  /** Descriptor ring. */
-  desc: number;
-  /** Driver event suppression structure (driver area). */
-  avail: number;
-  /** Device event suppression structure (device area). */
-  used: number;
-}
 
 /**
  * With IN_ORDER one used descriptor may stand for a batch (2.8.9); auditReadable keeps a small
@@ -53,7 +45,7 @@ export function packedQueueFootprint(size: number, indirectMax = 0): number {
 }
 
 /** Lays out a packed ring (and its indirect pool) from `base`: the three parts, the pool and the end of it all. */
-export function layoutPackedQueue(base: number, size: number, indirectMax = 0): PackedRingAddresses & { pool: number; end: number } {
+export function layoutPackedQueue(base: number, size: number, indirectMax = 0): RingAddresses & { pool: number; end: number } {
   const align = (x: number, a: number) => Math.ceil(x / a) * a;
   const desc = align(base, 16);
   const avail = align(desc + packedRingSize(size), 4);
@@ -119,7 +111,7 @@ export class PackedDriverQueue<T extends {} | null = {} | null> extends DriverQu
     mem: GuestMemory,
     index: number,
     size: number,
-    addrs: PackedRingAddresses,
+    addrs: RingAddresses,
     options: PackedDriverQueueOptions,
     monitor: Monitor,
     sink: ViolationSink,

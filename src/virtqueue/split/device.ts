@@ -43,6 +43,7 @@ function checkedMaxSize(maxSize: number): number {
   return maxSize;
 }
 
+/** The device side of a split virtqueue (2.7): see the module comment. */
 export class SplitDeviceQueue extends DeviceQueueBase {
   readonly format = 'split' as const;
 
@@ -70,6 +71,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
   /** Whether to keep and check the shadow (cheap; on by default). */
   checkExposedDescriptors = true;
 
+  /** Queue `index` over `mem`, of at most `maxSize` entries (a power of two); verdicts go to `monitor` and `sink`. */
   constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
     super(mem, index, checkedMaxSize(maxSize), monitor, sink, maxSize);
     this.inFlight = new Uint8Array(maxSize);
@@ -96,19 +98,22 @@ export class SplitDeviceQueue extends DeviceQueueBase {
   /**
    * Checks the driver's queue configuration and resolves the ring parts (at DRIVER_OK, or when
    * a vhost-user ring starts). Returns false, with a verdict, when the layout is unusable.
-   * `startAvail`/`startUsed` restore indices (vhost-user SET_VRING_BASE; `startAt` by default).
+   * `start` restores the indices (a ring restarted where it stopped: vhost-user
+   * SET_VRING_BASE); split indices are free-running, so its wrap flags carry nothing.
    */
-  activate(features: QueueFeatures, startAvail = this.startAt?.avail ?? 0, startUsed = this.startAt?.used ?? startAvail): boolean {
+  activate(features: QueueFeatures, start?: RingPosition): boolean {
+    const startAvail = start?.avail ?? 0;
+    const startUsed = start?.used ?? 0;
     this.activateCommon(features);
-    const size = this.size;
+    const size = this.ringSize;
     if (!isPowerOfTwo(size) || size > this.maxSize) {
       this.violation('struct.queue-config.driver.1', `queue size ${size} is not a power of two <= ${this.maxSize}`, { size }, true);
       return false;
     }
     const parts: [string, number, number, number][] = [
-      ['descriptor table', this.descAddr, descTableSize(size), DESC_ALIGN],
-      ['driver area (avail ring)', this.availAddr, availRingSize(size), AVAIL_ALIGN],
-      ['device area (used ring)', this.usedAddr, usedRingSize(size), USED_ALIGN],
+      ['descriptor table', this.ringDesc, descTableSize(size), DESC_ALIGN],
+      ['driver area (avail ring)', this.ringAvail, availRingSize(size), AVAIL_ALIGN],
+      ['device area (used ring)', this.ringUsed, usedRingSize(size), USED_ALIGN],
     ];
     for (const [name, addr, len, align] of parts) {
       if (addr % align !== 0) {
@@ -121,20 +126,20 @@ export class SplitDeviceQueue extends DeviceQueueBase {
       }
     }
     // The device writes the used ring; it must not overlap what the driver owns.
-    const usedEnd = this.usedAddr + usedRingSize(size);
+    const usedEnd = this.ringUsed + usedRingSize(size);
     for (const [name, addr, len] of parts.slice(0, 2)) {
-      if (this.usedAddr < addr + len && addr < usedEnd) {
+      if (this.ringUsed < addr + len && addr < usedEnd) {
         this.violation('struct.queue-config.driver.1', `device area overlaps the ${name}`, { part: name }, true);
         return false;
       }
     }
     this.mask = size - 1;
-    this.descRegion = this.mem.region(this.descAddr, descTableSize(size));
-    this.descOff = this.descAddr - this.descRegion.guestAddr;
-    this.availRegion = this.mem.region(this.availAddr, availRingSize(size));
-    this.availOff = this.availAddr - this.availRegion.guestAddr;
-    this.usedRegion = this.mem.region(this.usedAddr, usedRingSize(size));
-    this.usedOff = this.usedAddr - this.usedRegion.guestAddr;
+    this.descRegion = this.mem.region(this.ringDesc, descTableSize(size));
+    this.descOff = this.ringDesc - this.descRegion.guestAddr;
+    this.availRegion = this.mem.region(this.ringAvail, availRingSize(size));
+    this.availOff = this.ringAvail - this.availRegion.guestAddr;
+    this.usedRegion = this.mem.region(this.ringUsed, usedRingSize(size));
+    this.usedOff = this.ringUsed - this.usedRegion.guestAddr;
     this.nextAvail = this.lastAvailIdx = this.kickAuditIdx = startAvail & 0xffff;
     this.nextUsed = this.signalledUsed = startUsed & 0xffff;
     this.inFlight.fill(0);
@@ -144,7 +149,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     // Ask for a notification for the very next buffer (EVENT_IDX starts at the start index).
     if (this.eventIdx) {
       this.usedRegion.view.setUint16(this.usedOff + availEventOffset(size), this.nextAvail, true);
-      if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + availEventOffset(size), 2);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + availEventOffset(size), 2);
     }
     if (startAvail === 0 && startUsed === 0) {
       const flags = this.usedRegion.view.getUint16(this.usedOff + RING_FLAGS, true);
@@ -162,7 +167,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
 
   /** avail_event as the device last wrote it. */
   availEvent(): number {
-    return this.usedRegion!.view.getUint16(this.usedOff + availEventOffset(this.size), true);
+    return this.usedRegion!.view.getUint16(this.usedOff + availEventOffset(this.ringSize), true);
   }
 
   /** Whether the device currently asks for available-buffer notifications covering (old, idx]. */
@@ -192,20 +197,21 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     }
     if (idx === old) return;
     this.kickAuditIdx = idx;
-    if (((idx - this.nextAvail) & 0xffff) > this.size) return; // pending() reports that one
+    if (((idx - this.nextAvail) & 0xffff) > this.ringSize) return; // pending() reports that one
     if (this.wantsKick(old, idx)) {
       if (this.eventIdx) this.violation('split.avail-buffer-notif-suppr.driver.6', `driver moved avail.idx past avail_event (${this.availEvent()}) without notifying`, { availIdx: idx }, false);
       else this.violation('split.avail-buffer-notif-suppr.driver.4', `driver made buffers available (avail.idx ${old} -> ${idx}) with notifications on and did not notify`, { availIdx: idx }, false);
     }
   }
 
+  /** VIRTIO_F_NOTIFICATION_DATA: the avail.idx in `data` (bits 16-31) against the ring; a description of the mismatch, or null. */
   checkNotificationData(data: number): string | null {
     if (!this.active) return null;
     const idx = this.availIdx();
     const sent = data >>> 16;
     // The driver may have made more buffers available since it sent the notification (a
     // transport may deliver it late), never fewer: the value may lag the ring, not lead it.
-    return ((idx - sent) & 0xffff) <= this.size ? null : `next_off/next_wrap say avail.idx ${sent}, the ring says ${idx}`;
+    return ((idx - sent) & 0xffff) <= this.ringSize ? null : `next_off/next_wrap say avail.idx ${sent}, the ring says ${idx}`;
   }
 
   /** avail.idx: it moves when the driver makes buffers available (suspend checks). */
@@ -234,7 +240,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
 
   /** used_event, the last field of the driver area (valid with VIRTIO_F_EVENT_IDX). */
   usedEvent(): number {
-    return this.availRegion!.view.getUint16(this.availOff + usedEventOffset(this.size), true);
+    return this.availRegion!.view.getUint16(this.availOff + usedEventOffset(this.ringSize), true);
   }
 
   /**
@@ -251,13 +257,13 @@ export class SplitDeviceQueue extends DeviceQueueBase {
       // a decrement shows up as a move of almost 2^16.
       const seen = (this.lastAvailIdx - this.nextAvail) & 0xffff;
       const moved = (idx - this.lastAvailIdx) & 0xffff;
-      if (seen + moved > this.size) {
+      if (seen + moved > this.ringSize) {
         this.violation(
           'split.avail-ring.driver.1',
           moved > 0x8000
             ? `available index went back from ${this.lastAvailIdx} to ${idx}`
-            : `available index jumped from ${this.lastAvailIdx} to ${idx}: ${seen + moved} buffers outstanding on a queue of ${this.size}`,
-          { previous: this.lastAvailIdx, idx, nextAvail: this.nextAvail, size: this.size },
+            : `available index jumped from ${this.lastAvailIdx} to ${idx}: ${seen + moved} buffers outstanding on a queue of ${this.ringSize}`,
+          { previous: this.lastAvailIdx, idx, nextAvail: this.nextAvail, size: this.ringSize },
           true,
         );
         return -1;
@@ -273,13 +279,13 @@ export class SplitDeviceQueue extends DeviceQueueBase {
    * is broken).
    */
   pop(chain: DescriptorChain): boolean {
-    if (!this.active || this.broken || this.paused) return false;
+    if (!this.active || this.broken || this.isPaused) return false;
     let head: number;
-    if (this.resubmitAt < this.resubmitList.length) {
+    if (this.priorAt < this.priorList.length) {
       // Taken before a restart and never used: served again first (the avail ring entries
       // that named them were consumed already: nextAvail starts past them).
-      head = this.resubmitList[this.resubmitAt++].head;
-      if (head >= this.size || this.inFlight[head] === 1) return false;
+      head = this.priorList[this.priorAt++].head;
+      if (head >= this.ringSize || this.inFlight[head] === 1) return false;
     } else {
       // Re-read avail.idx only when the chains validated by the last read are used up.
       if (this.nextAvail === this.lastAvailIdx && this.pending() <= 0) return false;
@@ -289,14 +295,14 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     if (!this.walk(head, chain)) return false;
     this.inFlight[head] = 1;
     this.inFlightCount++;
-    if (this.inflight !== null) this.inflight.taken(head);
+    if (this.observer !== null) this.observer.taken(head);
     if (this.inOrder) this.takenInOrder(head, chain.writableBytes);
     return true;
   }
 
   /** Walks the chain starting at `head`, checking every rule the layout imposes. */
   private walk(head: number, chain: DescriptorChain): boolean {
-    const size = this.size;
+    const size = this.ringSize;
     chain.clear(head);
     if (head >= size) {
       this.violation('struct.desc-next.driver.1', `avail ring names descriptor ${head}, beyond the queue size ${size}`, { head }, true);
@@ -397,21 +403,21 @@ export class SplitDeviceQueue extends DeviceQueueBase {
         this.violation('split.desc-table.driver.1', `indirect table of head ${head} loops (more than ${entries} entries walked)`, { head }, true);
         return false;
       }
-      if (chain.tableDescriptors - 1 + walked >= this.size) {
+      if (chain.tableDescriptors - 1 + walked >= this.ringSize) {
         // split.indirect-descs.driver.3: no chain longer than the queue size. Through an
         // indirect table such a chain is still well-defined (each entry is read once, `next`
         // stays inside the table, buffers are checked against guest memory as usual), so it is
         // a servable violation up to LONG_CHAIN_CAP descriptors; Linux builds such tables when
         // seg_max exceeds the queue size (catalogue/deviations.tsv). Beyond the cap the walk
         // stops: a hostile table must not make the device walk or allocate without bound.
-        const cap = Math.max(this.size, LONG_CHAIN_CAP);
+        const cap = Math.max(this.ringSize, LONG_CHAIN_CAP);
         if (chain.tableDescriptors + walked > cap) {
-          this.violation('split.indirect-descs.driver.3', `chain from head ${head} is longer than ${cap} descriptors, the most this device serves (queue size ${this.size})`, { head, size: this.size, cap }, true);
+          this.violation('split.indirect-descs.driver.3', `chain from head ${head} is longer than ${cap} descriptors, the most this device serves (queue size ${this.ringSize})`, { head, size: this.ringSize, cap }, true);
           return false;
         }
         if (!longReported) {
           longReported = true;
-          if (!this.servable('split.indirect-descs.driver.3', `chain from head ${head} is longer than the queue size ${this.size} (through its indirect table of ${entries} entries)`, { head, size: this.size, entries })) return false;
+          if (!this.servable('split.indirect-descs.driver.3', `chain from head ${head} is longer than the queue size ${this.ringSize} (through its indirect table of ${entries} entries)`, { head, size: this.ringSize, entries })) return false;
         }
       }
       const o = base + idx * DESC_SIZE;
@@ -465,7 +471,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
    * published by `publish()` so a batch costs one index write and at most one notification.
    */
   addUsed(head: number, len: number): void {
-    if (!this.active || head >= this.size || this.inFlight[head] !== 1 || this.stashed[head] === 1) return;
+    if (!this.active || head >= this.ringSize || this.inFlight[head] !== 1 || this.stashed[head] === 1) return;
     if (this.checkExposedDescriptors && !this.broken) this.checkUnaltered(head);
     if (this.inOrder) {
       this.returnInOrder(head, len);
@@ -473,7 +479,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     }
     this.inFlight[head] = 0;
     this.inFlightCount--;
-    if (this.inflight !== null) this.inflight.returned(head);
+    if (this.observer !== null) this.observer.returned(head);
     this.writeUsed(head, len);
   }
 
@@ -491,7 +497,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
         while (j + 1 < this.returnedCount && this.returnedLen[j] === this.idWritable[this.returnedId[j]]) j++;
       }
       const start = this.nextUsed;
-      if (this.inflight !== null) for (let k = i; k <= j; k++) this.inflight.returned(this.returnedId[k]);
+      if (this.observer !== null) for (let k = i; k <= j; k++) this.observer.returned(this.returnedId[k]);
       this.writeUsed(this.returnedId[j], this.returnedLen[j]);
       this.nextUsed = (start + (j - i + 1)) & 0xffff;
       i = j + 1;
@@ -505,7 +511,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     // split.used-ring.device.1: len is written before the index is published.
     r.view.setUint32(o, head, true);
     r.view.setUint32(o + 4, len >>> 0, true);
-    if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + (o - this.usedOff), USED_ELEM_SIZE);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + (o - this.usedOff), USED_ELEM_SIZE);
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
   }
 
@@ -526,7 +532,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
         return;
       }
       idx = this.shadowNext[idx];
-      if (idx >= this.size) return;
+      if (idx >= this.ringSize) return;
     }
   }
 
@@ -544,8 +550,8 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     if (old === next) return false;
     if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, next);
     else r.view.setUint16(off, next, true);
-    if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + RING_IDX, 2);
-    if (this.inflight !== null) this.inflight.published(next, true);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + RING_IDX, 2);
+    if (this.observer !== null) this.observer.published(next, true);
     this.signalledUsed = next;
     const flags = this.availFlags();
     if (this.eventIdx) {
@@ -570,11 +576,11 @@ export class SplitDeviceQueue extends DeviceQueueBase {
    * driver, having seen the suppression, will never send.
    */
   enableNotifications(): boolean {
-    if (!this.active || this.broken || this.paused) return false;
+    if (!this.active || this.broken || this.isPaused) return false;
     if (this.eventIdx) {
       const r = this.usedRegion!;
-      r.view.setUint16(this.usedOff + availEventOffset(this.size), this.nextAvail, true);
-      if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + availEventOffset(this.size), 2);
+      r.view.setUint16(this.usedOff + availEventOffset(this.ringSize), this.nextAvail, true);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + availEventOffset(this.ringSize), 2);
     } else {
       this.writeUsedFlags(0);
     }
@@ -587,11 +593,11 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     const off = this.usedOff + RING_FLAGS;
     if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, flags);
     else r.view.setUint16(off, flags, true);
-    if (this.mem.onWrite !== null) this.mem.onWrite(this.usedAddr + RING_FLAGS, 2);
+    if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + RING_FLAGS, 2);
   }
 
   /** Whether `head` is a chain the device popped and has not returned. */
   isInFlight(head: number): boolean {
-    return head < this.size && this.inFlight[head] === 1 && this.stashed[head] !== 1;
+    return head < this.ringSize && this.inFlight[head] === 1 && this.stashed[head] !== 1;
   }
 }

@@ -27,8 +27,8 @@ import {
   needEvent,
   usedEventOffset,
   usedRingSize,
-  type SplitRingAddresses,
 } from '../../spec/split-layout.js';
+import type { RingAddresses } from '../../spec/ring.js';
 
 const TWO_32 = 4294967296;
 
@@ -48,7 +48,7 @@ export function splitQueueFootprint(size: number, indirectMax = 0): number {
 }
 
 /** Lays out rings (and the indirect pool) from `base`, honouring split.alignment.driver.1. */
-export function layoutSplitQueue(base: number, size: number, indirectMax = 0): SplitRingAddresses & { pool: number; end: number } {
+export function layoutSplitQueue(base: number, size: number, indirectMax = 0): RingAddresses & { pool: number; end: number } {
   const align = (x: number, a: number) => Math.ceil(x / a) * a;
   const desc = align(base, 16);
   const avail = align(desc + descTableSize(size), 2);
@@ -108,7 +108,7 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
     mem: GuestMemory,
     index: number,
     size: number,
-    addrs: SplitRingAddresses,
+    addrs: RingAddresses,
     options: SplitDriverQueueOptions,
     monitor: Monitor,
     sink: ViolationSink,

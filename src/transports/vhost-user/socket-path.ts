@@ -1,6 +1,6 @@
 /**
- * The listening socket of `serve --socket-path`, made without ever deleting a file the program
- * did not create:
+ * The vhost-user daemon's listening socket, made without ever deleting a file the program did
+ * not create:
  * - nothing at the path: listen there;
  * - a unix socket: replaced only when it is stale, i.e. a connect to it is refused
  *   (ECONNREFUSED: no process listens on it any more, as a killed server leaves it), and only
@@ -12,8 +12,14 @@
  * names that same inode (another server may have taken the path since).
  */
 import { lstatSync, unlinkSync, type Stats } from 'node:fs';
-import type { NativeAddon } from '../native/index.js';
-import { CliError, EXIT_RUNTIME, describeError, describeFileType, errnoOf } from './exit-codes.js';
+import type { NativeAddon } from '../../native/index.js';
+import { describeError, describeFileType, errnoOf } from '../../native/errno.js';
+import { VhostUserError } from './errors.js';
+
+/** Longest unix socket path: sockaddr_un.sun_path holds 108 bytes with the terminating NUL (unix(7)). */
+export const MAX_SOCKET_PATH = 107;
+
+const unusable = (message: string) => new VhostUserError('socket-path', message);
 
 export interface ListeningSocket {
   fd: number;
@@ -27,18 +33,23 @@ function lstatOrNull(path: string): Stats | null {
     return lstatSync(path);
   } catch (err) {
     if (errnoOf(err) === 'ENOENT') return null;
-    throw new CliError(EXIT_RUNTIME, `cannot use --socket-path ${path}: ${describeError(err)}`);
+    throw unusable(`cannot use socket path ${path}: ${describeError(err)}`);
   }
 }
 
 const sameFile = (a: Stats, b: Stats) => a.dev === b.dev && a.ino === b.ino;
 
-/** Listens on `path` (see the module comment). `warn` gets a line when a stale socket is replaced. */
-export function listenSafely(n: NativeAddon, path: string, warn: (message: string) => void): ListeningSocket {
+/**
+ * Listens on `path` (see the module comment). `warn` gets a line when a stale socket is
+ * replaced. Throws a VhostUserError: 'socket-busy' for a live server's socket, 'socket-path'
+ * for anything else that keeps it from listening there (each message names the path).
+ */
+export function listenUnixSocket(n: NativeAddon, path: string, warn: (message: string) => void): ListeningSocket {
+  if (path === '' || Buffer.byteLength(path) > MAX_SOCKET_PATH) throw unusable(`a socket path is 1 to ${MAX_SOCKET_PATH} bytes long, the limit of a unix socket path (got ${Buffer.byteLength(path)})`);
   const existing = lstatOrNull(path);
   if (existing !== null) {
     if (!existing.isSocket()) {
-      throw new CliError(EXIT_RUNTIME, `--socket-path ${path} is ${describeFileType(existing)}, not a socket: refusing to replace it (left untouched; remove it yourself or choose another path)`);
+      throw unusable(`socket path ${path} is ${describeFileType(existing)}, not a socket: refusing to replace it (left untouched; remove it yourself or choose another path)`);
     }
     let probe = -1;
     try {
@@ -47,17 +58,17 @@ export function listenSafely(n: NativeAddon, path: string, warn: (message: strin
       const code = errnoOf(err);
       if (code !== 'ECONNREFUSED') {
         // EAGAIN: a live server whose backlog is full; EACCES: not ours to judge. Either way: keep it.
-        throw new CliError(EXIT_RUNTIME, `--socket-path ${path} is a socket that cannot be checked (connect: ${describeError(err)}): refusing to replace it`);
+        throw unusable(`socket path ${path} is a socket that cannot be checked (connect: ${describeError(err)}): refusing to replace it`);
       }
     }
     if (probe >= 0) {
       n.close(probe);
-      throw new CliError(EXIT_RUNTIME, `--socket-path ${path} is busy: another server is listening on it (left untouched)`);
+      throw new VhostUserError('socket-busy', `socket path ${path} is busy: another server is listening on it (left untouched)`);
     }
     // Stale. Unlink it only while the path still names the socket that refused the connect.
     const now = lstatOrNull(path);
     if (now !== null) {
-      if (!now.isSocket() || !sameFile(now, existing)) throw new CliError(EXIT_RUNTIME, `--socket-path ${path} changed while it was checked: refusing to replace it`);
+      if (!now.isSocket() || !sameFile(now, existing)) throw unusable(`socket path ${path} changed while it was checked: refusing to replace it`);
       warn(`${path} was left by a server that is gone (connect refused); replacing it`);
       unlinkSync(path);
     }
@@ -68,7 +79,7 @@ export function listenSafely(n: NativeAddon, path: string, warn: (message: strin
   } catch (err) {
     const code = errnoOf(err);
     const detail = code === 'EADDRINUSE' ? 'something was created there meanwhile' : describeError(err);
-    throw new CliError(EXIT_RUNTIME, `cannot listen on --socket-path ${path}: ${detail}`);
+    throw unusable(`cannot listen on socket path ${path}: ${detail}`);
   }
   const mine = lstatSync(path);
   return {
