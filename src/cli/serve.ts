@@ -71,11 +71,8 @@ function loadAddon(): void {
   try {
     native();
   } catch (err) {
-    throw new CliError(
-      EXIT_RUNTIME,
-      `serve needs the native addon (unix sockets with fd passing, mmap, eventfd), which is not built: ${err instanceof Error ? err.message : String(err)}. ` +
-        'Build it with `npm install` in the virtio-ts package (or `npx node-gyp rebuild`; it needs python3, make and a C compiler). demo and conformance work without it.',
-    );
+    // NativeAddonError's message already says why and how to get the addon.
+    throw new CliError(EXIT_RUNTIME, `serve needs the native addon (unix sockets with fd passing, mmap, eventfd): ${err instanceof Error ? err.message : String(err)} demo and conformance work without it.`);
   }
 }
 
