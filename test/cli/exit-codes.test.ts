@@ -187,8 +187,8 @@ test('without the native addon: demo and conformance work, serve says why it can
     for (const args of [['serve', 'rng', '--socket-path', join(dir, 'r.sock')], ['serve', 'blk', '--socket-path', join(dir, 'b.sock'), '--image', join(dir, 'package.json')]]) {
       const r = go(...args);
       assert.equal(r.status, EXIT_RUNTIME, r.stderr);
-      assert.match(r.stderr, /serve needs the native addon .* which is not built/);
-      assert.match(r.stderr, /Build it with `npm install`/);
+      assert.match(r.stderr, /serve needs the native addon .*: the virtio-ts native addon is not available/);
+      assert.match(r.stderr, /install a C compiler, make and python3, then run `npm rebuild virtio-ts`/);
       assert.match(r.stderr, /demo and conformance work without it/);
       assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
       assert.equal(existsSync(args[3]), false, 'no socket made');
