@@ -38,7 +38,7 @@ if (existsSync(addon) && Math.max(newest(join(root, 'native')), newest(join(root
 // Nothing to do when no input (file or folder: a deleted file changes its folder) is newer than
 // the last complete build. tsc's own incremental check still costs seconds; this costs ms.
 const stamp = join(dist, '.build-stamp');
-const INPUTS = ['src', 'test', 'bench', 'catalogue', 'scripts', 'tsconfig.json', 'tsconfig.core.json', 'package.json'];
+const INPUTS = ['src', 'test', 'bench', 'fuzz', 'catalogue', 'scripts', 'tsconfig.json', 'tsconfig.core.json', 'package.json'];
 function newest(path) {
   const st = statSync(path);
   if (!st.isDirectory()) return st.mtimeMs;
