@@ -208,9 +208,9 @@ export class VhostUserDaemon extends EventEmitter<VhostUserDaemonEvents> {
 
   /** The back-end for the next connection: the one device's, or a new device's. */
   private backendFor(): VhostUserBackend {
-    const log = { info: (m: string, f?: Record<string, unknown>) => this.log.info(m, f), warn: (m: string, f?: Record<string, unknown>) => this.log.warn(m, f) };
-    if (typeof this.source !== 'function') return (this.shared ??= new VhostUserBackend(this.source, log));
-    return new VhostUserBackend(this.source(), log);
+    // The daemon's logger is already a BackendLog (info and warn with fields).
+    if (typeof this.source !== 'function') return (this.shared ??= new VhostUserBackend(this.source, this.log));
+    return new VhostUserBackend(this.source(), this.log);
   }
 
   private disconnected(backend: VhostUserBackend, end: ConnectionEnd): void {
