@@ -42,22 +42,22 @@ interface Unit {
 
 /** The layer of a source file (longest matching prefix), or null when none matches. */
 export function unitOf(file: string): Unit | null {
-  let best: (Unit & { length: number }) | null = null;
-  LAYERS.forEach((units, rank) => {
-    for (const pattern of units) {
+  let best: Unit | null = null;
+  for (let rank = 0; rank < LAYERS.length; rank++) {
+    for (const pattern of LAYERS[rank]) {
       let prefix = pattern;
       const star = pattern.indexOf('*');
       if (star >= 0) {
-        const rest = file.slice(star);
-        const slash = rest.indexOf('/');
+        // `*` is one folder name: the unit is the folder this file is in.
+        const slash = file.indexOf('/', star);
         if (!file.startsWith(pattern.slice(0, star)) || slash < 0) continue;
-        prefix = pattern.slice(0, star) + rest.slice(0, slash + 1);
+        prefix = file.slice(0, slash + 1);
       }
       const matches = pattern.endsWith('/') ? file.startsWith(prefix) : file === prefix;
-      if (matches && (best === null || prefix.length > best.length)) best = { rank, unit: prefix, length: prefix.length };
+      if (matches && (best === null || prefix.length > best.unit.length)) best = { rank, unit: prefix };
     }
-  });
-  return best === null ? null : { rank: (best as Unit).rank, unit: (best as Unit).unit };
+  }
+  return best;
 }
 
 function sources(dir: string): string[] {
