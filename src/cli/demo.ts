@@ -63,7 +63,7 @@ export async function runDemo(opts: DemoOptions, out: Writable): Promise<number>
   const bytes = await driver.read(opts.bytes);
   const ms = performance.now() - started;
   await driver.suspend();
-  const suspendedStatus = statusNames(device.getStatus());
+  const suspendedStatus = statusNames(device.status);
   await driver.resume();
   const after = await driver.read(16);
   await driver.restartQueue({ size: 16 });
@@ -74,12 +74,12 @@ export async function runDemo(opts: DemoOptions, out: Writable): Promise<number>
     monitor: mode,
     offered,
     accepted,
-    status: statusNames(device.getStatus()),
+    status: statusNames(device.status),
     bytesRead: bytes.length,
     first16: hex(bytes.subarray(0, 16)),
     milliseconds: Number(ms.toFixed(3)),
     notifications: { ...transport.counts },
-    suspend: { suspendedStatus, resumedStatus: statusNames(device.getStatus()), readAfterResume: after.length },
+    suspend: { suspendedStatus, resumedStatus: statusNames(device.status), readAfterResume: after.length },
     queueReset: { newSize: driver.queues[0].size, readAfterReset: afterReset.length },
     verdicts: { deviceSawDriver: deviceMonitor.verdicts, driverSawDevice: driverMonitor.verdicts },
   };

@@ -102,7 +102,7 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
     return this.device.deviceId;
   }
   async getStatus(): Promise<number> {
-    return this.device.getStatus();
+    return this.device.readStatus();
   }
   async setStatus(status: number): Promise<void> {
     this.device.setStatus(status);

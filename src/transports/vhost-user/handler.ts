@@ -236,12 +236,12 @@ export class VhostUserHandler {
       const problem = this.dirty.coverageProblem(this.dirty.size, this.mem.slots);
       if (problem !== null) throw problem;
     }
-    const onlyLogging = logAll !== this.dirty.logAll && features === this.features && (this.device.getStatus() & Status.FEATURES_OK) !== 0;
+    const onlyLogging = logAll !== this.dirty.logAll && features === this.features && (this.device.status & Status.FEATURES_OK) !== 0;
     if (!onlyLogging) {
       this.negotiate(features, (value & PROTOCOL_FEATURES) !== 0n);
       // The device may refuse a set the bits alone allow (no VERSION_1, a feature without the
       // one it needs): its verdict is logged; no ring of this session could ever run.
-      if ((this.device.getStatus() & Status.FEATURES_OK) === 0) {
+      if ((this.device.status & Status.FEATURES_OK) === 0) {
         throw new VhostUserError('features-refused', `the device refused the features 0x${features.toString(16)} (FEATURES_OK not accepted; see its verdict)`);
       }
     }
@@ -305,7 +305,7 @@ export class VhostUserHandler {
       );
     }
     const dev = this.device;
-    const now = dev.getStatus();
+    const now = dev.status;
     if (status & Status.FAILED && !(now & Status.FAILED)) {
       dev.setStatus(now | Status.FAILED);
     } else if (status & Status.DRIVER_OK && !this.live && now & Status.FEATURES_OK && !(now & Status.FAILED)) {
@@ -317,7 +317,7 @@ export class VhostUserHandler {
 
   /** GET_STATUS: what the device holds. */
   getStatus(): Answer {
-    return reply(u64Payload(this.device.getStatus()));
+    return reply(u64Payload(this.device.readStatus()));
   }
 
   /** SET_BACKEND_REQ_FD: the channel for back-end requests (CONFIG_CHANGE_MSG). */
@@ -661,7 +661,7 @@ export class VhostUserHandler {
   /** The device's feature negotiation (SET_FEATURES without the vhost-user bits). */
   private negotiate(features: bigint, protocolFeatures: boolean): void {
     const dev = this.device;
-    if (dev.getStatus() & Status.FEATURES_OK) {
+    if (dev.status & Status.FEATURES_OK) {
       // Re-negotiation: the device starts over, but the inflight record stays (a front-end
       // that did not stop the rings first may have left requests the next start must serve).
       dev.reset();
