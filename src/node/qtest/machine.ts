@@ -11,7 +11,7 @@ import { QtestClient } from './client.js';
 import { native } from '../../native/index.js';
 import { QtestRam } from './ram.js';
 import { findMmioTransports, type QtestMmioWindow } from './mmio.js';
-import { enumeratePci, type QtestPciFunction } from './pci.js';
+import { enumeratePci, MAILBOX_VECTORS, type QtestPciFunction } from './pci.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 
 /**
@@ -106,8 +106,8 @@ export class QtestMachine {
     // No PIT or HPET: nothing but the devices raises I/O APIC lines (they would only be noise).
     const machineArg =
       options.machine === 'microvm'
-        ? // ioapic2=off: 8 transports on the first I/O APIC (5 + slot); no PIC/RTC/serial either.
-          `microvm,ioapic2=off,pit=off,pic=off,rtc=off,isa-serial=off,${machineProperty}`
+        ? // ioapic2=off, acpi=on: 8 transports on the first I/O APIC, inputs 16 + slot; no PIC/RTC/serial either.
+          `microvm,ioapic2=off,acpi=on,pit=off,pic=off,rtc=off,isa-serial=off,${machineProperty}`
         : `${options.machine},pit=off,hpet=off,${machineProperty}`;
     const args = ['-machine', machineArg, ...ramArgs, '-bios', '/dev/fd/4', '-display', 'none', '-nodefaults', '-no-user-config'];
     if (options.machine === 'microvm' && options.legacyMmio !== true) args.push('-global', 'virtio-mmio.force-legacy=false');
@@ -126,7 +126,15 @@ export class QtestMachine {
       await qtest.irqInterceptIn('ioapic');
       qtest.onIrq((line, raised) => m.dispatchInterrupt(line, raised));
       if (options.machine === 'microvm') m.mmio = await findMmioTransports(qtest);
-      else m.pci = await enumeratePci(qtest, options.machine);
+      else {
+        const perFunction = 4 * MAILBOX_VECTORS;
+        m.pci = await enumeratePci(qtest, options.machine, (slot) => {
+          const address = ram.reserved.address + slot * perFunction;
+          if (address + perFunction > ram.reserved.address + ram.reserved.size) throw new RangeError('more PCI functions than MSI-X mailboxes');
+          ram.memory.bytes(address, perFunction).fill(0xff); // MAILBOX_EMPTY in every slot
+          return { address, memory: ram.memory };
+        });
+      }
     } catch (err) {
       await m.close();
       throw err;
@@ -136,20 +144,12 @@ export class QtestMachine {
 
   private dispatchInterrupt(line: number, raised: boolean): void {
     for (const t of this.mmio) if (t.window.gsi === line) t.window.interrupt(raised);
-    for (const f of this.pci) if (f.gsi === line || (f.gsi === -1 && line >= 16)) f.interrupt(raised);
-  }
-
-  /** The PCI functions with this vendor:device id. */
-  pciFunctions(vendorId: number, deviceId: number): Promise<QtestPciFunction[]> {
-    return (async () => {
-      const out: QtestPciFunction[] = [];
-      for (const f of this.pci) if ((await f.vendorId()) === vendorId && (await f.deviceId()) === deviceId) out.push(f);
-      return out;
-    })();
+    for (const f of this.pci) if (f.gsi === line || (f.gsi === -1 && line >= 16)) f.intx(raised);
   }
 
   /** Stops QEMU (SIGKILL), waits for it, and frees the shared RAM. */
   async close(): Promise<void> {
+    for (const f of this.pci) f.stop();
     await this.qtest.close();
     this.ram.close();
   }

@@ -1,7 +1,8 @@
 /**
  * virtio-mmio over qtest on QEMU's `microvm` machine: its transports sit at 0xfeb00000 +
- * 512 * slot; with `ioapic2=off` there are 8 of them, slot i raising I/O APIC input 5 + i
- * (QEMU's hw/i386/microvm.c: VIRTIO_MMIO_BASE, VIRTIO_IRQ_BASE). QEMU plugs the first -device
+ * 512 * slot; with `ioapic2=off` there are 8 of them, slot i raising I/O APIC input 16 + i with
+ * ACPI on (5 + i with acpi=off; 24 transports on a second I/O APIC with ioapic2=on): QEMU's
+ * hw/i386/microvm.c, microvm_devices_init (VIRTIO_MMIO_BASE, virtio_irq_base). QEMU plugs the first -device
  * into the LAST slot, the next one below it, and so on: {@link findMmioTransports} reads every
  * slot's MagicValue and DeviceID instead of assuming an order.
  *
@@ -15,8 +16,8 @@ export const MICROVM_MMIO_BASE = 0xfeb00000;
 export const MICROVM_MMIO_STRIDE = 0x200;
 /** Transports with ioapic2=off. */
 export const MICROVM_MMIO_SLOTS = 8;
-/** I/O APIC input of slot 0. */
-export const MICROVM_MMIO_IRQ_BASE = 5;
+/** I/O APIC input of slot 0 (ioapic2=off, acpi=on). */
+export const MICROVM_MMIO_IRQ_BASE = 16;
 
 const MAGIC = 0x74726976; // "virt"
 

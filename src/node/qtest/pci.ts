@@ -1,74 +1,85 @@
 /**
- * PCI over qtest: configuration space through the x86 configuration mechanism #1 (ports 0xcf8 /
- * 0xcfc), and the work firmware does before an OS runs, done here because a qtest QEMU runs no
- * firmware: find the functions on bus 0, size and place their BARs, turn on memory and I/O
- * decoding and bus mastering, and route INTx (the PIIX3's PIRQ routing on `pc`; ICH9 on `q35`
- * wires PIRQ A-H to I/O APIC inputs 16-23 by itself).
+ * PCI over qtest: the {@link PciBus} the project's PciTransport drives, for one function of a
+ * qtest QEMU. Configuration space goes through the x86 configuration mechanism #1 (ports 0xcf8 /
+ * 0xcfc), memory and I/O space through qtest's read/write and in/out. The driver sizes and
+ * places the BARs itself, in the windows this bus gives it (one slice per function, so that two
+ * functions never overlap).
  *
- * Interrupts are INTx: QEMU reports I/O APIC line changes (irq_intercept_in ioapic) and every
- * function on the raised line is asked to look (read its ISR). MSI-X stays disabled: with no
- * CPU running, an MSI is a memory write to 0xfeexxxxx that only a local APIC sees.
+ * What firmware would do, done here because a qtest QEMU runs none ({@link enumeratePci}): find
+ * the functions of bus 0, and route INTx: the PIIX3's PIRQ routing registers on `pc`; ICH9 on
+ * `q35` wires PIRQ A-H to I/O APIC inputs 16-23 by itself.
+ *
+ * Interrupts, both kinds:
+ * - INTx: QEMU reports I/O APIC line changes (irq_intercept_in ioapic); the function's line is
+ *   known on `pc` (the i440FX swizzle), and on `q35` every raise of 16-23 is passed on (the
+ *   driver reads its ISR, which costs one request and is harmless).
+ * - MSI-X: with no interrupt controller of ours, an MSI is a memory write. The bus points each
+ *   vector at its own 32-bit mailbox in guest RAM (it rewrites the message address the driver
+ *   writes into the table, the way an interrupt-remapping unit would) and watches the mailboxes
+ *   in the shared RAM: no qtest traffic. A mailbox holds the vector's data once QEMU signalled
+ *   it; the bus clears it and hands the driver the message it programmed.
  *
  * Node only.
  */
 import type { QtestClient } from './client.js';
-
-/** One BAR as placed: its index, kind, guest address (memory) or port (I/O), and size. */
-export interface QtestPciBar {
-  /** BAR number (0-5). */
-  index: number;
-  /** Memory or I/O space. */
-  kind: 'memory' | 'io';
-  /** Where it was placed: a guest-physical address, or an I/O port. */
-  address: number;
-  /** Bytes it decodes. */
-  size: number;
-  /** A 64-bit memory BAR (takes index and index + 1). */
-  is64: boolean;
-}
-
-/** PCI configuration registers this file uses (PCI Local Bus 3.0, 6.1). */
-const PCI_VENDOR_ID = 0x00;
-const PCI_COMMAND = 0x04;
-const PCI_HEADER_TYPE = 0x0e;
-const PCI_BAR0 = 0x10;
-const PCI_INTERRUPT_LINE = 0x3c;
-const PCI_INTERRUPT_PIN = 0x3d;
-const COMMAND_IO = 1;
-const COMMAND_MEMORY = 2;
-const COMMAND_MASTER = 4;
+import type { PciBus, PciInterrupt, PciWindow } from '../../transports/pci/driver.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { PciCapId, PciCfg, PciStatus } from '../../transports/pci/layout.js';
 
 /** Where BARs go: above guest RAM, below the I/O APIC (0xfec00000) and q35's MMCONFIG window (0xb0000000-0xbfffffff). */
-const MMIO_WINDOW = { start: 0xc0000000, end: 0xfec00000 };
+const MMIO_WINDOW_BASE = 0xc0000000;
+/** Memory space each function gets for its BARs. */
+const MMIO_PER_FUNCTION = 0x1000000;
 /** I/O BARs: from 0xc000, as SeaBIOS places them. */
-const IO_WINDOW = { start: 0xc000, end: 0x10000 };
+const IO_WINDOW_BASE = 0xc000;
+/** I/O space each function gets. */
+const IO_PER_FUNCTION = 0x400;
 /** ISA IRQs the PIIX3 routes PIRQ A-D to (SeaBIOS's choice: 10, 10, 11, 11). */
 const PIIX_PIRQ_IRQS = [10, 10, 11, 11];
+/** A mailbox no MSI wrote yet (data values are vector numbers, below 2048). */
+const MAILBOX_EMPTY = 0xffffffff;
+/** MSI-X vectors a function's mailboxes cover (the most a table can have). */
+const MAILBOX_VECTORS = 2048;
 
-/** One PCI function on a qtest QEMU: configuration space, BARs, and its INTx line. */
-export class QtestPciFunction {
-  /** Placed BARs, by index (64-bit BARs appear at their first index). */
-  readonly bars: QtestPciBar[] = [];
-  /** The I/O APIC input INTx arrives on, or -1 when unknown (every raise then asks it). */
+/** Where a function's MSI-X mailboxes are in guest RAM (reserved by the machine). */
+export interface MsiMailboxes {
+  /** Guest address of vector 0's mailbox (vector v: + 4 v). */
+  address: number;
+  /** Guest memory they are in. */
+  memory: GuestMemory;
+}
+
+/** One PCI function on a qtest QEMU, as a {@link PciBus}. */
+export class QtestPciFunction implements PciBus {
+  /** The I/O APIC input INTx arrives on, or -1 when unknown (every raise of 16-23 is passed on). */
   gsi = -1;
-  private readonly interruptHandlers: ((level: boolean) => void)[] = [];
+  readonly windows: { memory: PciWindow; io: PciWindow };
+  /** The address the driver writes into MSI-X entries; the bus remaps it to a mailbox. */
+  readonly msiAddress = 0xfee00000;
+  private handler: ((irq: PciInterrupt) => void) | null = null;
+  /** Message address and data the driver programmed, per vector (what it gets back). */
+  private readonly programmed = new Map<number, { address: number; data: number }>();
+  private polling: NodeJS.Timeout | null = null;
 
-  /** The function at bus:device.function of `qtest`. */
+  /** The function at bus:device.function of `qtest`, the `slot`-th one set up (its windows). */
   constructor(
     readonly qtest: QtestClient,
     readonly bus: number,
     readonly device: number,
     readonly fn: number,
-  ) {}
-
-  /** PCI vendor id. */
-  async vendorId(): Promise<number> {
-    return (await this.configRead(PCI_VENDOR_ID, 2)) as number;
+    slot: number,
+    private readonly mailboxes: MsiMailboxes | null = null,
+  ) {
+    this.windows = {
+      memory: { base: MMIO_WINDOW_BASE + slot * MMIO_PER_FUNCTION, size: MMIO_PER_FUNCTION },
+      io: { base: IO_WINDOW_BASE + slot * IO_PER_FUNCTION, size: IO_PER_FUNCTION },
+    };
   }
 
-  /** PCI device id. */
-  async deviceId(): Promise<number> {
-    return (await this.configRead(2, 2)) as number;
+  /** bb:dd.f */
+  address(): string {
+    const hex = (n: number, w: number) => n.toString(16).padStart(w, '0');
+    return `${hex(this.bus, 2)}:${hex(this.device, 2)}.${this.fn}`;
   }
 
   private select(offset: number): Promise<void> {
@@ -85,155 +96,165 @@ export class QtestPciFunction {
   async configWrite(offset: number, size: 1 | 2 | 4, value: number): Promise<void> {
     await this.select(offset);
     await this.qtest.outSized(0xcfc + (offset & 3), size, value);
-  }
-
-  /** The placed BAR `index` (an Error when the function has none there). */
-  bar(index: number): QtestPciBar {
-    const b = this.bars[index];
-    if (b === undefined) throw new RangeError(`PCI ${this.address()} has no BAR ${index}`);
-    return b;
-  }
-
-  /** Reads 1, 2, 4 or 8 bytes at `offset` in BAR `index` (memory or I/O). */
-  async barRead(index: number, offset: number, size: 1 | 2 | 4 | 8): Promise<number | bigint> {
-    const b = this.bar(index);
-    if (b.kind === 'memory') return this.qtest.readSized(b.address + offset, size);
-    if (size === 8) {
-      const lo = await this.qtest.inl(b.address + offset);
-      const hi = await this.qtest.inl(b.address + offset + 4);
-      return (BigInt(hi) << 32n) | BigInt(lo);
+    if (this.msixTable !== null) {
+      const reg = PciCfg.Bar0 + 4 * this.msixTable.bar;
+      if (offset === reg || offset === reg + 4) this.tableMoved = true;
+      if (offset === this.msixCap + 2 && size === 2 && value & 0x8000) this.startPolling();
     }
-    return this.qtest.inSized(b.address + offset, size);
   }
 
-  /** Writes 1, 2, 4 or 8 bytes at `offset` in BAR `index`. */
-  async barWrite(index: number, offset: number, size: 1 | 2 | 4 | 8, value: number | bigint): Promise<void> {
-    const b = this.bar(index);
-    if (b.kind === 'memory') return this.qtest.writeSized(b.address + offset, size, value);
-    if (size === 8) {
-      const v = BigInt.asUintN(64, BigInt(value));
-      await this.qtest.outl(b.address + offset, Number(v & 0xffffffffn));
-      await this.qtest.outl(b.address + offset + 4, Number(v >> 32n));
-      return;
+  /** Reads memory space (a BAR the driver placed, or RAM). */
+  async memRead(address: number, size: 1 | 2 | 4): Promise<number> {
+    return (await this.qtest.readSized(address, size)) as number;
+  }
+
+  /** Writes memory space; MSI-X table message addresses are remapped to this function's mailboxes. */
+  async memWrite(address: number, size: 1 | 2 | 4, value: number): Promise<void> {
+    if (this.tableMoved) await this.locateMsixTable();
+    const entry = this.msixEntry(address);
+    if (entry !== null && this.mailboxes !== null && size === 4) {
+      const p = this.programmed.get(entry.vector) ?? { address: 0, data: 0 };
+      this.programmed.set(entry.vector, p);
+      const mailbox = this.mailboxes.address + 4 * entry.vector;
+      if (entry.field === 0) {
+        p.address = (p.address - (p.address % 2 ** 32)) + (value >>> 0);
+        value = mailbox;
+      } else if (entry.field === 4) {
+        p.address = (value >>> 0) * 2 ** 32 + (p.address % 2 ** 32);
+        value = 0;
+      } else if (entry.field === 8) p.data = value >>> 0;
     }
-    return this.qtest.outSized(b.address + offset, size, Number(value));
+    await this.qtest.writeSized(address, size, value);
+  }
+
+  /** Reads an I/O port. */
+  ioRead(port: number, size: 1 | 2 | 4): Promise<number> {
+    return this.qtest.inSized(port, size);
+  }
+
+  /** Writes an I/O port. */
+  ioWrite(port: number, size: 1 | 2 | 4, value: number): Promise<void> {
+    return this.qtest.outSized(port, size, value);
+  }
+
+  /** Registers the driver's interrupt handler (INTx level changes, MSI-X messages). */
+  onInterrupt(handler: (irq: PciInterrupt) => void): void {
+    this.handler = handler;
+  }
+
+  /** @internal The machine calls this when the function's INTx line changes. */
+  intx(level: boolean): void {
+    this.handler?.({ kind: 'intx', level });
+  }
+
+  // ---------------------------------------------------------------- MSI-X mailboxes
+
+  /** Configuration offset of the MSI-X capability (-1: none), and where its table is once placed. */
+  private msixCap = -1;
+  private msixTable: { bar: number; offset: number; entries: number } | null = null;
+  private msixTableBase = -1;
+  /** The driver wrote the table's BAR since the bus last read it. */
+  private tableMoved = false;
+
+  /** @internal Finds the MSI-X capability (the machine calls this once, before any driver). */
+  async probeMsix(): Promise<void> {
+    if (((await this.configRead(PciCfg.Status, 2)) & PciStatus.CapList) === 0) return;
+    let at = (await this.configRead(PciCfg.CapabilitiesPointer, 1)) & 0xfc;
+    for (let guard = 0; at !== 0 && guard < 48; guard++) {
+      if ((await this.configRead(at, 1)) === PciCapId.MsiX) {
+        const table = await this.configRead(at + 4, 4);
+        this.msixCap = at;
+        this.msixTable = { bar: table & 7, offset: table & ~7, entries: ((await this.configRead(at + 2, 2)) & 0x7ff) + 1 };
+        return;
+      }
+      at = (await this.configRead(at + 1, 1)) & 0xfc;
+    }
+  }
+
+  /** The MSI-X entry and field `address` falls in, or null (the table's BAR is read when first needed: the driver placed it). */
+  private msixEntry(address: number): { vector: number; field: number } | null {
+    if (this.msixTable === null || this.msixTableBase < 0) return null;
+    const rel = address - this.msixTableBase;
+    if (rel < 0 || rel >= this.msixTable.entries * 16) return null;
+    return { vector: Math.floor(rel / 16), field: rel % 16 };
   }
 
   /**
-   * Registers a handler called with true when the function's INTx line goes up (the handler
-   * reads its ISR), false when it goes down.
+   * Learns where the driver placed the MSI-X table: on the first memory write after the driver
+   * wrote the table's BAR (a configuration write is too early to read it back: a 64-bit BAR's
+   * upper half comes in a second write).
    */
-  onInterrupt(handler: (level: boolean) => void): void {
-    this.interruptHandlers.push(handler);
+  private async locateMsixTable(): Promise<void> {
+    this.tableMoved = false;
+    if (this.msixTable === null) return;
+    const reg = PciCfg.Bar0 + 4 * this.msixTable.bar;
+    const low = await this.configRead(reg, 4);
+    const is64 = (low & 6) === 4;
+    const high = is64 ? await this.configRead(reg + 4, 4) : 0;
+    const base = high * 2 ** 32 + ((low & 0xfffffff0) >>> 0);
+    this.msixTableBase = base === 0 ? -1 : base + this.msixTable.offset;
   }
 
-  /** @internal The machine calls this when the function's line changes. */
-  interrupt(level: boolean): void {
-    for (const h of this.interruptHandlers) h(level);
+  private startPolling(): void {
+    if (this.polling !== null || this.mailboxes === null) return;
+    const { memory, address } = this.mailboxes;
+    const entries = Math.min(this.msixTable?.entries ?? 0, MAILBOX_VECTORS);
+    // Timer turns, not a spin: the mailboxes are in shared RAM, so looking costs no request;
+    // a message waits at most one timer turn.
+    this.polling = setInterval(() => {
+      for (let v = 0; v < entries; v++) {
+        const at = address + 4 * v;
+        if (memory.readU32(at) === MAILBOX_EMPTY) continue;
+        memory.writeU32(at, MAILBOX_EMPTY);
+        const p = this.programmed.get(v);
+        if (p !== undefined) this.handler?.({ kind: 'msi', address: p.address, data: p.data });
+      }
+    }, 1);
+    this.polling.unref();
   }
 
-  /** bb:dd.f */
-  address(): string {
-    const hex = (n: number, w: number) => n.toString(16).padStart(w, '0');
-    return `${hex(this.bus, 2)}:${hex(this.device, 2)}.${this.fn}`;
+  /** Stops watching the mailboxes. */
+  stop(): void {
+    if (this.polling !== null) clearInterval(this.polling);
+    this.polling = null;
   }
-}
-
-/** The placement state: next free address of each window. */
-interface Allocator {
-  mmio: number;
-  io: number;
-}
-
-function alignUp(n: number, align: number): number {
-  return Math.ceil(n / align) * align;
-}
-
-/**
- * Sizes and places the BARs of `f` (writing all ones and reading back, PCI 6.2.5.1), then
- * enables decoding and bus mastering.
- */
-async function placeBars(f: QtestPciFunction, next: Allocator): Promise<void> {
-  let command = COMMAND_MASTER;
-  for (let i = 0; i < 6; i++) {
-    const reg = PCI_BAR0 + 4 * i;
-    const original = await f.configRead(reg, 4);
-    await f.configWrite(reg, 4, 0xffffffff);
-    const mask = await f.configRead(reg, 4);
-    await f.configWrite(reg, 4, original);
-    if (mask === 0) continue;
-    if (original & 1) {
-      const size = (~(mask & 0xfffffffc) & 0xffff) + 1;
-      const address = alignUp(next.io, size);
-      if (address + size > IO_WINDOW.end) throw new RangeError(`no I/O space left for BAR ${i} of PCI ${f.address()}`);
-      next.io = address + size;
-      await f.configWrite(reg, 4, address);
-      f.bars[i] = { index: i, kind: 'io', address, size, is64: false };
-      command |= COMMAND_IO;
-      continue;
-    }
-    const is64 = ((original >> 1) & 3) === 2;
-    let size = (~(mask & 0xfffffff0) >>> 0) + 1;
-    if (is64) {
-      const hiReg = reg + 4;
-      const hiOriginal = await f.configRead(hiReg, 4);
-      await f.configWrite(hiReg, 4, 0xffffffff);
-      const hiMask = await f.configRead(hiReg, 4);
-      await f.configWrite(hiReg, 4, hiOriginal);
-      if (hiMask !== 0xffffffff) throw new RangeError(`BAR ${i} of PCI ${f.address()} needs more than 4 GiB`);
-      if ((mask & 0xfffffff0) === 0) throw new RangeError(`BAR ${i} of PCI ${f.address()} needs more than 4 GiB`);
-      size = (~(mask & 0xfffffff0) >>> 0) + 1;
-    }
-    const address = alignUp(next.mmio, size);
-    if (address + size > MMIO_WINDOW.end) throw new RangeError(`no memory space left for BAR ${i} of PCI ${f.address()}`);
-    next.mmio = address + size;
-    await f.configWrite(reg, 4, address);
-    if (is64) await f.configWrite(reg + 4, 4, 0);
-    f.bars[i] = { index: i, kind: 'memory', address, size, is64 };
-    command |= COMMAND_MEMORY;
-    if (is64) i++;
-  }
-  await f.configWrite(PCI_COMMAND, 2, ((await f.configRead(PCI_COMMAND, 2)) | command) & ~0x400); // INTx enabled (bit 10 clear)
 }
 
 /**
- * Finds the functions of bus 0, places their BARs, enables them and routes INTx (what firmware
- * would have done). `chipset` is `pc` (i440FX + PIIX3) or `q35` (ICH9).
+ * Finds the functions of bus 0 and routes INTx (what firmware would have done). `chipset` is
+ * `pc` (i440FX + PIIX3) or `q35` (ICH9). Each function gets its own slice of the BAR windows
+ * and, with `mailboxes`, MSI-X mailboxes at `mailboxes(slot)`. Chipset functions (host bridge,
+ * PIIX3, ICH9's LPC/SATA/SMBus) are left out.
  */
-export async function enumeratePci(qtest: QtestClient, chipset: 'pc' | 'q35'): Promise<QtestPciFunction[]> {
+export async function enumeratePci(qtest: QtestClient, chipset: 'pc' | 'q35', mailboxes: (slot: number) => MsiMailboxes): Promise<QtestPciFunction[]> {
   const found: QtestPciFunction[] = [];
-  const next: Allocator = { mmio: MMIO_WINDOW.start, io: IO_WINDOW.start };
   if (chipset === 'pc') {
     // PIIX3 (00:01.0) PIRQRC[A-D] at 0x60-0x63: route the four PCI interrupt lines to ISA IRQs.
-    const piix = new QtestPciFunction(qtest, 0, 1, 0);
+    const piix = new QtestPciFunction(qtest, 0, 1, 0, 0);
     for (let p = 0; p < 4; p++) await piix.configWrite(0x60 + p, 1, PIIX_PIRQ_IRQS[p]);
   }
   for (let dev = 0; dev < 32; dev++) {
-    const f0 = new QtestPciFunction(qtest, 0, dev, 0);
-    if ((await f0.vendorId()) === 0xffff) continue;
-    const multi = ((await f0.configRead(PCI_HEADER_TYPE, 1)) & 0x80) !== 0;
+    if (chipset === 'pc' && dev <= 1) continue; // i440FX host bridge, PIIX3 functions
+    if (chipset === 'q35' && (dev === 0 || dev === 0x1f)) continue; // host bridge; ICH9 LPC, SATA, SMBus
+    const probe = new QtestPciFunction(qtest, 0, dev, 0, 0);
+    if ((await probe.configRead(PciCfg.VendorId, 2)) === 0xffff) continue;
+    const multi = ((await probe.configRead(0x0e, 1)) & 0x80) !== 0;
     for (let fn = 0; fn < (multi ? 8 : 1); fn++) {
-      const f = fn === 0 ? f0 : new QtestPciFunction(qtest, 0, dev, fn);
-      if (fn > 0 && (await f.vendorId()) === 0xffff) continue;
+      const slot = found.length;
+      const f = new QtestPciFunction(qtest, 0, dev, fn, slot, mailboxes(slot));
+      if ((await f.configRead(PciCfg.VendorId, 2)) === 0xffff) continue;
+      if (((await f.configRead(0x0e, 1)) & 0x7f) !== 0) continue; // bridges are not ours
+      await f.probeMsix();
+      const pin = await f.configRead(0x3d, 1);
+      if (pin !== 0 && chipset === 'pc') {
+          // The i440FX swizzle (QEMU's pci_slot_get_pirq for piix, INTA = 0): PIRQ = (slot - 1 + pin - 1) mod 4.
+        f.gsi = PIIX_PIRQ_IRQS[(dev + pin - 2) & 3];
+        await f.configWrite(0x3c, 1, f.gsi);
+      }
       found.push(f);
     }
   }
-  for (const f of found) {
-    // Only endpoints (header type 0) with an interrupt pin are ours to set up; bridges and the
-    // host bridge keep what QEMU gave them.
-    if (((await f.configRead(PCI_HEADER_TYPE, 1)) & 0x7f) !== 0) continue;
-    if (chipset === 'q35' && f.device === 0x1f) continue; // the LPC bridge, SMBus, SATA of ICH9: not ours
-    if (chipset === 'pc' && f.device <= 1) continue; // i440FX host bridge, PIIX3 functions
-    await placeBars(f, next);
-    const pin = await f.configRead(PCI_INTERRUPT_PIN, 1);
-    if (pin === 0) continue;
-    if (chipset === 'pc') {
-      // The i440FX swizzle (QEMU's pci_slot_get_pirq for piix): PIRQ = (slot + pin - 1) mod 4.
-      f.gsi = PIIX_PIRQ_IRQS[(f.device + pin - 1) & 3];
-      await f.configWrite(PCI_INTERRUPT_LINE, 1, f.gsi);
-    }
-    // q35: ICH9's per-slot routing registers decide the PIRQ (16-23); f.gsi stays -1 and every
-    // raise on 16-23 asks the function to look at its ISR (reading it is harmless).
-  }
   return found;
 }
+
+export { MAILBOX_EMPTY, MAILBOX_VECTORS };

@@ -17,6 +17,9 @@ import { GuestMemory } from '../../memory/guest-memory.js';
  */
 export const QTEST_RAM_BASE = 0x100000;
 
+/** Bytes at the top of RAM kept out of the drivers' region (MSI-X mailboxes: 8 KiB per PCI function). */
+export const QTEST_RAM_RESERVED = 0x40000;
+
 /** The memory-backend object's id on QEMU's command line. */
 const BACKEND_ID = 'virtio-ts-ram';
 
@@ -26,7 +29,10 @@ export class QtestRam {
   readonly fd: number;
   /** Bytes of guest RAM (from guest address 0). */
   readonly size: number;
-  /** Guest memory from {@link QTEST_RAM_BASE} to the end of RAM, over the shared mapping. */
+  /**
+   * Guest memory over the shared mapping: the drivers' region from {@link QTEST_RAM_BASE} (the
+   * first region) and the reserved top of RAM.
+   */
   readonly memory: GuestMemory;
   private readonly mapping: ArrayBuffer;
   private closed = false;
@@ -43,9 +49,18 @@ export class QtestRam {
       addon.close(this.fd);
       throw err;
     }
+    // Two regions: the drivers' (the first: a driver's default allocator takes all of it) and,
+    // at the top of RAM, what the machine keeps for itself (MSI-X mailboxes).
     // QEMU's device models run on other threads (block I/O completion): ring indices go through Atomics.
-    this.memory = new GuestMemory([{ guestAddr: QTEST_RAM_BASE, size: size - QTEST_RAM_BASE, buffer: this.mapping, offset: QTEST_RAM_BASE, concurrent: true }]);
+    this.reserved = { address: size - QTEST_RAM_RESERVED, size: QTEST_RAM_RESERVED };
+    this.memory = new GuestMemory([
+      { guestAddr: QTEST_RAM_BASE, size: this.reserved.address - QTEST_RAM_BASE, buffer: this.mapping, offset: QTEST_RAM_BASE, concurrent: true },
+      { guestAddr: this.reserved.address, size: QTEST_RAM_RESERVED, buffer: this.mapping, offset: this.reserved.address, concurrent: true },
+    ]);
   }
+
+  /** The top of RAM the machine keeps for itself (not in the drivers' region): MSI-X mailboxes. */
+  readonly reserved: { address: number; size: number };
 
   /**
    * QEMU's arguments for this RAM as the machine's memory, when the memfd is QEMU's fd `fdIndex`
