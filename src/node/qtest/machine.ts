@@ -13,6 +13,10 @@ import { QtestRam } from './ram.js';
 import { findMmioTransports, type QtestMmioWindow } from './mmio.js';
 import { enumeratePci, MAILBOX_VECTORS, type QtestPciFunction } from './pci.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { Monitor } from '../../monitor/monitor.js';
+import { MmioTransport } from '../../transports/mmio/driver.js';
+import { PciTransport } from '../../transports/pci/driver.js';
+import { PciCfg, VIRTIO_PCI_MODERN_BASE, VIRTIO_PCI_VENDOR } from '../../transports/pci/layout.js';
 
 /**
  * The firmware QEMU gets instead of SeaBIOS / qboot: 64 KiB with `cli; hlt; jmp .-1` at the
@@ -145,6 +149,36 @@ export class QtestMachine {
   private dispatchInterrupt(line: number, raised: boolean): void {
     for (const t of this.mmio) if (t.window.gsi === line) t.window.interrupt(raised);
     for (const f of this.pci) if (f.gsi === line || (f.gsi === -1 && line >= 16)) f.intx(raised);
+  }
+
+  /**
+   * The virtio device ids behind the machine's transports, in their order ({@link mmio} or
+   * {@link pci}; 0 for a PCI function that is not virtio).
+   */
+  async deviceIds(): Promise<number[]> {
+    if (this.type === 'microvm') return this.mmio.map((t) => t.deviceId);
+    const ids: number[] = [];
+    for (const f of this.pci) {
+      const vendor = await f.configRead(PciCfg.VendorId, 2);
+      const did = await f.configRead(PciCfg.DeviceId, 2);
+      if (vendor !== VIRTIO_PCI_VENDOR || did < 0x1000 || did > 0x107f) ids.push(0);
+      else ids.push(did >= VIRTIO_PCI_MODERN_BASE ? did - VIRTIO_PCI_MODERN_BASE : await f.configRead(PciCfg.SubsystemId, 2));
+    }
+    return ids;
+  }
+
+  /**
+   * The driver side of the `nth` (default first) device of virtio type `deviceId`, ready for a
+   * driver (RngDriver, BlkDriver, ConsoleDriver, a VirtioDriver): an MmioTransport on microvm, a
+   * PciTransport on pc / q35 (`pci.mode`: modern, or the legacy I/O BAR of a transitional device;
+   * `pci.msix`: MSI-X or INTx). A RangeError when the machine has no such device.
+   */
+  async transport(deviceId: number, options: { nth?: number; monitor?: Monitor; pci?: { mode?: 'auto' | 'modern' | 'legacy'; msix?: boolean } } = {}): Promise<MmioTransport | PciTransport> {
+    const ids = await this.deviceIds();
+    const index = ids.map((id, i) => (id === deviceId ? i : -1)).filter((i) => i >= 0)[options.nth ?? 0];
+    if (index === undefined) throw new RangeError(`the machine has no virtio device of type ${deviceId} (it has ${ids.join(', ') || 'none'})`);
+    if (this.type === 'microvm') return MmioTransport.open(this.mmio[index].window, this.memory, { monitor: options.monitor });
+    return PciTransport.open(this.pci[index], this.memory, { monitor: options.monitor, mode: options.pci?.mode, msix: options.pci?.msix });
   }
 
   /** Stops QEMU (SIGKILL), waits for it, and frees the shared RAM. */
