@@ -247,6 +247,12 @@ expectPci('pci.msi-x-vector-config.driver.4', (p) => {
   p.negotiate();
   p.w(C.ConfigMsixVector, 2, 7); // the table has 2 entries
 });
+expectPci('pci.isr-status-cap.driver.1', (p) => {
+  const cap = p.model.configRead(PciCfg.CapabilitiesPointer, 1); // MSI-X comes first
+  p.model.configWrite(cap + 2, 2, 0x8000);
+  p.negotiate();
+  p.r(0x1000, 1);
+});
 for (const [clause, size, value, nd] of [
   ['pci.avail-buffer-notif.driver.1', 4, 0, false],
   ['pci.avail-buffer-notif.driver.3', 2, 1, false],
@@ -337,6 +343,7 @@ test('mmio driver side: mmio.device-register-layout.device.12 (QueueReady still 
   model.read = (off, size) => (off === R.QueueReady ? 1 : read(off, size));
   const drvMon = new Monitor({ mode: 'tolerant' });
   const t = await MmioTransport.open(directMmioBus(model), mem, { monitor: drvMon });
+  await t.resetQueue(0);
   assert.equal(await t.queueResetPending(0), false);
   assert.deepEqual(drvMon.verdicts.map((v) => v.clause), ['mmio.device-register-layout.device.12']);
 });
