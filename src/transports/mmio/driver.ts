@@ -74,6 +74,8 @@ export class MmioTransport implements DriverTransport {
   readonly notificationData: boolean;
   private events: TransportEvents | null = null;
   private readonly enabled = new Set<number>();
+  /** Queues reset and not yet seen complete. */
+  private readonly resetting = new Set<number>();
   private queueCount: number | null = null;
   private servicing = false;
   private pending = false;
@@ -229,6 +231,7 @@ export class MmioTransport implements DriverTransport {
 
   async resetQueue(index: number): Promise<void> {
     this.enabled.delete(index);
+    this.resetting.add(index);
     await this.bus.write(MmioReg.QueueSel, 4, index);
     await this.bus.write(MmioReg.QueueReset, 4, 1);
   }
@@ -237,7 +240,7 @@ export class MmioTransport implements DriverTransport {
   async queueResetPending(index: number): Promise<boolean> {
     await this.bus.write(MmioReg.QueueSel, 4, index);
     const pending = (await this.bus.read(MmioReg.QueueReset, 4)) !== 0;
-    if (!pending && (await this.bus.read(MmioReg.QueueReady, 4)) !== 0) {
+    if (!pending && this.resetting.delete(index) && (await this.bus.read(MmioReg.QueueReady, 4)) !== 0) {
       this.deviceVerdict('mmio.device-register-layout.device.12', `queue ${index}: QueueReset reads 0 but QueueReady still reads 1 after the reset`, { queue: index });
     }
     return pending;

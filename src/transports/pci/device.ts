@@ -363,6 +363,10 @@ export class VirtioPciDevice implements DeviceHost {
 
   /** Reads and clears the ISR (pci.isr-status-cap.device.5). */
   private readIsr(): number {
+    if (this.msixEnabled && !this.legacyActive) {
+      // With MSI-X each vector says what happened: reading the ISR there is a wasted (and slow) access.
+      this.violation('pci.isr-status-cap.driver.1', 'driver read the ISR status while MSI-X is enabled', {});
+    }
     const v = this.isr;
     this.isr = 0;
     this.updateIntx();
