@@ -1,7 +1,8 @@
 /**
  * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only parts: the
- * adapters (file block storage, stream console endpoints) and serveVhostUser, which serves any
- * VirtioDevice to a vhost-user front-end such as QEMU.
+ * adapters (file block storage, stream console endpoints), serveVhostUser, which serves any
+ * VirtioDevice to a vhost-user front-end such as QEMU, and the qtest buses, which let the
+ * project's drivers drive QEMU's own device models with no guest (QtestMachine).
  *
  * @packageDocumentation
  */
@@ -30,3 +31,8 @@ export {
 export type { ConnectionEnd } from './transports/vhost-user/backend.js';
 export { VhostUserError, type VhostUserErrorKind } from './transports/vhost-user/errors.js';
 export { NativeAddonError, type NativeAddonErrorKind } from './native/index.js';
+export { QtestClient, QtestError, type QtestErrorKind, type QtestLaunchOptions, type IrqListener } from './node/qtest/client.js';
+export { QtestMachine, type QtestMachineOptions, type QtestMachineType, type QtestMmioTransport } from './node/qtest/machine.js';
+export { QtestRam, QTEST_RAM_BASE, QTEST_RAM_RESERVED } from './node/qtest/ram.js';
+export { QtestMmioWindow, findMmioTransports, MICROVM_MMIO_BASE, MICROVM_MMIO_STRIDE, MICROVM_MMIO_SLOTS, MICROVM_MMIO_IRQ_BASE } from './node/qtest/mmio.js';
+export { QtestPciFunction, enumeratePci, type MsiMailboxes, MAILBOX_EMPTY, MAILBOX_VECTORS } from './node/qtest/pci.js';
