@@ -14,23 +14,12 @@ import { DeviceId } from '../../src/spec/constants.js';
 import { isVirtioTsError } from '../../src/errors.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import type { TestContext } from 'node:test';
+import { pattern } from '../console-helpers.js';
 import { baseline, bounded, clauses, deviceArg, needQemu, recordingMonitor, VARIANTS, variantMachine, variantTransport, type Variant } from './harness.js';
 
 const IMAGE_SIZE = 4 << 20;
 
 const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
-
-function pattern(length: number, seed: number): Uint8Array {
-  const b = new Uint8Array(length);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 /** An image in a directory of the test's own (removed after), with `host` at `hostOffset`. */
 function image(t: TestContext, host: Uint8Array, hostOffset: number): string {
@@ -53,7 +42,7 @@ const BLK_FINDINGS = ['blk.device-init.device.4'];
 for (const v of VARIANTS) {
   test(`virtio-blk: ${v.name}`, async (t) => {
     if (!needQemu(t)) return;
-    const host = pattern(8192, 7);
+    const host = pattern(7, 8192);
     const file = image(t, host, 1 << 20);
     const m = await variantMachine(t, v, blkArgs(v, file));
     const monitor = recordingMonitor();
@@ -65,8 +54,8 @@ for (const v of VARIANTS) {
     await bounded(d.read(1 << 20, fromHost), 'a read');
     assert.equal(md5(fromHost), md5(host));
     // Writes land in the file: a large one (indirect descriptors / several segments) and a small one.
-    const big = pattern(256 << 10, 11);
-    const small = pattern(4096, 13);
+    const big = pattern(11, 256 << 10);
+    const small = pattern(13, 4096);
     await bounded(Promise.all([d.write(64 << 10, big), d.write(3 << 20, small)]), 'two writes');
     await bounded(d.flush(), 'a flush');
     const back = new Uint8Array(big.length);
