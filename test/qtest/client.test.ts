@@ -98,3 +98,10 @@ setInterval(() => {}, 1000);`;
   child.kill('SIGKILL');
   await until(() => gone(pid), `QEMU ${pid} to die with its parent`);
 });
+
+test('a machine without the device asked for says so (RangeError), naming what it has', async (t) => {
+  if (!needQemu(t)) return;
+  const m = await machine(t, { machine: 'q35', args: ['-device', 'virtio-rng-pci'] });
+  assert.deepEqual(await m.deviceIds(), [4]);
+  await assert.rejects(m.transport(2), (err: unknown) => err instanceof RangeError && /type 2 \(it has 4\)/.test(err.message));
+});
