@@ -5,7 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { QtestClient, QtestError } from '../../src/node/qtest/client.js';
 import { QTEST_RAM_BASE } from '../../src/node/qtest/ram.js';
@@ -104,4 +107,34 @@ test('a machine without the device asked for says so (RangeError), naming what i
   const m = await machine(t, { machine: 'q35', args: ['-device', 'virtio-rng-pci'] });
   assert.deepEqual(await m.deviceIds(), [4]);
   await assert.rejects(m.transport(2), (err: unknown) => err instanceof RangeError && /type 2 \(it has 4\)/.test(err.message));
+});
+
+/** A stand-in for QEMU: a shell script in a directory of the test's own. */
+function fakeQemu(t: TestContext, body: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-fake-qemu-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'qemu');
+  writeFileSync(file, `#!/bin/sh\n${body}\n`);
+  chmodSync(file, 0o755);
+  return file;
+}
+
+test('a reply that is not the protocol is `protocol`', async (t) => {
+  const qemu = fakeQemu(t, 'read line; echo "HELLO"; exec sleep 30');
+  await assert.rejects(QtestClient.launch({ qemu, args: [] }), (err: unknown) => isQtestError(err, 'protocol') && /HELLO/.test((err as Error).message));
+});
+
+test('a QEMU that floods without a line end is `protocol`, and is stopped', async (t) => {
+  const qemu = fakeQemu(t, "read line; head -c 70000000 /dev/zero | tr '\\000' a; exec sleep 30");
+  await assert.rejects(QtestClient.launch({ qemu, args: [] }), (err: unknown) => isQtestError(err, 'protocol') && /without a line end/.test((err as Error).message));
+});
+
+test('asynchronous IRQ lines between replies reach the listeners and do not shift the replies', async (t) => {
+  const qemu = fakeQemu(t, 'read line; echo "IRQ raise 3"; echo "OK 0x00"; read line; echo "IRQ lower 3"; echo "IRQ raise 17"; echo "OK 0x0000000012345678"; exec sleep 30');
+  const q = await QtestClient.launch({ qemu, args: [] });
+  t.after(() => q.close());
+  const seen: string[] = [];
+  q.onIrq((line, raised) => seen.push(`${line}:${raised}`));
+  assert.equal(await q.readl(0x1000), 0x12345678);
+  assert.deepEqual(seen, ['3:false', '17:true']);
 });

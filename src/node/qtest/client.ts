@@ -61,6 +61,8 @@ interface Pending {
 }
 
 const STDERR_KEEP = 4096;
+/** The longest line taken from QEMU (characters). */
+const MAX_LINE = 64 << 20;
 
 let setprivAvailable: boolean | null = null;
 /** Whether util-linux's setpriv with --pdeathsig can be used (checked once). */
@@ -98,7 +100,9 @@ export class QtestClient {
   private readonly pending: Pending[] = [];
   private readonly irqListeners: IrqListener[] = [];
   private readonly timeoutMs: number;
-  private inbuf = '';
+  /** The start of a line not complete yet, in pieces. */
+  private readonly partial: string[] = [];
+  private partialLength = 0;
   private stderrTail = '';
 
   private constructor(child: ChildProcess, commandLine: string[], timeoutMs: number) {
@@ -183,13 +187,27 @@ export class QtestClient {
   }
 
   private onData(chunk: string): void {
-    this.inbuf += chunk;
+    let from = 0;
     for (;;) {
-      const nl = this.inbuf.indexOf('\n');
-      if (nl < 0) return;
-      const line = this.inbuf.slice(0, nl);
-      this.inbuf = this.inbuf.slice(nl + 1);
+      // Only the new chunk is searched: a long reply arrives in many chunks.
+      const nl = chunk.indexOf('\n', from);
+      if (nl < 0) break;
+      const line = this.partial.length === 0 ? chunk.slice(from, nl) : this.partial.join('') + chunk.slice(from, nl);
+      this.partial.length = 0;
+      this.partialLength = 0;
+      from = nl + 1;
       this.onLine(line);
+    }
+    if (from < chunk.length) {
+      this.partial.push(chunk.slice(from));
+      this.partialLength += chunk.length - from;
+      // No reply is this long (a b64read of 48 MiB is 64 MiB of text): a QEMU gone wrong.
+      if (this.partialLength > MAX_LINE) {
+        this.partial.length = 0;
+        this.partialLength = 0;
+        this.gone(new QtestError('protocol', `QEMU (pid ${this.pid}) sent more than ${MAX_LINE} bytes without a line end`));
+        this.child.kill('SIGKILL');
+      }
     }
   }
 
@@ -277,9 +295,10 @@ export class QtestClient {
     const v = Number(BigInt.asUintN(32, BigInt(value)));
     return size === 1 ? this.writeb(addr, v) : size === 2 ? this.writew(addr, v) : this.writel(addr, v);
   }
-  /** Reads `length` bytes of guest-physical memory (b64read). */
+  /** Reads `length` bytes (at most 48 MiB at once) of guest-physical memory (b64read). */
   async read(addr: number, length: number): Promise<Uint8Array> {
     if (length === 0) return new Uint8Array(0);
+    if (length > (MAX_LINE / 4) * 3) throw new RangeError(`b64read of ${length} bytes: read at most ${(MAX_LINE / 4) * 3} at once`);
     const reply = await this.request(`b64read ${QtestClient.hex(addr)} ${QtestClient.hex(length)}`);
     const bytes = Buffer.from(reply, 'base64');
     if (bytes.length !== length) throw new QtestError('protocol', `b64read of ${length} bytes answered ${bytes.length}`);
@@ -349,6 +368,13 @@ export class QtestClient {
   /** Kills QEMU (SIGKILL) and waits until it is gone; pending requests fail with `exited`. */
   async close(): Promise<void> {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+    // Our ends of the pipes go too: a process QEMU started (none should) holding them cannot keep
+    // 'close' from coming.
+    const destroyPipes = () => {
+      for (const pipe of [this.child.stdin, this.child.stdout, this.child.stderr]) pipe?.destroy();
+    };
+    if (this.child.exitCode !== null || this.child.signalCode !== null) destroyPipes();
+    else this.child.once('exit', destroyPipes);
     await this.exited;
   }
 }
