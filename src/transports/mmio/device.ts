@@ -313,11 +313,7 @@ export class VirtioMmioDevice implements DeviceHost {
         return;
       }
       case R.GuestPageSize:
-        if (value === 0 || value > LEGACY_MAX_PAGE || (value & (value - 1)) !== 0) {
-          this.violation('mmio.device-register-layout.driver.1', `driver wrote GuestPageSize ${value}, not a power of 2 up to 64 KiB`, { value });
-          return;
-        }
-        this.pageSize = value;
+        if (this.legacySize('GuestPageSize', value)) this.pageSize = value;
         return;
       case R.QueueSel:
         this.queueSel = value;
@@ -326,11 +322,7 @@ export class VirtioMmioDevice implements DeviceHost {
         this.writeQueueSize(value);
         return;
       case R.QueueAlign:
-        if (value === 0 || value > LEGACY_MAX_PAGE || (value & (value - 1)) !== 0) {
-          this.violation('mmio.device-register-layout.driver.1', `driver wrote QueueAlign ${value}, not a power of 2 up to 64 KiB`, { value });
-          return;
-        }
-        this.queueAlign = value;
+        if (this.legacySize('QueueAlign', value)) this.queueAlign = value;
         return;
       case R.QueuePFN:
         this.writeQueuePfn(value);
@@ -374,6 +366,13 @@ export class VirtioMmioDevice implements DeviceHost {
         if (value === 1) this.resetQueue();
         return;
     }
+  }
+
+  /** Legacy GuestPageSize and QueueAlign: a power of 2 up to 64 KiB, else a verdict and the write is ignored. */
+  private legacySize(name: string, value: number): boolean {
+    if (value !== 0 && value <= LEGACY_MAX_PAGE && (value & (value - 1)) === 0) return true;
+    this.violation('mmio.device-register-layout.driver.1', `driver wrote ${name} ${value}, not a power of 2 up to 64 KiB`, { value });
+    return false;
   }
 
   private writeStatus(value: number): void {
