@@ -147,6 +147,8 @@ test('mmio: every offset and width, read and written, in any state: no exception
         m.model.read(off, size);
         m.model.write(off, size, 0xffffffff);
         m.model.write(off, size, 1n << 40n);
+        m.model.write(off, size, Number.NaN);
+        m.model.write(off, size, -1);
       }
     }
     assert.ok(m.monitor.verdicts.length > 0);
@@ -303,10 +305,12 @@ test('pci: every configuration and BAR offset and width, read and written: no ex
         for (const size of [1, 2, 3, 4, 8]) {
           p.model.barRead(bar, off, size);
           p.model.barWrite(bar, off, size, 0xffffffff);
+          p.model.barWrite(bar, off, size, Number.NaN);
         }
       }
     }
     for (let off = 0; off < 256; off++) for (const size of [1, 2, 4]) p.model.configWrite(off, size, 0xffffffff);
+    for (let off = 0; off < 256; off++) p.model.configWrite(off, 4, Number.NaN);
     assert.ok(p.monitor.verdicts.length > 0);
   }
 });

@@ -203,7 +203,7 @@ export class VirtioMmioDevice implements DeviceHost {
       this.violation('mmio.device-register-layout.driver.1', `driver wrote the read-only register at 0x${offset.toString(16)}`, { offset, value: Number(value) });
       return;
     }
-    this.writeRegister(offset, Number(BigInt.asUintN(32, BigInt(value))));
+    this.writeRegister(offset, Number(BigInt.asUintN(32, toBigInt(value))));
   }
 
   /** Control registers: 32 bits wide and aligned only (mmio.device-register-layout.driver.2), and only the ones the table has (driver.1). */
@@ -543,7 +543,8 @@ export class VirtioMmioDevice implements DeviceHost {
 
   private writeConfig(offset: number, size: number, value: number | bigint): void {
     if (!this.configAccess(offset, size, 'wrote')) return;
-    this.device.writeConfig(offset, size, value);
+    const v = toBigInt(value);
+    this.device.writeConfig(offset, size, size === 8 ? BigInt.asUintN(64, v) : Number(BigInt.asUintN(size * 8, v)));
   }
 
   // ---------------------------------------------------------------- verdicts
@@ -553,6 +554,12 @@ export class VirtioMmioDevice implements DeviceHost {
     const v = this.device.monitor.report(clause, message, context);
     if (this.device.monitor.shouldAct(v)) this.device.needsReset(`${clause}: ${message}`);
   }
+}
+
+/** An emulator's value as a bigint: integers as they are (negative ones two's complement later), anything else 0. */
+function toBigInt(value: number | bigint): bigint {
+  if (typeof value === 'bigint') return value;
+  return Number.isFinite(value) ? BigInt(Math.trunc(value)) : 0n;
 }
 
 /**
