@@ -11,7 +11,7 @@
 import type { DriverTransport, TransportEvents } from '../../driver/transport.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { Monitor } from '../../monitor/monitor.js';
-import { InterruptServicer } from '../../driver/interrupts.js';
+import { InterruptServicer, probeQueueCount } from '../../driver/register-transport.js';
 import type { RingAddresses } from '../../spec/ring.js';
 import { MmioError, legacySplitLayout, type VirtioMmioDevice } from './device.js';
 import { MMIO_INT_CONFIG, MMIO_INT_VRING, MMIO_MAGIC, MmioReg } from './registers.js';
@@ -177,11 +177,8 @@ export class MmioTransport implements DriverTransport {
 
   /** virtio-mmio has no queue count register: queues are probed until QueueSizeMax reads 0. */
   async numQueues(): Promise<number> {
-    if (this.queueCount !== null) return this.queueCount;
-    let n = 0;
-    while (n < 1024 && (await this.queueMaxSize(n)) > 0) n++;
-    this.queueCount = n;
-    return n;
+    this.queueCount ??= await probeQueueCount((i) => this.queueMaxSize(i));
+    return this.queueCount;
   }
 
   async queueMaxSize(index: number): Promise<number> {

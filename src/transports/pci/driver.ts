@@ -13,7 +13,7 @@
 import type { DriverTransport, TransportEvents } from '../../driver/transport.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { Monitor } from '../../monitor/monitor.js';
-import { InterruptServicer } from '../../driver/interrupts.js';
+import { InterruptServicer, probeQueueCount } from '../../driver/register-transport.js';
 import type { RingAddresses } from '../../spec/ring.js';
 import { PciError, type VirtioPciDevice } from './device.js';
 import {
@@ -426,11 +426,8 @@ export class PciTransport implements DriverTransport {
 
   async numQueues(): Promise<number> {
     if (this.mode === 'modern') return this.common(CommonCfg.NumQueues, 2);
-    if (this.queueCount !== null) return this.queueCount;
-    let n = 0;
-    while (n < 1024 && (await this.queueMaxSize(n)) > 0) n++;
-    this.queueCount = n;
-    return n;
+    this.queueCount ??= await probeQueueCount((i) => this.queueMaxSize(i));
+    return this.queueCount;
   }
 
   async queueMaxSize(index: number): Promise<number> {

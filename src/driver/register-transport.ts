@@ -1,4 +1,10 @@
 /**
+ * What the register-based driver transports (virtio-mmio, virtio-pci) share.
+ *
+ * @packageDocumentation
+ */
+
+/**
  * Serialised interrupt handling for register-based driver transports (virtio-mmio, virtio-pci
  * INTx): an interrupt starts one asynchronous pass (read the status register, acknowledge,
  * deliver); an interrupt that arrives during a pass makes it run once more when it ends, so
@@ -33,4 +39,14 @@ export class InterruptServicer {
       this.running = false;
     }
   }
+}
+
+/**
+ * Counts queues on a transport without a queue count register (virtio-mmio, the PCI legacy
+ * layout): queues are numbered from 0 and the first that reports a maximum size of 0 ends them.
+ */
+export async function probeQueueCount(maxSize: (index: number) => Promise<number>, limit = 1024): Promise<number> {
+  let n = 0;
+  while (n < limit && (await maxSize(n)) > 0) n++;
+  return n;
 }
