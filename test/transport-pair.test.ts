@@ -17,9 +17,11 @@ import { bit, TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
 import { concat, pattern, sink, total, until } from './console-helpers.js';
 import { KINDS, connect, isLegacy } from './register-harness.js';
 
+// NOTIFICATION_DATA on both (QueueNotify / the notify structure carry the 2.9 value; a legacy
+// interface cannot see bit 38 and notifies with the index); IN_ORDER on packed.
 const FORMATS = {
-  split: TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_RESET),
-  packed: TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_RESET) | bit(Feature.RING_PACKED),
+  split: TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_RESET) | bit(Feature.NOTIFICATION_DATA),
+  packed: TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_RESET) | bit(Feature.NOTIFICATION_DATA) | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER),
 } as const;
 
 for (const kind of KINDS) {
@@ -36,6 +38,7 @@ for (const kind of KINDS) {
       const driver = new RngDriver(transport, { monitor: drvMon, transportFeatures: FORMATS[format], chunk: 100 });
       await driver.start();
       assert.equal(device.status, live);
+      assert.equal(device.negotiated(Feature.NOTIFICATION_DATA), !isLegacy(kind));
       assert.equal(device.ringFormat, format);
       const parts = await Promise.all(Array.from({ length: 40 }, () => driver.read(250)));
       const bytes = concat(parts);

@@ -147,6 +147,8 @@ test('mmio: every offset and width, read and written, in any state: no exception
         m.model.read(off, size);
         m.model.write(off, size, 0xffffffff);
         m.model.write(off, size, 1n << 40n);
+        m.model.write(off, size, Number.NaN);
+        m.model.write(off, size, -1);
       }
     }
     assert.ok(m.monitor.verdicts.length > 0);
@@ -303,10 +305,12 @@ test('pci: every configuration and BAR offset and width, read and written: no ex
         for (const size of [1, 2, 3, 4, 8]) {
           p.model.barRead(bar, off, size);
           p.model.barWrite(bar, off, size, 0xffffffff);
+          p.model.barWrite(bar, off, size, Number.NaN);
         }
       }
     }
     for (let off = 0; off < 256; off++) for (const size of [1, 2, 4]) p.model.configWrite(off, size, 0xffffffff);
+    for (let off = 0; off < 256; off++) p.model.configWrite(off, 4, Number.NaN);
     assert.ok(p.monitor.verdicts.length > 0);
   }
 });
@@ -327,24 +331,24 @@ test('mmio driver side: mmio.device-register-layout.device.4 (undefined Interrup
   assert.ok(drvMon.verdicts.some((v) => v.clause === 'mmio.device-register-layout.device.4'));
 });
 
-test('mmio driver side: mmio.device-register-layout.device.5 (InterruptStatus not cleared by a reset)', async () => {
+/** A virtio-mmio device whose register at `reg` always reads `value`, and the driver transport on it. */
+async function lyingMmio(reg: number, value: number) {
   const mem = GuestMemory.create(1 << 20);
   const model = new VirtioMmioDevice(new RngDevice(), mem);
   const read = model.read.bind(model);
-  model.read = (off, size) => (off === R.InterruptStatus ? 2 : read(off, size));
+  model.read = (off, size) => (off === reg ? value : read(off, size));
   const drvMon = new Monitor({ mode: 'tolerant' });
-  const t = await MmioTransport.open(directMmioBus(model), mem, { monitor: drvMon });
+  return { drvMon, t: await MmioTransport.open(directMmioBus(model), mem, { monitor: drvMon }) };
+}
+
+test('mmio driver side: mmio.device-register-layout.device.5 (InterruptStatus not cleared by a reset)', async () => {
+  const { t, drvMon } = await lyingMmio(R.InterruptStatus, 2);
   await t.setStatus(0);
   assert.deepEqual(drvMon.verdicts.map((v) => v.clause), ['mmio.device-register-layout.device.5']);
 });
 
 test('mmio driver side: mmio.device-register-layout.device.12 (QueueReady still 1 after a queue reset)', async () => {
-  const mem = GuestMemory.create(1 << 20);
-  const model = new VirtioMmioDevice(new RngDevice(), mem);
-  const read = model.read.bind(model);
-  model.read = (off, size) => (off === R.QueueReady ? 1 : read(off, size));
-  const drvMon = new Monitor({ mode: 'tolerant' });
-  const t = await MmioTransport.open(directMmioBus(model), mem, { monitor: drvMon });
+  const { t, drvMon } = await lyingMmio(R.QueueReady, 1);
   await t.resetQueue(0);
   assert.equal(await t.queueResetPending(0), false);
   assert.deepEqual(drvMon.verdicts.map((v) => v.clause), ['mmio.device-register-layout.device.12']);
