@@ -12,7 +12,7 @@ import type { TestContext } from 'node:test';
 import { ConsoleDriver } from '../../src/drivers/console.js';
 import { DeviceId } from '../../src/spec/constants.js';
 import { PDESC_F_WRITE, PDESC_FLAGS, PDESC_LEN } from '../../src/spec/packed-layout.js';
-import { baseline, bounded, clauses, deviceArg, needQemu, recordingMonitor, VARIANTS, variantMachine, variantTransport, type Variant } from './harness.js';
+import { bounded, clauses, deviceArg, needQemu, recordingMonitor, VARIANTS, variantMachine, variantTransport, type Variant } from './harness.js';
 import { until } from '../wait.js';
 
 /** A unix socket the test listens on for QEMU's chardev: the connection, and everything received. */
@@ -59,7 +59,7 @@ for (const v of VARIANTS) {
       assert.ok(m.memory.readU32(ctrl.addrs.desc + PDESC_LEN) >= 8, 'QEMU wrote a control message');
       assert.equal(m.memory.readU16(ctrl.addrs.desc + PDESC_FLAGS) & PDESC_F_WRITE, 0, 'without VIRTQ_DESC_F_WRITE');
       assert.equal(d.ports.size, 0);
-      assert.deepEqual(clauses(monitor), baseline(v), 'the driver drops the empty control buffer without a verdict');
+      assert.deepEqual(clauses(monitor), [], 'the driver drops the empty control buffer without a verdict');
       return;
     }
     const port = await bounded(d.waitForPort(0), 'port 0 (the virtconsole)');
@@ -75,6 +75,6 @@ for (const v of VARIANTS) {
     await bounded(port.write('from the virtio-ts driver\n'), 'a write');
     await until(() => host.received().includes('\n'), 'the bytes to reach the socket');
     assert.equal(host.received(), 'from the virtio-ts driver\n');
-    assert.deepEqual(clauses(monitor), baseline(v));
+    assert.deepEqual(clauses(monitor), []);
   });
 }

@@ -87,20 +87,6 @@ export function clauses(monitor: Monitor): string[] {
   return [...new Set(monitor.verdicts.map((v) => v.clause))].sort();
 }
 
-/**
- * A false verdict of the project's own, not a QEMU finding: QEMU's legacy virtio-pci interface
- * offers bit 30 (its virtio-mmio v1 does not),
- * which the spec describes for transitional devices (content.tex, "Legacy Interface: Reserved
- * Feature Bits": UNUSED (30), used by QEMU to detect early buggy drivers), but the driver core's
- * validateOffer knows only the modern bits and records basic.features.device.4.
- */
-export const LEGACY_BIT30 = 'basic.features.device.4';
-
-/** The verdicts every run of the variant has whatever the device type: {@link LEGACY_BIT30} on the PCI legacy interface. */
-export function baseline(v: Variant): string[] {
-  return v.pciMode === 'legacy' ? [LEGACY_BIT30] : [];
-}
-
 /** A promise that fails the test after `ms` instead of hanging it (a hang guard, not a timing assertion). */
 export function bounded<T>(p: Promise<T>, what: string, ms = 20000): Promise<T> {
   let timer: NodeJS.Timeout;

@@ -14,7 +14,7 @@ import { DeviceId } from '../../src/spec/constants.js';
 import { NET_FEATURES } from '../../src/spec/net.js';
 import { PDESC_F_WRITE, PDESC_FLAGS, PDESC_LEN } from '../../src/spec/packed-layout.js';
 import type { DriverQueue } from '../../src/virtqueue/queue.js';
-import { baseline, bounded, clauses, deviceArg, needQemu, recordingMonitor, VARIANTS, variantMachine, variantTransport } from './harness.js';
+import { bounded, clauses, deviceArg, needQemu, recordingMonitor, VARIANTS, variantMachine, variantTransport } from './harness.js';
 import { until } from '../wait.js';
 
 const MAC = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -115,6 +115,6 @@ for (const v of VARIANTS) {
       assert.equal(received[0].length, hdr + back.length);
       assert.deepEqual(received[0].subarray(hdr), back);
     }
-    assert.deepEqual(clauses(monitor), baseline(v));
+    assert.deepEqual(clauses(monitor), []);
   });
 }

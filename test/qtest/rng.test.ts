@@ -10,7 +10,7 @@ import { DeviceId } from '../../src/spec/constants.js';
 import { PDESC_F_WRITE, PDESC_FLAGS, PDESC_LEN } from '../../src/spec/packed-layout.js';
 import { isVirtioTsError } from '../../src/errors.js';
 import { Monitor } from '../../src/monitor/monitor.js';
-import { bounded, clauses, deviceArg, baseline, needQemu, recordingMonitor, VARIANTS, variantMachine, variantTransport } from './harness.js';
+import { bounded, clauses, deviceArg, needQemu, recordingMonitor, VARIANTS, variantMachine, variantTransport } from './harness.js';
 import { until } from '../wait.js';
 
 function distinctBytes(b: Uint8Array): number {
@@ -31,7 +31,7 @@ for (const v of VARIANTS) {
       // 256 random bytes take more than 8 values (all but impossible otherwise), and two reads differ.
       assert.ok(distinctBytes(a) > 8 && distinctBytes(b) > 8, 'the bytes are not constant');
       assert.notDeepEqual(a, b);
-      assert.deepEqual(clauses(monitor), baseline(v));
+      assert.deepEqual(clauses(monitor), []);
       return;
     }
     // Packed: QEMU 7.2 marks a used descriptor with AVAIL/USED only, never VIRTQ_DESC_F_WRITE,
