@@ -287,7 +287,7 @@ abstract class LibRig implements Rig {
     const r = this.reader.reset(mem, chain);
     const type = r.readU32();
     r.readU32();
-    const sector = HAS_U64_NUMBER ? r.readU64Number() : Number(r.readU64());
+    const sector = HAS_U64_NUMBER ? (r as unknown as { readU64Number(): number }).readU64Number() : Number(r.readU64());
     if (type !== BLK_T_IN || chain.writableBytes !== BLOCK + 1) throw new Error('unexpected request');
     this.sectors += sector;
     const w = this.writer.reset(mem, chain);
