@@ -5,8 +5,8 @@
  * JavaScript has one memcpy-speed copy between two buffers, `target.set(source, offset)`, and it
  * wants a source view of exactly the bytes to copy: a `subarray` per copy, about 100 heap bytes
  * each. So, per copy of `n` bytes:
- * - `n` up to {@link SMALL_COPY}: a byte loop (as fast as a view would be at that size);
  * - the whole source array: `set(source)` (no view needed);
+ * - `n` up to {@link SMALL_COPY}: a byte loop (as fast as a view would be at that size);
  * - a range copied before: `set(view)` with the view the {@link ViewCache} keeps for it;
  * - a range seen for the first time: 32-bit words through DataViews (kept one per buffer), no
  *   view. The second time the same range is copied the cache makes its view (one allocation)
@@ -17,7 +17,7 @@
  */
 
 /** Copies of at most this many bytes go byte by byte. */
-export const SMALL_COPY = 64;
+export const SMALL_COPY = 16;
 
 /** One DataView per buffer (the word loop reads and writes through them): made once, kept weakly. */
 const dataViews = new WeakMap<ArrayBufferLike, DataView>();
@@ -87,12 +87,12 @@ export function copyBytes(cache: ViewCache, src: Uint8Array, sOff: number, dst: 
       return;
     }
   }
-  if (n <= SMALL_COPY) {
-    for (let i = 0; i < n; i++) dst[dOff + i] = src[sOff + i];
+  if (sOff === 0 && n === src.length) {
+    dst.set(src, dOff); // faster than a byte loop from about 16 bytes up
     return;
   }
-  if (sOff === 0 && n === src.length) {
-    dst.set(src, dOff);
+  if (n <= SMALL_COPY) {
+    for (let i = 0; i < n; i++) dst[dOff + i] = src[sOff + i];
     return;
   }
   const view = cache.get(src, sOff, n);
