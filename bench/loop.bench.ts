@@ -32,7 +32,8 @@
  * time.
  *
  * Environment: BENCH_TIME_MS, BENCH_ROUNDS, BENCH_FILTER (substring of "format:shape/batch",
- * e.g. "blk", "packed:", "/32").
+ * e.g. "blk", "packed:", "/32"), BENCH_PROFILE=lib|floor (run that side only, untimed, for
+ * `node --cpu-prof`).
  */
 import os from 'node:os';
 import { GuestMemory } from '../src/memory/guest-memory.js';
@@ -73,6 +74,9 @@ for (const format of ['split', 'packed'] as const) {
 }
 const key = (r: Row): string => `${r.format}:${r.shape}/${r.batch}`;
 const FILTER = process.env.BENCH_FILTER;
+/** BENCH_PROFILE=lib|floor: run only that side, PROFILE_CHAINS chains per row, untimed (for node --cpu-prof). */
+const PROFILE = process.env.BENCH_PROFILE === 'lib' || process.env.BENCH_PROFILE === 'floor' ? process.env.BENCH_PROFILE : undefined;
+const PROFILE_CHAINS = 4_000_000;
 const ROWS = FILTER ? ALL_ROWS.filter((r) => key(r).includes(FILTER)) : ALL_ROWS;
 
 // ---------------------------------------------------------------------------------------
@@ -628,6 +632,14 @@ async function main(): Promise<void> {
     }
   }
 
+  if (PROFILE !== undefined) {
+    // Profiling mode: one side only, a fixed number of chains, no timing (run under --cpu-prof).
+    const rigs = PROFILE === 'floor' ? floors : libs;
+    const t = performance.now();
+    for (const rig of rigs) rig.run(PROFILE_CHAINS);
+    console.log(`profiled ${PROFILE}: ${rigs.length} row(s) x ${PROFILE_CHAINS} chains in ${(performance.now() - t).toFixed(0)} ms`);
+    return;
+  }
   const tasks: [string, () => void][] = [];
   ROWS.forEach((r, i) => {
     tasks.push([key(r), () => libs[i].run(CHAINS_PER_ITER)]);

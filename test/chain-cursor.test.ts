@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { GuestMemory } from '../src/memory/guest-memory.js';
+import { GuestMemory, MemoryError } from '../src/memory/guest-memory.js';
 import { ChainReader, ChainWriter, DescriptorChain } from '../src/virtqueue/chain.js';
 import { VirtqueueError } from '../src/virtqueue/errors.js';
 
@@ -401,4 +401,22 @@ test('ChainReader.readInto / ChainWriter.writeFrom: parts of host arrays across 
   assert.deepEqual([...dst.subarray(2, 0x32)], [...src.subarray(3, 0x33)]);
   assert.throws(() => new ChainReader().reset(mem, rc).readInto(dst, 0x30, 8), RangeError);
   assert.throws(() => new ChainWriter().reset(mem, c).writeFrom(src, 0x3c, 8), RangeError);
+});
+
+test('cursors never touch a region removed while they are in its buffer (GuestMemory.generation): MemoryError out-of-bounds', () => {
+  const mem = memory();
+  const c = chainOf([[0x1000, 16]], [[0x1010, 16]]);
+  const r = new ChainReader().reset(mem, c);
+  const w = new ChainWriter().reset(mem, c);
+  assert.equal(r.readU32(), 0);
+  w.writeU32(5);
+  const gen = mem.generation;
+  mem.removeRegions(0x1000, 0x100);
+  assert.notEqual(mem.generation, gen);
+  const gone = (err: unknown) => err instanceof MemoryError && err.kind === 'out-of-bounds';
+  assert.throws(() => r.readU32(), gone);
+  assert.throws(() => r.readU8(), gone);
+  assert.throws(() => w.writeU32(1), gone);
+  assert.throws(() => w.writeU8(1), gone);
+  assert.throws(() => w.write(new Uint8Array(4)), gone);
 });

@@ -77,19 +77,20 @@ export class ViewCache {
  * two overlap in one buffer too.
  */
 export function copyBytes(cache: ViewCache, src: Uint8Array, sOff: number, dst: Uint8Array, dOff: number, n: number): void {
+  if (sOff === 0 && n === src.length) {
+    // Faster than a byte loop from about 16 bytes up; right when the two overlap in one buffer
+    // too (ECMA-262 SetTypedArrayFromTypedArray copies as if through a temporary).
+    dst.set(src, dOff);
+    return;
+  }
   if (src.buffer === dst.buffer) {
     const s = src.byteOffset + sOff;
     const d = dst.byteOffset + dOff;
     if (d < s + n && s < d + n) {
-      // Overlapping: set() copies as if through a temporary (ECMA-262 SetTypedArrayFromTypedArray);
-      // it needs a view, rare enough here (a guest copying onto itself).
+      // Overlapping (a guest copying onto itself): set() on a view, the one copy that allocates.
       if (s !== d) dst.set(src.subarray(sOff, sOff + n), dOff);
       return;
     }
-  }
-  if (sOff === 0 && n === src.length) {
-    dst.set(src, dOff); // faster than a byte loop from about 16 bytes up
-    return;
   }
   if (n <= SMALL_COPY) {
     for (let i = 0; i < n; i++) dst[dOff + i] = src[sOff + i];

@@ -154,6 +154,15 @@ export class GuestMemory {
   }
   /** Optional dirty-page hook; ring code and cursors call it for every guest write. */
   onWrite: WriteHook | null = null;
+  /**
+   * Changes whenever regions are added or removed: a caller that keeps a region found by
+   * regionFor (a chain cursor, for the buffer it is in) looks it up again when this moved, so it
+   * never touches a region that is gone.
+   */
+  get generation(): number {
+    return this.gen;
+  }
+  private gen = 0;
   private list: MemoryRegion[];
   /** The region the last lookup found (most accesses hit it again); null once none is left. */
   private last: MemoryRegion | null;
@@ -176,6 +185,7 @@ export class GuestMemory {
   addRegions(inits: readonly MemoryRegionInit[]): MemoryRegion[] {
     const added = inits.map((r) => new MemoryRegion(r));
     this.list = sortedRegions([...this.list, ...added]);
+    this.gen++;
     return added;
   }
 
@@ -191,6 +201,7 @@ export class GuestMemory {
     this.list = this.list.filter((r) => !removed.includes(r));
     if (this.last !== null && removed.includes(this.last)) this.last = this.list[0] ?? null;
     this.views.clear(); // no view of a removed region's buffer stays reachable from here
+    this.gen++;
     return removed;
   }
 

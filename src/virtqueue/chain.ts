@@ -182,6 +182,11 @@ abstract class ChainCursor {
   position = 0;
   /** Offset in its region of the field field() found last. */
   protected fieldOff = 0;
+  /** segRegion()'s cache: the segment it is for (-1: none), the memory generation, the region, the segment's offset in it. */
+  private regionSeg = -1;
+  private regionGen = -1;
+  private region: MemoryRegion | null = null;
+  private regionBase = 0;
 
   /** Points the cursor at segments [first, end) of `chain`, `total` bytes. */
   protected init(mem: GuestMemory, chain: DescriptorChain, first: number, end: number, total: number): void {
@@ -192,6 +197,7 @@ abstract class ChainCursor {
     this.end = end;
     this.remaining = total;
     this.position = 0;
+    this.regionSeg = -1;
   }
 
   /** Caps the bytes this cursor will still give (e.g. a request header's size). */
@@ -228,15 +234,33 @@ abstract class ChainCursor {
   }
 
   /**
-   * The region holding the next `n` bytes when they lie in the current segment and one region
-   * (the common case for a fixed-size field), with `fieldOff` set to their offset in it; null
-   * otherwise (the caller then goes byte by byte). Consumes nothing.
+   * The region holding the whole current segment (here() called first), with `regionBase` the
+   * segment's offset in it; null when the segment spans regions (or lies outside memory now: the
+   * caller then goes through GuestMemory's checked accessors). Kept while the cursor stays in the
+   * segment and the memory's regions do not change (GuestMemory.generation), so a field costs
+   * one lookup per segment, not one per access.
+   */
+  protected segRegion(): MemoryRegion | null {
+    const mem = this.mem;
+    if (this.regionSeg === this.seg && this.regionGen === mem.generation) return this.region;
+    const addr = this.chain.addrs[this.seg];
+    const r = mem.regionFor(addr, this.chain.lens[this.seg]);
+    this.region = r;
+    this.regionSeg = this.seg;
+    this.regionGen = mem.generation;
+    this.regionBase = r === null ? 0 : addr - r.guestAddr;
+    return r;
+  }
+
+  /**
+   * The region for the next `n` bytes when they lie in the current segment and one region (the
+   * common case for a fixed-size field), their offset in it in `fieldOff`; null otherwise (the
+   * caller then goes byte by byte). Consumes nothing; need(n) called first.
    */
   protected field(n: number): MemoryRegion | null {
     if (this.here() < n) return null;
-    const addr = this.chain.addrs[this.seg] + this.segOff;
-    const r = this.mem.regionFor(addr, n);
-    if (r !== null) this.fieldOff = addr - r.guestAddr;
+    const r = this.segRegion();
+    if (r !== null) this.fieldOff = this.regionBase + this.segOff;
     return r;
   }
 
@@ -296,8 +320,8 @@ export class ChainReader extends ChainCursor {
   /** The next byte. */
   readU8(): number {
     this.need(1);
-    this.here();
-    const v = this.mem.readU8(this.chain.addrs[this.seg] + this.segOff);
+    const r = this.field(1);
+    const v = r !== null ? r.bytes[this.fieldOff] : this.mem.readU8(this.chain.addrs[this.seg] + this.segOff);
     this.segOff++;
     this.consumed(1);
     return v;
@@ -429,11 +453,15 @@ export class ChainWriter extends ChainCursor {
 
   /** Writes the next byte. */
   writeU8(v: number): void {
-    this.need(1);
-    this.here();
-    this.mem.writeU8(this.chain.addrs[this.seg] + this.segOff, v);
-    this.segOff++;
-    this.consumed(1);
+    const r = this.put(1);
+    if (r === null) {
+      this.mem.writeU8(this.chain.addrs[this.seg] + this.segOff, v);
+      this.segOff++;
+      this.consumed(1);
+      return;
+    }
+    r.bytes[this.fieldOff] = v;
+    this.wrote(1);
   }
 
   /** Writes the low `n` bytes of `v` (a non-negative integer below 2^32), byte by byte: a field split across segments. */
