@@ -185,7 +185,8 @@ abstract class ChainCursor {
   /** segRegion()'s cache: the segment it is for (-1: none), the memory generation, the region, the segment's offset in it. */
   private regionSeg = -1;
   private regionGen = -1;
-  private region: MemoryRegion | null = null;
+  /** The kept region (the current segment's while regionSeg is the current segment, never null then). */
+  protected region: MemoryRegion | null = null;
   private regionBase = 0;
 
   /** Points the cursor at segments [first, end) of `chain`, `total` bytes. */
@@ -242,14 +243,33 @@ abstract class ChainCursor {
    */
   protected segRegion(): MemoryRegion | null {
     const mem = this.mem;
-    if (this.regionSeg === this.seg && this.regionGen === mem.generation) return this.region;
-    const addr = this.chain.addrs[this.seg];
-    const r = mem.regionFor(addr, this.chain.lens[this.seg]);
+    const seg = this.seg;
+    if (this.regionSeg === seg && this.regionGen === mem.generation) return this.region;
+    const addr = this.chain.addrs[seg];
+    const len = this.chain.lens[seg];
+    let r: MemoryRegion | null = this.region;
+    // Most buffers of a chain lie in the region of the one before (or of the last chain's).
+    if (r === null || this.regionGen !== mem.generation || !(addr >= r.guestAddr && addr + len <= r.end && Number.isInteger(addr))) {
+      r = mem.regionFor(addr, len);
+      if (r === null) return null; // not kept: quick() relies on a kept region
+    }
     this.region = r;
-    this.regionSeg = this.seg;
+    this.regionSeg = seg;
     this.regionGen = mem.generation;
-    this.regionBase = r === null ? 0 : addr - r.guestAddr;
+    this.regionBase = addr - r.guestAddr;
     return r;
+  }
+
+  /**
+   * The fast path of a fixed-size field: when the next `n` bytes are left, lie in the current
+   * segment and segRegion() has that segment's region kept (and regions did not change since),
+   * their offset in `region`; else -1 (the caller takes the general path). Consumes nothing.
+   */
+  protected quick(n: number): number {
+    const off = this.segOff;
+    return n <= this.remaining && this.regionSeg === this.seg && this.regionGen === this.mem.generation && this.chain.lens[this.seg] - off >= n
+      ? this.regionBase + off
+      : -1;
   }
 
   /**
@@ -319,6 +339,12 @@ export class ChainReader extends ChainCursor {
 
   /** The next byte. */
   readU8(): number {
+    const o = this.quick(1);
+    if (o >= 0) {
+      this.segOff++;
+      this.consumed(1);
+      return this.region!.bytes[o];
+    }
     this.need(1);
     const r = this.field(1);
     const v = r !== null ? r.bytes[this.fieldOff] : this.mem.readU8(this.chain.addrs[this.seg] + this.segOff);
@@ -336,6 +362,12 @@ export class ChainReader extends ChainCursor {
 
   /** The next little-endian 16-bit value. */
   readU16(): number {
+    const o = this.quick(2);
+    if (o >= 0) {
+      this.segOff += 2;
+      this.consumed(2);
+      return this.region!.view.getUint16(o, true);
+    }
     this.need(2);
     const r = this.field(2);
     if (r === null) return this.bytesLE(2);
@@ -346,6 +378,12 @@ export class ChainReader extends ChainCursor {
 
   /** The next little-endian 32-bit value. */
   readU32(): number {
+    const o = this.quick(4);
+    if (o >= 0) {
+      this.segOff += 4;
+      this.consumed(4);
+      return this.region!.view.getUint32(o, true);
+    }
     this.need(4);
     const r = this.field(4);
     if (r === null) return this.bytesLE(4);
@@ -453,6 +491,12 @@ export class ChainWriter extends ChainCursor {
 
   /** Writes the next byte. */
   writeU8(v: number): void {
+    const o = this.quick(1);
+    if (o >= 0) {
+      this.region!.bytes[o] = v;
+      this.wrote(1);
+      return;
+    }
     const r = this.put(1);
     if (r === null) {
       this.mem.writeU8(this.chain.addrs[this.seg] + this.segOff, v);
@@ -485,6 +529,12 @@ export class ChainWriter extends ChainCursor {
 
   /** Writes the next little-endian 16-bit value. */
   writeU16(v: number): void {
+    const o = this.quick(2);
+    if (o >= 0) {
+      this.region!.view.setUint16(o, v, true);
+      this.wrote(2);
+      return;
+    }
     const r = this.put(2);
     if (r === null) return this.bytesLE(v & 0xffff, 2);
     r.view.setUint16(this.fieldOff, v, true);
@@ -493,6 +543,12 @@ export class ChainWriter extends ChainCursor {
 
   /** Writes the next little-endian 32-bit value. */
   writeU32(v: number): void {
+    const o = this.quick(4);
+    if (o >= 0) {
+      this.region!.view.setUint32(o, v >>> 0, true);
+      this.wrote(4);
+      return;
+    }
     const r = this.put(4);
     if (r === null) return this.bytesLE(v >>> 0, 4);
     r.view.setUint32(this.fieldOff, v >>> 0, true);
