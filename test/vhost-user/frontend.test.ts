@@ -272,6 +272,8 @@ for (const [format, transportFeatures] of [
       p = await startServe('blk', sock, args);
       await fe.reconnect();
       await Promise.all(last);
+      // The new back-end found them in the inflight region and served them again.
+      assert.match(p.log(), /serves again \d+ request/);
       const back = new Uint8Array(big);
       for (let area = 0; area < 4; area++) {
         if (lastRound[area] < 0) continue;
