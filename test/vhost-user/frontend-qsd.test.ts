@@ -15,6 +15,7 @@ import { FrontEndError } from '../../src/transports/vhost-user/frontend/errors.j
 import { haveQsd, makeImage, readImage, scratch, startQsd, type Peer } from './frontend-peers.js';
 import { missingPrerequisite } from '../prerequisites.js';
 import { until } from '../wait.js';
+import { roundTrip } from './readme-frontend.js';
 
 const MiB = 1 << 20;
 
@@ -176,5 +177,12 @@ test('qemu-storage-daemon answers GET_CONFIG from offset 0 whatever offset is as
     assert.notDeepEqual(at8, whole.subarray(8, 16));
     // readConfig reads from offset 0 up to the field: seg_max (offset 12) comes out right.
     assert.equal(await fe.readConfig(12, 4), new DataView(whole.buffer, whole.byteOffset).getUint32(12, true));
+  });
+});
+
+test("the README's front-end example runs against qemu-storage-daemon", async (t) => {
+  await withQsd(t, '', async (p, image) => {
+    assert.deepEqual(await roundTrip(p.socket), new Uint8Array(4096).fill(0x42));
+    assert.deepEqual(readImage(image).subarray(0, 4096), new Uint8Array(4096).fill(0x42));
   });
 });

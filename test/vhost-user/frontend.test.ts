@@ -17,6 +17,7 @@ import { FrontEndError } from '../../src/transports/vhost-user/frontend/errors.j
 import { native } from '../../src/native/index.js';
 import { makeImage, readImage, scratch, startServe, type Peer } from './frontend-peers.js';
 import { until } from '../wait.js';
+import { entropy, roundTrip } from './readme-frontend.js';
 
 const MiB = 1 << 20;
 const n = native();
@@ -306,5 +307,15 @@ test('serve rng: RngDriver reads entropy through the front-end', async () => {
     assert.ok(a.some((x) => x !== 0));
     await rng.shutdown();
     await fe.close();
+  });
+});
+
+test("the README's front-end example runs against serve blk and serve rng", async () => {
+  await withServe('blk', [], async (p, dir) => {
+    assert.deepEqual(await roundTrip(p.socket), new Uint8Array(4096).fill(0x42));
+    assert.deepEqual(readImage(`${dir}/disk.img`).subarray(0, 4096), new Uint8Array(4096).fill(0x42));
+  });
+  await withServe('rng', [], async (p) => {
+    assert.equal((await entropy(p.socket)).length, 32);
   });
 });
