@@ -90,8 +90,11 @@ export interface VhostUserFrontEndOptions {
   protocolFeatures?: bigint;
 }
 
-/** Where a ring stands on the back-end. */
-type RingState = 'configured' | 'running' | 'stopped' | 'lost';
+/**
+ * Where a ring stands on the back-end: `configured` (set up by the driver, not yet started),
+ * `running` (started), `stopped` (by GET_VRING_BASE), `lost` (its back-end went away while it ran).
+ */
+export type RingState = 'configured' | 'running' | 'stopped' | 'lost';
 
 interface FrontRing {
   readonly index: number;
