@@ -18,15 +18,12 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { BlkDriver } from '../src/drivers/blk.js';
-import { DeviceId, Feature } from '../src/spec/constants.js';
-import { bit } from '../src/spec/features.js';
+import { DeviceId } from '../src/spec/constants.js';
 import { VhostUserFrontEnd } from '../src/transports/vhost-user/frontend/front-end.js';
-import { haveQsd, makeImage, scratch, startQsd, startServe, type Peer } from '../test/vhost-user/frontend-peers.js';
+import { haveQsd, makeImage, scratch, SPLIT, startQsd, startServe, type Peer } from '../test/vhost-user/frontend-peers.js';
 import { markdownTable, quantile } from './common.js';
 
 const MiB = 1 << 20;
-/** Transport features the driver takes: the split ring with indirect descriptors and EVENT_IDX. */
-const SPLIT_RING = bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX);
 const IMAGE_SIZE = 256 * MiB;
 
 interface Point {
@@ -138,7 +135,7 @@ async function main(): Promise<number> {
       const fe = await VhostUserFrontEnd.connect({ socketPath: peer.socket, deviceId: DeviceId.BLOCK, memorySize: 64 * MiB });
       fronts.push(fe);
       // The same ring for both: qemu-storage-daemon 7.2 has no packed ring.
-      const blk = new BlkDriver(fe, { transportFeatures: SPLIT_RING });
+      const blk = new BlkDriver(fe, { transportFeatures: SPLIT });
       await blk.start();
       drivers.set(id, { blk, pid: peer.child.pid! });
     }

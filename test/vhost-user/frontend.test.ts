@@ -10,39 +10,15 @@ import { truncateSync } from 'node:fs';
 import { BlkDriver } from '../../src/drivers/blk.js';
 import { RngDriver } from '../../src/drivers/rng.js';
 import { DeviceId, Feature } from '../../src/spec/constants.js';
-import { bit } from '../../src/spec/features.js';
 import { ProtocolFeature } from '../../src/transports/vhost-user/protocol.js';
-import { VhostUserFrontEnd, type VhostUserFrontEndOptions } from '../../src/transports/vhost-user/frontend/front-end.js';
 import { FrontEndError } from '../../src/transports/vhost-user/frontend/errors.js';
 import { native } from '../../src/native/index.js';
-import { makeImage, readImage, scratch, startServe, type Peer } from './frontend-peers.js';
+import { closeFrontEnds, connectFrontEnd, makeImage, pattern, readImage, RING_FORMATS, scratch, startServe, type Peer } from './frontend-peers.js';
 import { until } from '../wait.js';
 import { entropy, roundTrip } from './readme-frontend.js';
 
 const MiB = 1 << 20;
 const n = native();
-
-/** Driver transport features without VIRTIO_F_RING_PACKED: the split ring. */
-const SPLIT = bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX);
-const PACKED = SPLIT | bit(Feature.RING_PACKED);
-
-/** A pattern for request `i` (distinct per request and per byte). */
-function pattern(i: number, len: number): Uint8Array {
-  const b = new Uint8Array(len);
-  for (let k = 0; k < len; k++) b[k] = (i * 31 + k * 13 + 5) & 0xff;
-  return b;
-}
-
-/** Front-ends a test opened: closed after it, whatever happened (their fd watches would keep the process alive). */
-const opened: VhostUserFrontEnd[] = [];
-async function connect(options: VhostUserFrontEndOptions): Promise<VhostUserFrontEnd> {
-  const fe = await VhostUserFrontEnd.connect(options);
-  opened.push(fe);
-  return fe;
-}
-async function closeOpened(): Promise<void> {
-  for (const fe of opened.splice(0)) await fe.close();
-}
 
 async function withServe(type: 'blk' | 'rng', args: string[], body: (p: Peer, dir: string) => Promise<void>): Promise<void> {
   const s = scratch();
@@ -52,19 +28,16 @@ async function withServe(type: 'blk' | 'rng', args: string[], body: (p: Peer, di
     p = await startServe(type, `${s.dir}/sock`, type === 'blk' ? ['--image', `${s.dir}/disk.img`, '--format', 'raw', ...args] : args);
     await body(p, s.dir);
   } finally {
-    await closeOpened();
+    await closeFrontEnds();
     await p?.stop();
     s.remove();
   }
 }
 
-for (const [format, transportFeatures] of [
-  ['split', SPLIT],
-  ['packed', PACKED],
-] as const) {
+for (const [format, transportFeatures] of RING_FORMATS) {
   test(`serve blk, ${format} ring: BlkDriver writes and reads back through the front-end; the image holds the writes`, async () => {
     await withServe('blk', [], async (p, dir) => {
-      const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+      const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
       const blk = new BlkDriver(fe, { transportFeatures });
       await blk.start();
       assert.equal(blk.negotiated(Feature.RING_PACKED), format === 'packed');
@@ -91,7 +64,7 @@ for (const [format, transportFeatures] of [
 
 test('serve blk --num-queues 4: four rings run, requests spread over them complete', async () => {
   await withServe('blk', ['--num-queues', '4'], async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     assert.ok(fe.hasProtocolFeature(ProtocolFeature.MQ));
     assert.ok(fe.backendQueues >= 4, `GET_QUEUE_NUM ${fe.backendQueues}`);
     const blk = new BlkDriver(fe, { numQueues: 4 });
@@ -109,13 +82,10 @@ test('serve blk --num-queues 4: four rings run, requests spread over them comple
   });
 });
 
-for (const [format, transportFeatures] of [
-  ['split', SPLIT],
-  ['packed', PACKED],
-] as const) {
+for (const [format, transportFeatures] of RING_FORMATS) {
   test(`serve blk, ${format}: GET_VRING_BASE stops the ring where it stands; a request made while stopped is served after the restart from that base`, async () => {
     await withServe('blk', [], async (p) => {
-      const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+      const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
       const blk = new BlkDriver(fe, { transportFeatures, indirectMax: 0 });
       await blk.start();
       for (let i = 0; i < 5; i++) await blk.write(i * 4096, pattern(i, 4096));
@@ -143,7 +113,7 @@ for (const [format, transportFeatures] of [
 
 test('serve blk: a resize (SIGHUP) reaches the driver as a config change on the back-end channel; config_generation moves', async () => {
   await withServe('blk', [], async (p, dir) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     assert.ok(fe.hasProtocolFeature(ProtocolFeature.BACKEND_REQ) && fe.hasProtocolFeature(ProtocolFeature.CONFIG));
     const blk = new BlkDriver(fe);
     await blk.start();
@@ -161,7 +131,7 @@ test('serve blk: a resize (SIGHUP) reaches the driver as a config change on the 
 
 test('serve blk: guest RAM plugged in as a memory slot (ADD_MEM_REG) carries buffers; unplugged (REM_MEM_REG)', async () => {
   await withServe('blk', [], async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK, memorySize: 4 * MiB });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK, memorySize: 4 * MiB });
     assert.ok(fe.hasProtocolFeature(ProtocolFeature.CONFIGURE_MEM_SLOTS));
     const blk = new BlkDriver(fe);
     await blk.start();
@@ -200,7 +170,7 @@ test('serve blk: guest RAM plugged in as a memory slot (ADD_MEM_REG) carries buf
 
 test('serve blk: a reset (status 0) stops the rings and RESET_DEVICE; the driver starts again on the same connection', async () => {
   await withServe('blk', [], async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     assert.ok(fe.hasProtocolFeature(ProtocolFeature.RESET_DEVICE) && fe.hasProtocolFeature(ProtocolFeature.STATUS));
     const blk = new BlkDriver(fe);
     await blk.start();
@@ -219,10 +189,7 @@ test('serve blk: a reset (status 0) stops the rings and RESET_DEVICE; the driver
   });
 });
 
-for (const [format, transportFeatures] of [
-  ['split', SPLIT],
-  ['packed', PACKED],
-] as const) {
+for (const [format, transportFeatures] of RING_FORMATS) {
   test(`serve blk, ${format}: the back-end is killed with requests in flight, restarted; the front-end reconnects with the same inflight buffer and every request completes`, async () => {
     const s = scratch();
     const img = `${s.dir}/disk.img`;
@@ -231,7 +198,7 @@ for (const [format, transportFeatures] of [
     const args = ['--image', img, '--format', 'raw', '--io', 'async'];
     let p = await startServe('blk', sock, args);
     try {
-      const fe = await connect({ socketPath: sock, deviceId: DeviceId.BLOCK, memorySize: 64 * MiB });
+      const fe = await connectFrontEnd({ socketPath: sock, deviceId: DeviceId.BLOCK, memorySize: 64 * MiB });
       let lost: FrontEndError | null = null;
       fe.onDisconnect = (e) => (lost = e);
       const blk = new BlkDriver(fe, { transportFeatures, queueSize: 128 });
@@ -288,7 +255,7 @@ for (const [format, transportFeatures] of [
       await blk.shutdown();
       await fe.close();
     } finally {
-      await closeOpened();
+      await closeFrontEnds();
       await p.stop();
       s.remove();
     }
@@ -297,7 +264,7 @@ for (const [format, transportFeatures] of [
 
 test('serve rng: RngDriver reads entropy through the front-end', async () => {
   await withServe('rng', [], async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.ENTROPY });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.ENTROPY });
     const rng = new RngDriver(fe);
     await rng.start();
     const a = await rng.read(64);
