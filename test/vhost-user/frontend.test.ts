@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { truncateSync } from 'node:fs';
 import { BlkDriver } from '../../src/drivers/blk.js';
+import { DriverError } from '../../src/driver/driver.js';
 import { RngDriver } from '../../src/drivers/rng.js';
 import { DeviceId, Feature } from '../../src/spec/constants.js';
 import { ProtocolFeature } from '../../src/transports/vhost-user/protocol.js';
@@ -284,5 +285,23 @@ test("the README's front-end example runs against serve blk and serve rng", asyn
   });
   await withServe('rng', [], async (p) => {
     assert.equal((await entropy(p.socket)).length, 32);
+  });
+});
+
+test('serve blk killed with a request in flight and the front-end closed instead of reconnected: the driver fails the request (needs-reset), nothing waits forever', async () => {
+  await withServe('blk', [], async (p) => {
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    let lost: FrontEndError | null = null;
+    fe.onDisconnect = (e) => (lost = e);
+    const blk = new BlkDriver(fe);
+    await blk.start();
+    // Frozen, it cannot take the request; killed, it never will.
+    p.child.kill('SIGSTOP');
+    const pending = blk.write(0, pattern(7, 4096));
+    await p.kill();
+    await until(() => lost !== null, 'the front-end to see the back-end go');
+    await fe.close();
+    await assert.rejects(pending, (e: DriverError) => e instanceof DriverError && e.kind === 'needs-reset');
+    assert.equal(blk.state, 'broken');
   });
 });
