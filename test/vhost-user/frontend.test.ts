@@ -305,3 +305,28 @@ test('serve blk killed with a request in flight and the front-end closed instead
     assert.equal(blk.state, 'broken');
   });
 });
+
+test('serve blk, split ring, 20000 writes at queue depth 32 in another process: every completion is notified (no lost wakeup between used_event and used.idx)', async () => {
+  await withServe('blk', [], async (p) => {
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK, memorySize: 32 * MiB });
+    const blk = new BlkDriver(fe, { transportFeatures: RING_FORMATS[0][1] });
+    await blk.start();
+    // The driver re-arms used_event and then looks at used.idx; the device stores used.idx and
+    // then looks at used_event. Without a full barrier on the driver's side both can miss the
+    // other's store, and the last completions of a burst are never notified: the workers below
+    // would wait forever (the bound of `until` ends the test instead).
+    let done = 0;
+    let next = 0;
+    const buf = pattern(3, 4096);
+    const workers = Array.from({ length: 32 }, async () => {
+      while (next < 20000) {
+        next++;
+        await blk.write((next % 2048) * 4096, buf);
+        done++;
+      }
+    });
+    await until(() => done === 20000, `all 20000 writes to complete (${done} so far)`, 120_000);
+    await Promise.all(workers);
+    await blk.shutdown();
+  });
+});
