@@ -119,6 +119,14 @@ async function main(): Promise<number> {
   if (!haveQsd()) usage('qemu-storage-daemon is not installed (apt-get install qemu-system-common or qemu-utils)');
   const dir = scratch('vt-bench-backends-');
   const peers: Peer[] = [];
+  // Interrupted: the back-ends and the image go too.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      for (const p of peers) p.child.kill('SIGKILL');
+      dir.remove();
+      process.exit(128 + (sig === 'SIGINT' ? 2 : 15));
+    });
+  }
   const fronts: VhostUserFrontEnd[] = [];
   try {
     const image = `${dir.dir}/disk.img`;
