@@ -1,7 +1,8 @@
 /**
  * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only parts: the
  * adapters (file block storage, stream console endpoints), serveVhostUser, which serves any
- * VirtioDevice to a vhost-user front-end such as QEMU, and the qtest buses, which let the
+ * VirtioDevice to a vhost-user front-end such as QEMU, VhostUserFrontEnd, which drives any
+ * vhost-user back-end from Node (the drivers run over it), and the qtest buses, which let the
  * project's drivers drive QEMU's own device models with no guest (QtestMachine).
  *
  * @packageDocumentation
@@ -36,3 +37,14 @@ export { QtestMachine, type QtestMachineOptions, type QtestMachineType, type Qte
 export { QtestRam, QTEST_RAM_BASE, QTEST_RAM_RESERVED } from './node/qtest/ram.js';
 export { QtestMmioWindow, findMmioTransports, MICROVM_MMIO_BASE, MICROVM_MMIO_STRIDE, MICROVM_MMIO_SLOTS, MICROVM_MMIO_IRQ_BASE } from './node/qtest/mmio.js';
 export { QtestPciFunction, enumeratePci, type MsiMailboxes, MAILBOX_EMPTY, MAILBOX_VECTORS } from './node/qtest/pci.js';
+export {
+  VhostUserFrontEnd,
+  FRONT_END_PROTOCOL_FEATURES,
+  HIDDEN_FEATURES,
+  type VhostUserFrontEndOptions,
+  type FrontEndCounts,
+  type RingState,
+} from './transports/vhost-user/frontend/front-end.js';
+export { FrontEndError, type FrontEndErrorKind } from './transports/vhost-user/frontend/errors.js';
+export { GuestRam, USER_BASE, type RamRegion } from './transports/vhost-user/frontend/memory.js';
+export type { ReplyShape, Reply } from './transports/vhost-user/frontend/channel.js';
