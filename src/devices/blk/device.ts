@@ -365,12 +365,15 @@ export class BlkDeviceType implements DeviceType {
     this.generations[index] = (this.generations[index] ?? 0) + 1;
   }
 
-  /** Request states kept for asynchronous requests (at most one per queue entry; tests look). */
+  /**
+   * Request states made for asynchronous requests so far: one per queue entry that went
+   * asynchronous, reused after (one more only for an entry whose old request is still in the
+   * storage after a reset). Tests look.
+   */
   get pooledRequests(): number {
-    let n = 0;
-    for (const pool of this.pools) if (pool !== undefined) for (const r of pool) if (r !== undefined) n++;
-    return n;
+    return this.statesMade;
   }
+  private statesMade = 0;
 
   process(q: DeviceQueue, ctx: DeviceContext): void {
     const chain = this.chain;
@@ -605,7 +608,10 @@ export class BlkDeviceType implements DeviceType {
     const pool = (this.pools[q.index] ??= []);
     let r = pool[chain.head];
     // Busy: a request of this entry from before a reset is still in the storage; it keeps its state.
-    if (r === undefined || r.busy) pool[chain.head] = r = new AsyncRequest(this.settle);
+    if (r === undefined || r.busy) {
+      pool[chain.head] = r = new AsyncRequest(this.settle);
+      this.statesMade++;
+    }
     r.busy = true;
     r.q = q;
     r.head = chain.head;
