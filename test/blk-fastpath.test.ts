@@ -3,6 +3,10 @@
 // queue entry, FLUSH and writethrough ordering on both paths, and the driver's batch API.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FileBlockStorage } from '../src/node/file-block.js';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/monitor/monitor.js';
 import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
@@ -482,5 +486,40 @@ for (const format of ['split', 'packed'] as const) {
     batch.submit(); // returns when the exchange is over
     assert.equal(done, 50_000);
     assert.equal(bad, 0);
+  });
+}
+
+for (const io of ['auto', 'sync', 'async'] as const) {
+  test(`FileBlockStorage io=${io} under the device: what it answers synchronously follows the mode (auto: page-cache reads only; sync: everything; async: nothing)`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-fast-'));
+    try {
+      const path = join(dir, 'disk.img');
+      const image = pattern(12, 1 << 20);
+      writeFileSync(path, image);
+      readFileSync(path); // in the page cache
+      const storage = await FileBlockStorage.open(path, { io });
+      const p = await pair(storage, { mode: 'sync' });
+      const read = submitRaw(p, BlkType.IN, 8, new Uint8Array(0), 4096);
+      // auto: answered inside the kick exactly when the page cache held it (RWF_NOWAIT); a file
+      // system that cannot say sends it to the thread pool.
+      assert.equal(read.answered, io === 'sync' || (io === 'auto' && storage.stats.cachedReads === 1), 'read answered inside the kick');
+      await until(() => read.answered, 'the read');
+      assert.equal(read.status, BlkStatus.OK);
+      assert.deepEqual(read.data(), image.subarray(4096, 8192));
+      const write = submitRaw(p, BlkType.OUT, 16, pattern(13, 4096), 0);
+      assert.equal(write.answered, io === 'sync', 'write answered inside the kick');
+      await until(() => write.answered, 'the write');
+      assert.deepEqual(new Uint8Array(readFileSync(path).subarray(8192, 12288)), pattern(13, 4096));
+      const syncs = storage.syncs;
+      const flush = submitRaw(p, BlkType.FLUSH, 0, new Uint8Array(0), 0);
+      assert.equal(flush.answered, io === 'sync', 'flush answered inside the kick');
+      if (flush.answered) assert.equal(storage.syncs, syncs + 1, 'fdatasync before the status');
+      await until(() => flush.answered, 'the flush');
+      assert.equal(storage.syncs, syncs + 1);
+      assert.deepEqual([...p.devMon.verdicts, ...p.drvMon.verdicts], []);
+      await storage.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 }

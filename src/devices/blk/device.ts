@@ -551,7 +551,7 @@ export class BlkDeviceType implements DeviceType {
     let done = 0;
     for (let i = chain.readable; done < ID_BYTES; i++) {
       const n = Math.min(chain.lens[i], ID_BYTES - done);
-      if (n > 0) mem.write(chain.addrs[i], this.idBytes.subarray(done, done + n));
+      if (n > 0) mem.writeFrom(chain.addrs[i], this.idBytes, done, n);
       done += n;
     }
     this.written = ID_BYTES;
@@ -658,7 +658,7 @@ export class BlkDeviceType implements DeviceType {
           len -= skip;
           skip = 0;
           const n = Math.min(len, h.dataOut - off);
-          mem.read(addr, buf.subarray(off, off + n));
+          mem.readInto(addr, buf, off, n);
           off += n;
         }
       }
@@ -731,7 +731,7 @@ export class BlkDeviceType implements DeviceType {
         let off = 0;
         for (let i = 0; i < r.pieces && off < r.written; i++) {
           const n = Math.min(r.lens[i], r.written - off);
-          mem.write(r.addrs[i], buf.subarray(off, off + n)); // through GuestMemory: dirty logging sees it
+          mem.writeFrom(r.addrs[i], buf, off, n); // through GuestMemory: dirty logging sees it
           off += n;
         }
       }
