@@ -16,24 +16,13 @@ import { BlkBatch, BlkDriver, BlkError } from '../src/drivers/blk.js';
 import { Feature } from '../src/spec/constants.js';
 import { bit, TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
 import { turns, until } from './wait.js';
+import { pattern } from './console-helpers.js';
 
 const FORMATS = {
   split: TRANSPORT_FEATURES_SPLIT,
   packed: TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER),
 } as const;
 type Format = keyof typeof FORMATS;
-
-function pattern(seed: number, len: number): Uint8Array {
-  const b = new Uint8Array(len);
-  let x = (seed * 2654435761 + 1) >>> 0 || 1;
-  for (let i = 0; i < len; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 /** A storage of the user's own with only the promise methods (the asynchronous path), whose answers wait until released. */
 class GatedStorage implements BlockStorage {

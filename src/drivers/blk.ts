@@ -479,14 +479,8 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
   private request(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): Promise<void> {
     if (this.state === 'live' && this.requestQueues.length > 0) {
       try {
-        const q = this.requestQueues[this.next++ % this.requestQueues.length];
-        const r = this.spare.pop() ?? new OwnRequest(this.settleFn);
-        if (this.enqueue(q, r, type, sector, out, into)) {
-          const done = new Promise<void>(r.executor);
-          this.kickQueue(q);
-          return done;
-        }
-        this.spare.push(r);
+        const sent = this.send(type, sector, out, into);
+        if (sent !== null) return sent;
       } catch (err) {
         return Promise.reject(err);
       }
@@ -494,19 +488,26 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     return this.requestSlow(type, sector, out, into);
   }
 
+  /** Puts a promise request on the next queue and kicks it: its promise, or null when the ring is full. */
+  private send(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): Promise<void> | null {
+    const q = this.requestQueues[this.next++ % this.requestQueues.length];
+    const r = this.spare.pop() ?? new OwnRequest(this.settleFn);
+    if (!this.enqueue(q, r, type, sector, out, into)) {
+      this.spare.push(r);
+      return null;
+    }
+    const done = new Promise<void>(r.executor);
+    this.kickQueue(q);
+    return done;
+  }
+
   /** A request that must wait: while suspended, or for room in a full ring. */
   private async requestSlow(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): Promise<void> {
     for (;;) {
       if (this.state === 'suspended') await this.whenRunning();
       if (this.state !== 'live' || this.requestQueues.length === 0) throw this.failure ?? new DriverError('not-started', 'block driver is not started');
-      const q = this.requestQueues[this.next++ % this.requestQueues.length];
-      const r = this.spare.pop() ?? new OwnRequest(this.settleFn);
-      if (this.enqueue(q, r, type, sector, out, into)) {
-        const done = new Promise<void>(r.executor);
-        this.kickQueue(q);
-        return done;
-      }
-      this.spare.push(r);
+      const sent = this.send(type, sector, out, into);
+      if (sent !== null) return sent;
       await new Promise<void>((resolve, reject) => this.roomWaiters.push({ resolve, reject }));
     }
   }

@@ -18,7 +18,7 @@ import { ChainReader, DescriptorChain } from '../../virtqueue/chain.js';
 import type { DeviceQueue } from '../../virtqueue/queue.js';
 import type { Monitor } from '../../monitor/monitor.js';
 import type { BlockStorage } from './storage.js';
-import { BlkRequestHeader, SEGMENT_SIZE } from './request.js';
+import { BlkRequestHeader, PayloadPieces, SEGMENT_SIZE } from './request.js';
 
 const SECTOR = 512;
 const ID_BYTES = 20;
@@ -200,6 +200,8 @@ export class BlkDeviceType implements DeviceType {
   private publishScheduled = false;
   /** The request being judged (parsed in place: nothing allocated per request). */
   private readonly header: BlkRequestHeader;
+  /** Walks a request's payload pieces. */
+  private readonly pieces = new PayloadPieces();
   /** Payload bytes a request answered synchronously wrote to the driver. */
   private written = 0;
   /** Asynchronous request state by queue index, then head (see AsyncRequest). */
@@ -449,12 +451,10 @@ export class BlkDeviceType implements DeviceType {
     if (s.readSync === undefined) return DEFER;
     const mem = ctx.memory;
     let offset = h.sector * SECTOR;
-    let left = bytes;
-    // The writable pieces hold the payload and then the status byte: this ends before them.
-    for (let i = chain.readable; left > 0; i++) {
-      const n = Math.min(chain.lens[i], left);
-      if (n === 0) continue;
-      const addr = chain.addrs[i];
+    const p = this.pieces.in(chain, bytes);
+    while (p.next()) {
+      const addr = p.addr;
+      const n = p.len;
       const r = mem.region(addr, n); // a piece lies in one region (DescriptorChain.append)
       let done = false;
       let failed = false;
@@ -468,7 +468,6 @@ export class BlkDeviceType implements DeviceType {
       if (failed) return BlkStatus.IOERR;
       if (!done) return DEFER;
       offset += n;
-      left -= n;
     }
     this.written = bytes;
     return BlkStatus.OK;
@@ -487,29 +486,17 @@ export class BlkDeviceType implements DeviceType {
     if (s.writeSync === undefined) return DEFER;
     const mem = ctx.memory;
     let offset = h.sector * SECTOR;
-    let left = bytes;
-    let skip = 16; // the header
-    for (let i = 0; left > 0; i++) {
-      let addr = chain.addrs[i];
-      let len = chain.lens[i];
-      if (skip >= len) {
-        skip -= len;
-        continue;
-      }
-      addr += skip;
-      len -= skip;
-      skip = 0;
-      const n = Math.min(len, left);
-      const r = mem.region(addr, n);
+    const p = this.pieces.out(chain, bytes);
+    while (p.next()) {
+      const r = mem.region(p.addr, p.len);
       let done: boolean;
       try {
-        done = s.writeSync(offset, r.bytes, addr - r.guestAddr, n);
+        done = s.writeSync(offset, r.bytes, p.addr - r.guestAddr, p.len);
       } catch {
         return BlkStatus.IOERR;
       }
       if (!done) return DEFER;
-      offset += n;
-      left -= n;
+      offset += p.len;
     }
     return this.stableNow();
   }
@@ -548,12 +535,8 @@ export class BlkDeviceType implements DeviceType {
       this.idFor = serial;
     }
     const mem = ctx.memory;
-    let done = 0;
-    for (let i = chain.readable; done < ID_BYTES; i++) {
-      const n = Math.min(chain.lens[i], ID_BYTES - done);
-      if (n > 0) mem.writeFrom(chain.addrs[i], this.idBytes, done, n);
-      done += n;
-    }
+    const p = this.pieces.in(chain, ID_BYTES);
+    for (let done = 0; p.next(); done += p.len) mem.writeFrom(p.addr, this.idBytes, done, p.len);
     this.written = ID_BYTES;
     return BlkStatus.OK;
   }
@@ -629,13 +612,10 @@ export class BlkDeviceType implements DeviceType {
     if (h.type === BlkType.IN) {
       r.bytes = h.dataIn;
       r.reservePieces(chain.count - chain.readable);
-      let left = h.dataIn;
-      for (let i = chain.readable; left > 0; i++) {
-        const n = Math.min(chain.lens[i], left);
-        if (n === 0) continue;
-        r.addrs[r.pieces] = chain.addrs[i];
-        r.lens[r.pieces++] = n;
-        left -= n;
+      const p = this.pieces.in(chain, h.dataIn);
+      while (p.next()) {
+        r.addrs[r.pieces] = p.addr;
+        r.lens[r.pieces++] = p.len;
       }
       // Data moves through a host buffer: a request still in the storage when the device is
       // reset must not touch guest memory the driver got back (basic.reset.device.2).
@@ -645,22 +625,8 @@ export class BlkDeviceType implements DeviceType {
       if (!flushOnly) {
         // Copied out now, for the same reason: the driver may reuse the buffer after a reset.
         const buf = (r.buf = this.takeBuffer(h.dataOut));
-        let off = 0;
-        let skip = 16;
-        for (let i = 0; off < h.dataOut; i++) {
-          let addr = chain.addrs[i];
-          let len = chain.lens[i];
-          if (skip >= len) {
-            skip -= len;
-            continue;
-          }
-          addr += skip;
-          len -= skip;
-          skip = 0;
-          const n = Math.min(len, h.dataOut - off);
-          mem.readInto(addr, buf, off, n);
-          off += n;
-        }
+        const p = this.pieces.out(chain, h.dataOut);
+        for (let off = 0; p.next(); off += p.len) mem.readInto(p.addr, buf, off, p.len);
       }
     } else if (h.type !== BlkType.FLUSH) {
       const seg = h.segments;

@@ -150,22 +150,70 @@ export type Range = [addr: number, len: number];
 /** Guest ranges of buffers [from, to) of a chain: `skip` bytes left out, then at most `limit` bytes. */
 function ranges(chain: DescriptorChain, from: number, to: number, skip: number, limit: number): Range[] {
   const out: Range[] = [];
-  let left = limit;
-  for (let i = from; i < to && left > 0; i++) {
-    let addr = chain.addrs[i];
-    let len = chain.lens[i];
-    if (skip >= len) {
-      skip -= len;
-      continue;
-    }
-    addr += skip;
-    len -= skip;
-    skip = 0;
-    const n = Math.min(len, left);
-    if (n > 0) out.push([addr, n]);
-    left -= n;
-  }
+  const p = new PayloadPieces().over(chain, from, to, skip, limit);
+  while (p.next()) out.push([p.addr, p.len]);
   return out;
+}
+
+/**
+ * The guest pieces of a request's payload, walked in place (nothing allocated): `out()` the
+ * device-readable bytes after the 16-byte header, `in()` the device-writable bytes before the
+ * status byte. After each `next()` that returns true, `addr` and `len` name one piece (never
+ * empty; inside one memory region, as DescriptorChain splits them).
+ */
+export class PayloadPieces {
+  /** The current piece: its guest address and length. */
+  addr = 0;
+  len = 0;
+  private chain: DescriptorChain | null = null;
+  private i = 0;
+  private end = 0;
+  private skip = 0;
+  private left = 0;
+
+  /** The first `bytes` of the readable part after the header (OUT data, segments). */
+  out(chain: DescriptorChain, bytes: number): this {
+    return this.over(chain, 0, chain.readable, 16, bytes);
+  }
+
+  /** The first `bytes` of the writable part (IN / GET_ID data, before the status byte). */
+  in(chain: DescriptorChain, bytes: number): this {
+    return this.over(chain, chain.readable, chain.count, 0, bytes);
+  }
+
+  /** Buffers [from, to) of `chain`: `skip` bytes left out, then at most `limit` bytes. */
+  over(chain: DescriptorChain, from: number, to: number, skip: number, limit: number): this {
+    this.chain = chain;
+    this.i = from;
+    this.end = to;
+    this.skip = skip;
+    this.left = limit;
+    return this;
+  }
+
+  /** Moves to the next piece; false when the payload is done. */
+  next(): boolean {
+    const chain = this.chain!;
+    while (this.left > 0 && this.i < this.end) {
+      let addr = chain.addrs[this.i];
+      let len = chain.lens[this.i];
+      this.i++;
+      if (this.skip >= len) {
+        this.skip -= len;
+        continue;
+      }
+      addr += this.skip;
+      len -= this.skip;
+      this.skip = 0;
+      const n = Math.min(len, this.left);
+      if (n === 0) continue;
+      this.left -= n;
+      this.addr = addr;
+      this.len = n;
+      return true;
+    }
+    return false;
+  }
 }
 
 /** Copies guest ranges into one host buffer. */
