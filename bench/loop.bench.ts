@@ -300,6 +300,15 @@ abstract class LibRig implements Rig {
     return BLOCK + 1;
   }
 
+  /** Configures `q` as the driver stand-in laid the ring out, and starts it. */
+  protected start<Q extends SplitDeviceQueue | PackedDeviceQueue>(q: Q): Q {
+    q.setSize(QUEUE_SIZE);
+    q.setAddresses({ desc: this.drv.desc, avail: this.drv.avail, used: this.drv.used });
+    q.setEnabled(true);
+    if (!q.activate({ eventIdx: true, indirect: this.shape === 'blk-ind' })) throw new Error('queue did not activate');
+    return q;
+  }
+
   abstract run(n: number): void;
 
   sound(): string | null {
@@ -315,11 +324,7 @@ class SplitLib extends LibRig {
   constructor(shape: Shape, batch: number) {
     super(shape, batch);
     this.drv = new SplitDriver(this.mem, shape);
-    this.q = new SplitDeviceQueue(this.mem, 0, QUEUE_SIZE, this.mon, this.sink);
-    this.q.setSize(QUEUE_SIZE);
-    this.q.setAddresses({ desc: this.drv.desc, avail: this.drv.avail, used: this.drv.used });
-    this.q.setEnabled(true);
-    if (!this.q.activate({ eventIdx: true, indirect: shape === 'blk-ind' })) throw new Error('queue did not activate');
+    this.q = this.start(new SplitDeviceQueue(this.mem, 0, QUEUE_SIZE, this.mon, this.sink));
     this.chain = this.q.newChain();
   }
   // The same loop as PackedLib.run, a separate copy on purpose (see above).
@@ -346,11 +351,7 @@ class PackedLib extends LibRig {
   constructor(shape: Shape, batch: number) {
     super(shape, batch);
     this.drv = new PackedDriver(this.mem, shape);
-    this.q = new PackedDeviceQueue(this.mem, 0, QUEUE_SIZE, this.mon, this.sink);
-    this.q.setSize(QUEUE_SIZE);
-    this.q.setAddresses({ desc: this.drv.desc, avail: this.drv.avail, used: this.drv.used });
-    this.q.setEnabled(true);
-    if (!this.q.activate({ eventIdx: true, indirect: shape === 'blk-ind' })) throw new Error('queue did not activate');
+    this.q = this.start(new PackedDeviceQueue(this.mem, 0, QUEUE_SIZE, this.mon, this.sink));
     this.chain = this.q.newChain();
   }
   // The same loop as SplitLib.run, a separate copy on purpose (see above).

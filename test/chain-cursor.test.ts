@@ -420,3 +420,15 @@ test('cursors never touch a region removed while they are in its buffer (GuestMe
   assert.throws(() => w.writeU8(1), gone);
   assert.throws(() => w.write(new Uint8Array(4)), gone);
 });
+
+test('a cursor reset onto another GuestMemory never reads through a region of the first one', () => {
+  const a = memory();
+  const b = new GuestMemory([{ guestAddr: 0, size: 0x400, buffer: new ArrayBuffer(0x400) }]);
+  a.writeU32(0x10, 0x11111111);
+  b.writeU32(0x10, 0x22222222);
+  const c = chainOf([[0x10, 8]], []);
+  const r = new ChainReader();
+  assert.equal(r.reset(a, c).readU32(), 0x11111111);
+  assert.equal(r.reset(b, c).readU32(), 0x22222222);
+  assert.equal(r.reset(a, c).readU32(), 0x11111111);
+});

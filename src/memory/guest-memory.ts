@@ -369,19 +369,8 @@ export class GuestMemory {
   readInto(addr: number, dst: Uint8Array, dstOffset: number, length: number): void {
     checkHostRange(dst, dstOffset, length);
     const r = this.regionFor(addr, length);
-    if (r !== null) {
-      copyBytes(this.views, r.bytes, addr - r.guestAddr, dst, dstOffset, length);
-      return;
-    }
-    if (!this.isBacked(addr, length)) throw this.outOfBounds(addr, length);
-    let done = 0;
-    while (done < length) {
-      const p = this.region(addr + done, 1);
-      const off = addr + done - p.guestAddr;
-      const n = Math.min(length - done, p.size - off);
-      copyBytes(this.views, p.bytes, off, dst, dstOffset + done, n);
-      done += n;
-    }
+    if (r !== null) copyBytes(this.views, r.bytes, addr - r.guestAddr, dst, dstOffset, length);
+    else this.copyAcross(addr, dst, dstOffset, length, false);
   }
 
   /** Copies `src` into guest memory, crossing region boundaries where regions are adjacent. */
@@ -398,20 +387,26 @@ export class GuestMemory {
   writeFrom(addr: number, src: Uint8Array, srcOffset: number, length: number): void {
     checkHostRange(src, srcOffset, length);
     const r = this.regionFor(addr, length);
-    if (r !== null) {
-      copyBytes(this.views, src, srcOffset, r.bytes, addr - r.guestAddr, length);
-    } else {
-      if (!this.isBacked(addr, length)) throw this.outOfBounds(addr, length);
-      let done = 0;
-      while (done < length) {
-        const p = this.region(addr + done, 1);
-        const off = addr + done - p.guestAddr;
-        const n = Math.min(length - done, p.size - off);
-        copyBytes(this.views, src, srcOffset + done, p.bytes, off, n);
-        done += n;
-      }
-    }
+    if (r !== null) copyBytes(this.views, src, srcOffset, r.bytes, addr - r.guestAddr, length);
+    else this.copyAcross(addr, src, srcOffset, length, true);
     if (this.onWrite !== null && length > 0) this.onWrite(addr, length);
+  }
+
+  /**
+   * readInto / writeFrom for a guest range in more than one region: all of it backed (else a
+   * MemoryError `out-of-bounds` before any byte moves), region by region.
+   */
+  private copyAcross(addr: number, host: Uint8Array, hostOffset: number, length: number, toGuest: boolean): void {
+    if (!this.isBacked(addr, length)) throw this.outOfBounds(addr, length);
+    let done = 0;
+    while (done < length) {
+      const p = this.region(addr + done, 1);
+      const off = addr + done - p.guestAddr;
+      const n = Math.min(length - done, p.size - off);
+      if (toGuest) copyBytes(this.views, host, hostOffset + done, p.bytes, off, n);
+      else copyBytes(this.views, p.bytes, off, host, hostOffset + done, n);
+      done += n;
+    }
   }
 
   /** Sets [addr, addr+length) to `value`. */

@@ -167,8 +167,10 @@ export class ChainBuilder {
  * GuestMemory.readInto / writeFrom, fixed-size fields through the region's DataView).
  * Going beyond the part's end throws a {@link VirtqueueError} of kind `chain-bounds` (never a
  * RangeError: the chain's length is the peer's input, not the caller's mistake) and consumes
- * nothing. Every byte still goes through GuestMemory's bounds checks, as the chain's buffers
- * were checked when it was walked and a region may have gone since (vhost-user REM_MEM_REG).
+ * nothing. Every access is checked against guest memory as it is now, although the chain's
+ * buffers were checked when it was walked, as a region may have gone since (vhost-user
+ * REM_MEM_REG): copies through GuestMemory, fixed-size fields through the region that holds the
+ * whole buffer, found again whenever GuestMemory.generation moves.
  */
 abstract class ChainCursor {
   protected mem!: GuestMemory;
@@ -191,6 +193,7 @@ abstract class ChainCursor {
 
   /** Points the cursor at segments [first, end) of `chain`, `total` bytes. */
   protected init(mem: GuestMemory, chain: DescriptorChain, first: number, end: number, total: number): void {
+    if (mem !== this.mem) this.region = null; // a region of another memory is never tried
     this.mem = mem;
     this.chain = chain;
     this.seg = first;
