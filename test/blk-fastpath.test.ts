@@ -512,3 +512,30 @@ for (const io of ['auto', 'sync', 'async'] as const) {
     }
   });
 }
+
+test('a MemoryBlockStorage subclass written before the synchronous methods: its promise overrides are still called', async () => {
+  class Counted extends MemoryBlockStorage {
+    reads = 0;
+    zeroes = 0;
+    override async read(offset: number, views: readonly Uint8Array[]): Promise<void> {
+      this.reads++;
+      return super.read(offset, views);
+    }
+    override async writeZeroes(offset: number, length: number): Promise<void> {
+      this.zeroes++;
+      return super.writeZeroes(offset, length);
+    }
+  }
+  const storage = new Counted(1 << 20);
+  const p = await pair(storage, { mode: 'sync' });
+  await p.driver.write(4096, pattern(14, 4096)); // write not overridden: answered synchronously
+  const back = new Uint8Array(4096);
+  await p.driver.read(4096, back);
+  assert.deepEqual(back, pattern(14, 4096));
+  assert.equal(storage.reads, 1, 'the overriding read() served the read');
+  await p.driver.writeZeroes(4096, 512);
+  assert.equal(storage.zeroes, 1, 'the overriding writeZeroes() served it');
+  assert.equal(storage.bytes[4096], 0);
+  const r = submitRaw(p, BlkType.OUT, 0, pattern(15, 512), 0);
+  assert.equal(r.answered && r.status, BlkStatus.OK, 'a write, not overridden, answered inside the kick');
+});

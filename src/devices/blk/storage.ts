@@ -105,45 +105,59 @@ export class MemoryBlockStorage implements BlockStorage {
   }
 
   async flush(): Promise<void> {
-    this.flushSync();
+    this.flushes++;
   }
 
   async discard(offset: number, length: number): Promise<void> {
-    this.discardSync(offset, length);
+    this.bytes.fill(0, offset, offset + length);
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
-    this.writeZeroesSync(offset, length);
+    this.bytes.fill(0, offset, offset + length);
   }
 
-  /** Always answers: the disk is memory. */
+  // The synchronous methods answer at once, the disk being memory, unless a subclass (written
+  // before they existed) overrides the promise method and not its synchronous twin: then they
+  // decline, and the device calls the override as it always did.
+
+  /** Answers at once (declines when a subclass overrides read but not readSync). */
   readSync(offset: number, into: Uint8Array, at: number, length: number): boolean {
+    if (this.read !== P.read && this.readSync === P.readSync) return false;
     this.pages.copyOut(offset, into, at, length);
     return true;
   }
 
-  /** Always answers. */
+  /** Answers at once (declines when a subclass overrides write but not writeSync). */
   writeSync(offset: number, from: Uint8Array, at: number, length: number): boolean {
+    if (this.write !== P.write && this.writeSync === P.writeSync) return false;
     this.pages.copyIn(offset, from, at, length);
     return true;
   }
 
-  /** Nothing to make durable; counted in `flushes`. */
+  /** Nothing to make durable; counted in `flushes` (declines when a subclass overrides flush but not flushSync). */
   flushSync(): boolean {
+    if (this.flush !== P.flush && this.flushSync === P.flushSync) return false;
     this.flushes++;
     return true;
   }
 
+  /** Answers at once (declines when a subclass overrides discard but not discardSync). */
   discardSync(offset: number, length: number): boolean {
+    if (this.discard !== P.discard && this.discardSync === P.discardSync) return false;
     this.bytes.fill(0, offset, offset + length);
     return true;
   }
 
+  /** Answers at once (declines when a subclass overrides writeZeroes but not writeZeroesSync). */
   writeZeroesSync(offset: number, length: number): boolean {
+    if (this.writeZeroes !== P.writeZeroes && this.writeZeroesSync === P.writeZeroesSync) return false;
     this.bytes.fill(0, offset, offset + length);
     return true;
   }
 }
+
+/** MemoryBlockStorage's own methods, to tell a subclass's overrides from them. */
+const P = MemoryBlockStorage.prototype;
 
 /** @deprecated Renamed: use {@link BlockStorage} ("backend" also named the vhost-user server). */
 export type BlockBackend = BlockStorage;
