@@ -254,6 +254,7 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
       return Promise.reject(err);
     }
     const chunk = this.maxIo();
+    if (into.length === 0) return Promise.resolve(); // nothing to ask the device
     // One request (the usual case): its own promise, no async function around it.
     if (into.length <= chunk) return this.request(BlkType.IN, offset / SECTOR, null, into);
     return this.readChunks(offset, into, chunk);
@@ -274,6 +275,7 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
       return Promise.reject(err);
     }
     const chunk = this.maxIo();
+    if (data.length === 0) return Promise.resolve();
     if (data.length <= chunk) return this.request(BlkType.OUT, offset / SECTOR, data, null);
     const parts: Promise<void>[] = [];
     for (let done = 0; done < data.length; done += chunk) {
