@@ -128,14 +128,14 @@ interface PairOptions {
   tolerant?: boolean;
 }
 
-async function pair(storage: BlockStorage, o: PairOptions = {}) {
+async function pair(storage: BlockStorage, o: PairOptions & { extra?: bigint } = {}) {
   const format = o.format ?? 'split';
   const devMon = new Monitor(o.tolerant ? { mode: 'tolerant' } : {});
   const drvMon = new Monitor();
   const device = new BlkDevice({ storage, monitor: devMon, maxSegments: 2, maxInFlight: o.maxInFlight, readOnly: o.readOnly });
   if (format === 'split') device.withholdFeatures(bit(Feature.RING_PACKED));
   const transport = new LoopbackTransport(device, GuestMemory.create(8 << 20), { mode: o.mode ?? 'async' });
-  const driver = new BlkDriver(transport, { monitor: drvMon, transportFeatures: FORMATS[format], queueSize: o.queueSize });
+  const driver = new BlkDriver(transport, { monitor: drvMon, transportFeatures: FORMATS[format] | (o.extra ?? 0n), queueSize: o.queueSize });
   await driver.start();
   assert.equal(device.ringFormat, format);
   return { device, transport, driver, devMon, drvMon, mem: transport.memory };
@@ -539,3 +539,27 @@ test('a MemoryBlockStorage subclass written before the synchronous methods: its 
   const r = submitRaw(p, BlkType.OUT, 0, pattern(15, 512), 0);
   assert.equal(r.answered && r.status, BlkStatus.OK, 'a write, not overridden, answered inside the kick');
 });
+
+for (const format of ['split', 'packed'] as const) {
+  test(`a queue reset while a request is in the storage (${format}): its late answer is dropped, and the request that reuses its entry gets its own`, async () => {
+    const storage = new GatedStorage(1 << 20);
+    storage.disk.bytes.set(pattern(16, 1 << 20));
+    const p = await pair(storage, { format, mode: 'sync', extra: bit(Feature.RING_RESET) });
+    storage.gated = true;
+    const old = submitRaw(p, BlkType.IN, 8, new Uint8Array(0), 4096);
+    await until(() => storage.held === 1, 'the first read in the storage');
+    await p.driver.resetQueue(0);
+    await p.driver.reenableQueue(0);
+    const fresh = submitRaw(p, BlkType.IN, 16, new Uint8Array(0), 4096); // the same entry as the first
+    await until(() => storage.held === 2, 'the second read in the storage');
+    storage.release();
+    await until(() => fresh.answered, 'the second answer');
+    await turns();
+    assert.equal(fresh.status, BlkStatus.OK);
+    assert.equal(fresh.len, 4096 + 1);
+    assert.deepEqual(fresh.data(), storage.disk.bytes.subarray(16 * 512, 16 * 512 + 4096), 'its own sectors, not the first request\'s');
+    assert.equal(old.answered, false);
+    assert.equal(p.device.stats.ok, 1, 'one answer: the stale one was dropped');
+    assert.equal(p.device.type.inProgress(), 0);
+  });
+}
