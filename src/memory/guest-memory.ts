@@ -393,6 +393,18 @@ export class GuestMemory {
   }
 
   /**
+   * Copies src[srcOffset, srcOffset+length) to dst[dstOffset, dstOffset+length) between host
+   * arrays (a region's `bytes` among them) with no allocation, as readInto and writeFrom copy (a
+   * RangeError when a range does not fit its array). No guest address is involved and onWrite is
+   * not called: for code that holds the region already (ChainReader, ChainWriter).
+   */
+  copyBetween(src: Uint8Array, srcOffset: number, dst: Uint8Array, dstOffset: number, length: number): void {
+    checkHostRange(src, srcOffset, length);
+    checkHostRange(dst, dstOffset, length);
+    copyBytes(this.views, src, srcOffset, dst, dstOffset, length);
+  }
+
+  /**
    * readInto / writeFrom for a guest range in more than one region: all of it backed (else a
    * MemoryError `out-of-bounds` before any byte moves), region by region.
    */

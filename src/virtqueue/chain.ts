@@ -164,13 +164,14 @@ export class ChainBuilder {
  * A cursor over one direction of a chain's buffers: the device-readable part (driver to
  * device data) or the device-writable part. Reused across chains: `reset` allocates nothing, and
  * neither does any read, write, fill or skip (no closure, no view per segment: copies go through
- * GuestMemory.readInto / writeFrom, fixed-size fields through the region's DataView).
+ * GuestMemory's allocation-free copies, fixed-size fields through the region's DataView).
  * Going beyond the part's end throws a {@link VirtqueueError} of kind `chain-bounds` (never a
  * RangeError: the chain's length is the peer's input, not the caller's mistake) and consumes
  * nothing. Every access is checked against guest memory as it is now, although the chain's
  * buffers were checked when it was walked, as a region may have gone since (vhost-user
- * REM_MEM_REG): copies through GuestMemory, fixed-size fields through the region that holds the
- * whole buffer, found again whenever GuestMemory.generation moves.
+ * REM_MEM_REG): copies and fixed-size fields go through the region that holds the whole buffer,
+ * found again whenever GuestMemory.generation moves (through GuestMemory's own checked copies
+ * when a buffer spans regions).
  */
 abstract class ChainCursor {
   protected mem!: GuestMemory;
@@ -189,7 +190,7 @@ abstract class ChainCursor {
   private regionGen = -1;
   /** The kept region (the current segment's while regionSeg is the current segment, never null then). */
   protected region: MemoryRegion | null = null;
-  private regionBase = 0;
+  protected regionBase = 0;
 
   /** Points the cursor at segments [first, end) of `chain`, `total` bytes. */
   protected init(mem: GuestMemory, chain: DescriptorChain, first: number, end: number, total: number): void {
@@ -326,7 +327,9 @@ export class ChainReader extends ChainCursor {
     let done = 0;
     while (done < length) {
       const take = Math.min(this.here(), length - done);
-      this.mem.readInto(addrs[this.seg] + this.segOff, dst, offset + done, take);
+      const r = this.segRegion();
+      if (r !== null) this.mem.copyBetween(r.bytes, this.regionBase + this.segOff, dst, offset + done, take);
+      else this.mem.readInto(addrs[this.seg] + this.segOff, dst, offset + done, take);
       this.segOff += take;
       done += take;
     }
@@ -451,7 +454,13 @@ export class ChainWriter extends ChainCursor {
     let done = 0;
     while (done < length) {
       const take = Math.min(this.here(), length - done);
-      this.mem.writeFrom(addrs[this.seg] + this.segOff, src, offset + done, take);
+      const addr = addrs[this.seg] + this.segOff;
+      const r = this.segRegion();
+      if (r === null) this.mem.writeFrom(addr, src, offset + done, take);
+      else {
+        this.mem.copyBetween(src, offset + done, r.bytes, this.regionBase + this.segOff, take);
+        if (this.mem.onWrite !== null) this.mem.onWrite(addr, take);
+      }
       this.segOff += take;
       done += take;
     }
