@@ -37,10 +37,10 @@ export * as pciLayout from './transports/pci/layout.js';
 export { RngDevice, RngDeviceType, cryptoEntropy, type EntropySource, type AsyncEntropySource, type RngDeviceOptions } from './devices/rng/device.js';
 export { RngDriver, type RngDriverOptions, type RngRequestToken } from './drivers/rng.js';
 export { BlkDevice, BlkDeviceType, defaultSegMax, type BlkDeviceOptions, type BlkOptions, type BlkStorageOption } from './devices/blk/device.js';
-export { parseBlkRequest, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
+export { parseBlkRequest, BlkRequestHeader, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
 export type { Range as BlkRange } from './devices/blk/request.js';
 export { MemoryBlockStorage, type BlockStorage, MemoryBlockBackend, type BlockBackend } from './devices/blk/storage.js';
-export { BlkDriver, BlkError, type BlkErrorKind, type BlkDriverOptions, type BlkRequestToken } from './drivers/blk.js';
+export { BlkDriver, BlkBatch, BlkError, type BlkErrorKind, type BlkDriverOptions, type BlkRequestToken } from './drivers/blk.js';
 export {
   ConsoleDevice,
   ConsoleDeviceType,

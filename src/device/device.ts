@@ -273,7 +273,16 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
 
   /** Whether a negotiated feature is on. */
   negotiated(featureBit: number): boolean {
-    return this.featuresFixed && hasFeature(this.driverFeatures, featureBit);
+    if (!this.featuresFixed) return false;
+    if (featureBit >= 64) return hasFeature(this.driverFeatures, featureBit);
+    // The first 64 bits as two numbers, remade when driverFeatures changes: the serve loop asks
+    // on every notification, and a BigInt test allocates.
+    if (this.featureWordsOf !== this.driverFeatures) {
+      this.featureWordsOf = this.driverFeatures;
+      this.featureLo = Number(BigInt.asUintN(32, this.driverFeatures));
+      this.featureHi = Number(BigInt.asUintN(32, this.driverFeatures >> 32n));
+    }
+    return featureBit < 32 ? ((this.featureLo >>> featureBit) & 1) === 1 : ((this.featureHi >>> (featureBit - 32)) & 1) === 1;
   }
 
   /** Features are in effect: FEATURES_OK accepted, or (legacy interface) the driver's features accepted when written. */
@@ -294,6 +303,9 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     this.legacyAccepted = false;
     this.legacyAccepted = this.acceptFeatures(true);
   }
+  private featureWordsOf = 0n;
+  private featureLo = 0;
+  private featureHi = 0;
 
   // ---------------------------------------------------------------- verdicts
 

@@ -2,6 +2,12 @@
  * Block driver (spec 5.2): the API an application uses — read, write, flush, discard,
  * writeZeroes, secureErase, getId — over any transport, on every request queue the device
  * offers, with many requests in flight. A non-OK status becomes a BlkError.
+ *
+ * Two ways to send requests: the promise methods (one promise per call), and a
+ * {@link BlkBatch} (`driver.batch()`): submit many requests, then reap their completions
+ * into arrays, with no promise, closure or allocation per request. Both share the queues and a
+ * pool of request states and guest buffers, so neither allocates per request in steady state
+ * beyond the promise itself.
  */
 import { DeviceId } from '../spec/constants.js';
 import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../driver/driver.js';
@@ -48,6 +54,86 @@ export interface BlkRequestToken {
   reject: (err: Error) => void;
 }
 
+/** A guest buffer for one request, header (16 bytes) | data | status (1 byte), kept for reuse with a view of its data. */
+interface GuestBuffer {
+  addr: number;
+  dataLen: number;
+  data: Uint8Array;
+}
+
+/** Settles one of the driver's own requests: `status` the status byte, or the error that ended it. */
+type Settle = (r: OwnRequest, status: number, err: Error | null) => void;
+
+/**
+ * One of BlkDriver's own requests (a promise method's, or a slot of a {@link BlkBatch}): the
+ * token its queue holds, reused from a pool. Its promise executor and settle path are made once
+ * with it, so a request costs no closure.
+ */
+class OwnRequest implements BlkRequestToken {
+  mem = 0;
+  dataLen = 0;
+  type = 0;
+  sector = 0;
+  buf: GuestBuffer | null = null;
+  /** IN / GET_ID: where the data goes when the request completes. */
+  into: Uint8Array | null = null;
+  /** Position in the driver's in-flight list; -1 when not in flight. */
+  live = -1;
+  /** A batch slot: the batch's delivery, the caller's tag, the outcome. */
+  deliver: Settle | null = null;
+  tag = 0;
+  status = 0;
+  private res: (() => void) | null = null;
+  private rej: ((err: Error) => void) | null = null;
+  /** For `new Promise(executor)`: keeps the promise's resolve and reject here. */
+  readonly executor = (res: () => void, rej: (err: Error) => void): void => {
+    this.res = res;
+    this.rej = rej;
+  };
+
+  constructor(
+    private readonly settle: Settle,
+    /** A batch slot's index. */
+    readonly index = -1,
+  ) {}
+
+  resolve(status: number): void {
+    this.settle(this, status, null);
+  }
+
+  reject(err: Error): void {
+    this.settle(this, -1, err);
+  }
+
+  /** Settles the promise (promise requests): the BlkError for a status other than OK. */
+  finish(status: number, err: Error | null): void {
+    const res = this.res!;
+    const rej = this.rej!;
+    this.res = this.rej = null;
+    if (err !== null) rej(err);
+    else if (status !== BlkStatus.OK) {
+      rej(new BlkError(`block request type ${this.type} at sector ${this.sector} failed: ${status === BlkStatus.IOERR ? 'I/O error' : status === BlkStatus.UNSUPP ? 'unsupported' : `status ${status}`}`, status));
+    } else res();
+  }
+}
+
+/** What a {@link BlkBatch} uses of its driver (the driver's private parts, handed over at batch()). */
+interface BatchPort {
+  /** Throws when no request can be sent now (not started, broken); false while suspended. */
+  ready(): boolean;
+  /** RangeError for an offset or length the device cannot take in one request. */
+  check(offset: number, length: number): void;
+  /** Puts a request on `q` (not yet published): false when the ring is full. */
+  enqueue(q: DriverQueue<BlkRequestToken>, r: OwnRequest, type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): boolean;
+  /** Publishes `q` and notifies the device. */
+  kick(q: DriverQueue<BlkRequestToken>): void;
+  /** Whether VIRTIO_BLK_F_FLUSH was negotiated. */
+  flushes(): boolean;
+  readonly settle: Settle;
+  /** Registers a batch's announcer, called after every used-buffer notification's completions. */
+  announce(fn: () => void): void;
+}
+
 /** BlkDriver's options: the driver core's (all optional here) and how many request queues to use. */
 export interface BlkDriverOptions extends Partial<VirtioDriverOptions> {
   /** Queues to use (at most what the device offers with VIRTIO_BLK_F_MQ). */
@@ -76,9 +162,20 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
   maxWriteZeroesSectors = 0;
   private readonly requestQueues: DriverQueue<BlkRequestToken>[] = [];
   private next = 0;
-  private readonly pending = new Set<BlkRequestToken>();
+  /** The driver's own requests in flight (rejected if the driver breaks down). */
+  private readonly inflight: OwnRequest[] = [];
+  /** Promise requests ready for reuse. */
+  private readonly spare: OwnRequest[] = [];
   private readonly roomWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
   private readonly wantQueues: number;
+  /** VIRTIO_BLK_F_RO, read once the features are negotiated (the completion path looks at it). */
+  private ro = false;
+  /** Kicks asked for while a kick runs (a synchronous transport answers inside it), by queue index. */
+  private kicking = false;
+  private readonly kickWanted: boolean[] = [];
+  private anyKickWanted = false;
+  /** Batches' announcers (see BatchPort.announce). */
+  private readonly announcers: (() => void)[] = [];
 
   /** A block driver over `transport`; start() initializes the device. */
   constructor(transport: DriverTransport, options: BlkDriverOptions = {}) {
@@ -126,6 +223,7 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
           }));
         }
         this.capacity = cfg.capacity;
+        this.ro = this.negotiated(f.RO);
         if (cfg.sizeMax > 0) this.sizeMax = cfg.sizeMax;
         this.segMax = Math.max(1, cfg.segMax);
         this.blkSize = cfg.blkSize;
@@ -149,9 +247,20 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
   }
 
   /** Reads `into.length` bytes (a multiple of 512) from byte `offset` (a multiple of 512). */
-  async read(offset: number, into: Uint8Array): Promise<void> {
-    this.checkIo(offset, into.length);
+  read(offset: number, into: Uint8Array): Promise<void> {
+    try {
+      this.checkIo(offset, into.length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const chunk = this.maxIo();
+    if (into.length === 0) return Promise.resolve(); // nothing to ask the device
+    // One request (the usual case): its own promise, no async function around it.
+    if (into.length <= chunk) return this.request(BlkType.IN, offset / SECTOR, null, into);
+    return this.readChunks(offset, into, chunk);
+  }
+
+  private async readChunks(offset: number, into: Uint8Array, chunk: number): Promise<void> {
     for (let done = 0; done < into.length; done += chunk) {
       const part = into.subarray(done, Math.min(into.length, done + chunk));
       await this.request(BlkType.IN, (offset + done) / SECTOR, null, part);
@@ -159,14 +268,20 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
   }
 
   /** Writes `data` (a multiple of 512 bytes) at byte `offset`; durable only after flush() in writeback mode. */
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    this.checkIo(offset, data.length);
+  write(offset: number, data: Uint8Array): Promise<void> {
+    try {
+      this.checkIo(offset, data.length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const chunk = this.maxIo();
+    if (data.length === 0) return Promise.resolve();
+    if (data.length <= chunk) return this.request(BlkType.OUT, offset / SECTOR, data, null);
     const parts: Promise<void>[] = [];
     for (let done = 0; done < data.length; done += chunk) {
       parts.push(this.request(BlkType.OUT, (offset + done) / SECTOR, data.subarray(done, Math.min(data.length, done + chunk)), null));
     }
-    await Promise.all(parts);
+    return Promise.all(parts).then(() => undefined);
   }
 
   /** Makes every completed write durable (VIRTIO_BLK_T_FLUSH: the device fdatasyncs). */
@@ -236,85 +351,396 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     }
   }
 
-  /** Request buffers (header | data | status) kept for reuse, by size: the allocator stays off the hot path. */
-  private readonly guestBufs = new Map<number, number[]>();
-
-  private takeGuest(size: number): number {
-    return this.guestBufs.get(size)?.pop() ?? this.allocator.alloc(size, 16);
+  /**
+   * A batch: requests submitted many at a time and reaped into arrays, without a promise per
+   * request (see {@link BlkBatch}). On queue `options.queue` (default: the next request queue in
+   * turn), with at most `options.depth` requests outstanding (default: the queue size).
+   */
+  batch(options: { queue?: number; depth?: number } = {}): BlkBatch {
+    if (this.requestQueues.length === 0) throw this.failure ?? new DriverError('not-started', 'block driver is not started');
+    const index = options.queue ?? this.next++ % this.requestQueues.length;
+    const q = this.requestQueues[index];
+    if (q === undefined) throw new DriverError('no-queue', `request queue ${index} is not set up (${this.requestQueues.length} are)`);
+    const depth = options.depth ?? q.size;
+    if (!Number.isSafeInteger(depth) || depth < 1) throw new RangeError(`batch depth ${depth} is not a positive integer`);
+    return new BlkBatch(this.port, q, depth);
   }
 
-  private giveGuest(addr: number, size: number): void {
-    let list = this.guestBufs.get(size);
-    if (list === undefined) this.guestBufs.set(size, (list = []));
-    if (list.length < 256 && size <= 1 << 17) list.push(addr);
-    else this.allocator.release(addr);
+  /** The most bytes one request (and so one batch read or write) carries: size_max x seg_max, at most 4 MiB. */
+  get maxRequestBytes(): number {
+    return this.maxIo();
   }
 
-  /** One request: header, optional driver->device data, optional device->driver data, status. */
-  private async request(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): Promise<void> {
+  private readonly port: BatchPort = {
+    ready: () => {
+      if (this.state === 'live' && this.requestQueues.length > 0) return true;
+      if (this.state === 'suspended') return false;
+      throw this.failure ?? new DriverError('not-started', 'block driver is not started');
+    },
+    check: (offset, length) => {
+      this.checkIo(offset, length);
+      if (length > this.maxIo()) throw new RangeError(`${length} bytes do not fit one request (at most ${this.maxIo()}: size_max x seg_max)`);
+    },
+    enqueue: (q, r, type, sector, out, into) => this.enqueue(q, r, type, sector, out, into),
+    kick: (q) => this.kickQueue(q),
+    flushes: () => this.negotiated(BLK_FEATURES.FLUSH),
+    settle: (r, status, err) => this.settle(r, status, err),
+    announce: (fn) => void this.announcers.push(fn),
+  };
+
+  /** Request buffers kept for reuse, by data length: the allocator stays off the hot path. */
+  private readonly guestBufs = new Map<number, GuestBuffer[]>();
+
+  private takeGuest(dataLen: number): GuestBuffer {
+    const b = this.guestBufs.get(dataLen)?.pop();
+    if (b !== undefined) return b;
+    const addr = this.allocator.alloc(16 + dataLen + 1, 16);
+    return { addr, dataLen, data: this.transport.memory.bytes(addr + 16, dataLen) };
+  }
+
+  private giveGuest(b: GuestBuffer): void {
+    let list = this.guestBufs.get(b.dataLen);
+    if (list === undefined) this.guestBufs.set(b.dataLen, (list = []));
+    if (list.length < 256 && b.dataLen <= 1 << 17) list.push(b);
+    else this.allocator.release(b.addr);
+  }
+
+  /**
+   * Puts one request on `q` without publishing it: header, optional driver->device data,
+   * optional device->driver data, status. False (and nothing taken) when the ring is full.
+   */
+  private enqueue(q: DriverQueue<BlkRequestToken>, r: OwnRequest, type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): boolean {
     const dataLen = (out?.length ?? 0) + (into?.length ?? 0);
+    const buf = this.takeGuest(dataLen);
+    const mem = buf.addr;
+    const g = this.transport.memory;
+    g.writeU32(mem, type);
+    g.writeU32(mem + 4, 0);
+    g.writeU32(mem + 8, sector >>> 0);
+    g.writeU32(mem + 12, Math.floor(sector / 2 ** 32));
+    if (out !== null) {
+      buf.data.set(out);
+      if (g.onWrite !== null) g.onWrite(mem + 16, dataLen);
+    }
+    const b = q.begin().addReadable(mem, 16);
+    const data = mem + 16;
+    // Data in descriptors of at most size_max bytes (VIRTIO_BLK_F_SIZE_MAX).
+    for (let off = 0; off < dataLen; off += this.sizeMax) {
+      const n = Math.min(this.sizeMax, dataLen - off);
+      if (out !== null) b.addReadable(data + off, n);
+      else b.addWritable(data + off, n);
+    }
+    b.addWritable(mem + 16 + dataLen, 1);
+    r.mem = mem;
+    r.dataLen = dataLen;
+    r.buf = buf;
+    r.type = type;
+    r.sector = sector;
+    r.into = into;
+    if (q.commit(r) < 0) {
+      r.buf = null;
+      r.into = null;
+      this.giveGuest(buf);
+      return false;
+    }
+    r.live = this.inflight.length;
+    this.inflight.push(r);
+    return true;
+  }
+
+  /**
+   * Publishes `q` and notifies the device. On a synchronous transport the device answers inside
+   * the notification, and a caller may submit again from the completion (a batch's onReady):
+   * such a kick waits for the running one to return, so the stack stays flat however long the
+   * exchange goes on.
+   */
+  private kickQueue(q: DriverQueue<BlkRequestToken>): void {
+    if (this.kicking) {
+      this.kickWanted[q.index] = true;
+      this.anyKickWanted = true;
+      return;
+    }
+    this.kicking = true;
+    try {
+      this.kick(q);
+      while (this.anyKickWanted) {
+        this.anyKickWanted = false;
+        for (let i = 0; i < this.kickWanted.length; i++) {
+          if (!this.kickWanted[i]) continue;
+          this.kickWanted[i] = false;
+          const wanted = this.queues[i];
+          if (wanted !== undefined) this.kick(wanted);
+        }
+      }
+    } finally {
+      this.kicking = false;
+    }
+  }
+
+  /** One promise request: on the fast path a pooled request and one promise, nothing else. */
+  private request(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): Promise<void> {
+    if (this.state === 'live' && this.requestQueues.length > 0) {
+      try {
+        const sent = this.send(type, sector, out, into);
+        if (sent !== null) return sent;
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    return this.requestSlow(type, sector, out, into);
+  }
+
+  /** Puts a promise request on the next queue and kicks it: its promise, or null when the ring is full. */
+  private send(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): Promise<void> | null {
+    const q = this.requestQueues[this.next++ % this.requestQueues.length];
+    const r = this.spare.pop() ?? new OwnRequest(this.settleFn);
+    if (!this.enqueue(q, r, type, sector, out, into)) {
+      this.spare.push(r);
+      return null;
+    }
+    const done = new Promise<void>(r.executor);
+    this.kickQueue(q);
+    return done;
+  }
+
+  /** A request that must wait: while suspended, or for room in a full ring. */
+  private async requestSlow(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): Promise<void> {
     for (;;) {
       if (this.state === 'suspended') await this.whenRunning();
       if (this.state !== 'live' || this.requestQueues.length === 0) throw this.failure ?? new DriverError('not-started', 'block driver is not started');
-      const q = this.requestQueues[this.next++ % this.requestQueues.length];
-      const mem = this.takeGuest(16 + dataLen + 1);
-      const g = this.transport.memory;
-      g.writeU32(mem, type);
-      g.writeU32(mem + 4, 0);
-      g.writeU32(mem + 8, sector >>> 0);
-      g.writeU32(mem + 12, Math.floor(sector / 2 ** 32));
-      if (out !== null) g.write(mem + 16, out);
-      let req!: BlkRequestToken;
-      const done = new Promise<number>((resolve, reject) => (req = { mem, dataLen, resolve, reject }));
-      const b = q.begin().addReadable(mem, 16);
-      const data = mem + 16;
-      // Data in descriptors of at most size_max bytes (VIRTIO_BLK_F_SIZE_MAX).
-      for (let off = 0; off < dataLen; off += this.sizeMax) {
-        const n = Math.min(this.sizeMax, dataLen - off);
-        if (out !== null) b.addReadable(data + off, n);
-        else b.addWritable(data + off, n);
+      const sent = this.send(type, sector, out, into);
+      if (sent !== null) return sent;
+      await new Promise<void>((resolve, reject) => this.roomWaiters.push({ resolve, reject }));
+    }
+  }
+
+  private readonly settleFn: Settle = (r, status, err) => this.settle(r, status, err);
+
+  /** A request of the driver's own came back (or the driver gave up on it). */
+  private settle(r: OwnRequest, status: number, err: Error | null): void {
+    if (r.live >= 0) {
+      // Out of the in-flight list: the last one takes its place.
+      const last = this.inflight.pop()!;
+      if (last !== r) {
+        this.inflight[r.live] = last;
+        last.live = r.live;
       }
-      b.addWritable(mem + 16 + dataLen, 1);
-      if (q.commit(req) < 0) {
-        this.giveGuest(mem, 16 + dataLen + 1);
-        await new Promise<void>((resolve, reject) => this.roomWaiters.push({ resolve, reject }));
-        continue;
-      }
-      this.pending.add(req);
-      this.kick(q);
-      let status: number;
-      try {
-        status = await done;
-        if (status === BlkStatus.OK && into !== null) g.read(mem + 16, into);
-      } finally {
-        this.giveGuest(mem, 16 + dataLen + 1);
-      }
-      if (status === BlkStatus.OK && this.readOnly && type !== BlkType.IN && type !== BlkType.GET_ID && type !== BlkType.FLUSH) {
-        this.deviceViolation('blk.device-operation.device.3', `read-only device completed a request of type ${type} with OK instead of IOERR`, { type, sector });
-      }
-      if (status !== BlkStatus.OK) {
-        throw new BlkError(`block request type ${type} at sector ${sector} failed: ${status === BlkStatus.IOERR ? 'I/O error' : status === BlkStatus.UNSUPP ? 'unsupported' : `status ${status}`}`, status);
-      }
+      r.live = -1;
+    }
+    const buf = r.buf;
+    r.buf = null;
+    if (buf !== null) {
+      if (err === null && status === BlkStatus.OK && r.into !== null) r.into.set(buf.data);
+      this.giveGuest(buf);
+    }
+    r.into = null;
+    const type = r.type;
+    if (err === null && status === BlkStatus.OK && type !== BlkType.IN && type !== BlkType.GET_ID && type !== BlkType.FLUSH && this.ro) {
+      this.deviceViolation('blk.device-operation.device.3', `read-only device completed a request of type ${type} with OK instead of IOERR`, { type, sector: r.sector });
+    }
+    if (r.deliver !== null) {
+      r.deliver(r, status, err);
       return;
     }
+    r.finish(status, err);
+    this.spare.push(r);
   }
 
   private collect(q: DriverQueue<BlkRequestToken>): void {
     do {
       let req: BlkRequestToken | undefined;
       while ((req = q.getUsed()) !== undefined) {
-        this.pending.delete(req);
         const status = this.transport.memory.readU8(req.mem + 16 + req.dataLen);
         req.resolve(status);
       }
     } while (q.enableInterrupts() && !q.broken);
-    for (const w of this.roomWaiters.splice(0)) w.resolve();
+    if (this.roomWaiters.length > 0) for (const w of this.roomWaiters.splice(0)) w.resolve();
+    for (let i = 0; i < this.announcers.length; i++) this.announcers[i]();
   }
 
   protected override onBroken(err: DriverError): void {
-    for (const req of this.pending) req.reject(err);
-    this.pending.clear();
+    for (const r of this.inflight.splice(0)) {
+      r.live = -1;
+      this.settle(r, -1, err);
+    }
     for (const w of this.roomWaiters.splice(0)) w.reject(err);
+    for (let i = 0; i < this.announcers.length; i++) this.announcers[i]();
   }
 }
 
+/**
+ * Block requests many at a time, without a promise per request: queue reads, writes and
+ * flushes (each with a number `tag` of yours), `submit()` them with one notification, and
+ * `reap()` the completions into arrays of tags and status bytes. The driver gives you
+ * {@link BlkBatch.onReady} when completions arrive. Made by {@link BlkDriver.batch}, on one
+ * request queue, with a fixed number of request slots (`depth`): a slot is taken when a
+ * request is queued and given back when its completion is reaped, so nothing is allocated per
+ * request. The promise methods of the driver keep working beside it, on the same queues.
+ *
+ * ```ts
+ * const batch = driver.batch({ depth: 32 });
+ * const tags = new Float64Array(32), statuses = new Int32Array(32);
+ * batch.onReady = () => {
+ *   const n = batch.reap(tags, statuses);
+ *   for (let i = 0; i < n; i++) if (statuses[i] !== BlkStatus.OK) console.log(`request ${tags[i]} failed`);
+ *   // ...queue more, then batch.submit()
+ * };
+ * for (let i = 0; i < 32; i++) batch.read(i * 4096, buffers[i], i);
+ * batch.submit();
+ * ```
+ *
+ * A read's data is in its buffer when its completion is reaped with status OK (the buffer must
+ * stay untouched until then). On a synchronous transport (the sync loopback) the device answers
+ * inside submit(), and onReady runs there: it may queue and submit again (that submit is done
+ * when the running one returns, so the stack does not grow).
+ */
+export class BlkBatch {
+  /** Status reported for a request that ended without a status byte: the driver broke down ({@link failure} says why). */
+  static readonly FAILED = -1;
+  /** Called after completions arrived (a used-buffer notification), and when the driver broke down. An exception from it is rethrown from a microtask: the driver goes on. */
+  onReady: (() => void) | null = null;
+  /** Why requests ended with {@link BlkBatch.FAILED} (the driver's failure); null until then. */
+  failure: Error | null = null;
+  private readonly slots: OwnRequest[] = [];
+  /** Free slot indices (a stack). */
+  private readonly free: Int32Array;
+  private nFree: number;
+  /** Completed slot indices not yet reaped (a ring). */
+  private readonly done: Int32Array;
+  private doneHead = 0;
+  private doneCount = 0;
+  /** Completions since the last onReady. */
+  private news = false;
+  private unsubmitted = 0;
+
+  /**
+   * A batch over `q` with `depth` slots, through its driver's `port`: made by BlkDriver.batch.
+   * @internal
+   */
+  constructor(
+    private readonly port: BatchPort,
+    private readonly q: DriverQueue<BlkRequestToken>,
+    /** Requests outstanding at most (queued, in flight, or completed and not reaped). */
+    readonly depth: number,
+  ) {
+    this.free = new Int32Array(depth);
+    this.done = new Int32Array(depth);
+    const deliver: Settle = (r, status, err) => this.deliver(r, status, err);
+    for (let i = 0; i < depth; i++) {
+      const r = new OwnRequest(port.settle, i);
+      r.deliver = deliver;
+      this.slots.push(r);
+      this.free[i] = depth - 1 - i;
+    }
+    this.nFree = depth;
+    port.announce(() => this.announce());
+  }
+
+  /** Requests queued or in flight (not yet completed). */
+  get inFlight(): number {
+    return this.depth - this.nFree - this.doneCount;
+  }
+
+  /** Completions waiting for reap(). */
+  get ready(): number {
+    return this.doneCount;
+  }
+
+  /**
+   * Queues a read of `into.length` bytes (a multiple of 512, at most the driver's
+   * maxRequestBytes) from byte `offset` (a multiple of 512) into `into`. False when it cannot be
+   * queued now: every slot is taken (reap first), the ring is full, or the driver is suspended
+   * (`await driver.whenRunning()`). A RangeError for a bad offset or length; the driver's error
+   * when it is not started or broke down.
+   */
+  read(offset: number, into: Uint8Array, tag: number): boolean {
+    this.port.check(offset, into.length);
+    return this.queue(BlkType.IN, offset / SECTOR, null, into, tag);
+  }
+
+  /** Queues a write of `data` (a multiple of 512 bytes) at byte `offset`; as {@link read}. `data` must stay unchanged until submit() returns. */
+  write(offset: number, data: Uint8Array, tag: number): boolean {
+    this.port.check(offset, data.length);
+    return this.queue(BlkType.OUT, offset / SECTOR, data, null, tag);
+  }
+
+  /**
+   * Queues a FLUSH: completed writes become durable (reaped writes, not those still in
+   * flight). Without VIRTIO_BLK_F_FLUSH (writethrough: every write is durable already) it
+   * completes at once with OK.
+   */
+  flush(tag: number): boolean {
+    if (!this.port.flushes()) {
+      if (this.nFree === 0) return false;
+      const r = this.slots[this.free[--this.nFree]];
+      r.tag = tag;
+      this.deliver(r, BlkStatus.OK, null);
+      return true;
+    }
+    return this.queue(BlkType.FLUSH, 0, null, null, tag);
+  }
+
+  private queue(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null, tag: number): boolean {
+    if (!this.port.ready() || this.nFree === 0) return false;
+    const r = this.slots[this.free[--this.nFree]];
+    r.tag = tag;
+    if (!this.port.enqueue(this.q, r, type, sector, out, into)) {
+      this.free[this.nFree++] = r.index;
+      return false;
+    }
+    this.unsubmitted++;
+    return true;
+  }
+
+  /** Publishes the queued requests and notifies the device (if it wants to be notified). */
+  submit(): void {
+    if (this.unsubmitted === 0) return;
+    this.unsubmitted = 0;
+    this.port.kick(this.q);
+  }
+
+  /**
+   * Moves completions into `tags` and `statuses` (the status byte: BlkStatus.OK, IOERR, UNSUPP,
+   * or {@link BlkBatch.FAILED}), oldest first, as many as both arrays hold; returns how many.
+   * Their slots are free again.
+   */
+  reap(tags: { [index: number]: number; readonly length: number }, statuses: { [index: number]: number; readonly length: number }): number {
+    const n = Math.min(this.doneCount, tags.length, statuses.length);
+    for (let i = 0; i < n; i++) {
+      const r = this.slots[this.done[this.doneHead]];
+      this.doneHead = this.doneHead + 1 === this.depth ? 0 : this.doneHead + 1;
+      tags[i] = r.tag;
+      statuses[i] = r.status;
+      this.free[this.nFree++] = r.index;
+    }
+    this.doneCount -= n;
+    return n;
+  }
+
+  private deliver(r: OwnRequest, status: number, err: Error | null): void {
+    if (err !== null) {
+      this.failure = err;
+      status = BlkBatch.FAILED;
+    }
+    r.status = status;
+    let tail = this.doneHead + this.doneCount;
+    if (tail >= this.depth) tail -= this.depth;
+    this.done[tail] = r.index;
+    this.doneCount++;
+    this.news = true;
+  }
+
+  private announce(): void {
+    if (!this.news) return;
+    this.news = false;
+    const fn = this.onReady;
+    if (fn === null) return;
+    try {
+      fn();
+    } catch (err) {
+      queueMicrotask(() => {
+        throw err;
+      });
+    }
+  }
+}

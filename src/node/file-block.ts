@@ -9,8 +9,16 @@
  * - 'sync': everything on the event loop (a slow disk stalls the whole process).
  * Flush is fdatasync, so a FLUSH (or a write in writethrough mode) completes only once the data
  * is on stable storage.
+ *
+ * The block device's synchronous path (BlockStorage.readSync and the other ...Sync methods)
+ * follows the mode: in 'auto' a read the page cache holds is answered at once, straight into
+ * guest memory (RWF_NOWAIT says EAGAIN rather than wait for the disk, and the read then takes
+ * the thread pool); writes, flushes and zeroing are declined and go to the thread pool, because
+ * a pwrite into the page cache can still block (dirty-page throttling, journal locks) and an
+ * fdatasync waits for the disk by design. In 'sync' every request is answered synchronously:
+ * the caller chose to stall the event loop on the disk. In 'async' nothing is.
  */
-import { readvSync, writevSync } from 'node:fs';
+import { fdatasyncSync, readvSync, writevSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { BlockStorage } from '../devices/blk/storage.js';
@@ -131,6 +139,67 @@ export class FileBlockStorage implements BlockStorage {
   async flush(): Promise<void> {
     await this.fh.datasync();
     this.syncs++;
+  }
+
+  /**
+   * A read the device may serve at once: in 'sync' mode always (readv on the event loop); in
+   * 'auto' mode when the page cache holds all of it (preadv2 RWF_NOWAIT), else false and the
+   * read goes to the thread pool; in 'async' mode never.
+   */
+  readSync(offset: number, into: Uint8Array, at: number, length: number): boolean {
+    if (this.io === 'async' || (this.io === 'auto' && this.nowait === null)) return false;
+    let view = into.subarray(at, at + length);
+    while (view.length > 0) {
+      let n: number;
+      if (this.io === 'sync') n = readvSync(this.fh.fd, [view], offset);
+      else {
+        n = this.nowait!.preadvNowait(this.fh.fd, [view], offset);
+        if (n === -2) this.nowait = null; // this file system cannot say: the thread pool from now on
+        if (n < 0) return false; // (part of) it is not in the page cache: do not wait for the disk here
+      }
+      if (n === 0) {
+        view.fill(0); // past the end of a sparse file
+        break;
+      }
+      offset += n;
+      view = view.subarray(n);
+    }
+    if (this.io === 'auto') this.stats.cachedReads++;
+    return true;
+  }
+
+  /** In 'sync' mode a pwritev on the event loop; declined otherwise (a write can block). */
+  writeSync(offset: number, from: Uint8Array, at: number, length: number): boolean {
+    if (this.io !== 'sync') return false;
+    if (this.readOnly) throw new DeviceError('read-only', `${this.path} is open read-only`);
+    let view = from.subarray(at, at + length);
+    while (view.length > 0) {
+      const n = writevSync(this.fh.fd, [view], offset);
+      if (n === 0) throw new DeviceError('storage-io', `${this.path}: write at byte ${offset} made no progress`);
+      offset += n;
+      view = view.subarray(n);
+    }
+    return true;
+  }
+
+  /** In 'sync' mode fdatasync on the event loop; declined otherwise. */
+  flushSync(): boolean {
+    if (this.io !== 'sync') return false;
+    fdatasyncSync(this.fh.fd);
+    this.syncs++;
+    return true;
+  }
+
+  /** In 'sync' mode zeroes written on the event loop; declined otherwise. */
+  writeZeroesSync(offset: number, length: number): boolean {
+    if (this.io !== 'sync') return false;
+    for (let done = 0; done < length; done += ZEROES.length) this.writeSync(offset + done, ZEROES, 0, Math.min(ZEROES.length, length - done));
+    return true;
+  }
+
+  /** Nothing to do, in every mode (see discard). */
+  discardSync(): boolean {
+    return true;
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {

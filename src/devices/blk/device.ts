@@ -18,7 +18,7 @@ import { ChainReader, DescriptorChain } from '../../virtqueue/chain.js';
 import type { DeviceQueue } from '../../virtqueue/queue.js';
 import type { Monitor } from '../../monitor/monitor.js';
 import type { BlockStorage } from './storage.js';
-import { parseBlkRequest, SEGMENT_SIZE, type Range, type Segment } from './request.js';
+import { BlkRequestHeader, PayloadPieces, SEGMENT_SIZE } from './request.js';
 
 const SECTOR = 512;
 const ID_BYTES = 20;
@@ -100,11 +100,76 @@ export function defaultSegMax(queueMaxSize: number): number {
   return Math.max(1, Math.min(queueMaxSize, ASSUMED_QUEUE_SIZE) - 2);
 }
 
-interface Pending {
-  q: DeviceQueue;
-  head: number;
-  epoch: number;
+/**
+ * What a synchronous attempt answers instead of a status byte: the storage declined, so the
+ * storage's promise methods serve the request (DEFER: all of it; DEFER_FLUSH: only the
+ * writethrough flush after data the storage took synchronously).
+ */
+const DEFER = -1;
+const DEFER_FLUSH = -2;
+
+/**
+ * The state of a request the storage serves asynchronously, one per queue entry (queue index,
+ * head), made the first time that entry goes asynchronous and reused after: what the request
+ * needs once the storage answers, since the chain itself is reused by the next pop. Its two
+ * settle handlers are made once with it, so a request costs no closure.
+ */
+class AsyncRequest {
+  q: DeviceQueue | null = null;
+  head = 0;
+  /** The device's epoch and the queue's generation when it started: a later answer for an older one is dropped. */
+  epoch = 0;
+  generation = 0;
+  busy = false;
+  statusAddr = 0;
+  type = 0;
+  /** Byte offset on the disk and payload bytes. */
+  offset = 0;
+  bytes = 0;
+  /** Only the writethrough flush is left (the data went to the storage synchronously). */
+  flushOnly = false;
+  /** Outcome: the status byte and the payload bytes written to the driver. */
+  status = 0;
+  written = 0;
+  /** IN / GET_ID: the guest pieces the payload goes to. */
+  pieces = 0;
+  addrs = new Float64Array(4);
+  lens = new Float64Array(4);
+  /** The host buffer (IN: read into; OUT: the payload, copied out of guest memory). */
+  buf: Uint8Array | null = null;
+  /** The one-view array the storage's read and write take. */
+  readonly views: Uint8Array[] = [EMPTY];
+  /** DISCARD / WRITE_ZEROES / SECURE_ERASE: the segments, in bytes, and how each is done. */
+  segCount = 0;
+  segOffset = new Float64Array(1);
+  segLength = new Float64Array(1);
+  /** 1: storage.discard; 2: writeZeroes with unmap; 0: writeZeroes. */
+  segOp = new Uint8Array(1);
+  readonly onDone: () => void;
+  readonly onFail: () => void;
+
+  constructor(settle: (r: AsyncRequest, failed: boolean) => void) {
+    this.onDone = () => settle(this, false);
+    this.onFail = () => settle(this, true);
+  }
+
+  /** Room for `n` pieces. */
+  reservePieces(n: number): void {
+    if (this.addrs.length >= n) return;
+    this.addrs = new Float64Array(n);
+    this.lens = new Float64Array(n);
+  }
+
+  /** Room for `n` segments. */
+  reserveSegments(n: number): void {
+    if (this.segOffset.length >= n) return;
+    this.segOffset = new Float64Array(n);
+    this.segLength = new Float64Array(n);
+    this.segOp = new Uint8Array(n);
+  }
 }
+
+const EMPTY = new Uint8Array(0);
 
 /**
  * The block device type: hand it to a {@link VirtioDevice}, or use {@link BlkDevice}, which
@@ -130,8 +195,22 @@ export class BlkDeviceType implements DeviceType {
   private epoch = 0;
   private writeback: boolean;
   private readonly initialWriteback: boolean;
-  private readonly toPublish = new Set<DeviceQueue>();
+  /** Queues (by index) with used entries from asynchronous requests waiting for the next publish. */
+  private readonly toPublish: boolean[] = [];
   private publishScheduled = false;
+  /** The request being judged (parsed in place: nothing allocated per request). */
+  private readonly header: BlkRequestHeader;
+  /** Walks a request's payload pieces. */
+  private readonly pieces = new PayloadPieces();
+  /** Payload bytes a request answered synchronously wrote to the driver. */
+  private written = 0;
+  /** Asynchronous request state by queue index, then head (see AsyncRequest). */
+  private readonly pools: (AsyncRequest | undefined)[][] = [];
+  /** Bumped by a queue reset (by queue index): answers for requests of the queue before it are dropped. */
+  private readonly generations: number[] = [];
+  /** GET_ID's answer, for the serial it was made from. */
+  private idBytes: Uint8Array | null = null;
+  private idFor: string | undefined = undefined;
   private ctx: DeviceContext | null = null;
   /** Requests served, by outcome (tests and logs). */
   readonly stats = { ok: 0, ioerr: 0, unsupp: 0, flushes: 0 };
@@ -158,6 +237,7 @@ export class BlkDeviceType implements DeviceType {
     this.chain = DescriptorChain.forQueue(this.queueMaxSize);
     this.maxInFlight = options.maxInFlight ?? 128;
     this.maxSegments = options.maxSegments ?? 1;
+    this.header = new BlkRequestHeader(this.maxSegments);
     this.segMax = options.segMax ?? defaultSegMax(this.queueMaxSize);
     this.writeback = this.initialWriteback = options.writeback ?? true;
   }
@@ -232,6 +312,9 @@ export class BlkDeviceType implements DeviceType {
   }
 
   featuresOk(features: bigint, ctx: DeviceContext): void {
+    // The offer is fixed from FEATURES_OK on (withholdFeatures refuses then), and no request
+    // comes before it: the requests' read-only test reads this instead of a BigInt each time.
+    this.roOffered = hasFeature(ctx.offered, BLK_FEATURES.RO);
     if (hasFeature(ctx.offered, BLK_FEATURES.RO) && !hasFeature(features, BLK_FEATURES.RO)) {
       ctx.violation('blk.device-operation.driver.3', 'driver did not accept VIRTIO_BLK_F_RO, which the device offers', {});
     }
@@ -270,84 +353,371 @@ export class BlkDeviceType implements DeviceType {
   stop(): void {
     this.epoch++;
     this.inFlight = 0;
-    this.toPublish.clear();
+    this.toPublish.fill(false);
   }
 
   inProgress(): number {
     return this.inFlight;
   }
 
-  queueReset(): void {
-    // Requests of that queue still in the storage finish, but their answers are dropped
-    // (the queue no longer holds them: isInFlight turns false).
+  queueReset(index: number): void {
+    // Requests of that queue still in the storage finish, but their answers are dropped: the
+    // queue's generation moved on (a request the driver makes after re-enabling the queue may
+    // reuse the same head).
+    this.generations[index] = (this.generations[index] ?? 0) + 1;
   }
+
+  /**
+   * Request states made for asynchronous requests so far: one per queue entry that went
+   * asynchronous, reused after (one more only for an entry whose old request is still in the
+   * storage after a reset). Tests look.
+   */
+  get pooledRequests(): number {
+    return this.statesMade;
+  }
+  private statesMade = 0;
 
   process(q: DeviceQueue, ctx: DeviceContext): void {
     const chain = this.chain;
     q.disableNotifications();
     do {
-      while (this.inFlight < this.maxInFlight && q.pop(chain)) this.start(q, chain, ctx);
+      let answered = 0;
+      while (this.inFlight < this.maxInFlight && q.pop(chain)) if (this.serve(q, chain, ctx)) answered++;
+      // Requests answered synchronously: one used-index write (and at most one notification)
+      // for the batch, now. Nothing of this loop's is in use past this point, so a driver that
+      // submits again from its notification (a synchronous transport) may re-enter process.
+      if (answered > 0 && q.active) ctx.complete(q);
       if (this.inFlight >= this.maxInFlight) return; // resumed when a request completes
     } while (q.enableNotifications());
   }
 
-  /** Parses one request and hands it to the storage. */
-  private start(q: DeviceQueue, chain: DescriptorChain, ctx: DeviceContext): void {
-    const p: Pending = { q, head: chain.head, epoch: this.epoch };
-    const req = parseBlkRequest(ctx.memory, chain, this.reader);
-    if (req.kind === 'no-status') {
+  /**
+   * Serves one popped request: true when it is answered already (status byte written, used
+   * entry added), false when the storage took it asynchronously. The synchronous way costs no
+   * promise, closure or allocation: the header is parsed in place and the storage copies
+   * straight between the disk and guest memory.
+   */
+  private serve(q: DeviceQueue, chain: DescriptorChain, ctx: DeviceContext): boolean {
+    const h = this.header.parse(ctx.memory, chain, this.reader);
+    if (h.kind === 'no-status') {
       // No room for a status byte: nothing can be reported to the driver.
       ctx.violation('struct.blk-status.driver.1', `request ${chain.head} has no device-writable status byte`, { head: chain.head });
       q.addUsed(chain.head, 0);
-      this.schedulePublish(q);
-      return;
+      return true;
     }
-    const statusAddr = req.statusAddr;
-    if (req.kind === 'short') {
-      this.finish(p, statusAddr, BlkStatus.IOERR, 0);
-      return;
+    this.written = 0;
+    const status = h.kind === 'short' ? BlkStatus.IOERR : this.execute(chain, h, ctx);
+    if (status < 0) {
+      this.startAsync(q, chain, h, status === DEFER_FLUSH, ctx);
+      return false;
     }
-    const { type, sector, dataOut, dataIn, inRanges, outData, segs } = req;
-    this.inFlight++;
-    const result = type === BlkType.IN ? this.takeBuffer(dataIn) : new Uint8Array(type === BlkType.GET_ID ? Math.max(dataIn, ID_BYTES) : 0);
-    const run = async (): Promise<[number, number]> => {
-      switch (type) {
-        case BlkType.IN:
-          return this.readRequest(chain.head, sector, result);
-        case BlkType.OUT:
-          return this.writeRequest(chain.head, sector, outData!);
-        case BlkType.FLUSH:
-          if (sector !== 0) ctx.violation('blk.device-operation.driver.4', `FLUSH request ${chain.head} has sector ${sector}, not 0`, { head: chain.head, sector });
-          if (dataOut > 0 || dataIn > 0) ctx.violation('blk.device-operation.driver.5', `FLUSH request ${chain.head} carries ${dataOut + dataIn} data bytes`, { head: chain.head });
-          if (!ctx.negotiated(BLK_FEATURES.FLUSH)) return [BlkStatus.UNSUPP, 0];
-          await this.storage.flush();
-          this.stats.flushes++;
-          return [BlkStatus.OK, 0];
-        case BlkType.GET_ID:
-          return this.getId(chain.head, result, dataIn);
-        case BlkType.DISCARD:
-        case BlkType.WRITE_ZEROES:
-        case BlkType.SECURE_ERASE:
-          return this.segmentRequest(chain.head, type, dataOut, segs);
-        default:
-          return [BlkStatus.UNSUPP, 0];
-      }
-    };
-    run().then(
-      ([status, written]) => {
-        this.inFlight--;
-        this.finish(p, statusAddr, status, written, written > 0 ? { ranges: inRanges, data: result } : undefined);
-        if (type === BlkType.IN) this.giveBuffer(result);
-      },
-      () => {
-        this.inFlight--;
-        this.finish(p, statusAddr, BlkStatus.IOERR, 0);
-        if (type === BlkType.IN) this.giveBuffer(result);
-      },
-    );
+    ctx.memory.writeU8(h.statusAddr, status);
+    this.count(status);
+    q.addUsed(chain.head, this.written + 1);
+    return true;
   }
 
-  /** Host buffers for IN data, by length, reused once the storage is done with them (never zeroed: a read fills them). */
+  /** Judges a request and does it with the storage's synchronous methods: its status, or DEFER / DEFER_FLUSH. */
+  private execute(chain: DescriptorChain, h: BlkRequestHeader, ctx: DeviceContext): number {
+    switch (h.type) {
+      case BlkType.IN:
+        return this.readNow(chain, h, ctx);
+      case BlkType.OUT:
+        return this.writeNow(chain, h, ctx);
+      case BlkType.FLUSH:
+        if (h.sector !== 0) ctx.violation('blk.device-operation.driver.4', `FLUSH request ${chain.head} has sector ${h.sector}, not 0`, { head: chain.head, sector: h.sector });
+        if (h.dataOut > 0 || h.dataIn > 0) ctx.violation('blk.device-operation.driver.5', `FLUSH request ${chain.head} carries ${h.dataOut + h.dataIn} data bytes`, { head: chain.head });
+        if (!ctx.negotiated(BLK_FEATURES.FLUSH)) return BlkStatus.UNSUPP;
+        return this.flushNow(DEFER);
+      case BlkType.GET_ID:
+        return this.getId(chain, h, ctx);
+      case BlkType.DISCARD:
+      case BlkType.WRITE_ZEROES:
+      case BlkType.SECURE_ERASE:
+        return this.segmentsNow(chain, h, ctx);
+      default:
+        return BlkStatus.UNSUPP;
+    }
+  }
+
+  private readNow(chain: DescriptorChain, h: BlkRequestHeader, ctx: DeviceContext): number {
+    const bytes = h.dataIn;
+    if (bytes % SECTOR !== 0) {
+      ctx.violation('blk.device-operation.driver.6', `IN request ${chain.head} has ${bytes} data bytes, not a multiple of 512`, { head: chain.head, bytes });
+      return BlkStatus.IOERR;
+    }
+    if (!this.checkRange(chain.head, h.sector, bytes)) return BlkStatus.IOERR;
+    const s = this.storage;
+    if (s.readSync === undefined) return DEFER;
+    const mem = ctx.memory;
+    let offset = h.sector * SECTOR;
+    const p = this.pieces.in(chain, bytes);
+    while (p.next()) {
+      const addr = p.addr;
+      const n = p.len;
+      const r = mem.region(addr, n); // a piece lies in one region (DescriptorChain.append)
+      let done = false;
+      let failed = false;
+      try {
+        done = s.readSync(offset, r.bytes, addr - r.guestAddr, n);
+      } catch {
+        failed = true;
+      }
+      // Even a storage that declined or failed may have written some of it: dirty logging sees it.
+      if (mem.onWrite !== null) mem.onWrite(addr, n);
+      if (failed) return BlkStatus.IOERR;
+      if (!done) return DEFER;
+      offset += n;
+    }
+    this.written = bytes;
+    return BlkStatus.OK;
+  }
+
+  private writeNow(chain: DescriptorChain, h: BlkRequestHeader, ctx: DeviceContext): number {
+    const bytes = h.dataOut;
+    if (bytes % SECTOR !== 0) {
+      ctx.violation('blk.device-operation.driver.6', `OUT request ${chain.head} has ${bytes} data bytes, not a multiple of 512`, { head: chain.head, bytes });
+      return BlkStatus.IOERR;
+    }
+    // blk.device-operation.device.3/.4: a read-only disk fails writes and writes nothing.
+    if (this.refusesWrites()) return BlkStatus.IOERR;
+    if (!this.checkRange(chain.head, h.sector, bytes)) return BlkStatus.IOERR;
+    const s = this.storage;
+    if (s.writeSync === undefined) return DEFER;
+    const mem = ctx.memory;
+    let offset = h.sector * SECTOR;
+    const p = this.pieces.out(chain, bytes);
+    while (p.next()) {
+      const r = mem.region(p.addr, p.len);
+      let done: boolean;
+      try {
+        done = s.writeSync(offset, r.bytes, p.addr - r.guestAddr, p.len);
+      } catch {
+        return BlkStatus.IOERR;
+      }
+      if (!done) return DEFER;
+      offset += p.len;
+    }
+    return this.stableNow();
+  }
+
+  /** blk.device-operation.device.13: in writethrough mode a write is durable before it completes. */
+  private stableNow(): number {
+    return this.writeback ? BlkStatus.OK : this.flushNow(DEFER_FLUSH);
+  }
+
+  /** The storage's flush, synchronously: OK, IOERR when it threw, else `declined`. */
+  private flushNow(declined: number): number {
+    const s = this.storage;
+    if (s.flushSync === undefined) return declined;
+    let done: boolean;
+    try {
+      done = s.flushSync();
+    } catch {
+      return BlkStatus.IOERR;
+    }
+    if (!done) return declined;
+    this.stats.flushes++;
+    return BlkStatus.OK;
+  }
+
+  private getId(chain: DescriptorChain, h: BlkRequestHeader, ctx: DeviceContext): number {
+    const bytes = h.dataIn;
+    if (bytes !== ID_BYTES) {
+      ctx.violation('blk.device-operation.driver.8', `GET_ID request ${chain.head} has ${bytes} data bytes, not 20`, { head: chain.head, bytes });
+      if (bytes < ID_BYTES) return BlkStatus.IOERR;
+    }
+    const serial = this.storage.serial ?? '';
+    if (this.idBytes === null || this.idFor !== serial) {
+      const id = new Uint8Array(ID_BYTES); // shorter ids are NUL-terminated by the zero fill
+      id.set(new TextEncoder().encode(serial).subarray(0, ID_BYTES));
+      this.idBytes = id;
+      this.idFor = serial;
+    }
+    const mem = ctx.memory;
+    const p = this.pieces.in(chain, ID_BYTES);
+    for (let done = 0; p.next(); done += p.len) mem.writeFrom(p.addr, this.idBytes, done, p.len);
+    this.written = ID_BYTES;
+    return BlkStatus.OK;
+  }
+
+  private segmentsNow(chain: DescriptorChain, h: BlkRequestHeader, ctx: DeviceContext): number {
+    const f = BLK_FEATURES;
+    const head = chain.head;
+    const type = h.type;
+    const feature = type === BlkType.DISCARD ? f.DISCARD : type === BlkType.WRITE_ZEROES ? f.WRITE_ZEROES : f.SECURE_ERASE;
+    if (!ctx.negotiated(feature)) return BlkStatus.UNSUPP;
+    const count = h.segmentCount;
+    if (h.dataOut % SEGMENT_SIZE !== 0 || count === 0) {
+      ctx.violation('blk.device-operation.driver.7', `request ${head} has ${h.dataOut} bytes of segments, not a non-zero multiple of 16`, { head, bytes: h.dataOut });
+      return BlkStatus.IOERR;
+    }
+    if (count > this.maxSegments) {
+      const clause = type === BlkType.DISCARD ? 'blk.device-operation.driver.9' : type === BlkType.SECURE_ERASE ? 'blk.device-operation.driver.10' : 'blk.device-operation.driver.11';
+      ctx.violation(clause, `request ${head} has ${count} segments, more than the ${this.maxSegments} allowed`, { head, segments: count });
+      return BlkStatus.IOERR;
+    }
+    const seg = h.segments;
+    for (let i = 0; i < count; i++) {
+      const flags = seg.flags[i];
+      // blk.device-operation.device.5 / .6: unknown flags, or unmap on a discard: UNSUPP.
+      if (flags & ~1) return BlkStatus.UNSUPP;
+      if (type !== BlkType.WRITE_ZEROES && flags & 1) {
+        if (type === BlkType.DISCARD) ctx.violation('blk.device-operation.driver.14', `discard request ${head} sets the unmap flag`, { head });
+        return BlkStatus.UNSUPP;
+      }
+    }
+    if (this.refusesWrites()) return BlkStatus.IOERR;
+    for (let i = 0; i < count; i++) if (!this.checkRange(head, seg.sector[i], seg.sectors[i] * SECTOR)) return BlkStatus.IOERR;
+    const s = this.storage;
+    for (let i = 0; i < count; i++) {
+      const off = seg.sector[i] * SECTOR;
+      const len = seg.sectors[i] * SECTOR;
+      let done: boolean | undefined;
+      try {
+        // device.9: zeroes read back after WRITE_ZEROES (and SECURE_ERASE, done as zeroes).
+        if (type === BlkType.DISCARD && s.discard !== undefined) done = s.discardSync?.(off, len);
+        else done = s.writeZeroesSync?.(off, len, type === BlkType.WRITE_ZEROES && (seg.flags[i] & 1) === 1);
+      } catch {
+        return BlkStatus.IOERR;
+      }
+      if (done !== true) return DEFER;
+    }
+    return this.stableNow();
+  }
+
+  /** Hands a request the storage declined to answer synchronously to its promise methods. */
+  private startAsync(q: DeviceQueue, chain: DescriptorChain, h: BlkRequestHeader, flushOnly: boolean, ctx: DeviceContext): void {
+    const pool = (this.pools[q.index] ??= []);
+    let r = pool[chain.head];
+    // Busy: a request of this entry from before a reset is still in the storage; it keeps its state.
+    if (r === undefined || r.busy) {
+      pool[chain.head] = r = new AsyncRequest(this.settle);
+      this.statesMade++;
+    }
+    r.busy = true;
+    r.q = q;
+    r.head = chain.head;
+    r.epoch = this.epoch;
+    r.generation = this.generations[q.index] ?? 0;
+    r.statusAddr = h.statusAddr;
+    r.type = h.type;
+    r.offset = h.sector * SECTOR;
+    r.flushOnly = flushOnly;
+    r.status = BlkStatus.OK;
+    r.written = 0;
+    r.pieces = 0;
+    r.segCount = 0;
+    const mem = ctx.memory;
+    if (h.type === BlkType.IN) {
+      r.bytes = h.dataIn;
+      r.reservePieces(chain.count - chain.readable);
+      const p = this.pieces.in(chain, h.dataIn);
+      while (p.next()) {
+        r.addrs[r.pieces] = p.addr;
+        r.lens[r.pieces++] = p.len;
+      }
+      // Data moves through a host buffer: a request still in the storage when the device is
+      // reset must not touch guest memory the driver got back (basic.reset.device.2).
+      r.buf = this.takeBuffer(h.dataIn);
+    } else if (h.type === BlkType.OUT) {
+      r.bytes = h.dataOut;
+      if (!flushOnly) {
+        // Copied out now, for the same reason: the driver may reuse the buffer after a reset.
+        const buf = (r.buf = this.takeBuffer(h.dataOut));
+        const p = this.pieces.out(chain, h.dataOut);
+        for (let off = 0; p.next(); off += p.len) mem.readInto(p.addr, buf, off, p.len);
+      }
+    } else if (h.type !== BlkType.FLUSH) {
+      const seg = h.segments;
+      const n = h.segmentCount;
+      r.reserveSegments(n);
+      for (let i = 0; i < n; i++) {
+        r.segOffset[i] = seg.sector[i] * SECTOR;
+        r.segLength[i] = seg.sectors[i] * SECTOR;
+        r.segOp[i] = h.type === BlkType.DISCARD && this.storage.discard !== undefined ? 1 : h.type === BlkType.WRITE_ZEROES && (seg.flags[i] & 1) === 1 ? 2 : 0;
+      }
+      r.segCount = n;
+    }
+    this.inFlight++;
+    this.runAsync(r).then(r.onDone, r.onFail);
+  }
+
+  /** The storage's promise methods for one request; the outcome goes into `r`. */
+  private async runAsync(r: AsyncRequest): Promise<void> {
+    const s = this.storage;
+    switch (r.type) {
+      case BlkType.IN:
+        r.views[0] = r.buf!;
+        await s.read(r.offset, r.views);
+        r.written = r.bytes;
+        return;
+      case BlkType.OUT:
+        if (!r.flushOnly) {
+          r.views[0] = r.buf!;
+          await s.write(r.offset, r.views);
+        }
+        break;
+      case BlkType.FLUSH:
+        await s.flush();
+        this.stats.flushes++;
+        return;
+      default:
+        if (!r.flushOnly) {
+          for (let i = 0; i < r.segCount; i++) {
+            if (r.segOp[i] === 1) await s.discard!(r.segOffset[i], r.segLength[i]);
+            else await s.writeZeroes(r.segOffset[i], r.segLength[i], r.segOp[i] === 2);
+          }
+        }
+    }
+    // blk.device-operation.device.13: in writethrough mode a write is durable before it completes.
+    if (!this.writeback || r.flushOnly) {
+      await s.flush();
+      this.stats.flushes++;
+    }
+  }
+
+  /** The storage answered an asynchronous request (or failed it: IOERR): its status byte, unless it is stale. */
+  private readonly settle = (r: AsyncRequest, failed: boolean): void => {
+    r.busy = false;
+    r.views[0] = EMPTY;
+    const buf = r.buf;
+    r.buf = null;
+    const q = r.q!;
+    r.q = null;
+    const current = r.epoch === this.epoch;
+    if (current) this.inFlight--;
+    if (current && r.generation === (this.generations[q.index] ?? 0) && q.isInFlight(r.head)) {
+      if (failed) {
+        r.status = BlkStatus.IOERR;
+        r.written = 0;
+      }
+      const mem = this.context.memory;
+      if (r.written > 0 && buf !== null) {
+        let off = 0;
+        for (let i = 0; i < r.pieces && off < r.written; i++) {
+          const n = Math.min(r.lens[i], r.written - off);
+          mem.writeFrom(r.addrs[i], buf, off, n); // through GuestMemory: dirty logging sees it
+          off += n;
+        }
+      }
+      mem.writeU8(r.statusAddr, r.status);
+      this.count(r.status);
+      q.addUsed(r.head, r.written + 1);
+      this.schedulePublish(q);
+    } else if (current) {
+      this.schedulePublish(q); // no entry to publish, but room for more requests: resume
+    }
+    if (buf !== null) this.giveBuffer(buf);
+  };
+
+  private count(status: number): void {
+    if (status === BlkStatus.OK) this.stats.ok++;
+    else if (status === BlkStatus.IOERR) this.stats.ioerr++;
+    else this.stats.unsupp++;
+  }
+
+  /** Host buffers for asynchronous data, by length, reused once the storage is done with them (never zeroed: a read fills them). */
   private readonly hostBuffers = new Map<number, Uint8Array[]>();
 
   private takeBuffer(len: number): Uint8Array {
@@ -371,112 +741,17 @@ export class BlkDeviceType implements DeviceType {
     return true;
   }
 
-  private async readRequest(head: number, sector: number, into: Uint8Array): Promise<[number, number]> {
-    const bytes = into.length;
-    if (bytes % SECTOR !== 0) {
-      this.context.violation('blk.device-operation.driver.6', `IN request ${head} has ${bytes} data bytes, not a multiple of 512`, { head, bytes });
-      return [BlkStatus.IOERR, 0];
-    }
-    if (!this.checkRange(head, sector, bytes)) return [BlkStatus.IOERR, 0];
-    await this.storage.read(sector * SECTOR, [into]);
-    return [BlkStatus.OK, bytes];
-  }
-
-  private async writeRequest(head: number, sector: number, data: Uint8Array): Promise<[number, number]> {
-    const bytes = data.length;
-    if (bytes % SECTOR !== 0) {
-      this.context.violation('blk.device-operation.driver.6', `OUT request ${head} has ${bytes} data bytes, not a multiple of 512`, { head, bytes });
-      return [BlkStatus.IOERR, 0];
-    }
-    // blk.device-operation.device.3/.4: a read-only disk fails writes and writes nothing.
-    if (this.refusesWrites()) return [BlkStatus.IOERR, 0];
-    if (!this.checkRange(head, sector, bytes)) return [BlkStatus.IOERR, 0];
-    await this.storage.write(sector * SECTOR, [data]);
-    await this.stable();
-    return [BlkStatus.OK, 0];
-  }
+  /** VIRTIO_BLK_F_RO offered, as of FEATURES_OK (see featuresOk). */
+  private roOffered = false;
 
   /** Read-only: the storage cannot write, or VIRTIO_BLK_F_RO is offered (then the driver may not write). */
   protected refusesWrites(): boolean {
-    return this.storage.readOnly || hasFeature(this.context.offered, BLK_FEATURES.RO);
+    return this.storage.readOnly || this.roOffered;
   }
 
-  /** blk.device-operation.device.13: in writethrough mode a write is durable before it completes. */
-  private async stable(): Promise<void> {
-    if (!this.writeback) {
-      await this.storage.flush();
-      this.stats.flushes++;
-    }
-  }
-
-  private async getId(head: number, into: Uint8Array, bytes: number): Promise<[number, number]> {
-    if (bytes !== ID_BYTES) {
-      this.context.violation('blk.device-operation.driver.8', `GET_ID request ${head} has ${bytes} data bytes, not 20`, { head, bytes });
-      if (bytes < ID_BYTES) return [BlkStatus.IOERR, 0];
-    }
-    const text = new TextEncoder().encode(this.storage.serial ?? '');
-    into.set(text.subarray(0, ID_BYTES)); // shorter ids are NUL-terminated by the zero fill
-    return [BlkStatus.OK, ID_BYTES];
-  }
-
-  private async segmentRequest(head: number, type: number, bytes: number, segs: Segment[]): Promise<[number, number]> {
-    const f = BLK_FEATURES;
-    const ctx = this.context;
-    const feature = type === BlkType.DISCARD ? f.DISCARD : type === BlkType.WRITE_ZEROES ? f.WRITE_ZEROES : f.SECURE_ERASE;
-    if (!ctx.negotiated(feature)) return [BlkStatus.UNSUPP, 0];
-    if (bytes % SEGMENT_SIZE !== 0 || segs.length === 0) {
-      ctx.violation('blk.device-operation.driver.7', `request ${head} has ${bytes} bytes of segments, not a non-zero multiple of 16`, { head, bytes });
-      return [BlkStatus.IOERR, 0];
-    }
-    if (segs.length > this.maxSegments) {
-      const clause = type === BlkType.DISCARD ? 'blk.device-operation.driver.9' : type === BlkType.SECURE_ERASE ? 'blk.device-operation.driver.10' : 'blk.device-operation.driver.11';
-      ctx.violation(clause, `request ${head} has ${segs.length} segments, more than the ${this.maxSegments} allowed`, { head, segments: segs.length });
-      return [BlkStatus.IOERR, 0];
-    }
-    for (const s of segs) {
-      // blk.device-operation.device.5 / .6: unknown flags, or unmap on a discard: UNSUPP.
-      if (s.flags & ~1) return [BlkStatus.UNSUPP, 0];
-      if (type !== BlkType.WRITE_ZEROES && s.flags & 1) {
-        if (type === BlkType.DISCARD) ctx.violation('blk.device-operation.driver.14', `discard request ${head} sets the unmap flag`, { head });
-        return [BlkStatus.UNSUPP, 0];
-      }
-    }
-    if (this.refusesWrites()) return [BlkStatus.IOERR, 0];
-    for (const s of segs) if (!this.checkRange(head, s.sector, s.sectors * SECTOR)) return [BlkStatus.IOERR, 0];
-    for (const s of segs) {
-      const off = s.sector * SECTOR;
-      const len = s.sectors * SECTOR;
-      if (type === BlkType.DISCARD && this.storage.discard !== undefined) await this.storage.discard(off, len);
-      else await this.storage.writeZeroes(off, len, type === BlkType.WRITE_ZEROES && (s.flags & 1) === 1); // device.9: zeroes read back
-    }
-    await this.stable();
-    return [BlkStatus.OK, 0];
-  }
-
-  /** Writes the status byte, returns the buffer, and publishes with the next batch. */
-  private finish(p: Pending, statusAddr: number, status: number, written: number, copy?: { ranges: Range[]; data: Uint8Array }): void {
-    if (p.epoch !== this.epoch || !p.q.isInFlight(p.head)) return; // reset meanwhile: drop
-    const mem = this.context.memory;
-    if (copy !== undefined) {
-      let off = 0;
-      for (const [addr, len] of copy.ranges) {
-        const n = Math.min(len, written - off);
-        if (n <= 0) break;
-        mem.write(addr, copy.data.subarray(off, off + n)); // through GuestMemory: dirty logging sees it
-        off += n;
-      }
-    }
-    mem.writeU8(statusAddr, status);
-    if (status === BlkStatus.OK) this.stats.ok++;
-    else if (status === BlkStatus.IOERR) this.stats.ioerr++;
-    else this.stats.unsupp++;
-    p.q.addUsed(p.head, written + 1);
-    this.schedulePublish(p.q);
-  }
-
-  /** One used-index write and at most one notification per queue per tick. */
+  /** One used-index write and at most one notification per queue per tick, for asynchronous answers. */
   private schedulePublish(q: DeviceQueue): void {
-    this.toPublish.add(q);
+    this.toPublish[q.index] = true;
     if (this.publishScheduled) return;
     this.publishScheduled = true;
     queueMicrotask(this.publishTask);
@@ -485,11 +760,14 @@ export class BlkDeviceType implements DeviceType {
   private readonly publishTask = (): void => {
     this.publishScheduled = false;
     const ctx = this.context;
-    const queues = [...this.toPublish];
-    this.toPublish.clear();
-    for (const pq of queues) if (pq.active) ctx.complete(pq);
+    const queues = ctx.queues;
+    for (let i = 0; i < queues.length; i++) {
+      if (this.toPublish[i] !== true) continue;
+      this.toPublish[i] = false;
+      if (queues[i].active) ctx.complete(queues[i]);
+    }
     // Room again: take more requests.
-    for (const pq of ctx.queues) if (this.inFlight < this.maxInFlight) ctx.resume(pq);
+    for (let i = 0; i < queues.length && this.inFlight < this.maxInFlight; i++) ctx.resume(queues[i]);
   };
 
   /** Whether the disk is offered read-only. */
