@@ -48,7 +48,9 @@ export interface ClauseEntry {
 export interface CheckSite {
   /** `clause@file:Class.method` (`#2` ... for further sites of the clause in the same function). */
   name: string;
+  /** The source file, from the package root (`src/...`). */
   file: string;
+  /** The line of the clause literal. */
   line: number;
 }
 
