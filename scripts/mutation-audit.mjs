@@ -91,6 +91,12 @@ export function sample(sites, n, seed) {
 /** A scratch root: every top-level entry linked, dist/ copied (it is what gets patched). */
 function scratch() {
   const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-mutation-'));
+  // Interrupted: the copy goes too (after the test run in progress returns).
+  const gone = () => {
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.once('SIGINT', gone).once('SIGTERM', gone);
   for (const name of readdirSync(root)) {
     if (name === 'dist' || name === '.git') continue;
     symlinkSync(join(root, name), join(dir, name));
