@@ -274,3 +274,14 @@ export function literalMentions(root, files) {
   }
   return map;
 }
+
+/** The sites the last full audit (scripts/mutation-audit.mjs) found uncaught, with why (gen-catalogue does not count them). */
+export const UNCAUGHT = 'catalogue/uncaught-sites.tsv';
+
+/** The known-uncaught sites: name -> reason. */
+export function knownUncaught(base) {
+  const file = join(base, UNCAUGHT);
+  if (!existsSync(file)) return new Map();
+  const rows = readFileSync(file, 'utf8').split('\n').filter((l) => l.length > 0 && !l.startsWith('#')).slice(1);
+  return new Map(rows.map((l) => l.split('\t')).map(([site, reason]) => [site, reason ?? '']));
+}

@@ -58,7 +58,7 @@ export function runConformance(opts: ConformanceOptions, out: Writable): number 
   }
   if (opts.list) {
     for (const c of clauses) {
-      const sites = c.sites.length > 0 ? `  {${c.sites.map((x) => `${x.file}:${x.line}`).join(', ')}}` : '';
+      const sites = c.sites.length > 0 ? `  {${c.sites.map((x) => `${x.file}:${x.line}${x.uncaught !== undefined ? ' (uncaught by tests)' : ''}`).join(', ')}}` : '';
       out.write(`${c.id.padEnd(48)} ${c.status.padEnd(13)} ${c.level.padEnd(10)} ${c.summary}${c.reason ? `  [${c.reason}]` : ''}${conditionNote(c)}${sites}\n`);
     }
     return 0;

@@ -52,6 +52,11 @@ export interface CheckSite {
   file: string;
   /** The line of the clause literal. */
   line: number;
+  /**
+   * Set when the full mutation audit found that disabling this site fails no negative test
+   * (catalogue/uncaught-sites.tsv): the reason. Such a site does not make its clause enforced.
+   */
+  uncaught?: string;
 }
 
 /**
