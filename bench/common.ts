@@ -2,6 +2,7 @@
  * What the benchmarks share: tinybench timing in interleaved rounds (medians and IQR), and
  * the table printing. Figures only: no bench asserts a time.
  */
+import v8 from 'node:v8';
 import { Bench } from 'tinybench';
 
 export interface TimingOptions {
@@ -79,4 +80,57 @@ export async function timeAll(tasks: [string, () => unknown][], o: TimingOptions
     out.set(name, { median: med, iqrPct: (100 * (quantile(s, 0.75) - quantile(s, 0.25))) / med, samples: s.length });
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Heap bytes allocated per iteration (ring and loop benches).
+//
+// Method: warm the loop up (optimised code, steady state), gc() twice so the young
+// generation is empty, read v8 used_heap_size (all spaces), run the loop n times, read it
+// again: bytes/iteration = delta / n. The young generation is made larger than anything a
+// measured loop allocates (--min/--max-semi-space-size in the bench script), so no scavenge
+// can run inside the loop and free what it allocated; a GCProfiler brackets every measured
+// loop and a GC seen there makes the figure invalid (printed as such). The smallest of `reps`
+// repetitions is kept: one-off costs (a late optimisation writing feedback or code metadata
+// into old space) only ever add.
+
+const gcFn: (() => void) | undefined = (globalThis as { gc?: () => void }).gc;
+
+export interface AllocResult {
+  perIter: number;
+  gcs: number;
+  valid: boolean;
+}
+
+function measureOnce(fn: (n: number) => void, n: number): { perIter: number; gcs: number } {
+  gcFn!();
+  gcFn!();
+  const prof = new v8.GCProfiler();
+  prof.start();
+  const before = v8.getHeapStatistics().used_heap_size;
+  fn(n);
+  const after = v8.getHeapStatistics().used_heap_size;
+  const gcs = prof.stop().statistics.length;
+  return { perIter: (after - before) / n, gcs };
+}
+
+/** Heap bytes per iteration of `fn(n)` (n iterations per call), least of `reps` GC-free runs. */
+export function measureAlloc(fn: (n: number) => void, n: number, reps = 3): AllocResult {
+  if (gcFn === undefined) return { perIter: NaN, gcs: -1, valid: false };
+  for (let i = 0; i < 3; i++) fn(n); // warm-up
+  let best = Infinity;
+  let gcs = 0;
+  for (let r = 0; r < reps; r++) {
+    const m = measureOnce(fn, n);
+    gcs += m.gcs;
+    if (m.gcs === 0 && m.perIter < best) best = m.perIter;
+  }
+  return { perIter: best, gcs, valid: gcs === 0 };
+}
+
+/** A heap figure for a table cell. */
+export function fmtBytes(r: AllocResult): string {
+  if (r.gcs < 0) return 'n/a (no gc)';
+  if (!r.valid) return `invalid (${r.gcs} GC)`;
+  return r.perIter.toFixed(1);
 }

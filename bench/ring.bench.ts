@@ -45,7 +45,9 @@ import { PackedDeviceQueue } from '../src/virtqueue/packed/device.js';
 import { PackedDriverQueue, layoutPackedQueue, packedQueueFootprint } from '../src/virtqueue/packed/driver.js';
 import type { RingFormat } from '../src/virtqueue/queue.js';
 import type { DescriptorChain } from '../src/virtqueue/chain.js';
-import { quantile, si, table, timeAll, type Timing } from './common.js';
+import { fmtBytes, measureAlloc as measureAllocN, si, table, timeAll, type AllocResult } from './common.js';
+
+const measureAlloc = (fn: (n: number) => void, n: number): AllocResult => measureAllocN(fn, n, ALLOC_REPS);
 
 const QUEUE_SIZE = 256;
 const INDIRECT_MAX = 8;
@@ -360,51 +362,9 @@ function refLoop(accesses: number): void {
 }
 
 // ---------------------------------------------------------------------------------------
-// Heap bytes allocated per iteration.
-//
-// Method: warm the loop up (optimised code, steady state), gc() twice so the young
-// generation is empty, read v8 used_heap_size (all spaces), run the loop n times, read it
-// again: bytes/iteration = delta / n. The young generation is made larger than anything a
-// measured loop allocates (--min/--max-semi-space-size in the bench script), so no scavenge
-// can run inside the loop and free what it allocated; a GCProfiler brackets every measured
-// loop and a GC seen there makes the figure invalid (printed as such). The smallest of
-// ALLOC_REPS repetitions is kept: one-off costs (a late optimisation writing feedback or
-// code metadata into old space) only ever add. The method is validated in the same run by
-// loops allocating {a, b} (expected exactly 5 tagged words), a Uint8Array(64) (more than
-// 64 bytes), and nothing at all (expected 0).
-
-const gcFn: (() => void) | undefined = (globalThis as { gc?: () => void }).gc;
-
-interface AllocResult {
-  perIter: number;
-  gcs: number;
-  valid: boolean;
-}
-
-function measureOnce(fn: (n: number) => void, n: number): { perIter: number; gcs: number } {
-  gcFn!();
-  gcFn!();
-  const prof = new v8.GCProfiler();
-  prof.start();
-  const before = v8.getHeapStatistics().used_heap_size;
-  fn(n);
-  const after = v8.getHeapStatistics().used_heap_size;
-  const gcs = prof.stop().statistics.length;
-  return { perIter: (after - before) / n, gcs };
-}
-
-function measureAlloc(fn: (n: number) => void, n: number): AllocResult {
-  if (gcFn === undefined) return { perIter: NaN, gcs: -1, valid: false };
-  for (let i = 0; i < 3; i++) fn(n); // warm-up
-  let best = Infinity;
-  let gcs = 0;
-  for (let r = 0; r < ALLOC_REPS; r++) {
-    const m = measureOnce(fn, n);
-    gcs += m.gcs;
-    if (m.gcs === 0 && m.perIter < best) best = m.perIter;
-  }
-  return { perIter: best, gcs, valid: gcs === 0 };
-}
+// Heap bytes allocated per iteration: common.ts measureAlloc (method described there). The
+// method is validated in the same run by loops allocating {a, b} (expected exactly 5 tagged
+// words), a Uint8Array(64) (more than 64 bytes), and nothing at all (expected 0).
 
 const objSink: unknown[] = new Array(1024).fill(null);
 function allocObjects(n: number): void {
@@ -413,22 +373,6 @@ function allocObjects(n: number): void {
 function allocU8(n: number): void {
   for (let i = 0; i < n; i++) objSink[i & 1023] = new Uint8Array(64);
 }
-
-// ---------------------------------------------------------------------------------------
-// Statistics and formatting.
-
-
-
-
-function fmtBytes(r: AllocResult): string {
-  if (r.gcs < 0) return 'n/a (no gc)';
-  if (!r.valid) return `invalid (${r.gcs} GC)`;
-  return r.perIter.toFixed(1);
-}
-
-// ---------------------------------------------------------------------------------------
-
-
 
 async function main(): Promise<void> {
   const t0 = performance.now();

@@ -3,7 +3,7 @@
 // (uncommitted changes included), on the same machine in the same run: the base's tree is
 // exported (git archive) into a temporary folder, built there with this checkout's node_modules
 // (and its own native addon, compiled when a compiler is here), and then each tree's own
-// dist/bench/ring.bench.js and blk.bench.js run alternately, base and current, round after round
+// dist/bench/ring.bench.js, loop.bench.js and blk.bench.js run alternately, base and current, round after round
 // (ABBA order, so a drift in machine speed weighs on both), with the flags of `npm run bench`.
 // Each run's main table is read from its output (the format both trees print: a header line, a
 // line of dashes, rows), so a base with another file layout or without any flag works. Figures
@@ -11,10 +11,15 @@
 // with their range (< 1: current faster). A row whose ratios all lie above 1 + --threshold is
 // marked slower, below 1 - threshold faster.
 //
-//   npm run bench:compare -- --base <rev> [--rounds 3] [--bench ring,blk] [--threshold 0.03] [--json]
+// With --same-bench the base is built with this tree's bench/ folder in place of its own: the
+// same benchmark code over the base's library (a bench the base does not have yet, e.g. the
+// device-loop bench, measured on the code before the change; the bench must then use only API
+// the base has).
+//
+//   npm run bench:compare -- --base <rev> [--rounds 3] [--bench ring,loop,blk] [--same-bench] [--threshold 0.03] [--json]
 //   (BENCH_TIME_MS, BENCH_ROUNDS and BENCH_FILTER reach both trees' benches unchanged)
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,19 +31,21 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const BENCHES = {
   ring: { file: 'ring.bench.js', time: 'ns/chain', keys: ['ring', 'workload', 'batch'], heap: 'heap B/chain', unit: 'ns/chain' },
   blk: { file: 'blk.bench.js', time: 'time/req', keys: ['backend', 'ring', 'mode', 'QD'], heap: 'heap B/req', unit: 'ns/req' },
+  loop: { file: 'loop.bench.js', time: 'ns/chain', keys: ['ring', 'workload', 'batch'], heap: 'heap B/chain', unit: 'ns/chain' },
 };
 
 const { values: opt } = parseArgs({
   options: {
     base: { type: 'string' },
     rounds: { type: 'string', default: '3' },
-    bench: { type: 'string', default: 'ring,blk' },
+    bench: { type: 'string', default: 'ring,loop,blk' },
+    'same-bench': { type: 'boolean', default: false },
     threshold: { type: 'string', default: '0.03' },
     json: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
-const usage = 'usage: npm run bench:compare -- --base <rev> [--rounds 3] [--bench ring,blk] [--threshold 0.03] [--json]';
+const usage = 'usage: npm run bench:compare -- --base <rev> [--rounds 3] [--bench ring,loop,blk] [--same-bench] [--threshold 0.03] [--json]';
 if (opt.help) {
   console.log(usage);
   process.exit(0);
@@ -152,6 +159,11 @@ try {
 
   // The base's files as committed, then its build with this checkout's dependencies.
   sh('sh', ['-c', `mkdir -p "$2" && git archive --format=tar "$1" | tar -x -C "$2"`, 'sh', baseSha, base.dir], { cwd: root });
+  if (opt['same-bench']) {
+    rmSync(join(base.dir, 'bench'), { recursive: true, force: true });
+    cpSync(join(root, 'bench'), join(base.dir, 'bench'), { recursive: true });
+    log(`base built with this tree's bench/ (--same-bench)`);
+  }
   if (!existsSync(join(root, 'node_modules'))) fail('this checkout has no node_modules: run npm ci first');
   symlinkSync(join(root, 'node_modules'), join(base.dir, 'node_modules'), 'dir');
   log('building current (npm run build) ...');

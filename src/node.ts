@@ -1,7 +1,9 @@
 /**
  * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only parts: the
- * adapters (file block storage, stream console endpoints) and serveVhostUser, which serves any
- * VirtioDevice to a vhost-user front-end such as QEMU.
+ * adapters (file block storage, stream console endpoints), serveVhostUser, which serves any
+ * VirtioDevice to a vhost-user front-end such as QEMU, VhostUserFrontEnd, which drives any
+ * vhost-user back-end from Node (the drivers run over it), and the qtest buses, which let the
+ * project's drivers drive QEMU's own device models with no guest (QtestMachine).
  *
  * @packageDocumentation
  */
@@ -30,3 +32,19 @@ export {
 export type { ConnectionEnd } from './transports/vhost-user/backend.js';
 export { VhostUserError, type VhostUserErrorKind } from './transports/vhost-user/errors.js';
 export { NativeAddonError, type NativeAddonErrorKind } from './native/index.js';
+export { QtestClient, QtestError, type QtestErrorKind, type QtestLaunchOptions, type IrqListener } from './node/qtest/client.js';
+export { QtestMachine, type QtestMachineOptions, type QtestMachineType, type QtestMmioTransport } from './node/qtest/machine.js';
+export { QtestRam, QTEST_RAM_BASE, QTEST_RAM_RESERVED } from './node/qtest/ram.js';
+export { QtestMmioWindow, findMmioTransports, MICROVM_MMIO_BASE, MICROVM_MMIO_STRIDE, MICROVM_MMIO_SLOTS, MICROVM_MMIO_IRQ_BASE } from './node/qtest/mmio.js';
+export { QtestPciFunction, enumeratePci, type MsiMailboxes, MAILBOX_EMPTY, MAILBOX_VECTORS } from './node/qtest/pci.js';
+export {
+  VhostUserFrontEnd,
+  FRONT_END_PROTOCOL_FEATURES,
+  HIDDEN_FEATURES,
+  type VhostUserFrontEndOptions,
+  type FrontEndCounts,
+  type RingState,
+} from './transports/vhost-user/frontend/front-end.js';
+export { FrontEndError, type FrontEndErrorKind } from './transports/vhost-user/frontend/errors.js';
+export { GuestRam, USER_BASE, type RamRegion } from './transports/vhost-user/frontend/memory.js';
+export type { ReplyShape, Reply } from './transports/vhost-user/frontend/channel.js';

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { GuestMemory } from '../src/memory/guest-memory.js';
+import { GuestMemory, MemoryError } from '../src/memory/guest-memory.js';
 import { ChainReader, ChainWriter, DescriptorChain } from '../src/virtqueue/chain.js';
 import { VirtqueueError } from '../src/virtqueue/errors.js';
 
@@ -338,4 +338,97 @@ test('ChainWriter: property: writes land in the concatenated writable segments a
     }),
     { numRuns: 300 },
   );
+});
+
+test('ChainReader.readU64Number: a number below 2^53 across segments; from 2^53 on VirtqueueError unsafe-integer, nothing consumed', () => {
+  const mem = memory();
+  const c = chainOf(
+    [
+      [0x10, 3],
+      [0x1fe, 5], // crosses into the second region
+      [0x40, 8],
+      [0x80, 4],
+    ],
+    [[0x300, 8]],
+  );
+  const v = 2 ** 53 - 3;
+  const w = new ChainWriter();
+  // Write the values with a writer over a chain of the same buffers made writable.
+  const wc = chainOf([], [[0x10, 3], [0x1fe, 5], [0x40, 8], [0x80, 4]]);
+  w.reset(mem, wc).writeU64(v); // split 3 | 5, across regions
+  w.writeU64(2n ** 60n + 5n);
+  w.writeU32(7);
+  const r = new ChainReader().reset(mem, c);
+  assert.equal(r.readU64Number(), v);
+  const pos = r.position;
+  assert.throws(
+    () => r.readU64Number(),
+    (err: unknown) => err instanceof VirtqueueError && err.kind === 'unsafe-integer',
+  );
+  assert.equal(r.position, pos, 'nothing consumed');
+  assert.equal(r.remaining, 12);
+  assert.equal(r.readU64(), 2n ** 60n + 5n);
+  // 4 bytes left: a 64-bit read throws chain-bounds and consumes nothing (bigint or number).
+  throwsBounds(() => r.readU64(), 'readU64 with 4 bytes left');
+  throwsBounds(() => r.readU64Number(), 'readU64Number with 4 bytes left');
+  assert.equal(r.remaining, 4);
+  assert.equal(r.readU32(), 7);
+});
+
+test('ChainReader.readInto / ChainWriter.writeFrom: parts of host arrays across segments; a bad host range is a RangeError', () => {
+  const mem = memory();
+  const c = chainOf(
+    [],
+    [
+      [0x1f0, 0x20], // crosses into the second region
+      [0x1000, 0x10],
+    ],
+  );
+  const src = Uint8Array.from({ length: 0x40 }, (_, i) => i + 1);
+  const w = new ChainWriter().reset(mem, c);
+  w.writeFrom(src, 3, 0x30);
+  assert.equal(w.remaining, 0);
+  const rc = chainOf(
+    [
+      [0x1f0, 0x20],
+      [0x1000, 0x10],
+    ],
+    [],
+  );
+  const dst = new Uint8Array(0x34);
+  const r = new ChainReader().reset(mem, rc);
+  r.readInto(dst, 2, 0x30);
+  assert.deepEqual([...dst.subarray(2, 0x32)], [...src.subarray(3, 0x33)]);
+  assert.throws(() => new ChainReader().reset(mem, rc).readInto(dst, 0x30, 8), RangeError);
+  assert.throws(() => new ChainWriter().reset(mem, c).writeFrom(src, 0x3c, 8), RangeError);
+});
+
+test('cursors never touch a region removed while they are in its buffer (GuestMemory.generation): MemoryError out-of-bounds', () => {
+  const mem = memory();
+  const c = chainOf([[0x1000, 16]], [[0x1010, 16]]);
+  const r = new ChainReader().reset(mem, c);
+  const w = new ChainWriter().reset(mem, c);
+  assert.equal(r.readU32(), 0);
+  w.writeU32(5);
+  const gen = mem.generation;
+  mem.removeRegions(0x1000, 0x100);
+  assert.notEqual(mem.generation, gen);
+  const gone = (err: unknown) => err instanceof MemoryError && err.kind === 'out-of-bounds';
+  assert.throws(() => r.readU32(), gone);
+  assert.throws(() => r.readU8(), gone);
+  assert.throws(() => w.writeU32(1), gone);
+  assert.throws(() => w.writeU8(1), gone);
+  assert.throws(() => w.write(new Uint8Array(4)), gone);
+});
+
+test('a cursor reset onto another GuestMemory never reads through a region of the first one', () => {
+  const a = memory();
+  const b = new GuestMemory([{ guestAddr: 0, size: 0x400, buffer: new ArrayBuffer(0x400) }]);
+  a.writeU32(0x10, 0x11111111);
+  b.writeU32(0x10, 0x22222222);
+  const c = chainOf([[0x10, 8]], []);
+  const r = new ChainReader();
+  assert.equal(r.reset(a, c).readU32(), 0x11111111);
+  assert.equal(r.reset(b, c).readU32(), 0x22222222);
+  assert.equal(r.reset(a, c).readU32(), 0x11111111);
 });

@@ -588,3 +588,47 @@ test('GuestMemory: regions added and removed in place; lookups follow; an overla
   mem.writeU8(15, 7);
   assert.equal(mem.readU8(15), 7, 'and can be filled again');
 });
+
+test('GuestMemory.readU64Number: exact below 2^53, MemoryError unsafe-integer from 2^53 on; writeU64 takes a number without a bigint', () => {
+  const mem = new GuestMemory([region(0, 0x100), region(0x100, 0x100, { offset: 3 })]);
+  for (const v of [0, 1, 0xffff_ffff, 0x1_0000_0000, 2 ** 52 + 12345, Number.MAX_SAFE_INTEGER]) {
+    mem.writeU64(0x1f8 - 8, v); // inside the second region, at an odd buffer offset
+    assert.equal(mem.readU64Number(0x1f8 - 8), v);
+    assert.equal(mem.readU64(0x1f8 - 8), BigInt(v));
+  }
+  mem.writeU64(0x10, 2n ** 53n);
+  const err = assertMemoryError(() => mem.readU64Number(0x10), 'readU64Number(2^53)', 'unsafe-integer');
+  assert.equal(err.addr, 0x10);
+  assert.equal(mem.readU64(0x10), 2n ** 53n, 'still readable as a bigint');
+  // Numbers a bigint path took modulo 2^64 still are; fractions are still a RangeError.
+  mem.writeU64(0x20, -1);
+  assert.equal(mem.readU64(0x20), 2n ** 64n - 1n);
+  assert.throws(() => mem.writeU64(0x20, 1.5), RangeError);
+  // Across the region boundary a 64-bit field is out of bounds, as before.
+  assertMemoryError(() => mem.readU64Number(0xfc), 'u64 across regions', 'out-of-bounds');
+});
+
+test('GuestMemory.readInto / writeFrom: parts of host arrays, across regions; a bad host range is a RangeError, a hole a MemoryError with nothing written', () => {
+  const mem = new GuestMemory([region(0, 0x100), region(0x100, 0x100, { offset: 1 }), region(0x300, 0x100)]);
+  const src = Uint8Array.from({ length: 300 }, (_, i) => (i * 7 + 3) & 0xff);
+  const writes: [number, number][] = [];
+  mem.onWrite = (a, n) => writes.push([a, n]);
+  mem.writeFrom(0xf0, src, 5, 200); // crosses 0x100
+  assert.deepEqual(writes, [[0xf0, 200]], 'one onWrite for the whole copy');
+  for (let i = 0; i < 200; i++) assert.equal(mem.readU8(0xf0 + i), src[5 + i]);
+  for (let pass = 0; pass < 3; pass++) {
+    const dst = new Uint8Array(210).fill(0xaa);
+    mem.readInto(0xf0, dst, 4, 200);
+    assert.deepEqual([...dst.subarray(4, 204)], [...src.subarray(5, 205)]);
+    assert.ok(dst.subarray(0, 4).every((b) => b === 0xaa) && dst.subarray(204).every((b) => b === 0xaa));
+  }
+  assert.throws(() => mem.readInto(0, new Uint8Array(8), 4, 5), RangeError);
+  assert.throws(() => mem.writeFrom(0, new Uint8Array(8), -1, 2), RangeError);
+  assert.throws(() => mem.writeFrom(0, new Uint8Array(8), 0.5, 2), RangeError);
+  writes.length = 0;
+  const before = mem.readU8(0x1ff);
+  assertMemoryError(() => mem.writeFrom(0x1f0, src, 0, 0x20), 'write across the hole', 'out-of-bounds');
+  assert.equal(mem.readU8(0x1ff), before, 'nothing written before the hole');
+  assert.deepEqual(writes, []);
+  assertMemoryError(() => mem.readInto(0x1f0, new Uint8Array(0x20), 0, 0x20), 'read across the hole', 'out-of-bounds');
+});

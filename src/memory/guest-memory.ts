@@ -13,6 +13,7 @@
  */
 
 import { VirtioTsError } from '../errors.js';
+import { copyBytes, ViewCache } from './copy.js';
 
 /**
  * What went wrong with guest memory:
@@ -24,9 +25,11 @@ import { VirtioTsError } from '../errors.js';
  * - `no-region`: guest memory was given no region;
  * - `unmapped`: a front-end (VMM) virtual address that no region maps (vhost-user ring addresses);
  * - `out-of-memory`: the guest allocator has no free range that fits;
- * - `unsupported-host`: the host is big-endian (the ring views are little-endian typed arrays).
+ * - `unsupported-host`: the host is big-endian (the ring views are little-endian typed arrays);
+ * - `unsafe-integer`: a 64-bit value asked for as a `number` (readU64Number) is 2^53 or more, which
+ *   a number cannot hold exactly (read it with readU64, a bigint).
  */
-export type MemoryErrorKind = 'out-of-bounds' | 'bad-region' | 'overlap' | 'no-region' | 'unmapped' | 'out-of-memory' | 'unsupported-host';
+export type MemoryErrorKind = 'out-of-bounds' | 'bad-region' | 'overlap' | 'no-region' | 'unmapped' | 'out-of-memory' | 'unsupported-host' | 'unsafe-integer';
 
 /** The memory layer's error: a guest range that no region backs, a region that does not fit, ... */
 export class MemoryError extends VirtioTsError<MemoryErrorKind> {
@@ -151,9 +154,20 @@ export class GuestMemory {
   }
   /** Optional dirty-page hook; ring code and cursors call it for every guest write. */
   onWrite: WriteHook | null = null;
+  /**
+   * Changes whenever regions are added or removed: a caller that keeps a region found by
+   * regionFor (a chain cursor, for the buffer it is in) looks it up again when this moved, so it
+   * never touches a region that is gone.
+   */
+  get generation(): number {
+    return this.gen;
+  }
+  private gen = 0;
   private list: MemoryRegion[];
   /** The region the last lookup found (most accesses hit it again); null once none is left. */
   private last: MemoryRegion | null;
+  /** Views of ranges copied more than once (copy.ts): readInto and writeFrom allocate nothing. */
+  private readonly views = new ViewCache();
 
   /** Guest memory over `regions` (at least one; none may overlap: MemoryError `no-region`, `overlap`). */
   constructor(regions: readonly MemoryRegionInit[]) {
@@ -171,6 +185,7 @@ export class GuestMemory {
   addRegions(inits: readonly MemoryRegionInit[]): MemoryRegion[] {
     const added = inits.map((r) => new MemoryRegion(r));
     this.list = sortedRegions([...this.list, ...added]);
+    this.gen++;
     return added;
   }
 
@@ -185,6 +200,8 @@ export class GuestMemory {
     if (removed.length === 0) return removed;
     this.list = this.list.filter((r) => !removed.includes(r));
     if (this.last !== null && removed.includes(this.last)) this.last = this.list[0] ?? null;
+    this.views.clear(); // no view of a removed region's buffer stays reachable from here
+    this.gen++;
     return removed;
   }
 
@@ -275,6 +292,17 @@ export class GuestMemory {
     const r = this.region(addr, 8);
     return r.view.getBigUint64(addr - r.guestAddr, true);
   }
+  /**
+   * The little-endian 64-bit value at `addr` (within one region) as a number, with no bigint: a
+   * MemoryError of kind `unsafe-integer` when it is 2^53 or more (readU64 reads any value).
+   */
+  readU64Number(addr: number): number {
+    const r = this.region(addr, 8);
+    const off = addr - r.guestAddr;
+    const hi = r.view.getUint32(off + 4, true);
+    if (hi > 0x1f_ffff) throw unsafeU64(addr, hi, r.view.getUint32(off, true));
+    return hi * 0x1_0000_0000 + r.view.getUint32(off, true);
+  }
   /** Writes a byte at `addr`. */
   writeU8(addr: number, value: number): void {
     const r = this.region(addr, 1);
@@ -293,10 +321,20 @@ export class GuestMemory {
     r.view.setUint32(addr - r.guestAddr, value >>> 0, true);
     if (this.onWrite !== null) this.onWrite(addr, 4);
   }
-  /** Writes a little-endian 64-bit value at `addr` (within one region). */
+  /**
+   * Writes a little-endian 64-bit value at `addr` (within one region). A number that is a
+   * non-negative safe integer goes without a bigint; any other value is taken modulo 2^64 as
+   * before (a fractional number is a RangeError).
+   */
   writeU64(addr: number, value: bigint | number): void {
     const r = this.region(addr, 8);
-    r.view.setBigUint64(addr - r.guestAddr, BigInt.asUintN(64, BigInt(value)), true);
+    const off = addr - r.guestAddr;
+    if (typeof value === 'number' && value >= 0 && Number.isSafeInteger(value)) {
+      r.view.setUint32(off, value % 0x1_0000_0000, true);
+      r.view.setUint32(off + 4, Math.floor(value / 0x1_0000_0000), true);
+    } else {
+      r.view.setBigUint64(off, BigInt.asUintN(64, BigInt(value)), true);
+    }
     if (this.onWrite !== null) this.onWrite(addr, 8);
   }
 
@@ -319,29 +357,68 @@ export class GuestMemory {
 
   /** Copies guest bytes into `dst`, crossing region boundaries where regions are adjacent. */
   read(addr: number, dst: Uint8Array): void {
-    if (!this.isBacked(addr, dst.length)) throw this.outOfBounds(addr, dst.length);
-    let done = 0;
-    while (done < dst.length) {
-      const r = this.region(addr + done, 1);
-      const off = addr + done - r.guestAddr;
-      const n = Math.min(dst.length - done, r.size - off);
-      dst.set(r.bytes.subarray(off, off + n), done);
-      done += n;
-    }
+    this.readInto(addr, dst, 0, dst.length);
+  }
+
+  /**
+   * Copies the `length` guest bytes at `addr` into dst[dstOffset, dstOffset+length), crossing
+   * region boundaries where regions are adjacent. Allocates nothing (copy.ts says how). A
+   * MemoryError (`out-of-bounds`, nothing copied) when a byte is not backed; a RangeError when
+   * the range does not fit `dst` (the caller's mistake, not the guest's).
+   */
+  readInto(addr: number, dst: Uint8Array, dstOffset: number, length: number): void {
+    checkHostRange(dst, dstOffset, length);
+    const r = this.regionFor(addr, length);
+    if (r !== null) copyBytes(this.views, r.bytes, addr - r.guestAddr, dst, dstOffset, length);
+    else this.copyAcross(addr, dst, dstOffset, length, false);
   }
 
   /** Copies `src` into guest memory, crossing region boundaries where regions are adjacent. */
   write(addr: number, src: Uint8Array): void {
-    if (!this.isBacked(addr, src.length)) throw this.outOfBounds(addr, src.length);
+    this.writeFrom(addr, src, 0, src.length);
+  }
+
+  /**
+   * Copies src[srcOffset, srcOffset+length) to guest address `addr`, crossing region boundaries
+   * where regions are adjacent, then tells onWrite. Allocates nothing (copy.ts says how). A
+   * MemoryError (`out-of-bounds`, nothing written) when a byte is not backed; a RangeError when
+   * the range does not fit `src`.
+   */
+  writeFrom(addr: number, src: Uint8Array, srcOffset: number, length: number): void {
+    checkHostRange(src, srcOffset, length);
+    const r = this.regionFor(addr, length);
+    if (r !== null) copyBytes(this.views, src, srcOffset, r.bytes, addr - r.guestAddr, length);
+    else this.copyAcross(addr, src, srcOffset, length, true);
+    if (this.onWrite !== null && length > 0) this.onWrite(addr, length);
+  }
+
+  /**
+   * Copies src[srcOffset, srcOffset+length) to dst[dstOffset, dstOffset+length) between host
+   * arrays (a region's `bytes` among them) with no allocation, as readInto and writeFrom copy (a
+   * RangeError when a range does not fit its array). No guest address is involved and onWrite is
+   * not called: for code that holds the region already (ChainReader, ChainWriter).
+   */
+  copyBetween(src: Uint8Array, srcOffset: number, dst: Uint8Array, dstOffset: number, length: number): void {
+    checkHostRange(src, srcOffset, length);
+    checkHostRange(dst, dstOffset, length);
+    copyBytes(this.views, src, srcOffset, dst, dstOffset, length);
+  }
+
+  /**
+   * readInto / writeFrom for a guest range in more than one region: all of it backed (else a
+   * MemoryError `out-of-bounds` before any byte moves), region by region.
+   */
+  private copyAcross(addr: number, host: Uint8Array, hostOffset: number, length: number, toGuest: boolean): void {
+    if (!this.isBacked(addr, length)) throw this.outOfBounds(addr, length);
     let done = 0;
-    while (done < src.length) {
-      const r = this.region(addr + done, 1);
-      const off = addr + done - r.guestAddr;
-      const n = Math.min(src.length - done, r.size - off);
-      r.bytes.set(src.subarray(done, done + n), off);
+    while (done < length) {
+      const p = this.region(addr + done, 1);
+      const off = addr + done - p.guestAddr;
+      const n = Math.min(length - done, p.size - off);
+      if (toGuest) copyBytes(this.views, host, hostOffset + done, p.bytes, off, n);
+      else copyBytes(this.views, p.bytes, off, host, hostOffset + done, n);
       done += n;
     }
-    if (this.onWrite !== null && src.length > 0) this.onWrite(addr, src.length);
   }
 
   /** Sets [addr, addr+length) to `value`. */
@@ -377,6 +454,19 @@ export class GuestMemory {
       length,
     );
   }
+}
+
+/** A RangeError unless [offset, offset+length) is a whole-number range inside `a`. */
+function checkHostRange(a: Uint8Array, offset: number, length: number): void {
+  if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= a.length)) {
+    throw new RangeError(`range ${offset} +${length} does not fit a ${a.length}-byte array`);
+  }
+}
+
+/** The `unsafe-integer` MemoryError for a 64-bit value at `addr` too large for a number. */
+function unsafeU64(addr: number, hi: number, lo: number): MemoryError {
+  const hex = `0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')}`;
+  return new MemoryError('unsafe-integer', `64-bit value ${hex} at ${fmt(addr)} is 2^53 or more: read it with readU64`, addr, 8);
 }
 
 /** FNV-1a (32-bit) over guest bytes, region by region, continuing from `h` (drivers' audit hashes). */

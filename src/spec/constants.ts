@@ -43,6 +43,13 @@ export const Feature = {
   SUSPEND: 43,
 } as const;
 
+/**
+ * Bit 30 of the legacy interface: "UNUSED (30)" in the spec's Legacy Interface: Reserved Feature
+ * Bits (QEMU's legacy virtio-pci offers it to catch early buggy drivers). A transitional device
+ * may offer it through the legacy interface; a driver ignores it and never accepts it.
+ */
+export const LEGACY_UNUSED_FEATURE_BIT = 30;
+
 /** Device-type ids, spec 5. */
 export const DeviceId = {
   NET: 1,

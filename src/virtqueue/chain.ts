@@ -4,7 +4,7 @@
  * Readable descriptors come first, writable ones after (split.message-framing.driver.1 is
  * checked while walking).
  */
-import type { GuestMemory } from '../memory/guest-memory.js';
+import type { GuestMemory, MemoryRegion } from '../memory/guest-memory.js';
 import { VirtqueueError } from './errors.js';
 
 /**
@@ -162,9 +162,16 @@ export class ChainBuilder {
 
 /**
  * A cursor over one direction of a chain's buffers: the device-readable part (driver to
- * device data) or the device-writable part. Reused across chains: `reset` allocates nothing.
+ * device data) or the device-writable part. Reused across chains: `reset` allocates nothing, and
+ * neither does any read, write, fill or skip (no closure, no view per segment: copies go through
+ * GuestMemory's allocation-free copies, fixed-size fields through the region's DataView).
  * Going beyond the part's end throws a {@link VirtqueueError} of kind `chain-bounds` (never a
- * RangeError: the chain's length is the peer's input, not the caller's mistake).
+ * RangeError: the chain's length is the peer's input, not the caller's mistake) and consumes
+ * nothing. Every access is checked against guest memory as it is now, although the chain's
+ * buffers were checked when it was walked, as a region may have gone since (vhost-user
+ * REM_MEM_REG): copies and fixed-size fields go through the region that holds the whole buffer,
+ * found again whenever GuestMemory.generation moves (through GuestMemory's own checked copies
+ * when a buffer spans regions).
  */
 abstract class ChainCursor {
   protected mem!: GuestMemory;
@@ -176,11 +183,18 @@ abstract class ChainCursor {
   remaining = 0;
   /** Bytes consumed so far. */
   position = 0;
-  protected readonly scratch = new Uint8Array(8);
-  protected readonly scratchView = new DataView(this.scratch.buffer);
+  /** Offset in its region of the field field() found last. */
+  protected fieldOff = 0;
+  /** segRegion()'s cache: the segment it is for (-1: none), the memory generation, the region, the segment's offset in it. */
+  private regionSeg = -1;
+  private regionGen = -1;
+  /** The kept region (the current segment's while regionSeg is the current segment, never null then). */
+  protected region: MemoryRegion | null = null;
+  protected regionBase = 0;
 
   /** Points the cursor at segments [first, end) of `chain`, `total` bytes. */
   protected init(mem: GuestMemory, chain: DescriptorChain, first: number, end: number, total: number): void {
+    if (mem !== this.mem) this.region = null; // a region of another memory is never tried
     this.mem = mem;
     this.chain = chain;
     this.seg = first;
@@ -188,6 +202,7 @@ abstract class ChainCursor {
     this.end = end;
     this.remaining = total;
     this.position = 0;
+    this.regionSeg = -1;
   }
 
   /** Caps the bytes this cursor will still give (e.g. a request header's size). */
@@ -196,30 +211,93 @@ abstract class ChainCursor {
     return this;
   }
 
-  /** Calls `fn(addr, len)` for the next `n` bytes, segment by segment, and advances. */
-  protected advance(n: number, fn: (addr: number, len: number, done: number) => void): void {
-    if (n > this.remaining) throw new VirtqueueError('chain-bounds', `need ${n} bytes, ${this.remaining} left in the chain`);
-    let done = 0;
-    while (done < n) {
-      const segLen = this.chain.lens[this.seg];
-      const avail = segLen - this.segOff;
-      if (avail === 0) {
-        this.seg++;
-        this.segOff = 0;
-        continue;
-      }
-      const take = Math.min(avail, n - done);
-      fn(this.chain.addrs[this.seg] + this.segOff, take, done);
-      this.segOff += take;
-      done += take;
+  /** A VirtqueueError `chain-bounds` unless `n` more bytes are left (nothing consumed then). */
+  protected need(n: number): void {
+    if (!(n <= this.remaining)) throw new VirtqueueError('chain-bounds', `need ${n} bytes, ${this.remaining} left in the chain`);
+  }
+
+  /**
+   * Moves to the segment holding the next byte (past exhausted and empty segments) and
+   * returns how many bytes of it are left. Only called with bytes left (need() passed), so a
+   * segment with bytes lies ahead.
+   */
+  protected here(): number {
+    const lens = this.chain.lens;
+    let avail = lens[this.seg] - this.segOff;
+    while (avail === 0) {
+      this.seg++;
+      this.segOff = 0;
+      avail = lens[this.seg];
     }
+    return avail;
+  }
+
+  /** Counts `n` bytes as consumed (the segment offset moved already). */
+  protected consumed(n: number): void {
     this.remaining -= n;
     this.position += n;
   }
 
+  /**
+   * The region holding the whole current segment (here() called first), with `regionBase` the
+   * segment's offset in it; null when the segment spans regions (or lies outside memory now: the
+   * caller then goes through GuestMemory's checked accessors). Kept while the cursor stays in the
+   * segment and the memory's regions do not change (GuestMemory.generation), so a field costs
+   * one lookup per segment, not one per access.
+   */
+  protected segRegion(): MemoryRegion | null {
+    const mem = this.mem;
+    const seg = this.seg;
+    if (this.regionSeg === seg && this.regionGen === mem.generation) return this.region;
+    const addr = this.chain.addrs[seg];
+    const len = this.chain.lens[seg];
+    let r: MemoryRegion | null = this.region;
+    // Most buffers of a chain lie in the region of the one before (or of the last chain's).
+    if (r === null || this.regionGen !== mem.generation || !(addr >= r.guestAddr && addr + len <= r.end && Number.isInteger(addr))) {
+      r = mem.regionFor(addr, len);
+      if (r === null) return null; // not kept: quick() relies on a kept region
+    }
+    this.region = r;
+    this.regionSeg = seg;
+    this.regionGen = mem.generation;
+    this.regionBase = addr - r.guestAddr;
+    return r;
+  }
+
+  /**
+   * The fast path of a fixed-size field: when the next `n` bytes are left, lie in the current
+   * segment and segRegion() has that segment's region kept (and regions did not change since),
+   * their offset in `region`; else -1 (the caller takes the general path). Consumes nothing.
+   */
+  protected quick(n: number): number {
+    const off = this.segOff;
+    return n <= this.remaining && this.regionSeg === this.seg && this.regionGen === this.mem.generation && this.chain.lens[this.seg] - off >= n
+      ? this.regionBase + off
+      : -1;
+  }
+
+  /**
+   * The region for the next `n` bytes when they lie in the current segment and one region (the
+   * common case for a fixed-size field), their offset in it in `fieldOff`; null otherwise (the
+   * caller then goes byte by byte). Consumes nothing; need(n) called first.
+   */
+  protected field(n: number): MemoryRegion | null {
+    if (this.here() < n) return null;
+    const r = this.segRegion();
+    if (r !== null) this.fieldOff = this.regionBase + this.segOff;
+    return r;
+  }
+
   /** Passes over the next `n` bytes (a VirtqueueError `chain-bounds` past the part's end). */
   skip(n: number): void {
-    this.advance(n, () => undefined);
+    this.need(n);
+    let left = n;
+    while (left > 0) {
+      const take = Math.min(this.here(), left);
+      this.segOff += take;
+      left -= take;
+    }
+    this.consumed(n);
   }
 }
 
@@ -233,54 +311,120 @@ export class ChainReader extends ChainCursor {
 
   /** Copies the next `dst.length` bytes into `dst`. */
   read(dst: Uint8Array): void {
-    const mem = this.mem;
-    this.advance(dst.length, (addr, len, done) => mem.read(addr, dst.subarray(done, done + len)));
+    this.readInto(dst, 0, dst.length);
+  }
+
+  /**
+   * Copies the next `length` bytes into dst[offset, offset+length) (a RangeError when that does
+   * not fit `dst`). Allocates nothing.
+   */
+  readInto(dst: Uint8Array, offset: number, length: number): void {
+    if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= dst.length)) {
+      throw new RangeError(`range ${offset} +${length} does not fit a ${dst.length}-byte array`);
+    }
+    this.need(length);
+    const addrs = this.chain.addrs;
+    let done = 0;
+    while (done < length) {
+      const take = Math.min(this.here(), length - done);
+      const r = this.segRegion();
+      if (r !== null) this.mem.copyBetween(r.bytes, this.regionBase + this.segOff, dst, offset + done, take);
+      else this.mem.readInto(addrs[this.seg] + this.segOff, dst, offset + done, take);
+      this.segOff += take;
+      done += take;
+    }
+    this.consumed(length);
   }
 
   /** Reads up to `dst.length` bytes; returns how many. */
   readSome(dst: Uint8Array): number {
     const n = Math.min(dst.length, this.remaining);
-    this.read(n === dst.length ? dst : dst.subarray(0, n));
+    this.readInto(dst, 0, n);
     return n;
   }
 
-  private fill(n: number): DataView {
-    this.read(this.scratch.subarray(0, n));
-    return this.scratchView;
-  }
   /** The next byte. */
   readU8(): number {
-    return this.fill(1).getUint8(0);
+    const o = this.quick(1);
+    if (o >= 0) {
+      this.segOff++;
+      this.consumed(1);
+      return this.region!.bytes[o];
+    }
+    this.need(1);
+    const r = this.field(1);
+    const v = r !== null ? r.bytes[this.fieldOff] : this.mem.readU8(this.chain.addrs[this.seg] + this.segOff);
+    this.segOff++;
+    this.consumed(1);
+    return v;
   }
+
+  /** The next `n` (<= 4) bytes as a little-endian unsigned value, byte by byte (a field split across segments). */
+  private bytesLE(n: number): number {
+    let v = 0;
+    for (let i = 0; i < n; i++) v += this.readU8() * 2 ** (8 * i);
+    return v;
+  }
+
   /** The next little-endian 16-bit value. */
   readU16(): number {
-    return this.fill(2).getUint16(0, true);
-  }
-  /** Guest address of the next `n` bytes when they lie in one segment and one region (and consumes them); -1 otherwise. */
-  private contiguous(n: number): number {
-    if (n > this.remaining) return -1;
-    const lens = this.chain.lens;
-    while (this.segOff === lens[this.seg] && this.seg < this.end) {
-      this.seg++;
-      this.segOff = 0;
+    const o = this.quick(2);
+    if (o >= 0) {
+      this.segOff += 2;
+      this.consumed(2);
+      return this.region!.view.getUint16(o, true);
     }
-    if (lens[this.seg] - this.segOff < n) return -1;
-    const addr = this.chain.addrs[this.seg] + this.segOff;
-    if (!this.mem.isContiguous(addr, n)) return -1; // the segment spans two adjacent regions
-    this.segOff += n;
-    this.remaining -= n;
-    this.position += n;
-    return addr;
+    this.need(2);
+    const r = this.field(2);
+    if (r === null) return this.bytesLE(2);
+    this.segOff += 2;
+    this.consumed(2);
+    return r.view.getUint16(this.fieldOff, true);
   }
+
   /** The next little-endian 32-bit value. */
   readU32(): number {
-    const a = this.contiguous(4);
-    return a >= 0 ? this.mem.readU32(a) : this.fill(4).getUint32(0, true);
+    const o = this.quick(4);
+    if (o >= 0) {
+      this.segOff += 4;
+      this.consumed(4);
+      return this.region!.view.getUint32(o, true);
+    }
+    this.need(4);
+    const r = this.field(4);
+    if (r === null) return this.bytesLE(4);
+    this.segOff += 4;
+    this.consumed(4);
+    return r.view.getUint32(this.fieldOff, true);
   }
-  /** The next little-endian 64-bit value. */
+
+  /** The next little-endian 64-bit value, as a bigint (readU64Number: as a number). */
   readU64(): bigint {
-    const a = this.contiguous(8);
-    return a >= 0 ? this.mem.readU64(a) : this.fill(8).getBigUint64(0, true);
+    this.need(8); // all or nothing
+    const lo = this.readU32();
+    return (BigInt(this.readU32()) << 32n) | BigInt(lo);
+  }
+
+  /**
+   * The next little-endian 64-bit value as a number, with no bigint (a blk sector, a
+   * timestamp). A VirtqueueError of kind `unsafe-integer` when it is 2^53 or more (a number
+   * cannot hold it exactly; the peer chose it): the 8 bytes are then not consumed, so readU64
+   * can still read them.
+   */
+  readU64Number(): number {
+    this.need(8);
+    const seg = this.seg;
+    const segOff = this.segOff;
+    const lo = this.readU32();
+    const hi = this.readU32();
+    if (hi > 0x1f_ffff) {
+      this.seg = seg;
+      this.segOff = segOff;
+      this.remaining += 8;
+      this.position -= 8;
+      throw new VirtqueueError('unsafe-integer', `64-bit value 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} in the chain is 2^53 or more: read it with readU64`);
+    }
+    return hi * 0x1_0000_0000 + lo;
   }
 }
 
@@ -294,48 +438,159 @@ export class ChainWriter extends ChainCursor {
 
   /** Copies `src` into the next bytes of the writable part. */
   write(src: Uint8Array): void {
-    const mem = this.mem;
-    this.advance(src.length, (addr, len, done) => mem.write(addr, src.subarray(done, done + len)));
+    this.writeFrom(src, 0, src.length);
+  }
+
+  /**
+   * Copies src[offset, offset+length) into the next bytes of the writable part (a RangeError
+   * when that range does not fit `src`). Allocates nothing.
+   */
+  writeFrom(src: Uint8Array, offset: number, length: number): void {
+    if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= src.length)) {
+      throw new RangeError(`range ${offset} +${length} does not fit a ${src.length}-byte array`);
+    }
+    this.need(length);
+    const addrs = this.chain.addrs;
+    let done = 0;
+    while (done < length) {
+      const take = Math.min(this.here(), length - done);
+      const addr = addrs[this.seg] + this.segOff;
+      const r = this.segRegion();
+      if (r === null) this.mem.writeFrom(addr, src, offset + done, take);
+      else {
+        this.mem.copyBetween(src, offset + done, r.bytes, this.regionBase + this.segOff, take);
+        if (this.mem.onWrite !== null) this.mem.onWrite(addr, take);
+      }
+      this.segOff += take;
+      done += take;
+    }
+    this.consumed(length);
   }
 
   /** Writes `n` bytes of `value`. */
   fill(n: number, value = 0): void {
-    const mem = this.mem;
-    this.advance(n, (addr, len) => mem.fill(addr, len, value));
+    this.need(n);
+    const addrs = this.chain.addrs;
+    let done = 0;
+    while (done < n) {
+      const take = Math.min(this.here(), n - done);
+      this.mem.fill(addrs[this.seg] + this.segOff, take, value);
+      this.segOff += take;
+      done += take;
+    }
+    this.consumed(n);
   }
 
-  /** Calls `fn` with a guest view of each writable piece (zero-copy fill), up to `n` bytes. */
+  /**
+   * Calls `fn` with a guest view of each writable piece (zero-copy fill), up to `n` bytes. Each
+   * piece is a new view (a `subarray`): for a copy that allocates nothing, use write or writeFrom.
+   */
   produce(n: number, fn: (view: Uint8Array) => void): void {
+    this.need(n);
     const mem = this.mem;
-    this.advance(n, (addr, len) => {
-      const r = mem.region(addr, len);
-      const off = addr - r.guestAddr;
-      fn(r.bytes.subarray(off, off + len));
-      if (mem.onWrite !== null) mem.onWrite(addr, len);
-    });
+    const addrs = this.chain.addrs;
+    let done = 0;
+    while (done < n) {
+      const take = Math.min(this.here(), n - done);
+      const addr = addrs[this.seg] + this.segOff;
+      fn(mem.bytes(addr, take));
+      if (mem.onWrite !== null) mem.onWrite(addr, take);
+      this.segOff += take;
+      done += take;
+    }
+    this.consumed(n);
   }
 
-  private put(n: number): void {
-    this.write(this.scratch.subarray(0, n));
-  }
   /** Writes the next byte. */
   writeU8(v: number): void {
-    this.scratchView.setUint8(0, v);
-    this.put(1);
+    const o = this.quick(1);
+    if (o >= 0) {
+      this.region!.bytes[o] = v;
+      this.wrote(1);
+      return;
+    }
+    const r = this.put(1);
+    if (r === null) {
+      this.mem.writeU8(this.chain.addrs[this.seg] + this.segOff, v);
+      this.segOff++;
+      this.consumed(1);
+      return;
+    }
+    r.bytes[this.fieldOff] = v;
+    this.wrote(1);
   }
+
+  /** Writes the low `n` bytes of `v` (a non-negative integer below 2^32), byte by byte: a field split across segments. */
+  private bytesLE(v: number, n: number): void {
+    for (let i = 0; i < n; i++) this.writeU8(Math.floor(v / 2 ** (8 * i)) & 0xff);
+  }
+
+  /** The region for the next `n` bytes when they lie in one piece (see field()), after the bounds check. */
+  private put(n: number): MemoryRegion | null {
+    this.need(n);
+    return this.field(n);
+  }
+
+  /** Writes the low `n` bytes just written through a region view: moves on and tells onWrite. */
+  private wrote(n: number): void {
+    const addr = this.chain.addrs[this.seg] + this.segOff;
+    this.segOff += n;
+    this.consumed(n);
+    if (this.mem.onWrite !== null) this.mem.onWrite(addr, n);
+  }
+
   /** Writes the next little-endian 16-bit value. */
   writeU16(v: number): void {
-    this.scratchView.setUint16(0, v, true);
-    this.put(2);
+    const o = this.quick(2);
+    if (o >= 0) {
+      this.region!.view.setUint16(o, v, true);
+      this.wrote(2);
+      return;
+    }
+    const r = this.put(2);
+    if (r === null) return this.bytesLE(v & 0xffff, 2);
+    r.view.setUint16(this.fieldOff, v, true);
+    this.wrote(2);
   }
+
   /** Writes the next little-endian 32-bit value. */
   writeU32(v: number): void {
-    this.scratchView.setUint32(0, v >>> 0, true);
-    this.put(4);
+    const o = this.quick(4);
+    if (o >= 0) {
+      this.region!.view.setUint32(o, v >>> 0, true);
+      this.wrote(4);
+      return;
+    }
+    const r = this.put(4);
+    if (r === null) return this.bytesLE(v >>> 0, 4);
+    r.view.setUint32(this.fieldOff, v >>> 0, true);
+    this.wrote(4);
   }
-  /** Writes the next little-endian 64-bit value. */
-  writeU64(v: bigint): void {
-    this.scratchView.setBigUint64(0, BigInt.asUintN(64, v), true);
-    this.put(8);
+
+  /**
+   * Writes the next little-endian 64-bit value. A number that is a non-negative safe integer
+   * goes without a bigint; any other value is taken modulo 2^64 (a fractional number is a
+   * RangeError).
+   */
+  writeU64(v: bigint | number): void {
+    let lo: number;
+    let hi: number;
+    if (typeof v === 'number' && v >= 0 && Number.isSafeInteger(v)) {
+      lo = v % 0x1_0000_0000;
+      hi = Math.floor(v / 0x1_0000_0000);
+    } else {
+      const b = BigInt.asUintN(64, BigInt(v));
+      lo = Number(b & 0xffff_ffffn);
+      hi = Number(b >> 32n);
+    }
+    const r = this.put(8);
+    if (r === null) {
+      this.bytesLE(lo, 4);
+      this.bytesLE(hi, 4);
+      return;
+    }
+    r.view.setUint32(this.fieldOff, lo, true);
+    r.view.setUint32(this.fieldOff + 4, hi, true);
+    this.wrote(8);
   }
 }
