@@ -1,61 +1,62 @@
 #!/usr/bin/env node
 // Writes src/monitor/catalogue.generated.ts from catalogue/clauses.tsv (the spec's 795
-// normative statements, summarised in our own words, with a declared status) and
-// catalogue/struct.tsv (the project's structural rules), and derives each clause's coverage
-// from the code itself:
-//   enforced  = a runtime check in src/ names the id AND a negative test (a misbehaviour
-//               scenario, which test/negative runs, or a file in test/negative) asserts it;
-//   tested    = only a test names it;
+// normative statements, summarised in our own words, with a declared status),
+// catalogue/struct.tsv (the project's structural rules) and catalogue/conditions.tsv (the
+// scope and conditions of checks), and derives each clause's coverage from the code's syntax
+// tree (scripts/check-sites.mjs; comments and labels never count):
+//   enforced  = a named check site in src/ reports the id through the monitor (a reporter
+//               call with the literal id) AND a negative test claims it (a misbehaviour
+//               scenario breaking it, or a literal id in test/negative/**);
+//               scripts/mutation-audit.mjs proves that each such site's verdict is asserted,
+//               and a site it finds uncaught (catalogue/uncaught-sites.tsv) does not count;
+//   tested    = only a test names it (a literal id in test/** or a scenario);
 //   otherwise = the declared status (not-checkable / unsupported / open) and its reason.
-import { readFileSync, writeFileSync, readdirSync, statSync, existsSync } from 'node:fs';
+import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join, relative, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { GENERATED, SCENARIOS, walk, checkFiles, findSites, findNegativeClaims, literalMentions, knownUncaught } from './check-sites.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const ID = /['"`]((?:basic|init|split|packed|pci|mmio|reserved|net|blk|console|entropy|vsock|fs|struct)\.[a-z0-9-]+\.(?:device|driver)\.\d+)['"`]/g;
-const GENERATED = 'src/monitor/catalogue.generated.ts';
-const SCENARIOS = 'src/testing/scenarios.ts';
-
-function walk(dir) {
-  const out = [];
-  if (!existsSync(dir)) return out;
-  for (const name of readdirSync(dir)) {
-    const p = join(dir, name);
-    if (statSync(p).isDirectory()) out.push(...walk(p));
-    else if (p.endsWith('.ts')) out.push(p);
-  }
-  return out;
-}
 
 function readTsv(file) {
-  const [header, ...lines] = readFileSync(file, 'utf8').split('\n').filter((l) => l.length > 0);
+  const [header, ...lines] = readFileSync(file, 'utf8').split('\n').filter((l) => l.length > 0 && !l.startsWith('#'));
   const cols = header.split('\t');
   return lines.map((l) => Object.fromEntries(l.split('\t').map((v, i) => [cols[i], v])));
 }
 
-function idsIn(files) {
-  const map = new Map();
-  for (const f of files) {
-    const rel = relative(root, f);
-    for (const m of readFileSync(f, 'utf8').matchAll(ID)) {
-      if (!map.has(m[1])) map.set(m[1], new Set());
-      map.get(m[1]).add(rel);
-    }
-  }
-  return map;
+const { sites, labels } = findSites(checkFiles(root), (f) => relative(root, f));
+// A site the full mutation audit found uncaught (catalogue/uncaught-sites.tsv) is listed with
+// that reason and does not make its clause enforced.
+const uncaught = knownUncaught(root);
+const sitesOf = new Map();
+for (const s of sites) {
+  if (!sitesOf.has(s.clause)) sitesOf.set(s.clause, []);
+  const site = { name: s.name, file: s.file, line: s.line };
+  if (uncaught.has(s.name)) site.uncaught = uncaught.get(s.name);
+  sitesOf.get(s.clause).push(site);
 }
-
-// Runtime checks: string literals in src/ (report calls and their context), not the CLI's texts.
-const srcFiles = walk(join(root, 'src')).filter((f) => {
-  const rel = relative(root, f);
-  return rel !== GENERATED && rel !== SCENARIOS && !rel.startsWith('src/cli/');
-});
-// Negative tests: the misbehaviour scenarios (run by test/negative) and test/negative/*.
-const negativeFiles = [...walk(join(root, 'test/negative')), join(root, SCENARIOS)].filter((f) => existsSync(f));
+const gone = [...uncaught.keys()].filter((name) => !sites.some((s) => s.name === name));
+if (gone.length > 0) console.error(`gen-catalogue: catalogue/uncaught-sites.tsv names sites that no longer exist: ${gone.join(', ')}`);
+const claims = findNegativeClaims(root);
 const testFiles = [...walk(join(root, 'test')), join(root, SCENARIOS)].filter((f) => existsSync(f));
-const checks = idsIn(srcFiles);
-const negatives = idsIn(negativeFiles);
-const tests = idsIn(testFiles);
+const tests = literalMentions(root, testFiles);
+for (const [clause, list] of claims) for (const c of list) if (c.scenario) tests.get(clause)?.add(c.file);
+const checks = new Map([...sitesOf].map(([k, v]) => [k, new Set(v.map((x) => x.file))]));
+const CONDITION_KINDS = new Set(['off-by-default', 'sync-transport-only', 'not-reached-by-own-drivers', 'scope']);
+const conditions = new Map();
+const conditionRows = existsSync(join(root, 'catalogue/conditions.tsv')) ? readTsv(join(root, 'catalogue/conditions.tsv')) : [];
+for (const r of conditionRows) {
+  if (!CONDITION_KINDS.has(r.condition)) {
+    console.error(`gen-catalogue: catalogue/conditions.tsv: ${r.clause}: unknown condition "${r.condition}" (one of ${[...CONDITION_KINDS].join(', ')})`);
+    process.exit(1);
+  }
+  if (!sitesOf.has(r.clause)) {
+    console.error(`gen-catalogue: catalogue/conditions.tsv: ${r.clause} has no check site`);
+    process.exit(1);
+  }
+  if (!conditions.has(r.clause)) conditions.set(r.clause, []);
+  conditions.get(r.clause).push({ kind: r.condition, note: r.note });
+}
 
 let specRows;
 const own = join(root, 'catalogue/clauses.tsv');
@@ -73,12 +74,13 @@ for (const [rows, spec] of [[specRows, true], [structRows, false]]) {
     known.add(r.id);
     const c = [...(checks.get(r.id) ?? [])].sort();
     const t = [...(tests.get(r.id) ?? [])].sort();
+    const negatives = [...new Set((claims.get(r.id) ?? []).map((x) => (x.test ? `${x.file} > ${x.test}` : x.file)))].sort();
     let status = r.declared || 'open';
     let reason = r.reason || '';
-    if (c.length > 0 && negatives.has(r.id)) {
-      status = 'enforced';
-      reason = r.declared === 'not-checkable' || r.declared === 'unsupported' ? '' : reason;
-    } else if (t.length > 0) status = 'tested';
+    // A stale declaration (not-checkable / unsupported for a clause with a check and a negative
+    // test) keeps its words in `declared`: test/catalogue.test.ts fails on it.
+    if ((sitesOf.get(r.id) ?? []).some((x) => x.uncaught === undefined) && negatives.length > 0) status = 'enforced';
+    else if (t.length > 0) status = 'tested';
     entries.push({
       id: r.id,
       section: r.section,
@@ -91,11 +93,15 @@ for (const [rows, spec] of [[specRows, true], [structRows, false]]) {
       checks: c,
       tests: t,
       spec,
+      declared: r.declared || 'open',
+      sites: sitesOf.get(r.id) ?? [],
+      negatives,
+      conditions: conditions.get(r.id) ?? [],
     });
   }
 }
 
-const unknown = [...new Set([...checks.keys(), ...tests.keys()])].filter((id) => !known.has(id));
+const unknown = [...new Set([...checks.keys(), ...tests.keys(), ...claims.keys(), ...labels.map((l) => l.clause)])].filter((id) => !known.has(id));
 if (unknown.length > 0) {
   console.error(`gen-catalogue: ids used in code but not in the catalogue: ${unknown.join(', ')}`);
   process.exit(1);

@@ -19,7 +19,25 @@ interface Writable {
 
 /** The JSON form: one object per spec clause (all 795 unless filtered). */
 export function conformanceJson(clauses: readonly ClauseEntry[]): object[] {
-  return clauses.map((c) => ({ id: c.id, side: c.side, level: c.level, status: c.status, reason: c.reason, tests: c.tests, checks: c.checks, summary: c.summary }));
+  return clauses.map((c) => ({
+    id: c.id,
+    side: c.side,
+    level: c.level,
+    status: c.status,
+    reason: c.reason,
+    tests: c.tests,
+    checks: c.checks,
+    summary: c.summary,
+    declared: c.declared,
+    sites: c.sites,
+    negatives: c.negatives,
+    conditions: c.conditions,
+  }));
+}
+
+/** `[off-by-default: ...]`: what limits a clause's checks, for the listing. */
+function conditionNote(c: ClauseEntry): string {
+  return c.conditions.map((k) => `  [${k.kind}: ${k.note}]`).join('');
 }
 
 export function runConformance(opts: ConformanceOptions, out: Writable): number {
@@ -40,12 +58,14 @@ export function runConformance(opts: ConformanceOptions, out: Writable): number 
   }
   if (opts.list) {
     for (const c of clauses) {
-      out.write(`${c.id.padEnd(48)} ${c.status.padEnd(13)} ${c.level.padEnd(10)} ${c.summary}${c.reason ? `  [${c.reason}]` : ''}\n`);
+      const sites = c.sites.length > 0 ? `  {${c.sites.map((x) => `${x.file}:${x.line}${x.uncaught !== undefined ? ' (uncaught by tests)' : ''}`).join(', ')}}` : '';
+      out.write(`${c.id.padEnd(48)} ${c.status.padEnd(13)} ${c.level.padEnd(10)} ${c.summary}${c.reason ? `  [${c.reason}]` : ''}${conditionNote(c)}${sites}\n`);
     }
     return 0;
   }
   out.write('VIRTIO 1.4 cs01 normative statements: coverage by virtio-ts\n');
-  out.write('enforced = runtime check + negative test naming the clause; tested = test only\n\n');
+  out.write('enforced = a named check site reports the clause through the monitor + a negative test claims it\n');
+  out.write('           (scripts/check-sites.mjs; proved by npm run audit:mutation); tested = test only\n\n');
   const header = ['part', 'side', ...STATUSES, 'total'];
   const rows: string[][] = [];
   const totals = new Map<string, number>();
@@ -64,7 +84,12 @@ export function runConformance(opts: ConformanceOptions, out: Writable): number 
   out.write(line(header));
   out.write(line(widths.map((w) => '-'.repeat(w))));
   for (const r of rows) out.write(line(r));
-  out.write('\nvirtio-ts conformance --list        every clause with its status and summary\n');
-  out.write('virtio-ts conformance --json        the same as JSON ({id, side, level, status, reason, tests})\n');
+  const limited = clauses.filter((c) => c.status === 'enforced' && c.conditions.length > 0);
+  if (limited.length > 0) {
+    out.write(`\nEnforced, with conditions or a narrower scope (${limited.length}; catalogue/conditions.tsv):\n`);
+    for (const c of limited) for (const k of c.conditions) out.write(`  ${c.id.padEnd(44)} ${k.kind.padEnd(27)} ${k.note}\n`);
+  }
+  out.write('\nvirtio-ts conformance --list        every clause with its status, summary, conditions and check sites\n');
+  out.write('virtio-ts conformance --json        the same as JSON ({id, side, level, status, reason, tests, sites, negatives, conditions})\n');
   return 0;
 }

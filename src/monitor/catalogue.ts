@@ -28,12 +28,47 @@ export interface ClauseEntry {
   summary: string;
   status: CoverageStatus;
   reason: string;
-  /** Source files that report the clause at run time. */
+  /** Source files that report the clause at run time (the files of `sites`). */
   checks: readonly string[];
-  /** Test files that assert the clause id in a verdict. */
+  /** Test files that name the clause id (a literal, never a comment). */
   tests: readonly string[];
   /** True for the spec's catalogue (795 ids); false for the project's struct.* rules. */
   spec: boolean;
+  /** The status catalogue/clauses.tsv declares (used when the code neither checks nor tests it). */
+  declared: CoverageStatus;
+  /** The named check sites that report the clause through the monitor (scripts/check-sites.mjs). */
+  sites: readonly CheckSite[];
+  /** The negative tests that claim the clause: `file` or `file > test name pattern`. */
+  negatives: readonly string[];
+  /** What limits the checks (catalogue/conditions.tsv): off by default, transports, scope. */
+  conditions: readonly CheckCondition[];
+}
+
+/** A place in src/ that reports a clause through the monitor, by a stable name. */
+export interface CheckSite {
+  /** `clause@file:Class.method` (`#2` ... for further sites of the clause in the same function). */
+  name: string;
+  /** The source file, from the package root (`src/...`). */
+  file: string;
+  /** The line of the clause literal. */
+  line: number;
+  /**
+   * Set when the full mutation audit found that disabling this site fails no negative test
+   * (catalogue/uncaught-sites.tsv): the reason. Such a site does not make its clause enforced.
+   */
+  uncaught?: string;
+}
+
+/**
+ * A limit on a clause's checks: `off-by-default` (an option turns them on),
+ * `sync-transport-only` (run only where notify returns after the device's work),
+ * `not-reached-by-own-drivers` (the project's own drivers never give the peer the chance to
+ * break it; an embedder's driver can), `scope` (the clause says more than the checks cover).
+ */
+export interface CheckCondition {
+  kind: 'off-by-default' | 'sync-transport-only' | 'not-reached-by-own-drivers' | 'scope';
+  /** What the condition is, in a sentence. */
+  note: string;
 }
 
 const byId = new Map<string, ClauseEntry>();

@@ -138,3 +138,22 @@ test('console driver checks: a device that takes an emerg_wr write for an error 
   assert.deepEqual(honest.monitor.verdicts, []);
   assert.equal(honest.stats.emergency, 1);
 });
+
+test('console device checks: a device-writable buffer in the control transmitq (console.device-operation.driver.2)', async () => {
+  const devMon = new Monitor({ mode: 'tolerant' });
+  const mk = () => new ConsoleDevice({ ports: [{ backend: new MemoryConsoleEndpoint() }, { backend: new MemoryConsoleEndpoint() }], monitor: devMon });
+  const { driver } = roguePair(mk(), devMon, new Monitor());
+  await driver.start();
+  await driver.waitForPort(1);
+  assert.equal(devMon.verdicts.length, 0);
+  const mem = driver.transport.memory;
+  const ctrlTx = driver.queues[3]; // receiveq0, transmitq0, control receiveq, control transmitq
+  const a = driver.allocator.alloc(16);
+  mem.writeU32(a, 1); // port 1
+  mem.writeU16(a + 4, ConsoleEvent.PORT_OPEN);
+  mem.writeU16(a + 6, 1);
+  ctrlTx.begin().addReadable(a, 8).addWritable(a + 8, 8).commit({ kind: 'transmit', item: { outstanding: 1, off: 0, data: new Uint8Array(1), resolve: () => undefined, reject: () => undefined }, addr: a });
+  driver.kick(ctrlTx);
+  await until(() => devMon.verdicts.length > 0, 'a verdict');
+  assert.deepEqual(devMon.verdicts.map((v) => v.clause), ['console.device-operation.driver.2']);
+});
