@@ -318,7 +318,6 @@ test('pci: every configuration and BAR offset and width, read and written: no ex
 // ---------------------------------------------------------------- devices that break a clause, judged by the driver-side transports
 
 test('mmio driver side: mmio.device-register-layout.device.4 (undefined InterruptStatus bits; the driver ignores them: mmio.device-register-layout.driver.15)', async () => {
-  assert.ok(['mmio.device-register-layout.driver.15'].length === 1);
   const mem = GuestMemory.create(1 << 20);
   const device = new RngDevice();
   const model = new VirtioMmioDevice(device, mem);
@@ -327,7 +326,9 @@ test('mmio driver side: mmio.device-register-layout.device.4 (undefined Interrup
   const drvMon = new Monitor({ mode: 'tolerant' });
   const driver = new RngDriver(await MmioTransport.open(directMmioBus(model), mem, { monitor: drvMon }), { monitor: drvMon });
   await driver.start();
-  await driver.read(8);
+  // mmio.device-register-layout.driver.15: the unknown bit is disregarded, the driver still serves.
+  const bytes = await driver.read(8);
+  assert.equal(bytes.length, 8);
   assert.ok(drvMon.verdicts.some((v) => v.clause === 'mmio.device-register-layout.device.4'));
 });
 
