@@ -46,6 +46,14 @@ export interface DeviceHost {
   readonly synchronous?: boolean;
   /** Whether the transport carries VIRTIO_F_NOTIFICATION_DATA values; the bit is offered only then. */
   readonly notificationData?: boolean;
+  /**
+   * True while the driver uses the legacy interface of a transitional device (virtio-mmio
+   * version 1, the PCI legacy I/O BAR): the legacy sequence of 3.1.2 has no FEATURES_OK, the
+   * driver sees feature bits 0-31 only (pci.legacy-device-layout.device.4) and its features take
+   * effect when written; rings are split. Read at each driver action, so a transitional host
+   * can answer by which interface the driver used since the last reset.
+   */
+  readonly legacy?: boolean;
 }
 
 /** How one device is set up beyond its type. */
@@ -112,7 +120,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
    * afterwards a DeviceError 'features-locked'.
    */
   withholdFeatures(bits: bigint): void {
-    if (this.statusValue & Status.FEATURES_OK) throw new DeviceError('features-locked', `${this.name}: features cannot be withheld after FEATURES_OK`);
+    if (this.featuresFixed) throw new DeviceError('features-locked', `${this.name}: features cannot be withheld after FEATURES_OK`);
     this.offeredBits &= ~bits;
   }
   /** Features the driver wrote (meaningful once FEATURES_OK is accepted). */
@@ -207,7 +215,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     this.mem = mem;
     this.host = host;
     // Re-attaching (a new guest memory table) keeps the ring format already negotiated.
-    this.makeQueues(this.statusValue & Status.FEATURES_OK && hasFeature(this.driverFeatures, Feature.RING_PACKED) ? 'packed' : 'split');
+    this.makeQueues(this.featuresFixed && hasFeature(this.driverFeatures, Feature.RING_PACKED) ? 'packed' : 'split');
   }
 
   /** The ring format in use: split until FEATURES_OK is accepted with VIRTIO_F_RING_PACKED. */
@@ -265,7 +273,26 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
 
   /** Whether a negotiated feature is on. */
   negotiated(featureBit: number): boolean {
-    return (this.statusValue & Status.FEATURES_OK) !== 0 && hasFeature(this.driverFeatures, featureBit);
+    return this.featuresFixed && hasFeature(this.driverFeatures, featureBit);
+  }
+
+  /** Features are in effect: FEATURES_OK accepted, or (legacy interface) the driver's features accepted when written. */
+  private get featuresFixed(): boolean {
+    return (this.statusValue & Status.FEATURES_OK) !== 0 || this.legacyAccepted;
+  }
+
+  /** Legacy interface (3.1.2): the features the driver wrote were accepted (there is no FEATURES_OK). */
+  private legacyAccepted = false;
+
+  /** Whether the driver uses the legacy interface now (see DeviceHost.legacy). */
+  private get legacy(): boolean {
+    return this.host?.legacy === true;
+  }
+
+  /** Legacy interface: accepts the driver's features as written (they take effect at once). */
+  private legacyAccept(): void {
+    this.legacyAccepted = false;
+    this.legacyAccepted = this.acceptFeatures(true);
   }
 
   // ---------------------------------------------------------------- verdicts
@@ -374,9 +401,11 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       }
     }
     if (added & Status.FAILED) this.onFailed();
+    // Legacy (3.1.2): a driver that accepted no features never wrote them; DRIVER_OK fixes them.
+    if (added & Status.DRIVER_OK && this.legacy && !this.legacyAccepted) this.legacyAccept();
     // DEVICE_NEEDS_RESET is the device's own bit: it survives driver writes (and may have just been set).
     this.statusValue = next | (this.statusValue & Status.DEVICE_NEEDS_RESET);
-    if (added & Status.DRIVER_OK && (next & Status.FEATURES_OK) && !(next & Status.FAILED)) this.goLive();
+    if (added & Status.DRIVER_OK && (next & Status.FEATURES_OK || this.legacyAccepted) && !(next & Status.FAILED)) this.goLive();
   }
 
   /**
@@ -395,14 +424,17 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
         break;
       }
     }
-    if (what === undefined && added & Status.DRIVER_OK && !(old & Status.FEATURES_OK)) what = 'DRIVER_OK without FEATURES_OK having been accepted first';
+    if (what === undefined && added & Status.DRIVER_OK && !(old & Status.FEATURES_OK) && !this.legacy) what = 'DRIVER_OK without FEATURES_OK having been accepted first';
     if (what === undefined) return false;
     this.violation('init.sequence.driver.1', `driver set ${what} (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
     return true;
   }
 
-  /** Checks the driver's features when it sets FEATURES_OK. False: FEATURES_OK is refused. */
-  private acceptFeatures(): boolean {
+  /**
+   * Checks the driver's features when it sets FEATURES_OK (`legacy`: when a legacy driver writes
+   * them; VERSION_1 and the high bits are then out of its sight). False: FEATURES_OK is refused.
+   */
+  private acceptFeatures(legacy = false): boolean {
     const f = this.driverFeatures;
     const unoffered = f & ~this.offered;
     if (unoffered !== 0n) {
@@ -416,7 +448,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       this.violation('basic.features.driver.4', `driver accepted feature bits the spec does not describe for this device type: ${undescribed.join(', ')}`, { bits: undescribed });
       return false;
     }
-    if (!hasFeature(f, Feature.VERSION_1)) {
+    if (!legacy && !hasFeature(f, Feature.VERSION_1)) {
       // reserved.bits.driver.1: a driver must accept VERSION_1 when offered; this device is modern-only.
       this.violation('reserved.bits.driver.1', 'driver did not accept VIRTIO_F_VERSION_1, which the device offers', {});
       return false;
@@ -427,12 +459,14 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       return false;
     }
     if (this.type.validateFeatures !== undefined && !this.type.validateFeatures(f, this.context)) return false;
-    if (hasFeature(this.offered, Feature.RING_PACKED) && !hasFeature(f, Feature.RING_PACKED)) {
+    if (!legacy && hasFeature(this.offered, Feature.RING_PACKED) && !hasFeature(f, Feature.RING_PACKED)) {
       this.violation('reserved.bits.driver.6', 'driver declined VIRTIO_F_RING_PACKED, which the device offers', {});
     }
     this.negotiatedOnce = f;
     // The ring format is fixed from here on (queues are configured after FEATURES_OK).
-    this.makeQueues(hasFeature(f, Feature.RING_PACKED) ? 'packed' : 'split');
+    const format = hasFeature(f, Feature.RING_PACKED) ? 'packed' : 'split';
+    // Legacy: queues may already be configured (features written again); keep them when the format stays.
+    if (!legacy || this.ringFormat !== format) this.makeQueues(format);
     this.type.featuresOk?.(f, this.context);
     return true;
   }
@@ -529,6 +563,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
   reset(): void {
     this.type.stop?.('reset', this.context);
     this.featuresRefused = false;
+    this.legacyAccepted = false;
     this.queueNeedsSetup.length = 0;
     this.suspendState = 'running';
     this.deferredConfig = [];
@@ -554,6 +589,13 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       return;
     }
     this.afterRefusal('wrote its features again');
+    if (this.legacy) {
+      if (s & Status.DRIVER_OK) return; // legacy: the features in use stay while live
+      if (!(s & Status.DRIVER)) this.violation('basic.status.driver.1', `driver wrote features without having set ACKNOWLEDGE and DRIVER (status ${statusNames(s)})`, { status: s });
+      this.driverFeatures = features & 0xffffffffn; // pci.legacy-device-layout.device.4
+      this.legacyAccept();
+      return;
+    }
     if (s & Status.FEATURES_OK) {
       if (features !== this.driverFeatures) {
         this.violation('init.sequence.driver.4', `driver changed its features after FEATURES_OK (${featureNames(features ^ this.driverFeatures, this.featureNames).join(', ')})`, {});
@@ -631,7 +673,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       this.violation('init.suspend.driver.5', `driver wrote configuration space (offset ${offset}) while the device is suspended`, { offset, size });
       return;
     }
-    if (!(s & Status.FEATURES_OK)) {
+    if (!(s & Status.FEATURES_OK) && !this.legacyAccepted) {
       this.violation('init.sequence.driver.3', `driver wrote configuration space (offset ${offset}, ${size} bytes) before FEATURES_OK`, { offset, size, status: s });
       if (this.monitor.strict) return;
     }
@@ -668,7 +710,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       this.violation('init.sequence.driver.6', `driver ${what} for queue ${index} after setting FAILED`, { queue: index });
       return null;
     }
-    if (!(s & Status.FEATURES_OK)) {
+    if (!(s & Status.FEATURES_OK) && !this.legacy) {
       this.violation('init.sequence.driver.1', `driver ${what} for queue ${index} before FEATURES_OK (status ${statusNames(s)})`, { queue: index, status: s });
       if (this.monitor.strict) return null;
     }

@@ -290,6 +290,24 @@ export class VirtioDriver<T extends {} | null = {} | null> {
       // basic.features.driver.3/.4/.7: unknown bits are ignored, never accepted, never a reason to fail.
       let accept = this.offered & this.wanted;
       if (unmetDependency(this.options.deviceId, accept) !== null) accept = this.dropUnmetDependencies(accept);
+      if (t.legacy !== undefined) {
+        // 3.1.2 (legacy sequence): features take effect as written; no FEATURES_OK step.
+        accept &= 0xffffffffn;
+        await t.setDriverFeatures(accept);
+        this.beyondFeaturesOk = true;
+        this.features = accept;
+        this.notificationData = false;
+        if (hooks.setup) await hooks.setup();
+        this.checkpoint();
+        if (this.queues.some((q) => q.peekUsed())) this.deviceViolation('basic.status.device.1', 'device consumed buffers before DRIVER_OK', {});
+        this.driverOkSet = true;
+        const before = this.configNotifications;
+        await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.DRIVER_OK);
+        this.checkpoint();
+        this.state = 'live';
+        if (this.configNotifications !== before) await this.checkStatus();
+        return;
+      }
       if (!hasFeature(accept, Feature.VERSION_1)) {
         throw new DriverError('not-offered', 'device does not offer VIRTIO_F_VERSION_1: legacy devices are not supported (basic.features.driver.6)');
       }
@@ -352,7 +370,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
       // Recorded, never acted on: basic.features.driver.7 forbids failing over unknown offered bits.
       this.deviceViolation('basic.features.device.4', `device offers feature bits the spec does not describe for this device type: ${unknown.join(', ')}`, { bits: unknown }, false, false);
     }
-    if (!hasFeature(offered, Feature.VERSION_1)) {
+    if (!hasFeature(offered, Feature.VERSION_1) && this.transport.legacy === undefined) {
       this.deviceViolation('reserved.bits.device.1', 'device does not offer VIRTIO_F_VERSION_1 (a modern device must)', {});
     }
     const broken = unmetDependency(id, offered);
@@ -533,10 +551,20 @@ export class VirtioDriver<T extends {} | null = {} | null> {
     const max = await t.queueMaxSize(index);
     if (max === 0) throw new DriverError('no-queue', `queue ${index} is not available on this device`);
     const format = this.negotiated(Feature.RING_PACKED) ? 'packed' : 'split';
-    let size = Math.min(options.size ?? this.queueSize, max);
+    const legacy = t.legacy;
+    let size = legacy?.fixedQueueSize === true ? max : Math.min(options.size ?? this.queueSize, max);
     if (format === 'split') size = 1 << Math.floor(Math.log2(size)); // split sizes are powers of two (2.7)
     const indirect = this.negotiated(Feature.INDIRECT_DESC) ? Math.min(this.indirectMax, size) : 0;
-    const base = this.allocator.alloc(driverQueueFootprint(format, size, indirect), 4096);
+    // Legacy (2.7.2): one block from a page boundary, the used ring at the next queueAlign boundary.
+    const usedAlign = legacy?.queueAlign;
+    const bytes = driverQueueFootprint(format, size, indirect) + (usedAlign ?? 0);
+    let base = this.allocator.alloc(bytes, Math.max(4096, usedAlign ?? 0));
+    if (legacy !== undefined && base === 0) {
+      // A legacy queue address is a page number where 0 means "no queue": never page 0.
+      const first = base;
+      base = this.allocator.alloc(bytes, Math.max(4096, usedAlign ?? 0));
+      this.allocator.release(first);
+    }
     const old = this.ringAllocations.get(index);
     if (old !== undefined) this.allocator.release(old);
     this.ringAllocations.set(index, base);
@@ -552,6 +580,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
         indirectMax: indirect,
         auditReadable: this.options.auditReadable ?? false,
         inOrder: this.negotiated(Feature.IN_ORDER),
+        ...(usedAlign === undefined ? {} : { usedAlign }),
       },
       this.monitor,
       (v, fatal) => this.onDeviceVerdict(v, fatal),

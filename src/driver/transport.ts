@@ -63,6 +63,17 @@ export interface DriverTransport {
   queueResetPending?(index: number): Promise<boolean>;
   /** Whether the queue is enabled (queue_enable). */
   queueEnabled?(index: number): Promise<boolean>;
+  /**
+   * The device is driven through a legacy interface (virtio-mmio version 1, the PCI legacy I/O
+   * BAR): the driver follows 3.1.2 (no FEATURES_OK, feature bits 0-31 only, split rings laid
+   * out as 2.7.2's legacy layout).
+   */
+  readonly legacy?: {
+    /** Alignment of the used ring from the descriptor table's start (legacy QueueAlign: 4096 on PCI). */
+    readonly queueAlign: number;
+    /** The queue size is the device's maximum and cannot be chosen (PCI legacy: Queue Size is read-only). */
+    readonly fixedQueueSize: boolean;
+  };
   /** Registers the driver's notification handlers (one set per transport). */
   listen(events: TransportEvents): void;
   /** Lets go of the transport's resources (sockets, pending notifications). */

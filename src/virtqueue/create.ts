@@ -34,7 +34,7 @@ export function createDriverQueue<T extends {} | null = {} | null>(
   sink: ViolationSink,
 ): DriverQueue<T> {
   const indirectMax = options.indirect ? options.indirectMax : 0;
-  const layout = format === 'packed' ? layoutPackedQueue(base, size, indirectMax) : layoutSplitQueue(base, size, indirectMax);
+  const layout = format === 'packed' ? layoutPackedQueue(base, size, indirectMax) : layoutSplitQueue(base, size, indirectMax, options.usedAlign);
   // The same options for both formats: the layout puts each format's indirect pool.
   const ringOptions = {
     eventIdx: options.eventIdx,

@@ -212,4 +212,6 @@ export interface DriverQueueOptions {
   indirectMax: number;
   /** See DriverRingOptions.auditReadable. */
   auditReadable?: boolean;
+  /** Split rings of a legacy interface (2.7.2): the used ring starts at this alignment (QueueAlign). */
+  usedAlign?: number;
 }

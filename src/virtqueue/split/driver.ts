@@ -47,12 +47,16 @@ export function splitQueueFootprint(size: number, indirectMax = 0): number {
   return descTableSize(size) + 16 + availRingSize(size) + 16 + usedRingSize(size) + 16 + size * indirectMax * DESC_SIZE;
 }
 
-/** Lays out rings (and the indirect pool) from `base`, honouring split.alignment.driver.1. */
-export function layoutSplitQueue(base: number, size: number, indirectMax = 0): RingAddresses & { pool: number; end: number } {
+/**
+ * Lays out rings (and the indirect pool) from `base`, honouring split.alignment.driver.1;
+ * `usedAlign` > 4 is the legacy layout (2.7.2): descriptors from a page boundary, the used ring
+ * at that alignment.
+ */
+export function layoutSplitQueue(base: number, size: number, indirectMax = 0, usedAlign = 4): RingAddresses & { pool: number; end: number } {
   const align = (x: number, a: number) => Math.ceil(x / a) * a;
-  const desc = align(base, 16);
+  const desc = align(base, usedAlign > 4 ? 4096 : 16);
   const avail = align(desc + descTableSize(size), 2);
-  const used = align(avail + availRingSize(size), 4);
+  const used = align(avail + availRingSize(size), usedAlign);
   const pool = align(used + usedRingSize(size), 16);
   return { desc, avail, used, pool, end: pool + size * indirectMax * DESC_SIZE };
 }
