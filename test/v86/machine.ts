@@ -29,6 +29,12 @@ export interface Registers {
   write(offset: number, size: number, value: number): void;
 }
 
+/** A PCI function's configuration space (VirtioPciDevice has these). */
+export interface PciConfig {
+  configRead(offset: number, size: number): number;
+  configWrite(offset: number, size: number, value: number): void;
+}
+
 interface V86Io {
   ports: unknown[];
   register_read(port: number, device: object, r8?: (port: number) => number, r16?: (port: number) => number, r32?: (port: number) => number): void;
@@ -36,12 +42,16 @@ interface V86Io {
   mmap_register(addr: number, size: number, r8: (addr: number) => number, w8: (addr: number, v: number) => void, r32?: (addr: number) => number, w32?: (addr: number, v: number) => void): void;
 }
 interface V86Pci {
+  pci_write8(address: number, value: number): void;
+  pci_write16(address: number, value: number): void;
+  pci_write32(address: number, value: number): void;
   register_device(device: { pci_id: number; pci_space: number[]; pci_bars: ({ size: number } | undefined)[]; name: string }): Int32Array;
   raise_irq(pciId: number): void;
   lower_irq(pciId: number): void;
 }
 interface V86Cpu {
   mem8: Uint8Array;
+  wasm_memory: { readonly buffer: ArrayBuffer };
   io: V86Io;
   devices: { pci: V86Pci };
   device_raise_irq(line: number): void;
@@ -100,7 +110,25 @@ export class V86Machine {
     readonly cpu: V86Cpu,
   ) {
     const ram = cpu.mem8;
-    this.memory = new GuestMemory([{ guestAddr: 0, size: ram.length, buffer: ram.buffer, offset: ram.byteOffset }]);
+    const offset = ram.byteOffset;
+    const size = ram.length;
+    this.memory = new GuestMemory([{ guestAddr: 0, size, buffer: ram.buffer, offset, concurrent: false }]);
+    // v86's wasm memory grows while it runs (its JIT allocates), and every growth detaches the
+    // ArrayBuffer the region's views were made over; a device completing a request after that
+    // would write through a dead view. The views are therefore re-made, on access, whenever the
+    // memory's buffer has changed (queues keep the region, not its views).
+    const wasm = cpu.wasm_memory;
+    const region = this.memory.regions[0];
+    let buffer = wasm.buffer;
+    let views = { bytes: region.bytes, view: region.view, u32: region.u32 };
+    const fresh = () => {
+      if (wasm.buffer !== buffer) {
+        buffer = wasm.buffer;
+        views = { bytes: new Uint8Array(buffer, offset, size), view: new DataView(buffer, offset, size), u32: new Uint32Array(buffer, offset, size >> 2) };
+      }
+      return views;
+    };
+    for (const key of ['bytes', 'view', 'u32'] as const) Object.defineProperty(region, key, { get: () => fresh()[key] });
     // Device writes into guest RAM: v86 drops JIT code compiled from those pages (cpu.write_blob does the same).
     this.memory.onWrite = (addr, length) => cpu.jit_dirty_cache(addr, addr + length);
     emulator.add_listener('serial0-output-byte', (b: number) => {
@@ -138,8 +166,11 @@ export class V86Machine {
       initrd: { buffer: initrd.buffer },
       cmdline: options.cmdline,
       memory_size: options.memorySize ?? 128 << 20,
-      // ACPI: the firmware's tables (and with them the IOAPIC), which the SSDT extends.
-      acpi: true,
+      // ACPI (the firmware's tables, and with them the IOAPIC) only for virtio-mmio windows, which
+      // the SSDT adds to them: under v86's ACPI, Linux 6.1 stops registering PCI functions after
+      // the first one or two (test/v86/linux.test.ts says more), so PCI boots without it and
+      // routes INTx through the firmware's PIRQ table and the 8259s.
+      acpi: (options.mmio?.length ?? 0) > 0,
       autostart: false,
       disable_keyboard: true,
       disable_mouse: true,
@@ -163,31 +194,55 @@ export class V86Machine {
   mapMmio(window: MmioWindow, regs: Registers): void {
     const GRANULE = 1 << 17;
     if (window.base % GRANULE !== 0 || window.size > GRANULE) throw new RangeError(`virtio-mmio window at 0x${window.base.toString(16)}: v86 maps 128 KiB-aligned granules`);
-    const inside = (addr: number, size: number) => addr - window.base + size <= window.size;
+    // v86 hands the handlers the address as a signed 32-bit integer.
+    const offset = (addr: number, size: number) => {
+      const o = (addr >>> 0) - window.base;
+      return o >= 0 && o + size <= window.size ? o : -1;
+    };
     this.cpu.io.mmap_register(
       window.base,
       GRANULE,
-      (addr) => (inside(addr, 1) ? regs.read(addr - window.base, 1) & 0xff : 0xff),
-      (addr, v) => {
-        if (inside(addr, 1)) regs.write(addr - window.base, 1, v);
+      (addr) => {
+        const o = offset(addr, 1);
+        return o < 0 ? 0xff : regs.read(o, 1) & 0xff;
       },
-      (addr) => (inside(addr, 4) ? regs.read(addr - window.base, 4) | 0 : -1),
       (addr, v) => {
-        if (inside(addr, 4)) regs.write(addr - window.base, 4, v >>> 0);
+        const o = offset(addr, 1);
+        if (o >= 0) regs.write(o, 1, v & 0xff);
+      },
+      (addr) => {
+        const o = offset(addr, 4);
+        return o < 0 ? -1 : regs.read(o, 4) | 0;
+      },
+      (addr, v) => {
+        const o = offset(addr, 4);
+        if (o >= 0) regs.write(o, 4, v >>> 0);
       },
     );
   }
 
   /**
-   * Puts a PCI function at device number `slot` of bus 0 with `config` (at least its first 64
-   * bytes; up to 256) as its configuration space, which v86 then owns: it answers the guest's
-   * config reads from its copy and keeps its writes (BAR sizing and moves, command, interrupt
-   * line), so only what is fixed at creation reaches the guest. `ioBars` become I/O BARs on
-   * v86's port table (sizes powers of two, at most 256 bytes). Returns the INTx line setter.
+   * Puts `fn` on bus 0 as device number `slot`. v86 keeps its own copy of each function's
+   * configuration space and answers the guest's config reads from it, so the copy is taken
+   * from `fn` now and, after every config write v86 takes (outside the BARs and the ROM
+   * address, which v86 handles itself), the write is passed to `fn` and the dword re-read from
+   * it: read-only bits stay read-only and the function sees its command register. `ioBars`
+   * become I/O BARs on v86's port table (sizes powers of two, at most 256 bytes; v86 moves the
+   * port handlers when the firmware or Linux reassigns a BAR). Returns the INTx line setter.
    */
-  addPci(slot: number, config: Uint8Array, ioBars: readonly { bar: number; size: number; regs: Registers }[], name = 'virtio-ts'): (level: boolean) => void {
-    const space = Array.from(config.subarray(0, 256));
-    while (space.length < 256) space.push(0);
+  addPci(slot: number, fn: PciConfig, ioBars: readonly { bar: number; size: number; regs: Registers }[], name = 'virtio-ts'): (level: boolean) => void {
+    // The PCI configuration access capability's data field (4.1.4.9) is a window onto the BARs:
+    // reading it is an access through the capability, so the copy leaves it out (v86 could not
+    // serve that window anyway: it answers config reads from its copy).
+    let pciCfgData = -1;
+    for (let cap = fn.configRead(0x34, 1) & 0xfc, n = 0; cap !== 0 && n < 48; cap = fn.configRead(cap + 1, 1) & 0xfc, n++) {
+      if (fn.configRead(cap, 1) === 0x09 && fn.configRead(cap + 3, 1) === 5) pciCfgData = cap + 16;
+    }
+    const space: number[] = [];
+    for (let o = 0; o < 256; o += 4) {
+      const v = o === pciCfgData ? 0 : fn.configRead(o, 4) >>> 0;
+      space.push(v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24);
+    }
     const device = { pci_id: slot << 3, pci_space: space, pci_bars: [] as ({ size: number } | undefined)[], name };
     for (const { bar, size, regs } of ioBars) {
       if (size & (size - 1) || size > 256) throw new RangeError(`I/O BAR ${bar}: size ${size} is not a power of two up to 256`);
@@ -209,12 +264,23 @@ export class V86Machine {
           (v) => regs.write(o, 4, v >>> 0),
         );
       }
-      const at = 0x10 + 4 * bar;
-      space.splice(at, 4, (port & 0xfc) | 1, (port >>> 8) & 0xff, 0, 0);
+      space.splice(0x10 + 4 * bar, 4, (port & 0xfc) | 1, (port >>> 8) & 0xff, 0, 0);
       device.pci_bars[bar] = { size };
     }
-    this.cpu.devices.pci.register_device(device);
+    const copy = this.cpu.devices.pci.register_device(device);
     const pci = this.cpu.devices.pci;
+    const bdf = slot << 3;
+    for (const size of [1, 2, 4] as const) {
+      const key = `pci_write${size * 8}` as 'pci_write8' | 'pci_write16' | 'pci_write32';
+      const v86Write = pci[key].bind(pci);
+      pci[key] = (address: number, value: number) => {
+        v86Write(address, value);
+        const reg = address & 0xff;
+        if (((address >> 8) & 0xffff) !== bdf || (reg >= 0x10 && reg < 0x28) || (reg >= 0x30 && reg < 0x34)) return;
+        fn.configWrite(reg, size, size === 4 ? value >>> 0 : value & ((1 << (size * 8)) - 1));
+        if ((reg & ~3) !== pciCfgData) copy[reg >> 2] = fn.configRead(reg & ~3, 4) | 0;
+      };
+    }
     return (level) => (level ? pci.raise_irq(device.pci_id) : pci.lower_irq(device.pci_id));
   }
 
