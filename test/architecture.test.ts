@@ -26,7 +26,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/virtqueue/create.ts'], // the one place above both ring formats
   ['src/device/', 'src/driver/'],
   ['src/devices/*/', 'src/drivers/'],
-  ['src/transports/loopback/', 'src/transports/vhost-user/'],
+  ['src/transports/loopback/', 'src/transports/vhost-user/', 'src/transports/mmio/', 'src/transports/pci/'],
   ['src/node/'],
   ['src/testing/'],
   ['src/cli/'],

@@ -203,7 +203,7 @@ export class VirtioMmioDevice implements DeviceHost {
       this.violation('mmio.device-register-layout.driver.1', `driver wrote the read-only register at 0x${offset.toString(16)}`, { offset, value: Number(value) });
       return;
     }
-    this.writeRegister(offset, Number(BigInt.asUintN(32, BigInt(value))));
+    this.writeRegister(offset, Number(BigInt.asUintN(32, toBigInt(value))));
   }
 
   /** Control registers: 32 bits wide and aligned only (mmio.device-register-layout.driver.2), and only the ones the table has (driver.1). */
@@ -313,11 +313,7 @@ export class VirtioMmioDevice implements DeviceHost {
         return;
       }
       case R.GuestPageSize:
-        if (value === 0 || value > LEGACY_MAX_PAGE || (value & (value - 1)) !== 0) {
-          this.violation('mmio.device-register-layout.driver.1', `driver wrote GuestPageSize ${value}, not a power of 2 up to 64 KiB`, { value });
-          return;
-        }
-        this.pageSize = value;
+        if (this.legacySize('GuestPageSize', value)) this.pageSize = value;
         return;
       case R.QueueSel:
         this.queueSel = value;
@@ -326,11 +322,7 @@ export class VirtioMmioDevice implements DeviceHost {
         this.writeQueueSize(value);
         return;
       case R.QueueAlign:
-        if (value === 0 || value > LEGACY_MAX_PAGE || (value & (value - 1)) !== 0) {
-          this.violation('mmio.device-register-layout.driver.1', `driver wrote QueueAlign ${value}, not a power of 2 up to 64 KiB`, { value });
-          return;
-        }
-        this.queueAlign = value;
+        if (this.legacySize('QueueAlign', value)) this.queueAlign = value;
         return;
       case R.QueuePFN:
         this.writeQueuePfn(value);
@@ -374,6 +366,13 @@ export class VirtioMmioDevice implements DeviceHost {
         if (value === 1) this.resetQueue();
         return;
     }
+  }
+
+  /** Legacy GuestPageSize and QueueAlign: a power of 2 up to 64 KiB, else a verdict and the write is ignored. */
+  private legacySize(name: string, value: number): boolean {
+    if (value !== 0 && value <= LEGACY_MAX_PAGE && (value & (value - 1)) === 0) return true;
+    this.violation('mmio.device-register-layout.driver.1', `driver wrote ${name} ${value}, not a power of 2 up to 64 KiB`, { value });
+    return false;
   }
 
   private writeStatus(value: number): void {
@@ -544,7 +543,8 @@ export class VirtioMmioDevice implements DeviceHost {
 
   private writeConfig(offset: number, size: number, value: number | bigint): void {
     if (!this.configAccess(offset, size, 'wrote')) return;
-    this.device.writeConfig(offset, size, value);
+    const v = toBigInt(value);
+    this.device.writeConfig(offset, size, size === 8 ? BigInt.asUintN(64, v) : Number(BigInt.asUintN(size * 8, v)));
   }
 
   // ---------------------------------------------------------------- verdicts
@@ -554,6 +554,12 @@ export class VirtioMmioDevice implements DeviceHost {
     const v = this.device.monitor.report(clause, message, context);
     if (this.device.monitor.shouldAct(v)) this.device.needsReset(`${clause}: ${message}`);
   }
+}
+
+/** An emulator's value as a bigint: integers as they are (negative ones two's complement later), anything else 0. */
+function toBigInt(value: number | bigint): bigint {
+  if (typeof value === 'bigint') return value;
+  return Number.isFinite(value) ? BigInt(Math.trunc(value)) : 0n;
 }
 
 /**

@@ -11,6 +11,7 @@
 import type { DriverTransport, TransportEvents } from '../../driver/transport.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { Monitor } from '../../monitor/monitor.js';
+import { InterruptServicer, probeQueueCount } from '../../driver/register-transport.js';
 import type { RingAddresses } from '../../spec/ring.js';
 import { MmioError, legacySplitLayout, type VirtioMmioDevice } from './device.js';
 import { MMIO_INT_CONFIG, MMIO_INT_VRING, MMIO_MAGIC, MmioReg } from './registers.js';
@@ -74,9 +75,9 @@ export class MmioTransport implements DriverTransport {
   readonly notificationData: boolean;
   private events: TransportEvents | null = null;
   private readonly enabled = new Set<number>();
+  /** Queues reset and not yet seen complete. */
+  private readonly resetting = new Set<number>();
   private queueCount: number | null = null;
-  private servicing = false;
-  private pending = false;
 
   private constructor(
     readonly bus: MmioBus,
@@ -90,7 +91,7 @@ export class MmioTransport implements DriverTransport {
     this.notificationData = version === 2;
     if (version === 1) this.legacy = { queueAlign: options.legacyPageSize ?? 4096, fixedQueueSize: false };
     bus.onInterrupt((level) => {
-      if (level) this.service();
+      if (level) this.servicer.trigger();
     });
   }
 
@@ -176,11 +177,8 @@ export class MmioTransport implements DriverTransport {
 
   /** virtio-mmio has no queue count register: queues are probed until QueueSizeMax reads 0. */
   async numQueues(): Promise<number> {
-    if (this.queueCount !== null) return this.queueCount;
-    let n = 0;
-    while (n < 1024 && (await this.queueMaxSize(n)) > 0) n++;
-    this.queueCount = n;
-    return n;
+    this.queueCount ??= await probeQueueCount((i) => this.queueMaxSize(i));
+    return this.queueCount;
   }
 
   async queueMaxSize(index: number): Promise<number> {
@@ -229,6 +227,7 @@ export class MmioTransport implements DriverTransport {
 
   async resetQueue(index: number): Promise<void> {
     this.enabled.delete(index);
+    this.resetting.add(index);
     await this.bus.write(MmioReg.QueueSel, 4, index);
     await this.bus.write(MmioReg.QueueReset, 4, 1);
   }
@@ -237,7 +236,7 @@ export class MmioTransport implements DriverTransport {
   async queueResetPending(index: number): Promise<boolean> {
     await this.bus.write(MmioReg.QueueSel, 4, index);
     const pending = (await this.bus.read(MmioReg.QueueReset, 4)) !== 0;
-    if (!pending && (await this.bus.read(MmioReg.QueueReady, 4)) !== 0) {
+    if (!pending && this.resetting.delete(index) && (await this.bus.read(MmioReg.QueueReady, 4)) !== 0) {
       this.deviceVerdict('mmio.device-register-layout.device.12', `queue ${index}: QueueReset reads 0 but QueueReady still reads 1 after the reset`, { queue: index });
     }
     return pending;
@@ -253,31 +252,15 @@ export class MmioTransport implements DriverTransport {
    * events to the driver (mmio.notif-from-the-device.driver.1/.3). A used-buffer bit counts for
    * every enabled queue (driver.2); undefined bits are ignored (driver.15).
    */
-  private service(): void {
-    if (this.servicing) {
-      this.pending = true;
-      return;
-    }
-    this.servicing = true;
-    void (async () => {
-      try {
-        do {
-          this.pending = false;
-          const isr = await this.bus.read(MmioReg.InterruptStatus, 4);
-          if (isr & ~3) this.deviceVerdict('mmio.device-register-layout.device.4', `InterruptStatus has undefined bits set (0x${isr.toString(16)})`, { isr });
-          const bits = isr & (MMIO_INT_VRING | MMIO_INT_CONFIG);
-          if (bits === 0) continue;
-          await this.bus.write(MmioReg.InterruptACK, 4, bits);
-          if (bits & MMIO_INT_VRING) for (const q of this.enabled) this.events?.used(q);
-          if (bits & MMIO_INT_CONFIG) this.events?.config();
-        } while (this.pending);
-      } catch {
-        // The bus went away: nothing to deliver.
-      } finally {
-        this.servicing = false;
-      }
-    })();
-  }
+  private readonly servicer = new InterruptServicer(async () => {
+    const isr = await this.bus.read(MmioReg.InterruptStatus, 4);
+    if (isr & ~3) this.deviceVerdict('mmio.device-register-layout.device.4', `InterruptStatus has undefined bits set (0x${isr.toString(16)})`, { isr });
+    const bits = isr & (MMIO_INT_VRING | MMIO_INT_CONFIG);
+    if (bits === 0) return;
+    await this.bus.write(MmioReg.InterruptACK, 4, bits);
+    if (bits & MMIO_INT_VRING) for (const q of this.enabled) this.events?.used(q);
+    if (bits & MMIO_INT_CONFIG) this.events?.config();
+  });
 
   private deviceVerdict(clause: string, message: string, context: Record<string, unknown>): void {
     this.monitor.report(clause, message, context);

@@ -91,6 +91,9 @@ interface Region {
   length: number;
 }
 
+/** The virtio structures in the virtio BAR, in the order accesses look for them (hoisted: the notify path allocates nothing). */
+const REGION_NAMES = ['notify', 'common', 'isr', 'device'] as const;
+
 const MSIX_ENABLE = 0x8000;
 const MSIX_FUNCTION_MASK = 0x4000;
 
@@ -107,6 +110,9 @@ function classCode(deviceId: number): number {
       return 0xff0000;
   }
 }
+
+/** An emulator's value as a bigint (a non-finite number is 0). */
+const toBigInt = (value: number | bigint): bigint => (typeof value === 'bigint' ? value : Number.isFinite(value) ? BigInt(Math.trunc(value)) : 0n);
 
 const pow2 = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 const align = (n: number, a: number) => Math.ceil(n / a) * a;
@@ -363,6 +369,10 @@ export class VirtioPciDevice implements DeviceHost {
 
   /** Reads and clears the ISR (pci.isr-status-cap.device.5). */
   private readIsr(): number {
+    if (this.msixEnabled && !this.legacyActive) {
+      // With MSI-X each vector says what happened: reading the ISR there is a wasted (and slow) access.
+      this.violation('pci.isr-status-cap.driver.1', 'driver read the ISR status while MSI-X is enabled', {});
+    }
     const v = this.isr;
     this.isr = 0;
     this.updateIntx();
@@ -404,6 +414,7 @@ export class VirtioPciDevice implements DeviceHost {
   /** A write of 1, 2 or 4 bytes at `offset` of configuration space. Read-only bits stay. */
   configWrite(offset: number, size: number, value: number): void {
     this.counts.config++;
+    value = Number(BigInt.asUintN(32, toBigInt(value)));
     if (!(size === 1 || size === 2 || size === 4) || offset < 0 || offset + size > 256 || offset % size !== 0) return;
     const dw = offset & ~3;
     const shift = (offset - dw) * 8;
@@ -517,7 +528,7 @@ export class VirtioPciDevice implements DeviceHost {
   /** A write of `size` bytes at `offset` inside BAR `bar`. Never throws. */
   barWrite(bar: number, offset: number, size: number, value: number | bigint): void {
     this.counts.writes++;
-    const v = typeof value === 'bigint' ? value : BigInt(Math.trunc(value));
+    const v = toBigInt(value);
     if (bar === this.virtioBarIndex) this.virtioWrite(offset, size, v);
     else if (bar === this.msixBarIndex) this.msixWrite(offset, size, Number(BigInt.asUintN(32, v)));
     else if (bar === 0 && this.transitional) this.legacyWrite(offset, size, Number(BigInt.asUintN(32, v)));
@@ -539,7 +550,7 @@ export class VirtioPciDevice implements DeviceHost {
 
   private region(offset: number): keyof VirtioPciDevice['regions'] | null {
     const r = this.regions;
-    for (const name of ['common', 'isr', 'device', 'notify'] as const) {
+    for (const name of REGION_NAMES) {
       if (offset >= r[name].offset && offset < r[name].offset + r[name].length) return name;
     }
     return null;

@@ -13,6 +13,7 @@
 import type { DriverTransport, TransportEvents } from '../../driver/transport.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { Monitor } from '../../monitor/monitor.js';
+import { InterruptServicer, probeQueueCount } from '../../driver/register-transport.js';
 import type { RingAddresses } from '../../spec/ring.js';
 import { PciError, type VirtioPciDevice } from './device.js';
 import {
@@ -48,16 +49,23 @@ export interface PciWindow {
  * done.
  */
 export interface PciBus {
+  /** A read of the function's configuration space. */
   configRead(offset: number, size: 1 | 2 | 4): Promise<number>;
+  /** A write of the function's configuration space. */
   configWrite(offset: number, size: 1 | 2 | 4, value: number): Promise<void>;
+  /** A load from memory space (a memory BAR the driver mapped). */
   memRead(address: number, size: 1 | 2 | 4): Promise<number>;
+  /** A store to memory space. */
   memWrite(address: number, size: 1 | 2 | 4, value: number): Promise<void>;
+  /** A read of I/O space (an I/O BAR). */
   ioRead(port: number, size: 1 | 2 | 4): Promise<number>;
+  /** A write of I/O space. */
   ioWrite(port: number, size: 1 | 2 | 4, value: number): Promise<void>;
   /** Where the driver may place memory and I/O BARs. */
   readonly windows: { memory: PciWindow; io: PciWindow };
   /** The address MSI-X messages go to (an x86 LAPIC address by default: 0xfee00000). */
   readonly msiAddress?: number;
+  /** Registers the handler of the function's interrupts (INTx level changes, MSI-X messages). */
   onInterrupt(handler: (irq: PciInterrupt) => void): void;
 }
 
@@ -167,8 +175,6 @@ export class PciTransport implements DriverTransport {
   private readonly queueVectorOf = new Map<number, number>();
   private configVector = VIRTIO_MSI_NO_VECTOR;
   private queueCount: number | null = null;
-  private servicing = false;
-  private pending = false;
 
   private constructor(
     readonly bus: PciBus,
@@ -420,11 +426,8 @@ export class PciTransport implements DriverTransport {
 
   async numQueues(): Promise<number> {
     if (this.mode === 'modern') return this.common(CommonCfg.NumQueues, 2);
-    if (this.queueCount !== null) return this.queueCount;
-    let n = 0;
-    while (n < 1024 && (await this.queueMaxSize(n)) > 0) n++;
-    this.queueCount = n;
-    return n;
+    this.queueCount ??= await probeQueueCount((i) => this.queueMaxSize(i));
+    return this.queueCount;
   }
 
   async queueMaxSize(index: number): Promise<number> {
@@ -525,31 +528,15 @@ export class PciTransport implements DriverTransport {
       if (vector === this.configVector) this.events?.config();
       return;
     }
-    if (irq.level) this.serviceIntx();
+    if (irq.level) this.intx.trigger();
   }
 
   /** INTx: read (and so clear) the ISR, then hand its events to the driver. */
-  private serviceIntx(): void {
-    if (this.servicing) {
-      this.pending = true;
-      return;
-    }
-    this.servicing = true;
-    void (async () => {
-      try {
-        do {
-          this.pending = false;
-          const isr = this.mode === 'legacy' ? await this.legacyReg(LegacyReg.Isr, 1) : await this.read(this.structs.isr, 0, 1);
-          if (isr & ISR_QUEUE) for (const q of this.enabled) this.events?.used(q);
-          if (isr & ISR_CONFIG) this.events?.config();
-        } while (this.pending);
-      } catch {
-        // The bus went away: nothing to deliver.
-      } finally {
-        this.servicing = false;
-      }
-    })();
-  }
+  private readonly intx = new InterruptServicer(async () => {
+    const isr = this.mode === 'legacy' ? await this.legacyReg(LegacyReg.Isr, 1) : await this.read(this.structs.isr, 0, 1);
+    if (isr & ISR_QUEUE) for (const q of this.enabled) this.events?.used(q);
+    if (isr & ISR_CONFIG) this.events?.config();
+  });
 
   async close(): Promise<void> {
     this.events = null;
