@@ -6,12 +6,21 @@
  * over the virtio-pci register model; each run writes a pattern, flushes, reads it back and
  * reports what it read, what the disk holds and every monitor verdict.
  */
-import { BlkDevice, BlkDriver, GuestMemory, LoopbackTransport, MemoryBlockStorage, Monitor } from '../../src/index.js';
-import type { DriverTransport } from '../../src/index.js';
-import { VirtioMmioDevice } from '../../src/transports/mmio/device.js';
-import { MmioTransport, directMmioBus } from '../../src/transports/mmio/driver.js';
-import { VirtioPciDevice } from '../../src/transports/pci/device.js';
-import { PciTransport, directPciBus } from '../../src/transports/pci/driver.js';
+import {
+  BlkDevice,
+  BlkDriver,
+  GuestMemory,
+  LoopbackTransport,
+  MemoryBlockStorage,
+  MmioTransport,
+  Monitor,
+  PciTransport,
+  VirtioMmioDevice,
+  VirtioPciDevice,
+  directMmioBus,
+  directPciBus,
+  type DriverTransport,
+} from '../../src/index.js';
 
 /** Which path a run takes between driver and device. */
 export type Path = 'loopback' | 'mmio-v2' | 'mmio-v1' | 'pci-modern' | 'pci-legacy';
