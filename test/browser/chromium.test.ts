@@ -8,31 +8,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
 import { chromium, type Browser } from 'playwright-core';
 import { missingPrerequisite } from '../prerequisites.js';
+import { bundleForBrowser } from './bundle.js';
 import type { Path, RunResult } from './page.js';
 
-const root = join(fileURLToPath(import.meta.url), '../../../..');
 /** Debian's package (apt-get install chromium), or where CHROMIUM points. */
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const PATHS: Path[] = ['loopback', 'mmio-v2', 'mmio-v1', 'pci-modern', 'pci-legacy'];
 
 test('in headless Chromium: the block driver writes and reads back through loopback, virtio-mmio and virtio-pci', async (t) => {
   if (!existsSync(CHROMIUM)) return missingPrerequisite(t, `${CHROMIUM} not found (apt-get install chromium)`);
-  const bundle = await build({
-    entryPoints: [join(root, 'dist/test/browser/page.js')],
-    bundle: true,
-    platform: 'browser',
-    format: 'iife',
-    globalName: 'virtioTsPage',
-    write: false,
-    logLevel: 'silent',
-  });
-  const code = bundle.outputFiles[0].text;
-  assert.ok(!/require\(["']node:/.test(code), 'no node: import survives in the bundle');
+  const code = await bundleForBrowser('dist/test/browser/page.js', 'virtioTsPage');
   let browser: Browser | undefined;
   try {
     // --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
