@@ -1,7 +1,7 @@
 // Linux's own virtio drivers against virtio-ts's register models, inside v86 (a JS x86
 // emulator, in this process). Debian's i386 kernel boots twice: with two virtio-ts PCI
-// functions on v86's PCI bus (virtio_pci), and with two virtio-mmio windows on v86's memory
-// map, announced in an ACPI SSDT (virtio_mmio). No v86 virtio device is in the machine. On each
+// functions on v86's PCI bus (virtio_pci), and with three virtio-mmio windows on v86's memory
+// map (two version 2, one version 1), announced in an ACPI SSDT (virtio_mmio). No v86 virtio device is in the machine. On each
 // bus a block device (the host fills the disk with a known pattern; the guest reads it, writes
 // a random pattern with O_DIRECT, reads it back; the host finds that pattern in the disk's
 // bytes) and an entropy device (the bytes the guest reads from /dev/hwrng are bytes that device
@@ -48,6 +48,15 @@ function patternedDisk(size: number, seed: number): MemoryBlockStorage {
  * finding on SeaBIOS, printed by the test, not a failure of Linux's driver.
  */
 const SEABIOS_DEVIATIONS = ['pci.common-config-struct-layout.driver.5'];
+
+/**
+ * Over the legacy interface (virtio-mmio version 1) there is no FEATURES_OK (3.1.2: legacy
+ * drivers skip it), yet the blk device's config gating says Linux read `writeback` "before
+ * FEATURES_OK" (blk.device-init.driver.4) and, strict, stops the device: Linux then waits for
+ * its first request forever. That verdict is wrong for a legacy driver (an open issue on the
+ * register models' legacy support), so the version 1 disk reports it as a warning.
+ */
+const LEGACY_FALSE_POSITIVES = ['blk.device-init.driver.4'];
 
 /** A monitor whose verdicts land in `into`, labelled; `warnOnly` clauses as warnings. */
 function monitorInto(into: Verdict[], warnOnly: string[] = []): Monitor {
@@ -171,16 +180,20 @@ test('Linux in v86 uses virtio-ts block and entropy devices over virtio-pci (mod
   );
 });
 
-test('Linux in v86 uses virtio-ts block and entropy devices over virtio-mmio (version 2, announced in an ACPI SSDT)', async (t) => {
+test('Linux in v86 uses virtio-ts block and entropy devices over virtio-mmio (version 2, and a version 1 disk; announced in an ACPI SSDT)', async (t) => {
   const verdicts: Verdict[] = [];
   const disk = patternedDisk(1 << 20, 2);
   const initial = md5(disk.bytes.subarray(0, KB * 1024));
+  const legacyDisk = patternedDisk(3 << 20, 3);
+  const legacyInitial = md5(legacyDisk.bytes.subarray(0, KB * 1024));
   const rng = recordingRng(monitorInto(verdicts));
   // 128 KiB apart (v86's memory-map granule), below the IOAPIC; ISA lines nothing else drives
-  // once Linux runs (the floppy's and the parallel port's: their drivers are modules not loaded).
+  // once Linux runs (the floppy's and the parallel port's: their drivers are modules not loaded;
+  // 5: no PCI interrupt link picks it here).
   const windows: MmioWindow[] = [
     { base: 0xfe000000, size: 0x200, irq: 6 },
     { base: 0xfe020000, size: 0x200, irq: 7 },
+    { base: 0xfe040000, size: 0x200, irq: 5 },
   ];
   const models: VirtioMmioDevice[] = [];
   await boot(
@@ -188,15 +201,16 @@ test('Linux in v86 uses virtio-ts block and entropy devices over virtio-mmio (ve
     'virtio-mmio',
     windows,
     (m) => {
-      const devices = [new BlkDevice({ storage: disk, monitor: monitorInto(verdicts) }), rng.device];
+      const devices = [new BlkDevice({ storage: disk, monitor: monitorInto(verdicts) }), rng.device, new BlkDevice({ storage: legacyDisk, monitor: monitorInto(verdicts, LEGACY_FALSE_POSITIVES) })];
       devices.forEach((device, i) => {
-        const model = new VirtioMmioDevice(device, m.memory, { interrupt: m.irqLine(windows[i].irq) });
+        const model = new VirtioMmioDevice(device, m.memory, { interrupt: m.irqLine(windows[i].irq), version: i === 2 ? 1 : 2 });
         m.mapMmio(windows[i], asRegs(model));
         models.push(model);
       });
     },
     (b) => {
       checkDisk(b, 'mmio', disk, initial);
+      checkDisk(b, 'mmio', legacyDisk, legacyInitial);
       checkRng(b, 'mmio', rng.served());
       for (const model of models) assert.ok(model.counts.interrupts > 0, `interrupts raised (${JSON.stringify(model.counts)})`);
       checkVerdicts(t, verdicts);
