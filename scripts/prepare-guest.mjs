@@ -58,6 +58,14 @@ export function prepareGuest({ guestDir = join(root, '.guest'), testDir = join(r
   const skip = (what) => `${what} will skip (in CI they fail)`;
   const notes = [];
 
+  // The v86 guest (test/v86: no QEMU involved): Debian's i386 kernel and busybox, SeaBIOS.
+  const v86Tools = absent(['apt-get', 'dpkg', 'depmod', 'modprobe', 'cpio', 'xz']);
+  if (v86Tools.length > 0) notes.push(`cannot build the v86 guest (.guest/v86): ${v86Tools.join(', ')} not found: ${skip('test/v86')}. Install: ${install(v86Tools)}`);
+  else {
+    const failed = run('build-v86-guest.sh', guestDir);
+    if (failed !== null) notes.push(`${failed}: ${skip('test/v86')}`);
+  }
+
   const qemu = absent(['qemu-system-x86_64']);
   if (qemu.length > 0) {
     notes.push(`qemu-system-x86_64 not found: ${skip(all)}. Install: ${install(['qemu-system-x86_64', 'busybox', 'depmod', 'cpio', 'xz', 'fio', 'mkfs.ext4'])} (or run .ci/run, which installs everything and runs the tests)`);

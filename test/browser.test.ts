@@ -3,25 +3,11 @@
 // a browser has (no process, no require, no Buffer).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { build } from 'esbuild';
 import vm from 'node:vm';
-import { fileURLToPath } from 'node:url';
-import { join } from 'node:path';
-
-const root = join(fileURLToPath(import.meta.url), '../../..');
+import { bundleForBrowser } from './browser/bundle.js';
 
 test('the package entry bundles for the browser and runs an entropy pair without Node globals', async () => {
-  const result = await build({
-    entryPoints: [join(root, 'dist/src/index.js')],
-    bundle: true,
-    platform: 'browser',
-    format: 'iife',
-    globalName: 'virtioTs',
-    write: false,
-    logLevel: 'silent',
-  });
-  const code = result.outputFiles[0].text;
-  assert.ok(!/require\(["']node:/.test(code), 'no node: import survives in the bundle');
+  const code = await bundleForBrowser('dist/src/index.js', 'virtioTs');
   const context = vm.createContext({ crypto: globalThis.crypto, setTimeout, clearTimeout, queueMicrotask, console, performance });
   vm.runInContext(code, context);
   assert.equal(vm.runInContext('typeof process + typeof require + typeof Buffer', context), 'undefinedundefinedundefined');
