@@ -197,6 +197,9 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
         return d.driverFeatures;
       },
       negotiated: (featureBit) => d.negotiated(featureBit),
+      get legacy() {
+        return d.legacy;
+      },
       get synchronous() {
         return d.host?.synchronous === true;
       },

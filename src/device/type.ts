@@ -156,6 +156,11 @@ export interface DeviceContext {
   /** Whether a feature was negotiated (FEATURES_OK accepted with it). */
   negotiated(featureBit: number): boolean;
   /**
+   * The driver uses the legacy interface (3.1.2: features take effect as written, there is no
+   * FEATURES_OK step): clauses about FEATURES_OK do not apply to it.
+   */
+  readonly legacy: boolean;
+  /**
    * True on a transport that delivers each driver action completely before the next (sync
    * loopback): only then may a type judge what the driver did NOT do.
    */

@@ -49,15 +49,6 @@ function patternedDisk(size: number, seed: number): MemoryBlockStorage {
  */
 const SEABIOS_DEVIATIONS = ['pci.common-config-struct-layout.driver.5'];
 
-/**
- * Over the legacy interface (virtio-mmio version 1) there is no FEATURES_OK (3.1.2: legacy
- * drivers skip it), yet the blk device's config gating says Linux read `writeback` "before
- * FEATURES_OK" (blk.device-init.driver.4) and, strict, stops the device: Linux then waits for
- * its first request forever. That verdict is wrong for a legacy driver (an open issue on the
- * register models' legacy support), so the version 1 disk reports it as a warning.
- */
-const LEGACY_FALSE_POSITIVES = ['blk.device-init.driver.4'];
-
 /** A monitor whose verdicts land in `into`, labelled; `warnOnly` clauses as warnings. */
 function monitorInto(into: Verdict[], warnOnly: string[] = []): Monitor {
   return new Monitor({ warnOnly, onVerdict: (v: Verdict) => into.push(v) });
@@ -201,7 +192,7 @@ test('Linux in v86 uses virtio-ts block and entropy devices over virtio-mmio (ve
     'virtio-mmio',
     windows,
     (m) => {
-      const devices = [new BlkDevice({ storage: disk, monitor: monitorInto(verdicts) }), rng.device, new BlkDevice({ storage: legacyDisk, monitor: monitorInto(verdicts, LEGACY_FALSE_POSITIVES) })];
+      const devices = [new BlkDevice({ storage: disk, monitor: monitorInto(verdicts) }), rng.device, new BlkDevice({ storage: legacyDisk, monitor: monitorInto(verdicts) })];
       devices.forEach((device, i) => {
         const model = new VirtioMmioDevice(device, m.memory, { interrupt: m.irqLine(windows[i].irq), version: i === 2 ? 1 : 2 });
         m.mapMmio(windows[i], asRegs(model));

@@ -297,8 +297,9 @@ export class BlkDeviceType implements DeviceType {
   }
 
   configRead(offset: number, size: number, ctx: DeviceContext): void {
-    // blk.device-init.driver.4: writeback is read only after FEATURES_OK.
-    if (offset <= BlkConfig.writeback && BlkConfig.writeback < offset + size && !(ctx.status & Status.FEATURES_OK)) {
+    // blk.device-init.driver.4: writeback is read only after FEATURES_OK. A legacy driver has
+    // no FEATURES_OK step (3.1.2), so the clause is not one it can break.
+    if (offset <= BlkConfig.writeback && BlkConfig.writeback < offset + size && !ctx.legacy && !(ctx.status & Status.FEATURES_OK)) {
       ctx.violation('blk.device-init.driver.4', 'driver read the writeback field before FEATURES_OK', { offset, size });
     }
   }

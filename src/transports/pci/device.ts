@@ -496,6 +496,10 @@ export class VirtioPciDevice implements DeviceHost {
     const bar = c.getUint8(at + CapField.Bar);
     const offset = c.getUint32(at + CapField.Offset, true);
     const length = c.getUint32(at + CapField.Length, true);
+    // cap.length 0 (never programmed) asks for an access of no bytes: nothing happens. A config
+    // space dump (`lspci -xxx`, an emulator copying config space) reads pci_cfg_data that way
+    // and breaks no rule.
+    if (length === 0) return;
     if (!(length === 1 || length === 2 || length === 4) || offset % length !== 0) {
       this.violation('pci.config-access-cap.driver.1', `driver used the PCI configuration access capability with length ${length} at offset ${offset} (not aligned)`, { bar, offset, length });
       return;
