@@ -30,3 +30,7 @@ export {
 export type { ConnectionEnd } from './transports/vhost-user/backend.js';
 export { VhostUserError, type VhostUserErrorKind } from './transports/vhost-user/errors.js';
 export { NativeAddonError, type NativeAddonErrorKind } from './native/index.js';
+export { runProbe, PROBE_TYPES, ProbeUsageError, type ProbeOptions } from './probe/probe.js';
+export { formatProbeReport, PROBE_REPORT_SCHEMA, type ProbeReport, type ProbeCheck, type ProbeHostileResult, type ProbeBackendInfo } from './probe/report.js';
+export { HOSTILE_CASES, type HostileCase, type HostileClass, type HostileOutcome } from './probe/hostile.js';
+export { VHOST_USER_RULES, type VhostUserRule } from './probe/rules.js';

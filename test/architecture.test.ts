@@ -28,6 +28,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/devices/*/', 'src/drivers/'],
   ['src/transports/loopback/', 'src/transports/vhost-user/'],
   ['src/node/'],
+  ['src/probe/'], // virtio-ts probe: drives and judges a vhost-user back-end
   ['src/testing/'],
   ['src/cli/'],
   // Entry points: nothing below imports them; the Node entry re-exports the browser-safe one.
