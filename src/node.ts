@@ -1,7 +1,8 @@
 /**
  * virtio-ts for Node: everything in the browser-safe entry, plus the Node-only parts: the
  * adapters (file block storage, stream console endpoints) and serveVhostUser, which serves any
- * VirtioDevice to a vhost-user front-end such as QEMU.
+ * VirtioDevice to a vhost-user front-end such as QEMU, and VhostUserFrontEnd, which drives any
+ * vhost-user back-end from Node (the drivers run over it).
  *
  * @packageDocumentation
  */
@@ -30,6 +31,16 @@ export {
 export type { ConnectionEnd } from './transports/vhost-user/backend.js';
 export { VhostUserError, type VhostUserErrorKind } from './transports/vhost-user/errors.js';
 export { NativeAddonError, type NativeAddonErrorKind } from './native/index.js';
+export {
+  VhostUserFrontEnd,
+  FRONT_END_PROTOCOL_FEATURES,
+  HIDDEN_FEATURES,
+  type VhostUserFrontEndOptions,
+  type FrontEndCounts,
+} from './transports/vhost-user/frontend/front-end.js';
+export { FrontEndError, type FrontEndErrorKind } from './transports/vhost-user/frontend/errors.js';
+export { GuestRam, USER_BASE, type RamRegion } from './transports/vhost-user/frontend/memory.js';
+export type { ReplyShape, Reply } from './transports/vhost-user/frontend/channel.js';
 export { runProbe, PROBE_TYPES, ProbeUsageError, type ProbeOptions } from './probe/probe.js';
 export { formatProbeReport, PROBE_REPORT_SCHEMA, type ProbeReport, type ProbeCheck, type ProbeHostileResult, type ProbeBackendInfo } from './probe/report.js';
 export { HOSTILE_CASES, type HostileCase, type HostileClass, type HostileOutcome } from './probe/hostile.js';

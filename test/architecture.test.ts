@@ -27,6 +27,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/device/', 'src/driver/'],
   ['src/devices/*/', 'src/drivers/'],
   ['src/transports/loopback/', 'src/transports/vhost-user/'],
+  ['src/transports/vhost-user/frontend/'], // the VMM side of vhost-user, over the back-end's codec
   ['src/node/'],
   ['src/probe/'], // virtio-ts probe: drives and judges a vhost-user back-end
   ['src/testing/'],
