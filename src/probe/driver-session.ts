@@ -145,8 +145,9 @@ export async function runDriverSessions(o: DriverSessionOptions, book: CheckBook
     let result: string;
     let ranThrough = false;
     try {
-      fe = await VhostUserFrontEnd.connect({ socketPath: o.socketPath, deviceId: o.deviceId, timeoutMs: o.waitMs, memorySize: 8 << 20 });
-      const common = { monitor, transportFeatures: m.features, auditReadable: true, queueSize: 128 };
+      fe = await VhostUserFrontEnd.connect({ socketPath: o.socketPath, deviceId: o.deviceId, timeoutMs: o.waitMs, memorySize: 8 << 20, queueSize: 64 });
+      // vhost-user has no way to learn a back-end's largest ring: 64 fits every back-end we know (QEMU's smallest default is 128; RngDevice's largest 64).
+      const common = { monitor, transportFeatures: m.features, auditReadable: true, queueSize: 64 };
       if (o.deviceId === 2) {
         const d = new BlkDriver(fe, common);
         driver = d;
@@ -169,6 +170,9 @@ export async function runDriverSessions(o: DriverSessionOptions, book: CheckBook
         const clause = m.eventIdx ? 'split.used-buffer-notif-suppr.device.5' : 'split.used-buffer-notif-suppr.device.3';
         book.fail(clause, `queue ${q.index}: the device used ${q.usedPending()} buffer(s) and sent no used-buffer notification`, name);
         seen.add(clause);
+      } else if (/SET_VRING_NUM: the back-end refused/.test(result)) {
+        // The back-end's largest ring is smaller than the probe's: nothing the device did wrong.
+        result = `not run: ${result.slice('ended early: '.length)} (a ring of 64 entries)`;
       } else if (driver?.failure == null || seen.size === 0) {
         book.fail('vhost-user.ring.start', `the ${m.name} session did not complete: ${result.slice('ended early: '.length)}`, name);
       }

@@ -65,6 +65,8 @@ export interface Injection {
   note?: string;
   /** The case ended the connection itself (disconnect cases): only the after-checks apply. */
   closedByUs?: boolean;
+  /** The case kicked a ring: a reaction may come without an event of its own (watched for the settle time). */
+  kicked?: boolean;
 }
 
 /** One fault injection. */
@@ -109,7 +111,7 @@ export async function liveRing(fe: RawSession, features = HOSTILE_FEATURES): Pro
 /** Reads one message (bounded) and returns its request code and u64 payload (a REPLY_ACK: 0 = success). */
 export async function ackOf(fe: RawSession): Promise<[number, bigint]> {
   const r = new DataView((await receive(fe.fd, fe.waitMs)).buffer);
-  return [r.getUint32(0, true), r.size >= HEADER_SIZE + 8 ? r.getBigUint64(HEADER_SIZE, true) : -1n];
+  return [r.getUint32(0, true), r.byteLength >= HEADER_SIZE + 8 ? r.getBigUint64(HEADER_SIZE, true) : -1n];
 }
 
 /** A feature bit (of 0..63) the back-end did not offer, highest first (bits 50..63 are reserved, so one is always free). */
@@ -170,9 +172,8 @@ const featureCases: HostileCase[] = [
     class: 'features',
     title: 'SET_FEATURES with a bit never offered, REPLY_ACK asked',
     needsProtocol: [ProtocolFeature.REPLY_ACK],
-    // vhost-user.rst, REPLY_ACK: a failed request is answered with a non-zero u64.
-    accept: ['refused', 'status'],
-    clause: 'vhost-user.reply-ack.failure',
+    // vhost-user.rst does not say a back-end must refuse unoffered bits in SET_FEATURES (the
+    // driver must not ask for them): accepting them (REPLY_ACK 0) is reported, not failed.
     inject: async ({ fe }) => {
       const offered = await fe.askU64(Req.GET_FEATURES);
       await fe.askU64(Req.GET_PROTOCOL_FEATURES);
@@ -227,6 +228,30 @@ const memoryCases: HostileCase[] = [
     fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x1000, USER_BASE, 2n ** 64n - 0x1000n]]), [fe.memfd]),
   ),
   single('memory.huge-size', 'memory', 'a memory region of 2^63 bytes', (fe) => fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 2n ** 63n, USER_BASE, 0]]), [fe.memfd])),
+  {
+    id: 'memory.past-fd-end-used',
+    class: 'memory',
+    title: 'a memory region twice the size of its fd, then a request whose buffer lies past the fd\'s end',
+    needsRequests: true,
+    inject: async ({ fe, requests }) => {
+      const offered = await fe.askU64(Req.GET_FEATURES);
+      await fe.send(Req.SET_OWNER);
+      await fe.send(Req.SET_FEATURES, u64Payload(offered & (HOSTILE_FEATURES | PROTOCOL_FEATURES_BIT)));
+      await fe.send(Req.SET_MEM_TABLE, memTablePayload(2 * fe.ramSize), [fe.memfd]);
+      const ring = await fe.splitRing(0, 16, RING_AREA[0], 0, (offered & PROTOCOL_FEATURES_BIT) !== 0n);
+      // The buffer is inside the region the table announced, past the end of the memory behind it.
+      const beyond = fe.ramSize + 0x1000;
+      if (requests === 'blk') {
+        fe.bytes.fill(0, 0x20000, 0x20010); // VIRTIO_BLK_T_IN, sector 0
+        fe.bytes[0x20100] = 0xff;
+        ring.desc(0, 0x20000, 16, NEXT, 1);
+        ring.desc(1, beyond, 512, NEXT | WRITE, 2);
+        ring.desc(2, 0x20100, 1, WRITE);
+      } else ring.desc(0, beyond, 64, WRITE);
+      ring.offer(0);
+      return { ring, granted: [[0x20000, 0x20010], [0x20100, 0x20101]] };
+    },
+  },
   single('memory.eventfd', 'memory', 'a memory region whose fd is an eventfd', async (fe) => {
     const n = native();
     const efd = n.eventfd();
@@ -262,7 +287,7 @@ const ringCases: HostileCase[] = [
     inject: async ({ fe, requests }) => {
       await withMemory(fe);
       const ring = await fe.splitRing(0, 100, RING_AREA[0]);
-      return { ring, granted: placeRequest(requests!, fe, ring, 0x20000).granted };
+      return { ring, placed: placeRequest(requests!, fe, ring, 0x20000) };
     },
   },
   single('ring.addr-outside', 'ring', 'ring addresses outside guest memory', async (fe) => {
@@ -270,6 +295,23 @@ const ringCases: HostileCase[] = [
     await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
     await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + 16 * fe.ramSize, USER_BASE + 0x2000, USER_BASE + 0x1800));
   }),
+  {
+    id: 'ring.addr-outside-ack',
+    class: 'ring',
+    title: 'ring addresses outside guest memory, REPLY_ACK asked',
+    needsProtocol: [ProtocolFeature.REPLY_ACK],
+    // Addresses in no memory region cannot be translated: the request failed, and with need_reply
+    // a back-end that goes on must say so (or end the connection).
+    accept: ['refused', 'status'],
+    clause: 'vhost-user.reply-ack.failure',
+    inject: async ({ fe }) => {
+      await withMemory(fe, HOSTILE_FEATURES, HOSTILE_PROTOCOL | REPLY_ACK);
+      await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
+      await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + 16 * fe.ramSize, USER_BASE + 0x2000, USER_BASE + 0x1800), [], ACK);
+      const [request, ack] = await ackOf(fe);
+      return { outcome: request === Req.SET_VRING_ADDR && ack !== 0n ? 'refused' : 'served', note: `REPLY_ACK ${ack}` };
+    },
+  },
   {
     id: 'ring.desc-table-off-end',
     class: 'ring',
@@ -284,7 +326,7 @@ const ringCases: HostileCase[] = [
       await fe.send(Req.SET_VRING_KICK, u64Payload(0n), [kick]);
       await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 1));
       n.eventfdWrite(kick, 1);
-      return { granted: [[fe.ramSize - 16, fe.ramSize]] };
+      return { granted: [[fe.ramSize - 16, fe.ramSize]], kicked: true };
     },
   },
   single('ring.base-17-bits', 'ring', 'a split ring base beyond 16 bits', async (fe) => {
@@ -299,7 +341,7 @@ const ringCases: HostileCase[] = [
       await withMemory(fe);
       const ring = await fe.splitRing(0, 16, RING_AREA[0], 100);
       native().eventfdWrite(ring.kick, 1);
-      return {};
+      return { kicked: true };
     },
   },
   single('ring.kick-not-eventfd', 'ring', 'a kick fd that is not an eventfd (a memfd)', async (fe) => {
@@ -311,6 +353,7 @@ const ringCases: HostileCase[] = [
     await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 2));
   }),
   single('ring.no-such-queue', 'ring', 'SET_VRING_NUM on queue 255', (fe) => fe.send(Req.SET_VRING_NUM, statePayload(255, 16))),
+  single('ring.queue-index-huge', 'ring', 'SET_VRING_NUM on queue 0xffffffff', (fe) => fe.send(Req.SET_VRING_NUM, statePayload(0xffffffff, 16))),
 ];
 
 /** A malformed chain on a live ring: the device must not serve it (and must not write outside memory). */
@@ -403,8 +446,7 @@ const chainCases: HostileCase[] = [
     inject: async ({ fe, requests }) => {
       const ring = await liveRing(fe);
       // blk: header + 14 data segments + status = 16 descriptors; rng: 16 writable pieces.
-      const placed = placeRequest(requests!, fe, ring, 0x40000, requests === 'blk' ? 14 : 16, true);
-      return { ring, placed, granted: [...placed.granted, [0x40000, 0x40010], [0x48000, 0x48000 + 16 * 16]] };
+      return { ring, placed: placeRequest(requests!, fe, ring, 0x40000, requests === 'blk' ? 14 : 16, true) };
     },
   },
 ];
@@ -446,8 +488,7 @@ const floodCases: HostileCase[] = [
       const ring = await liveRing(fe);
       for (let i = 0; i < 10_000; i++) n.eventfdWrite(ring.kick, 1);
       await fe.askU64(Req.GET_FEATURES);
-      const placed = placeRequest(requests!, fe, ring, 0x20000);
-      return { ring, placed, granted: placed.granted };
+      return { ring, placed: placeRequest(requests!, fe, ring, 0x20000) };
     },
   },
 ];

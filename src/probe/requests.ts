@@ -24,6 +24,8 @@ export type Range = [number, number];
 export interface PlacedRequest {
   /** Device-writable ranges. */
   granted: Range[];
+  /** What the driver itself wrote outside the ring (the blk header, an indirect table). */
+  driver: Range[];
   /** blk: the status byte's guest address. */
   status?: number;
   /** Bytes of data the device should report in the used length (blk: data + status; rng: at most this). */
@@ -62,5 +64,7 @@ export function placeRequest(type: RequestType, fe: RawSession, ring: RawSplitRi
   beforeOffer?.();
   ring.offer(0);
   const writable = type === 'rng' ? 64 : segments * 512 + 1;
-  return status === undefined ? { granted, writable } : { granted, status, writable };
+  const driver: Range[] = type === 'blk' ? [[at, at + 16]] : [];
+  if (indirect) driver.push([table, table + descs.length * 16]);
+  return status === undefined ? { granted, driver, writable } : { granted, driver, status, writable };
 }

@@ -36,7 +36,7 @@ export const VHOST_USER_RULES: readonly VhostUserRule[] = [
   { id: 'vhost-user.ring.stop-base', section: 'Front-end message types / VHOST_USER_GET_VRING_BASE', text: 'GET_VRING_BASE stops the ring and answers its state: the index of the next available entry the back-end would process' },
   { id: 'vhost-user.ring.stopped', section: 'Ring states', text: 'a stopped ring is not processed: buffers made available after GET_VRING_BASE stay unused until the ring starts again' },
   { id: 'vhost-user.ring.restart', section: 'Ring states', text: 'a stopped ring set up again (SET_VRING_BASE with the base GET_VRING_BASE gave, a new kick fd) resumes from that base' },
-  { id: 'vhost-user.status.echo', section: 'Front-end message types / VHOST_USER_GET_STATUS', text: 'GET_STATUS answers the device status SET_STATUS set (FEATURES_OK cleared only on a refused feature set)' },
+  { id: 'vhost-user.status.echo', section: 'Front-end message types / VHOST_USER_GET_STATUS', text: 'GET_STATUS answers the device status: the bits SET_STATUS set stay set (FEATURES_OK is cleared only for a refused feature set), no DEVICE_NEEDS_RESET in a correct session' },
 ];
 
 /** The rule of `id`, or undefined. */
