@@ -83,6 +83,7 @@ export interface HostileCase {
   accept?: HostileOutcome[];
   /** The clause an outcome outside `accept` breaks (a vhost-user rule id or a catalogue id). */
   clause?: string;
+  /** Does the damage on `ctx.fe` (a fresh session) and says what the observer should watch. */
   inject(ctx: HostileContext): Promise<Injection>;
 }
 

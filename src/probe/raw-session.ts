@@ -317,6 +317,7 @@ export class RawSession {
 /** A split ring written by hand (no driver queue): a probe places any descriptor it likes. */
 export class RawSplitRing {
   private availIdx: number;
+  /** A ring `fe` set up (splitRing()): its layout in guest RAM, its kick and call eventfds, the available index it starts at. */
   constructor(
     readonly fe: RawSession,
     readonly size: number,
@@ -357,6 +358,7 @@ export class RawSplitRing {
     this.availIdx = idx & 0xffff;
   }
 
+  /** used.idx as the device last wrote it. */
   usedIdx(): number {
     return this.fe.view.getUint16(this.layout.used + 2, true);
   }
