@@ -17,3 +17,13 @@ test('the README\'s served Map disk is the code the real-guest test runs', () =>
   assert.equal(m[1], tested);
   assert.match(m[1], /serveVhostUser\(new BlkDevice\(\{ storage: disk \}\), \{ socket: socketPath \}\)/);
 });
+
+test("the README's front-end example is the code the front-end tests run", () => {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8');
+  const m = /<!-- readme:front-end [^>]*-->\n```ts\n([\s\S]*?)```\n<!-- \/readme:front-end -->/.exec(readme);
+  assert.ok(m !== null, 'the README has the front-end example between its markers');
+  const file = readFileSync(join(root, 'test/vhost-user/readme-frontend.ts'), 'utf8');
+  const tested = file.slice(file.indexOf('import { BlkDriver')).replace("from '../../src/node.js';", "from 'virtio-ts/node';");
+  assert.equal(m[1], tested);
+  assert.match(m[1], /VhostUserFrontEnd\.connect\(\{ socketPath, deviceId: DeviceId\.BLOCK \}\)/);
+});

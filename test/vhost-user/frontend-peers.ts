@@ -81,8 +81,15 @@ function peer(name: string, socket: string, cmd: string, args: string[]): Peer {
  * a front-end that reconnects gets the same device).
  */
 export async function startServe(type: 'blk' | 'rng', socket: string, args: string[] = []): Promise<Peer> {
-  const p = peer(`virtio-ts serve ${type}`, socket, process.execPath, [CLI, 'serve', type, '--socket-path', socket, '--log-level', 'warn', ...args]);
-  await socketUp(socket, p.child, p.log);
+  const p = peer(`virtio-ts serve ${type}`, socket, process.execPath, [CLI, 'serve', type, '--socket-path', socket, '--log-level', 'info', '--log-format', 'json', ...args]);
+  // The CLI serves one front-end at a time: a probing connection would be the one it serves
+  // (and a real one right after it refused), so the log line says when it listens.
+  const deadline = Date.now() + 30_000;
+  while (!p.log().includes('"listening on ')) {
+    if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`${p.name} exited before listening: ${p.log()}`);
+    if (Date.now() > deadline) throw new Error(`${p.name} did not listen in 30 s: ${p.log()}`);
+    await new Promise((res) => setTimeout(res, 10));
+  }
   return p;
 }
 

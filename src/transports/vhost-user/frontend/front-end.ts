@@ -29,7 +29,7 @@ import { native, type NativeAddon } from '../../../native/index.js';
 import type { GuestMemory } from '../../../memory/guest-memory.js';
 import type { DriverTransport, TransportEvents } from '../../../driver/transport.js';
 import type { RingAddresses } from '../../../spec/ring.js';
-import type { RingFormat, RingPosition } from '../../../virtqueue/queue.js';
+import type { RingFormat } from '../../../virtqueue/queue.js';
 import { Feature, Status } from '../../../spec/constants.js';
 import {
   BackendReq,
@@ -338,33 +338,24 @@ export class VhostUserFrontEnd implements DriverTransport {
     }
   }
 
-  /** Where a ring lost with its back-end restarts: what the guest's used ring shows. */
+  /**
+   * Where a ring lost with its back-end restarts. Split: the guest's used.idx, as QEMU's
+   * virtio_queue_restore_last_avail_idx after a GET_VRING_BASE that got no answer; what the
+   * old back-end took beyond it comes back from the inflight buffer. Packed: a ring's device
+   * position cannot be read back from guest memory (a used element covers a whole chain of
+   * slots), so the last base known is sent; a back-end with an inflight buffer restarts from
+   * what its region recorded.
+   */
   private recoveredBase(r: FrontRing): number {
     if (this.ringFormat === 'split') return this.memory.loadU16(r.addrs.used + 2);
-    return encodeRingBase('packed', this.packedUsedPosition(r));
+    return r.base;
   }
 
-  /**
-   * A packed ring's device position read from the ring: the first slot (from the last base
-   * known) that is not used in the current wrap. Both indexes meet there, as QEMU's
-   * virtio_queue_restore_last_avail_idx has it; what the old back-end had taken beyond it
-   * comes back from the inflight buffer.
-   */
-  private packedUsedPosition(r: FrontRing): RingPosition {
-    let slot = (r.base >>> 16) & 0x7fff;
-    let wrap = (r.base & 0x80000000) !== 0;
-    for (let i = 0; i < r.size; i++) {
-      const flags = this.memory.loadU16(r.addrs.desc + 16 * slot + 14);
-      const avail = (flags & (1 << 7)) !== 0;
-      const used = (flags & (1 << 15)) !== 0;
-      if (!(avail === wrap && used === wrap)) break;
-      slot++;
-      if (slot === r.size) {
-        slot = 0;
-        wrap = !wrap;
-      }
-    }
-    return { avail: slot, availWrap: wrap, used: slot, usedWrap: wrap };
+  /** The inflight buffer (INFLIGHT_SHMFD) the front-end holds for the back-end, or null: its fd (the front-end's) and size. */
+  get inflightBuffer(): { fd: number; size: number; offset: number } | null {
+    if (this.inflight === null) return null;
+    const v = new DataView(this.inflight.payload.buffer, this.inflight.payload.byteOffset, 24);
+    return { fd: this.inflight.fd, size: Number(v.getBigUint64(0, true)), offset: Number(v.getBigUint64(8, true)) };
   }
 
   // ---------------------------------------------------------------- back-end requests
