@@ -494,37 +494,26 @@ const floodCases: HostileCase[] = [
   },
 ];
 
+/** A message cut short (the bytes and fds `cut` gives), then the connection closed by the probe. */
+const cutShort = (id: string, title: string, cut: (fe: RawSession) => [Uint8Array, number[]]): HostileCase => ({
+  id,
+  class: 'disconnect',
+  title,
+  inject: async ({ fe }) => {
+    const [bytes, fds] = cut(fe);
+    await fe.write(bytes, fds);
+    fe.close();
+    return { closedByUs: true };
+  },
+});
+
 const disconnectCases: HostileCase[] = [
-  {
-    id: 'disconnect.half-header',
-    class: 'disconnect',
-    title: 'half a header, then the connection closed',
-    inject: async ({ fe }) => {
-      await fe.write(message(Req.GET_FEATURES).subarray(0, 6));
-      fe.close();
-      return { closedByUs: true };
-    },
-  },
-  {
-    id: 'disconnect.header-no-payload',
-    class: 'disconnect',
-    title: 'a header without its payload, then the connection closed',
-    inject: async ({ fe }) => {
-      await fe.write(message(Req.SET_FEATURES, new Uint8Array(8)).subarray(0, HEADER_SIZE));
-      fe.close();
-      return { closedByUs: true };
-    },
-  },
-  {
-    id: 'disconnect.mem-table-half',
-    class: 'disconnect',
-    title: 'a memory table with its fd and half its payload, then the connection closed',
-    inject: async ({ fe }) => {
-      await fe.write(message(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize)).subarray(0, HEADER_SIZE + 20), [fe.memfd]);
-      fe.close();
-      return { closedByUs: true };
-    },
-  },
+  cutShort('disconnect.half-header', 'half a header, then the connection closed', () => [message(Req.GET_FEATURES).subarray(0, 6), []]),
+  cutShort('disconnect.header-no-payload', 'a header without its payload, then the connection closed', () => [message(Req.SET_FEATURES, new Uint8Array(8)).subarray(0, HEADER_SIZE), []]),
+  cutShort('disconnect.mem-table-half', 'a memory table with its fd and half its payload, then the connection closed', (fe) => [
+    message(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize)).subarray(0, HEADER_SIZE + 20),
+    [fe.memfd],
+  ]),
   {
     id: 'disconnect.ring-running',
     class: 'disconnect',

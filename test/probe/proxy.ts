@@ -4,7 +4,7 @@
 // what the front-end gets instead: the same message, a changed one, none, or several. Each
 // negative test breaks exactly one vhost-user rule this way and checks that probe names it.
 import { native } from '../../src/native/index.js';
-import { HEADER_SIZE } from '../../src/transports/vhost-user/protocol.js';
+import { HEADER_SIZE, encodeMessage } from '../../src/transports/vhost-user/protocol.js';
 
 const n = native();
 
@@ -24,15 +24,9 @@ export function asIs(r: ProxiedReply): { data: Uint8Array; fds: number[] } {
   return { data: encode(r.request, r.flags, r.payload), fds: r.fds };
 }
 
-/** One message's bytes. */
+/** One message's bytes (the codec's own encoder: a reply is a message with the reply flag). */
 export function encode(request: number, flags: number, payload: Uint8Array): Uint8Array {
-  const out = new Uint8Array(HEADER_SIZE + payload.length);
-  const v = new DataView(out.buffer);
-  v.setUint32(0, request, true);
-  v.setUint32(4, flags, true);
-  v.setUint32(8, payload.length, true);
-  out.set(payload, HEADER_SIZE);
-  return out;
+  return encodeMessage(request, flags, payload);
 }
 
 /** Sends all of `data` (fds with the first bytes), waiting on the event loop while the socket is full. */
