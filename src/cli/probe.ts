@@ -99,8 +99,8 @@ async function probe(opts: ProbeCliOptions, out: Writable, err: Writable): Promi
     }
   }
   out.write(opts.json ? json : formatProbeReport(report));
-  if (report.backend === undefined) {
-    err.write(`virtio-ts probe: could not talk to the back-end at ${opts.socketPath}: ${report.sessions[0]?.result ?? 'no session'}\n`);
+  if (!report.target.connected) {
+    err.write(`virtio-ts probe: could not connect to the back-end at ${opts.socketPath}: ${report.sessions[0]?.result ?? 'no session'}\n`);
     return EXIT_RUNTIME;
   }
   return report.summary.clean ? EXIT_OK : EXIT_VIOLATIONS;

@@ -507,10 +507,12 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeReport> {
   const sessions: ProbeReport['sessions'] = [];
   progress('protocol session');
   let learnt: Learnt | null = null;
+  let connected = true;
   try {
     learnt = await protocolSession(o, typeInfo.requests, book, sessions);
   } catch (err) {
     // Not even a connection.
+    connected = false;
     sessions.push({ name: PROTOCOL_SESSION, result: `could not connect: ${(err as { code?: string }).code ?? errText(err)}` });
     book.fail('vhost-user.reply.each', `could not connect to ${o.socketPath}: ${(err as { code?: string }).code ?? errText(err)}`, PROTOCOL_SESSION);
   }
@@ -549,7 +551,7 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeReport> {
   const hostileFailed = hostile?.filter((h) => !h.ok).length ?? 0;
   const report: ProbeReport = {
     schema: PROBE_REPORT_SCHEMA,
-    target: { socketPath: o.socketPath, type: o.type },
+    target: { socketPath: o.socketPath, type: o.type, connected },
     started: new Date(start).toISOString(),
     durationMs: Date.now() - start,
     checks,

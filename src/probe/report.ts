@@ -60,7 +60,8 @@ export interface ProbeBackendInfo {
 /** The whole report. */
 export interface ProbeReport {
   schema: typeof PROBE_REPORT_SCHEMA;
-  target: { socketPath: string; type: string };
+  /** What was probed; `connected`: whether the probe could connect at all (false: nothing else is known). */
+  target: { socketPath: string; type: string; connected: boolean };
   /** ISO time the probe started. */
   started: string;
   durationMs: number;

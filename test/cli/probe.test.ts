@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { run } from './helpers.js';
+import { n, run } from './helpers.js';
 import { startServer, type Server } from '../vhost-user/hostile-cases.js';
 import { HOSTILE_CASES } from '../../src/probe/hostile.js';
 import { VHOST_USER_RULES } from '../../src/probe/rules.js';
@@ -34,6 +34,32 @@ describe('virtio-ts probe: usage', () => {
     const r = run('probe', '--socket-path', join(tmpdir(), 'no-such-virtio-ts.sock'), '--type', 'blk');
     assert.equal(r.code, 3, r.err);
     assert.match(r.err, /no such file \(is the back-end running\?\)/);
+  });
+
+  test('a socket nobody listens on exits 3; one that never answers is a violation (exit 1, vhost-user.reply.each)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-probe-cli-'));
+    try {
+      const stale = join(dir, 'stale.sock');
+      n.close(n.listen(stale)); // the file stays, nothing listens: ECONNREFUSED
+      const refused = run('probe', '--socket-path', stale, '--type', 'rng', '--json');
+      assert.equal(refused.code, 3, refused.err);
+      assert.match(refused.err, /could not connect to the back-end .*ECONNREFUSED/);
+      assert.equal((JSON.parse(refused.out) as ProbeReport).target.connected, false);
+      // Listening, never accepting (the kernel queues the connection): no reply ever comes.
+      const mute = join(dir, 'mute.sock');
+      const fd = n.listen(mute);
+      try {
+        const r = run('probe', '--socket-path', mute, '--type', 'rng', '--json', '--wait-ms', '200');
+        assert.equal(r.code, 1, r.err);
+        const report = JSON.parse(r.out) as ProbeReport;
+        assert.equal(report.target.connected, true);
+        assert.equal(report.checks.find((c) => c.id === 'vhost-user.reply.each')?.status, 'fail');
+      } finally {
+        n.close(fd);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('--list-cases and --list-rules print every case and rule, exit 0', () => {
