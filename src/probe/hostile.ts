@@ -67,6 +67,8 @@ export interface Injection {
   closedByUs?: boolean;
   /** The case kicked a ring: a reaction may come without an event of its own (watched for the settle time). */
   kicked?: boolean;
+  /** The case saw this rule or clause broken (whatever the outcome). */
+  breaks?: string;
 }
 
 /** One fault injection. */
@@ -189,18 +191,24 @@ const featureCases: HostileCase[] = [
     class: 'features',
     title: 'FEATURES_OK over a feature set with a bit never offered (SET_STATUS, then GET_STATUS)',
     needsProtocol: [ProtocolFeature.STATUS],
-    // 3.1.1 / 2.2.2: a device that does not accept the features leaves FEATURES_OK clear.
-    accept: ['refused', 'status'],
+    // 2.2.2: a device that does not accept the driver's features leaves FEATURES_OK clear
+    // (basic.features.device.3). A back-end that says it refused the set (non-zero REPLY_ACK)
+    // and then shows FEATURES_OK breaks it; one that took the set is reported `served`.
     clause: 'basic.features.device.3',
     inject: async ({ fe }) => {
       const offered = await fe.askU64(Req.GET_FEATURES);
-      await fe.askU64(Req.GET_PROTOCOL_FEATURES);
-      await fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(pf(ProtocolFeature.STATUS)));
+      const protocol = await fe.askU64(Req.GET_PROTOCOL_FEATURES);
+      const ack = (protocol & REPLY_ACK) !== 0n;
+      await fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(pf(ProtocolFeature.STATUS) | (ack ? REPLY_ACK : 0n)));
       await fe.send(Req.SET_STATUS, u64Payload(Status.ACKNOWLEDGE | Status.DRIVER));
-      await fe.send(Req.SET_FEATURES, u64Payload((offered & (bit(Feature.VERSION_1) | PROTOCOL_FEATURES_BIT)) | unofferedBit(offered)));
+      await fe.send(Req.SET_FEATURES, u64Payload((offered & (bit(Feature.VERSION_1) | PROTOCOL_FEATURES_BIT)) | unofferedBit(offered)), [], ack ? ACK : 1);
+      const rejected = ack ? (await ackOf(fe))[1] !== 0n : false;
       await fe.send(Req.SET_STATUS, u64Payload(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK));
       const status = Number((await fe.ask(Req.GET_STATUS)).getBigUint64(0, true) & 0xffn);
-      return { outcome: status & Status.FEATURES_OK ? 'served' : 'status', note: `GET_STATUS 0x${status.toString(16)}` };
+      const kept = (status & Status.FEATURES_OK) !== 0;
+      const note = `${ack ? `SET_FEATURES REPLY_ACK ${rejected ? 'non-zero' : '0'}, ` : ''}GET_STATUS 0x${status.toString(16)}`;
+      if (rejected && kept) return { outcome: 'served', note, breaks: 'basic.features.device.3' };
+      return { outcome: kept ? 'served' : 'status', note };
     },
   },
 ];

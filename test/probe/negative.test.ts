@@ -109,6 +109,13 @@ describe('virtio-ts probe names the vhost-user rule a back-end breaks', () => {
       (r) => (r.request === Req.SET_VRING_ADDR && (r.flags & FLAG_REPLY) !== 0 && u64(r) !== 0n ? [{ data: encode(r.request, r.flags, u64Payload(0)), fds: r.fds }] : [asIs(r)]),
       { cases: ['ring.addr-outside-ack'] },
     ],
+    // A feature set refused (non-zero REPLY_ACK), then FEATURES_OK shown all the same.
+    [
+      'basic.features.device.3',
+      'rng',
+      (r) => (r.request === Req.GET_STATUS && (r.flags & FLAG_REPLY) !== 0 ? [{ data: encode(r.request, r.flags, u64Payload(u64(r) | BigInt(Status.FEATURES_OK))), fds: r.fds }] : [asIs(r)]),
+      { cases: ['features.features-ok-refusal'] },
+    ],
   ];
   for (const [rule, type, mutate, options] of cases) {
     test(`${rule}: named when the back-end breaks it`, async () => {

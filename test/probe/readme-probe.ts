@@ -4,7 +4,8 @@ import { runProbe, formatProbeReport } from '../../src/node.js';
 
 /** Probes the blk back-end at `socketPath`, faults included; prints the report unless clean. */
 export async function probeBlk(socketPath: string): Promise<boolean> {
-  const report = await runProbe({ socketPath, type: 'blk', hostile: true });
+  // Generous bounds: a loaded machine answers late; a back-end that never answers still ends the run.
+  const report = await runProbe({ socketPath, type: 'blk', hostile: true, waitMs: 30_000 });
   if (!report.summary.clean) console.log(formatProbeReport(report));
   return report.summary.clean;
 }
