@@ -19,7 +19,7 @@ import { Status } from '../../src/spec/constants.js';
 import { native } from '../../src/native/index.js';
 import { runProbe } from '../../src/probe/probe.js';
 import type { ProbeReport } from '../../src/probe/report.js';
-import { MutatingProxy, asIs, encode, type Mutation, type ProxiedReply } from './proxy.js';
+import { MutatingProxy, asIs, encode, type Mutation, type ProxiedReply, type RequestFilter } from './proxy.js';
 import { WAIT_MS } from '../wait.js';
 
 const bin = join(fileURLToPath(import.meta.url), '../../../src/cli/main.js');
@@ -125,6 +125,65 @@ describe('virtio-ts probe names the vhost-user rule a back-end breaks', () => {
       assert.equal(r.summary.clean, false);
     });
   }
+});
+
+describe('virtio-ts probe tells a hung, wedged, crashed or scribbling back-end', () => {
+  /** Probes serve rng through a proxy with `filter` on the front-end's messages, running the one hostile case `id`. */
+  async function caseThrough(id: string, filter: (proxy: MutatingProxy) => RequestFilter): Promise<ProbeReport> {
+    const path = join(dir, `proxy-${k++}.sock`);
+    let proxy!: MutatingProxy;
+    proxy = new MutatingProxy(path, join(dir, 'rng.sock'), (r) => [asIs(r)], (m) => filter(proxy)(m));
+    try {
+      // A short bound: the hung case waits it out once (a reply that never comes), nothing else waits.
+      return await runProbe({ socketPath: path, type: 'rng', waitMs: 2000, cases: [id] });
+    } finally {
+      proxy.close();
+    }
+  }
+  const unknownRequestThrough = (filter: (proxy: MutatingProxy) => RequestFilter) => caseThrough('message.unknown-request', filter);
+  const UNKNOWN = 99;
+
+  test('hung: the session stops answering after the case', async () => {
+    let stalled = false;
+    const r = await unknownRequestThrough(() => (m) => ((stalled ||= m.request === UNKNOWN) ? 'drop' : 'pass'));
+    assert.equal(r.hostile?.[0].outcome, 'hung', r.hostile?.[0].note);
+    assert.equal(r.hostile?.[0].ok, false);
+  });
+
+  test('wedged: the case is taken quietly, but no session is served after it', async () => {
+    const r = await unknownRequestThrough((proxy) => (m) => {
+      if (m.request !== UNKNOWN) return 'pass';
+      proxy.refuseNew = true;
+      return 'drop';
+    });
+    assert.equal(r.hostile?.[0].reaction, 'ignored');
+    assert.equal(r.hostile?.[0].outcome, 'wedged', r.hostile?.[0].note);
+    assert.equal(r.summary.clean, false);
+  });
+
+  test('crashed: the socket stops accepting', async () => {
+    const r = await unknownRequestThrough((proxy) => (m) => {
+      if (m.request === UNKNOWN) proxy.stopListening();
+      return 'pass';
+    });
+    assert.equal(r.hostile?.[0].outcome, 'crashed', r.hostile?.[0].note);
+    assert.match(r.hostile?.[0].note ?? '', /ECONNREFUSED/);
+  });
+
+  test('wrote-outside: guest memory outside the buffers given loses its canary', async () => {
+    const n = native();
+    // The planted fault: the memory table's memfd, mapped by the proxy and written where no buffer is.
+    const r = await caseThrough('chain.loop', () => (m) => {
+      if (m.request === Req.SET_MEM_TABLE && m.fds.length === 1) {
+        const ram = n.mmap(m.fds[0], 0, 0x80000);
+        new Uint8Array(ram)[0x70000] = 0;
+        n.munmap(ram);
+      }
+      return 'pass';
+    });
+    assert.equal(r.hostile?.[0].outcome, 'wrote-outside', r.hostile?.[0].note);
+    assert.match(r.hostile?.[0].note ?? '', /written at 0x70000/);
+  });
 });
 
 describe('virtio-ts probe names the virtio clause a device breaks', () => {

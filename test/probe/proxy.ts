@@ -39,6 +39,12 @@ async function sendAll(fd: number, data: Uint8Array, fds: number[]): Promise<voi
   }
 }
 
+/**
+ * What becomes of one front-end message: passed on, or dropped (the back-end never sees it).
+ * `fds` are the message's; the filter may look at them (a memory table's memfd) but not keep them.
+ */
+export type RequestFilter = (m: ProxiedReply) => 'pass' | 'drop';
+
 /** The proxy: listening at `path`, forwarding to `upstream`. */
 export class MutatingProxy {
   private readonly listener: number;
@@ -46,16 +52,31 @@ export class MutatingProxy {
   private readonly open = new Set<() => void>();
   /** Replies seen so far (across connections). */
   replies = 0;
+  /** New connections are accepted and closed at once (a back-end that no longer serves). */
+  refuseNew = false;
+  private listening = true;
 
   constructor(
     readonly path: string,
     readonly upstream: string,
     private readonly mutate: Mutation,
+    private readonly filter: RequestFilter = () => 'pass',
   ) {
     this.listener = n.listen(path);
     this.watch = n.watch(this.listener, true, false, () => {
-      for (let fd = n.accept(this.listener); fd >= 0; fd = n.accept(this.listener)) this.serve(fd);
+      for (let fd = n.accept(this.listener); fd >= 0; fd = n.accept(this.listener)) {
+        if (this.refuseNew) n.close(fd);
+        else this.serve(fd);
+      }
     });
+  }
+
+  /** Stops listening, leaving the socket file (connections are refused: what a crashed back-end leaves). */
+  stopListening(): void {
+    if (!this.listening) return;
+    this.listening = false;
+    this.watch.close();
+    n.close(this.listener);
   }
 
   private serve(front: number): void {
@@ -120,6 +141,10 @@ export class MutatingProxy {
       true,
       false,
       framer(front, (m) => {
+        if (this.filter(m) === 'drop') {
+          m.fds.forEach((fd) => n.close(fd));
+          return;
+        }
         chain = chain.then(() => sendAll(back, encode(m.request, m.flags, m.payload), m.fds).finally(() => m.fds.forEach((fd) => n.close(fd)))).catch(close);
       }),
     );
@@ -141,7 +166,6 @@ export class MutatingProxy {
 
   close(): void {
     for (const c of [...this.open]) c();
-    this.watch.close();
-    n.close(this.listener);
+    this.stopListening();
   }
 }
