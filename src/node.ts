@@ -37,6 +37,7 @@ export {
   HIDDEN_FEATURES,
   type VhostUserFrontEndOptions,
   type FrontEndCounts,
+  type RingState,
 } from './transports/vhost-user/frontend/front-end.js';
 export { FrontEndError, type FrontEndErrorKind } from './transports/vhost-user/frontend/errors.js';
 export { GuestRam, USER_BASE, type RamRegion } from './transports/vhost-user/frontend/memory.js';

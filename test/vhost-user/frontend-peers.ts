@@ -7,6 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../../src/native/index.js';
+import { Feature } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
+import { VhostUserFrontEnd, type VhostUserFrontEndOptions } from '../../src/transports/vhost-user/frontend/front-end.js';
 
 const root = join(fileURLToPath(import.meta.url), '../../../..');
 export const CLI = join(root, 'dist/src/cli/main.js');
@@ -108,4 +111,34 @@ export async function startQsd(image: string, socket: string, extra = ''): Promi
   ]);
   await socketUp(socket, p.child, p.log);
   return p;
+}
+
+/** Driver transport features for each ring format (without VIRTIO_F_RING_PACKED: split). */
+export const SPLIT = bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX);
+export const PACKED = SPLIT | bit(Feature.RING_PACKED);
+export const RING_FORMATS = [
+  ['split', SPLIT],
+  ['packed', PACKED],
+] as const;
+
+/** The bytes of request `i` (distinct per request and per byte). */
+export function pattern(i: number, len: number): Uint8Array {
+  const b = new Uint8Array(len);
+  for (let k = 0; k < len; k++) b[k] = (i * 31 + k * 13 + 5) & 0xff;
+  return b;
+}
+
+/** Front-ends a test opened, closed after it whatever happened (their fd watches would keep the test process alive). */
+const opened: VhostUserFrontEnd[] = [];
+
+/** VhostUserFrontEnd.connect, remembered for closeFrontEnds(). */
+export async function connectFrontEnd(options: VhostUserFrontEndOptions): Promise<VhostUserFrontEnd> {
+  const fe = await VhostUserFrontEnd.connect(options);
+  opened.push(fe);
+  return fe;
+}
+
+/** Closes every front-end connectFrontEnd() opened. */
+export async function closeFrontEnds(): Promise<void> {
+  for (const fe of opened.splice(0)) await fe.close();
 }

@@ -10,27 +10,13 @@ import assert from 'node:assert/strict';
 import { BlkDriver } from '../../src/drivers/blk.js';
 import { DeviceId, Feature } from '../../src/spec/constants.js';
 import { ProtocolFeature } from '../../src/transports/vhost-user/protocol.js';
-import { VhostUserFrontEnd, type VhostUserFrontEndOptions } from '../../src/transports/vhost-user/frontend/front-end.js';
 import { FrontEndError } from '../../src/transports/vhost-user/frontend/errors.js';
-import { haveQsd, makeImage, readImage, scratch, startQsd, type Peer } from './frontend-peers.js';
+import { closeFrontEnds, connectFrontEnd, haveQsd, makeImage, pattern, readImage, scratch, startQsd, type Peer } from './frontend-peers.js';
 import { missingPrerequisite } from '../prerequisites.js';
 import { until } from '../wait.js';
 import { roundTrip } from './readme-frontend.js';
 
 const MiB = 1 << 20;
-
-function pattern(i: number, len: number): Uint8Array {
-  const b = new Uint8Array(len);
-  for (let k = 0; k < len; k++) b[k] = (i * 29 + k * 11 + 3) & 0xff;
-  return b;
-}
-
-const opened: VhostUserFrontEnd[] = [];
-async function connect(options: VhostUserFrontEndOptions): Promise<VhostUserFrontEnd> {
-  const fe = await VhostUserFrontEnd.connect(options);
-  opened.push(fe);
-  return fe;
-}
 
 async function withQsd(t: TestContext, extra: string, body: (p: Peer, image: string) => Promise<void>): Promise<void> {
   if (!haveQsd()) return missingPrerequisite(t, 'qemu-storage-daemon (Debian package qemu-system-common / qemu-utils)');
@@ -42,7 +28,7 @@ async function withQsd(t: TestContext, extra: string, body: (p: Peer, image: str
     p = await startQsd(image, `${s.dir}/sock`, extra);
     await body(p, image);
   } finally {
-    for (const fe of opened.splice(0)) await fe.close();
+    await closeFrontEnds();
     await p?.stop();
     s.remove();
   }
@@ -50,7 +36,7 @@ async function withQsd(t: TestContext, extra: string, body: (p: Peer, image: str
 
 test('qemu-storage-daemon: BlkDriver over the front-end writes, reads back, and the image holds the writes (split ring: qsd offers no packed ring)', async (t) => {
   await withQsd(t, '', async (p, image) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     assert.equal(fe.backendFeatures & (1n << BigInt(Feature.RING_PACKED)), 0n, 'qsd 7.2 offers no VIRTIO_F_RING_PACKED');
     assert.ok(!fe.hasProtocolFeature(ProtocolFeature.INFLIGHT_SHMFD) && (fe.offeredProtocolFeatures & (1n << BigInt(ProtocolFeature.INFLIGHT_SHMFD))) === 0n, 'qsd 7.2 offers no INFLIGHT_SHMFD');
     const blk = new BlkDriver(fe);
@@ -73,7 +59,7 @@ test('qemu-storage-daemon: BlkDriver over the front-end writes, reads back, and 
 
 test('qemu-storage-daemon num-queues=4: the four rings run and requests over all of them complete', async (t) => {
   await withQsd(t, 'num-queues=4', async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     const blk = new BlkDriver(fe, { numQueues: 4 });
     await blk.start();
     for (let q = 0; q < 4; q++) assert.equal(fe.ringState(q)?.state, 'running', `queue ${q} runs`);
@@ -90,7 +76,7 @@ test('qemu-storage-daemon num-queues=4: the four rings run and requests over all
 
 test('qemu-storage-daemon: GET_VRING_BASE stops the ring at the next available index; a request made while stopped is served after the restart', async (t) => {
   await withQsd(t, '', async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     const blk = new BlkDriver(fe);
     await blk.start();
     for (let i = 0; i < 7; i++) await blk.write(i * 4096, pattern(i, 4096));
@@ -106,7 +92,7 @@ test('qemu-storage-daemon: GET_VRING_BASE stops the ring at the next available i
 
 test('qemu-storage-daemon: a memory slot plugged in (ADD_MEM_REG) and out (REM_MEM_REG, with its fd as libvhost-user 7.2 wants); I/O goes on', async (t) => {
   await withQsd(t, '', async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK, memorySize: 4 * MiB });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK, memorySize: 4 * MiB });
     assert.ok(fe.hasProtocolFeature(ProtocolFeature.CONFIGURE_MEM_SLOTS));
     const blk = new BlkDriver(fe);
     await blk.start();
@@ -122,7 +108,7 @@ test('qemu-storage-daemon: a memory slot plugged in (ADD_MEM_REG) and out (REM_M
 
 test('qemu-storage-daemon: a reset (no RESET_DEVICE, no STATUS: every ring stopped with GET_VRING_BASE) and a second start on the same connection', async (t) => {
   await withQsd(t, '', async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     assert.ok(!fe.hasProtocolFeature(ProtocolFeature.RESET_DEVICE) && !fe.hasProtocolFeature(ProtocolFeature.STATUS));
     const blk = new BlkDriver(fe);
     await blk.start();
@@ -139,7 +125,7 @@ test('qemu-storage-daemon: a reset (no RESET_DEVICE, no STATUS: every ring stopp
 
 test('qemu-storage-daemon restarted under a live driver (nothing in flight): the front-end sees it go, reconnects, the rings go on from used.idx', async (t) => {
   await withQsd(t, '', async (p, image) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     let lost: FrontEndError | null = null;
     fe.onDisconnect = (e) => (lost = e);
     const blk = new BlkDriver(fe);
@@ -161,7 +147,7 @@ test('qemu-storage-daemon restarted under a live driver (nothing in flight): the
       await blk.write(8 * 4096, pattern(30, 4096));
       await blk.shutdown();
     } finally {
-      for (const f of opened.splice(0)) await f.close();
+      await closeFrontEnds();
       await again.stop();
     }
   });
@@ -169,7 +155,7 @@ test('qemu-storage-daemon restarted under a live driver (nothing in flight): the
 
 test('qemu-storage-daemon answers GET_CONFIG from offset 0 whatever offset is asked (vhost-user.config.echo); the driver still reads the right fields', async (t) => {
   await withQsd(t, '', async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     const whole = await fe.getConfig(0, 16);
     const at8 = await fe.getConfig(8, 8);
     // A finding, recorded as it stands in qsd 7.2: the bytes of offset 0, not those of offset 8.

@@ -8,41 +8,18 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { truncateSync } from 'node:fs';
 import { BlkDriver } from '../../src/drivers/blk.js';
+import { DriverError } from '../../src/driver/driver.js';
 import { RngDriver } from '../../src/drivers/rng.js';
 import { DeviceId, Feature } from '../../src/spec/constants.js';
-import { bit } from '../../src/spec/features.js';
 import { ProtocolFeature } from '../../src/transports/vhost-user/protocol.js';
-import { VhostUserFrontEnd, type VhostUserFrontEndOptions } from '../../src/transports/vhost-user/frontend/front-end.js';
 import { FrontEndError } from '../../src/transports/vhost-user/frontend/errors.js';
 import { native } from '../../src/native/index.js';
-import { makeImage, readImage, scratch, startServe, type Peer } from './frontend-peers.js';
+import { closeFrontEnds, connectFrontEnd, makeImage, pattern, readImage, RING_FORMATS, scratch, startServe, type Peer } from './frontend-peers.js';
 import { until } from '../wait.js';
 import { entropy, roundTrip } from './readme-frontend.js';
 
 const MiB = 1 << 20;
 const n = native();
-
-/** Driver transport features without VIRTIO_F_RING_PACKED: the split ring. */
-const SPLIT = bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.EVENT_IDX);
-const PACKED = SPLIT | bit(Feature.RING_PACKED);
-
-/** A pattern for request `i` (distinct per request and per byte). */
-function pattern(i: number, len: number): Uint8Array {
-  const b = new Uint8Array(len);
-  for (let k = 0; k < len; k++) b[k] = (i * 31 + k * 13 + 5) & 0xff;
-  return b;
-}
-
-/** Front-ends a test opened: closed after it, whatever happened (their fd watches would keep the process alive). */
-const opened: VhostUserFrontEnd[] = [];
-async function connect(options: VhostUserFrontEndOptions): Promise<VhostUserFrontEnd> {
-  const fe = await VhostUserFrontEnd.connect(options);
-  opened.push(fe);
-  return fe;
-}
-async function closeOpened(): Promise<void> {
-  for (const fe of opened.splice(0)) await fe.close();
-}
 
 async function withServe(type: 'blk' | 'rng', args: string[], body: (p: Peer, dir: string) => Promise<void>): Promise<void> {
   const s = scratch();
@@ -52,19 +29,16 @@ async function withServe(type: 'blk' | 'rng', args: string[], body: (p: Peer, di
     p = await startServe(type, `${s.dir}/sock`, type === 'blk' ? ['--image', `${s.dir}/disk.img`, '--format', 'raw', ...args] : args);
     await body(p, s.dir);
   } finally {
-    await closeOpened();
+    await closeFrontEnds();
     await p?.stop();
     s.remove();
   }
 }
 
-for (const [format, transportFeatures] of [
-  ['split', SPLIT],
-  ['packed', PACKED],
-] as const) {
+for (const [format, transportFeatures] of RING_FORMATS) {
   test(`serve blk, ${format} ring: BlkDriver writes and reads back through the front-end; the image holds the writes`, async () => {
     await withServe('blk', [], async (p, dir) => {
-      const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+      const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
       const blk = new BlkDriver(fe, { transportFeatures });
       await blk.start();
       assert.equal(blk.negotiated(Feature.RING_PACKED), format === 'packed');
@@ -91,7 +65,7 @@ for (const [format, transportFeatures] of [
 
 test('serve blk --num-queues 4: four rings run, requests spread over them complete', async () => {
   await withServe('blk', ['--num-queues', '4'], async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     assert.ok(fe.hasProtocolFeature(ProtocolFeature.MQ));
     assert.ok(fe.backendQueues >= 4, `GET_QUEUE_NUM ${fe.backendQueues}`);
     const blk = new BlkDriver(fe, { numQueues: 4 });
@@ -109,13 +83,10 @@ test('serve blk --num-queues 4: four rings run, requests spread over them comple
   });
 });
 
-for (const [format, transportFeatures] of [
-  ['split', SPLIT],
-  ['packed', PACKED],
-] as const) {
+for (const [format, transportFeatures] of RING_FORMATS) {
   test(`serve blk, ${format}: GET_VRING_BASE stops the ring where it stands; a request made while stopped is served after the restart from that base`, async () => {
     await withServe('blk', [], async (p) => {
-      const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+      const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
       const blk = new BlkDriver(fe, { transportFeatures, indirectMax: 0 });
       await blk.start();
       for (let i = 0; i < 5; i++) await blk.write(i * 4096, pattern(i, 4096));
@@ -143,7 +114,7 @@ for (const [format, transportFeatures] of [
 
 test('serve blk: a resize (SIGHUP) reaches the driver as a config change on the back-end channel; config_generation moves', async () => {
   await withServe('blk', [], async (p, dir) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     assert.ok(fe.hasProtocolFeature(ProtocolFeature.BACKEND_REQ) && fe.hasProtocolFeature(ProtocolFeature.CONFIG));
     const blk = new BlkDriver(fe);
     await blk.start();
@@ -161,7 +132,7 @@ test('serve blk: a resize (SIGHUP) reaches the driver as a config change on the 
 
 test('serve blk: guest RAM plugged in as a memory slot (ADD_MEM_REG) carries buffers; unplugged (REM_MEM_REG)', async () => {
   await withServe('blk', [], async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK, memorySize: 4 * MiB });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK, memorySize: 4 * MiB });
     assert.ok(fe.hasProtocolFeature(ProtocolFeature.CONFIGURE_MEM_SLOTS));
     const blk = new BlkDriver(fe);
     await blk.start();
@@ -200,7 +171,7 @@ test('serve blk: guest RAM plugged in as a memory slot (ADD_MEM_REG) carries buf
 
 test('serve blk: a reset (status 0) stops the rings and RESET_DEVICE; the driver starts again on the same connection', async () => {
   await withServe('blk', [], async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
     assert.ok(fe.hasProtocolFeature(ProtocolFeature.RESET_DEVICE) && fe.hasProtocolFeature(ProtocolFeature.STATUS));
     const blk = new BlkDriver(fe);
     await blk.start();
@@ -219,10 +190,7 @@ test('serve blk: a reset (status 0) stops the rings and RESET_DEVICE; the driver
   });
 });
 
-for (const [format, transportFeatures] of [
-  ['split', SPLIT],
-  ['packed', PACKED],
-] as const) {
+for (const [format, transportFeatures] of RING_FORMATS) {
   test(`serve blk, ${format}: the back-end is killed with requests in flight, restarted; the front-end reconnects with the same inflight buffer and every request completes`, async () => {
     const s = scratch();
     const img = `${s.dir}/disk.img`;
@@ -231,7 +199,7 @@ for (const [format, transportFeatures] of [
     const args = ['--image', img, '--format', 'raw', '--io', 'async'];
     let p = await startServe('blk', sock, args);
     try {
-      const fe = await connect({ socketPath: sock, deviceId: DeviceId.BLOCK, memorySize: 64 * MiB });
+      const fe = await connectFrontEnd({ socketPath: sock, deviceId: DeviceId.BLOCK, memorySize: 64 * MiB });
       let lost: FrontEndError | null = null;
       fe.onDisconnect = (e) => (lost = e);
       const blk = new BlkDriver(fe, { transportFeatures, queueSize: 128 });
@@ -288,7 +256,7 @@ for (const [format, transportFeatures] of [
       await blk.shutdown();
       await fe.close();
     } finally {
-      await closeOpened();
+      await closeFrontEnds();
       await p.stop();
       s.remove();
     }
@@ -297,7 +265,7 @@ for (const [format, transportFeatures] of [
 
 test('serve rng: RngDriver reads entropy through the front-end', async () => {
   await withServe('rng', [], async (p) => {
-    const fe = await connect({ socketPath: p.socket, deviceId: DeviceId.ENTROPY });
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.ENTROPY });
     const rng = new RngDriver(fe);
     await rng.start();
     const a = await rng.read(64);
@@ -317,5 +285,48 @@ test("the README's front-end example runs against serve blk and serve rng", asyn
   });
   await withServe('rng', [], async (p) => {
     assert.equal((await entropy(p.socket)).length, 32);
+  });
+});
+
+test('serve blk killed with a request in flight and the front-end closed instead of reconnected: the driver fails the request (needs-reset), nothing waits forever', async () => {
+  await withServe('blk', [], async (p) => {
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK });
+    let lost: FrontEndError | null = null;
+    fe.onDisconnect = (e) => (lost = e);
+    const blk = new BlkDriver(fe);
+    await blk.start();
+    // Frozen, it cannot take the request; killed, it never will.
+    p.child.kill('SIGSTOP');
+    const pending = blk.write(0, pattern(7, 4096));
+    await p.kill();
+    await until(() => lost !== null, 'the front-end to see the back-end go');
+    await fe.close();
+    await assert.rejects(pending, (e: DriverError) => e instanceof DriverError && e.kind === 'needs-reset');
+    assert.equal(blk.state, 'broken');
+  });
+});
+
+test('serve blk, split ring, 20000 writes at queue depth 32 in another process: every completion is notified (no lost wakeup between used_event and used.idx)', async () => {
+  await withServe('blk', [], async (p) => {
+    const fe = await connectFrontEnd({ socketPath: p.socket, deviceId: DeviceId.BLOCK, memorySize: 32 * MiB });
+    const blk = new BlkDriver(fe, { transportFeatures: RING_FORMATS[0][1] });
+    await blk.start();
+    // The driver re-arms used_event and then looks at used.idx; the device stores used.idx and
+    // then looks at used_event. Without a full barrier on the driver's side both can miss the
+    // other's store, and the last completions of a burst are never notified: the workers below
+    // would wait forever (the bound of `until` ends the test instead).
+    let done = 0;
+    let next = 0;
+    const buf = pattern(3, 4096);
+    const workers = Array.from({ length: 32 }, async () => {
+      while (next < 20000) {
+        next++;
+        await blk.write((next % 2048) * 4096, buf);
+        done++;
+      }
+    });
+    await until(() => done === 20000, `all 20000 writes to complete (${done} so far)`, 120_000);
+    await Promise.all(workers);
+    await blk.shutdown();
   });
 });

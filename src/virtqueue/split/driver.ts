@@ -466,7 +466,12 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
   enableInterrupts(): boolean {
     if (this.options.eventIdx) {
       const o = this.availOff + usedEventOffset(this.size);
-      this.avail.view.setUint16(o, this.lastUsed, true);
+      // A seq-cst store: a full barrier between it and the used.idx load below. With a plain
+      // store the CPU may let the load pass it (x86 store buffer): the driver then sees no new
+      // used entry while the device, publishing at that moment, still reads the old used_event
+      // and does not notify: a lost wakeup (seen with a back-end in another process).
+      if (this.avail.u16 !== null && (o & 1) === 0) Atomics.store(this.avail.u16, o >> 1, this.lastUsed);
+      else this.avail.view.setUint16(o, this.lastUsed, true);
       if (this.mem.onWrite !== null) this.mem.onWrite(this.addrs.avail + usedEventOffset(this.size), 2);
     } else this.writeAvailFlags(0);
     return this.usedPending() > 0;

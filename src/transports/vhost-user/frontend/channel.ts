@@ -164,7 +164,9 @@ export class MessageSocket {
 
 /** What a reply must look like: its payload size (exact, or a check), and how many fds come with it. */
 export interface ReplyShape {
+  /** The payload size: exact, or a check returning why a size is wrong (null when right). */
   size: number | ((size: number) => string | null);
+  /** File descriptors that come with the reply (default 0). */
   fds?: number;
 }
 

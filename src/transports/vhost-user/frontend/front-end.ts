@@ -90,8 +90,11 @@ export interface VhostUserFrontEndOptions {
   protocolFeatures?: bigint;
 }
 
-/** Where a ring stands on the back-end. */
-type RingState = 'configured' | 'running' | 'stopped' | 'lost';
+/**
+ * Where a ring stands on the back-end: `configured` (set up by the driver, not yet started),
+ * `running` (started), `stopped` (by GET_VRING_BASE), `lost` (its back-end went away while it ran).
+ */
+export type RingState = 'configured' | 'running' | 'stopped' | 'lost';
 
 interface FrontRing {
   readonly index: number;
@@ -394,8 +397,10 @@ export class VhostUserFrontEnd implements DriverTransport {
   }
 
   async getStatus(): Promise<number> {
+    // Closed under a live driver: the device is gone for good (DEVICE_NEEDS_RESET, see close()).
+    if (this.closed) return this.status;
     if (!this.hasProtocolFeature(ProtocolFeature.STATUS)) {
-      this.requireConnection(); // a closed front-end or a lost back-end has no status to read
+      this.requireConnection(); // a lost back-end has no status to read
       return this.status;
     }
     const v = (await this.ch.ask(Req.GET_STATUS, undefined, U64)).view.getBigUint64(0, true);
@@ -671,6 +676,12 @@ export class VhostUserFrontEnd implements DriverTransport {
    * them up again), and so is the inflight buffer.
    */
   private async resetDevice(): Promise<void> {
+    if (this.closed) {
+      // Nothing left to tell a back-end: the reset is the front-end's alone.
+      this.status = 0;
+      this.driverFeatures = 0n;
+      return;
+    }
     const ch = this.ch;
     if (this.hasProtocolFeature(ProtocolFeature.STATUS)) await ch.tell(Req.SET_STATUS, u64Payload(0));
     for (const r of this.rings) if (r !== undefined && r.state === 'running') await this.stopQueue(r.index);
@@ -716,7 +727,9 @@ export class VhostUserFrontEnd implements DriverTransport {
 
   /**
    * Ends the session: running rings are stopped (GET_VRING_BASE, bounded) when the back-end is
-   * still there, then the connection, eventfds, inflight buffer and guest RAM are let go.
+   * still there, then the connection, eventfds, inflight buffer and guest RAM are let go. A
+   * driver still live over the front-end then reads DEVICE_NEEDS_RESET (after a configuration
+   * change notification) and fails its pending requests instead of waiting for them.
    */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -727,7 +740,15 @@ export class VhostUserFrontEnd implements DriverTransport {
         // the back-end failed to stop: it is let go all the same
       }
     }
+    const live = (this.status & Status.DRIVER_OK) !== 0;
     this.release();
+    if (live) {
+      // A driver still running over it would wait forever for buffers nobody will use: the
+      // device now needs a reset (2.1.2), told as a configuration change (basic.status.device.3),
+      // and the driver fails what it has in flight (basic.status.driver.4).
+      this.status |= Status.DEVICE_NEEDS_RESET;
+      this.events?.config();
+    }
   }
 
   private release(): void {

@@ -51,7 +51,10 @@ export class GuestRam {
   readonly memory: GuestMemory;
   private readonly list: RamRegion[] = [];
 
-  /** Guest RAM of one region of `size` bytes at guest address 0. */
+  /**
+   * Guest RAM of one region of `size` bytes at guest address 0 (VhostUserFrontEnd makes it).
+   * @internal
+   */
   constructor(
     private readonly n: NativeAddon,
     size: number,
