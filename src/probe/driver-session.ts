@@ -12,6 +12,7 @@ import { BlkDriver } from '../drivers/blk.js';
 import { RngDriver } from '../drivers/rng.js';
 import type { VirtioDriver } from '../driver/driver.js';
 import { VhostUserFrontEnd } from '../transports/vhost-user/frontend/front-end.js';
+import { FrontEndError } from '../transports/vhost-user/frontend/errors.js';
 import type { CheckBook } from './probe.js';
 import type { ProbeReport } from './report.js';
 
@@ -77,6 +78,23 @@ function modesFor(offered: bigint): Mode[] {
     }
   }
   return modes;
+}
+
+/**
+ * The front-end connected and negotiated. A back-end that serves one front-end at a time turns
+ * a connection away while it still lets go of the last one (the probe's previous session): a
+ * connection it closes is tried again, with a growing pause, for `waitMs` at most.
+ */
+async function connectFrontEnd(o: DriverSessionOptions): Promise<VhostUserFrontEnd> {
+  const deadline = Date.now() + o.waitMs;
+  for (let pause = 5; ; pause = Math.min(pause * 2, 200)) {
+    try {
+      return await VhostUserFrontEnd.connect({ socketPath: o.socketPath, deviceId: o.deviceId, timeoutMs: o.waitMs, memorySize: 8 << 20, queueSize: 64 });
+    } catch (err) {
+      if (!(err instanceof FrontEndError && err.kind === 'disconnected') || Date.now() + pause > deadline) throw err;
+      await new Promise((res) => setTimeout(res, pause));
+    }
+  }
 }
 
 /** `p`, or a rejection naming `what` after `ms`. */
@@ -145,7 +163,7 @@ export async function runDriverSessions(o: DriverSessionOptions, book: CheckBook
     let result: string;
     let ranThrough = false;
     try {
-      fe = await VhostUserFrontEnd.connect({ socketPath: o.socketPath, deviceId: o.deviceId, timeoutMs: o.waitMs, memorySize: 8 << 20, queueSize: 64 });
+      fe = await connectFrontEnd(o);
       // vhost-user has no way to learn a back-end's largest ring: 64 fits every back-end we know (QEMU's smallest default is 128; RngDevice's largest 64).
       const common = { monitor, transportFeatures: m.features, auditReadable: true, queueSize: 64 };
       if (o.deviceId === 2) {

@@ -226,11 +226,11 @@ async function usedMoves(ring: RawSplitRing, from: number, ms: number): Promise<
 
 /** The raw protocol session of the default run: the vhost-user rules. */
 async function protocolSession(o: Required<Pick<ProbeOptions, 'socketPath' | 'waitMs' | 'settleMs'>>, requests: RequestType | null, book: CheckBook, sessions: ProbeReport['sessions']): Promise<Learnt | null> {
-  const fe = new RawSession(o.socketPath, 1 << 20, undefined, o.waitMs);
+  // The first GET_FEATURES is checked like every reply (a connection turned away before it is tried again).
+  const { fe, offered } = await openSession(o.socketPath, o.waitMs, (f) => new CheckedSession(f, book).askU64(Req.GET_FEATURES));
   const s = new CheckedSession(fe, book);
   const n = native();
   try {
-    const offered = await s.askU64(Req.GET_FEATURES);
     const learnt: Learnt = { offered, protocol: null };
     let agreed = 0n;
     if (offered & PROTOCOL_FEATURES_BIT) {
@@ -332,13 +332,43 @@ async function protocolSession(o: Required<Pick<ProbeOptions, 'socketPath' | 'wa
   }
 }
 
+/**
+ * A new raw session that the back-end has taken: GET_FEATURES answered. A back-end that serves
+ * one front-end at a time turns a connection away (closes it) while it is still letting go of
+ * the last one, so a connection closed before its first answer is tried again, with a growing
+ * pause, until `waitMs` has passed. `first` is that first exchange (it resolves to GET_FEATURES).
+ * Throws the connect error (ECONNREFUSED, ENOENT) at once,
+ * the last failure once the bound is reached.
+ */
+export async function openSession(path: string, waitMs: number, first: (fe: RawSession) => Promise<bigint> = (fe) => fe.askU64(Req.GET_FEATURES)): Promise<{ fe: RawSession; offered: bigint }> {
+  const deadline = Date.now() + waitMs;
+  for (let pause = 5; ; pause = Math.min(pause * 2, 200)) {
+    let fe: RawSession;
+    try {
+      fe = new RawSession(path, 1 << 20, undefined, waitMs);
+    } catch (err) {
+      throw Object.assign(err as Error, { connectFailed: true });
+    }
+    try {
+      return { fe, offered: await first(fe) };
+    } catch (err) {
+      fe.close();
+      // No answer at all is not a turned-away connection: that is the back-end's answer.
+      if (Date.now() + pause > deadline || /^no reply in|cut short/.test(errText(err))) throw err;
+      await new Promise((res) => setTimeout(res, pause));
+    }
+  }
+}
+
 /** The after-check of a hostile case: a fresh session, served? */
 async function freshSession(path: string, requests: RequestType | null, waitMs: number): Promise<{ after: 'served' | 'wedged' | 'crashed'; note?: string }> {
   let fe: RawSession;
   try {
-    fe = new RawSession(path, 1 << 20, undefined, waitMs);
+    fe = (await openSession(path, waitMs)).fe;
   } catch (err) {
-    return { after: 'crashed', note: `the socket no longer accepts: ${(err as { code?: string }).code ?? errText(err)}` };
+    const code = (err as { code?: string }).code;
+    if (code === 'ECONNREFUSED' || code === 'ENOENT') return { after: 'crashed', note: `the socket no longer accepts: ${code}` };
+    return { after: 'wedged', note: `the next session failed: ${errText(err)}` };
   }
   try {
     if (requests !== null) {
@@ -442,9 +472,11 @@ async function runCase(c: HostileCase, o: Required<Pick<ProbeOptions, 'socketPat
   }
   let fe: RawSession;
   try {
-    fe = new RawSession(o.socketPath, 1 << 20, undefined, o.waitMs);
+    fe = (await openSession(o.socketPath, o.waitMs)).fe;
   } catch (err) {
-    return { ...base, outcome: 'crashed', reaction: 'crashed', ok: false, note: `the socket does not accept: ${(err as { code?: string }).code ?? errText(err)}` };
+    const code = (err as { code?: string }).code;
+    const outcome: HostileOutcome = code === 'ECONNREFUSED' || code === 'ENOENT' ? 'crashed' : 'wedged';
+    return { ...base, outcome, reaction: outcome, ok: false, note: `no session before the case: ${code ?? errText(err)}` };
   }
   let reaction: HostileOutcome;
   let note: string | undefined;
@@ -515,10 +547,11 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeReport> {
   try {
     learnt = await protocolSession(o, typeInfo.requests, book, sessions);
   } catch (err) {
-    // Not even a connection.
-    connected = false;
-    sessions.push({ name: PROTOCOL_SESSION, result: `could not connect: ${(err as { code?: string }).code ?? errText(err)}` });
-    book.fail('vhost-user.reply.each', `could not connect to ${o.socketPath}: ${(err as { code?: string }).code ?? errText(err)}`, PROTOCOL_SESSION);
+    // Not even a connection (openSession marks a failed connect; anything else is the back-end's doing).
+    connected = (err as { connectFailed?: boolean }).connectFailed !== true;
+    const why = (err as { code?: string }).code ?? errText(err);
+    sessions.push({ name: PROTOCOL_SESSION, result: connected ? `no session: ${why}` : `could not connect: ${why}` });
+    book.fail('vhost-user.reply.each', connected ? `the first GET_FEATURES was not answered: ${why}` : `could not connect to ${o.socketPath}: ${why}`, PROTOCOL_SESSION);
   }
   let backend: ProbeBackendInfo | undefined;
   if (learnt !== null) {
