@@ -48,3 +48,9 @@ export {
 export { FrontEndError, type FrontEndErrorKind } from './transports/vhost-user/frontend/errors.js';
 export { GuestRam, USER_BASE, type RamRegion } from './transports/vhost-user/frontend/memory.js';
 export type { ReplyShape, Reply } from './transports/vhost-user/frontend/channel.js';
+export { runProbe, PROBE_TYPES, ProbeUsageError, type ProbeOptions } from './probe/probe.js';
+export { formatProbeReport, PROBE_REPORT_SCHEMA, type ProbeReport, type ProbeCheck, type ProbeHostileResult, type ProbeBackendInfo } from './probe/report.js';
+export { HOSTILE_CASES, type HostileCase, type HostileClass, type HostileOutcome, type HostileContext, type Injection } from './probe/hostile.js';
+export type { RequestType, PlacedRequest, Range } from './probe/requests.js';
+export { RawSession, RawSplitRing, type Ending } from './probe/raw-session.js';
+export { VHOST_USER_RULES, type VhostUserRule } from './probe/rules.js';

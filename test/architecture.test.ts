@@ -29,6 +29,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/transports/loopback/', 'src/transports/vhost-user/', 'src/transports/mmio/', 'src/transports/pci/'],
   ['src/transports/vhost-user/frontend/'], // the VMM side of vhost-user, over the back-end's codec
   ['src/node/'],
+  ['src/probe/'], // virtio-ts probe: drives and judges a vhost-user back-end
   ['src/testing/'],
   ['src/cli/'],
   // Entry points: nothing below imports them; the Node entry re-exports the browser-safe one.
@@ -122,7 +123,7 @@ test('the layer rule catches an upward, a sideways and an entry-point import', (
 });
 
 test('the browser-safe layers import no Node module', () => {
-  const nodeOnly = ['src/native/', 'src/transports/vhost-user/', 'src/node/', 'src/cli/', 'src/node.ts'];
+  const nodeOnly = ['src/native/', 'src/transports/vhost-user/', 'src/node/', 'src/probe/', 'src/cli/', 'src/node.ts'];
   const wrong: string[] = [];
   for (const file of sources('src')) {
     if (nodeOnly.some((p) => file.startsWith(p))) continue;

@@ -10,6 +10,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { runDemo } from './demo.js';
 import { runConformance } from './conformance.js';
+import { PROBE_TYPE_NAMES, runProbeCli } from './probe.js';
 import { capabilities, runServe } from './serve.js';
 import { clauseInfo } from '../monitor/catalogue.js';
 import { CliError, EXIT_CODES_HELP, EXIT_INTERNAL, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, errnoOf } from './exit-codes.js';
@@ -123,6 +124,27 @@ ${EXIT_CODES_HELP}`,
     .option('--list', 'list every clause (id, status, summary) instead of the summary table')
     .action((opts) => {
       process.exitCode = runConformance(opts, stdout);
+    });
+
+  program
+    .command('probe')
+    .description('drive a vhost-user back-end through a scripted session (and with --hostile, fault injection) and report, rule by rule and clause by clause, what it did')
+    .option('--socket-path <path>', "the back-end's listening unix socket")
+    .addOption(new Option('--type <type>', 'the device type behind the socket (vhost-user does not say)').choices(PROBE_TYPE_NAMES))
+    .option('--hostile', 'also inject faults: malformed messages, bad memory tables, bad rings and chains, floods, disconnects')
+    .option('--case <id>', 'run only this hostile case (repeatable; see --list-cases)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+    .option('--json', 'print the report as one JSON object (schema virtio-ts/probe-report@1)')
+    .option('--report <file>', 'also write the JSON report to this new file (an existing file is not overwritten)')
+    .option('--wait-ms <ms>', 'the bound of each wait for the back-end (default 5000)', intInRange('--wait-ms', 1, 600_000))
+    .option('--settle-ms <ms>', 'how long to watch for a reaction that has no event of its own (default 500)', intInRange('--settle-ms', 0, 60_000))
+    .option('--timeout <seconds>', 'the bound of the whole run (default 300); cases not reached are reported skipped', intInRange('--timeout', 1, 86_400))
+    .option('--write', 'blk: also write a sector back with its own bytes and read it back (off by default: the disk is not changed)')
+    .option('--list-cases', 'list the hostile cases and exit')
+    .option('--list-rules', 'list the vhost-user rules checked (ids, vhost-user.rst sections) and exit')
+    .option('--verbose', 'print each step on stderr')
+    .addHelpText('after', EXIT_CODES_HELP)
+    .action(async (opts) => {
+      process.exitCode = await runProbeCli(opts, stdout, process.stderr);
     });
 
   return program;

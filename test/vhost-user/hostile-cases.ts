@@ -9,32 +9,31 @@
 // Nothing here waits on time: every wait is for an event (EOF, a reply, a log line, a used
 // entry) with a bound.
 //
-// The cases and their checks; hostile.test.ts runs them against `virtio-ts serve`, and
-// hostile-compare.ts (by hand) against another back-end such as qemu-storage-daemon.
+// The injections are virtio-ts probe's own (src/probe/hostile.ts: one id per case, run with
+// `inject(id)`); this file adds what is particular to `virtio-ts serve`: the exact reason and
+// error kind it logs. hostile.test.ts runs them; `virtio-ts probe --hostile` runs the same
+// injections against any back-end (qemu-storage-daemon: test/probe/).
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, ftruncateSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BackendReq, FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, encodeMessage, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import { Feature, VIRTQ_DESC_F_INDIRECT } from '../../src/spec/constants.js';
+import { BackendReq, FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { Feature } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
 import type { VhostUserErrorKind } from '../../src/transports/vhost-user/errors.js';
+import { HOSTILE_FEATURES as FEATURES, HOSTILE_PROTOCOL as PROTOCOL, RING_AREA, ackOf, hostileCase, liveRing, withMemory } from '../../src/probe/hostile.js';
+import { NEXT, WRITE, placeRequest } from '../../src/probe/requests.js';
 import { CANARY, SocketFrontEnd, USER_BASE, memTablePayload, message, n, receive, regionPayload, type SplitTestRing } from './front-end.js';
+
+export { RING_AREA };
 
 const root = join(fileURLToPath(import.meta.url), '../../../..');
 const bin = join(root, 'dist/src/cli/main.js');
 
-const NEXT = 1;
-const WRITE = 2;
 const ACK = 1 | FLAG_NEED_REPLY;
 const pf = (f: number) => 1n << BigInt(f);
 const PROTOCOL_FEATURES = 1n << 30n;
-/** What the hostile sessions ask for: QEMU's usual set. */
-const PROTOCOL = pf(ProtocolFeature.MQ) | pf(ProtocolFeature.CONFIG) | pf(ProtocolFeature.BACKEND_REQ) | pf(ProtocolFeature.STATUS) | pf(ProtocolFeature.INFLIGHT_SHMFD) | pf(ProtocolFeature.LOG_SHMFD);
-const FEATURES = bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC);
-/** Where rings live in guest RAM (the driver writes this area; the device writes its used ring). */
-export const RING_AREA: [number, number] = [0x1000, 0x10000];
 const IMAGE_SIZE = 1 << 20;
 /** How long any one wait may take (the by-hand comparison shortens it for a back-end that logs differently). */
 export const bounds = { waitMs: 10_000 };
@@ -170,12 +169,6 @@ export async function startServer(type: 'blk' | 'rng', dir: string, command?: (p
   return srv;
 }
 
-/** Reads one message (bounded) and returns its request code and u64 payload (a REPLY_ACK: 0 = success). */
-async function ackOf(fe: SocketFrontEnd): Promise<[number, bigint]> {
-  const r = new DataView((await receive(fe.fd, bounds.waitMs)).buffer);
-  return [r.getUint32(0, true), r.getBigUint64(HEADER_SIZE, true)];
-}
-
 /** The session is still usable: GET_FEATURES is answered. */
 async function stillServed(fe: SocketFrontEnd): Promise<void> {
   assert.ok((await fe.askU64(Req.GET_FEATURES)) & bit(Feature.VERSION_1), 'the session goes on');
@@ -197,12 +190,6 @@ async function deviceError(srv: Server, fe: SocketFrontEnd, from: number, reason
   assert.match(await srv.loggedKind(new RegExp(`device error: .*(${reason.source})`), 'device-error', from), /closing the connection/);
 }
 
-/** A live session with ring 0 (split, 16 entries at RING_AREA) ready for its first chain. */
-async function liveRing(fe: SocketFrontEnd, features = FEATURES): Promise<SplitTestRing> {
-  await fe.negotiate(features, PROTOCOL);
-  return fe.splitRing(0, 16, RING_AREA[0]);
-}
-
 /**
  * A correct request on ring `ring`, placed at guest address `at` (readable header for blk);
  * resolves to the ranges the device may write, once it is used. rng: 64 writable bytes. blk:
@@ -210,7 +197,7 @@ async function liveRing(fe: SocketFrontEnd, features = FEATURES): Promise<SplitT
  */
 async function goodRequest(type: 'blk' | 'rng', fe: SocketFrontEnd, ring: SplitTestRing, at: number, segments = 1, indirect = false): Promise<[number, number][]> {
   const before = ring.usedIdx();
-  const granted = placeRequest(type, fe, ring, at, segments, indirect);
+  const granted = placeRequest(type, fe, ring, at, segments, indirect).granted;
   await ring.waitUsed((before + 1) & 0xffff);
   const [id, len] = ring.used(before);
   assert.equal(id, 0, 'the used entry names the chain');
@@ -227,36 +214,6 @@ async function goodRequest(type: 'blk' | 'rng', fe: SocketFrontEnd, ring: SplitT
     assert.equal(len, segments * 512 + 1, 'used length: data and status');
   }
   return [[at, at + 16], ...granted];
-}
-
-/**
- * Places a correct request (blk: a read of sector 1 into `segments` pieces; rng: `segments`
- * writable pieces) as chain 0, directly or in an indirect table at `at + 0x8000`, and makes it
- * available. Returns the device-writable ranges.
- */
-function placeRequest(type: 'blk' | 'rng', fe: SocketFrontEnd, ring: SplitTestRing, at: number, segments: number, indirect: boolean, beforeOffer?: () => void): [number, number][] {
-  const descs: [number, number, number][] = []; // addr, len, flags
-  const granted: [number, number][] = [];
-  if (type === 'rng') {
-    for (let i = 0; i < segments; i++) descs.push([at + i * 0x100, 64 / segments, WRITE]);
-  } else {
-    fe.view.setUint32(at, 0, true); // VIRTIO_BLK_T_IN
-    fe.view.setUint32(at + 4, 0, true);
-    fe.view.setBigUint64(at + 8, 1n, true); // sector 1
-    descs.push([at, 16, 0]);
-    for (let i = 0; i < segments; i++) descs.push([at + 0x1000 + i * 0x200, 512, WRITE]);
-    descs.push([at + 0x1000 + segments * 0x200, 1, WRITE]);
-  }
-  for (const [a, len, flags] of descs) if (flags & WRITE) granted.push([a, a + len]);
-  const table = at + 0x8000;
-  descs.forEach(([a, len, flags], i) => {
-    const last = i === descs.length - 1;
-    ring.desc(i, a, len, flags | (last ? 0 : NEXT), last ? 0 : i + 1, indirect ? table : undefined);
-  });
-  if (indirect) ring.desc(0, table, descs.length * 16, VIRTQ_DESC_F_INDIRECT);
-  beforeOffer?.();
-  ring.offer(0);
-  return granted;
 }
 
 /** The check after every case: alive, at rest, and a correct session on a new connection served. */
@@ -283,65 +240,24 @@ export interface Case {
   run(srv: Server, fe: SocketFrontEnd, from: number): Promise<[number, number][] | void>;
 }
 
-/** SET_MEM_TABLE's payload for arbitrary regions: [guestAddr, size, userAddr, mmapOffset]. */
-function regionsPayload(regions: [number | bigint, number | bigint, number | bigint, number | bigint][]): Uint8Array {
-  const b = new Uint8Array(8 + 32 * regions.length);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, regions.length, true);
-  regions.forEach((r, i) => r.forEach((x, k) => v.setBigUint64(8 + i * 32 + k * 8, BigInt(x), true)));
-  return b;
-}
-
-/** SET_VRING_ADDR's payload for ring 0. */
-function addrPayload(desc: number, used: number, avail: number, flags = 0): Uint8Array {
-  const b = new Uint8Array(40);
-  const v = new DataView(b.buffer);
-  v.setUint32(4, flags, true);
-  v.setBigUint64(8, BigInt(desc), true);
-  v.setBigUint64(16, BigInt(used), true);
-  v.setBigUint64(24, BigInt(avail), true);
-  return b;
-}
-
-/** Features, then the memory table (nothing else): the state ring messages need. */
-async function withMemory(fe: SocketFrontEnd, features = FEATURES, protocol = PROTOCOL): Promise<void> {
-  await fe.negotiate(features, protocol);
+/** Runs the injection of virtio-ts probe's hostile case `id` (src/probe/hostile.ts) on this session. */
+async function inject(id: string, srv: Server, fe: SocketFrontEnd): Promise<void> {
+  await hostileCase(id).inject({ fe, type: srv.type, requests: srv.type });
 }
 
 const REPLY_ACK = pf(ProtocolFeature.REPLY_ACK);
 
 const protocolCases: Case[] = [
-  { name: 'an unknown request (99)', run: async (srv, fe, from) => { await fe.send(99); await refused(srv, fe, from, /request 99: not a request this back-end serves/, 'unsupported-request'); } },
-  { name: 'protocol version 2', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 2); await refused(srv, fe, from, /GET_FEATURES: protocol version 2, expected 1/, 'malformed-message'); } },
-  { name: 'a request with the reply flag', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 1 | 4); await refused(srv, fe, from, /with the reply flag set/, 'malformed-message'); } },
-  { name: 'unknown header flags', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [], 0x101); await refused(srv, fe, from, /unknown flags 0x101/, 'malformed-message'); } },
-  { name: 'SET_FEATURES with a 4-byte payload', run: async (srv, fe, from) => { await fe.send(Req.SET_FEATURES, new Uint8Array(4)); await refused(srv, fe, from, /SET_FEATURES: payload of 4 bytes, expected 8/, 'malformed-message'); } },
-  {
-    name: 'a header announcing 5000 payload bytes',
-    run: async (srv, fe, from) => {
-      const m = encodeMessage(Req.SET_FEATURES, 1);
-      new DataView(m.buffer).setUint32(8, 5000, true);
-      await fe.write(m);
-      await refused(srv, fe, from, /payload of 5000 bytes \(at most 4096\)/, 'malformed-message');
-    },
-  },
-  { name: 'GET_FEATURES carrying an fd', run: async (srv, fe, from) => { await fe.send(Req.GET_FEATURES, undefined, [fe.memfd]); await refused(srv, fe, from, /GET_FEATURES: 1 file descriptors, expected 0/, 'malformed-message'); } },
-  {
-    name: 'SET_PROTOCOL_FEATURES with a bit never offered',
-    run: async (srv, fe, from) => {
-      await fe.askU64(Req.GET_FEATURES);
-      await fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(pf(ProtocolFeature.CRYPTO_SESSION)));
-      await refused(srv, fe, from, /protocol features 0x80 were never offered/, 'feature-not-offered');
-    },
-  },
-  {
-    name: 'SET_FEATURES with a bit never offered',
-    run: async (srv, fe, from) => {
-      await fe.askU64(Req.GET_FEATURES);
-      await fe.send(Req.SET_FEATURES, u64Payload(bit(Feature.VERSION_1) | (1n << 50n)));
-      await refused(srv, fe, from, /SET_FEATURES: features never offered: .*0x4000000000000/, 'feature-not-offered');
-    },
-  },
+  { name: 'an unknown request (99)', run: async (srv, fe, from) => { await inject('message.unknown-request', srv, fe); await refused(srv, fe, from, /request 99: not a request this back-end serves/, 'unsupported-request'); } },
+  { name: 'protocol version 2', run: async (srv, fe, from) => { await inject('message.version-2', srv, fe); await refused(srv, fe, from, /GET_FEATURES: protocol version 2, expected 1/, 'malformed-message'); } },
+  { name: 'a request with the reply flag', run: async (srv, fe, from) => { await inject('message.reply-flag', srv, fe); await refused(srv, fe, from, /with the reply flag set/, 'malformed-message'); } },
+  { name: 'unknown header flags', run: async (srv, fe, from) => { await inject('message.unknown-flags', srv, fe); await refused(srv, fe, from, /unknown flags 0x101/, 'malformed-message'); } },
+  { name: 'SET_FEATURES with a 4-byte payload', run: async (srv, fe, from) => { await inject('message.short-payload', srv, fe); await refused(srv, fe, from, /SET_FEATURES: payload of 4 bytes, expected 8/, 'malformed-message'); } },
+  { name: 'a header announcing 5000 payload bytes', run: async (srv, fe, from) => { await inject('message.huge-size', srv, fe); await refused(srv, fe, from, /payload of 5000 bytes \(at most 4096\)/, 'malformed-message'); } },
+  { name: 'GET_FEATURES carrying an fd', run: async (srv, fe, from) => { await inject('message.unexpected-fd', srv, fe); await refused(srv, fe, from, /GET_FEATURES: 1 file descriptors, expected 0/, 'malformed-message'); } },
+  { name: 'SET_VRING_KICK without an fd or the invalid-fd flag', run: async (srv, fe, from) => { await inject('message.no-fd', srv, fe); await refused(srv, fe, from, /SET_VRING_KICK: the invalid-fd flag is clear but 0 fds came/, 'malformed-message'); } },
+  { name: 'SET_PROTOCOL_FEATURES with a bit never offered', run: async (srv, fe, from) => { await inject('features.protocol-unoffered', srv, fe); await refused(srv, fe, from, /protocol features 0x[0-9a-f]+ were never offered/, 'feature-not-offered'); } },
+  { name: 'SET_FEATURES with a bit never offered', run: async (srv, fe, from) => { await inject('features.unoffered', srv, fe); await refused(srv, fe, from, /SET_FEATURES: features never offered: .*0x8000000000000000/, 'feature-not-offered'); } },
   {
     name: 'SET_FEATURES with a bit never offered, REPLY_ACK asked',
     run: async (srv, fe, from) => {
@@ -358,22 +274,10 @@ const protocolCases: Case[] = [
 ];
 
 const memoryCases: Case[] = [
-  {
-    name: 'a memory region past the end of its fd',
-    run: async (srv, fe, from) => {
-      await fe.askU64(Req.GET_FEATURES);
-      await fe.send(Req.SET_MEM_TABLE, memTablePayload(2 * fe.ramSize), [fe.memfd]);
-      await refused(srv, fe, from, /SET_MEM_TABLE: region 0 \[offset 0x0, \+0x200000\) goes past the end of its fd \(0x100000 bytes\)/, 'bad-fd');
-    },
-  },
-  {
-    name: 'a memory region whose offset puts its end past the fd',
-    run: async (srv, fe, from) => {
-      await fe.askU64(Req.GET_FEATURES);
-      await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x2000, USER_BASE, 0xff000]]), [fe.memfd]);
-      await refused(srv, fe, from, /region 0 \[offset 0xff000, \+0x2000\) goes past the end of its fd/, 'bad-fd');
-    },
-  },
+  { name: 'a memory region past the end of its fd', run: async (srv, fe, from) => { await inject('memory.past-fd-end', srv, fe); await refused(srv, fe, from, /SET_MEM_TABLE: region 0 \[offset 0x0, \+0x200000\) goes past the end of its fd \(0x100000 bytes\)/, 'bad-fd'); } },
+
+  { name: 'a memory region whose offset puts its end past the fd', run: async (srv, fe, from) => { await inject('memory.offset-past-end', srv, fe); await refused(srv, fe, from, /region 0 \[offset 0xff000, \+0x2000\) goes past the end of its fd/, 'bad-fd'); } },
+
   {
     name: 'a memory region past the end of its fd, REPLY_ACK asked; then a good table',
     run: async (srv, fe, from) => {
@@ -414,38 +318,26 @@ const memoryCases: Case[] = [
       return [[0x40000, 0x40010], [0x41000, fe.ramSize]]; // blk: the driver's own header; the pages it cut off
     },
   },
-  { name: 'a memory region of size 0', run: async (srv, fe, from) => { await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0, USER_BASE, 0]]), [fe.memfd]); await refused(srv, fe, from, /SET_MEM_TABLE: region 0: size 0/, 'malformed-message'); } },
+  { name: 'a memory region of size 0', run: async (srv, fe, from) => { await inject('memory.zero-size', srv, fe); await refused(srv, fe, from, /SET_MEM_TABLE: region 0: size 0/, 'malformed-message'); } },
+  { name: 'overlapping memory regions', run: async (srv, fe, from) => { await inject('memory.overlap', srv, fe); await refused(srv, fe, from, /regions overlap at 0x80000/, 'memory-table'); } },
+
+  { name: 'nine memory regions', run: async (srv, fe, from) => { await inject('memory.nine-regions', srv, fe); await refused(srv, fe, from, /SET_MEM_TABLE: payload of 296 bytes, expected 8\.\.264/, 'malformed-message'); } },
+
+  { name: 'a memory region whose mmap offset overflows', run: async (srv, fe, from) => { await inject('memory.huge-offset', srv, fe); await refused(srv, fe, from, /region 0: mmapOffset beyond 2\^53/, 'malformed-message'); } },
+
+  { name: 'a memory region whose fd is an eventfd', run: async (srv, fe, from) => { await inject('memory.eventfd', srv, fe); await refused(srv, fe, from, /region 0: its fd is not a file/, 'bad-fd'); } },
+  { name: 'two memory regions, one fd', run: async (srv, fe, from) => { await inject('memory.fd-count', srv, fe); await refused(srv, fe, from, /SET_MEM_TABLE: 2 regions but 1 file descriptors/, 'malformed-message'); } },
+  { name: 'a memory region of 2^63 bytes', run: async (srv, fe, from) => { await inject('memory.huge-size', srv, fe); await refused(srv, fe, from, /region 0: size beyond 2\^53/, 'malformed-message'); } },
   {
-    name: 'overlapping memory regions',
+    name: "a memory region twice its fd, then a request past the fd's end",
     run: async (srv, fe, from) => {
-      await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x100000, USER_BASE, 0], [0x80000, 0x1000, USER_BASE + 0x200000, 0]]), [fe.memfd, fe.memfd]);
-      await refused(srv, fe, from, /regions overlap at 0x80000/, 'memory-table');
+      // Refused at the table: the rest of the injection meets a closed connection.
+      await inject('memory.past-fd-end-used', srv, fe).catch(() => undefined);
+      await refused(srv, fe, from, /SET_MEM_TABLE: region 0 \[offset 0x0, \+0x200000\) goes past the end of its fd/, 'bad-fd');
+      return [[0x20000, 0x20010], [0x20100, 0x20101]]; // the driver's own header and status byte, if it got that far
     },
   },
-  {
-    name: 'nine memory regions',
-    run: async (srv, fe, from) => {
-      const regions = Array.from({ length: 9 }, (_, i) => [i * 0x1000, 0x1000, USER_BASE + i * 0x1000, i * 0x1000] as [number, number, number, number]);
-      await fe.send(Req.SET_MEM_TABLE, regionsPayload(regions), regions.map(() => fe.memfd));
-      await refused(srv, fe, from, /SET_MEM_TABLE: payload of 296 bytes, expected 8\.\.264/, 'malformed-message');
-    },
-  },
-  {
-    name: 'a memory region whose mmap offset overflows',
-    run: async (srv, fe, from) => {
-      await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x1000, USER_BASE, 2n ** 64n - 0x1000n]]), [fe.memfd]);
-      await refused(srv, fe, from, /region 0: mmapOffset beyond 2\^53/, 'malformed-message');
-    },
-  },
-  {
-    name: 'a memory region whose fd is an eventfd',
-    run: async (srv, fe, from) => {
-      const efd = n.eventfd();
-      await fe.send(Req.SET_MEM_TABLE, memTablePayload(0x1000), [efd]);
-      n.close(efd);
-      await refused(srv, fe, from, /region 0: its fd is not a file/, 'bad-fd');
-    },
-  },
+
   {
     name: 'a dirty log past the end of its fd',
     run: async (srv, fe, from) => {
@@ -510,57 +402,35 @@ const ringCases: Case[] = [
       await stillServed(fe);
     },
   },
-  {
-    name: 'ring addresses outside guest memory',
-    run: async (srv, fe, from) => {
-      await withMemory(fe);
-      await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
-      await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + 16 * fe.ramSize, USER_BASE + 0x2000, USER_BASE + 0x1800));
-      await refused(srv, fe, from, /SET_VRING_ADDR: frontend address 0x7f0001000000 \(\+16\) is in no memory region/, 'ring-address');
-    },
-  },
+  { name: 'ring addresses outside guest memory', run: async (srv, fe, from) => { await inject('ring.addr-outside', srv, fe); await refused(srv, fe, from, /SET_VRING_ADDR: frontend address 0x7f0001000000 \(\+16\) is in no memory region/, 'ring-address'); } },
+
   {
     name: 'a descriptor table running off the end of guest memory (found when the ring starts)',
     run: async (srv, fe, from) => {
-      await withMemory(fe);
-      fe.bytes.fill(0, ...RING_AREA); // the driver's ring memory starts zeroed
-      await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
-      await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + fe.ramSize - 16, USER_BASE + 0x2000, USER_BASE + 0x1800));
-      const kick = n.eventfd();
-      await fe.send(Req.SET_VRING_KICK, u64Payload(0n), [kick]);
-      await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 1));
-      n.eventfdWrite(kick, 1);
+      await inject('ring.desc-table-off-end', srv, fe);
       await deviceError(srv, fe, from, /struct.buffer-range.driver.1: .*descriptor table/);
-      n.close(kick);
     },
   },
+
+  { name: 'a split ring base beyond 16 bits', run: async (srv, fe, from) => { await inject('ring.base-17-bits', srv, fe); await refused(srv, fe, from, /split ring base 65536 is not a 16-bit index/, 'ring-base'); } },
+
+  { name: 'a ring base more than the ring size ahead of the used index', run: async (srv, fe, from) => { await inject('ring.base-ahead', srv, fe); await refused(srv, fe, from, /ring 0: base 100 is more than the ring size 16 ahead of the used index 0/, 'ring-base'); } },
+
+  { name: 'a kick fd that is not an eventfd', run: async (srv, fe, from) => { await inject('ring.kick-not-eventfd', srv, fe); await refused(srv, fe, from, /SET_VRING_KICK: the kick fd is not an eventfd/, 'bad-fd'); } },
+
+  { name: 'SET_VRING_ENABLE 2', run: async (srv, fe, from) => { await inject('ring.enable-2', srv, fe); await refused(srv, fe, from, /ring enable value 2/, 'ring-state'); } },
+  { name: 'a ring that does not exist', run: async (srv, fe, from) => { await inject('ring.no-such-queue', srv, fe); await refused(srv, fe, from, /SET_VRING_NUM: queue 255 does not exist/, 'malformed-message'); } },
+  { name: 'queue 0xffffffff', run: async (srv, fe, from) => { await inject('ring.queue-index-huge', srv, fe); await refused(srv, fe, from, /SET_VRING_NUM: queue 4294967295 does not exist/, 'malformed-message'); } },
   {
-    name: 'a split ring base beyond 16 bits',
+    name: 'ring addresses outside guest memory, REPLY_ACK asked',
     run: async (srv, fe, from) => {
-      await withMemory(fe);
-      await fe.send(Req.SET_VRING_BASE, statePayload(0, 0x10000));
-      await refused(srv, fe, from, /split ring base 65536 is not a 16-bit index/, 'ring-base');
+      const inj = await hostileCase('ring.addr-outside-ack').inject({ fe, type: srv.type, requests: srv.type });
+      assert.equal(inj.outcome, 'refused', `a non-zero REPLY_ACK (${inj.note})`);
+      await srv.loggedKind(/SET_VRING_ADDR: frontend address 0x7f0001000000 \(\+16\) is in no memory region.*refused \(non-zero REPLY_ACK\)/, 'ring-address', from);
+      await stillServed(fe);
     },
   },
-  {
-    name: 'a ring base more than the ring size ahead of the used index',
-    run: async (srv, fe, from) => {
-      await withMemory(fe);
-      const ring = await fe.splitRing(0, 16, RING_AREA[0], 100);
-      n.eventfdWrite(ring.kick, 1);
-      await refused(srv, fe, from, /ring 0: base 100 is more than the ring size 16 ahead of the used index 0/, 'ring-base');
-    },
-  },
-  {
-    name: 'a kick fd that is not an eventfd',
-    run: async (srv, fe, from) => {
-      await withMemory(fe);
-      await fe.send(Req.SET_VRING_KICK, u64Payload(0n), [fe.memfd]);
-      await refused(srv, fe, from, /SET_VRING_KICK: the kick fd is not an eventfd/, 'bad-fd');
-    },
-  },
-  { name: 'SET_VRING_ENABLE 2', run: async (srv, fe, from) => { await withMemory(fe); await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 2)); await refused(srv, fe, from, /ring enable value 2/, 'ring-state'); } },
-  { name: 'a ring that does not exist', run: async (srv, fe, from) => { await fe.send(Req.SET_VRING_NUM, statePayload(7, 16)); await refused(srv, fe, from, /SET_VRING_NUM: queue 7 does not exist/, 'malformed-message'); } },
+
   {
     name: 'SET_MEM_TABLE under a running ring',
     run: async (srv, fe, from) => {
@@ -583,61 +453,31 @@ const ringCases: Case[] = [
   },
 ];
 
-/** A chain the device cannot serve: a device error in every mode. */
-function chainCase(name: string, reason: RegExp, place: (ring: SplitTestRing) => void, driverWrites: [number, number][] = []): Case {
+/** A chain the device cannot serve (virtio-ts probe's case `id`): a device error in every mode. */
+function chainCase(id: string, reason: RegExp): Case {
+  const c = hostileCase(id);
   return {
-    name,
+    name: c.title,
     run: async (srv, fe, from) => {
-      const ring = await liveRing(fe);
-      place(ring);
+      const { ring, granted } = await c.inject({ fe, type: srv.type, requests: srv.type });
       await deviceError(srv, fe, from, reason);
-      assert.equal(ring.usedIdx(), 0, 'nothing used');
-      return driverWrites; // what the driver itself wrote (an indirect table)
+      assert.equal(ring?.usedIdx(), 0, 'nothing used');
+      return granted; // what the driver itself wrote (an indirect table)
     },
   };
 }
 
 const chainCases: Case[] = [
-  chainCase('a descriptor loop', /split.desc-table.driver.1: .*loops/, (r) => {
-    r.desc(0, 0x20000, 16, NEXT | WRITE, 1);
-    r.desc(1, 0x20100, 16, NEXT | WRITE, 0);
-    r.offer(0);
-  }),
-  chainCase('next beyond the queue size', /struct.desc-next.driver.1: .*chains to 100, beyond the queue size 16/, (r) => {
-    r.desc(0, 0x20000, 16, NEXT | WRITE, 100);
-    r.offer(0);
-  }),
-  chainCase('a head beyond the queue size', /avail ring names descriptor 200, beyond the queue size 16/, (r) => r.offer(200)),
-  chainCase('a buffer outside guest memory', /struct.buffer-range.driver.1: .*outside guest memory/, (r) => {
-    r.desc(0, 0x4000_0000, 64, WRITE);
-    r.offer(0);
-  }),
-  chainCase('a buffer of length 0xffffffff', /struct.buffer-range.driver.1: .*buffer \[0x20000, \+4294967295\) of chain 0 is outside guest memory/, (r) => {
-    r.desc(0, 0x20000, 0xffffffff, WRITE);
-    r.offer(0);
-  }),
-  chainCase('an indirect table of 17 bytes', /struct.indirect-len.driver.1: .*indirect table length 17/, (r) => {
-    r.desc(0, 0x30000, 17, VIRTQ_DESC_F_INDIRECT);
-    r.offer(0);
-  }),
-  chainCase('an indirect table outside guest memory', /indirect table \[0x40000000, \+64\) is outside guest memory/, (r) => {
-    r.desc(0, 0x4000_0000, 64, VIRTQ_DESC_F_INDIRECT);
-    r.offer(0);
-  }),
-  chainCase(
-    'an indirect table that holds an INDIRECT descriptor',
-    /split.indirect-descs.driver.2/,
-    (r) => {
-      r.desc(0, 0x30000, 16, VIRTQ_DESC_F_INDIRECT);
-      r.desc(0, 0x20000, 16, VIRTQ_DESC_F_INDIRECT, 0, 0x30000); // entry 0 of the table
-      r.offer(0);
-    },
-    [[0x30000, 0x30010]],
-  ),
-  chainCase('an available index jump', /split.avail-ring.driver.1: .*jumped from 0 to 100/, (r) => {
-    r.desc(0, 0x20000, 16, WRITE);
-    r.offer(0, 100);
-  }),
+  chainCase('chain.loop', /split.desc-table.driver.1: .*loops/),
+  chainCase('chain.next-beyond-size', /struct.desc-next.driver.1: .*chains to 100, beyond the queue size 16/),
+  chainCase('chain.head-beyond-size', /avail ring names descriptor 200, beyond the queue size 16/),
+  chainCase('chain.buffer-outside-memory', /struct.buffer-range.driver.1: .*outside guest memory/),
+  chainCase('chain.buffer-len-max', /struct.buffer-range.driver.1: .*buffer \[0x20000, \+4294967295\) of chain 0 is outside guest memory/),
+  chainCase('chain.buffer-straddles-end', /struct.buffer-range.driver.1: .*outside guest memory/),
+  chainCase('chain.indirect-17', /struct.indirect-len.driver.1: .*indirect table length 17/),
+  chainCase('chain.indirect-outside', /indirect table \[0x40000000, \+64\) is outside guest memory/),
+  chainCase('chain.indirect-nested', /split.indirect-descs.driver.2/),
+  chainCase('chain.avail-jump', /split.avail-ring.driver.1: .*jumped from 0 to 100/),
   {
     name: 'a long but valid indirect table (as many entries as the queue size)',
     run: async (srv, fe) => {
