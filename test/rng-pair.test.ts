@@ -3,7 +3,10 @@ import assert from 'node:assert/strict';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/monitor/monitor.js';
 import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
-import { RngDevice } from '../src/devices/rng/device.js';
+import { RngDevice, RngDeviceType } from '../src/devices/rng/device.js';
+import { VirtioDevice, type DeviceContext } from '../src/device/device.js';
+import { DescriptorChain } from '../src/virtqueue/chain.js';
+import type { DeviceQueue } from '../src/virtqueue/queue.js';
 import { RngDriver } from '../src/drivers/rng.js';
 import { Feature, Status } from '../src/spec/constants.js';
 import { bit, hasFeature } from '../src/spec/features.js';
@@ -89,3 +92,22 @@ for (const [format, base] of Object.entries(FORMATS)) {
     assert.deepEqual([...devMon.verdicts, ...drvMon.verdicts], []);
   });
 }
+
+test('a device that answers every entropy request with no bytes: read fails after RngDriver.EMPTY_ANSWERS_LIMIT answers instead of asking forever (tolerant monitor)', async () => {
+  class EmptyAnswers extends RngDeviceType {
+    private readonly emptyChain = DescriptorChain.forQueue(64);
+    override process(q: DeviceQueue, ctx: DeviceContext): void {
+      while (q.pop(this.emptyChain)) q.addUsed(this.emptyChain.head, 0); // entropy.device-operation.device.1 broken
+      ctx.complete(q);
+    }
+  }
+  const mem = GuestMemory.create(1 << 20);
+  const type = new EmptyAnswers();
+  const device = new VirtioDevice(type, { monitor: new Monitor({ mode: 'tolerant' }) });
+  const drvMon = new Monitor({ mode: 'tolerant' });
+  const driver = new RngDriver(new LoopbackTransport(device, mem, { mode: 'async' }), { monitor: drvMon });
+  await driver.start();
+  await assert.rejects(driver.read(16), (e: Error & { kind?: string }) => e.kind === 'device-violation' && /entropy\.device-operation\.device\.1/.test(e.message));
+  const empties = drvMon.verdicts.filter((v) => v.clause === 'entropy.device-operation.device.1').length;
+  assert.equal(empties, RngDriver.EMPTY_ANSWERS_LIMIT, 'one verdict per empty answer, then the read gave up');
+});

@@ -46,17 +46,33 @@ export class RngDriver extends VirtioDriver<RngRequestToken> {
     });
   }
 
-  /** Returns `n` random bytes from the device. */
+  /**
+   * Returns `n` random bytes from the device. A device that keeps answering with empty buffers
+   * (entropy.device-operation.device.1, recorded per buffer) would make this loop forever in a
+   * tolerant monitor: after {@link RngDriver.EMPTY_ANSWERS_LIMIT} empty answers in a row the
+   * read fails with DriverError `device-violation` instead.
+   */
   async read(n: number): Promise<Uint8Array> {
     const out = new Uint8Array(n);
     let got = 0;
+    let empty = 0;
     while (got < n) {
       const part = await this.request(Math.min(this.chunk, n - got));
+      if (part.length === 0) {
+        if (++empty >= RngDriver.EMPTY_ANSWERS_LIMIT) {
+          throw new DriverError('device-violation', `the entropy device answered ${empty} requests in a row with no bytes (entropy.device-operation.device.1): giving up instead of asking forever`);
+        }
+        continue;
+      }
+      empty = 0;
       out.set(part.subarray(0, Math.min(part.length, n - got)), got);
       got += part.length;
     }
     return out;
   }
+
+  /** How many empty answers in a row `read` takes before it gives up. */
+  static readonly EMPTY_ANSWERS_LIMIT = 16;
 
   /** One request: a single device-writable buffer of `len` bytes (waits while suspended or while the queue is full). */
   async request(len: number): Promise<Uint8Array> {
