@@ -1,5 +1,5 @@
 /**
- * Exit codes of every `virtio-ts` command (demo, conformance, serve). One table, documented in
+ * Exit codes of every `virtio-ts` command (demo, conformance, serve, probe). One table, documented in
  * README.md ("Exit codes") and in `virtio-ts --help`:
  *
  *   0  ok
@@ -24,10 +24,11 @@ export const EXIT_INTERNAL = 70;
 export const EXIT_CODES_HELP = `
 Exit codes (all commands):
   0   ok
-  1   violations found (serve: a violation verdict was logged during the run)
+  1   violations found (serve: a violation verdict logged; probe: a rule broken)
   2   usage error (a wrong flag, an unknown clause id, a bad value)
   3   runtime failure (image missing/unreadable/not raw, socket path busy or
-      not a socket, native addon not built, ...)
+      not a socket, native addon not built, probe: nothing accepts on the
+      socket path, ...)
   70  internal error (a bug: please report it with the message)`;
 
 /** A failure the user can act on: printed as one line (no stack) and exited with `code`. */
