@@ -160,9 +160,11 @@ try {
   // The base's files as committed, then its build with this checkout's dependencies.
   sh('sh', ['-c', `mkdir -p "$2" && git archive --format=tar "$1" | tar -x -C "$2"`, 'sh', baseSha, base.dir], { cwd: root });
   if (opt['same-bench']) {
-    rmSync(join(base.dir, 'bench'), { recursive: true, force: true });
-    cpSync(join(root, 'bench'), join(base.dir, 'bench'), { recursive: true });
-    log(`base built with this tree's bench/ (--same-bench)`);
+    // Only the compared benches and their shared harness: the other benches of this tree may
+    // use API the base does not have (and would fail the base's type check).
+    const copied = ['common.ts', ...benches.map((name) => BENCHES[name].file.replace(/\.js$/, '.ts'))];
+    for (const file of copied) cpSync(join(root, 'bench', file), join(base.dir, 'bench', file));
+    log(`base built with this tree's ${copied.map((f) => `bench/${f}`).join(', ')} (--same-bench)`);
   }
   if (!existsSync(join(root, 'node_modules'))) fail('this checkout has no node_modules: run npm ci first');
   symlinkSync(join(root, 'node_modules'), join(base.dir, 'node_modules'), 'dir');
