@@ -579,12 +579,18 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     if (!this.active || this.broken || this.isPaused) return false;
     if (this.eventIdx) {
       const r = this.usedRegion!;
-      r.view.setUint16(this.usedOff + availEventOffset(this.ringSize), this.nextAvail, true);
+      // An atomic (seq-cst) store, not a plain one: a plain store may still sit in this CPU's
+      // store buffer when avail.idx is loaded below, while the driver (another process: QEMU's
+      // guest, a vhost-user front-end) publishes avail.idx and reads the old avail_event. Both
+      // sides then wait for each other: a lost kick (seen as a bench:backends stall at QD1).
+      const off = this.usedOff + availEventOffset(this.ringSize);
+      if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, this.nextAvail);
+      else r.view.setUint16(off, this.nextAvail, true);
       if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + availEventOffset(this.ringSize), 2);
     } else {
       this.writeUsedFlags(0);
     }
-    // A full barrier between the store above and the load below (Atomics are seq-cst).
+    // The store above is seq-cst (Atomics), a full barrier before the load of avail.idx below.
     return this.pending() > 0;
   }
 
