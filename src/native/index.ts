@@ -108,6 +108,25 @@ export function native(): NativeAddon {
   return cached;
 }
 
+/**
+ * Resolves true when `fd` becomes readable or writable as asked (or its peer hangs up), false
+ * after `timeoutMs`: one fd watch on the event loop, no polling, closed either way.
+ */
+export function fdReady(n: Pick<NativeAddon, 'watch'>, fd: number, readable: boolean, writable: boolean, timeoutMs: number): Promise<boolean> {
+  return new Promise((res) => {
+    let done = false;
+    const finish = (ok: boolean) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      watch.close();
+      res(ok);
+    };
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    const watch = n.watch(fd, readable, writable, () => finish(true));
+  });
+}
+
 export const POLL_READABLE = 1;
 export const POLL_WRITABLE = 2;
 export const POLL_DISCONNECT = 4;

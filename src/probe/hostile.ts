@@ -13,8 +13,8 @@
 import { native } from '../native/index.js';
 import { Feature, Status } from '../spec/constants.js';
 import { bit } from '../spec/features.js';
-import { FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, encodeMessage, statePayload, u64Payload } from '../transports/vhost-user/protocol.js';
-import { PROTOCOL_FEATURES_BIT, USER_BASE, addrPayload, memTablePayload, message, receive, regionsPayload, type RawSession, type RawSplitRing } from './raw-session.js';
+import { FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, encodeMessage, memRegionsPayload, statePayload, u64Payload, vringAddrPayload } from '../transports/vhost-user/protocol.js';
+import { PROTOCOL_FEATURES_BIT, USER_BASE, memTablePayload, message, receive, type RawSession, type RawSplitRing } from './raw-session.js';
 import { INDIRECT, NEXT, WRITE, placeRequest, type PlacedRequest, type Range, type RequestType } from './requests.js';
 
 /**
@@ -220,23 +220,23 @@ const memoryCases: HostileCase[] = [
   }),
   single('memory.offset-past-end', 'memory', 'a memory region whose mmap offset puts its end past the fd', async (fe) => {
     await fe.askU64(Req.GET_FEATURES);
-    await fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x2000, USER_BASE, fe.ramSize - 0x1000]]), [fe.memfd]);
+    await fe.send(Req.SET_MEM_TABLE, memRegionsPayload([[0, 0x2000, USER_BASE, fe.ramSize - 0x1000]]), [fe.memfd]);
   }),
-  single('memory.zero-size', 'memory', 'a memory region of size 0', (fe) => fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0, USER_BASE, 0]]), [fe.memfd])),
+  single('memory.zero-size', 'memory', 'a memory region of size 0', (fe) => fe.send(Req.SET_MEM_TABLE, memRegionsPayload([[0, 0, USER_BASE, 0]]), [fe.memfd])),
   single('memory.overlap', 'memory', 'overlapping memory regions', (fe) =>
-    fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x100000, USER_BASE, 0], [0x80000, 0x1000, USER_BASE + 0x200000, 0]]), [fe.memfd, fe.memfd]),
+    fe.send(Req.SET_MEM_TABLE, memRegionsPayload([[0, 0x100000, USER_BASE, 0], [0x80000, 0x1000, USER_BASE + 0x200000, 0]]), [fe.memfd, fe.memfd]),
   ),
   single('memory.fd-count', 'memory', 'two memory regions, one fd', (fe) =>
-    fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x80000, USER_BASE, 0], [0x80000, 0x80000, USER_BASE + 0x80000, 0x80000]]), [fe.memfd]),
+    fe.send(Req.SET_MEM_TABLE, memRegionsPayload([[0, 0x80000, USER_BASE, 0], [0x80000, 0x80000, USER_BASE + 0x80000, 0x80000]]), [fe.memfd]),
   ),
   single('memory.nine-regions', 'memory', 'nine memory regions (at most 8)', (fe) => {
     const regions = Array.from({ length: 9 }, (_, i) => [i * 0x1000, 0x1000, USER_BASE + i * 0x1000, i * 0x1000] as const);
-    return fe.send(Req.SET_MEM_TABLE, regionsPayload(regions), regions.map(() => fe.memfd));
+    return fe.send(Req.SET_MEM_TABLE, memRegionsPayload(regions), regions.map(() => fe.memfd));
   }),
   single('memory.huge-offset', 'memory', 'a memory region whose mmap offset overflows (2^64 - 4096)', (fe) =>
-    fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 0x1000, USER_BASE, 2n ** 64n - 0x1000n]]), [fe.memfd]),
+    fe.send(Req.SET_MEM_TABLE, memRegionsPayload([[0, 0x1000, USER_BASE, 2n ** 64n - 0x1000n]]), [fe.memfd]),
   ),
-  single('memory.huge-size', 'memory', 'a memory region of 2^63 bytes', (fe) => fe.send(Req.SET_MEM_TABLE, regionsPayload([[0, 2n ** 63n, USER_BASE, 0]]), [fe.memfd])),
+  single('memory.huge-size', 'memory', 'a memory region of 2^63 bytes', (fe) => fe.send(Req.SET_MEM_TABLE, memRegionsPayload([[0, 2n ** 63n, USER_BASE, 0]]), [fe.memfd])),
   {
     id: 'memory.past-fd-end-used',
     class: 'memory',
@@ -302,7 +302,7 @@ const ringCases: HostileCase[] = [
   single('ring.addr-outside', 'ring', 'ring addresses outside guest memory', async (fe) => {
     await withMemory(fe);
     await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
-    await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + 16 * fe.ramSize, USER_BASE + 0x2000, USER_BASE + 0x1800));
+    await fe.send(Req.SET_VRING_ADDR, vringAddrPayload(0, USER_BASE + 16 * fe.ramSize, USER_BASE + 0x2000, USER_BASE + 0x1800));
   }),
   {
     id: 'ring.addr-outside-ack',
@@ -316,7 +316,7 @@ const ringCases: HostileCase[] = [
     inject: async ({ fe }) => {
       await withMemory(fe, HOSTILE_FEATURES, HOSTILE_PROTOCOL | REPLY_ACK);
       await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
-      await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + 16 * fe.ramSize, USER_BASE + 0x2000, USER_BASE + 0x1800), [], ACK);
+      await fe.send(Req.SET_VRING_ADDR, vringAddrPayload(0, USER_BASE + 16 * fe.ramSize, USER_BASE + 0x2000, USER_BASE + 0x1800), [], ACK);
       const [request, ack] = await ackOf(fe);
       return { outcome: request === Req.SET_VRING_ADDR && ack !== 0n ? 'refused' : 'served', note: `REPLY_ACK ${ack}` };
     },
@@ -330,7 +330,7 @@ const ringCases: HostileCase[] = [
       await withMemory(fe);
       fe.bytes.fill(0, ...RING_AREA); // the driver's ring memory starts zeroed
       await fe.send(Req.SET_VRING_NUM, statePayload(0, 16));
-      await fe.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + fe.ramSize - 16, USER_BASE + 0x2000, USER_BASE + 0x1800));
+      await fe.send(Req.SET_VRING_ADDR, vringAddrPayload(0, USER_BASE + fe.ramSize - 16, USER_BASE + 0x2000, USER_BASE + 0x1800));
       const kick = fe.own(n.eventfd());
       await fe.send(Req.SET_VRING_KICK, u64Payload(0n), [kick]);
       await fe.send(Req.SET_VRING_ENABLE, statePayload(0, 1));

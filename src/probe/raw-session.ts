@@ -10,12 +10,13 @@
  * hostile tests (test/vhost-user/hostile-cases.ts).
  */
 import { ftruncateSync, openSync } from 'node:fs';
-import { native } from '../native/index.js';
-import { HEADER_SIZE, ProtocolFeature, Req, encodeMessage, statePayload, u64Payload } from '../transports/vhost-user/protocol.js';
+import { fdReady, native } from '../native/index.js';
+import { HEADER_SIZE, ProtocolFeature, Req, encodeMessage, memRegionsPayload, statePayload, u64Payload, vringAddrPayload } from '../transports/vhost-user/protocol.js';
+import { USER_BASE } from '../transports/vhost-user/frontend/memory.js';
 import { layoutSplitQueue } from '../virtqueue/split/driver.js';
 
-/** Where the raw session's guest RAM sits in "its own" address space (ring addresses are given in it, as QEMU's are). */
-export const USER_BASE = 0x7f0000000000;
+/** The raw session puts its guest RAM where the front-end library does (ring addresses are given in it, as QEMU's are). */
+export { USER_BASE };
 
 /** The byte guest memory is filled with, so a write outside the granted buffers shows. */
 export const CANARY = 0xa5;
@@ -36,19 +37,7 @@ export function message(request: number, payload?: Uint8Array, flags = 1): Uint8
  * An fd watch on the event loop: no polling.
  */
 export function readable(fd: number, timeoutMs = RAW_WAIT_MS): Promise<boolean> {
-  const n = native();
-  return new Promise((res) => {
-    let done = false;
-    const finish = (ok: boolean) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      watch.close();
-      res(ok);
-    };
-    const timer = setTimeout(() => finish(false), timeoutMs);
-    const watch = n.watch(fd, true, false, () => finish(true));
-  });
+  return fdReady(native(), fd, true, false, timeoutMs);
 }
 
 /**
@@ -91,35 +80,7 @@ export async function receive(fd: number, timeoutMs = RAW_WAIT_MS): Promise<Uint
 
 /** SET_MEM_TABLE's payload for one region: `size` bytes of guest RAM at guest address 0, at USER_BASE in the front-end. */
 export function memTablePayload(size: number): Uint8Array {
-  return regionsPayload([[0, size, USER_BASE, 0]]);
-}
-
-/** SET_MEM_TABLE's payload for arbitrary regions: [guestAddr, size, userAddr, mmapOffset] each (any 64-bit values). */
-export function regionsPayload(regions: readonly (readonly [number | bigint, number | bigint, number | bigint, number | bigint])[]): Uint8Array {
-  const b = new Uint8Array(8 + 32 * regions.length);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, regions.length, true);
-  regions.forEach((r, i) => r.forEach((x, k) => v.setBigUint64(8 + i * 32 + k * 8, BigInt.asUintN(64, BigInt(x)), true)));
-  return b;
-}
-
-/** The single-region payload of ADD_MEM_REG / REM_MEM_REG: padding, then the region. */
-export function regionPayload(guestAddr: number, size: number, userAddr: number, mmapOffset = 0): Uint8Array {
-  const b = regionsPayload([[guestAddr, size, userAddr, mmapOffset]]);
-  new DataView(b.buffer).setUint32(0, 0, true); // padding, not a count
-  return b;
-}
-
-/** SET_VRING_ADDR's payload: ring `index`, front-end (user) addresses of its three parts. */
-export function addrPayload(desc: number, used: number, avail: number, flags = 0, index = 0): Uint8Array {
-  const b = new Uint8Array(40);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, index, true);
-  v.setUint32(4, flags, true);
-  v.setBigUint64(8, BigInt(desc), true);
-  v.setBigUint64(16, BigInt(used), true);
-  v.setBigUint64(24, BigInt(avail), true);
-  return b;
+  return memRegionsPayload([[0, size, USER_BASE, 0]]);
 }
 
 /** What a raw session sees of its connection once the back-end ends it: how, and the replies that came first. */
@@ -248,7 +209,7 @@ export class RawSession {
     // The driver side zeroes its ring memory before use (the canary is for the rest).
     if (zero) this.bytes.fill(0, layout.desc, layout.pool);
     await this.send(Req.SET_VRING_NUM, statePayload(index, size));
-    await this.send(Req.SET_VRING_ADDR, addrPayload(USER_BASE + layout.desc, USER_BASE + layout.used, USER_BASE + layout.avail, 0, index));
+    await this.send(Req.SET_VRING_ADDR, vringAddrPayload(index, USER_BASE + layout.desc, USER_BASE + layout.used, USER_BASE + layout.avail));
     await this.send(Req.SET_VRING_BASE, statePayload(index, ringBase));
     const call = n.eventfd();
     const kick = n.eventfd();

@@ -7,11 +7,11 @@ import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import type { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import type { VhostUserErrorKind } from '../../src/transports/vhost-user/errors.js';
-import { HEADER_SIZE, Req, statePayload, u64Payload } from '../../src/transports/vhost-user/protocol.js';
+import { HEADER_SIZE, Req, memRegionPayload, statePayload, u64Payload, vringAddrPayload } from '../../src/transports/vhost-user/protocol.js';
 import * as raw from '../../src/probe/raw-session.js';
-import { USER_BASE, memTablePayload, message, regionPayload } from '../../src/probe/raw-session.js';
+import { USER_BASE, memTablePayload, message } from '../../src/probe/raw-session.js';
 
-export { USER_BASE, memTablePayload, message, regionPayload };
+export { USER_BASE, memTablePayload, memRegionPayload, message };
 import type { DriverQueue, RingFormat } from '../../src/virtqueue/queue.js';
 import { createDriverQueue } from '../../src/virtqueue/create.js';
 import { layoutPackedQueue } from '../../src/virtqueue/packed/driver.js';
@@ -132,7 +132,7 @@ export class TestFrontEnd {
 
   /** Guest RAM the VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS way: one ADD_MEM_REG instead of SET_MEM_TABLE. */
   sendMemSlot(flags = 1): void {
-    this.send(Req.ADD_MEM_REG, regionPayload(0, this.ramSize, USER_BASE), [this.memfd], flags);
+    this.send(Req.ADD_MEM_REG, memRegionPayload(0, this.ramSize, USER_BASE), [this.memfd], flags);
   }
 
   /** Regions plugged in after guest RAM (unmapped and closed by close()). */
@@ -148,13 +148,13 @@ export class TestFrontEnd {
     const r = { guestAddr, size, memfd, ram };
     this.plugged.push(r);
     this.guest.addRegions([{ guestAddr, size, buffer: ram, userAddr: USER_BASE + guestAddr, concurrent: true }]);
-    this.send(Req.ADD_MEM_REG, regionPayload(guestAddr, size, USER_BASE + guestAddr), [memfd], flags);
+    this.send(Req.ADD_MEM_REG, memRegionPayload(guestAddr, size, USER_BASE + guestAddr), [memfd], flags);
     return r;
   }
 
   /** Unplugs a region: REM_MEM_REG (with its fd when `withFd`: QEMU 7.2 sends one, later QEMUs none). */
   unplugRegion(r: PluggedRegion, flags = 1, withFd = false): void {
-    this.send(Req.REM_MEM_REG, regionPayload(r.guestAddr, r.size, USER_BASE + r.guestAddr), withFd ? [r.memfd] : [], flags);
+    this.send(Req.REM_MEM_REG, memRegionPayload(r.guestAddr, r.size, USER_BASE + r.guestAddr), withFd ? [r.memfd] : [], flags);
     this.guest.removeRegions(r.guestAddr, r.size);
   }
 
@@ -167,17 +167,8 @@ export class TestFrontEnd {
     const layout = format === 'packed' ? layoutPackedQueue(base, size) : layoutSplitQueue(base, size);
     const queue = existing ?? createDriverQueue(format, this.guest, index, size, base, { eventIdx: options.eventIdx, indirect: false, indirectMax: 0 }, new Monitor(), () => undefined);
     this.send(Req.SET_VRING_NUM, statePayload(index, size));
-    const addr = new Uint8Array(40);
-    const av = new DataView(addr.buffer);
-    av.setUint32(0, index, true);
-    if (options.logAddr !== undefined) {
-      av.setUint32(4, 1, true); // VHOST_VRING_F_LOG
-      av.setBigUint64(32, BigInt(options.logAddr), true);
-    }
-    av.setBigUint64(8, BigInt(USER_BASE + layout.desc), true);
-    av.setBigUint64(16, BigInt(USER_BASE + layout.used), true);
-    av.setBigUint64(24, BigInt(USER_BASE + layout.avail), true);
-    this.send(Req.SET_VRING_ADDR, addr);
+    const log = options.logAddr !== undefined; // VHOST_VRING_F_LOG (flags bit 0) and where
+    this.send(Req.SET_VRING_ADDR, vringAddrPayload(index, USER_BASE + layout.desc, USER_BASE + layout.used, USER_BASE + layout.avail, log ? 1 : 0, options.logAddr ?? 0));
     this.send(Req.SET_VRING_BASE, statePayload(index, ringBase));
     const call = n.eventfd();
     const kick = n.eventfd();

@@ -24,7 +24,7 @@ import { bit } from '../../src/spec/features.js';
 import type { VhostUserErrorKind } from '../../src/transports/vhost-user/errors.js';
 import { HOSTILE_FEATURES as FEATURES, HOSTILE_PROTOCOL as PROTOCOL, RING_AREA, ackOf, hostileCase, liveRing, withMemory } from '../../src/probe/hostile.js';
 import { NEXT, WRITE, placeRequest } from '../../src/probe/requests.js';
-import { CANARY, SocketFrontEnd, USER_BASE, memTablePayload, message, n, receive, regionPayload, type SplitTestRing } from './front-end.js';
+import { CANARY, SocketFrontEnd, USER_BASE, memTablePayload, message, n, receive, memRegionPayload, type SplitTestRing } from './front-end.js';
 
 export { RING_AREA };
 
@@ -655,7 +655,7 @@ const disconnectCases: Case[] = [
     name: 'a memory table with its fd, then the connection closed',
     run: async (srv, fe, from) => {
       await fe.send(Req.SET_MEM_TABLE, memTablePayload(fe.ramSize), [fe.memfd]);
-      await fe.send(Req.ADD_MEM_REG, regionPayload(0x200000, 0x1000, USER_BASE + 0x200000), [fe.memfd]);
+      await fe.send(Req.ADD_MEM_REG, memRegionPayload(0x200000, 0x1000, USER_BASE + 0x200000), [fe.memfd]);
       fe.close();
       await srv.loggedKind(/ADD_MEM_REG: protocol feature 15 was not negotiated/, 'unsupported-request', from);
     },

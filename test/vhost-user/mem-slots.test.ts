@@ -14,7 +14,7 @@ import { MAX_MEM_SLOTS } from '../../src/transports/vhost-user/mem-slots.js';
 import { FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
 import { Feature } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
-import { TestFrontEnd, USER_BASE, closedWith, n, receive, regionPayload, until, type TestRing } from './front-end.js';
+import { TestFrontEnd, USER_BASE, closedWith, n, receive, memRegionPayload, until, type TestRing } from './front-end.js';
 import { turns } from '../wait.js';
 import { HeldBackend, blkRead } from './held-disk.js';
 
@@ -153,11 +153,11 @@ test('vhost-user memory slots: a removal waits for the request in progress whose
 });
 
 for (const [name, act, reason, kind] of [
-  ['an unknown region removed', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, regionPayload(0x200000, 0x1000, USER_BASE + 0x200000)), /REM_MEM_REG: no region at guest 0x200000, size 0x1000/, 'memory-table'],
-  ['a region removed with the wrong front-end address', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, regionPayload(0, fe.ramSize, USER_BASE + 0x1000)), /no region at guest 0x0, size 0x100000, front-end address 0x7f0000001000/, 'memory-table'],
-  ['the memory a running ring lives in removed', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, regionPayload(0, fe.ramSize, USER_BASE)), /ring 0 lives in the region at \[0x0, \+0x100000\): stop the ring/, 'memory-table'],
-  ['an overlapping region added', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, regionPayload(0xff000, 0x2000, USER_BASE + 0x200000), [fe.memfd]), /region \[0xff000, \+0x2000\) overlaps the region at \[0x0, \+0x100000\)/, 'memory-table'],
-  ['a region added without its fd', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, regionPayload(HIGH, 0x1000, USER_BASE + HIGH)), /ADD_MEM_REG: 0 file descriptors, expected 1/, 'malformed-message'],
+  ['an unknown region removed', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, memRegionPayload(0x200000, 0x1000, USER_BASE + 0x200000)), /REM_MEM_REG: no region at guest 0x200000, size 0x1000/, 'memory-table'],
+  ['a region removed with the wrong front-end address', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, memRegionPayload(0, fe.ramSize, USER_BASE + 0x1000)), /no region at guest 0x0, size 0x100000, front-end address 0x7f0000001000/, 'memory-table'],
+  ['the memory a running ring lives in removed', (fe: TestFrontEnd) => fe.send(Req.REM_MEM_REG, memRegionPayload(0, fe.ramSize, USER_BASE)), /ring 0 lives in the region at \[0x0, \+0x100000\): stop the ring/, 'memory-table'],
+  ['an overlapping region added', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, memRegionPayload(0xff000, 0x2000, USER_BASE + 0x200000), [fe.memfd]), /region \[0xff000, \+0x2000\) overlaps the region at \[0x0, \+0x100000\)/, 'memory-table'],
+  ['a region added without its fd', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, memRegionPayload(HIGH, 0x1000, USER_BASE + HIGH)), /ADD_MEM_REG: 0 file descriptors, expected 1/, 'malformed-message'],
 ] as const) {
   test(`vhost-user memory slots: ${name} ends the connection with a reason`, async () => {
     const device = new RngDevice({ monitor: new Monitor() });
@@ -184,7 +184,7 @@ test(`vhost-user memory slots: ${MAX_MEM_SLOTS} regions are taken, one more is r
   try {
     fe.send(Req.SET_PROTOCOL_FEATURES, u64Payload(SLOTS | REPLY_ACK));
     // Page-sized regions 8 KiB apart, all from guest RAM's memfd (one fd per message, as QEMU sends).
-    const add = (i: number) => fe.send(Req.ADD_MEM_REG, regionPayload(i * 0x2000, 0x1000, USER_BASE + i * 0x2000, (i % 256) * 0x1000), [fe.memfd], ACK);
+    const add = (i: number) => fe.send(Req.ADD_MEM_REG, memRegionPayload(i * 0x2000, 0x1000, USER_BASE + i * 0x2000, (i % 256) * 0x1000), [fe.memfd], ACK);
     for (let i = 0; i < MAX_MEM_SLOTS; i++) {
       add(i);
       assert.deepEqual(await ack(fe), [Req.ADD_MEM_REG, 0n], `region ${i} (${backend.lastError})`);

@@ -356,6 +356,39 @@ export function statePayload(index: number, num: number): Uint8Array {
   return b;
 }
 
+/**
+ * SET_MEM_TABLE's payload (vhost-user.rst "Multiple memory regions description"): the region
+ * count, padding, then each region as [guest address, size, user address, mmap offset]. Any
+ * 64-bit values are taken (wrapped to u64): hostile front-ends send what no QEMU would.
+ */
+export function memRegionsPayload(regions: readonly (readonly [number | bigint, number | bigint, number | bigint, number | bigint])[]): Uint8Array {
+  const b = new Uint8Array(8 + 32 * regions.length);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, regions.length, true);
+  regions.forEach((r, i) => r.forEach((x, k) => v.setBigUint64(8 + i * 32 + k * 8, BigInt.asUintN(64, BigInt(x)), true)));
+  return b;
+}
+
+/** ADD_MEM_REG's / REM_MEM_REG's payload ("Single memory region description"): padding, then one region. */
+export function memRegionPayload(guestAddr: number, size: number, userAddr: number, mmapOffset = 0): Uint8Array {
+  const b = memRegionsPayload([[guestAddr, size, userAddr, mmapOffset]]);
+  new DataView(b.buffer).setUint32(0, 0, true); // padding, not a count
+  return b;
+}
+
+/** SET_VRING_ADDR's payload ("Vring address description"): ring `index`, flags, the three user addresses, the log address. */
+export function vringAddrPayload(index: number, desc: number, used: number, avail: number, flags = 0, logAddr = 0): Uint8Array {
+  const b = new Uint8Array(40);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, index, true);
+  v.setUint32(4, flags, true);
+  v.setBigUint64(8, BigInt(desc), true);
+  v.setBigUint64(16, BigInt(used), true);
+  v.setBigUint64(24, BigInt(avail), true);
+  v.setBigUint64(32, BigInt(logAddr), true);
+  return b;
+}
+
 /** GET_INFLIGHT_FD's reply: mmap size and offset of the buffer, and its shape. */
 export function inflightPayload(mmapSize: number, mmapOffset: number, numQueues: number, queueSize: number): Uint8Array {
   const b = new Uint8Array(24);

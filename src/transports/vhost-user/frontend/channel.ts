@@ -9,7 +9,7 @@
  * The same reader serves the back-end request channel (SET_BACKEND_REQ_FD), where the
  * back-end asks and the front-end answers.
  */
-import type { NativeAddon } from '../../../native/index.js';
+import { fdReady, type NativeAddon } from '../../../native/index.js';
 import { FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, HEADER_SIZE, VERSION, encodeMessage, requestName } from '../protocol.js';
 import { FrontEndError } from './errors.js';
 
@@ -131,19 +131,8 @@ export class MessageSocket {
   }
 
   private writable(timeoutMs: number): Promise<boolean> {
-    return new Promise((res) => {
-      if (timeoutMs <= 0) return res(false);
-      let done = false;
-      const finish = (ok: boolean) => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        w.close();
-        res(ok);
-      };
-      const timer = setTimeout(() => finish(false), timeoutMs);
-      const w = this.n.watch(this.fd, false, true, () => finish(true));
-    });
+    if (timeoutMs <= 0) return Promise.resolve(false);
+    return fdReady(this.n, this.fd, false, true, timeoutMs);
   }
 
   /** Closes the socket (once); `onClose` hears why. Fds of a message cut short are closed. */

@@ -46,6 +46,7 @@ import {
   statePayload,
   u64Payload,
   VERSION,
+  vringAddrPayload,
 } from '../protocol.js';
 import { closeAll, MessageSocket, RequestChannel, type RawMessage, type ReplyShape } from './channel.js';
 import { FrontEndError } from './errors.js';
@@ -617,13 +618,8 @@ export class VhostUserFrontEnd implements DriverTransport {
     const ch = this.ch;
     await ch.tell(Req.SET_VRING_NUM, statePayload(r.index, r.size));
     await ch.tell(Req.SET_VRING_BASE, statePayload(r.index, r.base));
-    const addr = new Uint8Array(40);
-    const av = new DataView(addr.buffer);
-    av.setUint32(0, r.index, true);
-    av.setBigUint64(8, BigInt(this.ram.userAddr(r.addrs.desc, 1)), true);
-    av.setBigUint64(16, BigInt(this.ram.userAddr(r.addrs.used, 1)), true);
-    av.setBigUint64(24, BigInt(this.ram.userAddr(r.addrs.avail, 1)), true);
-    await ch.tell(Req.SET_VRING_ADDR, addr);
+    const ram = this.ram;
+    await ch.tell(Req.SET_VRING_ADDR, vringAddrPayload(r.index, ram.userAddr(r.addrs.desc, 1), ram.userAddr(r.addrs.used, 1), ram.userAddr(r.addrs.avail, 1)));
     await ch.tell(Req.SET_VRING_CALL, u64Payload(r.index), [r.call]);
     await ch.tell(Req.SET_VRING_KICK, u64Payload(r.index), [r.kick]);
     // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled as it starts; with it, only by SET_VRING_ENABLE.

@@ -7,7 +7,7 @@
  */
 import type { NativeAddon } from '../../../native/index.js';
 import { GuestMemory } from '../../../memory/guest-memory.js';
-import { MAX_MEM_REGIONS } from '../protocol.js';
+import { MAX_MEM_REGIONS, memRegionPayload, memRegionsPayload } from '../protocol.js';
 import { FrontEndError } from './errors.js';
 
 /** Where the front-end's "user" address space puts guest address 0. */
@@ -22,28 +22,14 @@ export interface RamRegion {
   readonly buffer: ArrayBuffer;
 }
 
-/** The region payload of SET_MEM_TABLE, ADD_MEM_REG and REM_MEM_REG (guest address, size, user address, mmap offset). */
-export function writeRegion(v: DataView, at: number, r: RamRegion): void {
-  v.setBigUint64(at, BigInt(r.guestAddr), true);
-  v.setBigUint64(at + 8, BigInt(r.size), true);
-  v.setBigUint64(at + 16, BigInt(r.userAddr), true);
-  v.setBigUint64(at + 24, 0n, true);
-}
-
-/** SET_MEM_TABLE's payload: the region count, padding, then each region. */
+/** SET_MEM_TABLE's payload for the regions (mmap offset 0: each region is its own memfd). */
 export function memTablePayload(regions: readonly RamRegion[]): Uint8Array {
-  const b = new Uint8Array(8 + 32 * regions.length);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, regions.length, true);
-  regions.forEach((r, i) => writeRegion(v, 8 + 32 * i, r));
-  return b;
+  return memRegionsPayload(regions.map((r) => [r.guestAddr, r.size, r.userAddr, 0] as const));
 }
 
-/** ADD_MEM_REG's / REM_MEM_REG's payload: padding, then one region. */
+/** ADD_MEM_REG's / REM_MEM_REG's payload for one region. */
 export function singleRegionPayload(r: RamRegion): Uint8Array {
-  const b = new Uint8Array(8 + 32);
-  writeRegion(new DataView(b.buffer), 8, r);
-  return b;
+  return memRegionPayload(r.guestAddr, r.size, r.userAddr);
 }
 
 /** Guest RAM: memfd regions, and the GuestMemory the drivers place rings and buffers in. */
