@@ -8,7 +8,7 @@
  */
 import { Monitor, type Verdict } from '../monitor/monitor.js';
 import { GuestAllocator } from '../memory/allocator.js';
-import { Feature, LEGACY_UNUSED_FEATURE_BIT, Status, statusNames } from '../spec/constants.js';
+import { Feature, Status, statusNames } from '../spec/constants.js';
 import { bit, featureBits, featureNames, hasFeature, TRANSPORT_FEATURES_SPLIT, type FeatureNames } from '../spec/features.js';
 
 /** Transport bits the driver core accepts by default (NOTIFICATION_DATA only where the transport carries it). */
@@ -365,10 +365,8 @@ export class VirtioDriver<T extends {} | null = {} | null> {
   /** basic.features.driver.2: the driver validates what the device offers. */
   private validateOffer(offered: bigint): void {
     const id = this.options.deviceId;
-    // Through the legacy interface, bit 30 is described ("UNUSED (30)", Legacy Interface:
-    // Reserved Feature Bits): offering it is not basic.features.device.4 there.
     const legacy = this.transport.legacy !== undefined;
-    const unknown = featureBits(offered).filter((b) => !isDescribedFeature(id, b) && !(legacy && b === LEGACY_UNUSED_FEATURE_BIT));
+    const unknown = featureBits(offered).filter((b) => !isDescribedFeature(id, b, legacy));
     if (unknown.length > 0) {
       // Recorded, never acted on: basic.features.driver.7 forbids failing over unknown offered bits.
       this.deviceViolation('basic.features.device.4', `device offers feature bits the spec does not describe for this device type: ${unknown.join(', ')}`, { bits: unknown }, false, false);

@@ -3,7 +3,7 @@
  * names, and which feature requires which (e.g. 5.1.3.1 "Feature bit requirements").
  * Device and driver cores use it to check basic.features.* on the other side.
  */
-import { DeviceId, Feature } from './constants.js';
+import { DeviceId, Feature, LEGACY_UNUSED_FEATURE_BIT } from './constants.js';
 import type { FeatureNames } from './features.js';
 import { BLK_FEATURES as BLK } from './blk.js';
 import { CONSOLE_FEATURES as CONSOLE } from './console.js';
@@ -97,9 +97,14 @@ export { CONSOLE_FEATURES } from './console.js';
 /** Device-independent bits this spec version describes (chapter 6), legacy ones included. */
 export const TRANSPORT_BITS: readonly number[] = Object.values(Feature);
 
-/** Whether `bitNo` is described by the spec for this device type (basic.features.*.4). */
-export function isDescribedFeature(deviceId: number, bitNo: number): boolean {
+/**
+ * Whether `bitNo` is described by the spec for this device type (basic.features.*.4); through
+ * the legacy interface (`legacy`) bit 30 is described too ("UNUSED (30)", Legacy Interface:
+ * Reserved Feature Bits).
+ */
+export function isDescribedFeature(deviceId: number, bitNo: number, legacy = false): boolean {
   if (TRANSPORT_BITS.includes(bitNo)) return true;
+  if (legacy && bitNo === LEGACY_UNUSED_FEATURE_BIT) return true;
   const info = DEVICE_TYPES[deviceId];
   return info !== undefined && info.features[bitNo] !== undefined;
 }
