@@ -12,7 +12,11 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
-if [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initramfs.cpio" ]; then
+# The modules the guest loads (with their dependencies): every virtio device the project serves
+# or drives, the vsock transport, virtio-fs, and 9p over virtio (the file-system anchor). A
+# guest built with another list is rebuilt: the list is kept beside it in modules.list.
+MODULES="virtio_pci virtio_mmio virtio_rng virtio_blk virtio_console virtio_net vmw_vsock_virtio_transport virtiofs 9pnet_virtio 9p"
+if [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initramfs.cpio" ] && [ "$(cat "$OUT/modules.list" 2>/dev/null)" = "$MODULES" ]; then
   cpio -i --quiet --to-stdout init < "$OUT/initramfs.cpio" > init.old 2>/dev/null || true
   cmp -s init.old "$HERE/init" && exit 0
   mkdir initrd
@@ -56,7 +60,7 @@ PY
 depmod -b root "$KVER"
 mkdir -p initrd/bin initrd/dev initrd/proc initrd/sys initrd/mnt initrd/lib/modules
 cp /bin/busybox initrd/bin/busybox
-for m in virtio_pci virtio_mmio virtio_rng virtio_blk virtio_console; do
+for m in $MODULES; do
   modprobe -d root -S "$KVER" --show-depends "$m" | awk '/^insmod/ {print $2}'
 done | awk '!seen[$0]++' > order
 : > initrd/modules
@@ -69,4 +73,5 @@ cp "$HERE/init" initrd/init
 chmod +x initrd/init
 (cd initrd && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio.$$.tmp"
 mv "$OUT/initramfs.cpio.$$.tmp" "$OUT/initramfs.cpio"
+echo "$MODULES" > "$OUT/modules.list"
 echo "guest: kernel $KVER, $(wc -l < initrd/modules) modules, initramfs $(du -h "$OUT/initramfs.cpio" | cut -f1)"
