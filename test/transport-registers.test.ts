@@ -251,7 +251,8 @@ for (const [kind, label, vectors] of [
     const pci = model as VirtioPciDevice;
     if (kind === 'pci-modern-intx') assert.ok(pci.counts.intx > 0 && pci.counts.msi === 0);
     else assert.ok(pci.counts.msi > 0 && pci.counts.intx === 0);
-    assert.deepEqual([...dev.monitor.verdicts, ...drvMon.verdicts], []);
+    // A one-vector table is a SHOULD the model breaks on purpose here (pci.msi-x-vector-config.device.1 asks for at least 2).
+    assert.deepEqual([...dev.monitor.verdicts, ...drvMon.verdicts].map((v) => v.clause), vectors === 1 ? ['pci.msi-x-vector-config.device.1'] : []);
   });
 }
 

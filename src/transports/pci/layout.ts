@@ -14,7 +14,13 @@ export const VIRTIO_PCI_MODERN_BASE = 0x1040;
 export const VIRTIO_MSI_NO_VECTOR = 0xffff;
 
 /** Transitional PCI Device IDs (4.1.2), by virtio device id. */
-export const TRANSITIONAL_DEVICE_IDS: Readonly<Record<number, number>> = { 1: 0x1000, 2: 0x1001, 5: 0x1002, 3: 0x1003, 4: 0x1005, 8: 0x1008, 9: 0x1009 };
+export const TRANSITIONAL_DEVICE_IDS: Readonly<Record<number, number>> = { 1: 0x1000, 2: 0x1001, 5: 0x1002, 3: 0x1003, 8: 0x1004, 4: 0x1005, 9: 0x1009 };
+
+/** The virtio device id a transitional PCI Device ID stands for (4.1.2), or undefined for an id the table does not list. */
+export function transitionalType(pciDeviceId: number): number | undefined {
+  for (const [type, id] of Object.entries(TRANSITIONAL_DEVICE_IDS)) if (id === pciDeviceId) return Number(type);
+  return undefined;
+}
 
 /** Offsets in the PCI configuration space header (type 0). */
 export const PciCfg = {
