@@ -578,13 +578,15 @@ export class PciTransport implements DriverTransport {
       await this.setCommon(CommonCfg.DeviceFeatureSelect, 4, select);
       return this.common(CommonCfg.DeviceFeature, 4);
     };
+    // Window 0, 1, 1 again, 0, 0 again: a device_feature that does not follow device_feature_select
+    // (one that lags a select behind, or drifts) reads differently for the same window.
     const low = await window(0);
     const high = await window(1);
-    // Each window read twice, the other selected in between: a device_feature that does not follow device_feature_select shows.
-    const low2 = await window(0);
     const high2 = await window(1);
-    if (low2 !== low || high2 !== high) {
-      this.deviceVerdict('pci.common-config-struct-layout.device.3', `device_feature does not follow device_feature_select: window 0 read 0x${low.toString(16)} then 0x${low2.toString(16)}, window 1 0x${high.toString(16)} then 0x${high2.toString(16)}`, { low, low2, high, high2 });
+    const low2 = await window(0);
+    const low3 = await window(0);
+    if (high2 !== high || low2 !== low || low3 !== low) {
+      this.deviceVerdict('pci.common-config-struct-layout.device.3', `device_feature does not follow device_feature_select: window 0 read 0x${low.toString(16)}, 0x${low2.toString(16)}, 0x${low3.toString(16)}; window 1 0x${high.toString(16)}, 0x${high2.toString(16)}`, { low, low2, low3, high, high2 });
     }
     const offered = (BigInt(high) << 32n) | BigInt(low);
     this.offered = offered;
