@@ -308,6 +308,54 @@ const CASES: Case[] = [
     },
   },
   {
+    clause: 'pci.msi-x-vector-config.device.5',
+    how: 'writes of NO_VECTOR to config_msix_vector ignored',
+    patch: (p) => p.onWrite((bar, offset, _s, value) => (p.isCommon(bar, offset, C.ConfigMsixVector) && value === NO ? true : undefined)),
+    act: async (t) => {
+      await bringUp(t);
+      await t.close();
+    },
+  },
+  {
+    clause: 'pci.used-buffer-notif.device.1',
+    how: 'queue_msix_vector reads NO_VECTOR after the driver unmapped it, but the queue still interrupts on its old vector',
+    patch: (p) => {
+      const unmapped = new Set<number>();
+      p.onWrite((bar, offset, _s, value) => {
+        if (!p.isCommon(bar, offset, C.QueueMsixVector)) return undefined;
+        if (value !== NO) return undefined;
+        unmapped.add(p.selected());
+        return true;
+      });
+      commonRead(p, C.QueueMsixVector, () => (unmapped.has(p.selected()) ? NO : undefined));
+    },
+    act: async (t, x) => {
+      await bringUp(t);
+      await t.close();
+      x.model.interrupt(0);
+      await settle();
+    },
+  },
+  {
+    clause: 'pci.notif-of-device-config-changes.device.1',
+    how: 'config_msix_vector reads NO_VECTOR after the driver unmapped it, but configuration changes still interrupt on the old vector',
+    patch: (p) => {
+      let unmapped = false;
+      p.onWrite((bar, offset, _s, value) => {
+        if (!p.isCommon(bar, offset, C.ConfigMsixVector)) return undefined;
+        unmapped = value === NO;
+        return unmapped ? true : undefined;
+      });
+      commonRead(p, C.ConfigMsixVector, () => (unmapped ? NO : undefined));
+    },
+    act: async (t, x) => {
+      await bringUp(t);
+      await t.close();
+      x.model.configChanged();
+      await settle();
+    },
+  },
+  {
     clause: 'pci.msi-x-vector-config.device.6',
     how: 'queue_msix_vector reads back right once, then NO_VECTOR',
     numQueues: 2,
@@ -477,6 +525,10 @@ for (const kind of ['modern', 'modern-intx', 'transitional-modern', 'transitiona
     x.model.configChanged();
     await settle();
     await t.close();
+    // Unmapped: the device stays quiet (or uses INTx's ISR, which nobody reads now).
+    x.model.interrupt(0);
+    x.model.configChanged();
+    await settle();
     await bringUp(t, 1);
     await t.setStatus(0);
     assert.deepEqual(x.drvMon.verdicts, []);

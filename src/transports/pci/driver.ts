@@ -77,6 +77,12 @@ export interface PciBus {
   readonly msiAddress?: number;
   /** Registers the handler of the function's interrupts (INTx level changes, MSI-X messages). */
   onInterrupt(handler: (irq: PciInterrupt) => void): void;
+  /**
+   * True when a message the function sent before it served an access is delivered before that
+   * access settles (the in-process bus). Only then can the driver tell a message sent after it
+   * unmapped a vector from one still on its way (pci.used-buffer-notif.device.1).
+   */
+  readonly orderedInterrupts?: boolean;
 }
 
 /**
@@ -97,6 +103,7 @@ export function directPciBus(model: VirtioPciDevice, windows: { memory: PciWindo
   const bus = {
     traps: 0,
     windows,
+    orderedInterrupts: true,
     async configRead(offset: number, size: 1 | 2 | 4) {
       bus.traps++;
       return model.configRead(offset, size);
@@ -201,6 +208,8 @@ export class PciTransport implements DriverTransport {
   private readonly legacyChecked = new Set<string>();
   /** Queues being reset: `pending` once queue_reset read 1, `judged` when the reset itself was judged. */
   private readonly queueResets = new Map<number, 'pending' | 'judged'>();
+  /** Vectors whose only events the driver unmapped at close(), and which kind of event used them. */
+  private readonly unmapped = new Map<number, 'queue' | 'config'>();
 
   private constructor(
     readonly bus: PciBus,
@@ -544,6 +553,7 @@ export class PciTransport implements DriverTransport {
       await this.setCommon(CommonCfg.ConfigMsixVector, 2, v);
       this.configVector = await this.common(CommonCfg.ConfigMsixVector, 2);
     }
+    this.unmapped.delete(v);
     if (this.configVector !== v) {
       this.vectorRefused(v, this.configVector, 'configuration changes', false);
       throw new PciError('msix', `the device refused MSI-X vector ${v} for configuration changes (reads ${this.configVector})`);
@@ -759,6 +769,7 @@ export class PciTransport implements DriverTransport {
       throw new PciError('msix', `the device refused MSI-X vector ${vector} for queue ${index}`);
     }
     this.queueVectorOf.set(index, vector);
+    this.unmapped.delete(vector);
   }
 
   async setupQueue(index: number, size: number, addrs: RingAddresses): Promise<void> {
@@ -910,6 +921,13 @@ export class PciTransport implements DriverTransport {
   private onInterrupt(irq: PciInterrupt): void {
     if (irq.kind === 'msi') {
       const vector = irq.data;
+      const was = this.bus.orderedInterrupts === true ? this.unmapped.get(vector) : undefined;
+      if (was !== undefined && vector !== this.configVector && ![...this.queueVectorOf.values()].includes(vector)) {
+        // Messages arrive in order with register replies: this one was sent after the device read back NO_VECTOR.
+        if (was === 'queue') this.deviceVerdict('pci.used-buffer-notif.device.1', `an MSI-X message on vector ${vector}, which only a queue used, after the driver unmapped it (NO_VECTOR)`, { vector });
+        else this.deviceVerdict('pci.notif-of-device-config-changes.device.1', `an MSI-X message on vector ${vector}, the configuration vector, after the driver unmapped it (NO_VECTOR)`, { vector });
+        return;
+      }
       // pci.notif-of-device-config-changes.driver.1: one vector may mean both a configuration change and used buffers.
       for (const [q, v] of this.queueVectorOf) if (v === vector && this.enabled.has(q)) this.events?.used(q);
       if (vector === this.configVector) this.events?.config();
@@ -937,13 +955,14 @@ export class PciTransport implements DriverTransport {
   /**
    * Unmaps the vectors still mapped, as Linux's virtio_pci does when it lets a device go, and
    * reads each back: it must read NO_VECTOR (pci.msi-x-vector-config.device.5). After a reset
-   * there is nothing to unmap.
+   * there is nothing to unmap. From then on a message on a vector only an unmapped event used
+   * is the device interrupting for an event with NO_VECTOR (see onInterrupt).
    */
   async close(): Promise<void> {
     this.events = null;
     if (this.msixVectors === 0) return;
     try {
-      for (const q of [...this.queueVectorOf.keys()]) {
+      for (const [q, v] of [...this.queueVectorOf]) {
         let read: number;
         if (this.mode === 'legacy') {
           await this.setLegacy(LegacyReg.QueueSelect, 2, q);
@@ -956,6 +975,21 @@ export class PciTransport implements DriverTransport {
         }
         this.queueVectorOf.delete(q);
         if (read !== VIRTIO_MSI_NO_VECTOR) this.deviceVerdict('pci.msi-x-vector-config.device.5', `queue ${q}: queue_msix_vector reads ${read} after the driver unmapped it`, { queue: q, read });
+        else this.unmapped.set(v, 'queue');
+      }
+      const cv = this.configVector;
+      if (cv !== VIRTIO_MSI_NO_VECTOR) {
+        let read: number;
+        if (this.mode === 'legacy') {
+          await this.setLegacy(LegacyReg.ConfigMsixVector, 2, VIRTIO_MSI_NO_VECTOR);
+          read = await this.legacyReg(LegacyReg.ConfigMsixVector, 2);
+        } else {
+          await this.setCommon(CommonCfg.ConfigMsixVector, 2, VIRTIO_MSI_NO_VECTOR);
+          read = await this.common(CommonCfg.ConfigMsixVector, 2);
+        }
+        this.configVector = VIRTIO_MSI_NO_VECTOR;
+        if (read !== VIRTIO_MSI_NO_VECTOR) this.deviceVerdict('pci.msi-x-vector-config.device.5', `config_msix_vector reads ${read} after the driver unmapped it`, { read });
+        else this.unmapped.set(cv, 'config');
       }
     } catch {
       // The bus went away: nothing to unmap.
