@@ -36,6 +36,12 @@ interface Case {
 const commonRead = (p: Patcher, field: number, value: (v: number) => number | undefined) =>
   p.onRead((bar, offset, _size, v) => (p.isCommon(bar, offset, field) ? value(v) : undefined));
 
+/** The initialization, then close() (which unmaps the vectors). */
+const upAndClose = async (t: PciTransport) => {
+  await bringUp(t);
+  await t.close();
+};
+
 const CASES: Case[] = [
   // ---- identification (4.1.2)
   { clause: 'pci.device-discovery.device.1', how: 'the virtio structures behind a vendor id other than 0x1af4', patch: (p) => p.setConfig(PciCfg.VendorId, 2, 0x8086), refuses: 'not-virtio' },
@@ -302,19 +308,13 @@ const CASES: Case[] = [
     clause: 'pci.msi-x-vector-config.device.5',
     how: 'writes of NO_VECTOR to queue_msix_vector ignored',
     patch: (p) => p.onWrite((bar, offset, _s, value) => (p.isCommon(bar, offset, C.QueueMsixVector) && value === NO ? true : undefined)),
-    act: async (t) => {
-      await bringUp(t);
-      await t.close();
-    },
+    act: upAndClose,
   },
   {
     clause: 'pci.msi-x-vector-config.device.5',
     how: 'writes of NO_VECTOR to config_msix_vector ignored',
     patch: (p) => p.onWrite((bar, offset, _s, value) => (p.isCommon(bar, offset, C.ConfigMsixVector) && value === NO ? true : undefined)),
-    act: async (t) => {
-      await bringUp(t);
-      await t.close();
-    },
+    act: upAndClose,
   },
   {
     clause: 'pci.used-buffer-notif.device.1',

@@ -523,7 +523,7 @@ export class PciTransport implements DriverTransport {
    */
   private async checkAfterReset(): Promise<void> {
     if (this.msixVectors > 0) {
-      const v = this.mode === 'legacy' ? await this.legacyReg(LegacyReg.ConfigMsixVector, 2) : await this.common(CommonCfg.ConfigMsixVector, 2);
+      const v = await this.readVector('config');
       if (v !== VIRTIO_MSI_NO_VECTOR) this.deviceVerdict('pci.msi-x-vector-config.device.7', `config_msix_vector reads ${v} after a reset, not NO_VECTOR`, { vector: v });
       return;
     }
@@ -546,13 +546,7 @@ export class PciTransport implements DriverTransport {
    */
   private async bindConfigVector(): Promise<void> {
     const v = this.vectorFor('config');
-    if (this.mode === 'legacy') {
-      await this.setLegacy(LegacyReg.ConfigMsixVector, 2, v);
-      this.configVector = await this.legacyReg(LegacyReg.ConfigMsixVector, 2);
-    } else {
-      await this.setCommon(CommonCfg.ConfigMsixVector, 2, v);
-      this.configVector = await this.common(CommonCfg.ConfigMsixVector, 2);
-    }
+    this.configVector = await this.writeVector('config', v);
     this.unmapped.delete(v);
     if (this.configVector !== v) {
       this.vectorRefused(v, this.configVector, 'configuration changes', false);
@@ -567,17 +561,37 @@ export class PciTransport implements DriverTransport {
     else this.deviceVerdict('pci.msi-x-vector-config.device.8', `the device refused the valid vector ${v} (of ${this.msixVectors}) for ${event}`, { vector: v });
   }
 
+  /** config_msix_vector, or queue `event`'s queue_msix_vector (selected first), in the interface in use. */
+  private async readVector(event: number | 'config'): Promise<number> {
+    const legacy = this.mode === 'legacy';
+    if (event === 'config') return legacy ? this.legacyReg(LegacyReg.ConfigMsixVector, 2) : this.common(CommonCfg.ConfigMsixVector, 2);
+    if (legacy) await this.setLegacy(LegacyReg.QueueSelect, 2, event);
+    else await this.setCommon(CommonCfg.QueueSelect, 2, event);
+    return legacy ? this.legacyReg(LegacyReg.QueueMsixVector, 2) : this.common(CommonCfg.QueueMsixVector, 2);
+  }
+
+  /** Writes the vector field of `event` (a queue's: selected first) and reads it back. */
+  private async writeVector(event: number | 'config', vector: number): Promise<number> {
+    const legacy = this.mode === 'legacy';
+    if (event === 'config') {
+      if (legacy) await this.setLegacy(LegacyReg.ConfigMsixVector, 2, vector);
+      else await this.setCommon(CommonCfg.ConfigMsixVector, 2, vector);
+      return this.readVector('config');
+    }
+    if (legacy) {
+      await this.setLegacy(LegacyReg.QueueSelect, 2, event);
+      await this.setLegacy(LegacyReg.QueueMsixVector, 2, vector);
+      return this.legacyReg(LegacyReg.QueueMsixVector, 2);
+    }
+    await this.setCommon(CommonCfg.QueueSelect, 2, event);
+    await this.setCommon(CommonCfg.QueueMsixVector, 2, vector);
+    return this.common(CommonCfg.QueueMsixVector, 2);
+  }
+
   /** At DRIVER_OK: every mapping still reads back, each queue's its own (pci.msi-x-vector-config.device.6). */
   private async checkBoundVectors(): Promise<void> {
     for (const [q, v] of this.queueVectorOf) {
-      let read: number;
-      if (this.mode === 'legacy') {
-        await this.setLegacy(LegacyReg.QueueSelect, 2, q);
-        read = await this.legacyReg(LegacyReg.QueueMsixVector, 2);
-      } else {
-        await this.setCommon(CommonCfg.QueueSelect, 2, q);
-        read = await this.common(CommonCfg.QueueMsixVector, 2);
-      }
+      const read = await this.readVector(q);
       if (read !== v) this.deviceVerdict('pci.msi-x-vector-config.device.6', `queue ${q} was mapped to vector ${v} but queue_msix_vector now reads ${read}`, { queue: q, vector: v, read });
     }
   }
@@ -760,9 +774,8 @@ export class PciTransport implements DriverTransport {
   }
 
   /** Binds queue `index` to `vector` and reads it back (pci.msi-x-vector-config.driver.5); a refusal ends the setup. */
-  private async bindQueueVector(index: number, vector: number, read: () => Promise<number>, write: () => Promise<void>): Promise<void> {
-    await write();
-    const got = await read();
+  private async bindQueueVector(index: number, vector: number): Promise<void> {
+    const got = await this.writeVector(index, vector);
     if (got !== vector) {
       const elsewhere = this.configVector === vector || [...this.queueVectorOf.values()].includes(vector);
       this.vectorRefused(vector, got, `queue ${index}`, elsewhere);
@@ -781,7 +794,7 @@ export class PciTransport implements DriverTransport {
       if (this.msixVectors > 0) {
         const before = await this.legacyReg(LegacyReg.QueueMsixVector, 2);
         if (fresh && before !== VIRTIO_MSI_NO_VECTOR) this.deviceVerdict('pci.msi-x-vector-config.device.7', `queue ${index}: queue_msix_vector reads ${before} after a reset, not NO_VECTOR`, { queue: index, vector: before });
-        await this.bindQueueVector(index, vector, () => this.legacyReg(LegacyReg.QueueMsixVector, 2), () => this.setLegacy(LegacyReg.QueueMsixVector, 2, vector));
+        await this.bindQueueVector(index, vector);
       }
       const used = Math.ceil((addrs.avail + 6 + 2 * size) / LEGACY_PAGE) * LEGACY_PAGE;
       if (addrs.desc % LEGACY_PAGE !== 0 || addrs.avail !== addrs.desc + 16 * size || addrs.used !== used) {
@@ -808,7 +821,7 @@ export class PciTransport implements DriverTransport {
     }
     await this.setCommon(CommonCfg.QueueSize, 2, size);
     if (this.msixVectors > 0) {
-      await this.bindQueueVector(index, vector, () => this.common(CommonCfg.QueueMsixVector, 2), () => this.setCommon(CommonCfg.QueueMsixVector, 2, vector));
+      await this.bindQueueVector(index, vector);
     }
     const fields = [
       [CommonCfg.QueueDesc, addrs.desc],
@@ -963,30 +976,14 @@ export class PciTransport implements DriverTransport {
     if (this.msixVectors === 0) return;
     try {
       for (const [q, v] of [...this.queueVectorOf]) {
-        let read: number;
-        if (this.mode === 'legacy') {
-          await this.setLegacy(LegacyReg.QueueSelect, 2, q);
-          await this.setLegacy(LegacyReg.QueueMsixVector, 2, VIRTIO_MSI_NO_VECTOR);
-          read = await this.legacyReg(LegacyReg.QueueMsixVector, 2);
-        } else {
-          await this.setCommon(CommonCfg.QueueSelect, 2, q);
-          await this.setCommon(CommonCfg.QueueMsixVector, 2, VIRTIO_MSI_NO_VECTOR);
-          read = await this.common(CommonCfg.QueueMsixVector, 2);
-        }
+        const read = await this.writeVector(q, VIRTIO_MSI_NO_VECTOR);
         this.queueVectorOf.delete(q);
         if (read !== VIRTIO_MSI_NO_VECTOR) this.deviceVerdict('pci.msi-x-vector-config.device.5', `queue ${q}: queue_msix_vector reads ${read} after the driver unmapped it`, { queue: q, read });
         else this.unmapped.set(v, 'queue');
       }
       const cv = this.configVector;
       if (cv !== VIRTIO_MSI_NO_VECTOR) {
-        let read: number;
-        if (this.mode === 'legacy') {
-          await this.setLegacy(LegacyReg.ConfigMsixVector, 2, VIRTIO_MSI_NO_VECTOR);
-          read = await this.legacyReg(LegacyReg.ConfigMsixVector, 2);
-        } else {
-          await this.setCommon(CommonCfg.ConfigMsixVector, 2, VIRTIO_MSI_NO_VECTOR);
-          read = await this.common(CommonCfg.ConfigMsixVector, 2);
-        }
+        const read = await this.writeVector('config', VIRTIO_MSI_NO_VECTOR);
         this.configVector = VIRTIO_MSI_NO_VECTOR;
         if (read !== VIRTIO_MSI_NO_VECTOR) this.deviceVerdict('pci.msi-x-vector-config.device.5', `config_msix_vector reads ${read} after the driver unmapped it`, { read });
         else this.unmapped.set(cv, 'config');
