@@ -236,12 +236,15 @@ const CASES: Case[] = [
     clause: 'pci.common-config-struct-layout.device.14',
     how: 'queue_size 8 for the queue past num_queues',
     patch: (p) => commonRead(p, C.QueueSize, (v) => (p.selected() >= 1 ? 8 : v)),
-    act: async (t) => void (await t.numQueues()),
+    act: async (t) => {
+      await t.getDeviceFeatures();
+      await t.numQueues();
+    },
   },
   {
     clause: 'pci.common-config-struct-layout.device.15',
     how: 'queue_size 100 without RING_PACKED',
-    patch: (p) => commonRead(p, C.QueueSize, () => 100),
+    patch: (p) => commonRead(p, C.QueueSize, (v) => (p.selected() === 0 ? 100 : v)),
     act: async (t) => {
       await t.setDriverFeatures((await t.getDeviceFeatures()) & ACCEPT);
       await t.queueMaxSize(0);

@@ -196,7 +196,7 @@ export class PciTransport implements DriverTransport {
   private offered: bigint | null = null;
   private accepted: bigint | null = null;
   private notifyChecked = false;
-  private beyondChecked = false;
+  private pastLastChecked = false;
   /** A reset completed since open (what a reset clears is judged from then on), and queues set up since. */
   private resetSeen = false;
   private resetEpoch = 0;
@@ -745,17 +745,24 @@ export class PciTransport implements DriverTransport {
   async numQueues(): Promise<number> {
     if (this.mode === 'modern') {
       const n = await this.common(CommonCfg.NumQueues, 2);
-      if (!this.beyondChecked && !(this.offered !== null && (this.offered & (1n << BigInt(Feature.ADMIN_VQ))) !== 0n)) {
-        // The first index past num_queues is no queue: queue_size must read 0 there (admin queues aside).
-        this.beyondChecked = true;
-        await this.setCommon(CommonCfg.QueueSelect, 2, n);
-        const size = await this.common(CommonCfg.QueueSize, 2);
-        if (size !== 0) this.deviceVerdict('pci.common-config-struct-layout.device.14', `queue_size of queue ${n} (num_queues is ${n}) reads ${size}, not 0`, { queue: n, size });
-      }
+      await this.checkPastLastQueue(n);
       return n;
     }
     this.queueCount ??= await probeQueueCount((i) => this.queueMaxSize(i));
     return this.queueCount;
+  }
+
+  /**
+   * Once, with the device's features known: the first index past num_queues is no queue, so
+   * queue_size must read 0 there (pci.common-config-struct-layout.device.14); admin queues
+   * (VIRTIO_F_ADMIN_VQ offered) live past num_queues, so not then.
+   */
+  private async checkPastLastQueue(n: number): Promise<void> {
+    if (this.pastLastChecked || this.offered === null || (this.offered & (1n << BigInt(Feature.ADMIN_VQ))) !== 0n) return;
+    this.pastLastChecked = true;
+    await this.setCommon(CommonCfg.QueueSelect, 2, n);
+    const size = await this.common(CommonCfg.QueueSize, 2);
+    if (size !== 0) this.deviceVerdict('pci.common-config-struct-layout.device.14', `queue_size of queue ${n} (num_queues is ${n}) reads ${size}, not 0`, { queue: n, size });
   }
 
   async queueMaxSize(index: number): Promise<number> {
@@ -763,7 +770,9 @@ export class PciTransport implements DriverTransport {
       await this.setLegacy(LegacyReg.QueueSelect, 2, index);
       return this.legacyReg(LegacyReg.QueueSize, 2);
     }
-    if (index >= (await this.common(CommonCfg.NumQueues, 2))) return 0;
+    const n = await this.common(CommonCfg.NumQueues, 2);
+    if (index >= n) return 0;
+    await this.checkPastLastQueue(n);
     await this.setCommon(CommonCfg.QueueSelect, 2, index);
     const size = await this.common(CommonCfg.QueueSize, 2);
     if (this.accepted !== null && !this.acceptedFeature(Feature.RING_PACKED) && (size & (size - 1)) !== 0) {
