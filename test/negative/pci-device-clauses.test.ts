@@ -36,6 +36,16 @@ interface Case {
 const commonRead = (p: Patcher, field: number, value: (v: number) => number | undefined) =>
   p.onRead((bar, offset, _size, v) => (p.isCommon(bar, offset, field) ? value(v) : undefined));
 
+/** Whether the driver wrote queue_enable yet: a patch's switch. */
+function enableWritten(p: Patcher): () => boolean {
+  let written = false;
+  p.onWrite((bar, offset) => {
+    if (p.isCommon(bar, offset, C.QueueEnable)) written = true;
+    return undefined;
+  });
+  return () => written;
+}
+
 /** The initialization, then close() (which unmaps the vectors). */
 const upAndClose = async (t: PciTransport) => {
   await bringUp(t);
@@ -159,12 +169,8 @@ const CASES: Case[] = [
     clause: 'pci.common-config-struct-layout.device.9',
     how: 'queue_reset reads 1 after a reset (RING_RESET)',
     patch: (p) => {
-      let enabled = false;
-      p.onWrite((bar, offset) => {
-        if (p.isCommon(bar, offset, C.QueueEnable)) enabled = true;
-        return undefined;
-      });
-      commonRead(p, C.QueueReset, () => (enabled ? undefined : 1));
+      const enabled = enableWritten(p);
+      commonRead(p, C.QueueReset, () => (enabled() ? undefined : 1));
     },
     act: (t) => bringUp(t),
   },
@@ -172,12 +178,8 @@ const CASES: Case[] = [
     clause: 'pci.common-config-struct-layout.device.10',
     how: 'queue_reset reads 1 once the queue is enabled (RING_RESET)',
     patch: (p) => {
-      let enabled = false;
-      p.onWrite((bar, offset) => {
-        if (p.isCommon(bar, offset, C.QueueEnable)) enabled = true;
-        return undefined;
-      });
-      commonRead(p, C.QueueReset, () => (enabled ? 1 : undefined));
+      const enabled = enableWritten(p);
+      commonRead(p, C.QueueReset, () => (enabled() ? 1 : undefined));
     },
     act: (t) => bringUp(t),
   },
