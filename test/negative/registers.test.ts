@@ -31,6 +31,7 @@ function mmio(version: 1 | 2 = 2) {
     if (!(high & (1 << (Feature.RING_PACKED - 32)))) device.withholdFeatures(bit(Feature.RING_PACKED));
     r(R.MagicValue);
     r(R.Version);
+    r(R.DeviceID);
     w(R.Status, 0);
     w(R.Status, Status.ACKNOWLEDGE);
     w(R.Status, ACK_DRIVER);
@@ -76,12 +77,14 @@ expectMmio('mmio.device-register-layout.driver.3', (m) => {
 expectMmio('mmio.device-register-layout.driver.10', (m) => {
   m.r(R.MagicValue);
   m.r(R.Version);
+  m.r(R.DeviceID);
   m.w(R.Status, 0);
   m.r(R.DeviceFeatures);
 });
 expectMmio('mmio.device-register-layout.driver.11', (m) => {
   m.r(R.MagicValue);
   m.r(R.Version);
+  m.r(R.DeviceID);
   m.w(R.Status, 0);
   m.w(R.Status, Status.ACKNOWLEDGE);
   m.w(R.Status, ACK_DRIVER);
