@@ -57,7 +57,7 @@ test('mmio registers: magic, version, ids, InterruptStatus/ACK, reset clears the
 
 for (const kind of ['mmio-v2', 'pci-modern', 'pci-modern-intx'] as const) {
   test(`queue reset over ${kind}: QueueReset/queue_reset reads 0 at once, the queue reads disabled, re-enabled with another size, data flows`, async () => {
-    const covered = ['mmio.device-register-layout.device.8', 'mmio.device-register-layout.device.9', 'mmio.device-register-layout.device.10', 'mmio.device-register-layout.device.11', 'mmio.device-register-layout.device.12', 'pci.common-config-struct-layout.device.9', 'pci.common-config-struct-layout.device.10', 'pci.common-config-struct-layout.device.11', 'pci.common-config-struct-layout.device.12', 'pci.common-config-struct-layout.device.13', 'pci.common-config-struct-layout.driver.8', 'pci.common-config-struct-layout.driver.9'];
+    const covered = ['mmio.device-register-layout.device.8', 'mmio.device-register-layout.device.9', 'mmio.device-register-layout.device.10', 'mmio.device-register-layout.device.11', 'mmio.device-register-layout.device.12', 'pci.common-config-struct-layout.device.9', 'pci.common-config-struct-layout.device.10', 'pci.common-config-struct-layout.device.11', 'pci.common-config-struct-layout.device.12', 'pci.common-config-struct-layout.device.13'];
     assert.ok(covered.length > 0);
     const devMon = new Monitor();
     const device = new RngDevice({ monitor: devMon, queueMaxSize: 32 });
@@ -227,7 +227,7 @@ for (const [kind, label, vectors] of [
   ['pci-transitional-legacy', 'legacy interface with MSI-X', 2],
 ] as const) {
   test(`pci ${label}: configuration change interrupt reaches the driver with a new generation; blk data flows`, async () => {
-    const covered = ['pci.common-config-struct-layout.device.6', 'pci.msi-x-vector-config.driver.1', 'pci.msi-x-vector-config.driver.3', 'pci.msi-x-vector-config.driver.5', 'pci.notif-of-device-config-changes.driver.1', 'pci.device-layout.driver.2', 'pci.device-discovery.driver.1', 'pci.device-discovery.driver.2', 'pci.device-discovery.driver.3'];
+    const covered = ['pci.common-config-struct-layout.device.6', 'pci.msi-x-vector-config.driver.5'];
     assert.ok(covered.length > 0);
     const storage = new MemoryBlockStorage(4096 * 512, false);
     let size = 2048 * 512; // the disk grows to 4096 sectors below
@@ -256,7 +256,7 @@ for (const [kind, label, vectors] of [
 }
 
 test('pci legacy layout: features 0-31 only, device configuration right after the header at any width, the same bytes; the PCI configuration access capability reaches the BAR', () => {
-  const covered = ['pci.legacy-device-layout.driver.1', 'pci.legacy-device-layout.driver.2', 'pci.legacy-device-layout.device.2', 'pci.legacy-device-layout.driver.3', 'pci.legacy-device-layout.device.3', 'pci.legacy-device-layout.device.4', 'pci.config-access-cap.device.2', 'pci.config-access-cap.device.3'];
+  const covered = ['pci.legacy-device-layout.driver.1', 'pci.legacy-device-layout.device.2', 'pci.legacy-device-layout.driver.3', 'pci.legacy-device-layout.device.3', 'pci.legacy-device-layout.device.4', 'pci.config-access-cap.device.2', 'pci.config-access-cap.device.3'];
   assert.ok(covered.length > 0);
   const dev = new BlkDevice({ storage: new MemoryBlockStorage(0x123456 * 512, false) });
   const m = new VirtioPciDevice(dev, GuestMemory.create(1 << 20), { transitional: true, msixVectors: 0 });
@@ -281,7 +281,7 @@ test('pci legacy layout: features 0-31 only, device configuration right after th
 });
 
 test('pci driver: auto mode finds the capabilities (modern) on a transitional device, and falls back to legacy without them', async () => {
-  const covered = ['pci.legacy-device-layout-detection.driver.1', 'pci.legacy-device-layout-detection.driver.2', 'pci.legacy-device-layout-detection.driver.3', 'pci.legacy-device-layout-detection.driver.4'];
+  const covered = ['pci.legacy-device-layout-detection.driver.1', 'pci.legacy-device-layout-detection.driver.3'];
   assert.ok(covered.length > 0);
   const mem = GuestMemory.create(1 << 20);
   const m = new VirtioPciDevice(new RngDevice(), mem, { transitional: true });
@@ -292,7 +292,6 @@ test('pci driver: auto mode finds the capabilities (modern) on a transitional de
 });
 
 test('pci driver: a device that refuses an MSI-X mapping (reads NO_VECTOR back) is a PciError msix (pci.msi-x-vector-config.driver.6: reported as a device failure)', async () => {
-  assert.ok(['pci.msi-x-vector-config.driver.6'].length === 1);
   const mem = GuestMemory.create(1 << 20);
   const m = new VirtioPciDevice(new RngDevice(), mem);
   const bus = directPciBus(m);
@@ -301,7 +300,7 @@ test('pci driver: a device that refuses an MSI-X mapping (reads NO_VECTOR back) 
 });
 
 test('pci driver: capabilities with a reserved cfg_type, a reserved BAR or a longer cap_len are skipped; the first usable one of each type is used', async () => {
-  const covered = ['pci.virtio-struct-pci-capabilities.driver.1', 'pci.virtio-struct-pci-capabilities.driver.2', 'pci.virtio-struct-pci-capabilities.driver.3', 'pci.virtio-struct-pci-capabilities.driver.4'];
+  const covered = ['pci.virtio-struct-pci-capabilities.driver.1', 'pci.virtio-struct-pci-capabilities.driver.2'];
   assert.ok(covered.length > 0);
   const mem = GuestMemory.create(1 << 20);
   const dev = new RngDevice();

@@ -164,6 +164,7 @@ function pci(transitional = false) {
   const monitor = new Monitor({ mode: 'tolerant' });
   const device = new RngDevice({ monitor });
   const model = new VirtioPciDevice(device, GuestMemory.create(1 << 20), { transitional });
+  model.configRead(PciCfg.CapabilitiesPointer, 1); // the driver finds the structures through the capability list
   const V = 4; // the virtio BAR
   const w = (off: number, size: number, v: number) => model.barWrite(V, off, size, v);
   const r = (off: number, size: number) => model.barRead(V, off, size);
@@ -206,6 +207,7 @@ expectPci('pci.device-layout.driver.1', (p) => {
 test('pci: pci.device-layout.driver.1 (device configuration read unaligned)', () => {
   const monitor = new Monitor({ mode: 'tolerant' });
   const model = new VirtioPciDevice(new BlkDevice({ storage: new MemoryBlockStorage(1 << 20, false), monitor }), GuestMemory.create(1 << 20));
+  model.configRead(PciCfg.CapabilitiesPointer, 1);
   model.barRead(4, 0x2000 + 1, 2); // an unaligned 16-bit read of the capacity
   model.barRead(4, 0x2000, 4); // natural: no verdict
   assert.deepEqual(monitor.verdicts.map((v) => v.clause), ['pci.device-layout.driver.1']);
