@@ -29,6 +29,7 @@ export * as splitLayout from './spec/split-layout.js';
 export { LoopbackTransport, type LoopbackMode, type LoopbackOptions } from './transports/loopback/loopback.js';
 export { VirtioMmioDevice, MmioError, legacySplitLayout, type MmioErrorKind, type MmioDeviceOptions, type SharedMemoryRegion } from './transports/mmio/device.js';
 export { MmioTransport, directMmioBus, type MmioBus, type MmioTransportOptions } from './transports/mmio/driver.js';
+export { VirtioMmioPlaceholder, type MmioPlaceholderKind } from './transports/mmio/placeholder.js';
 export { MmioReg, MMIO_MAGIC, MMIO_INT_VRING, MMIO_INT_CONFIG, mmioRegisterAccess } from './transports/mmio/registers.js';
 export { VirtioPciDevice, PciError, type PciErrorKind, type PciBarInfo, type PciDeviceOptions } from './transports/pci/device.js';
 export { PciTransport, directPciBus, type PciBus, type PciInterrupt, type PciWindow, type PciTransportOptions, type VirtioPciCapability } from './transports/pci/driver.js';

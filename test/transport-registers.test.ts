@@ -27,8 +27,8 @@ import { until } from './wait.js';
 const WITH_RESET = TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_RESET);
 
 test('mmio registers: magic, version, ids, InterruptStatus/ACK, reset clears them, config generation', async () => {
-  const covered = ['mmio.device-register-layout.device.1', 'mmio.device-register-layout.device.2', 'mmio.device-register-layout.device.3', 'mmio.device-register-layout.device.4', 'mmio.device-register-layout.device.5', 'mmio.device-register-layout.device.6', 'mmio.notif-from-the-device.driver.2', 'mmio.device-init.driver.5'];
-  assert.equal(covered.length, 8);
+  const covered = ['mmio.device-register-layout.device.1', 'mmio.device-register-layout.device.2', 'mmio.device-register-layout.device.3', 'mmio.device-register-layout.device.4', 'mmio.device-register-layout.device.5', 'mmio.device-register-layout.device.6', 'mmio.device-init.driver.5'];
+  assert.equal(covered.length, 7);
   const device = new ConsoleDevice({ backend: new MemoryConsoleEndpoint(), size: { cols: 80, rows: 25 } });
   const model = new VirtioMmioDevice(device, GuestMemory.create(4 << 20), {});
   assert.equal(model.read(R.MagicValue, 4), MMIO_MAGIC);
@@ -57,7 +57,7 @@ test('mmio registers: magic, version, ids, InterruptStatus/ACK, reset clears the
 
 for (const kind of ['mmio-v2', 'pci-modern', 'pci-modern-intx'] as const) {
   test(`queue reset over ${kind}: QueueReset/queue_reset reads 0 at once, the queue reads disabled, re-enabled with another size, data flows`, async () => {
-    const covered = ['mmio.device-register-layout.device.8', 'mmio.device-register-layout.device.9', 'mmio.device-register-layout.device.10', 'mmio.device-register-layout.device.11', 'mmio.device-register-layout.device.12', 'mmio.device-register-layout.driver.19', 'mmio.device-register-layout.driver.20', 'pci.common-config-struct-layout.device.9', 'pci.common-config-struct-layout.device.10', 'pci.common-config-struct-layout.device.11', 'pci.common-config-struct-layout.device.12', 'pci.common-config-struct-layout.device.13', 'pci.common-config-struct-layout.driver.8', 'pci.common-config-struct-layout.driver.9'];
+    const covered = ['mmio.device-register-layout.device.8', 'mmio.device-register-layout.device.9', 'mmio.device-register-layout.device.10', 'mmio.device-register-layout.device.11', 'mmio.device-register-layout.device.12', 'pci.common-config-struct-layout.device.9', 'pci.common-config-struct-layout.device.10', 'pci.common-config-struct-layout.device.11', 'pci.common-config-struct-layout.device.12', 'pci.common-config-struct-layout.device.13'];
     assert.ok(covered.length > 0);
     const devMon = new Monitor();
     const device = new RngDevice({ monitor: devMon, queueMaxSize: 32 });
@@ -76,9 +76,9 @@ for (const kind of ['mmio-v2', 'pci-modern', 'pci-modern-intx'] as const) {
 }
 
 test('mmio driver side: a window with the wrong magic, an unknown version, an empty slot (DeviceID 0) are refused, nothing else touched', async () => {
-  // driver.5, .7, .9 and device-init.driver.3 are the same sentences as driver.4, .6, .8 and device-init.driver.2.
-  const covered = ['mmio.device-register-layout.driver.4', 'mmio.device-register-layout.driver.5', 'mmio.device-register-layout.driver.6', 'mmio.device-register-layout.driver.7', 'mmio.device-register-layout.driver.8', 'mmio.device-register-layout.driver.9', 'mmio.device-init.driver.2', 'mmio.device-init.driver.3'];
-  assert.equal(covered.length, 8);
+  // The project's driver refusing them (the model-side verdicts on drivers that do not: test/negative/mmio-driver.test.ts).
+  const covered = ['mmio.device-register-layout.driver.4', 'mmio.device-register-layout.driver.6', 'mmio.device-register-layout.driver.8', 'mmio.device-init.driver.2', 'mmio.device-init.driver.3'];
+  assert.equal(covered.length, 5);
   for (const [reg, value, kind] of [
     [R.MagicValue, 0x12345678, 'not-virtio'],
     [R.Version, 3, 'unsupported-version'],
@@ -227,7 +227,7 @@ for (const [kind, label, vectors] of [
   ['pci-transitional-legacy', 'legacy interface with MSI-X', 2],
 ] as const) {
   test(`pci ${label}: configuration change interrupt reaches the driver with a new generation; blk data flows`, async () => {
-    const covered = ['pci.common-config-struct-layout.device.6', 'pci.msi-x-vector-config.driver.1', 'pci.msi-x-vector-config.driver.3', 'pci.msi-x-vector-config.driver.5', 'pci.notif-of-device-config-changes.driver.1', 'pci.device-layout.driver.2', 'pci.device-discovery.driver.1', 'pci.device-discovery.driver.2', 'pci.device-discovery.driver.3'];
+    const covered = ['pci.common-config-struct-layout.device.6', 'pci.msi-x-vector-config.driver.5'];
     assert.ok(covered.length > 0);
     const storage = new MemoryBlockStorage(4096 * 512, false);
     let size = 2048 * 512; // the disk grows to 4096 sectors below
@@ -257,7 +257,7 @@ for (const [kind, label, vectors] of [
 }
 
 test('pci legacy layout: features 0-31 only, device configuration right after the header at any width, the same bytes; the PCI configuration access capability reaches the BAR', () => {
-  const covered = ['pci.legacy-device-layout.driver.1', 'pci.legacy-device-layout.driver.2', 'pci.legacy-device-layout.device.2', 'pci.legacy-device-layout.driver.3', 'pci.legacy-device-layout.device.3', 'pci.legacy-device-layout.device.4', 'pci.config-access-cap.device.2', 'pci.config-access-cap.device.3'];
+  const covered = ['pci.legacy-device-layout.driver.1', 'pci.legacy-device-layout.device.2', 'pci.legacy-device-layout.driver.3', 'pci.legacy-device-layout.device.3', 'pci.legacy-device-layout.device.4', 'pci.config-access-cap.device.2', 'pci.config-access-cap.device.3'];
   assert.ok(covered.length > 0);
   const dev = new BlkDevice({ storage: new MemoryBlockStorage(0x123456 * 512, false) });
   const m = new VirtioPciDevice(dev, GuestMemory.create(1 << 20), { transitional: true, msixVectors: 0 });
@@ -282,7 +282,7 @@ test('pci legacy layout: features 0-31 only, device configuration right after th
 });
 
 test('pci driver: auto mode finds the capabilities (modern) on a transitional device, and falls back to legacy without them', async () => {
-  const covered = ['pci.legacy-device-layout-detection.driver.1', 'pci.legacy-device-layout-detection.driver.2', 'pci.legacy-device-layout-detection.driver.3', 'pci.legacy-device-layout-detection.driver.4'];
+  const covered = ['pci.legacy-device-layout-detection.driver.1', 'pci.legacy-device-layout-detection.driver.3'];
   assert.ok(covered.length > 0);
   const mem = GuestMemory.create(1 << 20);
   const m = new VirtioPciDevice(new RngDevice(), mem, { transitional: true });
@@ -293,7 +293,6 @@ test('pci driver: auto mode finds the capabilities (modern) on a transitional de
 });
 
 test('pci driver: a device that refuses an MSI-X mapping (reads NO_VECTOR back) is a PciError msix (pci.msi-x-vector-config.driver.6: reported as a device failure)', async () => {
-  assert.ok(['pci.msi-x-vector-config.driver.6'].length === 1);
   const mem = GuestMemory.create(1 << 20);
   const m = new VirtioPciDevice(new RngDevice(), mem);
   const bus = directPciBus(m);
@@ -302,7 +301,7 @@ test('pci driver: a device that refuses an MSI-X mapping (reads NO_VECTOR back) 
 });
 
 test('pci driver: capabilities with a reserved cfg_type, a reserved BAR or a longer cap_len are skipped; the first usable one of each type is used', async () => {
-  const covered = ['pci.virtio-struct-pci-capabilities.driver.1', 'pci.virtio-struct-pci-capabilities.driver.2', 'pci.virtio-struct-pci-capabilities.driver.3', 'pci.virtio-struct-pci-capabilities.driver.4'];
+  const covered = ['pci.virtio-struct-pci-capabilities.driver.1', 'pci.virtio-struct-pci-capabilities.driver.2'];
   assert.ok(covered.length > 0);
   const mem = GuestMemory.create(1 << 20);
   const dev = new RngDevice();
@@ -354,4 +353,27 @@ test('mmio: a queue the driver stopped (QueueReady 0) is not read by the device;
   assert.deepEqual([model.read(R.SHMLenLow, 4), model.read(R.SHMLenHigh, 4), model.read(R.SHMBaseLow, 4), model.read(R.SHMBaseHigh, 4)], [0x20_0000, 0, 0, 1]);
   model.write(R.SHMSel, 4, 0);
   assert.deepEqual([model.read(R.SHMLenLow, 4), model.read(R.SHMLenHigh, 4)], [0xffffffff, 0xffffffff], 'no region 0: length -1');
+});
+
+test('mmio driver side: undefined InterruptStatus bits are disregarded: never acknowledged, the driver still served', async () => {
+  const covered = ['mmio.device-register-layout.driver.15'];
+  assert.equal(covered.length, 1);
+  const devMon = new Monitor({ mode: 'tolerant' });
+  const dev = new RngDevice({ monitor: devMon });
+  dev.withholdFeatures(bit(Feature.RING_PACKED));
+  const mem = GuestMemory.create(1 << 20);
+  const model = new VirtioMmioDevice(dev, mem);
+  const read = model.read.bind(model);
+  model.read = (off, size) => (off === R.InterruptStatus ? Number(read(off, size)) | 0x30 : read(off, size));
+  const acks: number[] = [];
+  const write = model.write.bind(model);
+  model.write = (off, size, v) => {
+    if (off === R.InterruptACK) acks.push(Number(v));
+    write(off, size, v);
+  };
+  const driver = new RngDriver(await MmioTransport.open(directMmioBus(model), mem, { monitor: new Monitor({ mode: 'tolerant' }) }));
+  await driver.start();
+  assert.equal((await driver.read(32)).length, 32);
+  assert.ok(acks.length > 0 && acks.every((a) => (a & ~3) === 0), `acknowledged ${acks}`);
+  assert.deepEqual(devMon.verdicts, []);
 });

@@ -31,6 +31,7 @@ function mmio(version: 1 | 2 = 2) {
     if (!(high & (1 << (Feature.RING_PACKED - 32)))) device.withholdFeatures(bit(Feature.RING_PACKED));
     r(R.MagicValue);
     r(R.Version);
+    r(R.DeviceID);
     w(R.Status, 0);
     w(R.Status, Status.ACKNOWLEDGE);
     w(R.Status, ACK_DRIVER);
@@ -76,12 +77,14 @@ expectMmio('mmio.device-register-layout.driver.3', (m) => {
 expectMmio('mmio.device-register-layout.driver.10', (m) => {
   m.r(R.MagicValue);
   m.r(R.Version);
+  m.r(R.DeviceID);
   m.w(R.Status, 0);
   m.r(R.DeviceFeatures);
 });
 expectMmio('mmio.device-register-layout.driver.11', (m) => {
   m.r(R.MagicValue);
   m.r(R.Version);
+  m.r(R.DeviceID);
   m.w(R.Status, 0);
   m.w(R.Status, Status.ACKNOWLEDGE);
   m.w(R.Status, ACK_DRIVER);
@@ -161,6 +164,7 @@ function pci(transitional = false) {
   const monitor = new Monitor({ mode: 'tolerant' });
   const device = new RngDevice({ monitor });
   const model = new VirtioPciDevice(device, GuestMemory.create(1 << 20), { transitional });
+  model.configRead(PciCfg.CapabilitiesPointer, 1); // the driver finds the structures through the capability list
   const V = 4; // the virtio BAR
   const w = (off: number, size: number, v: number) => model.barWrite(V, off, size, v);
   const r = (off: number, size: number) => model.barRead(V, off, size);
@@ -203,6 +207,7 @@ expectPci('pci.device-layout.driver.1', (p) => {
 test('pci: pci.device-layout.driver.1 (device configuration read unaligned)', () => {
   const monitor = new Monitor({ mode: 'tolerant' });
   const model = new VirtioPciDevice(new BlkDevice({ storage: new MemoryBlockStorage(1 << 20, false), monitor }), GuestMemory.create(1 << 20));
+  model.configRead(PciCfg.CapabilitiesPointer, 1);
   model.barRead(4, 0x2000 + 1, 2); // an unaligned 16-bit read of the capacity
   model.barRead(4, 0x2000, 4); // natural: no verdict
   assert.deepEqual(monitor.verdicts.map((v) => v.clause), ['pci.device-layout.driver.1']);

@@ -92,6 +92,7 @@ export class VirtioMmioDevice implements DeviceHost {
   private readonly seen = {
     magic: false,
     version: false,
+    deviceId: false,
     initialized: false,
     deviceFeaturesSel: false,
     driverFeaturesSel: false,
@@ -213,6 +214,12 @@ export class VirtioMmioDevice implements DeviceHost {
       return false;
     }
     if (mmioRegisterAccess(offset, this.version) === undefined) {
+      if (this.version === 1 && mmioRegisterAccess(offset, 2) !== undefined) {
+        // A version 2 register on a version 1 device: the driver neither ignored a device whose
+        // Version is not 2 nor drove it through the legacy interface (4.2.4) the Version names.
+        this.violation('mmio.device-register-layout.driver.6', `driver ${verb} the version 2 register at 0x${offset.toString(16)} of a device whose Version is 1`, { offset });
+        return false;
+      }
       this.violation('mmio.device-register-layout.driver.1', `driver ${verb} offset 0x${offset.toString(16)}, which is no register of virtio-mmio version ${this.version}`, { offset });
       return false;
     }
@@ -242,6 +249,7 @@ export class VirtioMmioDevice implements DeviceHost {
         this.seen.version = true;
         return this.version;
       case R.DeviceID:
+        this.seen.deviceId = true;
         return d.deviceId;
       case R.VendorID:
         return this.vendorId;
@@ -380,6 +388,9 @@ export class VirtioMmioDevice implements DeviceHost {
       this.seen.initialized = true;
       if (!this.seen.magic || !this.seen.version) {
         this.violation('mmio.device-init.driver.1', 'driver started initializing the device without reading MagicValue and Version first', {});
+      } else if (!this.seen.deviceId) {
+        // 4.2.3.1: after a valid MagicValue and Version the driver reads DeviceID (0: an empty slot, abort) before anything else.
+        this.violation('mmio.device-init.driver.2', 'driver started initializing the device without reading DeviceID after MagicValue and Version', {});
       }
     }
     this.device.setStatus(value);

@@ -83,7 +83,19 @@ export interface PciDeviceOptions {
   intx?: (level: boolean) => void;
   /** An MSI-X message: the guest-physical address and data the driver programmed in the table. */
   msi?: (address: number, data: number) => void;
+  /**
+   * Also list capabilities a driver must pass over (default false; memory BARs only): a second
+   * common configuration capability, after the first, over a mirror of the structure (4.1.4: a
+   * driver should use the first instance), and one of a reserved cfg_type over a region of its
+   * own (a driver must skip it). A driver that uses either region gets a verdict
+   * (pci.virtio-struct-pci-capabilities.driver.2, .1). For testing drivers: it is how the device
+   * can see which capabilities they took.
+   */
+  decoyCapabilities?: boolean;
 }
+
+/** cfg_type 7: reserved (4.1.4: 1-5, 8 and 9 are defined), for {@link PciDeviceOptions.decoyCapabilities}. */
+const RESERVED_CFG_TYPE = 7;
 
 /** Where the virtio structures are inside the virtio BAR. */
 interface Region {
@@ -142,7 +154,9 @@ export class VirtioPciDevice implements DeviceHost {
   private readonly virtioBarIndex: number;
   private readonly msixBarIndex: number;
   private readonly regions: { common: Region; isr: Region; device: Region; notify: Region };
-  private readonly caps: { msix: number; common: number; notify: number; isr: number; device: number; pciCfg: number };
+  /** The regions of the decoy capabilities (null: none listed). */
+  private readonly decoys: { mirror: Region; reserved: Region; reported: { mirror: boolean; reserved: boolean } } | null;
+  private readonly caps: { msix: number; common: number; notify: number; isr: number; device: number; pciCfg: number; decoys: number[] };
   private readonly msixTable: DataView;
   private readonly pba: Uint8Array;
   private readonly pbaOffset: number;
@@ -164,6 +178,17 @@ export class VirtioPciDevice implements DeviceHost {
   private readonly resetPending = new Set<number>();
   /** The driver wrote 0 to device_status and has not read it back yet (driver.5). */
   private resetUnconfirmed = false;
+  /** What the driver did that later accesses are judged by (pci.msi-x-vector-config.driver.5, pci.legacy-device-layout*.driver.*). */
+  private readonly seen = {
+    /** The driver read the capabilities pointer: it searched the capability list. */
+    capabilityList: false,
+    /** The modern structures were reached once without that search (one verdict). */
+    unsearchedReported: false,
+    /** A vector mapping written and not read back yet: the config vector (-1) or a queue's. */
+    vectorReadBack: null as number | null,
+    /** The driver set status, features or a queue through the legacy I/O BAR since the last reset. */
+    legacySession: false,
+  };
 
   /** Makes the function for `device` over `memory` (the device is attached now). */
   constructor(
@@ -201,6 +226,9 @@ export class VirtioPciDevice implements DeviceHost {
       this.regions = { common: { offset: 0, length: COMMON_CFG_SIZE }, isr: { offset: 0x1000, length: 4 }, device: { offset: 0x2000, length: configLength }, notify: { offset: 0x3000, length: notifyLength } };
       size = pow2(0x3000 + Math.max(0x1000, notifyLength));
     }
+    if (options.decoyCapabilities === true && kind === 'io') throw new PciError('bad-option', 'decoyCapabilities needs a memory BAR for the virtio structures');
+    // Between the common configuration (at 0) and the ISR (at 0x1000): no structure there.
+    this.decoys = options.decoyCapabilities === true ? { mirror: { offset: 0x800, length: COMMON_CFG_SIZE }, reserved: { offset: 0xc00, length: 0x100 }, reported: { mirror: false, reserved: false } } : null;
     const bars: PciBarInfo[] = [];
     if (this.transitional) {
       // pci.legacy-device-layout.device.1 / pci.legacy-device-layout-detection.device.1: the legacy layout in BAR0, I/O.
@@ -272,7 +300,9 @@ export class VirtioPciDevice implements DeviceHost {
     const isr = vcap(VirtioPciCap.Isr, 16, this.regions.isr);
     const devCap = configLength > 0 ? vcap(VirtioPciCap.Device, 16, this.regions.device) : -1;
     const pciCfg = vcap(VirtioPciCap.PciCfg, 20, null);
-    this.caps = { msix, common, notify, isr, device: devCap, pciCfg };
+    const decoyCaps: number[] = [];
+    if (this.decoys !== null) decoyCaps.push(vcap(VirtioPciCap.Common, 16, this.decoys.mirror), vcap(RESERVED_CFG_TYPE, 16, this.decoys.reserved));
+    this.caps = { msix, common, notify, isr, device: devCap, pciCfg, decoys: decoyCaps };
     this.resetTransport();
     device.attach(memory, this);
   }
@@ -406,6 +436,7 @@ export class VirtioPciDevice implements DeviceHost {
     // pci.isr-status-cap.device.4: the status register's interrupt bit follows the ISR while MSI-X is off.
     const status = (c.getUint16(PciCfg.Status, true) & ~PciStatus.Interrupt) | (this.isr !== 0 && !this.msixEnabled ? PciStatus.Interrupt : 0);
     c.setUint16(PciCfg.Status, status, true);
+    if (offset <= PciCfg.CapabilitiesPointer && offset + size > PciCfg.CapabilitiesPointer) this.seen.capabilityList = true;
     const data = this.caps.pciCfg + CapField.PciCfgData;
     if (offset < data + 4 && offset + size > data) this.pciCfgAccess(null);
     return size === 1 ? c.getUint8(offset) : size === 2 ? c.getUint16(offset, true) : c.getUint32(offset, true);
@@ -457,7 +488,7 @@ export class VirtioPciDevice implements DeviceHost {
       if (dw === caps.pciCfg + CapField.PciCfgData) this.pciCfgAccess(v);
       return;
     }
-    for (const at of [caps.common, caps.notify, caps.isr, caps.device, caps.pciCfg]) {
+    for (const at of [caps.common, caps.notify, caps.isr, caps.device, caps.pciCfg, ...caps.decoys]) {
       if (at >= 0 && offset < at + this.cfg[at + CapField.Len] && offset + size > at) {
         this.violation('pci.virtio-struct-pci-capabilities.driver.8', `driver wrote ${size} byte(s) at configuration offset 0x${offset.toString(16)}, inside a virtio capability`, { offset, size });
         return;
@@ -560,9 +591,52 @@ export class VirtioPciDevice implements DeviceHost {
     return null;
   }
 
+  /**
+   * The modern structures are found through the capability list (4.1.5.1.1.1, "Legacy
+   * Interface: A Note on Device Layout Detection"): a driver that reaches them without having
+   * read the capabilities pointer did not search it. On a transitional function (transitional
+   * ids) the driver is a transitional one; on a modern-only function, modern-only or transitional.
+   */
+  private searched(offset: number): void {
+    if (this.seen.capabilityList || this.seen.unsearchedReported) return;
+    this.seen.unsearchedReported = true;
+    const clause = this.transitional ? 'pci.legacy-device-layout-detection.driver.1' : 'pci.legacy-device-layout-detection.driver.3';
+    this.violation(clause, `driver reached the virtio structures (BAR ${this.virtioBarIndex} offset 0x${offset.toString(16)}) without reading the capability list`, { offset });
+  }
+
+  /**
+   * An access inside a decoy capability's region (PciDeviceOptions.decoyCapabilities): the
+   * mirror of the common configuration is served as the real one; the reserved region reads 0.
+   * Returns the offset inside the common configuration to serve, or null (nothing to serve).
+   */
+  private decoy(offset: number): number | 'none' | null {
+    const d = this.decoys;
+    if (d === null) return 'none';
+    const inside = (r: Region) => offset >= r.offset && offset < r.offset + r.length;
+    if (inside(d.mirror)) {
+      if (!d.reported.mirror) {
+        d.reported.mirror = true;
+        this.violation('pci.virtio-struct-pci-capabilities.driver.2', `driver used the second common configuration capability (BAR offset 0x${offset.toString(16)}), not the first`, { offset });
+      }
+      return offset - d.mirror.offset;
+    }
+    if (inside(d.reserved)) {
+      if (!d.reported.reserved) {
+        d.reported.reserved = true;
+        this.violation('pci.virtio-struct-pci-capabilities.driver.1', `driver used the region of a capability with the reserved cfg_type ${RESERVED_CFG_TYPE} (BAR offset 0x${offset.toString(16)})`, { offset });
+      }
+      return null;
+    }
+    return 'none';
+  }
+
   private virtioRead(offset: number, size: number): number {
+    const decoy = this.decoy(offset);
+    if (decoy === null) return 0;
+    if (decoy !== 'none') return this.commonRead(decoy, size);
     const name = this.region(offset);
     if (name === null) return 0;
+    this.searched(offset);
     const rel = offset - this.regions[name].offset;
     switch (name) {
       case 'common':
@@ -577,8 +651,15 @@ export class VirtioPciDevice implements DeviceHost {
   }
 
   private virtioWrite(offset: number, size: number, value: bigint): void {
+    const decoy = this.decoy(offset);
+    if (decoy === null) return;
+    if (decoy !== 'none') {
+      this.commonWrite(decoy, size, value);
+      return;
+    }
     const name = this.region(offset);
     if (name === null) return;
+    this.searched(offset);
     const rel = offset - this.regions[name].offset;
     switch (name) {
       case 'common':
@@ -636,6 +717,7 @@ export class VirtioPciDevice implements DeviceHost {
         // pci.common-config-struct-layout.device.4
         return this.driverFeatureSel > 1 ? 0 : Number((this.driverFeatures >> BigInt(32 * this.driverFeatureSel)) & 0xffffffffn);
       case CommonCfg.ConfigMsixVector:
+        if (this.seen.vectorReadBack === -1) this.seen.vectorReadBack = null;
         return this.configVector;
       case CommonCfg.NumQueues:
         return d.numQueues;
@@ -649,6 +731,7 @@ export class VirtioPciDevice implements DeviceHost {
       case CommonCfg.QueueSize:
         return q === undefined ? 0 : this.queueSize[this.queueSel]; // pci.common-config-struct-layout.device.14
       case CommonCfg.QueueMsixVector:
+        if (this.seen.vectorReadBack === this.queueSel) this.seen.vectorReadBack = null;
         return q === undefined ? VIRTIO_MSI_NO_VECTOR : this.queueVector[this.queueSel];
       case CommonCfg.QueueEnable:
         return q !== undefined && q.enabled ? 1 : 0;
@@ -679,6 +762,12 @@ export class VirtioPciDevice implements DeviceHost {
     }
     const f = this.commonField(rel, size, 'wrote');
     if (f === null) return;
+    this.beforeWrite(f.name);
+    if (this.seen.legacySession && !(f.offset === CommonCfg.DeviceStatus && Number(value & 0xffn) === 0)) {
+      // A reset through the modern interface hands the device over (a modern driver after a legacy one starts so).
+      this.seen.legacySession = false;
+      this.violation('pci.legacy-device-layout.driver.1', `driver wrote ${f.name} in the modern common configuration after setting the device up through the legacy I/O BAR0 (no reset between)`, { field: f.name });
+    }
     if (!f.writable) {
       this.violation('pci.common-config-struct-layout.driver.1', `driver wrote the read-only field ${f.name}`, { field: f.name });
       return;
@@ -773,9 +862,23 @@ export class VirtioPciDevice implements DeviceHost {
     }
   }
 
+  /**
+   * pci.msi-x-vector-config.driver.5: a mapping is read back before the driver writes anything
+   * else (the read shows NO_VECTOR when the device refused it). Called before every write of a
+   * common configuration field or legacy register.
+   */
+  private beforeWrite(what: string): void {
+    const pending = this.seen.vectorReadBack;
+    if (pending === null) return;
+    this.seen.vectorReadBack = null;
+    const field = pending === -1 ? 'config_msix_vector' : `queue ${pending}'s queue_msix_vector`;
+    this.violation('pci.msi-x-vector-config.driver.5', `driver wrote ${what} before reading back ${field} after mapping it`, { queue: pending });
+  }
+
   /** pci.msi-x-vector-config.driver.4 / device.9: a vector beyond the table is refused and reads NO_VECTOR. */
   private mapVector(v: number, field: string): number {
     if (v === VIRTIO_MSI_NO_VECTOR) return v; // pci.msi-x-vector-config.device.5: unmapping
+    this.seen.vectorReadBack = field === 'config_msix_vector' ? -1 : this.queueSel;
     if (v >= this.msixVectors) {
       this.violation('pci.msi-x-vector-config.driver.4', `driver mapped ${field} to vector ${v}, outside the MSI-X table of ${this.msixVectors}`, { field, vector: v });
       return VIRTIO_MSI_NO_VECTOR;
@@ -784,6 +887,7 @@ export class VirtioPciDevice implements DeviceHost {
   }
 
   private writeStatus(v: number): void {
+    if (v === 0) this.seen.legacySession = false;
     if (v !== 0 && this.resetUnconfirmed) {
       this.resetUnconfirmed = false;
       this.violation('pci.common-config-struct-layout.driver.5', 'driver went on initializing after writing 0 to device_status without reading device_status back as 0', { status: v });
@@ -886,8 +990,10 @@ export class VirtioPciDevice implements DeviceHost {
       case LegacyReg.Isr:
         return this.readIsr();
       case LegacyReg.ConfigMsixVector:
+        if (this.seen.vectorReadBack === -1) this.seen.vectorReadBack = null;
         return this.configVector;
       case LegacyReg.QueueMsixVector:
+        if (this.seen.vectorReadBack === this.queueSel) this.seen.vectorReadBack = null;
         return q === undefined ? VIRTIO_MSI_NO_VECTOR : this.queueVector[this.queueSel];
       default:
         return 0;
@@ -903,6 +1009,8 @@ export class VirtioPciDevice implements DeviceHost {
     const d = this.device;
     const index = this.queueSel;
     const q = this.selectedQueue;
+    if (offset !== LegacyReg.QueueNotify) this.beforeWrite(`legacy register 0x${offset.toString(16)}`);
+    if (offset === LegacyReg.GuestFeatures || offset === LegacyReg.QueueAddress || (offset === LegacyReg.DeviceStatus && (value & 0xff) !== 0)) this.seen.legacySession = true;
     switch (offset) {
       case LegacyReg.GuestFeatures:
         this.legacyActive = true;
