@@ -99,7 +99,12 @@ export class QtestClient {
   private readonly child: ChildProcess;
   private readonly pending: Pending[] = [];
   private readonly irqListeners: IrqListener[] = [];
-  private readonly timeoutMs: number;
+  /**
+   * How long each command may wait for its answer (ms), from `timeoutMs` at launch. It may be
+   * changed between commands: e.g. a generous bound while a machine starts on a loaded host,
+   * a short one where a test expects no answer at all.
+   */
+  timeoutMs: number;
   /** The start of a line not complete yet, in pieces. */
   private readonly partial: string[] = [];
   private partialLength = 0;
