@@ -26,6 +26,7 @@ export interface MonitorCliOptions {
   report?: string;
   pollMinMs?: number;
   pollMaxMs?: number;
+  backendWaitMs?: number;
   quiet?: boolean;
 }
 
@@ -66,6 +67,7 @@ async function monitor(opts: MonitorCliOptions, out: Writable, err: Writable, st
       log: opts.quiet ? undefined : (level, m) => err.write(`virtio-ts monitor: ${level === 'warn' ? 'warning: ' : ''}${m}\n`),
       ...(opts.pollMinMs !== undefined ? { pollMinMs: opts.pollMinMs } : {}),
       ...(opts.pollMaxMs !== undefined ? { pollMaxMs: opts.pollMaxMs } : {}),
+      ...(opts.backendWaitMs !== undefined ? { backendWaitMs: opts.backendWaitMs } : {}),
     });
   } catch (e) {
     if (e instanceof ProxyError) throw new CliError(EXIT_RUNTIME, e.message);
@@ -98,6 +100,7 @@ export function registerMonitor(program: Command, out: Writable): void {
     .option('--report <file>', 'at the end, write the JSON report (schema virtio-ts/monitor-report@1) to this new file (an existing file is not overwritten)')
     .option('--poll-min-ms <ms>', 'ring poll interval while the rings move (default 1)', intInRange('--poll-min-ms', 0, 1000))
     .option('--poll-max-ms <ms>', 'ring poll interval while they are still (default 50)', intInRange('--poll-max-ms', 1, 10_000))
+    .option('--backend-wait-ms <ms>', 'how long a front-end is held while the back-end cannot be reached (restarting) before it is closed (default 30000)', intInRange('--backend-wait-ms', 0, 3_600_000))
     .option('--quiet', 'no session lines on stderr')
     .addHelpText(
       'after',

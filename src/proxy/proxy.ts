@@ -100,7 +100,12 @@ export interface MonitorProxyOptions {
   pollMaxMs?: number;
   /** Verdicts kept in memory (default 10000; all are counted and passed to onVerdict). */
   maxKept?: number;
+  /** How long a front-end is held while the back-end cannot be reached before it is closed (ms, default 30000; 0: at once). */
+  backendWaitMs?: number;
 }
+
+/** How often a held front-end's back-end connect is tried again (ms). */
+const BACKEND_RETRY_MS = 100;
 
 /** Requests with a reply of their own, and the reply's payload size (null: not checked). */
 const REPLIES: Record<number, number | null> = {
@@ -539,6 +544,9 @@ export class MonitorProxy {
   private readonly pollMax: number;
   private readonly maxKept: number;
   private closed = false;
+  /** Front-ends waiting for the back-end (fd -> retry timer). */
+  private readonly held = new Map<number, ReturnType<typeof setTimeout>>();
+  private readonly backendWait: number;
 
   /** Listens now (a ProxyError of kind 'socket-path' when it cannot). */
   constructor(
@@ -549,6 +557,7 @@ export class MonitorProxy {
     this.pollMin = options.pollMinMs ?? 1;
     this.pollMax = options.pollMaxMs ?? 50;
     this.maxKept = options.maxKept ?? 10_000;
+    this.backendWait = options.backendWaitMs ?? 30_000;
     if (!(this.pollMin >= 0 && this.pollMax >= this.pollMin)) throw new ProxyError('options', `poll interval ${this.pollMin}..${this.pollMax} ms: the minimum must be >= 0 and at most the maximum`);
     this.interval = this.pollMin;
     try {
@@ -582,6 +591,13 @@ export class MonitorProxy {
     this.options.log?.(level, message);
   }
 
+  /**
+   * Accepts waiting front-ends and connects each to the back-end. While the back-end cannot be
+   * reached (it died and is being restarted), a front-end is held, unread, and the connect is
+   * tried again every BACKEND_RETRY_MS up to `backendWaitMs`: the front-end sees a slow
+   * back-end rather than a connection closed in the middle of its set-up (QEMU 7.2 does not
+   * always recover from that). Past the bound it is closed.
+   */
   private accept(): void {
     for (;;) {
       let fd: number;
@@ -592,20 +608,37 @@ export class MonitorProxy {
         return;
       }
       if (fd < 0) return;
-      let back: number;
-      try {
-        back = this.n.connect(this.options.connect);
-      } catch (err) {
-        // No back-end: the front-end sees the close (QEMU with reconnect=1 tries again).
-        this.logLine('warn', `front-end turned away: the back-end at ${this.options.connect} cannot be reached (${err instanceof Error ? err.message : String(err)})`);
-        this.n.close(fd);
-        continue;
-      }
-      const s = new ProxySession(this, this.n, this.nextId++, fd, back);
-      this.live.add(s);
-      this.all.push(s);
-      this.logLine('info', `session ${s.id}: front-end connected, back-end connected`);
+      this.pair(fd, Date.now() + this.backendWait);
     }
+  }
+
+  private pair(fd: number, deadline: number): void {
+    if (this.closed) {
+      this.n.close(fd);
+      return;
+    }
+    let back: number;
+    try {
+      back = this.n.connect(this.options.connect);
+    } catch (err) {
+      if (Date.now() < deadline) {
+        if (!this.held.has(fd)) this.logLine('warn', `front-end held: the back-end at ${this.options.connect} cannot be reached (${err instanceof Error ? err.message : String(err)}); trying again for up to ${this.backendWait} ms`);
+        const t = setTimeout(() => {
+          this.held.delete(fd);
+          this.pair(fd, deadline);
+        }, BACKEND_RETRY_MS);
+        this.held.set(fd, t);
+        return;
+      }
+      // No back-end: the front-end sees the close (QEMU with reconnect=1 tries again).
+      this.logLine('warn', `front-end turned away: the back-end at ${this.options.connect} cannot be reached (${err instanceof Error ? err.message : String(err)})`);
+      this.n.close(fd);
+      return;
+    }
+    const s = new ProxySession(this, this.n, this.nextId++, fd, back);
+    this.live.add(s);
+    this.all.push(s);
+    this.logLine('info', `session ${s.id}: front-end connected, back-end connected`);
   }
 
   /** Records a verdict from a session: through the monitor (catalogue level, known deviations), then to `onVerdict`. */
@@ -663,6 +696,11 @@ export class MonitorProxy {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
     this.watch.close();
+    for (const [fd, t] of this.held) {
+      clearTimeout(t);
+      this.n.close(fd);
+    }
+    this.held.clear();
     for (const s of [...this.live]) s.end('the proxy is shutting down');
     try {
       this.n.close(this.listening.fd);

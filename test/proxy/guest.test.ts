@@ -166,7 +166,7 @@ guestTest('QEMU (reconnect=1) + Linux <-> virtio-ts monitor <-> virtio-ts serve 
       },
       timeoutMs: 120_000,
     });
-    assert.ok(restarted);
+    assert.ok(restarted, m.stderr);
     assertWritten(run, image, STOPCONT_BYTES);
     noViolations(run);
     assert.ok(m.report !== null);

@@ -6,7 +6,7 @@ import { loadDeviations } from '../../src/node/deviations.js';
 import { MonitorProxy, type ProxyVerdict } from '../../src/proxy/proxy.js';
 
 /** A proxy listening at `listen`, forwarding to `connect`; `lines` collects its log. */
-export function startProxy(listen: string, connect: string, o: { pollMinMs?: number; pollMaxMs?: number } = {}): { proxy: MonitorProxy; lines: string[]; verdicts: ProxyVerdict[] } {
+export function startProxy(listen: string, connect: string, o: { pollMinMs?: number; pollMaxMs?: number; backendWaitMs?: number } = {}): { proxy: MonitorProxy; lines: string[]; verdicts: ProxyVerdict[] } {
   const lines: string[] = [];
   const verdicts: ProxyVerdict[] = [];
   const proxy = new MonitorProxy(native(), {

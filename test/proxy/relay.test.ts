@@ -88,7 +88,7 @@ test('proxy between BlkDriver and qemu-storage-daemon (split): the workload is r
 test('proxy: a back-end that dies ends the session (the front-end sees the close); the next session goes to the restarted back-end', async () => {
   const s = scratch('vt-proxy-');
   makeImage(`${s.dir}/disk.img`, 8 * MiB);
-  const { proxy, verdicts, lines } = startProxy(`${s.dir}/proxy.sock`, `${s.dir}/serve.sock`);
+  const { proxy, verdicts, lines } = startProxy(`${s.dir}/proxy.sock`, `${s.dir}/serve.sock`, { backendWaitMs: 0 });
   const args = ['--image', `${s.dir}/disk.img`, '--format', 'raw'];
   let p: Peer | null = null;
   try {
@@ -131,6 +131,25 @@ test('proxy: a front-end that dies ends the back-end connection; the back-end se
     await until(() => proxy.openSessions === 0, 'the session ends with the front-end');
     await until(() => /front-end (left|disconnected|closed)/.test(p!.log()), `serve saw its front-end go: ${p.log()}`);
     await workload(proxy.path, RING_FORMATS[0][1]);
+  } finally {
+    await closeFrontEnds();
+    proxy.close();
+    await p?.stop();
+    s.remove();
+  }
+});
+
+test('proxy: a front-end that comes while the back-end is down is held (bounded) and served once the back-end is back', async () => {
+  const s = scratch('vt-proxy-');
+  makeImage(`${s.dir}/disk.img`, 8 * MiB);
+  const { proxy, lines } = startProxy(`${s.dir}/proxy.sock`, `${s.dir}/serve.sock`);
+  let p: Peer | null = null;
+  try {
+    const work = workload(proxy.path, RING_FORMATS[0][1]);
+    await until(() => lines.some((l) => /front-end held/.test(l)), 'the front-end is held');
+    p = await startServe('blk', `${s.dir}/serve.sock`, ['--image', `${s.dir}/disk.img`, '--format', 'raw']);
+    await work;
+    assert.equal(proxy.sessions.length, 1);
   } finally {
     await closeFrontEnds();
     proxy.close();
