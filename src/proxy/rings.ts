@@ -55,7 +55,10 @@ export interface RingStats {
   available: number;
   /** Buffers seen used. */
   used: number;
-  /** Packed only: positions that were used before they could be looked at (not judged). */
+  /**
+   * Buffers that could not be judged: split, made available while the ring lapped between two
+   * looks (more than its size moved); packed, used before they could be looked at.
+   */
   unseen: number;
 }
 
@@ -141,6 +144,8 @@ export class SplitObserver implements RingObserver {
   private lastAvail: number;
   private lastUsed: number;
   private broken = false;
+  /** Used elements still to come that are not judged for being in flight (after a resync). */
+  private grace = 0;
   private readonly rules: BufferRules;
 
   private constructor(
@@ -222,11 +227,27 @@ export class SplitObserver implements RingObserver {
         );
         return true;
       }
-      for (let i = this.lastAvail; i !== avail; i = (i + 1) & 0xffff) {
+      // Lapped: more than a ring's worth moved since the last look (a busy ring, a loaded host),
+      // so older entries were overwritten by newer ones. Nothing across the gap is judged; the
+      // in-flight set is rebuilt from the ring as it stands.
+      if (move > this.size || progressed > this.size) {
+        this.resync(used, avail, move);
+        return true;
+      }
+      const from = this.lastAvail;
+      for (let i = from; i !== avail; i = (i + 1) & 0xffff) {
         const head = this.availEntry(i);
         this.stats.available++;
         if (!this.walk(head, i)) return true;
         this.inFlight[head]++;
+      }
+      // An entry is overwritten once avail.idx passes it by the ring size: if that may have
+      // happened while we read them (a look held up, a fast pair of peers), what was read is
+      // not trusted.
+      // (The driver rewrites entry j's slot while avail.idx is j + size, before it publishes j + size + 1.)
+      if (((this.availIdx() - from) & 0xffff) >= this.size) {
+        this.fresh(move);
+        return true;
       }
       this.lastAvail = avail;
     }
@@ -236,7 +257,14 @@ export class SplitObserver implements RingObserver {
         const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (i & this.mask);
         const id = this.usedR.view.getUint32(o, true);
         this.stats.used++;
+        if (this.grace > 0) this.grace--;
         if (id >= this.size || this.inFlight[id] === 0) {
+          if (this.grace > 0 && id < this.size) continue; // after a resync: it may be one we could not see
+          // The element may have been overwritten by a newer one since used.idx was read.
+          if (((this.usedIdx() - i) & 0xffff) >= this.size) {
+            this.fresh(0);
+            return true;
+          }
           this.broken = true;
           this.report('struct.used-id.device.1', `ring ${this.index}: used element ${i} names descriptor ${id}, which is not a head the driver made available and still in flight`, { queue: this.index, usedIdx: i, id });
           return true;
@@ -246,6 +274,41 @@ export class SplitObserver implements RingObserver {
       this.lastUsed = used;
     }
     return moved;
+  }
+
+  /** A resync from the ring as it stands now (used.idx read first, as in scan()). */
+  private fresh(unseen: number): void {
+    const used = this.usedIdx();
+    this.resync(used, this.availIdx(), unseen);
+  }
+
+  /**
+   * After a lap: the heads of [used, avail) are what is in flight now (avail - used <= size for a
+   * correct driver; if a race made it look larger, the newest `size` entries are taken). The
+   * next `size` used elements are not judged for being in flight: one made available in the
+   * gap and not among those may come back.
+   */
+  private resync(used: number, avail: number, move: number): void {
+    this.stats.unseen += move;
+    this.grace = this.size;
+    // The entries read must not be overwritten while they are read (avail.idx passing them by the
+    // ring size): checked after, tried again a few times; past that the grace covers the rest.
+    for (let attempt = 0; attempt < 4; attempt++) {
+      if (attempt > 0) {
+        used = this.usedIdx();
+        avail = this.availIdx();
+      }
+      this.inFlight.fill(0);
+      const base = ((avail - used) & 0xffff) > this.size ? (avail - this.size) & 0xffff : used;
+      for (let i = base; i !== avail; i = (i + 1) & 0xffff) {
+        const head = this.availEntry(i);
+        if (head < this.size) this.inFlight[head]++;
+      }
+      this.lastAvail = avail;
+      this.lastUsed = used;
+      if (((this.availIdx() - base) & 0xffff) < this.size) return;
+    }
+    this.grace = 2 * this.size;
   }
 
   /**
