@@ -31,9 +31,11 @@ import { native } from '../../src/native/index.js';
 import { runProbe } from '../../src/probe/probe.js';
 import type { ProbeReport } from '../../src/probe/report.js';
 import { RawSession, USER_BASE } from '../../src/probe/raw-session.js';
-import { HOSTILE_PROTOCOL } from '../../src/probe/hostile.js';
+import { HOSTILE_PROTOCOL, liveRing } from '../../src/probe/hostile.js';
+import type { RawSplitRing } from '../../src/probe/raw-session.js';
+import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/spec/constants.js';
 import { MutatingProxy, asIs, encode, type Mutation, type ProxiedReply } from '../probe/proxy.js';
-import { show, startProxy } from './helpers.js';
+import { show, startProxy } from '../proxy/helpers.js';
 import { WAIT_MS, until } from '../wait.js';
 
 const n = native();
@@ -68,32 +70,36 @@ function failed(r: ProbeReport): string[] {
   return [...r.checks.filter((c) => c.status === 'fail').map((c) => c.id), ...(r.hostile ?? []).filter((h) => !h.ok && h.clause).map((h) => h.clause!)];
 }
 
+/** probe -> monitor proxy -> mutating proxy -> serve `type`: the probe and the proxy must both name `rule`. */
+function replyCase(rule: string, mutate: Mutation, type: 'rng' | 'blk' = 'rng'): void {
+  test(`${rule}`, async () => {
+    const faulty = sock('mutating');
+    const mutating = new MutatingProxy(faulty, join(dir, `${type}.sock`), mutate);
+    const { proxy, verdicts } = startProxy(sock('monitor'), faulty);
+    try {
+      const report = await runProbe({ socketPath: proxy.path, type, waitMs: WAIT_MS });
+      assert.ok(failed(report).includes(rule), `the probe names ${rule}: ${failed(report).join(', ')}`);
+      const v = verdicts.find((x) => x.clause === rule);
+      assert.ok(v !== undefined, `the proxy names ${rule}:\n${show(verdicts)}`);
+      assert.equal(v.side, 'device', 'the back-end broke it');
+      assert.equal(v.source, 'vhost-user');
+      assert.match(v.cause ?? '', /^reply to VHOST_USER_/);
+    } finally {
+      proxy.close();
+      mutating.close();
+    }
+  });
+}
+
 describe('message level: a back-end breaks a vhost-user rule; the probe and the proxy name it', () => {
-  const cases: [string, Mutation][] = [
-    ['vhost-user.reply.flags', onFirst(Req.GET_FEATURES, (r) => [{ data: encode(r.request, 1 | FLAG_REPLY | 8, r.payload), fds: r.fds }])],
-    ['vhost-user.queue-num', onFirst(Req.GET_QUEUE_NUM, (r) => [{ data: encode(r.request, r.flags, u64Payload(0)), fds: r.fds }])],
-    ['vhost-user.reply.request', onFirst(Req.GET_PROTOCOL_FEATURES, (r) => [{ data: encode(Req.GET_QUEUE_NUM, r.flags, r.payload), fds: r.fds }])],
-  ];
-  for (const [rule, mutate] of cases) {
-    test(`${rule}`, async () => {
-      // probe -> monitor proxy -> mutating proxy -> serve rng
-      const faulty = sock('mutating');
-      const mutating = new MutatingProxy(faulty, join(dir, 'rng.sock'), mutate);
-      const { proxy, verdicts } = startProxy(sock('monitor'), faulty);
-      try {
-        const report = await runProbe({ socketPath: proxy.path, type: 'rng', waitMs: WAIT_MS });
-        assert.ok(failed(report).includes(rule), `the probe names ${rule}: ${failed(report).join(', ')}`);
-        const v = verdicts.find((x) => x.clause === rule);
-        assert.ok(v !== undefined, `the proxy names ${rule}:\n${show(verdicts)}`);
-        assert.equal(v.side, 'device', 'the back-end broke it');
-        assert.equal(v.source, 'vhost-user');
-        assert.match(v.cause ?? '', /^reply to VHOST_USER_/);
-      } finally {
-        proxy.close();
-        mutating.close();
-      }
-    });
-  }
+  replyCase('vhost-user.reply.flags', onFirst(Req.GET_FEATURES, (r) => [{ data: encode(r.request, 1 | FLAG_REPLY | 8, r.payload), fds: r.fds }]));
+  replyCase('vhost-user.queue-num', onFirst(Req.GET_QUEUE_NUM, (r) => [{ data: encode(r.request, r.flags, u64Payload(0)), fds: r.fds }]));
+  replyCase('vhost-user.reply.request', onFirst(Req.GET_PROTOCOL_FEATURES, (r) => [{ data: encode(Req.GET_QUEUE_NUM, r.flags, r.payload), fds: r.fds }]));
+  replyCase('vhost-user.config.echo', onFirst(Req.GET_CONFIG, (r) => {
+    const p = r.payload.slice();
+    new DataView(p.buffer).setUint32(0, 4, true); // an offset that was not asked
+    return [{ data: encode(r.request, r.flags, p), fds: r.fds }];
+  }), 'blk');
 
   test('a front-end request with protocol version 2 in its header: vhost-user.request.header, the front-end', async () => {
     const { proxy, verdicts } = startProxy(sock('monitor'), join(dir, 'rng.sock'));
@@ -109,35 +115,86 @@ describe('message level: a back-end breaks a vhost-user rule; the probe and the 
   });
 });
 
+/**
+ * Runs the probe's hostile chain case `id` (a raw front-end places the chain) through the proxy
+ * against serve blk: the device's monitor and the proxy must both name `clause`.
+ */
+function chainCase(id: string, clause: string): void {
+  test(`${id}: ${clause}`, async () => {
+    const { proxy, verdicts } = startProxy(sock('monitor'), join(dir, 'blk.sock'));
+    const mark = deviceVerdicts.length;
+    try {
+      await runProbe({ socketPath: proxy.path, type: 'blk', waitMs: WAIT_MS, cases: [id] });
+      const device = deviceVerdicts.slice(mark).map((v) => v.clause);
+      assert.ok(device.includes(clause), `the device names ${clause}: ${device.join(', ')}`);
+      const v = verdicts.find((x) => x.clause === clause);
+      assert.ok(v !== undefined, `the proxy names ${clause}:\n${show(verdicts)}`);
+      assert.equal(v.side, 'driver');
+      assert.equal(v.queue, 0);
+      assert.ok(v.position !== undefined && 'availIdx' in v.position, JSON.stringify(v));
+    } finally {
+      proxy.close();
+    }
+  });
+}
+
+/**
+ * A split chain placed by hand on a raw front-end's live ring 0 (16 entries; `features` as
+ * negotiated): the device's monitor and the proxy must both name `clause`.
+ */
+function splitCase(title: string, clause: string, place: (r: RawSplitRing) => void, features = bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC)): void {
+  test(`${title}: ${clause}`, async () => {
+    const { proxy, verdicts } = startProxy(sock('monitor'), join(dir, 'blk.sock'));
+    const mark = deviceVerdicts.length;
+    const fe = new RawSession(proxy.path);
+    try {
+      const ring = await liveRing(fe, features);
+      place(ring);
+      await until(() => deviceVerdicts.length > mark, 'the device judged the chain');
+      fe.close();
+      await until(() => proxy.openSessions === 0, 'the session ended');
+      const device = deviceVerdicts.slice(mark).map((v) => v.clause);
+      assert.ok(device.includes(clause), `the device names ${clause}: ${device.join(', ')}`);
+      assert.ok(verdicts.some((v) => v.clause === clause && v.queue === 0), `the proxy names ${clause}:\n${show(verdicts)}`);
+    } finally {
+      fe.close();
+      proxy.close();
+    }
+  });
+}
+
+const [NEXT, WRITE, INDIRECT] = [VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT];
+
 describe('ring level, split: a front-end breaks a clause in its chains; the device and the proxy name the same clause', () => {
-  // Hostile chain cases of the probe (src/probe/hostile.ts): a raw front-end places the chain.
-  const cases: [string, string][] = [
-    ['chain.loop', 'split.desc-table.driver.1'],
-    ['chain.next-beyond-size', 'struct.desc-next.driver.1'],
-    ['chain.head-beyond-size', 'struct.desc-next.driver.1'],
-    ['chain.buffer-outside-memory', 'struct.buffer-range.driver.1'],
-    ['chain.indirect-17', 'struct.indirect-len.driver.1'],
-    ['chain.indirect-nested', 'split.indirect-descs.driver.2'],
-    ['chain.avail-jump', 'split.avail-ring.driver.1'],
-  ];
-  for (const [id, clause] of cases) {
-    test(`${id}: ${clause}`, async () => {
-      const { proxy, verdicts } = startProxy(sock('monitor'), join(dir, 'blk.sock'));
-      const mark = deviceVerdicts.length;
-      try {
-        await runProbe({ socketPath: proxy.path, type: 'blk', waitMs: WAIT_MS, cases: [id] });
-        const device = deviceVerdicts.slice(mark).map((v) => v.clause);
-        assert.ok(device.includes(clause), `the device names ${clause}: ${device.join(', ')}`);
-        const v = verdicts.find((x) => x.clause === clause);
-        assert.ok(v !== undefined, `the proxy names ${clause}:\n${show(verdicts)}`);
-        assert.equal(v.side, 'driver');
-        assert.equal(v.queue, 0);
-        assert.ok(v.position !== undefined && 'availIdx' in v.position, JSON.stringify(v));
-      } finally {
-        proxy.close();
-      }
-    });
-  }
+  splitCase('INDIRECT and NEXT on one descriptor', 'split.indirect-descs.driver.4', (r) => {
+    r.desc(0, 0x30000, 32, INDIRECT | NEXT, 1);
+    r.desc(1, 0x20000, 16, WRITE);
+    r.offer(0);
+  });
+  splitCase('an INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC', 'split.indirect-descs.driver.1', (r) => {
+    r.desc(0, 0x30000, 32, INDIRECT);
+    r.offer(0);
+  }, bit(Feature.VERSION_1));
+  splitCase('an indirect entry chaining beyond its table', 'struct.desc-next.driver.1', (r) => {
+    r.desc(0, 0x20000, 16, WRITE | NEXT, 5, 0x30000);
+    r.desc(0, 0x30000, 32, INDIRECT);
+    r.offer(0);
+  });
+  splitCase('an indirect table that loops', 'split.desc-table.driver.1', (r) => {
+    r.desc(0, 0x20000, 16, WRITE | NEXT, 1, 0x30000);
+    r.desc(1, 0x20100, 16, WRITE | NEXT, 0, 0x30000);
+    r.desc(0, 0x30000, 32, INDIRECT);
+    r.offer(0);
+  });
+
+  chainCase('chain.loop', 'split.desc-table.driver.1');
+  chainCase('chain.next-beyond-size', 'struct.desc-next.driver.1');
+  chainCase('chain.head-beyond-size', 'struct.desc-next.driver.1');
+  chainCase('chain.buffer-outside-memory', 'struct.buffer-range.driver.1');
+  chainCase('chain.indirect-outside', 'struct.buffer-range.driver.1');
+  chainCase('chain.indirect-17', 'struct.indirect-len.driver.1');
+  chainCase('chain.indirect-nested', 'split.indirect-descs.driver.2');
+  chainCase('chain.avail-jump', 'split.avail-ring.driver.1');
 });
 
 /**
@@ -181,20 +238,29 @@ async function packedFault(place: (desc: (slot: number, addr: number, len: numbe
   }
 }
 
-describe('ring level, packed: a front-end breaks a clause in its descriptors; the device and the proxy name the same clause', () => {
-  test('a buffer outside guest memory: struct.buffer-range.driver.1', async () => {
-    const r = await packedFault((desc) => desc(0, 0x4000_0000, 64, PDESC_F_AVAIL | PDESC_F_WRITE, 0));
-    assert.ok(r.device.includes('struct.buffer-range.driver.1'), r.device.join(', '));
-    assert.ok(r.proxyVerdicts.includes('struct.buffer-range.driver.1'), r.all);
+/** A packed-ring fault placed by `place`: the device's monitor and the proxy must both name `clause`. */
+function packedCase(title: string, clause: string, place: Parameters<typeof packedFault>[0]): void {
+  test(`${title}: ${clause}`, async () => {
+    const r = await packedFault(place);
+    assert.ok(r.device.includes(clause), `the device names ${clause}: ${r.device.join(', ')}`);
+    assert.ok(r.proxyVerdicts.includes(clause), `the proxy names ${clause}:\n${r.all}`);
   });
-  test('an INDIRECT descriptor inside a list linked by NEXT: packed.indirect-descs.driver.4', async () => {
-    const r = await packedFault((desc) => {
-      // Later descriptors first, the head made available last (2.8.6).
-      desc(1, 0x30000, 16, PDESC_F_AVAIL | PDESC_F_INDIRECT, 0);
-      desc(0, 0x20000, 16, PDESC_F_AVAIL | PDESC_F_NEXT, 0);
-    });
-    assert.ok(r.device.includes('packed.indirect-descs.driver.4'), r.device.join(', '));
-    assert.ok(r.proxyVerdicts.includes('packed.indirect-descs.driver.4'), r.all);
+}
+
+describe('ring level, packed: a front-end breaks a clause in its descriptors; the device and the proxy name the same clause', () => {
+  packedCase('a buffer outside guest memory', 'struct.buffer-range.driver.1', (desc) => desc(0, 0x4000_0000, 64, PDESC_F_AVAIL | PDESC_F_WRITE, 0));
+  // Later descriptors first, the head made available last (2.8.6).
+  packedCase('an INDIRECT descriptor inside a list linked by NEXT', 'packed.indirect-descs.driver.4', (desc) => {
+    desc(1, 0x30000, 16, PDESC_F_AVAIL | PDESC_F_INDIRECT, 0);
+    desc(0, 0x20000, 16, PDESC_F_AVAIL | PDESC_F_NEXT, 0);
+  });
+  packedCase('a device-readable descriptor after a device-writable one', 'packed.scatter-gather-support.driver.3', (desc) => {
+    desc(1, 0x20100, 16, PDESC_F_AVAIL, 0);
+    desc(0, 0x20000, 16, PDESC_F_AVAIL | PDESC_F_WRITE | PDESC_F_NEXT, 0);
+  });
+  packedCase('an indirect table of 17 bytes', 'struct.indirect-len.driver.1', (desc) => desc(0, 0x30000, 17, PDESC_F_AVAIL | PDESC_F_INDIRECT, 0));
+  packedCase('a list longer than the queue (every slot linked by NEXT)', 'packed.scatter-gather-support.driver.2', (desc) => {
+    for (let slot = 15; slot >= 0; slot--) desc(slot, 0x20000 + slot * 0x100, 16, PDESC_F_AVAIL | PDESC_F_WRITE | PDESC_F_NEXT, 0);
   });
 });
 
