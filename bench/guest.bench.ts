@@ -204,6 +204,11 @@ async function boot(b: BackendId, round: number, image: string, o: { runtime: nu
       notes.push(`round ${round + 1}: the virtio-ts monitor logged a violation by the guest driver (see serve's log)`);
     }
     if (proxy !== null) {
+      // The proxy's own CPU over the boot (user + system), to tell its cost from the host's noise.
+      const stat = readFileSync(`/proc/${proxy.child.pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const ticks = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+      notes.push(`round ${round + 1}: virtio-ts monitor used ${((Number(f[11]) + Number(f[12])) / ticks).toFixed(2)} s CPU in a ${seconds.toFixed(0)} s boot`);
       await stop(proxy.child);
       const said = proxy.log().split('\n').filter((l) => /^(VIOLATION|WARNING)/.test(l));
       if (said.length > 0) notes.push(`round ${round + 1}: virtio-ts monitor reported: ${said.slice(0, 5).join(' | ')}`);

@@ -50,9 +50,8 @@ async function monitor(opts: MonitorCliOptions, out: Writable, err: Writable, st
   if (opts.connect === undefined) throw new CliError(EXIT_USAGE, "give --connect PATH: the back-end's listening unix socket");
   if ((opts.pollMinMs ?? 1) > (opts.pollMaxMs ?? 50)) throw new CliError(EXIT_USAGE, `--poll-min-ms ${opts.pollMinMs ?? 1} is above --poll-max-ms ${opts.pollMaxMs ?? 50}`);
   checkNewReport('monitor', opts.report);
-  let n;
   try {
-    n = native();
+    native();
   } catch (e) {
     throw new CliError(EXIT_RUNTIME, `monitor needs the native addon (unix sockets with fd passing, mmap): ${e instanceof Error ? e.message : String(e)}`);
   }
@@ -60,7 +59,7 @@ async function monitor(opts: MonitorCliOptions, out: Writable, err: Writable, st
   const target = { listen: opts.listen, connect: opts.connect };
   let proxy: MonitorProxy;
   try {
-    proxy = new MonitorProxy(n, {
+    proxy = new MonitorProxy({
       ...target,
       monitor: new Monitor({ mode: 'tolerant', deviations: loadDeviations() }),
       onVerdict: (v) => out.write(opts.json ? `${JSON.stringify(v)}\n` : `${formatProxyVerdict(v)}\n`),

@@ -29,7 +29,7 @@
 import { Monitor, type Verdict } from '../monitor/monitor.js';
 import { clauseInfo } from '../monitor/catalogue.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { POLL_READABLE, type NativeAddon } from '../native/index.js';
+import { POLL_READABLE, native, type NativeAddon } from '../native/index.js';
 import { Feature, Status } from '../spec/constants.js';
 import {
   F_PROTOCOL_FEATURES,
@@ -548,11 +548,12 @@ export class MonitorProxy {
   private readonly held = new Map<number, ReturnType<typeof setTimeout>>();
   private readonly backendWait: number;
 
-  /** Listens now (a ProxyError of kind 'socket-path' when it cannot). */
-  constructor(
-    private readonly n: NativeAddon,
-    private readonly options: MonitorProxyOptions,
-  ) {
+  private readonly n: NativeAddon;
+
+  /** Listens now (a ProxyError of kind 'socket-path' when it cannot; a NativeAddonError without the addon). */
+  constructor(private readonly options: MonitorProxyOptions) {
+    this.n = native();
+    const n = this.n;
     this.monitor = options.monitor ?? new Monitor({ mode: 'tolerant' });
     this.pollMin = options.pollMinMs ?? 1;
     this.pollMax = options.pollMaxMs ?? 50;
@@ -586,7 +587,7 @@ export class MonitorProxy {
     return this.live.size;
   }
 
-  /** Passes a line to the `log` option (sessions use it). */
+  /** @internal Passes a line to the `log` option (sessions use it). */
   logLine(level: 'info' | 'warn', message: string): void {
     this.options.log?.(level, message);
   }
@@ -641,7 +642,7 @@ export class MonitorProxy {
     this.logLine('info', `session ${s.id}: front-end connected, back-end connected`);
   }
 
-  /** Records a verdict from a session: through the monitor (catalogue level, known deviations), then to `onVerdict`. */
+  /** @internal Records a verdict from a session: through the monitor (catalogue level, known deviations), then to `onVerdict`. */
   record(session: number, clause: string, side: 'driver' | 'device', message: string, extra: Partial<ProxyVerdict>, context?: Record<string, unknown>): void {
     const base = this.monitor.report(clause, message, context);
     const source = RULE_IDS.has(clause) ? 'vhost-user' : 'virtio';
@@ -657,7 +658,7 @@ export class MonitorProxy {
     }
   }
 
-  /** A ring started: polling restarts from the shortest interval. */
+  /** @internal A ring started: polling restarts from the shortest interval. */
   wake(): void {
     this.interval = this.pollMin;
     if (this.timer !== null) {
@@ -683,7 +684,7 @@ export class MonitorProxy {
     this.schedule();
   }
 
-  /** A session ended (it calls this once). */
+  /** @internal A session ended (it calls this once). */
   sessionEnded(s: ProxySession): void {
     this.live.delete(s);
     this.logLine('info', `session ${s.id} ended: ${s.summary.reason}`);

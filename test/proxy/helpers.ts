@@ -1,6 +1,5 @@
 // Test support (not a test file): a MonitorProxy in this process between a front-end and a
 // back-end, with its verdicts collected.
-import { native } from '../../src/native/index.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import { loadDeviations } from '../../src/node/deviations.js';
 import { MonitorProxy, type ProxyVerdict } from '../../src/proxy/proxy.js';
@@ -9,7 +8,7 @@ import { MonitorProxy, type ProxyVerdict } from '../../src/proxy/proxy.js';
 export function startProxy(listen: string, connect: string, o: { pollMinMs?: number; pollMaxMs?: number; backendWaitMs?: number } = {}): { proxy: MonitorProxy; lines: string[]; verdicts: ProxyVerdict[] } {
   const lines: string[] = [];
   const verdicts: ProxyVerdict[] = [];
-  const proxy = new MonitorProxy(native(), {
+  const proxy = new MonitorProxy({
     listen,
     connect,
     monitor: new Monitor({ mode: 'tolerant', deviations: loadDeviations() }),
