@@ -144,7 +144,7 @@ export class SplitObserver implements RingObserver {
   private lastAvail: number;
   private lastUsed: number;
   private broken = false;
-  /** Used elements still to come that are not judged for being in flight (after a resync). */
+  /** Used elements still to come that are taken on trust (buffers out at a resync or a restart, unnamed). */
   private grace = 0;
   private readonly rules: BufferRules;
 
@@ -164,16 +164,13 @@ export class SplitObserver implements RingObserver {
     this.usedOff = s.used - this.usedR.guestAddr;
     this.inFlight = new Uint16Array(s.size);
     this.rules = new BufferRules(mem);
-    // Restarted rings: entries between used.idx and the base are in flight already.
+    // A restarted ring: base - used.idx buffers are in flight already, which ones cannot be told
+    // (see resync): that many used elements are taken on trust.
     this.lastAvail = s.base & 0xffff;
     this.lastUsed = this.usedIdx();
     const pending = (this.lastAvail - this.lastUsed) & 0xffff;
-    if (pending <= this.size) {
-      for (let i = this.lastUsed; i !== this.lastAvail; i = (i + 1) & 0xffff) {
-        const head = this.availEntry(i);
-        if (head < this.size) this.inFlight[head]++;
-      }
-    } else this.lastUsed = this.lastAvail; // a stale used.idx (a ring that never ran): judged from here on
+    if (pending <= this.size) this.grace = pending;
+    else this.lastUsed = this.lastAvail; // a stale used.idx (a ring that never ran): judged from here on
   }
 
   /** An observer, or null when the ring's parts cannot be (reported: alignment, outside memory, size). */
@@ -257,9 +254,11 @@ export class SplitObserver implements RingObserver {
         const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (i & this.mask);
         const id = this.usedR.view.getUint32(o, true);
         this.stats.used++;
-        if (this.grace > 0) this.grace--;
+        if (id < this.size && this.inFlight[id] === 0 && this.grace > 0) {
+          this.grace--; // after a resync: one of the buffers out then, which we could not name
+          continue;
+        }
         if (id >= this.size || this.inFlight[id] === 0) {
-          if (this.grace > 0 && id < this.size) continue; // after a resync: it may be one we could not see
           // The element may have been overwritten by a newer one since used.idx was read.
           if (((this.usedIdx() - i) & 0xffff) >= this.size) {
             this.fresh(0);
@@ -283,32 +282,19 @@ export class SplitObserver implements RingObserver {
   }
 
   /**
-   * After a lap: the heads of [used, avail) are what is in flight now (avail - used <= size for a
-   * correct driver; if a race made it look larger, the newest `size` entries are taken). The
-   * next `size` used elements are not judged for being in flight: one made available in the
-   * gap and not among those may come back.
+   * After a lap: which heads are in flight cannot be told (a device completes out of order, so
+   * they are not a range of the available ring), only how many: avail - used, as read (used
+   * first). The in-flight counts start again from zero and that many used elements to come are
+   * taken on trust (`grace`): every buffer made available before the look is used exactly once,
+   * so a correct device never runs out of it; heads made available from now on are counted
+   * again, and once the grace is spent every used id is judged again.
    */
   private resync(used: number, avail: number, move: number): void {
     this.stats.unseen += move;
-    this.grace = this.size;
-    // The entries read must not be overwritten while they are read (avail.idx passing them by the
-    // ring size): checked after, tried again a few times; past that the grace covers the rest.
-    for (let attempt = 0; attempt < 4; attempt++) {
-      if (attempt > 0) {
-        used = this.usedIdx();
-        avail = this.availIdx();
-      }
-      this.inFlight.fill(0);
-      const base = ((avail - used) & 0xffff) > this.size ? (avail - this.size) & 0xffff : used;
-      for (let i = base; i !== avail; i = (i + 1) & 0xffff) {
-        const head = this.availEntry(i);
-        if (head < this.size) this.inFlight[head]++;
-      }
-      this.lastAvail = avail;
-      this.lastUsed = used;
-      if (((this.availIdx() - base) & 0xffff) < this.size) return;
-    }
-    this.grace = 2 * this.size;
+    this.inFlight.fill(0);
+    this.grace = (avail - used) & 0xffff;
+    this.lastAvail = avail;
+    this.lastUsed = used;
   }
 
   /**
