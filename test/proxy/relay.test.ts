@@ -36,16 +36,29 @@ async function workload(socketPath: string, transportFeatures: bigint): Promise<
   await fe.close();
 }
 
+/** A scratch dir with an 8 MiB image and a proxy at proxy.sock forwarding to serve.sock; `body` starts the back-end it needs (into `peer.p`). */
+async function withProxy(
+  body: (x: ReturnType<typeof startProxy> & { dir: string; args: string[]; peer: { p: Peer | null } }) => Promise<void>,
+  o: { backendWaitMs?: number } = {},
+): Promise<void> {
+  const s = scratch('vt-proxy-');
+  makeImage(`${s.dir}/disk.img`, 8 * MiB);
+  const x = startProxy(`${s.dir}/proxy.sock`, `${s.dir}/serve.sock`, o);
+  const peer: { p: Peer | null } = { p: null };
+  try {
+    await body({ ...x, dir: s.dir, args: ['--image', `${s.dir}/disk.img`, '--format', 'raw'], peer });
+  } finally {
+    await closeFrontEnds();
+    x.proxy.close();
+    await peer.p?.stop();
+    s.remove();
+  }
+}
+
 for (const [format, transportFeatures] of RING_FORMATS) {
-  test(`proxy between BlkDriver and virtio-ts serve blk (${format}): the workload is right, the rings were watched, no verdict`, async () => {
-    const s = scratch('vt-proxy-');
-    let p: Peer | null = null;
-    const { proxy, verdicts, lines } = (() => {
-      makeImage(`${s.dir}/disk.img`, 8 * MiB);
-      return startProxy(`${s.dir}/proxy.sock`, `${s.dir}/serve.sock`);
-    })();
-    try {
-      p = await startServe('blk', `${s.dir}/serve.sock`, ['--image', `${s.dir}/disk.img`, '--format', 'raw']);
+  test(`proxy between BlkDriver and virtio-ts serve blk (${format}): the workload is right, the rings were watched, no verdict`, () =>
+    withProxy(async ({ proxy, verdicts, lines, dir, args, peer }) => {
+      peer.p = await startServe('blk', `${dir}/serve.sock`, args);
       await workload(proxy.path, transportFeatures);
       await until(() => proxy.openSessions === 0, 'the session ends with the front-end');
       const [session] = proxy.sessions;
@@ -55,13 +68,7 @@ for (const [format, transportFeatures] of RING_FORMATS) {
       assert.ok(ring.available + ring.unseen >= 64 && ring.used >= 64, `ring 0 was watched: ${JSON.stringify(session.rings)}`);
       assert.deepEqual(unexpected(verdicts), [], show(verdicts));
       assert.doesNotMatch(lines.join('\n'), /internal/);
-    } finally {
-      await closeFrontEnds();
-      proxy.close();
-      await p?.stop();
-      s.remove();
-    }
-  });
+    }));
 }
 
 test('proxy between BlkDriver and qemu-storage-daemon (split): the workload is right, no verdict', async (t) => {
@@ -85,75 +92,44 @@ test('proxy between BlkDriver and qemu-storage-daemon (split): the workload is r
   }
 });
 
-test('proxy: a back-end that dies ends the session (the front-end sees the close); the next session goes to the restarted back-end', async () => {
-  const s = scratch('vt-proxy-');
-  makeImage(`${s.dir}/disk.img`, 8 * MiB);
-  const { proxy, verdicts, lines } = startProxy(`${s.dir}/proxy.sock`, `${s.dir}/serve.sock`, { backendWaitMs: 0 });
-  const args = ['--image', `${s.dir}/disk.img`, '--format', 'raw'];
-  let p: Peer | null = null;
-  try {
-    p = await startServe('blk', `${s.dir}/serve.sock`, args);
+test('proxy: a back-end that dies ends the session (the front-end sees the close); the next session goes to the restarted back-end', () =>
+  withProxy(async ({ proxy, verdicts, lines, dir, args, peer }) => {
+    peer.p = await startServe('blk', `${dir}/serve.sock`, args);
     const fe = await connectFrontEnd({ socketPath: proxy.path, deviceId: DeviceId.BLOCK });
     const blk = new BlkDriver(fe);
     await blk.start();
     await blk.write(0, pattern(1, 4096));
-    await p.kill();
+    await peer.p.kill();
     await until(() => proxy.openSessions === 0, 'the session ends with the back-end');
     assert.equal(proxy.sessions[0].reason, 'the back-end closed the connection');
     // No back-end at all: a front-end is turned away (closed), not left waiting.
     await assert.rejects(connectFrontEnd({ socketPath: proxy.path, deviceId: DeviceId.BLOCK, timeoutMs: 5000 }));
     assert.match(lines.join('\n'), /front-end turned away: the back-end .* cannot be reached/);
-    p = await startServe('blk', `${s.dir}/serve.sock`, args);
+    peer.p = await startServe('blk', `${dir}/serve.sock`, args);
     await workload(proxy.path, RING_FORMATS[0][1]);
     await until(() => proxy.openSessions === 0, 'the second session ends with its front-end');
     assert.equal(proxy.sessions.length, 2);
     assert.deepEqual(unexpected(verdicts), [], show(verdicts));
-  } finally {
-    await closeFrontEnds();
-    proxy.close();
-    await p?.stop();
-    s.remove();
-  }
-});
+  }, { backendWaitMs: 0 }));
 
-test('proxy: a front-end that dies ends the back-end connection; the back-end serves the next front-end', async () => {
-  const s = scratch('vt-proxy-');
-  makeImage(`${s.dir}/disk.img`, 8 * MiB);
-  const { proxy } = startProxy(`${s.dir}/proxy.sock`, `${s.dir}/serve.sock`);
-  let p: Peer | null = null;
-  try {
-    p = await startServe('blk', `${s.dir}/serve.sock`, ['--image', `${s.dir}/disk.img`, '--format', 'raw']);
+test('proxy: a front-end that dies ends the back-end connection; the back-end serves the next front-end', () =>
+  withProxy(async ({ proxy, dir, args, peer }) => {
+    const p = (peer.p = await startServe('blk', `${dir}/serve.sock`, args));
     const fe = await connectFrontEnd({ socketPath: proxy.path, deviceId: DeviceId.BLOCK });
     const blk = new BlkDriver(fe);
     await blk.start();
     await blk.write(0, pattern(1, 4096));
     await fe.close();
     await until(() => proxy.openSessions === 0, 'the session ends with the front-end');
-    await until(() => /front-end (left|disconnected|closed)/.test(p!.log()), `serve saw its front-end go: ${p.log()}`);
+    await until(() => /front-end (left|disconnected|closed)/.test(p.log()), `serve saw its front-end go: ${p.log()}`);
     await workload(proxy.path, RING_FORMATS[0][1]);
-  } finally {
-    await closeFrontEnds();
-    proxy.close();
-    await p?.stop();
-    s.remove();
-  }
-});
+  }));
 
-test('proxy: a front-end that comes while the back-end is down is held (bounded) and served once the back-end is back', async () => {
-  const s = scratch('vt-proxy-');
-  makeImage(`${s.dir}/disk.img`, 8 * MiB);
-  const { proxy, lines } = startProxy(`${s.dir}/proxy.sock`, `${s.dir}/serve.sock`);
-  let p: Peer | null = null;
-  try {
+test('proxy: a front-end that comes while the back-end is down is held (bounded) and served once the back-end is back', () =>
+  withProxy(async ({ proxy, lines, dir, args, peer }) => {
     const work = workload(proxy.path, RING_FORMATS[0][1]);
     await until(() => lines.some((l) => /front-end held/.test(l)), 'the front-end is held');
-    p = await startServe('blk', `${s.dir}/serve.sock`, ['--image', `${s.dir}/disk.img`, '--format', 'raw']);
+    peer.p = await startServe('blk', `${dir}/serve.sock`, args);
     await work;
     assert.equal(proxy.sessions.length, 1);
-  } finally {
-    await closeFrontEnds();
-    proxy.close();
-    await p?.stop();
-    s.remove();
-  }
-});
+  }));
