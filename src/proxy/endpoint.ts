@@ -12,6 +12,7 @@
  */
 import { POLL_WRITABLE, type NativeAddon } from '../native/index.js';
 import { HEADER_SIZE } from '../transports/vhost-user/protocol.js';
+import { sendQueued } from '../transports/vhost-user/connection.js';
 
 /**
  * The largest payload the proxy frames. vhost-user payloads are at most a few KiB (MAX_PAYLOAD,
@@ -138,24 +139,11 @@ export class Endpoint {
 
   private flush(): void {
     const was = this.congested;
-    while (this.out.length > 0 && !this.ended) {
-      const head = this.out[0];
-      let sent: number;
-      try {
-        sent = this.n.sendmsg(this.fd, head.data, head.fds);
-      } catch (err) {
-        this.close(`send failed: ${err instanceof Error ? err.message : String(err)}`);
-        return;
-      }
-      if (sent < 0) break;
-      closeFds(this.n, head.fds); // the peer has its own copies now
-      head.fds = [];
-      this.outBytes -= sent;
-      if (sent < head.data.length) {
-        head.data = head.data.subarray(sent);
-        break;
-      }
-      this.out.shift();
+    try {
+      this.outBytes -= sendQueued(this.n, this.fd, this.out);
+    } catch (err) {
+      this.close(`send failed: ${err instanceof Error ? err.message : String(err)}`);
+      return;
     }
     this.update();
     if (was && !this.congested && !this.ended) this.handlers.drained();
