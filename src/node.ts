@@ -54,3 +54,8 @@ export { HOSTILE_CASES, type HostileCase, type HostileClass, type HostileOutcome
 export type { RequestType, PlacedRequest, Range } from './probe/requests.js';
 export { RawSession, RawSplitRing, type Ending } from './probe/raw-session.js';
 export { VHOST_USER_RULES, type VhostUserRule } from './probe/rules.js';
+export { MonitorProxy, type MonitorProxyOptions, type ProxyVerdict, type ProxySessionSummary } from './proxy/proxy.js';
+export { buildMonitorReport, formatMonitorReport, formatProxyVerdict, MONITOR_REPORT_SCHEMA, type MonitorReport, type MonitorReportClause } from './proxy/report.js';
+export { ProxyError, type ProxyErrorKind } from './proxy/errors.js';
+export { FRONT_END_RULES } from './proxy/rules.js';
+export type { RingStats } from './proxy/rings.js';

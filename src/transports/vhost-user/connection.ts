@@ -144,19 +144,7 @@ export class Connection {
 
   /** Sends queued replies until the socket is full (then its writability is watched). */
   private flush(): void {
-    while (this.out.length > 0 && this.fd >= 0) {
-      const head = this.out[0];
-      const sent = this.n.sendmsg(this.fd, head.data, head.fds);
-      if (sent < 0) break;
-      for (const fd of head.fds) this.n.close(fd); // the front-end has its own copy now
-      head.fds = [];
-      this.outBytes -= sent;
-      if (sent < head.data.length) {
-        head.data = head.data.subarray(sent);
-        break;
-      }
-      this.out.shift();
-    }
+    if (this.fd >= 0) this.outBytes -= sendQueued(this.n, this.fd, this.out);
     if (this.fd >= 0) this.update();
   }
 
@@ -192,4 +180,28 @@ export class Connection {
   private fail(error: VhostUserError, fds: number[]): void {
     this.end(error.message, error, fds);
   }
+}
+
+/**
+ * Sends queued messages on non-blocking socket `fd`, oldest first, until the queue is empty or
+ * the socket is full (a message cut short keeps its rest at the head of the queue). A message's
+ * fds go with its first byte and are closed here once sent (the peer has its own copies).
+ * Returns the bytes sent; a send error is thrown as the addon throws it.
+ */
+export function sendQueued(n: NativeAddon, fd: number, out: { data: Uint8Array; fds: number[] }[]): number {
+  let total = 0;
+  while (out.length > 0) {
+    const head = out[0];
+    const sent = n.sendmsg(fd, head.data, head.fds);
+    if (sent < 0) break;
+    for (const f of head.fds) n.close(f);
+    head.fds = [];
+    total += sent;
+    if (sent < head.data.length) {
+      head.data = head.data.subarray(sent);
+      break;
+    }
+    out.shift();
+  }
+  return total;
 }
