@@ -28,7 +28,7 @@ test('RunReportRecorder: one entry per clause with its count, violations, first 
   m.report('split.desc-table.driver.1', 'first', { features: 1n << 32n, bytes: new Uint8Array([1, 2]) });
   t += 1000;
   m.report('split.desc-table.driver.1', 'second');
-  m.report('basic.status.driver.4', 'a SHOULD NOT');
+  m.report('init.sequence.driver.5', 'a SHOULD-level clause');
   const r = JSON.parse(runReportJson(rec.report())) as RunReport;
   assert.equal(r.schema, RUN_REPORT_SCHEMA);
   assert.deepEqual(r.totals, { verdicts: 3, violations: 2, warnings: 1, knownDeviations: 0, clauses: 2 });
@@ -41,7 +41,7 @@ test('RunReportRecorder: one entry per clause with its count, violations, first 
   assert.deepEqual(a.first.context, { features: '0x100000000', bytes: [1, 2] });
   assert.equal(a.last!.message, 'second');
   assert.equal(a.last!.at, new Date(Date.UTC(2026, 0, 1) + 1000).toISOString());
-  assert.equal(b.clause, 'basic.status.driver.4');
+  assert.equal(b.clause, 'init.sequence.driver.5');
   assert.equal(b.violations, 0);
   assert.equal(b.last, undefined);
 });
@@ -54,7 +54,7 @@ test('loadRun: each format by its schema or its lines; an unknown schema, other 
       target: { socketPath: '/s', type: 'blk', connected: true },
       started: '2026-01-01T00:00:00.000Z',
       durationMs: 10,
-      checks: [{ id: 'blk.device-operation.device.1', source: 'virtio', title: 't', status: 'fail', checked: 1, detail: 'd' }],
+      checks: [{ id: 'blk.device-init.device.1', source: 'virtio', title: 't', status: 'fail', checked: 1, detail: 'd' }],
       sessions: [],
       summary: { pass: 0, fail: 1, notRun: 0, hostileOk: 0, hostileFailed: 0, hostileSkipped: 0, clean: false },
     };
