@@ -91,8 +91,16 @@ test('in headless Chromium: the HTML conformance report renders with no console 
     assert.ok(await page.isVisible('#c-split\\.avail-ring\\.driver\\.1'));
     await page.uncheck('#only-hits');
     await page.fill('#filters input[type=search]', 'init.sequence.driver.');
-    const n = clauses.filter((c) => c.id.startsWith('init.sequence.driver.')).length;
+    // Shown: exactly the entries whose text holds the words (their ids, or a reason naming them).
+    const split = await page.$$eval('article.clause', (as) => as.map((a) => ({ hidden: a.classList.contains('hidden'), has: a.textContent!.toLowerCase().includes('init.sequence.driver.') })));
+    assert.ok(split.every((a) => a.hidden !== a.has), 'the search shows the entries that hold the words, and only those');
+    const n = split.filter((a) => a.has).length;
+    assert.ok(n >= clauses.filter((c) => c.id.startsWith('init.sequence.driver.')).length && n < entries.length);
     assert.equal(await shown(), `${n} of ${entries.length} clauses shown`);
+    await page.selectOption('#filters select', 'device');
+    const visible = await page.$$eval('article.clause:not(.hidden)', (as) => as.map((a) => a.getAttribute('data-side')));
+    assert.ok(visible.length > 0 && visible.length < n && visible.every((side) => side === 'device'), 'the side filter keeps the device clauses among them');
+    assert.equal(await shown(), `${visible.length} of ${entries.length} clauses shown`);
     assert.deepEqual(errors, [], 'no console error, no request');
   } finally {
     await browser?.close();
