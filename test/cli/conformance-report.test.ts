@@ -9,7 +9,6 @@ import { join } from 'node:path';
 import { Feature } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
 import { Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import type { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS } from '../../src/cli/exit-codes.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import { RUN_REPORT_SCHEMA, RunReportRecorder, runReportJson, type RunReport } from '../../src/monitor/run-report.js';
@@ -17,7 +16,7 @@ import { PROBE_REPORT_SCHEMA, type ProbeReport } from '../../src/probe/report.js
 import { loadRun } from '../../src/cli/conformance.js';
 import { CliError } from '../../src/cli/exit-codes.js';
 import { TestFrontEnd, n } from '../vhost-user/front-end.js';
-import { run, startServe } from './helpers.js';
+import { run, startServe, frontEndOver } from './helpers.js';
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'virtio-ts-report-'));
 
@@ -78,15 +77,6 @@ test('loadRun: each format by its schema or its lines; an unknown schema, other 
     rmSync(dir, { recursive: true, force: true });
   }
 });
-
-/** A front-end talking to the child over `path` (TestFrontEnd's ring helpers, a real connection). */
-function frontEndOver(path: string): TestFrontEnd {
-  const connectionless = { serve: (fd: number) => n.close(fd), close: () => undefined } as unknown as VhostUserBackend;
-  const fe = new TestFrontEnd(connectionless);
-  fe.front = n.connect(path);
-  fe.fds.push(fe.front);
-  return fe;
-}
 
 test('serve --report: a real run\'s verdicts by clause; conformance --report reads it and the same run\'s JSON log alike, and --html renders both', async () => {
   const dir = tempDir();
