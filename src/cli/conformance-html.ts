@@ -246,6 +246,7 @@ addEventListener('DOMContentLoaded',function(){
       var ok=on[a.dataset.status]&&(side.value===''||a.dataset.side===side.value)&&(!hits.checked||a.dataset.hits!=='0')&&words.every(function(w){return t.indexOf(w)>=0});
       a.classList.toggle('hidden',!ok);if(ok)n++;
     });
+    [].forEach.call(document.querySelectorAll('h3.side'),function(h){var any=false;for(var e=h.nextElementSibling;e&&e.tagName==='ARTICLE';e=e.nextElementSibling)if(!e.classList.contains('hidden'))any=true;h.classList.toggle('hidden',!any)});
     [].forEach.call(document.querySelectorAll('section.part'),function(s){s.classList.toggle('hidden',!s.querySelector('article.clause:not(.hidden)'))});
     out.textContent=n+' of '+arts.length+' clauses shown';
   }
@@ -280,7 +281,13 @@ export function renderConformanceHtml(input: ConformanceHtmlInput): string {
       return (
         `<section class="part" id="part-${e(part)}"><h2>${e(part)}: ${e(PART_TITLES[part] ?? part)} <small>(${cs.length} clauses)</small></h2>` +
         (bars ? `<div class="partbars">${bars}</div>` : '') +
-        cs.map((c) => clauseArticle(c, input.specText.get(c.id), hits.get(c.id) ?? 0)).join('\n') +
+        (['device', 'driver'] as const)
+          .map((side) => {
+            const of = cs.filter((c) => c.side === side);
+            if (of.length === 0) return '';
+            return `<h3 class="side">${side} side <small>(${of.length} clauses binding the ${side}; judged from the ${side === 'device' ? 'driver' : 'device'} side)</small></h3>\n` + of.map((c) => clauseArticle(c, input.specText.get(c.id), hits.get(c.id) ?? 0)).join('\n');
+          })
+          .join('\n') +
         '</section>'
       );
     })

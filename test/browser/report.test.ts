@@ -106,6 +106,15 @@ test('in headless Chromium: the HTML conformance report renders with no console 
     assert.equal(visible.length, devices, 'every device clause, no driver clause');
     assert.equal(await shown(), `${visible.length} of ${entries.length} clauses shown`);
     assert.deepEqual(errors, [], 'no console error, no request');
+
+    // Without JS: the filter form stays hidden and every entry is shown.
+    const plain = await browser.newContext({ javaScriptEnabled: false });
+    const noJs = await plain.newPage();
+    await noJs.goto(pathToFileURL(html).href);
+    assert.equal(await noJs.isVisible('#filters'), false);
+    assert.equal(await noJs.$$eval('article.clause', (as) => as.filter((a) => a.getClientRects().length > 0).length), entries.length);
+    assert.ok(await noJs.isVisible('#summary'));
+    await plain.close();
   } finally {
     await browser?.close();
     rmSync(dir, { recursive: true, force: true });
