@@ -12,15 +12,21 @@
  * before and after; lower is better), with its ratio. The front-end's own CPU is the same
  * code for both and is not counted.
  *
+ * A third row in the same run: a second `virtio-ts serve blk` behind `virtio-ts monitor` (the
+ * monitor proxy of src/proxy/, in its own process, watching the rings); its ratio against the
+ * direct row is the proxy's cost (goal: at most 10 %, ratio >= 0.90), with the proxy's own CPU
+ * per request. The three are measured in a rotating order.
+ *
  * Options: --rounds N (default 3), --seconds S per measurement (default 2), --json.
  * Figures only: nothing here asserts a time.
  */
-import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import os from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { BlkDriver } from '../src/drivers/blk.js';
 import { DeviceId } from '../src/spec/constants.js';
 import { VhostUserFrontEnd } from '../src/transports/vhost-user/frontend/front-end.js';
-import { haveQsd, makeImage, scratch, SPLIT, startQsd, startServe, type Peer } from '../test/vhost-user/frontend-peers.js';
+import { CLI, haveQsd, makeImage, scratch, SPLIT, startQsd, startServe, type Peer } from '../test/vhost-user/frontend-peers.js';
 import { markdownTable, quantile } from './common.js';
 
 const MiB = 1 << 20;
@@ -42,7 +48,8 @@ const POINTS: Point[] = [
   { name: 'seqread-1m-qd8', label: '1M seqread QD8', bs: MiB, depth: 8, write: false, sequential: true },
 ];
 
-type BackendId = 'virtio-ts' | 'qsd';
+/** `proxied`: virtio-ts serve blk behind `virtio-ts monitor` (the monitor proxy, its own process). */
+type BackendId = 'virtio-ts' | 'qsd' | 'proxied';
 
 function usage(msg: string): never {
   process.stderr.write(`bench:backends: ${msg}\n`);
@@ -80,10 +87,12 @@ interface Figure {
   iops: number;
   bytesPerSecond: number;
   cpuUsPerRequest: number;
+  /** The monitor proxy's CPU per request (the proxied row only). */
+  proxyCpuUsPerRequest: number;
 }
 
-/** Runs `p` for `seconds` (after a ramp of a quarter of that) over `blk`; the back-end is process `pid`. */
-async function measure(blk: BlkDriver, pid: number, p: Point, seconds: number): Promise<Figure> {
+/** Runs `p` for `seconds` (after a ramp of a quarter of that) over `blk`; the back-end is process `pid` (and the monitor proxy `proxyPid`, counted apart). */
+async function measure(blk: BlkDriver, pid: number, p: Point, seconds: number, proxyPid?: number): Promise<Figure> {
   const sectors = IMAGE_SIZE / p.bs;
   let seq = 0;
   let requests = 0;
@@ -102,16 +111,39 @@ async function measure(blk: BlkDriver, pid: number, p: Point, seconds: number): 
   await new Promise((res) => setTimeout(res, rampMs));
   counting = true;
   const cpu0 = cpuSeconds(pid);
+  const proxy0 = proxyPid === undefined ? 0 : cpuSeconds(proxyPid);
   const t0 = performance.now();
   await Promise.all(workers);
   const elapsed = (performance.now() - t0) / 1000;
   const cpu = cpuSeconds(pid) - cpu0;
-  return { iops: requests / elapsed, bytesPerSecond: (requests * p.bs) / elapsed, cpuUsPerRequest: (cpu * 1e6) / Math.max(1, requests) };
+  const proxyCpu = proxyPid === undefined ? 0 : cpuSeconds(proxyPid) - proxy0;
+  return { iops: requests / elapsed, bytesPerSecond: (requests * p.bs) / elapsed, cpuUsPerRequest: (cpu * 1e6) / Math.max(1, requests), proxyCpuUsPerRequest: (proxyCpu * 1e6) / Math.max(1, requests) };
 }
 
 function stats(xs: number[]): { median: number; min: number; max: number } {
   const s = [...xs].sort((a, b) => a - b);
   return { median: quantile(s, 0.5), min: s[0], max: s[s.length - 1] };
+}
+
+/** `virtio-ts monitor --listen socket --connect backend` (its verdicts on stdout, text), up once it accepts. */
+async function startMonitor(socket: string, backend: string): Promise<Peer> {
+  const child = spawn(process.execPath, [CLI, 'monitor', '--listen', socket, '--connect', backend, '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const exited = new Promise<number | string | null>((res) => child.on('exit', (code, signal) => res(code ?? signal)));
+  const end = async (signal: NodeJS.Signals) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    await exited;
+  };
+  const p: Peer = { name: 'virtio-ts monitor', socket, child, log: () => out, exited, stop: () => end('SIGTERM'), kill: () => end('SIGKILL') };
+  // A probing connect would be a session of its own (and a connection to serve): wait for the file instead.
+  const deadline = Date.now() + 30_000;
+  while (!existsSync(socket)) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`virtio-ts monitor did not listen: ${out}`);
+    await new Promise((res) => setTimeout(res, 10));
+  }
+  return p;
 }
 
 async function main(): Promise<number> {
@@ -135,27 +167,38 @@ async function main(): Promise<number> {
     peers.push(vt);
     const qsd = await startQsd(image, `${dir.dir}/qsd.sock`);
     peers.push(qsd);
-    const drivers = new Map<BackendId, { blk: BlkDriver; pid: number }>();
-    for (const [id, peer] of [
-      ['virtio-ts', vt],
-      ['qsd', qsd],
+    // The proxied row: a second serve (one front-end at a time each) behind the monitor proxy.
+    const vt2 = await startServe('blk', `${dir.dir}/vt2.sock`, ['--image', image, '--format', 'raw']);
+    peers.push(vt2);
+    const monitor = await startMonitor(`${dir.dir}/monitor.sock`, vt2.socket);
+    peers.push(monitor);
+    const drivers = new Map<BackendId, { blk: BlkDriver; pid: number; proxyPid?: number }>();
+    for (const [id, peer, socket] of [
+      ['virtio-ts', vt, vt.socket],
+      ['qsd', qsd, qsd.socket],
+      ['proxied', vt2, monitor.socket],
     ] as const) {
-      const fe = await VhostUserFrontEnd.connect({ socketPath: peer.socket, deviceId: DeviceId.BLOCK, memorySize: 64 * MiB });
+      const fe = await VhostUserFrontEnd.connect({ socketPath: socket, deviceId: DeviceId.BLOCK, memorySize: 64 * MiB });
       fronts.push(fe);
       // The same ring for both: qemu-storage-daemon 7.2 has no packed ring.
       const blk = new BlkDriver(fe, { transportFeatures: SPLIT });
       await blk.start();
-      drivers.set(id, { blk, pid: peer.child.pid! });
+      drivers.set(id, { blk, pid: peer.child.pid!, ...(id === 'proxied' ? { proxyPid: monitor.child.pid! } : {}) });
     }
-    const results = new Map<string, Record<BackendId, Figure[]>>(POINTS.map((p) => [p.name, { 'virtio-ts': [], qsd: [] }]));
-    let flip = false;
+    const results = new Map<string, Record<BackendId, Figure[]>>(POINTS.map((p) => [p.name, { 'virtio-ts': [], qsd: [], proxied: [] }]));
+    let turn = 0;
+    const ORDERS: BackendId[][] = [
+      ['virtio-ts', 'qsd', 'proxied'],
+      ['proxied', 'qsd', 'virtio-ts'],
+      ['qsd', 'proxied', 'virtio-ts'],
+      ['virtio-ts', 'proxied', 'qsd'],
+    ];
     for (let round = 0; round < o.rounds; round++) {
       for (const p of POINTS) {
-        const order: BackendId[] = flip ? ['qsd', 'virtio-ts'] : ['virtio-ts', 'qsd'];
-        flip = !flip;
+        const order = ORDERS[turn++ % ORDERS.length];
         for (const id of order) {
           const d = drivers.get(id)!;
-          const f = await measure(d.blk, d.pid, p, o.seconds);
+          const f = await measure(d.blk, d.pid, p, o.seconds, d.proxyPid);
           results.get(p.name)![id].push(f);
           if (!o.json) process.stderr.write(`round ${round + 1} ${p.label} ${id}: ${Math.round(f.iops)} IOPS, ${f.cpuUsPerRequest.toFixed(1)} us CPU/request\n`);
         }
@@ -169,10 +212,13 @@ async function main(): Promise<number> {
         job: p.name,
         virtioTs: { iops: s('virtio-ts', 'iops'), bytesPerSecond: s('virtio-ts', 'bytesPerSecond'), cpuUsPerRequest: s('virtio-ts', 'cpuUsPerRequest') },
         qemuStorageDaemon: { iops: s('qsd', 'iops'), bytesPerSecond: s('qsd', 'bytesPerSecond'), cpuUsPerRequest: s('qsd', 'cpuUsPerRequest') },
+        proxied: { iops: s('proxied', 'iops'), bytesPerSecond: s('proxied', 'bytesPerSecond'), cpuUsPerRequest: s('proxied', 'cpuUsPerRequest'), proxyCpuUsPerRequest: s('proxied', 'proxyCpuUsPerRequest') },
+        /** virtio-ts behind the monitor proxy / virtio-ts direct, IOPS medians (goal >= 0.9: at most 10 % cost). */
+        proxiedRatio: s('proxied', 'iops').median / s('virtio-ts', 'iops').median,
       };
     });
     if (o.json) {
-      process.stdout.write(`${JSON.stringify({ rounds: o.rounds, seconds: o.seconds, imageBytes: IMAGE_SIZE, points: summary }, null, 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ rounds: o.rounds, seconds: o.seconds, imageBytes: IMAGE_SIZE, load: os.loadavg(), points: summary, monitor: monitor.log().split('\n').filter((l) => /violation|warning|internal/i.test(l)) }, null, 2)}\n`);
       return 0;
     }
     const k = (x: number) => (x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : x >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : x.toFixed(0));
@@ -186,13 +232,25 @@ async function main(): Promise<number> {
       `${s.virtioTs.cpuUsPerRequest.median.toFixed(1)} / ${s.qemuStorageDaemon.cpuUsPerRequest.median.toFixed(1)}`,
       (s.qemuStorageDaemon.cpuUsPerRequest.median / s.virtioTs.cpuUsPerRequest.median).toFixed(2),
     ]);
+    const proxiedRows = summary.map((s) => [
+      s.point,
+      `${k(s.virtioTs.iops.median)}${range(s.virtioTs.iops, k)}`,
+      `${k(s.proxied.iops.median)}${range(s.proxied.iops, k)}`,
+      s.proxiedRatio.toFixed(2),
+      `${s.proxied.proxyCpuUsPerRequest.median.toFixed(1)}`,
+    ]);
     process.stdout.write(
       `BlkDriver over the vhost-user front-end, ${o.rounds} round(s) of ${o.seconds} s per point and back-end, alternating; ${IMAGE_SIZE / MiB} MiB raw image in the page cache.\n` +
         'IOPS: median (range); ratio = virtio-ts / qemu-storage-daemon IOPS (higher is better, goal >= 1.0). CPU: back-end process user+system time per request;\n' +
         'CPU ratio = qsd / virtio-ts (higher is better for virtio-ts, goal >= 1.0).\n\n' +
         markdownTable(['point', 'virtio-ts IOPS', 'qsd IOPS', 'ratio', 'GB/s vt / qsd', 'CPU µs/req vt / qsd', 'CPU ratio'], rows, [false, true, true, true, true, true, true]) +
+        '\n\nThe same serve blk behind `virtio-ts monitor` (the monitor proxy, its own process), in the same run: ratio = via monitor / direct IOPS (goal >= 0.90);\n' +
+        `the proxy's own CPU per request. Load average during the run: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}.\n\n` +
+        markdownTable(['point', 'direct IOPS', 'via monitor IOPS', 'ratio', 'monitor CPU µs/req'], proxiedRows, [false, true, true, true, true]) +
         '\n',
     );
+    const flagged = monitor.log().split('\n').filter((l) => /VIOLATION|WARNING|internal/.test(l));
+    if (flagged.length > 0) process.stdout.write(`\nthe monitor proxy reported:\n${flagged.slice(0, 20).join('\n')}\n`);
     return 0;
   } finally {
     for (const fe of fronts) await fe.close().catch(() => undefined);

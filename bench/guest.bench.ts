@@ -17,6 +17,10 @@
  * Runs on this kind of machine (2 cores, TCG) vary by about ±30 %: read the ratio, not the
  * absolute figures. Nothing here asserts on time.
  *
+ * A third back-end in the same run: the same `virtio-ts serve blk` behind `virtio-ts monitor`
+ * (the monitor proxy, src/proxy/), with its ratio to the direct row (the proxy's cost; goal:
+ * at most 10 %, ratio >= 0.90).
+ *
  * Options: --json (one JSON object instead of the text), --rounds N (BENCH_ROUNDS, default 3),
  * --runtime S (BENCH_RUNTIME_S, default 4; seconds measured per job), --ramp S
  * (BENCH_RAMP_S, default 1; seconds run before measuring). BENCH_DIR: where the image goes
@@ -49,8 +53,9 @@ const POINTS: Point[] = [
   { job: 'read:1m:8', name: 'read-1m-qd8', label: '1M seq read QD8', metric: 'bw' },
 ];
 
-type BackendId = 'virtio-ts' | 'qemu-storage-daemon';
-const BACKENDS: BackendId[] = ['virtio-ts', 'qemu-storage-daemon'];
+/** `virtio-ts+monitor`: virtio-ts serve blk behind `virtio-ts monitor` (the monitor proxy, its own process). */
+type BackendId = 'virtio-ts' | 'qemu-storage-daemon' | 'virtio-ts+monitor';
+const BACKENDS: BackendId[] = ['virtio-ts', 'qemu-storage-daemon', 'virtio-ts+monitor'];
 
 interface Figure {
   iops: number;
@@ -129,7 +134,7 @@ async function stop(child: ChildProcess): Promise<void> {
 }
 
 function backendCommand(b: BackendId, image: string, sock: string): [string, string[]] {
-  if (b === 'virtio-ts') return [process.execPath, [bin, 'serve', 'blk', '--socket-path', sock, '--image', image, ...(process.env.BENCH_SERVE_ARGS ?? '').split(' ').filter(Boolean)]];
+  if (b === 'virtio-ts' || b === 'virtio-ts+monitor') return [process.execPath, [bin, 'serve', 'blk', '--socket-path', sock, '--image', image, ...(process.env.BENCH_SERVE_ARGS ?? '').split(' ').filter(Boolean)]];
   return [
     'qemu-storage-daemon',
     [
@@ -153,9 +158,19 @@ async function boot(b: BackendId, round: number, image: string, o: { runtime: nu
   rmSync(sock, { force: true });
   const [cmd, args] = backendCommand(b, image, sock);
   const backend = start(cmd, args);
+  let proxy: ReturnType<typeof start> | null = null;
   try {
     for (let i = 0; i < 500 && !existsSync(sock) && backend.child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 10));
     if (!existsSync(sock)) throw new Error(`${b} did not listen on ${sock}: ${backend.log().slice(-2000)}`);
+    // The proxied row: QEMU connects to the monitor proxy, which connects to serve.
+    let chardev = sock;
+    if (b === 'virtio-ts+monitor') {
+      chardev = `${sock}.monitor`;
+      rmSync(chardev, { force: true });
+      proxy = start(process.execPath, [bin, 'monitor', '--listen', chardev, '--connect', sock, '--quiet']);
+      for (let i = 0; i < 500 && !existsSync(chardev) && proxy.child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 10));
+      if (!existsSync(chardev)) throw new Error(`virtio-ts monitor did not listen on ${chardev}: ${proxy.log().slice(-2000)}`);
+    }
     const append = [
       'console=ttyS0 panic=-1 quiet', `tsc_early_khz=${khz}`,
       `vt.fio=${POINTS.map((p) => p.job).join(',')}`, `vt.runtime=${o.runtime}`, `vt.ramp=${o.ramp}`,
@@ -165,7 +180,7 @@ async function boot(b: BackendId, round: number, image: string, o: { runtime: nu
       '-object', `memory-backend-memfd,id=mem,size=${MEM},share=on`, '-numa', 'node,memdev=mem',
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
       '-kernel', join(guest, 'vmlinux'), '-initrd', join(guest, 'bench-initramfs.cpio'), '-append', append,
-      '-chardev', `socket,id=c0,path=${sock}`, '-device', 'vhost-user-blk-pci,chardev=c0,num-queues=1',
+      '-chardev', `socket,id=c0,path=${chardev}`, '-device', 'vhost-user-blk-pci,chardev=c0,num-queues=1',
     ];
     const t0 = performance.now();
     const qemu = start('qemu-system-x86_64', qemuArgs);
@@ -185,11 +200,17 @@ async function boot(b: BackendId, round: number, image: string, o: { runtime: nu
     const figures: Record<string, Figure> = {};
     for (const m of out.matchAll(/^VT-FIO (\S+) (\S+) (\S+) (\S+)\r?$/gm)) figures[m[1]] = { iops: Number(m[2]), bw: Number(m[3]), latUs: Number(m[4]) };
     for (const p of POINTS) if (!figures[p.name]) fail(`no figure for ${p.name}`);
-    if (b === 'virtio-ts' && /"severity":"violation"/.test(backend.log())) {
+    if (b !== 'qemu-storage-daemon' && /"severity":"violation"/.test(backend.log())) {
       notes.push(`round ${round + 1}: the virtio-ts monitor logged a violation by the guest driver (see serve's log)`);
+    }
+    if (proxy !== null) {
+      await stop(proxy.child);
+      const said = proxy.log().split('\n').filter((l) => /^(VIOLATION|WARNING)/.test(l));
+      if (said.length > 0) notes.push(`round ${round + 1}: virtio-ts monitor reported: ${said.slice(0, 5).join(' | ')}`);
     }
     return { round, backend: b, seconds, figures };
   } finally {
+    if (proxy !== null) await stop(proxy.child);
     await stop(backend.child);
   }
 }
@@ -237,7 +258,7 @@ async function main(): Promise<number> {
   const started = new Date();
   log(`# bench:guest — fio in a Linux guest, virtio-ts serve blk vs qemu-storage-daemon (vhost-user-blk)`);
   log(`host: ${os.cpus().length} cores, load ${loadBefore} (1/5/15 min); ${qemuVersion}; TCG, pc, 1 vCPU, ${MEM}, vhost-user-blk-pci num-queues=1`);
-  log(`${o.rounds} round${o.rounds > 1 ? 's' : ''} x 2 back-ends (order alternates by round), each boot runs every point: fio libaio direct=1, ${o.runtime} s measured after ${o.ramp} s ramp`);
+  log(`${o.rounds} round${o.rounds > 1 ? 's' : ''} x 3 back-ends (order alternates by round), each boot runs every point: fio libaio direct=1, ${o.runtime} s measured after ${o.ramp} s ramp`);
 
   tmpDir = mkdtempSync(join(process.env.BENCH_DIR ?? os.tmpdir(), 'virtio-ts-guest-bench-'));
   const image = join(tmpDir, 'disk.img');
@@ -262,7 +283,16 @@ async function main(): Promise<number> {
       const f = (b: BackendId) => boots.find((x) => x.round === round && x.backend === b)!.figures[p.name][p.metric];
       return f('virtio-ts') / f('qemu-storage-daemon');
     });
-    return { point: p.label, job: p.name, metric: p.metric === 'iops' ? 'IOPS' : 'bytes/s', virtioTs: vt, qemuStorageDaemon: qsd, ratio: vt.median / qsd.median, pairedRatios: paired };
+    const proxied = stats(per('virtio-ts+monitor'));
+    const proxiedPaired = [...Array(o.rounds).keys()].map((round) => {
+      const f = (b: BackendId) => boots.find((x) => x.round === round && x.backend === b)!.figures[p.name][p.metric];
+      return f('virtio-ts+monitor') / f('virtio-ts');
+    });
+    return {
+      point: p.label, job: p.name, metric: p.metric === 'iops' ? 'IOPS' : 'bytes/s', virtioTs: vt, qemuStorageDaemon: qsd, ratio: vt.median / qsd.median, pairedRatios: paired,
+      /** serve blk behind virtio-ts monitor; proxiedRatio = proxied / direct virtio-ts medians (goal >= 0.90: at most 10 % cost). */
+      proxied, proxiedRatio: proxied.median / vt.median, proxiedPairedRatios: proxiedPaired,
+    };
   });
 
   if (o.json) {
@@ -283,6 +313,15 @@ async function main(): Promise<number> {
   log(`Medians over ${o.rounds} run${o.rounds > 1 ? 's' : ''} per back-end (range in parentheses); ratio = virtio-ts / qemu-storage-daemon of the medians, higher is better; goal >= 1.0 at every point.`);
   log('');
   log(markdownTable(['point', 'metric', 'virtio-ts', 'qemu-storage-daemon', 'ratio', 'per-round ratios'], rows, [false, false, true, true, true, true]));
+  log('');
+  log('The same serve blk behind `virtio-ts monitor` (the monitor proxy, its own process, watching the rings), same run; ratio = via monitor / direct, goal >= 0.90.');
+  log('');
+  const proxiedRows = summary.map((s, i) => {
+    const p = POINTS[i];
+    const pr = stats(s.proxiedPairedRatios);
+    return [s.point, p.metric === 'iops' ? 'IOPS' : 'GB/s', `${fmt(p, s.virtioTs.median)}${range(p, s.virtioTs)}`, `${fmt(p, s.proxied.median)}${range(p, s.proxied)}`, s.proxiedRatio.toFixed(2), o.rounds > 1 ? `${pr.min.toFixed(2)}–${pr.max.toFixed(2)}` : pr.median.toFixed(2)];
+  });
+  log(markdownTable(['point', 'metric', 'direct', 'via monitor', 'ratio', 'per-round ratios'], proxiedRows, [false, false, true, true, true, true]));
   log('');
   log(`guest: ${guestInfo}; load before ${loadBefore}, after ${loadAfter}; ${boots.reduce((a, b) => a + b.seconds, 0).toFixed(0)} s in guests`);
   for (const n of notes) log(`note: ${n}`);

@@ -30,6 +30,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/transports/vhost-user/frontend/'], // the VMM side of vhost-user, over the back-end's codec
   ['src/node/'],
   ['src/probe/'], // virtio-ts probe: drives and judges a vhost-user back-end
+  ['src/proxy/'], // virtio-ts monitor: the vhost-user proxy that judges both sides
   ['src/testing/'],
   ['src/cli/'],
   // Entry points: nothing below imports them; the Node entry re-exports the browser-safe one.
@@ -123,7 +124,7 @@ test('the layer rule catches an upward, a sideways and an entry-point import', (
 });
 
 test('the browser-safe layers import no Node module', () => {
-  const nodeOnly = ['src/native/', 'src/transports/vhost-user/', 'src/node/', 'src/probe/', 'src/cli/', 'src/node.ts'];
+  const nodeOnly = ['src/native/', 'src/transports/vhost-user/', 'src/node/', 'src/probe/', 'src/proxy/', 'src/cli/', 'src/node.ts'];
   const wrong: string[] = [];
   for (const file of sources('src')) {
     if (nodeOnly.some((p) => file.startsWith(p))) continue;

@@ -12,6 +12,7 @@ import { runDemo } from './demo.js';
 import { runConformance } from './conformance.js';
 import { PROBE_TYPE_NAMES, runProbeCli } from './probe.js';
 import { capabilities, runServe } from './serve.js';
+import { registerMonitor } from './monitor.js';
 import { clauseInfo } from '../monitor/catalogue.js';
 import { CliError, EXIT_CODES_HELP, EXIT_INTERNAL, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, errnoOf } from './exit-codes.js';
 import { MAX_NUM_QUEUES, intInRange, queueSize } from './args.js';
@@ -151,6 +152,7 @@ ${EXIT_CODES_HELP}`,
       process.exitCode = await runProbeCli(opts, stdout, process.stderr);
     });
 
+  registerMonitor(program, stdout);
   return program;
 }
 

@@ -6,13 +6,14 @@
  * fine), 1 violations found (a failed check or hostile case), 2 usage error, 3 the back-end
  * cannot be reached at all (no socket, connection refused) or the report file exists.
  */
-import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { native } from '../native/index.js';
 import { HOSTILE_CASES } from '../probe/hostile.js';
 import { PROBE_TYPES, ProbeUsageError, runProbe } from '../probe/probe.js';
 import { formatProbeReport } from '../probe/report.js';
 import { VHOST_USER_RULES } from '../probe/rules.js';
 import { CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS } from './exit-codes.js';
+import { checkNewReport, writeNewReport } from './report-file.js';
 
 /** The flags of `virtio-ts probe`, as commander parses them. */
 export interface ProbeCliOptions {
@@ -66,7 +67,7 @@ async function probe(opts: ProbeCliOptions, out: Writable, err: Writable): Promi
   if (opts.socketPath === undefined) throw new CliError(EXIT_USAGE, 'give --socket-path PATH: the back-end\'s listening unix socket');
   if (opts.type === undefined) throw new CliError(EXIT_USAGE, `give --type TYPE: the device type behind the socket (one of ${PROBE_TYPE_NAMES.join(', ')}); vhost-user does not say`);
   // The runtime conditions (exit 3).
-  if (opts.report !== undefined && existsSync(opts.report)) throw new CliError(EXIT_RUNTIME, `--report ${opts.report}: the file exists; probe writes only a new file (it never overwrites one it did not make)`);
+  checkNewReport('probe', opts.report);
   try {
     native();
   } catch (e) {
@@ -84,20 +85,7 @@ async function probe(opts: ProbeCliOptions, out: Writable, err: Writable): Promi
     write: opts.write === true,
     onProgress: opts.verbose ? (line) => err.write(`probe: ${line}\n`) : undefined,
   });
-  const json = JSON.stringify(report, null, 2) + '\n';
-  if (opts.report !== undefined) {
-    let fd: number;
-    try {
-      fd = openSync(opts.report, 'wx');
-    } catch (e) {
-      throw new CliError(EXIT_RUNTIME, `--report ${opts.report}: cannot create it: ${e instanceof Error ? e.message : String(e)}`);
-    }
-    try {
-      writeSync(fd, json);
-    } finally {
-      closeSync(fd);
-    }
-  }
+  const json = writeNewReport(opts.report, report);
   out.write(opts.json ? json : formatProbeReport(report));
   if (!report.target.connected) {
     err.write(`virtio-ts probe: could not connect to the back-end at ${opts.socketPath}: ${report.sessions[0]?.result ?? 'no session'}\n`);

@@ -67,6 +67,12 @@ export interface BootOptions {
    * `onLine`, `reconnect` or `restartServe`, which act on the serve process. `serveArgs` unused.
    */
   server?: (socketPath: string) => { close(): Promise<unknown> };
+  /**
+   * Puts something between QEMU and the back-end (the monitor proxy): called with the back-end's
+   * socket once it listens; QEMU connects to the returned path instead. Closed once QEMU ended,
+   * before the back-end stops.
+   */
+  interpose?: (socketPath: string) => Promise<{ path: string; close(): Promise<unknown> }>;
 }
 
 /** What a test can do while its guest runs. */
@@ -138,11 +144,13 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
   };
   let serve: ChildProcess | null = null;
   let inProcess: { close(): Promise<unknown> } | null = null;
+  let between: { path: string; close(): Promise<unknown> } | null = null;
   if (o.server !== undefined) inProcess = o.server(sock);
   else serve = startServe();
   try {
     for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
     assert.ok(existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
+    if (o.interpose !== undefined) between = await o.interpose(sock);
     const args = [
       ...(o.machine ?? []),
       '-accel', 'tcg', '-cpu', 'max', '-m', `${o.memoryMiB ?? 256}M`, ...(o.smp ? ['-smp', String(o.smp)] : []),
@@ -150,7 +158,7 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
       '-kernel', join(guestDir, 'vmlinux'), '-initrd', o.initrd ?? join(guestDir, 'initramfs.cpio'),
       '-append', `console=ttyS0 panic=-1 quiet vt.test=${o.test ?? o.kind} tsc_early_khz=${khz}${o.append ? ' ' + o.append : ''}`,
-      '-chardev', `socket,id=c0,path=${sock}${o.reconnect ? ',reconnect=1' : ''}`, '-device', o.device,
+      '-chardev', `socket,id=c0,path=${between?.path ?? sock}${o.reconnect ? ',reconnect=1' : ''}`, '-device', o.device,
     ];
     const qmpPath = join(dir, 'qmp.sock');
     if (o.during) args.push('-qmp', `unix:${qmpPath},server=on,wait=off`);
@@ -228,6 +236,7 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     assert.match(out, /VT-END/, `the guest test did not finish: ${all.slice(-2000)}`);
     return { results, serveLog, console: all };
   } finally {
+    await between?.close();
     const child = serve;
     if (child !== null) {
       child.kill('SIGTERM');

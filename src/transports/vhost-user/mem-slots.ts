@@ -86,6 +86,12 @@ export class MemorySlots {
     private readonly n: NativeAddon,
     /** Called for an fd that cannot be sealed against shrinking (see sealAgainstShrink). */
     private readonly unsealable: (what: string) => void,
+    /**
+     * Map every region PROT_READ only and leave the fds as they came (no seal): for an observer
+     * such as the monitor proxy (src/proxy/), which must never write guest memory nor change
+     * the front-end's fds. A stray write through such a mapping faults instead of corrupting.
+     */
+    private readonly readOnly = false,
   ) {}
 
   /** The guest memory the regions make, or null before the first one. */
@@ -175,12 +181,12 @@ export class MemorySlots {
    * mapping the kernel refuses (an offset it cannot map) is a 'memory-table' error.
    */
   private map(r: MemRegion, fd: number, inits: MemoryRegionInit[]): Slot {
-    sealAgainstShrink(this.n, fd, `memory region at ${hex(r.guestAddr)}`, this.unsealable);
+    if (!this.readOnly) sealAgainstShrink(this.n, fd, `memory region at ${hex(r.guestAddr)}`, this.unsealable);
     const slot: Slot = { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, maps: [] };
     try {
       for (let off = 0; off < r.size; off += MAP_CHUNK) {
         const len = Math.min(MAP_CHUNK, r.size - off);
-        const buffer = this.n.mmap(fd, r.mmapOffset + off, len, true);
+        const buffer = this.n.mmap(fd, r.mmapOffset + off, len, !this.readOnly);
         slot.maps.push(buffer);
         inits.push({ guestAddr: r.guestAddr + off, size: len, buffer, userAddr: r.userAddr + off, concurrent: true });
       }

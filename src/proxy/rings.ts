@@ -1,0 +1,605 @@
+/**
+ * Passive ring observers of the monitor proxy: they read the rings of a vhost-user session
+ * through a read-only mapping of guest memory and judge what can be judged from outside, never
+ * writing a byte and never consuming a notification (the kick and call eventfds go to the peers
+ * unchanged). They run on every vhost-user message and on a bounded, adaptive poll (proxy.ts).
+ *
+ * What is seen is a sequence of snapshots, not every store: a fast device may take and complete
+ * a buffer between two looks. Every check is therefore written so that a correct pair of peers
+ * can never trip it, whatever the peers did between two snapshots:
+ *
+ * - split: used.idx is read before avail.idx, so every used element read was made available in
+ *   an available entry read in the same scan or before (a device uses only what was made
+ *   available). In-flight heads are counted (not flagged), so a head made available, used and
+ *   made available again between two looks balances. A chain found broken is reported only when
+ *   the device has not used its head since (a driver may rewrite a chain once it was used: the
+ *   bytes read could be a rewrite in progress).
+ * - packed: descriptors are judged when found available; a slot the device already overwrote
+ *   with a used descriptor cannot be judged, and the observer says so once (no verdict) and
+ *   follows the device's used descriptors from there. A used buffer id is judged only when
+ *   every buffer made available before it was seen.
+ *
+ * Allocation-light: state is typed arrays sized at ring start; a scan allocates only when it
+ * reports.
+ */
+import type { GuestMemory, MemoryRegion } from '../memory/guest-memory.js';
+import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../spec/constants.js';
+import { AVAIL_RING, DESC_SIZE, RING_IDX, USED_ELEM_SIZE, USED_RING, availRingSize, descTableSize, isPowerOfTwo, usedRingSize } from '../spec/split-layout.js';
+import { EVENT_SIZE, PDESC_F_AVAIL, PDESC_F_INDIRECT, PDESC_F_NEXT, PDESC_F_USED, PDESC_F_WRITE, PDESC_SIZE, packedRingSize } from '../spec/packed-layout.js';
+
+const TWO_32 = 4294967296;
+
+/** Where a ring observer reports a broken clause (the session adds the side and the session). */
+export type RingReport = (clause: string, message: string, context: Record<string, unknown>) => void;
+
+/** What a ring observer needs to know about the negotiated features. */
+export interface RingFeatures {
+  indirect: boolean;
+  eventIdx: boolean;
+}
+
+/** A ring the front-end set up: the addresses are guest-physical (translated from SET_VRING_ADDR). */
+export interface RingSetup {
+  index: number;
+  size: number;
+  desc: number;
+  avail: number;
+  used: number;
+  /** SET_VRING_BASE's value (split: next available index; packed: see encodeRingBase). */
+  base: number;
+}
+
+/** Counters of one observer (for the report). */
+export interface RingStats {
+  /** Buffers seen made available (and walked). */
+  available: number;
+  /** Buffers seen used. */
+  used: number;
+  /**
+   * Buffers that could not be judged: split, made available while the ring lapped between two
+   * looks (more than its size moved); packed, used before they could be looked at.
+   */
+  unseen: number;
+}
+
+/** A ring observer: scan() on every occasion, stop() when the ring stops. */
+export interface RingObserver {
+  readonly index: number;
+  readonly stats: RingStats;
+  /** Looks at the ring once; returns whether anything moved. */
+  scan(): boolean;
+  /** The position to show in a verdict. */
+  position(): Record<string, number | boolean>;
+}
+
+/**
+ * Checks of one buffer list's descriptors that both formats share (direct buffers and indirect
+ * tables): buffers inside guest memory, framing (readable before writable), total length, and
+ * the indirect table's own rules. Returns null when the chain holds, else [clause, message].
+ */
+class BufferRules {
+  seenWritable = false;
+  total = 0;
+  constructor(private readonly mem: GuestMemory) {}
+  reset(): void {
+    this.seenWritable = false;
+    this.total = 0;
+  }
+  /** One direct buffer; `framing` is the format's "readable after writable" clause. */
+  buffer(addr: number, len: number, writable: boolean, framing: string, where: string): [string, string] | null {
+    if (!writable && this.seenWritable) return [framing, `device-readable ${where} follows a device-writable one`];
+    if (writable) this.seenWritable = true;
+    this.total += len;
+    if (this.total > TWO_32) return ['struct.buffer-range.driver.1', `${where}: the buffers add up to more than 2^32 bytes`];
+    if (!this.mem.isBacked(addr, len)) return ['struct.buffer-range.driver.1', `${where}: buffer [0x${addr.toString(16)}, +${len}) is outside guest memory`];
+    return null;
+  }
+}
+
+/** The region holding [addr, addr+len), or null. */
+function regionOf(mem: GuestMemory, addr: number, len: number): MemoryRegion | null {
+  return mem.regionFor(addr, len);
+}
+
+/** Reads a little-endian u64 address as a number (anything at or above 2^53 is outside memory anyway). */
+function addrAt(v: DataView, o: number): number {
+  return v.getUint32(o, true) + v.getUint32(o + 4, true) * TWO_32;
+}
+
+/** Atomic u16 load where the region allows it (ring indices), else a DataView read. */
+function loadU16(r: MemoryRegion, off: number): number {
+  const abs = r.bytes.byteOffset + off;
+  if (r.u16 !== null && (abs & 1) === 0) return Atomics.load(r.u16, (off >> 1));
+  return r.view.getUint16(off, true);
+}
+
+/**
+ * Checks that ring part [addr, +len) is aligned and inside one region; returns the region or
+ * reports (the same clauses the device-side queue checks at activation).
+ */
+function part(mem: GuestMemory, report: RingReport, index: number, name: string, addr: number, len: number, align: number, alignClause: string): MemoryRegion | null {
+  if (addr % align !== 0) {
+    report(alignClause, `ring ${index}: ${name} at 0x${addr.toString(16)} is not ${align}-byte aligned`, { queue: index, part: name, addr });
+    return null;
+  }
+  const r = regionOf(mem, addr, len);
+  if (r === null) report('struct.buffer-range.driver.1', `ring ${index}: ${name} [0x${addr.toString(16)}, +${len}) is not inside one guest memory region`, { queue: index, part: name, addr, len });
+  return r;
+}
+
+/** Observer of a split ring (2.7). */
+export class SplitObserver implements RingObserver {
+  readonly index: number;
+  readonly stats: RingStats = { available: 0, used: 0, unseen: 0 };
+  private readonly size: number;
+  private readonly mask: number;
+  private readonly descR: MemoryRegion;
+  private readonly descOff: number;
+  private readonly availR: MemoryRegion;
+  private readonly availOff: number;
+  private readonly usedR: MemoryRegion;
+  private readonly usedOff: number;
+  /** How many times each head is in flight (made available, not yet used). */
+  private readonly inFlight: Uint16Array;
+  private lastAvail: number;
+  private lastUsed: number;
+  private broken = false;
+  /** Used elements still to come that are not judged for being in flight (after a resync). */
+  private grace = 0;
+  private readonly rules: BufferRules;
+
+  private constructor(
+    private readonly mem: GuestMemory,
+    private readonly report: RingReport,
+    private readonly features: RingFeatures,
+    s: RingSetup,
+    regions: [MemoryRegion, MemoryRegion, MemoryRegion],
+  ) {
+    this.index = s.index;
+    this.size = s.size;
+    this.mask = s.size - 1;
+    [this.descR, this.availR, this.usedR] = regions;
+    this.descOff = s.desc - this.descR.guestAddr;
+    this.availOff = s.avail - this.availR.guestAddr;
+    this.usedOff = s.used - this.usedR.guestAddr;
+    this.inFlight = new Uint16Array(s.size);
+    this.rules = new BufferRules(mem);
+    // Restarted rings: entries between used.idx and the base are in flight already.
+    this.lastAvail = s.base & 0xffff;
+    this.lastUsed = this.usedIdx();
+    const pending = (this.lastAvail - this.lastUsed) & 0xffff;
+    if (pending <= this.size) {
+      for (let i = this.lastUsed; i !== this.lastAvail; i = (i + 1) & 0xffff) {
+        const head = this.availEntry(i);
+        if (head < this.size) this.inFlight[head]++;
+      }
+    } else this.lastUsed = this.lastAvail; // a stale used.idx (a ring that never ran): judged from here on
+  }
+
+  /** An observer, or null when the ring's parts cannot be (reported: alignment, outside memory, size). */
+  static create(mem: GuestMemory, report: RingReport, features: RingFeatures, s: RingSetup): SplitObserver | null {
+    if (!isPowerOfTwo(s.size) || s.size > 32768) {
+      report('struct.queue-config.driver.1', `ring ${s.index}: queue size ${s.size} is not a power of two <= 32768`, { queue: s.index, size: s.size });
+      return null;
+    }
+    const d = part(mem, report, s.index, 'descriptor table', s.desc, descTableSize(s.size), 16, 'split.alignment.driver.1');
+    const a = part(mem, report, s.index, 'driver area', s.avail, availRingSize(s.size), 2, 'split.alignment.driver.1');
+    const u = part(mem, report, s.index, 'device area', s.used, usedRingSize(s.size), 4, 'split.alignment.driver.1');
+    if (d === null || a === null || u === null) return null;
+    return new SplitObserver(mem, report, features, s, [d, a, u]);
+  }
+
+  position(): Record<string, number> {
+    return { availIdx: this.lastAvail, usedIdx: this.lastUsed };
+  }
+
+  private usedIdx(): number {
+    return loadU16(this.usedR, this.usedOff + RING_IDX);
+  }
+
+  private availIdx(): number {
+    return loadU16(this.availR, this.availOff + RING_IDX);
+  }
+
+  private availEntry(i: number): number {
+    return this.availR.view.getUint16(this.availOff + AVAIL_RING + 2 * (i & this.mask), true);
+  }
+
+  scan(): boolean {
+    if (this.broken) return false;
+    // used.idx first: every used element up to it was made available in an entry up to avail.idx read next.
+    const used = this.usedIdx();
+    const avail = this.availIdx();
+    let moved = false;
+    if (avail !== this.lastAvail) {
+      moved = true;
+      // A correct driver keeps avail.idx - used.idx <= size at every moment; used only grows,
+      // so avail - used(now) <= size bounds the move from what was seen before.
+      const move = (avail - this.lastAvail) & 0xffff;
+      const outstanding = ((this.lastAvail - this.lastUsed) & 0xffff) + move; // buffers the driver would have out, against used as last seen
+      const progressed = (used - this.lastUsed) & 0xffff; // used since, read before avail
+      if (outstanding - progressed > this.size) {
+        this.broken = true;
+        this.report(
+          'split.avail-ring.driver.1',
+          move > 0x8000 ? `ring ${this.index}: the available index went back from ${this.lastAvail} to ${avail}` : `ring ${this.index}: the available index jumped from ${this.lastAvail} to ${avail}: ${outstanding - progressed} buffers outstanding on a queue of ${this.size}`,
+          { queue: this.index, previous: this.lastAvail, availIdx: avail, usedIdx: used, size: this.size },
+        );
+        return true;
+      }
+      // Lapped: more than a ring's worth moved since the last look (a busy ring, a loaded host),
+      // so older entries were overwritten by newer ones. Nothing across the gap is judged; the
+      // in-flight set is rebuilt from the ring as it stands.
+      if (move > this.size || progressed > this.size) {
+        this.resync(used, avail, move);
+        return true;
+      }
+      const from = this.lastAvail;
+      for (let i = from; i !== avail; i = (i + 1) & 0xffff) {
+        const head = this.availEntry(i);
+        this.stats.available++;
+        if (!this.walk(head, i)) return true;
+        this.inFlight[head]++;
+      }
+      // An entry is overwritten once avail.idx passes it by the ring size: if that may have
+      // happened while we read them (a look held up, a fast pair of peers), what was read is
+      // not trusted.
+      // (The driver rewrites entry j's slot while avail.idx is j + size, before it publishes j + size + 1.)
+      if (((this.availIdx() - from) & 0xffff) >= this.size) {
+        this.fresh(move);
+        return true;
+      }
+      this.lastAvail = avail;
+    }
+    if (used !== this.lastUsed) {
+      moved = true;
+      for (let i = this.lastUsed; i !== used; i = (i + 1) & 0xffff) {
+        const o = this.usedOff + USED_RING + USED_ELEM_SIZE * (i & this.mask);
+        const id = this.usedR.view.getUint32(o, true);
+        this.stats.used++;
+        if (this.grace > 0) this.grace--;
+        if (id >= this.size || this.inFlight[id] === 0) {
+          if (this.grace > 0 && id < this.size) continue; // after a resync: it may be one we could not see
+          // The element may have been overwritten by a newer one since used.idx was read.
+          if (((this.usedIdx() - i) & 0xffff) >= this.size) {
+            this.fresh(0);
+            return true;
+          }
+          this.broken = true;
+          this.report('struct.used-id.device.1', `ring ${this.index}: used element ${i} names descriptor ${id}, which is not a head the driver made available and still in flight`, { queue: this.index, usedIdx: i, id });
+          return true;
+        }
+        this.inFlight[id]--;
+      }
+      this.lastUsed = used;
+    }
+    return moved;
+  }
+
+  /** A resync from the ring as it stands now (used.idx read first, as in scan()). */
+  private fresh(unseen: number): void {
+    const used = this.usedIdx();
+    this.resync(used, this.availIdx(), unseen);
+  }
+
+  /**
+   * After a lap: the heads of [used, avail) are what is in flight now (avail - used <= size for a
+   * correct driver; if a race made it look larger, the newest `size` entries are taken). The
+   * next `size` used elements are not judged for being in flight: one made available in the
+   * gap and not among those may come back.
+   */
+  private resync(used: number, avail: number, move: number): void {
+    this.stats.unseen += move;
+    this.grace = this.size;
+    // The entries read must not be overwritten while they are read (avail.idx passing them by the
+    // ring size): checked after, tried again a few times; past that the grace covers the rest.
+    for (let attempt = 0; attempt < 4; attempt++) {
+      if (attempt > 0) {
+        used = this.usedIdx();
+        avail = this.availIdx();
+      }
+      this.inFlight.fill(0);
+      const base = ((avail - used) & 0xffff) > this.size ? (avail - this.size) & 0xffff : used;
+      for (let i = base; i !== avail; i = (i + 1) & 0xffff) {
+        const head = this.availEntry(i);
+        if (head < this.size) this.inFlight[head]++;
+      }
+      this.lastAvail = avail;
+      this.lastUsed = used;
+      if (((this.availIdx() - base) & 0xffff) < this.size) return;
+    }
+    this.grace = 2 * this.size;
+  }
+
+  /**
+   * Whether `head` appears among the used elements the device wrote after the last scan (up to
+   * used.idx now): then the driver may be rewriting its chain and what was read proves nothing.
+   */
+  private usedSince(head: number): boolean {
+    const now = this.usedIdx();
+    for (let i = this.lastUsed, n = 0; i !== now && n <= this.size; i = (i + 1) & 0xffff, n++) {
+      if (this.usedR.view.getUint32(this.usedOff + USED_RING + USED_ELEM_SIZE * (i & this.mask), true) === head) return true;
+    }
+    return false;
+  }
+
+  /** Reports a broken chain unless the device used its head since (see usedSince); false when reported. */
+  private fault(head: number, availIdx: number, clause: string, message: string, extra: Record<string, unknown>): boolean {
+    if (this.usedSince(head)) return true; // not judged: a rewrite may be in progress
+    this.broken = true;
+    this.report(clause, `ring ${this.index}: ${message}`, { queue: this.index, availIdx, head, ...extra });
+    return false;
+  }
+
+  /** Walks the chain from `head` (entry `availIdx`): every rule the layout imposes. */
+  private walk(head: number, availIdx: number): boolean {
+    const size = this.size;
+    if (head >= size) return this.fault(head, availIdx, 'struct.desc-next.driver.1', `the available ring names descriptor ${head}, beyond the queue size ${size}`, {});
+    const v = this.descR.view;
+    const rules = this.rules;
+    rules.reset();
+    let idx = head;
+    for (let n = 0; ; n++) {
+      if (n >= size) return this.fault(head, availIdx, 'split.desc-table.driver.1', `the descriptor chain from head ${head} loops (more than ${size} descriptors)`, {});
+      const o = this.descOff + idx * DESC_SIZE;
+      const addr = addrAt(v, o);
+      const len = v.getUint32(o + 8, true);
+      const flags = v.getUint16(o + 12, true);
+      const next = v.getUint16(o + 14, true);
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.features.indirect) return this.fault(head, availIdx, 'split.indirect-descs.driver.1', `descriptor ${idx} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, { desc: idx });
+        if (flags & VIRTQ_DESC_F_NEXT) return this.fault(head, availIdx, 'split.indirect-descs.driver.4', `descriptor ${idx} has both INDIRECT and NEXT`, { desc: idx });
+        return this.walkIndirect(head, availIdx, addr, len, n);
+      }
+      const bad = rules.buffer(addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0, 'split.message-framing.driver.1', `descriptor ${idx} of chain ${head}`);
+      if (bad !== null) return this.fault(head, availIdx, bad[0], bad[1], { desc: idx });
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return true;
+      if (next >= size) return this.fault(head, availIdx, 'struct.desc-next.driver.1', `descriptor ${idx} chains to ${next}, beyond the queue size ${size}`, { desc: idx, next });
+      idx = next;
+    }
+  }
+
+  /** The indirect table of `head`, after `direct` descriptors of the ring's own table. */
+  private walkIndirect(head: number, availIdx: number, tableAddr: number, tableLen: number, direct: number): boolean {
+    if (tableLen === 0 || tableLen % DESC_SIZE !== 0) return this.fault(head, availIdx, 'struct.indirect-len.driver.1', `indirect table length ${tableLen} is not a non-zero multiple of 16`, { len: tableLen });
+    const r = regionOf(this.mem, tableAddr, tableLen);
+    if (r === null) return this.fault(head, availIdx, 'struct.buffer-range.driver.1', `indirect table [0x${tableAddr.toString(16)}, +${tableLen}) is outside guest memory`, { addr: tableAddr });
+    const entries = tableLen / DESC_SIZE;
+    // A chain longer than the queue size, through its indirect table: still well-defined, so a
+    // verdict and the ring still watched (Linux does it when seg_max exceeds the queue size:
+    // catalogue/deviations.tsv).
+    if (direct + entries > this.size && !this.usedSince(head)) {
+      this.report('split.indirect-descs.driver.3', `ring ${this.index}: the chain from head ${head} is longer than the queue size ${this.size} (through its indirect table of ${entries} entries)`, { queue: this.index, availIdx, head, size: this.size, entries });
+    }
+    const base = tableAddr - r.guestAddr;
+    const v = r.view;
+    let idx = 0;
+    for (let n = 0; ; n++) {
+      if (n >= entries) return this.fault(head, availIdx, 'split.desc-table.driver.1', `the indirect table of head ${head} loops (more than ${entries} entries walked)`, {});
+      const o = base + idx * DESC_SIZE;
+      const flags = v.getUint16(o + 12, true);
+      const next = v.getUint16(o + 14, true);
+      if (flags & VIRTQ_DESC_F_INDIRECT) return this.fault(head, availIdx, 'split.indirect-descs.driver.2', `the indirect table of head ${head} holds an INDIRECT descriptor (entry ${idx})`, { entry: idx });
+      const bad = this.rules.buffer(addrAt(v, o), v.getUint32(o + 8, true), (flags & VIRTQ_DESC_F_WRITE) !== 0, 'split.message-framing.driver.1', `indirect entry ${idx} of head ${head}`);
+      if (bad !== null) return this.fault(head, availIdx, bad[0], bad[1], { entry: idx });
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return true;
+      if (next >= entries) return this.fault(head, availIdx, 'struct.desc-next.driver.1', `indirect entry ${idx} of head ${head} chains to ${next}, beyond the table's ${entries} entries`, { entry: idx, next });
+      idx = next;
+    }
+  }
+}
+
+/** Observer of a packed ring (2.8). */
+export class PackedObserver implements RingObserver {
+  readonly index: number;
+  readonly stats: RingStats = { available: 0, used: 0, unseen: 0 };
+  private readonly size: number;
+  private readonly ringR: MemoryRegion;
+  private readonly ringOff: number;
+  /** Next slot the driver makes available, and its wrap counter. */
+  private availSlot: number;
+  private availWrap: boolean;
+  /** Next slot the device writes a used descriptor to, and its wrap counter. */
+  private usedSlot: number;
+  private usedWrap: boolean;
+  /** Buffers in flight per buffer id, and the length of each id's list (slots it covers). */
+  private readonly inFlight = new Uint16Array(65536);
+  private readonly listLen = new Uint16Array(65536);
+  /** Whether every buffer made available up to availSlot was seen (else used ids cannot be judged). */
+  private synced = true;
+  private broken = false;
+  private readonly rules: BufferRules;
+
+  private constructor(
+    private readonly mem: GuestMemory,
+    private readonly report: RingReport,
+    private readonly features: RingFeatures,
+    s: RingSetup,
+    ring: MemoryRegion,
+  ) {
+    this.index = s.index;
+    this.size = s.size;
+    this.ringR = ring;
+    this.ringOff = s.desc - ring.guestAddr;
+    this.rules = new BufferRules(mem);
+    // SET_VRING_BASE for packed rings: avail slot and wrap in bits 0-15, used in bits 16-31.
+    this.availSlot = s.base & 0x7fff;
+    this.availWrap = (s.base & 0x8000) !== 0 || s.base === 0;
+    this.usedSlot = (s.base >>> 16) & 0x7fff;
+    this.usedWrap = (s.base & 0x80000000) !== 0 || s.base === 0;
+    // A ring restarted with buffers in flight: those were made available before we looked.
+    if (this.availSlot !== this.usedSlot || this.availWrap !== this.usedWrap) this.synced = false;
+  }
+
+  /** An observer, or null when the ring cannot be (reported). */
+  static create(mem: GuestMemory, report: RingReport, features: RingFeatures, s: RingSetup): PackedObserver | null {
+    if (s.size < 1 || s.size > 32768) {
+      report('struct.queue-config.driver.1', `ring ${s.index}: queue size ${s.size} is not 1..32768`, { queue: s.index, size: s.size });
+      return null;
+    }
+    const r = part(mem, report, s.index, 'descriptor ring', s.desc, packedRingSize(s.size), 16, 'packed.ring.driver.1');
+    const a = part(mem, report, s.index, 'driver event suppression', s.avail, EVENT_SIZE, 4, 'packed.ring.driver.1');
+    const u = part(mem, report, s.index, 'device event suppression', s.used, EVENT_SIZE, 4, 'packed.ring.driver.1');
+    if (r === null || a === null || u === null) return null;
+    return new PackedObserver(mem, report, features, s, r);
+  }
+
+  position(): Record<string, number | boolean> {
+    return { availSlot: this.availSlot, availWrap: this.availWrap, usedSlot: this.usedSlot, usedWrap: this.usedWrap };
+  }
+
+  private flagsAt(slot: number): number {
+    return loadU16(this.ringR, this.ringOff + slot * PDESC_SIZE + 14);
+  }
+
+  scan(): boolean {
+    if (this.broken) return false;
+    let moved = this.scanAvail();
+    if (this.broken) return true;
+    // Used side: the device writes used descriptors in order from usedSlot.
+    for (let guard = 0; guard < this.size; guard++) {
+      const o = this.ringOff + this.usedSlot * PDESC_SIZE;
+      const flags = this.flagsAt(this.usedSlot);
+      const a = (flags & PDESC_F_AVAIL) !== 0;
+      const u = (flags & PDESC_F_USED) !== 0;
+      if (!(a === this.usedWrap && u === this.usedWrap)) break;
+      moved = true;
+      const id = this.ringR.view.getUint16(o + 12, true);
+      this.stats.used++;
+      let span: number;
+      if (this.inFlight[id] === 0 && this.synced) this.scanAvail();
+      if (this.broken) return true;
+      if (this.inFlight[id] > 0) {
+        this.inFlight[id]--;
+        span = this.listLen[id];
+      } else if (this.synced) {
+        // Looked again above first: the driver may have made it available after the first look.
+        this.broken = true;
+        this.report('packed.desc-table.device.3', `ring ${this.index}: slot ${this.usedSlot} marks buffer ${id} used, which the driver never made available (or it is not in flight)`, { queue: this.index, slot: this.usedSlot, id });
+        return true;
+      } else span = 1; // a buffer we never saw: assume one slot (indirect lists, the common case)
+      const wasAvailHere = this.usedSlot === this.availSlot && this.usedWrap === this.availWrap;
+      this.usedSlot += span;
+      if (this.usedSlot >= this.size) {
+        this.usedSlot -= this.size;
+        this.usedWrap = !this.usedWrap;
+      }
+      // The driver's side cannot be behind the device's: catch up over what we could not see.
+      if (wasAvailHere || !this.ahead()) {
+        this.availSlot = this.usedSlot;
+        this.availWrap = this.usedWrap;
+      }
+    }
+    // Back in step: every buffer out was seen (none in flight unseen).
+    if (!this.synced && this.availSlot === this.usedSlot && this.availWrap === this.usedWrap) this.synced = this.noneInFlight();
+    return moved;
+  }
+
+  /** The available side: every buffer the driver exposed since the last look; whether any was. */
+  private scanAvail(): boolean {
+    let moved = false;
+    for (let guard = 0; guard < this.size; guard++) {
+      const flags = this.flagsAt(this.availSlot);
+      const a = (flags & PDESC_F_AVAIL) !== 0;
+      const u = (flags & PDESC_F_USED) !== 0;
+      if (a === this.availWrap && u !== this.availWrap) {
+        const at = this.availSlot;
+        moved = true;
+        if (!this.walk() || this.availSlot === at) break; // broken, or a list still being written
+        continue;
+      }
+      // Used in this pass already (a === u === wrap): the device took it before we looked. Its
+      // list is gone from view; the used side follows from here.
+      if (a === this.availWrap && u === this.availWrap && this.availSlot === this.usedSlot && this.availWrap === this.usedWrap) {
+        this.stats.unseen++;
+        this.synced = false;
+      }
+      break;
+    }
+    return moved;
+  }
+
+  /** Whether the avail cursor is ahead of the used cursor (linear positions over two passes). */
+  private ahead(): boolean {
+    const lin = (slot: number, wrap: boolean) => slot + (wrap ? 0 : this.size);
+    const d = (lin(this.availSlot, this.availWrap) - lin(this.usedSlot, this.usedWrap) + 2 * this.size) % (2 * this.size);
+    return d > 0 && d <= this.size;
+  }
+
+  private noneInFlight(): boolean {
+    // Only at a resync point, never per buffer.
+    for (let i = 0; i < this.inFlight.length; i++) if (this.inFlight[i] !== 0) this.inFlight[i] = 0;
+    return true;
+  }
+
+  /** Walks the list at availSlot (available in this pass): records its id, advances. */
+  private walk(): boolean {
+    const size = this.size;
+    const v = this.ringR.view;
+    const first = this.availSlot;
+    let slot = first;
+    let wrap = this.availWrap;
+    let count = 0;
+    let id = 0;
+    const rules = this.rules;
+    rules.reset();
+    const fault = (clause: string, message: string, extra: Record<string, unknown> = {}): boolean => {
+      this.broken = true;
+      this.report(clause, `ring ${this.index}: ${message}`, { queue: this.index, slot: first, wrap: this.availWrap, ...extra });
+      return false;
+    };
+    for (;;) {
+      if (count >= size) return fault('packed.scatter-gather-support.driver.2', `the descriptor list at slot ${first} is longer than the queue size ${size}`);
+      const o = this.ringOff + slot * PDESC_SIZE;
+      const flags = v.getUint16(o + 14, true);
+      const a = (flags & PDESC_F_AVAIL) !== 0;
+      const u = (flags & PDESC_F_USED) !== 0;
+      // Later descriptors of the list must be available in their own pass too (2.8.6: the driver
+      // makes the first one available last). Not seen yet: the driver is still writing; look later.
+      if (count > 0 && !(a === wrap && u !== wrap)) return true;
+      const addr = addrAt(v, o);
+      const len = v.getUint32(o + 8, true);
+      id = v.getUint16(o + 12, true);
+      count++;
+      if (flags & PDESC_F_INDIRECT) {
+        if (!this.features.indirect) return fault('packed.indirect-descs.driver.1', `slot ${slot} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, { at: slot });
+        if (flags & PDESC_F_NEXT || count > 1) return fault('packed.indirect-descs.driver.4', `slot ${slot} is INDIRECT inside a list linked by NEXT`, { at: slot });
+        const bad = this.indirect(addr, len, first);
+        if (bad !== null) return fault(bad[0], bad[1]);
+      } else {
+        const bad = rules.buffer(addr, len, (flags & PDESC_F_WRITE) !== 0, 'packed.scatter-gather-support.driver.3', `slot ${slot} of the list at slot ${first}`);
+        if (bad !== null) return fault(bad[0], bad[1], { at: slot });
+      }
+      slot++;
+      if (slot === size) {
+        slot = 0;
+        wrap = !wrap;
+      }
+      if (!(flags & PDESC_F_NEXT)) break;
+    }
+    this.stats.available++;
+    this.inFlight[id]++;
+    this.listLen[id] = count;
+    this.availSlot = slot;
+    this.availWrap = wrap;
+    return true;
+  }
+
+  private indirect(tableAddr: number, tableLen: number, first: number): [string, string] | null {
+    if (tableLen === 0 || tableLen % PDESC_SIZE !== 0) return ['struct.indirect-len.driver.1', `indirect table length ${tableLen} at slot ${first} is not a non-zero multiple of 16`];
+    const r = regionOf(this.mem, tableAddr, tableLen);
+    if (r === null) return ['struct.buffer-range.driver.1', `indirect table [0x${tableAddr.toString(16)}, +${tableLen}) at slot ${first} is outside guest memory`];
+    const v = r.view;
+    const base = tableAddr - r.guestAddr;
+    const entries = tableLen / PDESC_SIZE;
+    // Longer than the queue: still well-defined (see the split observer), a verdict only.
+    if (entries > this.size) this.report('packed.indirect-descs.driver.3', `ring ${this.index}: the indirect table at slot ${first} holds ${entries} descriptors, more than the queue size ${this.size}`, { queue: this.index, slot: first, entries, size: this.size });
+    for (let i = 0, o = base; i < entries; i++, o += PDESC_SIZE) {
+      const flags = v.getUint16(o + 14, true);
+      if (flags & ~PDESC_F_WRITE) return ['packed.indirect-descs.driver.2', `indirect entry ${i} at slot ${first} has flags 0x${flags.toString(16)}; only WRITE is allowed there`];
+      const bad = this.rules.buffer(addrAt(v, o), v.getUint32(o + 8, true), (flags & PDESC_F_WRITE) !== 0, 'packed.scatter-gather-support.driver.3', `indirect entry ${i} at slot ${first}`);
+      if (bad !== null) return bad;
+    }
+    return null;
+  }
+}
