@@ -3,13 +3,16 @@
  * enforced-of-checkable metric (issue 17's goal: at least 90 % per implemented part); and with
  * `--html FILE` a browsable report (conformance-html.ts) that can also show the verdicts of real
  * runs (`--report FILE`, repeatable: what `serve --report`, `monitor --report` and
- * `probe --report` write, or a `serve --log-format json` log).
+ * `probe --report` write, told apart by their `schema`, or a `serve --log-format json` log).
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { allClauses, partOf, type ClauseEntry, type CoverageStatus } from '../monitor/catalogue.js';
 import { RUN_REPORT_SCHEMA, RunReportRecorder, type RunReport } from '../monitor/run-report.js';
 import type { Verdict } from '../monitor/monitor.js';
 import { PROBE_REPORT_SCHEMA, type ProbeReport } from '../probe/report.js';
+import { MONITOR_REPORT_SCHEMA, type MonitorReport } from '../proxy/report.js';
+import type { ProxyVerdict } from '../proxy/proxy.js';
+import { clauseInfo } from '../monitor/catalogue.js';
 import { CliError, EXIT_RUNTIME, EXIT_USAGE, describeError } from './exit-codes.js';
 import { renderConformanceHtml, type SpecText } from './conformance-html.js';
 
@@ -176,9 +179,9 @@ export function loadSpecText(file: string | URL = SPEC_TEXT_FILE): Map<string, S
 /** A run's verdicts as the report shows them, whatever file they came from. */
 export interface LoadedRun {
   file: string;
-  /** `run-report` (serve / monitor --report), `probe-report`, or `serve-log` (a serve JSON log). */
-  format: 'run-report' | 'probe-report' | 'serve-log';
-  /** The run-report form: serve logs are converted to it; absent for probe reports. */
+  /** `run-report` (serve --report), `monitor-report` (monitor --report), `probe-report`, or `serve-log` (a serve JSON log). */
+  format: 'run-report' | 'monitor-report' | 'probe-report' | 'serve-log';
+  /** The run-report form: monitor reports and serve logs are converted to it; absent for probe reports. */
   run?: RunReport;
   probe?: ProbeReport;
 }
@@ -195,7 +198,7 @@ export function loadRun(file: string): LoadedRun {
   } catch (e) {
     throw new CliError(EXIT_RUNTIME, `--report ${file}: cannot read it: ${describeError(e)}`);
   }
-  const known = `${RUN_REPORT_SCHEMA} (serve --report, monitor --report), ${PROBE_REPORT_SCHEMA} (probe --report), or a serve JSON log (--log-format json)`;
+  const known = `${RUN_REPORT_SCHEMA} (serve --report), ${MONITOR_REPORT_SCHEMA} (monitor --report), ${PROBE_REPORT_SCHEMA} (probe --report), or a serve JSON log (--log-format json)`;
   let doc: unknown;
   try {
     doc = JSON.parse(text);
@@ -206,6 +209,9 @@ export function loadRun(file: string): LoadedRun {
     const schema = typeof doc === 'object' && doc !== null ? (doc as { schema?: unknown }).schema : undefined;
     if (schema === RUN_REPORT_SCHEMA && Array.isArray((doc as RunReport).clauses)) return { file, format: 'run-report', run: doc as RunReport };
     if (schema === PROBE_REPORT_SCHEMA && Array.isArray((doc as ProbeReport).checks)) return { file, format: 'probe-report', probe: doc as ProbeReport };
+    if (schema === MONITOR_REPORT_SCHEMA && Array.isArray((doc as MonitorReport).clauses) && Array.isArray((doc as MonitorReport).verdicts)) {
+      return { file, format: 'monitor-report', run: fromMonitorReport(doc as MonitorReport) };
+    }
     throw new CliError(EXIT_USAGE, `--report ${file}: not a report format virtio-ts knows (schema ${JSON.stringify(schema ?? null)}); it reads ${known}`);
   }
   // A serve JSON log: one pino object per line; the verdict lines carry `verdict`.
@@ -232,6 +238,54 @@ export function loadRun(file: string): LoadedRun {
     if (v !== undefined && typeof v === 'object' && typeof v.clause === 'string') rec.record(v);
   }
   return { file, format: 'serve-log', run: rec.report() };
+}
+
+/**
+ * A `virtio-ts monitor` report in the run-report form: its per-clause counts, and each clause's
+ * first and last kept verdict with where the proxy saw it (session, ring, position, message).
+ */
+export function fromMonitorReport(m: MonitorReport): RunReport {
+  const occurrence = (v: ProxyVerdict | undefined, fallback: { message: string; side: 'device' | 'driver'; severity: 'violation' | 'warning' }) => {
+    if (v === undefined) return { at: m.started, message: fallback.message, observer: fallback.side === 'device' ? ('driver' as const) : ('device' as const), severity: fallback.severity };
+    const context: Record<string, unknown> = { session: v.session };
+    if (v.queue !== undefined) context.queue = v.queue;
+    if (v.position !== undefined) context.position = v.position;
+    if (v.cause !== undefined) context.cause = v.cause;
+    if (v.context !== undefined) Object.assign(context, v.context);
+    return {
+      at: v.time,
+      message: v.message,
+      observer: v.observer,
+      severity: v.severity,
+      context,
+      ...(v.deviation !== undefined ? { deviation: v.deviation } : {}),
+      source: v.side === 'driver' ? 'front-end' : 'back-end',
+    };
+  };
+  const clauses = m.clauses.map((c) => {
+    const kept = m.verdicts.filter((v) => v.clause === c.clause && v.side === c.side);
+    const entry = {
+      clause: c.clause,
+      side: c.side,
+      level: clauseInfo(c.clause)?.level ?? (c.severity === 'violation' ? 'MUST' : 'SHOULD'),
+      count: c.count,
+      // Per clause the monitor keeps the first verdict's severity; kept verdicts tell the rest.
+      violations: c.severity === 'violation' ? c.count : kept.filter((v) => v.severity === 'violation').length,
+      first: occurrence(kept[0], { message: c.first, side: c.side, severity: c.severity }),
+    } as RunReport['clauses'][number];
+    if (c.count > 1 && kept.length > 1) entry.last = occurrence(kept[kept.length - 1], { message: c.first, side: c.side, severity: c.severity });
+    return entry;
+  });
+  const ended = new Date(Date.parse(m.started) + m.durationMs).toISOString();
+  return {
+    schema: RUN_REPORT_SCHEMA,
+    tool: 'monitor',
+    target: { ...m.target, sessions: m.sessions.length },
+    started: m.started,
+    ended,
+    totals: { verdicts: m.summary.total, violations: m.summary.violations, warnings: m.summary.warnings, knownDeviations: m.summary.knownDeviations, clauses: m.clauses.length },
+    clauses,
+  };
 }
 
 /** The runs' verdicts as text: clause by clause, with counts and the first occurrence. */
@@ -277,7 +331,7 @@ function conformance(opts: ConformanceOptions, out: Writable): number {
     throw new CliError(EXIT_USAGE, `unknown status "${opts.status}" (one of ${STATUSES.join(', ')})`);
   }
   // Never overwrite a file the program did not make.
-  if (opts.html !== undefined && existsSync(opts.html)) throw new CliError(EXIT_RUNTIME, `--html ${opts.html}: the file exists; conformance writes only a new file`);
+  if (opts.html !== undefined && existsSync(opts.html)) throw new CliError(EXIT_RUNTIME, `--html ${opts.html}: the file exists; conformance writes only a new file (it never overwrites one it did not make)`);
   const runs = (opts.report ?? []).map(loadRun);
   const clauses = allClauses().filter(
     (c) => c.spec && (opts.part === undefined || partOf(c.id) === opts.part) && (opts.status === undefined || c.status === opts.status),

@@ -23,12 +23,13 @@ import type { VirtioDevice } from '../device/device.js';
 import { serveVhostUser, type DaemonLogger, type VhostUserDaemon } from '../transports/vhost-user/daemon.js';
 import { VhostUserError } from '../transports/vhost-user/errors.js';
 import { MAX_SOCKET_PATH } from '../transports/vhost-user/socket-path.js';
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { LONG_CHAIN_CAP } from '../virtqueue/chain.js';
 import type { Logger } from 'pino';
 import { Status } from '../spec/constants.js';
 import { CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS, describeError } from './exit-codes.js';
 import { checkImage, type ImageFacts } from './image.js';
+import { checkNewReport } from './report-file.js';
 import { createLogger, defaultLogFormat, type LogFormat } from './log.js';
 
 export interface ServeOptions {
@@ -121,7 +122,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   const mode = opts.strict ? 'strict' : 'tolerant';
   const readOnly = opts.readOnly === true;
   // Never overwrite a file serve did not make: refused before anything is served.
-  if (opts.report !== undefined && existsSync(opts.report)) throw new CliError(EXIT_RUNTIME, `--report ${opts.report}: the file exists; serve writes only a new file`);
+  checkNewReport('serve', opts.report);
 
   // Runtime failures (exit 3): the addon, the image; the fd and the socket path when the daemon starts.
   loadAddon();

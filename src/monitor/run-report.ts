@@ -1,8 +1,9 @@
 /**
- * The verdicts of a real run as one JSON document (`virtio-ts serve --report FILE`, and
- * `virtio-ts monitor --report FILE`): grouped by clause, with a count and the first and last
- * occurrence, so a run of hours that breaks one clause a million times stays a small file.
- * `virtio-ts conformance --html FILE --report FILE` renders it beside the catalogue.
+ * The verdicts of a real run as one JSON document (`virtio-ts serve --report FILE`, or an
+ * embedder's own monitor): grouped by clause, with a count and the first and last occurrence,
+ * so a run of hours that breaks one clause a million times stays a small file.
+ * `virtio-ts conformance --html FILE --report FILE` renders it beside the catalogue (and reads
+ * `virtio-ts monitor`'s and `virtio-ts probe`'s reports the same way).
  *
  * The shape is stable: `schema` names its version, and fields are only ever added under the
  * same version. Browser-safe (no Node imports): the caller writes the file.
@@ -47,7 +48,7 @@ export interface RunReportClause {
 /** A run's report. */
 export interface RunReport {
   schema: typeof RUN_REPORT_SCHEMA;
-  /** What ran: `serve`, `monitor`, or an embedder's name. */
+  /** What ran: `serve`, or an embedder's name (`monitor` when converted from a monitor report). */
   tool: string;
   /** What it ran on (device type, socket paths, image...): free-form, for the reader. */
   target: Record<string, unknown>;

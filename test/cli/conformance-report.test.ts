@@ -14,6 +14,7 @@ import { Monitor } from '../../src/monitor/monitor.js';
 import { RUN_REPORT_SCHEMA, RunReportRecorder, runReportJson, type RunReport } from '../../src/monitor/run-report.js';
 import { PROBE_REPORT_SCHEMA, type ProbeReport } from '../../src/probe/report.js';
 import { loadRun } from '../../src/cli/conformance.js';
+import { MONITOR_REPORT_SCHEMA, type MonitorReport } from '../../src/proxy/report.js';
 import { CliError } from '../../src/cli/exit-codes.js';
 import { TestFrontEnd, n } from '../vhost-user/front-end.js';
 import { run, startServe, frontEndOver } from './helpers.js';
@@ -57,8 +58,27 @@ test('loadRun: each format by its schema or its lines; an unknown schema, other 
       sessions: [],
       summary: { pass: 0, fail: 1, notRun: 0, hostileOk: 0, hostileFailed: 0, hostileSkipped: 0, clean: false },
     };
+    // What `virtio-ts monitor --report` writes (typed: a change of its shape fails the build here).
+    const verdict = (message: string, time: string, position: number) => ({
+      clause: 'split.avail-ring.driver.1', side: 'driver' as const, level: 'MUST NOT' as const, severity: 'violation' as const, message, observer: 'device' as const,
+      session: 2, source: 'virtio' as const, queue: 0, position: { availIdx: position }, time,
+    });
+    const monitor: MonitorReport = {
+      schema: MONITOR_REPORT_SCHEMA,
+      target: { listen: '/l.sock', connect: '/c.sock' },
+      started: '2026-01-01T00:00:00.000Z',
+      durationMs: 5000,
+      sessions: [],
+      verdicts: [verdict('first', '2026-01-01T00:00:01.000Z', 7), verdict('second', '2026-01-01T00:00:02.000Z', 9)],
+      clauses: [
+        { clause: 'split.avail-ring.driver.1', source: 'virtio', side: 'driver', severity: 'violation', count: 3, known: false, first: 'first' },
+        { clause: 'vhost-user.reply.flags', source: 'vhost-user', side: 'device', severity: 'violation', count: 1, known: false, first: 'no reply flag' },
+      ],
+      summary: { total: 4, violations: 4, knownDeviations: 0, warnings: 0, clean: false },
+    };
     const files: Record<string, string> = {
       probe: JSON.stringify(probe),
+      monitor: JSON.stringify(monitor),
       unknown: JSON.stringify({ schema: 'virtio-ts/other@9', clauses: [] }),
       array: '[1,2]',
       text: 'hello\nworld\n',
@@ -66,8 +86,21 @@ test('loadRun: each format by its schema or its lines; an unknown schema, other 
     };
     for (const [name, body] of Object.entries(files)) writeFileSync(join(dir, name), body);
     assert.equal(loadRun(join(dir, 'probe')).format, 'probe-report');
+    const m = loadRun(join(dir, 'monitor'));
+    assert.equal(m.format, 'monitor-report');
+    assert.equal(m.run!.tool, 'monitor');
+    assert.deepEqual(m.run!.totals, { verdicts: 4, violations: 4, warnings: 0, knownDeviations: 0, clauses: 2 });
+    const [ring, rule] = m.run!.clauses;
+    assert.equal(ring.count, 3);
+    assert.deepEqual(ring.first, { at: '2026-01-01T00:00:01.000Z', message: 'first', observer: 'device', severity: 'violation', context: { session: 2, queue: 0, position: { availIdx: 7 } }, source: 'front-end' });
+    assert.equal(ring.last!.message, 'second');
+    assert.equal(ring.level, 'MUST NOT');
+    assert.deepEqual([rule.clause, rule.count, rule.first.message, rule.last], ['vhost-user.reply.flags', 1, 'no reply flag', undefined]);
+    const html = join(dir, 'm.html');
+    assert.equal(run('conformance', '--html', html, '--report', join(dir, 'monitor')).code, EXIT_OK);
+    assert.match(readFileSync(html, 'utf8'), /<h3>monitor run: <code>[^<]*monitor<\/code> <small>\(monitor-report\)<\/small><\/h3>/);
     for (const name of ['unknown', 'array', 'text', 'empty']) {
-      assert.throws(() => loadRun(join(dir, name)), (e: unknown) => e instanceof CliError && e.code === EXIT_USAGE && /run-report@1.*probe-report@1.*serve JSON log/.test(e.message), name);
+      assert.throws(() => loadRun(join(dir, name)), (e: unknown) => e instanceof CliError && e.code === EXIT_USAGE && /run-report@1.*monitor-report@1.*probe-report@1.*serve JSON log/.test(e.message), name);
     }
     assert.throws(() => loadRun(join(dir, 'missing')), (e: unknown) => e instanceof CliError && e.code === EXIT_RUNTIME);
     const r = run('conformance', '--report', join(dir, 'unknown'));
