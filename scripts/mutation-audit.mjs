@@ -13,6 +13,10 @@
 //
 //   node scripts/mutation-audit.mjs                 every enforced site (npm run audit:mutation)
 //   node scripts/mutation-audit.mjs --sample 10     the seed clauses + 10 sites drawn with --seed
+//   node scripts/mutation-audit.mjs --slice auto    the seed clauses' sites + one slice of the rest
+//                                                   (CI: the slice is chosen by the commit, so
+//                                                   successive commits cover every site; --stride N
+//                                                   slices, default 6; --slice K picks one)
 //   node scripts/mutation-audit.mjs --clause ID     the sites of one clause (repeatable)
 //   --seed N (default 17)  --json FILE (the results)  --list (the sites, nothing run)
 //   --update               rewrite catalogue/uncaught-sites.tsv from a full run
@@ -91,6 +95,39 @@ export function sample(sites, n, seed) {
   return chosen;
 }
 
+/** How many slices the CI sample cycles through: each run audits about 1/STRIDE of the non-seed sites. */
+export const STRIDE = 6;
+
+/** The current commit (git rev-parse HEAD), or null outside a git checkout. */
+export function headCommit(base = root) {
+  const r = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: base, encoding: 'utf8' });
+  return r.status === 0 && /^[0-9a-f]{40}$/.test(r.stdout.trim()) ? r.stdout.trim() : null;
+}
+
+/**
+ * The slice a commit audits: MUTATION_AUDIT_SLICE when set, else the commit's first 8 hex digits
+ * mod `stride` (0 outside git). Deterministic for a commit; commits spread over the slices.
+ */
+export function sliceFor(stride = STRIDE, commit = headCommit(), env = process.env) {
+  if (env.MUTATION_AUDIT_SLICE !== undefined && env.MUTATION_AUDIT_SLICE !== '') {
+    const k = Number(env.MUTATION_AUDIT_SLICE);
+    if (!Number.isInteger(k) || k < 0 || k >= stride) throw new Error(`MUTATION_AUDIT_SLICE=${env.MUTATION_AUDIT_SLICE}: an integer from 0 to ${stride - 1}`);
+    return k;
+  }
+  return commit === null ? 0 : parseInt(commit.slice(0, 8), 16) % stride;
+}
+
+/**
+ * The stride sample: every site of every seed clause, then slice `k` of the others (sorted by
+ * name, every `stride`-th from `k`). The `stride` slices together are the whole set, each site in
+ * exactly one, so `stride` runs with k = 0 .. stride-1 audit everything.
+ */
+export function strideSample(sites, stride, k) {
+  const seed = sites.filter((s) => SEED.includes(s.clause));
+  const rest = sites.filter((s) => !SEED.includes(s.clause)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return [...seed, ...rest.filter((_, i) => i % stride === k)];
+}
+
 /** A scratch root: every top-level entry linked, dist/ copied (it is what gets patched). */
 function scratch() {
   const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-mutation-'));
@@ -167,6 +204,8 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const { values } = parseArgs({
     options: {
       sample: { type: 'string' },
+      slice: { type: 'string' },
+      stride: { type: 'string', default: String(STRIDE) },
       seed: { type: 'string', default: '17' },
       clause: { type: 'string', multiple: true },
       json: { type: 'string' },
@@ -177,6 +216,13 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   let sites = enforcedSites();
   if (values.clause) sites = sites.filter((s) => values.clause.includes(s.clause));
   if (values.sample !== undefined) sites = sample(sites, Number(values.sample), Number(values.seed));
+  if (values.slice !== undefined) {
+    const stride = Number(values.stride);
+    const k = values.slice === 'auto' ? sliceFor(stride) : Number(values.slice);
+    if (!Number.isInteger(stride) || stride < 1 || !Number.isInteger(k) || k < 0 || k >= stride) throw new Error(`--slice ${values.slice} --stride ${values.stride}: a slice from 0 to stride - 1`);
+    sites = strideSample(sites, stride, k);
+    console.log(`slice ${k} of ${stride}${values.slice === 'auto' ? ` (commit ${headCommit()?.slice(0, 12) ?? 'unknown'})` : ''}`);
+  }
   if (values.list) {
     for (const s of sites) console.log(`${s.name}  ${s.file}:${s.line}  <- ${s.claims.map((c) => (c.test ? `${c.file} > ${c.test}` : c.file)).join(', ')}`);
     process.exit(0);
@@ -194,7 +240,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   for (const r of surprises) console.log(`  NOT CAUGHT, not listed: ${r.site.name} (${r.site.file}:${r.site.line}); claimed by ${[...new Set(r.site.claims.map((c) => c.file))].join(', ')}`);
   for (const r of stale) console.log(`  caught, but listed as uncaught: ${r.site.name}`);
   if (values.update) {
-    if (values.sample !== undefined || values.clause) throw new Error('--update needs the whole set');
+    if (values.sample !== undefined || values.slice !== undefined || values.clause) throw new Error('--update needs the whole set');
     const keep = missed.map((r) => `${r.site.name}\t${known.get(r.site.name) || 'no negative test fails when this site is disabled; the clause\'s tests are caught at another of its sites (this one has no peer breaking it alone)'}`);
     writeFileSync(
       join(root, UNCAUGHT),

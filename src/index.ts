@@ -75,5 +75,6 @@ export { DriverQueueBase, type DriverRingOptions } from './virtqueue/driver-queu
 
 export { Monitor, formatVerdict, type Verdict, type Severity, type MonitorMode, type MonitorOptions } from './monitor/monitor.js';
 export { parseDeviations, type KnownDeviation } from './monitor/deviations.js';
+export { RunReportRecorder, runReportJson, RUN_REPORT_SCHEMA, type RunReport, type RunReportClause, type RunReportOccurrence } from './monitor/run-report.js';
 export { MonitorError, type MonitorErrorKind } from './monitor/errors.js';
 export { allClauses, clauseInfo, partOf, type ClauseEntry, type CheckSite, type CheckCondition, type CoverageStatus, type Side, type Level } from './monitor/catalogue.js';

@@ -96,6 +96,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--strict', 'stop on any violation: a broken rule by the guest driver -> device error (DEVICE_NEEDS_RESET); for conformance runs').conflicts('tolerant'))
     .option('--tolerant', 'the default, fit to run a production VM: a servable violation is logged and served; an unservable one -> device error')
     .addOption(new Option('--log-level <level>', 'log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
+    .option('--report <file>', 'at shutdown, write the verdicts of the run grouped by clause (JSON, schema virtio-ts/run-report@1) to this new file (an existing file is not overwritten); virtio-ts conformance --html renders it')
     .addOption(new Option('--log-format <format>', 'log format on stderr: json (one object per line) or pretty (human-readable). Default: pretty when stderr is a terminal, else json').choices(['json', 'pretty']))
     .addHelpText(
       'after',
@@ -118,11 +119,14 @@ ${EXIT_CODES_HELP}`,
 
   program
     .command('conformance')
-    .description('print the coverage of the clause catalogue (795 normative statements of VIRTIO 1.4)')
+    .description('print the coverage of the clause catalogue (795 normative statements of VIRTIO 1.4), or write it as an HTML report')
     .option('--json', 'print an array of {id, side, level, status, reason, tests}')
     .option('--part <part>', 'only this part (basic, split, packed, init, pci, mmio, reserved, net, blk, console, entropy, vsock, fs)')
     .option('--status <status>', 'only clauses with this status (enforced, tested, not-checkable, unsupported, open)')
     .option('--list', 'list every clause (id, status, summary) instead of the summary table')
+    .option('--summary', 'only the enforced-of-checkable table per part and side (goal: 90 % per implemented part); with --json as an object')
+    .option('--html <file>', 'write a browsable HTML report to this new file: coverage bars, each clause\'s spec text, status, reason, conditions, check sites and negative tests')
+    .option('--report <file>', 'a run report to show (serve/monitor/probe --report, or a serve --log-format json log): its verdicts grouped by clause; repeatable', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .action((opts) => {
       process.exitCode = runConformance(opts, stdout);
     });

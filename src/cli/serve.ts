@@ -14,6 +14,7 @@
  */
 import { native } from '../native/index.js';
 import { Monitor, formatVerdict } from '../monitor/monitor.js';
+import { RunReportRecorder, runReportJson } from '../monitor/run-report.js';
 import { loadDeviations } from '../node/deviations.js';
 import { RngDevice } from '../devices/rng/device.js';
 import { BlkDevice } from '../devices/blk/device.js';
@@ -22,11 +23,13 @@ import type { VirtioDevice } from '../device/device.js';
 import { serveVhostUser, type DaemonLogger, type VhostUserDaemon } from '../transports/vhost-user/daemon.js';
 import { VhostUserError } from '../transports/vhost-user/errors.js';
 import { MAX_SOCKET_PATH } from '../transports/vhost-user/socket-path.js';
+import { writeFileSync } from 'node:fs';
 import { LONG_CHAIN_CAP } from '../virtqueue/chain.js';
 import type { Logger } from 'pino';
 import { Status } from '../spec/constants.js';
 import { CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS, describeError } from './exit-codes.js';
 import { checkImage, type ImageFacts } from './image.js';
+import { checkNewReport } from './report-file.js';
 import { createLogger, defaultLogFormat, type LogFormat } from './log.js';
 
 export interface ServeOptions {
@@ -48,6 +51,8 @@ export interface ServeOptions {
   tolerant?: boolean;
   logLevel?: string;
   logFormat?: LogFormat;
+  /** Write the run's verdicts, grouped by clause (schema virtio-ts/run-report@1), to this new file at shutdown. */
+  report?: string;
 }
 
 interface Writable {
@@ -116,6 +121,8 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   if (type !== 'blk' && opts.segMax !== undefined) throw new CliError(EXIT_USAGE, `--seg-max is for blk, not ${type}`);
   const mode = opts.strict ? 'strict' : 'tolerant';
   const readOnly = opts.readOnly === true;
+  // Never overwrite a file serve did not make: refused before anything is served.
+  checkNewReport('serve', opts.report);
 
   // Runtime failures (exit 3): the addon, the image; the fd and the socket path when the daemon starts.
   loadAddon();
@@ -132,9 +139,11 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   let violations = 0;
   let knownDeviations = 0;
   let warnings = 0;
+  const recorder = opts.report !== undefined ? new RunReportRecorder('serve', { type, socketPath: opts.socketPath, fd: opts.fd, image: imagePath }, mode) : undefined;
   const monitor = new Monitor({
     mode,
     onVerdict: (v) => {
+      recorder?.record(v);
       const known = v.deviation !== undefined;
       if (v.severity !== 'violation') warnings++;
       else if (known && mode === 'tolerant') knownDeviations++;
@@ -249,7 +258,16 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   const end = await daemon.closed;
   signals(false);
   // Exit 1 when the run saw a violation (in either mode): a conformance run can check $?.
-  const code = violations > 0 ? EXIT_VIOLATIONS : EXIT_OK;
+  let code = violations > 0 ? EXIT_VIOLATIONS : EXIT_OK;
+  if (recorder !== undefined) {
+    try {
+      writeFileSync(opts.report!, runReportJson(recorder.report()), { flag: 'wx' });
+      logger.info({ report: opts.report }, `wrote the run report (verdicts by clause) to ${opts.report}`);
+    } catch (e) {
+      logger.error({ report: opts.report, reason: describeError(e) }, `cannot write --report ${opts.report}: ${describeError(e)}`);
+      code = EXIT_RUNTIME;
+    }
+  }
   const socketFile = end.socketFile;
   const reason = signal === undefined ? end.reason : undefined;
   const socketNote =

@@ -10,11 +10,10 @@ import { join } from 'node:path';
 import { Feature } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
 import { HEADER_SIZE, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import type { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS } from '../../src/cli/exit-codes.js';
 import { defaultLogFormat } from '../../src/cli/log.js';
 import { TestFrontEnd, message, n, receive } from '../vhost-user/front-end.js';
-import { bin, root, run, startServe, until } from './helpers.js';
+import { bin, root, run, startServe, until, frontEndOver } from './helpers.js';
 
 function tempDir(): string {
   return mkdtempSync(join(tmpdir(), 'virtio-ts-exit-'));
@@ -229,15 +228,6 @@ test('serve logs a startup line (image, capacity in bytes and sectors, queues, q
     rmSync(dir, { recursive: true, force: true });
   }
 });
-
-/** A front-end talking to the child over `path` (TestFrontEnd's ring helpers, a real connection). */
-function frontEndOver(path: string): TestFrontEnd {
-  const connectionless = { serve: (fd: number) => n.close(fd), close: () => undefined } as unknown as VhostUserBackend;
-  const fe = new TestFrontEnd(connectionless);
-  fe.front = n.connect(path);
-  fe.fds.push(fe.front);
-  return fe;
-}
 
 for (const mode of ['default (tolerant)', '--strict'] as const) {
   test(`serve ${mode}: a violation by the guest driver is logged with its clause, and SIGTERM then exits 1`, async () => {

@@ -6,7 +6,8 @@ import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { native } from '../../src/native/index.js';
 import { HEADER_SIZE, ProtocolFeature, Req, u64Payload } from '../../src/transports/vhost-user/protocol.js';
-import { memTablePayload, message, receive } from '../vhost-user/front-end.js';
+import { memTablePayload, message, receive, TestFrontEnd } from '../vhost-user/front-end.js';
+import type { VhostUserBackend } from '../../src/transports/vhost-user/backend.js';
 import { Feature, Status } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
 
@@ -103,6 +104,15 @@ export async function frontEnd(path: string) {
     return Number((await ask(Req.GET_CONFIG, cfg)).getBigUint64(HEADER_SIZE + 12, true));
   };
   return { send, ask, status, capacity, close: () => n.close(fd) };
+}
+
+/** A front-end talking to the child over `path` (TestFrontEnd's ring helpers, a real connection). */
+export function frontEndOver(path: string): TestFrontEnd {
+  const connectionless = { serve: (fd: number) => n.close(fd), close: () => undefined } as unknown as VhostUserBackend;
+  const fe = new TestFrontEnd(connectionless);
+  fe.front = n.connect(path);
+  fe.fds.push(fe.front);
+  return fe;
 }
 
 export { Status, Req, u64Payload };
