@@ -634,26 +634,35 @@ export class NetDeviceType implements DeviceType {
       return null;
     }
     let type: 'tcpv4' | 'tcpv6' | 'udp' | 'udp-l4';
-    let clause: string | null = null;
+    // Each GSO type needs its host feature (net.packet-transmission.driver.7/.9/.11/.13).
+    const what = `buffer ${head}: gso_type 0x${gsoType.toString(16)} without its feature`;
     if (base === NET_HDR_GSO.TCPV4) {
       type = 'tcpv4';
-      if (!this.hostTso4) clause = 'net.packet-transmission.driver.7';
+      if (!this.hostTso4) {
+        ctx.violation('net.packet-transmission.driver.7', what, ctxFields);
+        return null;
+      }
     } else if (base === NET_HDR_GSO.TCPV6) {
       type = 'tcpv6';
-      if (!this.hostTso6) clause = 'net.packet-transmission.driver.9';
+      if (!this.hostTso6) {
+        ctx.violation('net.packet-transmission.driver.9', what, ctxFields);
+        return null;
+      }
     } else if (base === NET_HDR_GSO.UDP) {
       type = 'udp';
-      if (!this.hostUfo) clause = 'net.packet-transmission.driver.11';
+      if (!this.hostUfo) {
+        ctx.violation('net.packet-transmission.driver.11', what, ctxFields);
+        return null;
+      }
     } else if (base === NET_HDR_GSO.UDP_L4) {
       type = 'udp-l4';
-      if (!this.hostUso) clause = 'net.packet-transmission.driver.13';
+      if (!this.hostUso) {
+        ctx.violation('net.packet-transmission.driver.13', what, ctxFields);
+        return null;
+      }
     } else {
       // A tunnel bit (0x20, 0x40) or an unknown type: this device offers no UDP tunnel GSO.
       ctx.violation((gsoType & 0x60) !== 0 ? 'net.packet-transmission.driver.17' : 'net.packet-transmission.driver.29', `buffer ${head}: gso_type 0x${gsoType.toString(16)} is not one the device offered`, ctxFields);
-      return null;
-    }
-    if (clause !== null) {
-      ctx.violation(clause, `buffer ${head}: gso_type ${type} without the feature`, ctxFields);
       return null;
     }
     if ((gsoType & NET_HDR_GSO.ECN) !== 0 && !this.hostEcn) {
