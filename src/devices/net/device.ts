@@ -665,9 +665,9 @@ export class NetDeviceType implements DeviceType {
       ctx.violation((gsoType & 0x60) !== 0 ? 'net.packet-transmission.driver.17' : 'net.packet-transmission.driver.29', `buffer ${head}: gso_type 0x${gsoType.toString(16)} is not one the device offered`, ctxFields);
       return null;
     }
-    if ((gsoType & NET_HDR_GSO.ECN) !== 0 && !this.hostEcn) {
-      // HOST_ECN is what makes GSO_ECN meaningful (5.1.6.2); without it such frames are not to be sent.
-      ctx.violation('net.packet-transmission.driver.14', `buffer ${head}: GSO_ECN set without VIRTIO_NET_F_HOST_ECN`, ctxFields);
+    if ((type === 'tcpv4' || type === 'tcpv6') && !this.hostEcn && ((gsoType & NET_HDR_GSO.ECN) !== 0 || (csumStart + 14 <= frame.length && (frame[csumStart + 13] & 0x80) !== 0))) {
+      // net.packet-transmission.driver.14: without HOST_ECN, no TCP GSO frame with ECN (CWR, or the GSO_ECN bit).
+      ctx.violation('net.packet-transmission.driver.14', `buffer ${head}: TCP GSO frame with ECN without VIRTIO_NET_F_HOST_ECN`, ctxFields);
       if (!ctx.live) return null;
     }
     if (o.needsCsum === undefined || gsoSize === 0) {
@@ -927,19 +927,16 @@ export class NetDeviceType implements DeviceType {
         return NET_CTRL.OK;
       }
       case NET_CTRL.MAC: {
-        if (cmd === NET_CTRL.MAC_ADDR_SET) {
-          if (!has(F.CTRL_MAC_ADDR) || data < 6) {
-            if (!has(F.CTRL_RX)) ctx.violation('net.setting-mac-address-filtering.driver.1', 'driver sent MAC_ADDR_SET without VIRTIO_NET_F_CTRL_RX', {});
-            return NET_CTRL.ERR;
-          }
-          if (this.ctrlBuf[2] & 1) return NET_CTRL.ERR; // a group address is no NIC address
-          this.mac.set(this.ctrlBuf.subarray(2, 8));
-          for (let i = 0; i < 6; i++) ctx.config.setUint8(NET_CONFIG.MAC + i, this.mac[i]);
-          return NET_CTRL.OK;
-        }
         if (!has(F.CTRL_RX)) {
           ctx.violation('net.setting-mac-address-filtering.driver.1', `driver sent CTRL_MAC command ${cmd} without VIRTIO_NET_F_CTRL_RX`, { cmd });
           return NET_CTRL.ERR;
+        }
+        if (cmd === NET_CTRL.MAC_ADDR_SET) {
+          // 5.1.6.5.2: with CTRL_MAC_ADDR, six bytes of a unicast address.
+          if (!has(F.CTRL_MAC_ADDR) || data !== 6 || this.ctrlBuf[2] & 1) return NET_CTRL.ERR;
+          this.mac.set(this.ctrlBuf.subarray(2, 8));
+          for (let i = 0; i < 6; i++) ctx.config.setUint8(NET_CONFIG.MAC + i, this.mac[i]);
+          return NET_CTRL.OK;
         }
         if (cmd !== NET_CTRL.MAC_TABLE_SET) return NET_CTRL.ERR;
         // net.setting-mac-address-filtering.driver.3: le32 count + unicast MACs, then le32 count + multicast MACs.
