@@ -10,9 +10,6 @@
 // Browser-safe.
 import type { NetOffload, OffloadSupport } from './frame-port.js';
 
-/** Why completeOffloads could not finish a frame (it is dropped; Ethernet semantics). */
-export type OffloadDrop = 'malformed' | 'unsupported';
-
 /** What completeOffloads did with one frame. */
 export interface OffloadCounters {
   /** Frames passed on as they were (offloads the receiver takes, or none). */

@@ -40,6 +40,8 @@ export class StreamFramePort implements FramePort {
   endReason = '';
   private up = true;
   private readonly partial = Buffer.allocUnsafe(4 + MAX_STREAM_FRAME);
+  /** The same bytes as a plain Uint8Array: what onFrame gets (a Buffer's slice() would not copy). */
+  private readonly frames = new Uint8Array(this.partial.buffer, this.partial.byteOffset, this.partial.length);
   private have = 0;
   private readonly maxQueued: number;
   private readonly emitOne = (f: Uint8Array) => this.write(f);
@@ -115,7 +117,7 @@ export class StreamFramePort implements FramePort {
       off += n;
       if (this.have === 4 + len) {
         this.have = 0;
-        if (len > 0) this.onFrame?.(this.partial.subarray(4, 4 + len), undefined);
+        if (len > 0) this.onFrame?.(this.frames.subarray(4, 4 + len), undefined);
       }
     }
   }
