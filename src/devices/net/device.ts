@@ -32,6 +32,7 @@ import type { Monitor } from '../../monitor/monitor.js';
 import type { FramePort, NetOffload, OffloadSupport } from '../../net/frame-port.js';
 import { NO_OFFLOADS } from '../../net/frame-port.js';
 import { acceptsOffload, completeOffloads, l3Offset, MAX_GSO_FRAME } from '../../net/offload.js';
+import { macAt } from '../../net/switch.js';
 
 /** Options of a network device; shared by {@link NetDeviceType} and {@link NetDevice}. */
 export interface NetDeviceOptions {
@@ -600,17 +601,16 @@ export class NetDeviceType implements DeviceType {
     const csumStart = v.getUint16(NET_HDR.CSUM_START, true);
     const csumOffset = v.getUint16(NET_HDR.CSUM_OFFSET, true);
     const hdrLen = v.getUint16(NET_HDR.HDR_LEN, true);
-    const ctxFields = { head, flags, gsoType };
     if (this.hdrLen >= NET_HDR_SIZE.NUM_BUFFERS && v.getUint16(NET_HDR.NUM_BUFFERS, true) !== 0) {
-      ctx.violation('net.packet-transmission.driver.2', `transmit header of buffer ${head} has num_buffers ${v.getUint16(NET_HDR.NUM_BUFFERS, true)}, not 0`, ctxFields);
+      ctx.violation('net.packet-transmission.driver.2', `transmit header of buffer ${head} has num_buffers ${v.getUint16(NET_HDR.NUM_BUFFERS, true)}, not 0`, { head, flags, gsoType });
       if (!ctx.live) return null;
     }
     if (!this.hostCsum && flags !== 0) {
-      ctx.violation('net.packet-transmission.driver.3', `transmit header of buffer ${head} has flags 0x${flags.toString(16)} without VIRTIO_NET_F_CSUM`, ctxFields);
+      ctx.violation('net.packet-transmission.driver.3', `transmit header of buffer ${head} has flags 0x${flags.toString(16)} without VIRTIO_NET_F_CSUM`, { head, flags, gsoType });
       if (!ctx.live) return null;
     }
     if (flags & (NET_HDR_F.DATA_VALID | NET_HDR_F.RSC_INFO)) {
-      ctx.violation('net.packet-transmission.driver.42', `transmit header of buffer ${head} sets DATA_VALID or RSC_INFO (flags 0x${flags.toString(16)})`, ctxFields);
+      ctx.violation('net.packet-transmission.driver.42', `transmit header of buffer ${head} sets DATA_VALID or RSC_INFO (flags 0x${flags.toString(16)})`, { head, flags, gsoType });
       if (!ctx.live) return null;
     }
     const o = this.txOffload;
@@ -620,7 +620,7 @@ export class NetDeviceType implements DeviceType {
     if (flags & NET_HDR_F.NEEDS_CSUM) {
       if (csumStart + csumOffset + 2 > frame.length) {
         // net.packet-transmission.driver.28: the checksum slot must lie inside the packet.
-        ctx.violation('net.packet-transmission.driver.28', `buffer ${head}: csum_start ${csumStart} + csum_offset ${csumOffset} is past the ${frame.length}-byte frame`, ctxFields);
+        ctx.violation('net.packet-transmission.driver.28', `buffer ${head}: csum_start ${csumStart} + csum_offset ${csumOffset} is past the ${frame.length}-byte frame`, { head, flags, gsoType });
         return null;
       }
       this.txCsum.start = csumStart;
@@ -630,55 +630,54 @@ export class NetDeviceType implements DeviceType {
     const base = gsoType & ~NET_HDR_GSO.ECN;
     if (gsoType === NET_HDR_GSO.NONE) return o.needsCsum === undefined ? undefined : o;
     if (!(this.hostTso4 || this.hostTso6 || this.hostUfo || this.hostUso)) {
-      ctx.violation('net.packet-transmission.driver.29', `buffer ${head}: gso_type ${gsoType} without any host segmentation feature`, ctxFields);
+      ctx.violation('net.packet-transmission.driver.29', `buffer ${head}: gso_type ${gsoType} without any host segmentation feature`, { head, flags, gsoType });
       return null;
     }
     let type: 'tcpv4' | 'tcpv6' | 'udp' | 'udp-l4';
     // Each GSO type needs its host feature (net.packet-transmission.driver.7/.9/.11/.13).
-    const what = `buffer ${head}: gso_type 0x${gsoType.toString(16)} without its feature`;
     if (base === NET_HDR_GSO.TCPV4) {
       type = 'tcpv4';
       if (!this.hostTso4) {
-        ctx.violation('net.packet-transmission.driver.7', what, ctxFields);
+        ctx.violation('net.packet-transmission.driver.7', `buffer ${head}: gso_type 0x${gsoType.toString(16)} without its feature`, { head, flags, gsoType });
         return null;
       }
     } else if (base === NET_HDR_GSO.TCPV6) {
       type = 'tcpv6';
       if (!this.hostTso6) {
-        ctx.violation('net.packet-transmission.driver.9', what, ctxFields);
+        ctx.violation('net.packet-transmission.driver.9', `buffer ${head}: gso_type 0x${gsoType.toString(16)} without its feature`, { head, flags, gsoType });
         return null;
       }
     } else if (base === NET_HDR_GSO.UDP) {
       type = 'udp';
       if (!this.hostUfo) {
-        ctx.violation('net.packet-transmission.driver.11', what, ctxFields);
+        ctx.violation('net.packet-transmission.driver.11', `buffer ${head}: gso_type 0x${gsoType.toString(16)} without its feature`, { head, flags, gsoType });
         return null;
       }
     } else if (base === NET_HDR_GSO.UDP_L4) {
       type = 'udp-l4';
       if (!this.hostUso) {
-        ctx.violation('net.packet-transmission.driver.13', what, ctxFields);
+        ctx.violation('net.packet-transmission.driver.13', `buffer ${head}: gso_type 0x${gsoType.toString(16)} without its feature`, { head, flags, gsoType });
         return null;
       }
     } else {
       // A tunnel bit (0x20, 0x40) or an unknown type: this device offers no UDP tunnel GSO.
-      ctx.violation((gsoType & 0x60) !== 0 ? 'net.packet-transmission.driver.17' : 'net.packet-transmission.driver.29', `buffer ${head}: gso_type 0x${gsoType.toString(16)} is not one the device offered`, ctxFields);
+      ctx.violation((gsoType & 0x60) !== 0 ? 'net.packet-transmission.driver.17' : 'net.packet-transmission.driver.29', `buffer ${head}: gso_type 0x${gsoType.toString(16)} is not one the device offered`, { head, flags, gsoType });
       return null;
     }
     if ((type === 'tcpv4' || type === 'tcpv6') && !this.hostEcn && ((gsoType & NET_HDR_GSO.ECN) !== 0 || (csumStart + 14 <= frame.length && (frame[csumStart + 13] & 0x80) !== 0))) {
       // net.packet-transmission.driver.14: without HOST_ECN, no TCP GSO frame with ECN (CWR, or the GSO_ECN bit).
-      ctx.violation('net.packet-transmission.driver.14', `buffer ${head}: TCP GSO frame with ECN without VIRTIO_NET_F_HOST_ECN`, ctxFields);
+      ctx.violation('net.packet-transmission.driver.14', `buffer ${head}: TCP GSO frame with ECN without VIRTIO_NET_F_HOST_ECN`, { head, flags, gsoType });
       if (!ctx.live) return null;
     }
     if (o.needsCsum === undefined || gsoSize === 0) {
-      ctx.violation('net.packet-transmission.driver.30', `buffer ${head}: GSO frame without NEEDS_CSUM or with gso_size 0`, { ...ctxFields, gsoSize });
+      ctx.violation('net.packet-transmission.driver.30', `buffer ${head}: GSO frame without NEEDS_CSUM or with gso_size 0`, { head, flags, gsoType, gsoSize });
       return null;
     }
     if ((type === 'tcpv4' || type === 'tcpv6') && this.hostEcn && (gsoType & NET_HDR_GSO.ECN) === 0) {
       // net.packet-transmission.driver.15: a TCP GSO frame with CWR set must say GSO_ECN.
       const l4 = csumStart;
       if (l4 + 14 <= frame.length && (frame[l4 + 13] & 0x80) !== 0) {
-        ctx.violation('net.packet-transmission.driver.15', `buffer ${head}: TCP GSO frame with CWR set but no GSO_ECN bit`, ctxFields);
+        ctx.violation('net.packet-transmission.driver.15', `buffer ${head}: TCP GSO frame with CWR set but no GSO_ECN bit`, { head, flags, gsoType });
         if (!ctx.live) return null;
       }
     }
@@ -723,14 +722,14 @@ export class NetDeviceType implements DeviceType {
       if (bcast) return !this.nobcast; // NOBCAST wins even over promisc/allmulti (net.packet-receive-filtering.device.13)
       if (this.nomulti) return false; // net.packet-receive-filtering.device.8
       if (this.promisc || this.allmulti || this.multiOverflow) return true;
-      const mac = macOf(frame, 0);
+      const mac = macAt(frame, 0);
       for (let i = 0; i < this.multiCount; i++) if (this.multiTable[i] === mac) return true;
       return false;
     }
     if (this.nouni) return false; // net.packet-receive-filtering.device.11
     if (this.promisc || this.alluni || this.uniOverflow) return true;
-    const mac = macOf(frame, 0);
-    if (mac === macOf(this.mac, 0)) return true;
+    const mac = macAt(frame, 0);
+    if (mac === macAt(this.mac, 0)) return true;
     for (let i = 0; i < this.uniCount; i++) if (this.uniTable[i] === mac) return true;
     return false;
   }
@@ -954,8 +953,8 @@ export class NetDeviceType implements DeviceType {
         this.multiOverflow = multi > MAC_TABLE_ENTRIES;
         this.uniCount = this.uniOverflow ? 0 : uni;
         this.multiCount = this.multiOverflow ? 0 : multi;
-        for (let i = 0; i < this.uniCount; i++) this.uniTable[i] = macOf(this.ctrlBuf, 6 + 6 * i);
-        for (let i = 0; i < this.multiCount; i++) this.multiTable[i] = macOf(this.ctrlBuf, multiAt + 4 + 6 * i);
+        for (let i = 0; i < this.uniCount; i++) this.uniTable[i] = macAt(this.ctrlBuf, 6 + 6 * i);
+        for (let i = 0; i < this.multiCount; i++) this.multiTable[i] = macAt(this.ctrlBuf, multiAt + 4 + 6 * i);
         return NET_CTRL.OK;
       }
       case NET_CTRL.VLAN: {
@@ -1002,11 +1001,6 @@ export class NetDeviceType implements DeviceType {
         return NET_CTRL.ERR;
     }
   }
-}
-
-/** The 48-bit address at `at` as a number. */
-function macOf(b: Uint8Array, at: number): number {
-  return b[at] * 2 ** 40 + b[at + 1] * 2 ** 32 + ((b[at + 2] << 24) >>> 0) + (b[at + 3] << 16) + (b[at + 4] << 8) + b[at + 5];
 }
 
 /** A symmetric 8-bit hash of a frame's IP addresses and ports (both directions of a flow hash alike). */
