@@ -59,3 +59,4 @@ export { buildMonitorReport, formatMonitorReport, formatProxyVerdict, MONITOR_RE
 export { ProxyError, type ProxyErrorKind } from './proxy/errors.js';
 export { FRONT_END_RULES } from './proxy/rules.js';
 export type { RingStats } from './proxy/rings.js';
+export { StreamFramePort, listenSwitch, MAX_STREAM_FRAME, type StreamPortOptions, type SwitchServer } from './node/net/stream-port.js';

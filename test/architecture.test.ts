@@ -25,6 +25,9 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/virtqueue/split/', 'src/virtqueue/packed/'],
   ['src/virtqueue/create.ts'], // the one place above both ring formats
   ['src/device/', 'src/driver/'],
+  // Frame ports, the switch and offload completion (issue 15): below the net device and driver,
+  // which both are frame ports and complete offloads for a peer that cannot take them.
+  ['src/net/'],
   ['src/devices/*/', 'src/drivers/'],
   ['src/transports/loopback/', 'src/transports/vhost-user/', 'src/transports/mmio/', 'src/transports/pci/'],
   ['src/transports/vhost-user/frontend/'], // the VMM side of vhost-user, over the back-end's codec

@@ -68,6 +68,8 @@ export interface RunReport {
   };
   /** One entry per clause, in the order first seen. */
   clauses: RunReportClause[];
+  /** What the device counted, when it counts (`serve net`: frames and bytes each way, drops). */
+  counters?: Record<string, number>;
 }
 
 /**
