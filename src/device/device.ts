@@ -350,8 +350,24 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
    */
   readStatus(): number {
     this.auditDriver();
-    return this.statusValue;
+    const st = this.statusValue;
+    // init.suspend.driver.2 / .6: the driver has now seen the suspend (or the resume) done.
+    if (this.suspendUnverified && st & Status.SUSPEND && !(st & Status.DRIVER_OK)) this.suspendUnverified = false;
+    if (this.resumeUnverified && !(st & Status.SUSPEND) && st & Status.DRIVER_OK) this.resumeUnverified = false;
+    return st;
   }
+
+  /**
+   * The driver set SUSPEND and has not read the status since the device presented SUSPEND = 1,
+   * DRIVER_OK = 0 (init.suspend.driver.2: it must verify the suspend by re-reading it).
+   */
+  private suspendUnverified = false;
+  /**
+   * The driver resumed (DRIVER_OK) and has not read the status since the device presented
+   * SUSPEND = 0, DRIVER_OK = 1 (init.suspend.driver.6: it must wait for that before normal
+   * operation).
+   */
+  private resumeUnverified = false;
 
   /** @deprecated The driver's read of the status register: use {@link readStatus}; a host's look at it is {@link status}. */
   getStatus(): number {
@@ -389,6 +405,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
           this.violation('basic.status.driver.2', `driver cleared status bits ${statusNames(old & ~value & driverBits)} while setting SUSPEND`, { old, value });
           if (this.monitor.strict) return;
         }
+        this.suspendUnverified = true;
         this.beginSuspend();
         return;
       }
@@ -397,6 +414,12 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       if (!(value & Status.SUSPEND)) {
         this.violation('basic.status.driver.2', `driver cleared SUSPEND instead of setting DRIVER_OK to resume (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
         return;
+      }
+      if (value & Status.DRIVER_OK && this.suspendUnverified) {
+        // init.suspend.driver.2: resuming a suspend the driver never saw completed.
+        this.violation('init.suspend.driver.2', `driver set DRIVER_OK to resume without having read the status since it set SUSPEND (it must verify SUSPEND = 1, DRIVER_OK = 0)`, { old, value });
+        this.suspendUnverified = false;
+        if (this.monitor.strict) return;
       }
       if (this.suspendState === 'suspended' && value & Status.DRIVER_OK) this.resume();
       return; // nothing else changes while suspending or suspended
@@ -567,6 +590,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     }
     this.suspendState = 'running';
     this.statusValue = (this.statusValue & ~Status.SUSPEND) | Status.DRIVER_OK;
+    this.resumeUnverified = true;
     // init.suspend.device.5: configuration changes held back while suspended are made and told now.
     const deferred = this.deferredConfig;
     this.deferredConfig = [];
@@ -581,6 +605,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     this.legacyAccepted = false;
     this.queueNeedsSetup.length = 0;
     this.suspendState = 'running';
+    this.suspendUnverified = this.resumeUnverified = false;
     this.deferredConfig = [];
     this.statusValue = 0; // basic.reset.device.1
     this.driverFeatures = 0n;
@@ -797,6 +822,12 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     if (!(s & Status.DRIVER_OK)) {
       this.violation('init.sequence.driver.7', `driver notified queue ${index} before DRIVER_OK (status ${statusNames(s)})`, { queue: index, status: s });
       return;
+    }
+    if (this.resumeUnverified) {
+      // init.suspend.driver.6: normal operation before the driver saw the device resumed.
+      this.resumeUnverified = false;
+      this.violation('init.suspend.driver.6', `driver notified queue ${index} after resuming without having read the status (it must wait for SUSPEND = 0, DRIVER_OK = 1)`, { queue: index });
+      if (this.monitor.strict) return;
     }
     const q = this.queues[index];
     // split.avail-buffer-notif-suppr.device.5: a spurious notification is harmless.

@@ -79,6 +79,8 @@ class OwnRequest implements BlkRequestToken {
   into: Uint8Array | null = null;
   /** Position in the driver's in-flight list; -1 when not in flight. */
   live = -1;
+  /** The driver's submission count when this request went out (write zeroes tracking). */
+  seq = 0;
   /** A batch slot: the batch's delivery, the caller's tag, the outcome. */
   deliver: Settle | null = null;
   tag = 0;
@@ -153,6 +155,13 @@ const LIFETIME_BYTES = 6;
 const PRE_EOL_MAX = 3;
 /** device_lifetime_est_typ_a/b: 11 means lifetime exceeded; higher values are reserved. */
 const LIFETIME_EST_MAX = 11;
+/** Write zeroes ranges remembered at once (the oldest goes first). */
+const ZEROED_SLOTS = 16;
+/** A little-endian u32 of `b` at `off`. */
+function u32(b: Uint8Array, off: number): number {
+  return (b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (b[off + 3] << 24)) >>> 0;
+}
+
 /**
  * The zone request types (5.2.6: VIRTIO_BLK_T_ZONE_APPEND 15, REPORT 16, OPEN 18, CLOSE 20,
  * FINISH 22, RESET 24, RESET_ALL 26), which a device without VIRTIO_BLK_F_ZONED must refuse.
@@ -194,6 +203,19 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
   private readonly announcers: (() => void)[] = [];
   /** configNotifications when the `capacity` held was read: a change after it must come with a notification. */
   private capacityNotified = 0;
+  /**
+   * Ranges a completed write zeroes left zero (blk.device-operation.device.9), [start, end) in
+   * sectors, with the submission count at completion; a slot with end 0 is free. Forgotten when
+   * any request that may change them is submitted. Preallocated: reads check them without
+   * allocating, and only while one is live.
+   */
+  private readonly zStart = new Float64Array(ZEROED_SLOTS);
+  private readonly zEnd = new Float64Array(ZEROED_SLOTS);
+  private readonly zSeq = new Float64Array(ZEROED_SLOTS);
+  private zLive = 0;
+  private zNext = 0;
+  /** Requests submitted so far (OwnRequest.seq). */
+  private submitted = 0;
 
   /** A block driver over `transport`; start() initializes the device. */
   constructor(transport: DriverTransport, options: BlkDriverOptions = {}) {
@@ -463,6 +485,8 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     r.type = type;
     r.sector = sector;
     r.into = into;
+    r.seq = ++this.submitted;
+    if (this.zLive > 0 && type !== BlkType.IN) this.forgetZeroed(type, sector, out);
     if (q.commit(r) < 0) {
       r.buf = null;
       r.into = null;
@@ -561,6 +585,10 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
       // Requests the device must refuse (only a probe's rawRequest sends them): judged before
       // the buffer goes back, while its segments are still there to read.
       if (err === null && status !== BlkStatus.UNSUPP && type >= BlkType.DISCARD) this.checkRefusal(type, status, buf.data);
+      if (err === null && status === BlkStatus.OK) {
+        if (type === BlkType.WRITE_ZEROES) this.rememberZeroed(buf.data);
+        else if (type === BlkType.IN && this.zLive > 0) this.checkZeroed(r.sector, r.seq, buf.data);
+      }
       this.giveGuest(buf);
     }
     r.into = null;
@@ -593,7 +621,7 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     }
     if (type !== BlkType.DISCARD && type !== BlkType.WRITE_ZEROES && type !== BlkType.SECURE_ERASE) return;
     for (let off = 0; off + SEGMENT_BYTES <= data.length; off += SEGMENT_BYTES) {
-      const flags = (data[off + 12] | (data[off + 13] << 8) | (data[off + 14] << 16) | (data[off + 15] << 24)) >>> 0;
+      const flags = u32(data, off + 12);
       if ((flags & ~1) !== 0) {
         this.deviceViolation('blk.device-operation.device.5', `device answered a type ${type} request whose segment has unknown flags 0x${flags.toString(16)} with status ${status}, not UNSUPP`, { type, status, flags });
         return;
@@ -601,6 +629,65 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
       if (type === BlkType.DISCARD && (flags & 1) !== 0) {
         this.deviceViolation('blk.device-operation.device.6', `device answered a discard with the unmap flag set with status ${status}, not UNSUPP`, { type, status });
         return;
+      }
+    }
+  }
+
+  /** A write zeroes completed: its segments' ranges read as zeroes from now on, until written. */
+  private rememberZeroed(segs: Uint8Array): void {
+    for (let off = 0; off + SEGMENT_BYTES <= segs.length; off += SEGMENT_BYTES) {
+      const start = u32(segs, off) + u32(segs, off + 4) * 2 ** 32;
+      const n = u32(segs, off + 8);
+      if (n === 0) continue;
+      const i = this.zNext++ % ZEROED_SLOTS;
+      if (this.zEnd[i] === 0) this.zLive++;
+      this.zStart[i] = start;
+      this.zEnd[i] = start + n;
+      this.zSeq[i] = this.submitted;
+    }
+  }
+
+  /** A request that may change sectors goes out: the zeroed ranges it touches are forgotten (all of them for a type this driver does not know). */
+  private forgetZeroed(type: number, sector: number, out: Uint8Array | null): void {
+    if (type === BlkType.GET_ID || type === BlkType.FLUSH || type === BlkType.GET_LIFETIME) return;
+    if (type === BlkType.OUT) this.forgetRange(sector, sector + (out?.length ?? 0) / SECTOR);
+    else if ((type === BlkType.DISCARD || type === BlkType.WRITE_ZEROES || type === BlkType.SECURE_ERASE) && out !== null) {
+      for (let off = 0; off + SEGMENT_BYTES <= out.length; off += SEGMENT_BYTES) {
+        const start = u32(out, off) + u32(out, off + 4) * 2 ** 32;
+        this.forgetRange(start, start + u32(out, off + 8));
+      }
+    } else this.forgetRange(0, Number.MAX_SAFE_INTEGER);
+  }
+
+  private forgetRange(start: number, end: number): void {
+    for (let i = 0; i < ZEROED_SLOTS; i++) {
+      if (this.zEnd[i] !== 0 && this.zStart[i] < end && start < this.zEnd[i]) {
+        this.zEnd[i] = 0;
+        this.zLive--;
+      }
+    }
+  }
+
+  /**
+   * blk.device-operation.device.9: a read submitted after a write zeroes completed, of sectors
+   * nothing has written since, must return zeroes. Checks the overlap of the read with each
+   * such range; the read is delivered as the device answered it.
+   */
+  private checkZeroed(sector: number, seq: number, data: Uint8Array): void {
+    const end = sector + data.length / SECTOR;
+    for (let i = 0; i < ZEROED_SLOTS; i++) {
+      const zEnd = this.zEnd[i];
+      if (zEnd === 0 || this.zSeq[i] >= seq || this.zStart[i] >= end || sector >= zEnd) continue;
+      const from = (Math.max(sector, this.zStart[i]) - sector) * SECTOR;
+      const to = (Math.min(end, zEnd) - sector) * SECTOR;
+      for (let b = from; b < to; b++) {
+        if (data[b] !== 0) {
+          const at = sector + Math.floor(b / SECTOR);
+          this.zEnd[i] = 0;
+          this.zLive--;
+          this.deviceViolation('blk.device-operation.device.9', `sector ${at} reads non-zero data after a completed write zeroes of [${this.zStart[i]}, ${zEnd}) and no write since`, { sector: at });
+          return;
+        }
       }
     }
   }

@@ -20,6 +20,8 @@ import type { Monitor } from '../monitor/monitor.js';
 export interface SloppyBlkOptions {
   /** Answer OK to every request type, zone requests and unknown segment flags included (a real device answers UNSUPP). */
   servesEverything?: boolean;
+  /** Complete write zeroes with OK and leave the data where it was. */
+  keepsDataOnWriteZeroes?: boolean;
   /** GET_LIFETIME answers (pre_eol_info, est_a, est_b); VIRTIO_BLK_F_LIFETIME is offered when set. */
   lifetime?: readonly [number, number, number];
 }
@@ -28,8 +30,7 @@ const SECTOR = 512;
 const SEGMENT_BYTES = 16;
 
 /**
- * A block device type with no storage behind it (reads give zeroes, writes go nowhere), in
- * capacity sectors, that answers requests by its {@link SloppyBlkOptions}. Its one host API,
+ * A block device type over a zero-filled in-memory disk of `capacity` sectors that answers requests by its {@link SloppyBlkOptions}. Its one host API,
  * {@link shrinkSilently}, changes the capacity without the notification
  * blk.device-operation.device.2 asks for.
  */
@@ -43,12 +44,14 @@ export class SloppyBlkType implements DeviceType {
   private readonly chain = DescriptorChain.forQueue(64);
   private ctx: DeviceContext | null = null;
   private capacity: number;
+  private readonly disk: Uint8Array;
 
   constructor(
     private readonly o: SloppyBlkOptions = {},
     capacity = 2048,
   ) {
     this.capacity = capacity;
+    this.disk = new Uint8Array(capacity * SECTOR);
     const f = BLK_FEATURES;
     this.features = bit(f.FLUSH) | bit(f.DISCARD) | bit(f.WRITE_ZEROES) | bit(f.SECURE_ERASE) | (o.lifetime !== undefined ? bit(f.LIFETIME) : 0n);
   }
@@ -92,9 +95,15 @@ export class SloppyBlkType implements DeviceType {
         let written = 0;
         if (type === BlkType.IN || type === BlkType.OUT) {
           if (sector + dataBytes / SECTOR > this.capacity) status = BlkStatus.IOERR;
-          else if (type === BlkType.IN) {
-            for (let i = 1; i < c.count; i++) mem.fill(c.addrs[i], i === last ? c.lens[i] - 1 : c.lens[i], 0);
-            written = dataBytes;
+          else {
+            // Data descriptors 1..last (the last one's final byte is the status).
+            for (let i = 1, at = sector * SECTOR; i < c.count; i++) {
+              const n = i === last ? c.lens[i] - 1 : c.lens[i];
+              if (type === BlkType.IN) mem.writeFrom(c.addrs[i], this.disk, at, n);
+              else mem.readInto(c.addrs[i], this.disk, at, n);
+              at += n;
+            }
+            if (type === BlkType.IN) written = dataBytes;
           }
         } else if (type === BlkType.GET_LIFETIME && this.o.lifetime !== undefined) {
           const [pre, a, b] = this.o.lifetime;
@@ -107,6 +116,12 @@ export class SloppyBlkType implements DeviceType {
           for (let off = 0; !this.o.servesEverything && off + SEGMENT_BYTES <= dataBytes; off += SEGMENT_BYTES) {
             const flags = mem.readU32(c.addrs[1] + off + 12);
             if ((flags & ~1) !== 0 || (type === BlkType.DISCARD && (flags & 1) !== 0)) status = BlkStatus.UNSUPP;
+          }
+          if (status === BlkStatus.OK && type === BlkType.WRITE_ZEROES && !this.o.keepsDataOnWriteZeroes) {
+            for (let off = 0; off + SEGMENT_BYTES <= dataBytes; off += SEGMENT_BYTES) {
+              const start = Number(mem.readU64(c.addrs[1] + off)) * SECTOR;
+              this.disk.fill(0, start, start + mem.readU32(c.addrs[1] + off + 8) * SECTOR);
+            }
           }
         } else if (type !== BlkType.FLUSH && type !== BlkType.GET_ID && !this.o.servesEverything) status = BlkStatus.UNSUPP;
         mem.writeU8(statusAddr, status);

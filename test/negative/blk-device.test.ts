@@ -91,7 +91,34 @@ test('blk.device-operation.device.2: the disk shrinks with no configuration chan
   assert.equal(p.driver.state, 'live');
 });
 
+test('blk.device-operation.device.9: after a completed write zeroes the device still returns the old data', async () => {
+  const p = await pair(sloppy({ keepsDataOnWriteZeroes: true }));
+  await p.driver.write(0, new Uint8Array(4096).fill(7));
+  await p.driver.writeZeroes(0, 4096);
+  const back = new Uint8Array(4096);
+  await p.driver.read(0, back);
+  expectGaveUp(p, 'blk.device-operation.device.9');
+});
+
 // ------------------------------------------------------------------ the well-behaved devices
+
+test('write zeroes, then writes over part of the range, then reads, on a device that zeroes: no verdict', async () => {
+  const p = await pair(sloppy({}));
+  await p.driver.write(0, new Uint8Array(8192).fill(7));
+  await p.driver.writeZeroes(0, 8192);
+  const back = new Uint8Array(8192).fill(1);
+  await p.driver.read(0, back); // judged: all zero
+  assert.ok(back.every((b) => b === 0));
+  await p.driver.write(1024, new Uint8Array(512).fill(9)); // sector 2 written again: forgotten
+  await p.driver.read(0, back);
+  assert.equal(back[1024], 9);
+  assert.equal(back[0] | back[4096], 0);
+  // A read sent together with a write of the same sectors may see either: never judged.
+  await p.driver.writeZeroes(0, 8192);
+  await Promise.all([p.driver.write(0, new Uint8Array(512).fill(5)), p.driver.read(0, new Uint8Array(512))]);
+  assert.deepEqual(p.drvMon.verdicts, []);
+});
+
 
 test('the project block device refuses zone requests, unknown segment flags and unmap on a discard with UNSUPP: no verdict', async () => {
   // Tolerant device: the unmap discard below breaks blk.device-operation.driver.14 on purpose.

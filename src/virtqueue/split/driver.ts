@@ -529,6 +529,11 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
     }
   }
 
+  override unannouncedUsed(): boolean {
+    const now = this.usedIdx();
+    return now !== this.lastUsed && this.wantsInterrupt(this.lastUsed, now);
+  }
+
   override usedMark(): number {
     return this.usedIdx();
   }
