@@ -494,6 +494,12 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     const unmet = unmetDependency(this.deviceId, f);
     if (unmet !== null) {
       this.violation('basic.features.driver.1', `driver accepted a feature without the feature it requires: ${unmet.description}`, {});
+      if (unmet.missing.every((b) => !hasFeature(this.offered, b))) {
+        // basic.features.driver.2: the requirement was not even offered; a driver that
+        // validated the offer would have dropped the feature (the offer broke
+        // basic.features.device.1, which the driver's own check names).
+        this.violation('basic.features.driver.2', `driver accepted a feature whose requirement the device did not offer (it did not validate the offer): ${unmet.description}`, {});
+      }
       return false;
     }
     if (this.type.validateFeatures !== undefined && !this.type.validateFeatures(f, this.context)) return false;

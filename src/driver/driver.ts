@@ -663,6 +663,27 @@ export class VirtioDriver<T extends {} | null = {} | null> {
     return q;
   }
 
+  /**
+   * Sends queue `q` an available-buffer notification with nothing new on it, which a driver
+   * may do (2.7.10, packed.desc-table.driver.4): a probe of the device, which must tolerate
+   * it (split.avail-buffer-notif-suppr.device.5). On a synchronous transport the device has
+   * answered when notify returns: one that entered DEVICE_NEEDS_RESET over it draws the
+   * verdict, and the driver gives up on it as on any device that needs a reset. Chains
+   * committed but not yet published stay unpublished.
+   */
+  async renotify(q: DriverQueue): Promise<void> {
+    if (this.state !== 'live') throw new DriverError('wrong-state', `cannot notify through a driver that is ${this.state}`);
+    const t = this.transport;
+    const before = await t.getStatus();
+    t.notify(q.index, this.notificationData ? q.notificationData() : undefined);
+    if (t.synchronous !== true || before & Status.DEVICE_NEEDS_RESET || q.format !== 'split') return;
+    const after = await t.getStatus();
+    if (after & Status.DEVICE_NEEDS_RESET) {
+      this.deviceViolation('split.avail-buffer-notif-suppr.device.5', `device entered DEVICE_NEEDS_RESET over a notification of queue ${q.index} with no new buffers (it must tolerate one)`, { queue: q.index });
+      await this.checkStatus();
+    }
+  }
+
   /** Queues kicked while suspended (by index): published and notified once the resume is seen. */
   private readonly kickAfterResume: boolean[] = [];
 

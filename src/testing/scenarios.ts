@@ -901,6 +901,15 @@ export const SCENARIOS: readonly Scenario[] = [
     q.addUsed(chain.head, chain.writableBytes + 100);
     return true;
   }),
+  deviceScenario(
+    'split.used-ring.device.2',
+    'with IN_ORDER, device reports a used length larger than the writable buffer',
+    (_d, q, chain) => {
+      q.addUsed(chain.head, chain.writableBytes + 100);
+      return true;
+    },
+    { accept: ALL | IN_ORDER },
+  ),
   deviceScenario('struct.used-id.device.1', 'device returns a descriptor id the driver never exposed', (d, q) => {
     d.publishUsedRaw(q, q.size - 1, 4, q.nextUsed + 1);
     d.notifyDriver(q);
