@@ -379,10 +379,19 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     this.auditDriver();
     value &= 0xff;
     if (value === 0) {
+      this.spuriousSent = false;
       this.reset();
       return;
     }
     const old = this.statusValue;
+    if (this.spuriousSent) {
+      this.spuriousSent = false;
+      if (value & Status.FAILED && !(old & Status.FAILED)) {
+        // split.used-buffer-notif-suppr.driver.5: giving up is the driver's answer to a
+        // notification that brought nothing new. FAILED is taken as always.
+        this.violation('split.used-buffer-notif-suppr.driver.5', 'driver set FAILED as its next step after a used-buffer notification with no new used buffers (it must tolerate one)', { value });
+      }
+    }
     const driverBits = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK | Status.FAILED;
     if (old & Status.FAILED) {
       if (!(value & Status.FAILED)) {
@@ -820,6 +829,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
 
   /** The driver sends an available-buffer notification for queue `index` (with NOTIFICATION_DATA: `data`). */
   notify(index: number, data?: number): void {
+    this.spuriousSent = false;
     const s = this.statusValue;
     if (this.suspendState !== 'running') {
       this.violation('init.suspend.driver.4', `driver notified queue ${index} after setting SUSPEND`, { queue: index });
@@ -871,9 +881,28 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     }
   }
 
+  /**
+   * Sends the driver a used-buffer notification for queue `index` with nothing new on its used
+   * ring, which a device may do: a probe of the driver, which must tolerate it
+   * (split.used-buffer-notif-suppr.driver.5). A driver whose next status write after it sets
+   * FAILED, with nothing else done in between, did not: a verdict. Live split queues only.
+   */
+  notifyWithNothingNew(index: number): void {
+    const q = this.queues[index];
+    if (!this.live || this.host === null || q === undefined || !q.active || this.ringFormat !== 'split') return;
+    this.spuriousSent = true;
+    this.host.interrupt(index);
+  }
+
+  /** A notification with nothing new went out and the driver has not acted since (see notifyWithNothingNew). */
+  private spuriousSent = false;
+
   /** Publishes used buffers and notifies the driver if it asked (2.7.10). */
   private complete(q: DeviceQueue): void {
-    if (q.publish()) this.host?.interrupt(q.index);
+    if (q.publish()) {
+      this.spuriousSent = false;
+      this.host?.interrupt(q.index);
+    }
     if (this.suspendState === 'suspending') this.finishSuspend();
   }
 

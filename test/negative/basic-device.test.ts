@@ -6,6 +6,9 @@ import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import { VirtioDevice } from '../../src/device/device.js';
 import type { DeviceType } from '../../src/device/type.js';
+import { RngDevice } from '../../src/devices/rng/device.js';
+import { RngDriver } from '../../src/drivers/rng.js';
+import { LoopbackTransport } from '../../src/transports/loopback/loopback.js';
 import { DeviceId, Feature, Status } from '../../src/spec/constants.js';
 import { NET_FEATURES } from '../../src/spec/net.js';
 import { bit } from '../../src/spec/features.js';
@@ -44,3 +47,44 @@ test('a driver that drops the feature whose requirement is not offered: no verdi
   assert.ok(d.dev.readStatus() & Status.FEATURES_OK);
   assert.deepEqual(d.clauses(), []);
 });
+
+// ------------------------------------------------------------------ split ring probes
+
+test('split.used-buffer-notif-suppr.driver.5: the driver answers a used-buffer notification with nothing new by setting FAILED', () => {
+  const monitor = new Monitor();
+  // The driver: it gives up on any used-buffer notification it cannot account for.
+  const dev: RngDevice = new RngDevice({ monitor });
+  dev.withholdFeatures(bit(Feature.RING_PACKED));
+  dev.attach(GuestMemory.create(1 << 16), { interrupt: () => dev.setStatus(dev.readStatus() | Status.FAILED), configChanged() {} });
+  live(dev);
+  dev.notifyWithNothingNew(0);
+  assert.deepEqual(monitor.verdicts.map((v) => v.clause), ['split.used-buffer-notif-suppr.driver.5']);
+  assert.ok(dev.status & Status.DEVICE_NEEDS_RESET, 'strict: the device enters DEVICE_NEEDS_RESET');
+});
+
+test('the project entropy driver takes used-buffer notifications with nothing new in its stride: no verdict', async () => {
+  const devMon = new Monitor();
+  const drvMon = new Monitor();
+  const device = new RngDevice({ monitor: devMon });
+  device.withholdFeatures(bit(Feature.RING_PACKED));
+  const driver = new RngDriver(new LoopbackTransport(device, GuestMemory.create(1 << 20)), { monitor: drvMon, transportFeatures: bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.SUSPEND) });
+  await driver.start();
+  device.notifyWithNothingNew(0);
+  assert.equal((await driver.read(8)).length, 8);
+  device.notifyWithNothingNew(0);
+  await driver.suspend();
+  await driver.resume();
+  assert.deepEqual(devMon.verdicts, []);
+  assert.deepEqual(drvMon.verdicts, []);
+});
+
+function live(dev: RngDevice): void {
+  dev.setStatus(Status.ACKNOWLEDGE);
+  dev.setStatus(ACK_DRIVER);
+  dev.setDriverFeatures(bit(Feature.VERSION_1));
+  dev.setStatus(ACK_DRIVER | Status.FEATURES_OK);
+  dev.setQueueSize(0, 8);
+  dev.setQueueAddresses(0, 0x1000, 0x2000, 0x3000);
+  dev.enableQueue(0);
+  dev.setStatus(ACK_DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
+}
