@@ -350,8 +350,24 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
    */
   readStatus(): number {
     this.auditDriver();
-    return this.statusValue;
+    const st = this.statusValue;
+    // init.suspend.driver.2 / .6: the driver has now seen the suspend (or the resume) done.
+    if (this.suspendUnverified && st & Status.SUSPEND && !(st & Status.DRIVER_OK)) this.suspendUnverified = false;
+    if (this.resumeUnverified && !(st & Status.SUSPEND) && st & Status.DRIVER_OK) this.resumeUnverified = false;
+    return st;
   }
+
+  /**
+   * The driver set SUSPEND and has not read the status since the device presented SUSPEND = 1,
+   * DRIVER_OK = 0 (init.suspend.driver.2: it must verify the suspend by re-reading it).
+   */
+  private suspendUnverified = false;
+  /**
+   * The driver resumed (DRIVER_OK) and has not read the status since the device presented
+   * SUSPEND = 0, DRIVER_OK = 1 (init.suspend.driver.6: it must wait for that before normal
+   * operation).
+   */
+  private resumeUnverified = false;
 
   /** @deprecated The driver's read of the status register: use {@link readStatus}; a host's look at it is {@link status}. */
   getStatus(): number {
@@ -363,10 +379,19 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     this.auditDriver();
     value &= 0xff;
     if (value === 0) {
+      this.spuriousSent = false;
       this.reset();
       return;
     }
     const old = this.statusValue;
+    if (this.spuriousSent) {
+      this.spuriousSent = false;
+      if (value & Status.FAILED && !(old & Status.FAILED)) {
+        // split.used-buffer-notif-suppr.driver.5: giving up is the driver's answer to a
+        // notification that brought nothing new. FAILED is taken as always.
+        this.violation('split.used-buffer-notif-suppr.driver.5', 'driver set FAILED as its next step after a used-buffer notification with no new used buffers (it must tolerate one)', { value });
+      }
+    }
     const driverBits = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK | Status.FAILED;
     if (old & Status.FAILED) {
       if (!(value & Status.FAILED)) {
@@ -389,6 +414,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
           this.violation('basic.status.driver.2', `driver cleared status bits ${statusNames(old & ~value & driverBits)} while setting SUSPEND`, { old, value });
           if (this.monitor.strict) return;
         }
+        this.suspendUnverified = true;
         this.beginSuspend();
         return;
       }
@@ -397,6 +423,12 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       if (!(value & Status.SUSPEND)) {
         this.violation('basic.status.driver.2', `driver cleared SUSPEND instead of setting DRIVER_OK to resume (status ${statusNames(old)} -> ${statusNames(value)})`, { old, value });
         return;
+      }
+      if (value & Status.DRIVER_OK && this.suspendUnverified) {
+        // init.suspend.driver.2: resuming a suspend the driver never saw completed.
+        this.violation('init.suspend.driver.2', `driver set DRIVER_OK to resume without having read the status since it set SUSPEND (it must verify SUSPEND = 1, DRIVER_OK = 0)`, { old, value });
+        this.suspendUnverified = false;
+        if (this.monitor.strict) return;
       }
       if (this.suspendState === 'suspended' && value & Status.DRIVER_OK) this.resume();
       return; // nothing else changes while suspending or suspended
@@ -471,6 +503,12 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     const unmet = unmetDependency(this.deviceId, f);
     if (unmet !== null) {
       this.violation('basic.features.driver.1', `driver accepted a feature without the feature it requires: ${unmet.description}`, {});
+      if (unmet.missing.every((b) => !hasFeature(this.offered, b))) {
+        // basic.features.driver.2: the requirement was not even offered; a driver that
+        // validated the offer would have dropped the feature (the offer broke
+        // basic.features.device.1, which the driver's own check names).
+        this.violation('basic.features.driver.2', `driver accepted a feature whose requirement the device did not offer (it did not validate the offer): ${unmet.description}`, {});
+      }
       return false;
     }
     if (this.type.validateFeatures !== undefined && !this.type.validateFeatures(f, this.context)) return false;
@@ -567,6 +605,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     }
     this.suspendState = 'running';
     this.statusValue = (this.statusValue & ~Status.SUSPEND) | Status.DRIVER_OK;
+    this.resumeUnverified = true;
     // init.suspend.device.5: configuration changes held back while suspended are made and told now.
     const deferred = this.deferredConfig;
     this.deferredConfig = [];
@@ -581,6 +620,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     this.legacyAccepted = false;
     this.queueNeedsSetup.length = 0;
     this.suspendState = 'running';
+    this.suspendUnverified = this.resumeUnverified = false;
     this.deferredConfig = [];
     this.statusValue = 0; // basic.reset.device.1
     this.driverFeatures = 0n;
@@ -789,6 +829,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
 
   /** The driver sends an available-buffer notification for queue `index` (with NOTIFICATION_DATA: `data`). */
   notify(index: number, data?: number): void {
+    this.spuriousSent = false;
     const s = this.statusValue;
     if (this.suspendState !== 'running') {
       this.violation('init.suspend.driver.4', `driver notified queue ${index} after setting SUSPEND`, { queue: index });
@@ -797,6 +838,12 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     if (!(s & Status.DRIVER_OK)) {
       this.violation('init.sequence.driver.7', `driver notified queue ${index} before DRIVER_OK (status ${statusNames(s)})`, { queue: index, status: s });
       return;
+    }
+    if (this.resumeUnverified) {
+      // init.suspend.driver.6: normal operation before the driver saw the device resumed.
+      this.resumeUnverified = false;
+      this.violation('init.suspend.driver.6', `driver notified queue ${index} after resuming without having read the status (it must wait for SUSPEND = 0, DRIVER_OK = 1)`, { queue: index });
+      if (this.monitor.strict) return;
     }
     const q = this.queues[index];
     // split.avail-buffer-notif-suppr.device.5: a spurious notification is harmless.
@@ -834,9 +881,28 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     }
   }
 
+  /**
+   * Sends the driver a used-buffer notification for queue `index` with nothing new on its used
+   * ring, which a device may do: a probe of the driver, which must tolerate it
+   * (split.used-buffer-notif-suppr.driver.5). A driver whose next status write after it sets
+   * FAILED, with nothing else done in between, did not: a verdict. Live split queues only.
+   */
+  notifyWithNothingNew(index: number): void {
+    const q = this.queues[index];
+    if (!this.live || this.host === null || q === undefined || !q.active || this.ringFormat !== 'split') return;
+    this.spuriousSent = true;
+    this.host.interrupt(index);
+  }
+
+  /** A notification with nothing new went out and the driver has not acted since (see notifyWithNothingNew). */
+  private spuriousSent = false;
+
   /** Publishes used buffers and notifies the driver if it asked (2.7.10). */
   private complete(q: DeviceQueue): void {
-    if (q.publish()) this.host?.interrupt(q.index);
+    if (q.publish()) {
+      this.spuriousSent = false;
+      this.host?.interrupt(q.index);
+    }
     if (this.suspendState === 'suspending') this.finishSuspend();
   }
 

@@ -317,6 +317,12 @@ export class VirtioDriver<T extends {} | null = {} | null> {
       this.beyondFeaturesOk = true;
       // (6) Re-read: the device may have refused our subset.
       const s = await t.getStatus();
+      if (s & Status.SUSPEND) {
+        // init.suspend.device.1: before initialization completes the device ignores SUSPEND;
+        // one that shows it set acted on it. Not a device to go on with.
+        this.deviceViolation('init.suspend.device.1', `device shows SUSPEND during initialization (status ${s}): it must ignore SUSPEND until the device is initialized`, { status: s });
+        this.checkpoint();
+      }
       if (!(s & Status.FEATURES_OK)) {
         if (this.lastNegotiated === accept) {
           this.deviceViolation('basic.features.device.5', 'device refused, after a reset, the feature set it accepted before', { features: accept.toString(16) });
@@ -438,6 +444,7 @@ export class VirtioDriver<T extends {} | null = {} | null> {
     this.ringAllocations.clear();
     this.queues.length = 0;
     this.queuesReset.clear();
+    this.kickAfterResume.length = 0;
   }
 
   // ---------------------------------------------------------------- suspend (2.1, 3.3)
@@ -465,6 +472,16 @@ export class VirtioDriver<T extends {} | null = {} | null> {
     this.state = 'suspended';
     this.running = new Promise((res) => (this.releaseRunning = res));
     await this.statusTransition(Status.SUSPEND, Status.SUSPEND, 'init.suspend.device.6', 'suspend', options.timeoutMs);
+    if (this.transport.synchronous === true) {
+      // init.suspend.device.8: the device finishes what it took and notifies before it shows
+      // SUSPEND = 1; on a synchronous transport that notification has arrived and the driver
+      // collected what it announced. Used buffers left over were not announced.
+      for (const q of this.queues) {
+        if (q !== undefined && q.unannouncedUsed()) {
+          this.deviceViolation('init.suspend.device.8', `device presented SUSPEND with used buffers on queue ${q.index} it did not notify`, { queue: q.index });
+        }
+      }
+    }
     this.generationAtSuspend = await this.transport.configGeneration();
     this.suspendConfirmed = true;
   }
@@ -478,8 +495,17 @@ export class VirtioDriver<T extends {} | null = {} | null> {
     }
     const notificationsBefore = this.configNotifications;
     this.suspendConfirmed = false;
-    this.state = 'live';
+    // Still 'suspended' until the device shows SUSPEND = 0, DRIVER_OK = 1 (init.suspend.driver.6):
+    // used buffers the device returns meanwhile are collected, but what the handlers make
+    // available waits (kick) and goes out once the resume is seen.
     await this.statusTransition(Status.DRIVER_OK, Status.DRIVER_OK, 'init.suspend.device.7', 'resume', options.timeoutMs);
+    this.state = 'live';
+    for (let i = 0; i < this.kickAfterResume.length; i++) {
+      const q = this.queues[i];
+      if (!this.kickAfterResume[i] || q === undefined) continue;
+      this.kickAfterResume[i] = false;
+      this.kick(q);
+    }
     if ((await t.configGeneration()) !== this.generationAtSuspend && this.configNotifications === notificationsBefore && t.synchronous === true) {
       this.deviceViolation('init.suspend.device.5', 'device changed its configuration while suspended and sent no notification on resuming', {});
     }
@@ -637,8 +663,39 @@ export class VirtioDriver<T extends {} | null = {} | null> {
     return q;
   }
 
-  /** Publishes a queue's new chains and notifies the device if it wants it. */
+  /**
+   * Sends queue `q` an available-buffer notification with nothing new on it, which a driver
+   * may do (2.7.10, packed.desc-table.driver.4): a probe of the device, which must tolerate
+   * it (split.avail-buffer-notif-suppr.device.5). On a synchronous transport the device has
+   * answered when notify returns: one that entered DEVICE_NEEDS_RESET over it draws the
+   * verdict, and the driver gives up on it as on any device that needs a reset. Chains
+   * committed but not yet published stay unpublished.
+   */
+  async renotify(q: DriverQueue): Promise<void> {
+    if (this.state !== 'live') throw new DriverError('wrong-state', `cannot notify through a driver that is ${this.state}`);
+    const t = this.transport;
+    const before = await t.getStatus();
+    t.notify(q.index, this.notificationData ? q.notificationData() : undefined);
+    if (t.synchronous !== true || before & Status.DEVICE_NEEDS_RESET || q.format !== 'split') return;
+    const after = await t.getStatus();
+    if (after & Status.DEVICE_NEEDS_RESET) {
+      this.deviceViolation('split.avail-buffer-notif-suppr.device.5', `device entered DEVICE_NEEDS_RESET over a notification of queue ${q.index} with no new buffers (it must tolerate one)`, { queue: q.index });
+      await this.checkStatus();
+    }
+  }
+
+  /** Queues kicked while suspended (by index): published and notified once the resume is seen. */
+  private readonly kickAfterResume: boolean[] = [];
+
+  /**
+   * Publishes a queue's new chains and notifies the device if it wants it. While suspended
+   * (until a resume is seen done) nothing is published: init.suspend.driver.3 / .4 / .6.
+   */
   kick(q: DriverQueue): void {
+    if (this.state === 'suspended') {
+      this.kickAfterResume[q.index] = true;
+      return;
+    }
     // Decided before publishing: a verdict made while publishing must not skip the notification
     // of an index the device can already see.
     const audit = this.transport.synchronous === true && this.state === 'live';

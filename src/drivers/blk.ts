@@ -79,6 +79,8 @@ class OwnRequest implements BlkRequestToken {
   into: Uint8Array | null = null;
   /** Position in the driver's in-flight list; -1 when not in flight. */
   live = -1;
+  /** The driver's submission count when this request went out (write zeroes tracking). */
+  seq = 0;
   /** A batch slot: the batch's delivery, the caller's tag, the outcome. */
   deliver: Settle | null = null;
   tag = 0;
@@ -142,8 +144,31 @@ export interface BlkDriverOptions extends Partial<VirtioDriverOptions> {
 
 const DRIVER_BLK_FEATURES = (() => {
   const f = BLK_FEATURES;
-  return [f.SIZE_MAX, f.SEG_MAX, f.GEOMETRY, f.RO, f.BLK_SIZE, f.FLUSH, f.TOPOLOGY, f.CONFIG_WCE, f.MQ, f.DISCARD, f.WRITE_ZEROES, f.SECURE_ERASE].reduce((a, b) => a | bit(b), 0n);
+  return [f.SIZE_MAX, f.SEG_MAX, f.GEOMETRY, f.RO, f.BLK_SIZE, f.FLUSH, f.TOPOLOGY, f.CONFIG_WCE, f.MQ, f.DISCARD, f.WRITE_ZEROES, f.LIFETIME, f.SECURE_ERASE].reduce((a, b) => a | bit(b), 0n);
 })();
+
+/** One discard / write zeroes / secure erase segment (5.2.6): sector u64, num_sectors u32, flags u32. */
+const SEGMENT_BYTES = 16;
+/** struct virtio_blk_lifetime: three le16. */
+const LIFETIME_BYTES = 6;
+/** VIRTIO_BLK_PRE_EOL_INFO_URGENT; higher values are reserved. */
+const PRE_EOL_MAX = 3;
+/** device_lifetime_est_typ_a/b: 11 means lifetime exceeded; higher values are reserved. */
+const LIFETIME_EST_MAX = 11;
+/** Write zeroes ranges remembered at once (the oldest goes first). */
+const ZEROED_SLOTS = 16;
+/** A little-endian u32 of `b` at `off`. */
+function u32(b: Uint8Array, off: number): number {
+  return (b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (b[off + 3] << 24)) >>> 0;
+}
+
+/**
+ * The zone request types (5.2.6: VIRTIO_BLK_T_ZONE_APPEND 15, REPORT 16, OPEN 18, CLOSE 20,
+ * FINISH 22, RESET 24, RESET_ALL 26), which a device without VIRTIO_BLK_F_ZONED must refuse.
+ * The driver has no zone support; a probe sends them through rawRequest.
+ */
+const ZONE_APPEND = 15;
+const ZONE_TYPES: ReadonlySet<number> = new Set([ZONE_APPEND, 16, 18, 20, 22, 24, 26]);
 
 /**
  * The driver side of a virtio-blk device (spec 5.2). Reads and writes take **byte** offsets and
@@ -176,6 +201,21 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
   private anyKickWanted = false;
   /** Batches' announcers (see BatchPort.announce). */
   private readonly announcers: (() => void)[] = [];
+  /** configNotifications when the `capacity` held was read: a change after it must come with a notification. */
+  private capacityNotified = 0;
+  /**
+   * Ranges a completed write zeroes left zero (blk.device-operation.device.9), [start, end) in
+   * sectors, with the submission count at completion; a slot with end 0 is free. Forgotten when
+   * any request that may change them is submitted. Preallocated: reads check them without
+   * allocating, and only while one is live.
+   */
+  private readonly zStart = new Float64Array(ZEROED_SLOTS);
+  private readonly zEnd = new Float64Array(ZEROED_SLOTS);
+  private readonly zSeq = new Float64Array(ZEROED_SLOTS);
+  private zLive = 0;
+  private zNext = 0;
+  /** Requests submitted so far (OwnRequest.seq). */
+  private submitted = 0;
 
   /** A block driver over `transport`; start() initializes the device. */
   constructor(transport: DriverTransport, options: BlkDriverOptions = {}) {
@@ -184,7 +224,14 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     this.onUsed = (q) => this.collect(q);
     this.onConfigChange = () => {
       // blk.device-operation.driver.1: the capacity may have changed.
-      void this.readConfig((read) => read(BlkConfig.capacity, 8)).then((c) => (this.capacity = Number(c)), () => undefined);
+      const n = this.configNotifications;
+      void this.readConfig((read) => read(BlkConfig.capacity, 8)).then(
+        (c) => {
+          this.capacity = Number(c);
+          this.capacityNotified = n;
+        },
+        () => undefined,
+      );
     };
   }
 
@@ -223,6 +270,7 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
           }));
         }
         this.capacity = cfg.capacity;
+        this.capacityNotified = this.configNotifications;
         this.ro = this.negotiated(f.RO);
         if (cfg.sizeMax > 0) this.sizeMax = cfg.sizeMax;
         this.segMax = Math.max(1, cfg.segMax);
@@ -437,6 +485,8 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     r.type = type;
     r.sector = sector;
     r.into = into;
+    r.seq = ++this.submitted;
+    if (this.zLive > 0 && type !== BlkType.IN) this.forgetZeroed(type, sector, out);
     if (q.commit(r) < 0) {
       r.buf = null;
       r.into = null;
@@ -528,13 +578,22 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
       r.live = -1;
     }
     const buf = r.buf;
+    const type = r.type;
     r.buf = null;
     if (buf !== null) {
       if (err === null && status === BlkStatus.OK && r.into !== null) r.into.set(buf.data);
+      // Requests the device must refuse (only a probe's rawRequest sends them): judged before
+      // the buffer goes back, while its segments are still there to read.
+      if (err === null && status !== BlkStatus.UNSUPP && type >= BlkType.DISCARD) this.checkRefusal(type, status, buf.data);
+      if (err === null && status === BlkStatus.OK) {
+        if (type === BlkType.WRITE_ZEROES) this.rememberZeroed(buf.data);
+        else if (type === BlkType.IN && this.zLive > 0) this.checkZeroed(r.sector, r.seq, buf.data);
+      }
       this.giveGuest(buf);
     }
     r.into = null;
-    const type = r.type;
+    // A read or write the device failed: the disk may have shrunk. Look (off the hot path).
+    if (err === null && status === BlkStatus.IOERR && type <= BlkType.OUT && this.transport.synchronous === true) void this.recheckCapacity();
     if (err === null && status === BlkStatus.OK && type !== BlkType.IN && type !== BlkType.GET_ID && type !== BlkType.FLUSH && this.ro) {
       this.deviceViolation('blk.device-operation.device.3', `read-only device completed a request of type ${type} with OK instead of IOERR`, { type, sector: r.sector });
     }
@@ -544,6 +603,150 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     }
     r.finish(status, err);
     this.spare.push(r);
+  }
+
+  /**
+   * A request the device must answer with UNSUPP, answered otherwise (`status`): a zone request
+   * without VIRTIO_BLK_F_ZONED (blk.device-operation.device.18); a discard, secure erase or
+   * write zeroes segment with an unknown flag (device.5) or a discard segment with unmap
+   * (device.6). The request is settled with the device's status as it stands; in strict mode
+   * the driver gives up on a device that serves what it must refuse.
+   */
+  private checkRefusal(type: number, status: number, data: Uint8Array): void {
+    if (type >= ZONE_APPEND) {
+      if (ZONE_TYPES.has(type) && !this.negotiated(BLK_FEATURES.ZONED)) {
+        this.deviceViolation('blk.device-operation.device.18', `device answered zone request type ${type} with status ${status}, not UNSUPP, although VIRTIO_BLK_F_ZONED was not negotiated`, { type, status });
+      }
+      return;
+    }
+    if (type !== BlkType.DISCARD && type !== BlkType.WRITE_ZEROES && type !== BlkType.SECURE_ERASE) return;
+    for (let off = 0; off + SEGMENT_BYTES <= data.length; off += SEGMENT_BYTES) {
+      const flags = u32(data, off + 12);
+      if ((flags & ~1) !== 0) {
+        this.deviceViolation('blk.device-operation.device.5', `device answered a type ${type} request whose segment has unknown flags 0x${flags.toString(16)} with status ${status}, not UNSUPP`, { type, status, flags });
+        return;
+      }
+      if (type === BlkType.DISCARD && (flags & 1) !== 0) {
+        this.deviceViolation('blk.device-operation.device.6', `device answered a discard with the unmap flag set with status ${status}, not UNSUPP`, { type, status });
+        return;
+      }
+    }
+  }
+
+  /** A write zeroes completed: its segments' ranges read as zeroes from now on, until written. */
+  private rememberZeroed(segs: Uint8Array): void {
+    for (let off = 0; off + SEGMENT_BYTES <= segs.length; off += SEGMENT_BYTES) {
+      const start = u32(segs, off) + u32(segs, off + 4) * 2 ** 32;
+      const n = u32(segs, off + 8);
+      if (n === 0) continue;
+      const i = this.zNext++ % ZEROED_SLOTS;
+      if (this.zEnd[i] === 0) this.zLive++;
+      this.zStart[i] = start;
+      this.zEnd[i] = start + n;
+      this.zSeq[i] = this.submitted;
+    }
+  }
+
+  /** A request that may change sectors goes out: the zeroed ranges it touches are forgotten (all of them for a type this driver does not know). */
+  private forgetZeroed(type: number, sector: number, out: Uint8Array | null): void {
+    if (type === BlkType.GET_ID || type === BlkType.FLUSH || type === BlkType.GET_LIFETIME) return;
+    if (type === BlkType.OUT) this.forgetRange(sector, sector + (out?.length ?? 0) / SECTOR);
+    else if ((type === BlkType.DISCARD || type === BlkType.WRITE_ZEROES || type === BlkType.SECURE_ERASE) && out !== null) {
+      for (let off = 0; off + SEGMENT_BYTES <= out.length; off += SEGMENT_BYTES) {
+        const start = u32(out, off) + u32(out, off + 4) * 2 ** 32;
+        this.forgetRange(start, start + u32(out, off + 8));
+      }
+    } else this.forgetRange(0, Number.MAX_SAFE_INTEGER);
+  }
+
+  private forgetRange(start: number, end: number): void {
+    for (let i = 0; i < ZEROED_SLOTS; i++) {
+      if (this.zEnd[i] !== 0 && this.zStart[i] < end && start < this.zEnd[i]) {
+        this.zEnd[i] = 0;
+        this.zLive--;
+      }
+    }
+  }
+
+  /**
+   * blk.device-operation.device.9: a read submitted after a write zeroes completed, of sectors
+   * nothing has written since, must return zeroes. Checks the overlap of the read with each
+   * such range; the read is delivered as the device answered it.
+   */
+  private checkZeroed(sector: number, seq: number, data: Uint8Array): void {
+    const end = sector + data.length / SECTOR;
+    for (let i = 0; i < ZEROED_SLOTS; i++) {
+      const zEnd = this.zEnd[i];
+      if (zEnd === 0 || this.zSeq[i] >= seq || this.zStart[i] >= end || sector >= zEnd) continue;
+      const from = (Math.max(sector, this.zStart[i]) - sector) * SECTOR;
+      const to = (Math.min(end, zEnd) - sector) * SECTOR;
+      for (let b = from; b < to; b++) {
+        if (data[b] !== 0) {
+          const at = sector + Math.floor(b / SECTOR);
+          this.zEnd[i] = 0;
+          this.zLive--;
+          this.deviceViolation('blk.device-operation.device.9', `sector ${at} reads non-zero data after a completed write zeroes of [${this.zStart[i]}, ${zEnd}) and no write since`, { sector: at });
+          return;
+        }
+      }
+    }
+  }
+
+  /**
+   * After an IOERR on a read or write (synchronous transports): re-reads the capacity. A
+   * capacity that changed with no configuration change notification since the driver last
+   * read it breaks blk.device-operation.device.2 (the device SHOULD notify); a notification
+   * would have arrived with the change. The new capacity is taken either way.
+   */
+  private async recheckCapacity(): Promise<void> {
+    const n = this.configNotifications;
+    const before = this.capacity;
+    let now: number;
+    try {
+      now = Number(await this.readConfig((read) => read(BlkConfig.capacity, 8)));
+    } catch {
+      return;
+    }
+    // Announced (a notification since the capacity held was read) or already re-read: fine.
+    if (now === before || n !== this.capacityNotified || this.capacity !== before) return;
+    this.capacity = now;
+    this.capacityNotified = n;
+    this.deviceViolation('blk.device-operation.device.2', `capacity changed from ${before} to ${now} sectors with no configuration change notification`, { before, now });
+  }
+
+  /**
+   * Sends one request exactly as given (a conformance probe, or a request type this driver
+   * has no method for): `out` is the driver->device data, `inLen` the device->driver bytes.
+   * Resolves with the status byte and the bytes the device wrote (OK only); the completion is
+   * judged like any other (a request the device must refuse and serves draws a verdict).
+   */
+  async rawRequest(type: number, sector: number, data: { out?: Uint8Array; inLen?: number } = {}): Promise<{ status: number; data: Uint8Array | null }> {
+    const into = data.inLen !== undefined && data.inLen > 0 ? new Uint8Array(data.inLen) : null;
+    try {
+      await this.request(type, sector, data.out ?? null, into);
+      return { status: BlkStatus.OK, data: into };
+    } catch (err) {
+      if (err instanceof BlkError) return { status: err.status, data: null };
+      throw err;
+    }
+  }
+
+  /**
+   * The device's lifetime metrics (VIRTIO_BLK_T_GET_LIFETIME; needs VIRTIO_BLK_F_LIFETIME).
+   * Checked: no reserved value (blk.device-operation.device.17), and not all three
+   * "undefined" (device.16: a device without lifetime metrics must not offer the feature).
+   */
+  async lifetime(): Promise<{ preEolInfo: number; slcEstimate: number; mlcEstimate: number }> {
+    if (!this.negotiated(BLK_FEATURES.LIFETIME)) throw new DriverError('not-negotiated', 'VIRTIO_BLK_F_LIFETIME was not negotiated');
+    const d = new Uint8Array(LIFETIME_BYTES);
+    await this.request(BlkType.GET_LIFETIME, 0, null, d);
+    const m = { preEolInfo: d[0] | (d[1] << 8), slcEstimate: d[2] | (d[3] << 8), mlcEstimate: d[4] | (d[5] << 8) };
+    if (m.preEolInfo > PRE_EOL_MAX || m.slcEstimate > LIFETIME_EST_MAX || m.mlcEstimate > LIFETIME_EST_MAX) {
+      this.deviceViolation('blk.device-operation.device.17', `lifetime metrics use reserved values (pre_eol_info ${m.preEolInfo}, estimates ${m.slcEstimate} / ${m.mlcEstimate})`, m);
+    } else if (m.preEolInfo === 0 && m.slcEstimate === 0 && m.mlcEstimate === 0) {
+      this.deviceViolation('blk.device-operation.device.16', 'device offers VIRTIO_BLK_F_LIFETIME but every lifetime metric reads "undefined" (0): it has none to report', m);
+    }
+    return m;
   }
 
   private collect(q: DriverQueue<BlkRequestToken>): void {

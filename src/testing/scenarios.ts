@@ -383,11 +383,18 @@ function driverScenario(clause: string, title: string, act: (r: Rig) => Promise<
   };
 }
 
-function liveDriverScenario(clause: string, title: string, act: (r: Rig & { q: SplitDriverQueue }) => Promise<void> | void, o: Partial<RigOptions> = {}): Scenario {
+function liveDriverScenario(
+  clause: string,
+  title: string,
+  act: (r: Rig & { q: SplitDriverQueue }) => Promise<void> | void,
+  o: Partial<RigOptions> = {},
+  echoes?: string[],
+): Scenario {
   return {
     clause,
     culprit: 'driver',
     title,
+    echoes,
     async run(mode = 'strict') {
       const r = await live({ mode, ...o });
       await act(r);
@@ -519,6 +526,31 @@ export const SCENARIOS: readonly Scenario[] = [
     r.q.publish();
     r.transport.notify(0);
   }),
+  liveDriverScenario(
+    'split.avail-buffer-notif-suppr.driver.2',
+    'driver without EVENT_IDX goes by avail_event (not reached yet) and does not notify although used.flags is 0',
+    async (r) => {
+      r.mem.writeU16(r.q.addrs.used + availEventOffset(r.q.size), (r.q.nextAvailIdx + 50) & 0xffff);
+      r.q.begin().addWritable(r.driver.allocator.alloc(64, 16), 64).commit('silent');
+      r.q.publish();
+      await r.transport.getStatus();
+    },
+    { accept: V1 | bit(Feature.INDIRECT_DESC) },
+  ),
+  liveDriverScenario(
+    'split.avail-buffer-notif-suppr.driver.5',
+    'driver with EVENT_IDX goes by the NO_NOTIFY bit of used.flags and does not notify at avail_event',
+    async (r) => {
+      r.mem.writeU16(r.q.addrs.used + RING_FLAGS, 1);
+      r.q.begin().addWritable(r.driver.allocator.alloc(64, 16), 64).commit('silent');
+      r.q.publish();
+      await r.transport.getStatus();
+    },
+    {},
+    // The precondition is a device fault too (used.flags must stay 0 with EVENT_IDX): the
+    // driver's own monitor names it; it is the scenario's raw write, not the observer's.
+    ['split.avail-buffer-notif-suppr.device.3'],
+  ),
   driverScenario(
     'reserved.bits.driver.6',
     'driver declines VIRTIO_F_RING_PACKED, which the device offers',
@@ -869,6 +901,15 @@ export const SCENARIOS: readonly Scenario[] = [
     q.addUsed(chain.head, chain.writableBytes + 100);
     return true;
   }),
+  deviceScenario(
+    'split.used-ring.device.2',
+    'with IN_ORDER, device reports a used length larger than the writable buffer',
+    (_d, q, chain) => {
+      q.addUsed(chain.head, chain.writableBytes + 100);
+      return true;
+    },
+    { accept: ALL | IN_ORDER },
+  ),
   deviceScenario('struct.used-id.device.1', 'device returns a descriptor id the driver never exposed', (d, q) => {
     d.publishUsedRaw(q, q.size - 1, 4, q.nextUsed + 1);
     d.notifyDriver(q);
@@ -938,6 +979,31 @@ export const SCENARIOS: readonly Scenario[] = [
       return false;
     },
     { before: (r) => r.mem.writeU16(r.q.addrs.avail + usedEventOffset(r.q.size), (r.q.collectedIdx + 100) & 0xffff) },
+  ),
+  deviceScenario(
+    'split.used-buffer-notif-suppr.device.1',
+    'device without EVENT_IDX goes by used_event (which asks for no notification yet) and does not notify',
+    (_d, q, chain) => {
+      q.addUsed(chain.head, 4);
+      q.publish();
+      return false; // silent, as used_event would allow: flags 0 required a notification
+    },
+    {
+      accept: V1 | bit(Feature.INDIRECT_DESC),
+      before: (r) => r.mem.writeU16(r.q.addrs.avail + usedEventOffset(r.q.size), (r.q.collectedIdx + 100) & 0xffff),
+    },
+  ),
+  deviceScenario(
+    'split.used-buffer-notif-suppr.device.4',
+    'device with EVENT_IDX goes by the NO_INTERRUPT bit of avail.flags and does not notify at used_event',
+    (_d, q, chain) => {
+      q.addUsed(chain.head, 4);
+      q.publish();
+      return false; // silent, as avail.flags bit 0 would ask without EVENT_IDX
+    },
+    // The precondition is a driver fault too (avail.flags must stay 0 with EVENT_IDX): the
+    // device's own monitor names it; it is the scenario's raw write, not the observer's.
+    { before: (r) => r.mem.writeU16(r.q.addrs.avail + RING_FLAGS, 1), echoes: ['split.used-buffer-notif-suppr.driver.3'] },
   ),
 
   // ---------------------------------------------------------------- packed ring: driver

@@ -181,6 +181,11 @@ export abstract class DriverQueueBase<T extends {} | null> {
   /** Synchronous transports, after a notify that brought no notification back: audits whether one was due. */
   auditMissedNotification(_mark: number): void {}
 
+  /** Synchronous transports: used buffers not collected that the driver asked to hear of (see DriverQueue). */
+  unannouncedUsed(): boolean {
+    return false;
+  }
+
   /** A verdict about the device's use of this queue; a fatal one breaks the queue. */
   protected report(clause: string, message: string, context: Record<string, unknown>, fatal: boolean): void {
     const v = this.monitor.report(clause, `queue ${this.index}: ${message}`, { queue: this.index, ...context });

@@ -197,6 +197,12 @@ export interface DriverQueue<T extends {} | null = {} | null> {
    * audits whether the device owed one for what it used since `mark`.
    */
   auditMissedNotification(mark: number): void;
+  /**
+   * Synchronous transports: whether the device has used buffers the driver has not collected
+   * although it asked to be notified of them (a notification would have made it collect them).
+   * Formats with no such rule (packed) say false.
+   */
+  unannouncedUsed(): boolean;
 }
 
 /**

@@ -199,8 +199,21 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     this.kickAuditIdx = idx;
     if (((idx - this.nextAvail) & 0xffff) > this.ringSize) return; // pending() reports that one
     if (this.wantsKick(old, idx)) {
-      if (this.eventIdx) this.violation('split.avail-buffer-notif-suppr.driver.6', `driver moved avail.idx past avail_event (${this.availEvent()}) without notifying`, { availIdx: idx }, false);
-      else this.violation('split.avail-buffer-notif-suppr.driver.4', `driver made buffers available (avail.idx ${old} -> ${idx}) with notifications on and did not notify`, { availIdx: idx }, false);
+      if (this.eventIdx) {
+        this.violation('split.avail-buffer-notif-suppr.driver.6', `driver moved avail.idx past avail_event (${this.availEvent()}) without notifying`, { availIdx: idx }, false);
+        // split.avail-buffer-notif-suppr.driver.5: with EVENT_IDX the low bit of used.flags
+        // means nothing; a driver that stayed silent while it was set acted on it.
+        if ((this.usedRegion!.view.getUint16(this.usedOff + RING_FLAGS, true) & VIRTQ_USED_F_NO_NOTIFY) !== 0) {
+          this.violation('split.avail-buffer-notif-suppr.driver.5', 'driver honoured VIRTQ_USED_F_NO_NOTIFY although EVENT_IDX was negotiated (it must disregard the bit)', { availIdx: idx }, false);
+        }
+      } else {
+        this.violation('split.avail-buffer-notif-suppr.driver.4', `driver made buffers available (avail.idx ${old} -> ${idx}) with notifications on and did not notify`, { availIdx: idx }, false);
+        // split.avail-buffer-notif-suppr.driver.2: without EVENT_IDX avail_event means nothing;
+        // a driver whose silence is exactly what avail_event would have allowed acted on it.
+        if (!needEvent(this.availEvent(), idx, old)) {
+          this.violation('split.avail-buffer-notif-suppr.driver.2', `driver held back the notification as avail_event (${this.availEvent()}) would allow, although EVENT_IDX was not negotiated`, { availIdx: idx }, false);
+        }
+      }
     }
   }
 

@@ -529,6 +529,11 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
     }
   }
 
+  override unannouncedUsed(): boolean {
+    const now = this.usedIdx();
+    return now !== this.lastUsed && this.wantsInterrupt(this.lastUsed, now);
+  }
+
   override usedMark(): number {
     return this.usedIdx();
   }
@@ -543,8 +548,18 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
     if (after === mark || !this.wantsInterrupt(mark, after)) return;
     if (this.options.eventIdx) {
       this.report('split.used-buffer-notif-suppr.device.5', `device wrote used entry ${this.usedEventValue()}, the one used_event named, without notifying`, {}, false);
+      // split.used-buffer-notif-suppr.device.4: with EVENT_IDX the low bit of avail.flags means
+      // nothing; a device that went silent while it was set acted on it.
+      if ((this.avail.view.getUint16(this.availOff + RING_FLAGS, true) & VIRTQ_AVAIL_F_NO_INTERRUPT) !== 0) {
+        this.report('split.used-buffer-notif-suppr.device.4', 'device honoured VIRTQ_AVAIL_F_NO_INTERRUPT although EVENT_IDX was negotiated (it must disregard the bit)', {}, false);
+      }
     } else {
       this.report('split.used-buffer-notif-suppr.device.3', 'device used buffers with avail.flags 0 and sent no notification', {}, false);
+      // split.used-buffer-notif-suppr.device.1: without EVENT_IDX used_event means nothing; a
+      // device whose silence is exactly what used_event would have asked for acted on it.
+      if (!needEvent(this.usedEventValue(), after, mark)) {
+        this.report('split.used-buffer-notif-suppr.device.1', `device held back the notification as used_event (${this.usedEventValue()}) would, although EVENT_IDX was not negotiated`, {}, false);
+      }
     }
   }
 }

@@ -1,0 +1,127 @@
+// Check sites of the split ring (device side) that the scenarios reach only through another
+// site of the same clause (catalogue/uncaught-sites.tsv): each driver here, driven by hand,
+// breaks its clause exactly at the site its test names, so the mutation audit sees that
+// site's verdict asserted.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { Monitor, type MonitorMode } from '../../src/monitor/monitor.js';
+import { RngDevice } from '../../src/devices/rng/device.js';
+import { Feature, Status, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/spec/constants.js';
+import { bit } from '../../src/spec/features.js';
+import { AVAIL_RING, DESC_SIZE, RING_IDX } from '../../src/spec/split-layout.js';
+
+const ACK_DRIVER = Status.ACKNOWLEDGE | Status.DRIVER;
+const LIVE = ACK_DRIVER | Status.FEATURES_OK | Status.DRIVER_OK;
+const DESC = 0x1000;
+const AVAIL = 0x2000;
+const USED = 0x3000;
+
+/** A live entropy device (queue 0 of 8 entries at DESC/AVAIL/USED) over `mem`, driven by hand. */
+function live(mem: GuestMemory, mode: MonitorMode = 'strict', hold = false) {
+  const monitor = new Monitor({ mode });
+  // `hold`: a source that never answers, so the device keeps each buffer it takes.
+  const dev = new RngDevice({ monitor, ...(hold ? { asyncSource: () => new Promise<void>(() => undefined) } : {}) });
+  dev.withholdFeatures(bit(Feature.RING_PACKED));
+  dev.attach(mem, { interrupt() {}, configChanged() {}, synchronous: true });
+  dev.setStatus(Status.ACKNOWLEDGE);
+  dev.setStatus(ACK_DRIVER);
+  dev.setDriverFeatures(bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC));
+  dev.setStatus(ACK_DRIVER | Status.FEATURES_OK);
+  dev.setQueueSize(0, 8);
+  dev.setQueueAddresses(0, DESC, AVAIL, USED);
+  dev.enableQueue(0);
+  dev.setStatus(LIVE);
+  let idx = 0;
+  return {
+    dev,
+    monitor,
+    clauses: () => monitor.verdicts.map((v) => v.clause),
+    /** Makes descriptor `head` available and notifies. */
+    expose(head: number) {
+      mem.writeU16(AVAIL + AVAIL_RING + 2 * (idx % 8), head);
+      idx++;
+      mem.writeU16(AVAIL + RING_IDX, idx);
+      dev.notify(0);
+    },
+  };
+}
+
+function writeDesc(mem: GuestMemory, table: number, i: number, addr: number, len: number, flags: number, next: number): void {
+  const o = table + i * DESC_SIZE;
+  mem.writeU64(o, BigInt(addr));
+  mem.writeU32(o + 8, len);
+  mem.writeU16(o + 12, flags);
+  mem.writeU16(o + 14, next);
+}
+
+test('split.desc-table.driver.1: an indirect table whose entries chain in a loop (0 -> 1 -> 0)', () => {
+  const mem = GuestMemory.create(1 << 20);
+  const d = live(mem);
+  writeDesc(mem, 0x10000, 0, 0x20000, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+  writeDesc(mem, 0x10000, 1, 0x20010, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0);
+  writeDesc(mem, DESC, 0, 0x10000, 2 * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+  d.expose(0);
+  assert.deepEqual(d.clauses(), ['split.desc-table.driver.1']);
+  assert.match(d.monitor.verdicts[0].message, /indirect table of head 0 loops/);
+  assert.ok(d.dev.status & Status.DEVICE_NEEDS_RESET);
+});
+
+test('split.desc-table.driver.1: an indirect table whose buffers add up to more than 2^32 bytes', () => {
+  // 4 GiB of guest address space over one 64 MiB buffer: the buffers exist, cheaply.
+  const piece = 64 << 20;
+  const buffer = new ArrayBuffer(piece);
+  const mem = new GuestMemory(Array.from({ length: 66 }, (_, i) => ({ guestAddr: i * piece, size: piece, buffer })));
+  const d = live(mem);
+  writeDesc(mem, 0x10000, 0, 0x100000, 0x80000000, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+  writeDesc(mem, 0x10000, 1, 0x100000, 0x80000000, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2);
+  writeDesc(mem, 0x10000, 2, 0x100000, 1, VIRTQ_DESC_F_WRITE, 0);
+  writeDesc(mem, DESC, 0, 0x10000, 3 * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+  d.expose(0);
+  assert.deepEqual(d.clauses(), ['split.desc-table.driver.1']);
+  assert.match(d.monitor.verdicts[0].message, /longer than 2\^32 bytes/);
+});
+
+test('split.indirect-descs.driver.3: an indirect chain beyond the most this device serves (1100 entries, queue of 8)', () => {
+  // Tolerant, so the walk goes past the servable excess (its own verdict) to the hard cap.
+  const mem = GuestMemory.create(1 << 20);
+  const d = live(mem, 'tolerant');
+  const n = 1100;
+  for (let i = 0; i < n; i++) writeDesc(mem, 0x10000, i, 0x20000, 1, VIRTQ_DESC_F_WRITE | (i < n - 1 ? VIRTQ_DESC_F_NEXT : 0), i + 1);
+  writeDesc(mem, DESC, 0, 0x10000, n * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+  d.expose(0);
+  assert.deepEqual(d.clauses(), ['split.indirect-descs.driver.3', 'split.indirect-descs.driver.3']);
+  assert.match(d.monitor.verdicts[1].message, /the most this device serves/);
+});
+
+test('split.indirect-descs.driver.3: one descriptor spanning 1200 guest memory regions, more pieces than a chain holds', () => {
+  const mem = new GuestMemory(Array.from({ length: 2048 }, (_, i) => ({ guestAddr: i * 4096, size: 4096, buffer: new ArrayBuffer(4096) })));
+  const d = live(mem);
+  writeDesc(mem, DESC, 0, 0x10000, 1200 * 4096, VIRTQ_DESC_F_WRITE, 0);
+  d.expose(0);
+  assert.deepEqual(d.clauses(), ['split.indirect-descs.driver.3']);
+  assert.match(d.monitor.verdicts[0].message, /more buffers than this queue accepts/);
+});
+
+test('init.cleanup.driver.1: the driver makes a descriptor available again while the device still holds it', () => {
+  const mem = GuestMemory.create(1 << 20);
+  const d = live(mem, 'strict', true);
+  writeDesc(mem, DESC, 0, 0x20000, 16, VIRTQ_DESC_F_WRITE, 0);
+  d.expose(0);
+  assert.deepEqual(d.clauses(), [], 'taken and held');
+  d.expose(0);
+  assert.deepEqual(d.clauses(), ['init.cleanup.driver.1']);
+  assert.match(d.monitor.verdicts[0].message, /made available again while the device still holds it/);
+});
+
+test('the same queue with well-formed chains (direct, indirect, across regions): no verdict', () => {
+  const mem = new GuestMemory(Array.from({ length: 256 }, (_, i) => ({ guestAddr: i * 4096, size: 4096, buffer: new ArrayBuffer(4096) })));
+  const d = live(mem);
+  writeDesc(mem, 0x10000, 0, 0x20000, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+  writeDesc(mem, 0x10000, 1, 0x20010, 16, VIRTQ_DESC_F_WRITE, 0);
+  writeDesc(mem, DESC, 0, 0x10000, 2 * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+  d.expose(0);
+  writeDesc(mem, DESC, 1, 0x30000, 40 * 4096, VIRTQ_DESC_F_WRITE, 0);
+  d.expose(1);
+  assert.deepEqual(d.clauses(), []);
+});
