@@ -655,16 +655,19 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
   private collect(q: DriverQueue<number>): void {
     const i = q.index;
     if (this.ctrlQueue !== null && q === this.ctrlQueue) {
-      let tok: number | undefined;
-      while ((tok = q.getUsed()) !== undefined) {
-        const w = this.ctrlWaiter;
-        this.ctrlWaiter = null;
-        w?.(0);
-      }
+      do {
+        while (q.getUsed() !== undefined) {
+          const w = this.ctrlWaiter;
+          this.ctrlWaiter = null;
+          w?.(0);
+        }
+      } while (q.enableInterrupts() && !q.broken);
       return;
     }
     if (i & 1) {
-      this.reclaim(q);
+      // Re-arm used-buffer notifications (EVENT_IDX: used_event moves on) and collect what raced in.
+      do this.reclaim(q);
+      while (q.enableInterrupts() && !q.broken);
       const waiters = this.roomWaiters.splice(0);
       for (const w of waiters) w();
       return;
