@@ -32,6 +32,8 @@ export interface RigOptions {
   status?: number;
   mtu?: number;
   pairs?: number;
+  /** max_virtqueue_pairs as the config says it (default: pairs), to break it. */
+  configPairs?: number;
   queueMaxSize?: number;
   /** Frames sent are delivered back on receiveq1. */
   echo?: boolean;
@@ -55,6 +57,7 @@ export class RigNetType implements DeviceType {
   readonly commands: { cls: number; cmd: number; data: Uint8Array }[] = [];
   ctx!: DeviceContext;
   private readonly chain: DescriptorChain;
+  private readonly rxChain: DescriptorChain;
   private readonly reader = new ChainReader();
   private readonly writer = new ChainWriter();
 
@@ -64,6 +67,7 @@ export class RigNetType implements DeviceType {
     this.numQueues = 2 * this.pairs + 1;
     this.queueMaxSize = o.queueMaxSize ?? 64;
     this.chain = DescriptorChain.forQueue(this.queueMaxSize);
+    this.rxChain = DescriptorChain.forQueue(this.queueMaxSize);
   }
 
   init(ctx: DeviceContext): void {
@@ -71,7 +75,7 @@ export class RigNetType implements DeviceType {
     const c = ctx.config;
     (this.o.mac ?? [0x52, 0x54, 0, 0x12, 0x34, 0x56]).forEach((x, i) => c.setUint8(NET_CONFIG.MAC + i, x));
     c.setUint16(NET_CONFIG.STATUS, this.o.status ?? NET_STATUS.LINK_UP, true);
-    c.setUint16(NET_CONFIG.MAX_VIRTQUEUE_PAIRS, this.pairs, true);
+    c.setUint16(NET_CONFIG.MAX_VIRTQUEUE_PAIRS, this.o.configPairs ?? this.pairs, true);
     c.setUint16(NET_CONFIG.MTU, this.o.mtu ?? 1500, true);
   }
 
@@ -139,12 +143,13 @@ export class RigNetType implements DeviceType {
     data.set(hdr, 0);
     let off = 0;
     for (let i = 0; i < n; i++) {
-      if (!q.pop(this.chain)) return false;
-      const room = this.chain.writableBytes;
+      const chain = this.rxChain;
+      if (!q.pop(chain)) return false;
+      const room = chain.writableBytes;
       const take = i === n - 1 ? data.length - off : Math.min(room, opt.fill?.[i] ?? room);
-      this.writer.reset(ctx.memory, this.chain).writeFrom(data, off, take);
+      new ChainWriter().reset(ctx.memory, chain).writeFrom(data, off, take);
       off += take;
-      q.addUsed(this.chain.head, take);
+      q.addUsed(chain.head, take);
       if (opt.publishEach === true) ctx.complete(q);
     }
     ctx.complete(q);
