@@ -36,6 +36,10 @@ export * as pciLayout from './transports/pci/layout.js';
 
 export { RngDevice, RngDeviceType, cryptoEntropy, type EntropySource, type AsyncEntropySource, type RngDeviceOptions } from './devices/rng/device.js';
 export { RngDriver, type RngDriverOptions, type RngRequestToken } from './drivers/rng.js';
+export { NetDevice, NetDeviceType, parseMac, formatMac, randomMac, type NetDeviceOptions, type NetDeviceCounters } from './devices/net/device.js';
+export { NO_OFFLOADS, ALL_OFFLOADS, type FramePort, type NetOffload, type OffloadSupport } from './net/frame-port.js';
+export { NetSwitch, connectPorts, macAt, type NetSwitchOptions, type NetSwitchCounters } from './net/switch.js';
+export { completeOffloads, acceptsOffload, fillChecksum, onesSum, foldSum, l3Offset, offloadCounters, MAX_GSO_FRAME, type OffloadCounters } from './net/offload.js';
 export { BlkDevice, BlkDeviceType, defaultSegMax, type BlkDeviceOptions, type BlkOptions, type BlkStorageOption } from './devices/blk/device.js';
 export { parseBlkRequest, BlkRequestHeader, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
 export type { Range as BlkRange } from './devices/blk/request.js';

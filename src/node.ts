@@ -54,3 +54,4 @@ export { HOSTILE_CASES, type HostileCase, type HostileClass, type HostileOutcome
 export type { RequestType, PlacedRequest, Range } from './probe/requests.js';
 export { RawSession, RawSplitRing, type Ending } from './probe/raw-session.js';
 export { VHOST_USER_RULES, type VhostUserRule } from './probe/rules.js';
+export { StreamFramePort, listenSwitch, MAX_STREAM_FRAME, type StreamPortOptions, type SwitchServer } from './node/net/stream-port.js';

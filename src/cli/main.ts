@@ -12,6 +12,7 @@ import { runDemo } from './demo.js';
 import { runConformance } from './conformance.js';
 import { PROBE_TYPE_NAMES, runProbeCli } from './probe.js';
 import { capabilities, runServe } from './serve.js';
+import { runSwitch } from './switch.js';
 import { clauseInfo } from '../monitor/catalogue.js';
 import { CliError, EXIT_CODES_HELP, EXIT_INTERNAL, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, errnoOf } from './exit-codes.js';
 import { MAX_NUM_QUEUES, intInRange, queueSize } from './args.js';
@@ -76,7 +77,7 @@ export function buildProgram(): Command {
   program
     .command('serve')
     .description('serve a device to a vhost-user front-end (QEMU) on a unix socket')
-    .argument('<type>', 'device type: rng or blk')
+    .argument('<type>', 'device type: rng, blk or net')
     .option('--socket-path <path>', 'listen on this unix socket path (an existing socket is replaced only when stale: connect refused; anything else there is refused, untouched)')
     .option('--fd <n>', 'serve an already connected socket fd', intInRange('--fd', 0, 1 << 20))
     .option('--print-capabilities', 'print the back-end capability JSON (vhost-user.json) and exit')
@@ -92,6 +93,12 @@ export function buildProgram(): Command {
         .choices(['auto', 'async', 'sync'])
         .default('auto'),
     )
+    .option('--mac <mac>', 'net: the MAC address (default: a random locally administered one; give QEMU the same with virtio-net-pci,mac=...)')
+    .option('--switch <socket>', 'net: join the `virtio-ts switch` on this unix socket (QEMU -netdev stream framing)')
+    .option('--tap <ifname>', 'net: a TAP interface as the back-end')
+    .option('--mtu <n>', 'net: offer VIRTIO_NET_F_MTU with this mtu (68 to 65535)', intInRange('--mtu', 68, 65535))
+    .option('--queues <n>', 'net: queue pairs (1 to 16, default 1; QEMU: -netdev vhost-user,queues=N and virtio-net-pci,mq=on)', intInRange('--queues', 1, 16))
+    .option('--report <file>', 'write a JSON report (every verdict, the counts, net frame counters) to this new file at shutdown')
     .addOption(new Option('--strict', 'stop on any violation: a broken rule by the guest driver -> device error (DEVICE_NEEDS_RESET); for conformance runs').conflicts('tolerant'))
     .option('--tolerant', 'the default, fit to run a production VM: a servable violation is logged and served; an unservable one -> device error')
     .addOption(new Option('--log-level <level>', 'log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
@@ -127,6 +134,17 @@ ${EXIT_CODES_HELP}`,
     });
 
   program
+    .command('switch')
+    .description('an Ethernet switch on a unix stream socket (QEMU -netdev stream framing) that serve net processes and VMs join')
+    .option('--socket <path>', 'listen on this unix socket path (must not exist)')
+    .option('--ageing <seconds>', 'forget a learned address after this long without a frame from it (default 300)', intInRange('--ageing', 1, 86_400))
+    .addOption(new Option('--log-level <level>', 'log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
+    .addOption(new Option('--log-format <format>', 'log format on stderr').choices(['json', 'pretty']))
+    .action(async (opts) => {
+      process.exitCode = await runSwitch(opts, process.stderr);
+    });
+
+  program
     .command('probe')
     .description('drive a vhost-user back-end through a scripted session (and with --hostile, fault injection) and report, rule by rule and clause by clause, what it did')
     .option('--socket-path <path>', "the back-end's listening unix socket")
@@ -155,7 +173,7 @@ export async function main(argv: string[]): Promise<number> {
   // the back-end program should not perform its normal function." So it answers before any
   // other flag is parsed (or refused).
   const [command, type, ...rest] = argv.slice(2);
-  if (command === 'serve' && (type === 'rng' || type === 'blk') && rest.includes('--print-capabilities')) {
+  if (command === 'serve' && (type === 'rng' || type === 'blk' || type === 'net') && rest.includes('--print-capabilities')) {
     stdout.write(JSON.stringify(capabilities(type)) + '\n');
     return EXIT_OK;
   }

@@ -19,7 +19,9 @@ export type DeviceErrorKind =
   /** Block storage: the underlying I/O failed or made no progress. */
   | 'storage-io'
   /** Block storage: the file or device is smaller than one 512-byte sector. */
-  | 'storage-too-small';
+  | 'storage-too-small'
+  /** A device option out of its range (a net device's mtu, queue pairs or MAC address). */
+  | 'bad-option';
 
 /**
  * The one error class of the device layers (src/device and src/devices/<type>). A peer never

@@ -1,7 +1,7 @@
 // NetDriver against QEMU's own virtio-net (no guest): QEMU's virtio-net-pci / virtio-net-device
 // on every qtest variant (virtio-mmio v1/v2, virtio-pci modern/transitional/legacy, INTx and
 // MSI-X, split and packed rings), its netdev a `-netdev stream` unix socket this test listens
-// on through the project's StreamPort (src/node/net/stream-port.ts). Frames go both ways and are
+// on through the project's StreamFramePort (src/node/net/stream-port.ts). Frames go both ways and are
 // checked byte for byte; the control queue is used (promisc, MAC_ADDR_SET, which QEMU must show
 // in its config); the driver's monitor records what QEMU breaks.
 import { test } from 'node:test';
@@ -10,7 +10,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetDriver, macText } from '../../src/drivers/net.js';
-import { StreamServer, type StreamPort } from '../../src/node/net/stream-port.js';
+import { createServer } from 'node:net';
+import { StreamFramePort } from '../../src/node/net/stream-port.js';
 import { NET_FEATURES as F } from '../../src/spec/net.js';
 import { DeviceId } from '../../src/spec/constants.js';
 import { bounded, clauses, deviceArg, needQemu, recordingMonitor, VARIANTS, variantMachine, variantTransport } from './harness.js';
@@ -25,12 +26,13 @@ for (const v of VARIANTS) {
     if (!needQemu(t)) return;
     const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-qtest-netdrv-'));
     const path = join(dir, 'net.sock');
-    let port: StreamPort | null = null;
+    let port: StreamFramePort | null = null;
     const fromQemu: Uint8Array[] = [];
-    const server = await StreamServer.listen(path, (p) => {
-      port = p;
-      p.onFrame = (f) => fromQemu.push(new Uint8Array(f));
+    const server = createServer((sock) => {
+      port = new StreamFramePort('qemu', sock);
+      port.onFrame = (f) => fromQemu.push(f.slice());
     });
+    await new Promise<void>((res) => server.listen(path, res));
     t.after(() => {
       port?.close();
       server.close();

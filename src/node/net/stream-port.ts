@@ -1,63 +1,69 @@
 /**
- * A FramePort over a stream socket speaking QEMU's `-netdev stream` framing (net/stream.c,
- * QEMU 7.2+; the same as the older `-netdev socket`): each frame is a 4-byte big-endian length,
- * then the frame (Ethernet header first, no FCS, no virtio-net header). A QEMU guest with a
- * built-in NIC (`-netdev stream,id=n0,server=off,addr.type=unix,addr.path=SOCK`), another
- * virtio-ts process or any tool speaking the framing can join a switch or a NetDriver through it.
+ * A frame port over a unix stream socket in QEMU's `-netdev stream` framing (net/stream.c:
+ * each frame is a 4-byte big-endian length and the frame, no virtio-net header), and a server
+ * that joins every connection to a {@link NetSwitch}: `virtio-ts switch --socket PATH`, which
+ * QEMU guests with a built-in NIC (`-netdev stream,addr.type=unix,addr.path=PATH`) and
+ * `virtio-ts serve net --switch PATH` processes join.
  *
- * Hostile input never takes the process down: a length of 0 or beyond {@link STREAM_FRAME_MAX}
- * ends the connection (the stream cannot be resynchronized), with the reason in `error`.
- * Sending never waits: when the socket has more than `highWater` bytes queued the frame is
- * dropped (false), as Ethernet drops.
+ * Written for issue 15 by the net-device helper as the minimal framing `serve net --switch`
+ * needs; net-driver's unix stream/dgram ports may replace it (same framing, same interface).
+ *
+ * Hostile input: a length above {@link MAX_STREAM_FRAME} (QEMU's NET_BUFSIZE) ends the
+ * connection (the port's link goes down); a peer that reads slower than frames come has them
+ * dropped once `maxQueuedBytes` wait in the socket (Ethernet semantics: nobody waits, memory
+ * stays bounded).
  */
-import { connect, createServer, type Server, type Socket } from 'node:net';
-import { NO_OFFLOADS, type FramePort, type NetOffload, type OffloadSupport } from '../../net/frame-port.js';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { lstatSync, unlinkSync } from 'node:fs';
+import type { FramePort, NetOffload, OffloadSupport } from '../../net/frame-port.js';
+import { NO_OFFLOADS } from '../../net/frame-port.js';
+import { completeOffloads } from '../../net/offload.js';
+import type { NetSwitch } from '../../net/switch.js';
 
-/** The largest frame the framing carries here: 64 KiB + an Ethernet header (QEMU's NET_BUFSIZE is 68 KiB). */
-export const STREAM_FRAME_MAX = 69632;
+/** The largest frame the stream framing carries (QEMU's NET_BUFSIZE: 4096 + 65536). */
+export const MAX_STREAM_FRAME = 4096 + 65536;
 
-/** Counters of one stream port. */
-export interface StreamPortCounts {
-  rxFrames: number;
-  txFrames: number;
-  txDropped: number;
+/** Options of a {@link StreamFramePort}. */
+export interface StreamPortOptions {
+  /** Bytes queued in the socket beyond which frames are dropped (default 4 MiB). */
+  maxQueuedBytes?: number;
 }
 
-/** One connection speaking the stream framing. */
-export class StreamPort implements FramePort {
+/** One end of a `-netdev stream` connection as a frame port (takes no offloads: the framing has no header). */
+export class StreamFramePort implements FramePort {
   readonly accepts: OffloadSupport = NO_OFFLOADS;
   onFrame: ((frame: Uint8Array, offload: NetOffload | undefined) => void) | null = null;
   onLinkChange: ((up: boolean) => void) | null = null;
-  readonly counts: StreamPortCounts = { rxFrames: 0, txFrames: 0, txDropped: 0 };
-  /** Why the connection ended, when the peer broke the framing or the socket failed. */
-  error: Error | null = null;
+  /** Frames dropped because the socket was backed up or closed. */
+  dropped = 0;
+  /** Why the connection ended ('' while up). */
+  endReason = '';
   private up = true;
-  // Reassembly: a growing buffer of what arrived and is not a whole frame yet.
-  private buf = new Uint8Array(STREAM_FRAME_MAX + 4);
+  private readonly partial = Buffer.allocUnsafe(4 + MAX_STREAM_FRAME);
+  /** The same bytes as a plain Uint8Array: what onFrame gets (a Buffer's slice() would not copy). */
+  private readonly frames = new Uint8Array(this.partial.buffer, this.partial.byteOffset, this.partial.length);
   private have = 0;
-  private readonly lenBytes = new Uint8Array(4);
+  private readonly maxQueued: number;
+  private readonly emitOne = (f: Uint8Array) => this.write(f);
 
-  /** Wraps a connected socket; `highWater` is the most bytes queued before frames are dropped (default 1 MiB). */
-  constructor(
-    readonly socket: Socket,
-    readonly name = 'stream',
-    private readonly highWater = 1 << 20,
-  ) {
+  /** A port over a connected socket. */
+  constructor(readonly name: string, private readonly socket: Socket, options: StreamPortOptions = {}) {
+    this.maxQueued = options.maxQueuedBytes ?? 4 << 20;
+    socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => this.take(chunk));
-    socket.on('error', (err) => {
-      this.error ??= err;
-    });
-    socket.on('close', () => this.down());
+    socket.on('error', (err) => this.down(err.message));
+    socket.on('close', () => this.down('closed'));
   }
 
-  /** Connects to a unix socket (QEMU's `-netdev stream,server=on,...` listening, or a StreamServer). */
-  static connect(path: string, name = `stream:${path}`): Promise<StreamPort> {
+  /** Connects to a unix stream socket (a `virtio-ts switch`, a QEMU `-netdev stream,server=on`). */
+  static connect(path: string, options: StreamPortOptions = {}): Promise<StreamFramePort> {
     return new Promise((resolve, reject) => {
-      const s = connect(path);
-      s.once('error', reject);
+      const s = createConnection({ path });
+      const fail = (err: Error) => reject(err);
+      s.once('error', fail);
       s.once('connect', () => {
-        s.off('error', reject);
-        resolve(new StreamPort(s, name));
+        s.off('error', fail);
+        resolve(new StreamFramePort(`stream:${path}`, s, options));
       });
     });
   }
@@ -66,95 +72,120 @@ export class StreamPort implements FramePort {
     return this.up;
   }
 
-  /** Queues a frame with its length prefix; false (dropped) when closed, backlogged, too large, or carrying an offload (a stream peer takes whole frames only). */
   send(frame: Uint8Array, offload?: NetOffload): boolean {
-    if (!this.up || frame.length === 0 || frame.length > STREAM_FRAME_MAX || this.socket.writableLength > this.highWater || (offload !== undefined && (offload.gso !== undefined || offload.needsCsum !== undefined))) {
-      this.counts.txDropped++;
+    if (!this.up) {
+      this.dropped++;
       return false;
     }
-    new DataView(this.lenBytes.buffer).setUint32(0, frame.length);
-    const out = Buffer.allocUnsafe(4 + frame.length);
-    out.set(this.lenBytes, 0);
-    out.set(frame, 4);
-    this.socket.write(out);
-    this.counts.txFrames++;
-    return true;
+    // The framing carries no header: offloads are finished here (a no-op for plain frames).
+    return completeOffloads(frame, offload, NO_OFFLOADS, this.emitOne) > 0;
   }
 
-  private take(chunk: Uint8Array): void {
+  private write(frame: Uint8Array): void {
+    if (this.socket.writableLength > this.maxQueued) {
+      this.dropped++;
+      return;
+    }
+    // socket.write keeps the buffer until it is written: one buffer per frame, header included.
+    const b = Buffer.allocUnsafe(4 + frame.length);
+    b.writeUInt32BE(frame.length, 0);
+    b.set(frame, 4);
+    this.socket.write(b);
+  }
+
+  /** Incoming bytes: whole frames go to onFrame, a partial one waits in the preallocated buffer. */
+  private take(chunk: Buffer): void {
     let off = 0;
     while (off < chunk.length && this.up) {
-      // Complete the length, then the frame, in the reassembly buffer (no copy when a chunk holds whole frames).
-      if (this.have === 0 && chunk.length - off >= 4) {
-        const n = ((chunk[off] << 24) | (chunk[off + 1] << 16) | (chunk[off + 2] << 8) | chunk[off + 3]) >>> 0;
-        if (!this.valid(n)) return;
-        if (chunk.length - off - 4 >= n) {
-          this.deliver(chunk.subarray(off + 4, off + 4 + n));
-          off += 4 + n;
-          continue;
+      if (this.have < 4) {
+        const n = Math.min(4 - this.have, chunk.length - off);
+        chunk.copy(this.partial, this.have, off, off + n);
+        this.have += n;
+        off += n;
+        if (this.have < 4) return;
+        const len = this.partial.readUInt32BE(0);
+        if (len > MAX_STREAM_FRAME) {
+          this.down(`frame length ${len} is over ${MAX_STREAM_FRAME}`);
+          this.socket.destroy();
+          return;
         }
       }
-      const need = this.have < 4 ? 4 - this.have : 4 + this.frameLen() - this.have;
-      const take = Math.min(need, chunk.length - off);
-      this.buf.set(chunk.subarray(off, off + take), this.have);
-      this.have += take;
-      off += take;
-      if (this.have === 4 && !this.valid(this.frameLen())) return;
-      if (this.have >= 4 && this.have === 4 + this.frameLen()) {
-        this.deliver(this.buf.subarray(4, this.have));
+      const len = this.partial.readUInt32BE(0);
+      const n = Math.min(4 + len - this.have, chunk.length - off);
+      chunk.copy(this.partial, this.have, off, off + n);
+      this.have += n;
+      off += n;
+      if (this.have === 4 + len) {
         this.have = 0;
+        if (len > 0) this.onFrame?.(this.frames.subarray(4, 4 + len), undefined);
       }
     }
   }
 
-  private frameLen(): number {
-    const b = this.buf;
-    return ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0;
-  }
-
-  private valid(n: number): boolean {
-    if (n > 0 && n <= STREAM_FRAME_MAX) return true;
-    this.error = new Error(`${this.name}: the peer sent a frame length of ${n} (1..${STREAM_FRAME_MAX}): the stream cannot be followed, closing it`);
-    this.close();
-    return false;
-  }
-
-  private deliver(frame: Uint8Array): void {
-    this.counts.rxFrames++;
-    this.onFrame?.(frame, undefined);
-  }
-
-  private down(): void {
+  private down(reason: string): void {
     if (!this.up) return;
     this.up = false;
+    this.endReason = reason;
     this.onLinkChange?.(false);
   }
 
   close(): void {
+    this.down('closed here');
     this.socket.destroy();
-    this.down();
   }
 }
 
-/** A unix socket server handing each connection over as a StreamPort (QEMU's `-netdev stream,server=off` connects here). */
-export class StreamServer {
-  private constructor(readonly server: Server, readonly path: string) {}
+/** A listening switch socket: every connection is a port of `sw`. */
+export interface SwitchServer {
+  readonly server: Server;
+  readonly path: string;
+  /** Ports connected now. */
+  readonly ports: ReadonlySet<StreamFramePort>;
+  /** Stops listening, closes every connection, removes the socket file if it is still the one made here. */
+  close(): Promise<void>;
+}
 
-  /** Listens on `path` (which must not exist); `onPort` gets each connection. */
-  static listen(path: string, onPort: (port: StreamPort) => void): Promise<StreamServer> {
-    let n = 0;
-    const server = createServer((s) => onPort(new StreamPort(s, `stream:${path}#${n++}`)));
-    return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(path, () => {
-        server.off('error', reject);
-        resolve(new StreamServer(server, path));
+/**
+ * Listens on `path` (which must not exist: nothing is ever replaced) and joins each connection
+ * to `sw` as a {@link StreamFramePort} until it closes.
+ */
+export function listenSwitch(path: string, sw: NetSwitch, options: StreamPortOptions = {}): Promise<SwitchServer> {
+  const ports = new Set<StreamFramePort>();
+  let n = 0;
+  const server = createServer((socket) => {
+    const port = new StreamFramePort(`stream:${path}#${++n}`, socket, options);
+    ports.add(port);
+    const detach = sw.attach(port);
+    const onLink = port.onLinkChange;
+    port.onLinkChange = (up) => {
+      onLink?.(up);
+      if (!up) {
+        detach();
+        ports.delete(port);
+      }
+    };
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ path, exclusive: true }, () => {
+      server.off('error', reject);
+      const made = lstatSync(path);
+      resolve({
+        server,
+        path,
+        ports,
+        close: () =>
+          new Promise<void>((res) => {
+            for (const p of ports) p.close();
+            server.close(() => res());
+            try {
+              const now = lstatSync(path);
+              if (now.ino === made.ino && now.dev === made.dev) unlinkSync(path);
+            } catch {
+              // gone already
+            }
+          }),
       });
     });
-  }
-
-  /** Stops listening (Node removes the socket file it made). */
-  close(): void {
-    this.server.close();
-  }
+  });
 }
