@@ -346,6 +346,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
       check: (offered) => this.checkOffer(offered),
       setup: () => this.setup(),
     });
+    for (const q of this.rxQueues) this.kick(q);
     this.setLink((this.statusBits & NET_STATUS.LINK_UP) !== 0);
     // MAC_ADDR_SET when the MAC asked for differs from the device's (net.setting-mac-address-filtering.driver.2).
     const want = this.opts.mac;
@@ -412,11 +413,13 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     this.txNext = new Int32Array(slots).fill(-1);
     this.maxTxFrame = (n(F.MTU) ? this.mtu : 1500) + 14 + VLAN_TAG;
     if (this.ctrlQueue !== null) this.ctrlAddr = this.alloc(4096, 64);
-    // Fill every receive queue in use (net.setting-up-receive-buffers.driver.5), before DRIVER_OK.
+    // Fill every receive queue in use (net.setting-up-receive-buffers.driver.5); they are
+    // published with a notification right after DRIVER_OK (start): a publish now, with no
+    // notification allowed before DRIVER_OK, would move avail.idx past avail_event unnotified
+    // (split.avail-buffer-notif-suppr.driver.6 with EVENT_IDX).
     for (let qi = 0; qi < usePairs; qi++) {
       const q = this.rxQueues[qi];
       for (let i = 0; i < this.rxPerQueue; i++) this.postRx(q, qi * this.rxPerQueue + i);
-      q.publish();
     }
     this.queuePairs = 1;
   }

@@ -91,6 +91,19 @@ test('net.processing-of-incoming-packets.device.3: a buffer before the last of a
   saw(drvMon, 'net.processing-of-incoming-packets.device.3');
 });
 
+test('net.processing-of-incoming-packets.device.3: a middle buffer of a packet not filled', async () => {
+  const { type, drvMon } = await started();
+  type.inject(frame(500), {}, { buffers: 3, fill: [256, 100] });
+  saw(drvMon, 'net.processing-of-incoming-packets.device.3');
+});
+
+test('net.device-config-layout.device.5: a packet reassembled from mergeable buffers beyond what the mtu allows', async () => {
+  const { type, drvMon, driver } = await started();
+  type.inject(frame(2000), {}, { buffers: 8 });
+  saw(drvMon, 'net.device-config-layout.device.5');
+  assert.equal(driver.counts.rxDropped, 1);
+});
+
 test('net.processing-of-incoming-packets.device.4: the buffers of one packet not used together', async () => {
   const { type, drvMon, driver } = await started();
   const got: Uint8Array[] = [];
