@@ -2,7 +2,8 @@
 // `virtio-ts serve net`, with no VM: serve net joins a `virtio-ts switch`; this test joins the
 // same switch through a StreamFramePort and sends frames to testpmd's MAC; testpmd forwards them
 // back with the addresses swapped (`--forward-mode=macswap --port-topology=loop`); every frame
-// is checked byte for byte, and serve's --report must hold no verdict.
+// is checked byte for byte, and serve's --report must hold no verdict but the catalogued
+// deviation of DPDK's virtio PMD (num_buffers 1 in transmit headers: docs/findings.md N2).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -49,7 +50,7 @@ function frame(i: number): Uint8Array {
   return f;
 }
 
-test('testpmd net_virtio_user front-end against virtio-ts serve net (through virtio-ts switch), macswap: frames back byte for byte, no verdict', async (t) => {
+test('testpmd net_virtio_user front-end against virtio-ts serve net (through virtio-ts switch), macswap: frames back byte for byte, no verdict but the catalogued one', async (t) => {
   if (!haveTestpmd()) return missingPrerequisite(t, 'dpdk-testpmd (Debian package dpdk-dev)');
   const s = scratch('vt-testpmd-fe-');
   t.after(() => s.remove());
@@ -80,9 +81,11 @@ test('testpmd net_virtio_user front-end against virtio-ts serve net (through vir
     assert.deepEqual(got[i], want, `frame ${i}`);
   }
   await pmd.stop();
+  // Tolerant serve: the catalogued deviation N2 (DPDK's virtio PMD leaves num_buffers 1 in its
+  // transmit headers) is logged as known and does not fail the run; nothing else may show.
   assert.equal(await serve.stop(), 0, serve.log());
-  const r = JSON.parse(readFileSync(report, 'utf8')) as { violations: number; verdicts: unknown[]; counters: { txFrames: number } };
-  assert.deepEqual(r.verdicts, [], serve.log());
+  const r = JSON.parse(readFileSync(report, 'utf8')) as { violations: number; knownDeviations: number; verdicts: { clause: string }[]; counters: { txFrames: number } };
+  assert.deepEqual([...new Set(r.verdicts.map((v) => v.clause))].filter((c) => c !== 'net.packet-transmission.driver.2'), [], serve.log());
   assert.equal(r.violations, 0);
   assert.ok(r.counters.txFrames >= N);
 });
