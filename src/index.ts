@@ -70,6 +70,7 @@ export {
   type ConsoleTransmitBuffer,
   type ConsoleWrite,
 } from './drivers/console.js';
+export { NetDriver, NET_DRIVER_FEATURES, macText, randomLocalMac, rarpFrame, type NetDriverOptions, type NetDriverCounts, type ReceivedFrame } from './drivers/net.js';
 export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, QueueObserver, PriorBuffer, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';
 export type { RingAddresses } from './spec/ring.js';
 export { createDeviceQueue, createDriverQueue, driverQueueFootprint } from './virtqueue/create.js';
