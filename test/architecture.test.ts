@@ -24,7 +24,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/virtqueue/'], // format-neutral queue types, chains and cursors
   ['src/virtqueue/split/', 'src/virtqueue/packed/'],
   ['src/virtqueue/create.ts'], // the one place above both ring formats
-  ['src/device/', 'src/driver/'],
+  ['src/device/', 'src/driver/', 'src/vsock/'], // vsock/: the connection engine the vsock device and driver share
   ['src/devices/*/', 'src/drivers/'],
   ['src/transports/loopback/', 'src/transports/vhost-user/', 'src/transports/mmio/', 'src/transports/pci/'],
   ['src/transports/vhost-user/frontend/'], // the VMM side of vhost-user, over the back-end's codec
