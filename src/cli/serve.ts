@@ -18,6 +18,8 @@ import { loadDeviations } from '../node/deviations.js';
 import { RngDevice } from '../devices/rng/device.js';
 import { BlkDevice } from '../devices/blk/device.js';
 import { FileBlockStorage } from '../node/file-block.js';
+import { VsockDevice } from '../devices/vsock/device.js';
+import { serveHybridVsock, type HybridVsock } from '../node/vsock/hybrid.js';
 import type { VirtioDevice } from '../device/device.js';
 import { serveVhostUser, type DaemonLogger, type VhostUserDaemon } from '../transports/vhost-user/daemon.js';
 import { VhostUserError } from '../transports/vhost-user/errors.js';
@@ -48,13 +50,17 @@ export interface ServeOptions {
   tolerant?: boolean;
   logLevel?: string;
   logFormat?: LogFormat;
+  /** vsock: the guest's CID. */
+  guestCid?: number;
+  /** vsock: the hybrid vsock unix socket (and the PREFIX of <path>_<port> listeners). */
+  udsPath?: string;
 }
 
 interface Writable {
   write(s: string): unknown;
 }
 
-const TYPES: Record<string, string> = { rng: 'rng', blk: 'block' };
+const TYPES: Record<string, string> = { rng: 'rng', blk: 'block', vsock: 'vsock' };
 
 /**
  * --print-capabilities, as vhost-user.json's VHostUserBackendCapabilities: the type and, for
@@ -114,6 +120,12 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   if (type === 'blk' && imagePath === undefined) throw new CliError(EXIT_USAGE, 'serve blk needs --image FILE (or --blk-file FILE)');
   if (type !== 'blk' && imagePath !== undefined) throw new CliError(EXIT_USAGE, `--image is for blk, not ${type}`);
   if (type !== 'blk' && opts.segMax !== undefined) throw new CliError(EXIT_USAGE, `--seg-max is for blk, not ${type}`);
+  if (type === 'vsock' && (opts.guestCid === undefined || opts.udsPath === undefined)) throw new CliError(EXIT_USAGE, 'serve vsock needs --guest-cid N and --uds-path PATH');
+  if (type !== 'vsock' && (opts.guestCid !== undefined || opts.udsPath !== undefined)) throw new CliError(EXIT_USAGE, `--guest-cid and --uds-path are for vsock, not ${type}`);
+  if (opts.udsPath !== undefined && (opts.udsPath === '' || Buffer.byteLength(opts.udsPath) + 11 > MAX_SOCKET_PATH)) {
+    // <path>_<port> must fit sun_path too: up to 11 more bytes.
+    throw new CliError(EXIT_USAGE, `--uds-path must be 1 to ${MAX_SOCKET_PATH - 11} bytes long (<path>_<port> must fit a unix socket path)`);
+  }
   const mode = opts.strict ? 'strict' : 'tolerant';
   const readOnly = opts.readOnly === true;
 
@@ -156,7 +168,9 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     throw new CliError(EXIT_RUNTIME, `cannot open --image ${imagePath}: ${describeError(e)}`);
   }
   const device: VirtioDevice =
-    image !== undefined
+    type === 'vsock'
+      ? new VsockDevice({ guestCid: opts.guestCid!, monitor, queueMaxSize })
+      : image !== undefined
       ? // seg_max: by default 126 whatever --queue-size says, so Linux's chains (seg_max + 2
         // descriptors) fit QEMU's default queue size of 128 (see defaultSegMax).
         new BlkDevice({ storage: image, readOnly, numQueues, queueMaxSize, segMax: opts.segMax, monitor })
@@ -246,7 +260,19 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   }
   logStart();
   if (opts.socketPath !== undefined) logger.info({ socketPath: opts.socketPath }, `listening on ${opts.socketPath}`);
+  let hybrid: HybridVsock | undefined;
+  if (device instanceof VsockDevice) {
+    try {
+      hybrid = await serveHybridVsock(device, { udsPath: opts.udsPath!, log: (m, fields) => logger.info(fields ?? {}, m) });
+    } catch (e) {
+      await daemon.close('hybrid vsock socket failed');
+      signals(false);
+      throw new CliError(EXIT_RUNTIME, `cannot listen on --uds-path ${opts.udsPath}: ${describeError(e)}`);
+    }
+    logger.info({ udsPath: opts.udsPath, guestCid: opts.guestCid }, `hybrid vsock: guest CID ${opts.guestCid}; host programs connect to ${opts.udsPath} (CONNECT <port>); guest connections to port P go to ${opts.udsPath}_P`);
+  }
   const end = await daemon.closed;
+  hybrid?.close();
   signals(false);
   // Exit 1 when the run saw a violation (in either mode): a conformance run can check $?.
   const code = violations > 0 ? EXIT_VIOLATIONS : EXIT_OK;
