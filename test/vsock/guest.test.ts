@@ -16,7 +16,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
-import { boot, guestTest } from '../guest/harness.js';
+import { boot, guestTest, noViolations } from '../guest/harness.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import { VsockDevice } from '../../src/devices/vsock/device.js';
 import { serveVhostUser } from '../../src/transports/vhost-user/daemon.js';
@@ -163,3 +163,26 @@ guestTest('vsock guest (in-process back-end, hybrid vsock): md5 both ways, 100 c
 
 /** A socket's chunk can land in the queue whole after the mark was crossed. */
 const chunkBound = 64 * 1024;
+
+guestTest('vsock guest through `virtio-ts serve vsock --guest-cid 3 --uds-path PREFIX`: md5 both ways, guest-initiated to PREFIX_1000', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-vsock-'));
+  const uds = join(dir, 'v');
+  const down = randomBytes(4 << 20);
+  const fromGuest: Promise<Buffer>[] = [];
+  const server = await unixListen(`${uds}_1000`, (s) => {
+    fromGuest.push(collect(s));
+    s.end(down);
+  });
+  try {
+    const run = await boot({ kind: 'vsock', device: DEVICE, serveArgs: ['--guest-cid', '3', '--uds-path', uds, '--log-format', 'json'], append: 'vt.vsock=quick', timeoutMs: 120_000 });
+    assert.equal(run.results.get('down-md5'), md5(down));
+    assert.equal(fromGuest.length, 1);
+    assert.equal(md5(await fromGuest[0]), run.results.get('up-md5'));
+    assert.match(run.serveLog, /hybrid vsock: guest CID 3/);
+    assert.match(run.serveLog, /guest port \d+ connected to /);
+    noViolations(run);
+  } finally {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
