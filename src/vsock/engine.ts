@@ -355,6 +355,13 @@ export class VsockConnection {
     });
   }
 
+  /** Tells the peer our credit now (CREDIT_UPDATE), without waiting for its view of our space to run low. */
+  sendCreditUpdate(): void {
+    if (this.state !== 'established') return;
+    this.pending |= P_CREDIT_UPDATE;
+    this.engine.schedule(this);
+  }
+
   /** Whether all queued bytes went out. */
   get flushed(): boolean {
     return this.tx.length === 0;

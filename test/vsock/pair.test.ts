@@ -196,3 +196,25 @@ test('vsock pair: TRANSPORT_RESET ends connections with transport-reset, the gue
   assert.deepEqual(devMon.verdicts, []);
   assert.deepEqual(drvMon.verdicts, []);
 });
+
+test('vsock engine: a packet of unknown type is answered with RST (vsock.receive-and-transmit.*.2), never an RST for an RST', async () => {
+  const { VsockEngine } = await import('../../src/vsock/engine.js');
+  const { VsockHdr, VsockOp, writeVsockHeader, readVsockHeader } = await import('../../src/spec/vsock.js');
+  const violations: string[] = [];
+  const e = new VsockEngine('device', { violation: (c) => violations.push(c), wake: () => undefined });
+  e.localCid = 2n;
+  e.peerCid = 3n;
+  const v = new DataView(new ArrayBuffer(VsockHdr.size));
+  const pkt = { srcCid: 3n, dstCid: 2n, srcPort: 5, dstPort: 6, len: 0, type: 9, op: VsockOp.REQUEST, flags: 0, bufAlloc: 0, fwdCnt: 0 };
+  writeVsockHeader(v, 0, pkt);
+  e.receive(v, 0, new Uint8Array(0));
+  assert.ok(e.hasOutput());
+  const out = new DataView(new ArrayBuffer(VsockHdr.size));
+  assert.deepEqual(e.produce(out, 0, 4096), new Uint8Array(0));
+  const h = readVsockHeader(out);
+  assert.deepEqual([h.op, h.type, h.srcPort, h.dstPort, h.srcCid, h.dstCid], [VsockOp.RST, 9, 6, 5, 2n, 3n]);
+  writeVsockHeader(v, 0, { ...pkt, op: VsockOp.RST });
+  e.receive(v, 0, new Uint8Array(0));
+  assert.equal(e.hasOutput(), false);
+  assert.deepEqual(violations, []);
+});
