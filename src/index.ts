@@ -36,6 +36,38 @@ export * as pciLayout from './transports/pci/layout.js';
 
 export { RngDevice, RngDeviceType, cryptoEntropy, type EntropySource, type AsyncEntropySource, type RngDeviceOptions } from './devices/rng/device.js';
 export { RngDriver, type RngDriverOptions, type RngRequestToken } from './drivers/rng.js';
+export {
+  VSOCK_FEATURES,
+  VSOCK_FEATURE_NAMES,
+  VsockConfig,
+  VsockQueue,
+  VsockHdr,
+  VsockOp,
+  VsockType,
+  VsockShutdown,
+  VsockSeq,
+  VsockEvent,
+  HOST_CID,
+  isReservedCid,
+  vsockOpName,
+  readVsockHeader,
+  writeVsockHeader,
+  type VsockHeader,
+} from './spec/vsock.js';
+export {
+  VsockEngine,
+  VsockConnection,
+  VsockError,
+  type VsockErrorKind,
+  type VsockSide,
+  type VsockEngineHost,
+  type VsockEngineOptions,
+  type VsockConnectionState,
+  type VsockAcceptHandler,
+  type VsockRequestHandler,
+} from './vsock/engine.js';
+export { VsockDevice, VsockDeviceType, type VsockDeviceOptions } from './devices/vsock/device.js';
+export { VsockDriver, type VsockDriverOptions, type VsockBufferToken } from './drivers/vsock.js';
 export { BlkDevice, BlkDeviceType, defaultSegMax, type BlkDeviceOptions, type BlkOptions, type BlkStorageOption } from './devices/blk/device.js';
 export { parseBlkRequest, BlkRequestHeader, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
 export type { Range as BlkRange } from './devices/blk/request.js';

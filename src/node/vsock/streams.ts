@@ -18,8 +18,11 @@ import { VsockError, type VsockAcceptHandler, type VsockConnection } from '../..
 
 /** Either side of a vsock transport: a VsockDevice (host side) or a VsockDriver (guest side). */
 export interface VsockSideApi {
+  /** Accepts the peer's connections to `port`. */
   listen(port: number, onConnection: VsockAcceptHandler): void;
+  /** Stops accepting on `port`. */
   unlisten(port: number): void;
+  /** Connects to the peer's `port` (VIRTIO_VSOCK_TYPE_STREAM by default). */
   connect(port: number, type?: number): VsockConnection;
 }
 
@@ -100,11 +103,13 @@ export class VsockStream extends Duplex {
     }
   }
 
+  /** Duplex: the consumer wants more (reading is what frees receive space). */
   override _read(): void {
     this.wantRead = true;
     this.pump();
   }
 
+  /** @internal Duplex: one chunk from the application. */
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     const conn = this.connection;
     let ok: boolean;
@@ -123,7 +128,7 @@ export class VsockStream extends Duplex {
       };
   }
 
-  /** end(): the callback waits until the queue and the SHUTDOWN went out (a destroy after 'finish' loses nothing). */
+  /** @internal end(): the callback waits until the queue and the SHUTDOWN went out (a destroy after 'finish' loses nothing). */
   override _final(cb: (err?: Error | null) => void): void {
     const conn = this.connection;
     if (conn.state === 'closed') {
@@ -134,6 +139,7 @@ export class VsockStream extends Duplex {
     conn.end();
   }
 
+  /** @internal Duplex: destroyed (RST unless the connection closed already). */
   override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
     const conn = this.connection;
     if (conn.state !== 'closed') conn.destroy(err instanceof VsockError ? err : null);
