@@ -284,7 +284,7 @@ export class VsockDeviceType implements DeviceType {
     const chain = this.chain;
     q.disableNotifications();
     do {
-      while (q.pop(chain)) this.events.push(copyChain(chain));
+      while (q.pop(chain)) this.events.push(DescriptorChain.copyOf(chain));
     } while (q.enableNotifications());
     let sent = false;
     while (this.eventsOwed > 0 && this.events.length > 0) {
@@ -328,17 +328,6 @@ export class VsockDeviceType implements DeviceType {
 
 const EMPTY = new Uint8Array(0);
 
-function copyChain(c: DescriptorChain): DescriptorChain {
-  const s = new DescriptorChain(Math.max(1, c.count));
-  s.clear(c.head);
-  s.count = c.count;
-  s.readable = c.readable;
-  s.readableBytes = c.readableBytes;
-  s.writableBytes = c.writableBytes;
-  s.addrs.set(c.addrs.subarray(0, c.count));
-  s.lens.set(c.lens.subarray(0, c.count));
-  return s;
-}
 
 /**
  * A vsock device: a {@link VirtioDevice} of {@link VsockDeviceType}. Host code listens and
