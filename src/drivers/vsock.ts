@@ -58,6 +58,9 @@ export class VsockDriver extends VirtioDriver<VsockBufferToken> {
   private readonly hdr = new DataView(this.hdrBytes.buffer);
   private flushing = false;
   private cid = 0n;
+  /** guest_cid's halves, for the per-packet check. */
+  private cidLow = 0;
+  private cidHigh = 0;
   /** TRANSPORT_RESET events seen. */
   transportResets = 0;
   /** Called after a TRANSPORT_RESET was handled (guest_cid re-read, connections ended). */
@@ -127,6 +130,8 @@ export class VsockDriver extends VirtioDriver<VsockBufferToken> {
       this.deviceViolation('vsock.receive-and-transmit.device.1', `guest_cid holds the reserved CID ${cid}`, { guestCid: String(cid) });
     }
     this.cid = cid;
+    this.cidLow = Number(cid & 0xffffffffn);
+    this.cidHigh = Number((cid >> 32n) & 0xffffffffn);
     this.engine.localCid = cid;
   }
 
@@ -216,7 +221,8 @@ export class VsockDriver extends VirtioDriver<VsockBufferToken> {
     const v = this.hdr;
     const len = v.getUint32(VsockHdr.len, true);
     if (len > used - VsockHdr.size) return; // a header claiming more than the device wrote
-    if (v.getBigUint64(VsockHdr.dstCid, true) !== this.cid) {
+    // Compared as two 32-bit halves: no bigint per packet.
+    if (v.getUint32(VsockHdr.dstCid, true) !== this.cidLow || v.getUint32(VsockHdr.dstCid + 4, true) !== this.cidHigh) {
       this.engine.unroutable(v, 0);
       return;
     }

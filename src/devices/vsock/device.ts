@@ -105,6 +105,11 @@ export class VsockDeviceType implements DeviceType {
     return this.cid;
   }
 
+  /** guest_cid as a number (it fits 32 bits: isReservedCid refuses the rest). */
+  private get cidLow(): number {
+    return Number(this.cid);
+  }
+
   init(ctx: DeviceContext): void {
     if (this.ctx !== null) throw new DeviceError('type-in-use', 'this VsockDeviceType already serves a device: make one per device');
     this.ctx = ctx;
@@ -223,9 +228,10 @@ export class VsockDeviceType implements DeviceType {
     }
     const r = this.reader.reset(ctx.memory, chain);
     r.readInto(this.hdrBytes, 0, VsockHdr.size);
-    const src = v.getBigUint64(VsockHdr.srcCid, true);
-    if (src !== this.cid) {
+    // Compared as two 32-bit halves: no bigint per packet (guest_cid's upper half is 0).
+    if (v.getUint32(VsockHdr.srcCid, true) !== this.cidLow || v.getUint32(VsockHdr.srcCid + 4, true) !== 0) {
       // vsock.receive-and-transmit.driver.1: the source CID is guest_cid.
+      const src = v.getBigUint64(VsockHdr.srcCid, true);
       ctx.violation('vsock.receive-and-transmit.driver.1', `driver sent a packet with src_cid ${src}, guest_cid is ${this.cid}`, { srcCid: String(src), guestCid: String(this.cid) });
       this.stats.dropped++;
       return;
@@ -241,7 +247,7 @@ export class VsockDeviceType implements DeviceType {
       payload = new Uint8Array(len);
       r.readInto(payload, 0, len);
     }
-    if (v.getBigUint64(VsockHdr.dstCid, true) !== BigInt(HOST_CID)) {
+    if (v.getUint32(VsockHdr.dstCid, true) !== HOST_CID || v.getUint32(VsockHdr.dstCid + 4, true) !== 0) {
       // Not for the host: this device routes to no other CID. The engine answers as for a
       // flow nobody has (RST) by taking it with our CID's view.
       this.engine.unroutable(v, 0);
