@@ -609,10 +609,12 @@ export class VsockEngine {
 
   /**
    * One packet from the peer: its header in `hdr` at `off` (already checked to be whole), its
-   * payload bytes (a copy the engine may keep; `len` bytes of it are the data). The transport
-   * checked the CIDs (its own clauses); the engine judges the rest.
+   * payload bytes (a copy the engine may keep). The transport checked the CIDs (its own
+   * clauses); the engine judges the rest. `len`: the header's payload length when the
+   * transport did not copy a payload larger than any flow's space (`bufAlloc`): such a packet
+   * can only break the credit, and is judged without the copy.
    */
-  receive(hdr: DataView, off: number, payload: Uint8Array): void {
+  receive(hdr: DataView, off: number, payload: Uint8Array, len = payload.length): void {
     this.stats.packetsIn++;
     const srcPort = hdr.getUint32(off + VsockHdr.srcPort, true);
     const dstPort = hdr.getUint32(off + VsockHdr.dstPort, true);
@@ -690,7 +692,7 @@ export class VsockEngine {
         }
         return;
       case VsockOp.RW:
-        this.rw(c, payload, flags);
+        this.rw(c, payload, flags, len);
         return;
       case VsockOp.CREDIT_UPDATE:
         return; // the credit was taken above
@@ -716,10 +718,9 @@ export class VsockEngine {
     return this.side === 'device' ? 'the driver' : 'the device';
   }
 
-  private rw(c: VsockConnection, payload: Uint8Array, flags: number): void {
+  private rw(c: VsockConnection, payload: Uint8Array, flags: number, len: number): void {
     if (c.state !== 'established' && c.state !== 'closing') return;
     if (c.peerShutSend) return; // after SHUTDOWN SEND: ignored
-    const len = payload.length;
     if (len > c.rxFree) {
       // vsock.buffer-space-management.*.1: the peer sent past the space we advertised. The
       // flow is reset: taking the bytes would let a peer make us buffer without bound.
