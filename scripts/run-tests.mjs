@@ -14,13 +14,14 @@ function walk(dir) {
   });
 }
 // `--no-guest` (or VIRTIO_TS_TESTS=no-guest): everything but the real-guest layer
-// (dist/test/guest), e.g. for scripts/stress-tests.mjs.
+// (dist/test/guest, and the real-guest files of other folders: dist/test/*/guest.test.js), e.g.
+// for scripts/stress-tests.mjs.
 const argv = process.argv.slice(2);
 const noGuest = argv.includes('--no-guest') || process.env.VIRTIO_TS_TESTS === 'no-guest';
 const passThrough = argv.filter((a) => a !== '--no-guest');
 const guestDir = join('dist', 'test', 'guest');
 const files = walk('dist/test')
-  .filter((f) => !noGuest || !f.startsWith(guestDir + '/'))
+  .filter((f) => !noGuest || !(f.startsWith(guestDir + '/') || f.endsWith('/guest.test.js')))
   .sort();
 if (files.length === 0) {
   console.error('no test files found under dist/test');

@@ -41,6 +41,38 @@ export { NetDevice, NetDeviceType, parseMac, formatMac, randomMac, type NetDevic
 export { NO_OFFLOADS, ALL_OFFLOADS, type FramePort, type NetOffload, type OffloadSupport } from './net/frame-port.js';
 export { NetSwitch, connectPorts, macAt, type NetSwitchOptions, type NetSwitchCounters } from './net/switch.js';
 export { completeOffloads, acceptsOffload, fillChecksum, onesSum, foldSum, l3Offset, offloadCounters, MAX_GSO_FRAME, type OffloadCounters } from './net/offload.js';
+export {
+  VSOCK_FEATURES,
+  VSOCK_FEATURE_NAMES,
+  VsockConfig,
+  VsockQueue,
+  VsockHdr,
+  VsockOp,
+  VsockType,
+  VsockShutdown,
+  VsockSeq,
+  VsockEvent,
+  HOST_CID,
+  isReservedCid,
+  vsockOpName,
+  readVsockHeader,
+  writeVsockHeader,
+  type VsockHeader,
+} from './spec/vsock.js';
+export {
+  VsockEngine,
+  VsockConnection,
+  VsockError,
+  type VsockErrorKind,
+  type VsockSide,
+  type VsockEngineHost,
+  type VsockEngineOptions,
+  type VsockConnectionState,
+  type VsockAcceptHandler,
+  type VsockRequestHandler,
+} from './vsock/engine.js';
+export { VsockDevice, VsockDeviceType, type VsockDeviceOptions } from './devices/vsock/device.js';
+export { VsockDriver, type VsockDriverOptions, type VsockBufferToken } from './drivers/vsock.js';
 export { BlkDevice, BlkDeviceType, defaultSegMax, type BlkDeviceOptions, type BlkOptions, type BlkStorageOption } from './devices/blk/device.js';
 export { parseBlkRequest, BlkRequestHeader, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
 export type { Range as BlkRange } from './devices/blk/request.js';

@@ -20,6 +20,8 @@ export {
   type StreamConsoleBackendOptions,
 } from './node/console-stream.js';
 export { loadDeviations, DEVIATIONS_FILE } from './node/deviations.js';
+export { VsockStream, VsockListener, vsockStreams, type VsockStreams, type VsockSideApi } from './node/vsock/streams.js';
+export { serveHybridVsock, splice as spliceVsock, type HybridVsock, type HybridVsockOptions } from './node/vsock/hybrid.js';
 export {
   serveVhostUser,
   VhostUserDaemon,

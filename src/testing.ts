@@ -6,3 +6,4 @@
  * @packageDocumentation
  */
 export { SCENARIOS, scenariosFor, type Scenario, type ScenarioOutcome } from './testing/scenarios.js';
+export { ReservedCidVsockDeviceType, reservedCidVsockDevice, overrunCredit, inflateFwdCnt, spoofSourceCid } from './testing/vsock.js';

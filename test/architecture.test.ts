@@ -24,7 +24,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/virtqueue/'], // format-neutral queue types, chains and cursors
   ['src/virtqueue/split/', 'src/virtqueue/packed/'],
   ['src/virtqueue/create.ts'], // the one place above both ring formats
-  ['src/device/', 'src/driver/'],
+  ['src/device/', 'src/driver/', 'src/vsock/'], // vsock/: the connection engine the vsock device and driver share
   // Frame ports, the switch and offload completion (issue 15): below the net device and driver,
   // which both are frame ports and complete offloads for a peer that cannot take them.
   ['src/net/'],

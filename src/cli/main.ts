@@ -78,9 +78,11 @@ export function buildProgram(): Command {
   program
     .command('serve')
     .description('serve a device to a vhost-user front-end (QEMU) on a unix socket')
-    .argument('<type>', 'device type: rng, blk or net')
+    .argument('<type>', 'device type: rng, blk, net or vsock')
     .option('--socket-path <path>', 'listen on this unix socket path (an existing socket is replaced only when stale: connect refused; anything else there is refused, untouched)')
     .option('--fd <n>', 'serve an already connected socket fd', intInRange('--fd', 0, 1 << 20))
+    .option('--guest-cid <n>', 'vsock: the guest\'s CID (3 to 4294967294)', intInRange('--guest-cid', 3, 0xfffffffe))
+    .option('--uds-path <path>', 'vsock: hybrid vsock unix socket: host programs connect here and write "CONNECT <port>\\n"; a guest connection to host port P goes to <path>_<P>')
     .option('--print-capabilities', 'print the back-end capability JSON (vhost-user.json) and exit')
     .option('--image <file>', 'blk: the disk image, raw (a regular file or a block device node)')
     .option('--blk-file <file>', 'blk: the same as --image (the name vhost-user.rst gives it)')
@@ -178,7 +180,7 @@ export async function main(argv: string[]): Promise<number> {
   // the back-end program should not perform its normal function." So it answers before any
   // other flag is parsed (or refused).
   const [command, type, ...rest] = argv.slice(2);
-  if (command === 'serve' && (type === 'rng' || type === 'blk' || type === 'net') && rest.includes('--print-capabilities')) {
+  if (command === 'serve' && (type === 'rng' || type === 'blk' || type === 'net' || type === 'vsock') && rest.includes('--print-capabilities')) {
     stdout.write(JSON.stringify(capabilities(type)) + '\n');
     return EXIT_OK;
   }

@@ -22,6 +22,8 @@ import { FileBlockStorage } from '../node/file-block.js';
 import { NetDevice, formatMac, parseMac } from '../devices/net/device.js';
 import { StreamFramePort } from '../node/net/stream-port.js';
 import { connectPorts } from '../net/switch.js';
+import { VsockDevice } from '../devices/vsock/device.js';
+import { serveHybridVsock, type HybridVsock } from '../node/vsock/hybrid.js';
 import type { VirtioDevice } from '../device/device.js';
 import { serveVhostUser, type DaemonLogger, type VhostUserDaemon } from '../transports/vhost-user/daemon.js';
 import { VhostUserError } from '../transports/vhost-user/errors.js';
@@ -66,13 +68,17 @@ export interface ServeOptions {
   queues?: number;
   /** Write the run's verdicts, grouped by clause (schema virtio-ts/run-report@1), to this new file at shutdown. */
   report?: string;
+  /** vsock: the guest's CID. */
+  guestCid?: number;
+  /** vsock: the hybrid vsock unix socket (and the PREFIX of <path>_<port> listeners). */
+  udsPath?: string;
 }
 
 interface Writable {
   write(s: string): unknown;
 }
 
-const TYPES: Record<string, string> = { rng: 'rng', blk: 'block', net: 'net' };
+const TYPES: Record<string, string> = { rng: 'rng', blk: 'block', net: 'net', vsock: 'vsock' };
 
 /**
  * --print-capabilities, as vhost-user.json's VHostUserBackendCapabilities: the type and, for
@@ -149,6 +155,12 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     // The TAP port is the net-driver work of issue 15 (src/node/net/tap.ts); until it is part of this build, say so.
     throw new CliError(EXIT_RUNTIME, `--tap ${opts.tap}: this build has no TAP back-end yet (src/node/net/tap.ts is not part of it); use --switch SOCKET`);
   }
+  if (type === 'vsock' && (opts.guestCid === undefined || opts.udsPath === undefined)) throw new CliError(EXIT_USAGE, 'serve vsock needs --guest-cid N and --uds-path PATH');
+  if (type !== 'vsock' && (opts.guestCid !== undefined || opts.udsPath !== undefined)) throw new CliError(EXIT_USAGE, `--guest-cid and --uds-path are for vsock, not ${type}`);
+  if (opts.udsPath !== undefined && (opts.udsPath === '' || Buffer.byteLength(opts.udsPath) + 11 > MAX_SOCKET_PATH)) {
+    // <path>_<port> must fit sun_path too: up to 11 more bytes.
+    throw new CliError(EXIT_USAGE, `--uds-path must be 1 to ${MAX_SOCKET_PATH - 11} bytes long (<path>_<port> must fit a unix socket path)`);
+  }
   const mode = opts.strict ? 'strict' : 'tolerant';
   const readOnly = opts.readOnly === true;
   // Never overwrite a file serve did not make: refused before anything is served.
@@ -208,6 +220,8 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       ? // Over vhost-user the control queue is the front-end's (QEMU serves it and forwards none of
         // its feature bits): the device offers none of them and has rx/tx queues only.
         new NetDevice({ mac: opts.mac, mtu: opts.mtu, queuePairs: opts.queues ?? 1, queueMaxSize, monitor, linkUp: netPort !== undefined, ctrl: false })
+      : type === 'vsock'
+      ? new VsockDevice({ guestCid: opts.guestCid!, monitor, queueMaxSize })
       : image !== undefined
       ? // seg_max: by default 126 whatever --queue-size says, so Linux's chains (seg_max + 2
         // descriptors) fit QEMU's default queue size of 128 (see defaultSegMax).
@@ -314,7 +328,19 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   }
   logStart();
   if (opts.socketPath !== undefined) logger.info({ socketPath: opts.socketPath }, `listening on ${opts.socketPath}`);
+  let hybrid: HybridVsock | undefined;
+  if (device instanceof VsockDevice) {
+    try {
+      hybrid = await serveHybridVsock(device, { udsPath: opts.udsPath!, log: (m, fields) => logger.info(fields ?? {}, m) });
+    } catch (e) {
+      await daemon.close('hybrid vsock socket failed');
+      signals(false);
+      throw new CliError(EXIT_RUNTIME, `cannot listen on --uds-path ${opts.udsPath}: ${describeError(e)}`);
+    }
+    logger.info({ udsPath: opts.udsPath, guestCid: opts.guestCid }, `hybrid vsock: guest CID ${opts.guestCid}; host programs connect to ${opts.udsPath} (CONNECT <port>); guest connections to port P go to ${opts.udsPath}_P`);
+  }
   const end = await daemon.closed;
+  hybrid?.close();
   signals(false);
   netPort?.close();
   // Exit 1 when the run saw a violation (in either mode): a conformance run can check $?.

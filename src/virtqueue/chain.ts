@@ -115,6 +115,22 @@ export class DescriptorChain {
     this.tableDescriptors = 0;
     this.indirect = false;
   }
+
+  /**
+   * A copy of `c` of its own, sized to it: for a buffer a device keeps past the next pop (held
+   * receive buffers, event buffers), off the per-request hot path.
+   */
+  static copyOf(c: DescriptorChain): DescriptorChain {
+    const s = new DescriptorChain(Math.max(1, c.count));
+    s.clear(c.head);
+    s.count = c.count;
+    s.readable = c.readable;
+    s.readableBytes = c.readableBytes;
+    s.writableBytes = c.writableBytes;
+    s.addrs.set(c.addrs.subarray(0, c.count));
+    s.lens.set(c.lens.subarray(0, c.count));
+    return s;
+  }
 }
 
 /**

@@ -39,7 +39,7 @@ export interface GuestRun {
 }
 
 export interface BootOptions {
-  kind: 'rng' | 'blk';
+  kind: 'rng' | 'blk' | 'vsock';
   /** QEMU -device for the chardev c0. */
   device: string;
   serveArgs: string[];
@@ -173,6 +173,8 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     lines.on('line', (raw) => {
       const line = raw.replace(/\r$/, '');
       out += line + '\n';
+      // VT_GUEST_CONSOLE=1: the guest's console on stderr as it runs (debugging a hang).
+      if (process.env.VT_GUEST_CONSOLE) process.stderr.write(`guest: ${line}\n`);
       for (const w of watchers) w();
       if (o.onLine === undefined) return;
       try {

@@ -493,7 +493,7 @@ export class ConsoleDeviceType implements DeviceType {
         });
         if (!this.context.live) return false;
       }
-      list.push(copyChain(chain));
+      list.push(DescriptorChain.copyOf(chain));
       this.held++;
     }
     return true;
@@ -809,17 +809,6 @@ export class ConsoleDevice extends VirtioDevice<ConsoleDeviceType> {
 }
 
 /** A copy of a chain to keep while its buffers are held. */
-function copyChain(c: DescriptorChain): DescriptorChain {
-  const s = new DescriptorChain(Math.max(1, c.count));
-  s.clear(c.head);
-  s.count = c.count;
-  s.readable = c.readable;
-  s.readableBytes = c.readableBytes;
-  s.writableBytes = c.writableBytes;
-  s.addrs.set(c.addrs.subarray(0, c.count));
-  s.lens.set(c.lens.subarray(0, c.count));
-  return s;
-}
 
 /**
  * An in-memory port endpoint (tests, demos, browsers): keeps what the driver wrote and sends
