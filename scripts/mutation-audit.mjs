@@ -19,6 +19,7 @@
 //                                                   slices, default 6; --slice K picks one)
 //   node scripts/mutation-audit.mjs --clause ID     the sites of one clause (repeatable)
 //   --seed N (default 17)  --json FILE (the results)  --list (the sites, nothing run)
+// test/mutation-audit.test.ts runs `--slice auto` without the listed uncaught sites.
 //   --update               rewrite catalogue/uncaught-sites.tsv from a full run
 // Needs a build (npm run build). Exit status 1 when a site not listed in
 // catalogue/uncaught-sites.tsv is not caught, a listed one is caught (the list is stale), or a
@@ -145,21 +146,39 @@ function scratch() {
   return dir;
 }
 
-/** Runs the claiming tests in `dir`; true when all pass. */
-function runClaims(dir, claims) {
+/** Runs one compiled test file in `dir` (node:test runs it directly: one process); true when it passes. */
+function runFile(dir, js, pattern) {
+  const args = ['--test-reporter=dot'];
+  if (pattern !== undefined) args.push(`--test-name-pattern=${pattern}`);
+  // Hang guard only (a mutated check may leave a peer waiting): a test that hangs fails.
+  const r = spawnSync(process.execPath, [...args, js], { cwd: dir, encoding: 'utf8', timeout: 300_000, env: { ...process.env, NODE_OPTIONS: '' } });
+  return r.status === 0;
+}
+
+/**
+ * Runs the claiming tests in `dir`; true when all pass. With `clause` (a mutation run), a file
+ * claimed as a whole (its id in a table outside any test) is first run for the tests whose names
+ * hold the id: if one fails, the whole file would fail too, so the site is caught without
+ * running the rest; if they pass, the whole file runs, so the answer is the whole file's.
+ */
+function runClaims(dir, claims, clause) {
   const byFile = new Map();
   for (const c of claims) {
     if (!byFile.has(c.file)) byFile.set(c.file, new Set());
     byFile.get(c.file).add(c.test); // undefined: the whole file
   }
-  for (const [file, tests] of byFile) {
+  // One failing claim is enough to call a site caught, so the cheap runs go first: files run
+  // for named tests before files run whole (a table of ids outside any test() claims the whole
+  // file, e.g. test/negative/proxy.test.ts, which starts real processes).
+  const order = [...byFile].sort(([, a], [, b]) => Number(a.has(undefined)) - Number(b.has(undefined)));
+  for (const [file, tests] of order) {
     const js = join(dir, 'dist', file.replace(/\.ts$/, '.js'));
-    // The file run directly (node:test runs it; one process, not a runner and a child).
-    const args = ['--test-reporter=dot'];
-    if (!tests.has(undefined)) args.push(`--test-name-pattern=${[...tests].map((t) => `^${escapeRe(t)}`).join('|')}`);
-    // Hang guard only (a mutated check may leave a peer waiting): a test that hangs fails.
-    const r = spawnSync(process.execPath, [...args, js], { cwd: dir, encoding: 'utf8', timeout: 300_000, env: { ...process.env, NODE_OPTIONS: '' } });
-    if (r.status !== 0) return false;
+    if (!tests.has(undefined)) {
+      if (!runFile(dir, js, [...tests].map((t) => `^${escapeRe(t)}`).join('|'))) return false;
+      continue;
+    }
+    if (clause !== undefined && !runFile(dir, js, escapeRe(clause))) return false;
+    if (!runFile(dir, js)) return false;
   }
   return true;
 }
@@ -187,7 +206,7 @@ export function audit(sites, progress = () => {}) {
       writeFileSync(file, original.slice(0, s.js.start) + `'mutant.disabled.${side}.0'` + original.slice(s.js.end));
       let caught;
       try {
-        caught = !runClaims(dir, s.claims);
+        caught = !runClaims(dir, s.claims, s.clause);
       } finally {
         writeFileSync(file, original);
       }

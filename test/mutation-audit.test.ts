@@ -31,10 +31,13 @@ interface Audit {
   audit(sites: Site[]): { baselineFailed: Claim[]; results: { site: Site; caught: boolean }[] };
 }
 const load = () => import(pathToFileURL(join(root, 'scripts/mutation-audit.mjs')).href) as Promise<Audit>;
+// The sites, found once for the three tests (parsing src/ and dist/ takes seconds).
+let sitesOnce: Promise<Site[]> | undefined;
+const allSites = () => (sitesOnce ??= load().then((m) => m.enforcedSites(root)));
 
 test('the slices: every site of a seed clause in each, the others in exactly one; the slice follows the commit', async () => {
-  const { SEED, STRIDE, enforcedSites, sliceFor, strideSample } = await load();
-  const sites = enforcedSites(root);
+  const { SEED, STRIDE, sliceFor, strideSample } = await load();
+  const sites = await allSites();
   const seen = new Map<string, number>();
   for (let k = 0; k < STRIDE; k++) {
     const slice = strideSample(sites, STRIDE, k);
@@ -54,27 +57,30 @@ test('the slices: every site of a seed clause in each, the others in exactly one
   assert.throws(() => sliceFor(4, null, { MUTATION_AUDIT_SLICE: '4' }));
 });
 
-test("this commit's slice: disabling each sampled site makes the negative test that claims it fail (unless catalogue/uncaught-sites.tsv lists it)", async (t) => {
-  const { SEED, STRIDE, enforcedSites, sliceFor, strideSample, audit, knownUncaught } = await load();
+test("this commit's slice: disabling each sampled site makes the negative test that claims it fail", async (t) => {
+  const { SEED, STRIDE, sliceFor, strideSample, audit, knownUncaught } = await load();
   const known = knownUncaught(root);
   const k = sliceFor(STRIDE);
-  const sites = strideSample(enforcedSites(root), STRIDE, k);
-  t.diagnostic(`slice ${k} of ${STRIDE}: ${sites.length} sites (again: MUTATION_AUDIT_SLICE=${k}, or node scripts/mutation-audit.mjs --slice ${k})`);
+  // The sites catalogue/uncaught-sites.tsv lists are left to the full audit (npm run
+  // audit:mutation, which fails when the list is stale): proving a site uncaught runs every
+  // claiming test whole, the most expensive case, and they do not make their clause enforced.
+  const slice = strideSample(await allSites(), STRIDE, k);
+  const sites = slice.filter((s) => !known.has(s.name));
+  t.diagnostic(`slice ${k} of ${STRIDE}: ${sites.length} sites, ${slice.length - sites.length} listed uncaught left out (again: MUTATION_AUDIT_SLICE=${k}, or node scripts/mutation-audit.mjs --slice ${k})`);
   for (const clause of SEED) assert.ok(sites.some((s) => s.clause === clause), `the sample holds a site of seed clause ${clause}`);
   const { baselineFailed, results } = audit(sites);
   assert.deepEqual(baselineFailed, [], 'the claiming tests pass on the unmutated code');
   assert.equal(results.length, sites.length);
-  // A listed site must still be uncaught (else the list is stale and the catalogue undercounts).
   assert.deepEqual(
-    results.filter((r) => r.caught === known.has(r.site.name)).map((r) => r.site.name),
+    results.filter((r) => !r.caught).map((r) => r.site.name),
     [],
-    'every disabled site is caught, but those catalogue/uncaught-sites.tsv lists',
+    'every disabled site is caught (a site no test catches goes in catalogue/uncaught-sites.tsv with its reason, after the full audit)',
   );
 });
 
 test('the audit can fail: a site claimed only by a test that asserts another clause is reported as not caught', async () => {
-  const { enforcedSites, audit } = await load();
-  const sites = enforcedSites(root);
+  const { audit } = await load();
+  const sites = await allSites();
   const site = sites.find((s) => s.clause === 'init.sequence.driver.3')!;
   const other = sites.find((s) => s.clause === 'basic.status.driver.3')!;
   const { baselineFailed, results } = audit([{ ...site, claims: other.claims }]);
