@@ -84,7 +84,12 @@ for (const v of VARIANTS) {
     await until(() => received.length === 3, 'a frame for another MAC, in promiscuous mode');
     assert.deepEqual(received[2], other);
     assert.equal(legacy ? d.transport.legacy !== undefined : true, true);
-    assert.deepEqual(clauses(monitor), []);
+    // Finding F3 (docs/findings.md): QEMU 7.2 writes the new MAC into its configuration on
+    // MAC_ADDR_SET without moving config_generation, so the driver's read-back of the MAC (it
+    // checks the device took it, net.setting-mac-address-filtering.device.3) sees a field change
+    // under the same generation. A legacy interface has no generation: nothing to judge there.
+    const generationClause = v.machine === 'microvm' ? 'mmio.device-register-layout.device.6' : 'pci.common-config-struct-layout.device.6';
+    assert.deepEqual([...new Set(clauses(monitor))], legacy ? [] : [generationClause]);
     d.close();
   });
 }
