@@ -9,7 +9,9 @@
 //               scenario breaking it, or a literal id in test/negative/**);
 //               scripts/mutation-audit.mjs proves that each such site's verdict is asserted,
 //               and a site it finds uncaught (catalogue/uncaught-sites.tsv) does not count;
-//   tested    = only a test names it (a literal id in test/** or a scenario);
+//   tested    = only a test names it (a literal id in test/** or a scenario), and it is not
+//               declared not-checkable (a test of the project's own side does not make a
+//               clause no peer can observe checkable);
 //   otherwise = the declared status (not-checkable / unsupported / open) and its reason.
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join, relative, dirname } from 'node:path';
@@ -80,7 +82,10 @@ for (const [rows, spec] of [[specRows, true], [structRows, false]]) {
     // A stale declaration (not-checkable / unsupported for a clause with a check and a negative
     // test) keeps its words in `declared`: test/catalogue.test.ts fails on it.
     if ((sitesOf.get(r.id) ?? []).some((x) => x.uncaught === undefined) && negatives.length > 0) status = 'enforced';
-    else if (t.length > 0) status = 'tested';
+    // A clause declared not-checkable (no peer can observe it: the reason says why) stays so
+    // when tests cover the project's own side of it; those tests are listed with it. Only a
+    // clause a peer could check and none does yet counts as tested.
+    else if (t.length > 0 && r.declared !== 'not-checkable') status = 'tested';
     entries.push({
       id: r.id,
       section: r.section,

@@ -37,7 +37,8 @@ export * as pciLayout from './transports/pci/layout.js';
 
 export { RngDevice, RngDeviceType, cryptoEntropy, type EntropySource, type AsyncEntropySource, type RngDeviceOptions } from './devices/rng/device.js';
 export { RngDriver, type RngDriverOptions, type RngRequestToken } from './drivers/rng.js';
-export { NetDevice, NetDeviceType, parseMac, formatMac, randomMac, type NetDeviceOptions, type NetDeviceCounters } from './devices/net/device.js';
+export { parseMac, formatMac, randomMac } from './net/mac.js';
+export { NetDevice, NetDeviceType, type NetDeviceOptions, type NetDeviceCounters } from './devices/net/device.js';
 export { NO_OFFLOADS, ALL_OFFLOADS, type FramePort, type NetOffload, type OffloadSupport } from './net/frame-port.js';
 export { NetSwitch, connectPorts, macAt, type NetSwitchOptions, type NetSwitchCounters } from './net/switch.js';
 export { completeOffloads, acceptsOffload, fillChecksum, onesSum, foldSum, l3Offset, offloadCounters, MAX_GSO_FRAME, type OffloadCounters } from './net/offload.js';
@@ -102,7 +103,7 @@ export {
   type ConsoleTransmitBuffer,
   type ConsoleWrite,
 } from './drivers/console.js';
-export { NetDriver, NET_DRIVER_FEATURES, macText, randomLocalMac, rarpFrame, type NetDriverOptions, type NetDriverCounts, type ReceivedFrame } from './drivers/net.js';
+export { NetDriver, NET_DRIVER_FEATURES, rarpFrame, type NetDriverOptions, type NetDriverCounts, type ReceivedFrame } from './drivers/net.js';
 export type { DeviceQueue, DriverQueue, RingFormat, RingPosition, QueueObserver, PriorBuffer, ViolationSink, QueueFeatures, DriverQueueOptions } from './virtqueue/queue.js';
 export type { RingAddresses } from './spec/ring.js';
 export { createDeviceQueue, createDriverQueue, driverQueueFootprint } from './virtqueue/create.js';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { bit } from '../src/spec/features.js';
 import { NET_CTRL, NET_FEATURES as F, NET_HDR_GSO, NET_STATUS } from '../src/spec/net.js';
 import { DriverError } from '../src/driver/driver.js';
-import { macText } from '../src/drivers/net.js';
+import { formatMac } from '../src/net/mac.js';
 import { clauseIds, ether, rigPair } from './net-rig.js';
 import { until } from './wait.js';
 
@@ -18,7 +18,7 @@ test('NetDriver: negotiates MAC/STATUS/MTU/MRG_RXBUF/CTRL_VQ, reads the config, 
   await driver.start();
   assert.equal(driver.state, 'live');
   for (const f of [F.MAC, F.STATUS, F.MTU, F.MRG_RXBUF, F.CTRL_VQ, F.CTRL_RX, F.CTRL_MAC_ADDR, F.GUEST_ANNOUNCE, F.CSUM, F.GUEST_CSUM]) assert.ok(driver.negotiated(f), `feature ${f}`);
-  assert.equal(macText(driver.mac), '52:54:00:12:34:56');
+  assert.equal(formatMac(driver.mac), '52:54:00:12:34:56');
   assert.equal(driver.mtu, 1400);
   assert.equal(driver.hdrSize, 12);
   assert.equal(driver.linkUp, true);
@@ -137,7 +137,7 @@ test('NetDriver: control commands (promisc, allmulti, MAC table, set MAC); refus
   const { type, driver, drvMon } = rigPair({}, { mac: Uint8Array.of(2, 0, 0, 0, 0, 9) });
   await driver.start();
   // The MAC asked for differs from the device's: MAC_ADDR_SET at start (net.setting-mac-address-filtering.driver.2).
-  assert.equal(macText(driver.mac), '02:00:00:00:00:09');
+  assert.equal(formatMac(driver.mac), '02:00:00:00:00:09');
   assert.deepEqual(type.commands[0], { cls: NET_CTRL.MAC, cmd: NET_CTRL.MAC_ADDR_SET, data: Uint8Array.of(2, 0, 0, 0, 0, 9) });
   await driver.setPromisc(true);
   await driver.setAllMulti(false);

@@ -53,6 +53,9 @@ test('mmio registers: magic, version, ids, InterruptStatus/ACK, reset clears the
   model.write(R.QueueSel, 4, 0);
   assert.equal(model.read(R.QueueReady, 4), 0);
   assert.deepEqual(drvMon.verdicts, []);
+  // The driver core read cols and rows (two fields) after the change inside config_generation
+  // reads: no basic.config.driver.2, nor any other verdict on the driver.
+  assert.deepEqual(device.monitor.verdicts, []);
 });
 
 for (const kind of ['mmio-v2', 'pci-modern', 'pci-modern-intx'] as const) {

@@ -91,6 +91,7 @@ export function buildProgram(): Command {
     .option('--num-queues <n>', `blk: request queues (1 to ${MAX_NUM_QUEUES}, default 1)`, intInRange('--num-queues', 1, MAX_NUM_QUEUES))
     .option('--queue-size <n>', 'largest queue size the front-end may set: a power of two from 2 to 32768 (default 1024, QEMU\'s maximum)', queueSize)
     .option('--seg-max <n>', 'blk: seg_max to advertise (default 126: a request of seg_max + 2 descriptors fits QEMU\'s default queue size 128; larger lets Linux build chains longer than such a queue)', intInRange('--seg-max', 1, 32766))
+    .option('--size-max <bytes>', 'blk: size_max to advertise, the largest segment in bytes (default 1 MiB; 4096 makes every page its own segment)', intInRange('--size-max', 512, 0x7fffffff))
     .addOption(
       new Option('--io <mode>', 'blk: where disk I/O runs. auto: reads already in the page cache on the event loop (preadv2 RWF_NOWAIT), the rest and all writes on the thread pool; async: all on the thread pool; sync: all on the event loop (a slow disk stalls the server)')
         .choices(['auto', 'async', 'sync'])

@@ -5,6 +5,7 @@
  */
 import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
 import { CliError, EXIT_RUNTIME } from './exit-codes.js';
+import { reportJson } from '../monitor/run-report.js';
 
 /** Refuses (exit 3) a report path that exists already, before any work is done. */
 export function checkNewReport(command: string, path: string | undefined): void {
@@ -13,7 +14,8 @@ export function checkNewReport(command: string, path: string | undefined): void 
 
 /** Writes the report as indented JSON to a new file (exit 3 when it cannot be created); returns the JSON. */
 export function writeNewReport(path: string | undefined, report: unknown): string {
-  const json = JSON.stringify(report, null, 2) + '\n';
+  // A verdict's context may carry a bigint (feature bits): written as 0x hex, never a throw.
+  const json = reportJson(report);
   if (path === undefined) return json;
   let fd: number;
   try {

@@ -19,7 +19,8 @@ import { loadDeviations } from '../node/deviations.js';
 import { RngDevice } from '../devices/rng/device.js';
 import { BlkDevice } from '../devices/blk/device.js';
 import { FileBlockStorage } from '../node/file-block.js';
-import { NetDevice, formatMac, parseMac } from '../devices/net/device.js';
+import { NetDevice } from '../devices/net/device.js';
+import { formatMac, parseMac } from '../net/mac.js';
 import { StreamFramePort } from '../node/net/stream-port.js';
 import { connectPorts } from '../net/switch.js';
 import { VsockDevice } from '../devices/vsock/device.js';
@@ -51,6 +52,8 @@ export interface ServeOptions {
   queueSize?: number;
   /** blk: seg_max to advertise (default: defaultSegMax, 126). */
   segMax?: number;
+  /** blk: size_max to advertise (bytes). */
+  sizeMax?: number;
   io?: 'auto' | 'async' | 'sync';
   strict?: boolean;
   tolerant?: boolean;
@@ -138,6 +141,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   if (type === 'blk' && imagePath === undefined) throw new CliError(EXIT_USAGE, 'serve blk needs --image FILE (or --blk-file FILE)');
   if (type !== 'blk' && imagePath !== undefined) throw new CliError(EXIT_USAGE, `--image is for blk, not ${type}`);
   if (type !== 'blk' && opts.segMax !== undefined) throw new CliError(EXIT_USAGE, `--seg-max is for blk, not ${type}`);
+  if (type !== 'blk' && opts.sizeMax !== undefined) throw new CliError(EXIT_USAGE, `--size-max is for blk, not ${type}`);
   if (type !== 'net') {
     for (const [flag, v] of [['--mac', opts.mac], ['--switch', opts.switch], ['--tap', opts.tap], ['--mtu', opts.mtu], ['--queues', opts.queues]] as const) {
       if (v !== undefined) throw new CliError(EXIT_USAGE, `${flag} is for net, not ${type}`);
@@ -225,7 +229,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       : image !== undefined
       ? // seg_max: by default 126 whatever --queue-size says, so Linux's chains (seg_max + 2
         // descriptors) fit QEMU's default queue size of 128 (see defaultSegMax).
-        new BlkDevice({ storage: image, readOnly, numQueues, queueMaxSize, segMax: opts.segMax, monitor })
+        new BlkDevice({ storage: image, readOnly, numQueues, queueMaxSize, segMax: opts.segMax, sizeMax: opts.sizeMax, monitor })
       : new RngDevice({ monitor, queueMaxSize });
   /** The daemon's lines go to the same log, their fields with them. */
   const daemonLog: DaemonLogger = {

@@ -14,6 +14,7 @@
  * guest allocation each at start and addressed through views taken once; a received frame that
  * fits one buffer is handed to `onFrame` as a view of guest memory (valid during the call).
  */
+import { formatMac, randomMac } from '../net/mac.js';
 import { DeviceId, Feature } from '../spec/constants.js';
 import { NET_CONFIG, NET_CTRL, NET_FEATURES as F, NET_HDR, NET_HDR_F, NET_HDR_GSO, NET_HDR_SIZE, NET_MQ_PAIRS, NET_RX_BUFFER, NET_STATUS } from '../spec/net.js';
 import { bit } from '../spec/features.js';
@@ -372,7 +373,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     await this.readDeviceConfig();
     if (!n(F.MAC)) {
       // net.device-config-layout.driver.4: a locally administered unicast address of our own.
-      const mac = this.opts.mac ?? randomLocalMac();
+      const mac = this.opts.mac ?? randomMac();
       this.mac.set(mac.subarray(0, 6));
     }
     // Queues: receiveq1 transmitq1 ... receiveqN transmitqN controlq (5.1.2).
@@ -614,7 +615,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
         for (let i = 0; i < 6; i++) m[i] = Number(await r(NET_CONFIG.MAC + i, 1));
         return m;
       });
-      if (!sameMac(now, mac)) this.deviceViolation('net.setting-mac-address-filtering.device.3', `device completed MAC_ADDR_SET ${macText(mac)} with ${macText(now)} in its config mac`, {});
+      if (!sameMac(now, mac)) this.deviceViolation('net.setting-mac-address-filtering.device.3', `device completed MAC_ADDR_SET ${formatMac(mac)} with ${formatMac(now)} in its config mac`, {});
     }
   }
 
@@ -897,19 +898,6 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
 function sameMac(a: Uint8Array, b: Uint8Array | number[]): boolean {
   for (let i = 0; i < 6; i++) if (a[i] !== b[i]) return false;
   return true;
-}
-
-/** aa:bb:cc:dd:ee:ff. */
-export function macText(m: Uint8Array | readonly number[]): string {
-  return Array.from(m.slice(0, 6), (x) => x.toString(16).padStart(2, '0')).join(':');
-}
-
-/** A random locally administered unicast MAC (bit 1 of the first byte set, bit 0 clear). */
-export function randomLocalMac(): Uint8Array {
-  const m = new Uint8Array(6);
-  globalThis.crypto.getRandomValues(m);
-  m[0] = (m[0] & 0xfc) | 0x02;
-  return m;
 }
 
 /** A broadcast RARP request announcing `mac` (what QEMU's self-announce sends after migration). */

@@ -142,9 +142,18 @@ export class RunReportRecorder {
  * (feature bits) is written as a `0x` hex string, a typed array as an array of numbers.
  */
 export function runReportJson(r: RunReport): string {
+  return reportJson(r);
+}
+
+/**
+ * Any report (run, monitor, probe) as indented JSON text, with the same forms as
+ * {@link runReportJson} for a bigint or a typed array in a verdict's context (plain
+ * `JSON.stringify` throws on a bigint).
+ */
+export function reportJson(report: unknown): string {
   return (
     JSON.stringify(
-      r,
+      report,
       (_k, v: unknown) => {
         if (typeof v === 'bigint') return `0x${v.toString(16)}`;
         if (ArrayBuffer.isView(v) && !(v instanceof DataView)) return Array.from(v as unknown as ArrayLike<number>);

@@ -122,18 +122,7 @@ expectMmio('mmio.device-register-layout.driver.17', (m) => {
   m.negotiate();
   m.w(R.InterruptACK, 4);
 });
-expectMmio('mmio.device-register-layout.driver.18', (m) => {
-  m.negotiate(1 | (1 << (Feature.RING_RESET - 32)));
-  m.w(R.QueueSel, 0);
-  m.w(R.QueueSize, 8);
-  m.w(R.QueueDescLow, 0x1000);
-  m.w(R.QueueDriverLow, 0x2000);
-  m.w(R.QueueDeviceLow, 0x3000);
-  m.w(R.QueueReady, 1);
-  m.w(R.Status, ACK_DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
-  m.w(R.QueueReset, 1);
-  m.w(R.QueueSize, 16); // without reading QueueReset back as 0
-});
+// mmio.device-register-layout.driver.18: test/negative/basic-registers.test.ts (named with basic.vq-reset.driver.1)
 expectMmio('mmio.device-init.driver.1', (m) => {
   m.w(R.Status, 0); // never read MagicValue and Version
 });
@@ -244,14 +233,7 @@ expectPci('pci.common-config-struct-layout.driver.6', (p) => {
   p.setupQueue();
   p.w(C.QueueEnable, 2, 0);
 });
-expectPci('pci.common-config-struct-layout.driver.7', (p) => {
-  p.negotiate(1 | (1 << (Feature.RING_RESET - 32)));
-  p.setupQueue();
-  p.w(C.QueueEnable, 2, 1);
-  p.w(C.DeviceStatus, 1, ACK_DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
-  p.w(C.QueueReset, 2, 1);
-  p.w(C.QueueSize, 2, 16); // without reading queue_reset back
-});
+// pci.common-config-struct-layout.driver.7: test/negative/basic-registers.test.ts (named with basic.vq-reset.driver.1)
 expectPci('pci.msi-x-vector-config.driver.4', (p) => {
   p.negotiate();
   p.w(C.ConfigMsixVector, 2, 7); // the table has 2 entries

@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NetDriver, macText } from '../../src/drivers/net.js';
+import { NetDriver } from '../../src/drivers/net.js';
+import { formatMac } from '../../src/net/mac.js';
 import { createServer } from 'node:net';
 import { StreamFramePort } from '../../src/node/net/stream-port.js';
 import { NET_FEATURES as F } from '../../src/spec/net.js';
@@ -38,7 +39,7 @@ for (const v of VARIANTS) {
       server.close();
       rmSync(dir, { recursive: true, force: true });
     });
-    const m = await variantMachine(t, v, ['-netdev', `stream,id=n0,server=off,addr.type=unix,addr.path=${path}`, '-device', deviceArg(v, 'net', ['netdev=n0', `mac=${macText(MAC)}`])]);
+    const m = await variantMachine(t, v, ['-netdev', `stream,id=n0,server=off,addr.type=unix,addr.path=${path}`, '-device', deviceArg(v, 'net', ['netdev=n0', `mac=${formatMac(MAC)}`])]);
     await until(() => port !== null, 'QEMU to connect the netdev');
     const monitor = recordingMonitor();
     const transport = await variantTransport(m, v, DeviceId.NET, monitor);
@@ -46,7 +47,7 @@ for (const v of VARIANTS) {
     const d = new NetDriver(transport, { monitor, queueSize: 64, mergeableBufferSize: 512, rxBuffers: 32, txSlots: 32 });
     await bounded(d.start(), 'the driver to start');
     const legacy = v.legacyMmio === true || v.pciMode === 'legacy';
-    assert.equal(macText(d.mac), macText(MAC));
+    assert.equal(formatMac(d.mac), formatMac(MAC));
     assert.ok(d.negotiated(F.MRG_RXBUF) && d.negotiated(F.CTRL_VQ) && d.negotiated(F.STATUS));
     assert.equal(d.hdrSize, 12);
     assert.equal(d.linkUp, true);
@@ -83,7 +84,12 @@ for (const v of VARIANTS) {
     await until(() => received.length === 3, 'a frame for another MAC, in promiscuous mode');
     assert.deepEqual(received[2], other);
     assert.equal(legacy ? d.transport.legacy !== undefined : true, true);
-    assert.deepEqual(clauses(monitor), []);
+    // Finding F3 (docs/findings.md): QEMU 7.2 writes the new MAC into its configuration on
+    // MAC_ADDR_SET without moving config_generation, so the driver's read-back of the MAC (it
+    // checks the device took it, net.setting-mac-address-filtering.device.3) sees a field change
+    // under the same generation. A legacy interface has no generation: nothing to judge there.
+    const generationClause = v.machine === 'microvm' ? 'mmio.device-register-layout.device.6' : 'pci.common-config-struct-layout.device.6';
+    assert.deepEqual([...new Set(clauses(monitor))], legacy ? [] : [generationClause]);
     d.close();
   });
 }

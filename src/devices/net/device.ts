@@ -19,6 +19,7 @@
  * The driver is checked against the net.* driver clauses it can break on these queues; each
  * check names its clause id. Hot paths (transmit, receive) allocate nothing per frame.
  */
+import { formatMac, parseMac, randomMac } from '../../net/mac.js';
 import { DeviceId, Status } from '../../spec/constants.js';
 import { Feature } from '../../spec/constants.js';
 import { bit } from '../../spec/features.js';
@@ -78,25 +79,6 @@ export interface NetDeviceCounters {
   rxHeld: number;
   /** Control commands answered. */
   ctrlCommands: number;
-}
-
-/** "52:54:00:12:34:56" as bytes; null when not a MAC address. */
-export function parseMac(s: string): Uint8Array | null {
-  const m = /^([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})$/i.exec(s);
-  return m === null ? null : Uint8Array.from(m.slice(1), (h) => parseInt(h, 16));
-}
-
-/** Bytes as "52:54:00:12:34:56". */
-export function formatMac(mac: Uint8Array): string {
-  return Array.from(mac.subarray(0, 6), (b) => b.toString(16).padStart(2, '0')).join(':');
-}
-
-/** A random locally administered unicast address (net.device-config-layout.driver.4's kind). */
-export function randomMac(): Uint8Array {
-  const mac = new Uint8Array(6);
-  globalThis.crypto.getRandomValues(mac);
-  mac[0] = (mac[0] & 0xfe) | 0x02;
-  return mac;
 }
 
 const OFFLOAD_FEATURES = [F.CSUM, F.GUEST_CSUM, F.HOST_TSO4, F.HOST_TSO6, F.HOST_ECN, F.HOST_UFO, F.HOST_USO, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN, F.GUEST_UFO, F.GUEST_USO4, F.GUEST_USO6];

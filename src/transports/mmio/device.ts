@@ -15,6 +15,7 @@
  * Browser-safe: no Node import.
  */
 import type { DeviceHost, VirtioDevice } from '../../device/device.js';
+import { ConfigReadWatch } from '../../device/config-watch.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { Feature } from '../../spec/constants.js';
 import { VirtioTsError } from '../../errors.js';
@@ -89,6 +90,8 @@ export class VirtioMmioDevice implements DeviceHost {
   /** Per queue: the driver wrote QueueReady 0 to a running queue: it takes no new buffers until a reset. */
   private readonly stopped: boolean[] = [];
   /** What the driver did that later accesses are judged by (mmio.device-register-layout.driver.10/.11/.14/.18, device-init, notif). */
+  /** The driver's configuration reads against ConfigGeneration (basic.config.driver.2; version 2 only). */
+  private readonly configWatch: ConfigReadWatch;
   private readonly seen = {
     magic: false,
     version: false,
@@ -113,6 +116,7 @@ export class VirtioMmioDevice implements DeviceHost {
     const version = options.version ?? 2;
     if (version !== 1 && version !== 2) throw new MmioError('bad-option', `virtio-mmio version ${String(version)}: only 1 (legacy) and 2 (modern) exist`);
     this.version = version;
+    this.configWatch = new ConfigReadWatch(device);
     this.vendorId = options.vendorId ?? 0x1af4;
     this.irq = options.interrupt ?? (() => undefined);
     this.shm = options.sharedMemory ?? [];
@@ -180,7 +184,12 @@ export class VirtioMmioDevice implements DeviceHost {
   read(offset: number, size: number): number | bigint {
     this.counts.reads++;
     if (this.seen.stopReadBack >= 0) this.checkReadBack(offset, true);
-    if (offset >= MmioReg.Config) return this.readConfig(offset - MmioReg.Config, size);
+    if (offset >= MmioReg.Config) {
+      if (this.version === 2) this.configWatch.configRead(offset - MmioReg.Config);
+      return this.readConfig(offset - MmioReg.Config, size);
+    }
+    if (offset === MmioReg.ConfigGeneration) this.configWatch.generationRead();
+    else if (offset !== MmioReg.InterruptStatus) this.configWatch.otherAccess();
     if (!this.controlAccess(offset, size, 'read')) return size === 8 ? 0n : 0;
     const access = mmioRegisterAccess(offset, this.version);
     if (access === 'w') {
@@ -194,6 +203,7 @@ export class VirtioMmioDevice implements DeviceHost {
   write(offset: number, size: number, value: number | bigint): void {
     this.counts.writes++;
     if (this.seen.stopReadBack >= 0) this.checkReadBack(offset, false);
+    if (offset !== MmioReg.InterruptACK && offset !== MmioReg.QueueNotify) this.configWatch.otherAccess();
     if (offset >= MmioReg.Config) {
       this.writeConfig(offset - MmioReg.Config, size, value);
       return;
@@ -395,6 +405,7 @@ export class VirtioMmioDevice implements DeviceHost {
     }
     this.device.setStatus(value);
     if ((value & 0xff) === 0) {
+      this.configWatch.reset();
       // mmio.device-register-layout.device.5: InterruptStatus and every QueueReady read 0 after a reset.
       this.resetRegisters();
       if (this.isr !== 0) {
@@ -475,11 +486,19 @@ export class VirtioMmioDevice implements DeviceHost {
     this.seen.stopReadBack = this.queueSel;
   }
 
-  /** mmio.device-register-layout.driver.18: a queue reset is complete only once QueueReset read 0. */
-  private resetReadBack(what: string): void {
-    if (!this.seen.resetPending.has(this.queueSel)) return;
-    this.seen.resetPending.delete(this.queueSel);
-    this.violation('mmio.device-register-layout.driver.18', `driver wrote ${what} of queue ${this.queueSel} after QueueReset without reading QueueReset back as 0`, { queue: this.queueSel });
+  /**
+   * A queue reset is complete only once QueueReset reads 0: setting the queue up again or
+   * notifying it before that breaks mmio.device-register-layout.driver.18 (the MMIO form) and
+   * basic.vq-reset.driver.1 (2.6.1: the driver must verify the reset). The two are distinct
+   * statements of the spec (the general duty to verify, and the register that tells), both
+   * broken by the one act, so both are named.
+   */
+  private resetReadBack(what: string, queue = this.queueSel): void {
+    if (!this.seen.resetPending.has(queue)) return;
+    this.seen.resetPending.delete(queue);
+    const message = `driver ${what === 'notified' ? what : `wrote ${what} of`} queue ${queue} after QueueReset without reading QueueReset back as 0`;
+    this.violation('mmio.device-register-layout.driver.18', message, { queue });
+    this.violation('basic.vq-reset.driver.1', message, { queue });
   }
 
   private resetQueue(): void {
@@ -520,6 +539,7 @@ export class VirtioMmioDevice implements DeviceHost {
   private notify(value: number): void {
     const nd = this.device.negotiated(Feature.NOTIFICATION_DATA);
     const index = nd ? value & 0xffff : value;
+    this.resetReadBack('notified', index);
     if (this.stopped[index] === true) return; // a stopped queue takes no buffers
     this.device.notify(index, nd ? value : undefined);
   }

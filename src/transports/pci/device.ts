@@ -22,6 +22,7 @@
  * Browser-safe: no Node import.
  */
 import type { DeviceHost, VirtioDevice } from '../../device/device.js';
+import { ConfigReadWatch } from '../../device/config-watch.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { VirtioTsError } from '../../errors.js';
 import { Feature } from '../../spec/constants.js';
@@ -176,6 +177,8 @@ export class VirtioPciDevice implements DeviceHost {
   private readonly queuePfn: number[] = [];
   /** Queues reset with queue_reset that the driver has not read back yet (pci.common-config-struct-layout.driver.7). */
   private readonly resetPending = new Set<number>();
+  /** The driver's configuration reads against config_generation (basic.config.driver.2). */
+  private readonly configWatch: ConfigReadWatch;
   /** The driver wrote 0 to device_status and has not read it back yet (driver.5). */
   private resetUnconfirmed = false;
   /** What the driver did that later accesses are judged by (pci.msi-x-vector-config.driver.5, pci.legacy-device-layout*.driver.*). */
@@ -197,6 +200,7 @@ export class VirtioPciDevice implements DeviceHost {
     options: PciDeviceOptions = {},
   ) {
     this.transitional = options.transitional ?? false;
+    this.configWatch = new ConfigReadWatch(device);
     const id = device.deviceId;
     if (this.transitional && TRANSITIONAL_DEVICE_IDS[id] === undefined) throw new PciError('bad-option', `device type ${id} has no transitional PCI device id`);
     const nq = device.numQueues;
@@ -648,10 +652,13 @@ export class VirtioPciDevice implements DeviceHost {
     const rel = offset - this.regions[name].offset;
     switch (name) {
       case 'common':
+        if (rel === CommonCfg.ConfigGeneration) this.configWatch.generationRead();
+        else this.configWatch.otherAccess();
         return this.commonRead(rel, size);
       case 'isr':
         return rel === 0 ? this.readIsr() : 0;
       case 'device':
+        this.configWatch.configRead(rel);
         return Number(this.configRead64(rel, size, false));
       default:
         return 0; // the notify structure is written, not read
@@ -669,6 +676,7 @@ export class VirtioPciDevice implements DeviceHost {
     if (name === null) return;
     this.searched(offset);
     const rel = offset - this.regions[name].offset;
+    if (name !== 'notify') this.configWatch.otherAccess();
     switch (name) {
       case 'common':
         this.commonWrite(rel, size, value);
@@ -822,10 +830,7 @@ export class VirtioPciDevice implements DeviceHost {
         return;
     }
     if (q === undefined) return; // queue fields of a queue that does not exist go nowhere
-    if (this.resetPending.has(index)) {
-      this.resetPending.delete(index);
-      this.violation('pci.common-config-struct-layout.driver.7', `driver wrote ${f.name} of queue ${index} after queue_reset without reading queue_reset back as 0`, { queue: index });
-    }
+    this.resetReadBack(index, `wrote ${f.name} of`);
     switch (f.offset) {
       case CommonCfg.QueueSize: {
         const packed = d.negotiated(Feature.RING_PACKED);
@@ -903,6 +908,7 @@ export class VirtioPciDevice implements DeviceHost {
     this.device.setStatus(v);
     if (v === 0) {
       this.resetUnconfirmed = !this.legacyActive;
+      this.configWatch.reset();
       this.resetTransport();
     }
   }
@@ -944,7 +950,23 @@ export class VirtioPciDevice implements DeviceHost {
       this.violation(nd ? 'pci.avail-buffer-notif.driver.4' : 'pci.avail-buffer-notif.driver.3', `driver notified queue ${queue}'s address with ${nd ? 'vq_index' : 'value'} ${named}`, { queue, value });
       return;
     }
+    this.resetReadBack(queue, 'notified');
     this.device.notify(queue, nd ? value : undefined);
+  }
+
+  /**
+   * A queue reset is complete only once queue_reset reads 0: setting the queue up again or
+   * notifying it before that breaks pci.common-config-struct-layout.driver.7 (the PCI form) and
+   * basic.vq-reset.driver.1 (2.6.1: the driver must verify the reset). The two are distinct
+   * statements of the spec (the general duty to verify, and the PCI register that tells), both
+   * broken by the one act, so both are named.
+   */
+  private resetReadBack(index: number, what: string): void {
+    if (!this.resetPending.has(index)) return;
+    this.resetPending.delete(index);
+    const message = `driver ${what} queue ${index} after queue_reset without reading queue_reset back as 0`;
+    this.violation('pci.common-config-struct-layout.driver.7', message, { queue: index });
+    this.violation('basic.vq-reset.driver.1', message, { queue: index });
   }
 
   // ---------------------------------------------------------------- device-specific configuration
