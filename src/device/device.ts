@@ -54,6 +54,13 @@ export interface DeviceHost {
    * can answer by which interface the driver used since the last reset.
    */
   readonly legacy?: boolean;
+  /**
+   * True when the transport judges, under its own clause, whether the driver read the status
+   * back as 0 after writing 0 (PCI's modern interface: pci.common-config-struct-layout.driver.5,
+   * the same act as basic.reset.driver.1 made a MUST). The core then leaves
+   * basic.reset.driver.1 to it, so one act draws one verdict.
+   */
+  readonly checksResetReadBack?: boolean;
 }
 
 /** How one device is set up beyond its type. */
@@ -66,6 +73,14 @@ export interface VirtioDeviceOptions {
   transportFeatures?: bigint;
   /** Offer these device-specific bits instead of the type's `features` (tests offer bits no type has). */
   deviceFeatures?: bigint;
+  /**
+   * Also offer these bits although the spec does not describe them for this device type (bits
+   * the spec describes are dropped from the mask). A probe for basic.features.driver.3/.4: a
+   * conforming driver disregards them, one that accepts them draws those verdicts. Off (0n) by
+   * default, because such an offer breaks basic.features.device.4 on purpose (a driver that
+   * checks the offer, as virtio-ts's does, reports that).
+   */
+  offerUndescribedBits?: bigint;
 }
 
 /** What a device offers of the device-independent bits unless told otherwise. */
@@ -155,7 +170,8 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     this.monitor = options.monitor ?? new Monitor();
     this.featureNames = type.featureNames ?? DEVICE_TYPES[type.deviceId]?.features ?? {};
     const transport = options.transportFeatures ?? DEFAULT_DEVICE_TRANSPORT_FEATURES;
-    this.offeredBits = transport | (options.deviceFeatures ?? type.features ?? 0n);
+    const probe = featureBitsOf(options.offerUndescribedBits ?? 0n).filter((b) => !isDescribedFeature(type.deviceId, b));
+    this.offeredBits = transport | (options.deviceFeatures ?? type.features ?? 0n) | probe.reduce((m, b) => m | bit(b), 0n);
     this.config = new Uint8Array(type.configSize ?? 0);
     this.conditionalFields = type.conditionalFields ?? [];
     this.configView = new DataView(this.config.buffer);
@@ -351,6 +367,10 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
   readStatus(): number {
     this.auditDriver();
     const st = this.statusValue;
+    // basic.reset.driver.1: the driver has now looked. The core presents 0 from the reset on;
+    // a device that shows anything else broke basic.reset.device.1 and cannot judge what the
+    // driver does next.
+    this.resetUnread = false;
     // init.suspend.driver.2 / .6: the driver has now seen the suspend (or the resume) done.
     if (this.suspendUnverified && st & Status.SUSPEND && !(st & Status.DRIVER_OK)) this.suspendUnverified = false;
     if (this.resumeUnverified && !(st & Status.SUSPEND) && st & Status.DRIVER_OK) this.resumeUnverified = false;
@@ -369,6 +389,20 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
    */
   private resumeUnverified = false;
 
+  /** The driver wrote 0 to the status and has not read the status since (basic.reset.driver.1). */
+  private resetUnread = false;
+
+  /**
+   * basic.reset.driver.1 (2.4.2): the driver should consider its reset complete only when it
+   * reads the status as 0; any other action first (a status, feature, configuration or queue
+   * write) goes on without that. A SHOULD: a warning, once per reset.
+   */
+  private beforeResetRead(what: string): void {
+    if (!this.resetUnread) return;
+    this.resetUnread = false;
+    this.violation('basic.reset.driver.1', `driver ${what} after writing 0 to the status without reading the status back as 0 first`, {});
+  }
+
   /** @deprecated The driver's read of the status register: use {@link readStatus}; a host's look at it is {@link status}. */
   getStatus(): number {
     return this.readStatus();
@@ -381,8 +415,13 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     if (value === 0) {
       this.spuriousSent = false;
       this.reset();
+      // basic.reset.driver.1: watched where the core sees the driver's status reads (loopback,
+      // mmio, pci's legacy interface). Not over vhost-user: the front-end owns the status and
+      // resets the back-end by SET_STATUS 0 / GET_VRING_BASE, which call reset(), not this.
+      this.resetUnread = this.host?.checksResetReadBack !== true;
       return;
     }
+    this.beforeResetRead('wrote the status');
     const old = this.statusValue;
     if (this.spuriousSent) {
       this.spuriousSent = false;
@@ -490,8 +529,13 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       });
       return false;
     }
-    const undescribed = featureBitsOf(f).filter((b) => !isDescribedFeature(this.deviceId, b));
+    const undescribed = featureBitsOf(f).filter((b) => !isDescribedFeature(this.deviceId, b, legacy));
     if (undescribed.length > 0) {
+      // One sentence of 2.2.1, two duties: "MUST ignore" (.3) and "MUST NOT accept" (.4). On the
+      // bus ignoring an offered bit shows only as not accepting it (and not failing over it:
+      // .7), so an accepted undescribed bit, which the device offered (unoffered ones are .1's,
+      // above), breaks both: the driver acted on a bit it had to disregard.
+      this.violation('basic.features.driver.3', `driver did not disregard feature bits the device offered that the spec does not describe for this device type: ${undescribed.join(', ')}`, { bits: undescribed });
       this.violation('basic.features.driver.4', `driver accepted feature bits the spec does not describe for this device type: ${undescribed.join(', ')}`, { bits: undescribed });
       return false;
     }
@@ -623,6 +667,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     this.suspendUnverified = this.resumeUnverified = false;
     this.deferredConfig = [];
     this.statusValue = 0; // basic.reset.device.1
+    this.resetUnread = false;
     this.driverFeatures = 0n;
     this.needsResetReason = '';
     for (const q of this.queues) q.reset();
@@ -638,6 +683,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
 
   /** The driver writes the features it accepts (all words at once; transports merge words). */
   setDriverFeatures(features: bigint): void {
+    this.beforeResetRead('wrote its features');
     const s = this.statusValue;
     if (s & Status.FAILED) {
       this.violation('init.sequence.driver.6', 'driver wrote features after setting FAILED', {});
@@ -715,6 +761,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
 
   /** The driver writes device configuration space. */
   writeConfig(offset: number, size: number, value: number | bigint): void {
+    this.beforeResetRead('wrote configuration space');
     if (this.type.writeRegister?.(offset, size, value, this.context) === true) return;
     this.auditDriver();
     this.checkConditionalField(offset, size, 'wrote');
@@ -757,6 +804,7 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
 
   /** Checks that the driver may configure queues now (3.1.1 step 7; init.cleanup.driver.2). */
   private queueSetupAllowed(index: number, what: string): DeviceQueue | null {
+    this.beforeResetRead(`${what} for queue ${index}`);
     const q = this.queues[index];
     if (q === undefined) return null;
     this.afterRefusal(`${what} for queue ${index}`);

@@ -134,6 +134,7 @@ async function live(o: RigOptions): Promise<Rig & { q: SplitDriverQueue }> {
 async function upToFeaturesOk(r: Rig, features = V1): Promise<void> {
   const t = r.transport;
   await t.setStatus(0);
+  await t.getStatus(); // the reset is complete once the status reads 0 (basic.reset.driver.1)
   await t.setStatus(Status.ACKNOWLEDGE);
   await t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
   await t.setDriverFeatures(features);
@@ -573,6 +574,18 @@ export const SCENARIOS: readonly Scenario[] = [
     },
     { rng: { core: { deviceFeatures: 1n << 60n } } },
   ),
+  driverScenario(
+    'basic.features.driver.3',
+    'driver accepts every bit offered, bit 60 too, which a probing device offers though the spec does not describe it for an entropy device',
+    async (r) => {
+      await upToFeaturesOk(r, await r.transport.getDeviceFeatures());
+    },
+    { rng: { core: { offerUndescribedBits: 1n << 60n } } },
+  ),
+  driverScenario('basic.reset.driver.1', 'driver resets the device and writes ACKNOWLEDGE without reading the status back as 0', async (r) => {
+    await r.transport.setStatus(0);
+    await r.transport.setStatus(Status.ACKNOWLEDGE);
+  }),
 
   // ---------------------------------------------------------------- driver: suspend
   driverScenario('init.suspend.driver.1', 'driver sets SUSPEND before DRIVER_OK', async (r) => {

@@ -43,6 +43,7 @@ expectModel('mmio.device-register-layout.driver.6', 1, 'a version 1 device drive
   r(R.Version); // 1
   r(R.DeviceID);
   w(R.Status, 0);
+  r(R.Status);
   w(R.Status, Status.ACKNOWLEDGE);
   w(R.QueueSel, 0);
   r(R.QueueReady); // version 2 only
@@ -61,6 +62,7 @@ expectModel('mmio.device-register-layout.driver.13', 1, 'QueuePFN rewritten whil
   r(R.Version);
   r(R.DeviceID);
   w(R.Status, 0);
+  r(R.Status);
   w(R.Status, Status.ACKNOWLEDGE);
   w(R.Status, Status.ACKNOWLEDGE | Status.DRIVER);
   w(R.GuestPageSize, 4096);

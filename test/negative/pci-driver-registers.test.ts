@@ -50,6 +50,7 @@ expectPci('pci.msi-x-vector-config.driver.5', false, 'a queue vector mapped and 
 expectPci('pci.legacy-device-layout.driver.1', true, 'a legacy driver (status through BAR0) that sets a queue up through the modern common configuration', ({ model, w }) => {
   model.configRead(PciCfg.CapabilitiesPointer, 1);
   model.barWrite(0, LegacyReg.DeviceStatus, 1, 0);
+  model.barRead(0, LegacyReg.DeviceStatus, 1);
   model.barWrite(0, LegacyReg.DeviceStatus, 1, Status.ACKNOWLEDGE);
   model.barWrite(0, LegacyReg.DeviceStatus, 1, Status.ACKNOWLEDGE | Status.DRIVER);
   w(C.QueueSelect, 2, 0);

@@ -33,6 +33,7 @@ function mmio(version: 1 | 2 = 2) {
     r(R.Version);
     r(R.DeviceID);
     w(R.Status, 0);
+    r(R.Status); // the reset is complete once the status reads 0
     w(R.Status, Status.ACKNOWLEDGE);
     w(R.Status, ACK_DRIVER);
     w(R.DriverFeaturesSel, 1);
@@ -86,6 +87,7 @@ expectMmio('mmio.device-register-layout.driver.11', (m) => {
   m.r(R.Version);
   m.r(R.DeviceID);
   m.w(R.Status, 0);
+  m.r(R.Status);
   m.w(R.Status, Status.ACKNOWLEDGE);
   m.w(R.Status, ACK_DRIVER);
   m.w(R.DriverFeatures, 0);

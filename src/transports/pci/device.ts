@@ -320,6 +320,14 @@ export class VirtioPciDevice implements DeviceHost {
   get legacy(): boolean {
     return this.legacyActive;
   }
+  /**
+   * The modern interface judges the read-back after a reset itself (writeStatus:
+   * pci.common-config-struct-layout.driver.5, the PCI MUST of basic.reset.driver.1's SHOULD);
+   * over the legacy I/O interface the core's basic.reset.driver.1 check stands.
+   */
+  get checksResetReadBack(): boolean {
+    return !this.legacyActive;
+  }
 
   /** Used-buffer notification: the queue's MSI-X vector, or ISR bit 0 and INTx (pci.isr-status-cap.device.3). */
   interrupt(index: number): void {
