@@ -135,7 +135,7 @@ async function throughServe(size: number): Promise<{ pps: number; verdicts: numb
     for (const p of pmds) await p.stop();
     for (const x of serves) await x.stop();
     let verdicts = 0;
-    for (let i = 0; i < 2; i++) if (existsSync(`${s.dir}/r${i}.json`)) verdicts += (JSON.parse(readFileSync(`${s.dir}/r${i}.json`, 'utf8')) as { verdicts: unknown[] }).verdicts.length;
+    for (let i = 0; i < 2; i++) if (existsSync(`${s.dir}/r${i}.json`)) verdicts += (JSON.parse(readFileSync(`${s.dir}/r${i}.json`, 'utf8')) as { totals: { verdicts: number } }).totals.verdicts;
     return { pps, verdicts };
   } finally {
     for (const p of pmds) await p.stop();
