@@ -14,6 +14,12 @@ import { bit } from '../../src/spec/features.js';
 
 const ACCEPT = bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC) | bit(Feature.SUSPEND);
 
+/** An rng driver judged by `drvMon` over the loopback, on a split ring (the device withholds RING_PACKED). */
+function splitRngDriver(device: RngDevice, drvMon: Monitor): RngDriver {
+  device.withholdFeatures(bit(Feature.RING_PACKED));
+  return new RngDriver(new LoopbackTransport(device, GuestMemory.create(1 << 20)), { monitor: drvMon, transportFeatures: ACCEPT });
+}
+
 /** An entropy device that serves its queue whenever the driver reads the status, DRIVER_OK or not. */
 class ConsumesEarlyDevice extends RngDevice {
   override readStatus(): number {
@@ -49,8 +55,7 @@ test('basic.status.device.1: the device uses a buffer made available during setu
 test('init.suspend.device.3: the configuration generation moved while the device was suspended', async () => {
   const drvMon = new Monitor();
   const device = new RngDevice({ monitor: new Monitor() });
-  device.withholdFeatures(bit(Feature.RING_PACKED));
-  const driver = new RngDriver(new LoopbackTransport(device, GuestMemory.create(1 << 20)), { monitor: drvMon, transportFeatures: ACCEPT });
+  const driver = splitRngDriver(device, drvMon);
   await driver.start();
   await driver.suspend();
   device.configGeneration++; // a change behind the driver's back, while suspended
@@ -63,8 +68,7 @@ test('init.suspend.device.3: the configuration generation moved while the device
 test('the same steps with a well-behaved device (buffers used after DRIVER_OK, configuration unchanged while suspended): no verdict', async () => {
   const drvMon = new Monitor();
   const device = new RngDevice({ monitor: new Monitor() });
-  device.withholdFeatures(bit(Feature.RING_PACKED));
-  const driver = new RngDriver(new LoopbackTransport(device, GuestMemory.create(1 << 20)), { monitor: drvMon, transportFeatures: ACCEPT });
+  const driver = splitRngDriver(device, drvMon);
   await driver.start();
   await driver.read(8);
   await driver.suspend();
@@ -90,8 +94,7 @@ class IntolerantDevice extends RngDevice {
 test('split.avail-buffer-notif-suppr.device.5: the device enters DEVICE_NEEDS_RESET over a notification with no new buffers', async () => {
   const drvMon = new Monitor();
   const device = new IntolerantDevice({ monitor: new Monitor() });
-  device.withholdFeatures(bit(Feature.RING_PACKED));
-  const driver = new RngDriver(new LoopbackTransport(device, GuestMemory.create(1 << 20)), { monitor: drvMon, transportFeatures: ACCEPT });
+  const driver = splitRngDriver(device, drvMon);
   await driver.start();
   await driver.read(8);
   await driver.renotify(driver.queues[0]);
@@ -102,8 +105,7 @@ test('split.avail-buffer-notif-suppr.device.5: the device enters DEVICE_NEEDS_RE
 test('a device that takes a notification with no new buffers in its stride: no verdict', async () => {
   const drvMon = new Monitor();
   const device = new RngDevice({ monitor: new Monitor() });
-  device.withholdFeatures(bit(Feature.RING_PACKED));
-  const driver = new RngDriver(new LoopbackTransport(device, GuestMemory.create(1 << 20)), { monitor: drvMon, transportFeatures: ACCEPT });
+  const driver = splitRngDriver(device, drvMon);
   await driver.start();
   await driver.read(8);
   await driver.renotify(driver.queues[0]);

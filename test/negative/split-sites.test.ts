@@ -9,6 +9,7 @@ import { Monitor, type MonitorMode } from '../../src/monitor/monitor.js';
 import { RngDevice } from '../../src/devices/rng/device.js';
 import { Feature, Status, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
+import { putDesc } from '../ring-harness.js';
 import { AVAIL_RING, DESC_SIZE, RING_IDX } from '../../src/spec/split-layout.js';
 
 const ACK_DRIVER = Status.ACKNOWLEDGE | Status.DRIVER;
@@ -47,20 +48,12 @@ function live(mem: GuestMemory, mode: MonitorMode = 'strict', hold = false) {
   };
 }
 
-function writeDesc(mem: GuestMemory, table: number, i: number, addr: number, len: number, flags: number, next: number): void {
-  const o = table + i * DESC_SIZE;
-  mem.writeU64(o, BigInt(addr));
-  mem.writeU32(o + 8, len);
-  mem.writeU16(o + 12, flags);
-  mem.writeU16(o + 14, next);
-}
-
 test('split.desc-table.driver.1: an indirect table whose entries chain in a loop (0 -> 1 -> 0)', () => {
   const mem = GuestMemory.create(1 << 20);
   const d = live(mem);
-  writeDesc(mem, 0x10000, 0, 0x20000, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
-  writeDesc(mem, 0x10000, 1, 0x20010, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0);
-  writeDesc(mem, DESC, 0, 0x10000, 2 * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+  putDesc(mem, 0x10000, 0, 0x20000, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+  putDesc(mem, 0x10000, 1, 0x20010, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0);
+  putDesc(mem, DESC, 0, 0x10000, 2 * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
   d.expose(0);
   assert.deepEqual(d.clauses(), ['split.desc-table.driver.1']);
   assert.match(d.monitor.verdicts[0].message, /indirect table of head 0 loops/);
@@ -73,10 +66,10 @@ test('split.desc-table.driver.1: an indirect table whose buffers add up to more 
   const buffer = new ArrayBuffer(piece);
   const mem = new GuestMemory(Array.from({ length: 66 }, (_, i) => ({ guestAddr: i * piece, size: piece, buffer })));
   const d = live(mem);
-  writeDesc(mem, 0x10000, 0, 0x100000, 0x80000000, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
-  writeDesc(mem, 0x10000, 1, 0x100000, 0x80000000, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2);
-  writeDesc(mem, 0x10000, 2, 0x100000, 1, VIRTQ_DESC_F_WRITE, 0);
-  writeDesc(mem, DESC, 0, 0x10000, 3 * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+  putDesc(mem, 0x10000, 0, 0x100000, 0x80000000, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+  putDesc(mem, 0x10000, 1, 0x100000, 0x80000000, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2);
+  putDesc(mem, 0x10000, 2, 0x100000, 1, VIRTQ_DESC_F_WRITE, 0);
+  putDesc(mem, DESC, 0, 0x10000, 3 * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
   d.expose(0);
   assert.deepEqual(d.clauses(), ['split.desc-table.driver.1']);
   assert.match(d.monitor.verdicts[0].message, /longer than 2\^32 bytes/);
@@ -87,8 +80,8 @@ test('split.indirect-descs.driver.3: an indirect chain beyond the most this devi
   const mem = GuestMemory.create(1 << 20);
   const d = live(mem, 'tolerant');
   const n = 1100;
-  for (let i = 0; i < n; i++) writeDesc(mem, 0x10000, i, 0x20000, 1, VIRTQ_DESC_F_WRITE | (i < n - 1 ? VIRTQ_DESC_F_NEXT : 0), i + 1);
-  writeDesc(mem, DESC, 0, 0x10000, n * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+  for (let i = 0; i < n; i++) putDesc(mem, 0x10000, i, 0x20000, 1, VIRTQ_DESC_F_WRITE | (i < n - 1 ? VIRTQ_DESC_F_NEXT : 0), i + 1);
+  putDesc(mem, DESC, 0, 0x10000, n * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
   d.expose(0);
   assert.deepEqual(d.clauses(), ['split.indirect-descs.driver.3', 'split.indirect-descs.driver.3']);
   assert.match(d.monitor.verdicts[1].message, /the most this device serves/);
@@ -97,7 +90,7 @@ test('split.indirect-descs.driver.3: an indirect chain beyond the most this devi
 test('split.indirect-descs.driver.3: one descriptor spanning 1200 guest memory regions, more pieces than a chain holds', () => {
   const mem = new GuestMemory(Array.from({ length: 2048 }, (_, i) => ({ guestAddr: i * 4096, size: 4096, buffer: new ArrayBuffer(4096) })));
   const d = live(mem);
-  writeDesc(mem, DESC, 0, 0x10000, 1200 * 4096, VIRTQ_DESC_F_WRITE, 0);
+  putDesc(mem, DESC, 0, 0x10000, 1200 * 4096, VIRTQ_DESC_F_WRITE, 0);
   d.expose(0);
   assert.deepEqual(d.clauses(), ['split.indirect-descs.driver.3']);
   assert.match(d.monitor.verdicts[0].message, /more buffers than this queue accepts/);
@@ -106,7 +99,7 @@ test('split.indirect-descs.driver.3: one descriptor spanning 1200 guest memory r
 test('init.cleanup.driver.1: the driver makes a descriptor available again while the device still holds it', () => {
   const mem = GuestMemory.create(1 << 20);
   const d = live(mem, 'strict', true);
-  writeDesc(mem, DESC, 0, 0x20000, 16, VIRTQ_DESC_F_WRITE, 0);
+  putDesc(mem, DESC, 0, 0x20000, 16, VIRTQ_DESC_F_WRITE, 0);
   d.expose(0);
   assert.deepEqual(d.clauses(), [], 'taken and held');
   d.expose(0);
@@ -117,11 +110,11 @@ test('init.cleanup.driver.1: the driver makes a descriptor available again while
 test('the same queue with well-formed chains (direct, indirect, across regions): no verdict', () => {
   const mem = new GuestMemory(Array.from({ length: 256 }, (_, i) => ({ guestAddr: i * 4096, size: 4096, buffer: new ArrayBuffer(4096) })));
   const d = live(mem);
-  writeDesc(mem, 0x10000, 0, 0x20000, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
-  writeDesc(mem, 0x10000, 1, 0x20010, 16, VIRTQ_DESC_F_WRITE, 0);
-  writeDesc(mem, DESC, 0, 0x10000, 2 * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+  putDesc(mem, 0x10000, 0, 0x20000, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+  putDesc(mem, 0x10000, 1, 0x20010, 16, VIRTQ_DESC_F_WRITE, 0);
+  putDesc(mem, DESC, 0, 0x10000, 2 * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
   d.expose(0);
-  writeDesc(mem, DESC, 1, 0x30000, 40 * 4096, VIRTQ_DESC_F_WRITE, 0);
+  putDesc(mem, DESC, 1, 0x30000, 40 * 4096, VIRTQ_DESC_F_WRITE, 0);
   d.expose(1);
   assert.deepEqual(d.clauses(), []);
 });
