@@ -218,7 +218,6 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       throw new CliError(EXIT_RUNTIME, `cannot join --switch ${opts.switch}: ${describeError(e)}`);
     }
   }
-  const verdicts: unknown[] = [];
   const device: VirtioDevice =
     type === 'net'
       ? // Over vhost-user the control queue is the front-end's (QEMU serves it and forwards none of
