@@ -1,5 +1,5 @@
 /**
- * The `--report FILE` of `probe` and `monitor`: the JSON report goes to a new file only (a file
+ * The `--report FILE` of `serve`, `probe` and `monitor`: the JSON report goes to a new file only (a file
  * the program did not make is never overwritten), checked before the run starts and created
  * with O_EXCL when it ends.
  */

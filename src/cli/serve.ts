@@ -14,7 +14,7 @@
  */
 import { native } from '../native/index.js';
 import { Monitor, formatVerdict } from '../monitor/monitor.js';
-import { RunReportRecorder, runReportJson } from '../monitor/run-report.js';
+import { RunReportRecorder } from '../monitor/run-report.js';
 import { loadDeviations } from '../node/deviations.js';
 import { RngDevice } from '../devices/rng/device.js';
 import { BlkDevice } from '../devices/blk/device.js';
@@ -29,13 +29,12 @@ import type { VirtioDevice } from '../device/device.js';
 import { serveVhostUser, type DaemonLogger, type VhostUserDaemon } from '../transports/vhost-user/daemon.js';
 import { VhostUserError } from '../transports/vhost-user/errors.js';
 import { MAX_SOCKET_PATH } from '../transports/vhost-user/socket-path.js';
-import { writeFileSync } from 'node:fs';
 import { LONG_CHAIN_CAP } from '../virtqueue/chain.js';
 import type { Logger } from 'pino';
 import { Status } from '../spec/constants.js';
 import { CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_VIOLATIONS, describeError } from './exit-codes.js';
 import { checkImage, type ImageFacts } from './image.js';
-import { checkNewReport } from './report-file.js';
+import { checkNewReport, writeNewReport } from './report-file.js';
 import { createLogger, defaultLogFormat, type LogFormat } from './log.js';
 
 export interface ServeOptions {
@@ -353,10 +352,10 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       const report = recorder.report();
       // The net device's frame counters ride along (a guest test checks frames really moved).
       if (device instanceof NetDevice) report.counters = { ...device.counters };
-      writeFileSync(opts.report!, runReportJson(report), { flag: 'wx' });
+      writeNewReport(opts.report, report);
       logger.info({ report: opts.report }, `wrote the run report (verdicts by clause) to ${opts.report}`);
     } catch (e) {
-      logger.error({ report: opts.report, reason: describeError(e) }, `cannot write --report ${opts.report}: ${describeError(e)}`);
+      logger.error({ report: opts.report, reason: describeError(e) }, describeError(e));
       code = EXIT_RUNTIME;
     }
   }
