@@ -42,6 +42,8 @@ export interface NetTestPeerOptions extends Partial<VirtioDriverOptions> {
   rxBufferSize?: number;
   /** Queue pairs to set up (default 1). */
   pairs?: number;
+  /** Post a new receive buffer for each one used (default true); false lets the ring run dry. */
+  refill?: boolean;
 }
 
 /** Every net feature bit this peer knows how to drive. */
@@ -60,6 +62,7 @@ export class NetTestPeer extends VirtioDriver<PeerToken> {
   private partialLeft = 0;
   private readonly rxCount: number;
   private readonly rxSize: number;
+  private readonly refill: boolean;
   private readonly pairs: number;
 
   /** A peer over `transport`; start() initializes the device. */
@@ -74,6 +77,7 @@ export class NetTestPeer extends VirtioDriver<PeerToken> {
     this.rxCount = options.rxBuffers ?? 16;
     this.rxSize = options.rxBufferSize ?? 2048;
     this.pairs = options.pairs ?? 1;
+    this.refill = options.refill ?? true;
     this.onUsed = (q) => this.collect(q);
   }
 
@@ -167,7 +171,7 @@ export class NetTestPeer extends VirtioDriver<PeerToken> {
         else if (t.kind === 'ctrl') t.ack!(this.transport.memory.readU8(t.ackAddr!));
         this.allocator.release(t.addr);
         // Keep the receive queue full: one new buffer for each one used.
-        if (t.kind === 'rx') {
+        if (t.kind === 'rx' && this.refill) {
           rx = true;
           const addr = this.allocator.alloc(t.len, 8);
           q.begin().addWritable(addr, t.len).commit({ kind: 'rx', addr, len: t.len });

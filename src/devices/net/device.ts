@@ -261,6 +261,8 @@ export class NetDeviceType implements DeviceType {
   private readonly txGso: NonNullable<NetOffload['gso']> = { type: 'tcpv4', segmentSize: 0, headerLength: 0, ecn: false };
   private readonly meta = new Int32Array(6);
   private readonly holds: HoldQueue[];
+  /** drainHeld is running (a frame that arrives meanwhile is held; its loop asks for buffers). */
+  private draining = false;
   private readonly reserves: Reserve[];
   private readonly deliverFn = (frame: Uint8Array, offload: NetOffload | undefined) => void this.receive(frame, offload);
 
@@ -747,7 +749,22 @@ export class NetDeviceType implements DeviceType {
       return false;
     }
     this.counters.rxHeld++;
+    // The ring ran dry with a frame held: from here on only a notification drains the hold.
+    if (q !== undefined && q.active) this.askForBuffers(pair, q, ctx);
     return true;
+  }
+
+  /**
+   * Frames are held and the receive ring is empty: asks the driver to notify when it adds buffers
+   * and re-checks. With EVENT_IDX (split) avail_event moves only when the device writes it
+   * (2.7.10): left where it was, a driver that refills the ring past it never notifies, and the
+   * held frames (and every later one) wait for ever; seen as a TCP stream between two Linux
+   * guests stalling for good once one guest fell behind in refilling its receive ring. Buffers
+   * that arrived before the request was visible are taken at once, as after a notification.
+   */
+  private askForBuffers(pair: number, q: DeviceQueue, ctx: DeviceContext): void {
+    if (this.draining) return; // drainHeld's own loop asks (this frame came in while it ran)
+    if (q.enableNotifications()) this.drainHeld(pair, ctx);
   }
 
   /** The guest made receive buffers available on pair `pair`: deliver what is held. */
@@ -756,14 +773,24 @@ export class NetDeviceType implements DeviceType {
     const hold = this.holds[pair];
     const q = ctx.queues[2 * pair];
     let placed = false;
-    while (hold.length > 0 && ctx.accepting) {
-      const frame = hold.peek(this.meta);
-      const r = this.place(q, frame, this.meta, ctx);
-      if (r === 'wait') break;
-      hold.shift();
-      this.counters.rxHeld--;
-      if (r === 'drop') this.counters.rxDropped++;
-      else placed = true;
+    this.draining = true;
+    try {
+      for (;;) {
+        while (hold.length > 0 && ctx.accepting) {
+          const frame = hold.peek(this.meta);
+          const r = this.place(q, frame, this.meta, ctx);
+          if (r === 'wait') break;
+          hold.shift();
+          this.counters.rxHeld--;
+          if (r === 'drop') this.counters.rxDropped++;
+          else placed = true;
+        }
+        // Still holding with the ring empty: ask for the next notification (see askForBuffers),
+        // and go on at once if buffers came meanwhile.
+        if (hold.length === 0 || !ctx.accepting || !q.enableNotifications()) break;
+      }
+    } finally {
+      this.draining = false;
     }
     if (placed) ctx.complete(q);
   }
