@@ -172,7 +172,7 @@ async function boot(b: BackendId, round: number, image: string, o: { runtime: nu
       if (!existsSync(chardev)) throw new Error(`virtio-ts monitor did not listen on ${chardev}: ${proxy.log().slice(-2000)}`);
     }
     const append = [
-      'console=ttyS0 panic=-1 quiet', `tsc_early_khz=${khz}`,
+      'console=ttyS0 panic=-1 quiet no_timer_check', `tsc_early_khz=${khz}`,
       `vt.fio=${POINTS.map((p) => p.job).join(',')}`, `vt.runtime=${o.runtime}`, `vt.ramp=${o.ramp}`,
     ].join(' ');
     const qemuArgs = [

@@ -62,7 +62,7 @@ function runGuest(sock: string, mac: string, device: string, append: string, tim
     '-object', 'memory-backend-memfd,id=mem,size=384M,share=on', '-numa', 'node,memdev=mem',
     '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
     '-kernel', join(guestDir, 'vmlinux'), '-initrd', join(guestDir, 'initramfs.cpio'),
-    '-append', `console=ttyS0 panic=-1 quiet vt.test=net tsc_early_khz=${khz} ${append}`,
+    '-append', `console=ttyS0 panic=-1 quiet no_timer_check vt.test=net tsc_early_khz=${khz} ${append}`,
     '-chardev', `socket,id=c0,path=${sock}`, '-netdev', 'vhost-user,id=n0,chardev=c0',
     '-device', `virtio-net-pci,netdev=n0,mac=${mac}${device ? ',' + device : ''}`,
   ];
