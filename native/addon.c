@@ -574,6 +574,8 @@ static napi_value Watch(napi_env env, napi_callback_info info) {
   return handle;
 }
 
+void tap_init(napi_env env, napi_value exports);  // native/tap.c
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"socketpair", NULL, Socketpair, NULL, NULL, NULL, napi_default, NULL},
@@ -596,6 +598,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"watch", NULL, Watch, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  tap_init(env, exports);
   return exports;
 }
 
