@@ -64,12 +64,19 @@ export interface TapPortCounters {
   malformed: number;
 }
 
-function checkName(name: string): void {
+/** Why `name` cannot be an interface name (the kernel's dev_valid_name), or undefined when it can. */
+export function interfaceNameProblem(name: string): string | undefined {
   const bytes = Buffer.byteLength(name);
-  // The kernel's dev_valid_name: 1 to IFNAMSIZ-1 bytes, not "." or "..", no '/', ':' or white space.
+  // 1 to IFNAMSIZ-1 bytes, not "." or "..", no '/', ':' or white space.
   if (bytes < 1 || bytes > 15 || name === '.' || name === '..' || /[/:\s]/.test(name) || name.includes('\0')) {
-    throw new NetPortError('bad-name', `"${name}" is not an interface name (1 to 15 bytes, no '/', ':' or white space, not '.' or '..')`);
+    return `"${name}" is not an interface name (1 to 15 bytes, no '/', ':' or white space, not '.' or '..')`;
   }
+  return undefined;
+}
+
+function checkName(name: string): void {
+  const problem = interfaceNameProblem(name);
+  if (problem !== undefined) throw new NetPortError('bad-name', problem);
 }
 
 /** One TAP interface as a frame port. */
