@@ -60,16 +60,16 @@ export async function stop(child: ChildProcess): Promise<number | null> {
   return new Promise((r) => child.once('exit', (code) => r(code)));
 }
 
-/** One guest on `-netdev vhost-user` at `sock` running the init's `vt.test=<test>` case; its VT-RESULT lines. */
-export function runGuest(sock: string, mac: string, device: string, append: string, timeoutMs: number, testName = 'net'): Promise<GuestOut> {
+/** One guest on `-netdev vhost-user` at `sock` (or on `netArgs`) running the init's `vt.test=<test>` case; its VT-RESULT lines. */
+export function runGuest(sock: string, mac: string, device: string, append: string, timeoutMs: number, testName = 'net', netArgs?: string[]): Promise<GuestOut> {
   const args = [
     '-accel', 'tcg', '-cpu', 'max', '-m', '384M',
     '-object', 'memory-backend-memfd,id=mem,size=384M,share=on', '-numa', 'node,memdev=mem',
     '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
     '-kernel', join(guestDir, 'vmlinux'), '-initrd', join(guestDir, 'initramfs.cpio'),
     '-append', `console=ttyS0 panic=-1 quiet vt.test=${testName} tsc_early_khz=${khz} ${append}`,
-    '-chardev', `socket,id=c0,path=${sock}`, '-netdev', 'vhost-user,id=n0,chardev=c0',
-    '-device', `virtio-net-pci,netdev=n0,mac=${mac}${device ? ',' + device : ''}`,
+    // netArgs: another netdev and NIC instead (QEMU's own virtio-net on -netdev dgram, say).
+    ...(netArgs ?? ['-chardev', `socket,id=c0,path=${sock}`, '-netdev', 'vhost-user,id=n0,chardev=c0', '-device', `virtio-net-pci,netdev=n0,mac=${mac}${device ? ',' + device : ''}`]),
   ];
   const q = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

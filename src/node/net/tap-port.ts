@@ -99,7 +99,8 @@ export class TapFramePort implements FramePort {
   private readonly rxCsum = { start: 0, offset: 0 };
   private readonly rxGso: NonNullable<NetOffload['gso']> = { type: 'tcpv4', segmentSize: 0, headerLength: 0, ecn: false };
   private readonly watch: { close(): void };
-  private readonly emitOne = (f: Uint8Array, o: NetOffload | undefined) => this.write(f, o);
+  private allWritten = true;
+  private readonly emitOne = (f: Uint8Array, o: NetOffload | undefined) => void (this.write(f, o) || (this.allWritten = false));
 
   private constructor(
     private readonly n: NativeAddon,
@@ -180,8 +181,10 @@ export class TapFramePort implements FramePort {
       return false;
     }
     if (this.vnetHdr) return this.write(frame, offload);
-    // No header on the fd: offloads are finished here (a no-op for whole frames).
-    return completeOffloads(frame, offload, NO_OFFLOADS, this.emitOne) > 0;
+    // No header on the fd: offloads are finished here (a no-op for whole frames); true only
+    // when every resulting frame went out.
+    this.allWritten = true;
+    return completeOffloads(frame, offload, NO_OFFLOADS, this.emitOne) > 0 && this.allWritten;
   }
 
   private write(frame: Uint8Array, offload: NetOffload | undefined): boolean {
