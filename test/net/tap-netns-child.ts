@@ -6,6 +6,9 @@
 //                       the kernel (169.254.0.2 on vt0) answers ARP and ICMP; a UDP socket of the
 //                       host gets a datagram the driver sent with a partial checksum, and sends one back.
 //   errors              the kinds: 'lo' (not a TAP), vt0 twice (in use); vt0 deleted under the port.
+//   pps                 frames per second through the TAP (driver -> kernel, and a UDP sender in the
+//                       namespace -> driver) for 64- and 1514-byte frames: a figure for the report,
+//                       not a test (`unshare -n node dist/test/net/tap-netns-child.js pps`).
 //   open                one open attempt of vt0, its error kind (run without CAP_NET_ADMIN or /dev/net/tun).
 import { execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
@@ -149,6 +152,53 @@ async function traffic(vnetHdr: boolean): Promise<void> {
   tap.close();
 }
 
+async function pps(): Promise<void> {
+  const tap = TapFramePort.open('vt0');
+  ip('addr', 'add', '169.254.0.2/16', 'dev', 'vt0');
+  ip('link', 'set', 'vt0', 'up');
+  ip('neigh', 'replace', DRIVER_IP.join('.'), 'lladdr', '52:54:00:00:00:0a', 'dev', 'vt0', 'nud', 'permanent');
+  const device = new NetDevice({ mac: MAC_A, monitor: new Monitor({ mode: 'tolerant' }), queueMaxSize: 1024, linkUp: true });
+  const transport = new LoopbackTransport(device, GuestMemory.create(64 << 20), { mode: 'sync' });
+  const driver = new NetDriver(transport, { monitor: new Monitor({ mode: 'tolerant' }), queueSize: 1024 });
+  connectPorts(device.port, tap, { b: (up) => void (up && tap.setReceiveOffloads(device.port.accepts)) });
+  await driver.start();
+  const res: Record<string, number> = {};
+  for (const size of [64, 1514]) {
+    // Driver -> kernel: to a MAC nobody has, so the kernel drops it at once (the cost is the TAP's).
+    const { frame } = ipFrame({ proto: 'udp', payload: new Uint8Array(size - 42), dst: Uint8Array.of(2, 0, 0, 0, 0, 0x99), src: MAC_A });
+    const n = 200_000;
+    const before = tap.counters.txFrames;
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < n; ) {
+      if (driver.send(frame)) i++;
+      else {
+        driver.flush();
+        await new Promise((r) => setImmediate(r));
+      }
+    }
+    driver.flush();
+    await waitFor('the last frames written', () => (tap.counters.txFrames - before + tap.counters.dropped >= n ? true : undefined));
+    res[`tx${size}`] = Math.round(((tap.counters.txFrames - before) * 1e9) / Number(process.hrtime.bigint() - t0));
+    // Kernel -> driver: a UDP sender in this namespace (another process) blasts for 2 s.
+    let got = 0;
+    driver.onFrame = () => void got++;
+    const sender = `const s=require('dgram').createSocket('udp4');s.bind(0,'169.254.0.2',()=>{const b=Buffer.alloc(${size - 42});let n=0;const end=Date.now()+2000;const go=()=>{for(let i=0;i<256;i++)s.send(b,9,'169.254.0.1');n+=256;if(Date.now()<end)setImmediate(go);else s.close(()=>console.log(n));};go();});`;
+    const t1 = process.hrtime.bigint();
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, ['-e', sender], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let sent = '';
+    child.stdout.on('data', (d) => (sent += d));
+    await new Promise((r) => child.once('exit', r));
+    res[`rx${size}`] = Math.round((got * 1e9) / Number(process.hrtime.bigint() - t1));
+    res[`rx${size}Sent`] = Number(sent.trim());
+    res[`rx${size}Got`] = got;
+    driver.onFrame = null;
+  }
+  out({ ...res, counters: tap.counters, device: device.counters });
+  driver.close();
+  tap.close();
+}
+
 async function errors(): Promise<void> {
   const lo = kindOf(() => TapFramePort.open('lo'));
   const held = TapFramePort.open('vt0');
@@ -167,7 +217,7 @@ async function errors(): Promise<void> {
 }
 
 const [mode, arg] = process.argv.slice(2);
-const run = mode === 'traffic' ? traffic(arg === 'vnet') : mode === 'errors' ? errors() : Promise.resolve(out({ kind: kindOf(() => TapFramePort.open('vt0')) }));
+const run = mode === 'traffic' ? traffic(arg === 'vnet') : mode === 'errors' ? errors() : mode === 'pps' ? pps() : Promise.resolve(out({ kind: kindOf(() => TapFramePort.open('vt0')) }));
 run.then(
   () => process.exit(0),
   (e: unknown) => {
