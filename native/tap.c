@@ -16,35 +16,7 @@
 #include <unistd.h>
 #include <uv.h>
 
-static napi_value tap_throw(napi_env env, const char* what, int err) {
-  char name[64];
-  uv_err_name_r(-err, name, sizeof name);
-  char msg[256];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, name[0] == 'E' ? name : "EUNKNOWN", msg);
-  return NULL;
-}
-
-static napi_value tap_num(napi_env env, double v) {
-  napi_value r;
-  napi_create_double(env, v, &r);
-  return r;
-}
-
-static int tap_bytes(napi_env env, napi_value v, void** data, size_t* len) {
-  napi_typedarray_type t;
-  napi_value ab;
-  size_t off;
-  return napi_get_typedarray_info(env, v, &t, len, data, &ab, &off) == napi_ok && t == napi_uint8_array;
-}
-
-static int tap_unix_path(napi_env env, napi_value v, struct sockaddr_un* sa) {
-  size_t len = 0;
-  memset(sa, 0, sizeof *sa);
-  sa->sun_family = AF_UNIX;
-  if (napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &len) != napi_ok) return 0;
-  return len > 0 && len < sizeof sa->sun_path - 1;
-}
+#include "util.h"
 
 // tapOpen(name, vnetHdrBytes): { fd, name }. Opens /dev/net/tun (non-blocking, close-on-exec) and
 // attaches it to the TAP interface `name` (IFF_TAP | IFF_NO_PI), made if it does not exist, or an
@@ -55,31 +27,31 @@ static int tap_unix_path(napi_env env, napi_value v, struct sockaddr_un* sa) {
 static napi_value TapOpen(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) return tap_throw(env, "tapOpen: (name, vnetHdrBytes)", EINVAL);
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) return throw_errno(env, "tapOpen: (name, vnetHdrBytes)", EINVAL);
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
   size_t len = 0;
   if (napi_get_value_string_utf8(env, argv[0], ifr.ifr_name, IFNAMSIZ, &len) != napi_ok || len == 0 || len >= IFNAMSIZ)
-    return tap_throw(env, "tapOpen: the interface name must be 1 to 15 bytes", EINVAL);
+    return throw_errno(env, "tapOpen: the interface name must be 1 to 15 bytes", EINVAL);
   int32_t hdr = 0;
-  if (napi_get_value_int32(env, argv[1], &hdr) != napi_ok || hdr < 0 || hdr > 64) return tap_throw(env, "tapOpen: vnetHdrBytes", EINVAL);
+  if (napi_get_value_int32(env, argv[1], &hdr) != napi_ok || hdr < 0 || hdr > 64) return throw_errno(env, "tapOpen: vnetHdrBytes", EINVAL);
   int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) return tap_throw(env, "open /dev/net/tun", errno);
+  if (fd < 0) return throw_errno(env, "open /dev/net/tun", errno);
   ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (hdr > 0 ? IFF_VNET_HDR : 0);
   if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
     int e = errno;
     close(fd);
-    return tap_throw(env, "TUNSETIFF", e);
+    return throw_errno(env, "TUNSETIFF", e);
   }
   if (hdr > 0 && ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0) {
     int e = errno;
     close(fd);
-    return tap_throw(env, "TUNSETVNETHDRSZ", e);
+    return throw_errno(env, "TUNSETVNETHDRSZ", e);
   }
   napi_value result, name;
   napi_create_object(env, &result);
   napi_create_string_utf8(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ), &name);
-  napi_set_named_property(env, result, "fd", tap_num(env, fd));
+  napi_set_named_property(env, result, "fd", num(env, fd));
   napi_set_named_property(env, result, "name", name);
   return result;
 }
@@ -92,8 +64,8 @@ static napi_value TapSetOffload(napi_env env, napi_callback_info info) {
   int32_t fd, flags;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
       napi_get_value_int32(env, argv[1], &flags) != napi_ok)
-    return tap_throw(env, "tapSetOffload: (fd, flags)", EINVAL);
-  if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags) < 0) return tap_throw(env, "TUNSETOFFLOAD", errno);
+    return throw_errno(env, "tapSetOffload: (fd, flags)", EINVAL);
+  if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags) < 0) return throw_errno(env, "TUNSETOFFLOAD", errno);
   return NULL;
 }
 
@@ -107,16 +79,16 @@ static napi_value FdRead(napi_env env, napi_callback_info info) {
   void* data;
   size_t len;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
-      !tap_bytes(env, argv[1], &data, &len))
-    return tap_throw(env, "fdRead: (fd, Uint8Array)", EINVAL);
+      !arg_bytes(env, argv[1], &data, &len))
+    return throw_errno(env, "fdRead: (fd, Uint8Array)", EINVAL);
   ssize_t n;
   do n = read(fd, data, len);
   while (n < 0 && errno == EINTR);
   if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return tap_num(env, -1);
-    return tap_throw(env, "read", errno);
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return num(env, -1);
+    return throw_errno(env, "read", errno);
   }
-  return tap_num(env, (double)n);
+  return num(env, (double)n);
 }
 
 // fdWrite2(fd, Uint8Array, Uint8Array?): bytes written with one writev (a header and a frame: one
@@ -128,13 +100,13 @@ static napi_value FdWrite2(napi_env env, napi_callback_info info) {
   struct iovec iov[2];
   int n = 1;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
-      !tap_bytes(env, argv[1], &iov[0].iov_base, &iov[0].iov_len))
-    return tap_throw(env, "fdWrite2: (fd, Uint8Array, Uint8Array?)", EINVAL);
+      !arg_bytes(env, argv[1], &iov[0].iov_base, &iov[0].iov_len))
+    return throw_errno(env, "fdWrite2: (fd, Uint8Array, Uint8Array?)", EINVAL);
   if (argc > 2) {
     napi_valuetype t;
     napi_typeof(env, argv[2], &t);
     if (t != napi_undefined) {
-      if (!tap_bytes(env, argv[2], &iov[1].iov_base, &iov[1].iov_len)) return tap_throw(env, "fdWrite2: (fd, Uint8Array, Uint8Array?)", EINVAL);
+      if (!arg_bytes(env, argv[2], &iov[1].iov_base, &iov[1].iov_len)) return throw_errno(env, "fdWrite2: (fd, Uint8Array, Uint8Array?)", EINVAL);
       n = 2;
     }
   }
@@ -142,10 +114,10 @@ static napi_value FdWrite2(napi_env env, napi_callback_info info) {
   do r = writev(fd, iov, n);
   while (r < 0 && errno == EINTR);
   if (r < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) return tap_num(env, -1);
-    return tap_throw(env, "writev", errno);
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) return num(env, -1);
+    return throw_errno(env, "writev", errno);
   }
-  return tap_num(env, (double)r);
+  return num(env, (double)r);
 }
 
 // dgramBind(path): a non-blocking unix datagram socket bound to `path` (which must not exist).
@@ -153,16 +125,16 @@ static napi_value DgramBind(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   struct sockaddr_un sa;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || !tap_unix_path(env, argv[0], &sa))
-    return tap_throw(env, "dgramBind: path (1 to 107 bytes)", EINVAL);
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || !arg_path(env, argv[0], &sa))
+    return throw_errno(env, "dgramBind: path (1 to 107 bytes)", EINVAL);
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return tap_throw(env, "socket", errno);
+  if (fd < 0) return throw_errno(env, "socket", errno);
   if (bind(fd, (struct sockaddr*)&sa, sizeof sa) < 0) {
     int e = errno;
     close(fd);
-    return tap_throw(env, "bind", e);
+    return throw_errno(env, "bind", e);
   }
-  return tap_num(env, fd);
+  return num(env, fd);
 }
 
 // dgramConnect(fd, path): the peer datagrams go to (and the only one they are taken from);
@@ -173,8 +145,8 @@ static napi_value DgramConnect(napi_env env, napi_callback_info info) {
   int32_t fd;
   struct sockaddr_un sa;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
-      !tap_unix_path(env, argv[1], &sa))
-    return tap_throw(env, "dgramConnect: (fd, path)", EINVAL);
+      !arg_path(env, argv[1], &sa))
+    return throw_errno(env, "dgramConnect: (fd, path)", EINVAL);
   char name[64] = "";
   if (connect(fd, (struct sockaddr*)&sa, sizeof sa) < 0) uv_err_name_r(-errno, name, sizeof name);
   napi_value r;
