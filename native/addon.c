@@ -20,19 +20,9 @@
 #include <unistd.h>
 #include <uv.h>
 
-#define MAX_FDS 32
+#include "util.h"
 
-// The error's code is libuv's name for the errno (the names Node's own fs and net errors carry),
-// not glibc's strerrorname_np: that needs glibc 2.32, and the prebuilt binaries load on the
-// glibc 2.28 that Node 20's own Linux builds require (scripts/prebuild.mjs checks it).
-static napi_value throw_errno(napi_env env, const char* what, int err) {
-  char name[64];
-  uv_err_name_r(-err, name, sizeof name);
-  char msg[256];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, name[0] == 'E' ? name : "EUNKNOWN", msg);
-  return NULL;
-}
+#define MAX_FDS 32
 
 #define CHECK(call)                                   \
   do {                                                \
@@ -42,29 +32,7 @@ static napi_value throw_errno(napi_env env, const char* what, int err) {
     }                                                 \
   } while (0)
 
-static napi_value num(napi_env env, double v) {
-  napi_value r;
-  napi_create_double(env, v, &r);
-  return r;
-}
-
 static int arg_int(napi_env env, napi_value v, int32_t* out) { return napi_get_value_int32(env, v, out) == napi_ok; }
-
-// A Uint8Array argument: its bytes and length.
-static int arg_bytes(napi_env env, napi_value v, void** data, size_t* len) {
-  napi_typedarray_type t;
-  napi_value ab;
-  size_t off;
-  return napi_get_typedarray_info(env, v, &t, len, data, &ab, &off) == napi_ok && t == napi_uint8_array;
-}
-
-static int arg_path(napi_env env, napi_value v, struct sockaddr_un* sa) {
-  size_t len = 0;
-  memset(sa, 0, sizeof *sa);
-  sa->sun_family = AF_UNIX;
-  if (napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &len) != napi_ok) return 0;
-  return len > 0 && len < sizeof sa->sun_path - 1;
-}
 
 // socketpair(): [fd, fd], both non-blocking
 static napi_value Socketpair(napi_env env, napi_callback_info info) {
@@ -574,6 +542,8 @@ static napi_value Watch(napi_env env, napi_callback_info info) {
   return handle;
 }
 
+void tap_init(napi_env env, napi_value exports);  // native/tap.c
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"socketpair", NULL, Socketpair, NULL, NULL, NULL, napi_default, NULL},
@@ -596,6 +566,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"watch", NULL, Watch, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  tap_init(env, exports);
   return exports;
 }
 

@@ -62,3 +62,6 @@ export { ProxyError, type ProxyErrorKind } from './proxy/errors.js';
 export { FRONT_END_RULES } from './proxy/rules.js';
 export type { RingStats } from './proxy/rings.js';
 export { StreamFramePort, listenSwitch, MAX_STREAM_FRAME, type StreamPortOptions, type SwitchServer } from './node/net/stream-port.js';
+export { TapFramePort, interfaceNameProblem, TAP_VNET_HDR_BYTES, TUN_F, type TapPortOptions, type TapPortCounters } from './node/net/tap-port.js';
+export { DgramFramePort, MAX_DGRAM_FRAME, type DgramPortCounters } from './node/net/dgram-port.js';
+export { NetPortError, type NetPortErrorKind } from './node/net/errors.js';

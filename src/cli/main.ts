@@ -142,8 +142,10 @@ ${EXIT_CODES_HELP}`,
 
   program
     .command('switch')
-    .description('an Ethernet switch on a unix stream socket (QEMU -netdev stream framing) that serve net processes and VMs join')
+    .description('an Ethernet switch on a unix stream socket (QEMU -netdev stream framing) that serve net processes and VMs join, with unix datagram (-netdev dgram) and TAP ports')
     .option('--socket <path>', 'listen on this unix socket path (must not exist)')
+    .option('--dgram <local,remote>', 'a port on a unix datagram socket bound to LOCAL, sending to REMOTE (QEMU -netdev dgram: local.path=REMOTE,remote.path=LOCAL); repeatable', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+    .option('--tap <ifname>', 'a port on this TAP interface (made if absent; bring it up yourself); repeatable', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--ageing <seconds>', 'forget a learned address after this long without a frame from it (default 300)', intInRange('--ageing', 1, 86_400))
     .addOption(new Option('--log-level <level>', 'log level on stderr').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
     .addOption(new Option('--log-format <format>', 'log format on stderr').choices(['json', 'pretty']))

@@ -22,6 +22,8 @@ import { FileBlockStorage } from '../node/file-block.js';
 import { NetDevice } from '../devices/net/device.js';
 import { formatMac, parseMac } from '../net/mac.js';
 import { StreamFramePort } from '../node/net/stream-port.js';
+import { TapFramePort, interfaceNameProblem } from '../node/net/tap-port.js';
+import { NetPortError } from '../node/net/errors.js';
 import { connectPorts } from '../net/switch.js';
 import { VsockDevice } from '../devices/vsock/device.js';
 import { serveHybridVsock, type HybridVsock } from '../node/vsock/hybrid.js';
@@ -147,16 +149,13 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     }
   }
   if (opts.switch !== undefined && opts.tap !== undefined) throw new CliError(EXIT_USAGE, 'give one of --switch SOCKET or --tap IFNAME');
+  if (opts.tap !== undefined && interfaceNameProblem(opts.tap) !== undefined) throw new CliError(EXIT_USAGE, `--tap: ${interfaceNameProblem(opts.tap)}`);
   if (opts.mac !== undefined && (parseMac(opts.mac) === null || (parseMac(opts.mac)![0] & 1) !== 0)) throw new CliError(EXIT_USAGE, `--mac ${opts.mac} is not a unicast MAC address (like 52:54:00:12:34:56)`);
   if (opts.queues !== undefined && opts.queues > 1) {
     // QEMU serves the control queue of a vhost-user net device itself and forwards MQ without
     // CTRL_VQ, which the device core refuses (MQ requires CTRL_VQ, basic.features.driver.1);
     // queue pairs over vhost-user need the device told so. Not done yet: said, not stubbed.
     throw new CliError(EXIT_USAGE, `--queues ${opts.queues}: serve net serves one queue pair for now (multiqueue over vhost-user is not supported yet)`);
-  }
-  if (opts.tap !== undefined) {
-    // The TAP port is the net-driver work of issue 15 (src/node/net/tap.ts); until it is part of this build, say so.
-    throw new CliError(EXIT_RUNTIME, `--tap ${opts.tap}: this build has no TAP back-end yet (src/node/net/tap.ts is not part of it); use --switch SOCKET`);
   }
   if (type === 'vsock' && (opts.guestCid === undefined || opts.udsPath === undefined)) throw new CliError(EXIT_USAGE, 'serve vsock needs --guest-cid N and --uds-path PATH');
   if (type !== 'vsock' && (opts.guestCid !== undefined || opts.udsPath !== undefined)) throw new CliError(EXIT_USAGE, `--guest-cid and --uds-path are for vsock, not ${type}`);
@@ -209,12 +208,22 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   } catch (e) {
     throw new CliError(EXIT_RUNTIME, `cannot open --image ${imagePath}: ${describeError(e)}`);
   }
-  let netPort: StreamFramePort | undefined;
+  let netPort: StreamFramePort | TapFramePort | undefined;
   if (type === 'net' && opts.switch !== undefined) {
     try {
       netPort = await StreamFramePort.connect(opts.switch);
     } catch (e) {
       throw new CliError(EXIT_RUNTIME, `cannot join --switch ${opts.switch}: ${describeError(e)}`);
+    }
+  }
+  if (type === 'net' && opts.tap !== undefined) {
+    // Attached by name, made if absent; the interface is the user's to configure (ip addr, ip
+    // link set up): serve never changes an interface, and the kernel refuses non-TAP names.
+    try {
+      netPort = TapFramePort.open(opts.tap);
+    } catch (e) {
+      if (e instanceof NetPortError) throw new CliError(EXIT_RUNTIME, `--tap ${opts.tap}: ${e.message}`);
+      throw e;
     }
   }
   const device: VirtioDevice =
@@ -277,7 +286,12 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       }
     } else if (device instanceof NetDevice) {
       const mac = formatMac(device.type.mac);
-      const backend = netPort !== undefined ? `switch ${opts.switch}` : 'no back-end (link down: give --switch SOCKET)';
+      const backend =
+        netPort instanceof TapFramePort
+          ? `TAP ${netPort.name}${netPort.vnetHdr ? ' (virtio_net_hdr: offloads passed to the kernel)' : ''}; bring it up yourself: ip link set ${netPort.name} up`
+          : netPort !== undefined
+            ? `switch ${opts.switch}`
+            : 'no back-end (link down: give --switch SOCKET or --tap IFNAME)';
       logger.info(
         { event: 'start', type, mac, queuePairs: device.type.maxPairs, mtu: device.type.mtu || undefined, queueSize: queueMaxSize, backend, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat },
         `serving net ${mac}: ${plural(device.type.maxPairs, 'queue pair')} of up to ${queueMaxSize}${device.type.mtu ? `, mtu ${device.type.mtu}` : ''}, ${backend}, monitor ${mode}, ${on}`,
@@ -321,10 +335,22 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   }
   if (device instanceof NetDevice && netPort !== undefined) {
     const port = netPort;
+    const what = port instanceof TapFramePort ? `TAP ${port.name}` : 'the switch connection';
     connectPorts(device.port, port, {
       a: (up) => {
         device.setLink(up);
-        if (!up) logger.warn({ switch: opts.switch, reason: port.endReason }, `the switch connection ended (${port.endReason}): link down`);
+        if (!up) logger.warn({ switch: opts.switch, tap: opts.tap, reason: port.endReason }, `${what} ended (${port.endReason}): link down`);
+      },
+      // Once the guest is live its offload features are known: the kernel may then hand over
+      // frames with partial checksums and unsegmented TCP/UDP (TUNSETOFFLOAD), as QEMU's tap does.
+      b: (up) => {
+        if (!up || !(port instanceof TapFramePort)) return;
+        try {
+          const set = port.setReceiveOffloads(device.port.accepts);
+          logger.info({ tap: port.name, receiveOffloads: set }, `TAP ${port.name}: the kernel may pass ${Object.entries(set).filter(([, v]) => v).map(([k]) => k).join(', ') || 'no'} offloads to the guest`);
+        } catch (e) {
+          logger.warn({ tap: port.name, reason: describeError(e) }, `TAP ${port.name}: TUNSETOFFLOAD failed (${describeError(e)}); frames arrive whole`);
+        }
       },
     });
   }
@@ -351,7 +377,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     try {
       const report = recorder.report();
       // The net device's frame counters ride along (a guest test checks frames really moved).
-      if (device instanceof NetDevice) report.counters = { ...device.counters };
+      if (device instanceof NetDevice) report.counters = { ...device.counters, ...(netPort instanceof TapFramePort ? tapCounters(netPort) : {}) };
       writeNewReport(opts.report, report);
       logger.info({ report: opts.report }, `wrote the run report (verdicts by clause) to ${opts.report}`);
     } catch (e) {
@@ -372,6 +398,11 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       `${knownDeviations > 0 ? `${plural(knownDeviations, 'known deviation')}, ` : ''}${plural(warnings, 'warning')}; exit ${code}${socketNote}`,
   );
   return code;
+}
+
+/** A TAP port's counters for the run report, named tapRxFrames, tapTxFrames, ... */
+function tapCounters(port: TapFramePort): Record<string, number> {
+  return Object.fromEntries(Object.entries(port.counters).map(([k, v]) => [`tap${k[0].toUpperCase()}${k.slice(1)}`, v]));
 }
 
 /**

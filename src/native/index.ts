@@ -59,6 +59,23 @@ export interface NativeAddon {
    * 4 disconnect: only when watching for readable; -1 error).
    */
   watch(fd: number, readable: boolean, writable: boolean, callback: (events: number) => void): { close(): void };
+  /**
+   * native/tap.c: /dev/net/tun attached to the TAP interface `name` (IFF_TAP | IFF_NO_PI; made if
+   * it does not exist), non-blocking; `vnetHdrBytes` > 0 adds IFF_VNET_HDR with that header
+   * size. Throws with code ENOENT (no /dev/net/tun), EPERM (no CAP_NET_ADMIN), EBUSY (held
+   * elsewhere), EINVAL (the name is not a TAP interface).
+   */
+  tapOpen(name: string, vnetHdrBytes: number): { fd: number; name: string };
+  /** TUNSETOFFLOAD: the TUN_F_* offloads the kernel may hand this TAP's reader. */
+  tapSetOffload(fd: number, flags: number): void;
+  /** One read(): bytes (a whole frame or datagram), -1 when nothing is waiting. */
+  fdRead(fd: number, into: Uint8Array): number;
+  /** One writev() of `a` then `b`: bytes written, -1 when it would block (EAGAIN, ENOBUFS). */
+  fdWrite2(fd: number, a: Uint8Array, b?: Uint8Array): number;
+  /** A non-blocking unix datagram socket bound to `path` (which must not exist). */
+  dgramBind(path: string): number;
+  /** Connects a datagram socket to `path`: '' when done, else the errno name (ENOENT, ECONNREFUSED). */
+  dgramConnect(fd: number, path: string): string;
 }
 
 /**

@@ -34,37 +34,42 @@ export interface Config {
   mb: number;
 }
 
-interface GuestOut {
+/** A guest's VT-RESULT lines and its console. */
+export interface GuestOut {
   results: Map<string, string>;
   console: string;
 }
 
-function spawnLogged(args: string[], log: { text: string }): ChildProcess {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+/** `virtio-ts ARGS` with its stderr collected in `log` (`prefix`: a command to run it under, e.g. ip netns exec NS). */
+export function spawnLogged(args: string[], log: { text: string }, prefix: string[] = []): ChildProcess {
+  const child = prefix.length > 0 ? spawn(prefix[0], [...prefix.slice(1), process.execPath, bin, ...args], { stdio: ['ignore', 'ignore', 'pipe'] }) : spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr!.on('data', (d) => (log.text += d));
   return child;
 }
 
-async function waitFile(path: string, what: () => string): Promise<void> {
+/** Waits (bounded) for `path` to exist; fails with `what()` (a log) when it does not. */
+export async function waitFile(path: string, what: () => string): Promise<void> {
   for (let i = 0; i < 3000 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 10));
   assert.ok(existsSync(path), `${path} did not appear: ${what()}`);
 }
 
-async function stop(child: ChildProcess): Promise<number | null> {
+/** SIGTERM, then the exit code. */
+export async function stop(child: ChildProcess): Promise<number | null> {
   if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
   child.kill('SIGTERM');
   return new Promise((r) => child.once('exit', (code) => r(code)));
 }
 
-function runGuest(sock: string, mac: string, device: string, append: string, timeoutMs: number): Promise<GuestOut> {
+/** One guest on `-netdev vhost-user` at `sock` (or on `netArgs`) running the init's `vt.test=<test>` case; its VT-RESULT lines. */
+export function runGuest(sock: string, mac: string, device: string, append: string, timeoutMs: number, testName = 'net', netArgs?: string[]): Promise<GuestOut> {
   const args = [
     '-accel', 'tcg', '-cpu', 'max', '-m', '384M',
     '-object', 'memory-backend-memfd,id=mem,size=384M,share=on', '-numa', 'node,memdev=mem',
     '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
     '-kernel', join(guestDir, 'vmlinux'), '-initrd', join(guestDir, 'initramfs.cpio'),
-    '-append', `console=ttyS0 panic=-1 quiet no_timer_check vt.test=net tsc_early_khz=${khz} ${append}`,
-    '-chardev', `socket,id=c0,path=${sock}`, '-netdev', 'vhost-user,id=n0,chardev=c0',
-    '-device', `virtio-net-pci,netdev=n0,mac=${mac}${device ? ',' + device : ''}`,
+    '-append', `console=ttyS0 panic=-1 quiet no_timer_check vt.test=${testName} tsc_early_khz=${khz} ${append}`,
+    // netArgs: another netdev and NIC instead (QEMU's own virtio-net on -netdev dgram, say).
+    ...(netArgs ?? ['-chardev', `socket,id=c0,path=${sock}`, '-netdev', 'vhost-user,id=n0,chardev=c0', '-device', `virtio-net-pci,netdev=n0,mac=${mac}${device ? ',' + device : ''}`]),
   ];
   const q = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
