@@ -632,17 +632,68 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
    * is a DriverError of kind `unsupported`. Commands run one at a time.
    */
   async control(cls: number, cmd: number, data: Uint8Array): Promise<void> {
-    return this.controlWith(cls, cmd, data, null);
-  }
-
-  /** A control command with its effect on what the driver judges (the receive filter, the queue pairs). */
-  private controlWith(cls: number, cmd: number, data: Uint8Array, effect: CtrlEffect | null): Promise<void> {
-    const run = this.ctrlChain.then(() => this.controlNow(cls, cmd, data, effect));
+    const run = this.ctrlChain.then(() => this.controlNow(cls, cmd, data));
     this.ctrlChain = run.catch(() => undefined);
     return run;
   }
 
-  private async controlNow(cls: number, cmd: number, data: Uint8Array, effect: CtrlEffect | null): Promise<void> {
+  /**
+   * What a command changes in what the driver judges (the receive filter, the queue pairs),
+   * read from its bytes so that raw `control()` calls count as the helpers' do; null: nothing.
+   */
+  private effectOf(cls: number, cmd: number, data: Uint8Array): CtrlEffect | null {
+    const v = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    if (cls === NET_CTRL.RX) {
+      const key = RX_MODE_KEYS[cmd];
+      if (key === undefined || data.length !== 1 || data[0] > 1) return null;
+      const on = data[0] === 1;
+      const extra = cmd >= NET_CTRL.RX_ALLUNI;
+      if (!this.negotiated(extra ? F.CTRL_RX_EXTRA : F.CTRL_RX)) return null;
+      return {
+        filter: (f) => ({ ...f, [key]: on }),
+        // The device must support every command of the class it offered (5.1.6.5.1): VIRTIO_NET_ERR to one is a refusal it may not give.
+        refused: () => {
+          if (extra) this.deviceViolation('net.packet-receive-filtering.device.5', `device answered VIRTIO_NET_ERR to CTRL_RX command ${cmd} (${data[0]}) with VIRTIO_NET_F_CTRL_RX_EXTRA negotiated`, { cmd });
+          else this.deviceViolation('net.packet-receive-filtering.device.1', `device answered VIRTIO_NET_ERR to CTRL_RX command ${cmd} (${data[0]}) with VIRTIO_NET_F_CTRL_RX negotiated`, { cmd });
+        },
+      };
+    }
+    if (cls === NET_CTRL.MAC && cmd === NET_CTRL.MAC_ADDR_SET && data.length === 6) {
+      const mac = macNum(data);
+      return { filter: (f) => ({ ...f, mac }) };
+    }
+    if (cls === NET_CTRL.MAC && cmd === NET_CTRL.MAC_TABLE_SET) {
+      // Two (le32 count, MACs) tables; a payload that is not is judged by the device, and leaves both tables unknown here.
+      const read = (at: number): { table: Set<number> | null; end: number } => {
+        if (at + 4 > data.length) return { table: null, end: -1 };
+        const n = v.getUint32(at, true);
+        const end = at + 4 + 6 * n;
+        if (end > data.length) return { table: null, end: -1 };
+        const table = new Set<number>();
+        for (let i = 0; i < n; i++) table.add(macNum(data, at + 4 + 6 * i));
+        return { table: n > FILTER_TABLE_JUDGED ? null : table, end };
+      };
+      const u = read(0);
+      const m = u.end < 0 ? u : read(u.end);
+      const ok = m.end === data.length;
+      return { filter: (f) => ({ ...f, uni: ok ? u.table : null, multi: ok ? m.table : null }) };
+    }
+    if (cls === NET_CTRL.VLAN && (cmd === NET_CTRL.VLAN_ADD || cmd === NET_CTRL.VLAN_DEL) && data.length === 2) {
+      const id = v.getUint16(0, true) & 0xfff;
+      return {
+        filter: (f) => {
+          const deleted = new Set(f.vlanDeleted);
+          if (cmd === NET_CTRL.VLAN_ADD) deleted.delete(id);
+          else deleted.add(id);
+          return { ...f, vlanDeleted: deleted };
+        },
+      };
+    }
+    if (cls === NET_CTRL.MQ && cmd === NET_CTRL.MQ_VQ_PAIRS_SET && data.length === 2) return { pairs: v.getUint16(0, true) };
+    return null;
+  }
+
+  private async controlNow(cls: number, cmd: number, data: Uint8Array): Promise<void> {
     const q = this.ctrlQueue;
     if (q === null || this.state !== 'live') throw new DriverError('not-negotiated', 'VIRTIO_NET_F_CTRL_VQ was not negotiated (or the driver is not live): no control queue');
     if (data.length > 4096 - 3) throw new DriverError('unsupported', `control command data of ${data.length} bytes is too long`);
@@ -659,6 +710,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     q.addWritable(ackAddr, 1);
     const done = new Promise<number>((resolve) => (this.ctrlWaiter = resolve));
     this.ctrlAckAddr = ackAddr;
+    const effect = this.effectOf(cls, cmd, data);
     this.ctrlDone = effect === null ? null : this.pendEffect(effect);
     if (q.commit(0) < 0) {
       this.ctrlDone?.(false);
@@ -713,15 +765,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
   async rxMode(cmd: number, on: boolean): Promise<void> {
     const extra = cmd >= NET_CTRL.RX_ALLUNI;
     if (!this.negotiated(extra ? F.CTRL_RX_EXTRA : F.CTRL_RX)) throw new DriverError('not-negotiated', `${extra ? 'VIRTIO_NET_F_CTRL_RX_EXTRA' : 'VIRTIO_NET_F_CTRL_RX'} was not negotiated`);
-    const key = RX_MODE_KEYS[cmd];
-    await this.controlWith(NET_CTRL.RX, cmd, Uint8Array.of(on ? 1 : 0), {
-      filter: key === undefined ? undefined : (f) => ({ ...f, [key]: on }),
-      // The device must support every command of the class it offered (5.1.6.5.1): VIRTIO_NET_ERR to one is a refusal it may not give.
-      refused: () => {
-        if (extra) this.deviceViolation('net.packet-receive-filtering.device.5', `device answered VIRTIO_NET_ERR to CTRL_RX command ${cmd} (${on ? 1 : 0}) with VIRTIO_NET_F_CTRL_RX_EXTRA negotiated`, { cmd });
-        else this.deviceViolation('net.packet-receive-filtering.device.1', `device answered VIRTIO_NET_ERR to CTRL_RX command ${cmd} (${on ? 1 : 0}) with VIRTIO_NET_F_CTRL_RX negotiated`, { cmd });
-      },
-    });
+    await this.control(NET_CTRL.RX, cmd, Uint8Array.of(on ? 1 : 0));
   }
 
   /** VIRTIO_NET_CTRL_MAC_TABLE_SET: the unicast and multicast filter tables (either may be empty: net.setting-mac-address-filtering.driver.3/.4). */
@@ -738,8 +782,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
         o += 6;
       }
     }
-    const table = (t: readonly Uint8Array[]) => (t.length > FILTER_TABLE_JUDGED ? null : new Set(t.map((m) => macNum(m))));
-    await this.controlWith(NET_CTRL.MAC, NET_CTRL.MAC_TABLE_SET, data, { filter: (f) => ({ ...f, uni: table(unicast), multi: table(multicast) }) });
+    await this.control(NET_CTRL.MAC, NET_CTRL.MAC_TABLE_SET, data);
   }
 
   /**
@@ -748,7 +791,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
    */
   async setMac(mac: Uint8Array): Promise<void> {
     if (!this.negotiated(F.CTRL_MAC_ADDR)) throw new DriverError('not-negotiated', 'VIRTIO_NET_F_CTRL_MAC_ADDR was not negotiated');
-    await this.controlWith(NET_CTRL.MAC, NET_CTRL.MAC_ADDR_SET, mac.slice(0, 6), { filter: (f) => ({ ...f, mac: macNum(mac) }) });
+    await this.control(NET_CTRL.MAC, NET_CTRL.MAC_ADDR_SET, mac.slice(0, 6));
     this.mac.set(mac.subarray(0, 6));
     if (this.negotiated(F.MAC)) {
       const now = await this.readConfig(async (r) => {
@@ -765,15 +808,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     if (!this.negotiated(F.CTRL_VLAN)) throw new DriverError('not-negotiated', 'VIRTIO_NET_F_CTRL_VLAN was not negotiated');
     const d = new Uint8Array(2);
     new DataView(d.buffer).setUint16(0, vid & 0xfff, true);
-    const id = vid & 0xfff;
-    await this.controlWith(NET_CTRL.VLAN, add ? NET_CTRL.VLAN_ADD : NET_CTRL.VLAN_DEL, d, {
-      filter: (f) => {
-        const deleted = new Set(f.vlanDeleted);
-        if (add) deleted.delete(id);
-        else deleted.add(id);
-        return { ...f, vlanDeleted: deleted };
-      },
-    });
+    await this.control(NET_CTRL.VLAN, add ? NET_CTRL.VLAN_ADD : NET_CTRL.VLAN_DEL, d);
   }
 
   /**
@@ -789,7 +824,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     new DataView(d.buffer).setUint16(0, pairs, true);
     // Transmit only on the pairs in use (net.automatic-receive-steering-in-multiqueue-mode.driver.3/.4): shrink before, grow after.
     if (pairs < this.queuePairs) this.queuePairs = pairs;
-    await this.controlWith(NET_CTRL.MQ, NET_CTRL.MQ_VQ_PAIRS_SET, d, { pairs });
+    await this.control(NET_CTRL.MQ, NET_CTRL.MQ_VQ_PAIRS_SET, d);
     this.queuePairs = pairs;
     this.pairsSet = true;
   }
