@@ -235,6 +235,9 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
   private ctrlDone: ((ok: boolean) => void) | null = null;
   private ctrlAckAddr = 0;
   private vlanJudged = false;
+  /** GUEST_CSUM / GUEST_ECN negotiated (read per delivered frame: kept as booleans, not bigint tests). */
+  private guestCsum = false;
+  private guestEcn = false;
   private announcing = false;
   // The async iterator.
   private readonly backlog: ReceivedFrame[] = [];
@@ -440,8 +443,6 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
       check: (offered) => this.checkOffer(offered),
       setup: () => this.setup(),
     });
-    this.filter = freshFilter(macNum(this.mac), this.negotiated(F.CTRL_RX_EXTRA));
-    this.vlanJudged = this.negotiated(F.CTRL_VLAN);
     for (const q of this.rxQueues) this.kick(q);
     this.setLink((this.statusBits & NET_STATUS.LINK_UP) !== 0);
     // MAC_ADDR_SET when the MAC asked for differs from the device's (net.setting-mac-address-filtering.driver.2).
@@ -518,6 +519,11 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
       for (let i = 0; i < this.rxPerQueue; i++) this.postRx(q, qi * this.rxPerQueue + i);
     }
     this.queuePairs = 1;
+    // What delivered frames are judged by, fixed before DRIVER_OK (a device may deliver at once).
+    this.filter = freshFilter(macNum(this.mac), n(F.CTRL_RX_EXTRA));
+    this.vlanJudged = n(F.CTRL_VLAN);
+    this.guestCsum = n(F.GUEST_CSUM);
+    this.guestEcn = n(F.GUEST_ECN);
   }
 
   private alloc(size: number, align: number): number {
@@ -1085,7 +1091,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
       const fault = partialChecksumFault(frame, o.start, o.offset, gso !== undefined);
       if (fault === 'ip-header') this.deviceViolation('net.processing-of-incoming-packets.device.18', `NEEDS_CSUM at ${o.start}+${o.offset} with a wrong IPv4 header checksum before it`, { csumStart: o.start });
       else if (fault === 'pseudo-header') this.deviceViolation('net.processing-of-incoming-packets.device.19', `the checksum slot at ${o.start}+${o.offset} does not hold the TCP/UDP pseudo-header sum`, { csumStart: o.start });
-    } else if (offload?.dataValid === true || !this.negotiated(F.GUEST_CSUM)) {
+    } else if (offload?.dataValid === true || !this.guestCsum) {
       const fault = checksumFault(frame);
       if (fault !== null && offload?.dataValid === true) this.deviceViolation('net.processing-of-incoming-packets.device.30', `DATA_VALID on a frame whose ${fault === 'ip-header' ? 'IPv4 header' : 'TCP/UDP'} checksum is wrong`, {});
       else if (fault !== null) this.deviceViolation('net.processing-of-incoming-packets.device.6', `without VIRTIO_NET_F_GUEST_CSUM a frame whose ${fault === 'ip-header' ? 'IPv4 header' : 'TCP/UDP'} checksum is wrong`, {});
@@ -1094,7 +1100,7 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     const headers = headersLength(frame);
     if (gso.headerLength < headers) this.deviceViolation('net.processing-of-incoming-packets.device.28', `GSO frame with hdr_len ${gso.headerLength}, its headers take ${headers} bytes`, { hdrLen: gso.headerLength });
     const l4 = o?.start ?? -1;
-    if ((gso.type === 'tcpv4' || gso.type === 'tcpv6') && !gso.ecn && this.negotiated(F.GUEST_ECN) && l4 > 0 && l4 + 14 <= frame.length && (frame[l4 + 13] & 0x80) !== 0) {
+    if ((gso.type === 'tcpv4' || gso.type === 'tcpv6') && !gso.ecn && this.guestEcn && l4 > 0 && l4 + 14 <= frame.length && (frame[l4 + 13] & 0x80) !== 0) {
       this.deviceViolation('net.processing-of-incoming-packets.device.14', 'a TCP GSO frame with CWR set but no VIRTIO_NET_HDR_GSO_ECN (GUEST_ECN negotiated)', {});
     }
   }
