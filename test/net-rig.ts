@@ -41,6 +41,8 @@ export interface RigOptions {
   macNotApplied?: boolean;
   /** Break ANNOUNCE_ACK: ack OK with ANNOUNCE still set. */
   announceKept?: boolean;
+  /** Answer VIRTIO_NET_ERR to the commands this picks (default: none). */
+  ctrlErr?: (cls: number, cmd: number) => boolean;
 }
 
 export class RigNetType implements DeviceType {
@@ -110,7 +112,7 @@ export class RigNetType implements DeviceType {
     this.commands.push({ cls, cmd, data });
     if (cls === NET_CTRL.MAC && cmd === NET_CTRL.MAC_ADDR_SET && this.o.macNotApplied !== true) data.forEach((x, i) => ctx.config.setUint8(NET_CONFIG.MAC + i, x));
     if (cls === NET_CTRL.ANNOUNCE && this.o.announceKept !== true) ctx.config.setUint16(NET_CONFIG.STATUS, ctx.config.getUint16(NET_CONFIG.STATUS, true) & ~NET_STATUS.ANNOUNCE, true);
-    this.writer.reset(ctx.memory, chain).write(Uint8Array.of(NET_CTRL.OK));
+    this.writer.reset(ctx.memory, chain).write(Uint8Array.of(this.o.ctrlErr?.(cls, cmd) === true ? NET_CTRL.ERR : NET_CTRL.OK));
   }
 
   /** Sets status bits and tells the driver (a configuration change). */

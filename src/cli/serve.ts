@@ -229,8 +229,9 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   const device: VirtioDevice =
     type === 'net'
       ? // Over vhost-user the control queue is the front-end's (QEMU serves it and forwards none of
-        // its feature bits): the device offers none of them and has rx/tx queues only.
-        new NetDevice({ mac: opts.mac, mtu: opts.mtu, queuePairs: opts.queues ?? 1, queueMaxSize, monitor, linkUp: netPort !== undefined, ctrl: false })
+        // its feature bits): the device offers none of them and has rx/tx queues only. The front-end
+        // also acks only the bits it forwards, so declining MAC/MTU is not the driver's choice.
+        new NetDevice({ mac: opts.mac, mtu: opts.mtu, queuePairs: opts.queues ?? 1, queueMaxSize, monitor, linkUp: netPort !== undefined, ctrl: false, judgeFeatureChoice: false })
       : type === 'vsock'
       ? new VsockDevice({ guestCid: opts.guestCid!, monitor, queueMaxSize })
       : image !== undefined

@@ -22,6 +22,7 @@ import { DriverError, VirtioDriver, type VirtioDriverOptions } from '../driver/d
 import type { DriverTransport } from '../driver/transport.js';
 import type { DriverQueue } from '../virtqueue/queue.js';
 import type { FramePort, NetOffload, OffloadSupport } from '../net/frame-port.js';
+import { checksumFault, headersLength, partialChecksumFault } from '../net/verify.js';
 
 const b = (n: number): bigint => bit(n);
 
@@ -41,6 +42,80 @@ const VLAN_TAG = 4;
 /** 0xffffffff: speed unknown (5.1.4); duplex 0xff unknown. */
 const SPEED_UNKNOWN = 0xffffffff;
 const DUPLEX_UNKNOWN = 0xff;
+
+/**
+ * The receive filter as the driver set it (5.1.6.5.1-5.1.6.5.3), to judge the frames a device
+ * delivers. `undefined`: a mode the driver has not set since reset (the spec gives no default),
+ * never judged. A table of null: more entries than {@link FILTER_TABLE_JUDGED}, not judged.
+ */
+interface RxFilter {
+  promisc: boolean | undefined;
+  allmulti: boolean | undefined;
+  alluni: boolean | undefined;
+  nomulti: boolean | undefined;
+  nouni: boolean | undefined;
+  nobcast: boolean | undefined;
+  uni: Set<number> | null;
+  multi: Set<number> | null;
+  /** VLAN ids the driver removed with VLAN_DEL (and did not add again). */
+  vlanDeleted: Set<number>;
+  /** The driver's MAC address as a number. */
+  mac: number;
+}
+
+/**
+ * Tables longer than this are not judged: a device may take a long table as "accept all of
+ * that kind" (QEMU and NetDevice keep 64 entries); the spec names no capacity.
+ */
+const FILTER_TABLE_JUDGED = 64;
+
+/** Why the filter the driver set should have kept a delivered frame from it (0: it should not). */
+const enum Reject {
+  None = 0,
+  Vlan,
+  Broadcast,
+  Multicast,
+  Unicast,
+  NotInTable,
+}
+
+/** 6 bytes of a MAC address at `off` as one number (48 bits fit a double exactly). */
+function macNum(b: Uint8Array | number[], off = 0): number {
+  return ((b[off] * 256 + b[off + 1]) * 256 + b[off + 2]) * 16777216 + ((b[off + 3] << 16) | (b[off + 4] << 8) | b[off + 5]);
+}
+
+function freshFilter(mac: number, extra: boolean): RxFilter {
+  // Without CTRL_RX_EXTRA the ALLUNI/NO* modes do not exist: off. With it, unknown until set.
+  const x = extra ? undefined : false;
+  return { promisc: undefined, allmulti: undefined, alluni: x, nomulti: x, nouni: x, nobcast: x, uni: new Set(), multi: new Set(), vlanDeleted: new Set(), mac };
+}
+
+/** What a control command changes in what the driver judges, and what a refusal of it means. */
+interface CtrlEffect {
+  filter?: (f: RxFilter) => RxFilter;
+  pairs?: number;
+  refused?: () => void;
+}
+
+/** The RxFilter field each VIRTIO_NET_CTRL_RX command sets, by command number (5.1.6.5.1). */
+const RX_MODE_KEYS: readonly ('promisc' | 'allmulti' | 'alluni' | 'nomulti' | 'nouni' | 'nobcast')[] = ['promisc', 'allmulti', 'alluni', 'nomulti', 'nouni', 'nobcast'];
+
+/** What `f` says of a delivered frame (5.1.6.5.1 receive modes, 5.1.6.5.2 MAC table, 5.1.6.5.3 VLAN). */
+function rxReject(frame: Uint8Array, f: RxFilter, vlan: boolean): Reject {
+  // Promiscuous mode wins over the other modes (net.packet-receive-filtering.device.3); unknown: nothing judged.
+  if (f.promisc !== false) return Reject.None;
+  if (vlan && frame.length >= 16 && frame[12] === 0x81 && frame[13] === 0 && f.vlanDeleted.has(((frame[14] << 8) | frame[15]) & 0xfff)) return Reject.Vlan;
+  if (frame[0] & 1) {
+    if ((frame[0] & frame[1] & frame[2] & frame[3] & frame[4] & frame[5]) === 0xff) return f.nobcast === true ? Reject.Broadcast : Reject.None;
+    if (f.nomulti === true) return Reject.Multicast;
+    if (f.allmulti !== false || f.multi === null) return Reject.None;
+    return f.multi.has(macNum(frame)) ? Reject.None : Reject.NotInTable;
+  }
+  if (f.nouni === true) return Reject.Unicast;
+  if (f.alluni !== false || f.uni === null) return Reject.None;
+  const dst = macNum(frame);
+  return dst === f.mac || f.uni.has(dst) ? Reject.None : Reject.NotInTable;
+}
 
 /** A frame as the receive iterator hands it out: a copy, the offload metadata, the receive queue it came on. */
 export interface ReceivedFrame {
@@ -148,6 +223,21 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
   private ctrlWaiter: ((ack: number) => void) | null = null;
   /** MQ_VQ_PAIRS_SET was completed since the device was last reset (steering checks). */
   private pairsSet = false;
+  /** The pairs the last completed MQ_VQ_PAIRS_SET enabled (0: none since reset), and those of one in flight. */
+  private rxPairsSet = 0;
+  private rxPairsPending = 0;
+  /** The receive filter the device has acked, the one a command in flight sets, the previous MAC table, and the tables from before the last reset. */
+  private filter: RxFilter = freshFilter(0, false);
+  private filterPending: RxFilter | null = null;
+  private prevTables: { uni: Set<number> | null; multi: Set<number> | null } | null = null;
+  private resetTables: { uni: Set<number> | null; multi: Set<number> | null } | null = null;
+  /** Runs when the device marks the control command used (see collect). */
+  private ctrlDone: ((ok: boolean) => void) | null = null;
+  private ctrlAckAddr = 0;
+  private vlanJudged = false;
+  /** GUEST_CSUM / GUEST_ECN negotiated (read per delivered frame: kept as booleans, not bigint tests). */
+  private guestCsum = false;
+  private guestEcn = false;
   private announcing = false;
   // The async iterator.
   private readonly backlog: ReceivedFrame[] = [];
@@ -342,6 +432,12 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
   async start(): Promise<void> {
     this.closed = false;
     this.pairsSet = false;
+    this.rxPairsSet = this.rxPairsPending = 0;
+    // The tables set before this reset: a device that keeps them breaks net.setting-mac-address-filtering.device.1.
+    const f = this.filter;
+    this.resetTables = (f.uni !== null && f.uni.size > 0) || (f.multi !== null && f.multi.size > 0) ? { uni: f.uni, multi: f.multi } : this.resetTables;
+    this.filterPending = null;
+    this.prevTables = null;
     this.releaseBuffers();
     await this.init({
       check: (offered) => this.checkOffer(offered),
@@ -423,6 +519,11 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
       for (let i = 0; i < this.rxPerQueue; i++) this.postRx(q, qi * this.rxPerQueue + i);
     }
     this.queuePairs = 1;
+    // What delivered frames are judged by, fixed before DRIVER_OK (a device may deliver at once).
+    this.filter = freshFilter(macNum(this.mac), n(F.CTRL_RX_EXTRA));
+    this.vlanJudged = n(F.CTRL_VLAN);
+    this.guestCsum = n(F.GUEST_CSUM);
+    this.guestEcn = n(F.GUEST_ECN);
   }
 
   private alloc(size: number, align: number): number {
@@ -542,6 +643,62 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     return run;
   }
 
+  /**
+   * What a command changes in what the driver judges (the receive filter, the queue pairs),
+   * read from its bytes so that raw `control()` calls count as the helpers' do; null: nothing.
+   */
+  private effectOf(cls: number, cmd: number, data: Uint8Array): CtrlEffect | null {
+    const v = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    if (cls === NET_CTRL.RX) {
+      const key = RX_MODE_KEYS[cmd];
+      if (key === undefined || data.length !== 1 || data[0] > 1) return null;
+      const on = data[0] === 1;
+      const extra = cmd >= NET_CTRL.RX_ALLUNI;
+      if (!this.negotiated(extra ? F.CTRL_RX_EXTRA : F.CTRL_RX)) return null;
+      return {
+        filter: (f) => ({ ...f, [key]: on }),
+        // The device must support every command of the class it offered (5.1.6.5.1): VIRTIO_NET_ERR to one is a refusal it may not give.
+        refused: () => {
+          if (extra) this.deviceViolation('net.packet-receive-filtering.device.5', `device answered VIRTIO_NET_ERR to CTRL_RX command ${cmd} (${data[0]}) with VIRTIO_NET_F_CTRL_RX_EXTRA negotiated`, { cmd });
+          else this.deviceViolation('net.packet-receive-filtering.device.1', `device answered VIRTIO_NET_ERR to CTRL_RX command ${cmd} (${data[0]}) with VIRTIO_NET_F_CTRL_RX negotiated`, { cmd });
+        },
+      };
+    }
+    if (cls === NET_CTRL.MAC && cmd === NET_CTRL.MAC_ADDR_SET && data.length === 6) {
+      const mac = macNum(data);
+      return { filter: (f) => ({ ...f, mac }) };
+    }
+    if (cls === NET_CTRL.MAC && cmd === NET_CTRL.MAC_TABLE_SET) {
+      // Two (le32 count, MACs) tables; a payload that is not is judged by the device, and leaves both tables unknown here.
+      const read = (at: number): { table: Set<number> | null; end: number } => {
+        if (at + 4 > data.length) return { table: null, end: -1 };
+        const n = v.getUint32(at, true);
+        const end = at + 4 + 6 * n;
+        if (end > data.length) return { table: null, end: -1 };
+        const table = new Set<number>();
+        for (let i = 0; i < n; i++) table.add(macNum(data, at + 4 + 6 * i));
+        return { table: n > FILTER_TABLE_JUDGED ? null : table, end };
+      };
+      const u = read(0);
+      const m = u.end < 0 ? u : read(u.end);
+      const ok = m.end === data.length;
+      return { filter: (f) => ({ ...f, uni: ok ? u.table : null, multi: ok ? m.table : null }) };
+    }
+    if (cls === NET_CTRL.VLAN && (cmd === NET_CTRL.VLAN_ADD || cmd === NET_CTRL.VLAN_DEL) && data.length === 2) {
+      const id = v.getUint16(0, true) & 0xfff;
+      return {
+        filter: (f) => {
+          const deleted = new Set(f.vlanDeleted);
+          if (cmd === NET_CTRL.VLAN_ADD) deleted.delete(id);
+          else deleted.add(id);
+          return { ...f, vlanDeleted: deleted };
+        },
+      };
+    }
+    if (cls === NET_CTRL.MQ && cmd === NET_CTRL.MQ_VQ_PAIRS_SET && data.length === 2) return { pairs: v.getUint16(0, true) };
+    return null;
+  }
+
   private async controlNow(cls: number, cmd: number, data: Uint8Array): Promise<void> {
     const q = this.ctrlQueue;
     if (q === null || this.state !== 'live') throw new DriverError('not-negotiated', 'VIRTIO_NET_F_CTRL_VQ was not negotiated (or the driver is not live): no control queue');
@@ -558,13 +715,46 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     if (data.length > 0) q.addReadable(a + 2, data.length);
     q.addWritable(ackAddr, 1);
     const done = new Promise<number>((resolve) => (this.ctrlWaiter = resolve));
-    if (q.commit(0) < 0) throw new DriverError('unsupported', 'no room in the control queue');
+    this.ctrlAckAddr = ackAddr;
+    const effect = this.effectOf(cls, cmd, data);
+    this.ctrlDone = effect === null ? null : this.pendEffect(effect);
+    if (q.commit(0) < 0) {
+      this.ctrlDone?.(false);
+      this.ctrlDone = null;
+      throw new DriverError('unsupported', 'no room in the control queue');
+    }
     this.counts.controlCommands++;
     this.kick(q);
     const ack = await done;
     if (ack === -1) throw this.failure ?? new DriverError('cancelled', 'the control command was not answered: the driver stopped');
     const value = mem.readU8(ackAddr);
     if (value !== NET_CTRL.OK) throw new DriverError('unsupported', `the device answered control command class ${cls} command ${cmd} with ${value === NET_CTRL.ERR ? 'VIRTIO_NET_ERR' : `ack ${value}`}`);
+  }
+
+  /**
+   * A command with `effect` is about to be made available: from now until the device marks it
+   * used, a frame is judged by the filter before it and the one it sets (the device may apply it
+   * any time in between); at the used mark the new one holds, if the device acked it (returned).
+   */
+  private pendEffect(effect: CtrlEffect): (ok: boolean) => void {
+    const next = effect.filter?.(this.filter) ?? null;
+    if (next !== null) this.filterPending = next;
+    if (effect.pairs !== undefined) this.rxPairsPending = effect.pairs;
+    return (ok) => {
+      if (next !== null) {
+        if (ok) {
+          const f = this.filter;
+          if (next.uni !== f.uni || next.multi !== f.multi) this.prevTables = { uni: f.uni, multi: f.multi };
+          this.filter = next;
+        }
+        this.filterPending = null;
+      }
+      if (effect.pairs !== undefined) {
+        if (ok) this.rxPairsSet = effect.pairs;
+        this.rxPairsPending = 0;
+      }
+      if (!ok) effect.refused?.();
+    };
   }
 
   /** VIRTIO_NET_CTRL_RX_PROMISC (CTRL_RX; net.packet-receive-filtering.driver.1). */
@@ -661,6 +851,14 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     if (this.ctrlQueue !== null && q === this.ctrlQueue) {
       do {
         while (q.getUsed() !== undefined) {
+          const done = this.ctrlDone;
+          this.ctrlDone = null;
+          if (done !== null) {
+            // Frames the device placed before it marked the command used are judged by the filter
+            // (and pairs) from before: take them now, then the command's effect holds.
+            for (let p = 0; p < this.rxQueues.length; p++) this.receive(this.rxQueues[p], p);
+            done(this.transport.memory.readU8(this.ctrlAckAddr) === NET_CTRL.OK);
+          }
           const w = this.ctrlWaiter;
           this.ctrlWaiter = null;
           w?.(0);
@@ -756,6 +954,8 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     }
     if (pair > 0 && !this.pairsSet) {
       this.deviceViolation('net.automatic-receive-steering-in-multiqueue-mode.device.1', `device delivered a packet on receiveq${pair + 1} before MQ_VQ_PAIRS_SET (only receiveq1 after reset)`, { queue: 2 * pair });
+    } else if (this.rxPairsSet > 0 && pair >= Math.max(this.rxPairsSet, this.rxPairsPending)) {
+      this.deviceViolation('net.automatic-receive-steering-in-multiqueue-mode.device.2', `device delivered a packet on receiveq${pair + 1} after MQ_VQ_PAIRS_SET enabled ${this.rxPairsSet} pair(s)`, { queue: 2 * pair });
     }
     const offload = this.judgeHeader(flags, gsoType, gsoSize, hdrLen, csumStart, csumOffset);
     if (offload === null) {
@@ -859,6 +1059,9 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     if (offload?.gso === undefined && this.negotiated(F.MTU) && n > this.mtu + 14 + (n >= 18 && frame[12] === 0x81 && frame[13] === 0 ? VLAN_TAG : 0)) {
       this.deviceViolation('net.device-config-layout.device.5', `device delivered a ${n}-byte non-GSO frame with mtu ${this.mtu}`, { length: n, mtu: this.mtu });
     }
+    this.judgeChecksums(frame, offload);
+    const reject = rxReject(frame, this.filter, this.vlanJudged);
+    if (reject !== Reject.None && (this.filterPending === null || rxReject(frame, this.filterPending, this.vlanJudged) !== Reject.None)) this.judgeFiltered(reject, frame);
     this.counts.rxFrames++;
     let taken = false;
     if (this.onFrame !== null) {
@@ -876,6 +1079,60 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
     if (!taken) this.counts.rxDropped++;
   }
 
+  /**
+   * The checksum duties of a delivered frame (5.1.6.4.1), judged for IPv4/IPv6 TCP/UDP frames
+   * (src/net/verify.ts): NEEDS_CSUM's slot and what precedes it, a frame without GUEST_CSUM or
+   * with DATA_VALID fully checksummed; and a GSO frame's hdr_len and ECN bit.
+   */
+  private judgeChecksums(frame: Uint8Array, offload: NetOffload | undefined): void {
+    const o = offload?.needsCsum;
+    const gso = offload?.gso;
+    if (o !== undefined) {
+      const fault = partialChecksumFault(frame, o.start, o.offset, gso !== undefined);
+      if (fault === 'ip-header') this.deviceViolation('net.processing-of-incoming-packets.device.18', `NEEDS_CSUM at ${o.start}+${o.offset} with a wrong IPv4 header checksum before it`, { csumStart: o.start });
+      else if (fault === 'pseudo-header') this.deviceViolation('net.processing-of-incoming-packets.device.19', `the checksum slot at ${o.start}+${o.offset} does not hold the TCP/UDP pseudo-header sum`, { csumStart: o.start });
+    } else if (offload?.dataValid === true || !this.guestCsum) {
+      const fault = checksumFault(frame);
+      if (fault !== null && offload?.dataValid === true) this.deviceViolation('net.processing-of-incoming-packets.device.30', `DATA_VALID on a frame whose ${fault === 'ip-header' ? 'IPv4 header' : 'TCP/UDP'} checksum is wrong`, {});
+      else if (fault !== null) this.deviceViolation('net.processing-of-incoming-packets.device.6', `without VIRTIO_NET_F_GUEST_CSUM a frame whose ${fault === 'ip-header' ? 'IPv4 header' : 'TCP/UDP'} checksum is wrong`, {});
+    }
+    if (gso === undefined) return;
+    const headers = headersLength(frame);
+    if (gso.headerLength < headers) this.deviceViolation('net.processing-of-incoming-packets.device.28', `GSO frame with hdr_len ${gso.headerLength}, its headers take ${headers} bytes`, { hdrLen: gso.headerLength });
+    const l4 = o?.start ?? -1;
+    if ((gso.type === 'tcpv4' || gso.type === 'tcpv6') && !gso.ecn && this.guestEcn && l4 > 0 && l4 + 14 <= frame.length && (frame[l4 + 13] & 0x80) !== 0) {
+      this.deviceViolation('net.processing-of-incoming-packets.device.14', 'a TCP GSO frame with CWR set but no VIRTIO_NET_HDR_GSO_ECN (GUEST_ECN negotiated)', {});
+    }
+  }
+
+  /** A frame the receive filter the driver set should have kept from it (5.1.6.5.1-3): which rule. */
+  private judgeFiltered(reject: Reject, frame: Uint8Array): void {
+    const f = this.filter;
+    const dst = formatMac(frame.subarray(0, 6));
+    switch (reject) {
+      case Reject.Vlan:
+        this.deviceViolation('net.vlan-filtering.device.3', `device delivered a frame tagged with VLAN ${((frame[14] << 8) | frame[15]) & 0xfff}, which the driver removed from the filter`, {});
+        return;
+      case Reject.Broadcast:
+        this.deviceViolation(f.allmulti === true ? 'net.packet-receive-filtering.device.13' : 'net.packet-receive-filtering.device.12', `device delivered a broadcast frame with NOBCAST on${f.allmulti === true ? ' (and ALLMULTI)' : ''}`, {});
+        return;
+      case Reject.Multicast:
+        this.deviceViolation(f.allmulti === true ? 'net.packet-receive-filtering.device.8' : 'net.packet-receive-filtering.device.7', `device delivered multicast ${dst} with NOMULTI on${f.allmulti === true ? ' (and ALLMULTI)' : ''}`, {});
+        return;
+      case Reject.Unicast:
+        this.deviceViolation(f.alluni === true ? 'net.packet-receive-filtering.device.11' : 'net.packet-receive-filtering.device.10', `device delivered unicast ${dst} with NOUNI on${f.alluni === true ? ' (and ALLUNI)' : ''}`, {});
+        return;
+      default: {
+        const a = macNum(frame);
+        const multi = (frame[0] & 1) !== 0;
+        const inTable = (t: { uni: Set<number> | null; multi: Set<number> | null } | null): boolean => (multi ? t?.multi : t?.uni)?.has(a) === true;
+        if (inTable(this.prevTables)) this.deviceViolation('net.setting-mac-address-filtering.device.2', `device delivered ${dst}, in the MAC table before the last MAC_TABLE_SET but not in the one it acked`, {});
+        else if (inTable(this.resetTables)) this.deviceViolation('net.setting-mac-address-filtering.device.1', `device delivered ${dst}, in the MAC table set before the reset (the table is empty after reset)`, {});
+        else this.deviceViolation('net.setting-mac-address-filtering.device.4', `device delivered ${dst}, neither its MAC nor in the MAC table, with promiscuous mode off`, {});
+      }
+    }
+  }
+
   private dropTx(): boolean {
     this.counts.txDropped++;
     return false;
@@ -888,6 +1145,9 @@ export class NetDriver extends VirtioDriver<number> implements FramePort {
   protected override onBroken(_err: DriverError): void {
     const w = this.ctrlWaiter;
     this.ctrlWaiter = null;
+    this.ctrlDone = null;
+    this.filterPending = null;
+    this.rxPairsPending = 0;
     w?.(-1);
     for (const r of this.roomWaiters.splice(0)) r();
     this.endReaders();

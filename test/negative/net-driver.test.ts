@@ -3,7 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { bit } from '../../src/spec/features.js';
-import { NET_FEATURES as F, NET_HDR_GSO, NET_STATUS } from '../../src/spec/net.js';
+import { NET_CTRL, NET_FEATURES as F, NET_HDR_F, NET_HDR_GSO, NET_STATUS } from '../../src/spec/net.js';
+import { DriverError } from '../../src/driver/driver.js';
+import { ipFrame, pattern } from '../net/frames.js';
 import { clauseIds, ether, rigPair, type RigOptions } from '../net-rig.js';
 import { until } from '../wait.js';
 import type { Monitor } from '../../src/monitor/monitor.js';
@@ -189,4 +191,169 @@ test('net.automatic-receive-steering-in-multiqueue-mode.device.1: a packet on re
   };
   await p.driver.start();
   saw(p.drvMon, 'net.automatic-receive-steering-in-multiqueue-mode.device.1');
+});
+
+// --- issue 17: the receive filter, steering after MQ_VQ_PAIRS_SET, checksums and headers of delivered frames ---
+
+const OWN = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const OTHER = [0x52, 0x54, 0, 0x12, 0x34, 0x99];
+const to = (dst: number[]) => ether(dst, [2, 0, 0, 0, 0, 1], new Uint8Array(46).fill(7));
+const EXTRA = BASE | bit(F.CTRL_RX_EXTRA);
+
+test('net.packet-receive-filtering.device.1: VIRTIO_NET_ERR to RX_PROMISC with CTRL_RX negotiated', async () => {
+  const { driver, drvMon } = await started({ ctrlErr: (cls) => cls === NET_CTRL.RX });
+  await assert.rejects(driver.setPromisc(false), (e: DriverError) => e.kind === 'unsupported');
+  saw(drvMon, 'net.packet-receive-filtering.device.1');
+});
+
+test('net.packet-receive-filtering.device.5: VIRTIO_NET_ERR to RX_NOUNI with CTRL_RX_EXTRA negotiated', async () => {
+  const { driver, drvMon } = await started({ features: EXTRA, ctrlErr: (cls, cmd) => cls === NET_CTRL.RX && cmd === NET_CTRL.RX_NOUNI });
+  await driver.setPromisc(false);
+  await assert.rejects(driver.rxMode(NET_CTRL.RX_NOUNI, true), (e: DriverError) => e.kind === 'unsupported');
+  saw(drvMon, 'net.packet-receive-filtering.device.5');
+});
+
+test('net.setting-mac-address-filtering.device.4: promiscuous mode off, a unicast frame to neither the MAC nor the table', async () => {
+  const { type, driver, drvMon } = await started();
+  type.inject(to(OTHER));
+  saw(drvMon); // promiscuous mode not set yet: nothing judged
+  await driver.setPromisc(false);
+  type.inject(to(OWN));
+  saw(drvMon);
+  type.inject(to(OTHER));
+  saw(drvMon, 'net.setting-mac-address-filtering.device.4');
+});
+
+test('net.setting-mac-address-filtering.device.2: a frame for the table replaced by the last MAC_TABLE_SET', async () => {
+  const { type, driver, drvMon } = await started();
+  await driver.setPromisc(false);
+  await driver.setMacTable([Uint8Array.from(OTHER)], []);
+  type.inject(to(OTHER));
+  saw(drvMon);
+  await driver.setMacTable([Uint8Array.of(2, 0, 0, 0, 0, 0x44)], []);
+  type.inject(to(OTHER));
+  saw(drvMon, 'net.setting-mac-address-filtering.device.2');
+});
+
+test('net.setting-mac-address-filtering.device.1: after a reset, a frame for the table set before it', async () => {
+  const { type, driver, drvMon } = await started();
+  await driver.setMacTable([Uint8Array.from(OTHER)], []);
+  await driver.start(); // resets the device: its table is empty again
+  await driver.setPromisc(false);
+  type.inject(to(OTHER));
+  saw(drvMon, 'net.setting-mac-address-filtering.device.1');
+});
+
+test('net.packet-receive-filtering.device.7/.8: NOMULTI on, a multicast frame delivered (then with ALLMULTI on too)', async () => {
+  const { type, driver, drvMon } = await started({ features: EXTRA });
+  await driver.setPromisc(false);
+  await driver.rxMode(NET_CTRL.RX_NOMULTI, true);
+  type.inject(to([0x01, 0, 0x5e, 0, 0, 1]));
+  await driver.setAllMulti(true);
+  type.inject(to([0x01, 0, 0x5e, 0, 0, 1]));
+  saw(drvMon, 'net.packet-receive-filtering.device.7', 'net.packet-receive-filtering.device.8');
+});
+
+test('net.packet-receive-filtering.device.10/.11: NOUNI on, a unicast frame delivered (then with ALLUNI on too)', async () => {
+  const { type, driver, drvMon } = await started({ features: EXTRA });
+  await driver.setPromisc(false);
+  await driver.rxMode(NET_CTRL.RX_NOUNI, true);
+  type.inject(to(OWN));
+  await driver.rxMode(NET_CTRL.RX_ALLUNI, true);
+  type.inject(to(OWN));
+  saw(drvMon, 'net.packet-receive-filtering.device.10', 'net.packet-receive-filtering.device.11');
+});
+
+test('net.packet-receive-filtering.device.12/.13: NOBCAST on, a broadcast frame delivered (then with ALLMULTI on too)', async () => {
+  const { type, driver, drvMon } = await started({ features: EXTRA });
+  await driver.setPromisc(false);
+  await driver.rxMode(NET_CTRL.RX_NOMULTI, true); // NOMULTI leaves broadcast alone: still judged as NOBCAST only
+  await driver.rxMode(NET_CTRL.RX_NOBCAST, true);
+  type.inject(to([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
+  await driver.setAllMulti(true);
+  type.inject(to([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
+  saw(drvMon, 'net.packet-receive-filtering.device.12', 'net.packet-receive-filtering.device.13');
+});
+
+test('net.vlan-filtering.device.3: a frame tagged with a VLAN the driver removed', async () => {
+  const { type, driver, drvMon } = await started({ features: BASE | bit(F.CTRL_VLAN) });
+  await driver.setPromisc(false);
+  await driver.vlan(5, true);
+  await driver.vlan(5, false);
+  const tagged = (vid: number) => ether(OWN, [2, 0, 0, 0, 0, 1], Uint8Array.of(vid >> 8, vid & 0xff, 0x88, 0xb5, ...new Uint8Array(42)), 0x8100);
+  type.inject(tagged(6));
+  saw(drvMon);
+  type.inject(tagged(5));
+  saw(drvMon, 'net.vlan-filtering.device.3');
+});
+
+test('net.automatic-receive-steering-in-multiqueue-mode.device.2: a packet on receiveq3 after MQ_VQ_PAIRS_SET enabled 2 pairs', async () => {
+  const p = rigPair({ features: BASE | bit(F.MQ), pairs: 3 }, { queuePairs: 3, mergeableBufferSize: 256 });
+  await p.driver.start();
+  await p.driver.setQueuePairs(2);
+  p.type.inject(frame(), {}, { pair: 1 });
+  saw(p.drvMon);
+  p.type.inject(frame(), {}, { pair: 2 });
+  saw(p.drvMon, 'net.automatic-receive-steering-in-multiqueue-mode.device.2');
+});
+
+const CSUM = BASE | bit(F.GUEST_CSUM) | bit(F.CSUM);
+
+test('net.processing-of-incoming-packets.device.18: NEEDS_CSUM with a wrong IPv4 header checksum before the slot', async () => {
+  const { type, drvMon } = await started({ features: CSUM });
+  const { frame: f, l4 } = ipFrame({ proto: 'tcp', payload: pattern(40), partial: true });
+  type.inject(f, { flags: NET_HDR_F.NEEDS_CSUM, csumStart: l4, csumOffset: 16 });
+  saw(drvMon);
+  f[14 + 8] ^= 1;
+  type.inject(f, { flags: NET_HDR_F.NEEDS_CSUM, csumStart: l4, csumOffset: 16 });
+  saw(drvMon, 'net.processing-of-incoming-packets.device.18');
+});
+
+test('net.processing-of-incoming-packets.device.19: NEEDS_CSUM with a slot that does not hold the pseudo-header sum', async () => {
+  const { type, drvMon } = await started({ features: CSUM });
+  const { frame: f, l4 } = ipFrame({ proto: 'udp', v6: true, payload: pattern(40), partial: true });
+  f[l4 + 6] ^= 0x40;
+  type.inject(f, { flags: NET_HDR_F.NEEDS_CSUM, csumStart: l4, csumOffset: 6 });
+  saw(drvMon, 'net.processing-of-incoming-packets.device.19');
+});
+
+test('net.processing-of-incoming-packets.device.30: DATA_VALID on a frame whose TCP checksum is wrong', async () => {
+  const { type, drvMon } = await started({ features: CSUM });
+  const f = ipFrame({ proto: 'tcp', payload: pattern(40) }).frame;
+  type.inject(f, { flags: NET_HDR_F.DATA_VALID });
+  saw(drvMon);
+  f[f.length - 1] ^= 1;
+  type.inject(f, { flags: NET_HDR_F.DATA_VALID });
+  saw(drvMon, 'net.processing-of-incoming-packets.device.30');
+});
+
+test('net.processing-of-incoming-packets.device.6: without GUEST_CSUM, a frame whose UDP checksum is wrong', async () => {
+  const { type, drvMon } = await started();
+  const f = ipFrame({ proto: 'udp', payload: pattern(40) }).frame;
+  type.inject(f);
+  saw(drvMon);
+  f[f.length - 1] ^= 1;
+  type.inject(f);
+  saw(drvMon, 'net.processing-of-incoming-packets.device.6');
+});
+
+test('net.processing-of-incoming-packets.device.28 / .14: a GSO frame with hdr_len short of its headers; with GUEST_ECN, CWR set but no GSO_ECN', async () => {
+  const features = CSUM | bit(F.GUEST_TSO4) | bit(F.GUEST_ECN);
+  const gso = (tcpFlags?: number) => ipFrame({ proto: 'tcp', payload: pattern(600), partial: true, tcpFlags });
+  {
+    const { type, drvMon } = await started({ features });
+    const { frame: f, l4 } = gso();
+    type.inject(f, { flags: NET_HDR_F.NEEDS_CSUM, gsoType: NET_HDR_GSO.TCPV4, gsoSize: 300, hdrLen: l4 + 20, csumStart: l4, csumOffset: 16 }, { buffers: 3 });
+    saw(drvMon);
+    type.inject(f, { flags: NET_HDR_F.NEEDS_CSUM, gsoType: NET_HDR_GSO.TCPV4, gsoSize: 300, hdrLen: l4, csumStart: l4, csumOffset: 16 }, { buffers: 3 });
+    saw(drvMon, 'net.processing-of-incoming-packets.device.28');
+  }
+  {
+    const { type, drvMon } = await started({ features });
+    const { frame: f, l4 } = gso(0x98);
+    type.inject(f, { flags: NET_HDR_F.NEEDS_CSUM, gsoType: NET_HDR_GSO.TCPV4 | NET_HDR_GSO.ECN, gsoSize: 300, hdrLen: l4 + 20, csumStart: l4, csumOffset: 16 }, { buffers: 3 });
+    saw(drvMon);
+    type.inject(f, { flags: NET_HDR_F.NEEDS_CSUM, gsoType: NET_HDR_GSO.TCPV4, gsoSize: 300, hdrLen: l4 + 20, csumStart: l4, csumOffset: 16 }, { buffers: 3 });
+    saw(drvMon, 'net.processing-of-incoming-packets.device.14');
+  }
 });

@@ -219,3 +219,101 @@ test('net.automatic-receive-steering-in-multiqueue-mode.driver.4: transmitting b
   assert.deepEqual(clauses(r.monitor), ['net.automatic-receive-steering-in-multiqueue-mode.driver.4']);
   assert.equal(r.frames.length, 2, 'tolerant: served');
 });
+
+// --- issue 17: the rest of the driver clauses the device can judge ---
+
+test('net.device-config-layout.driver.2 / .6: the driver declines the offered MAC, then the offered MTU', async () => {
+  const a = await rig(without(F.MAC));
+  assert.deepEqual(clauses(a.monitor), ['net.device-config-layout.driver.2']);
+  const b = await rig(without(F.MTU), { mtu: 1500 });
+  assert.deepEqual(clauses(b.monitor), ['net.device-config-layout.driver.6']);
+  const c = await rig(without(F.MAC, F.MTU), { mtu: 1500, judgeFeatureChoice: false });
+  assert.deepEqual(clauses(c.monitor), [], 'not judged when the front-end picks the bits (vhost-user)');
+});
+
+test('net.device-config-layout.driver.7: with MTU and no MRG_RXBUF, receive buffers too small for an mtu-sized frame', async () => {
+  const noGso = without(F.MRG_RXBUF, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN, F.GUEST_UFO, F.GUEST_USO4, F.GUEST_USO6);
+  const r = await rig(noGso, { mtu: 4000 }, { rxBuffers: 2, rxBufferSize: 2048 });
+  r.device.port.send(ether(MAC_A, MAC_B, 0x88b5, pattern(1400)));
+  assert.deepEqual(clauses(r.monitor), [], 'a frame that fits');
+  r.device.port.send(ether(MAC_A, MAC_B, 0x88b5, pattern(3000)));
+  assert.deepEqual(clauses(r.monitor), ['net.device-config-layout.driver.7']);
+});
+
+test('net.device-config-layout.driver.8: with MTU, a non-GSO frame longer than mtu + 14', async () => {
+  const r = await rig(NET_PEER_ALL_FEATURES, { mtu: 1280 });
+  r.peer.transmit(r.peer.header(), ether(MAC_B, MAC_A, 0x88b5, pattern(1280)));
+  await until(() => r.frames.length === 1, 'an mtu-sized frame');
+  r.peer.transmit(r.peer.header(), ether(MAC_B, MAC_A, 0x88b5, pattern(1281)));
+  await until(() => r.monitor.verdicts.length > 0, 'verdict');
+  assert.deepEqual(clauses(r.monitor), ['net.device-config-layout.driver.8']);
+});
+
+test('net.packet-transmission.driver.4: without CSUM, a frame whose TCP checksum (then IPv4 header checksum) is wrong', async () => {
+  const r = await rig(without(F.CSUM, F.HOST_TSO4, F.HOST_TSO6, F.HOST_ECN, F.HOST_UFO, F.HOST_USO));
+  const good = ipFrame({ proto: 'tcp', payload: pattern(100) }).frame;
+  r.peer.transmit(r.peer.header(), good);
+  await until(() => r.frames.length === 1, 'a checksummed frame');
+  const badL4 = good.slice();
+  badL4[badL4.length - 1] ^= 1;
+  r.peer.transmit(r.peer.header(), badL4);
+  await until(() => r.monitor.verdicts.length === 1, 'verdict');
+  const badIp = good.slice();
+  badIp[14 + 8] ^= 1; // the TTL: the IPv4 header checksum no longer holds
+  r.peer.transmit(r.peer.header(), badIp);
+  await until(() => r.monitor.verdicts.length === 2, 'verdict');
+  assert.deepEqual(clauses(r.monitor), ['net.packet-transmission.driver.4', 'net.packet-transmission.driver.4']);
+});
+
+test('net.packet-transmission.driver.26: NEEDS_CSUM with a wrong IPv4 header checksum before the slot', async () => {
+  const r = await rig();
+  const { frame, l4 } = ipFrame({ proto: 'udp', payload: pattern(40), partial: true });
+  r.peer.transmit(r.peer.header({ flags: NET_HDR_F.NEEDS_CSUM, csumStart: l4, csumOffset: 6 }), frame);
+  await until(() => r.frames.length === 1, 'a good partial checksum');
+  frame[14 + 8] ^= 1;
+  r.peer.transmit(r.peer.header({ flags: NET_HDR_F.NEEDS_CSUM, csumStart: l4, csumOffset: 6 }), frame);
+  await until(() => r.monitor.verdicts.length > 0, 'verdict');
+  assert.deepEqual(clauses(r.monitor), ['net.packet-transmission.driver.26']);
+});
+
+test('net.packet-transmission.driver.27: NEEDS_CSUM with a slot that does not hold the pseudo-header sum', async () => {
+  const r = await rig();
+  const { frame, l4 } = ipFrame({ proto: 'tcp', v6: true, payload: pattern(40), partial: true });
+  frame[l4 + 16] ^= 0x10;
+  r.peer.transmit(r.peer.header({ flags: NET_HDR_F.NEEDS_CSUM, csumStart: l4, csumOffset: 16 }), frame);
+  await until(() => r.monitor.verdicts.length > 0, 'verdict');
+  assert.deepEqual(clauses(r.monitor), ['net.packet-transmission.driver.27']);
+});
+
+test('net.packet-transmission.driver.32: a GSO frame whose hdr_len is shorter than its headers', async () => {
+  const r = await rig();
+  const { frame, l4 } = ipFrame({ proto: 'tcp', payload: pattern(4000), partial: true });
+  r.peer.transmit(r.peer.header({ flags: NET_HDR_F.NEEDS_CSUM, gsoType: NET_HDR_GSO.TCPV4, gsoSize: 1400, hdrLen: l4, csumStart: l4, csumOffset: 16 }), frame);
+  await until(() => r.monitor.verdicts.length > 0, 'verdict');
+  assert.deepEqual(clauses(r.monitor), ['net.packet-transmission.driver.32']);
+});
+
+test('net.automatic-receive-steering-in-multiqueue-mode.driver.1: MQ_VQ_PAIRS_SET enables a pair whose queues are not set up', async () => {
+  const r = await rig(NET_PEER_ALL_FEATURES, { queuePairs: 2 }, { pairs: 1 });
+  assert.equal(await r.peer.control(NET_CTRL.MQ, NET_CTRL.MQ_VQ_PAIRS_SET, Uint8Array.of(2, 0)), NET_CTRL.ERR);
+  assert.deepEqual(clauses(r.monitor), ['net.automatic-receive-steering-in-multiqueue-mode.driver.1']);
+});
+
+test('net.setting-up-receive-buffers.driver.5: MQ_VQ_PAIRS_SET enables a receive queue with no buffers', async () => {
+  const r = await rig(NET_PEER_ALL_FEATURES, { queuePairs: 2 }, { pairs: 2, rxBuffers: 0 });
+  r.peer.postRx(4, 2048, 0);
+  assert.equal(await r.peer.control(NET_CTRL.MQ, NET_CTRL.MQ_VQ_PAIRS_SET, Uint8Array.of(2, 0)), NET_CTRL.OK);
+  assert.deepEqual(clauses(r.monitor), ['net.setting-up-receive-buffers.driver.5']);
+});
+
+test('net.gratuitous-packet-sending.driver.1: ANNOUNCE_ACK without a frame sent since ANNOUNCE was raised', async () => {
+  const r = await rig();
+  assert.ok(r.device.announce());
+  r.peer.transmit(r.peer.header(), plain());
+  await until(() => r.frames.length === 1, 'the announcement');
+  assert.equal(await r.peer.control(NET_CTRL.ANNOUNCE, NET_CTRL.ANNOUNCE_ACK), NET_CTRL.OK);
+  assert.deepEqual(clauses(r.monitor), [], 'announced, then acked');
+  assert.ok(r.device.announce());
+  assert.equal(await r.peer.control(NET_CTRL.ANNOUNCE, NET_CTRL.ANNOUNCE_ACK), NET_CTRL.OK);
+  assert.deepEqual(clauses(r.monitor), ['net.gratuitous-packet-sending.driver.1']);
+});

@@ -250,6 +250,10 @@ test('net: link state and announce in the status field, with config change notif
   assert.equal(a.device.port.linkUp, true);
   assert.ok(a.device.announce());
   assert.equal(await status(), NET_STATUS.LINK_UP | NET_STATUS.ANNOUNCE);
+  // Announce (a frame to the network: net.gratuitous-packet-sending.driver.1), then acknowledge.
+  const sent = a.device.counters.txFrames;
+  a.peer.transmit(a.peer.header(), ether(MAC_B, MAC_A, 0x8035, pattern(46)));
+  await until(() => a.device.counters.txFrames === sent + 1, 'the announcement');
   assert.equal(await a.peer.control(NET_CTRL.ANNOUNCE, NET_CTRL.ANNOUNCE_ACK), NET_CTRL.OK);
   assert.equal(await status(), NET_STATUS.LINK_UP);
   clean(a);
