@@ -140,7 +140,11 @@ static napi_value FsOpenat(napi_env env, napi_callback_info info) {
                               RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS};
     fd = (int)syscall(SYS_openat2, dirfd, name, &how, sizeof how);
     if (fd < 0 && errno == ENOSYS) openat2_missing = 1;
-    else if (fd < 0) return fs_throw(env, "openat2", errno);
+    // EAGAIN / EXDEV: the kernel saw a rename somewhere during a scoped lookup and cannot vouch
+    // for it (openat2(2): "the caller may retry"). For one component that is not ".." (refused
+    // below) openat(O_NOFOLLOW) is exactly as confined, so it answers instead of failing.
+    else if (fd < 0 && errno != EAGAIN && errno != EXDEV) return fs_throw(env, "openat2", errno);
+    else if (fd < 0 && strcmp(name, "..") == 0) return fs_throw(env, "openat2", EXDEV);
   }
   if (fd < 0) {
     if (strcmp(name, "..") == 0) return fs_throw(env, "openat", EXDEV);
