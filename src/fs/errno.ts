@@ -37,9 +37,11 @@ export const Errno = {
   ENOTEMPTY: 39,
   ELOOP: 40,
   ENODATA: 61,
+  EPROTO: 71,
   EOVERFLOW: 75,
   EILSEQ: 84,
   EOPNOTSUPP: 95,
+  ESTALE: 116,
 } as const;
 
 /** One of the errno names above. */
