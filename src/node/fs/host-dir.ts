@@ -132,8 +132,8 @@ interface Handle {
   readonly node: Node;
   /** The open flags' access mode (O_RDONLY 0, O_WRONLY 1, O_RDWR 2). */
   readonly access: number;
-  /** Directories: entries read but not yet returned, and how many were returned. */
-  dir: { pending: DirEntry[]; index: number; eof: boolean } | null;
+  /** Directories: entries read but not yet returned, how many were returned, the last batch returned. */
+  dir: { pending: DirEntry[]; index: number; eof: boolean; last: DirEntry[] } | null;
 }
 
 /** A Linux errno for an error from Node's fs or the addon (EIO for one with no code). */
@@ -515,7 +515,7 @@ export class HostDirFs implements FsProvider {
 
   private addHandle(fd: number, node: Node, access: number, dir = false): number {
     const fh = this.nextFh++;
-    this.handles.set(fh, { fd, node, access, dir: dir ? { pending: [], index: 0, eof: false } : null });
+    this.handles.set(fh, { fd, node, access, dir: dir ? { pending: [], index: 0, eof: false, last: [] } : null });
     return fh;
   }
 
@@ -623,9 +623,15 @@ export class HostDirFs implements FsProvider {
     const h = this.handle(fh, ino);
     const d = h.dir;
     if (d === null) throw new FsError(Errno.ENOTDIR);
-    if (offset !== d.index) {
+    if (offset !== d.index && offset >= d.index - d.last.length && offset < d.index) {
+      // Entries of the last batch the caller could not fit (the FUSE server stops at the
+      // reply's size): handed out again from memory, no rewind.
+      d.pending = d.last.slice(offset - (d.index - d.last.length)).concat(d.pending);
+      d.index = offset;
+    } else if (offset !== d.index) {
       sys(() => this.n.fsLseek(h.fd, 0, Whence.SEEK_SET));
       d.pending = [];
+      d.last = [];
       d.index = 0;
       d.eof = false;
       while (d.index < offset && this.fillDir(h)) {
@@ -638,6 +644,7 @@ export class HostDirFs implements FsProvider {
     const out = d.pending.splice(0, Math.max(0, limit));
     for (let i = 0; i < out.length; i++) out[i].off = d.index + i + 1;
     d.index += out.length;
+    d.last = out;
     return out;
   }
 
