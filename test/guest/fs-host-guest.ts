@@ -4,7 +4,8 @@
 // back here, by md5.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { GuestRun } from './harness.js';
@@ -105,4 +106,44 @@ export function checkEscape(run: GuestRun, share: Share, before: string): void {
   assert.equal(r.get('escape-mnt-parent'), '0');
   assert.equal(share.outsideState(), before, 'nothing outside the shared directory changed');
   assert.equal(readdirSync(share.root).filter((n) => n.startsWith('stolen')).length, 0);
+}
+
+/** QEMU's C virtiofsd (Debian's qemu-system-common), the anchor of bench:fs. */
+export const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
+
+/**
+ * virtiofsd's command line for `dir` on `socket`, as this project runs it: as root (its sandbox
+ * needs CAP_SYS_CHROOT; `sandbox=chroot` because the namespace sandbox needs more than a
+ * container gives), cache=none (every access goes to the daemon, as virtio-ts's server answers
+ * with short entry and attribute timeouts), xattrs off (its default), threads from its pool.
+ */
+export function virtiofsdArgs(socket: string, dir: string): string[] {
+  return [`--socket-path=${socket}`, '-o', `source=${dir}`, '-o', 'sandbox=chroot', '-o', 'cache=none'];
+}
+
+/** Why virtiofsd cannot run here, or null. */
+export function virtiofsdMissing(): string | null {
+  if (!existsSync(VIRTIOFSD)) return `${VIRTIOFSD} (Debian qemu-system-common)`;
+  if (process.getuid?.() !== 0) return 'root (virtiofsd chroots into the shared directory)';
+  return null;
+}
+
+/**
+ * Starts virtiofsd on `socket` for `dir` (for boot's `server`); close() ends it (SIGTERM, then
+ * waits for it) and resolves with its log.
+ */
+export function startVirtiofsd(socket: string, dir: string): { close(): Promise<string>; log(): string } {
+  const child = spawn(VIRTIOFSD, virtiofsdArgs(socket, dir), { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout!.on('data', (d) => (log += d));
+  child.stderr!.on('data', (d) => (log += d));
+  const exited = new Promise<void>((res) => child.once('exit', () => res()));
+  return {
+    log: () => log,
+    close: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      await exited;
+      return log;
+    },
+  };
 }
