@@ -39,7 +39,7 @@ export interface GuestRun {
 }
 
 export interface BootOptions {
-  kind: 'rng' | 'blk' | 'vsock';
+  kind: 'rng' | 'blk' | 'vsock' | 'fs';
   /** QEMU -device for the chardev c0. */
   device: string;
   serveArgs: string[];
