@@ -554,18 +554,27 @@ export class HostDirFs implements FsProvider {
     const h = this.handle(fh, ino);
     if (size > this.scratch.length) this.scratch = new Uint8Array(size);
     const view = this.scratch.subarray(0, size);
-    const got = sys(() => this.n.preadvNowait(h.fd, [view], offset));
-    if (got >= 0 && (got === size || got === 0)) {
-      this.stats.cachedReads++;
-      return view.subarray(0, got);
+    let done = 0;
+    while (done < size) {
+      // A short read is the end of the file (the next read says 0) or the end of what the page
+      // cache holds (the next one says -1: it would wait).
+      const got = sys(() => this.n.preadvNowait(h.fd, [done === 0 ? view : view.subarray(done)], offset + done));
+      if (got === 0) break;
+      if (got < 0) {
+        this.stats.poolReads++;
+        return this.readPool(h.fd, offset, size, view.subarray(0, done));
+      }
+      done += got;
     }
-    this.stats.poolReads++;
-    return this.readPool(h.fd, offset, size);
+    this.stats.cachedReads++;
+    return view.subarray(0, done);
   }
 
-  private async readPool(fd: number, offset: number, size: number): Promise<Uint8Array> {
+  /** The rest of a read on the thread pool, after `head` (what the page cache gave). */
+  private async readPool(fd: number, offset: number, size: number, head: Uint8Array): Promise<Uint8Array> {
     const buf = new Uint8Array(size);
-    let done = 0;
+    buf.set(head);
+    let done = head.length;
     while (done < size) {
       const n = await new Promise<number>((res, rej) => readAsync(fd, buf, done, size - done, offset + done, (err, bytes) => (err ? rej(new FsError(errnoOf(err))) : res(bytes))));
       if (n === 0) break;
