@@ -30,6 +30,8 @@ import { MemoryFs } from '../fs/memory.js';
 import { HostDirFs } from '../node/fs/host-dir.js';
 import { FsError, type FsProvider } from '../fs/vfs.js';
 import { errnoName } from '../fs/errno.js';
+import type { FuseOpStats } from '../fs/fuse/server.js';
+import { opName } from '../fs/fuse/wire.js';
 import type { VirtioDevice } from '../device/device.js';
 import { serveVhostUser, type DaemonLogger, type VhostUserDaemon } from '../transports/vhost-user/daemon.js';
 import { VhostUserError } from '../transports/vhost-user/errors.js';
@@ -119,6 +121,16 @@ function loadAddon(): void {
  */
 function flagWording(message: string): string {
   return message.replace(/^(cannot (?:use|listen on) )?socket path /, '$1--socket-path ').replace(/^fd /, '--fd ');
+}
+
+/** FUSE requests and error replies by opcode, the ones seen: `{ opLOOKUP: 10, errLOOKUP: 2 }`. */
+function opCounters(s: FuseOpStats): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (let op = 0; op < s.requests.length; op++) {
+    if (s.requests[op] > 0) out[`op${opName(op)}`] = s.requests[op];
+    if (s.errors[op] > 0) out[`err${opName(op)}`] = s.errors[op];
+  }
+  return out;
 }
 
 /** `{ requests: 1 }` as `{ fuseRequests: 1 }`. */
@@ -398,7 +410,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       // The net device's frame counters ride along (a guest test checks frames really moved).
       if (device instanceof NetDevice) report.counters = { ...device.counters };
       // The fs device's request counters and the FUSE session's (a guest test checks requests were served).
-      if (device instanceof FsDevice) report.counters = { ...device.type.stats, ...prefixed('fuse', device.server.stats), ...(provider instanceof MemoryFs ? { memoryBytes: provider.bytesUsed, memoryNodes: provider.nodeCount } : {}), ...(provider instanceof HostDirFs ? { ...prefixed('hostDir', provider.stats), hostDirNodes: provider.counts.nodes, hostDirHandles: provider.counts.handles } : {}) };
+      if (device instanceof FsDevice) report.counters = { ...device.type.stats, ...prefixed('fuse', device.server.stats), ...(provider instanceof MemoryFs ? { memoryBytes: provider.bytesUsed, memoryNodes: provider.nodeCount } : {}), ...(provider instanceof HostDirFs ? { ...prefixed('hostDir', provider.stats), hostDirNodes: provider.counts.nodes, hostDirHandles: provider.counts.handles } : {}), ...opCounters(device.server.opStats) };
       writeNewReport(opts.report, report);
       logger.info({ report: opts.report }, `wrote the run report (verdicts by clause) to ${opts.report}`);
     } catch (e) {

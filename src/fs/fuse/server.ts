@@ -66,6 +66,12 @@ export interface FuseStats {
   forgets: number;
 }
 
+/** Requests and error replies by opcode (index: the opcode; 64 and above counted at 0). */
+export interface FuseOpStats {
+  requests: Uint32Array;
+  errors: Uint32Array;
+}
+
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const enc = new TextEncoder();
 const EMPTY = new Uint8Array(0);
@@ -207,6 +213,8 @@ export class FuseServer {
   flags = 0;
   readonly maxWrite: number;
   readonly stats: FuseStats = { requests: 0, errors: 0, malformed: 0, forgets: 0 };
+  /** Requests and error replies by opcode. */
+  readonly opStats: FuseOpStats = { requests: new Uint32Array(64), errors: new Uint32Array(64) };
   private readonly entrySec: number;
   private readonly entryNsec: number;
   private readonly attrSec: number;
@@ -276,8 +284,10 @@ export class FuseServer {
     if (h === null) {
       this.stats.malformed++;
       this.log('request shorter than fuse_in_header', { bytes: req.length });
-      return room >= Size.outHeader ? this.fail(0n, Errno.EINVAL) : null;
+      return room >= Size.outHeader ? (this.stats.errors++, errorReply(0n, Errno.EINVAL)) : null;
     }
+    const slot = h.opcode < 64 ? h.opcode : 0;
+    this.opStats.requests[slot]++;
     let out: MaybePromise<FuseReply | null>;
     try {
       out = this.dispatch(req, h, room);
@@ -299,14 +309,15 @@ export class FuseServer {
     if (room < Size.outHeader) return null;
     if (r.length > room) {
       this.log(`${opName(h.opcode)} reply of ${r.length} bytes does not fit the ${room} bytes the driver gave`, { opcode: h.opcode });
-      return this.fail(h.unique, Errno.EIO);
+      return this.fail(h, Errno.EIO);
     }
     return r;
   }
 
-  private fail(unique: bigint, errno: number): FuseReply {
+  private fail(h: FuseHeader, errno: number): FuseReply {
     this.stats.errors++;
-    return errorReply(unique, errno);
+    this.opStats.errors[h.opcode < 64 ? h.opcode : 0]++;
+    return errorReply(h.unique, errno);
   }
 
   private caught(e: unknown, h: FuseHeader, room: number): FuseReply | null {
@@ -314,11 +325,11 @@ export class FuseServer {
     if (e instanceof Malformed) {
       this.stats.malformed++;
       this.log(`${opName(h.opcode)}: ${e.message}`, { opcode: h.opcode, errno: e.errno });
-      return this.fail(h.unique, e.errno);
+      return this.fail(h, e.errno);
     }
-    if (e instanceof FsError && Number.isInteger(e.errno) && e.errno > 0 && e.errno < 4096) return this.fail(h.unique, e.errno);
+    if (e instanceof FsError && Number.isInteger(e.errno) && e.errno > 0 && e.errno < 4096) return this.fail(h, e.errno);
     this.log(`${opName(h.opcode)}: provider failed: ${e instanceof Error ? e.message : String(e)}`, { opcode: h.opcode, stack: e instanceof Error ? e.stack : undefined });
-    return this.fail(h.unique, Errno.EIO);
+    return this.fail(h, Errno.EIO);
   }
 
   /** The node `h` names, checked: the root or a nodeid the kernel holds. */
@@ -594,7 +605,7 @@ export class FuseServer {
             o.setUint32(Size.outHeader, val.length, true);
             return reply;
           }
-          if (val.length > size) return this.fail(h.unique, Errno.ERANGE);
+          if (val.length > size) return this.fail(h, Errno.ERANGE);
           return replyOf(h.unique, 0, val).reply;
         });
       }
