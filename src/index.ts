@@ -116,3 +116,35 @@ export { parseDeviations, type KnownDeviation } from './monitor/deviations.js';
 export { RunReportRecorder, runReportJson, RUN_REPORT_SCHEMA, type RunReport, type RunReportClause, type RunReportOccurrence } from './monitor/run-report.js';
 export { MonitorError, type MonitorErrorKind } from './monitor/errors.js';
 export { allClauses, clauseInfo, partOf, type ClauseEntry, type CheckSite, type CheckCondition, type CoverageStatus, type Side, type Level } from './monitor/catalogue.js';
+// The file system provider interface virtio-fs serves (src/fs/vfs.ts; HostDirFs in virtio-ts/node implements it).
+export {
+  FsError,
+  fsError,
+  ROOT_INO,
+  S_IFMT,
+  S_IFDIR,
+  S_IFREG,
+  S_IFLNK,
+  S_IFCHR,
+  S_IFBLK,
+  S_IFIFO,
+  S_IFSOCK,
+  LockType,
+  Whence,
+  RenameFlags,
+  FallocMode,
+  XattrFlags,
+  type FsErrorKind,
+  type FsProvider,
+  type FsContext,
+  type FileAttr,
+  type SetAttr,
+  type SetTime,
+  type OpenResult,
+  type CreateResult,
+  type DirEntry,
+  type StatFs,
+  type FileLock,
+  type MaybePromise,
+} from './fs/vfs.js';
+export { Errno, errnoName, errnoFromName, type ErrnoName } from './fs/errno.js';

@@ -444,6 +444,7 @@ export class HostDirFs implements FsProvider {
     return this.created(p, name, perm, ctx);
   }
 
+  /** mkdirat beneath a held directory, with the mode asked for (umask applied, this process's own not). */
   mkdir(parent: number, name: string, mode: number, umask: number, ctx: FsContext): FileAttr {
     this.writable();
     checkName(name);
@@ -453,6 +454,7 @@ export class HostDirFs implements FsProvider {
     return this.created(p, name, perm, ctx);
   }
 
+  /** unlinkat of one entry of a held directory (a symlink is removed, never its target). */
   unlink(parent: number, name: string): void {
     this.writable();
     checkName(name);
@@ -460,6 +462,7 @@ export class HostDirFs implements FsProvider {
     sys(() => this.n.fsUnlinkat(p.fd, name, 0));
   }
 
+  /** unlinkat(AT_REMOVEDIR) of one entry of a held directory. */
   rmdir(parent: number, name: string): void {
     this.writable();
     checkName(name);
@@ -610,6 +613,7 @@ export class HostDirFs implements FsProvider {
     return new Promise((res, rej) => (datasync ? fdatasync : fsync)(h.fd, (err) => (err ? rej(new FsError(errnoOf(err))) : res())));
   }
 
+  /** The last close of a handle: its fd is closed. */
   release(ino: number, fh: number): void {
     const h = this.handle(fh, ino);
     this.handles.delete(fh);
@@ -684,10 +688,12 @@ export class HostDirFs implements FsProvider {
     return true;
   }
 
+  /** Closes a directory handle. */
   releasedir(ino: number, fh: number): void {
     this.release(ino, fh);
   }
 
+  /** fsync of a directory handle, on the thread pool. */
   fsyncdir(ino: number, fh: number, datasync: boolean): Promise<void> {
     return this.fsync(ino, fh, datasync);
   }
@@ -746,6 +752,7 @@ export class HostDirFs implements FsProvider {
       .filter((x) => x.startsWith(XATTR_USER));
   }
 
+  /** Removes a `user.` xattr (other namespaces: EOPNOTSUPP). */
   removexattr(ino: number, name: string): void {
     this.writable();
     const node = this.node(ino);
