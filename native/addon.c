@@ -27,7 +27,7 @@
 // The error's code is libuv's name for the errno (the names Node's own fs and net errors carry),
 // not glibc's strerrorname_np: that needs glibc 2.32, and the prebuilt binaries load on the
 // glibc 2.28 that Node 20's own Linux builds require (scripts/prebuild.mjs checks it).
-static napi_value throw_errno(napi_env env, const char* what, int err) {
+napi_value throw_errno(napi_env env, const char* what, int err) {
   char name[64];
   uv_err_name_r(-err, name, sizeof name);
   char msg[256];

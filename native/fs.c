@@ -52,14 +52,8 @@ struct vt_open_how {
   uint64_t resolve;
 };
 
-static napi_value fs_throw(napi_env env, const char* what, int err) {
-  char name[64];
-  uv_err_name_r(-err, name, sizeof name);
-  char msg[256];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, name[0] == 'E' ? name : "EUNKNOWN", msg);
-  return NULL;
-}
+// Errors are addon.c's (a JS Error whose code is the errno name).
+#define fs_throw throw_errno
 
 static napi_value fs_num(napi_env env, double v) {
   napi_value r;
@@ -369,17 +363,21 @@ static napi_value FsStatfs(napi_env env, napi_callback_info info) {
 // itself, a symlink's own inode included, so no xattr call ever reaches a symlink's target.
 #define XATTR_NAME_BUF 258
 
+// An xattr name: 1 to 255 bytes, no NUL ("user.x"; '/' is allowed in xattr names).
+static int get_xattr_name(napi_env env, napi_value v, char* buf, size_t size) {
+  size_t nl = 0;
+  return napi_get_value_string_utf8(env, v, buf, size, &nl) == napi_ok && nl > 0 && nl < size - 1 && strlen(buf) == nl;
+}
+
 // fsGetxattr(fd, name, into Uint8Array | null): the value's size (into null: the size only).
 static napi_value FsGetxattr(napi_env env, napi_callback_info info) {
   ARGS(3);
   int32_t fd;
   char name[XATTR_NAME_BUF];
-  size_t nl = 0;
   void* data = NULL;
   size_t len = 0;
   napi_valuetype t;
-  if (!get_i32(env, argv[0], &fd) || napi_get_value_string_utf8(env, argv[1], name, sizeof name, &nl) != napi_ok || nl == 0 ||
-      nl >= sizeof name - 1 || strlen(name) != nl || napi_typeof(env, argv[2], &t) != napi_ok ||
+  if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name) || napi_typeof(env, argv[2], &t) != napi_ok ||
       (t != napi_null && !get_bytes(env, argv[2], &data, &len)))
     return fs_throw(env, "fsGetxattr: (fd, name, Uint8Array | null)", EINVAL);
   char p[64];
@@ -410,11 +408,9 @@ static napi_value FsSetxattr(napi_env env, napi_callback_info info) {
   ARGS(4);
   int32_t fd, flags;
   char name[XATTR_NAME_BUF];
-  size_t nl = 0;
   void* data;
   size_t len;
-  if (!get_i32(env, argv[0], &fd) || napi_get_value_string_utf8(env, argv[1], name, sizeof name, &nl) != napi_ok || nl == 0 ||
-      nl >= sizeof name - 1 || strlen(name) != nl || !get_bytes(env, argv[2], &data, &len) || !get_i32(env, argv[3], &flags))
+  if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name) || !get_bytes(env, argv[2], &data, &len) || !get_i32(env, argv[3], &flags))
     return fs_throw(env, "fsSetxattr: (fd, name, Uint8Array, flags)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
@@ -427,9 +423,7 @@ static napi_value FsRemovexattr(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t fd;
   char name[XATTR_NAME_BUF];
-  size_t nl = 0;
-  if (!get_i32(env, argv[0], &fd) || napi_get_value_string_utf8(env, argv[1], name, sizeof name, &nl) != napi_ok || nl == 0 ||
-      nl >= sizeof name - 1 || strlen(name) != nl)
+  if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name))
     return fs_throw(env, "fsRemovexattr: (fd, name)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
