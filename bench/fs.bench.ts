@@ -4,7 +4,8 @@
  * file written with fsync and read back after the guest drops its caches; four concurrent
  * writers; 50 fsynced files) over three servers of one host directory, in the same run:
  *
- * - **virtio-ts**: `virtio-ts serve fs --shared-dir DIR` (vhost-user-fs-pci);
+ * - **virtio-ts**: `virtio-ts serve fs --shared-dir DIR` (vhost-user-fs-pci), and again with
+ *   `--direct-io` (no guest page cache for file data: what virtiofsd's cache=none does);
  * - **virtiofsd**: QEMU's C virtiofsd (/usr/lib/qemu/virtiofsd, as root, `-o sandbox=chroot -o
  *   cache=none`: test/guest/fs-host-guest.ts virtiofsdArgs) behind the same vhost-user-fs-pci;
  * - **9p**: QEMU's built-in 9p (`-virtfs local,path=DIR,mount_tag=vt9,security_model=none`; the
@@ -40,8 +41,8 @@ const FILES = opt('--files', 2000);
 const MB = Math.max(16, opt('--mb', 32)); // the concurrent writers take 4 x 4 MiB of it
 const JSON_OUT = argv.includes('--json');
 
-type Server = 'virtio-ts' | 'virtiofsd' | '9p';
-const SERVERS: Server[] = ['virtio-ts', 'virtiofsd', '9p'];
+type Server = 'virtio-ts' | 'virtio-ts --direct-io' | 'virtiofsd' | '9p';
+const SERVERS: Server[] = ['virtio-ts', 'virtio-ts --direct-io', 'virtiofsd', '9p'];
 const PHASES = [
   ['create', `create + write ${FILES} small files`],
   ['list', 'ls -l of them'],
@@ -61,8 +62,9 @@ async function runOnce(server: Server): Promise<{ ms: Record<string, number>; wa
   try {
     const common = { kind: 'fs' as const, test: 'fshost', timeoutMs: 600_000, append: workloadAppend({ files: FILES, mb: MB, fstype: server === '9p' ? '9p' : 'virtiofs' }) };
     let run: GuestRun;
-    if (server === 'virtio-ts') {
-      run = await boot({ ...common, device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs', serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root] });
+    if (server === 'virtio-ts' || server === 'virtio-ts --direct-io') {
+      const direct = server === 'virtio-ts --direct-io' ? ['--direct-io'] : [];
+      run = await boot({ ...common, device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs', serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, ...direct] });
     } else if (server === 'virtiofsd') {
       run = await boot({
         ...common,
@@ -113,7 +115,8 @@ async function main(): Promise<void> {
   };
   const rows = [...PHASES, ['total', 'all phases'] as const].map(([p, label]) => {
     const m = Object.fromEntries(servers.map((s) => [s, median(s, p)])) as Record<Server, number>;
-    return { phase: p, label, ms: m, vsVirtiofsd: m.virtiofsd !== undefined ? m.virtiofsd / m['virtio-ts'] : NaN, vs9p: m['9p'] / m['virtio-ts'] };
+    const ref = m['virtio-ts'];
+    return { phase: p, label, ms: m, vsVirtiofsd: m.virtiofsd / ref, directVsVirtiofsd: m.virtiofsd / m['virtio-ts --direct-io'], vs9p: m['9p'] / ref };
   });
   const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
   if (JSON_OUT) {
@@ -125,9 +128,9 @@ async function main(): Promise<void> {
   console.log(`\nbench:fs: guest workload over one host directory (QEMU TCG, 1 vCPU), median of ${ROUNDS} round(s), milliseconds (lower is better)`);
   console.log(
     markdownTable(
-      ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', '9p / virtio-ts'],
-      rows.map((x) => [x.label, ...servers.map((s) => f(x.ms[s])), r(x.vsVirtiofsd), r(x.vs9p)]),
-      [false, ...servers.map(() => true), true, true],
+      ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', 'virtiofsd / virtio-ts --direct-io', '9p / virtio-ts'],
+      rows.map((x) => [x.label, ...servers.map((s) => f(x.ms[s])), r(x.vsVirtiofsd), r(x.directVsVirtiofsd), r(x.vs9p)]),
+      [false, ...servers.map(() => true), true, true, true],
     ),
   );
   console.log(`ratios above 1.0: virtio-ts is faster. ${cpu}; load average during the run ${Math.min(...load).toFixed(2)} to ${Math.max(...load).toFixed(2)}`);

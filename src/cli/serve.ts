@@ -87,6 +87,8 @@ export interface ServeOptions {
   memory?: boolean;
   /** fs: serve this host directory. */
   sharedDir?: string;
+  /** fs --shared-dir: FOPEN_DIRECT_IO on every open (the guest keeps no page cache of file data). */
+  directIo?: boolean;
 }
 
 interface Writable {
@@ -196,9 +198,10 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     const tagLen = Buffer.byteLength(opts.tag);
     if (tagLen === 0 || tagLen > 36 || opts.tag.includes('\0')) throw new CliError(EXIT_USAGE, `--tag must be 1 to 36 bytes of UTF-8 (got ${tagLen})`);
     if ((opts.memory === true) === (opts.sharedDir !== undefined)) throw new CliError(EXIT_USAGE, 'serve fs needs exactly one of --memory or --shared-dir DIR');
+    if (opts.directIo === true && opts.sharedDir === undefined) throw new CliError(EXIT_USAGE, '--direct-io is for --shared-dir');
     if (opts.numQueues !== undefined && opts.numQueues > 64) throw new CliError(EXIT_USAGE, `--num-queues ${opts.numQueues}: fs serves 1 to 64 request queues`);
   } else {
-    for (const [flag, v] of [['--tag', opts.tag], ['--memory', opts.memory], ['--shared-dir', opts.sharedDir]] as const) {
+    for (const [flag, v] of [['--tag', opts.tag], ['--memory', opts.memory], ['--shared-dir', opts.sharedDir], ['--direct-io', opts.directIo]] as const) {
       if (v !== undefined) throw new CliError(EXIT_USAGE, `${flag} is for fs, not ${type}`);
     }
   }
@@ -252,7 +255,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     if (opts.sharedDir !== undefined) {
       // The host directory, confined to it (src/node/fs/host-dir.ts: README "Sharing a host directory").
       try {
-        provider = HostDirFs.open(opts.sharedDir, { readOnly });
+        provider = HostDirFs.open(opts.sharedDir, { readOnly, directIo: opts.directIo === true });
       } catch (e) {
         throw new CliError(EXIT_RUNTIME, `cannot share --shared-dir ${opts.sharedDir}: ${e instanceof FsError && e.cause === undefined ? `${e.message} (${errnoName(e.errno)})` : describeError(e instanceof FsError ? e.cause : e)}`);
       }
@@ -334,7 +337,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
         `serving net ${mac}: ${plural(device.type.maxPairs, 'queue pair')} of up to ${queueMaxSize}${device.type.mtu ? `, mtu ${device.type.mtu}` : ''}, ${backend}, monitor ${mode}, ${on}`,
       );
     } else if (device instanceof FsDevice) {
-      const what = opts.memory ? 'an in-memory file system' : `${opts.sharedDir}`;
+      const what = opts.memory ? 'an in-memory file system' : `${opts.sharedDir}${opts.directIo === true ? ' (direct I/O: no guest page cache)' : ''}`;
       logger.info(
         { event: 'start', type, tag: opts.tag, provider: opts.memory ? 'memory' : 'shared-dir', sharedDir: opts.sharedDir, readOnly, numRequestQueues: numQueues, queueSize: queueMaxSize, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat },
         `serving fs "${opts.tag}": ${what}, ${readOnly ? 'read-only' : 'read-write'}, ${plural(numQueues, 'request queue')} of up to ${queueMaxSize}, monitor ${mode}, ${on}`,

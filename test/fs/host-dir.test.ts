@@ -203,6 +203,26 @@ test('HostDirFs: create, write, read, getattr, setattr, readdir, rename, link, s
   });
 });
 
+test('HostDirFs directIo: every open and create answers FOPEN_DIRECT_IO (the guest keeps no page cache); by default none does', async () => {
+  await withFixture(async ({ root, fs }) => {
+    const c = fs.create(ROOT_INO, 'f', S_IFREG | 0o644, 0, O_RDWR, ctx);
+    assert.equal(c.directIo, false);
+    fs.release(c.attr.ino, c.fh);
+    const direct = HostDirFs.open(root, { directIo: true });
+    try {
+      const ino = direct.lookup(ROOT_INO, 'f').ino;
+      const o = direct.open(ino, O_RDONLY);
+      assert.equal(o.directIo, true);
+      direct.release(ino, o.fh);
+      const c2 = direct.create(ROOT_INO, 'g', S_IFREG | 0o644, 0, O_RDWR, ctx);
+      assert.equal(c2.directIo, true);
+      direct.release(c2.attr.ino, c2.fh);
+    } finally {
+      direct.close();
+    }
+  });
+});
+
 test('HostDirFs: inode numbers are the host numbers, held per (dev, ino), released by forget; unknown numbers are ESTALE', async () => {
   await withFixture(async ({ root, fs }) => {
     writeFileSync(join(root, 'x'), 'x');

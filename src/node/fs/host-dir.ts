@@ -87,6 +87,13 @@ export interface HostDirFsOptions {
    * do. Default true.
    */
   ownerFromCaller?: boolean;
+  /**
+   * Open every file with FOPEN_DIRECT_IO: the guest keeps no page cache of file data, every
+   * read and write comes here at the size the application asked (QEMU virtiofsd's
+   * `-o cache=none`). Coherent with changes made on the host at once; shared writable mmap in
+   * the guest is then refused (ENODEV). Default false: the guest caches file data.
+   */
+  directIo?: boolean;
 }
 
 // Linux open flags, the same on x86_64 and arm64 (asm-generic/fcntl.h): O_PATH is not in
@@ -182,6 +189,7 @@ export class HostDirFs implements FsProvider {
   private readonly rootDev: number;
   private readonly rootHostIno: number;
   private readonly chownNew: boolean;
+  private readonly directIo: boolean;
   private closed = false;
   /** fstatat results, reused (17 fields: see NativeFs.fsStat). */
   private readonly st = new Float64Array(17);
@@ -199,6 +207,7 @@ export class HostDirFs implements FsProvider {
     this.n = n;
     this.readOnly = options.readOnly ?? false;
     this.chownNew = (options.ownerFromCaller ?? true) && process.getuid?.() === 0;
+    this.directIo = options.directIo ?? false;
     n.fsStat(rootFd, '', this.st);
     if ((this.st[3] & S_IFMT) !== S_IFDIR) throw new FsError(Errno.ENOTDIR, 'the shared root is not a directory');
     this.rootDev = this.st[0];
@@ -513,7 +522,7 @@ export class HostDirFs implements FsProvider {
     const f = flags & OPEN_FLAGS;
     if (this.readOnly && ((f & O_ACCMODE) !== 0 || (f & O_TRUNC) !== 0)) throw new FsError(Errno.EROFS);
     const fd = sys(() => this.n.fsReopen(node.fd, f));
-    return { fh: this.addHandle(fd, node, f & O_ACCMODE) };
+    return { fh: this.addHandle(fd, node, f & O_ACCMODE), directIo: this.directIo };
   }
 
   private addHandle(fd: number, node: Node, access: number, dir = false): number {
@@ -546,7 +555,7 @@ export class HostDirFs implements FsProvider {
       throw err;
     }
     const node = this.nodes.get(attr.ino)!;
-    return { attr, fh: this.addHandle(fd, node, f & O_ACCMODE) };
+    return { attr, fh: this.addHandle(fd, node, f & O_ACCMODE), directIo: this.directIo };
   }
 
   /**
