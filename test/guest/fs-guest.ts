@@ -112,6 +112,7 @@ export async function fsGuest(c: FsGuestConfig): Promise<GuestRun & { report: Fs
         `whole workload ${secs('seconds')[0]} s; ${rep.counters.fuseRequests} FUSE requests (${rep.counters.hiprio} hiprio, ${rep.counters.async} async), ` +
         `${rep.counters.fuseErrors} error replies (TCG, load ${readFileSync('/proc/loadavg', 'utf8').split(' ')[0]})\n`,
     );
+    if (process.env.VT_FS_OPS) process.stdout.write(`# ${JSON.stringify(rep.counters)}\n`);
     return { ...run, report: rep };
   } finally {
     rmSync(dir, { recursive: true, force: true });
