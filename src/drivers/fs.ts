@@ -19,7 +19,9 @@ export interface FsRequestToken {
   addr: number;
   reqLen: number;
   room: number;
+  /** Settles the request with the bytes the device wrote (null: none). */
   resolve: (reply: Uint8Array | null) => void;
+  /** Fails the request (the driver broke down). */
   reject: (err: Error) => void;
 }
 

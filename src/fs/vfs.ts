@@ -233,9 +233,13 @@ export interface FsProvider {
   readlink?(ino: number, ctx: FsContext): MaybePromise<string>;
   /** A device node, FIFO, socket or (without a create) regular file. */
   mknod?(parent: number, name: string, mode: number, rdev: number, umask: number, ctx: FsContext): MaybePromise<FileAttr>;
+  /** A new directory `name` in `parent` (mode & ~umask). */
   mkdir?(parent: number, name: string, mode: number, umask: number, ctx: FsContext): MaybePromise<FileAttr>;
+  /** Removes the name `name` of a non-directory (EISDIR for a directory). */
   unlink?(parent: number, name: string, ctx: FsContext): MaybePromise<void>;
+  /** Removes the empty directory `name` (ENOTEMPTY, ENOTDIR). */
   rmdir?(parent: number, name: string, ctx: FsContext): MaybePromise<void>;
+  /** A new symbolic link `name` in `parent` to `target` (stored as given, never resolved by the server). */
   symlink?(parent: number, name: string, target: string, ctx: FsContext): MaybePromise<FileAttr>;
   /** rename(2) and renameat2(2): `flags` is 0 or {@link RenameFlags} (EINVAL for ones the provider cannot do). */
   rename?(parent: number, name: string, newParent: number, newName: string, flags: number, ctx: FsContext): MaybePromise<void>;
@@ -265,7 +269,9 @@ export interface FsProvider {
    * array: the end.
    */
   readdir(ino: number, fh: number, offset: number, limit: number, ctx: FsContext): MaybePromise<readonly DirEntry[]>;
+  /** The last close of a directory handle. */
   releasedir?(ino: number, fh: number, ctx: FsContext): MaybePromise<void>;
+  /** fsync(2) of a directory. */
   fsyncdir?(ino: number, fh: number, datasync: boolean, ctx: FsContext): MaybePromise<void>;
 
   /** statfs(2). */
@@ -277,6 +283,7 @@ export interface FsProvider {
   setxattr?(ino: number, name: string, value: Uint8Array, flags: number, ctx: FsContext): MaybePromise<void>;
   /** The names of the xattrs of `ino`. */
   listxattr?(ino: number, ctx: FsContext): MaybePromise<readonly string[]>;
+  /** Removes xattr `name` (ENODATA when it has none). */
   removexattr?(ino: number, name: string, ctx: FsContext): MaybePromise<void>;
 
   /** fallocate(2): `mode` 0 or {@link FallocMode} bits (EOPNOTSUPP for ones it cannot do). */
