@@ -20,6 +20,8 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "fs.h"
+
 #define MAX_FDS 32
 
 // The error's code is libuv's name for the errno (the names Node's own fs and net errors carry),
@@ -596,6 +598,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"watch", NULL, Watch, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  fs_init(env, exports);
   return exports;
 }
 

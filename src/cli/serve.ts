@@ -27,7 +27,9 @@ import { VsockDevice } from '../devices/vsock/device.js';
 import { serveHybridVsock, type HybridVsock } from '../node/vsock/hybrid.js';
 import { FsDevice } from '../devices/fs/device.js';
 import { MemoryFs } from '../fs/memory.js';
-import type { FsProvider } from '../fs/vfs.js';
+import { HostDirFs } from '../node/fs/host-dir.js';
+import { FsError, type FsProvider } from '../fs/vfs.js';
+import { errnoName } from '../fs/errno.js';
 import type { FuseOpStats } from '../fs/fuse/server.js';
 import { opName } from '../fs/fuse/wire.js';
 import type { VirtioDevice } from '../device/device.js';
@@ -248,10 +250,13 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   let provider: FsProvider | undefined;
   if (type === 'fs') {
     if (opts.sharedDir !== undefined) {
-      // The host-directory provider (src/node/fs/host-dir.ts) is the other half of issue 16; until it is part of this build, say so.
-      throw new CliError(EXIT_RUNTIME, `--shared-dir ${opts.sharedDir}: this build has no host-directory provider yet (src/node/fs/host-dir.ts is not part of it); use --memory`);
-    }
-    provider = new MemoryFs({ readOnly });
+      // The host directory, confined to it (src/node/fs/host-dir.ts: README "Sharing a host directory").
+      try {
+        provider = HostDirFs.open(opts.sharedDir, { readOnly });
+      } catch (e) {
+        throw new CliError(EXIT_RUNTIME, `cannot share --shared-dir ${opts.sharedDir}: ${e instanceof FsError && e.cause === undefined ? `${e.message} (${errnoName(e.errno)})` : describeError(e instanceof FsError ? e.cause : e)}`);
+      }
+    } else provider = new MemoryFs({ readOnly });
   }
   let netPort: StreamFramePort | undefined;
   if (type === 'net' && opts.switch !== undefined) {
@@ -405,7 +410,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       // The net device's frame counters ride along (a guest test checks frames really moved).
       if (device instanceof NetDevice) report.counters = { ...device.counters };
       // The fs device's request counters and the FUSE session's (a guest test checks requests were served).
-      if (device instanceof FsDevice) report.counters = { ...device.type.stats, ...prefixed('fuse', device.server.stats), ...(provider instanceof MemoryFs ? { memoryBytes: provider.bytesUsed, memoryNodes: provider.nodeCount } : {}), ...opCounters(device.server.opStats) };
+      if (device instanceof FsDevice) report.counters = { ...device.type.stats, ...prefixed('fuse', device.server.stats), ...(provider instanceof MemoryFs ? { memoryBytes: provider.bytesUsed, memoryNodes: provider.nodeCount } : {}), ...(provider instanceof HostDirFs ? { ...prefixed('hostDir', provider.stats), hostDirNodes: provider.counts.nodes, hostDirHandles: provider.counts.handles } : {}), ...opCounters(device.server.opStats) };
       writeNewReport(opts.report, report);
       logger.info({ report: opts.report }, `wrote the run report (verdicts by clause) to ${opts.report}`);
     } catch (e) {
@@ -413,6 +418,8 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       code = EXIT_RUNTIME;
     }
   }
+  // The shared directory's fds (after the report, which reads its counters).
+  if (provider instanceof HostDirFs) provider.close();
   const socketFile = end.socketFile;
   const reason = signal === undefined ? end.reason : undefined;
   const socketNote =

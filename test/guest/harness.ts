@@ -40,8 +40,13 @@ export interface GuestRun {
 
 export interface BootOptions {
   kind: 'rng' | 'blk' | 'vsock' | 'fs';
-  /** QEMU -device for the chardev c0. */
-  device: string;
+  /**
+   * QEMU -device for the chardev c0; null: no vhost-user back-end at all (nothing is served
+   * or waited for: QEMU's own device in `qemuArgs`, e.g. -virtfs).
+   */
+  device: string | null;
+  /** More QEMU arguments (after the device). */
+  qemuArgs?: string[];
   serveArgs: string[];
   machine?: string[];
   /** The init case (vt.test=); default: kind. */
@@ -145,11 +150,13 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
   let serve: ChildProcess | null = null;
   let inProcess: { close(): Promise<unknown> } | null = null;
   let between: { path: string; close(): Promise<unknown> } | null = null;
-  if (o.server !== undefined) inProcess = o.server(sock);
+  if (o.device === null) {
+    // QEMU's own device: no back-end.
+  } else if (o.server !== undefined) inProcess = o.server(sock);
   else serve = startServe();
   try {
-    for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
-    assert.ok(existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
+    for (let i = 0; i < 200 && o.device !== null && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(o.device === null || existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
     if (o.interpose !== undefined) between = await o.interpose(sock);
     const args = [
       ...(o.machine ?? []),
@@ -158,7 +165,8 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
       '-kernel', join(guestDir, 'vmlinux'), '-initrd', o.initrd ?? join(guestDir, 'initramfs.cpio'),
       '-append', `console=ttyS0 panic=-1 quiet vt.test=${o.test ?? o.kind} tsc_early_khz=${khz}${o.append ? ' ' + o.append : ''}`,
-      '-chardev', `socket,id=c0,path=${between?.path ?? sock}${o.reconnect ? ',reconnect=1' : ''}`, '-device', o.device,
+      ...(o.device === null ? [] : ['-chardev', `socket,id=c0,path=${between?.path ?? sock}${o.reconnect ? ',reconnect=1' : ''}`, '-device', o.device]),
+      ...(o.qemuArgs ?? []),
     ];
     const qmpPath = join(dir, 'qmp.sock');
     if (o.during) args.push('-qmp', `unix:${qmpPath},server=on,wait=off`);
