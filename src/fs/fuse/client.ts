@@ -33,8 +33,11 @@ export interface FuseDirent {
   entry?: FuseEntry | null;
 }
 
-const enc = new TextEncoder();
-const dec = new TextDecoder();
+/** Made on first use: a module that builds them at import fails where the platform has none yet (a bare vm context). */
+let encoder: InstanceType<typeof TextEncoder> | null = null;
+let decoder: InstanceType<typeof TextDecoder> | null = null;
+const enc = { encode: (s: string) => (encoder ??= new TextEncoder()).encode(s) };
+const dec = { decode: (b: Uint8Array) => (decoder ??= new TextDecoder()).decode(b) };
 
 /** Reads a fuse_attr at `off`. */
 export function readAttr(v: DataView, off: number): FileAttr {
