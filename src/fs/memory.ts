@@ -60,20 +60,8 @@ export interface MemoryFsOptions {
   now?: () => number;
 }
 
-interface Node {
-  ino: number;
-  mode: number;
-  uid: number;
-  gid: number;
-  rdev: number;
-  nlink: number;
-  size: number;
-  atime: number;
-  atimeNsec: number;
-  mtime: number;
-  mtimeNsec: number;
-  ctime: number;
-  ctimeNsec: number;
+/** A node: its attributes (as stat shows them; blocks and blksize are computed) and its contents. */
+interface Node extends Omit<FileAttr, 'blocks' | 'blksize'> {
   /** Regular files: chunk index -> CHUNK bytes. */
   chunks: Map<number, Uint8Array> | null;
   /** Directories: name -> entry; `parent` the directory's parent. */

@@ -233,13 +233,13 @@ export interface FsProvider {
   readlink?(ino: number, ctx: FsContext): MaybePromise<string>;
   /** A device node, FIFO, socket or (without a create) regular file. */
   mknod?(parent: number, name: string, mode: number, rdev: number, umask: number, ctx: FsContext): MaybePromise<FileAttr>;
-  /** A directory (mode & ~umask). */
+  /** A new directory `name` in `parent` (mode & ~umask). */
   mkdir?(parent: number, name: string, mode: number, umask: number, ctx: FsContext): MaybePromise<FileAttr>;
-  /** Removes a name that is not a directory. */
+  /** Removes the name `name` of a non-directory (EISDIR for a directory). */
   unlink?(parent: number, name: string, ctx: FsContext): MaybePromise<void>;
-  /** Removes an empty directory (ENOTEMPTY otherwise). */
+  /** Removes the empty directory `name` (ENOTEMPTY, ENOTDIR). */
   rmdir?(parent: number, name: string, ctx: FsContext): MaybePromise<void>;
-  /** A symbolic link holding `target` as text. */
+  /** A new symbolic link `name` in `parent` to `target` (stored as given, never resolved by the server). */
   symlink?(parent: number, name: string, target: string, ctx: FsContext): MaybePromise<FileAttr>;
   /** rename(2) and renameat2(2): `flags` is 0 or {@link RenameFlags} (EINVAL for ones the provider cannot do). */
   rename?(parent: number, name: string, newParent: number, newName: string, flags: number, ctx: FsContext): MaybePromise<void>;

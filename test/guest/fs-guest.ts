@@ -64,7 +64,7 @@ export async function fsGuest(c: FsGuestConfig): Promise<GuestRun & { report: Fs
       serveArgs: ['--tag', tag, ...c.serveArgs, '--report', report, '--log-format', 'json'],
       append: `vt.tag=${tag} vt.files=${c.files} vt.mb=${c.mb}`,
       memoryMiB: 384,
-      timeoutMs: 100_000,
+      timeoutMs: 150_000, // a hang guard well inside the runner's 300 s per file (the workload takes about 60 s under TCG on a loaded 2-core machine)
     });
     const r = run.results;
     const say = () => `\n${run.console.slice(-3000)}\n${run.serveLog.slice(-3000)}`;
@@ -112,6 +112,7 @@ export async function fsGuest(c: FsGuestConfig): Promise<GuestRun & { report: Fs
         `whole workload ${secs('seconds')[0]} s; ${rep.counters.fuseRequests} FUSE requests (${rep.counters.hiprio} hiprio, ${rep.counters.async} async), ` +
         `${rep.counters.fuseErrors} error replies (TCG, load ${readFileSync('/proc/loadavg', 'utf8').split(' ')[0]})\n`,
     );
+    if (process.env.VT_FS_OPS) process.stdout.write(`# ${JSON.stringify(rep.counters)}\n`);
     return { ...run, report: rep };
   } finally {
     rmSync(dir, { recursive: true, force: true });

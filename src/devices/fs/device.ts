@@ -47,11 +47,10 @@ export interface FsDeviceOptions extends FuseServerOptions {
   core?: VirtioDeviceOptions;
 }
 
-const TAG_BYTES = new TextEncoder();
 
 /** Checks a tag: its UTF-8 bytes, or a RangeError. */
 function tagBytes(tag: string): Uint8Array {
-  const b = TAG_BYTES.encode(tag);
+  const b = new TextEncoder().encode(tag);
   if (b.length === 0 || b.length > FsConfig.tagSize) throw new RangeError(`virtio-fs tag "${tag}" is ${b.length} bytes of UTF-8: 1 to ${FsConfig.tagSize}`);
   if (b.includes(0)) throw new RangeError('virtio-fs tag contains a NUL byte');
   return b;

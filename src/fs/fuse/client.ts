@@ -33,8 +33,11 @@ export interface FuseDirent {
   entry?: FuseEntry | null;
 }
 
-const enc = new TextEncoder();
-const dec = new TextDecoder();
+/** Made on first use: a module that builds them at import fails where the platform has none yet (a bare vm context). */
+let encoder: InstanceType<typeof TextEncoder> | null = null;
+let decoder: InstanceType<typeof TextDecoder> | null = null;
+const enc = { encode: (s: string) => (encoder ??= new TextEncoder()).encode(s) };
+const dec = { decode: (b: Uint8Array) => (decoder ??= new TextDecoder()).decode(b) };
 
 /** Reads a fuse_attr at `off`. */
 export function readAttr(v: DataView, off: number): FileAttr {
@@ -150,6 +153,7 @@ export class FuseClient {
     return this.unique;
   }
 
+  /** INIT: agrees the protocol; `initFlags`, `maxWrite` and `minor` say what was agreed. */
   async init(flags = InitFlag.ASYNC_READ | InitFlag.POSIX_LOCKS | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS | InitFlag.MAX_PAGES | InitFlag.PARALLEL_DIROPS): Promise<void> {
     const s = new Struct(64).u32(0, FUSE_MAJOR).u32(4, FUSE_MINOR).u32(8, 128 << 10).u32(12, flags);
     const v = await this.call(Op.INIT, 0, [s.bytes]);
@@ -158,20 +162,24 @@ export class FuseClient {
     this.maxWrite = v.getUint32(20, true);
   }
 
+  /** LOOKUP `name` in `parent` (the server counts one reference). */
   async lookup(parent: number, name: string): Promise<FuseEntry> {
     return readEntry(await this.call(Op.LOOKUP, parent, [cstr(name)]), 0);
   }
 
+  /** FORGET `nlookup` references to `nodeid` (no reply; on hiprio). */
   async forget(nodeid: number, nlookup: number): Promise<void> {
     await this.cast(Op.FORGET, nodeid, [new Struct(8).u64(0, nlookup).bytes]);
   }
 
+  /** BATCH_FORGET: [nodeid, nlookup] pairs (no reply; on hiprio). */
   async batchForget(items: readonly [number, number][]): Promise<void> {
     const s = new Struct(8 + 16 * items.length).u32(0, items.length);
     items.forEach(([id, n], i) => s.u64(8 + 16 * i, id).u64(16 + 16 * i, n));
     await this.cast(Op.BATCH_FORGET, 0, [s.bytes]);
   }
 
+  /** GETATTR (with the open handle `fh` when given). */
   async getattr(nodeid: number, fh?: number): Promise<FileAttr> {
     const s = new Struct(16).u32(0, fh === undefined ? 0 : 1).u64(8, fh ?? 0);
     return readAttr(await this.call(Op.GETATTR, nodeid, [s.bytes]), 16);
@@ -191,27 +199,33 @@ export class FuseClient {
     return readAttr(await this.call(Op.SETATTR, nodeid, [s.bytes]), 16);
   }
 
+  /** READLINK: a symlink's target. */
   async readlink(nodeid: number): Promise<string> {
     const v = await this.call(Op.READLINK, nodeid, []);
     return dec.decode(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
   }
 
+  /** SYMLINK `name` in `parent` pointing to `target`. */
   async symlink(parent: number, name: string, target: string): Promise<FuseEntry> {
     return readEntry(await this.call(Op.SYMLINK, parent, [cstr(name), cstr(target)]), 0);
   }
 
+  /** MKNOD `name` in `parent` with `mode` (type and permissions). */
   async mknod(parent: number, name: string, mode: number, rdev = 0, umask = 0): Promise<FuseEntry> {
     return readEntry(await this.call(Op.MKNOD, parent, [new Struct(16).u32(0, mode).u32(4, rdev).u32(8, umask).bytes, cstr(name)]), 0);
   }
 
+  /** MKDIR `name` in `parent`. */
   async mkdir(parent: number, name: string, mode = 0o755, umask = 0): Promise<FuseEntry> {
     return readEntry(await this.call(Op.MKDIR, parent, [new Struct(8).u32(0, mode).u32(4, umask).bytes, cstr(name)]), 0);
   }
 
+  /** UNLINK `name` in `parent`. */
   async unlink(parent: number, name: string): Promise<void> {
     await this.call(Op.UNLINK, parent, [cstr(name)]);
   }
 
+  /** RMDIR `name` in `parent`. */
   async rmdir(parent: number, name: string): Promise<void> {
     await this.call(Op.RMDIR, parent, [cstr(name)]);
   }
@@ -222,45 +236,55 @@ export class FuseClient {
     else await this.call(Op.RENAME2, parent, [new Struct(16).u64(0, newParent).u32(8, flags).bytes, cstr(name), cstr(newName)]);
   }
 
+  /** LINK: a new name `newName` in `newParent` for `nodeid`. */
   async link(nodeid: number, newParent: number, newName: string): Promise<FuseEntry> {
     return readEntry(await this.call(Op.LINK, newParent, [new Struct(8).u64(0, nodeid).bytes, cstr(newName)]), 0);
   }
 
+  /** OPEN with O_* `flags` (default O_RDWR): the handle. */
   async open(nodeid: number, flags = 2): Promise<number> {
     return Number((await this.call(Op.OPEN, nodeid, [new Struct(8).u32(0, flags).bytes])).getBigUint64(0, true));
   }
 
+  /** OPENDIR: the handle. */
   async opendir(nodeid: number): Promise<number> {
     return Number((await this.call(Op.OPENDIR, nodeid, [new Struct(8).bytes])).getBigUint64(0, true));
   }
 
+  /** CREATE `name` in `parent` and open it (flags default O_RDWR | O_CREAT). */
   async create(parent: number, name: string, mode = 0o644, flags = 0o102, umask = 0): Promise<{ entry: FuseEntry; fh: number }> {
     const v = await this.call(Op.CREATE, parent, [new Struct(16).u32(0, flags).u32(4, mode).u32(8, umask).bytes, cstr(name)]);
     return { entry: readEntry(v, 0), fh: Number(v.getBigUint64(Size.entryOut, true)) };
   }
 
+  /** READ up to `size` bytes at `offset`. */
   async read(nodeid: number, fh: number, offset: number, size: number): Promise<Uint8Array> {
     const v = await this.call(Op.READ, nodeid, [new Struct(Size.readIn).u64(0, fh).u64(8, offset).u32(16, size).bytes], Size.outHeader + size);
     return new Uint8Array(v.buffer, v.byteOffset, v.byteLength).slice();
   }
 
+  /** WRITE `data` at `offset`: the bytes written. */
   async write(nodeid: number, fh: number, offset: number, data: Uint8Array): Promise<number> {
     const v = await this.call(Op.WRITE, nodeid, [new Struct(Size.writeIn).u64(0, fh).u64(8, offset).u32(16, data.length).bytes, data]);
     return v.getUint32(0, true);
   }
 
+  /** FLUSH (a close of one descriptor). */
   async flush(nodeid: number, fh: number, lockOwner = 0n): Promise<void> {
     await this.call(Op.FLUSH, nodeid, [new Struct(Size.flushIn).u64(0, fh).u64(16, lockOwner).bytes]);
   }
 
+  /** FSYNC (`datasync`: FUSE_FSYNC_FDATASYNC). */
   async fsync(nodeid: number, fh: number, datasync = false): Promise<void> {
     await this.call(Op.FSYNC, nodeid, [new Struct(Size.fsyncIn).u64(0, fh).u32(8, datasync ? 1 : 0).bytes]);
   }
 
+  /** RELEASE: the last close of a file handle. */
   async release(nodeid: number, fh: number): Promise<void> {
     await this.call(Op.RELEASE, nodeid, [new Struct(Size.releaseIn).u64(0, fh).bytes]);
   }
 
+  /** RELEASEDIR: the last close of a directory handle. */
   async releasedir(nodeid: number, fh: number): Promise<void> {
     await this.call(Op.RELEASEDIR, nodeid, [new Struct(Size.releaseIn).u64(0, fh).bytes]);
   }
@@ -300,12 +324,14 @@ export class FuseClient {
     return all;
   }
 
+  /** STATFS. */
   async statfs(nodeid = 1): Promise<StatFs> {
     const v = await this.call(Op.STATFS, nodeid, []);
     const n = (o: number) => Number(v.getBigUint64(o, true));
     return { blocks: n(0), bfree: n(8), bavail: n(16), files: n(24), ffree: n(32), bsize: v.getUint32(40, true), namelen: v.getUint32(44, true), frsize: v.getUint32(48, true) };
   }
 
+  /** SETXATTR `name` = `value` (`flags`: XATTR_CREATE / XATTR_REPLACE). */
   async setxattr(nodeid: number, name: string, value: Uint8Array, flags = 0): Promise<void> {
     await this.call(Op.SETXATTR, nodeid, [new Struct(8).u32(0, value.length).u32(4, flags).bytes, cstr(name), value]);
   }
@@ -317,20 +343,24 @@ export class FuseClient {
     return new Uint8Array(v.buffer, v.byteOffset, v.byteLength).slice();
   }
 
+  /** LISTXATTR: the names. */
   async listxattr(nodeid: number, size = 4096): Promise<string[]> {
     const v = await this.call(Op.LISTXATTR, nodeid, [new Struct(8).u32(0, size).bytes], Size.outHeader + Math.max(size, 8));
     const s = dec.decode(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
     return s.split('\0').filter((x) => x.length > 0);
   }
 
+  /** REMOVEXATTR `name`. */
   async removexattr(nodeid: number, name: string): Promise<void> {
     await this.call(Op.REMOVEXATTR, nodeid, [cstr(name)]);
   }
 
+  /** FALLOCATE with `mode` (FALLOC_FL_* bits). */
   async fallocate(nodeid: number, fh: number, offset: number, length: number, mode = 0): Promise<void> {
     await this.call(Op.FALLOCATE, nodeid, [new Struct(Size.fallocateIn).u64(0, fh).u64(8, offset).u64(16, length).u32(24, mode).bytes]);
   }
 
+  /** LSEEK with SEEK_DATA / SEEK_HOLE `whence`: the new offset. */
   async lseek(nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
     return Number((await this.call(Op.LSEEK, nodeid, [new Struct(Size.lseekIn).u64(0, fh).u64(8, offset).u32(16, whence).bytes])).getBigUint64(0, true));
   }
@@ -345,6 +375,7 @@ export class FuseClient {
       .u32(36, l.pid).bytes;
   }
 
+  /** GETLK: the lock that conflicts with `l` for `owner` (type F_UNLCK: none). */
   async getlk(nodeid: number, fh: number, owner: bigint, l: FileLock): Promise<FileLock> {
     const v = await this.call(Op.GETLK, nodeid, [this.lk(fh, owner, l)]);
     const s = v.getBigUint64(0, true);
@@ -357,10 +388,12 @@ export class FuseClient {
     await this.call(wait ? Op.SETLKW : Op.SETLK, nodeid, [this.lk(fh, owner, l)]);
   }
 
+  /** INTERRUPT the request with this unique (no reply; on hiprio). */
   async interrupt(unique: bigint): Promise<void> {
     await this.cast(Op.INTERRUPT, 0, [new Struct(8).u64(0, unique).bytes]);
   }
 
+  /** DESTROY: ends the session. */
   async destroy(): Promise<void> {
     await this.call(Op.DESTROY, 0, []);
   }

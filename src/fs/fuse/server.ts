@@ -72,8 +72,11 @@ export interface FuseOpStats {
   errors: Uint32Array;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-const enc = new TextEncoder();
+/** Made on first use: a module that builds them at import fails where the platform has none yet (a bare vm context). */
+let encoder: InstanceType<typeof TextEncoder> | null = null;
+let decoder: InstanceType<typeof TextDecoder> | null = null;
+const enc = { encode: (s: string) => (encoder ??= new TextEncoder()).encode(s) };
+const utf8 = { decode: (b: Uint8Array) => (decoder ??= new TextDecoder('utf-8', { fatal: true })).decode(b) };
 const EMPTY = new Uint8Array(0);
 
 /** Thrown inside the server for a malformed request: replied to as EINVAL (or its errno). */
