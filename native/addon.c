@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "fs.h"
 #include "util.h"
 
 #define MAX_FDS 32
@@ -567,6 +568,7 @@ static napi_value Init(napi_env env, napi_value exports) {
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   tap_init(env, exports);
+  fs_init(env, exports);
   return exports;
 }
 

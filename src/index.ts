@@ -74,6 +74,46 @@ export {
 } from './vsock/engine.js';
 export { VsockDevice, VsockDeviceType, type VsockDeviceOptions } from './devices/vsock/device.js';
 export { VsockDriver, type VsockDriverOptions, type VsockBufferToken } from './drivers/vsock.js';
+// virtio-fs (spec 5.11): the file system provider interface, the in-memory file system, the FUSE server and client, the device and driver.
+export {
+  FsError,
+  fsError,
+  ROOT_INO,
+  S_IFMT,
+  S_IFDIR,
+  S_IFREG,
+  S_IFLNK,
+  S_IFCHR,
+  S_IFBLK,
+  S_IFIFO,
+  S_IFSOCK,
+  LockType,
+  Whence,
+  RenameFlags,
+  FallocMode,
+  XattrFlags,
+  type FsErrorKind,
+  type MaybePromise,
+  type FsContext,
+  type FileAttr,
+  type SetTime,
+  type SetAttr,
+  type OpenResult,
+  type CreateResult,
+  type DirEntry,
+  type StatFs,
+  type FileLock,
+  type FsProvider,
+} from './fs/vfs.js';
+export { Errno, errnoName, errnoFromName, type ErrnoName } from './fs/errno.js';
+export { MemoryFs, type MemoryFsOptions } from './fs/memory.js';
+export { PosixLocks } from './fs/locks.js';
+export { FuseServer, errorReply, type FuseServerOptions, type FuseReply, type FuseHeader, type FuseStats, type FuseOpStats } from './fs/fuse/server.js';
+export { FuseClient, fuseRequest, readAttr, type FuseSend, type FuseEntry, type FuseDirent } from './fs/fuse/client.js';
+export { Op as FuseOp, InitFlag as FuseInitFlag, opName as fuseOpName } from './fs/fuse/wire.js';
+export { FS_FEATURES, FS_FEATURE_NAMES, FsConfig, FS_HIPRIO_QUEUE } from './spec/fs.js';
+export { FsDevice, FsDeviceType, type FsDeviceOptions, type FsDeviceStats } from './devices/fs/device.js';
+export { FsDriver, type FsDriverOptions, type FsRequestToken } from './drivers/fs.js';
 export { BlkDevice, BlkDeviceType, defaultSegMax, type BlkDeviceOptions, type BlkOptions, type BlkStorageOption } from './devices/blk/device.js';
 export { parseBlkRequest, BlkRequestHeader, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
 export type { Range as BlkRange } from './devices/blk/request.js';

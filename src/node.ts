@@ -20,6 +20,7 @@ export {
   type StreamConsoleBackendOptions,
 } from './node/console-stream.js';
 export { loadDeviations, DEVIATIONS_FILE } from './node/deviations.js';
+export { HostDirFs, type HostDirFsOptions } from './node/fs/host-dir.js';
 export { VsockStream, VsockListener, vsockStreams, type VsockStreams, type VsockSideApi } from './node/vsock/streams.js';
 export { serveHybridVsock, splice as spliceVsock, type HybridVsock, type HybridVsockOptions } from './node/vsock/hybrid.js';
 export {

@@ -27,7 +27,9 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/device/', 'src/driver/', 'src/vsock/'], // vsock/: the connection engine the vsock device and driver share
   // Frame ports, the switch and offload completion (issue 15): below the net device and driver,
   // which both are frame ports and complete offloads for a peer that cannot take them.
-  ['src/net/'],
+  // src/fs/: the FUSE server, the provider interface and the in-memory file system (issue 16),
+  // under the virtio-fs device that carries FUSE requests; browser-safe.
+  ['src/net/', 'src/fs/'],
   ['src/devices/*/', 'src/drivers/'],
   ['src/transports/loopback/', 'src/transports/vhost-user/', 'src/transports/mmio/', 'src/transports/pci/'],
   ['src/transports/vhost-user/frontend/'], // the VMM side of vhost-user, over the back-end's codec

@@ -13,7 +13,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 const root = resolve('.');
-const TARGETS = ['vhost-user-decoder', 'split-chain', 'packed-chain', 'blk-request', 'inflight'];
+const TARGETS = ['vhost-user-decoder', 'split-chain', 'packed-chain', 'blk-request', 'inflight', 'fuse-request'];
 /** Inputs per target in CI: a few seconds each on a loaded 2-core machine. */
 const RUNS = Number(process.env.FUZZ_RUNS ?? 10000);
 const SEED = 20261206;

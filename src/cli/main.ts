@@ -78,17 +78,21 @@ export function buildProgram(): Command {
   program
     .command('serve')
     .description('serve a device to a vhost-user front-end (QEMU) on a unix socket')
-    .argument('<type>', 'device type: rng, blk, net or vsock')
+    .argument('<type>', 'device type: rng, blk, net, vsock or fs')
     .option('--socket-path <path>', 'listen on this unix socket path (an existing socket is replaced only when stale: connect refused; anything else there is refused, untouched)')
     .option('--fd <n>', 'serve an already connected socket fd', intInRange('--fd', 0, 1 << 20))
     .option('--guest-cid <n>', 'vsock: the guest\'s CID (3 to 4294967294)', intInRange('--guest-cid', 3, 0xfffffffe))
     .option('--uds-path <path>', 'vsock: hybrid vsock unix socket: host programs connect here and write "CONNECT <port>\\n"; a guest connection to host port P goes to <path>_<P>')
     .option('--print-capabilities', 'print the back-end capability JSON (vhost-user.json) and exit')
+    .option('--tag <tag>', 'fs: the tag the guest mounts (mount -t virtiofs TAG /mnt; give QEMU the same: vhost-user-fs-pci,tag=TAG), 1 to 36 bytes')
+    .option('--memory', 'fs: serve an in-memory file system (empty at start, gone at exit)')
+    .option('--shared-dir <dir>', 'fs: serve this host directory (nothing outside it is reachable from the guest)')
+    .option('--direct-io', 'fs --shared-dir: the guest keeps no page cache of file data (FOPEN_DIRECT_IO, as virtiofsd -o cache=none)')
     .option('--image <file>', 'blk: the disk image, raw (a regular file or a block device node)')
     .option('--blk-file <file>', 'blk: the same as --image (the name vhost-user.rst gives it)')
     .addOption(new Option('--format <format>', 'blk: the image format. Without it a qcow2, vmdk, vdi, vhdx, vhd, qed, parallels or bochs image is refused; "raw" says the file is raw and skips that probe').choices(['raw']))
-    .option('--read-only', 'blk: offer the disk read-only (VIRTIO_BLK_F_RO)')
-    .option('--num-queues <n>', `blk: request queues (1 to ${MAX_NUM_QUEUES}, default 1)`, intInRange('--num-queues', 1, MAX_NUM_QUEUES))
+    .option('--read-only', 'blk: offer the disk read-only (VIRTIO_BLK_F_RO); fs: refuse every change (EROFS)')
+    .option('--num-queues <n>', `blk: request queues (1 to ${MAX_NUM_QUEUES}, default 1); fs: request queues (num_request_queues, 1 to 64; QEMU: vhost-user-fs-pci,num-request-queues=N)`, intInRange('--num-queues', 1, MAX_NUM_QUEUES))
     .option('--queue-size <n>', 'largest queue size the front-end may set: a power of two from 2 to 32768 (default 1024, QEMU\'s maximum)', queueSize)
     .option('--seg-max <n>', 'blk: seg_max to advertise (default 126: a request of seg_max + 2 descriptors fits QEMU\'s default queue size 128; larger lets Linux build chains longer than such a queue)', intInRange('--seg-max', 1, 32766))
     .option('--size-max <bytes>', 'blk: size_max to advertise, the largest segment in bytes (default 1 MiB; 4096 makes every page its own segment)', intInRange('--size-max', 512, 0x7fffffff))
@@ -183,7 +187,7 @@ export async function main(argv: string[]): Promise<number> {
   // the back-end program should not perform its normal function." So it answers before any
   // other flag is parsed (or refused).
   const [command, type, ...rest] = argv.slice(2);
-  if (command === 'serve' && (type === 'rng' || type === 'blk' || type === 'net' || type === 'vsock') && rest.includes('--print-capabilities')) {
+  if (command === 'serve' && (type === 'rng' || type === 'blk' || type === 'net' || type === 'vsock' || type === 'fs') && rest.includes('--print-capabilities')) {
     stdout.write(JSON.stringify(capabilities(type)) + '\n');
     return EXIT_OK;
   }

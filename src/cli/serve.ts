@@ -27,6 +27,13 @@ import { NetPortError } from '../node/net/errors.js';
 import { connectPorts } from '../net/switch.js';
 import { VsockDevice } from '../devices/vsock/device.js';
 import { serveHybridVsock, type HybridVsock } from '../node/vsock/hybrid.js';
+import { FsDevice } from '../devices/fs/device.js';
+import { MemoryFs } from '../fs/memory.js';
+import { HostDirFs } from '../node/fs/host-dir.js';
+import { FsError, type FsProvider } from '../fs/vfs.js';
+import { errnoName } from '../fs/errno.js';
+import type { FuseOpStats } from '../fs/fuse/server.js';
+import { opName } from '../fs/fuse/wire.js';
 import type { VirtioDevice } from '../device/device.js';
 import { serveVhostUser, type DaemonLogger, type VhostUserDaemon } from '../transports/vhost-user/daemon.js';
 import { VhostUserError } from '../transports/vhost-user/errors.js';
@@ -76,13 +83,21 @@ export interface ServeOptions {
   guestCid?: number;
   /** vsock: the hybrid vsock unix socket (and the PREFIX of <path>_<port> listeners). */
   udsPath?: string;
+  /** fs: the tag the guest mounts. */
+  tag?: string;
+  /** fs: serve an in-memory file system. */
+  memory?: boolean;
+  /** fs: serve this host directory. */
+  sharedDir?: string;
+  /** fs --shared-dir: FOPEN_DIRECT_IO on every open (the guest keeps no page cache of file data). */
+  directIo?: boolean;
 }
 
 interface Writable {
   write(s: string): unknown;
 }
 
-const TYPES: Record<string, string> = { rng: 'rng', blk: 'block', net: 'net', vsock: 'vsock' };
+const TYPES: Record<string, string> = { rng: 'rng', blk: 'block', net: 'net', vsock: 'vsock', fs: 'fs' };
 
 /**
  * --print-capabilities, as vhost-user.json's VHostUserBackendCapabilities: the type and, for
@@ -111,6 +126,20 @@ function loadAddon(): void {
 function flagWording(message: string): string {
   return message.replace(/^(cannot (?:use|listen on) )?socket path /, '$1--socket-path ').replace(/^fd /, '--fd ');
 }
+
+/** FUSE requests and error replies by opcode, the ones seen: `{ opLOOKUP: 10, errLOOKUP: 2 }`. */
+function opCounters(s: FuseOpStats): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (let op = 0; op < s.requests.length; op++) {
+    if (s.requests[op] > 0) out[`op${opName(op)}`] = s.requests[op];
+    if (s.errors[op] > 0) out[`err${opName(op)}`] = s.errors[op];
+  }
+  return out;
+}
+
+/** `{ requests: 1 }` as `{ fuseRequests: 1 }`. */
+const prefixed = (prefix: string, o: object): Record<string, number> =>
+  Object.fromEntries(Object.entries(o).map(([k, v]) => [prefix + k[0].toUpperCase() + k.slice(1), v as number]));
 
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
@@ -163,6 +192,18 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     // <path>_<port> must fit sun_path too: up to 11 more bytes.
     throw new CliError(EXIT_USAGE, `--uds-path must be 1 to ${MAX_SOCKET_PATH - 11} bytes long (<path>_<port> must fit a unix socket path)`);
   }
+  if (type === 'fs') {
+    if (opts.tag === undefined) throw new CliError(EXIT_USAGE, 'serve fs needs --tag TAG (the name the guest mounts)');
+    const tagLen = Buffer.byteLength(opts.tag);
+    if (tagLen === 0 || tagLen > 36 || opts.tag.includes('\0')) throw new CliError(EXIT_USAGE, `--tag must be 1 to 36 bytes of UTF-8 (got ${tagLen})`);
+    if ((opts.memory === true) === (opts.sharedDir !== undefined)) throw new CliError(EXIT_USAGE, 'serve fs needs exactly one of --memory or --shared-dir DIR');
+    if (opts.directIo === true && opts.sharedDir === undefined) throw new CliError(EXIT_USAGE, '--direct-io is for --shared-dir');
+    if (opts.numQueues !== undefined && opts.numQueues > 64) throw new CliError(EXIT_USAGE, `--num-queues ${opts.numQueues}: fs serves 1 to 64 request queues`);
+  } else {
+    for (const [flag, v] of [['--tag', opts.tag], ['--memory', opts.memory], ['--shared-dir', opts.sharedDir], ['--direct-io', opts.directIo]] as const) {
+      if (v !== undefined) throw new CliError(EXIT_USAGE, `${flag} is for fs, not ${type}`);
+    }
+  }
   const mode = opts.strict ? 'strict' : 'tolerant';
   const readOnly = opts.readOnly === true;
   // Never overwrite a file serve did not make: refused before anything is served.
@@ -208,6 +249,17 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   } catch (e) {
     throw new CliError(EXIT_RUNTIME, `cannot open --image ${imagePath}: ${describeError(e)}`);
   }
+  let provider: FsProvider | undefined;
+  if (type === 'fs') {
+    if (opts.sharedDir !== undefined) {
+      // The host directory, confined to it (src/node/fs/host-dir.ts: README "Sharing a host directory").
+      try {
+        provider = HostDirFs.open(opts.sharedDir, { readOnly, directIo: opts.directIo === true });
+      } catch (e) {
+        throw new CliError(EXIT_RUNTIME, `cannot share --shared-dir ${opts.sharedDir}: ${e instanceof FsError && e.cause === undefined ? `${e.message} (${errnoName(e.errno)})` : describeError(e instanceof FsError ? e.cause : e)}`);
+      }
+    } else provider = new MemoryFs({ readOnly });
+  }
   let netPort: StreamFramePort | TapFramePort | undefined;
   if (type === 'net' && opts.switch !== undefined) {
     try {
@@ -232,6 +284,8 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
         // its feature bits): the device offers none of them and has rx/tx queues only. The front-end
         // also acks only the bits it forwards, so declining MAC/MTU is not the driver's choice.
         new NetDevice({ mac: opts.mac, mtu: opts.mtu, queuePairs: opts.queues ?? 1, queueMaxSize, monitor, linkUp: netPort !== undefined, ctrl: false, judgeFeatureChoice: false })
+      : type === 'fs'
+      ? new FsDevice({ provider: provider!, tag: opts.tag!, numRequestQueues: numQueues, queueMaxSize, monitor })
       : type === 'vsock'
       ? new VsockDevice({ guestCid: opts.guestCid!, monitor, queueMaxSize })
       : image !== undefined
@@ -296,6 +350,12 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       logger.info(
         { event: 'start', type, mac, queuePairs: device.type.maxPairs, mtu: device.type.mtu || undefined, queueSize: queueMaxSize, backend, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat },
         `serving net ${mac}: ${plural(device.type.maxPairs, 'queue pair')} of up to ${queueMaxSize}${device.type.mtu ? `, mtu ${device.type.mtu}` : ''}, ${backend}, monitor ${mode}, ${on}`,
+      );
+    } else if (device instanceof FsDevice) {
+      const what = opts.memory ? 'an in-memory file system' : `${opts.sharedDir}${opts.directIo === true ? ' (direct I/O: no guest page cache)' : ''}`;
+      logger.info(
+        { event: 'start', type, tag: opts.tag, provider: opts.memory ? 'memory' : 'shared-dir', sharedDir: opts.sharedDir, readOnly, numRequestQueues: numQueues, queueSize: queueMaxSize, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat },
+        `serving fs "${opts.tag}": ${what}, ${readOnly ? 'read-only' : 'read-write'}, ${plural(numQueues, 'request queue')} of up to ${queueMaxSize}, monitor ${mode}, ${on}`,
       );
     } else {
       logger.info({ event: 'start', type, numQueues: 1, queueSize: queueMaxSize, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat }, `serving ${type}: 1 queue of up to ${queueMaxSize}, monitor ${mode}, ${on}`);
@@ -379,6 +439,8 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       const report = recorder.report();
       // The net device's frame counters ride along (a guest test checks frames really moved).
       if (device instanceof NetDevice) report.counters = { ...device.counters, ...(netPort instanceof TapFramePort ? tapCounters(netPort) : {}) };
+      // The fs device's request counters and the FUSE session's (a guest test checks requests were served).
+      if (device instanceof FsDevice) report.counters = { ...device.type.stats, ...prefixed('fuse', device.server.stats), ...(provider instanceof MemoryFs ? { memoryBytes: provider.bytesUsed, memoryNodes: provider.nodeCount } : {}), ...(provider instanceof HostDirFs ? { ...prefixed('hostDir', provider.stats), hostDirNodes: provider.counts.nodes, hostDirHandles: provider.counts.handles } : {}), ...opCounters(device.server.opStats) };
       writeNewReport(opts.report, report);
       logger.info({ report: opts.report }, `wrote the run report (verdicts by clause) to ${opts.report}`);
     } catch (e) {
@@ -386,6 +448,8 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       code = EXIT_RUNTIME;
     }
   }
+  // The shared directory's fds (after the report, which reads its counters).
+  if (provider instanceof HostDirFs) provider.close();
   const socketFile = end.socketFile;
   const reason = signal === undefined ? end.reason : undefined;
   const socketNote =

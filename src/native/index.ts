@@ -13,8 +13,12 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { readlinkSync } from 'node:fs';
 import { VirtioTsError } from '../errors.js';
+import type { NativeFs } from './fs.js';
 
-export interface NativeAddon {
+export type { NativeFs } from './fs.js';
+
+/** The addon's calls (native/addon.c and, for file systems, native/fs.c). */
+export interface NativeAddon extends NativeFs {
   /** A connected pair of non-blocking unix stream sockets. */
   socketpair(): [number, number];
   /** A listening unix stream socket (non-blocking). */

@@ -39,9 +39,14 @@ export interface GuestRun {
 }
 
 export interface BootOptions {
-  kind: 'rng' | 'blk' | 'vsock';
-  /** QEMU -device for the chardev c0. */
-  device: string;
+  kind: 'rng' | 'blk' | 'vsock' | 'fs';
+  /**
+   * QEMU -device for the chardev c0; null: no vhost-user back-end at all (nothing is served
+   * or waited for: QEMU's own device in `qemuArgs`, e.g. -virtfs).
+   */
+  device: string | null;
+  /** More QEMU arguments (after the device). */
+  qemuArgs?: string[];
   serveArgs: string[];
   machine?: string[];
   /** The init case (vt.test=); default: kind. */
@@ -145,11 +150,13 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
   let serve: ChildProcess | null = null;
   let inProcess: { close(): Promise<unknown> } | null = null;
   let between: { path: string; close(): Promise<unknown> } | null = null;
-  if (o.server !== undefined) inProcess = o.server(sock);
+  if (o.device === null) {
+    // QEMU's own device: no back-end.
+  } else if (o.server !== undefined) inProcess = o.server(sock);
   else serve = startServe();
   try {
-    for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
-    assert.ok(existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
+    for (let i = 0; i < 200 && o.device !== null && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(o.device === null || existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
     if (o.interpose !== undefined) between = await o.interpose(sock);
     const args = [
       ...(o.machine ?? []),
@@ -160,7 +167,8 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
       // no_timer_check: Linux's boot-time check that the PIT timer reaches the IO-APIC fails when a
       // loaded host starves TCG, and the guest panics ("IO-APIC + timer doesn't work!"; seen at load 8).
       '-append', `console=ttyS0 panic=-1 quiet no_timer_check vt.test=${o.test ?? o.kind} tsc_early_khz=${khz}${o.append ? ' ' + o.append : ''}`,
-      '-chardev', `socket,id=c0,path=${between?.path ?? sock}${o.reconnect ? ',reconnect=1' : ''}`, '-device', o.device,
+      ...(o.device === null ? [] : ['-chardev', `socket,id=c0,path=${between?.path ?? sock}${o.reconnect ? ',reconnect=1' : ''}`, '-device', o.device]),
+      ...(o.qemuArgs ?? []),
     ];
     const qmpPath = join(dir, 'qmp.sock');
     if (o.during) args.push('-qmp', `unix:${qmpPath},server=on,wait=off`);

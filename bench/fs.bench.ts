@@ -1,0 +1,140 @@
+/**
+ * Real-guest file-system benchmark (`npm run bench:fs`): one guest workload (scripts/guest/init
+ * `fshost`: small files created, listed with attributes, read, renamed, half deleted; a large
+ * file written with fsync and read back after the guest drops its caches; four concurrent
+ * writers; 50 fsynced files) over three servers of one host directory, in the same run:
+ *
+ * - **virtio-ts**: `virtio-ts serve fs --shared-dir DIR` (vhost-user-fs-pci), and again with
+ *   `--direct-io` (no guest page cache for file data: what virtiofsd's cache=none does);
+ * - **virtiofsd**: QEMU's C virtiofsd (/usr/lib/qemu/virtiofsd, as root, `-o sandbox=chroot -o
+ *   cache=none`: test/guest/fs-host-guest.ts virtiofsdArgs) behind the same vhost-user-fs-pci;
+ * - **9p**: QEMU's built-in 9p (`-virtfs local,path=DIR,mount_tag=vt9,security_model=none`; the
+ *   guest mounts `-t 9p -o trans=virtio,version=9p2000.L,msize=512000`).
+ *
+ * The guest times each phase (centiseconds of /proc/uptime, printed as VT-RESULT <phase>-cs);
+ * every run's files are checked on the host (test/guest/fs-host-guest.ts checkWorkload), so a
+ * server that got something wrong fails the bench instead of posting a time. QEMU TCG, pc, 1
+ * vCPU, 256 MiB. A round boots one guest per server; rounds rotate the order so host-load drift
+ * hits all alike. Figures: per phase and server the median over rounds; ratios
+ * virtiofsd time / virtio-ts time and 9p time / virtio-ts time (above 1.0: virtio-ts is
+ * faster; the issue's goal: >= 1.0 against virtiofsd, far ahead of 9p). Runs on this kind of
+ * machine (2 shared cores, TCG) vary by ±30 %: read the ratios. Nothing here asserts a time.
+ *
+ * Options: --rounds N (default 3), --files N (default 2000), --mb N (default 32), --json.
+ * virtiofsd needs root and the binary (Debian qemu-system-common); without them its column says why.
+ */
+import { readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { boot, missing, type GuestRun } from '../test/guest/harness.js';
+import { checkWorkload, makeShare, startVirtiofsd, virtiofsdMissing, workloadAppend } from '../test/guest/fs-host-guest.js';
+import { markdownTable, quantile } from './common.js';
+
+const argv = process.argv.slice(2);
+const opt = (name: string, dflt: number): number => {
+  const i = argv.indexOf(name);
+  const v = i >= 0 ? Number(argv[i + 1]) : dflt;
+  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} wants a positive integer`);
+  return v;
+};
+const ROUNDS = opt('--rounds', 3);
+const FILES = opt('--files', 2000);
+const MB = Math.max(16, opt('--mb', 32)); // the concurrent writers take 4 x 4 MiB of it
+const JSON_OUT = argv.includes('--json');
+
+type Server = 'virtio-ts' | 'virtio-ts --direct-io' | 'virtiofsd' | '9p';
+const SERVERS: Server[] = ['virtio-ts', 'virtio-ts --direct-io', 'virtiofsd', '9p'];
+const PHASES = [
+  ['create', `create + write ${FILES} small files`],
+  ['list', 'ls -l of them'],
+  ['read', 'read them all (cat)'],
+  ['rename', 'rename them all (mv)'],
+  ['delete', 'delete half (rm)'],
+  ['write', `${MB} MiB sequential write + fsync`],
+  ['bigread', `${MB} MiB read back (caches dropped)`],
+  ['concurrent', '4 writers: appends + 4 MiB each'],
+  ['fsync', '50 x (4 KiB write + fsync)'],
+] as const;
+
+/** One guest run against `server`: the phases' milliseconds, and the wall time of the boot. */
+async function runOnce(server: Server): Promise<{ ms: Record<string, number>; wallMs: number }> {
+  const share = makeShare();
+  const started = Date.now();
+  try {
+    const common = { kind: 'fs' as const, test: 'fshost', timeoutMs: 600_000, append: workloadAppend({ files: FILES, mb: MB, fstype: server === '9p' ? '9p' : 'virtiofs' }) };
+    let run: GuestRun;
+    if (server === 'virtio-ts' || server === 'virtio-ts --direct-io') {
+      const direct = server === 'virtio-ts --direct-io' ? ['--direct-io'] : [];
+      run = await boot({ ...common, device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs', serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, ...direct] });
+    } else if (server === 'virtiofsd') {
+      run = await boot({
+        ...common,
+        device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs',
+        serveArgs: [],
+        server: (sock) => {
+          const d = startVirtiofsd(sock, share.root);
+          return { close: () => d.close() };
+        },
+      });
+    } else {
+      run = await boot({ ...common, device: null, serveArgs: [], qemuArgs: ['-virtfs', `local,path=${share.root},mount_tag=vt9,security_model=none`] });
+    }
+    checkWorkload(run, share.root, FILES);
+    const ms: Record<string, number> = {};
+    for (const [p] of PHASES) {
+      const cs = Number(run.results.get(`${p}-cs`));
+      if (!Number.isFinite(cs)) throw new Error(`${server}: the guest did not time ${p}`);
+      ms[p] = cs * 10;
+    }
+    ms.total = PHASES.reduce((s, [p]) => s + ms[p], 0);
+    return { ms, wallMs: Date.now() - started };
+  } finally {
+    share.remove();
+  }
+}
+
+async function main(): Promise<void> {
+  if (missing.length > 0) throw new Error(`bench:fs needs ${missing.join(', ')}`);
+  const why: Partial<Record<Server, string>> = {};
+  const vfs = virtiofsdMissing();
+  if (vfs !== null) why.virtiofsd = vfs;
+  const servers = SERVERS.filter((s) => why[s] === undefined);
+  const samples = new Map<Server, Record<string, number>[]>(servers.map((s) => [s, []]));
+  const load: number[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = servers.map((_, i) => servers[(i + round) % servers.length]);
+    for (const s of order) {
+      load.push(loadavg()[0]);
+      const r = await runOnce(s);
+      samples.get(s)!.push(r.ms);
+      if (!JSON_OUT) process.stderr.write(`round ${round + 1}/${ROUNDS} ${s}: total ${r.ms.total} ms of workload (${(r.wallMs / 1000).toFixed(1)} s with boot)\n`);
+    }
+  }
+  const median = (s: Server, p: string) => {
+    const xs = samples.get(s)!.map((m) => m[p]).sort((a, b) => a - b);
+    return quantile(xs, 0.5);
+  };
+  const rows = [...PHASES, ['total', 'all phases'] as const].map(([p, label]) => {
+    const m = Object.fromEntries(servers.map((s) => [s, median(s, p)])) as Record<Server, number>;
+    const ref = m['virtio-ts'];
+    return { phase: p, label, ms: m, vsVirtiofsd: m.virtiofsd / ref, directVsVirtiofsd: m.virtiofsd / m['virtio-ts --direct-io'], vs9p: m['9p'] / ref };
+  });
+  const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
+  if (JSON_OUT) {
+    console.log(JSON.stringify({ rounds: ROUNDS, files: FILES, mb: MB, servers, skipped: why, rows, samples: Object.fromEntries(samples), loadavg: load, cpu }, null, 2));
+    return;
+  }
+  const f = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : 'n/a');
+  const r = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : 'n/a');
+  console.log(`\nbench:fs: guest workload over one host directory (QEMU TCG, 1 vCPU), median of ${ROUNDS} round(s), milliseconds (lower is better)`);
+  console.log(
+    markdownTable(
+      ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', 'virtiofsd / virtio-ts --direct-io', '9p / virtio-ts'],
+      rows.map((x) => [x.label, ...servers.map((s) => f(x.ms[s])), r(x.vsVirtiofsd), r(x.directVsVirtiofsd), r(x.vs9p)]),
+      [false, ...servers.map(() => true), true, true, true],
+    ),
+  );
+  console.log(`ratios above 1.0: virtio-ts is faster. ${cpu}; load average during the run ${Math.min(...load).toFixed(2)} to ${Math.max(...load).toFixed(2)}`);
+  for (const [s, w] of Object.entries(why)) console.log(`${s}: not run (${w})`);
+}
+
+await main();

@@ -1,0 +1,512 @@
+// virtio-ts native addon, file-system part: the *at() system calls a virtio-fs host-directory
+// provider needs to stay inside its shared root (src/node/fs/host-dir.ts). Node's fs resolves
+// whole paths from the current directory and follows symlinks; this resolves ONE name relative
+// to a held directory fd and never follows a symlink:
+// - fsOpenat uses openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS) where
+//   the kernel has it (5.6+), else openat(O_NOFOLLOW); either way a name with '/' is refused
+//   here (EINVAL) and ".." is refused in the fallback (openat2 refuses it with EXDEV);
+// - operations on an inode go through its O_PATH fd: with AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
+//   or through /proc/self/fd/N, a "magic link" that lands on the inode itself (a symlink's own
+//   inode, never its target: reopening one is ELOOP, its xattrs are its own) -- the approach of
+//   QEMU's virtiofsd (tools/virtiofsd/passthrough_ll.c).
+// Every call is synchronous and throws a JS Error whose `code` is the errno name, like addon.c.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "fs.h"
+#include "util.h"
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#ifndef SYS_renameat2
+#define SYS_renameat2 316
+#endif
+#ifndef RESOLVE_NO_MAGICLINKS
+#define RESOLVE_NO_XDEV 0x01
+#define RESOLVE_NO_MAGICLINKS 0x02
+#define RESOLVE_NO_SYMLINKS 0x04
+#define RESOLVE_BENEATH 0x08
+#endif
+#ifndef F_OFD_GETLK
+#define F_OFD_GETLK 36
+#define F_OFD_SETLK 37
+#define F_OFD_SETLKW 38
+#endif
+
+// struct open_how (linux/openat2.h), declared here so older headers build too.
+struct vt_open_how {
+  uint64_t flags;
+  uint64_t mode;
+  uint64_t resolve;
+};
+
+// Errors are addon.c's (a JS Error whose code is the errno name).
+#define fs_throw throw_errno
+
+static napi_value fs_num(napi_env env, double v) {
+  napi_value r;
+  napi_create_double(env, v, &r);
+  return r;
+}
+
+static napi_value fs_undefined(napi_env env) {
+  napi_value r;
+  napi_get_undefined(env, &r);
+  return r;
+}
+
+#define ARGS(n)                                                                          \
+  size_t argc = (n);                                                                     \
+  napi_value argv[(n) > 0 ? (n) : 1];                                                    \
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < (n)) \
+    return fs_throw(env, __func__, EINVAL);
+
+static int get_i32(napi_env env, napi_value v, int32_t* out) { return napi_get_value_int32(env, v, out) == napi_ok; }
+static int get_f64(napi_env env, napi_value v, double* out) { return napi_get_value_double(env, v, out) == napi_ok; }
+
+// A file name: one path component (no '/', no NUL, at most NAME_MAX bytes). `empty_ok` admits
+// "" (an operation on the fd itself).
+static int get_name(napi_env env, napi_value v, char* buf, size_t size, int empty_ok) {
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok) return 0;
+  if (len >= size - 1) return 0;  // truncated (or exactly at the limit: refuse rather than guess)
+  if (strlen(buf) != len) return 0;  // an embedded NUL
+  if (len == 0) return empty_ok;
+  return strchr(buf, '/') == NULL;
+}
+
+// A symlink target: any bytes but NUL, up to PATH_MAX.
+static int get_text(napi_env env, napi_value v, char* buf, size_t size) {
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok) return 0;
+  return len > 0 && len < size - 1 && strlen(buf) == len;
+}
+
+static int get_bytes(napi_env env, napi_value v, void** data, size_t* len) {
+  napi_typedarray_type t;
+  napi_value ab;
+  size_t off;
+  return napi_get_typedarray_info(env, v, &t, len, data, &ab, &off) == napi_ok && t == napi_uint8_array;
+}
+
+static int get_f64s(napi_env env, napi_value v, double** data, size_t n) {
+  napi_typedarray_type t;
+  napi_value ab;
+  size_t off, len;
+  void* p;
+  if (napi_get_typedarray_info(env, v, &t, &len, &p, &ab, &off) != napi_ok || t != napi_float64_array || len < n) return 0;
+  *data = p;
+  return 1;
+}
+
+#define NAME_BUF 258  // NAME_MAX (255) + NUL + one byte to see a longer name
+
+// "/proc/self/fd/N": the magic link to the inode of fd N.
+static void proc_path(char* buf, size_t size, int fd) { snprintf(buf, size, "/proc/self/fd/%d", fd); }
+
+static int openat2_missing = 0;
+
+// fsOpenat(dirfd, name, flags, mode): fd. O_NOFOLLOW and O_CLOEXEC are always added; the name
+// is one component, resolved beneath dirfd.
+static napi_value FsOpenat(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t dirfd, flags, mode;
+  char name[NAME_BUF];
+  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &flags) ||
+      !get_i32(env, argv[3], &mode))
+    return fs_throw(env, "fsOpenat: (dirfd, name, flags, mode)", EINVAL);
+  flags |= O_NOFOLLOW | O_CLOEXEC;
+  int fd = -1;
+  if (!openat2_missing) {
+    struct vt_open_how how = {(uint64_t)(uint32_t)flags, (flags & (O_CREAT | O_TMPFILE)) ? (uint64_t)(mode & 07777) : 0,
+                              RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS};
+    fd = (int)syscall(SYS_openat2, dirfd, name, &how, sizeof how);
+    if (fd < 0 && errno == ENOSYS) openat2_missing = 1;
+    // EAGAIN / EXDEV: the kernel saw a rename somewhere during a scoped lookup and cannot vouch
+    // for it (openat2(2): "the caller may retry"). For one component that is not ".." (refused
+    // below) openat(O_NOFOLLOW) is exactly as confined, so it answers instead of failing.
+    else if (fd < 0 && errno != EAGAIN && errno != EXDEV) return fs_throw(env, "openat2", errno);
+    else if (fd < 0 && strcmp(name, "..") == 0) return fs_throw(env, "openat2", EXDEV);
+  }
+  if (fd < 0) {
+    if (strcmp(name, "..") == 0) return fs_throw(env, "openat", EXDEV);
+    fd = openat(dirfd, name, flags, (mode_t)(mode & 07777));
+    if (fd < 0) return fs_throw(env, "openat", errno);
+  }
+  return fs_num(env, fd);
+}
+
+// fsReopen(fd, flags): a new fd for the inode of (O_PATH) fd, opened with flags through
+// /proc/self/fd (a symlink's inode gives ELOOP: it is never followed).
+static napi_value FsReopen(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd, flags;
+  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &flags)) return fs_throw(env, "fsReopen: (fd, flags)", EINVAL);
+  char p[64];
+  proc_path(p, sizeof p, fd);
+  int r = open(p, (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_TMPFILE)) | O_CLOEXEC);
+  if (r < 0) return fs_throw(env, "reopen", errno);
+  return fs_num(env, r);
+}
+
+// fsStat(dirfd, name, out Float64Array(17)): fstatat(AT_SYMLINK_NOFOLLOW; "" = the fd itself).
+// out: dev, ino high 32 bits, ino low 32 bits, mode, nlink, uid, gid, rdev, size, blksize,
+// blocks, atime s, ns, mtime s, ns, ctime s, ns.
+static napi_value FsStat(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd;
+  char name[NAME_BUF];
+  double* out;
+  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 1) || !get_f64s(env, argv[2], &out, 17))
+    return fs_throw(env, "fsStat: (dirfd, name, Float64Array(17))", EINVAL);
+  if (strcmp(name, "..") == 0) return fs_throw(env, "fstatat", EXDEV);
+  struct stat st;
+  if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name[0] == 0 ? AT_EMPTY_PATH : 0)) < 0) return fs_throw(env, "fstatat", errno);
+  out[0] = (double)st.st_dev;
+  out[1] = (double)((uint64_t)st.st_ino >> 32);
+  out[2] = (double)((uint64_t)st.st_ino & 0xffffffffu);
+  out[3] = st.st_mode;
+  out[4] = (double)st.st_nlink;
+  out[5] = st.st_uid;
+  out[6] = st.st_gid;
+  out[7] = (double)st.st_rdev;
+  out[8] = (double)st.st_size;
+  out[9] = (double)st.st_blksize;
+  out[10] = (double)st.st_blocks;
+  out[11] = (double)st.st_atim.tv_sec;
+  out[12] = (double)st.st_atim.tv_nsec;
+  out[13] = (double)st.st_mtim.tv_sec;
+  out[14] = (double)st.st_mtim.tv_nsec;
+  out[15] = (double)st.st_ctim.tv_sec;
+  out[16] = (double)st.st_ctim.tv_nsec;
+  return fs_undefined(env);
+}
+
+// fsMkdirat(dirfd, name, mode)
+static napi_value FsMkdirat(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd, mode;
+  char name[NAME_BUF];
+  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &mode))
+    return fs_throw(env, "fsMkdirat: (dirfd, name, mode)", EINVAL);
+  if (mkdirat(dirfd, name, (mode_t)(mode & 07777)) < 0) return fs_throw(env, "mkdirat", errno);
+  return fs_undefined(env);
+}
+
+// fsMknodat(dirfd, name, mode, rdev): mode carries the file type (S_IFIFO, S_IFSOCK, S_IFREG, ...).
+static napi_value FsMknodat(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t dirfd, mode;
+  double rdev;
+  char name[NAME_BUF];
+  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &mode) ||
+      !get_f64(env, argv[3], &rdev) || rdev < 0)
+    return fs_throw(env, "fsMknodat: (dirfd, name, mode, rdev)", EINVAL);
+  if (mknodat(dirfd, name, (mode_t)mode, (dev_t)rdev) < 0) return fs_throw(env, "mknodat", errno);
+  return fs_undefined(env);
+}
+
+// fsSymlinkat(target, dirfd, name): the target is stored as given (it is never resolved here).
+static napi_value FsSymlinkat(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  static char target[4098];
+  int32_t dirfd;
+  char name[NAME_BUF];
+  if (!get_text(env, argv[0], target, sizeof target) || !get_i32(env, argv[1], &dirfd) || !get_name(env, argv[2], name, sizeof name, 0))
+    return fs_throw(env, "fsSymlinkat: (target, dirfd, name)", EINVAL);
+  if (symlinkat(target, dirfd, name) < 0) return fs_throw(env, "symlinkat", errno);
+  return fs_undefined(env);
+}
+
+// fsUnlinkat(dirfd, name, flags): flags AT_REMOVEDIR (0x200) for rmdir.
+static napi_value FsUnlinkat(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd, flags;
+  char name[NAME_BUF];
+  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &flags))
+    return fs_throw(env, "fsUnlinkat: (dirfd, name, flags)", EINVAL);
+  if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) return fs_throw(env, "unlinkat", EINVAL);
+  if (unlinkat(dirfd, name, flags & AT_REMOVEDIR) < 0) return fs_throw(env, "unlinkat", errno);
+  return fs_undefined(env);
+}
+
+// fsRenameat2(olddirfd, oldname, newdirfd, newname, flags): RENAME_NOREPLACE 1, RENAME_EXCHANGE 2,
+// RENAME_WHITEOUT 4 (plain renameat when 0, so kernels and file systems without renameat2 work).
+static napi_value FsRenameat2(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int32_t od, nd, flags;
+  char on[NAME_BUF], nn[NAME_BUF];
+  if (!get_i32(env, argv[0], &od) || !get_name(env, argv[1], on, sizeof on, 0) || !get_i32(env, argv[2], &nd) ||
+      !get_name(env, argv[3], nn, sizeof nn, 0) || !get_i32(env, argv[4], &flags))
+    return fs_throw(env, "fsRenameat2: (olddirfd, oldname, newdirfd, newname, flags)", EINVAL);
+  if (strcmp(on, ".") == 0 || strcmp(on, "..") == 0 || strcmp(nn, ".") == 0 || strcmp(nn, "..") == 0)
+    return fs_throw(env, "renameat2", EINVAL);
+  int r = flags == 0 ? renameat(od, on, nd, nn) : (int)syscall(SYS_renameat2, od, on, nd, nn, (unsigned)flags);
+  if (r < 0) return fs_throw(env, "renameat2", errno);
+  return fs_undefined(env);
+}
+
+// fsLinkat(fd, newdirfd, newname): a new name for the inode of (O_PATH) fd, through its magic
+// link (linkat AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+static napi_value FsLinkat(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd, nd;
+  char nn[NAME_BUF];
+  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &nd) || !get_name(env, argv[2], nn, sizeof nn, 0))
+    return fs_throw(env, "fsLinkat: (fd, newdirfd, newname)", EINVAL);
+  char p[64];
+  proc_path(p, sizeof p, fd);
+  if (linkat(AT_FDCWD, p, nd, nn, AT_SYMLINK_FOLLOW) < 0) return fs_throw(env, "linkat", errno);
+  return fs_undefined(env);
+}
+
+// fsReadlink(fd): the target of the symlink whose O_PATH fd this is.
+static napi_value FsReadlink(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int32_t fd;
+  static char buf[4097];
+  if (!get_i32(env, argv[0], &fd)) return fs_throw(env, "fsReadlink: (fd)", EINVAL);
+  ssize_t n = readlinkat(fd, "", buf, sizeof buf - 1);
+  if (n < 0) return fs_throw(env, "readlinkat", errno);
+  napi_value r;
+  napi_create_string_utf8(env, buf, (size_t)n, &r);
+  return r;
+}
+
+// fsChmod(fd, mode): through the magic link (fchmod refuses O_PATH fds); a symlink is EOPNOTSUPP.
+static napi_value FsChmod(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd, mode;
+  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &mode)) return fs_throw(env, "fsChmod: (fd, mode)", EINVAL);
+  char p[64];
+  proc_path(p, sizeof p, fd);
+  if (fchmodat(AT_FDCWD, p, (mode_t)(mode & 07777), 0) < 0) return fs_throw(env, "fchmodat", errno);
+  return fs_undefined(env);
+}
+
+// fsChown(fd, uid, gid): -1 leaves that one unchanged; the inode itself, never a symlink's target.
+static napi_value FsChown(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd;
+  double uid, gid;
+  if (!get_i32(env, argv[0], &fd) || !get_f64(env, argv[1], &uid) || !get_f64(env, argv[2], &gid))
+    return fs_throw(env, "fsChown: (fd, uid, gid)", EINVAL);
+  uid_t u = uid < 0 ? (uid_t)-1 : (uid_t)uid;
+  gid_t g = gid < 0 ? (gid_t)-1 : (gid_t)gid;
+  if (fchownat(fd, "", u, g, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) return fs_throw(env, "fchownat", errno);
+  return fs_undefined(env);
+}
+
+// fsUtimens(fd, atimeSec, atimeNsec, mtimeSec, mtimeNsec): nsec UTIME_NOW ((1<<30)-1) or
+// UTIME_OMIT ((1<<30)-2) as utimensat(2). AT_EMPTY_PATH on the O_PATH fd (Linux 5.8+), else the
+// magic link (which a symlink's inode cannot take: EINVAL there, as virtiofsd).
+static napi_value FsUtimens(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int32_t fd;
+  double as, an, ms, mn;
+  if (!get_i32(env, argv[0], &fd) || !get_f64(env, argv[1], &as) || !get_f64(env, argv[2], &an) || !get_f64(env, argv[3], &ms) ||
+      !get_f64(env, argv[4], &mn))
+    return fs_throw(env, "fsUtimens: (fd, atime s, ns, mtime s, ns)", EINVAL);
+  struct timespec ts[2] = {{(time_t)as, (long)an}, {(time_t)ms, (long)mn}};
+  if (utimensat(fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) return fs_undefined(env);
+  if (errno != EINVAL && errno != ENOENT) return fs_throw(env, "utimensat", errno);
+  char p[64];
+  proc_path(p, sizeof p, fd);
+  if (utimensat(AT_FDCWD, p, ts, 0) < 0) return fs_throw(env, "utimensat", errno);
+  return fs_undefined(env);
+}
+
+// fsTruncate(fd, size): truncate(2) through the magic link (a symlink's inode: EINVAL).
+static napi_value FsTruncate(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  double size;
+  if (!get_i32(env, argv[0], &fd) || !get_f64(env, argv[1], &size) || size < 0) return fs_throw(env, "fsTruncate: (fd, size)", EINVAL);
+  char p[64];
+  proc_path(p, sizeof p, fd);
+  if (truncate(p, (off_t)size) < 0) return fs_throw(env, "truncate", errno);
+  return fs_undefined(env);
+}
+
+// fsStatfs(fd, out Float64Array(8)): blocks, bfree, bavail, files, ffree, bsize, namelen, frsize.
+static napi_value FsStatfs(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  double* out;
+  if (!get_i32(env, argv[0], &fd) || !get_f64s(env, argv[1], &out, 8)) return fs_throw(env, "fsStatfs: (fd, Float64Array(8))", EINVAL);
+  struct statfs s;
+  if (fstatfs(fd, &s) < 0) return fs_throw(env, "fstatfs", errno);
+  out[0] = (double)s.f_blocks;
+  out[1] = (double)s.f_bfree;
+  out[2] = (double)s.f_bavail;
+  out[3] = (double)s.f_files;
+  out[4] = (double)s.f_ffree;
+  out[5] = (double)s.f_bsize;
+  out[6] = (double)s.f_namelen;
+  out[7] = (double)s.f_frsize;
+  return fs_undefined(env);
+}
+
+// Extended attributes of the inode of (O_PATH) fd, through its magic link: it lands on the inode
+// itself, a symlink's own inode included, so no xattr call ever reaches a symlink's target.
+#define XATTR_NAME_BUF 258
+
+// An xattr name: 1 to 255 bytes, no NUL ("user.x"; '/' is allowed in xattr names).
+static int get_xattr_name(napi_env env, napi_value v, char* buf, size_t size) {
+  size_t nl = 0;
+  return napi_get_value_string_utf8(env, v, buf, size, &nl) == napi_ok && nl > 0 && nl < size - 1 && strlen(buf) == nl;
+}
+
+// fsGetxattr(fd, name, into Uint8Array | null): the value's size (into null: the size only).
+static napi_value FsGetxattr(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd;
+  char name[XATTR_NAME_BUF];
+  void* data = NULL;
+  size_t len = 0;
+  napi_valuetype t;
+  if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name) || napi_typeof(env, argv[2], &t) != napi_ok ||
+      (t != napi_null && !get_bytes(env, argv[2], &data, &len)))
+    return fs_throw(env, "fsGetxattr: (fd, name, Uint8Array | null)", EINVAL);
+  char p[64];
+  proc_path(p, sizeof p, fd);
+  ssize_t n = getxattr(p, name, data, len);
+  if (n < 0) return fs_throw(env, "getxattr", errno);
+  return fs_num(env, (double)n);
+}
+
+// fsListxattr(fd, into Uint8Array | null): bytes of the NUL-separated name list.
+static napi_value FsListxattr(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  void* data = NULL;
+  size_t len = 0;
+  napi_valuetype t;
+  if (!get_i32(env, argv[0], &fd) || napi_typeof(env, argv[1], &t) != napi_ok || (t != napi_null && !get_bytes(env, argv[1], &data, &len)))
+    return fs_throw(env, "fsListxattr: (fd, Uint8Array | null)", EINVAL);
+  char p[64];
+  proc_path(p, sizeof p, fd);
+  ssize_t n = listxattr(p, data, len);
+  if (n < 0) return fs_throw(env, "listxattr", errno);
+  return fs_num(env, (double)n);
+}
+
+// fsSetxattr(fd, name, value Uint8Array, flags): XATTR_CREATE 1, XATTR_REPLACE 2.
+static napi_value FsSetxattr(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t fd, flags;
+  char name[XATTR_NAME_BUF];
+  void* data;
+  size_t len;
+  if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name) || !get_bytes(env, argv[2], &data, &len) || !get_i32(env, argv[3], &flags))
+    return fs_throw(env, "fsSetxattr: (fd, name, Uint8Array, flags)", EINVAL);
+  char p[64];
+  proc_path(p, sizeof p, fd);
+  if (setxattr(p, name, data, len, flags) < 0) return fs_throw(env, "setxattr", errno);
+  return fs_undefined(env);
+}
+
+// fsRemovexattr(fd, name)
+static napi_value FsRemovexattr(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  char name[XATTR_NAME_BUF];
+  if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name))
+    return fs_throw(env, "fsRemovexattr: (fd, name)", EINVAL);
+  char p[64];
+  proc_path(p, sizeof p, fd);
+  if (removexattr(p, name) < 0) return fs_throw(env, "removexattr", errno);
+  return fs_undefined(env);
+}
+
+// fsFallocate(fd, mode, offset, length): fd open for writing.
+static napi_value FsFallocate(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t fd, mode;
+  double off, len;
+  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &mode) || !get_f64(env, argv[2], &off) || !get_f64(env, argv[3], &len) ||
+      off < 0 || len <= 0)
+    return fs_throw(env, "fsFallocate: (fd, mode, offset, length)", EINVAL);
+  if (fallocate(fd, mode, (off_t)off, (off_t)len) < 0) return fs_throw(env, "fallocate", errno);
+  return fs_undefined(env);
+}
+
+// fsLseek(fd, offset, whence): the new offset (SEEK_DATA 3 / SEEK_HOLE 4 included).
+static napi_value FsLseek(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd, whence;
+  double off;
+  if (!get_i32(env, argv[0], &fd) || !get_f64(env, argv[1], &off) || !get_i32(env, argv[2], &whence))
+    return fs_throw(env, "fsLseek: (fd, offset, whence)", EINVAL);
+  off_t r = lseek(fd, (off_t)off, whence);
+  if (r < 0) return fs_throw(env, "lseek", errno);
+  return fs_num(env, (double)r);
+}
+
+// fsGetdents(fd, into Uint8Array): bytes of linux_dirent64 records (0 at the end).
+static napi_value FsGetdents(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  void* data;
+  size_t len;
+  if (!get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &data, &len)) return fs_throw(env, "fsGetdents: (fd, Uint8Array)", EINVAL);
+  long n = syscall(SYS_getdents64, fd, data, len);
+  if (n < 0) return fs_throw(env, "getdents64", errno);
+  return fs_num(env, (double)n);
+}
+
+// fsLock(fd, cmd, type, start, length, pid, out Float64Array(4)): open-file-description locks
+// (F_OFD_GETLK 36, F_OFD_SETLK 37; F_OFD_SETLKW is refused here, a wait would block the
+// thread). type F_RDLCK 0, F_WRLCK 1, F_UNLCK 2; length 0 = to the end. GETLK writes out:
+// type, start, length, pid (-1 for an OFD lock's holder).
+static napi_value FsLock(napi_env env, napi_callback_info info) {
+  ARGS(7);
+  int32_t fd, cmd, type, pid;
+  double start, length, *out;
+  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &cmd) || !get_i32(env, argv[2], &type) || !get_f64(env, argv[3], &start) ||
+      !get_f64(env, argv[4], &length) || !get_i32(env, argv[5], &pid) || !get_f64s(env, argv[6], &out, 4) ||
+      (cmd != F_OFD_GETLK && cmd != F_OFD_SETLK) || start < 0 || length < 0)
+    return fs_throw(env, "fsLock: (fd, F_OFD_GETLK | F_OFD_SETLK, type, start, length, pid, Float64Array(4))", EINVAL);
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = (short)type;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = (off_t)start;
+  fl.l_len = (off_t)length;
+  fl.l_pid = 0;  // must be 0 for OFD locks
+  if (fcntl(fd, cmd, &fl) < 0) return fs_throw(env, "fcntl(F_OFD_*LK)", errno);
+  out[0] = fl.l_type;
+  out[1] = (double)fl.l_start;
+  out[2] = (double)fl.l_len;
+  out[3] = fl.l_pid;
+  return fs_undefined(env);
+}
+
+#define FN(js, c) {js, NULL, c, NULL, NULL, NULL, napi_default, NULL}
+
+void fs_init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      FN("fsOpenat", FsOpenat),         FN("fsReopen", FsReopen),       FN("fsStat", FsStat),
+      FN("fsMkdirat", FsMkdirat),       FN("fsMknodat", FsMknodat),     FN("fsSymlinkat", FsSymlinkat),
+      FN("fsUnlinkat", FsUnlinkat),     FN("fsRenameat2", FsRenameat2), FN("fsLinkat", FsLinkat),
+      FN("fsReadlink", FsReadlink),     FN("fsChmod", FsChmod),         FN("fsChown", FsChown),
+      FN("fsUtimens", FsUtimens),       FN("fsTruncate", FsTruncate),   FN("fsStatfs", FsStatfs),
+      FN("fsGetxattr", FsGetxattr),     FN("fsListxattr", FsListxattr), FN("fsSetxattr", FsSetxattr),
+      FN("fsRemovexattr", FsRemovexattr), FN("fsFallocate", FsFallocate), FN("fsLseek", FsLseek),
+      FN("fsGetdents", FsGetdents),     FN("fsLock", FsLock),
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+}
