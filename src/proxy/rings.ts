@@ -80,7 +80,15 @@ export interface RingObserver {
 class BufferRules {
   seenWritable = false;
   total = 0;
-  constructor(private readonly mem: GuestMemory) {}
+  /**
+   * `tooLong`: the clause a list over 2^32 bytes breaks, as the device-side queue of the same
+   * format names it (split: split.desc-table.driver.1, the statement of 2.7.5.1 that says so;
+   * packed, which has no such statement: struct.buffer-range.driver.1).
+   */
+  constructor(
+    private readonly mem: GuestMemory,
+    private readonly tooLong: string,
+  ) {}
   reset(): void {
     this.seenWritable = false;
     this.total = 0;
@@ -90,7 +98,7 @@ class BufferRules {
     if (!writable && this.seenWritable) return [framing, `device-readable ${where} follows a device-writable one`];
     if (writable) this.seenWritable = true;
     this.total += len;
-    if (this.total > TWO_32) return ['struct.buffer-range.driver.1', `${where}: the buffers add up to more than 2^32 bytes`];
+    if (this.total > TWO_32) return [this.tooLong, `${where}: the buffers add up to more than 2^32 bytes`];
     if (!this.mem.isBacked(addr, len)) return ['struct.buffer-range.driver.1', `${where}: buffer [0x${addr.toString(16)}, +${len}) is outside guest memory`];
     return null;
   }
@@ -163,7 +171,7 @@ export class SplitObserver implements RingObserver {
     this.availOff = s.avail - this.availR.guestAddr;
     this.usedOff = s.used - this.usedR.guestAddr;
     this.inFlight = new Uint16Array(s.size);
-    this.rules = new BufferRules(mem);
+    this.rules = new BufferRules(mem, 'split.desc-table.driver.1');
     // A restarted ring: base - used.idx buffers are in flight already, which ones cannot be told
     // (see resync): that many used elements are taken on trust.
     this.lastAvail = s.base & 0xffff;
@@ -407,7 +415,7 @@ export class PackedObserver implements RingObserver {
     this.size = s.size;
     this.ringR = ring;
     this.ringOff = s.desc - ring.guestAddr;
-    this.rules = new BufferRules(mem);
+    this.rules = new BufferRules(mem, 'struct.buffer-range.driver.1');
     // SET_VRING_BASE for packed rings: avail slot and wrap in bits 0-15, used in bits 16-31.
     this.availSlot = s.base & 0x7fff;
     this.availWrap = (s.base & 0x8000) !== 0 || s.base === 0;
