@@ -65,6 +65,8 @@ export interface RingStats {
 /** A ring observer: scan() on every occasion, stop() when the ring stops. */
 export interface RingObserver {
   readonly index: number;
+  /** The queue size (the proxy paces its looks by how much of it moved between two). */
+  readonly size: number;
   readonly stats: RingStats;
   /** Looks at the ring once; returns whether anything moved. */
   scan(): boolean;
@@ -139,7 +141,7 @@ function part(mem: GuestMemory, report: RingReport, index: number, name: string,
 export class SplitObserver implements RingObserver {
   readonly index: number;
   readonly stats: RingStats = { available: 0, used: 0, unseen: 0 };
-  private readonly size: number;
+  readonly size: number;
   private readonly mask: number;
   private readonly descR: MemoryRegion;
   private readonly descOff: number;
@@ -387,7 +389,7 @@ export class SplitObserver implements RingObserver {
 export class PackedObserver implements RingObserver {
   readonly index: number;
   readonly stats: RingStats = { available: 0, used: 0, unseen: 0 };
-  private readonly size: number;
+  readonly size: number;
   private readonly ringR: MemoryRegion;
   private readonly ringOff: number;
   /** Next slot the driver makes available, and its wrap counter. */
