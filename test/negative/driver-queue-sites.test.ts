@@ -1,7 +1,8 @@
-// Check sites of the driver-side queues under VIRTIO_F_IN_ORDER that the scenarios reach only
-// through another site of the same clause (catalogue/uncaught-sites.tsv): a driver queue with
-// IN_ORDER negotiated, and a device's used entries written by hand as a misbehaving device
-// would write them, each breaking its clause exactly at the site its test names.
+// Check sites of the driver-side queues (under VIRTIO_F_IN_ORDER, and with auditReadable) that
+// the scenarios reach only through another site of the same clause
+// (catalogue/uncaught-sites.tsv): a driver queue, and a device's used entries (and writes)
+// made by hand as a misbehaving device would make them, each breaking its clause exactly at
+// the site its test names.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
@@ -99,4 +100,22 @@ test('the same IN_ORDER queues with a device that uses in order (one by one, and
   p.use(2, p.idAt(2));
   assert.deepEqual([p.q.getUsed(), p.q.getUsed(), p.q.getUsed()], [0, 1, 2]);
   assert.deepEqual([...s.clauses(), ...p.clauses()], []);
+});
+
+test('split.desc-table.device.4: with auditReadable, the device changes an indirect table while it holds the chain', () => {
+  const mem = GuestMemory.create(1 << 20);
+  const layout = layoutSplitQueue(0x1000, SIZE, 4);
+  const monitor = new Monitor({ mode: 'tolerant' });
+  const q = new SplitDriverQueue(mem, 0, SIZE, layout, { eventIdx: false, indirect: true, indirectPool: layout.pool, indirectMax: 4, auditReadable: true }, monitor, () => undefined);
+  q.begin().addReadable(DATA, 16).addWritable(DATA + 0x100, 16).commit(7, { indirect: true });
+  q.publish();
+  const head = mem.readU16(layout.avail + 4);
+  const table = mem.readU32(layout.desc + head * 16) + mem.readU32(layout.desc + head * 16 + 4) * 2 ** 32;
+  mem.writeU32(table + 8, 8); // the readable entry's length, rewritten by the device
+  mem.writeU32(layout.used + 4, head);
+  mem.writeU32(layout.used + 8, 16);
+  mem.storeU16(layout.used + 2, 1);
+  q.getUsed();
+  assert.deepEqual(monitor.verdicts.map((v) => v.clause), ['split.desc-table.device.4']);
+  assert.match(monitor.verdicts[0].message, /indirect table of chain \d+ was changed while the device held it/);
 });
