@@ -269,8 +269,9 @@ export class SplitObserver implements RingObserver {
           continue;
         }
         if (id >= this.size || this.inFlight[id] === 0) {
-          // The element may have been overwritten by a newer one since used.idx was read.
-          if (((this.usedIdx() - i) & 0xffff) >= this.size) {
+          // This element, or one read before it in this look (whose count then went to the
+          // wrong head), may have been overwritten by a newer one since used.idx was read.
+          if (((this.usedIdx() - this.lastUsed) & 0xffff) >= this.size) {
             this.fresh(0);
             return true;
           }
@@ -279,6 +280,14 @@ export class SplitObserver implements RingObserver {
           return true;
         }
         this.inFlight[id]--;
+      }
+      // An element is overwritten once used.idx passes it by the ring size (the device writes
+      // element j + size while used.idx is j + size): if that may have happened to the first
+      // one read while they were read (the device went on meanwhile), an id read may be a newer
+      // element's and the counts are not trusted (a correct pair was judged guilty without this).
+      if (((this.usedIdx() - this.lastUsed) & 0xffff) >= this.size) {
+        this.fresh(0);
+        return true;
       }
       this.lastUsed = used;
     }
