@@ -14,21 +14,26 @@ import { PDESC_F_AVAIL, PDESC_F_USED, PDESC_F_WRITE } from '../../src/spec/packe
 const SIZE = 8;
 const DATA = 0x20000;
 
-function split() {
-  const mem = GuestMemory.create(1 << 20);
-  const layout = layoutSplitQueue(0x1000, SIZE);
-  const monitor = new Monitor({ mode: 'tolerant' });
-  const q = new SplitDriverQueue(mem, 0, SIZE, layout, { eventIdx: false, indirect: false, inOrder: true }, monitor, () => undefined);
-  let used = 0;
+/** What both formats' harnesses share: the verdicts' clauses, and buffer `k` (one writable descriptor) made available. */
+function common(q: SplitDriverQueue<number> | PackedDriverQueue<number>, monitor: Monitor) {
   return {
-    mem,
     q,
     clauses: () => monitor.verdicts.map((v) => v.clause),
-    /** Buffer `k` (one writable descriptor) made available. */
     offer(k: number) {
       q.begin().addWritable(DATA + k * 0x100, 16).commit(k);
       q.publish();
     },
+  };
+}
+
+function split() {
+  const mem = GuestMemory.create(1 << 20);
+  const layout = layoutSplitQueue(0x1000, SIZE);
+  const monitor = new Monitor({ mode: 'tolerant' });
+  const q = new SplitDriverQueue<number>(mem, 0, SIZE, layout, { eventIdx: false, indirect: false, inOrder: true }, monitor, () => undefined);
+  let used = 0;
+  return {
+    ...common(q, monitor),
     /** A used element naming descriptor `id`, as a device writes it. */
     use(id: number) {
       mem.writeU32(layout.used + 4 + 8 * (used % SIZE), id);
@@ -43,15 +48,9 @@ function packed() {
   const mem = GuestMemory.create(1 << 20);
   const layout = layoutPackedQueue(0x1000, SIZE);
   const monitor = new Monitor({ mode: 'tolerant' });
-  const q = new PackedDriverQueue(mem, 0, SIZE, layout, { eventIdx: false, indirect: false, inOrder: true }, monitor, () => undefined);
+  const q = new PackedDriverQueue<number>(mem, 0, SIZE, layout, { eventIdx: false, indirect: false, inOrder: true }, monitor, () => undefined);
   return {
-    mem,
-    q,
-    clauses: () => monitor.verdicts.map((v) => v.clause),
-    offer(k: number) {
-      q.begin().addWritable(DATA + k * 0x100, 16).commit(k);
-      q.publish();
-    },
+    ...common(q, monitor),
     /** The buffer id the driver gave the descriptor at `slot`. */
     idAt: (slot: number) => mem.readU16(layout.desc + slot * 16 + 12),
     /** Slot `slot` written as a used descriptor (first pass: AVAIL and USED set) naming `id`. */
@@ -106,7 +105,7 @@ test('split.desc-table.device.4: with auditReadable, the device changes an indir
   const mem = GuestMemory.create(1 << 20);
   const layout = layoutSplitQueue(0x1000, SIZE, 4);
   const monitor = new Monitor({ mode: 'tolerant' });
-  const q = new SplitDriverQueue(mem, 0, SIZE, layout, { eventIdx: false, indirect: true, indirectPool: layout.pool, indirectMax: 4, auditReadable: true }, monitor, () => undefined);
+  const q = new SplitDriverQueue<number>(mem, 0, SIZE, layout, { eventIdx: false, indirect: true, indirectPool: layout.pool, indirectMax: 4, auditReadable: true }, monitor, () => undefined);
   q.begin().addReadable(DATA, 16).addWritable(DATA + 0x100, 16).commit(7, { indirect: true });
   q.publish();
   const head = mem.readU16(layout.avail + 4);
