@@ -2,59 +2,17 @@
 // qemu-storage-daemon): the guest's block workload goes through the proxy (dd with md5, checked
 // on the host), the proxy watched the rings and reports zero verdicts but catalogued known
 // deviations; a back-end killed mid-session and started again serves the next session through
-// the same proxy (QEMU reconnect=1); a QEMU that goes mid-I/O ends its session only, and the
-// next QEMU is served through the same proxy by the same back-end.
+// the same proxy (QEMU reconnect=1). A front-end that goes: frontend-gone/guest.test.ts.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, symlinkSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { STOPCONT_BYTES, assertWritten, bin, boot, guestTest, noViolations, withImage, type BootOptions } from '../guest/harness.js';
 import { withSparseImage } from '../guest/workload-guest.js';
 import { QSD } from '../vhost-user/frontend-peers.js';
-import type { ProxyVerdict } from '../../src/proxy/proxy.js';
-import type { MonitorReport } from '../../src/proxy/report.js';
+import { fresh, monitorBetween, type MonitorRun } from './guest-helpers.js';
 
 const MiB = 1 << 20;
-
-/** What the monitor CLI said: its live JSON verdicts, its report, its stderr. */
-interface MonitorRun {
-  verdicts: ProxyVerdict[];
-  report: MonitorReport | null;
-  stderr: string;
-  exitCode: number | null;
-}
-
-/**
- * `virtio-ts monitor --json --report` between QEMU and the back-end at `backend`: resolves once
- * it listens; `close` sends SIGTERM and fills `run`.
- */
-function monitorBetween(run: MonitorRun): NonNullable<BootOptions['interpose']> {
-  return async (backend) => {
-    const listen = `${backend}.proxy`;
-    const reportFile = `${backend}.report.json`;
-    const child: ChildProcess = spawn(process.execPath, [bin, 'monitor', '--listen', listen, '--connect', backend, '--json', '--report', reportFile], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    child.stdout!.on('data', (d) => (stdout += d));
-    child.stderr!.on('data', (d) => (run.stderr += d));
-    const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
-    for (let i = 0; i < 3000 && !run.stderr.includes('listening on'); i++) {
-      if (child.exitCode !== null) break;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    assert.ok(run.stderr.includes('listening on'), `virtio-ts monitor did not listen: ${run.stderr}`);
-    return {
-      path: listen,
-      close: async () => {
-        child.kill('SIGTERM');
-        run.exitCode = await exited;
-        run.verdicts = stdout.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as ProxyVerdict);
-        run.report = existsSync(reportFile) ? (JSON.parse(readFileSync(reportFile, 'utf8')) as MonitorReport) : null;
-      },
-    };
-  };
-}
-
-const fresh = (): MonitorRun => ({ verdicts: [], report: null, stderr: '', exitCode: null });
 
 /** Zero verdicts from the proxy (live and in the report), exit 0, ring 0 watched with traffic. */
 function assertClean(m: MonitorRun): void {
@@ -177,57 +135,3 @@ guestTest('QEMU (reconnect=1) + Linux <-> virtio-ts monitor <-> virtio-ts serve 
   }),
 );
 
-guestTest('QEMU + Linux <-> virtio-ts monitor <-> virtio-ts serve blk: a QEMU that quits mid-I/O ends its session only; the next QEMU is served through the same proxy by the same serve', () =>
-  withImage(async (image) => {
-    // One serve and one proxy for both guests (the harness's back-end socket is a link to serve's).
-    const serveSock = `${image}.serve.sock`;
-    let serveLog = '';
-    const serve = spawn(process.execPath, [bin, 'serve', 'blk', '--socket-path', serveSock, '--image', image], { stdio: ['ignore', 'ignore', 'pipe'] });
-    serve.stderr!.on('data', (d) => (serveLog += d));
-    const m = fresh();
-    let proxy: { path: string; close(): Promise<unknown> } | null = null;
-    try {
-      for (let i = 0; i < 3000 && !serveLog.includes('listening on') && serve.exitCode === null; i++) await new Promise((r) => setTimeout(r, 10));
-      assert.ok(serveLog.includes('listening on'), `virtio-ts serve did not listen: ${serveLog}`);
-      proxy = await monitorBetween(m)(serveSock);
-      const shared = (test: string, during?: BootOptions['during']): BootOptions => ({
-        kind: 'blk',
-        test,
-        device: 'vhost-user-blk-pci,chardev=c0,num-queues=1',
-        serveArgs: [],
-        server: (sock) => {
-          symlinkSync(serveSock, sock);
-          return { close: async () => undefined };
-        },
-        interpose: async () => ({ path: proxy!.path, close: async () => undefined }),
-        ...(during ? { during } : {}),
-        timeoutMs: 120_000,
-      });
-      // The first QEMU quits while the guest writes (no shutdown of the device: the connection just goes).
-      await assert.rejects(
-        boot(
-          shared('stopcont', async (g) => {
-            await g.waitFor(/VT-RESULT stopcont-ready/);
-            // QEMU may go before it answers: the reply is not waited for.
-            void g.qmp('quit').catch(() => undefined);
-          }),
-        ),
-        /the guest test did not finish|qemu exited/,
-      );
-      const second = await boot(shared('blk'));
-      assertWritten(second, image, 64 * 4096);
-      assert.doesNotMatch(serveLog, /"severity":"violation"/, serveLog);
-      assert.equal(serve.exitCode, null, `serve is still up: ${serveLog}`);
-    } finally {
-      await proxy?.close();
-      serve.kill('SIGTERM');
-      if (serve.exitCode === null && serve.signalCode === null) await new Promise((r) => serve.once('exit', r));
-    }
-    assert.ok(m.report !== null, m.stderr);
-    assert.equal(m.report.sessions.length, 2, `two sessions: ${JSON.stringify(m.report.sessions.map((s) => s.reason))}`);
-    assert.match(m.report.sessions[0].reason ?? '', /front-end/, 'the first session ended with its front-end');
-    assert.ok(m.report.sessions[1].rings.some((r) => r.used + r.unseen > 0), "the second guest's ring was watched");
-    assert.deepEqual(m.verdicts, [], m.verdicts.map((v) => `${v.clause}: ${v.message}`).join('\n'));
-    assert.equal(m.exitCode, 0, m.stderr);
-  }),
-);
