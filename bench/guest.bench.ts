@@ -23,7 +23,10 @@
  *
  * Options: --json (one JSON object instead of the text), --rounds N (BENCH_ROUNDS, default 3),
  * --runtime S (BENCH_RUNTIME_S, default 4; seconds measured per job), --ramp S
- * (BENCH_RAMP_S, default 1; seconds run before measuring). BENCH_DIR: where the image goes
+ * (BENCH_RAMP_S, default 1; seconds run before measuring), --proxy-only (only the direct and the
+ * proxied serve blk: the proxy's cost in half the boots; no qemu-storage-daemon row).
+ * BENCH_MONITOR_NODE_ARGS: node options for the proxy's process (e.g. `--cpu-prof
+ * --cpu-prof-dir=DIR` to profile it). BENCH_DIR: where the image goes
  * (default os.tmpdir()). Needs qemu-system-x86_64, qemu-storage-daemon, .guest/vmlinux and
  * .guest/bench-initramfs.cpio (the npm script builds it; that needs fio on the host).
  */
@@ -74,7 +77,7 @@ function usage(msg: string): never {
   process.exit(2);
 }
 
-function options(): { json: boolean; rounds: number; runtime: number; ramp: number } {
+function options(): { json: boolean; rounds: number; runtime: number; ramp: number; proxyOnly: boolean } {
   const args = process.argv.slice(2);
   const num = (flag: string, env: string | undefined, dflt: number, min: number): number => {
     const i = args.indexOf(flag);
@@ -85,12 +88,13 @@ function options(): { json: boolean; rounds: number; runtime: number; ramp: numb
     return n;
   };
   for (let i = 0; i < args.length; i++) {
-    if (args[i] === '--json') continue;
+    if (args[i] === '--json' || args[i] === '--proxy-only') continue;
     if (['--rounds', '--runtime', '--ramp'].includes(args[i])) i++;
-    else usage(`unknown argument ${args[i]} (options: --json, --rounds N, --runtime S, --ramp S)`);
+    else usage(`unknown argument ${args[i]} (options: --json, --rounds N, --runtime S, --ramp S, --proxy-only)`);
   }
   return {
     json: args.includes('--json'),
+    proxyOnly: args.includes('--proxy-only'),
     rounds: num('--rounds', process.env.BENCH_ROUNDS, 3, 1),
     runtime: num('--runtime', process.env.BENCH_RUNTIME_S, 4, 1),
     ramp: num('--ramp', process.env.BENCH_RAMP_S, 1, 0),
@@ -145,6 +149,15 @@ function backendCommand(b: BackendId, image: string, sock: string): [string, str
   ];
 }
 
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+/** A process's user + system CPU seconds so far (/proc/PID/stat). */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+}
+
 const khz = (() => {
   const m = /cpu MHz\s*:\s*([\d.]+)/.exec(readFileSync('/proc/cpuinfo', 'utf8'));
   return m ? Math.round(Number(m[1]) * 1000) : 0;
@@ -167,7 +180,7 @@ async function boot(b: BackendId, round: number, image: string, o: { runtime: nu
     if (b === 'virtio-ts+monitor') {
       chardev = `${sock}.monitor`;
       rmSync(chardev, { force: true });
-      proxy = start(process.execPath, [bin, 'monitor', '--listen', chardev, '--connect', sock, '--quiet']);
+      proxy = start(process.execPath, [...(process.env.BENCH_MONITOR_NODE_ARGS ?? '').split(' ').filter(Boolean), bin, 'monitor', '--listen', chardev, '--connect', sock, '--quiet']);
       for (let i = 0; i < 500 && !existsSync(chardev) && proxy.child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 10));
       if (!existsSync(chardev)) throw new Error(`virtio-ts monitor did not listen on ${chardev}: ${proxy.log().slice(-2000)}`);
     }
@@ -183,6 +196,9 @@ async function boot(b: BackendId, round: number, image: string, o: { runtime: nu
       '-chardev', `socket,id=c0,path=${chardev}`, '-device', 'vhost-user-blk-pci,chardev=c0,num-queues=1',
     ];
     const t0 = performance.now();
+    // The proxy's CPU from here on: its cost while the guest runs (node's own start-up, about a
+    // second of loading modules before it listens, is not a cost of watching the rings).
+    const proxyCpu0 = proxy !== null ? cpuSeconds(proxy.child.pid!) : 0;
     const qemu = start('qemu-system-x86_64', qemuArgs);
     const limitS = 60 + POINTS.length * (o.runtime + o.ramp) * 3;
     const timer = setTimeout(() => qemu.child.kill('SIGKILL'), limitS * 1000);
@@ -205,10 +221,8 @@ async function boot(b: BackendId, round: number, image: string, o: { runtime: nu
     }
     if (proxy !== null) {
       // The proxy's own CPU over the boot (user + system), to tell its cost from the host's noise.
-      const stat = readFileSync(`/proc/${proxy.child.pid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const ticks = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
-      notes.push(`round ${round + 1}: virtio-ts monitor used ${((Number(f[11]) + Number(f[12])) / ticks).toFixed(2)} s CPU in a ${seconds.toFixed(0)} s boot`);
+      const cpu = cpuSeconds(proxy.child.pid!);
+      notes.push(`round ${round + 1}: virtio-ts monitor used ${(cpu - proxyCpu0).toFixed(2)} s CPU while the ${seconds.toFixed(0)} s boot ran (${((100 * (cpu - proxyCpu0)) / seconds).toFixed(1)} % of one core; ${cpu.toFixed(2)} s with its start-up)`);
       await stop(proxy.child);
       const said = proxy.log().split('\n').filter((l) => /^(VIOLATION|WARNING)/.test(l));
       if (said.length > 0) notes.push(`round ${round + 1}: virtio-ts monitor reported: ${said.slice(0, 5).join(' | ')}`);
@@ -263,15 +277,16 @@ async function main(): Promise<number> {
   const started = new Date();
   log(`# bench:guest — fio in a Linux guest, virtio-ts serve blk vs qemu-storage-daemon (vhost-user-blk)`);
   log(`host: ${os.cpus().length} cores, load ${loadBefore} (1/5/15 min); ${qemuVersion}; TCG, pc, 1 vCPU, ${MEM}, vhost-user-blk-pci num-queues=1`);
-  log(`${o.rounds} round${o.rounds > 1 ? 's' : ''} x 3 back-ends (order alternates by round), each boot runs every point: fio libaio direct=1, ${o.runtime} s measured after ${o.ramp} s ramp`);
+  log(`${o.rounds} round${o.rounds > 1 ? 's' : ''} x ${o.proxyOnly ? 2 : 3} back-ends (order alternates by round), each boot runs every point: fio libaio direct=1, ${o.runtime} s measured after ${o.ramp} s ramp`);
 
   tmpDir = mkdtempSync(join(process.env.BENCH_DIR ?? os.tmpdir(), 'virtio-ts-guest-bench-'));
   const image = join(tmpDir, 'disk.img');
   writeImage(image);
 
   const boots: Boot[] = [];
+  const backends = o.proxyOnly ? BACKENDS.filter((b) => b !== 'qemu-storage-daemon') : BACKENDS;
   for (let round = 0; round < o.rounds; round++) {
-    const order = round % 2 === 0 ? BACKENDS : [...BACKENDS].reverse();
+    const order = round % 2 === 0 ? backends : [...backends].reverse();
     for (const b of order) {
       const r = await boot(b, round, image, o);
       boots.push(r);
@@ -285,7 +300,7 @@ async function main(): Promise<number> {
     const vt = stats(per('virtio-ts'));
     const qsd = stats(per('qemu-storage-daemon'));
     const paired = [...Array(o.rounds).keys()].map((round) => {
-      const f = (b: BackendId) => boots.find((x) => x.round === round && x.backend === b)!.figures[p.name][p.metric];
+      const f = (b: BackendId) => boots.find((x) => x.round === round && x.backend === b)?.figures[p.name][p.metric] ?? NaN;
       return f('virtio-ts') / f('qemu-storage-daemon');
     });
     const proxied = stats(per('virtio-ts+monitor'));
@@ -309,7 +324,7 @@ async function main(): Promise<number> {
     return 0;
   }
   const range = (p: Point, s: { min: number; max: number }) => (o.rounds > 1 ? ` (${fmt(p, s.min)}–${fmt(p, s.max)})` : '');
-  const rows = summary.map((s, i) => {
+  const rows = o.proxyOnly ? [] : summary.map((s, i) => {
     const p = POINTS[i];
     const pr = stats(s.pairedRatios);
     return [s.point, p.metric === 'iops' ? 'IOPS' : 'GB/s', `${fmt(p, s.virtioTs.median)}${range(p, s.virtioTs)}`, `${fmt(p, s.qemuStorageDaemon.median)}${range(p, s.qemuStorageDaemon)}`, s.ratio.toFixed(2), o.rounds > 1 ? `${pr.min.toFixed(2)}–${pr.max.toFixed(2)}` : pr.median.toFixed(2)];
@@ -317,16 +332,18 @@ async function main(): Promise<number> {
   log('');
   log(`Medians over ${o.rounds} run${o.rounds > 1 ? 's' : ''} per back-end (range in parentheses); ratio = virtio-ts / qemu-storage-daemon of the medians, higher is better; goal >= 1.0 at every point.`);
   log('');
-  log(markdownTable(['point', 'metric', 'virtio-ts', 'qemu-storage-daemon', 'ratio', 'per-round ratios'], rows, [false, false, true, true, true, true]));
-  log('');
+  if (!o.proxyOnly) {
+    log(markdownTable(['point', 'metric', 'virtio-ts', 'qemu-storage-daemon', 'ratio', 'per-round ratios'], rows, [false, false, true, true, true, true]));
+    log('');
+  }
   log('The same serve blk behind `virtio-ts monitor` (the monitor proxy, its own process, watching the rings), same run; ratio = via monitor / direct, goal >= 0.90.');
   log('');
   const proxiedRows = summary.map((s, i) => {
     const p = POINTS[i];
     const pr = stats(s.proxiedPairedRatios);
-    return [s.point, p.metric === 'iops' ? 'IOPS' : 'GB/s', `${fmt(p, s.virtioTs.median)}${range(p, s.virtioTs)}`, `${fmt(p, s.proxied.median)}${range(p, s.proxied)}`, s.proxiedRatio.toFixed(2), o.rounds > 1 ? `${pr.min.toFixed(2)}–${pr.max.toFixed(2)}` : pr.median.toFixed(2)];
+    return [s.point, p.metric === 'iops' ? 'IOPS' : 'GB/s', `${fmt(p, s.virtioTs.median)}${range(p, s.virtioTs)}`, `${fmt(p, s.proxied.median)}${range(p, s.proxied)}`, s.proxiedRatio.toFixed(2), o.rounds > 1 ? `${pr.min.toFixed(2)}–${pr.max.toFixed(2)}` : pr.median.toFixed(2), s.proxiedPairedRatios.map((r) => r.toFixed(2)).join(' ')];
   });
-  log(markdownTable(['point', 'metric', 'direct', 'via monitor', 'ratio', 'per-round ratios'], proxiedRows, [false, false, true, true, true, true]));
+  log(markdownTable(['point', 'metric', 'direct', 'via monitor', 'ratio', 'per-round ratios', 'each round'], proxiedRows, [false, false, true, true, true, true, false]));
   log('');
   log(`guest: ${guestInfo}; load before ${loadBefore}, after ${loadAfter}; ${boots.reduce((a, b) => a + b.seconds, 0).toFixed(0)} s in guests`);
   for (const n of notes) log(`note: ${n}`);

@@ -97,8 +97,8 @@ export function registerMonitor(program: Command, out: Writable): void {
     .option('--connect <path>', "the back-end's listening unix socket (connected once per front-end connection)")
     .option('--json', 'print each verdict as one JSON object per line (nothing else on stdout)')
     .option('--report <file>', 'at the end, write the JSON report (schema virtio-ts/monitor-report@1) to this new file (an existing file is not overwritten)')
-    .option('--poll-min-ms <ms>', 'ring poll interval while the rings move (default 1)', intInRange('--poll-min-ms', 0, 1000))
-    .option('--poll-max-ms <ms>', 'ring poll interval while they are still (default 50)', intInRange('--poll-max-ms', 1, 10_000))
+    .option('--poll-min-ms <ms>', 'shortest interval between two looks at the rings, used while a quarter of a ring or more moves between looks (default 1)', intInRange('--poll-min-ms', 0, 1000))
+    .option('--poll-max-ms <ms>', 'longest interval between two looks, used while the rings are still or move slowly (default 50)', intInRange('--poll-max-ms', 1, 10_000))
     .option('--backend-wait-ms <ms>', 'how long a front-end is held while the back-end cannot be reached (restarting) before it is closed (default 30000)', intInRange('--backend-wait-ms', 0, 3_600_000))
     .option('--quiet', 'no session lines on stderr')
     .addHelpText(

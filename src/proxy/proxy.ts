@@ -15,11 +15,16 @@
  *   (CONFIG_CHANGE_MSG, ...) and their replies; the bytes and fds on it are relayed unchanged.
  *   Kick, call and error eventfds, memory fds and the inflight and log fds go through untouched.
  * - Rings: guest memory is mapped read-only from the same fds (MemorySlots in read-only mode),
- *   and each started ring is watched passively (rings.ts) on every message and on an adaptive
- *   poll: `pollMinMs` while the rings move, doubling to `pollMaxMs` while they are still. The
- *   kick and call eventfds are left alone: reading one would steal a notification from its
- *   peer, and watching one for readability without reading spins the event loop (level
- *   triggered) until the peer reads it.
+ *   and each started ring is watched passively (rings.ts) on every message and on a timer paced
+ *   by how much moved: a look is needed before a ring laps (more than its size moved, and what
+ *   went by unseen can no longer be judged), not after every buffer. So the interval halves
+ *   (down to `pollMinMs`) when a look finds more than a quarter of some ring moved, and doubles
+ *   (up to `pollMaxMs`) when it finds less than a sixteenth of every ring moved: a busy ring is
+ *   looked at often enough to see each buffer, a trickle costs a few wake-ups a second. The
+ *   data path never goes through the proxy (kick and call eventfds are the peers' own), so the
+ *   proxy's cost is its own CPU time, which this bounds. The kick and call eventfds are left
+ *   alone: reading one would steal a notification from its peer, and watching one for
+ *   readability without reading spins the event loop (level triggered) until the peer reads it.
  * - Sessions: one back-end connection per front-end connection. A back-end that goes (or
  *   cannot be reached) ends its front-end's session (QEMU with `reconnect=1` comes back: the
  *   proxy keeps listening); a front-end that goes ends its back-end connection.
@@ -94,9 +99,9 @@ export interface MonitorProxyOptions {
   onVerdict?: (v: ProxyVerdict) => void;
   /** Session events and notes, for a log. */
   log?: (level: 'info' | 'warn', message: string) => void;
-  /** Poll interval while the rings move (ms, default 1). */
+  /** Shortest interval between two looks, for rings that move fast (ms, default 1). */
   pollMinMs?: number;
-  /** Poll interval the proxy backs off to while the rings are still (ms, default 50). */
+  /** Longest interval between two looks, for rings that are still or move slowly (ms, default 50). */
   pollMaxMs?: number;
   /** Verdicts kept in memory (default 10000; all are counted and passed to onVerdict). */
   maxKept?: number;
@@ -155,6 +160,8 @@ class ProxySession {
   private memory: GuestMemory | null = null;
   private readonly rings = new Map<number, RingConfig>();
   private readonly observers: RingObserver[] = [];
+  /** Per observer, its buffer count at the last progress() (what the timer's pace is judged from). */
+  private readonly counted = new WeakMap<RingObserver, number>();
   private over = false;
   private readonly noted = new Set<string>();
   /** Every ring watched in this session (its counters are the observer's own, live). */
@@ -400,6 +407,23 @@ class ProxySession {
   }
 
   /**
+   * How much moved since the last call, as the largest fraction of a ring's size over the
+   * watched rings (buffers made available, used, or gone by unseen); what paces the timer.
+   */
+  progress(): number {
+    let most = 0;
+    for (let i = 0; i < this.observers.length; i++) {
+      const o = this.observers[i];
+      const count = o.stats.available + o.stats.used + o.stats.unseen;
+      const last = this.counted.get(o) ?? 0;
+      this.counted.set(o, count);
+      const f = (count - last) / o.size;
+      if (f > most) most = f;
+    }
+    return most;
+  }
+
+  /**
    * SET_BACKEND_REQ_FD: the back-end gets our end of a new socket pair; we relay between the
    * other end and the front-end's socket, both ways, bytes and fds unchanged.
    */
@@ -539,6 +563,7 @@ export class MonitorProxy {
   private readonly live = new Set<ProxySession>();
   private nextId = 1;
   private timer: ReturnType<typeof setTimeout> | null = null;
+  private ticks = 0;
   private interval: number;
   private readonly pollMin: number;
   private readonly pollMax: number;
@@ -678,10 +703,23 @@ export class MonitorProxy {
 
   private tick(): void {
     this.timer = null;
-    let moved = false;
-    for (const s of this.live) if (s.look()) moved = true;
-    this.interval = moved ? this.pollMin : Math.min(this.pollMax, Math.max(1, this.interval * 2));
+    this.ticks++;
+    let most = 0;
+    for (const s of this.live) {
+      s.look();
+      const f = s.progress();
+      if (f > most) most = f;
+    }
+    // Paced by coverage (see the module comment): faster when a quarter of a ring moved between
+    // two looks, slower when under a sixteenth did; in between the interval holds.
+    if (most > 1 / 4) this.interval = Math.max(this.pollMin, Math.floor(this.interval / 2));
+    else if (most < 1 / 16) this.interval = Math.min(this.pollMax, Math.max(1, this.interval * 2));
     this.schedule();
+  }
+
+  /** Looks the timer made so far (for a report of the proxy's own cost). */
+  get looks(): number {
+    return this.ticks;
   }
 
   /** @internal A session ended (it calls this once). */

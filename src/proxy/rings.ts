@@ -65,6 +65,8 @@ export interface RingStats {
 /** A ring observer: scan() on every occasion, stop() when the ring stops. */
 export interface RingObserver {
   readonly index: number;
+  /** The queue size (the proxy paces its looks by how much of it moved between two). */
+  readonly size: number;
   readonly stats: RingStats;
   /** Looks at the ring once; returns whether anything moved. */
   scan(): boolean;
@@ -80,7 +82,15 @@ export interface RingObserver {
 class BufferRules {
   seenWritable = false;
   total = 0;
-  constructor(private readonly mem: GuestMemory) {}
+  /**
+   * `tooLong`: the clause a list over 2^32 bytes breaks, as the device-side queue of the same
+   * format names it (split: split.desc-table.driver.1, the statement of 2.7.5.1 that says so;
+   * packed, which has no such statement: struct.buffer-range.driver.1).
+   */
+  constructor(
+    private readonly mem: GuestMemory,
+    private readonly tooLong: string,
+  ) {}
   reset(): void {
     this.seenWritable = false;
     this.total = 0;
@@ -90,7 +100,7 @@ class BufferRules {
     if (!writable && this.seenWritable) return [framing, `device-readable ${where} follows a device-writable one`];
     if (writable) this.seenWritable = true;
     this.total += len;
-    if (this.total > TWO_32) return ['struct.buffer-range.driver.1', `${where}: the buffers add up to more than 2^32 bytes`];
+    if (this.total > TWO_32) return [this.tooLong, `${where}: the buffers add up to more than 2^32 bytes`];
     if (!this.mem.isBacked(addr, len)) return ['struct.buffer-range.driver.1', `${where}: buffer [0x${addr.toString(16)}, +${len}) is outside guest memory`];
     return null;
   }
@@ -131,7 +141,7 @@ function part(mem: GuestMemory, report: RingReport, index: number, name: string,
 export class SplitObserver implements RingObserver {
   readonly index: number;
   readonly stats: RingStats = { available: 0, used: 0, unseen: 0 };
-  private readonly size: number;
+  readonly size: number;
   private readonly mask: number;
   private readonly descR: MemoryRegion;
   private readonly descOff: number;
@@ -163,7 +173,7 @@ export class SplitObserver implements RingObserver {
     this.availOff = s.avail - this.availR.guestAddr;
     this.usedOff = s.used - this.usedR.guestAddr;
     this.inFlight = new Uint16Array(s.size);
-    this.rules = new BufferRules(mem);
+    this.rules = new BufferRules(mem, 'split.desc-table.driver.1');
     // A restarted ring: base - used.idx buffers are in flight already, which ones cannot be told
     // (see resync): that many used elements are taken on trust.
     this.lastAvail = s.base & 0xffff;
@@ -259,8 +269,9 @@ export class SplitObserver implements RingObserver {
           continue;
         }
         if (id >= this.size || this.inFlight[id] === 0) {
-          // The element may have been overwritten by a newer one since used.idx was read.
-          if (((this.usedIdx() - i) & 0xffff) >= this.size) {
+          // This element, or one read before it in this look (whose count then went to the
+          // wrong head), may have been overwritten by a newer one since used.idx was read.
+          if (((this.usedIdx() - this.lastUsed) & 0xffff) >= this.size) {
             this.fresh(0);
             return true;
           }
@@ -269,6 +280,14 @@ export class SplitObserver implements RingObserver {
           return true;
         }
         this.inFlight[id]--;
+      }
+      // An element is overwritten once used.idx passes it by the ring size (the device writes
+      // element j + size while used.idx is j + size): if that may have happened to the first
+      // one read while they were read (the device went on meanwhile), an id read may be a newer
+      // element's and the counts are not trusted (a correct pair was judged guilty without this).
+      if (((this.usedIdx() - this.lastUsed) & 0xffff) >= this.size) {
+        this.fresh(0);
+        return true;
       }
       this.lastUsed = used;
     }
@@ -379,7 +398,7 @@ export class SplitObserver implements RingObserver {
 export class PackedObserver implements RingObserver {
   readonly index: number;
   readonly stats: RingStats = { available: 0, used: 0, unseen: 0 };
-  private readonly size: number;
+  readonly size: number;
   private readonly ringR: MemoryRegion;
   private readonly ringOff: number;
   /** Next slot the driver makes available, and its wrap counter. */
@@ -407,7 +426,7 @@ export class PackedObserver implements RingObserver {
     this.size = s.size;
     this.ringR = ring;
     this.ringOff = s.desc - ring.guestAddr;
-    this.rules = new BufferRules(mem);
+    this.rules = new BufferRules(mem, 'struct.buffer-range.driver.1');
     // SET_VRING_BASE for packed rings: avail slot and wrap in bits 0-15, used in bits 16-31.
     this.availSlot = s.base & 0x7fff;
     this.availWrap = (s.base & 0x8000) !== 0 || s.base === 0;

@@ -19,7 +19,7 @@ const AVAIL = 0x2000;
 const USED = 0x3000;
 
 /** A live entropy device (queue 0 of 8 entries at DESC/AVAIL/USED) over `mem`, driven by hand. */
-function live(mem: GuestMemory, mode: MonitorMode = 'strict', hold = false) {
+function live(mem: GuestMemory, mode: MonitorMode = 'strict', hold = false, [desc, avail, used] = [DESC, AVAIL, USED]) {
   const monitor = new Monitor({ mode });
   // `hold`: a source that never answers, so the device keeps each buffer it takes.
   const dev = new RngDevice({ monitor, ...(hold ? { asyncSource: () => new Promise<void>(() => undefined) } : {}) });
@@ -30,7 +30,7 @@ function live(mem: GuestMemory, mode: MonitorMode = 'strict', hold = false) {
   dev.setDriverFeatures(bit(Feature.VERSION_1) | bit(Feature.INDIRECT_DESC));
   dev.setStatus(ACK_DRIVER | Status.FEATURES_OK);
   dev.setQueueSize(0, 8);
-  dev.setQueueAddresses(0, DESC, AVAIL, USED);
+  dev.setQueueAddresses(0, desc, avail, used);
   dev.enableQueue(0);
   dev.setStatus(LIVE);
   let idx = 0;
@@ -117,4 +117,18 @@ test('the same queue with well-formed chains (direct, indirect, across regions):
   putDesc(mem, DESC, 1, 0x30000, 40 * 4096, VIRTQ_DESC_F_WRITE, 0);
   d.expose(1);
   assert.deepEqual(d.clauses(), []);
+});
+
+test('struct.buffer-range.driver.1: a split device area running past the end of guest memory', () => {
+  // 8 entries: the used ring is 4 + 8 * 8 + 2 = 70 bytes; from 1 MiB - 32 it ends outside.
+  const d = live(GuestMemory.create(1 << 20), 'strict', false, [DESC, AVAIL, (1 << 20) - 32]);
+  assert.deepEqual(d.clauses(), ['struct.buffer-range.driver.1']);
+  assert.match(d.monitor.verdicts[0].message, /device area \(used ring\) .* is not inside one guest memory region/);
+});
+
+test('struct.queue-config.driver.1: a split device area overlapping the descriptor table', () => {
+  // The table is 8 * 16 = 128 bytes from DESC; the used ring starts inside it.
+  const d = live(GuestMemory.create(1 << 20), 'strict', false, [DESC, AVAIL, DESC + 64]);
+  assert.deepEqual(d.clauses(), ['struct.queue-config.driver.1']);
+  assert.match(d.monitor.verdicts[0].message, /device area overlaps the descriptor table/);
 });

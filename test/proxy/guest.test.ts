@@ -2,58 +2,17 @@
 // qemu-storage-daemon): the guest's block workload goes through the proxy (dd with md5, checked
 // on the host), the proxy watched the rings and reports zero verdicts but catalogued known
 // deviations; a back-end killed mid-session and started again serves the next session through
-// the same proxy (QEMU reconnect=1).
+// the same proxy (QEMU reconnect=1). A front-end that goes: frontend-gone/guest.test.ts.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { STOPCONT_BYTES, assertWritten, bin, boot, guestTest, noViolations, withImage, type BootOptions } from '../guest/harness.js';
 import { withSparseImage } from '../guest/workload-guest.js';
 import { QSD } from '../vhost-user/frontend-peers.js';
-import type { ProxyVerdict } from '../../src/proxy/proxy.js';
-import type { MonitorReport } from '../../src/proxy/report.js';
+import { fresh, monitorBetween, type MonitorRun } from './guest-helpers.js';
 
 const MiB = 1 << 20;
-
-/** What the monitor CLI said: its live JSON verdicts, its report, its stderr. */
-interface MonitorRun {
-  verdicts: ProxyVerdict[];
-  report: MonitorReport | null;
-  stderr: string;
-  exitCode: number | null;
-}
-
-/**
- * `virtio-ts monitor --json --report` between QEMU and the back-end at `backend`: resolves once
- * it listens; `close` sends SIGTERM and fills `run`.
- */
-function monitorBetween(run: MonitorRun): NonNullable<BootOptions['interpose']> {
-  return async (backend) => {
-    const listen = `${backend}.proxy`;
-    const reportFile = `${backend}.report.json`;
-    const child: ChildProcess = spawn(process.execPath, [bin, 'monitor', '--listen', listen, '--connect', backend, '--json', '--report', reportFile], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    child.stdout!.on('data', (d) => (stdout += d));
-    child.stderr!.on('data', (d) => (run.stderr += d));
-    const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
-    for (let i = 0; i < 3000 && !run.stderr.includes('listening on'); i++) {
-      if (child.exitCode !== null) break;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    assert.ok(run.stderr.includes('listening on'), `virtio-ts monitor did not listen: ${run.stderr}`);
-    return {
-      path: listen,
-      close: async () => {
-        child.kill('SIGTERM');
-        run.exitCode = await exited;
-        run.verdicts = stdout.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as ProxyVerdict);
-        run.report = existsSync(reportFile) ? (JSON.parse(readFileSync(reportFile, 'utf8')) as MonitorReport) : null;
-      },
-    };
-  };
-}
-
-const fresh = (): MonitorRun => ({ verdicts: [], report: null, stderr: '', exitCode: null });
 
 /** Zero verdicts from the proxy (live and in the report), exit 0, ring 0 watched with traffic. */
 function assertClean(m: MonitorRun): void {
@@ -175,3 +134,4 @@ guestTest('QEMU (reconnect=1) + Linux <-> virtio-ts monitor <-> virtio-ts serve 
     assert.deepEqual(m.verdicts, [], m.verdicts.map((v) => `${v.clause}: ${v.message}`).join('\n'));
   }),
 );
+

@@ -1,0 +1,48 @@
+// Test support (not a test file): `virtio-ts monitor` as a child process between QEMU and a
+// back-end, for the guest tests of the monitor proxy.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { bin, type BootOptions } from '../guest/harness.js';
+import type { ProxyVerdict } from '../../src/proxy/proxy.js';
+import type { MonitorReport } from '../../src/proxy/report.js';
+
+/** What the monitor CLI said: its live JSON verdicts, its report, its stderr. */
+export interface MonitorRun {
+  verdicts: ProxyVerdict[];
+  report: MonitorReport | null;
+  stderr: string;
+  exitCode: number | null;
+}
+
+/**
+ * `virtio-ts monitor --json --report` between QEMU and the back-end at `backend`: resolves once
+ * it listens; `close` sends SIGTERM and fills `run`.
+ */
+export function monitorBetween(run: MonitorRun): NonNullable<BootOptions['interpose']> {
+  return async (backend) => {
+    const listen = `${backend}.proxy`;
+    const reportFile = `${backend}.report.json`;
+    const child: ChildProcess = spawn(process.execPath, [bin, 'monitor', '--listen', listen, '--connect', backend, '--json', '--report', reportFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (run.stderr += d));
+    const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+    for (let i = 0; i < 3000 && !run.stderr.includes('listening on'); i++) {
+      if (child.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(run.stderr.includes('listening on'), `virtio-ts monitor did not listen: ${run.stderr}`);
+    return {
+      path: listen,
+      close: async () => {
+        child.kill('SIGTERM');
+        run.exitCode = await exited;
+        run.verdicts = stdout.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as ProxyVerdict);
+        run.report = existsSync(reportFile) ? (JSON.parse(readFileSync(reportFile, 'utf8')) as MonitorReport) : null;
+      },
+    };
+  };
+}
+
+export const fresh = (): MonitorRun => ({ verdicts: [], report: null, stderr: '', exitCode: null });
