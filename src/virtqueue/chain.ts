@@ -509,8 +509,10 @@ export class ChainWriter extends ChainCursor {
   writeFrom(src: Uint8Array, offset: number, length: number): void {
     const o = this.segOff;
     if (length > 0 && length <= this.winEnd - o && this.winGen === this.mem.generation) {
-      // In the window: one copy (copyBetween checks the range of src, nothing written before).
-      this.mem.copyBetween(src, offset, this.win!.bytes, this.winBase + o, length);
+      // In the window: one copy. A whole array needs no check (it fits the window) and no view;
+      // else copyBetween checks the range of src, and throws before anything is written.
+      if (offset === 0 && length === src.length) this.win!.bytes.set(src, this.winBase + o);
+      else this.mem.copyBetween(src, offset, this.win!.bytes, this.winBase + o, length);
       this.wrote(o, length);
       return;
     }
