@@ -82,6 +82,8 @@ const CALIBRATE_MS = 250;
 /** Allocation measurement: at most this many requests, about this long, within these budgets. */
 const ALLOC_N = 100_000;
 const ALLOC_SECONDS = 0.08;
+/** Fewest requests a heap figure is measured over. */
+const ALLOC_MIN_N = 16_384;
 const ALLOC_REPS = 3;
 /** Per measured loop; the young generation is 128 MiB (bench script flags). */
 const HEAP_BUDGET = 48 << 20;
@@ -642,7 +644,9 @@ async function main(): Promise<void> {
   const harnessAlloc = await measureAlloc((n) => harness.run(n), ALLOC_N, 32);
   const allocs: AllocResult[] = [];
   for (const rig of rigs) {
-    const n = Math.min(ALLOC_N, Math.round((rig.iopsEstimate * ALLOC_SECONDS) / rig.w.qd) * rig.w.qd);
+    // At least ALLOC_MIN_N: an estimate taken in a slow spell (a loaded machine) would otherwise
+    // spread a measurement's fixed cost (~30 KB) over a few hundred requests.
+    const n = Math.min(ALLOC_N, Math.max(ALLOC_MIN_N, Math.round((rig.iopsEstimate * ALLOC_SECONDS) / rig.w.qd) * rig.w.qd));
     allocs.push(await measureAlloc((k) => rig.load.run(k), Math.max(rig.w.qd, n), rig.w.qd));
   }
 
