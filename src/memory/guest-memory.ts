@@ -220,10 +220,17 @@ export class GuestMemory {
 
   /** The region that holds all of [addr, addr+length), or null. Never throws. */
   regionFor(addr: number, length: number): MemoryRegion | null {
-    // Whole numbers only: a fractional address would index a typed array as undefined.
-    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(length) || addr < 0 || length < 0) return null;
+    // The region of the last lookup again (most lookups): small enough to inline into ring walks
+    // and cursors. Inside a region means 0 <= addr, addr + length <= 2^53: with whole numbers
+    // (a fractional address would index a typed array as undefined) both are safe integers.
     const last = this.last;
-    if (last !== null && addr >= last.guestAddr && addr + length <= last.end) return last;
+    if (last !== null && addr >= last.guestAddr && length >= 0 && addr + length <= last.end && Number.isInteger(addr) && Number.isInteger(length)) return last;
+    return this.lookup(addr, length);
+  }
+
+  /** regionFor past the last region: a binary search over the regions. */
+  private lookup(addr: number, length: number): MemoryRegion | null {
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(length) || addr < 0 || length < 0) return null;
     // Binary search for the last region starting at or below addr (up to hundreds of regions
     // under vhost-user memory slots).
     const list = this.list;

@@ -185,9 +185,16 @@ export class ChainBuilder {
  * RangeError: the chain's length is the peer's input, not the caller's mistake) and consumes
  * nothing. Every access is checked against guest memory as it is now, although the chain's
  * buffers were checked when it was walked, as a region may have gone since (vhost-user
- * REM_MEM_REG): copies and fixed-size fields go through the region that holds the whole buffer,
- * found again whenever GuestMemory.generation moves (through GuestMemory's own checked copies
- * when a buffer spans regions).
+ * REM_MEM_REG).
+ *
+ * How it stays cheap: the cursor keeps a window on the current segment, the bytes
+ * [segOff, winEnd) of it that lie in one region (`win`, at winBase + segment offset) and within
+ * the bytes left in the part. A field or copy that fits the window, while the memory's regions
+ * have not changed (GuestMemory.generation), is one comparison and one DataView access or copy;
+ * everything else (a new segment, a field split across segments, a buffer spanning regions,
+ * regions added or removed) takes the general path, which opens the next window or goes through
+ * GuestMemory's checked accessors. The fast paths are small on purpose so the compiler inlines
+ * them into the device's loop.
  */
 abstract class ChainCursor {
   protected mem!: GuestMemory;
@@ -199,18 +206,18 @@ abstract class ChainCursor {
   remaining = 0;
   /** Bytes consumed so far. */
   position = 0;
-  /** Offset in its region of the field field() found last. */
-  protected fieldOff = 0;
-  /** segRegion()'s cache: the segment it is for (-1: none), the memory generation, the region, the segment's offset in it. */
-  private regionSeg = -1;
-  private regionGen = -1;
-  /** The kept region (the current segment's while regionSeg is the current segment, never null then). */
-  protected region: MemoryRegion | null = null;
-  protected regionBase = 0;
+  /** The window's region (kept across chains as a hint: most buffers lie in the region of the one before). */
+  protected win: MemoryRegion | null = null;
+  /** The current segment's offset in `win`. */
+  protected winBase = 0;
+  /** End (segment offset, exclusive) of the window; 0: no window. Never past the segment or the bytes left. */
+  protected winEnd = 0;
+  /** GuestMemory.generation when `win` was found: the window holds only while it has not moved. */
+  protected winGen = -1;
 
   /** Points the cursor at segments [first, end) of `chain`, `total` bytes. */
   protected init(mem: GuestMemory, chain: DescriptorChain, first: number, end: number, total: number): void {
-    if (mem !== this.mem) this.region = null; // a region of another memory is never tried
+    if (mem !== this.mem) this.win = null; // a region of another memory is never tried
     this.mem = mem;
     this.chain = chain;
     this.seg = first;
@@ -218,12 +225,20 @@ abstract class ChainCursor {
     this.end = end;
     this.remaining = total;
     this.position = 0;
-    this.regionSeg = -1;
+    this.winEnd = 0;
+    if (total > 0) {
+      // The first window now, so the first field of a request is on the fast path too.
+      this.here();
+      this.open();
+    }
   }
 
   /** Caps the bytes this cursor will still give (e.g. a request header's size). */
   limit(bytes: number): this {
-    if (bytes < this.remaining) this.remaining = bytes;
+    if (bytes < this.remaining) {
+      this.remaining = bytes;
+      if (this.winEnd > this.segOff + bytes) this.winEnd = Math.max(0, this.segOff + bytes);
+    }
     return this;
   }
 
@@ -235,7 +250,7 @@ abstract class ChainCursor {
   /**
    * Moves to the segment holding the next byte (past exhausted and empty segments) and
    * returns how many bytes of it are left. Only called with bytes left (need() passed), so a
-   * segment with bytes lies ahead.
+   * segment with bytes lies ahead. Leaving a segment closes the window.
    */
   protected here(): number {
     const lens = this.chain.lens;
@@ -243,6 +258,7 @@ abstract class ChainCursor {
     while (avail === 0) {
       this.seg++;
       this.segOff = 0;
+      this.winEnd = 0;
       avail = lens[this.seg];
     }
     return avail;
@@ -255,53 +271,49 @@ abstract class ChainCursor {
   }
 
   /**
-   * The region holding the whole current segment (here() called first), with `regionBase` the
-   * segment's offset in it; null when the segment spans regions (or lies outside memory now: the
-   * caller then goes through GuestMemory's checked accessors). Kept while the cursor stays in the
-   * segment and the memory's regions do not change (GuestMemory.generation), so a field costs
-   * one lookup per segment, not one per access.
+   * Keeps the window inside the bytes left, after a loop that opened windows before counting
+   * what it consumed (a window opened mid-loop saw more bytes left than there are now).
    */
-  protected segRegion(): MemoryRegion | null {
+  protected clampWindow(): void {
+    const lim = this.segOff + this.remaining;
+    if (this.winEnd > lim) this.winEnd = Math.max(0, lim);
+  }
+
+  /**
+   * Opens the window on the current segment (here() called first): true when the whole segment
+   * lies in one region now; false (no window) when it spans regions or lies outside memory (the
+   * caller then goes through GuestMemory's checked accessors). One region lookup per segment,
+   * none when the segment lies in the region of the last one.
+   */
+  protected open(): boolean {
     const mem = this.mem;
-    const seg = this.seg;
-    if (this.regionSeg === seg && this.regionGen === mem.generation) return this.region;
-    const addr = this.chain.addrs[seg];
-    const len = this.chain.lens[seg];
-    let r: MemoryRegion | null = this.region;
-    // Most buffers of a chain lie in the region of the one before (or of the last chain's).
-    if (r === null || this.regionGen !== mem.generation || !(addr >= r.guestAddr && addr + len <= r.end && Number.isInteger(addr))) {
-      r = mem.regionFor(addr, len);
-      if (r === null) return null; // not kept: quick() relies on a kept region
+    const gen = mem.generation;
+    const addr = this.chain.addrs[this.seg];
+    const len = this.chain.lens[this.seg];
+    let r = this.win;
+    if (r === null || this.winGen !== gen || !(addr >= r.guestAddr && addr + len <= r.end && Number.isInteger(addr))) {
+      const found = mem.regionFor(addr, len);
+      if (found === null) {
+        this.winEnd = 0;
+        return false;
+      }
+      r = this.win = found;
     }
-    this.region = r;
-    this.regionSeg = seg;
-    this.regionGen = mem.generation;
-    this.regionBase = addr - r.guestAddr;
-    return r;
+    this.winGen = gen;
+    this.winBase = addr - r.guestAddr;
+    this.winEnd = Math.min(len, this.segOff + this.remaining);
+    return true;
   }
 
   /**
-   * The fast path of a fixed-size field: when the next `n` bytes are left, lie in the current
-   * segment and segRegion() has that segment's region kept (and regions did not change since),
-   * their offset in `region`; else -1 (the caller takes the general path). Consumes nothing.
+   * The region offset of the next `n` (> 0) bytes when they lie in one region and one segment
+   * (opening the window on the next segment when needed), else -1; need(n) called first.
+   * Consumes nothing.
    */
-  protected quick(n: number): number {
-    const off = this.segOff;
-    return n <= this.remaining && this.regionSeg === this.seg && this.regionGen === this.mem.generation && this.chain.lens[this.seg] - off >= n
-      ? this.regionBase + off
-      : -1;
-  }
-
-  /**
-   * The region for the next `n` bytes when they lie in the current segment and one region (the
-   * common case for a fixed-size field), their offset in it in `fieldOff`; null otherwise (the
-   * caller then goes byte by byte). Consumes nothing; need(n) called first.
-   */
-  protected field(n: number): MemoryRegion | null {
-    if (this.here() < n) return null;
-    const r = this.segRegion();
-    if (r !== null) this.fieldOff = this.regionBase + this.segOff;
-    return r;
+  protected fieldAt(n: number): number {
+    this.here();
+    if (this.segOff + n > this.winEnd || this.winGen !== this.mem.generation) this.open();
+    return this.segOff + n <= this.winEnd ? this.winBase + this.segOff : -1;
   }
 
   /** Passes over the next `n` bytes (a VirtqueueError `chain-bounds` past the part's end). */
@@ -335,6 +347,19 @@ export class ChainReader extends ChainCursor {
    * not fit `dst`). Allocates nothing.
    */
   readInto(dst: Uint8Array, offset: number, length: number): void {
+    const o = this.segOff;
+    if (length > 0 && length <= this.winEnd - o && this.winGen === this.mem.generation) {
+      // In the window: one copy (copyBetween checks the range of dst, nothing consumed before).
+      this.mem.copyBetween(this.win!.bytes, this.winBase + o, dst, offset, length);
+      this.segOff = o + length;
+      this.consumed(length);
+      return;
+    }
+    this.readAcross(dst, offset, length);
+  }
+
+  /** readInto beyond the window: segment by segment, through GuestMemory where a segment spans regions. */
+  private readAcross(dst: Uint8Array, offset: number, length: number): void {
     if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= dst.length)) {
       throw new RangeError(`range ${offset} +${length} does not fit a ${dst.length}-byte array`);
     }
@@ -343,13 +368,13 @@ export class ChainReader extends ChainCursor {
     let done = 0;
     while (done < length) {
       const take = Math.min(this.here(), length - done);
-      const r = this.segRegion();
-      if (r !== null) this.mem.copyBetween(r.bytes, this.regionBase + this.segOff, dst, offset + done, take);
+      if ((this.segOff + take <= this.winEnd && this.winGen === this.mem.generation) || this.open()) this.mem.copyBetween(this.win!.bytes, this.winBase + this.segOff, dst, offset + done, take);
       else this.mem.readInto(addrs[this.seg] + this.segOff, dst, offset + done, take);
       this.segOff += take;
       done += take;
     }
     this.consumed(length);
+    this.clampWindow();
   }
 
   /** Reads up to `dst.length` bytes; returns how many. */
@@ -361,57 +386,60 @@ export class ChainReader extends ChainCursor {
 
   /** The next byte. */
   readU8(): number {
-    const o = this.quick(1);
-    if (o >= 0) {
-      this.segOff++;
+    const o = this.segOff;
+    if (o + 1 <= this.winEnd && this.winGen === this.mem.generation) {
+      this.segOff = o + 1;
       this.consumed(1);
-      return this.region!.bytes[o];
+      return this.win!.bytes[this.winBase + o];
     }
-    this.need(1);
-    const r = this.field(1);
-    const v = r !== null ? r.bytes[this.fieldOff] : this.mem.readU8(this.chain.addrs[this.seg] + this.segOff);
-    this.segOff++;
-    this.consumed(1);
-    return v;
-  }
-
-  /** The next `n` (<= 4) bytes as a little-endian unsigned value, byte by byte (a field split across segments). */
-  private bytesLE(n: number): number {
-    let v = 0;
-    for (let i = 0; i < n; i++) v += this.readU8() * 2 ** (8 * i);
-    return v;
+    return this.fieldSlow(1);
   }
 
   /** The next little-endian 16-bit value. */
   readU16(): number {
-    const o = this.quick(2);
-    if (o >= 0) {
-      this.segOff += 2;
+    const o = this.segOff;
+    if (o + 2 <= this.winEnd && this.winGen === this.mem.generation) {
+      this.segOff = o + 2;
       this.consumed(2);
-      return this.region!.view.getUint16(o, true);
+      return this.win!.view.getUint16(this.winBase + o, true);
     }
-    this.need(2);
-    const r = this.field(2);
-    if (r === null) return this.bytesLE(2);
-    this.segOff += 2;
-    this.consumed(2);
-    return r.view.getUint16(this.fieldOff, true);
+    return this.fieldSlow(2);
   }
 
   /** The next little-endian 32-bit value. */
   readU32(): number {
-    const o = this.quick(4);
-    if (o >= 0) {
-      this.segOff += 4;
+    const o = this.segOff;
+    if (o + 4 <= this.winEnd && this.winGen === this.mem.generation) {
+      this.segOff = o + 4;
       this.consumed(4);
-      return this.region!.view.getUint32(o, true);
+      return this.win!.view.getUint32(this.winBase + o, true);
     }
-    this.need(4);
-    const r = this.field(4);
-    if (r === null) return this.bytesLE(4);
-    this.segOff += 4;
-    this.consumed(4);
-    return r.view.getUint32(this.fieldOff, true);
+    return this.fieldSlow(4);
+  }
+
+  /**
+   * The next `n` (1, 2 or 4) bytes as a little-endian value off the fast path: in one piece
+   * through the next window, else byte by byte (a field split across segments or regions).
+   */
+  private fieldSlow(n: number): number {
+    this.need(n);
+    const at = this.fieldAt(n);
+    if (at >= 0) {
+      const v = this.win!.view;
+      const x = n === 1 ? v.getUint8(at) : n === 2 ? v.getUint16(at, true) : v.getUint32(at, true);
+      this.segOff += n;
+      this.consumed(n);
+      return x;
+    }
+    let x = 0;
+    for (let i = 0; i < n; i++) {
+      this.here();
+      const b = (this.segOff < this.winEnd && this.winGen === this.mem.generation) || this.open() ? this.win!.bytes[this.winBase + this.segOff] : this.mem.readU8(this.chain.addrs[this.seg] + this.segOff);
+      this.segOff++;
+      this.consumed(1);
+      x += b * 2 ** (8 * i);
+    }
+    return x;
   }
 
   /** The next little-endian 64-bit value, as a bigint (readU64Number: as a number). */
@@ -428,6 +456,22 @@ export class ChainReader extends ChainCursor {
    * can still read them.
    */
   readU64Number(): number {
+    const o = this.segOff;
+    if (o + 8 <= this.winEnd && this.winGen === this.mem.generation) {
+      const v = this.win!.view;
+      const at = this.winBase + o;
+      const hi = v.getUint32(at + 4, true);
+      if (hi <= 0x1f_ffff) {
+        this.segOff = o + 8;
+        this.consumed(8);
+        return hi * 0x1_0000_0000 + v.getUint32(at, true);
+      }
+    }
+    return this.u64NumberSlow();
+  }
+
+  /** readU64Number off the fast path (split across segments, or too large: nothing consumed then). */
+  private u64NumberSlow(): number {
     this.need(8);
     const seg = this.seg;
     const segOff = this.segOff;
@@ -436,6 +480,7 @@ export class ChainReader extends ChainCursor {
     if (hi > 0x1f_ffff) {
       this.seg = seg;
       this.segOff = segOff;
+      this.winEnd = 0;
       this.remaining += 8;
       this.position -= 8;
       throw new VirtqueueError('unsafe-integer', `64-bit value 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} in the chain is 2^53 or more: read it with readU64`);
@@ -462,6 +507,20 @@ export class ChainWriter extends ChainCursor {
    * when that range does not fit `src`). Allocates nothing.
    */
   writeFrom(src: Uint8Array, offset: number, length: number): void {
+    const o = this.segOff;
+    if (length > 0 && length <= this.winEnd - o && this.winGen === this.mem.generation) {
+      // In the window: one copy. A whole array needs no check (it fits the window) and no view;
+      // else copyBetween checks the range of src, and throws before anything is written.
+      if (offset === 0 && length === src.length) this.win!.bytes.set(src, this.winBase + o);
+      else this.mem.copyBetween(src, offset, this.win!.bytes, this.winBase + o, length);
+      this.wrote(o, length);
+      return;
+    }
+    this.writeAcross(src, offset, length);
+  }
+
+  /** writeFrom beyond the window: segment by segment, through GuestMemory where a segment spans regions. */
+  private writeAcross(src: Uint8Array, offset: number, length: number): void {
     if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= src.length)) {
       throw new RangeError(`range ${offset} +${length} does not fit a ${src.length}-byte array`);
     }
@@ -471,16 +530,15 @@ export class ChainWriter extends ChainCursor {
     while (done < length) {
       const take = Math.min(this.here(), length - done);
       const addr = addrs[this.seg] + this.segOff;
-      const r = this.segRegion();
-      if (r === null) this.mem.writeFrom(addr, src, offset + done, take);
-      else {
-        this.mem.copyBetween(src, offset + done, r.bytes, this.regionBase + this.segOff, take);
+      if ((this.segOff + take <= this.winEnd && this.winGen === this.mem.generation) || this.open()) {
+        this.mem.copyBetween(src, offset + done, this.win!.bytes, this.winBase + this.segOff, take);
         if (this.mem.onWrite !== null) this.mem.onWrite(addr, take);
-      }
+      } else this.mem.writeFrom(addr, src, offset + done, take);
       this.segOff += take;
       done += take;
     }
     this.consumed(length);
+    this.clampWindow();
   }
 
   /** Writes `n` bytes of `value`. */
@@ -517,70 +575,80 @@ export class ChainWriter extends ChainCursor {
     this.consumed(n);
   }
 
+  /** Moves on past `n` bytes written at segment offset `o` of the current segment and tells onWrite. */
+  private wrote(o: number, n: number): void {
+    this.segOff = o + n;
+    this.consumed(n);
+    const hook = this.mem.onWrite;
+    if (hook !== null) hook(this.chain.addrs[this.seg] + o, n);
+  }
+
   /** Writes the next byte. */
   writeU8(v: number): void {
-    const o = this.quick(1);
-    if (o >= 0) {
-      this.region!.bytes[o] = v;
-      this.wrote(1);
+    const o = this.segOff;
+    if (o + 1 <= this.winEnd && this.winGen === this.mem.generation) {
+      this.win!.bytes[this.winBase + o] = v;
+      this.wrote(o, 1);
       return;
     }
-    const r = this.put(1);
-    if (r === null) {
-      this.mem.writeU8(this.chain.addrs[this.seg] + this.segOff, v);
-      this.segOff++;
-      this.consumed(1);
-      return;
-    }
-    r.bytes[this.fieldOff] = v;
-    this.wrote(1);
-  }
-
-  /** Writes the low `n` bytes of `v` (a non-negative integer below 2^32), byte by byte: a field split across segments. */
-  private bytesLE(v: number, n: number): void {
-    for (let i = 0; i < n; i++) this.writeU8(Math.floor(v / 2 ** (8 * i)) & 0xff);
-  }
-
-  /** The region for the next `n` bytes when they lie in one piece (see field()), after the bounds check. */
-  private put(n: number): MemoryRegion | null {
-    this.need(n);
-    return this.field(n);
-  }
-
-  /** Writes the low `n` bytes just written through a region view: moves on and tells onWrite. */
-  private wrote(n: number): void {
-    const addr = this.chain.addrs[this.seg] + this.segOff;
-    this.segOff += n;
-    this.consumed(n);
-    if (this.mem.onWrite !== null) this.mem.onWrite(addr, n);
+    this.fieldSlow(v & 0xff, 1);
   }
 
   /** Writes the next little-endian 16-bit value. */
   writeU16(v: number): void {
-    const o = this.quick(2);
-    if (o >= 0) {
-      this.region!.view.setUint16(o, v, true);
-      this.wrote(2);
+    const o = this.segOff;
+    if (o + 2 <= this.winEnd && this.winGen === this.mem.generation) {
+      this.win!.view.setUint16(this.winBase + o, v, true);
+      this.wrote(o, 2);
       return;
     }
-    const r = this.put(2);
-    if (r === null) return this.bytesLE(v & 0xffff, 2);
-    r.view.setUint16(this.fieldOff, v, true);
-    this.wrote(2);
+    this.fieldSlow(v & 0xffff, 2);
   }
 
   /** Writes the next little-endian 32-bit value. */
   writeU32(v: number): void {
-    const o = this.quick(4);
-    if (o >= 0) {
-      this.region!.view.setUint32(o, v >>> 0, true);
-      this.wrote(4);
+    const o = this.segOff;
+    if (o + 4 <= this.winEnd && this.winGen === this.mem.generation) {
+      this.win!.view.setUint32(this.winBase + o, v >>> 0, true);
+      this.wrote(o, 4);
       return;
     }
-    const r = this.put(4);
-    if (r === null) return this.bytesLE(v >>> 0, 4);
-    r.view.setUint32(this.fieldOff, v >>> 0, true);
-    this.wrote(4);
+    this.fieldSlow(v >>> 0, 4);
+  }
+
+  /**
+   * Writes the low `n` (1, 2 or 4) bytes of `v` (a non-negative integer below 2^32) off the fast
+   * path: in one piece through the next window, else byte by byte (a field split across
+   * segments or regions).
+   */
+  private fieldSlow(v: number, n: number): void {
+    this.need(n);
+    const at = this.fieldAt(n);
+    if (at >= 0) {
+      const view = this.win!.view;
+      if (n === 1) view.setUint8(at, v);
+      else if (n === 2) view.setUint16(at, v, true);
+      else view.setUint32(at, v, true);
+      this.wrote(this.segOff, n);
+      return;
+    }
+    this.bytesLE(v, n);
+  }
+
+  /** Writes the low `n` bytes of `v` (a non-negative integer below 2^32) byte by byte; need(n) passed. */
+  private bytesLE(v: number, n: number): void {
+    for (let i = 0; i < n; i++) {
+      const b = Math.floor(v / 2 ** (8 * i)) & 0xff;
+      this.here();
+      if ((this.segOff < this.winEnd && this.winGen === this.mem.generation) || this.open()) {
+        this.win!.bytes[this.winBase + this.segOff] = b;
+        this.wrote(this.segOff, 1);
+      } else {
+        this.mem.writeU8(this.chain.addrs[this.seg] + this.segOff, b);
+        this.segOff++;
+        this.consumed(1);
+      }
+    }
   }
 
   /**
@@ -599,14 +667,24 @@ export class ChainWriter extends ChainCursor {
       lo = Number(b & 0xffff_ffffn);
       hi = Number(b >> 32n);
     }
-    const r = this.put(8);
-    if (r === null) {
-      this.bytesLE(lo, 4);
-      this.bytesLE(hi, 4);
+    const o = this.segOff;
+    if (o + 8 <= this.winEnd && this.winGen === this.mem.generation) {
+      const view = this.win!.view;
+      view.setUint32(this.winBase + o, lo, true);
+      view.setUint32(this.winBase + o + 4, hi, true);
+      this.wrote(o, 8);
       return;
     }
-    r.view.setUint32(this.fieldOff, lo, true);
-    r.view.setUint32(this.fieldOff + 4, hi, true);
-    this.wrote(8);
+    this.need(8);
+    const at = this.fieldAt(8);
+    if (at >= 0) {
+      const view = this.win!.view;
+      view.setUint32(at, lo, true);
+      view.setUint32(at + 4, hi, true);
+      this.wrote(this.segOff, 8);
+      return;
+    }
+    this.bytesLE(lo, 4);
+    this.bytesLE(hi, 4);
   }
 }

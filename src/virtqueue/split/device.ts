@@ -61,12 +61,11 @@ export class SplitDeviceQueue extends DeviceQueueBase {
   private usedOff = 0;
 
   // Per head: in flight, and a shadow of the table descriptors as popped, to see a driver
-  // altering exposed descriptors (init.cleanup.driver.1) when the device returns them.
+  // altering exposed descriptors (init.cleanup.driver.1) when the device returns them: the four
+  // 32-bit words of each descriptor as read (addr low, addr high, len, flags | next << 16), so
+  // keeping and comparing it costs four stores and four loads per descriptor, no arithmetic.
   private readonly inFlight: Uint8Array;
-  private readonly shadowAddr: Float64Array;
-  private readonly shadowLen: Uint32Array;
-  private readonly shadowFlags: Uint16Array;
-  private readonly shadowNext: Uint16Array;
+  private readonly shadow: Uint32Array;
   private readonly headTableCount: Uint16Array;
   /** Whether to keep and check the shadow (cheap; on by default). */
   checkExposedDescriptors = true;
@@ -75,10 +74,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
   constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
     super(mem, index, checkedMaxSize(maxSize), monitor, sink, maxSize);
     this.inFlight = new Uint8Array(maxSize);
-    this.shadowAddr = new Float64Array(maxSize);
-    this.shadowLen = new Uint32Array(maxSize);
-    this.shadowFlags = new Uint16Array(maxSize);
-    this.shadowNext = new Uint16Array(maxSize);
+    this.shadow = new Uint32Array(4 * maxSize);
     this.headTableCount = new Uint16Array(maxSize);
   }
 
@@ -343,15 +339,20 @@ export class SplitDeviceQueue extends DeviceQueueBase {
         return false;
       }
       const o = base + idx * DESC_SIZE;
-      const addr = view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32;
+      const lo = view.getUint32(o, true);
+      const hi = view.getUint32(o + 4, true);
       const len = view.getUint32(o + 8, true);
-      const flags = view.getUint16(o + 12, true);
-      const next = view.getUint16(o + 14, true);
+      const flagsNext = view.getUint32(o + 12, true); // flags (le16) then next (le16)
+      const addr = lo + hi * TWO_32;
+      const flags = flagsNext & 0xffff;
+      const next = flagsNext >>> 16;
       if (shadow) {
-        this.shadowAddr[idx] = addr;
-        this.shadowLen[idx] = len;
-        this.shadowFlags[idx] = flags;
-        this.shadowNext[idx] = next;
+        const sh = this.shadow;
+        const s = 4 * idx;
+        sh[s] = lo;
+        sh[s + 1] = hi;
+        sh[s + 2] = len;
+        sh[s + 3] = flagsNext;
       }
       tableCount++;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
@@ -531,20 +532,21 @@ export class SplitDeviceQueue extends DeviceQueueBase {
   /** init.cleanup.driver.1: the table descriptors of an exposed chain did not change. */
   private checkUnaltered(head: number): void {
     const view = this.descRegion!.view;
+    const sh = this.shadow;
     let idx = head;
     for (let n = this.headTableCount[head]; n > 0; n--) {
       const o = this.descOff + idx * DESC_SIZE;
-      const addr = view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32;
+      const s = 4 * idx;
       if (
-        addr !== this.shadowAddr[idx] ||
-        view.getUint32(o + 8, true) !== this.shadowLen[idx] ||
-        view.getUint16(o + 12, true) !== this.shadowFlags[idx] ||
-        view.getUint16(o + 14, true) !== this.shadowNext[idx]
+        view.getUint32(o, true) !== sh[s] ||
+        view.getUint32(o + 4, true) !== sh[s + 1] ||
+        view.getUint32(o + 8, true) !== sh[s + 2] ||
+        view.getUint32(o + 12, true) !== sh[s + 3]
       ) {
         this.violation('init.cleanup.driver.1', `driver altered descriptor ${idx} of chain ${head} while the device held it`, { head, desc: idx }, false);
         return;
       }
-      idx = this.shadowNext[idx];
+      idx = sh[s + 3] >>> 16;
       if (idx >= this.ringSize) return;
     }
   }
