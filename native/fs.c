@@ -174,7 +174,10 @@ static napi_value FsStat(napi_env env, napi_callback_info info) {
     return fs_throw(env, "fsStat: (dirfd, name, Float64Array(17))", EINVAL);
   if (strcmp(name, "..") == 0) return fs_throw(env, "fstatat", EXDEV);
   struct stat st;
-  if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name[0] == 0 ? AT_EMPTY_PATH : 0)) < 0) return fs_throw(env, "fstatat", errno);
+  // The raw system call, not glibc's fstatat: since glibc 2.33 that links as fstatat64@GLIBC_2.33,
+  // and the prebuilt binaries must load on glibc 2.28 (scripts/prebuild.mjs). On the 64-bit
+  // targets (x86_64, aarch64) the kernel's struct stat is glibc's.
+  if (syscall(SYS_newfstatat, dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name[0] == 0 ? AT_EMPTY_PATH : 0)) < 0) return fs_throw(env, "fstatat", errno);
   out[0] = (double)st.st_dev;
   out[1] = (double)((uint64_t)st.st_ino >> 32);
   out[2] = (double)((uint64_t)st.st_ino & 0xffffffffu);
@@ -215,7 +218,10 @@ static napi_value FsMknodat(napi_env env, napi_callback_info info) {
   if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &mode) ||
       !get_f64(env, argv[3], &rdev) || rdev < 0)
     return fs_throw(env, "fsMknodat: (dirfd, name, mode, rdev)", EINVAL);
-  if (mknodat(dirfd, name, (mode_t)mode, (dev_t)rdev) < 0) return fs_throw(env, "mknodat", errno);
+  // The raw system call (glibc's mknodat is mknodat@GLIBC_2.33, see fsStat); the kernel takes the
+  // device number as a 32-bit new_encode_dev value, which glibc's makedev matches for it.
+  if (rdev > 0xffffffffu) return fs_throw(env, "mknodat", EINVAL);
+  if (syscall(SYS_mknodat, dirfd, name, (unsigned)mode, (unsigned)rdev) < 0) return fs_throw(env, "mknodat", errno);
   return fs_undefined(env);
 }
 
