@@ -242,7 +242,7 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     (qmp as Qmp | null)?.close();
     if (hostError !== undefined) throw hostError;
     const all = out + stderr;
-    assert.equal(status, 0, `qemu exited ${status} (timeout ${timeoutMs} ms): ${all.slice(-2000)}`);
+    assert.equal(status, 0, `qemu exited ${status} (timeout ${timeoutMs} ms): ${all.slice(-4000)}\n--- virtio-ts serve:\n${serveLog.slice(-3000)}`);
     const results = new Map<string, string>();
     for (const m of out.matchAll(/^VT-RESULT (\S+) ?(.*)$/gm)) results.set(m[1], m[2].trim());
     assert.match(out, /VT-END/, `the guest test did not finish: ${all.slice(-2000)}`);
