@@ -407,6 +407,8 @@ export class PackedObserver implements RingObserver {
   /** Next slot the device writes a used descriptor to, and its wrap counter. */
   private usedSlot: number;
   private usedWrap: boolean;
+  /** Entries of the indirect table indirect() last read when more than the queue size, else 0. */
+  private longTable = 0;
   /** Buffers in flight per buffer id, and the length of each id's list (slots it covers). */
   private readonly inFlight = new Uint16Array(65536);
   private readonly listLen = new Uint16Array(65536);
@@ -565,11 +567,20 @@ export class PackedObserver implements RingObserver {
       const addr = addrAt(v, o);
       const len = v.getUint32(o + 8, true);
       id = v.getUint16(o + 12, true);
+      // The device may have used this buffer and the driver written a new descriptor into the
+      // slot while we read it (its fields land before its flags): then the fields read are not
+      // one descriptor's, and nothing is judged. Seen as a false struct.indirect-len.driver.1 on
+      // Linux's packed ring: INDIRECT from the old flags, len 1048577 from a new data descriptor.
+      if (this.flagsAt(slot) !== flags) return this.overtaken();
       count++;
       if (flags & PDESC_F_INDIRECT) {
         if (!this.features.indirect) return fault('packed.indirect-descs.driver.1', `slot ${slot} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, { at: slot });
         if (flags & PDESC_F_NEXT || count > 1) return fault('packed.indirect-descs.driver.4', `slot ${slot} is INDIRECT inside a list linked by NEXT`, { at: slot });
         const bad = this.indirect(addr, len, first);
+        // The table is read in place: it is the driver's to free once the buffer is used, so
+        // what was read is judged only if the slot still holds this buffer after the reading.
+        if (this.flagsAt(slot) !== flags) return this.overtaken();
+        if (this.longTable > 0) this.report('packed.indirect-descs.driver.3', `ring ${this.index}: the indirect table at slot ${first} holds ${this.longTable} descriptors, more than the queue size ${this.size}`, { queue: this.index, slot: first, entries: this.longTable, size: this.size });
         if (bad !== null) return fault(bad[0], bad[1]);
       } else {
         const bad = rules.buffer(addr, len, (flags & PDESC_F_WRITE) !== 0, 'packed.scatter-gather-support.driver.3', `slot ${slot} of the list at slot ${first}`);
@@ -590,15 +601,27 @@ export class PackedObserver implements RingObserver {
     return true;
   }
 
+  /**
+   * The buffer at availSlot was used, and its slot written again, while we read it: like a buffer
+   * the device took before we looked (scanAvail), it is not judged and the used side follows.
+   */
+  private overtaken(): boolean {
+    this.stats.unseen++;
+    this.synced = false;
+    return true;
+  }
+
   private indirect(tableAddr: number, tableLen: number, first: number): [string, string] | null {
+    this.longTable = 0;
     if (tableLen === 0 || tableLen % PDESC_SIZE !== 0) return ['struct.indirect-len.driver.1', `indirect table length ${tableLen} at slot ${first} is not a non-zero multiple of 16`];
     const r = regionOf(this.mem, tableAddr, tableLen);
     if (r === null) return ['struct.buffer-range.driver.1', `indirect table [0x${tableAddr.toString(16)}, +${tableLen}) at slot ${first} is outside guest memory`];
     const v = r.view;
     const base = tableAddr - r.guestAddr;
     const entries = tableLen / PDESC_SIZE;
-    // Longer than the queue: still well-defined (see the split observer), a verdict only.
-    if (entries > this.size) this.report('packed.indirect-descs.driver.3', `ring ${this.index}: the indirect table at slot ${first} holds ${entries} descriptors, more than the queue size ${this.size}`, { queue: this.index, slot: first, entries, size: this.size });
+    // Longer than the queue: still well-defined (see the split observer), a verdict only (made
+    // by walk() once the slot is seen to still hold this buffer).
+    this.longTable = entries > this.size ? entries : 0;
     for (let i = 0, o = base; i < entries; i++, o += PDESC_SIZE) {
       const flags = v.getUint16(o + 14, true);
       if (flags & ~PDESC_F_WRITE) return ['packed.indirect-descs.driver.2', `indirect entry ${i} at slot ${first} has flags 0x${flags.toString(16)}; only WRITE is allowed there`];
