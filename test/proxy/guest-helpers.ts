@@ -19,11 +19,11 @@ export interface MonitorRun {
  * `virtio-ts monitor --json --report` between QEMU and the back-end at `backend`: resolves once
  * it listens; `close` sends SIGTERM and fills `run`.
  */
-export function monitorBetween(run: MonitorRun): NonNullable<BootOptions['interpose']> {
+export function monitorBetween(run: MonitorRun, extraArgs: string[] = []): NonNullable<BootOptions['interpose']> {
   return async (backend) => {
     const listen = `${backend}.proxy`;
     const reportFile = `${backend}.report.json`;
-    const child: ChildProcess = spawn(process.execPath, [bin, 'monitor', '--listen', listen, '--connect', backend, '--json', '--report', reportFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child: ChildProcess = spawn(process.execPath, [bin, 'monitor', '--listen', listen, '--connect', backend, '--json', '--report', reportFile, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     child.stdout!.on('data', (d) => (stdout += d));
     child.stderr!.on('data', (d) => (run.stderr += d));

@@ -63,10 +63,11 @@ for (const [format, transportFeatures] of RING_FORMATS) {
       await until(() => proxy.openSessions === 0, 'the session ends with the front-end');
       const [session] = proxy.sessions;
       assert.equal(session.reason, 'the front-end closed the connection');
-      const ring = session.rings.find((r) => r.index === 0)!;
-      assert.equal(ring.format, format);
-      // How much of it the proxy saw depends on when it looked (laps are not judged): only that it watched.
-      assert.ok(ring.used > 0, `ring 0 was watched: ${JSON.stringify(session.rings)}`);
+      // Ring 0 may have been watched more than once (a row per start: the kick fd, a memory table
+      // change); how much each saw depends on when it looked (laps are not judged): only that it watched.
+      const rows = session.rings.filter((r) => r.index === 0);
+      assert.ok(rows.length > 0 && rows.every((r) => r.format === format), JSON.stringify(session.rings));
+      assert.ok(rows.some((r) => r.used > 0), `ring 0 was watched: ${JSON.stringify(session.rings)}`);
       assert.deepEqual(unexpected(verdicts), [], show(verdicts));
       assert.doesNotMatch(lines.join('\n'), /internal/);
     }));
