@@ -11,7 +11,7 @@ import { Monitor } from '../../src/monitor/monitor.js';
 import { RngDevice } from '../../src/devices/rng/device.js';
 import { Feature, Status, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
-import { PDESC_F_AVAIL, PDESC_F_NEXT, PDESC_F_WRITE } from '../../src/spec/packed-layout.js';
+import { PDESC_F_AVAIL, PDESC_F_INDIRECT, PDESC_F_NEXT, PDESC_F_USED, PDESC_F_WRITE } from '../../src/spec/packed-layout.js';
 import { putDesc } from '../ring-harness.js';
 
 import { layoutSplitQueue } from '../../src/virtqueue/split/driver.js';
@@ -249,4 +249,41 @@ test('split observer: used elements overwritten by the device while the observer
   [2, 1].forEach(use);
   o.scan();
   assert.deepEqual(verdicts, []);
+});
+
+test('packed observer: a slot used and written again while the observer reads it is not judged (its fields are not one descriptor)', () => {
+  // Found by the seg-max guest test on the merged tree: the proxy named Linux's correct packed
+  // ring for struct.indirect-len.driver.1 (INDIRECT from the slot's old flags, len 1048577 from
+  // the data descriptor the driver wrote there after the device used the buffer).
+  const mem = GuestMemory.create(1 << 20);
+  const ring = 0x1000;
+  const table = 0x4000;
+  for (let i = 0; i < 2; i++) {
+    mem.writeU64(table + i * 16, BigInt(0x80000 + i * 0x1000));
+    mem.writeU32(table + i * 16 + 8, 512);
+    mem.writeU16(table + i * 16 + 14, i === 1 ? PDESC_F_WRITE : 0);
+  }
+  mem.writeU64(ring, BigInt(table));
+  mem.writeU32(ring + 8, 32);
+  mem.writeU16(ring + 12, 7);
+  mem.storeU16(ring + 14, PDESC_F_AVAIL | PDESC_F_INDIRECT);
+  const verdicts: string[] = [];
+  const o = PackedObserver.create(mem, (c, m) => verdicts.push(`${c}: ${m}`), { indirect: true, eventIdx: false }, { index: 0, size: 8, desc: ring, avail: 0x2000, used: 0x2004, base: 0x80008000 })!;
+  // While the observer reads slot 0's len: the device uses the buffer (AVAIL and USED set in
+  // this pass) and the slot's fields are another descriptor's by the time len is read.
+  const view = mem.regionFor(ring, 16)!.view;
+  let armed = true;
+  view.getUint32 = function (offset: number, le?: boolean): number {
+    if (armed && offset === ring + 8) {
+      armed = false;
+      DataView.prototype.setUint32.call(this, ring + 8, 1048577, true);
+      mem.storeU16(ring + 14, PDESC_F_AVAIL | PDESC_F_USED);
+    }
+    return DataView.prototype.getUint32.call(this, offset, le);
+  };
+  o.scan();
+  delete (view as Partial<DataView>).getUint32;
+  o.scan();
+  assert.deepEqual(verdicts, []);
+  assert.equal(o.stats.unseen, 1, 'counted as a buffer that went by unseen');
 });
