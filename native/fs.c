@@ -53,15 +53,6 @@ struct vt_open_how {
   uint64_t resolve;
 };
 
-// Errors are addon.c's (a JS Error whose code is the errno name).
-#define fs_throw throw_errno
-
-static napi_value fs_num(napi_env env, double v) {
-  napi_value r;
-  napi_create_double(env, v, &r);
-  return r;
-}
-
 static napi_value fs_undefined(napi_env env) {
   napi_value r;
   napi_get_undefined(env, &r);
@@ -72,7 +63,7 @@ static napi_value fs_undefined(napi_env env) {
   size_t argc = (n);                                                                     \
   napi_value argv[(n) > 0 ? (n) : 1];                                                    \
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < (n)) \
-    return fs_throw(env, __func__, EINVAL);
+    return throw_errno(env, __func__, EINVAL);
 
 static int get_i32(napi_env env, napi_value v, int32_t* out) { return napi_get_value_int32(env, v, out) == napi_ok; }
 static int get_f64(napi_env env, napi_value v, double* out) { return napi_get_value_double(env, v, out) == napi_ok; }
@@ -93,13 +84,6 @@ static int get_text(napi_env env, napi_value v, char* buf, size_t size) {
   size_t len = 0;
   if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok) return 0;
   return len > 0 && len < size - 1 && strlen(buf) == len;
-}
-
-static int get_bytes(napi_env env, napi_value v, void** data, size_t* len) {
-  napi_typedarray_type t;
-  napi_value ab;
-  size_t off;
-  return napi_get_typedarray_info(env, v, &t, len, data, &ab, &off) == napi_ok && t == napi_uint8_array;
 }
 
 static int get_f64s(napi_env env, napi_value v, double** data, size_t n) {
@@ -127,7 +111,7 @@ static napi_value FsOpenat(napi_env env, napi_callback_info info) {
   char name[NAME_BUF];
   if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &flags) ||
       !get_i32(env, argv[3], &mode))
-    return fs_throw(env, "fsOpenat: (dirfd, name, flags, mode)", EINVAL);
+    return throw_errno(env, "fsOpenat: (dirfd, name, flags, mode)", EINVAL);
   flags |= O_NOFOLLOW | O_CLOEXEC;
   int fd = -1;
   if (!openat2_missing) {
@@ -138,15 +122,15 @@ static napi_value FsOpenat(napi_env env, napi_callback_info info) {
     // EAGAIN / EXDEV: the kernel saw a rename somewhere during a scoped lookup and cannot vouch
     // for it (openat2(2): "the caller may retry"). For one component that is not ".." (refused
     // below) openat(O_NOFOLLOW) is exactly as confined, so it answers instead of failing.
-    else if (fd < 0 && errno != EAGAIN && errno != EXDEV) return fs_throw(env, "openat2", errno);
-    else if (fd < 0 && strcmp(name, "..") == 0) return fs_throw(env, "openat2", EXDEV);
+    else if (fd < 0 && errno != EAGAIN && errno != EXDEV) return throw_errno(env, "openat2", errno);
+    else if (fd < 0 && strcmp(name, "..") == 0) return throw_errno(env, "openat2", EXDEV);
   }
   if (fd < 0) {
-    if (strcmp(name, "..") == 0) return fs_throw(env, "openat", EXDEV);
+    if (strcmp(name, "..") == 0) return throw_errno(env, "openat", EXDEV);
     fd = openat(dirfd, name, flags, (mode_t)(mode & 07777));
-    if (fd < 0) return fs_throw(env, "openat", errno);
+    if (fd < 0) return throw_errno(env, "openat", errno);
   }
-  return fs_num(env, fd);
+  return num(env, fd);
 }
 
 // fsReopen(fd, flags): a new fd for the inode of (O_PATH) fd, opened with flags through
@@ -154,12 +138,12 @@ static napi_value FsOpenat(napi_env env, napi_callback_info info) {
 static napi_value FsReopen(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t fd, flags;
-  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &flags)) return fs_throw(env, "fsReopen: (fd, flags)", EINVAL);
+  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &flags)) return throw_errno(env, "fsReopen: (fd, flags)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
   int r = open(p, (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_TMPFILE)) | O_CLOEXEC);
-  if (r < 0) return fs_throw(env, "reopen", errno);
-  return fs_num(env, r);
+  if (r < 0) return throw_errno(env, "reopen", errno);
+  return num(env, r);
 }
 
 // fsStat(dirfd, name, out Float64Array(17)): fstatat(AT_SYMLINK_NOFOLLOW; "" = the fd itself).
@@ -171,13 +155,13 @@ static napi_value FsStat(napi_env env, napi_callback_info info) {
   char name[NAME_BUF];
   double* out;
   if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 1) || !get_f64s(env, argv[2], &out, 17))
-    return fs_throw(env, "fsStat: (dirfd, name, Float64Array(17))", EINVAL);
-  if (strcmp(name, "..") == 0) return fs_throw(env, "fstatat", EXDEV);
+    return throw_errno(env, "fsStat: (dirfd, name, Float64Array(17))", EINVAL);
+  if (strcmp(name, "..") == 0) return throw_errno(env, "fstatat", EXDEV);
   struct stat st;
   // The raw system call, not glibc's fstatat: since glibc 2.33 that links as fstatat64@GLIBC_2.33,
   // and the prebuilt binaries must load on glibc 2.28 (scripts/prebuild.mjs). On the 64-bit
   // targets (x86_64, aarch64) the kernel's struct stat is glibc's.
-  if (syscall(SYS_newfstatat, dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name[0] == 0 ? AT_EMPTY_PATH : 0)) < 0) return fs_throw(env, "fstatat", errno);
+  if (syscall(SYS_newfstatat, dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name[0] == 0 ? AT_EMPTY_PATH : 0)) < 0) return throw_errno(env, "fstatat", errno);
   out[0] = (double)st.st_dev;
   out[1] = (double)((uint64_t)st.st_ino >> 32);
   out[2] = (double)((uint64_t)st.st_ino & 0xffffffffu);
@@ -204,8 +188,8 @@ static napi_value FsMkdirat(napi_env env, napi_callback_info info) {
   int32_t dirfd, mode;
   char name[NAME_BUF];
   if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &mode))
-    return fs_throw(env, "fsMkdirat: (dirfd, name, mode)", EINVAL);
-  if (mkdirat(dirfd, name, (mode_t)(mode & 07777)) < 0) return fs_throw(env, "mkdirat", errno);
+    return throw_errno(env, "fsMkdirat: (dirfd, name, mode)", EINVAL);
+  if (mkdirat(dirfd, name, (mode_t)(mode & 07777)) < 0) return throw_errno(env, "mkdirat", errno);
   return fs_undefined(env);
 }
 
@@ -217,11 +201,11 @@ static napi_value FsMknodat(napi_env env, napi_callback_info info) {
   char name[NAME_BUF];
   if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &mode) ||
       !get_f64(env, argv[3], &rdev) || rdev < 0)
-    return fs_throw(env, "fsMknodat: (dirfd, name, mode, rdev)", EINVAL);
+    return throw_errno(env, "fsMknodat: (dirfd, name, mode, rdev)", EINVAL);
   // The raw system call (glibc's mknodat is mknodat@GLIBC_2.33, see fsStat); the kernel takes the
   // device number as a 32-bit new_encode_dev value, which glibc's makedev matches for it.
-  if (rdev > 0xffffffffu) return fs_throw(env, "mknodat", EINVAL);
-  if (syscall(SYS_mknodat, dirfd, name, (unsigned)mode, (unsigned)rdev) < 0) return fs_throw(env, "mknodat", errno);
+  if (rdev > 0xffffffffu) return throw_errno(env, "mknodat", EINVAL);
+  if (syscall(SYS_mknodat, dirfd, name, (unsigned)mode, (unsigned)rdev) < 0) return throw_errno(env, "mknodat", errno);
   return fs_undefined(env);
 }
 
@@ -232,8 +216,8 @@ static napi_value FsSymlinkat(napi_env env, napi_callback_info info) {
   int32_t dirfd;
   char name[NAME_BUF];
   if (!get_text(env, argv[0], target, sizeof target) || !get_i32(env, argv[1], &dirfd) || !get_name(env, argv[2], name, sizeof name, 0))
-    return fs_throw(env, "fsSymlinkat: (target, dirfd, name)", EINVAL);
-  if (symlinkat(target, dirfd, name) < 0) return fs_throw(env, "symlinkat", errno);
+    return throw_errno(env, "fsSymlinkat: (target, dirfd, name)", EINVAL);
+  if (symlinkat(target, dirfd, name) < 0) return throw_errno(env, "symlinkat", errno);
   return fs_undefined(env);
 }
 
@@ -243,9 +227,9 @@ static napi_value FsUnlinkat(napi_env env, napi_callback_info info) {
   int32_t dirfd, flags;
   char name[NAME_BUF];
   if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &flags))
-    return fs_throw(env, "fsUnlinkat: (dirfd, name, flags)", EINVAL);
-  if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) return fs_throw(env, "unlinkat", EINVAL);
-  if (unlinkat(dirfd, name, flags & AT_REMOVEDIR) < 0) return fs_throw(env, "unlinkat", errno);
+    return throw_errno(env, "fsUnlinkat: (dirfd, name, flags)", EINVAL);
+  if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) return throw_errno(env, "unlinkat", EINVAL);
+  if (unlinkat(dirfd, name, flags & AT_REMOVEDIR) < 0) return throw_errno(env, "unlinkat", errno);
   return fs_undefined(env);
 }
 
@@ -257,11 +241,11 @@ static napi_value FsRenameat2(napi_env env, napi_callback_info info) {
   char on[NAME_BUF], nn[NAME_BUF];
   if (!get_i32(env, argv[0], &od) || !get_name(env, argv[1], on, sizeof on, 0) || !get_i32(env, argv[2], &nd) ||
       !get_name(env, argv[3], nn, sizeof nn, 0) || !get_i32(env, argv[4], &flags))
-    return fs_throw(env, "fsRenameat2: (olddirfd, oldname, newdirfd, newname, flags)", EINVAL);
+    return throw_errno(env, "fsRenameat2: (olddirfd, oldname, newdirfd, newname, flags)", EINVAL);
   if (strcmp(on, ".") == 0 || strcmp(on, "..") == 0 || strcmp(nn, ".") == 0 || strcmp(nn, "..") == 0)
-    return fs_throw(env, "renameat2", EINVAL);
+    return throw_errno(env, "renameat2", EINVAL);
   int r = flags == 0 ? renameat(od, on, nd, nn) : (int)syscall(SYS_renameat2, od, on, nd, nn, (unsigned)flags);
-  if (r < 0) return fs_throw(env, "renameat2", errno);
+  if (r < 0) return throw_errno(env, "renameat2", errno);
   return fs_undefined(env);
 }
 
@@ -272,10 +256,10 @@ static napi_value FsLinkat(napi_env env, napi_callback_info info) {
   int32_t fd, nd;
   char nn[NAME_BUF];
   if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &nd) || !get_name(env, argv[2], nn, sizeof nn, 0))
-    return fs_throw(env, "fsLinkat: (fd, newdirfd, newname)", EINVAL);
+    return throw_errno(env, "fsLinkat: (fd, newdirfd, newname)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
-  if (linkat(AT_FDCWD, p, nd, nn, AT_SYMLINK_FOLLOW) < 0) return fs_throw(env, "linkat", errno);
+  if (linkat(AT_FDCWD, p, nd, nn, AT_SYMLINK_FOLLOW) < 0) return throw_errno(env, "linkat", errno);
   return fs_undefined(env);
 }
 
@@ -284,9 +268,9 @@ static napi_value FsReadlink(napi_env env, napi_callback_info info) {
   ARGS(1);
   int32_t fd;
   static char buf[4097];
-  if (!get_i32(env, argv[0], &fd)) return fs_throw(env, "fsReadlink: (fd)", EINVAL);
+  if (!get_i32(env, argv[0], &fd)) return throw_errno(env, "fsReadlink: (fd)", EINVAL);
   ssize_t n = readlinkat(fd, "", buf, sizeof buf - 1);
-  if (n < 0) return fs_throw(env, "readlinkat", errno);
+  if (n < 0) return throw_errno(env, "readlinkat", errno);
   napi_value r;
   napi_create_string_utf8(env, buf, (size_t)n, &r);
   return r;
@@ -296,10 +280,10 @@ static napi_value FsReadlink(napi_env env, napi_callback_info info) {
 static napi_value FsChmod(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t fd, mode;
-  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &mode)) return fs_throw(env, "fsChmod: (fd, mode)", EINVAL);
+  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &mode)) return throw_errno(env, "fsChmod: (fd, mode)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
-  if (fchmodat(AT_FDCWD, p, (mode_t)(mode & 07777), 0) < 0) return fs_throw(env, "fchmodat", errno);
+  if (fchmodat(AT_FDCWD, p, (mode_t)(mode & 07777), 0) < 0) return throw_errno(env, "fchmodat", errno);
   return fs_undefined(env);
 }
 
@@ -309,10 +293,10 @@ static napi_value FsChown(napi_env env, napi_callback_info info) {
   int32_t fd;
   double uid, gid;
   if (!get_i32(env, argv[0], &fd) || !get_f64(env, argv[1], &uid) || !get_f64(env, argv[2], &gid))
-    return fs_throw(env, "fsChown: (fd, uid, gid)", EINVAL);
+    return throw_errno(env, "fsChown: (fd, uid, gid)", EINVAL);
   uid_t u = uid < 0 ? (uid_t)-1 : (uid_t)uid;
   gid_t g = gid < 0 ? (gid_t)-1 : (gid_t)gid;
-  if (fchownat(fd, "", u, g, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) return fs_throw(env, "fchownat", errno);
+  if (fchownat(fd, "", u, g, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) return throw_errno(env, "fchownat", errno);
   return fs_undefined(env);
 }
 
@@ -325,13 +309,13 @@ static napi_value FsUtimens(napi_env env, napi_callback_info info) {
   double as, an, ms, mn;
   if (!get_i32(env, argv[0], &fd) || !get_f64(env, argv[1], &as) || !get_f64(env, argv[2], &an) || !get_f64(env, argv[3], &ms) ||
       !get_f64(env, argv[4], &mn))
-    return fs_throw(env, "fsUtimens: (fd, atime s, ns, mtime s, ns)", EINVAL);
+    return throw_errno(env, "fsUtimens: (fd, atime s, ns, mtime s, ns)", EINVAL);
   struct timespec ts[2] = {{(time_t)as, (long)an}, {(time_t)ms, (long)mn}};
   if (utimensat(fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) return fs_undefined(env);
-  if (errno != EINVAL && errno != ENOENT) return fs_throw(env, "utimensat", errno);
+  if (errno != EINVAL && errno != ENOENT) return throw_errno(env, "utimensat", errno);
   char p[64];
   proc_path(p, sizeof p, fd);
-  if (utimensat(AT_FDCWD, p, ts, 0) < 0) return fs_throw(env, "utimensat", errno);
+  if (utimensat(AT_FDCWD, p, ts, 0) < 0) return throw_errno(env, "utimensat", errno);
   return fs_undefined(env);
 }
 
@@ -340,10 +324,10 @@ static napi_value FsTruncate(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t fd;
   double size;
-  if (!get_i32(env, argv[0], &fd) || !get_f64(env, argv[1], &size) || size < 0) return fs_throw(env, "fsTruncate: (fd, size)", EINVAL);
+  if (!get_i32(env, argv[0], &fd) || !get_f64(env, argv[1], &size) || size < 0) return throw_errno(env, "fsTruncate: (fd, size)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
-  if (truncate(p, (off_t)size) < 0) return fs_throw(env, "truncate", errno);
+  if (truncate(p, (off_t)size) < 0) return throw_errno(env, "truncate", errno);
   return fs_undefined(env);
 }
 
@@ -352,9 +336,9 @@ static napi_value FsStatfs(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t fd;
   double* out;
-  if (!get_i32(env, argv[0], &fd) || !get_f64s(env, argv[1], &out, 8)) return fs_throw(env, "fsStatfs: (fd, Float64Array(8))", EINVAL);
+  if (!get_i32(env, argv[0], &fd) || !get_f64s(env, argv[1], &out, 8)) return throw_errno(env, "fsStatfs: (fd, Float64Array(8))", EINVAL);
   struct statfs s;
-  if (fstatfs(fd, &s) < 0) return fs_throw(env, "fstatfs", errno);
+  if (fstatfs(fd, &s) < 0) return throw_errno(env, "fstatfs", errno);
   out[0] = (double)s.f_blocks;
   out[1] = (double)s.f_bfree;
   out[2] = (double)s.f_bavail;
@@ -385,13 +369,13 @@ static napi_value FsGetxattr(napi_env env, napi_callback_info info) {
   size_t len = 0;
   napi_valuetype t;
   if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name) || napi_typeof(env, argv[2], &t) != napi_ok ||
-      (t != napi_null && !get_bytes(env, argv[2], &data, &len)))
-    return fs_throw(env, "fsGetxattr: (fd, name, Uint8Array | null)", EINVAL);
+      (t != napi_null && !arg_bytes(env, argv[2], &data, &len)))
+    return throw_errno(env, "fsGetxattr: (fd, name, Uint8Array | null)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
   ssize_t n = getxattr(p, name, data, len);
-  if (n < 0) return fs_throw(env, "getxattr", errno);
-  return fs_num(env, (double)n);
+  if (n < 0) return throw_errno(env, "getxattr", errno);
+  return num(env, (double)n);
 }
 
 // fsListxattr(fd, into Uint8Array | null): bytes of the NUL-separated name list.
@@ -401,13 +385,13 @@ static napi_value FsListxattr(napi_env env, napi_callback_info info) {
   void* data = NULL;
   size_t len = 0;
   napi_valuetype t;
-  if (!get_i32(env, argv[0], &fd) || napi_typeof(env, argv[1], &t) != napi_ok || (t != napi_null && !get_bytes(env, argv[1], &data, &len)))
-    return fs_throw(env, "fsListxattr: (fd, Uint8Array | null)", EINVAL);
+  if (!get_i32(env, argv[0], &fd) || napi_typeof(env, argv[1], &t) != napi_ok || (t != napi_null && !arg_bytes(env, argv[1], &data, &len)))
+    return throw_errno(env, "fsListxattr: (fd, Uint8Array | null)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
   ssize_t n = listxattr(p, data, len);
-  if (n < 0) return fs_throw(env, "listxattr", errno);
-  return fs_num(env, (double)n);
+  if (n < 0) return throw_errno(env, "listxattr", errno);
+  return num(env, (double)n);
 }
 
 // fsSetxattr(fd, name, value Uint8Array, flags): XATTR_CREATE 1, XATTR_REPLACE 2.
@@ -417,11 +401,11 @@ static napi_value FsSetxattr(napi_env env, napi_callback_info info) {
   char name[XATTR_NAME_BUF];
   void* data;
   size_t len;
-  if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name) || !get_bytes(env, argv[2], &data, &len) || !get_i32(env, argv[3], &flags))
-    return fs_throw(env, "fsSetxattr: (fd, name, Uint8Array, flags)", EINVAL);
+  if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name) || !arg_bytes(env, argv[2], &data, &len) || !get_i32(env, argv[3], &flags))
+    return throw_errno(env, "fsSetxattr: (fd, name, Uint8Array, flags)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
-  if (setxattr(p, name, data, len, flags) < 0) return fs_throw(env, "setxattr", errno);
+  if (setxattr(p, name, data, len, flags) < 0) return throw_errno(env, "setxattr", errno);
   return fs_undefined(env);
 }
 
@@ -431,10 +415,10 @@ static napi_value FsRemovexattr(napi_env env, napi_callback_info info) {
   int32_t fd;
   char name[XATTR_NAME_BUF];
   if (!get_i32(env, argv[0], &fd) || !get_xattr_name(env, argv[1], name, sizeof name))
-    return fs_throw(env, "fsRemovexattr: (fd, name)", EINVAL);
+    return throw_errno(env, "fsRemovexattr: (fd, name)", EINVAL);
   char p[64];
   proc_path(p, sizeof p, fd);
-  if (removexattr(p, name) < 0) return fs_throw(env, "removexattr", errno);
+  if (removexattr(p, name) < 0) return throw_errno(env, "removexattr", errno);
   return fs_undefined(env);
 }
 
@@ -445,8 +429,8 @@ static napi_value FsFallocate(napi_env env, napi_callback_info info) {
   double off, len;
   if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &mode) || !get_f64(env, argv[2], &off) || !get_f64(env, argv[3], &len) ||
       off < 0 || len <= 0)
-    return fs_throw(env, "fsFallocate: (fd, mode, offset, length)", EINVAL);
-  if (fallocate(fd, mode, (off_t)off, (off_t)len) < 0) return fs_throw(env, "fallocate", errno);
+    return throw_errno(env, "fsFallocate: (fd, mode, offset, length)", EINVAL);
+  if (fallocate(fd, mode, (off_t)off, (off_t)len) < 0) return throw_errno(env, "fallocate", errno);
   return fs_undefined(env);
 }
 
@@ -456,10 +440,10 @@ static napi_value FsLseek(napi_env env, napi_callback_info info) {
   int32_t fd, whence;
   double off;
   if (!get_i32(env, argv[0], &fd) || !get_f64(env, argv[1], &off) || !get_i32(env, argv[2], &whence))
-    return fs_throw(env, "fsLseek: (fd, offset, whence)", EINVAL);
+    return throw_errno(env, "fsLseek: (fd, offset, whence)", EINVAL);
   off_t r = lseek(fd, (off_t)off, whence);
-  if (r < 0) return fs_throw(env, "lseek", errno);
-  return fs_num(env, (double)r);
+  if (r < 0) return throw_errno(env, "lseek", errno);
+  return num(env, (double)r);
 }
 
 // fsGetdents(fd, into Uint8Array): bytes of linux_dirent64 records (0 at the end).
@@ -468,10 +452,10 @@ static napi_value FsGetdents(napi_env env, napi_callback_info info) {
   int32_t fd;
   void* data;
   size_t len;
-  if (!get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &data, &len)) return fs_throw(env, "fsGetdents: (fd, Uint8Array)", EINVAL);
+  if (!get_i32(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &len)) return throw_errno(env, "fsGetdents: (fd, Uint8Array)", EINVAL);
   long n = syscall(SYS_getdents64, fd, data, len);
-  if (n < 0) return fs_throw(env, "getdents64", errno);
-  return fs_num(env, (double)n);
+  if (n < 0) return throw_errno(env, "getdents64", errno);
+  return num(env, (double)n);
 }
 
 // fsLock(fd, cmd, type, start, length, pid, out Float64Array(4)): open-file-description locks
@@ -485,7 +469,7 @@ static napi_value FsLock(napi_env env, napi_callback_info info) {
   if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &cmd) || !get_i32(env, argv[2], &type) || !get_f64(env, argv[3], &start) ||
       !get_f64(env, argv[4], &length) || !get_i32(env, argv[5], &pid) || !get_f64s(env, argv[6], &out, 4) ||
       (cmd != F_OFD_GETLK && cmd != F_OFD_SETLK) || start < 0 || length < 0)
-    return fs_throw(env, "fsLock: (fd, F_OFD_GETLK | F_OFD_SETLK, type, start, length, pid, Float64Array(4))", EINVAL);
+    return throw_errno(env, "fsLock: (fd, F_OFD_GETLK | F_OFD_SETLK, type, start, length, pid, Float64Array(4))", EINVAL);
   struct flock fl;
   memset(&fl, 0, sizeof fl);
   fl.l_type = (short)type;
@@ -493,7 +477,7 @@ static napi_value FsLock(napi_env env, napi_callback_info info) {
   fl.l_start = (off_t)start;
   fl.l_len = (off_t)length;
   fl.l_pid = 0;  // must be 0 for OFD locks
-  if (fcntl(fd, cmd, &fl) < 0) return fs_throw(env, "fcntl(F_OFD_*LK)", errno);
+  if (fcntl(fd, cmd, &fl) < 0) return throw_errno(env, "fcntl(F_OFD_*LK)", errno);
   out[0] = fl.l_type;
   out[1] = (double)fl.l_start;
   out[2] = (double)fl.l_len;
