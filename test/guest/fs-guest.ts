@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { boot, noViolations, type GuestRun } from './harness.js';
+import { boot, noViolations, ringIndices, type GuestRun, type Running } from './harness.js';
 
 /** One fs guest run. */
 export interface FsGuestConfig {
@@ -58,6 +58,7 @@ export async function fsGuest(c: FsGuestConfig): Promise<GuestRun & { report: Fs
   const report = join(dir, 'report.json');
   const tag = c.tag ?? 'vt';
   const remount = process.env.VT_FS_REMOUNT === '1';
+  const rings: string[] = [];
   try {
     const run = await boot({
       kind: 'fs',
@@ -67,10 +68,11 @@ export async function fsGuest(c: FsGuestConfig): Promise<GuestRun & { report: Fs
       // off by default while the umount hang in docs/findings.md is open.
       append: `vt.tag=${tag} vt.files=${c.files} vt.mb=${c.mb}${remount ? ' vt.remount=1' : ''}`,
       memoryMiB: 384,
+      during: remount ? (g) => umountWatch(g, rings) : undefined,
       timeoutMs: 150_000, // a hang guard well inside the runner's 300 s per file (the workload takes about 60 s under TCG on a loaded 2-core machine)
     });
     const r = run.results;
-    const say = () => `\n${run.console.slice(-3000)}\n${run.serveLog.slice(-3000)}`;
+    const say = () => `\n${run.console.slice(-3000)}\n${rings.join('\n')}\n${run.serveLog.slice(-3000)}`;
     assert.equal(r.get('fs-error'), undefined, `no file operation failed${say()}`);
     assert.equal(r.get('mounted'), '1', `the guest mounted the tag${say()}`);
     let inSmall = 0;
@@ -121,6 +123,31 @@ export async function fsGuest(c: FsGuestConfig): Promise<GuestRun & { report: Fs
     return { ...run, report: rep };
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * While the guest runs: once it says an umount hangs (scripts/guest/init vt_umount), the
+ * rings' indices as QEMU reads them from guest memory, then again a while later (the guest
+ * waits 30 s before it gives up), into `rings` and on stdout. Only diagnostics: nothing is
+ * asserted here, and a guest that never hangs leaves `rings` empty.
+ */
+export async function umountWatch(g: Running, rings: string[]): Promise<void> {
+  try {
+    await g.waitFor(/umount-hung/);
+  } catch {
+    return; // QEMU ended without a hang
+  }
+  for (const when of ['at the hang', '15 s later']) {
+    if (when !== 'at the hang') await new Promise((r) => setTimeout(r, 15_000));
+    try {
+      const s = `rings ${when}:\n${await ringIndices(g, 'virtio-user-fs')}`;
+      rings.push(s);
+      process.stdout.write(`# ${s.replace(/\n/g, '\n# ')}\n`);
+    } catch (e) {
+      rings.push(`rings ${when}: QMP failed: ${e instanceof Error ? e.message : String(e)}`);
+      return; // QEMU ended meanwhile
+    }
   }
 }
 

@@ -296,3 +296,28 @@ export function assertWritten(run: GuestRun, image: string, bytes: number): void
 
 /** What the init case stopcont writes: a 64 KiB pattern 48 times. */
 export const STOPCONT_BYTES = 48 * 16 * 4096;
+
+/**
+ * Every ring of the virtio devices named `name` (QEMU's virtio name, e.g. 'virtio-user-fs' for vhost-user-fs-pci) as
+ * QEMU reads them from guest memory right now (QMP x-query-virtio-queue-element, split rings):
+ * avail.idx (the driver has made that many buffers available), used.idx (the back-end has
+ * returned that many) and both flags. For a vhost-user device this is the only view of the
+ * rings that does not ask the back-end: it tells a buffer the back-end never returned (avail
+ * ahead of used) from a notification that never reached the guest (equal). One line per ring.
+ */
+export async function ringIndices(g: Running, name: string): Promise<string> {
+  const devices = (await g.qmp('x-query-virtio')) as { path: string; name: string }[];
+  const out: string[] = [];
+  for (const d of devices.filter((x) => x.name === name)) {
+    const st = (await g.qmp('x-query-virtio-status', { path: d.path })) as { status: unknown; 'num-vqs': number; 'vhost-started'?: boolean };
+    for (let q = 0; q < st['num-vqs']; q++) {
+      try {
+        const e = (await g.qmp('x-query-virtio-queue-element', { path: d.path, queue: q })) as { avail: { idx: number; flags: number }; used: { idx: number; flags: number } };
+        out.push(`${d.path} ring ${q}: avail.idx ${e.avail.idx} used.idx ${e.used.idx} (${(e.avail.idx - e.used.idx) & 0xffff} not returned) avail.flags ${e.avail.flags} used.flags ${e.used.flags}`);
+      } catch (err) {
+        out.push(`${d.path} ring ${q}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+  }
+  return out.join('\n');
+}
