@@ -18,13 +18,15 @@ import { missingPrerequisite } from '../prerequisites.js';
 export const root = join(fileURLToPath(import.meta.url), '../../../..');
 export const bin = join(root, 'dist/src/cli/main.js');
 export const guestDir = join(root, '.guest');
-const qemu = spawnSync('sh', ['-c', 'command -v qemu-system-x86_64'], { encoding: 'utf8' }).stdout.trim();
+/** The qemu-system-x86_64 on PATH ('' when there is none). */
+export const qemu = spawnSync('sh', ['-c', 'command -v qemu-system-x86_64'], { encoding: 'utf8' }).stdout.trim();
 export const missing = [
   !qemu && 'qemu-system-x86_64',
   !existsSync(join(guestDir, 'vmlinux')) && '.guest/vmlinux (scripts/guest/build-guest.sh)',
   !existsSync(join(guestDir, 'initramfs.cpio')) && '.guest/initramfs.cpio',
 ].filter(Boolean);
-const khz = (() => {
+/** The host's CPU clock in kHz (the guests' tsc_early_khz: TCG's TSC calibration can hang without it). */
+export const khz = (() => {
   const m = /cpu MHz\s*:\s*([\d.]+)/.exec(readFileSync('/proc/cpuinfo', 'utf8'));
   return m ? Math.round(Number(m[1]) * 1000) : 0;
 })();
@@ -66,6 +68,16 @@ export interface BootOptions {
   append?: string;
   /** Guest CPUs (default 1; Linux's virtio_blk uses min(num-queues, CPUs) queues). */
   smp?: number;
+  /**
+   * QEMU's maxcpus (hot-pluggable CPUs; default: as many as `smp`). Above 1 it makes QEMU 7.2's
+   * TCG translate the guest's memory barriers into host barriers, which it leaves out when
+   * maxcpus is 1 (tcg_gen_mb and CF_PARALLEL; fixed upstream in QEMU 8.1): without them the
+   * guest's smp_mb() between publishing avail.idx and reading avail_event (and between writing
+   * used_event and re-reading used.idx) orders nothing against a vhost-user back-end in another
+   * process, and a kick or an interrupt can be lost for good (docs/findings.md, F-umount).
+   * Linux then counts that many possible CPUs (nr_cpu_ids), which sizes some drivers' queues.
+   */
+  maxCpus?: number;
   /**
    * Serves the device in this process instead of spawning `virtio-ts serve` (the library API):
    * called with the socket path before QEMU starts, closed once QEMU has ended. Not with
@@ -160,7 +172,7 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     if (o.interpose !== undefined) between = await o.interpose(sock);
     const args = [
       ...(o.machine ?? []),
-      '-accel', 'tcg', '-cpu', 'max', '-m', `${o.memoryMiB ?? 256}M`, ...(o.smp ? ['-smp', String(o.smp)] : []),
+      '-accel', 'tcg', '-cpu', 'max', '-m', `${o.memoryMiB ?? 256}M`, ...(o.smp || o.maxCpus ? ['-smp', `${o.smp ?? 1}${o.maxCpus ? `,maxcpus=${o.maxCpus}` : ''}`] : []),
       '-object', `memory-backend-memfd,id=mem,size=${o.memoryMiB ?? 256}M,share=on`, '-numa', 'node,memdev=mem',
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
       '-kernel', join(guestDir, 'vmlinux'), '-initrd', o.initrd ?? join(guestDir, 'initramfs.cpio'),
