@@ -47,9 +47,9 @@ export function makeShare(): Share {
   return { base, root, outside, outsideState, remove: () => rmSync(base, { recursive: true, force: true }) };
 }
 
-/** The kernel command line of the workload: `files` small files, a large file of `mb` MiB. */
-export function workloadAppend(o: { files: number; mb: number; fstype?: 'virtiofs' | '9p'; escape?: boolean }): string {
-  return `vt.files=${o.files} vt.mb=${o.mb}${o.fstype ? ` vt.fstype=${o.fstype}` : ''}${o.escape ? ' vt.escape=1' : ''}`;
+/** The kernel command line of the workload: `files` small files, a large file of `mb` MiB; `umount`: unmount at the end. */
+export function workloadAppend(o: { files: number; mb: number; fstype?: 'virtiofs' | '9p'; escape?: boolean; umount?: boolean }): string {
+  return `vt.files=${o.files} vt.mb=${o.mb}${o.fstype ? ` vt.fstype=${o.fstype}` : ''}${o.escape ? ' vt.escape=1' : ''}${o.umount ? ' vt.umount=1' : ''}`;
 }
 
 /**
@@ -60,7 +60,7 @@ export function workloadAppend(o: { files: number; mb: number; fstype?: 'virtiof
  */
 export function checkWorkload(run: GuestRun, root: string, files: number): void {
   const r = run.results;
-  const errors = [...r.entries()].filter(([k]) => k === 'error' || k === 'mount-error');
+  const errors = [...r.entries()].filter(([k]) => k === 'error' || k === 'mount-error' || k === 'fs-error');
   assert.deepEqual(errors, [], `the guest saw no error: ${run.console.slice(-3000)}`);
   const w = join(root, 'w');
   // 1. Small files: created, listed, read back (the guest's md5 of all of them in glob order

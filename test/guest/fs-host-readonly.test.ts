@@ -33,6 +33,7 @@ guestTest('serve fs --shared-dir --read-only: the guest reads, every change it t
       serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, '--read-only', '--log-format', 'json'],
       append: 'vt.ro=1',
       test: 'fshost',
+      maxCpus: 2, // the guest unmounts (BootOptions.maxCpus)
       timeoutMs: 90_000,
     });
     const r = run.results;
@@ -42,6 +43,7 @@ guestTest('serve fs --shared-dir --read-only: the guest reads, every change it t
     const ops = [...r.entries()].filter(([k]) => k.startsWith('ro-op-'));
     assert.equal(ops.length, 11, `every change was tried: ${JSON.stringify(ops)}`);
     for (const [k, v] of ops) assert.match(v, /^failed 1( |$)/, `${k}: ${v} (failed with "Read-only file system")`);
+    assert.equal(r.get('fs-error'), undefined, `the unmount ended: ${run.console.slice(-2000)}`);
     assert.equal(state(), before, 'the shared directory is unchanged');
     assert.equal(share.outsideState(), outside);
     noViolations(run);

@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { boot, guestTest, noViolations } from './harness.js';
 import { checkEscape, checkWorkload, makeShare, workloadAppend } from './fs-host-guest.js';
-import type { FsRunReport } from './fs-guest.js';
+import { umountWatch, type FsRunReport } from './fs-guest.js';
 
 const FILES = 1000;
 
@@ -19,17 +19,22 @@ guestTest('serve fs --shared-dir: the guest workload lands on the host (files by
   const share = makeShare();
   const before = share.outsideState();
   const report = join(share.base, 'report.json');
+  const rings: string[] = [];
   try {
     const run = await boot({
       kind: 'fs',
       device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs',
       serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, '--report', report, '--log-format', 'json'],
-      append: workloadAppend({ files: FILES, mb: 32, escape: true }),
+      append: workloadAppend({ files: FILES, mb: 32, escape: true, umount: true }),
       test: 'fshost',
-      timeoutMs: 110_000,
+      // The guest unmounts at the end: QEMU 7.2's TCG must emit the guest's barriers (BootOptions.maxCpus).
+      maxCpus: 2,
+      during: (g) => umountWatch(g, rings),
+      timeoutMs: 150_000,
     });
     assert.equal(run.results.get('mounted'), 'vtfs virtiofs');
     assert.match(run.serveLog, /serving fs \\"vtfs\\": .*root, read-write/);
+    assert.equal(run.results.get('fs-error'), undefined, `the unmount ended: ${run.console.slice(-3000)}\n${rings.join('\n')}`);
     checkWorkload(run, share.root, FILES);
     checkEscape(run, share, before);
     noViolations(run);
