@@ -69,12 +69,12 @@ export interface BootOptions {
   /** Guest CPUs (default 1; Linux's virtio_blk uses min(num-queues, CPUs) queues). */
   smp?: number;
   /**
-   * QEMU's maxcpus (hot-pluggable CPUs; default: as many as `smp`). Above 1 it makes QEMU 7.2's
+   * QEMU's maxcpus (hot-pluggable CPUs; default: 2, or `smp` when larger). Above 1 it makes QEMU 7.2's
    * TCG translate the guest's memory barriers into host barriers, which it leaves out when
    * maxcpus is 1 (tcg_gen_mb and CF_PARALLEL; fixed upstream in QEMU 8.1): without them the
    * guest's smp_mb() between publishing avail.idx and reading avail_event (and between writing
    * used_event and re-reading used.idx) orders nothing against a vhost-user back-end in another
-   * process, and a kick or an interrupt can be lost for good (docs/findings.md, F-umount).
+   * process, and a kick or an interrupt can be lost for good (docs/findings.md, T1). Every guest gets at least 2 for that reason.
    * Linux then counts that many possible CPUs (nr_cpu_ids), which sizes some drivers' queues.
    */
   maxCpus?: number;
@@ -172,7 +172,7 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
     if (o.interpose !== undefined) between = await o.interpose(sock);
     const args = [
       ...(o.machine ?? []),
-      '-accel', 'tcg', '-cpu', 'max', '-m', `${o.memoryMiB ?? 256}M`, ...(o.smp || o.maxCpus ? ['-smp', `${o.smp ?? 1}${o.maxCpus ? `,maxcpus=${o.maxCpus}` : ''}`] : []),
+      '-accel', 'tcg', '-cpu', 'max', '-m', `${o.memoryMiB ?? 256}M`, '-smp', `${o.smp ?? 1},maxcpus=${o.maxCpus ?? Math.max(2, o.smp ?? 1)}`,
       '-object', `memory-backend-memfd,id=mem,size=${o.memoryMiB ?? 256}M,share=on`, '-numa', 'node,memdev=mem',
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
       '-kernel', join(guestDir, 'vmlinux'), '-initrd', o.initrd ?? join(guestDir, 'initramfs.cpio'),
