@@ -732,6 +732,18 @@ export class FuseServer {
     return reply;
   }
 
+  /**
+   * Ends every SETLKW still waiting for a lock another owner holds: each is answered EINTR (as
+   * FUSE_INTERRUPT would). A waiting lock waits on the guest's own processes, not on the host,
+   * so a ring stop or a reset must not wait for it (a peer never waits forever). Returns how
+   * many were waiting.
+   */
+  interruptWaits(): number {
+    const n = this.pending.size;
+    for (const p of this.pending.values()) p.abort.abort();
+    return n;
+  }
+
   /** Whether HANDLE_KILLPRIV_V2 was agreed: the server clears set-user-ID / set-group-ID bits when the kernel asks. */
   private get killPriv(): boolean {
     return (this.flags & InitFlag.HANDLE_KILLPRIV_V2) !== 0;
