@@ -12,7 +12,8 @@
  *   request's opcode): the same counts from its log. Its debug log slows it, so only its counts
  *   are read, not its times.
  *
- * Options: --files N (default 2000), --mb N (default 32), --direct-io, --virtiofsd, --json.
+ * Options: --files N (default 2000), --mb N (default 32), --direct-io, --virtiofsd (its cache
+ * mode: --virtiofsd-cache auto|none, default auto, as bench:fs's headline anchor), --json.
  * Nothing here asserts anything but the workload's correctness (checkWorkload).
  */
 import { loadavg } from 'node:os';
@@ -35,6 +36,8 @@ const opt = (name: string, dflt: number): number => {
 const FILES = opt('--files', 2000);
 const MB = Math.max(16, opt('--mb', 32));
 const DIRECT = argv.includes('--direct-io');
+const VCACHE = argv.includes('--virtiofsd-cache') ? argv[argv.indexOf('--virtiofsd-cache') + 1] : 'auto';
+if (VCACHE !== 'auto' && VCACHE !== 'none') throw new Error('--virtiofsd-cache auto|none');
 const JSON_OUT = argv.includes('--json');
 const PHASES = ['create', 'list', 'read', 'rename', 'delete', 'write', 'bigread', 'concurrent', 'fsync'] as const;
 
@@ -111,7 +114,7 @@ async function runVirtiofsd(): Promise<Phase[]> {
       device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs',
       serveArgs: [],
       server: (sock) => {
-        const child = spawn(VIRTIOFSD, [...virtiofsdArgs(sock, share.root), '-d'], { stdio: ['ignore', 'pipe', 'pipe'] });
+        const child = spawn(VIRTIOFSD, [...virtiofsdArgs(sock, share.root, VCACHE as 'auto' | 'none'), '-d'], { stdio: ['ignore', 'pipe', 'pipe'] });
         child.stdout!.on('data', (d) => (log += d));
         child.stderr!.on('data', (d) => (log += d));
         const exited = new Promise<void>((res) => child.once('exit', () => res()));
@@ -160,7 +163,7 @@ if (JSON_OUT) {
   console.log(`\nbench:fs:counts: FUSE requests per phase, ${FILES} files, ${MB} MiB${DIRECT ? ', --direct-io' : ''} (load ${load.toFixed(2)} at start)`);
   console.log(
     markdownTable(
-      ['phase', 'guest ms', 'server CPU ms', 'requests', 'CPU µs / request', 'virtio-ts requests by opcode', ...(theirs ? ['virtiofsd requests', 'virtiofsd by opcode'] : [])],
+      ['phase', 'guest ms', 'server CPU ms', 'requests', 'CPU µs / request', 'virtio-ts requests by opcode', ...(theirs ? [`virtiofsd cache=${VCACHE} requests`, 'virtiofsd by opcode'] : [])],
       ours.map((p, i) => [p.phase, p.ms.toFixed(0), p.cpuMs.toFixed(0), String(p.requests), p.requests > 0 ? ((p.cpuMs * 1000) / p.requests).toFixed(0) : '-', fmt(p.ops), ...(theirs ? [String(theirs[i].requests), fmt(theirs[i].ops)] : [])]),
       [false, true, true, true, true, false, ...(theirs ? [true, false] : [])],
     ),
