@@ -24,15 +24,10 @@ import { HostDirFs } from '../src/node/fs/host-dir.js';
 import { serveVhostUser } from '../src/transports/vhost-user/daemon.js';
 import { opName } from '../src/fs/fuse/wire.js';
 import { spawn } from 'node:child_process';
-import { markdownTable } from './common.js';
+import { intOption, markdownTable } from './common.js';
 
 const argv = process.argv.slice(2);
-const opt = (name: string, dflt: number): number => {
-  const i = argv.indexOf(name);
-  const v = i >= 0 ? Number(argv[i + 1]) : dflt;
-  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} wants a positive integer`);
-  return v;
-};
+const opt = (name: string, dflt: number) => intOption(argv, name, dflt);
 const FILES = opt('--files', 2000);
 const MB = Math.max(16, opt('--mb', 32));
 const DIRECT = argv.includes('--direct-io');
@@ -49,62 +44,12 @@ interface Phase {
   ops: Record<string, number>;
 }
 
-/** Per phase: the guest's time, this process's CPU time and the requests by opcode. */
-async function runVirtioTs(): Promise<Phase[]> {
+/**
+ * Boots the workload against `server` (given its socket and the shared directory) and calls `mark` at the start of the first phase and at
+ * the end of each; checks the files it left. Returns the guest's results.
+ */
+async function runPhases(server: (sock: string, root: string) => { close(): Promise<unknown> }, mark: () => void): Promise<Map<string, string>> {
   const share = makeShare();
-  let device: FsDevice | undefined;
-  const snaps: { cpu: number; ops: Uint32Array }[] = [];
-  const snap = () => {
-    const u = process.cpuUsage();
-    snaps.push({ cpu: (u.user + u.system) / 1000, ops: device!.server.opStats.requests.slice() });
-  };
-  try {
-    const run = await boot({
-      kind: 'fs',
-      test: 'fshost',
-      timeoutMs: 600_000,
-      append: workloadAppend({ files: FILES, mb: MB }),
-      device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs',
-      serveArgs: [],
-      server: (sock) => {
-        const provider = HostDirFs.open(share.root, { directIo: DIRECT });
-        device = new FsDevice({ provider, tag: 'vtfs' });
-        const daemon = serveVhostUser(device, { socket: sock });
-        return { close: async () => (await daemon.close(), provider.close()) };
-      },
-      during: async (g) => {
-        // The phase starts where the previous one ended (the first at the mount line).
-        await g.waitFor(/VT-RESULT big-md5/);
-        snap();
-        for (const p of PHASES) {
-          await g.waitFor(new RegExp(`VT-RESULT ${p}-cs`));
-          snap();
-        }
-      },
-    });
-    checkWorkload(run, share.root, FILES);
-    return PHASES.map((p, i) => {
-      const a = snaps[i];
-      const b = snaps[i + 1];
-      const ops: Record<string, number> = {};
-      let requests = 0;
-      for (let op = 0; op < 64; op++) {
-        const n = b.ops[op] - a.ops[op];
-        if (n > 0) ops[opName(op)] = n;
-        requests += n;
-      }
-      return { phase: p, ms: Number(run.results.get(`${p}-cs`)) * 10, cpuMs: b.cpu - a.cpu, requests, ops };
-    });
-  } finally {
-    share.remove();
-  }
-}
-
-/** Per phase: virtiofsd's requests by opcode, from its debug log (no times: the log slows it). */
-async function runVirtiofsd(): Promise<Phase[]> {
-  const share = makeShare();
-  let log = '';
-  const marks: number[] = [];
   try {
     const run = await boot({
       kind: 'fs',
@@ -113,35 +58,77 @@ async function runVirtiofsd(): Promise<Phase[]> {
       append: workloadAppend({ files: FILES, mb: MB }),
       device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs',
       serveArgs: [],
-      server: (sock) => {
-        const child = spawn(VIRTIOFSD, [...virtiofsdArgs(sock, share.root, VCACHE as 'auto' | 'none'), '-d'], { stdio: ['ignore', 'pipe', 'pipe'] });
-        child.stdout!.on('data', (d) => (log += d));
-        child.stderr!.on('data', (d) => (log += d));
-        const exited = new Promise<void>((res) => child.once('exit', () => res()));
-        return { close: async () => (child.exitCode === null && child.signalCode === null && child.kill('SIGTERM'), await exited) };
-      },
+      server: (sock) => server(sock, share.root),
       during: async (g) => {
+        // The first phase starts where the guest has its big file ready.
         await g.waitFor(/VT-RESULT big-md5/);
-        marks.push(log.length);
+        mark();
         for (const p of PHASES) {
           await g.waitFor(new RegExp(`VT-RESULT ${p}-cs`));
-          marks.push(log.length);
+          mark();
         }
       },
     });
     checkWorkload(run, share.root, FILES);
-    return PHASES.map((p, i) => {
-      const ops: Record<string, number> = {};
-      let requests = 0;
-      for (const m of log.slice(marks[i], marks[i + 1]).matchAll(/opcode: (\w+) \(\d+\)/g)) {
-        ops[m[1]] = (ops[m[1]] ?? 0) + 1;
-        requests++;
-      }
-      return { phase: p, ms: NaN, cpuMs: NaN, requests, ops };
-    });
+    return run.results;
   } finally {
     share.remove();
   }
+}
+
+/** Per phase: the guest's time, this process's CPU time and the requests by opcode. */
+async function runVirtioTs(): Promise<Phase[]> {
+  let device: FsDevice | undefined;
+  const snaps: { cpu: number; ops: Uint32Array }[] = [];
+  const results = await runPhases(
+    (sock, root) => {
+      const provider = HostDirFs.open(root, { directIo: DIRECT });
+      device = new FsDevice({ provider, tag: 'vtfs' });
+      const daemon = serveVhostUser(device, { socket: sock });
+      return { close: async () => (await daemon.close(), provider.close()) };
+    },
+    () => {
+      const u = process.cpuUsage();
+      snaps.push({ cpu: (u.user + u.system) / 1000, ops: device!.server.opStats.requests.slice() });
+    },
+  );
+  return PHASES.map((p, i) => {
+    const a = snaps[i];
+    const b = snaps[i + 1];
+    const ops: Record<string, number> = {};
+    let requests = 0;
+    for (let op = 0; op < 64; op++) {
+      const n = b.ops[op] - a.ops[op];
+      if (n > 0) ops[opName(op)] = n;
+      requests += n;
+    }
+    return { phase: p, ms: Number(results.get(`${p}-cs`)) * 10, cpuMs: b.cpu - a.cpu, requests, ops };
+  });
+}
+
+/** Per phase: virtiofsd's requests by opcode, from its debug log (no times: the log slows it). */
+async function runVirtiofsd(): Promise<Phase[]> {
+  let log = '';
+  const marks: number[] = [];
+  await runPhases(
+    (sock, root) => {
+      const child = spawn(VIRTIOFSD, [...virtiofsdArgs(sock, root, VCACHE as 'auto' | 'none'), '-d'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      child.stdout!.on('data', (d) => (log += d));
+      child.stderr!.on('data', (d) => (log += d));
+      const exited = new Promise<void>((res) => child.once('exit', () => res()));
+      return { close: async () => (child.exitCode === null && child.signalCode === null && child.kill('SIGTERM'), await exited) };
+    },
+    () => marks.push(log.length),
+  );
+  return PHASES.map((p, i) => {
+    const ops: Record<string, number> = {};
+    let requests = 0;
+    for (const m of log.slice(marks[i], marks[i + 1]).matchAll(/opcode: (\w+) \(\d+\)/g)) {
+      ops[m[1]] = (ops[m[1]] ?? 0) + 1;
+      requests++;
+    }
+    return { phase: p, ms: NaN, cpuMs: NaN, requests, ops };
+  });
 }
 
 const load = loadavg()[0];

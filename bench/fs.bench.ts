@@ -36,15 +36,10 @@ import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { boot, missing, type GuestRun } from '../test/guest/harness.js';
 import { checkWorkload, makeShare, startVirtiofsd, virtiofsdMissing, workloadAppend } from '../test/guest/fs-host-guest.js';
-import { markdownTable, quantile } from './common.js';
+import { intOption, markdownTable, quantile } from './common.js';
 
 const argv = process.argv.slice(2);
-const opt = (name: string, dflt: number): number => {
-  const i = argv.indexOf(name);
-  const v = i >= 0 ? Number(argv[i + 1]) : dflt;
-  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} wants a positive integer`);
-  return v;
-};
+const opt = (name: string, dflt: number) => intOption(argv, name, dflt);
 const ROUNDS = opt('--rounds', 3);
 const FILES = opt('--files', 2000);
 const MB = Math.max(16, opt('--mb', 32)); // the concurrent writers take 4 x 4 MiB of it
