@@ -134,3 +134,11 @@ export function fmtBytes(r: AllocResult): string {
   if (!r.valid) return `invalid (${r.gcs} GC)`;
   return r.perIter.toFixed(1);
 }
+
+/** The positive integer after `name` in `argv`, or `dflt` when the option is absent (throws on anything else). */
+export function intOption(argv: readonly string[], name: string, dflt: number): number {
+  const i = argv.indexOf(name);
+  const v = i >= 0 ? Number(argv[i + 1]) : dflt;
+  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} wants a positive integer`);
+  return v;
+}

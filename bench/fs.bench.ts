@@ -6,8 +6,12 @@
  *
  * - **virtio-ts**: `virtio-ts serve fs --shared-dir DIR` (vhost-user-fs-pci), and again with
  *   `--direct-io` (no guest page cache for file data: what virtiofsd's cache=none does);
- * - **virtiofsd**: QEMU's C virtiofsd (/usr/lib/qemu/virtiofsd, as root, `-o sandbox=chroot -o
- *   cache=none`: test/guest/fs-host-guest.ts virtiofsdArgs) behind the same vhost-user-fs-pci;
+ * - **virtiofsd**: QEMU's C virtiofsd (/usr/lib/qemu/virtiofsd, as root, `-o sandbox=chroot`:
+ *   test/guest/fs-host-guest.ts virtiofsdArgs) behind the same vhost-user-fs-pci, twice: with
+ *   `-o cache=auto` (its default: 1 s entry and attribute timeouts and the guest's page cache,
+ *   the cache policy of `virtio-ts serve fs`, so the fair anchor of the headline ratio) and with
+ *   `-o cache=none` (timeouts 0, FOPEN_DIRECT_IO: compared with `virtio-ts --direct-io`, which
+ *   keeps its 1 s timeouts);
  * - **9p**: QEMU's built-in 9p (`-virtfs local,path=DIR,mount_tag=vt9,security_model=none`; the
  *   guest mounts `-t 9p -o trans=virtio,version=9p2000.L,msize=512000`).
  *
@@ -16,33 +20,34 @@
  * server that got something wrong fails the bench instead of posting a time. QEMU TCG, pc, 1
  * vCPU, 256 MiB. A round boots one guest per server; rounds rotate the order so host-load drift
  * hits all alike. Figures: per phase and server the median over rounds; ratios
- * virtiofsd time / virtio-ts time and 9p time / virtio-ts time (above 1.0: virtio-ts is
- * faster; the issue's goal: >= 1.0 against virtiofsd, far ahead of 9p). Runs on this kind of
+ * virtiofsd (cache=auto) time / virtio-ts time, virtiofsd cache=none time / virtio-ts
+ * --direct-io time and 9p time / virtio-ts time (above 1.0: virtio-ts is faster; the issue's
+ * goal: >= 1.0 against virtiofsd, far ahead of 9p). `npm run bench:fs:counts` gives the same
+ * workload's FUSE requests per phase and the server's CPU time per request (load-independent). Runs on this kind of
  * machine (2 shared cores, TCG) vary by ±30 %: read the ratios. Nothing here asserts a time.
  *
- * Options: --rounds N (default 3), --files N (default 2000), --mb N (default 32), --json.
+ * Options: --rounds N (default 3), --files N (default 2000), --mb N (default 32), --json,
+ * --baseline MAIN_JS (another checkout's dist/src/cli/main.js, run as one more server,
+ * `virtio-ts baseline`, in the same rounds: a before/after under the same load).
  * virtiofsd needs root and the binary (Debian qemu-system-common); without them its column says why.
  */
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { boot, missing, type GuestRun } from '../test/guest/harness.js';
 import { checkWorkload, makeShare, startVirtiofsd, virtiofsdMissing, workloadAppend } from '../test/guest/fs-host-guest.js';
-import { markdownTable, quantile } from './common.js';
+import { intOption, markdownTable, quantile } from './common.js';
 
 const argv = process.argv.slice(2);
-const opt = (name: string, dflt: number): number => {
-  const i = argv.indexOf(name);
-  const v = i >= 0 ? Number(argv[i + 1]) : dflt;
-  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} wants a positive integer`);
-  return v;
-};
+const opt = (name: string, dflt: number) => intOption(argv, name, dflt);
 const ROUNDS = opt('--rounds', 3);
 const FILES = opt('--files', 2000);
 const MB = Math.max(16, opt('--mb', 32)); // the concurrent writers take 4 x 4 MiB of it
 const JSON_OUT = argv.includes('--json');
+const BASELINE = argv.includes('--baseline') ? argv[argv.indexOf('--baseline') + 1] : undefined;
 
-type Server = 'virtio-ts' | 'virtio-ts --direct-io' | 'virtiofsd' | '9p';
-const SERVERS: Server[] = ['virtio-ts', 'virtio-ts --direct-io', 'virtiofsd', '9p'];
+type Server = 'virtio-ts' | 'virtio-ts --direct-io' | 'virtiofsd' | 'virtiofsd cache=none' | '9p' | 'virtio-ts baseline';
+const SERVERS: Server[] = ['virtio-ts', 'virtio-ts --direct-io', 'virtiofsd', 'virtiofsd cache=none', '9p', ...(BASELINE !== undefined ? (['virtio-ts baseline'] as const) : [])];
 const PHASES = [
   ['create', `create + write ${FILES} small files`],
   ['list', 'ls -l of them'],
@@ -65,13 +70,24 @@ async function runOnce(server: Server): Promise<{ ms: Record<string, number>; wa
     if (server === 'virtio-ts' || server === 'virtio-ts --direct-io') {
       const direct = server === 'virtio-ts --direct-io' ? ['--direct-io'] : [];
       run = await boot({ ...common, device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs', serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, ...direct] });
-    } else if (server === 'virtiofsd') {
+    } else if (server === 'virtio-ts baseline') {
       run = await boot({
         ...common,
         device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs',
         serveArgs: [],
         server: (sock) => {
-          const d = startVirtiofsd(sock, share.root);
+          const child = spawn(process.execPath, [BASELINE!, 'serve', 'fs', '--socket-path', sock, '--tag', 'vtfs', '--shared-dir', share.root], { stdio: 'ignore' });
+          const exited = new Promise((res) => child.once('exit', res));
+          return { close: () => (child.kill('SIGTERM'), exited) };
+        },
+      });
+    } else if (server === 'virtiofsd' || server === 'virtiofsd cache=none') {
+      run = await boot({
+        ...common,
+        device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs',
+        serveArgs: [],
+        server: (sock) => {
+          const d = startVirtiofsd(sock, share.root, server === 'virtiofsd' ? 'auto' : 'none');
           return { close: () => d.close() };
         },
       });
@@ -96,7 +112,7 @@ async function main(): Promise<void> {
   if (missing.length > 0) throw new Error(`bench:fs needs ${missing.join(', ')}`);
   const why: Partial<Record<Server, string>> = {};
   const vfs = virtiofsdMissing();
-  if (vfs !== null) why.virtiofsd = vfs;
+  if (vfs !== null) why.virtiofsd = why['virtiofsd cache=none'] = vfs;
   const servers = SERVERS.filter((s) => why[s] === undefined);
   const samples = new Map<Server, Record<string, number>[]>(servers.map((s) => [s, []]));
   const load: number[] = [];
@@ -116,7 +132,7 @@ async function main(): Promise<void> {
   const rows = [...PHASES, ['total', 'all phases'] as const].map(([p, label]) => {
     const m = Object.fromEntries(servers.map((s) => [s, median(s, p)])) as Record<Server, number>;
     const ref = m['virtio-ts'];
-    return { phase: p, label, ms: m, vsVirtiofsd: m.virtiofsd / ref, directVsVirtiofsd: m.virtiofsd / m['virtio-ts --direct-io'], vs9p: m['9p'] / ref };
+    return { phase: p, label, ms: m, vsVirtiofsd: m.virtiofsd / ref, directVsVirtiofsd: m['virtiofsd cache=none'] / m['virtio-ts --direct-io'], vs9p: m['9p'] / ref, vsBaseline: m['virtio-ts baseline'] / ref };
   });
   const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
   if (JSON_OUT) {
@@ -125,12 +141,12 @@ async function main(): Promise<void> {
   }
   const f = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : 'n/a');
   const r = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : 'n/a');
-  console.log(`\nbench:fs: guest workload over one host directory (QEMU TCG, 1 vCPU), median of ${ROUNDS} round(s), milliseconds (lower is better)`);
+  console.log(`\nbench:fs: guest workload over one host directory (QEMU TCG, 1 vCPU), median of ${ROUNDS} round(s), milliseconds (lower is better); virtiofsd: cache=auto (its default, the cache policy of virtio-ts serve fs)`);
   console.log(
     markdownTable(
-      ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', 'virtiofsd / virtio-ts --direct-io', '9p / virtio-ts'],
-      rows.map((x) => [x.label, ...servers.map((s) => f(x.ms[s])), r(x.vsVirtiofsd), r(x.directVsVirtiofsd), r(x.vs9p)]),
-      [false, ...servers.map(() => true), true, true, true],
+      ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', 'virtiofsd cache=none / virtio-ts --direct-io', '9p / virtio-ts', ...(BASELINE !== undefined ? ['baseline / virtio-ts'] : [])],
+      rows.map((x) => [x.label, ...servers.map((s) => f(x.ms[s])), r(x.vsVirtiofsd), r(x.directVsVirtiofsd), r(x.vs9p), ...(BASELINE !== undefined ? [r(x.vsBaseline)] : [])]),
+      [false, ...servers.map(() => true), true, true, true, ...(BASELINE !== undefined ? [true] : [])],
     ),
   );
   console.log(`ratios above 1.0: virtio-ts is faster. ${cpu}; load average during the run ${Math.min(...load).toFixed(2)} to ${Math.max(...load).toFixed(2)}`);

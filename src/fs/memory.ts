@@ -78,10 +78,14 @@ interface Node extends Omit<FileAttr, 'blocks' | 'blksize'> {
 }
 
 const isDir = (n: Node) => (n.mode & S_IFMT) === S_IFDIR;
+/** The xattr holding file capabilities. */
+const CAPABILITY = 'security.capability';
 
 /** The in-memory file system: see the module doc. */
 export class MemoryFs implements FsProvider {
   readonly readOnly: boolean;
+  /** A write or chown drops the file's security.capability, as Linux file systems do (FsProvider.killsPriv). */
+  readonly killsPriv = true;
   private readonly nodes = new Map<number, Node>();
   private readonly handles = new Map<number, number>();
   private nextIno = ROOT_INO + 1;
@@ -281,7 +285,11 @@ export class MemoryFs implements FsProvider {
     if (c.mode !== undefined) n.mode = (n.mode & S_IFMT) | (c.mode & 0o7777);
     if (c.uid !== undefined) n.uid = c.uid;
     if (c.gid !== undefined) n.gid = c.gid;
-    if (c.killSuidgid) n.mode &= ~(0o4000 | ((n.mode & 0o010) !== 0 ? 0o2000 : 0));
+    // chown(2) of a non-directory takes set-user-ID, set-group-ID (with group execute) and
+    // file capabilities away, whoever asks (Linux's chown_common).
+    const chown = (c.uid !== undefined || c.gid !== undefined) && !isDir(n);
+    if (c.killSuidgid || chown) n.mode &= ~(0o4000 | ((n.mode & 0o010) !== 0 ? 0o2000 : 0));
+    if (chown) n.xattrs?.delete(CAPABILITY);
     const t = this.stamp();
     if (c.atime !== undefined) {
       const a = c.atime === 'now' ? t : c.atime;
@@ -519,6 +527,8 @@ export class MemoryFs implements FsProvider {
     const n = this.get(ino);
     if (n.chunks === null) throw new FsError(isDir(n) ? Errno.EISDIR : Errno.EINVAL);
     if (offset + data.length > Number.MAX_SAFE_INTEGER) throw new FsError(Errno.EFBIG);
+    // A write takes file capabilities away (Linux's file_remove_privs).
+    n.xattrs?.delete(CAPABILITY);
     // Room first: a write that cannot fit changes nothing.
     let fresh = 0;
     for (let ci = Math.floor(offset / CHUNK); ci * CHUNK < offset + data.length; ci++) if (!n.chunks.has(ci)) fresh++;

@@ -219,6 +219,14 @@ export const XattrFlags = { CREATE: 1, REPLACE: 2 } as const;
 export interface FsProvider {
   /** True: the server refuses every change with EROFS before calling the provider. */
   readonly readOnly?: boolean;
+  /**
+   * True: the provider removes a file's `security.capability` on every write and chown, as
+   * Linux file systems do (HostDirFs: the host kernel does; MemoryFs: itself). The server then
+   * negotiates FUSE_HANDLE_KILLPRIV_V2, so the guest stops asking GETXATTR(security.capability)
+   * before each write; the set-user-ID / set-group-ID bits the kernel asks to clear are cleared
+   * by the server through getattr and setattr({@link SetAttr.killSuidgid}).
+   */
+  readonly killsPriv?: boolean;
 
   /** The entry `name` of directory `parent`: its attributes (ENOENT when there is none). */
   lookup(parent: number, name: string, ctx: FsContext): MaybePromise<FileAttr>;

@@ -11,7 +11,7 @@ import { FsDevice } from '../../src/devices/fs/device.js';
 import { FsDriver } from '../../src/drivers/fs.js';
 import { FuseClient } from '../../src/fs/fuse/client.js';
 import { MemoryFs } from '../../src/fs/memory.js';
-import type { FsProvider } from '../../src/fs/vfs.js';
+import { Errno, FsError, LockType, type FsProvider } from '../../src/fs/vfs.js';
 
 /** `fs` with every answer a Promise settled on a later turn, in scrambled order. */
 function slow(fs: MemoryFs): FsProvider {
@@ -70,4 +70,34 @@ test('an asynchronous provider through the device: 200 files written and read ba
   assert.deepEqual(monitor.verdicts.map((v) => v.clause), []);
   assert.ok(device.type.stats.async > 800, `requests answered later: ${device.type.stats.async}`);
   assert.equal(device.type.inProgress(), 0, 'nothing left in flight');
+});
+
+test('a SETLKW waiting for a lock does not hold up a ring stop: asked to settle, the device ends the wait (EINTR) and settles', async () => {
+  const device = new FsDevice({ provider: new MemoryFs(), tag: 'locks', monitor: new Monitor({ mode: 'strict' }) });
+  const driver = new FsDriver(new LoopbackTransport(device, GuestMemory.create(16 << 20), { mode: 'async' }), { monitor: new Monitor({ mode: 'strict' }), queueSize: 64 });
+  await driver.start();
+  const c = new FuseClient(driver.fuseSend);
+  await c.init();
+  const { entry, fh } = await c.create(1, 'f');
+  const whole = { start: 0, end: Infinity, type: LockType.F_WRLCK, pid: 1 };
+  await c.setlk(entry.nodeid, fh, 1n, whole);
+  let outcome = 'waiting';
+  const before = device.type.stats.async;
+  const waiting = c.setlk(entry.nodeid, fh, 2n, { ...whole, pid: 2 }, true).then(
+    () => (outcome = 'granted'),
+    (e: unknown) => (outcome = e instanceof FsError ? `errno ${e.errno}` : String(e)),
+  );
+  for (let i = 0; i < 500 && device.type.stats.async === before; i++) await new Promise((r) => setTimeout(r, 1));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(outcome, 'waiting', 'owner 2 waits for owner 1');
+  // What a vhost-user GET_VRING_BASE does: poll settled() (the transport gives up after 30 s).
+  let settled = device.settled();
+  for (let i = 0; i < 500 && !settled; i++) {
+    await new Promise((r) => setTimeout(r, 1));
+    settled = device.settled();
+  }
+  assert.ok(settled, 'the device settled while owner 1 still holds the lock');
+  await waiting;
+  assert.equal(outcome, `errno ${Errno.EINTR}`, 'the wait ended with EINTR, as an interrupt ends it');
+  await c.setlk(entry.nodeid, fh, 1n, { ...whole, type: LockType.F_UNLCK });
 });

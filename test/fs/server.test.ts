@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FuseServer } from '../../src/fs/fuse/server.js';
 import { FuseClient } from '../../src/fs/fuse/client.js';
-import { Fattr, InitFlag } from '../../src/fs/fuse/wire.js';
+import { Fattr, InitFlag, OPEN_KILL_SUIDGID, WRITE_KILL_SUIDGID } from '../../src/fs/fuse/wire.js';
 import { MemoryFs } from '../../src/fs/memory.js';
 import { Errno, FallocMode, FsError, LockType, RenameFlags, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, Whence, XattrFlags, type FsProvider } from '../../src/fs/vfs.js';
 
@@ -254,6 +254,44 @@ test('POSIX locks: conflicts by owner, GETLK names the holder, SETLKW waits for 
   const blocked = errno(client.setlk(id, fh, 3n, { start: 5, end: 5, type: W, pid: 30 }, true));
   await client.interrupt(unique);
   assert.equal(await blocked, Errno.EINTR);
+});
+
+test('HANDLE_KILLPRIV_V2: agreed for a provider that drops capabilities; the server clears set-user-ID / set-group-ID on the kernel\'s word (WRITE, OPEN, CREATE), never otherwise', async () => {
+  const fs = new MemoryFs();
+  const { client } = await session(fs);
+  assert.equal(client.initFlags & InitFlag.HANDLE_KILLPRIV_V2, 0, 'not agreed unless the kernel offers it');
+  await client.init(InitFlag.BIG_WRITES | InitFlag.HANDLE_KILLPRIV_V2);
+  assert.ok(client.initFlags & InitFlag.HANDLE_KILLPRIV_V2, 'agreed with MemoryFs');
+  const mode = async (nodeid: number) => (await client.getattr(nodeid)).mode & 0o7777;
+  const { entry, fh } = await client.create(1, 'suid', 0o6755);
+  const id = entry.nodeid;
+  await client.write(id, fh, 0, bytes('a'));
+  assert.equal(await mode(id), 0o6755, 'a writer with CAP_FSETID (no flag) keeps the bits');
+  await client.write(id, fh, 1, bytes('b'), WRITE_KILL_SUIDGID);
+  assert.equal(await mode(id), 0o755, 'FUSE_WRITE_KILL_SUIDGID: both go (group execute is set)');
+  await client.setattr(id, { valid: Fattr.MODE, mode: 0o2644 });
+  await client.write(id, fh, 2, bytes('c'), WRITE_KILL_SUIDGID);
+  assert.equal(await mode(id), 0o2644, 'set-group-ID without group execute (mandatory locking) stays');
+  await client.setattr(id, { valid: Fattr.MODE, mode: 0o4711 });
+  await client.release(id, await client.open(id, 0o1002, OPEN_KILL_SUIDGID));
+  assert.equal(await mode(id), 0o711, 'FUSE_OPEN_KILL_SUIDGID (O_TRUNC by a caller without CAP_FSETID)');
+  await client.setattr(id, { valid: Fattr.MODE, mode: 0o4755 });
+  const again = await client.create(1, 'suid', 0o644, 0o1102, 0, OPEN_KILL_SUIDGID);
+  assert.equal(again.entry.nodeid, id);
+  assert.equal(await mode(id), 0o755, 'CREATE of an existing file with FUSE_OPEN_KILL_SUIDGID');
+  // Capabilities: a write and a chown drop them (the guest no longer asks GETXATTR first).
+  await client.setxattr(id, 'security.capability', bytes('cap'));
+  await client.write(id, fh, 0, bytes('d'));
+  assert.equal(await errno(client.getxattr(id, 'security.capability')), Errno.ENODATA, 'a write dropped security.capability');
+  await client.setattr(id, { valid: Fattr.MODE, mode: 0o4755 });
+  await client.setxattr(id, 'security.capability', bytes('cap'));
+  await client.setattr(id, { valid: Fattr.UID, uid: 1000 });
+  assert.equal(await mode(id), 0o755, 'chown of a file takes set-user-ID');
+  assert.equal(await errno(client.getxattr(id, 'security.capability')), Errno.ENODATA, 'and security.capability');
+  // A provider that does not say it drops capabilities does not get the flag.
+  const plain = await session(Object.assign(Object.create(fs) as MemoryFs, { killsPriv: false }));
+  await plain.client.init(InitFlag.BIG_WRITES | InitFlag.HANDLE_KILLPRIV_V2);
+  assert.equal(plain.client.initFlags & InitFlag.HANDLE_KILLPRIV_V2, 0, 'not agreed without FsProvider.killsPriv');
 });
 
 test('read-only: every change is EROFS, reads work', async () => {

@@ -114,11 +114,14 @@ export const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 /**
  * virtiofsd's command line for `dir` on `socket`, as this project runs it: as root (its sandbox
  * needs CAP_SYS_CHROOT; `sandbox=chroot` because the namespace sandbox needs more than a
- * container gives), cache=none (every access goes to the daemon, as virtio-ts's server answers
- * with short entry and attribute timeouts), xattrs off (its default), threads from its pool.
+ * container gives), xattrs off (its default), threads from its pool. `cache`: `none` (the
+ * default here: every access goes to the daemon, FOPEN_DIRECT_IO on every open, entry and
+ * attribute timeouts 0: the guest tests' anchor) or `auto` (virtiofsd's own default: 1 s
+ * timeouts and the guest's page cache, the policy of `virtio-ts serve fs` without
+ * --direct-io: the fair anchor of bench:fs).
  */
-export function virtiofsdArgs(socket: string, dir: string): string[] {
-  return [`--socket-path=${socket}`, '-o', `source=${dir}`, '-o', 'sandbox=chroot', '-o', 'cache=none'];
+export function virtiofsdArgs(socket: string, dir: string, cache: 'none' | 'auto' = 'none'): string[] {
+  return [`--socket-path=${socket}`, '-o', `source=${dir}`, '-o', 'sandbox=chroot', '-o', `cache=${cache}`];
 }
 
 /** Why virtiofsd cannot run here, or null. */
@@ -129,11 +132,11 @@ export function virtiofsdMissing(): string | null {
 }
 
 /**
- * Starts virtiofsd on `socket` for `dir` (for boot's `server`); close() ends it (SIGTERM, then
+ * Starts virtiofsd on `socket` for `dir` (for boot's `server`; `cache` as virtiofsdArgs); close() ends it (SIGTERM, then
  * waits for it) and resolves with its log.
  */
-export function startVirtiofsd(socket: string, dir: string): { close(): Promise<string>; log(): string } {
-  const child = spawn(VIRTIOFSD, virtiofsdArgs(socket, dir), { stdio: ['ignore', 'pipe', 'pipe'] });
+export function startVirtiofsd(socket: string, dir: string, cache: 'none' | 'auto' = 'none'): { close(): Promise<string>; log(): string } {
+  const child = spawn(VIRTIOFSD, virtiofsdArgs(socket, dir, cache), { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d) => (log += d));
   child.stderr!.on('data', (d) => (log += d));

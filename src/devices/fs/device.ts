@@ -200,11 +200,20 @@ export class FsDeviceType implements DeviceType {
     q.addUsed(chain.head, reply.length);
   }
 
+  /**
+   * Requests being answered. Asked while a suspend or a vhost-user ring stop waits for them:
+   * SETLKW requests still waiting for a lock are ended first (answered EINTR), so the stop
+   * never waits on a lock the guest's own processes hold (otherwise bounded only by the
+   * transport's settle timeout, with the front-end blocked meanwhile).
+   */
   inProgress(): number {
+    if (this.inFlight > 0) this.server.interruptWaits();
     return this.inFlight;
   }
 
   stop(): void {
+    // Reset or failure: waits end (their answers are dropped with the session's buffers).
+    this.server.interruptWaits();
     this.epoch++;
     this.inFlight = 0;
   }

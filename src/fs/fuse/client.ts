@@ -241,9 +241,9 @@ export class FuseClient {
     return readEntry(await this.call(Op.LINK, newParent, [new Struct(8).u64(0, nodeid).bytes, cstr(newName)]), 0);
   }
 
-  /** OPEN with O_* `flags` (default O_RDWR): the handle. */
-  async open(nodeid: number, flags = 2): Promise<number> {
-    return Number((await this.call(Op.OPEN, nodeid, [new Struct(8).u32(0, flags).bytes])).getBigUint64(0, true));
+  /** OPEN with O_* `flags` (default O_RDWR) and FUSE_OPEN_* `openFlags`: the handle. */
+  async open(nodeid: number, flags = 2, openFlags = 0): Promise<number> {
+    return Number((await this.call(Op.OPEN, nodeid, [new Struct(8).u32(0, flags).u32(4, openFlags).bytes])).getBigUint64(0, true));
   }
 
   /** OPENDIR: the handle. */
@@ -251,9 +251,9 @@ export class FuseClient {
     return Number((await this.call(Op.OPENDIR, nodeid, [new Struct(8).bytes])).getBigUint64(0, true));
   }
 
-  /** CREATE `name` in `parent` and open it (flags default O_RDWR | O_CREAT). */
-  async create(parent: number, name: string, mode = 0o644, flags = 0o102, umask = 0): Promise<{ entry: FuseEntry; fh: number }> {
-    const v = await this.call(Op.CREATE, parent, [new Struct(16).u32(0, flags).u32(4, mode).u32(8, umask).bytes, cstr(name)]);
+  /** CREATE `name` in `parent` and open it (flags default O_RDWR | O_CREAT; FUSE_OPEN_* `openFlags`). */
+  async create(parent: number, name: string, mode = 0o644, flags = 0o102, umask = 0, openFlags = 0): Promise<{ entry: FuseEntry; fh: number }> {
+    const v = await this.call(Op.CREATE, parent, [new Struct(16).u32(0, flags).u32(4, mode).u32(8, umask).u32(12, openFlags).bytes, cstr(name)]);
     return { entry: readEntry(v, 0), fh: Number(v.getBigUint64(Size.entryOut, true)) };
   }
 
@@ -263,9 +263,9 @@ export class FuseClient {
     return new Uint8Array(v.buffer, v.byteOffset, v.byteLength).slice();
   }
 
-  /** WRITE `data` at `offset`: the bytes written. */
-  async write(nodeid: number, fh: number, offset: number, data: Uint8Array): Promise<number> {
-    const v = await this.call(Op.WRITE, nodeid, [new Struct(Size.writeIn).u64(0, fh).u64(8, offset).u32(16, data.length).bytes, data]);
+  /** WRITE `data` at `offset` (FUSE_WRITE_* `writeFlags`): the bytes written. */
+  async write(nodeid: number, fh: number, offset: number, data: Uint8Array, writeFlags = 0): Promise<number> {
+    const v = await this.call(Op.WRITE, nodeid, [new Struct(Size.writeIn).u64(0, fh).u64(8, offset).u32(16, data.length).u32(20, writeFlags).bytes, data]);
     return v.getUint32(0, true);
   }
 

@@ -23,7 +23,7 @@
  * Browser-safe.
  */
 import { Errno, FsError, LockType, ROOT_INO, S_IFMT, type FileAttr, type FileLock, type FsContext, type FsProvider, type MaybePromise, type SetAttr, type StatFs } from '../vfs.js';
-import { Fattr, Fopen, FSYNC_FDATASYNC, FUSE_MAJOR, FUSE_MINOR, FUSE_MIN_MINOR, GETATTR_FH, InHeader, InitFlag, LK_FLOCK, NAME_MAX, OFFSET_MAX, Op, Size, TARGET_MAX, XATTR_SIZE_MAX, opName } from './wire.js';
+import { Fattr, Fopen, FSYNC_FDATASYNC, FUSE_MAJOR, FUSE_MINOR, FUSE_MIN_MINOR, GETATTR_FH, InHeader, InitFlag, LK_FLOCK, NAME_MAX, OFFSET_MAX, OPEN_KILL_SUIDGID, Op, Size, TARGET_MAX, WRITE_KILL_SUIDGID, XATTR_SIZE_MAX, opName } from './wire.js';
 
 /** How a server is set up. */
 export interface FuseServerOptions {
@@ -93,6 +93,11 @@ class Malformed extends Error {
 function after<T, R>(v: MaybePromise<T>, f: (t: T) => R): MaybePromise<R> {
   if (v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function') return (v as Promise<T>).then(f) as MaybePromise<R>;
   return f(v as T);
+}
+
+/** {@link after} for an `f` that may itself answer later: the result settles with it. */
+function chain<T, R>(v: MaybePromise<T>, f: (t: T) => MaybePromise<R>): MaybePromise<R> {
+  return after(v, f) as MaybePromise<R>;
 }
 
 /** A u64 as a safe number, or a Malformed EINVAL past 2^53. */
@@ -486,14 +491,21 @@ export class FuseServer {
         if (h.opcode === Op.OPEN && writes(flags)) this.writable();
         const f = h.opcode === Op.OPEN ? p.open : p.opendir;
         if (f === undefined) return this.open(h.unique, { fh: 0 });
-        return after(f.call(p, ino, flags, ctx), (o) => this.open(h.unique, o));
+        const opened = f.call(p, ino, flags, ctx);
+        // An O_TRUNC open by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2): the bits go first.
+        if (h.opcode === Op.OPEN && this.killPriv && (v.getUint32(at + 4, true) & OPEN_KILL_SUIDGID) !== 0) return chain(opened, (o) => after(this.killSuidgid(ino, o.fh, ctx), () => this.open(h.unique, o)));
+        return after(opened, (o) => this.open(h.unique, o));
       }
       case Op.CREATE: {
         const parent = this.node(h);
         const at = b.need(Size.createIn, 'fuse_create_in');
         const name = b.name();
         this.writable();
-        return after(this.need(p.create)(parent, name, v.getUint32(at + 4, true), v.getUint32(at + 8, true), v.getUint32(at, true), ctx), (r) => {
+        const kill = this.killPriv && (v.getUint32(at + 12, true) & OPEN_KILL_SUIDGID) !== 0;
+        const created = this.need(p.create)(parent, name, v.getUint32(at + 4, true), v.getUint32(at + 8, true), v.getUint32(at, true), ctx);
+        // O_CREAT | O_TRUNC of a file that was there, by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2).
+        const ready = kill ? chain(created, (r) => after(this.killSuidgid(checkAttr(r.attr).ino, r.fh, ctx), () => r)) : created;
+        return after(ready, (r) => {
           const a = checkAttr(r.attr);
           const { reply, v: o } = replyOf(h.unique, Size.entryOut + Size.openOut);
           this.putEntry(o, Size.outHeader, a);
@@ -522,9 +534,12 @@ export class FuseServer {
         const offset = safe(v.getBigUint64(at + 8, true), 'offset');
         const size = v.getUint32(at + 16, true);
         if (size > this.maxWrite) throw new Malformed(Errno.EINVAL, `WRITE of ${size} bytes, max_write is ${this.maxWrite}`);
+        const kill = this.killPriv && (v.getUint32(at + 20, true) & WRITE_KILL_SUIDGID) !== 0;
         const data = req.subarray(b.need(size, 'write data'), b.pos);
         this.writable();
-        return after(this.need(p.write)(ino, fh, offset, data, ctx), (n) => {
+        const written = this.need(p.write)(ino, fh, offset, data, ctx);
+        // A writer without CAP_FSETID (HANDLE_KILLPRIV_V2): set-user-ID and set-group-ID go, as a local write takes them.
+        return after(kill ? chain(written, (n) => after(this.killSuidgid(ino, fh, ctx), () => n)) : written, (n) => {
           const { reply, v: o } = replyOf(h.unique, Size.writeOut);
           o.setUint32(Size.outHeader, Math.max(0, Math.min(n, size)) >>> 0, true);
           return reply;
@@ -693,6 +708,9 @@ export class FuseServer {
     const p = this.provider;
     let want = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO | InitFlag.MAX_PAGES | InitFlag.PARALLEL_DIROPS | InitFlag.ASYNC_DIO;
     if (p.setlk !== undefined && p.getlk !== undefined) want |= InitFlag.POSIX_LOCKS;
+    // The provider drops security.capability itself and the server clears set-user-ID bits on
+    // the kernel's word: Linux then skips its GETXATTR(security.capability) before every write.
+    if (p.killsPriv === true && p.setattr !== undefined) want |= InitFlag.HANDLE_KILLPRIV_V2;
     this.flags = flags & want;
     this.setxattrExt = false;
     this.minor = Math.min(minor, FUSE_MINOR);
@@ -712,6 +730,37 @@ export class FuseServer {
       o.setUint16(x + 28, Math.min(0xffff, Math.ceil(this.maxWrite / 4096)), true); // max_pages
     }
     return reply;
+  }
+
+  /**
+   * Ends every SETLKW still waiting for a lock another owner holds: each is answered EINTR (as
+   * FUSE_INTERRUPT would). A waiting lock waits on the guest's own processes, not on the host,
+   * so a ring stop or a reset must not wait for it (a peer never waits forever). Returns how
+   * many were waiting.
+   */
+  interruptWaits(): number {
+    const n = this.pending.size;
+    for (const p of this.pending.values()) p.abort.abort();
+    return n;
+  }
+
+  /** Whether HANDLE_KILLPRIV_V2 was agreed: the server clears set-user-ID / set-group-ID bits when the kernel asks. */
+  private get killPriv(): boolean {
+    return (this.flags & InitFlag.HANDLE_KILLPRIV_V2) !== 0;
+  }
+
+  /**
+   * Clears set-user-ID, and set-group-ID with group execute (without it the bit means
+   * mandatory locking and stays), of regular file `ino`, as Linux does for a write or O_TRUNC
+   * by a caller without CAP_FSETID. A file without them costs a getattr only.
+   */
+  private killSuidgid(ino: number, fh: number, ctx: FsContext): MaybePromise<void> {
+    const p = this.provider;
+    return chain(p.getattr(ino, fh, ctx), (a) => {
+      const m = checkAttr(a).mode;
+      if ((m & S_IFMT) !== 0o100000 || (m & (0o4000 | ((m & 0o010) !== 0 ? 0o2000 : 0))) === 0) return undefined;
+      return after(this.need(p.setattr)(ino, fh, { killSuidgid: true }, ctx), () => undefined);
+    });
   }
 
   /** Ends the session: every nodeid forgotten, waiting locks aborted. */

@@ -100,6 +100,7 @@ export const InitFlag = {
   POSIX_ACL: 1 << 20,
   MAX_PAGES: 1 << 22,
   CACHE_SYMLINKS: 1 << 23,
+  HANDLE_KILLPRIV_V2: 1 << 28,
   SETXATTR_EXT: 1 << 29,
   INIT_EXT: 1 << 30,
 } as const;
@@ -119,6 +120,11 @@ export const Fattr = {
   CTIME: 1 << 10,
   KILL_SUIDGID: 1 << 11,
 } as const;
+
+/** fuse_write_in.write_flags: FUSE_WRITE_KILL_SUIDGID (with HANDLE_KILLPRIV_V2: the writer lacks CAP_FSETID). */
+export const WRITE_KILL_SUIDGID = 1 << 2;
+/** fuse_open_in / fuse_create_in open_flags: FUSE_OPEN_KILL_SUIDGID (an O_TRUNC open by a caller without CAP_FSETID). */
+export const OPEN_KILL_SUIDGID = 1 << 0;
 
 /** fuse_open_out.open_flags. */
 export const Fopen = { DIRECT_IO: 1 << 0, KEEP_CACHE: 1 << 1 } as const;

@@ -179,6 +179,8 @@ function checkName(name: string): void {
 export class HostDirFs implements FsProvider {
   /** True: every change is EROFS. */
   readonly readOnly: boolean;
+  /** The host kernel drops security.capability on each pwrite and fchown of ours (FsProvider.killsPriv). */
+  readonly killsPriv = true;
   private readonly n: NativeAddon;
   private readonly nodes = new Map<number, Node>();
   private readonly byKey = new Map<string, Node>();
