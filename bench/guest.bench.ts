@@ -189,7 +189,7 @@ async function boot(b: BackendId, round: number, image: string, o: { runtime: nu
       `vt.fio=${POINTS.map((p) => p.job).join(',')}`, `vt.runtime=${o.runtime}`, `vt.ramp=${o.ramp}`,
     ].join(' ');
     const qemuArgs = [
-      '-M', 'pc', '-accel', 'tcg', '-cpu', 'max', '-smp', '1', '-m', MEM,
+      '-M', 'pc', '-accel', 'tcg', '-cpu', 'max', '-smp', '1,maxcpus=2', '-m', MEM,
       '-object', `memory-backend-memfd,id=mem,size=${MEM},share=on`, '-numa', 'node,memdev=mem',
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
       '-kernel', join(guest, 'vmlinux'), '-initrd', join(guest, 'bench-initramfs.cpio'), '-append', append,
