@@ -27,9 +27,10 @@ const HOLD_GUARD_MS = 30_000;
  * held chain's before the proxy read it.
  */
 class NamedGate {
-  /** Long chains the back-end held, and those the proxy named (paired with a hold). */
+  /** Long chains the back-end held, those the proxy named (paired with a hold), and of those the ones named before the back-end took them. */
   held = 0;
   paired = 0;
+  early = 0;
   /** Holds ended by the hang guard instead (after one, nothing more is held). */
   readonly guarded: string[] = [];
   /** Proxy verdicts not paired yet, per key (the proxy may look before the back-end pops the chain). */
@@ -60,6 +61,7 @@ class NamedGate {
     if (early > 0) {
       this.unpaired.set(k, early - 1);
       this.paired++;
+      this.early++;
       return;
     }
     if (this.waiting.size === 0) this.idle = new Promise((r) => (this.wake = r));
@@ -155,7 +157,7 @@ for (const [ring, prop] of [['split', ''], ['packed', ',packed=on']] as const) {
     });
     const proxyNamed = m.verdicts.filter((v) => v.clause === clause).length;
     const backendNamed = backendVerdicts.filter((v) => v.clause === clause).length;
-    process.stdout.write(`# ${ring}: the back-end held ${gate.held} long chain(s); the proxy named ${proxyNamed}, the back-end's monitor ${backendNamed}\n`);
+    process.stdout.write(`# ${ring}: the back-end held ${gate.held} long chain(s) (${gate.early} named by the proxy before the back-end took them); the proxy named ${proxyNamed}, the back-end's monitor ${backendNamed}\n`);
     assert.equal(run.results.get('readback-md5'), run.results.get('pattern-md5'), 'the guest read back what it wrote');
     assert.equal(createHash('md5').update(storage.inner.bytes.subarray(0, 8 * MiB)).digest('hex'), run.results.get('pattern-md5'), 'the disk holds it');
     // The back-end: Linux built long tables, and that is all it did wrong.
