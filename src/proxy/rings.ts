@@ -317,13 +317,23 @@ export class SplitObserver implements RingObserver {
   }
 
   /**
-   * Whether `head` appears among the used elements the device wrote after the last scan (up to
-   * used.idx now): then the driver may be rewriting its chain and what was read proves nothing.
+   * Whether the device used, after the last scan (up to used.idx now), the chain of `head` being
+   * walked: then the driver may be rewriting it and what was read proves nothing.
+   *
+   * A head is out at most once at a time (a driver reuses a descriptor only once it was used), so
+   * the uses of `head` come in the order its chains were made available: first the
+   * `inFlight[head]` made available before this one and not seen used yet (earlier looks, and
+   * earlier entries of this look), then this one. It was used when more used elements than that
+   * name `head`. (Counting any use as this chain's would leave unjudged every chain whose head
+   * was used once between two looks, as Linux's virtio_blk does with one request at a time: each
+   * request's chain has head 0, made available again right after the last one was used.)
    */
   private usedSince(head: number): boolean {
     const now = this.usedIdx();
+    const earlier = head < this.size ? this.inFlight[head] : 0;
+    let uses = 0;
     for (let i = this.lastUsed, n = 0; i !== now && n <= this.size; i = (i + 1) & 0xffff, n++) {
-      if (this.usedR.view.getUint32(this.usedOff + USED_RING + USED_ELEM_SIZE * (i & this.mask), true) === head) return true;
+      if (this.usedR.view.getUint32(this.usedOff + USED_RING + USED_ELEM_SIZE * (i & this.mask), true) === head && ++uses > earlier) return true;
     }
     return false;
   }

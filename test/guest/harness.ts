@@ -167,7 +167,9 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
   } else if (o.server !== undefined) inProcess = o.server(sock);
   else serve = startServe();
   try {
-    for (let i = 0; i < 200 && o.device !== null && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
+    // Hang guards only, ended early by a serve that exited: starting node and loading the addon
+    // takes seconds on a loaded 2-core box (2 s was seen to be too short at load 13).
+    for (let i = 0; i < 3000 && o.device !== null && !existsSync(sock) && (serve === null || serve.exitCode === null); i++) await new Promise((r) => setTimeout(r, 10));
     assert.ok(o.device === null || existsSync(sock), `virtio-ts serve did not listen: ${serveLog}`);
     if (o.interpose !== undefined) between = await o.interpose(sock);
     const args = [
@@ -240,10 +242,11 @@ export async function boot(o: BootOptions): Promise<GuestRun> {
         if (old.exitCode === null && old.signalCode === null) await new Promise((r) => old.once('exit', r));
         const mark = serveLog.length;
         serve = startServe();
-        for (let i = 0; i < 300 && !serveLog.slice(mark).includes('listening on'); i++) await new Promise((r) => setTimeout(r, 10));
+        // Hang guards only (30 s each; 3 s was seen to be too short at load 12).
+        for (let i = 0; i < 3000 && !serveLog.slice(mark).includes('listening on') && serve!.exitCode === null; i++) await new Promise((r) => setTimeout(r, 10));
         assert.ok(serveLog.slice(mark).includes('listening on'), `the restarted virtio-ts serve did not listen: ${serveLog.slice(mark)}`);
         // QEMU retries every second (reconnect=1): back only when it is connected again.
-        for (let i = 0; i < 500 && !serveLog.slice(mark).includes('front-end connected'); i++) await new Promise((r) => setTimeout(r, 10));
+        for (let i = 0; i < 3000 && !serveLog.slice(mark).includes('front-end connected'); i++) await new Promise((r) => setTimeout(r, 10));
         assert.ok(serveLog.slice(mark).includes('front-end connected'), `QEMU did not reconnect to the restarted virtio-ts serve: ${serveLog.slice(mark)}`);
       },
     };

@@ -9,7 +9,7 @@ import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { PackedObserver, SplitObserver } from '../../src/proxy/rings.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import { RngDevice } from '../../src/devices/rng/device.js';
-import { Feature, Status, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/spec/constants.js';
+import { Feature, Status, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
 import { PDESC_F_AVAIL, PDESC_F_INDIRECT, PDESC_F_NEXT, PDESC_F_USED, PDESC_F_WRITE } from '../../src/spec/packed-layout.js';
 import { putDesc } from '../ring-harness.js';
@@ -286,4 +286,53 @@ test('packed observer: a slot used and written again while the observer reads it
   o.scan();
   assert.deepEqual(verdicts, []);
   assert.equal(o.stats.unseen, 1, 'counted as a buffer that went by unseen');
+});
+
+test('split observer: a head used and made available again between two looks is judged in its new chain, and not while that one was used too', () => {
+  // Linux's virtio_blk with one request at a time: every request's chain is head 0 (one
+  // INDIRECT descriptor), made available again right after the last one was used. A look that
+  // finds one use of head 0 and two entries naming it must judge the second (still out), which
+  // the proxy's seg-max guest test holds out until it is named; with both used, neither.
+  const size = 4;
+  const mem = GuestMemory.create(1 << 20);
+  const l = layoutSplitQueue(0x1000, size);
+  const table = 0x8000;
+  /** Head 0 as one INDIRECT descriptor over a table of `entries` (more than the queue size: split.indirect-descs.driver.3). */
+  const chain = (entries: number) => {
+    for (let i = 0; i < entries; i++) putDesc(mem, table, i, 0x40000 + i * 0x1000, 512, (i < entries - 1 ? VIRTQ_DESC_F_NEXT : 0) | (i === entries - 1 ? VIRTQ_DESC_F_WRITE : 0), i + 1);
+    putDesc(mem, l.desc, 0, table, entries * 16, VIRTQ_DESC_F_INDIRECT, 0);
+  };
+  let avail = 0;
+  let used = 0;
+  const offer = () => {
+    mem.writeU16(l.avail + 4 + 2 * (avail % size), 0);
+    mem.storeU16(l.avail + 2, ++avail);
+  };
+  const use = () => {
+    mem.writeU32(l.used + 4 + 8 * (used % size), 0);
+    mem.writeU32(l.used + 8 + 8 * (used % size), 1);
+    mem.storeU16(l.used + 2, ++used);
+  };
+  const verdicts: string[] = [];
+  const o = SplitObserver.create(mem, (c) => verdicts.push(c), { indirect: true, eventIdx: false }, { index: 0, size, desc: l.desc, avail: l.avail, used: l.used, base: 0 })!;
+  // A short chain, used; then head 0 again with a long table, out: one look sees both.
+  chain(3);
+  offer();
+  use();
+  chain(6);
+  offer();
+  o.scan();
+  assert.deepEqual(verdicts, ['split.indirect-descs.driver.3'], 'the chain still out is judged');
+  // Used; then twice more between two looks, both used before the look: not judged, though the
+  // table read then is long (once a chain is used its table is the driver's to rewrite).
+  use();
+  o.scan();
+  offer();
+  use();
+  offer();
+  use();
+  o.scan();
+  assert.deepEqual(verdicts, ['split.indirect-descs.driver.3'], 'chains used before the look are not judged');
+  assert.equal(o.stats.available, 4);
+  assert.equal(o.stats.used, 4);
 });
