@@ -75,12 +75,10 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   private readonly idLinear = new Float64Array(65536).fill(-1);
   private readonly idCount = new Uint16Array(65536);
   private readonly idSlot = new Uint16Array(65536);
-  /**
-   * Per ring slot: the descriptor as the device read it (packed.desc-table.driver.2), as its
-   * four 32-bit words (addr low, addr high, len, id | flags << 16), as on the split ring:
-   * keeping it is four stores and checking it four loads and compares per slot, no arithmetic.
-   */
-  private readonly shadow: Uint32Array;
+  /** Per ring slot: the descriptor as the device read it (packed.desc-table.driver.2). */
+  private readonly shadowAddr: Float64Array;
+  private readonly shadowLen: Uint32Array;
+  private readonly shadowIdFlags: Uint32Array;
   // Used descriptors written by addUsed whose flags publish() writes (first one last).
   private pendingCount = 0;
   private readonly pendingSlot: Uint16Array;
@@ -89,7 +87,9 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   /** Queue `index` over `mem`, of at most `maxSize` entries (1..32768); verdicts go to `monitor` and `sink`. */
   constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
     super(mem, index, checkedMaxSize(maxSize), monitor, sink, 65536);
-    this.shadow = new Uint32Array(4 * maxSize);
+    this.shadowAddr = new Float64Array(maxSize);
+    this.shadowLen = new Uint32Array(maxSize);
+    this.shadowIdFlags = new Uint32Array(maxSize);
     this.pendingSlot = new Uint16Array(maxSize);
     this.pendingFlags = new Uint16Array(maxSize);
   }
@@ -234,42 +234,34 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     let total = 0;
     chain.clear(0);
     const limit = Math.min(size, this.maxChainLength);
-    // Slots the list may take before it runs into one the device has not released: released
-    // means its used pointer passed it and publish() made that visible (the driver must see
-    // USED change). `stop` is the least of that and `limit` (at most the queue size): one
-    // comparison per descriptor stands for the three bounds, and the branch names the one hit.
-    const room = size - (this.availLinear - this.signalledLinear);
-    const stop = room < limit ? room : limit;
-    const sh = this.shadow;
     for (;;) {
-      const o = base + slot * PDESC_SIZE;
-      if (count >= stop && count >= limit) {
-        if (count >= size) this.violation('packed.scatter-gather-support.driver.2', `descriptor list at slot ${first} is longer than the queue size ${size}`, { slot: first }, true);
-        else this.violation('packed.scatter-gather-support.driver.1', `descriptor list at slot ${first} is longer than the ${limit} this device allows`, { slot: first }, true);
+      if (count >= size) {
+        this.violation('packed.scatter-gather-support.driver.2', `descriptor list at slot ${first} is longer than the queue size ${size}`, { slot: first }, true);
         return false;
       }
-      const idFlags = count === 0 ? (view.getUint16(o + 12, true) | (firstFlags << 16)) >>> 0 : view.getUint32(o + 12, true);
-      const flags = idFlags >>> 16;
+      if (count >= limit) {
+        this.violation('packed.scatter-gather-support.driver.1', `descriptor list at slot ${first} is longer than the ${limit} this device allows`, { slot: first }, true);
+        return false;
+      }
+      const o = base + slot * PDESC_SIZE;
+      const flags = count === 0 ? firstFlags : view.getUint16(o + 14, true);
       if (count > 0 && !isAvailable(flags, wrap)) {
         this.violation('packed.scatter-gather-support.driver.6', `the first descriptor of the list at slot ${first} was made available before descriptor ${slot} of the same list`, { slot: first, at: slot }, true);
         return false;
       }
-      if (count >= stop) {
-        // The slot is one the device took and has not released yet.
+      if (this.availLinear + count - this.signalledLinear >= size) {
+        // The slot is one the device took and has not released yet: released means its used
+        // pointer passed it and publish() made that visible (the driver must see USED change).
         if (count === 0) this.violation('packed.desc-table.driver.1', `driver rewrote slot ${slot} before the device marked it used`, { slot }, true);
         else this.violation('packed.scatter-gather-support.driver.5', `the list at slot ${first} runs into slot ${slot}, not yet used by the device: the ring had no room for it`, { slot: first, at: slot }, true);
         return false;
       }
-      const lo = view.getUint32(o, true);
-      const hi = view.getUint32(o + 4, true);
+      const addr = view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32;
       const len = view.getUint32(o + 8, true);
-      const addr = lo + hi * TWO_32;
-      id = idFlags & 0xffff;
-      const w = 4 * slot;
-      sh[w] = lo;
-      sh[w + 1] = hi;
-      sh[w + 2] = len;
-      sh[w + 3] = idFlags;
+      id = view.getUint16(o + 12, true);
+      this.shadowAddr[slot] = addr;
+      this.shadowLen[slot] = len;
+      this.shadowIdFlags[slot] = (id | (flags << 16)) >>> 0;
       count++;
       if (flags & PDESC_F_INDIRECT) {
         if (!this.indirectAllowed) {
@@ -320,7 +312,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     if (t !== null) {
       t.taken(id);
       for (let k = 0, s = first; k < count; k++, s = s + 1 === size ? 0 : s + 1) {
-        t.descriptor!(sh[4 * s] + sh[4 * s + 1] * TWO_32, sh[4 * s + 2], id, sh[4 * s + 3] >>> 16, k === count - 1);
+        t.descriptor!(this.shadowAddr[s], this.shadowLen[s], id, this.shadowIdFlags[s] >>> 16, k === count - 1);
       }
     }
     return true;
@@ -498,18 +490,16 @@ export class PackedDeviceQueue extends DeviceQueueBase {
    */
   private checkUnaltered(linear: number, first: number, count: number, id: number): void {
     const view = this.ring!.view;
-    const sh = this.shadow;
     for (let i = 0, s = first; i < count; i++, s = s + 1 === this.ringSize ? 0 : s + 1) {
       // Passed by the used pointer: the device wrote a used descriptor there or skipped it
       // (and once published the driver may reuse it). Only slots ahead of it must be intact.
       if (linear + i < this.usedLinear) continue;
       const o = this.ringOff + s * PDESC_SIZE;
-      const w = 4 * s;
+      const addr = view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32;
       if (
-        view.getUint32(o, true) !== sh[w] ||
-        view.getUint32(o + 4, true) !== sh[w + 1] ||
-        view.getUint32(o + 8, true) !== sh[w + 2] ||
-        view.getUint32(o + 12, true) !== sh[w + 3]
+        addr !== this.shadowAddr[s] ||
+        view.getUint32(o + 8, true) !== this.shadowLen[s] ||
+        (view.getUint16(o + 12, true) | (view.getUint16(o + 14, true) << 16)) >>> 0 !== this.shadowIdFlags[s]
       ) {
         this.violation('packed.desc-table.driver.2', `driver changed slot ${s} of buffer ${id} after making it available`, { id, slot: s }, false);
         return;
