@@ -30,7 +30,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 /** Each bench: its file, the table to read (found by its time column), the row key and the figures. */
 const BENCHES = {
   ring: { file: 'ring.bench.js', time: 'ns/chain', keys: ['ring', 'workload', 'batch'], heap: 'heap B/chain', unit: 'ns/chain' },
-  blk: { file: 'blk.bench.js', time: 'time/req', keys: ['backend', 'ring', 'mode', 'QD'], heap: 'heap B/req', unit: 'ns/req' },
+  // 'api' (promise, batch, raw) is part of a row's name where the bench prints it: without it
+  // the rows of one backend, ring, mode and QD overwrote each other (only the last api compared).
+  blk: { file: 'blk.bench.js', time: 'time/req', keys: ['backend', 'ring', 'mode', 'QD'], optionalKeys: ['api'], heap: 'heap B/req', unit: 'ns/req' },
   loop: { file: 'loop.bench.js', time: 'ns/chain', keys: ['ring', 'workload', 'batch'], heap: 'heap B/chain', unit: 'ns/chain' },
 };
 
@@ -118,8 +120,9 @@ function runBench(tree, name, flags) {
   const out = sh(process.execPath, [...flags, file], { cwd: tree.dir, env: process.env });
   const table = parseTables(out).find((t) => t.head.includes(spec.time) && spec.keys.every((k) => t.head.includes(k)));
   if (!table) throw new Error(`${tree.label}: ${spec.file} printed no table with the columns ${[spec.time, ...spec.keys].join(', ')}`);
+  const keys = [...spec.keys, ...(spec.optionalKeys ?? []).filter((k) => table.head.includes(k))];
   const rows = new Map();
-  for (const r of table.rows) rows.set(spec.keys.map((k) => r[k]).join(' | '), { ns: toNs(r[spec.time]), heap: r[spec.heap] ?? '' });
+  for (const r of table.rows) rows.set(keys.map((k) => r[k]).join(' | '), { ns: toNs(r[spec.time]), heap: r[spec.heap] ?? '' });
   return rows;
 }
 
@@ -241,7 +244,7 @@ try {
       const fmt = (x) => (x === null ? 'n/a' : x.toFixed(1));
       console.log(
         table(
-          [BENCHES[name].keys.join(' | '), `base ${unit}`, `current ${unit}`, 'current/base', 'range', 'heap B base -> current', 'verdict'],
+          [[...BENCHES[name].keys, ...(BENCHES[name].optionalKeys ?? [])].join(' | '), `base ${unit}`, `current ${unit}`, 'current/base', 'range', 'heap B base -> current', 'verdict'],
           rows.map((r) => [
             r.row,
             fmt(r.baseNs),
