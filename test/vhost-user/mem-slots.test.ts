@@ -201,3 +201,28 @@ test(`vhost-user memory slots: ${MAX_MEM_SLOTS} regions are taken, one more is r
     fe.close();
   }
 });
+
+test('vhost-user memory slots: the same region added again (QEMU 7.2 multiqueue net, one vhost device per queue pair on one connection) is counted, not an overlap; it goes with the last REM_MEM_REG', async () => {
+  const device = new RngDevice({ monitor: new Monitor() });
+  device.withholdFeatures(bit(Feature.RING_PACKED));
+  const backend = new VhostUserBackend(device);
+  const fe = new TestFrontEnd(backend);
+  try {
+    await connect(fe);
+    fe.sendMemSlot(ACK);
+    assert.deepEqual(await ack(fe), [Req.ADD_MEM_REG, 0n], `the same region again is taken (${backend.lastError})`);
+    assert.equal(device.memory.regions.length, 1, 'one mapping');
+    const ring = fe.setRing(0, 'split', 16, 0x1000, 0, { eventIdx: true });
+    await serve(ring, 0x20000, 64, 'first');
+    // One of the two vhost devices removes it: the other still uses it, the ring in it runs on.
+    fe.send(Req.REM_MEM_REG, memRegionPayload(0, fe.ramSize, USER_BASE), [], ACK);
+    assert.deepEqual(await ack(fe), [Req.REM_MEM_REG, 0n]);
+    assert.equal(device.memory.regions.length, 1);
+    await serve(ring, 0x20100, 64, 'second');
+    // The last one: the region really goes, and a running ring lives in it.
+    fe.send(Req.REM_MEM_REG, memRegionPayload(0, fe.ramSize, USER_BASE));
+    await closedWith(fe, /ring 0 lives in the region at \[0x0, \+0x100000\)/, 'memory-table');
+  } finally {
+    fe.close();
+  }
+});
