@@ -40,6 +40,14 @@ async function connect(fe: TestFrontEnd): Promise<void> {
   assert.deepEqual(await ack(fe), [Req.ADD_MEM_REG, 0n], `guest RAM added (${fe.backend.lastError})`);
 }
 
+/** An entropy device on split rings behind a back-end, and a test front-end connected to it. */
+function splitRngBackend(): { device: RngDevice; backend: VhostUserBackend; fe: TestFrontEnd } {
+  const device = new RngDevice({ monitor: new Monitor() });
+  device.withholdFeatures(bit(Feature.RING_PACKED));
+  const backend = new VhostUserBackend(device);
+  return { device, backend, fe: new TestFrontEnd(backend) };
+}
+
 /** Makes one writable buffer available, kicks, and waits until the device used it. */
 async function serve(ring: TestRing, addr: number, len: number, token: string): Promise<void> {
   ring.queue.begin().addWritable(addr, len).commit(token);
@@ -160,10 +168,7 @@ for (const [name, act, reason, kind] of [
   ['a region added without its fd', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, memRegionPayload(HIGH, 0x1000, USER_BASE + HIGH)), /ADD_MEM_REG: 0 file descriptors, expected 1/, 'malformed-message'],
 ] as const) {
   test(`vhost-user memory slots: ${name} ends the connection with a reason`, async () => {
-    const device = new RngDevice({ monitor: new Monitor() });
-    device.withholdFeatures(bit(Feature.RING_PACKED));
-    const backend = new VhostUserBackend(device);
-    const fe = new TestFrontEnd(backend);
+    const { device, fe } = splitRngBackend();
     try {
       await connect(fe);
       const ring = fe.setRing(0, 'split', 16, 0x1000, 0, { eventIdx: true });
@@ -203,10 +208,7 @@ test(`vhost-user memory slots: ${MAX_MEM_SLOTS} regions are taken, one more is r
 });
 
 test('vhost-user memory slots: the same region added again (QEMU 7.2 multiqueue net, one vhost device per queue pair on one connection) is counted, not an overlap; it goes with the last REM_MEM_REG', async () => {
-  const device = new RngDevice({ monitor: new Monitor() });
-  device.withholdFeatures(bit(Feature.RING_PACKED));
-  const backend = new VhostUserBackend(device);
-  const fe = new TestFrontEnd(backend);
+  const { device, backend, fe } = splitRngBackend();
   try {
     await connect(fe);
     fe.sendMemSlot(ACK);
