@@ -38,7 +38,7 @@ export * as pciLayout from './transports/pci/layout.js';
 export { RngDevice, RngDeviceType, cryptoEntropy, type EntropySource, type AsyncEntropySource, type RngDeviceOptions } from './devices/rng/device.js';
 export { RngDriver, type RngDriverOptions, type RngRequestToken } from './drivers/rng.js';
 export { parseMac, formatMac, randomMac } from './net/mac.js';
-export { NetDevice, NetDeviceType, type NetDeviceOptions, type NetDeviceCounters } from './devices/net/device.js';
+export { NetDevice, NetDeviceType, type NetDeviceOptions, type NetDeviceCounters, type NetPairCounters } from './devices/net/device.js';
 export { NO_OFFLOADS, ALL_OFFLOADS, type FramePort, type NetOffload, type OffloadSupport } from './net/frame-port.js';
 export { NetSwitch, connectPorts, macAt, type NetSwitchOptions, type NetSwitchCounters } from './net/switch.js';
 export { completeOffloads, acceptsOffload, fillChecksum, onesSum, foldSum, l3Offset, offloadCounters, MAX_GSO_FRAME, type OffloadCounters } from './net/offload.js';

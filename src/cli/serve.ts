@@ -180,12 +180,6 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   if (opts.switch !== undefined && opts.tap !== undefined) throw new CliError(EXIT_USAGE, 'give one of --switch SOCKET or --tap IFNAME');
   if (opts.tap !== undefined && interfaceNameProblem(opts.tap) !== undefined) throw new CliError(EXIT_USAGE, `--tap: ${interfaceNameProblem(opts.tap)}`);
   if (opts.mac !== undefined && (parseMac(opts.mac) === null || (parseMac(opts.mac)![0] & 1) !== 0)) throw new CliError(EXIT_USAGE, `--mac ${opts.mac} is not a unicast MAC address (like 52:54:00:12:34:56)`);
-  if (opts.queues !== undefined && opts.queues > 1) {
-    // QEMU serves the control queue of a vhost-user net device itself and forwards MQ without
-    // CTRL_VQ, which the device core refuses (MQ requires CTRL_VQ, basic.features.driver.1);
-    // queue pairs over vhost-user need the device told so. Not done yet: said, not stubbed.
-    throw new CliError(EXIT_USAGE, `--queues ${opts.queues}: serve net serves one queue pair for now (multiqueue over vhost-user is not supported yet)`);
-  }
   if (type === 'vsock' && (opts.guestCid === undefined || opts.udsPath === undefined)) throw new CliError(EXIT_USAGE, 'serve vsock needs --guest-cid N and --uds-path PATH');
   if (type !== 'vsock' && (opts.guestCid !== undefined || opts.udsPath !== undefined)) throw new CliError(EXIT_USAGE, `--guest-cid and --uds-path are for vsock, not ${type}`);
   if (opts.udsPath !== undefined && (opts.udsPath === '' || Buffer.byteLength(opts.udsPath) + 11 > MAX_SOCKET_PATH)) {
@@ -281,9 +275,11 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
   const device: VirtioDevice =
     type === 'net'
       ? // Over vhost-user the control queue is the front-end's (QEMU serves it and forwards none of
-        // its feature bits): the device offers none of them and has rx/tx queues only. The front-end
-        // also acks only the bits it forwards, so declining MAC/MTU is not the driver's choice.
-        new NetDevice({ mac: opts.mac, mtu: opts.mtu, queuePairs: opts.queues ?? 1, queueMaxSize, monitor, linkUp: netPort !== undefined, ctrl: false, judgeFeatureChoice: false })
+        // its feature bits but MQ): the device has rx/tx queues only, and with --queues N the pairs
+        // in use follow the rings QEMU enables for the guest's MQ_VQ_PAIRS_SET (ctrl 'front-end').
+        // The front-end also acks only the bits it forwards, so declining MAC/MTU is not the
+        // driver's choice.
+        new NetDevice({ mac: opts.mac, mtu: opts.mtu, queuePairs: opts.queues ?? 1, queueMaxSize, monitor, linkUp: netPort !== undefined, ctrl: 'front-end', judgeFeatureChoice: false })
       : type === 'fs'
       ? new FsDevice({ provider: provider!, tag: opts.tag!, numRequestQueues: numQueues, queueMaxSize, monitor })
       : type === 'vsock'
@@ -438,7 +434,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     try {
       const report = recorder.report();
       // The net device's frame counters ride along (a guest test checks frames really moved).
-      if (device instanceof NetDevice) report.counters = { ...device.counters, ...(netPort instanceof TapFramePort ? tapCounters(netPort) : {}) };
+      if (device instanceof NetDevice) report.counters = { ...device.counters, ...pairCounters(device), ...(netPort instanceof TapFramePort ? tapCounters(netPort) : {}) };
       // The fs device's request counters and the FUSE session's (a guest test checks requests were served).
       if (device instanceof FsDevice) report.counters = { ...device.type.stats, ...prefixed('fuse', device.server.stats), ...(provider instanceof MemoryFs ? { memoryBytes: provider.bytesUsed, memoryNodes: provider.nodeCount } : {}), ...(provider instanceof HostDirFs ? { ...prefixed('hostDir', provider.stats), hostDirNodes: provider.counts.nodes, hostDirHandles: provider.counts.handles } : {}), ...opCounters(device.server.opStats) };
       writeNewReport(opts.report, report);
@@ -463,6 +459,17 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
       `${knownDeviations > 0 ? `${plural(knownDeviations, 'known deviation')}, ` : ''}${plural(warnings, 'warning')}; exit ${code}${socketNote}`,
   );
   return code;
+}
+
+/** The net device's frames per queue pair for the run report: txFramesPair1, rxFramesPair1, txFramesPair2, ... (pairs counted from 1 as the spec's queue names). */
+function pairCounters(device: NetDevice): Record<string, number> {
+  const c = device.type.pairCounters;
+  const out: Record<string, number> = {};
+  for (let p = 0; p < c.txFrames.length; p++) {
+    out[`txFramesPair${p + 1}`] = c.txFrames[p];
+    out[`rxFramesPair${p + 1}`] = c.rxFrames[p];
+  }
+  return out;
 }
 
 /** A TAP port's counters for the run report, named tapRxFrames, tapTxFrames, ... */

@@ -544,7 +544,9 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       this.violation('reserved.bits.driver.1', 'driver did not accept VIRTIO_F_VERSION_1, which the device offers', {});
       return false;
     }
-    const unmet = unmetDependency(this.deviceId, f);
+    // A vhost-user front-end may serve a feature itself and forward only the ones that need it
+    // (DeviceType.frontEndFeatures: QEMU's vhost-user-net keeps CTRL_VQ and forwards MQ).
+    const unmet = unmetDependency(this.deviceId, f | (this.type.frontEndFeatures ?? 0n));
     if (unmet !== null) {
       this.violation('basic.features.driver.1', `driver accepted a feature without the feature it requires: ${unmet.description}`, {});
       if (unmet.missing.every((b) => !hasFeature(this.offered, b))) {
@@ -846,8 +848,12 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
     q.setAddresses({ desc, avail, used });
   }
 
-  /** The driver enables a queue (queue_enable = 1). */
-  enableQueue(index: number): void {
+  /**
+   * The driver enables a queue (queue_enable = 1). The type hears of it (`queueEnabled`) unless
+   * `announce` is false: a vhost-user ring start goes through here, but its enable is the
+   * front-end's SET_VRING_ENABLE ({@link setQueueEnabled}).
+   */
+  enableQueue(index: number, announce = true): void {
     const q = this.queueSetupAllowed(index, 'enabled');
     if (q === null) return;
     if (this.queueNeedsSetup[index] === true) {
@@ -855,9 +861,20 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
       if (this.monitor.strict) return;
     }
     q.setEnabled(true);
+    if (announce) this.type.queueEnabled?.(index, true, this.context);
     if (this.accepting && !q.active) {
       if (q.activate(this.queueFeatures())) this.process(q);
     }
+  }
+
+  /**
+   * A transport that gates queues apart from their setup (vhost-user's SET_VRING_ENABLE)
+   * enabled or disabled one: the type hears of it (`queueEnabled`). Whether the queue is
+   * processed meanwhile is the transport's business.
+   */
+  setQueueEnabled(index: number, enabled: boolean): void {
+    if (index < 0 || index >= this.queues.length) return;
+    this.type.queueEnabled?.(index, enabled, this.context);
   }
 
   /**

@@ -59,6 +59,14 @@ export interface DeviceType {
   readonly configSize?: number;
   /** Configuration fields that exist only when their feature is offered (basic.config.driver.3). */
   readonly conditionalFields?: readonly ConditionalConfigField[];
+  /**
+   * Feature bits a vhost-user front-end serves itself and never forwards, though features it
+   * does forward depend on them: QEMU's vhost-user-net serves the control queue (CTRL_VQ) and
+   * forwards MQ, which requires CTRL_VQ (5.1.3.1). The core counts these bits as negotiated
+   * when it checks the driver's feature dependencies (basic.features.driver.1); nothing else.
+   * Default none.
+   */
+  readonly frontEndFeatures?: bigint;
 
   /**
    * Called once, by the VirtioDevice constructor: write the initial configuration space
@@ -96,6 +104,16 @@ export interface DeviceType {
   stop?(reason: 'reset' | 'failed', ctx: DeviceContext): void;
   /** After a reset (status 0, queues reset, features forgotten): restore the type's initial state. */
   reset?(ctx: DeviceContext): void;
+  /**
+   * A transport enabled or disabled queue `index` as a whole: the driver's queue_enable on
+   * PCI, MMIO and loopback (enabled only: a queue is disabled by a device or queue reset, which
+   * `reset`/`queueReset` tell), or a vhost-user front-end's SET_VRING_ENABLE (either way, any
+   * number of times). QEMU's vhost-user-net serves the control queue itself and enables the
+   * first N queue pairs the guest set with MQ_VQ_PAIRS_SET (and disables the others): this
+   * hook is how a device learns that. Called after the change; a vhost-user ring start is not
+   * an enable.
+   */
+  queueEnabled?(index: number, enabled: boolean, ctx: DeviceContext): void;
   /** VIRTIO_F_RING_RESET: the driver reset one queue; drop what the type holds of it. */
   queueReset?(index: number, ctx: DeviceContext): void;
   /**

@@ -32,7 +32,7 @@ export function pattern(n: number, seed = 0): Uint8Array {
  * An IPv4 or IPv6 TCP/UDP frame with `payload`. `partial`: the L4 checksum field holds the
  * pseudo-header sum only (what a driver using NEEDS_CSUM sends); else it is complete.
  */
-export function ipFrame(opts: { v6?: boolean; proto: 'tcp' | 'udp'; payload: Uint8Array; dst?: Uint8Array; src?: Uint8Array; partial?: boolean; seq?: number; tcpFlags?: number }): { frame: Uint8Array; l4: number } {
+export function ipFrame(opts: { v6?: boolean; proto: 'tcp' | 'udp'; payload: Uint8Array; dst?: Uint8Array; src?: Uint8Array; partial?: boolean; seq?: number; tcpFlags?: number; srcPort?: number }): { frame: Uint8Array; l4: number } {
   const v6 = opts.v6 ?? false;
   const tcp = opts.proto === 'tcp';
   const l4len = (tcp ? 20 : 8) + opts.payload.length;
@@ -63,8 +63,9 @@ export function ipFrame(opts: { v6?: boolean; proto: 'tcp' | 'udp'; payload: Uin
     ip[11] = c & 0xff;
   }
   const l4 = l3len;
-  ip[l4] = 0x30;
-  ip[l4 + 1] = 0x39; // src port 12345
+  const srcPort = opts.srcPort ?? 12345;
+  ip[l4] = srcPort >> 8;
+  ip[l4 + 1] = srcPort & 0xff;
   ip[l4 + 2] = 0x1f;
   ip[l4 + 3] = 0x90; // dst port 8080
   if (tcp) {

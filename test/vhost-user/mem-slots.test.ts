@@ -40,6 +40,14 @@ async function connect(fe: TestFrontEnd): Promise<void> {
   assert.deepEqual(await ack(fe), [Req.ADD_MEM_REG, 0n], `guest RAM added (${fe.backend.lastError})`);
 }
 
+/** An entropy device on split rings behind a back-end, and a test front-end connected to it. */
+function splitRngBackend(): { device: RngDevice; backend: VhostUserBackend; fe: TestFrontEnd } {
+  const device = new RngDevice({ monitor: new Monitor() });
+  device.withholdFeatures(bit(Feature.RING_PACKED));
+  const backend = new VhostUserBackend(device);
+  return { device, backend, fe: new TestFrontEnd(backend) };
+}
+
 /** Makes one writable buffer available, kicks, and waits until the device used it. */
 async function serve(ring: TestRing, addr: number, len: number, token: string): Promise<void> {
   ring.queue.begin().addWritable(addr, len).commit(token);
@@ -160,10 +168,7 @@ for (const [name, act, reason, kind] of [
   ['a region added without its fd', (fe: TestFrontEnd) => fe.send(Req.ADD_MEM_REG, memRegionPayload(HIGH, 0x1000, USER_BASE + HIGH)), /ADD_MEM_REG: 0 file descriptors, expected 1/, 'malformed-message'],
 ] as const) {
   test(`vhost-user memory slots: ${name} ends the connection with a reason`, async () => {
-    const device = new RngDevice({ monitor: new Monitor() });
-    device.withholdFeatures(bit(Feature.RING_PACKED));
-    const backend = new VhostUserBackend(device);
-    const fe = new TestFrontEnd(backend);
+    const { device, fe } = splitRngBackend();
     try {
       await connect(fe);
       const ring = fe.setRing(0, 'split', 16, 0x1000, 0, { eventIdx: true });
@@ -197,6 +202,28 @@ test(`vhost-user memory slots: ${MAX_MEM_SLOTS} regions are taken, one more is r
     assert.equal(device.memory.regions.length, MAX_MEM_SLOTS);
     fe.send(Req.GET_MAX_MEM_SLOTS);
     assert.equal(new DataView((await receive(fe.front)).buffer).getBigUint64(HEADER_SIZE, true), BigInt(MAX_MEM_SLOTS), 'the session goes on');
+  } finally {
+    fe.close();
+  }
+});
+
+test('vhost-user memory slots: the same region added again (QEMU 7.2 multiqueue net, one vhost device per queue pair on one connection) is counted, not an overlap; it goes with the last REM_MEM_REG', async () => {
+  const { device, backend, fe } = splitRngBackend();
+  try {
+    await connect(fe);
+    fe.sendMemSlot(ACK);
+    assert.deepEqual(await ack(fe), [Req.ADD_MEM_REG, 0n], `the same region again is taken (${backend.lastError})`);
+    assert.equal(device.memory.regions.length, 1, 'one mapping');
+    const ring = fe.setRing(0, 'split', 16, 0x1000, 0, { eventIdx: true });
+    await serve(ring, 0x20000, 64, 'first');
+    // One of the two vhost devices removes it: the other still uses it, the ring in it runs on.
+    fe.send(Req.REM_MEM_REG, memRegionPayload(0, fe.ramSize, USER_BASE), [], ACK);
+    assert.deepEqual(await ack(fe), [Req.REM_MEM_REG, 0n]);
+    assert.equal(device.memory.regions.length, 1);
+    await serve(ring, 0x20100, 64, 'second');
+    // The last one: the region really goes, and a running ring lives in it.
+    fe.send(Req.REM_MEM_REG, memRegionPayload(0, fe.ramSize, USER_BASE));
+    await closedWith(fe, /ring 0 lives in the region at \[0x0, \+0x100000\)/, 'memory-table');
   } finally {
     fe.close();
   }

@@ -50,8 +50,15 @@ export interface NetDeviceOptions {
   offloads?: boolean;
   /** Offer MRG_RXBUF (default true). */
   mrgRxbuf?: boolean;
-  /** Offer the control queue and its classes (CTRL_VQ, CTRL_RX(_EXTRA), CTRL_VLAN, CTRL_MAC_ADDR, GUEST_ANNOUNCE, CTRL_GUEST_OFFLOADS). Default true. */
-  ctrl?: boolean;
+  /**
+   * Offer the control queue and its classes (CTRL_VQ, CTRL_RX(_EXTRA), CTRL_VLAN, CTRL_MAC_ADDR,
+   * GUEST_ANNOUNCE, CTRL_GUEST_OFFLOADS). Default true. `'front-end'`: a vhost-user front-end
+   * serves the control queue itself (QEMU's vhost-user-net): the device has rx/tx queues only,
+   * offers none of the control bits but MQ (when `queuePairs` is above 1; QEMU forwards MQ and
+   * keeps CTRL_VQ, see DeviceType.frontEndFeatures), and the pairs in use follow the rings the
+   * front-end enables (DeviceType.queueEnabled), not MQ_VQ_PAIRS_SET.
+   */
+  ctrl?: boolean | 'front-end';
   /** Bytes of received frames held per receive queue while the guest has no buffers (default 256 KiB); more are dropped. */
   rxHoldBytes?: number;
   /** The link starts up (default true). */
@@ -87,6 +94,14 @@ export interface NetDeviceCounters {
   rxHeld: number;
   /** Control commands answered. */
   ctrlCommands: number;
+}
+
+/** Frame counts of each queue pair of a network device (index: pair, 0 for receiveq1/transmitq1). */
+export interface NetPairCounters {
+  /** Frames the guest transmitted on each pair's transmit queue (passed to the port). */
+  readonly txFrames: Float64Array;
+  /** Frames written to each pair's receive queue. */
+  readonly rxFrames: Float64Array;
 }
 
 const OFFLOAD_FEATURES = [F.CSUM, F.GUEST_CSUM, F.HOST_TSO4, F.HOST_TSO6, F.HOST_ECN, F.HOST_UFO, F.HOST_USO, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN, F.GUEST_UFO, F.GUEST_USO4, F.GUEST_USO6];
@@ -203,6 +218,10 @@ export class NetDeviceType implements DeviceType {
   /** The offered mtu (0: MTU not offered). */
   readonly mtu: number;
   readonly counters: NetDeviceCounters = { txFrames: 0, txBytes: 0, txDropped: 0, rxFrames: 0, rxBytes: 0, rxFiltered: 0, rxDropped: 0, rxHeld: 0, ctrlCommands: 0 };
+  /** The frame counts per queue pair (a multiqueue test checks every pair carried frames). */
+  readonly pairCounters: NetPairCounters;
+  /** CTRL_VQ when a front-end serves the control queue and MQ is offered (DeviceType.frontEndFeatures). */
+  readonly frontEndFeatures: bigint;
   /** The device toward the host: frames the guest sends come out of `onFrame`; `send` delivers to the guest. */
   readonly port: FramePort;
 
@@ -221,6 +240,10 @@ export class NetDeviceType implements DeviceType {
   private ctrlIndex = -1;
   private curPairs = 1;
   private pairsSet = false;
+  /** ctrl: 'front-end': the pairs in use follow the queues the transport enables. */
+  private readonly pairsByTransport: boolean;
+  /** Per queue: enabled by the transport (queueEnabled), for pairsByTransport. */
+  private readonly queueOn: Uint8Array;
   private guestOffloads = 0n;
   private acceptsNow: OffloadSupport = NO_OFFLOADS;
   private readonly accepts: OffloadSupport = { csum: false, tso4: false, tso6: false, ecn: false, ufo: false, uso: false };
@@ -302,14 +325,18 @@ export class NetDeviceType implements DeviceType {
     this.maxPairs = pairs;
     this.mtu = options.mtu ?? 0;
     this.queueMaxSize = options.queueMaxSize ?? 256;
-    const ctrl = options.ctrl ?? true;
+    const ctrl = options.ctrl === 'front-end' ? false : options.ctrl ?? true;
+    this.pairsByTransport = options.ctrl === 'front-end';
+    this.queueOn = new Uint8Array(2 * pairs);
+    this.pairCounters = { txFrames: new Float64Array(pairs), rxFrames: new Float64Array(pairs) };
     this.numQueues = 2 * pairs + (ctrl ? 1 : 0);
     let features = bit(F.MAC) | bit(F.STATUS);
     if (this.mtu > 0) features |= bit(F.MTU);
     if (options.offloads ?? true) for (const b of OFFLOAD_FEATURES) features |= bit(b);
     if (options.mrgRxbuf ?? true) features |= bit(F.MRG_RXBUF);
     if (ctrl) for (const b of CTRL_FEATURES) features |= bit(b);
-    if (ctrl && pairs > 1) features |= bit(F.MQ);
+    if ((ctrl || this.pairsByTransport) && pairs > 1) features |= bit(F.MQ);
+    this.frontEndFeatures = this.pairsByTransport && pairs > 1 ? bit(F.CTRL_VQ) : 0n;
     this.features = features;
     this.linkUp = options.linkUp ?? true;
     this.judgeChoice = options.judgeFeatureChoice ?? true;
@@ -362,7 +389,7 @@ export class NetDeviceType implements DeviceType {
     return this.hdrLen;
   }
 
-  /** Queue pairs in use now (MQ_VQ_PAIRS_SET). */
+  /** Queue pairs in use now (MQ_VQ_PAIRS_SET; with ctrl 'front-end', the pairs whose queues the transport enabled). */
   get queuePairs(): number {
     return this.curPairs;
   }
@@ -473,6 +500,9 @@ export class NetDeviceType implements DeviceType {
     this.vlanFilter = false;
     this.curPairs = 1;
     this.pairsSet = false;
+    // queueOn is the transport's gate, not the driver's state: a vhost-user front-end's ring
+    // enables outlive a device reset (it sends again only what changes).
+    if (this.pairsByTransport) this.curPairs = this.enabledPairs();
     this.announceTx = -1;
     this.ctrlIndex = -1;
     this.flowKnown.fill(0);
@@ -481,6 +511,33 @@ export class NetDeviceType implements DeviceType {
     this.acceptsNow = NO_OFFLOADS;
     this.writeConfig(ctx.config);
     this.updatePortLink();
+  }
+
+  /**
+   * With ctrl 'front-end' the pairs in use are the leading pairs whose receive and transmit
+   * queues are both enabled (QEMU's vhost-user-net enables queue pairs 1..N for the guest's
+   * MQ_VQ_PAIRS_SET, 5.1.6.5.6, and disables the rest); receiveq1 and transmitq1 are always in
+   * use. Frames held for a pair that left are dropped: its queue is no longer
+   * served, and 5.1.6.5.6 lets the device deliver only on the pairs in use.
+   */
+  queueEnabled(index: number, enabled: boolean): void {
+    if (!this.pairsByTransport || index >= this.queueOn.length) return;
+    this.queueOn[index] = enabled ? 1 : 0;
+    const n = this.enabledPairs();
+    for (let p = n; p < this.curPairs; p++) {
+      const h = this.holds[p];
+      this.counters.rxDropped += h.length;
+      this.counters.rxHeld -= h.length;
+      h.clear();
+    }
+    this.curPairs = n;
+  }
+
+  /** Pair 1 and the pairs after it whose receive and transmit queues are both enabled. */
+  private enabledPairs(): number {
+    let n = 1;
+    while (n < this.maxPairs && this.queueOn[2 * n] === 1 && this.queueOn[2 * n + 1] === 1) n++;
+    return n;
   }
 
   queueReset(index: number): void {
@@ -540,7 +597,9 @@ export class NetDeviceType implements DeviceType {
     q.disableNotifications();
     do {
       while (q.pop(chain)) {
-        if (pair >= this.curPairs) {
+        if (pair >= this.curPairs && !this.pairsByTransport) {
+          // With ctrl 'front-end' the front-end serves MQ_VQ_PAIRS_SET and gates the queues
+          // itself (conditions.tsv): the device sees no command to judge against.
           // 5.1.6.5.6: transmitq1 only before MQ_VQ_PAIRS_SET; afterwards the pairs it enabled only.
           if (this.pairsSet) ctx.violation('net.automatic-receive-steering-in-multiqueue-mode.driver.4', `driver transmitted on transmitq${pair + 1} with ${this.curPairs} queue pair(s) set`, { queue: q.index });
           else ctx.violation('net.automatic-receive-steering-in-multiqueue-mode.driver.3', `driver transmitted on transmitq${pair + 1} before MQ_VQ_PAIRS_SET`, { queue: q.index });
@@ -587,6 +646,7 @@ export class NetDeviceType implements DeviceType {
     }
     this.counters.txFrames++;
     this.counters.txBytes += len;
+    this.pairCounters.txFrames[pair]++;
     if (this.maxPairs > 1) {
       const h = flowHash(frame);
       this.flowPair[h] = pair;
@@ -914,6 +974,7 @@ export class NetDeviceType implements DeviceType {
     for (let i = 0; i < rest; i++) res.bytes += res.chains[i].writableBytes;
     this.counters.rxFrames++;
     this.counters.rxBytes += frame.length;
+    this.pairCounters.rxFrames[q.index >> 1]++;
     return 'done';
   }
 

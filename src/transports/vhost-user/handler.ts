@@ -236,8 +236,14 @@ export class VhostUserHandler {
       const problem = this.dirty.coverageProblem(this.dirty.size, this.mem.slots);
       if (problem !== null) throw problem;
     }
-    const onlyLogging = logAll !== this.dirty.logAll && features === this.features && (this.device.status & Status.FEATURES_OK) !== 0;
-    if (!onlyLogging) {
+    const same = features === this.features && (this.device.status & Status.FEATURES_OK) !== 0;
+    const onlyLogging = logAll !== this.dirty.logAll && same;
+    // QEMU's multiqueue vhost-user-net drives one connection with one vhost device per queue
+    // pair, and each sends SET_FEATURES (with the same features) before it sets up its rings:
+    // while rings of this session are set up, the same features again are not a re-negotiation
+    // (a reset would drop the pairs already started). With every ring stopped, it is one.
+    const anotherDevice = same && this.rings.some((r) => r.armed);
+    if (!onlyLogging && !anotherDevice) {
       this.negotiate(features, (value & PROTOCOL_FEATURES) !== 0n);
       // The device may refuse a set the bits alone allow (no VERSION_1, a feature without the
       // one it needs): its verdict is logged; no ring of this session could ever run.
@@ -361,7 +367,10 @@ export class VhostUserHandler {
     const fd = fds.peek();
     this.mem.checkAdd(r, fd);
     if (this.dirty.logging) this.refuseIf(this.dirty.coverageProblem(this.dirty.size, [r]));
-    const { memory, created } = this.mem.add(r, fd);
+    const { memory, created, again } = this.mem.add(r, fd);
+    // The same region again: QEMU 7.2's multiqueue vhost-user-net adds each region once per
+    // queue pair on the one connection (Slot.refs); nothing changes.
+    if (again) return ACK;
     this.host.info(`vhost-user: memory region [${hex(r.guestAddr)}, +${hex(r.size)}) added (front-end address ${hex(r.userAddr)})`);
     if (created) {
       this.dirty.attach(memory);
@@ -378,6 +387,11 @@ export class VhostUserHandler {
    */
   remMemReg(r: MemRegion): Answer {
     const slot = this.mem.find(r);
+    // Added more than once (QEMU's multiqueue net, Slot.refs): one reference less, still mapped.
+    if (slot.refs > 1) {
+      this.mem.remove(slot);
+      return ACK;
+    }
     const inSlot = (a: number) => a >= slot.guestAddr && a < slot.guestAddr + slot.size;
     for (const ring of this.rings) {
       if (ring.started && (inSlot(ring.desc) || inSlot(ring.avail) || inSlot(ring.used))) {
@@ -499,6 +513,7 @@ export class VhostUserHandler {
   /** SET_VRING_KICK: the ring's kick eventfd; the ring starts on its first kick. */
   setVringKick(index: number, noFd: boolean, fds: MessageFds): Answer {
     const fd = noFd ? -1 : this.eventfdFrom(fds, 'kick');
+    this.rings[index].armed = true;
     this.rings[index].setKick(
       fd,
       () => this.kicked(index),
@@ -528,6 +543,9 @@ export class VhostUserHandler {
     const ring = this.rings[index];
     const was = ring.enabled;
     ring.enabled = num === 1;
+    // The device type hears of it (DeviceType.queueEnabled): QEMU's vhost-user-net enables the
+    // queue pairs the guest set through the control queue QEMU serves itself.
+    if (ring.enabled !== was) this.device.setQueueEnabled(index, ring.enabled);
     if (ring.enabled && !was && ring.started) this.device.notify(index);
     return ACK;
   }
@@ -676,7 +694,13 @@ export class VhostUserHandler {
     this.host.info(`vhost-user: features ${dev.describeFeatures(features).join(', ') || 'none'}`);
     // Without VHOST_USER_F_PROTOCOL_FEATURES rings start enabled; with it, SET_VRING_ENABLE
     // enables them (vhost-user.rst "Ring states").
-    if (!protocolFeatures) for (const ring of this.rings) ring.enabled = true;
+    if (!protocolFeatures) {
+      for (const ring of this.rings) {
+        if (ring.enabled) continue;
+        ring.enabled = true;
+        this.device.setQueueEnabled(ring.index, true);
+      }
+    }
   }
 
   private makeLive(): void {

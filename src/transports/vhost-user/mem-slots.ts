@@ -40,6 +40,25 @@ export interface GuestRange {
 export interface Slot extends GuestRange {
   userAddr: number;
   maps: ArrayBuffer[];
+  /** The region's offset in its fd and the fd's file (device, inode): what makes an ADD_MEM_REG the same region again. */
+  mmapOffset: number;
+  file: string;
+  /**
+   * How many times the front-end added this same region and has not removed it: QEMU 7.2's
+   * multiqueue vhost-user-net drives one connection with one vhost device per queue pair, and
+   * each adds (and later removes) every region itself. Unmapped when the last one goes.
+   */
+  refs: number;
+}
+
+/** The fd's file as "device:inode" (an ADD_MEM_REG of the same region comes with a new fd of the same file). */
+function fileOf(fd: number): string {
+  try {
+    const st = fstatSync(fd);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return `fd ${fd}`;
+  }
 }
 
 /**
@@ -126,8 +145,15 @@ export class MemorySlots {
     return this.mem;
   }
 
-  /** ADD_MEM_REG's checks: a free slot, no overlap, an fd that holds the region. */
+  /** The slot that is exactly this region again (same addresses, size, file and offset), if any. */
+  same(r: MemRegion, fd: number): Slot | undefined {
+    const slot = this.list.find((s) => s.guestAddr === r.guestAddr && s.size === r.size && s.userAddr === r.userAddr && s.mmapOffset === r.mmapOffset);
+    return slot !== undefined && slot.file === fileOf(fd) ? slot : undefined;
+  }
+
+  /** ADD_MEM_REG's checks: a free slot, no overlap, an fd that holds the region (the same region again is fine: see Slot.refs). */
   checkAdd(r: MemRegion, fd: number): void {
+    if (this.same(r, fd) !== undefined) return;
     if (this.list.length >= MAX_MEM_SLOTS) throw refusal('memory-table', `no free memory slot: all ${MAX_MEM_SLOTS} are in use`);
     const clash = this.list.find((s) => overlaps(r, s));
     if (clash !== undefined) {
@@ -140,15 +166,20 @@ export class MemorySlots {
    * ADD_MEM_REG (checked with checkAdd first): one more region, added in place. Returns the
    * memory, and whether it was made now (the first region: the device is to be attached).
    */
-  add(r: MemRegion, fd: number): { memory: GuestMemory; created: boolean } {
+  add(r: MemRegion, fd: number): { memory: GuestMemory; created: boolean; again: boolean } {
+    const again = this.same(r, fd);
+    if (again !== undefined && this.mem !== null) {
+      again.refs++;
+      return { memory: this.mem, created: false, again: true };
+    }
     const inits: MemoryRegionInit[] = [];
     this.list.push(this.map(r, fd, inits));
     if (this.mem !== null) {
       this.mem.addRegions(inits);
-      return { memory: this.mem, created: false };
+      return { memory: this.mem, created: false, again: false };
     }
     this.mem = new GuestMemory(inits);
-    return { memory: this.mem, created: true };
+    return { memory: this.mem, created: true, again: false };
   }
 
   /** REM_MEM_REG's lookup: the slot with this guest address, size and front-end address. */
@@ -158,13 +189,18 @@ export class MemorySlots {
     return slot;
   }
 
-  /** Removes a slot (from find()) from the memory and unmaps it. */
-  remove(slot: Slot): void {
+  /** Removes a slot (from find()) from the memory and unmaps it; false when it was added more than once and stays (one reference less). */
+  remove(slot: Slot): boolean {
     const at = this.list.indexOf(slot);
-    if (at < 0) return;
+    if (at < 0) return true;
+    if (slot.refs > 1) {
+      slot.refs--;
+      return false;
+    }
     this.mem?.removeRegions(slot.guestAddr, slot.size);
     this.list.splice(at, 1);
     for (const b of slot.maps) this.n.munmap(b);
+    return true;
   }
 
   /** Every region unmapped; no memory. */
@@ -182,7 +218,7 @@ export class MemorySlots {
    */
   private map(r: MemRegion, fd: number, inits: MemoryRegionInit[]): Slot {
     if (!this.readOnly) sealAgainstShrink(this.n, fd, `memory region at ${hex(r.guestAddr)}`, this.unsealable);
-    const slot: Slot = { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, maps: [] };
+    const slot: Slot = { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, maps: [], mmapOffset: r.mmapOffset, file: fileOf(fd), refs: 1 };
     try {
       for (let off = 0; off < r.size; off += MAP_CHUNK) {
         const len = Math.min(MAP_CHUNK, r.size - off);

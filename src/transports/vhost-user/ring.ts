@@ -60,6 +60,8 @@ export class VhostUserRing implements LoggedRing {
   started = false;
   /** SET_VRING_ENABLE (or enabled at SET_FEATURES without VHOST_USER_F_PROTOCOL_FEATURES). */
   enabled = false;
+  /** Set up for a start: a kick fd (or none, polled) came since the ring last stopped or was reset. */
+  armed = false;
   /** Paused by the back-end (a stop or a region removal waiting for requests in progress). */
   paused = false;
   /** The inflight region recording this ring's buffers while it runs, or null. */
@@ -203,7 +205,8 @@ export class VhostUserRing implements LoggedRing {
     // DRIVER_OK, so that a layout it refuses is a device error the front-end is told of with a
     // configuration change), then enabled in the device core, which leaves an active queue as is.
     if (!q.activate(dev.queueFeatures(), start)) return; // the verdict ends the session
-    dev.enableQueue(this.index);
+    // Not announced to the device type: over vhost-user the enable is SET_VRING_ENABLE's.
+    dev.enableQueue(this.index, false);
     if (this.enabled) dev.notify(this.index);
   }
 
@@ -247,6 +250,7 @@ export class VhostUserRing implements LoggedRing {
    * it was left. Returns the position kept, or null.
    */
   keepPosition(queue: DeviceQueue | undefined): RingPosition | null {
+    this.armed = false;
     if (!this.started) return null;
     this.started = false;
     this.paused = false;
@@ -259,6 +263,7 @@ export class VhostUserRing implements LoggedRing {
   /** RESET_DEVICE: stopped and back to base 0 (requests in progress are dropped). */
   reset(): void {
     this.stopWatching();
+    this.armed = false;
     this.started = false;
     this.paused = false;
     this.base = 0;
