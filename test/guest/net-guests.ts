@@ -63,7 +63,8 @@ export async function stop(child: ChildProcess): Promise<number | null> {
 /** One guest on `-netdev vhost-user` at `sock` (or on `netArgs`) running the init's `vt.test=<test>` case; its VT-RESULT lines. */
 export function runGuest(sock: string, mac: string, device: string, append: string, timeoutMs: number, testName = 'net', netArgs?: string[]): Promise<GuestOut> {
   const args = [
-    '-accel', 'tcg', '-cpu', 'max', '-m', '384M',
+    // maxcpus=2: QEMU 7.2's TCG emits a guest's barriers only then (docs/findings.md T1).
+    '-accel', 'tcg', '-cpu', 'max', '-smp', '1,maxcpus=2', '-m', '384M',
     '-object', 'memory-backend-memfd,id=mem,size=384M,share=on', '-numa', 'node,memdev=mem',
     '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
     '-kernel', join(guestDir, 'vmlinux'), '-initrd', join(guestDir, 'initramfs.cpio'),
