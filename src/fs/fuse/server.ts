@@ -171,8 +171,13 @@ export function errorReply(unique: bigint, errno: number): FuseReply {
   return reply;
 }
 
+/** A non-negative number as a little-endian u64 (two u32 stores: no BigInt per field). */
 function u64(v: DataView, off: number, x: number): void {
-  v.setBigUint64(off, BigInt(Math.max(0, Math.floor(x))), true);
+  // NaN or +Infinity from a provider is its bug (answered EIO), as BigInt() of it would throw.
+  if (x !== x || x === Infinity) throw new RangeError(`${x} is not a u64`);
+  const n = x > 0 ? Math.floor(x) : 0;
+  v.setUint32(off, n % 0x100000000, true);
+  v.setUint32(off + 4, Math.floor(n / 0x100000000), true);
 }
 
 /** fuse_attr at `off`. */

@@ -334,6 +334,11 @@ export class HostDirFs implements FsProvider {
       this.closeFd(fd);
       throw new FsError(errnoOf(err));
     }
+    return this.adoptStated(fd);
+  }
+
+  /** {@link adopt} of an fd whose attributes this.st holds. */
+  private adoptStated(fd: number): FileAttr {
     const key = this.keyOf(this.st);
     const known = this.byKey.get(key);
     if (known !== undefined) {
@@ -345,12 +350,6 @@ export class HostDirFs implements FsProvider {
     this.nodes.set(ino, node);
     this.byKey.set(key, node);
     return this.attr(ino);
-  }
-
-  /** Opens `name` of directory `parent` as O_PATH (never following it) and adopts it. */
-  private openNode(parent: Node, name: string): FileAttr {
-    const fd = sys(() => this.n.fsOpenat(parent.fd, name, O_PATH, 0));
-    return this.adopt(fd);
   }
 
   /**
@@ -381,7 +380,11 @@ export class HostDirFs implements FsProvider {
   /** The entry `name` of directory `parent` (one component, never followed). */
   lookup(parent: number, name: string): FileAttr {
     checkName(name);
-    return this.openNode(this.dirNode(parent), name);
+    const dir = this.dirNode(parent);
+    // One native call (openat2 + fstat); a missing name is -ENOENT, an error without a stack.
+    const fd = this.n.fsLookup(dir.fd, name, this.st);
+    if (fd < 0) throw FsError.quick(-fd);
+    return this.adoptStated(fd);
   }
 
   /** Closes the node's fd: the guest holds no reference to it any more. The root stays. */
