@@ -269,16 +269,18 @@ export class FuseServer {
     return this.lookups.size;
   }
 
-  /** Parses the header of `req` (null when it is shorter than one). */
-  static header(req: Uint8Array): FuseHeader | null {
+  /** Parses the header of `req` (null when it is shorter than one); `view`: a DataView of `req`, if the caller has one. */
+  static header(req: Uint8Array, view?: DataView): FuseHeader | null {
     if (req.length < Size.inHeader) return null;
-    const v = new DataView(req.buffer, req.byteOffset, req.byteLength);
-    const nodeid = v.getBigUint64(InHeader.nodeid, true);
+    const v = view ?? new DataView(req.buffer, req.byteOffset, req.byteLength);
+    // The u64 nodeid as two u32 (no BigInt): past 2^53 it is no nodeid of ours (-1).
+    const hi = v.getUint32(InHeader.nodeid + 4, true);
+    const nodeid = hi >= 0x200000 ? -1 : hi * 0x100000000 + v.getUint32(InHeader.nodeid, true);
     return {
       len: v.getUint32(InHeader.len, true),
       opcode: v.getUint32(InHeader.opcode, true),
       unique: v.getBigUint64(InHeader.unique, true),
-      nodeid: nodeid > BigInt(Number.MAX_SAFE_INTEGER) ? -1 : Number(nodeid),
+      nodeid,
       uid: v.getUint32(InHeader.uid, true),
       gid: v.getUint32(InHeader.gid, true),
       pid: v.getUint32(InHeader.pid, true),
@@ -293,7 +295,9 @@ export class FuseServer {
    */
   handle(req: Uint8Array, room: number): MaybePromise<FuseReply | null> {
     this.stats.requests++;
-    const h = FuseServer.header(req);
+    // One view of the request for the header and the body.
+    const v = new DataView(req.buffer, req.byteOffset, req.byteLength);
+    const h = FuseServer.header(req, v);
     if (h === null) {
       this.stats.malformed++;
       this.log('request shorter than fuse_in_header', { bytes: req.length });
@@ -303,7 +307,7 @@ export class FuseServer {
     this.opStats.requests[slot]++;
     let out: MaybePromise<FuseReply | null>;
     try {
-      out = this.dispatch(req, h, room);
+      out = this.dispatch(req, v, h, room);
     } catch (e) {
       return this.caught(e, h, room);
     }
@@ -356,8 +360,7 @@ export class FuseServer {
     return id;
   }
 
-  private dispatch(req: Uint8Array, h: FuseHeader, room: number): MaybePromise<FuseReply | null> {
-    const v = new DataView(req.buffer, req.byteOffset, req.byteLength);
+  private dispatch(req: Uint8Array, v: DataView, h: FuseHeader, room: number): MaybePromise<FuseReply | null> {
     if (h.len < Size.inHeader || h.len > req.length) throw new Malformed(Errno.EINVAL, `fuse_in_header.len ${h.len} is not within the ${req.length} bytes the driver gave`);
     const extlen = v.getUint16(InHeader.totalExtlen, true) * 8;
     if (extlen > h.len - Size.inHeader) throw new Malformed(Errno.EINVAL, `total_extlen ${extlen} bytes is longer than the request`);
