@@ -358,21 +358,29 @@ export class HostDirFs implements FsProvider {
    */
   private created(parent: Node, name: string, mode: number, ctx: FsContext, fd?: number): FileAttr {
     const pathFd = fd ?? sys(() => this.n.fsOpenat(parent.fd, name, O_PATH, 0));
+    let changed = false;
     try {
       this.n.fsStat(pathFd, '', this.st);
       const type = this.st[3] & S_IFMT;
-      if (this.chownNew) {
+      // Already the caller's (guest root creating as host root) with no set-ID bit a chown
+      // would clear: the chown would change nothing but ctime, so it and the re-stat are saved.
+      if (this.chownNew && !(this.st[5] === ctx.uid && this.st[6] === ctx.gid && (this.st[3] & 0o6000) === 0)) {
         // A set-group-ID directory gives its group to what is created in it (as Linux does).
         this.n.fsStat(parent.fd, '', this.sfsStat);
         const gid = (this.sfsStat[3] & 0o2000) !== 0 ? -1 : ctx.gid;
         this.n.fsChown(pathFd, ctx.uid, gid);
+        changed = true;
       }
-      if (type !== S_IFLNK && (this.st[3] & 0o777) !== (mode & 0o777)) this.n.fsChmod(pathFd, (this.st[3] & 0o7000) | (mode & 0o7777));
+      if (type !== S_IFLNK && (this.st[3] & 0o777) !== (mode & 0o777)) {
+        this.n.fsChmod(pathFd, (this.st[3] & 0o7000) | (mode & 0o7777));
+        changed = true;
+      }
     } catch (err) {
       if (fd === undefined) this.closeFd(pathFd);
       throw new FsError(errnoOf(err));
     }
-    return this.adopt(pathFd);
+    // this.st still describes the inode when nothing was changed since the stat.
+    return changed ? this.adopt(pathFd) : this.adoptStated(pathFd);
   }
 
   // --- FsProvider ----------------------------------------------------------------------------
