@@ -174,6 +174,11 @@ static void fill_stat(double* out, const struct stat* st) {
   out[16] = (double)st->st_ctim.tv_nsec;
 }
 
+// (dirfd, name, Float64Array(17)) of fsStat and fsLookup; `name` has NAME_BUF bytes.
+static int stat_args(napi_env env, napi_value* argv, int32_t* dirfd, char* name, double** out, int empty_ok) {
+  return get_i32(env, argv[0], dirfd) && get_name(env, argv[1], name, NAME_BUF, empty_ok) && get_f64s(env, argv[2], out, 17);
+}
+
 // fsStat(dirfd, name, out Float64Array(17)): fstatat(AT_SYMLINK_NOFOLLOW; "" = the fd itself).
 // out: dev, ino high 32 bits, ino low 32 bits, mode, nlink, uid, gid, rdev, size, blksize,
 // blocks, atime s, ns, mtime s, ns, ctime s, ns.
@@ -182,8 +187,7 @@ static napi_value FsStat(napi_env env, napi_callback_info info) {
   int32_t dirfd;
   char name[NAME_BUF];
   double* out;
-  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 1) || !get_f64s(env, argv[2], &out, 17))
-    return throw_errno(env, "fsStat: (dirfd, name, Float64Array(17))", EINVAL);
+  if (!stat_args(env, argv, &dirfd, name, &out, 1)) return throw_errno(env, "fsStat: (dirfd, name, Float64Array(17))", EINVAL);
   if (strcmp(name, "..") == 0) return throw_errno(env, "fstatat", EXDEV);
   struct stat st;
   // The raw system call, not glibc's fstatat: since glibc 2.33 that links as fstatat64@GLIBC_2.33,
@@ -202,8 +206,7 @@ static napi_value FsLookup(napi_env env, napi_callback_info info) {
   int32_t dirfd;
   char name[NAME_BUF];
   double* out;
-  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_f64s(env, argv[2], &out, 17))
-    return throw_errno(env, "fsLookup: (dirfd, name, Float64Array(17))", EINVAL);
+  if (!stat_args(env, argv, &dirfd, name, &out, 0)) return throw_errno(env, "fsLookup: (dirfd, name, Float64Array(17))", EINVAL);
   int fd = open_beneath(dirfd, name, O_PATH, 0);
   if (fd < 0) return num(env, fd);
   struct stat st;
