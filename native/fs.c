@@ -103,15 +103,8 @@ static void proc_path(char* buf, size_t size, int fd) { snprintf(buf, size, "/pr
 
 static int openat2_missing = 0;
 
-// fsOpenat(dirfd, name, flags, mode): fd. O_NOFOLLOW and O_CLOEXEC are always added; the name
-// is one component, resolved beneath dirfd.
-static napi_value FsOpenat(napi_env env, napi_callback_info info) {
-  ARGS(4);
-  int32_t dirfd, flags, mode;
-  char name[NAME_BUF];
-  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &flags) ||
-      !get_i32(env, argv[3], &mode))
-    return throw_errno(env, "fsOpenat: (dirfd, name, flags, mode)", EINVAL);
+// One name opened beneath dirfd (O_NOFOLLOW | O_CLOEXEC added): the fd, or -errno.
+static int open_beneath(int dirfd, const char* name, int flags, int mode) {
   flags |= O_NOFOLLOW | O_CLOEXEC;
   int fd = -1;
   if (!openat2_missing) {
@@ -122,14 +115,28 @@ static napi_value FsOpenat(napi_env env, napi_callback_info info) {
     // EAGAIN / EXDEV: the kernel saw a rename somewhere during a scoped lookup and cannot vouch
     // for it (openat2(2): "the caller may retry"). For one component that is not ".." (refused
     // below) openat(O_NOFOLLOW) is exactly as confined, so it answers instead of failing.
-    else if (fd < 0 && errno != EAGAIN && errno != EXDEV) return throw_errno(env, "openat2", errno);
-    else if (fd < 0 && strcmp(name, "..") == 0) return throw_errno(env, "openat2", EXDEV);
+    else if (fd < 0 && errno != EAGAIN && errno != EXDEV) return -errno;
+    else if (fd < 0 && strcmp(name, "..") == 0) return -EXDEV;
   }
   if (fd < 0) {
-    if (strcmp(name, "..") == 0) return throw_errno(env, "openat", EXDEV);
+    if (strcmp(name, "..") == 0) return -EXDEV;
     fd = openat(dirfd, name, flags, (mode_t)(mode & 07777));
-    if (fd < 0) return throw_errno(env, "openat", errno);
+    if (fd < 0) return -errno;
   }
+  return fd;
+}
+
+// fsOpenat(dirfd, name, flags, mode): fd. O_NOFOLLOW and O_CLOEXEC are always added; the name
+// is one component, resolved beneath dirfd.
+static napi_value FsOpenat(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t dirfd, flags, mode;
+  char name[NAME_BUF];
+  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &flags) ||
+      !get_i32(env, argv[3], &mode))
+    return throw_errno(env, "fsOpenat: (dirfd, name, flags, mode)", EINVAL);
+  int fd = open_beneath(dirfd, name, flags, mode);
+  if (fd < 0) return throw_errno(env, "openat", -fd);
   return num(env, fd);
 }
 
@@ -146,6 +153,32 @@ static napi_value FsReopen(napi_env env, napi_callback_info info) {
   return num(env, r);
 }
 
+// The 17 fields of fsStat's out array from `st`.
+static void fill_stat(double* out, const struct stat* st) {
+  out[0] = (double)st->st_dev;
+  out[1] = (double)((uint64_t)st->st_ino >> 32);
+  out[2] = (double)((uint64_t)st->st_ino & 0xffffffffu);
+  out[3] = st->st_mode;
+  out[4] = (double)st->st_nlink;
+  out[5] = st->st_uid;
+  out[6] = st->st_gid;
+  out[7] = (double)st->st_rdev;
+  out[8] = (double)st->st_size;
+  out[9] = (double)st->st_blksize;
+  out[10] = (double)st->st_blocks;
+  out[11] = (double)st->st_atim.tv_sec;
+  out[12] = (double)st->st_atim.tv_nsec;
+  out[13] = (double)st->st_mtim.tv_sec;
+  out[14] = (double)st->st_mtim.tv_nsec;
+  out[15] = (double)st->st_ctim.tv_sec;
+  out[16] = (double)st->st_ctim.tv_nsec;
+}
+
+// (dirfd, name, Float64Array(17)) of fsStat and fsLookup; `name` has NAME_BUF bytes.
+static int stat_args(napi_env env, napi_value* argv, int32_t* dirfd, char* name, double** out, int empty_ok) {
+  return get_i32(env, argv[0], dirfd) && get_name(env, argv[1], name, NAME_BUF, empty_ok) && get_f64s(env, argv[2], out, 17);
+}
+
 // fsStat(dirfd, name, out Float64Array(17)): fstatat(AT_SYMLINK_NOFOLLOW; "" = the fd itself).
 // out: dev, ino high 32 bits, ino low 32 bits, mode, nlink, uid, gid, rdev, size, blksize,
 // blocks, atime s, ns, mtime s, ns, ctime s, ns.
@@ -154,32 +187,36 @@ static napi_value FsStat(napi_env env, napi_callback_info info) {
   int32_t dirfd;
   char name[NAME_BUF];
   double* out;
-  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 1) || !get_f64s(env, argv[2], &out, 17))
-    return throw_errno(env, "fsStat: (dirfd, name, Float64Array(17))", EINVAL);
+  if (!stat_args(env, argv, &dirfd, name, &out, 1)) return throw_errno(env, "fsStat: (dirfd, name, Float64Array(17))", EINVAL);
   if (strcmp(name, "..") == 0) return throw_errno(env, "fstatat", EXDEV);
   struct stat st;
   // The raw system call, not glibc's fstatat: since glibc 2.33 that links as fstatat64@GLIBC_2.33,
   // and the prebuilt binaries must load on glibc 2.28 (scripts/prebuild.mjs). On the 64-bit
   // targets (x86_64, aarch64) the kernel's struct stat is glibc's.
   if (syscall(SYS_newfstatat, dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name[0] == 0 ? AT_EMPTY_PATH : 0)) < 0) return throw_errno(env, "fstatat", errno);
-  out[0] = (double)st.st_dev;
-  out[1] = (double)((uint64_t)st.st_ino >> 32);
-  out[2] = (double)((uint64_t)st.st_ino & 0xffffffffu);
-  out[3] = st.st_mode;
-  out[4] = (double)st.st_nlink;
-  out[5] = st.st_uid;
-  out[6] = st.st_gid;
-  out[7] = (double)st.st_rdev;
-  out[8] = (double)st.st_size;
-  out[9] = (double)st.st_blksize;
-  out[10] = (double)st.st_blocks;
-  out[11] = (double)st.st_atim.tv_sec;
-  out[12] = (double)st.st_atim.tv_nsec;
-  out[13] = (double)st.st_mtim.tv_sec;
-  out[14] = (double)st.st_mtim.tv_nsec;
-  out[15] = (double)st.st_ctim.tv_sec;
-  out[16] = (double)st.st_ctim.tv_nsec;
+  fill_stat(out, &st);
   return fs_undefined(env);
+}
+
+// fsLookup(dirfd, name, out Float64Array(17)): the O_PATH fd of one name beneath dirfd (as
+// fsOpenat(O_PATH)) with its fstat in out (as fsStat), or -errno: a name that is not there is
+// the usual answer to a lookup, so it is a number, not a thrown Error (FUSE LOOKUP in one call).
+static napi_value FsLookup(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd;
+  char name[NAME_BUF];
+  double* out;
+  if (!stat_args(env, argv, &dirfd, name, &out, 0)) return throw_errno(env, "fsLookup: (dirfd, name, Float64Array(17))", EINVAL);
+  int fd = open_beneath(dirfd, name, O_PATH, 0);
+  if (fd < 0) return num(env, fd);
+  struct stat st;
+  if (syscall(SYS_newfstatat, fd, "", &st, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH) < 0) {
+    int e = errno;
+    close(fd);
+    return num(env, -e);
+  }
+  fill_stat(out, &st);
+  return num(env, fd);
 }
 
 // fsMkdirat(dirfd, name, mode)
@@ -489,7 +526,7 @@ static napi_value FsLock(napi_env env, napi_callback_info info) {
 
 void fs_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-      FN("fsOpenat", FsOpenat),         FN("fsReopen", FsReopen),       FN("fsStat", FsStat),
+      FN("fsOpenat", FsOpenat),         FN("fsReopen", FsReopen),       FN("fsStat", FsStat),         FN("fsLookup", FsLookup),
       FN("fsMkdirat", FsMkdirat),       FN("fsMknodat", FsMknodat),     FN("fsSymlinkat", FsSymlinkat),
       FN("fsUnlinkat", FsUnlinkat),     FN("fsRenameat2", FsRenameat2), FN("fsLinkat", FsLinkat),
       FN("fsReadlink", FsReadlink),     FN("fsChmod", FsChmod),         FN("fsChown", FsChown),

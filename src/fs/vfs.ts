@@ -73,6 +73,23 @@ export class FsError extends VirtioTsError<FsErrorKind> {
     super('errno', message ?? errnoName(errno), options);
     this.errno = errno;
   }
+
+  /**
+   * An error with this errno and no stack trace: for the answers a file system gives all the
+   * time (a LOOKUP of a name that is not there), where capturing a stack would cost more than
+   * the system call. The FUSE server reads only `errno`.
+   */
+  static quick(errno: number): FsError {
+    // V8's knob (Node, Chromium); elsewhere setting it is harmless.
+    const E = Error as unknown as { stackTraceLimit?: number };
+    const limit = E.stackTraceLimit;
+    E.stackTraceLimit = 0;
+    try {
+      return new FsError(errno);
+    } finally {
+      E.stackTraceLimit = limit;
+    }
+  }
 }
 
 /** A value, or a Promise of it: every provider operation may be synchronous or not. */

@@ -21,6 +21,12 @@ export interface NativeFs {
    * ns, ctime s, ns.
    */
   fsStat(dirfd: number, name: string, out: Float64Array): void;
+  /**
+   * FUSE LOOKUP in one call: the O_PATH fd of `name` beneath `dirfd` (as
+   * `fsOpenat(dirfd, name, O_PATH, 0)`) with its attributes in `out` (as {@link fsStat}), or
+   * -errno (a name that is not there is an answer, not a thrown Error). Bad arguments throw.
+   */
+  fsLookup(dirfd: number, name: string, out: Float64Array): number;
   fsMkdirat(dirfd: number, name: string, mode: number): void;
   /** `mode` carries the file type (S_IFIFO, S_IFSOCK, S_IFREG, ...). */
   fsMknodat(dirfd: number, name: string, mode: number, rdev: number): void;

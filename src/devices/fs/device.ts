@@ -157,7 +157,8 @@ export class FsDeviceType implements DeviceType {
     r.readInto(buf, 0, len);
     const req = buf.subarray(0, len);
     if (len >= Size.inHeader) {
-      const op = new DataView(buf.buffer, buf.byteOffset, len).getUint32(4, true);
+      // fuse_in_header.opcode (u32 LE at 4), read without a DataView per request.
+      const op = (buf[4] | (buf[5] << 8) | (buf[6] << 16) | (buf[7] << 24)) >>> 0;
       const high = isHighPriority(op);
       if (hiprio && !high) {
         ctx.violation('fs.high-priority-queue.driver.2', `driver put ${opName(op)}, a normal request, on the hiprio queue`, { opcode: op, queue: q.index });

@@ -171,8 +171,13 @@ export function errorReply(unique: bigint, errno: number): FuseReply {
   return reply;
 }
 
+/** A non-negative number as a little-endian u64 (two u32 stores: no BigInt per field). */
 function u64(v: DataView, off: number, x: number): void {
-  v.setBigUint64(off, BigInt(Math.max(0, Math.floor(x))), true);
+  // NaN or +Infinity from a provider is its bug (answered EIO), as BigInt() of it would throw.
+  if (x !== x || x === Infinity) throw new RangeError(`${x} is not a u64`);
+  const n = x > 0 ? Math.floor(x) : 0;
+  v.setUint32(off, n % 0x100000000, true);
+  v.setUint32(off + 4, Math.floor(n / 0x100000000), true);
 }
 
 /** fuse_attr at `off`. */
@@ -264,16 +269,18 @@ export class FuseServer {
     return this.lookups.size;
   }
 
-  /** Parses the header of `req` (null when it is shorter than one). */
-  static header(req: Uint8Array): FuseHeader | null {
+  /** Parses the header of `req` (null when it is shorter than one); `view`: a DataView of `req`, if the caller has one. */
+  static header(req: Uint8Array, view?: DataView): FuseHeader | null {
     if (req.length < Size.inHeader) return null;
-    const v = new DataView(req.buffer, req.byteOffset, req.byteLength);
-    const nodeid = v.getBigUint64(InHeader.nodeid, true);
+    const v = view ?? new DataView(req.buffer, req.byteOffset, req.byteLength);
+    // The u64 nodeid as two u32 (no BigInt): past 2^53 it is no nodeid of ours (-1).
+    const hi = v.getUint32(InHeader.nodeid + 4, true);
+    const nodeid = hi >= 0x200000 ? -1 : hi * 0x100000000 + v.getUint32(InHeader.nodeid, true);
     return {
       len: v.getUint32(InHeader.len, true),
       opcode: v.getUint32(InHeader.opcode, true),
       unique: v.getBigUint64(InHeader.unique, true),
-      nodeid: nodeid > BigInt(Number.MAX_SAFE_INTEGER) ? -1 : Number(nodeid),
+      nodeid,
       uid: v.getUint32(InHeader.uid, true),
       gid: v.getUint32(InHeader.gid, true),
       pid: v.getUint32(InHeader.pid, true),
@@ -288,7 +295,9 @@ export class FuseServer {
    */
   handle(req: Uint8Array, room: number): MaybePromise<FuseReply | null> {
     this.stats.requests++;
-    const h = FuseServer.header(req);
+    // One view of the request for the header and the body.
+    const v = new DataView(req.buffer, req.byteOffset, req.byteLength);
+    const h = FuseServer.header(req, v);
     if (h === null) {
       this.stats.malformed++;
       this.log('request shorter than fuse_in_header', { bytes: req.length });
@@ -298,7 +307,7 @@ export class FuseServer {
     this.opStats.requests[slot]++;
     let out: MaybePromise<FuseReply | null>;
     try {
-      out = this.dispatch(req, h, room);
+      out = this.dispatch(req, v, h, room);
     } catch (e) {
       return this.caught(e, h, room);
     }
@@ -351,8 +360,7 @@ export class FuseServer {
     return id;
   }
 
-  private dispatch(req: Uint8Array, h: FuseHeader, room: number): MaybePromise<FuseReply | null> {
-    const v = new DataView(req.buffer, req.byteOffset, req.byteLength);
+  private dispatch(req: Uint8Array, v: DataView, h: FuseHeader, room: number): MaybePromise<FuseReply | null> {
     if (h.len < Size.inHeader || h.len > req.length) throw new Malformed(Errno.EINVAL, `fuse_in_header.len ${h.len} is not within the ${req.length} bytes the driver gave`);
     const extlen = v.getUint16(InHeader.totalExtlen, true) * 8;
     if (extlen > h.len - Size.inHeader) throw new Malformed(Errno.EINVAL, `total_extlen ${extlen} bytes is longer than the request`);

@@ -334,6 +334,11 @@ export class HostDirFs implements FsProvider {
       this.closeFd(fd);
       throw new FsError(errnoOf(err));
     }
+    return this.adoptStated(fd);
+  }
+
+  /** {@link adopt} of an fd whose attributes this.st holds. */
+  private adoptStated(fd: number): FileAttr {
     const key = this.keyOf(this.st);
     const known = this.byKey.get(key);
     if (known !== undefined) {
@@ -347,33 +352,35 @@ export class HostDirFs implements FsProvider {
     return this.attr(ino);
   }
 
-  /** Opens `name` of directory `parent` as O_PATH (never following it) and adopts it. */
-  private openNode(parent: Node, name: string): FileAttr {
-    const fd = sys(() => this.n.fsOpenat(parent.fd, name, O_PATH, 0));
-    return this.adopt(fd);
-  }
-
   /**
    * After creating `name` in `parent`: the caller's ownership (as root), the mode the guest
    * asked for (this process's umask may have taken bits away), and the node.
    */
   private created(parent: Node, name: string, mode: number, ctx: FsContext, fd?: number): FileAttr {
     const pathFd = fd ?? sys(() => this.n.fsOpenat(parent.fd, name, O_PATH, 0));
+    let changed = false;
     try {
       this.n.fsStat(pathFd, '', this.st);
       const type = this.st[3] & S_IFMT;
-      if (this.chownNew) {
+      // Already the caller's (guest root creating as host root) with no set-ID bit a chown
+      // would clear: the chown would change nothing but ctime, so it and the re-stat are saved.
+      if (this.chownNew && !(this.st[5] === ctx.uid && this.st[6] === ctx.gid && (this.st[3] & 0o6000) === 0)) {
         // A set-group-ID directory gives its group to what is created in it (as Linux does).
         this.n.fsStat(parent.fd, '', this.sfsStat);
         const gid = (this.sfsStat[3] & 0o2000) !== 0 ? -1 : ctx.gid;
         this.n.fsChown(pathFd, ctx.uid, gid);
+        changed = true;
       }
-      if (type !== S_IFLNK && (this.st[3] & 0o777) !== (mode & 0o777)) this.n.fsChmod(pathFd, (this.st[3] & 0o7000) | (mode & 0o7777));
+      if (type !== S_IFLNK && (this.st[3] & 0o777) !== (mode & 0o777)) {
+        this.n.fsChmod(pathFd, (this.st[3] & 0o7000) | (mode & 0o7777));
+        changed = true;
+      }
     } catch (err) {
       if (fd === undefined) this.closeFd(pathFd);
       throw new FsError(errnoOf(err));
     }
-    return this.adopt(pathFd);
+    // this.st still describes the inode when nothing was changed since the stat.
+    return changed ? this.adopt(pathFd) : this.adoptStated(pathFd);
   }
 
   // --- FsProvider ----------------------------------------------------------------------------
@@ -381,7 +388,11 @@ export class HostDirFs implements FsProvider {
   /** The entry `name` of directory `parent` (one component, never followed). */
   lookup(parent: number, name: string): FileAttr {
     checkName(name);
-    return this.openNode(this.dirNode(parent), name);
+    const dir = this.dirNode(parent);
+    // One native call (openat2 + fstat); a missing name is -ENOENT, an error without a stack.
+    const fd = this.n.fsLookup(dir.fd, name, this.st);
+    if (fd < 0) throw FsError.quick(-fd);
+    return this.adoptStated(fd);
   }
 
   /** Closes the node's fd: the guest holds no reference to it any more. The root stays. */
@@ -720,7 +731,8 @@ export class HostDirFs implements FsProvider {
   /** A `user.` xattr of the node's own inode (any other namespace: ENODATA). */
   getxattr(ino: number, name: string): Uint8Array {
     const node = this.node(ino);
-    if (!name.startsWith(XATTR_USER)) throw new FsError(Errno.ENODATA);
+    // Asked before each write by a guest kernel that checks security.capability: no stack for it.
+    if (!name.startsWith(XATTR_USER)) throw FsError.quick(Errno.ENODATA);
     return sys(() => {
       for (;;) {
         const size = this.n.fsGetxattr(node.fd, name, null);
