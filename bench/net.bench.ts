@@ -119,10 +119,13 @@ async function waitFor(cond: () => boolean, what: string): Promise<void> {
 async function throughServe(size: number): Promise<{ pps: number; verdicts: number }> {
   const s = scratch('vt-bench-net-');
   const sw = child(['switch', '--socket', `${s.dir}/sw.sock`]);
-  const serves = [MAC_A, MAC_B].map((m, i) => child(['serve', 'net', '--socket-path', `${s.dir}/n${i}.sock`, '--mac', hex(m), '--switch', `${s.dir}/sw.sock`, '--report', `${s.dir}/r${i}.json`, '--log-format', 'json']));
+  const serves: ReturnType<typeof child>[] = [];
   const pmds: Testpmd[] = [];
   try {
     await waitFor(() => existsSync(`${s.dir}/sw.sock`), 'the switch');
+    // Only now: serve net exits 3 when its --switch socket is not there yet (a loaded machine
+    // starts the switch slowly).
+    for (const [i, m] of [MAC_A, MAC_B].entries()) serves.push(child(['serve', 'net', '--socket-path', `${s.dir}/n${i}.sock`, '--mac', hex(m), '--switch', `${s.dir}/sw.sock`, '--report', `${s.dir}/r${i}.json`, '--log-format', 'json']));
     for (const x of serves) await waitFor(() => x.log().includes('listening on'), 'serve net');
     const sink = startTestpmd(testpmdArgs([`net_virtio_user0,path=${s.dir}/n1.sock,queues=1,mac=${hex(MAC_B)}`], ['--forward-mode=rxonly', '--stats-period=1']));
     pmds.push(sink);
