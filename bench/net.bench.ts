@@ -31,6 +31,7 @@ const seconds = Number(arg('--seconds') ?? 3) || 3;
 /** --only inproc|ceiling|serve: one row kind (for profiling); --cpu-prof DIR: profile the node children. */
 const only = arg('--only');
 const profDir = arg('--cpu-prof');
+const pmdNice = arg('--pmd-nice') === undefined ? undefined : Number(arg('--pmd-nice'));
 const SIZES = arg('--size') !== undefined ? [Number(arg('--size'))] : [60, 1514];
 const MAC_A = Uint8Array.of(0x52, 0x54, 0, 0x15, 0, 1);
 const MAC_B = Uint8Array.of(0x52, 0x54, 0, 0x15, 0, 2);
@@ -79,6 +80,7 @@ async function inProcess(size: number): Promise<{ pps: number; lost: number }> {
 /** The median of testpmd's periodic `${dir}-pps:` lines (one port each here) after the first two (ramp-up). */
 function pps(log: string, dir: 'Rx' | 'Tx'): number {
   const v = [...log.matchAll(dir === 'Rx' ? /Rx-pps:\s+(\d+)/g : /Tx-pps:\s+(\d+)/g)].map((m) => Number(m[1])).slice(2).filter((x) => x > 0);
+  if (process.env.BENCH_NET_DEBUG) console.log(dir, v.join(' '));
   if (v.length === 0) return 0;
   v.sort((x, y) => x - y);
   return v[v.length >> 1];
@@ -141,6 +143,8 @@ interface ServeResult {
   /** Frames serve net A took from the source, serve net B gave the sink, and the drops on the way (whole run). */
   aTx: number;
   aTxDropped: number;
+  /** Frames serve net A could not send to the switch socket (backed up). */
+  aSwitchDropped: number;
   bRx: number;
   bRxDropped: number;
   switchDropped: number;
@@ -158,19 +162,20 @@ async function throughServe(size: number): Promise<ServeResult> {
     for (const [i, m] of [MAC_A, MAC_B].entries()) serves.push(child(['serve', 'net', '--socket-path', `${s.dir}/n${i}.sock`, '--mac', hex(m), '--switch', `${s.dir}/sw.sock`, '--report', `${s.dir}/r${i}.json`, '--log-format', 'json']));
     for (const x of serves) await waitFor(() => x.log().includes('listening on'), 'serve net');
     // Sink and source forward on different CPUs, as in the ceiling.
-    const sink = startTestpmd(testpmdArgs([`net_virtio_user0,path=${s.dir}/n1.sock,queues=1,mac=${hex(MAC_B)}`], ['--forward-mode=rxonly', '--stats-period=1'], undefined, 0));
+    const sink = startTestpmd(testpmdArgs([`net_virtio_user0,path=${s.dir}/n1.sock,queues=1,mac=${hex(MAC_B)}`], ['--forward-mode=rxonly', '--stats-period=1'], undefined, 0), { nice: pmdNice });
     pmds.push(sink);
     await sink.waitFor('forwards packets on', 'the sink');
-    const src = startTestpmd(testpmdArgs([`net_virtio_user0,path=${s.dir}/n0.sock,queues=1,mac=${hex(MAC_A)}`], ['--forward-mode=txonly', `--txpkts=${size}`, `--eth-peer=0,${hex(MAC_B)}`, '--stats-period=1'], undefined, 1));
+    const src = startTestpmd(testpmdArgs([`net_virtio_user0,path=${s.dir}/n0.sock,queues=1,mac=${hex(MAC_A)}`], ['--forward-mode=txonly', `--txpkts=${size}`, `--eth-peer=0,${hex(MAC_B)}`, '--stats-period=1'], undefined, 1), { nice: pmdNice });
     pmds.push(src);
     await src.waitFor('forwards packets on', 'the source');
     await run((seconds + 3) * 1000);
     const rx = pps(sink.log(), 'Rx');
     const tx = pps(src.log(), 'Tx');
     for (const p of pmds) await p.stop();
+    if (process.env.BENCH_NET_DEBUG) for (const p of pmds) console.log(p.log().split('\n').filter((l) => /packets|Accumulated|dropped/i.test(l)).slice(-8).join('\n'));
     for (const x of serves) await x.stop();
     await sw.stop();
-    const res: ServeResult = { rx, tx, verdicts: 0, aTx: 0, aTxDropped: 0, bRx: 0, bRxDropped: 0, switchDropped: 0 };
+    const res: ServeResult = { rx, tx, verdicts: 0, aTx: 0, aTxDropped: 0, aSwitchDropped: 0, bRx: 0, bRxDropped: 0, switchDropped: 0 };
     for (let i = 0; i < 2; i++) {
       if (!existsSync(`${s.dir}/r${i}.json`)) continue;
       const r = JSON.parse(readFileSync(`${s.dir}/r${i}.json`, 'utf8')) as { totals: { verdicts: number }; counters?: Record<string, number> };
@@ -178,6 +183,7 @@ async function throughServe(size: number): Promise<ServeResult> {
       if (i === 0) {
         res.aTx = r.counters?.txFrames ?? 0;
         res.aTxDropped = r.counters?.txDropped ?? 0;
+        res.aSwitchDropped = r.counters?.switchSendDropped ?? 0;
       } else {
         res.bRx = r.counters?.rxFrames ?? 0;
         res.bRxDropped = r.counters?.rxDropped ?? 0;
@@ -209,7 +215,7 @@ for (const size of SIZES) {
   if (testpmd && (only === undefined || only === 'ceiling')) ceil = await ceiling(size);
   if (testpmd && (only === undefined || only === 'serve')) {
     serve = await throughServe(size);
-    losses.push(`serve net ${size + 4} B: source sent ${fmt(serve.tx)} pps; serve A took ${serve.aTx} frames (${serve.aTxDropped} dropped), the switch dropped ${serve.switchDropped}, serve B delivered ${serve.bRx} (${serve.bRxDropped} dropped: the sink's ring full)`);
+    losses.push(`serve net ${size + 4} B: source sent ${fmt(serve.tx)} pps; serve A took ${serve.aTx} frames (${serve.aTxDropped} dropped, ${serve.aSwitchDropped} not taken by the switch socket), the switch dropped ${serve.switchDropped} (serve B's socket backed up), serve B delivered ${serve.bRx} (${serve.bRxDropped} dropped: the sink's ring full)`);
   }
   const srv = serve?.rx ?? NaN;
   rows.push([`${size + 4}`, fmt(inproc.pps), testpmd ? fmt(srv) : 'no testpmd', testpmd ? fmt(ceil.rx) : 'no testpmd', (srv / ceil.rx).toFixed(3), (inproc.pps / ceil.rx).toFixed(3), `${serve?.verdicts ?? '-'}`]);
