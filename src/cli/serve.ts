@@ -434,7 +434,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     try {
       const report = recorder.report();
       // The net device's frame counters ride along (a guest test checks frames really moved).
-      if (device instanceof NetDevice) report.counters = { ...device.counters, ...pairCounters(device), ...(netPort instanceof TapFramePort ? tapCounters(netPort) : {}) };
+      if (device instanceof NetDevice) report.counters = { ...device.counters, ...pairCounters(device), ...(netPort instanceof TapFramePort ? tapCounters(netPort) : {}), ...(netPort instanceof StreamFramePort ? { switchSendDropped: netPort.dropped } : {}) };
       // The fs device's request counters and the FUSE session's (a guest test checks requests were served).
       if (device instanceof FsDevice) report.counters = { ...device.type.stats, ...prefixed('fuse', device.server.stats), ...(provider instanceof MemoryFs ? { memoryBytes: provider.bytesUsed, memoryNodes: provider.nodeCount } : {}), ...(provider instanceof HostDirFs ? { ...prefixed('hostDir', provider.stats), hostDirNodes: provider.counts.nodes, hostDirHandles: provider.counts.handles } : {}), ...opCounters(device.server.opStats) };
       writeNewReport(opts.report, report);

@@ -129,3 +129,48 @@ test('stream port and switch socket: frames cross in QEMU -netdev stream framing
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('stream port: a burst of frames written in one tick arrives whole and in order; a backed-up socket makes send() false and the switch counts the drop', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtio-ts-stream-'));
+  const path = join(dir, 'sw.sock');
+  const sw = new NetSwitch();
+  const server = await listenSwitch(path, sw, { maxQueuedBytes: 64 * 1024 });
+  try {
+    const a = await StreamFramePort.connect(path, { maxQueuedBytes: 64 * 1024 });
+    const b = await StreamFramePort.connect(path);
+    await until(() => sw.portCount === 2, 'two ports');
+    const got: number[] = [];
+    b.onFrame = (f) => got.push(f.length === 60 + (f[14] ?? 0) ? f[14] : -1);
+    // 200 frames of different lengths in one synchronous run (they leave corked, in one write).
+    for (let i = 0; i < 200; i++) {
+      const f = ether(BROADCAST, MAC_A, 0x88b5, pattern(46 + i));
+      f[14] = i;
+      assert.ok(a.send(f));
+    }
+    await until(() => got.length === 200, 'the burst arrives');
+    assert.deepEqual(got, Array.from({ length: 200 }, (_, i) => i));
+    // A peer that never reads: the switch's writes to it back up past 64 KiB and are refused.
+    const raw = createConnection({ path });
+    await new Promise((r) => raw.once('connect', r));
+    await until(() => sw.portCount === 3, 'three ports');
+    raw.pause();
+    b.close();
+    await until(() => sw.portCount === 2, 'b left');
+    const big = ether(BROADCAST, MAC_A, 0x88b5, pattern(1400));
+    for (let i = 0; i < 2000 && sw.counters.dropped === 0; i++) {
+      a.send(big);
+      if (i % 50 === 49) await new Promise((r) => setImmediate(r));
+    }
+    await until(() => sw.counters.dropped > 0, 'the switch counts a drop');
+    // And a port whose own socket is backed up says so.
+    let refused = false;
+    for (let i = 0; i < 2000 && !refused; i++) refused = !a.send(big);
+    assert.ok(refused, 'send() returned false once 64 KiB waited in the socket');
+    assert.ok(a.dropped > 0);
+    raw.destroy();
+    a.close();
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -78,7 +78,9 @@ export class StreamFramePort implements FramePort {
       return false;
     }
     // The framing carries no header: offloads are finished here (a no-op for plain frames).
-    return completeOffloads(frame, offload, NO_OFFLOADS, this.emitOne) > 0;
+    // false when the socket was backed up (the switch counts it as a drop).
+    const before = this.dropped;
+    return completeOffloads(frame, offload, NO_OFFLOADS, this.emitOne) > 0 && this.dropped === before;
   }
 
   private write(frame: Uint8Array): void {
@@ -90,8 +92,21 @@ export class StreamFramePort implements FramePort {
     const b = Buffer.allocUnsafe(4 + frame.length);
     b.writeUInt32BE(frame.length, 0);
     b.set(frame, 4);
+    // The frames of one run (a device's transmit batch, a switch's burst) leave in one writev:
+    // uncorked, every frame was its own write(2) (bench:net profile, the switch hop).
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
     this.socket.write(b);
   }
+
+  private corked = false;
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   /** Incoming bytes: whole frames go to onFrame, a partial one waits in the preallocated buffer. */
   private take(chunk: Buffer): void {

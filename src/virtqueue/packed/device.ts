@@ -56,6 +56,10 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   usedWrap = true;
   /** Ring positions counted without wrapping (slot + size * passes). */
   private availLinear = 0;
+  /** Where checkNotificationData's last walk stopped (linear, slot, wrap); -1: walk from nextAvail. */
+  private scanLinear = -1;
+  private scanSlot = 0;
+  private scanWrap = true;
   private usedLinear = 0;
   private signalledLinear = 0;
 
@@ -108,6 +112,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     this.noShadow.fill(0);
     this.availWrap = this.usedWrap = true;
     this.availLinear = this.usedLinear = this.signalledLinear = 0;
+    this.scanLinear = -1;
     this.pendingCount = 0;
     this.idLinear.fill(-1);
     this.ring = this.driverEvent = this.deviceEvent = null;
@@ -145,6 +150,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     this.nextAvail = this.nextUsed = 0;
     this.availWrap = this.usedWrap = true;
     this.availLinear = this.usedLinear = this.signalledLinear = 0;
+    this.scanLinear = -1;
     if (start !== undefined) {
       // A ring restarted where it stopped (vhost-user SET_VRING_BASE: slots and wrap counters).
       // Linear positions count passes: slot + size while the wrap counter is 0 (odd passes).
@@ -188,14 +194,36 @@ export class PackedDeviceQueue extends DeviceQueueBase {
    */
   checkNotificationData(data: number): string | null {
     if (!this.active || this.broken) return null;
+    // The walk goes on from where the last one stopped when the device has not popped past it:
+    // descriptors it found available stay so until the device takes them. Walking from
+    // nextAvail every time cost a third of the in-process bench:net path (a receiving driver
+    // notifies per refilled buffer, each walk crossed the ~255 posted ones).
     let slot = this.nextAvail;
     let wrap = this.availWrap;
-    for (let n = 0; n < this.ringSize && isAvailable(this.flagsAt(slot), wrap); n++) {
+    let n = 0;
+    const ahead = this.scanLinear - this.availLinear;
+    if (ahead > 0 && ahead <= this.ringSize) {
+      let s = slot + ahead;
+      let w = wrap;
+      if (s >= this.ringSize) {
+        s -= this.ringSize;
+        w = !w;
+      }
+      if (s === this.scanSlot && w === this.scanWrap) {
+        slot = s;
+        wrap = w;
+        n = ahead;
+      }
+    }
+    for (; n < this.ringSize && isAvailable(this.flagsAt(slot), wrap); n++) {
       if (++slot === this.ringSize) {
         slot = 0;
         wrap = !wrap;
       }
     }
+    this.scanLinear = this.availLinear + n;
+    this.scanSlot = slot;
+    this.scanWrap = wrap;
     const off = (data >>> 16) & 0x7fff;
     const w = (data >>> 31) === 1;
     // Positions on the cycle of two passes (wrap 1, then wrap 0). The value may lag the ring
