@@ -65,8 +65,6 @@ export async function fsGuest(c: FsGuestConfig): Promise<GuestRun & { report: Fs
       serveArgs: ['--tag', tag, ...c.serveArgs, '--report', report, '--log-format', 'json'],
       append: `vt.tag=${tag} vt.files=${c.files} vt.mb=${c.mb}`,
       memoryMiB: 384,
-      // The guest unmounts twice: QEMU 7.2's TCG must emit the guest's barriers (BootOptions.maxCpus).
-      maxCpus: 2,
       during: (g) => umountWatch(g, rings),
       timeoutMs: 200_000, // a hang guard inside the runner's 300 s per file (the workload takes 40 to 100 s under TCG on a loaded 2-core machine; a hung umount gives up after 60 s)
     });

@@ -33,7 +33,6 @@ guestTest('serve fs --shared-dir --read-only: the guest reads, every change it t
       serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, '--read-only', '--log-format', 'json'],
       append: 'vt.ro=1',
       test: 'fshost',
-      maxCpus: 2, // the guest unmounts (BootOptions.maxCpus)
       timeoutMs: 90_000,
     });
     const r = run.results;

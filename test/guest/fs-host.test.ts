@@ -27,8 +27,6 @@ guestTest('serve fs --shared-dir: the guest workload lands on the host (files by
       serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, '--report', report, '--log-format', 'json'],
       append: workloadAppend({ files: FILES, mb: 32, escape: true, umount: true }),
       test: 'fshost',
-      // The guest unmounts at the end: QEMU 7.2's TCG must emit the guest's barriers (BootOptions.maxCpus).
-      maxCpus: 2,
       during: (g) => umountWatch(g, rings),
       timeoutMs: 150_000,
     });

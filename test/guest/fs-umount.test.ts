@@ -27,7 +27,6 @@ guestTest(`a Linux guest mounts and unmounts serve fs --memory ${CYCLES} times, 
       serveArgs: ['--tag', 'vt', '--memory', '--report', report, '--log-format', 'json'],
       append: `vt.tag=vt vt.cycles=${CYCLES} vt.files=${FILES}`,
       memoryMiB: 384,
-      maxCpus: 2, // BootOptions.maxCpus: without it QEMU 7.2's TCG drops the guest's barriers
       during: (g) => umountWatch(g, rings),
       timeoutMs: 200_000, // a hang guard inside the runner's 300 s per file; a hung umount ends the guest after 60 s by itself
     });

@@ -3,8 +3,8 @@
 // litmus test, between the guest (X = i; Linux's smp_mb(); r1 = Y) and a host process on the
 // same page of guest memory (Y = i; mfence; r2 = X) — the handshake of split-ring notification
 // suppression between a driver and a vhost-user back-end. r1 < i && r2 < i is forbidden when
-// both barriers work. With maxcpus=2 (BootOptions.maxCpus, what the guests that unmount
-// virtio-fs use) it must never happen. With QEMU's default (maxcpus = smp = 1) TCG leaves the
+// both barriers work. With maxcpus=2 (BootOptions.maxCpus, the default of every test
+// guest) it must never happen. With QEMU's default (maxcpus = smp = 1) TCG leaves the
 // guest's barrier out and it does happen (in about 1.5 % of rounds here): printed, not asserted
 // (how often depends on how the two threads meet), and VT_LITMUS_SMP=1 runs the strict check
 // on that configuration to see it fail.
