@@ -58,6 +58,7 @@ import os from 'node:os';
 import v8 from 'node:v8';
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/monitor/monitor.js';
 import { LoopbackTransport, type LoopbackMode } from '../src/transports/loopback/loopback.js';
@@ -99,10 +100,10 @@ const FORMATS: Record<RingFormat, bigint> = {
   packed: TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER),
 };
 
-type BackendKind = 'memory' | 'file';
-type Api = 'promise' | 'batch' | 'raw';
+export type BackendKind = 'memory' | 'file';
+export type Api = 'promise' | 'batch' | 'raw';
 
-interface Workload {
+export interface Workload {
   backend: BackendKind;
   api: Api;
   format: RingFormat;
@@ -110,7 +111,7 @@ interface Workload {
   qd: number;
 }
 
-const ALL_WORKLOADS: Workload[] = [];
+export const ALL_WORKLOADS: Workload[] = [];
 for (const backend of ['memory', 'file'] as const) {
   for (const api of backend === 'memory' ? (['promise', 'batch', 'raw'] as const) : (['promise', 'batch'] as const)) {
     for (const mode of backend === 'file' ? (['async'] as const) : api === 'raw' ? (['sync'] as const) : (['async', 'sync'] as const)) {
@@ -121,7 +122,7 @@ for (const backend of ['memory', 'file'] as const) {
   }
 }
 
-const key = (w: Workload): string => `${w.backend}/${w.api}/${w.format}/${w.mode}/qd${w.qd}`;
+export const key = (w: Workload): string => `${w.backend}/${w.api}/${w.format}/${w.mode}/qd${w.qd}`;
 const FILTER = process.env.BENCH_FILTER;
 const WORKLOADS = FILTER ? ALL_WORKLOADS.filter((w) => key(w).includes(FILTER)) : ALL_WORKLOADS;
 
@@ -219,13 +220,13 @@ function xorshift(x: number): number {
 }
 
 /** What every load offers a rig: run `n` requests (a multiple of QD), and count them. */
-interface Runner {
+export interface Runner {
   readonly requests: number;
   run(n: number): Promise<void> | void;
 }
 
 /** QD workers issuing random 4 KiB reads until `n` are issued. */
-class Load implements Runner {
+export class Load implements Runner {
   readonly bufs: Uint8Array[] = [];
   private readonly workers: Promise<void>[] = [];
   private remaining = 0;
@@ -266,7 +267,7 @@ class Load implements Runner {
 }
 
 /** A BlkBatch of depth QD: every completion reaped from onReady and replaced by a new read. */
-class BatchLoad implements Runner {
+export class BatchLoad implements Runner {
   private readonly bufs: Uint8Array[] = [];
   private readonly tags: Float64Array;
   private readonly statuses: Int32Array;
@@ -329,7 +330,7 @@ class BatchLoad implements Runner {
  * status), put on the driver queue by hand with preallocated tokens, kicked, and collected by
  * the driver's used-buffer handler, all inside run(): no promise, nothing allocated by the load.
  */
-class RawLoad implements Runner {
+export class RawLoad implements Runner {
   private readonly tokens: BlkRequestToken[] = [];
   private rng = SEED;
   private answered = 0;
@@ -371,7 +372,7 @@ class RawLoad implements Runner {
   }
 }
 
-class BlkRig {
+export class BlkRig {
   readonly devMon = new Monitor();
   readonly drvMon = new Monitor();
   device!: BlkDevice;
@@ -740,8 +741,11 @@ async function main(): Promise<void> {
   console.log(`total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }
 
-try {
-  await main();
-} finally {
-  cleanup();
+// Run as a script (npm run bench); imported (a profiling probe driving one rig), only the rigs.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  try {
+    await main();
+  } finally {
+    cleanup();
+  }
 }

@@ -378,10 +378,20 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     return Math.max(SECTOR, bytes - (bytes % SECTOR));
   }
 
+  /**
+   * Whole sectors (blk.device-operation.driver.6), within the capacity (driver.2). One throw
+   * site, its message made in {@link ioRangeError}: with one template literal per condition
+   * here, TurboFan shared their `String(offset)` and placed it before both checks, so every
+   * request converted its offset to a string (a new 24-byte string for most offsets).
+   */
   private checkIo(offset: number, length: number): void {
-    if (offset % SECTOR !== 0 || length % SECTOR !== 0) throw new RangeError(`offset ${offset} and length ${length} must be multiples of 512 (blk.device-operation.driver.6)`);
-    // blk.device-operation.driver.2: never beyond capacity.
-    if (offset < 0 || offset + length > this.capacity * SECTOR) throw new RangeError(`[${offset}, +${length}) is beyond the ${this.capacity * SECTOR}-byte disk`);
+    if (offset % SECTOR !== 0 || length % SECTOR !== 0 || offset < 0 || offset + length > this.capacity * SECTOR) throw this.ioRangeError(offset, length);
+  }
+
+  /** The RangeError for a request checkIo refuses (the cold path: not inlined into callers' fast paths). */
+  private ioRangeError(offset: number, length: number): RangeError {
+    if (offset % SECTOR !== 0 || length % SECTOR !== 0) return new RangeError(`offset ${offset} and length ${length} must be multiples of 512 (blk.device-operation.driver.6)`);
+    return new RangeError(`[${offset}, +${length}) is beyond the ${this.capacity * SECTOR}-byte disk`);
   }
 
   private async segmentRequest(type: number, feature: number, offset: number, length: number, flags: number): Promise<void> {
@@ -414,6 +424,11 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     return new BlkBatch(this.port, q, depth);
   }
 
+  /** The RangeError for a batch request larger than one request may be (a function of its own: see checkIo). */
+  private tooLarge(length: number): RangeError {
+    return new RangeError(`${length} bytes do not fit one request (at most ${this.maxIo()}: size_max x seg_max)`);
+  }
+
   /** The most bytes one request (and so one batch read or write) carries: size_max x seg_max, at most 4 MiB. */
   get maxRequestBytes(): number {
     return this.maxIo();
@@ -427,7 +442,7 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     },
     check: (offset, length) => {
       this.checkIo(offset, length);
-      if (length > this.maxIo()) throw new RangeError(`${length} bytes do not fit one request (at most ${this.maxIo()}: size_max x seg_max)`);
+      if (length > this.maxIo()) throw this.tooLarge(length);
     },
     enqueue: (q, r, type, sector, out, into) => this.enqueue(q, r, type, sector, out, into),
     kick: (q) => this.kickQueue(q),
