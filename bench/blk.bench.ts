@@ -67,7 +67,7 @@ import { LoopbackTransport, type LoopbackMode } from '../src/transports/loopback
 import { BlkDevice } from '../src/devices/blk/device.js';
 import { MemoryBlockBackend, type BlockBackend } from '../src/devices/blk/storage.js';
 import { FileBlockBackend } from '../src/node/file-block.js';
-import { BlkBatch, BlkDriver, type BlkBuffer, type BlkRequestToken } from '../src/drivers/blk.js';
+import { BlkBatch, BlkDriver, type BlkRequestToken } from '../src/drivers/blk.js';
 import type { DriverQueue } from '../src/virtqueue/queue.js';
 import { Feature } from '../src/spec/constants.js';
 import { bit, TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
@@ -276,12 +276,24 @@ export class Load implements Runner {
 }
 
 /**
+ * What the 'buffer' rows use of BlkDriver (buffer) and BlkBatch (readBuffer), typed here and not
+ * imported: bench:compare --same-bench compiles this bench over older libraries without them.
+ */
+interface BufferDriver {
+  buffer(length: number): object;
+}
+interface BufferBatch {
+  readBuffer(offset: number, buf: object, tag: number): boolean;
+}
+
+/**
  * A BlkBatch of depth QD: every completion reaped from onReady and replaced by a new read,
  * into the caller's buffers, or with `guest` into BlkBuffers (guest memory, no second copy).
  */
 export class BatchLoad implements Runner {
   private readonly bufs: Uint8Array[] = [];
-  private readonly gbufs: BlkBuffer[] = [];
+  private readonly gbufs: object[] = [];
+  private readonly bbatch: BufferBatch;
   private readonly tags: Float64Array;
   private readonly statuses: Int32Array;
   private remaining = 0;
@@ -296,9 +308,10 @@ export class BatchLoad implements Runner {
     readonly qd: number,
     driver: BlkDriver | null = null,
   ) {
+    this.bbatch = batch as unknown as BufferBatch;
     for (let i = 0; i < qd; i++) {
       if (driver === null) this.bufs.push(new Uint8Array(BLOCK));
-      else this.gbufs.push(driver.buffer(BLOCK));
+      else this.gbufs.push((driver as unknown as BufferDriver).buffer(BLOCK));
     }
     this.tags = new Float64Array(qd);
     this.statuses = new Int32Array(qd);
@@ -310,7 +323,7 @@ export class BatchLoad implements Runner {
     this.remaining--;
     this.outstanding++;
     const offset = (this.rng & (BLOCKS - 1)) * BLOCK;
-    const ok = this.gbufs.length > 0 ? this.batch.readBuffer(offset, this.gbufs[slot], slot) : this.batch.read(offset, this.bufs[slot], slot);
+    const ok = this.gbufs.length > 0 ? this.bbatch.readBuffer(offset, this.gbufs[slot], slot) : this.batch.read(offset, this.bufs[slot], slot);
     if (!ok) throw new Error('batch refused a read');
   }
 
