@@ -9,6 +9,8 @@
  *            one read at a time, until the sample's request count is issued
  *   batch    a BlkBatch of depth QD: QD reads queued and submitted, and from onReady every
  *            completion reaped and replaced by a new read, one submit per notification
+ *   buffer   (memory backend) the same batch load reading into BlkBuffers (driver.buffer():
+ *            the caller's buffers in guest memory, BlkBatch.readBuffer): one copy fewer
  *   raw      (memory backend, sync transport) the device alone: preallocated chains put on
  *            the driver queue by hand (header | 4 KiB | status), kicked, collected by token;
  *            a plain synchronous loop, so its heap figure is the device side's (with the ring
@@ -52,12 +54,13 @@
  *
  * Environment: BENCH_TIME_MS (per task per round), BENCH_ROUNDS, BENCH_FILTER (substring of
  * "backend/api/ring/mode/qdN", e.g. "memory/", "/batch/", "/packed/", "/sync/", "qd32"), BENCH_DIR (where
- * the disk file goes; default os.tmpdir()).
+ * the disk file goes; default os.tmpdir()), BENCH_BLK_DISK_MIB (disk size, default 64).
  */
 import os from 'node:os';
 import v8 from 'node:v8';
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Monitor } from '../src/monitor/monitor.js';
 import { LoopbackTransport, type LoopbackMode } from '../src/transports/loopback/loopback.js';
@@ -71,7 +74,12 @@ import { bit, TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
 import type { RingFormat } from '../src/virtqueue/queue.js';
 import { quantile, si, table, timeAll, type Timing } from './common.js';
 
-const DISK_SIZE = 64 << 20;
+/**
+ * 64 MiB: random reads miss the CPU caches, as on a real disk's page cache. BENCH_BLK_DISK_MIB
+ * (a power of two, at least 1) sets another size: a disk that fits the caches (1 MiB) takes
+ * most of the memory system's cost out of the figures, leaving the library's own (profiling).
+ */
+const DISK_SIZE = Number(process.env.BENCH_BLK_DISK_MIB ?? 64) << 20;
 const BLOCK = 4096;
 const BLOCKS = DISK_SIZE / BLOCK; // a power of two: offsets are drawn with a mask
 const GUEST_MEM = 16 << 20;
@@ -99,10 +107,10 @@ const FORMATS: Record<RingFormat, bigint> = {
   packed: TRANSPORT_FEATURES_SPLIT | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER),
 };
 
-type BackendKind = 'memory' | 'file';
-type Api = 'promise' | 'batch' | 'raw';
+export type BackendKind = 'memory' | 'file';
+export type Api = 'promise' | 'batch' | 'buffer' | 'raw';
 
-interface Workload {
+export interface Workload {
   backend: BackendKind;
   api: Api;
   format: RingFormat;
@@ -110,9 +118,9 @@ interface Workload {
   qd: number;
 }
 
-const ALL_WORKLOADS: Workload[] = [];
+export const ALL_WORKLOADS: Workload[] = [];
 for (const backend of ['memory', 'file'] as const) {
-  for (const api of backend === 'memory' ? (['promise', 'batch', 'raw'] as const) : (['promise', 'batch'] as const)) {
+  for (const api of backend === 'memory' ? (['promise', 'batch', 'buffer', 'raw'] as const) : (['promise', 'batch'] as const)) {
     for (const mode of backend === 'file' ? (['async'] as const) : api === 'raw' ? (['sync'] as const) : (['async', 'sync'] as const)) {
       for (const format of ['split', 'packed'] as const) {
         for (const qd of [32, 1]) ALL_WORKLOADS.push({ backend, api, format, mode, qd });
@@ -121,9 +129,11 @@ for (const backend of ['memory', 'file'] as const) {
   }
 }
 
-const key = (w: Workload): string => `${w.backend}/${w.api}/${w.format}/${w.mode}/qd${w.qd}`;
+export const key = (w: Workload): string => `${w.backend}/${w.api}/${w.format}/${w.mode}/qd${w.qd}`;
 const FILTER = process.env.BENCH_FILTER;
-const WORKLOADS = FILTER ? ALL_WORKLOADS.filter((w) => key(w).includes(FILTER)) : ALL_WORKLOADS;
+/** 'buffer' rows need BlkBatch.readBuffer: left out over a library without it (bench:compare --same-bench against an older base). */
+const HAS_BUFFERS = typeof (BlkBatch.prototype as { readBuffer?: unknown }).readBuffer === 'function';
+const WORKLOADS = ALL_WORKLOADS.filter((w) => (FILTER === undefined || key(w).includes(FILTER)) && (w.api !== 'buffer' || HAS_BUFFERS));
 
 // ---------------------------------------------------------------------------------------
 // Disk contents: a cheap deterministic pattern, so a read can be checked byte for byte.
@@ -219,13 +229,13 @@ function xorshift(x: number): number {
 }
 
 /** What every load offers a rig: run `n` requests (a multiple of QD), and count them. */
-interface Runner {
+export interface Runner {
   readonly requests: number;
   run(n: number): Promise<void> | void;
 }
 
 /** QD workers issuing random 4 KiB reads until `n` are issued. */
-class Load implements Runner {
+export class Load implements Runner {
   readonly bufs: Uint8Array[] = [];
   private readonly workers: Promise<void>[] = [];
   private remaining = 0;
@@ -265,9 +275,25 @@ class Load implements Runner {
   }
 }
 
-/** A BlkBatch of depth QD: every completion reaped from onReady and replaced by a new read. */
-class BatchLoad implements Runner {
+/**
+ * What the 'buffer' rows use of BlkDriver (buffer) and BlkBatch (readBuffer), typed here and not
+ * imported: bench:compare --same-bench compiles this bench over older libraries without them.
+ */
+interface BufferDriver {
+  buffer(length: number): object;
+}
+interface BufferBatch {
+  readBuffer(offset: number, buf: object, tag: number): boolean;
+}
+
+/**
+ * A BlkBatch of depth QD: every completion reaped from onReady and replaced by a new read,
+ * into the caller's buffers, or with `guest` into BlkBuffers (guest memory, no second copy).
+ */
+export class BatchLoad implements Runner {
   private readonly bufs: Uint8Array[] = [];
+  private readonly gbufs: object[] = [];
+  private readonly bbatch: BufferBatch;
   private readonly tags: Float64Array;
   private readonly statuses: Int32Array;
   private remaining = 0;
@@ -280,8 +306,13 @@ class BatchLoad implements Runner {
   constructor(
     readonly batch: BlkBatch,
     readonly qd: number,
+    driver: BlkDriver | null = null,
   ) {
-    for (let i = 0; i < qd; i++) this.bufs.push(new Uint8Array(BLOCK));
+    this.bbatch = batch as unknown as BufferBatch;
+    for (let i = 0; i < qd; i++) {
+      if (driver === null) this.bufs.push(new Uint8Array(BLOCK));
+      else this.gbufs.push((driver as unknown as BufferDriver).buffer(BLOCK));
+    }
     this.tags = new Float64Array(qd);
     this.statuses = new Int32Array(qd);
     batch.onReady = this.onReady;
@@ -291,7 +322,9 @@ class BatchLoad implements Runner {
     this.rng = xorshift(this.rng);
     this.remaining--;
     this.outstanding++;
-    if (!this.batch.read((this.rng & (BLOCKS - 1)) * BLOCK, this.bufs[slot], slot)) throw new Error('batch refused a read');
+    const offset = (this.rng & (BLOCKS - 1)) * BLOCK;
+    const ok = this.gbufs.length > 0 ? this.bbatch.readBuffer(offset, this.gbufs[slot], slot) : this.batch.read(offset, this.bufs[slot], slot);
+    if (!ok) throw new Error('batch refused a read');
   }
 
   private readonly onReady = (): void => {
@@ -329,7 +362,7 @@ class BatchLoad implements Runner {
  * status), put on the driver queue by hand with preallocated tokens, kicked, and collected by
  * the driver's used-buffer handler, all inside run(): no promise, nothing allocated by the load.
  */
-class RawLoad implements Runner {
+export class RawLoad implements Runner {
   private readonly tokens: BlkRequestToken[] = [];
   private rng = SEED;
   private answered = 0;
@@ -371,7 +404,7 @@ class RawLoad implements Runner {
   }
 }
 
-class BlkRig {
+export class BlkRig {
   readonly devMon = new Monitor();
   readonly drvMon = new Monitor();
   device!: BlkDevice;
@@ -400,6 +433,7 @@ class BlkRig {
     for (let off = 0; off < DISK_SIZE; off += chunk.length) await this.driver.read(off, chunk);
     if (w.api === 'promise') this.load = new Load(this.driver, w.qd);
     else if (w.api === 'batch') this.load = new BatchLoad(this.driver.batch({ depth: w.qd }), w.qd);
+    else if (w.api === 'buffer') this.load = new BatchLoad(this.driver.batch({ depth: w.qd }), w.qd, this.driver);
     else this.load = new RawLoad(this.driver, this.driver.queues[0], w.qd);
   }
 
@@ -407,7 +441,7 @@ class BlkRig {
   async verify(): Promise<string | null> {
     const img = makeDiskImage();
     const buf = new Uint8Array(BLOCK);
-    for (const block of [0, 1, 12345, BLOCKS - 1]) {
+    for (const block of [0, 1, 12345 & (BLOCKS - 1), BLOCKS - 1]) {
       buf.fill(0xa5);
       await this.driver.read(block * BLOCK, buf);
       for (let i = 0; i < BLOCK; i++) if (buf[i] !== img[block * BLOCK + i]) return `block ${block} byte ${i} differs`;
@@ -585,7 +619,7 @@ async function main(): Promise<void> {
     `virtio-ts blk bench | node ${process.version} (V8 ${process.versions.v8}) | ${cpus[0]?.model?.trim() ?? 'unknown CPU'} (${cpus.length} cpus) | ${new Date().toISOString()}`,
   );
   console.log(
-    `4 KiB random reads, BlkDriver <-> LoopbackTransport <-> BlkDevice, 64 MiB disk, queue size 256, EVENT_IDX on; ` +
+    `4 KiB random reads, BlkDriver <-> LoopbackTransport <-> BlkDevice, ${DISK_SIZE >> 20} MiB disk, queue size 256, EVENT_IDX on; ` +
       `${ROUNDS} interleaved rounds x ${TIME_MS} ms per row, ~${SAMPLE_MS} ms per sample, medians`,
   );
 
@@ -674,14 +708,14 @@ async function main(): Promise<void> {
 
   console.log('');
   console.log(
-    `reference (same process): 4 KiB Uint8Array copy (dst.set(view)) from a random block of a 64 MiB array, ${REF_COPIES_PER_ITER} per sample: ` +
+    `reference (same process): 4 KiB Uint8Array copy (dst.set(view)) from a random block of a ${DISK_SIZE >> 20} MiB array, ${REF_COPIES_PER_ITER} per sample: ` +
       `${nsPerCopy.toFixed(1)} ns/copy (${si(1e9 / nsPerCopy, 'copies/s')}, ${si((BLOCK * 1e9) / nsPerCopy / 2 ** 20 / 1024, '')}GiB/s, IQR ${ref.iqrPct.toFixed(1)}%)`,
   );
   console.log(
     `harness: 32 workers awaiting a no-op async read: ${harnessNs.toFixed(1)} ns/req, heap ${fmtBytes(harnessAlloc)} B/req (included in every row below)`,
   );
   console.log(
-    'x ref = time per request / time per reference 4 KiB copy. The data is copied twice per request when the storage answers synchronously (memory: disk -> guest -> caller; raw: once) ' +
+    'x ref = time per request / time per reference 4 KiB copy. The data is copied twice per request when the storage answers synchronously (memory: disk -> guest -> caller; buffer and raw: once, disk -> guest) ' +
       'and three times through the asynchronous path (file: storage -> host buffer -> guest -> caller)',
   );
   console.log('heap: raw = the device side (with the ring operations of both sides); batch - raw = the batch driver; promise - raw = the promise driver and the caller awaiting it');
@@ -740,8 +774,11 @@ async function main(): Promise<void> {
   console.log(`total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }
 
-try {
-  await main();
-} finally {
-  cleanup();
+// Run as a script (npm run bench); imported (a profiling probe driving one rig), only the rigs.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  try {
+    await main();
+  } finally {
+    cleanup();
+  }
 }

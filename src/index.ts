@@ -118,7 +118,7 @@ export { BlkDevice, BlkDeviceType, defaultSegMax, type BlkDeviceOptions, type Bl
 export { parseBlkRequest, BlkRequestHeader, type ParsedBlkRequest, type Segment } from './devices/blk/request.js';
 export type { Range as BlkRange } from './devices/blk/request.js';
 export { MemoryBlockStorage, type BlockStorage, MemoryBlockBackend, type BlockBackend } from './devices/blk/storage.js';
-export { BlkDriver, BlkBatch, BlkError, type BlkErrorKind, type BlkDriverOptions, type BlkRequestToken } from './drivers/blk.js';
+export { BlkDriver, BlkBatch, BlkBuffer, BlkError, type BlkErrorKind, type BlkDriverOptions, type BlkRequestToken } from './drivers/blk.js';
 export {
   ConsoleDevice,
   ConsoleDeviceType,

@@ -12,7 +12,8 @@ import { Monitor } from '../src/monitor/monitor.js';
 import { LoopbackTransport } from '../src/transports/loopback/loopback.js';
 import { BlkDevice, BlkStatus, BlkType } from '../src/devices/blk/device.js';
 import { MemoryBlockStorage, type BlockStorage } from '../src/devices/blk/storage.js';
-import { BlkBatch, BlkDriver, BlkError } from '../src/drivers/blk.js';
+import { BlkBatch, BlkBuffer, BlkDriver, BlkError } from '../src/drivers/blk.js';
+import { DriverError } from '../src/driver/driver.js';
 import { Feature } from '../src/spec/constants.js';
 import { bit, TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
 import { turns, until } from './wait.js';
@@ -443,6 +444,60 @@ for (const format of ['split', 'packed'] as const) {
     await p.driver.read(8192, b2);
     assert.deepEqual(b2, pattern(10, 512));
   });
+
+  for (const mode of ['sync', 'async'] as const) {
+    test(`batch API on BlkBuffers (${format}, ${mode}): reads land in guest memory where the buffer is, writes go from there; busy and foreign buffers refused`, async () => {
+      const storage = new MemoryBlockStorage(1 << 20);
+      storage.bytes.set(pattern(21, 1 << 20));
+      const p = await pair(storage, { format, mode });
+      const batch = p.driver.batch({ depth: 8 });
+      const bufs = Array.from({ length: 4 }, (_, i) => p.driver.buffer(512 * (1 + i)));
+      // The view is guest memory at the buffer's address: what the device writes there is what the caller sees.
+      for (const b of bufs) assert.equal(b.data.buffer, p.mem.region(b.addr, b.data.length)!.bytes.buffer);
+      const tags = new Float64Array(8);
+      const statuses = new Int32Array(8);
+      const reapAll = async (n: number): Promise<number> => {
+        batch.submit();
+        await until(() => batch.ready === n, `${n} completions`);
+        return batch.reap(tags, statuses);
+      };
+      // Reads at scattered offsets, each into its own buffer.
+      const offs = [0, 4096, 65536 + 512, (1 << 20) - 2048];
+      bufs.forEach((b, i) => assert.ok(batch.readBuffer(offs[i], b, i)));
+      assert.throws(() => batch.readBuffer(0, bufs[0], 9), (e: unknown) => e instanceof DriverError && e.kind === 'wrong-state', 'in flight already');
+      assert.throws(() => p.driver.releaseBuffer(bufs[0]), (e: unknown) => e instanceof DriverError && e.kind === 'wrong-state', 'release while in flight');
+      assert.equal(await reapAll(4), 4);
+      assert.ok(statuses.subarray(0, 4).every((st) => st === BlkStatus.OK));
+      bufs.forEach((b, i) => assert.deepEqual(b.data, storage.bytes.subarray(offs[i], offs[i] + b.data.length), `read ${i}`));
+      // Writes from the buffers, then read back through the promise API.
+      bufs.forEach((b, i) => b.data.set(pattern(30 + i, b.data.length)));
+      bufs.forEach((b, i) => assert.ok(batch.writeBuffer(8192 * (i + 1), b, 10 + i)));
+      assert.equal(await reapAll(4), 4);
+      assert.deepEqual([...tags.subarray(0, 4)].sort((a, b) => a - b), [10, 11, 12, 13]);
+      for (let i = 0; i < bufs.length; i++) {
+        const back = new Uint8Array(bufs[i].data.length);
+        await p.driver.read(8192 * (i + 1), back);
+        assert.deepEqual(back, pattern(30 + i, back.length), `write ${i}`);
+      }
+      // A read the device fails leaves its status, and the buffer usable again.
+      assert.throws(() => batch.readBuffer(1 << 20, bufs[0], 1), RangeError, 'beyond the disk');
+      // Another driver's buffer, a released one, bad lengths.
+      const other = await pair(new MemoryBlockStorage(1 << 20), { format, mode });
+      const foreign = other.driver.buffer(512);
+      assert.throws(() => batch.readBuffer(0, foreign, 1), (e: unknown) => e instanceof DriverError && e.kind === 'wrong-state');
+      assert.throws(() => p.driver.releaseBuffer(foreign), (e: unknown) => e instanceof DriverError && e.kind === 'wrong-state');
+      const before = p.driver.allocator.available;
+      p.driver.releaseBuffer(bufs[3]);
+      assert.ok(p.driver.allocator.available > before, 'given back to the allocator');
+      assert.throws(() => batch.writeBuffer(0, bufs[3], 1), (e: unknown) => e instanceof DriverError && e.kind === 'wrong-state');
+      assert.throws(() => p.driver.releaseBuffer(bufs[3]), (e: unknown) => e instanceof DriverError && e.kind === 'wrong-state');
+      assert.throws(() => p.driver.buffer(100), RangeError);
+      assert.throws(() => p.driver.buffer(0), RangeError);
+      assert.throws(() => p.driver.buffer(p.driver.maxRequestBytes + 512), RangeError);
+      assert.ok(bufs[0] instanceof BlkBuffer);
+      assert.deepEqual([...p.devMon.verdicts, ...p.drvMon.verdicts], []);
+    });
+  }
 
   test(`batch API (${format}, sync transport): resubmitting from onReady runs on without growing the stack`, async () => {
     const storage = new MemoryBlockStorage(1 << 20);

@@ -61,6 +61,32 @@ interface GuestBuffer {
   data: Uint8Array;
 }
 
+/**
+ * A buffer in guest memory for a {@link BlkBatch}'s reads and writes without a copy
+ * ({@link BlkBatch.readBuffer}, {@link BlkBatch.writeBuffer}): the device reads and writes its
+ * bytes where they are, so a 4 KiB read costs one copy (disk to guest memory) instead of two
+ * (disk to guest memory to the caller's buffer). Made by {@link BlkDriver.buffer}, given back
+ * with {@link BlkDriver.releaseBuffer}. While a request of it is in flight (queued until its
+ * completion is reaped) its bytes are the device's: read a read's data once it is reaped with
+ * status OK, and leave a write's data unchanged until then.
+ */
+export class BlkBuffer {
+  /** A request of this buffer is queued or in flight. @internal */
+  busy = false;
+  /** Given back to the driver (releaseBuffer): no more requests. @internal */
+  released = false;
+
+  /** @internal Made by BlkDriver.buffer. */
+  constructor(
+    /** The driver that made it (a batch takes only its own driver's buffers). @internal */
+    readonly owner: object,
+    /** Guest-physical address of the first byte. @internal */
+    readonly addr: number,
+    /** The bytes: a view of guest memory (a whole number of 512-byte sectors). */
+    readonly data: Uint8Array,
+  ) {}
+}
+
 /** Settles one of the driver's own requests: `status` the status byte, or the error that ended it. */
 type Settle = (r: OwnRequest, status: number, err: Error | null) => void;
 
@@ -77,6 +103,8 @@ class OwnRequest implements BlkRequestToken {
   buf: GuestBuffer | null = null;
   /** IN / GET_ID: where the data goes when the request completes. */
   into: Uint8Array | null = null;
+  /** A batch request on a {@link BlkBuffer}: the data is there, not in `buf`. */
+  direct: BlkBuffer | null = null;
   /** Position in the driver's in-flight list; -1 when not in flight. */
   live = -1;
   /** The driver's submission count when this request went out (write zeroes tracking). */
@@ -126,7 +154,9 @@ interface BatchPort {
   /** RangeError for an offset or length the device cannot take in one request. */
   check(offset: number, length: number): void;
   /** Puts a request on `q` (not yet published): false when the ring is full. */
-  enqueue(q: DriverQueue<BlkRequestToken>, r: OwnRequest, type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): boolean;
+  enqueue(q: DriverQueue<BlkRequestToken>, r: OwnRequest, type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null, direct: BlkBuffer | null): boolean;
+  /** The driver (whose {@link BlkBuffer}s a batch takes). */
+  readonly owner: object;
   /** Publishes `q` and notifies the device. */
   kick(q: DriverQueue<BlkRequestToken>): void;
   /** Whether VIRTIO_BLK_F_FLUSH was negotiated. */
@@ -378,10 +408,20 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     return Math.max(SECTOR, bytes - (bytes % SECTOR));
   }
 
+  /**
+   * Whole sectors (blk.device-operation.driver.6), within the capacity (driver.2). One throw
+   * site, its message made in {@link ioRangeError}: with one template literal per condition
+   * here, TurboFan shared their `String(offset)` and placed it before both checks, so every
+   * request converted its offset to a string (a new 24-byte string for most offsets).
+   */
   private checkIo(offset: number, length: number): void {
-    if (offset % SECTOR !== 0 || length % SECTOR !== 0) throw new RangeError(`offset ${offset} and length ${length} must be multiples of 512 (blk.device-operation.driver.6)`);
-    // blk.device-operation.driver.2: never beyond capacity.
-    if (offset < 0 || offset + length > this.capacity * SECTOR) throw new RangeError(`[${offset}, +${length}) is beyond the ${this.capacity * SECTOR}-byte disk`);
+    if (offset % SECTOR !== 0 || length % SECTOR !== 0 || offset < 0 || offset + length > this.capacity * SECTOR) throw this.ioRangeError(offset, length);
+  }
+
+  /** The RangeError for a request checkIo refuses (the cold path: not inlined into callers' fast paths). */
+  private ioRangeError(offset: number, length: number): RangeError {
+    if (offset % SECTOR !== 0 || length % SECTOR !== 0) return new RangeError(`offset ${offset} and length ${length} must be multiples of 512 (blk.device-operation.driver.6)`);
+    return new RangeError(`[${offset}, +${length}) is beyond the ${this.capacity * SECTOR}-byte disk`);
   }
 
   private async segmentRequest(type: number, feature: number, offset: number, length: number, flags: number): Promise<void> {
@@ -414,6 +454,37 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     return new BlkBatch(this.port, q, depth);
   }
 
+  /**
+   * A buffer of `length` bytes (whole sectors, at most {@link maxRequestBytes}) in guest memory,
+   * for a batch's reads and writes without a copy ({@link BlkBatch.readBuffer},
+   * {@link BlkBatch.writeBuffer}). Taken from the driver's guest allocator until
+   * {@link releaseBuffer}. A RangeError for a bad length; the allocator's error when guest memory is full.
+   */
+  buffer(length: number): BlkBuffer {
+    if (!Number.isSafeInteger(length) || length <= 0 || length % SECTOR !== 0) throw new RangeError(`buffer length ${length} is not a positive multiple of 512`);
+    if (length > this.maxIo()) throw this.tooLarge(length);
+    const addr = this.allocator.alloc(length, 64);
+    return new BlkBuffer(this, addr, this.transport.memory.bytes(addr, length));
+  }
+
+  /**
+   * Gives a {@link buffer} back to the guest allocator. A DriverError `wrong-state` while a
+   * request of it is queued or in flight (its bytes are still the device's), or when it is not
+   * this driver's or was released already.
+   */
+  releaseBuffer(b: BlkBuffer): void {
+    if (b.owner !== this) throw new DriverError('wrong-state', 'this buffer was made by another driver');
+    if (b.released) throw new DriverError('wrong-state', 'this buffer was released already');
+    if (b.busy) throw new DriverError('wrong-state', 'a request of this buffer is in flight: reap it first');
+    b.released = true;
+    this.allocator.release(b.addr);
+  }
+
+  /** The RangeError for a batch request larger than one request may be (a function of its own: see checkIo). */
+  private tooLarge(length: number): RangeError {
+    return new RangeError(`${length} bytes do not fit one request (at most ${this.maxIo()}: size_max x seg_max)`);
+  }
+
   /** The most bytes one request (and so one batch read or write) carries: size_max x seg_max, at most 4 MiB. */
   get maxRequestBytes(): number {
     return this.maxIo();
@@ -427,9 +498,10 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     },
     check: (offset, length) => {
       this.checkIo(offset, length);
-      if (length > this.maxIo()) throw new RangeError(`${length} bytes do not fit one request (at most ${this.maxIo()}: size_max x seg_max)`);
+      if (length > this.maxIo()) throw this.tooLarge(length);
     },
-    enqueue: (q, r, type, sector, out, into) => this.enqueue(q, r, type, sector, out, into),
+    enqueue: (q, r, type, sector, out, into, direct) => this.enqueue(q, r, type, sector, out, into, direct),
+    owner: this,
     kick: (q) => this.kickQueue(q),
     flushes: () => this.negotiated(BLK_FEATURES.FLUSH),
     settle: (r, status, err) => this.settle(r, status, err),
@@ -457,9 +529,10 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
    * Puts one request on `q` without publishing it: header, optional driver->device data,
    * optional device->driver data, status. False (and nothing taken) when the ring is full.
    */
-  private enqueue(q: DriverQueue<BlkRequestToken>, r: OwnRequest, type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): boolean {
-    const dataLen = (out?.length ?? 0) + (into?.length ?? 0);
-    const buf = this.takeGuest(dataLen);
+  private enqueue(q: DriverQueue<BlkRequestToken>, r: OwnRequest, type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null, direct: BlkBuffer | null): boolean {
+    // A BlkBuffer's request: header and status in a pooled 17-byte buffer, the data where it is.
+    const dataLen = direct !== null ? direct.data.length : (out?.length ?? 0) + (into?.length ?? 0);
+    const buf = this.takeGuest(direct !== null ? 0 : dataLen);
     const mem = buf.addr;
     const g = this.transport.memory;
     g.writeU32(mem, type);
@@ -470,28 +543,37 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
       buf.data.set(out);
       if (g.onWrite !== null) g.onWrite(mem + 16, dataLen);
     }
+    // The caller wrote a BlkBuffer's bytes through its view: dirty logging is told here.
+    if (direct !== null && type === BlkType.OUT && g.onWrite !== null) g.onWrite(direct.addr, dataLen);
     const b = q.begin().addReadable(mem, 16);
-    const data = mem + 16;
+    const data = direct !== null ? direct.addr : mem + 16;
+    const toDevice = out !== null || (direct !== null && type === BlkType.OUT);
     // Data in descriptors of at most size_max bytes (VIRTIO_BLK_F_SIZE_MAX).
     for (let off = 0; off < dataLen; off += this.sizeMax) {
       const n = Math.min(this.sizeMax, dataLen - off);
-      if (out !== null) b.addReadable(data + off, n);
+      if (toDevice) b.addReadable(data + off, n);
       else b.addWritable(data + off, n);
     }
-    b.addWritable(mem + 16 + dataLen, 1);
+    // The status byte after the data (in the pooled buffer: right after the header for a BlkBuffer's request).
+    const ownData = direct !== null ? 0 : dataLen;
+    b.addWritable(mem + 16 + ownData, 1);
     r.mem = mem;
-    r.dataLen = dataLen;
+    r.dataLen = ownData;
     r.buf = buf;
     r.type = type;
     r.sector = sector;
     r.into = into;
     r.seq = ++this.submitted;
-    if (this.zLive > 0 && type !== BlkType.IN) this.forgetZeroed(type, sector, out);
+    if (this.zLive > 0 && type !== BlkType.IN) this.forgetZeroed(type, sector, out ?? (direct !== null ? direct.data : null));
     if (q.commit(r) < 0) {
       r.buf = null;
       r.into = null;
       this.giveGuest(buf);
       return false;
+    }
+    if (direct !== null) {
+      r.direct = direct;
+      direct.busy = true;
     }
     r.live = this.inflight.length;
     this.inflight.push(r);
@@ -544,7 +626,7 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
   private send(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null): Promise<void> | null {
     const q = this.requestQueues[this.next++ % this.requestQueues.length];
     const r = this.spare.pop() ?? new OwnRequest(this.settleFn);
-    if (!this.enqueue(q, r, type, sector, out, into)) {
+    if (!this.enqueue(q, r, type, sector, out, into, null)) {
       this.spare.push(r);
       return null;
     }
@@ -592,6 +674,12 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
       this.giveGuest(buf);
     }
     r.into = null;
+    const direct = r.direct;
+    if (direct !== null) {
+      r.direct = null;
+      direct.busy = false;
+      if (err === null && status === BlkStatus.OK && type === BlkType.IN && this.zLive > 0) this.checkZeroed(r.sector, r.seq, direct.data);
+    }
     // A read or write the device failed: the disk may have shrunk. Look (off the hot path).
     if (err === null && status === BlkStatus.IOERR && type <= BlkType.OUT && this.transport.synchronous === true) void this.recheckCapacity();
     if (err === null && status === BlkStatus.OK && type !== BlkType.IN && type !== BlkType.GET_ID && type !== BlkType.FLUSH && this.ro) {
@@ -858,13 +946,38 @@ export class BlkBatch {
    */
   read(offset: number, into: Uint8Array, tag: number): boolean {
     this.port.check(offset, into.length);
-    return this.queue(BlkType.IN, offset / SECTOR, null, into, tag);
+    return this.queue(BlkType.IN, offset / SECTOR, null, into, tag, null);
   }
 
   /** Queues a write of `data` (a multiple of 512 bytes) at byte `offset`; as {@link read}. `data` must stay unchanged until submit() returns. */
   write(offset: number, data: Uint8Array, tag: number): boolean {
     this.port.check(offset, data.length);
-    return this.queue(BlkType.OUT, offset / SECTOR, data, null, tag);
+    return this.queue(BlkType.OUT, offset / SECTOR, data, null, tag, null);
+  }
+
+  /**
+   * Queues a read of `buf.data.length` bytes from byte `offset` straight into `buf` (a
+   * {@link BlkBuffer} of this batch's driver): the data is in `buf.data` when the completion is
+   * reaped with status OK, with one copy fewer than {@link read}. As read otherwise; a
+   * DriverError `wrong-state` for a buffer that is in flight already, released, or another driver's.
+   */
+  readBuffer(offset: number, buf: BlkBuffer, tag: number): boolean {
+    this.port.check(offset, buf.data.length);
+    this.usable(buf);
+    return this.queue(BlkType.IN, offset / SECTOR, null, null, tag, buf);
+  }
+
+  /** Queues a write of `buf.data` at byte `offset`, from guest memory where it is; as {@link readBuffer}. Leave `buf.data` unchanged until the completion is reaped. */
+  writeBuffer(offset: number, buf: BlkBuffer, tag: number): boolean {
+    this.port.check(offset, buf.data.length);
+    this.usable(buf);
+    return this.queue(BlkType.OUT, offset / SECTOR, null, null, tag, buf);
+  }
+
+  private usable(buf: BlkBuffer): void {
+    if (buf.owner !== this.port.owner) throw new DriverError('wrong-state', "this buffer was made by another driver: use this batch's driver.buffer()");
+    if (buf.released) throw new DriverError('wrong-state', 'this buffer was released');
+    if (buf.busy) throw new DriverError('wrong-state', 'a request of this buffer is in flight already');
   }
 
   /**
@@ -880,14 +993,14 @@ export class BlkBatch {
       this.deliver(r, BlkStatus.OK, null);
       return true;
     }
-    return this.queue(BlkType.FLUSH, 0, null, null, tag);
+    return this.queue(BlkType.FLUSH, 0, null, null, tag, null);
   }
 
-  private queue(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null, tag: number): boolean {
+  private queue(type: number, sector: number, out: Uint8Array | null, into: Uint8Array | null, tag: number, direct: BlkBuffer | null): boolean {
     if (!this.port.ready() || this.nFree === 0) return false;
     const r = this.slots[this.free[--this.nFree]];
     r.tag = tag;
-    if (!this.port.enqueue(this.q, r, type, sector, out, into)) {
+    if (!this.port.enqueue(this.q, r, type, sector, out, into, direct)) {
       this.free[this.nFree++] = r.index;
       return false;
     }

@@ -100,6 +100,17 @@ test('blk.device-operation.device.9: after a completed write zeroes the device s
   expectGaveUp(p, 'blk.device-operation.device.9');
 });
 
+test('blk.device-operation.device.9, read into a BlkBuffer (the data is judged where the device put it)', async () => {
+  const p = await pair(sloppy({ keepsDataOnWriteZeroes: true }));
+  await p.driver.write(0, new Uint8Array(4096).fill(7));
+  await p.driver.writeZeroes(0, 4096);
+  const batch = p.driver.batch({ depth: 1 });
+  assert.ok(batch.readBuffer(0, p.driver.buffer(4096), 1));
+  batch.submit();
+  await until(() => batch.ready === 1, 'the read');
+  expectGaveUp(p, 'blk.device-operation.device.9');
+});
+
 // ------------------------------------------------------------------ the well-behaved devices
 
 test('write zeroes, then writes over part of the range, then reads, on a device that zeroes: no verdict', async () => {

@@ -23,16 +23,20 @@ export class PageViews {
   /** Copies `bytes[offset, offset + length)` into `into[at, at + length)`. */
   copyOut(offset: number, into: Uint8Array, at: number, length: number): void {
     const bytes = this.bytes;
-    if (offset % VIEW_PAGE !== 0 || length % VIEW_PAGE !== 0 || offset + length > bytes.length) {
+    // Whole pages tested as whole quotients: `offset % VIEW_PAGE` on an offset that may exceed
+    // 2^31 is a floating-point remainder, which V8 computes with the x87 fprem loop.
+    const first = offset / VIEW_PAGE;
+    const pages = length / VIEW_PAGE;
+    if (first !== Math.floor(first) || pages !== Math.floor(pages) || offset + length > bytes.length) {
       into.set(bytes.subarray(offset, offset + length), at);
       return;
     }
     const table = (this.table ??= new Array<Uint8Array | undefined>(Math.ceil(bytes.length / VIEW_PAGE)));
-    for (let done = 0; done < length; done += VIEW_PAGE) {
-      const p = (offset + done) / VIEW_PAGE;
+    for (let i = 0; i < pages; i++) {
+      const p = first + i;
       let v = table[p];
       if (v === undefined) table[p] = v = bytes.subarray(p * VIEW_PAGE, (p + 1) * VIEW_PAGE);
-      into.set(v, at + done);
+      into.set(v, at + i * VIEW_PAGE);
     }
   }
 

@@ -44,8 +44,17 @@ export interface LoopbackOptions {
 export class LoopbackTransport implements DriverTransport, DeviceHost {
   readonly mode: LoopbackMode;
   private events: TransportEvents | null = null;
-  private readonly pendingKicks = new Map<number, number | undefined>();
-  private readonly pendingIrqs = new Set<number>();
+  /**
+   * Pending notifications by queue index (async mode), in arrays, not a Map and a Set: a Map
+   * or Set that goes from one entry to none and back reallocates its table every time (V8
+   * shrinks it on the delete), about 17 B per request at QD32 in the blk bench.
+   */
+  private readonly kickPending: boolean[] = [];
+  private readonly kickData: (number | undefined)[] = [];
+  private readonly irqPending: boolean[] = [];
+  /** What flush() delivers, taken before it delivers anything (reused). */
+  private readonly snapQueues: number[] = [];
+  private readonly snapData: (number | undefined)[] = [];
   private pendingConfig = false;
   private scheduled = false;
   /**
@@ -78,7 +87,7 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
     this.counts.interrupts++;
     if (this.mode === 'sync') this.events?.used(index);
     else {
-      this.pendingIrqs.add(index);
+      this.irqPending[index] = true;
       this.schedule();
     }
   }
@@ -141,13 +150,14 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
     if (this.mode === 'sync') this.device.notify(index, data);
     else {
       // Coalesced per queue: the latest data describes everything made available so far.
-      this.pendingKicks.set(index, data);
+      this.kickPending[index] = true;
+      this.kickData[index] = data;
       this.schedule();
     }
   }
 
   async resetQueue(index: number): Promise<void> {
-    this.pendingKicks.delete(index);
+    this.kickPending[index] = false;
     this.device.resetQueue(index);
   }
   async queueResetPending(_index: number): Promise<boolean> {
@@ -168,14 +178,24 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
   /** Delivers what is pending (async mode); also lets tests drain deterministically. */
   flush(): void {
     this.scheduled = false;
-    for (const [q, data] of [...this.pendingKicks]) {
-      this.pendingKicks.delete(q);
-      this.device.notify(q, data);
+    // What is pending now is delivered; what a delivery makes pending waits for the next task.
+    const qs = this.snapQueues;
+    const data = this.snapData;
+    let n = 0;
+    for (let q = 0; q < this.kickPending.length; q++) {
+      if (!this.kickPending[q]) continue;
+      this.kickPending[q] = false;
+      qs[n] = q;
+      data[n++] = this.kickData[q];
     }
-    for (const q of [...this.pendingIrqs]) {
-      this.pendingIrqs.delete(q);
-      this.events?.used(q);
+    for (let i = 0; i < n; i++) this.device.notify(qs[i], data[i]);
+    n = 0;
+    for (let q = 0; q < this.irqPending.length; q++) {
+      if (!this.irqPending[q]) continue;
+      this.irqPending[q] = false;
+      qs[n++] = q;
     }
+    for (let i = 0; i < n; i++) this.events?.used(qs[i]);
     if (this.pendingConfig) {
       this.pendingConfig = false;
       this.events?.config();
@@ -183,8 +203,8 @@ export class LoopbackTransport implements DriverTransport, DeviceHost {
   }
 
   async close(): Promise<void> {
-    this.pendingKicks.clear();
-    this.pendingIrqs.clear();
+    this.kickPending.fill(false);
+    this.irqPending.fill(false);
     this.pendingConfig = false;
   }
 }
