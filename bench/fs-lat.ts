@@ -64,7 +64,7 @@ interface Server {
 /** FSLAT_NODE_ARGS: node flags for the virtio-ts servers (profiling: --perf-basic-prof, --log-ic, ...). */
 const NODE_ARGS = (process.env.FSLAT_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
 const servers: Server[] = [
-  { name: 'virtio-ts', start: (sock, dir) => spawn(process.execPath, [...NODE_ARGS, CLI, 'serve', 'fs', '--socket-path', sock, '--tag', 'vtfs', '--shared-dir', dir], { stdio: 'ignore' }) },
+  { name: 'virtio-ts', start: (sock, dir) => spawn(process.execPath, [...NODE_ARGS, CLI, 'serve', 'fs', '--socket-path', sock, '--tag', 'vtfs', '--shared-dir', dir], { stdio: ['ignore', process.env.FSLAT_SERVER_OUT ? 'inherit' : 'ignore', 'ignore'] }) },
 ];
 if (BASELINE !== undefined) {
   servers.push({ name: 'baseline', start: (sock, dir) => spawn(process.execPath, [...NODE_ARGS, BASELINE, 'serve', 'fs', '--socket-path', sock, '--tag', 'vtfs', '--shared-dir', dir], { stdio: 'ignore' }) });
