@@ -563,7 +563,8 @@ static napi_value Watch(napi_env env, napi_callback_info info) {
   return handle;
 }
 
-void tap_init(napi_env env, napi_value exports);  // native/tap.c
+void tap_init(napi_env env, napi_value exports);   // native/tap.c
+void loop_init(napi_env env, napi_value exports);  // native/loop.c
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -589,6 +590,7 @@ static napi_value Init(napi_env env, napi_value exports) {
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   tap_init(env, exports);
+  loop_init(env, exports);
   fs_init(env, exports);
   return exports;
 }

@@ -115,6 +115,25 @@ test('watchEventfd: the addon reads the counter and passes it; a counter already
   assert.throws(() => n.watchEventfd(-2, () => undefined), (e: NodeJS.ErrnoException) => e.code === 'EINVAL' || e.code === 'EBADF');
 });
 
+test('loopIdleMetrics: off, the loop measures no idle time while it waits; on again, it does', async () => {
+  const n = native();
+  const { performance } = await import('node:perf_hooks');
+  const wait = () => new Promise((r) => setTimeout(r, 30));
+  try {
+    assert.equal(n.loopIdleMetrics(false), true, 'this libuv is one the addon knows');
+    await wait(); // the wait that began before the switch ends
+    const a = performance.eventLoopUtilization();
+    await wait();
+    assert.equal(performance.eventLoopUtilization(a).idle, 0, 'no idle time measured');
+  } finally {
+    n.loopIdleMetrics(true);
+  }
+  await wait();
+  const b = performance.eventLoopUtilization();
+  await wait();
+  assert.ok(performance.eventLoopUtilization(b).idle > 0, 'idle time measured again');
+});
+
 test('worker threads: the addon loads in a worker, its watch fires on the worker\'s own loop, and a memfd the main thread made maps there too', async () => {
   const { Worker } = await import('node:worker_threads');
   const n = native();
