@@ -12,14 +12,8 @@ import { MemoryFs } from '../../src/fs/memory.js';
 /** A server past INIT (through the client), with a file `f` looked up: its nodeid. */
 async function server(): Promise<{ server: FuseServer; nodeid: number }> {
   const server = new FuseServer(new MemoryFs());
-  const client = new FuseClient(async (req, room) => {
-    const r = await server.handle(req, room);
-    if (r === null) return null;
-    const out = new Uint8Array(r.length);
-    out.set(r.head);
-    if (r.data !== null) out.set(r.data, r.head.length);
-    return out;
-  });
+  // The reply's bytes copied out (as the device would); these replies are not released.
+  const client = new FuseClient(async (req, room) => ((r) => (r === null ? null : new Uint8Array(Buffer.concat([r.head, r.data ?? new Uint8Array(0)]))))(await server.handle(req, room)));
   await client.init();
   const { entry, fh } = await client.create(1, 'f', 0o644);
   await client.release(entry.nodeid, fh);
