@@ -22,6 +22,7 @@ import { checkWorkload, makeShare, virtiofsdArgs, virtiofsdMissing, VIRTIOFSD, w
 import { FsDevice } from '../src/devices/fs/device.js';
 import { HostDirFs } from '../src/node/fs/host-dir.js';
 import { serveVhostUser } from '../src/transports/vhost-user/daemon.js';
+import { native } from '../src/native/index.js';
 import { opName } from '../src/fs/fuse/wire.js';
 import { spawn } from 'node:child_process';
 import { intOption, markdownTable } from './common.js';
@@ -82,6 +83,8 @@ async function runVirtioTs(): Promise<Phase[]> {
   const snaps: { cpu: number; ops: Uint32Array }[] = [];
   const results = await runPhases(
     (sock, root) => {
+      // As `virtio-ts serve fs` runs it: no idle-time metrics on the loop (one poll per wakeup).
+      native().loopIdleMetrics(false);
       const provider = HostDirFs.open(root, { directIo: DIRECT });
       device = new FsDevice({ provider, tag: 'vtfs' });
       const daemon = serveVhostUser(device, { socket: sock });

@@ -463,24 +463,38 @@ static napi_value PreadvNowait(napi_env env, napi_callback_info info) {
 }
 
 // watch(fd, readable, writable, callback(events)): handle with close()
+// watchEventfd(fd, callback(count)): the same for an eventfd read here (see on_poll)
 typedef struct {
   uv_poll_t poll;
   napi_env env;
   napi_ref callback;
   napi_ref self;
   int closed;
+  int eventfd;  // the fd when it is an eventfd watch, else -1
 } watch_t;
 
 static void on_poll(uv_poll_t* h, int status, int events) {
   watch_t* w = (watch_t*)h->data;
+  double value = status < 0 ? -1 : events;
+  if (w->eventfd >= 0 && status >= 0) {
+    // An eventfd watch reads (and so resets) the counter before the callback, which gets it: a
+    // kick costs one call into JavaScript instead of two. A counter already read (EAGAIN) calls
+    // nothing; another failure is passed as -errno.
+    uint64_t v = 0;
+    ssize_t r = read(w->eventfd, &v, sizeof v);
+    if (r == sizeof v) value = (double)v;
+    else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    else value = r < 0 ? -errno : -EIO;
+  }
   napi_handle_scope scope;
   napi_open_handle_scope(w->env, &scope);
-  napi_value cb, global, arg;
+  napi_value cb, recv, arg;
   napi_get_reference_value(w->env, w->callback, &cb);
-  napi_get_global(w->env, &global);
-  arg = num(w->env, status < 0 ? -1 : events);
+  // The callbacks are arrow functions: undefined as `this` (the global object costs a lookup per call).
+  napi_get_undefined(w->env, &recv);
+  arg = num(w->env, value);
   napi_value res;
-  napi_status s = napi_call_function(w->env, global, cb, 1, &arg, &res);
+  napi_status s = napi_call_function(w->env, recv, cb, 1, &arg, &res);
   if (s == napi_pending_exception) {
     napi_value ex;
     napi_get_and_clear_last_exception(w->env, &ex);
@@ -513,16 +527,22 @@ static napi_value Watch(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   int32_t fd;
   bool rd = true, wr = false;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void* data = NULL;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, &data));
+  int is_eventfd = data != NULL;  // registered as watchEventfd(fd, callback)
   napi_valuetype t;
-  if (argc < 4 || !arg_int(env, argv[0], &fd) || napi_typeof(env, argv[3], &t) != napi_ok || t != napi_function)
-    return throw_errno(env, "watch: (fd, readable, writable, callback)", EINVAL);
-  napi_get_value_bool(env, argv[1], &rd);
-  napi_get_value_bool(env, argv[2], &wr);
+  napi_value cbv = argv[is_eventfd ? 1 : 3];
+  if (argc < (is_eventfd ? 2u : 4u) || !arg_int(env, argv[0], &fd) || napi_typeof(env, cbv, &t) != napi_ok || t != napi_function)
+    return throw_errno(env, is_eventfd ? "watchEventfd: (fd, callback)" : "watch: (fd, readable, writable, callback)", EINVAL);
+  if (!is_eventfd) {
+    napi_get_value_bool(env, argv[1], &rd);
+    napi_get_value_bool(env, argv[2], &wr);
+  }
   uv_loop_t* loop;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_errno(env, "watch: no event loop", EINVAL);
   watch_t* w = calloc(1, sizeof *w);
   w->env = env;
+  w->eventfd = is_eventfd ? fd : -1;
   int r = uv_poll_init(loop, &w->poll, fd);
   if (r < 0) {
     free(w);
@@ -534,7 +554,7 @@ static napi_value Watch(napi_env env, napi_callback_info info) {
   napi_create_function(env, "close", NAPI_AUTO_LENGTH, WatchClose, NULL, &closefn);
   napi_set_named_property(env, handle, "close", closefn);
   napi_wrap(env, handle, w, NULL, NULL, NULL);
-  napi_create_reference(env, argv[3], 1, &w->callback);
+  napi_create_reference(env, cbv, 1, &w->callback);
   napi_create_reference(env, handle, 1, &w->self);  // referenced until close(): never collected while watching
   // A peer's shutdown (UV_DISCONNECT, level-triggered) is reported only to a watch that reads:
   // one that waits for writability alone would otherwise be woken again and again by it.
@@ -543,7 +563,8 @@ static napi_value Watch(napi_env env, napi_callback_info info) {
   return handle;
 }
 
-void tap_init(napi_env env, napi_value exports);  // native/tap.c
+void tap_init(napi_env env, napi_value exports);   // native/tap.c
+void loop_init(napi_env env, napi_value exports);  // native/loop.c
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -565,9 +586,11 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"eventfdRead", NULL, EventfdRead, NULL, NULL, NULL, napi_default, NULL},
       {"eventfdWrite", NULL, EventfdWrite, NULL, NULL, NULL, napi_default, NULL},
       {"watch", NULL, Watch, NULL, NULL, NULL, napi_default, NULL},
+      {"watchEventfd", NULL, Watch, NULL, NULL, NULL, napi_default, (void*)1},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   tap_init(env, exports);
+  loop_init(env, exports);
   fs_init(env, exports);
   return exports;
 }

@@ -82,6 +82,58 @@ test('eventfd: counts, reads back to 0; a watch on the event loop fires when it 
   n.close(fd);
 });
 
+test('watchEventfd: the addon reads the counter and passes it; a counter already read calls nothing; an fd it cannot watch throws', async () => {
+  const n = native();
+  const fd = n.eventfd();
+  const seen: number[] = [];
+  let wake: () => void = () => undefined;
+  const w = n.watchEventfd(fd, (count) => {
+    seen.push(count);
+    wake();
+  });
+  const next = () => new Promise<void>((resolve) => (wake = resolve));
+  try {
+    let got = next();
+    n.eventfdWrite(fd, 2);
+    n.eventfdWrite(fd, 3);
+    await got;
+    assert.deepEqual(seen, [5], 'one callback with the counter');
+    assert.equal(n.eventfdRead(fd), 0, 'the addon reset it');
+    // Written and read back before the loop polls: readable no more, no callback. The write
+    // after it is the next callback's only count (a callback for the first would make it [.., 1, 4]).
+    n.eventfdWrite(fd, 1);
+    assert.equal(n.eventfdRead(fd), 1);
+    await new Promise((r) => setImmediate(r));
+    got = next();
+    n.eventfdWrite(fd, 4);
+    await got;
+    assert.deepEqual(seen, [5, 4]);
+  } finally {
+    w.close();
+    n.close(fd);
+  }
+  assert.throws(() => n.watchEventfd(-2, () => undefined), (e: NodeJS.ErrnoException) => e.code === 'EINVAL' || e.code === 'EBADF');
+});
+
+test('loopIdleMetrics: off, the loop measures no idle time while it waits; on again, it does', async () => {
+  const n = native();
+  const { performance } = await import('node:perf_hooks');
+  const wait = () => new Promise((r) => setTimeout(r, 30));
+  try {
+    assert.equal(n.loopIdleMetrics(false), true, 'this libuv is one the addon knows');
+    await wait(); // the wait that began before the switch ends
+    const a = performance.eventLoopUtilization();
+    await wait();
+    assert.equal(performance.eventLoopUtilization(a).idle, 0, 'no idle time measured');
+  } finally {
+    n.loopIdleMetrics(true);
+  }
+  await wait();
+  const b = performance.eventLoopUtilization();
+  await wait();
+  assert.ok(performance.eventLoopUtilization(b).idle > 0, 'idle time measured again');
+});
+
 test('worker threads: the addon loads in a worker, its watch fires on the worker\'s own loop, and a memfd the main thread made maps there too', async () => {
   const { Worker } = await import('node:worker_threads');
   const n = native();

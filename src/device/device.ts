@@ -189,44 +189,17 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
   /** The type's view of this device (one object for the device's life). */
   private makeContext(): DeviceContext {
     const d = this;
-    return {
-      name: d.name,
-      monitor: d.monitor,
-      get memory() {
-        return d.memory;
-      },
-      queues: d.queues,
-      config: d.configView,
-      get status() {
-        return d.statusValue;
-      },
-      get live() {
-        return d.live;
-      },
-      get accepting() {
-        return d.accepting;
-      },
-      get offered() {
-        return d.offered;
-      },
-      get driverFeatures() {
-        return d.driverFeatures;
-      },
-      negotiated: (featureBit) => d.negotiated(featureBit),
-      get legacy() {
-        return d.legacy;
-      },
-      get synchronous() {
-        return d.host?.synchronous === true;
-      },
+    return new DeviceContextOf(d, d.configView, {
+      status: () => d.statusValue,
+      legacy: () => d.legacy,
+      synchronous: () => d.host?.synchronous === true,
       complete: (q) => d.complete(q),
       resume: (q) => {
         if (q.active && d.accepting) d.process(q);
       },
       updateConfig: (change) => d.updateConfig(change),
       violation: (clause, message, context, fatal) => d.violation(clause, message, context, fatal),
-      needsReset: (reason) => d.needsReset(reason),
-    };
+    });
   }
 
   /** Connects the device to guest memory and its transport. */
@@ -979,5 +952,78 @@ export class VirtioDevice<T extends DeviceType = DeviceType> {
   /** Whether the features were accepted before with FEATURES_OK. */
   get previouslyNegotiated(): bigint | null {
     return this.negotiatedOnce;
+  }
+}
+
+/** What a {@link DeviceContextOf} reaches of its device beyond the device's public members. */
+interface DeviceInternals {
+  status(): number;
+  legacy(): boolean;
+  synchronous(): boolean;
+  complete(q: DeviceQueue): void;
+  resume(q: DeviceQueue): void;
+  updateConfig(change: (config: DataView) => void): void;
+  violation(clause: string, message: string, context?: Record<string, unknown>, fatal?: boolean): Verdict;
+}
+
+/**
+ * The DeviceContext a VirtioDevice gives its type: a class, not an object literal, because V8
+ * keeps an object literal with getters in dictionary mode, which made every `ctx.live`,
+ * `ctx.accepting` and `ctx.memory` on a queue handler's hot path a hash lookup and a generic
+ * getter call. Here the getters are on the prototype and the rest are fast own fields; the
+ * functions stay own arrow functions, callable without `this` as before.
+ */
+class DeviceContextOf implements DeviceContext {
+  readonly name: string;
+  readonly monitor: Monitor;
+  readonly queues: readonly DeviceQueue[];
+  readonly config: DataView;
+  readonly negotiated: (featureBit: number) => boolean;
+  readonly complete: (q: DeviceQueue) => void;
+  readonly resume: (q: DeviceQueue) => void;
+  readonly updateConfig: (change: (config: DataView) => void) => void;
+  readonly violation: (clause: string, message: string, context?: Record<string, unknown>, fatal?: boolean) => Verdict;
+  readonly needsReset: (reason: string) => void;
+
+  constructor(
+    private readonly d: VirtioDevice,
+    config: DataView,
+    private readonly i: DeviceInternals,
+  ) {
+    this.name = d.name;
+    this.monitor = d.monitor;
+    this.queues = d.queues;
+    this.config = config;
+    this.negotiated = (featureBit) => d.negotiated(featureBit);
+    this.complete = i.complete;
+    this.resume = i.resume;
+    this.updateConfig = i.updateConfig;
+    this.violation = i.violation;
+    this.needsReset = (reason) => d.needsReset(reason);
+  }
+
+  get memory(): GuestMemory {
+    return this.d.memory;
+  }
+  get status(): number {
+    return this.i.status();
+  }
+  get live(): boolean {
+    return this.d.live;
+  }
+  get accepting(): boolean {
+    return this.d.accepting;
+  }
+  get offered(): bigint {
+    return this.d.offered;
+  }
+  get driverFeatures(): bigint {
+    return this.d.driverFeatures;
+  }
+  get legacy(): boolean {
+    return this.i.legacy();
+  }
+  get synchronous(): boolean {
+    return this.i.synchronous();
   }
 }

@@ -64,6 +64,22 @@ export interface NativeAddon extends NativeFs {
    */
   watch(fd: number, readable: boolean, writable: boolean, callback: (events: number) => void): { close(): void };
   /**
+   * Watches an eventfd: each time it is readable the addon reads it (resetting the counter) and
+   * calls `callback(count)` with the counter read (a read that finds it already 0 calls
+   * nothing; a failed read or poll is a negative count: -errno, or -1). One call into
+   * JavaScript per wakeup instead of a watch callback and an eventfdRead: the kick path of a
+   * vhost-user ring.
+   */
+  watchEventfd(fd: number, callback: (count: number) => void): { close(): void };
+  /**
+   * native/loop.c: whether this thread's event loop keeps idle-time metrics (what
+   * `performance.eventLoopUtilization()` reads; Node turns them on). With them on, libuv polls
+   * twice each time the loop would wait (once without waiting, to tell idle time from events
+   * already there), one more system call per wakeup. Returns false when the addon does not know
+   * this libuv's private layout (1.39 to 1.51 known), and then changes nothing.
+   */
+  loopIdleMetrics(on: boolean): boolean;
+  /**
    * native/tap.c: /dev/net/tun attached to the TAP interface `name` (IFF_TAP | IFF_NO_PI; made if
    * it does not exist), non-blocking; `vnetHdrBytes` > 0 adds IFF_VNET_HDR with that header
    * size. Throws with code ENOENT (no /dev/net/tun), EPERM (no CAP_NET_ADMIN), EBUSY (held

@@ -153,15 +153,65 @@ function decode(b: Uint8Array, what: string): string {
   }
 }
 
-/** Builds one reply: fuse_out_header then a fixed struct of `n` bytes. */
+/** A reply built by replyOf: its head and a view of it, reused after {@link releaseReply}. */
+class PooledReply implements FuseReply {
+  data: Uint8Array | null = null;
+  length = 0;
+  /** Back in the pool: not in use (a second release is ignored). */
+  free = false;
+  readonly view: DataView;
+  constructor(readonly head: Uint8Array) {
+    this.view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  }
+}
+
+/**
+ * Reply heads by size (fuse_out_header and the fixed struct: 16 to 144 bytes), reused once the
+ * device has copied a reply into the driver's buffers (releaseReply): a request allocates no
+ * buffer (and no off-heap backing store for V8 to sweep) for its reply. A head taken from the
+ * pool is zeroed past the header, as a new one would be.
+ */
+const pool: PooledReply[][] = [];
+/** Heads longer than this are not kept; nor more than POOL_DEPTH of one size (what many requests in flight at once return). */
+const POOL_MAX = 512;
+const POOL_DEPTH = 64;
+
+/** Builds one reply: fuse_out_header then a fixed struct of `n` bytes (zero until set through `v`). */
 function replyOf(unique: bigint, n: number, data: Uint8Array | null = null): { reply: FuseReply; v: DataView } {
-  const head = new Uint8Array(Size.outHeader + n);
-  const v = new DataView(head.buffer);
-  const length = head.length + (data?.length ?? 0);
+  const size = Size.outHeader + n;
+  const free = pool[size];
+  let r: PooledReply;
+  if (free !== undefined && free.length > 0) {
+    r = free.pop()!;
+    r.free = false;
+    if (n > 0) r.head.fill(0, Size.outHeader);
+  } else {
+    r = new PooledReply(new Uint8Array(size));
+  }
+  const v = r.view;
+  const length = size + (data?.length ?? 0);
+  r.data = data;
+  r.length = length;
   v.setUint32(0, length, true);
   v.setInt32(4, 0, true);
   v.setBigUint64(8, unique, true);
-  return { reply: { head, data, length }, v };
+  return { reply: r, v };
+}
+
+/**
+ * Gives a reply of {@link FuseServer.handle} (or {@link errorReply}) back for reuse, once its
+ * bytes have been copied out: the caller must not touch it (nor its `head`) afterwards. The
+ * virtio-fs device does so after writing each reply into the request's buffers. A reply built
+ * any other way is ignored, and so is a second release.
+ */
+export function releaseReply(reply: FuseReply): void {
+  if (!(reply instanceof PooledReply) || reply.free) return;
+  reply.free = true;
+  reply.data = null;
+  const size = reply.head.length;
+  if (size > POOL_MAX) return;
+  const free = (pool[size] ??= []);
+  if (free.length < POOL_DEPTH) free.push(reply);
 }
 
 /** An error reply (-errno). */

@@ -76,10 +76,7 @@ export class VhostUserBackend implements DeviceHost {
     const host: SessionHost = {
       deviceHost: this,
       end: (reason, error) => this.close(reason, error),
-      guard: (what, fn) => {
-        const guarded = this.guarded(what, () => fn());
-        return () => guarded(0);
-      },
+      guard: (what, fn) => this.guarded(what, fn),
       info: (m) => this.log.info(m),
       warn: (m) => this.log.warn(m),
     };

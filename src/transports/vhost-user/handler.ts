@@ -115,7 +115,7 @@ export interface SessionHost {
   /** Ends the connection with this reason. */
   end(reason: string, error: VhostUserError): void;
   /** Wraps an fd callback: whatever it throws ends the connection, named by `what`. */
-  guard(what: string, fn: () => void): () => void;
+  guard(what: string, fn: (value: number) => void): (value: number) => void;
   info(message: string): void;
   warn(message: string): void;
 }

@@ -89,18 +89,19 @@ export class VhostUserRing implements LoggedRing {
   /**
    * SET_VRING_KICK: `fd` (an eventfd, checked) or -1; `onKick` runs on each kick, inside
    * `guard` (an exception must not escape a native watch callback: it would end the process).
+   * The addon reads the kick eventfd itself before the callback (watchEventfd): one call into
+   * JavaScript per kick. A kick read before the ring is served is never lost: the device
+   * re-enables notifications and looks at the ring again before it waits (2.7.10).
    */
-  setKick(fd: number, onKick: () => void, guard: (fn: () => void) => () => void): void {
+  setKick(fd: number, onKick: () => void, guard: (fn: (count: number) => void) => (count: number) => void): void {
     this.stopWatching();
     if (this.kickFd >= 0) this.n.close(this.kickFd);
     this.kickFd = fd;
     if (fd < 0) return;
-    this.kickWatch = this.n.watch(
+    this.kickWatch = this.n.watchEventfd(
       fd,
-      true,
-      false,
-      guard(() => {
-        this.n.eventfdRead(fd);
+      guard((count) => {
+        if (count < 0) throw new VhostUserError('bad-fd', `ring ${this.index}: the kick eventfd cannot be read (${count === -1 ? 'poll error' : `errno ${-count}`})`);
         onKick();
       }),
     );
