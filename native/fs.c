@@ -101,6 +101,26 @@ static int get_f64s(napi_env env, napi_value v, double** data, size_t n) {
 // "/proc/self/fd/N": the magic link to the inode of fd N.
 static void proc_path(char* buf, size_t size, int fd) { snprintf(buf, size, "/proc/self/fd/%d", fd); }
 
+// /proc/self/fd, held (as virtiofsd's lo->proc_self_fd): opening "N" relative to it walks one
+// component instead of three ("/proc", "self" -- itself a symlink to the pid -- and "fd") on
+// every OPEN. Opened on first use; -1 when /proc cannot be opened (the path is used then).
+static int proc_self_fd = -2;
+
+// open(flags) of the inode of fd N through its magic link: the new fd, or -errno.
+static int proc_open(int fd, int flags) {
+  if (proc_self_fd == -2) proc_self_fd = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  char p[64];
+  int r;
+  if (proc_self_fd >= 0) {
+    snprintf(p, sizeof p, "%d", fd);
+    r = openat(proc_self_fd, p, flags | O_CLOEXEC);
+  } else {
+    proc_path(p, sizeof p, fd);
+    r = open(p, flags | O_CLOEXEC);
+  }
+  return r < 0 ? -errno : r;
+}
+
 static int openat2_missing = 0;
 
 // One name opened beneath dirfd (O_NOFOLLOW | O_CLOEXEC added): the fd, or -errno.
@@ -146,10 +166,8 @@ static napi_value FsReopen(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t fd, flags;
   if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &flags)) return throw_errno(env, "fsReopen: (fd, flags)", EINVAL);
-  char p[64];
-  proc_path(p, sizeof p, fd);
-  int r = open(p, (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_TMPFILE)) | O_CLOEXEC);
-  if (r < 0) return throw_errno(env, "reopen", errno);
+  int r = proc_open(fd, flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_TMPFILE));
+  if (r < 0) return throw_errno(env, "reopen", -r);
   return num(env, r);
 }
 
@@ -217,6 +235,23 @@ static napi_value FsLookup(napi_env env, napi_callback_info info) {
   }
   fill_stat(out, &st);
   return num(env, fd);
+}
+
+// fsStatAt(dirfd, name, out Float64Array(17)): fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW) of one
+// name beneath dirfd (as fsStat; ".." is -EXDEV), 0 or -errno (a miss is an answer, not a
+// throw). Nothing is opened: LOOKUP of a name whose inode the provider already holds needs
+// only this one system call; the held fd stays the node's (the stat only says which it is).
+static napi_value FsStatAt(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd;
+  char name[NAME_BUF];
+  double* out;
+  if (!stat_args(env, argv, &dirfd, name, &out, 0)) return throw_errno(env, "fsStatAt: (dirfd, name, Float64Array(17))", EINVAL);
+  if (strcmp(name, "..") == 0) return num(env, -EXDEV);
+  struct stat st;
+  if (syscall(SYS_newfstatat, dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) return num(env, -errno);
+  fill_stat(out, &st);
+  return num(env, 0);
 }
 
 // fsMkdirat(dirfd, name, mode)
@@ -527,6 +562,7 @@ static napi_value FsLock(napi_env env, napi_callback_info info) {
 void fs_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       FN("fsOpenat", FsOpenat),         FN("fsReopen", FsReopen),       FN("fsStat", FsStat),         FN("fsLookup", FsLookup),
+      FN("fsStatAt", FsStatAt),
       FN("fsMkdirat", FsMkdirat),       FN("fsMknodat", FsMknodat),     FN("fsSymlinkat", FsSymlinkat),
       FN("fsUnlinkat", FsUnlinkat),     FN("fsRenameat2", FsRenameat2), FN("fsLinkat", FsLinkat),
       FN("fsReadlink", FsReadlink),     FN("fsChmod", FsChmod),         FN("fsChown", FsChown),

@@ -13,7 +13,7 @@ export interface NativeFs {
    * `name` is one component: with '/', empty or over 255 bytes it is EINVAL.
    */
   fsOpenat(dirfd: number, name: string, flags: number, mode: number): number;
-  /** A new fd for the inode of (O_PATH) `fd` through /proc/self/fd (a symlink: ELOOP). */
+  /** A new fd for the inode of (O_PATH) `fd` through its /proc/self/fd magic link (a symlink: ELOOP). */
   fsReopen(fd: number, flags: number): number;
   /**
    * fstatat(AT_SYMLINK_NOFOLLOW; name "" = `dirfd` itself) into `out`: dev, ino high 32 bits,
@@ -27,6 +27,12 @@ export interface NativeFs {
    * -errno (a name that is not there is an answer, not a thrown Error). Bad arguments throw.
    */
   fsLookup(dirfd: number, name: string, out: Float64Array): number;
+  /**
+   * fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW) of one name beneath `dirfd` into `out` (as
+   * {@link fsStat}), nothing opened: 0, or -errno (`..`: -EXDEV). Bad arguments throw. Tells
+   * which inode a name is, so a LOOKUP of one already held costs one system call.
+   */
+  fsStatAt(dirfd: number, name: string, out: Float64Array): number;
   fsMkdirat(dirfd: number, name: string, mode: number): void;
   /** `mode` carries the file type (S_IFIFO, S_IFSOCK, S_IFREG, ...). */
   fsMknodat(dirfd: number, name: string, mode: number, rdev: number): void;

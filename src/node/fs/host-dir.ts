@@ -127,7 +127,8 @@ const MORE_ERRNO: Readonly<Record<string, number>> = { ETXTBSY: 26, EDQUOT: 122,
 interface Node {
   readonly ino: number;
   readonly fd: number;
-  readonly key: string;
+  /** Its key in byKey (see keyOf). */
+  readonly key: number | string;
   readonly type: number;
   /** Open-file-description lock fds, one per lock owner (see setlk). */
   locks: Map<bigint, number> | null;
@@ -183,7 +184,8 @@ export class HostDirFs implements FsProvider {
   readonly killsPriv = true;
   private readonly n: NativeAddon;
   private readonly nodes = new Map<number, Node>();
-  private readonly byKey = new Map<string, Node>();
+  /** Held nodes by host inode (keyOf): one Map lookup tells whether a name's inode is held. */
+  private readonly byKey = new Map<number | string, Node>();
   private readonly handles = new Map<number, Handle>();
   private nextFh = 1;
   private nextIno = INO_COUNTER_BASE;
@@ -266,7 +268,13 @@ export class HostDirFs implements FsProvider {
 
   // --- nodes -------------------------------------------------------------------------------
 
-  private keyOf(st: Float64Array): string {
+  /**
+   * The key of host inode (st_dev, st_ino) in this.byKey: the inode number itself on the
+   * root's file system (below 2^52: a safe integer, no string built per lookup), else
+   * "dev:high:low".
+   */
+  private keyOf(st: Float64Array): number | string {
+    if (st[0] === this.rootDev && st[1] < 0x100000) return st[1] * 2 ** 32 + st[2];
     return `${st[0]}:${st[1]}:${st[2]}`;
   }
 
@@ -389,7 +397,14 @@ export class HostDirFs implements FsProvider {
   lookup(parent: number, name: string): FileAttr {
     checkName(name);
     const dir = this.dirNode(parent);
-    // One native call (openat2 + fstat); a missing name is -ENOENT, an error without a stack.
+    // First which inode the name is (fstatat, no open; a missing name is -ENOENT, an error
+    // without a stack): one already held answers with its attributes, its held fd stays the
+    // node's. A new one is opened beneath the directory (openat2 + fstat in one native call)
+    // and keyed by what the new fd is, not by the first stat (the name may have changed since).
+    const r = this.n.fsStatAt(dir.fd, name, this.st);
+    if (r < 0) throw FsError.quick(-r);
+    const known = this.byKey.get(this.keyOf(this.st));
+    if (known !== undefined) return this.attr(known.ino);
     const fd = this.n.fsLookup(dir.fd, name, this.st);
     if (fd < 0) throw FsError.quick(-fd);
     return this.adoptStated(fd);
