@@ -168,9 +168,8 @@ let slab: ArrayBuffer | null = null;
 let slabView: DataView | null = null;
 let slabAt = SLAB;
 
-/** Builds one reply: fuse_out_header then a fixed struct of `n` bytes, written through `v` at `x` (the struct's offset). */
-function replyOf(unique: bigint, n: number, data: Uint8Array | null = null): { reply: FuseReply; v: DataView; x: number } {
-  const size = Size.outHeader + n;
+/** `size` fresh bytes (at most SLAB) of the current slab: their offset in `slab` / `slabView`. */
+function carve(size: number): number {
   if (slabAt + size > SLAB) {
     slab = new ArrayBuffer(SLAB);
     slabView = new DataView(slab);
@@ -178,6 +177,13 @@ function replyOf(unique: bigint, n: number, data: Uint8Array | null = null): { r
   }
   const at = slabAt;
   slabAt = (at + size + 7) & ~7;
+  return at;
+}
+
+/** Builds one reply: fuse_out_header then a fixed struct of `n` bytes, written through `v` at `x` (the struct's offset). */
+function replyOf(unique: bigint, n: number, data: Uint8Array | null = null): { reply: FuseReply; v: DataView; x: number } {
+  const size = Size.outHeader + n;
+  const at = carve(size);
   const v = slabView!;
   const head = new Uint8Array(slab!, at, size);
   const length = size + (data?.length ?? 0);
@@ -191,6 +197,27 @@ export function errorReply(unique: bigint, errno: number): FuseReply {
   const { reply, v, x } = replyOf(unique, 0);
   v.setInt32(x - Size.outHeader + 4, -errno, true);
   return reply;
+}
+
+/** The bytes of `s` in UTF-8, as TextEncoder writes it (a lone surrogate: U+FFFD, 3 bytes). */
+function utf8Length(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      n += 4;
+      i++;
+    } else n += 3;
+  }
+  return n;
+}
+
+/** Writes `s` (`len` = utf8Length(s) bytes) into `out` at `at`: ASCII byte by byte, anything else through TextEncoder. */
+function putName(out: Uint8Array, at: number, s: string, len: number): void {
+  if (len === s.length) for (let i = 0; i < len; i++) out[at + i] = s.charCodeAt(i);
+  else (encoder ??= new TextEncoder()).encodeInto(s, out.subarray(at, at + len));
 }
 
 /** A non-negative number as a little-endian u64 (two u32 stores: no BigInt per field). */
@@ -879,59 +906,63 @@ export class FuseServer {
     const limit = Math.max(1, Math.floor(size / (per + 8)));
     const p = this.provider;
     return after(p.readdir(ino, fh, offset, limit, ctx), (entries): MaybePromise<FuseReply> => {
-      const out = new Uint8Array(size);
-      const o = new DataView(out.buffer);
-      let used = 0;
-      const lookups: MaybePromise<FileAttr | null>[] = [];
-      const names: Uint8Array[] = [];
-      let count = 0;
-      for (const e of entries) {
-        const nb = enc.encode(e.name);
-        if (nb.length === 0 || nb.length > NAME_MAX) continue;
-        const rec = (per + nb.length + 7) & ~7;
-        if (used + rec > size) break;
-        used += rec;
-        names.push(nb);
-        count++;
+      // The records are written as the entries are read (names straight into the reply: no
+      // encoded copy per name); an entry's fuse_entry_out when its lookup answers. The bytes
+      // are fresh (zeroed): an entry left without attributes has nodeid 0, which the kernel
+      // does not look up.
+      const big = size > SLAB / 4;
+      const base = big ? 0 : carve(size);
+      const out = big ? new Uint8Array(size) : new Uint8Array(slab!, base, size);
+      const o = big ? new DataView(out.buffer) : slabView!;
+      let pos = 0;
+      let waits: Promise<void>[] | null = null;
+      for (let i = 0; i < entries.length; i++) {
+        const e = entries[i];
+        const len = utf8Length(e.name);
+        if (len === 0 || len > NAME_MAX) continue;
+        if (pos + ((per + len + 7) & ~7) > size) break;
+        let d = pos;
         if (plus) {
-          const dot = e.name === '.' || e.name === '..';
-          lookups.push(dot ? null : p.lookup(ino, e.name, ctx));
-        }
-      }
-      const build = (attrs: (FileAttr | null)[]): FuseReply => {
-        let pos = 0;
-        for (let i = 0; i < count; i++) {
-          const e = entries[i];
-          const nb = names[i];
-          let a = plus ? attrs[i] : null;
-          if (plus) {
-            if (a !== null) {
-              try {
-                a = checkAttr(a);
-                this.putEntry(o, pos, a);
-                this.ref(a.ino);
-              } catch {
-                a = null;
-              }
+          d += Size.entryOut;
+          if (e.name !== '.' && e.name !== '..') {
+            // An entry that vanished between readdir and its lookup goes without attributes.
+            let a: MaybePromise<FileAttr> | null;
+            try {
+              a = p.lookup(ino, e.name, ctx);
+            } catch {
+              a = null;
             }
-            if (a === null) out.fill(0, pos, pos + Size.entryOut); // nodeid 0: the kernel does not look it up
-            pos += Size.entryOut;
+            const at = pos;
+            if (a !== null && typeof (a as Promise<FileAttr>).then === 'function') {
+              (waits ??= []).push((a as Promise<FileAttr>).then((x) => this.plusEntry(out, o, base, at, x), () => undefined));
+            } else if (a !== null) this.plusEntry(out, o, base, at, a as FileAttr);
           }
-          u64(o, pos, e.ino);
-          u64(o, pos + 8, e.off);
-          o.setUint32(pos + 16, nb.length, true);
-          o.setUint32(pos + 20, ((e.type & S_IFMT) >>> 12) & 0xf, true);
-          out.set(nb, pos + Size.dirent);
-          pos = (pos + Size.dirent + nb.length + 7) & ~7;
         }
-        return replyOf(h.unique, 0, out.subarray(0, pos)).reply;
-      };
-      if (!plus) return build([]);
-      // An entry that vanished between readdir and its lookup goes without attributes.
-      const settled = lookups.map((l) => (l !== null && typeof (l as Promise<FileAttr>).then === 'function' ? (l as Promise<FileAttr>).then((a) => a, () => null) : l));
-      if (settled.some((l) => l !== null && typeof (l as Promise<unknown>).then === 'function')) return Promise.all(settled).then(build);
-      return build(settled as (FileAttr | null)[]);
+        u64(o, base + d, e.ino);
+        u64(o, base + d + 8, e.off);
+        o.setUint32(base + d + 16, len, true);
+        o.setUint32(base + d + 20, ((e.type & S_IFMT) >>> 12) & 0xf, true);
+        putName(out, d + Size.dirent, e.name, len);
+        pos = (d + Size.dirent + len + 7) & ~7;
+      }
+      const used = pos;
+      if (waits === null) return replyOf(h.unique, 0, out.subarray(0, used)).reply;
+      return Promise.all(waits).then(() => replyOf(h.unique, 0, out.subarray(0, used)).reply);
     }) as MaybePromise<FuseReply>;
+  }
+
+  /**
+   * A READDIRPLUS entry's fuse_entry_out at `at` of `out` (written through `o`, where `out`
+   * starts at `base`): the kernel holds one more reference to the node. A bad attr (a provider
+   * bug) leaves it zero: nodeid 0.
+   */
+  private plusEntry(out: Uint8Array, o: DataView, base: number, at: number, a: FileAttr): void {
+    try {
+      this.putEntry(o, base + at, checkAttr(a));
+      this.ref(a.ino);
+    } catch {
+      out.fill(0, at, at + Size.entryOut);
+    }
   }
 
   /** GETLK / SETLK / SETLKW (POSIX locks; flock locks are not negotiated). */
