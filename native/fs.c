@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <uv.h>
@@ -518,6 +519,34 @@ static napi_value FsLseek(napi_env env, napi_callback_info info) {
   return num(env, (double)r);
 }
 
+// fsPreadNowait(fd, into Uint8Array, length, offset): up to `length` bytes at `offset` into
+// `into`, from the page cache only (preadv2 RWF_NOWAIT, repeated after a short read until the
+// length is read or a read says 0: a short read is the end of the file or of what is cached,
+// and only the next one tells which). Returns the bytes read (the length, or fewer at the end of
+// the file), or -1 - n when the next read would wait for the disk after n bytes (also when the
+// file or kernel cannot say: EOPNOTSUPP); other errors throw. One native call per FUSE READ.
+static napi_value FsPreadNowait(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t fd;
+  void* data;
+  size_t cap;
+  double len, off;
+  if (!get_i32(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &cap) || !get_f64(env, argv[2], &len) || !get_f64(env, argv[3], &off) ||
+      len < 0 || len > (double)cap || off < 0 || off > 9007199254740991.0)
+    return throw_errno(env, "fsPreadNowait: (fd, Uint8Array, length, offset)", EINVAL);
+  size_t want = (size_t)len, done = 0;
+  while (done < want) {
+    struct iovec v = {(char*)data + done, want - done};
+    ssize_t r = preadv2(fd, &v, 1, (off_t)off + (off_t)done, RWF_NOWAIT);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) return num(env, -1.0 - (double)done);
+    if (r < 0) return throw_errno(env, "preadv2", errno);
+    if (r == 0) break;
+    done += (size_t)r;
+  }
+  return num(env, (double)done);
+}
+
 // fsGetdents(fd, into Uint8Array): bytes of linux_dirent64 records (0 at the end).
 static napi_value FsGetdents(napi_env env, napi_callback_info info) {
   ARGS(2);
@@ -569,7 +598,7 @@ void fs_init(napi_env env, napi_value exports) {
       FN("fsUtimens", FsUtimens),       FN("fsTruncate", FsTruncate),   FN("fsStatfs", FsStatfs),
       FN("fsGetxattr", FsGetxattr),     FN("fsListxattr", FsListxattr), FN("fsSetxattr", FsSetxattr),
       FN("fsRemovexattr", FsRemovexattr), FN("fsFallocate", FsFallocate), FN("fsLseek", FsLseek),
-      FN("fsGetdents", FsGetdents),     FN("fsLock", FsLock),
+      FN("fsGetdents", FsGetdents),     FN("fsPreadNowait", FsPreadNowait),     FN("fsLock", FsLock),
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

@@ -67,6 +67,13 @@ export interface NativeFs {
   fsFallocate(fd: number, mode: number, offset: number, length: number): void;
   /** lseek(2): the new offset (SEEK_DATA 3, SEEK_HOLE 4 included). */
   fsLseek(fd: number, offset: number, whence: number): number;
+  /**
+   * Up to `length` bytes at `offset` into `into` from the page cache only (preadv2 RWF_NOWAIT,
+   * repeated after a short read until the length is read or a read says 0): the bytes read
+   * (fewer only at the end of the file), or -1 - n when the next read would wait for the disk
+   * after n bytes (or the file cannot say: EOPNOTSUPP). Other errors throw.
+   */
+  fsPreadNowait(fd: number, into: Uint8Array, length: number, offset: number): number;
   /** getdents64 into `into`: bytes of linux_dirent64 records, 0 at the end. */
   fsGetdents(fd: number, into: Uint8Array): number;
   /**

@@ -593,21 +593,20 @@ export class HostDirFs implements FsProvider {
   read(ino: number, fh: number, offset: number, size: number): Uint8Array | Promise<Uint8Array> {
     const h = this.handle(fh, ino);
     if (size > this.scratch.length) this.scratch = new Uint8Array(size);
-    const view = this.scratch.subarray(0, size);
-    let done = 0;
-    while (done < size) {
-      // A short read is the end of the file (the next read says 0) or the end of what the page
-      // cache holds (the next one says -1: it would wait).
-      const got = sys(() => this.n.preadvNowait(h.fd, [done === 0 ? view : view.subarray(done)], offset + done));
-      if (got === 0) break;
-      if (got < 0) {
-        this.stats.poolReads++;
-        return this.readPool(h.fd, offset, size, view.subarray(0, done));
-      }
-      done += got;
+    // One native call: preadv2(RWF_NOWAIT) until the size is read or the end of the file.
+    let got: number;
+    try {
+      got = this.n.fsPreadNowait(h.fd, this.scratch, size, offset);
+    } catch (err) {
+      throw new FsError(errnoOf(err));
+    }
+    if (got < 0) {
+      // The rest would wait for the disk: on the thread pool, after what the page cache gave.
+      this.stats.poolReads++;
+      return this.readPool(h.fd, offset, size, this.scratch.subarray(0, -1 - got));
     }
     this.stats.cachedReads++;
-    return view.subarray(0, done);
+    return this.scratch.subarray(0, got);
   }
 
   /** The rest of a read on the thread pool, after `head` (what the page cache gave). */
