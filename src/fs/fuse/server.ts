@@ -420,275 +420,66 @@ export class FuseServer {
       throw new Malformed(Errno.EIO, `${opName(h.opcode)} before FUSE_INIT`);
     }
     const ctx: FsContext = { uid: h.uid, gid: h.gid, pid: h.pid };
-    const p = this.provider;
+    // One small method per opcode: V8 optimizes each on its own (a single function holding
+    // every opcode's code was never optimized in a real session: too big for its tick budget,
+    // its feedback changing with every new opcode), so dispatch stays this table.
     switch (h.opcode) {
-      case Op.FORGET: {
-        const n = b.left >= Size.forgetIn ? v.getBigUint64(b.need(8, 'fuse_forget_in'), true) : 0n;
-        this.forget(h.nodeid, n);
-        return null;
-      }
-      case Op.BATCH_FORGET: {
-        if (b.left < Size.batchForgetIn) return null;
-        const count = v.getUint32(b.need(8, 'fuse_batch_forget_in'), true);
-        // Only the entries the request holds: a count beyond them is cut to what is there.
-        const n = Math.min(count, Math.floor(b.left / Size.forgetOne));
-        for (let i = 0; i < n; i++) {
-          const at = b.need(Size.forgetOne, 'fuse_forget_one');
-          const id = v.getBigUint64(at, true);
-          this.forget(id > BigInt(Number.MAX_SAFE_INTEGER) ? -1 : Number(id), v.getBigUint64(at + 8, true));
-        }
-        return null;
-      }
-      case Op.INTERRUPT: {
-        if (b.left >= Size.interruptIn) this.pending.get(v.getBigUint64(b.pos, true))?.abort.abort();
-        return null;
-      }
+      case Op.FORGET:
+        return this.opForget(h, b, v);
+      case Op.BATCH_FORGET:
+        return this.opBatchForget(b, v);
+      case Op.INTERRUPT:
+        return this.opInterrupt(b, v);
       case Op.DESTROY:
-        this.endSession();
-        return replyOf(h.unique, 0).reply;
-      case Op.LOOKUP: {
-        const parent = this.node(h);
-        const name = b.name();
-        return after(p.lookup(parent, name, ctx), (a) => this.entry(h.unique, a));
-      }
-      case Op.GETATTR: {
-        const ino = this.node(h);
-        let fh: number | null = null;
-        if (b.left >= Size.getattrIn) {
-          const at = b.need(Size.getattrIn, 'fuse_getattr_in');
-          if ((v.getUint32(at, true) & GETATTR_FH) !== 0) fh = safe(v.getBigUint64(at + 8, true), 'fh');
-        }
-        return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
-      }
-      case Op.SETATTR: {
-        const ino = this.node(h);
-        const at = b.need(Size.setattrIn, 'fuse_setattr_in');
-        const valid = v.getUint32(at, true);
-        const c: SetAttr = {};
-        const changes = valid & ~(Fattr.FH | Fattr.LOCKOWNER);
-        if (changes !== 0) this.writable();
-        if (valid & Fattr.MODE) c.mode = v.getUint32(at + 68, true);
-        if (valid & Fattr.UID) c.uid = v.getUint32(at + 76, true);
-        if (valid & Fattr.GID) c.gid = v.getUint32(at + 80, true);
-        if (valid & Fattr.SIZE) c.size = safe(v.getBigUint64(at + 16, true), 'size');
-        if (valid & Fattr.ATIME) c.atime = valid & Fattr.ATIME_NOW ? 'now' : { sec: safe(v.getBigUint64(at + 32, true), 'atime'), nsec: Math.min(v.getUint32(at + 56, true), 999999999) };
-        if (valid & Fattr.MTIME) c.mtime = valid & Fattr.MTIME_NOW ? 'now' : { sec: safe(v.getBigUint64(at + 40, true), 'mtime'), nsec: Math.min(v.getUint32(at + 60, true), 999999999) };
-        if (valid & Fattr.CTIME) c.ctime = { sec: safe(v.getBigUint64(at + 48, true), 'ctime'), nsec: Math.min(v.getUint32(at + 64, true), 999999999) };
-        if (valid & Fattr.KILL_SUIDGID) c.killSuidgid = true;
-        const fh = valid & Fattr.FH ? safe(v.getBigUint64(at + 8, true), 'fh') : null;
-        if (p.setattr === undefined) {
-          if (changes !== 0) throw new FsError(Errno.ENOSYS);
-          return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
-        }
-        return after(p.setattr(ino, fh, c, ctx), (a) => this.attr(h.unique, a));
-      }
-      case Op.READLINK: {
-        const ino = this.node(h);
-        return after(this.need(p.readlink)(ino, ctx), (t) => {
-          const bytes = enc.encode(t);
-          return replyOf(h.unique, 0, bytes).reply;
-        });
-      }
-      case Op.SYMLINK: {
-        const parent = this.node(h);
-        const name = b.name();
-        const tb = b.cstring(TARGET_MAX, 'symlink target');
-        if (tb.length === 0) throw new Malformed(Errno.ENOENT, 'empty symlink target');
-        const target = decode(tb, 'symlink target');
-        this.writable();
-        return after(this.need(p.symlink)(parent, name, target, ctx), (a) => this.entry(h.unique, a));
-      }
-      case Op.MKNOD: {
-        const parent = this.node(h);
-        const at = b.need(Size.mknodIn, 'fuse_mknod_in');
-        const name = b.name();
-        this.writable();
-        return after(this.need(p.mknod)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), v.getUint32(at + 8, true), ctx), (a) => this.entry(h.unique, a));
-      }
-      case Op.MKDIR: {
-        const parent = this.node(h);
-        const at = b.need(Size.mkdirIn, 'fuse_mkdir_in');
-        const name = b.name();
-        this.writable();
-        return after(this.need(p.mkdir)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), ctx), (a) => this.entry(h.unique, a));
-      }
+        return this.opDestroy(h);
+      case Op.LOOKUP:
+        return this.opLookup(h, b, ctx);
+      case Op.GETATTR:
+        return this.opGetattr(h, b, v, ctx);
+      case Op.SETATTR:
+        return this.opSetattr(h, b, v, ctx);
+      case Op.READLINK:
+        return this.opReadlink(h, ctx);
+      case Op.SYMLINK:
+        return this.opSymlink(h, b, ctx);
+      case Op.MKNOD:
+        return this.opMknod(h, b, v, ctx);
+      case Op.MKDIR:
+        return this.opMkdir(h, b, v, ctx);
       case Op.UNLINK:
-      case Op.RMDIR: {
-        const parent = this.node(h);
-        const name = b.name();
-        this.writable();
-        const r = h.opcode === Op.UNLINK ? this.need(p.unlink)(parent, name, ctx) : this.need(p.rmdir)(parent, name, ctx);
-        return after(r, () => replyOf(h.unique, 0).reply);
-      }
+      case Op.RMDIR:
+        return this.opUnlink(h, b, ctx);
       case Op.RENAME:
-      case Op.RENAME2: {
-        const parent = this.node(h);
-        const two = h.opcode === Op.RENAME2;
-        const at = b.need(two ? Size.rename2In : Size.renameIn, 'fuse_rename_in');
-        const newParent = this.nodeOf(safe(v.getBigUint64(at, true), 'newdir'));
-        const flags = two ? v.getUint32(at + 8, true) : 0;
-        const name = b.name('old name');
-        const newName = b.name('new name');
-        this.writable();
-        return after(this.need(p.rename)(parent, name, newParent, newName, flags, ctx), () => replyOf(h.unique, 0).reply);
-      }
-      case Op.LINK: {
-        const newParent = this.node(h);
-        const at = b.need(Size.linkIn, 'fuse_link_in');
-        const ino = this.nodeOf(safe(v.getBigUint64(at, true), 'oldnodeid'));
-        const name = b.name();
-        this.writable();
-        return after(this.need(p.link)(ino, newParent, name, ctx), (a) => this.entry(h.unique, a));
-      }
+      case Op.RENAME2:
+        return this.opRename(h, b, v, ctx);
+      case Op.LINK:
+        return this.opLink(h, b, v, ctx);
       case Op.OPEN:
-      case Op.OPENDIR: {
-        const ino = this.node(h);
-        const at = b.need(Size.openIn, 'fuse_open_in');
-        const flags = v.getUint32(at, true);
-        if (h.opcode === Op.OPEN && writes(flags)) this.writable();
-        const f = h.opcode === Op.OPEN ? p.open : p.opendir;
-        if (f === undefined) return this.open(h.unique, { fh: 0 });
-        const opened = f.call(p, ino, flags, ctx);
-        // An O_TRUNC open by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2): the bits go first.
-        if (h.opcode === Op.OPEN && this.killPriv && (v.getUint32(at + 4, true) & OPEN_KILL_SUIDGID) !== 0) return chain(opened, (o) => after(this.killSuidgid(ino, o.fh, ctx), () => this.open(h.unique, o)));
-        return after(opened, (o) => this.open(h.unique, o));
-      }
-      case Op.CREATE: {
-        const parent = this.node(h);
-        const at = b.need(Size.createIn, 'fuse_create_in');
-        const name = b.name();
-        this.writable();
-        const kill = this.killPriv && (v.getUint32(at + 12, true) & OPEN_KILL_SUIDGID) !== 0;
-        const created = this.need(p.create)(parent, name, v.getUint32(at + 4, true), v.getUint32(at + 8, true), v.getUint32(at, true), ctx);
-        // O_CREAT | O_TRUNC of a file that was there, by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2).
-        const ready = kill ? chain(created, (r) => after(this.killSuidgid(checkAttr(r.attr).ino, r.fh, ctx), () => r)) : created;
-        return after(ready, (r) => {
-          const a = checkAttr(r.attr);
-          const { reply, v: o, x } = replyOf(h.unique, Size.entryOut + Size.openOut);
-          this.putEntry(o, x, a);
-          this.putOpen(o, x + Size.entryOut, r);
-          this.ref(a.ino);
-          return reply;
-        });
-      }
-      case Op.READ: {
-        const ino = this.node(h);
-        const at = b.need(Size.readIn, 'fuse_read_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const offset = safe(v.getBigUint64(at + 8, true), 'offset');
-        const size = v.getUint32(at + 16, true);
-        // Never more than the driver has room for, nor than max_write (Linux's max_read is unlimited; its reads follow max_pages).
-        const want = Math.min(size, Math.max(0, room - Size.outHeader), Math.max(this.maxWrite, 1 << 20));
-        return after(this.need(p.read)(ino, fh, offset, want, ctx), (data) => {
-          const d = data.length > want ? data.subarray(0, want) : data;
-          return replyOf(h.unique, 0, d).reply;
-        });
-      }
-      case Op.WRITE: {
-        const ino = this.node(h);
-        const at = b.need(Size.writeIn, 'fuse_write_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const offset = safe(v.getBigUint64(at + 8, true), 'offset');
-        const size = v.getUint32(at + 16, true);
-        if (size > this.maxWrite) throw new Malformed(Errno.EINVAL, `WRITE of ${size} bytes, max_write is ${this.maxWrite}`);
-        const kill = this.killPriv && (v.getUint32(at + 20, true) & WRITE_KILL_SUIDGID) !== 0;
-        const data = req.subarray(b.need(size, 'write data'), b.pos);
-        this.writable();
-        const written = this.need(p.write)(ino, fh, offset, data, ctx);
-        // A writer without CAP_FSETID (HANDLE_KILLPRIV_V2): set-user-ID and set-group-ID go, as a local write takes them.
-        return after(kill ? chain(written, (n) => after(this.killSuidgid(ino, fh, ctx), () => n)) : written, (n) => {
-          const { reply, v: o, x } = replyOf(h.unique, Size.writeOut);
-          o.setUint32(x, Math.max(0, Math.min(n, size)) >>> 0, true);
-          return reply;
-        });
-      }
-      case Op.STATFS: {
-        const ino = this.node(h);
-        const st: MaybePromise<StatFs> = p.statfs === undefined ? { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 4096, namelen: NAME_MAX, frsize: 4096 } : p.statfs(ino, ctx);
-        return after(st, (s) => {
-          const { reply, v: o, x: at } = replyOf(h.unique, Size.statfsOut);
-          u64(o, at, s.blocks);
-          u64(o, at + 8, s.bfree);
-          u64(o, at + 16, s.bavail);
-          u64(o, at + 24, s.files);
-          u64(o, at + 32, s.ffree);
-          o.setUint32(at + 40, s.bsize >>> 0, true);
-          o.setUint32(at + 44, s.namelen >>> 0, true);
-          o.setUint32(at + 48, s.frsize >>> 0, true);
-          return reply;
-        });
-      }
+      case Op.OPENDIR:
+        return this.opOpen(h, b, v, ctx);
+      case Op.CREATE:
+        return this.opCreate(h, b, v, ctx);
+      case Op.READ:
+        return this.opRead(h, b, v, ctx, room);
+      case Op.WRITE:
+        return this.opWrite(h, b, v, ctx, req);
+      case Op.STATFS:
+        return this.opStatfs(h, ctx);
       case Op.RELEASE:
-      case Op.RELEASEDIR: {
-        const ino = this.node(h);
-        const at = b.need(Size.releaseIn, 'fuse_release_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const f = h.opcode === Op.RELEASE ? p.release : p.releasedir;
-        if (f === undefined) return replyOf(h.unique, 0).reply;
-        return after(f.call(p, ino, fh, ctx), () => replyOf(h.unique, 0).reply);
-      }
+      case Op.RELEASEDIR:
+        return this.opRelease(h, b, v, ctx);
       case Op.FSYNC:
-      case Op.FSYNCDIR: {
-        const ino = this.node(h);
-        const at = b.need(Size.fsyncIn, 'fuse_fsync_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const datasync = (v.getUint32(at + 8, true) & FSYNC_FDATASYNC) !== 0;
-        const f = h.opcode === Op.FSYNC ? p.fsync : p.fsyncdir;
-        if (f === undefined) return replyOf(h.unique, 0).reply;
-        return after(f.call(p, ino, fh, datasync, ctx), () => replyOf(h.unique, 0).reply);
-      }
-      case Op.FLUSH: {
-        const ino = this.node(h);
-        const at = b.need(Size.flushIn, 'fuse_flush_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        if (p.flush === undefined) return replyOf(h.unique, 0).reply;
-        return after(p.flush(ino, fh, v.getBigUint64(at + 16, true), ctx), () => replyOf(h.unique, 0).reply);
-      }
-      case Op.SETXATTR: {
-        const ino = this.node(h);
-        const at = b.need(this.setxattrExt ? Size.setxattrInExt : Size.setxattrIn, 'fuse_setxattr_in');
-        const size = v.getUint32(at, true);
-        const flags = v.getUint32(at + 4, true);
-        const name = this.xattrName(b);
-        if (size > XATTR_SIZE_MAX) throw new Malformed(Errno.E2BIG, `xattr value of ${size} bytes`);
-        const value = req.subarray(b.need(size, 'xattr value'), b.pos);
-        this.writable();
-        return after(this.need(p.setxattr)(ino, name, value, flags, ctx), () => replyOf(h.unique, 0).reply);
-      }
+      case Op.FSYNCDIR:
+        return this.opFsync(h, b, v, ctx);
+      case Op.FLUSH:
+        return this.opFlush(h, b, v, ctx);
+      case Op.SETXATTR:
+        return this.opSetxattr(h, b, v, ctx, req);
       case Op.GETXATTR:
-      case Op.LISTXATTR: {
-        const ino = this.node(h);
-        const at = b.need(Size.getxattrIn, 'fuse_getxattr_in');
-        const size = v.getUint32(at, true);
-        const value: MaybePromise<Uint8Array> =
-          h.opcode === Op.GETXATTR
-            ? this.need(p.getxattr)(ino, this.xattrName(b), ctx)
-            : after(this.need(p.listxattr)(ino, ctx), (names) => {
-                const parts = names.map((n) => enc.encode(n + '\0'));
-                const out = new Uint8Array(parts.reduce((s, x) => s + x.length, 0));
-                let o = 0;
-                for (const x of parts) {
-                  out.set(x, o);
-                  o += x.length;
-                }
-                return out;
-              });
-        return after(value, (val) => {
-          if (size === 0) {
-            const { reply, v: o, x } = replyOf(h.unique, Size.getxattrOut);
-            o.setUint32(x, val.length, true);
-            return reply;
-          }
-          if (val.length > size) return this.fail(h, Errno.ERANGE);
-          return replyOf(h.unique, 0, val).reply;
-        });
-      }
-      case Op.REMOVEXATTR: {
-        const ino = this.node(h);
-        const name = this.xattrName(b);
-        this.writable();
-        return after(this.need(p.removexattr)(ino, name, ctx), () => replyOf(h.unique, 0).reply);
-      }
+      case Op.LISTXATTR:
+        return this.opGetxattr(h, b, v, ctx);
+      case Op.REMOVEXATTR:
+        return this.opRemovexattr(h, b, ctx);
       case Op.READDIR:
       case Op.READDIRPLUS:
         return this.readdir(h, b, v, room, ctx);
@@ -696,34 +487,382 @@ export class FuseServer {
       case Op.SETLK:
       case Op.SETLKW:
         return this.lock(h, b, v, ctx);
-      case Op.FALLOCATE: {
-        const ino = this.node(h);
-        const at = b.need(Size.fallocateIn, 'fuse_fallocate_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const offset = safe(v.getBigUint64(at + 8, true), 'offset');
-        const length = safe(v.getBigUint64(at + 16, true), 'length');
-        this.writable();
-        return after(this.need(p.fallocate)(ino, fh, offset, length, v.getUint32(at + 24, true), ctx), () => replyOf(h.unique, 0).reply);
-      }
-      case Op.LSEEK: {
-        const ino = this.node(h);
-        const at = b.need(Size.lseekIn, 'fuse_lseek_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const offset = safe(v.getBigUint64(at + 8, true), 'offset');
-        return after(this.need(p.lseek)(ino, fh, offset, v.getUint32(at + 16, true), ctx), (pos) => {
-          const { reply, v: o, x } = replyOf(h.unique, Size.lseekOut);
-          u64(o, x, pos);
-          return reply;
-        });
-      }
+      case Op.FALLOCATE:
+        return this.opFallocate(h, b, v, ctx);
+      case Op.LSEEK:
+        return this.opLseek(h, b, v, ctx);
       case Op.SYNCFS:
-        return replyOf(h.unique, 0).reply;
+        return this.opSyncfs(h);
       default:
         // ACCESS (the kernel checks permissions itself), BMAP, IOCTL, POLL, COPY_FILE_RANGE,
         // SETUPMAPPING / REMOVEMAPPING (no DAX window), TMPFILE and anything unknown: the
         // kernel falls back or fails the call with ENOSYS.
         throw new FsError(Errno.ENOSYS);
     }
+  }
+
+  /** FORGET. */
+  private opForget(h: FuseHeader, b: Body, v: DataView): MaybePromise<FuseReply | null> {
+    const n = b.left >= Size.forgetIn ? v.getBigUint64(b.need(8, 'fuse_forget_in'), true) : 0n;
+    this.forget(h.nodeid, n);
+    return null;
+  }
+
+  /** BATCH_FORGET. */
+  private opBatchForget(b: Body, v: DataView): MaybePromise<FuseReply | null> {
+    if (b.left < Size.batchForgetIn) return null;
+    const count = v.getUint32(b.need(8, 'fuse_batch_forget_in'), true);
+    // Only the entries the request holds: a count beyond them is cut to what is there.
+    const n = Math.min(count, Math.floor(b.left / Size.forgetOne));
+    for (let i = 0; i < n; i++) {
+      const at = b.need(Size.forgetOne, 'fuse_forget_one');
+      const id = v.getBigUint64(at, true);
+      this.forget(id > BigInt(Number.MAX_SAFE_INTEGER) ? -1 : Number(id), v.getBigUint64(at + 8, true));
+    }
+    return null;
+  }
+
+  /** INTERRUPT. */
+  private opInterrupt(b: Body, v: DataView): MaybePromise<FuseReply | null> {
+    if (b.left >= Size.interruptIn) this.pending.get(v.getBigUint64(b.pos, true))?.abort.abort();
+    return null;
+  }
+
+  /** DESTROY. */
+  private opDestroy(h: FuseHeader): MaybePromise<FuseReply | null> {
+    this.endSession();
+    return replyOf(h.unique, 0).reply;
+  }
+
+  /** LOOKUP. */
+  private opLookup(h: FuseHeader, b: Body, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const name = b.name();
+    return after(p.lookup(parent, name, ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** GETATTR. */
+  private opGetattr(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    let fh: number | null = null;
+    if (b.left >= Size.getattrIn) {
+      const at = b.need(Size.getattrIn, 'fuse_getattr_in');
+      if ((v.getUint32(at, true) & GETATTR_FH) !== 0) fh = safe(v.getBigUint64(at + 8, true), 'fh');
+    }
+    return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
+  }
+
+  /** SETATTR. */
+  private opSetattr(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.setattrIn, 'fuse_setattr_in');
+    const valid = v.getUint32(at, true);
+    const c: SetAttr = {};
+    const changes = valid & ~(Fattr.FH | Fattr.LOCKOWNER);
+    if (changes !== 0) this.writable();
+    if (valid & Fattr.MODE) c.mode = v.getUint32(at + 68, true);
+    if (valid & Fattr.UID) c.uid = v.getUint32(at + 76, true);
+    if (valid & Fattr.GID) c.gid = v.getUint32(at + 80, true);
+    if (valid & Fattr.SIZE) c.size = safe(v.getBigUint64(at + 16, true), 'size');
+    if (valid & Fattr.ATIME) c.atime = valid & Fattr.ATIME_NOW ? 'now' : { sec: safe(v.getBigUint64(at + 32, true), 'atime'), nsec: Math.min(v.getUint32(at + 56, true), 999999999) };
+    if (valid & Fattr.MTIME) c.mtime = valid & Fattr.MTIME_NOW ? 'now' : { sec: safe(v.getBigUint64(at + 40, true), 'mtime'), nsec: Math.min(v.getUint32(at + 60, true), 999999999) };
+    if (valid & Fattr.CTIME) c.ctime = { sec: safe(v.getBigUint64(at + 48, true), 'ctime'), nsec: Math.min(v.getUint32(at + 64, true), 999999999) };
+    if (valid & Fattr.KILL_SUIDGID) c.killSuidgid = true;
+    const fh = valid & Fattr.FH ? safe(v.getBigUint64(at + 8, true), 'fh') : null;
+    if (p.setattr === undefined) {
+      if (changes !== 0) throw new FsError(Errno.ENOSYS);
+      return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
+    }
+    return after(p.setattr(ino, fh, c, ctx), (a) => this.attr(h.unique, a));
+  }
+
+  /** READLINK. */
+  private opReadlink(h: FuseHeader, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    return after(this.need(p.readlink)(ino, ctx), (t) => {
+      const bytes = enc.encode(t);
+      return replyOf(h.unique, 0, bytes).reply;
+    });
+  }
+
+  /** SYMLINK. */
+  private opSymlink(h: FuseHeader, b: Body, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const name = b.name();
+    const tb = b.cstring(TARGET_MAX, 'symlink target');
+    if (tb.length === 0) throw new Malformed(Errno.ENOENT, 'empty symlink target');
+    const target = decode(tb, 'symlink target');
+    this.writable();
+    return after(this.need(p.symlink)(parent, name, target, ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** MKNOD. */
+  private opMknod(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const at = b.need(Size.mknodIn, 'fuse_mknod_in');
+    const name = b.name();
+    this.writable();
+    return after(this.need(p.mknod)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), v.getUint32(at + 8, true), ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** MKDIR. */
+  private opMkdir(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const at = b.need(Size.mkdirIn, 'fuse_mkdir_in');
+    const name = b.name();
+    this.writable();
+    return after(this.need(p.mkdir)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** UNLINK / RMDIR. */
+  private opUnlink(h: FuseHeader, b: Body, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const name = b.name();
+    this.writable();
+    const r = h.opcode === Op.UNLINK ? this.need(p.unlink)(parent, name, ctx) : this.need(p.rmdir)(parent, name, ctx);
+    return after(r, () => replyOf(h.unique, 0).reply);
+  }
+
+  /** RENAME / RENAME2. */
+  private opRename(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const two = h.opcode === Op.RENAME2;
+    const at = b.need(two ? Size.rename2In : Size.renameIn, 'fuse_rename_in');
+    const newParent = this.nodeOf(safe(v.getBigUint64(at, true), 'newdir'));
+    const flags = two ? v.getUint32(at + 8, true) : 0;
+    const name = b.name('old name');
+    const newName = b.name('new name');
+    this.writable();
+    return after(this.need(p.rename)(parent, name, newParent, newName, flags, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** LINK. */
+  private opLink(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const newParent = this.node(h);
+    const at = b.need(Size.linkIn, 'fuse_link_in');
+    const ino = this.nodeOf(safe(v.getBigUint64(at, true), 'oldnodeid'));
+    const name = b.name();
+    this.writable();
+    return after(this.need(p.link)(ino, newParent, name, ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** OPEN / OPENDIR. */
+  private opOpen(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.openIn, 'fuse_open_in');
+    const flags = v.getUint32(at, true);
+    if (h.opcode === Op.OPEN && writes(flags)) this.writable();
+    const f = h.opcode === Op.OPEN ? p.open : p.opendir;
+    if (f === undefined) return this.open(h.unique, { fh: 0 });
+    const opened = f.call(p, ino, flags, ctx);
+    // An O_TRUNC open by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2): the bits go first.
+    if (h.opcode === Op.OPEN && this.killPriv && (v.getUint32(at + 4, true) & OPEN_KILL_SUIDGID) !== 0) return chain(opened, (o) => after(this.killSuidgid(ino, o.fh, ctx), () => this.open(h.unique, o)));
+    return after(opened, (o) => this.open(h.unique, o));
+  }
+
+  /** CREATE. */
+  private opCreate(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const at = b.need(Size.createIn, 'fuse_create_in');
+    const name = b.name();
+    this.writable();
+    const kill = this.killPriv && (v.getUint32(at + 12, true) & OPEN_KILL_SUIDGID) !== 0;
+    const created = this.need(p.create)(parent, name, v.getUint32(at + 4, true), v.getUint32(at + 8, true), v.getUint32(at, true), ctx);
+    // O_CREAT | O_TRUNC of a file that was there, by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2).
+    const ready = kill ? chain(created, (r) => after(this.killSuidgid(checkAttr(r.attr).ino, r.fh, ctx), () => r)) : created;
+    return after(ready, (r) => {
+      const a = checkAttr(r.attr);
+      const { reply, v: o, x } = replyOf(h.unique, Size.entryOut + Size.openOut);
+      this.putEntry(o, x, a);
+      this.putOpen(o, x + Size.entryOut, r);
+      this.ref(a.ino);
+      return reply;
+    });
+  }
+
+  /** READ. */
+  private opRead(h: FuseHeader, b: Body, v: DataView, ctx: FsContext, room: number): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.readIn, 'fuse_read_in');
+    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
+    const size = v.getUint32(at + 16, true);
+    // Never more than the driver has room for, nor than max_write (Linux's max_read is unlimited; its reads follow max_pages).
+    const want = Math.min(size, Math.max(0, room - Size.outHeader), Math.max(this.maxWrite, 1 << 20));
+    return after(this.need(p.read)(ino, fh, offset, want, ctx), (data) => {
+      const d = data.length > want ? data.subarray(0, want) : data;
+      return replyOf(h.unique, 0, d).reply;
+    });
+  }
+
+  /** WRITE. */
+  private opWrite(h: FuseHeader, b: Body, v: DataView, ctx: FsContext, req: Uint8Array): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.writeIn, 'fuse_write_in');
+    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
+    const size = v.getUint32(at + 16, true);
+    if (size > this.maxWrite) throw new Malformed(Errno.EINVAL, `WRITE of ${size} bytes, max_write is ${this.maxWrite}`);
+    const kill = this.killPriv && (v.getUint32(at + 20, true) & WRITE_KILL_SUIDGID) !== 0;
+    const data = req.subarray(b.need(size, 'write data'), b.pos);
+    this.writable();
+    const written = this.need(p.write)(ino, fh, offset, data, ctx);
+    // A writer without CAP_FSETID (HANDLE_KILLPRIV_V2): set-user-ID and set-group-ID go, as a local write takes them.
+    return after(kill ? chain(written, (n) => after(this.killSuidgid(ino, fh, ctx), () => n)) : written, (n) => {
+      const { reply, v: o, x } = replyOf(h.unique, Size.writeOut);
+      o.setUint32(x, Math.max(0, Math.min(n, size)) >>> 0, true);
+      return reply;
+    });
+  }
+
+  /** STATFS. */
+  private opStatfs(h: FuseHeader, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const st: MaybePromise<StatFs> = p.statfs === undefined ? { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 4096, namelen: NAME_MAX, frsize: 4096 } : p.statfs(ino, ctx);
+    return after(st, (s) => {
+      const { reply, v: o, x: at } = replyOf(h.unique, Size.statfsOut);
+      u64(o, at, s.blocks);
+      u64(o, at + 8, s.bfree);
+      u64(o, at + 16, s.bavail);
+      u64(o, at + 24, s.files);
+      u64(o, at + 32, s.ffree);
+      o.setUint32(at + 40, s.bsize >>> 0, true);
+      o.setUint32(at + 44, s.namelen >>> 0, true);
+      o.setUint32(at + 48, s.frsize >>> 0, true);
+      return reply;
+    });
+  }
+
+  /** RELEASE / RELEASEDIR. */
+  private opRelease(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.releaseIn, 'fuse_release_in');
+    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const f = h.opcode === Op.RELEASE ? p.release : p.releasedir;
+    if (f === undefined) return replyOf(h.unique, 0).reply;
+    return after(f.call(p, ino, fh, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** FSYNC / FSYNCDIR. */
+  private opFsync(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.fsyncIn, 'fuse_fsync_in');
+    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const datasync = (v.getUint32(at + 8, true) & FSYNC_FDATASYNC) !== 0;
+    const f = h.opcode === Op.FSYNC ? p.fsync : p.fsyncdir;
+    if (f === undefined) return replyOf(h.unique, 0).reply;
+    return after(f.call(p, ino, fh, datasync, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** FLUSH. */
+  private opFlush(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.flushIn, 'fuse_flush_in');
+    const fh = safe(v.getBigUint64(at, true), 'fh');
+    if (p.flush === undefined) return replyOf(h.unique, 0).reply;
+    return after(p.flush(ino, fh, v.getBigUint64(at + 16, true), ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** SETXATTR. */
+  private opSetxattr(h: FuseHeader, b: Body, v: DataView, ctx: FsContext, req: Uint8Array): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(this.setxattrExt ? Size.setxattrInExt : Size.setxattrIn, 'fuse_setxattr_in');
+    const size = v.getUint32(at, true);
+    const flags = v.getUint32(at + 4, true);
+    const name = this.xattrName(b);
+    if (size > XATTR_SIZE_MAX) throw new Malformed(Errno.E2BIG, `xattr value of ${size} bytes`);
+    const value = req.subarray(b.need(size, 'xattr value'), b.pos);
+    this.writable();
+    return after(this.need(p.setxattr)(ino, name, value, flags, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** GETXATTR / LISTXATTR. */
+  private opGetxattr(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.getxattrIn, 'fuse_getxattr_in');
+    const size = v.getUint32(at, true);
+    const value: MaybePromise<Uint8Array> =
+      h.opcode === Op.GETXATTR
+        ? this.need(p.getxattr)(ino, this.xattrName(b), ctx)
+        : after(this.need(p.listxattr)(ino, ctx), (names) => {
+            const parts = names.map((n) => enc.encode(n + '\0'));
+            const out = new Uint8Array(parts.reduce((s, x) => s + x.length, 0));
+            let o = 0;
+            for (const x of parts) {
+              out.set(x, o);
+              o += x.length;
+            }
+            return out;
+          });
+    return after(value, (val) => {
+      if (size === 0) {
+        const { reply, v: o, x } = replyOf(h.unique, Size.getxattrOut);
+        o.setUint32(x, val.length, true);
+        return reply;
+      }
+      if (val.length > size) return this.fail(h, Errno.ERANGE);
+      return replyOf(h.unique, 0, val).reply;
+    });
+  }
+
+  /** REMOVEXATTR. */
+  private opRemovexattr(h: FuseHeader, b: Body, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const name = this.xattrName(b);
+    this.writable();
+    return after(this.need(p.removexattr)(ino, name, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** FALLOCATE. */
+  private opFallocate(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.fallocateIn, 'fuse_fallocate_in');
+    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
+    const length = safe(v.getBigUint64(at + 16, true), 'length');
+    this.writable();
+    return after(this.need(p.fallocate)(ino, fh, offset, length, v.getUint32(at + 24, true), ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** LSEEK. */
+  private opLseek(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.lseekIn, 'fuse_lseek_in');
+    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
+    return after(this.need(p.lseek)(ino, fh, offset, v.getUint32(at + 16, true), ctx), (pos) => {
+      const { reply, v: o, x } = replyOf(h.unique, Size.lseekOut);
+      u64(o, x, pos);
+      return reply;
+    });
+  }
+
+  /** SYNCFS. */
+  private opSyncfs(h: FuseHeader): MaybePromise<FuseReply | null> {
+    return replyOf(h.unique, 0).reply;
   }
 
   /** A provider method, or ENOSYS when the provider has none. Bound to the provider. */
