@@ -103,10 +103,11 @@ function chain<T, R>(v: MaybePromise<T>, f: (t: T) => MaybePromise<R>): MaybePro
   return after(v, f) as MaybePromise<R>;
 }
 
-/** A u64 as a safe number, or a Malformed EINVAL past 2^53. */
-function safe(v: bigint, what: string): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new Malformed(Errno.EINVAL, `${what} ${v} is beyond 2^53`);
-  return Number(v);
+/** The u64 at `at` of `v` as a safe number (two u32 loads: no BigInt per field), or a Malformed EINVAL past 2^53. */
+function safe(v: DataView, at: number, what: string): number {
+  const hi = v.getUint32(at + 4, true);
+  if (hi > 0x1fffff) throw new Malformed(Errno.EINVAL, `${what} ${v.getBigUint64(at, true)} is beyond 2^53`);
+  return hi * 0x100000000 + v.getUint32(at, true);
 }
 
 /** Cursor over one request's body. */
@@ -549,7 +550,7 @@ export class FuseServer {
     let fh: number | null = null;
     if (b.left >= Size.getattrIn) {
       const at = b.need(Size.getattrIn, 'fuse_getattr_in');
-      if ((v.getUint32(at, true) & GETATTR_FH) !== 0) fh = safe(v.getBigUint64(at + 8, true), 'fh');
+      if ((v.getUint32(at, true) & GETATTR_FH) !== 0) fh = safe(v, at + 8, 'fh');
     }
     return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
   }
@@ -566,12 +567,12 @@ export class FuseServer {
     if (valid & Fattr.MODE) c.mode = v.getUint32(at + 68, true);
     if (valid & Fattr.UID) c.uid = v.getUint32(at + 76, true);
     if (valid & Fattr.GID) c.gid = v.getUint32(at + 80, true);
-    if (valid & Fattr.SIZE) c.size = safe(v.getBigUint64(at + 16, true), 'size');
-    if (valid & Fattr.ATIME) c.atime = valid & Fattr.ATIME_NOW ? 'now' : { sec: safe(v.getBigUint64(at + 32, true), 'atime'), nsec: Math.min(v.getUint32(at + 56, true), 999999999) };
-    if (valid & Fattr.MTIME) c.mtime = valid & Fattr.MTIME_NOW ? 'now' : { sec: safe(v.getBigUint64(at + 40, true), 'mtime'), nsec: Math.min(v.getUint32(at + 60, true), 999999999) };
-    if (valid & Fattr.CTIME) c.ctime = { sec: safe(v.getBigUint64(at + 48, true), 'ctime'), nsec: Math.min(v.getUint32(at + 64, true), 999999999) };
+    if (valid & Fattr.SIZE) c.size = safe(v, at + 16, 'size');
+    if (valid & Fattr.ATIME) c.atime = valid & Fattr.ATIME_NOW ? 'now' : { sec: safe(v, at + 32, 'atime'), nsec: Math.min(v.getUint32(at + 56, true), 999999999) };
+    if (valid & Fattr.MTIME) c.mtime = valid & Fattr.MTIME_NOW ? 'now' : { sec: safe(v, at + 40, 'mtime'), nsec: Math.min(v.getUint32(at + 60, true), 999999999) };
+    if (valid & Fattr.CTIME) c.ctime = { sec: safe(v, at + 48, 'ctime'), nsec: Math.min(v.getUint32(at + 64, true), 999999999) };
     if (valid & Fattr.KILL_SUIDGID) c.killSuidgid = true;
-    const fh = valid & Fattr.FH ? safe(v.getBigUint64(at + 8, true), 'fh') : null;
+    const fh = valid & Fattr.FH ? safe(v, at + 8, 'fh') : null;
     if (p.setattr === undefined) {
       if (changes !== 0) throw new FsError(Errno.ENOSYS);
       return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
@@ -637,7 +638,7 @@ export class FuseServer {
     const parent = this.node(h);
     const two = h.opcode === Op.RENAME2;
     const at = b.need(two ? Size.rename2In : Size.renameIn, 'fuse_rename_in');
-    const newParent = this.nodeOf(safe(v.getBigUint64(at, true), 'newdir'));
+    const newParent = this.nodeOf(safe(v, at, 'newdir'));
     const flags = two ? v.getUint32(at + 8, true) : 0;
     const name = b.name('old name');
     const newName = b.name('new name');
@@ -650,7 +651,7 @@ export class FuseServer {
     const p = this.provider;
     const newParent = this.node(h);
     const at = b.need(Size.linkIn, 'fuse_link_in');
-    const ino = this.nodeOf(safe(v.getBigUint64(at, true), 'oldnodeid'));
+    const ino = this.nodeOf(safe(v, at, 'oldnodeid'));
     const name = b.name();
     this.writable();
     return after(this.need(p.link)(ino, newParent, name, ctx), (a) => this.entry(h.unique, a));
@@ -697,8 +698,8 @@ export class FuseServer {
     const p = this.provider;
     const ino = this.node(h);
     const at = b.need(Size.readIn, 'fuse_read_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
-    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
     const size = v.getUint32(at + 16, true);
     // Never more than the driver has room for, nor than max_write (Linux's max_read is unlimited; its reads follow max_pages).
     const want = Math.min(size, Math.max(0, room - Size.outHeader), Math.max(this.maxWrite, 1 << 20));
@@ -713,8 +714,8 @@ export class FuseServer {
     const p = this.provider;
     const ino = this.node(h);
     const at = b.need(Size.writeIn, 'fuse_write_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
-    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
     const size = v.getUint32(at + 16, true);
     if (size > this.maxWrite) throw new Malformed(Errno.EINVAL, `WRITE of ${size} bytes, max_write is ${this.maxWrite}`);
     const kill = this.killPriv && (v.getUint32(at + 20, true) & WRITE_KILL_SUIDGID) !== 0;
@@ -753,7 +754,7 @@ export class FuseServer {
     const p = this.provider;
     const ino = this.node(h);
     const at = b.need(Size.releaseIn, 'fuse_release_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const fh = safe(v, at, 'fh');
     const f = h.opcode === Op.RELEASE ? p.release : p.releasedir;
     if (f === undefined) return replyOf(h.unique, 0).reply;
     return after(f.call(p, ino, fh, ctx), () => replyOf(h.unique, 0).reply);
@@ -764,7 +765,7 @@ export class FuseServer {
     const p = this.provider;
     const ino = this.node(h);
     const at = b.need(Size.fsyncIn, 'fuse_fsync_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const fh = safe(v, at, 'fh');
     const datasync = (v.getUint32(at + 8, true) & FSYNC_FDATASYNC) !== 0;
     const f = h.opcode === Op.FSYNC ? p.fsync : p.fsyncdir;
     if (f === undefined) return replyOf(h.unique, 0).reply;
@@ -776,7 +777,7 @@ export class FuseServer {
     const p = this.provider;
     const ino = this.node(h);
     const at = b.need(Size.flushIn, 'fuse_flush_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const fh = safe(v, at, 'fh');
     if (p.flush === undefined) return replyOf(h.unique, 0).reply;
     return after(p.flush(ino, fh, v.getBigUint64(at + 16, true), ctx), () => replyOf(h.unique, 0).reply);
   }
@@ -839,9 +840,9 @@ export class FuseServer {
     const p = this.provider;
     const ino = this.node(h);
     const at = b.need(Size.fallocateIn, 'fuse_fallocate_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
-    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
-    const length = safe(v.getBigUint64(at + 16, true), 'length');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
+    const length = safe(v, at + 16, 'length');
     this.writable();
     return after(this.need(p.fallocate)(ino, fh, offset, length, v.getUint32(at + 24, true), ctx), () => replyOf(h.unique, 0).reply);
   }
@@ -851,8 +852,8 @@ export class FuseServer {
     const p = this.provider;
     const ino = this.node(h);
     const at = b.need(Size.lseekIn, 'fuse_lseek_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
-    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
     return after(this.need(p.lseek)(ino, fh, offset, v.getUint32(at + 16, true), ctx), (pos) => {
       const { reply, v: o, x } = replyOf(h.unique, Size.lseekOut);
       u64(o, x, pos);
@@ -1037,8 +1038,8 @@ export class FuseServer {
   private readdir(h: FuseHeader, b: Body, v: DataView, room: number, ctx: FsContext): MaybePromise<FuseReply> {
     const ino = this.node(h);
     const at = b.need(Size.readIn, 'fuse_read_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
-    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
     const size = Math.min(v.getUint32(at + 16, true), Math.max(0, room - Size.outHeader), 1 << 20);
     const plus = h.opcode === Op.READDIRPLUS;
     const per = plus ? Size.entryOut + Size.dirent : Size.dirent;
@@ -1108,7 +1109,7 @@ export class FuseServer {
   private lock(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply> {
     const ino = this.node(h);
     const at = b.need(Size.lkIn, 'fuse_lk_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const fh = safe(v, at, 'fh');
     const owner = v.getBigUint64(at + 8, true);
     const start = v.getBigUint64(at + 16, true);
     const end = v.getBigUint64(at + 24, true);
