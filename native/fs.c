@@ -255,6 +255,40 @@ static napi_value FsStatAt(napi_env env, napi_callback_info info) {
   return num(env, 0);
 }
 
+// fsFstat(fd, out Float64Array(17)): fstat of the inode of (O_PATH) fd into out (as fsStat), 0 or
+// -errno: GETATTR in one call, no name to convert, no Error to build.
+static napi_value FsFstat(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  double* out;
+  if (!get_i32(env, argv[0], &fd) || !get_f64s(env, argv[1], &out, 17)) return throw_errno(env, "fsFstat: (fd, Float64Array(17))", EINVAL);
+  struct stat st;
+  if (syscall(SYS_newfstatat, fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) return num(env, -errno);
+  fill_stat(out, &st);
+  return num(env, 0);
+}
+
+// fsPwrite(fd, data Uint8Array, offset): all of data at offset (pwrite repeated after a short
+// write; an O_APPEND fd appends); the bytes written. Errors throw.
+static napi_value FsPwrite(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd;
+  void* data;
+  size_t len;
+  double off;
+  if (!get_i32(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &len) || !get_f64(env, argv[2], &off) || off < 0 || off > 9007199254740991.0)
+    return throw_errno(env, "fsPwrite: (fd, Uint8Array, offset)", EINVAL);
+  size_t done = 0;
+  while (done < len) {
+    ssize_t r = pwrite(fd, (char*)data + done, len - done, (off_t)off + (off_t)done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return throw_errno(env, "pwrite", errno);
+    if (r == 0) return throw_errno(env, "pwrite", EIO);
+    done += (size_t)r;
+  }
+  return num(env, (double)done);
+}
+
 // fsMkdirat(dirfd, name, mode)
 static napi_value FsMkdirat(napi_env env, napi_callback_info info) {
   ARGS(3);
@@ -591,7 +625,7 @@ static napi_value FsLock(napi_env env, napi_callback_info info) {
 void fs_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       FN("fsOpenat", FsOpenat),         FN("fsReopen", FsReopen),       FN("fsStat", FsStat),         FN("fsLookup", FsLookup),
-      FN("fsStatAt", FsStatAt),
+      FN("fsStatAt", FsStatAt),         FN("fsFstat", FsFstat),         FN("fsPwrite", FsPwrite),
       FN("fsMkdirat", FsMkdirat),       FN("fsMknodat", FsMknodat),     FN("fsSymlinkat", FsSymlinkat),
       FN("fsUnlinkat", FsUnlinkat),     FN("fsRenameat2", FsRenameat2), FN("fsLinkat", FsLinkat),
       FN("fsReadlink", FsReadlink),     FN("fsChmod", FsChmod),         FN("fsChown", FsChown),

@@ -33,6 +33,10 @@ export interface NativeFs {
    * which inode a name is, so a LOOKUP of one already held costs one system call.
    */
   fsStatAt(dirfd: number, name: string, out: Float64Array): number;
+  /** fstat of the inode of (O_PATH) `fd` into `out` (as {@link fsStat}): 0, or -errno. */
+  fsFstat(fd: number, out: Float64Array): number;
+  /** pwrite of all of `data` at `offset` (repeated after a short write; an O_APPEND fd appends): the bytes written. */
+  fsPwrite(fd: number, data: Uint8Array, offset: number): number;
   fsMkdirat(dirfd: number, name: string, mode: number): void;
   /** `mode` carries the file type (S_IFIFO, S_IFSOCK, S_IFREG, ...). */
   fsMknodat(dirfd: number, name: string, mode: number, rdev: number): void;

@@ -50,7 +50,7 @@
  *
  * Node only (Linux): needs the native addon.
  */
-import { fdatasync, fsync, ftruncateSync, openSync, read as readAsync, writeSync, constants as C } from 'node:fs';
+import { fdatasync, fsync, ftruncateSync, openSync, read as readAsync, constants as C } from 'node:fs';
 import { native, type NativeAddon } from '../../native/index.js';
 import { Errno, errnoFromName } from '../../fs/errno.js';
 import {
@@ -424,7 +424,8 @@ export class HostDirFs implements FsProvider {
   /** fstat of the node's inode. */
   getattr(ino: number): FileAttr {
     const node = this.node(ino);
-    sys(() => this.n.fsStat(node.fd, '', this.st));
+    const r = this.n.fsFstat(node.fd, this.st);
+    if (r < 0) throw new FsError(-r);
     return this.attr(ino);
   }
 
@@ -549,7 +550,12 @@ export class HostDirFs implements FsProvider {
     if (node.type !== S_IFREG) throw new FsError(node.type === S_IFLNK ? Errno.ELOOP : Errno.EPERM);
     const f = flags & OPEN_FLAGS;
     if (this.readOnly && ((f & O_ACCMODE) !== 0 || (f & O_TRUNC) !== 0)) throw new FsError(Errno.EROFS);
-    const fd = sys(() => this.n.fsReopen(node.fd, f));
+    let fd: number;
+    try {
+      fd = this.n.fsReopen(node.fd, f);
+    } catch (err) {
+      throw new FsError(errnoOf(err));
+    }
     return { fh: this.addHandle(fd, node, f & O_ACCMODE), directIo: this.directIo };
   }
 
@@ -626,11 +632,11 @@ export class HostDirFs implements FsProvider {
   write(ino: number, fh: number, offset: number, data: Uint8Array): number {
     this.writable();
     const h = this.handle(fh, ino);
-    let done = 0;
-    sys(() => {
-      while (done < data.length) done += writeSync(h.fd, data, done, data.length - done, offset + done);
-    });
-    return done;
+    try {
+      return this.n.fsPwrite(h.fd, data, offset);
+    } catch (err) {
+      throw new FsError(errnoOf(err));
+    }
   }
 
   /** close(2) of one descriptor: drops the POSIX locks of `lockOwner` on this file, as close does. */
