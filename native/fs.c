@@ -238,6 +238,14 @@ static napi_value FsLookup(napi_env env, napi_callback_info info) {
   return num(env, fd);
 }
 
+// fstatat(dirfd, name, flags) into out: 0, or -errno (fsStatAt and fsFstat).
+static napi_value stat_answer(napi_env env, int dirfd, const char* name, int flags, double* out) {
+  struct stat st;
+  if (syscall(SYS_newfstatat, dirfd, name, &st, flags) < 0) return num(env, -errno);
+  fill_stat(out, &st);
+  return num(env, 0);
+}
+
 // fsStatAt(dirfd, name, out Float64Array(17)): fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW) of one
 // name beneath dirfd (as fsStat; ".." is -EXDEV), 0 or -errno (a miss is an answer, not a
 // throw). Nothing is opened: LOOKUP of a name whose inode the provider already holds needs
@@ -249,10 +257,7 @@ static napi_value FsStatAt(napi_env env, napi_callback_info info) {
   double* out;
   if (!stat_args(env, argv, &dirfd, name, &out, 0)) return throw_errno(env, "fsStatAt: (dirfd, name, Float64Array(17))", EINVAL);
   if (strcmp(name, "..") == 0) return num(env, -EXDEV);
-  struct stat st;
-  if (syscall(SYS_newfstatat, dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) return num(env, -errno);
-  fill_stat(out, &st);
-  return num(env, 0);
+  return stat_answer(env, dirfd, name, AT_SYMLINK_NOFOLLOW, out);
 }
 
 // fsFstat(fd, out Float64Array(17)): fstat of the inode of (O_PATH) fd into out (as fsStat), 0 or
@@ -262,10 +267,7 @@ static napi_value FsFstat(napi_env env, napi_callback_info info) {
   int32_t fd;
   double* out;
   if (!get_i32(env, argv[0], &fd) || !get_f64s(env, argv[1], &out, 17)) return throw_errno(env, "fsFstat: (fd, Float64Array(17))", EINVAL);
-  struct stat st;
-  if (syscall(SYS_newfstatat, fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) return num(env, -errno);
-  fill_stat(out, &st);
-  return num(env, 0);
+  return stat_answer(env, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, out);
 }
 
 // fsPwrite(fd, data Uint8Array, offset): all of data at offset (pwrite repeated after a short
