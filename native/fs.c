@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <uv.h>
@@ -101,6 +102,26 @@ static int get_f64s(napi_env env, napi_value v, double** data, size_t n) {
 // "/proc/self/fd/N": the magic link to the inode of fd N.
 static void proc_path(char* buf, size_t size, int fd) { snprintf(buf, size, "/proc/self/fd/%d", fd); }
 
+// /proc/self/fd, held (as virtiofsd's lo->proc_self_fd): opening "N" relative to it walks one
+// component instead of three ("/proc", "self" -- itself a symlink to the pid -- and "fd") on
+// every OPEN. Opened on first use; -1 when /proc cannot be opened (the path is used then).
+static int proc_self_fd = -2;
+
+// open(flags) of the inode of fd N through its magic link: the new fd, or -errno.
+static int proc_open(int fd, int flags) {
+  if (proc_self_fd == -2) proc_self_fd = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  char p[64];
+  int r;
+  if (proc_self_fd >= 0) {
+    snprintf(p, sizeof p, "%d", fd);
+    r = openat(proc_self_fd, p, flags | O_CLOEXEC);
+  } else {
+    proc_path(p, sizeof p, fd);
+    r = open(p, flags | O_CLOEXEC);
+  }
+  return r < 0 ? -errno : r;
+}
+
 static int openat2_missing = 0;
 
 // One name opened beneath dirfd (O_NOFOLLOW | O_CLOEXEC added): the fd, or -errno.
@@ -146,10 +167,8 @@ static napi_value FsReopen(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t fd, flags;
   if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &flags)) return throw_errno(env, "fsReopen: (fd, flags)", EINVAL);
-  char p[64];
-  proc_path(p, sizeof p, fd);
-  int r = open(p, (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_TMPFILE)) | O_CLOEXEC);
-  if (r < 0) return throw_errno(env, "reopen", errno);
+  int r = proc_open(fd, flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_TMPFILE));
+  if (r < 0) return throw_errno(env, "reopen", -r);
   return num(env, r);
 }
 
@@ -217,6 +236,59 @@ static napi_value FsLookup(napi_env env, napi_callback_info info) {
   }
   fill_stat(out, &st);
   return num(env, fd);
+}
+
+// fstatat(dirfd, name, flags) into out: 0, or -errno (fsStatAt and fsFstat).
+static napi_value stat_answer(napi_env env, int dirfd, const char* name, int flags, double* out) {
+  struct stat st;
+  if (syscall(SYS_newfstatat, dirfd, name, &st, flags) < 0) return num(env, -errno);
+  fill_stat(out, &st);
+  return num(env, 0);
+}
+
+// fsStatAt(dirfd, name, out Float64Array(17)): fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW) of one
+// name beneath dirfd (as fsStat; ".." is -EXDEV), 0 or -errno (a miss is an answer, not a
+// throw). Nothing is opened: LOOKUP of a name whose inode the provider already holds needs
+// only this one system call; the held fd stays the node's (the stat only says which it is).
+static napi_value FsStatAt(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd;
+  char name[NAME_BUF];
+  double* out;
+  if (!stat_args(env, argv, &dirfd, name, &out, 0)) return throw_errno(env, "fsStatAt: (dirfd, name, Float64Array(17))", EINVAL);
+  if (strcmp(name, "..") == 0) return num(env, -EXDEV);
+  return stat_answer(env, dirfd, name, AT_SYMLINK_NOFOLLOW, out);
+}
+
+// fsFstat(fd, out Float64Array(17)): fstat of the inode of (O_PATH) fd into out (as fsStat), 0 or
+// -errno: GETATTR in one call, no name to convert, no Error to build.
+static napi_value FsFstat(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  double* out;
+  if (!get_i32(env, argv[0], &fd) || !get_f64s(env, argv[1], &out, 17)) return throw_errno(env, "fsFstat: (fd, Float64Array(17))", EINVAL);
+  return stat_answer(env, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, out);
+}
+
+// fsPwrite(fd, data Uint8Array, offset): all of data at offset (pwrite repeated after a short
+// write; an O_APPEND fd appends); the bytes written. Errors throw.
+static napi_value FsPwrite(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd;
+  void* data;
+  size_t len;
+  double off;
+  if (!get_i32(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &len) || !get_f64(env, argv[2], &off) || off < 0 || off > 9007199254740991.0)
+    return throw_errno(env, "fsPwrite: (fd, Uint8Array, offset)", EINVAL);
+  size_t done = 0;
+  while (done < len) {
+    ssize_t r = pwrite(fd, (char*)data + done, len - done, (off_t)off + (off_t)done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return throw_errno(env, "pwrite", errno);
+    if (r == 0) return throw_errno(env, "pwrite", EIO);
+    done += (size_t)r;
+  }
+  return num(env, (double)done);
 }
 
 // fsMkdirat(dirfd, name, mode)
@@ -483,6 +555,34 @@ static napi_value FsLseek(napi_env env, napi_callback_info info) {
   return num(env, (double)r);
 }
 
+// fsPreadNowait(fd, into Uint8Array, length, offset): up to `length` bytes at `offset` into
+// `into`, from the page cache only (preadv2 RWF_NOWAIT, repeated after a short read until the
+// length is read or a read says 0: a short read is the end of the file or of what is cached,
+// and only the next one tells which). Returns the bytes read (the length, or fewer at the end of
+// the file), or -1 - n when the next read would wait for the disk after n bytes (also when the
+// file or kernel cannot say: EOPNOTSUPP); other errors throw. One native call per FUSE READ.
+static napi_value FsPreadNowait(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t fd;
+  void* data;
+  size_t cap;
+  double len, off;
+  if (!get_i32(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &cap) || !get_f64(env, argv[2], &len) || !get_f64(env, argv[3], &off) ||
+      len < 0 || len > (double)cap || off < 0 || off > 9007199254740991.0)
+    return throw_errno(env, "fsPreadNowait: (fd, Uint8Array, length, offset)", EINVAL);
+  size_t want = (size_t)len, done = 0;
+  while (done < want) {
+    struct iovec v = {(char*)data + done, want - done};
+    ssize_t r = preadv2(fd, &v, 1, (off_t)off + (off_t)done, RWF_NOWAIT);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) return num(env, -1.0 - (double)done);
+    if (r < 0) return throw_errno(env, "preadv2", errno);
+    if (r == 0) break;
+    done += (size_t)r;
+  }
+  return num(env, (double)done);
+}
+
 // fsGetdents(fd, into Uint8Array): bytes of linux_dirent64 records (0 at the end).
 static napi_value FsGetdents(napi_env env, napi_callback_info info) {
   ARGS(2);
@@ -527,13 +627,14 @@ static napi_value FsLock(napi_env env, napi_callback_info info) {
 void fs_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       FN("fsOpenat", FsOpenat),         FN("fsReopen", FsReopen),       FN("fsStat", FsStat),         FN("fsLookup", FsLookup),
+      FN("fsStatAt", FsStatAt),         FN("fsFstat", FsFstat),         FN("fsPwrite", FsPwrite),
       FN("fsMkdirat", FsMkdirat),       FN("fsMknodat", FsMknodat),     FN("fsSymlinkat", FsSymlinkat),
       FN("fsUnlinkat", FsUnlinkat),     FN("fsRenameat2", FsRenameat2), FN("fsLinkat", FsLinkat),
       FN("fsReadlink", FsReadlink),     FN("fsChmod", FsChmod),         FN("fsChown", FsChown),
       FN("fsUtimens", FsUtimens),       FN("fsTruncate", FsTruncate),   FN("fsStatfs", FsStatfs),
       FN("fsGetxattr", FsGetxattr),     FN("fsListxattr", FsListxattr), FN("fsSetxattr", FsSetxattr),
       FN("fsRemovexattr", FsRemovexattr), FN("fsFallocate", FsFallocate), FN("fsLseek", FsLseek),
-      FN("fsGetdents", FsGetdents),     FN("fsLock", FsLock),
+      FN("fsGetdents", FsGetdents),     FN("fsPreadNowait", FsPreadNowait),     FN("fsLock", FsLock),
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

@@ -108,7 +108,7 @@ export {
 export { Errno, errnoName, errnoFromName, type ErrnoName } from './fs/errno.js';
 export { MemoryFs, type MemoryFsOptions } from './fs/memory.js';
 export { PosixLocks } from './fs/locks.js';
-export { FuseServer, errorReply, releaseReply, type FuseServerOptions, type FuseReply, type FuseHeader, type FuseStats, type FuseOpStats } from './fs/fuse/server.js';
+export { FuseServer, errorReply, type FuseServerOptions, type FuseReply, type FuseHeader, type FuseStats, type FuseOpStats } from './fs/fuse/server.js';
 export { FuseClient, fuseRequest, readAttr, type FuseSend, type FuseEntry, type FuseDirent } from './fs/fuse/client.js';
 export { Op as FuseOp, InitFlag as FuseInitFlag, opName as fuseOpName } from './fs/fuse/wire.js';
 export { FS_FEATURES, FS_FEATURE_NAMES, FsConfig, FS_HIPRIO_QUEUE } from './spec/fs.js';

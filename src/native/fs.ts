@@ -13,7 +13,7 @@ export interface NativeFs {
    * `name` is one component: with '/', empty or over 255 bytes it is EINVAL.
    */
   fsOpenat(dirfd: number, name: string, flags: number, mode: number): number;
-  /** A new fd for the inode of (O_PATH) `fd` through /proc/self/fd (a symlink: ELOOP). */
+  /** A new fd for the inode of (O_PATH) `fd` through its /proc/self/fd magic link (a symlink: ELOOP). */
   fsReopen(fd: number, flags: number): number;
   /**
    * fstatat(AT_SYMLINK_NOFOLLOW; name "" = `dirfd` itself) into `out`: dev, ino high 32 bits,
@@ -27,6 +27,16 @@ export interface NativeFs {
    * -errno (a name that is not there is an answer, not a thrown Error). Bad arguments throw.
    */
   fsLookup(dirfd: number, name: string, out: Float64Array): number;
+  /**
+   * fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW) of one name beneath `dirfd` into `out` (as
+   * {@link fsStat}), nothing opened: 0, or -errno (`..`: -EXDEV). Bad arguments throw. Tells
+   * which inode a name is, so a LOOKUP of one already held costs one system call.
+   */
+  fsStatAt(dirfd: number, name: string, out: Float64Array): number;
+  /** fstat of the inode of (O_PATH) `fd` into `out` (as {@link fsStat}): 0, or -errno. */
+  fsFstat(fd: number, out: Float64Array): number;
+  /** pwrite of all of `data` at `offset` (repeated after a short write; an O_APPEND fd appends): the bytes written. */
+  fsPwrite(fd: number, data: Uint8Array, offset: number): number;
   fsMkdirat(dirfd: number, name: string, mode: number): void;
   /** `mode` carries the file type (S_IFIFO, S_IFSOCK, S_IFREG, ...). */
   fsMknodat(dirfd: number, name: string, mode: number, rdev: number): void;
@@ -61,6 +71,13 @@ export interface NativeFs {
   fsFallocate(fd: number, mode: number, offset: number, length: number): void;
   /** lseek(2): the new offset (SEEK_DATA 3, SEEK_HOLE 4 included). */
   fsLseek(fd: number, offset: number, whence: number): number;
+  /**
+   * Up to `length` bytes at `offset` into `into` from the page cache only (preadv2 RWF_NOWAIT,
+   * repeated after a short read until the length is read or a read says 0): the bytes read
+   * (fewer only at the end of the file), or -1 - n when the next read would wait for the disk
+   * after n bytes (or the file cannot say: EOPNOTSUPP). Other errors throw.
+   */
+  fsPreadNowait(fd: number, into: Uint8Array, length: number, offset: number): number;
   /** getdents64 into `into`: bytes of linux_dirent64 records, 0 at the end. */
   fsGetdents(fd: number, into: Uint8Array): number;
   /**

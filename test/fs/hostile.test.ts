@@ -27,7 +27,7 @@ function fresh(): FuseServer {
 /** The errno of a synchronous reply (0 for success). */
 function errnoOf(r: FuseReply | null | Promise<unknown>, unique = 7n): number {
   assert.ok(r !== null && !(r instanceof Promise), 'a synchronous reply');
-  const v = new DataView(r.head.buffer);
+  const v = new DataView(r.head.buffer, r.head.byteOffset, r.head.byteLength);
   assert.equal(v.getBigUint64(8, true), unique, 'the reply echoes the unique');
   assert.equal(v.getUint32(0, true), r.length);
   return -v.getInt32(4, true);
@@ -72,7 +72,7 @@ test('malformed lengths: len beyond the buffer or below the header, short struct
   new DataView(ext.buffer).setUint16(36, 100, true);
   assert.equal(errnoOf(s.handle(ext, 4096)), Errno.EINVAL);
   const short = s.handle(new Uint8Array(20), 4096) as FuseReply;
-  assert.equal(-new DataView(short.head.buffer).getInt32(4, true), Errno.EINVAL, 'shorter than a header: EINVAL (unique 0)');
+  assert.equal(-new DataView(short.head.buffer, short.head.byteOffset).getInt32(4, true), Errno.EINVAL, 'shorter than a header: EINVAL (unique 0)');
 });
 
 test('nodeids the server never handed out are ESTALE; unknown opcodes ENOSYS; before INIT EIO', () => {
@@ -133,7 +133,7 @@ test('INIT: an older protocol is refused (EPROTO); a newer major gets ours alone
   assert.equal(errnoOf(s.handle(fuseRequest(Op.INIT, 7n, 0, [u32(7, 20, 0, 0)]), 4096)), Errno.EPROTO);
   const r = s.handle(fuseRequest(Op.INIT, 7n, 0, [u32(8, 0, 0, 0)]), 4096) as FuseReply;
   assert.equal(r.length, 16 + 8);
-  assert.equal(new DataView(r.head.buffer).getUint32(16, true), 7);
+  assert.equal(new DataView(r.head.buffer, r.head.byteOffset).getUint32(16, true), 7);
   assert.equal(s.initialized, false);
 });
 

@@ -144,6 +144,32 @@ test('READDIR and READDIRPLUS page through 1000 entries exactly once each; READD
   assert.equal(server.lookupCount(some), before + 1, 'READDIRPLUS handed the entry out once more');
 });
 
+test('READDIR / READDIRPLUS names: 1- to 4-byte UTF-8 characters as written; an entry whose lookup fails (synchronously or not) goes without attributes, the others keep theirs', async () => {
+  const fs = new MemoryFs();
+  // A provider whose lookups of two names fail as if they vanished after readdir listed them.
+  const provider: FsProvider = Object.assign(Object.create(fs) as MemoryFs, {
+    lookup: (parent: number, name: string) => {
+      if (name === 'gone') throw new FsError(Errno.ENOENT);
+      if (name === 'gone-later') return Promise.reject(new FsError(Errno.ENOENT));
+      return fs.lookup(parent, name);
+    },
+  });
+  const { client, server } = await session(provider);
+  const d = await client.mkdir(1, 'names');
+  const names = ['plain', 'caf\u00e9', '\u65e5\u672c\u8a9e', 'emoji-\u{1F600}', 'gone', 'gone-later'];
+  for (const n of names) await client.release(...(await client.create(d.nodeid, n).then((c) => [c.entry.nodeid, c.fh] as const)));
+  const sorted = (xs: string[]) => [...xs].sort();
+  assert.deepEqual(sorted((await client.list(d.nodeid)).map((e) => e.name)), sorted(['.', '..', ...names]));
+  const before = server.knownNodes;
+  const plus = await client.list(d.nodeid, true);
+  assert.deepEqual(sorted(plus.map((e) => e.name)), sorted(['.', '..', ...names]));
+  for (const e of plus) {
+    if (e.name === 'gone' || e.name === 'gone-later' || e.name === '.' || e.name === '..') assert.equal(e.entry, null, `${e.name}: nodeid 0`);
+    else assert.equal(e.entry!.attr.mode & S_IFMT, S_IFREG, `${e.name} has its attributes`);
+  }
+  assert.equal(server.knownNodes, before, 'the same nodes, held once more');
+});
+
 test('lookup counts: FORGET and BATCH_FORGET lower them; at zero the nodeid is refused (ESTALE) and the provider told', async () => {
   const forgotten: number[] = [];
   const fs = new MemoryFs();

@@ -26,7 +26,7 @@ import type { ConditionalConfigField, DeviceContext, DeviceType } from '../../de
 import { ChainReader, ChainWriter, DescriptorChain } from '../../virtqueue/chain.js';
 import type { DeviceQueue } from '../../virtqueue/queue.js';
 import type { Monitor } from '../../monitor/monitor.js';
-import { FuseServer, errorReply, releaseReply, type FuseReply, type FuseServerOptions } from '../../fs/fuse/server.js';
+import { FuseServer, errorReply, type FuseReply, type FuseServerOptions } from '../../fs/fuse/server.js';
 import { Errno } from '../../fs/errno.js';
 import { isHighPriority, opName, Size } from '../../fs/fuse/wire.js';
 import type { FsProvider } from '../../fs/vfs.js';
@@ -198,9 +198,7 @@ export class FsDeviceType implements DeviceType {
     const w = this.writer.reset(ctx.memory, chain);
     w.write(reply.head);
     if (reply.data !== null && reply.data.length > 0) w.write(reply.data);
-    const length = reply.length;
-    releaseReply(reply);
-    q.addUsed(chain.head, length);
+    q.addUsed(chain.head, reply.length);
   }
 
   /**

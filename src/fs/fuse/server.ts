@@ -39,7 +39,10 @@ export interface FuseServerOptions {
 
 /** A reply: the out header and fixed part (`head`), and data that follows it (`data`, may be null). */
 export interface FuseReply {
-  /** fuse_out_header (len = head.length + data.length) and the reply's fixed struct. */
+  /**
+   * fuse_out_header (len = head.length + data.length) and the reply's fixed struct: a view
+   * into a larger buffer (read it at its byteOffset), owned by the reply.
+   */
   head: Uint8Array;
   /** Bytes after `head` (read data, a symlink target, xattrs, directory entries), or null. */
   data: Uint8Array | null;
@@ -100,10 +103,11 @@ function chain<T, R>(v: MaybePromise<T>, f: (t: T) => MaybePromise<R>): MaybePro
   return after(v, f) as MaybePromise<R>;
 }
 
-/** A u64 as a safe number, or a Malformed EINVAL past 2^53. */
-function safe(v: bigint, what: string): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new Malformed(Errno.EINVAL, `${what} ${v} is beyond 2^53`);
-  return Number(v);
+/** The u64 at `at` of `v` as a safe number (two u32 loads: no BigInt per field), or a Malformed EINVAL past 2^53. */
+function safe(v: DataView, at: number, what: string): number {
+  const hi = v.getUint32(at + 4, true);
+  if (hi > 0x1fffff) throw new Malformed(Errno.EINVAL, `${what} ${v.getBigUint64(at, true)} is beyond 2^53`);
+  return hi * 0x100000000 + v.getUint32(at, true);
 }
 
 /** Cursor over one request's body. */
@@ -153,72 +157,68 @@ function decode(b: Uint8Array, what: string): string {
   }
 }
 
-/** A reply built by replyOf: its head and a view of it, reused after {@link releaseReply}. */
-class PooledReply implements FuseReply {
-  data: Uint8Array | null = null;
-  length = 0;
-  /** Back in the pool: not in use (a second release is ignored). */
-  free = false;
-  readonly view: DataView;
-  constructor(readonly head: Uint8Array) {
-    this.view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+/**
+ * Reply heads are carved from 64 KiB slabs: each reply gets a view of fresh (zeroed, never
+ * reused) slab bytes, and a full slab is dropped for a new one, left to the garbage collector
+ * with the views still holding it. A `new Uint8Array(n)` per reply would be an ArrayBuffer
+ * with its own off-heap backing store (V8 keeps only arrays of up to 64 bytes on its heap):
+ * a calloc, a registry entry and a sweep per request, a tenth of a GETATTR's CPU time.
+ */
+const SLAB = 64 * 1024;
+let slab: ArrayBuffer | null = null;
+let slabView: DataView | null = null;
+let slabAt = SLAB;
+
+/** `size` fresh bytes (at most SLAB) of the current slab: their offset in `slab` / `slabView`. */
+function carve(size: number): number {
+  if (slabAt + size > SLAB) {
+    slab = new ArrayBuffer(SLAB);
+    slabView = new DataView(slab);
+    slabAt = 0;
   }
+  const at = slabAt;
+  slabAt = (at + size + 7) & ~7;
+  return at;
 }
 
-/**
- * Reply heads by size (fuse_out_header and the fixed struct: 16 to 144 bytes), reused once the
- * device has copied a reply into the driver's buffers (releaseReply): a request allocates no
- * buffer (and no off-heap backing store for V8 to sweep) for its reply. A head taken from the
- * pool is zeroed past the header, as a new one would be.
- */
-const pool: PooledReply[][] = [];
-/** Heads longer than this are not kept; nor more than POOL_DEPTH of one size (what many requests in flight at once return). */
-const POOL_MAX = 512;
-const POOL_DEPTH = 64;
-
-/** Builds one reply: fuse_out_header then a fixed struct of `n` bytes (zero until set through `v`). */
-function replyOf(unique: bigint, n: number, data: Uint8Array | null = null): { reply: FuseReply; v: DataView } {
+/** Builds one reply: fuse_out_header then a fixed struct of `n` bytes, written through `v` at `x` (the struct's offset). */
+function replyOf(unique: bigint, n: number, data: Uint8Array | null = null): { reply: FuseReply; v: DataView; x: number } {
   const size = Size.outHeader + n;
-  const free = pool[size];
-  let r: PooledReply;
-  if (free !== undefined && free.length > 0) {
-    r = free.pop()!;
-    r.free = false;
-    if (n > 0) r.head.fill(0, Size.outHeader);
-  } else {
-    r = new PooledReply(new Uint8Array(size));
-  }
-  const v = r.view;
+  const at = carve(size);
+  const v = slabView!;
+  const head = new Uint8Array(slab!, at, size);
   const length = size + (data?.length ?? 0);
-  r.data = data;
-  r.length = length;
-  v.setUint32(0, length, true);
-  v.setInt32(4, 0, true);
-  v.setBigUint64(8, unique, true);
-  return { reply: r, v };
-}
-
-/**
- * Gives a reply of {@link FuseServer.handle} (or {@link errorReply}) back for reuse, once its
- * bytes have been copied out: the caller must not touch it (nor its `head`) afterwards. The
- * virtio-fs device does so after writing each reply into the request's buffers. A reply built
- * any other way is ignored, and so is a second release.
- */
-export function releaseReply(reply: FuseReply): void {
-  if (!(reply instanceof PooledReply) || reply.free) return;
-  reply.free = true;
-  reply.data = null;
-  const size = reply.head.length;
-  if (size > POOL_MAX) return;
-  const free = (pool[size] ??= []);
-  if (free.length < POOL_DEPTH) free.push(reply);
+  v.setUint32(at, length, true);
+  v.setBigUint64(at + 8, unique, true);
+  return { reply: { head, data, length }, v, x: at + Size.outHeader };
 }
 
 /** An error reply (-errno). */
 export function errorReply(unique: bigint, errno: number): FuseReply {
-  const { reply, v } = replyOf(unique, 0);
-  v.setInt32(4, -errno, true);
+  const { reply, v, x } = replyOf(unique, 0);
+  v.setInt32(x - Size.outHeader + 4, -errno, true);
   return reply;
+}
+
+/** The bytes of `s` in UTF-8, as TextEncoder writes it (a lone surrogate: U+FFFD, 3 bytes). */
+function utf8Length(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      n += 4;
+      i++;
+    } else n += 3;
+  }
+  return n;
+}
+
+/** Writes `s` (`len` = utf8Length(s) bytes) into `out` at `at`: ASCII byte by byte, anything else through TextEncoder. */
+function putName(out: Uint8Array, at: number, s: string, len: number): void {
+  if (len === s.length) for (let i = 0; i < len; i++) out[at + i] = s.charCodeAt(i);
+  else (encoder ??= new TextEncoder()).encodeInto(s, out.subarray(at, at + len));
 }
 
 /** A non-negative number as a little-endian u64 (two u32 stores: no BigInt per field). */
@@ -421,276 +421,66 @@ export class FuseServer {
       throw new Malformed(Errno.EIO, `${opName(h.opcode)} before FUSE_INIT`);
     }
     const ctx: FsContext = { uid: h.uid, gid: h.gid, pid: h.pid };
-    const p = this.provider;
+    // One small method per opcode: V8 optimizes each on its own (a single function holding
+    // every opcode's code was never optimized in a real session: too big for its tick budget,
+    // its feedback changing with every new opcode), so dispatch stays this table.
     switch (h.opcode) {
-      case Op.FORGET: {
-        const n = b.left >= Size.forgetIn ? v.getBigUint64(b.need(8, 'fuse_forget_in'), true) : 0n;
-        this.forget(h.nodeid, n);
-        return null;
-      }
-      case Op.BATCH_FORGET: {
-        if (b.left < Size.batchForgetIn) return null;
-        const count = v.getUint32(b.need(8, 'fuse_batch_forget_in'), true);
-        // Only the entries the request holds: a count beyond them is cut to what is there.
-        const n = Math.min(count, Math.floor(b.left / Size.forgetOne));
-        for (let i = 0; i < n; i++) {
-          const at = b.need(Size.forgetOne, 'fuse_forget_one');
-          const id = v.getBigUint64(at, true);
-          this.forget(id > BigInt(Number.MAX_SAFE_INTEGER) ? -1 : Number(id), v.getBigUint64(at + 8, true));
-        }
-        return null;
-      }
-      case Op.INTERRUPT: {
-        if (b.left >= Size.interruptIn) this.pending.get(v.getBigUint64(b.pos, true))?.abort.abort();
-        return null;
-      }
+      case Op.FORGET:
+        return this.opForget(h, b, v);
+      case Op.BATCH_FORGET:
+        return this.opBatchForget(b, v);
+      case Op.INTERRUPT:
+        return this.opInterrupt(b, v);
       case Op.DESTROY:
-        this.endSession();
-        return replyOf(h.unique, 0).reply;
-      case Op.LOOKUP: {
-        const parent = this.node(h);
-        const name = b.name();
-        return after(p.lookup(parent, name, ctx), (a) => this.entry(h.unique, a));
-      }
-      case Op.GETATTR: {
-        const ino = this.node(h);
-        let fh: number | null = null;
-        if (b.left >= Size.getattrIn) {
-          const at = b.need(Size.getattrIn, 'fuse_getattr_in');
-          if ((v.getUint32(at, true) & GETATTR_FH) !== 0) fh = safe(v.getBigUint64(at + 8, true), 'fh');
-        }
-        return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
-      }
-      case Op.SETATTR: {
-        const ino = this.node(h);
-        const at = b.need(Size.setattrIn, 'fuse_setattr_in');
-        const valid = v.getUint32(at, true);
-        const c: SetAttr = {};
-        const changes = valid & ~(Fattr.FH | Fattr.LOCKOWNER);
-        if (changes !== 0) this.writable();
-        if (valid & Fattr.MODE) c.mode = v.getUint32(at + 68, true);
-        if (valid & Fattr.UID) c.uid = v.getUint32(at + 76, true);
-        if (valid & Fattr.GID) c.gid = v.getUint32(at + 80, true);
-        if (valid & Fattr.SIZE) c.size = safe(v.getBigUint64(at + 16, true), 'size');
-        if (valid & Fattr.ATIME) c.atime = valid & Fattr.ATIME_NOW ? 'now' : { sec: safe(v.getBigUint64(at + 32, true), 'atime'), nsec: Math.min(v.getUint32(at + 56, true), 999999999) };
-        if (valid & Fattr.MTIME) c.mtime = valid & Fattr.MTIME_NOW ? 'now' : { sec: safe(v.getBigUint64(at + 40, true), 'mtime'), nsec: Math.min(v.getUint32(at + 60, true), 999999999) };
-        if (valid & Fattr.CTIME) c.ctime = { sec: safe(v.getBigUint64(at + 48, true), 'ctime'), nsec: Math.min(v.getUint32(at + 64, true), 999999999) };
-        if (valid & Fattr.KILL_SUIDGID) c.killSuidgid = true;
-        const fh = valid & Fattr.FH ? safe(v.getBigUint64(at + 8, true), 'fh') : null;
-        if (p.setattr === undefined) {
-          if (changes !== 0) throw new FsError(Errno.ENOSYS);
-          return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
-        }
-        return after(p.setattr(ino, fh, c, ctx), (a) => this.attr(h.unique, a));
-      }
-      case Op.READLINK: {
-        const ino = this.node(h);
-        return after(this.need(p.readlink)(ino, ctx), (t) => {
-          const bytes = enc.encode(t);
-          return replyOf(h.unique, 0, bytes).reply;
-        });
-      }
-      case Op.SYMLINK: {
-        const parent = this.node(h);
-        const name = b.name();
-        const tb = b.cstring(TARGET_MAX, 'symlink target');
-        if (tb.length === 0) throw new Malformed(Errno.ENOENT, 'empty symlink target');
-        const target = decode(tb, 'symlink target');
-        this.writable();
-        return after(this.need(p.symlink)(parent, name, target, ctx), (a) => this.entry(h.unique, a));
-      }
-      case Op.MKNOD: {
-        const parent = this.node(h);
-        const at = b.need(Size.mknodIn, 'fuse_mknod_in');
-        const name = b.name();
-        this.writable();
-        return after(this.need(p.mknod)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), v.getUint32(at + 8, true), ctx), (a) => this.entry(h.unique, a));
-      }
-      case Op.MKDIR: {
-        const parent = this.node(h);
-        const at = b.need(Size.mkdirIn, 'fuse_mkdir_in');
-        const name = b.name();
-        this.writable();
-        return after(this.need(p.mkdir)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), ctx), (a) => this.entry(h.unique, a));
-      }
+        return this.opDestroy(h);
+      case Op.LOOKUP:
+        return this.opLookup(h, b, ctx);
+      case Op.GETATTR:
+        return this.opGetattr(h, b, v, ctx);
+      case Op.SETATTR:
+        return this.opSetattr(h, b, v, ctx);
+      case Op.READLINK:
+        return this.opReadlink(h, ctx);
+      case Op.SYMLINK:
+        return this.opSymlink(h, b, ctx);
+      case Op.MKNOD:
+        return this.opMknod(h, b, v, ctx);
+      case Op.MKDIR:
+        return this.opMkdir(h, b, v, ctx);
       case Op.UNLINK:
-      case Op.RMDIR: {
-        const parent = this.node(h);
-        const name = b.name();
-        this.writable();
-        const r = h.opcode === Op.UNLINK ? this.need(p.unlink)(parent, name, ctx) : this.need(p.rmdir)(parent, name, ctx);
-        return after(r, () => replyOf(h.unique, 0).reply);
-      }
+      case Op.RMDIR:
+        return this.opUnlink(h, b, ctx);
       case Op.RENAME:
-      case Op.RENAME2: {
-        const parent = this.node(h);
-        const two = h.opcode === Op.RENAME2;
-        const at = b.need(two ? Size.rename2In : Size.renameIn, 'fuse_rename_in');
-        const newParent = this.nodeOf(safe(v.getBigUint64(at, true), 'newdir'));
-        const flags = two ? v.getUint32(at + 8, true) : 0;
-        const name = b.name('old name');
-        const newName = b.name('new name');
-        this.writable();
-        return after(this.need(p.rename)(parent, name, newParent, newName, flags, ctx), () => replyOf(h.unique, 0).reply);
-      }
-      case Op.LINK: {
-        const newParent = this.node(h);
-        const at = b.need(Size.linkIn, 'fuse_link_in');
-        const ino = this.nodeOf(safe(v.getBigUint64(at, true), 'oldnodeid'));
-        const name = b.name();
-        this.writable();
-        return after(this.need(p.link)(ino, newParent, name, ctx), (a) => this.entry(h.unique, a));
-      }
+      case Op.RENAME2:
+        return this.opRename(h, b, v, ctx);
+      case Op.LINK:
+        return this.opLink(h, b, v, ctx);
       case Op.OPEN:
-      case Op.OPENDIR: {
-        const ino = this.node(h);
-        const at = b.need(Size.openIn, 'fuse_open_in');
-        const flags = v.getUint32(at, true);
-        if (h.opcode === Op.OPEN && writes(flags)) this.writable();
-        const f = h.opcode === Op.OPEN ? p.open : p.opendir;
-        if (f === undefined) return this.open(h.unique, { fh: 0 });
-        const opened = f.call(p, ino, flags, ctx);
-        // An O_TRUNC open by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2): the bits go first.
-        if (h.opcode === Op.OPEN && this.killPriv && (v.getUint32(at + 4, true) & OPEN_KILL_SUIDGID) !== 0) return chain(opened, (o) => after(this.killSuidgid(ino, o.fh, ctx), () => this.open(h.unique, o)));
-        return after(opened, (o) => this.open(h.unique, o));
-      }
-      case Op.CREATE: {
-        const parent = this.node(h);
-        const at = b.need(Size.createIn, 'fuse_create_in');
-        const name = b.name();
-        this.writable();
-        const kill = this.killPriv && (v.getUint32(at + 12, true) & OPEN_KILL_SUIDGID) !== 0;
-        const created = this.need(p.create)(parent, name, v.getUint32(at + 4, true), v.getUint32(at + 8, true), v.getUint32(at, true), ctx);
-        // O_CREAT | O_TRUNC of a file that was there, by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2).
-        const ready = kill ? chain(created, (r) => after(this.killSuidgid(checkAttr(r.attr).ino, r.fh, ctx), () => r)) : created;
-        return after(ready, (r) => {
-          const a = checkAttr(r.attr);
-          const { reply, v: o } = replyOf(h.unique, Size.entryOut + Size.openOut);
-          this.putEntry(o, Size.outHeader, a);
-          this.putOpen(o, Size.outHeader + Size.entryOut, r);
-          this.ref(a.ino);
-          return reply;
-        });
-      }
-      case Op.READ: {
-        const ino = this.node(h);
-        const at = b.need(Size.readIn, 'fuse_read_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const offset = safe(v.getBigUint64(at + 8, true), 'offset');
-        const size = v.getUint32(at + 16, true);
-        // Never more than the driver has room for, nor than max_write (Linux's max_read is unlimited; its reads follow max_pages).
-        const want = Math.min(size, Math.max(0, room - Size.outHeader), Math.max(this.maxWrite, 1 << 20));
-        return after(this.need(p.read)(ino, fh, offset, want, ctx), (data) => {
-          const d = data.length > want ? data.subarray(0, want) : data;
-          return replyOf(h.unique, 0, d).reply;
-        });
-      }
-      case Op.WRITE: {
-        const ino = this.node(h);
-        const at = b.need(Size.writeIn, 'fuse_write_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const offset = safe(v.getBigUint64(at + 8, true), 'offset');
-        const size = v.getUint32(at + 16, true);
-        if (size > this.maxWrite) throw new Malformed(Errno.EINVAL, `WRITE of ${size} bytes, max_write is ${this.maxWrite}`);
-        const kill = this.killPriv && (v.getUint32(at + 20, true) & WRITE_KILL_SUIDGID) !== 0;
-        const data = req.subarray(b.need(size, 'write data'), b.pos);
-        this.writable();
-        const written = this.need(p.write)(ino, fh, offset, data, ctx);
-        // A writer without CAP_FSETID (HANDLE_KILLPRIV_V2): set-user-ID and set-group-ID go, as a local write takes them.
-        return after(kill ? chain(written, (n) => after(this.killSuidgid(ino, fh, ctx), () => n)) : written, (n) => {
-          const { reply, v: o } = replyOf(h.unique, Size.writeOut);
-          o.setUint32(Size.outHeader, Math.max(0, Math.min(n, size)) >>> 0, true);
-          return reply;
-        });
-      }
-      case Op.STATFS: {
-        const ino = this.node(h);
-        const st: MaybePromise<StatFs> = p.statfs === undefined ? { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 4096, namelen: NAME_MAX, frsize: 4096 } : p.statfs(ino, ctx);
-        return after(st, (s) => {
-          const { reply, v: o } = replyOf(h.unique, Size.statfsOut);
-          const at = Size.outHeader;
-          u64(o, at, s.blocks);
-          u64(o, at + 8, s.bfree);
-          u64(o, at + 16, s.bavail);
-          u64(o, at + 24, s.files);
-          u64(o, at + 32, s.ffree);
-          o.setUint32(at + 40, s.bsize >>> 0, true);
-          o.setUint32(at + 44, s.namelen >>> 0, true);
-          o.setUint32(at + 48, s.frsize >>> 0, true);
-          return reply;
-        });
-      }
+      case Op.OPENDIR:
+        return this.opOpen(h, b, v, ctx);
+      case Op.CREATE:
+        return this.opCreate(h, b, v, ctx);
+      case Op.READ:
+        return this.opRead(h, b, v, ctx, room);
+      case Op.WRITE:
+        return this.opWrite(h, b, v, ctx, req);
+      case Op.STATFS:
+        return this.opStatfs(h, ctx);
       case Op.RELEASE:
-      case Op.RELEASEDIR: {
-        const ino = this.node(h);
-        const at = b.need(Size.releaseIn, 'fuse_release_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const f = h.opcode === Op.RELEASE ? p.release : p.releasedir;
-        if (f === undefined) return replyOf(h.unique, 0).reply;
-        return after(f.call(p, ino, fh, ctx), () => replyOf(h.unique, 0).reply);
-      }
+      case Op.RELEASEDIR:
+        return this.opRelease(h, b, v, ctx);
       case Op.FSYNC:
-      case Op.FSYNCDIR: {
-        const ino = this.node(h);
-        const at = b.need(Size.fsyncIn, 'fuse_fsync_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const datasync = (v.getUint32(at + 8, true) & FSYNC_FDATASYNC) !== 0;
-        const f = h.opcode === Op.FSYNC ? p.fsync : p.fsyncdir;
-        if (f === undefined) return replyOf(h.unique, 0).reply;
-        return after(f.call(p, ino, fh, datasync, ctx), () => replyOf(h.unique, 0).reply);
-      }
-      case Op.FLUSH: {
-        const ino = this.node(h);
-        const at = b.need(Size.flushIn, 'fuse_flush_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        if (p.flush === undefined) return replyOf(h.unique, 0).reply;
-        return after(p.flush(ino, fh, v.getBigUint64(at + 16, true), ctx), () => replyOf(h.unique, 0).reply);
-      }
-      case Op.SETXATTR: {
-        const ino = this.node(h);
-        const at = b.need(this.setxattrExt ? Size.setxattrInExt : Size.setxattrIn, 'fuse_setxattr_in');
-        const size = v.getUint32(at, true);
-        const flags = v.getUint32(at + 4, true);
-        const name = this.xattrName(b);
-        if (size > XATTR_SIZE_MAX) throw new Malformed(Errno.E2BIG, `xattr value of ${size} bytes`);
-        const value = req.subarray(b.need(size, 'xattr value'), b.pos);
-        this.writable();
-        return after(this.need(p.setxattr)(ino, name, value, flags, ctx), () => replyOf(h.unique, 0).reply);
-      }
+      case Op.FSYNCDIR:
+        return this.opFsync(h, b, v, ctx);
+      case Op.FLUSH:
+        return this.opFlush(h, b, v, ctx);
+      case Op.SETXATTR:
+        return this.opSetxattr(h, b, v, ctx, req);
       case Op.GETXATTR:
-      case Op.LISTXATTR: {
-        const ino = this.node(h);
-        const at = b.need(Size.getxattrIn, 'fuse_getxattr_in');
-        const size = v.getUint32(at, true);
-        const value: MaybePromise<Uint8Array> =
-          h.opcode === Op.GETXATTR
-            ? this.need(p.getxattr)(ino, this.xattrName(b), ctx)
-            : after(this.need(p.listxattr)(ino, ctx), (names) => {
-                const parts = names.map((n) => enc.encode(n + '\0'));
-                const out = new Uint8Array(parts.reduce((s, x) => s + x.length, 0));
-                let o = 0;
-                for (const x of parts) {
-                  out.set(x, o);
-                  o += x.length;
-                }
-                return out;
-              });
-        return after(value, (val) => {
-          if (size === 0) {
-            const { reply, v: o } = replyOf(h.unique, Size.getxattrOut);
-            o.setUint32(Size.outHeader, val.length, true);
-            return reply;
-          }
-          if (val.length > size) return this.fail(h, Errno.ERANGE);
-          return replyOf(h.unique, 0, val).reply;
-        });
-      }
-      case Op.REMOVEXATTR: {
-        const ino = this.node(h);
-        const name = this.xattrName(b);
-        this.writable();
-        return after(this.need(p.removexattr)(ino, name, ctx), () => replyOf(h.unique, 0).reply);
-      }
+      case Op.LISTXATTR:
+        return this.opGetxattr(h, b, v, ctx);
+      case Op.REMOVEXATTR:
+        return this.opRemovexattr(h, b, ctx);
       case Op.READDIR:
       case Op.READDIRPLUS:
         return this.readdir(h, b, v, room, ctx);
@@ -698,34 +488,382 @@ export class FuseServer {
       case Op.SETLK:
       case Op.SETLKW:
         return this.lock(h, b, v, ctx);
-      case Op.FALLOCATE: {
-        const ino = this.node(h);
-        const at = b.need(Size.fallocateIn, 'fuse_fallocate_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const offset = safe(v.getBigUint64(at + 8, true), 'offset');
-        const length = safe(v.getBigUint64(at + 16, true), 'length');
-        this.writable();
-        return after(this.need(p.fallocate)(ino, fh, offset, length, v.getUint32(at + 24, true), ctx), () => replyOf(h.unique, 0).reply);
-      }
-      case Op.LSEEK: {
-        const ino = this.node(h);
-        const at = b.need(Size.lseekIn, 'fuse_lseek_in');
-        const fh = safe(v.getBigUint64(at, true), 'fh');
-        const offset = safe(v.getBigUint64(at + 8, true), 'offset');
-        return after(this.need(p.lseek)(ino, fh, offset, v.getUint32(at + 16, true), ctx), (pos) => {
-          const { reply, v: o } = replyOf(h.unique, Size.lseekOut);
-          u64(o, Size.outHeader, pos);
-          return reply;
-        });
-      }
+      case Op.FALLOCATE:
+        return this.opFallocate(h, b, v, ctx);
+      case Op.LSEEK:
+        return this.opLseek(h, b, v, ctx);
       case Op.SYNCFS:
-        return replyOf(h.unique, 0).reply;
+        return this.opSyncfs(h);
       default:
         // ACCESS (the kernel checks permissions itself), BMAP, IOCTL, POLL, COPY_FILE_RANGE,
         // SETUPMAPPING / REMOVEMAPPING (no DAX window), TMPFILE and anything unknown: the
         // kernel falls back or fails the call with ENOSYS.
         throw new FsError(Errno.ENOSYS);
     }
+  }
+
+  /** FORGET. */
+  private opForget(h: FuseHeader, b: Body, v: DataView): MaybePromise<FuseReply | null> {
+    const n = b.left >= Size.forgetIn ? v.getBigUint64(b.need(8, 'fuse_forget_in'), true) : 0n;
+    this.forget(h.nodeid, n);
+    return null;
+  }
+
+  /** BATCH_FORGET. */
+  private opBatchForget(b: Body, v: DataView): MaybePromise<FuseReply | null> {
+    if (b.left < Size.batchForgetIn) return null;
+    const count = v.getUint32(b.need(8, 'fuse_batch_forget_in'), true);
+    // Only the entries the request holds: a count beyond them is cut to what is there.
+    const n = Math.min(count, Math.floor(b.left / Size.forgetOne));
+    for (let i = 0; i < n; i++) {
+      const at = b.need(Size.forgetOne, 'fuse_forget_one');
+      const id = v.getBigUint64(at, true);
+      this.forget(id > BigInt(Number.MAX_SAFE_INTEGER) ? -1 : Number(id), v.getBigUint64(at + 8, true));
+    }
+    return null;
+  }
+
+  /** INTERRUPT. */
+  private opInterrupt(b: Body, v: DataView): MaybePromise<FuseReply | null> {
+    if (b.left >= Size.interruptIn) this.pending.get(v.getBigUint64(b.pos, true))?.abort.abort();
+    return null;
+  }
+
+  /** DESTROY. */
+  private opDestroy(h: FuseHeader): MaybePromise<FuseReply | null> {
+    this.endSession();
+    return replyOf(h.unique, 0).reply;
+  }
+
+  /** LOOKUP. */
+  private opLookup(h: FuseHeader, b: Body, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const name = b.name();
+    return after(p.lookup(parent, name, ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** GETATTR. */
+  private opGetattr(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    let fh: number | null = null;
+    if (b.left >= Size.getattrIn) {
+      const at = b.need(Size.getattrIn, 'fuse_getattr_in');
+      if ((v.getUint32(at, true) & GETATTR_FH) !== 0) fh = safe(v, at + 8, 'fh');
+    }
+    return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
+  }
+
+  /** SETATTR. */
+  private opSetattr(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.setattrIn, 'fuse_setattr_in');
+    const valid = v.getUint32(at, true);
+    const c: SetAttr = {};
+    const changes = valid & ~(Fattr.FH | Fattr.LOCKOWNER);
+    if (changes !== 0) this.writable();
+    if (valid & Fattr.MODE) c.mode = v.getUint32(at + 68, true);
+    if (valid & Fattr.UID) c.uid = v.getUint32(at + 76, true);
+    if (valid & Fattr.GID) c.gid = v.getUint32(at + 80, true);
+    if (valid & Fattr.SIZE) c.size = safe(v, at + 16, 'size');
+    if (valid & Fattr.ATIME) c.atime = valid & Fattr.ATIME_NOW ? 'now' : { sec: safe(v, at + 32, 'atime'), nsec: Math.min(v.getUint32(at + 56, true), 999999999) };
+    if (valid & Fattr.MTIME) c.mtime = valid & Fattr.MTIME_NOW ? 'now' : { sec: safe(v, at + 40, 'mtime'), nsec: Math.min(v.getUint32(at + 60, true), 999999999) };
+    if (valid & Fattr.CTIME) c.ctime = { sec: safe(v, at + 48, 'ctime'), nsec: Math.min(v.getUint32(at + 64, true), 999999999) };
+    if (valid & Fattr.KILL_SUIDGID) c.killSuidgid = true;
+    const fh = valid & Fattr.FH ? safe(v, at + 8, 'fh') : null;
+    if (p.setattr === undefined) {
+      if (changes !== 0) throw new FsError(Errno.ENOSYS);
+      return after(p.getattr(ino, fh, ctx), (a) => this.attr(h.unique, a));
+    }
+    return after(p.setattr(ino, fh, c, ctx), (a) => this.attr(h.unique, a));
+  }
+
+  /** READLINK. */
+  private opReadlink(h: FuseHeader, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    return after(this.need(p.readlink)(ino, ctx), (t) => {
+      const bytes = enc.encode(t);
+      return replyOf(h.unique, 0, bytes).reply;
+    });
+  }
+
+  /** SYMLINK. */
+  private opSymlink(h: FuseHeader, b: Body, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const name = b.name();
+    const tb = b.cstring(TARGET_MAX, 'symlink target');
+    if (tb.length === 0) throw new Malformed(Errno.ENOENT, 'empty symlink target');
+    const target = decode(tb, 'symlink target');
+    this.writable();
+    return after(this.need(p.symlink)(parent, name, target, ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** MKNOD. */
+  private opMknod(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const at = b.need(Size.mknodIn, 'fuse_mknod_in');
+    const name = b.name();
+    this.writable();
+    return after(this.need(p.mknod)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), v.getUint32(at + 8, true), ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** MKDIR. */
+  private opMkdir(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const at = b.need(Size.mkdirIn, 'fuse_mkdir_in');
+    const name = b.name();
+    this.writable();
+    return after(this.need(p.mkdir)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** UNLINK / RMDIR. */
+  private opUnlink(h: FuseHeader, b: Body, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const name = b.name();
+    this.writable();
+    const r = h.opcode === Op.UNLINK ? this.need(p.unlink)(parent, name, ctx) : this.need(p.rmdir)(parent, name, ctx);
+    return after(r, () => replyOf(h.unique, 0).reply);
+  }
+
+  /** RENAME / RENAME2. */
+  private opRename(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const two = h.opcode === Op.RENAME2;
+    const at = b.need(two ? Size.rename2In : Size.renameIn, 'fuse_rename_in');
+    const newParent = this.nodeOf(safe(v, at, 'newdir'));
+    const flags = two ? v.getUint32(at + 8, true) : 0;
+    const name = b.name('old name');
+    const newName = b.name('new name');
+    this.writable();
+    return after(this.need(p.rename)(parent, name, newParent, newName, flags, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** LINK. */
+  private opLink(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const newParent = this.node(h);
+    const at = b.need(Size.linkIn, 'fuse_link_in');
+    const ino = this.nodeOf(safe(v, at, 'oldnodeid'));
+    const name = b.name();
+    this.writable();
+    return after(this.need(p.link)(ino, newParent, name, ctx), (a) => this.entry(h.unique, a));
+  }
+
+  /** OPEN / OPENDIR. */
+  private opOpen(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.openIn, 'fuse_open_in');
+    const flags = v.getUint32(at, true);
+    if (h.opcode === Op.OPEN && writes(flags)) this.writable();
+    const f = h.opcode === Op.OPEN ? p.open : p.opendir;
+    if (f === undefined) return this.open(h.unique, { fh: 0 });
+    const opened = f.call(p, ino, flags, ctx);
+    // An O_TRUNC open by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2): the bits go first.
+    if (h.opcode === Op.OPEN && this.killPriv && (v.getUint32(at + 4, true) & OPEN_KILL_SUIDGID) !== 0) return chain(opened, (o) => after(this.killSuidgid(ino, o.fh, ctx), () => this.open(h.unique, o)));
+    return after(opened, (o) => this.open(h.unique, o));
+  }
+
+  /** CREATE. */
+  private opCreate(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const parent = this.node(h);
+    const at = b.need(Size.createIn, 'fuse_create_in');
+    const name = b.name();
+    this.writable();
+    const kill = this.killPriv && (v.getUint32(at + 12, true) & OPEN_KILL_SUIDGID) !== 0;
+    const created = this.need(p.create)(parent, name, v.getUint32(at + 4, true), v.getUint32(at + 8, true), v.getUint32(at, true), ctx);
+    // O_CREAT | O_TRUNC of a file that was there, by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2).
+    const ready = kill ? chain(created, (r) => after(this.killSuidgid(checkAttr(r.attr).ino, r.fh, ctx), () => r)) : created;
+    return after(ready, (r) => {
+      const a = checkAttr(r.attr);
+      const { reply, v: o, x } = replyOf(h.unique, Size.entryOut + Size.openOut);
+      this.putEntry(o, x, a);
+      this.putOpen(o, x + Size.entryOut, r);
+      this.ref(a.ino);
+      return reply;
+    });
+  }
+
+  /** READ. */
+  private opRead(h: FuseHeader, b: Body, v: DataView, ctx: FsContext, room: number): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.readIn, 'fuse_read_in');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
+    const size = v.getUint32(at + 16, true);
+    // Never more than the driver has room for, nor than max_write (Linux's max_read is unlimited; its reads follow max_pages).
+    const want = Math.min(size, Math.max(0, room - Size.outHeader), Math.max(this.maxWrite, 1 << 20));
+    return after(this.need(p.read)(ino, fh, offset, want, ctx), (data) => {
+      const d = data.length > want ? data.subarray(0, want) : data;
+      return replyOf(h.unique, 0, d).reply;
+    });
+  }
+
+  /** WRITE. */
+  private opWrite(h: FuseHeader, b: Body, v: DataView, ctx: FsContext, req: Uint8Array): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.writeIn, 'fuse_write_in');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
+    const size = v.getUint32(at + 16, true);
+    if (size > this.maxWrite) throw new Malformed(Errno.EINVAL, `WRITE of ${size} bytes, max_write is ${this.maxWrite}`);
+    const kill = this.killPriv && (v.getUint32(at + 20, true) & WRITE_KILL_SUIDGID) !== 0;
+    const data = req.subarray(b.need(size, 'write data'), b.pos);
+    this.writable();
+    const written = this.need(p.write)(ino, fh, offset, data, ctx);
+    // A writer without CAP_FSETID (HANDLE_KILLPRIV_V2): set-user-ID and set-group-ID go, as a local write takes them.
+    return after(kill ? chain(written, (n) => after(this.killSuidgid(ino, fh, ctx), () => n)) : written, (n) => {
+      const { reply, v: o, x } = replyOf(h.unique, Size.writeOut);
+      o.setUint32(x, Math.max(0, Math.min(n, size)) >>> 0, true);
+      return reply;
+    });
+  }
+
+  /** STATFS. */
+  private opStatfs(h: FuseHeader, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const st: MaybePromise<StatFs> = p.statfs === undefined ? { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 4096, namelen: NAME_MAX, frsize: 4096 } : p.statfs(ino, ctx);
+    return after(st, (s) => {
+      const { reply, v: o, x: at } = replyOf(h.unique, Size.statfsOut);
+      u64(o, at, s.blocks);
+      u64(o, at + 8, s.bfree);
+      u64(o, at + 16, s.bavail);
+      u64(o, at + 24, s.files);
+      u64(o, at + 32, s.ffree);
+      o.setUint32(at + 40, s.bsize >>> 0, true);
+      o.setUint32(at + 44, s.namelen >>> 0, true);
+      o.setUint32(at + 48, s.frsize >>> 0, true);
+      return reply;
+    });
+  }
+
+  /** RELEASE / RELEASEDIR. */
+  private opRelease(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.releaseIn, 'fuse_release_in');
+    const fh = safe(v, at, 'fh');
+    const f = h.opcode === Op.RELEASE ? p.release : p.releasedir;
+    if (f === undefined) return replyOf(h.unique, 0).reply;
+    return after(f.call(p, ino, fh, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** FSYNC / FSYNCDIR. */
+  private opFsync(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.fsyncIn, 'fuse_fsync_in');
+    const fh = safe(v, at, 'fh');
+    const datasync = (v.getUint32(at + 8, true) & FSYNC_FDATASYNC) !== 0;
+    const f = h.opcode === Op.FSYNC ? p.fsync : p.fsyncdir;
+    if (f === undefined) return replyOf(h.unique, 0).reply;
+    return after(f.call(p, ino, fh, datasync, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** FLUSH. */
+  private opFlush(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.flushIn, 'fuse_flush_in');
+    const fh = safe(v, at, 'fh');
+    if (p.flush === undefined) return replyOf(h.unique, 0).reply;
+    return after(p.flush(ino, fh, v.getBigUint64(at + 16, true), ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** SETXATTR. */
+  private opSetxattr(h: FuseHeader, b: Body, v: DataView, ctx: FsContext, req: Uint8Array): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(this.setxattrExt ? Size.setxattrInExt : Size.setxattrIn, 'fuse_setxattr_in');
+    const size = v.getUint32(at, true);
+    const flags = v.getUint32(at + 4, true);
+    const name = this.xattrName(b);
+    if (size > XATTR_SIZE_MAX) throw new Malformed(Errno.E2BIG, `xattr value of ${size} bytes`);
+    const value = req.subarray(b.need(size, 'xattr value'), b.pos);
+    this.writable();
+    return after(this.need(p.setxattr)(ino, name, value, flags, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** GETXATTR / LISTXATTR. */
+  private opGetxattr(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.getxattrIn, 'fuse_getxattr_in');
+    const size = v.getUint32(at, true);
+    const value: MaybePromise<Uint8Array> =
+      h.opcode === Op.GETXATTR
+        ? this.need(p.getxattr)(ino, this.xattrName(b), ctx)
+        : after(this.need(p.listxattr)(ino, ctx), (names) => {
+            const parts = names.map((n) => enc.encode(n + '\0'));
+            const out = new Uint8Array(parts.reduce((s, x) => s + x.length, 0));
+            let o = 0;
+            for (const x of parts) {
+              out.set(x, o);
+              o += x.length;
+            }
+            return out;
+          });
+    return after(value, (val) => {
+      if (size === 0) {
+        const { reply, v: o, x } = replyOf(h.unique, Size.getxattrOut);
+        o.setUint32(x, val.length, true);
+        return reply;
+      }
+      if (val.length > size) return this.fail(h, Errno.ERANGE);
+      return replyOf(h.unique, 0, val).reply;
+    });
+  }
+
+  /** REMOVEXATTR. */
+  private opRemovexattr(h: FuseHeader, b: Body, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const name = this.xattrName(b);
+    this.writable();
+    return after(this.need(p.removexattr)(ino, name, ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** FALLOCATE. */
+  private opFallocate(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.fallocateIn, 'fuse_fallocate_in');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
+    const length = safe(v, at + 16, 'length');
+    this.writable();
+    return after(this.need(p.fallocate)(ino, fh, offset, length, v.getUint32(at + 24, true), ctx), () => replyOf(h.unique, 0).reply);
+  }
+
+  /** LSEEK. */
+  private opLseek(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply | null> {
+    const p = this.provider;
+    const ino = this.node(h);
+    const at = b.need(Size.lseekIn, 'fuse_lseek_in');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
+    return after(this.need(p.lseek)(ino, fh, offset, v.getUint32(at + 16, true), ctx), (pos) => {
+      const { reply, v: o, x } = replyOf(h.unique, Size.lseekOut);
+      u64(o, x, pos);
+      return reply;
+    });
+  }
+
+  /** SYNCFS. */
+  private opSyncfs(h: FuseHeader): MaybePromise<FuseReply | null> {
+    return replyOf(h.unique, 0).reply;
   }
 
   /** A provider method, or ENOSYS when the provider has none. Bound to the provider. */
@@ -757,9 +895,9 @@ export class FuseServer {
     this.endSession();
     if (major > FUSE_MAJOR) {
       // The kernel offers a newer major: answer ours alone; it sends INIT again with it.
-      const { reply, v: o } = replyOf(h.unique, 8);
-      o.setUint32(Size.outHeader, FUSE_MAJOR, true);
-      o.setUint32(Size.outHeader + 4, FUSE_MINOR, true);
+      const { reply, v: o, x } = replyOf(h.unique, 8);
+      o.setUint32(x, FUSE_MAJOR, true);
+      o.setUint32(x + 4, FUSE_MINOR, true);
       return reply;
     }
     if (major < FUSE_MAJOR || minor < FUSE_MIN_MINOR) throw new Malformed(Errno.EPROTO, `FUSE ${major}.${minor} is older than ${FUSE_MAJOR}.${FUSE_MIN_MINOR}`);
@@ -774,8 +912,7 @@ export class FuseServer {
     this.minor = Math.min(minor, FUSE_MINOR);
     this.initialized = true;
     const small = this.minor < 23;
-    const { reply, v: o } = replyOf(h.unique, small ? Size.initOut22 : Size.initOut);
-    const x = Size.outHeader;
+    const { reply, v: o, x } = replyOf(h.unique, small ? Size.initOut22 : Size.initOut);
     o.setUint32(x, FUSE_MAJOR, true);
     o.setUint32(x + 4, this.minor, true);
     o.setUint32(x + 8, readahead, true);
@@ -875,25 +1012,25 @@ export class FuseServer {
   /** A fuse_entry_out reply: the kernel holds one more reference to the node. */
   private entry(unique: bigint, attr: FileAttr): FuseReply {
     const a = checkAttr(attr);
-    const { reply, v } = replyOf(unique, Size.entryOut);
-    this.putEntry(v, Size.outHeader, a);
+    const { reply, v, x } = replyOf(unique, Size.entryOut);
+    this.putEntry(v, x, a);
     this.ref(a.ino);
     return reply;
   }
 
   private attr(unique: bigint, attr: FileAttr): FuseReply {
     const a = checkAttr(attr);
-    const { reply, v } = replyOf(unique, Size.attrOut);
-    u64(v, Size.outHeader, this.attrSec);
-    v.setUint32(Size.outHeader + 8, this.attrNsec, true);
-    putAttr(v, Size.outHeader + 16, a);
+    const { reply, v, x } = replyOf(unique, Size.attrOut);
+    u64(v, x, this.attrSec);
+    v.setUint32(x + 8, this.attrNsec, true);
+    putAttr(v, x + 16, a);
     return reply;
   }
 
   private open(unique: bigint, r: { fh: number; directIo?: boolean; keepCache?: boolean }): FuseReply {
     if (!Number.isSafeInteger(r.fh) || r.fh < 0) throw new Error(`provider returned fh ${String(r.fh)}`);
-    const { reply, v } = replyOf(unique, Size.openOut);
-    this.putOpen(v, Size.outHeader, r);
+    const { reply, v, x } = replyOf(unique, Size.openOut);
+    this.putOpen(v, x, r);
     return reply;
   }
 
@@ -901,74 +1038,78 @@ export class FuseServer {
   private readdir(h: FuseHeader, b: Body, v: DataView, room: number, ctx: FsContext): MaybePromise<FuseReply> {
     const ino = this.node(h);
     const at = b.need(Size.readIn, 'fuse_read_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
-    const offset = safe(v.getBigUint64(at + 8, true), 'offset');
+    const fh = safe(v, at, 'fh');
+    const offset = safe(v, at + 8, 'offset');
     const size = Math.min(v.getUint32(at + 16, true), Math.max(0, room - Size.outHeader), 1 << 20);
     const plus = h.opcode === Op.READDIRPLUS;
     const per = plus ? Size.entryOut + Size.dirent : Size.dirent;
     const limit = Math.max(1, Math.floor(size / (per + 8)));
     const p = this.provider;
     return after(p.readdir(ino, fh, offset, limit, ctx), (entries): MaybePromise<FuseReply> => {
-      const out = new Uint8Array(size);
-      const o = new DataView(out.buffer);
-      let used = 0;
-      const lookups: MaybePromise<FileAttr | null>[] = [];
-      const names: Uint8Array[] = [];
-      let count = 0;
-      for (const e of entries) {
-        const nb = enc.encode(e.name);
-        if (nb.length === 0 || nb.length > NAME_MAX) continue;
-        const rec = (per + nb.length + 7) & ~7;
-        if (used + rec > size) break;
-        used += rec;
-        names.push(nb);
-        count++;
+      // The records are written as the entries are read (names straight into the reply: no
+      // encoded copy per name); an entry's fuse_entry_out when its lookup answers. The bytes
+      // are fresh (zeroed): an entry left without attributes has nodeid 0, which the kernel
+      // does not look up.
+      const big = size > SLAB / 4;
+      const base = big ? 0 : carve(size);
+      const out = big ? new Uint8Array(size) : new Uint8Array(slab!, base, size);
+      const o = big ? new DataView(out.buffer) : slabView!;
+      let pos = 0;
+      let waits: Promise<void>[] | null = null;
+      for (let i = 0; i < entries.length; i++) {
+        const e = entries[i];
+        const len = utf8Length(e.name);
+        if (len === 0 || len > NAME_MAX) continue;
+        if (pos + ((per + len + 7) & ~7) > size) break;
+        let d = pos;
         if (plus) {
-          const dot = e.name === '.' || e.name === '..';
-          lookups.push(dot ? null : p.lookup(ino, e.name, ctx));
-        }
-      }
-      const build = (attrs: (FileAttr | null)[]): FuseReply => {
-        let pos = 0;
-        for (let i = 0; i < count; i++) {
-          const e = entries[i];
-          const nb = names[i];
-          let a = plus ? attrs[i] : null;
-          if (plus) {
-            if (a !== null) {
-              try {
-                a = checkAttr(a);
-                this.putEntry(o, pos, a);
-                this.ref(a.ino);
-              } catch {
-                a = null;
-              }
+          d += Size.entryOut;
+          if (e.name !== '.' && e.name !== '..') {
+            // An entry that vanished between readdir and its lookup goes without attributes.
+            let a: MaybePromise<FileAttr> | null;
+            try {
+              a = p.lookup(ino, e.name, ctx);
+            } catch {
+              a = null;
             }
-            if (a === null) out.fill(0, pos, pos + Size.entryOut); // nodeid 0: the kernel does not look it up
-            pos += Size.entryOut;
+            const at = pos;
+            if (a !== null && typeof (a as Promise<FileAttr>).then === 'function') {
+              (waits ??= []).push((a as Promise<FileAttr>).then((x) => this.plusEntry(out, o, base, at, x), () => undefined));
+            } else if (a !== null) this.plusEntry(out, o, base, at, a as FileAttr);
           }
-          u64(o, pos, e.ino);
-          u64(o, pos + 8, e.off);
-          o.setUint32(pos + 16, nb.length, true);
-          o.setUint32(pos + 20, ((e.type & S_IFMT) >>> 12) & 0xf, true);
-          out.set(nb, pos + Size.dirent);
-          pos = (pos + Size.dirent + nb.length + 7) & ~7;
         }
-        return replyOf(h.unique, 0, out.subarray(0, pos)).reply;
-      };
-      if (!plus) return build([]);
-      // An entry that vanished between readdir and its lookup goes without attributes.
-      const settled = lookups.map((l) => (l !== null && typeof (l as Promise<FileAttr>).then === 'function' ? (l as Promise<FileAttr>).then((a) => a, () => null) : l));
-      if (settled.some((l) => l !== null && typeof (l as Promise<unknown>).then === 'function')) return Promise.all(settled).then(build);
-      return build(settled as (FileAttr | null)[]);
+        u64(o, base + d, e.ino);
+        u64(o, base + d + 8, e.off);
+        o.setUint32(base + d + 16, len, true);
+        o.setUint32(base + d + 20, ((e.type & S_IFMT) >>> 12) & 0xf, true);
+        putName(out, d + Size.dirent, e.name, len);
+        pos = (d + Size.dirent + len + 7) & ~7;
+      }
+      const used = pos;
+      if (waits === null) return replyOf(h.unique, 0, out.subarray(0, used)).reply;
+      return Promise.all(waits).then(() => replyOf(h.unique, 0, out.subarray(0, used)).reply);
     }) as MaybePromise<FuseReply>;
+  }
+
+  /**
+   * A READDIRPLUS entry's fuse_entry_out at `at` of `out` (written through `o`, where `out`
+   * starts at `base`): the kernel holds one more reference to the node. A bad attr (a provider
+   * bug) leaves it zero: nodeid 0.
+   */
+  private plusEntry(out: Uint8Array, o: DataView, base: number, at: number, a: FileAttr): void {
+    try {
+      this.putEntry(o, base + at, checkAttr(a));
+      this.ref(a.ino);
+    } catch {
+      out.fill(0, at, at + Size.entryOut);
+    }
   }
 
   /** GETLK / SETLK / SETLKW (POSIX locks; flock locks are not negotiated). */
   private lock(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply> {
     const ino = this.node(h);
     const at = b.need(Size.lkIn, 'fuse_lk_in');
-    const fh = safe(v.getBigUint64(at, true), 'fh');
+    const fh = safe(v, at, 'fh');
     const owner = v.getBigUint64(at + 8, true);
     const start = v.getBigUint64(at + 16, true);
     const end = v.getBigUint64(at + 24, true);
@@ -984,8 +1125,7 @@ export class FuseServer {
     const p = this.provider;
     if (h.opcode === Op.GETLK) {
       return after(this.need(p.getlk)(ino, fh, owner, lock, ctx), (l) => {
-        const { reply, v: o } = replyOf(h.unique, Size.lkOut);
-        const x = Size.outHeader;
+        const { reply, v: o, x } = replyOf(h.unique, Size.lkOut);
         o.setBigUint64(x, l.start === Infinity ? OFFSET_MAX : BigInt(Math.max(0, Math.floor(l.start))), true);
         o.setBigUint64(x + 8, l.end === Infinity ? OFFSET_MAX : BigInt(Math.max(0, Math.floor(l.end))), true);
         o.setUint32(x + 16, l.type, true);

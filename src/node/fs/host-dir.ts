@@ -50,7 +50,7 @@
  *
  * Node only (Linux): needs the native addon.
  */
-import { fdatasync, fsync, ftruncateSync, openSync, read as readAsync, writeSync, constants as C } from 'node:fs';
+import { fdatasync, fsync, ftruncateSync, openSync, read as readAsync, constants as C } from 'node:fs';
 import { native, type NativeAddon } from '../../native/index.js';
 import { Errno, errnoFromName } from '../../fs/errno.js';
 import {
@@ -127,7 +127,8 @@ const MORE_ERRNO: Readonly<Record<string, number>> = { ETXTBSY: 26, EDQUOT: 122,
 interface Node {
   readonly ino: number;
   readonly fd: number;
-  readonly key: string;
+  /** Its key in byKey (see keyOf). */
+  readonly key: number | string;
   readonly type: number;
   /** Open-file-description lock fds, one per lock owner (see setlk). */
   locks: Map<bigint, number> | null;
@@ -183,7 +184,8 @@ export class HostDirFs implements FsProvider {
   readonly killsPriv = true;
   private readonly n: NativeAddon;
   private readonly nodes = new Map<number, Node>();
-  private readonly byKey = new Map<string, Node>();
+  /** Held nodes by host inode (keyOf): one Map lookup tells whether a name's inode is held. */
+  private readonly byKey = new Map<number | string, Node>();
   private readonly handles = new Map<number, Handle>();
   private nextFh = 1;
   private nextIno = INO_COUNTER_BASE;
@@ -266,7 +268,13 @@ export class HostDirFs implements FsProvider {
 
   // --- nodes -------------------------------------------------------------------------------
 
-  private keyOf(st: Float64Array): string {
+  /**
+   * The key of host inode (st_dev, st_ino) in this.byKey: the inode number itself on the
+   * root's file system (below 2^52: a safe integer, no string built per lookup), else
+   * "dev:high:low".
+   */
+  private keyOf(st: Float64Array): number | string {
+    if (st[0] === this.rootDev && st[1] < 0x100000) return st[1] * 2 ** 32 + st[2];
     return `${st[0]}:${st[1]}:${st[2]}`;
   }
 
@@ -389,7 +397,14 @@ export class HostDirFs implements FsProvider {
   lookup(parent: number, name: string): FileAttr {
     checkName(name);
     const dir = this.dirNode(parent);
-    // One native call (openat2 + fstat); a missing name is -ENOENT, an error without a stack.
+    // First which inode the name is (fstatat, no open; a missing name is -ENOENT, an error
+    // without a stack): one already held answers with its attributes, its held fd stays the
+    // node's. A new one is opened beneath the directory (openat2 + fstat in one native call)
+    // and keyed by what the new fd is, not by the first stat (the name may have changed since).
+    const r = this.n.fsStatAt(dir.fd, name, this.st);
+    if (r < 0) throw FsError.quick(-r);
+    const known = this.byKey.get(this.keyOf(this.st));
+    if (known !== undefined) return this.attr(known.ino);
     const fd = this.n.fsLookup(dir.fd, name, this.st);
     if (fd < 0) throw FsError.quick(-fd);
     return this.adoptStated(fd);
@@ -409,7 +424,8 @@ export class HostDirFs implements FsProvider {
   /** fstat of the node's inode. */
   getattr(ino: number): FileAttr {
     const node = this.node(ino);
-    sys(() => this.n.fsStat(node.fd, '', this.st));
+    const r = this.n.fsFstat(node.fd, this.st);
+    if (r < 0) throw new FsError(-r);
     return this.attr(ino);
   }
 
@@ -534,7 +550,12 @@ export class HostDirFs implements FsProvider {
     if (node.type !== S_IFREG) throw new FsError(node.type === S_IFLNK ? Errno.ELOOP : Errno.EPERM);
     const f = flags & OPEN_FLAGS;
     if (this.readOnly && ((f & O_ACCMODE) !== 0 || (f & O_TRUNC) !== 0)) throw new FsError(Errno.EROFS);
-    const fd = sys(() => this.n.fsReopen(node.fd, f));
+    let fd: number;
+    try {
+      fd = this.n.fsReopen(node.fd, f);
+    } catch (err) {
+      throw new FsError(errnoOf(err));
+    }
     return { fh: this.addHandle(fd, node, f & O_ACCMODE), directIo: this.directIo };
   }
 
@@ -578,21 +599,20 @@ export class HostDirFs implements FsProvider {
   read(ino: number, fh: number, offset: number, size: number): Uint8Array | Promise<Uint8Array> {
     const h = this.handle(fh, ino);
     if (size > this.scratch.length) this.scratch = new Uint8Array(size);
-    const view = this.scratch.subarray(0, size);
-    let done = 0;
-    while (done < size) {
-      // A short read is the end of the file (the next read says 0) or the end of what the page
-      // cache holds (the next one says -1: it would wait).
-      const got = sys(() => this.n.preadvNowait(h.fd, [done === 0 ? view : view.subarray(done)], offset + done));
-      if (got === 0) break;
-      if (got < 0) {
-        this.stats.poolReads++;
-        return this.readPool(h.fd, offset, size, view.subarray(0, done));
-      }
-      done += got;
+    // One native call: preadv2(RWF_NOWAIT) until the size is read or the end of the file.
+    let got: number;
+    try {
+      got = this.n.fsPreadNowait(h.fd, this.scratch, size, offset);
+    } catch (err) {
+      throw new FsError(errnoOf(err));
+    }
+    if (got < 0) {
+      // The rest would wait for the disk: on the thread pool, after what the page cache gave.
+      this.stats.poolReads++;
+      return this.readPool(h.fd, offset, size, this.scratch.subarray(0, -1 - got));
     }
     this.stats.cachedReads++;
-    return view.subarray(0, done);
+    return this.scratch.subarray(0, got);
   }
 
   /** The rest of a read on the thread pool, after `head` (what the page cache gave). */
@@ -612,11 +632,11 @@ export class HostDirFs implements FsProvider {
   write(ino: number, fh: number, offset: number, data: Uint8Array): number {
     this.writable();
     const h = this.handle(fh, ino);
-    let done = 0;
-    sys(() => {
-      while (done < data.length) done += writeSync(h.fd, data, done, data.length - done, offset + done);
-    });
-    return done;
+    try {
+      return this.n.fsPwrite(h.fd, data, offset);
+    } catch (err) {
+      throw new FsError(errnoOf(err));
+    }
   }
 
   /** close(2) of one descriptor: drops the POSIX locks of `lockOwner` on this file, as close does. */

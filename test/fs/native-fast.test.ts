@@ -1,0 +1,114 @@
+/**
+ * The addon's one-call file-system paths (native/fs.c) that HostDirFs's hot opcodes use:
+ * fsStatAt (LOOKUP of a held inode: a stat, nothing opened), fsFstat (GETATTR), fsPreadNowait
+ * (READ) and fsPwrite (WRITE); and HostDirFs's LOOKUP answering a held inode with its held fd.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { closeSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { native } from '../../src/native/index.js';
+import { HostDirFs } from '../../src/node/fs/host-dir.js';
+import { Errno, FsError, ROOT_INO } from '../../src/fs/vfs.js';
+
+const O_PATH = 0o10000000;
+const EXDEV = 18;
+const inoOf = (st: Float64Array) => BigInt(st[1]) * 2n ** 32n + BigInt(st[2]);
+/** This process's open fds (each call opens one for the listing itself, the same each time). */
+const openFds = () => readdirSync('/proc/self/fd').length;
+
+function tree() {
+  const base = mkdtempSync(join(tmpdir(), 'virtio-ts-fast-'));
+  const root = join(base, 'root');
+  mkdirSync(root);
+  writeFileSync(join(base, 'outside'), 'secret');
+  writeFileSync(join(root, 'file'), 'inside!');
+  symlinkSync('../outside', join(root, 'up'));
+  return { base, root, done: () => rmSync(base, { recursive: true, force: true }) };
+}
+
+test('fsStatAt: the stat of one name beneath a directory fd, nothing opened; a miss, ".." and a symlink are answers, bad arguments throw', () => {
+  const n = native();
+  const t = tree();
+  const dir = openSync(t.root, O_PATH);
+  try {
+    const st = new Float64Array(17);
+    const before = openFds();
+    assert.equal(n.fsStatAt(dir, 'file', st), 0);
+    assert.equal(openFds(), before, 'no fd left open');
+    assert.equal(inoOf(st), lstatSync(join(t.root, 'file'), { bigint: true }).ino);
+    assert.equal(st[8], 7, 'size');
+    assert.equal(n.fsStatAt(dir, 'up', st), 0);
+    assert.equal(st[3] & 0o170000, 0o120000, 'the symlink itself, never its target outside');
+    st.fill(-1);
+    assert.equal(n.fsStatAt(dir, 'nothing', st), -Errno.ENOENT);
+    assert.equal(st[1], -1, 'out untouched on a miss');
+    assert.equal(n.fsStatAt(dir, '..', st), -EXDEV, '".." never resolves');
+    for (const bad of ['a/b', '', 'x'.repeat(300)]) assert.throws(() => n.fsStatAt(dir, bad, st), (e: NodeJS.ErrnoException) => e.code === 'EINVAL', JSON.stringify(bad));
+    assert.throws(() => n.fsStatAt(dir, 'file', new Float64Array(16)), (e: NodeJS.ErrnoException) => e.code === 'EINVAL', 'a short out array');
+  } finally {
+    closeSync(dir);
+    t.done();
+  }
+});
+
+test('fsFstat, fsPwrite, fsPreadNowait: stat of an fd, a whole write at an offset, a read to the end of the file; errors as -errno or thrown', () => {
+  const n = native();
+  const t = tree();
+  const path = join(t.root, 'file');
+  const fd = openSync(path, 'r+');
+  const opath = openSync(path, O_PATH);
+  try {
+    const st = new Float64Array(17);
+    assert.equal(n.fsFstat(opath, st), 0, 'an O_PATH fd is enough');
+    assert.equal(inoOf(st), lstatSync(path, { bigint: true }).ino);
+    assert.equal(n.fsFstat(1 << 20, st), -9, 'EBADF as a number');
+
+    assert.equal(n.fsPwrite(fd, new TextEncoder().encode('OUT'), 2), 3);
+    assert.equal(readFileSync(path, 'utf8'), 'inOUTe!');
+    assert.equal(n.fsPwrite(fd, new Uint8Array(0), 0), 0);
+    assert.throws(() => n.fsPwrite(opath, new Uint8Array(1), 0), (e: NodeJS.ErrnoException) => e.code === 'EBADF', 'an O_PATH fd cannot write');
+
+    const into = new Uint8Array(64).fill(0xee);
+    assert.equal(n.fsPreadNowait(fd, into, 64, 0), 7, 'short at the end of the file');
+    assert.equal(new TextDecoder().decode(into.subarray(0, 7)), 'inOUTe!');
+    assert.equal(into[7], 0xee, 'nothing written past what was read');
+    assert.equal(n.fsPreadNowait(fd, into, 3, 4), 3, 'exactly the length asked');
+    assert.equal(new TextDecoder().decode(into.subarray(0, 3)), 'Te!');
+    assert.equal(n.fsPreadNowait(fd, into, 64, 100), 0, 'past the end');
+    assert.throws(() => n.fsPreadNowait(fd, into, 65, 0), (e: NodeJS.ErrnoException) => e.code === 'EINVAL', 'a length past the buffer');
+    assert.throws(() => n.fsPreadNowait(opath, into, 1, 0), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+  } finally {
+    closeSync(fd);
+    closeSync(opath);
+    t.done();
+  }
+});
+
+test('HostDirFs LOOKUP of a held inode answers the held node (no fd kept); a name moved to another inode is that inode, the old node stays its own', () => {
+  const t = tree();
+  const fs = HostDirFs.open(t.root);
+  try {
+    const a = fs.lookup(ROOT_INO, 'file');
+    const held = fs.counts.nodes;
+    const fds = openFds();
+    for (let i = 0; i < 50; i++) assert.equal(fs.lookup(ROOT_INO, 'file').ino, a.ino, 'the same node');
+    assert.equal(openFds(), fds, 'no fd kept by a lookup of a held inode');
+    assert.equal(fs.counts.nodes, held);
+    assert.equal(fs.lookup(ROOT_INO, 'file').size, 7, 'its current attributes');
+    // Another inode takes the name: the lookup opens it (a new node) and the held one stays.
+    writeFileSync(join(t.root, 'other'), 'another inode');
+    renameSync(join(t.root, 'other'), join(t.root, 'file'));
+    const b = fs.lookup(ROOT_INO, 'file');
+    assert.notEqual(b.ino, a.ino);
+    assert.equal(b.size, 13);
+    assert.equal(fs.counts.nodes, held + 1);
+    assert.equal(fs.getattr(a.ino).nlink, 0, 'the old node is still its inode (unlinked, held open)');
+    assert.throws(() => fs.lookup(ROOT_INO, 'nothing'), (e: unknown) => e instanceof FsError && e.errno === Errno.ENOENT);
+    assert.equal(fs.lookup(ROOT_INO, 'up').mode & 0o170000, 0o120000, 'a symlink is looked up as itself');
+  } finally {
+    fs.close();
+    t.done();
+  }
+});
