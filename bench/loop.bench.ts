@@ -637,8 +637,11 @@ async function main(): Promise<void> {
     // Profiling mode: one side only, a fixed number of chains, no timing (run under --cpu-prof).
     const rigs = PROFILE === 'floor' ? floors : libs;
     const t = performance.now();
+    const cpu = process.cpuUsage();
     for (const rig of rigs) rig.run(PROFILE_CHAINS);
-    console.log(`profiled ${PROFILE}: ${rigs.length} row(s) x ${PROFILE_CHAINS} chains in ${(performance.now() - t).toFixed(0)} ms`);
+    const used = process.cpuUsage(cpu);
+    const cpuNs = ((used.user + used.system) * 1000) / (rigs.length * PROFILE_CHAINS);
+    console.log(`profiled ${PROFILE}: ${rigs.length} row(s) x ${PROFILE_CHAINS} chains in ${(performance.now() - t).toFixed(0)} ms, ${cpuNs.toFixed(1)} ns CPU per chain`);
     return;
   }
   const tasks: [string, () => void][] = [];
