@@ -84,6 +84,24 @@ export class DescriptorChain {
    * room for another piece, else 'ok'. The caller names the clause.
    */
   append(mem: GuestMemory, addr: number, len: number, writable: boolean): 'ok' | 'range' | 'full' {
+    // The usual case first: the whole buffer in one region (the one of the last lookup, as a
+    // rule) and room for it, one piece with no loop.
+    if (this.count < this.capacity && mem.regionFor(addr, len) !== null) {
+      const i = this.count++;
+      this.addrs[i] = addr;
+      this.lens[i] = len;
+      if (writable) this.writableBytes += len;
+      else {
+        this.readable = this.count;
+        this.readableBytes += len;
+      }
+      return 'ok';
+    }
+    return this.appendPieces(mem, addr, len, writable);
+  }
+
+  /** append for a buffer that spans regions (or lies outside memory), or a chain out of room. */
+  private appendPieces(mem: GuestMemory, addr: number, len: number, writable: boolean): 'ok' | 'range' | 'full' {
     let cur = addr;
     let left = len;
     do {
