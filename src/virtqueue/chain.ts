@@ -87,14 +87,7 @@ export class DescriptorChain {
     // The usual case first: the whole buffer in one region (the one of the last lookup, as a
     // rule) and room for it, one piece with no loop.
     if (this.count < this.capacity && mem.regionFor(addr, len) !== null) {
-      const i = this.count++;
-      this.addrs[i] = addr;
-      this.lens[i] = len;
-      if (writable) this.writableBytes += len;
-      else {
-        this.readable = this.count;
-        this.readableBytes += len;
-      }
+      this.put(addr, len, writable);
       return 'ok';
     }
     return this.appendPieces(mem, addr, len, writable);
@@ -109,18 +102,23 @@ export class DescriptorChain {
       if (r === null) return 'range';
       if (this.count >= this.capacity && !this.grow()) return 'full';
       const piece = Math.min(left, r.end - cur);
-      const i = this.count++;
-      this.addrs[i] = cur;
-      this.lens[i] = piece;
-      if (writable) this.writableBytes += piece;
-      else {
-        this.readable = this.count;
-        this.readableBytes += piece;
-      }
+      this.put(cur, piece, writable);
       cur += piece;
       left -= piece;
     } while (left > 0);
     return 'ok';
+  }
+
+  /** Stores one piece (room checked by the caller) and counts its bytes in its part. */
+  private put(addr: number, len: number, writable: boolean): void {
+    const i = this.count++;
+    this.addrs[i] = addr;
+    this.lens[i] = len;
+    if (writable) this.writableBytes += len;
+    else {
+      this.readable = this.count;
+      this.readableBytes += len;
+    }
   }
 
   /** Starts an empty chain (the walker fills it). */
