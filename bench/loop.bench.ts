@@ -33,7 +33,7 @@
  *
  * Environment: BENCH_TIME_MS, BENCH_ROUNDS, BENCH_FILTER (substring of "format:shape/batch",
  * e.g. "blk", "packed:", "/32"), BENCH_PROFILE=lib|floor (run that side only, untimed, for
- * `node --cpu-prof`).
+ * `node --cpu-prof` or `perf record`; BENCH_PROFILE_CHAINS chains per row, default 4 M).
  */
 import os from 'node:os';
 import { GuestMemory } from '../src/memory/guest-memory.js';
@@ -76,7 +76,7 @@ const key = (r: Row): string => `${r.format}:${r.shape}/${r.batch}`;
 const FILTER = process.env.BENCH_FILTER;
 /** BENCH_PROFILE=lib|floor: run only that side, PROFILE_CHAINS chains per row, untimed (for node --cpu-prof). */
 const PROFILE = process.env.BENCH_PROFILE === 'lib' || process.env.BENCH_PROFILE === 'floor' ? process.env.BENCH_PROFILE : undefined;
-const PROFILE_CHAINS = 4_000_000;
+const PROFILE_CHAINS = Number(process.env.BENCH_PROFILE_CHAINS ?? 4_000_000);
 const ROWS = FILTER ? ALL_ROWS.filter((r) => key(r).includes(FILTER)) : ALL_ROWS;
 
 // ---------------------------------------------------------------------------------------
@@ -637,8 +637,11 @@ async function main(): Promise<void> {
     // Profiling mode: one side only, a fixed number of chains, no timing (run under --cpu-prof).
     const rigs = PROFILE === 'floor' ? floors : libs;
     const t = performance.now();
+    const cpu = process.cpuUsage();
     for (const rig of rigs) rig.run(PROFILE_CHAINS);
-    console.log(`profiled ${PROFILE}: ${rigs.length} row(s) x ${PROFILE_CHAINS} chains in ${(performance.now() - t).toFixed(0)} ms`);
+    const used = process.cpuUsage(cpu);
+    const cpuNs = ((used.user + used.system) * 1000) / (rigs.length * PROFILE_CHAINS);
+    console.log(`profiled ${PROFILE}: ${rigs.length} row(s) x ${PROFILE_CHAINS} chains in ${(performance.now() - t).toFixed(0)} ms, ${cpuNs.toFixed(1)} ns CPU per chain`);
     return;
   }
   const tasks: [string, () => void][] = [];

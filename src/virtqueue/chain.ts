@@ -84,6 +84,17 @@ export class DescriptorChain {
    * room for another piece, else 'ok'. The caller names the clause.
    */
   append(mem: GuestMemory, addr: number, len: number, writable: boolean): 'ok' | 'range' | 'full' {
+    // The usual case first: the whole buffer in one region (the one of the last lookup, as a
+    // rule) and room for it, one piece with no loop.
+    if (this.count < this.capacity && mem.regionFor(addr, len) !== null) {
+      this.put(addr, len, writable);
+      return 'ok';
+    }
+    return this.appendPieces(mem, addr, len, writable);
+  }
+
+  /** append for a buffer that spans regions (or lies outside memory), or a chain out of room. */
+  private appendPieces(mem: GuestMemory, addr: number, len: number, writable: boolean): 'ok' | 'range' | 'full' {
     let cur = addr;
     let left = len;
     do {
@@ -91,18 +102,23 @@ export class DescriptorChain {
       if (r === null) return 'range';
       if (this.count >= this.capacity && !this.grow()) return 'full';
       const piece = Math.min(left, r.end - cur);
-      const i = this.count++;
-      this.addrs[i] = cur;
-      this.lens[i] = piece;
-      if (writable) this.writableBytes += piece;
-      else {
-        this.readable = this.count;
-        this.readableBytes += piece;
-      }
+      this.put(cur, piece, writable);
       cur += piece;
       left -= piece;
     } while (left > 0);
     return 'ok';
+  }
+
+  /** Stores one piece (room checked by the caller) and counts its bytes in its part. */
+  private put(addr: number, len: number, writable: boolean): void {
+    const i = this.count++;
+    this.addrs[i] = addr;
+    this.lens[i] = len;
+    if (writable) this.writableBytes += len;
+    else {
+      this.readable = this.count;
+      this.readableBytes += len;
+    }
   }
 
   /** Starts an empty chain (the walker fills it). */
@@ -201,11 +217,13 @@ abstract class ChainCursor {
   protected chain!: DescriptorChain;
   protected seg = 0;
   protected segOff = 0;
-  protected end = 0; // exclusive segment index
   /** Bytes left in this part (or under the limit set by `limit`). */
   remaining = 0;
-  /** Bytes consumed so far. */
-  position = 0;
+  /**
+   * `position + remaining`: what the part (or the limit) holds in all. Only `remaining` moves as
+   * bytes are consumed (one field update per access, not two); `position` is derived from it.
+   */
+  private span = 0;
   /** The window's region (kept across chains as a hint: most buffers lie in the region of the one before). */
   protected win: MemoryRegion | null = null;
   /** The current segment's offset in `win`. */
@@ -215,16 +233,20 @@ abstract class ChainCursor {
   /** GuestMemory.generation when `win` was found: the window holds only while it has not moved. */
   protected winGen = -1;
 
-  /** Points the cursor at segments [first, end) of `chain`, `total` bytes. */
-  protected init(mem: GuestMemory, chain: DescriptorChain, first: number, end: number, total: number): void {
-    if (mem !== this.mem) this.win = null; // a region of another memory is never tried
-    this.mem = mem;
+  /**
+   * Points the cursor at `chain`'s segments from `first` on, `total` bytes (the part ends where
+   * they are used up: `remaining` bounds every walk over the segments).
+   */
+  protected init(mem: GuestMemory, chain: DescriptorChain, first: number, total: number): void {
+    if (mem !== this.mem) {
+      this.win = null; // a region of another memory is never tried
+      this.mem = mem;
+    }
     this.chain = chain;
     this.seg = first;
     this.segOff = 0;
-    this.end = end;
     this.remaining = total;
-    this.position = 0;
+    this.span = total;
     this.winEnd = 0;
     if (total > 0) {
       // The first window now, so the first field of a request is on the fast path too.
@@ -233,9 +255,15 @@ abstract class ChainCursor {
     }
   }
 
+  /** Bytes consumed so far. */
+  get position(): number {
+    return this.span - this.remaining;
+  }
+
   /** Caps the bytes this cursor will still give (e.g. a request header's size). */
   limit(bytes: number): this {
     if (bytes < this.remaining) {
+      this.span -= this.remaining - bytes;
       this.remaining = bytes;
       if (this.winEnd > this.segOff + bytes) this.winEnd = Math.max(0, this.segOff + bytes);
     }
@@ -262,12 +290,6 @@ abstract class ChainCursor {
       avail = lens[this.seg];
     }
     return avail;
-  }
-
-  /** Counts `n` bytes as consumed (the segment offset moved already). */
-  protected consumed(n: number): void {
-    this.remaining -= n;
-    this.position += n;
   }
 
   /**
@@ -306,6 +328,17 @@ abstract class ChainCursor {
   }
 
   /**
+   * Called after a copy that ended exactly at the window's end with bytes still left in the part
+   * (so the segment is used up: a window stops short of its segment only where the bytes left
+   * end): opens the window on the next segment now, so that the field that usually follows a
+   * payload (a blk status byte after the data buffer) takes the fast path.
+   */
+  protected advance(): void {
+    this.here();
+    this.open();
+  }
+
+  /**
    * The region offset of the next `n` (> 0) bytes when they lie in one region and one segment
    * (opening the window on the next segment when needed), else -1; need(n) called first.
    * Consumes nothing.
@@ -325,7 +358,7 @@ abstract class ChainCursor {
       this.segOff += take;
       left -= take;
     }
-    this.consumed(n);
+    this.remaining -= n;
   }
 }
 
@@ -333,7 +366,7 @@ abstract class ChainCursor {
 export class ChainReader extends ChainCursor {
   /** Starts reading `chain`'s device-readable part (over `mem`). */
   reset(mem: GuestMemory, chain: DescriptorChain): this {
-    this.init(mem, chain, 0, chain.readable, chain.readableBytes);
+    this.init(mem, chain, 0, chain.readableBytes);
     return this;
   }
 
@@ -352,7 +385,8 @@ export class ChainReader extends ChainCursor {
       // In the window: one copy (copyBetween checks the range of dst, nothing consumed before).
       this.mem.copyBetween(this.win!.bytes, this.winBase + o, dst, offset, length);
       this.segOff = o + length;
-      this.consumed(length);
+      this.remaining -= length;
+      if (o + length === this.winEnd && this.remaining > 0) this.advance();
       return;
     }
     this.readAcross(dst, offset, length);
@@ -373,7 +407,7 @@ export class ChainReader extends ChainCursor {
       this.segOff += take;
       done += take;
     }
-    this.consumed(length);
+    this.remaining -= length;
     this.clampWindow();
   }
 
@@ -389,7 +423,7 @@ export class ChainReader extends ChainCursor {
     const o = this.segOff;
     if (o + 1 <= this.winEnd && this.winGen === this.mem.generation) {
       this.segOff = o + 1;
-      this.consumed(1);
+      this.remaining -= 1;
       return this.win!.bytes[this.winBase + o];
     }
     return this.fieldSlow(1);
@@ -400,7 +434,7 @@ export class ChainReader extends ChainCursor {
     const o = this.segOff;
     if (o + 2 <= this.winEnd && this.winGen === this.mem.generation) {
       this.segOff = o + 2;
-      this.consumed(2);
+      this.remaining -= 2;
       return this.win!.view.getUint16(this.winBase + o, true);
     }
     return this.fieldSlow(2);
@@ -411,7 +445,7 @@ export class ChainReader extends ChainCursor {
     const o = this.segOff;
     if (o + 4 <= this.winEnd && this.winGen === this.mem.generation) {
       this.segOff = o + 4;
-      this.consumed(4);
+      this.remaining -= 4;
       return this.win!.view.getUint32(this.winBase + o, true);
     }
     return this.fieldSlow(4);
@@ -428,7 +462,7 @@ export class ChainReader extends ChainCursor {
       const v = this.win!.view;
       const x = n === 1 ? v.getUint8(at) : n === 2 ? v.getUint16(at, true) : v.getUint32(at, true);
       this.segOff += n;
-      this.consumed(n);
+      this.remaining -= n;
       return x;
     }
     let x = 0;
@@ -436,7 +470,7 @@ export class ChainReader extends ChainCursor {
       this.here();
       const b = (this.segOff < this.winEnd && this.winGen === this.mem.generation) || this.open() ? this.win!.bytes[this.winBase + this.segOff] : this.mem.readU8(this.chain.addrs[this.seg] + this.segOff);
       this.segOff++;
-      this.consumed(1);
+      this.remaining -= 1;
       x += b * 2 ** (8 * i);
     }
     return x;
@@ -463,7 +497,7 @@ export class ChainReader extends ChainCursor {
       const hi = v.getUint32(at + 4, true);
       if (hi <= 0x1f_ffff) {
         this.segOff = o + 8;
-        this.consumed(8);
+        this.remaining -= 8;
         return hi * 0x1_0000_0000 + v.getUint32(at, true);
       }
     }
@@ -482,7 +516,6 @@ export class ChainReader extends ChainCursor {
       this.segOff = segOff;
       this.winEnd = 0;
       this.remaining += 8;
-      this.position -= 8;
       throw new VirtqueueError('unsafe-integer', `64-bit value 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} in the chain is 2^53 or more: read it with readU64`);
     }
     return hi * 0x1_0000_0000 + lo;
@@ -493,7 +526,7 @@ export class ChainReader extends ChainCursor {
 export class ChainWriter extends ChainCursor {
   /** Starts writing `chain`'s device-writable part (over `mem`). */
   reset(mem: GuestMemory, chain: DescriptorChain): this {
-    this.init(mem, chain, chain.readable, chain.count, chain.writableBytes);
+    this.init(mem, chain, chain.readable, chain.writableBytes);
     return this;
   }
 
@@ -514,6 +547,7 @@ export class ChainWriter extends ChainCursor {
       if (offset === 0 && length === src.length) this.win!.bytes.set(src, this.winBase + o);
       else this.mem.copyBetween(src, offset, this.win!.bytes, this.winBase + o, length);
       this.wrote(o, length);
+      if (o + length === this.winEnd && this.remaining > 0) this.advance();
       return;
     }
     this.writeAcross(src, offset, length);
@@ -537,7 +571,7 @@ export class ChainWriter extends ChainCursor {
       this.segOff += take;
       done += take;
     }
-    this.consumed(length);
+    this.remaining -= length;
     this.clampWindow();
   }
 
@@ -552,7 +586,7 @@ export class ChainWriter extends ChainCursor {
       this.segOff += take;
       done += take;
     }
-    this.consumed(n);
+    this.remaining -= n;
   }
 
   /**
@@ -572,13 +606,13 @@ export class ChainWriter extends ChainCursor {
       this.segOff += take;
       done += take;
     }
-    this.consumed(n);
+    this.remaining -= n;
   }
 
   /** Moves on past `n` bytes written at segment offset `o` of the current segment and tells onWrite. */
   private wrote(o: number, n: number): void {
     this.segOff = o + n;
-    this.consumed(n);
+    this.remaining -= n;
     const hook = this.mem.onWrite;
     if (hook !== null) hook(this.chain.addrs[this.seg] + o, n);
   }
@@ -646,7 +680,7 @@ export class ChainWriter extends ChainCursor {
       } else {
         this.mem.writeU8(this.chain.addrs[this.seg] + this.segOff, b);
         this.segOff++;
-        this.consumed(1);
+        this.remaining -= 1;
       }
     }
   }
