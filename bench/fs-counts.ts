@@ -13,12 +13,13 @@
  *   are read, not its times.
  *
  * Options: --files N (default 2000), --mb N (default 32), --direct-io, --virtiofsd (its cache
- * mode: --virtiofsd-cache auto|none, default auto, as bench:fs's headline anchor), --json.
+ * mode: --virtiofsd-cache auto|none, default auto, as bench:fs's headline anchor), --json,
+ * --dir DIR (as bench:fs's: default /dev/shm).
  * Nothing here asserts anything but the workload's correctness (checkWorkload).
  */
 import { loadavg } from 'node:os';
 import { boot } from '../test/guest/harness.js';
-import { checkWorkload, makeShare, virtiofsdArgs, virtiofsdMissing, VIRTIOFSD, workloadAppend } from '../test/guest/fs-host-guest.js';
+import { benchShareParent, checkWorkload, makeShare, virtiofsdArgs, virtiofsdMissing, VIRTIOFSD, workloadAppend } from '../test/guest/fs-host-guest.js';
 import { FsDevice } from '../src/devices/fs/device.js';
 import { HostDirFs } from '../src/node/fs/host-dir.js';
 import { serveVhostUser } from '../src/transports/vhost-user/daemon.js';
@@ -35,6 +36,7 @@ const DIRECT = argv.includes('--direct-io');
 const VCACHE = argv.includes('--virtiofsd-cache') ? argv[argv.indexOf('--virtiofsd-cache') + 1] : 'auto';
 if (VCACHE !== 'auto' && VCACHE !== 'none') throw new Error('--virtiofsd-cache auto|none');
 const JSON_OUT = argv.includes('--json');
+const SHARE_PARENT = benchShareParent(argv);
 const PHASES = ['create', 'list', 'read', 'rename', 'delete', 'write', 'bigread', 'concurrent', 'fsync'] as const;
 
 interface Phase {
@@ -50,7 +52,7 @@ interface Phase {
  * the end of each; checks the files it left. Returns the guest's results.
  */
 async function runPhases(server: (sock: string, root: string) => { close(): Promise<unknown> }, mark: () => void): Promise<Map<string, string>> {
-  const share = makeShare();
+  const share = makeShare(SHARE_PARENT);
   try {
     const run = await boot({
       kind: 'fs',
@@ -143,14 +145,14 @@ if (argv.includes('--virtiofsd')) {
   theirs = await runVirtiofsd();
 }
 if (JSON_OUT) {
-  console.log(JSON.stringify({ files: FILES, mb: MB, directIo: DIRECT, load, virtioTs: ours, virtiofsd: theirs }, null, 2));
+  console.log(JSON.stringify({ files: FILES, mb: MB, dir: SHARE_PARENT, directIo: DIRECT, load, virtioTs: ours, virtiofsd: theirs }, null, 2));
 } else {
   const fmt = (ops: Record<string, number>) =>
     Object.entries(ops)
       .sort((a, b) => b[1] - a[1])
       .map(([k, n]) => `${k} ${n}`)
       .join(', ');
-  console.log(`\nbench:fs:counts: FUSE requests per phase, ${FILES} files, ${MB} MiB${DIRECT ? ', --direct-io' : ''} (load ${load.toFixed(2)} at start)`);
+  console.log(`\nbench:fs:counts: FUSE requests per phase, ${FILES} files, ${MB} MiB${DIRECT ? ', --direct-io' : ''}, under ${SHARE_PARENT} (load ${load.toFixed(2)} at start)`);
   console.log(
     markdownTable(
       ['phase', 'guest ms', 'server CPU ms', 'requests', 'CPU µs / request', 'virtio-ts requests by opcode', ...(theirs ? [`virtiofsd cache=${VCACHE} requests`, 'virtiofsd by opcode'] : [])],

@@ -27,6 +27,9 @@
  * machine (2 shared cores, TCG) vary by ±30 %: read the ratios. Nothing here asserts a time.
  *
  * Options: --rounds N (default 3), --files N (default 2000), --mb N (default 32), --json,
+ * --only NAME,NAME (run only these servers, by their column names; ratios need their pair),
+ * --dir DIR (where the shared directories go; default /dev/shm, a tmpfs: see benchShareParent
+ * for why not ext4's temporary directory),
  * --baseline MAIN_JS (another checkout's dist/src/cli/main.js, run as one more server,
  * `virtio-ts baseline`, in the same rounds: a before/after under the same load).
  * virtiofsd needs root and the binary (Debian qemu-system-common); without them its column says why.
@@ -35,7 +38,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { boot, missing, type GuestRun } from '../test/guest/harness.js';
-import { checkWorkload, makeShare, startVirtiofsd, virtiofsdMissing, workloadAppend } from '../test/guest/fs-host-guest.js';
+import { benchShareParent, checkWorkload, makeShare, startVirtiofsd, virtiofsdMissing, workloadAppend } from '../test/guest/fs-host-guest.js';
 import { intOption, markdownTable, quantile } from './common.js';
 
 const argv = process.argv.slice(2);
@@ -44,8 +47,11 @@ const ROUNDS = opt('--rounds', 3);
 const FILES = opt('--files', 2000);
 const MB = Math.max(16, opt('--mb', 32)); // the concurrent writers take 4 x 4 MiB of it
 const JSON_OUT = argv.includes('--json');
+const SHARE_PARENT = benchShareParent(argv);
 const BASELINE = argv.includes('--baseline') ? argv[argv.indexOf('--baseline') + 1] : undefined;
 
+/** --only a,b: run only these servers (names as in the table: virtio-ts, virtiofsd, 9p, ...). */
+const ONLY = argv.includes('--only') ? argv[argv.indexOf('--only') + 1]?.split(',') : undefined;
 type Server = 'virtio-ts' | 'virtio-ts --direct-io' | 'virtiofsd' | 'virtiofsd cache=none' | '9p' | 'virtio-ts baseline';
 const SERVERS: Server[] = ['virtio-ts', 'virtio-ts --direct-io', 'virtiofsd', 'virtiofsd cache=none', '9p', ...(BASELINE !== undefined ? (['virtio-ts baseline'] as const) : [])];
 const PHASES = [
@@ -62,7 +68,7 @@ const PHASES = [
 
 /** One guest run against `server`: the phases' milliseconds, and the wall time of the boot. */
 async function runOnce(server: Server): Promise<{ ms: Record<string, number>; wallMs: number }> {
-  const share = makeShare();
+  const share = makeShare(SHARE_PARENT);
   const started = Date.now();
   try {
     const common = { kind: 'fs' as const, test: 'fshost', timeoutMs: 600_000, append: workloadAppend({ files: FILES, mb: MB, fstype: server === '9p' ? '9p' : 'virtiofs' }) };
@@ -113,6 +119,7 @@ async function main(): Promise<void> {
   const why: Partial<Record<Server, string>> = {};
   const vfs = virtiofsdMissing();
   if (vfs !== null) why.virtiofsd = why['virtiofsd cache=none'] = vfs;
+  for (const s of SERVERS) if (ONLY !== undefined && !ONLY.includes(s)) why[s] = 'not in --only';
   const servers = SERVERS.filter((s) => why[s] === undefined);
   const samples = new Map<Server, Record<string, number>[]>(servers.map((s) => [s, []]));
   const load: number[] = [];
@@ -136,12 +143,12 @@ async function main(): Promise<void> {
   });
   const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
   if (JSON_OUT) {
-    console.log(JSON.stringify({ rounds: ROUNDS, files: FILES, mb: MB, servers, skipped: why, rows, samples: Object.fromEntries(samples), loadavg: load, cpu }, null, 2));
+    console.log(JSON.stringify({ rounds: ROUNDS, files: FILES, mb: MB, dir: SHARE_PARENT, servers, skipped: why, rows, samples: Object.fromEntries(samples), loadavg: load, cpu }, null, 2));
     return;
   }
   const f = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : 'n/a');
   const r = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : 'n/a');
-  console.log(`\nbench:fs: guest workload over one host directory (QEMU TCG, 1 vCPU), median of ${ROUNDS} round(s), milliseconds (lower is better); virtiofsd: cache=auto (its default, the cache policy of virtio-ts serve fs)`);
+  console.log(`\nbench:fs: guest workload over one host directory under ${SHARE_PARENT} (QEMU TCG, 1 vCPU), median of ${ROUNDS} round(s), milliseconds (lower is better); virtiofsd: cache=auto (its default, the cache policy of virtio-ts serve fs)`);
   console.log(
     markdownTable(
       ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', 'virtiofsd cache=none / virtio-ts --direct-io', '9p / virtio-ts', ...(BASELINE !== undefined ? ['baseline / virtio-ts'] : [])],

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { GuestRun } from './harness.js';
@@ -23,8 +23,9 @@ export interface Share {
   remove(): void;
 }
 
-export function makeShare(): Share {
-  const base = mkdtempSync(join(tmpdir(), 'virtio-ts-fs-share-'));
+/** A shared directory with escape bait beside it, under `parent` (default: the OS's temporary directory). */
+export function makeShare(parent: string = tmpdir()): Share {
+  const base = mkdtempSync(join(parent, 'virtio-ts-fs-share-'));
   const root = join(base, 'root');
   const outside = join(base, 'OUTSIDE');
   mkdirSync(root);
@@ -149,4 +150,27 @@ export function startVirtiofsd(socket: string, dir: string, cache: 'none' | 'aut
       return log;
     },
   };
+}
+
+/**
+ * Where the fs benches put their shared directories: `--dir DIR` if given, else /dev/shm (a
+ * tmpfs) when it is there, else the OS's temporary directory. Not ext4 by default because
+ * ext4's inode allocator scans every inode freed in the last seconds when it creates a file
+ * (`recently_deleted`, a third of the server's CPU time in the create phase right after the
+ * previous server's share was removed): that cost lands on whichever server runs next, the
+ * same syscalls for every server, and would make the ratios depend on the order of a round.
+ */
+export function benchShareParent(argv: readonly string[]): string {
+  const i = argv.indexOf('--dir');
+  if (i >= 0) {
+    const dir = argv[i + 1];
+    if (dir === undefined || dir.startsWith('--')) throw new Error('--dir needs a directory');
+    return dir;
+  }
+  try {
+    accessSync('/dev/shm', constants.W_OK);
+    return '/dev/shm';
+  } catch {
+    return tmpdir();
+  }
 }
