@@ -189,7 +189,7 @@ export class FsDeviceType implements DeviceType {
     });
   }
 
-  /** Writes the reply (if any) and returns the buffer; the reply's head goes back to the server's pool. */
+  /** Writes the reply (if any) and returns the buffer. */
   private finish(q: DeviceQueue, chain: DescriptorChain, ctx: DeviceContext, reply: FuseReply | null): void {
     if (reply === null) {
       q.addUsed(chain.head, 0);
