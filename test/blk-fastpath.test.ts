@@ -179,6 +179,88 @@ function submitRaw(p: Pair, type: number, sector: number, out: Uint8Array, inn: 
   return r;
 }
 
+/**
+ * One hand-made request whose device-readable part (header | out) is cut into descriptors at
+ * `cuts` (byte positions in it), kicked: the header in a buffer of its own, split across
+ * buffers, or sharing a buffer with the payload. The pieces lie apart, with 0xee bytes between
+ * them, so a reader that runs past a piece reads the wrong bytes. Answered inside the kick
+ * (sync transport).
+ */
+function submitCut(p: Pair, type: number, sector: number, out: Uint8Array, inn: number, cuts: number[]) {
+  const d = p.driver;
+  const q = d.queues[0];
+  const m = p.mem;
+  const GAP = 64;
+  const readable = new Uint8Array(16 + out.length);
+  const v = new DataView(readable.buffer);
+  v.setUint32(0, type, true);
+  v.setUint32(8, sector >>> 0, true);
+  v.setUint32(12, Math.floor(sector / 2 ** 32), true);
+  readable.set(out, 16);
+  const edges = [0, ...cuts, readable.length];
+  const size = readable.length + GAP * edges.length + inn + 1;
+  const base = d.allocator.alloc(size, 16);
+  m.fill(base, size, 0xee);
+  q.begin();
+  let at = base;
+  for (let i = 0; i + 1 < edges.length; i++) {
+    const piece = readable.subarray(edges[i], edges[i + 1]);
+    m.write(at, piece);
+    q.addReadable(at, piece.length);
+    at += piece.length + GAP;
+  }
+  const dataAddr = at;
+  const statusAddr = dataAddr + inn;
+  if (inn > 0) q.addWritable(dataAddr, inn);
+  q.addWritable(statusAddr, 1);
+  let status = -1;
+  // The driver reads the status byte at mem + 16 + dataLen.
+  const token = { mem: statusAddr - 16, dataLen: 0, resolve: (s: number) => void (status = s), reject: () => undefined };
+  assert.ok(q.commit(token, { indirect: false }) >= 0);
+  d.kick(q);
+  const data = m.bytes(dataAddr, inn).slice();
+  d.allocator.release(base);
+  return { status, data };
+}
+
+for (const format of ['split', 'packed'] as const) {
+  test(`the request header is read alike wherever it lies (${format}): its own buffer, split across buffers, or sharing one with the payload`, async () => {
+    const storage = new MemoryBlockStorage(1 << 20);
+    storage.bytes.set(pattern(3, 1 << 20));
+    const p = await pair(storage, { format, mode: 'sync', tolerant: true });
+    const layouts: [string, (n: number) => number[]][] = [
+      ['header alone', (n) => (n > 0 ? [16] : [])],
+      ['header and payload in one buffer', () => []],
+      ['header split 4 + 12', (n) => (n > 0 ? [4, 16] : [4])],
+      ['header split 8 + 8', (n) => (n > 0 ? [8, 16] : [8])],
+      ['header split 12 + 4 + payload', () => [12]],
+      ['header in bytes of 1', (n) => [...Array.from({ length: 15 }, (_, i) => i + 1), ...(n > 0 ? [16] : [])]],
+    ];
+    for (const [what, cuts] of layouts) {
+      // IN: the data read from sector 9.
+      const r = submitCut(p, BlkType.IN, 9, new Uint8Array(0), 1024, cuts(0));
+      assert.equal(r.status, BlkStatus.OK, `${what}: IN status`);
+      assert.deepEqual(r.data, storage.bytes.subarray(9 * 512, 9 * 512 + 1024), `${what}: IN data`);
+      // A sector past 2^32: the high word of the header's sector is read (IOERR: beyond the disk).
+      assert.equal(submitCut(p, BlkType.IN, 2 ** 32 + 9, new Uint8Array(0), 512, cuts(0)).status, BlkStatus.IOERR, `${what}: IN beyond 2^32 sectors`);
+      // OUT: the payload after the header lands at sector 20.
+      const w = pattern(what.length, 512);
+      assert.equal(submitCut(p, BlkType.OUT, 20, w, 0, cuts(512)).status, BlkStatus.OK, `${what}: OUT status`);
+      assert.deepEqual(storage.bytes.subarray(20 * 512, 21 * 512), w, `${what}: OUT data`);
+      // WRITE_ZEROES: one segment after the header (sector 20, 1 sector, no flags).
+      const seg = new Uint8Array(16);
+      new DataView(seg.buffer).setUint32(0, 20, true);
+      new DataView(seg.buffer).setUint32(8, 1, true);
+      assert.equal(submitCut(p, BlkType.WRITE_ZEROES, 0, seg, 0, cuts(16)).status, BlkStatus.OK, `${what}: WRITE_ZEROES status`);
+      assert.deepEqual(storage.bytes.subarray(20 * 512, 21 * 512), new Uint8Array(512), `${what}: WRITE_ZEROES zeroed the segment's sector`);
+      // An unknown type: UNSUPP.
+      assert.equal(submitCut(p, 99, 0, new Uint8Array(0), 512, cuts(0)).status, BlkStatus.UNSUPP, `${what}: unknown type`);
+    }
+    assert.deepEqual(p.devMon.verdicts.map((v) => v.clause), ['blk.device-operation.driver.2', 'blk.device-operation.driver.2', 'blk.device-operation.driver.2', 'blk.device-operation.driver.2', 'blk.device-operation.driver.2', 'blk.device-operation.driver.2']);
+    assert.equal(p.drvMon.total, 0);
+  });
+}
+
 for (const format of ['split', 'packed'] as const) {
   test(`sync path (${format}): a memory disk answers every request type inside the kick, no promise in between; data and status bytes exact`, async () => {
     const storage = new MemoryBlockStorage(1 << 20);

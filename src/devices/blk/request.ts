@@ -83,7 +83,11 @@ export class BlkRequestHeader {
     this.segments = { capacity: segmentCapacity, sector: new Float64Array(segmentCapacity), sectors: new Uint32Array(segmentCapacity), flags: new Uint32Array(segmentCapacity) };
   }
 
-  /** Reads the request in `chain` (over `mem`) into this object with `reader` (reset here, left after what was read). */
+  /**
+   * Reads the request in `chain` (over `mem`) into this object. `reader` is used (reset, and
+   * left after what was read) when the header spans buffers or segments follow it
+   * (DISCARD, WRITE_ZEROES, SECURE_ERASE); else it is left as it was.
+   */
   parse(mem: GuestMemory, chain: DescriptorChain, reader: ChainReader): this {
     this.segmentCount = 0;
     if (chain.writableBytes < 1) {
@@ -98,12 +102,29 @@ export class BlkRequestHeader {
       return this;
     }
     this.kind = 'request';
+    this.dataOut = chain.readableBytes - 16;
+    this.dataIn = chain.writableBytes - 1;
+    // The usual case: the whole header in the first buffer (one region holds every piece of a
+    // chain, DescriptorChain.append), read with three loads from the region's view, no cursor.
+    // Requests with segments after the header take the cursor, which reads on past it.
+    if (chain.lens[0] >= 16) {
+      const addr = chain.addrs[0];
+      const reg = mem.regionFor(addr, 16);
+      if (reg !== null) {
+        const v = reg.view;
+        const at = addr - reg.guestAddr;
+        const type = v.getUint32(at, true);
+        if (type !== BlkType.DISCARD && type !== BlkType.WRITE_ZEROES && type !== BlkType.SECURE_ERASE) {
+          this.type = type;
+          this.sector = v.getUint32(at + 12, true) * 2 ** 32 + v.getUint32(at + 8, true);
+          return this;
+        }
+      }
+    }
     const r = reader.reset(mem, chain);
     this.type = r.readU32();
     r.readU32(); // reserved
     this.sector = readU64Number(r);
-    this.dataOut = chain.readableBytes - 16;
-    this.dataIn = chain.writableBytes - 1;
     const type = this.type;
     if (type === BlkType.DISCARD || type === BlkType.WRITE_ZEROES || type === BlkType.SECURE_ERASE) {
       const n = Math.floor(this.dataOut / SEGMENT_SIZE);
