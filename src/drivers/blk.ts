@@ -187,6 +187,12 @@ const PRE_EOL_MAX = 3;
 const LIFETIME_EST_MAX = 11;
 /** Write zeroes ranges remembered at once (the oldest goes first). */
 const ZEROED_SLOTS = 16;
+/**
+ * `Uint8Array.prototype.set`, called as `copy.call(target, source)`: optimized code reaches
+ * `target.set` through a generic property load (a LoadIC call), about 10 ns per request.
+ */
+const copy = Uint8Array.prototype.set;
+
 /** A little-endian u32 of `b` at `off`. */
 function u32(b: Uint8Array, off: number): number {
   return (b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (b[off + 3] << 24)) >>> 0;
@@ -540,7 +546,7 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     g.writeU32(mem + 8, sector >>> 0);
     g.writeU32(mem + 12, Math.floor(sector / 2 ** 32));
     if (out !== null) {
-      buf.data.set(out);
+      copy.call(buf.data, out);
       if (g.onWrite !== null) g.onWrite(mem + 16, dataLen);
     }
     // The caller wrote a BlkBuffer's bytes through its view: dirty logging is told here.
@@ -663,7 +669,7 @@ export class BlkDriver extends VirtioDriver<BlkRequestToken> {
     const type = r.type;
     r.buf = null;
     if (buf !== null) {
-      if (err === null && status === BlkStatus.OK && r.into !== null) r.into.set(buf.data);
+      if (err === null && status === BlkStatus.OK && r.into !== null) copy.call(r.into, buf.data);
       // Requests the device must refuse (only a probe's rawRequest sends them): judged before
       // the buffer goes back, while its segments are still there to read.
       if (err === null && status !== BlkStatus.UNSUPP && type >= BlkType.DISCARD) this.checkRefusal(type, status, buf.data);
