@@ -206,6 +206,15 @@ export class HostDirFs implements FsProvider {
   private readonly dents = new Uint8Array(64 * 1024);
   /** Reads answered from the page cache on the event loop / sent to the thread pool. */
   readonly stats = { cachedReads: 0, poolReads: 0 };
+  /**
+   * Whether the root's file system keeps its files in memory (tmpfs, ramfs): there preadv2
+   * refuses RWF_NOWAIT (EOPNOTSUPP) although no read waits for a disk, and without this every
+   * READ went to the thread pool (a hand-off to a pool thread and back per READ: bench:fs's
+   * cat on /dev/shm took 1.4x virtiofsd's time, which reads synchronously). Reads of nodes on
+   * the root's file system then use plain preads on the event loop, as virtiofsd does; nodes
+   * on other file systems below the root keep the RWF_NOWAIT path.
+   */
+  private readonly rootInMemory: boolean;
 
   private constructor(n: NativeAddon, rootFd: number, options: HostDirFsOptions) {
     this.n = n;
@@ -215,6 +224,7 @@ export class HostDirFs implements FsProvider {
     n.fsStat(rootFd, '', this.st);
     if ((this.st[3] & S_IFMT) !== S_IFDIR) throw new FsError(Errno.ENOTDIR, 'the shared root is not a directory');
     this.rootDev = this.st[0];
+    this.rootInMemory = n.fsMemoryFs(rootFd);
     this.rootHostIno = this.st[1] * 2 ** 32 + this.st[2];
     this.root = { ino: ROOT_INO, fd: rootFd, key: this.keyOf(this.st), type: S_IFDIR, locks: null };
     this.nodes.set(ROOT_INO, this.root);
@@ -602,7 +612,8 @@ export class HostDirFs implements FsProvider {
     // One native call: preadv2(RWF_NOWAIT) until the size is read or the end of the file.
     let got: number;
     try {
-      got = this.n.fsPreadNowait(h.fd, this.scratch, size, offset);
+      // A numeric key: the node is on the root's file system (see keyOf).
+      got = this.n.fsPreadNowait(h.fd, this.scratch, size, offset, this.rootInMemory && typeof h.node.key === 'number');
     } catch (err) {
       throw new FsError(errnoOf(err));
     }
