@@ -113,7 +113,7 @@ test('HostDirFs LOOKUP of a held inode answers the held node (no fd kept); a nam
   }
 });
 
-test('READ of a file on tmpfs: answered at once on the event loop (plain pread: tmpfs refuses RWF_NOWAIT), not sent to the thread pool', (t) => {
+test('READ and FSYNC of a file on tmpfs: answered at once on the event loop (plain pread: tmpfs refuses RWF_NOWAIT), not sent to the thread pool', (t) => {
   const shm = '/dev/shm';
   const n = native();
   let base: string;
@@ -146,6 +146,8 @@ test('READ of a file on tmpfs: answered at once on the event loop (plain pread: 
       assert.ok(got instanceof Uint8Array, 'answered now, not a Promise');
       assert.equal(Buffer.from(got).toString(), 'in memory');
       assert.deepEqual(fs.stats, { cachedReads: 1, poolReads: 0 });
+      assert.equal(fs.fsync(ino, fh, false), undefined, 'FSYNC on tmpfs answered now (nothing to write back), not on the thread pool');
+      fs.release(ino, fh);
     } finally {
       fs.close();
     }

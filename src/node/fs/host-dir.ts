@@ -50,7 +50,7 @@
  *
  * Node only (Linux): needs the native addon.
  */
-import { fdatasync, fsync, ftruncateSync, openSync, read as readAsync, constants as C } from 'node:fs';
+import { fdatasync, fdatasyncSync, fsync, fsyncSync, ftruncateSync, openSync, read as readAsync, constants as C } from 'node:fs';
 import { native, type NativeAddon } from '../../native/index.js';
 import { Errno, errnoFromName } from '../../fs/errno.js';
 import {
@@ -660,9 +660,16 @@ export class HostDirFs implements FsProvider {
     }
   }
 
-  /** fsync or fdatasync on the thread pool. */
-  fsync(ino: number, fh: number, datasync: boolean): Promise<void> {
+  /**
+   * fsync or fdatasync on the thread pool; on the event loop for a file in memory (tmpfs,
+   * ramfs: see rootInMemory), where it writes nothing back and returns at once.
+   */
+  fsync(ino: number, fh: number, datasync: boolean): void | Promise<void> {
     const h = this.handle(fh, ino);
+    if (this.rootInMemory && typeof h.node.key === 'number') {
+      sys(() => (datasync ? fdatasyncSync : fsyncSync)(h.fd));
+      return;
+    }
     return new Promise((res, rej) => (datasync ? fdatasync : fsync)(h.fd, (err) => (err ? rej(new FsError(errnoOf(err))) : res())));
   }
 
@@ -746,8 +753,8 @@ export class HostDirFs implements FsProvider {
     this.release(ino, fh);
   }
 
-  /** fsync of a directory handle, on the thread pool. */
-  fsyncdir(ino: number, fh: number, datasync: boolean): Promise<void> {
+  /** fsync of a directory handle (as fsync: on the thread pool, unless in memory). */
+  fsyncdir(ino: number, fh: number, datasync: boolean): void | Promise<void> {
     return this.fsync(ino, fh, datasync);
   }
 
