@@ -7,7 +7,7 @@
  * and QEMU's (main loop, vCPU), then the guest's phase times.
  *
  * SERVER: `ours` (this checkout's `serve fs --shared-dir`; PROBE_SERVE_ARGS adds serve
- * arguments), `node:FLAGS` (the same with node flags, e.g. `node:--single-threaded`) or
+ * arguments; FS_THREADS_CLI=OTHER/dist/src/cli/main.js runs another checkout's), `node:FLAGS` (the same with node flags, e.g. `node:--single-threaded`) or
  * `virtiofsd` (cache=auto, root). PHASE: create, list, read, rename, delete, write, bigread,
  * concurrent, fsync (default read). `--perf`: also `perf trace` of both processes' eventfd,
  * poll and file system calls during the phase, to /tmp/fs-threads-trace-SERVER.txt.
@@ -57,7 +57,7 @@ try {
       if (SERVER === 'virtiofsd') child = spawn(VIRTIOFSD, virtiofsdArgs(sock, share.root, 'auto'), { stdio: 'ignore' });
       else {
         const flags = SERVER.startsWith('node:') ? SERVER.slice(5).split(' ').filter((x) => x) : [];
-        child = spawn(process.execPath, [...flags, bin, 'serve', 'fs', '--socket-path', sock, '--tag', 'vtfs', '--shared-dir', share.root, ...(process.env.PROBE_SERVE_ARGS ?? '').split(' ').filter((x) => x)], { stdio: 'ignore' });
+        child = spawn(process.execPath, [...flags, process.env.FS_THREADS_CLI ?? bin, 'serve', 'fs', '--socket-path', sock, '--tag', 'vtfs', '--shared-dir', share.root, ...(process.env.PROBE_SERVE_ARGS ?? '').split(' ').filter((x) => x)], { stdio: 'ignore' });
       }
       const exited = new Promise((r) => child!.once('exit', r));
       return { close: () => (child!.kill('SIGTERM'), exited) };
