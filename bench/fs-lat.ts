@@ -199,32 +199,41 @@ async function launch(server: Server): Promise<Running> {
 }
 
 /** One block: `seq` on `r`; its CPU ns per request (and user/system µs per request from the ticks, for FSLAT_TICKS). */
-async function block(r: Running, seq: Sequence): Promise<number> {
+async function block(r: Running, seq: Sequence): Promise<{ cpu: number; wall: number }> {
   const pid = r.child.pid!;
   const before = cpuNs(pid);
   const t0 = ticks(pid);
+  const w0 = performance.now();
   const sent = await run(r.client, seq, REQUESTS);
+  const wall = ((performance.now() - w0) * 1e6) / sent;
   const ns = (cpuNs(pid) - before) / sent;
   const t1 = ticks(pid);
   if (process.env.FSLAT_TICKS) console.error(`${r.server.name} ${seq}: user ${(((t1[0] - t0[0]) * 10000) / sent).toFixed(1)} µs, system ${(((t1[1] - t0[1]) * 10000) / sent).toFixed(1)} µs per request`);
-  return ns;
+  return { cpu: ns, wall };
 }
 
 const running: Running[] = [];
 const results = new Map<string, Record<Sequence, number[]>>();
+/** Round trip per request (request sent to reply seen, this process's side included), ns. */
+const walls = new Map<string, Record<Sequence, number[]>>();
 try {
   for (const s of servers) {
     running.push(await launch(s));
     results.set(s.name, { getattr: [], lookup: [], read: [], rename: [] });
+    walls.set(s.name, { getattr: [], lookup: [], read: [], rename: [] });
   }
   // Warm-up (the JIT), not counted.
   for (const r of running) for (const seq of SEQUENCES) await run(r.client, seq, REQUESTS);
   // Rounds of blocks, the servers alternating (A B, B A, ...) so that load changes reach each alike.
   for (let round = 0; round < ROUNDS; round++) {
     for (const seq of SEQUENCES) {
-      for (const r of round % 2 === 0 ? running : [...running].reverse()) results.get(r.server.name)![seq].push(await block(r, seq));
+      for (const r of round % 2 === 0 ? running : [...running].reverse()) {
+        const b = await block(r, seq);
+        results.get(r.server.name)![seq].push(b.cpu);
+        walls.get(r.server.name)![seq].push(b.wall);
+      }
     }
-    if (!JSON_OUT) console.error(`round ${round + 1}: ${running.map((r) => `${r.server.name} ${SEQUENCES.map((q) => (results.get(r.server.name)![q][round] / 1000).toFixed(1)).join('/')}`).join(', ')} µs`);
+    if (!JSON_OUT) console.error(`round ${round + 1}: ${running.map((r) => `${r.server.name} ${SEQUENCES.map((q) => (results.get(r.server.name)![q][round] / 1000).toFixed(1)).join('/')} (wall ${SEQUENCES.map((q) => (walls.get(r.server.name)![q][round] / 1000).toFixed(1)).join('/')})`).join(', ')} µs`);
   }
 } finally {
   for (const r of running) await r.close();
@@ -233,7 +242,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 /** The median over rounds of `a[i] / b[i]` (each pair measured back to back). */
 const ratio = (a: number[], b: number[]) => median(a.map((x, i) => x / b[i]));
 if (JSON_OUT) {
-  console.log(JSON.stringify({ requests: REQUESTS, rounds: ROUNDS, results: Object.fromEntries(results) }, null, 2));
+  console.log(JSON.stringify({ requests: REQUESTS, rounds: ROUNDS, results: Object.fromEntries(results), walls: Object.fromEntries(walls) }, null, 2));
 } else {
   const ours = results.get('virtio-ts')!;
   const others = servers.filter((s) => s.name !== 'virtio-ts');
@@ -242,6 +251,15 @@ if (JSON_OUT) {
     markdownTable(
       ['sequence', ...servers.map((s) => s.name), ...others.map((s) => `${s.name} / virtio-ts`)],
       SEQUENCES.map((q) => [q, ...servers.map((s) => (median(results.get(s.name)![q]) / 1000).toFixed(1)), ...others.map((s) => `${ratio(results.get(s.name)![q], ours[q]).toFixed(3)}x`)]),
+      [false, ...servers.map(() => true), ...others.map(() => true)],
+    ),
+  );
+  const wallOf = walls.get('virtio-ts')!;
+  console.log(`\nround trip µs per FUSE request (request sent to reply seen, this process's side included: the same for every server), median of ${ROUNDS} rounds; ratios as above (above 1.0: virtio-ts answers sooner)`);
+  console.log(
+    markdownTable(
+      ['sequence', ...servers.map((s) => s.name), ...others.map((s) => `${s.name} / virtio-ts`)],
+      SEQUENCES.map((q) => [q, ...servers.map((s) => (median(walls.get(s.name)![q]) / 1000).toFixed(1)), ...others.map((s) => `${ratio(walls.get(s.name)![q], wallOf[q]).toFixed(3)}x`)]),
       [false, ...servers.map(() => true), ...others.map(() => true)],
     ),
   );

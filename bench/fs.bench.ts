@@ -32,6 +32,8 @@
  * for why not ext4's temporary directory),
  * --baseline MAIN_JS (another checkout's dist/src/cli/main.js, run as one more server,
  * `virtio-ts baseline`, in the same rounds: a before/after under the same load).
+ * `--only '...,virtio-ts --no-xattr'` adds `serve fs --no-xattr` (virtiofsd's default xattr
+ * policy, no_xattr: one GETXATTR fewer per newly written file; run only when named).
  * virtiofsd needs root and the binary (Debian qemu-system-common); without them its column says why.
  */
 import { spawn } from 'node:child_process';
@@ -52,8 +54,10 @@ const BASELINE = argv.includes('--baseline') ? argv[argv.indexOf('--baseline') +
 
 /** --only a,b: run only these servers (names as in the table: virtio-ts, virtiofsd, 9p, ...). */
 const ONLY = argv.includes('--only') ? argv[argv.indexOf('--only') + 1]?.split(',') : undefined;
-type Server = 'virtio-ts' | 'virtio-ts --direct-io' | 'virtiofsd' | 'virtiofsd cache=none' | '9p' | 'virtio-ts baseline';
-const SERVERS: Server[] = ['virtio-ts', 'virtio-ts --direct-io', 'virtiofsd', 'virtiofsd cache=none', '9p', ...(BASELINE !== undefined ? (['virtio-ts baseline'] as const) : [])];
+type Server = 'virtio-ts' | 'virtio-ts --direct-io' | 'virtiofsd' | 'virtiofsd cache=none' | '9p' | 'virtio-ts baseline' | 'virtio-ts --no-xattr';
+/** Run only when named in --only: `serve fs --no-xattr`, virtiofsd's own xattr policy (no_xattr). */
+const ON_REQUEST: Server[] = ['virtio-ts --no-xattr'];
+const SERVERS: Server[] = ['virtio-ts', 'virtio-ts --direct-io', 'virtiofsd', 'virtiofsd cache=none', '9p', ...(BASELINE !== undefined ? (['virtio-ts baseline'] as const) : []), ...ON_REQUEST];
 const PHASES = [
   ['create', `create + write ${FILES} small files`],
   ['list', 'ls -l of them'],
@@ -73,8 +77,8 @@ async function runOnce(server: Server): Promise<{ ms: Record<string, number>; wa
   try {
     const common = { kind: 'fs' as const, test: 'fshost', timeoutMs: 600_000, append: workloadAppend({ files: FILES, mb: MB, fstype: server === '9p' ? '9p' : 'virtiofs' }) };
     let run: GuestRun;
-    if (server === 'virtio-ts' || server === 'virtio-ts --direct-io') {
-      const direct = server === 'virtio-ts --direct-io' ? ['--direct-io'] : [];
+    if (server === 'virtio-ts' || server === 'virtio-ts --direct-io' || server === 'virtio-ts --no-xattr') {
+      const direct = server === 'virtio-ts --direct-io' ? ['--direct-io'] : server === 'virtio-ts --no-xattr' ? ['--no-xattr'] : [];
       run = await boot({ ...common, device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs', serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, ...direct] });
     } else if (server === 'virtio-ts baseline') {
       run = await boot({
@@ -119,7 +123,7 @@ async function main(): Promise<void> {
   const why: Partial<Record<Server, string>> = {};
   const vfs = virtiofsdMissing();
   if (vfs !== null) why.virtiofsd = why['virtiofsd cache=none'] = vfs;
-  for (const s of SERVERS) if (ONLY !== undefined && !ONLY.includes(s)) why[s] = 'not in --only';
+  for (const s of SERVERS) if (ONLY !== undefined ? !ONLY.includes(s) : ON_REQUEST.includes(s)) why[s] = 'not in --only';
   const servers = SERVERS.filter((s) => why[s] === undefined);
   const samples = new Map<Server, Record<string, number>[]>(servers.map((s) => [s, []]));
   const load: number[] = [];
@@ -139,8 +143,9 @@ async function main(): Promise<void> {
   const rows = [...PHASES, ['total', 'all phases'] as const].map(([p, label]) => {
     const m = Object.fromEntries(servers.map((s) => [s, median(s, p)])) as Record<Server, number>;
     const ref = m['virtio-ts'];
-    return { phase: p, label, ms: m, vsVirtiofsd: m.virtiofsd / ref, directVsVirtiofsd: m['virtiofsd cache=none'] / m['virtio-ts --direct-io'], vs9p: m['9p'] / ref, vsBaseline: m['virtio-ts baseline'] / ref };
+    return { phase: p, label, ms: m, vsVirtiofsd: m.virtiofsd / ref, directVsVirtiofsd: m['virtiofsd cache=none'] / m['virtio-ts --direct-io'], vs9p: m['9p'] / ref, vsBaseline: m['virtio-ts baseline'] / ref, noXattrVsVirtiofsd: m.virtiofsd / m['virtio-ts --no-xattr'] };
   });
+  const NO_XATTR = servers.includes('virtio-ts --no-xattr');
   const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
   if (JSON_OUT) {
     console.log(JSON.stringify({ rounds: ROUNDS, files: FILES, mb: MB, dir: SHARE_PARENT, servers, skipped: why, rows, samples: Object.fromEntries(samples), loadavg: load, cpu }, null, 2));
@@ -151,9 +156,9 @@ async function main(): Promise<void> {
   console.log(`\nbench:fs: guest workload over one host directory under ${SHARE_PARENT} (QEMU TCG, 1 vCPU), median of ${ROUNDS} round(s), milliseconds (lower is better); virtiofsd: cache=auto (its default, the cache policy of virtio-ts serve fs)`);
   console.log(
     markdownTable(
-      ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', 'virtiofsd cache=none / virtio-ts --direct-io', '9p / virtio-ts', ...(BASELINE !== undefined ? ['baseline / virtio-ts'] : [])],
-      rows.map((x) => [x.label, ...servers.map((s) => f(x.ms[s])), r(x.vsVirtiofsd), r(x.directVsVirtiofsd), r(x.vs9p), ...(BASELINE !== undefined ? [r(x.vsBaseline)] : [])]),
-      [false, ...servers.map(() => true), true, true, true, ...(BASELINE !== undefined ? [true] : [])],
+      ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', 'virtiofsd cache=none / virtio-ts --direct-io', '9p / virtio-ts', ...(BASELINE !== undefined ? ['baseline / virtio-ts'] : []), ...(NO_XATTR ? ['virtiofsd / virtio-ts --no-xattr'] : [])],
+      rows.map((x) => [x.label, ...servers.map((s) => f(x.ms[s])), r(x.vsVirtiofsd), r(x.directVsVirtiofsd), r(x.vs9p), ...(BASELINE !== undefined ? [r(x.vsBaseline)] : []), ...(NO_XATTR ? [r(x.noXattrVsVirtiofsd)] : [])]),
+      [false, ...servers.map(() => true), true, true, true, ...(BASELINE !== undefined ? [true] : []), ...(NO_XATTR ? [true] : [])],
     ),
   );
   console.log(`ratios above 1.0: virtio-ts is faster. ${cpu}; load average during the run ${Math.min(...load).toFixed(2)} to ${Math.max(...load).toFixed(2)}`);

@@ -555,32 +555,53 @@ static napi_value FsLseek(napi_env env, napi_callback_info info) {
   return num(env, (double)r);
 }
 
-// fsPreadNowait(fd, into Uint8Array, length, offset): up to `length` bytes at `offset` into
-// `into`, from the page cache only (preadv2 RWF_NOWAIT, repeated after a short read until the
-// length is read or a read says 0: a short read is the end of the file or of what is cached,
+// fsPreadNowait(fd, into Uint8Array, length, offset[, plain]): up to `length` bytes at `offset`
+// into `into`, from the page cache only (preadv2 RWF_NOWAIT, repeated after a short read until
+// the length is read or a read says 0: a short read is the end of the file or of what is cached,
 // and only the next one tells which). Returns the bytes read (the length, or fewer at the end of
 // the file), or -1 - n when the next read would wait for the disk after n bytes (also when the
-// file or kernel cannot say: EOPNOTSUPP); other errors throw. One native call per FUSE READ.
+// file or kernel cannot say: EOPNOTSUPP, as tmpfs answers); other errors throw. `plain` true:
+// plain preads (no RWF_NOWAIT), for files the caller knows are in memory (tmpfs, ramfs: see
+// fsMemoryFs). One native call per FUSE READ.
 static napi_value FsPreadNowait(napi_env env, napi_callback_info info) {
-  ARGS(4);
+  size_t argc = 5;
+  napi_value argv[5];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4) return throw_errno(env, __func__, EINVAL);
   int32_t fd;
   void* data;
   size_t cap;
   double len, off;
+  bool plain = false;
   if (!get_i32(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &cap) || !get_f64(env, argv[2], &len) || !get_f64(env, argv[3], &off) ||
       len < 0 || len > (double)cap || off < 0 || off > 9007199254740991.0)
-    return throw_errno(env, "fsPreadNowait: (fd, Uint8Array, length, offset)", EINVAL);
+    return throw_errno(env, "fsPreadNowait: (fd, Uint8Array, length, offset[, plain])", EINVAL);
+  if (argc > 4 && napi_get_value_bool(env, argv[4], &plain) != napi_ok) plain = false;
   size_t want = (size_t)len, done = 0;
   while (done < want) {
     struct iovec v = {(char*)data + done, want - done};
-    ssize_t r = preadv2(fd, &v, 1, (off_t)off + (off_t)done, RWF_NOWAIT);
+    ssize_t r = preadv2(fd, &v, 1, (off_t)off + (off_t)done, plain ? 0 : RWF_NOWAIT);
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) return num(env, -1.0 - (double)done);
+    if (r < 0 && !plain && (errno == EAGAIN || errno == EOPNOTSUPP)) return num(env, -1.0 - (double)done);
     if (r < 0) return throw_errno(env, "preadv2", errno);
     if (r == 0) break;
     done += (size_t)r;
   }
   return num(env, (double)done);
+}
+
+// fsMemoryFs(fd): whether fd's file system keeps its files in memory (tmpfs, ramfs): a read
+// there never waits for a disk (a swapped-out tmpfs page aside), yet its preadv2 refuses
+// RWF_NOWAIT (EOPNOTSUPP), so fsPreadNowait could not tell a cached read from a slow one.
+static napi_value FsMemoryFs(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int32_t fd;
+  if (!get_i32(env, argv[0], &fd)) return throw_errno(env, "fsMemoryFs: (fd)", EINVAL);
+  struct statfs s;
+  if (fstatfs(fd, &s) < 0) return throw_errno(env, "fstatfs", errno);
+  bool mem = s.f_type == 0x01021994 /* TMPFS_MAGIC */ || s.f_type == (typeof(s.f_type))0x858458f6 /* RAMFS_MAGIC */;
+  napi_value out;
+  napi_get_boolean(env, mem, &out);
+  return out;
 }
 
 // fsGetdents(fd, into Uint8Array): bytes of linux_dirent64 records (0 at the end).
@@ -635,6 +656,7 @@ void fs_init(napi_env env, napi_value exports) {
       FN("fsGetxattr", FsGetxattr),     FN("fsListxattr", FsListxattr), FN("fsSetxattr", FsSetxattr),
       FN("fsRemovexattr", FsRemovexattr), FN("fsFallocate", FsFallocate), FN("fsLseek", FsLseek),
       FN("fsGetdents", FsGetdents),     FN("fsPreadNowait", FsPreadNowait),     FN("fsLock", FsLock),
+      FN("fsMemoryFs", FsMemoryFs),
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

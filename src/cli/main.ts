@@ -88,6 +88,7 @@ export function buildProgram(): Command {
     .option('--memory', 'fs: serve an in-memory file system (empty at start, gone at exit)')
     .option('--shared-dir <dir>', 'fs: serve this host directory (nothing outside it is reachable from the guest)')
     .option('--direct-io', 'fs --shared-dir: the guest keeps no page cache of file data (FOPEN_DIRECT_IO, as virtiofsd -o cache=none)')
+    .option('--no-xattr', 'fs: no extended attributes: the guest\'s xattr requests get ENOSYS and Linux stops sending them (virtiofsd\'s default no_xattr; saves one GETXATTR per newly written file)')
     .option('--image <file>', 'blk: the disk image, raw (a regular file or a block device node)')
     .option('--blk-file <file>', 'blk: the same as --image (the name vhost-user.rst gives it)')
     .addOption(new Option('--format <format>', 'blk: the image format. Without it a qcow2, vmdk, vdi, vhdx, vhd, qed, parallels or bochs image is refused; "raw" says the file is raw and skips that probe').choices(['raw']))

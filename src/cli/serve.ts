@@ -91,6 +91,8 @@ export interface ServeOptions {
   sharedDir?: string;
   /** fs --shared-dir: FOPEN_DIRECT_IO on every open (the guest keeps no page cache of file data). */
   directIo?: boolean;
+  /** fs: false (`--no-xattr`): extended attributes answered ENOSYS (virtiofsd's default no_xattr). */
+  xattr?: boolean;
 }
 
 interface Writable {
@@ -197,6 +199,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     for (const [flag, v] of [['--tag', opts.tag], ['--memory', opts.memory], ['--shared-dir', opts.sharedDir], ['--direct-io', opts.directIo]] as const) {
       if (v !== undefined) throw new CliError(EXIT_USAGE, `${flag} is for fs, not ${type}`);
     }
+    if (opts.xattr === false) throw new CliError(EXIT_USAGE, `--no-xattr is for fs, not ${type}`);
   }
   const mode = opts.strict ? 'strict' : 'tolerant';
   const readOnly = opts.readOnly === true;
@@ -284,7 +287,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
         // driver's choice.
         new NetDevice({ mac: opts.mac, mtu: opts.mtu, queuePairs: opts.queues ?? 1, queueMaxSize, monitor, linkUp: netPort !== undefined, ctrl: 'front-end', judgeFeatureChoice: false })
       : type === 'fs'
-      ? new FsDevice({ provider: provider!, tag: opts.tag!, numRequestQueues: numQueues, queueMaxSize, monitor })
+      ? new FsDevice({ provider: provider!, tag: opts.tag!, numRequestQueues: numQueues, queueMaxSize, monitor, xattr: opts.xattr !== false })
       : type === 'vsock'
       ? new VsockDevice({ guestCid: opts.guestCid!, monitor, queueMaxSize })
       : image !== undefined

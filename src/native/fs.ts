@@ -75,9 +75,15 @@ export interface NativeFs {
    * Up to `length` bytes at `offset` into `into` from the page cache only (preadv2 RWF_NOWAIT,
    * repeated after a short read until the length is read or a read says 0): the bytes read
    * (fewer only at the end of the file), or -1 - n when the next read would wait for the disk
-   * after n bytes (or the file cannot say: EOPNOTSUPP). Other errors throw.
+   * after n bytes (or the file cannot say: EOPNOTSUPP, as tmpfs answers). Other errors throw.
+   * `plain` true: plain preads without RWF_NOWAIT (for files known to be in memory: {@link fsMemoryFs}).
    */
-  fsPreadNowait(fd: number, into: Uint8Array, length: number, offset: number): number;
+  fsPreadNowait(fd: number, into: Uint8Array, length: number, offset: number, plain?: boolean): number;
+  /**
+   * Whether the file system of `fd` keeps its files in memory (tmpfs, ramfs: fstatfs f_type):
+   * reads there do not wait for a disk, though their preadv2 refuses RWF_NOWAIT.
+   */
+  fsMemoryFs(fd: number): boolean;
   /** getdents64 into `into`: bytes of linux_dirent64 records, 0 at the end. */
   fsGetdents(fd: number, into: Uint8Array): number;
   /**

@@ -112,3 +112,46 @@ test('HostDirFs LOOKUP of a held inode answers the held node (no fd kept); a nam
     t.done();
   }
 });
+
+test('READ and FSYNC of a file on tmpfs: answered at once on the event loop (plain pread: tmpfs refuses RWF_NOWAIT), not sent to the thread pool', (t) => {
+  const shm = '/dev/shm';
+  const n = native();
+  let base: string;
+  try {
+    base = mkdtempSync(join(shm, 'virtio-ts-fast-'));
+  } catch {
+    t.skip('no /dev/shm');
+    return;
+  }
+  try {
+    const dirFd = openSync(base, O_PATH);
+    const memory = n.fsMemoryFs(dirFd);
+    closeSync(dirFd);
+    if (!memory) {
+      t.skip('/dev/shm is not tmpfs here');
+      return;
+    }
+    writeFileSync(join(base, 'f'), 'in memory');
+    const fd = openSync(join(base, 'f'), 'r');
+    try {
+      assert.equal(n.fsPreadNowait(fd, new Uint8Array(64), 64, 0, true), 9, 'plain: the bytes, whatever RWF_NOWAIT would say');
+    } finally {
+      closeSync(fd);
+    }
+    const fs = HostDirFs.open(base);
+    try {
+      const { ino } = fs.lookup(ROOT_INO, 'f');
+      const { fh } = fs.open(ino, 0);
+      const got = fs.read(ino, fh, 0, 4096);
+      assert.ok(got instanceof Uint8Array, 'answered now, not a Promise');
+      assert.equal(Buffer.from(got).toString(), 'in memory');
+      assert.deepEqual(fs.stats, { cachedReads: 1, poolReads: 0 });
+      assert.equal(fs.fsync(ino, fh, false), undefined, 'FSYNC on tmpfs answered now (nothing to write back), not on the thread pool');
+      fs.release(ino, fh);
+    } finally {
+      fs.close();
+    }
+  } finally {
+    rmSync(base, { recursive: true, force: true });
+  }
+});

@@ -221,6 +221,16 @@ test('xattrs: set (CREATE / REPLACE), get (size query, ERANGE), list, remove', a
   assert.equal(await errno(client.removexattr(f.entry.nodeid, 'user.a')), Errno.ENODATA);
 });
 
+test('xattr: false (serve fs --no-xattr, virtiofsd\'s no_xattr): the four xattr requests answer ENOSYS whatever the provider has; the rest is served', async () => {
+  const { client } = await session(new MemoryFs(), { xattr: false });
+  const f = await client.create(1, 'f');
+  assert.equal(await errno(client.setxattr(f.entry.nodeid, 'user.a', bytes('one'))), Errno.ENOSYS);
+  assert.equal(await errno(client.getxattr(f.entry.nodeid, 'security.capability')), Errno.ENOSYS);
+  assert.equal(await errno(client.listxattr(f.entry.nodeid)), Errno.ENOSYS);
+  assert.equal(await errno(client.removexattr(f.entry.nodeid, 'user.a')), Errno.ENOSYS);
+  assert.equal(await client.write(f.entry.nodeid, f.fh, 0, bytes('data')), 4);
+});
+
 test('sparse files: holes read as zeroes and take no blocks; SEEK_DATA / SEEK_HOLE; fallocate, PUNCH_HOLE, ZERO_RANGE', async () => {
   const { client } = await session();
   const { entry, fh } = await client.create(1, 's');

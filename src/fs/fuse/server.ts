@@ -35,6 +35,14 @@ export interface FuseServerOptions {
   maxWrite?: number;
   /** Called for provider bugs (a throw that is not an FsError) and refused requests, for logs. */
   log?: (message: string, fields?: Record<string, unknown>) => void;
+  /**
+   * false: SETXATTR, GETXATTR, LISTXATTR and REMOVEXATTR answer ENOSYS whatever the provider
+   * has, as virtiofsd's default `-o no_xattr` does. Linux then stops sending each of them for
+   * the session (fc->no_getxattr ...), so a newly written file costs one request fewer (the
+   * GETXATTR(security.capability) before its first write) and the guest sees no xattrs at all
+   * (getfattr/setfattr fail with EOPNOTSUPP). Default true.
+   */
+  xattr?: boolean;
 }
 
 /** A reply: the out header and fixed part (`head`), and data that follows it (`data`, may be null). */
@@ -288,6 +296,8 @@ export class FuseServer {
   /** Requests still running that FUSE_INTERRUPT may abort (SETLKW), by unique. */
   private readonly pending = new Map<bigint, Pending>();
   private setxattrExt = false;
+  /** FuseServerOptions.xattr. */
+  private readonly xattr: boolean;
 
   /** A session over `provider`. */
   constructor(provider: FsProvider, options: FuseServerOptions = {}) {
@@ -301,6 +311,7 @@ export class FuseServer {
     const mw = options.maxWrite ?? 1 << 20;
     if (!Number.isInteger(mw) || mw < 4096 || mw > 16 << 20) throw new RangeError(`maxWrite ${mw}: 4096 to 16 MiB`);
     this.maxWrite = mw;
+    this.xattr = options.xattr ?? true;
     this.log = options.log ?? (() => {});
   }
 
@@ -475,11 +486,14 @@ export class FuseServer {
       case Op.FLUSH:
         return this.opFlush(h, b, v, ctx);
       case Op.SETXATTR:
+        if (!this.xattr) throw new FsError(Errno.ENOSYS);
         return this.opSetxattr(h, b, v, ctx, req);
       case Op.GETXATTR:
       case Op.LISTXATTR:
+        if (!this.xattr) throw new FsError(Errno.ENOSYS);
         return this.opGetxattr(h, b, v, ctx);
       case Op.REMOVEXATTR:
+        if (!this.xattr) throw new FsError(Errno.ENOSYS);
         return this.opRemovexattr(h, b, ctx);
       case Op.READDIR:
       case Op.READDIRPLUS:

@@ -50,7 +50,7 @@
  *
  * Node only (Linux): needs the native addon.
  */
-import { fdatasync, fsync, ftruncateSync, openSync, read as readAsync, constants as C } from 'node:fs';
+import { fdatasync, fdatasyncSync, fsync, fsyncSync, ftruncateSync, openSync, read as readAsync, constants as C } from 'node:fs';
 import { native, type NativeAddon } from '../../native/index.js';
 import { Errno, errnoFromName } from '../../fs/errno.js';
 import {
@@ -206,6 +206,15 @@ export class HostDirFs implements FsProvider {
   private readonly dents = new Uint8Array(64 * 1024);
   /** Reads answered from the page cache on the event loop / sent to the thread pool. */
   readonly stats = { cachedReads: 0, poolReads: 0 };
+  /**
+   * Whether the root's file system keeps its files in memory (tmpfs, ramfs): there preadv2
+   * refuses RWF_NOWAIT (EOPNOTSUPP) although no read waits for a disk, and without this every
+   * READ went to the thread pool (a hand-off to a pool thread and back per READ: bench:fs's
+   * cat on /dev/shm took 1.4x virtiofsd's time, which reads synchronously). Reads of nodes on
+   * the root's file system then use plain preads on the event loop, as virtiofsd does; nodes
+   * on other file systems below the root keep the RWF_NOWAIT path.
+   */
+  private readonly rootInMemory: boolean;
 
   private constructor(n: NativeAddon, rootFd: number, options: HostDirFsOptions) {
     this.n = n;
@@ -215,6 +224,7 @@ export class HostDirFs implements FsProvider {
     n.fsStat(rootFd, '', this.st);
     if ((this.st[3] & S_IFMT) !== S_IFDIR) throw new FsError(Errno.ENOTDIR, 'the shared root is not a directory');
     this.rootDev = this.st[0];
+    this.rootInMemory = n.fsMemoryFs(rootFd);
     this.rootHostIno = this.st[1] * 2 ** 32 + this.st[2];
     this.root = { ino: ROOT_INO, fd: rootFd, key: this.keyOf(this.st), type: S_IFDIR, locks: null };
     this.nodes.set(ROOT_INO, this.root);
@@ -602,7 +612,8 @@ export class HostDirFs implements FsProvider {
     // One native call: preadv2(RWF_NOWAIT) until the size is read or the end of the file.
     let got: number;
     try {
-      got = this.n.fsPreadNowait(h.fd, this.scratch, size, offset);
+      // A numeric key: the node is on the root's file system (see keyOf).
+      got = this.n.fsPreadNowait(h.fd, this.scratch, size, offset, this.rootInMemory && typeof h.node.key === 'number');
     } catch (err) {
       throw new FsError(errnoOf(err));
     }
@@ -649,9 +660,16 @@ export class HostDirFs implements FsProvider {
     }
   }
 
-  /** fsync or fdatasync on the thread pool. */
-  fsync(ino: number, fh: number, datasync: boolean): Promise<void> {
+  /**
+   * fsync or fdatasync on the thread pool; on the event loop for a file in memory (tmpfs,
+   * ramfs: see rootInMemory), where it writes nothing back and returns at once.
+   */
+  fsync(ino: number, fh: number, datasync: boolean): void | Promise<void> {
     const h = this.handle(fh, ino);
+    if (this.rootInMemory && typeof h.node.key === 'number') {
+      sys(() => (datasync ? fdatasyncSync : fsyncSync)(h.fd));
+      return;
+    }
     return new Promise((res, rej) => (datasync ? fdatasync : fsync)(h.fd, (err) => (err ? rej(new FsError(errnoOf(err))) : res())));
   }
 
@@ -735,8 +753,8 @@ export class HostDirFs implements FsProvider {
     this.release(ino, fh);
   }
 
-  /** fsync of a directory handle, on the thread pool. */
-  fsyncdir(ino: number, fh: number, datasync: boolean): Promise<void> {
+  /** fsync of a directory handle (as fsync: on the thread pool, unless in memory). */
+  fsyncdir(ino: number, fh: number, datasync: boolean): void | Promise<void> {
     return this.fsync(ino, fh, datasync);
   }
 
