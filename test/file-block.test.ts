@@ -3,7 +3,7 @@
 // completed, and 'auto' serves page-cached reads on the event loop (preadv2 RWF_NOWAIT).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileBlockStorage } from '../src/node/file-block.js';
@@ -66,5 +66,32 @@ test('native preadvNowait: reads page-cached data into several buffers; bad argu
     n.munmap(map.buffer as ArrayBuffer);
   } finally {
     n.close(fd);
+  }
+});
+
+// tmpfs refuses RWF_NOWAIT (EOPNOTSUPP), so 'auto' could not tell a cached read there and sent
+// every read to the thread pool, for good (found by fswake for the fs device's READ). A file in
+// memory is read on the event loop: both the device's synchronous path and read() say so.
+test("FileBlockStorage io=auto on tmpfs: reads on the event loop, none on the thread pool", async (t) => {
+  const shm = openSync('/dev/shm', 'r');
+  const inMemory = native().fsMemoryFs(shm);
+  closeSync(shm);
+  if (!inMemory) return t.skip('/dev/shm is not tmpfs here');
+  const dir = mkdtempSync(join('/dev/shm', 'virtio-ts-file-'));
+  try {
+    const path = join(dir, 'disk.img');
+    const data = pattern(4, 1 << 20);
+    writeFileSync(path, data);
+    const disk = await FileBlockStorage.open(path, { io: 'auto' });
+    const into = new Uint8Array(8192);
+    for (let i = 0; i < 4; i++) assert.equal(disk.readSync(i * 4096, into, 0, 4096), true, `synchronous read ${i} served`);
+    assert.deepEqual(into.subarray(0, 4096), data.subarray(3 * 4096, 4 * 4096));
+    const back = [new Uint8Array(512), new Uint8Array(7680)];
+    await disk.read(65536, back);
+    assert.deepEqual(Buffer.concat(back), Buffer.from(data.subarray(65536, 65536 + 8192)));
+    assert.deepEqual(disk.stats, { cachedReads: 5, poolReads: 0 });
+    await disk.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

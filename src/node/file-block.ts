@@ -55,11 +55,20 @@ export class FileBlockStorage implements BlockStorage {
     if (io === 'auto') {
       try {
         this.nowait = native();
+        this.inMemory = this.nowait.fsMemoryFs(fh.fd);
       } catch {
         this.nowait = null; // no addon: the thread pool does every read
       }
     }
   }
+
+  /**
+   * 'auto' on a file in memory (tmpfs, ramfs): preadv2 there refuses RWF_NOWAIT (EOPNOTSUPP)
+   * although no read waits for a disk, so every read would take the thread pool; reads are
+   * plain readv on the event loop instead, as in 'sync' (a swapped-out tmpfs page aside, they
+   * never block). Writes still follow 'auto'.
+   */
+  private inMemory = false;
 
   /** The addon, while cached reads may be tried with RWF_NOWAIT ('auto'); null otherwise. */
   private nowait: NativeAddon | null = null;
@@ -108,7 +117,8 @@ export class FileBlockStorage implements BlockStorage {
     let pooled = false;
     while (rest.length > 0) {
       let n = -1;
-      if (this.nowait !== null && !pooled) {
+      if (this.inMemory) n = readvSync(this.fh.fd, rest, offset);
+      else if (this.nowait !== null && !pooled) {
         n = this.nowait.preadvNowait(this.fh.fd, rest, offset);
         if (n === -2) this.nowait = null; // this file system cannot say: the thread pool from now on
         if (n < 0) pooled = true;
@@ -151,7 +161,7 @@ export class FileBlockStorage implements BlockStorage {
     let view = into.subarray(at, at + length);
     while (view.length > 0) {
       let n: number;
-      if (this.io === 'sync') n = readvSync(this.fh.fd, [view], offset);
+      if (this.io === 'sync' || this.inMemory) n = readvSync(this.fh.fd, [view], offset);
       else {
         n = this.nowait!.preadvNowait(this.fh.fd, [view], offset);
         if (n === -2) this.nowait = null; // this file system cannot say: the thread pool from now on
