@@ -445,6 +445,12 @@ export class PackedObserver implements RingObserver {
   private synced = true;
   private broken = false;
   private readonly rules: BufferRules;
+  /**
+   * Whether usedSlot is where the device writes its next used descriptor: false after the used
+   * side guessed (a lap, or a used buffer of unknown list length taken to span one slot), true
+   * again once it read a used descriptor there whose list length it knew.
+   */
+  private aligned = true;
   /** A fault read from the fields of the list at availSlot, held for a later look (see hold()). */
   private held: Held | null = null;
   /** Whether this look is the ring's last (see RingObserver.scan). */
@@ -510,10 +516,12 @@ export class PackedObserver implements RingObserver {
         // would wait for good, and the available side with it, whenever it meets a slot used
         // before it looked (seen: the seg-max guest test's "chain 3: not named by the proxy").
         // Where the device stands cannot be told: the used side follows from the driver's, and
-        // used ids are not judged until back in step.
-        if (a !== this.usedWrap && this.ahead()) {
+        // used ids are not judged until back in step. (With both sides here the other AVAIL
+        // bit may be the last pass's: the driver has not come back to this slot yet.)
+        if (a !== this.usedWrap && !(this.availSlot === this.usedSlot && this.availWrap === this.usedWrap)) {
           this.stats.unseen++;
           this.synced = false;
+          this.aligned = false;
           this.usedSlot = this.availSlot;
           this.usedWrap = this.availWrap;
           moved = true;
@@ -530,12 +538,16 @@ export class PackedObserver implements RingObserver {
       if (this.inFlight[id] > 0) {
         this.inFlight[id]--;
         span = this.listLen[id];
+        this.aligned = true;
       } else if (this.synced) {
         // Looked again above first: the driver may have made it available after the first look.
         this.broken = true;
         this.report('packed.desc-table.device.3', `ring ${this.index}: slot ${this.usedSlot} marks buffer ${id} used, which the driver never made available (or it is not in flight)`, { queue: this.index, slot: this.usedSlot, id });
         return true;
-      } else span = 1; // a buffer we never saw: assume one slot (indirect lists, the common case)
+      } else {
+        span = 1; // a buffer we never saw: assume one slot (indirect lists, the common case)
+        this.aligned = false;
+      }
       const wasAvailHere = this.usedSlot === this.availSlot && this.usedWrap === this.availWrap;
       this.usedSlot += span;
       if (this.usedSlot >= this.size) {
@@ -548,9 +560,15 @@ export class PackedObserver implements RingObserver {
         this.availWrap = this.usedWrap;
       }
     }
-    // Back in step: every buffer out was seen (none in flight unseen). Not while a list is held:
-    // it is out, and not counted.
-    if (!this.synced && this.held === null && this.availSlot === this.usedSlot && this.availWrap === this.usedWrap) this.synced = this.noneInFlight();
+    // Back in step: nothing is in flight, so the counts start again from zero. The used
+    // descriptors up to usedSlot (aligned: where the device writes next) cover exactly the
+    // lists of the buffers used; when that is the
+    // driver's own position (its next slot, read after them, not written in this pass: nothing
+    // made available beyond it), the buffers used are all those made available. (Equal
+    // cursors alone are not enough: a buffer made available beyond availSlot may be among
+    // those used, and one before it still out.) Not while a list is held: it is out, and not
+    // counted.
+    if (!this.synced && this.aligned && this.held === null && this.availSlot === this.usedSlot && this.availWrap === this.usedWrap && ((this.flagsAt(this.availSlot) & PDESC_F_AVAIL) !== 0) !== this.availWrap) this.synced = this.noneInFlight();
     // What the device published from the next look on is after everything this look read.
     if (this.held !== null && this.held.mark < 0) this.held.mark = this.stats.used;
     return moved;
@@ -570,11 +588,29 @@ export class PackedObserver implements RingObserver {
         continue;
       }
       // Used in this pass already (a === u === wrap): the device took it before we looked. Its
-      // list is gone from view; the used side follows from here.
-      if (a === this.availWrap && u === this.availWrap && this.held !== null) this.settle(this.availSlot, this.availWrap);
-      if (a === this.availWrap && u === this.availWrap && this.availSlot === this.usedSlot && this.availWrap === this.usedWrap) {
+      // list is gone from view (a used descriptor is written over it); the used side follows
+      // from here. Whether or not the used side stands here, a buffer was made available
+      // unseen: used ids cannot be judged until back in step (a false
+      // packed.desc-table.device.3 otherwise: three buffers, the second and third completed
+      // first, their used descriptors over the second's slot before the observer walked it).
+      const h = this.held;
+      if (a !== this.availWrap && h !== null && h.slot === this.availSlot && h.wrap === this.availWrap) {
+        // The held list's slot, seen in this pass, shows the next one: used and made available
+        // again between two looks (lapped). Not judged; both sides go on from the next pass
+        // here, where the device stands not known.
+        this.held = null;
         this.stats.unseen++;
         this.synced = false;
+        this.aligned = false;
+        if (this.usedSlot === this.availSlot && this.usedWrap === this.availWrap) this.usedWrap = !this.usedWrap;
+        this.availWrap = !this.availWrap;
+        moved = true;
+        continue;
+      }
+      if (a === this.availWrap && u === this.availWrap) {
+        if (this.held !== null) this.settle(this.availSlot, this.availWrap);
+        this.synced = false;
+        if (this.availSlot === this.usedSlot && this.availWrap === this.usedWrap) this.stats.unseen++;
       }
       break;
     }
