@@ -736,9 +736,11 @@ export class PackedObserver implements RingObserver {
    * - the ring's last look (the session ends): a device that stopped on the fault never
    *   publishes; judged on what the ring holds then;
    * - `fatal` faults: the device published a used descriptor after the look that found it. The
-   *   device writes used descriptors in ring order from where the used side stands, and
-   *   publishes a batch together (first flags last, 2.8.6): one published after the look
-   *   makes every used descriptor written before it visible, this slot's too if it held one;
+   *   device writes used descriptors in ring order from where the used side stands; the
+   *   project's device and DPDK publish every used descriptor written so far together (the
+   *   batch's first flags last): one published after the look makes this slot's visible too
+   *   if it held one. (A device that publishes one at a time could still draw a verdict here;
+   *   nothing in the ring tells its pending fields from the driver's.)
    * - the long indirect table (well-defined, a verdict only, and a device may hold such a chain
    *   for as long as it likes: the seg-max guest test's back-end holds it until it is named):
    *   any later look that finds it unchanged. A used length read as a long table (a multiple of
