@@ -380,13 +380,17 @@ class ProxySession {
     }
   }
 
-  /** Stops watching a ring (a last look first unless `quiet`). */
-  private retire(r: RingConfig, look: boolean): void {
+  /**
+   * Stops watching a ring, after a look (`look`); `last`: the ring's last look in this session,
+   * which judges what an observer held for a later look (rings.ts, PackedObserver.hold).
+   */
+  private retire(r: RingConfig, look: boolean, last = false): void {
     const o = r.observer;
     if (o === null) return;
     if (look) {
       try {
         o.scan();
+        if (last) o.scan(true);
       } catch (err) {
         this.internal(err);
       }
@@ -396,8 +400,8 @@ class ProxySession {
     r.observer = null;
   }
 
-  private stopAll(look = false): void {
-    for (const r of this.rings.values()) this.retire(r, look);
+  private stopAll(look = false, last = false): void {
+    for (const r of this.rings.values()) this.retire(r, look, last);
   }
 
   private scan(): boolean {
@@ -534,7 +538,7 @@ class ProxySession {
   end(reason: string): void {
     if (this.over) return;
     this.over = true;
-    this.stopAll(true);
+    this.stopAll(true, true);
     this.front.close(reason);
     this.back.close(reason);
     this.channelFront?.close(reason);

@@ -17,7 +17,11 @@
  * - packed: descriptors are judged when found available; a slot the device already overwrote
  *   with a used descriptor cannot be judged, and the observer says so once (no verdict) and
  *   follows the device's used descriptors from there. A used buffer id is judged only when
- *   every buffer made available before it was seen.
+ *   every buffer made available before it was seen. A device may write a used descriptor's id
+ *   and len before its flags (2.8: the flags make it visible; the project's device and DPDK do,
+ *   for a whole batch), so a slot not walked yet can hold used fields under the driver's
+ *   available flags: a fault read from a slot's fields is held until a later look confirms it
+ *   (PackedObserver.hold).
  *
  * Allocation-light: state is typed arrays sized at ring start; a scan allocates only when it
  * reports.
@@ -68,8 +72,11 @@ export interface RingObserver {
   /** The queue size (the proxy paces its looks by how much of it moved between two). */
   readonly size: number;
   readonly stats: RingStats;
-  /** Looks at the ring once; returns whether anything moved. */
-  scan(): boolean;
+  /**
+   * Looks at the ring once; returns whether anything moved. `last`: the ring's last look (the
+   * session ends): what is still held for a later look is judged on what this one finds.
+   */
+  scan(last?: boolean): boolean;
   /** The position to show in a verdict. */
   position(): Record<string, number | boolean>;
 }
@@ -404,6 +411,18 @@ export class SplitObserver implements RingObserver {
   }
 }
 
+/** A fault of the packed observer held for a later look (PackedObserver.hold). */
+interface Held {
+  slot: number;
+  wrap: boolean;
+  clause: string;
+  message: string;
+  /** The len read at the list's first slot. */
+  len: number;
+  /** stats.used at the end of the look that found it (-1 until then). */
+  mark: number;
+}
+
 /** Observer of a packed ring (2.8). */
 export class PackedObserver implements RingObserver {
   readonly index: number;
@@ -426,6 +445,16 @@ export class PackedObserver implements RingObserver {
   private synced = true;
   private broken = false;
   private readonly rules: BufferRules;
+  /**
+   * Whether usedSlot is where the device writes its next used descriptor: false after the used
+   * side guessed (a lap, or a used buffer of unknown list length taken to span one slot), true
+   * again once it read a used descriptor there whose list length it knew.
+   */
+  private aligned = true;
+  /** A fault read from the fields of the list at availSlot, held for a later look (see hold()). */
+  private held: Held | null = null;
+  /** Whether this look is the ring's last (see RingObserver.scan). */
+  private last = false;
 
   private constructor(
     private readonly mem: GuestMemory,
@@ -469,8 +498,9 @@ export class PackedObserver implements RingObserver {
     return loadU16(this.ringR, this.ringOff + slot * PDESC_SIZE + 14);
   }
 
-  scan(): boolean {
+  scan(last = false): boolean {
     if (this.broken) return false;
+    this.last = last;
     let moved = this.scanAvail();
     if (this.broken) return true;
     // Used side: the device writes used descriptors in order from usedSlot.
@@ -479,22 +509,45 @@ export class PackedObserver implements RingObserver {
       const flags = this.flagsAt(this.usedSlot);
       const a = (flags & PDESC_F_AVAIL) !== 0;
       const u = (flags & PDESC_F_USED) !== 0;
-      if (!(a === this.usedWrap && u === this.usedWrap)) break;
+      if (!(a === this.usedWrap && u === this.usedWrap)) {
+        // Lapped: a slot the driver's side has passed in this pass (so it showed this pass's
+        // AVAIL bit) shows the other one: the device used it and the driver made it available
+        // again (or more) between two looks, and this used descriptor is gone. Waiting here
+        // would wait for good, and the available side with it, whenever it meets a slot used
+        // before it looked (seen: the seg-max guest test's "chain 3: not named by the proxy").
+        // Where the device stands cannot be told: the used side follows from the driver's, and
+        // used ids are not judged until back in step. (With both sides here the other AVAIL
+        // bit may be the last pass's: the driver has not come back to this slot yet.)
+        if (a !== this.usedWrap && !(this.availSlot === this.usedSlot && this.availWrap === this.usedWrap)) {
+          this.stats.unseen++;
+          this.synced = false;
+          this.aligned = false;
+          this.usedSlot = this.availSlot;
+          this.usedWrap = this.availWrap;
+          moved = true;
+        }
+        break;
+      }
       moved = true;
       const id = this.ringR.view.getUint16(o + 12, true);
       this.stats.used++;
+      if (this.held !== null) this.settle(this.usedSlot, this.usedWrap);
       let span: number;
       if (this.inFlight[id] === 0 && this.synced) this.scanAvail();
       if (this.broken) return true;
       if (this.inFlight[id] > 0) {
         this.inFlight[id]--;
         span = this.listLen[id];
+        this.aligned = true;
       } else if (this.synced) {
         // Looked again above first: the driver may have made it available after the first look.
         this.broken = true;
         this.report('packed.desc-table.device.3', `ring ${this.index}: slot ${this.usedSlot} marks buffer ${id} used, which the driver never made available (or it is not in flight)`, { queue: this.index, slot: this.usedSlot, id });
         return true;
-      } else span = 1; // a buffer we never saw: assume one slot (indirect lists, the common case)
+      } else {
+        span = 1; // a buffer we never saw: assume one slot (indirect lists, the common case)
+        this.aligned = false;
+      }
       const wasAvailHere = this.usedSlot === this.availSlot && this.usedWrap === this.availWrap;
       this.usedSlot += span;
       if (this.usedSlot >= this.size) {
@@ -507,8 +560,17 @@ export class PackedObserver implements RingObserver {
         this.availWrap = this.usedWrap;
       }
     }
-    // Back in step: every buffer out was seen (none in flight unseen).
-    if (!this.synced && this.availSlot === this.usedSlot && this.availWrap === this.usedWrap) this.synced = this.noneInFlight();
+    // Back in step: nothing is in flight, so the counts start again from zero. The used
+    // descriptors up to usedSlot (aligned: where the device writes next) cover exactly the
+    // lists of the buffers used; when that is the
+    // driver's own position (its next slot, read after them, not written in this pass: nothing
+    // made available beyond it), the buffers used are all those made available. (Equal
+    // cursors alone are not enough: a buffer made available beyond availSlot may be among
+    // those used, and one before it still out.) Not while a list is held: it is out, and not
+    // counted.
+    if (!this.synced && this.aligned && this.held === null && this.availSlot === this.usedSlot && this.availWrap === this.usedWrap && ((this.flagsAt(this.availSlot) & PDESC_F_AVAIL) !== 0) !== this.availWrap) this.synced = this.noneInFlight();
+    // What the device published from the next look on is after everything this look read.
+    if (this.held !== null && this.held.mark < 0) this.held.mark = this.stats.used;
     return moved;
   }
 
@@ -526,10 +588,29 @@ export class PackedObserver implements RingObserver {
         continue;
       }
       // Used in this pass already (a === u === wrap): the device took it before we looked. Its
-      // list is gone from view; the used side follows from here.
-      if (a === this.availWrap && u === this.availWrap && this.availSlot === this.usedSlot && this.availWrap === this.usedWrap) {
+      // list is gone from view (a used descriptor is written over it); the used side follows
+      // from here. Whether or not the used side stands here, a buffer was made available
+      // unseen: used ids cannot be judged until back in step (a false
+      // packed.desc-table.device.3 otherwise: three buffers, the second and third completed
+      // first, their used descriptors over the second's slot before the observer walked it).
+      const h = this.held;
+      if (a !== this.availWrap && h !== null && h.slot === this.availSlot && h.wrap === this.availWrap) {
+        // The held list's slot, seen in this pass, shows the next one: used and made available
+        // again between two looks (lapped). Not judged; both sides go on from the next pass
+        // here, where the device stands not known.
+        this.held = null;
         this.stats.unseen++;
         this.synced = false;
+        this.aligned = false;
+        if (this.usedSlot === this.availSlot && this.usedWrap === this.availWrap) this.usedWrap = !this.usedWrap;
+        this.availWrap = !this.availWrap;
+        moved = true;
+        continue;
+      }
+      if (a === this.availWrap && u === this.availWrap) {
+        if (this.held !== null) this.settle(this.availSlot, this.availWrap);
+        this.synced = false;
+        if (this.availSlot === this.usedSlot && this.availWrap === this.usedWrap) this.stats.unseen++;
       }
       break;
     }
@@ -565,6 +646,14 @@ export class PackedObserver implements RingObserver {
       this.report(clause, `ring ${this.index}: ${message}`, { queue: this.index, slot: first, wrap: this.availWrap, ...extra });
       return false;
     };
+    // A fault read from a slot's addr or len (and what they point to), which may be a used
+    // descriptor's the device is still writing: judged only once confirmed (hold()).
+    const suspect = (clause: string, message: string, extra: Record<string, unknown> = {}): boolean => {
+      if (!this.hold(first, clause, message, firstLen, true)) return false;
+      return fault(clause, message, extra);
+    };
+    if (this.held !== null && (this.held.slot !== first || this.held.wrap !== this.availWrap)) this.held = null;
+    let firstLen = 0;
     for (;;) {
       if (count >= size) return fault('packed.scatter-gather-support.driver.2', `the descriptor list at slot ${first} is longer than the queue size ${size}`);
       const o = this.ringOff + slot * PDESC_SIZE;
@@ -577,6 +666,7 @@ export class PackedObserver implements RingObserver {
       const addr = addrAt(v, o);
       const len = v.getUint32(o + 8, true);
       id = v.getUint16(o + 12, true);
+      if (count === 0) firstLen = len;
       // The device may have used this buffer and the driver written a new descriptor into the
       // slot while we read it (its fields land before its flags): then the fields read are not
       // one descriptor's, and nothing is judged. Seen as a false struct.indirect-len.driver.1 on
@@ -590,11 +680,21 @@ export class PackedObserver implements RingObserver {
         // The table is read in place: it is the driver's to free once the buffer is used, so
         // what was read is judged only if the slot still holds this buffer after the reading.
         if (this.flagsAt(slot) !== flags) return this.overtaken();
-        if (this.longTable > 0) this.report('packed.indirect-descs.driver.3', `ring ${this.index}: the indirect table at slot ${first} holds ${this.longTable} descriptors, more than the queue size ${this.size}`, { queue: this.index, slot: first, entries: this.longTable, size: this.size });
-        if (bad !== null) return fault(bad[0], bad[1]);
+        // Every rule of the table follows from the len read (its entries, how many); the
+        // fatal one first, then the long table (well-defined: a verdict, and the walk goes on).
+        if (bad !== null) {
+          if (!this.hold(first, bad[0], bad[1], firstLen, true)) return false;
+          if (this.longTable > 0) this.longTableVerdict(first);
+          return fault(bad[0], bad[1]);
+        }
+        if (this.longTable > 0) {
+          if (!this.hold(first, 'packed.indirect-descs.driver.3', `${this.longTable}`, firstLen, false)) return false;
+          this.longTableVerdict(first);
+        }
       } else {
         const bad = rules.buffer(addr, len, (flags & PDESC_F_WRITE) !== 0, 'packed.scatter-gather-support.driver.3', `slot ${slot} of the list at slot ${first}`);
-        if (bad !== null) return fault(bad[0], bad[1], { at: slot });
+        // Framing (readable after writable) is read from the flags, which the device writes last.
+        if (bad !== null) return bad[0] === 'packed.scatter-gather-support.driver.3' ? fault(bad[0], bad[1], { at: slot }) : suspect(bad[0], bad[1], { at: slot });
       }
       slot++;
       if (slot === size) {
@@ -603,12 +703,77 @@ export class PackedObserver implements RingObserver {
       }
       if (!(flags & PDESC_F_NEXT)) break;
     }
+    this.held = null;
     this.stats.available++;
-    this.inFlight[id]++;
-    this.listLen[id] = count;
+    // The used descriptor names a buffer by its id (2.8), so a driver has one buffer out per id:
+    // an id already in flight was read from a used descriptor's fields the device is writing
+    // (or a use went by unseen). Which buffer this list is cannot be told; as for a buffer that
+    // went by unseen, used ids are not judged until back in step (a false
+    // packed.desc-table.device.3 otherwise, test/proxy/packed-observer.test.ts).
+    if (this.inFlight[id] > 0) this.synced = false;
+    else {
+      this.inFlight[id]++;
+      this.listLen[id] = count;
+    }
     this.availSlot = slot;
     this.availWrap = wrap;
     return true;
+  }
+
+  /** The verdict on a long indirect table at `first` (its entries in longTable). */
+  private longTableVerdict(first: number): void {
+    this.report('packed.indirect-descs.driver.3', `ring ${this.index}: the indirect table at slot ${first} holds ${this.longTable} descriptors, more than the queue size ${this.size}`, { queue: this.index, slot: first, entries: this.longTable, size: this.size });
+  }
+
+  /**
+   * Whether a fault read from the fields of the list at `first` (availSlot) may be judged now;
+   * else it is held (the walk stops there; the next look walks the list again).
+   *
+   * The device may have written a used descriptor's id and len into the slot before the look
+   * (2.8: the flags, written last, make it visible), and nothing in the slot tells those from the
+   * driver's, for as long as the device's batch lasts. A fault found again, from the same values,
+   * at a look after
+   * - the ring's last look (the session ends): a device that stopped on the fault never
+   *   publishes; judged on what the ring holds then;
+   * - `fatal` faults: the device published a used descriptor after the look that found it. The
+   *   device writes used descriptors in ring order from where the used side stands; the
+   *   project's device and DPDK publish every used descriptor written so far together (the
+   *   batch's first flags last): one published after the look makes this slot's visible too
+   *   if it held one. (A device that publishes one at a time could still draw a verdict here;
+   *   nothing in the ring tells its pending fields from the driver's.)
+   * - the long indirect table (well-defined, a verdict only, and a device may hold such a chain
+   *   for as long as it likes: the seg-max guest test's back-end holds it until it is named):
+   *   any later look that finds it unchanged. A used length read as a long table (a multiple of
+   *   16 over 16 x the queue size) with a valid table behind it, from a device stopped between
+   *   its len and its flags across two looks, would be named: rare, and a verdict only.
+   * A slot the device used meanwhile is not judged, unless it was the long table and the
+   * device's used length differs from the len read (settle()): then that len was the driver's.
+   */
+  private hold(first: number, clause: string, message: string, len: number, fatal: boolean): boolean {
+    const h = this.held;
+    if (this.last) return true;
+    if (h !== null && h.slot === first && h.wrap === this.availWrap && h.clause === clause && h.message === message && h.len === len) {
+      return fatal ? h.mark >= 0 && this.stats.used > h.mark : h.mark >= 0;
+    }
+    // Its buffer is not counted in flight: used ids are not judged until back in step.
+    this.synced = false;
+    this.held = { slot: first, wrap: this.availWrap, clause, message, len, mark: -1 };
+    return false;
+  }
+
+  /**
+   * Slot `slot` of pass `wrap` was found used: a list held there is not judged, except a long
+   * indirect table whose used length differs from the len read (that len was the driver's; the
+   * table was read while the slot still showed it available, so before the driver could reuse it).
+   */
+  private settle(slot: number, wrap: boolean): void {
+    const h = this.held;
+    if (h === null || h.slot !== slot || h.wrap !== wrap) return;
+    this.held = null;
+    if (h.clause !== 'packed.indirect-descs.driver.3') return;
+    if (this.ringR.view.getUint32(this.ringOff + slot * PDESC_SIZE + 8, true) === h.len) return;
+    this.longTable = Number(h.message);
+    this.longTableVerdict(slot);
   }
 
   /**

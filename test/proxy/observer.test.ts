@@ -189,7 +189,10 @@ test('a packed list over 2^32 bytes: the proxy names struct.buffer-range.driver.
   put(0, 0x100000, 0x80000000, PDESC_F_AVAIL | PDESC_F_WRITE | PDESC_F_NEXT);
   const proxy: string[] = [];
   const o = PackedObserver.create(mem, (c) => proxy.push(c), { indirect: true, eventIdx: false }, { index: 0, size: 8, desc: ring, avail: 0x2000, used: 0x2004, base: 0x80008000 })!;
+  // A fault of the lengths read: held while the device could be writing a used descriptor
+  // there (test/proxy/packed-observer.test.ts), named at the ring's last look.
   o.scan();
+  o.scan(true);
   assert.deepEqual(proxy, ['struct.buffer-range.driver.1']);
 });
 

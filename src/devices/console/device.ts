@@ -166,6 +166,43 @@ interface PortState {
   txHeld: boolean;
 }
 
+/** What a port's host view reaches of the device (closures over the port's state). */
+interface PortOps {
+  state(): PortState;
+  push(bytes: Uint8Array): boolean;
+  setHostOpen(open: boolean): void;
+  guestOpen(): boolean;
+}
+
+/**
+ * A port's host view (a class, not an object literal with accessors, which V8 keeps in
+ * dictionary mode: a hash lookup on every push).
+ */
+class PortHost implements ConsoleHostPort {
+  constructor(
+    readonly id: number,
+    private readonly ops: PortOps,
+  ) {}
+  push(bytes: Uint8Array): boolean {
+    return this.ops.push(bytes);
+  }
+  setHostOpen(open: boolean): void {
+    this.ops.setHostOpen(open);
+  }
+  get buffered(): number {
+    return this.ops.state().buffered;
+  }
+  get dropped(): number {
+    return this.ops.state().dropped;
+  }
+  get guestOpen(): boolean {
+    return this.ops.guestOpen();
+  }
+  get hostOpen(): boolean {
+    return this.ops.state().hostOpen;
+  }
+}
+
 /**
  * The console device type: hand it to a {@link VirtioDevice}, or use {@link ConsoleDevice},
  * which does that from the same options. One per device (it keeps the ports). The ports given
@@ -314,23 +351,12 @@ export class ConsoleDeviceType implements DeviceType {
       dropped: 0,
       stopped: false,
       txHeld: false,
-      host: {
-        id,
+      host: new PortHost(id, {
+        state: () => state,
         push: (bytes) => self.push(state, bytes),
         setHostOpen: (open) => self.setHostOpen(state, open),
-        get buffered() {
-          return state.buffered;
-        },
-        get dropped() {
-          return state.dropped;
-        },
-        get guestOpen() {
-          return self.isGuestOpen(state);
-        },
-        get hostOpen() {
-          return state.hostOpen;
-        },
-      },
+        guestOpen: () => self.isGuestOpen(state),
+      }),
     };
     this.ports.set(id, state);
     endpoint.attach?.(state.host);

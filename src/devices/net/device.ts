@@ -198,6 +198,28 @@ class Reserve {
 }
 
 /**
+ * The device's FramePort: plain fields the device writes (a class, not an object literal with
+ * accessors, which V8 keeps in dictionary mode: a hash lookup on every frame).
+ */
+class DevicePort implements FramePort {
+  readonly name = 'virtio-net';
+  accepts: OffloadSupport = NO_OFFLOADS;
+  linkUp = false;
+  onFrame: ((frame: Uint8Array, offload: NetOffload | undefined) => void) | null = null;
+  onLinkChange: ((up: boolean) => void) | null = null;
+  constructor(
+    private readonly deliver: (frame: Uint8Array, offload: NetOffload | undefined) => boolean,
+    private readonly down: () => void,
+  ) {}
+  send(frame: Uint8Array, offload?: NetOffload): boolean {
+    return this.deliver(frame, offload);
+  }
+  close(): void {
+    this.down();
+  }
+}
+
+/**
  * The network device type: hand it to a {@link VirtioDevice}, or use {@link NetDevice}.
  * `port` is the device's side toward the host (see the module comment).
  */
@@ -224,15 +246,14 @@ export class NetDeviceType implements DeviceType {
   readonly frontEndFeatures: bigint;
   /** The device toward the host: frames the guest sends come out of `onFrame`; `send` delivers to the guest. */
   readonly port: FramePort;
+  /** The same object: its fields are the device's to write. */
+  private readonly framePort: DevicePort;
 
   private ctx: DeviceContext | null = null;
   private readonly initialMac: Uint8Array;
   /** The current MAC address (config mac; CTRL_MAC_ADDR_SET changes it). */
   readonly mac = new Uint8Array(6);
   private linkUp: boolean;
-  private portLink = false;
-  private portLinkCb: ((up: boolean) => void) | null = null;
-  private portFrameCb: ((frame: Uint8Array, offload: NetOffload | undefined) => void) | null = null;
 
   // Negotiated state, fixed at FEATURES_OK.
   private hdrLen: number = NET_HDR_SIZE.NUM_BUFFERS;
@@ -345,30 +366,11 @@ export class NetDeviceType implements DeviceType {
     const hold = options.rxHoldBytes ?? 256 * 1024;
     this.holds = Array.from({ length: pairs }, () => new HoldQueue(hold, Math.max(1, Math.min(this.queueMaxSize * 2, Math.ceil(hold / 60)))));
     this.reserves = Array.from({ length: pairs }, () => new Reserve(this.queueMaxSize));
-    const self = this;
-    this.port = {
-      name: 'virtio-net',
-      get accepts() {
-        return self.acceptsNow;
-      },
-      send: (frame, offload) => this.send(frame, offload),
-      get onFrame() {
-        return self.portFrameCb;
-      },
-      set onFrame(cb) {
-        self.portFrameCb = cb;
-      },
-      get linkUp() {
-        return self.portLink;
-      },
-      get onLinkChange() {
-        return self.portLinkCb;
-      },
-      set onLinkChange(cb) {
-        self.portLinkCb = cb;
-      },
-      close: () => this.setLink(false),
-    };
+    this.framePort = new DevicePort(
+      (frame, offload) => this.send(frame, offload),
+      () => this.setLink(false),
+    );
+    this.port = this.framePort;
   }
 
   init(ctx: DeviceContext): void {
@@ -428,9 +430,10 @@ export class NetDeviceType implements DeviceType {
 
   private updatePortLink(): void {
     const up = this.linkUp && this.ctx !== null && this.ctx.live;
-    if (up === this.portLink) return;
-    this.portLink = up;
-    this.portLinkCb?.(up);
+    const port = this.framePort;
+    if (up === port.linkUp) return;
+    port.linkUp = up;
+    port.onLinkChange?.(up);
   }
 
   validateFeatures(features: bigint): boolean {
@@ -479,6 +482,7 @@ export class NetDeviceType implements DeviceType {
     this.guestCsum = a.csum;
     this.guestGso = a.tso4 || a.tso6 || a.ufo || a.uso;
     this.acceptsNow = a;
+    this.framePort.accepts = a;
   }
 
   driverOk(): void {
@@ -509,6 +513,7 @@ export class NetDeviceType implements DeviceType {
     this.guestOffloads = 0n;
     this.applyGuestOffloads();
     this.acceptsNow = NO_OFFLOADS;
+    this.framePort.accepts = NO_OFFLOADS;
     this.writeConfig(ctx.config);
     this.updatePortLink();
   }
@@ -652,7 +657,7 @@ export class NetDeviceType implements DeviceType {
       this.flowPair[h] = pair;
       this.flowKnown[h] = 1;
     }
-    this.portFrameCb?.(frame, offload);
+    this.framePort.onFrame?.(frame, offload);
   }
 
   /** The transmit header's meaning, after its checks; null: the frame cannot be sent. */
