@@ -36,7 +36,7 @@ function instructions(filter: string, profile: string, chains: number): number {
   const out = join(dir, `${profile}-${chains}.out`);
   const r = spawnSync(
     'nice',
-    ['-n', '19', 'valgrind', '--tool=callgrind', `--callgrind-out-file=${out}`, process.execPath, '--expose-gc', '--min-semi-space-size=128', '--max-semi-space-size=128', bench],
+    ['-n', '19', 'valgrind', '--tool=callgrind', `--callgrind-out-file=${out}`, process.execPath, '--single-threaded', '--expose-gc', '--min-semi-space-size=128', '--max-semi-space-size=128', bench],
     { env: { ...process.env, BENCH_FILTER: filter, BENCH_PROFILE: profile, BENCH_PROFILE_CHAINS: String(chains) }, encoding: 'utf8' },
   );
   // BENCH_FILTER is a substring match: 'split:blk/1' also matches nothing else, but 'split:blk/32'
