@@ -10,7 +10,10 @@
  *   node dist/bench/loop-instructions.js [--rows split:rng/32,packed:blk/1] [--side lib|floor|both]
  *        [--low 200000] [--high 700000] [--bench dist/bench/loop.bench.js]
  *
- * `--bench` may name another tree's loop.bench.js (a baseline checkout). Runs under `nice -n 19`.
+ * `--bench` may name another tree's loop.bench.js (a baseline checkout). Runs under `nice -n 19`,
+ * with `node --single-threaded`: concurrent compilation and marking threads made the two counts'
+ * difference vary by hundreds of instructions per chain (a major GC that falls in one count and
+ * not the other still moves a figure by about 50).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
