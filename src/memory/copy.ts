@@ -16,6 +16,13 @@
  * Callers check every range first; these functions trust them. Browser-safe: no Node import.
  */
 
+/**
+ * Uint8Array.prototype.set, called through `call`: a `dst.set(...)` site in optimized code looked
+ * `set` up through a generic LoadIC call on every copy; a call of this constant goes straight to
+ * the builtin.
+ */
+const u8Set = Uint8Array.prototype.set;
+
 /** Copies of at most this many bytes go byte by byte. */
 export const SMALL_COPY = 16;
 
@@ -80,7 +87,7 @@ export function copyBytes(cache: ViewCache, src: Uint8Array, sOff: number, dst: 
   if (sOff === 0 && n === src.length) {
     // Faster than a byte loop from about 16 bytes up; right when the two overlap in one buffer
     // too (ECMA-262 SetTypedArrayFromTypedArray copies as if through a temporary).
-    dst.set(src, dOff);
+    u8Set.call(dst, src, dOff);
     return;
   }
   if (src.buffer === dst.buffer) {
@@ -98,7 +105,7 @@ export function copyBytes(cache: ViewCache, src: Uint8Array, sOff: number, dst: 
   }
   const view = cache.get(src, sOff, n);
   if (view !== null) {
-    dst.set(view, dOff);
+    u8Set.call(dst, view, dOff);
     return;
   }
   // First sighting: words through DataViews (integers: exact bytes whatever they hold).

@@ -15,6 +15,10 @@ export const PDESC_F_WRITE = 2;
 export const PDESC_F_INDIRECT = 4;
 export const PDESC_F_AVAIL = 1 << 7;
 export const PDESC_F_USED = 1 << 15;
+// The same two for the functions below, which the rings call per descriptor: an exported const
+// is a module cell that optimized code loads (with a TDZ check) at every use; these are folded.
+const F_AVAIL = 1 << 7;
+const F_USED = 1 << 15;
 
 /** Event suppression structure: offset 0 desc_event_off_wrap, offset 2 desc_event_flags (2.8.10). */
 export const EVENT_OFF_WRAP = 0;
@@ -42,25 +46,25 @@ export function packedFlagsAddress(ring: number, slot: number): number {
 
 /** Flags that make a descriptor available in a pass whose wrap counter is `wrap`. */
 export function availFlags(wrap: boolean): number {
-  return wrap ? PDESC_F_AVAIL : PDESC_F_USED;
+  return wrap ? F_AVAIL : F_USED;
 }
 
 /** Flags of a used descriptor written in a pass whose wrap counter is `wrap`. */
 export function usedFlags(wrap: boolean): number {
-  return wrap ? PDESC_F_AVAIL | PDESC_F_USED : 0;
+  return wrap ? F_AVAIL | F_USED : 0;
 }
 
 /** A descriptor is available to the device when AVAIL matches the wrap counter and USED does not. */
 export function isAvailable(flags: number, wrap: boolean): boolean {
-  const a = (flags & PDESC_F_AVAIL) !== 0;
-  const u = (flags & PDESC_F_USED) !== 0;
+  const a = (flags & F_AVAIL) !== 0;
+  const u = (flags & F_USED) !== 0;
   return a === wrap && u !== wrap;
 }
 
 /** A descriptor is used (for the driver) when AVAIL and USED both equal the wrap counter. */
 export function isUsed(flags: number, wrap: boolean): boolean {
-  const a = (flags & PDESC_F_AVAIL) !== 0;
-  const u = (flags & PDESC_F_USED) !== 0;
+  const a = (flags & F_AVAIL) !== 0;
+  const u = (flags & F_USED) !== 0;
   return a === u && u === wrap;
 }
 

@@ -14,7 +14,11 @@ import { LONG_CHAIN_CAP, type DescriptorChain } from '../chain.js';
 import type { QueueFeatures, ViolationSink } from '../queue.js';
 import type { PriorBuffer, RingPosition } from '../queue.js';
 import { DeviceQueueBase } from '../device-queue-base.js';
-import {
+import * as P from '../../spec/packed-layout.js';
+
+// Module-local copies of the layout constants and helpers: optimized code loads an imported
+// binding from its module cell, with a TDZ check, at every use; a local const is folded.
+const {
   EVENT_ALIGN,
   EVENT_FLAGS,
   EVENT_OFF_WRAP,
@@ -32,7 +36,7 @@ import {
   packedNeedEvent,
   packedRingSize,
   usedFlags,
-} from '../../spec/packed-layout.js';
+} = P;
 
 const TWO_32 = 4294967296;
 
@@ -180,7 +184,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
 
   /** Whether the driver has made the next descriptor available. */
   hasAvailable(): boolean {
-    return this.active && !this.broken && isAvailable(this.flagsAt(this.nextAvail), this.availWrap);
+    return this.active === true && this.broken !== true && isAvailable(this.flagsAt(this.nextAvail), this.availWrap);
   }
 
   /** Flags of the next slot: a change means the driver wrote it (suspend checks). */
@@ -246,7 +250,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
    * queue is broken).
    */
   pop(chain: DescriptorChain): boolean {
-    if (!this.active || this.broken || this.isPaused) return false;
+    if (this.active !== true || this.broken === true || this.isPaused === true) return false;
     if (this.priorAt < this.priorList.length) return this.popResubmitted(chain, this.priorList[this.priorAt++]);
     const firstFlags = this.flagsAt(this.nextAvail);
     if (!isAvailable(firstFlags, this.availWrap)) return false;
@@ -255,7 +259,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     const base = this.ringOff;
     const first = this.nextAvail;
     let slot = first;
-    let wrap = this.availWrap;
+    let wrap = this.availWrap === true;
     let count = 0;
     let id = 0;
     let seenWritable = false;
@@ -292,7 +296,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
       this.shadowIdFlags[slot] = (id | (flags << 16)) >>> 0;
       count++;
       if (flags & PDESC_F_INDIRECT) {
-        if (!this.indirectAllowed) {
+        if (this.indirectAllowed !== true) {
           this.violation('packed.indirect-descs.driver.1', `slot ${slot} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, { slot }, true);
           return false;
         }
@@ -331,7 +335,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     this.idLinear[id] = this.availLinear;
     this.idCount[id] = count;
     this.idSlot[id] = first;
-    if (this.inOrder) this.takenInOrder(id, chain.writableBytes);
+    if (this.inOrder === true) this.takenInOrder(id, chain.writableBytes);
     this.nextAvail = slot;
     this.availWrap = wrap;
     this.availLinear += count;
@@ -451,13 +455,13 @@ export class PackedDeviceQueue extends DeviceQueueBase {
 
   /** Writes the used descriptor for buffer `id` (its flags at publish) and skips its list. */
   addUsed(id: number, len: number): void {
-    if (!this.active || !(id >= 0 && id <= 0xffff)) return;
+    if (this.active !== true || !(id >= 0 && id <= 0xffff)) return;
     const linear = this.idLinear[id];
     if (linear < 0 || this.stashed[id] === 1) return;
     const count = this.idCount[id];
     if (this.noShadow[id] === 1) this.noShadow[id] = 0;
-    else if (!this.broken) this.checkUnaltered(linear, this.idSlot[id], count, id);
-    if (this.inOrder) {
+    else if (this.broken !== true) this.checkUnaltered(linear, this.idSlot[id], count, id);
+    if (this.inOrder === true) {
       this.returnInOrder(id, len);
       return;
     }
@@ -499,13 +503,13 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     r.view.setUint32(o + 8, len >>> 0, true);
     r.view.setUint16(o + 12, id, true);
     this.pendingSlot[this.pendingCount] = slot;
-    this.pendingFlags[this.pendingCount] = usedFlags(this.usedWrap) | (len > 0 ? PDESC_F_WRITE : 0);
+    this.pendingFlags[this.pendingCount] = usedFlags(this.usedWrap === true) | (len > 0 ? PDESC_F_WRITE : 0);
     this.pendingCount++;
     if (this.mem.onWrite !== null) this.mem.onWrite(this.ringDesc + slot * PDESC_SIZE + 8, 6);
     let next = slot + count;
     if (next >= size) {
       next -= size;
-      this.usedWrap = !this.usedWrap;
+      this.usedWrap = this.usedWrap !== true;
     }
     this.nextUsed = next;
     this.usedLinear += count;
@@ -541,7 +545,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
    * used-buffer notification (2.8.10).
    */
   publish(): boolean {
-    if (!this.active) return false;
+    if (this.active !== true) return false;
     if (this.returnedCount > 0) this.flushInOrder();
     if (this.pendingCount === 0) return false;
     if (this.observer !== null) this.observer.publishing!(this.nextUsed, this.usedWrap);
@@ -559,7 +563,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     const ev = this.driverEvent!.view;
     const flags = ev.getUint16(this.driverEventOff + EVENT_FLAGS, true) & 3;
     if (flags === RING_EVENT_FLAGS_DISABLE) return false;
-    if (flags === RING_EVENT_FLAGS_DESC && this.eventIdx) {
+    if (flags === RING_EVENT_FLAGS_DESC && this.eventIdx === true) {
       return packedNeedEvent(ev.getUint16(this.driverEventOff + EVENT_OFF_WRAP, true), this.ringSize, old, this.usedLinear);
     }
     return true;
@@ -573,12 +577,12 @@ export class PackedDeviceQueue extends DeviceQueueBase {
 
   /** Asks for notifications again; true when buffers arrived meanwhile (process them instead of waiting). */
   enableNotifications(): boolean {
-    if (!this.active || this.broken || this.isPaused) return false;
-    if (this.eventIdx) {
+    if (this.active !== true || this.broken === true || this.isPaused === true) return false;
+    if (this.eventIdx === true) {
       // Like split's avail_event: one notification when the driver makes the next slot available,
       // not one per buffer.
       const ev = this.deviceEvent!;
-      ev.view.setUint16(this.deviceEventOff + EVENT_OFF_WRAP, this.nextAvail | (this.availWrap ? 0x8000 : 0), true);
+      ev.view.setUint16(this.deviceEventOff + EVENT_OFF_WRAP, this.nextAvail | (this.availWrap === true ? 0x8000 : 0), true);
       if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + EVENT_OFF_WRAP, 2);
       this.writeDeviceEventFlags(RING_EVENT_FLAGS_DESC);
     } else this.writeDeviceEventFlags(RING_EVENT_FLAGS_ENABLE);

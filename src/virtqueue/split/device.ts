@@ -12,30 +12,18 @@
  */
 import { GuestMemory, MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor, Verdict } from '../../monitor/monitor.js';
-import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY, MAX_QUEUE_SIZE } from '../../spec/constants.js';
+import * as C from '../../spec/constants.js';
 import { LONG_CHAIN_CAP, type DescriptorChain } from '../chain.js';
 import type { QueueFeatures, RingPosition, ViolationSink } from '../queue.js';
 import { DeviceQueueBase } from '../device-queue-base.js';
-import {
-  AVAIL_ALIGN,
-  AVAIL_RING,
-  DESC_ALIGN,
-  DESC_SIZE,
-  RING_FLAGS,
-  RING_IDX,
-  USED_ALIGN,
-  USED_ELEM_SIZE,
-  USED_RING,
-  availEventOffset,
-  availRingSize,
-  descTableSize,
-  isPowerOfTwo,
-  needEvent,
-  usedEventOffset,
-  usedRingSize,
-} from '../../spec/split-layout.js';
+import * as L from '../../spec/split-layout.js';
 
-
+// Module-local copies of the layout constants: optimized code loads an imported binding from its
+// module cell, with a TDZ check, at every use (seen in --print-opt-code of walk and addUsed); a
+// local const is folded into the code.
+const { AVAIL_ALIGN, AVAIL_RING, DESC_ALIGN, DESC_SIZE, RING_FLAGS, RING_IDX, USED_ALIGN, USED_ELEM_SIZE, USED_RING } = L;
+const { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY, MAX_QUEUE_SIZE } = C;
+const { availEventOffset, availRingSize, descTableSize, isPowerOfTwo, needEvent, usedEventOffset, usedRingSize } = L;
 const TWO_32 = 4294967296;
 
 function checkedMaxSize(maxSize: number): number {
@@ -59,6 +47,9 @@ export class SplitDeviceQueue extends DeviceQueueBase {
   private availOff = 0;
   private usedRegion: MemoryRegion | null = null;
   private usedOff = 0;
+  /** avail_event's offset in the used ring's region, and used_event's in the avail ring's (set at activate). */
+  private availEventAt = 0;
+  private usedEventAt = 0;
 
   // Per head: in flight, and a shadow of the table descriptors as popped, to see a driver
   // altering exposed descriptors (init.cleanup.driver.1) when the device returns them: the four
@@ -136,6 +127,8 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     this.availOff = this.ringAvail - this.availRegion.guestAddr;
     this.usedRegion = this.mem.region(this.ringUsed, usedRingSize(size));
     this.usedOff = this.ringUsed - this.usedRegion.guestAddr;
+    this.availEventAt = this.usedOff + availEventOffset(size);
+    this.usedEventAt = this.availOff + usedEventOffset(size);
     this.nextAvail = this.lastAvailIdx = this.kickAuditIdx = startAvail & 0xffff;
     this.nextUsed = this.signalledUsed = startUsed & 0xffff;
     this.inFlight.fill(0);
@@ -249,7 +242,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
 
   /** used_event, the last field of the driver area (valid with VIRTIO_F_EVENT_IDX). */
   usedEvent(): number {
-    return this.availRegion!.view.getUint16(this.availOff + usedEventOffset(this.ringSize), true);
+    return this.availRegion!.view.getUint16(this.usedEventAt, true);
   }
 
   /**
@@ -259,7 +252,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
    * chains waiting, or -1 when the index is bad.
    */
   pending(): number {
-    if (!this.active || this.broken) return 0;
+    if (this.active !== true || this.broken === true) return 0;
     const idx = this.availIdx();
     if (idx !== this.lastAvailIdx) {
       // Entries already seen (validated, not yet popped) plus the new ones must fit the ring;
@@ -288,7 +281,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
    * is broken).
    */
   pop(chain: DescriptorChain): boolean {
-    if (!this.active || this.broken || this.isPaused) return false;
+    if (this.active !== true || this.broken === true || this.isPaused === true) return false;
     let head: number;
     if (this.priorAt < this.priorList.length) {
       // Taken before a restart and never used: served again first (the avail ring entries
@@ -305,7 +298,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     this.inFlight[head] = 1;
     this.inFlightCount++;
     if (this.observer !== null) this.observer.taken(head);
-    if (this.inOrder) this.takenInOrder(head, chain.writableBytes);
+    if (this.inOrder === true) this.takenInOrder(head, chain.writableBytes);
     return true;
   }
 
@@ -328,7 +321,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     }
     const view = this.descRegion!.view;
     const base = this.descOff;
-    const shadow = this.checkExposedDescriptors;
+    const shadow = this.checkExposedDescriptors === true;
     let idx = head;
     let total = 0;
     let seenWritable = false;
@@ -356,7 +349,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
       }
       tableCount++;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
-        if (!this.indirectAllowed) {
+        if (this.indirectAllowed !== true) {
           this.violation('split.indirect-descs.driver.1', `descriptor ${idx} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated`, { head, desc: idx }, true);
           return false;
         }
@@ -382,7 +375,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
         this.violation('struct.desc-next.driver.1', `descriptor ${idx} chains to ${next}, beyond the queue size ${size}`, { head, desc: idx, next }, true);
         return false;
       }
-      if (this.inOrder && next !== (idx + 1) % size) {
+      if (this.inOrder === true && next !== (idx + 1) % size) {
         // Fatal: the in-order contract (one cyclic run of descriptors) no longer holds.
         this.violation('split.desc-table.driver.2', `with IN_ORDER, descriptor ${idx} must chain to ${(idx + 1) % size}, not ${next}`, { head, desc: idx, next }, true);
         return false;
@@ -457,7 +450,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
         this.violation('struct.desc-next.driver.1', `indirect entry ${idx} of head ${head} chains to ${next}, beyond the table's ${entries} entries`, { head, entry: idx, next }, true);
         return false;
       }
-      if (this.inOrder && next !== idx + 1) {
+      if (this.inOrder === true && next !== idx + 1) {
         this.violation('split.indirect-descs.driver.5', `with IN_ORDER, indirect entry ${idx} of head ${head} must chain to ${idx + 1}, not ${next}`, { head, entry: idx, next }, true);
         return false;
       }
@@ -485,9 +478,9 @@ export class SplitDeviceQueue extends DeviceQueueBase {
    * published by `publish()` so a batch costs one index write and at most one notification.
    */
   addUsed(head: number, len: number): void {
-    if (!this.active || head >= this.ringSize || this.inFlight[head] !== 1 || this.stashed[head] === 1) return;
-    if (this.checkExposedDescriptors && !this.broken) this.checkUnaltered(head);
-    if (this.inOrder) {
+    if (this.active !== true || head >= this.ringSize || this.inFlight[head] !== 1 || this.stashed[head] === 1) return;
+    if (this.checkExposedDescriptors === true && this.broken !== true) this.checkUnaltered(head);
+    if (this.inOrder === true) {
       this.returnInOrder(head, len);
       return;
     }
@@ -556,7 +549,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
    * whether the driver wants a used-buffer notification for this batch (2.7.10).
    */
   publish(): boolean {
-    if (!this.active) return false;
+    if (this.active !== true) return false;
     if (this.returnedCount > 0) this.flushInOrder();
     const r = this.usedRegion!;
     const off = this.usedOff + RING_IDX;
@@ -569,7 +562,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     if (this.observer !== null) this.observer.published(next, true);
     this.signalledUsed = next;
     const flags = this.availFlags();
-    if (this.eventIdx) {
+    if (this.eventIdx === true) {
       if (flags !== 0) this.violation('split.used-buffer-notif-suppr.driver.3', `avail.flags is ${flags} with VIRTIO_F_EVENT_IDX negotiated (must be 0)`, { flags }, false);
       // split.used-buffer-notif-suppr.device.4: the flags' low bit is ignored here.
       return needEvent(this.usedEvent(), next, old);
@@ -591,17 +584,17 @@ export class SplitDeviceQueue extends DeviceQueueBase {
    * driver, having seen the suppression, will never send.
    */
   enableNotifications(): boolean {
-    if (!this.active || this.broken || this.isPaused) return false;
-    if (this.eventIdx) {
+    if (this.active !== true || this.broken === true || this.isPaused === true) return false;
+    if (this.eventIdx === true) {
       const r = this.usedRegion!;
       // An atomic (seq-cst) store, not a plain one: a plain store may still sit in this CPU's
       // store buffer when avail.idx is loaded below, while the driver (another process: QEMU's
       // guest, a vhost-user front-end) publishes avail.idx and reads the old avail_event. Both
       // sides then wait for each other: a lost kick (seen as a bench:backends stall at QD1).
-      const off = this.usedOff + availEventOffset(this.ringSize);
+      const off = this.availEventAt;
       if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, this.nextAvail);
       else r.view.setUint16(off, this.nextAvail, true);
-      if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + availEventOffset(this.ringSize), 2);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + (off - this.usedOff), 2);
     } else {
       this.writeUsedFlags(0);
     }
