@@ -266,7 +266,6 @@ export class NetDeviceType implements DeviceType {
   /** Per queue: enabled by the transport (queueEnabled), for pairsByTransport. */
   private readonly queueOn: Uint8Array;
   private guestOffloads = 0n;
-  private acceptsNow: OffloadSupport = NO_OFFLOADS;
   private readonly accepts: OffloadSupport = { csum: false, tso4: false, tso6: false, ecn: false, ufo: false, uso: false };
   private hostCsum = false;
   private hostTso4 = false;
@@ -481,7 +480,6 @@ export class NetDeviceType implements DeviceType {
     a.uso = a.csum && on(F.GUEST_USO4) && on(F.GUEST_USO6);
     this.guestCsum = a.csum;
     this.guestGso = a.tso4 || a.tso6 || a.ufo || a.uso;
-    this.acceptsNow = a;
     this.framePort.accepts = a;
   }
 
@@ -512,7 +510,6 @@ export class NetDeviceType implements DeviceType {
     this.flowKnown.fill(0);
     this.guestOffloads = 0n;
     this.applyGuestOffloads();
-    this.acceptsNow = NO_OFFLOADS;
     this.framePort.accepts = NO_OFFLOADS;
     this.writeConfig(ctx.config);
     this.updatePortLink();
@@ -799,7 +796,8 @@ export class NetDeviceType implements DeviceType {
       this.counters.rxFiltered++;
       return true;
     }
-    if (!acceptsOffload(offload, this.acceptsNow)) return completeOffloads(frame, offload, this.acceptsNow, this.deliverFn) > 0;
+    const accepts = this.framePort.accepts;
+    if (!acceptsOffload(offload, accepts)) return completeOffloads(frame, offload, accepts, this.deliverFn) > 0;
     return this.receive(frame, offload);
   }
 

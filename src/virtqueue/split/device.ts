@@ -137,7 +137,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     this.active = true;
     // Ask for a notification for the very next buffer (EVENT_IDX starts at the start index).
     if (this.eventIdx) {
-      this.usedRegion.view.setUint16(this.usedOff + availEventOffset(size), this.nextAvail, true);
+      this.usedRegion.view.setUint16(this.availEventAt, this.nextAvail, true);
       if (this.mem.onWrite !== null) this.mem.onWrite(this.ringUsed + availEventOffset(size), 2);
     }
     if (startAvail === 0 && startUsed === 0) {
@@ -156,7 +156,7 @@ export class SplitDeviceQueue extends DeviceQueueBase {
 
   /** avail_event as the device last wrote it. */
   availEvent(): number {
-    return this.usedRegion!.view.getUint16(this.usedOff + availEventOffset(this.ringSize), true);
+    return this.usedRegion!.view.getUint16(this.availEventAt, true);
   }
 
   /** Whether the device currently asks for available-buffer notifications covering (old, idx]. */
