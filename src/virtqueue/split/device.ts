@@ -50,6 +50,8 @@ export class SplitDeviceQueue extends DeviceQueueBase {
   /** avail_event's offset in the used ring's region, and used_event's in the avail ring's (set at activate). */
   private availEventAt = 0;
   private usedEventAt = 0;
+  /** walkIndirect: the offset of the table being walked in its region (see there). */
+  private indirectBase = 0;
 
   // Per head: in flight, and a shadow of the table descriptors as popped, to see a driver
   // altering exposed descriptors (init.cleanup.driver.1) when the device returns them: the four
@@ -401,7 +403,15 @@ export class SplitDeviceQueue extends DeviceQueueBase {
     chain.indirect = true;
     const entries = tableLen / DESC_SIZE;
     const view = region.view;
-    const base = tableAddr - region.guestAddr;
+    // The table's offset in its region goes through a field that holds small integers (`| 0`
+    // makes one of the difference, a heap number otherwise), so optimized code reads it as an
+    // integer and the entry offsets below are integer sums. A local computed from the guest
+    // address (a double) made each of the five reads per entry convert a double offset to an
+    // index, with its checks. An offset of 2^30 or more widens the field to a double: slower,
+    // still right.
+    const off = tableAddr - region.guestAddr;
+    this.indirectBase = off < 0x4000_0000 ? off | 0 : off;
+    const base = this.indirectBase;
     let idx = 0;
     let walked = 0;
     let longReported = false;
@@ -430,8 +440,9 @@ export class SplitDeviceQueue extends DeviceQueueBase {
       const o = base + idx * DESC_SIZE;
       const addr = view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32;
       const len = view.getUint32(o + 8, true);
-      const flags = view.getUint16(o + 12, true);
-      const next = view.getUint16(o + 14, true);
+      const flagsNext = view.getUint32(o + 12, true); // flags (le16) then next (le16), one read as in walk
+      const flags = flagsNext & 0xffff;
+      const next = flagsNext >>> 16;
       walked++;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         this.violation('split.indirect-descs.driver.2', `indirect table of head ${head} holds an INDIRECT descriptor (entry ${idx})`, { head, entry: idx }, true);

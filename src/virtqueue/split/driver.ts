@@ -10,26 +10,20 @@
  */
 import { hashGuest, type GuestMemory, type MemoryRegion } from '../../memory/guest-memory.js';
 import type { Monitor } from '../../monitor/monitor.js';
-import { VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../spec/constants.js';
+import * as C from '../../spec/constants.js';
 import type { DriverQueue, ViolationSink } from '../queue.js';
 import { DriverQueueBase, indirectEntries, indirectPoolRegion, type DriverRingOptions } from '../driver-queue-base.js';
 import { ChainBuilder } from '../chain.js';
-import {
-  AVAIL_RING,
-  DESC_SIZE,
-  RING_FLAGS,
-  RING_IDX,
-  USED_ELEM_SIZE,
-  USED_RING,
-  availEventOffset,
-  availRingSize,
-  descTableSize,
-  needEvent,
-  usedEventOffset,
-  usedRingSize,
-} from '../../spec/split-layout.js';
+import * as L from '../../spec/split-layout.js';
 import type { RingAddresses } from '../../spec/ring.js';
 
+// Module-local copies of the layout constants, as in split/device.ts: optimized code loads an
+// imported binding from its module cell, with a TDZ (hole) check, at every use (seen in
+// --print-opt-code of commit: DESC_SIZE and the flag bits, in each descriptor written); a local
+// const is folded into the code.
+const { VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } = C;
+const { AVAIL_RING, DESC_SIZE, RING_FLAGS, RING_IDX, USED_ELEM_SIZE, USED_RING } = L;
+const { availEventOffset, availRingSize, descTableSize, needEvent, usedEventOffset, usedRingSize } = L;
 const TWO_32 = 4294967296;
 
 /**
@@ -166,11 +160,13 @@ export class SplitDriverQueue<T extends {} | null = {} | null> extends DriverQue
     const seg = this.seg;
     const n = seg.count;
     if (n === 0) throw new RangeError('empty chain');
-    if (seg.readableAfterWritable) throw new RangeError('device-readable buffers must come before device-writable ones (split.message-framing.driver.1)');
+    if (seg.readableAfterWritable === true) throw new RangeError('device-readable buffers must come before device-writable ones (split.message-framing.driver.1)');
     // No default object for `options`: an object literal per call is the hot path's only allocation.
-    const useIndirect = (options?.indirect ?? true) && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
+    // `=== true` / `!== false` tests, not a truthiness test: optimized code makes a generic ToBoolean
+    // (false, empty string, undetectable, heap number, bigint) of a field it cannot prove boolean.
+    const useIndirect = options?.indirect !== false && this.indirectMax > 0 && n > 1 && n <= this.indirectMax;
     const need = useIndirect ? 1 : n;
-    if (this.numFree < need || this.broken) return -1;
+    if (this.numFree < need || this.broken === true) return -1;
     const head = this.freeHead;
     const writable = seg.writableBytes();
     if (useIndirect) {
