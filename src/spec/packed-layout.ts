@@ -54,18 +54,19 @@ export function usedFlags(wrap: boolean): number {
   return wrap ? F_AVAIL | F_USED : 0;
 }
 
-/** A descriptor is available to the device when AVAIL matches the wrap counter and USED does not. */
+/**
+ * A descriptor is available to the device when AVAIL matches the wrap counter and USED does not:
+ * the two bits are AVAIL alone in a pass with wrap counter 1, USED alone with 0. (One mask and
+ * one integer compare: comparing the two bits as booleans made the optimized code materialize
+ * true/false objects for each, several times the instructions, on every descriptor.)
+ */
 export function isAvailable(flags: number, wrap: boolean): boolean {
-  const a = (flags & F_AVAIL) !== 0;
-  const u = (flags & F_USED) !== 0;
-  return a === wrap && u !== wrap;
+  return (flags & (F_AVAIL | F_USED)) === (wrap === true ? F_AVAIL : F_USED);
 }
 
 /** A descriptor is used (for the driver) when AVAIL and USED both equal the wrap counter. */
 export function isUsed(flags: number, wrap: boolean): boolean {
-  const a = (flags & F_AVAIL) !== 0;
-  const u = (flags & F_USED) !== 0;
-  return a === u && u === wrap;
+  return (flags & (F_AVAIL | F_USED)) === (wrap === true ? F_AVAIL | F_USED : 0);
 }
 
 /**

@@ -39,6 +39,8 @@ const {
 } = P;
 
 const TWO_32 = 4294967296;
+/** idPlace's slot for a buffer served from stored descriptors (no ring slots to re-check). */
+const NO_SLOT = 0xffff;
 
 function checkedMaxSize(maxSize: number): number {
   if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_PACKED_SIZE) throw new Error(`packed queue max size ${maxSize} is not 1..32768`);
@@ -76,21 +78,23 @@ export class PackedDeviceQueue extends DeviceQueueBase {
 
   /**
    * Per buffer id (16 bits, chosen by the driver): the linear ring position of its list while
-   * in flight (-1 otherwise) and the list's length in slots. Slots between usedLinear and
-   * availLinear belong to the device until its used pointer passes them (2.8.7: one used
-   * descriptor per list, the rest skipped), whichever buffer they held.
+   * in flight (-1 otherwise), and in idPlace its first slot (low 16 bits; NO_SLOT for a buffer
+   * served again from stored descriptors) and its length in slots (high 16 bits): one array
+   * for the two, as addUsed reads both (each typed array costs the optimized code a map check
+   * and three loads). Slots between usedLinear and availLinear belong to the device until its
+   * used pointer passes them (2.8.7: one used descriptor per list, the rest skipped),
+   * whichever buffer they held.
    */
   private readonly idLinear = new Float64Array(65536).fill(-1);
-  private readonly idCount = new Uint16Array(65536);
-  private readonly idSlot = new Uint16Array(65536);
+  private readonly idPlace = new Uint32Array(65536);
   /** Per ring slot: the descriptor as the device read it (packed.desc-table.driver.2). */
   private readonly shadowAddr: Float64Array;
   private readonly shadowLen: Uint32Array;
   private readonly shadowIdFlags: Uint32Array;
-  // Used descriptors written by addUsed whose flags publish() writes (first one last).
+  // Used descriptors written by addUsed whose flags publish() writes (first one last): the
+  // slot in the low 16 bits, the flags in the high 16.
   private pendingCount = 0;
-  private readonly pendingSlot: Uint16Array;
-  private readonly pendingFlags: Uint16Array;
+  private readonly pending: Uint32Array;
 
   /** Queue `index` over `mem`, of at most `maxSize` entries (1..32768); verdicts go to `monitor` and `sink`. */
   constructor(mem: GuestMemory, index: number, maxSize: number, monitor: Monitor, sink: ViolationSink) {
@@ -98,12 +102,8 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     this.shadowAddr = new Float64Array(maxSize);
     this.shadowLen = new Uint32Array(maxSize);
     this.shadowIdFlags = new Uint32Array(maxSize);
-    this.pendingSlot = new Uint16Array(maxSize);
-    this.pendingFlags = new Uint16Array(maxSize);
+    this.pending = new Uint32Array(maxSize);
   }
-
-  /** Buffers served again from stored descriptors: their ring slots may hold other data now. */
-  private readonly noShadow = new Uint8Array(65536);
 
   /** Where the ring stands: the next available and used slots with their wrap counters. */
   position(): RingPosition {
@@ -113,7 +113,6 @@ export class PackedDeviceQueue extends DeviceQueueBase {
   /** Returns the queue to its initial state (device reset, 2.4; queue reset, 2.6). */
   reset(): void {
     this.resetCommon();
-    this.noShadow.fill(0);
     this.availWrap = this.usedWrap = true;
     this.availLinear = this.usedLinear = this.signalledLinear = 0;
     this.scanLinear = -1;
@@ -265,23 +264,28 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     let seenWritable = false;
     let total = 0;
     chain.clear(0);
-    const limit = Math.min(size, this.maxChainLength);
+    // The smaller of the two length limits, tested once per descriptor; which one the list
+    // broke is sorted out only then.
+    const maxLength = this.maxChainLength;
+    const limit = maxLength < size ? maxLength : size;
+    // Slots the device may take: those its used pointer passed and publish() made visible.
+    const room = size - (this.availLinear - this.signalledLinear);
     for (;;) {
-      if (count >= size) {
-        this.violation('packed.scatter-gather-support.driver.2', `descriptor list at slot ${first} is longer than the queue size ${size}`, { slot: first }, true);
-        return false;
-      }
       if (count >= limit) {
-        this.violation('packed.scatter-gather-support.driver.1', `descriptor list at slot ${first} is longer than the ${limit} this device allows`, { slot: first }, true);
+        if (count >= size) this.violation('packed.scatter-gather-support.driver.2', `descriptor list at slot ${first} is longer than the queue size ${size}`, { slot: first }, true);
+        else this.violation('packed.scatter-gather-support.driver.1', `descriptor list at slot ${first} is longer than the ${limit} this device allows`, { slot: first }, true);
         return false;
       }
       const o = base + slot * PDESC_SIZE;
-      const flags = count === 0 ? firstFlags : view.getUint16(o + 14, true);
+      // id and flags in one read (le16 id, then le16 flags); the head's flags are the ones
+      // read atomically above, which made the list available.
+      const idFlags = view.getUint32(o + 12, true);
+      const flags = count === 0 ? firstFlags : idFlags >>> 16;
       if (count > 0 && !isAvailable(flags, wrap)) {
         this.violation('packed.scatter-gather-support.driver.6', `the first descriptor of the list at slot ${first} was made available before descriptor ${slot} of the same list`, { slot: first, at: slot }, true);
         return false;
       }
-      if (this.availLinear + count - this.signalledLinear >= size) {
+      if (count >= room) {
         // The slot is one the device took and has not released yet: released means its used
         // pointer passed it and publish() made that visible (the driver must see USED change).
         if (count === 0) this.violation('packed.desc-table.driver.1', `driver rewrote slot ${slot} before the device marked it used`, { slot }, true);
@@ -290,7 +294,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
       }
       const addr = view.getUint32(o, true) + view.getUint32(o + 4, true) * TWO_32;
       const len = view.getUint32(o + 8, true);
-      id = view.getUint16(o + 12, true);
+      id = idFlags & 0xffff;
       this.shadowAddr[slot] = addr;
       this.shadowLen[slot] = len;
       this.shadowIdFlags[slot] = (id | (flags << 16)) >>> 0;
@@ -333,8 +337,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     chain.head = id;
     chain.tableDescriptors = count;
     this.idLinear[id] = this.availLinear;
-    this.idCount[id] = count;
-    this.idSlot[id] = first;
+    this.idPlace[id] = (first | (count << 16)) >>> 0;
     if (this.inOrder === true) this.takenInOrder(id, chain.writableBytes);
     this.nextAvail = slot;
     this.availWrap = wrap;
@@ -382,8 +385,8 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     chain.head = id;
     chain.tableDescriptors = ds.length;
     this.idLinear[id] = Math.max(0, this.usedLinear - ds.length);
-    this.idCount[id] = ds.length;
-    this.noShadow[id] = 1;
+    // Its ring slots may hold other data now: NO_SLOT, nothing to re-check at addUsed.
+    this.idPlace[id] = (NO_SLOT | (ds.length << 16)) >>> 0;
     if (this.inOrder) this.takenInOrder(id, chain.writableBytes);
     this.inFlightCount++;
     return true;
@@ -458,9 +461,10 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     if (this.active !== true || !(id >= 0 && id <= 0xffff)) return;
     const linear = this.idLinear[id];
     if (linear < 0 || this.stashed[id] === 1) return;
-    const count = this.idCount[id];
-    if (this.noShadow[id] === 1) this.noShadow[id] = 0;
-    else if (this.broken !== true) this.checkUnaltered(linear, this.idSlot[id], count, id);
+    const place = this.idPlace[id];
+    const count = place >>> 16;
+    const first = place & 0xffff;
+    if (first !== NO_SLOT && this.broken !== true) this.checkUnaltered(linear, first, count, id);
     if (this.inOrder === true) {
       this.returnInOrder(id, len);
       return;
@@ -480,11 +484,11 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     let i = 0;
     while (i < this.returnedCount) {
       let j = i;
-      let slots = this.idCount[this.returnedId[i]];
+      let slots = this.idPlace[this.returnedId[i]] >>> 16;
       if (this.batchInOrder) {
         while (j + 1 < this.returnedCount && this.returnedLen[j] === this.idWritable[this.returnedId[j]]) {
           j++;
-          slots += this.idCount[this.returnedId[j]];
+          slots += this.idPlace[this.returnedId[j]] >>> 16;
         }
       }
       if (this.observer !== null) for (let k = i; k <= j; k++) this.observer.returned(this.returnedId[k]);
@@ -502,8 +506,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     const o = this.ringOff + slot * PDESC_SIZE;
     r.view.setUint32(o + 8, len >>> 0, true);
     r.view.setUint16(o + 12, id, true);
-    this.pendingSlot[this.pendingCount] = slot;
-    this.pendingFlags[this.pendingCount] = usedFlags(this.usedWrap === true) | (len > 0 ? PDESC_F_WRITE : 0);
+    this.pending[this.pendingCount] = (slot | ((usedFlags(this.usedWrap === true) | (len > 0 ? PDESC_F_WRITE : 0)) << 16)) >>> 0;
     this.pendingCount++;
     if (this.mem.onWrite !== null) this.mem.onWrite(this.ringDesc + slot * PDESC_SIZE + 8, 6);
     let next = slot + count;
@@ -531,7 +534,7 @@ export class PackedDeviceQueue extends DeviceQueueBase {
       if (
         addr !== this.shadowAddr[s] ||
         view.getUint32(o + 8, true) !== this.shadowLen[s] ||
-        (view.getUint16(o + 12, true) | (view.getUint16(o + 14, true) << 16)) >>> 0 !== this.shadowIdFlags[s]
+        view.getUint32(o + 12, true) !== this.shadowIdFlags[s] // le16 id, le16 flags
       ) {
         this.violation('packed.desc-table.driver.2', `driver changed slot ${s} of buffer ${id} after making it available`, { id, slot: s }, false);
         return;
@@ -550,11 +553,14 @@ export class PackedDeviceQueue extends DeviceQueueBase {
     if (this.pendingCount === 0) return false;
     if (this.observer !== null) this.observer.publishing!(this.nextUsed, this.usedWrap);
     const r = this.ring!;
+    // (Kept small: publish() inlines into a device loop only under TurboFan's bytecode limit.)
     for (let i = this.pendingCount - 1; i >= 0; i--) {
-      const off = this.ringOff + this.pendingSlot[i] * PDESC_SIZE + 14;
-      if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, this.pendingFlags[i]);
-      else r.view.setUint16(off, this.pendingFlags[i], true);
-      if (this.mem.onWrite !== null) this.mem.onWrite(this.ringDesc + this.pendingSlot[i] * PDESC_SIZE + 14, 2);
+      const p = this.pending[i];
+      const at = (p & 0xffff) * PDESC_SIZE + 14;
+      const off = this.ringOff + at;
+      if (r.u16 !== null && (off & 1) === 0) Atomics.store(r.u16, off >> 1, p >>> 16);
+      else r.view.setUint16(off, p >>> 16, true);
+      if (this.mem.onWrite !== null) this.mem.onWrite(this.ringDesc + at, 2);
     }
     this.pendingCount = 0;
     if (this.observer !== null) this.observer.published(this.nextUsed, this.usedWrap);
