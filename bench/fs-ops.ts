@@ -121,6 +121,10 @@ function* round(impl: Impl, results: Results): Generator<void> {
       fhs[i] = replyU64(r, Size.entryOut);
     }));
     yield;
+    // The guest kernel's security.capability check before each new file's first write (ENODATA).
+    const getxattrIn = struct(Size.getxattrIn, (v) => v.setUint32(0, 0, true));
+    note('GETXATTR (ENODATA)', timed(server, ids.map((id) => req(Op.GETXATTR, id, [getxattrIn, cstr('security.capability')]))));
+    yield;
     const body = (i: number) => enc.encode(`small file ${i}\n`);
     note('WRITE', timed(server, names.map((_, i) => req(Op.WRITE, ids[i], [struct(Size.writeIn, (v) => (v.setUint32(0, fhs[i], true), v.setUint32(16, body(i).length, true))), body(i)]))));
     yield;
