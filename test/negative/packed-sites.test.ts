@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { Monitor } from '../../src/monitor/monitor.js';
 import { RngDevice } from '../../src/devices/rng/device.js';
-import { PackedDeviceQueue } from '../../src/virtqueue/packed/device.js';
+import { DATA_BASE, makePackedPair } from '../ring-harness.js';
 import { Feature, Status } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
 import { PDESC_F_AVAIL, PDESC_F_INDIRECT, PDESC_F_NEXT, PDESC_F_USED, PDESC_F_WRITE } from '../../src/spec/packed-layout.js';
@@ -181,21 +181,16 @@ for (const [what, offset, value] of [
   ['flags (WRITE cleared)', 14, PDESC_F_AVAIL],
 ] as const) {
   test(`packed.desc-table.driver.2: the driver changes the ${what} of a slot the device holds`, () => {
-    const mem = GuestMemory.create(1 << 20);
-    const monitor = new Monitor({ mode: 'strict' });
-    const q = new PackedDeviceQueue(mem, 0, 8, monitor, () => {});
-    q.setSize(8);
-    q.setAddresses({ desc: RING, avail: DRIVER_EVENT, used: DEVICE_EVENT });
-    q.setEnabled(true);
-    assert.ok(q.activate({ eventIdx: false, indirect: false }));
-    mem.writeU64(RING, 0x20000n);
-    mem.writeU32(RING + 8, 16);
-    mem.writeU16(RING + 12, 3);
-    mem.storeU16(RING + 14, PDESC_F_AVAIL | PDESC_F_WRITE);
+    // The device side of test/ring-harness.ts's pair; the driver's slot 0 is written by hand.
+    const { mem, dev: q, devMon: monitor, layout } = makePackedPair({ size: 8, eventIdx: false, indirect: false });
+    mem.writeU64(layout.desc, BigInt(DATA_BASE));
+    mem.writeU32(layout.desc + 8, 16);
+    mem.writeU16(layout.desc + 12, 3);
+    mem.storeU16(layout.desc + 14, PDESC_F_AVAIL | PDESC_F_WRITE);
     const chain = q.newChain();
     assert.ok(q.pop(chain));
     assert.equal(chain.head, 3);
-    mem.writeU16(RING + offset, value);
+    mem.writeU16(layout.desc + offset, value);
     q.addUsed(3, 16);
     assert.deepEqual(
       monitor.verdicts.map((v) => v.clause),
