@@ -173,10 +173,12 @@ test('a resubmitted buffer is used without a look at ring slots (its own may hol
   );
 });
 
-// packed.desc-table.driver.2 compares every field of a held slot at addUsed: the length is
-// reached by a scenario (src/testing/scenarios.ts); the id and flags half, read as one le32
-// word, here.
+// packed.desc-table.driver.2 compares every le32 word of a held slot at addUsed: the length is
+// reached by a scenario (src/testing/scenarios.ts); the two address words and the id and flags
+// half (one le32 word), here.
 for (const [what, offset, value] of [
+  ['address (low word)', 0, 0x1230],
+  ['address (high word)', 4, 1],
   ['buffer id', 12, 7],
   ['flags (WRITE cleared)', 14, PDESC_F_AVAIL],
 ] as const) {
