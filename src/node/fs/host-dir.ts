@@ -405,6 +405,16 @@ export class HostDirFs implements FsProvider {
 
   /** The entry `name` of directory `parent` (one component, never followed). */
   lookup(parent: number, name: string): FileAttr {
+    const a = this.lookupErrno(parent, name);
+    if (typeof a === 'number') throw FsError.quick(a);
+    return a;
+  }
+
+  /**
+   * {@link lookup} answering a missing name (or any failure of the system calls) with its
+   * errno, not a throw (FsProvider.lookupErrno: the FUSE server calls this one).
+   */
+  lookupErrno(parent: number, name: string): FileAttr | number {
     checkName(name);
     const dir = this.dirNode(parent);
     // First which inode the name is (fstatat, no open; a missing name is -ENOENT, an error
@@ -412,11 +422,11 @@ export class HostDirFs implements FsProvider {
     // node's. A new one is opened beneath the directory (openat2 + fstat in one native call)
     // and keyed by what the new fd is, not by the first stat (the name may have changed since).
     const r = this.n.fsStatAt(dir.fd, name, this.st);
-    if (r < 0) throw FsError.quick(-r);
+    if (r < 0) return -r;
     const known = this.byKey.get(this.keyOf(this.st));
     if (known !== undefined) return this.attr(known.ino);
     const fd = this.n.fsLookup(dir.fd, name, this.st);
-    if (fd < 0) throw FsError.quick(-fd);
+    if (fd < 0) return -fd;
     return this.adoptStated(fd);
   }
 
@@ -768,9 +778,16 @@ export class HostDirFs implements FsProvider {
 
   /** A `user.` xattr of the node's own inode (any other namespace: ENODATA). */
   getxattr(ino: number, name: string): Uint8Array {
+    const v = this.getxattrErrno(ino, name);
+    if (typeof v === 'number') throw FsError.quick(v);
+    return v;
+  }
+
+  /** {@link getxattr} answering another namespace's name with ENODATA, not a throw (FsProvider.getxattrErrno). */
+  getxattrErrno(ino: number, name: string): Uint8Array | number {
     const node = this.node(ino);
-    // Asked before each write by a guest kernel that checks security.capability: no stack for it.
-    if (!name.startsWith(XATTR_USER)) throw FsError.quick(Errno.ENODATA);
+    // Asked before each write by a guest kernel that checks security.capability: no throw for it.
+    if (!name.startsWith(XATTR_USER)) return Errno.ENODATA;
     return sys(() => {
       for (;;) {
         const size = this.n.fsGetxattr(node.fd, name, null);
