@@ -254,7 +254,9 @@ export interface FsProvider {
   /**
    * Optional, for speed: {@link lookup} that may RETURN its failure as a Linux errno (a
    * positive integer: ENOENT is 2) instead of throwing it. When present the server calls it
-   * instead of `lookup`; it must answer exactly as `lookup` does (a throw is still served). A
+   * instead of `lookup`; it must answer exactly as `lookup` does (a throw is still served; a
+   * wrapper or subclass that overrides `lookup` of a provider that has this must override it
+   * too, or the server never sees the override: HostDirFs has both). A
    * lookup of a missing name is the commonest failure a guest causes (every create and every
    * `stat` of a new name starts with one), and a thrown error costs V8 far more than the
    * system call behind it (a message object per throw under the caller's TryCatch).

@@ -195,8 +195,8 @@ export class HostDirFs implements FsProvider {
   private readonly chownNew: boolean;
   private readonly directIo: boolean;
   private closed = false;
-  /** fstatat results, reused (17 fields: see NativeFs.fsStat). */
-  private readonly st = new Float64Array(17);
+  /** fstatat results, reused (17 fields: see NativeFs.fsStat; the 18th: fsCreate's O_PATH fd). */
+  private readonly st = new Float64Array(18);
   /** A second stat buffer (the parent's, while this.st holds the child's). */
   private readonly sfsStat = new Float64Array(17);
   private readonly sfs = new Float64Array(8);
@@ -374,11 +374,12 @@ export class HostDirFs implements FsProvider {
    * After creating `name` in `parent`: the caller's ownership (as root), the mode the guest
    * asked for (this process's umask may have taken bits away), and the node.
    */
-  private created(parent: Node, name: string, mode: number, ctx: FsContext, fd?: number): FileAttr {
+  private created(parent: Node, name: string, mode: number, ctx: FsContext, fd?: number, stated = false): FileAttr {
     const pathFd = fd ?? sys(() => this.n.fsOpenat(parent.fd, name, O_PATH, 0));
     let changed = false;
     try {
-      this.n.fsStat(pathFd, '', this.st);
+      // `stated`: this.st already holds pathFd's attributes (fsCreate).
+      if (!stated) this.n.fsStat(pathFd, '', this.st);
       const type = this.st[3] & S_IFMT;
       // Already the caller's (guest root creating as host root) with no set-ID bit a chown
       // would clear: the chown would change nothing but ctime, so it and the re-stat are saved.
@@ -592,18 +593,14 @@ export class HostDirFs implements FsProvider {
     const p = this.dirNode(parent);
     const perm = mode & ~umask & 0o7777;
     const f = (flags & (OPEN_FLAGS | O_EXCL)) | O_CREAT;
-    const fd = sys(() => this.n.fsOpenat(p.fd, name, f, perm));
-    let pathFd: number;
-    try {
-      // The node's O_PATH fd from the opened file itself: no second lookup of the name to race.
-      pathFd = sys(() => this.n.fsReopen(fd, O_PATH));
-    } catch (err) {
-      this.closeFd(fd);
-      throw err;
-    }
+    // One native call: the open (O_CREAT | O_NOFOLLOW beneath the directory), the node's O_PATH
+    // fd from the opened file itself (no second lookup of the name to race) and its fstat.
+    const fd = this.n.fsCreate(p.fd, name, f, perm, this.st);
+    if (fd < 0) throw new FsError(-fd);
+    const pathFd = this.st[17];
     let attr: FileAttr;
     try {
-      attr = this.created(p, name, perm, ctx, pathFd);
+      attr = this.created(p, name, perm, ctx, pathFd, true);
     } catch (err) {
       this.closeFd(fd);
       throw err;
