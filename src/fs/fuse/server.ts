@@ -456,8 +456,8 @@ export class FuseServer {
       if (h.opcode === Op.FORGET || h.opcode === Op.BATCH_FORGET || h.opcode === Op.INTERRUPT) return null;
       throw new Malformed(Errno.EIO, `${opName(h.opcode)} before FUSE_INIT`);
     }
-    // The header is the context (its uid, gid and pid): one object fewer per request.
-    const ctx: FsContext = h;
+    // Its own object, not the header: a provider may keep or serialize it (the header holds a BigInt).
+    const ctx: FsContext = { uid: h.uid, gid: h.gid, pid: h.pid };
     // One small method per opcode: V8 optimizes each on its own (a single function holding
     // every opcode's code was never optimized in a real session: too big for its tick budget,
     // its feedback changing with every new opcode), so dispatch stays this table.
