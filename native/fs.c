@@ -238,6 +238,38 @@ static napi_value FsLookup(napi_env env, napi_callback_info info) {
   return num(env, fd);
 }
 
+// fsCreate(dirfd, name, flags, mode, out Float64Array(18)): FUSE CREATE's system calls in one
+// call: the file opened beneath dirfd with O_CREAT (as fsOpenat), its node's O_PATH fd reopened
+// from the open file itself (as fsReopen: no second lookup of the name to race), and that
+// inode's fstat in out[0..16] (as fsStat), the O_PATH fd in out[17]. Returns the open fd, or
+// -errno with nothing left open (a name that exists under O_EXCL is an answer, not a throw).
+static napi_value FsCreate(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int32_t dirfd, flags, mode;
+  char name[NAME_BUF];
+  double* out;
+  if (!get_i32(env, argv[0], &dirfd) || !get_name(env, argv[1], name, sizeof name, 0) || !get_i32(env, argv[2], &flags) ||
+      !get_i32(env, argv[3], &mode) || !get_f64s(env, argv[4], &out, 18))
+    return throw_errno(env, "fsCreate: (dirfd, name, flags, mode, Float64Array(18))", EINVAL);
+  int fd = open_beneath(dirfd, name, flags | O_CREAT, mode);
+  if (fd < 0) return num(env, fd);
+  int path_fd = proc_open(fd, O_PATH);
+  if (path_fd < 0) {
+    close(fd);
+    return num(env, path_fd);
+  }
+  struct stat st;
+  if (syscall(SYS_newfstatat, path_fd, "", &st, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH) < 0) {
+    int e = errno;
+    close(path_fd);
+    close(fd);
+    return num(env, -e);
+  }
+  fill_stat(out, &st);
+  out[17] = path_fd;
+  return num(env, fd);
+}
+
 // fstatat(dirfd, name, flags) into out: 0, or -errno (fsStatAt and fsFstat).
 static napi_value stat_answer(napi_env env, int dirfd, const char* name, int flags, double* out) {
   struct stat st;
@@ -647,7 +679,7 @@ static napi_value FsLock(napi_env env, napi_callback_info info) {
 
 void fs_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-      FN("fsOpenat", FsOpenat),         FN("fsReopen", FsReopen),       FN("fsStat", FsStat),         FN("fsLookup", FsLookup),
+      FN("fsOpenat", FsOpenat),         FN("fsReopen", FsReopen),       FN("fsStat", FsStat),         FN("fsLookup", FsLookup),       FN("fsCreate", FsCreate),
       FN("fsStatAt", FsStatAt),         FN("fsFstat", FsFstat),         FN("fsPwrite", FsPwrite),
       FN("fsMkdirat", FsMkdirat),       FN("fsMknodat", FsMknodat),     FN("fsSymlinkat", FsSymlinkat),
       FN("fsUnlinkat", FsUnlinkat),     FN("fsRenameat2", FsRenameat2), FN("fsLinkat", FsLinkat),

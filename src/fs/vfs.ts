@@ -31,6 +31,10 @@
  * - **Optional operations.** Everything but `lookup`, `getattr` and `readdir` is optional: a
  *   missing one answers ENOSYS (the kernel then stops asking for most: xattrs, fallocate, lseek,
  *   locks); a read-only store leaves out the writing ones or throws EROFS.
+ * - **Errors without a throw (optional).** `lookupErrno` and `getxattrErrno`, when a provider
+ *   has them, are called instead of `lookup` and `getxattr` and may return the errno of a
+ *   failure (a positive number) rather than throw it: the hot misses of a real guest (a name
+ *   that is not there, a `security.capability` that is not set) then cost no exception.
  *
  * Browser-safe: no Node import.
  */
@@ -247,6 +251,17 @@ export interface FsProvider {
 
   /** The entry `name` of directory `parent`: its attributes (ENOENT when there is none). */
   lookup(parent: number, name: string, ctx: FsContext): MaybePromise<FileAttr>;
+  /**
+   * Optional, for speed: {@link lookup} that may RETURN its failure as a Linux errno (a
+   * positive integer: ENOENT is 2) instead of throwing it. When present the server calls it
+   * instead of `lookup`; it must answer exactly as `lookup` does (a throw is still served; a
+   * wrapper or subclass that overrides `lookup` of a provider that has this must override it
+   * too, or the server never sees the override: HostDirFs has both). A
+   * lookup of a missing name is the commonest failure a guest causes (every create and every
+   * `stat` of a new name starts with one), and a thrown error costs V8 far more than the
+   * system call behind it (a message object per throw under the caller's TryCatch).
+   */
+  lookupErrno?(parent: number, name: string, ctx: FsContext): MaybePromise<FileAttr | number>;
   /** The kernel holds no more references to `ino` (it will not use the number again unless a later reply hands it out). */
   forget?(ino: number): void;
   /** Attributes of `ino` (`fh`: the open handle when the kernel has one, else null). */
@@ -304,6 +319,13 @@ export interface FsProvider {
 
   /** The value of xattr `name` (ENODATA when it has none). */
   getxattr?(ino: number, name: string, ctx: FsContext): MaybePromise<Uint8Array>;
+  /**
+   * Optional, for speed: {@link getxattr} that may RETURN its failure as a Linux errno (a
+   * positive integer) instead of throwing it, as {@link lookupErrno} does for lookup. A guest
+   * kernel asks GETXATTR(security.capability) before the first write to each file it did not
+   * create with HANDLE_KILLPRIV_V2 agreed, and most answers are ENODATA.
+   */
+  getxattrErrno?(ino: number, name: string, ctx: FsContext): MaybePromise<Uint8Array | number>;
   /** Sets xattr `name` (`flags`: {@link XattrFlags}: EEXIST / ENODATA as setxattr(2)). */
   setxattr?(ino: number, name: string, value: Uint8Array, flags: number, ctx: FsContext): MaybePromise<void>;
   /** The names of the xattrs of `ino`. */

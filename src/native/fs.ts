@@ -28,6 +28,13 @@ export interface NativeFs {
    */
   fsLookup(dirfd: number, name: string, out: Float64Array): number;
   /**
+   * FUSE CREATE in one call: `name` opened beneath `dirfd` with `flags | O_CREAT` and `mode`
+   * (as {@link fsOpenat}), the new node's O_PATH fd reopened from that open file (as
+   * {@link fsReopen}) and its attributes in `out[0..16]` (as {@link fsStat}), the O_PATH fd
+   * in `out[17]`. Returns the open fd, or -errno with nothing left open. Bad arguments throw.
+   */
+  fsCreate(dirfd: number, name: string, flags: number, mode: number, out: Float64Array): number;
+  /**
    * fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW) of one name beneath `dirfd` into `out` (as
    * {@link fsStat}), nothing opened: 0, or -errno (`..`: -EXDEV). Bad arguments throw. Tells
    * which inode a name is, so a LOOKUP of one already held costs one system call.

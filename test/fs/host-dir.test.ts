@@ -259,6 +259,10 @@ test('HostDirFs: xattrs (user. only), fallocate, SEEK_DATA/SEEK_HOLE, POSIX lock
     await fails(() => fs.setxattr(ino, 'security.capability', new Uint8Array(20), 0), Errno.EOPNOTSUPP);
     await fails(() => fs.setxattr(ino, 'trusted.x', bytes('1'), 0), Errno.EOPNOTSUPP);
     await fails(() => fs.getxattr(ino, 'security.selinux'), Errno.ENODATA);
+    // The FUSE server's throw-free forms answer the same misses with the errno itself.
+    assert.equal(fs.getxattrErrno(ino, 'security.capability'), Errno.ENODATA);
+    assert.equal(text(fs.getxattrErrno(ino, 'user.color') as Uint8Array), 'blue');
+    assert.equal(fs.lookupErrno(ROOT_INO, 'no such name'), Errno.ENOENT);
     fs.removexattr(ino, 'user.color');
     await fails(() => fs.getxattr(ino, 'user.color'), Errno.ENODATA);
     // fallocate: allocate 1 MiB, punch a hole, find data and holes.

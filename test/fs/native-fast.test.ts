@@ -155,3 +155,44 @@ test('READ and FSYNC of a file on tmpfs: answered at once on the event loop (pla
     rmSync(base, { recursive: true, force: true });
   }
 });
+
+test('fsCreate: CREATE in one call (open beneath the directory, the O_PATH fd from the open file, its stat); a symlink is not followed, an existing name under O_EXCL and ".." are answers with nothing left open, bad arguments throw', () => {
+  const n = native();
+  const t = tree();
+  const dir = openSync(t.root, O_PATH);
+  const O_WRONLY = 1;
+  const O_EXCL = 0o200;
+  const ELOOP = 40;
+  const EEXIST = 17;
+  try {
+    const st = new Float64Array(18);
+    const before = openFds();
+    const fd = n.fsCreate(dir, 'new', O_WRONLY, 0o640, st);
+    assert.ok(fd >= 0);
+    const pathFd = st[17];
+    assert.ok(pathFd >= 0 && pathFd !== fd);
+    assert.equal(openFds(), before + 2, 'the open fd and the O_PATH fd');
+    const host = lstatSync(join(t.root, 'new'), { bigint: true });
+    assert.equal(inoOf(st), host.ino, 'the stat is the new file');
+    assert.equal(st[3], Number(host.mode));
+    assert.equal(n.fsPwrite(fd, new TextEncoder().encode('abc'), 0), 3, 'the open fd writes');
+    const again = new Float64Array(17);
+    assert.equal(n.fsFstat(pathFd, again), 0);
+    assert.equal(inoOf(again), host.ino, 'the O_PATH fd is the same inode');
+    n.close(fd);
+    n.close(pathFd);
+    assert.equal(readFileSync(join(t.root, 'new'), 'utf8'), 'abc');
+    // Answers, nothing left open: an existing name under O_EXCL, the escaping symlink, "..".
+    assert.equal(n.fsCreate(dir, 'file', O_WRONLY | O_EXCL, 0o600, st), -EEXIST);
+    assert.equal(n.fsCreate(dir, 'up', O_WRONLY, 0o600, st), -ELOOP, 'a symlink is never followed');
+    assert.ok(n.fsCreate(dir, '..', O_WRONLY, 0o600, st) < 0);
+    assert.equal(openFds(), before);
+    assert.equal(readFileSync(join(t.base, 'outside'), 'utf8'), 'secret', 'nothing written outside');
+    // Bad arguments: a name with '/', an out array too short.
+    assert.throws(() => n.fsCreate(dir, 'a/b', O_WRONLY, 0o600, st));
+    assert.throws(() => n.fsCreate(dir, 'x', O_WRONLY, 0o600, new Float64Array(17)));
+  } finally {
+    closeSync(dir);
+    t.done();
+  }
+});

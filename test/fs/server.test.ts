@@ -221,6 +221,41 @@ test('xattrs: set (CREATE / REPLACE), get (size query, ERANGE), list, remove', a
   assert.equal(await errno(client.removexattr(f.entry.nodeid, 'user.a')), Errno.ENODATA);
 });
 
+test('lookupErrno / getxattrErrno: a returned errno (sync or async) is answered as a thrown one; a return that is not an errno is EIO; the plain methods are not called', async () => {
+  for (const late of [false, true]) {
+    const mem = new MemoryFs();
+    const answer = <T>(x: T) => (late ? Promise.resolve(x) : x);
+    const calls: string[] = [];
+    const fs: FsProvider = Object.assign(Object.create(mem) as MemoryFs, {
+      lookup: () => assert.fail('lookup called although lookupErrno is there'),
+      getxattr: () => assert.fail('getxattr called although getxattrErrno is there'),
+      lookupErrno(parent: number, name: string) {
+        calls.push(`lookup ${name}`);
+        if (name === 'missing') return answer(Errno.ENOENT);
+        if (name === 'bad') return answer(-3);
+        return answer(mem.lookup(parent, name));
+      },
+      getxattrErrno(ino: number, name: string) {
+        calls.push(`getxattr ${name}`);
+        if (!name.startsWith('user.')) return answer(Errno.ENODATA);
+        return answer(mem.getxattr(ino, name));
+      },
+    });
+    const { client, server } = await session(fs);
+    const f = await client.create(1, 'f');
+    await client.setxattr(f.entry.nodeid, 'user.a', bytes('one'));
+    assert.equal(await errno(client.lookup(1, 'missing')), Errno.ENOENT);
+    assert.equal(await errno(client.lookup(1, 'bad')), Errno.EIO, 'a negative number is no errno: a provider bug');
+    assert.equal((await client.lookup(1, 'f')).nodeid, f.entry.nodeid);
+    assert.equal(server.lookupCount(f.entry.nodeid), 2, 'CREATE and the LOOKUP that answered');
+    assert.equal(await errno(client.getxattr(f.entry.nodeid, 'security.capability')), Errno.ENODATA);
+    assert.equal(text(await client.getxattr(f.entry.nodeid, 'user.a')), 'one');
+    assert.equal(await client.getxattr(f.entry.nodeid, 'user.a', 0), 3);
+    assert.equal(server.stats.errors, 3);
+    assert.deepEqual(calls, ['lookup missing', 'lookup bad', 'lookup f', 'getxattr security.capability', 'getxattr user.a', 'getxattr user.a'], late ? 'async' : 'sync');
+  }
+});
+
 test('xattr: false (serve fs --no-xattr, virtiofsd\'s no_xattr): the four xattr requests answer ENOSYS whatever the provider has; the rest is served', async () => {
   const { client } = await session(new MemoryFs(), { xattr: false });
   const f = await client.create(1, 'f');

@@ -118,16 +118,22 @@ function safe(v: DataView, at: number, what: string): number {
   return hi * 0x100000000 + v.getUint32(at, true);
 }
 
-/** Cursor over one request's body. */
+/**
+ * Cursor over one request's body. The server keeps one and resets it per request: every
+ * handler reads its request before it calls the provider, never after.
+ */
 class Body {
-  pos: number;
-  constructor(
-    readonly bytes: Uint8Array,
-    readonly view: DataView,
-    start: number,
-    readonly end: number,
-  ) {
+  pos = 0;
+  bytes: Uint8Array = EMPTY;
+  view: DataView = new DataView(new ArrayBuffer(0));
+  end = 0;
+  /** This cursor over `bytes` (read through `view`) from `start` to `end`. */
+  reset(bytes: Uint8Array, view: DataView, start: number, end: number): this {
+    this.bytes = bytes;
+    this.view = view;
     this.pos = start;
+    this.end = end;
+    return this;
   }
   get left(): number {
     return this.end - this.pos;
@@ -296,6 +302,11 @@ export class FuseServer {
   /** Requests still running that FUSE_INTERRUPT may abort (SETLKW), by unique. */
   private readonly pending = new Map<bigint, Pending>();
   private setxattrExt = false;
+  /** A DataView of `viewOf` from its start: the last request buffer seen (see handle). */
+  private view: DataView | null = null;
+  private viewOf: ArrayBufferLike | null = null;
+  /** The request cursor, reset per request (see Body). */
+  private readonly body = new Body();
   /** FuseServerOptions.xattr. */
   private readonly xattr: boolean;
 
@@ -356,8 +367,15 @@ export class FuseServer {
    */
   handle(req: Uint8Array, room: number): MaybePromise<FuseReply | null> {
     this.stats.requests++;
-    // One view of the request for the header and the body.
-    const v = new DataView(req.buffer, req.byteOffset, req.byteLength);
+    // One view of the request for the header and the body: the device hands every request in
+    // the same buffer (from its start), whose view is kept; every read through it is bounded
+    // by req.length (FuseServer.header, Body), never by the view's end.
+    let v: DataView;
+    if (req.byteOffset === 0 && req.buffer === this.viewOf) v = this.view!;
+    else if (req.byteOffset === 0) {
+      v = this.view = new DataView(req.buffer);
+      this.viewOf = req.buffer;
+    } else v = new DataView(req.buffer, req.byteOffset, req.byteLength);
     const h = FuseServer.header(req, v);
     if (h === null) {
       this.stats.malformed++;
@@ -390,6 +408,13 @@ export class FuseServer {
       return this.fail(h, Errno.EIO);
     }
     return r;
+  }
+
+  /** An errno a provider returned (lookupErrno, getxattrErrno): EIO for one that is not an errno (a provider bug). */
+  private errnoReply(h: FuseHeader, errno: number): FuseReply {
+    if (Number.isInteger(errno) && errno > 0 && errno < 4096) return this.fail(h, errno);
+    this.log(`${opName(h.opcode)}: provider returned ${errno}, not an errno`, { opcode: h.opcode });
+    return this.fail(h, Errno.EIO);
   }
 
   private fail(h: FuseHeader, errno: number): FuseReply {
@@ -425,12 +450,13 @@ export class FuseServer {
     if (h.len < Size.inHeader || h.len > req.length) throw new Malformed(Errno.EINVAL, `fuse_in_header.len ${h.len} is not within the ${req.length} bytes the driver gave`);
     const extlen = v.getUint16(InHeader.totalExtlen, true) * 8;
     if (extlen > h.len - Size.inHeader) throw new Malformed(Errno.EINVAL, `total_extlen ${extlen} bytes is longer than the request`);
-    const b = new Body(req, v, Size.inHeader, h.len - extlen);
+    const b = this.body.reset(req, v, Size.inHeader, h.len - extlen);
     if (h.opcode === Op.INIT) return this.init(h, b);
     if (!this.initialized) {
       if (h.opcode === Op.FORGET || h.opcode === Op.BATCH_FORGET || h.opcode === Op.INTERRUPT) return null;
       throw new Malformed(Errno.EIO, `${opName(h.opcode)} before FUSE_INIT`);
     }
+    // Its own object, not the header: a provider may keep or serialize it (the header holds a BigInt).
     const ctx: FsContext = { uid: h.uid, gid: h.gid, pid: h.pid };
     // One small method per opcode: V8 optimizes each on its own (a single function holding
     // every opcode's code was never optimized in a real session: too big for its tick budget,
@@ -554,6 +580,8 @@ export class FuseServer {
     const p = this.provider;
     const parent = this.node(h);
     const name = b.name();
+    // A provider's lookupErrno may answer a miss with its errno, not a throw (see FsProvider).
+    if (p.lookupErrno !== undefined) return after(p.lookupErrno(parent, name, ctx), (a) => (typeof a === 'number' ? this.errnoReply(h, a) : this.entry(h.unique, a)));
     return after(p.lookup(parent, name, ctx), (a) => this.entry(h.unique, a));
   }
 
@@ -598,7 +626,7 @@ export class FuseServer {
   private opReadlink(h: FuseHeader, ctx: FsContext): MaybePromise<FuseReply | null> {
     const p = this.provider;
     const ino = this.node(h);
-    return after(this.need(p.readlink)(ino, ctx), (t) => {
+    return after(this.need(p.readlink).call(p, ino, ctx), (t) => {
       const bytes = enc.encode(t);
       return replyOf(h.unique, 0, bytes).reply;
     });
@@ -613,7 +641,7 @@ export class FuseServer {
     if (tb.length === 0) throw new Malformed(Errno.ENOENT, 'empty symlink target');
     const target = decode(tb, 'symlink target');
     this.writable();
-    return after(this.need(p.symlink)(parent, name, target, ctx), (a) => this.entry(h.unique, a));
+    return after(this.need(p.symlink).call(p, parent, name, target, ctx), (a) => this.entry(h.unique, a));
   }
 
   /** MKNOD. */
@@ -623,7 +651,7 @@ export class FuseServer {
     const at = b.need(Size.mknodIn, 'fuse_mknod_in');
     const name = b.name();
     this.writable();
-    return after(this.need(p.mknod)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), v.getUint32(at + 8, true), ctx), (a) => this.entry(h.unique, a));
+    return after(this.need(p.mknod).call(p, parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), v.getUint32(at + 8, true), ctx), (a) => this.entry(h.unique, a));
   }
 
   /** MKDIR. */
@@ -633,7 +661,7 @@ export class FuseServer {
     const at = b.need(Size.mkdirIn, 'fuse_mkdir_in');
     const name = b.name();
     this.writable();
-    return after(this.need(p.mkdir)(parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), ctx), (a) => this.entry(h.unique, a));
+    return after(this.need(p.mkdir).call(p, parent, name, v.getUint32(at, true), v.getUint32(at + 4, true), ctx), (a) => this.entry(h.unique, a));
   }
 
   /** UNLINK / RMDIR. */
@@ -642,7 +670,7 @@ export class FuseServer {
     const parent = this.node(h);
     const name = b.name();
     this.writable();
-    const r = h.opcode === Op.UNLINK ? this.need(p.unlink)(parent, name, ctx) : this.need(p.rmdir)(parent, name, ctx);
+    const r = h.opcode === Op.UNLINK ? this.need(p.unlink).call(p, parent, name, ctx) : this.need(p.rmdir).call(p, parent, name, ctx);
     return after(r, () => replyOf(h.unique, 0).reply);
   }
 
@@ -657,7 +685,7 @@ export class FuseServer {
     const name = b.name('old name');
     const newName = b.name('new name');
     this.writable();
-    return after(this.need(p.rename)(parent, name, newParent, newName, flags, ctx), () => replyOf(h.unique, 0).reply);
+    return after(this.need(p.rename).call(p, parent, name, newParent, newName, flags, ctx), () => replyOf(h.unique, 0).reply);
   }
 
   /** LINK. */
@@ -668,7 +696,7 @@ export class FuseServer {
     const ino = this.nodeOf(safe(v, at, 'oldnodeid'));
     const name = b.name();
     this.writable();
-    return after(this.need(p.link)(ino, newParent, name, ctx), (a) => this.entry(h.unique, a));
+    return after(this.need(p.link).call(p, ino, newParent, name, ctx), (a) => this.entry(h.unique, a));
   }
 
   /** OPEN / OPENDIR. */
@@ -694,7 +722,7 @@ export class FuseServer {
     const name = b.name();
     this.writable();
     const kill = this.killPriv && (v.getUint32(at + 12, true) & OPEN_KILL_SUIDGID) !== 0;
-    const created = this.need(p.create)(parent, name, v.getUint32(at + 4, true), v.getUint32(at + 8, true), v.getUint32(at, true), ctx);
+    const created = this.need(p.create).call(p, parent, name, v.getUint32(at + 4, true), v.getUint32(at + 8, true), v.getUint32(at, true), ctx);
     // O_CREAT | O_TRUNC of a file that was there, by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2).
     const ready = kill ? chain(created, (r) => after(this.killSuidgid(checkAttr(r.attr).ino, r.fh, ctx), () => r)) : created;
     return after(ready, (r) => {
@@ -717,7 +745,7 @@ export class FuseServer {
     const size = v.getUint32(at + 16, true);
     // Never more than the driver has room for, nor than max_write (Linux's max_read is unlimited; its reads follow max_pages).
     const want = Math.min(size, Math.max(0, room - Size.outHeader), Math.max(this.maxWrite, 1 << 20));
-    return after(this.need(p.read)(ino, fh, offset, want, ctx), (data) => {
+    return after(this.need(p.read).call(p, ino, fh, offset, want, ctx), (data) => {
       const d = data.length > want ? data.subarray(0, want) : data;
       return replyOf(h.unique, 0, d).reply;
     });
@@ -735,7 +763,7 @@ export class FuseServer {
     const kill = this.killPriv && (v.getUint32(at + 20, true) & WRITE_KILL_SUIDGID) !== 0;
     const data = req.subarray(b.need(size, 'write data'), b.pos);
     this.writable();
-    const written = this.need(p.write)(ino, fh, offset, data, ctx);
+    const written = this.need(p.write).call(p, ino, fh, offset, data, ctx);
     // A writer without CAP_FSETID (HANDLE_KILLPRIV_V2): set-user-ID and set-group-ID go, as a local write takes them.
     return after(kill ? chain(written, (n) => after(this.killSuidgid(ino, fh, ctx), () => n)) : written, (n) => {
       const { reply, v: o, x } = replyOf(h.unique, Size.writeOut);
@@ -807,7 +835,7 @@ export class FuseServer {
     if (size > XATTR_SIZE_MAX) throw new Malformed(Errno.E2BIG, `xattr value of ${size} bytes`);
     const value = req.subarray(b.need(size, 'xattr value'), b.pos);
     this.writable();
-    return after(this.need(p.setxattr)(ino, name, value, flags, ctx), () => replyOf(h.unique, 0).reply);
+    return after(this.need(p.setxattr).call(p, ino, name, value, flags, ctx), () => replyOf(h.unique, 0).reply);
   }
 
   /** GETXATTR / LISTXATTR. */
@@ -816,10 +844,12 @@ export class FuseServer {
     const ino = this.node(h);
     const at = b.need(Size.getxattrIn, 'fuse_getxattr_in');
     const size = v.getUint32(at, true);
-    const value: MaybePromise<Uint8Array> =
+    const value: MaybePromise<Uint8Array | number> =
       h.opcode === Op.GETXATTR
-        ? this.need(p.getxattr)(ino, this.xattrName(b), ctx)
-        : after(this.need(p.listxattr)(ino, ctx), (names) => {
+        ? p.getxattrErrno !== undefined
+          ? p.getxattrErrno(ino, this.xattrName(b), ctx)
+          : this.need(p.getxattr).call(p, ino, this.xattrName(b), ctx)
+        : after(this.need(p.listxattr).call(p, ino, ctx), (names) => {
             const parts = names.map((n) => enc.encode(n + '\0'));
             const out = new Uint8Array(parts.reduce((s, x) => s + x.length, 0));
             let o = 0;
@@ -830,6 +860,7 @@ export class FuseServer {
             return out;
           });
     return after(value, (val) => {
+      if (typeof val === 'number') return this.errnoReply(h, val);
       if (size === 0) {
         const { reply, v: o, x } = replyOf(h.unique, Size.getxattrOut);
         o.setUint32(x, val.length, true);
@@ -846,7 +877,7 @@ export class FuseServer {
     const ino = this.node(h);
     const name = this.xattrName(b);
     this.writable();
-    return after(this.need(p.removexattr)(ino, name, ctx), () => replyOf(h.unique, 0).reply);
+    return after(this.need(p.removexattr).call(p, ino, name, ctx), () => replyOf(h.unique, 0).reply);
   }
 
   /** FALLOCATE. */
@@ -858,7 +889,7 @@ export class FuseServer {
     const offset = safe(v, at + 8, 'offset');
     const length = safe(v, at + 16, 'length');
     this.writable();
-    return after(this.need(p.fallocate)(ino, fh, offset, length, v.getUint32(at + 24, true), ctx), () => replyOf(h.unique, 0).reply);
+    return after(this.need(p.fallocate).call(p, ino, fh, offset, length, v.getUint32(at + 24, true), ctx), () => replyOf(h.unique, 0).reply);
   }
 
   /** LSEEK. */
@@ -868,7 +899,7 @@ export class FuseServer {
     const at = b.need(Size.lseekIn, 'fuse_lseek_in');
     const fh = safe(v, at, 'fh');
     const offset = safe(v, at + 8, 'offset');
-    return after(this.need(p.lseek)(ino, fh, offset, v.getUint32(at + 16, true), ctx), (pos) => {
+    return after(this.need(p.lseek).call(p, ino, fh, offset, v.getUint32(at + 16, true), ctx), (pos) => {
       const { reply, v: o, x } = replyOf(h.unique, Size.lseekOut);
       u64(o, x, pos);
       return reply;
@@ -880,10 +911,13 @@ export class FuseServer {
     return replyOf(h.unique, 0).reply;
   }
 
-  /** A provider method, or ENOSYS when the provider has none. Bound to the provider. */
+  /**
+   * A provider method, or ENOSYS when the provider has none. Not bound: callers use
+   * `.call(provider, ...)` (a bound function per request was one more allocation each).
+   */
   private need<F extends (...args: never[]) => unknown>(f: F | undefined): F {
     if (f === undefined) throw new FsError(Errno.ENOSYS);
-    return f.bind(this.provider) as F;
+    return f;
   }
 
   /** EROFS for a change to a read-only provider. */
@@ -968,7 +1002,7 @@ export class FuseServer {
     return chain(p.getattr(ino, fh, ctx), (a) => {
       const m = checkAttr(a).mode;
       if ((m & S_IFMT) !== 0o100000 || (m & (0o4000 | ((m & 0o010) !== 0 ? 0o2000 : 0))) === 0) return undefined;
-      return after(this.need(p.setattr)(ino, fh, { killSuidgid: true }, ctx), () => undefined);
+      return after(this.need(p.setattr).call(p, ino, fh, { killSuidgid: true }, ctx), () => undefined);
     });
   }
 
@@ -1080,15 +1114,16 @@ export class FuseServer {
           d += Size.entryOut;
           if (e.name !== '.' && e.name !== '..') {
             // An entry that vanished between readdir and its lookup goes without attributes.
-            let a: MaybePromise<FileAttr> | null;
+            let a: MaybePromise<FileAttr | number> | null;
             try {
-              a = p.lookup(ino, e.name, ctx);
+              a = p.lookupErrno !== undefined ? p.lookupErrno(ino, e.name, ctx) : p.lookup(ino, e.name, ctx);
             } catch {
               a = null;
             }
+            if (typeof a === 'number') a = null;
             const at = pos;
             if (a !== null && typeof (a as Promise<FileAttr>).then === 'function') {
-              (waits ??= []).push((a as Promise<FileAttr>).then((x) => this.plusEntry(out, o, base, at, x), () => undefined));
+              (waits ??= []).push((a as Promise<FileAttr | number>).then((x) => (typeof x === 'number' ? undefined : this.plusEntry(out, o, base, at, x)), () => undefined));
             } else if (a !== null) this.plusEntry(out, o, base, at, a as FileAttr);
           }
         }
@@ -1138,7 +1173,7 @@ export class FuseServer {
     if (lock.end < lock.start) throw new Malformed(Errno.EINVAL, 'lock end before its start');
     const p = this.provider;
     if (h.opcode === Op.GETLK) {
-      return after(this.need(p.getlk)(ino, fh, owner, lock, ctx), (l) => {
+      return after(this.need(p.getlk).call(p, ino, fh, owner, lock, ctx), (l) => {
         const { reply, v: o, x } = replyOf(h.unique, Size.lkOut);
         o.setBigUint64(x, l.start === Infinity ? OFFSET_MAX : BigInt(Math.max(0, Math.floor(l.start))), true);
         o.setBigUint64(x + 8, l.end === Infinity ? OFFSET_MAX : BigInt(Math.max(0, Math.floor(l.end))), true);
@@ -1149,7 +1184,7 @@ export class FuseServer {
     }
     const wait = h.opcode === Op.SETLKW;
     const abort = new AbortController();
-    const r = this.need(p.setlk)(ino, fh, owner, lock, wait, ctx, abort.signal);
+    const r = this.need(p.setlk).call(p, ino, fh, owner, lock, wait, ctx, abort.signal);
     if (r !== undefined && typeof (r as Promise<void>).then === 'function') {
       this.pending.set(h.unique, { abort });
       const done = () => this.pending.delete(h.unique);

@@ -195,8 +195,8 @@ export class HostDirFs implements FsProvider {
   private readonly chownNew: boolean;
   private readonly directIo: boolean;
   private closed = false;
-  /** fstatat results, reused (17 fields: see NativeFs.fsStat). */
-  private readonly st = new Float64Array(17);
+  /** fstatat results, reused (17 fields: see NativeFs.fsStat; the 18th: fsCreate's O_PATH fd). */
+  private readonly st = new Float64Array(18);
   /** A second stat buffer (the parent's, while this.st holds the child's). */
   private readonly sfsStat = new Float64Array(17);
   private readonly sfs = new Float64Array(8);
@@ -374,11 +374,12 @@ export class HostDirFs implements FsProvider {
    * After creating `name` in `parent`: the caller's ownership (as root), the mode the guest
    * asked for (this process's umask may have taken bits away), and the node.
    */
-  private created(parent: Node, name: string, mode: number, ctx: FsContext, fd?: number): FileAttr {
+  private created(parent: Node, name: string, mode: number, ctx: FsContext, fd?: number, stated = false): FileAttr {
     const pathFd = fd ?? sys(() => this.n.fsOpenat(parent.fd, name, O_PATH, 0));
     let changed = false;
     try {
-      this.n.fsStat(pathFd, '', this.st);
+      // `stated`: this.st already holds pathFd's attributes (fsCreate).
+      if (!stated) this.n.fsStat(pathFd, '', this.st);
       const type = this.st[3] & S_IFMT;
       // Already the caller's (guest root creating as host root) with no set-ID bit a chown
       // would clear: the chown would change nothing but ctime, so it and the re-stat are saved.
@@ -405,6 +406,16 @@ export class HostDirFs implements FsProvider {
 
   /** The entry `name` of directory `parent` (one component, never followed). */
   lookup(parent: number, name: string): FileAttr {
+    const a = this.lookupErrno(parent, name);
+    if (typeof a === 'number') throw FsError.quick(a);
+    return a;
+  }
+
+  /**
+   * {@link lookup} answering a missing name (or any failure of the system calls) with its
+   * errno, not a throw (FsProvider.lookupErrno: the FUSE server calls this one).
+   */
+  lookupErrno(parent: number, name: string): FileAttr | number {
     checkName(name);
     const dir = this.dirNode(parent);
     // First which inode the name is (fstatat, no open; a missing name is -ENOENT, an error
@@ -412,11 +423,11 @@ export class HostDirFs implements FsProvider {
     // node's. A new one is opened beneath the directory (openat2 + fstat in one native call)
     // and keyed by what the new fd is, not by the first stat (the name may have changed since).
     const r = this.n.fsStatAt(dir.fd, name, this.st);
-    if (r < 0) throw FsError.quick(-r);
+    if (r < 0) return -r;
     const known = this.byKey.get(this.keyOf(this.st));
     if (known !== undefined) return this.attr(known.ino);
     const fd = this.n.fsLookup(dir.fd, name, this.st);
-    if (fd < 0) throw FsError.quick(-fd);
+    if (fd < 0) return -fd;
     return this.adoptStated(fd);
   }
 
@@ -582,18 +593,14 @@ export class HostDirFs implements FsProvider {
     const p = this.dirNode(parent);
     const perm = mode & ~umask & 0o7777;
     const f = (flags & (OPEN_FLAGS | O_EXCL)) | O_CREAT;
-    const fd = sys(() => this.n.fsOpenat(p.fd, name, f, perm));
-    let pathFd: number;
-    try {
-      // The node's O_PATH fd from the opened file itself: no second lookup of the name to race.
-      pathFd = sys(() => this.n.fsReopen(fd, O_PATH));
-    } catch (err) {
-      this.closeFd(fd);
-      throw err;
-    }
+    // One native call: the open (O_CREAT | O_NOFOLLOW beneath the directory), the node's O_PATH
+    // fd from the opened file itself (no second lookup of the name to race) and its fstat.
+    const fd = this.n.fsCreate(p.fd, name, f, perm, this.st);
+    if (fd < 0) throw new FsError(-fd);
+    const pathFd = this.st[17];
     let attr: FileAttr;
     try {
-      attr = this.created(p, name, perm, ctx, pathFd);
+      attr = this.created(p, name, perm, ctx, pathFd, true);
     } catch (err) {
       this.closeFd(fd);
       throw err;
@@ -768,9 +775,16 @@ export class HostDirFs implements FsProvider {
 
   /** A `user.` xattr of the node's own inode (any other namespace: ENODATA). */
   getxattr(ino: number, name: string): Uint8Array {
+    const v = this.getxattrErrno(ino, name);
+    if (typeof v === 'number') throw FsError.quick(v);
+    return v;
+  }
+
+  /** {@link getxattr} answering another namespace's name with ENODATA, not a throw (FsProvider.getxattrErrno). */
+  getxattrErrno(ino: number, name: string): Uint8Array | number {
     const node = this.node(ino);
-    // Asked before each write by a guest kernel that checks security.capability: no stack for it.
-    if (!name.startsWith(XATTR_USER)) throw FsError.quick(Errno.ENODATA);
+    // Asked before each write by a guest kernel that checks security.capability: no throw for it.
+    if (!name.startsWith(XATTR_USER)) return Errno.ENODATA;
     return sys(() => {
       for (;;) {
         const size = this.n.fsGetxattr(node.fd, name, null);
