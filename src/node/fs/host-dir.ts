@@ -602,6 +602,8 @@ export class HostDirFs implements FsProvider {
     try {
       attr = this.created(p, name, perm, ctx, pathFd, true);
     } catch (err) {
+      // created() closes only an O_PATH fd it opened itself: this one came from fsCreate.
+      this.closeFd(pathFd);
       this.closeFd(fd);
       throw err;
     }
