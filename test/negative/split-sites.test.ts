@@ -9,7 +9,7 @@ import { Monitor, type MonitorMode } from '../../src/monitor/monitor.js';
 import { RngDevice } from '../../src/devices/rng/device.js';
 import { Feature, Status, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/spec/constants.js';
 import { bit } from '../../src/spec/features.js';
-import { putDesc } from '../ring-harness.js';
+import { DATA_BASE, makePair, putDesc } from '../ring-harness.js';
 import { AVAIL_RING, DESC_SIZE, RING_IDX } from '../../src/spec/split-layout.js';
 
 const ACK_DRIVER = Status.ACKNOWLEDGE | Status.DRIVER;
@@ -132,3 +132,38 @@ test('struct.queue-config.driver.1: a split device area overlapping the descript
   assert.deepEqual(d.clauses(), ['struct.queue-config.driver.1']);
   assert.match(d.monitor.verdicts[0].message, /device area overlaps the descriptor table/);
 });
+
+// init.cleanup.driver.1, the other half: a descriptor of a chain the device holds is rewritten
+// before the device returns it (checkUnaltered, at addUsed). Each of the four 32-bit words (address
+// low and high, length, flags and next) of each of the chain's two table descriptors: the
+// scenario changes one (the length of a one-descriptor chain), a compare left out of the check
+// would pass it.
+for (let desc = 0; desc < 2; desc++) {
+  for (let word = 0; word < 4; word++) {
+    test(`init.cleanup.driver.1: the driver changes word ${word} of descriptor ${desc} of a chain the device holds`, () => {
+      const p = makePair({ size: 8, eventIdx: false, indirect: false });
+      const mem = p.mem;
+      const chain = p.dev.newChain();
+      p.drv.begin().addReadable(DATA_BASE, 16).addWritable(DATA_BASE + 0x100, 32);
+      p.drv.commit('a');
+      p.drv.publish();
+      assert.equal(p.dev.pop(chain), true);
+      // Returned unaltered first: no verdict.
+      p.dev.addUsed(chain.head, 0);
+      p.dev.publish();
+      assert.equal(p.drv.getUsed(), 'a');
+      p.drv.begin().addReadable(DATA_BASE, 16).addWritable(DATA_BASE + 0x100, 32);
+      p.drv.commit('b');
+      p.drv.publish();
+      assert.equal(p.dev.pop(chain), true);
+      assert.equal(p.devMon.verdicts.length, 0);
+      const table = p.layout.desc;
+      const d = desc === 0 ? chain.head : mem.readU16(table + DESC_SIZE * chain.head + 14);
+      const at = table + DESC_SIZE * d + 4 * word;
+      mem.writeU32(at, mem.readU32(at) ^ 0x10);
+      p.dev.addUsed(chain.head, 0);
+      assert.deepEqual(p.devMon.verdicts.map((v) => v.clause), ['init.cleanup.driver.1']);
+      assert.match(p.devMon.verdicts[0].message, new RegExp(`driver altered descriptor ${d} of chain ${chain.head} while the device held it`));
+    });
+  }
+}
