@@ -217,6 +217,14 @@ static napi_value FsStat(napi_env env, napi_callback_info info) {
   return fs_undefined(env);
 }
 
+// fstatat(dirfd, name, flags) into out (as fsStat): 0, or -errno.
+static int stat_into(int dirfd, const char* name, int flags, double* out) {
+  struct stat st;
+  if (syscall(SYS_newfstatat, dirfd, name, &st, flags) < 0) return -errno;
+  fill_stat(out, &st);
+  return 0;
+}
+
 // fsLookup(dirfd, name, out Float64Array(17)): the O_PATH fd of one name beneath dirfd (as
 // fsOpenat(O_PATH)) with its fstat in out (as fsStat), or -errno: a name that is not there is
 // the usual answer to a lookup, so it is a number, not a thrown Error (FUSE LOOKUP in one call).
@@ -228,13 +236,11 @@ static napi_value FsLookup(napi_env env, napi_callback_info info) {
   if (!stat_args(env, argv, &dirfd, name, &out, 0)) return throw_errno(env, "fsLookup: (dirfd, name, Float64Array(17))", EINVAL);
   int fd = open_beneath(dirfd, name, O_PATH, 0);
   if (fd < 0) return num(env, fd);
-  struct stat st;
-  if (syscall(SYS_newfstatat, fd, "", &st, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH) < 0) {
-    int e = errno;
+  int r = stat_into(fd, "", AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH, out);
+  if (r < 0) {
     close(fd);
-    return num(env, -e);
+    return num(env, r);
   }
-  fill_stat(out, &st);
   return num(env, fd);
 }
 
@@ -258,24 +264,14 @@ static napi_value FsCreate(napi_env env, napi_callback_info info) {
     close(fd);
     return num(env, path_fd);
   }
-  struct stat st;
-  if (syscall(SYS_newfstatat, path_fd, "", &st, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH) < 0) {
-    int e = errno;
+  int r = stat_into(path_fd, "", AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH, out);
+  if (r < 0) {
     close(path_fd);
     close(fd);
-    return num(env, -e);
+    return num(env, r);
   }
-  fill_stat(out, &st);
   out[17] = path_fd;
   return num(env, fd);
-}
-
-// fstatat(dirfd, name, flags) into out: 0, or -errno (fsStatAt and fsFstat).
-static napi_value stat_answer(napi_env env, int dirfd, const char* name, int flags, double* out) {
-  struct stat st;
-  if (syscall(SYS_newfstatat, dirfd, name, &st, flags) < 0) return num(env, -errno);
-  fill_stat(out, &st);
-  return num(env, 0);
 }
 
 // fsStatAt(dirfd, name, out Float64Array(17)): fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW) of one
@@ -289,7 +285,7 @@ static napi_value FsStatAt(napi_env env, napi_callback_info info) {
   double* out;
   if (!stat_args(env, argv, &dirfd, name, &out, 0)) return throw_errno(env, "fsStatAt: (dirfd, name, Float64Array(17))", EINVAL);
   if (strcmp(name, "..") == 0) return num(env, -EXDEV);
-  return stat_answer(env, dirfd, name, AT_SYMLINK_NOFOLLOW, out);
+  return num(env, stat_into(dirfd, name, AT_SYMLINK_NOFOLLOW, out));
 }
 
 // fsFstat(fd, out Float64Array(17)): fstat of the inode of (O_PATH) fd into out (as fsStat), 0 or
@@ -299,7 +295,7 @@ static napi_value FsFstat(napi_env env, napi_callback_info info) {
   int32_t fd;
   double* out;
   if (!get_i32(env, argv[0], &fd) || !get_f64s(env, argv[1], &out, 17)) return throw_errno(env, "fsFstat: (fd, Float64Array(17))", EINVAL);
-  return stat_answer(env, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, out);
+  return num(env, stat_into(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, out));
 }
 
 // fsPwrite(fd, data Uint8Array, offset): all of data at offset (pwrite repeated after a short
