@@ -223,36 +223,40 @@ test('HostDirFs directIo: every open and create answers FOPEN_DIRECT_IO (the gue
   });
 });
 
-test('HostDirFs create: when the ownership change after the open fails, the guest gets the errno and no fd stays open (the open file and its O_PATH node fd both closed)', async (t) => {
-  if (process.getuid?.() !== 0) {
-    t.skip('needs root: only then does create chown the new file to the caller');
-    return;
-  }
-  await withFixture(async ({ fs }) => {
-    // Fault injection: the addon's chown fails as a refused fchownat would (EPERM).
-    const inner = fs as unknown as { n: Record<string, unknown> };
-    const real = inner.n;
-    // (The addon object is frozen: the override is an own property of an object inheriting it.)
-    inner.n = Object.create(real, {
-      fsChown: {
-        value: () => {
-          throw Object.assign(new Error('EPERM: operation not permitted'), { code: 'EPERM' });
+test('HostDirFs create: when the mode change after the open fails, the guest gets the errno and no fd stays open (the open file and its O_PATH node fd both closed)', async () => {
+  // The guest asks for 0666 with umask 0; this process's umask 022 makes the open create 0644,
+  // so create must chmod the new file (as any user; the caller is this process's own user, so
+  // no chown runs even as root). The addon's chmod is made to fail as a refused fchmod would.
+  const umask = process.umask(0o022);
+  const me: FsContext = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, pid: 1 };
+  try {
+    await withFixture(async ({ fs }) => {
+      const inner = fs as unknown as { n: Record<string, unknown> };
+      const real = inner.n;
+      // (The addon object is frozen: the override is an own property of an object inheriting it.)
+      inner.n = Object.create(real, {
+        fsChmod: {
+          value: () => {
+            throw Object.assign(new Error('EPERM: operation not permitted'), { code: 'EPERM' });
+          },
         },
-      },
-    }) as Record<string, unknown>;
-    try {
-      const fds = () => readdirSync('/proc/self/fd').length;
-      // Warm: the first create may open lasting fds (directory nodes); count after it.
-      await fails(() => fs.create(ROOT_INO, 'a', S_IFREG | 0o644, 0, O_RDWR, { uid: 1234, gid: 1234, pid: 1 }), Errno.EPERM, 'create with chown refused');
-      const before = fds();
-      for (let i = 0; i < 8; i++) {
-        await fails(() => fs.create(ROOT_INO, `b${i}`, S_IFREG | 0o644, 0, O_RDWR, { uid: 1234, gid: 1234, pid: 1 }), Errno.EPERM, 'create with chown refused');
+      }) as Record<string, unknown>;
+      try {
+        const fds = () => readdirSync('/proc/self/fd').length;
+        // Warm: the first create may open lasting fds (directory nodes); count after it.
+        await fails(() => fs.create(ROOT_INO, 'a', S_IFREG | 0o666, 0, O_RDWR, me), Errno.EPERM, 'create with chmod refused');
+        const before = fds();
+        for (let i = 0; i < 8; i++) {
+          await fails(() => fs.create(ROOT_INO, `b${i}`, S_IFREG | 0o666, 0, O_RDWR, me), Errno.EPERM, 'create with chmod refused');
+        }
+        assert.equal(fds(), before, 'eight failed creates left no fd open');
+      } finally {
+        inner.n = real;
       }
-      assert.equal(fds(), before, 'eight failed creates left no fd open');
-    } finally {
-      inner.n = real;
-    }
-  });
+    });
+  } finally {
+    process.umask(umask);
+  }
 });
 
 test('HostDirFs: inode numbers are the host numbers, held per (dev, ino), released by forget; unknown numbers are ESTALE', async () => {

@@ -372,14 +372,16 @@ export class HostDirFs implements FsProvider {
 
   /**
    * After creating `name` in `parent`: the caller's ownership (as root), the mode the guest
-   * asked for (this process's umask may have taken bits away), and the node.
+   * asked for (this process's umask may have taken bits away), and the node. `pathFd`: the new
+   * inode's O_PATH fd when the caller has it, with its attributes already in this.st (fsCreate);
+   * else it is opened here. Either way it is this method's from then on: closed on failure.
    */
-  private created(parent: Node, name: string, mode: number, ctx: FsContext, fd?: number, stated = false): FileAttr {
-    const pathFd = fd ?? sys(() => this.n.fsOpenat(parent.fd, name, O_PATH, 0));
+  private created(parent: Node, name: string, mode: number, ctx: FsContext, pathFd?: number): FileAttr {
+    const stated = pathFd !== undefined;
+    const fd = pathFd ?? sys(() => this.n.fsOpenat(parent.fd, name, O_PATH, 0));
     let changed = false;
     try {
-      // `stated`: this.st already holds pathFd's attributes (fsCreate).
-      if (!stated) this.n.fsStat(pathFd, '', this.st);
+      if (!stated) this.n.fsStat(fd, '', this.st);
       const type = this.st[3] & S_IFMT;
       // Already the caller's (guest root creating as host root) with no set-ID bit a chown
       // would clear: the chown would change nothing but ctime, so it and the re-stat are saved.
@@ -387,19 +389,19 @@ export class HostDirFs implements FsProvider {
         // A set-group-ID directory gives its group to what is created in it (as Linux does).
         this.n.fsStat(parent.fd, '', this.sfsStat);
         const gid = (this.sfsStat[3] & 0o2000) !== 0 ? -1 : ctx.gid;
-        this.n.fsChown(pathFd, ctx.uid, gid);
+        this.n.fsChown(fd, ctx.uid, gid);
         changed = true;
       }
       if (type !== S_IFLNK && (this.st[3] & 0o777) !== (mode & 0o777)) {
-        this.n.fsChmod(pathFd, (this.st[3] & 0o7000) | (mode & 0o7777));
+        this.n.fsChmod(fd, (this.st[3] & 0o7000) | (mode & 0o7777));
         changed = true;
       }
     } catch (err) {
-      if (fd === undefined) this.closeFd(pathFd);
+      this.closeFd(fd);
       throw new FsError(errnoOf(err));
     }
     // this.st still describes the inode when nothing was changed since the stat.
-    return changed ? this.adopt(pathFd) : this.adoptStated(pathFd);
+    return changed ? this.adopt(fd) : this.adoptStated(fd);
   }
 
   // --- FsProvider ----------------------------------------------------------------------------
@@ -597,13 +599,10 @@ export class HostDirFs implements FsProvider {
     // fd from the opened file itself (no second lookup of the name to race) and its fstat.
     const fd = this.n.fsCreate(p.fd, name, f, perm, this.st);
     if (fd < 0) throw new FsError(-fd);
-    const pathFd = this.st[17];
     let attr: FileAttr;
     try {
-      attr = this.created(p, name, perm, ctx, pathFd, true);
+      attr = this.created(p, name, perm, ctx, this.st[17]);
     } catch (err) {
-      // created() closes only an O_PATH fd it opened itself: this one came from fsCreate.
-      this.closeFd(pathFd);
       this.closeFd(fd);
       throw err;
     }
