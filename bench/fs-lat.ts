@@ -35,12 +35,9 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { VhostUserFrontEnd } from '../src/transports/vhost-user/frontend/front-end.js';
-import { FsDriver } from '../src/drivers/fs.js';
-import { FuseClient } from '../src/fs/fuse/client.js';
-import { DeviceId } from '../src/spec/constants.js';
-import { FsConfig } from '../src/spec/fs.js';
-import { TRANSPORT_FEATURES_SPLIT } from '../src/spec/features.js';
+import type { VhostUserFrontEnd } from '../src/transports/vhost-user/frontend/front-end.js';
+import type { FuseClient } from '../src/fs/fuse/client.js';
+import { connectFs, type FsFrontEnd } from '../test/fs/fs-frontend.js';
 import { virtiofsdArgs, virtiofsdMissing, VIRTIOFSD } from '../test/guest/fs-host-guest.js';
 import { intOption, markdownTable } from './common.js';
 
@@ -96,26 +93,12 @@ function ticks(pid: number): [number, number] {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Connects a front-end and an fs driver to the server on `sock` (waiting for the socket). */
-async function connect(sock: string): Promise<{ fe: VhostUserFrontEnd; driver: FsDriver; client: FuseClient }> {
+async function connect(sock: string): Promise<FsFrontEnd> {
   for (let i = 0; !existsSync(sock); i++) {
     if (i > 500) throw new Error(`no socket at ${sock}`);
     await sleep(10);
   }
-  const fe = await VhostUserFrontEnd.connect({ socketPath: sock, deviceId: DeviceId.FS, memorySize: 32 << 20, queueSize: 128 });
-  // virtiofsd has no configuration space (QEMU keeps it: tag and num_request_queues): answered here as QEMU would.
-  const config = new Uint8Array(FsConfig.size);
-  new TextEncoder().encodeInto('vtfs', config);
-  new DataView(config.buffer).setUint32(FsConfig.numRequestQueues, 1, true);
-  fe.readConfig = async (offset, size) => {
-    const v = new DataView(config.buffer, offset, size);
-    return size === 1 ? v.getUint8(0) : size === 2 ? v.getUint16(0, true) : size === 4 ? v.getUint32(0, true) : v.getBigUint64(0, true);
-  };
-  // Split rings with EVENT_IDX and indirect descriptors: what Linux negotiates through QEMU 7.2's vhost-user-fs-pci (packed=off).
-  const driver = new FsDriver(fe, { transportFeatures: TRANSPORT_FEATURES_SPLIT });
-  await driver.start();
-  const client = new FuseClient(driver.fuseSend);
-  await client.init();
-  return { fe, driver, client };
+  return connectFs(sock);
 }
 
 /** Runs `n` requests of sequence `seq` (each waits for the previous reply); returns the requests sent. */

@@ -91,8 +91,10 @@ export interface ServeOptions {
   sharedDir?: string;
   /** fs --shared-dir: FOPEN_DIRECT_IO on every open (the guest keeps no page cache of file data). */
   directIo?: boolean;
-  /** fs: false (`--no-xattr`): extended attributes answered ENOSYS (virtiofsd's default no_xattr). */
+  /** fs: true (`--xattr`): extended attributes served; otherwise answered ENOSYS (virtiofsd's default no_xattr). */
   xattr?: boolean;
+  /** fs: true (`--posix-locks`): fcntl locks held on the host; otherwise the guest's kernel keeps them (virtiofsd's default no_posix_lock). */
+  posixLocks?: boolean;
 }
 
 interface Writable {
@@ -199,7 +201,8 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     for (const [flag, v] of [['--tag', opts.tag], ['--memory', opts.memory], ['--shared-dir', opts.sharedDir], ['--direct-io', opts.directIo]] as const) {
       if (v !== undefined) throw new CliError(EXIT_USAGE, `${flag} is for fs, not ${type}`);
     }
-    if (opts.xattr === false) throw new CliError(EXIT_USAGE, `--no-xattr is for fs, not ${type}`);
+    if (opts.xattr !== undefined) throw new CliError(EXIT_USAGE, `--${opts.xattr ? '' : 'no-'}xattr is for fs, not ${type}`);
+    if (opts.posixLocks !== undefined) throw new CliError(EXIT_USAGE, `--${opts.posixLocks ? '' : 'no-'}posix-locks is for fs, not ${type}`);
   }
   const mode = opts.strict ? 'strict' : 'tolerant';
   const readOnly = opts.readOnly === true;
@@ -287,7 +290,7 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
         // driver's choice.
         new NetDevice({ mac: opts.mac, mtu: opts.mtu, queuePairs: opts.queues ?? 1, queueMaxSize, monitor, linkUp: netPort !== undefined, ctrl: 'front-end', judgeFeatureChoice: false })
       : type === 'fs'
-      ? new FsDevice({ provider: provider!, tag: opts.tag!, numRequestQueues: numQueues, queueMaxSize, monitor, xattr: opts.xattr !== false })
+      ? new FsDevice({ provider: provider!, tag: opts.tag!, numRequestQueues: numQueues, queueMaxSize, monitor, xattr: opts.xattr === true, posixLocks: opts.posixLocks === true })
       : type === 'vsock'
       ? new VsockDevice({ guestCid: opts.guestCid!, monitor, queueMaxSize })
       : image !== undefined
@@ -356,8 +359,8 @@ async function serve(type: string, opts: ServeOptions, out: Writable, err: Writa
     } else if (device instanceof FsDevice) {
       const what = opts.memory ? 'an in-memory file system' : `${opts.sharedDir}${opts.directIo === true ? ' (direct I/O: no guest page cache)' : ''}`;
       logger.info(
-        { event: 'start', type, tag: opts.tag, provider: opts.memory ? 'memory' : 'shared-dir', sharedDir: opts.sharedDir, readOnly, numRequestQueues: numQueues, queueSize: queueMaxSize, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat },
-        `serving fs "${opts.tag}": ${what}, ${readOnly ? 'read-only' : 'read-write'}, ${plural(numQueues, 'request queue')} of up to ${queueMaxSize}, monitor ${mode}, ${on}`,
+        { event: 'start', type, tag: opts.tag, provider: opts.memory ? 'memory' : 'shared-dir', sharedDir: opts.sharedDir, readOnly, xattr: opts.xattr === true, posixLocks: opts.posixLocks === true, numRequestQueues: numQueues, queueSize: queueMaxSize, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat },
+        `serving fs "${opts.tag}": ${what}, ${readOnly ? 'read-only' : 'read-write'}, ${opts.xattr === true ? 'xattrs' : 'no xattrs'}, ${opts.posixLocks === true ? 'host POSIX locks' : 'guest-local POSIX locks'}, ${plural(numQueues, 'request queue')} of up to ${queueMaxSize}, monitor ${mode}, ${on}`,
       );
     } else {
       logger.info({ event: 'start', type, numQueues: 1, queueSize: queueMaxSize, mode, socketPath: opts.socketPath, fd: opts.fd, logFormat }, `serving ${type}: 1 queue of up to ${queueMaxSize}, monitor ${mode}, ${on}`);

@@ -465,7 +465,8 @@ export class MemoryFs implements FsProvider {
       this.truncate(n, 0);
       this.touch(n, 'm');
     }
-    return this.openNode(n);
+    // noFlush: nothing is buffered, and flush only drops POSIX locks.
+    return { ...this.openNode(n), noFlush: true };
   }
 
   create(parent: number, name: string, mode: number, umask: number, flags: number, ctx: FsContext): CreateResult {
@@ -480,7 +481,7 @@ export class MemoryFs implements FsProvider {
     }
     const n = this.create1(parent, name, S_IFREG | (mode & 0o7777 & ~umask), ctx);
     const o = this.openNode(n);
-    return { ...o, attr: this.handOut(n) };
+    return { ...o, noFlush: true, attr: this.handOut(n) };
   }
 
   release(_ino: number, fh: number): void {

@@ -164,6 +164,15 @@ export interface OpenResult {
   directIo?: boolean;
   /** Keep the guest's cached pages of this file (FOPEN_KEEP_CACHE): nobody else changed it. */
   keepCache?: boolean;
+  /**
+   * The provider's `flush` has nothing to do for this handle but drop POSIX locks: its writes
+   * are done when WRITE is answered, so close(2) has no error left to report. When the session
+   * has no remote POSIX locks either (FuseServerOptions.posixLocks false, or a provider without
+   * getlk/setlk), the server answers with FOPEN_NOFLUSH and Linux (5.16 and later) sends no FLUSH
+   * when a descriptor of it is closed: one request fewer per close(2). With remote locks the
+   * server ignores it (a FLUSH is how the kernel drops the closing process's locks).
+   */
+  noFlush?: boolean;
 }
 
 /** What create returns: the new node and its open handle. */

@@ -26,7 +26,11 @@ test('virtio-ts serve fs: usage errors exit 2, each saying why; --print-capabili
   }
   assert.equal(run('serve', 'rng', '--socket-path', sock, '--tag', 'vt').status, 2, '--tag is for fs');
   assert.equal(run('serve', 'blk', '--socket-path', sock, '--image', '/dev/null', '--memory').status, 2, '--memory is for fs');
-  assert.equal(run('serve', 'rng', '--socket-path', sock, '--no-xattr').status, 2, '--no-xattr is for fs');
+  for (const flag of ['--xattr', '--no-xattr', '--posix-locks', '--no-posix-locks']) {
+    const r = run('serve', 'rng', '--socket-path', sock, flag);
+    assert.equal(r.status, 2, `${flag} is for fs`);
+    assert.match(r.stderr, new RegExp(`${flag} is for fs, not rng`));
+  }
   assert.equal(existsSync(sock), false, 'nothing listened');
   assert.deepEqual(JSON.parse(run('serve', 'fs', '--print-capabilities').stdout), { type: 'fs', features: [] });
 });

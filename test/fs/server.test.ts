@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FuseServer } from '../../src/fs/fuse/server.js';
 import { FuseClient } from '../../src/fs/fuse/client.js';
-import { Fattr, InitFlag, OPEN_KILL_SUIDGID, WRITE_KILL_SUIDGID } from '../../src/fs/fuse/wire.js';
+import { Fattr, Fopen, InitFlag, OPEN_KILL_SUIDGID, WRITE_KILL_SUIDGID } from '../../src/fs/fuse/wire.js';
 import { MemoryFs } from '../../src/fs/memory.js';
 import { Errno, FallocMode, FsError, LockType, RenameFlags, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, Whence, XattrFlags, type FsProvider } from '../../src/fs/vfs.js';
 
@@ -264,6 +264,41 @@ test('xattr: false (serve fs --no-xattr, virtiofsd\'s no_xattr): the four xattr 
   assert.equal(await errno(client.listxattr(f.entry.nodeid)), Errno.ENOSYS);
   assert.equal(await errno(client.removexattr(f.entry.nodeid, 'user.a')), Errno.ENOSYS);
   assert.equal(await client.write(f.entry.nodeid, f.fh, 0, bytes('data')), 4);
+});
+
+test('posixLocks: false (serve fs\'s default, virtiofsd\'s no_posix_lock): POSIX_LOCKS not agreed, lock requests ENOSYS, and a noFlush open or create gets FOPEN_NOFLUSH', async () => {
+  const { client } = await session(new MemoryFs(), { posixLocks: false });
+  assert.equal(client.initFlags & InitFlag.POSIX_LOCKS, 0, 'the guest kernel keeps its locks');
+  const c = await client.create(1, 'f');
+  assert.equal(c.fopen & Fopen.NOFLUSH, Fopen.NOFLUSH, 'CREATE: MemoryFs says noFlush');
+  const o = await client.openReply(c.entry.nodeid, 0);
+  assert.equal(o.fopen & Fopen.NOFLUSH, Fopen.NOFLUSH, 'OPEN');
+  const whole = { start: 0, end: Infinity, type: LockType.F_WRLCK, pid: 1 };
+  assert.equal(await errno(client.setlk(c.entry.nodeid, c.fh, 1n, whole)), Errno.ENOSYS);
+  assert.equal(await errno(client.getlk(c.entry.nodeid, c.fh, 1n, whole)), Errno.ENOSYS);
+  // A FLUSH sent anyway (a kernel older than 5.16 ignores FOPEN_NOFLUSH) is still answered.
+  await client.flush(c.entry.nodeid, o.fh, 1n);
+  assert.equal(await client.write(c.entry.nodeid, c.fh, 0, bytes('data')), 4);
+});
+
+test('FOPEN_NOFLUSH only when nothing needs the FLUSH: not with remote POSIX locks (the default of the library), not for a provider that did not say noFlush', async () => {
+  const locked = await session(new MemoryFs());
+  assert.ok(locked.client.initFlags & InitFlag.POSIX_LOCKS);
+  const c = await locked.client.create(1, 'f');
+  assert.equal(c.fopen & Fopen.NOFLUSH, 0, 'the kernel drops the closing owner\'s locks with FLUSH');
+  assert.equal((await locked.client.openReply(c.entry.nodeid, 0)).fopen & Fopen.NOFLUSH, 0);
+  // A provider whose open answers without noFlush: its flush may have work (buffered writes to report).
+  const fs = new MemoryFs();
+  const plain: FsProvider = Object.create(fs);
+  plain.open = (ino, flags, ctx) => ({ fh: (fs.open(ino, flags) as { fh: number }).fh });
+  plain.create = (parent, name, mode, umask, flags, ctx) => {
+    const r = fs.create(parent, name, mode, umask, flags, ctx) as { fh: number; attr: never };
+    return { fh: r.fh, attr: r.attr };
+  };
+  const { client } = await session(plain, { posixLocks: false });
+  const p = await client.create(1, 'g');
+  assert.equal(p.fopen & Fopen.NOFLUSH, 0, 'CREATE');
+  assert.equal((await client.openReply(p.entry.nodeid, 0)).fopen & Fopen.NOFLUSH, 0, 'OPEN');
 });
 
 test('sparse files: holes read as zeroes and take no blocks; SEEK_DATA / SEEK_HOLE; fallocate, PUNCH_HOLE, ZERO_RANGE', async () => {

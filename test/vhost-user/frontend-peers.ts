@@ -80,10 +80,10 @@ function peer(name: string, socket: string, cmd: string, args: string[]): Peer {
 }
 
 /**
- * `virtio-ts serve blk|rng` on `socket` (the connection served one at a time, as the CLI does;
+ * `virtio-ts serve blk|rng|fs` on `socket` (the connection served one at a time, as the CLI does;
  * a front-end that reconnects gets the same device).
  */
-export async function startServe(type: 'blk' | 'rng', socket: string, args: string[] = []): Promise<Peer> {
+export async function startServe(type: 'blk' | 'rng' | 'fs', socket: string, args: string[] = []): Promise<Peer> {
   const p = peer(`virtio-ts serve ${type}`, socket, process.execPath, [CLI, 'serve', type, '--socket-path', socket, '--log-level', 'info', '--log-format', 'json', ...args]);
   // The CLI serves one front-end at a time: a probing connection would be the one it serves
   // (and a real one right after it refused), so the log line says when it listens.

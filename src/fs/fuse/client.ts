@@ -243,7 +243,13 @@ export class FuseClient {
 
   /** OPEN with O_* `flags` (default O_RDWR) and FUSE_OPEN_* `openFlags`: the handle. */
   async open(nodeid: number, flags = 2, openFlags = 0): Promise<number> {
-    return Number((await this.call(Op.OPEN, nodeid, [new Struct(8).u32(0, flags).u32(4, openFlags).bytes])).getBigUint64(0, true));
+    return (await this.openReply(nodeid, flags, openFlags)).fh;
+  }
+
+  /** OPEN, as open(): the handle and the reply's FOPEN_* flags (`fopen`: DIRECT_IO, KEEP_CACHE, NOFLUSH, ...). */
+  async openReply(nodeid: number, flags = 2, openFlags = 0): Promise<{ fh: number; fopen: number }> {
+    const v = await this.call(Op.OPEN, nodeid, [new Struct(8).u32(0, flags).u32(4, openFlags).bytes]);
+    return { fh: Number(v.getBigUint64(0, true)), fopen: v.getUint32(8, true) };
   }
 
   /** OPENDIR: the handle. */
@@ -251,10 +257,13 @@ export class FuseClient {
     return Number((await this.call(Op.OPENDIR, nodeid, [new Struct(8).bytes])).getBigUint64(0, true));
   }
 
-  /** CREATE `name` in `parent` and open it (flags default O_RDWR | O_CREAT; FUSE_OPEN_* `openFlags`). */
-  async create(parent: number, name: string, mode = 0o644, flags = 0o102, umask = 0, openFlags = 0): Promise<{ entry: FuseEntry; fh: number }> {
+  /**
+   * CREATE `name` in `parent` and open it (flags default O_RDWR | O_CREAT; FUSE_OPEN_* `openFlags`):
+   * the entry, the handle and the reply's FOPEN_* flags (`fopen`).
+   */
+  async create(parent: number, name: string, mode = 0o644, flags = 0o102, umask = 0, openFlags = 0): Promise<{ entry: FuseEntry; fh: number; fopen: number }> {
     const v = await this.call(Op.CREATE, parent, [new Struct(16).u32(0, flags).u32(4, mode).u32(8, umask).u32(12, openFlags).bytes, cstr(name)]);
-    return { entry: readEntry(v, 0), fh: Number(v.getBigUint64(Size.entryOut, true)) };
+    return { entry: readEntry(v, 0), fh: Number(v.getBigUint64(Size.entryOut, true)), fopen: v.getUint32(Size.entryOut + 8, true) };
   }
 
   /** READ up to `size` bytes at `offset`. */

@@ -22,7 +22,7 @@
  *
  * Browser-safe.
  */
-import { Errno, FsError, LockType, ROOT_INO, S_IFMT, type FileAttr, type FileLock, type FsContext, type FsProvider, type MaybePromise, type SetAttr, type StatFs } from '../vfs.js';
+import { Errno, FsError, LockType, ROOT_INO, S_IFMT, type FileAttr, type FileLock, type FsContext, type FsProvider, type MaybePromise, type OpenResult, type SetAttr, type StatFs } from '../vfs.js';
 import { Fattr, Fopen, FSYNC_FDATASYNC, FUSE_MAJOR, FUSE_MINOR, FUSE_MIN_MINOR, GETATTR_FH, InHeader, InitFlag, LK_FLOCK, NAME_MAX, OFFSET_MAX, OPEN_KILL_SUIDGID, Op, Size, TARGET_MAX, WRITE_KILL_SUIDGID, XATTR_SIZE_MAX, opName } from './wire.js';
 
 /** How a server is set up. */
@@ -43,6 +43,14 @@ export interface FuseServerOptions {
    * (getfattr/setfattr fail with EOPNOTSUPP). Default true.
    */
   xattr?: boolean;
+  /**
+   * false: POSIX_LOCKS is not agreed at INIT even when the provider has getlk/setlk, as
+   * virtiofsd's default `-o no_posix_lock`: the guest kernel keeps fcntl locks itself (they
+   * hold between the guest's processes, not against the host's), sends no GETLK/SETLK/SETLKW
+   * (answered ENOSYS if it does), and needs no FLUSH to drop them at close, so a handle the
+   * provider opened with `noFlush` gets FOPEN_NOFLUSH. Default true.
+   */
+  posixLocks?: boolean;
 }
 
 /** A reply: the out header and fixed part (`head`), and data that follows it (`data`, may be null). */
@@ -309,6 +317,7 @@ export class FuseServer {
   private readonly body = new Body();
   /** FuseServerOptions.xattr. */
   private readonly xattr: boolean;
+  private readonly posixLocks: boolean;
 
   /** A session over `provider`. */
   constructor(provider: FsProvider, options: FuseServerOptions = {}) {
@@ -323,6 +332,7 @@ export class FuseServer {
     if (!Number.isInteger(mw) || mw < 4096 || mw > 16 << 20) throw new RangeError(`maxWrite ${mw}: 4096 to 16 MiB`);
     this.maxWrite = mw;
     this.xattr = options.xattr ?? true;
+    this.posixLocks = options.posixLocks ?? true;
     this.log = options.log ?? (() => {});
   }
 
@@ -951,7 +961,7 @@ export class FuseServer {
     if (major < FUSE_MAJOR || minor < FUSE_MIN_MINOR) throw new Malformed(Errno.EPROTO, `FUSE ${major}.${minor} is older than ${FUSE_MAJOR}.${FUSE_MIN_MINOR}`);
     const p = this.provider;
     let want = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO | InitFlag.MAX_PAGES | InitFlag.PARALLEL_DIROPS | InitFlag.ASYNC_DIO;
-    if (p.setlk !== undefined && p.getlk !== undefined) want |= InitFlag.POSIX_LOCKS;
+    if (this.posixLocks && p.setlk !== undefined && p.getlk !== undefined) want |= InitFlag.POSIX_LOCKS;
     // The provider drops security.capability itself and the server clears set-user-ID bits on
     // the kernel's word: Linux then skips its GETXATTR(security.capability) before every write.
     if (p.killsPriv === true && p.setattr !== undefined) want |= InitFlag.HANDLE_KILLPRIV_V2;
@@ -1052,9 +1062,12 @@ export class FuseServer {
     putAttr(o, off + 40, a);
   }
 
-  private putOpen(o: DataView, off: number, r: { fh: number; directIo?: boolean; keepCache?: boolean }): void {
+  private putOpen(o: DataView, off: number, r: OpenResult): void {
     u64(o, off, r.fh);
-    o.setUint32(off + 8, (r.directIo ? Fopen.DIRECT_IO : 0) | (r.keepCache ? Fopen.KEEP_CACHE : 0), true);
+    // FOPEN_NOFLUSH only without remote POSIX locks: with them a FLUSH is how the kernel drops
+    // the closing process's locks (fuse_setlk leaves FL_CLOSE_POSIX to fuse_flush).
+    const noFlush = r.noFlush === true && (this.flags & InitFlag.POSIX_LOCKS) === 0;
+    o.setUint32(off + 8, (r.directIo ? Fopen.DIRECT_IO : 0) | (r.keepCache ? Fopen.KEEP_CACHE : 0) | (noFlush ? Fopen.NOFLUSH : 0), true);
   }
 
   /** A fuse_entry_out reply: the kernel holds one more reference to the node. */
@@ -1156,6 +1169,8 @@ export class FuseServer {
 
   /** GETLK / SETLK / SETLKW (POSIX locks; flock locks are not negotiated). */
   private lock(h: FuseHeader, b: Body, v: DataView, ctx: FsContext): MaybePromise<FuseReply> {
+    // Not agreed (posixLocks false): the guest's kernel keeps its locks itself.
+    if ((this.flags & InitFlag.POSIX_LOCKS) === 0) throw new FsError(Errno.ENOSYS);
     const ino = this.node(h);
     const at = b.need(Size.lkIn, 'fuse_lk_in');
     const fh = safe(v, at, 'fh');

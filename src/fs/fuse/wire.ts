@@ -127,7 +127,7 @@ export const WRITE_KILL_SUIDGID = 1 << 2;
 export const OPEN_KILL_SUIDGID = 1 << 0;
 
 /** fuse_open_out.open_flags. */
-export const Fopen = { DIRECT_IO: 1 << 0, KEEP_CACHE: 1 << 1 } as const;
+export const Fopen = { DIRECT_IO: 1 << 0, KEEP_CACHE: 1 << 1, NOFLUSH: 1 << 5 } as const;
 
 /** Sizes of the structs the server reads and writes, in bytes. */
 export const Size = {

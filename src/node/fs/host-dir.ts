@@ -579,7 +579,8 @@ export class HostDirFs implements FsProvider {
     } catch (err) {
       throw new FsError(errnoOf(err));
     }
-    return { fh: this.addHandle(fd, node, f & O_ACCMODE), directIo: this.directIo };
+    // noFlush: writes are done by the time WRITE is answered, and flush only drops POSIX locks.
+    return { fh: this.addHandle(fd, node, f & O_ACCMODE), directIo: this.directIo, noFlush: true };
   }
 
   private addHandle(fd: number, node: Node, access: number, dir = false): number {
@@ -607,7 +608,7 @@ export class HostDirFs implements FsProvider {
       throw err;
     }
     const node = this.nodes.get(attr.ino)!;
-    return { attr, fh: this.addHandle(fd, node, f & O_ACCMODE), directIo: this.directIo };
+    return { attr, fh: this.addHandle(fd, node, f & O_ACCMODE), directIo: this.directIo, noFlush: true };
   }
 
   /**
