@@ -12,7 +12,8 @@
  *   request's opcode): the same counts from its log. Its debug log slows it, so only its counts
  *   are read, not its times.
  *
- * Options: --files N (default 2000), --mb N (default 32), --direct-io, --virtiofsd (its cache
+ * Options: --files N (default 2000), --mb N (default 32), --direct-io, --xattr, --posix-locks
+ * (as `serve fs`'s: off by default, as there), --virtiofsd (its cache
  * mode: --virtiofsd-cache auto|none, default auto, as bench:fs's headline anchor), --json,
  * --dir DIR (as bench:fs's: default /dev/shm).
  * Nothing here asserts anything but the workload's correctness (checkWorkload).
@@ -33,6 +34,8 @@ const opt = (name: string, dflt: number) => intOption(argv, name, dflt);
 const FILES = opt('--files', 2000);
 const MB = Math.max(16, opt('--mb', 32));
 const DIRECT = argv.includes('--direct-io');
+const XATTR = argv.includes('--xattr');
+const POSIX_LOCKS = argv.includes('--posix-locks');
 const VCACHE = argv.includes('--virtiofsd-cache') ? argv[argv.indexOf('--virtiofsd-cache') + 1] : 'auto';
 if (VCACHE !== 'auto' && VCACHE !== 'none') throw new Error('--virtiofsd-cache auto|none');
 const JSON_OUT = argv.includes('--json');
@@ -88,7 +91,8 @@ async function runVirtioTs(): Promise<Phase[]> {
       // As `virtio-ts serve fs` runs it: no idle-time metrics on the loop (one poll per wakeup).
       native().loopIdleMetrics(false);
       const provider = HostDirFs.open(root, { directIo: DIRECT });
-      device = new FsDevice({ provider, tag: 'vtfs' });
+      // serve fs's defaults: no xattrs, no remote POSIX locks (--xattr, --posix-locks turn them on).
+      device = new FsDevice({ provider, tag: 'vtfs', xattr: XATTR, posixLocks: POSIX_LOCKS });
       const daemon = serveVhostUser(device, { socket: sock });
       return { close: async () => (await daemon.close(), provider.close()) };
     },

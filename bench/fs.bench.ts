@@ -32,8 +32,11 @@
  * for why not ext4's temporary directory),
  * --baseline MAIN_JS (another checkout's dist/src/cli/main.js, run as one more server,
  * `virtio-ts baseline`, in the same rounds: a before/after under the same load).
- * `--only '...,virtio-ts --no-xattr'` adds `serve fs --no-xattr` (virtiofsd's default xattr
- * policy, no_xattr: one GETXATTR fewer per newly written file; run only when named).
+ * Both servers run at their defaults, which are alike: no xattrs, no remote POSIX locks
+ * (virtiofsd's no_xattr and no_posix_lock; `serve fs` without --xattr and --posix-locks).
+ * `--only '...,virtio-ts --xattr --posix-locks,virtiofsd xattr'` adds the pair with both on
+ * (virtiofsd `-o xattr -o posix_lock`), run only when named: each new file then costs both
+ * servers a GETXATTR(security.capability) before its first write and a FLUSH at close.
  * virtiofsd needs root and the binary (Debian qemu-system-common); without them its column says why.
  */
 import { spawn } from 'node:child_process';
@@ -54,9 +57,9 @@ const BASELINE = argv.includes('--baseline') ? argv[argv.indexOf('--baseline') +
 
 /** --only a,b: run only these servers (names as in the table: virtio-ts, virtiofsd, 9p, ...). */
 const ONLY = argv.includes('--only') ? argv[argv.indexOf('--only') + 1]?.split(',') : undefined;
-type Server = 'virtio-ts' | 'virtio-ts --direct-io' | 'virtiofsd' | 'virtiofsd cache=none' | '9p' | 'virtio-ts baseline' | 'virtio-ts --no-xattr';
-/** Run only when named in --only: `serve fs --no-xattr`, virtiofsd's own xattr policy (no_xattr). */
-const ON_REQUEST: Server[] = ['virtio-ts --no-xattr'];
+type Server = 'virtio-ts' | 'virtio-ts --direct-io' | 'virtiofsd' | 'virtiofsd cache=none' | '9p' | 'virtio-ts baseline' | 'virtio-ts --xattr --posix-locks' | 'virtiofsd xattr';
+/** Run only when named in --only: both servers with xattrs and remote POSIX locks on. */
+const ON_REQUEST: Server[] = ['virtio-ts --xattr --posix-locks', 'virtiofsd xattr'];
 const SERVERS: Server[] = ['virtio-ts', 'virtio-ts --direct-io', 'virtiofsd', 'virtiofsd cache=none', '9p', ...(BASELINE !== undefined ? (['virtio-ts baseline'] as const) : []), ...ON_REQUEST];
 const PHASES = [
   ['create', `create + write ${FILES} small files`],
@@ -77,8 +80,8 @@ async function runOnce(server: Server): Promise<{ ms: Record<string, number>; wa
   try {
     const common = { kind: 'fs' as const, test: 'fshost', timeoutMs: 600_000, append: workloadAppend({ files: FILES, mb: MB, fstype: server === '9p' ? '9p' : 'virtiofs' }) };
     let run: GuestRun;
-    if (server === 'virtio-ts' || server === 'virtio-ts --direct-io' || server === 'virtio-ts --no-xattr') {
-      const direct = server === 'virtio-ts --direct-io' ? ['--direct-io'] : server === 'virtio-ts --no-xattr' ? ['--no-xattr'] : [];
+    if (server === 'virtio-ts' || server === 'virtio-ts --direct-io' || server === 'virtio-ts --xattr --posix-locks') {
+      const direct = server === 'virtio-ts' ? [] : server.slice('virtio-ts '.length).split(' ');
       run = await boot({ ...common, device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs', serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, ...direct] });
     } else if (server === 'virtio-ts baseline') {
       run = await boot({
@@ -91,13 +94,13 @@ async function runOnce(server: Server): Promise<{ ms: Record<string, number>; wa
           return { close: () => (child.kill('SIGTERM'), exited) };
         },
       });
-    } else if (server === 'virtiofsd' || server === 'virtiofsd cache=none') {
+    } else if (server === 'virtiofsd' || server === 'virtiofsd cache=none' || server === 'virtiofsd xattr') {
       run = await boot({
         ...common,
         device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs',
         serveArgs: [],
         server: (sock) => {
-          const d = startVirtiofsd(sock, share.root, server === 'virtiofsd' ? 'auto' : 'none');
+          const d = startVirtiofsd(sock, share.root, server === 'virtiofsd cache=none' ? 'none' : 'auto', server === 'virtiofsd xattr' ? ['xattr', 'posix_lock'] : []);
           return { close: () => d.close() };
         },
       });
@@ -122,7 +125,7 @@ async function main(): Promise<void> {
   if (missing.length > 0) throw new Error(`bench:fs needs ${missing.join(', ')}`);
   const why: Partial<Record<Server, string>> = {};
   const vfs = virtiofsdMissing();
-  if (vfs !== null) why.virtiofsd = why['virtiofsd cache=none'] = vfs;
+  if (vfs !== null) why.virtiofsd = why['virtiofsd cache=none'] = why['virtiofsd xattr'] = vfs;
   for (const s of SERVERS) if (ONLY !== undefined ? !ONLY.includes(s) : ON_REQUEST.includes(s)) why[s] = 'not in --only';
   const servers = SERVERS.filter((s) => why[s] === undefined);
   const samples = new Map<Server, Record<string, number>[]>(servers.map((s) => [s, []]));
@@ -143,9 +146,9 @@ async function main(): Promise<void> {
   const rows = [...PHASES, ['total', 'all phases'] as const].map(([p, label]) => {
     const m = Object.fromEntries(servers.map((s) => [s, median(s, p)])) as Record<Server, number>;
     const ref = m['virtio-ts'];
-    return { phase: p, label, ms: m, vsVirtiofsd: m.virtiofsd / ref, directVsVirtiofsd: m['virtiofsd cache=none'] / m['virtio-ts --direct-io'], vs9p: m['9p'] / ref, vsBaseline: m['virtio-ts baseline'] / ref, noXattrVsVirtiofsd: m.virtiofsd / m['virtio-ts --no-xattr'] };
+    return { phase: p, label, ms: m, vsVirtiofsd: m.virtiofsd / ref, directVsVirtiofsd: m['virtiofsd cache=none'] / m['virtio-ts --direct-io'], vs9p: m['9p'] / ref, vsBaseline: m['virtio-ts baseline'] / ref, xattrVsVirtiofsd: m['virtiofsd xattr'] / m['virtio-ts --xattr --posix-locks'] };
   });
-  const NO_XATTR = servers.includes('virtio-ts --no-xattr');
+  const XATTR = servers.includes('virtio-ts --xattr --posix-locks') && servers.includes('virtiofsd xattr');
   const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
   if (JSON_OUT) {
     console.log(JSON.stringify({ rounds: ROUNDS, files: FILES, mb: MB, dir: SHARE_PARENT, servers, skipped: why, rows, samples: Object.fromEntries(samples), loadavg: load, cpu }, null, 2));
@@ -156,9 +159,9 @@ async function main(): Promise<void> {
   console.log(`\nbench:fs: guest workload over one host directory under ${SHARE_PARENT} (QEMU TCG, 1 vCPU), median of ${ROUNDS} round(s), milliseconds (lower is better); virtiofsd: cache=auto (its default, the cache policy of virtio-ts serve fs)`);
   console.log(
     markdownTable(
-      ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', 'virtiofsd cache=none / virtio-ts --direct-io', '9p / virtio-ts', ...(BASELINE !== undefined ? ['baseline / virtio-ts'] : []), ...(NO_XATTR ? ['virtiofsd / virtio-ts --no-xattr'] : [])],
-      rows.map((x) => [x.label, ...servers.map((s) => f(x.ms[s])), r(x.vsVirtiofsd), r(x.directVsVirtiofsd), r(x.vs9p), ...(BASELINE !== undefined ? [r(x.vsBaseline)] : []), ...(NO_XATTR ? [r(x.noXattrVsVirtiofsd)] : [])]),
-      [false, ...servers.map(() => true), true, true, true, ...(BASELINE !== undefined ? [true] : []), ...(NO_XATTR ? [true] : [])],
+      ['phase', ...servers.map((s) => `${s} ms`), 'virtiofsd / virtio-ts', 'virtiofsd cache=none / virtio-ts --direct-io', '9p / virtio-ts', ...(BASELINE !== undefined ? ['baseline / virtio-ts'] : []), ...(XATTR ? ['virtiofsd xattr / virtio-ts --xattr --posix-locks'] : [])],
+      rows.map((x) => [x.label, ...servers.map((s) => f(x.ms[s])), r(x.vsVirtiofsd), r(x.directVsVirtiofsd), r(x.vs9p), ...(BASELINE !== undefined ? [r(x.vsBaseline)] : []), ...(XATTR ? [r(x.xattrVsVirtiofsd)] : [])]),
+      [false, ...servers.map(() => true), true, true, true, ...(BASELINE !== undefined ? [true] : []), ...(XATTR ? [true] : [])],
     ),
   );
   console.log(`ratios above 1.0: virtio-ts is faster. ${cpu}; load average during the run ${Math.min(...load).toFixed(2)} to ${Math.max(...load).toFixed(2)}`);

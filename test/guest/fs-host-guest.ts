@@ -119,10 +119,10 @@ export const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
  * default here: every access goes to the daemon, FOPEN_DIRECT_IO on every open, entry and
  * attribute timeouts 0: the guest tests' anchor) or `auto` (virtiofsd's own default: 1 s
  * timeouts and the guest's page cache, the policy of `virtio-ts serve fs` without
- * --direct-io: the fair anchor of bench:fs).
+ * --direct-io: the fair anchor of bench:fs). `options`: more `-o` options (`xattr`, `posix_lock`).
  */
-export function virtiofsdArgs(socket: string, dir: string, cache: 'none' | 'auto' = 'none'): string[] {
-  return [`--socket-path=${socket}`, '-o', `source=${dir}`, '-o', 'sandbox=chroot', '-o', `cache=${cache}`];
+export function virtiofsdArgs(socket: string, dir: string, cache: 'none' | 'auto' = 'none', options: readonly string[] = []): string[] {
+  return [`--socket-path=${socket}`, '-o', `source=${dir}`, '-o', 'sandbox=chroot', '-o', `cache=${cache}`, ...options.flatMap((o) => ['-o', o])];
 }
 
 /** Why virtiofsd cannot run here, or null. */
@@ -133,11 +133,11 @@ export function virtiofsdMissing(): string | null {
 }
 
 /**
- * Starts virtiofsd on `socket` for `dir` (for boot's `server`; `cache` as virtiofsdArgs); close() ends it (SIGTERM, then
+ * Starts virtiofsd on `socket` for `dir` (for boot's `server`; `cache` and `options` as virtiofsdArgs); close() ends it (SIGTERM, then
  * waits for it) and resolves with its log.
  */
-export function startVirtiofsd(socket: string, dir: string, cache: 'none' | 'auto' = 'none'): { close(): Promise<string>; log(): string } {
-  const child = spawn(VIRTIOFSD, virtiofsdArgs(socket, dir, cache), { stdio: ['ignore', 'pipe', 'pipe'] });
+export function startVirtiofsd(socket: string, dir: string, cache: 'none' | 'auto' = 'none', options: readonly string[] = []): { close(): Promise<string>; log(): string } {
+  const child = spawn(VIRTIOFSD, virtiofsdArgs(socket, dir, cache, options), { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d) => (log += d));
   child.stderr!.on('data', (d) => (log += d));
