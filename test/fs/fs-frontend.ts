@@ -1,12 +1,25 @@
 // A VMM side for a virtio-fs back-end in its own process (serve fs, virtiofsd): a vhost-user
 // front-end with an FsDriver and a FuseClient over it, no VM. Shared by bench/fs-lat.ts and the
-// serve fs tests.
+// fs tests, with the errno of a FuseClient call that failed.
+import assert from 'node:assert/strict';
 import { VhostUserFrontEnd } from '../../src/transports/vhost-user/frontend/front-end.js';
 import { FsDriver } from '../../src/drivers/fs.js';
 import { FuseClient } from '../../src/fs/fuse/client.js';
 import { DeviceId } from '../../src/spec/constants.js';
 import { FsConfig } from '../../src/spec/fs.js';
 import { TRANSPORT_FEATURES_SPLIT } from '../../src/spec/features.js';
+import { FsError } from '../../src/fs/vfs.js';
+
+/** The errno of the error reply `p` (a FuseClient call) ends with; a reply that is not an error fails the test. */
+export async function errno(p: Promise<unknown>): Promise<number> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof FsError) return e.errno;
+    throw e;
+  }
+  assert.fail('expected an error reply');
+}
 
 /** The front-end, the driver and a client that has sent INIT. */
 export interface FsFrontEnd {

@@ -9,19 +9,9 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { scratch, startServe } from '../vhost-user/frontend-peers.js';
-import { connectFs } from './fs-frontend.js';
+import { connectFs, errno } from './fs-frontend.js';
 import { Fopen, InitFlag } from '../../src/fs/fuse/wire.js';
-import { Errno, FsError, LockType } from '../../src/fs/vfs.js';
-
-async function errno(p: Promise<unknown>): Promise<number> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof FsError) return e.errno;
-    throw e;
-  }
-  assert.fail('expected an error reply');
-}
+import { Errno, LockType } from '../../src/fs/vfs.js';
 
 /** /proc/locks lines of OFD locks on inode `ino`. */
 const ofdLocks = (ino: number) => readFileSync('/proc/locks', 'utf8').split('\n').filter((l) => /\bOFDLCK\b/.test(l) && l.split(/\s+/)[5]?.endsWith(`:${ino}`));

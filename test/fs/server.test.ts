@@ -8,6 +8,7 @@ import { FuseServer } from '../../src/fs/fuse/server.js';
 import { FuseClient } from '../../src/fs/fuse/client.js';
 import { Fattr, Fopen, InitFlag, OPEN_KILL_SUIDGID, WRITE_KILL_SUIDGID } from '../../src/fs/fuse/wire.js';
 import { MemoryFs } from '../../src/fs/memory.js';
+import { errno } from './fs-frontend.js';
 import { Errno, FallocMode, FsError, LockType, RenameFlags, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, Whence, XattrFlags, type FsProvider } from '../../src/fs/vfs.js';
 
 const bytes = (s: string) => new TextEncoder().encode(s);
@@ -26,16 +27,6 @@ async function session(fs: FsProvider = new MemoryFs(), opts = {}) {
   });
   await client.init();
   return { server, client, fs };
-}
-
-async function errno(p: Promise<unknown>): Promise<number> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof FsError) return e.errno;
-    throw e;
-  }
-  assert.fail('expected an error reply');
 }
 
 test('INIT agrees protocol 7.x, max_write and the flags both sides have (POSIX locks, READDIRPLUS, big writes)', async () => {
