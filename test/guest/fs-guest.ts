@@ -104,6 +104,7 @@ export async function fsGuest(c: FsGuestConfig): Promise<GuestRun & { report: Fs
     assert.deepEqual([rep.totals.verdicts, rep.clauses], [0, []], "serve fs's monitor verdicts");
     assert.ok(rep.counters.fuseRequests > 5 * c.files, `FUSE requests served: ${rep.counters.fuseRequests}`);
     assert.ok(rep.counters.hiprio > 0, 'FORGETs came on hiprio (drop_caches)');
+    checkDefaultRequests(rep.counters);
     const secs = (k: string) => {
       const [a, b, d] = (r.get(k) ?? '').split(' ').map(Number);
       return d !== undefined ? [b - a, d - b] : [b - a];
@@ -147,6 +148,18 @@ export async function umountWatch(g: Running, rings: string[]): Promise<void> {
 }
 
 /** The run report serve fs writes (the fields the test reads). */
+/**
+ * What Linux sends `serve fs` at its defaults (virtiofsd's no_xattr, no_posix_lock): no FLUSH
+ * (every open was answered FOPEN_NOFLUSH), one GETXATTR at most (the first is ENOSYS and Linux
+ * stops asking), no lock request.
+ */
+export function checkDefaultRequests(counters: Record<string, number>): void {
+  assert.ok(counters.opOPEN > 0 && counters.opCREATE > 0, 'files were opened and created');
+  assert.equal(counters.opFLUSH ?? 0, 0, 'no FLUSH: every open was answered FOPEN_NOFLUSH');
+  assert.ok((counters.opGETXATTR ?? 0) <= 1, `GETXATTR sent once at most: ${counters.opGETXATTR}`);
+  assert.equal((counters.opSETLK ?? 0) + (counters.opSETLKW ?? 0) + (counters.opGETLK ?? 0), 0, 'no remote lock request');
+}
+
 export interface FsRunReport {
   schema: string;
   totals: { verdicts: number };
