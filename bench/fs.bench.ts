@@ -81,8 +81,9 @@ async function runOnce(server: Server): Promise<{ ms: Record<string, number>; wa
     const common = { kind: 'fs' as const, test: 'fshost', timeoutMs: 600_000, append: workloadAppend({ files: FILES, mb: MB, fstype: server === '9p' ? '9p' : 'virtiofs' }) };
     let run: GuestRun;
     if (server === 'virtio-ts' || server === 'virtio-ts --direct-io' || server === 'virtio-ts --xattr --posix-locks') {
-      const direct = server === 'virtio-ts' ? [] : server.slice('virtio-ts '.length).split(' ');
-      run = await boot({ ...common, device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs', serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, ...direct] });
+      // The column name is the command line: `virtio-ts --direct-io` runs `serve fs ... --direct-io`.
+      const options = server === 'virtio-ts' ? [] : server.slice('virtio-ts '.length).split(' ');
+      run = await boot({ ...common, device: 'vhost-user-fs-pci,chardev=c0,tag=vtfs', serveArgs: ['--tag', 'vtfs', '--shared-dir', share.root, ...options] });
     } else if (server === 'virtio-ts baseline') {
       run = await boot({
         ...common,

@@ -281,10 +281,10 @@ test('FOPEN_NOFLUSH only when nothing needs the FLUSH: not with remote POSIX loc
   // A provider whose open answers without noFlush: its flush may have work (buffered writes to report).
   const fs = new MemoryFs();
   const plain: FsProvider = Object.create(fs);
-  plain.open = (ino, flags, ctx) => ({ fh: (fs.open(ino, flags) as { fh: number }).fh });
+  plain.open = (ino, flags) => ({ fh: fs.open(ino, flags).fh });
   plain.create = (parent, name, mode, umask, flags, ctx) => {
-    const r = fs.create(parent, name, mode, umask, flags, ctx) as { fh: number; attr: never };
-    return { fh: r.fh, attr: r.attr };
+    const { fh, attr } = fs.create(parent, name, mode, umask, flags, ctx);
+    return { fh, attr };
   };
   const { client } = await session(plain, { posixLocks: false });
   const p = await client.create(1, 'g');

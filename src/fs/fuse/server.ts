@@ -317,6 +317,7 @@ export class FuseServer {
   private readonly body = new Body();
   /** FuseServerOptions.xattr. */
   private readonly xattr: boolean;
+  /** FuseServerOptions.posixLocks. */
   private readonly posixLocks: boolean;
 
   /** A session over `provider`. */
