@@ -147,7 +147,6 @@ export async function umountWatch(g: Running, rings: string[]): Promise<void> {
   }
 }
 
-/** The run report serve fs writes (the fields the test reads). */
 /**
  * What Linux sends `serve fs` at its defaults (virtiofsd's no_xattr, no_posix_lock): no FLUSH
  * (every open was answered FOPEN_NOFLUSH), one GETXATTR at most (the first is ENOSYS and Linux
@@ -160,6 +159,7 @@ export function checkDefaultRequests(counters: Record<string, number>): void {
   assert.equal((counters.opSETLK ?? 0) + (counters.opSETLKW ?? 0) + (counters.opGETLK ?? 0), 0, 'no remote lock request');
 }
 
+/** The run report serve fs writes (the fields the test reads). */
 export interface FsRunReport {
   schema: string;
   totals: { verdicts: number };
