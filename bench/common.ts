@@ -100,6 +100,42 @@ export async function timeAll(tasks: [string, () => unknown][], o: TimingOptions
 }
 
 // ---------------------------------------------------------------------------------------
+// Ratios from samples taken back to back (loop bench). timeAll runs each task for its whole
+// time slice in turn, so a host whose speed drifts between slices (the project's CI host runs
+// the same code at half speed a minute later) moves one task's median and not another's, and
+// their ratio with it. Tasks timed one call each, back to back, see the same host: the ratio of
+// two times from one round holds while the host drifts, and the median over many rounds is
+// the figure to compare with a goal.
+
+/**
+ * Times each of `fns` once per round, back to back, for `rounds` rounds; the order rotates by
+ * one each round so that every task comes first equally often (a task that warms the cache for
+ * the next one favours each alike). Returns each round's times in ms, in the order of `fns`.
+ * `now` is the clock (tests pass their own).
+ */
+export function backToBack(fns: readonly (() => void)[], rounds: number, now: () => number = () => performance.now()): Float64Array[] {
+  const out: Float64Array[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const times = new Float64Array(fns.length);
+    for (let k = 0; k < fns.length; k++) {
+      const i = (r + k) % fns.length;
+      const t0 = now();
+      fns[i]();
+      times[i] = now() - t0;
+    }
+    out.push(times);
+  }
+  return out;
+}
+
+/** The median over the rounds of times[a] / times[b], and the interquartile range in % of it. */
+export function ratioStats(rounds: readonly Float64Array[], a: number, b: number): { median: number; iqrPct: number } {
+  const r = rounds.map((t) => t[a] / t[b]).sort((x, y) => x - y);
+  const median = quantile(r, 0.5);
+  return { median, iqrPct: (100 * (quantile(r, 0.75) - quantile(r, 0.25))) / median };
+}
+
+// ---------------------------------------------------------------------------------------
 // Heap bytes allocated per iteration (ring and loop benches).
 //
 // Method: warm the loop up (optimised code, steady state), gc() twice so the young

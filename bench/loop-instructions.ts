@@ -7,9 +7,11 @@
  * `high` chains per row, and prints (Ir(high) - Ir(low)) / (high - low): the start-up, warm-up
  * and compilation costs cancel out.
  *
- *   node dist/bench/loop-instructions.js [--rows split:rng/32,packed:blk/1] [--side lib|floor|both]
+ *   node dist/bench/loop-instructions.js [--rows split:rng/32,packed:blk/1] [--side lib|floor|checked|both|all]
  *        [--low 200000] [--high 700000] [--bench dist/bench/loop.bench.js]
  *
+ * `--side both` counts the library and the floor, `all` also the checked floor (the floor plus
+ * the library's further checks: loop.bench.ts) and prints the ratios.
  * `--bench` may name another tree's loop.bench.js (a baseline checkout). Runs under `nice -n 19`,
  * with `node --single-threaded`: concurrent compilation and marking threads made the two counts'
  * difference vary by hundreds of instructions per chain (a major GC that falls in one count and
@@ -53,10 +55,12 @@ function instructions(filter: string, profile: string, chains: number): number {
   return Number(summary[1]);
 }
 
-const sides = side === 'both' ? ['lib', 'floor'] : [side];
+const sides = side === 'all' ? ['lib', 'floor', 'checked'] : side === 'both' ? ['lib', 'floor'] : [side];
 console.log(`instructions per chain (callgrind, (Ir at ${high} - Ir at ${low}) / ${high - low}), ${bench}`);
 for (const row of rows) {
   const figs = sides.map((s) => (instructions(row, s, high) - instructions(row, s, low)) / (high - low));
-  console.log(`${row.padEnd(18)} ${sides.map((s, i) => `${s} ${figs[i].toFixed(0)}`).join('  ')}${figs.length === 2 ? `  lib/floor ${(figs[0] / figs[1]).toFixed(2)}` : ''}`);
+  const ratios = figs.length >= 2 ? `  lib/floor ${(figs[0] / figs[1]).toFixed(2)}` : '';
+  const checked = figs.length === 3 ? `  checked/floor ${(figs[2] / figs[1]).toFixed(2)}  lib/checked ${(figs[0] / figs[2]).toFixed(2)}` : '';
+  console.log(`${row.padEnd(18)} ${sides.map((s, i) => `${s} ${figs[i].toFixed(0)}`).join('  ')}${ratios}${checked}`);
 }
 rmSync(dir, { recursive: true, force: true });

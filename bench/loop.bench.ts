@@ -21,18 +21,26 @@
  * reads the header, copies the payload (Uint8Array.set of the whole host buffer), writes the
  * status byte and the used element, re-arms notifications and reads the driver's event field.
  *
+ * Checked floor row: the floor plus the checks the library makes beyond the floor's (the chain
+ * or buffer id not in flight, the shadow of each exposed descriptor and its re-check when the
+ * chain is used, each buffer's region by GuestMemory.regionFor, the 2^32 total, the INDIRECT
+ * rules; packed: ring room and the used flags written at publish, last to first), still plain
+ * code with no library. It splits library/floor in two: checked/floor is what the checks cost,
+ * library/checked what the library's structure (API calls, cursors, options) costs on top.
+ *
  * Both rows share one driver stand-in per ring format that writes each chain's descriptors (and
  * the avail ring entry / index) straight into guest memory, the traffic a real driver makes,
  * without a driver queue: the figures are the device side. The driver recycles 64 chains of
  * buffers, as a driver recycles its requests.
  *
  * Figures: median ns per chain (interleaved rounds, bench/common.ts timeAll), chains/s, the floor
- * in the same rounds, library/floor, heap bytes per chain in steady state (common.ts
- * measureAlloc), and packed/split. Goals are printed next to the figures; nothing asserts on
- * time.
+ * in the same rounds, library/floor, the paired ratios (library/floor, checked/floor,
+ * library/checked: medians of ratios of samples taken back to back, see pairedRatios), heap
+ * bytes per chain in steady state (common.ts measureAlloc), and packed/split. Goals are printed
+ * next to the figures; nothing asserts on time.
  *
- * Environment: BENCH_TIME_MS, BENCH_ROUNDS, BENCH_FILTER (substring of "format:shape/batch",
- * e.g. "blk", "packed:", "/32"), BENCH_PROFILE=lib|floor (run that side only, untimed, for
+ * Environment: BENCH_TIME_MS, BENCH_ROUNDS, BENCH_PAIRS (triples per row, default 400), BENCH_FILTER (substring of "format:shape/batch",
+ * e.g. "blk", "packed:", "/32"), BENCH_PROFILE=lib|floor|checked (run that side only, untimed, for
  * `node --cpu-prof` or `perf record`; BENCH_PROFILE_CHAINS chains per row, default 4 M).
  */
 import os from 'node:os';
@@ -44,7 +52,7 @@ import { layoutSplitQueue } from '../src/virtqueue/split/driver.js';
 import { PackedDeviceQueue } from '../src/virtqueue/packed/device.js';
 import { layoutPackedQueue } from '../src/virtqueue/packed/driver.js';
 import type { RingFormat } from '../src/virtqueue/queue.js';
-import { fmtBytes, measureAlloc, si, table, timeAll, type AllocResult } from './common.js';
+import { backToBack, fmtBytes, measureAlloc, ratioStats, si, table, timeAll, type AllocResult } from './common.js';
 
 const QUEUE_SIZE = 256;
 const MASK = QUEUE_SIZE - 1;
@@ -55,6 +63,8 @@ const ALLOC_N = 65536;
 const TIME_MS = Number(process.env.BENCH_TIME_MS ?? 400);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const TIMING = { rounds: ROUNDS, timeMs: TIME_MS, warmupMs: 200, warmupIterations: 8 };
+/** Back-to-back sample triples per row for the paired ratios (BENCH_PAIRS). */
+const PAIRS = Number(process.env.BENCH_PAIRS ?? 400);
 const GOAL_RNG = 10e6;
 const GOAL_BLK = 3e6;
 const GOAL_FLOOR_RATIO = 1.5;
@@ -74,8 +84,8 @@ for (const format of ['split', 'packed'] as const) {
 }
 const key = (r: Row): string => `${r.format}:${r.shape}/${r.batch}`;
 const FILTER = process.env.BENCH_FILTER;
-/** BENCH_PROFILE=lib|floor: run only that side, PROFILE_CHAINS chains per row, untimed (for node --cpu-prof). */
-const PROFILE = process.env.BENCH_PROFILE === 'lib' || process.env.BENCH_PROFILE === 'floor' ? process.env.BENCH_PROFILE : undefined;
+/** BENCH_PROFILE=lib|floor|checked: run only that side, PROFILE_CHAINS chains per row, untimed (for node --cpu-prof). */
+const PROFILE = process.env.BENCH_PROFILE === 'lib' || process.env.BENCH_PROFILE === 'floor' || process.env.BENCH_PROFILE === 'checked' ? process.env.BENCH_PROFILE : undefined;
 const PROFILE_CHAINS = Number(process.env.BENCH_PROFILE_CHAINS ?? 4_000_000);
 const ROWS = FILTER ? ALL_ROWS.filter((r) => key(r).includes(FILTER)) : ALL_ROWS;
 
@@ -465,6 +475,35 @@ abstract class FloorRig implements Rig {
   }
 }
 
+/** The split floors' read of avail.idx, checked against the last one seen (it never runs more than the ring ahead). */
+function splitAvailIdx(v: DataView, avail: number, last: number): number {
+  const availIdx = v.getUint16(avail + 2, true);
+  if (((availIdx - last) & 0xffff) > QUEUE_SIZE) fail('avail index ran ahead');
+  return availIdx;
+}
+
+/** The split floors' head at avail index `at`, checked against the table's size. */
+function splitHeadAt(v: DataView, avail: number, at: number): number {
+  const head = v.getUint16(avail + 4 + 2 * (at & MASK), true);
+  if (head >= QUEUE_SIZE) fail('head');
+  return head;
+}
+
+/** The split floors' used element for `head` at used index `usedIdx` (published at the batch's end). */
+function splitPutUsed(v: DataView, used: number, usedIdx: number, head: number, len: number): void {
+  const u = used + 4 + 8 * (usedIdx & MASK);
+  v.setUint32(u, head, true);
+  v.setUint32(u + 4, len, true);
+}
+
+/** The split floors' batch end: used.idx published; whether used_event asks for an interrupt. */
+function splitPublish(v: DataView, avail: number, used: number, usedIdx: number): boolean {
+  const old = v.getUint16(used + 2, true);
+  v.setUint16(used + 2, usedIdx, true);
+  const ev = v.getUint16(avail + 4 + 2 * QUEUE_SIZE, true); // used_event
+  return ((usedIdx - ev - 1) & 0xffff) < ((usedIdx - old) & 0xffff);
+}
+
 class SplitFloor extends FloorRig {
   readonly drv: SplitDriver;
   private last = 0;
@@ -507,27 +546,152 @@ class SplitFloor extends FloorRig {
     for (let done = 0; done < n; done += this.batch) {
       this.drv.offer(this.batch);
       for (;;) {
-        const availIdx = v.getUint16(avail + 2, true);
-        if (((availIdx - this.last) & 0xffff) > QUEUE_SIZE) fail('avail index ran ahead');
+        const availIdx = splitAvailIdx(v, avail, this.last);
         while (this.last !== availIdx) {
-          const head = v.getUint16(avail + 4 + 2 * (this.last & MASK), true);
+          const head = splitHeadAt(v, avail, this.last);
           this.last = (this.last + 1) & 0xffff;
-          if (head >= QUEUE_SIZE) fail('head');
           const len = this.work(this.walk(head));
-          const u = used + 4 + 8 * (this.usedIdx & MASK);
-          v.setUint32(u, head, true);
-          v.setUint32(u + 4, len, true);
+          splitPutUsed(v, used, this.usedIdx, head, len);
           this.usedIdx = (this.usedIdx + 1) & 0xffff;
         }
         v.setUint16(used + 4 + 8 * QUEUE_SIZE, this.last, true); // avail_event
         if (v.getUint16(avail + 2, true) === this.last) break;
       }
-      const old = v.getUint16(used + 2, true);
-      v.setUint16(used + 2, this.usedIdx, true);
-      const ev = v.getUint16(avail + 4 + 2 * QUEUE_SIZE, true); // used_event
-      if (((this.usedIdx - ev - 1) & 0xffff) < ((this.usedIdx - old) & 0xffff)) this.interrupts++;
+      if (splitPublish(v, avail, used, this.usedIdx)) this.interrupts++;
     }
   }
+}
+
+/**
+ * Checked floor, split: the split floor plus the checks the library makes that the floor leaves
+ * out: the head not in flight, the init.cleanup.driver.1 shadow of each table descriptor and its
+ * re-check when the chain is used, each buffer's region by GuestMemory.regionFor (not one bound
+ * against the memory's size), the chain's 2^32 total, the INDIRECT rules. Plain code in the
+ * floor's style, no library: what the checks cost, apart from what the library's structure
+ * (API calls, cursors, options) costs.
+ */
+class SplitCheckedFloor extends FloorRig {
+  readonly drv: SplitDriver;
+  private last = 0;
+  private usedIdx = 0;
+  private readonly inFlight = new Uint8Array(QUEUE_SIZE);
+  private readonly shadow = new Uint32Array(4 * QUEUE_SIZE);
+  private readonly tableCount = new Uint16Array(QUEUE_SIZE);
+  private readonly segOff = new Float64Array(QUEUE_SIZE);
+  constructor(shape: Shape, batch: number) {
+    super(shape, batch);
+    this.drv = new SplitDriver(this.mem, shape);
+  }
+
+  private walk(head: number): number {
+    const v = this.v;
+    const mem = this.mem;
+    const sh = this.shadow;
+    let tv = v;
+    let tbase = this.drv.desc;
+    let size = QUEUE_SIZE;
+    let idx = head;
+    let n = 0;
+    let total = 0;
+    let count = 0;
+    let indirect = false;
+    for (;;) {
+      if (count >= size) fail('chain longer than its table');
+      const o = tbase + 16 * idx;
+      const lo = tv.getUint32(o, true);
+      const hi = tv.getUint32(o + 4, true);
+      const len = tv.getUint32(o + 8, true);
+      const fn = tv.getUint32(o + 12, true);
+      const flags = fn & 0xffff;
+      const addr = lo + hi * TWO_32;
+      count++;
+      if (!indirect) {
+        const s = 4 * idx;
+        sh[s] = lo;
+        sh[s + 1] = hi;
+        sh[s + 2] = len;
+        sh[s + 3] = fn;
+      }
+      if ((flags & F_INDIRECT) !== 0) {
+        if (indirect || (flags & F_NEXT) !== 0) fail('indirect rules');
+        if (len === 0 || len % 16 !== 0) fail('indirect table');
+        const r = mem.regionFor(addr, len);
+        if (r === null) fail('indirect table outside memory');
+        this.tableCount[head] = count;
+        tv = r.view;
+        tbase = addr - r.guestAddr;
+        size = len / 16;
+        idx = 0;
+        count = 0;
+        indirect = true;
+        continue;
+      }
+      const r = mem.regionFor(addr, len);
+      if (r === null) fail('buffer outside memory');
+      const writable = (flags & F_WRITE) !== 0;
+      if (!writable && n > 0 && segW[n - 1] === 1) fail('readable after writable');
+      segA[n] = addr;
+      segL[n] = len;
+      segW[n] = writable ? 1 : 0;
+      this.segOff[n] = addr - r.guestAddr;
+      n++;
+      total += len;
+      if (total > TWO_32) fail('chain over 2^32 bytes');
+      if ((flags & F_NEXT) === 0) break;
+      idx = fn >>> 16;
+      if (idx >= size) fail('next outside the table');
+    }
+    if (!indirect) this.tableCount[head] = count;
+    return n;
+  }
+
+  private unaltered(head: number): void {
+    const v = this.v;
+    const sh = this.shadow;
+    const desc = this.drv.desc;
+    let idx = head;
+    for (let n = this.tableCount[head]; n > 0; n--) {
+      const o = desc + 16 * idx;
+      const s = 4 * idx;
+      if (v.getUint32(o, true) !== sh[s] || v.getUint32(o + 4, true) !== sh[s + 1] || v.getUint32(o + 8, true) !== sh[s + 2] || v.getUint32(o + 12, true) !== sh[s + 3]) fail('altered');
+      idx = sh[s + 3] >>> 16;
+      if (idx >= QUEUE_SIZE) return;
+    }
+  }
+
+  run(n: number): void {
+    const v = this.v;
+    const { avail, used } = this.drv;
+    const inFlight = this.inFlight;
+    for (let done = 0; done < n; done += this.batch) {
+      this.drv.offer(this.batch);
+      for (;;) {
+        const availIdx = splitAvailIdx(v, avail, this.last);
+        while (this.last !== availIdx) {
+          const head = splitHeadAt(v, avail, this.last);
+          this.last = (this.last + 1) & 0xffff;
+          if (inFlight[head] === 1) fail('in flight');
+          const nseg = this.walk(head);
+          inFlight[head] = 1;
+          const len = this.work(nseg);
+          if (inFlight[head] !== 1) fail('not in flight');
+          this.unaltered(head);
+          inFlight[head] = 0;
+          splitPutUsed(v, used, this.usedIdx, head, len);
+          this.usedIdx = (this.usedIdx + 1) & 0xffff;
+        }
+        v.setUint16(used + 4 + 8 * QUEUE_SIZE, this.last, true); // avail_event
+        if (v.getUint16(avail + 2, true) === this.last) break;
+      }
+      if (splitPublish(v, avail, used, this.usedIdx)) this.interrupts++;
+    }
+  }
+}
+
+/** Whether the packed ring's descriptor at `slot` is available in lap `wrap` (AVAIL = wrap, USED != wrap). */
+function packedAvailableAt(v: DataView, desc: number, slot: number, wrap: boolean): boolean {
+  const f = v.getUint16(desc + 16 * slot + 14, true);
+  return (f & P_AVAIL) !== 0 === wrap && (f & P_USED) !== 0 !== wrap;
 }
 
 class PackedFloor extends FloorRig {
@@ -542,8 +706,7 @@ class PackedFloor extends FloorRig {
   }
 
   private availableAt(slot: number, wrap: boolean): boolean {
-    const f = this.v.getUint16(this.drv.desc + 16 * slot + 14, true);
-    return (f & P_AVAIL) !== 0 === wrap && (f & P_USED) !== 0 !== wrap;
+    return packedAvailableAt(this.v, this.drv.desc, slot, wrap);
   }
 
   run(n: number): void {
@@ -601,12 +764,197 @@ class PackedFloor extends FloorRig {
   }
 }
 
-function makeRig(r: Row, floor: boolean): Rig {
-  if (floor) return r.format === 'split' ? new SplitFloor(r.shape, r.batch) : new PackedFloor(r.shape, r.batch);
+/**
+ * Checked floor, packed: the packed floor plus the library's further checks (ring room: no slot
+ * the device has not released; the buffer id not in flight; the packed.desc-table.driver.2
+ * shadow of each slot and its re-check when the buffer is used; regions by
+ * GuestMemory.regionFor; the 2^32 total; the INDIRECT rules) and the library's used-flags order
+ * (written when the batch is published, last to first, so the driver never sees part of one).
+ */
+class PackedCheckedFloor extends FloorRig {
+  readonly drv: PackedDriver;
+  private next = 0;
+  private wrap = true;
+  private availLinear = 0;
+  private usedLinear = 0;
+  private signalledLinear = 0;
+  private usedSlot = 0;
+  private usedWrap = true;
+  private readonly idLinear = new Float64Array(65536).fill(-1);
+  private readonly idPlace = new Uint32Array(65536);
+  private readonly shAddr = new Float64Array(QUEUE_SIZE);
+  private readonly shLen = new Uint32Array(QUEUE_SIZE);
+  private readonly shIdFlags = new Uint32Array(QUEUE_SIZE);
+  private readonly pend = new Uint32Array(QUEUE_SIZE);
+  private pendN = 0;
+  constructor(shape: Shape, batch: number) {
+    super(shape, batch);
+    this.drv = new PackedDriver(this.mem, shape);
+  }
+
+  private availableAt(slot: number, wrap: boolean): boolean {
+    return packedAvailableAt(this.v, this.drv.desc, slot, wrap);
+  }
+
+  /** Takes the list at `next`; returns its segment count (id in takenId). */
+  private takenId = 0;
+  private takenCount = 0;
+  private take(): number {
+    const v = this.v;
+    const mem = this.mem;
+    const desc = this.drv.desc;
+    const first = this.next;
+    const room = QUEUE_SIZE - (this.availLinear - this.signalledLinear);
+    let slot = first;
+    let wrap = this.wrap;
+    let nseg = 0;
+    let count = 0;
+    let id = 0;
+    let total = 0;
+    for (;;) {
+      if (count >= QUEUE_SIZE) fail('list longer than the ring');
+      if (count > 0 && !this.availableAt(slot, wrap)) fail('list ends in a slot not available');
+      if (count >= room) fail('no room');
+      const o = desc + 16 * slot;
+      const addr = v.getUint32(o, true) + v.getUint32(o + 4, true) * TWO_32;
+      const len = v.getUint32(o + 8, true);
+      const idFlags = v.getUint32(o + 12, true);
+      const flags = idFlags >>> 16;
+      id = idFlags & 0xffff;
+      this.shAddr[slot] = addr;
+      this.shLen[slot] = len;
+      this.shIdFlags[slot] = idFlags;
+      count++;
+      if (++slot === QUEUE_SIZE) {
+        slot = 0;
+        wrap = !wrap;
+      }
+      if ((flags & F_INDIRECT) !== 0) {
+        if ((flags & F_NEXT) !== 0 || count > 1) fail('indirect rules');
+        if (len === 0 || len % 16 !== 0) fail('indirect table');
+        const r = mem.regionFor(addr, len);
+        if (r === null) fail('indirect table outside memory');
+        const tv = r.view;
+        const base = addr - r.guestAddr;
+        const entries = len / 16;
+        for (let e = 0; e < entries; e++) {
+          const t = base + 16 * e;
+          const a = tv.getUint32(t, true) + tv.getUint32(t + 4, true) * TWO_32;
+          const l = tv.getUint32(t + 8, true);
+          const f = tv.getUint16(t + 14, true);
+          if ((f & F_INDIRECT) !== 0) fail('nested indirect');
+          nseg = this.checkedSeg(nseg, a, l, (f & F_WRITE) !== 0);
+          total += l;
+          if (total > TWO_32) fail('over 2^32');
+        }
+        break;
+      }
+      nseg = this.checkedSeg(nseg, addr, len, (flags & F_WRITE) !== 0);
+      total += len;
+      if (total > TWO_32) fail('over 2^32');
+      if ((flags & F_NEXT) === 0) break;
+    }
+    if (this.idLinear[id] >= 0) fail('id in flight');
+    this.idLinear[id] = this.availLinear;
+    this.idPlace[id] = (first | (count << 16)) >>> 0;
+    this.next = slot;
+    this.wrap = wrap;
+    this.availLinear += count;
+    this.takenId = id;
+    this.takenCount = count;
+    return nseg;
+  }
+
+  private checkedSeg(i: number, addr: number, len: number, writable: boolean): number {
+    if (this.mem.regionFor(addr, len) === null) fail('buffer outside memory');
+    if (!writable && i > 0 && segW[i - 1] === 1) fail('readable after writable');
+    segA[i] = addr;
+    segL[i] = len;
+    segW[i] = writable ? 1 : 0;
+    return i + 1;
+  }
+
+  private used(id: number, written: number): void {
+    const v = this.v;
+    const linear = this.idLinear[id];
+    if (linear < 0) fail('not in flight');
+    const place = this.idPlace[id];
+    const count = place >>> 16;
+    for (let i = 0, s = place & 0xffff; i < count; i++, s = s + 1 === QUEUE_SIZE ? 0 : s + 1) {
+      if (linear + i < this.usedLinear) continue;
+      const o = this.drv.desc + 16 * s;
+      if (v.getUint32(o, true) + v.getUint32(o + 4, true) * TWO_32 !== this.shAddr[s] || v.getUint32(o + 8, true) !== this.shLen[s] || v.getUint32(o + 12, true) !== this.shIdFlags[s]) fail('altered');
+    }
+    this.idLinear[id] = -1;
+    const u = this.drv.desc + 16 * this.usedSlot;
+    v.setUint32(u + 8, written, true);
+    v.setUint16(u + 12, id, true);
+    this.pend[this.pendN++] = (this.usedSlot | ((this.usedWrap ? P_AVAIL | P_USED : 0) | (written > 0 ? F_WRITE : 0)) << 16) >>> 0;
+    this.usedSlot += count;
+    if (this.usedSlot >= QUEUE_SIZE) {
+      this.usedSlot -= QUEUE_SIZE;
+      this.usedWrap = !this.usedWrap;
+    }
+    this.usedLinear += count;
+  }
+
+  run(n: number): void {
+    const v = this.v;
+    for (let done = 0; done < n; done += this.batch) {
+      this.drv.offer(this.batch);
+      for (;;) {
+        while (this.availableAt(this.next, this.wrap)) {
+          const nseg = this.take();
+          this.used(this.takenId, this.work(nseg));
+        }
+        v.setUint16(this.drv.used, this.next | (this.wrap ? 0x8000 : 0), true); // device event off_wrap
+        v.setUint16(this.drv.used + 2, 2, true); // device event flags: DESC
+        if (!this.availableAt(this.next, this.wrap)) break;
+      }
+      // Publish: flags last to first, then the driver's event.
+      for (let i = this.pendN - 1; i >= 0; i--) {
+        const p = this.pend[i];
+        v.setUint16(this.drv.desc + 16 * (p & 0xffff) + 14, p >>> 16, true);
+      }
+      this.pendN = 0;
+      const old = this.signalledLinear;
+      this.signalledLinear = this.usedLinear;
+      const flags = v.getUint16(this.drv.avail + 2, true) & 3;
+      if (flags !== 1 && (flags !== 2 || old !== this.usedLinear)) this.interrupts++;
+    }
+  }
+}
+
+type Side = 'lib' | 'floor' | 'checked';
+const SIDES: readonly Side[] = ['lib', 'floor', 'checked'];
+const SIDE_LABEL: Record<Side, string> = { lib: 'library', floor: 'floor', checked: 'checked floor' };
+function makeRig(r: Row, side: Side): Rig {
+  if (side === 'checked') return r.format === 'split' ? new SplitCheckedFloor(r.shape, r.batch) : new PackedCheckedFloor(r.shape, r.batch);
+  if (side === 'floor') return r.format === 'split' ? new SplitFloor(r.shape, r.batch) : new PackedFloor(r.shape, r.batch);
   return r.format === 'split' ? new SplitLib(r.shape, r.batch) : new PackedLib(r.shape, r.batch);
 }
 
 // ---------------------------------------------------------------------------------------
+
+/** Paired ratios of one row: medians of per-round time ratios (common.ts backToBack, ratioStats). */
+interface PairedRatios {
+  libFloor: number;
+  checkedFloor: number;
+  libChecked: number;
+  /** Interquartile range of library/floor, in % of its median. */
+  iqrPct: number;
+}
+
+/**
+ * The three sides of one row timed back to back, one sample of CHAINS_PER_ITER chains each,
+ * PAIRS rounds (common.ts backToBack): within a round (about a millisecond) a drifting host
+ * moves all three alike, so these ratios hold where the timed rounds' medians do not.
+ */
+function pairedRatios(lib: Rig, floor: Rig, checked: Rig): PairedRatios {
+  const rounds = backToBack([() => lib.run(CHAINS_PER_ITER), () => floor.run(CHAINS_PER_ITER), () => checked.run(CHAINS_PER_ITER)], PAIRS);
+  const lf = ratioStats(rounds, 0, 1);
+  return { libFloor: lf.median, iqrPct: lf.iqrPct, checkedFloor: ratioStats(rounds, 2, 1).median, libChecked: ratioStats(rounds, 0, 2).median };
+}
 
 async function main(): Promise<void> {
   const t0 = performance.now();
@@ -618,16 +966,15 @@ async function main(): Promise<void> {
     `device side, payload included, queue size ${QUEUE_SIZE}, EVENT_IDX on, monitor on; ${ROUNDS} interleaved rounds x ${TIME_MS} ms per row, ${CHAINS_PER_ITER} chains per sample, medians${HAS_U64_NUMBER ? '' : ' (this tree has no readU64Number: sectors read as bigints)'}`,
   );
 
-  const libs = ROWS.map((r) => makeRig(r, false) as LibRig);
-  const floors = ROWS.map((r) => makeRig(r, true));
-  for (const [i, rig] of [...libs, ...floors].entries()) {
-    const r = ROWS[i % ROWS.length];
-    const mem = (rig as LibRig | FloorRig).mem;
-    poison(mem, r.shape);
+  const rigs: Record<Side, Rig[]> = { lib: [], floor: [], checked: [] };
+  for (const side of SIDES) rigs[side] = ROWS.map((r) => makeRig(r, side));
+  const everyRig = SIDES.flatMap((side) => rigs[side].map((rig, i) => ({ side, rig, r: ROWS[i] })));
+  for (const { side, rig, r } of everyRig) {
+    poison((rig as LibRig | FloorRig).mem, r.shape);
     rig.run(16384); // warm-up, and every slot served
     const bad = rig.sound();
     if (bad !== null) {
-      console.log(`${i < ROWS.length ? 'library' : 'floor'} ${key(r)} is not sound: ${bad}`);
+      console.log(`${SIDE_LABEL[side]} ${key(r)} is not sound: ${bad}`);
       process.exitCode = 1;
       return;
     }
@@ -635,31 +982,32 @@ async function main(): Promise<void> {
 
   if (PROFILE !== undefined) {
     // Profiling mode: one side only, a fixed number of chains, no timing (run under --cpu-prof).
-    const rigs = PROFILE === 'floor' ? floors : libs;
+    const profiled = rigs[PROFILE];
     const t = performance.now();
     const cpu = process.cpuUsage();
     // In samples of CHAINS_PER_ITER chains, as the timed rounds call it: one call of
     // PROFILE_CHAINS would run the loop through on-stack replacement, its code unlike the timed
     // one (callgrind saw `run` stay in baseline code, calling pop and serve un-inlined).
-    for (const rig of rigs) for (let done = 0; done < PROFILE_CHAINS; done += CHAINS_PER_ITER) rig.run(Math.min(CHAINS_PER_ITER, PROFILE_CHAINS - done));
+    for (const rig of profiled) for (let done = 0; done < PROFILE_CHAINS; done += CHAINS_PER_ITER) rig.run(Math.min(CHAINS_PER_ITER, PROFILE_CHAINS - done));
     const used = process.cpuUsage(cpu);
-    const cpuNs = ((used.user + used.system) * 1000) / (rigs.length * PROFILE_CHAINS);
-    console.log(`profiled ${PROFILE}: ${rigs.length} row(s) x ${PROFILE_CHAINS} chains in ${(performance.now() - t).toFixed(0)} ms, ${cpuNs.toFixed(1)} ns CPU per chain`);
+    const cpuNs = ((used.user + used.system) * 1000) / (profiled.length * PROFILE_CHAINS);
+    console.log(`profiled ${PROFILE}: ${profiled.length} row(s) x ${PROFILE_CHAINS} chains in ${(performance.now() - t).toFixed(0)} ms, ${cpuNs.toFixed(1)} ns CPU per chain`);
     return;
   }
   const tasks: [string, () => void][] = [];
+  const task = (side: Side, r: Row): string => (side === 'lib' ? key(r) : `${side} ${key(r)}`);
   ROWS.forEach((r, i) => {
-    tasks.push([key(r), () => libs[i].run(CHAINS_PER_ITER)]);
-    tasks.push([`floor ${key(r)}`, () => floors[i].run(CHAINS_PER_ITER)]);
+    for (const side of SIDES) tasks.push([task(side, r), () => rigs[side][i].run(CHAINS_PER_ITER)]);
   });
   const timings = await timeAll(tasks, TIMING);
+  const paired = ROWS.map((_, i) => pairedRatios(rigs.lib[i], rigs.floor[i], rigs.checked[i]));
 
   const allocs: AllocResult[] = [];
   const floorAllocs: AllocResult[] = [];
   ROWS.forEach((r) => {
-    const lib = makeRig(r, false);
+    const lib = makeRig(r, 'lib');
     allocs.push(measureAlloc((n) => lib.run(n), ALLOC_N));
-    const fl = makeRig(r, true);
+    const fl = makeRig(r, 'floor');
     floorAllocs.push(measureAlloc((n) => fl.run(n), ALLOC_N));
   });
 
@@ -667,7 +1015,8 @@ async function main(): Promise<void> {
   console.log('');
   const rows = ROWS.map((r, i) => {
     const lib = ns(key(r));
-    const floor = ns(`floor ${key(r)}`);
+    const floor = ns(task('floor', r));
+    const pr = paired[i];
     const t = timings.get(key(r))!;
     const goal = r.shape === 'rng' ? GOAL_RNG : GOAL_BLK;
     const a = allocs[i];
@@ -679,24 +1028,30 @@ async function main(): Promise<void> {
       `${t.iqrPct.toFixed(1)}%`,
       si(1e9 / lib),
       floor.toFixed(1),
-      si(1e9 / floor),
       `${(lib / floor).toFixed(2)}x`,
+      `${pr.libFloor.toFixed(2)}x`,
+      `${pr.iqrPct.toFixed(1)}%`,
+      `${pr.checkedFloor.toFixed(2)}x`,
+      `${pr.libChecked.toFixed(2)}x`,
       fmtBytes(a),
       fmtBytes(floorAllocs[i]),
       `${1e9 / lib >= goal ? 'met' : 'MISSED'} (${si(goal)})`,
-      lib / floor <= GOAL_FLOOR_RATIO ? 'met' : 'MISSED',
+      pr.libFloor <= GOAL_FLOOR_RATIO ? 'met' : 'MISSED',
       a.valid ? (a.perIter <= 0.5 ? 'met' : 'MISSED') : '?',
     ];
   });
   console.log(
     table(
-      ['ring', 'workload', 'batch', 'ns/chain', 'IQR', 'chains/s', 'floor ns', 'floor/s', 'x floor', 'heap B/chain', 'floor B', 'speed goal', `<=${GOAL_FLOOR_RATIO}x floor`, '0 B/chain'],
+      ['ring', 'workload', 'batch', 'ns/chain', 'IQR', 'chains/s', 'floor ns', 'x floor', 'paired x floor', 'paired IQR', 'checked/floor', 'x checked', 'heap B/chain', 'floor B', 'speed goal', `<=${GOAL_FLOOR_RATIO}x floor`, '0 B/chain'],
       rows,
-      [false, false, true, true, true, true, true, true, true, true, true, false, false, false],
+      [false, false, true, true, true, true, true, true, true, true, true, true, true, true, false, false, false],
     ),
   );
   console.log(
     `goals: >= ${si(GOAL_RNG)} chains/s for rng 1x64, >= ${si(GOAL_BLK)} for the blk shapes, within ${GOAL_FLOOR_RATIO}x of the floor, 0 heap bytes per chain (steady state, common.ts measureAlloc)`,
+  );
+  console.log(
+    `x floor: ns/chain over floor ns (medians of the timed rounds); paired x floor: the median of ${PAIRS} ratios of library and floor samples taken back to back (the goal is judged on it: a host whose speed drifts between the rounds moves it little); checked/floor (what the checks cost) and x checked (what the library's structure costs on top): paired medians likewise, against the checked floor (the floor plus the checks the library makes beyond it, plain code)`,
   );
 
   const pairs = ROWS.filter((r) => r.format === 'packed').flatMap((p) => {
@@ -708,7 +1063,7 @@ async function main(): Promise<void> {
     console.log(`packed / split: median time per chain (< 1: packed faster); goal within ${Math.round((GOAL_PACKED_RATIO - 1) * 100)}% of split`);
     console.log(
       table(
-        ['workload', 'batch', 'split ns', 'packed ns', 'packed/split', 'floor packed/split', 'goal'],
+        ['workload', 'batch', 'split ns', 'packed ns', 'packed/split', 'floor packed/split', 'checked packed/split', 'goal'],
         pairs.map(([s, p]) => {
           const ratio = ns(key(p)) / ns(key(s));
           return [
@@ -717,19 +1072,20 @@ async function main(): Promise<void> {
             ns(key(s)).toFixed(1),
             ns(key(p)).toFixed(1),
             ratio.toFixed(3),
-            (ns(`floor ${key(p)}`) / ns(`floor ${key(s)}`)).toFixed(3),
+            (ns(task('floor', p)) / ns(task('floor', s))).toFixed(3),
+            (ns(task('checked', p)) / ns(task('checked', s))).toFixed(3),
             ratio <= GOAL_PACKED_RATIO ? 'met' : 'MISSED',
           ];
         }),
-        [false, true, true, true, true, true, false],
+        [false, true, true, true, true, true, true, false],
       ),
     );
   }
 
-  for (const [i, rig] of [...libs, ...floors].entries()) {
+  for (const { side, rig, r } of everyRig) {
     const bad = rig.sound();
     if (bad !== null) {
-      console.log(`after timing, ${i < ROWS.length ? 'library' : 'floor'} ${key(ROWS[i % ROWS.length])} is not sound: ${bad}`);
+      console.log(`after timing, ${SIDE_LABEL[side]} ${key(r)} is not sound: ${bad}`);
       process.exitCode = 1;
     }
   }

@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setImmediate as turn } from 'node:timers/promises';
-import { timeAll } from '../bench/common.js';
+import { backToBack, ratioStats, timeAll } from '../bench/common.js';
 
 let sink = 0;
 
@@ -51,4 +51,43 @@ test('timeAll never overlaps calls of asynchronous tasks, nor a task with anothe
 test('timeAll merges the samples of a task too fast for a spread of them (millions per round)', async () => {
   const timings = await timeAll([['nothing', () => undefined]], { rounds: 1, timeMs: 200, warmupMs: 5, warmupIterations: 2 });
   assert.ok(timings.get('nothing')!.samples > 0);
+});
+
+// backToBack and ratioStats (the loop bench's paired ratios), on a clock the test moves: each
+// task takes its own amount of work times the host's speed in that round, and the speed drifts
+// from round to round by up to 3x, as it does between the timed rounds on the CI host.
+test('backToBack: ratios of one round hold while the host speed drifts; every task goes first equally often', () => {
+  let clock = 0;
+  let round = 0;
+  const slowdown = (r: number): number => 1 + ((r * 7) % 5) / 2; // 1, 2, 3, 1.5, 2.5, ...: a drifting host
+  const work = [6, 2, 3];
+  const calls: number[] = [];
+  const firsts = [0, 0, 0];
+  let inRound = 0;
+  const fns = work.map((w, i) => () => {
+    if (inRound++ === 0) firsts[i]++;
+    calls.push(i);
+    clock += w * slowdown(round);
+    if (inRound === work.length) {
+      inRound = 0;
+      round++;
+    }
+  });
+  const rounds = backToBack(fns, 30, () => clock);
+  assert.equal(rounds.length, 30);
+  assert.equal(calls.length, 90);
+  assert.deepEqual(firsts, [10, 10, 10], 'each task first in a third of the rounds');
+  for (const [r, t] of rounds.entries()) assert.deepEqual([...t], work.map((w) => w * slowdown(r)), `round ${r}`);
+  const a = ratioStats(rounds, 0, 1);
+  assert.equal(a.median, 3);
+  assert.equal(a.iqrPct, 0);
+  assert.equal(ratioStats(rounds, 2, 1).median, 1.5);
+  assert.equal(ratioStats(rounds, 0, 2).median, 2);
+});
+
+test('ratioStats: the median and the interquartile range of the per-round ratios', () => {
+  const rounds = [2, 4, 1, 3, 5].map((x) => Float64Array.of(x, 1));
+  const s = ratioStats(rounds, 0, 1);
+  assert.equal(s.median, 3);
+  assert.equal(s.iqrPct, (100 * (4 - 2)) / 3);
 });
