@@ -26,6 +26,15 @@ export const LONG_CHAIN_CAP = 1024;
  */
 const u8Set = Uint8Array.prototype.set;
 
+/**
+ * Whether guest bytes [addr, addr + len) lie in `r`: the test a cursor makes before it trusts the
+ * region it kept from its last window (with whole numbers: a fractional address would index a
+ * typed array as undefined). Kept tiny so the compiler inlines it everywhere.
+ */
+function inRegion(r: MemoryRegion, addr: number, len: number): boolean {
+  return addr >= r.guestAddr && addr + len <= r.end && Number.isInteger(addr);
+}
+
 /** Pieces one chain may hold beyond its descriptors: buffers split at memory-region boundaries. */
 const REGION_SPLIT_SLACK = 64;
 
@@ -256,7 +265,17 @@ abstract class ChainCursor {
     this.span = total;
     this.winEnd = 0;
     if (total > 0) {
-      // The first window now, so the first field of a request is on the fast path too.
+      // The first window now, so the first field of a request is on the fast path too. Most
+      // first segments lie in the region of the last window (open()'s test, written out here:
+      // this runs twice per request, and here() and open() stayed calls in a device's loop).
+      const addr = chain.addrs[first];
+      const len = chain.lens[first];
+      const r = this.win;
+      if (len !== 0 && r !== null && this.winGen === mem.generation && inRegion(r, addr, len)) {
+        this.winBase = addr - r.guestAddr;
+        this.winEnd = len < total ? len : total;
+        return;
+      }
       this.here();
       this.open();
     }
@@ -320,7 +339,7 @@ abstract class ChainCursor {
     const addr = this.chain.addrs[this.seg];
     const len = this.chain.lens[this.seg];
     let r = this.win;
-    if (r === null || this.winGen !== gen || !(addr >= r.guestAddr && addr + len <= r.end && Number.isInteger(addr))) {
+    if (r === null || this.winGen !== gen || !inRegion(r, addr, len)) {
       const found = mem.regionFor(addr, len);
       if (found === null) {
         this.winEnd = 0;
@@ -341,6 +360,22 @@ abstract class ChainCursor {
    * payload (a blk status byte after the data buffer) takes the fast path.
    */
   protected advance(): void {
+    // The usual case written out, as in init(): the next segment has bytes and lies in the
+    // window's region (here() and open() stayed calls in a device's loop).
+    const c = this.chain;
+    const next = this.seg + 1;
+    const r = this.win;
+    if (this.segOff === c.lens[this.seg] && next < c.count && r !== null && this.winGen === this.mem.generation) {
+      const addr = c.addrs[next];
+      const len = c.lens[next];
+      if (len !== 0 && inRegion(r, addr, len)) {
+        this.seg = next;
+        this.segOff = 0;
+        this.winBase = addr - r.guestAddr;
+        this.winEnd = len < this.remaining ? len : this.remaining;
+        return;
+      }
+    }
     this.here();
     this.open();
   }
