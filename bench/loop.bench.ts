@@ -659,6 +659,9 @@ class SplitCheckedFloor extends FloorRig {
     }
   }
 
+  // SplitFloor.run's loop with the checks added, a separate copy on purpose: one run shared by
+  // both classes would see two receivers and its calls would go polymorphic (as the library
+  // rigs keep their own loops), moving the floor it is compared with.
   run(n: number): void {
     const v = this.v;
     const { avail, used } = this.drv;
