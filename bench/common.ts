@@ -101,8 +101,8 @@ export async function timeAll(tasks: [string, () => unknown][], o: TimingOptions
 
 // ---------------------------------------------------------------------------------------
 // Ratios from samples taken back to back (loop bench). timeAll runs each task for its whole
-// time slice in turn, so a host whose speed drifts between slices (the project's CI host runs
-// the same code at half speed a minute later) moves one task's median and not another's, and
+// time slice in turn, so a host whose speed drifts between slices (the project's CI host ran
+// the same loop at half the speed within the hour) moves one task's median and not another's, and
 // their ratio with it. Tasks timed one call each, back to back, see the same host: the ratio of
 // two times from one round holds while the host drifts, and the median over many rounds is
 // the figure to compare with a goal.

@@ -577,7 +577,6 @@ class SplitCheckedFloor extends FloorRig {
   private readonly inFlight = new Uint8Array(QUEUE_SIZE);
   private readonly shadow = new Uint32Array(4 * QUEUE_SIZE);
   private readonly tableCount = new Uint16Array(QUEUE_SIZE);
-  private readonly segOff = new Float64Array(QUEUE_SIZE);
   constructor(shape: Shape, batch: number) {
     super(shape, batch);
     this.drv = new SplitDriver(this.mem, shape);
@@ -633,7 +632,6 @@ class SplitCheckedFloor extends FloorRig {
       segA[n] = addr;
       segL[n] = len;
       segW[n] = writable ? 1 : 0;
-      this.segOff[n] = addr - r.guestAddr;
       n++;
       total += len;
       if (total > TWO_32) fail('chain over 2^32 bytes');
@@ -799,9 +797,10 @@ class PackedCheckedFloor extends FloorRig {
     return packedAvailableAt(this.v, this.drv.desc, slot, wrap);
   }
 
-  /** Takes the list at `next`; returns its segment count (id in takenId). */
+  /** The buffer id of the list take() took last. */
   private takenId = 0;
-  private takenCount = 0;
+
+  /** Takes the list at `next` into the segment arrays; returns how many (its buffer id in takenId). */
   private take(): number {
     const v = this.v;
     const mem = this.mem;
@@ -864,7 +863,6 @@ class PackedCheckedFloor extends FloorRig {
     this.wrap = wrap;
     this.availLinear += count;
     this.takenId = id;
-    this.takenCount = count;
     return nseg;
   }
 
