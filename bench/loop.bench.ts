@@ -435,9 +435,20 @@ abstract class FloorRig implements Rig {
     this.u8 = this.mem.regions[0].bytes;
   }
 
-  /** Checks one walked buffer and records it as segment `i` (readable ones first). */
+  /** Checks one walked buffer against the memory's size and records it as segment `i` (readable ones first). */
   protected seg(i: number, addr: number, len: number, writable: boolean): void {
     if (addr + len > MEM_SIZE) fail('buffer outside memory');
+    this.record(i, addr, len, writable);
+  }
+
+  /** seg for the checked floors: the buffer's region found as the library finds it (GuestMemory.regionFor). */
+  protected checkedSeg(i: number, addr: number, len: number, writable: boolean): void {
+    if (this.mem.regionFor(addr, len) === null) fail('buffer outside memory');
+    this.record(i, addr, len, writable);
+  }
+
+  /** Records segment `i` (a readable one after a writable one is refused). */
+  private record(i: number, addr: number, len: number, writable: boolean): void {
     if (!writable && i > 0 && segW[i - 1] === 1) fail('readable after writable');
     segA[i] = addr;
     segL[i] = len;
@@ -625,14 +636,7 @@ class SplitCheckedFloor extends FloorRig {
         indirect = true;
         continue;
       }
-      const r = mem.regionFor(addr, len);
-      if (r === null) fail('buffer outside memory');
-      const writable = (flags & F_WRITE) !== 0;
-      if (!writable && n > 0 && segW[n - 1] === 1) fail('readable after writable');
-      segA[n] = addr;
-      segL[n] = len;
-      segW[n] = writable ? 1 : 0;
-      n++;
+      this.checkedSeg(n++, addr, len, (flags & F_WRITE) !== 0);
       total += len;
       if (total > TWO_32) fail('chain over 2^32 bytes');
       if ((flags & F_NEXT) === 0) break;
@@ -845,13 +849,13 @@ class PackedCheckedFloor extends FloorRig {
           const l = tv.getUint32(t + 8, true);
           const f = tv.getUint16(t + 14, true);
           if ((f & F_INDIRECT) !== 0) fail('nested indirect');
-          nseg = this.checkedSeg(nseg, a, l, (f & F_WRITE) !== 0);
+          this.checkedSeg(nseg++, a, l, (f & F_WRITE) !== 0);
           total += l;
           if (total > TWO_32) fail('over 2^32');
         }
         break;
       }
-      nseg = this.checkedSeg(nseg, addr, len, (flags & F_WRITE) !== 0);
+      this.checkedSeg(nseg++, addr, len, (flags & F_WRITE) !== 0);
       total += len;
       if (total > TWO_32) fail('over 2^32');
       if ((flags & F_NEXT) === 0) break;
@@ -864,15 +868,6 @@ class PackedCheckedFloor extends FloorRig {
     this.availLinear += count;
     this.takenId = id;
     return nseg;
-  }
-
-  private checkedSeg(i: number, addr: number, len: number, writable: boolean): number {
-    if (this.mem.regionFor(addr, len) === null) fail('buffer outside memory');
-    if (!writable && i > 0 && segW[i - 1] === 1) fail('readable after writable');
-    segA[i] = addr;
-    segL[i] = len;
-    segW[i] = writable ? 1 : 0;
-    return i + 1;
   }
 
   private used(id: number, written: number): void {
@@ -1068,8 +1063,11 @@ async function main(): Promise<void> {
       table(
         ['workload', 'batch', 'split ns', 'packed ns', 'packed/split', 'paired', 'paired IQR', 'floor paired', 'checked paired', 'goal'],
         pairs.map(([s, p]) => {
-          const at = (r: Row): number => ROWS.indexOf(r);
-          const both = (side: Side) => ratioStats(backToBack([() => rigs[side][at(p)].run(CHAINS_PER_ITER), () => rigs[side][at(s)].run(CHAINS_PER_ITER)], PAIRS), 0, 1);
+          const both = (side: Side) => {
+            const packed = rigs[side][ROWS.indexOf(p)];
+            const split = rigs[side][ROWS.indexOf(s)];
+            return ratioStats(backToBack([() => packed.run(CHAINS_PER_ITER), () => split.run(CHAINS_PER_ITER)], PAIRS), 0, 1);
+          };
           const lib = both('lib');
           return [
             SHAPE_LABEL[p.shape],
